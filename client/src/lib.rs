@@ -1,0 +1,1 @@
+//! The client SDK (being built).

@@ -1,0 +1,190 @@
+//! Request codes and error codes.
+//!
+//! Every error that crosses the wire maps to exactly one [`ErrorCode`]; each code maps once to an
+//! HTTP status ([`ErrorCode::http_status`]) and says whether a client may retry it.
+
+/// What a request asks the server to do. Sent in [`crate::Header::code`] of a request frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum RequestCode {
+    /// Append one or more messages to a topic ([`crate::messages::SendRequest`]).
+    Send = 10,
+    /// Read messages from a queue ([`crate::messages::PullRequest`]).
+    Pull = 11,
+    /// Store a consumer group's offset for a queue.
+    CommitOffset = 12,
+    /// Read a consumer group's stored offset for a queue.
+    QueryOffset = 13,
+    /// Min and max offsets of a queue.
+    QueueInfo = 14,
+    /// First offset of a queue whose message was stored at or after a timestamp.
+    SearchOffset = 15,
+    /// Create a topic on this broker (admin shortcut until governance lands).
+    CreateTopic = 20,
+    /// Route of a topic as this broker knows it.
+    TopicRoute = 21,
+    /// A consumer announces itself in a group.
+    ConsumerHeartbeat = 30,
+    /// The members of a consumer group.
+    ConsumerList = 31,
+    /// A consumer leaves its group.
+    ConsumerLeave = 32,
+}
+
+impl RequestCode {
+    /// Every request code, for exhaustive tests and docs.
+    pub const ALL: [RequestCode; 11] = [
+        RequestCode::Send,
+        RequestCode::Pull,
+        RequestCode::CommitOffset,
+        RequestCode::QueryOffset,
+        RequestCode::QueueInfo,
+        RequestCode::SearchOffset,
+        RequestCode::CreateTopic,
+        RequestCode::TopicRoute,
+        RequestCode::ConsumerHeartbeat,
+        RequestCode::ConsumerList,
+        RequestCode::ConsumerLeave,
+    ];
+
+    /// The code for a raw value, or `None` when this build does not know it.
+    pub fn from_u32(value: u32) -> Option<RequestCode> {
+        RequestCode::ALL.into_iter().find(|code| *code as u32 == value)
+    }
+}
+
+/// Outcome of a request, sent in [`crate::Header::code`] of a response frame. `Ok` is zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ErrorCode {
+    /// The request succeeded.
+    Ok = 0,
+    /// The frame could not be decoded; the server closes the connection after saying so.
+    MalformedFrame = 1,
+    /// The request code is unknown to this server.
+    UnsupportedRequest = 2,
+    /// A field of the request breaks a validation rule (name, key, tag, property).
+    InvalidArgument = 3,
+    /// A message, batch or frame is larger than the configured limit.
+    MessageTooLarge = 4,
+    /// The topic does not exist on this broker.
+    TopicNotFound = 5,
+    /// The queue id is outside the topic's queues.
+    QueueNotFound = 6,
+    /// The consumer group is unknown.
+    GroupNotFound = 7,
+    /// The server is overloaded; retry after a back-off.
+    Busy = 8,
+    /// The message was appended but not synced within the flush timeout. It may still be stored:
+    /// a retry can duplicate it (at-least-once).
+    FlushTimeout = 9,
+    /// The server is starting or stopping.
+    Unavailable = 10,
+    /// The requested offset is outside what the queue holds.
+    OffsetOutOfRange = 11,
+    /// An error inside the server (disk full, I/O error); the server log says more.
+    Internal = 12,
+    /// The topic or group already exists.
+    AlreadyExists = 13,
+}
+
+impl ErrorCode {
+    /// Every error code, for exhaustive tests and docs.
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::Ok,
+        ErrorCode::MalformedFrame,
+        ErrorCode::UnsupportedRequest,
+        ErrorCode::InvalidArgument,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::TopicNotFound,
+        ErrorCode::QueueNotFound,
+        ErrorCode::GroupNotFound,
+        ErrorCode::Busy,
+        ErrorCode::FlushTimeout,
+        ErrorCode::Unavailable,
+        ErrorCode::OffsetOutOfRange,
+        ErrorCode::Internal,
+        ErrorCode::AlreadyExists,
+    ];
+
+    /// The code for a raw value; unknown values (from a newer server) read as `Internal`.
+    pub fn from_u32(value: u32) -> ErrorCode {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| *code as u32 == value)
+            .unwrap_or(ErrorCode::Internal)
+    }
+
+    /// Whether a client may send the same request again after a back-off.
+    pub fn is_retriable(self) -> bool {
+        matches!(self, ErrorCode::Busy | ErrorCode::Unavailable | ErrorCode::FlushTimeout)
+    }
+
+    /// The HTTP status an HTTP API answers with for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Ok => 200,
+            ErrorCode::MalformedFrame | ErrorCode::InvalidArgument | ErrorCode::OffsetOutOfRange => 400,
+            ErrorCode::UnsupportedRequest => 501,
+            ErrorCode::MessageTooLarge => 413,
+            ErrorCode::TopicNotFound | ErrorCode::QueueNotFound | ErrorCode::GroupNotFound => 404,
+            ErrorCode::AlreadyExists => 409,
+            ErrorCode::Busy => 429,
+            ErrorCode::FlushTimeout => 504,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// A short lowercase name, for logs, metrics labels and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Ok => "ok",
+            ErrorCode::MalformedFrame => "malformed_frame",
+            ErrorCode::UnsupportedRequest => "unsupported_request",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::TopicNotFound => "topic_not_found",
+            ErrorCode::QueueNotFound => "queue_not_found",
+            ErrorCode::GroupNotFound => "group_not_found",
+            ErrorCode::Busy => "busy",
+            ErrorCode::FlushTimeout => "flush_timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::OffsetOutOfRange => "offset_out_of_range",
+            ErrorCode::Internal => "internal",
+            ErrorCode::AlreadyExists => "already_exists",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_through_their_raw_values() {
+        for code in RequestCode::ALL {
+            assert_eq!(RequestCode::from_u32(code as u32), Some(code));
+        }
+        assert_eq!(RequestCode::from_u32(9999), None);
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_u32(code as u32), code);
+        }
+        assert_eq!(ErrorCode::from_u32(9999), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn only_transient_errors_are_retriable() {
+        let retriable: Vec<_> = ErrorCode::ALL.into_iter().filter(|code| code.is_retriable()).collect();
+        assert_eq!(
+            retriable,
+            [ErrorCode::Busy, ErrorCode::FlushTimeout, ErrorCode::Unavailable]
+        );
+    }
+}

@@ -1,0 +1,35 @@
+//! The contract every Meridian process shares: what crosses the wire, what lies on disk, and which
+//! inputs are valid.
+//!
+//! - [`frame`]: the length-prefixed frame (a prost [`frame::Header`] and an opaque body) and its
+//!   tokio-util [`frame::FrameCodec`]. Start reading here.
+//! - [`codes`]: request codes, and the one [`codes::ErrorCode`] list that every error crossing the
+//!   wire maps to (and that maps once to an HTTP status).
+//! - [`messages`]: the prost bodies of each request and response.
+//! - [`record`]: the on-disk message record the broker appends to its commitlog and serves to
+//!   consumers byte for byte, with its CRC32C.
+//! - [`properties`]: message properties (msgId, keys, tags, delay, user properties) in their
+//!   compact encoded form.
+//! - [`validate`]: one function per validation rule (names, keys, tags, sizes), used by the client,
+//!   the broker and the nameserver alike.
+//! - [`msgid`]: globally unique, time-sortable message ids.
+#![warn(missing_docs)]
+
+pub mod codes;
+pub mod frame;
+pub mod messages;
+pub mod msgid;
+pub mod properties;
+pub mod record;
+pub mod validate;
+
+pub use codes::{ErrorCode, RequestCode};
+pub use frame::{Frame, FrameCodec, Header};
+pub use msgid::MessageId;
+pub use validate::{Limits, ValidationError};
+
+/// Version of the wire protocol this build speaks, sent in every frame header.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version of the client SDK, reported to brokers so they can check it against the cluster's policy.
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");

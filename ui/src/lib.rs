@@ -1,0 +1,2 @@
+//! The web console (axum): cluster, topics, groups, traces, SQL, forecasts and alerts, built only on
+//! the other services' HTTP APIs. Not built yet.
