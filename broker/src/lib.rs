@@ -1,1 +1,21 @@
-//! The broker (being built).
+//! The broker: stores messages durably and serves producers and consumers.
+//!
+//! - [`store::MessageStore`] is the storage engine: a segmented, memory-mapped commitlog, consume
+//!   queues built from it by a dispatcher thread, consumer offsets, flushing (async, or sync with
+//!   group commit) and crash recovery. Start reading at `store/mod.rs`.
+//! - [`server`] accepts connections, decodes frames, and answers pipelined requests out of order.
+//! - [`handlers`] turns each request into store calls; [`groups`] tracks consumer group members.
+//!
+//! A broker runs with [`Broker::bind`] then [`Broker::run`], or [`run`] in one call.
+
+pub mod config;
+pub mod error;
+pub mod groups;
+pub mod handlers;
+pub mod metrics;
+pub mod server;
+pub mod store;
+
+pub use config::BrokerConfig;
+pub use error::{BrokerError, Result};
+pub use server::{Broker, run};

@@ -1,0 +1,382 @@
+//! One function per request code: decode the body, validate with the shared rules, call the
+//! store, encode the answer. Most requests are answered at once ([`Reply::Now`]); sends under sync
+//! flush, long-polling pulls and topic creation finish later ([`Reply::Later`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use meridian_proto::RequestCode;
+use meridian_proto::messages::{
+    BrokerRoute, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse, CreateTopicRequest, GroupMember,
+    PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse, QueueRef,
+    SearchOffsetRequest, SearchOffsetResponse, SendRequest, SendResponse, TopicRoute, TopicRouteRequest, perm,
+};
+use meridian_proto::properties::{self, KEY_SEPARATOR, KEYS, TAGS};
+use meridian_proto::validate::{self, Limits, ValidationError};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerConfig;
+use crate::error::{BrokerError, Result};
+use crate::groups::ConsumerGroups;
+use crate::metrics::{BrokerMetrics, RequestLabels};
+use crate::store::{CqEntry, FlushMode, MessageStore};
+
+/// A response body still being produced.
+pub type PendingReply = Pin<Box<dyn Future<Output = Result<Bytes>> + Send>>;
+
+/// How a request is answered.
+pub enum Reply {
+    /// Answered now.
+    Now(Result<Bytes>),
+    /// Answered when the future completes.
+    Later(PendingReply),
+}
+
+/// What every handler shares.
+pub struct BrokerState {
+    /// The storage engine.
+    pub store: Arc<MessageStore>,
+    /// Consumer group members.
+    pub groups: ConsumerGroups,
+    /// Metrics.
+    pub metrics: Arc<BrokerMetrics>,
+    /// The broker's config.
+    pub config: BrokerConfig,
+    /// Size limits in force.
+    pub limits: Limits,
+    /// Address clients should use for this broker.
+    pub advertise_addr: String,
+    /// Cancelled when the broker shuts down, so long polls end at once.
+    pub shutdown: CancellationToken,
+}
+
+fn decode<T: Message + Default>(body: Bytes) -> Result<T> {
+    T::decode(body).map_err(|error| BrokerError::MalformedBody(error.to_string()))
+}
+
+fn encoded(message: &impl Message) -> Result<Bytes> {
+    Ok(Bytes::from(message.encode_to_vec()))
+}
+
+fn request_name(code: RequestCode) -> &'static str {
+    match code {
+        RequestCode::Send => "send",
+        RequestCode::Pull => "pull",
+        RequestCode::CommitOffset => "commit_offset",
+        RequestCode::QueryOffset => "query_offset",
+        RequestCode::QueueInfo => "queue_info",
+        RequestCode::SearchOffset => "search_offset",
+        RequestCode::CreateTopic => "create_topic",
+        RequestCode::TopicRoute => "topic_route",
+        RequestCode::ConsumerHeartbeat => "consumer_heartbeat",
+        RequestCode::ConsumerList => "consumer_list",
+        RequestCode::ConsumerLeave => "consumer_leave",
+    }
+}
+
+/// Handles one request from `peer`.
+pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: SocketAddr) -> Reply {
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            request: request_name(code),
+        })
+        .inc();
+    let now = |result: Result<Bytes>| Reply::Now(result);
+    match code {
+        RequestCode::Send => send(state, body, peer),
+        RequestCode::Pull => pull(state, body),
+        RequestCode::CommitOffset => now(commit_offset(state, body)),
+        RequestCode::QueryOffset => now(query_offset(state, body)),
+        RequestCode::QueueInfo => now(queue_info(state, body)),
+        RequestCode::SearchOffset => now(search_offset(state, body)),
+        RequestCode::CreateTopic => create_topic(state, body),
+        RequestCode::TopicRoute => now(topic_route(state, body)),
+        RequestCode::ConsumerHeartbeat => now(consumer_heartbeat(state, body)),
+        RequestCode::ConsumerList => now(consumer_list(state, body)),
+        RequestCode::ConsumerLeave => now(consumer_leave(state, body)),
+    }
+}
+
+/// Checks a message's properties with the shared rules: well formed, within the size limit,
+/// and valid keys and tag.
+fn validate_properties(encoded: &[u8], limits: &Limits) -> Result<(), ValidationError> {
+    validate::validate_properties_size(encoded.len(), limits)?;
+    if !properties::is_well_formed(encoded) {
+        return Err(ValidationError::Property {
+            name: "<encoded properties>".into(),
+            max: validate::MAX_PROPERTY_NAME_LEN,
+        });
+    }
+    for (name, value) in properties::PropertiesIter::new(encoded) {
+        match name {
+            KEYS => value.split(KEY_SEPARATOR).try_for_each(validate::validate_key)?,
+            TAGS => validate::validate_tag(value)?,
+            _ => validate::validate_property(name, value)?,
+        }
+    }
+    Ok(())
+}
+
+fn send(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
+    let started = Instant::now();
+    let appended = (|| {
+        let request: SendRequest = decode(body)?;
+        validate::validate_topic(&request.topic)?;
+        if request.messages.is_empty() {
+            return Err(BrokerError::MalformedBody(
+                "a send request needs at least one message".into(),
+            ));
+        }
+        for message in &request.messages {
+            validate::validate_body_size(message.body.len(), &state.limits)?;
+            validate_properties(&message.properties, &state.limits)?;
+        }
+        let queue_id = u32::try_from(request.queue_id).ok();
+        state.store.append(&request.topic, queue_id, &request.messages, peer)
+    })();
+    let appended = match appended {
+        Ok(appended) => appended,
+        Err(error) => return Reply::Now(Err(error)),
+    };
+    let response = SendResponse {
+        results: appended.results,
+    };
+    if state.store.config().flush_mode == FlushMode::Async {
+        state.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
+        return Reply::Now(encoded(&response));
+    }
+    let state = state.clone();
+    Reply::Later(Box::pin(async move {
+        state.store.wait_flushed(appended.end_offset).await?;
+        state.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
+        encoded(&response)
+    }))
+}
+
+/// Encodes a pull response, copying records from the commitlog straight into the body: the
+/// records field is written by hand so the bytes are copied once, not once per layer.
+fn encode_pull(
+    state: &BrokerState,
+    status: PullStatus,
+    next: u64,
+    min: u64,
+    max: u64,
+    entries: &[CqEntry],
+) -> Result<Bytes> {
+    let head = PullResponse {
+        status: status as i32,
+        next_offset: next,
+        min_offset: min,
+        max_offset: max,
+        records: Bytes::new(),
+    };
+    let records_len: usize = entries.iter().map(|entry| entry.size as usize).sum();
+    let mut out = BytesMut::with_capacity(head.encoded_len() + 16 + records_len);
+    head.encode(&mut out).expect("buffer has capacity");
+    if records_len > 0 {
+        prost::encoding::encode_key(5, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(records_len as u64, &mut out);
+        for entry in entries {
+            state.store.copy_record(entry, &mut out)?;
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// One attempt at a pull. `None` when there is nothing yet at the offset.
+fn try_pull(state: &BrokerState, request: &PullRequest) -> Result<Option<Bytes>> {
+    let queue = state.store.consume_queue(&request.topic, request.queue_id)?;
+    let (min, max) = (queue.min_offset(), queue.max_offset());
+    if request.offset < min || request.offset > max {
+        let next = request.offset.clamp(min, max);
+        return encode_pull(state, PullStatus::OffsetMoved, next, min, max, &[]).map(Some);
+    }
+    if request.offset == max {
+        return Ok(None);
+    }
+    // Leave room for the response's own fields inside the frame limit.
+    let max_bytes = request.max_bytes.min((state.limits.max_frame_size - 4096) as u32);
+    let entries = state
+        .store
+        .read_entries(&queue, request.offset, request.max_count.clamp(1, 1024), max_bytes)?;
+    let next = request.offset + entries.len() as u64;
+    state.metrics.messages_pulled.inc_by(entries.len() as u64);
+    encode_pull(state, PullStatus::Found, next, min, max, &entries).map(Some)
+}
+
+fn pull(state: &Arc<BrokerState>, body: Bytes) -> Reply {
+    let request = match decode::<PullRequest>(body).and_then(|request| {
+        validate::validate_group(&request.group)?;
+        validate::validate_topic(&request.topic)?;
+        Ok(request)
+    }) {
+        Ok(request) => request,
+        Err(error) => return Reply::Now(Err(error)),
+    };
+    match try_pull(state, &request) {
+        Ok(Some(body)) => return Reply::Now(Ok(body)),
+        Err(error) => return Reply::Now(Err(error)),
+        Ok(None) if request.long_poll_ms == 0 => return Reply::Now(no_new_message(state, &request)),
+        Ok(None) => {}
+    }
+    let state = state.clone();
+    Reply::Later(Box::pin(async move {
+        let queue = state.store.consume_queue(&request.topic, request.queue_id)?;
+        let wait = Duration::from_millis(u64::from(request.long_poll_ms).min(state.config.max_long_poll_ms));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = queue.new_entries.notified();
+            tokio::pin!(notified);
+            // Register before checking, so an append between the check and the wait still wakes us.
+            notified.as_mut().enable();
+            if let Some(body) = try_pull(&state, &request)? {
+                return Ok(body);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => return no_new_message(&state, &request),
+                _ = state.shutdown.cancelled() => return no_new_message(&state, &request),
+            }
+        }
+    }))
+}
+
+fn no_new_message(state: &BrokerState, request: &PullRequest) -> Result<Bytes> {
+    let bounds = state.store.queue_bounds(&request.topic, request.queue_id)?;
+    encode_pull(
+        state,
+        PullStatus::NoNewMessage,
+        request.offset,
+        bounds.min_offset,
+        bounds.max_offset,
+        &[],
+    )
+}
+
+fn commit_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+    let request: CommitOffsetRequest = decode(body)?;
+    validate::validate_group(&request.group)?;
+    validate::validate_topic(&request.topic)?;
+    state
+        .store
+        .commit_offset(&request.group, &request.topic, request.queue_id, request.offset)?;
+    Ok(Bytes::new())
+}
+
+fn query_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+    let request: QueryOffsetRequest = decode(body)?;
+    validate::validate_group(&request.group)?;
+    validate::validate_topic(&request.topic)?;
+    let offset = state
+        .store
+        .query_offset(&request.group, &request.topic, request.queue_id)?;
+    encoded(&QueryOffsetResponse { offset })
+}
+
+fn queue_info(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+    let request: QueueRef = decode(body)?;
+    validate::validate_topic(&request.topic)?;
+    let bounds = state.store.queue_bounds(&request.topic, request.queue_id)?;
+    encoded(&QueueInfoResponse {
+        min_offset: bounds.min_offset,
+        max_offset: bounds.max_offset,
+    })
+}
+
+fn search_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+    let request: SearchOffsetRequest = decode(body)?;
+    validate::validate_topic(&request.topic)?;
+    let offset = state
+        .store
+        .search_offset(&request.topic, request.queue_id, request.timestamp)?;
+    encoded(&SearchOffsetResponse { offset })
+}
+
+fn create_topic(state: &Arc<BrokerState>, body: Bytes) -> Reply {
+    let request = match decode::<CreateTopicRequest>(body) {
+        Ok(request) => request,
+        Err(error) => return Reply::Now(Err(error)),
+    };
+    let store = state.store.clone();
+    Reply::Later(Box::pin(async move {
+        // Creating a topic writes and syncs metadata files: keep it off the runtime threads.
+        tokio::task::spawn_blocking(move || store.create_topic(&request.topic, request.queues))
+            .await
+            .map_err(|error| BrokerError::Corrupt(format!("topic creation task failed: {error}")))??;
+        Ok(Bytes::new())
+    }))
+}
+
+fn topic_route(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+    let request: TopicRouteRequest = decode(body)?;
+    validate::validate_topic(&request.topic)?;
+    let queues = state
+        .store
+        .topic_queues(&request.topic)
+        .ok_or_else(|| BrokerError::TopicNotFound(request.topic.clone()))?;
+    encoded(&TopicRoute {
+        topic: request.topic,
+        brokers: vec![BrokerRoute {
+            broker_name: state.config.broker_name.clone(),
+            addr: state.advertise_addr.clone(),
+            idc: state.config.idc.clone(),
+            queues,
+            perm: perm::READ | perm::WRITE,
+        }],
+    })
+}
+
+fn consumer_heartbeat(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+    let request: ConsumerHeartbeat = decode(body)?;
+    validate::validate_group(&request.group)?;
+    for topic in &request.topics {
+        validate::validate_topic(topic)?;
+    }
+    if request.client_id.is_empty() {
+        return Err(BrokerError::MalformedBody(
+            "consumer heartbeat needs a client_id".into(),
+        ));
+    }
+    if state.groups.heartbeat(
+        &request.group,
+        &request.client_id,
+        request.topics,
+        request.sdk_version,
+        Instant::now(),
+    ) {
+        tracing::info!(
+            group = request.group,
+            client_id = request.client_id,
+            "consumer joined group"
+        );
+    }
+    Ok(Bytes::new())
+}
+
+fn consumer_list(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+    let request: GroupMember = decode(body)?;
+    validate::validate_group(&request.group)?;
+    encoded(&ConsumerListResponse {
+        client_ids: state.groups.members(&request.group, Instant::now()),
+    })
+}
+
+fn consumer_leave(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+    let request: GroupMember = decode(body)?;
+    validate::validate_group(&request.group)?;
+    if state.groups.leave(&request.group, &request.client_id) {
+        tracing::info!(
+            group = request.group,
+            client_id = request.client_id,
+            "consumer left group"
+        );
+    }
+    Ok(Bytes::new())
+}

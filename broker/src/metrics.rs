@@ -1,0 +1,119 @@
+//! Prometheus metrics of the broker. Registered into the registry the binary serves at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Request kind (send, pull, ...).
+    pub request: &'static str,
+}
+
+/// Labels of error metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Error code name.
+    pub code: &'static str,
+}
+
+/// Every metric the broker exports.
+#[derive(Debug)]
+pub struct BrokerMetrics {
+    /// Messages appended.
+    pub messages_stored: Counter,
+    /// Record bytes appended.
+    pub bytes_stored: Counter,
+    /// Messages returned by pulls.
+    pub messages_pulled: Counter,
+    /// Requests handled, by kind.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Error responses, by code.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Frames that could not be decoded (their connections were closed).
+    pub malformed_frames: Counter,
+    /// Open client connections.
+    pub connections: Gauge,
+    /// Commitlog offset synced to disk.
+    pub flushed_offset: Gauge,
+    /// Commitlog offset dispatched to consume queues.
+    pub dispatched_offset: Gauge,
+    /// Duration of each commitlog sync.
+    pub flush_seconds: Histogram,
+    /// Time from receiving a send to answering it.
+    pub send_seconds: Histogram,
+}
+
+impl Default for BrokerMetrics {
+    fn default() -> BrokerMetrics {
+        BrokerMetrics {
+            messages_stored: Counter::default(),
+            bytes_stored: Counter::default(),
+            messages_pulled: Counter::default(),
+            requests: Family::default(),
+            errors: Family::default(),
+            malformed_frames: Counter::default(),
+            connections: Gauge::default(),
+            flushed_offset: Gauge::default(),
+            dispatched_offset: Gauge::default(),
+            flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            send_seconds: Histogram::new(exponential_buckets(0.000_02, 2.0, 18)),
+        }
+    }
+}
+
+impl BrokerMetrics {
+    /// Creates the metrics and registers them under `meridian_broker_`.
+    pub fn register(registry: &mut Registry) -> BrokerMetrics {
+        let metrics = BrokerMetrics::default();
+        let registry = registry.sub_registry_with_prefix("meridian_broker");
+        registry.register(
+            "messages_stored",
+            "Messages appended to the commitlog",
+            metrics.messages_stored.clone(),
+        );
+        registry.register(
+            "bytes_stored",
+            "Record bytes appended to the commitlog",
+            metrics.bytes_stored.clone(),
+        );
+        registry.register(
+            "messages_pulled",
+            "Messages returned to consumers",
+            metrics.messages_pulled.clone(),
+        );
+        registry.register("requests", "Requests handled, by kind", metrics.requests.clone());
+        registry.register("errors", "Error responses, by code", metrics.errors.clone());
+        registry.register(
+            "malformed_frames",
+            "Undecodable frames; their connections were closed",
+            metrics.malformed_frames.clone(),
+        );
+        registry.register("connections", "Open client connections", metrics.connections.clone());
+        registry.register(
+            "flushed_offset",
+            "Commitlog offset synced to disk",
+            metrics.flushed_offset.clone(),
+        );
+        registry.register(
+            "dispatched_offset",
+            "Commitlog offset in consume queues",
+            metrics.dispatched_offset.clone(),
+        );
+        registry.register(
+            "flush_seconds",
+            "Duration of commitlog syncs",
+            metrics.flush_seconds.clone(),
+        );
+        registry.register(
+            "send_seconds",
+            "Time from receiving a send to answering it",
+            metrics.send_seconds.clone(),
+        );
+        metrics
+    }
+}

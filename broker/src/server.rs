@@ -1,0 +1,251 @@
+//! The TCP server: accepts connections and answers pipelined requests.
+//!
+//! Each connection has a reader (this task) and a writer task. The reader decodes frames and
+//! handles each request; requests that finish later run as tasks of the connection, at most
+//! `max_inflight_per_connection` at once, so a client that stops reading its responses only stalls
+//! itself. A frame that cannot be decoded gets an error response and closes its connection; other
+//! connections are unaffected.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::BrokerConfig;
+use crate::error::{BrokerError, Result};
+use crate::groups::ConsumerGroups;
+use crate::handlers::{self, BrokerState, Reply};
+use crate::metrics::{BrokerMetrics, ErrorLabels};
+use crate::store::MessageStore;
+
+/// A broker that has recovered its store and bound its port, ready to [`Broker::run`].
+pub struct Broker {
+    listener: TcpListener,
+    state: Arc<BrokerState>,
+}
+
+/// Runs a broker until `shutdown` completes.
+pub async fn run(config: BrokerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    Broker::bind(config, Arc::new(BrokerMetrics::default()))
+        .await?
+        .run(shutdown)
+        .await
+}
+
+impl Broker {
+    /// Validates the config, binds the listener and opens (recovers) the store.
+    pub async fn bind(config: BrokerConfig, metrics: Arc<BrokerMetrics>) -> Result<Broker> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen).await.map_err(BrokerError::io(format!(
+            "binding broker listener on {} (is another broker running?)",
+            config.listen
+        )))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(BrokerError::io("reading the bound address"))?;
+        let advertise_addr = config.advertise_addr.clone().unwrap_or_else(|| local_addr.to_string());
+        let store_host: SocketAddr = advertise_addr.parse().unwrap_or(local_addr);
+        let data_dir = config.data_dir.clone();
+        let store_config = config.store.clone();
+        let store_metrics = metrics.clone();
+        let store =
+            tokio::task::spawn_blocking(move || MessageStore::open(&data_dir, store_config, store_host, store_metrics))
+                .await
+                .map_err(|error| BrokerError::Corrupt(format!("store recovery task failed: {error}")))??;
+        let state = Arc::new(BrokerState {
+            store,
+            groups: ConsumerGroups::new(Duration::from_millis(config.consumer_expiry_ms)),
+            metrics,
+            limits: config.limits.limits(),
+            advertise_addr,
+            config,
+            shutdown: CancellationToken::new(),
+        });
+        Ok(Broker { listener, state })
+    }
+
+    /// The address the broker listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// The storage engine, for composition in one process and for tests.
+    pub fn store(&self) -> Arc<MessageStore> {
+        self.state.store.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// (long polls end at once), and shuts the store down (flush, checkpoint).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let Broker { listener, state } = self;
+        let connections = TaskTracker::new();
+        tracing::info!(addr = %listener.local_addr().map_err(BrokerError::io("reading the bound address"))?, broker = state.config.broker_name, "broker listening");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        connections.spawn(serve_connection(state.clone(), stream, peer));
+                    }
+                    Err(error) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        tracing::info!("broker stopping: draining connections");
+        state.shutdown.cancel();
+        connections.close();
+        if tokio::time::timeout(Duration::from_secs(10), connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections did not drain within 10 s; stopping anyway");
+        }
+        let store = state.store.clone();
+        tokio::task::spawn_blocking(move || store.shutdown())
+            .await
+            .map_err(|error| BrokerError::Corrupt(format!("store shutdown task failed: {error}")))?;
+        tracing::info!("broker stopped");
+        Ok(())
+    }
+}
+
+async fn write_frames(
+    mut sink: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
+    mut frames: mpsc::Receiver<Frame>,
+) {
+    while let Some(frame) = frames.recv().await {
+        if sink.feed(frame).await.is_err() {
+            return;
+        }
+        // Write everything already queued with one flush: pipelined clients share syscalls.
+        while let Ok(frame) = frames.try_recv() {
+            if sink.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn to_frame(state: &BrokerState, request_id: u64, result: Result<Bytes>) -> Frame {
+    match result {
+        Ok(body) => Frame::response(request_id, body),
+        Err(error) => {
+            let code = error.code();
+            state
+                .metrics
+                .errors
+                .get_or_create(&ErrorLabels { code: code.as_str() })
+                .inc();
+            if code == ErrorCode::Internal {
+                tracing::error!(%error, "request failed");
+            }
+            Frame::error(request_id, code, error.to_string())
+        }
+    }
+}
+
+async fn serve_connection(state: Arc<BrokerState>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    state.metrics.connections.inc();
+    tracing::debug!(%peer, "connection opened");
+    let codec = FrameCodec::new(state.limits.max_frame_size);
+    let (read_half, write_half) = stream.into_split();
+    let mut frames = FramedRead::with_capacity(read_half, codec.clone(), 64 * 1024);
+    let mut sink = FramedWrite::new(write_half, codec);
+    sink.set_backpressure_boundary(256 * 1024);
+    let inflight = state.config.max_inflight_per_connection;
+    let (responses_tx, responses_rx) = mpsc::channel::<Frame>(inflight);
+    let tasks = TaskTracker::new();
+    tasks.spawn(write_frames(sink, responses_rx));
+    let permits = Arc::new(Semaphore::new(inflight));
+
+    loop {
+        let next = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            next = frames.next() => next,
+        };
+        let frame = match next {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                state.metrics.malformed_frames.inc();
+                tracing::warn!(%peer, %error, "malformed frame; closing connection");
+                let _ = responses_tx
+                    .send(Frame::error(0, ErrorCode::MalformedFrame, error.to_string()))
+                    .await;
+                break;
+            }
+        };
+        let request_id = frame.header.request_id;
+        let Some(code) = RequestCode::from_u32(frame.header.code).filter(|_| !frame.is_response()) else {
+            state.metrics.malformed_frames.inc();
+            let message = format!(
+                "request code {} is not supported by this broker (protocol version {PROTOCOL_VERSION}); upgrade the broker or use a matching client",
+                frame.header.code
+            );
+            tracing::warn!(%peer, code = frame.header.code, "unsupported request; closing connection");
+            let _ = responses_tx
+                .send(Frame::error(request_id, ErrorCode::UnsupportedRequest, message))
+                .await;
+            break;
+        };
+        let oneway = frame.is_oneway();
+        let reply = handlers::handle(&state, code, frame.body, peer);
+        match reply {
+            Reply::Now(result) => {
+                let fatal = matches!(result, Err(BrokerError::MalformedBody(_)));
+                if fatal {
+                    state.metrics.malformed_frames.inc();
+                }
+                if !oneway || fatal {
+                    if responses_tx.send(to_frame(&state, request_id, result)).await.is_err() {
+                        break;
+                    }
+                } else if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "one-way request failed");
+                }
+                if fatal {
+                    tracing::warn!(%peer, "malformed request body; closing connection");
+                    break;
+                }
+            }
+            Reply::Later(pending) => {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let responses_tx = responses_tx.clone();
+                let state = state.clone();
+                tasks.spawn(async move {
+                    let result = pending.await;
+                    if !oneway {
+                        let _ = responses_tx.send(to_frame(&state, request_id, result)).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(responses_tx);
+    tasks.close();
+    tasks.wait().await;
+    state.metrics.connections.dec();
+    tracing::debug!(%peer, "connection closed");
+}

@@ -1,0 +1,326 @@
+//! The commitlog: every message of every topic, appended in arrival order to a chain of segments.
+//!
+//! One appender at a time (a `Mutex<Writer>`) encodes records straight into the mapped segment,
+//! then publishes the new end with a Release store of `committed`. Readers and the dispatcher read
+//! only below `committed`. A segment that cannot take the next record is closed with a blank
+//! marker and the next one is created.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bytes::BytesMut;
+use meridian_proto::record::{self, BLANK_MARKER_LEN, Entry, Record, RecordError};
+
+use crate::error::{BrokerError, Result};
+use crate::store::segment::Segment;
+
+/// The appender's state, behind the commitlog's single writer lock.
+pub(crate) struct Writer {
+    segment: Arc<Segment>,
+    /// Global offset of the next byte to write.
+    position: u64,
+    /// Next queue offset of every queue, by topic. Lives under the writer lock because queue
+    /// offsets must be assigned in commitlog order.
+    pub queue_offsets: std::collections::HashMap<String, Vec<u64>>,
+}
+
+/// What recovery found at the tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recovered {
+    /// Where checking started: the start of the segment holding the checkpoint.
+    pub scanned_from: u64,
+    /// End of the last valid record.
+    pub valid_end: u64,
+    /// Whether the log ended on a torn or corrupt record (rather than on unwritten space).
+    pub torn_tail: bool,
+}
+
+pub(crate) struct CommitLog {
+    dir: PathBuf,
+    segment_size: u64,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    writer: Mutex<Writer>,
+    committed: AtomicU64,
+}
+
+/// Where a record must go: the writer reserves space, possibly rolling to a new segment.
+pub(crate) struct Reservation<'a> {
+    pub bytes: &'a mut [u8],
+    pub offset: u64,
+}
+
+impl CommitLog {
+    /// Opens the segments in `dir` (creating the first one if there are none) and recovers the
+    /// tail: every record from the start of the segment holding `scan_from` is CRC-checked (the
+    /// whole current segment, so damage just below the checkpoint is caught too), and the first
+    /// bad one ends the log. `on_record` sees every valid record checked.
+    pub fn open(
+        dir: &Path,
+        segment_size: u64,
+        scan_from: u64,
+        mut on_record: impl FnMut(&Record<'_>, u64),
+    ) -> Result<(CommitLog, Recovered)> {
+        fs::create_dir_all(dir).map_err(BrokerError::io(format!("creating {}", dir.display())))?;
+        let mut segments = load_segments(dir)?;
+        if segments.is_empty() {
+            segments.push(Arc::new(Segment::create(dir, 0, segment_size)?));
+        }
+        let first_start = segments[0].start;
+        let last_end = segments.last().expect("at least one segment").end();
+        let scan_from = scan_from.clamp(first_start, last_end);
+        let mut index = segments
+            .partition_point(|segment| segment.start <= scan_from)
+            .saturating_sub(1);
+        let scanned_from = segments[index].start;
+        let mut position = scanned_from;
+        let mut torn_tail = false;
+        'scan: while index < segments.len() {
+            let segment = &segments[index];
+            while position < segment.end() {
+                let in_segment = position - segment.start;
+                // SAFETY: recovery runs before any reader or writer exists.
+                let rest = unsafe { segment.slice(in_segment, (segment.len - in_segment) as usize) };
+                match record::read_entry(rest) {
+                    Ok(Entry::Record(record)) => {
+                        if record.commitlog_offset() != position {
+                            tracing::warn!(
+                                position,
+                                stored = record.commitlog_offset(),
+                                "record offset mismatch ends the log"
+                            );
+                            break 'scan;
+                        }
+                        on_record(&record, position);
+                        position += record.total_size() as u64;
+                    }
+                    Ok(Entry::Blank(len)) => {
+                        position += len as u64;
+                    }
+                    Err(RecordError::Empty) => break 'scan,
+                    Err(error) => {
+                        tracing::warn!(position, %error, "torn or corrupt record at the tail; truncating");
+                        torn_tail = true;
+                        break 'scan;
+                    }
+                }
+            }
+            index += 1;
+        }
+
+        // Everything after `position` is garbage: zero its segment's tail and drop later segments.
+        let tail_index = segments
+            .partition_point(|segment| segment.start <= position)
+            .saturating_sub(1);
+        let tail = segments[tail_index].clone();
+        if torn_tail {
+            tail.zero_from(position - tail.start)?;
+        }
+        for stale in segments.drain(tail_index + 1..) {
+            if stale.start >= position {
+                torn_tail = true;
+                tracing::warn!(segment = %stale.path.display(), "removing segment past the recovered end");
+                fs::remove_file(&stale.path).map_err(BrokerError::io(format!("removing {}", stale.path.display())))?;
+            }
+        }
+        // `position` may sit exactly at the end of the last segment (its blank marker was read).
+        let mut writer_segment = segments.last().expect("at least one segment").clone();
+        if position == writer_segment.end() {
+            writer_segment = Arc::new(Segment::create(dir, position, segment_size)?);
+            segments.push(writer_segment.clone());
+        }
+        let commitlog = CommitLog {
+            dir: dir.to_owned(),
+            segment_size,
+            segments: RwLock::new(segments),
+            writer: Mutex::new(Writer {
+                segment: writer_segment,
+                position,
+                queue_offsets: Default::default(),
+            }),
+            committed: AtomicU64::new(position),
+        };
+        Ok((
+            commitlog,
+            Recovered {
+                scanned_from,
+                valid_end: position,
+                torn_tail,
+            },
+        ))
+    }
+
+    /// Offset up to which records are complete and readable.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Smallest offset still on disk.
+    pub fn min_offset(&self) -> u64 {
+        self.segments
+            .read()
+            .expect("segments lock")
+            .first()
+            .map_or(0, |segment| segment.start)
+    }
+
+    /// Takes the writer lock. Appends happen through [`CommitLog::reserve`] and end with
+    /// [`CommitLog::publish`].
+    pub fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().expect("commitlog writer lock")
+    }
+
+    /// Reserves `size` bytes for the next record, rolling to a new segment when the current one
+    /// cannot hold it and still leave room for a blank marker.
+    pub fn reserve<'w>(&self, writer: &'w mut Writer, size: usize) -> Result<Reservation<'w>> {
+        let size = size as u64;
+        if size + BLANK_MARKER_LEN as u64 > self.segment_size {
+            return Err(BrokerError::RecordTooLarge {
+                size: size as usize,
+                segment_size: self.segment_size,
+            });
+        }
+        if writer.position + size + BLANK_MARKER_LEN as u64 > writer.segment.end() {
+            let in_segment = writer.position - writer.segment.start;
+            let rest = (writer.segment.len - in_segment) as usize;
+            // SAFETY: past `committed`, and we hold the writer lock.
+            record::encode_blank(unsafe { writer.segment.slice_mut(in_segment, rest) });
+            let next = Arc::new(Segment::create(&self.dir, writer.segment.end(), self.segment_size)?);
+            self.segments.write().expect("segments lock").push(next.clone());
+            writer.position = next.start;
+            writer.segment = next;
+        }
+        let offset = writer.position;
+        writer.position += size;
+        // SAFETY: past `committed`, and we hold the writer lock (borrowed mutably for the slice's life).
+        let bytes = unsafe { writer.segment.slice_mut(offset - writer.segment.start, size as usize) };
+        Ok(Reservation { bytes, offset })
+    }
+
+    /// Makes everything the writer wrote visible to readers.
+    pub fn publish(&self, writer: &Writer) {
+        self.committed.store(writer.position, Ordering::Release);
+    }
+
+    /// Undoes reservations that were never published (a batch failed halfway). A blank marker
+    /// already written into the previous segment stays: it is valid and is published later.
+    pub fn rewind(&self, writer: &mut Writer) {
+        let from = self.committed().max(writer.segment.start);
+        let len = (writer.position - from) as usize;
+        // SAFETY: past `committed`, and we hold the writer lock.
+        unsafe { writer.segment.slice_mut(from - writer.segment.start, len) }.fill(0);
+        writer.position = from;
+    }
+
+    fn segment_for(&self, offset: u64) -> Option<Arc<Segment>> {
+        let segments = self.segments.read().expect("segments lock");
+        let index = segments
+            .partition_point(|segment| segment.start <= offset)
+            .checked_sub(1)?;
+        let segment = &segments[index];
+        (offset < segment.end()).then(|| segment.clone())
+    }
+
+    /// Calls `read` with the committed bytes `[offset, offset + len)`, if they lie in one segment.
+    pub fn with_bytes<T>(&self, offset: u64, len: usize, read: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        if offset + len as u64 > self.committed() {
+            return None;
+        }
+        let segment = self.segment_for(offset)?;
+        let in_segment = offset - segment.start;
+        if in_segment + len as u64 > segment.len {
+            return None;
+        }
+        // SAFETY: below `committed`, so no writer touches these bytes.
+        Some(read(unsafe { segment.slice(in_segment, len) }))
+    }
+
+    /// Appends the record at `offset` of `size` bytes to `out`.
+    pub fn copy_record(&self, offset: u64, size: usize, out: &mut BytesMut) -> bool {
+        self.with_bytes(offset, size, |bytes| out.extend_from_slice(bytes))
+            .is_some()
+    }
+
+    /// Calls `visit` for every record in `[from, to)`, which must start at a record boundary.
+    /// Returns the offset where it stopped (`to`, unless a record failed to parse).
+    pub fn scan(&self, from: u64, to: u64, mut visit: impl FnMut(&Record<'_>, u64)) -> u64 {
+        let mut position = from;
+        while position < to {
+            let Some(segment) = self.segment_for(position) else {
+                break;
+            };
+            let in_segment = position - segment.start;
+            let available = (to.min(segment.end()) - position) as usize;
+            // SAFETY: `to` is at most `committed`, so no writer touches these bytes.
+            let bytes = unsafe { segment.slice(in_segment, available) };
+            let mut consumed = 0;
+            while consumed < bytes.len() {
+                match record::read_entry(&bytes[consumed..]) {
+                    Ok(Entry::Record(record)) => {
+                        visit(&record, position + consumed as u64);
+                        consumed += record.total_size();
+                    }
+                    Ok(Entry::Blank(len)) => consumed += len,
+                    Err(error) => {
+                        tracing::error!(offset = position + consumed as u64, %error, "unreadable committed record");
+                        return position + consumed as u64;
+                    }
+                }
+            }
+            position += consumed as u64;
+        }
+        position
+    }
+
+    /// Makes `[from, to)` durable.
+    pub fn flush(&self, from: u64, to: u64) -> Result<()> {
+        if to <= from {
+            return Ok(());
+        }
+        let segments: Vec<Arc<Segment>> = {
+            let all = self.segments.read().expect("segments lock");
+            all.iter()
+                .filter(|segment| segment.end() > from && segment.start < to)
+                .cloned()
+                .collect()
+        };
+        for segment in segments {
+            let start = from.max(segment.start) - segment.start;
+            let end = to.min(segment.end()) - segment.start;
+            segment
+                .flush(start, end)
+                .map_err(BrokerError::io(format!("flushing {}", segment.path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+fn load_segments(dir: &Path) -> Result<Vec<Arc<Segment>>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(BrokerError::io(format!("listing {}", dir.display())))? {
+        let entry = entry.map_err(BrokerError::io(format!("listing {}", dir.display())))?;
+        let name = entry.file_name();
+        let Some(start) = name.to_str().and_then(|name| name.parse::<u64>().ok()) else {
+            tracing::warn!(file = ?name, "ignoring unexpected file in commitlog dir");
+            continue;
+        };
+        found.push((start, entry.path()));
+    }
+    found.sort();
+    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(found.len());
+    for (start, path) in found {
+        let segment = Segment::open(&path, start)?;
+        if let Some(previous) = segments.last()
+            && previous.end() != start
+        {
+            return Err(BrokerError::Corrupt(format!(
+                "commitlog segments are not contiguous: {} ends at {} but the next starts at {start}",
+                previous.path.display(),
+                previous.end()
+            )));
+        }
+        segments.push(Arc::new(segment));
+    }
+    Ok(segments)
+}

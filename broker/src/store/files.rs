@@ -1,0 +1,48 @@
+//! Small metadata files written atomically: write a temp file, fsync it, rename it over the old
+//! one, fsync the directory. A crash leaves either the old or the new content, never a mix.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{BrokerError, Result};
+
+/// Makes a directory's entries (created, renamed, removed files) durable.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(BrokerError::io(format!("syncing directory {}", dir.display())))
+}
+
+/// Writes `value` as JSON to `path` atomically.
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let dir = path.parent().expect("metadata files live in a directory");
+    fs::create_dir_all(dir).map_err(BrokerError::io(format!("creating {}", dir.display())))?;
+    let temp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec_pretty(value).expect("metadata serializes");
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&temp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    };
+    write().map_err(BrokerError::io(format!("writing {}", path.display())))?;
+    fsync_dir(dir)
+}
+
+/// Reads JSON from `path`; `None` if the file does not exist.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|error| BrokerError::Corrupt(format!("{} is not valid: {error}", path.display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(BrokerError::Io {
+            context: format!("reading {}", path.display()),
+            source: error,
+        }),
+    }
+}

@@ -1,0 +1,851 @@
+//! The storage engine: the commitlog, consume queues, consumer offsets, flushing and recovery.
+//!
+//! [`MessageStore::open`] recovers and starts two threads: the dispatcher, which turns newly
+//! committed records into consume queue entries, and the flusher, which makes the commitlog
+//! durable (periodically, or as soon as there is something to sync when `flush_mode = "sync"`,
+//! so concurrent sends share one sync: group commit) and writes the checkpoint.
+//!
+//! Data dir layout: `commitlog/`, `consumequeue/<topic>/<queue>/`, `checkpoint`, `offsets/`, `meta/`.
+
+mod commitlog;
+pub mod consume_queue;
+mod files;
+mod offsets;
+mod segment;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use meridian_proto::MessageId;
+use meridian_proto::messages::{MessageData, SendResult};
+use meridian_proto::properties::{self, MSG_ID};
+use meridian_proto::record::{self, RecordFields};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::{BrokerError, Result};
+use crate::metrics::BrokerMetrics;
+use commitlog::CommitLog;
+pub use consume_queue::{ConsumeQueue, CqEntry};
+pub(crate) use files::fsync_dir;
+use offsets::ConsumerOffsets;
+
+/// When a send counts as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FlushMode {
+    /// Acknowledge once the record is in the page cache; sync every `flush_interval_ms`.
+    /// Survives a crash of the broker process, not of the machine.
+    #[default]
+    Async,
+    /// Acknowledge only after the record is synced to disk. Concurrent sends share one sync.
+    Sync,
+}
+
+/// Storage settings (the `[store]` table of the broker config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Bytes per commitlog segment (default 1 GiB).
+    pub segment_size: u64,
+    /// Entries per consume queue file (default 300,000: 6 MB).
+    pub cq_entries_per_file: u64,
+    /// When a send counts as stored.
+    pub flush_mode: FlushMode,
+    /// How often async mode syncs, in ms.
+    pub flush_interval_ms: u64,
+    /// How long a sync-mode send waits for its sync before failing with `FlushTimeout`, in ms.
+    pub sync_flush_timeout_ms: u64,
+    /// How often consume queues, offsets and the checkpoint are made durable, in ms.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            segment_size: 1 << 30,
+            cq_entries_per_file: 300_000,
+            flush_mode: FlushMode::Async,
+            flush_interval_ms: 500,
+            sync_flush_timeout_ms: 5_000,
+            checkpoint_interval_ms: 1_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Checks values that would make the store unusable.
+    pub fn validate(&self, max_record_size: usize) -> Result<()> {
+        if self.segment_size < max_record_size as u64 + 64 {
+            return Err(BrokerError::Config(format!(
+                "store.segment_size = {} cannot hold the largest allowed message record ({max_record_size} bytes); raise it or lower limits.max_body_size",
+                self.segment_size
+            )));
+        }
+        if self.cq_entries_per_file == 0 || self.flush_interval_ms == 0 || self.checkpoint_interval_ms == 0 {
+            return Err(BrokerError::Config(
+                "store.cq_entries_per_file, flush_interval_ms and checkpoint_interval_ms must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Progress made durable together, so recovery knows where to start checking.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Checkpoint {
+    /// Every record below this offset is synced and has its consume queue entries synced.
+    safe_offset: u64,
+    /// Unix ms when written (for operators).
+    written_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+struct TopicsFile {
+    topics: HashMap<String, TopicMeta>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct TopicMeta {
+    queues: u32,
+}
+
+struct Topic {
+    queues: Vec<Arc<ConsumeQueue>>,
+}
+
+/// Result of an append.
+#[derive(Debug)]
+pub struct Appended {
+    /// One per message, in order.
+    pub results: Vec<SendResult>,
+    /// Commitlog offset just past the batch: wait for the flush to pass it under sync flush.
+    pub end_offset: u64,
+}
+
+/// Min and max offsets of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBounds {
+    /// Smallest readable offset.
+    pub min_offset: u64,
+    /// One past the largest.
+    pub max_offset: u64,
+}
+
+/// What recovery did at startup, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Where checking started (the start of the segment holding the checkpoint).
+    pub scanned_from: u64,
+    /// End of the last valid record.
+    pub valid_end: u64,
+    /// Whether a torn or corrupt tail was cut off.
+    pub torn_tail: bool,
+    /// Records re-dispatched into consume queues.
+    pub redispatched: u64,
+}
+
+/// The storage engine. Shared as `Arc<MessageStore>`; call [`MessageStore::shutdown`] to stop it.
+pub struct MessageStore {
+    config: StoreConfig,
+    dir: PathBuf,
+    store_host: SocketAddr,
+    commitlog: CommitLog,
+    topics: RwLock<HashMap<String, Topic>>,
+    topics_lock: Mutex<()>,
+    offsets: ConsumerOffsets,
+    dispatched: AtomicU64,
+    flushed_tx: watch::Sender<u64>,
+    next_queue: AtomicU32,
+    stopping: AtomicBool,
+    /// Set by tests to stop the threads the way a `kill -9` would: no last flush or checkpoint.
+    crashed: AtomicBool,
+    dispatcher: OnceLock<Thread>,
+    flusher: OnceLock<Thread>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    metrics: Arc<BrokerMetrics>,
+    recovery: RecoveryReport,
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl MessageStore {
+    /// Opens the store in `dir`, recovers it and starts its threads.
+    pub fn open(
+        dir: &Path,
+        config: StoreConfig,
+        store_host: SocketAddr,
+        metrics: Arc<BrokerMetrics>,
+    ) -> Result<Arc<MessageStore>> {
+        std::fs::create_dir_all(dir).map_err(BrokerError::io(format!("creating data dir {}", dir.display())))?;
+        let checkpoint: Option<Checkpoint> = match files::read_json(&dir.join("checkpoint")) {
+            Ok(checkpoint) => checkpoint,
+            Err(error) => {
+                tracing::warn!(%error, "checkpoint unreadable; checking the whole commitlog");
+                None
+            }
+        };
+        let scan_from = checkpoint.map_or(0, |checkpoint| checkpoint.safe_offset);
+
+        let topics_file: TopicsFile = files::read_json(&dir.join("meta/topics.json"))?.unwrap_or_default();
+        let mut seen_queues: HashMap<String, u32> = HashMap::new();
+        let (commitlog, recovered) =
+            CommitLog::open(&dir.join("commitlog"), config.segment_size, scan_from, |record, _| {
+                let queues = seen_queues.entry(record.topic().to_owned()).or_default();
+                *queues = (*queues).max(record.queue_id() + 1);
+            })?;
+        // Consume queue entries below the checkpoint are durable; above it they are rebuilt. If
+        // the log ends below the checkpoint (damage found in the current segment), from there.
+        let redispatch_from = scan_from.clamp(commitlog.min_offset(), recovered.valid_end);
+
+        let mut metas = topics_file.topics.clone();
+        for (topic, queues) in seen_queues {
+            let meta = metas.entry(topic.clone()).or_insert(TopicMeta { queues });
+            if meta.queues < queues {
+                tracing::warn!(
+                    topic,
+                    queues,
+                    "commitlog holds queues the topic metadata lacks; adding them"
+                );
+                meta.queues = queues;
+            }
+        }
+        let mut topics = HashMap::new();
+        for (name, meta) in &metas {
+            let queues = (0..meta.queues)
+                .map(|queue_id| {
+                    ConsumeQueue::open(&cq_dir(dir, name, queue_id), config.cq_entries_per_file).map(Arc::new)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for queue in &queues {
+                queue.truncate_from(redispatch_from)?;
+            }
+            topics.insert(name.clone(), Topic { queues });
+        }
+
+        let (flushed_tx, _) = watch::channel(recovered.valid_end);
+        let store = MessageStore {
+            config,
+            dir: dir.to_owned(),
+            store_host,
+            commitlog,
+            topics: RwLock::new(topics),
+            topics_lock: Mutex::new(()),
+            offsets: ConsumerOffsets::load(dir.join("offsets/consumer_offsets.json"))?,
+            dispatched: AtomicU64::new(redispatch_from),
+            flushed_tx,
+            next_queue: AtomicU32::new(0),
+            stopping: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
+            dispatcher: OnceLock::new(),
+            flusher: OnceLock::new(),
+            threads: Mutex::new(Vec::new()),
+            metrics,
+            recovery: RecoveryReport {
+                scanned_from: recovered.scanned_from,
+                valid_end: recovered.valid_end,
+                torn_tail: recovered.torn_tail,
+                redispatched: 0,
+            },
+        };
+        if metas.len() != topics_file.topics.len()
+            || metas
+                .iter()
+                .any(|(name, meta)| topics_file.topics.get(name).map(|old| old.queues) != Some(meta.queues))
+        {
+            store.write_topics_file(&metas)?;
+        }
+        let redispatched = store.dispatch(redispatch_from, recovered.valid_end)?;
+        store.commitlog.flush(recovered.scanned_from, recovered.valid_end)?;
+        {
+            let topics = store.topics.read().expect("topics lock");
+            let mut writer = store.commitlog.lock_writer();
+            for (name, topic) in topics.iter() {
+                writer.queue_offsets.insert(
+                    name.clone(),
+                    topic.queues.iter().map(|queue| queue.max_offset()).collect(),
+                );
+                for (queue_id, queue) in topic.queues.iter().enumerate() {
+                    store.offsets.clamp(name, queue_id as u32, queue.max_offset());
+                }
+            }
+        }
+        let mut store = store;
+        store.recovery.redispatched = redispatched;
+        store.checkpoint()?;
+        tracing::info!(
+            dir = %dir.display(),
+            scanned_from = recovered.scanned_from,
+            valid_end = recovered.valid_end,
+            torn_tail = recovered.torn_tail,
+            redispatched,
+            "message store recovered"
+        );
+
+        let store = Arc::new(store);
+        store.start_threads()?;
+        Ok(store)
+    }
+
+    fn start_threads(self: &Arc<Self>) -> Result<()> {
+        let mut threads = self.threads.lock().expect("threads lock");
+        let dispatcher_store = self.clone();
+        let dispatcher = thread::Builder::new()
+            .name("meridian-dispatch".into())
+            .spawn(move || dispatcher_store.dispatch_loop())
+            .map_err(BrokerError::io("starting the dispatcher thread"))?;
+        self.dispatcher.set(dispatcher.thread().clone()).expect("started once");
+        threads.push(dispatcher);
+        let flusher_store = self.clone();
+        let flusher = thread::Builder::new()
+            .name("meridian-flush".into())
+            .spawn(move || flusher_store.flush_loop())
+            .map_err(BrokerError::io("starting the flush thread"))?;
+        self.flusher.set(flusher.thread().clone()).expect("started once");
+        threads.push(flusher);
+        Ok(())
+    }
+
+    /// What recovery did when the store opened.
+    pub fn recovery_report(&self) -> RecoveryReport {
+        self.recovery
+    }
+
+    /// The store's settings.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn write_topics_file(&self, metas: &HashMap<String, TopicMeta>) -> Result<()> {
+        files::write_json(
+            &self.dir.join("meta/topics.json"),
+            &TopicsFile { topics: metas.clone() },
+        )
+    }
+
+    /// Creates a topic with `queues` queues. Returns false if it already exists with that many.
+    pub fn create_topic(&self, name: &str, queues: u32) -> Result<bool> {
+        meridian_proto::validate::validate_topic(name)?;
+        meridian_proto::validate::validate_queue_count(queues)?;
+        let _serialized = self.topics_lock.lock().expect("topics create lock");
+        if let Some(topic) = self.topics.read().expect("topics lock").get(name) {
+            let existing = topic.queues.len() as u32;
+            return if existing == queues {
+                Ok(false)
+            } else {
+                Err(BrokerError::TopicExists {
+                    topic: name.to_owned(),
+                    queues: existing,
+                })
+            };
+        }
+        let queue_list = (0..queues)
+            .map(|queue_id| {
+                ConsumeQueue::open(&cq_dir(&self.dir, name, queue_id), self.config.cq_entries_per_file).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut metas: HashMap<String, TopicMeta> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .iter()
+            .map(|(name, topic)| {
+                (
+                    name.clone(),
+                    TopicMeta {
+                        queues: topic.queues.len() as u32,
+                    },
+                )
+            })
+            .collect();
+        metas.insert(name.to_owned(), TopicMeta { queues });
+        self.write_topics_file(&metas)?;
+        self.commitlog
+            .lock_writer()
+            .queue_offsets
+            .insert(name.to_owned(), vec![0; queues as usize]);
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_owned(), Topic { queues: queue_list });
+        tracing::info!(topic = name, queues, "topic created");
+        Ok(true)
+    }
+
+    /// Queue count of a topic, if it exists.
+    pub fn topic_queues(&self, name: &str) -> Option<u32> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .get(name)
+            .map(|topic| topic.queues.len() as u32)
+    }
+
+    /// All topics with their queue counts, sorted by name.
+    pub fn topics(&self) -> Vec<(String, u32)> {
+        let mut all: Vec<_> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .iter()
+            .map(|(name, topic)| (name.clone(), topic.queues.len() as u32))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// The consume queue of a topic's queue.
+    pub fn consume_queue(&self, topic: &str, queue_id: u32) -> Result<Arc<ConsumeQueue>> {
+        let topics = self.topics.read().expect("topics lock");
+        let found = topics
+            .get(topic)
+            .ok_or_else(|| BrokerError::TopicNotFound(topic.to_owned()))?;
+        found
+            .queues
+            .get(queue_id as usize)
+            .cloned()
+            .ok_or_else(|| BrokerError::QueueNotFound {
+                topic: topic.to_owned(),
+                queue_id,
+                queues: found.queues.len() as u32,
+            })
+    }
+
+    /// Appends `messages` to one queue of `topic` (the broker picks one round robin when
+    /// `queue_id` is `None`), with consecutive queue offsets. Messages must already be validated.
+    /// Messages without a msgId get one.
+    pub fn append(
+        &self,
+        topic: &str,
+        queue_id: Option<u32>,
+        messages: &[MessageData],
+        born_host: SocketAddr,
+    ) -> Result<Appended> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(BrokerError::ShuttingDown);
+        }
+        // Messages without an id get one prepended to their properties; only they allocate.
+        let generated: Vec<Option<(String, Vec<u8>)>> = messages
+            .iter()
+            .map(|message| {
+                if properties::get(&message.properties, MSG_ID).is_some() {
+                    return None;
+                }
+                let msg_id = MessageId::generate().to_string();
+                let mut encoded = Vec::with_capacity(message.properties.len() + 48);
+                encoded.extend_from_slice(MSG_ID.as_bytes());
+                encoded.push(1);
+                encoded.extend_from_slice(msg_id.as_bytes());
+                encoded.push(2);
+                encoded.extend_from_slice(&message.properties);
+                Some((msg_id, encoded))
+            })
+            .collect();
+        let store_timestamp = now_millis();
+        let mut results = Vec::with_capacity(messages.len());
+        let mut stored_bytes = 0u64;
+
+        let mut writer = self.commitlog.lock_writer();
+        let queue_count = writer
+            .queue_offsets
+            .get(topic)
+            .map(Vec::len)
+            .ok_or_else(|| BrokerError::TopicNotFound(topic.to_owned()))? as u32;
+        let queue_id = match queue_id {
+            Some(queue_id) if queue_id < queue_count => queue_id,
+            Some(queue_id) => {
+                return Err(BrokerError::QueueNotFound {
+                    topic: topic.to_owned(),
+                    queue_id,
+                    queues: queue_count,
+                });
+            }
+            None => self.next_queue.fetch_add(1, Ordering::Relaxed) % queue_count,
+        };
+        let mut queue_offset = writer.queue_offsets[topic][queue_id as usize];
+        for (message, generated) in messages.iter().zip(&generated) {
+            let properties: &[u8] = match generated {
+                Some((_, encoded)) => encoded,
+                None => &message.properties,
+            };
+            let mut fields = RecordFields {
+                flags: message.flags,
+                queue_id,
+                queue_offset,
+                commitlog_offset: 0,
+                born_timestamp: message.born_timestamp,
+                store_timestamp,
+                born_host,
+                store_host: self.store_host,
+                reconsume_count: message.reconsume_count,
+                topic,
+                properties,
+                body: &message.body,
+            };
+            let reservation = match self.commitlog.reserve(&mut writer, fields.encoded_len()) {
+                Ok(reservation) => reservation,
+                Err(error) => {
+                    self.commitlog.rewind(&mut writer);
+                    return Err(error);
+                }
+            };
+            fields.commitlog_offset = reservation.offset;
+            record::encode_into(reservation.bytes, &fields);
+            stored_bytes += fields.encoded_len() as u64;
+            let msg_id = match generated {
+                Some((msg_id, _)) => msg_id.clone(),
+                None => properties::get(properties, MSG_ID).unwrap_or_default().to_owned(),
+            };
+            results.push(SendResult {
+                msg_id,
+                queue_id,
+                queue_offset,
+                commitlog_offset: fields.commitlog_offset,
+                store_timestamp,
+            });
+            queue_offset += 1;
+        }
+        writer.queue_offsets.get_mut(topic).expect("checked above")[queue_id as usize] = queue_offset;
+        self.commitlog.publish(&writer);
+        let end_offset = self.commitlog.committed();
+        drop(writer);
+
+        self.metrics.messages_stored.inc_by(messages.len() as u64);
+        self.metrics.bytes_stored.inc_by(stored_bytes);
+        if let Some(dispatcher) = self.dispatcher.get() {
+            dispatcher.unpark();
+        }
+        if self.config.flush_mode == FlushMode::Sync
+            && let Some(flusher) = self.flusher.get()
+        {
+            flusher.unpark();
+        }
+        Ok(Appended { results, end_offset })
+    }
+
+    /// Waits until the commitlog is synced past `end_offset` (sync flush mode).
+    pub async fn wait_flushed(&self, end_offset: u64) -> Result<()> {
+        let mut flushed = self.flushed_tx.subscribe();
+        let timeout = Duration::from_millis(self.config.sync_flush_timeout_ms);
+        match tokio::time::timeout(timeout, flushed.wait_for(|flushed| *flushed >= end_offset)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(BrokerError::ShuttingDown),
+            Err(_) => Err(BrokerError::FlushTimeout(self.config.sync_flush_timeout_ms)),
+        }
+    }
+
+    /// Offset up to which the commitlog is synced.
+    pub fn flushed_offset(&self) -> u64 {
+        *self.flushed_tx.borrow()
+    }
+
+    /// Offset up to which records are stored (visible once dispatched).
+    pub fn committed_offset(&self) -> u64 {
+        self.commitlog.committed()
+    }
+
+    /// Offset up to which records are in consume queues.
+    pub fn dispatched_offset(&self) -> u64 {
+        self.dispatched.load(Ordering::Acquire)
+    }
+
+    /// Min and max offsets of a queue.
+    pub fn queue_bounds(&self, topic: &str, queue_id: u32) -> Result<QueueBounds> {
+        let queue = self.consume_queue(topic, queue_id)?;
+        Ok(QueueBounds {
+            min_offset: queue.min_offset(),
+            max_offset: queue.max_offset(),
+        })
+    }
+
+    /// Reads consume queue entries `[offset, offset + max_count)` of a queue, cut so that the
+    /// records add up to at most `max_bytes` (but at least one entry when there is one).
+    pub fn read_entries(
+        &self,
+        queue: &ConsumeQueue,
+        offset: u64,
+        max_count: u32,
+        max_bytes: u32,
+    ) -> Result<Vec<CqEntry>> {
+        let mut entries = Vec::with_capacity(max_count.min(256) as usize);
+        queue.read(offset, max_count as usize, &mut entries)?;
+        let mut total = 0u64;
+        let keep = entries
+            .iter()
+            .position(|entry| {
+                total += u64::from(entry.size);
+                total > u64::from(max_bytes)
+            })
+            .unwrap_or(entries.len())
+            .max(1)
+            .min(entries.len());
+        entries.truncate(keep);
+        Ok(entries)
+    }
+
+    /// Appends the stored record of `entry` to `out`.
+    pub fn copy_record(&self, entry: &CqEntry, out: &mut BytesMut) -> Result<()> {
+        if self
+            .commitlog
+            .copy_record(entry.commitlog_offset, entry.size as usize, out)
+        {
+            Ok(())
+        } else {
+            Err(BrokerError::Corrupt(format!(
+                "consume queue points at commitlog offset {} ({} bytes), which is not readable",
+                entry.commitlog_offset, entry.size
+            )))
+        }
+    }
+
+    /// The first offset of a queue whose message was stored at or after `timestamp` (Unix ms);
+    /// the queue's max offset if all are older.
+    pub fn search_offset(&self, topic: &str, queue_id: u32, timestamp: i64) -> Result<u64> {
+        let queue = self.consume_queue(topic, queue_id)?;
+        let (mut low, mut high) = (queue.min_offset(), queue.max_offset());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let entry = queue
+                .get(middle)?
+                .ok_or_else(|| BrokerError::Corrupt(format!("missing consume queue entry {middle}")))?;
+            let stored_at = self
+                .commitlog
+                .with_bytes(entry.commitlog_offset, entry.size as usize, |bytes| {
+                    record::Record::parse(bytes).map(|record| record.store_timestamp())
+                })
+                .ok_or_else(|| BrokerError::Corrupt(format!("unreadable record at {}", entry.commitlog_offset)))?
+                .map_err(|error| BrokerError::Corrupt(format!("record at {}: {error}", entry.commitlog_offset)))?;
+            if stored_at < timestamp {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        Ok(low)
+    }
+
+    /// Stores a consumer group's offset for a queue.
+    pub fn commit_offset(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> Result<()> {
+        self.consume_queue(topic, queue_id)?;
+        self.offsets.commit(group, topic, queue_id, offset);
+        Ok(())
+    }
+
+    /// A consumer group's stored offset for a queue.
+    pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
+        self.consume_queue(topic, queue_id)?;
+        Ok(self.offsets.query(group, topic, queue_id))
+    }
+
+    /// Writes consume queue entries for records in `[from, to)`. Returns how many records it saw.
+    fn dispatch(&self, from: u64, to: u64) -> Result<u64> {
+        if to <= from {
+            return Ok(0);
+        }
+        let topics = self.topics.read().expect("topics lock");
+        // Entries are grouped per queue so each queue gets one write per round.
+        let mut pending: HashMap<*const ConsumeQueue, (Arc<ConsumeQueue>, u64, Vec<u8>)> = HashMap::new();
+        let mut count = 0u64;
+        let end = self.commitlog.scan(from, to, |record, offset| {
+            count += 1;
+            let Some(queue) = topics
+                .get(record.topic())
+                .and_then(|topic| topic.queues.get(record.queue_id() as usize))
+            else {
+                tracing::error!(
+                    topic = record.topic(),
+                    queue_id = record.queue_id(),
+                    offset,
+                    "record for unknown queue; skipped"
+                );
+                return;
+            };
+            let (_, first_index, encoded) = pending
+                .entry(Arc::as_ptr(queue))
+                .or_insert_with(|| (queue.clone(), record.queue_offset(), Vec::with_capacity(4096)));
+            let expected = *first_index + (encoded.len() / consume_queue::ENTRY_LEN) as u64;
+            if record.queue_offset() != expected {
+                tracing::error!(
+                    topic = record.topic(),
+                    expected,
+                    found = record.queue_offset(),
+                    "queue offset gap in commitlog"
+                );
+            }
+            let tag_hash = record.tag().map_or(0, properties::tag_hash);
+            CqEntry {
+                commitlog_offset: offset,
+                size: record.total_size() as u32,
+                tag_hash,
+            }
+            .encode(encoded);
+        });
+        for (queue, first_index, encoded) in pending.into_values() {
+            queue.append(first_index, &encoded)?;
+        }
+        self.dispatched.store(end, Ordering::Release);
+        if end < to {
+            return Err(BrokerError::Corrupt(format!(
+                "committed record at offset {end} is unreadable"
+            )));
+        }
+        Ok(count)
+    }
+
+    fn dispatch_loop(&self) {
+        loop {
+            if self.crashed.load(Ordering::Acquire) {
+                return;
+            }
+            let committed = self.commitlog.committed();
+            let dispatched = self.dispatched.load(Ordering::Acquire);
+            if committed > dispatched {
+                match self.dispatch(dispatched, committed) {
+                    Ok(_) => {
+                        self.metrics.dispatched_offset.set(committed as i64);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "dispatch failed; retrying");
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                };
+                continue;
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            thread::park_timeout(Duration::from_millis(100));
+        }
+    }
+
+    fn flush_loop(&self) {
+        if self.crashed.load(Ordering::Acquire) {
+            return;
+        }
+        let flush_interval = Duration::from_millis(self.config.flush_interval_ms);
+        let checkpoint_interval = Duration::from_millis(self.config.checkpoint_interval_ms);
+        let mut last_checkpoint = Instant::now();
+        loop {
+            let stopping = self.stopping.load(Ordering::Acquire);
+            if self.crashed.load(Ordering::Acquire) {
+                return;
+            }
+            self.flush_commitlog();
+            if stopping || last_checkpoint.elapsed() >= checkpoint_interval {
+                if let Err(error) = self.checkpoint() {
+                    tracing::error!(%error, "checkpoint failed; will retry");
+                }
+                last_checkpoint = Instant::now();
+            }
+            if stopping {
+                return;
+            }
+            match self.config.flush_mode {
+                FlushMode::Sync if self.commitlog.committed() > self.flushed_offset() => continue,
+                FlushMode::Sync => thread::park_timeout(checkpoint_interval.min(flush_interval)),
+                FlushMode::Async => thread::park_timeout(flush_interval),
+            }
+        }
+    }
+
+    fn flush_commitlog(&self) {
+        let target = self.commitlog.committed();
+        let flushed = self.flushed_offset();
+        if target <= flushed {
+            return;
+        }
+        let started = Instant::now();
+        match self.commitlog.flush(flushed, target) {
+            Ok(()) => {
+                self.flushed_tx.send_replace(target);
+                self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+                self.metrics.flushed_offset.set(target as i64);
+            }
+            Err(error) => {
+                tracing::error!(%error, "commitlog flush failed; sends waiting for it will time out");
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Makes consume queues and offsets durable, then records the safe offset.
+    fn checkpoint(&self) -> Result<()> {
+        let dispatched = self.dispatched.load(Ordering::Acquire);
+        let queues: Vec<Arc<ConsumeQueue>> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .flat_map(|topic| topic.queues.iter().cloned())
+            .collect();
+        for queue in queues {
+            queue.sync()?;
+        }
+        self.offsets.persist()?;
+        let safe_offset = dispatched.min(self.flushed_offset());
+        files::write_json(
+            &self.dir.join("checkpoint"),
+            &Checkpoint {
+                safe_offset,
+                written_at: now_millis(),
+            },
+        )
+    }
+
+    /// Stops the threads after a last flush, dispatch and checkpoint. Sends after this fail.
+    pub fn shutdown(&self) {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for thread in [self.dispatcher.get(), self.flusher.get()].into_iter().flatten() {
+            thread.unpark();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
+        for thread in threads {
+            let _ = thread.join();
+        }
+        // The dispatcher may have stopped before the flusher's last checkpoint saw its progress.
+        if let Err(error) = self.checkpoint() {
+            tracing::error!(%error, "final checkpoint failed");
+        }
+        tracing::info!(
+            committed = self.committed_offset(),
+            flushed = self.flushed_offset(),
+            "message store stopped"
+        );
+    }
+}
+
+impl MessageStore {
+    /// Stops the threads with no last flush or checkpoint, leaving the files as a `kill -9`
+    /// would (the page cache survives a process crash, so written bytes stay).
+    #[cfg(test)]
+    pub(crate) fn crash(&self) {
+        self.crashed.store(true, Ordering::Release);
+        self.stopping.store(true, Ordering::Release);
+        for thread in [self.dispatcher.get(), self.flusher.get()].into_iter().flatten() {
+            thread.unpark();
+        }
+        for thread in std::mem::take(&mut *self.threads.lock().expect("threads lock")) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn cq_dir(dir: &Path, topic: &str, queue_id: u32) -> PathBuf {
+    dir.join("consumequeue").join(topic).join(queue_id.to_string())
+}
+
+#[cfg(test)]
+mod tests;
