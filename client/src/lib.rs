@@ -1,1 +1,45 @@
-//! The client SDK (being built).
+//! The Meridian client SDK: producers, pull and push consumers, and admin calls, speaking the
+//! framed protocol of [`meridian_proto`] to brokers.
+//!
+//! - [`Producer`] sends [`Message`]s (sync, async, one-way, batch), choosing queues round robin
+//!   and retrying transient failures. Start reading here.
+//! - [`PushConsumer`] joins a consumer group, shares the topic's queues with the other members
+//!   ([`allocate_averagely`]) and hands each message to a handler, in order per queue, at least once.
+//! - [`PullConsumer`] is the low level: pull a queue at an offset, read and commit offsets.
+//! - [`Admin`] creates topics and reads routes.
+//! - Underneath: [`ConnectionPool`] of pipelined [`Connection`]s, and a [`RouteSource`] that says
+//!   where a topic lives ([`StaticRoute`] asks one broker; a nameserver source comes later).
+//!
+//! Every call fails with a [`ClientError`] that names the problem and the fix; messages are
+//! validated with the broker's own rules before anything is sent.
+#![warn(missing_docs)]
+
+mod admin;
+mod allocate;
+mod config;
+mod connection;
+mod consumer;
+mod error;
+mod message;
+mod producer;
+mod push;
+mod route;
+#[cfg(test)]
+mod test_support;
+
+pub use admin::Admin;
+pub use allocate::{QueueId, allocate_averagely};
+pub use config::ClientConfig;
+pub use connection::{Connection, ConnectionPool};
+pub use consumer::{PullConsumer, PullResult};
+pub use error::ClientError;
+pub use message::{Message, SendResult};
+pub use producer::{Producer, ProducerConfig};
+pub use push::{ConsumeFrom, ConsumeResult, ConsumerConfig, PushConsumer};
+pub use route::{RouteSource, StaticRoute};
+
+/// The wire protocol crate, re-exported so users need no second dependency.
+pub use meridian_proto as proto;
+pub use meridian_proto::messages::{BrokerRoute, PullStatus, TopicRoute};
+pub use meridian_proto::record::StoredMessage;
+pub use meridian_proto::{ErrorCode, Limits, ValidationError};

@@ -54,7 +54,8 @@ impl MessageId {
 
     /// Parses the 32-hex-digit form.
     pub fn parse(text: &str) -> Result<MessageId, InvalidMessageId> {
-        if text.len() != 32 || !text.is_ascii() {
+        // from_str_radix alone would accept a leading '+': insist on hex digits only.
+        if text.len() != 32 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
             return Err(InvalidMessageId(text.to_owned()));
         }
         let mut bytes = [0u8; 16];
@@ -106,6 +107,7 @@ mod tests {
     fn bad_ids_are_refused() {
         assert!(MessageId::parse("xyz").is_err());
         assert!(MessageId::parse(&"G".repeat(32)).is_err());
+        assert!(MessageId::parse(&"+0".repeat(16)).is_err(), "signs are not hex digits");
     }
 
     proptest! {

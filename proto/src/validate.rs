@@ -77,7 +77,7 @@ pub enum ValidationError {
     },
     /// A property name or value breaks the property rule.
     #[error(
-        "property {name:?} is invalid: name of 1 to {max} chars of [A-Za-z0-9_.-], value without control characters \\u0001 or \\u0002"
+        "property {name:?} is invalid: name of 1 to {max} chars of [A-Za-z0-9_.-] other than the reserved UNIQ_KEY, KEYS, TAGS, DELAY, PGROUP; value without control characters \\u0001 or \\u0002"
     )]
     Property {
         /// The property name as given.
@@ -182,10 +182,21 @@ pub fn validate_tag(tag: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// A user property: name of 1 to 64 chars of `[A-Za-z0-9_.-]`; value free of the two separator
-/// bytes of the encoded form (`\u{1}`, `\u{2}`).
+/// Property names the system sets itself; a user property may not shadow them.
+pub const RESERVED_PROPERTY_NAMES: [&str; 5] = [
+    crate::properties::MSG_ID,
+    crate::properties::KEYS,
+    crate::properties::TAGS,
+    crate::properties::DELAY,
+    crate::properties::PRODUCER_GROUP,
+];
+
+/// A user property: name of 1 to 64 chars of `[A-Za-z0-9_.-]`, not one of
+/// [`RESERVED_PROPERTY_NAMES`]; value free of the two separator bytes of the encoded form
+/// (`\u{1}`, `\u{2}`).
 pub fn validate_property(name: &str, value: &str) -> Result<(), ValidationError> {
-    let name_ok = !name.is_empty()
+    let name_ok = !RESERVED_PROPERTY_NAMES.contains(&name)
+        && !name.is_empty()
         && name.len() <= MAX_PROPERTY_NAME_LEN
         && name.bytes().all(|byte| is_name_char(byte) || byte == b'.');
     if !name_ok || value.contains(['\u{1}', '\u{2}']) {
@@ -268,6 +279,10 @@ mod tests {
         assert!(validate_property("trace.id", "x y z").is_ok());
         assert!(validate_property("bad name", "v").is_err());
         assert!(validate_property("name", "a\u{1}b").is_err());
+        assert!(
+            validate_property("KEYS", "shadow").is_err(),
+            "system names are reserved"
+        );
     }
 
     #[test]

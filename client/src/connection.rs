@@ -1,0 +1,668 @@
+//! Pipelined connections to brokers and a pool of them keyed by address.
+//!
+//! A [`Connection`] owns two tasks: a writer that drains a queue of frames into one buffer and
+//! writes it with a single syscall (so concurrent requests share syscalls), and a reader that hands
+//! each response to the request waiting for its id. Responses may arrive in any order. When the
+//! socket fails, every waiting request fails with [`ClientError::ConnectionClosed`] and the
+//! connection reports itself dead; the [`ConnectionPool`] opens a new one on the next request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use meridian_proto::frame::{FLAG_ONEWAY, FrameCodec};
+use meridian_proto::{ErrorCode, Frame, RequestCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::config::ClientConfig;
+use crate::error::ClientError;
+
+/// Frames waiting for the writer. Bounded so a stalled socket pushes back on senders instead of
+/// buffering without limit.
+const WRITE_QUEUE_CAPACITY: usize = 4096;
+/// The writer stops coalescing queued frames into one write once its buffer holds this much.
+const MAX_COALESCED_BYTES: usize = 256 * 1024;
+/// A write buffer that grew past this (one huge batch) is released instead of kept.
+const MAX_RETAINED_BUFFER: usize = 4 * 1024 * 1024;
+
+/// One TCP connection to a broker, shared by any number of concurrent requests. Cheap to clone.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<ConnectionInner>,
+}
+
+struct ConnectionInner {
+    frames_tx: mpsc::Sender<Frame>,
+    shared: Arc<Shared>,
+    next_request_id: AtomicU64,
+    max_frame_size: usize,
+    /// Bounds how long a one-way send may wait for room in the write queue.
+    queue_timeout: Duration,
+}
+
+/// State the two tasks and the request side all touch.
+struct Shared {
+    addr: String,
+    pending: Mutex<Pending>,
+    cancel: CancellationToken,
+}
+
+struct Pending {
+    /// Set once, when the connection dies; checked under the same lock as inserts so no request
+    /// can be registered after the waiters were failed.
+    closed: bool,
+    waiters: HashMap<u64, oneshot::Sender<Frame>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks the connection dead and fails every waiting request (dropping a waiter's sender
+    /// wakes it with an error, which reads as [`ClientError::ConnectionClosed`]).
+    fn close(&self) {
+        let waiters = {
+            let mut pending = self.lock();
+            pending.closed = true;
+            std::mem::take(&mut pending.waiters)
+        };
+        if !waiters.is_empty() {
+            debug!(addr = %self.addr, failed = waiters.len(), "connection closed with requests in flight");
+        }
+        drop(waiters);
+        self.cancel.cancel();
+    }
+}
+
+/// Removes a request's waiter when the request gives up (timeout or the caller dropped it), so the
+/// map never keeps waiters of abandoned requests.
+struct WaiterGuard<'a> {
+    shared: &'a Shared,
+    request_id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().waiters.remove(&self.request_id);
+    }
+}
+
+impl Connection {
+    /// Opens a connection to `addr` and starts its reader and writer on `tracker`. The tasks stop
+    /// when `parent` is cancelled, when the socket fails, or when the last handle is dropped.
+    pub async fn connect(
+        addr: &str,
+        config: &ClientConfig,
+        tracker: &TaskTracker,
+        parent: &CancellationToken,
+    ) -> Result<Connection, ClientError> {
+        let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    what: format!("connecting to {addr}"),
+                    after: config.connect_timeout,
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(ClientError::Connect {
+                    addr: addr.to_owned(),
+                    source,
+                });
+            }
+            Ok(Ok(stream)) => stream,
+        };
+        // Latency matters more than packet count: the writer already batches frames itself.
+        stream.set_nodelay(true).map_err(|source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+        let (read_half, write_half) = stream.into_split();
+        let shared = Arc::new(Shared {
+            addr: addr.to_owned(),
+            pending: Mutex::new(Pending {
+                closed: false,
+                waiters: HashMap::new(),
+            }),
+            cancel: parent.child_token(),
+        });
+        let (frames_tx, frames_rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
+        let codec = FrameCodec::new(config.limits.max_frame_size);
+        tracker.spawn(read_loop(shared.clone(), FramedRead::new(read_half, codec.clone())));
+        tracker.spawn(write_loop(shared.clone(), frames_rx, write_half, codec));
+        debug!(addr, "connected to broker");
+        Ok(Connection {
+            inner: Arc::new(ConnectionInner {
+                frames_tx,
+                shared,
+                next_request_id: AtomicU64::new(1),
+                max_frame_size: config.limits.max_frame_size,
+                queue_timeout: config.request_timeout,
+            }),
+        })
+    }
+
+    /// The address this connection was opened to.
+    pub fn addr(&self) -> &str {
+        &self.inner.shared.addr
+    }
+
+    /// Whether the connection can still carry requests. A dead connection never comes back.
+    pub fn is_alive(&self) -> bool {
+        !self.inner.shared.cancel.is_cancelled()
+    }
+
+    /// Closes the connection; requests in flight fail with [`ClientError::ConnectionClosed`].
+    pub fn close(&self) {
+        self.inner.shared.close();
+    }
+
+    fn check_size(&self, frame: &Frame) -> Result<(), ClientError> {
+        // frame_len, which the limit applies to, excludes its own 4 bytes.
+        let size = frame.encoded_len() - 4;
+        if size > self.inner.max_frame_size {
+            return Err(ClientError::FrameTooLarge {
+                size,
+                max: self.inner.max_frame_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends a request and waits up to `timeout` for its response. A response with a non-zero
+    /// code becomes [`ClientError::Broker`]; on success the whole response frame is returned.
+    pub async fn request(&self, code: RequestCode, body: Bytes, timeout: Duration) -> Result<Frame, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let frame = Frame::request(request_id, code, body);
+        self.check_size(&frame)?;
+        let shared = &*self.inner.shared;
+        let (response_tx, response_rx) = oneshot::channel();
+        {
+            let mut pending = shared.lock();
+            if pending.closed {
+                return Err(ClientError::ConnectionClosed);
+            }
+            pending.waiters.insert(request_id, response_tx);
+        }
+        let _waiter_guard = WaiterGuard { shared, request_id };
+        let timed_out = || ClientError::Timeout {
+            what: format!("{code:?} request to {}", shared.addr),
+            after: timeout,
+        };
+        match tokio::time::timeout_at(deadline, self.inner.frames_tx.send(frame)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(_)) => return Err(ClientError::ConnectionClosed),
+            Ok(Ok(())) => {}
+        }
+        let response = match tokio::time::timeout_at(deadline, response_rx).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(_)) => return Err(ClientError::ConnectionClosed),
+            Ok(Ok(response)) => response,
+        };
+        match response.error_code() {
+            ErrorCode::Ok => Ok(response),
+            code => {
+                let message = if response.header.remark.is_empty() {
+                    format!("{code} (the broker gave no details)")
+                } else {
+                    response.header.remark
+                };
+                Err(ClientError::Broker { code, message })
+            }
+        }
+    }
+
+    /// Queues a request that expects no response (`FLAG_ONEWAY`). Returns once the frame is in the
+    /// write queue: delivery is not confirmed.
+    pub async fn send_oneway(&self, code: RequestCode, body: Bytes) -> Result<(), ClientError> {
+        let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Frame::request(request_id, code, body);
+        frame.header.flags |= FLAG_ONEWAY;
+        self.check_size(&frame)?;
+        if !self.is_alive() {
+            return Err(ClientError::ConnectionClosed);
+        }
+        match tokio::time::timeout(self.inner.queue_timeout, self.inner.frames_tx.send(frame)).await {
+            Err(_) => Err(ClientError::Timeout {
+                what: format!("queueing a one-way {code:?} to {}", self.addr()),
+                after: self.inner.queue_timeout,
+            }),
+            Ok(Err(_)) => Err(ClientError::ConnectionClosed),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+}
+
+async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<OwnedReadHalf, FrameCodec>) {
+    loop {
+        let next = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            next = frames.next() => next,
+        };
+        match next {
+            Some(Ok(frame)) if frame.is_response() => {
+                let request_id = frame.header.request_id;
+                let waiter = shared.lock().waiters.remove(&request_id);
+                match waiter {
+                    // The requester may have given up in the meantime; nothing to do then.
+                    Some(waiter) => drop(waiter.send(frame)),
+                    None => debug!(addr = %shared.addr, request_id, "response to a request that stopped waiting"),
+                }
+            }
+            Some(Ok(frame)) => {
+                warn!(addr = %shared.addr, code = frame.header.code, "ignoring a request frame sent by the broker");
+            }
+            Some(Err(error)) => {
+                warn!(addr = %shared.addr, %error, "closing connection after a read error");
+                break;
+            }
+            None => {
+                debug!(addr = %shared.addr, "broker closed the connection");
+                break;
+            }
+        }
+    }
+    shared.close();
+}
+
+async fn write_loop(
+    shared: Arc<Shared>,
+    mut frames_rx: mpsc::Receiver<Frame>,
+    mut socket: OwnedWriteHalf,
+    mut codec: FrameCodec,
+) {
+    let mut buffer = BytesMut::with_capacity(8 * 1024);
+    loop {
+        let first = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            frame = frames_rx.recv() => match frame {
+                Some(frame) => frame,
+                // Every handle was dropped: nobody can send on this connection any more.
+                None => break,
+            },
+        };
+        encode_frame(&shared, &mut codec, first, &mut buffer);
+        while buffer.len() < MAX_COALESCED_BYTES {
+            match frames_rx.try_recv() {
+                Ok(frame) => encode_frame(&shared, &mut codec, frame, &mut buffer),
+                Err(_) => break,
+            }
+        }
+        let written = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            written = socket.write_all(&buffer) => written,
+        };
+        if let Err(error) = written {
+            warn!(addr = %shared.addr, %error, "closing connection after a write error");
+            break;
+        }
+        buffer.clear();
+        if buffer.capacity() > MAX_RETAINED_BUFFER {
+            buffer = BytesMut::with_capacity(8 * 1024);
+        }
+    }
+    shared.close();
+}
+
+fn encode_frame(shared: &Shared, codec: &mut FrameCodec, frame: Frame, buffer: &mut BytesMut) {
+    let request_id = frame.header.request_id;
+    if let Err(error) = codec.encode(frame, buffer) {
+        // Sizes are checked before queueing, so this is a bug; fail only this request.
+        warn!(addr = %shared.addr, request_id, %error, "dropping a frame that cannot be encoded");
+        shared.lock().waiters.remove(&request_id);
+    }
+}
+
+/// Connections keyed by broker address, opened on first use and reopened lazily when they die.
+/// Cheap to clone; clones share the connections.
+#[derive(Clone)]
+pub struct ConnectionPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    config: ClientConfig,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+#[derive(Default)]
+struct Slot {
+    connection: Mutex<Option<Connection>>,
+    /// Held while dialling, so concurrent requests to a dead address wait for one connect
+    /// instead of each opening a socket.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn live(&self) -> Option<Connection> {
+        let connection = self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        connection.as_ref().filter(|connection| connection.is_alive()).cloned()
+    }
+}
+
+impl ConnectionPool {
+    /// An empty pool; connections open on first use.
+    pub fn new(config: ClientConfig) -> ConnectionPool {
+        ConnectionPool {
+            inner: Arc::new(PoolInner {
+                config,
+                slots: Mutex::new(HashMap::new()),
+                tracker: TaskTracker::new(),
+                cancel: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The settings connections and requests use.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// A live connection to `addr`, opening one if there is none or the last one died.
+    pub async fn get(&self, addr: &str) -> Result<Connection, ClientError> {
+        if self.inner.cancel.is_cancelled() {
+            return Err(ClientError::Shutdown);
+        }
+        let slot = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            slots.entry(addr.to_owned()).or_default().clone()
+        };
+        if let Some(connection) = slot.live() {
+            return Ok(connection);
+        }
+        let _dialling = slot.connecting.lock().await;
+        if let Some(connection) = slot.live() {
+            return Ok(connection);
+        }
+        let connection = Connection::connect(addr, &self.inner.config, &self.inner.tracker, &self.inner.cancel).await?;
+        *slot.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Sends a request to `addr` (see [`Connection::request`]).
+    pub async fn request(
+        &self,
+        addr: &str,
+        code: RequestCode,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Frame, ClientError> {
+        self.get(addr).await?.request(code, body, timeout).await
+    }
+
+    /// Queues a one-way request to `addr` (see [`Connection::send_oneway`]).
+    pub async fn send_oneway(&self, addr: &str, code: RequestCode, body: Bytes) -> Result<(), ClientError> {
+        self.get(addr).await?.send_oneway(code, body).await
+    }
+
+    /// Encodes `request`, sends it and decodes the response body as `Resp`.
+    pub(crate) async fn call<Req, Resp>(
+        &self,
+        addr: &str,
+        code: RequestCode,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let response = self
+            .request(addr, code, Bytes::from(request.encode_to_vec()), timeout)
+            .await?;
+        Resp::decode(response.body)
+            .map_err(|error| ClientError::Decode(format!("{code:?} response from {addr}: {error}")))
+    }
+
+    /// Like [`ConnectionPool::call`] for requests whose response body is empty.
+    pub(crate) async fn call_empty<Req: prost::Message>(
+        &self,
+        addr: &str,
+        code: RequestCode,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        self.request(addr, code, Bytes::from(request.encode_to_vec()), timeout)
+            .await
+            .map(drop)
+    }
+
+    /// Closes every connection and waits for their tasks. Requests in flight fail with
+    /// [`ClientError::ConnectionClosed`]; later ones with [`ClientError::Shutdown`].
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::SinkExt;
+    use meridian_proto::frame::FLAG_RESPONSE;
+    use tokio::net::TcpListener;
+    use tokio_util::codec::Framed;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    async fn listener() -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        (listener, addr)
+    }
+
+    async fn accept(listener: &TcpListener) -> Framed<TcpStream, FrameCodec> {
+        let (socket, _) = listener.accept().await.unwrap();
+        Framed::new(socket, FrameCodec::new(1 << 20))
+    }
+
+    #[tokio::test]
+    async fn responses_are_matched_by_request_id_when_answered_out_of_order() {
+        let (listener, addr) = listener().await;
+        let tracker = TaskTracker::new();
+        let server = tracker.spawn(async move {
+            let mut framed = accept(&listener).await;
+            let mut requests = Vec::new();
+            while requests.len() < 16 {
+                requests.push(framed.next().await.unwrap().unwrap());
+            }
+            // Answer in reverse order of arrival, echoing each body.
+            for request in requests.into_iter().rev() {
+                framed
+                    .send(Frame::response(request.header.request_id, request.body))
+                    .await
+                    .unwrap();
+            }
+        });
+        let pool = ConnectionPool::new(ClientConfig::default());
+        let connection = pool.get(&addr).await.unwrap();
+        let requests = (0..16u32).map(|index| {
+            let connection = connection.clone();
+            async move {
+                let body = Bytes::from(format!("request-{index}"));
+                let response = connection
+                    .request(RequestCode::Pull, body.clone(), TIMEOUT)
+                    .await
+                    .unwrap();
+                assert!(response.header.flags & FLAG_RESPONSE != 0);
+                assert_eq!(response.body, body);
+            }
+        });
+        futures_util::future::join_all(requests).await;
+        server.await.unwrap();
+        pool.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn broker_errors_carry_the_code_and_remark() {
+        let (listener, addr) = listener().await;
+        let tracker = TaskTracker::new();
+        tracker.spawn(async move {
+            let mut framed = accept(&listener).await;
+            let request = framed.next().await.unwrap().unwrap();
+            let reply = Frame::error(
+                request.header.request_id,
+                ErrorCode::TopicNotFound,
+                "topic \"x\" does not exist",
+            );
+            framed.send(reply).await.unwrap();
+            // Keep the socket open until the client is done.
+            let _ = framed.next().await;
+        });
+        let pool = ConnectionPool::new(ClientConfig::default());
+        let error = pool
+            .request(&addr, RequestCode::Send, Bytes::new(), TIMEOUT)
+            .await
+            .unwrap_err();
+        match error {
+            ClientError::Broker { code, message } => {
+                assert_eq!(code, ErrorCode::TopicNotFound);
+                assert_eq!(message, "topic \"x\" does not exist");
+            }
+            other => panic!("unexpected error {other:?}"),
+        }
+        pool.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn dropped_connection_fails_pending_requests_and_the_pool_reconnects() {
+        let (listener, addr) = listener().await;
+        let tracker = TaskTracker::new();
+        let (received_tx, received_rx) = oneshot::channel();
+        tracker.spawn(async move {
+            let mut first = accept(&listener).await;
+            let mut seen = 0;
+            while seen < 3 {
+                first.next().await.unwrap().unwrap();
+                seen += 1;
+            }
+            received_tx.send(()).unwrap();
+            drop(first);
+            let mut second = accept(&listener).await;
+            while let Some(Ok(request)) = second.next().await {
+                second
+                    .send(Frame::response(request.header.request_id, Bytes::from_static(b"pong")))
+                    .await
+                    .unwrap();
+            }
+        });
+        let pool = ConnectionPool::new(ClientConfig::default());
+        let connection = pool.get(&addr).await.unwrap();
+        let pending = (0..3).map(|_| connection.request(RequestCode::Pull, Bytes::new(), TIMEOUT));
+        let (results, ()) = tokio::join!(futures_util::future::join_all(pending), async {
+            received_rx.await.unwrap();
+        });
+        for result in results {
+            assert!(matches!(result, Err(ClientError::ConnectionClosed)), "{result:?}");
+        }
+        assert!(!connection.is_alive());
+        assert!(matches!(
+            connection.request(RequestCode::Pull, Bytes::new(), TIMEOUT).await,
+            Err(ClientError::ConnectionClosed)
+        ));
+        let response = pool
+            .request(&addr, RequestCode::Pull, Bytes::new(), TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(response.body, Bytes::from_static(b"pong"));
+        pool.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_request_leaves_the_connection_usable() {
+        let (listener, addr) = listener().await;
+        let tracker = TaskTracker::new();
+        tracker.spawn(async move {
+            let mut framed = accept(&listener).await;
+            // Ignore the first request, answer the rest.
+            framed.next().await.unwrap().unwrap();
+            while let Some(Ok(request)) = framed.next().await {
+                framed
+                    .send(Frame::response(request.header.request_id, Bytes::new()))
+                    .await
+                    .unwrap();
+            }
+        });
+        let pool = ConnectionPool::new(ClientConfig::default());
+        let error = pool
+            .request(&addr, RequestCode::Pull, Bytes::new(), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ClientError::Timeout { .. }), "{error:?}");
+        assert!(error.to_string().contains("Pull request to"), "{error}");
+        pool.request(&addr, RequestCode::Pull, Bytes::new(), TIMEOUT)
+            .await
+            .unwrap();
+        let connection = pool.get(&addr).await.unwrap();
+        assert!(connection.inner.shared.lock().waiters.is_empty());
+        pool.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn oneway_frames_carry_the_flag() {
+        let (listener, addr) = listener().await;
+        let tracker = TaskTracker::new();
+        let server = tracker.spawn(async move {
+            let mut framed = accept(&listener).await;
+            framed.next().await.unwrap().unwrap()
+        });
+        let pool = ConnectionPool::new(ClientConfig::default());
+        pool.send_oneway(&addr, RequestCode::Send, Bytes::from_static(b"fire"))
+            .await
+            .unwrap();
+        let received = server.await.unwrap();
+        assert!(received.is_oneway());
+        assert_eq!(received.body, Bytes::from_static(b"fire"));
+        pool.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn oversized_requests_are_refused_before_sending() {
+        let (_listener, addr) = listener().await;
+        let mut config = ClientConfig::default();
+        config.limits.max_frame_size = 100;
+        let pool = ConnectionPool::new(config);
+        let error = pool
+            .request(&addr, RequestCode::Send, Bytes::from(vec![0u8; 200]), TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ClientError::FrameTooLarge { max: 100, .. }),
+            "{error:?}"
+        );
+        pool.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn connect_failures_name_the_address() {
+        let (listener, addr) = listener().await;
+        drop(listener);
+        let pool = ConnectionPool::new(ClientConfig::default());
+        let error = pool.get(&addr).await.err().unwrap();
+        assert!(matches!(error, ClientError::Connect { .. }), "{error:?}");
+        assert!(error.to_string().contains(&addr), "{error}");
+        assert!(error.is_retriable());
+        pool.shutdown().await;
+        assert!(matches!(pool.get(&addr).await, Err(ClientError::Shutdown)));
+    }
+}

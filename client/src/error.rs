@@ -1,0 +1,133 @@
+//! The one error type of the client.
+
+use std::time::Duration;
+
+use meridian_proto::{ErrorCode, ValidationError};
+
+/// Why a client call failed. Each message names what failed and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The broker answered with an error; `message` is the broker's own explanation.
+    #[error("broker refused the request ({code}): {message}")]
+    Broker {
+        /// The broker's error code.
+        code: ErrorCode,
+        /// The broker's remark: names the problem, the limit and the fix.
+        message: String,
+    },
+    /// A message, name or size breaks a rule; nothing was sent.
+    #[error("{0}")]
+    Validation(#[from] ValidationError),
+    /// The call itself is malformed (empty batch, mixed topics, unknown queue); nothing was sent.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A request does not fit in one frame; nothing was sent.
+    #[error(
+        "request of {size} bytes exceeds the frame limit of {max} bytes (max_frame_size); send smaller batches or raise the limit on both client and broker"
+    )]
+    FrameTooLarge {
+        /// Encoded size of the request frame.
+        size: usize,
+        /// The client's `limits.max_frame_size`.
+        max: usize,
+    },
+    /// No answer in time. The request may still take effect.
+    #[error("{what} timed out after {after:?}; check that the broker is up and not overloaded, or raise the timeout")]
+    Timeout {
+        /// What was attempted, e.g. `Send request to 127.0.0.1:7911`.
+        what: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The TCP connection could not be opened.
+    #[error("cannot connect to broker at {addr}: {source}; check the address and that the broker is running")]
+    Connect {
+        /// Address dialled.
+        addr: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The connection broke before the response arrived; the request may or may not have taken
+    /// effect. The next request reconnects.
+    #[error(
+        "connection to the broker closed before the response arrived; the request may or may not have taken effect, retry it"
+    )]
+    ConnectionClosed,
+    /// The broker's response could not be decoded.
+    #[error("cannot decode the broker's response: {0}; the broker may speak another protocol version")]
+    Decode(String),
+    /// The route of the topic has no broker (or no queue) open for what was asked.
+    #[error(
+        "no broker serves topic {topic:?} with a queue open for this operation; create the topic or check its read/write permission"
+    )]
+    NoRoute {
+        /// The topic.
+        topic: String,
+    },
+    /// The producer, consumer or pool was shut down.
+    #[error("the client was shut down; create a new one to continue")]
+    Shutdown,
+}
+
+impl ClientError {
+    /// Whether the same request may succeed if sent again after a back-off: the broker's
+    /// retriable codes ([`ErrorCode::is_retriable`]) and connection failures or timeouts.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Broker { code, .. } => code.is_retriable(),
+            ClientError::Timeout { .. } | ClientError::Connect { .. } | ClientError::ConnectionClosed => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the error suggests the cached route of a topic is stale.
+    pub(crate) fn suggests_stale_route(&self) -> bool {
+        self.is_retriable()
+            || matches!(
+                self,
+                ClientError::Broker {
+                    code: ErrorCode::TopicNotFound | ErrorCode::QueueNotFound,
+                    ..
+                } | ClientError::NoRoute { .. }
+            )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retriable_errors_are_transient_broker_codes_and_connection_failures() {
+        let broker = |code| ClientError::Broker {
+            code,
+            message: String::new(),
+        };
+        assert!(broker(ErrorCode::Busy).is_retriable());
+        assert!(broker(ErrorCode::FlushTimeout).is_retriable());
+        assert!(!broker(ErrorCode::InvalidArgument).is_retriable());
+        assert!(!broker(ErrorCode::TopicNotFound).is_retriable());
+        assert!(ClientError::ConnectionClosed.is_retriable());
+        assert!(
+            ClientError::Timeout {
+                what: "x".into(),
+                after: Duration::from_secs(1)
+            }
+            .is_retriable()
+        );
+        assert!(!ClientError::Validation(ValidationError::EmptyBody).is_retriable());
+        assert!(broker(ErrorCode::TopicNotFound).suggests_stale_route());
+    }
+
+    #[test]
+    fn broker_errors_show_the_remark() {
+        let error = ClientError::Broker {
+            code: ErrorCode::MessageTooLarge,
+            message: "message body of 9 bytes exceeds the limit of 8 bytes".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "broker refused the request (message_too_large): message body of 9 bytes exceeds the limit of 8 bytes"
+        );
+    }
+}

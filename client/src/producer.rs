@@ -1,0 +1,518 @@
+//! The producer: validates messages, picks a queue, sends, retries transient failures.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use meridian_proto::RequestCode;
+use meridian_proto::messages::{SendRequest, SendResponse, TopicRoute, perm};
+use meridian_proto::validate::validate_group;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::allocate::QueueId;
+use crate::config::ClientConfig;
+use crate::connection::ConnectionPool;
+use crate::error::ClientError;
+use crate::message::{EncodedMessage, Message, SendResult};
+use crate::route::{RouteCache, RouteSource, route_queues};
+
+/// Settings of a [`Producer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerConfig {
+    /// Producer group (may be empty).
+    pub group: String,
+    /// Connection and request settings.
+    pub client: ClientConfig,
+    /// How many times a send is retried after a retriable failure (so `retries + 1` attempts).
+    pub retries: u32,
+    /// Wait before the first retry; doubles for each further one.
+    pub retry_backoff: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> ProducerConfig {
+        ProducerConfig {
+            group: String::new(),
+            client: ClientConfig::default(),
+            retries: 2,
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Sends messages to topics. Cheap to clone; clones share connections, routes and the round-robin
+/// position.
+///
+/// Each send picks the next writable queue of the topic's route in turn. Retriable failures
+/// ([`ClientError::is_retriable`]) are retried on the next queue after a back-off; a retried
+/// message keeps its id, so a duplicate (the first attempt landed after all) carries the same id.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<ProducerInner>,
+}
+
+struct ProducerInner {
+    config: ProducerConfig,
+    pool: ConnectionPool,
+    routes: RouteCache,
+    /// Round-robin position over writable queues, shared by all topics.
+    next_queue: AtomicUsize,
+    /// Runs `send_async` sends, so shutdown waits for them.
+    tracker: TaskTracker,
+    closed: AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    RoundRobin,
+    Queue(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    AwaitResult,
+    Oneway,
+}
+
+/// Validated messages of one topic, sent in one request.
+struct Batch {
+    topic: String,
+    messages: Vec<EncodedMessage>,
+}
+
+impl Producer {
+    /// A producer finding topics through `route`. Connections open on first send.
+    pub fn new(route: Arc<dyn RouteSource>, config: ProducerConfig) -> Producer {
+        let pool = ConnectionPool::new(config.client.clone());
+        Producer {
+            inner: Arc::new(ProducerInner {
+                pool,
+                routes: RouteCache::new(route),
+                // Start at a random queue so many producers do not all hit queue 0 first.
+                next_queue: AtomicUsize::new(fastrand::usize(..1024)),
+                tracker: TaskTracker::new(),
+                closed: AtomicBool::new(false),
+                config,
+            }),
+        }
+    }
+
+    /// The settings this producer was built with.
+    pub fn config(&self) -> &ProducerConfig {
+        &self.inner.config
+    }
+
+    /// Sends one message and waits for the broker to store it.
+    pub async fn send(&self, msg: Message) -> Result<SendResult, ClientError> {
+        let batch = self.prepare(vec![msg])?;
+        self.inner.send_single(batch, Target::RoundRobin).await
+    }
+
+    /// Validates the message and starts sending it at once; the returned future resolves to the
+    /// result and need not be polled for the send to progress, so a caller can start many sends
+    /// and await them later. Must be called within a tokio runtime.
+    pub fn send_async(&self, msg: Message) -> impl Future<Output = Result<SendResult, ClientError>> + Send + 'static {
+        let spawned = self.prepare(vec![msg]).map(|batch| {
+            let inner = self.inner.clone();
+            self.inner
+                .tracker
+                .spawn(async move { inner.send_single(batch, Target::RoundRobin).await })
+        });
+        async move {
+            match spawned?.await {
+                Ok(result) => result,
+                Err(join_error) => match join_error.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(_) => Err(ClientError::Shutdown),
+                },
+            }
+        }
+    }
+
+    /// Sends one message without waiting for the broker (`FLAG_ONEWAY`): returns once the request
+    /// is queued on the connection, with the id the message is stored under if it arrives. Fast,
+    /// but a lost message goes unnoticed.
+    pub async fn send_oneway(&self, msg: Message) -> Result<String, ClientError> {
+        let batch = self.prepare(vec![msg])?;
+        let msg_id = batch.messages[0].msg_id.clone();
+        self.inner.deliver(&batch, Target::RoundRobin, Delivery::Oneway).await?;
+        Ok(msg_id)
+    }
+
+    /// Sends messages of one topic in one request to one queue, stored all or nothing with
+    /// consecutive offsets. Results are in the order of `msgs`.
+    pub async fn send_batch(&self, msgs: Vec<Message>) -> Result<Vec<SendResult>, ClientError> {
+        let batch = self.prepare(msgs)?;
+        self.inner
+            .deliver(&batch, Target::RoundRobin, Delivery::AwaitResult)
+            .await
+    }
+
+    /// Sends one message to queue `queue_id` of its topic. When several brokers serve the topic,
+    /// the first writable one (by broker name) holding that queue is used.
+    pub async fn send_to_queue(&self, msg: Message, queue_id: u32) -> Result<SendResult, ClientError> {
+        let batch = self.prepare(vec![msg])?;
+        self.inner.send_single(batch, Target::Queue(queue_id)).await
+    }
+
+    /// Stops accepting sends, waits for sends started with [`Producer::send_async`], then closes
+    /// the connections.
+    pub async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        self.inner.pool.shutdown().await;
+    }
+
+    fn prepare(&self, msgs: Vec<Message>) -> Result<Batch, ClientError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(ClientError::Shutdown);
+        }
+        let config = &self.inner.config;
+        if !config.group.is_empty() {
+            validate_group(&config.group)?;
+        }
+        let Some(first) = msgs.first() else {
+            return Err(ClientError::InvalidArgument(
+                "a batch needs at least one message".to_owned(),
+            ));
+        };
+        let topic = first.topic.clone();
+        if let Some(other) = msgs.iter().find(|msg| msg.topic != topic) {
+            return Err(ClientError::InvalidArgument(format!(
+                "a batch goes to one topic, but this one mixes {topic:?} and {:?}; send one batch per topic",
+                other.topic
+            )));
+        }
+        let messages = msgs
+            .iter()
+            .map(|msg| msg.encode(&config.client.limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Batch { topic, messages })
+    }
+}
+
+impl ProducerInner {
+    async fn send_single(&self, batch: Batch, target: Target) -> Result<SendResult, ClientError> {
+        let results = self.deliver(&batch, target, Delivery::AwaitResult).await?;
+        results
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Decode("Send response has no result".to_owned()))
+    }
+
+    /// Sends `batch`, retrying retriable failures with a doubling back-off.
+    async fn deliver(&self, batch: &Batch, target: Target, delivery: Delivery) -> Result<Vec<SendResult>, ClientError> {
+        let mut request = SendRequest {
+            topic: batch.topic.clone(),
+            queue_id: 0,
+            messages: batch.messages.iter().map(|message| message.data.clone()).collect(),
+            producer_group: self.config.group.clone(),
+        };
+        let mut attempt = 0u32;
+        loop {
+            let error = match self.attempt(batch, &mut request, target, delivery).await {
+                Ok(results) => return Ok(results),
+                Err(error) => error,
+            };
+            if error.suggests_stale_route() {
+                self.routes.invalidate(&batch.topic);
+            }
+            if !error.is_retriable() || attempt >= self.config.retries || self.closed.load(Ordering::SeqCst) {
+                return Err(error);
+            }
+            let backoff = self.config.retry_backoff.saturating_mul(1 << attempt.min(16));
+            warn!(
+                topic = %batch.topic,
+                attempt = attempt + 1,
+                retries = self.config.retries,
+                ?backoff,
+                %error,
+                "send failed, retrying"
+            );
+            tokio::time::sleep(backoff).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        batch: &Batch,
+        request: &mut SendRequest,
+        target: Target,
+        delivery: Delivery,
+    ) -> Result<Vec<SendResult>, ClientError> {
+        let route = self.routes.get(&batch.topic).await?;
+        let (queue, addr) = self.pick_queue(&batch.topic, &route, target)?;
+        request.queue_id = queue.queue_id as i32;
+        if delivery == Delivery::Oneway {
+            let body = Bytes::from(prost::Message::encode_to_vec(&*request));
+            self.pool.send_oneway(&addr, RequestCode::Send, body).await?;
+            return Ok(Vec::new());
+        }
+        let timeout = self.config.client.request_timeout;
+        let response: SendResponse = self.pool.call(&addr, RequestCode::Send, &*request, timeout).await?;
+        if response.results.len() != batch.messages.len() {
+            return Err(ClientError::Decode(format!(
+                "Send response from {addr} has {} results for {} messages",
+                response.results.len(),
+                batch.messages.len()
+            )));
+        }
+        debug!(topic = %batch.topic, %queue, messages = batch.messages.len(), "sent");
+        Ok(response
+            .results
+            .into_iter()
+            .zip(&batch.messages)
+            .map(|(result, message)| SendResult {
+                msg_id: if result.msg_id.is_empty() {
+                    message.msg_id.clone()
+                } else {
+                    result.msg_id
+                },
+                topic: batch.topic.clone(),
+                queue_id: result.queue_id,
+                queue_offset: result.queue_offset,
+                commitlog_offset: result.commitlog_offset,
+                store_timestamp: result.store_timestamp,
+            })
+            .collect())
+    }
+
+    fn pick_queue(&self, topic: &str, route: &TopicRoute, target: Target) -> Result<(QueueId, String), ClientError> {
+        let writable = route_queues(route, perm::WRITE);
+        if writable.is_empty() {
+            return Err(ClientError::NoRoute {
+                topic: topic.to_owned(),
+            });
+        }
+        match target {
+            Target::RoundRobin => {
+                let index = self.next_queue.fetch_add(1, Ordering::Relaxed) % writable.len();
+                Ok(writable[index].clone())
+            }
+            Target::Queue(queue_id) => {
+                let count = writable.len();
+                writable
+                    .into_iter()
+                    .find(|(queue, _)| queue.queue_id == queue_id)
+                    .ok_or_else(|| {
+                        ClientError::InvalidArgument(format!(
+                            "topic {topic:?} has no writable queue {queue_id} ({count} writable queues); pick a queue id the topic has"
+                        ))
+                    })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::StaticRoute;
+    use crate::test_support::{FakeBroker, eventually};
+    use meridian_proto::ErrorCode;
+    use meridian_proto::properties::{self, KEYS, MSG_ID, TAGS};
+    use meridian_proto::record::decode_all;
+
+    fn producer(broker: &FakeBroker, retries: u32) -> Producer {
+        let pool = ConnectionPool::new(ClientConfig::default());
+        let route = Arc::new(StaticRoute::new(broker.addr.clone(), pool));
+        Producer::new(
+            route,
+            ProducerConfig {
+                group: "test-producers".into(),
+                retries,
+                retry_backoff: Duration::from_millis(1),
+                ..ProducerConfig::default()
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn sends_round_robin_over_the_writable_queues() {
+        let broker = FakeBroker::start(&[("orders", 4)]).await;
+        let producer = producer(&broker, 2);
+        let mut results = Vec::new();
+        for index in 0..8 {
+            let msg = Message::new("orders", format!("body-{index}"))
+                .with_key(format!("key-{index}"))
+                .with_tag("created");
+            results.push(producer.send(msg).await.unwrap());
+        }
+        for pair in results.windows(2) {
+            assert_eq!(pair[1].queue_id, (pair[0].queue_id + 1) % 4);
+        }
+        for (index, result) in results.iter().enumerate() {
+            assert_eq!(result.topic, "orders");
+            assert_eq!(result.queue_offset, index as u64 / 4);
+        }
+        let records = broker.records("orders", results[0].queue_id);
+        let stored = decode_all(&records[0]).unwrap().remove(0);
+        assert_eq!(stored.msg_id(), results[0].msg_id);
+        assert_eq!(
+            properties::get(&stored.properties, MSG_ID),
+            Some(results[0].msg_id.as_str())
+        );
+        assert_eq!(properties::get(&stored.properties, KEYS), Some("key-0"));
+        assert_eq!(properties::get(&stored.properties, TAGS), Some("created"));
+        assert_eq!(broker.send_requests()[0].producer_group, "test-producers");
+        producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn retriable_errors_are_retried_with_the_same_message_id() {
+        let broker = FakeBroker::start(&[("orders", 2)]).await;
+        broker.fail_next_sends(&[ErrorCode::Busy, ErrorCode::FlushTimeout]);
+        let producer = producer(&broker, 2);
+        producer.send(Message::new("orders", "x")).await.unwrap();
+        let requests = broker.send_requests();
+        assert_eq!(requests.len(), 3);
+        let ids: Vec<_> = requests
+            .iter()
+            .map(|request| {
+                properties::get(&request.messages[0].properties, MSG_ID)
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert!(ids.iter().all(|id| *id == ids[0]));
+        producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn retries_stop_after_the_configured_count() {
+        let broker = FakeBroker::start(&[("orders", 2)]).await;
+        broker.fail_next_sends(&[ErrorCode::Busy, ErrorCode::Busy, ErrorCode::Busy]);
+        let producer = producer(&broker, 1);
+        let error = producer.send(Message::new("orders", "x")).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ClientError::Broker {
+                    code: ErrorCode::Busy,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(broker.send_requests().len(), 2);
+        producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn non_retriable_errors_fail_at_once_with_the_brokers_remark() {
+        let broker = FakeBroker::start(&[("orders", 2)]).await;
+        broker.fail_next_sends(&[ErrorCode::InvalidArgument]);
+        let producer = producer(&broker, 2);
+        let error = producer.send(Message::new("orders", "x")).await.unwrap_err();
+        assert!(error.to_string().contains("injected invalid_argument"), "{error}");
+        assert_eq!(broker.send_requests().len(), 1);
+
+        let error = producer.send(Message::new("missing", "x")).await.unwrap_err();
+        assert!(
+            matches!(&error, ClientError::Broker { code: ErrorCode::TopicNotFound, message } if message.contains("missing")),
+            "{error:?}"
+        );
+        assert_eq!(broker.request_count(RequestCode::TopicRoute), 2);
+        producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn invalid_messages_never_reach_the_broker() {
+        let broker = FakeBroker::start(&[("orders", 2)]).await;
+        let producer = producer(&broker, 2);
+        assert!(matches!(
+            producer.send(Message::new("bad topic", "x")).await,
+            Err(ClientError::Validation(_))
+        ));
+        assert!(matches!(
+            producer.send_async(Message::new("orders", "")).await,
+            Err(ClientError::Validation(_))
+        ));
+        assert!(matches!(
+            producer.send_batch(Vec::new()).await,
+            Err(ClientError::InvalidArgument(_))
+        ));
+        let mixed = vec![Message::new("orders", "a"), Message::new("other", "b")];
+        assert!(matches!(
+            producer.send_batch(mixed).await,
+            Err(ClientError::InvalidArgument(_))
+        ));
+        assert_eq!(broker.total_requests(), 0);
+        producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn send_async_progresses_without_being_polled() {
+        let broker = FakeBroker::start(&[("orders", 4)]).await;
+        let producer = producer(&broker, 2);
+        let pending: Vec<_> = (0..50)
+            .map(|index| producer.send_async(Message::new("orders", format!("m{index}"))))
+            .collect();
+        eventually(|| broker.message_count("orders") == 50).await;
+        let mut ids = std::collections::HashSet::new();
+        for send in pending {
+            ids.insert(send.await.unwrap().msg_id);
+        }
+        assert_eq!(ids.len(), 50);
+        producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_request_to_one_queue() {
+        let broker = FakeBroker::start(&[("orders", 4)]).await;
+        let producer = producer(&broker, 2);
+        let msgs = (0..5)
+            .map(|index| Message::new("orders", format!("m{index}")))
+            .collect();
+        let results = producer.send_batch(msgs).await.unwrap();
+        assert_eq!(broker.send_requests().len(), 1);
+        assert!(results.iter().all(|result| result.queue_id == results[0].queue_id));
+        let offsets: Vec<u64> = results.iter().map(|result| result.queue_offset).collect();
+        assert_eq!(offsets, [0, 1, 2, 3, 4]);
+        producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn send_to_queue_uses_that_queue_or_names_the_problem() {
+        let broker = FakeBroker::start(&[("orders", 4)]).await;
+        let producer = producer(&broker, 2);
+        for _ in 0..3 {
+            let result = producer.send_to_queue(Message::new("orders", "x"), 2).await.unwrap();
+            assert_eq!(result.queue_id, 2);
+        }
+        let error = producer
+            .send_to_queue(Message::new("orders", "x"), 9)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("no writable queue 9"), "{error}");
+        producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn oneway_sends_are_flagged_and_stored() {
+        let broker = FakeBroker::start(&[("orders", 2)]).await;
+        let producer = producer(&broker, 2);
+        producer.send_oneway(Message::new("orders", "fire")).await.unwrap();
+        eventually(|| broker.message_count("orders") == 1).await;
+        assert_eq!(broker.oneway_count(), 1);
+        producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn sends_after_shutdown_are_refused() {
+        let broker = FakeBroker::start(&[("orders", 2)]).await;
+        let producer = producer(&broker, 2);
+        let pending = producer.send_async(Message::new("orders", "in flight"));
+        producer.shutdown().await;
+        pending.await.unwrap();
+        assert!(matches!(
+            producer.send(Message::new("orders", "late")).await,
+            Err(ClientError::Shutdown)
+        ));
+    }
+}

@@ -1,0 +1,975 @@
+//! The push consumer: joins a group, shares the topic's queues with the other members, pulls each
+//! of its queues in order and hands every message to a handler, committing what was handled.
+//!
+//! Tasks, all on one [`TaskTracker`]:
+//! - heartbeat: tells every broker of the topic this member is alive;
+//! - rebalance: lists the members, allocates queues ([`allocate_averagely`]), stops the loops of
+//!   queues taken away (after the message in hand, then commits them) and starts loops for new ones;
+//! - one pull loop per owned queue: pull, hand messages to the handler one by one, retry a message
+//!   in place while the handler asks to, advance the queue's processed offset on success;
+//! - commit: stores each queue's processed offset every `commit_interval`.
+//!
+//! The committed offset is never past a message whose handler has not returned `Success`, so
+//! delivery is at least once and in order per queue.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use meridian_proto::messages::{ConsumerHeartbeat, ConsumerListResponse, GroupMember, PullStatus, TopicRoute, perm};
+use meridian_proto::record::StoredMessage;
+use meridian_proto::validate::{validate_group, validate_topic};
+use meridian_proto::{RequestCode, SDK_VERSION};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::allocate::{QueueId, allocate_averagely};
+use crate::config::ClientConfig;
+use crate::consumer::PullConsumer;
+use crate::error::ClientError;
+use crate::route::{RouteSource, broker_addr, broker_addrs, route_queues};
+
+/// First wait before a message whose handler returned [`ConsumeResult::Retry`] is handed again.
+pub(crate) const CONSUME_RETRY_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts at the same message.
+pub(crate) const CONSUME_RETRY_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Wait after a failed pull (or offset lookup) before trying the queue again.
+const PULL_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Where a queue starts when the group has no committed offset for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConsumeFrom {
+    /// The oldest message the queue still holds.
+    Earliest,
+    /// Only messages sent after the consumer started.
+    #[default]
+    Latest,
+}
+
+/// What a handler says about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeResult {
+    /// Done; the offset may move past it.
+    Success,
+    /// Hand it again after a back-off (1 s, doubling, at most 30 s). Later messages of the same
+    /// queue wait.
+    Retry,
+}
+
+/// Settings of a [`PushConsumer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// Consumer group; members of a group share the topic's queues.
+    pub group: String,
+    /// Topic to consume.
+    pub topic: String,
+    /// Connection and request settings.
+    pub client: ClientConfig,
+    /// Unique id of this member in the group.
+    pub client_id: String,
+    /// Where a queue starts when the group has no committed offset for it.
+    pub consume_from: ConsumeFrom,
+    /// How often the brokers hear that this member is alive (they expire it after 10 s).
+    pub heartbeat_interval: Duration,
+    /// How often the queues are shared out again among the members.
+    pub rebalance_interval: Duration,
+    /// Most messages one pull fetches.
+    pub pull_batch: u32,
+    /// How long a pull waits at the broker for new messages.
+    pub long_poll: Duration,
+    /// How often processed offsets are committed.
+    pub commit_interval: Duration,
+}
+
+impl ConsumerConfig {
+    /// Defaults for consuming `topic` in `group`.
+    pub fn new(group: impl Into<String>, topic: impl Into<String>) -> ConsumerConfig {
+        ConsumerConfig {
+            group: group.into(),
+            topic: topic.into(),
+            ..ConsumerConfig::default()
+        }
+    }
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> ConsumerConfig {
+        ConsumerConfig {
+            group: String::new(),
+            topic: String::new(),
+            client: ClientConfig::default(),
+            client_id: default_client_id(),
+            consume_from: ConsumeFrom::default(),
+            heartbeat_interval: Duration::from_secs(2),
+            rebalance_interval: Duration::from_secs(2),
+            pull_batch: 32,
+            long_poll: Duration::from_secs(5),
+            commit_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `host@pid@random`: readable in the console and unique even for two consumers in one process.
+fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let host: String = host
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || ch == '-' || ch == '.' {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{host}@{}@{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+type BoxedHandler = Arc<dyn Fn(StoredMessage) -> Pin<Box<dyn Future<Output = ConsumeResult> + Send>> + Send + Sync>;
+
+/// A member of a consumer group that pulls its share of the topic's queues and hands each message
+/// to a handler. See the module docs for how it works; call [`PushConsumer::shutdown`] to commit
+/// and leave the group (dropping it only stops the tasks).
+pub struct PushConsumer {
+    inner: Arc<PushInner>,
+}
+
+struct PushInner {
+    config: ConsumerConfig,
+    pull: PullConsumer,
+    handler: BoxedHandler,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    workers: Mutex<BTreeMap<QueueId, QueueWorker>>,
+    /// Rebalances run one at a time (the first one in `start`, then the periodic ones).
+    rebalance_lock: tokio::sync::Mutex<()>,
+}
+
+struct QueueWorker {
+    stop: CancellationToken,
+    progress: Arc<QueueProgress>,
+    handle: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct QueueProgress {
+    offsets: Mutex<Offsets>,
+    /// Serializes commits of one queue so two in flight cannot land out of order and move the
+    /// stored offset backwards.
+    commit_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Offsets {
+    /// Offset after the last message handled with `Success`; `None` until the start is known.
+    processed: Option<u64>,
+    /// What the broker holds, as far as this member knows.
+    committed: Option<u64>,
+}
+
+impl QueueProgress {
+    fn lock(&self) -> MutexGuard<'_, Offsets> {
+        self.offsets.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_processed(&self, offset: u64) {
+        self.lock().processed = Some(offset);
+    }
+}
+
+impl PushConsumer {
+    /// Joins the group and starts consuming: sends a first heartbeat, takes a share of the queues
+    /// and starts their pull loops. Fails when the group or topic name is invalid, the topic has no
+    /// route, or no broker accepts the heartbeat.
+    pub async fn start<F, Fut>(
+        route: Arc<dyn RouteSource>,
+        config: ConsumerConfig,
+        handler: F,
+    ) -> Result<PushConsumer, ClientError>
+    where
+        F: Fn(StoredMessage) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ConsumeResult> + Send + 'static,
+    {
+        validate_group(&config.group)?;
+        validate_topic(&config.topic)?;
+        check_settings(&config)?;
+        let handler: BoxedHandler = Arc::new(move |message| Box::pin(handler(message)));
+        let pull = PullConsumer::new(route, config.client.clone(), config.group.clone());
+        let inner = Arc::new(PushInner {
+            config,
+            pull,
+            handler,
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            workers: Mutex::new(BTreeMap::new()),
+            rebalance_lock: tokio::sync::Mutex::new(()),
+        });
+        let started = async {
+            inner.heartbeat().await?;
+            inner.rebalance().await
+        };
+        if let Err(error) = started.await {
+            inner.shutdown().await;
+            return Err(error);
+        }
+        inner.tracker.spawn(heartbeat_loop(inner.clone()));
+        inner.tracker.spawn(rebalance_loop(inner.clone()));
+        inner.tracker.spawn(commit_loop(inner.clone()));
+        info!(
+            group = %inner.config.group,
+            topic = %inner.config.topic,
+            client_id = %inner.config.client_id,
+            queues = inner.lock_workers().len(),
+            "push consumer started"
+        );
+        Ok(PushConsumer { inner })
+    }
+
+    /// The queues this member consumes now, sorted.
+    pub fn assigned_queues(&self) -> Vec<QueueId> {
+        self.inner.lock_workers().keys().cloned().collect()
+    }
+
+    /// The settings this consumer was started with.
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.inner.config
+    }
+
+    /// Stops the pull loops (each after the message in hand), commits what was processed, leaves
+    /// the group so the others take over its queues at once, and closes the connections.
+    pub async fn shutdown(self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl Drop for PushConsumer {
+    fn drop(&mut self) {
+        // Without shutdown nothing is committed on the way out; at least stop the tasks.
+        self.inner.cancel.cancel();
+    }
+}
+
+fn check_settings(config: &ConsumerConfig) -> Result<(), ClientError> {
+    let intervals = [
+        ("heartbeat_interval", config.heartbeat_interval),
+        ("rebalance_interval", config.rebalance_interval),
+        ("commit_interval", config.commit_interval),
+    ];
+    for (name, interval) in intervals {
+        if interval.is_zero() {
+            return Err(ClientError::InvalidArgument(format!(
+                "{name} is zero; give it a positive duration"
+            )));
+        }
+    }
+    if config.pull_batch == 0 {
+        return Err(ClientError::InvalidArgument(
+            "pull_batch is zero; pull at least 1 message at a time".to_owned(),
+        ));
+    }
+    if config.client_id.is_empty() {
+        return Err(ClientError::InvalidArgument(
+            "client_id is empty; leave the default or give each member a unique id".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+impl PushInner {
+    fn lock_workers(&self) -> MutexGuard<'_, BTreeMap<QueueId, QueueWorker>> {
+        self.workers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn topic(&self) -> &str {
+        &self.config.topic
+    }
+
+    async fn route(&self) -> Result<Arc<TopicRoute>, ClientError> {
+        self.pull.routes.get(self.topic()).await
+    }
+
+    async fn queue_addr(&self, queue: &QueueId) -> Result<String, ClientError> {
+        let route = self.route().await?;
+        broker_addr(&route, &queue.broker_name)
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::NoRoute {
+                topic: self.topic().to_owned(),
+            })
+    }
+
+    fn note_error(&self, error: &ClientError) {
+        if error.suggests_stale_route() {
+            self.pull.routes.invalidate(self.topic());
+        }
+    }
+
+    /// Tells every broker of the topic that this member is alive. Succeeds if one accepted.
+    async fn heartbeat(&self) -> Result<(), ClientError> {
+        let route = self.route().await.inspect_err(|error| self.note_error(error))?;
+        let request = ConsumerHeartbeat {
+            group: self.config.group.clone(),
+            client_id: self.config.client_id.clone(),
+            topics: vec![self.config.topic.clone()],
+            sdk_version: SDK_VERSION.to_owned(),
+        };
+        let timeout = self.config.client.request_timeout;
+        let sends = broker_addrs(&route).into_iter().map(|addr| {
+            let request = &request;
+            async move {
+                let result = self
+                    .pull
+                    .pool
+                    .call_empty(&addr, RequestCode::ConsumerHeartbeat, request, timeout)
+                    .await;
+                (addr, result)
+            }
+        });
+        let mut last_error = None;
+        let mut accepted = false;
+        for (addr, result) in futures_util::future::join_all(sends).await {
+            match result {
+                Ok(()) => accepted = true,
+                Err(error) => {
+                    warn!(addr, %error, group = %self.config.group, "heartbeat failed");
+                    self.note_error(&error);
+                    last_error = Some(error);
+                }
+            }
+        }
+        match (accepted, last_error) {
+            (false, Some(error)) => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// The live members of the group, from the first broker of the topic that answers.
+    async fn members(&self, route: &TopicRoute) -> Result<Vec<String>, ClientError> {
+        let request = GroupMember {
+            group: self.config.group.clone(),
+            client_id: String::new(),
+        };
+        let mut last_error = ClientError::NoRoute {
+            topic: self.topic().to_owned(),
+        };
+        for addr in broker_addrs(route) {
+            let result: Result<ConsumerListResponse, _> = self
+                .pull
+                .pool
+                .call(
+                    &addr,
+                    RequestCode::ConsumerList,
+                    &request,
+                    self.config.client.request_timeout,
+                )
+                .await;
+            match result {
+                Ok(response) => return Ok(response.client_ids),
+                Err(error) => {
+                    warn!(addr, %error, group = %self.config.group, "listing group members failed");
+                    last_error = error;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Shares the queues out again and starts or stops pull loops to match.
+    async fn rebalance(self: &Arc<Self>) -> Result<(), ClientError> {
+        let _one_at_a_time = self.rebalance_lock.lock().await;
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        let route = self.route().await.inspect_err(|error| self.note_error(error))?;
+        let queues: Vec<QueueId> = route_queues(&route, perm::READ)
+            .into_iter()
+            .map(|(queue, _)| queue)
+            .collect();
+        let me = self.config.client_id.as_str();
+        let mut members = self.members(&route).await?;
+        if !members.iter().any(|member| member == me) {
+            // The brokers forgot this member (restart, expiry after a pause): announce it again
+            // rather than give up every queue.
+            debug!(client_id = me, "member missing from the group list, heartbeating again");
+            self.heartbeat().await?;
+            members = self.members(&route).await?;
+        }
+        let wanted = allocate_averagely(&queues, &members, me);
+
+        let taken_away: Vec<(QueueId, QueueWorker)> = {
+            let mut workers = self.lock_workers();
+            let gone: Vec<QueueId> = workers
+                .keys()
+                .filter(|queue| !wanted.contains(queue))
+                .cloned()
+                .collect();
+            gone.into_iter()
+                .filter_map(|queue| workers.remove(&queue).map(|worker| (queue, worker)))
+                .collect()
+        };
+        // Stop them all first so they wind down together, then commit each.
+        for (_, worker) in &taken_away {
+            worker.stop.cancel();
+        }
+        for (queue, worker) in taken_away {
+            if let Err(join_error) = worker.handle.await {
+                error!(%queue, %join_error, "pull loop ended abnormally");
+            }
+            if let Err(error) = self.commit_queue(&queue, &worker.progress).await {
+                warn!(%queue, %error, "commit of a queue taken away failed; its next owner may see messages again");
+            }
+            info!(%queue, group = %self.config.group, "queue taken away");
+        }
+
+        let mut workers = self.lock_workers();
+        for queue in wanted {
+            if !workers.contains_key(&queue) && !self.cancel.is_cancelled() {
+                info!(%queue, group = %self.config.group, "queue assigned");
+                let worker = self.spawn_worker(queue.clone());
+                workers.insert(queue, worker);
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_worker(self: &Arc<Self>, queue: QueueId) -> QueueWorker {
+        let stop = self.cancel.child_token();
+        let progress = Arc::new(QueueProgress::default());
+        let handle = self
+            .tracker
+            .spawn(run_queue(self.clone(), queue, progress.clone(), stop.clone()));
+        QueueWorker { stop, progress, handle }
+    }
+
+    /// The offset a queue starts at, and the group's committed offset if it has one.
+    async fn start_offset(&self, queue: &QueueId) -> Result<(u64, Option<u64>), ClientError> {
+        let addr = self.queue_addr(queue).await?;
+        let committed = self.pull.query_offset_at(&addr, self.topic(), queue.queue_id).await?;
+        if let Some(offset) = committed {
+            return Ok((offset, Some(offset)));
+        }
+        let (min, max) = self.pull.queue_info_at(&addr, self.topic(), queue.queue_id).await?;
+        let start = match self.config.consume_from {
+            ConsumeFrom::Earliest => min,
+            ConsumeFrom::Latest => max,
+        };
+        Ok((start, None))
+    }
+
+    /// Commits a queue's processed offset if it moved since the last commit.
+    async fn commit_queue(&self, queue: &QueueId, progress: &QueueProgress) -> Result<(), ClientError> {
+        let _in_order = progress.commit_lock.lock().await;
+        let offsets = *progress.lock();
+        let Some(processed) = offsets.processed else {
+            return Ok(());
+        };
+        if offsets.committed == Some(processed) {
+            return Ok(());
+        }
+        let addr = self.queue_addr(queue).await?;
+        self.pull
+            .commit_offset_at(&addr, self.topic(), queue.queue_id, processed)
+            .await
+            .inspect_err(|error| self.note_error(error))?;
+        progress.lock().committed = Some(processed);
+        debug!(%queue, offset = processed, "committed offset");
+        Ok(())
+    }
+
+    async fn commit_all(&self) {
+        let snapshot: Vec<(QueueId, Arc<QueueProgress>)> = self
+            .lock_workers()
+            .iter()
+            .map(|(queue, worker)| (queue.clone(), worker.progress.clone()))
+            .collect();
+        for (queue, progress) in snapshot {
+            if let Err(error) = self.commit_queue(&queue, &progress).await {
+                warn!(%queue, %error, "offset commit failed, will retry");
+            }
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        // Pull loops finish the message in hand; a rebalance in progress finishes its commits.
+        self.tracker.wait().await;
+        let workers = std::mem::take(&mut *self.lock_workers());
+        for (queue, worker) in workers {
+            if let Err(error) = self.commit_queue(&queue, &worker.progress).await {
+                warn!(%queue, %error, "final offset commit failed; the next owner may see messages again");
+            }
+        }
+        self.leave().await;
+        self.pull.shutdown().await;
+        info!(group = %self.config.group, client_id = %self.config.client_id, "push consumer stopped");
+    }
+
+    /// Tells every broker this member left, so the others rebalance without waiting for expiry.
+    async fn leave(&self) {
+        let Ok(route) = self.route().await else {
+            return;
+        };
+        let request = GroupMember {
+            group: self.config.group.clone(),
+            client_id: self.config.client_id.clone(),
+        };
+        let timeout = self.config.client.request_timeout;
+        for addr in broker_addrs(&route) {
+            if let Err(error) = self
+                .pull
+                .pool
+                .call_empty(&addr, RequestCode::ConsumerLeave, &request, timeout)
+                .await
+            {
+                warn!(addr, %error, "leaving the group failed; the broker will expire this member");
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(inner: Arc<PushInner>) {
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(inner.config.heartbeat_interval) => {}
+        }
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            // Errors are logged inside; the next beat tries again.
+            _ = inner.heartbeat() => {}
+        }
+    }
+}
+
+async fn rebalance_loop(inner: Arc<PushInner>) {
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(inner.config.rebalance_interval) => {}
+        }
+        // Not cancellable midway: a rebalance that took queues away must commit them.
+        if let Err(error) = inner.rebalance().await {
+            warn!(%error, group = %inner.config.group, "rebalance failed, keeping the current queues");
+        }
+    }
+}
+
+async fn commit_loop(inner: Arc<PushInner>) {
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(inner.config.commit_interval) => {}
+        }
+        inner.commit_all().await;
+    }
+}
+
+/// Sleeps for `duration` unless `stop` fires first; returns whether it slept the whole time.
+async fn sleep_unless_stopped(stop: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(duration) => true,
+    }
+}
+
+/// The pull loop of one queue.
+async fn run_queue(inner: Arc<PushInner>, queue: QueueId, progress: Arc<QueueProgress>, stop: CancellationToken) {
+    let mut offset = loop {
+        let resolved = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            resolved = inner.start_offset(&queue) => resolved,
+        };
+        match resolved {
+            Ok((start, committed)) => {
+                // Recording the start as processed commits it, so a start at the latest offset
+                // sticks even if no message comes before a rebalance.
+                *progress.lock() = Offsets {
+                    processed: Some(start),
+                    committed,
+                };
+                debug!(%queue, offset = start, "pull loop starting");
+                break start;
+            }
+            Err(error) => {
+                warn!(%queue, %error, "cannot find where to start the queue, retrying");
+                inner.note_error(&error);
+                if !sleep_unless_stopped(&stop, PULL_ERROR_BACKOFF).await {
+                    return;
+                }
+            }
+        }
+    };
+    while !stop.is_cancelled() {
+        // Biased: once stopped, a pull that completes at the same moment is not handled.
+        let pulled = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            pulled = pull_once(&inner, &queue, offset) => pulled,
+        };
+        let result = match pulled {
+            Ok(result) => result,
+            Err(error) => {
+                warn!(%queue, offset, %error, "pull failed, retrying");
+                inner.note_error(&error);
+                if !sleep_unless_stopped(&stop, PULL_ERROR_BACKOFF).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        match result.status {
+            PullStatus::Found => {
+                for message in result.messages {
+                    // The broker starts at the requested offset; anything before it was handled.
+                    if message.queue_offset < offset {
+                        continue;
+                    }
+                    let next = message.queue_offset + 1;
+                    if !consume_with_retries(&inner.handler, message, &stop, &queue).await {
+                        return;
+                    }
+                    offset = next;
+                    progress.set_processed(offset);
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                }
+                // Past the batch, the broker's next offset is authoritative (it may skip
+                // entries this group never sees).
+                if result.next_offset > offset {
+                    offset = result.next_offset;
+                    progress.set_processed(offset);
+                }
+            }
+            // The next offset of an empty answer is the offset asked for; keep ours.
+            PullStatus::NoNewMessage => {}
+            PullStatus::OffsetMoved => {
+                warn!(%queue, offset, next_offset = result.next_offset, "offset out of range, moving");
+                offset = result.next_offset;
+                progress.set_processed(offset);
+            }
+        }
+    }
+}
+
+async fn pull_once(
+    inner: &PushInner,
+    queue: &QueueId,
+    offset: u64,
+) -> Result<crate::consumer::PullResult, ClientError> {
+    let addr = inner.queue_addr(queue).await?;
+    inner
+        .pull
+        .pull_at(
+            &addr,
+            inner.topic(),
+            queue.queue_id,
+            offset,
+            inner.config.pull_batch,
+            inner.config.long_poll,
+        )
+        .await
+}
+
+/// Hands `message` to the handler until it succeeds, waiting between attempts. Returns false if
+/// `stop` fired while waiting to retry (the message was not handled). A handler that panics is
+/// treated like one that asked for a retry, so one bad message cannot kill the queue's loop.
+async fn consume_with_retries(
+    handler: &BoxedHandler,
+    message: StoredMessage,
+    stop: &CancellationToken,
+    queue: &QueueId,
+) -> bool {
+    let mut backoff = CONSUME_RETRY_FIRST_BACKOFF;
+    let mut attempts = 0u32;
+    loop {
+        let outcome = AssertUnwindSafe(async { handler(message.clone()).await })
+            .catch_unwind()
+            .await;
+        attempts += 1;
+        match outcome {
+            Ok(ConsumeResult::Success) => return true,
+            Ok(ConsumeResult::Retry) => {
+                debug!(%queue, offset = message.queue_offset, attempts, ?backoff, "handler asked to retry the message");
+            }
+            Err(_) => {
+                error!(%queue, offset = message.queue_offset, attempts, ?backoff, "message handler panicked, retrying the message");
+            }
+        }
+        if !sleep_unless_stopped(stop, backoff).await {
+            return false;
+        }
+        backoff = (backoff * 2).min(CONSUME_RETRY_MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::ConnectionPool;
+    use crate::route::StaticRoute;
+    use crate::test_support::{FakeBroker, eventually, test_message};
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn config(client_id: &str) -> ConsumerConfig {
+        ConsumerConfig {
+            client_id: client_id.to_owned(),
+            consume_from: ConsumeFrom::Earliest,
+            heartbeat_interval: Duration::from_millis(50),
+            rebalance_interval: Duration::from_millis(50),
+            long_poll: Duration::from_millis(100),
+            commit_interval: Duration::from_millis(20),
+            ..ConsumerConfig::new("workers", "orders")
+        }
+    }
+
+    fn route(broker: &FakeBroker) -> Arc<dyn RouteSource> {
+        Arc::new(StaticRoute::new(
+            broker.addr.clone(),
+            ConnectionPool::new(ClientConfig::default()),
+        ))
+    }
+
+    type Seen = Arc<Mutex<Vec<(u32, u64, Bytes)>>>;
+
+    async fn recording_consumer(broker: &FakeBroker, config: ConsumerConfig) -> (PushConsumer, Seen) {
+        let seen: Seen = Arc::default();
+        let sink = seen.clone();
+        let consumer = PushConsumer::start(route(broker), config, move |message: StoredMessage| {
+            let sink = sink.clone();
+            async move {
+                sink.lock()
+                    .unwrap()
+                    .push((message.queue_id, message.queue_offset, message.body.clone()));
+                ConsumeResult::Success
+            }
+        })
+        .await
+        .unwrap();
+        (consumer, seen)
+    }
+
+    #[tokio::test]
+    async fn consumes_every_queue_in_order_and_commits_on_shutdown() {
+        let broker = FakeBroker::start(&[("orders", 3)]).await;
+        for index in 0..30u32 {
+            broker.append("orders", index % 3, format!("m{index}").as_bytes());
+        }
+        let (consumer, seen) = recording_consumer(&broker, config("solo")).await;
+        assert_eq!(consumer.assigned_queues().len(), 3);
+        eventually(|| seen.lock().unwrap().len() == 30).await;
+        broker.append("orders", 1, b"later");
+        eventually(|| seen.lock().unwrap().len() == 31).await;
+        eventually(|| broker.committed("workers", "orders", 1) == Some(11)).await;
+        consumer.shutdown().await;
+
+        let seen = seen.lock().unwrap().clone();
+        for queue_id in 0..3 {
+            let offsets: Vec<u64> = seen
+                .iter()
+                .filter(|(queue, _, _)| *queue == queue_id)
+                .map(|(_, offset, _)| *offset)
+                .collect();
+            let expected: Vec<u64> = (0..offsets.len() as u64).collect();
+            assert_eq!(offsets, expected, "queue {queue_id} out of order");
+            assert_eq!(
+                broker.committed("workers", "orders", queue_id),
+                Some(offsets.len() as u64)
+            );
+        }
+        assert_eq!(broker.left(), ["solo"]);
+        assert!(broker.members("workers").is_empty());
+    }
+
+    #[tokio::test]
+    async fn latest_skips_old_messages_and_resumes_from_the_committed_offset() {
+        let broker = FakeBroker::start(&[("orders", 1)]).await;
+        broker.append("orders", 0, b"old");
+        let latest = ConsumerConfig {
+            consume_from: ConsumeFrom::Latest,
+            ..config("first")
+        };
+        let (consumer, seen) = recording_consumer(&broker, latest).await;
+        // The start offset is committed even before anything is consumed.
+        eventually(|| broker.committed("workers", "orders", 0) == Some(1)).await;
+        broker.append("orders", 0, b"new");
+        eventually(|| seen.lock().unwrap().len() == 1).await;
+        assert_eq!(seen.lock().unwrap()[0].2, Bytes::from_static(b"new"));
+        consumer.shutdown().await;
+
+        broker.append("orders", 0, b"while away");
+        let (consumer, seen) = recording_consumer(&broker, config("second")).await;
+        eventually(|| seen.lock().unwrap().len() == 1).await;
+        assert_eq!(seen.lock().unwrap()[0].1, 2);
+        consumer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn members_share_the_queues_and_take_over_when_one_leaves() {
+        let broker = FakeBroker::start(&[("orders", 4)]).await;
+        let (first, first_seen) = recording_consumer(&broker, config("member-a")).await;
+        assert_eq!(first.assigned_queues().len(), 4);
+        let (second, second_seen) = recording_consumer(&broker, config("member-b")).await;
+        let expect = |ids: &[u32]| -> Vec<QueueId> { ids.iter().map(|id| QueueId::new("broker-a", *id)).collect() };
+        assert_eq!(second.assigned_queues(), expect(&[2, 3]));
+        eventually(|| first.assigned_queues() == expect(&[0, 1])).await;
+
+        for index in 0..40u32 {
+            broker.append("orders", index % 4, format!("m{index}").as_bytes());
+        }
+        eventually(|| first_seen.lock().unwrap().len() + second_seen.lock().unwrap().len() == 40).await;
+        assert!(first_seen.lock().unwrap().iter().all(|(queue, _, _)| *queue < 2));
+        assert!(second_seen.lock().unwrap().iter().all(|(queue, _, _)| *queue >= 2));
+
+        second.shutdown().await;
+        eventually(|| first.assigned_queues().len() == 4).await;
+        broker.append("orders", 3, b"after takeover");
+        eventually(|| {
+            first_seen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(queue, offset, _)| (*queue, *offset) == (3, 10))
+        })
+        .await;
+        // Nothing consumed twice: the second member committed before leaving.
+        assert_eq!(first_seen.lock().unwrap().len() + second_seen.lock().unwrap().len(), 41);
+        first.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn start_fails_for_a_missing_topic_and_bad_settings() {
+        let broker = FakeBroker::start(&[("orders", 1)]).await;
+        let handler = |_message: StoredMessage| async { ConsumeResult::Success };
+        let missing = ConsumerConfig::new("workers", "missing");
+        let error = PushConsumer::start(route(&broker), missing, handler)
+            .await
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("missing"), "{error}");
+        let bad_group = ConsumerConfig::new("bad group", "orders");
+        assert!(matches!(
+            PushConsumer::start(route(&broker), bad_group, handler).await,
+            Err(ClientError::Validation(_))
+        ));
+        let zero = ConsumerConfig {
+            pull_batch: 0,
+            ..ConsumerConfig::new("workers", "orders")
+        };
+        assert!(matches!(
+            PushConsumer::start(route(&broker), zero, handler).await,
+            Err(ClientError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn default_client_ids_are_unique_and_readable() {
+        let first = ConsumerConfig::default().client_id;
+        let second = ConsumerConfig::default().client_id;
+        assert_ne!(first, second);
+        assert!(first.contains(&format!("@{}@", std::process::id())), "{first}");
+    }
+
+    fn counting_handler(retries_before_success: u32, attempts: Arc<AtomicU32>) -> BoxedHandler {
+        Arc::new(move |_message| {
+            let attempt = attempts.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if attempt == 1 {
+                    panic!("a handler bug");
+                }
+                if attempt < retries_before_success {
+                    ConsumeResult::Retry
+                } else {
+                    ConsumeResult::Success
+                }
+            })
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_doubling_and_survive_panics() {
+        let attempts = Arc::new(AtomicU32::new(0));
+        let handler = counting_handler(4, attempts.clone());
+        let queue = QueueId::new("broker-a", 0);
+        let started = tokio::time::Instant::now();
+        let handled = consume_with_retries(&handler, test_message(0), &CancellationToken::new(), &queue).await;
+        assert!(handled);
+        assert_eq!(attempts.load(Ordering::SeqCst), 5);
+        // Waits of 1, 2, 4 and 8 seconds between the five attempts.
+        assert_eq!(started.elapsed(), Duration::from_secs(15));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_back_off_is_capped() {
+        let attempts = Arc::new(AtomicU32::new(0));
+        let handler = counting_handler(8, attempts.clone());
+        let queue = QueueId::new("broker-a", 0);
+        let started = tokio::time::Instant::now();
+        assert!(consume_with_retries(&handler, test_message(0), &CancellationToken::new(), &queue).await);
+        // Nine attempts: 1 + 2 + 4 + 8 + 16 + 30 + 30 + 30 seconds between them.
+        assert_eq!(attempts.load(Ordering::SeqCst), 9);
+        assert_eq!(started.elapsed(), Duration::from_secs(121));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_during_a_retry_leaves_the_message_unhandled() {
+        let attempts = Arc::new(AtomicU32::new(0));
+        let handler = counting_handler(u32::MAX, attempts.clone());
+        let stop = CancellationToken::new();
+        let queue = QueueId::new("broker-a", 0);
+        let stopper = stop.clone();
+        let (handled, ()) = tokio::join!(consume_with_retries(&handler, test_message(0), &stop, &queue), async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            stopper.cancel();
+        });
+        assert!(!handled);
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_retried_message_holds_back_its_queue_and_is_committed_only_after_success() {
+        let broker = FakeBroker::start(&[("orders", 1)]).await;
+        broker.append("orders", 0, b"first");
+        broker.append("orders", 0, b"second");
+        let attempts = Arc::new(AtomicU32::new(0));
+        let seen: Seen = Arc::default();
+        let (counter, sink) = (attempts.clone(), seen.clone());
+        let consumer = PushConsumer::start(route(&broker), config("retrier"), move |message: StoredMessage| {
+            let first_attempt = counter.fetch_add(1, Ordering::SeqCst) == 0;
+            let sink = sink.clone();
+            async move {
+                if first_attempt {
+                    return ConsumeResult::Retry;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push((message.queue_id, message.queue_offset, message.body.clone()));
+                ConsumeResult::Success
+            }
+        })
+        .await
+        .unwrap();
+        // During the one-second back-off the offset stays before the first message.
+        eventually(|| broker.committed("workers", "orders", 0) == Some(0)).await;
+        assert!(seen.lock().unwrap().is_empty());
+        eventually(|| seen.lock().unwrap().len() == 2).await;
+        let offsets: Vec<u64> = seen.lock().unwrap().iter().map(|(_, offset, _)| *offset).collect();
+        assert_eq!(offsets, [0, 1]);
+        consumer.shutdown().await;
+        assert_eq!(broker.committed("workers", "orders", 0), Some(2));
+    }
+}
