@@ -57,6 +57,9 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// Data center of this broker (empty: unknown).
     pub idc: String,
+    /// HTTP listener for `/metrics` and the admin API when the broker runs as its own process
+    /// (`meridian broker`); `meridian dev` serves everything on one listener instead.
+    pub http_listen: Option<SocketAddr>,
     /// Storage settings.
     pub store: StoreConfig,
     /// Size limits.
@@ -77,6 +80,7 @@ impl Default for BrokerConfig {
             advertise_addr: None,
             data_dir: PathBuf::from("meridian-data/broker"),
             idc: String::new(),
+            http_listen: Some("127.0.0.1:8081".parse().expect("valid address")),
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),
             consumer_expiry_ms: 10_000,

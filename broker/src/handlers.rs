@@ -15,7 +15,7 @@ use meridian_proto::messages::{
     PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse, QueueRef,
     SearchOffsetRequest, SearchOffsetResponse, SendRequest, SendResponse, TopicRoute, TopicRouteRequest, perm,
 };
-use meridian_proto::properties::{self, KEY_SEPARATOR, KEYS, TAGS};
+use meridian_proto::properties::{self, KEY_SEPARATOR, KEYS, MSG_ID, PRODUCER_GROUP, TAGS};
 use meridian_proto::validate::{self, Limits, ValidationError};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -118,6 +118,13 @@ fn validate_properties(encoded: &[u8], limits: &Limits) -> Result<(), Validation
         match name {
             KEYS => value.split(KEY_SEPARATOR).try_for_each(validate::validate_key)?,
             TAGS => validate::validate_tag(value)?,
+            PRODUCER_GROUP => validate::validate_group(value)?,
+            MSG_ID => {
+                meridian_proto::MessageId::parse(value).map_err(|_| ValidationError::Property {
+                    name: format!("{MSG_ID}={value}"),
+                    max: validate::MAX_PROPERTY_NAME_LEN,
+                })?;
+            }
             _ => validate::validate_property(name, value)?,
         }
     }
