@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The project's one test command: `make test` runs this, locally and in CI (.ci/run).
+#
+# Steps: make sure cargo-nextest is there, check the crate graph (and the checker itself), start
+# the services some tests need, then run every test of the workspace with nextest's `ci` profile
+# (.config/nextest.toml). Arguments are passed on to `cargo nextest run`, for example
+# `scripts/test.sh -E 'package(meridian-proto)'`.
+#
+# CARGO_TARGET_DIR is left to the caller: .ci/run points it outside the clone; locally it is
+# ./target unless you set it.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+CARGO=${CARGO:-cargo}
+PYTHON=${PYTHON:-python3}
+current_step="setup"
+
+log() {
+    printf '[%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"
+}
+
+on_exit() {
+    local status=$?
+    if ((status != 0)); then
+        log "test.sh FAILED (exit ${status}) in step: ${current_step}"
+    fi
+}
+trap on_exit EXIT
+
+# Runs one named step, logging its start, end and duration. A failing command ends the script.
+step() {
+    current_step=$1
+    shift
+    log "==> ${current_step}"
+    local started=${SECONDS}
+    "$@"
+    log "<== ${current_step} ($((SECONDS - started)) s)"
+}
+
+ensure_nextest() {
+    if "${CARGO}" nextest --version >/dev/null 2>&1; then
+        "${CARGO}" nextest --version | sed -n 1p
+        return
+    fi
+    log "cargo-nextest is not installed ('${CARGO} nextest --version' failed): installing it with '${CARGO} install cargo-nextest --locked' (a few minutes, once per machine)"
+    "${CARGO}" install cargo-nextest --locked
+    "${CARGO}" nextest --version | sed -n 1p
+}
+
+check_crate_graph() {
+    # The self-test first: it proves the checker still catches violations before we trust its "ok".
+    "${PYTHON}" scripts/check-crate-graph.py --self-test
+    "${PYTHON}" scripts/check-crate-graph.py
+}
+
+# Test-only services: the place where later work installs and starts what some tests need (an S3
+# server for the archive's object_store suite, a headless browser for the UI), exporting their
+# addresses as MERIDIAN_TEST_* variables and stopping them from the EXIT trap. Nothing needs one
+# yet, so this does nothing.
+prepare_services() {
+    :
+}
+
+run_tests() {
+    "${CARGO}" nextest run --workspace --locked --profile ci "$@"
+}
+
+log "meridian tests in $(pwd) (CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-<default: ./target>})"
+step "cargo-nextest" ensure_nextest
+step "crate graph" check_crate_graph
+step "test services" prepare_services
+step "cargo nextest run --workspace --locked --profile ci" run_tests "$@"
+current_step="done"
+log "all tests passed"
