@@ -1,1 +1,125 @@
-fn main() {}
+//! `meridian`: the one binary of Meridian. It runs every service (`dev` runs them all in one
+//! process) and talks to them (`topic`, `produce`, `consume`, `bench`).
+//!
+//! Each subcommand lives in its own module; services are libraries with `run(config, shutdown)`
+//! composed here. Start reading at [`Command`].
+
+mod bench;
+mod client_cmds;
+mod config;
+mod http;
+mod serve;
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Meridian: a messaging platform you can see, keep and question.
+#[derive(Debug, Parser)]
+#[command(name = "meridian", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log filter (e.g. `info`, `meridian_broker=debug`; RUST_LOG wins). Default: `info` for
+    /// services, `warn` for client commands.
+    #[arg(long, global = true, env = "MERIDIAN_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an all-in-one local node (broker, HTTP API and metrics) for a laptop or a test.
+    Dev(serve::DevArgs),
+    /// Run a broker from a config file (`MERIDIAN_BROKER__*` variables override it).
+    Broker(serve::BrokerArgs),
+    /// Manage topics.
+    #[command(subcommand)]
+    Topic(client_cmds::TopicCommand),
+    /// Send messages: one per line of stdin, or one given with --body; prints each msgId.
+    Produce(client_cmds::ProduceArgs),
+    /// Consume messages in a consumer group and print them, one line each.
+    Consume(client_cmds::ConsumeArgs),
+    /// Measure throughput and latency (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Where a client command finds the broker.
+#[derive(Debug, Clone, clap::Args)]
+struct BrokerAddr {
+    /// Broker address.
+    #[arg(long = "broker", env = "MERIDIAN_BROKER_ADDR", default_value = "127.0.0.1:7911")]
+    broker: String,
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    let env_filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|error| {
+        eprintln!("warning: log filter {filter:?} is invalid ({error}); using \"info\"");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Dev(_) | Command::Broker(_));
+    init_logging(cli.log.as_deref().unwrap_or(if serving { "info" } else { "warn" }));
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // Each cause once: library errors often repeat their source in their own message.
+            let mut printed = error.to_string();
+            eprintln!("error: {printed}");
+            for cause in error.chain().skip(1) {
+                let text = cause.to_string();
+                if !printed.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    printed = text;
+                }
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => serve::dev(args).await,
+            Command::Broker(args) => serve::broker(args).await,
+            Command::Topic(command) => client_cmds::topic(command).await,
+            Command::Produce(args) => client_cmds::produce(args).await,
+            Command::Consume(args) => client_cmds::consume(args).await,
+            Command::Bench(command) => bench::run(command).await,
+        }
+    });
+    // Blocking tasks (stdin readers) must not keep the process alive after the command is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+/// Paths and addresses shared by the serving commands.
+#[derive(Debug, Clone)]
+struct Endpoints {
+    broker: SocketAddr,
+    http: Option<SocketAddr>,
+}

@@ -1,0 +1,288 @@
+//! Client commands: `topic`, `produce`, `consume`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use meridian_client::{
+    Admin, ClientConfig, ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, Message, Producer, ProducerConfig,
+    PushConsumer, RouteSource, StaticRoute,
+};
+use meridian_proto::record::StoredMessage;
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use crate::BrokerAddr;
+
+/// `meridian topic ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic on the broker (an admin shortcut until topic approval lands).
+    Create {
+        /// Topic name: 1-127 chars of [A-Za-z0-9_-].
+        name: String,
+        /// Number of queues.
+        #[arg(long, default_value_t = 4)]
+        queues: u32,
+        #[command(flatten)]
+        addr: BrokerAddr,
+    },
+}
+
+/// How `produce` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendMode {
+    /// Wait for each acknowledgement.
+    Sync,
+    /// Pipeline sends and collect acknowledgements as they come.
+    Async,
+    /// Fire and forget: no acknowledgement.
+    Oneway,
+}
+
+/// Arguments of `meridian produce`.
+#[derive(Debug, clap::Args)]
+pub struct ProduceArgs {
+    /// Topic to send to.
+    #[arg(long)]
+    topic: String,
+    /// Message key (repeat for several).
+    #[arg(long = "key")]
+    keys: Vec<String>,
+    /// Message tag.
+    #[arg(long)]
+    tag: Option<String>,
+    /// How to send.
+    #[arg(long, value_enum, default_value = "sync")]
+    mode: SendMode,
+    /// The body of a single message; without it, each line of stdin is one message.
+    #[arg(long)]
+    body: Option<String>,
+    #[command(flatten)]
+    addr: BrokerAddr,
+}
+
+/// Arguments of `meridian consume`.
+#[derive(Debug, clap::Args)]
+pub struct ConsumeArgs {
+    /// Topic to consume.
+    #[arg(long)]
+    topic: String,
+    /// Consumer group: members share the topic's queues, and the group's offsets are kept.
+    #[arg(long)]
+    group: String,
+    /// Start from the oldest message when the group has no committed offset (default: newest).
+    #[arg(long)]
+    from_beginning: bool,
+    /// Stop after this many messages.
+    #[arg(long)]
+    max: Option<u64>,
+    /// Stop after this many seconds without a message.
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    addr: BrokerAddr,
+}
+
+fn route_source(addr: &str, pool: &ConnectionPool) -> Arc<dyn RouteSource> {
+    Arc::new(StaticRoute::new(addr.to_owned(), pool.clone()))
+}
+
+/// `meridian topic ...`.
+pub async fn topic(command: TopicCommand) -> Result<()> {
+    match command {
+        TopicCommand::Create { name, queues, addr } => {
+            let pool = ConnectionPool::new(ClientConfig::default());
+            let admin = Admin::new(route_source(&addr.broker, &pool), ClientConfig::default());
+            let created = admin.create_topic(&addr.broker, &name, queues).await;
+            admin.shutdown().await;
+            pool.shutdown().await;
+            created.with_context(|| format!("creating topic {name:?} on {}", addr.broker))?;
+            println!("topic {name} ready with {queues} queues on {}", addr.broker);
+            Ok(())
+        }
+    }
+}
+
+fn build_message(args: &ProduceArgs, body: String) -> Message {
+    let mut message = Message::new(args.topic.clone(), Bytes::from(body)).with_keys(args.keys.clone());
+    if let Some(tag) = &args.tag {
+        message = message.with_tag(tag.clone());
+    }
+    message
+}
+
+/// `meridian produce`.
+pub async fn produce(args: ProduceArgs) -> Result<()> {
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let producer = Producer::new(route_source(&args.addr.broker, &pool), ProducerConfig::default());
+    let result = produce_all(&args, &producer).await;
+    producer.shutdown().await;
+    pool.shutdown().await;
+    result
+}
+
+async fn produce_all(args: &ProduceArgs, producer: &Producer) -> Result<()> {
+    let (lines_tx, mut lines_rx) = mpsc::channel::<String>(1024);
+    let reader = match &args.body {
+        Some(body) => {
+            lines_tx.send(body.clone()).await.expect("receiver alive");
+            drop(lines_tx);
+            None
+        }
+        None => Some(tokio_util::task::TaskTracker::new().spawn(async move {
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if lines_tx.send(line).await.is_err() {
+                    break;
+                }
+            }
+        })),
+    };
+    let mut pending = std::collections::VecDeque::new();
+    while let Some(line) = lines_rx.recv().await {
+        let message = build_message(args, line);
+        match args.mode {
+            SendMode::Sync => {
+                let sent = producer
+                    .send(message)
+                    .await
+                    .with_context(|| format!("sending to topic {:?}", args.topic))?;
+                println!("{}", sent.msg_id);
+            }
+            SendMode::Async => {
+                pending.push_back(producer.send_async(message));
+                // Keep memory bounded while still pipelining.
+                if pending.len() >= 1024 {
+                    let sent = pending.pop_front().expect("non-empty").await.context("sending")?;
+                    println!("{}", sent.msg_id);
+                }
+            }
+            SendMode::Oneway => {
+                let msg_id = producer
+                    .send_oneway(message)
+                    .await
+                    .with_context(|| format!("sending to topic {:?}", args.topic))?;
+                println!("{msg_id}");
+            }
+        }
+    }
+    for sent in pending {
+        println!("{}", sent.await.context("sending")?.msg_id);
+    }
+    if let Some(reader) = reader {
+        reader.abort();
+    }
+    Ok(())
+}
+
+fn format_text(message: &StoredMessage) -> String {
+    let keys: Vec<&str> = message.keys().collect();
+    format!(
+        "{} {} queue={} offset={} keys={} tag={} born={} stored={} {}",
+        message.msg_id(),
+        message.topic,
+        message.queue_id,
+        message.queue_offset,
+        if keys.is_empty() {
+            "-".to_owned()
+        } else {
+            keys.join(",")
+        },
+        message.tag().unwrap_or("-"),
+        message.born_timestamp,
+        message.store_timestamp,
+        String::from_utf8_lossy(&message.body)
+    )
+}
+
+fn format_json(message: &StoredMessage) -> String {
+    json!({
+        "msg_id": message.msg_id(),
+        "topic": message.topic,
+        "queue_id": message.queue_id,
+        "queue_offset": message.queue_offset,
+        "commitlog_offset": message.commitlog_offset,
+        "keys": message.keys().collect::<Vec<_>>(),
+        "tag": message.tag(),
+        "born_timestamp": message.born_timestamp,
+        "store_timestamp": message.store_timestamp,
+        "born_host": message.born_host.to_string(),
+        "store_host": message.store_host.to_string(),
+        "reconsume_count": message.reconsume_count,
+        "body": String::from_utf8_lossy(&message.body),
+    })
+    .to_string()
+}
+
+/// `meridian consume`.
+pub async fn consume(args: ConsumeArgs) -> Result<()> {
+    if args.max == Some(0) {
+        bail!("--max must be at least 1");
+    }
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let mut config = ConsumerConfig::new(args.group.clone(), args.topic.clone());
+    config.consume_from = if args.from_beginning {
+        ConsumeFrom::Earliest
+    } else {
+        ConsumeFrom::Latest
+    };
+    let (messages_tx, mut messages_rx) = mpsc::channel::<(StoredMessage, tokio::sync::oneshot::Sender<()>)>(256);
+    let consumer = PushConsumer::start(route_source(&args.addr.broker, &pool), config, move |message| {
+        let messages_tx = messages_tx.clone();
+        async move {
+            // The message counts as consumed once printed: the printer acknowledges it.
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            if messages_tx.send((message, done_tx)).await.is_err() || done_rx.await.is_err() {
+                return ConsumeResult::Retry;
+            }
+            ConsumeResult::Success
+        }
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "joining group {:?} on topic {:?} at {}",
+            args.group, args.topic, args.addr.broker
+        )
+    })?;
+
+    let idle = args.timeout.map(Duration::from_secs);
+    let mut printed = 0u64;
+    loop {
+        let next = match idle {
+            Some(idle) => match tokio::time::timeout(idle, messages_rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => tokio::select! {
+                next = messages_rx.recv() => next,
+                _ = crate::shutdown_signal() => break,
+            },
+        };
+        let Some((message, done)) = next else { break };
+        println!(
+            "{}",
+            if args.json {
+                format_json(&message)
+            } else {
+                format_text(&message)
+            }
+        );
+        let _ = done.send(());
+        printed += 1;
+        if args.max.is_some_and(|max| printed >= max) {
+            break;
+        }
+    }
+    // Messages handed over but not printed are not acknowledged, so they are not committed.
+    drop(messages_rx);
+    consumer.shutdown().await;
+    pool.shutdown().await;
+    Ok(())
+}

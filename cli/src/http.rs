@@ -1,0 +1,99 @@
+//! The HTTP listener: `/metrics` (Prometheus) and the JSON admin API (`docs/api.md`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use meridian_broker::store::MessageStore;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+#[derive(Clone)]
+struct HttpState {
+    registry: Arc<Registry>,
+    broker_name: String,
+    store: Arc<MessageStore>,
+}
+
+/// The routes every node serves.
+pub fn router(registry: Arc<Registry>, broker_name: String, store: Arc<MessageStore>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/health", get(health))
+        .route("/api/topics", get(topics))
+        .with_state(HttpState {
+            registry,
+            broker_name,
+            store,
+        })
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics failed: {error}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn health(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "broker": {
+            "name": state.broker_name,
+            "committed_offset": state.store.committed_offset(),
+            "flushed_offset": state.store.flushed_offset(),
+            "dispatched_offset": state.store.dispatched_offset(),
+            "flush_mode": state.store.config().flush_mode,
+        }
+    }))
+}
+
+async fn topics(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    let topics: Vec<_> = state
+        .store
+        .topics()
+        .into_iter()
+        .map(|(name, queues)| {
+            let queues: Vec<_> = (0..queues)
+                .filter_map(|queue_id| state.store.queue_bounds(&name, queue_id).ok().map(|bounds| (queue_id, bounds)))
+                .map(|(queue_id, bounds)| json!({"queue_id": queue_id, "min_offset": bounds.min_offset, "max_offset": bounds.max_offset}))
+                .collect();
+            json!({"name": name, "queues": queues})
+        })
+        .collect();
+    Json(json!({ "topics": topics }))
+}
+
+/// Binds the HTTP listener, with an error that says what to do when the port is taken.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|error| {
+        anyhow::anyhow!("binding HTTP listener on {addr}: {error} (is another meridian running? choose another port with --http-listen)")
+    })
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
