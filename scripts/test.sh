@@ -62,6 +62,12 @@ prepare_services() {
     :
 }
 
+# The end-to-end tests (tests/e2e) run the real `meridian` binary as separate processes; cargo does
+# not build another package's binary for them, so build it first with the same profile.
+build_binary() {
+    "${CARGO}" build --locked --bin meridian
+}
+
 run_tests() {
     "${CARGO}" nextest run --workspace --locked --profile ci "$@"
 }
@@ -70,6 +76,7 @@ log "meridian tests in $(pwd) (CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-<default: ./
 step "cargo-nextest" ensure_nextest
 step "crate graph" check_crate_graph
 step "test services" prepare_services
+step "meridian binary" build_binary
 step "cargo nextest run --workspace --locked --profile ci" run_tests "$@"
 current_step="done"
 log "all tests passed"

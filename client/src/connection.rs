@@ -33,6 +33,8 @@ use crate::error::ClientError;
 const WRITE_QUEUE_CAPACITY: usize = 4096;
 /// The writer stops coalescing queued frames into one write once its buffer holds this much.
 const MAX_COALESCED_BYTES: usize = 256 * 1024;
+/// Longest a single socket write may block before the connection is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A write buffer that grew past this (one huge batch) is released instead of kept.
 const MAX_RETAINED_BUFFER: usize = 4 * 1024 * 1024;
 
@@ -285,12 +287,18 @@ async fn write_loop(
 ) {
     let mut buffer = BytesMut::with_capacity(8 * 1024);
     loop {
+        // Queued frames go out even after the connection is asked to close: a one-way send that
+        // returned Ok must not vanish because the process shut down right after it.
         let first = tokio::select! {
-            _ = shared.cancel.cancelled() => break,
+            biased;
             frame = frames_rx.recv() => match frame {
                 Some(frame) => frame,
                 // Every handle was dropped: nobody can send on this connection any more.
                 None => break,
+            },
+            _ = shared.cancel.cancelled() => match frames_rx.try_recv() {
+                Ok(frame) => frame,
+                Err(_) => break,
             },
         };
         encode_frame(&shared, &mut codec, first, &mut buffer);
@@ -300,19 +308,24 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let written = tokio::select! {
-            _ = shared.cancel.cancelled() => break,
-            written = socket.write_all(&buffer) => written,
-        };
-        if let Err(error) = written {
-            warn!(addr = %shared.addr, %error, "closing connection after a write error");
-            break;
+        // Never abandon a write halfway (the peer would see a torn frame); bound it instead.
+        match tokio::time::timeout(WRITE_TIMEOUT, socket.write_all(&buffer)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                warn!(addr = %shared.addr, %error, "closing connection after a write error");
+                break;
+            }
+            Err(_) => {
+                warn!(addr = %shared.addr, timeout = ?WRITE_TIMEOUT, "closing connection: the peer stopped reading");
+                break;
+            }
         }
         buffer.clear();
         if buffer.capacity() > MAX_RETAINED_BUFFER {
             buffer = BytesMut::with_capacity(8 * 1024);
         }
     }
+    let _ = socket.shutdown().await;
     shared.close();
 }
 

@@ -1,0 +1,36 @@
+//! End-to-end tests: real `meridian` processes on loopback, driven by the real client SDK and CLI.
+
+mod cli;
+mod consumers;
+mod durability;
+
+use std::time::Duration;
+
+use meridian_client::{ClientConfig, ConnectionPool, PullConsumer};
+use meridian_proto::record::StoredMessage;
+use meridian_tests::DevNode;
+
+/// Every message of `topic` on `node`, queue by queue, from each queue's first offset.
+pub async fn read_all(node: &DevNode, topic: &str) -> Vec<StoredMessage> {
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let consumer = PullConsumer::new(node.route(&pool), ClientConfig::default(), "e2e-reader");
+    let mut messages = Vec::new();
+    for (_, queue_id) in consumer.queues(topic).await.expect("route of topic") {
+        let (mut offset, max) = consumer.queue_info(topic, queue_id).await.expect("queue info");
+        while offset < max {
+            let pulled = consumer
+                .pull(topic, queue_id, offset, 256, Duration::ZERO)
+                .await
+                .expect("pull");
+            assert!(
+                !pulled.messages.is_empty() || pulled.next_offset > offset,
+                "pull made no progress at {offset}"
+            );
+            messages.extend(pulled.messages);
+            offset = pulled.next_offset;
+        }
+    }
+    consumer.shutdown().await;
+    pool.shutdown().await;
+    messages
+}
