@@ -319,7 +319,9 @@ fn messages_without_an_id_get_one_and_records_too_large_for_a_segment_are_refuse
         body: Bytes::from_static(b"x"),
         reconsume_count: 0,
     };
-    let appended = store.append("t", None, std::slice::from_ref(&bare), HOST.parse().unwrap()).unwrap();
+    let appended = store
+        .append("t", None, std::slice::from_ref(&bare), HOST.parse().unwrap())
+        .unwrap();
     assert!(MessageId::parse(&appended.results[0].msg_id).is_ok());
     let huge = MessageData {
         body: Bytes::from(vec![1u8; 70 * 1024]),
