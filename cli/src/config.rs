@@ -97,4 +97,12 @@ mod tests {
     }
 
     use serde::Deserialize;
+
+    #[test]
+    fn the_example_broker_config_loads_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/broker.toml");
+        let config: BrokerConfig = load("example", Some(&path)).unwrap();
+        assert_eq!(config.store.flush_mode, FlushMode::Sync);
+        config.validate().unwrap();
+    }
 }

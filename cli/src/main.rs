@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 
 /// Meridian: a messaging platform you can see, keep and question.
 #[derive(Debug, Parser)]
-#[command(name = "meridian", version, about, long_about = None, propagate_version = true)]
+#[command(name = "meridian", version, propagate_version = true)]
 struct Cli {
     /// Log filter (e.g. `info`, `meridian_broker=debug`; RUST_LOG wins). Default: `info` for
     /// services, `warn` for client commands.
