@@ -70,6 +70,9 @@ pub struct BrokerConfig {
     pub max_inflight_per_connection: usize,
     /// Longest long-poll a pull may ask for, in ms.
     pub max_long_poll_ms: u64,
+    /// Bytes of answers one connection may have waiting to be written; a client that stops
+    /// reading stalls only itself and holds at most this much broker memory.
+    pub max_pending_response_bytes: usize,
 }
 
 impl Default for BrokerConfig {
@@ -86,6 +89,7 @@ impl Default for BrokerConfig {
             consumer_expiry_ms: 10_000,
             max_inflight_per_connection: 1024,
             max_long_poll_ms: 30_000,
+            max_pending_response_bytes: 64 << 20,
         }
     }
 }

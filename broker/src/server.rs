@@ -2,8 +2,9 @@
 //!
 //! Each connection has a reader (this task) and a writer task. The reader decodes frames and
 //! handles each request; requests that finish later run as tasks of the connection, at most
-//! `max_inflight_per_connection` at once, so a client that stops reading its responses only stalls
-//! itself. A frame that cannot be decoded gets an error response and closes its connection; other
+//! `max_inflight_per_connection` at once, and answers wait for the writer within a byte budget
+//! (`max_pending_response_bytes`), so a client that stops reading its responses only stalls
+//! itself, holding bounded memory. A frame that cannot be decoded gets an error response and closes its connection; other
 //! connections are unaffected.
 
 use std::future::Future;
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -124,23 +125,47 @@ impl Broker {
     }
 }
 
+/// Responses waiting for the writer, bounded in bytes as well as in number.
+#[derive(Clone)]
+struct Responses {
+    frames_tx: mpsc::Sender<(Frame, OwnedSemaphorePermit)>,
+    /// One permit per KiB of queued responses.
+    budget: Arc<Semaphore>,
+    budget_kib: u32,
+}
+
+impl Responses {
+    /// Queues a response, waiting while the connection's queued bytes are over budget.
+    async fn send(&self, frame: Frame) -> std::result::Result<(), ()> {
+        // A single response larger than the budget takes all of it rather than waiting forever.
+        let kib = (frame.encoded_len() / 1024 + 1).min(self.budget_kib as usize) as u32;
+        let permit = self.budget.clone().acquire_many_owned(kib).await.map_err(drop)?;
+        self.frames_tx.send((frame, permit)).await.map_err(drop)
+    }
+}
+
 async fn write_frames(
     mut sink: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
-    mut frames: mpsc::Receiver<Frame>,
+    mut frames: mpsc::Receiver<(Frame, OwnedSemaphorePermit)>,
 ) {
-    while let Some(frame) = frames.recv().await {
+    let mut written = Vec::new();
+    while let Some((frame, permit)) = frames.recv().await {
         if sink.feed(frame).await.is_err() {
             return;
         }
+        written.push(permit);
         // Write everything already queued with one flush: pipelined clients share syscalls.
-        while let Ok(frame) = frames.try_recv() {
+        while let Ok((frame, permit)) = frames.try_recv() {
             if sink.feed(frame).await.is_err() {
                 return;
             }
+            written.push(permit);
         }
         if sink.flush().await.is_err() {
             return;
         }
+        // The bytes left the process: give their budget back.
+        written.clear();
     }
 }
 
@@ -172,9 +197,15 @@ async fn serve_connection(state: Arc<BrokerState>, stream: TcpStream, peer: Sock
     let mut sink = FramedWrite::new(write_half, codec);
     sink.set_backpressure_boundary(256 * 1024);
     let inflight = state.config.max_inflight_per_connection;
-    let (responses_tx, responses_rx) = mpsc::channel::<Frame>(inflight);
+    let (frames_tx, frames_rx) = mpsc::channel(inflight);
+    let budget_kib = (state.config.max_pending_response_bytes / 1024).max(1) as u32;
+    let responses_tx = Responses {
+        frames_tx,
+        budget: Arc::new(Semaphore::new(budget_kib as usize)),
+        budget_kib,
+    };
     let tasks = TaskTracker::new();
-    tasks.spawn(write_frames(sink, responses_rx));
+    tasks.spawn(write_frames(sink, frames_rx));
     let permits = Arc::new(Semaphore::new(inflight));
 
     loop {

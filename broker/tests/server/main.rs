@@ -387,3 +387,79 @@ async fn a_long_poll_returns_as_soon_as_a_message_arrives() {
     );
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_never_blocks_producers() {
+    let broker = start_broker().await;
+    let mut producer = connect(broker.addr).await;
+    create_topic(&mut producer, "big").await;
+    let body = vec![b'b'; 64 * 1024];
+    for request_id in 0..64u64 {
+        let response = call(
+            &mut producer,
+            10 + request_id,
+            RequestCode::Send,
+            send_request("big", &body),
+        )
+        .await;
+        assert_eq!(response.error_code(), ErrorCode::Ok);
+    }
+    // A consumer floods 4 MiB pulls and never reads an answer: far more than socket buffers and
+    // the broker's per-connection budget hold.
+    let mut stalled = TcpStream::connect(broker.addr).await.unwrap();
+    let mut requests = BytesMut::new();
+    for request_id in 0..2000u64 {
+        let pull = PullRequest {
+            group: "slow".into(),
+            topic: "big".into(),
+            queue_id: 0,
+            offset: 0,
+            max_count: 64,
+            max_bytes: 4 << 20,
+            long_poll_ms: 0,
+        };
+        tokio_util::codec::Encoder::encode(
+            &mut FrameCodec::new(1 << 20),
+            Frame::request(request_id, RequestCode::Pull, Bytes::from(pull.encode_to_vec())),
+            &mut requests,
+        )
+        .unwrap();
+    }
+    let rss_before = resident_bytes();
+    let flood = tokio::time::timeout(Duration::from_secs(2), stalled.write_all(&requests));
+    // The broker stops reading this connection once its budget is full, so the write may stall.
+    let _ = flood.await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = resident_bytes().saturating_sub(rss_before);
+    // 2000 answers of 4 MiB would be 8 GB; the default budget is 64 MiB plus socket buffers.
+    assert!(
+        grown < 400 << 20,
+        "a stalled reader made the broker grow by {} MiB",
+        grown >> 20
+    );
+
+    let started = Instant::now();
+    for request_id in 0..200u64 {
+        let response = call(
+            &mut producer,
+            1000 + request_id,
+            RequestCode::Send,
+            send_request("big", b"small"),
+        )
+        .await;
+        assert_eq!(response.error_code(), ErrorCode::Ok);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "producers were held up by a stalled consumer"
+    );
+    drop(stalled);
+    broker.stop().await;
+}
+
+/// Resident memory of this process (the broker runs in it).
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
