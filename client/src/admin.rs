@@ -6,10 +6,10 @@ use meridian_proto::RequestCode;
 use meridian_proto::messages::{CreateTopicRequest, TopicRoute};
 use meridian_proto::validate::{validate_queue_count, validate_topic};
 
-use crate::config::ClientConfig;
-use crate::connection::ConnectionPool;
+use crate::ClientConfig;
 use crate::error::ClientError;
 use crate::route::RouteSource;
+use meridian_proto::transport::ConnectionPool;
 
 /// Administrative client.
 pub struct Admin {
@@ -39,6 +39,7 @@ impl Admin {
         self.pool
             .call_empty(broker_addr, RequestCode::CreateTopic, &request, timeout)
             .await
+            .map_err(ClientError::from)
     }
 
     /// The current route of `topic`, fetched now (not cached).

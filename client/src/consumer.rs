@@ -11,10 +11,10 @@ use meridian_proto::messages::{
 use meridian_proto::record::{StoredMessage, decode_all};
 use meridian_proto::validate::{validate_group, validate_topic};
 
-use crate::config::ClientConfig;
-use crate::connection::ConnectionPool;
+use crate::ClientConfig;
 use crate::error::ClientError;
 use crate::route::{RouteCache, RouteSource, route_queues};
+use meridian_proto::transport::ConnectionPool;
 
 /// Most record bytes one pull asks for. The broker returns at least one record even if larger.
 const PULL_MAX_BYTES: usize = 4 * 1024 * 1024;
@@ -114,7 +114,7 @@ impl PullConsumer {
             .pool
             .call(&addr, RequestCode::SearchOffset, &request, self.config.request_timeout)
             .await;
-        self.refresh_route_after(topic, result.map(|response| response.offset))
+        self.refresh_route_after(topic, result.map(|response| response.offset).map_err(ClientError::from))
     }
 
     /// The readable queues of a topic as `(broker address, queue id)`, sorted by broker name and id.
@@ -243,6 +243,7 @@ impl PullConsumer {
         self.pool
             .call_empty(addr, RequestCode::CommitOffset, &request, self.config.request_timeout)
             .await
+            .map_err(ClientError::from)
     }
 
     pub(crate) async fn query_offset_at(

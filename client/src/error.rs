@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use meridian_proto::transport::TransportError;
 use meridian_proto::{ErrorCode, ValidationError};
 
 /// Why a client call failed. Each message names what failed and what to do about it.
@@ -67,6 +68,20 @@ pub enum ClientError {
     /// The producer, consumer or pool was shut down.
     #[error("the client was shut down; create a new one to continue")]
     Shutdown,
+}
+
+impl From<TransportError> for ClientError {
+    fn from(error: TransportError) -> ClientError {
+        match error {
+            TransportError::Remote { code, message, .. } => ClientError::Broker { code, message },
+            TransportError::FrameTooLarge { size, max } => ClientError::FrameTooLarge { size, max },
+            TransportError::Timeout { what, after } => ClientError::Timeout { what, after },
+            TransportError::Connect { addr, source } => ClientError::Connect { addr, source },
+            TransportError::ConnectionClosed => ClientError::ConnectionClosed,
+            TransportError::Decode(detail) => ClientError::Decode(detail),
+            TransportError::Shutdown => ClientError::Shutdown,
+        }
+    }
 }
 
 impl ClientError {

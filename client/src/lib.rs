@@ -16,8 +16,6 @@
 
 mod admin;
 mod allocate;
-mod config;
-mod connection;
 mod consumer;
 mod error;
 mod message;
@@ -29,10 +27,11 @@ mod test_support;
 
 pub use admin::Admin;
 pub use allocate::{QueueId, allocate_averagely};
-pub use config::ClientConfig;
-pub use connection::{Connection, ConnectionPool};
 pub use consumer::{PullConsumer, PullResult};
 pub use error::ClientError;
+/// Connection and request settings shared by producers, consumers and admin.
+pub use meridian_proto::transport::TransportConfig as ClientConfig;
+pub use meridian_proto::transport::{Connection, ConnectionPool, TransportError};
 pub use message::{Message, SendResult};
 pub use producer::{Producer, ProducerConfig};
 pub use push::{ConsumeFrom, ConsumeResult, ConsumerConfig, PushConsumer};

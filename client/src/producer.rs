@@ -12,12 +12,12 @@ use meridian_proto::validate::validate_group;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::ClientConfig;
 use crate::allocate::QueueId;
-use crate::config::ClientConfig;
-use crate::connection::ConnectionPool;
 use crate::error::ClientError;
 use crate::message::{EncodedMessage, Message, SendResult};
 use crate::route::{RouteCache, RouteSource, route_queues};
+use meridian_proto::transport::ConnectionPool;
 
 /// Settings of a [`Producer`].
 #[derive(Debug, Clone, PartialEq, Eq)]

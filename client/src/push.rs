@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::ClientConfig;
 use crate::allocate::{QueueId, allocate_averagely};
-use crate::config::ClientConfig;
 use crate::consumer::PullConsumer;
 use crate::error::ClientError;
 use crate::route::{RouteSource, broker_addr, broker_addrs, route_queues};
@@ -342,6 +342,7 @@ impl PushInner {
             match result {
                 Ok(()) => accepted = true,
                 Err(error) => {
+                    let error = ClientError::from(error);
                     warn!(addr, %error, group = %self.config.group, "heartbeat failed");
                     self.note_error(&error);
                     last_error = Some(error);
@@ -378,7 +379,7 @@ impl PushInner {
                 Ok(response) => return Ok(response.client_ids),
                 Err(error) => {
                     warn!(addr, %error, group = %self.config.group, "listing group members failed");
-                    last_error = error;
+                    last_error = error.into();
                 }
             }
         }
@@ -719,10 +720,10 @@ async fn consume_with_retries(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connection::ConnectionPool;
     use crate::route::StaticRoute;
     use crate::test_support::{FakeBroker, eventually, test_message};
     use bytes::Bytes;
+    use meridian_proto::transport::ConnectionPool;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn config(client_id: &str) -> ConsumerConfig {

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::allocate::QueueId;
-use crate::connection::ConnectionPool;
 use crate::error::ClientError;
+use meridian_proto::transport::ConnectionPool;
 
 /// How long a cached route is trusted before it is fetched again.
 pub(crate) const ROUTE_REFRESH_INTERVAL: Duration = Duration::from_secs(30);

@@ -13,6 +13,8 @@
 //! - [`validate`]: one function per validation rule (names, keys, tags, sizes), used by the client,
 //!   the broker and the nameserver alike.
 //! - [`msgid`]: globally unique, time-sortable message ids.
+//! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
+//!   clients, brokers and nameservers alike.
 #![warn(missing_docs)]
 
 pub mod codes;
@@ -21,6 +23,7 @@ pub mod messages;
 pub mod msgid;
 pub mod properties;
 pub mod record;
+pub mod transport;
 pub mod validate;
 
 pub use codes::{ErrorCode, RequestCode};

@@ -1,9 +1,11 @@
-//! Pipelined connections to brokers and a pool of them keyed by address.
+//! The client side of the framed protocol: pipelined connections and a pool of them keyed by
+//! address. Clients, brokers (heartbeats, replication) and nameservers (Raft RPCs) all talk to
+//! each other through it, which is why it lives here and not in the client SDK.
 //!
 //! A [`Connection`] owns two tasks: a writer that drains a queue of frames into one buffer and
 //! writes it with a single syscall (so concurrent requests share syscalls), and a reader that hands
 //! each response to the request waiting for its id. Responses may arrive in any order. When the
-//! socket fails, every waiting request fails with [`ClientError::ConnectionClosed`] and the
+//! socket fails, every waiting request fails with [`TransportError::ConnectionClosed`] and the
 //! connection reports itself dead; the [`ConnectionPool`] opens a new one on the next request.
 
 use std::collections::HashMap;
@@ -11,10 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::frame::{FLAG_ONEWAY, FrameCodec};
+use crate::{ErrorCode, Frame, Limits, RequestCode};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use meridian_proto::frame::{FLAG_ONEWAY, FrameCodec};
-use meridian_proto::{ErrorCode, Frame, RequestCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -25,8 +27,89 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::config::ClientConfig;
-use crate::error::ClientError;
+/// Connection and request settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportConfig {
+    /// Size limits checked before sending; keep them equal to the peer's.
+    pub limits: Limits,
+    /// How long a request may wait for its response (pulls add their long-poll time to it).
+    pub request_timeout: Duration,
+    /// How long opening a TCP connection may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> TransportConfig {
+        TransportConfig {
+            limits: Limits::default(),
+            request_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a request over the framed protocol failed. Each message names what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The peer answered with an error; `message` is its own explanation.
+    #[error("{addr} refused the request ({code}): {message}")]
+    Remote {
+        /// Who answered.
+        addr: String,
+        /// The peer's error code.
+        code: ErrorCode,
+        /// The peer's remark: names the problem, the limit and the fix.
+        message: String,
+    },
+    /// A request does not fit in one frame; nothing was sent.
+    #[error(
+        "request of {size} bytes exceeds the frame limit of {max} bytes (max_frame_size); send smaller batches or raise the limit on both sides"
+    )]
+    FrameTooLarge {
+        /// Encoded size of the request frame.
+        size: usize,
+        /// `limits.max_frame_size`.
+        max: usize,
+    },
+    /// No answer in time. The request may still take effect.
+    #[error("{what} timed out after {after:?}; check that the server is up and not overloaded, or raise the timeout")]
+    Timeout {
+        /// What was attempted, e.g. `Send request to 127.0.0.1:7911`.
+        what: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The TCP connection could not be opened.
+    #[error("cannot connect to {addr}: {source}; check the address and that the server is running")]
+    Connect {
+        /// Address dialled.
+        addr: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The connection broke before the response arrived; the request may or may not have taken
+    /// effect. The next request reconnects.
+    #[error("connection closed before the response arrived; the request may or may not have taken effect, retry it")]
+    ConnectionClosed,
+    /// The response could not be decoded.
+    #[error("cannot decode the response: {0}; the peer may speak another protocol version")]
+    Decode(String),
+    /// The pool was shut down.
+    #[error("the connection pool was shut down; create a new one to continue")]
+    Shutdown,
+}
+
+impl TransportError {
+    /// Whether the same request may succeed if sent again after a back-off: the peer's retriable
+    /// codes ([`ErrorCode::is_retriable`]) and connection failures or timeouts.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            TransportError::Remote { code, .. } => code.is_retriable(),
+            TransportError::Timeout { .. } | TransportError::Connect { .. } | TransportError::ConnectionClosed => true,
+            _ => false,
+        }
+    }
+}
 
 /// Frames waiting for the writer. Bounded so a stalled socket pushes back on senders instead of
 /// buffering without limit.
@@ -38,7 +121,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A write buffer that grew past this (one huge batch) is released instead of kept.
 const MAX_RETAINED_BUFFER: usize = 4 * 1024 * 1024;
 
-/// One TCP connection to a broker, shared by any number of concurrent requests. Cheap to clone.
+/// One TCP connection to a peer, shared by any number of concurrent requests. Cheap to clone.
 #[derive(Clone)]
 pub struct Connection {
     inner: Arc<ConnectionInner>,
@@ -73,7 +156,7 @@ impl Shared {
     }
 
     /// Marks the connection dead and fails every waiting request (dropping a waiter's sender
-    /// wakes it with an error, which reads as [`ClientError::ConnectionClosed`]).
+    /// wakes it with an error, which reads as [`TransportError::ConnectionClosed`]).
     fn close(&self) {
         let waiters = {
             let mut pending = self.lock();
@@ -106,19 +189,19 @@ impl Connection {
     /// when `parent` is cancelled, when the socket fails, or when the last handle is dropped.
     pub async fn connect(
         addr: &str,
-        config: &ClientConfig,
+        config: &TransportConfig,
         tracker: &TaskTracker,
         parent: &CancellationToken,
-    ) -> Result<Connection, ClientError> {
+    ) -> Result<Connection, TransportError> {
         let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await {
             Err(_) => {
-                return Err(ClientError::Timeout {
+                return Err(TransportError::Timeout {
                     what: format!("connecting to {addr}"),
                     after: config.connect_timeout,
                 });
             }
             Ok(Err(source)) => {
-                return Err(ClientError::Connect {
+                return Err(TransportError::Connect {
                     addr: addr.to_owned(),
                     source,
                 });
@@ -126,7 +209,7 @@ impl Connection {
             Ok(Ok(stream)) => stream,
         };
         // Latency matters more than packet count: the writer already batches frames itself.
-        stream.set_nodelay(true).map_err(|source| ClientError::Connect {
+        stream.set_nodelay(true).map_err(|source| TransportError::Connect {
             addr: addr.to_owned(),
             source,
         })?;
@@ -165,16 +248,16 @@ impl Connection {
         !self.inner.shared.cancel.is_cancelled()
     }
 
-    /// Closes the connection; requests in flight fail with [`ClientError::ConnectionClosed`].
+    /// Closes the connection; requests in flight fail with [`TransportError::ConnectionClosed`].
     pub fn close(&self) {
         self.inner.shared.close();
     }
 
-    fn check_size(&self, frame: &Frame) -> Result<(), ClientError> {
+    fn check_size(&self, frame: &Frame) -> Result<(), TransportError> {
         // frame_len, which the limit applies to, excludes its own 4 bytes.
         let size = frame.encoded_len() - 4;
         if size > self.inner.max_frame_size {
-            return Err(ClientError::FrameTooLarge {
+            return Err(TransportError::FrameTooLarge {
                 size,
                 max: self.inner.max_frame_size,
             });
@@ -183,8 +266,8 @@ impl Connection {
     }
 
     /// Sends a request and waits up to `timeout` for its response. A response with a non-zero
-    /// code becomes [`ClientError::Broker`]; on success the whole response frame is returned.
-    pub async fn request(&self, code: RequestCode, body: Bytes, timeout: Duration) -> Result<Frame, ClientError> {
+    /// code becomes [`TransportError::Remote`]; on success the whole response frame is returned.
+    pub async fn request(&self, code: RequestCode, body: Bytes, timeout: Duration) -> Result<Frame, TransportError> {
         let deadline = Instant::now() + timeout;
         let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
         let frame = Frame::request(request_id, code, body);
@@ -194,54 +277,58 @@ impl Connection {
         {
             let mut pending = shared.lock();
             if pending.closed {
-                return Err(ClientError::ConnectionClosed);
+                return Err(TransportError::ConnectionClosed);
             }
             pending.waiters.insert(request_id, response_tx);
         }
         let _waiter_guard = WaiterGuard { shared, request_id };
-        let timed_out = || ClientError::Timeout {
+        let timed_out = || TransportError::Timeout {
             what: format!("{code:?} request to {}", shared.addr),
             after: timeout,
         };
         match tokio::time::timeout_at(deadline, self.inner.frames_tx.send(frame)).await {
             Err(_) => return Err(timed_out()),
-            Ok(Err(_)) => return Err(ClientError::ConnectionClosed),
+            Ok(Err(_)) => return Err(TransportError::ConnectionClosed),
             Ok(Ok(())) => {}
         }
         let response = match tokio::time::timeout_at(deadline, response_rx).await {
             Err(_) => return Err(timed_out()),
-            Ok(Err(_)) => return Err(ClientError::ConnectionClosed),
+            Ok(Err(_)) => return Err(TransportError::ConnectionClosed),
             Ok(Ok(response)) => response,
         };
         match response.error_code() {
             ErrorCode::Ok => Ok(response),
             code => {
                 let message = if response.header.remark.is_empty() {
-                    format!("{code} (the broker gave no details)")
+                    format!("{code} (no details given)")
                 } else {
                     response.header.remark
                 };
-                Err(ClientError::Broker { code, message })
+                Err(TransportError::Remote {
+                    addr: self.addr().to_owned(),
+                    code,
+                    message,
+                })
             }
         }
     }
 
     /// Queues a request that expects no response (`FLAG_ONEWAY`). Returns once the frame is in the
     /// write queue: delivery is not confirmed.
-    pub async fn send_oneway(&self, code: RequestCode, body: Bytes) -> Result<(), ClientError> {
+    pub async fn send_oneway(&self, code: RequestCode, body: Bytes) -> Result<(), TransportError> {
         let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Frame::request(request_id, code, body);
         frame.header.flags |= FLAG_ONEWAY;
         self.check_size(&frame)?;
         if !self.is_alive() {
-            return Err(ClientError::ConnectionClosed);
+            return Err(TransportError::ConnectionClosed);
         }
         match tokio::time::timeout(self.inner.queue_timeout, self.inner.frames_tx.send(frame)).await {
-            Err(_) => Err(ClientError::Timeout {
+            Err(_) => Err(TransportError::Timeout {
                 what: format!("queueing a one-way {code:?} to {}", self.addr()),
                 after: self.inner.queue_timeout,
             }),
-            Ok(Err(_)) => Err(ClientError::ConnectionClosed),
+            Ok(Err(_)) => Err(TransportError::ConnectionClosed),
             Ok(Ok(())) => Ok(()),
         }
     }
@@ -338,7 +425,7 @@ fn encode_frame(shared: &Shared, codec: &mut FrameCodec, frame: Frame, buffer: &
     }
 }
 
-/// Connections keyed by broker address, opened on first use and reopened lazily when they die.
+/// Connections keyed by peer address, opened on first use and reopened lazily when they die.
 /// Cheap to clone; clones share the connections.
 #[derive(Clone)]
 pub struct ConnectionPool {
@@ -346,7 +433,7 @@ pub struct ConnectionPool {
 }
 
 struct PoolInner {
-    config: ClientConfig,
+    config: TransportConfig,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -369,7 +456,7 @@ impl Slot {
 
 impl ConnectionPool {
     /// An empty pool; connections open on first use.
-    pub fn new(config: ClientConfig) -> ConnectionPool {
+    pub fn new(config: TransportConfig) -> ConnectionPool {
         ConnectionPool {
             inner: Arc::new(PoolInner {
                 config,
@@ -381,14 +468,14 @@ impl ConnectionPool {
     }
 
     /// The settings connections and requests use.
-    pub fn config(&self) -> &ClientConfig {
+    pub fn config(&self) -> &TransportConfig {
         &self.inner.config
     }
 
     /// A live connection to `addr`, opening one if there is none or the last one died.
-    pub async fn get(&self, addr: &str) -> Result<Connection, ClientError> {
+    pub async fn get(&self, addr: &str) -> Result<Connection, TransportError> {
         if self.inner.cancel.is_cancelled() {
-            return Err(ClientError::Shutdown);
+            return Err(TransportError::Shutdown);
         }
         let slot = {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -413,23 +500,23 @@ impl ConnectionPool {
         code: RequestCode,
         body: Bytes,
         timeout: Duration,
-    ) -> Result<Frame, ClientError> {
+    ) -> Result<Frame, TransportError> {
         self.get(addr).await?.request(code, body, timeout).await
     }
 
     /// Queues a one-way request to `addr` (see [`Connection::send_oneway`]).
-    pub async fn send_oneway(&self, addr: &str, code: RequestCode, body: Bytes) -> Result<(), ClientError> {
+    pub async fn send_oneway(&self, addr: &str, code: RequestCode, body: Bytes) -> Result<(), TransportError> {
         self.get(addr).await?.send_oneway(code, body).await
     }
 
     /// Encodes `request`, sends it and decodes the response body as `Resp`.
-    pub(crate) async fn call<Req, Resp>(
+    pub async fn call<Req, Resp>(
         &self,
         addr: &str,
         code: RequestCode,
         request: &Req,
         timeout: Duration,
-    ) -> Result<Resp, ClientError>
+    ) -> Result<Resp, TransportError>
     where
         Req: prost::Message,
         Resp: prost::Message + Default,
@@ -438,24 +525,24 @@ impl ConnectionPool {
             .request(addr, code, Bytes::from(request.encode_to_vec()), timeout)
             .await?;
         Resp::decode(response.body)
-            .map_err(|error| ClientError::Decode(format!("{code:?} response from {addr}: {error}")))
+            .map_err(|error| TransportError::Decode(format!("{code:?} response from {addr}: {error}")))
     }
 
     /// Like [`ConnectionPool::call`] for requests whose response body is empty.
-    pub(crate) async fn call_empty<Req: prost::Message>(
+    pub async fn call_empty<Req: prost::Message>(
         &self,
         addr: &str,
         code: RequestCode,
         request: &Req,
         timeout: Duration,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), TransportError> {
         self.request(addr, code, Bytes::from(request.encode_to_vec()), timeout)
             .await
             .map(drop)
     }
 
     /// Closes every connection and waits for their tasks. Requests in flight fail with
-    /// [`ClientError::ConnectionClosed`]; later ones with [`ClientError::Shutdown`].
+    /// [`TransportError::ConnectionClosed`]; later ones with [`TransportError::Shutdown`].
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
         self.inner
@@ -471,8 +558,8 @@ impl ConnectionPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::FLAG_RESPONSE;
     use futures_util::SinkExt;
-    use meridian_proto::frame::FLAG_RESPONSE;
     use tokio::net::TcpListener;
     use tokio_util::codec::Framed;
 
@@ -507,7 +594,7 @@ mod tests {
                     .unwrap();
             }
         });
-        let pool = ConnectionPool::new(ClientConfig::default());
+        let pool = ConnectionPool::new(TransportConfig::default());
         let connection = pool.get(&addr).await.unwrap();
         let requests = (0..16u32).map(|index| {
             let connection = connection.clone();
@@ -542,13 +629,13 @@ mod tests {
             // Keep the socket open until the client is done.
             let _ = framed.next().await;
         });
-        let pool = ConnectionPool::new(ClientConfig::default());
+        let pool = ConnectionPool::new(TransportConfig::default());
         let error = pool
             .request(&addr, RequestCode::Send, Bytes::new(), TIMEOUT)
             .await
             .unwrap_err();
         match error {
-            ClientError::Broker { code, message } => {
+            TransportError::Remote { code, message, .. } => {
                 assert_eq!(code, ErrorCode::TopicNotFound);
                 assert_eq!(message, "topic \"x\" does not exist");
             }
@@ -579,19 +666,19 @@ mod tests {
                     .unwrap();
             }
         });
-        let pool = ConnectionPool::new(ClientConfig::default());
+        let pool = ConnectionPool::new(TransportConfig::default());
         let connection = pool.get(&addr).await.unwrap();
         let pending = (0..3).map(|_| connection.request(RequestCode::Pull, Bytes::new(), TIMEOUT));
         let (results, ()) = tokio::join!(futures_util::future::join_all(pending), async {
             received_rx.await.unwrap();
         });
         for result in results {
-            assert!(matches!(result, Err(ClientError::ConnectionClosed)), "{result:?}");
+            assert!(matches!(result, Err(TransportError::ConnectionClosed)), "{result:?}");
         }
         assert!(!connection.is_alive());
         assert!(matches!(
             connection.request(RequestCode::Pull, Bytes::new(), TIMEOUT).await,
-            Err(ClientError::ConnectionClosed)
+            Err(TransportError::ConnectionClosed)
         ));
         let response = pool
             .request(&addr, RequestCode::Pull, Bytes::new(), TIMEOUT)
@@ -616,12 +703,12 @@ mod tests {
                     .unwrap();
             }
         });
-        let pool = ConnectionPool::new(ClientConfig::default());
+        let pool = ConnectionPool::new(TransportConfig::default());
         let error = pool
             .request(&addr, RequestCode::Pull, Bytes::new(), Duration::from_millis(50))
             .await
             .unwrap_err();
-        assert!(matches!(error, ClientError::Timeout { .. }), "{error:?}");
+        assert!(matches!(error, TransportError::Timeout { .. }), "{error:?}");
         assert!(error.to_string().contains("Pull request to"), "{error}");
         pool.request(&addr, RequestCode::Pull, Bytes::new(), TIMEOUT)
             .await
@@ -639,7 +726,7 @@ mod tests {
             let mut framed = accept(&listener).await;
             framed.next().await.unwrap().unwrap()
         });
-        let pool = ConnectionPool::new(ClientConfig::default());
+        let pool = ConnectionPool::new(TransportConfig::default());
         pool.send_oneway(&addr, RequestCode::Send, Bytes::from_static(b"fire"))
             .await
             .unwrap();
@@ -652,7 +739,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_requests_are_refused_before_sending() {
         let (_listener, addr) = listener().await;
-        let mut config = ClientConfig::default();
+        let mut config = TransportConfig::default();
         config.limits.max_frame_size = 100;
         let pool = ConnectionPool::new(config);
         let error = pool
@@ -660,7 +747,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(error, ClientError::FrameTooLarge { max: 100, .. }),
+            matches!(error, TransportError::FrameTooLarge { max: 100, .. }),
             "{error:?}"
         );
         pool.shutdown().await;
@@ -670,12 +757,12 @@ mod tests {
     async fn connect_failures_name_the_address() {
         let (listener, addr) = listener().await;
         drop(listener);
-        let pool = ConnectionPool::new(ClientConfig::default());
+        let pool = ConnectionPool::new(TransportConfig::default());
         let error = pool.get(&addr).await.err().unwrap();
-        assert!(matches!(error, ClientError::Connect { .. }), "{error:?}");
+        assert!(matches!(error, TransportError::Connect { .. }), "{error:?}");
         assert!(error.to_string().contains(&addr), "{error}");
         assert!(error.is_retriable());
         pool.shutdown().await;
-        assert!(matches!(pool.get(&addr).await, Err(ClientError::Shutdown)));
+        assert!(matches!(pool.get(&addr).await, Err(TransportError::Shutdown)));
     }
 }
