@@ -137,9 +137,15 @@ pub fn encode_into(dst: &mut [u8], fields: &RecordFields<'_>) {
 /// Writes an end-of-segment marker over `dst` (at least [`BLANK_MARKER_LEN`] bytes): the reader
 /// skips `dst.len()` bytes and continues in the next segment.
 pub fn encode_blank(dst: &mut [u8]) {
-    assert!(dst.len() >= BLANK_MARKER_LEN);
-    let len = dst.len() as u32;
-    dst[0..4].copy_from_slice(&len.to_be_bytes());
+    let len = dst.len();
+    encode_blank_header(dst, len);
+}
+
+/// Writes the header of an end-of-segment marker that covers `len` bytes into `dst` (its first
+/// [`BLANK_MARKER_LEN`] bytes); the rest of the covered space is left as it is (zeros).
+pub fn encode_blank_header(dst: &mut [u8], len: usize) {
+    assert!(dst.len() >= BLANK_MARKER_LEN && len >= BLANK_MARKER_LEN);
+    dst[0..4].copy_from_slice(&(len as u32).to_be_bytes());
     dst[4..8].copy_from_slice(&BLANK_MAGIC.to_be_bytes());
 }
 

@@ -1,9 +1,10 @@
 //! The commitlog: every message of every topic, appended in arrival order to a chain of segments.
 //!
-//! One appender at a time (a `Mutex<Writer>`) encodes records straight into the mapped segment,
-//! then publishes the new end with a Release store of `committed`. Readers and the dispatcher read
-//! only below `committed`. A segment that cannot take the next record is closed with a blank
-//! marker and the next one is created.
+//! One appender at a time (a `Mutex<Writer>`) encodes a batch of records into the writer's
+//! buffer, writes it to the segment with one `pwrite`, then publishes the new end with a Release
+//! store of `committed`. Readers and the dispatcher read only below `committed`. A batch never
+//! spans segments: when the current one cannot take it, it is closed with a blank marker and the
+//! next one is created first, so a failed batch leaves nothing half-visible.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,9 @@ pub(crate) struct Writer {
     /// Next queue offset of every queue, by topic. Lives under the writer lock because queue
     /// offsets must be assigned in commitlog order.
     pub queue_offsets: std::collections::HashMap<String, Vec<u64>>,
+    /// Records of the batch being appended, written with one `pwrite` at `pending_start`.
+    pending: Vec<u8>,
+    pending_start: u64,
 }
 
 /// What recovery found at the tail.
@@ -138,6 +142,8 @@ impl CommitLog {
                 segment: writer_segment,
                 position,
                 queue_offsets: Default::default(),
+                pending: Vec::with_capacity(64 * 1024),
+                pending_start: position,
             }),
             committed: AtomicU64::new(position),
         };
@@ -165,52 +171,82 @@ impl CommitLog {
             .map_or(0, |segment| segment.start)
     }
 
-    /// Takes the writer lock. Appends happen through [`CommitLog::reserve`] and end with
-    /// [`CommitLog::publish`].
+    /// Takes the writer lock. Appends happen through [`CommitLog::begin_batch`],
+    /// [`CommitLog::reserve`] and [`CommitLog::publish`].
     pub fn lock_writer(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock().expect("commitlog writer lock")
     }
 
-    /// Reserves `size` bytes for the next record, rolling to a new segment when the current one
-    /// cannot hold it and still leave room for a blank marker.
-    pub fn reserve<'w>(&self, writer: &'w mut Writer, size: usize) -> Result<Reservation<'w>> {
-        let size = size as u64;
-        if size + BLANK_MARKER_LEN as u64 > self.segment_size {
+    /// Makes room for a batch of `total` bytes in one segment, rolling to a new segment when the
+    /// current one cannot hold it and still leave room for a blank marker.
+    pub fn begin_batch(&self, writer: &mut Writer, total: usize) -> Result<()> {
+        let total = total as u64;
+        if total + BLANK_MARKER_LEN as u64 > self.segment_size {
             return Err(BrokerError::RecordTooLarge {
-                size: size as usize,
+                size: total as usize,
                 segment_size: self.segment_size,
             });
         }
-        if writer.position + size + BLANK_MARKER_LEN as u64 > writer.segment.end() {
+        debug_assert!(writer.pending.is_empty(), "the previous batch was published or rewound");
+        if writer.position + total + BLANK_MARKER_LEN as u64 > writer.segment.end() {
+            // Only the marker's header is written: the rest of a preallocated segment is zeros.
             let in_segment = writer.position - writer.segment.start;
-            let rest = (writer.segment.len - in_segment) as usize;
-            // SAFETY: past `committed`, and we hold the writer lock.
-            record::encode_blank(unsafe { writer.segment.slice_mut(in_segment, rest) });
+            let mut marker = [0u8; BLANK_MARKER_LEN];
+            record::encode_blank_header(&mut marker, (writer.segment.len - in_segment) as usize);
+            writer
+                .segment
+                .write_at(in_segment, &marker)
+                .map_err(BrokerError::io(format!(
+                    "closing segment {}",
+                    writer.segment.path.display()
+                )))?;
             let next = Arc::new(Segment::create(&self.dir, writer.segment.end(), self.segment_size)?);
             self.segments.write().expect("segments lock").push(next.clone());
             writer.position = next.start;
             writer.segment = next;
         }
+        writer.pending_start = writer.position;
+        Ok(())
+    }
+
+    /// The next `size` bytes of the batch, to encode a record into. The batch was sized by
+    /// [`CommitLog::begin_batch`].
+    pub fn reserve<'w>(&self, writer: &'w mut Writer, size: usize) -> Reservation<'w> {
         let offset = writer.position;
-        writer.position += size;
-        // SAFETY: past `committed`, and we hold the writer lock (borrowed mutably for the slice's life).
-        let bytes = unsafe { writer.segment.slice_mut(offset - writer.segment.start, size as usize) };
-        Ok(Reservation { bytes, offset })
+        let start = writer.pending.len();
+        writer.pending.resize(start + size, 0);
+        writer.position += size as u64;
+        Reservation {
+            bytes: &mut writer.pending[start..],
+            offset,
+        }
     }
 
-    /// Makes everything the writer wrote visible to readers.
-    pub fn publish(&self, writer: &Writer) {
+    /// Writes the batch to its segment and makes it visible to readers. On failure the batch is
+    /// dropped and the log is as it was.
+    pub fn publish(&self, writer: &mut Writer) -> Result<()> {
+        if !writer.pending.is_empty() {
+            let in_segment = writer.pending_start - writer.segment.start;
+            if let Err(error) = writer.segment.write_at(in_segment, &writer.pending) {
+                self.rewind(writer);
+                return Err(BrokerError::Io {
+                    context: format!("writing {}", writer.segment.path.display()),
+                    source: error,
+                });
+            }
+            writer.pending.clear();
+            if writer.pending.capacity() > 4 << 20 {
+                writer.pending = Vec::with_capacity(64 * 1024);
+            }
+        }
         self.committed.store(writer.position, Ordering::Release);
+        Ok(())
     }
 
-    /// Undoes reservations that were never published (a batch failed halfway). A blank marker
-    /// already written into the previous segment stays: it is valid and is published later.
+    /// Drops the batch being built.
     pub fn rewind(&self, writer: &mut Writer) {
-        let from = self.committed().max(writer.segment.start);
-        let len = (writer.position - from) as usize;
-        // SAFETY: past `committed`, and we hold the writer lock.
-        unsafe { writer.segment.slice_mut(from - writer.segment.start, len) }.fill(0);
-        writer.position = from;
+        writer.pending.clear();
+        writer.position = writer.pending_start;
     }
 
     fn segment_for(&self, offset: u64) -> Option<Arc<Segment>> {
@@ -273,7 +309,7 @@ impl CommitLog {
         position
     }
 
-    /// Makes `[from, to)` durable.
+    /// Makes `[from, to)` durable: syncs every segment that holds part of it.
     pub fn flush(&self, from: u64, to: u64) -> Result<()> {
         if to <= from {
             return Ok(());
@@ -286,11 +322,9 @@ impl CommitLog {
                 .collect()
         };
         for segment in segments {
-            let start = from.max(segment.start) - segment.start;
-            let end = to.min(segment.end()) - segment.start;
             segment
-                .flush(start, end)
-                .map_err(BrokerError::io(format!("flushing {}", segment.path.display())))?;
+                .sync()
+                .map_err(BrokerError::io(format!("syncing {}", segment.path.display())))?;
         }
         Ok(())
     }

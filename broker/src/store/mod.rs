@@ -13,7 +13,7 @@ mod files;
 mod offsets;
 mod segment;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -27,7 +27,6 @@ use meridian_proto::messages::{MessageData, SendResult};
 use meridian_proto::properties::{self, MSG_ID};
 use meridian_proto::record::{self, RecordFields};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::error::{BrokerError, Result};
 use crate::metrics::BrokerMetrics;
@@ -161,7 +160,9 @@ pub struct MessageStore {
     topics_lock: Mutex<()>,
     offsets: ConsumerOffsets,
     dispatched: AtomicU64,
-    flushed_tx: watch::Sender<u64>,
+    flushed: AtomicU64,
+    /// Sync-mode sends waiting for the flusher, by the commitlog offset they need synced.
+    flush_waiters: Mutex<BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>>,
     next_queue: AtomicU32,
     stopping: AtomicBool,
     /// Set by tests to stop the threads the way a `kill -9` would: no last flush or checkpoint.
@@ -234,7 +235,6 @@ impl MessageStore {
             topics.insert(name.clone(), Topic { queues });
         }
 
-        let (flushed_tx, _) = watch::channel(recovered.valid_end);
         let store = MessageStore {
             config,
             dir: dir.to_owned(),
@@ -244,7 +244,8 @@ impl MessageStore {
             topics_lock: Mutex::new(()),
             offsets: ConsumerOffsets::load(dir.join("offsets/consumer_offsets.json"))?,
             dispatched: AtomicU64::new(redispatch_from),
-            flushed_tx,
+            flushed: AtomicU64::new(recovered.valid_end),
+            flush_waiters: Mutex::new(BTreeMap::new()),
             next_queue: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
@@ -474,6 +475,17 @@ impl MessageStore {
             None => self.next_queue.fetch_add(1, Ordering::Relaxed) % queue_count,
         };
         let mut queue_offset = writer.queue_offsets[topic][queue_id as usize];
+        let batch_size: usize = messages
+            .iter()
+            .zip(&generated)
+            .map(|(message, generated)| {
+                let properties_len = generated
+                    .as_ref()
+                    .map_or(message.properties.len(), |(_, encoded)| encoded.len());
+                record::encoded_len(topic.len(), properties_len, message.body.len())
+            })
+            .sum();
+        self.commitlog.begin_batch(&mut writer, batch_size)?;
         for (message, generated) in messages.iter().zip(&generated) {
             let properties: &[u8] = match generated {
                 Some((_, encoded)) => encoded,
@@ -493,13 +505,7 @@ impl MessageStore {
                 properties,
                 body: &message.body,
             };
-            let reservation = match self.commitlog.reserve(&mut writer, fields.encoded_len()) {
-                Ok(reservation) => reservation,
-                Err(error) => {
-                    self.commitlog.rewind(&mut writer);
-                    return Err(error);
-                }
-            };
+            let reservation = self.commitlog.reserve(&mut writer, fields.encoded_len());
             fields.commitlog_offset = reservation.offset;
             record::encode_into(reservation.bytes, &fields);
             stored_bytes += fields.encoded_len() as u64;
@@ -516,8 +522,8 @@ impl MessageStore {
             });
             queue_offset += 1;
         }
+        self.commitlog.publish(&mut writer)?;
         writer.queue_offsets.get_mut(topic).expect("checked above")[queue_id as usize] = queue_offset;
-        self.commitlog.publish(&writer);
         let end_offset = self.commitlog.committed();
         drop(writer);
 
@@ -536,18 +542,43 @@ impl MessageStore {
 
     /// Waits until the commitlog is synced past `end_offset` (sync flush mode).
     pub async fn wait_flushed(&self, end_offset: u64) -> Result<()> {
-        let mut flushed = self.flushed_tx.subscribe();
+        let synced = {
+            let mut waiters = self.flush_waiters.lock().expect("flush waiters lock");
+            // Checked under the lock the flusher takes to publish progress: no wake-up is missed.
+            if self.flushed_offset() >= end_offset {
+                return Ok(());
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                return Err(BrokerError::ShuttingDown);
+            }
+            let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+            waiters.entry(end_offset).or_default().push(synced_tx);
+            synced_rx
+        };
         let timeout = Duration::from_millis(self.config.sync_flush_timeout_ms);
-        match tokio::time::timeout(timeout, flushed.wait_for(|flushed| *flushed >= end_offset)).await {
-            Ok(Ok(_)) => Ok(()),
+        match tokio::time::timeout(timeout, synced).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(BrokerError::ShuttingDown),
             Err(_) => Err(BrokerError::FlushTimeout(self.config.sync_flush_timeout_ms)),
         }
     }
 
+    /// Records that the commitlog is synced up to `offset` and wakes exactly the sends it covers.
+    fn set_flushed(&self, offset: u64) {
+        let covered = {
+            let mut waiters = self.flush_waiters.lock().expect("flush waiters lock");
+            self.flushed.store(offset, Ordering::Release);
+            let later = waiters.split_off(&(offset + 1));
+            std::mem::replace(&mut *waiters, later)
+        };
+        for synced_tx in covered.into_values().flatten() {
+            let _ = synced_tx.send(());
+        }
+    }
+
     /// Offset up to which the commitlog is synced.
     pub fn flushed_offset(&self) -> u64 {
-        *self.flushed_tx.borrow()
+        self.flushed.load(Ordering::Acquire)
     }
 
     /// Offset up to which records are stored (visible once dispatched).
@@ -768,7 +799,7 @@ impl MessageStore {
         let started = Instant::now();
         match self.commitlog.flush(flushed, target) {
             Ok(()) => {
-                self.flushed_tx.send_replace(target);
+                self.set_flushed(target);
                 self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
                 self.metrics.flushed_offset.set(target as i64);
             }
@@ -815,6 +846,8 @@ impl MessageStore {
         for thread in threads {
             let _ = thread.join();
         }
+        // Sends still waiting for a sync that will not come fail now instead of at their timeout.
+        self.flush_waiters.lock().expect("flush waiters lock").clear();
         // The dispatcher may have stopped before the flusher's last checkpoint saw its progress.
         if let Err(error) = self.checkpoint() {
             tracing::error!(%error, "final checkpoint failed");
