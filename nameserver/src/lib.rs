@@ -1,5 +1,41 @@
-//! The nameserver: where clients find brokers and where cluster metadata lives.
+//! The nameserver: where clients find brokers and where cluster metadata lives, replicated with
+//! Raft (openraft) over 1 node (`meridian dev`) or 3/5 nodes.
 //!
-//! It will own the openraft state machine and network, routes, the broker registry and heartbeats,
-//! topics and groups with owners and approvals, the failover controller and the IDC map
-//! (see `../shared/DESIGN.md`). Not built yet: the broker currently serves its own routes.
+//! It owns the replicated metadata (broker groups and members, topics and consumer groups with
+//! their owners, approvals and history, the IDC map, the client SDK version policy), its Raft log
+//! and snapshots on disk, and membership changes. Routes, heartbeat handling, the failover
+//! controller, the framed-TCP Raft network and the HTTP API build on it (see
+//! `../shared/DESIGN.md`).
+//!
+//! Where to start reading:
+//! - [`state`]: [`MetadataState`] and [`Command`], pure and deterministic; every rule of governance
+//!   lives in [`MetadataState::apply`].
+//! - [`raft`]: [`NameserverRaft`], a node: `start`, `initialize`, `write` (leader only; else
+//!   [`NameserverError::ForwardToLeader`]), `read_state` (any node), membership changes, `shutdown`.
+//! - [`types`]: the openraft type configuration ([`TypeConfig`], [`Node`], [`Request`]).
+//! - [`log_store`] (redb) and [`state_machine`] (snapshot files): openraft's storage traits, checked
+//!   with openraft's conformance suite.
+//! - [`network`]: how a transport reports errors to openraft (`Unreachable` vs `Network`).
+//!
+//! On disk, under a node's data dir: `raft-log.redb` (log entries, vote, committed and purged log
+//! ids, owning node id) and `snapshots/current.snapshot` (the latest snapshot).
+//!
+//! openraft is re-exported as [`openraft`] so that crates composing the nameserver (the network
+//! layer, `cli`) use this exact version without depending on it themselves.
+
+pub mod error;
+pub mod log_store;
+pub mod network;
+pub mod raft;
+pub mod state;
+pub mod state_machine;
+pub mod types;
+
+#[cfg(test)]
+mod storage_suite;
+
+pub use error::{CommandError, NameserverError};
+pub use openraft;
+pub use raft::{NameserverRaft, RaftConfig};
+pub use state::{Command, MetadataState, Response};
+pub use types::{Node, NodeId, Request, TypeConfig};

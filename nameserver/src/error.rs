@@ -1,0 +1,340 @@
+//! Errors of the nameserver: [`CommandError`] when the metadata refuses a command (replicated, so it
+//! is plain data and serializable), [`NameserverError`] for everything a caller of
+//! [`crate::NameserverRaft`] can meet, and [`SdkVersionError`] when the SDK policy refuses a client.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use meridian_proto::{ErrorCode, ValidationError};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{ApprovalStatus, DecisionAction, format_time_ms};
+use crate::types::{Node, NodeId};
+
+/// What a governance error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subject {
+    /// A topic.
+    Topic,
+    /// A consumer group.
+    Group,
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            Subject::Topic => "topic",
+            Subject::Group => "consumer group",
+        })
+    }
+}
+
+/// Why [`crate::state::MetadataState::apply`] refused a command. The message names the thing and
+/// the fix. It is part of the replicated result of a log entry, hence `Serialize`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandError {
+    /// A field breaks a rule (name, size, CIDR, version, missing person or reason).
+    #[error("{message}")]
+    Invalid {
+        /// The full message.
+        message: String,
+    },
+    /// The topic or group exists and is not rejected.
+    #[error(
+        "{subject} {name:?} was already requested by {requested_by} at {} and is {status}: {}",
+        format_time_ms(*.requested_at_ms),
+        already_requested_fix(*.status)
+    )]
+    AlreadyRequested {
+        /// Topic or group.
+        subject: Subject,
+        /// Its name.
+        name: String,
+        /// Who requested it first.
+        requested_by: String,
+        /// When.
+        requested_at_ms: u64,
+        /// Where it stands.
+        status: ApprovalStatus,
+    },
+    /// No such topic or group.
+    #[error("{subject} {name:?} does not exist: request it first, with an owner")]
+    NotFound {
+        /// Topic or group.
+        subject: Subject,
+        /// Its name.
+        name: String,
+    },
+    /// Approving or rejecting something that is no longer requested.
+    #[error(
+        "cannot {} {subject} {name:?}: it was {status} by {decided_by} at {}{}; {}",
+        .attempted.verb(),
+        format_time_ms(*.decided_at_ms),
+        reason.as_ref().map(|reason| format!(" ({reason})")).unwrap_or_default(),
+        already_decided_fix(*.status, *.attempted)
+    )]
+    AlreadyDecided {
+        /// Topic or group.
+        subject: Subject,
+        /// Its name.
+        name: String,
+        /// Its current status.
+        status: ApprovalStatus,
+        /// Who decided.
+        decided_by: String,
+        /// When.
+        decided_at_ms: u64,
+        /// Why.
+        reason: Option<String>,
+        /// What the command tried.
+        attempted: DecisionAction,
+    },
+    /// A topic cannot be approved before it is placed on a broker group.
+    #[error(
+        "topic {name:?} has no queues on any broker group: update it with queues (e.g. broker-a=8) before approving it"
+    )]
+    NoQueues {
+        /// Topic name.
+        name: String,
+    },
+    /// A consumer group subscribes to a topic that is not (or no longer) usable.
+    #[error(
+        "consumer group {group:?} subscribes to topic {topic:?}, which is {status}: {}",
+        if *.status == ApprovalStatus::Rejected { "subscribe to another topic" } else { "approve the topic first" }
+    )]
+    TopicNotApproved {
+        /// Group name.
+        group: String,
+        /// Topic name.
+        topic: String,
+        /// The topic's status.
+        status: ApprovalStatus,
+    },
+    /// A topic still has subscribers.
+    #[error(
+        "topic {name:?} is used by consumer groups {}: delete those groups first",
+        quoted_list(.groups)
+    )]
+    TopicInUse {
+        /// Topic name.
+        name: String,
+        /// Groups subscribing to it.
+        groups: Vec<String>,
+    },
+    /// Unregistering a broker that is not registered.
+    #[error("broker {member:?} is not registered in broker group {group:?}: nothing to unregister")]
+    BrokerNotFound {
+        /// Broker group name.
+        group: String,
+        /// Broker name.
+        member: String,
+    },
+    /// A broker claims mastership at an epoch older than its group's.
+    #[error(
+        "broker {member:?} of group {group:?} claims to be master at epoch {epoch}, but the group is at epoch {group_epoch}: it must rejoin as a slave of the current master"
+    )]
+    StaleEpoch {
+        /// Broker group name.
+        group: String,
+        /// Broker name.
+        member: String,
+        /// Epoch it claimed.
+        epoch: u64,
+        /// The group's epoch.
+        group_epoch: u64,
+    },
+    /// Two masters in one epoch.
+    #[error(
+        "broker {member:?} of group {group:?} claims to be master at epoch {epoch}, but {master:?} already is: a new master needs a higher epoch (failover)"
+    )]
+    MasterConflict {
+        /// Broker group name.
+        group: String,
+        /// Broker name.
+        member: String,
+        /// The current master.
+        master: String,
+        /// The contested epoch.
+        epoch: u64,
+    },
+    /// Removing an IDC rule that does not exist.
+    #[error("there is no IDC rule for {cidr}: list the rules to see which exist")]
+    IdcRuleNotFound {
+        /// The CIDR, in canonical form.
+        cidr: String,
+    },
+}
+
+impl From<ValidationError> for CommandError {
+    fn from(error: ValidationError) -> CommandError {
+        CommandError::Invalid {
+            message: error.to_string(),
+        }
+    }
+}
+
+impl CommandError {
+    /// The wire error code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CommandError::AlreadyRequested { .. } => ErrorCode::AlreadyExists,
+            CommandError::NotFound {
+                subject: Subject::Topic,
+                ..
+            } => ErrorCode::TopicNotFound,
+            CommandError::NotFound {
+                subject: Subject::Group,
+                ..
+            } => ErrorCode::GroupNotFound,
+            // proto has no "failed precondition" code yet; an invalid transition is the caller's
+            // to fix, like an invalid argument.
+            _ => ErrorCode::InvalidArgument,
+        }
+    }
+}
+
+fn already_requested_fix(status: ApprovalStatus) -> &'static str {
+    match status {
+        ApprovalStatus::Requested => "wait for an admin to approve or reject it, or pick another name",
+        ApprovalStatus::Approved => "use it as it is, or update it",
+        ApprovalStatus::Rejected => "request it again",
+    }
+}
+
+fn already_decided_fix(status: ApprovalStatus, attempted: DecisionAction) -> &'static str {
+    match (status, attempted) {
+        (ApprovalStatus::Approved, DecisionAction::Approved) => "nothing to do",
+        (ApprovalStatus::Approved, _) => "delete it instead",
+        _ => "request it again to reopen it",
+    }
+}
+
+fn quoted_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|name| format!("{name:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why the SDK version policy refuses a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdkVersionError {
+    /// The version is on the blocked list.
+    #[error("client SDK {version} is blocked by the cluster's SDK policy: upgrade the client")]
+    Blocked {
+        /// Version the client reported.
+        version: String,
+    },
+    /// The version is older than the minimum.
+    #[error(
+        "client SDK {version} is older than the minimum {min_version} of the cluster's SDK policy: upgrade the client"
+    )]
+    TooOld {
+        /// Version the client reported.
+        version: String,
+        /// The policy's minimum.
+        min_version: String,
+    },
+    /// The version cannot be compared with the minimum.
+    #[error("client SDK version {version:?} is not MAJOR.MINOR.PATCH, so the cluster's minimum cannot be checked")]
+    Unparsable {
+        /// Version the client reported.
+        version: String,
+    },
+}
+
+/// Everything that can go wrong when running a nameserver's Raft node.
+#[derive(Debug, thiserror::Error)]
+pub enum NameserverError {
+    /// The metadata refused the command; nothing changed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// Writes go through the leader, and this node is not it. Send the request to `leader`.
+    #[error("nameserver node {node_id} is not the Raft leader: {}", forward_hint(*.leader_id, .leader.as_ref()))]
+    ForwardToLeader {
+        /// This node.
+        node_id: NodeId,
+        /// The leader, when known.
+        leader_id: Option<NodeId>,
+        /// The leader's addresses, when known.
+        leader: Option<Node>,
+    },
+    /// A membership change was refused (another change in progress, unknown learner, empty set).
+    #[error("membership change refused: {message}")]
+    Membership {
+        /// openraft's reason.
+        message: String,
+    },
+    /// The cluster could not be initialized with these members.
+    #[error("cannot initialize the nameserver cluster: {message}")]
+    Initialize {
+        /// openraft's reason.
+        message: String,
+    },
+    /// The Raft node stopped (shut down, or a storage error it cannot survive).
+    #[error("nameserver node {node_id} stopped: {reason}")]
+    Stopped {
+        /// This node.
+        node_id: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// The data directory cannot be used.
+    #[error("nameserver data at {}: {message}", path.display())]
+    Storage {
+        /// File or directory.
+        path: PathBuf,
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// The data directory belongs to another node.
+    #[error(
+        "nameserver data at {} belongs to node {found}, not node {expected}: give each node its own data dir, or wipe it and re-add the node",
+        path.display()
+    )]
+    WrongNode {
+        /// The log database.
+        path: PathBuf,
+        /// Node id recorded in it.
+        found: NodeId,
+        /// Node id this process runs as.
+        expected: NodeId,
+    },
+    /// The Raft settings do not fit together.
+    #[error("invalid raft settings: {message}")]
+    Config {
+        /// Which settings and how to fix them.
+        message: String,
+    },
+}
+
+impl NameserverError {
+    /// The wire error code, for the protocol and HTTP layers.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            NameserverError::Command(error) => error.code(),
+            // proto has no "not leader" code yet: Unavailable is retriable, and the message and
+            // `leader` say where to retry.
+            NameserverError::ForwardToLeader { .. } | NameserverError::Stopped { .. } => ErrorCode::Unavailable,
+            NameserverError::Membership { .. }
+            | NameserverError::Initialize { .. }
+            | NameserverError::Config { .. }
+            | NameserverError::WrongNode { .. } => ErrorCode::InvalidArgument,
+            NameserverError::Storage { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+fn forward_hint(leader_id: Option<NodeId>, leader: Option<&Node>) -> String {
+    match (leader_id, leader) {
+        (Some(leader_id), Some(leader)) => format!(
+            "send writes to node {leader_id} at {} (HTTP {})",
+            leader.addr, leader.http_addr
+        ),
+        (Some(leader_id), None) => format!("send writes to node {leader_id}"),
+        _ => "no leader is known yet; retry after the election (within a few election timeouts)".to_owned(),
+    }
+}
