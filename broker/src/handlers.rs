@@ -24,7 +24,7 @@ use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
 use crate::groups::ConsumerGroups;
 use crate::metrics::{BrokerMetrics, RequestLabels};
-use crate::store::{CqEntry, FlushMode, MessageStore};
+use crate::store::{AppendRequest, CqEntry, FlushMode, MessageStore};
 
 /// A response body still being produced.
 pub type PendingReply = Pin<Box<dyn Future<Output = Result<Bytes>> + Send>>;
@@ -132,39 +132,75 @@ fn validate_properties(encoded: &[u8], limits: &Limits) -> Result<(), Validation
 }
 
 fn send(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
-    let started = Instant::now();
-    let appended = (|| {
-        let request: SendRequest = decode(body)?;
-        validate::validate_topic(&request.topic)?;
-        if request.messages.is_empty() {
-            return Err(BrokerError::MalformedBody(
-                "a send request needs at least one message".into(),
-            ));
-        }
-        for message in &request.messages {
-            validate::validate_body_size(message.body.len(), &state.limits)?;
-            validate_properties(&message.properties, &state.limits)?;
-        }
-        let queue_id = u32::try_from(request.queue_id).ok();
-        state.store.append(&request.topic, queue_id, &request.messages, peer)
-    })();
-    let appended = match appended {
-        Ok(appended) => appended,
-        Err(error) => return Reply::Now(Err(error)),
-    };
-    let response = SendResponse {
-        results: appended.results,
-    };
-    if state.store.config().flush_mode == FlushMode::Async {
-        state.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
-        return Reply::Now(encoded(&response));
+    send_many(state, vec![body], peer).pop().expect("one reply per send")
+}
+
+fn decode_send(state: &BrokerState, body: Bytes) -> Result<SendRequest> {
+    let request: SendRequest = decode(body)?;
+    validate::validate_topic(&request.topic)?;
+    if request.messages.is_empty() {
+        return Err(BrokerError::MalformedBody(
+            "a send request needs at least one message".into(),
+        ));
     }
-    let state = state.clone();
-    Reply::Later(Box::pin(async move {
-        state.store.wait_flushed(appended.end_offset).await?;
-        state.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
-        encoded(&response)
-    }))
+    for message in &request.messages {
+        validate::validate_body_size(message.body.len(), &state.limits)?;
+        validate_properties(&message.properties, &state.limits)?;
+    }
+    Ok(request)
+}
+
+/// Handles sends a connection had already sent, in order: each is validated on its own, and the
+/// valid ones are appended together with one write (see [`MessageStore::append_many`]).
+pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr) -> Vec<Reply> {
+    let started = Instant::now();
+    let count = bodies.len() as u64;
+    if count > 1 {
+        state
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels { request: "send" })
+            .inc_by(count - 1);
+    }
+    let decoded: Vec<Result<SendRequest>> = bodies.into_iter().map(|body| decode_send(state, body)).collect();
+    let requests: Vec<AppendRequest<'_>> = decoded
+        .iter()
+        .flatten()
+        .map(|request| AppendRequest {
+            topic: &request.topic,
+            queue_id: u32::try_from(request.queue_id).ok(),
+            messages: &request.messages,
+            born_host: peer,
+        })
+        .collect();
+    let mut appended = state.store.append_many(&requests).into_iter();
+    let sync = state.store.config().flush_mode == FlushMode::Sync;
+    decoded
+        .into_iter()
+        .map(|request| {
+            let appended = match request {
+                Err(error) => return Reply::Now(Err(error)),
+                Ok(_) => appended.next().expect("one outcome per valid request"),
+            };
+            let appended = match appended {
+                Ok(appended) => appended,
+                Err(error) => return Reply::Now(Err(error)),
+            };
+            let response = SendResponse {
+                results: appended.results,
+            };
+            if !sync {
+                state.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
+                return Reply::Now(encoded(&response));
+            }
+            let state = state.clone();
+            Reply::Later(Box::pin(async move {
+                state.store.wait_flushed(appended.end_offset).await?;
+                state.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
+                encoded(&response)
+            }))
+        })
+        .collect()
 }
 
 /// Encodes a pull response, copying records from the commitlog straight into the body: the

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use meridian_proto::frame::FrameError;
 use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -187,6 +188,64 @@ fn to_frame(state: &BrokerState, request_id: u64, result: Result<Bytes>) -> Fram
     }
 }
 
+/// Most sends combined into one append: bounds the latency the first of them waits for the rest.
+const MAX_COMBINED_SENDS: usize = 64;
+
+/// What answering a request on one connection needs.
+struct ConnectionState<'a> {
+    state: &'a Arc<BrokerState>,
+    peer: SocketAddr,
+    responses_tx: &'a Responses,
+    permits: &'a Arc<Semaphore>,
+    tasks: &'a TaskTracker,
+}
+
+impl ConnectionState<'_> {
+    /// Sends (or schedules) the answer to one request. False when the connection must close.
+    async fn dispatch(&self, reply: Reply, request_id: u64, oneway: bool) -> bool {
+        match reply {
+            Reply::Now(result) => {
+                let fatal = matches!(result, Err(BrokerError::MalformedBody(_)));
+                if fatal {
+                    self.state.metrics.malformed_frames.inc();
+                }
+                if !oneway || fatal {
+                    if self
+                        .responses_tx
+                        .send(to_frame(self.state, request_id, result))
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                } else if let Err(error) = result {
+                    tracing::debug!(peer = %self.peer, %error, "one-way request failed");
+                }
+                if fatal {
+                    tracing::warn!(peer = %self.peer, "malformed request body; closing connection");
+                    return false;
+                }
+                true
+            }
+            Reply::Later(pending) => {
+                let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                    return false;
+                };
+                let responses_tx = self.responses_tx.clone();
+                let state = self.state.clone();
+                self.tasks.spawn(async move {
+                    let result = pending.await;
+                    if !oneway {
+                        let _ = responses_tx.send(to_frame(&state, request_id, result)).await;
+                    }
+                    drop(permit);
+                });
+                true
+            }
+        }
+    }
+}
+
 async fn serve_connection(state: Arc<BrokerState>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     state.metrics.connections.inc();
@@ -208,10 +267,22 @@ async fn serve_connection(state: Arc<BrokerState>, stream: TcpStream, peer: Sock
     tasks.spawn(write_frames(sink, frames_rx));
     let permits = Arc::new(Semaphore::new(inflight));
 
+    let connection = ConnectionState {
+        state: &state,
+        peer,
+        responses_tx: &responses_tx,
+        permits: &permits,
+        tasks: &tasks,
+    };
+    // A frame read while gathering sends that was not itself a send: handled next.
+    let mut carried: Option<Option<Result<Frame, FrameError>>> = None;
     loop {
-        let next = tokio::select! {
-            _ = state.shutdown.cancelled() => break,
-            next = frames.next() => next,
+        let next = match carried.take() {
+            Some(next) => next,
+            None => tokio::select! {
+                _ = state.shutdown.cancelled() => break,
+                next = frames.next() => next,
+            },
         };
         let frame = match next {
             None => break,
@@ -238,40 +309,42 @@ async fn serve_connection(state: Arc<BrokerState>, stream: TcpStream, peer: Sock
                 .await;
             break;
         };
-        let oneway = frame.is_oneway();
-        let reply = handlers::handle(&state, code, frame.body, peer);
-        match reply {
-            Reply::Now(result) => {
-                let fatal = matches!(result, Err(BrokerError::MalformedBody(_)));
-                if fatal {
-                    state.metrics.malformed_frames.inc();
+        if code != RequestCode::Send {
+            let oneway = frame.is_oneway();
+            let reply = handlers::handle(&state, code, frame.body, peer);
+            if !connection.dispatch(reply, request_id, oneway).await {
+                break;
+            }
+            continue;
+        }
+        // Sends this connection has already sent go into one append and one write.
+        let mut sends = vec![(request_id, frame.is_oneway(), frame.body)];
+        while sends.len() < MAX_COMBINED_SENDS {
+            match frames.next().now_or_never() {
+                Some(Some(Ok(next))) if !next.is_response() && next.header.code == RequestCode::Send as u32 => {
+                    sends.push((next.header.request_id, next.is_oneway(), next.body));
                 }
-                if !oneway || fatal {
-                    if responses_tx.send(to_frame(&state, request_id, result)).await.is_err() {
-                        break;
-                    }
-                } else if let Err(error) = result {
-                    tracing::debug!(%peer, %error, "one-way request failed");
-                }
-                if fatal {
-                    tracing::warn!(%peer, "malformed request body; closing connection");
+                Some(other) => {
+                    carried = Some(other);
                     break;
                 }
+                None => break,
             }
-            Reply::Later(pending) => {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
-                let responses_tx = responses_tx.clone();
-                let state = state.clone();
-                tasks.spawn(async move {
-                    let result = pending.await;
-                    if !oneway {
-                        let _ = responses_tx.send(to_frame(&state, request_id, result)).await;
-                    }
-                    drop(permit);
-                });
+        }
+        let (ids, bodies): (Vec<(u64, bool)>, Vec<Bytes>) = sends
+            .into_iter()
+            .map(|(request_id, oneway, body)| ((request_id, oneway), body))
+            .unzip();
+        let replies = handlers::send_many(&state, bodies, peer);
+        let mut open = true;
+        for ((request_id, oneway), reply) in ids.into_iter().zip(replies) {
+            if !connection.dispatch(reply, request_id, oneway).await {
+                open = false;
+                break;
             }
+        }
+        if !open {
+            break;
         }
     }
     drop(responses_tx);

@@ -177,8 +177,15 @@ impl CommitLog {
         self.writer.lock().expect("commitlog writer lock")
     }
 
+    /// Whether a batch of `total` bytes needs a new segment. Pending batches must be published
+    /// before [`CommitLog::begin_batch`] rolls.
+    pub fn needs_roll(&self, writer: &Writer, total: usize) -> bool {
+        writer.position + total as u64 + BLANK_MARKER_LEN as u64 > writer.segment.end()
+    }
+
     /// Makes room for a batch of `total` bytes in one segment, rolling to a new segment when the
-    /// current one cannot hold it and still leave room for a blank marker.
+    /// current one cannot hold it and still leave room for a blank marker. Several batches may be
+    /// built before one [`CommitLog::publish`] writes them all, as long as none of them rolls.
     pub fn begin_batch(&self, writer: &mut Writer, total: usize) -> Result<()> {
         let total = total as u64;
         if total + BLANK_MARKER_LEN as u64 > self.segment_size {
@@ -187,8 +194,8 @@ impl CommitLog {
                 segment_size: self.segment_size,
             });
         }
-        debug_assert!(writer.pending.is_empty(), "the previous batch was published or rewound");
         if writer.position + total + BLANK_MARKER_LEN as u64 > writer.segment.end() {
+            debug_assert!(writer.pending.is_empty(), "pending batches are published before a roll");
             // Only the marker's header is written: the rest of a preallocated segment is zeros.
             let in_segment = writer.position - writer.segment.start;
             let mut marker = [0u8; BLANK_MARKER_LEN];
@@ -205,7 +212,9 @@ impl CommitLog {
             writer.position = next.start;
             writer.segment = next;
         }
-        writer.pending_start = writer.position;
+        if writer.pending.is_empty() {
+            writer.pending_start = writer.position;
+        }
         Ok(())
     }
 
@@ -243,7 +252,12 @@ impl CommitLog {
         Ok(())
     }
 
-    /// Drops the batch being built.
+    /// Global offset just past the last record reserved (published or not).
+    pub fn position(&self, writer: &Writer) -> u64 {
+        writer.position
+    }
+
+    /// Drops the batches being built.
     pub fn rewind(&self, writer: &mut Writer) {
         writer.pending.clear();
         writer.position = writer.pending_start;

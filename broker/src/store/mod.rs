@@ -128,6 +128,37 @@ pub struct Appended {
     pub end_offset: u64,
 }
 
+/// One send to append: messages for one queue of one topic.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendRequest<'a> {
+    /// Topic name (validated).
+    pub topic: &'a str,
+    /// Queue, or `None` to let the broker choose round robin.
+    pub queue_id: Option<u32>,
+    /// The messages (validated), stored with consecutive queue offsets.
+    pub messages: &'a [MessageData],
+    /// The producer's address.
+    pub born_host: SocketAddr,
+}
+
+/// A msgId the broker generated and the properties with it prepended.
+type GeneratedId = (String, Vec<u8>);
+
+/// The message's properties with a generated msgId prepended, when it has none.
+fn generate_msg_id(message: &MessageData) -> Option<GeneratedId> {
+    if properties::get(&message.properties, MSG_ID).is_some() {
+        return None;
+    }
+    let msg_id = MessageId::generate().to_string();
+    let mut encoded = Vec::with_capacity(message.properties.len() + 48);
+    encoded.extend_from_slice(MSG_ID.as_bytes());
+    encoded.push(1);
+    encoded.extend_from_slice(msg_id.as_bytes());
+    encoded.push(2);
+    encoded.extend_from_slice(&message.properties);
+    Some((msg_id, encoded))
+}
+
 /// Min and max offsets of a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueBounds {
@@ -433,102 +464,125 @@ impl MessageStore {
         messages: &[MessageData],
         born_host: SocketAddr,
     ) -> Result<Appended> {
+        let request = AppendRequest {
+            topic,
+            queue_id,
+            messages,
+            born_host,
+        };
+        self.append_many(std::slice::from_ref(&request))
+            .pop()
+            .expect("one result per request")
+    }
+
+    /// Appends several independent requests under one writer lock and writes them with one
+    /// `pwrite`: the broker combines the sends a connection has already sent, so a pipelining
+    /// producer pays one syscall per group instead of one per message. Each request succeeds or
+    /// fails on its own; results are in request order.
+    pub fn append_many(&self, requests: &[AppendRequest<'_>]) -> Vec<Result<Appended>> {
         if self.stopping.load(Ordering::Acquire) {
-            return Err(BrokerError::ShuttingDown);
+            return requests.iter().map(|_| Err(BrokerError::ShuttingDown)).collect();
         }
         // Messages without an id get one prepended to their properties; only they allocate.
-        let generated: Vec<Option<(String, Vec<u8>)>> = messages
+        let generated: Vec<Vec<Option<GeneratedId>>> = requests
             .iter()
-            .map(|message| {
-                if properties::get(&message.properties, MSG_ID).is_some() {
-                    return None;
-                }
-                let msg_id = MessageId::generate().to_string();
-                let mut encoded = Vec::with_capacity(message.properties.len() + 48);
-                encoded.extend_from_slice(MSG_ID.as_bytes());
-                encoded.push(1);
-                encoded.extend_from_slice(msg_id.as_bytes());
-                encoded.push(2);
-                encoded.extend_from_slice(&message.properties);
-                Some((msg_id, encoded))
-            })
+            .map(|request| request.messages.iter().map(generate_msg_id).collect())
             .collect();
         let store_timestamp = now_millis();
-        let mut results = Vec::with_capacity(messages.len());
-        let mut stored_bytes = 0u64;
+        let mut outcomes: Vec<Result<Appended>> = Vec::with_capacity(requests.len());
+        // Requests of the batch not yet written, and the queue offsets to restore if the write fails.
+        let mut chunk_start = 0;
+        let mut undo: Vec<(&str, usize, u64)> = Vec::new();
+        let mut stored = (0u64, 0u64);
 
         let mut writer = self.commitlog.lock_writer();
-        let queue_count = writer
-            .queue_offsets
-            .get(topic)
-            .map(Vec::len)
-            .ok_or_else(|| BrokerError::TopicNotFound(topic.to_owned()))? as u32;
-        let queue_id = match queue_id {
-            Some(queue_id) if queue_id < queue_count => queue_id,
-            Some(queue_id) => {
-                return Err(BrokerError::QueueNotFound {
-                    topic: topic.to_owned(),
-                    queue_id,
-                    queues: queue_count,
-                });
+        for (request, generated) in requests.iter().zip(&generated) {
+            let topic = request.topic;
+            let Some(queue_count) = writer.queue_offsets.get(topic).map(|queues| queues.len() as u32) else {
+                outcomes.push(Err(BrokerError::TopicNotFound(topic.to_owned())));
+                continue;
+            };
+            let queue_id = match request.queue_id {
+                Some(queue_id) if queue_id < queue_count => queue_id,
+                Some(queue_id) => {
+                    outcomes.push(Err(BrokerError::QueueNotFound {
+                        topic: topic.to_owned(),
+                        queue_id,
+                        queues: queue_count,
+                    }));
+                    continue;
+                }
+                None => self.next_queue.fetch_add(1, Ordering::Relaxed) % queue_count,
+            };
+            let batch_size: usize = request
+                .messages
+                .iter()
+                .zip(generated)
+                .map(|(message, generated)| {
+                    let properties_len = generated
+                        .as_ref()
+                        .map_or(message.properties.len(), |(_, encoded)| encoded.len());
+                    record::encoded_len(topic.len(), properties_len, message.body.len())
+                })
+                .sum();
+            if self.commitlog.needs_roll(&writer, batch_size) && chunk_start < outcomes.len() {
+                self.publish_chunk(&mut writer, &mut outcomes[chunk_start..], &mut undo);
+                chunk_start = outcomes.len();
             }
-            None => self.next_queue.fetch_add(1, Ordering::Relaxed) % queue_count,
-        };
-        let mut queue_offset = writer.queue_offsets[topic][queue_id as usize];
-        let batch_size: usize = messages
-            .iter()
-            .zip(&generated)
-            .map(|(message, generated)| {
-                let properties_len = generated
-                    .as_ref()
-                    .map_or(message.properties.len(), |(_, encoded)| encoded.len());
-                record::encoded_len(topic.len(), properties_len, message.body.len())
-            })
-            .sum();
-        self.commitlog.begin_batch(&mut writer, batch_size)?;
-        for (message, generated) in messages.iter().zip(&generated) {
-            let properties: &[u8] = match generated {
-                Some((_, encoded)) => encoded,
-                None => &message.properties,
-            };
-            let mut fields = RecordFields {
-                flags: message.flags,
-                queue_id,
-                queue_offset,
-                commitlog_offset: 0,
-                born_timestamp: message.born_timestamp,
-                store_timestamp,
-                born_host,
-                store_host: self.store_host,
-                reconsume_count: message.reconsume_count,
-                topic,
-                properties,
-                body: &message.body,
-            };
-            let reservation = self.commitlog.reserve(&mut writer, fields.encoded_len());
-            fields.commitlog_offset = reservation.offset;
-            record::encode_into(reservation.bytes, &fields);
-            stored_bytes += fields.encoded_len() as u64;
-            let msg_id = match generated {
-                Some((msg_id, _)) => msg_id.clone(),
-                None => properties::get(properties, MSG_ID).unwrap_or_default().to_owned(),
-            };
-            results.push(SendResult {
-                msg_id,
-                queue_id,
-                queue_offset,
-                commitlog_offset: fields.commitlog_offset,
-                store_timestamp,
-            });
-            queue_offset += 1;
+            if let Err(error) = self.commitlog.begin_batch(&mut writer, batch_size) {
+                outcomes.push(Err(error));
+                continue;
+            }
+            let old_offset = writer.queue_offsets[topic][queue_id as usize];
+            let mut queue_offset = old_offset;
+            let mut results = Vec::with_capacity(request.messages.len());
+            for (message, generated) in request.messages.iter().zip(generated) {
+                let properties: &[u8] = match generated {
+                    Some((_, encoded)) => encoded,
+                    None => &message.properties,
+                };
+                let mut fields = RecordFields {
+                    flags: message.flags,
+                    queue_id,
+                    queue_offset,
+                    commitlog_offset: 0,
+                    born_timestamp: message.born_timestamp,
+                    store_timestamp,
+                    born_host: request.born_host,
+                    store_host: self.store_host,
+                    reconsume_count: message.reconsume_count,
+                    topic,
+                    properties,
+                    body: &message.body,
+                };
+                let reservation = self.commitlog.reserve(&mut writer, fields.encoded_len());
+                fields.commitlog_offset = reservation.offset;
+                record::encode_into(reservation.bytes, &fields);
+                stored.1 += fields.encoded_len() as u64;
+                let msg_id = match generated {
+                    Some((msg_id, _)) => msg_id.clone(),
+                    None => properties::get(properties, MSG_ID).unwrap_or_default().to_owned(),
+                };
+                results.push(SendResult {
+                    msg_id,
+                    queue_id,
+                    queue_offset,
+                    commitlog_offset: fields.commitlog_offset,
+                    store_timestamp,
+                });
+                queue_offset += 1;
+            }
+            stored.0 += request.messages.len() as u64;
+            undo.push((topic, queue_id as usize, old_offset));
+            writer.queue_offsets.get_mut(topic).expect("checked above")[queue_id as usize] = queue_offset;
+            let end_offset = self.commitlog.position(&writer);
+            outcomes.push(Ok(Appended { results, end_offset }));
         }
-        self.commitlog.publish(&mut writer)?;
-        writer.queue_offsets.get_mut(topic).expect("checked above")[queue_id as usize] = queue_offset;
-        let end_offset = self.commitlog.committed();
+        self.publish_chunk(&mut writer, &mut outcomes[chunk_start..], &mut undo);
         drop(writer);
 
-        self.metrics.messages_stored.inc_by(messages.len() as u64);
-        self.metrics.bytes_stored.inc_by(stored_bytes);
+        self.metrics.messages_stored.inc_by(stored.0);
+        self.metrics.bytes_stored.inc_by(stored.1);
         if let Some(dispatcher) = self.dispatcher.get() {
             dispatcher.unpark();
         }
@@ -537,7 +591,30 @@ impl MessageStore {
         {
             flusher.unpark();
         }
-        Ok(Appended { results, end_offset })
+        outcomes
+    }
+
+    /// Writes the pending batches; if that fails, their requests fail and their queue offsets
+    /// are given back, so the log and the queues are as they were.
+    fn publish_chunk(
+        &self,
+        writer: &mut commitlog::Writer,
+        outcomes: &mut [Result<Appended>],
+        undo: &mut Vec<(&str, usize, u64)>,
+    ) {
+        if let Err(error) = self.commitlog.publish(writer) {
+            tracing::error!(%error, "commitlog write failed; the sends in it are refused");
+            for (topic, queue_index, old_offset) in undo.drain(..).rev() {
+                writer.queue_offsets.get_mut(topic).expect("topic of an undo entry")[queue_index] = old_offset;
+            }
+            for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
+                *outcome = Err(BrokerError::Io {
+                    context: "writing the commitlog".into(),
+                    source: std::io::Error::other(error.to_string()),
+                });
+            }
+        }
+        undo.clear();
     }
 
     /// Waits until the commitlog is synced past `end_offset` (sync flush mode).

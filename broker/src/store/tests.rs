@@ -1,6 +1,7 @@
 //! Contract tests of the storage engine: what is acknowledged survives restarts and crashes,
 //! byte for byte, and damaged tails are cut back to a valid prefix.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -336,4 +337,79 @@ fn messages_without_an_id_get_one_and_records_too_large_for_a_segment_are_refuse
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].msg_id(), appended.results[0].msg_id);
     store.shutdown();
+}
+
+#[test]
+fn combined_appends_fail_alone_roll_segments_and_keep_queue_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(FlushMode::Async);
+    let store = open(dir.path(), &config);
+    store.create_topic("t", 2).unwrap();
+    let host: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+    let sent: Vec<MessageData> = (0..400).map(|index| message(index, "a")).collect();
+    // Groups of 10 sends of 4 messages, with a bad request in the middle of each group; 64 KiB
+    // segments force rolls inside groups.
+    let mut expected = Vec::new();
+    for group in sent.chunks(40) {
+        let mut requests: Vec<AppendRequest<'_>> = group
+            .chunks(4)
+            .map(|messages| AppendRequest {
+                topic: "t",
+                queue_id: Some(1),
+                messages,
+                born_host: host,
+            })
+            .collect();
+        requests.insert(
+            3,
+            AppendRequest {
+                topic: "missing",
+                queue_id: None,
+                messages: &group[..1],
+                born_host: host,
+            },
+        );
+        requests.insert(
+            5,
+            AppendRequest {
+                topic: "t",
+                queue_id: Some(7),
+                messages: &group[..1],
+                born_host: host,
+            },
+        );
+        let outcomes = store.append_many(&requests);
+        assert_eq!(outcomes.len(), requests.len());
+        assert!(matches!(outcomes[3], Err(BrokerError::TopicNotFound(_))));
+        assert!(matches!(outcomes[5], Err(BrokerError::QueueNotFound { .. })));
+        for (index, outcome) in outcomes
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != 3 && *index != 5)
+        {
+            let appended = outcome
+                .as_ref()
+                .unwrap_or_else(|error| panic!("request {index}: {error}"));
+            assert!(appended.end_offset <= store.committed_offset());
+            for result in &appended.results {
+                assert_eq!(
+                    result.queue_offset as usize,
+                    expected.len(),
+                    "queue offsets follow request order"
+                );
+                expected.push(result.msg_id.clone());
+            }
+        }
+    }
+    wait_dispatched(&store);
+    assert_same(&read_all(&store, "t", 1), &sent);
+    assert!(
+        std::fs::read_dir(dir.path().join("commitlog")).unwrap().count() >= 2,
+        "groups rolled segments"
+    );
+    store.shutdown();
+    drop(store);
+    let reopened = open(dir.path(), &config);
+    assert_same(&read_all(&reopened, "t", 1), &sent);
+    reopened.shutdown();
 }
