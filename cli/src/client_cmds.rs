@@ -10,6 +10,7 @@ use meridian_client::{
     PushConsumer, RouteSource, StaticRoute,
 };
 use meridian_proto::record::StoredMessage;
+use meridian_proto::time::format_millis;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -181,32 +182,6 @@ async fn produce_all(args: &ProduceArgs, producer: &Producer) -> Result<()> {
     Ok(())
 }
 
-/// Unix milliseconds as RFC 3339 UTC (`2026-11-25T17:32:08.073Z`), without a date crate.
-fn format_millis(millis: i64) -> String {
-    let (days, day_millis) = (millis.div_euclid(86_400_000), millis.rem_euclid(86_400_000));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    let (hours, minutes, seconds, rest) = (
-        day_millis / 3_600_000,
-        day_millis / 60_000 % 60,
-        day_millis / 1000 % 60,
-        day_millis % 1000,
-    );
-    format!("{year:04}-{month:02}-{day:02}T{hours:02}:{minutes:02}:{seconds:02}.{rest:03}Z")
-}
-
 fn format_text(message: &StoredMessage) -> String {
     let keys: Vec<&str> = message.keys().collect();
     format!(
@@ -311,17 +286,4 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
     consumer.shutdown().await;
     pool.shutdown().await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::format_millis;
-
-    #[test]
-    fn timestamps_print_as_utc_rfc3339() {
-        assert_eq!(format_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(format_millis(1_795_627_928_073), "2026-11-25T17:32:08.073Z");
-        assert_eq!(format_millis(-1), "1969-12-31T23:59:59.999Z");
-    }
 }

@@ -12,7 +12,7 @@
 //!   compact encoded form.
 //! - [`validate`]: one function per validation rule (names, keys, tags, sizes), used by the client,
 //!   the broker and the nameserver alike.
-//! - [`msgid`]: globally unique, time-sortable message ids.
+//! - [`msgid`]: globally unique, time-sortable message ids; [`time`]: timestamps for people.
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike.
 #![warn(missing_docs)]
@@ -23,6 +23,7 @@ pub mod messages;
 pub mod msgid;
 pub mod properties;
 pub mod record;
+pub mod time;
 pub mod transport;
 pub mod validate;
 
