@@ -392,22 +392,7 @@ pub enum ProduceLimitChange {
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     /// Ask for a new topic (or ask again for a rejected one).
-    RequestTopic {
-        /// Topic name.
-        name: String,
-        /// Owning team.
-        owner: String,
-        /// What the topic carries.
-        description: String,
-        /// Queues per broker group; may be empty until an admin places the topic.
-        queues: BTreeMap<String, u32>,
-        /// Permission bits.
-        perm: u8,
-        /// Messages per second; `None`: no limit.
-        produce_limit: Option<u32>,
-        /// Who asks.
-        requested_by: String,
-    },
+    RequestTopic(TopicRequest),
     /// Approve a requested topic.
     ApproveTopic {
         /// Topic name.
@@ -434,16 +419,9 @@ pub enum Command {
         updated_by: String,
         /// Why (optional).
         reason: Option<String>,
-        /// New queues per broker group.
-        queues: Option<BTreeMap<String, u32>>,
-        /// New permission bits.
-        perm: Option<u8>,
-        /// Produce limit change.
-        produce_limit: ProduceLimitChange,
-        /// New owner.
-        owner: Option<String>,
-        /// New description.
-        description: Option<String>,
+        /// What changes.
+        #[serde(flatten)]
+        changes: TopicChanges,
     },
     /// Delete a topic; its history stays.
     DeleteTopic {
@@ -455,22 +433,7 @@ pub enum Command {
         reason: String,
     },
     /// Ask for a new consumer group (or ask again for a rejected one).
-    RequestGroup {
-        /// Group name.
-        name: String,
-        /// Owning team.
-        owner: String,
-        /// What the group does.
-        description: String,
-        /// Topics it subscribes to; each must exist and not be rejected.
-        topics: BTreeSet<String>,
-        /// Deliveries before dead-lettering; `None`: [`DEFAULT_MAX_RETRIES`].
-        max_retries: Option<u32>,
-        /// Clustering or broadcasting.
-        consume_mode: ConsumeMode,
-        /// Who asks.
-        requested_by: String,
-    },
+    RequestGroup(GroupRequest),
     /// Approve a requested consumer group; its topics must be approved.
     ApproveGroup {
         /// Group name.
@@ -642,26 +605,7 @@ impl MetadataState {
     pub fn apply(&mut self, command: Command, now_ms: u64) -> Result<Response, CommandError> {
         let now_ms = now_ms.max(self.clock_ms);
         let response = match command {
-            Command::RequestTopic {
-                name,
-                owner,
-                description,
-                queues,
-                perm,
-                produce_limit,
-                requested_by,
-            } => self.request_topic(
-                now_ms,
-                TopicRequest {
-                    name,
-                    owner,
-                    description,
-                    queues,
-                    perm,
-                    produce_limit,
-                    requested_by,
-                },
-            )?,
+            Command::RequestTopic(request) => self.request_topic(now_ms, request)?,
             Command::ApproveTopic {
                 name,
                 decided_by,
@@ -690,49 +634,14 @@ impl MetadataState {
                 name,
                 updated_by,
                 reason,
-                queues,
-                perm,
-                produce_limit,
-                owner,
-                description,
-            } => self.update_topic(
-                now_ms,
-                name,
-                updated_by,
-                reason,
-                TopicChanges {
-                    queues,
-                    perm,
-                    produce_limit,
-                    owner,
-                    description,
-                },
-            )?,
+                changes,
+            } => self.update_topic(now_ms, name, updated_by, reason, changes)?,
             Command::DeleteTopic {
                 name,
                 deleted_by,
                 reason,
             } => self.delete_topic(now_ms, name, deleted_by, reason)?,
-            Command::RequestGroup {
-                name,
-                owner,
-                description,
-                topics,
-                max_retries,
-                consume_mode,
-                requested_by,
-            } => self.request_group(
-                now_ms,
-                GroupRequest {
-                    name,
-                    owner,
-                    description,
-                    topics,
-                    max_retries,
-                    consume_mode,
-                    requested_by,
-                },
-            )?,
+            Command::RequestGroup(request) => self.request_group(now_ms, request)?,
             Command::ApproveGroup {
                 name,
                 decided_by,
@@ -1321,32 +1230,57 @@ impl MetadataState {
     }
 }
 
-struct TopicRequest {
-    name: String,
-    owner: String,
-    description: String,
-    queues: BTreeMap<String, u32>,
-    perm: u8,
-    produce_limit: Option<u32>,
-    requested_by: String,
+/// A request for a topic ([`Command::RequestTopic`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRequest {
+    /// Topic name.
+    pub name: String,
+    /// Owning team.
+    pub owner: String,
+    /// What the topic carries.
+    pub description: String,
+    /// Queues per broker group; may be empty until an admin places the topic.
+    pub queues: BTreeMap<String, u32>,
+    /// Permission bits.
+    pub perm: u8,
+    /// Messages per second; `None`: no limit.
+    pub produce_limit: Option<u32>,
+    /// Who asks.
+    pub requested_by: String,
 }
 
-struct TopicChanges {
-    queues: Option<BTreeMap<String, u32>>,
-    perm: Option<u8>,
-    produce_limit: ProduceLimitChange,
-    owner: Option<String>,
-    description: Option<String>,
+/// What an update changes in a topic ([`Command::UpdateTopic`]); `None` keeps a field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicChanges {
+    /// New queues per broker group.
+    pub queues: Option<BTreeMap<String, u32>>,
+    /// New permission bits.
+    pub perm: Option<u8>,
+    /// Produce limit change.
+    pub produce_limit: ProduceLimitChange,
+    /// New owner.
+    pub owner: Option<String>,
+    /// New description.
+    pub description: Option<String>,
 }
 
-struct GroupRequest {
-    name: String,
-    owner: String,
-    description: String,
-    topics: BTreeSet<String>,
-    max_retries: Option<u32>,
-    consume_mode: ConsumeMode,
-    requested_by: String,
+/// A request for a consumer group ([`Command::RequestGroup`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRequest {
+    /// Group name.
+    pub name: String,
+    /// Owning team.
+    pub owner: String,
+    /// What the group does.
+    pub description: String,
+    /// Topics it subscribes to; each must exist and not be rejected.
+    pub topics: BTreeSet<String>,
+    /// Deliveries before dead-lettering; `None`: [`DEFAULT_MAX_RETRIES`].
+    pub max_retries: Option<u32>,
+    /// Clustering or broadcasting.
+    pub consume_mode: ConsumeMode,
+    /// Who asks.
+    pub requested_by: String,
 }
 
 struct DecisionRecord<'a> {
@@ -1419,7 +1353,7 @@ mod tests {
     const T0: u64 = 1_764_064_800_000; // 2025-11-25T10:00:00Z
 
     fn request_topic(name: &str, by: &str) -> Command {
-        Command::RequestTopic {
+        Command::RequestTopic(TopicRequest {
             name: name.into(),
             owner: "team-a".into(),
             description: "orders of the shop".into(),
@@ -1427,7 +1361,7 @@ mod tests {
             perm: PERM_READ_WRITE,
             produce_limit: None,
             requested_by: by.into(),
-        }
+        })
     }
 
     fn approve_topic(name: &str) -> Command {
@@ -1447,7 +1381,7 @@ mod tests {
     }
 
     fn request_group(name: &str, topic: &str) -> Command {
-        Command::RequestGroup {
+        Command::RequestGroup(GroupRequest {
             name: name.into(),
             owner: "team-b".into(),
             description: String::new(),
@@ -1455,7 +1389,7 @@ mod tests {
             max_retries: None,
             consume_mode: ConsumeMode::Clustering,
             requested_by: "bob".into(),
-        }
+        })
     }
 
     fn register(group: &str, member: &str, role: BrokerRole, epoch: u64) -> Command {
@@ -1549,7 +1483,7 @@ mod tests {
             r#"topic name "a b" is invalid: only [A-Za-z0-9_-], at most 127 chars"#
         );
         let mut command = request_topic("orders", "alice");
-        if let Command::RequestTopic { queues, .. } = &mut command {
+        if let Command::RequestTopic(TopicRequest { queues, .. }) = &mut command {
             queues.insert("broker-b".into(), 0);
         }
         let error = state.apply(command, T0).unwrap_err();
@@ -1569,7 +1503,7 @@ mod tests {
     fn rejection_needs_a_reason_and_approval_needs_queues() {
         let mut state = MetadataState::default();
         let mut command = request_topic("orders", "alice");
-        if let Command::RequestTopic { queues, .. } = &mut command {
+        if let Command::RequestTopic(TopicRequest { queues, .. }) = &mut command {
             queues.clear();
         }
         state.apply(command, T0).unwrap();
@@ -1592,11 +1526,13 @@ mod tests {
                     name: "orders".into(),
                     updated_by: "admin".into(),
                     reason: Some("place it".into()),
-                    queues: Some(BTreeMap::from([("broker-a".to_owned(), 4)])),
-                    perm: Some(PERM_READ),
-                    produce_limit: ProduceLimitChange::Set(500),
-                    owner: None,
-                    description: None,
+                    changes: TopicChanges {
+                        queues: Some(BTreeMap::from([("broker-a".to_owned(), 4)])),
+                        perm: Some(PERM_READ),
+                        produce_limit: ProduceLimitChange::Set(500),
+                        owner: None,
+                        description: None,
+                    },
                 },
                 T0 + 1,
             )
@@ -1862,7 +1798,7 @@ mod tests {
                 person()
             )
                 .prop_map(|(name, owner, queues, perm, produce_limit, requested_by)| {
-                    Command::RequestTopic {
+                    Command::RequestTopic(TopicRequest {
                         name,
                         owner,
                         description: "d".into(),
@@ -1870,7 +1806,7 @@ mod tests {
                         perm,
                         produce_limit,
                         requested_by,
-                    }
+                    })
                 }),
             (name(), person(), prop::option::of(person())).prop_map(|(name, decided_by, reason)| {
                 Command::ApproveTopic {
@@ -1889,11 +1825,13 @@ mod tests {
                     name,
                     updated_by,
                     reason: None,
-                    queues,
-                    perm,
-                    produce_limit: ProduceLimitChange::Remove,
-                    owner: None,
-                    description: Some("new".into()),
+                    changes: TopicChanges {
+                        queues,
+                        perm,
+                        produce_limit: ProduceLimitChange::Remove,
+                        owner: None,
+                        description: Some("new".into()),
+                    },
                 }
             ),
             (name(), person(), person()).prop_map(|(name, deleted_by, reason)| Command::DeleteTopic {
@@ -1906,7 +1844,7 @@ mod tests {
                 prop::collection::btree_set(name(), 0..3),
                 prop::option::of(0_u32..20)
             )
-                .prop_map(|(name, topics, max_retries)| Command::RequestGroup {
+                .prop_map(|(name, topics, max_retries)| Command::RequestGroup(GroupRequest {
                     name,
                     owner: "team".into(),
                     description: String::new(),
@@ -1914,7 +1852,7 @@ mod tests {
                     max_retries,
                     consume_mode: ConsumeMode::Broadcasting,
                     requested_by: "bob".into(),
-                }),
+                })),
             (name(), person()).prop_map(|(name, decided_by)| Command::ApproveGroup {
                 name,
                 decided_by,

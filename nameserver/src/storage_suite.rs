@@ -9,7 +9,7 @@ use openraft::{AnyError, EntryPayload, Membership, RaftLogReader, RaftSnapshotBu
 use tempfile::TempDir;
 
 use crate::log_store::{LOG_FILE, LogStore};
-use crate::state::{Command, PERM_READ_WRITE, Response};
+use crate::state::{Command, PERM_READ_WRITE, Response, TopicRequest};
 use crate::state_machine::StateMachineStore;
 use crate::types::{Entry, Request, StorageError, TypeConfig, Vote};
 
@@ -38,7 +38,7 @@ fn request_topic_entry(index: u64, name: &str) -> Entry {
     Entry {
         log_id: log_id(1, 0, index),
         payload: EntryPayload::Normal(Request {
-            command: Command::RequestTopic {
+            command: Command::RequestTopic(TopicRequest {
                 name: name.into(),
                 owner: "team-a".into(),
                 description: String::new(),
@@ -46,7 +46,7 @@ fn request_topic_entry(index: u64, name: &str) -> Entry {
                 perm: PERM_READ_WRITE,
                 produce_limit: None,
                 requested_by: "alice".into(),
-            },
+            }),
             now_ms: 1_000 + index,
         }),
     }

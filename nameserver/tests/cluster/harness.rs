@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use meridian_nameserver::openraft::ServerState;
-use meridian_nameserver::state::PERM_READ_WRITE;
+use meridian_nameserver::state::{PERM_READ_WRITE, TopicRequest};
 use meridian_nameserver::{Command, NameserverRaft, Node, NodeId, RaftConfig};
 use tempfile::TempDir;
 
@@ -35,7 +35,7 @@ pub fn node_info(id: NodeId) -> Node {
 }
 
 pub fn request_topic(name: &str, requested_by: &str) -> Command {
-    Command::RequestTopic {
+    Command::RequestTopic(TopicRequest {
         name: name.into(),
         owner: "team-a".into(),
         description: format!("{name} of the shop"),
@@ -43,7 +43,7 @@ pub fn request_topic(name: &str, requested_by: &str) -> Command {
         perm: PERM_READ_WRITE,
         produce_limit: None,
         requested_by: requested_by.into(),
-    }
+    })
 }
 
 pub fn approve_topic(name: &str) -> Command {
