@@ -141,13 +141,19 @@ pub struct AppendRequest<'a> {
     pub born_host: SocketAddr,
 }
 
-/// A msgId the broker generated and the properties with it prepended.
-type GeneratedId = (String, Vec<u8>);
+/// A message's id, and its properties with that id prepended when the broker had to generate it.
+struct MessageIdentity {
+    msg_id: String,
+    generated_properties: Option<Vec<u8>>,
+}
 
-/// The message's properties with a generated msgId prepended, when it has none.
-fn generate_msg_id(message: &MessageData) -> Option<GeneratedId> {
-    if properties::get(&message.properties, MSG_ID).is_some() {
-        return None;
+/// Finds the message's id, generating one (one properties scan per message) when it has none.
+fn identify(message: &MessageData) -> MessageIdentity {
+    if let Some(msg_id) = properties::get(&message.properties, MSG_ID) {
+        return MessageIdentity {
+            msg_id: msg_id.to_owned(),
+            generated_properties: None,
+        };
     }
     let msg_id = MessageId::generate().to_string();
     let mut encoded = Vec::with_capacity(message.properties.len() + 48);
@@ -156,7 +162,16 @@ fn generate_msg_id(message: &MessageData) -> Option<GeneratedId> {
     encoded.extend_from_slice(msg_id.as_bytes());
     encoded.push(2);
     encoded.extend_from_slice(&message.properties);
-    Some((msg_id, encoded))
+    MessageIdentity {
+        msg_id,
+        generated_properties: Some(encoded),
+    }
+}
+
+impl MessageIdentity {
+    fn properties<'a>(&'a self, message: &'a MessageData) -> &'a [u8] {
+        self.generated_properties.as_deref().unwrap_or(&message.properties)
+    }
 }
 
 /// Min and max offsets of a queue.
@@ -484,9 +499,9 @@ impl MessageStore {
             return requests.iter().map(|_| Err(BrokerError::ShuttingDown)).collect();
         }
         // Messages without an id get one prepended to their properties; only they allocate.
-        let generated: Vec<Vec<Option<GeneratedId>>> = requests
+        let identities: Vec<Vec<MessageIdentity>> = requests
             .iter()
-            .map(|request| request.messages.iter().map(generate_msg_id).collect())
+            .map(|request| request.messages.iter().map(identify).collect())
             .collect();
         let store_timestamp = now_millis();
         let mut outcomes: Vec<Result<Appended>> = Vec::with_capacity(requests.len());
@@ -496,7 +511,7 @@ impl MessageStore {
         let mut stored = (0u64, 0u64);
 
         let mut writer = self.commitlog.lock_writer();
-        for (request, generated) in requests.iter().zip(&generated) {
+        for (request, identities) in requests.iter().zip(identities) {
             let topic = request.topic;
             let Some(queue_count) = writer.queue_offsets.get(topic).map(|queues| queues.len() as u32) else {
                 outcomes.push(Err(BrokerError::TopicNotFound(topic.to_owned())));
@@ -517,12 +532,9 @@ impl MessageStore {
             let batch_size: usize = request
                 .messages
                 .iter()
-                .zip(generated)
-                .map(|(message, generated)| {
-                    let properties_len = generated
-                        .as_ref()
-                        .map_or(message.properties.len(), |(_, encoded)| encoded.len());
-                    record::encoded_len(topic.len(), properties_len, message.body.len())
+                .zip(&identities)
+                .map(|(message, identity)| {
+                    record::encoded_len(topic.len(), identity.properties(message).len(), message.body.len())
                 })
                 .sum();
             if self.commitlog.needs_roll(&writer, batch_size) && chunk_start < outcomes.len() {
@@ -536,11 +548,8 @@ impl MessageStore {
             let old_offset = writer.queue_offsets[topic][queue_id as usize];
             let mut queue_offset = old_offset;
             let mut results = Vec::with_capacity(request.messages.len());
-            for (message, generated) in request.messages.iter().zip(generated) {
-                let properties: &[u8] = match generated {
-                    Some((_, encoded)) => encoded,
-                    None => &message.properties,
-                };
+            for (message, identity) in request.messages.iter().zip(identities) {
+                let properties = identity.properties(message);
                 let mut fields = RecordFields {
                     flags: message.flags,
                     queue_id,
@@ -555,19 +564,17 @@ impl MessageStore {
                     properties,
                     body: &message.body,
                 };
-                let reservation = self.commitlog.reserve(&mut writer, fields.encoded_len());
-                fields.commitlog_offset = reservation.offset;
+                let record_len = fields.encoded_len();
+                let reservation = self.commitlog.reserve(&mut writer, record_len);
+                let commitlog_offset = reservation.offset;
+                fields.commitlog_offset = commitlog_offset;
                 record::encode_into(reservation.bytes, &fields);
-                stored.1 += fields.encoded_len() as u64;
-                let msg_id = match generated {
-                    Some((msg_id, _)) => msg_id.clone(),
-                    None => properties::get(properties, MSG_ID).unwrap_or_default().to_owned(),
-                };
+                stored.1 += record_len as u64;
                 results.push(SendResult {
-                    msg_id,
+                    msg_id: identity.msg_id,
                     queue_id,
                     queue_offset,
-                    commitlog_offset: fields.commitlog_offset,
+                    commitlog_offset,
                     store_timestamp,
                 });
                 queue_offset += 1;
