@@ -61,6 +61,9 @@ pub enum BrokerError {
     /// Data on disk is not what the broker wrote.
     #[error("storage is corrupt: {0}")]
     Corrupt(String),
+    /// A request a nameserver serves, sent to a broker.
+    #[error("{} is a nameserver request; send it to a nameserver, not to a broker", .0.as_str())]
+    NotABrokerRequest(meridian_proto::RequestCode),
     /// A configuration value is unusable.
     #[error("invalid broker config: {0}")]
     Config(String),
@@ -86,6 +89,7 @@ impl BrokerError {
             BrokerError::ShuttingDown => ErrorCode::Unavailable,
             BrokerError::Io { .. } | BrokerError::Corrupt(_) => ErrorCode::Internal,
             BrokerError::Config(_) => ErrorCode::InvalidArgument,
+            BrokerError::NotABrokerRequest(_) => ErrorCode::UnsupportedRequest,
         }
     }
 }

@@ -63,30 +63,12 @@ fn encoded(message: &impl Message) -> Result<Bytes> {
     Ok(Bytes::from(message.encode_to_vec()))
 }
 
-fn request_name(code: RequestCode) -> &'static str {
-    match code {
-        RequestCode::Send => "send",
-        RequestCode::Pull => "pull",
-        RequestCode::CommitOffset => "commit_offset",
-        RequestCode::QueryOffset => "query_offset",
-        RequestCode::QueueInfo => "queue_info",
-        RequestCode::SearchOffset => "search_offset",
-        RequestCode::CreateTopic => "create_topic",
-        RequestCode::TopicRoute => "topic_route",
-        RequestCode::ConsumerHeartbeat => "consumer_heartbeat",
-        RequestCode::ConsumerList => "consumer_list",
-        RequestCode::ConsumerLeave => "consumer_leave",
-    }
-}
-
 /// Handles one request from `peer`.
 pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: SocketAddr) -> Reply {
     state
         .metrics
         .requests
-        .get_or_create(&RequestLabels {
-            request: request_name(code),
-        })
+        .get_or_create(&RequestLabels { request: code.as_str() })
         .inc();
     let now = |result: Result<Bytes>| Reply::Now(result);
     match code {
@@ -101,6 +83,14 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         RequestCode::ConsumerHeartbeat => now(consumer_heartbeat(state, body)),
         RequestCode::ConsumerList => now(consumer_list(state, body)),
         RequestCode::ConsumerLeave => now(consumer_leave(state, body)),
+        RequestCode::BrokerHeartbeat
+        | RequestCode::RegisterBroker
+        | RequestCode::BrokerMetadata
+        | RequestCode::NameserverWrite
+        | RequestCode::NameserverRead
+        | RequestCode::RaftAppend
+        | RequestCode::RaftVote
+        | RequestCode::RaftSnapshot => now(Err(BrokerError::NotABrokerRequest(code))),
     }
 }
 
@@ -372,6 +362,7 @@ fn topic_route(state: &BrokerState, body: Bytes) -> Result<Bytes> {
             idc: state.config.idc.clone(),
             queues,
             perm: perm::READ | perm::WRITE,
+            replicas: Vec::new(),
         }],
     })
 }

@@ -190,6 +190,7 @@ mod tests {
             idc: String::new(),
             queues,
             perm,
+            replicas: Vec::new(),
         }
     }
 

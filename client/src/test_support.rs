@@ -303,6 +303,7 @@ async fn handle(state: &State, frame: Frame) -> Option<Frame> {
                             idc: "local".to_owned(),
                             queues: queues.len() as u32,
                             perm: perm::READ | perm::WRITE,
+                            replicas: Vec::new(),
                         }],
                     },
                 ),
@@ -382,7 +383,7 @@ async fn handle(state: &State, frame: Frame) -> Option<Frame> {
             data.left.push(request.client_id);
             ok(id, &())
         }
-        RequestCode::SearchOffset => Some(Frame::error(id, ErrorCode::UnsupportedRequest, "not in the fake")),
+        _ => Some(Frame::error(id, ErrorCode::UnsupportedRequest, "not in the fake")),
     };
     if frame.is_oneway() { None } else { reply }
 }

@@ -19,7 +19,8 @@ pub enum RequestCode {
     QueueInfo = 14,
     /// First offset of a queue whose message was stored at or after a timestamp.
     SearchOffset = 15,
-    /// Create a topic on this broker (admin shortcut until governance lands).
+    /// Create a topic on a standalone broker (one without nameservers; a governed broker refuses it
+    /// and names the nameserver commands instead).
     CreateTopic = 20,
     /// Route of a topic as this broker knows it.
     TopicRoute = 21,
@@ -29,11 +30,30 @@ pub enum RequestCode {
     ConsumerList = 31,
     /// A consumer leaves its group.
     ConsumerLeave = 32,
+    /// A broker reports it is alive, with a digest of its registration
+    /// ([`crate::messages::BrokerHeartbeat`] → [`crate::messages::BrokerHeartbeatResponse`]).
+    BrokerHeartbeat = 40,
+    /// A broker's full registration, its topic list compressed
+    /// ([`crate::messages::BrokerRegistration`] → [`crate::messages::BrokerHeartbeatResponse`]).
+    RegisterBroker = 41,
+    /// The approved topics and consumer groups a broker group serves
+    /// ([`crate::messages::BrokerMetadataRequest`] → [`crate::messages::BrokerMetadata`]).
+    BrokerMetadata = 42,
+    /// A change to the nameserver's metadata, JSON-encoded; any node forwards it to the Raft leader.
+    NameserverWrite = 43,
+    /// A question about the nameserver's metadata (topics, groups, history, cluster), JSON-encoded.
+    NameserverRead = 44,
+    /// Raft `AppendEntries` between nameservers (JSON-encoded openraft request).
+    RaftAppend = 50,
+    /// Raft `RequestVote` between nameservers.
+    RaftVote = 51,
+    /// Raft `InstallSnapshot`: one chunk of a snapshot ([`crate::messages::RaftSnapshotChunk`]).
+    RaftSnapshot = 52,
 }
 
 impl RequestCode {
     /// Every request code, for exhaustive tests and docs.
-    pub const ALL: [RequestCode; 11] = [
+    pub const ALL: [RequestCode; 19] = [
         RequestCode::Send,
         RequestCode::Pull,
         RequestCode::CommitOffset,
@@ -45,11 +65,44 @@ impl RequestCode {
         RequestCode::ConsumerHeartbeat,
         RequestCode::ConsumerList,
         RequestCode::ConsumerLeave,
+        RequestCode::BrokerHeartbeat,
+        RequestCode::RegisterBroker,
+        RequestCode::BrokerMetadata,
+        RequestCode::NameserverWrite,
+        RequestCode::NameserverRead,
+        RequestCode::RaftAppend,
+        RequestCode::RaftVote,
+        RequestCode::RaftSnapshot,
     ];
 
     /// The code for a raw value, or `None` when this build does not know it.
     pub fn from_u32(value: u32) -> Option<RequestCode> {
         RequestCode::ALL.into_iter().find(|code| *code as u32 == value)
+    }
+
+    /// A short lowercase name, for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestCode::Send => "send",
+            RequestCode::Pull => "pull",
+            RequestCode::CommitOffset => "commit_offset",
+            RequestCode::QueryOffset => "query_offset",
+            RequestCode::QueueInfo => "queue_info",
+            RequestCode::SearchOffset => "search_offset",
+            RequestCode::CreateTopic => "create_topic",
+            RequestCode::TopicRoute => "topic_route",
+            RequestCode::ConsumerHeartbeat => "consumer_heartbeat",
+            RequestCode::ConsumerList => "consumer_list",
+            RequestCode::ConsumerLeave => "consumer_leave",
+            RequestCode::BrokerHeartbeat => "broker_heartbeat",
+            RequestCode::RegisterBroker => "register_broker",
+            RequestCode::BrokerMetadata => "broker_metadata",
+            RequestCode::NameserverWrite => "nameserver_write",
+            RequestCode::NameserverRead => "nameserver_read",
+            RequestCode::RaftAppend => "raft_append",
+            RequestCode::RaftVote => "raft_vote",
+            RequestCode::RaftSnapshot => "raft_snapshot",
+        }
     }
 }
 
@@ -86,11 +139,17 @@ pub enum ErrorCode {
     Internal = 12,
     /// The topic or group already exists.
     AlreadyExists = 13,
+    /// The topic or consumer group exists but is not approved (requested or rejected): it cannot
+    /// be used until an admin approves it.
+    NotApproved = 14,
+    /// The request is valid but the thing it acts on is not in a state that allows it (approving
+    /// a topic already rejected, deleting a topic still subscribed, a stale broker epoch).
+    FailedPrecondition = 15,
 }
 
 impl ErrorCode {
     /// Every error code, for exhaustive tests and docs.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::Ok,
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedRequest,
@@ -105,6 +164,8 @@ impl ErrorCode {
         ErrorCode::OffsetOutOfRange,
         ErrorCode::Internal,
         ErrorCode::AlreadyExists,
+        ErrorCode::NotApproved,
+        ErrorCode::FailedPrecondition,
     ];
 
     /// The code for a raw value; unknown values (from a newer server) read as `Internal`.
@@ -128,7 +189,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedRequest => 501,
             ErrorCode::MessageTooLarge => 413,
             ErrorCode::TopicNotFound | ErrorCode::QueueNotFound | ErrorCode::GroupNotFound => 404,
-            ErrorCode::AlreadyExists => 409,
+            ErrorCode::AlreadyExists | ErrorCode::FailedPrecondition => 409,
+            ErrorCode::NotApproved => 403,
             ErrorCode::Busy => 429,
             ErrorCode::FlushTimeout => 504,
             ErrorCode::Unavailable => 503,
@@ -153,6 +215,8 @@ impl ErrorCode {
             ErrorCode::OffsetOutOfRange => "offset_out_of_range",
             ErrorCode::Internal => "internal",
             ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::NotApproved => "not_approved",
+            ErrorCode::FailedPrecondition => "failed_precondition",
         }
     }
 }

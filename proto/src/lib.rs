@@ -12,12 +12,14 @@
 //!   compact encoded form.
 //! - [`validate`]: one function per validation rule (names, keys, tags, sizes), used by the client,
 //!   the broker and the nameserver alike.
+//! - [`compress`]: LZ4 for large repetitive bodies, with a bounded decompression.
 //! - [`msgid`]: globally unique, time-sortable message ids; [`time`]: timestamps for people.
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike.
 #![warn(missing_docs)]
 
 pub mod codes;
+pub mod compress;
 pub mod frame;
 pub mod messages;
 pub mod msgid;

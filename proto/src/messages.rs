@@ -239,24 +239,67 @@ pub mod perm {
     pub const WRITE: u32 = 2;
 }
 
-/// One broker serving a topic.
+/// One broker group serving a topic.
 #[derive(Clone, PartialEq, Message)]
 pub struct BrokerRoute {
-    /// Broker name (the broker group's name).
+    /// Broker group name (queues are named by it).
     #[prost(string, tag = "1")]
     pub broker_name: String,
-    /// Address clients connect to.
+    /// Address of the group's live master, which takes sends; empty when it has none.
     #[prost(string, tag = "2")]
     pub addr: String,
-    /// Data center of the broker.
+    /// Data center of the master.
     #[prost(string, tag = "3")]
     pub idc: String,
-    /// Queues of the topic on this broker.
+    /// Queues of the topic on this broker group.
     #[prost(uint32, tag = "4")]
     pub queues: u32,
     /// [`perm`] bits.
     #[prost(uint32, tag = "5")]
     pub perm: u32,
+    /// Every member of the group, master and slaves, live or not (from a nameserver; a standalone
+    /// broker leaves it empty).
+    #[prost(message, repeated, tag = "6")]
+    pub replicas: Vec<ReplicaRoute>,
+}
+
+/// Role of a broker in its group.
+pub mod role {
+    /// Takes writes and replicates them.
+    pub const MASTER: u32 = 0;
+    /// Holds a replica.
+    pub const SLAVE: u32 = 1;
+
+    /// `"master"` or `"slave"`, for people.
+    pub fn name(role: u32) -> &'static str {
+        if role == MASTER { "master" } else { "slave" }
+    }
+}
+
+/// One member of a broker group, as a nameserver sees it.
+#[derive(Clone, PartialEq, Message)]
+pub struct ReplicaRoute {
+    /// Broker name, unique within its group.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Address clients connect to.
+    #[prost(string, tag = "2")]
+    pub addr: String,
+    /// Data center.
+    #[prost(string, tag = "3")]
+    pub idc: String,
+    /// [`role`] value.
+    #[prost(uint32, tag = "4")]
+    pub role: u32,
+    /// Epoch the broker last registered with.
+    #[prost(uint64, tag = "5")]
+    pub epoch: u64,
+    /// Whether the answering nameserver heard its heartbeat within the heartbeat timeout.
+    #[prost(bool, tag = "6")]
+    pub alive: bool,
+    /// Greatest commitlog offset it last reported.
+    #[prost(uint64, tag = "7")]
+    pub max_offset: u64,
 }
 
 /// Where a topic lives.
@@ -306,6 +349,180 @@ pub struct ConsumerListResponse {
     pub client_ids: Vec<String>,
 }
 
+/// [`crate::RequestCode::BrokerHeartbeat`]: a broker is alive. Small on purpose: it carries a
+/// digest of the broker's registration instead of the registration itself.
+#[derive(Clone, PartialEq, Message)]
+pub struct BrokerHeartbeat {
+    /// Broker group name.
+    #[prost(string, tag = "1")]
+    pub group: String,
+    /// Broker name, unique within its group.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// Address clients connect to.
+    #[prost(string, tag = "3")]
+    pub addr: String,
+    /// Data center.
+    #[prost(string, tag = "4")]
+    pub idc: String,
+    /// [`role`] value the broker believes it has.
+    #[prost(uint32, tag = "5")]
+    pub role: u32,
+    /// Highest epoch the broker has seen.
+    #[prost(uint64, tag = "6")]
+    pub epoch: u64,
+    /// Greatest commitlog offset it holds.
+    #[prost(uint64, tag = "7")]
+    pub max_offset: u64,
+    /// [`registration_digest`] of what the broker would register now.
+    #[prost(uint64, tag = "8")]
+    pub registration_digest: u64,
+}
+
+/// [`crate::RequestCode::RegisterBroker`]: everything a broker registers. Its topic list can run to
+/// thousands of names, so it travels compressed ([`crate::compress`]).
+#[derive(Clone, PartialEq, Message)]
+pub struct BrokerRegistration {
+    /// Who the broker is; its digest covers the topics below.
+    #[prost(message, optional, tag = "1")]
+    pub heartbeat: Option<BrokerHeartbeat>,
+    /// A [`TopicList`], prost-encoded then compressed with [`crate::compress::compress`].
+    #[prost(bytes = "bytes", tag = "2")]
+    pub topics_compressed: Bytes,
+}
+
+/// The topics a broker serves, with their queue counts, sorted by name.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopicList {
+    /// One per topic.
+    #[prost(message, repeated, tag = "1")]
+    pub topics: Vec<TopicQueues>,
+}
+
+/// A topic and its queue count on one broker.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopicQueues {
+    /// Topic name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Queues.
+    #[prost(uint32, tag = "2")]
+    pub queues: u32,
+}
+
+/// Answer to a heartbeat or a registration.
+#[derive(Clone, PartialEq, Message)]
+pub struct BrokerHeartbeatResponse {
+    /// False when the nameserver does not hold the registration the heartbeat's digest names (it
+    /// restarted, or the broker's topics changed): send a [`BrokerRegistration`].
+    #[prost(bool, tag = "1")]
+    pub registered: bool,
+    /// Version of the approved topics and groups; when it differs from the broker's, the broker
+    /// fetches [`BrokerMetadata`] again.
+    #[prost(uint64, tag = "2")]
+    pub metadata_version: u64,
+    /// The group's epoch; a broker obeys the highest epoch it has seen.
+    #[prost(uint64, tag = "3")]
+    pub group_epoch: u64,
+}
+
+/// [`crate::RequestCode::BrokerMetadata`] request.
+#[derive(Clone, PartialEq, Message)]
+pub struct BrokerMetadataRequest {
+    /// Broker group name.
+    #[prost(string, tag = "1")]
+    pub group: String,
+}
+
+/// What a broker group may serve: its approved topics and the approved consumer groups.
+#[derive(Clone, PartialEq, Message)]
+pub struct BrokerMetadata {
+    /// Version of this answer (see [`BrokerHeartbeatResponse::metadata_version`]).
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    /// Approved topics placed on the group.
+    #[prost(message, repeated, tag = "2")]
+    pub topics: Vec<TopicGrant>,
+    /// Approved consumer groups.
+    #[prost(message, repeated, tag = "3")]
+    pub groups: Vec<GroupGrant>,
+}
+
+/// An approved topic as one broker group serves it.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopicGrant {
+    /// Topic name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Queues on this broker group.
+    #[prost(uint32, tag = "2")]
+    pub queues: u32,
+    /// [`perm`] bits.
+    #[prost(uint32, tag = "3")]
+    pub perm: u32,
+    /// Most messages per second producers may send; 0: no limit.
+    #[prost(uint32, tag = "4")]
+    pub produce_limit: u32,
+}
+
+/// An approved consumer group.
+#[derive(Clone, PartialEq, Message)]
+pub struct GroupGrant {
+    /// Group name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Topics it may consume.
+    #[prost(string, repeated, tag = "2")]
+    pub topics: Vec<String>,
+    /// Deliveries of one message before it is dead-lettered.
+    #[prost(uint32, tag = "3")]
+    pub max_retries: u32,
+    /// Every member gets every message.
+    #[prost(bool, tag = "4")]
+    pub broadcasting: bool,
+}
+
+/// [`crate::RequestCode::RaftSnapshot`]: one chunk of a snapshot. The openraft request without its
+/// data travels as JSON; the data as raw bytes, so a chunk is not inflated by JSON.
+#[derive(Clone, PartialEq, Message)]
+pub struct RaftSnapshotChunk {
+    /// openraft's `InstallSnapshotRequest` with an empty `data`, JSON-encoded.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub request_json: Bytes,
+    /// The chunk's bytes.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub data: Bytes,
+}
+
+/// The digest a broker puts in its heartbeats: FNV-1a (64 bit) over everything it registers, so a
+/// nameserver can tell whether it holds the broker's current registration without receiving it.
+/// `topics` must be sorted by name, as [`TopicList`] is.
+pub fn registration_digest(heartbeat: &BrokerHeartbeat, topics: &[TopicQueues]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    fn mix(hash: u64, bytes: &[u8]) -> u64 {
+        // Length first, so ("ab", "c") and ("a", "bc") differ.
+        let hash = (bytes.len() as u64)
+            .to_le_bytes()
+            .iter()
+            .fold(hash, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME));
+        bytes
+            .iter()
+            .fold(hash, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME))
+    }
+    let mut hash = OFFSET;
+    for field in [&heartbeat.group, &heartbeat.name, &heartbeat.addr, &heartbeat.idc] {
+        hash = mix(hash, field.as_bytes());
+    }
+    hash = mix(hash, &heartbeat.role.to_le_bytes());
+    hash = mix(hash, &heartbeat.epoch.to_le_bytes());
+    for topic in topics {
+        hash = mix(hash, topic.name.as_bytes());
+        hash = mix(hash, &topic.queues.to_le_bytes());
+    }
+    hash
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +543,33 @@ mod tests {
             };
             let decoded = SendRequest::decode(Bytes::from(request.encode_to_vec())).unwrap();
             prop_assert_eq!(decoded, request);
+        }
+
+        #[test]
+        fn registrations_round_trip_and_digests_see_every_field(
+            names in proptest::collection::btree_set("[a-z]{1,12}", 0..50), epoch in any::<u64>(), queues in 1u32..64,
+        ) {
+            let topics: Vec<TopicQueues> = names.into_iter().map(|name| TopicQueues { name, queues }).collect();
+            let heartbeat = BrokerHeartbeat {
+                group: "broker-a".into(), name: "a-0".into(), addr: "127.0.0.1:7911".into(), idc: "dc1".into(),
+                role: role::MASTER, epoch, max_offset: 7, registration_digest: 0,
+            };
+            let digest = registration_digest(&heartbeat, &topics);
+            // The max offset changes every second; it must not force a re-registration.
+            prop_assert_eq!(registration_digest(&BrokerHeartbeat { max_offset: 8, ..heartbeat.clone() }, &topics), digest);
+            prop_assert_ne!(registration_digest(&BrokerHeartbeat { epoch: epoch.wrapping_add(1), ..heartbeat.clone() }, &topics), digest);
+            prop_assert_ne!(registration_digest(&BrokerHeartbeat { role: role::SLAVE, ..heartbeat.clone() }, &topics), digest);
+            let mut more = topics.clone();
+            more.push(TopicQueues { name: "zz-new".into(), queues });
+            prop_assert_ne!(registration_digest(&heartbeat, &more), digest);
+            let list = TopicList { topics };
+            let registration = BrokerRegistration {
+                heartbeat: Some(heartbeat),
+                topics_compressed: Bytes::from(crate::compress::compress(&list.encode_to_vec())),
+            };
+            let decoded = BrokerRegistration::decode(Bytes::from(registration.encode_to_vec())).unwrap();
+            let topics = crate::compress::decompress(&decoded.topics_compressed, 1 << 20).unwrap();
+            prop_assert_eq!(TopicList::decode(topics.as_slice()).unwrap(), list);
         }
 
         #[test]
