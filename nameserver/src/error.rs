@@ -188,9 +188,15 @@ impl CommandError {
                 subject: Subject::Group,
                 ..
             } => ErrorCode::GroupNotFound,
-            // proto has no "failed precondition" code yet; an invalid transition is the caller's
-            // to fix, like an invalid argument.
-            _ => ErrorCode::InvalidArgument,
+            CommandError::AlreadyDecided { .. }
+            | CommandError::NoQueues { .. }
+            | CommandError::TopicNotApproved { .. }
+            | CommandError::TopicInUse { .. }
+            | CommandError::StaleEpoch { .. }
+            | CommandError::MasterConflict { .. } => ErrorCode::FailedPrecondition,
+            CommandError::Invalid { .. }
+            | CommandError::BrokerNotFound { .. }
+            | CommandError::IdcRuleNotFound { .. } => ErrorCode::InvalidArgument,
         }
     }
 }
@@ -303,6 +309,16 @@ pub enum NameserverError {
         /// Node id this process runs as.
         expected: NodeId,
     },
+    /// A write or membership change did not commit in time. It may still commit later.
+    #[error(
+        "{what} did not commit within {after:?}: the cluster may have lost its majority (check `meridian nameserver status`); it may still be applied, so check before retrying"
+    )]
+    Stalled {
+        /// What was attempted.
+        what: &'static str,
+        /// The timeout.
+        after: std::time::Duration,
+    },
     /// The Raft settings do not fit together.
     #[error("invalid raft settings: {message}")]
     Config {
@@ -316,15 +332,55 @@ impl NameserverError {
     pub fn code(&self) -> ErrorCode {
         match self {
             NameserverError::Command(error) => error.code(),
-            // proto has no "not leader" code yet: Unavailable is retriable, and the message and
-            // `leader` say where to retry.
-            NameserverError::ForwardToLeader { .. } | NameserverError::Stopped { .. } => ErrorCode::Unavailable,
+            // Unavailable is retriable; the message and `leader` say where to retry.
+            NameserverError::ForwardToLeader { .. }
+            | NameserverError::Stopped { .. }
+            | NameserverError::Stalled { .. } => ErrorCode::Unavailable,
             NameserverError::Membership { .. }
             | NameserverError::Initialize { .. }
             | NameserverError::Config { .. }
             | NameserverError::WrongNode { .. } => ErrorCode::InvalidArgument,
             NameserverError::Storage { .. } => ErrorCode::Internal,
         }
+    }
+}
+
+/// An error as an API answers it, over the framed protocol or HTTP: a wire code and a message
+/// that names the problem and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// The wire code (and through it the HTTP status).
+    pub code: ErrorCode,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<NameserverError> for ApiError {
+    fn from(error: NameserverError) -> ApiError {
+        ApiError::new(error.code(), error.to_string())
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> ApiError {
+        ApiError::new(error.code(), error.to_string())
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(error: ValidationError) -> ApiError {
+        ApiError::new(error.code(), error.to_string())
     }
 }
 

@@ -23,10 +23,16 @@
 //! openraft is re-exported as [`openraft`] so that crates composing the nameserver (the network
 //! layer, `cli`) use this exact version without depending on it themselves.
 
+pub mod config;
 pub mod error;
+pub mod liveness;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod raft;
+pub mod routes;
+pub mod server;
+pub mod service;
 pub mod state;
 pub mod state_machine;
 pub mod types;
@@ -34,8 +40,11 @@ pub mod types;
 #[cfg(test)]
 mod storage_suite;
 
-pub use error::{CommandError, NameserverError};
+pub use config::NameserverConfig;
+pub use error::{ApiError, CommandError, NameserverError};
 pub use openraft;
 pub use raft::{NameserverRaft, RaftConfig};
+pub use server::Nameserver;
+pub use service::NameserverService;
 pub use state::{Command, MetadataState, Response};
 pub use types::{Node, NodeId, Request, TypeConfig};

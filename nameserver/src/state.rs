@@ -86,9 +86,14 @@ pub struct BrokerMember {
     /// Greatest commitlog offset the broker holds.
     pub max_offset: u64,
     /// When the broker last registered, in ms since the Unix epoch (time of the log entry).
+    /// Heartbeats between registrations are not replicated (see [`crate::liveness`]).
     pub last_heartbeat_ms: u64,
-    /// Topics the broker reported serving.
-    pub topics: BTreeSet<String>,
+    /// Topics the broker reported serving, with their queue counts.
+    pub topics: BTreeMap<String, u32>,
+    /// Digest of the registration ([`meridian_proto::messages::registration_digest`]): a
+    /// heartbeat carrying the same digest needs no new registration.
+    #[serde(default)]
+    pub registration_digest: u64,
 }
 
 /// A master and its slaves.
@@ -126,6 +131,9 @@ pub struct BrokerRegistration {
     pub epoch: u64,
     /// Greatest commitlog offset the broker holds.
     pub max_offset: u64,
+    /// Digest of everything registered ([`meridian_proto::messages::registration_digest`]).
+    #[serde(default)]
+    pub registration_digest: u64,
 }
 
 /// A topic and where it stands in governance.
@@ -467,8 +475,8 @@ pub enum Command {
         group: String,
         /// The broker.
         member: BrokerRegistration,
-        /// Topics it serves.
-        topics: BTreeSet<String>,
+        /// Topics it serves, with their queue counts.
+        topics: BTreeMap<String, u32>,
     },
     /// A broker leaves its group.
     UnregisterBroker {
@@ -496,6 +504,24 @@ pub enum Command {
         /// Versions refused.
         blocked_versions: BTreeSet<String>,
     },
+}
+
+impl Command {
+    /// Whether the command changes topics or consumer groups (what brokers serve).
+    pub fn is_governance(&self) -> bool {
+        matches!(
+            self,
+            Command::RequestTopic(_)
+                | Command::ApproveTopic { .. }
+                | Command::RejectTopic { .. }
+                | Command::UpdateTopic { .. }
+                | Command::DeleteTopic { .. }
+                | Command::RequestGroup(_)
+                | Command::ApproveGroup { .. }
+                | Command::RejectGroup { .. }
+                | Command::DeleteGroup { .. }
+        )
+    }
 }
 
 /// What a successful command returns.
@@ -533,6 +559,10 @@ pub struct MetadataState {
     // Time of the last applied command. Decision times never go backwards, even when a new leader's
     // clock is behind the old one's.
     clock_ms: u64,
+    // Bumped by every change to topics and consumer groups: brokers refetch what they may serve
+    // when it moves.
+    #[serde(default)]
+    metadata_version: u64,
 }
 
 impl MetadataState {
@@ -571,6 +601,12 @@ impl MetadataState {
         &self.sdk_policy
     }
 
+    /// Version of the topics and consumer groups: moves with every change to them, so brokers
+    /// know when to fetch what they may serve again.
+    pub fn metadata_version(&self) -> u64 {
+        self.metadata_version
+    }
+
     /// Time of the last applied command, in ms since the Unix epoch.
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms
@@ -604,6 +640,7 @@ impl MetadataState {
     /// unchanged.
     pub fn apply(&mut self, command: Command, now_ms: u64) -> Result<Response, CommandError> {
         let now_ms = now_ms.max(self.clock_ms);
+        let governance = command.is_governance();
         let response = match command {
             Command::RequestTopic(request) => self.request_topic(now_ms, request)?,
             Command::ApproveTopic {
@@ -681,6 +718,9 @@ impl MetadataState {
             } => self.set_sdk_policy(min_version, blocked_versions)?,
         };
         self.clock_ms = now_ms;
+        if governance {
+            self.metadata_version += 1;
+        }
         Ok(response)
     }
 
@@ -1088,7 +1128,7 @@ impl MetadataState {
         now_ms: u64,
         group_name: String,
         registration: BrokerRegistration,
-        topics: BTreeSet<String>,
+        topics: BTreeMap<String, u32>,
     ) -> Result<Response, CommandError> {
         // Broker names follow the group-name rule, as the broker's own config does.
         validate_group(&group_name)?;
@@ -1101,8 +1141,9 @@ impl MetadataState {
                 ),
             });
         }
-        for topic in &topics {
+        for (topic, queues) in &topics {
             validate_topic(topic)?;
+            validate_queue_count(*queues)?;
         }
         if let Some(group) = self.broker_groups.get(&group_name)
             && registration.role == BrokerRole::Master
@@ -1147,6 +1188,7 @@ impl MetadataState {
                 max_offset: registration.max_offset,
                 last_heartbeat_ms: now_ms,
                 topics,
+                registration_digest: registration.registration_digest,
             },
         );
         Ok(Response::Broker {
@@ -1402,8 +1444,9 @@ mod tests {
                 role,
                 epoch,
                 max_offset: 100,
+                registration_digest: epoch,
             },
-            topics: BTreeSet::from(["orders".to_owned()]),
+            topics: BTreeMap::from([("orders".to_owned(), 4)]),
         }
     }
 
@@ -1873,7 +1916,7 @@ mod tests {
                 name(),
                 any::<bool>(),
                 0_u64..4,
-                prop::collection::btree_set(name(), 0..3)
+                prop::collection::btree_map(name(), 1_u32..8, 0..3)
             )
                 .prop_map(|(group, member, master, epoch, topics)| Command::RegisterBroker {
                     group,
@@ -1884,6 +1927,7 @@ mod tests {
                         role: if master { BrokerRole::Master } else { BrokerRole::Slave },
                         epoch,
                         max_offset: epoch * 10,
+                        registration_digest: epoch,
                     },
                     topics,
                 }),

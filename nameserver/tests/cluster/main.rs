@@ -1,8 +1,10 @@
 //! Nameserver Raft clusters in one process: nodes on real data dirs, talking through an in-process
-//! router that can cut a node off. Real time with short Raft timeouts, so each test takes seconds.
+//! router that can cut a node off, or over loopback TCP (`framed`). Real time with short Raft
+//! timeouts, so each test takes seconds. Separate processes are tested in the `tests` crate.
 
 mod catch_up;
 mod failover;
+mod framed;
 mod governance;
 mod harness;
 mod router;

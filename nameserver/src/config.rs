@@ -1,0 +1,228 @@
+//! Nameserver configuration: one TOML file (the `meridian nameserver --config` file), every field
+//! with a default that runs a single-node cluster on a laptop.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use meridian_proto::validate::Limits;
+use serde::{Deserialize, Serialize};
+
+use crate::error::NameserverError;
+use crate::raft::RaftConfig;
+use crate::types::{Node, NodeId};
+
+/// One node of the initial cluster (a `[[members]]` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its framed-protocol address, as the other nodes reach it.
+    pub addr: String,
+    /// Its HTTP address.
+    #[serde(default)]
+    pub http_addr: String,
+    /// Its data center.
+    #[serde(default)]
+    pub idc: String,
+}
+
+/// Everything a nameserver needs to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NameserverConfig {
+    /// This node's Raft id, unique in the cluster and stable for the life of its data dir.
+    pub node_id: NodeId,
+    /// Address to listen on for brokers, clients and peers (default 127.0.0.1:7800).
+    pub listen: SocketAddr,
+    /// Address the others reach this node at (default: the bound address).
+    pub advertise_addr: Option<String>,
+    /// HTTP listener for the admin API and `/metrics` (`meridian nameserver`; `meridian dev`
+    /// serves everything on one listener instead).
+    pub http_listen: Option<SocketAddr>,
+    /// HTTP address the others are told (default: the bound HTTP address).
+    pub http_advertise_addr: Option<String>,
+    /// Data center of this node.
+    pub idc: String,
+    /// Where the Raft log and snapshots live.
+    pub data_dir: PathBuf,
+    /// The initial cluster. Empty: a cluster of this node alone. Every node of a new cluster lists
+    /// the same members; forming the cluster is idempotent, so restarts are safe.
+    pub members: Vec<MemberConfig>,
+    /// Start without forming a cluster and wait to be added (`meridian nameserver add-node`).
+    pub join: bool,
+    /// A broker whose last heartbeat is older than this is down in routes, in ms.
+    pub broker_timeout_ms: u64,
+    /// Longest a write waits to commit, in ms.
+    pub write_timeout_ms: u64,
+    /// Largest frame in bytes (and largest uncompressed broker registration).
+    pub max_frame_size: usize,
+    /// Raft settings.
+    pub raft: RaftConfig,
+}
+
+impl Default for NameserverConfig {
+    fn default() -> NameserverConfig {
+        NameserverConfig {
+            node_id: 1,
+            listen: "127.0.0.1:7800".parse().expect("valid address"),
+            advertise_addr: None,
+            http_listen: Some("127.0.0.1:8082".parse().expect("valid address")),
+            http_advertise_addr: None,
+            idc: String::new(),
+            data_dir: PathBuf::from("meridian-data/nameserver"),
+            members: Vec::new(),
+            join: false,
+            broker_timeout_ms: 10_000,
+            write_timeout_ms: 5_000,
+            max_frame_size: Limits::default().max_frame_size,
+            raft: RaftConfig::default(),
+        }
+    }
+}
+
+impl NameserverConfig {
+    /// Checks that the settings fit together; the error names the field and the fix.
+    pub fn validate(&self) -> Result<(), NameserverError> {
+        let invalid = |message: String| Err(NameserverError::Config { message });
+        if self.node_id == 0 {
+            return invalid("node_id must be at least 1".into());
+        }
+        self.raft.to_openraft()?;
+        if self.broker_timeout_ms < 1000 {
+            return invalid(format!(
+                "broker_timeout_ms ({}) must be at least 1000: a few broker heartbeat intervals",
+                self.broker_timeout_ms
+            ));
+        }
+        if self.write_timeout_ms <= self.raft.election_timeout_max_ms {
+            return invalid(format!(
+                "write_timeout_ms ({}) must exceed raft.election_timeout_max_ms ({}), or writes fail during every election",
+                self.write_timeout_ms, self.raft.election_timeout_max_ms
+            ));
+        }
+        if self.max_frame_size < 64 * 1024 {
+            return invalid(format!(
+                "max_frame_size ({}) must be at least 65536",
+                self.max_frame_size
+            ));
+        }
+        let mut ids = BTreeMap::new();
+        for member in &self.members {
+            if member.id == 0 || member.addr.trim().is_empty() {
+                return invalid(format!(
+                    "members: every member needs an id of at least 1 and an addr; got id {} addr {:?}",
+                    member.id, member.addr
+                ));
+            }
+            if ids.insert(member.id, ()).is_some() {
+                return invalid(format!("members: node id {} is listed twice", member.id));
+            }
+        }
+        if !self.members.is_empty() && !ids.contains_key(&self.node_id) {
+            return invalid(format!(
+                "members does not list this node (node_id {}): list every node of the initial cluster, this one included, or set join = true to be added later",
+                self.node_id
+            ));
+        }
+        if self.join && !self.members.is_empty() {
+            return invalid(
+                "join = true and members are exclusive: a joining node is added by the cluster, it does not form one"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The initial membership, given this node's advertised addresses.
+    pub fn initial_members(&self, this: &Node) -> BTreeMap<NodeId, Node> {
+        if self.members.is_empty() {
+            return BTreeMap::from([(self.node_id, this.clone())]);
+        }
+        self.members
+            .iter()
+            .map(|member| {
+                let node = if member.id == self.node_id {
+                    this.clone()
+                } else {
+                    Node {
+                        addr: member.addr.clone(),
+                        http_addr: member.http_addr.clone(),
+                        idc: member.idc.clone(),
+                    }
+                };
+                (member.id, node)
+            })
+            .collect()
+    }
+
+    /// `broker_timeout_ms` as a duration.
+    pub fn broker_timeout(&self) -> Duration {
+        Duration::from_millis(self.broker_timeout_ms)
+    }
+
+    /// `write_timeout_ms` as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_mistakes_are_named() {
+        NameserverConfig::default().validate().unwrap();
+        let three = |node_id| NameserverConfig {
+            node_id,
+            members: (1..=3)
+                .map(|id| MemberConfig {
+                    id,
+                    addr: format!("10.0.0.{id}:7800"),
+                    http_addr: String::new(),
+                    idc: format!("dc{id}"),
+                })
+                .collect(),
+            ..NameserverConfig::default()
+        };
+        three(2).validate().unwrap();
+        let message = three(4).validate().unwrap_err().to_string();
+        assert!(
+            message.contains("members does not list this node (node_id 4)"),
+            "{message}"
+        );
+        let config = NameserverConfig {
+            write_timeout_ms: 500,
+            ..NameserverConfig::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("write_timeout_ms (500)")
+        );
+        let this = Node {
+            addr: "127.0.0.1:7800".into(),
+            http_addr: String::new(),
+            idc: "dc2".into(),
+        };
+        let members = three(2).initial_members(&this);
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[&2], this);
+        assert_eq!(members[&3].addr, "10.0.0.3:7800");
+        assert_eq!(
+            NameserverConfig::default().initial_members(&this),
+            BTreeMap::from([(1, this.clone())])
+        );
+        let parsed: NameserverConfig = toml_like(r#"{"node_id": 3, "members": [{"id": 3, "addr": "a:1"}]}"#);
+        parsed.validate().unwrap();
+    }
+
+    fn toml_like(json: &str) -> NameserverConfig {
+        serde_json::from_str(json).unwrap()
+    }
+}

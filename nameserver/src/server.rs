@@ -1,0 +1,380 @@
+//! [`Nameserver`]: binds the framed-protocol listener, starts the Raft node (forming the cluster
+//! when it is new) and answers brokers, clients and peers until shutdown.
+//!
+//! Each connection has a reader (its task) and a writer task. Quick answers (routes, heartbeats,
+//! reads) are computed inline; writes, registrations and Raft RPCs run as tasks of the connection,
+//! at most [`MAX_INFLIGHT_PER_CONNECTION`] at once, and are answered out of order by request id. A
+//! frame that cannot be decoded gets an error and closes its connection; a well-framed request
+//! with a bad body gets an error and changes nothing.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use meridian_proto::messages::{BrokerHeartbeat, BrokerMetadataRequest, BrokerRegistration, TopicRouteRequest};
+use meridian_proto::transport::{ConnectionPool, TransportConfig};
+use meridian_proto::validate::Limits;
+use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};
+use prost::Message;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::NameserverConfig;
+use crate::error::{ApiError, NameserverError};
+use crate::liveness::Liveness;
+use crate::metrics::{ErrorLabels, NameserverMetrics, RequestLabels};
+use crate::network::{FramedNetwork, serve_raft_rpc};
+use crate::raft::NameserverRaft;
+use crate::service::{NameserverService, Query, ServiceSettings, WriteRequest};
+use crate::types::Node;
+
+/// Requests one connection may have running at once; more wait for a slot.
+pub const MAX_INFLIGHT_PER_CONNECTION: usize = 256;
+
+/// A nameserver whose Raft node runs and whose listener is bound, ready to [`Nameserver::run`].
+pub struct Nameserver {
+    listener: TcpListener,
+    service: Arc<NameserverService>,
+    codec: FrameCodec,
+    shutdown: CancellationToken,
+}
+
+impl Nameserver {
+    /// Validates `config`, binds the listener, opens the data dir and starts Raft; a node of a new
+    /// cluster forms it (idempotent on restart). `http_addr` is the HTTP address to advertise
+    /// (the caller binds HTTP), if any.
+    pub async fn bind(
+        config: NameserverConfig,
+        http_addr: Option<SocketAddr>,
+        metrics: Arc<NameserverMetrics>,
+    ) -> Result<Nameserver, NameserverError> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| NameserverError::Config {
+                message: format!(
+                    "cannot listen on {} ({error}): is another nameserver running there? Change `listen`",
+                    config.listen
+                ),
+            })?;
+        let local_addr = listener.local_addr().map_err(|error| NameserverError::Config {
+            message: format!("cannot read the bound address: {error}"),
+        })?;
+        let this = Node {
+            addr: config.advertise_addr.clone().unwrap_or_else(|| local_addr.to_string()),
+            http_addr: config
+                .http_advertise_addr
+                .clone()
+                .or_else(|| http_addr.map(|addr| addr.to_string()))
+                .unwrap_or_default(),
+            idc: config.idc.clone(),
+        };
+        let limits = Limits {
+            max_frame_size: config.max_frame_size,
+            ..Limits::default()
+        };
+        let pool = ConnectionPool::new(TransportConfig {
+            limits,
+            request_timeout: config.write_timeout(),
+            connect_timeout: Duration::from_secs(1),
+        });
+        let network = FramedNetwork::new(config.node_id, pool.clone());
+        let raft = NameserverRaft::start(config.node_id, &config.data_dir, &config.raft, network).await?;
+        if !config.join {
+            raft.initialize(config.initial_members(&this)).await?;
+        }
+        tracing::info!(node_id = config.node_id, addr = %this.addr, http = %this.http_addr, idc = %this.idc, join = config.join, "nameserver started");
+        let service = Arc::new(NameserverService::new(
+            raft,
+            Liveness::new(config.broker_timeout()),
+            pool,
+            ServiceSettings {
+                write_timeout: config.write_timeout(),
+                max_registration_bytes: config.max_frame_size,
+            },
+            metrics,
+        ));
+        Ok(Nameserver {
+            listener,
+            service,
+            codec: FrameCodec::new(config.max_frame_size),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The bound framed-protocol address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// The service, for the HTTP API and for tests.
+    pub fn service(&self) -> Arc<NameserverService> {
+        self.service.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets running requests finish and
+    /// stops Raft.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NameserverError> {
+        let Nameserver {
+            listener,
+            service,
+            codec,
+            shutdown: stop,
+        } = self;
+        let connections = TaskTracker::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        connections.spawn(serve_connection(service.clone(), codec.clone(), stream, peer, stop.clone()));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        stop.cancel();
+        connections.close();
+        if tokio::time::timeout(Duration::from_secs(10), connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("nameserver connections did not drain within 10 s; stopping anyway");
+        }
+        service.shutdown().await
+    }
+}
+
+/// How a request is answered.
+enum Answer {
+    Now(Result<Bytes, ApiError>),
+    Later(std::pin::Pin<Box<dyn Future<Output = Result<Bytes, ApiError>> + Send>>),
+}
+
+fn decode<T: Message + Default>(what: &str, body: Bytes) -> Result<T, ApiError> {
+    T::decode(body).map_err(|error| ApiError::new(ErrorCode::MalformedFrame, format!("malformed {what}: {error}")))
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|error| ApiError::new(ErrorCode::MalformedFrame, format!("malformed {what} (JSON): {error}")))
+}
+
+fn json(value: &impl serde::Serialize) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|error| ApiError::new(ErrorCode::Internal, format!("cannot encode the answer: {error}")))
+}
+
+fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> Answer {
+    match code {
+        RequestCode::TopicRoute => Answer::Now(
+            decode::<TopicRouteRequest>("route request", body)
+                .and_then(|request| service.route(&request.topic))
+                .map(|route| Bytes::from(route.encode_to_vec())),
+        ),
+        RequestCode::BrokerHeartbeat => {
+            service.metrics().broker_bytes.inc_by(body.len() as u64);
+            Answer::Now(
+                decode::<BrokerHeartbeat>("broker heartbeat", body)
+                    .and_then(|heartbeat| service.heartbeat(&heartbeat))
+                    .map(|response| Bytes::from(response.encode_to_vec())),
+            )
+        }
+        RequestCode::BrokerMetadata => Answer::Now(
+            decode::<BrokerMetadataRequest>("broker metadata request", body)
+                .and_then(|request| service.broker_metadata(&request.group))
+                .map(|metadata| Bytes::from(metadata.encode_to_vec())),
+        ),
+        RequestCode::NameserverRead => Answer::Now(
+            decode_json::<Query>("nameserver query", &body)
+                .and_then(|query| service.read(&query))
+                .and_then(|value| json(&value)),
+        ),
+        RequestCode::RegisterBroker => {
+            service.metrics().broker_bytes.inc_by(body.len() as u64);
+            let service = service.clone();
+            Answer::Later(Box::pin(async move {
+                let registration = decode::<BrokerRegistration>("broker registration", body)?;
+                let response = service.register(registration).await?;
+                Ok(Bytes::from(response.encode_to_vec()))
+            }))
+        }
+        RequestCode::NameserverWrite => {
+            let service = service.clone();
+            Answer::Later(Box::pin(async move {
+                let request = decode_json::<WriteRequest>("nameserver write", &body)?;
+                json(&service.write(request).await?)
+            }))
+        }
+        RequestCode::RaftAppend | RequestCode::RaftVote | RequestCode::RaftSnapshot => {
+            let service = service.clone();
+            Answer::Later(Box::pin(async move {
+                serve_raft_rpc(service.raft().raft(), code, body)
+                    .await
+                    .map_err(|error| ApiError::new(error.code(), error.to_string()))
+            }))
+        }
+        RequestCode::Send
+        | RequestCode::Pull
+        | RequestCode::CommitOffset
+        | RequestCode::QueryOffset
+        | RequestCode::QueueInfo
+        | RequestCode::SearchOffset
+        | RequestCode::CreateTopic
+        | RequestCode::ConsumerHeartbeat
+        | RequestCode::ConsumerList
+        | RequestCode::ConsumerLeave => Answer::Now(Err(ApiError::new(
+            ErrorCode::UnsupportedRequest,
+            format!(
+                "{} is a broker request; send it to a broker (a nameserver answers routes: `meridian topic describe`)",
+                code.as_str()
+            ),
+        ))),
+    }
+}
+
+fn to_frame(metrics: &NameserverMetrics, request_id: u64, result: Result<Bytes, ApiError>) -> Frame {
+    match result {
+        Ok(body) => Frame::response(request_id, body),
+        Err(error) => {
+            metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    code: error.code.as_str(),
+                })
+                .inc();
+            if error.code == ErrorCode::Internal {
+                tracing::error!(%error, "request failed");
+            }
+            Frame::error(request_id, error.code, error.message)
+        }
+    }
+}
+
+async fn write_frames(
+    mut sink: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
+    mut frames: mpsc::Receiver<Frame>,
+) {
+    while let Some(frame) = frames.recv().await {
+        if sink.feed(frame).await.is_err() {
+            return;
+        }
+        // Everything already queued goes out with one flush.
+        while let Ok(frame) = frames.try_recv() {
+            if sink.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serve_connection(
+    service: Arc<NameserverService>,
+    codec: FrameCodec,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let metrics = service.metrics();
+    metrics.connections.inc();
+    let (read_half, write_half) = stream.into_split();
+    let mut frames = FramedRead::with_capacity(read_half, codec.clone(), 64 * 1024);
+    let (frames_tx, frames_rx) = mpsc::channel(MAX_INFLIGHT_PER_CONNECTION);
+    let tasks = TaskTracker::new();
+    tasks.spawn(write_frames(FramedWrite::new(write_half, codec), frames_rx));
+    let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_PER_CONNECTION));
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = frames.next() => next,
+        };
+        let frame = match next {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                metrics.malformed_frames.inc();
+                tracing::warn!(%peer, %error, "malformed frame; closing connection");
+                let _ = frames_tx
+                    .send(Frame::error(0, ErrorCode::MalformedFrame, error.to_string()))
+                    .await;
+                break;
+            }
+        };
+        let request_id = frame.header.request_id;
+        let oneway = frame.is_oneway();
+        let Some(code) = RequestCode::from_u32(frame.header.code).filter(|_| !frame.is_response()) else {
+            metrics.malformed_frames.inc();
+            let message = format!(
+                "request code {} is not supported by this nameserver (protocol version {PROTOCOL_VERSION}); upgrade it or use a matching client",
+                frame.header.code
+            );
+            if frames_tx
+                .send(Frame::error(request_id, ErrorCode::UnsupportedRequest, message))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            continue;
+        };
+        metrics
+            .requests
+            .get_or_create(&RequestLabels { request: code.as_str() })
+            .inc();
+        match answer(&service, code, frame.body) {
+            Answer::Now(result) => {
+                if result
+                    .as_ref()
+                    .is_err_and(|error| error.code == ErrorCode::MalformedFrame)
+                {
+                    metrics.malformed_frames.inc();
+                    tracing::warn!(%peer, code = code.as_str(), "malformed request body");
+                }
+                if !oneway && frames_tx.send(to_frame(metrics, request_id, result)).await.is_err() {
+                    break;
+                }
+            }
+            Answer::Later(pending) => {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let frames_tx = frames_tx.clone();
+                let service = service.clone();
+                tasks.spawn(async move {
+                    let result = pending.await;
+                    if result
+                        .as_ref()
+                        .is_err_and(|error| error.code == ErrorCode::MalformedFrame)
+                    {
+                        service.metrics().malformed_frames.inc();
+                        tracing::warn!(%peer, code = code.as_str(), "malformed request body");
+                    }
+                    if !oneway {
+                        let _ = frames_tx.send(to_frame(service.metrics(), request_id, result)).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(frames_tx);
+    tasks.close();
+    tasks.wait().await;
+    metrics.connections.dec();
+}

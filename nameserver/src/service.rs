@@ -1,0 +1,594 @@
+//! [`NameserverService`]: everything a nameserver answers, whichever way the question arrives (the
+//! framed protocol of [`crate::server`], or the HTTP API of [`crate::http`]).
+//!
+//! - Writes ([`WriteOp`]) go through the Raft leader. A follower forwards them once, over the
+//!   framed protocol, to the leader it knows; a forwarded write that lands on a node that is not
+//!   the leader either (an election in between) is refused as retriable rather than bounced on.
+//!   The leader waits at most `write_timeout` for the entry to commit.
+//! - Reads ([`Query`], routes, broker metadata) are answered from this node's applied state, which
+//!   may lag the leader by a replication round trip.
+//! - Broker heartbeats only touch this node's [`Liveness`]; registrations are writes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use meridian_proto::compress::decompress;
+use meridian_proto::messages::{
+    BrokerHeartbeat, BrokerHeartbeatResponse, BrokerMetadata, BrokerRegistration, TopicList, TopicRoute, role,
+};
+use meridian_proto::transport::{ConnectionPool, TransportError};
+use meridian_proto::validate::{validate_group, validate_queue_count, validate_topic};
+use meridian_proto::{ErrorCode, RequestCode};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, NameserverError};
+use crate::liveness::Liveness;
+use crate::metrics::NameserverMetrics;
+use crate::raft::NameserverRaft;
+use crate::routes;
+use crate::state::{
+    ApprovalStatus, BrokerRegistration as Registration, BrokerRole, Command, ConsumerGroup, Decision, IdcRule,
+    MetadataState, Response, SdkPolicy, Topic,
+};
+use crate::types::{Node, NodeId};
+
+/// A change, as a client or another nameserver sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum WriteOp {
+    /// A change to the metadata.
+    Command {
+        /// The change.
+        command: Command,
+    },
+    /// Adds a nameserver to the cluster: as a learner until it caught up, then as a voter.
+    AddNode {
+        /// Its id.
+        id: NodeId,
+        /// Its addresses and IDC.
+        node: Node,
+    },
+    /// Removes a nameserver from the cluster.
+    RemoveNode {
+        /// Its id.
+        id: NodeId,
+    },
+}
+
+/// The body of a [`RequestCode::NameserverWrite`] request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRequest {
+    /// The change.
+    pub op: WriteOp,
+    /// Set by a nameserver forwarding the write to the leader, so it is forwarded at most once.
+    #[serde(default)]
+    pub forwarded: bool,
+}
+
+/// A question about the metadata ([`RequestCode::NameserverRead`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "query")]
+pub enum Query {
+    /// One topic and its history ([`TopicDetail`]).
+    Topic {
+        /// Its name.
+        name: String,
+    },
+    /// All topics, or those with one status (`Vec<Topic>`).
+    Topics {
+        /// Only this status.
+        #[serde(default)]
+        status: Option<ApprovalStatus>,
+    },
+    /// One consumer group and its history ([`GroupDetail`]).
+    Group {
+        /// Its name.
+        name: String,
+    },
+    /// All consumer groups, or those with one status (`Vec<ConsumerGroup>`).
+    Groups {
+        /// Only this status.
+        #[serde(default)]
+        status: Option<ApprovalStatus>,
+    },
+    /// Broker groups, their members and their liveness as this node sees it (`Vec<BrokerGroupView>`).
+    Brokers,
+    /// The Raft cluster as this node sees it ([`ClusterView`]).
+    Cluster,
+    /// The IDC map (`Vec<IdcRule>`).
+    IdcRules,
+    /// The client SDK version policy ([`SdkPolicy`]).
+    SdkPolicy,
+}
+
+/// A topic and its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicDetail {
+    /// The topic; `None` when it was deleted (its history stays).
+    pub topic: Option<Topic>,
+    /// Every decision about it, oldest first.
+    pub history: Vec<Decision>,
+}
+
+/// A consumer group and its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDetail {
+    /// The group; `None` when it was deleted (its history stays).
+    pub group: Option<ConsumerGroup>,
+    /// Every decision about it, oldest first.
+    pub history: Vec<Decision>,
+}
+
+/// A broker group as a nameserver sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerGroupView {
+    /// Group name.
+    pub name: String,
+    /// The group's epoch.
+    pub epoch: u64,
+    /// Name of the master at that epoch, if any registered.
+    pub master: Option<String>,
+    /// Members by name.
+    pub members: Vec<BrokerMemberView>,
+}
+
+/// One broker as a nameserver sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerMemberView {
+    /// Broker name.
+    pub name: String,
+    /// Address clients connect to.
+    pub addr: String,
+    /// Data center.
+    pub idc: String,
+    /// Role it registered with.
+    pub role: BrokerRole,
+    /// Epoch it registered with.
+    pub epoch: u64,
+    /// When it last registered (ms since the Unix epoch).
+    pub registered_at_ms: u64,
+    /// Topics it registered.
+    pub topics: usize,
+    /// Whether its last heartbeat to this node is within the heartbeat timeout.
+    pub alive: bool,
+    /// How long ago this node heard its last heartbeat, in ms; `None`: not since this node started.
+    pub last_heartbeat_ago_ms: Option<u64>,
+    /// Max commitlog offset it last reported.
+    pub max_offset: u64,
+}
+
+/// The Raft cluster as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The answering node.
+    pub node_id: NodeId,
+    /// Its Raft role: `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub role: String,
+    /// The leader it knows.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Index of the last log entry it holds.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry it applied.
+    pub last_applied: Option<u64>,
+    /// Index covered by its latest snapshot.
+    pub snapshot: Option<u64>,
+    /// Index up to which its log was compacted.
+    pub purged: Option<u64>,
+    /// Every node of the membership.
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One node of the membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    /// Its id.
+    pub id: NodeId,
+    /// Framed-protocol address.
+    pub addr: String,
+    /// HTTP address.
+    pub http_addr: String,
+    /// Data center.
+    pub idc: String,
+    /// Voter, or learner.
+    pub voter: bool,
+}
+
+/// Settings of the service around its Raft node.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// Longest a write waits to commit (membership changes wait [`MEMBERSHIP_TIMEOUT`]).
+    pub write_timeout: Duration,
+    /// Largest registration topic list, uncompressed.
+    pub max_registration_bytes: usize,
+}
+
+/// Longest a membership change may take: adding a node waits until it has caught up.
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a nameserver answers.
+pub struct NameserverService {
+    raft: NameserverRaft,
+    liveness: Liveness,
+    pool: ConnectionPool,
+    settings: ServiceSettings,
+    metrics: Arc<NameserverMetrics>,
+}
+
+impl NameserverService {
+    /// A service around `raft`, forwarding writes over `pool`.
+    pub fn new(
+        raft: NameserverRaft,
+        liveness: Liveness,
+        pool: ConnectionPool,
+        settings: ServiceSettings,
+        metrics: Arc<NameserverMetrics>,
+    ) -> NameserverService {
+        NameserverService {
+            raft,
+            liveness,
+            pool,
+            settings,
+            metrics,
+        }
+    }
+
+    /// The Raft node.
+    pub fn raft(&self) -> &NameserverRaft {
+        &self.raft
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &NameserverMetrics {
+        &self.metrics
+    }
+
+    /// Applies `request` through the leader: here when this node leads, else forwarded to it once.
+    pub async fn write(&self, request: WriteRequest) -> Result<Response, ApiError> {
+        match self.write_here(request.op.clone()).await {
+            Err(NameserverError::ForwardToLeader {
+                leader_id: Some(leader_id),
+                leader: Some(leader),
+                ..
+            }) if !request.forwarded && leader_id != self.raft.node_id() => {
+                self.forward(leader_id, &leader, request.op).await
+            }
+            result => result.map_err(ApiError::from),
+        }
+    }
+
+    async fn write_here(&self, op: WriteOp) -> Result<Response, NameserverError> {
+        let (timeout, what) = match &op {
+            WriteOp::Command { .. } => (self.settings.write_timeout, "the write"),
+            WriteOp::AddNode { .. } | WriteOp::RemoveNode { .. } => (MEMBERSHIP_TIMEOUT, "the membership change"),
+        };
+        let work = async {
+            match op {
+                WriteOp::Command { command } => self.raft.write(command).await,
+                WriteOp::AddNode { id, node } => self.raft.add_node(id, node).await.map(|()| Response::Done),
+                WriteOp::RemoveNode { id } => self.raft.remove_node(id).await.map(|()| Response::Done),
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(NameserverError::Stalled { what, after: timeout }))
+    }
+
+    async fn forward(&self, leader_id: NodeId, leader: &Node, op: WriteOp) -> Result<Response, ApiError> {
+        self.metrics.forwarded_writes.inc();
+        let timeout = match op {
+            WriteOp::Command { .. } => self.settings.write_timeout,
+            _ => MEMBERSHIP_TIMEOUT,
+        } + Duration::from_secs(1);
+        let body = serde_json::to_vec(&WriteRequest { op, forwarded: true }).expect("writes encode as JSON");
+        let answer = self
+            .pool
+            .request(&leader.addr, RequestCode::NameserverWrite, Bytes::from(body), timeout)
+            .await
+            .map_err(|error| match error {
+                TransportError::Remote { code, message, .. } => ApiError::new(code, message),
+                other => ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "nameserver node {} forwards writes to the leader, node {leader_id} at {}, which failed: {other}",
+                        self.raft.node_id(),
+                        leader.addr
+                    ),
+                ),
+            })?;
+        serde_json::from_slice(&answer.body).map_err(|error| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("the leader's answer does not decode: {error}; are both nameservers the same version?"),
+            )
+        })
+    }
+
+    /// Shortcut for [`NameserverService::write`] of one command.
+    pub async fn command(&self, command: Command) -> Result<Response, ApiError> {
+        self.write(WriteRequest {
+            op: WriteOp::Command { command },
+            forwarded: false,
+        })
+        .await
+    }
+
+    /// The route of `topic`, from this node's state and liveness.
+    pub fn route(&self, topic: &str) -> Result<TopicRoute, ApiError> {
+        self.metrics.route_lookups.inc();
+        self.raft.read_state(|state| {
+            self.liveness
+                .with(|liveness| routes::topic_route(state, liveness, topic))
+        })
+    }
+
+    /// A broker's heartbeat: marks it alive if it is registered, and says whether the
+    /// registration this node holds is the one the broker describes.
+    pub fn heartbeat(&self, heartbeat: &BrokerHeartbeat) -> Result<BrokerHeartbeatResponse, ApiError> {
+        validate_broker(heartbeat)?;
+        self.metrics.heartbeats.inc();
+        let (known, registered, metadata_version, group_epoch) = self.raft.read_state(|state| {
+            let group = state.broker_groups().get(&heartbeat.group);
+            let member = group.and_then(|group| group.members.get(&heartbeat.name));
+            (
+                member.is_some(),
+                member.is_some_and(|member| member.registration_digest == heartbeat.registration_digest),
+                state.metadata_version(),
+                group.map_or(0, |group| group.epoch),
+            )
+        });
+        // An unknown broker changes nothing until it registers.
+        if known {
+            self.liveness
+                .touch(&heartbeat.group, &heartbeat.name, heartbeat.max_offset);
+        }
+        Ok(BrokerHeartbeatResponse {
+            registered,
+            metadata_version,
+            group_epoch,
+        })
+    }
+
+    /// A broker's full registration: decompressed, checked, committed through the leader.
+    pub async fn register(&self, registration: BrokerRegistration) -> Result<BrokerHeartbeatResponse, ApiError> {
+        let heartbeat = registration.heartbeat.ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                "broker registration has no heartbeat (who the broker is)",
+            )
+        })?;
+        validate_broker(&heartbeat)?;
+        let raw =
+            decompress(&registration.topics_compressed, self.settings.max_registration_bytes).map_err(|error| {
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "topic list of broker {:?} of group {:?}: {error}",
+                        heartbeat.name, heartbeat.group
+                    ),
+                )
+            })?;
+        let list = TopicList::decode(raw.as_slice()).map_err(|error| {
+            ApiError::new(
+                ErrorCode::MalformedFrame,
+                format!("topic list of broker {:?} does not decode: {error}", heartbeat.name),
+            )
+        })?;
+        let mut topics = std::collections::BTreeMap::new();
+        for topic in list.topics {
+            validate_topic(&topic.name)?;
+            validate_queue_count(topic.queues)?;
+            topics.insert(topic.name, topic.queues);
+        }
+        self.metrics.registrations.inc();
+        let group = heartbeat.group.clone();
+        let name = heartbeat.name.clone();
+        self.command(Command::RegisterBroker {
+            group: heartbeat.group,
+            member: Registration {
+                name: heartbeat.name,
+                addr: heartbeat.addr,
+                idc: heartbeat.idc,
+                role: if heartbeat.role == role::MASTER {
+                    BrokerRole::Master
+                } else {
+                    BrokerRole::Slave
+                },
+                epoch: heartbeat.epoch,
+                max_offset: heartbeat.max_offset,
+                registration_digest: heartbeat.registration_digest,
+            },
+            topics,
+        })
+        .await?;
+        self.liveness.touch(&group, &name, heartbeat.max_offset);
+        let (metadata_version, group_epoch) = self.raft.read_state(|state| {
+            (
+                state.metadata_version(),
+                state.broker_groups().get(&group).map_or(0, |group| group.epoch),
+            )
+        });
+        Ok(BrokerHeartbeatResponse {
+            registered: true,
+            metadata_version,
+            group_epoch,
+        })
+    }
+
+    /// What broker group `group` may serve.
+    pub fn broker_metadata(&self, group: &str) -> Result<BrokerMetadata, ApiError> {
+        validate_group(group)?;
+        Ok(self.raft.read_state(|state| routes::broker_metadata(state, group)))
+    }
+
+    /// Answers `query` from this node's state, as JSON.
+    pub fn read(&self, query: &Query) -> Result<serde_json::Value, ApiError> {
+        let value = match query {
+            Query::Topic { name } => to_json(&self.raft.read_state(|state| topic_detail(state, name))?),
+            Query::Topics { status } => to_json(&self.raft.read_state(|state| {
+                state
+                    .topics()
+                    .values()
+                    .filter(|topic| status.is_none_or(|status| topic.status == status))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })),
+            Query::Group { name } => to_json(&self.raft.read_state(|state| group_detail(state, name))?),
+            Query::Groups { status } => to_json(&self.raft.read_state(|state| {
+                state
+                    .consumer_groups()
+                    .values()
+                    .filter(|group| status.is_none_or(|status| group.status == status))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })),
+            Query::Brokers => to_json(&self.brokers()),
+            Query::Cluster => to_json(&self.cluster()),
+            Query::IdcRules => to_json(&self.raft.read_state(|state| state.idc_rules().to_vec())),
+            Query::SdkPolicy => to_json(&self.raft.read_state(|state| state.sdk_policy().clone())),
+        };
+        Ok(value)
+    }
+
+    /// Broker groups with their members and liveness.
+    pub fn brokers(&self) -> Vec<BrokerGroupView> {
+        self.raft.read_state(|state| {
+            self.liveness.with(|liveness| {
+                state
+                    .broker_groups()
+                    .values()
+                    .map(|group| BrokerGroupView {
+                        name: group.name.clone(),
+                        epoch: group.epoch,
+                        master: group.master().map(|master| master.name.clone()),
+                        members: group
+                            .members
+                            .values()
+                            .map(|member| {
+                                let seen = liveness.get(&group.name, &member.name);
+                                BrokerMemberView {
+                                    name: member.name.clone(),
+                                    addr: member.addr.clone(),
+                                    idc: member.idc.clone(),
+                                    role: member.role,
+                                    epoch: member.epoch,
+                                    registered_at_ms: member.last_heartbeat_ms,
+                                    topics: member.topics.len(),
+                                    alive: seen.is_some_and(|(_, alive)| alive),
+                                    last_heartbeat_ago_ms: seen.map(|(seen, _)| seen.at.elapsed().as_millis() as u64),
+                                    max_offset: seen.map_or(member.max_offset, |(seen, _)| seen.max_offset),
+                                }
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            })
+        })
+    }
+
+    /// The Raft cluster as this node sees it.
+    pub fn cluster(&self) -> ClusterView {
+        let metrics = self.raft.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        ClusterView {
+            node_id: metrics.id,
+            role: format!("{:?}", metrics.state),
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            last_applied: metrics.last_applied.map(|log_id| log_id.index),
+            snapshot: metrics.snapshot.map(|log_id| log_id.index),
+            purged: metrics.purged.map(|log_id| log_id.index),
+            nodes: membership
+                .nodes()
+                .map(|(id, node)| ClusterNode {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    http_addr: node.http_addr.clone(),
+                    idc: node.idc.clone(),
+                    voter: voters.contains(id),
+                })
+                .collect(),
+        }
+    }
+
+    /// The IDC map.
+    pub fn idc_rules(&self) -> Vec<IdcRule> {
+        self.raft.read_state(|state| state.idc_rules().to_vec())
+    }
+
+    /// The SDK policy.
+    pub fn sdk_policy(&self) -> SdkPolicy {
+        self.raft.read_state(|state| state.sdk_policy().clone())
+    }
+
+    /// Stops the Raft node and closes connections to peers.
+    pub async fn shutdown(&self) -> Result<(), NameserverError> {
+        let result = self.raft.shutdown().await;
+        self.pool.shutdown().await;
+        result
+    }
+}
+
+fn to_json(value: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(value).expect("metadata encodes as JSON")
+}
+
+/// A topic and its history, or what to do when there is none.
+pub fn topic_detail(state: &MetadataState, name: &str) -> Result<TopicDetail, ApiError> {
+    validate_topic(name)?;
+    let topic = state.topic(name).cloned();
+    let history = state.topic_history(name).to_vec();
+    if topic.is_none() && history.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::TopicNotFound,
+            format!(
+                "topic {name:?} does not exist and never did: request it with `meridian topic request {name} --owner TEAM --queues N`"
+            ),
+        ));
+    }
+    Ok(TopicDetail { topic, history })
+}
+
+/// A consumer group and its history, or what to do when there is none.
+pub fn group_detail(state: &MetadataState, name: &str) -> Result<GroupDetail, ApiError> {
+    validate_group(name)?;
+    let group = state.consumer_group(name).cloned();
+    let history = state.group_history(name).to_vec();
+    if group.is_none() && history.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::GroupNotFound,
+            format!(
+                "consumer group {name:?} does not exist and never did: request it with `meridian group request {name} --owner TEAM --topics TOPIC`"
+            ),
+        ));
+    }
+    Ok(GroupDetail { group, history })
+}
+
+fn validate_broker(heartbeat: &BrokerHeartbeat) -> Result<(), ApiError> {
+    // Broker names follow the group-name rule, as in the broker's own config.
+    validate_group(&heartbeat.group)?;
+    validate_group(&heartbeat.name)?;
+    if heartbeat.addr.trim().is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "broker {:?} of group {:?} sent no address: set advertise_addr in its config",
+                heartbeat.name, heartbeat.group
+            ),
+        ));
+    }
+    if heartbeat.role != role::MASTER && heartbeat.role != role::SLAVE {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("broker role {} is unknown: 0 (master) or 1 (slave)", heartbeat.role),
+        ));
+    }
+    Ok(())
+}
