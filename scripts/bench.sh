@@ -81,18 +81,20 @@ free_port() {
     echo "${port}"
 }
 
-# Starts `meridian dev` with flush mode $1 in a fresh data dir; sets node_pid, broker_addr,
-# http_addr and data_dir.
+# Starts `meridian dev` with flush mode $1 in a fresh data dir; sets node_pid, nameserver_addr,
+# broker_addr, http_addr and data_dir.
 start_node() {
     local mode=$1
     data_dir="${work_dir}/${mode}"
     mkdir -p "${data_dir}"
-    local broker_port http_port
+    local nameserver_port broker_port http_port
+    nameserver_port=$(free_port "${MERIDIAN_BENCH_NAMESERVER_PORT:-27800}")
     broker_port=$(free_port "${MERIDIAN_BENCH_BROKER_PORT:-27911}")
     http_port=$(free_port "${MERIDIAN_BENCH_HTTP_PORT:-28080}")
+    nameserver_addr="127.0.0.1:${nameserver_port}"
     broker_addr="127.0.0.1:${broker_port}"
     http_addr="127.0.0.1:${http_port}"
-    "${BIN}" dev --data-dir "${data_dir}" --broker-listen "${broker_addr}" \
+    "${BIN}" dev --data-dir "${data_dir}" --nameserver-listen "${nameserver_addr}" --broker-listen "${broker_addr}" \
         --http-listen "${http_addr}" --flush-mode "${mode}" \
         >"${work_dir}/${mode}-node.out" 2>"${work_dir}/${mode}-node.err" &
     node_pid=$!
@@ -217,11 +219,11 @@ log "release build took ${build_seconds} s"
 
 start_node async
 async_dir=${data_dir}
-bench_json "${work_dir}/async-unbatched.json" produce --broker "${broker_addr}" --size 1024 \
+bench_json "${work_dir}/async-unbatched.json" produce --nameserver "${nameserver_addr}" --size 1024 \
     --count "${ASYNC_UNBATCHED_COUNT}" --concurrency 64 --batch 1 --baseline-dir "${async_dir}"
-bench_json "${work_dir}/async-batched.json" produce --broker "${broker_addr}" --size 1024 \
+bench_json "${work_dir}/async-batched.json" produce --nameserver "${nameserver_addr}" --size 1024 \
     --count "${ASYNC_BATCHED_COUNT}" --concurrency 16 --batch 32 --baseline-dir "${async_dir}"
-bench_json "${work_dir}/consume.json" consume --broker "${broker_addr}" --topic bench
+bench_json "${work_dir}/consume.json" consume --nameserver "${nameserver_addr}" --topic bench
 node_metrics "${work_dir}/async-metrics.json"
 # The same number of commitlog bytes the consumer was served, read with cat.
 commitlog_bytes=$("${PYTHON}" -c "import json; print(int(json.load(open('${work_dir}/async-metrics.json'))['bytes_stored_total']))")
@@ -231,7 +233,7 @@ log "  -> commitlog read with cat: ${read_mb_s} MB/s"
 stop_node
 
 start_node sync
-bench_json "${work_dir}/sync.json" produce --broker "${broker_addr}" --size 1024 \
+bench_json "${work_dir}/sync.json" produce --nameserver "${nameserver_addr}" --size 1024 \
     --count "${SYNC_COUNT}" --concurrency 64 --batch 1 --baseline-dir "${data_dir}"
 node_metrics "${work_dir}/sync-metrics.json"
 # `produce --json` reports the fdatasync p50 only; p99 comes from the same baseline run again.

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use meridian_proto::validate::{self, Limits};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{BrokerError, Result};
 use crate::store::StoreConfig;
@@ -43,12 +43,18 @@ impl LimitsConfig {
     }
 }
 
+/// Smallest `heartbeat_interval_ms`: more often only loads the nameservers.
+pub const MIN_HEARTBEAT_INTERVAL_MS: u64 = 100;
+
 /// Everything a broker needs to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// Name of the broker (its group's name once replication lands).
+    /// Name of the broker group this broker belongs to; queues are named by it, so every member
+    /// of a group (master and slaves) shares it.
     pub broker_name: String,
+    /// This broker's name within its group (default: `broker_name`); unique within the group.
+    pub member_name: Option<String>,
     /// Address to listen on for clients (default 127.0.0.1:7911).
     pub listen: SocketAddr,
     /// Address clients are told to connect to (default: the bound address).
@@ -73,6 +79,34 @@ pub struct BrokerConfig {
     /// Bytes of answers one connection may have waiting to be written; a client that stops
     /// reading stalls only itself and holds at most this much broker memory.
     pub max_pending_response_bytes: usize,
+    /// Addresses (`host:port`) of the nameservers this broker heartbeats, every one of them. Empty:
+    /// a standalone broker, which creates topics when asked and serves any topic and group. Set:
+    /// a governed broker, which serves only the topics and consumer groups its nameservers approved.
+    /// A TOML list, or one comma-separated string (as an environment override reads).
+    #[serde(deserialize_with = "nameserver_list")]
+    pub nameservers: Vec<String>,
+    /// How often the broker heartbeats each nameserver, in ms (at least 100).
+    pub heartbeat_interval_ms: u64,
+}
+
+/// `nameservers` as a TOML list or as one comma-separated string:
+/// `MERIDIAN_BROKER__NAMESERVERS=10.0.0.1:7800,10.0.0.2:7800` arrives as a string.
+fn nameserver_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Joined(String),
+        Each(Vec<String>),
+    }
+    Ok(match List::deserialize(deserializer)? {
+        List::Joined(joined) => joined
+            .split(',')
+            .map(str::trim)
+            .filter(|addr| !addr.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        List::Each(addrs) => addrs,
+    })
 }
 
 impl Default for BrokerConfig {
@@ -90,11 +124,24 @@ impl Default for BrokerConfig {
             max_inflight_per_connection: 1024,
             max_long_poll_ms: 30_000,
             max_pending_response_bytes: 64 << 20,
+            member_name: None,
+            nameservers: Vec::new(),
+            heartbeat_interval_ms: 3000,
         }
     }
 }
 
 impl BrokerConfig {
+    /// This broker's name within its group: `member_name`, or `broker_name` when unset.
+    pub fn member_name(&self) -> &str {
+        self.member_name.as_deref().unwrap_or(&self.broker_name)
+    }
+
+    /// Whether nameservers govern this broker (`nameservers` is not empty).
+    pub fn is_governed(&self) -> bool {
+        !self.nameservers.is_empty()
+    }
+
     /// Checks the config as a whole; the message names the field and the fix.
     pub fn validate(&self) -> Result<()> {
         validate::validate_group(&self.broker_name).map_err(|_| {
@@ -103,6 +150,34 @@ impl BrokerConfig {
                 self.broker_name
             ))
         })?;
+        if let Some(member_name) = &self.member_name {
+            validate::validate_group(member_name).map_err(|_| {
+                BrokerError::Config(format!(
+                    "member_name {member_name:?} must be 1-255 chars of [A-Za-z0-9_-]; leave it out to use broker_name"
+                ))
+            })?;
+        }
+        for (index, addr) in self.nameservers.iter().enumerate() {
+            let port_ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port != 0));
+            if !port_ok || addr.chars().any(char::is_whitespace) {
+                return Err(BrokerError::Config(format!(
+                    "nameservers entry {addr:?} must be host:port, e.g. \"127.0.0.1:7800\""
+                )));
+            }
+            if self.nameservers[..index].contains(addr) {
+                return Err(BrokerError::Config(format!(
+                    "nameservers lists {addr:?} twice; list each nameserver once"
+                )));
+            }
+        }
+        if self.heartbeat_interval_ms < MIN_HEARTBEAT_INTERVAL_MS {
+            return Err(BrokerError::Config(format!(
+                "heartbeat_interval_ms ({}) must be at least {MIN_HEARTBEAT_INTERVAL_MS}: heartbeats more often only load the nameservers (default 3000)",
+                self.heartbeat_interval_ms
+            )));
+        }
         let limits = &self.limits;
         if limits.max_body_size == 0 || limits.max_frame_size < limits.max_body_size + limits.max_properties_size + 4096
         {
@@ -123,5 +198,83 @@ impl BrokerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_error(config: &BrokerConfig) -> String {
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_standalone_broker_is_the_default() {
+        let config = BrokerConfig::default();
+        config.validate().unwrap();
+        assert!(!config.is_governed());
+        assert_eq!(config.heartbeat_interval_ms, 3000);
+        assert_eq!(config.member_name(), "broker-a");
+    }
+
+    #[test]
+    fn governance_fields_are_validated_with_a_message_naming_the_field() {
+        let governed = BrokerConfig {
+            nameservers: vec!["127.0.0.1:7800".into(), "ns-2.example:7800".into()],
+            member_name: Some("a-1".into()),
+            ..BrokerConfig::default()
+        };
+        governed.validate().unwrap();
+        assert!(governed.is_governed());
+        assert_eq!(governed.member_name(), "a-1");
+
+        let too_often = BrokerConfig {
+            heartbeat_interval_ms: 99,
+            ..governed.clone()
+        };
+        let error = config_error(&too_often);
+        assert!(
+            error.contains("heartbeat_interval_ms (99) must be at least 100"),
+            "{error}"
+        );
+
+        let bad_member = BrokerConfig {
+            member_name: Some("a 1".into()),
+            ..governed.clone()
+        };
+        assert!(config_error(&bad_member).contains("member_name \"a 1\""));
+
+        for bad in ["", "7800", "host:", ":7800", "host:port", "host:0", "ho st:7800"] {
+            let config = BrokerConfig {
+                nameservers: vec![bad.into()],
+                ..governed.clone()
+            };
+            let error = config_error(&config);
+            assert!(
+                error.contains("nameservers entry") && error.contains("host:port"),
+                "{bad}: {error}"
+            );
+        }
+        let twice = BrokerConfig {
+            nameservers: vec!["127.0.0.1:7800".into(), "127.0.0.1:7800".into()],
+            ..governed
+        };
+        assert!(config_error(&twice).contains("twice"));
+    }
+
+    #[test]
+    fn nameservers_read_as_a_list_or_as_one_comma_separated_string() {
+        let parse = |text: &str| serde_json::from_str::<BrokerConfig>(text).map(|config| config.nameservers);
+        assert_eq!(
+            parse(r#"{"nameservers": ["a:7800", "b:7800"]}"#).unwrap(),
+            ["a:7800", "b:7800"]
+        );
+        assert_eq!(
+            parse(r#"{"nameservers": "a:7800, b:7800,"}"#).unwrap(),
+            ["a:7800", "b:7800"]
+        );
+        assert!(parse(r#"{}"#).unwrap().is_empty());
+        assert!(parse(r#"{"nameservers": 7}"#).is_err());
     }
 }

@@ -67,6 +67,80 @@ pub enum BrokerError {
     /// A configuration value is unusable.
     #[error("invalid broker config: {0}")]
     Config(String),
+    /// A governed broker was sent a topic its nameservers have not approved for its group.
+    #[error(
+        "topic {topic:?} is not approved on broker group {broker_group:?} (it is unknown, awaiting approval or rejected; `meridian topic describe {topic}` shows which): request it with `meridian topic request {topic} --owner TEAM --queues N` and have an admin approve it"
+    )]
+    TopicNotApproved {
+        /// Topic name.
+        topic: String,
+        /// This broker's group.
+        broker_group: String,
+    },
+    /// The topic is approved without the write permission.
+    #[error(
+        "topic {topic:?} is read-only on broker group {broker_group:?}: its approval does not allow sends; ask an admin to give it write permission (`meridian topic describe {topic}` shows its permission)"
+    )]
+    TopicNotWritable {
+        /// Topic name.
+        topic: String,
+        /// This broker's group.
+        broker_group: String,
+    },
+    /// The topic is approved without the read permission.
+    #[error(
+        "topic {topic:?} is write-only on broker group {broker_group:?}: its approval does not allow consuming; ask an admin to give it read permission (`meridian topic describe {topic}` shows its permission)"
+    )]
+    TopicNotReadable {
+        /// Topic name.
+        topic: String,
+        /// This broker's group.
+        broker_group: String,
+    },
+    /// A governed broker was sent a consumer group its nameservers have not approved.
+    #[error(
+        "consumer group {group:?} is not approved (unknown, awaiting approval or rejected; `meridian group describe {group}` shows which): request it with `meridian group request {group} --owner TEAM --topics T` and have an admin approve it"
+    )]
+    GroupNotApproved {
+        /// Consumer group name.
+        group: String,
+    },
+    /// The consumer group is approved, but not for this topic.
+    #[error(
+        "consumer group {group:?} is approved for topics [{}] but not for topic {topic:?}: update the group to add {topic:?} and have an admin approve the change (`meridian group describe {group}` shows its topics)",
+        .topics.join(", ")
+    )]
+    GroupTopicNotApproved {
+        /// Consumer group name.
+        group: String,
+        /// The topic asked for.
+        topic: String,
+        /// The topics the group may consume.
+        topics: Vec<String>,
+    },
+    /// `CreateTopic` sent to a broker whose topics its nameservers govern.
+    #[error(
+        "topics of this broker are governed by its nameservers ({}): create topic {topic:?} with `meridian topic create {topic} --queues N --nameserver {}` (admin shortcut) or request it with `meridian topic request {topic} --owner TEAM --queues N`",
+        .nameservers.join(", "),
+        .nameservers.first().map_or("ADDR", String::as_str)
+    )]
+    TopicsGoverned {
+        /// Topic name.
+        topic: String,
+        /// The broker's nameservers.
+        nameservers: Vec<String>,
+    },
+    /// A governed broker has not yet received what its nameservers approved.
+    #[error(
+        "broker group {broker_group:?} has not yet received its approved topics and consumer groups from its nameservers ({}); retry shortly, and check that the nameservers are running",
+        .nameservers.join(", ")
+    )]
+    ApprovalsPending {
+        /// This broker's group.
+        broker_group: String,
+        /// The broker's nameservers.
+        nameservers: Vec<String>,
+    },
 }
 
 impl BrokerError {
@@ -90,6 +164,12 @@ impl BrokerError {
             BrokerError::Io { .. } | BrokerError::Corrupt(_) => ErrorCode::Internal,
             BrokerError::Config(_) => ErrorCode::InvalidArgument,
             BrokerError::NotABrokerRequest(_) => ErrorCode::UnsupportedRequest,
+            BrokerError::TopicNotApproved { .. } | BrokerError::GroupNotApproved { .. } => ErrorCode::NotApproved,
+            BrokerError::TopicNotWritable { .. }
+            | BrokerError::TopicNotReadable { .. }
+            | BrokerError::GroupTopicNotApproved { .. }
+            | BrokerError::TopicsGoverned { .. } => ErrorCode::FailedPrecondition,
+            BrokerError::ApprovalsPending { .. } => ErrorCode::Unavailable,
         }
     }
 }

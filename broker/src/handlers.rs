@@ -1,4 +1,5 @@
-//! One function per request code: decode the body, validate with the shared rules, call the
+//! One function per request code: decode the body, validate with the shared rules, check it
+//! against what the nameservers approved (governed brokers only, see [`crate::registry`]), call the
 //! store, encode the answer. Most requests are answered at once ([`Reply::Now`]); sends under sync
 //! flush, long-polling pulls and topic creation finish later ([`Reply::Later`]).
 
@@ -24,6 +25,7 @@ use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
 use crate::groups::ConsumerGroups;
 use crate::metrics::{BrokerMetrics, RequestLabels};
+use crate::registry::Governance;
 use crate::store::{AppendRequest, CqEntry, FlushMode, MessageStore};
 
 /// A response body still being produced.
@@ -53,6 +55,25 @@ pub struct BrokerState {
     pub advertise_addr: String,
     /// Cancelled when the broker shuts down, so long polls end at once.
     pub shutdown: CancellationToken,
+    /// What the nameservers approved, on a governed broker (`nameservers` set); `None` on a
+    /// standalone broker, which serves every topic and group.
+    pub governance: Option<Arc<Governance>>,
+}
+
+impl BrokerState {
+    /// Whether producers may send to `topic` (always, on a standalone broker).
+    fn check_send(&self, topic: &str) -> Result<()> {
+        self.governance
+            .as_ref()
+            .map_or(Ok(()), |governance| governance.check_send(topic))
+    }
+
+    /// Whether consumer group `group` may consume `topics` (always, on a standalone broker).
+    fn check_consume<'a>(&self, group: &str, topics: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        self.governance
+            .as_ref()
+            .map_or(Ok(()), |governance| governance.check_consume(group, topics))
+    }
 }
 
 fn decode<T: Message + Default>(body: Bytes) -> Result<T> {
@@ -128,6 +149,7 @@ fn send(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
 fn decode_send(state: &BrokerState, body: Bytes) -> Result<SendRequest> {
     let request: SendRequest = decode(body)?;
     validate::validate_topic(&request.topic)?;
+    state.check_send(&request.topic)?;
     if request.messages.is_empty() {
         return Err(BrokerError::MalformedBody(
             "a send request needs at least one message".into(),
@@ -140,8 +162,10 @@ fn decode_send(state: &BrokerState, body: Bytes) -> Result<SendRequest> {
     Ok(request)
 }
 
-/// Handles sends a connection had already sent, in order: each is validated on its own, and the
-/// valid ones are appended together with one write (see [`MessageStore::append_many`]).
+/// Handles sends a connection had already sent, in order: each is validated (and, on a governed
+/// broker, checked against the approved topics) on its own, so a refused one fails only its own
+/// frame, and the valid ones are appended together with one write (see
+/// [`MessageStore::append_many`]).
 pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr) -> Vec<Reply> {
     let started = Instant::now();
     let count = bodies.len() as u64;
@@ -248,6 +272,7 @@ fn pull(state: &Arc<BrokerState>, body: Bytes) -> Reply {
     let request = match decode::<PullRequest>(body).and_then(|request| {
         validate::validate_group(&request.group)?;
         validate::validate_topic(&request.topic)?;
+        state.check_consume(&request.group, [request.topic.as_str()])?;
         Ok(request)
     }) {
         Ok(request) => request,
@@ -297,6 +322,7 @@ fn commit_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     let request: CommitOffsetRequest = decode(body)?;
     validate::validate_group(&request.group)?;
     validate::validate_topic(&request.topic)?;
+    state.check_consume(&request.group, [request.topic.as_str()])?;
     state
         .store
         .commit_offset(&request.group, &request.topic, request.queue_id, request.offset)?;
@@ -307,6 +333,7 @@ fn query_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     let request: QueryOffsetRequest = decode(body)?;
     validate::validate_group(&request.group)?;
     validate::validate_topic(&request.topic)?;
+    state.check_consume(&request.group, [request.topic.as_str()])?;
     let offset = state
         .store
         .query_offset(&request.group, &request.topic, request.queue_id)?;
@@ -337,6 +364,9 @@ fn create_topic(state: &Arc<BrokerState>, body: Bytes) -> Reply {
         Ok(request) => request,
         Err(error) => return Reply::Now(Err(error)),
     };
+    if let Some(governance) = &state.governance {
+        return Reply::Now(Err(governance.refuse_topic_creation(&request.topic)));
+    }
     let store = state.store.clone();
     Reply::Later(Box::pin(async move {
         // Creating a topic writes and syncs metadata files: keep it off the runtime threads.
@@ -378,6 +408,7 @@ fn consumer_heartbeat(state: &BrokerState, body: Bytes) -> Result<Bytes> {
             "consumer heartbeat needs a client_id".into(),
         ));
     }
+    state.check_consume(&request.group, request.topics.iter().map(String::as_str))?;
     if state.groups.heartbeat(
         &request.group,
         &request.client_id,
@@ -413,4 +444,158 @@ fn consumer_leave(state: &BrokerState, body: Bytes) -> Result<Bytes> {
         );
     }
     Ok(Bytes::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Approved;
+    use meridian_proto::ErrorCode;
+    use meridian_proto::messages::{BrokerMetadata, GroupGrant, MessageData, TopicGrant};
+
+    fn governed_state(dir: &std::path::Path) -> Arc<BrokerState> {
+        let config = BrokerConfig {
+            nameservers: vec!["127.0.0.1:7800".into()],
+            data_dir: dir.to_owned(),
+            ..BrokerConfig::default()
+        };
+        let mut store_config = config.store.clone();
+        store_config.segment_size = 1 << 20;
+        let store = MessageStore::open(dir, store_config, "127.0.0.1:7911".parse().unwrap(), Arc::default()).unwrap();
+        let governance = Arc::new(Governance::new(config.broker_name.clone(), config.nameservers.clone()));
+        let grant = |name: &str, perm| TopicGrant {
+            name: name.into(),
+            queues: 2,
+            perm,
+            produce_limit: 0,
+        };
+        governance.replace(Approved::from_metadata(BrokerMetadata {
+            version: 1,
+            topics: vec![grant("orders", perm::READ | perm::WRITE), grant("archive", perm::READ)],
+            groups: vec![GroupGrant {
+                name: "billing".into(),
+                topics: vec!["orders".into()],
+                max_retries: 16,
+                broadcasting: false,
+            }],
+        }));
+        for topic in ["orders", "archive", "payments"] {
+            store.create_topic(topic, 2).unwrap();
+        }
+        Arc::new(BrokerState {
+            store,
+            groups: ConsumerGroups::new(Duration::from_secs(10)),
+            metrics: Arc::default(),
+            limits: config.limits.limits(),
+            advertise_addr: "127.0.0.1:7911".into(),
+            config,
+            shutdown: CancellationToken::new(),
+            governance: Some(governance),
+        })
+    }
+
+    fn send_body(topic: &str) -> Bytes {
+        let request = SendRequest {
+            topic: topic.into(),
+            queue_id: 0,
+            messages: vec![MessageData {
+                flags: 0,
+                born_timestamp: 1,
+                properties: Bytes::new(),
+                body: Bytes::from_static(b"x"),
+                reconsume_count: 0,
+            }],
+            producer_group: String::new(),
+        };
+        Bytes::from(request.encode_to_vec())
+    }
+
+    fn now(reply: Reply) -> Result<Bytes> {
+        match reply {
+            Reply::Now(result) => result,
+            Reply::Later(_) => panic!("expected an immediate answer"),
+        }
+    }
+
+    #[test]
+    fn a_refused_topic_fails_only_its_own_send_in_a_combined_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = governed_state(dir.path());
+        let peer = "127.0.0.1:5000".parse().unwrap();
+        let bodies = vec![
+            send_body("orders"),
+            send_body("payments"),
+            send_body("archive"),
+            send_body("orders"),
+        ];
+        let outcomes: Vec<std::result::Result<u64, ErrorCode>> = send_many(&state, bodies, peer)
+            .into_iter()
+            .map(|reply| {
+                now(reply)
+                    .map(|body| SendResponse::decode(body).unwrap().results[0].queue_offset)
+                    .map_err(|error| error.code())
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                Ok(0),
+                Err(ErrorCode::NotApproved),
+                Err(ErrorCode::FailedPrecondition),
+                Ok(1)
+            ]
+        );
+        state.store.shutdown();
+    }
+
+    #[test]
+    fn consumer_requests_need_an_approved_group_granted_the_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = governed_state(dir.path());
+        let commit = |group: &str, topic: &str| {
+            let request = CommitOffsetRequest {
+                group: group.into(),
+                topic: topic.into(),
+                queue_id: 0,
+                offset: 0,
+            };
+            commit_offset(&state, Bytes::from(request.encode_to_vec())).map_err(|error| error.code())
+        };
+        assert_eq!(commit("billing", "orders"), Ok(Bytes::new()));
+        assert_eq!(commit("audit", "orders"), Err(ErrorCode::NotApproved));
+        assert_eq!(commit("billing", "archive"), Err(ErrorCode::FailedPrecondition));
+
+        let heartbeat = |topics: &[&str]| {
+            let request = ConsumerHeartbeat {
+                group: "billing".into(),
+                client_id: "c1".into(),
+                topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
+                sdk_version: String::new(),
+            };
+            consumer_heartbeat(&state, Bytes::from(request.encode_to_vec())).map_err(|error| error.code())
+        };
+        assert!(heartbeat(&["orders"]).is_ok());
+        assert_eq!(heartbeat(&["orders", "payments"]), Err(ErrorCode::FailedPrecondition));
+
+        let pull = PullRequest {
+            group: "audit".into(),
+            topic: "orders".into(),
+            queue_id: 0,
+            offset: 0,
+            max_count: 1,
+            max_bytes: 1024,
+            long_poll_ms: 0,
+        };
+        let error = now(super::pull(&state, Bytes::from(pull.encode_to_vec()))).unwrap_err();
+        assert_eq!(error.code(), ErrorCode::NotApproved);
+        assert!(error.to_string().contains("meridian group request audit"), "{error}");
+
+        let create = CreateTopicRequest {
+            topic: "new".into(),
+            queues: 1,
+        };
+        let error = now(create_topic(&state, Bytes::from(create.encode_to_vec()))).unwrap_err();
+        assert_eq!(error.code(), ErrorCode::FailedPrecondition);
+        state.store.shutdown();
+    }
 }

@@ -5,6 +5,9 @@
 //!   group commit) and crash recovery. Start reading at `store/mod.rs`.
 //! - [`server`] accepts connections, decodes frames, and answers pipelined requests out of order.
 //! - [`handlers`] turns each request into store calls; [`groups`] tracks consumer group members.
+//! - [`registry`]: with `nameservers` set, the broker heartbeats every nameserver, registers its
+//!   topics, and serves only the topics and consumer groups they approved (a governed broker);
+//!   without, it is standalone and serves anything.
 //!
 //! A broker runs with [`Broker::bind`] then [`Broker::run`], or [`run`] in one call.
 
@@ -13,6 +16,7 @@ pub mod error;
 pub mod groups;
 pub mod handlers;
 pub mod metrics;
+pub mod registry;
 pub mod server;
 pub mod store;
 

@@ -21,6 +21,20 @@ pub struct ErrorLabels {
     pub code: &'static str,
 }
 
+/// Labels of outcome metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+impl ResultLabels {
+    /// The label of a success.
+    pub const OK: ResultLabels = ResultLabels { result: "ok" };
+    /// The label of a failure.
+    pub const ERROR: ResultLabels = ResultLabels { result: "error" };
+}
+
 /// Every metric the broker exports.
 #[derive(Debug)]
 pub struct BrokerMetrics {
@@ -46,6 +60,15 @@ pub struct BrokerMetrics {
     pub flush_seconds: Histogram,
     /// Time from receiving a send to answering it.
     pub send_seconds: Histogram,
+    /// Heartbeats sent to nameservers, by result (one per nameserver per interval).
+    pub nameserver_heartbeats: Family<ResultLabels, Counter>,
+    /// Full registrations sent to nameservers (asked for when a nameserver lacks the current one).
+    pub nameserver_registrations: Counter,
+    /// Bytes of heartbeat and registration request bodies sent to nameservers, to compute what
+    /// heartbeating costs per second.
+    pub nameserver_heartbeat_bytes: Counter,
+    /// Fetches of the approved topics and groups from nameservers.
+    pub nameserver_metadata_fetches: Counter,
 }
 
 impl Default for BrokerMetrics {
@@ -62,6 +85,10 @@ impl Default for BrokerMetrics {
             dispatched_offset: Gauge::default(),
             flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             send_seconds: Histogram::new(exponential_buckets(0.000_02, 2.0, 18)),
+            nameserver_heartbeats: Family::default(),
+            nameserver_registrations: Counter::default(),
+            nameserver_heartbeat_bytes: Counter::default(),
+            nameserver_metadata_fetches: Counter::default(),
         }
     }
 }
@@ -113,6 +140,26 @@ impl BrokerMetrics {
             "send_seconds",
             "Time from receiving a send to answering it",
             metrics.send_seconds.clone(),
+        );
+        registry.register(
+            "nameserver_heartbeats",
+            "Heartbeats sent to nameservers, by result",
+            metrics.nameserver_heartbeats.clone(),
+        );
+        registry.register(
+            "nameserver_registrations",
+            "Full registrations sent to nameservers",
+            metrics.nameserver_registrations.clone(),
+        );
+        registry.register(
+            "nameserver_heartbeat_bytes",
+            "Bytes of heartbeat and registration request bodies sent to nameservers",
+            metrics.nameserver_heartbeat_bytes.clone(),
+        );
+        registry.register(
+            "nameserver_metadata_fetches",
+            "Fetches of the approved topics and consumer groups from nameservers",
+            metrics.nameserver_metadata_fetches.clone(),
         );
         metrics
     }

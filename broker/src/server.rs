@@ -27,6 +27,7 @@ use crate::error::{BrokerError, Result};
 use crate::groups::ConsumerGroups;
 use crate::handlers::{self, BrokerState, Reply};
 use crate::metrics::{BrokerMetrics, ErrorLabels};
+use crate::registry::{Governance, Heartbeats};
 use crate::store::MessageStore;
 
 /// A broker that has recovered its store and bound its port, ready to [`Broker::run`].
@@ -63,7 +64,11 @@ impl Broker {
             tokio::task::spawn_blocking(move || MessageStore::open(&data_dir, store_config, store_host, store_metrics))
                 .await
                 .map_err(|error| BrokerError::Corrupt(format!("store recovery task failed: {error}")))??;
+        let governance = config
+            .is_governed()
+            .then(|| Arc::new(Governance::new(config.broker_name.clone(), config.nameservers.clone())));
         let state = Arc::new(BrokerState {
+            governance,
             store,
             groups: ConsumerGroups::new(Duration::from_millis(config.consumer_expiry_ms)),
             metrics,
@@ -86,11 +91,16 @@ impl Broker {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
-    /// (long polls end at once), and shuts the store down (flush, checkpoint).
+    /// (long polls end at once), and shuts the store down (flush, checkpoint). A governed broker
+    /// (`nameservers` set) heartbeats its nameservers from the start until it stops accepting.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let Broker { listener, state } = self;
         let connections = TaskTracker::new();
         tracing::info!(addr = %listener.local_addr().map_err(BrokerError::io("reading the bound address"))?, broker = state.config.broker_name, "broker listening");
+        let heartbeats = state
+            .governance
+            .clone()
+            .map(|governance| Heartbeats::start(state.clone(), governance, state.shutdown.child_token()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -116,6 +126,9 @@ impl Broker {
             .is_err()
         {
             tracing::warn!("connections did not drain within 10 s; stopping anyway");
+        }
+        if let Some(heartbeats) = heartbeats {
+            heartbeats.stop().await;
         }
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.shutdown())

@@ -12,13 +12,13 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use meridian_client::{
-    Admin, ClientConfig, ConnectionPool, Message, Producer, ProducerConfig, PullConsumer, StaticRoute,
-};
+use meridian_client::{Admin, ClientConfig, ConnectionPool, Message, Producer, ProducerConfig, PullConsumer};
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
-use crate::BrokerAddr;
+use crate::ClientTarget;
+use crate::client_cmds::route_source;
+use crate::governance::{ensure_group, ensure_topic};
 
 /// `meridian bench ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -29,6 +29,10 @@ pub enum BenchCommand {
     Consume(ConsumeBench),
     /// Baselines of this disk: sequential write rate and fdatasync latency.
     Disk(DiskBench),
+    /// Route lookups per second against the nameservers.
+    Routes(crate::bench_nameserver::RoutesBench),
+    /// Register many simulated brokers with many topics, then heartbeat steadily.
+    Registration(crate::bench_nameserver::RegistrationBench),
 }
 
 /// Arguments of `meridian bench produce`.
@@ -62,7 +66,7 @@ pub struct ProduceBench {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    addr: BrokerAddr,
+    target: ClientTarget,
 }
 
 /// Arguments of `meridian bench consume`.
@@ -81,7 +85,7 @@ pub struct ConsumeBench {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    addr: BrokerAddr,
+    target: ClientTarget,
 }
 
 /// Arguments of `meridian bench disk`.
@@ -106,6 +110,8 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Produce(args) => produce(args).await,
         BenchCommand::Consume(args) => consume(args).await,
+        BenchCommand::Routes(args) => crate::bench_nameserver::routes(args).await,
+        BenchCommand::Registration(args) => crate::bench_nameserver::registration(args).await,
         BenchCommand::Disk(args) => {
             let baseline =
                 tokio::task::spawn_blocking(move || disk_baseline(&args.dir, args.bytes, args.syncs)).await??;
@@ -115,7 +121,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     }
 }
 
-fn progress(total: Option<u64>, unit: &str) -> ProgressBar {
+pub(crate) fn progress(total: Option<u64>, unit: &str) -> ProgressBar {
     let bar = match total {
         Some(total) => ProgressBar::new(total),
         None => ProgressBar::new_spinner(),
@@ -125,11 +131,11 @@ fn progress(total: Option<u64>, unit: &str) -> ProgressBar {
     bar
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-fn micros(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+pub(crate) fn micros(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
 
@@ -217,19 +223,22 @@ async fn produce(args: ProduceBench) -> Result<()> {
         None => None,
     };
     let pool = ConnectionPool::new(ClientConfig::default());
-    let route = Arc::new(StaticRoute::new(args.addr.broker.clone(), pool.clone()));
-    let admin = Admin::new(route.clone(), ClientConfig::default());
-    admin
-        .create_topic(&args.addr.broker, &args.topic, args.queues)
-        .await
-        .or_else(|error| {
-            // An existing topic with another queue count is fine for a benchmark.
-            if error.to_string().contains("already exists") {
-                Ok(())
-            } else {
-                Err(error)
-            }
-        })?;
+    let route = route_source(&args.target, &pool);
+    match &args.target.broker {
+        Some(broker) => {
+            let admin = Admin::new(route.clone(), ClientConfig::default());
+            let created = admin.create_topic(broker, &args.topic, args.queues).await;
+            created.or_else(|error| {
+                // An existing topic with another queue count is fine for a benchmark.
+                if error.to_string().contains("already exists") {
+                    Ok(())
+                } else {
+                    Err(error)
+                }
+            })?;
+        }
+        None => ensure_topic(&args.target.nameservers, &args.topic, args.queues).await?,
+    }
     let producer = Producer::new(route, ProducerConfig::default());
     let body = Bytes::from(vec![b'm'; args.size]);
     let target = if args.duration.is_some() {
@@ -320,7 +329,6 @@ async fn produce(args: ProduceBench) -> Result<()> {
     ticker.1.await?;
     bar.finish_and_clear();
     producer.shutdown().await;
-    admin.shutdown().await;
     pool.shutdown().await;
     if let Some(error) = first_error {
         return Err(error).context("a send failed; the benchmark stopped");
@@ -369,10 +377,16 @@ async fn produce(args: ProduceBench) -> Result<()> {
     Ok(())
 }
 
+/// The consumer group `bench consume` reads with.
+const BENCH_GROUP: &str = "meridian-bench";
+
 async fn consume(args: ConsumeBench) -> Result<()> {
     let pool = ConnectionPool::new(ClientConfig::default());
-    let route = Arc::new(StaticRoute::new(args.addr.broker.clone(), pool.clone()));
-    let consumer = Arc::new(PullConsumer::new(route, ClientConfig::default(), "meridian-bench"));
+    if args.target.broker.is_none() {
+        ensure_group(&args.target.nameservers, BENCH_GROUP, &args.topic).await?;
+    }
+    let route = route_source(&args.target, &pool);
+    let consumer = Arc::new(PullConsumer::new(route, ClientConfig::default(), BENCH_GROUP));
     let queues = consumer
         .queues(&args.topic)
         .await

@@ -1,4 +1,4 @@
-//! Client commands: `topic`, `produce`, `consume`.
+//! Client commands: `produce`, `consume`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use meridian_client::{
-    Admin, ClientConfig, ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, Message, Producer, ProducerConfig,
-    PushConsumer, RouteSource, StaticRoute,
+    ClientConfig, ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, Message, NameserverRoute, Producer,
+    ProducerConfig, PushConsumer, RouteSource, StaticRoute,
 };
 use meridian_proto::record::StoredMessage;
 use meridian_proto::time::format_millis;
@@ -15,22 +15,7 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
-use crate::BrokerAddr;
-
-/// `meridian topic ...`.
-#[derive(Debug, clap::Subcommand)]
-pub enum TopicCommand {
-    /// Create a topic on the broker (an admin shortcut until topic approval lands).
-    Create {
-        /// Topic name: 1-127 chars of [A-Za-z0-9_-].
-        name: String,
-        /// Number of queues.
-        #[arg(long, default_value_t = 4)]
-        queues: u32,
-        #[command(flatten)]
-        addr: BrokerAddr,
-    },
-}
+use crate::ClientTarget;
 
 /// How `produce` sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,7 +47,7 @@ pub struct ProduceArgs {
     #[arg(long)]
     body: Option<String>,
     #[command(flatten)]
-    addr: BrokerAddr,
+    target: ClientTarget,
 }
 
 /// Arguments of `meridian consume`.
@@ -87,25 +72,24 @@ pub struct ConsumeArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    addr: BrokerAddr,
+    target: ClientTarget,
 }
 
-fn route_source(addr: &str, pool: &ConnectionPool) -> Arc<dyn RouteSource> {
-    Arc::new(StaticRoute::new(addr.to_owned(), pool.clone()))
+pub fn route_source(target: &ClientTarget, pool: &ConnectionPool) -> Arc<dyn RouteSource> {
+    match &target.broker {
+        Some(broker) => Arc::new(StaticRoute::new(broker.clone(), pool.clone())),
+        None => Arc::new(NameserverRoute::new(
+            target.nameservers.nameservers.clone(),
+            pool.clone(),
+        )),
+    }
 }
 
-/// `meridian topic ...`.
-pub async fn topic(command: TopicCommand) -> Result<()> {
-    match command {
-        TopicCommand::Create { name, queues, addr } => {
-            let pool = ConnectionPool::new(ClientConfig::default());
-            let admin = Admin::new(route_source(&addr.broker, &pool), ClientConfig::default());
-            let created = admin.create_topic(&addr.broker, &name, queues).await;
-            admin.shutdown().await;
-            pool.shutdown().await;
-            created.with_context(|| format!("creating topic {name:?} on {}", addr.broker))?;
-            println!("topic {name} ready with {queues} queues on {}", addr.broker);
-            Ok(())
+impl std::fmt::Display for ClientTarget {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.broker {
+            Some(broker) => write!(formatter, "broker {broker}"),
+            None => write!(formatter, "nameservers {}", self.nameservers.nameservers.join(",")),
         }
     }
 }
@@ -121,7 +105,7 @@ fn build_message(args: &ProduceArgs, body: String) -> Message {
 /// `meridian produce`.
 pub async fn produce(args: ProduceArgs) -> Result<()> {
     let pool = ConnectionPool::new(ClientConfig::default());
-    let producer = Producer::new(route_source(&args.addr.broker, &pool), ProducerConfig::default());
+    let producer = Producer::new(route_source(&args.target, &pool), ProducerConfig::default());
     let result = produce_all(&args, &producer).await;
     producer.shutdown().await;
     pool.shutdown().await;
@@ -234,7 +218,7 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
         ConsumeFrom::Latest
     };
     let (messages_tx, mut messages_rx) = mpsc::channel::<(StoredMessage, tokio::sync::oneshot::Sender<()>)>(256);
-    let consumer = PushConsumer::start(route_source(&args.addr.broker, &pool), config, move |message| {
+    let consumer = PushConsumer::start(route_source(&args.target, &pool), config, move |message| {
         let messages_tx = messages_tx.clone();
         async move {
             // The message counts as consumed once printed: the printer acknowledges it.
@@ -248,8 +232,8 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
     .await
     .with_context(|| {
         format!(
-            "joining group {:?} on topic {:?} at {}",
-            args.group, args.topic, args.addr.broker
+            "joining group {:?} on topic {:?} via {}",
+            args.group, args.topic, args.target
         )
     })?;
 

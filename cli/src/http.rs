@@ -14,27 +14,27 @@ use serde_json::json;
 
 #[derive(Clone)]
 struct HttpState {
-    registry: Arc<Registry>,
     broker_name: String,
     store: Arc<MessageStore>,
 }
 
-/// The routes every node serves.
+/// The routes of a broker process: its health, its local topics and `/metrics`.
 pub fn router(registry: Arc<Registry>, broker_name: String, store: Arc<MessageStore>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
         .route("/api/health", get(health))
-        .route("/api/topics", get(topics))
-        .with_state(HttpState {
-            registry,
-            broker_name,
-            store,
-        })
+        .route("/api/broker/topics", get(topics))
+        .with_state(HttpState { broker_name, store })
+        .merge(metrics_router(registry))
 }
 
-async fn metrics(State(state): State<HttpState>) -> Response {
+/// `/metrics` alone, for processes without a broker.
+pub fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(registry)
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
         Ok(()) => (
             [(
                 header::CONTENT_TYPE,

@@ -1,16 +1,16 @@
 //! `meridian`: the one binary of Meridian. It runs every service (`dev` runs them all in one
-//! process) and talks to them (`topic`, `produce`, `consume`, `bench`).
+//! process) and talks to them (`topic`, `group`, `cluster`, `produce`, `consume`, `bench`).
 //!
 //! Each subcommand lives in its own module; services are libraries with `run(config, shutdown)`
 //! composed here. Start reading at [`Command`].
 
 mod bench;
+mod bench_nameserver;
 mod client_cmds;
 mod config;
+mod governance;
 mod http;
 mod serve;
-
-use std::net::SocketAddr;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -29,13 +29,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run an all-in-one local node (broker, HTTP API and metrics) for a laptop or a test.
+    /// Run an all-in-one local node (nameserver, broker, HTTP API and metrics) for a laptop or a test.
     Dev(serve::DevArgs),
     /// Run a broker from a config file (`MERIDIAN_BROKER__*` variables override it).
     Broker(serve::BrokerArgs),
-    /// Manage topics.
+    /// Run a nameserver from a config file (`MERIDIAN_NAMESERVER__*` variables override it).
+    Nameserver(serve::NameserverArgs),
+    /// Request, approve, reject, inspect and change topics.
     #[command(subcommand)]
-    Topic(client_cmds::TopicCommand),
+    Topic(governance::TopicCommand),
+    /// Request, approve, reject, inspect and change consumer groups.
+    #[command(subcommand)]
+    Group(governance::GroupCommand),
+    /// The nameservers' Raft cluster and the brokers they know: status, add or remove a node.
+    #[command(subcommand)]
+    Cluster(governance::ClusterCommand),
     /// Send messages: one per line of stdin, or one given with --body; prints each msgId.
     Produce(client_cmds::ProduceArgs),
     /// Consume messages in a consumer group and print them, one line each.
@@ -45,12 +53,14 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-/// Where a client command finds the broker.
+/// Where a client command finds brokers: through the nameservers, or one standalone broker.
 #[derive(Debug, Clone, clap::Args)]
-struct BrokerAddr {
-    /// Broker address.
-    #[arg(long = "broker", env = "MERIDIAN_BROKER_ADDR", default_value = "127.0.0.1:7911")]
-    broker: String,
+struct ClientTarget {
+    #[command(flatten)]
+    nameservers: governance::NameserverAddrs,
+    /// Talk to this broker directly instead (a standalone broker, started without nameservers).
+    #[arg(long = "broker", env = "MERIDIAN_BROKER_ADDR")]
+    broker: Option<String>,
 }
 
 fn init_logging(filter: &str) {
@@ -80,7 +90,10 @@ async fn shutdown_signal() {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Dev(_) | Command::Broker(_));
+    let serving = matches!(
+        cli.command,
+        Command::Dev(_) | Command::Broker(_) | Command::Nameserver(_)
+    );
     init_logging(cli.log.as_deref().unwrap_or(if serving { "info" } else { "warn" }));
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -106,7 +119,10 @@ fn run(cli: Cli) -> Result<()> {
         match cli.command {
             Command::Dev(args) => serve::dev(args).await,
             Command::Broker(args) => serve::broker(args).await,
-            Command::Topic(command) => client_cmds::topic(command).await,
+            Command::Nameserver(args) => serve::nameserver(args).await,
+            Command::Topic(command) => governance::topic(command).await,
+            Command::Group(command) => governance::group(command).await,
+            Command::Cluster(command) => governance::cluster(command).await,
             Command::Produce(args) => client_cmds::produce(args).await,
             Command::Consume(args) => client_cmds::consume(args).await,
             Command::Bench(command) => bench::run(command).await,
@@ -115,11 +131,4 @@ fn run(cli: Cli) -> Result<()> {
     // Blocking tasks (stdin readers) must not keep the process alive after the command is done.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
-}
-
-/// Paths and addresses shared by the serving commands.
-#[derive(Debug, Clone)]
-struct Endpoints {
-    broker: SocketAddr,
-    http: Option<SocketAddr>,
 }

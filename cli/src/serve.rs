@@ -1,4 +1,5 @@
-//! The serving commands: `meridian dev` (everything in one process) and `meridian broker`.
+//! The serving commands: `meridian dev` (everything in one process), `meridian broker` and
+//! `meridian nameserver`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,18 +9,23 @@ use anyhow::{Context, Result};
 use meridian_broker::metrics::BrokerMetrics;
 use meridian_broker::store::FlushMode;
 use meridian_broker::{Broker, BrokerConfig};
+use meridian_nameserver::metrics::NameserverMetrics;
+use meridian_nameserver::{Nameserver, NameserverConfig};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Endpoints, config, http, shutdown_signal};
+use crate::{config, http, shutdown_signal};
 
 /// Arguments of `meridian dev`.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// Where all data lives (the broker uses DATA_DIR/broker).
+    /// Where all data lives (DATA_DIR/nameserver, DATA_DIR/broker).
     #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = "meridian-data")]
     data_dir: PathBuf,
+    /// Nameserver listen address (routes, governance, broker heartbeats).
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    nameserver_listen: SocketAddr,
     /// Broker listen address.
     #[arg(long, default_value = "127.0.0.1:7911")]
     broker_listen: SocketAddr,
@@ -42,36 +48,28 @@ pub struct BrokerArgs {
     config: Option<PathBuf>,
 }
 
-/// Runs a broker and its HTTP listener until a shutdown signal.
-async fn run_broker(
-    broker_config: BrokerConfig,
-    http_listen: Option<SocketAddr>,
-    banner: impl FnOnce(&Endpoints),
-) -> Result<()> {
-    let mut registry = Registry::default();
-    let metrics = Arc::new(BrokerMetrics::register(&mut registry));
-    let broker_name = broker_config.broker_name.clone();
-    let broker = Broker::bind(broker_config, metrics)
-        .await
-        .context("starting the broker")?;
-    let broker_addr = broker.local_addr();
-    let http_listener = match http_listen {
-        Some(addr) => Some(http::bind(addr).await?),
-        None => None,
-    };
-    let http_addr = http_listener
-        .as_ref()
-        .map(|listener| listener.local_addr())
-        .transpose()?;
-    banner(&Endpoints {
-        broker: broker_addr,
-        http: http_addr,
-    });
+/// Arguments of `meridian nameserver`.
+#[derive(Debug, clap::Args)]
+pub struct NameserverArgs {
+    /// Nameserver config file (TOML); defaults apply to anything it leaves out.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
 
+/// What one process serves.
+#[derive(Default)]
+struct Services {
+    nameserver: Option<Nameserver>,
+    broker: Option<Broker>,
+    http: Option<(tokio::net::TcpListener, axum::Router)>,
+}
+
+/// Runs `services`, then `ready` (the banner), until a shutdown signal; then stops the broker
+/// before the nameserver, so the broker's last heartbeats still find it.
+async fn run(services: Services, ready: impl std::future::Future<Output = ()>) -> Result<()> {
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    if let Some(listener) = http_listener {
-        let router = http::router(Arc::new(registry), broker_name, broker.store());
+    if let Some((listener, router)) = services.http {
         let stopped = stop.clone();
         tasks.spawn(async move {
             if let Err(error) = http::serve(listener, router, stopped.cancelled_owned()).await {
@@ -79,26 +77,64 @@ async fn run_broker(
             }
         });
     }
-    let broker_stop = stop.clone();
-    let broker_task = tasks.spawn(async move { broker.run(broker_stop.cancelled_owned()).await });
+    let broker_stop = CancellationToken::new();
+    let broker_task = services.broker.map(|broker| {
+        let stopped = broker_stop.clone();
+        tasks.spawn(async move { broker.run(stopped.cancelled_owned()).await })
+    });
+    let nameserver_stop = CancellationToken::new();
+    let nameserver_task = services.nameserver.map(|nameserver| {
+        let stopped = nameserver_stop.clone();
+        tasks.spawn(async move { nameserver.run(stopped.cancelled_owned()).await })
+    });
     tasks.close();
     tokio::select! {
+        _ = ready => shutdown_signal().await,
         _ = shutdown_signal() => {}
-        _ = stop.cancelled() => {}
     }
     stop.cancel();
-    let result = broker_task.await.context("broker task panicked")?;
+    broker_stop.cancel();
+    let mut result = Ok(());
+    if let Some(task) = broker_task {
+        result = task.await.context("broker task panicked")?.context("broker failed");
+    }
+    nameserver_stop.cancel();
+    if let Some(task) = nameserver_task {
+        let stopped = task
+            .await
+            .context("nameserver task panicked")?
+            .context("nameserver failed");
+        result = result.and(stopped);
+    }
     tasks.wait().await;
-    result.context("broker failed")?;
-    Ok(())
+    result
 }
 
-/// `meridian dev`.
+/// `meridian dev`: a single-node nameserver and a broker governed by it, one HTTP listener.
 pub async fn dev(args: DevArgs) -> Result<()> {
+    let mut registry = Registry::default();
+    let http_listener = http::bind(args.http_listen).await?;
+    let http_addr = http_listener.local_addr()?;
+
+    let nameserver_config = NameserverConfig {
+        listen: args.nameserver_listen,
+        http_listen: None,
+        data_dir: args.data_dir.join("nameserver"),
+        ..NameserverConfig::default()
+    };
+    let nameserver_metrics = Arc::new(NameserverMetrics::register(&mut registry));
+    let nameserver = Nameserver::bind(nameserver_config, Some(http_addr), nameserver_metrics)
+        .await
+        .context("starting the nameserver")?;
+    let nameserver_addr = nameserver.local_addr();
+
     let mut broker_config: BrokerConfig = config::load("broker", args.config.as_deref())?;
     broker_config.data_dir = args.data_dir.join("broker");
     broker_config.listen = args.broker_listen;
     broker_config.http_listen = None;
+    broker_config.nameservers = vec![nameserver_addr.to_string()];
+    // Approvals reach the broker on its next heartbeat: keep that short on a laptop.
+    broker_config.heartbeat_interval_ms = broker_config.heartbeat_interval_ms.min(1000);
     if let Some(mode) = args.flush_mode.as_deref() {
         broker_config.store.flush_mode = if mode == "sync" {
             FlushMode::Sync
@@ -107,32 +143,120 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         };
     }
     let flush_mode = broker_config.store.flush_mode;
-    run_broker(broker_config, Some(args.http_listen), |endpoints| {
+    let broker_name = broker_config.broker_name.clone();
+    let broker_metrics = Arc::new(BrokerMetrics::register(&mut registry));
+    let broker = Broker::bind(broker_config, broker_metrics)
+        .await
+        .context("starting the broker")?;
+    let broker_addr = broker.local_addr();
+    let router = http::router(Arc::new(registry), broker_name, broker.store())
+        .merge(meridian_nameserver::http::router(nameserver.service()));
+
+    let service = nameserver.service();
+    let ready = async move {
+        // "ready" means usable: the broker has registered and heartbeated, so topics can be
+        // placed on it and routes name it.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let broker_alive = || {
+            service
+                .brokers()
+                .iter()
+                .any(|group| group.members.iter().any(|member| member.alive))
+        };
+        while !broker_alive() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         println!("meridian dev {}: all-in-one local node", env!("CARGO_PKG_VERSION"));
         println!("  data dir   {}", args.data_dir.display());
+        println!("  nameserver {nameserver_addr} (single node; topics and groups need approval)");
         println!(
-            "  broker     {} (flush: {})",
-            endpoints.broker,
+            "  broker     {broker_addr} (flush: {})",
             if flush_mode == FlushMode::Sync { "sync" } else { "async" }
         );
-        if let Some(http) = endpoints.http {
-            println!("  http       http://{http}  (/api/health, /api/topics, /metrics)");
-        }
+        println!("  http       http://{http_addr}  (/api/health, /api/topics, /api/cluster, /metrics)");
         println!("ready; press Ctrl-C to stop");
-    })
+    };
+    run(
+        Services {
+            nameserver: Some(nameserver),
+            broker: Some(broker),
+            http: Some((http_listener, router)),
+        },
+        ready,
+    )
     .await
 }
 
 /// `meridian broker --config FILE`.
 pub async fn broker(args: BrokerArgs) -> Result<()> {
     let broker_config: BrokerConfig = config::load("broker", args.config.as_deref())?;
-    let http_listen = broker_config.http_listen;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(BrokerMetrics::register(&mut registry));
     let name = broker_config.broker_name.clone();
-    run_broker(broker_config, http_listen, |endpoints| {
-        println!("meridian broker {name} listening on {}", endpoints.broker);
-        if let Some(http) = endpoints.http {
-            println!("  http http://{http}  (/api/health, /api/topics, /metrics)");
+    let http_listen = broker_config.http_listen;
+    let broker = Broker::bind(broker_config, metrics)
+        .await
+        .context("starting the broker")?;
+    println!("meridian broker {name} listening on {}", broker.local_addr());
+    let http = match http_listen {
+        Some(addr) => {
+            let listener = http::bind(addr).await?;
+            println!(
+                "  http http://{}  (/api/health, /api/broker/topics, /metrics)",
+                listener.local_addr()?
+            );
+            let router = http::router(Arc::new(registry), name, broker.store());
+            Some((listener, router))
         }
-    })
+        None => None,
+    };
+    run(
+        Services {
+            broker: Some(broker),
+            http,
+            ..Services::default()
+        },
+        std::future::ready(()),
+    )
+    .await
+}
+
+/// `meridian nameserver --config FILE`.
+pub async fn nameserver(args: NameserverArgs) -> Result<()> {
+    let config: NameserverConfig = config::load("nameserver", args.config.as_deref())?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(NameserverMetrics::register(&mut registry));
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
+    let http_addr = http_listener
+        .as_ref()
+        .map(|listener| listener.local_addr())
+        .transpose()?;
+    let node_id = config.node_id;
+    let nameserver = Nameserver::bind(config, http_addr, metrics)
+        .await
+        .context("starting the nameserver")?;
+    println!(
+        "meridian nameserver node {node_id} listening on {}",
+        nameserver.local_addr()
+    );
+    let http = http_listener.map(|listener| {
+        let router =
+            meridian_nameserver::http::router(nameserver.service()).merge(http::metrics_router(Arc::new(registry)));
+        (listener, router)
+    });
+    if let Some(addr) = http_addr {
+        println!("  http http://{addr}  (/api/cluster, /api/topics, /api/groups, /metrics)");
+    }
+    run(
+        Services {
+            nameserver: Some(nameserver),
+            http,
+            ..Services::default()
+        },
+        std::future::ready(()),
+    )
     .await
 }

@@ -8,7 +8,7 @@ use meridian_proto::validate::{validate_queue_count, validate_topic};
 
 use crate::ClientConfig;
 use crate::error::ClientError;
-use crate::route::RouteSource;
+use crate::route::{NameserverRoute, RouteSource};
 use meridian_proto::transport::ConnectionPool;
 
 /// Administrative client.
@@ -26,8 +26,20 @@ impl Admin {
         }
     }
 
-    /// Creates `topic` with `queues` queues on the broker at `broker_addr`. An existing topic fails
-    /// with [`meridian_proto::ErrorCode::AlreadyExists`].
+    /// An admin client reading routes from the nameservers at `nameservers` (`host:port` each; see
+    /// [`NameserverRoute`]). Brokers governed by nameservers refuse [`Admin::create_topic`]: their
+    /// topics are requested and approved through the nameservers.
+    pub fn with_nameservers(nameservers: Vec<String>, config: ClientConfig) -> Admin {
+        let pool = ConnectionPool::new(config);
+        Admin {
+            route: Arc::new(NameserverRoute::new(nameservers, pool.clone())),
+            pool,
+        }
+    }
+
+    /// Creates `topic` with `queues` queues on the standalone broker at `broker_addr`. An existing
+    /// topic fails with [`meridian_proto::ErrorCode::AlreadyExists`]; a broker governed by
+    /// nameservers refuses with [`meridian_proto::ErrorCode::FailedPrecondition`].
     pub async fn create_topic(&self, broker_addr: &str, topic: &str, queues: u32) -> Result<(), ClientError> {
         validate_topic(topic)?;
         validate_queue_count(queues)?;

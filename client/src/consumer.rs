@@ -13,7 +13,7 @@ use meridian_proto::validate::{validate_group, validate_topic};
 
 use crate::ClientConfig;
 use crate::error::ClientError;
-use crate::route::{RouteCache, RouteSource, route_queues};
+use crate::route::{NameserverRoute, RouteCache, RouteSource, route_queues};
 use meridian_proto::transport::ConnectionPool;
 
 /// Most record bytes one pull asks for. The broker returns at least one record even if larger.
@@ -54,6 +54,19 @@ impl PullConsumer {
         PullConsumer {
             group: group.into(),
             pool: ConnectionPool::new(config.clone()),
+            routes: RouteCache::new(route),
+            config,
+        }
+    }
+
+    /// A consumer of `group` finding topics through the nameservers at `nameservers` (`host:port`
+    /// each; see [`NameserverRoute`]). Route lookups share the consumer's connections.
+    pub fn with_nameservers(nameservers: Vec<String>, config: ClientConfig, group: impl Into<String>) -> PullConsumer {
+        let pool = ConnectionPool::new(config.clone());
+        let route = Arc::new(NameserverRoute::new(nameservers, pool.clone()));
+        PullConsumer {
+            group: group.into(),
+            pool,
             routes: RouteCache::new(route),
             config,
         }

@@ -16,6 +16,28 @@ pub enum ClientError {
         /// The broker's remark: names the problem, the limit and the fix.
         message: String,
     },
+    /// A nameserver answered a route lookup with an error that another nameserver would repeat
+    /// (an unknown or unapproved topic); `message` is the nameserver's own explanation.
+    #[error("nameserver {addr} refused the request ({code}): {message}")]
+    Nameserver {
+        /// The nameserver that answered.
+        addr: String,
+        /// Its error code.
+        code: ErrorCode,
+        /// Its remark: names the problem and the fix.
+        message: String,
+    },
+    /// No nameserver answered a route lookup: each was down, unreachable or busy.
+    #[error(
+        "no nameserver answered the route lookup of topic {topic:?} (tried {}); check that the nameservers are running and reachable from this client",
+        describe_failures(.failures)
+    )]
+    NameserversUnreachable {
+        /// The topic looked up.
+        topic: String,
+        /// Each nameserver tried, in order, with why it failed.
+        failures: Vec<(String, String)>,
+    },
     /// A message, name or size breaks a rule; nothing was sent.
     #[error("{0}")]
     Validation(#[from] ValidationError),
@@ -70,6 +92,14 @@ pub enum ClientError {
     Shutdown,
 }
 
+fn describe_failures(failures: &[(String, String)]) -> String {
+    failures
+        .iter()
+        .map(|(addr, reason)| format!("{addr}: {reason}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl From<TransportError> for ClientError {
     fn from(error: TransportError) -> ClientError {
         match error {
@@ -85,13 +115,27 @@ impl From<TransportError> for ClientError {
 }
 
 impl ClientError {
-    /// Whether the same request may succeed if sent again after a back-off: the broker's
-    /// retriable codes ([`ErrorCode::is_retriable`]) and connection failures or timeouts.
+    /// Whether the same request may succeed if sent again after a back-off: the broker's or
+    /// nameserver's retriable codes ([`ErrorCode::is_retriable`]), connection failures, timeouts,
+    /// and route lookups no nameserver answered.
+    /// Retriable errors never include [`ErrorCode::NotApproved`]: a topic or group waits for an
+    /// admin, not for time.
     pub fn is_retriable(&self) -> bool {
         match self {
-            ClientError::Broker { code, .. } => code.is_retriable(),
-            ClientError::Timeout { .. } | ClientError::Connect { .. } | ClientError::ConnectionClosed => true,
+            ClientError::Broker { code, .. } | ClientError::Nameserver { code, .. } => code.is_retriable(),
+            ClientError::Timeout { .. }
+            | ClientError::Connect { .. }
+            | ClientError::ConnectionClosed
+            | ClientError::NameserversUnreachable { .. } => true,
             _ => false,
+        }
+    }
+
+    /// The error code a broker or nameserver answered with, if the error came from one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Broker { code, .. } | ClientError::Nameserver { code, .. } => Some(*code),
+            _ => None,
         }
     }
 
@@ -132,6 +176,44 @@ mod tests {
         );
         assert!(!ClientError::Validation(ValidationError::EmptyBody).is_retriable());
         assert!(broker(ErrorCode::TopicNotFound).suggests_stale_route());
+    }
+
+    #[test]
+    fn not_approved_is_never_retried_and_keeps_the_remote_message() {
+        let message = "topic \"payments\" is not approved on broker group \"broker-a\"";
+        let from_broker = ClientError::from(TransportError::Remote {
+            addr: "127.0.0.1:7911".into(),
+            code: ErrorCode::NotApproved,
+            message: message.into(),
+        });
+        assert!(!from_broker.is_retriable());
+        assert!(!from_broker.suggests_stale_route());
+        assert_eq!(from_broker.code(), Some(ErrorCode::NotApproved));
+        assert!(from_broker.to_string().ends_with(message), "{from_broker}");
+        let from_nameserver = ClientError::Nameserver {
+            addr: "127.0.0.1:7800".into(),
+            code: ErrorCode::NotApproved,
+            message: message.into(),
+        };
+        assert!(!from_nameserver.is_retriable());
+        assert_eq!(
+            from_nameserver.to_string(),
+            format!("nameserver 127.0.0.1:7800 refused the request (not_approved): {message}")
+        );
+        let unreachable = ClientError::NameserversUnreachable {
+            topic: "orders".into(),
+            failures: vec![
+                ("10.0.0.1:7800".into(), "connection refused".into()),
+                ("10.0.0.2:7800".into(), "timed out after 3s".into()),
+            ],
+        };
+        assert!(unreachable.is_retriable());
+        assert_eq!(unreachable.code(), None);
+        assert_eq!(
+            unreachable.to_string(),
+            "no nameserver answered the route lookup of topic \"orders\" (tried 10.0.0.1:7800: connection refused; \
+             10.0.0.2:7800: timed out after 3s); check that the nameservers are running and reachable from this client"
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! - [`PullConsumer`] is the low level: pull a queue at an offset, read and commit offsets.
 //! - [`Admin`] creates topics and reads routes.
 //! - Underneath: [`ConnectionPool`] of pipelined [`Connection`]s, and a [`RouteSource`] that says
-//!   where a topic lives ([`StaticRoute`] asks one broker; a nameserver source comes later).
+//!   where a topic lives: [`StaticRoute`] asks one standalone broker, [`NameserverRoute`] asks a
+//!   cluster's nameservers. Each client type is built from either (`new` / `start` take a route
+//!   source; `with_nameservers` / `start_with_nameservers` take nameserver addresses).
 //!
 //! Every call fails with a [`ClientError`] that names the problem and the fix; messages are
 //! validated with the broker's own rules before anything is sent.
@@ -35,7 +37,7 @@ pub use meridian_proto::transport::{Connection, ConnectionPool, TransportError};
 pub use message::{Message, SendResult};
 pub use producer::{Producer, ProducerConfig};
 pub use push::{ConsumeFrom, ConsumeResult, ConsumerConfig, PushConsumer};
-pub use route::{RouteSource, StaticRoute};
+pub use route::{NameserverRoute, RouteSource, StaticRoute};
 
 /// The wire protocol crate, re-exported so users need no second dependency.
 pub use meridian_proto as proto;

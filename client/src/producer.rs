@@ -16,7 +16,7 @@ use crate::ClientConfig;
 use crate::allocate::QueueId;
 use crate::error::ClientError;
 use crate::message::{EncodedMessage, Message, SendResult};
-use crate::route::{RouteCache, RouteSource, route_queues};
+use crate::route::{NameserverRoute, RouteCache, RouteSource, route_queues};
 use meridian_proto::transport::ConnectionPool;
 
 /// Settings of a [`Producer`].
@@ -87,6 +87,18 @@ impl Producer {
     /// A producer finding topics through `route`. Connections open on first send.
     pub fn new(route: Arc<dyn RouteSource>, config: ProducerConfig) -> Producer {
         let pool = ConnectionPool::new(config.client.clone());
+        Producer::with_pool(route, pool, config)
+    }
+
+    /// A producer finding topics through the nameservers at `nameservers` (`host:port` each; see
+    /// [`NameserverRoute`]). Route lookups share the producer's connections.
+    pub fn with_nameservers(nameservers: Vec<String>, config: ProducerConfig) -> Producer {
+        let pool = ConnectionPool::new(config.client.clone());
+        let route = Arc::new(NameserverRoute::new(nameservers, pool.clone()));
+        Producer::with_pool(route, pool, config)
+    }
+
+    fn with_pool(route: Arc<dyn RouteSource>, pool: ConnectionPool, config: ProducerConfig) -> Producer {
         Producer {
             inner: Arc::new(ProducerInner {
                 pool,
@@ -313,8 +325,9 @@ impl ProducerInner {
 mod tests {
     use super::*;
     use crate::route::StaticRoute;
-    use crate::test_support::{FakeBroker, eventually};
+    use crate::test_support::{BROKER_NAME, FakeBroker, FakeNameserver, eventually, refused_addr};
     use meridian_proto::ErrorCode;
+    use meridian_proto::messages::BrokerRoute;
     use meridian_proto::properties::{self, KEYS, MSG_ID, TAGS};
     use meridian_proto::record::decode_all;
 
@@ -418,6 +431,62 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(broker.request_count(RequestCode::TopicRoute), 2);
+        producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn not_approved_is_not_retried_and_keeps_the_brokers_message() {
+        let broker = FakeBroker::start(&[("orders", 2)]).await;
+        broker.fail_next_sends(&[ErrorCode::NotApproved]);
+        let producer = producer(&broker, 2);
+        let error = producer.send(Message::new("orders", "x")).await.unwrap_err();
+        assert!(
+            matches!(&error, ClientError::Broker { code: ErrorCode::NotApproved, message } if message == "injected not_approved"),
+            "{error:?}"
+        );
+        assert_eq!(broker.send_requests().len(), 1);
+        producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn producers_built_on_nameservers_send_only_to_groups_with_a_live_master() {
+        let broker = FakeBroker::start(&[("orders", 2)]).await;
+        let nameserver = FakeNameserver::start().await;
+        let group = |name: &str, addr: &str| BrokerRoute {
+            broker_name: name.into(),
+            addr: addr.into(),
+            idc: String::new(),
+            queues: 2,
+            perm: perm::READ | perm::WRITE,
+            replicas: Vec::new(),
+        };
+        nameserver.set_route(TopicRoute {
+            topic: "orders".into(),
+            brokers: vec![group(BROKER_NAME, &broker.addr), group("broker-b", "")],
+        });
+        nameserver.refuse(
+            "payments",
+            ErrorCode::NotApproved,
+            "topic \"payments\" is awaiting approval",
+        );
+        let producer = Producer::with_nameservers(
+            vec![refused_addr(), nameserver.addr.clone()],
+            ProducerConfig {
+                retry_backoff: Duration::from_millis(1),
+                ..ProducerConfig::default()
+            },
+        );
+        for _ in 0..6 {
+            producer.send(Message::new("orders", "x")).await.unwrap();
+        }
+        assert_eq!(broker.message_count("orders"), 6);
+        let error = producer.send(Message::new("payments", "x")).await.unwrap_err();
+        assert!(
+            matches!(&error, ClientError::Nameserver { code: ErrorCode::NotApproved, message, .. } if message.contains("awaiting approval")),
+            "{error:?}"
+        );
+        // One lookup for orders (cached after), one for payments: the refusal is not retried.
+        assert_eq!(nameserver.lookups(), 2);
         producer.shutdown().await;
     }
 

@@ -202,11 +202,43 @@ impl PushConsumer {
         F: Fn(StoredMessage) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ConsumeResult> + Send + 'static,
     {
-        validate_group(&config.group)?;
-        validate_topic(&config.topic)?;
-        check_settings(&config)?;
-        let handler: BoxedHandler = Arc::new(move |message| Box::pin(handler(message)));
         let pull = PullConsumer::new(route, config.client.clone(), config.group.clone());
+        PushConsumer::start_with(pull, config, handler).await
+    }
+
+    /// Like [`PushConsumer::start`], finding the topic through the nameservers at `nameservers`
+    /// (`host:port` each; see [`crate::NameserverRoute`]).
+    pub async fn start_with_nameservers<F, Fut>(
+        nameservers: Vec<String>,
+        config: ConsumerConfig,
+        handler: F,
+    ) -> Result<PushConsumer, ClientError>
+    where
+        F: Fn(StoredMessage) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ConsumeResult> + Send + 'static,
+    {
+        let pull = PullConsumer::with_nameservers(nameservers, config.client.clone(), config.group.clone());
+        PushConsumer::start_with(pull, config, handler).await
+    }
+
+    async fn start_with<F, Fut>(
+        pull: PullConsumer,
+        config: ConsumerConfig,
+        handler: F,
+    ) -> Result<PushConsumer, ClientError>
+    where
+        F: Fn(StoredMessage) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ConsumeResult> + Send + 'static,
+    {
+        let validated = validate_group(&config.group)
+            .and_then(|()| validate_topic(&config.topic))
+            .map_err(ClientError::from)
+            .and_then(|()| check_settings(&config));
+        if let Err(error) = validated {
+            pull.shutdown().await;
+            return Err(error);
+        }
+        let handler: BoxedHandler = Arc::new(move |message| Box::pin(handler(message)));
         let inner = Arc::new(PushInner {
             config,
             pull,
@@ -721,8 +753,9 @@ async fn consume_with_retries(
 mod tests {
     use super::*;
     use crate::route::StaticRoute;
-    use crate::test_support::{FakeBroker, eventually, test_message};
+    use crate::test_support::{BROKER_NAME, FakeBroker, FakeNameserver, eventually, refused_addr, test_message};
     use bytes::Bytes;
+    use meridian_proto::messages::{BrokerRoute, perm};
     use meridian_proto::transport::ConnectionPool;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -794,6 +827,48 @@ mod tests {
         }
         assert_eq!(broker.left(), ["solo"]);
         assert!(broker.members("workers").is_empty());
+    }
+
+    #[tokio::test]
+    async fn consumers_built_on_nameservers_read_only_groups_with_a_live_master() {
+        let broker = FakeBroker::start(&[("orders", 3)]).await;
+        let nameserver = FakeNameserver::start().await;
+        let group = |name: &str, addr: &str, queues| BrokerRoute {
+            broker_name: name.into(),
+            addr: addr.into(),
+            idc: String::new(),
+            queues,
+            perm: perm::READ | perm::WRITE,
+            replicas: Vec::new(),
+        };
+        nameserver.set_route(TopicRoute {
+            topic: "orders".into(),
+            brokers: vec![group(BROKER_NAME, &broker.addr, 3), group("broker-b", "", 2)],
+        });
+        for index in 0..6u32 {
+            broker.append("orders", index % 3, format!("m{index}").as_bytes());
+        }
+        let seen = Arc::new(AtomicU32::new(0));
+        let counter = seen.clone();
+        let consumer = PushConsumer::start_with_nameservers(
+            vec![refused_addr(), nameserver.addr.clone()],
+            config("solo"),
+            move |_message: StoredMessage| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { ConsumeResult::Success }
+            },
+        )
+        .await
+        .unwrap();
+        let queues = consumer.assigned_queues();
+        assert_eq!(queues.len(), 3);
+        assert!(
+            queues.iter().all(|queue| queue.broker_name == BROKER_NAME),
+            "{queues:?}"
+        );
+        eventually(|| seen.load(Ordering::SeqCst) == 6).await;
+        assert_eq!(broker.members("workers"), ["solo"]);
+        consumer.shutdown().await;
     }
 
     #[tokio::test]

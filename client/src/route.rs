@@ -1,14 +1,17 @@
-//! Where topics live: the [`RouteSource`] trait, the single-broker [`StaticRoute`], and the
-//! per-topic cache producers and consumers keep.
+//! Where topics live: the [`RouteSource`] trait, the single-broker [`StaticRoute`], the
+//! [`NameserverRoute`] that asks a cluster's nameservers, and the per-topic cache producers and
+//! consumers keep.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_proto::RequestCode;
 use meridian_proto::messages::{TopicRoute, TopicRouteRequest};
+use meridian_proto::transport::TransportError;
 use meridian_proto::validate::validate_topic;
 use tokio::time::Instant;
 use tracing::debug;
@@ -68,13 +71,100 @@ impl RouteSource for StaticRoute {
     }
 }
 
+/// Routes from a cluster's nameservers. A lookup asks the nameserver that answered last; when it
+/// is down, unreachable or busy, the next one in the list, each at most once per lookup. An answer
+/// that another nameserver would repeat (an unknown or unapproved topic) is returned at once.
+pub struct NameserverRoute {
+    addrs: Vec<String>,
+    pool: ConnectionPool,
+    /// Index into `addrs` of the nameserver that answered last: lookups start there.
+    current: AtomicUsize,
+}
+
+impl NameserverRoute {
+    /// Asks the nameservers at `addrs` (`host:port`) for routes, over `pool`.
+    pub fn new(addrs: Vec<String>, pool: ConnectionPool) -> NameserverRoute {
+        NameserverRoute {
+            addrs,
+            pool,
+            current: AtomicUsize::new(0),
+        }
+    }
+
+    /// The nameserver addresses, in the order given.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    async fn lookup(&self, topic: &str) -> Result<TopicRoute, ClientError> {
+        validate_topic(topic)?;
+        if self.addrs.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "no nameserver addresses were given; pass at least one host:port".to_owned(),
+            ));
+        }
+        let request = TopicRouteRequest {
+            topic: topic.to_owned(),
+        };
+        let timeout = self.pool.config().request_timeout;
+        let start = self.current.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for step in 0..self.addrs.len() {
+            let index = (start + step) % self.addrs.len();
+            let addr = &self.addrs[index];
+            match self.pool.call(addr, RequestCode::TopicRoute, &request, timeout).await {
+                Ok(route) => {
+                    if index != start {
+                        debug!(nameserver = %addr, "route lookups move to this nameserver");
+                    }
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok(route);
+                }
+                Err(error) if error.is_retriable() => {
+                    debug!(nameserver = %addr, %error, topic, "nameserver did not answer; trying the next one");
+                    failures.push((addr.clone(), failure_reason(&error)));
+                }
+                Err(TransportError::Remote { addr, code, message }) => {
+                    return Err(ClientError::Nameserver { addr, code, message });
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(ClientError::NameserversUnreachable {
+            topic: topic.to_owned(),
+            failures,
+        })
+    }
+}
+
+/// Why one nameserver did not answer, briefly: the whole error goes on to name the fix once.
+fn failure_reason(error: &TransportError) -> String {
+    match error {
+        TransportError::Connect { source, .. } => format!("cannot connect ({source})"),
+        TransportError::Timeout { after, .. } => format!("no answer within {after:?}"),
+        TransportError::ConnectionClosed => "connection closed before the answer".to_owned(),
+        TransportError::Remote { code, message, .. } => format!("{code}: {message}"),
+        other => other.to_string(),
+    }
+}
+
+impl RouteSource for NameserverRoute {
+    fn route<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<TopicRoute, ClientError>> + Send + 'a>> {
+        Box::pin(self.lookup(topic))
+    }
+}
+
 /// The queues of `route` whose broker grants `permission` (a [`meridian_proto::messages::perm`]
-/// bit), sorted, each with its broker's address.
+/// bit), sorted, each with its broker's address. Broker groups without a live master (an empty
+/// address) are left out, for reads as for writes.
 pub(crate) fn route_queues(route: &TopicRoute, permission: u32) -> Vec<(QueueId, String)> {
     let mut queues: Vec<(QueueId, String)> = route
         .brokers
         .iter()
-        .filter(|broker| broker.perm & permission != 0)
+        .filter(|broker| broker.perm & permission != 0 && !broker.addr.is_empty())
         .flat_map(|broker| {
             (0..broker.queues).map(|queue_id| (QueueId::new(&broker.broker_name, queue_id), broker.addr.clone()))
         })
@@ -83,18 +173,25 @@ pub(crate) fn route_queues(route: &TopicRoute, permission: u32) -> Vec<(QueueId,
     queues
 }
 
-/// The address of the broker named `broker_name` in `route`.
+/// The address of the broker named `broker_name` in `route`; `None` when the route lacks it or
+/// the group has no live master.
 pub(crate) fn broker_addr<'a>(route: &'a TopicRoute, broker_name: &str) -> Option<&'a str> {
     route
         .brokers
         .iter()
         .find(|broker| broker.broker_name == broker_name)
         .map(|broker| broker.addr.as_str())
+        .filter(|addr| !addr.is_empty())
 }
 
-/// Every distinct broker address of `route`, sorted.
+/// Every distinct broker address of `route`, sorted; groups without a live master are left out.
 pub(crate) fn broker_addrs(route: &TopicRoute) -> Vec<String> {
-    let mut addrs: Vec<String> = route.brokers.iter().map(|broker| broker.addr.clone()).collect();
+    let mut addrs: Vec<String> = route
+        .brokers
+        .iter()
+        .filter(|broker| !broker.addr.is_empty())
+        .map(|broker| broker.addr.clone())
+        .collect();
     addrs.sort();
     addrs.dedup();
     addrs
@@ -164,8 +261,9 @@ impl RouteCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{FakeNameserver, refused_addr};
+    use meridian_proto::ErrorCode;
     use meridian_proto::messages::{BrokerRoute, perm};
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     struct CountingRoute {
         fetches: AtomicUsize,
@@ -226,6 +324,106 @@ mod tests {
         });
         let cache = RouteCache::new(source);
         assert!(matches!(cache.get("orders").await, Err(ClientError::NoRoute { .. })));
+    }
+
+    fn nameserver_route(addrs: &[&String]) -> NameserverRoute {
+        NameserverRoute::new(
+            addrs.iter().map(|addr| (*addr).clone()).collect(),
+            ConnectionPool::new(crate::ClientConfig::default()),
+        )
+    }
+
+    fn orders_route() -> TopicRoute {
+        TopicRoute {
+            topic: "orders".into(),
+            brokers: vec![broker("a", 2, perm::READ | perm::WRITE)],
+        }
+    }
+
+    #[tokio::test]
+    async fn lookups_skip_a_dead_nameserver_and_stay_with_the_one_that_answered() {
+        let dead = refused_addr();
+        let live = FakeNameserver::start().await;
+        live.set_route(orders_route());
+        let source = nameserver_route(&[&dead, &live.addr]);
+        assert_eq!(source.route("orders").await.unwrap(), orders_route());
+        assert_eq!(source.current.load(Ordering::Relaxed), 1);
+        assert_eq!(source.route("orders").await.unwrap(), orders_route());
+        assert_eq!(live.lookups(), 2);
+        // An answer that any nameserver would repeat comes back as it is.
+        let error = source.route("missing").await.unwrap_err();
+        assert!(
+            matches!(&error, ClientError::Nameserver { code: ErrorCode::TopicNotFound, addr, .. } if *addr == live.addr),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_returned_at_once_without_asking_the_next_nameserver() {
+        let refusing = FakeNameserver::start().await;
+        let message = "topic \"payments\" is awaiting approval: have an admin approve it";
+        refusing.refuse("payments", ErrorCode::NotApproved, message);
+        let other = FakeNameserver::start().await;
+        let source = nameserver_route(&[&refusing.addr, &other.addr]);
+        let error = source.route("payments").await.unwrap_err();
+        match &error {
+            ClientError::Nameserver {
+                code, message: remark, ..
+            } => {
+                assert_eq!(*code, ErrorCode::NotApproved);
+                assert_eq!(remark, message);
+            }
+            other => panic!("unexpected error {other:?}"),
+        }
+        assert!(!error.is_retriable());
+        assert_eq!(other.lookups(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_busy_nameserver_is_passed_over_like_a_dead_one() {
+        let busy = FakeNameserver::start().await;
+        busy.refuse("orders", ErrorCode::Unavailable, "not the leader yet");
+        let live = FakeNameserver::start().await;
+        live.set_route(orders_route());
+        let source = nameserver_route(&[&busy.addr, &live.addr]);
+        assert_eq!(source.route("orders").await.unwrap(), orders_route());
+        assert_eq!((busy.lookups(), live.lookups()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn when_every_nameserver_is_down_the_error_names_each_one() {
+        let (first, second) = (refused_addr(), refused_addr());
+        let source = nameserver_route(&[&first, &second]);
+        let error = source.route("orders").await.unwrap_err();
+        assert!(matches!(&error, ClientError::NameserversUnreachable { failures, .. } if failures.len() == 2));
+        assert!(error.is_retriable());
+        let message = error.to_string();
+        assert!(message.contains(&first) && message.contains(&second), "{message}");
+        assert!(message.contains("check that the nameservers are running"), "{message}");
+        let none = NameserverRoute::new(Vec::new(), ConnectionPool::new(crate::ClientConfig::default()));
+        assert!(matches!(
+            none.route("orders").await,
+            Err(ClientError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn groups_without_a_live_master_are_skipped() {
+        let mut headless = broker("b", 2, perm::READ | perm::WRITE);
+        headless.addr.clear();
+        let route = TopicRoute {
+            topic: "orders".into(),
+            brokers: vec![broker("a", 1, perm::READ | perm::WRITE), headless],
+        };
+        for permission in [perm::READ, perm::WRITE] {
+            let queues: Vec<String> = route_queues(&route, permission)
+                .into_iter()
+                .map(|(queue, _)| queue.to_string())
+                .collect();
+            assert_eq!(queues, ["a#0"]);
+        }
+        assert_eq!(broker_addr(&route, "b"), None);
+        assert_eq!(broker_addrs(&route), ["a:7911"]);
     }
 
     #[test]

@@ -456,3 +456,109 @@ async fn pull(state: &State, id: u64, request: PullRequest) -> Option<Frame> {
         let _ = tokio::time::timeout_at(deadline, appended).await;
     }
 }
+
+/// A fake nameserver answering only `TopicRoute`, from routes and refusals the test sets.
+pub(crate) struct FakeNameserver {
+    pub(crate) addr: String,
+    answers: Arc<Mutex<NameserverAnswers>>,
+    cancel: CancellationToken,
+}
+
+#[derive(Default)]
+struct NameserverAnswers {
+    routes: HashMap<String, TopicRoute>,
+    refusals: HashMap<String, (ErrorCode, String)>,
+    lookups: usize,
+}
+
+impl FakeNameserver {
+    pub(crate) async fn start() -> FakeNameserver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let answers = Arc::new(Mutex::new(NameserverAnswers::default()));
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let (task_answers, task_cancel, task_tracker) = (answers.clone(), cancel.clone(), tracker.clone());
+        tracker.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = task_cancel.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((socket, _)) = accepted else { return };
+                let (answers, cancel) = (task_answers.clone(), task_cancel.clone());
+                task_tracker.spawn(async move {
+                    let mut framed = tokio_util::codec::Framed::new(socket, FrameCodec::new(1 << 20));
+                    loop {
+                        let frame = tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            frame = framed.next() => frame,
+                        };
+                        let Some(Ok(frame)) = frame else { return };
+                        let reply = answer_route(&answers, &frame);
+                        if framed.send(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeNameserver { addr, answers, cancel }
+    }
+
+    /// Answers lookups of `route.topic` with `route`.
+    pub(crate) fn set_route(&self, route: TopicRoute) {
+        self.answers.lock().unwrap().routes.insert(route.topic.clone(), route);
+    }
+
+    /// Answers lookups of `topic` with an error.
+    pub(crate) fn refuse(&self, topic: &str, code: ErrorCode, message: &str) {
+        self.answers
+            .lock()
+            .unwrap()
+            .refusals
+            .insert(topic.to_owned(), (code, message.to_owned()));
+    }
+
+    /// Route lookups answered so far.
+    pub(crate) fn lookups(&self) -> usize {
+        self.answers.lock().unwrap().lookups
+    }
+}
+
+impl Drop for FakeNameserver {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn answer_route(answers: &Mutex<NameserverAnswers>, frame: &Frame) -> Frame {
+    let id = frame.header.request_id;
+    if RequestCode::from_u32(frame.header.code) != Some(RequestCode::TopicRoute) {
+        return Frame::error(
+            id,
+            ErrorCode::UnsupportedRequest,
+            "the fake nameserver only answers TopicRoute",
+        );
+    }
+    let request: TopicRouteRequest = decode(frame);
+    let mut answers = answers.lock().unwrap();
+    answers.lookups += 1;
+    if let Some((code, message)) = answers.refusals.get(&request.topic) {
+        return Frame::error(id, *code, message.clone());
+    }
+    match answers.routes.get(&request.topic) {
+        Some(route) => Frame::response(id, Bytes::from(prost::Message::encode_to_vec(route))),
+        None => Frame::error(
+            id,
+            ErrorCode::TopicNotFound,
+            format!("topic {:?} is unknown to the nameserver", request.topic),
+        ),
+    }
+}
+
+/// An address nothing listens on: connecting to it is refused.
+pub(crate) fn refused_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}

@@ -16,6 +16,8 @@
 //! - [`log_store`] (redb) and [`state_machine`] (snapshot files): openraft's storage traits, checked
 //!   with openraft's conformance suite.
 //! - [`network`]: how a transport reports errors to openraft (`Unreachable` vs `Network`).
+//! - [`service`]: [`NameserverService`], what a nameserver answers whichever way a request arrives;
+//!   [`server`] serves it over the framed protocol, [`http`] as the JSON admin API (`docs/api.md`).
 //!
 //! On disk, under a node's data dir: `raft-log.redb` (log entries, vote, committed and purged log
 //! ids, owning node id) and `snapshots/current.snapshot` (the latest snapshot).
@@ -25,6 +27,7 @@
 
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod liveness;
 pub mod log_store;
 pub mod metrics;

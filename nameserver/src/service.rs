@@ -275,7 +275,7 @@ impl NameserverService {
         };
         tokio::time::timeout(timeout, work)
             .await
-            .unwrap_or_else(|_| Err(NameserverError::Stalled { what, after: timeout }))
+            .unwrap_or(Err(NameserverError::Stalled { what, after: timeout }))
     }
 
     async fn forward(&self, leader_id: NodeId, leader: &Node, op: WriteOp) -> Result<Response, ApiError> {

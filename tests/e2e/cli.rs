@@ -1,26 +1,11 @@
 //! The `meridian` CLI against a running node: what a user types in the README.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use meridian_tests::{DevNode, meridian_bin};
 
 fn meridian(node: &DevNode, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new(meridian_bin())
-        .args(args)
-        .env("MERIDIAN_BROKER_ADDR", node.broker_addr())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
+    node.cli(args, stdin)
 }
 
 #[test]
@@ -30,6 +15,9 @@ fn produce_and_consume_through_the_cli() {
     let (ok, stdout, stderr) = meridian(&node, &["topic", "create", "greetings", "--queues", "2"], "");
     assert!(ok, "{stderr}");
     assert!(stdout.contains("topic greetings ready with 2 queues"), "{stdout}");
+    let (ok, stdout, stderr) = meridian(&node, &["group", "create", "readers", "--topics", "greetings"], "");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("consumer group readers ready on greetings"), "{stdout}");
 
     let (ok, stdout, stderr) = meridian(
         &node,
@@ -92,7 +80,10 @@ fn produce_and_consume_through_the_cli() {
     );
     let (ok, _, stderr) = meridian(&node, &["produce", "--topic", "missing", "--body", "x"], "");
     assert!(!ok);
-    assert!(stderr.contains("meridian topic create missing"), "{stderr}");
+    assert!(
+        stderr.contains("meridian topic request missing --owner TEAM"),
+        "{stderr}"
+    );
     node.stop();
 }
 

@@ -54,6 +54,7 @@ async fn a_push_group_of_two_gets_every_message_and_offsets_survive_a_restart() 
     let dir = tempfile::tempdir().unwrap();
     let node = DevNode::start(dir.path(), &[]);
     node.create_topic("payments", 8).await;
+    node.create_group("billing", &["payments"]).await;
     let first_batch = produce(&node, "payments", 400, "first").await;
 
     let pool = ConnectionPool::new(ClientConfig::default());

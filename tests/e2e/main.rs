@@ -3,6 +3,8 @@
 mod cli;
 mod consumers;
 mod durability;
+mod governance;
+mod nameserver;
 
 use std::time::Duration;
 
@@ -10,10 +12,16 @@ use meridian_client::{ClientConfig, ConnectionPool, PullConsumer};
 use meridian_proto::record::StoredMessage;
 use meridian_tests::DevNode;
 
-/// Every message of `topic` on `node`, queue by queue, from each queue's first offset.
+/// Every message of `topic` on `node`, queue by queue, from each queue's first offset, read by
+/// the consumer group `e2e-reader-TOPIC` (created on first use).
 pub async fn read_all(node: &DevNode, topic: &str) -> Vec<StoredMessage> {
+    let group = format!("e2e-reader-{topic}");
+    let (exists, _, _) = node.cli(&["group", "describe", &group], "");
+    if !exists {
+        node.create_group(&group, &[topic]).await;
+    }
     let pool = ConnectionPool::new(ClientConfig::default());
-    let consumer = PullConsumer::new(node.route(&pool), ClientConfig::default(), "e2e-reader");
+    let consumer = PullConsumer::new(node.route(&pool), ClientConfig::default(), group.as_str());
     let mut messages = Vec::new();
     for (_, queue_id) in consumer.queues(topic).await.expect("route of topic") {
         let (mut offset, max) = consumer.queue_info(topic, queue_id).await.expect("queue info");

@@ -2,7 +2,8 @@
 //! started, stopped and killed the way an operator (or a crash) would.
 //!
 //! [`DevNode`] runs `meridian dev` on port 0 and reads the bound addresses from its banner, so
-//! tests never fight over ports. The tests themselves live in `e2e/` (one binary, many modules).
+//! tests never fight over ports; [`ServiceProcess`] runs any other `meridian` service (a
+//! nameserver or broker of a cluster) the same way, and [`run_cli`] runs a client command. The tests themselves live in `e2e/` (one binary, many modules).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meridian_client::{Admin, ClientConfig, ConnectionPool, RouteSource, StaticRoute};
+use meridian_client::{ConnectionPool, NameserverRoute, RouteSource};
 
 /// The `meridian` binary under test: `$MERIDIAN_BIN`, or the one cargo built next to this test.
 pub fn meridian_bin() -> PathBuf {
@@ -33,49 +34,30 @@ pub fn meridian_bin() -> PathBuf {
     bin
 }
 
-/// A running `meridian dev` process.
-pub struct DevNode {
+/// A running `meridian` service process (dev, nameserver or broker), its stderr in a log file.
+pub struct ServiceProcess {
     child: Child,
-    /// Broker address.
-    pub broker: SocketAddr,
-    /// HTTP address (admin API, /metrics).
-    pub http: SocketAddr,
-    /// The node's data dir.
-    pub data_dir: PathBuf,
+    /// The banner it printed on stdout, up to its ready line.
+    pub banner: Vec<String>,
     /// Where its log (stderr) goes.
     pub log_path: PathBuf,
 }
 
-fn address_after(line: &str, label: &str) -> Option<SocketAddr> {
-    let rest = line.trim_start().strip_prefix(label)?.trim_start();
-    let word = rest.split_whitespace().next()?;
-    word.trim_start_matches("http://").parse().ok()
-}
-
-impl DevNode {
-    /// Starts `meridian dev` on `data_dir` with extra arguments (e.g. `--flush-mode sync`) and
-    /// waits until it is ready.
-    pub fn start(data_dir: &Path, extra_args: &[&str]) -> DevNode {
-        std::fs::create_dir_all(data_dir).expect("creating the data dir");
-        let log_path = data_dir.join(format!("meridian-{}.log", fastrand::u32(..)));
+impl ServiceProcess {
+    /// Runs `meridian ARGS`, logging to a new file in `log_dir`, and waits (up to 60 s) until a
+    /// line of its stdout satisfies `ready`.
+    pub fn start(args: &[&std::ffi::OsStr], log_dir: &Path, ready: impl Fn(&str) -> bool) -> ServiceProcess {
+        std::fs::create_dir_all(log_dir).expect("creating the log dir");
+        let log_path = log_dir.join(format!("meridian-{}.log", fastrand::u32(..)));
         let log = std::fs::File::create(&log_path).expect("creating the log file");
         let mut child = Command::new(meridian_bin())
-            .args([
-                "dev",
-                "--broker-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(extra_args)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .expect("starting meridian dev");
+            .expect("starting meridian");
         let stdout = child.stdout.take().expect("piped stdout");
         let (lines_tx, lines_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -86,54 +68,39 @@ impl DevNode {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (mut broker, mut http) = (None, None);
+        let mut banner = Vec::new();
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let line = match lines_rx.recv_timeout(remaining) {
-                Ok(line) => line,
+            match lines_rx.recv_timeout(remaining) {
+                Ok(line) => {
+                    let done = ready(&line);
+                    banner.push(line);
+                    if done {
+                        break;
+                    }
+                }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!(
-                        "meridian dev did not become ready; log:\n{}",
+                        "meridian {:?} did not become ready; stdout:\n{}\nlog:\n{}",
+                        args,
+                        banner.join("\n"),
                         std::fs::read_to_string(&log_path).unwrap_or_default()
                     );
                 }
-            };
-            broker = broker.or_else(|| address_after(&line, "broker"));
-            http = http.or_else(|| address_after(&line, "http"));
-            if line.starts_with("ready") {
-                break;
             }
         }
-        DevNode {
+        ServiceProcess {
             child,
-            broker: broker.expect("banner names the broker address"),
-            http: http.expect("banner names the http address"),
-            data_dir: data_dir.to_owned(),
+            banner,
             log_path,
         }
     }
 
-    /// The broker address as clients take it.
-    pub fn broker_addr(&self) -> String {
-        self.broker.to_string()
-    }
-
-    /// A route source pointing at this node's broker.
-    pub fn route(&self, pool: &ConnectionPool) -> Arc<dyn RouteSource> {
-        Arc::new(StaticRoute::new(self.broker_addr(), pool.clone()))
-    }
-
-    /// Creates a topic.
-    pub async fn create_topic(&self, topic: &str, queues: u32) {
-        let pool = ConnectionPool::new(ClientConfig::default());
-        let admin = Admin::new(self.route(&pool), ClientConfig::default());
-        admin
-            .create_topic(&self.broker_addr(), topic, queues)
-            .await
-            .expect("creating topic");
-        admin.shutdown().await;
-        pool.shutdown().await;
+    /// The address printed after `label` in the banner.
+    pub fn address(&self, label: &str) -> Option<SocketAddr> {
+        self.banner.iter().find_map(|line| address_after(line, label))
     }
 
     /// SIGTERM, then waits for a clean exit (panics if it does not exit cleanly within 30 s).
@@ -160,18 +127,143 @@ impl DevNode {
         self.child.wait().expect("reaping meridian");
     }
 
-    /// The node's log so far.
+    /// The process's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 }
 
-impl Drop for DevNode {
+impl Drop for ServiceProcess {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A running `meridian dev` process: a single-node nameserver and a broker it governs.
+pub struct DevNode {
+    process: ServiceProcess,
+    /// Nameserver address.
+    pub nameserver: SocketAddr,
+    /// Broker address.
+    pub broker: SocketAddr,
+    /// HTTP address (admin API, /metrics).
+    pub http: SocketAddr,
+    /// The node's data dir.
+    pub data_dir: PathBuf,
+    /// Where its log (stderr) goes.
+    pub log_path: PathBuf,
+}
+
+fn address_after(line: &str, label: &str) -> Option<SocketAddr> {
+    let rest = line.trim_start().strip_prefix(label)?.trim_start();
+    let word = rest.split_whitespace().next()?;
+    word.trim_start_matches("http://").parse().ok()
+}
+
+/// Runs the `meridian` CLI to completion: (success, stdout, stderr).
+pub fn run_cli(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(meridian_bin())
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("MERIDIAN_USER", "e2e")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running meridian");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("writing stdin");
+    let output = child.wait_with_output().expect("waiting for meridian");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+impl DevNode {
+    /// Starts `meridian dev` on `data_dir` with extra arguments (e.g. `--flush-mode sync`) and
+    /// waits until it is ready.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> DevNode {
+        let mut args: Vec<&std::ffi::OsStr> = [
+            "dev",
+            "--nameserver-listen",
+            "127.0.0.1:0",
+            "--broker-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ]
+        .iter()
+        .map(std::ffi::OsStr::new)
+        .collect();
+        args.push(data_dir.as_os_str());
+        args.extend(extra_args.iter().map(std::ffi::OsStr::new));
+        let process = ServiceProcess::start(&args, data_dir, |line| line.starts_with("ready"));
+        DevNode {
+            nameserver: process
+                .address("nameserver")
+                .expect("banner names the nameserver address"),
+            broker: process.address("broker").expect("banner names the broker address"),
+            http: process.address("http").expect("banner names the http address"),
+            data_dir: data_dir.to_owned(),
+            log_path: process.log_path.clone(),
+            process,
+        }
+    }
+
+    /// The broker address as clients take it.
+    pub fn broker_addr(&self) -> String {
+        self.broker.to_string()
+    }
+
+    /// A route source asking this node's nameserver, as applications do.
+    pub fn route(&self, pool: &ConnectionPool) -> Arc<dyn RouteSource> {
+        Arc::new(NameserverRoute::new(vec![self.nameserver.to_string()], pool.clone()))
+    }
+
+    /// Runs the CLI against this node.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        let nameserver = self.nameserver.to_string();
+        run_cli(args, &[("MERIDIAN_NAMESERVER", &nameserver)], stdin)
+    }
+
+    /// Creates a topic with `meridian topic create` (request and approve; waits until served).
+    pub async fn create_topic(&self, topic: &str, queues: u32) {
+        let queues = queues.to_string();
+        let (ok, _, stderr) = self.cli(&["topic", "create", topic, "--queues", &queues], "");
+        assert!(ok, "creating topic {topic}: {stderr}");
+    }
+
+    /// Creates a consumer group of `topics` with `meridian group create`.
+    pub async fn create_group(&self, group: &str, topics: &[&str]) {
+        let topics = topics.join(",");
+        let (ok, _, stderr) = self.cli(&["group", "create", group, "--topics", &topics], "");
+        assert!(ok, "creating consumer group {group}: {stderr}");
+    }
+
+    /// SIGTERM, then waits for a clean exit (panics if it does not exit cleanly within 30 s).
+    pub fn stop(self) {
+        self.process.stop();
+    }
+
+    /// `kill -9`: the process gets no chance to flush or checkpoint.
+    pub fn kill9(self) {
+        self.process.kill9();
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        self.process.log()
     }
 }
 

@@ -381,6 +381,23 @@ impl MessageStore {
         )
     }
 
+    /// What `meta/topics.json` should hold now.
+    fn topic_metas(&self) -> HashMap<String, TopicMeta> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .iter()
+            .map(|(name, topic)| {
+                (
+                    name.clone(),
+                    TopicMeta {
+                        queues: topic.queues.len() as u32,
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Creates a topic with `queues` queues. Returns false if it already exists with that many.
     pub fn create_topic(&self, name: &str, queues: u32) -> Result<bool> {
         meridian_proto::validate::validate_topic(name)?;
@@ -402,20 +419,7 @@ impl MessageStore {
                 ConsumeQueue::open(&cq_dir(&self.dir, name, queue_id), self.config.cq_entries_per_file).map(Arc::new)
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut metas: HashMap<String, TopicMeta> = self
-            .topics
-            .read()
-            .expect("topics lock")
-            .iter()
-            .map(|(name, topic)| {
-                (
-                    name.clone(),
-                    TopicMeta {
-                        queues: topic.queues.len() as u32,
-                    },
-                )
-            })
-            .collect();
+        let mut metas = self.topic_metas();
         metas.insert(name.to_owned(), TopicMeta { queues });
         self.write_topics_file(&metas)?;
         self.commitlog
@@ -427,6 +431,45 @@ impl MessageStore {
             .expect("topics lock")
             .insert(name.to_owned(), Topic { queues: queue_list });
         tracing::info!(topic = name, queues, "topic created");
+        Ok(true)
+    }
+
+    /// Gives an existing topic more queues, numbered after its current ones; existing queues keep
+    /// their messages and offsets. Returns false when the topic already has at least `queues`
+    /// (queues are never taken away: they may hold unconsumed messages).
+    pub fn grow_topic(&self, name: &str, queues: u32) -> Result<bool> {
+        meridian_proto::validate::validate_queue_count(queues)?;
+        let _serialized = self.topics_lock.lock().expect("topics create lock");
+        let existing = self
+            .topic_queues(name)
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))?;
+        if queues <= existing {
+            return Ok(false);
+        }
+        let added = (existing..queues)
+            .map(|queue_id| {
+                ConsumeQueue::open(&cq_dir(&self.dir, name, queue_id), self.config.cq_entries_per_file).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut metas = self.topic_metas();
+        metas.insert(name.to_owned(), TopicMeta { queues });
+        self.write_topics_file(&metas)?;
+        // The dispatcher must know a queue before any record for it exists, so the consume queues
+        // come first and appends may target them only after.
+        self.topics
+            .write()
+            .expect("topics lock")
+            .get_mut(name)
+            .expect("topics are never removed")
+            .queues
+            .extend(added);
+        self.commitlog
+            .lock_writer()
+            .queue_offsets
+            .get_mut(name)
+            .expect("every topic has queue offsets")
+            .resize(queues as usize, 0);
+        tracing::info!(topic = name, from = existing, to = queues, "topic grown");
         Ok(true)
     }
 

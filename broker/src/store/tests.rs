@@ -413,3 +413,32 @@ fn combined_appends_fail_alone_roll_segments_and_keep_queue_order() {
     assert_same(&read_all(&reopened, "t", 1), &sent);
     reopened.shutdown();
 }
+
+#[test]
+fn grown_topics_keep_their_messages_and_serve_the_new_queues_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(FlushMode::Async);
+    let store = open(dir.path(), &config);
+    store.create_topic("t", 2).unwrap();
+    let before: Vec<MessageData> = (0..5).map(|index| message(index, "a")).collect();
+    store.append("t", Some(1), &before, HOST.parse().unwrap()).unwrap();
+    assert!(store.grow_topic("t", 4).unwrap());
+    assert!(!store.grow_topic("t", 3).unwrap(), "queues are never taken away");
+    assert!(matches!(
+        store.grow_topic("missing", 4),
+        Err(BrokerError::TopicNotFound(_))
+    ));
+    assert_eq!(store.topic_queues("t"), Some(4));
+    let after: Vec<MessageData> = (0..3).map(|index| message(index, "b")).collect();
+    let appended = store.append("t", Some(3), &after, HOST.parse().unwrap()).unwrap();
+    assert_eq!(appended.results[0].queue_offset, 0);
+    wait_dispatched(&store);
+    assert_same(&read_all(&store, "t", 1), &before);
+    assert_same(&read_all(&store, "t", 3), &after);
+    store.shutdown();
+
+    let store = open(dir.path(), &config);
+    assert_eq!(store.topics(), [("t".to_string(), 4)]);
+    assert_same(&read_all(&store, "t", 3), &after);
+    store.shutdown();
+}

@@ -26,6 +26,10 @@ struct TestBroker {
 }
 
 async fn start_broker() -> TestBroker {
+    start_broker_with(|_| {}).await
+}
+
+async fn start_broker_with(configure: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
     let mut config = BrokerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -33,6 +37,7 @@ async fn start_broker() -> TestBroker {
         ..Default::default()
     };
     config.store.segment_size = 32 << 20;
+    configure(&mut config);
     let broker = Broker::bind(config, Arc::default()).await.unwrap();
     let addr = broker.local_addr();
     let stop = CancellationToken::new();
@@ -458,6 +463,61 @@ async fn a_consumer_that_stops_reading_never_blocks_producers() {
 }
 
 /// Resident memory of this process (the broker runs in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_governed_broker_serves_nothing_before_approval_and_stops_while_its_nameserver_is_down() {
+    // A port nobody listens on: connecting to it is refused.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nameserver = down.local_addr().unwrap().to_string();
+    drop(down);
+    let broker = start_broker_with(|config| {
+        config.nameservers = vec![nameserver.clone()];
+        config.heartbeat_interval_ms = 100;
+    })
+    .await;
+    let mut conn = connect(broker.addr).await;
+
+    let response = call(
+        &mut conn,
+        1,
+        RequestCode::CreateTopic,
+        CreateTopicRequest {
+            topic: "orders".into(),
+            queues: 2,
+        },
+    )
+    .await;
+    assert_eq!(response.error_code(), ErrorCode::FailedPrecondition);
+    let remark = &response.header.remark;
+    assert!(remark.contains("governed by its nameservers"), "{remark}");
+    assert!(remark.contains(&format!("--nameserver {nameserver}")), "{remark}");
+
+    // Until the nameservers answer, nothing is approved: retriable, and the remark says why.
+    let response = call(&mut conn, 2, RequestCode::Send, send_request("orders", b"x")).await;
+    assert_eq!(response.error_code(), ErrorCode::Unavailable);
+    assert!(
+        response.header.remark.contains(&nameserver),
+        "{}",
+        response.header.remark
+    );
+    let pull = PullRequest {
+        group: "billing".into(),
+        topic: "orders".into(),
+        queue_id: 0,
+        offset: 0,
+        max_count: 1,
+        max_bytes: 1 << 20,
+        long_poll_ms: 0,
+    };
+    let response = call(&mut conn, 3, RequestCode::Pull, pull).await;
+    assert_eq!(response.error_code(), ErrorCode::Unavailable);
+
+    // Heartbeats to a dead nameserver never hold up shutdown.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    broker.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();

@@ -66,6 +66,7 @@ async fn start(config: NameserverConfig) -> Running {
     let service = nameserver.service();
     let stop = CancellationToken::new();
     let stopped = stop.clone();
+    #[allow(clippy::disallowed_methods)] // the test owns and joins this task
     let task = tokio::spawn(async move { nameserver.run(stopped.cancelled_owned()).await.unwrap() });
     Running {
         addr,

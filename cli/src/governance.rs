@@ -1,0 +1,1158 @@
+//! Governance commands: `topic`, `group` and `cluster`. They talk to any nameserver over the
+//! framed protocol (`NameserverWrite`, `NameserverRead`); a node that is not the Raft leader
+//! forwards writes to it. With several `--nameserver` addresses, the next is tried when one is
+//! down.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use meridian_client::{ClientConfig, ConnectionPool};
+use meridian_nameserver::Node;
+use meridian_nameserver::service::{
+    BrokerGroupView, ClusterView, GroupDetail, Query, TopicDetail, WriteOp, WriteRequest,
+};
+use meridian_nameserver::state::{
+    ApprovalStatus, Command, ConsumeMode, ConsumerGroup, Decision, GroupRequest, PERM_READ, PERM_READ_WRITE,
+    PERM_WRITE, ProduceLimitChange, Response, Topic, TopicChanges, TopicRequest, format_time_ms,
+};
+use meridian_proto::messages::{QueryOffsetRequest, QueryOffsetResponse, TopicRoute, TopicRouteRequest, role};
+use meridian_proto::transport::TransportError;
+use meridian_proto::{ErrorCode, RequestCode};
+use serde::de::DeserializeOwned;
+
+/// Where governance commands find the nameservers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NameserverAddrs {
+    /// Nameserver addresses, comma-separated; any one will do.
+    #[arg(
+        long = "nameserver",
+        env = "MERIDIAN_NAMESERVER",
+        default_value = "127.0.0.1:7800",
+        value_delimiter = ','
+    )]
+    pub nameservers: Vec<String>,
+}
+
+/// Who makes a request or a decision; recorded in the history.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Who {
+    /// Who you are, recorded with the request or decision (default: $MERIDIAN_USER, else $USER).
+    #[arg(long = "by")]
+    by: Option<String>,
+}
+
+impl Who {
+    fn name(&self) -> Result<String> {
+        self.by
+            .clone()
+            .or_else(|| std::env::var("MERIDIAN_USER").ok())
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|name| !name.trim().is_empty())
+            .ok_or_else(|| anyhow!("say who you are with --by NAME (or set MERIDIAN_USER): every request and decision records who made it"))
+    }
+}
+
+/// `meridian topic ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TopicCommand {
+    /// Ask for a new topic; an admin approves or rejects it.
+    Request {
+        /// Topic name: 1-127 chars of [A-Za-z0-9_-].
+        name: String,
+        /// Team that owns it.
+        #[arg(long)]
+        owner: String,
+        /// Queues on each broker group.
+        #[arg(long, default_value_t = 4)]
+        queues: u32,
+        /// Broker groups to place it on, comma-separated (default: every registered group).
+        #[arg(long = "on", value_delimiter = ',')]
+        on: Vec<String>,
+        /// What it carries.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Most messages per second producers may send.
+        #[arg(long)]
+        produce_limit: Option<u32>,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Approve a requested topic.
+    Approve {
+        /// Topic name.
+        name: String,
+        /// Why (kept in the history).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Reject a requested topic.
+    Reject {
+        /// Topic name.
+        name: String,
+        /// Why (required, kept in the history).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Admin shortcut: request and approve a topic in one step, then wait until its brokers serve it.
+    Create {
+        /// Topic name: 1-127 chars of [A-Za-z0-9_-].
+        name: String,
+        /// Queues on each broker group.
+        #[arg(long, default_value_t = 4)]
+        queues: u32,
+        /// Broker groups to place it on, comma-separated (default: every registered group).
+        #[arg(long = "on", value_delimiter = ',')]
+        on: Vec<String>,
+        /// Team that owns it.
+        #[arg(long, default_value = "admin")]
+        owner: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Change a topic's queues, permissions or produce limit.
+    Update {
+        /// Topic name.
+        name: String,
+        /// New queue count on each broker group of `--on` (default: the groups it is on).
+        #[arg(long)]
+        queues: Option<u32>,
+        /// Broker groups for `--queues`, comma-separated.
+        #[arg(long = "on", value_delimiter = ',')]
+        on: Vec<String>,
+        /// Permissions: `rw`, `r` (no producing) or `w`.
+        #[arg(long, value_parser = ["rw", "r", "w"])]
+        perm: Option<String>,
+        /// Most messages per second producers may send.
+        #[arg(long, conflicts_with = "no_produce_limit")]
+        produce_limit: Option<u32>,
+        /// Remove the produce limit.
+        #[arg(long)]
+        no_produce_limit: bool,
+        /// Why (kept in the history).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Delete a topic (its history stays).
+    Delete {
+        /// Topic name.
+        name: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// List topics.
+    List {
+        /// Only topics with this status.
+        #[arg(long, value_parser = ["requested", "approved", "rejected"])]
+        status: Option<String>,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Show a topic: status, owner, placement and its route with broker liveness.
+    Describe {
+        /// Topic name.
+        name: String,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Every decision about a topic: who, when, what and why.
+    History {
+        /// Topic name.
+        name: String,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+}
+
+/// `meridian group ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum GroupCommand {
+    /// Ask for a new consumer group; an admin approves or rejects it.
+    Request {
+        /// Group name: 1-255 chars of [A-Za-z0-9_-].
+        name: String,
+        /// Team that owns it.
+        #[arg(long)]
+        owner: String,
+        /// Topics it consumes, comma-separated; each must exist and not be rejected.
+        #[arg(long, value_delimiter = ',', required = true)]
+        topics: Vec<String>,
+        /// Deliveries of one message before it is dead-lettered (default 16).
+        #[arg(long)]
+        max_retries: Option<u32>,
+        /// Every member gets every message (default: members share the queues).
+        #[arg(long)]
+        broadcasting: bool,
+        /// What the group does.
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Approve a requested group; its topics must be approved.
+    Approve {
+        /// Group name.
+        name: String,
+        /// Why (kept in the history).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Reject a requested group.
+    Reject {
+        /// Group name.
+        name: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Admin shortcut: request and approve a group in one step, then wait until brokers know it.
+    Create {
+        /// Group name.
+        name: String,
+        /// Topics it consumes, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        topics: Vec<String>,
+        /// Team that owns it.
+        #[arg(long, default_value = "admin")]
+        owner: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Delete a group (its history stays).
+    Delete {
+        /// Group name.
+        name: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// List consumer groups.
+    List {
+        /// Only groups with this status.
+        #[arg(long, value_parser = ["requested", "approved", "rejected"])]
+        status: Option<String>,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Show a consumer group.
+    Describe {
+        /// Group name.
+        name: String,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Every decision about a group.
+    History {
+        /// Group name.
+        name: String,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+}
+
+/// `meridian cluster ...`: the nameservers' Raft cluster and the brokers they know.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// The Raft cluster as one nameserver sees it, and the broker groups with their liveness.
+    Status {
+        /// Print the cluster and broker views as one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Add a nameserver (started with `join = true`): it catches up as a learner, then votes.
+    AddNode {
+        /// Its node id.
+        id: u64,
+        /// Its framed-protocol address.
+        #[arg(long)]
+        addr: String,
+        /// Its HTTP address.
+        #[arg(long, default_value = "")]
+        http_addr: String,
+        /// Its data center.
+        #[arg(long, default_value = "")]
+        idc: String,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+    /// Remove a nameserver from the cluster.
+    RemoveNode {
+        /// Its node id.
+        id: u64,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+}
+
+/// Talks to the nameservers, trying the next address when one cannot be reached.
+pub struct NameserverClient {
+    addrs: Vec<String>,
+    pool: ConnectionPool,
+}
+
+/// Longest a membership change may take (adding a node waits until it has caught up).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(125);
+
+impl NameserverClient {
+    /// A client of the nameservers at `addrs`.
+    pub fn new(addrs: &NameserverAddrs) -> Result<NameserverClient> {
+        if addrs.nameservers.is_empty() {
+            bail!("no nameserver address: pass --nameserver HOST:PORT");
+        }
+        Ok(NameserverClient {
+            addrs: addrs.nameservers.clone(),
+            pool: ConnectionPool::new(ClientConfig {
+                request_timeout: Duration::from_secs(10),
+                ..ClientConfig::default()
+            }),
+        })
+    }
+
+    async fn request(&self, code: RequestCode, body: Bytes, timeout: Duration) -> Result<Bytes> {
+        let mut failures = Vec::new();
+        for addr in &self.addrs {
+            match self.pool.request(addr, code, body.clone(), timeout).await {
+                Ok(frame) => return Ok(frame.body),
+                Err(TransportError::Remote { code, message, .. }) if !code.is_retriable() => {
+                    return Err(anyhow!(message).context(format!("nameserver {addr} refused ({code})")));
+                }
+                Err(error) => failures.push(format!("{addr}: {error}")),
+            }
+        }
+        Err(anyhow!(
+            "no nameserver answered; check that they are running:\n  {}",
+            failures.join("\n  ")
+        ))
+    }
+
+    /// Reads `query` as `T`.
+    pub async fn read<T: DeserializeOwned>(&self, query: &Query) -> Result<T> {
+        let body = Bytes::from(serde_json::to_vec(query)?);
+        let answer = self
+            .request(RequestCode::NameserverRead, body, Duration::from_secs(10))
+            .await?;
+        serde_json::from_slice(&answer).context("the nameserver's answer does not decode; is it the same version?")
+    }
+
+    /// Applies `op` through the leader.
+    pub async fn write(&self, op: WriteOp) -> Result<Response> {
+        let timeout = match op {
+            WriteOp::Command { .. } => Duration::from_secs(15),
+            _ => MEMBERSHIP_TIMEOUT,
+        };
+        let body = Bytes::from(serde_json::to_vec(&WriteRequest { op, forwarded: false })?);
+        let answer = self.request(RequestCode::NameserverWrite, body, timeout).await?;
+        serde_json::from_slice(&answer).context("the nameserver's answer does not decode; is it the same version?")
+    }
+
+    async fn command(&self, command: Command) -> Result<Response> {
+        self.write(WriteOp::Command { command }).await
+    }
+
+    /// The route of `topic`.
+    pub async fn route(&self, topic: &str) -> Result<TopicRoute> {
+        let body = Bytes::from(prost::Message::encode_to_vec(&TopicRouteRequest {
+            topic: topic.to_owned(),
+        }));
+        let answer = self
+            .request(RequestCode::TopicRoute, body, Duration::from_secs(10))
+            .await?;
+        prost::Message::decode(answer).context("the nameserver's route does not decode")
+    }
+
+    pub async fn shutdown(self) {
+        self.pool.shutdown().await;
+    }
+}
+
+fn parse_status(status: Option<&str>) -> Option<ApprovalStatus> {
+    match status? {
+        "requested" => Some(ApprovalStatus::Requested),
+        "approved" => Some(ApprovalStatus::Approved),
+        _ => Some(ApprovalStatus::Rejected),
+    }
+}
+
+/// Queues per broker group: on `on`, or on every registered broker group.
+async fn placement(client: &NameserverClient, on: &[String], queues: u32) -> Result<BTreeMap<String, u32>> {
+    let groups: Vec<String> = if on.is_empty() {
+        let brokers: Vec<BrokerGroupView> = client.read(&Query::Brokers).await?;
+        if brokers.is_empty() {
+            bail!(
+                "no broker group has registered with the nameservers yet: start a broker, or name the groups with --on GROUP"
+            );
+        }
+        brokers.into_iter().map(|group| group.name).collect()
+    } else {
+        on.to_vec()
+    };
+    Ok(groups.into_iter().map(|group| (group, queues)).collect())
+}
+
+/// `meridian topic ...`.
+pub async fn topic(command: TopicCommand) -> Result<()> {
+    let addrs = match &command {
+        TopicCommand::Request { addrs, .. }
+        | TopicCommand::Approve { addrs, .. }
+        | TopicCommand::Reject { addrs, .. }
+        | TopicCommand::Create { addrs, .. }
+        | TopicCommand::Update { addrs, .. }
+        | TopicCommand::Delete { addrs, .. }
+        | TopicCommand::List { addrs, .. }
+        | TopicCommand::Describe { addrs, .. }
+        | TopicCommand::History { addrs, .. } => addrs.clone(),
+    };
+    let client = NameserverClient::new(&addrs)?;
+    let result = run_topic(&client, command).await;
+    client.shutdown().await;
+    result
+}
+
+async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<()> {
+    match command {
+        TopicCommand::Request {
+            name,
+            owner,
+            queues,
+            on,
+            description,
+            produce_limit,
+            who,
+            ..
+        } => {
+            let request = TopicRequest {
+                name: name.clone(),
+                owner,
+                description,
+                queues: placement(client, &on, queues).await?,
+                perm: PERM_READ_WRITE,
+                produce_limit,
+                requested_by: who.name()?,
+            };
+            client.command(Command::RequestTopic(request)).await?;
+            println!("topic {name} requested; an admin approves it with `meridian topic approve {name}`");
+        }
+        TopicCommand::Approve { name, reason, who, .. } => {
+            client
+                .command(Command::ApproveTopic {
+                    name: name.clone(),
+                    decided_by: who.name()?,
+                    reason,
+                })
+                .await?;
+            println!("topic {name} approved");
+        }
+        TopicCommand::Reject { name, reason, who, .. } => {
+            client
+                .command(Command::RejectTopic {
+                    name: name.clone(),
+                    decided_by: who.name()?,
+                    reason,
+                })
+                .await?;
+            println!("topic {name} rejected");
+        }
+        TopicCommand::Create {
+            name,
+            queues,
+            on,
+            owner,
+            who,
+            ..
+        } => {
+            let by = who.name()?;
+            let placed = placement(client, &on, queues).await?;
+            let request = TopicRequest {
+                name: name.clone(),
+                owner,
+                description: String::new(),
+                queues: placed.clone(),
+                perm: PERM_READ_WRITE,
+                produce_limit: None,
+                requested_by: by.clone(),
+            };
+            client.command(Command::RequestTopic(request)).await?;
+            client
+                .command(Command::ApproveTopic {
+                    name: name.clone(),
+                    decided_by: by,
+                    reason: Some("created by an admin (topic create)".into()),
+                })
+                .await?;
+            wait_until_served(client, &name).await?;
+            let groups: Vec<&str> = placed.keys().map(String::as_str).collect();
+            println!("topic {name} ready with {queues} queues on {}", groups.join(", "));
+        }
+        TopicCommand::Update {
+            name,
+            queues,
+            on,
+            perm,
+            produce_limit,
+            no_produce_limit,
+            reason,
+            who,
+            ..
+        } => {
+            let queues = match queues {
+                None => None,
+                Some(queues) if on.is_empty() => {
+                    let detail: TopicDetail = client.read(&Query::Topic { name: name.clone() }).await?;
+                    let topic = detail.topic.ok_or_else(|| anyhow!("topic {name:?} was deleted"))?;
+                    let mut placed: BTreeMap<String, u32> =
+                        topic.queues.keys().map(|group| (group.clone(), queues)).collect();
+                    if placed.is_empty() {
+                        placed = placement(client, &[], queues).await?;
+                    }
+                    Some(placed)
+                }
+                Some(queues) => Some(on.iter().map(|group| (group.clone(), queues)).collect()),
+            };
+            let changes = TopicChanges {
+                queues,
+                perm: perm.map(|perm| match perm.as_str() {
+                    "r" => PERM_READ,
+                    "w" => PERM_WRITE,
+                    _ => PERM_READ_WRITE,
+                }),
+                produce_limit: match (produce_limit, no_produce_limit) {
+                    (Some(limit), _) => ProduceLimitChange::Set(limit),
+                    (None, true) => ProduceLimitChange::Remove,
+                    (None, false) => ProduceLimitChange::Keep,
+                },
+                owner: None,
+                description: None,
+            };
+            client
+                .command(Command::UpdateTopic {
+                    name: name.clone(),
+                    updated_by: who.name()?,
+                    reason,
+                    changes,
+                })
+                .await?;
+            println!("topic {name} updated");
+        }
+        TopicCommand::Delete { name, reason, who, .. } => {
+            client
+                .command(Command::DeleteTopic {
+                    name: name.clone(),
+                    deleted_by: who.name()?,
+                    reason,
+                })
+                .await?;
+            println!("topic {name} deleted");
+        }
+        TopicCommand::List { status, .. } => {
+            let topics: Vec<Topic> = client
+                .read(&Query::Topics {
+                    status: parse_status(status.as_deref()),
+                })
+                .await?;
+            println!(
+                "{:<32} {:<10} {:<16} {:<24} QUEUES",
+                "TOPIC", "STATUS", "OWNER", "REQUESTED BY"
+            );
+            for topic in topics {
+                println!(
+                    "{:<32} {:<10} {:<16} {:<24} {}",
+                    topic.name,
+                    topic.status.to_string(),
+                    topic.owner,
+                    topic.requested_by,
+                    placement_text(&topic.queues)
+                );
+            }
+        }
+        TopicCommand::Describe { name, .. } => {
+            let detail: TopicDetail = client.read(&Query::Topic { name: name.clone() }).await?;
+            let Some(topic) = detail.topic else {
+                println!("topic {name} was deleted; `meridian topic history {name}` shows when and why");
+                return Ok(());
+            };
+            println!("topic        {}", topic.name);
+            println!("status       {}", topic.status);
+            println!("owner        {}", topic.owner);
+            if !topic.description.is_empty() {
+                println!("description  {}", topic.description);
+            }
+            println!(
+                "requested    by {} at {}",
+                topic.requested_by,
+                format_time_ms(topic.requested_at_ms)
+            );
+            if let (Some(by), Some(at)) = (&topic.decided_by, topic.decided_at_ms) {
+                println!(
+                    "decided      by {by} at {}{}",
+                    format_time_ms(at),
+                    topic
+                        .decision_reason
+                        .as_ref()
+                        .map(|reason| format!(" ({reason})"))
+                        .unwrap_or_default()
+                );
+            }
+            println!("perm         {}", perm_text(topic.perm));
+            println!(
+                "limit        {}",
+                topic
+                    .produce_limit
+                    .map_or("none".to_owned(), |limit| format!("{limit} msg/s"))
+            );
+            println!("queues       {}", placement_text(&topic.queues));
+            if topic.status == ApprovalStatus::Approved {
+                let route = client.route(&name).await?;
+                println!("route");
+                for broker in route.brokers {
+                    println!(
+                        "  {:<20} master {}  queues {}",
+                        broker.broker_name,
+                        if broker.addr.is_empty() {
+                            "none alive"
+                        } else {
+                            broker.addr.as_str()
+                        },
+                        broker.queues
+                    );
+                    for replica in broker.replicas {
+                        println!(
+                            "    {:<18} {:<6} {:<22} idc {:<8} {} max_offset {}",
+                            replica.name,
+                            role::name(replica.role),
+                            replica.addr,
+                            if replica.idc.is_empty() {
+                                "-"
+                            } else {
+                                replica.idc.as_str()
+                            },
+                            if replica.alive { "alive" } else { "DOWN" },
+                            replica.max_offset
+                        );
+                    }
+                }
+            }
+        }
+        TopicCommand::History { name, .. } => {
+            let detail: TopicDetail = client.read(&Query::Topic { name: name.clone() }).await?;
+            print_history(&detail.history);
+        }
+    }
+    Ok(())
+}
+
+fn placement_text(queues: &BTreeMap<String, u32>) -> String {
+    if queues.is_empty() {
+        return "not placed".to_owned();
+    }
+    queues
+        .iter()
+        .map(|(group, count)| format!("{group}={count}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn perm_text(perm: u8) -> &'static str {
+    match perm {
+        PERM_READ_WRITE => "read, write",
+        PERM_READ => "read only",
+        PERM_WRITE => "write only",
+        _ => "none",
+    }
+}
+
+fn print_history(history: &[Decision]) {
+    println!("{:<22} {:<10} {:<20} WHY / WHAT", "WHEN", "ACTION", "BY");
+    for decision in history {
+        let mut why = decision.reason.clone().unwrap_or_default();
+        if let Some(detail) = &decision.detail {
+            if !why.is_empty() {
+                why.push_str("; ");
+            }
+            why.push_str(detail);
+        }
+        println!(
+            "{:<22} {:<10} {:<20} {}",
+            format_time_ms(decision.at_ms),
+            decision.action.to_string(),
+            decision.by,
+            why
+        );
+    }
+}
+
+/// Makes sure `topic` exists and is served, for tools that need one (benchmarks): requested and
+/// approved in one step unless it already exists, then waited for.
+pub async fn ensure_topic(addrs: &NameserverAddrs, topic: &str, queues: u32) -> Result<()> {
+    let client = NameserverClient::new(addrs)?;
+    let result = async {
+        let exists = client
+            .read::<TopicDetail>(&Query::Topic { name: topic.to_owned() })
+            .await
+            .is_ok_and(|detail| detail.topic.is_some());
+        if !exists {
+            run_topic(
+                &client,
+                TopicCommand::Create {
+                    name: topic.to_owned(),
+                    queues,
+                    on: Vec::new(),
+                    owner: "admin".into(),
+                    who: Who {
+                        by: Some("meridian-bench".into()),
+                    },
+                    addrs: addrs.clone(),
+                },
+            )
+            .await?;
+        }
+        wait_until_served(&client, topic).await
+    }
+    .await;
+    client.shutdown().await;
+    result
+}
+
+/// Makes sure consumer group `group` exists for `topic` and its brokers accept it.
+pub async fn ensure_group(addrs: &NameserverAddrs, group: &str, topic: &str) -> Result<()> {
+    let client = NameserverClient::new(addrs)?;
+    let result = async {
+        let exists = client
+            .read::<GroupDetail>(&Query::Group { name: group.to_owned() })
+            .await
+            .is_ok_and(|detail| detail.group.is_some());
+        if !exists {
+            run_group(
+                &client,
+                GroupCommand::Create {
+                    name: group.to_owned(),
+                    topics: vec![topic.to_owned()],
+                    owner: "admin".into(),
+                    who: Who {
+                        by: Some("meridian-bench".into()),
+                    },
+                    addrs: addrs.clone(),
+                },
+            )
+            .await?;
+        }
+        wait_until_known(&client, group, &[topic.to_owned()]).await
+    }
+    .await;
+    client.shutdown().await;
+    result
+}
+
+/// How long `create` waits for brokers to pick up an approval (they do on their next heartbeat).
+const SERVE_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until every broker group of the topic's route has a live master that serves it.
+async fn wait_until_served(client: &NameserverClient, topic: &str) -> Result<()> {
+    let deadline = Instant::now() + SERVE_WAIT;
+    let mut last_problem = String::new();
+    while Instant::now() < deadline {
+        match client.route(topic).await {
+            Ok(route) => {
+                let mut pending = Vec::new();
+                for broker in &route.brokers {
+                    if broker.addr.is_empty() {
+                        pending.push(format!("broker group {} has no live master", broker.broker_name));
+                        continue;
+                    }
+                    let request = TopicRouteRequest {
+                        topic: topic.to_owned(),
+                    };
+                    let served: Result<TopicRoute, _> = client
+                        .pool
+                        .call(&broker.addr, RequestCode::TopicRoute, &request, Duration::from_secs(3))
+                        .await;
+                    if let Err(error) = served {
+                        pending.push(format!("broker {} ({}): {error}", broker.broker_name, broker.addr));
+                    }
+                }
+                if pending.is_empty() {
+                    return Ok(());
+                }
+                last_problem = pending.join("; ");
+            }
+            Err(error) => last_problem = format!("{error:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "topic {topic:?} is approved, but its brokers did not serve it within {SERVE_WAIT:?}: {last_problem}; brokers pick up approvals on their next heartbeat, check that they run with nameservers configured"
+    )
+}
+
+/// Waits until the masters of the group's topics accept the group for each topic (brokers learn
+/// approvals on their next heartbeat).
+async fn wait_until_known(client: &NameserverClient, group: &str, topics: &[String]) -> Result<()> {
+    let deadline = Instant::now() + SERVE_WAIT;
+    let mut probes = Vec::new();
+    for topic in topics {
+        for broker in client.route(topic).await?.brokers {
+            if !broker.addr.is_empty() {
+                probes.push((broker.addr, topic.clone()));
+            }
+        }
+    }
+    let mut last_problem = String::new();
+    while Instant::now() < deadline {
+        let mut pending = Vec::new();
+        for (master, topic) in &probes {
+            let request = QueryOffsetRequest {
+                group: group.to_owned(),
+                topic: topic.clone(),
+                queue_id: 0,
+            };
+            let answer: Result<QueryOffsetResponse, _> = client
+                .pool
+                .call(master, RequestCode::QueryOffset, &request, Duration::from_secs(3))
+                .await;
+            match answer {
+                // Any answer but a refusal of the group means the broker knows it.
+                Ok(_) => {}
+                Err(TransportError::Remote {
+                    code: ErrorCode::NotApproved | ErrorCode::FailedPrecondition | ErrorCode::Unavailable,
+                    message,
+                    ..
+                }) => pending.push(format!("{master}: {message}")),
+                Err(TransportError::Remote { .. }) => {}
+                Err(error) => pending.push(format!("{master}: {error}")),
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        last_problem = pending.join("; ");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "consumer group {group:?} is approved, but its brokers did not accept it within {SERVE_WAIT:?}: {last_problem}"
+    )
+}
+
+/// `meridian group ...`.
+pub async fn group(command: GroupCommand) -> Result<()> {
+    let addrs = match &command {
+        GroupCommand::Request { addrs, .. }
+        | GroupCommand::Approve { addrs, .. }
+        | GroupCommand::Reject { addrs, .. }
+        | GroupCommand::Create { addrs, .. }
+        | GroupCommand::Delete { addrs, .. }
+        | GroupCommand::List { addrs, .. }
+        | GroupCommand::Describe { addrs, .. }
+        | GroupCommand::History { addrs, .. } => addrs.clone(),
+    };
+    let client = NameserverClient::new(&addrs)?;
+    let result = run_group(&client, command).await;
+    client.shutdown().await;
+    result
+}
+
+async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<()> {
+    match command {
+        GroupCommand::Request {
+            name,
+            owner,
+            topics,
+            max_retries,
+            broadcasting,
+            description,
+            who,
+            ..
+        } => {
+            client
+                .command(Command::RequestGroup(GroupRequest {
+                    name: name.clone(),
+                    owner,
+                    description,
+                    topics: topics.into_iter().collect(),
+                    max_retries,
+                    consume_mode: if broadcasting {
+                        ConsumeMode::Broadcasting
+                    } else {
+                        ConsumeMode::Clustering
+                    },
+                    requested_by: who.name()?,
+                }))
+                .await?;
+            println!("consumer group {name} requested; an admin approves it with `meridian group approve {name}`");
+        }
+        GroupCommand::Approve { name, reason, who, .. } => {
+            client
+                .command(Command::ApproveGroup {
+                    name: name.clone(),
+                    decided_by: who.name()?,
+                    reason,
+                })
+                .await?;
+            println!("consumer group {name} approved");
+        }
+        GroupCommand::Reject { name, reason, who, .. } => {
+            client
+                .command(Command::RejectGroup {
+                    name: name.clone(),
+                    decided_by: who.name()?,
+                    reason,
+                })
+                .await?;
+            println!("consumer group {name} rejected");
+        }
+        GroupCommand::Create {
+            name,
+            topics,
+            owner,
+            who,
+            ..
+        } => {
+            let by = who.name()?;
+            client
+                .command(Command::RequestGroup(GroupRequest {
+                    name: name.clone(),
+                    owner,
+                    description: String::new(),
+                    topics: topics.iter().cloned().collect(),
+                    max_retries: None,
+                    consume_mode: ConsumeMode::Clustering,
+                    requested_by: by.clone(),
+                }))
+                .await?;
+            client
+                .command(Command::ApproveGroup {
+                    name: name.clone(),
+                    decided_by: by,
+                    reason: Some("created by an admin (group create)".into()),
+                })
+                .await?;
+            wait_until_known(client, &name, &topics).await?;
+            println!("consumer group {name} ready on {}", topics.join(", "));
+        }
+        GroupCommand::Delete { name, reason, who, .. } => {
+            client
+                .command(Command::DeleteGroup {
+                    name: name.clone(),
+                    deleted_by: who.name()?,
+                    reason,
+                })
+                .await?;
+            println!("consumer group {name} deleted");
+        }
+        GroupCommand::List { status, .. } => {
+            let groups: Vec<ConsumerGroup> = client
+                .read(&Query::Groups {
+                    status: parse_status(status.as_deref()),
+                })
+                .await?;
+            println!(
+                "{:<32} {:<10} {:<16} {:<24} TOPICS",
+                "GROUP", "STATUS", "OWNER", "REQUESTED BY"
+            );
+            for group in groups {
+                println!(
+                    "{:<32} {:<10} {:<16} {:<24} {}",
+                    group.name,
+                    group.status.to_string(),
+                    group.owner,
+                    group.requested_by,
+                    group.topics.iter().cloned().collect::<Vec<_>>().join(",")
+                );
+            }
+        }
+        GroupCommand::Describe { name, .. } => {
+            let detail: GroupDetail = client.read(&Query::Group { name: name.clone() }).await?;
+            let Some(group) = detail.group else {
+                println!("consumer group {name} was deleted; `meridian group history {name}` shows when and why");
+                return Ok(());
+            };
+            println!("group        {}", group.name);
+            println!("status       {}", group.status);
+            println!("owner        {}", group.owner);
+            if !group.description.is_empty() {
+                println!("description  {}", group.description);
+            }
+            println!(
+                "requested    by {} at {}",
+                group.requested_by,
+                format_time_ms(group.requested_at_ms)
+            );
+            if let (Some(by), Some(at)) = (&group.decided_by, group.decided_at_ms) {
+                println!(
+                    "decided      by {by} at {}{}",
+                    format_time_ms(at),
+                    group
+                        .decision_reason
+                        .as_ref()
+                        .map(|reason| format!(" ({reason})"))
+                        .unwrap_or_default()
+                );
+            }
+            println!(
+                "topics       {}",
+                group.topics.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
+            println!(
+                "mode         {}",
+                match group.consume_mode {
+                    ConsumeMode::Clustering => "clustering",
+                    ConsumeMode::Broadcasting => "broadcasting",
+                }
+            );
+            println!("max retries  {}", group.max_retries);
+        }
+        GroupCommand::History { name, .. } => {
+            let detail: GroupDetail = client.read(&Query::Group { name: name.clone() }).await?;
+            print_history(&detail.history);
+        }
+    }
+    Ok(())
+}
+
+/// `meridian cluster ...`.
+pub async fn cluster(command: ClusterCommand) -> Result<()> {
+    let addrs = match &command {
+        ClusterCommand::Status { addrs, .. }
+        | ClusterCommand::AddNode { addrs, .. }
+        | ClusterCommand::RemoveNode { addrs, .. } => addrs.clone(),
+    };
+    let client = NameserverClient::new(&addrs)?;
+    let result = run_cluster(&client, command).await;
+    client.shutdown().await;
+    result
+}
+
+async fn run_cluster(client: &NameserverClient, command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Status { json, .. } => {
+            let cluster: ClusterView = client.read(&Query::Cluster).await?;
+            let brokers: Vec<BrokerGroupView> = client.read(&Query::Brokers).await?;
+            if json {
+                println!("{}", serde_json::json!({"cluster": cluster, "brokers": brokers}));
+                return Ok(());
+            }
+            println!(
+                "nameserver node {} is {} in term {}; leader: {}",
+                cluster.node_id,
+                cluster.role.to_lowercase(),
+                cluster.term,
+                cluster
+                    .leader
+                    .map_or("unknown".to_owned(), |leader| format!("node {leader}"))
+            );
+            println!("{:<6} {:<24} {:<24} {:<8} ROLE", "NODE", "ADDR", "HTTP", "IDC");
+            for node in &cluster.nodes {
+                println!(
+                    "{:<6} {:<24} {:<24} {:<8} {}{}",
+                    node.id,
+                    node.addr,
+                    if node.http_addr.is_empty() {
+                        "-"
+                    } else {
+                        node.http_addr.as_str()
+                    },
+                    if node.idc.is_empty() { "-" } else { node.idc.as_str() },
+                    if node.voter { "voter" } else { "learner" },
+                    if cluster.leader == Some(node.id) {
+                        ", leader"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            println!(
+                "log: last index {}, applied {}, snapshot {}, purged {}",
+                opt(cluster.last_log_index),
+                opt(cluster.last_applied),
+                opt(cluster.snapshot),
+                opt(cluster.purged)
+            );
+            println!("broker groups: {}", brokers.len());
+            for group in brokers {
+                println!("  {} (epoch {})", group.name, group.epoch);
+                for member in group.members {
+                    println!(
+                        "    {:<18} {:<6} {:<22} idc {:<8} {} topics {} max_offset {}",
+                        member.name,
+                        if member.role == meridian_nameserver::state::BrokerRole::Master {
+                            "master"
+                        } else {
+                            "slave"
+                        },
+                        member.addr,
+                        if member.idc.is_empty() {
+                            "-"
+                        } else {
+                            member.idc.as_str()
+                        },
+                        if member.alive { "alive" } else { "DOWN" },
+                        member.topics,
+                        member.max_offset
+                    );
+                }
+            }
+        }
+        ClusterCommand::AddNode {
+            id,
+            addr,
+            http_addr,
+            idc,
+            ..
+        } => {
+            client
+                .write(WriteOp::AddNode {
+                    id,
+                    node: Node { addr, http_addr, idc },
+                })
+                .await?;
+            println!("nameserver node {id} added: it caught up and votes");
+        }
+        ClusterCommand::RemoveNode { id, .. } => {
+            client.write(WriteOp::RemoveNode { id }).await?;
+            println!("nameserver node {id} removed");
+        }
+    }
+    Ok(())
+}
+
+fn opt(value: Option<u64>) -> String {
+    value.map_or("-".to_owned(), |value| value.to_string())
+}
