@@ -9,7 +9,7 @@
 # heartbeats), reading each node's resident memory before and after; stop them with SIGTERM.
 #
 # Environment: CARGO (default cargo), CARGO_TARGET_DIR (default ./target), MERIDIAN_BENCH_TMP
-# (where the data dirs go), ROUTES_SECONDS (default 10), GROUPS (100), TOPICS (100000),
+# (where the data dirs go), ROUTES_SECONDS (default 10), BROKER_GROUPS (100), TOPICS (100000),
 # HEARTBEAT_SECONDS (15).
 set -euo pipefail
 
@@ -19,7 +19,7 @@ CARGO=${CARGO:-cargo}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN="${TARGET_DIR}/release/meridian"
 ROUTES_SECONDS=${ROUTES_SECONDS:-10}
-GROUPS=${GROUPS:-100}
+BROKER_GROUPS=${BROKER_GROUPS:-100}
 TOPICS=${TOPICS:-100000}
 HEARTBEAT_SECONDS=${HEARTBEAT_SECONDS:-15}
 
@@ -105,8 +105,8 @@ for pid in "${pids[@]}"; do rss_before+=("$(rss_kib "${pid}")"); done
 log "meridian bench routes (${ROUTES_SECONDS} s baseline, then ${ROUTES_SECONDS} s of lookups)"
 "${BIN}" bench routes --nameserver "${joined}" --duration "${ROUTES_SECONDS}" --json | tee "${work_dir}/routes.json"
 
-log "meridian bench registration (${GROUPS} groups, ${TOPICS} topics, ${HEARTBEAT_SECONDS} s of heartbeats)"
-"${BIN}" bench registration --nameserver "${joined}" --groups "${GROUPS}" --topics "${TOPICS}" \
+log "meridian bench registration (${BROKER_GROUPS} groups, ${TOPICS} topics, ${HEARTBEAT_SECONDS} s of heartbeats)"
+"${BIN}" bench registration --nameserver "${joined}" --groups "${BROKER_GROUPS}" --topics "${TOPICS}" \
     --heartbeat-seconds "${HEARTBEAT_SECONDS}" --json | tee "${work_dir}/registration.json"
 
 echo "## meridian nameserver bench results"

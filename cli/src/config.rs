@@ -105,4 +105,12 @@ mod tests {
         assert_eq!(config.store.flush_mode, FlushMode::Sync);
         config.validate().unwrap();
     }
+
+    #[test]
+    fn the_example_nameserver_config_loads_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/nameserver.toml");
+        let config: meridian_nameserver::NameserverConfig = load("example", Some(&path)).unwrap();
+        assert_eq!((config.node_id, config.members.len()), (3, 3));
+        config.validate().unwrap();
+    }
 }

@@ -54,6 +54,53 @@ impl Who {
     }
 }
 
+/// A decision that may say why: `approve NAME [--reason TEXT]`.
+#[derive(Debug, clap::Args)]
+pub struct Decide {
+    /// Name of the topic or group.
+    name: String,
+    /// Why (kept in the history).
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    who: Who,
+    #[command(flatten)]
+    addrs: NameserverAddrs,
+}
+
+/// A decision that must say why: `reject|delete NAME --reason TEXT`.
+#[derive(Debug, clap::Args)]
+pub struct DecideWithReason {
+    /// Name of the topic or group.
+    name: String,
+    /// Why (required, kept in the history).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    who: Who,
+    #[command(flatten)]
+    addrs: NameserverAddrs,
+}
+
+/// `list [--status S]`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only those with this status.
+    #[arg(long, value_parser = ["requested", "approved", "rejected"])]
+    status: Option<String>,
+    #[command(flatten)]
+    addrs: NameserverAddrs,
+}
+
+/// `describe|history NAME`.
+#[derive(Debug, clap::Args)]
+pub struct NameArgs {
+    /// Name of the topic or group.
+    name: String,
+    #[command(flatten)]
+    addrs: NameserverAddrs,
+}
+
 /// `meridian topic ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum TopicCommand {
@@ -82,29 +129,9 @@ pub enum TopicCommand {
         addrs: NameserverAddrs,
     },
     /// Approve a requested topic.
-    Approve {
-        /// Topic name.
-        name: String,
-        /// Why (kept in the history).
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        who: Who,
-        #[command(flatten)]
-        addrs: NameserverAddrs,
-    },
+    Approve(Decide),
     /// Reject a requested topic.
-    Reject {
-        /// Topic name.
-        name: String,
-        /// Why (required, kept in the history).
-        #[arg(long)]
-        reason: String,
-        #[command(flatten)]
-        who: Who,
-        #[command(flatten)]
-        addrs: NameserverAddrs,
-    },
+    Reject(DecideWithReason),
     /// Admin shortcut: request and approve a topic in one step, then wait until its brokers serve it.
     Create {
         /// Topic name: 1-127 chars of [A-Za-z0-9_-].
@@ -151,39 +178,13 @@ pub enum TopicCommand {
         addrs: NameserverAddrs,
     },
     /// Delete a topic (its history stays).
-    Delete {
-        /// Topic name.
-        name: String,
-        /// Why (required).
-        #[arg(long)]
-        reason: String,
-        #[command(flatten)]
-        who: Who,
-        #[command(flatten)]
-        addrs: NameserverAddrs,
-    },
+    Delete(DecideWithReason),
     /// List topics.
-    List {
-        /// Only topics with this status.
-        #[arg(long, value_parser = ["requested", "approved", "rejected"])]
-        status: Option<String>,
-        #[command(flatten)]
-        addrs: NameserverAddrs,
-    },
+    List(ListArgs),
     /// Show a topic: status, owner, placement and its route with broker liveness.
-    Describe {
-        /// Topic name.
-        name: String,
-        #[command(flatten)]
-        addrs: NameserverAddrs,
-    },
+    Describe(NameArgs),
     /// Every decision about a topic: who, when, what and why.
-    History {
-        /// Topic name.
-        name: String,
-        #[command(flatten)]
-        addrs: NameserverAddrs,
-    },
+    History(NameArgs),
 }
 
 /// `meridian group ...`.
@@ -214,29 +215,9 @@ pub enum GroupCommand {
         addrs: NameserverAddrs,
     },
     /// Approve a requested group; its topics must be approved.
-    Approve {
-        /// Group name.
-        name: String,
-        /// Why (kept in the history).
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        who: Who,
-        #[command(flatten)]
-        addrs: NameserverAddrs,
-    },
+    Approve(Decide),
     /// Reject a requested group.
-    Reject {
-        /// Group name.
-        name: String,
-        /// Why (required).
-        #[arg(long)]
-        reason: String,
-        #[command(flatten)]
-        who: Who,
-        #[command(flatten)]
-        addrs: NameserverAddrs,
-    },
+    Reject(DecideWithReason),
     /// Admin shortcut: request and approve a group in one step, then wait until brokers know it.
     Create {
         /// Group name.
@@ -253,39 +234,13 @@ pub enum GroupCommand {
         addrs: NameserverAddrs,
     },
     /// Delete a group (its history stays).
-    Delete {
-        /// Group name.
-        name: String,
-        /// Why (required).
-        #[arg(long)]
-        reason: String,
-        #[command(flatten)]
-        who: Who,
-        #[command(flatten)]
-        addrs: NameserverAddrs,
-    },
+    Delete(DecideWithReason),
     /// List consumer groups.
-    List {
-        /// Only groups with this status.
-        #[arg(long, value_parser = ["requested", "approved", "rejected"])]
-        status: Option<String>,
-        #[command(flatten)]
-        addrs: NameserverAddrs,
-    },
+    List(ListArgs),
     /// Show a consumer group.
-    Describe {
-        /// Group name.
-        name: String,
-        #[command(flatten)]
-        addrs: NameserverAddrs,
-    },
+    Describe(NameArgs),
     /// Every decision about a group.
-    History {
-        /// Group name.
-        name: String,
-        #[command(flatten)]
-        addrs: NameserverAddrs,
-    },
+    History(NameArgs),
 }
 
 /// `meridian cluster ...`: the nameservers' Raft cluster and the brokers they know.
@@ -433,14 +388,12 @@ async fn placement(client: &NameserverClient, on: &[String], queues: u32) -> Res
 pub async fn topic(command: TopicCommand) -> Result<()> {
     let addrs = match &command {
         TopicCommand::Request { addrs, .. }
-        | TopicCommand::Approve { addrs, .. }
-        | TopicCommand::Reject { addrs, .. }
         | TopicCommand::Create { addrs, .. }
-        | TopicCommand::Update { addrs, .. }
-        | TopicCommand::Delete { addrs, .. }
-        | TopicCommand::List { addrs, .. }
-        | TopicCommand::Describe { addrs, .. }
-        | TopicCommand::History { addrs, .. } => addrs.clone(),
+        | TopicCommand::Update { addrs, .. } => addrs.clone(),
+        TopicCommand::Approve(args) => args.addrs.clone(),
+        TopicCommand::Reject(args) | TopicCommand::Delete(args) => args.addrs.clone(),
+        TopicCommand::List(args) => args.addrs.clone(),
+        TopicCommand::Describe(args) | TopicCommand::History(args) => args.addrs.clone(),
     };
     let client = NameserverClient::new(&addrs)?;
     let result = run_topic(&client, command).await;
@@ -472,7 +425,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
             client.command(Command::RequestTopic(request)).await?;
             println!("topic {name} requested; an admin approves it with `meridian topic approve {name}`");
         }
-        TopicCommand::Approve { name, reason, who, .. } => {
+        TopicCommand::Approve(Decide { name, reason, who, .. }) => {
             client
                 .command(Command::ApproveTopic {
                     name: name.clone(),
@@ -482,7 +435,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 .await?;
             println!("topic {name} approved");
         }
-        TopicCommand::Reject { name, reason, who, .. } => {
+        TopicCommand::Reject(DecideWithReason { name, reason, who, .. }) => {
             client
                 .command(Command::RejectTopic {
                     name: name.clone(),
@@ -573,7 +526,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 .await?;
             println!("topic {name} updated");
         }
-        TopicCommand::Delete { name, reason, who, .. } => {
+        TopicCommand::Delete(DecideWithReason { name, reason, who, .. }) => {
             client
                 .command(Command::DeleteTopic {
                     name: name.clone(),
@@ -583,7 +536,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 .await?;
             println!("topic {name} deleted");
         }
-        TopicCommand::List { status, .. } => {
+        TopicCommand::List(ListArgs { status, .. }) => {
             let topics: Vec<Topic> = client
                 .read(&Query::Topics {
                     status: parse_status(status.as_deref()),
@@ -604,7 +557,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 );
             }
         }
-        TopicCommand::Describe { name, .. } => {
+        TopicCommand::Describe(NameArgs { name, .. }) => {
             let detail: TopicDetail = client.read(&Query::Topic { name: name.clone() }).await?;
             let Some(topic) = detail.topic else {
                 println!("topic {name} was deleted; `meridian topic history {name}` shows when and why");
@@ -672,7 +625,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 }
             }
         }
-        TopicCommand::History { name, .. } => {
+        TopicCommand::History(NameArgs { name, .. }) => {
             let detail: TopicDetail = client.read(&Query::Topic { name: name.clone() }).await?;
             print_history(&detail.history);
         }
@@ -874,14 +827,11 @@ async fn wait_until_known(client: &NameserverClient, group: &str, topics: &[Stri
 /// `meridian group ...`.
 pub async fn group(command: GroupCommand) -> Result<()> {
     let addrs = match &command {
-        GroupCommand::Request { addrs, .. }
-        | GroupCommand::Approve { addrs, .. }
-        | GroupCommand::Reject { addrs, .. }
-        | GroupCommand::Create { addrs, .. }
-        | GroupCommand::Delete { addrs, .. }
-        | GroupCommand::List { addrs, .. }
-        | GroupCommand::Describe { addrs, .. }
-        | GroupCommand::History { addrs, .. } => addrs.clone(),
+        GroupCommand::Request { addrs, .. } | GroupCommand::Create { addrs, .. } => addrs.clone(),
+        GroupCommand::Approve(args) => args.addrs.clone(),
+        GroupCommand::Reject(args) | GroupCommand::Delete(args) => args.addrs.clone(),
+        GroupCommand::List(args) => args.addrs.clone(),
+        GroupCommand::Describe(args) | GroupCommand::History(args) => args.addrs.clone(),
     };
     let client = NameserverClient::new(&addrs)?;
     let result = run_group(&client, command).await;
@@ -918,7 +868,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
                 .await?;
             println!("consumer group {name} requested; an admin approves it with `meridian group approve {name}`");
         }
-        GroupCommand::Approve { name, reason, who, .. } => {
+        GroupCommand::Approve(Decide { name, reason, who, .. }) => {
             client
                 .command(Command::ApproveGroup {
                     name: name.clone(),
@@ -928,7 +878,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
                 .await?;
             println!("consumer group {name} approved");
         }
-        GroupCommand::Reject { name, reason, who, .. } => {
+        GroupCommand::Reject(DecideWithReason { name, reason, who, .. }) => {
             client
                 .command(Command::RejectGroup {
                     name: name.clone(),
@@ -967,7 +917,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
             wait_until_known(client, &name, &topics).await?;
             println!("consumer group {name} ready on {}", topics.join(", "));
         }
-        GroupCommand::Delete { name, reason, who, .. } => {
+        GroupCommand::Delete(DecideWithReason { name, reason, who, .. }) => {
             client
                 .command(Command::DeleteGroup {
                     name: name.clone(),
@@ -977,7 +927,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
                 .await?;
             println!("consumer group {name} deleted");
         }
-        GroupCommand::List { status, .. } => {
+        GroupCommand::List(ListArgs { status, .. }) => {
             let groups: Vec<ConsumerGroup> = client
                 .read(&Query::Groups {
                     status: parse_status(status.as_deref()),
@@ -998,7 +948,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
                 );
             }
         }
-        GroupCommand::Describe { name, .. } => {
+        GroupCommand::Describe(NameArgs { name, .. }) => {
             let detail: GroupDetail = client.read(&Query::Group { name: name.clone() }).await?;
             let Some(group) = detail.group else {
                 println!("consumer group {name} was deleted; `meridian group history {name}` shows when and why");
@@ -1039,7 +989,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
             );
             println!("max retries  {}", group.max_retries);
         }
-        GroupCommand::History { name, .. } => {
+        GroupCommand::History(NameArgs { name, .. }) => {
             let detail: GroupDetail = client.read(&Query::Group { name: name.clone() }).await?;
             print_history(&detail.history);
         }

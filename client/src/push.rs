@@ -368,23 +368,26 @@ impl PushInner {
                 (addr, result)
             }
         });
-        let mut last_error = None;
+        let mut failures = Vec::new();
         let mut accepted = false;
         for (addr, result) in futures_util::future::join_all(sends).await {
             match result {
                 Ok(()) => accepted = true,
                 Err(error) => {
                     let error = ClientError::from(error);
-                    warn!(addr, %error, group = %self.config.group, "heartbeat failed");
                     self.note_error(&error);
-                    last_error = Some(error);
+                    failures.push((addr, error));
                 }
             }
         }
-        match (accepted, last_error) {
-            (false, Some(error)) => Err(error),
-            _ => Ok(()),
+        if !accepted && let Some((_, error)) = failures.pop() {
+            // Every broker refused: the caller reports it (once), not each refusal here.
+            return Err(error);
         }
+        for (addr, error) in failures {
+            warn!(addr, %error, group = %self.config.group, "heartbeat failed");
+        }
+        Ok(())
     }
 
     /// The live members of the group, from the first broker of the topic that answers.
@@ -581,7 +584,11 @@ async fn heartbeat_loop(inner: Arc<PushInner>) {
         tokio::select! {
             _ = inner.cancel.cancelled() => return,
             // Errors are logged inside; the next beat tries again.
-            _ = inner.heartbeat() => {}
+            result = inner.heartbeat() => {
+                if let Err(error) = result {
+                    warn!(%error, group = %inner.config.group, "heartbeat failed");
+                }
+            }
         }
     }
 }
