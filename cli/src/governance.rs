@@ -453,28 +453,8 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
             who,
             ..
         } => {
-            let by = who.name()?;
-            let placed = placement(client, &on, queues).await?;
-            let request = TopicRequest {
-                name: name.clone(),
-                owner,
-                description: String::new(),
-                queues: placed.clone(),
-                perm: PERM_READ_WRITE,
-                produce_limit: None,
-                requested_by: by.clone(),
-            };
-            client.command(Command::RequestTopic(request)).await?;
-            client
-                .command(Command::ApproveTopic {
-                    name: name.clone(),
-                    decided_by: by,
-                    reason: Some("created by an admin (topic create)".into()),
-                })
-                .await?;
-            wait_until_served(client, &name).await?;
-            let groups: Vec<&str> = placed.keys().map(String::as_str).collect();
-            println!("topic {name} ready with {queues} queues on {}", groups.join(", "));
+            let placed = create_topic(client, &name, queues, &on, owner, who.name()?).await?;
+            println!("topic {name} ready with {queues} queues on {}", placed.join(", "));
         }
         TopicCommand::Update {
             name,
@@ -673,6 +653,68 @@ fn print_history(history: &[Decision]) {
     }
 }
 
+/// The admin shortcut: requests and approves a topic as `by`, then waits until its brokers serve
+/// it. Returns the broker groups it was placed on.
+async fn create_topic(
+    client: &NameserverClient,
+    name: &str,
+    queues: u32,
+    on: &[String],
+    owner: String,
+    by: String,
+) -> Result<Vec<String>> {
+    let placed = placement(client, on, queues).await?;
+    let request = TopicRequest {
+        name: name.to_owned(),
+        owner,
+        description: String::new(),
+        queues: placed.clone(),
+        perm: PERM_READ_WRITE,
+        produce_limit: None,
+        requested_by: by.clone(),
+    };
+    client.command(Command::RequestTopic(request)).await?;
+    client
+        .command(Command::ApproveTopic {
+            name: name.to_owned(),
+            decided_by: by,
+            reason: Some("created by an admin (topic create)".into()),
+        })
+        .await?;
+    wait_until_served(client, name).await?;
+    Ok(placed.into_keys().collect())
+}
+
+/// The admin shortcut for consumer groups: request and approve as `by`, then wait until the
+/// brokers of its topics accept it.
+async fn create_group(
+    client: &NameserverClient,
+    name: &str,
+    topics: &[String],
+    owner: String,
+    by: String,
+) -> Result<()> {
+    client
+        .command(Command::RequestGroup(GroupRequest {
+            name: name.to_owned(),
+            owner,
+            description: String::new(),
+            topics: topics.iter().cloned().collect(),
+            max_retries: None,
+            consume_mode: ConsumeMode::Clustering,
+            requested_by: by.clone(),
+        }))
+        .await?;
+    client
+        .command(Command::ApproveGroup {
+            name: name.to_owned(),
+            decided_by: by,
+            reason: Some("created by an admin (group create)".into()),
+        })
+        .await?;
+    wait_until_known(client, name, topics).await
+}
+
 /// Makes sure `topic` exists and is served, for tools that need one (benchmarks): requested and
 /// approved in one step unless it already exists, then waited for.
 pub async fn ensure_topic(addrs: &NameserverAddrs, topic: &str, queues: u32) -> Result<()> {
@@ -683,20 +725,7 @@ pub async fn ensure_topic(addrs: &NameserverAddrs, topic: &str, queues: u32) -> 
             .await
             .is_ok_and(|detail| detail.topic.is_some());
         if !exists {
-            run_topic(
-                &client,
-                TopicCommand::Create {
-                    name: topic.to_owned(),
-                    queues,
-                    on: Vec::new(),
-                    owner: "admin".into(),
-                    who: Who {
-                        by: Some("meridian-bench".into()),
-                    },
-                    addrs: addrs.clone(),
-                },
-            )
-            .await?;
+            create_topic(&client, topic, queues, &[], "admin".into(), "meridian-bench".into()).await?;
         }
         wait_until_served(&client, topic).await
     }
@@ -714,17 +743,12 @@ pub async fn ensure_group(addrs: &NameserverAddrs, group: &str, topic: &str) -> 
             .await
             .is_ok_and(|detail| detail.group.is_some());
         if !exists {
-            run_group(
+            create_group(
                 &client,
-                GroupCommand::Create {
-                    name: group.to_owned(),
-                    topics: vec![topic.to_owned()],
-                    owner: "admin".into(),
-                    who: Who {
-                        by: Some("meridian-bench".into()),
-                    },
-                    addrs: addrs.clone(),
-                },
+                group,
+                &[topic.to_owned()],
+                "admin".into(),
+                "meridian-bench".into(),
             )
             .await?;
         }
@@ -895,26 +919,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
             who,
             ..
         } => {
-            let by = who.name()?;
-            client
-                .command(Command::RequestGroup(GroupRequest {
-                    name: name.clone(),
-                    owner,
-                    description: String::new(),
-                    topics: topics.iter().cloned().collect(),
-                    max_retries: None,
-                    consume_mode: ConsumeMode::Clustering,
-                    requested_by: by.clone(),
-                }))
-                .await?;
-            client
-                .command(Command::ApproveGroup {
-                    name: name.clone(),
-                    decided_by: by,
-                    reason: Some("created by an admin (group create)".into()),
-                })
-                .await?;
-            wait_until_known(client, &name, &topics).await?;
+            create_group(client, &name, &topics, owner, who.name()?).await?;
             println!("consumer group {name} ready on {}", topics.join(", "));
         }
         GroupCommand::Delete(DecideWithReason { name, reason, who, .. }) => {
