@@ -285,6 +285,9 @@ pub struct NameserverClient {
     pool: ConnectionPool,
 }
 
+/// Rounds over every address while no node can answer (an election, a restart).
+const ELECTION_ROUNDS: usize = 6;
+
 /// Longest a membership change may take (adding a node waits until it has caught up).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(125);
 
@@ -305,17 +308,38 @@ impl NameserverClient {
 
     async fn request(&self, code: RequestCode, body: Bytes, timeout: Duration) -> Result<Bytes> {
         let mut failures = Vec::new();
-        for addr in &self.addrs {
-            match self.pool.request(addr, code, body.clone(), timeout).await {
-                Ok(frame) => return Ok(frame.body),
-                Err(TransportError::Remote { code, message, .. }) if !code.is_retriable() => {
-                    return Err(anyhow!(message).context(format!("nameserver {addr} refused ({code})")));
+        // During an election no node can take a write for a second or so: try every address a
+        // few times, but only while each failure left the request undone (no connection, or
+        // refused as unavailable), so a retry cannot apply a write twice.
+        for round in 0..ELECTION_ROUNDS {
+            failures.clear();
+            let mut undone = true;
+            for addr in &self.addrs {
+                match self.pool.request(addr, code, body.clone(), timeout).await {
+                    Ok(frame) => return Ok(frame.body),
+                    Err(TransportError::Remote { code, message, .. }) if !code.is_retriable() => {
+                        return Err(anyhow!(message).context(format!("nameserver {addr} refused ({code})")));
+                    }
+                    Err(error) => {
+                        undone &= matches!(
+                            error,
+                            TransportError::Connect { .. }
+                                | TransportError::Remote {
+                                    code: ErrorCode::Unavailable,
+                                    ..
+                                }
+                        );
+                        failures.push(format!("{addr}: {error}"));
+                    }
                 }
-                Err(error) => failures.push(format!("{addr}: {error}")),
             }
+            if !undone || round + 1 == ELECTION_ROUNDS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         Err(anyhow!(
-            "no nameserver answered; check that they are running:\n  {}",
+            "no nameserver answered; check that they are running (`meridian cluster status`):\n  {}",
             failures.join("\n  ")
         ))
     }
