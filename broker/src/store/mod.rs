@@ -414,14 +414,7 @@ impl MessageStore {
                 })
             };
         }
-        let queue_list = (0..queues)
-            .map(|queue_id| {
-                ConsumeQueue::open(&cq_dir(&self.dir, name, queue_id), self.config.cq_entries_per_file).map(Arc::new)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut metas = self.topic_metas();
-        metas.insert(name.to_owned(), TopicMeta { queues });
-        self.write_topics_file(&metas)?;
+        let queue_list = self.open_queues(name, 0..queues)?;
         self.commitlog
             .lock_writer()
             .queue_offsets
@@ -432,6 +425,21 @@ impl MessageStore {
             .insert(name.to_owned(), Topic { queues: queue_list });
         tracing::info!(topic = name, queues, "topic created");
         Ok(true)
+    }
+
+    /// Opens (creates) the consume queues `queue_ids` of topic `name`, then records that the topic
+    /// has `queue_ids.end` queues in the topics file.
+    fn open_queues(&self, name: &str, queue_ids: std::ops::Range<u32>) -> Result<Vec<Arc<ConsumeQueue>>> {
+        let queues = queue_ids.end;
+        let opened = queue_ids
+            .map(|queue_id| {
+                ConsumeQueue::open(&cq_dir(&self.dir, name, queue_id), self.config.cq_entries_per_file).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut metas = self.topic_metas();
+        metas.insert(name.to_owned(), TopicMeta { queues });
+        self.write_topics_file(&metas)?;
+        Ok(opened)
     }
 
     /// Gives an existing topic more queues, numbered after its current ones; existing queues keep
@@ -446,14 +454,7 @@ impl MessageStore {
         if queues <= existing {
             return Ok(false);
         }
-        let added = (existing..queues)
-            .map(|queue_id| {
-                ConsumeQueue::open(&cq_dir(&self.dir, name, queue_id), self.config.cq_entries_per_file).map(Arc::new)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut metas = self.topic_metas();
-        metas.insert(name.to_owned(), TopicMeta { queues });
-        self.write_topics_file(&metas)?;
+        let added = self.open_queues(name, existing..queues)?;
         // The dispatcher must know a queue before any record for it exists, so the consume queues
         // come first and appends may target them only after.
         self.topics
