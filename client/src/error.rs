@@ -81,7 +81,7 @@ pub enum ClientError {
     Decode(String),
     /// The route of the topic has no broker (or no queue) open for what was asked.
     #[error(
-        "no broker serves topic {topic:?} with a queue open for this operation; create the topic or check its read/write permission"
+        "no broker serves topic {topic:?} with a queue open for this operation: its broker groups have no live master, or its read/write permission forbids it; `meridian topic describe {topic}` shows which"
     )]
     NoRoute {
         /// The topic.
