@@ -19,7 +19,7 @@ use meridian_proto::messages::{
     BrokerHeartbeat, BrokerHeartbeatResponse, BrokerMetadata, BrokerRegistration, TopicList, TopicRoute, role,
 };
 use meridian_proto::transport::{ConnectionPool, TransportError};
-use meridian_proto::validate::{validate_group, validate_queue_count, validate_topic};
+use meridian_proto::validate::{validate_group, validate_topic};
 use meridian_proto::{ErrorCode, RequestCode};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ use crate::raft::NameserverRaft;
 use crate::routes;
 use crate::state::{
     ApprovalStatus, BrokerRegistration as Registration, BrokerRole, Command, ConsumerGroup, Decision, IdcRule,
-    MetadataState, Response, SdkPolicy, Topic,
+    MetadataState, Response, SdkPolicy, Topic, validate_broker_identity, validate_broker_topics,
 };
 use crate::types::{Node, NodeId};
 
@@ -378,12 +378,13 @@ impl NameserverService {
                 format!("topic list of broker {:?} does not decode: {error}", heartbeat.name),
             )
         })?;
-        let mut topics = std::collections::BTreeMap::new();
-        for topic in list.topics {
-            validate_topic(&topic.name)?;
-            validate_queue_count(topic.queues)?;
-            topics.insert(topic.name, topic.queues);
-        }
+        let topics: std::collections::BTreeMap<String, u32> = list
+            .topics
+            .into_iter()
+            .map(|topic| (topic.name, topic.queues))
+            .collect();
+        // Refused here, before it reaches the Raft log.
+        validate_broker_topics(&topics)?;
         self.metrics.registrations.inc();
         let group = heartbeat.group.clone();
         let name = heartbeat.name.clone();
@@ -572,18 +573,7 @@ pub fn group_detail(state: &MetadataState, name: &str) -> Result<GroupDetail, Ap
 }
 
 fn validate_broker(heartbeat: &BrokerHeartbeat) -> Result<(), ApiError> {
-    // Broker names follow the group-name rule, as in the broker's own config.
-    validate_group(&heartbeat.group)?;
-    validate_group(&heartbeat.name)?;
-    if heartbeat.addr.trim().is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::InvalidArgument,
-            format!(
-                "broker {:?} of group {:?} sent no address: set advertise_addr in its config",
-                heartbeat.name, heartbeat.group
-            ),
-        ));
-    }
+    validate_broker_identity(&heartbeat.group, &heartbeat.name, &heartbeat.addr)?;
     if heartbeat.role != role::MASTER && heartbeat.role != role::SLAVE {
         return Err(ApiError::new(
             ErrorCode::InvalidArgument,

@@ -1130,21 +1130,8 @@ impl MetadataState {
         registration: BrokerRegistration,
         topics: BTreeMap<String, u32>,
     ) -> Result<Response, CommandError> {
-        // Broker names follow the group-name rule, as the broker's own config does.
-        validate_group(&group_name)?;
-        validate_group(&registration.name)?;
-        if registration.addr.trim().is_empty() {
-            return Err(CommandError::Invalid {
-                message: format!(
-                    "broker {:?} of group {group_name:?} has no address: give the address clients connect to",
-                    registration.name
-                ),
-            });
-        }
-        for (topic, queues) in &topics {
-            validate_topic(topic)?;
-            validate_queue_count(*queues)?;
-        }
+        validate_broker_identity(&group_name, &registration.name, &registration.addr)?;
+        validate_broker_topics(&topics)?;
         if let Some(group) = self.broker_groups.get(&group_name)
             && registration.role == BrokerRole::Master
         {
@@ -1350,6 +1337,31 @@ fn require_reason(subject: Subject, name: &str, doing: &str, reason: &str) -> Re
         return Err(CommandError::Invalid {
             message: format!("{doing} {subject} {name:?} needs a reason: say why, it is kept in the history"),
         });
+    }
+    Ok(())
+}
+
+/// Who a broker says it is: its group and name follow the group-name rule (as in the broker's
+/// own config), and it gives the address clients connect to. Checked on heartbeats before they
+/// touch anything, and again when a registration is applied.
+pub fn validate_broker_identity(group: &str, name: &str, addr: &str) -> Result<(), CommandError> {
+    validate_group(group)?;
+    validate_group(name)?;
+    if addr.trim().is_empty() {
+        return Err(CommandError::Invalid {
+            message: format!(
+                "broker {name:?} of group {group:?} has no address: set advertise_addr in its config to the address clients connect to"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The topics a broker registers: valid names and queue counts.
+pub fn validate_broker_topics(topics: &BTreeMap<String, u32>) -> Result<(), CommandError> {
+    for (topic, queues) in topics {
+        validate_topic(topic)?;
+        validate_queue_count(*queues)?;
     }
     Ok(())
 }
