@@ -7,6 +7,7 @@ use meridian_proto::validate::{self, Limits};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{BrokerError, Result};
+use crate::replication::ReplicationConfig;
 use crate::store::StoreConfig;
 
 /// Size limits (the `[limits]` table). The same defaults as the client's.
@@ -70,6 +71,8 @@ pub struct BrokerConfig {
     pub store: StoreConfig,
     /// Size limits.
     pub limits: LimitsConfig,
+    /// Broker group replication: ack policy, group size, in-sync rules.
+    pub replication: ReplicationConfig,
     /// A consumer not heard from for this long leaves its group, in ms.
     pub consumer_expiry_ms: u64,
     /// Requests one connection may have in flight; more wait, so one client cannot take all memory.
@@ -120,13 +123,14 @@ impl Default for BrokerConfig {
             http_listen: Some("127.0.0.1:8081".parse().expect("valid address")),
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),
+            replication: ReplicationConfig::default(),
             consumer_expiry_ms: 10_000,
             max_inflight_per_connection: 1024,
             max_long_poll_ms: 30_000,
             max_pending_response_bytes: 64 << 20,
             member_name: None,
             nameservers: Vec::new(),
-            heartbeat_interval_ms: 3000,
+            heartbeat_interval_ms: 500,
         }
     }
 }
@@ -174,7 +178,7 @@ impl BrokerConfig {
         }
         if self.heartbeat_interval_ms < MIN_HEARTBEAT_INTERVAL_MS {
             return Err(BrokerError::Config(format!(
-                "heartbeat_interval_ms ({}) must be at least {MIN_HEARTBEAT_INTERVAL_MS}: heartbeats more often only load the nameservers (default 3000)",
+                "heartbeat_interval_ms ({}) must be at least {MIN_HEARTBEAT_INTERVAL_MS}: heartbeats more often only load the nameservers (default 500)",
                 self.heartbeat_interval_ms
             )));
         }
@@ -192,6 +196,13 @@ impl BrokerConfig {
             limits.max_body_size,
         );
         self.store.validate(largest_record)?;
+        self.replication.validate(&self.idc, limits.max_frame_size)?;
+        if self.replication.replicas > 1 && !self.is_governed() {
+            return Err(BrokerError::Config(format!(
+                "replication.replicas = {} needs nameservers: a group's master is elected by the nameservers; set `nameservers` or use replicas = 1",
+                self.replication.replicas
+            )));
+        }
         if self.max_inflight_per_connection == 0 {
             return Err(BrokerError::Config(
                 "max_inflight_per_connection must be at least 1".into(),
@@ -214,7 +225,7 @@ mod tests {
         let config = BrokerConfig::default();
         config.validate().unwrap();
         assert!(!config.is_governed());
-        assert_eq!(config.heartbeat_interval_ms, 3000);
+        assert_eq!(config.heartbeat_interval_ms, 500);
         assert_eq!(config.member_name(), "broker-a");
     }
 

@@ -141,6 +141,27 @@ pub enum BrokerError {
         /// The broker's nameservers.
         nameservers: Vec<String>,
     },
+    /// A write reached a broker that is not its group's master (a slave, a fenced master, or a
+    /// master whose lease lapsed).
+    #[error("{0}")]
+    NotMaster(String),
+    /// The write did not reach the replicas its group's ack policy needs in time.
+    #[error(
+        "message appended on the master but held by only {held} of the {needed} replicas ack policy {policy} needs within {timeout_ms} ms (replication.ack_timeout_ms); it is NOT acknowledged and a retry may duplicate it. Check the slaves with `meridian cluster status`"
+    )]
+    ReplicationTimeout {
+        /// The group's policy.
+        policy: &'static str,
+        /// Replicas (counting the master) holding the message when time ran out.
+        held: usize,
+        /// Replicas the policy needs.
+        needed: usize,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// A replication request that does not fit this broker's state.
+    #[error("replication refused: {0}")]
+    ReplicationRefused(String),
 }
 
 impl BrokerError {
@@ -170,6 +191,9 @@ impl BrokerError {
             | BrokerError::GroupTopicNotApproved { .. }
             | BrokerError::TopicsGoverned { .. } => ErrorCode::FailedPrecondition,
             BrokerError::ApprovalsPending { .. } => ErrorCode::Unavailable,
+            BrokerError::NotMaster(_) => ErrorCode::NotMaster,
+            BrokerError::ReplicationTimeout { .. } => ErrorCode::ReplicationTimeout,
+            BrokerError::ReplicationRefused(_) => ErrorCode::FailedPrecondition,
         }
     }
 }

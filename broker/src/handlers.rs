@@ -14,7 +14,8 @@ use meridian_proto::RequestCode;
 use meridian_proto::messages::{
     BrokerRoute, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse, CreateTopicRequest, GroupMember,
     PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse, QueueRef,
-    SearchOffsetRequest, SearchOffsetResponse, SendRequest, SendResponse, TopicRoute, TopicRouteRequest, perm,
+    ReplicaFetch, SearchOffsetRequest, SearchOffsetResponse, SendRequest, SendResponse, TopicRoute, TopicRouteRequest,
+    perm,
 };
 use meridian_proto::properties::{self, KEY_SEPARATOR, KEYS, MSG_ID, PRODUCER_GROUP, TAGS};
 use meridian_proto::validate::{self, Limits, ValidationError};
@@ -26,6 +27,7 @@ use crate::error::{BrokerError, Result};
 use crate::groups::ConsumerGroups;
 use crate::metrics::{BrokerMetrics, RequestLabels};
 use crate::registry::Governance;
+use crate::replication::Replication;
 use crate::store::{AppendRequest, CqEntry, FlushMode, MessageStore};
 
 /// A response body still being produced.
@@ -58,6 +60,8 @@ pub struct BrokerState {
     /// What the nameservers approved, on a governed broker (`nameservers` set); `None` on a
     /// standalone broker, which serves every topic and group.
     pub governance: Option<Arc<Governance>>,
+    /// This broker's role in its group, its lease, and its slaves' acknowledgements.
+    pub replication: Arc<Replication>,
 }
 
 impl BrokerState {
@@ -104,6 +108,7 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         RequestCode::ConsumerHeartbeat => now(consumer_heartbeat(state, body)),
         RequestCode::ConsumerList => now(consumer_list(state, body)),
         RequestCode::ConsumerLeave => now(consumer_leave(state, body)),
+        RequestCode::ReplicaFetch => replica_fetch(state, body),
         RequestCode::BrokerHeartbeat
         | RequestCode::RegisterBroker
         | RequestCode::BrokerMetadata
@@ -176,6 +181,12 @@ pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr)
             .get_or_create(&RequestLabels { request: "send" })
             .inc_by(count - 1);
     }
+    if let Err(error) = state.replication.check_writable() {
+        let reason = error.to_string();
+        return (0..count)
+            .map(|_| Reply::Now(Err(BrokerError::NotMaster(reason.clone()))))
+            .collect();
+    }
     let decoded: Vec<Result<SendRequest>> = bodies.into_iter().map(|body| decode_send(state, body)).collect();
     let requests: Vec<AppendRequest<'_>> = decoded
         .iter()
@@ -188,7 +199,9 @@ pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr)
         })
         .collect();
     let mut appended = state.store.append_many(&requests).into_iter();
+    state.replication.notify_appended();
     let sync = state.store.config().flush_mode == FlushMode::Sync;
+    let replicated = state.replication.needs_slaves();
     decoded
         .into_iter()
         .map(|request| {
@@ -203,18 +216,31 @@ pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr)
             let response = SendResponse {
                 results: appended.results,
             };
-            if !sync {
+            if !sync && !replicated {
                 state.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
                 return Reply::Now(encoded(&response));
             }
             let state = state.clone();
             Reply::Later(Box::pin(async move {
-                state.store.wait_flushed(appended.end_offset).await?;
+                if sync {
+                    state.store.wait_flushed(appended.end_offset).await?;
+                }
+                state.replication.wait_acked(appended.end_offset).await?;
                 state.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
                 encoded(&response)
             }))
         })
         .collect()
+}
+
+/// A slave's fetch of the commitlog (answered when there is data, or after the slave's wait).
+fn replica_fetch(state: &Arc<BrokerState>, body: Bytes) -> Reply {
+    let request: ReplicaFetch = match decode(body) {
+        Ok(request) => request,
+        Err(error) => return Reply::Now(Err(error)),
+    };
+    let replication = state.replication.clone();
+    Reply::Later(Box::pin(async move { replication.serve_fetch(request).await }))
 }
 
 /// Encodes a pull response, copying records from the commitlog straight into the body: the
@@ -482,15 +508,20 @@ mod tests {
         for topic in ["orders", "archive", "payments"] {
             store.create_topic(topic, 2).unwrap();
         }
+        let metrics: Arc<crate::metrics::BrokerMetrics> = Arc::default();
+        let shutdown = CancellationToken::new();
+        let replication = Replication::new(&config, store.clone(), metrics.clone(), shutdown.clone());
+        replication.assume_master_for_tests();
         Arc::new(BrokerState {
             store,
             groups: ConsumerGroups::new(Duration::from_secs(10)),
-            metrics: Arc::default(),
+            metrics,
             limits: config.limits.limits(),
             advertise_addr: "127.0.0.1:7911".into(),
             config,
-            shutdown: CancellationToken::new(),
+            shutdown,
             governance: Some(governance),
+            replication,
         })
     }
 

@@ -17,6 +17,7 @@ pub mod groups;
 pub mod handlers;
 pub mod metrics;
 pub mod registry;
+pub mod replication;
 pub mod server;
 pub mod store;
 

@@ -69,6 +69,20 @@ pub struct BrokerMetrics {
     pub nameserver_heartbeat_bytes: Counter,
     /// Fetches of the approved topics and groups from nameservers.
     pub nameserver_metadata_fetches: Counter,
+    /// Commitlog bytes sent to slaves.
+    pub replicated_bytes: Counter,
+    /// Sends that did not reach their ack policy in time.
+    pub replication_timeouts: Counter,
+    /// Failed fetches from the master (on a slave).
+    pub replication_fetch_errors: Counter,
+    /// Divergent log tails truncated on the master's word (on a slave).
+    pub replication_truncations: Counter,
+    /// Bytes the master held beyond this slave at its last fetch.
+    pub replication_lag_bytes: Gauge,
+    /// The group epoch this broker's role belongs to.
+    pub role_epoch: Gauge,
+    /// Slaves the master holds in sync.
+    pub in_sync_slaves: Gauge,
 }
 
 impl Default for BrokerMetrics {
@@ -89,6 +103,13 @@ impl Default for BrokerMetrics {
             nameserver_registrations: Counter::default(),
             nameserver_heartbeat_bytes: Counter::default(),
             nameserver_metadata_fetches: Counter::default(),
+            replicated_bytes: Counter::default(),
+            replication_timeouts: Counter::default(),
+            replication_fetch_errors: Counter::default(),
+            replication_truncations: Counter::default(),
+            replication_lag_bytes: Gauge::default(),
+            role_epoch: Gauge::default(),
+            in_sync_slaves: Gauge::default(),
         }
     }
 }
@@ -160,6 +181,41 @@ impl BrokerMetrics {
             "nameserver_metadata_fetches",
             "Fetches of the approved topics and consumer groups from nameservers",
             metrics.nameserver_metadata_fetches.clone(),
+        );
+        registry.register(
+            "replicated_bytes",
+            "Commitlog bytes sent to slaves",
+            metrics.replicated_bytes.clone(),
+        );
+        registry.register(
+            "replication_timeouts",
+            "Sends that did not reach their ack policy in time",
+            metrics.replication_timeouts.clone(),
+        );
+        registry.register(
+            "replication_fetch_errors",
+            "Failed fetches from the master (on a slave)",
+            metrics.replication_fetch_errors.clone(),
+        );
+        registry.register(
+            "replication_truncations",
+            "Divergent log tails truncated on the master's word (on a slave)",
+            metrics.replication_truncations.clone(),
+        );
+        registry.register(
+            "replication_lag_bytes",
+            "Bytes the master held beyond this slave at its last fetch",
+            metrics.replication_lag_bytes.clone(),
+        );
+        registry.register(
+            "role_epoch",
+            "The group epoch this broker's role belongs to",
+            metrics.role_epoch.clone(),
+        );
+        registry.register(
+            "in_sync_slaves",
+            "Slaves the master holds in sync",
+            metrics.in_sync_slaves.clone(),
         );
         metrics
     }

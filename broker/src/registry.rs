@@ -32,6 +32,7 @@ use tracing::{debug, error, info, warn};
 use crate::error::{BrokerError, Result};
 use crate::handlers::BrokerState;
 use crate::metrics::ResultLabels;
+use crate::replication::Role;
 use crate::store::MessageStore;
 
 /// What the nameservers approved for this broker group, as of one metadata version.
@@ -191,13 +192,26 @@ pub fn topic_list(mut topics: Vec<(String, u32)>) -> Vec<TopicQueues> {
         .collect()
 }
 
+/// Where a broker stands in its group, as its heartbeats report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// Whether it is the master.
+    pub master: bool,
+    /// The epoch its role belongs to.
+    pub epoch: u64,
+    /// End of its commitlog.
+    pub max_offset: u64,
+    /// The slaves it holds in sync (a master only), sorted.
+    pub in_sync: Vec<String>,
+}
+
 /// Who this broker is, as a heartbeat says it, with the digest of what it would register.
 /// `topics` must be sorted by name ([`topic_list`]). The digest leaves `max_offset` out, so a
 /// broker taking writes does not re-register every interval.
 pub fn build_heartbeat(
     config: &crate::BrokerConfig,
     addr: &str,
-    max_offset: u64,
+    standing: Standing,
     topics: &[TopicQueues],
 ) -> BrokerHeartbeat {
     let mut heartbeat = BrokerHeartbeat {
@@ -205,11 +219,11 @@ pub fn build_heartbeat(
         name: config.member_name().to_owned(),
         addr: addr.to_owned(),
         idc: config.idc.clone(),
-        role: role::MASTER,
-        // Failover epochs come with the controller; until then every broker is a master at 0.
-        epoch: 0,
-        max_offset,
+        role: if standing.master { role::MASTER } else { role::SLAVE },
+        epoch: standing.epoch,
+        max_offset: standing.max_offset,
         registration_digest: 0,
+        in_sync: standing.in_sync,
     };
     heartbeat.registration_digest = messages::registration_digest(&heartbeat, topics);
     heartbeat
@@ -365,12 +379,15 @@ impl Shared {
     async fn exchange(&self, link: &mut Link) -> Result<(), TransportError> {
         let state = &self.state;
         let topics = topic_list(state.store.topics());
-        let heartbeat = build_heartbeat(
-            &state.config,
-            &state.advertise_addr,
-            state.store.committed_offset(),
-            &topics,
-        );
+        let role = state.replication.role();
+        let standing = Standing {
+            master: matches!(role, Role::Master { .. }),
+            epoch: role.epoch(),
+            max_offset: state.store.committed_offset(),
+            in_sync: state.replication.in_sync(),
+        };
+        let heartbeat = build_heartbeat(&state.config, &state.advertise_addr, standing, &topics);
+        let sent_at = std::time::Instant::now();
         let metrics = &state.metrics;
         let result: Result<BrokerHeartbeatResponse, _> =
             self.call(&link.addr, RequestCode::BrokerHeartbeat, &heartbeat).await;
@@ -386,7 +403,9 @@ impl Shared {
         };
         metrics.nameserver_heartbeats.get_or_create(&labels).inc();
         let mut response = result?;
+        let mut answered_at = sent_at;
         if !response.registered {
+            answered_at = std::time::Instant::now();
             let topic_count = topics.len();
             let registration = build_registration(heartbeat, topics);
             let result = self.call(&link.addr, RequestCode::RegisterBroker, &registration).await;
@@ -399,6 +418,7 @@ impl Shared {
             response = result?;
             info!(nameserver = %link.addr, topics = topic_count, "registered with nameserver");
         }
+        state.replication.on_nameserver_answer(answered_at, &response).await;
         self.follow_metadata(link, response.metadata_version).await
     }
 
@@ -641,6 +661,16 @@ mod tests {
         assert!(message.contains("`meridian topic request orders"), "{message}");
     }
 
+    /// A master at epoch 3 holding `max_offset` bytes, with one slave in sync.
+    fn at(max_offset: u64) -> Standing {
+        Standing {
+            master: true,
+            epoch: 3,
+            max_offset,
+            in_sync: vec!["a-2".into()],
+        }
+    }
+
     #[test]
     fn registrations_list_topics_sorted_and_their_digest_ignores_the_max_offset() {
         let config = BrokerConfig {
@@ -653,7 +683,7 @@ mod tests {
         let names: Vec<&str> = topics.iter().map(|topic| topic.name.as_str()).collect();
         assert_eq!(names, ["alpha", "mid", "zeta"]);
 
-        let heartbeat = build_heartbeat(&config, "10.0.0.5:7911", 100, &topics);
+        let heartbeat = build_heartbeat(&config, "10.0.0.5:7911", at(100), &topics);
         assert_eq!(
             (
                 heartbeat.group.as_str(),
@@ -664,13 +694,31 @@ mod tests {
         );
         assert_eq!(
             (heartbeat.role, heartbeat.epoch, heartbeat.max_offset),
-            (role::MASTER, 0, 100)
+            (role::MASTER, 3, 100)
         );
-        let later = build_heartbeat(&config, "10.0.0.5:7911", 1 << 30, &topics);
+        assert_eq!(heartbeat.in_sync, ["a-2"]);
+        let later = build_heartbeat(&config, "10.0.0.5:7911", at(1 << 30), &topics);
         assert_eq!(later.registration_digest, heartbeat.registration_digest);
+        // A change of role, epoch or in-sync set registers again (the nameservers replicate it).
+        for changed in [
+            Standing {
+                master: false,
+                ..at(100)
+            },
+            Standing { epoch: 4, ..at(100) },
+            Standing {
+                in_sync: Vec::new(),
+                ..at(100)
+            },
+        ] {
+            assert_ne!(
+                build_heartbeat(&config, "10.0.0.5:7911", changed, &topics).registration_digest,
+                heartbeat.registration_digest
+            );
+        }
         let more = topic_list(vec![("alpha".into(), 8), ("mid".into(), 1), ("zeta".into(), 3)]);
         assert_ne!(
-            build_heartbeat(&config, "10.0.0.5:7911", 100, &more).registration_digest,
+            build_heartbeat(&config, "10.0.0.5:7911", at(100), &more).registration_digest,
             heartbeat.registration_digest
         );
         // The member name defaults to the group name.
@@ -678,7 +726,7 @@ mod tests {
             member_name: None,
             ..config
         };
-        assert_eq!(build_heartbeat(&unnamed, "x:1", 0, &topics).name, "broker-a");
+        assert_eq!(build_heartbeat(&unnamed, "x:1", at(0), &topics).name, "broker-a");
 
         let registration = build_registration(heartbeat.clone(), topics.clone());
         assert_eq!(registration.heartbeat.as_ref(), Some(&heartbeat));

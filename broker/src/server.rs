@@ -28,6 +28,7 @@ use crate::groups::ConsumerGroups;
 use crate::handlers::{self, BrokerState, Reply};
 use crate::metrics::{BrokerMetrics, ErrorLabels};
 use crate::registry::{Governance, Heartbeats};
+use crate::replication::Replication;
 use crate::store::MessageStore;
 
 /// A broker that has recovered its store and bound its port, ready to [`Broker::run`].
@@ -67,7 +68,10 @@ impl Broker {
         let governance = config
             .is_governed()
             .then(|| Arc::new(Governance::new(config.broker_name.clone(), config.nameservers.clone())));
+        let shutdown = CancellationToken::new();
+        let replication = Replication::new(&config, store.clone(), metrics.clone(), shutdown.clone());
         let state = Arc::new(BrokerState {
+            replication,
             governance,
             store,
             groups: ConsumerGroups::new(Duration::from_millis(config.consumer_expiry_ms)),
@@ -75,7 +79,7 @@ impl Broker {
             limits: config.limits.limits(),
             advertise_addr,
             config,
-            shutdown: CancellationToken::new(),
+            shutdown,
         });
         Ok(Broker { listener, state })
     }
@@ -130,6 +134,7 @@ impl Broker {
         if let Some(heartbeats) = heartbeats {
             heartbeats.stop().await;
         }
+        state.replication.stop().await;
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.shutdown())
             .await

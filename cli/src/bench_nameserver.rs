@@ -304,6 +304,7 @@ fn simulated_broker(group: u32, topics_per_group: u32) -> SimulatedBroker {
         epoch: 0,
         max_offset: 0,
         registration_digest: 0,
+        in_sync: Vec::new(),
     };
     heartbeat.registration_digest = registration_digest(&heartbeat, &topics);
     let list = TopicList { topics }.encode_to_vec();

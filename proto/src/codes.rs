@@ -49,11 +49,14 @@ pub enum RequestCode {
     RaftVote = 51,
     /// Raft `InstallSnapshot`: one chunk of a snapshot ([`crate::messages::RaftSnapshotChunk`]).
     RaftSnapshot = 52,
+    /// A slave fetches the master's commitlog from an offset, reporting what it holds
+    /// ([`crate::messages::ReplicaFetch`] → [`crate::messages::ReplicaFetchResponse`]).
+    ReplicaFetch = 60,
 }
 
 impl RequestCode {
     /// Every request code, for exhaustive tests and docs.
-    pub const ALL: [RequestCode; 19] = [
+    pub const ALL: [RequestCode; 20] = [
         RequestCode::Send,
         RequestCode::Pull,
         RequestCode::CommitOffset,
@@ -73,6 +76,7 @@ impl RequestCode {
         RequestCode::RaftAppend,
         RequestCode::RaftVote,
         RequestCode::RaftSnapshot,
+        RequestCode::ReplicaFetch,
     ];
 
     /// The code for a raw value, or `None` when this build does not know it.
@@ -102,6 +106,7 @@ impl RequestCode {
             RequestCode::RaftAppend => "raft_append",
             RequestCode::RaftVote => "raft_vote",
             RequestCode::RaftSnapshot => "raft_snapshot",
+            RequestCode::ReplicaFetch => "replica_fetch",
         }
     }
 }
@@ -145,11 +150,17 @@ pub enum ErrorCode {
     /// The request is valid but the thing it acts on is not in a state that allows it (approving
     /// a topic already rejected, deleting a topic still subscribed, a stale broker epoch).
     FailedPrecondition = 15,
+    /// The broker is not the master of its group at the current epoch (it is a slave, was fenced,
+    /// or cannot renew its lease): refresh the route and send to the master it names.
+    NotMaster = 16,
+    /// The message was appended on the master but did not reach the replicas its group's ack
+    /// policy needs in time. It is not acknowledged; a retry can duplicate it (at-least-once).
+    ReplicationTimeout = 17,
 }
 
 impl ErrorCode {
     /// Every error code, for exhaustive tests and docs.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::Ok,
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedRequest,
@@ -166,6 +177,8 @@ impl ErrorCode {
         ErrorCode::AlreadyExists,
         ErrorCode::NotApproved,
         ErrorCode::FailedPrecondition,
+        ErrorCode::NotMaster,
+        ErrorCode::ReplicationTimeout,
     ];
 
     /// The code for a raw value; unknown values (from a newer server) read as `Internal`.
@@ -178,7 +191,14 @@ impl ErrorCode {
 
     /// Whether a client may send the same request again after a back-off.
     pub fn is_retriable(self) -> bool {
-        matches!(self, ErrorCode::Busy | ErrorCode::Unavailable | ErrorCode::FlushTimeout)
+        matches!(
+            self,
+            ErrorCode::Busy
+                | ErrorCode::Unavailable
+                | ErrorCode::FlushTimeout
+                | ErrorCode::NotMaster
+                | ErrorCode::ReplicationTimeout
+        )
     }
 
     /// The HTTP status an HTTP API answers with for this code.
@@ -192,7 +212,8 @@ impl ErrorCode {
             ErrorCode::AlreadyExists | ErrorCode::FailedPrecondition => 409,
             ErrorCode::NotApproved => 403,
             ErrorCode::Busy => 429,
-            ErrorCode::FlushTimeout => 504,
+            ErrorCode::FlushTimeout | ErrorCode::ReplicationTimeout => 504,
+            ErrorCode::NotMaster => 421,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
@@ -217,6 +238,8 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::NotApproved => "not_approved",
             ErrorCode::FailedPrecondition => "failed_precondition",
+            ErrorCode::NotMaster => "not_master",
+            ErrorCode::ReplicationTimeout => "replication_timeout",
         }
     }
 }
@@ -248,7 +271,13 @@ mod tests {
         let retriable: Vec<_> = ErrorCode::ALL.into_iter().filter(|code| code.is_retriable()).collect();
         assert_eq!(
             retriable,
-            [ErrorCode::Busy, ErrorCode::FlushTimeout, ErrorCode::Unavailable]
+            [
+                ErrorCode::Busy,
+                ErrorCode::FlushTimeout,
+                ErrorCode::Unavailable,
+                ErrorCode::NotMaster,
+                ErrorCode::ReplicationTimeout
+            ]
         );
     }
 }

@@ -377,6 +377,10 @@ pub struct BrokerHeartbeat {
     /// [`registration_digest`] of what the broker would register now.
     #[prost(uint64, tag = "8")]
     pub registration_digest: u64,
+    /// Sent by a master only: the slaves it holds in sync (within its lag threshold), sorted.
+    /// Only these can be promoted when it fails. Covered by the digest, so a change registers.
+    #[prost(string, repeated, tag = "9")]
+    pub in_sync: Vec<String>,
 }
 
 /// [`crate::RequestCode::RegisterBroker`]: everything a broker registers. Its topic list can run to
@@ -424,6 +428,22 @@ pub struct BrokerHeartbeatResponse {
     /// The group's epoch; a broker obeys the highest epoch it has seen.
     #[prost(uint64, tag = "3")]
     pub group_epoch: u64,
+    /// Name of the group's master at `group_epoch`; empty while the group has none (before the
+    /// first election, or between fencing a master and promoting the next).
+    #[prost(string, tag = "4")]
+    pub master: String,
+    /// Address of that master, for slaves to replicate from.
+    #[prost(string, tag = "5")]
+    pub master_addr: String,
+    /// Whether the answering nameserver is the Raft leader and confirmed it with a quorum while
+    /// answering. Only such an answer renews a master's lease.
+    #[prost(bool, tag = "6")]
+    pub leader: bool,
+    /// How long after sending the heartbeat a master named by a `leader` answer may accept writes,
+    /// in ms. Shorter than the nameserver's broker timeout, so a master that cannot renew stops
+    /// writing before the controller may promote another.
+    #[prost(uint64, tag = "7")]
+    pub lease_ms: u64,
 }
 
 /// [`crate::RequestCode::BrokerMetadata`] request.
@@ -494,6 +514,86 @@ pub struct RaftSnapshotChunk {
     pub data: Bytes,
 }
 
+/// Where one epoch of a broker group's commitlog starts: the master elected at `epoch` appended
+/// its first record at `start_offset`. A replica keeps the list of its log, so a replica that
+/// returns from an old epoch can find where its log and the master's part.
+#[derive(Clone, Copy, PartialEq, Eq, Message)]
+pub struct EpochStart {
+    /// The epoch.
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    /// Commitlog offset where it starts.
+    #[prost(uint64, tag = "2")]
+    pub start_offset: u64,
+}
+
+/// [`crate::RequestCode::ReplicaFetch`]: a slave asks its master for the commitlog from
+/// `from_offset`; that offset, and `flushed_offset`, are also its acknowledgement of what it holds.
+#[derive(Clone, PartialEq, Message)]
+pub struct ReplicaFetch {
+    /// Broker group name.
+    #[prost(string, tag = "1")]
+    pub group: String,
+    /// The slave's name in the group.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// The slave's data center (for `idc_safe` acknowledgement).
+    #[prost(string, tag = "3")]
+    pub idc: String,
+    /// Highest epoch the slave has seen: a master at an older epoch is refused.
+    #[prost(uint64, tag = "4")]
+    pub epoch: u64,
+    /// Epoch of the last entry of the slave's epoch list (the epoch its log tail was written in).
+    #[prost(uint64, tag = "5")]
+    pub last_epoch: u64,
+    /// End of the slave's commitlog: it holds everything below.
+    #[prost(uint64, tag = "6")]
+    pub from_offset: u64,
+    /// End of what the slave has synced to disk.
+    #[prost(uint64, tag = "7")]
+    pub flushed_offset: u64,
+    /// Most bytes to send.
+    #[prost(uint32, tag = "8")]
+    pub max_bytes: u32,
+    /// How long the master may wait for new records when it has none past `from_offset`, in ms.
+    #[prost(uint32, tag = "9")]
+    pub wait_ms: u32,
+    /// Version of the consumer offsets the slave holds.
+    #[prost(uint64, tag = "10")]
+    pub offsets_version: u64,
+    /// The slave's commitlog segment size: it must equal the master's, so segments line up.
+    #[prost(uint64, tag = "11")]
+    pub segment_size: u64,
+}
+
+/// Answer to [`ReplicaFetch`].
+#[derive(Clone, PartialEq, Message)]
+pub struct ReplicaFetchResponse {
+    /// The master's epoch.
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    /// Set when the slave's log holds records the master's lineage does not: the slave truncates
+    /// its log to this offset, then fetches again from there.
+    #[prost(uint64, optional, tag = "2")]
+    pub truncate_to: Option<u64>,
+    /// Raw commitlog bytes starting at the requested offset and ending at a record boundary (a
+    /// segment's closing blank marker included); empty when there is nothing new.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub data: Bytes,
+    /// The master's committed offset, so the slave knows how far behind it is.
+    #[prost(uint64, tag = "4")]
+    pub master_offset: u64,
+    /// The master's epoch list, oldest first.
+    #[prost(message, repeated, tag = "5")]
+    pub epochs: Vec<EpochStart>,
+    /// The master's consumer offsets as JSON, when their version differs from the slave's.
+    #[prost(bytes = "bytes", tag = "6")]
+    pub consumer_offsets: Bytes,
+    /// Version of `consumer_offsets` (meaningful only when they are sent).
+    #[prost(uint64, tag = "7")]
+    pub offsets_version: u64,
+}
+
 /// The digest a broker puts in its heartbeats: FNV-1a (64 bit) over everything it registers, so a
 /// nameserver can tell whether it holds the broker's current registration without receiving it.
 /// `topics` must be sorted by name, as [`TopicList`] is.
@@ -516,6 +616,10 @@ pub fn registration_digest(heartbeat: &BrokerHeartbeat, topics: &[TopicQueues]) 
     }
     hash = mix(hash, &heartbeat.role.to_le_bytes());
     hash = mix(hash, &heartbeat.epoch.to_le_bytes());
+    for slave in &heartbeat.in_sync {
+        hash = mix(hash, slave.as_bytes());
+    }
+    hash = mix(hash, &(heartbeat.in_sync.len() as u64).to_le_bytes());
     for topic in topics {
         hash = mix(hash, topic.name.as_bytes());
         hash = mix(hash, &topic.queues.to_le_bytes());
@@ -552,13 +656,14 @@ mod tests {
             let topics: Vec<TopicQueues> = names.into_iter().map(|name| TopicQueues { name, queues }).collect();
             let heartbeat = BrokerHeartbeat {
                 group: "broker-a".into(), name: "a-0".into(), addr: "127.0.0.1:7911".into(), idc: "dc1".into(),
-                role: role::MASTER, epoch, max_offset: 7, registration_digest: 0,
+                role: role::MASTER, epoch, max_offset: 7, registration_digest: 0, in_sync: vec!["a-1".into()],
             };
             let digest = registration_digest(&heartbeat, &topics);
             // The max offset changes every second; it must not force a re-registration.
             prop_assert_eq!(registration_digest(&BrokerHeartbeat { max_offset: 8, ..heartbeat.clone() }, &topics), digest);
             prop_assert_ne!(registration_digest(&BrokerHeartbeat { epoch: epoch.wrapping_add(1), ..heartbeat.clone() }, &topics), digest);
             prop_assert_ne!(registration_digest(&BrokerHeartbeat { role: role::SLAVE, ..heartbeat.clone() }, &topics), digest);
+            prop_assert_ne!(registration_digest(&BrokerHeartbeat { in_sync: vec![], ..heartbeat.clone() }, &topics), digest);
             let mut more = topics.clone();
             more.push(TopicQueues { name: "zz-new".into(), queues });
             prop_assert_ne!(registration_digest(&heartbeat, &more), digest);

@@ -344,6 +344,103 @@ impl CommitLog {
     }
 }
 
+impl CommitLog {
+    /// The end of the replication chunk that starts at `from`: whole entries (records, or a
+    /// segment's closing blank marker) of one segment, below `committed`, adding up to at most
+    /// `max_bytes` (but at least one entry). Only entry headers are read; the slave checks CRCs.
+    /// `None` when nothing committed lies at `from`.
+    pub fn chunk_end(&self, from: u64, max_bytes: usize) -> Option<u64> {
+        let committed = self.committed();
+        let segment = self.segment_for(from)?;
+        let limit = committed.min(segment.end());
+        let mut end = from;
+        while end < limit {
+            let in_segment = end - segment.start;
+            // SAFETY: below `committed`, so no writer touches these bytes.
+            let header = unsafe { segment.slice(in_segment, 4.min((segment.end() - end) as usize)) };
+            let Ok(size) = <[u8; 4]>::try_from(header).map(u32::from_be_bytes) else {
+                break;
+            };
+            let next = end + u64::from(size);
+            if size == 0 || next > limit || (end > from && next - from > max_bytes as u64) {
+                break;
+            }
+            end = next;
+        }
+        (end > from).then_some(end)
+    }
+
+    /// Writes replicated bytes (whole, CRC-checked entries starting at `offset`, within one
+    /// segment) at the log's end and publishes them. A slave's log must equal its master's byte
+    /// for byte, so `offset` must be where this log ends; a chunk starting at the end of the
+    /// current segment (closed by the blank marker replicated before it) opens the next one.
+    pub fn append_raw(&self, writer: &mut Writer, offset: u64, bytes: &[u8]) -> Result<()> {
+        if offset != writer.position {
+            return Err(BrokerError::Corrupt(format!(
+                "replicated bytes start at offset {offset} but this log ends at {}",
+                writer.position
+            )));
+        }
+        if writer.position == writer.segment.end() {
+            let next = Arc::new(Segment::create(&self.dir, writer.position, self.segment_size)?);
+            self.segments.write().expect("segments lock").push(next.clone());
+            writer.segment = next;
+        }
+        let in_segment = writer.position - writer.segment.start;
+        if in_segment + bytes.len() as u64 > writer.segment.len {
+            return Err(BrokerError::Corrupt(format!(
+                "replicated chunk of {} bytes at offset {offset} crosses the end of segment {} (are the master's and this broker's store.segment_size equal?)",
+                bytes.len(),
+                writer.segment.path.display()
+            )));
+        }
+        writer
+            .segment
+            .write_at(in_segment, bytes)
+            .map_err(BrokerError::io(format!("writing {}", writer.segment.path.display())))?;
+        writer.position += bytes.len() as u64;
+        writer.pending_start = writer.position;
+        self.committed.store(writer.position, Ordering::Release);
+        Ok(())
+    }
+
+    /// Cuts the log back to `offset` (a record boundary at or below the end): zeroes what lies
+    /// past it in its segment, removes later segments, and syncs. Readers below `offset` are
+    /// unaffected; callers must have stopped readers and the dispatcher from looking past it.
+    pub fn truncate(&self, writer: &mut Writer, offset: u64) -> Result<()> {
+        let old_end = writer.position;
+        if offset >= old_end {
+            return Ok(());
+        }
+        self.committed.store(offset, Ordering::Release);
+        let mut segments = self.segments.write().expect("segments lock");
+        let keep = segments.partition_point(|segment| segment.start <= offset).max(1);
+        for stale in segments.drain(keep..) {
+            fs::remove_file(&stale.path).map_err(BrokerError::io(format!("removing {}", stale.path.display())))?;
+        }
+        let tail = segments.last().expect("at least one segment").clone();
+        drop(segments);
+        let in_segment = offset - tail.start;
+        let dirty_end = old_end.min(tail.end()) - tail.start;
+        let zeros = vec![0u8; ((dirty_end - in_segment) as usize).min(1 << 20)];
+        let mut position = in_segment;
+        while position < dirty_end {
+            let len = ((dirty_end - position) as usize).min(zeros.len());
+            tail.write_at(position, &zeros[..len])
+                .map_err(BrokerError::io(format!("zeroing {}", tail.path.display())))?;
+            position += len as u64;
+        }
+        tail.sync()
+            .map_err(BrokerError::io(format!("syncing {}", tail.path.display())))?;
+        crate::store::fsync_dir(&self.dir)?;
+        writer.segment = tail;
+        writer.position = offset;
+        writer.pending.clear();
+        writer.pending_start = offset;
+        Ok(())
+    }
+}
+
 fn load_segments(dir: &Path) -> Result<Vec<Arc<Segment>>> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(BrokerError::io(format!("listing {}", dir.display())))? {

@@ -234,6 +234,7 @@ impl ConsumeQueue {
             )))?;
         }
         self.max_offset.store(new_max, Ordering::Release);
+        self.dirty.store(true, Ordering::Release);
         Ok(())
     }
 

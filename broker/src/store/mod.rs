@@ -11,6 +11,7 @@ mod commitlog;
 pub mod consume_queue;
 mod files;
 mod offsets;
+mod replica;
 mod segment;
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +35,7 @@ use commitlog::CommitLog;
 pub use consume_queue::{ConsumeQueue, CqEntry};
 pub(crate) use files::fsync_dir;
 use offsets::ConsumerOffsets;
+use replica::{EPOCHS_FILE, EpochFile};
 
 /// When a send counts as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -206,6 +208,10 @@ pub struct MessageStore {
     topics_lock: Mutex<()>,
     offsets: ConsumerOffsets,
     dispatched: AtomicU64,
+    /// Held while dispatching, so truncation never races the dispatcher.
+    dispatch_lock: Mutex<()>,
+    /// The epoch state (`meta/epochs.json`).
+    epochs: Mutex<EpochFile>,
     flushed: AtomicU64,
     /// Sync-mode sends waiting for the flusher, by the commitlog offset they need synced.
     flush_waiters: Mutex<BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>>,
@@ -246,6 +252,7 @@ impl MessageStore {
         let scan_from = checkpoint.map_or(0, |checkpoint| checkpoint.safe_offset);
 
         let topics_file: TopicsFile = files::read_json(&dir.join("meta/topics.json"))?.unwrap_or_default();
+        let mut epochs: EpochFile = files::read_json(&dir.join(EPOCHS_FILE))?.unwrap_or_default();
         let mut seen_queues: HashMap<String, u32> = HashMap::new();
         let (commitlog, recovered) =
             CommitLog::open(&dir.join("commitlog"), config.segment_size, scan_from, |record, _| {
@@ -255,6 +262,12 @@ impl MessageStore {
         // Consume queue entries below the checkpoint are durable; above it they are rebuilt. If
         // the log ends below the checkpoint (damage found in the current segment), from there.
         let redispatch_from = scan_from.clamp(commitlog.min_offset(), recovered.valid_end);
+        // An epoch begun past the recovered end has no records left: forget it.
+        let epochs_before = epochs.epochs.len();
+        epochs.epochs.retain(|(_, start)| *start <= recovered.valid_end);
+        if epochs.epochs.len() != epochs_before {
+            files::write_json(&dir.join(EPOCHS_FILE), &epochs)?;
+        }
 
         let mut metas = topics_file.topics.clone();
         for (topic, queues) in seen_queues {
@@ -290,6 +303,8 @@ impl MessageStore {
             topics_lock: Mutex::new(()),
             offsets: ConsumerOffsets::load(dir.join("offsets/consumer_offsets.json"))?,
             dispatched: AtomicU64::new(redispatch_from),
+            dispatch_lock: Mutex::new(()),
+            epochs: Mutex::new(epochs),
             flushed: AtomicU64::new(recovered.valid_end),
             flush_waiters: Mutex::new(BTreeMap::new()),
             next_queue: AtomicU32::new(0),
@@ -634,6 +649,12 @@ impl MessageStore {
 
         self.metrics.messages_stored.inc_by(stored.0);
         self.metrics.bytes_stored.inc_by(stored.1);
+        self.wake_threads();
+        outcomes
+    }
+
+    /// Tells the dispatcher (and, under sync flush, the flusher) that records were published.
+    fn wake_threads(&self) {
         if let Some(dispatcher) = self.dispatcher.get() {
             dispatcher.unpark();
         }
@@ -642,7 +663,6 @@ impl MessageStore {
         {
             flusher.unpark();
         }
-        outcomes
     }
 
     /// Writes the pending batches; if that fails, their requests fail and their queue offsets
@@ -867,10 +887,13 @@ impl MessageStore {
             if self.crashed.load(Ordering::Acquire) {
                 return;
             }
+            let dispatching = self.dispatch_lock.lock().expect("dispatch lock");
             let committed = self.commitlog.committed();
             let dispatched = self.dispatched.load(Ordering::Acquire);
             if committed > dispatched {
-                match self.dispatch(dispatched, committed) {
+                let outcome = self.dispatch(dispatched, committed);
+                drop(dispatching);
+                match outcome {
                     Ok(_) => {
                         self.metrics.dispatched_offset.set(committed as i64);
                     }
@@ -881,6 +904,7 @@ impl MessageStore {
                 };
                 continue;
             }
+            drop(dispatching);
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }

@@ -7,17 +7,21 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::error::Result;
 use crate::store::files;
 
 type GroupOffsets = BTreeMap<String, BTreeMap<u32, u64>>;
+/// Every group's offsets, by group.
+pub(crate) type OffsetTable = BTreeMap<String, GroupOffsets>;
 
 pub(crate) struct ConsumerOffsets {
     path: PathBuf,
-    offsets: Mutex<BTreeMap<String, GroupOffsets>>,
+    offsets: Mutex<OffsetTable>,
     dirty: AtomicBool,
+    /// Grows with every change, so replication sends the table only when it changed.
+    version: AtomicU64,
 }
 
 impl ConsumerOffsets {
@@ -27,6 +31,7 @@ impl ConsumerOffsets {
             path,
             offsets: Mutex::new(offsets),
             dirty: AtomicBool::new(false),
+            version: AtomicU64::new(0),
         })
     }
 
@@ -34,7 +39,31 @@ impl ConsumerOffsets {
         let mut offsets = self.offsets.lock().expect("offsets lock");
         let topics = offsets.entry(group.to_owned()).or_default();
         topics.entry(topic.to_owned()).or_default().insert(queue_id, offset);
+        self.changed();
+    }
+
+    fn changed(&self) {
         self.dirty.store(true, Ordering::Release);
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The version of the table: it changes whenever the table does.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// A copy of the table with its version.
+    pub fn snapshot(&self) -> (u64, OffsetTable) {
+        let offsets = self.offsets.lock().expect("offsets lock");
+        (self.version(), offsets.clone())
+    }
+
+    /// Replaces the table with a master's, taking its version.
+    pub fn replace(&self, version: u64, table: OffsetTable) {
+        let mut offsets = self.offsets.lock().expect("offsets lock");
+        *offsets = table;
+        self.dirty.store(true, Ordering::Release);
+        self.version.store(version, Ordering::Release);
     }
 
     pub fn query(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
@@ -57,7 +86,7 @@ impl ConsumerOffsets {
                     "consumer offset past queue end; clamping"
                 );
                 *offset = max_offset;
-                self.dirty.store(true, Ordering::Release);
+                self.changed();
             }
         }
     }

@@ -442,3 +442,198 @@ fn grown_topics_keep_their_messages_and_serve_the_new_queues_after_a_restart() {
     assert_same(&read_all(&store, "t", 3), &after);
     store.shutdown();
 }
+
+/// Copies everything `master` holds past `replica`'s end into `replica`, chunk by chunk, the way
+/// a slave's fetch loop does. Returns how many chunks it took.
+fn replicate(master: &MessageStore, replica: &MessageStore, max_bytes: usize) -> usize {
+    let mut chunks = 0;
+    loop {
+        let from = replica.committed_offset();
+        let len = master.replica_chunk_len(from, max_bytes);
+        if len == 0 {
+            return chunks;
+        }
+        let mut chunk = BytesMut::new();
+        master.copy_replica(from, len, &mut chunk).unwrap();
+        assert_eq!(replica.append_replica(from, &chunk).unwrap(), from + len as u64);
+        chunks += 1;
+    }
+}
+
+fn commitlog_bytes(store: &MessageStore) -> Vec<u8> {
+    let end = store.committed_offset();
+    let mut all = Vec::new();
+    let mut offset = 0;
+    while offset < end {
+        let len = store.replica_chunk_len(offset, usize::MAX);
+        let mut chunk = BytesMut::new();
+        store.copy_replica(offset, len, &mut chunk).unwrap();
+        all.extend_from_slice(&chunk);
+        offset += len as u64;
+    }
+    all
+}
+
+#[test]
+fn a_replica_holds_the_masters_log_byte_for_byte_across_segments() {
+    let (master_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = small_config(FlushMode::Async);
+    let master = open(master_dir.path(), &config);
+    let replica = open(replica_dir.path(), &config);
+    master.create_topic("orders", 3).unwrap();
+    master.create_topic("audit", 1).unwrap();
+    let sent: Vec<MessageData> = (0..1000).map(|index| message(index, "t")).collect();
+    for (index, chunk) in sent.chunks(10).enumerate() {
+        let (topic, queue_id) = if index % 5 == 0 {
+            ("audit", 0)
+        } else {
+            ("orders", index as u32 % 3)
+        };
+        master
+            .append(topic, Some(queue_id), chunk, HOST.parse().unwrap())
+            .unwrap();
+    }
+    assert!(
+        master.committed_offset() > 3 * config.segment_size,
+        "the test spans several segments"
+    );
+
+    // Small chunks: many whole records per chunk, never a partial one, never across a segment.
+    let chunks = replicate(&master, &replica, 8 * 1024);
+    assert!(chunks > 10, "{chunks} chunks");
+    assert_eq!(replica.committed_offset(), master.committed_offset());
+    assert_eq!(commitlog_bytes(&replica), commitlog_bytes(&master));
+    wait_dispatched(&replica);
+    assert_eq!(
+        replica.topics(),
+        master.topics(),
+        "topics and queues come with the records"
+    );
+    for (topic, queues) in master.topics() {
+        for queue_id in 0..queues {
+            let (on_master, on_replica) = (
+                read_all(&master, &topic, queue_id),
+                read_all(&replica, &topic, queue_id),
+            );
+            assert_eq!(on_master, on_replica, "{topic}/{queue_id}");
+        }
+    }
+    // The replica, promoted, continues every queue where the master left it.
+    let appended = replica
+        .append("orders", Some(1), &[message(9_999, "t")], HOST.parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        appended.results[0].queue_offset,
+        master.queue_bounds("orders", 1).unwrap().max_offset
+    );
+}
+
+#[test]
+fn a_corrupt_or_misplaced_chunk_is_refused_and_changes_nothing() {
+    let (master_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = small_config(FlushMode::Async);
+    let master = open(master_dir.path(), &config);
+    let replica = open(replica_dir.path(), &config);
+    master.create_topic("orders", 1).unwrap();
+    let sent: Vec<MessageData> = (0..5).map(|index| message(index, "t")).collect();
+    master.append("orders", Some(0), &sent, HOST.parse().unwrap()).unwrap();
+    let len = master.replica_chunk_len(0, usize::MAX);
+    let mut chunk = BytesMut::new();
+    master.copy_replica(0, len, &mut chunk).unwrap();
+
+    let misplaced = replica.append_replica(100, &chunk).unwrap_err().to_string();
+    assert!(misplaced.contains("this log ends at 0"), "{misplaced}");
+    let mut corrupt = chunk.to_vec();
+    corrupt[len - 1] ^= 0xff;
+    let refused = replica.append_replica(0, &corrupt).unwrap_err().to_string();
+    assert!(refused.contains("not a valid record"), "{refused}");
+    assert_eq!(replica.committed_offset(), 0);
+    assert!(replica.topics().is_empty());
+}
+
+#[test]
+fn a_divergent_tail_is_truncated_and_the_log_continues_from_the_masters_lineage() {
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = small_config(FlushMode::Async);
+    // The old master at epoch 1 writes 30 messages; the new one replicated only the first 20.
+    let old_master = open(old_dir.path(), &config);
+    let new_master = open(new_dir.path(), &config);
+    old_master.begin_epoch(1).unwrap();
+    old_master.create_topic("orders", 2).unwrap();
+    let sent: Vec<MessageData> = (0..30).map(|index| message(index, "t")).collect();
+    for chunk in sent.chunks(10) {
+        old_master
+            .append("orders", Some(0), chunk, HOST.parse().unwrap())
+            .unwrap();
+    }
+    let shared_end = {
+        let mut end = 0;
+        while end < old_master.committed_offset() {
+            let len = old_master.replica_chunk_len(end, 1);
+            let mut chunk = BytesMut::new();
+            old_master.copy_replica(end, len, &mut chunk).unwrap();
+            new_master.append_replica(end, &chunk).unwrap();
+            end += len as u64;
+            if new_master.queue_offsets_end("orders", 0) == 20 {
+                break;
+            }
+        }
+        end
+    };
+    new_master.adopt_epochs(&old_master.epochs()).unwrap();
+    old_master.commit_offset("billing", "orders", 0, 28).unwrap();
+    // Promoted at epoch 2, the new master writes its own records.
+    assert_eq!(new_master.begin_epoch(2).unwrap(), shared_end);
+    new_master
+        .append("orders", Some(0), &[message(100, "new")], HOST.parse().unwrap())
+        .unwrap();
+    assert_eq!(new_master.epoch_end(1), shared_end);
+
+    // The old master returns as a slave: it cuts back to where epoch 2 began, then replicates.
+    wait_dispatched(&old_master);
+    old_master
+        .truncate_to(new_master.epoch_end(old_master.last_epoch()))
+        .unwrap();
+    assert_eq!(old_master.committed_offset(), shared_end);
+    assert_eq!(old_master.queue_bounds("orders", 0).unwrap().max_offset, 20);
+    assert_eq!(
+        old_master.query_offset("billing", "orders", 0).unwrap(),
+        Some(20),
+        "a consumer offset past the cut is lowered to it"
+    );
+    replicate(&new_master, &old_master, 4096);
+    old_master.adopt_epochs(&new_master.epochs()).unwrap();
+    assert_eq!(commitlog_bytes(&old_master), commitlog_bytes(&new_master));
+    assert_eq!(old_master.last_epoch(), 2);
+    wait_dispatched(&old_master);
+    let messages = read_all(&old_master, "orders", 0);
+    assert_eq!(messages.len(), 21);
+    assert_eq!(messages[20].body, message(100, "new").body);
+
+    // Everything survives a restart: the cut, the epochs, the queues.
+    old_master.shutdown();
+    drop(old_master);
+    let reopened = open(old_dir.path(), &config);
+    assert_eq!(reopened.committed_offset(), new_master.committed_offset());
+    assert_eq!(reopened.epochs(), new_master.epochs());
+    assert_eq!(read_all(&reopened, "orders", 0).len(), 21);
+}
+
+#[test]
+fn consumer_offsets_replicate_with_a_version() {
+    let (master_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = small_config(FlushMode::Async);
+    let master = open(master_dir.path(), &config);
+    let replica = open(replica_dir.path(), &config);
+    for store in [&master, &replica] {
+        store.create_topic("orders", 2).unwrap();
+    }
+    let before = master.offsets_version();
+    master.commit_offset("billing", "orders", 1, 7).unwrap();
+    assert!(master.offsets_version() > before);
+    let (version, json) = master.export_offsets();
+    replica.import_offsets(version, &json).unwrap();
+    assert_eq!(replica.offsets_version(), version);
+    assert_eq!(replica.query_offset("billing", "orders", 1).unwrap(), Some(7));
+    assert!(replica.import_offsets(1, b"{not json").is_err());
+}

@@ -491,9 +491,10 @@ async fn a_governed_broker_serves_nothing_before_approval_and_stops_while_its_na
     assert!(remark.contains("governed by its nameservers"), "{remark}");
     assert!(remark.contains(&format!("--nameserver {nameserver}")), "{remark}");
 
-    // Until the nameservers answer, nothing is approved: retriable, and the remark says why.
+    // Until the nameservers answer, no member is master and nothing is approved: retriable, and
+    // the remark says why.
     let response = call(&mut conn, 2, RequestCode::Send, send_request("orders", b"x")).await;
-    assert_eq!(response.error_code(), ErrorCode::Unavailable);
+    assert_eq!(response.error_code(), ErrorCode::NotMaster);
     assert!(
         response.header.remark.contains(&nameserver),
         "{}",

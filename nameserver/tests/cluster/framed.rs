@@ -129,6 +129,7 @@ fn heartbeat(addr: &str, topics: &[TopicQueues]) -> BrokerHeartbeat {
         epoch: 0,
         max_offset: 99,
         registration_digest: 0,
+        in_sync: Vec::new(),
     };
     heartbeat.registration_digest = registration_digest(&heartbeat, topics);
     heartbeat

@@ -1,0 +1,562 @@
+//! Broker groups: one master, its slaves, and when a write counts.
+//!
+//! A governed broker takes its role from its nameservers: the controller in the nameserver Raft
+//! leader elects one member of each group master at an epoch, and every heartbeat answer names
+//! the group's epoch and master ([`Replication::on_nameserver_answer`]). Brokers obey the highest
+//! epoch they have seen.
+//!
+//! - **Master**: takes writes only while it holds a lease, renewed by every heartbeat answer in
+//!   which the Raft leader confirmed it ([`Replication::check_writable`]). The lease is shorter than
+//!   the nameservers' broker timeout, so a master cut off from the leader stops writing before the
+//!   controller may promote another. Slaves fetch its commitlog as raw byte ranges
+//!   ([`Replication::serve_fetch`]); each fetch also reports what the slave holds, and a send is
+//!   acknowledged once its group's [`AckPolicy`] is met ([`acks`]).
+//! - **Slave**: runs one fetch loop against its master ([`follower`]), appends what it receives,
+//!   and serves pulls. A slave whose log holds a tail its master's lineage lacks (it was master in
+//!   an older epoch) truncates it first, found through the epoch list in `meta/epochs.json`.
+//! - A standalone broker (no nameservers) is always the master of a group of one.
+
+mod acks;
+mod follower;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use meridian_proto::messages::{BrokerHeartbeatResponse, ReplicaFetch, ReplicaFetchResponse};
+use meridian_proto::validate::Limits;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::BrokerConfig;
+use crate::error::{BrokerError, Result};
+use crate::metrics::BrokerMetrics;
+use crate::store::{FlushMode, MessageStore};
+pub use acks::{AckPolicy, AckTracker};
+use follower::Follower;
+
+/// Replication settings (the `[replication]` table of the broker config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// When a send counts: `async` (the master holds it), `quorum` (a majority of the group's
+    /// replicas, counting the master), `all`, or `idc_safe` (a quorum including a replica outside
+    /// the master's IDC). Combined with `store.flush_mode`: under `sync`, a replica counts only
+    /// once it has synced the message to disk.
+    pub ack_policy: AckPolicy,
+    /// Replicas in the group, counting the master (1 for a lone broker, 3 for master + 2 slaves).
+    pub replicas: u32,
+    /// How long a send waits for its ack policy before failing with `ReplicationTimeout`, in ms.
+    pub ack_timeout_ms: u64,
+    /// A slave is in sync while it is at most this many bytes behind the master...
+    pub in_sync_lag_bytes: u64,
+    /// ...and fetched within this many ms. Only in-sync slaves may be promoted.
+    pub in_sync_timeout_ms: u64,
+    /// Most bytes one fetch carries.
+    pub fetch_max_bytes: u32,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> ReplicationConfig {
+        ReplicationConfig {
+            ack_policy: AckPolicy::Quorum,
+            replicas: 1,
+            ack_timeout_ms: 3_000,
+            in_sync_lag_bytes: 4 << 20,
+            in_sync_timeout_ms: 3_000,
+            fetch_max_bytes: 4 << 20,
+        }
+    }
+}
+
+impl ReplicationConfig {
+    /// Checks the settings against the rest of the config; the message names the field and the fix.
+    pub fn validate(&self, idc: &str, max_frame_size: usize) -> Result<()> {
+        if self.replicas == 0 || self.replicas > 7 {
+            return Err(BrokerError::Config(format!(
+                "replication.replicas = {} must be 1-7 (replicas in the group, counting the master)",
+                self.replicas
+            )));
+        }
+        if self.ack_policy == AckPolicy::IdcSafe && idc.is_empty() {
+            return Err(BrokerError::Config(
+                "replication.ack_policy = \"idc_safe\" needs this broker's `idc` set, to tell which replicas are in another data center".into(),
+            ));
+        }
+        if self.ack_policy == AckPolicy::IdcSafe && self.replicas < 2 {
+            return Err(BrokerError::Config(
+                "replication.ack_policy = \"idc_safe\" needs replication.replicas of at least 2 (a replica in another data center)".into(),
+            ));
+        }
+        if self.ack_timeout_ms == 0 || self.in_sync_timeout_ms == 0 {
+            return Err(BrokerError::Config(
+                "replication.ack_timeout_ms and in_sync_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if self.fetch_max_bytes < 64 << 10 || self.fetch_max_bytes as usize + 4096 > max_frame_size {
+            return Err(BrokerError::Config(format!(
+                "replication.fetch_max_bytes = {} must be at least 65536 and leave 4096 bytes of limits.max_frame_size ({max_frame_size})",
+                self.fetch_max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What this broker is in its group right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The master at this epoch.
+    Master {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// A slave following `master` at this epoch.
+    Slave {
+        /// The epoch.
+        epoch: u64,
+        /// The master's name.
+        master: String,
+        /// The master's address.
+        master_addr: String,
+    },
+    /// No role yet (before the first nameserver answer), or the group has no master.
+    Waiting {
+        /// Highest epoch seen.
+        epoch: u64,
+    },
+}
+
+impl Role {
+    /// The epoch the role belongs to.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            Role::Master { epoch } | Role::Slave { epoch, .. } | Role::Waiting { epoch } => *epoch,
+        }
+    }
+
+    /// `"master"`, `"slave"` or `"waiting"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Master { .. } => "master",
+            Role::Slave { .. } => "slave",
+            Role::Waiting { .. } => "waiting",
+        }
+    }
+}
+
+/// A broker's place in its group: role, lease, the slaves it acknowledges with, and the fetch
+/// loop it follows its master with.
+pub struct Replication {
+    config: ReplicationConfig,
+    group: String,
+    name: String,
+    idc: String,
+    store: Arc<MessageStore>,
+    metrics: Arc<BrokerMetrics>,
+    limits: Limits,
+    nameservers: Vec<String>,
+    /// Standalone brokers are masters of a group of one forever, with no lease.
+    governed: bool,
+    role: Mutex<Role>,
+    /// The lease ends at this many ns after `clock` (0: no lease).
+    lease_until_ns: AtomicU64,
+    clock: Instant,
+    /// Woken when records are appended, for fetches waiting at the log's end.
+    appended: Notify,
+    acks: AckTracker,
+    follower: Mutex<Option<Follower>>,
+    /// Serializes role changes: every nameserver's heartbeat loop may bring one.
+    transition: tokio::sync::Mutex<()>,
+    shutdown: CancellationToken,
+}
+
+impl Replication {
+    /// A broker's replication state at start: a standalone broker is master at once; a governed one
+    /// waits for its nameservers.
+    pub fn new(
+        config: &BrokerConfig,
+        store: Arc<MessageStore>,
+        metrics: Arc<BrokerMetrics>,
+        shutdown: CancellationToken,
+    ) -> Arc<Replication> {
+        let governed = config.is_governed();
+        let epoch = store.seen_epoch();
+        let role = if governed {
+            Role::Waiting { epoch }
+        } else {
+            Role::Master { epoch }
+        };
+        let replication = &config.replication;
+        let sync_flush = config.store.flush_mode == FlushMode::Sync;
+        Arc::new(Replication {
+            acks: AckTracker::new(
+                replication.ack_policy,
+                replication.replicas,
+                config.idc.clone(),
+                sync_flush,
+            ),
+            config: replication.clone(),
+            group: config.broker_name.clone(),
+            name: config.member_name().to_owned(),
+            idc: config.idc.clone(),
+            store,
+            metrics,
+            limits: config.limits.limits(),
+            nameservers: config.nameservers.clone(),
+            governed,
+            role: Mutex::new(role),
+            lease_until_ns: AtomicU64::new(0),
+            clock: Instant::now(),
+            appended: Notify::new(),
+            follower: Mutex::new(None),
+            transition: tokio::sync::Mutex::new(()),
+            shutdown,
+        })
+    }
+
+    fn role_lock(&self) -> MutexGuard<'_, Role> {
+        self.role.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The role now.
+    pub fn role(&self) -> Role {
+        self.role_lock().clone()
+    }
+
+    fn store_limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.config
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64
+    }
+
+    /// Whether the lease is held now (always, on a standalone broker).
+    pub fn lease_held(&self) -> bool {
+        !self.governed || self.now_ns() < self.lease_until_ns.load(Ordering::Acquire)
+    }
+
+    /// How long the lease still runs (`None` on a standalone broker, zero when lapsed).
+    pub fn lease_remaining(&self) -> Option<Duration> {
+        self.governed.then(|| {
+            Duration::from_nanos(
+                self.lease_until_ns
+                    .load(Ordering::Acquire)
+                    .saturating_sub(self.now_ns()),
+            )
+        })
+    }
+
+    /// Whether this broker may take a write now: it is the master and holds its lease. The error
+    /// names the master to send to instead when it knows one.
+    pub fn check_writable(&self) -> Result<()> {
+        let role = self.role_lock().clone();
+        match role {
+            Role::Master { epoch } if self.lease_held() => {
+                let _ = epoch;
+                Ok(())
+            }
+            Role::Master { epoch } => Err(BrokerError::NotMaster(format!(
+                "broker {} was master of group {:?} at epoch {epoch} but cannot renew its lease with the nameserver leader, so it takes no writes (another member may be promoted); the producer refreshes its route and retries",
+                self.name, self.group
+            ))),
+            Role::Slave {
+                epoch,
+                master,
+                master_addr,
+            } => Err(BrokerError::NotMaster(format!(
+                "broker {} is a slave of group {:?} at epoch {epoch}; send to its master {master} ({master_addr}); the producer refreshes its route and retries",
+                self.name, self.group
+            ))),
+            Role::Waiting { epoch } => Err(BrokerError::NotMaster(format!(
+                "broker {} of group {:?} is not master at epoch {epoch}: its nameservers ({}) have not named it master (they elect one within their broker timeout); retry shortly, and check that the nameservers are running",
+                self.name,
+                self.group,
+                self.nameservers.join(", ")
+            ))),
+        }
+    }
+
+    /// Makes this broker master at its seen epoch with a lease for an hour (unit tests of handlers).
+    #[cfg(test)]
+    pub(crate) fn assume_master_for_tests(&self) {
+        *self.role_lock() = Role::Master {
+            epoch: self.store.seen_epoch(),
+        };
+        let hour = (self.clock.elapsed() + Duration::from_secs(3600)).as_nanos() as u64;
+        self.lease_until_ns.store(hour, Ordering::Release);
+    }
+
+    /// Whether sends wait for slaves (the ack policy needs more than the master).
+    pub fn needs_slaves(&self) -> bool {
+        self.acks.needs_slaves()
+    }
+
+    /// Tells fetches waiting at the log's end that records were appended.
+    pub fn notify_appended(&self) {
+        self.appended.notify_waiters();
+    }
+
+    /// Waits until the write ending at `end_offset` meets the group's ack policy, then checks the
+    /// lease once more: a write is acknowledged only while its master still holds the lease.
+    pub async fn wait_acked(&self, end_offset: u64) -> Result<()> {
+        if !self.acks.needs_slaves() {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.config.ack_timeout_ms);
+        match tokio::time::timeout(timeout, self.acks.wait(end_offset)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(())) => return self.check_writable(),
+            Err(_) => {
+                self.metrics.replication_timeouts.inc();
+                let (held, needed) = self.acks.progress(end_offset);
+                return Err(BrokerError::ReplicationTimeout {
+                    policy: self.config.ack_policy.as_str(),
+                    held,
+                    needed,
+                    timeout_ms: self.config.ack_timeout_ms,
+                });
+            }
+        }
+        self.check_writable()
+    }
+
+    /// Names of the slaves in sync now, sorted (empty unless master).
+    pub fn in_sync(&self) -> Vec<String> {
+        if !matches!(self.role(), Role::Master { .. }) {
+            return Vec::new();
+        }
+        self.acks.in_sync(
+            self.store.committed_offset(),
+            self.config.in_sync_lag_bytes,
+            Duration::from_millis(self.config.in_sync_timeout_ms),
+        )
+    }
+
+    /// What the master knows of each slave, for status pages.
+    pub fn slaves(&self) -> Vec<acks::SlaveProgress> {
+        self.acks.slaves()
+    }
+
+    /// Applies a nameserver's answer to a heartbeat sent at `sent_at`: adopts a newer epoch, takes
+    /// or gives up the master role, follows the named master, and renews the lease when the Raft
+    /// leader confirmed this broker as master.
+    pub async fn on_nameserver_answer(self: &Arc<Self>, sent_at: Instant, answer: &BrokerHeartbeatResponse) {
+        let _transition = self.transition.lock().await;
+        let epoch = answer.group_epoch;
+        let seen = self.store.seen_epoch();
+        if epoch < seen {
+            return; // A lagging nameserver.
+        }
+        if epoch > seen
+            && let Err(error) = self.store.observe_epoch(epoch)
+        {
+            warn!(%error, epoch, "cannot record the group's new epoch; ignoring the answer");
+            return;
+        }
+        let current = self.role();
+        if answer.master == self.name {
+            if current != (Role::Master { epoch }) {
+                self.become_master(epoch).await;
+            }
+            if answer.leader && self.role() == (Role::Master { epoch }) {
+                let until = (sent_at.saturating_duration_since(self.clock) + Duration::from_millis(answer.lease_ms))
+                    .as_nanos() as u64;
+                self.lease_until_ns.fetch_max(until, Ordering::AcqRel);
+            }
+            return;
+        }
+        if answer.master.is_empty() {
+            if current.epoch() != epoch || matches!(current, Role::Master { .. }) {
+                self.step_down(Role::Waiting { epoch }, "the group has no master at this epoch")
+                    .await;
+            }
+            return;
+        }
+        let wanted = Role::Slave {
+            epoch,
+            master: answer.master.clone(),
+            master_addr: answer.master_addr.clone(),
+        };
+        if current != wanted {
+            self.step_down(wanted, "another member is master").await;
+        }
+    }
+
+    /// Takes the master role at `epoch`: stops following, records where the epoch starts, then
+    /// (with the lease the same answer may bring) takes writes.
+    async fn become_master(self: &Arc<Self>, epoch: u64) {
+        self.stop_following().await;
+        let store = self.store.clone();
+        let begun = tokio::task::spawn_blocking(move || {
+            if store.last_epoch() < epoch {
+                store.begin_epoch(epoch).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .await
+        .unwrap_or_else(|join_error| Err(BrokerError::Corrupt(format!("epoch task failed: {join_error}"))));
+        match begun {
+            Ok(start) => {
+                self.acks.reset();
+                *self.role_lock() = Role::Master { epoch };
+                self.metrics.role_epoch.set(epoch as i64);
+                info!(group = %self.group, epoch, start_offset = ?start, "became master");
+            }
+            Err(error) => warn!(%error, epoch, "cannot begin the epoch; staying out of the master role"),
+        }
+    }
+
+    /// Leaves the master role (failing sends that wait for acks) or changes whom to follow.
+    async fn step_down(self: &Arc<Self>, next: Role, why: &str) {
+        let was_master = matches!(self.role(), Role::Master { .. });
+        self.lease_until_ns.store(0, Ordering::Release);
+        *self.role_lock() = next.clone();
+        self.metrics.role_epoch.set(next.epoch() as i64);
+        if was_master {
+            warn!(group = %self.group, epoch = next.epoch(), why, "no longer master: fenced, taking no writes");
+            self.acks.fail_all();
+        }
+        self.stop_following().await;
+        if let Role::Slave {
+            epoch,
+            master,
+            master_addr,
+        } = next
+        {
+            info!(group = %self.group, epoch, %master, %master_addr, "following master");
+            let follower = Follower::start(self.clone(), master_addr, epoch);
+            *self.follower.lock().unwrap_or_else(PoisonError::into_inner) = Some(follower);
+        }
+    }
+
+    async fn stop_following(&self) {
+        let follower = self.follower.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(follower) = follower {
+            follower.stop().await;
+        }
+    }
+
+    /// Stops the fetch loop (at shutdown).
+    pub async fn stop(&self) {
+        self.acks.fail_all();
+        self.stop_following().await;
+    }
+
+    /// Answers a slave's fetch: refuses a slave from a newer epoch (this master is stale: it steps
+    /// down) or with a different segment size, tells a slave with a divergent tail where to cut,
+    /// records what the slave holds (acknowledging sends), then sends the next chunk, waiting up
+    /// to `wait_ms` for one when the slave is at the end.
+    pub async fn serve_fetch(self: &Arc<Self>, request: ReplicaFetch) -> Result<Bytes> {
+        let Role::Master { epoch } = self.role() else {
+            return Err(BrokerError::NotMaster(format!(
+                "broker {} is not the master of group {:?}; fetch from the master the nameservers name",
+                self.name, self.group
+            )));
+        };
+        if request.group != self.group {
+            return Err(BrokerError::ReplicationRefused(format!(
+                "slave {} belongs to group {:?}, this master to {:?}",
+                request.name, request.group, self.group
+            )));
+        }
+        if request.epoch > epoch {
+            let _transition = self.transition.lock().await;
+            let _ = self.store.observe_epoch(request.epoch);
+            self.step_down(Role::Waiting { epoch: request.epoch }, "a slave has seen a newer epoch")
+                .await;
+            return Err(BrokerError::NotMaster(format!(
+                "this master's epoch {epoch} is older than slave {}'s epoch {}: it is fenced",
+                request.name, request.epoch
+            )));
+        }
+        let segment_size = self.store.config().segment_size;
+        if request.segment_size != segment_size {
+            return Err(BrokerError::ReplicationRefused(format!(
+                "slave {} has store.segment_size {} but the master has {segment_size}; every member of a group needs the same segment size",
+                request.name, request.segment_size
+            )));
+        }
+        let epochs = self.store.epochs();
+        let master_end = self.store.committed_offset();
+        let master_last_epoch = self.store.last_epoch();
+        if request.last_epoch > master_last_epoch {
+            return Err(BrokerError::ReplicationRefused(format!(
+                "slave {}'s log reaches epoch {} but this master's only epoch {master_last_epoch}",
+                request.name, request.last_epoch
+            )));
+        }
+        let lineage_end = self.store.epoch_end(request.last_epoch).min(master_end);
+        if request.from_offset > lineage_end {
+            info!(slave = %request.name, from = request.from_offset, to = lineage_end, "slave must truncate a divergent tail");
+            return Ok(encode(&ReplicaFetchResponse {
+                epoch,
+                truncate_to: Some(lineage_end),
+                data: Bytes::new(),
+                master_offset: master_end,
+                epochs,
+                consumer_offsets: Bytes::new(),
+                offsets_version: 0,
+            }));
+        }
+        self.acks
+            .report(&request.name, &request.idc, request.from_offset, request.flushed_offset);
+
+        let wait = Duration::from_millis(u64::from(request.wait_ms).min(5_000));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let appended = self.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            if self.store.committed_offset() > request.from_offset || wait.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = &mut appended => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.shutdown.cancelled() => break,
+            }
+        }
+        let max_bytes = self.config.fetch_max_bytes.min(request.max_bytes.max(1)) as usize;
+        let len = self.store.replica_chunk_len(request.from_offset, max_bytes);
+        let (offsets_version, consumer_offsets) = if request.offsets_version != self.store.offsets_version() {
+            self.store.export_offsets()
+        } else {
+            (0, Bytes::new())
+        };
+        let head = ReplicaFetchResponse {
+            epoch,
+            truncate_to: None,
+            data: Bytes::new(),
+            master_offset: self.store.committed_offset(),
+            epochs,
+            consumer_offsets,
+            offsets_version,
+        };
+        // The data field is written by hand so the records are copied once, from the page cache
+        // straight into the answer.
+        let mut out = BytesMut::with_capacity(prost::Message::encoded_len(&head) + 16 + len);
+        prost::Message::encode(&head, &mut out).expect("buffer has capacity");
+        if len > 0 {
+            prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, &mut out);
+            prost::encoding::encode_varint(len as u64, &mut out);
+            self.store.copy_replica(request.from_offset, len, &mut out)?;
+        }
+        self.metrics.replicated_bytes.inc_by(len as u64);
+        Ok(out.freeze())
+    }
+}
+
+fn encode(message: &impl prost::Message) -> Bytes {
+    Bytes::from(message.encode_to_vec())
+}
