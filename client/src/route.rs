@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_proto::RequestCode;
-use meridian_proto::messages::{TopicRoute, TopicRouteRequest};
+use meridian_proto::messages::{BrokerRoute, TopicRoute, TopicRouteRequest, perm};
 use meridian_proto::transport::TransportError;
 use meridian_proto::validate::validate_topic;
 use tokio::time::Instant;
@@ -157,41 +157,60 @@ impl RouteSource for NameserverRoute {
     }
 }
 
+/// Where to write to a broker group: its live master; `None` when it has none.
+fn write_addr(broker: &BrokerRoute) -> Option<&str> {
+    Some(broker.addr.as_str()).filter(|addr| !addr.is_empty())
+}
+
+/// Where to read from a broker group: its live master, or while it has none (a failover is under
+/// way) the live slave holding the most, so consumers keep reading what the group stored.
+fn read_addr(broker: &BrokerRoute) -> Option<&str> {
+    write_addr(broker).or_else(|| {
+        broker
+            .replicas
+            .iter()
+            .filter(|replica| replica.alive && !replica.addr.is_empty())
+            .max_by_key(|replica| replica.max_offset)
+            .map(|replica| replica.addr.as_str())
+    })
+}
+
 /// The queues of `route` whose broker grants `permission` (a [`meridian_proto::messages::perm`]
-/// bit), sorted, each with its broker's address. Broker groups without a live master (an empty
-/// address) are left out, for reads as for writes.
+/// bit), sorted, each with the address to use: the group's live master, or for reads alone a live
+/// slave while the group has no live master. Groups with neither are left out.
 pub(crate) fn route_queues(route: &TopicRoute, permission: u32) -> Vec<(QueueId, String)> {
+    let pick = if permission & perm::WRITE != 0 {
+        write_addr
+    } else {
+        read_addr
+    };
     let mut queues: Vec<(QueueId, String)> = route
         .brokers
         .iter()
-        .filter(|broker| broker.perm & permission != 0 && !broker.addr.is_empty())
-        .flat_map(|broker| {
-            (0..broker.queues).map(|queue_id| (QueueId::new(&broker.broker_name, queue_id), broker.addr.clone()))
+        .filter(|broker| broker.perm & permission != 0)
+        .filter_map(|broker| pick(broker).map(|addr| (broker, addr)))
+        .flat_map(|(broker, addr)| {
+            (0..broker.queues).map(move |queue_id| (QueueId::new(&broker.broker_name, queue_id), addr.to_owned()))
         })
         .collect();
     queues.sort();
     queues
 }
 
-/// The address of the broker named `broker_name` in `route`; `None` when the route lacks it or
-/// the group has no live master.
+/// The address to read from broker group `broker_name` of `route` (see [`route_queues`]); `None`
+/// when the route lacks it or the group has no live member.
 pub(crate) fn broker_addr<'a>(route: &'a TopicRoute, broker_name: &str) -> Option<&'a str> {
     route
         .brokers
         .iter()
         .find(|broker| broker.broker_name == broker_name)
-        .map(|broker| broker.addr.as_str())
-        .filter(|addr| !addr.is_empty())
+        .and_then(read_addr)
 }
 
-/// Every distinct broker address of `route`, sorted; groups without a live master are left out.
+/// Every distinct address consumers read from in `route`, sorted; groups with no live member are
+/// left out.
 pub(crate) fn broker_addrs(route: &TopicRoute) -> Vec<String> {
-    let mut addrs: Vec<String> = route
-        .brokers
-        .iter()
-        .filter(|broker| !broker.addr.is_empty())
-        .map(|broker| broker.addr.clone())
-        .collect();
+    let mut addrs: Vec<String> = route.brokers.iter().filter_map(read_addr).map(str::to_owned).collect();
     addrs.sort();
     addrs.dedup();
     addrs
@@ -407,6 +426,8 @@ mod tests {
         ));
     }
 
+    use meridian_proto::messages::ReplicaRoute;
+
     #[test]
     fn groups_without_a_live_master_are_skipped() {
         let mut headless = broker("b", 2, perm::READ | perm::WRITE);
@@ -424,6 +445,34 @@ mod tests {
         }
         assert_eq!(broker_addr(&route, "b"), None);
         assert_eq!(broker_addrs(&route), ["a:7911"]);
+    }
+
+    #[test]
+    fn while_a_group_has_no_live_master_reads_go_to_its_most_advanced_live_slave() {
+        let replica = |name: &str, alive: bool, max_offset: u64| ReplicaRoute {
+            name: name.into(),
+            addr: format!("{name}:7911"),
+            idc: "dc1".into(),
+            role: meridian_proto::messages::role::SLAVE,
+            epoch: 1,
+            alive,
+            max_offset,
+        };
+        let mut failing = broker("b", 1, perm::READ | perm::WRITE);
+        failing.addr.clear();
+        failing.replicas = vec![
+            replica("b-0", false, 900),
+            replica("b-1", true, 500),
+            replica("b-2", true, 700),
+        ];
+        let route = TopicRoute {
+            topic: "orders".into(),
+            brokers: vec![failing],
+        };
+        assert!(route_queues(&route, perm::WRITE).is_empty(), "writes need the master");
+        assert_eq!(route_queues(&route, perm::READ)[0].1, "b-2:7911");
+        assert_eq!(broker_addr(&route, "b"), Some("b-2:7911"));
+        assert_eq!(broker_addrs(&route), ["b-2:7911"]);
     }
 
     #[test]
