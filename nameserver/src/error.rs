@@ -131,33 +131,52 @@ pub enum CommandError {
         /// Broker name.
         member: String,
     },
-    /// A broker claims mastership at an epoch older than its group's.
+    /// An election that is not at the group's next epoch: another decision was applied first.
     #[error(
-        "broker {member:?} of group {group:?} claims to be master at epoch {epoch}, but the group is at epoch {group_epoch}: it must rejoin as a slave of the current master"
+        "cannot elect {member:?} master of broker group {group:?} at epoch {epoch}: the group is at epoch {group_epoch}{}, so the next election is at epoch {}; read the group again before deciding",
+        .master.as_ref().map(|master| format!(" with master {master:?}")).unwrap_or_default(),
+        .group_epoch + 1
     )]
-    StaleEpoch {
+    StaleElection {
         /// Broker group name.
         group: String,
-        /// Broker name.
+        /// The broker the election named.
         member: String,
-        /// Epoch it claimed.
+        /// Epoch the election named.
         epoch: u64,
         /// The group's epoch.
         group_epoch: u64,
+        /// The group's master, if any.
+        master: Option<String>,
     },
-    /// Two masters in one epoch.
+    /// A switchover to a slave that is not in sync with the master: promoting it would lose
+    /// writes the master acknowledged.
     #[error(
-        "broker {member:?} of group {group:?} claims to be master at epoch {epoch}, but {master:?} already is: a new master needs a higher epoch (failover)"
+        "cannot switch broker group {group:?} over to {member:?}: it is not in sync with master {master:?} ({}); wait until it has caught up, or pick one of those",
+        if .in_sync.is_empty() { "no slave is in sync".to_owned() } else { format!("in sync: {}", quoted_list(.in_sync)) }
     )]
-    MasterConflict {
+    NotInSync {
         /// Broker group name.
         group: String,
-        /// Broker name.
+        /// The target.
         member: String,
         /// The current master.
         master: String,
-        /// The contested epoch.
-        epoch: u64,
+        /// The slaves in sync with it.
+        in_sync: Vec<String>,
+    },
+    /// An election or switchover names a broker that is not a member of the group.
+    #[error(
+        "broker group {group:?} has no member {member:?}: {}",
+        if .members.is_empty() { "no broker of that group is registered (check `meridian cluster status`)".to_owned() } else { format!("its members are {}", quoted_list(.members)) }
+    )]
+    MemberNotFound {
+        /// Broker group name.
+        group: String,
+        /// The broker named.
+        member: String,
+        /// The group's members.
+        members: Vec<String>,
     },
     /// Removing an IDC rule that does not exist.
     #[error("there is no IDC rule for {cidr}: list the rules to see which exist")]
@@ -192,10 +211,11 @@ impl CommandError {
             | CommandError::NoQueues { .. }
             | CommandError::TopicNotApproved { .. }
             | CommandError::TopicInUse { .. }
-            | CommandError::StaleEpoch { .. }
-            | CommandError::MasterConflict { .. } => ErrorCode::FailedPrecondition,
+            | CommandError::StaleElection { .. }
+            | CommandError::NotInSync { .. } => ErrorCode::FailedPrecondition,
             CommandError::Invalid { .. }
             | CommandError::BrokerNotFound { .. }
+            | CommandError::MemberNotFound { .. }
             | CommandError::IdcRuleNotFound { .. } => ErrorCode::InvalidArgument,
         }
     }

@@ -7,9 +7,10 @@ use meridian_proto::validate::validate_topic;
 
 use crate::error::ApiError;
 use crate::liveness::LivenessView;
-use crate::state::{ApprovalStatus, BrokerRole, ConsumeMode, MetadataState, Topic, format_time_ms};
+use crate::state::{ApprovalStatus, ConsumeMode, MetadataState, Topic, format_time_ms};
 
 /// The route of `topic`: for each broker group it is placed on, the group's live master (the
+/// member elected at the group's epoch, if this node heard it within the broker timeout: the
 /// address sends go to; empty when it has none) and every member with its liveness. Unknown and
 /// unapproved topics are refused with what to do about it.
 pub fn topic_route(state: &MetadataState, liveness: &LivenessView<'_>, topic: &str) -> Result<TopicRoute, ApiError> {
@@ -35,15 +36,14 @@ pub fn topic_route(state: &MetadataState, liveness: &LivenessView<'_>, topic: &s
                         .values()
                         .map(|member| {
                             let seen = liveness.get(group_name, &member.name);
+                            // The group's state says who is master, whatever a broker reported.
+                            let is_master = group.master.as_deref() == Some(member.name.as_str());
                             ReplicaRoute {
                                 name: member.name.clone(),
                                 addr: member.addr.clone(),
                                 idc: member.idc.clone(),
-                                role: match member.role {
-                                    BrokerRole::Master => role::MASTER,
-                                    BrokerRole::Slave => role::SLAVE,
-                                },
-                                epoch: member.epoch,
+                                role: if is_master { role::MASTER } else { role::SLAVE },
+                                epoch: if is_master { group.epoch } else { member.epoch },
                                 alive: seen.is_some_and(|(_, alive)| alive),
                                 max_offset: seen.map_or(member.max_offset, |(seen, _)| seen.max_offset),
                             }
@@ -140,7 +140,7 @@ mod tests {
 
     use super::*;
     use crate::liveness::Liveness;
-    use crate::state::{BrokerRegistration, Command, GroupRequest, PERM_READ_WRITE, TopicRequest};
+    use crate::state::{BrokerRegistration, BrokerRole, Command, GroupRequest, PERM_READ_WRITE, TopicRequest};
 
     fn state_with_orders(status: Option<&str>) -> MetadataState {
         let mut state = MetadataState::default();
@@ -194,6 +194,7 @@ mod tests {
                             epoch: 0,
                             max_offset: 10,
                             registration_digest: 1,
+                            in_sync: Vec::new(),
                         },
                         topics: BTreeMap::from([("orders".into(), 4)]),
                     },
@@ -204,12 +205,36 @@ mod tests {
         state
     }
 
+    fn elect(state: &mut MetadataState, member: &str, epoch: u64) {
+        state
+            .apply(
+                Command::ElectMaster {
+                    group: "broker-a".into(),
+                    member: member.into(),
+                    epoch,
+                    reason: "test".into(),
+                },
+                3_500,
+            )
+            .unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn routes_name_the_live_master_and_every_replica() {
-        let state = state_with_orders(Some("approved"));
+        let mut state = state_with_orders(Some("approved"));
         let liveness = Liveness::new(Duration::from_secs(10));
         liveness.touch("broker-a", "a-0", 77);
         liveness.touch("broker-a", "a-1", 70);
+        // a-0 registered as master, but nobody elected it: no master yet.
+        let route = liveness.with(|view| topic_route(&state, view, "orders")).unwrap();
+        assert_eq!(route.brokers[0].addr, "");
+        assert!(
+            route.brokers[0]
+                .replicas
+                .iter()
+                .all(|replica| replica.role == role::SLAVE)
+        );
+        elect(&mut state, "a-0", 1);
         let route = liveness.with(|view| topic_route(&state, view, "orders")).unwrap();
         assert_eq!(route.brokers.len(), 2);
         let a = &route.brokers[0];
@@ -226,11 +251,19 @@ mod tests {
         let replicas: Vec<_> = a
             .replicas
             .iter()
-            .map(|replica| (replica.name.as_str(), replica.role, replica.alive, replica.max_offset))
+            .map(|replica| {
+                (
+                    replica.name.as_str(),
+                    replica.role,
+                    replica.epoch,
+                    replica.alive,
+                    replica.max_offset,
+                )
+            })
             .collect();
         assert_eq!(
             replicas,
-            [("a-0", role::MASTER, true, 77), ("a-1", role::SLAVE, true, 70)]
+            [("a-0", role::MASTER, 1, true, 77), ("a-1", role::SLAVE, 0, true, 70)]
         );
         // broker-b never registered: placed, but nobody serves it.
         let b = &route.brokers[1];
@@ -254,6 +287,13 @@ mod tests {
         liveness.touch("broker-a", "a-0", 80);
         let route = liveness.with(|view| topic_route(&state, view, "orders")).unwrap();
         assert_eq!(route.brokers[0].addr, "a-0:7911");
+        // A failover: the route follows the election, not what the brokers last registered.
+        elect(&mut state, "a-1", 2);
+        let route = liveness.with(|view| topic_route(&state, view, "orders")).unwrap();
+        let a = &route.brokers[0];
+        assert_eq!(a.addr, "a-1:7911");
+        let roles: Vec<_> = a.replicas.iter().map(|replica| (replica.role, replica.epoch)).collect();
+        assert_eq!(roles, [(role::SLAVE, 1), (role::MASTER, 2)]);
     }
 
     #[test]

@@ -97,23 +97,74 @@ pub struct BrokerMember {
 }
 
 /// A master and its slaves.
+///
+/// Who is master is decided by the failover controller ([`crate::controller`]) through
+/// [`Command::ElectMaster`], never by what a broker registers: each election raises the epoch by
+/// one, and brokers obey the highest epoch they have seen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerGroup {
     /// Name of the group.
     pub name: String,
-    /// Highest epoch seen in the group; brokers obey the highest epoch they have seen.
+    /// The group's epoch: raised by one by each election and each fencing.
     pub epoch: u64,
     /// Members by name.
     pub members: BTreeMap<String, BrokerMember>,
+    /// Name of the member elected master at `epoch`; `None` before the first election and
+    /// between fencing a master and electing the next.
+    #[serde(default)]
+    pub master: Option<String>,
+    /// The slaves the master reports in sync with it, sorted: only these may replace it when it
+    /// fails.
+    #[serde(default)]
+    pub in_sync: Vec<String>,
+    /// Target of a switchover in progress ([`Command::FenceMaster`]): elected once the fenced
+    /// master's lease surely lapsed.
+    #[serde(default)]
+    pub preferred: Option<String>,
+    /// The latest elections and fencings, oldest first, at most [`EPOCH_HISTORY_LEN`].
+    #[serde(default)]
+    pub history: Vec<EpochChange>,
 }
 
 impl BrokerGroup {
-    /// The member that is master at the group's epoch, if any.
+    /// The member elected master at the group's epoch, if any.
     pub fn master(&self) -> Option<&BrokerMember> {
-        self.members
-            .values()
-            .find(|member| member.role == BrokerRole::Master && member.epoch == self.epoch)
+        self.members.get(self.master.as_deref()?)
     }
+}
+
+/// Epoch changes kept per broker group; older ones are dropped.
+pub const EPOCH_HISTORY_LEN: usize = 32;
+
+/// What raised a broker group's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpochAction {
+    /// A master was elected ([`Command::ElectMaster`]).
+    Elected,
+    /// The master was fenced for a switchover ([`Command::FenceMaster`]).
+    Fenced,
+}
+
+/// One raise of a broker group's epoch: who became master, or who was fenced and for whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochChange {
+    /// The new epoch.
+    pub epoch: u64,
+    /// When, in ms since the Unix epoch (time of the log entry).
+    pub at_ms: u64,
+    /// Elected or fenced.
+    pub action: EpochAction,
+    /// Master at the new epoch (`None` after a fencing).
+    pub master: Option<String>,
+    /// Master at the epoch before, if there was one.
+    pub previous_master: Option<String>,
+    /// Fenced: the switchover target.
+    pub preferred: Option<String>,
+    /// Who: `controller` for elections, the person for a switchover.
+    pub by: String,
+    /// Why.
+    pub reason: Option<String>,
 }
 
 /// What a broker says about itself when it registers (and, later, on each heartbeat).
@@ -134,6 +185,10 @@ pub struct BrokerRegistration {
     /// Digest of everything registered ([`meridian_proto::messages::registration_digest`]).
     #[serde(default)]
     pub registration_digest: u64,
+    /// Sent by a master: the slaves it holds in sync. Replaces the group's in-sync set when the
+    /// registrant is the group's master at the group's epoch; ignored otherwise.
+    #[serde(default)]
+    pub in_sync: Vec<String>,
 }
 
 /// A topic and where it stands in governance.
@@ -478,6 +533,34 @@ pub enum Command {
         /// Topics it serves, with their queue counts.
         topics: BTreeMap<String, u32>,
     },
+    /// The failover controller makes `member` the master of `group` at `epoch`. Applied only at
+    /// the group's next epoch (`group.epoch + 1`), so a stale or repeated decision cannot elect
+    /// twice; the one exception is a group's first master (epoch 0, never had one), which may
+    /// start above the epochs its brokers remember from an older nameserver cluster.
+    ElectMaster {
+        /// Broker group name.
+        group: String,
+        /// Broker name: the new master.
+        member: String,
+        /// The new epoch.
+        epoch: u64,
+        /// Why, for logs and the group's history.
+        reason: String,
+    },
+    /// A switchover: raises the epoch with no master (the master is fenced: it stops accepting
+    /// writes once its lease lapsed) and names `preferred` as the next master, which the
+    /// controller elects once the fenced master's lease surely lapsed.
+    FenceMaster {
+        /// Broker group name.
+        group: String,
+        /// Broker name: the target. While the group has a master, it must be in sync with it.
+        preferred: String,
+        /// Who asks.
+        by: String,
+        /// Why (optional).
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// A broker leaves its group.
     UnregisterBroker {
         /// Broker group name.
@@ -540,6 +623,13 @@ pub enum Response {
         group: String,
         /// The group's epoch, which the broker must obey.
         epoch: u64,
+    },
+    /// An election or a fencing, as recorded in the group's history.
+    EpochChange {
+        /// Broker group name.
+        group: String,
+        /// What changed.
+        change: EpochChange,
     },
 }
 
@@ -709,6 +799,18 @@ impl MetadataState {
                 reason,
             } => self.delete_group(now_ms, name, deleted_by, reason)?,
             Command::RegisterBroker { group, member, topics } => self.register_broker(now_ms, group, member, topics)?,
+            Command::ElectMaster {
+                group,
+                member,
+                epoch,
+                reason,
+            } => self.elect_master(now_ms, group, member, epoch, reason)?,
+            Command::FenceMaster {
+                group,
+                preferred,
+                by,
+                reason,
+            } => self.fence_master(now_ms, group, preferred, by, reason)?,
             Command::UnregisterBroker { group, member } => self.unregister_broker(group, member)?,
             Command::SetIdcRule { cidr, idc } => self.set_idc_rule(cidr, idc)?,
             Command::RemoveIdcRule { cidr } => self.remove_idc_rule(cidr)?,
@@ -1123,6 +1225,9 @@ impl MetadataState {
         Ok(Response::Done)
     }
 
+    /// Records what a broker reports about itself. It decides nothing about who is master: the
+    /// controller does ([`Command::ElectMaster`]). Only the group's master, reporting the group's
+    /// epoch, replaces the in-sync set.
     fn register_broker(
         &mut self,
         now_ms: u64,
@@ -1132,28 +1237,8 @@ impl MetadataState {
     ) -> Result<Response, CommandError> {
         validate_broker_identity(&group_name, &registration.name, &registration.addr)?;
         validate_broker_topics(&topics)?;
-        if let Some(group) = self.broker_groups.get(&group_name)
-            && registration.role == BrokerRole::Master
-        {
-            if registration.epoch < group.epoch {
-                return Err(CommandError::StaleEpoch {
-                    group: group_name,
-                    member: registration.name,
-                    epoch: registration.epoch,
-                    group_epoch: group.epoch,
-                });
-            }
-            if let Some(master) = group.master()
-                && master.name != registration.name
-                && registration.epoch == group.epoch
-            {
-                return Err(CommandError::MasterConflict {
-                    group: group_name,
-                    member: registration.name,
-                    master: master.name.clone(),
-                    epoch: registration.epoch,
-                });
-            }
+        for slave in &registration.in_sync {
+            validate_group(slave)?;
         }
         let group = self
             .broker_groups
@@ -1162,8 +1247,21 @@ impl MetadataState {
                 name: group_name.clone(),
                 epoch: 0,
                 members: BTreeMap::new(),
+                master: None,
+                in_sync: Vec::new(),
+                preferred: None,
+                history: Vec::new(),
             });
-        group.epoch = group.epoch.max(registration.epoch);
+        if group.master.as_deref() == Some(registration.name.as_str()) && registration.epoch == group.epoch {
+            let mut in_sync: Vec<String> = registration
+                .in_sync
+                .into_iter()
+                .filter(|slave| *slave != registration.name)
+                .collect();
+            in_sync.sort();
+            in_sync.dedup();
+            group.in_sync = in_sync;
+        }
         group.members.insert(
             registration.name.clone(),
             BrokerMember {
@@ -1184,6 +1282,109 @@ impl MetadataState {
         })
     }
 
+    fn elect_master(
+        &mut self,
+        now_ms: u64,
+        group_name: String,
+        member: String,
+        epoch: u64,
+        reason: String,
+    ) -> Result<Response, CommandError> {
+        let group = broker_group(&mut self.broker_groups, &group_name, &member)?;
+        // A group's first master may start above epochs its brokers remember (the nameservers
+        // were rebuilt from scratch while the brokers kept their data); every later election is
+        // exactly one epoch up, so a stale controller decision is refused rather than applied twice.
+        let first_election = group.epoch == 0 && group.master.is_none() && epoch > 0;
+        if epoch != group.epoch + 1 && !first_election {
+            return Err(CommandError::StaleElection {
+                group: group_name,
+                member,
+                epoch,
+                group_epoch: group.epoch,
+                master: group.master.clone(),
+            });
+        }
+        let previous_master = group.master.take();
+        for (name, broker) in &mut group.members {
+            if *name == member {
+                broker.role = BrokerRole::Master;
+                broker.epoch = epoch;
+            } else {
+                broker.role = BrokerRole::Slave;
+            }
+        }
+        group.epoch = epoch;
+        group.master = Some(member.clone());
+        group.in_sync.retain(|slave| *slave != member);
+        group.preferred = None;
+        let change = EpochChange {
+            epoch,
+            at_ms: now_ms,
+            action: EpochAction::Elected,
+            master: Some(member),
+            previous_master,
+            preferred: None,
+            by: "controller".to_owned(),
+            reason: Some(reason),
+        };
+        push_epoch_change(group, change.clone());
+        Ok(Response::EpochChange {
+            group: group_name,
+            change,
+        })
+    }
+
+    fn fence_master(
+        &mut self,
+        now_ms: u64,
+        group_name: String,
+        preferred: String,
+        by: String,
+        reason: Option<String>,
+    ) -> Result<Response, CommandError> {
+        require_person("by", &by)?;
+        let group = broker_group(&mut self.broker_groups, &group_name, &preferred)?;
+        if let Some(master) = &group.master {
+            if *master == preferred {
+                return Err(CommandError::Invalid {
+                    message: format!(
+                        "broker {preferred:?} is already the master of broker group {group_name:?} at epoch {}: nothing to switch over",
+                        group.epoch
+                    ),
+                });
+            }
+            if !group.in_sync.contains(&preferred) {
+                return Err(CommandError::NotInSync {
+                    group: group_name,
+                    member: preferred,
+                    master: master.clone(),
+                    in_sync: group.in_sync.clone(),
+                });
+            }
+        }
+        let previous_master = group.master.take();
+        for broker in group.members.values_mut() {
+            broker.role = BrokerRole::Slave;
+        }
+        group.epoch += 1;
+        group.preferred = Some(preferred.clone());
+        let change = EpochChange {
+            epoch: group.epoch,
+            at_ms: now_ms,
+            action: EpochAction::Fenced,
+            master: None,
+            previous_master,
+            preferred: Some(preferred),
+            by,
+            reason: reason.filter(|reason| !reason.trim().is_empty()),
+        };
+        push_epoch_change(group, change.clone());
+        Ok(Response::EpochChange {
+            group: group_name,
+            change,
+        })
+    }
+
     fn unregister_broker(&mut self, group_name: String, member: String) -> Result<Response, CommandError> {
         let Some(group) = self.broker_groups.get_mut(&group_name) else {
             return Err(CommandError::BrokerNotFound {
@@ -1199,7 +1400,16 @@ impl MetadataState {
         }
         if group.members.is_empty() {
             self.broker_groups.remove(&group_name);
+            return Ok(Response::Done);
         }
+        // The epoch stays: the controller elects a replacement at the next one.
+        if group.master.as_deref() == Some(member.as_str()) {
+            group.master = None;
+        }
+        if group.preferred.as_deref() == Some(member.as_str()) {
+            group.preferred = None;
+        }
+        group.in_sync.retain(|slave| *slave != member);
         Ok(Response::Done)
     }
 
@@ -1321,6 +1531,33 @@ struct DecisionRecord<'a> {
 
 fn push_history(history: &mut BTreeMap<String, Vec<Decision>>, name: String, decision: Decision) {
     history.entry(name).or_default().push(decision);
+}
+
+fn push_epoch_change(group: &mut BrokerGroup, change: EpochChange) {
+    if group.history.len() >= EPOCH_HISTORY_LEN {
+        group.history.remove(0);
+    }
+    group.history.push(change);
+}
+
+/// The broker group `group`, which must have a member `member`.
+fn broker_group<'a>(
+    groups: &'a mut BTreeMap<String, BrokerGroup>,
+    group: &str,
+    member: &str,
+) -> Result<&'a mut BrokerGroup, CommandError> {
+    let not_found = |members: Vec<String>| CommandError::MemberNotFound {
+        group: group.to_owned(),
+        member: member.to_owned(),
+        members,
+    };
+    let Some(found) = groups.get_mut(group) else {
+        return Err(not_found(Vec::new()));
+    };
+    if !found.members.contains_key(member) {
+        return Err(not_found(found.members.keys().cloned().collect()));
+    }
+    Ok(found)
 }
 
 fn require_person(field: &str, value: &str) -> Result<(), CommandError> {
@@ -1457,9 +1694,46 @@ mod tests {
                 epoch,
                 max_offset: 100,
                 registration_digest: epoch,
+                in_sync: Vec::new(),
             },
             topics: BTreeMap::from([("orders".to_owned(), 4)]),
         }
+    }
+
+    fn elect(group: &str, member: &str, epoch: u64) -> Command {
+        Command::ElectMaster {
+            group: group.into(),
+            member: member.into(),
+            epoch,
+            reason: "test".into(),
+        }
+    }
+
+    fn fence(group: &str, preferred: &str) -> Command {
+        Command::FenceMaster {
+            group: group.into(),
+            preferred: preferred.into(),
+            by: "admin".into(),
+            reason: Some("maintenance".into()),
+        }
+    }
+
+    /// A group whose three members registered as slaves, then `a-0` elected at epoch 1 and
+    /// reporting `a-1` in sync.
+    fn group_with_master() -> MetadataState {
+        let mut state = MetadataState::default();
+        for member in ["a-0", "a-1", "a-2"] {
+            state
+                .apply(register("broker-a", member, BrokerRole::Slave, 0), T0)
+                .unwrap();
+        }
+        state.apply(elect("broker-a", "a-0", 1), T0).unwrap();
+        let mut report = register("broker-a", "a-0", BrokerRole::Master, 1);
+        if let Command::RegisterBroker { member, .. } = &mut report {
+            member.in_sync = vec!["a-1".into(), "a-0".into(), "a-1".into()];
+        }
+        state.apply(report, T0).unwrap();
+        state
     }
 
     #[test]
@@ -1647,55 +1921,219 @@ mod tests {
     }
 
     #[test]
-    fn broker_epochs_guard_the_master_role() {
+    fn registrations_report_but_only_elections_make_a_master() {
         let mut state = MetadataState::default();
-        state
-            .apply(register("broker-a", "a-0", BrokerRole::Master, 1), T0)
-            .unwrap();
-        state
-            .apply(register("broker-a", "a-1", BrokerRole::Slave, 1), T0)
-            .unwrap();
-        let error = state
-            .apply(register("broker-a", "a-1", BrokerRole::Master, 1), T0)
-            .unwrap_err();
-        assert!(matches!(error, CommandError::MasterConflict { .. }), "{error}");
-        // Failover: a-1 becomes master at epoch 2; the old master may not come back as master at 1.
+        // A broker claiming to be master at any epoch is recorded, but neither becomes master
+        // nor moves the group's epoch.
         let response = state
-            .apply(register("broker-a", "a-1", BrokerRole::Master, 2), T0)
+            .apply(register("broker-a", "a-0", BrokerRole::Master, 7), T0)
             .unwrap();
         assert_eq!(
             response,
             Response::Broker {
                 group: "broker-a".into(),
-                epoch: 2
+                epoch: 0
             }
         );
-        let error = state
-            .apply(register("broker-a", "a-0", BrokerRole::Master, 1), T0)
-            .unwrap_err();
-        assert!(error.to_string().contains("must rejoin as a slave"), "{error}");
-        let group = &state.broker_groups()["broker-a"];
-        assert_eq!(group.master().unwrap().name, "a-1");
-        assert_eq!(group.members["a-0"].last_heartbeat_ms, T0);
         state
-            .apply(
-                Command::UnregisterBroker {
-                    group: "broker-a".into(),
-                    member: "a-0".into(),
-                },
-                T0,
-            )
+            .apply(register("broker-a", "a-1", BrokerRole::Master, 7), T0)
             .unwrap();
+        let group = &state.broker_groups()["broker-a"];
+        assert_eq!((group.epoch, group.master(), group.master.as_deref()), (0, None, None));
+        assert_eq!(group.members["a-1"].role, BrokerRole::Master, "as reported");
+        assert_eq!(group.members["a-0"].last_heartbeat_ms, T0);
+
+        // A slave's in-sync list, or a master's at another epoch, is ignored.
+        let mut state = group_with_master();
+        assert_eq!(
+            state.broker_groups()["broker-a"].in_sync,
+            ["a-1"],
+            "sorted, deduplicated, without the master"
+        );
+        let mut stale = register("broker-a", "a-0", BrokerRole::Master, 0);
+        let mut slave = register("broker-a", "a-2", BrokerRole::Slave, 1);
+        for command in [&mut stale, &mut slave] {
+            if let Command::RegisterBroker { member, .. } = command {
+                member.in_sync = vec!["a-2".into()];
+            }
+        }
+        state.apply(stale, T0).unwrap();
+        state.apply(slave, T0).unwrap();
+        let group = &state.broker_groups()["broker-a"];
+        assert_eq!(group.in_sync, ["a-1"]);
+        assert_eq!(
+            group.master().unwrap().name,
+            "a-0",
+            "a registration does not unseat the master"
+        );
+
+        // Unregistering the master leaves the group masterless at its epoch.
+        for member in ["a-0", "a-1"] {
+            state
+                .apply(
+                    Command::UnregisterBroker {
+                        group: "broker-a".into(),
+                        member: member.into(),
+                    },
+                    T0,
+                )
+                .unwrap();
+        }
+        let group = &state.broker_groups()["broker-a"];
+        assert_eq!((group.epoch, group.master.as_deref()), (1, None));
+        assert!(group.in_sync.is_empty());
         state
             .apply(
                 Command::UnregisterBroker {
                     group: "broker-a".into(),
-                    member: "a-1".into(),
+                    member: "a-2".into(),
                 },
                 T0,
             )
             .unwrap();
         assert!(state.broker_groups().is_empty());
+    }
+
+    #[test]
+    fn an_election_applies_once_at_the_next_epoch() {
+        let mut state = group_with_master();
+        // The controller's decision, applied twice (a stale tick): the second is refused.
+        let response = state.apply(elect("broker-a", "a-1", 2), T0 + 1).unwrap();
+        let Response::EpochChange { change, .. } = response else {
+            panic!("an election answers with the epoch change");
+        };
+        assert_eq!(
+            (
+                change.epoch,
+                change.master.as_deref(),
+                change.previous_master.as_deref()
+            ),
+            (2, Some("a-1"), Some("a-0"))
+        );
+        let before = state.clone();
+        let error = state.apply(elect("broker-a", "a-2", 2), T0 + 2).unwrap_err();
+        assert!(matches!(error, CommandError::StaleElection { .. }), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "cannot elect \"a-2\" master of broker group \"broker-a\" at epoch 2: the group is at epoch 2 with master \"a-1\", \
+             so the next election is at epoch 3; read the group again before deciding"
+        );
+        assert_eq!(error.code(), meridian_proto::ErrorCode::FailedPrecondition);
+        assert_eq!(state, before);
+        // Skipping an epoch is refused too; so is an unknown member.
+        assert!(state.apply(elect("broker-a", "a-2", 4), T0).is_err());
+        let error = state.apply(elect("broker-a", "a-9", 3), T0).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "broker group \"broker-a\" has no member \"a-9\": its members are \"a-0\", \"a-1\", \"a-2\""
+        );
+        assert!(state.apply(elect("broker-z", "a-0", 1), T0).is_err());
+        assert_eq!(state, before);
+
+        let group = &state.broker_groups()["broker-a"];
+        assert_eq!((group.epoch, group.master().unwrap().name.as_str()), (2, "a-1"));
+        let roles: Vec<_> = group
+            .members
+            .values()
+            .map(|member| (member.role, member.epoch))
+            .collect();
+        assert_eq!(
+            roles,
+            [(BrokerRole::Slave, 1), (BrokerRole::Master, 2), (BrokerRole::Slave, 0)],
+            "the new master takes the epoch; every other member is a slave"
+        );
+        assert!(group.in_sync.is_empty(), "the old in-sync set minus the new master");
+        assert_eq!(group.history.len(), 2);
+    }
+
+    #[test]
+    fn a_first_election_may_start_above_the_epochs_brokers_remember() {
+        let mut state = MetadataState::default();
+        state
+            .apply(register("broker-a", "a-0", BrokerRole::Slave, 5), T0)
+            .unwrap();
+        state.apply(elect("broker-a", "a-0", 6), T0).unwrap();
+        assert_eq!(state.broker_groups()["broker-a"].epoch, 6);
+        // Only the first: from then on, one epoch at a time.
+        assert!(state.apply(elect("broker-a", "a-0", 6), T0).is_err());
+        assert!(state.apply(elect("broker-a", "a-0", 9), T0).is_err());
+        state.apply(elect("broker-a", "a-0", 7), T0).unwrap();
+        assert!(state.apply(elect("broker-a", "a-0", 0), T0).is_err());
+    }
+
+    #[test]
+    fn a_switchover_fences_the_master_then_elects_the_target() {
+        let mut state = group_with_master();
+        let error = state.apply(fence("broker-a", "a-2"), T0).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cannot switch broker group \"broker-a\" over to \"a-2\": it is not in sync with master \"a-0\" (in sync: \"a-1\"); \
+             wait until it has caught up, or pick one of those"
+        );
+        assert_eq!(error.code(), meridian_proto::ErrorCode::FailedPrecondition);
+        let error = state.apply(fence("broker-a", "a-0"), T0).unwrap_err();
+        assert!(error.to_string().contains("already the master"), "{error}");
+        assert!(state.apply(fence("broker-a", "a-7"), T0).is_err());
+
+        let Response::EpochChange { change, .. } = state.apply(fence("broker-a", "a-1"), T0 + 5).unwrap() else {
+            panic!("a fencing answers with the epoch change");
+        };
+        assert_eq!(change.action, EpochAction::Fenced);
+        assert_eq!(
+            (
+                change.epoch,
+                change.master,
+                change.previous_master.as_deref(),
+                change.preferred.as_deref()
+            ),
+            (2, None, Some("a-0"), Some("a-1"))
+        );
+        let group = &state.broker_groups()["broker-a"];
+        assert_eq!(
+            (group.epoch, group.master(), group.preferred.as_deref()),
+            (2, None, Some("a-1"))
+        );
+        assert!(group.members.values().all(|member| member.role == BrokerRole::Slave));
+        // Masterless: any member may be named now (how an operator unsticks a group).
+        state.apply(fence("broker-a", "a-2"), T0 + 6).unwrap();
+        state.apply(fence("broker-a", "a-1"), T0 + 7).unwrap();
+        assert_eq!(state.broker_groups()["broker-a"].epoch, 4);
+
+        // The controller elects the target at the next epoch; the switchover is over.
+        state.apply(elect("broker-a", "a-1", 5), T0 + 8).unwrap();
+        let group = &state.broker_groups()["broker-a"];
+        assert_eq!(
+            (group.epoch, group.master.as_deref(), group.preferred.as_deref()),
+            (5, Some("a-1"), None)
+        );
+        let actions: Vec<_> = group
+            .history
+            .iter()
+            .map(|change| (change.epoch, change.action))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                (1, EpochAction::Elected),
+                (2, EpochAction::Fenced),
+                (3, EpochAction::Fenced),
+                (4, EpochAction::Fenced),
+                (5, EpochAction::Elected)
+            ]
+        );
+        assert_eq!(group.history[1].by, "admin");
+        assert_eq!(group.history[1].reason.as_deref(), Some("maintenance"));
+    }
+
+    #[test]
+    fn epoch_history_is_short() {
+        let mut state = group_with_master();
+        for epoch in 2..=(EPOCH_HISTORY_LEN as u64 + 10) {
+            state.apply(elect("broker-a", "a-1", epoch), T0).unwrap();
+        }
+        let history = &state.broker_groups()["broker-a"].history;
+        assert_eq!(history.len(), EPOCH_HISTORY_LEN);
+        assert_eq!(history.last().unwrap().epoch, EPOCH_HISTORY_LEN as u64 + 10);
     }
 
     #[test]
@@ -1940,9 +2378,26 @@ mod tests {
                         epoch,
                         max_offset: epoch * 10,
                         registration_digest: epoch,
+                        in_sync: if master {
+                            vec!["g1".into(), "broker-a".into()]
+                        } else {
+                            Vec::new()
+                        },
                     },
                     topics,
                 }),
+            (name(), name(), 0_u64..4).prop_map(|(group, member, epoch)| Command::ElectMaster {
+                group,
+                member,
+                epoch,
+                reason: "test".into(),
+            }),
+            (name(), name(), person()).prop_map(|(group, preferred, by)| Command::FenceMaster {
+                group,
+                preferred,
+                by,
+                reason: None,
+            }),
             (name(), name()).prop_map(|(group, member)| Command::UnregisterBroker { group, member }),
             (
                 prop::sample::select(vec!["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3/16", "fd00::/8", "x"]),
