@@ -60,6 +60,7 @@ pub fn router(service: Arc<NameserverService>) -> Router {
         .route("/api/groups/{name}/approve", post(approve_group))
         .route("/api/groups/{name}/reject", post(reject_group))
         .route("/api/brokers", get(brokers))
+        .route("/api/brokers/{group}/switchover", post(switchover))
         .route(
             "/api/idc-rules",
             get(idc_rules).put(set_idc_rule).delete(remove_idc_rule),
@@ -372,6 +373,15 @@ struct GroupRequestBody {
     #[serde(default)]
     consume_mode: ConsumeMode,
     requested_by: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverBody {
+    to: String,
+    by: String,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -741,6 +751,18 @@ async fn delete_group(
 
 async fn brokers(State(service): State<SharedService>) -> HttpResponse {
     ok(service.brokers())
+}
+
+async fn switchover(
+    State(service): State<SharedService>,
+    PathParam(group): PathParam<String>,
+    JsonBody(body): JsonBody<SwitchoverBody>,
+) -> Result<HttpResponse, ApiError> {
+    require_by(&body.by)?;
+    service
+        .switchover(&group, &body.to, &body.by, body.reason)
+        .await
+        .map(ok)
 }
 
 async fn idc_rules(State(service): State<SharedService>) -> HttpResponse {

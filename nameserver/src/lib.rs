@@ -18,6 +18,8 @@
 //! - [`network`]: how a transport reports errors to openraft (`Unreachable` vs `Network`).
 //! - [`service`]: [`NameserverService`], what a nameserver answers whichever way a request arrives;
 //!   [`server`] serves it over the framed protocol, [`http`] as the JSON admin API (`docs/api.md`).
+//! - [`controller`]: the failover controller, run by [`Nameserver::run`]: while the node leads, it
+//!   elects each broker group's master ([`Command::ElectMaster`]) from the brokers' heartbeats.
 //!
 //! On disk, under a node's data dir: `raft-log.redb` (log entries, vote, committed and purged log
 //! ids, owning node id) and `snapshots/current.snapshot` (the latest snapshot).
@@ -26,6 +28,7 @@
 //! layer, `cli`) use this exact version without depending on it themselves.
 
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod http;
 pub mod liveness;

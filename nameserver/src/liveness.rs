@@ -104,6 +104,16 @@ pub struct LivenessView<'a> {
 }
 
 impl LivenessView<'_> {
+    /// The instant this view judges liveness at.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The heartbeat timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The last heartbeat of a broker, and whether it is within the timeout.
     pub fn get(&self, group: &str, member: &str) -> Option<(Seen, bool)> {
         let seen = *self.groups.get(group)?.get(member)?;

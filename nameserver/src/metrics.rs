@@ -21,6 +21,14 @@ pub struct ErrorLabels {
     pub code: &'static str,
 }
 
+/// Labels of election metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ElectionLabels {
+    /// Why: `failover` (the master went silent), `bootstrap` (the group's first master) or
+    /// `switchover` (an operator fenced the master).
+    pub reason: &'static str,
+}
+
 /// Every metric a nameserver exports.
 #[derive(Debug, Default)]
 pub struct NameserverMetrics {
@@ -42,6 +50,11 @@ pub struct NameserverMetrics {
     pub broker_bytes: Counter,
     /// Writes forwarded to the leader.
     pub forwarded_writes: Counter,
+    /// Masters elected by this node's failover controller, by reason.
+    pub elections: Family<ElectionLabels, Counter>,
+    /// Broker groups with no master this node heard within the broker timeout (no master
+    /// elected, or a silent one); every node computes it from its own liveness view.
+    pub groups_without_live_master: Gauge,
 }
 
 impl NameserverMetrics {
@@ -73,6 +86,16 @@ impl NameserverMetrics {
             "forwarded_writes",
             "Writes forwarded to the Raft leader",
             metrics.forwarded_writes.clone(),
+        );
+        registry.register(
+            "elections",
+            "Masters elected by this node's failover controller, by reason (failover, bootstrap, switchover)",
+            metrics.elections.clone(),
+        );
+        registry.register(
+            "groups_without_live_master",
+            "Broker groups with no master heard within the broker timeout, as this node sees them",
+            metrics.groups_without_live_master.clone(),
         );
         metrics
     }

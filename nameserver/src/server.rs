@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use meridian_proto::messages::{BrokerHeartbeat, BrokerMetadataRequest, BrokerRegistration, TopicRouteRequest};
 use meridian_proto::transport::{ConnectionPool, TransportConfig};
 use meridian_proto::validate::Limits;
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::NameserverConfig;
+use crate::controller;
 use crate::error::{ApiError, NameserverError};
 use crate::liveness::Liveness;
 use crate::metrics::{ErrorLabels, NameserverMetrics, RequestLabels};
@@ -118,8 +119,9 @@ impl Nameserver {
         self.service.clone()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets running requests finish and
-    /// stops Raft.
+    /// Serves, and runs the failover controller ([`crate::controller`]), until `shutdown`
+    /// completes; then stops the controller and accepting, lets running requests finish and stops
+    /// Raft.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NameserverError> {
         let Nameserver {
             listener,
@@ -128,6 +130,9 @@ impl Nameserver {
             shutdown: stop,
         } = self;
         let connections = TaskTracker::new();
+        let background = TaskTracker::new();
+        background.spawn(controller::run(service.clone(), stop.clone()));
+        background.close();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -145,6 +150,7 @@ impl Nameserver {
         }
         drop(listener);
         stop.cancel();
+        background.wait().await;
         connections.close();
         if tokio::time::timeout(Duration::from_secs(10), connections.wait())
             .await
@@ -186,11 +192,17 @@ fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> A
         ),
         RequestCode::BrokerHeartbeat => {
             service.metrics().broker_bytes.inc_by(body.len() as u64);
-            Answer::Now(
-                decode::<BrokerHeartbeat>("broker heartbeat", body)
-                    .and_then(|heartbeat| service.heartbeat(&heartbeat))
-                    .map(|response| Bytes::from(response.encode_to_vec())),
-            )
+            let heartbeat = match decode::<BrokerHeartbeat>("broker heartbeat", body) {
+                Ok(heartbeat) => heartbeat,
+                Err(error) => return Answer::Now(Err(error)),
+            };
+            let service = service.clone();
+            // A slave's heartbeat completes at once and is answered inline; a master's waits for
+            // a quorum to confirm this node's leadership, so it runs as a task.
+            now_or_later(async move {
+                let response = service.heartbeat(&heartbeat).await?;
+                Ok(Bytes::from(response.encode_to_vec()))
+            })
         }
         RequestCode::BrokerMetadata => Answer::Now(
             decode::<BrokerMetadataRequest>("broker metadata request", body)
@@ -235,13 +247,23 @@ fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> A
         | RequestCode::CreateTopic
         | RequestCode::ConsumerHeartbeat
         | RequestCode::ConsumerList
-        | RequestCode::ConsumerLeave => Answer::Now(Err(ApiError::new(
+        | RequestCode::ConsumerLeave
+        | RequestCode::ReplicaFetch => Answer::Now(Err(ApiError::new(
             ErrorCode::UnsupportedRequest,
             format!(
                 "{} is a broker request; send it to a broker (a nameserver answers routes: `meridian topic describe`)",
                 code.as_str()
             ),
         ))),
+    }
+}
+
+/// Answers inline when `work` completes without waiting, else as a task of the connection.
+fn now_or_later(work: impl Future<Output = Result<Bytes, ApiError>> + Send + 'static) -> Answer {
+    let mut work = Box::pin(work);
+    match (&mut work).now_or_never() {
+        Some(result) => Answer::Now(result),
+        None => Answer::Later(work),
     }
 }
 

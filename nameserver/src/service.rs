@@ -7,7 +7,9 @@
 //!   The leader waits at most `write_timeout` for the entry to commit.
 //! - Reads ([`Query`], routes, broker metadata) are answered from this node's applied state, which
 //!   may lag the leader by a replication round trip.
-//! - Broker heartbeats only touch this node's [`Liveness`]; registrations are writes.
+//! - Broker heartbeats only touch this node's [`Liveness`]; registrations are writes. Both answer
+//!   the group's epoch and master; a master's also says whether this node is the Raft leader,
+//!   confirmed by a quorum, which is what renews the master's lease.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -30,8 +32,8 @@ use crate::metrics::NameserverMetrics;
 use crate::raft::NameserverRaft;
 use crate::routes;
 use crate::state::{
-    ApprovalStatus, BrokerRegistration as Registration, BrokerRole, Command, ConsumerGroup, Decision, IdcRule,
-    MetadataState, Response, SdkPolicy, Topic, validate_broker_identity, validate_broker_topics,
+    ApprovalStatus, BrokerRegistration as Registration, BrokerRole, Command, ConsumerGroup, Decision, EpochChange,
+    IdcRule, MetadataState, Response, SdkPolicy, Topic, validate_broker_identity, validate_broker_topics,
 };
 use crate::types::{Node, NodeId};
 
@@ -129,8 +131,18 @@ pub struct BrokerGroupView {
     pub name: String,
     /// The group's epoch.
     pub epoch: u64,
-    /// Name of the master at that epoch, if any registered.
+    /// Name of the master elected at that epoch; `None` before the first election and during a
+    /// switchover.
     pub master: Option<String>,
+    /// The slaves the master reports in sync: the candidates when it fails.
+    #[serde(default)]
+    pub in_sync: Vec<String>,
+    /// Target of a switchover in progress.
+    #[serde(default)]
+    pub preferred: Option<String>,
+    /// The latest elections and fencings, oldest first.
+    #[serde(default)]
+    pub history: Vec<EpochChange>,
     /// Members by name.
     pub members: Vec<BrokerMemberView>,
 }
@@ -144,7 +156,7 @@ pub struct BrokerMemberView {
     pub addr: String,
     /// Data center.
     pub idc: String,
-    /// Role it registered with.
+    /// Its role in the group: master if it is the one elected at the group's epoch.
     pub role: BrokerRole,
     /// Epoch it registered with.
     pub epoch: u64,
@@ -326,19 +338,24 @@ impl NameserverService {
         })
     }
 
-    /// A broker's heartbeat: marks it alive if it is registered, and says whether the
-    /// registration this node holds is the one the broker describes.
-    pub fn heartbeat(&self, heartbeat: &BrokerHeartbeat) -> Result<BrokerHeartbeatResponse, ApiError> {
+    /// A broker's heartbeat: marks it alive if it is registered, says whether the registration
+    /// this node holds is the one the broker describes, and who is master at which epoch.
+    ///
+    /// A heartbeat from a broker that claims to be master, or that the group's state names master,
+    /// waits while this node, if it leads, confirms its leadership with a quorum (one round trip
+    /// to the followers): only such an answer renews the master's lease. Any other slave's
+    /// heartbeat never waits.
+    pub async fn heartbeat(&self, heartbeat: &BrokerHeartbeat) -> Result<BrokerHeartbeatResponse, ApiError> {
         validate_broker(heartbeat)?;
         self.metrics.heartbeats.inc();
-        let (known, registered, metadata_version, group_epoch) = self.raft.read_state(|state| {
-            let group = state.broker_groups().get(&heartbeat.group);
-            let member = group.and_then(|group| group.members.get(&heartbeat.name));
+        let (known, registered) = self.raft.read_state(|state| {
+            let member = state
+                .broker_groups()
+                .get(&heartbeat.group)
+                .and_then(|group| group.members.get(&heartbeat.name));
             (
                 member.is_some(),
                 member.is_some_and(|member| member.registration_digest == heartbeat.registration_digest),
-                state.metadata_version(),
-                group.map_or(0, |group| group.epoch),
             )
         });
         // An unknown broker changes nothing until it registers.
@@ -346,11 +363,14 @@ impl NameserverService {
             self.liveness
                 .touch(&heartbeat.group, &heartbeat.name, heartbeat.max_offset);
         }
-        Ok(BrokerHeartbeatResponse {
-            registered,
-            metadata_version,
-            group_epoch,
-        })
+        Ok(self
+            .heartbeat_answer(
+                &heartbeat.group,
+                &heartbeat.name,
+                heartbeat.role == role::MASTER,
+                registered,
+            )
+            .await)
     }
 
     /// A broker's full registration: decompressed, checked, committed through the leader.
@@ -388,13 +408,14 @@ impl NameserverService {
         self.metrics.registrations.inc();
         let group = heartbeat.group.clone();
         let name = heartbeat.name.clone();
+        let claims_master = heartbeat.role == role::MASTER;
         self.command(Command::RegisterBroker {
             group: heartbeat.group,
             member: Registration {
                 name: heartbeat.name,
                 addr: heartbeat.addr,
                 idc: heartbeat.idc,
-                role: if heartbeat.role == role::MASTER {
+                role: if claims_master {
                     BrokerRole::Master
                 } else {
                     BrokerRole::Slave
@@ -402,22 +423,110 @@ impl NameserverService {
                 epoch: heartbeat.epoch,
                 max_offset: heartbeat.max_offset,
                 registration_digest: heartbeat.registration_digest,
+                in_sync: heartbeat.in_sync,
             },
             topics,
         })
         .await?;
         self.liveness.touch(&group, &name, heartbeat.max_offset);
-        let (metadata_version, group_epoch) = self.raft.read_state(|state| {
+        Ok(self.heartbeat_answer(&group, &name, claims_master, true).await)
+    }
+
+    /// The answer to a heartbeat or a registration from broker `name` of `group`. When the broker
+    /// says it is master (`claims_master`), or the state names it master (it was just elected and
+    /// does not know yet: confirming now lets it take writes one heartbeat sooner), the answer
+    /// says whether this node leads, confirmed by a quorum now. The state is read after that
+    /// confirmation, so a confirmed answer names the master as of the confirmation.
+    async fn heartbeat_answer(
+        &self,
+        group: &str,
+        name: &str,
+        claims_master: bool,
+        registered: bool,
+    ) -> BrokerHeartbeatResponse {
+        let lease = self.lease();
+        let named_master = || {
+            self.raft.read_state(|state| {
+                state
+                    .broker_groups()
+                    .get(group)
+                    .and_then(|group| group.master.as_deref())
+                    == Some(name)
+            })
+        };
+        let leader = (claims_master || named_master()) && self.confirm_leadership(lease).await;
+        let (metadata_version, group_epoch, master, master_addr) = self.raft.read_state(|state| {
+            let group = state.broker_groups().get(group);
+            let master = group.and_then(|group| group.master());
             (
                 state.metadata_version(),
-                state.broker_groups().get(&group).map_or(0, |group| group.epoch),
+                group.map_or(0, |group| group.epoch),
+                master.map(|master| master.name.clone()).unwrap_or_default(),
+                master.map(|master| master.addr.clone()).unwrap_or_default(),
             )
         });
-        Ok(BrokerHeartbeatResponse {
-            registered: true,
+        BrokerHeartbeatResponse {
+            registered,
             metadata_version,
             group_epoch,
+            master,
+            master_addr,
+            leader,
+            lease_ms: lease.as_millis() as u64,
+        }
+    }
+
+    /// Whether this node is the Raft leader, confirmed by a quorum within `timeout` (a read index
+    /// round: a leader cut off from its followers cannot confirm, so it cannot renew a lease).
+    async fn confirm_leadership(&self, timeout: Duration) -> bool {
+        if self.raft.current_leader() != Some(self.raft.node_id()) {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(timeout, self.raft.raft().ensure_linearizable()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// How long a master may accept writes after sending a heartbeat that a confirmed leader
+    /// answered: half the broker timeout, so its lease has lapsed before any leader may declare it
+    /// dead (a leader waits a whole broker timeout after the last heartbeat it saw, and a new
+    /// leader a whole broker timeout after it was elected).
+    pub fn lease(&self) -> Duration {
+        self.liveness.timeout() / 2
+    }
+
+    /// Brokers' liveness as this node sees it.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    /// A switchover of broker group `group` to its member `to`: commits
+    /// [`Command::FenceMaster`]; the failover controller elects `to` at the next epoch once the
+    /// fenced master's lease has surely lapsed (within the broker timeout).
+    pub async fn switchover(
+        &self,
+        group: &str,
+        to: &str,
+        by: &str,
+        reason: Option<String>,
+    ) -> Result<Response, ApiError> {
+        validate_group(group)?;
+        validate_group(to)?;
+        self.command(Command::FenceMaster {
+            group: group.to_owned(),
+            preferred: to.to_owned(),
+            by: by.to_owned(),
+            reason,
         })
+        .await
+    }
+
+    /// Commits `command` on this node only if it leads; never forwarded. For decisions only the
+    /// leader may take (the failover controller's): a node that lost the lead must not have its
+    /// decision applied by the next leader, which decides from its own view.
+    pub async fn write_as_leader(&self, command: Command) -> Result<Response, NameserverError> {
+        self.write_here(WriteOp::Command { command }).await
     }
 
     /// What broker group `group` may serve.
@@ -466,6 +575,9 @@ impl NameserverService {
                         name: group.name.clone(),
                         epoch: group.epoch,
                         master: group.master().map(|master| master.name.clone()),
+                        in_sync: group.in_sync.clone(),
+                        preferred: group.preferred.clone(),
+                        history: group.history.clone(),
                         members: group
                             .members
                             .values()
@@ -475,7 +587,11 @@ impl NameserverService {
                                     name: member.name.clone(),
                                     addr: member.addr.clone(),
                                     idc: member.idc.clone(),
-                                    role: member.role,
+                                    role: if group.master.as_deref() == Some(member.name.as_str()) {
+                                        BrokerRole::Master
+                                    } else {
+                                        BrokerRole::Slave
+                                    },
                                     epoch: member.epoch,
                                     registered_at_ms: member.last_heartbeat_ms,
                                     topics: member.topics.len(),
