@@ -53,7 +53,10 @@ pub struct NameserverConfig {
     pub members: Vec<MemberConfig>,
     /// Start without forming a cluster and wait to be added (`meridian nameserver add-node`).
     pub join: bool,
-    /// A broker whose last heartbeat is older than this is down in routes, in ms.
+    /// A broker whose last heartbeat is older than this is down in routes, in ms; a master silent
+    /// this long is replaced by the failover controller, and a master's lease (how long it may
+    /// accept writes after a heartbeat the leader answered) is half of it. The default, 3000,
+    /// keeps failover within 5 s with brokers heartbeating every 500 ms.
     pub broker_timeout_ms: u64,
     /// Longest a write waits to commit, in ms.
     pub write_timeout_ms: u64,
@@ -75,7 +78,7 @@ impl Default for NameserverConfig {
             data_dir: PathBuf::from("meridian-data/nameserver"),
             members: Vec::new(),
             join: false,
-            broker_timeout_ms: 10_000,
+            broker_timeout_ms: 3_000,
             write_timeout_ms: 5_000,
             max_frame_size: Limits::default().max_frame_size,
             raft: RaftConfig::default(),
@@ -176,6 +179,22 @@ mod tests {
     #[test]
     fn the_defaults_are_valid_and_mistakes_are_named() {
         NameserverConfig::default().validate().unwrap();
+        assert_eq!(
+            NameserverConfig::default().broker_timeout(),
+            Duration::from_secs(3),
+            "failover within 5 s: a 3 s timeout, then an election"
+        );
+        let config = NameserverConfig {
+            broker_timeout_ms: 999,
+            ..NameserverConfig::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("broker_timeout_ms (999) must be at least 1000")
+        );
         let three = |node_id| NameserverConfig {
             node_id,
             members: (1..=3)
