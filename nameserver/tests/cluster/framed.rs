@@ -197,24 +197,44 @@ async fn three_nameservers_over_tcp_forward_writes_serve_routes_and_refuse_bad_f
     assert!(answer.registered);
     assert!(answer.metadata_version >= 2);
 
-    // Every node serves the route once it applied the registration; the broker is alive where it
-    // heartbeats.
-    for node in &nodes {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+    // The broker heartbeats every node. The leader's controller elects it, the group's only
+    // member: it holds data (max offset 99), so only once the leader has led for a broker timeout.
+    // Every node then names it master at epoch 1; only the leader's answer says `leader`.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut answers = Vec::new();
+    while answers.len() < nodes.len() {
+        answers.clear();
+        for node in &nodes {
             let answer: BrokerHeartbeatResponse = pool
                 .call(&node.addr, RequestCode::BrokerHeartbeat, &beat, Duration::from_secs(5))
                 .await
                 .unwrap();
-            if answer.registered {
-                break;
+            if answer.registered && answer.master == "a-0" {
+                answers.push((node.service.raft().node_id(), answer));
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node never applied the registration"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no node names a master: {:?}",
+            nodes[0].service.brokers()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (node_id, answer) in &answers {
+        assert_eq!(
+            (
+                answer.group_epoch,
+                answer.master_addr.as_str(),
+                answer.leader,
+                answer.lease_ms
+            ),
+            (1, "127.0.0.1:7911", *node_id == leader, 500),
+            "node {node_id}"
+        );
+    }
+
+    // Every node serves the route; the broker is alive where it heartbeats.
+    for node in &nodes {
         let route: TopicRoute = pool
             .call(
                 &node.addr,

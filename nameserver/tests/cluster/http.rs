@@ -434,6 +434,24 @@ async fn groups_updates_deletes_idc_rules_and_sdk_policy_over_http() {
 
     let (status, brokers) = api.get("/api/brokers").await;
     assert_eq!((status, brokers), (200, json!([])));
+    // A switchover names a registered member (the controller test switches a real group over).
+    let unknown = api
+        .post("/api/brokers/broker-a/switchover", json!({"to": "a-1", "by": "admin"}))
+        .await;
+    let message = error(&unknown, 400, "invalid_argument");
+    assert_eq!(
+        message,
+        "broker group \"broker-a\" has no member \"a-1\": no broker of that group is registered (check `meridian cluster status`)"
+    );
+    let anonymous = api
+        .post("/api/brokers/broker-a/switchover", json!({"to": "a-1", "by": " "}))
+        .await;
+    error(&anonymous, 400, "invalid_argument");
+    let untargeted = api
+        .post("/api/brokers/broker-a/switchover", json!({"by": "admin"}))
+        .await;
+    let message = error(&untargeted, 400, "invalid_argument");
+    assert!(message.contains("missing field `to`"), "{message}");
     // Removing a node that is not a member changes nothing: idempotent, so a retry is safe.
     let (status, answer) = api.call("DELETE", "/api/cluster/nodes/7", None).await;
     assert_eq!((status, answer), (200, json!("done")));
