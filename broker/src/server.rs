@@ -89,6 +89,11 @@ impl Broker {
         self.listener.local_addr().expect("bound listener has an address")
     }
 
+    /// This broker's place in its group (role, lease, slaves), for status pages.
+    pub fn replication(&self) -> Arc<Replication> {
+        self.state.replication.clone()
+    }
+
     /// The storage engine, for composition in one process and for tests.
     pub fn store(&self) -> Arc<MessageStore> {
         self.state.store.clone()

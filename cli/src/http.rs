@@ -8,6 +8,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use meridian_broker::Broker;
+use meridian_broker::replication::{Replication, Role};
 use meridian_broker::store::MessageStore;
 use prometheus_client::registry::Registry;
 use serde_json::json;
@@ -16,14 +18,20 @@ use serde_json::json;
 struct HttpState {
     broker_name: String,
     store: Arc<MessageStore>,
+    replication: Arc<Replication>,
 }
 
-/// The routes of a broker process: its health, its local topics and `/metrics`.
-pub fn router(registry: Arc<Registry>, broker_name: String, store: Arc<MessageStore>) -> Router {
+/// The routes of a broker process: its health (with its place in its group), its local topics
+/// and `/metrics`.
+pub fn router(registry: Arc<Registry>, broker_name: String, broker: &Broker) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .route("/api/broker/topics", get(topics))
-        .with_state(HttpState { broker_name, store })
+        .with_state(HttpState {
+            broker_name,
+            store: broker.store(),
+            replication: broker.replication(),
+        })
         .merge(metrics_router(registry))
 }
 
@@ -52,6 +60,15 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
 }
 
 async fn health(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    let replication = &state.replication;
+    let role = replication.role();
+    let master = match &role {
+        Role::Slave {
+            master, master_addr, ..
+        } => json!({"name": master, "addr": master_addr}),
+        _ => serde_json::Value::Null,
+    };
+    let config = replication.config();
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -61,6 +78,18 @@ async fn health(State(state): State<HttpState>) -> Json<serde_json::Value> {
             "flushed_offset": state.store.flushed_offset(),
             "dispatched_offset": state.store.dispatched_offset(),
             "flush_mode": state.store.config().flush_mode,
+        },
+        "replication": {
+            "role": role.name(),
+            "epoch": role.epoch(),
+            "master": master,
+            "writable": replication.check_writable().is_ok(),
+            "lease_remaining_ms": replication.lease_remaining().map(|lease| lease.as_millis() as u64),
+            "ack_policy": config.ack_policy,
+            "replicas": config.replicas,
+            "in_sync": replication.in_sync(),
+            "slaves": replication.slaves(),
+            "epochs": state.store.epochs().iter().map(|entry| json!({"epoch": entry.epoch, "start_offset": entry.start_offset})).collect::<Vec<_>>(),
         }
     }))
 }

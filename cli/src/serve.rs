@@ -149,19 +149,21 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         .await
         .context("starting the broker")?;
     let broker_addr = broker.local_addr();
-    let router = http::router(Arc::new(registry), broker_name, broker.store())
+    let router = http::router(Arc::new(registry), broker_name, &broker)
         .merge(meridian_nameserver::http::router(nameserver.service()));
 
     let service = nameserver.service();
+    let replication = broker.replication();
     let ready = async move {
         // "ready" means usable: the broker has registered and heartbeated, so topics can be
-        // placed on it and routes name it.
+        // placed on it and routes name it, and the nameserver elected it master of its group.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         let broker_alive = || {
             service
                 .brokers()
                 .iter()
                 .any(|group| group.members.iter().any(|member| member.alive))
+                && replication.check_writable().is_ok()
         };
         while !broker_alive() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -205,7 +207,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
                 "  http http://{}  (/api/health, /api/broker/topics, /metrics)",
                 listener.local_addr()?
             );
-            let router = http::router(Arc::new(registry), name, broker.store());
+            let router = http::router(Arc::new(registry), name, &broker);
             Some((listener, router))
         }
         None => None,

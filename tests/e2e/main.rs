@@ -5,6 +5,7 @@ mod consumers;
 mod durability;
 mod governance;
 mod nameserver;
+mod replication;
 
 use std::time::Duration;
 
@@ -21,7 +22,19 @@ pub async fn read_all(node: &DevNode, topic: &str) -> Vec<StoredMessage> {
         node.create_group(&group, &[topic]).await;
     }
     let pool = ConnectionPool::new(ClientConfig::default());
-    let consumer = PullConsumer::new(node.route(&pool), ClientConfig::default(), group.as_str());
+    let messages = read_through(node.route(&pool), &group, topic).await;
+    pool.shutdown().await;
+    messages
+}
+
+/// Every message of `topic`, queue by queue from each queue's first offset, read through `route`
+/// by consumer group `group` (which must be approved).
+pub async fn read_through(
+    route: std::sync::Arc<dyn meridian_client::RouteSource>,
+    group: &str,
+    topic: &str,
+) -> Vec<StoredMessage> {
+    let consumer = PullConsumer::new(route, ClientConfig::default(), group);
     let mut messages = Vec::new();
     for (_, queue_id) in consumer.queues(topic).await.expect("route of topic") {
         let (mut offset, max) = consumer.queue_info(topic, queue_id).await.expect("queue info");
@@ -39,6 +52,5 @@ pub async fn read_all(node: &DevNode, topic: &str) -> Vec<StoredMessage> {
         }
     }
     consumer.shutdown().await;
-    pool.shutdown().await;
     messages
 }

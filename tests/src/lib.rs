@@ -267,6 +267,354 @@ impl DevNode {
     }
 }
 
+/// `GET path` on an HTTP listener, parsed as JSON; `None` when it cannot be reached or answers
+/// anything but 200 with JSON. (A dozen lines of HTTP/1.0 keep an HTTP client out of the tests.)
+pub fn http_get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.split_whitespace()
+        .nth(1)
+        .is_some_and(|status| status == "200")
+        .then_some(())?;
+    serde_json::from_str(body).ok()
+}
+
+/// A TCP proxy that can cut the network between its clients and its target, like a partition:
+/// [`FaultyProxy::cut`] drops every connection through it and leaves new ones hanging unanswered
+/// (a black hole, not a refusal) until [`FaultyProxy::heal`].
+pub struct FaultyProxy {
+    addr: SocketAddr,
+    cut_tx: tokio::sync::watch::Sender<bool>,
+    tasks: tokio_util::task::TaskTracker,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl FaultyProxy {
+    /// Listens on `bind` (e.g. `127.0.0.51:0`) and forwards to `target`.
+    pub async fn start(bind: &str, target: SocketAddr) -> FaultyProxy {
+        let listener = tokio::net::TcpListener::bind(bind).await.expect("binding the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
+        let tasks = tokio_util::task::TaskTracker::new();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (accept_tasks, accept_cancel) = (tasks.clone(), cancel.clone());
+        tasks.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = accept_cancel.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((mut inbound, _)) = accepted else { continue };
+                let mut cut_rx = cut_rx.clone();
+                let cancel = accept_cancel.clone();
+                accept_tasks.spawn(async move {
+                    if *cut_rx.borrow_and_update() {
+                        // Partitioned: hold the connection without a byte either way.
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = cut_rx.wait_for(|cut| !*cut) => {}
+                        }
+                        return;
+                    }
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        FaultyProxy {
+            addr,
+            cut_tx,
+            tasks,
+            cancel,
+        }
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Partitions: open connections drop, new ones hang.
+    pub fn cut(&self) {
+        self.cut_tx.send_replace(true);
+    }
+
+    /// Ends the partition.
+    pub fn heal(&self) {
+        self.cut_tx.send_replace(false);
+    }
+
+    /// Stops the proxy and its connections.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// A free port on `ip`.
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .expect("binding a probe port")
+        .local_addr()
+        .expect("probe address")
+        .port()
+}
+
+/// How a [`GroupCluster`] is set up.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// `replication.ack_policy` of every member.
+    pub ack_policy: &'static str,
+    /// `store.flush_mode` of every member.
+    pub flush_mode: &'static str,
+    /// `replication.in_sync_lag_bytes` of every member.
+    pub in_sync_lag_bytes: u64,
+    /// The nameserver's `broker_timeout_ms` (the lease is half of it).
+    pub broker_timeout_ms: u64,
+}
+
+impl Default for GroupOptions {
+    fn default() -> GroupOptions {
+        GroupOptions {
+            ack_policy: "quorum",
+            flush_mode: "async",
+            in_sync_lag_bytes: 4 << 20,
+            broker_timeout_ms: 2000,
+        }
+    }
+}
+
+/// One broker of a [`GroupCluster`].
+pub struct Member {
+    /// Its name in the group (`a-0`, `a-1`, `a-2`).
+    pub name: String,
+    /// Its data center.
+    pub idc: String,
+    /// Where it listens for clients (fixed, so a restart keeps it).
+    pub listen: SocketAddr,
+    /// Its HTTP listener.
+    pub http: SocketAddr,
+    config: PathBuf,
+    /// The process, while running.
+    pub process: Option<ServiceProcess>,
+}
+
+/// A single-node nameserver and one broker group of three separate `meridian broker` processes:
+/// `a-0` and `a-1` in `dc1`, `a-2` in `dc2`, on 127.0.0.4x addresses.
+pub struct GroupCluster {
+    /// Where configs, data and logs go.
+    pub root: PathBuf,
+    /// The nameserver process.
+    pub nameserver: ServiceProcess,
+    /// Its address.
+    pub nameserver_addr: SocketAddr,
+    /// The three brokers.
+    pub members: Vec<Member>,
+    options: GroupOptions,
+}
+
+impl GroupCluster {
+    /// [`GroupCluster::prepare`] then [`GroupCluster::launch`].
+    pub fn start(root: &Path, options: GroupOptions) -> GroupCluster {
+        let mut cluster = GroupCluster::prepare(root, options);
+        cluster.launch();
+        cluster
+    }
+
+    /// Starts the nameserver and writes every broker's config, starting no broker (a test may
+    /// rewrite a config first, e.g. to put a proxy in front of a member).
+    pub fn prepare(root: &Path, options: GroupOptions) -> GroupCluster {
+        let ns_ip = "127.0.0.40";
+        let nameserver_addr: SocketAddr = format!("{ns_ip}:{}", free_port(ns_ip)).parse().expect("address");
+        let ns_config = root.join("nameserver.toml");
+        std::fs::write(
+            &ns_config,
+            format!(
+                "listen = \"{nameserver_addr}\"\nhttp_listen = \"{ns_ip}:0\"\ndata_dir = \"{}\"\nbroker_timeout_ms = {}\n",
+                root.join("nameserver").display(),
+                options.broker_timeout_ms
+            ),
+        )
+        .expect("writing the nameserver config");
+        let nameserver = ServiceProcess::start(
+            &["nameserver".as_ref(), "--config".as_ref(), ns_config.as_os_str()],
+            root,
+            |line| line.starts_with("meridian nameserver node"),
+        );
+        let members = (0..3)
+            .map(|index| {
+                let ip = format!("127.0.0.{}", 41 + index);
+                Member {
+                    name: format!("a-{index}"),
+                    idc: if index < 2 { "dc1" } else { "dc2" }.into(),
+                    listen: format!("{ip}:{}", free_port(&ip)).parse().expect("address"),
+                    http: format!("{ip}:{}", free_port(&ip)).parse().expect("address"),
+                    config: root.join(format!("broker-{index}.toml")),
+                    process: None,
+                }
+            })
+            .collect();
+        let cluster = GroupCluster {
+            root: root.to_owned(),
+            nameserver,
+            nameserver_addr,
+            members,
+            options,
+        };
+        for index in 0..3 {
+            cluster.write_config(index, &nameserver_addr.to_string(), None);
+        }
+        cluster
+    }
+
+    /// Starts `a-0` (so it is elected the first master), then the slaves, and waits until the
+    /// master holds both slaves in sync.
+    pub fn launch(&mut self) {
+        self.start_member(0);
+        self.wait_role(0, "master");
+        self.start_member(1);
+        self.start_member(2);
+        self.wait_in_sync(0, 2);
+    }
+
+    /// Writes member `index`'s config: it heartbeats `nameserver`, and tells clients and slaves
+    /// to reach it at `advertise` (its own address when `None`).
+    pub fn write_config(&self, index: usize, nameserver: &str, advertise: Option<SocketAddr>) {
+        let member = &self.members[index];
+        let advertise = advertise
+            .map(|addr| format!("advertise_addr = \"{addr}\"\n"))
+            .unwrap_or_default();
+        let options = &self.options;
+        let config = format!(
+            "broker_name = \"broker-a\"\nmember_name = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\n{advertise}data_dir = \"{}\"\nidc = \"{}\"\nnameservers = [\"{nameserver}\"]\nheartbeat_interval_ms = 200\n\n[store]\nsegment_size = 67108864\nflush_mode = \"{}\"\n\n[replication]\nack_policy = \"{}\"\nreplicas = 3\nin_sync_lag_bytes = {}\n",
+            member.name,
+            member.listen,
+            member.http,
+            self.root.join(&member.name).display(),
+            member.idc,
+            options.flush_mode,
+            options.ack_policy,
+            options.in_sync_lag_bytes,
+        );
+        std::fs::write(&member.config, config).expect("writing a broker config");
+    }
+
+    /// Starts member `index` (again).
+    pub fn start_member(&mut self, index: usize) {
+        let config = self.members[index].config.clone();
+        let process = ServiceProcess::start(
+            &["broker".as_ref(), "--config".as_ref(), config.as_os_str()],
+            &self.root,
+            |line| line.starts_with("  http"),
+        );
+        self.members[index].process = Some(process);
+    }
+
+    /// `kill -9` of member `index`.
+    pub fn kill9(&mut self, index: usize) {
+        self.members[index].process.take().expect("member is running").kill9();
+    }
+
+    /// SIGTERM of member `index`.
+    pub fn stop_member(&mut self, index: usize) {
+        self.members[index].process.take().expect("member is running").stop();
+    }
+
+    /// Member `index`'s `/api/health`, if it answers.
+    pub fn health(&self, index: usize) -> Option<serde_json::Value> {
+        http_get_json(self.members[index].http, "/api/health")
+    }
+
+    /// Member `index`'s role (`master`, `slave`, `waiting`) and epoch, if it answers.
+    pub fn role(&self, index: usize) -> Option<(String, u64)> {
+        let health = self.health(index)?;
+        let replication = &health["replication"];
+        Some((replication["role"].as_str()?.to_owned(), replication["epoch"].as_u64()?))
+    }
+
+    /// Waits (up to 20 s) until member `index` has `role`; returns its epoch.
+    pub fn wait_role(&self, index: usize, role: &str) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some((found, epoch)) = self.role(index)
+                && found == role
+                && (role != "master"
+                    || self
+                        .health(index)
+                        .is_some_and(|health| health["replication"]["writable"] == true))
+            {
+                return epoch;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became {role}: {:?}",
+                self.members[index].name,
+                self.health(index)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (up to 30 s) until master `index` holds `count` slaves in sync; returns their names.
+    pub fn wait_in_sync(&self, index: usize, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let in_sync: Vec<String> = self
+                .health(index)
+                .and_then(|health| {
+                    health["replication"]["in_sync"].as_array().map(|names| {
+                        names
+                            .iter()
+                            .filter_map(|name| name.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                })
+                .unwrap_or_default();
+            if in_sync.len() == count {
+                return in_sync;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "master {} never held {count} slaves in sync: {:?}",
+                self.members[index].name,
+                self.health(index)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Member `index`'s committed commitlog offset.
+    pub fn committed(&self, index: usize) -> Option<u64> {
+        self.health(index)?["broker"]["committed_offset"].as_u64()
+    }
+
+    /// Runs the CLI against the nameserver.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let nameserver = self.nameserver_addr.to_string();
+        run_cli(args, &[("MERIDIAN_NAMESERVER", &nameserver)], "")
+    }
+
+    /// A route source asking the nameserver, as applications do.
+    pub fn route(&self, pool: &ConnectionPool) -> Arc<dyn RouteSource> {
+        Arc::new(NameserverRoute::new(
+            vec![self.nameserver_addr.to_string()],
+            pool.clone(),
+        ))
+    }
+}
+
 /// Polls `condition` until it holds or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -1,0 +1,382 @@
+//! Broker groups of three separate processes (master + two slaves, one in another IDC) under one
+//! nameserver: a killed master is replaced by its most advanced in-sync slave with no acknowledged
+//! message lost, a partitioned master stops acknowledging within its lease, `idc_safe` survives
+//! losing a data center, and a slave that fell far behind catches up.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meridian_client::{ClientConfig, ConnectionPool, Message, Producer, ProducerConfig};
+use meridian_proto::RequestCode;
+use meridian_proto::messages::{MessageData, SendRequest, SendResponse};
+use meridian_proto::properties::PropertiesBuilder;
+use meridian_tests::{FaultyProxy, GroupCluster, GroupOptions};
+use tokio_util::task::TaskTracker;
+
+use crate::read_through;
+
+/// What a storm of producers got acknowledged, with when.
+#[derive(Default)]
+struct Acked {
+    messages: Mutex<Vec<(String, Instant)>>,
+    failures: std::sync::atomic::AtomicU64,
+}
+
+impl Acked {
+    fn ids(&self) -> HashSet<String> {
+        self.messages.lock().unwrap().iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    fn count(&self) -> usize {
+        self.messages.lock().unwrap().len()
+    }
+
+    /// The first acknowledgement at or after `since`.
+    fn first_after(&self, since: Instant) -> Option<Instant> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, at)| *at)
+            .filter(|at| *at >= since)
+            .min()
+    }
+}
+
+/// Producers sending 1 KiB messages through the nameserver's routes until stopped, retrying
+/// through a failover.
+struct Storm {
+    acked: Arc<Acked>,
+    stop: Arc<AtomicBool>,
+    tasks: TaskTracker,
+    producer: Producer,
+}
+
+impl Storm {
+    fn start(
+        cluster: &GroupCluster,
+        pool: &ConnectionPool,
+        topic: &'static str,
+        senders: usize,
+        retries: u32,
+    ) -> Storm {
+        let producer = Producer::new(
+            cluster.route(pool),
+            ProducerConfig {
+                retries,
+                retry_backoff: Duration::from_millis(50),
+                ..ProducerConfig::default()
+            },
+        );
+        let (acked, stop, tasks) = (
+            Arc::new(Acked::default()),
+            Arc::new(AtomicBool::new(false)),
+            TaskTracker::new(),
+        );
+        for sender in 0..senders {
+            let (producer, acked, stop) = (producer.clone(), acked.clone(), stop.clone());
+            tasks.spawn(async move {
+                let body = Bytes::from(vec![b'm'; 1024]);
+                let mut index = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let message = Message::new(topic, body.clone()).with_key(format!("s{sender}-{index}"));
+                    match producer.send(message).await {
+                        Ok(sent) => acked.messages.lock().unwrap().push((sent.msg_id, Instant::now())),
+                        Err(_) => {
+                            acked.failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    index += 1;
+                }
+            });
+        }
+        Storm {
+            acked,
+            stop,
+            tasks,
+            producer,
+        }
+    }
+
+    async fn finish(self) -> Arc<Acked> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.producer.shutdown().await;
+        self.acked
+    }
+}
+
+/// Creates topic `topic` (4 queues) on broker-a and the consumer group `readers` for it.
+fn create_topic_and_group(cluster: &GroupCluster, topic: &str) {
+    let (ok, _, stderr) = cluster.cli(&["topic", "create", topic, "--queues", "4", "--on", "broker-a"]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = cluster.cli(&["group", "create", "readers", "--topics", topic]);
+    assert!(ok, "{stderr}");
+}
+
+/// Reads the whole topic through the routes and checks that every acknowledged message is there;
+/// returns how many acknowledged messages were stored more than once (retries across a failover).
+async fn assert_nothing_lost(cluster: &GroupCluster, topic: &str, acked: &HashSet<String>) -> usize {
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let stored = read_through(cluster.route(&pool), "readers", topic).await;
+    pool.shutdown().await;
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for message in &stored {
+        *copies.entry(message.msg_id()).or_default() += 1;
+    }
+    let missing: Vec<&String> = acked.iter().filter(|id| !copies.contains_key(id.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged messages are missing after failover, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    copies.values().filter(|count| **count > 1).count()
+}
+
+/// The member other than `except` that becomes master; waits for it.
+fn new_master(cluster: &GroupCluster, candidates: &[usize]) -> (usize, u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for &index in candidates {
+            if cluster.role(index).is_some_and(|(role, _)| role == "master") {
+                return (index, cluster.wait_role(index, "master"));
+            }
+        }
+        assert!(Instant::now() < deadline, "no new master among {candidates:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_caught_up(cluster: &GroupCluster, slave: usize, master: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (held, target) = (cluster.committed(slave), cluster.committed(master));
+        if held.is_some() && held == target {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not catch up: holds {held:?} of {target:?}",
+            cluster.members[slave].name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_is_replaced_without_losing_an_acknowledged_message_and_rejoins_as_a_slave() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = GroupCluster::start(dir.path(), GroupOptions::default());
+    create_topic_and_group(&cluster, "orders");
+
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let storm = Storm::start(&cluster, &pool, "orders", 4, 8);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(storm.acked.count() > 0, "nothing acknowledged before the kill");
+    cluster.kill9(0);
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(20);
+    let first = loop {
+        if let Some(first) = storm.acked.first_after(killed) {
+            break first;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no send acknowledged within 20 s of the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = storm.finish().await;
+    let failover = first - killed;
+    let (master, epoch) = new_master(&cluster, &[1, 2]);
+    assert_eq!(epoch, 2, "one election");
+    eprintln!(
+        "failover: {failover:?} from kill -9 to the first acknowledged send on {}",
+        cluster.members[master].name
+    );
+    // The nameserver waits one broker timeout (2 s) before it may promote; the rest is heartbeats.
+    assert!(failover < Duration::from_secs(8), "failover took {failover:?}");
+
+    let duplicates = assert_nothing_lost(&cluster, "orders", &acked.ids()).await;
+    eprintln!(
+        "{} acknowledged, {duplicates} stored twice (at-least-once retries), {} sends failed",
+        acked.count(),
+        acked.failures.load(Ordering::Relaxed)
+    );
+
+    // The old master returns as a slave of the new epoch and catches up (cutting any tail it
+    // wrote that the new master never had), and the new master holds it in sync again.
+    cluster.start_member(0);
+    assert_eq!(cluster.wait_role(0, "slave"), 2);
+    wait_caught_up(&cluster, 0, master);
+    let epochs = |index: usize| cluster.health(index).unwrap()["replication"]["epochs"].clone();
+    assert_eq!(epochs(0), epochs(master), "the old master adopted the new lineage");
+    assert_eq!(cluster.wait_in_sync(master, 2).len(), 2);
+    pool.shutdown().await;
+}
+
+/// Sends one message straight to `addr` (not through routes); its msgId if acknowledged.
+async fn send_direct(pool: &ConnectionPool, addr: &str, index: u64) -> Option<String> {
+    let msg_id = meridian_proto::MessageId::generate().to_string();
+    let mut properties = PropertiesBuilder::new();
+    properties.msg_id(&msg_id);
+    let request = SendRequest {
+        topic: "orders".into(),
+        queue_id: (index % 4) as i32,
+        messages: vec![MessageData {
+            flags: 0,
+            born_timestamp: 0,
+            properties: Bytes::from(properties.finish()),
+            body: Bytes::from(vec![b'd'; 1024]),
+            reconsume_count: 0,
+        }],
+        producer_group: String::new(),
+    };
+    let response: SendResponse = pool
+        .call(addr, RequestCode::Send, &request, Duration::from_secs(5))
+        .await
+        .ok()?;
+    response.results.first().map(|_| msg_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_partitioned_from_the_nameserver_and_its_slaves_stops_acknowledging_within_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = GroupOptions::default();
+    let lease = Duration::from_millis(options.broker_timeout_ms / 2);
+    let mut cluster = GroupCluster::prepare(dir.path(), options);
+    // a-0 reaches the nameserver, and is reached by its slaves and by routed clients, only
+    // through proxies; a client next to it still reaches it directly.
+    let to_nameserver = FaultyProxy::start("127.0.0.51:0", cluster.nameserver_addr).await;
+    let to_master = FaultyProxy::start("127.0.0.52:0", cluster.members[0].listen).await;
+    cluster.write_config(0, &to_nameserver.addr().to_string(), Some(to_master.addr()));
+    cluster.launch();
+    create_topic_and_group(&cluster, "orders");
+
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let storm = Storm::start(&cluster, &pool, "orders", 2, 8);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let direct_addr = cluster.members[0].listen.to_string();
+    let mut direct_acked = HashSet::new();
+    assert!(
+        send_direct(&pool, &direct_addr, 0).await.is_some(),
+        "the master takes direct sends before the cut"
+    );
+
+    // First only the nameserver link: the slaves still replicate, so acknowledgements stop only
+    // because the master can no longer renew its lease.
+    to_nameserver.cut();
+    let cut = Instant::now();
+    let mut last_direct_ack = None;
+    let mut index = 1;
+    while cut.elapsed() < lease * 4 {
+        if let Some(msg_id) = send_direct(&pool, &direct_addr, index).await {
+            direct_acked.insert(msg_id);
+            last_direct_ack = Some(cut.elapsed());
+        }
+        index += 1;
+    }
+    // The lease runs from the last heartbeat the leader confirmed, sent before the cut.
+    assert!(
+        last_direct_ack.is_some_and(|at| at <= lease),
+        "the partitioned master acknowledged a send {last_direct_ack:?} after the cut; its lease is {lease:?}"
+    );
+    // Now the slaves lose it too: the partition is complete.
+    to_master.cut();
+    let (master, epoch) = new_master(&cluster, &[1, 2]);
+    assert!(epoch >= 2);
+    // Routed producers carry on with the new master.
+    let resumed = Instant::now();
+    while storm.acked.first_after(resumed).is_none() {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(20),
+            "routed sends never resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let acked = storm.finish().await;
+    let mut all = acked.ids();
+    all.extend(direct_acked.iter().cloned());
+    assert_nothing_lost(&cluster, "orders", &all).await;
+    eprintln!(
+        "partition: {} routed and {} direct sends acknowledged; the old master's last direct ack came {last_direct_ack:?} after the cut",
+        acked.count(),
+        direct_acked.len()
+    );
+
+    // The partition heals: the old master learns the new epoch and rejoins as a slave.
+    to_nameserver.heal();
+    to_master.heal();
+    assert_eq!(cluster.wait_role(0, "slave"), epoch);
+    wait_caught_up(&cluster, 0, master);
+    pool.shutdown().await;
+    to_nameserver.stop().await;
+    to_master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idc_safe_loses_no_acknowledged_message_when_the_masters_data_center_goes_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = GroupCluster::start(
+        dir.path(),
+        GroupOptions {
+            ack_policy: "idc_safe",
+            ..GroupOptions::default()
+        },
+    );
+    create_topic_and_group(&cluster, "orders");
+    let pool = ConnectionPool::new(ClientConfig::default());
+    // Few retries: with dc1 gone no send can reach idc_safe again, so waiting on them only wastes time.
+    let storm = Storm::start(&cluster, &pool, "orders", 4, 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // dc1 goes dark: the master and the slave beside it die together.
+    cluster.kill9(0);
+    cluster.kill9(1);
+    let acked = storm.finish().await;
+    assert!(acked.count() > 0);
+    // The slave in dc2 is promoted and holds every acknowledged message.
+    let (master, _) = new_master(&cluster, &[2]);
+    assert_eq!(master, 2);
+    let duplicates = assert_nothing_lost(&cluster, "orders", &acked.ids()).await;
+    eprintln!("idc_safe: {} acknowledged, {duplicates} duplicates", acked.count());
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_restarted_far_behind_catches_up_and_reenters_the_in_sync_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = GroupCluster::start(
+        dir.path(),
+        GroupOptions {
+            in_sync_lag_bytes: 64 << 10,
+            ..GroupOptions::default()
+        },
+    );
+    create_topic_and_group(&cluster, "orders");
+    cluster.stop_member(2);
+    // Quorum still holds with the master and a-1: about 3 MB the stopped slave lacks.
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let producer = Producer::new(cluster.route(&pool), ProducerConfig::default());
+    let body = Bytes::from(vec![b'x'; 16 << 10]);
+    for _ in 0..200 {
+        producer.send(Message::new("orders", body.clone())).await.unwrap();
+    }
+    assert_eq!(
+        cluster.wait_in_sync(0, 1),
+        ["a-1"],
+        "the stopped slave left the in-sync set"
+    );
+    cluster.start_member(2);
+    assert_eq!(cluster.wait_role(2, "slave"), 1);
+    wait_caught_up(&cluster, 2, 0);
+    assert_eq!(cluster.wait_in_sync(0, 2), ["a-1", "a-2"]);
+    producer.shutdown().await;
+    pool.shutdown().await;
+}
