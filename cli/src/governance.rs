@@ -1,6 +1,6 @@
-//! Governance commands: `topic`, `group` and `cluster`. They talk to any nameserver over the
-//! framed protocol (`NameserverWrite`, `NameserverRead`); a node that is not the Raft leader
-//! forwards writes to it. With several `--nameserver` addresses, the next is tried when one is
+//! Governance commands: `topic`, `group`, `cluster` and `broker switchover`. They talk to any
+//! nameserver over the framed protocol (`NameserverWrite`, `NameserverRead`); a node that is not
+//! the Raft leader forwards writes to it. With several `--nameserver` addresses, the next is tried when one is
 //! down.
 
 use std::collections::BTreeMap;
@@ -274,6 +274,44 @@ pub enum ClusterCommand {
     RemoveNode {
         /// Its node id.
         id: u64,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
+}
+
+/// `meridian broker`: runs a broker from its config, or, with a subcommand, acts on a broker group
+/// through the nameservers.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BrokerCli {
+    /// What to do to a broker group instead of running a broker.
+    #[command(subcommand)]
+    pub command: Option<BrokerCommand>,
+    #[command(flatten)]
+    pub run: crate::serve::BrokerArgs,
+}
+
+/// `meridian broker ...` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum BrokerCommand {
+    /// Make another member master of a broker group (planned maintenance): the master is fenced at
+    /// a new epoch, then the target, which must be in sync, is elected once the old master's lease
+    /// lapsed (within the nameservers' broker_timeout_ms).
+    Switchover {
+        /// Broker group.
+        #[arg(long)]
+        group: String,
+        /// Member to promote.
+        #[arg(long)]
+        to: String,
+        /// Why (kept in the group's history).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Wait until a master is elected, and say which.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        who: Who,
         #[command(flatten)]
         addrs: NameserverAddrs,
     },
@@ -1026,6 +1064,92 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
     Ok(())
 }
 
+/// `meridian broker ...` subcommands.
+pub async fn broker(command: BrokerCommand) -> Result<()> {
+    let BrokerCommand::Switchover { addrs, .. } = &command;
+    let client = NameserverClient::new(addrs)?;
+    let result = run_broker(&client, command).await;
+    client.shutdown().await;
+    result
+}
+
+/// Longest `broker switchover --wait` waits for the election.
+const SWITCHOVER_WAIT: Duration = Duration::from_secs(30);
+
+async fn run_broker(client: &NameserverClient, command: BrokerCommand) -> Result<()> {
+    let BrokerCommand::Switchover {
+        group,
+        to,
+        reason,
+        wait,
+        who,
+        ..
+    } = command;
+    let command = Command::FenceMaster {
+        group: group.clone(),
+        preferred: to.clone(),
+        by: who.name()?,
+        reason,
+    };
+    let response = client.command(command).await?;
+    let Response::EpochChange { change, .. } = response else {
+        bail!("the nameserver answered {response:?} to a switchover; is it the same version?");
+    };
+    let fenced = change.epoch;
+    match &change.previous_master {
+        Some(old) => {
+            println!("broker group {group}: epoch {fenced} committed, without a master");
+            println!(
+                "  {old} is fenced: it takes no writes once its lease lapsed (half the nameservers' broker_timeout_ms)"
+            );
+            println!(
+                "  {to} is promoted at epoch {} once {old}'s lease surely lapsed: within broker_timeout_ms (3 s by default)",
+                fenced + 1
+            );
+        }
+        None => {
+            println!("broker group {group}: epoch {fenced} committed; it had no master");
+            println!(
+                "  {to} is promoted at epoch {} within broker_timeout_ms (3 s by default)",
+                fenced + 1
+            );
+        }
+    }
+    if !wait {
+        println!("  follow it with `meridian cluster status`");
+        return Ok(());
+    }
+    let deadline = Instant::now() + SWITCHOVER_WAIT;
+    loop {
+        let brokers: Vec<BrokerGroupView> = client.read(&Query::Brokers).await?;
+        let view = brokers.into_iter().find(|view| view.name == group);
+        if let Some(view) = &view
+            && view.epoch > fenced
+            && let Some(master) = &view.master
+        {
+            if *master == to {
+                println!("{to} is master of broker group {group} at epoch {}", view.epoch);
+                return Ok(());
+            }
+            let why = view
+                .history
+                .last()
+                .and_then(|change| change.reason.clone())
+                .unwrap_or_default();
+            bail!(
+                "the controller elected {master} instead of {to}, at epoch {} ({why})",
+                view.epoch
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no master was elected within {SWITCHOVER_WAIT:?}: the nameserver leader's log says why (is {to} alive and caught up?); `meridian cluster status` shows the group"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `meridian cluster ...`.
 pub async fn cluster(command: ClusterCommand) -> Result<()> {
     let addrs = match &command {
@@ -1086,7 +1210,25 @@ async fn run_cluster(client: &NameserverClient, command: ClusterCommand) -> Resu
             );
             println!("broker groups: {}", brokers.len());
             for group in brokers {
-                println!("  {} (epoch {})", group.name, group.epoch);
+                let in_sync = if group.in_sync.is_empty() {
+                    "none".to_owned()
+                } else {
+                    group.in_sync.join(", ")
+                };
+                match (&group.master, &group.preferred) {
+                    (Some(master), _) => println!(
+                        "  {} epoch {}, master {master}, in sync: {in_sync}",
+                        group.name, group.epoch
+                    ),
+                    (None, Some(preferred)) => println!(
+                        "  {} epoch {}, no master: switching over to {preferred}, in sync: {in_sync}",
+                        group.name, group.epoch
+                    ),
+                    (None, None) => println!(
+                        "  {} epoch {}, no master elected yet, in sync: {in_sync}",
+                        group.name, group.epoch
+                    ),
+                }
                 for member in group.members {
                     println!(
                         "    {:<18} {:<6} {:<22} idc {:<8} {} topics {} max_offset {}",
@@ -1134,4 +1276,59 @@ async fn run_cluster(client: &NameserverClient, command: ClusterCommand) -> Resu
 
 fn opt(value: Option<u64>) -> String {
     value.map_or("-".to_owned(), |value| value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::{Cli, Command as CliCommand};
+
+    #[test]
+    fn broker_runs_from_a_config_or_switches_a_group_over() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["meridian", "broker", "--config", "broker.toml"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            CliCommand::Broker(BrokerCli { command: None, .. })
+        ));
+        let cli = Cli::try_parse_from([
+            "meridian",
+            "broker",
+            "switchover",
+            "--group",
+            "broker-a",
+            "--to",
+            "a-1",
+            "--nameserver",
+            "10.0.0.1:7800",
+        ])
+        .unwrap();
+        let CliCommand::Broker(BrokerCli {
+            command: Some(BrokerCommand::Switchover {
+                group, to, wait, addrs, ..
+            }),
+            ..
+        }) = cli.command
+        else {
+            panic!("expected a switchover");
+        };
+        assert_eq!(
+            (group.as_str(), to.as_str(), wait, addrs.nameservers),
+            ("broker-a", "a-1", false, vec!["10.0.0.1:7800".to_owned()])
+        );
+        let both = Cli::try_parse_from([
+            "meridian",
+            "broker",
+            "--config",
+            "broker.toml",
+            "switchover",
+            "--group",
+            "g",
+            "--to",
+            "a",
+        ]);
+        assert!(both.is_err(), "running a broker and switching over are exclusive");
+    }
 }

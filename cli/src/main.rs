@@ -31,8 +31,9 @@ struct Cli {
 enum Command {
     /// Run an all-in-one local node (nameserver, broker, HTTP API and metrics) for a laptop or a test.
     Dev(serve::DevArgs),
-    /// Run a broker from a config file (`MERIDIAN_BROKER__*` variables override it).
-    Broker(serve::BrokerArgs),
+    /// Run a broker from a config file (`MERIDIAN_BROKER__*` variables override it), or switch a
+    /// broker group over to another master (`broker switchover`).
+    Broker(governance::BrokerCli),
     /// Run a nameserver from a config file (`MERIDIAN_NAMESERVER__*` variables override it).
     Nameserver(serve::NameserverArgs),
     /// Request, approve, reject, inspect and change topics.
@@ -93,8 +94,8 @@ async fn shutdown_signal() {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let serving = matches!(
-        cli.command,
-        Command::Dev(_) | Command::Broker(_) | Command::Nameserver(_)
+        &cli.command,
+        Command::Dev(_) | Command::Nameserver(_) | Command::Broker(governance::BrokerCli { command: None, .. })
     );
     init_logging(cli.log.as_deref().unwrap_or(if serving { "info" } else { "warn" }));
     match run(cli) {
@@ -120,7 +121,10 @@ fn run(cli: Cli) -> Result<()> {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => serve::dev(args).await,
-            Command::Broker(args) => serve::broker(args).await,
+            Command::Broker(args) => match args.command {
+                Some(command) => governance::broker(command).await,
+                None => serve::broker(args.run).await,
+            },
             Command::Nameserver(args) => serve::nameserver(args).await,
             Command::Topic(command) => governance::topic(command).await,
             Command::Group(command) => governance::group(command).await,
