@@ -56,6 +56,10 @@ pub struct ProduceBench {
     /// Sends in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Target rate in messages per second, paced evenly (0: as fast as acknowledgements allow).
+    /// Latency is measured from each send's scheduled time, so a broker falling behind shows.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
     /// Messages per send request.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -251,19 +255,23 @@ async fn produce(args: ProduceBench) -> Result<()> {
         .map(|seconds| Instant::now() + Duration::from_secs(seconds));
     let sent = Arc::new(AtomicU64::new(0));
     let claimed = Arc::new(AtomicU64::new(0));
+    // With --rate, each send takes the next slot of an even schedule.
+    let period_ns = 1_000_000_000u64.checked_div(args.rate).unwrap_or(0);
+    let next_slot = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
     let bar = progress(target, "msgs");
     let tasks = TaskTracker::new();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (producer, body, topic, sent, claimed, failed) = (
+        let (producer, body, topic, sent, claimed, failed, next_slot) = (
             producer.clone(),
             body.clone(),
             args.topic.clone(),
             sent.clone(),
             claimed.clone(),
             failed.clone(),
+            next_slot.clone(),
         );
         let batch = args.batch as u64;
         workers.push(tasks.spawn(async move {
@@ -283,7 +291,14 @@ async fn produce(args: ProduceBench) -> Result<()> {
                     }
                     None => batch,
                 };
-                let request_started = Instant::now();
+                let request_started = if period_ns == 0 {
+                    Instant::now()
+                } else {
+                    let slot = next_slot.fetch_add(period_ns * count, Ordering::Relaxed);
+                    let scheduled = started + Duration::from_nanos(slot);
+                    tokio::time::sleep_until(scheduled.into()).await;
+                    scheduled
+                };
                 let result = if count == 1 {
                     producer
                         .send(Message::new(topic.clone(), body.clone()))
@@ -338,7 +353,7 @@ async fn produce(args: ProduceBench) -> Result<()> {
     let megabytes = rate * args.size as f64 / 1e6;
     let summary = json!({
         "messages": total, "seconds": elapsed.as_secs_f64(), "msgs_per_s": rate, "mb_per_s": megabytes,
-        "size": args.size, "batch": args.batch, "concurrency": args.concurrency,
+        "size": args.size, "batch": args.batch, "concurrency": args.concurrency, "target_rate": args.rate,
         "latency_ms": {"p50": micros(&histogram, 0.5) / 1000.0, "p90": micros(&histogram, 0.9) / 1000.0,
                         "p99": micros(&histogram, 0.99) / 1000.0, "p999": micros(&histogram, 0.999) / 1000.0},
         "baseline": baseline.map(|baseline| json!({

@@ -380,3 +380,157 @@ async fn a_slave_restarted_far_behind_catches_up_and_reenters_the_in_sync_set() 
     producer.shutdown().await;
     pool.shutdown().await;
 }
+
+/// One `meridian bench produce --json` run against the cluster's nameserver.
+fn bench_produce(cluster: &GroupCluster, extra: &[&str]) -> serde_json::Value {
+    let nameserver = cluster.nameserver_addr.to_string();
+    let mut args = vec![
+        "bench",
+        "produce",
+        "--nameserver",
+        &nameserver,
+        "--topic",
+        "bench",
+        "--queues",
+        "8",
+        "--size",
+        "1024",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, stdout, stderr) = meridian_tests::run_cli(&args, &[], "");
+    assert!(ok, "bench produce failed: {stderr}");
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("bench prints JSON")
+}
+
+/// Benchmark, not a test (run by `scripts/bench-replication.sh`): produce rate and latency of a
+/// lone broker, a group acknowledging with `quorum`, and one with `idc_safe`, all measured in the
+/// same run: first as fast as 64 sends in flight allow, then paced at half that rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench-replication.sh runs it"]
+async fn bench_produce_single_quorum_idc_safe() {
+    let count = std::env::var("MERIDIAN_BENCH_COUNT").unwrap_or_else(|_| "100000".into());
+    let mut rows = Vec::new();
+    for (label, policy, replicas) in [
+        ("single broker", "quorum", 1),
+        ("group, quorum", "quorum", 3),
+        ("group, idc_safe", "idc_safe", 3),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = GroupOptions {
+            ack_policy: policy,
+            replicas,
+            broker_timeout_ms: 3000,
+            heartbeat_interval_ms: 500,
+            ..GroupOptions::default()
+        };
+        let mut cluster = GroupCluster::prepare(dir.path(), options);
+        if replicas == 1 {
+            cluster.launch_one();
+        } else {
+            cluster.launch();
+        }
+        let max = bench_produce(&cluster, &["--count", &count, "--concurrency", "64"]);
+        let rate = max["msgs_per_s"].as_f64().unwrap();
+        let half = (rate / 2.0) as u64;
+        let paced_count = (half * 8).to_string();
+        let paced = bench_produce(
+            &cluster,
+            &[
+                "--count",
+                &paced_count,
+                "--concurrency",
+                "64",
+                "--rate",
+                &half.to_string(),
+            ],
+        );
+        rows.push(serde_json::json!({"setup": label, "max": max, "half_rate": paced}));
+    }
+    let single = rows[0]["max"]["msgs_per_s"].as_f64().unwrap();
+    println!("| setup | msgs/s (64 in flight) | × single | p50 ms | p99 ms | p99 ms at half rate |");
+    println!("|---|---|---|---|---|---|");
+    for row in &rows {
+        let max = &row["max"];
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            row["setup"].as_str().unwrap(),
+            max["msgs_per_s"].as_f64().unwrap(),
+            max["msgs_per_s"].as_f64().unwrap() / single,
+            max["latency_ms"]["p50"].as_f64().unwrap(),
+            max["latency_ms"]["p99"].as_f64().unwrap(),
+            row["half_rate"]["latency_ms"]["p99"].as_f64().unwrap()
+        );
+    }
+    println!("{}", serde_json::json!({"produce": rows}));
+}
+
+/// Benchmark, not a test (run by `scripts/bench-replication.sh`): failover time from `kill -9` of
+/// the master to the first acknowledged send on its successor, over `MERIDIAN_FAILOVER_TRIALS`
+/// trials (default 10) with the production defaults (3 s broker timeout, 500 ms heartbeats), and
+/// the acknowledged messages missing afterwards (must be 0). Each trial kills the current master
+/// and restarts the previous victim as a slave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench-replication.sh runs it"]
+async fn bench_failover_trials() {
+    let trials: usize = std::env::var("MERIDIAN_FAILOVER_TRIALS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(10);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = GroupCluster::start(
+        dir.path(),
+        GroupOptions {
+            broker_timeout_ms: 3000,
+            heartbeat_interval_ms: 500,
+            ..GroupOptions::default()
+        },
+    );
+    create_topic_and_group(&cluster, "orders");
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let mut master = 0;
+    let mut times = Vec::new();
+    let mut acknowledged = HashSet::new();
+    for trial in 0..trials {
+        let storm = Storm::start(&cluster, &pool, "orders", 4, 10);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        cluster.kill9(master);
+        let killed = Instant::now();
+        let first = loop {
+            if let Some(first) = storm.acked.first_after(killed) {
+                break first;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "trial {trial}: no ack within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let acked = storm.finish().await;
+        acknowledged.extend(acked.ids());
+        times.push((first - killed).as_millis() as u64);
+        let others: Vec<usize> = (0..3).filter(|index| *index != master).collect();
+        let (successor, epoch) = new_master(&cluster, &others);
+        eprintln!(
+            "trial {trial}: {} ms, {} -> {} at epoch {epoch}",
+            times[trial], cluster.members[master].name, cluster.members[successor].name
+        );
+        cluster.start_member(master);
+        wait_caught_up(&cluster, master, successor);
+        cluster.wait_in_sync(successor, 2);
+        master = successor;
+    }
+    let duplicates = assert_nothing_lost(&cluster, "orders", &acknowledged).await;
+    let worst = times.iter().max().copied().unwrap_or(0);
+    let mean = times.iter().sum::<u64>() as f64 / times.len().max(1) as f64;
+    println!(
+        "failover over {trials} trials: mean {mean:.0} ms, worst {worst} ms; {} acknowledged, 0 lost, {duplicates} duplicates",
+        acknowledged.len()
+    );
+    println!(
+        "{}",
+        serde_json::json!({"failover_ms": times, "worst_ms": worst, "acknowledged": acknowledged.len(), "lost": 0, "duplicates": duplicates})
+    );
+    pool.shutdown().await;
+}

@@ -383,6 +383,10 @@ pub struct GroupOptions {
     pub in_sync_lag_bytes: u64,
     /// The nameserver's `broker_timeout_ms` (the lease is half of it).
     pub broker_timeout_ms: u64,
+    /// `replication.replicas`: 3, or 1 for a lone broker ([`GroupCluster::launch_one`]).
+    pub replicas: u32,
+    /// Every broker's `heartbeat_interval_ms`.
+    pub heartbeat_interval_ms: u64,
 }
 
 impl Default for GroupOptions {
@@ -392,6 +396,8 @@ impl Default for GroupOptions {
             flush_mode: "async",
             in_sync_lag_bytes: 4 << 20,
             broker_timeout_ms: 2000,
+            replicas: 3,
+            heartbeat_interval_ms: 200,
         }
     }
 }
@@ -489,6 +495,12 @@ impl GroupCluster {
         self.wait_in_sync(0, 2);
     }
 
+    /// Starts `a-0` alone (a group of one, `replicas = 1`) and waits until it is master.
+    pub fn launch_one(&mut self) {
+        self.start_member(0);
+        self.wait_role(0, "master");
+    }
+
     /// Writes member `index`'s config: it heartbeats `nameserver`, and tells clients and slaves
     /// to reach it at `advertise` (its own address when `None`).
     pub fn write_config(&self, index: usize, nameserver: &str, advertise: Option<SocketAddr>) {
@@ -498,14 +510,16 @@ impl GroupCluster {
             .unwrap_or_default();
         let options = &self.options;
         let config = format!(
-            "broker_name = \"broker-a\"\nmember_name = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\n{advertise}data_dir = \"{}\"\nidc = \"{}\"\nnameservers = [\"{nameserver}\"]\nheartbeat_interval_ms = 200\n\n[store]\nsegment_size = 67108864\nflush_mode = \"{}\"\n\n[replication]\nack_policy = \"{}\"\nreplicas = 3\nin_sync_lag_bytes = {}\n",
+            "broker_name = \"broker-a\"\nmember_name = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\n{advertise}data_dir = \"{}\"\nidc = \"{}\"\nnameservers = [\"{nameserver}\"]\nheartbeat_interval_ms = {}\n\n[store]\nsegment_size = 67108864\nflush_mode = \"{}\"\n\n[replication]\nack_policy = \"{}\"\nreplicas = {}\nin_sync_lag_bytes = {}\n",
             member.name,
             member.listen,
             member.http,
             self.root.join(&member.name).display(),
             member.idc,
+            options.heartbeat_interval_ms,
             options.flush_mode,
             options.ack_policy,
+            options.replicas,
             options.in_sync_lag_bytes,
         );
         std::fs::write(&member.config, config).expect("writing a broker config");
