@@ -107,6 +107,28 @@ mod tests {
     }
 
     #[test]
+    fn the_example_broker_group_configs_load_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/group");
+        let members: Vec<BrokerConfig> = ["a-0", "a-1", "a-2"]
+            .iter()
+            .map(|name| load("example", Some(&dir.join(format!("{name}.toml")))).unwrap())
+            .collect();
+        for member in &members {
+            member.validate().unwrap();
+            assert_eq!(
+                (member.broker_name.as_str(), member.replication.replicas),
+                ("broker-a", 3)
+            );
+        }
+        let idcs: Vec<&str> = members.iter().map(|member| member.idc.as_str()).collect();
+        assert_eq!(idcs, ["dc1", "dc1", "dc2"]);
+        let nameserver: meridian_nameserver::NameserverConfig =
+            load("example", Some(&dir.join("nameserver.toml"))).unwrap();
+        nameserver.validate().unwrap();
+        assert_eq!(members[0].nameservers, [nameserver.listen.to_string()]);
+    }
+
+    #[test]
     fn the_example_nameserver_config_loads_and_validates() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/nameserver.toml");
         let config: meridian_nameserver::NameserverConfig = load("example", Some(&path)).unwrap();

@@ -148,7 +148,8 @@ pub enum ErrorCode {
     /// be used until an admin approves it.
     NotApproved = 14,
     /// The request is valid but the thing it acts on is not in a state that allows it (approving
-    /// a topic already rejected, deleting a topic still subscribed, a stale broker epoch).
+    /// a topic already rejected, deleting a topic still subscribed, a stale election, a switchover
+    /// to a slave that is not in sync, a replica fetch from a member with another segment size).
     FailedPrecondition = 15,
     /// The broker is not the master of its group at the current epoch (it is a slave, was fenced,
     /// or cannot renew its lease): refresh the route and send to the master it names.

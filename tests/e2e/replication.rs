@@ -179,6 +179,10 @@ async fn a_killed_master_is_replaced_without_losing_an_acknowledged_message_and_
     let storm = Storm::start(&cluster, &pool, "orders", 4, 8);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(storm.acked.count() > 0, "nothing acknowledged before the kill");
+    // A consumer group's committed offset replicates with the log.
+    let consumer = meridian_client::PullConsumer::new(cluster.route(&pool), ClientConfig::default(), "readers");
+    consumer.commit_offset("orders", 1, 7).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     cluster.kill9(0);
     let killed = Instant::now();
     let deadline = killed + Duration::from_secs(20);
@@ -204,6 +208,18 @@ async fn a_killed_master_is_replaced_without_losing_an_acknowledged_message_and_
     // The nameserver waits one broker timeout (2 s) before it may promote; the rest is heartbeats.
     assert!(failover < Duration::from_secs(8), "failover took {failover:?}");
 
+    // The pull consumer refreshes its route after the first failure (the dead master); the caller
+    // retries, as with any retriable error.
+    let mut committed = consumer.query_offset("orders", 1).await;
+    if committed.as_ref().is_err_and(|error| error.is_retriable()) {
+        committed = consumer.query_offset("orders", 1).await;
+    }
+    assert_eq!(
+        committed.unwrap(),
+        Some(7),
+        "the consumer group resumes where it committed"
+    );
+    consumer.shutdown().await;
     let duplicates = assert_nothing_lost(&cluster, "orders", &acked.ids()).await;
     eprintln!(
         "{} acknowledged, {duplicates} stored twice (at-least-once retries), {} sends failed",
@@ -319,6 +335,50 @@ async fn a_master_partitioned_from_the_nameserver_and_its_slaves_stops_acknowled
     pool.shutdown().await;
     to_nameserver.stop().await;
     to_master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_moves_the_master_role_under_load_without_losing_an_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = GroupCluster::start(dir.path(), GroupOptions::default());
+    create_topic_and_group(&cluster, "orders");
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let storm = Storm::start(&cluster, &pool, "orders", 4, 8);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (ok, stdout, stderr) = cluster.cli(&[
+        "broker",
+        "switchover",
+        "--group",
+        "broker-a",
+        "--to",
+        "a-2",
+        "--by",
+        "e2e",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("a-2"), "{stdout}");
+    let switched = Instant::now();
+    let epoch = cluster.wait_role(2, "master");
+    assert!(epoch >= 3, "fenced at 2, elected at 3: {epoch}");
+    let elected = Instant::now();
+    while storm.acked.first_after(elected).is_none() {
+        assert!(switched.elapsed() < Duration::from_secs(20), "sends never resumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked = storm.finish().await;
+    assert_eq!(
+        cluster.wait_role(0, "slave"),
+        epoch,
+        "the old master follows the new one"
+    );
+    assert_nothing_lost(&cluster, "orders", &acked.ids()).await;
+    eprintln!(
+        "switchover: a-0 -> a-2 at epoch {epoch} in {:?}; {} acknowledged",
+        switched.elapsed(),
+        acked.count()
+    );
+    pool.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

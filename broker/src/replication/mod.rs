@@ -376,9 +376,19 @@ impl Replication {
             return;
         }
         if answer.master.is_empty() {
-            if current.epoch() != epoch || matches!(current, Role::Master { .. }) {
-                self.step_down(Role::Waiting { epoch }, "the group has no master at this epoch")
-                    .await;
+            match current {
+                Role::Master { .. } => {
+                    self.step_down(Role::Waiting { epoch }, "the group has no master at this epoch")
+                        .await;
+                }
+                // A slave keeps draining its fenced master (whose log no longer grows) until the
+                // next master is elected: the members then report equal offsets, and a
+                // switchover's target is as far ahead as anyone.
+                Role::Slave { .. } | Role::Waiting { .. } if current.epoch() != epoch => {
+                    *self.role_lock() = Role::Waiting { epoch };
+                    self.metrics.role_epoch.set(epoch as i64);
+                }
+                _ => {}
             }
             return;
         }
@@ -458,11 +468,17 @@ impl Replication {
     /// records what the slave holds (acknowledging sends), then sends the next chunk, waiting up
     /// to `wait_ms` for one when the slave is at the end.
     pub async fn serve_fetch(self: &Arc<Self>, request: ReplicaFetch) -> Result<Bytes> {
-        let Role::Master { epoch } = self.role() else {
-            return Err(BrokerError::NotMaster(format!(
-                "broker {} is not the master of group {:?}; fetch from the master the nameservers name",
-                self.name, self.group
-            )));
+        // A fenced master waiting for its successor still serves its final log, so its slaves
+        // drain it; it takes no writes, so its log no longer grows.
+        let epoch = match self.role() {
+            Role::Master { epoch } => epoch,
+            Role::Waiting { epoch } if self.store.last_epoch() > 0 => epoch,
+            _ => {
+                return Err(BrokerError::NotMaster(format!(
+                    "broker {} is not the master of group {:?}; fetch from the master the nameservers name",
+                    self.name, self.group
+                )));
+            }
         };
         if request.group != self.group {
             return Err(BrokerError::ReplicationRefused(format!(
