@@ -11,7 +11,7 @@
 #       message is missing.
 #
 # Environment: CARGO (default cargo), MERIDIAN_BENCH_COUNT (messages per max-rate run, default
-# 100000), MERIDIAN_FAILOVER_TRIALS.
+# 300000), MERIDIAN_FAILOVER_TRIALS.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CARGO=${CARGO:-cargo}

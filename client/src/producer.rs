@@ -28,8 +28,11 @@ pub struct ProducerConfig {
     pub client: ClientConfig,
     /// How many times a send is retried after a retriable failure (so `retries + 1` attempts).
     pub retries: u32,
-    /// Wait before the first retry; doubles for each further one.
+    /// Wait before the first retry; doubles for each further one...
     pub retry_backoff: Duration,
+    /// ...up to this. A failover takes a few seconds: a capped back-off finds the new master
+    /// within this long of its election instead of sleeping through it.
+    pub max_retry_backoff: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -39,7 +42,18 @@ impl Default for ProducerConfig {
             client: ClientConfig::default(),
             retries: 2,
             retry_backoff: Duration::from_millis(100),
+            max_retry_backoff: Duration::from_secs(1),
         }
+    }
+}
+
+impl ProducerConfig {
+    /// The wait before retry number `attempt + 1`: `retry_backoff` doubled `attempt` times, at most
+    /// `max_retry_backoff`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        self.retry_backoff
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max_retry_backoff)
     }
 }
 
@@ -236,7 +250,7 @@ impl ProducerInner {
             if !error.is_retriable() || attempt >= self.config.retries || self.closed.load(Ordering::SeqCst) {
                 return Err(error);
             }
-            let backoff = self.config.retry_backoff.saturating_mul(1 << attempt.min(16));
+            let backoff = self.config.backoff(attempt);
             warn!(
                 topic = %batch.topic,
                 attempt = attempt + 1,
@@ -394,6 +408,14 @@ mod tests {
             .collect();
         assert!(ids.iter().all(|id| *id == ids[0]));
         producer.shutdown().await;
+    }
+
+    #[test]
+    fn the_back_off_doubles_up_to_its_cap() {
+        let config = ProducerConfig::default();
+        let waits: Vec<u128> = (0..6).map(|attempt| config.backoff(attempt).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(config.backoff(u32::MAX), Duration::from_secs(1));
     }
 
     #[tokio::test]

@@ -469,7 +469,7 @@ fn bench_produce(cluster: &GroupCluster, extra: &[&str]) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: scripts/bench-replication.sh runs it"]
 async fn bench_produce_single_quorum_idc_safe() {
-    let count = std::env::var("MERIDIAN_BENCH_COUNT").unwrap_or_else(|_| "100000".into());
+    let count = std::env::var("MERIDIAN_BENCH_COUNT").unwrap_or_else(|_| "300000".into());
     let mut rows = Vec::new();
     for (label, policy, replicas) in [
         ("single broker", "quorum", 1),
