@@ -154,7 +154,7 @@ async fn fetch_once(
         .metrics
         .replication_lag_bytes
         .set(response.master_offset.saturating_sub(store.committed_offset()) as i64);
-    if !response.epochs.is_empty() {
+    if store.epochs_differ(&response.epochs) {
         let store = store.clone();
         let epochs = response.epochs;
         tokio::task::spawn_blocking(move || store.adopt_epochs(&epochs))

@@ -248,15 +248,26 @@ impl MessageStore {
         Ok(start)
     }
 
-    /// Adopts the master's epoch list for the part of it this log holds (entries starting at or
-    /// below the log's end), after appending what it sent. Written only when it changed.
-    pub fn adopt_epochs(&self, master: &[EpochStart]) -> Result<()> {
+    /// The part of the master's epoch list this log holds (entries starting at or below its end).
+    fn held_epochs(&self, master: &[EpochStart]) -> Vec<(u64, u64)> {
         let end = self.committed_offset();
-        let adopted: Vec<(u64, u64)> = master
+        master
             .iter()
             .filter(|entry| entry.start_offset <= end)
             .map(|entry| (entry.epoch, entry.start_offset))
-            .collect();
+            .collect()
+    }
+
+    /// Whether [`MessageStore::adopt_epochs`] would change anything: checked on every fetch, so
+    /// the file write (and the blocking task it needs) happens only when the list changed.
+    pub fn epochs_differ(&self, master: &[EpochStart]) -> bool {
+        self.epochs.lock().expect("epochs lock").epochs != self.held_epochs(master)
+    }
+
+    /// Adopts the master's epoch list for the part of it this log holds, after appending what it
+    /// sent. Written only when it changed.
+    pub fn adopt_epochs(&self, master: &[EpochStart]) -> Result<()> {
+        let adopted = self.held_epochs(master);
         let mut epochs = self.epochs.lock().expect("epochs lock");
         if epochs.epochs == adopted {
             return Ok(());
