@@ -514,6 +514,24 @@ mod tests {
             .unwrap();
     }
 
+    /// Master `m`'s registration at epoch 1, reporting `in_sync`.
+    fn master_report(in_sync: &[&str]) -> Command {
+        Command::RegisterBroker {
+            group: "g".into(),
+            member: BrokerRegistration {
+                name: "m".into(),
+                addr: "m:7911".into(),
+                idc: String::new(),
+                role: BrokerRole::Master,
+                epoch: 1,
+                max_offset: 0,
+                registration_digest: 2,
+                in_sync: in_sync.iter().map(|name| (*name).to_owned()).collect(),
+            },
+            topics: BTreeMap::new(),
+        }
+    }
+
     fn apply(state: &mut MetadataState, verdict: Option<Verdict>) {
         let Some(Verdict::Elect {
             member, epoch, reason, ..
@@ -603,21 +621,7 @@ mod tests {
         let verdict = judge(&mut controller, &state, &liveness, since);
         apply(&mut state, verdict);
         assert_eq!(state.broker_groups()["g"].master.as_deref(), Some("m"));
-        let mut report = Command::RegisterBroker {
-            group: "g".into(),
-            member: BrokerRegistration {
-                name: "m".into(),
-                addr: "m:7911".into(),
-                idc: String::new(),
-                role: BrokerRole::Master,
-                epoch: 1,
-                max_offset: 0,
-                registration_digest: 2,
-                in_sync: vec!["s1".into(), "s2".into()],
-            },
-            topics: BTreeMap::new(),
-        };
-        state.apply(report.clone(), 3).unwrap();
+        state.apply(master_report(&["s1", "s2"]), 3).unwrap();
 
         // The master is alive: nothing to do, whatever the slaves report.
         tokio::time::advance(Duration::from_millis(300)).await;
@@ -646,10 +650,7 @@ mod tests {
         );
 
         // Nobody eligible: stuck, each member saying why.
-        if let Command::RegisterBroker { member, .. } = &mut report {
-            member.in_sync = vec!["s1".into()];
-        }
-        state.apply(report, 3).unwrap();
+        state.apply(master_report(&["s1"]), 3).unwrap();
         tokio::time::advance(Duration::from_millis(1100)).await;
         liveness.touch("g", "s3", 500);
         let verdict = judge(&mut controller, &state, &liveness, since);
@@ -680,21 +681,7 @@ mod tests {
                 2,
             )
             .unwrap();
-        let report = Command::RegisterBroker {
-            group: "g".into(),
-            member: BrokerRegistration {
-                name: "m".into(),
-                addr: "m:7911".into(),
-                idc: String::new(),
-                role: BrokerRole::Master,
-                epoch: 1,
-                max_offset: 0,
-                registration_digest: 2,
-                in_sync: vec!["s".into()],
-            },
-            topics: BTreeMap::new(),
-        };
-        state.apply(report, 3).unwrap();
+        state.apply(master_report(&["s"]), 3).unwrap();
         // This node just became leader and never heard the master.
         let since = Instant::now();
         liveness.touch("g", "s", 7);
@@ -726,25 +713,7 @@ mod tests {
         }
         let verdict = judge(&mut controller, &state, &liveness, since);
         apply(&mut state, verdict);
-        state
-            .apply(
-                Command::RegisterBroker {
-                    group: "g".into(),
-                    member: BrokerRegistration {
-                        name: "m".into(),
-                        addr: "m:7911".into(),
-                        idc: String::new(),
-                        role: BrokerRole::Master,
-                        epoch: 1,
-                        max_offset: 0,
-                        registration_digest: 2,
-                        in_sync: vec!["s1".into(), "s2".into()],
-                    },
-                    topics: BTreeMap::new(),
-                },
-                3,
-            )
-            .unwrap();
+        state.apply(master_report(&["s1", "s2"]), 3).unwrap();
         let fence = |preferred: &str| Command::FenceMaster {
             group: "g".into(),
             preferred: preferred.into(),
