@@ -406,6 +406,28 @@ async fn idc_safe_loses_no_acknowledged_message_when_the_masters_data_center_goe
     assert_eq!(master, 2);
     let duplicates = assert_nothing_lost(&cluster, "orders", &acked.ids()).await;
     eprintln!("idc_safe: {} acknowledged, {duplicates} duplicates", acked.count());
+    // Alone, the new master cannot meet idc_safe: a send is refused, never acknowledged.
+    let lone = Producer::new(
+        cluster.route(&pool),
+        ProducerConfig {
+            retries: 0,
+            ..ProducerConfig::default()
+        },
+    );
+    let refused = lone
+        .send(Message::new("orders", Bytes::from_static(b"x")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(meridian_proto::ErrorCode::ReplicationTimeout),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("idc_safe") && refused.to_string().contains("NOT acknowledged"),
+        "{refused}"
+    );
+    lone.shutdown().await;
     pool.shutdown().await;
 }
 
@@ -437,6 +459,27 @@ async fn a_slave_restarted_far_behind_catches_up_and_reenters_the_in_sync_set() 
     assert_eq!(cluster.wait_role(2, "slave"), 1);
     wait_caught_up(&cluster, 2, 0);
     assert_eq!(cluster.wait_in_sync(0, 2), ["a-1", "a-2"]);
+    // The slave serves reads of what it replicated (consume queues built from its own log).
+    let pull = meridian_proto::messages::PullRequest {
+        group: "readers".into(),
+        topic: "orders".into(),
+        queue_id: 0,
+        offset: 0,
+        max_count: 1000,
+        max_bytes: 8 << 20,
+        long_poll_ms: 0,
+    };
+    let slave_addr = cluster.members[2].listen.to_string();
+    let pulled: meridian_proto::messages::PullResponse = pool
+        .call(&slave_addr, RequestCode::Pull, &pull, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let records = meridian_proto::record::decode_all(&pulled.records).unwrap();
+    assert!(
+        !records.is_empty() && records.iter().all(|record| record.body == body),
+        "{} records",
+        records.len()
+    );
     producer.shutdown().await;
     pool.shutdown().await;
 }

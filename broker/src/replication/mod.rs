@@ -50,6 +50,8 @@ pub struct ReplicationConfig {
     /// Replicas in the group, counting the master (1 for a lone broker, 3 for master + 2 slaves).
     pub replicas: u32,
     /// How long a send waits for its ack policy before failing with `ReplicationTimeout`, in ms.
+    /// Below the clients' request timeout (3 s by default), so they get this answer rather than
+    /// time out themselves.
     pub ack_timeout_ms: u64,
     /// A slave is in sync while it is at most this many bytes behind the master...
     pub in_sync_lag_bytes: u64,
@@ -64,7 +66,7 @@ impl Default for ReplicationConfig {
         ReplicationConfig {
             ack_policy: AckPolicy::Quorum,
             replicas: 1,
-            ack_timeout_ms: 3_000,
+            ack_timeout_ms: 2_000,
             in_sync_lag_bytes: 4 << 20,
             in_sync_timeout_ms: 3_000,
             fetch_max_bytes: 4 << 20,
