@@ -34,7 +34,7 @@ impl Follower {
     pub fn start(replication: Arc<Replication>, master_addr: String, epoch: u64) -> Follower {
         let cancel = replication.shutdown.child_token();
         let pool = ConnectionPool::new(TransportConfig {
-            limits: replication.store_limits(),
+            limits: replication.limits,
             request_timeout: FETCH_WAIT + Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
         });

@@ -229,10 +229,6 @@ impl Replication {
         self.role_lock().clone()
     }
 
-    fn store_limits(&self) -> Limits {
-        self.limits
-    }
-
     /// The settings.
     pub fn config(&self) -> &ReplicationConfig {
         &self.config
@@ -263,10 +259,7 @@ impl Replication {
     pub fn check_writable(&self) -> Result<()> {
         let role = self.role_lock().clone();
         match role {
-            Role::Master { epoch } if self.lease_held() => {
-                let _ = epoch;
-                Ok(())
-            }
+            Role::Master { .. } if self.lease_held() => Ok(()),
             Role::Master { epoch } => Err(BrokerError::NotMaster(format!(
                 "broker {} was master of group {:?} at epoch {epoch} but cannot renew its lease with the nameserver leader, so it takes no writes (another member may be promoted); the producer refreshes its route and retries",
                 self.name, self.group
@@ -317,7 +310,9 @@ impl Replication {
         let timeout = Duration::from_millis(self.config.ack_timeout_ms);
         match tokio::time::timeout(timeout, self.acks.wait(end_offset)).await {
             Ok(Ok(())) => {}
-            Ok(Err(())) => return self.check_writable(),
+            // The tracker gave the send up: the master stepped down or is stopping. Either way the
+            // send was not replicated as its policy needs, so it is never acknowledged.
+            Ok(Err(())) => return Err(self.check_writable().err().unwrap_or(BrokerError::ShuttingDown)),
             Err(_) => {
                 self.metrics.replication_timeouts.inc();
                 let (held, needed) = self.acks.progress(end_offset);
@@ -459,7 +454,7 @@ impl Replication {
         }
     }
 
-    /// Stops the fetch loop (at shutdown).
+    /// Fails the sends waiting for acknowledgements and stops the fetch loop (at shutdown).
     pub async fn stop(&self) {
         self.acks.fail_all();
         self.stop_following().await;
@@ -577,4 +572,38 @@ impl Replication {
 
 fn encode(message: &impl prost::Message) -> Bytes {
     Bytes::from(message.encode_to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_send_waiting_for_its_replicas_when_the_master_stops_is_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = BrokerConfig {
+            nameservers: vec!["127.0.0.1:7800".into()],
+            ..BrokerConfig::default()
+        };
+        config.replication.replicas = 3;
+        let store = MessageStore::open(
+            dir.path(),
+            config.store.clone(),
+            "127.0.0.1:7911".parse().unwrap(),
+            Arc::default(),
+        )
+        .unwrap();
+        let replication = Replication::new(&config, store.clone(), Arc::default(), CancellationToken::new());
+        replication.assume_master_for_tests();
+        let tasks = tokio_util::task::TaskTracker::new();
+        let waiting = tasks.spawn({
+            let replication = replication.clone();
+            async move { replication.wait_acked(100).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        replication.stop().await;
+        let refused = waiting.await.unwrap().unwrap_err();
+        assert!(matches!(refused, BrokerError::ShuttingDown), "{refused}");
+        store.shutdown();
+    }
 }

@@ -474,12 +474,23 @@ fn commitlog_bytes(store: &MessageStore) -> Vec<u8> {
     all
 }
 
+/// Two fresh stores with the same small config, in their own temp dirs (kept alive by the first
+/// value).
+fn master_and_replica() -> (
+    [tempfile::TempDir; 2],
+    StoreConfig,
+    Arc<MessageStore>,
+    Arc<MessageStore>,
+) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let config = small_config(FlushMode::Async);
+    let (master, replica) = (open(dirs[0].path(), &config), open(dirs[1].path(), &config));
+    (dirs, config, master, replica)
+}
+
 #[test]
 fn a_replica_holds_the_masters_log_byte_for_byte_across_segments() {
-    let (master_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let config = small_config(FlushMode::Async);
-    let master = open(master_dir.path(), &config);
-    let replica = open(replica_dir.path(), &config);
+    let (_dirs, config, master, replica) = master_and_replica();
     master.create_topic("orders", 3).unwrap();
     master.create_topic("audit", 1).unwrap();
     let sent: Vec<MessageData> = (0..1000).map(|index| message(index, "t")).collect();
@@ -530,10 +541,7 @@ fn a_replica_holds_the_masters_log_byte_for_byte_across_segments() {
 
 #[test]
 fn a_corrupt_or_misplaced_chunk_is_refused_and_changes_nothing() {
-    let (master_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let config = small_config(FlushMode::Async);
-    let master = open(master_dir.path(), &config);
-    let replica = open(replica_dir.path(), &config);
+    let (_dirs, _, master, replica) = master_and_replica();
     master.create_topic("orders", 1).unwrap();
     let sent: Vec<MessageData> = (0..5).map(|index| message(index, "t")).collect();
     master.append("orders", Some(0), &sent, HOST.parse().unwrap()).unwrap();
@@ -621,10 +629,7 @@ fn a_divergent_tail_is_truncated_and_the_log_continues_from_the_masters_lineage(
 
 #[test]
 fn consumer_offsets_replicate_with_a_version() {
-    let (master_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let config = small_config(FlushMode::Async);
-    let master = open(master_dir.path(), &config);
-    let replica = open(replica_dir.path(), &config);
+    let (_dirs, _, master, replica) = master_and_replica();
     for store in [&master, &replica] {
         store.create_topic("orders", 2).unwrap();
     }
