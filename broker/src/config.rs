@@ -90,6 +90,8 @@ pub struct BrokerConfig {
     pub nameservers: Vec<String>,
     /// How often the broker heartbeats each nameserver, in ms (at least 100).
     pub heartbeat_interval_ms: u64,
+    /// Trace emission (the `[trace]` table): on by default, per-topic opt-out.
+    pub trace: crate::trace::TraceConfig,
 }
 
 /// `nameservers` as a TOML list or as one comma-separated string:
@@ -131,6 +133,7 @@ impl Default for BrokerConfig {
             member_name: None,
             nameservers: Vec::new(),
             heartbeat_interval_ms: 500,
+            trace: crate::trace::TraceConfig::default(),
         }
     }
 }
@@ -197,6 +200,7 @@ impl BrokerConfig {
         );
         self.store.validate(largest_record)?;
         self.replication.validate(&self.idc, limits.max_frame_size)?;
+        self.trace.validate()?;
         if self.replication.replicas > 1 && !self.is_governed() {
             return Err(BrokerError::Config(format!(
                 "replication.replicas = {} needs nameservers: a group's master is elected by the nameservers; set `nameservers` or use replicas = 1",

@@ -162,6 +162,14 @@ pub enum BrokerError {
     /// A replication request that does not fit this broker's state.
     #[error("replication refused: {0}")]
     ReplicationRefused(String),
+    /// An ordinary send to a system topic.
+    #[error(
+        "topic {0:?} is a system topic: only brokers write trace events to it (clients report theirs with the TraceReport request, which the SDK's trace hook sends); send to one of your own topics"
+    )]
+    SystemTopic(String),
+    /// A client's trace report that is malformed.
+    #[error("trace report refused: {0}")]
+    InvalidTrace(String),
 }
 
 impl BrokerError {
@@ -194,6 +202,7 @@ impl BrokerError {
             BrokerError::NotMaster(_) => ErrorCode::NotMaster,
             BrokerError::ReplicationTimeout { .. } => ErrorCode::ReplicationTimeout,
             BrokerError::ReplicationRefused(_) => ErrorCode::FailedPrecondition,
+            BrokerError::SystemTopic(_) | BrokerError::InvalidTrace(_) => ErrorCode::InvalidArgument,
         }
     }
 }

@@ -18,6 +18,7 @@ use meridian_proto::messages::{
     perm,
 };
 use meridian_proto::properties::{self, KEY_SEPARATOR, KEYS, MSG_ID, PRODUCER_GROUP, TAGS};
+use meridian_proto::trace;
 use meridian_proto::validate::{self, Limits, ValidationError};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,8 @@ pub struct BrokerState {
     pub governance: Option<Arc<Governance>>,
     /// This broker's role in its group, its lease, and its slaves' acknowledgements.
     pub replication: Arc<Replication>,
+    /// Trace emission: the hot paths push into its bounded buffer ([`crate::trace`]).
+    pub trace: Arc<crate::trace::TraceEmitter>,
 }
 
 impl BrokerState {
@@ -74,6 +77,11 @@ impl BrokerState {
 
     /// Whether consumer group `group` may consume `topics` (always, on a standalone broker).
     fn check_consume<'a>(&self, group: &str, topics: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        // The system trace topic needs no approval: tracer groups read it (and only it) freely.
+        let topics: Vec<&str> = topics.into_iter().collect();
+        if trace::is_tracer_group(group) && topics.iter().all(|topic| trace::is_system_topic(topic)) {
+            return Ok(());
+        }
         self.governance
             .as_ref()
             .map_or(Ok(()), |governance| governance.check_consume(group, topics))
@@ -98,7 +106,8 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
     let now = |result: Result<Bytes>| Reply::Now(result);
     match code {
         RequestCode::Send => send(state, body, peer),
-        RequestCode::Pull => pull(state, body),
+        RequestCode::Pull => pull(state, body, peer),
+        RequestCode::TraceReport => now(trace_report(state, body, peer)),
         RequestCode::CommitOffset => now(commit_offset(state, body)),
         RequestCode::QueryOffset => now(query_offset(state, body)),
         RequestCode::QueueInfo => now(queue_info(state, body)),
@@ -154,6 +163,9 @@ fn send(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
 fn decode_send(state: &BrokerState, body: Bytes) -> Result<SendRequest> {
     let request: SendRequest = decode(body)?;
     validate::validate_topic(&request.topic)?;
+    if trace::is_system_topic(&request.topic) {
+        return Err(BrokerError::SystemTopic(request.topic));
+    }
     state.check_send(&request.topic)?;
     if request.messages.is_empty() {
         return Err(BrokerError::MalformedBody(
@@ -205,14 +217,21 @@ pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr)
     decoded
         .into_iter()
         .map(|request| {
-            let appended = match request {
+            let (request, appended) = match request {
                 Err(error) => return Reply::Now(Err(error)),
-                Ok(_) => appended.next().expect("one outcome per valid request"),
+                Ok(request) => (request, appended.next().expect("one outcome per valid request")),
             };
             let appended = match appended {
                 Ok(appended) => appended,
                 Err(error) => return Reply::Now(Err(error)),
             };
+            state.trace.stored(
+                &request.topic,
+                &request.producer_group,
+                peer,
+                &request.messages,
+                &appended.results,
+            );
             let response = SendResponse {
                 results: appended.results,
             };
@@ -226,6 +245,9 @@ pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr)
                     state.store.wait_flushed(appended.end_offset).await?;
                 }
                 state.replication.wait_acked(appended.end_offset).await?;
+                if replicated {
+                    state.trace.replicated(&request.topic, &response.results);
+                }
                 state.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
                 encoded(&response)
             }))
@@ -294,7 +316,7 @@ fn try_pull(state: &BrokerState, request: &PullRequest) -> Result<Option<Bytes>>
     encode_pull(state, PullStatus::Found, next, min, max, &entries).map(Some)
 }
 
-fn pull(state: &Arc<BrokerState>, body: Bytes) -> Reply {
+fn pull(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
     let request = match decode::<PullRequest>(body).and_then(|request| {
         validate::validate_group(&request.group)?;
         validate::validate_topic(&request.topic)?;
@@ -305,7 +327,10 @@ fn pull(state: &Arc<BrokerState>, body: Bytes) -> Reply {
         Err(error) => return Reply::Now(Err(error)),
     };
     match try_pull(state, &request) {
-        Ok(Some(body)) => return Reply::Now(Ok(body)),
+        Ok(Some(body)) => {
+            state.trace.delivered(&request.topic, &request.group, peer, &body);
+            return Reply::Now(Ok(body));
+        }
         Err(error) => return Reply::Now(Err(error)),
         Ok(None) if request.long_poll_ms == 0 => return Reply::Now(no_new_message(state, &request)),
         Ok(None) => {}
@@ -321,6 +346,7 @@ fn pull(state: &Arc<BrokerState>, body: Bytes) -> Reply {
             // Register before checking, so an append between the check and the wait still wakes us.
             notified.as_mut().enable();
             if let Some(body) = try_pull(&state, &request)? {
+                state.trace.delivered(&request.topic, &request.group, peer, &body);
                 return Ok(body);
             }
             tokio::select! {
@@ -342,6 +368,15 @@ fn no_new_message(state: &BrokerState, request: &PullRequest) -> Result<Bytes> {
         bounds.max_offset,
         &[],
     )
+}
+
+/// A client's trace report: checked, stamped with the client's address, buffered for the trace topic.
+fn trace_report(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Result<Bytes> {
+    state
+        .trace
+        .report(body, peer)
+        .map_err(|error| BrokerError::InvalidTrace(error.to_string()))?;
+    Ok(Bytes::new())
 }
 
 fn commit_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
@@ -522,6 +557,11 @@ mod tests {
             shutdown,
             governance: Some(governance),
             replication,
+            trace: Arc::new(crate::trace::TraceEmitter::new(
+                crate::trace::TraceConfig::default(),
+                crate::trace::Identity::default(),
+                Arc::default(),
+            )),
         })
     }
 
@@ -617,7 +657,7 @@ mod tests {
             max_bytes: 1024,
             long_poll_ms: 0,
         };
-        let error = now(super::pull(&state, Bytes::from(pull.encode_to_vec()))).unwrap_err();
+        let error = now(super::pull(&state, Bytes::from(pull.encode_to_vec()), "127.0.0.1:5000".parse().unwrap())).unwrap_err();
         assert_eq!(error.code(), ErrorCode::NotApproved);
         assert!(error.to_string().contains("meridian group request audit"), "{error}");
 

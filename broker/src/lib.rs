@@ -5,6 +5,8 @@
 //!   group commit) and crash recovery. Start reading at `store/mod.rs`.
 //! - [`server`] accepts connections, decodes frames, and answers pipelined requests out of order.
 //! - [`handlers`] turns each request into store calls; [`groups`] tracks consumer group members.
+//! - [`trace`]: every message's Pub/Store/Replicate/Deliver events (and clients' reports), batched
+//!   into the system trace topic off the hot path.
 //! - [`registry`]: with `nameservers` set, the broker heartbeats every nameserver, registers its
 //!   topics, and serves only the topics and consumer groups they approved (a governed broker);
 //!   without, it is standalone and serves anything.
@@ -20,6 +22,7 @@ pub mod registry;
 pub mod replication;
 pub mod server;
 pub mod store;
+pub mod trace;
 
 pub use config::BrokerConfig;
 pub use error::{BrokerError, Result};

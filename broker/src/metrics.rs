@@ -83,6 +83,8 @@ pub struct BrokerMetrics {
     pub role_epoch: Gauge,
     /// Slaves the master holds in sync.
     pub in_sync_slaves: Gauge,
+    /// Trace emission ([`crate::trace`]).
+    pub trace: std::sync::Arc<crate::trace::TraceMetrics>,
 }
 
 impl Default for BrokerMetrics {
@@ -110,6 +112,7 @@ impl Default for BrokerMetrics {
             replication_lag_bytes: Gauge::default(),
             role_epoch: Gauge::default(),
             in_sync_slaves: Gauge::default(),
+            trace: std::sync::Arc::default(),
         }
     }
 }
@@ -117,7 +120,10 @@ impl Default for BrokerMetrics {
 impl BrokerMetrics {
     /// Creates the metrics and registers them under `meridian_broker_`.
     pub fn register(registry: &mut Registry) -> BrokerMetrics {
-        let metrics = BrokerMetrics::default();
+        let metrics = BrokerMetrics {
+            trace: std::sync::Arc::new(crate::trace::TraceMetrics::register(registry)),
+            ..BrokerMetrics::default()
+        };
         let registry = registry.sub_registry_with_prefix("meridian_broker");
         registry.register(
             "messages_stored",

@@ -62,15 +62,30 @@ impl Broker {
         let store_config = config.store.clone();
         let store_metrics = metrics.clone();
         let store =
-            tokio::task::spawn_blocking(move || MessageStore::open(&data_dir, store_config, store_host, store_metrics))
-                .await
+            tokio::task::spawn_blocking(move || {
+                let store = MessageStore::open(&data_dir, store_config, store_host, store_metrics)?;
+                crate::trace::ensure_topic(&store)?;
+                Ok::<_, BrokerError>(store)
+            })
+            .await
                 .map_err(|error| BrokerError::Corrupt(format!("store recovery task failed: {error}")))??;
         let governance = config
             .is_governed()
             .then(|| Arc::new(Governance::new(config.broker_name.clone(), config.nameservers.clone())));
         let shutdown = CancellationToken::new();
         let replication = Replication::new(&config, store.clone(), metrics.clone(), shutdown.clone());
+        let trace = Arc::new(crate::trace::TraceEmitter::new(
+            config.trace.clone(),
+            crate::trace::Identity {
+                broker_name: config.broker_name.clone(),
+                member: config.member_name().to_owned(),
+                host: advertise_addr.clone(),
+                idc: config.idc.clone(),
+            },
+            metrics.trace.clone(),
+        ));
         let state = Arc::new(BrokerState {
+            trace,
             replication,
             governance,
             store,
@@ -110,6 +125,22 @@ impl Broker {
             .governance
             .clone()
             .map(|governance| Heartbeats::start(state.clone(), governance, state.shutdown.child_token()));
+        // The trace flusher outlives the connections, so events of the last requests are written.
+        let trace_stop = CancellationToken::new();
+        let trace_flusher = TaskTracker::new();
+        trace_flusher.spawn(crate::trace::flush_loop(
+            state.trace.clone(),
+            state.store.clone(),
+            state.replication.clone(),
+            state.metrics.clone(),
+            state.config.data_dir.clone(),
+            state
+                .advertise_addr
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
+            trace_stop.clone(),
+        ));
+        trace_flusher.close();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -136,6 +167,8 @@ impl Broker {
         {
             tracing::warn!("connections did not drain within 10 s; stopping anyway");
         }
+        trace_stop.cancel();
+        trace_flusher.wait().await;
         if let Some(heartbeats) = heartbeats {
             heartbeats.stop().await;
         }

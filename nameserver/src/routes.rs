@@ -15,17 +15,29 @@ use crate::state::{ApprovalStatus, ConsumeMode, MetadataState, Topic, format_tim
 /// unapproved topics are refused with what to do about it.
 pub fn topic_route(state: &MetadataState, liveness: &LivenessView<'_>, topic: &str) -> Result<TopicRoute, ApiError> {
     validate_topic(topic)?;
-    let found = state.topic(topic).ok_or_else(|| ApiError {
-        code: ErrorCode::TopicNotFound,
-        message: format!(
-            "topic {topic:?} does not exist: request it with `meridian topic request {topic} --owner TEAM --queues N`, then have an admin approve it"
-        ),
-    })?;
-    if found.status != ApprovalStatus::Approved {
-        return Err(not_approved(found));
-    }
-    let brokers = found
-        .queues
+    // The system trace topic needs no approval: every broker group creates it and serves it to
+    // tracers, read-only (brokers write it themselves).
+    let system_queues: std::collections::BTreeMap<String, u32>;
+    let (placements, perm) = if meridian_proto::trace::is_system_topic(topic) {
+        system_queues = state
+            .broker_groups()
+            .keys()
+            .map(|group| (group.clone(), meridian_proto::trace::TRACE_TOPIC_QUEUES))
+            .collect();
+        (&system_queues, meridian_proto::messages::perm::READ)
+    } else {
+        let found = state.topic(topic).ok_or_else(|| ApiError {
+            code: ErrorCode::TopicNotFound,
+            message: format!(
+                "topic {topic:?} does not exist: request it with `meridian topic request {topic} --owner TEAM --queues N`, then have an admin approve it"
+            ),
+        })?;
+        if found.status != ApprovalStatus::Approved {
+            return Err(not_approved(found));
+        }
+        (&found.queues, u32::from(found.perm))
+    };
+    let brokers = placements
         .iter()
         .map(|(group_name, queues)| {
             let group = state.broker_groups().get(group_name);
@@ -61,7 +73,7 @@ pub fn topic_route(state: &MetadataState, liveness: &LivenessView<'_>, topic: &s
                 addr: master.map(|master| master.addr.clone()).unwrap_or_default(),
                 idc: master.map(|master| master.idc.clone()).unwrap_or_default(),
                 queues: *queues,
-                perm: u32::from(found.perm),
+                perm,
                 replicas,
             }
         })

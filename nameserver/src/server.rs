@@ -244,6 +244,7 @@ fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> A
         | RequestCode::QueryOffset
         | RequestCode::QueueInfo
         | RequestCode::SearchOffset
+        | RequestCode::TraceReport
         | RequestCode::CreateTopic
         | RequestCode::ConsumerHeartbeat
         | RequestCode::ConsumerList

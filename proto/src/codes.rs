@@ -19,6 +19,9 @@ pub enum RequestCode {
     QueueInfo = 14,
     /// First offset of a queue whose message was stored at or after a timestamp.
     SearchOffset = 15,
+    /// A client reports trace events only it knows (consume start and end) as a
+    /// [`crate::trace::TraceBatch`]; the broker checks them and writes them to the trace topic.
+    TraceReport = 16,
     /// Create a topic on a standalone broker (one without nameservers; a governed broker refuses it
     /// and names the nameserver commands instead).
     CreateTopic = 20,
@@ -56,13 +59,14 @@ pub enum RequestCode {
 
 impl RequestCode {
     /// Every request code, for exhaustive tests and docs.
-    pub const ALL: [RequestCode; 20] = [
+    pub const ALL: [RequestCode; 21] = [
         RequestCode::Send,
         RequestCode::Pull,
         RequestCode::CommitOffset,
         RequestCode::QueryOffset,
         RequestCode::QueueInfo,
         RequestCode::SearchOffset,
+        RequestCode::TraceReport,
         RequestCode::CreateTopic,
         RequestCode::TopicRoute,
         RequestCode::ConsumerHeartbeat,
@@ -93,6 +97,7 @@ impl RequestCode {
             RequestCode::QueryOffset => "query_offset",
             RequestCode::QueueInfo => "queue_info",
             RequestCode::SearchOffset => "search_offset",
+            RequestCode::TraceReport => "trace_report",
             RequestCode::CreateTopic => "create_topic",
             RequestCode::TopicRoute => "topic_route",
             RequestCode::ConsumerHeartbeat => "consumer_heartbeat",

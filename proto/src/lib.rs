@@ -14,6 +14,8 @@
 //!   the broker and the nameserver alike.
 //! - [`compress`]: LZ4 for large repetitive bodies, with a bounded decompression.
 //! - [`msgid`]: globally unique, time-sortable message ids; [`time`]: timestamps for people.
+//! - [`trace`]: trace events (Pub, Store, Replicate, Deliver, SubBefore, SubAfter, ...), the
+//!   system trace topic they travel on, and the check every reader of that topic applies.
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike.
 #![warn(missing_docs)]
@@ -26,6 +28,7 @@ pub mod msgid;
 pub mod properties;
 pub mod record;
 pub mod time;
+pub mod trace;
 pub mod transport;
 pub mod validate;
 

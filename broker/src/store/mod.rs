@@ -953,6 +953,7 @@ impl MessageStore {
             Ok(()) => {
                 self.set_flushed(target);
                 self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+                self.metrics.trace.note_flush(started.elapsed());
                 self.metrics.flushed_offset.set(target as i64);
             }
             Err(error) => {

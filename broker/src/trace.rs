@@ -1,0 +1,799 @@
+//! Trace emission: the broker records what happened to every message (Pub, Store, Replicate,
+//! Deliver) and what clients report (SubBefore, SubAfter), and writes it to the system trace topic
+//! [`TRACE_TOPIC`] of its own store, batched.
+//!
+//! The send and pull paths pay one short-locked push into a bounded buffer ([`TraceEmitter`]): no
+//! encoding, no property parsing, no I/O. A flusher task turns the buffer into [`TraceEvent`]s
+//! every `flush_interval_ms`, packs them into [`TraceBatch`] messages and appends them. When the
+//! buffer is full, events are dropped and counted (`meridian_broker_trace_events_dropped`) with a
+//! log line at most every 10 s: tracing never blocks a producer.
+//!
+//! Only a writable master appends: a slave's log is a copy of its master's, so a slave's own
+//! events (pulls it served) are dropped and counted as `not_master`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meridian_proto::messages::{MessageData, PullResponse, SendResult};
+use meridian_proto::properties::{self, KEY_SEPARATOR};
+use meridian_proto::trace::{
+    MAX_REPORT_EVENTS, ServerStats, TRACE_TOPIC, TraceBatch, TraceError, TraceEvent, TraceType, check_event,
+    is_system_topic,
+};
+use meridian_proto::{MessageId, record};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{BrokerError, Result};
+use crate::metrics::BrokerMetrics;
+use crate::replication::Replication;
+use crate::store::MessageStore;
+
+/// The `[trace]` table of the broker config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceConfig {
+    /// Emit trace events (default true: every message is traced unless its topic opts out).
+    pub enabled: bool,
+    /// Topics whose messages are not traced (per-topic opt-out).
+    pub exclude_topics: Vec<String>,
+    /// Most events waiting to be written; more are dropped and counted (default 262144).
+    pub buffer_events: usize,
+    /// How often waiting events are written to the trace topic, in ms (default 100).
+    pub flush_interval_ms: u64,
+    /// Most events in one trace-topic message (default 512).
+    pub batch_events: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> TraceConfig {
+        TraceConfig {
+            enabled: true,
+            exclude_topics: Vec::new(),
+            buffer_events: 256 * 1024,
+            flush_interval_ms: 100,
+            batch_events: 512,
+        }
+    }
+}
+
+impl TraceConfig {
+    /// Checks the table; the message names the field and the fix.
+    pub fn validate(&self) -> Result<()> {
+        if self.buffer_events == 0 || self.batch_events == 0 || self.flush_interval_ms == 0 {
+            return Err(BrokerError::Config(
+                "trace.buffer_events, trace.batch_events and trace.flush_interval_ms must be at least 1 (set trace.enabled = false to turn tracing off)".into(),
+            ));
+        }
+        for topic in &self.exclude_topics {
+            meridian_proto::validate::validate_topic(topic)
+                .map_err(|error| BrokerError::Config(format!("trace.exclude_topics: {error}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Labels of dropped-event counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `buffer_full`, `not_master` or `write_failed`.
+    pub reason: &'static str,
+}
+
+/// Metrics of trace emission, registered under `meridian_broker_trace_`.
+#[derive(Debug, Default)]
+pub struct TraceMetrics {
+    /// Events written to the trace topic.
+    pub events_written: Counter,
+    /// Trace-topic messages appended.
+    pub batches_written: Counter,
+    /// Events dropped, by reason.
+    pub events_dropped: Family<DropLabels, Counter>,
+    /// Events waiting in the buffer.
+    pub buffered: Gauge,
+    /// Client reports refused as malformed.
+    pub reports_refused: Counter,
+    /// Sum of commitlog sync durations in µs, and their count, for [`ServerStats`] (the
+    /// Prometheus histogram does not expose its sum).
+    flushes: (AtomicU64, AtomicU64),
+}
+
+impl TraceMetrics {
+    /// Notes one commitlog sync (called by the flusher).
+    pub fn note_flush(&self, took: Duration) {
+        self.flushes.0.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.flushes.1.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Creates and registers the metrics.
+    pub fn register(registry: &mut Registry) -> TraceMetrics {
+        let metrics = TraceMetrics::default();
+        let registry = registry.sub_registry_with_prefix("meridian_broker_trace");
+        registry.register(
+            "events_written",
+            "Trace events written to the trace topic",
+            metrics.events_written.clone(),
+        );
+        registry.register(
+            "batches_written",
+            "Trace-topic messages appended",
+            metrics.batches_written.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Trace events dropped, by reason",
+            metrics.events_dropped.clone(),
+        );
+        registry.register(
+            "buffered",
+            "Trace events waiting to be written",
+            metrics.buffered.clone(),
+        );
+        registry.register(
+            "reports_refused",
+            "Client trace reports refused as malformed",
+            metrics.reports_refused.clone(),
+        );
+        metrics
+    }
+}
+
+/// Who this broker is, stamped on each event it emits.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// Broker group.
+    pub broker_name: String,
+    /// Member name.
+    pub member: String,
+    /// Advertised address.
+    pub host: String,
+    /// Data center.
+    pub idc: String,
+}
+
+/// What the hot paths hand over: references to bytes they already hold, nothing encoded.
+enum Pending {
+    /// A message was stored (becomes Pub and Store).
+    Stored {
+        topic: Arc<str>,
+        group: Arc<str>,
+        client_host: SocketAddr,
+        message: MessageData,
+        result: SendResult,
+    },
+    /// A stored message met its ack policy.
+    Replicated {
+        topic: Arc<str>,
+        result: SendResult,
+        acked_at: i64,
+    },
+    /// A pull answered with these records (a `PullResponse` body).
+    Delivered {
+        group: String,
+        client_host: SocketAddr,
+        response: Bytes,
+        delivered_at: i64,
+    },
+    /// Events a client reported, already checked.
+    Reported(TraceEvent),
+}
+
+impl Pending {
+    /// Events this entry becomes (for buffer accounting).
+    fn weight(&self) -> usize {
+        match self {
+            Pending::Stored { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The bounded buffer between the hot paths and the flusher.
+pub struct TraceEmitter {
+    config: TraceConfig,
+    excluded: HashSet<String>,
+    identity: Identity,
+    pending: Mutex<(Vec<Pending>, usize)>,
+    wake: Notify,
+    metrics: Arc<TraceMetrics>,
+    last_drop_log: Mutex<Option<Instant>>,
+    /// Sum and count of store-to-ack times since the last stats sample, in µs.
+    replication_latency: (AtomicU64, AtomicU64),
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl TraceEmitter {
+    /// An emitter for a broker with this identity.
+    pub fn new(config: TraceConfig, identity: Identity, metrics: Arc<TraceMetrics>) -> TraceEmitter {
+        TraceEmitter {
+            excluded: config.exclude_topics.iter().cloned().collect(),
+            config,
+            identity,
+            pending: Mutex::new((Vec::new(), 0)),
+            wake: Notify::new(),
+            metrics,
+            last_drop_log: Mutex::new(None),
+            replication_latency: (AtomicU64::new(0), AtomicU64::new(0)),
+        }
+    }
+
+    /// Whether messages of `topic` are traced.
+    pub fn traces(&self, topic: &str) -> bool {
+        self.config.enabled && !is_system_topic(topic) && !self.excluded.contains(topic)
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &TraceMetrics {
+        &self.metrics
+    }
+
+    fn drop_events(&self, reason: &'static str, count: usize) {
+        self.metrics
+            .events_dropped
+            .get_or_create(&DropLabels { reason })
+            .inc_by(count as u64);
+        let mut last = self.last_drop_log.lock().expect("drop log lock");
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                reason,
+                count,
+                buffer_events = self.config.buffer_events,
+                "trace events dropped (meridian_broker_trace_events_dropped counts them all)"
+            );
+        }
+    }
+
+    fn push(&self, entries: impl Iterator<Item = Pending>) {
+        let mut pending = self.pending.lock().expect("trace buffer lock");
+        let mut dropped = 0;
+        for entry in entries {
+            let weight = entry.weight();
+            if pending.1 + weight > self.config.buffer_events {
+                dropped += weight;
+                continue;
+            }
+            pending.1 += weight;
+            pending.0.push(entry);
+        }
+        let buffered = pending.1;
+        drop(pending);
+        self.metrics.buffered.set(buffered as i64);
+        if dropped > 0 {
+            self.drop_events("buffer_full", dropped);
+        }
+    }
+
+    /// Records that `messages` of one send were stored with `results` (same order).
+    pub fn stored(
+        &self,
+        topic: &str,
+        group: &str,
+        client_host: SocketAddr,
+        messages: &[MessageData],
+        results: &[SendResult],
+    ) {
+        if !self.traces(topic) {
+            return;
+        }
+        let topic: Arc<str> = Arc::from(topic);
+        let group: Arc<str> = Arc::from(group);
+        self.push(messages.iter().zip(results).map(|(message, result)| Pending::Stored {
+            topic: topic.clone(),
+            group: group.clone(),
+            client_host,
+            message: message.clone(),
+            result: result.clone(),
+        }));
+    }
+
+    /// Records that the messages of one send met their ack policy now.
+    pub fn replicated(&self, topic: &str, results: &[SendResult]) {
+        if !self.traces(topic) {
+            return;
+        }
+        let acked_at = now_millis();
+        let topic: Arc<str> = Arc::from(topic);
+        self.push(results.iter().map(|result| Pending::Replicated {
+            topic: topic.clone(),
+            result: result.clone(),
+            acked_at,
+        }));
+    }
+
+    /// Records that a pull of `topic` by `group` was answered with `response` (a `PullResponse`).
+    pub fn delivered(&self, topic: &str, group: &str, client_host: SocketAddr, response: &Bytes) {
+        if !self.traces(topic) {
+            return;
+        }
+        self.push(std::iter::once(Pending::Delivered {
+            group: group.to_owned(),
+            client_host,
+            response: response.clone(),
+            delivered_at: now_millis(),
+        }));
+    }
+
+    /// Takes a client's report ([`meridian_proto::RequestCode::TraceReport`]): a [`TraceBatch`] of
+    /// client-side events. The broker stamps the client's address and its own identity. Refused
+    /// whole when any event is malformed or of a type only brokers write.
+    pub fn report(&self, body: Bytes, client_host: SocketAddr) -> std::result::Result<usize, TraceError> {
+        let batch = TraceBatch::decode(body).map_err(|error| TraceError::Decode(error.to_string()))?;
+        let refuse = |index: usize, event: &TraceEvent, reason: String| {
+            self.metrics.reports_refused.inc();
+            TraceError::Event {
+                index,
+                event_id: event.event_id.clone(),
+                reason,
+            }
+        };
+        if batch.events.len() > MAX_REPORT_EVENTS {
+            self.metrics.reports_refused.inc();
+            return Err(TraceError::Decode(format!(
+                "a trace report holds {} events, over the limit of {MAX_REPORT_EVENTS}; send smaller reports",
+                batch.events.len()
+            )));
+        }
+        for (index, event) in batch.events.iter().enumerate() {
+            check_event(event).map_err(|reason| refuse(index, event, reason))?;
+            if !event.kind().is_client_side() {
+                return Err(refuse(
+                    index,
+                    event,
+                    format!(
+                        "clients may report only SubBefore and SubAfter events, not {}",
+                        event.kind().name()
+                    ),
+                ));
+            }
+        }
+        let count = batch.events.len();
+        let host = client_host.to_string();
+        self.push(
+            batch
+                .events
+                .into_iter()
+                .filter(|event| self.traces(&event.topic))
+                .map(|mut event| {
+                    event.client_host = host.clone();
+                    if event.broker_name.is_empty() {
+                        event.broker_name = self.identity.broker_name.clone();
+                    }
+                    Pending::Reported(event)
+                }),
+        );
+        Ok(count)
+    }
+
+    fn take(&self) -> Vec<Pending> {
+        let mut pending = self.pending.lock().expect("trace buffer lock");
+        pending.1 = 0;
+        let taken = std::mem::take(&mut pending.0);
+        drop(pending);
+        self.metrics.buffered.set(0);
+        taken
+    }
+
+    fn base_event(&self, kind: TraceType, timestamp: i64, stats: &ServerStats) -> TraceEvent {
+        TraceEvent {
+            event_id: MessageId::generate().to_string(),
+            trace_type: kind as i32,
+            timestamp,
+            broker_name: self.identity.broker_name.clone(),
+            broker_member: self.identity.member.clone(),
+            broker_host: self.identity.host.clone(),
+            idc: self.identity.idc.clone(),
+            server_stats: Some(stats.clone()),
+            ..TraceEvent::default()
+        }
+    }
+
+    /// Turns buffered entries into events (the flusher's work, off the hot path).
+    fn build(&self, entries: Vec<Pending>, stats: &ServerStats, events: &mut Vec<TraceEvent>) {
+        for entry in entries {
+            match entry {
+                Pending::Stored {
+                    topic,
+                    group,
+                    client_host,
+                    message,
+                    result,
+                } => {
+                    let props = &message.properties[..];
+                    let keys: Vec<String> = properties::get(props, properties::KEYS)
+                        .map(|keys| {
+                            keys.split(KEY_SEPARATOR)
+                                .filter(|key| !key.is_empty())
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let tags = properties::get(props, properties::TAGS).unwrap_or("").to_owned();
+                    let group = if group.is_empty() {
+                        properties::get(props, properties::PRODUCER_GROUP)
+                            .unwrap_or("")
+                            .to_owned()
+                    } else {
+                        group.to_string()
+                    };
+                    let born = message.born_timestamp;
+                    let mut publish = self.base_event(TraceType::Pub, born.max(1), stats);
+                    publish.msg_id = result.msg_id.clone();
+                    publish.topic = topic.to_string();
+                    publish.queue_id = result.queue_id;
+                    publish.queue_offset = result.queue_offset;
+                    publish.commitlog_offset = result.commitlog_offset;
+                    publish.keys = keys;
+                    publish.tags = tags;
+                    publish.group = group;
+                    publish.client_host = client_host.to_string();
+                    publish.born_timestamp = born;
+                    publish.store_timestamp = result.store_timestamp;
+                    publish.body_size = message.body.len() as u32;
+                    publish.reconsume_count = message.reconsume_count;
+                    // Pub's cost: born to stored, as the broker's clock sees it.
+                    publish.cost_us = (result.store_timestamp - born).max(0) as u64 * 1000;
+                    let mut store = publish.clone();
+                    store.event_id = MessageId::generate().to_string();
+                    store.trace_type = TraceType::Store as i32;
+                    store.timestamp = result.store_timestamp;
+                    store.cost_us = 0;
+                    events.push(publish);
+                    events.push(store);
+                }
+                Pending::Replicated {
+                    topic,
+                    result,
+                    acked_at,
+                } => {
+                    let mut event = self.base_event(TraceType::Replicate, acked_at, stats);
+                    let cost_us = (acked_at - result.store_timestamp).max(0) as u64 * 1000;
+                    self.replication_latency.0.fetch_add(cost_us, Ordering::Relaxed);
+                    self.replication_latency.1.fetch_add(1, Ordering::Relaxed);
+                    event.msg_id = result.msg_id;
+                    event.topic = topic.to_string();
+                    event.queue_id = result.queue_id;
+                    event.queue_offset = result.queue_offset;
+                    event.commitlog_offset = result.commitlog_offset;
+                    event.store_timestamp = result.store_timestamp;
+                    event.replicated_timestamp = acked_at;
+                    event.cost_us = cost_us;
+                    events.push(event);
+                }
+                Pending::Delivered {
+                    group,
+                    client_host,
+                    response,
+                    delivered_at,
+                } => {
+                    let Ok(response) = PullResponse::decode(response) else {
+                        continue;
+                    };
+                    let Ok(messages) = record::decode_all(&response.records) else {
+                        continue;
+                    };
+                    for message in messages {
+                        let mut event = self.base_event(TraceType::Deliver, delivered_at, stats);
+                        event.msg_id = message.msg_id().to_owned();
+                        event.keys = message.keys().map(str::to_owned).collect();
+                        event.tags = message.tag().unwrap_or("").to_owned();
+                        event.topic = message.topic;
+                        event.queue_id = message.queue_id;
+                        event.queue_offset = message.queue_offset;
+                        event.commitlog_offset = message.commitlog_offset;
+                        event.group = group.clone();
+                        event.client_host = client_host.to_string();
+                        event.born_timestamp = message.born_timestamp;
+                        event.store_timestamp = message.store_timestamp;
+                        event.delivered_timestamp = delivered_at;
+                        event.body_size = message.body.len() as u32;
+                        event.reconsume_count = message.reconsume_count;
+                        events.push(event);
+                    }
+                }
+                Pending::Reported(event) => events.push(event),
+            }
+        }
+    }
+}
+
+/// Samples the broker's load for [`ServerStats`].
+struct StatsSampler {
+    data_dir: PathBuf,
+    at: Instant,
+    stored: u64,
+    pulled: u64,
+    current: ServerStats,
+}
+
+impl StatsSampler {
+    fn new(data_dir: PathBuf, metrics: &BrokerMetrics) -> StatsSampler {
+        StatsSampler {
+            data_dir,
+            at: Instant::now(),
+            stored: metrics.messages_stored.get(),
+            pulled: metrics.messages_pulled.get(),
+            current: ServerStats::default(),
+        }
+    }
+
+    /// The stats, sampled again when the last sample is a second old.
+    fn sample(&mut self, metrics: &BrokerMetrics, emitter: &TraceEmitter) -> &ServerStats {
+        let elapsed = self.at.elapsed();
+        if elapsed < Duration::from_secs(1) {
+            return &self.current;
+        }
+        let seconds = elapsed.as_secs_f64();
+        let (stored, pulled) = (metrics.messages_stored.get(), metrics.messages_pulled.get());
+        let flush_sum = metrics.trace.flushes.0.swap(0, Ordering::Relaxed);
+        let flushes = metrics.trace.flushes.1.swap(0, Ordering::Relaxed);
+        let replication_sum = emitter.replication_latency.0.swap(0, Ordering::Relaxed);
+        let replications = emitter.replication_latency.1.swap(0, Ordering::Relaxed);
+        self.current = ServerStats {
+            send_tps: stored.saturating_sub(self.stored) as f64 / seconds,
+            pull_tps: pulled.saturating_sub(self.pulled) as f64 / seconds,
+            cpu_load: cpu_load(),
+            disk_used_ratio: disk_used_ratio(&self.data_dir),
+            flush_latency_us: flush_sum.checked_div(flushes).unwrap_or(0),
+            replication_latency_us: replication_sum.checked_div(replications).unwrap_or(0),
+        };
+        (self.at, self.stored, self.pulled) = (Instant::now(), stored, pulled);
+        &self.current
+    }
+}
+
+/// One-minute load average per CPU (0 where /proc/loadavg is missing).
+fn cpu_load() -> f64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |count| count.get()) as f64;
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |load| load / cpus)
+}
+
+/// Share of the filesystem holding `dir` in use (0 when it cannot be read).
+fn disk_used_ratio(dir: &std::path::Path) -> f64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return 0.0;
+    };
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `stats` a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 || stats.f_blocks == 0 {
+        return 0.0;
+    }
+    1.0 - stats.f_bavail as f64 / stats.f_blocks as f64
+}
+
+/// Creates the trace topic if the store lacks it (every broker, master or slave: a slave's
+/// dispatcher needs the topic to index what it replicates).
+pub fn ensure_topic(store: &MessageStore) -> Result<()> {
+    if store.topic_queues(TRACE_TOPIC).is_none() {
+        store.create_topic(TRACE_TOPIC, meridian_proto::trace::TRACE_TOPIC_QUEUES)?;
+    }
+    Ok(())
+}
+
+/// Appends the buffered events to the trace topic, `batch_events` per message.
+fn write(
+    emitter: &TraceEmitter,
+    store: &MessageStore,
+    replication: &Replication,
+    self_addr: SocketAddr,
+    events: Vec<TraceEvent>,
+) {
+    if events.is_empty() {
+        return;
+    }
+    if replication.check_writable().is_err() {
+        emitter.drop_events("not_master", events.len());
+        return;
+    }
+    let born = now_millis();
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        let batch = TraceBatch {
+            events: events.by_ref().take(emitter.config.batch_events).collect(),
+        };
+        let count = batch.events.len();
+        let message = MessageData {
+            flags: 0,
+            born_timestamp: born,
+            properties: Bytes::new(),
+            body: Bytes::from(batch.encode_to_vec()),
+            reconsume_count: 0,
+        };
+        match store.append(TRACE_TOPIC, None, std::slice::from_ref(&message), self_addr) {
+            Ok(_) => {
+                emitter.metrics.events_written.inc_by(count as u64);
+                emitter.metrics.batches_written.inc();
+            }
+            Err(error) => {
+                tracing::warn!(%error, count, "writing trace events failed");
+                emitter.drop_events("write_failed", count);
+            }
+        }
+    }
+    replication.notify_appended();
+}
+
+/// The flusher: every `flush_interval_ms` (or at once when woken), writes what is buffered. Runs
+/// until `stop`, then writes what is left.
+pub async fn flush_loop(
+    emitter: Arc<TraceEmitter>,
+    store: Arc<MessageStore>,
+    replication: Arc<Replication>,
+    metrics: Arc<BrokerMetrics>,
+    data_dir: PathBuf,
+    self_addr: SocketAddr,
+    stop: CancellationToken,
+) {
+    let interval = Duration::from_millis(emitter.config.flush_interval_ms);
+    let mut sampler = StatsSampler::new(data_dir, &metrics);
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tokio::time::sleep(interval) => false,
+            _ = emitter.wake.notified() => false,
+        };
+        let entries = emitter.take();
+        if !entries.is_empty() {
+            let stats = sampler.sample(&metrics, &emitter).clone();
+            let mut events = Vec::with_capacity(entries.len() * 2);
+            emitter.build(entries, &stats, &mut events);
+            write(&emitter, &store, &replication, self_addr, events);
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_proto::trace::TraceStatus;
+
+    fn emitter(buffer_events: usize) -> TraceEmitter {
+        TraceEmitter::new(
+            TraceConfig {
+                buffer_events,
+                exclude_topics: vec!["quiet".into()],
+                ..TraceConfig::default()
+            },
+            Identity {
+                broker_name: "broker-a".into(),
+                member: "a-0".into(),
+                host: "127.0.0.1:7911".into(),
+                idc: "dc1".into(),
+            },
+            Arc::default(),
+        )
+    }
+
+    fn message(keys: &[&str]) -> MessageData {
+        let mut props = properties::PropertiesBuilder::new();
+        props.keys(keys).unwrap();
+        props.tag("created").unwrap();
+        MessageData {
+            flags: 0,
+            born_timestamp: 1_000,
+            properties: Bytes::from(props.finish()),
+            body: Bytes::from_static(b"hello"),
+            reconsume_count: 0,
+        }
+    }
+
+    fn result(offset: u64) -> SendResult {
+        SendResult {
+            msg_id: MessageId::generate().to_string(),
+            queue_id: 1,
+            queue_offset: offset,
+            commitlog_offset: offset * 100,
+            store_timestamp: 1_002,
+        }
+    }
+
+    #[test]
+    fn a_full_buffer_drops_and_counts_instead_of_blocking() {
+        let emitter = emitter(5);
+        let host = "10.0.0.9:4000".parse().unwrap();
+        let messages = vec![message(&["k"]); 4];
+        let results: Vec<_> = (0..4).map(result).collect();
+        emitter.stored("orders", "shop", host, &messages, &results);
+        // Two events per stored message: two fit in five, the other two are dropped.
+        let dropped = emitter
+            .metrics
+            .events_dropped
+            .get_or_create(&DropLabels { reason: "buffer_full" })
+            .get();
+        assert_eq!(dropped, 4);
+        assert_eq!(emitter.take().len(), 2);
+        emitter.stored("quiet", "shop", host, &messages, &results);
+        emitter.stored(TRACE_TOPIC, "", host, &messages, &results);
+        assert!(emitter.take().is_empty(), "opted-out and system topics are not traced");
+    }
+
+    #[test]
+    fn stored_messages_become_valid_pub_and_store_events() {
+        let emitter = emitter(100);
+        let host = "10.0.0.9:4000".parse().unwrap();
+        emitter.stored("orders", "shop", host, &[message(&["order-1", "cust-7"])], &[result(3)]);
+        let mut events = Vec::new();
+        emitter.build(emitter.take(), &ServerStats::default(), &mut events);
+        assert_eq!(
+            events.iter().map(TraceEvent::kind).collect::<Vec<_>>(),
+            [TraceType::Pub, TraceType::Store]
+        );
+        for event in &events {
+            check_event(event).unwrap();
+            assert_eq!(event.keys, ["order-1", "cust-7"]);
+            assert_eq!((event.tags.as_str(), event.group.as_str()), ("created", "shop"));
+            assert_eq!(
+                (event.client_host.as_str(), event.idc.as_str()),
+                ("10.0.0.9:4000", "dc1")
+            );
+            assert_eq!((event.queue_offset, event.commitlog_offset), (3, 300));
+        }
+        assert_eq!((events[0].timestamp, events[1].timestamp), (1_000, 1_002));
+        assert_ne!(events[0].event_id, events[1].event_id);
+    }
+
+    #[test]
+    fn client_reports_take_only_valid_client_side_events() {
+        let emitter = emitter(100);
+        let host: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+        let event = |kind: TraceType| TraceEvent {
+            event_id: MessageId::generate().to_string(),
+            trace_type: kind as i32,
+            timestamp: 5,
+            msg_id: MessageId::generate().to_string(),
+            topic: "orders".into(),
+            status: TraceStatus::Ok as i32,
+            ..TraceEvent::default()
+        };
+        let body = |events: Vec<TraceEvent>| Bytes::from(TraceBatch { events }.encode_to_vec());
+        assert_eq!(
+            emitter.report(
+                body(vec![event(TraceType::SubBefore), event(TraceType::SubAfter)]),
+                host
+            ),
+            Ok(2)
+        );
+        let error = emitter.report(body(vec![event(TraceType::Store)]), host).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("clients may report only SubBefore and SubAfter"),
+            "{error}"
+        );
+        assert!(emitter.report(Bytes::from_static(b"\xff\xff"), host).is_err());
+        let taken = emitter.take();
+        assert_eq!(taken.len(), 2);
+        let Pending::Reported(first) = &taken[0] else {
+            panic!("a reported event")
+        };
+        assert_eq!(
+            (first.client_host.as_str(), first.broker_name.as_str()),
+            ("10.0.0.9:4000", "broker-a")
+        );
+    }
+}
