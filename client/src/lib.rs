@@ -24,6 +24,7 @@ mod message;
 mod producer;
 mod push;
 mod route;
+mod trace;
 #[cfg(test)]
 mod test_support;
 

@@ -85,6 +85,9 @@ pub struct ConsumerConfig {
     pub long_poll: Duration,
     /// How often processed offsets are committed.
     pub commit_interval: Duration,
+    /// Report consume-side trace events (SubBefore, SubAfter with cost and result) to the brokers,
+    /// which add them to the message's trace (default true).
+    pub trace: bool,
 }
 
 impl ConsumerConfig {
@@ -111,6 +114,7 @@ impl Default for ConsumerConfig {
             pull_batch: 32,
             long_poll: Duration::from_secs(5),
             commit_interval: Duration::from_secs(1),
+            trace: true,
         }
     }
 }
@@ -155,6 +159,8 @@ struct PushInner {
     workers: Mutex<BTreeMap<QueueId, QueueWorker>>,
     /// Rebalances run one at a time (the first one in `start`, then the periodic ones).
     rebalance_lock: tokio::sync::Mutex<()>,
+    /// Consume-side trace events waiting to be reported (`None` with `trace` off).
+    trace: Option<crate::trace::ConsumeTracer>,
 }
 
 struct QueueWorker {
@@ -240,13 +246,16 @@ impl PushConsumer {
         }
         let handler: BoxedHandler = Arc::new(move |message| Box::pin(handler(message)));
         let inner = Arc::new(PushInner {
-            config,
             pull,
             handler,
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
             workers: Mutex::new(BTreeMap::new()),
             rebalance_lock: tokio::sync::Mutex::new(()),
+            trace: config
+                .trace
+                .then(|| crate::trace::ConsumeTracer::new(&config.group, &config.client_id)),
+            config,
         });
         let started = async {
             inner.heartbeat().await?;
@@ -259,6 +268,7 @@ impl PushConsumer {
         inner.tracker.spawn(heartbeat_loop(inner.clone()));
         inner.tracker.spawn(rebalance_loop(inner.clone()));
         inner.tracker.spawn(commit_loop(inner.clone()));
+        inner.tracker.spawn(trace_report_loop(inner.clone()));
         info!(
             group = %inner.config.group,
             topic = %inner.config.topic,
@@ -548,6 +558,7 @@ impl PushInner {
             }
         }
         self.leave().await;
+        self.report_traces().await;
         self.pull.shutdown().await;
         info!(group = %self.config.group, client_id = %self.config.client_id, "push consumer stopped");
     }
@@ -602,6 +613,51 @@ async fn rebalance_loop(inner: Arc<PushInner>) {
         // Not cancellable midway: a rebalance that took queues away must commit them.
         if let Err(error) = inner.rebalance().await {
             warn!(%error, group = %inner.config.group, "rebalance failed, keeping the current queues");
+        }
+    }
+}
+
+/// Sends the consume-side trace events every 200 ms (and once more on shutdown).
+async fn trace_report_loop(inner: Arc<PushInner>) {
+    if inner.trace.is_none() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        inner.report_traces().await;
+    }
+}
+
+impl PushInner {
+    /// Sends each broker group the trace events of the messages it delivered. Not retried: a lost
+    /// report loses trace events, never messages.
+    async fn report_traces(&self) {
+        let Some(trace) = &self.trace else {
+            return;
+        };
+        for (broker_name, events) in trace.take() {
+            let count = events.len();
+            let queue = QueueId::new(broker_name, 0);
+            let sent = match self.queue_addr(&queue).await {
+                Ok(addr) => self
+                    .pull
+                    .pool
+                    .call_empty(
+                        &addr,
+                        meridian_proto::RequestCode::TraceReport,
+                        &meridian_proto::trace::TraceBatch { events },
+                        self.config.client.request_timeout,
+                    )
+                    .await
+                    .map_err(ClientError::from),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = sent {
+                debug!(broker = %queue.broker_name, count, %error, "consume trace report failed; its events are lost");
+            }
         }
     }
 }
@@ -678,7 +734,8 @@ async fn run_queue(inner: Arc<PushInner>, queue: QueueId, progress: Arc<QueuePro
                         continue;
                     }
                     let next = message.queue_offset + 1;
-                    if !consume_with_retries(&inner.handler, message, &stop, &queue).await {
+                    let trace = inner.trace.as_ref();
+                    if !consume_with_retries(&inner.handler, message, &stop, &queue, trace).await {
                         return;
                     }
                     offset = next;
@@ -732,14 +789,24 @@ async fn consume_with_retries(
     message: StoredMessage,
     stop: &CancellationToken,
     queue: &QueueId,
+    trace: Option<&crate::trace::ConsumeTracer>,
 ) -> bool {
     let mut backoff = CONSUME_RETRY_FIRST_BACKOFF;
     let mut attempts = 0u32;
     loop {
+        let started = trace.map(|trace| trace.before(&queue.broker_name, &message, attempts + 1));
         let outcome = AssertUnwindSafe(async { handler(message.clone()).await })
             .catch_unwind()
             .await;
         attempts += 1;
+        if let (Some(trace), Some(started)) = (trace, started) {
+            let status = match outcome {
+                Ok(ConsumeResult::Success) => meridian_proto::trace::TraceStatus::Ok,
+                Ok(ConsumeResult::Retry) => meridian_proto::trace::TraceStatus::RetryLater,
+                Err(_) => meridian_proto::trace::TraceStatus::Failed,
+            };
+            trace.after(&queue.broker_name, &message, started, status, attempts);
+        }
         match outcome {
             Ok(ConsumeResult::Success) => return true,
             Ok(ConsumeResult::Retry) => {
@@ -989,11 +1056,26 @@ mod tests {
         let handler = counting_handler(4, attempts.clone());
         let queue = QueueId::new("broker-a", 0);
         let started = tokio::time::Instant::now();
-        let handled = consume_with_retries(&handler, test_message(0), &CancellationToken::new(), &queue).await;
+        let trace = crate::trace::ConsumeTracer::new("workers", "c1");
+        let handled =
+            consume_with_retries(&handler, test_message(0), &CancellationToken::new(), &queue, Some(&trace)).await;
         assert!(handled);
         assert_eq!(attempts.load(Ordering::SeqCst), 5);
         // Waits of 1, 2, 4 and 8 seconds between the five attempts.
         assert_eq!(started.elapsed(), Duration::from_secs(15));
+        // Each attempt is traced: SubBefore, then SubAfter with its result.
+        let reports = trace.take();
+        let results: Vec<_> = reports[0]
+            .1
+            .iter()
+            .filter(|event| event.kind() == meridian_proto::trace::TraceType::SubAfter)
+            .map(|event| event.outcome())
+            .collect();
+        use meridian_proto::trace::TraceStatus;
+        let retry = TraceStatus::RetryLater;
+        assert_eq!(results.len(), 5, "{results:?}");
+        assert_eq!(*results.last().unwrap(), TraceStatus::Ok);
+        assert!(results[..4].iter().all(|status| *status == retry || *status == TraceStatus::Failed));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1002,7 +1084,7 @@ mod tests {
         let handler = counting_handler(8, attempts.clone());
         let queue = QueueId::new("broker-a", 0);
         let started = tokio::time::Instant::now();
-        assert!(consume_with_retries(&handler, test_message(0), &CancellationToken::new(), &queue).await);
+        assert!(consume_with_retries(&handler, test_message(0), &CancellationToken::new(), &queue, None).await);
         // Nine attempts: 1 + 2 + 4 + 8 + 16 + 30 + 30 + 30 seconds between them.
         assert_eq!(attempts.load(Ordering::SeqCst), 9);
         assert_eq!(started.elapsed(), Duration::from_secs(121));
@@ -1015,7 +1097,7 @@ mod tests {
         let stop = CancellationToken::new();
         let queue = QueueId::new("broker-a", 0);
         let stopper = stop.clone();
-        let (handled, ()) = tokio::join!(consume_with_retries(&handler, test_message(0), &stop, &queue), async {
+        let (handled, ()) = tokio::join!(consume_with_retries(&handler, test_message(0), &stop, &queue, None), async {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             stopper.cancel();
         });
