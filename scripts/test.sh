@@ -54,12 +54,13 @@ check_crate_graph() {
     "${PYTHON}" scripts/check-crate-graph.py
 }
 
-# Test-only services: the place where later work installs and starts what some tests need (an S3
-# server for the archive's object_store suite, a headless browser for the UI), exporting their
-# addresses as MERIDIAN_TEST_* variables and stopping them from the EXIT trap. Nothing needs one
-# yet, so this does nothing.
+# Test-only services: installs what some tests need, exporting where it is as MERIDIAN_TEST_*
+# variables. The archive's conformance suite starts its own s3s-fs (a real S3-compatible server) on
+# a loopback port per test; it is built once per machine (about 6 minutes) and cached.
 prepare_services() {
-    :
+    MERIDIAN_TEST_S3S_FS=$(scripts/install-s3s-fs.sh)
+    export MERIDIAN_TEST_S3S_FS
+    log "s3s-fs: ${MERIDIAN_TEST_S3S_FS}"
 }
 
 # The end-to-end tests (tests/e2e) run the real `meridian` binary as separate processes; cargo does

@@ -1,0 +1,298 @@
+//! The archiver: finds a broker's sealed segments older than `archive_after`, converts each to
+//! Parquet, uploads the files, then commits the segment's manifest entry. Idempotent by
+//! construction: file names are deterministic (a re-run overwrites the same paths with the same
+//! bytes), a segment counts as archived only once its entry exists, and committed segments are
+//! skipped. A crash at any step therefore leaves at worst uncommitted files that the next run
+//! overwrites, never a duplicate or a gap.
+//!
+//! The archiver only reads the broker's commitlog folder; deleting local segments is the
+//! broker's decision (it reads the manifest), so an archiver can run beside the broker as its
+//! own process (`meridian archiver`) or inside it (`meridian dev`).
+
+use std::path::{Path as FsPath, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use object_store::{ObjectStoreExt, PutPayload};
+
+use crate::convert::{self, ConvertOptions, ConvertedSegment};
+use crate::error::{ArchiveError, Result};
+use crate::manifest::{self, ManifestEntry};
+use crate::store::ArchiveStore;
+
+/// A step of an archive run where tests make the archiver crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashPoint {
+    /// Half of the first file uploaded, under its final name.
+    MidFile,
+    /// Every file uploaded, the manifest entry not written.
+    AfterFiles,
+    /// The manifest entry written (the broker has not deleted anything yet).
+    AfterManifest,
+}
+
+impl std::str::FromStr for CrashPoint {
+    type Err = String;
+    fn from_str(text: &str) -> Result<CrashPoint, String> {
+        match text {
+            "mid_file" => Ok(CrashPoint::MidFile),
+            "after_files" => Ok(CrashPoint::AfterFiles),
+            "after_manifest" => Ok(CrashPoint::AfterManifest),
+            other => Err(format!(
+                "unknown crash point {other:?}: mid_file, after_files or after_manifest"
+            )),
+        }
+    }
+}
+
+/// How a test crash happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Return [`ArchiveError::Crashed`] (unit tests).
+    Error,
+    /// Abort the process, as `kill -9` would stop it (end-to-end tests).
+    Abort,
+}
+
+/// A sealed segment file of the commitlog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentFile {
+    /// Global offset of its first byte (its name).
+    pub start: u64,
+    /// The file.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub len: u64,
+    /// Last modification (the broker writes a segment's closing marker last).
+    pub modified: SystemTime,
+}
+
+/// The segments in a commitlog folder, sorted by start, with whether each is sealed (a later
+/// segment exists, so the broker has closed it and will never write it again).
+pub fn list_segments(commitlog_dir: &FsPath) -> Result<Vec<(SegmentFile, bool)>> {
+    let mut found = Vec::new();
+    let listing = std::fs::read_dir(commitlog_dir).map_err(ArchiveError::io(format!(
+        "listing commitlog folder {}",
+        commitlog_dir.display()
+    )))?;
+    for entry in listing {
+        let entry = entry.map_err(ArchiveError::io(format!("listing {}", commitlog_dir.display())))?;
+        let Some(start) = entry.file_name().to_str().and_then(|name| name.parse::<u64>().ok()) else {
+            continue;
+        };
+        let metadata = entry
+            .metadata()
+            .map_err(ArchiveError::io(format!("reading {}", entry.path().display())))?;
+        found.push(SegmentFile {
+            start,
+            path: entry.path(),
+            len: metadata.len(),
+            modified: metadata.modified().unwrap_or(UNIX_EPOCH),
+        });
+    }
+    found.sort_by_key(|segment| segment.start);
+    let count = found.len();
+    Ok(found
+        .into_iter()
+        .enumerate()
+        .map(|(index, segment)| (segment, index + 1 < count))
+        .collect())
+}
+
+/// Converts a segment file (mapped read-only, read sequentially).
+pub fn convert_file(segment: &SegmentFile, options: &ConvertOptions) -> Result<ConvertedSegment> {
+    let file = std::fs::File::open(&segment.path)
+        .map_err(ArchiveError::io(format!("opening segment {}", segment.path.display())))?;
+    // SAFETY: a sealed segment is never written again; the broker only deletes it (which keeps
+    // the mapping valid) after its archive is committed.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(ArchiveError::io(format!("mapping segment {}", segment.path.display())))?;
+    let _ = map.advise(memmap2::Advice::Sequential);
+    convert::convert_segment(segment.start, &map, options)
+}
+
+/// What an archive run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Segments archived by this run.
+    pub archived: Vec<u64>,
+    /// Sealed segments already archived before.
+    pub already_archived: usize,
+    /// Sealed segments not old enough yet.
+    pub too_young: usize,
+    /// Records archived by this run.
+    pub records: u64,
+    /// Commitlog bytes archived by this run.
+    pub record_bytes: u64,
+    /// Parquet bytes written by this run.
+    pub parquet_bytes: u64,
+}
+
+/// Progress of a run, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Segments to archive in this run.
+    pub total_segments: usize,
+    /// Segments done.
+    pub done_segments: usize,
+    /// Commitlog bytes to archive in this run.
+    pub total_bytes: u64,
+    /// Commitlog bytes done.
+    pub done_bytes: u64,
+}
+
+/// Archives one broker's segments.
+pub struct Archiver {
+    store: ArchiveStore,
+    options: ConvertOptions,
+    commitlog_dir: PathBuf,
+    archive_after: Duration,
+    crash_at: Option<(CrashPoint, CrashMode)>,
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Archiver {
+    /// An archiver of the commitlog in `commitlog_dir` into `store`.
+    pub fn new(
+        store: ArchiveStore,
+        options: ConvertOptions,
+        commitlog_dir: impl Into<PathBuf>,
+        archive_after: Duration,
+    ) -> Result<Archiver> {
+        meridian_proto::validate::validate_group(&options.broker)?;
+        Ok(Archiver {
+            store,
+            options,
+            commitlog_dir: commitlog_dir.into(),
+            archive_after,
+            crash_at: None,
+        })
+    }
+
+    /// Makes the archiver crash at `point` (tests).
+    pub fn crash_at(mut self, point: CrashPoint, mode: CrashMode) -> Archiver {
+        self.crash_at = Some((point, mode));
+        self
+    }
+
+    /// The store archived into.
+    pub fn store(&self) -> &ArchiveStore {
+        &self.store
+    }
+
+    /// The broker archived.
+    pub fn broker(&self) -> &str {
+        &self.options.broker
+    }
+
+    fn crash(&self, point: CrashPoint) -> Result<()> {
+        match self.crash_at {
+            Some((at, mode)) if at == point => {
+                tracing::warn!(?point, "archiver crashing on purpose (test crash point)");
+                if mode == CrashMode::Abort {
+                    std::process::abort();
+                }
+                Err(ArchiveError::Crashed(point))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sealed segments old enough to archive and not archived yet, with the counts of the rest.
+    pub async fn pending(&self, ignore_age: bool) -> Result<(Vec<SegmentFile>, usize, usize)> {
+        let committed = manifest::committed_starts(&self.store, &self.options.broker).await?;
+        let now = SystemTime::now();
+        let (mut pending, mut already, mut young) = (Vec::new(), 0, 0);
+        for (segment, sealed) in list_segments(&self.commitlog_dir)? {
+            if !sealed {
+                continue;
+            }
+            if committed.binary_search(&segment.start).is_ok() {
+                already += 1;
+                continue;
+            }
+            let age = now.duration_since(segment.modified).unwrap_or_default();
+            if !ignore_age && age < self.archive_after {
+                young += 1;
+                continue;
+            }
+            pending.push(segment);
+        }
+        Ok((pending, already, young))
+    }
+
+    /// One pass: archives every pending segment in offset order. `now_all` ignores
+    /// `archive_after` (`meridian archive run --now`). Stops at the first error; what was
+    /// committed before it stays committed.
+    pub async fn run_once(&self, now_all: bool, mut progress: impl FnMut(Progress)) -> Result<RunReport> {
+        let (pending, already_archived, too_young) = self.pending(now_all).await?;
+        let mut report = RunReport {
+            already_archived,
+            too_young,
+            ..RunReport::default()
+        };
+        let mut state = Progress {
+            total_segments: pending.len(),
+            done_segments: 0,
+            total_bytes: pending.iter().map(|segment| segment.len).sum(),
+            done_bytes: 0,
+        };
+        progress(state);
+        for segment in pending {
+            let converted = {
+                let options = self.options.clone();
+                let segment = segment.clone();
+                // Parquet encoding is CPU work: keep it off the async workers.
+                tokio::task::spawn_blocking(move || convert_file(&segment, &options))
+                    .await
+                    .map_err(|error| ArchiveError::Corrupt(format!("conversion task failed: {error}")))??
+            };
+            self.publish(&converted).await?;
+            report.archived.push(converted.start);
+            report.records += converted.records;
+            report.record_bytes += converted.record_bytes;
+            report.parquet_bytes += converted.files.iter().map(|file| file.bytes.len() as u64).sum::<u64>();
+            tracing::info!(
+                segment = converted.start,
+                records = converted.records,
+                files = converted.files.len(),
+                "segment archived"
+            );
+            state.done_segments += 1;
+            state.done_bytes += segment.len;
+            progress(state);
+        }
+        Ok(report)
+    }
+
+    /// Uploads a converted segment's files, then commits its manifest entry.
+    pub async fn publish(&self, converted: &ConvertedSegment) -> Result<()> {
+        for (index, file) in converted.files.iter().enumerate() {
+            if index == 0 && self.crash_at.is_some_and(|(point, _)| point == CrashPoint::MidFile) {
+                let half = file.bytes.slice(..file.bytes.len() / 2);
+                self.store
+                    .inner
+                    .put(&file.path, PutPayload::from(half))
+                    .await
+                    .map_err(self.store.error(format!("uploading {}", file.path)))?;
+                self.crash(CrashPoint::MidFile)?;
+            }
+            self.store
+                .inner
+                .put(&file.path, PutPayload::from(file.bytes.clone()))
+                .await
+                .map_err(self.store.error(format!("uploading {}", file.path)))?;
+        }
+        self.crash(CrashPoint::AfterFiles)?;
+        let entry = ManifestEntry::new(&self.options.broker, converted, now_millis());
+        manifest::commit(&self.store, &entry).await?;
+        self.crash(CrashPoint::AfterManifest)?;
+        Ok(())
+    }
+}

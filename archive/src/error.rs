@@ -1,0 +1,77 @@
+//! The archive's errors. Each names the thing that failed and, where there is one, the fix.
+
+/// Everything that can go wrong archiving, reading or checking the archive.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// The object store refused or could not be reached (after its own retries).
+    #[error("object store {store}: {context}: {source}")]
+    Store {
+        /// The store's URL as configured (credentials never appear here).
+        store: String,
+        /// What was being done.
+        context: String,
+        /// The object_store error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A local file (a commitlog segment) could not be read.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The archive configuration is unusable.
+    #[error("archive config: {0}")]
+    Config(String),
+    /// A name that would become part of an archive path breaks the shared name rule.
+    #[error("refusing to archive: {0}")]
+    InvalidName(#[from] meridian_proto::validate::ValidationError),
+    /// A segment holds bytes that are not records.
+    #[error("segment {segment}: unreadable record at offset {offset}: {error}")]
+    Segment {
+        /// Start offset of the segment.
+        segment: u64,
+        /// Commitlog offset of the bad bytes.
+        offset: u64,
+        /// Why the bytes are not a record.
+        error: meridian_proto::record::RecordError,
+    },
+    /// Parquet encoding or decoding failed.
+    #[error("parquet {path}: {source}")]
+    Parquet {
+        /// The archive file.
+        path: String,
+        /// The parquet error.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// Arrow failed while building or reading columns.
+    #[error("arrow {context}: {source}")]
+    Arrow {
+        /// What was being done.
+        context: String,
+        /// The arrow error.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// A test crash point was reached.
+    #[error("archiver stopped at test crash point {0:?}")]
+    Crashed(crate::archiver::CrashPoint),
+    /// An archive file or manifest does not hold what it should.
+    #[error("archive is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The archive's result type.
+pub type Result<T, E = ArchiveError> = std::result::Result<T, E>;
+
+impl ArchiveError {
+    /// Wraps an I/O error with what was being done.
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ArchiveError {
+        let context = context.into();
+        move |source| ArchiveError::Io { context, source }
+    }
+}

@@ -1,0 +1,488 @@
+//! The archive conformance suite, run against every store: local filesystem, in-memory, and a
+//! real S3-compatible server (s3s-fs on loopback, which `scripts/test.sh` installs; no mocks).
+
+use std::collections::HashMap;
+use std::path::Path as FsPath;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_proto::record::{self, Entry};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+
+use crate::archiver::{Archiver, CrashMode, CrashPoint};
+use crate::convert::ConvertOptions;
+use crate::reader::{ArchiveReader, Replay};
+use crate::sample;
+use crate::store::{ArchiveConfig, ArchiveStore, S3Config};
+use crate::verify::{self, Problem};
+
+const SEGMENT_LEN: usize = 256 * 1024;
+const BROKER: &str = "broker-a";
+
+/// A commitlog folder with three sealed segments and an open one, and every record's bytes by
+/// (topic, queue, offset).
+struct Commitlog {
+    dir: tempfile::TempDir,
+    records: HashMap<(String, u32, u64), Vec<u8>>,
+}
+
+fn write_commitlog() -> Commitlog {
+    let dir = tempfile::tempdir().unwrap();
+    let commitlog = dir.path().join("commitlog");
+    std::fs::create_dir_all(&commitlog).unwrap();
+    // Store times cross midnight UTC, so a topic gets two day partitions.
+    let first = 1_795_651_190_000; // 2026-11-25T23:59:50Z
+    let messages = sample::messages(1200, 3, 4, first, 20, 300);
+    let mut offsets = HashMap::new();
+    let mut records = HashMap::new();
+    for (index, chunk) in messages.chunks(300).enumerate() {
+        let start = (index * SEGMENT_LEN) as u64;
+        let bytes = sample::segment(start, SEGMENT_LEN, chunk, &mut offsets, index < 3);
+        let mut position = 0;
+        while let Ok(Entry::Record(record)) = record::read_entry(&bytes[position..]) {
+            records.insert(
+                (record.topic().to_owned(), record.queue_id(), record.queue_offset()),
+                record.as_bytes().to_vec(),
+            );
+            position += record.total_size();
+        }
+        std::fs::write(commitlog.join(format!("{start:020}")), bytes).unwrap();
+    }
+    Commitlog { dir, records }
+}
+
+impl Commitlog {
+    fn commitlog_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("commitlog")
+    }
+    fn archived_records(&self) -> HashMap<(String, u32, u64), Vec<u8>> {
+        // The first three segments (900 messages) are sealed.
+        let sealed_end = 3 * SEGMENT_LEN as u64;
+        self.records
+            .iter()
+            .filter(|(_, bytes)| record::Record::parse(bytes).unwrap().commitlog_offset() < sealed_end)
+            .map(|(key, bytes)| (key.clone(), bytes.clone()))
+            .collect()
+    }
+}
+
+fn archiver(store: &ArchiveStore, log: &Commitlog) -> Archiver {
+    Archiver::new(
+        store.clone(),
+        ConvertOptions::new(BROKER),
+        log.commitlog_dir(),
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
+async fn replay_everything(reader: &ArchiveReader) -> HashMap<(String, u32, u64), Vec<u8>> {
+    let mut found = HashMap::new();
+    for topic in 0..3 {
+        let topic = format!("topic-{topic}");
+        for queue in 0..4u32 {
+            let Some(mut offset) = reader.with_index(|index| index.min_offset(&topic, queue)) else {
+                continue;
+            };
+            loop {
+                match reader.read(&topic, queue, offset, 7, 1 << 20).await.unwrap() {
+                    Replay::Found {
+                        records,
+                        count,
+                        next_offset,
+                    } => {
+                        let messages = record::decode_all(&bytes::Bytes::from(records.clone())).unwrap();
+                        assert_eq!(messages.len() as u64, count);
+                        let mut position = 0;
+                        for message in messages {
+                            assert_eq!((message.topic.as_str(), message.queue_id), (topic.as_str(), queue));
+                            let parsed = record::Record::parse(&records[position..]).unwrap();
+                            position += parsed.total_size();
+                            assert!(
+                                found
+                                    .insert((topic.clone(), queue, message.queue_offset), parsed.as_bytes().to_vec())
+                                    .is_none(),
+                                "offset {} replayed twice",
+                                message.queue_offset
+                            );
+                        }
+                        assert!(next_offset > offset);
+                        offset = next_offset;
+                    }
+                    Replay::Moved(next) => panic!("unexpected gap at {offset}, next {next}"),
+                    Replay::NotArchived => break,
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The suite: every test of it runs against `store`, which must be empty.
+async fn conformance(store: ArchiveStore) {
+    archive_replay_is_byte_identical(&store).await;
+    for point in [CrashPoint::MidFile, CrashPoint::AfterFiles, CrashPoint::AfterManifest] {
+        crash_then_rerun_gives_the_same_archive(point).await;
+    }
+    corrupt_files_are_named_by_verify(&store).await;
+}
+
+async fn archive_replay_is_byte_identical(store: &ArchiveStore) {
+    let log = write_commitlog();
+    let archiver = archiver(store, &log);
+    // Fresh segments are younger than archive_after: nothing happens without --now.
+    let report = archiver.run_once(false, |_| {}).await.unwrap();
+    assert_eq!((report.archived.len(), report.too_young), (0, 3));
+    let mut last_progress = None;
+    let report = archiver
+        .run_once(true, |progress| last_progress = Some(progress))
+        .await
+        .unwrap();
+    assert_eq!(report.archived, vec![0, SEGMENT_LEN as u64, 2 * SEGMENT_LEN as u64]);
+    assert_eq!(report.records, 900);
+    let progress = last_progress.unwrap();
+    assert_eq!((progress.done_segments, progress.total_segments), (3, 3));
+
+    let reader = ArchiveReader::new(store.clone(), BROKER).unwrap();
+    reader.refresh(false).await.unwrap();
+    let replayed = replay_everything(&reader).await;
+    let expected = log.archived_records();
+    assert_eq!(replayed.len(), expected.len());
+    for (key, bytes) in &expected {
+        assert_eq!(replayed.get(key), Some(bytes), "{key:?} differs after the archive");
+    }
+
+    // A re-run changes nothing: same files, no duplicates.
+    let files_before = list(store, "messages").await;
+    let report = archiver.run_once(true, |_| {}).await.unwrap();
+    assert_eq!((report.archived.len(), report.already_archived), (0, 3));
+    assert_eq!(list(store, "messages").await, files_before);
+    // Two topics cross midnight: 3 topics x 3 segments, plus the second day's files.
+    assert!(
+        files_before.iter().any(|path| path.contains("date=2026-11-26")),
+        "{files_before:?}"
+    );
+    let report = verify::verify(store, BROKER).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!((report.segments, report.rows), (3, 900));
+    assert!(report.uncommitted.is_empty());
+
+    let status = verify::status(store, BROKER).await.unwrap();
+    assert_eq!(status.archived_until_offset, 3 * SEGMENT_LEN as u64);
+    assert_eq!(status.records, 900);
+    assert!(status.parquet_bytes > 0 && status.parquet_bytes < status.record_bytes);
+    clear(store).await;
+}
+
+async fn crash_then_rerun_gives_the_same_archive(point: CrashPoint) {
+    let log = write_commitlog();
+    // The reference archive: an uninterrupted run into a store of its own.
+    let clean = ArchiveStore::in_memory();
+    archiver(&clean, &log).run_once(true, |_| {}).await.unwrap();
+
+    let store = ArchiveStore::in_memory();
+    let crashing = archiver(&store, &log).crash_at(point, CrashMode::Error);
+    let error = crashing.run_once(true, |_| {}).await.unwrap_err();
+    assert!(error.to_string().contains("crash point"), "{error}");
+    // After a crash before the commit, nothing is visible, only uncommitted files.
+    let report = verify::verify(&store, BROKER).await.unwrap();
+    assert!(report.problems.is_empty(), "{point:?}: {:?}", report.problems);
+    let committed = if point == CrashPoint::AfterManifest { 1 } else { 0 };
+    assert_eq!(report.segments, committed, "{point:?}");
+    if point != CrashPoint::AfterManifest {
+        assert!(!report.uncommitted.is_empty(), "{point:?}: the crash left files");
+    }
+
+    archiver(&store, &log).run_once(true, |_| {}).await.unwrap();
+    let report = verify::verify(&store, BROKER).await.unwrap();
+    assert!(report.problems.is_empty(), "{point:?}: {:?}", report.problems);
+    assert!(report.uncommitted.is_empty(), "{point:?}: {:?}", report.uncommitted);
+    assert_eq!((report.segments, report.rows), (3, 900));
+    // Byte-identical to the archive made without a crash.
+    let files = list(&store, "messages").await;
+    assert_eq!(files, list(&clean, "messages").await);
+    for path in files {
+        assert_eq!(get(&store, &path).await, get(&clean, &path).await, "{path}");
+    }
+}
+
+async fn corrupt_files_are_named_by_verify(store: &ArchiveStore) {
+    let log = write_commitlog();
+    archiver(store, &log).run_once(true, |_| {}).await.unwrap();
+    let files = list(store, "messages").await;
+    let victim = files[1].clone();
+    let mut bytes = get(store, &victim).await;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    store
+        .inner
+        .put(&Path::from(victim.as_str()), PutPayload::from(bytes))
+        .await
+        .unwrap();
+    let missing = files[2].clone();
+    store.inner.delete(&Path::from(missing.as_str())).await.unwrap();
+    let report = verify::verify(store, BROKER).await.unwrap();
+    assert_eq!(
+        report.problems,
+        vec![Problem::Checksum(victim.clone()), Problem::Missing(missing.clone())]
+    );
+    assert!(report.problems[0].to_string().contains(&victim));
+
+    // Replay refuses the corrupt file instead of serving wrong bytes.
+    let reader = ArchiveReader::new(store.clone(), BROKER).unwrap();
+    reader.refresh(false).await.unwrap();
+    let topic = victim
+        .split("topic=")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut refused = false;
+    for queue in 0..4 {
+        let first_offset = reader.with_index(|index| {
+            index
+                .queue_files(&topic, queue)
+                .iter()
+                .find(|file| file.path == victim)
+                .map(|file| file.first_offset)
+        });
+        if let Some(min) = first_offset {
+            let error = reader.read(&topic, queue, min, 10, 1 << 20).await.unwrap_err();
+            assert!(error.to_string().contains("archive verify"), "{error}");
+            refused = true;
+        }
+    }
+    assert!(refused);
+    clear(store).await;
+}
+
+async fn list(store: &ArchiveStore, prefix: &str) -> Vec<String> {
+    use futures_util::TryStreamExt;
+    let mut paths: Vec<String> = store
+        .inner
+        .list(Some(&Path::from(prefix)))
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    paths.sort();
+    paths
+}
+
+async fn get(store: &ArchiveStore, path: &str) -> Vec<u8> {
+    store
+        .inner
+        .get(&Path::from(path))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+async fn clear(store: &ArchiveStore) {
+    for path in list(store, "").await {
+        store.inner.delete(&Path::from(path.as_str())).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_local_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance(ArchiveStore::local(dir.path()).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_in_memory() {
+    conformance(ArchiveStore::in_memory()).await;
+}
+
+/// A real S3-compatible server on loopback, stopped on drop.
+pub(crate) struct S3Server {
+    child: Child,
+    pub endpoint: String,
+    _root: tempfile::TempDir,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The s3s-fs binary: `MERIDIAN_TEST_S3S_FS`, else `~/.cargo/bin/s3s-fs` where
+/// `scripts/install-s3s-fs.sh` puts it.
+fn s3s_fs_binary() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("MERIDIAN_TEST_S3S_FS") {
+        return path.into();
+    }
+    let home =
+        std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    FsPath::new(&home).join("bin/s3s-fs")
+}
+
+pub(crate) fn start_s3s(bucket: &str) -> S3Server {
+    let binary = s3s_fs_binary();
+    assert!(
+        binary.exists(),
+        "{} is missing: run scripts/install-s3s-fs.sh (scripts/test.sh does) or set MERIDIAN_TEST_S3S_FS",
+        binary.display()
+    );
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join(bucket)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(binary)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            "meridian",
+            "--secret-key",
+            "meridian-secret",
+        ])
+        .arg(root.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "s3s-fs did not listen on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    S3Server {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        _root: root,
+    }
+}
+
+pub(crate) fn s3_config(endpoint: &str, url: &str) -> ArchiveConfig {
+    ArchiveConfig {
+        store: url.into(),
+        s3: S3Config {
+            endpoint: Some(endpoint.into()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("meridian".into()),
+            secret_access_key: Some("meridian-secret".into()),
+            allow_http: true,
+        },
+        max_retries: 1,
+        request_timeout_secs: 5,
+        ..ArchiveConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_s3() {
+    let server = start_s3s("archive");
+    let config = s3_config(&server.endpoint, "s3://archive/meridian");
+    let store = ArchiveStore::open(&config, FsPath::new("unused")).unwrap();
+    conformance(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_a_clear_error_after_retries() {
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = s3_config(&format!("http://127.0.0.1:{port}"), "s3://archive");
+    let store = ArchiveStore::open(&config, FsPath::new("unused")).unwrap();
+    let log = write_commitlog();
+    let started = Instant::now();
+    let error = archiver(&store, &log)
+        .run_once(true, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("object store s3://archive"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // Wrong credentials: refused, named.
+    let server = start_s3s("archive");
+    let mut config = s3_config(&server.endpoint, "s3://archive");
+    config.s3.secret_access_key = Some("wrong".into());
+    let store = ArchiveStore::open(&config, FsPath::new("unused")).unwrap();
+    let error = archiver(&store, &log)
+        .run_once(true, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("object store s3://archive"), "{error}");
+    let error = ArchiveStore::open(
+        &ArchiveConfig {
+            store: "ftp://x".into(),
+            ..ArchiveConfig::default()
+        },
+        FsPath::new("unused"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("unknown scheme"), "{error}");
+}
+
+#[tokio::test]
+async fn files_have_zstd_statistics_page_index_and_bloom_filters() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::file::serialized_reader::ReadOptionsBuilder;
+    let log = write_commitlog();
+    let store = ArchiveStore::in_memory();
+    archiver(&store, &log).run_once(true, |_| {}).await.unwrap();
+    let path = list(&store, "messages").await.remove(0);
+    let bytes = bytes::Bytes::from(get(&store, &path).await);
+    let properties = parquet::file::properties::ReaderProperties::builder()
+        .set_read_bloom_filter(true)
+        .build();
+    let options = ReadOptionsBuilder::new()
+        .with_page_index()
+        .with_reader_properties(properties)
+        .build();
+    let reader = SerializedFileReader::new_with_options(bytes, options).unwrap();
+    let metadata = reader.metadata();
+    assert!(
+        metadata.column_index().is_some() && metadata.offset_index().is_some(),
+        "page index"
+    );
+    let row_group = reader.get_row_group(0).unwrap();
+    let schema = metadata.file_metadata().schema_descr();
+    let column_of = |name: &str| {
+        (0..schema.num_columns())
+            .find(|index| schema.column(*index).path().string() == name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+    };
+    let msg_id = column_of("msg_id");
+    let keys = column_of("keys.list.item");
+    let chunk = metadata.row_group(0).column(msg_id);
+    assert!(matches!(chunk.compression(), parquet::basic::Compression::ZSTD(_)));
+    assert!(chunk.statistics().is_some());
+    let first_id = {
+        let messages = sample::messages(1, 1, 1, 0, 0, 10);
+        messages[0].msg_id.clone()
+    };
+    let bloom = row_group
+        .get_column_bloom_filter(msg_id)
+        .expect("bloom filter on msg_id");
+    assert!(bloom.check(&first_id.as_str()) || !path.contains("topic-0"));
+    assert!(!bloom.check(&"NOT-AN-ID"));
+    assert!(
+        row_group.get_column_bloom_filter(keys).is_some(),
+        "bloom filter on keys"
+    );
+    let sorting = metadata.row_group(0).sorting_columns().expect("sorting columns");
+    assert_eq!(sorting.len(), 2);
+    let _ = Arc::new(());
+}
