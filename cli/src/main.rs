@@ -11,6 +11,7 @@ mod config;
 mod governance;
 mod http;
 mod serve;
+mod trace_cmds;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -52,6 +53,11 @@ enum Command {
     /// Measure throughput and latency (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run the tracer: index the system trace topic and serve lookups (`MERIDIAN_TRACER__*`
+    /// variables override its config file).
+    Tracer(trace_cmds::TracerArgs),
+    /// Print a message's timeline (by msgId or offset id), or the timelines of a key's messages.
+    Trace(trace_cmds::TraceArgs),
 }
 
 /// Where a client command finds brokers: through the nameservers, or one standalone broker.
@@ -95,7 +101,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let serving = matches!(
         &cli.command,
-        Command::Dev(_) | Command::Nameserver(_) | Command::Broker(governance::BrokerCli { command: None, .. })
+        Command::Dev(_) | Command::Nameserver(_) | Command::Tracer(_) | Command::Broker(governance::BrokerCli { command: None, .. })
     );
     init_logging(cli.log.as_deref().unwrap_or(if serving { "info" } else { "warn" }));
     match run(cli) {
@@ -132,6 +138,8 @@ fn run(cli: Cli) -> Result<()> {
             Command::Produce(args) => client_cmds::produce(args).await,
             Command::Consume(args) => client_cmds::consume(args).await,
             Command::Bench(command) => bench::run(command).await,
+            Command::Tracer(args) => trace_cmds::tracer(args).await,
+            Command::Trace(args) => trace_cmds::trace(args).await,
         }
     });
     // Blocking tasks (stdin readers) must not keep the process alive after the command is done.

@@ -61,6 +61,7 @@ pub struct NameserverArgs {
 struct Services {
     nameserver: Option<Nameserver>,
     broker: Option<Broker>,
+    tracer: Option<meridian_tracer::Tracer>,
     http: Option<(tokio::net::TcpListener, axum::Router)>,
 }
 
@@ -77,6 +78,12 @@ async fn run(services: Services, ready: impl std::future::Future<Output = ()>) -
             }
         });
     }
+    // The tracer stops first: its last commit of offsets still finds the broker.
+    let tracer_stop = CancellationToken::new();
+    let tracer_task = services.tracer.map(|tracer| {
+        let stopped = tracer_stop.clone();
+        tasks.spawn(async move { tracer.run(stopped.cancelled_owned()).await })
+    });
     let broker_stop = CancellationToken::new();
     let broker_task = services.broker.map(|broker| {
         let stopped = broker_stop.clone();
@@ -93,10 +100,15 @@ async fn run(services: Services, ready: impl std::future::Future<Output = ()>) -
         _ = shutdown_signal() => {}
     }
     stop.cancel();
-    broker_stop.cancel();
+    tracer_stop.cancel();
     let mut result = Ok(());
+    if let Some(task) = tracer_task {
+        result = task.await.context("tracer task panicked")?.context("tracer failed");
+    }
+    broker_stop.cancel();
     if let Some(task) = broker_task {
-        result = task.await.context("broker task panicked")?.context("broker failed");
+        let stopped = task.await.context("broker task panicked")?.context("broker failed");
+        result = result.and(stopped);
     }
     nameserver_stop.cancel();
     if let Some(task) = nameserver_task {
@@ -149,8 +161,18 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         .await
         .context("starting the broker")?;
     let broker_addr = broker.local_addr();
+    let tracer_config = meridian_tracer::TracerConfig {
+        nameservers: vec![nameserver_addr.to_string()],
+        data_dir: args.data_dir.join("tracer"),
+        http_listen: None,
+        ..meridian_tracer::TracerConfig::default()
+    };
+    let tracer_metrics = Arc::new(meridian_tracer::TracerMetrics::register(&mut registry));
+    let tracer = meridian_tracer::Tracer::open(tracer_config, tracer_metrics).context("opening the trace index")?;
+    let tracer_router = tracer.router();
     let router = http::router(Arc::new(registry), broker_name, &broker)
-        .merge(meridian_nameserver::http::router(nameserver.service()));
+        .merge(meridian_nameserver::http::router(nameserver.service()))
+        .merge(tracer_router);
 
     let service = nameserver.service();
     let replication = broker.replication();
@@ -175,13 +197,15 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             "  broker     {broker_addr} (flush: {})",
             if flush_mode == FlushMode::Sync { "sync" } else { "async" }
         );
-        println!("  http       http://{http_addr}  (/api/health, /api/topics, /api/cluster, /metrics)");
+        println!("  http       http://{http_addr}  (/api/health, /api/topics, /api/cluster, /api/traces, /metrics)");
+        println!("  tracer     indexing the trace topic into {}", args.data_dir.join("tracer").display());
         println!("ready; press Ctrl-C to stop");
     };
     run(
         Services {
             nameserver: Some(nameserver),
             broker: Some(broker),
+            tracer: Some(tracer),
             http: Some((http_listener, router)),
         },
         ready,

@@ -1,0 +1,240 @@
+//! `meridian tracer` (run the tracer) and `meridian trace` (look a message's timeline up).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use meridian_tracer::{Tracer, TracerConfig, TracerMetrics};
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{config, http};
+
+/// Arguments of `meridian tracer`.
+#[derive(Debug, clap::Args)]
+pub struct TracerArgs {
+    /// Tracer config file (TOML); defaults apply to anything it leaves out.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// `meridian tracer --config FILE`: index the trace topic and serve lookups.
+pub async fn tracer(args: TracerArgs) -> Result<()> {
+    let config: TracerConfig = config::load("tracer", args.config.as_deref())?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(TracerMetrics::register(&mut registry));
+    let http_listen = config.http_listen;
+    let tracer = Tracer::open(config, metrics).context("opening the trace index")?;
+    let listener = match http_listen {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    if let Some(listener) = listener {
+        println!(
+            "meridian tracer: http http://{}  (/api/traces/{{msgId}}, /api/traces?key=K, /metrics)",
+            listener.local_addr()?
+        );
+        let router = tracer.router().merge(http::metrics_router(Arc::new(registry)));
+        let stopped = stop.clone();
+        tasks.spawn(async move {
+            if let Err(error) = http::serve(listener, router, stopped.cancelled_owned()).await {
+                tracing::error!(%error, "http listener failed");
+            }
+        });
+    } else {
+        println!("meridian tracer: no http_listen, lookups are off");
+    }
+    tasks.close();
+    let result = tracer.run(crate::shutdown_signal()).await;
+    stop.cancel();
+    tasks.wait().await;
+    result.context("tracer failed")
+}
+
+/// Arguments of `meridian trace`.
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// A msgId (32 hex digits) or a broker-assigned offset id (BROKER:OFFSET).
+    #[arg(required_unless_present = "key", conflicts_with = "key")]
+    id: Option<String>,
+    /// Every message with this key instead.
+    #[arg(long)]
+    key: Option<String>,
+    /// With --key: only this topic.
+    #[arg(long, requires = "key")]
+    topic: Option<String>,
+    /// With --key: only messages with events at or after this time (Unix ms or RFC 3339 UTC).
+    #[arg(long, requires = "key")]
+    from: Option<String>,
+    /// With --key: only messages with events before this time.
+    #[arg(long, requires = "key")]
+    to: Option<String>,
+    /// With --key: messages per page (1 to 1000).
+    #[arg(long, default_value_t = 20, requires = "key")]
+    limit: usize,
+    /// With --key: messages to skip (the `next_offset` of the page before).
+    #[arg(long, default_value_t = 0, requires = "key")]
+    offset: usize,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The tracer's HTTP address (`meridian dev` serves it on its one listener).
+    #[arg(long, env = "MERIDIAN_TRACER", default_value = "127.0.0.1:8080")]
+    tracer: String,
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => (byte as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// `GET path` on the tracer: the status and the JSON body. HTTP/1.0, so a dozen lines do.
+async fn get(addr: &str, path: &str) -> Result<(u16, Value)> {
+    let addr = addr.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the tracer at {addr} (set --tracer or MERIDIAN_TRACER)"))?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").context("the tracer's answer has no body")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse::<u16>().ok())
+        .context("the tracer's answer has no status")?;
+    let value = serde_json::from_str(body).with_context(|| format!("the tracer answered {status} without JSON: {body}"))?;
+    Ok((status, value))
+}
+
+/// `meridian trace MSGID` or `meridian trace --key K`.
+pub async fn trace(args: TraceArgs) -> Result<()> {
+    let path = match (&args.id, &args.key) {
+        (Some(id), _) => format!("/api/traces/{}", encode(id)),
+        (None, Some(key)) => {
+            let mut path = format!("/api/traces?key={}&limit={}&offset={}", encode(key), args.limit, args.offset);
+            for (name, value) in [("topic", &args.topic), ("from", &args.from), ("to", &args.to)] {
+                if let Some(value) = value {
+                    path.push_str(&format!("&{name}={}", encode(value)));
+                }
+            }
+            path
+        }
+        (None, None) => bail!("give a msgId or offset id, or --key K"),
+    };
+    let (status, body) = get(&args.tracer, &path).await?;
+    if status != 200 {
+        bail!(
+            "{}",
+            body.get("error").and_then(Value::as_str).unwrap_or("the tracer refused the lookup")
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    if args.id.is_some() {
+        print_timeline(&body);
+    } else {
+        let messages = body.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
+        let total = body.get("total").and_then(Value::as_u64).unwrap_or(0);
+        println!(
+            "key {}: {total} message(s); showing {} from {}",
+            args.key.as_deref().unwrap_or(""),
+            messages.len(),
+            args.offset
+        );
+        for message in &messages {
+            println!();
+            print_timeline(message);
+        }
+        if let Some(next) = body.get("next_offset").and_then(Value::as_u64) {
+            println!("\nmore: meridian trace --key {} --offset {next}", args.key.as_deref().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+fn text<'a>(value: &'a Value, field: &str) -> &'a str {
+    value.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
+fn print_timeline(timeline: &Value) {
+    let keys: Vec<&str> = timeline
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(|keys| keys.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    println!(
+        "msgId {}  topic {}  keys {}  tag {}  offset id {}",
+        text(timeline, "msg_id"),
+        text(timeline, "topic"),
+        if keys.is_empty() { "-".to_owned() } else { keys.join(",") },
+        Some(text(timeline, "tags")).filter(|tag| !tag.is_empty()).unwrap_or("-"),
+        Some(text(timeline, "offset_id")).filter(|id| !id.is_empty()).unwrap_or("-"),
+    );
+    println!(
+        "{:<25} {:<10} {:>8} {:<8} {:<14} {:<6} {:<12} {:<40} {}",
+        "TIME", "STEP", "+MS", "STATUS", "BROKER", "IDC", "GROUP", "WHERE", "DETAIL"
+    );
+    for step in timeline.get("steps").and_then(Value::as_array).into_iter().flatten() {
+        let since = step
+            .get("since_previous_ms")
+            .and_then(Value::as_i64)
+            .map_or_else(|| "-".to_owned(), |ms| ms.to_string());
+        let cost = step.get("cost_us").and_then(Value::as_u64).unwrap_or(0);
+        let mut detail = format!(
+            "queue {} offset {}",
+            step.get("queue_id").and_then(Value::as_u64).unwrap_or(0),
+            step.get("queue_offset").and_then(Value::as_u64).unwrap_or(0)
+        );
+        if cost > 0 {
+            detail.push_str(&format!(" cost {:.3} ms", cost as f64 / 1000.0));
+        }
+        let reconsume = step.get("reconsume_count").and_then(Value::as_u64).unwrap_or(0);
+        if reconsume > 0 {
+            detail.push_str(&format!(" reconsume {reconsume}"));
+        }
+        if !text(step, "error").is_empty() {
+            detail.push_str(&format!(" error: {}", text(step, "error")));
+        }
+        let dash = |value: &str| if value.is_empty() { "-".to_owned() } else { value.to_owned() };
+        println!(
+            "{:<25} {:<10} {:>8} {:<8} {:<14} {:<6} {:<12} {:<40} {}",
+            text(step, "time"),
+            text(step, "type"),
+            since,
+            text(step, "status"),
+            dash(text(step, "broker")),
+            dash(text(step, "idc")),
+            dash(text(step, "group")),
+            text(step, "host"),
+            detail
+        );
+    }
+    if let Some(hops) = timeline.get("hops") {
+        let hop = |field: &str| {
+            hops.get(field)
+                .and_then(Value::as_i64)
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms"))
+        };
+        println!(
+            "hops: born→stored {}, stored→replicated {}, stored→delivered {}, delivered→consumed {}, total {}",
+            hop("born_to_stored_ms"),
+            hop("stored_to_replicated_ms"),
+            hop("stored_to_delivered_ms"),
+            hop("delivered_to_consumed_ms"),
+            hop("total_ms")
+        );
+    }
+}

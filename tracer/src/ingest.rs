@@ -1,0 +1,426 @@
+//! Reading the trace topic into the index.
+//!
+//! One reader task per queue of the trace topic (every broker group holds
+//! [`meridian_proto::trace::TRACE_TOPIC_QUEUES`] of them) long-polls its queue and hands what it
+//! read to the indexer. The indexer checks each record ([`decode_batch`]: a malformed one is
+//! counted and skipped, the rest of the queue goes on), adds its events on a blocking thread, and
+//! every `commit_interval_ms` commits the index with the positions read, then commits the same
+//! positions as the group's offsets on the brokers. A crash between the two re-reads from the
+//! brokers' older offsets, and the index skips what its commits already hold.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_client::{ConnectionPool, RouteSource};
+use meridian_proto::RequestCode;
+use meridian_proto::messages::{
+    BrokerRoute, CommitOffsetRequest, PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse,
+    QueueInfoResponse, QueueRef,
+};
+use meridian_proto::record::{StoredMessage, decode_all};
+use meridian_proto::trace::{TRACE_TOPIC, decode_batch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::TracerConfig;
+use crate::index::{Added, Positions, TraceIndex, day_of, queue_key};
+use crate::metrics::{SkipLabels, TracerMetrics};
+
+const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+const LONG_POLL: Duration = Duration::from_millis(1000);
+
+/// What one queue reader read.
+struct Read {
+    broker_name: String,
+    queue_id: u32,
+    messages: Vec<StoredMessage>,
+    next_offset: u64,
+}
+
+/// Addresses to read each broker group from (its master, else its most advanced live slave).
+type Addrs = Arc<Mutex<BTreeMap<String, String>>>;
+
+fn read_addr(broker: &BrokerRoute) -> Option<String> {
+    if !broker.addr.is_empty() {
+        return Some(broker.addr.clone());
+    }
+    broker
+        .replicas
+        .iter()
+        .filter(|replica| replica.alive && !replica.addr.is_empty())
+        .max_by_key(|replica| replica.max_offset)
+        .map(|replica| replica.addr.clone())
+}
+
+/// Everything the ingest tasks share.
+struct Ingest {
+    index: Arc<TraceIndex>,
+    pool: ConnectionPool,
+    config: TracerConfig,
+    metrics: Arc<TracerMetrics>,
+    addrs: Addrs,
+    stop: CancellationToken,
+}
+
+impl Ingest {
+    fn addr(&self, broker_name: &str) -> Option<String> {
+        self.addrs.lock().expect("addrs lock").get(broker_name).cloned()
+    }
+
+    fn timeout(&self) -> Duration {
+        self.pool.config().request_timeout
+    }
+
+    /// Where a queue's reading starts: past what the index committed or the group committed on
+    /// the broker, whichever is further; the queue's first offset when neither exists.
+    async fn start_offset(&self, broker_name: &str, queue_id: u32) -> Result<u64, String> {
+        let addr = self.addr(broker_name).ok_or("no address")?;
+        let stored: QueryOffsetResponse = self
+            .pool
+            .call(
+                &addr,
+                RequestCode::QueryOffset,
+                &QueryOffsetRequest {
+                    group: self.config.group.clone(),
+                    topic: TRACE_TOPIC.into(),
+                    queue_id,
+                },
+                self.timeout(),
+            )
+            .await
+            .map_err(|error| error.to_string())?;
+        let indexed = self
+            .index
+            .committed_positions()
+            .get(&queue_key(broker_name, queue_id))
+            .copied();
+        match stored.offset.max(indexed) {
+            Some(offset) => Ok(offset),
+            None => {
+                let info: QueueInfoResponse = self
+                    .pool
+                    .call(
+                        &addr,
+                        RequestCode::QueueInfo,
+                        &QueueRef {
+                            topic: TRACE_TOPIC.into(),
+                            queue_id,
+                        },
+                        self.timeout(),
+                    )
+                    .await
+                    .map_err(|error| error.to_string())?;
+                Ok(info.min_offset)
+            }
+        }
+    }
+
+    async fn pull(&self, broker_name: &str, queue_id: u32, offset: u64) -> Result<Read, String> {
+        let addr = self.addr(broker_name).ok_or("no address")?;
+        let request = PullRequest {
+            group: self.config.group.clone(),
+            topic: TRACE_TOPIC.into(),
+            queue_id,
+            offset,
+            max_count: self.config.pull_batch,
+            max_bytes: 8 << 20,
+            long_poll_ms: LONG_POLL.as_millis() as u32,
+        };
+        let response: PullResponse = self
+            .pool
+            .call(&addr, RequestCode::Pull, &request, self.timeout() + LONG_POLL)
+            .await
+            .map_err(|error| error.to_string())?;
+        let messages = match PullStatus::try_from(response.status) {
+            Ok(PullStatus::Found) => decode_all(&response.records).map_err(|error| error.to_string())?,
+            _ => Vec::new(),
+        };
+        Ok(Read {
+            broker_name: broker_name.to_owned(),
+            queue_id,
+            messages,
+            next_offset: response.next_offset,
+        })
+    }
+}
+
+async fn read_queue(ingest: Arc<Ingest>, broker_name: String, queue_id: u32, reads: mpsc::Sender<Read>) {
+    let mut offset = loop {
+        match ingest.start_offset(&broker_name, queue_id).await {
+            Ok(offset) => break offset,
+            Err(error) => {
+                tracing::debug!(
+                    broker = broker_name,
+                    queue_id,
+                    error,
+                    "cannot find where to start reading traces"
+                );
+                tokio::select! {
+                    _ = ingest.stop.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY_BACKOFF) => continue,
+                }
+            }
+        }
+    };
+    tracing::info!(broker = broker_name, queue_id, offset, "reading trace queue");
+    loop {
+        let read = tokio::select! {
+            _ = ingest.stop.cancelled() => return,
+            read = ingest.pull(&broker_name, queue_id, offset) => read,
+        };
+        match read {
+            Ok(read) => {
+                let next = read
+                    .next_offset
+                    .max(read.messages.last().map_or(0, |last| last.queue_offset + 1));
+                if next == offset && read.messages.is_empty() {
+                    continue;
+                }
+                offset = next;
+                if reads.send(read).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                ingest.metrics.broker_errors.inc();
+                tracing::debug!(
+                    broker = broker_name,
+                    queue_id,
+                    offset,
+                    error,
+                    "pulling traces failed, retrying"
+                );
+                tokio::select! {
+                    _ = ingest.stop.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY_BACKOFF) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the brokers' addresses fresh and starts a reader for each queue the route shows.
+async fn watch_route(
+    ingest: Arc<Ingest>,
+    route: Arc<dyn RouteSource>,
+    reads: mpsc::Sender<Read>,
+    readers: TaskTracker,
+) {
+    let mut started: HashSet<(String, u32)> = HashSet::new();
+    loop {
+        match route.route(TRACE_TOPIC).await {
+            Ok(found) => {
+                let mut addrs = ingest.addrs.lock().expect("addrs lock");
+                for broker in &found.brokers {
+                    if let Some(addr) = read_addr(broker) {
+                        addrs.insert(broker.broker_name.clone(), addr);
+                    }
+                }
+                drop(addrs);
+                for broker in found.brokers {
+                    for queue_id in 0..broker.queues {
+                        if started.insert((broker.broker_name.clone(), queue_id)) {
+                            readers.spawn(read_queue(
+                                ingest.clone(),
+                                broker.broker_name.clone(),
+                                queue_id,
+                                reads.clone(),
+                            ));
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%error, "no route for the trace topic yet"),
+        }
+        tokio::select! {
+            _ = ingest.stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Indexes what was read, off the runtime threads. Returns the positions it covers.
+fn index_reads(
+    index: &TraceIndex,
+    metrics: &TracerMetrics,
+    reads: Vec<Read>,
+    oldest_day: i64,
+    positions: &mut Positions,
+) {
+    for read in reads {
+        let key = queue_key(&read.broker_name, read.queue_id);
+        for message in &read.messages {
+            metrics.records_read.inc();
+            match decode_batch(&message.body[..]) {
+                Err(error) => {
+                    metrics.malformed_records.inc();
+                    tracing::warn!(
+                        broker = read.broker_name,
+                        queue_id = read.queue_id,
+                        offset = message.queue_offset,
+                        %error,
+                        "malformed trace record skipped"
+                    );
+                }
+                Ok(batch) => {
+                    for event in &batch.events {
+                        match index.add(event, &key, message.queue_offset, oldest_day) {
+                            Ok(Added::Indexed) => {
+                                metrics.events_indexed.inc();
+                            }
+                            Ok(skipped) => {
+                                let reason = match skipped {
+                                    Added::Replayed => "replayed",
+                                    Added::Duplicate => "duplicate",
+                                    _ => "expired",
+                                };
+                                metrics.events_skipped.get_or_create(&SkipLabels { reason }).inc();
+                            }
+                            Err(error) => tracing::error!(%error, "indexing a trace event failed"),
+                        }
+                    }
+                }
+            }
+        }
+        let next = read
+            .next_offset
+            .max(read.messages.last().map_or(0, |last| last.queue_offset + 1));
+        let position = positions.entry(key).or_insert(0);
+        *position = (*position).max(next);
+    }
+}
+
+/// The oldest day kept: `retention_days` days up to and including today.
+fn oldest_day(retention_days: u32) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0);
+    day_of(now) - i64::from(retention_days) + 1
+}
+
+/// Reads the trace topic into `index` until `stop`, then commits what it indexed.
+pub async fn run(
+    index: Arc<TraceIndex>,
+    route: Arc<dyn RouteSource>,
+    pool: ConnectionPool,
+    config: TracerConfig,
+    metrics: Arc<TracerMetrics>,
+    stop: CancellationToken,
+) {
+    let commit_interval = Duration::from_millis(config.commit_interval_ms);
+    let retention_days = config.retention_days;
+    let ingest = Arc::new(Ingest {
+        index: index.clone(),
+        pool,
+        config,
+        metrics: metrics.clone(),
+        addrs: Arc::default(),
+        stop: stop.clone(),
+    });
+    let (reads_tx, mut reads_rx) = mpsc::channel::<Read>(256);
+    let readers = TaskTracker::new();
+    readers.spawn(watch_route(ingest.clone(), route, reads_tx, readers.clone()));
+
+    let mut positions: Positions = index.committed_positions();
+    let mut uncommitted = false;
+    let mut next_commit = tokio::time::Instant::now() + commit_interval;
+    let mut retention_checked: Option<Instant> = None;
+    loop {
+        let mut batch = Vec::new();
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            received = reads_rx.recv_many(&mut batch, 256) => received == 0,
+            _ = tokio::time::sleep_until(next_commit) => false,
+        };
+        if !batch.is_empty() {
+            let oldest = oldest_day(retention_days);
+            let (task_index, task_metrics) = (index.clone(), metrics.clone());
+            let mut task_positions = std::mem::take(&mut positions);
+            positions = match tokio::task::spawn_blocking(move || {
+                index_reads(&task_index, &task_metrics, batch, oldest, &mut task_positions);
+                task_positions
+            })
+            .await
+            {
+                Ok(updated) => updated,
+                Err(error) => {
+                    tracing::error!(%error, "indexing task failed");
+                    return;
+                }
+            };
+            uncommitted = true;
+        }
+        if (uncommitted && tokio::time::Instant::now() >= next_commit) || stopping {
+            if uncommitted {
+                commit(&ingest, &positions).await;
+                uncommitted = false;
+            }
+            next_commit = tokio::time::Instant::now() + commit_interval;
+            if retention_checked.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                retention_checked = Some(Instant::now());
+                let task_index = index.clone();
+                let oldest = oldest_day(retention_days);
+                match tokio::task::spawn_blocking(move || task_index.drop_before(oldest)).await {
+                    Ok(Ok(dropped)) if !dropped.is_empty() => {
+                        tracing::info!(?dropped, "trace partitions past retention deleted")
+                    }
+                    Ok(Err(error)) => tracing::warn!(%error, "deleting expired trace partitions failed"),
+                    _ => {}
+                }
+                metrics.partitions.set(index.days().len() as i64);
+            }
+        }
+        if stopping {
+            break;
+        }
+    }
+    stop.cancel();
+    readers.close();
+    readers.wait().await;
+}
+
+/// Commits the index, then the same positions as the group's offsets on the brokers.
+async fn commit(ingest: &Ingest, positions: &Positions) {
+    let started = Instant::now();
+    let index = ingest.index.clone();
+    let task_positions = positions.clone();
+    match tokio::task::spawn_blocking(move || index.commit(&task_positions)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::error!(%error, "committing the trace index failed");
+            return;
+        }
+        Err(error) => {
+            tracing::error!(%error, "trace index commit task failed");
+            return;
+        }
+    }
+    ingest.metrics.commits.inc();
+    ingest.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+    ingest.metrics.indexed_documents.set(ingest.index.num_docs() as i64);
+    for (key, offset) in positions {
+        let Some((broker_name, queue_id)) = key.rsplit_once('/') else {
+            continue;
+        };
+        let (Some(addr), Ok(queue_id)) = (ingest.addr(broker_name), queue_id.parse::<u32>()) else {
+            continue;
+        };
+        let request = CommitOffsetRequest {
+            group: ingest.config.group.clone(),
+            topic: TRACE_TOPIC.into(),
+            queue_id,
+            offset: *offset,
+        };
+        if let Err(error) = ingest
+            .pool
+            .call_empty(&addr, RequestCode::CommitOffset, &request, ingest.timeout())
+            .await
+        {
+            ingest.metrics.broker_errors.inc();
+            tracing::debug!(%error, broker = broker_name, queue_id, "committing the tracer's offset failed");
+        }
+    }
+}
