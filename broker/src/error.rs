@@ -159,6 +159,16 @@ pub enum BrokerError {
         /// The timeout.
         timeout_ms: u64,
     },
+    /// The broker's data center is evacuated by a failover drill; it takes no writes.
+    #[error(
+        "broker group {broker_group:?} is in data center {idc:?}, which a failover drill evacuated: it takes no writes (`meridian drill status` shows the drill). Send to a broker in another data center; clients refresh their route and do so by themselves"
+    )]
+    Evacuated {
+        /// This broker's group.
+        broker_group: String,
+        /// Its data center.
+        idc: String,
+    },
     /// A replication request that does not fit this broker's state.
     #[error("replication refused: {0}")]
     ReplicationRefused(String),
@@ -203,6 +213,7 @@ impl BrokerError {
             BrokerError::ReplicationTimeout { .. } => ErrorCode::ReplicationTimeout,
             BrokerError::ReplicationRefused(_) => ErrorCode::FailedPrecondition,
             BrokerError::SystemTopic(_) | BrokerError::InvalidTrace(_) => ErrorCode::InvalidArgument,
+            BrokerError::Evacuated { .. } => ErrorCode::Evacuated,
         }
     }
 }

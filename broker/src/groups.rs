@@ -1,15 +1,41 @@
-//! Consumer group membership, kept from consumer heartbeats. Members that stop heartbeating
-//! expire; consumers list the members to split the group's queues among themselves.
+//! Consumer group membership, kept from consumer heartbeats. A member leaves when it says so, when
+//! the connection it heartbeats on closes (it crashed or was killed), or when it stops
+//! heartbeating for the expiry; consumers list the members to split the group's queues among
+//! themselves.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// What a member said about itself in its last heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Topics it subscribes to.
+    pub topics: Vec<String>,
+    /// Its SDK version.
+    pub sdk_version: String,
+    /// Its data center; empty when it has none.
+    pub idc: String,
+    /// Its queue allocation algorithm and version, e.g. `idc-aware/1`.
+    pub allocation: String,
+    /// Its deployment model, `single-side` or `dual-side`.
+    pub deployment: String,
+}
+
+impl MemberInfo {
+    /// What members must agree on to share queues without gaps or overlaps.
+    fn allocation_settings(&self) -> (&str, &str) {
+        (&self.allocation, &self.deployment)
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Member {
     last_seen: Instant,
-    topics: Vec<String>,
-    sdk_version: String,
+    /// The connection its last heartbeat came over.
+    peer: SocketAddr,
+    info: MemberInfo,
 }
 
 /// Live members of every consumer group on this broker.
@@ -17,6 +43,16 @@ struct Member {
 pub struct ConsumerGroups {
     expiry: Duration,
     groups: Mutex<HashMap<String, BTreeMap<String, Member>>>,
+}
+
+/// What [`ConsumerGroups::heartbeat`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The member is new to the group.
+    pub new: bool,
+    /// Another live member allocates queues differently (`client_id`, `allocation`,
+    /// `deployment`); reported when the member joins or changes its settings.
+    pub disagrees_with: Option<(String, String, String)>,
 }
 
 impl ConsumerGroups {
@@ -28,36 +64,72 @@ impl ConsumerGroups {
         }
     }
 
-    /// Records a heartbeat. Returns true if the member is new to the group.
-    pub fn heartbeat(
-        &self,
-        group: &str,
-        client_id: &str,
-        topics: Vec<String>,
-        sdk_version: String,
-        now: Instant,
-    ) -> bool {
-        let mut groups = self.groups.lock().expect("groups lock");
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<String, Member>>> {
+        self.groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a heartbeat that came over the connection from `peer`.
+    pub fn heartbeat(&self, group: &str, client_id: &str, info: MemberInfo, peer: SocketAddr, now: Instant) -> Joined {
+        let mut groups = self.lock();
         let members = groups.entry(group.to_owned()).or_default();
+        let changed = members
+            .get(client_id)
+            .is_none_or(|member| member.info.allocation_settings() != info.allocation_settings());
+        let disagrees_with = changed
+            .then(|| {
+                members
+                    .iter()
+                    .filter(|(other, member)| {
+                        *other != client_id
+                            && now.saturating_duration_since(member.last_seen) <= self.expiry
+                            && member.info.allocation_settings() != info.allocation_settings()
+                    })
+                    .map(|(other, member)| {
+                        (
+                            other.clone(),
+                            member.info.allocation.clone(),
+                            member.info.deployment.clone(),
+                        )
+                    })
+                    .next()
+            })
+            .flatten();
         let member = Member {
             last_seen: now,
-            topics,
-            sdk_version,
+            peer,
+            info,
         };
-        members.insert(client_id.to_owned(), member).is_none()
+        let new = members.insert(client_id.to_owned(), member).is_none();
+        Joined { new, disagrees_with }
     }
 
     /// Removes a member at once (a clean shutdown).
     pub fn leave(&self, group: &str, client_id: &str) -> bool {
-        let mut groups = self.groups.lock().expect("groups lock");
-        groups
+        self.lock()
             .get_mut(group)
             .is_some_and(|members| members.remove(client_id).is_some())
     }
 
-    /// Live members of a group, sorted; expired members are dropped on the way.
-    pub fn members(&self, group: &str, now: Instant) -> Vec<String> {
-        let mut groups = self.groups.lock().expect("groups lock");
+    /// Removes every member whose last heartbeat came over the connection from `peer`, which just
+    /// closed; returns them as `(group, client_id)`.
+    pub fn disconnected(&self, peer: SocketAddr) -> Vec<(String, String)> {
+        let mut removed = Vec::new();
+        for (group, members) in self.lock().iter_mut() {
+            members.retain(|client_id, member| {
+                let gone = member.peer == peer;
+                if gone {
+                    removed.push((group.clone(), client_id.clone()));
+                }
+                !gone
+            });
+        }
+        removed
+    }
+
+    /// Live members of a group with what they reported, sorted by client id; expired members are
+    /// dropped on the way.
+    pub fn members(&self, group: &str, now: Instant) -> Vec<(String, MemberInfo)> {
+        let mut groups = self.lock();
         let Some(members) = groups.get_mut(group) else {
             return Vec::new();
         };
@@ -68,14 +140,16 @@ impl ConsumerGroups {
             }
             alive
         });
-        members.keys().cloned().collect()
+        members
+            .iter()
+            .map(|(client_id, member)| (client_id.clone(), member.info.clone()))
+            .collect()
     }
 
-    /// Topics and SDK version of one member, for admin views.
-    pub fn describe(&self, group: &str, client_id: &str) -> Option<(Vec<String>, String)> {
-        let groups = self.groups.lock().expect("groups lock");
-        let member = groups.get(group)?.get(client_id)?;
-        Some((member.topics.clone(), member.sdk_version.clone()))
+    /// What one member reported, for admin views.
+    pub fn describe(&self, group: &str, client_id: &str) -> Option<MemberInfo> {
+        let groups = self.lock();
+        Some(groups.get(group)?.get(client_id)?.info.clone())
     }
 }
 
@@ -83,29 +157,72 @@ impl ConsumerGroups {
 mod tests {
     use super::*;
 
+    fn info(allocation: &str) -> MemberInfo {
+        MemberInfo {
+            topics: vec!["t".into()],
+            sdk_version: "0.1.0".into(),
+            idc: "dc1".into(),
+            allocation: allocation.into(),
+            deployment: "single-side".into(),
+        }
+    }
+
+    fn peer(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn ids(members: Vec<(String, MemberInfo)>) -> Vec<String> {
+        members.into_iter().map(|(client_id, _)| client_id).collect()
+    }
+
     #[test]
     fn members_expire_and_leave() {
         let groups = ConsumerGroups::new(Duration::from_secs(10));
         let start = Instant::now();
-        assert!(groups.heartbeat("g", "b", vec!["t".into()], "0.1.0".into(), start));
-        assert!(groups.heartbeat(
-            "g",
-            "a",
-            vec!["t".into()],
-            "0.1.0".into(),
-            start + Duration::from_secs(5)
-        ));
-        assert!(!groups.heartbeat(
-            "g",
-            "a",
-            vec!["t".into()],
-            "0.1.0".into(),
-            start + Duration::from_secs(6)
-        ));
-        assert_eq!(groups.members("g", start + Duration::from_secs(8)), ["a", "b"]);
-        assert_eq!(groups.members("g", start + Duration::from_secs(12)), ["a"]);
+        assert!(groups.heartbeat("g", "b", info("idc-aware/1"), peer(1), start).new);
+        let later = start + Duration::from_secs(5);
+        assert!(groups.heartbeat("g", "a", info("idc-aware/1"), peer(2), later).new);
+        let again = start + Duration::from_secs(6);
+        assert!(!groups.heartbeat("g", "a", info("idc-aware/1"), peer(2), again).new);
+        assert_eq!(ids(groups.members("g", start + Duration::from_secs(8))), ["a", "b"]);
+        assert_eq!(ids(groups.members("g", start + Duration::from_secs(12))), ["a"]);
+        assert_eq!(groups.describe("g", "a"), Some(info("idc-aware/1")));
         assert!(groups.leave("g", "a"));
         assert!(groups.members("g", start + Duration::from_secs(12)).is_empty());
         assert_eq!(groups.describe("g", "a"), None);
+    }
+
+    #[test]
+    fn a_closed_connection_removes_the_members_that_heartbeat_over_it() {
+        let groups = ConsumerGroups::new(Duration::from_secs(10));
+        let now = Instant::now();
+        groups.heartbeat("g", "a", info("idc-aware/1"), peer(1), now);
+        groups.heartbeat("h", "a", info("idc-aware/1"), peer(1), now);
+        groups.heartbeat("g", "b", info("idc-aware/1"), peer(2), now);
+        // "c" moved to a new connection; the old one closing does not remove it.
+        groups.heartbeat("g", "c", info("idc-aware/1"), peer(3), now);
+        groups.heartbeat("g", "c", info("idc-aware/1"), peer(4), now);
+        let mut removed = groups.disconnected(peer(1));
+        removed.sort();
+        assert_eq!(removed, [("g".into(), "a".into()), ("h".into(), "a".into())]);
+        assert!(groups.disconnected(peer(3)).is_empty());
+        assert_eq!(ids(groups.members("g", now)), ["b", "c"]);
+    }
+
+    #[test]
+    fn a_member_allocating_differently_is_reported_when_it_joins_or_changes() {
+        let groups = ConsumerGroups::new(Duration::from_secs(10));
+        let now = Instant::now();
+        assert_eq!(groups.heartbeat("g", "a", info("idc-aware/1"), peer(1), now).disagrees_with, None);
+        let joined = groups.heartbeat("g", "b", info("idc-aware/2"), peer(2), now);
+        assert_eq!(
+            joined.disagrees_with,
+            Some(("a".into(), "idc-aware/1".into(), "single-side".into()))
+        );
+        // Reported once, not on every heartbeat.
+        assert_eq!(groups.heartbeat("g", "b", info("idc-aware/2"), peer(2), now).disagrees_with, None);
+        let mut dual = info("idc-aware/1");
+        dual.deployment = "dual-side".into();
+        assert!(groups.heartbeat("g", "a", dual, peer(1), now).disagrees_with.is_some());
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use meridian_proto::RequestCode;
 use meridian_proto::messages::{
-    BrokerRoute, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse, CreateTopicRequest, GroupMember,
+    BrokerRoute, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse, ConsumerMember, CreateTopicRequest, GroupMember,
     PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse, QueueRef,
     ReplicaFetch, SearchOffsetRequest, SearchOffsetResponse, SendRequest, SendResponse, TopicRoute, TopicRouteRequest,
     perm,
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
-use crate::groups::ConsumerGroups;
+use crate::groups::{ConsumerGroups, MemberInfo};
 use crate::metrics::{BrokerMetrics, RequestLabels};
 use crate::registry::Governance;
 use crate::replication::Replication;
@@ -114,7 +114,7 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         RequestCode::SearchOffset => now(search_offset(state, body)),
         RequestCode::CreateTopic => create_topic(state, body),
         RequestCode::TopicRoute => now(topic_route(state, body)),
-        RequestCode::ConsumerHeartbeat => now(consumer_heartbeat(state, body)),
+        RequestCode::ConsumerHeartbeat => now(consumer_heartbeat(state, body, peer)),
         RequestCode::ConsumerList => now(consumer_list(state, body)),
         RequestCode::ConsumerLeave => now(consumer_leave(state, body)),
         RequestCode::ReplicaFetch => replica_fetch(state, body),
@@ -123,6 +123,7 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         | RequestCode::BrokerMetadata
         | RequestCode::NameserverWrite
         | RequestCode::NameserverRead
+        | RequestCode::IdcLookup
         | RequestCode::RaftAppend
         | RequestCode::RaftVote
         | RequestCode::RaftSnapshot => now(Err(BrokerError::NotABrokerRequest(code))),
@@ -197,6 +198,14 @@ pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr)
         let reason = error.to_string();
         return (0..count)
             .map(|_| Reply::Now(Err(BrokerError::NotMaster(reason.clone()))))
+            .collect();
+    }
+    if let Some(governance) = &state.governance
+        && governance.is_evacuated(&state.config.idc)
+    {
+        state.metrics.evacuated_refusals.inc_by(count);
+        return (0..count)
+            .map(|_| Reply::Now(Err(governance.evacuated_error(&state.config.idc))))
             .collect();
     }
     let decoded: Vec<Result<SendRequest>> = bodies.into_iter().map(|body| decode_send(state, body)).collect();
@@ -455,14 +464,18 @@ fn topic_route(state: &BrokerState, body: Bytes) -> Result<Bytes> {
             perm: perm::READ | perm::WRITE,
             replicas: Vec::new(),
         }],
+        evacuated_idcs: Vec::new(),
     })
 }
 
-fn consumer_heartbeat(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Result<Bytes> {
     let request: ConsumerHeartbeat = decode(body)?;
     validate::validate_group(&request.group)?;
     for topic in &request.topics {
         validate::validate_topic(topic)?;
+    }
+    if !request.idc.is_empty() {
+        validate::validate_idc(&request.idc)?;
     }
     if request.client_id.is_empty() {
         return Err(BrokerError::MalformedBody(
@@ -470,16 +483,23 @@ fn consumer_heartbeat(state: &BrokerState, body: Bytes) -> Result<Bytes> {
         ));
     }
     state.check_consume(&request.group, request.topics.iter().map(String::as_str))?;
-    if state.groups.heartbeat(
-        &request.group,
-        &request.client_id,
-        request.topics,
-        request.sdk_version,
-        Instant::now(),
-    ) {
+    let info = MemberInfo {
+        topics: request.topics,
+        sdk_version: request.sdk_version,
+        idc: request.idc,
+        allocation: request.allocation,
+        deployment: request.deployment,
+    };
+    let (allocation, deployment, idc) = (info.allocation.clone(), info.deployment.clone(), info.idc.clone());
+    let joined = state
+        .groups
+        .heartbeat(&request.group, &request.client_id, info, peer, Instant::now());
+    if joined.new {
         tracing::info!(
             group = request.group,
             client_id = request.client_id,
+            idc,
+            allocation,
             "consumer joined group"
         );
     }
@@ -489,8 +509,24 @@ fn consumer_heartbeat(state: &BrokerState, body: Bytes) -> Result<Bytes> {
 fn consumer_list(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     let request: GroupMember = decode(body)?;
     validate::validate_group(&request.group)?;
+    let members = state.groups.members(&request.group, Instant::now());
     encoded(&ConsumerListResponse {
-        client_ids: state.groups.members(&request.group, Instant::now()),
+        client_ids: members.iter().map(|(client_id, _)| client_id.clone()).collect(),
+        members: members
+            .into_iter()
+            .map(|(client_id, info)| ConsumerMember {
+                client_id,
+                idc: info.idc,
+                allocation: info.allocation,
+                deployment: info.deployment,
+                sdk_version: info.sdk_version,
+            })
+            .collect(),
+        evacuated_idcs: state
+            .governance
+            .as_ref()
+            .map(|governance| governance.evacuated())
+            .unwrap_or_default(),
     })
 }
 
@@ -502,6 +538,18 @@ fn consumer_leave(state: &BrokerState, body: Bytes) -> Result<Bytes> {
             group = request.group,
             client_id = request.client_id,
             "consumer left group"
+        );
+    }
+    if let Some((other, other_allocation, other_deployment)) = joined.disagrees_with {
+        tracing::warn!(
+            group = request.group,
+            client_id = request.client_id,
+            allocation,
+            deployment,
+            other,
+            other_allocation,
+            other_deployment,
+            "members of a consumer group allocate queues differently: some queues may go unconsumed or be consumed twice; run every member on the same SDK version and deployment model"
         );
     }
     Ok(Bytes::new())
@@ -518,6 +566,7 @@ mod tests {
         let config = BrokerConfig {
             nameservers: vec!["127.0.0.1:7800".into()],
             data_dir: dir.to_owned(),
+            idc: "dc1".into(),
             ..BrokerConfig::default()
         };
         let mut store_config = config.store.clone();
@@ -620,6 +669,25 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_in_an_evacuated_idc_refuses_sends_until_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = governed_state(dir.path());
+        let peer = "127.0.0.1:5000".parse().unwrap();
+        let governance = state.governance.clone().unwrap();
+        let send = || now(send_many(&state, vec![send_body("orders")], peer).pop().unwrap());
+        governance.set_evacuated(vec!["dc2".into()]);
+        assert!(send().is_ok(), "another IDC's drill changes nothing here");
+        governance.set_evacuated(vec!["dc1".into()]);
+        let error = send().unwrap_err();
+        assert_eq!(error.code(), ErrorCode::Evacuated);
+        assert!(error.code().is_retriable());
+        assert!(error.to_string().contains("\"dc1\", which a failover drill evacuated"), "{error}");
+        governance.set_evacuated(Vec::new());
+        assert!(send().is_ok());
+        state.store.shutdown();
+    }
+
+    #[test]
     fn consumer_requests_need_an_approved_group_granted_the_topic() {
         let dir = tempfile::tempdir().unwrap();
         let state = governed_state(dir.path());
@@ -642,8 +710,10 @@ mod tests {
                 client_id: "c1".into(),
                 topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
                 sdk_version: String::new(),
+                ..ConsumerHeartbeat::default()
             };
-            consumer_heartbeat(&state, Bytes::from(request.encode_to_vec())).map_err(|error| error.code())
+            consumer_heartbeat(&state, Bytes::from(request.encode_to_vec()), "127.0.0.1:5000".parse().unwrap())
+                .map_err(|error| error.code())
         };
         assert!(heartbeat(&["orders"]).is_ok());
         assert_eq!(heartbeat(&["orders", "payments"]), Err(ErrorCode::FailedPrecondition));

@@ -64,6 +64,10 @@ pub struct BrokerMetrics {
     pub nameserver_heartbeats: Family<ResultLabels, Counter>,
     /// Full registrations sent to nameservers (asked for when a nameserver lacks the current one).
     pub nameserver_registrations: Counter,
+    /// Messages refused because a failover drill evacuated this broker's data center.
+    pub evacuated_refusals: Counter,
+    /// Consumers removed from their groups because their connection closed (a crash, a kill).
+    pub consumers_disconnected: Counter,
     /// Bytes of heartbeat and registration request bodies sent to nameservers, to compute what
     /// heartbeating costs per second.
     pub nameserver_heartbeat_bytes: Counter,
@@ -103,6 +107,8 @@ impl Default for BrokerMetrics {
             send_seconds: Histogram::new(exponential_buckets(0.000_02, 2.0, 18)),
             nameserver_heartbeats: Family::default(),
             nameserver_registrations: Counter::default(),
+            evacuated_refusals: Counter::default(),
+            consumers_disconnected: Counter::default(),
             nameserver_heartbeat_bytes: Counter::default(),
             nameserver_metadata_fetches: Counter::default(),
             replicated_bytes: Counter::default(),
@@ -177,6 +183,16 @@ impl BrokerMetrics {
             "nameserver_registrations",
             "Full registrations sent to nameservers",
             metrics.nameserver_registrations.clone(),
+        );
+        registry.register(
+            "evacuated_refusals",
+            "Messages refused because a failover drill evacuated this broker's data center",
+            metrics.evacuated_refusals.clone(),
+        );
+        registry.register(
+            "consumers_disconnected",
+            "Consumers removed from their groups because their connection closed",
+            metrics.consumers_disconnected.clone(),
         );
         registry.register(
             "nameserver_heartbeat_bytes",

@@ -75,6 +75,8 @@ pub struct Governance {
     /// Held from deciding to fetch metadata until it is applied, so two nameservers announcing
     /// the same version do not both fetch it, and an older answer never overtakes a newer one.
     applying: tokio::sync::Mutex<()>,
+    /// Data centers a failover drill evacuated, from the last nameserver answer, sorted.
+    evacuated: RwLock<Vec<String>>,
 }
 
 impl Governance {
@@ -86,6 +88,42 @@ impl Governance {
             nameservers,
             approved: RwLock::new(Arc::new(Approved::default())),
             applying: tokio::sync::Mutex::new(()),
+            evacuated: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Data centers a failover drill evacuated, as the nameservers last said, sorted.
+    pub fn evacuated(&self) -> Vec<String> {
+        self.evacuated.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Records what a nameserver said about evacuated data centers; logs when it changes.
+    pub fn set_evacuated(&self, mut idcs: Vec<String>) {
+        idcs.sort();
+        idcs.dedup();
+        let mut current = self.evacuated.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *current != idcs {
+            info!(evacuated = ?idcs, "failover drill: evacuated data centers changed");
+            *current = idcs;
+        }
+    }
+
+    /// Whether a drill evacuated data center `idc` (never true for an empty name).
+    pub fn is_evacuated(&self, idc: &str) -> bool {
+        !idc.is_empty()
+            && self
+                .evacuated
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .iter()
+                .any(|evacuated| evacuated == idc)
+    }
+
+    /// The refusal of a write to a broker of this group in evacuated data center `idc`.
+    pub fn evacuated_error(&self, idc: &str) -> BrokerError {
+        BrokerError::Evacuated {
+            broker_group: self.broker_group.clone(),
+            idc: idc.to_owned(),
         }
     }
 
@@ -418,6 +456,7 @@ impl Shared {
             response = result?;
             info!(nameserver = %link.addr, topics = topic_count, "registered with nameserver");
         }
+        self.governance.set_evacuated(std::mem::take(&mut response.evacuated_idcs));
         state.replication.on_nameserver_answer(answered_at, &response).await;
         self.follow_metadata(link, response.metadata_version).await
     }

@@ -403,6 +403,15 @@ async fn serve_connection(state: Arc<BrokerState>, stream: TcpStream, peer: Sock
             break;
         }
     }
+    // A consumer whose connection closed crashed or was killed (a clean one leaves first): its
+    // group rebalances now, not after the heartbeat expiry. Done before waiting for the
+    // connection's long polls, which may hold for seconds.
+    if !state.shutdown.is_cancelled() {
+        for (group, client_id) in state.groups.disconnected(peer) {
+            state.metrics.consumers_disconnected.inc();
+            tracing::info!(%peer, group, client_id, "consumer connection closed; removed from its group");
+        }
+    }
     drop(responses_tx);
     tasks.close();
     tasks.wait().await;

@@ -20,6 +20,8 @@ mod admin;
 mod allocate;
 mod consumer;
 mod error;
+mod fault;
+mod idc;
 mod message;
 mod producer;
 mod push;
@@ -29,14 +31,15 @@ mod trace;
 mod test_support;
 
 pub use admin::Admin;
-pub use allocate::{QueueId, allocate_averagely};
+pub use allocate::{ALLOCATION, Deployment, IdcAllocation, QueueId, allocate_averagely, allocate_by_idc};
 pub use consumer::{PullConsumer, PullResult};
 pub use error::ClientError;
 /// Connection and request settings shared by producers, consumers and admin.
 pub use meridian_proto::transport::TransportConfig as ClientConfig;
 pub use meridian_proto::transport::{Connection, ConnectionPool, TransportError};
 pub use message::{Message, SendResult};
-pub use producer::{Producer, ProducerConfig};
+pub use producer::{Locality, Producer, ProducerConfig};
+pub use meridian_proto::idc::IdcSettings;
 pub use push::{ConsumeFrom, ConsumeResult, ConsumerConfig, PushConsumer};
 pub use route::{NameserverRoute, RouteSource, StaticRoute};
 

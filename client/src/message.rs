@@ -123,6 +123,8 @@ pub struct SendResult {
     pub commitlog_offset: u64,
     /// When the broker stored it (Unix ms).
     pub store_timestamp: i64,
+    /// The broker group that stored it.
+    pub broker_name: String,
 }
 
 #[cfg(test)]

@@ -16,7 +16,11 @@ use crate::ClientConfig;
 use crate::allocate::QueueId;
 use crate::error::ClientError;
 use crate::message::{EncodedMessage, Message, SendResult};
-use crate::route::{NameserverRoute, RouteCache, RouteSource, route_queues};
+use crate::fault::FaultTracker;
+use crate::route::{NameserverRoute, ROUTE_REFRESH_INTERVAL, RouteCache, RouteSource, broker_idcs, route_queues};
+use meridian_proto::idc::IdcSettings;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
 use meridian_proto::transport::ConnectionPool;
 
 /// Settings of a [`Producer`].
@@ -33,6 +37,29 @@ pub struct ProducerConfig {
     /// ...up to this. A failover takes a few seconds: a capped back-off finds the new master
     /// within this long of its election instead of sleeping through it.
     pub max_retry_backoff: Duration,
+    /// Where this producer's data center comes from ([`meridian_proto::idc`]).
+    pub idc: IdcSettings,
+    /// Whether sends prefer brokers in this producer's data center.
+    pub locality: Locality,
+    /// A broker that failed a send is avoided this long (doubling with each failure in a row)...
+    pub fault_backoff: Duration,
+    /// ...at most this long.
+    pub max_fault_backoff: Duration,
+    /// A send slower than this avoids its broker for `fault_backoff` too.
+    pub slow_send: Duration,
+    /// How long a topic's route is trusted before it is fetched again (errors refetch it at once).
+    pub route_refresh: Duration,
+}
+
+/// Which brokers a producer sends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Locality {
+    /// Brokers in the producer's own data center while any of them is writable and not failing;
+    /// the other data centers only then (near-by principle).
+    #[default]
+    LocalFirst,
+    /// Every writable broker in turn, wherever it is.
+    Any,
 }
 
 impl Default for ProducerConfig {
@@ -43,6 +70,12 @@ impl Default for ProducerConfig {
             retries: 2,
             retry_backoff: Duration::from_millis(100),
             max_retry_backoff: Duration::from_secs(1),
+            idc: IdcSettings::default(),
+            locality: Locality::default(),
+            fault_backoff: Duration::from_secs(1),
+            max_fault_backoff: Duration::from_secs(30),
+            slow_send: Duration::from_millis(550),
+            route_refresh: ROUTE_REFRESH_INTERVAL,
         }
     }
 }
@@ -60,9 +93,13 @@ impl ProducerConfig {
 /// Sends messages to topics. Cheap to clone; clones share connections, routes and the round-robin
 /// position.
 ///
-/// Each send picks the next writable queue of the topic's route in turn. Retriable failures
-/// ([`ClientError::is_retriable`]) are retried on the next queue after a back-off; a retried
-/// message keeps its id, so a duplicate (the first attempt landed after all) carries the same id.
+/// Each send picks the next writable queue of the topic's route in turn, among brokers of the
+/// producer's own data center first ([`Locality::LocalFirst`]): other data centers get sends only
+/// while no local broker is writable and healthy. A broker that failed a send or answered slowly
+/// is avoided for a back-off ([`ProducerConfig::fault_backoff`]), then tried again. Retriable
+/// failures ([`ClientError::is_retriable`]) are retried on another queue after a back-off; a
+/// retried message keeps its id, so a duplicate (the first attempt landed after all) carries the
+/// same id.
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<ProducerInner>,
@@ -77,6 +114,10 @@ struct ProducerInner {
     /// Runs `send_async` sends, so shutdown waits for them.
     tracker: TaskTracker,
     closed: AtomicBool,
+    /// Brokers to avoid for now.
+    faults: FaultTracker,
+    /// This producer's data center, decided on the first send.
+    idc: OnceCell<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,10 +154,14 @@ impl Producer {
     }
 
     fn with_pool(route: Arc<dyn RouteSource>, pool: ConnectionPool, config: ProducerConfig) -> Producer {
+        let mut routes = RouteCache::new(route);
+        routes.set_refresh(config.route_refresh);
         Producer {
             inner: Arc::new(ProducerInner {
                 pool,
-                routes: RouteCache::new(route),
+                routes,
+                faults: FaultTracker::new(config.fault_backoff, config.max_fault_backoff, config.slow_send),
+                idc: OnceCell::new(),
                 // Start at a random queue so many producers do not all hit queue 0 first.
                 next_queue: AtomicUsize::new(fastrand::usize(..1024)),
                 tracker: TaskTracker::new(),
@@ -184,6 +229,11 @@ impl Producer {
         self.inner.send_single(batch, Target::Queue(queue_id)).await
     }
 
+    /// This producer's data center (empty: none), deciding it first if no send has yet.
+    pub async fn idc(&self) -> &str {
+        self.inner.idc().await
+    }
+
     /// Stops accepting sends, waits for sends started with [`Producer::send_async`], then closes
     /// the connections.
     pub async fn shutdown(&self) {
@@ -222,6 +272,16 @@ impl Producer {
 }
 
 impl ProducerInner {
+    async fn idc(&self) -> &str {
+        self.idc
+            .get_or_init(|| async {
+                crate::idc::detect(self.routes.source(), &self.config.idc, "producer")
+                    .await
+                    .idc
+            })
+            .await
+    }
+
     async fn send_single(&self, batch: Batch, target: Target) -> Result<SendResult, ClientError> {
         let results = self.deliver(&batch, target, Delivery::AwaitResult).await?;
         results
@@ -271,16 +331,38 @@ impl ProducerInner {
         target: Target,
         delivery: Delivery,
     ) -> Result<Vec<SendResult>, ClientError> {
+        let idc = self.idc().await;
         let route = self.routes.get(&batch.topic).await?;
-        let (queue, addr) = self.pick_queue(&batch.topic, &route, target)?;
+        let (queue, addr) = self.pick_queue(&batch.topic, &route, target, idc)?;
         request.queue_id = queue.queue_id as i32;
+        let started = Instant::now();
+        let result = self.send_to(batch, request, delivery, &queue, &addr).await;
+        match &result {
+            Ok(_) => self.faults.succeeded(&queue.broker_name, started.elapsed()),
+            // Refusals about the message itself say nothing about the broker.
+            Err(error) if error.is_retriable() || error.suggests_stale_route() => {
+                self.faults.failed(&queue.broker_name);
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn send_to(
+        &self,
+        batch: &Batch,
+        request: &SendRequest,
+        delivery: Delivery,
+        queue: &QueueId,
+        addr: &str,
+    ) -> Result<Vec<SendResult>, ClientError> {
         if delivery == Delivery::Oneway {
             let body = Bytes::from(prost::Message::encode_to_vec(&*request));
-            self.pool.send_oneway(&addr, RequestCode::Send, body).await?;
+            self.pool.send_oneway(addr, RequestCode::Send, body).await?;
             return Ok(Vec::new());
         }
         let timeout = self.config.client.request_timeout;
-        let response: SendResponse = self.pool.call(&addr, RequestCode::Send, &*request, timeout).await?;
+        let response: SendResponse = self.pool.call(addr, RequestCode::Send, request, timeout).await?;
         if response.results.len() != batch.messages.len() {
             return Err(ClientError::Decode(format!(
                 "Send response from {addr} has {} results for {} messages",
@@ -304,11 +386,18 @@ impl ProducerInner {
                 queue_offset: result.queue_offset,
                 commitlog_offset: result.commitlog_offset,
                 store_timestamp: result.store_timestamp,
+                broker_name: queue.broker_name.clone(),
             })
             .collect())
     }
 
-    fn pick_queue(&self, topic: &str, route: &TopicRoute, target: Target) -> Result<(QueueId, String), ClientError> {
+    fn pick_queue(
+        &self,
+        topic: &str,
+        route: &TopicRoute,
+        target: Target,
+        idc: &str,
+    ) -> Result<(QueueId, String), ClientError> {
         let writable = route_queues(route, perm::WRITE);
         if writable.is_empty() {
             return Err(ClientError::NoRoute {
@@ -317,8 +406,9 @@ impl ProducerInner {
         }
         match target {
             Target::RoundRobin => {
-                let index = self.next_queue.fetch_add(1, Ordering::Relaxed) % writable.len();
-                Ok(writable[index].clone())
+                let candidates = self.candidates(route, &writable, idc);
+                let index = self.next_queue.fetch_add(1, Ordering::Relaxed) % candidates.len();
+                Ok(candidates[index].clone())
             }
             Target::Queue(queue_id) => {
                 let count = writable.len();
@@ -331,6 +421,42 @@ impl ProducerInner {
                         ))
                     })
             }
+        }
+    }
+}
+
+impl ProducerInner {
+    /// The queues a round-robin send chooses among: healthy queues in this producer's data center;
+    /// if there are none (or locality is `Any`, or the data center is unknown or evacuated), healthy
+    /// queues anywhere; if every broker is failing, every writable queue.
+    fn candidates<'a>(
+        &self,
+        route: &TopicRoute,
+        writable: &'a [(QueueId, String)],
+        idc: &str,
+    ) -> Vec<&'a (QueueId, String)> {
+        let healthy: Vec<&(QueueId, String)> = writable
+            .iter()
+            .filter(|(queue, _)| self.faults.available(&queue.broker_name))
+            .collect();
+        let local_first = self.config.locality == Locality::LocalFirst
+            && !idc.is_empty()
+            && !route.evacuated_idcs.iter().any(|evacuated| evacuated == idc);
+        if local_first {
+            let idcs = broker_idcs(route);
+            let local: Vec<&(QueueId, String)> = healthy
+                .iter()
+                .copied()
+                .filter(|(queue, _)| idcs.get(queue.broker_name.as_str()) == Some(&idc))
+                .collect();
+            if !local.is_empty() {
+                return local;
+            }
+        }
+        if healthy.is_empty() {
+            writable.iter().collect()
+        } else {
+            healthy
         }
     }
 }
@@ -357,6 +483,62 @@ mod tests {
                 ..ProducerConfig::default()
             },
         )
+    }
+
+    fn two_idc_route(evacuated: &[&str]) -> TopicRoute {
+        let group = |name: &str, idc: &str| BrokerRoute {
+            broker_name: name.into(),
+            addr: format!("{name}:7911"),
+            idc: idc.into(),
+            queues: 2,
+            perm: perm::READ | perm::WRITE,
+            replicas: Vec::new(),
+        };
+        TopicRoute {
+            topic: "orders".into(),
+            brokers: vec![group("a", "dc1"), group("b", "dc2"), group("c", "dc1")],
+            evacuated_idcs: evacuated.iter().map(|idc| (*idc).to_owned()).collect(),
+        }
+    }
+
+    fn brokers_of(candidates: &[&(QueueId, String)]) -> Vec<String> {
+        let mut brokers: Vec<String> = candidates.iter().map(|(queue, _)| queue.broker_name.clone()).collect();
+        brokers.dedup();
+        brokers
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_stay_in_their_idc_while_a_local_broker_is_healthy_and_fall_back_across() {
+        let config = |locality| ProducerConfig {
+            locality,
+            fault_backoff: Duration::from_secs(1),
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(Arc::new(StaticRoute::new(refused_addr(), ConnectionPool::new(ClientConfig::default()))), config(Locality::LocalFirst));
+        let inner = &producer.inner;
+        let route = two_idc_route(&[]);
+        let writable = route_queues(&route, perm::WRITE);
+        let pick = |idc: &str| brokers_of(&inner.candidates(&route, &writable, idc));
+        assert_eq!(pick("dc1"), ["a", "c"]);
+        assert_eq!(pick("dc2"), ["b"]);
+        assert_eq!(pick(""), ["a", "b", "c"], "no IDC: no preference");
+        assert_eq!(pick("dc9"), ["a", "b", "c"], "no broker in its IDC: any");
+
+        inner.faults.failed("a");
+        assert_eq!(pick("dc1"), ["c"], "a failing local broker is avoided");
+        inner.faults.failed("c");
+        assert_eq!(pick("dc1"), ["b"], "every local broker failing: the other IDC");
+        inner.faults.failed("b");
+        assert_eq!(pick("dc1"), ["a", "b", "c"], "every broker failing: try them all");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(pick("dc1"), ["a", "c"], "back home once the back-off passed");
+
+        let evacuated = two_idc_route(&["dc1"]);
+        let writable_evacuated = route_queues(&evacuated, perm::WRITE);
+        assert_eq!(brokers_of(&inner.candidates(&evacuated, &writable_evacuated, "dc1")), ["a", "b", "c"]);
+
+        let any = Producer::new(Arc::new(StaticRoute::new(refused_addr(), ConnectionPool::new(ClientConfig::default()))), config(Locality::Any));
+        assert_eq!(brokers_of(&any.inner.candidates(&route, &writable, "dc1")), ["a", "b", "c"]);
     }
 
     #[tokio::test]
@@ -485,6 +667,7 @@ mod tests {
         nameserver.set_route(TopicRoute {
             topic: "orders".into(),
             brokers: vec![group(BROKER_NAME, &broker.addr), group("broker-b", "")],
+            evacuated_idcs: Vec::new(),
         });
         nameserver.refuse(
             "payments",

@@ -3,7 +3,7 @@
 //!
 //! Tasks, all on one [`TaskTracker`]:
 //! - heartbeat: tells every broker of the topic this member is alive;
-//! - rebalance: lists the members, allocates queues ([`allocate_averagely`]), stops the loops of
+//! - rebalance: lists the members, allocates queues ([`allocate_by_idc`]), stops the loops of
 //!   queues taken away (after the message in hand, then commits them) and starts loops for new ones;
 //! - one pull loop per owned queue: pull, hand messages to the handler one by one, retry a message
 //!   in place while the handler asks to, advance the queue's processed offset on success;
@@ -20,7 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use meridian_proto::messages::{ConsumerHeartbeat, ConsumerListResponse, GroupMember, PullStatus, TopicRoute, perm};
+use meridian_proto::idc::IdcSettings;
+use meridian_proto::messages::{
+    ConsumerHeartbeat, ConsumerListResponse, ConsumerMember, GroupMember, PullStatus, TopicRoute, perm,
+};
 use meridian_proto::record::StoredMessage;
 use meridian_proto::validate::{validate_group, validate_topic};
 use meridian_proto::{RequestCode, SDK_VERSION};
@@ -30,10 +33,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::ClientConfig;
-use crate::allocate::{QueueId, allocate_averagely};
+use crate::allocate::{ALLOCATION, Deployment, QueueId, allocate_by_idc};
 use crate::consumer::PullConsumer;
 use crate::error::ClientError;
-use crate::route::{RouteSource, broker_addr, broker_addrs, route_queues};
+use crate::route::{ROUTE_REFRESH_INTERVAL, RouteSource, broker_addr, broker_addrs, broker_idcs, route_queues};
 
 /// First wait before a message whose handler returned [`ConsumeResult::Retry`] is handed again.
 pub(crate) const CONSUME_RETRY_FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -85,6 +88,12 @@ pub struct ConsumerConfig {
     pub long_poll: Duration,
     /// How often processed offsets are committed.
     pub commit_interval: Duration,
+    /// Where this consumer's data center comes from ([`meridian_proto::idc`]).
+    pub idc: IdcSettings,
+    /// How the group spans data centers; every member must use the same.
+    pub deployment: Deployment,
+    /// How long the topic's route is trusted before it is fetched again.
+    pub route_refresh: Duration,
     /// Report consume-side trace events (SubBefore, SubAfter with cost and result) to the brokers,
     /// which add them to the message's trace (default true).
     pub trace: bool,
@@ -110,10 +119,13 @@ impl Default for ConsumerConfig {
             client_id: default_client_id(),
             consume_from: ConsumeFrom::default(),
             heartbeat_interval: Duration::from_secs(2),
-            rebalance_interval: Duration::from_secs(2),
+            rebalance_interval: Duration::from_secs(1),
             pull_batch: 32,
             long_poll: Duration::from_secs(5),
             commit_interval: Duration::from_secs(1),
+            idc: IdcSettings::default(),
+            deployment: Deployment::default(),
+            route_refresh: ROUTE_REFRESH_INTERVAL,
             trace: true,
         }
     }
@@ -159,8 +171,21 @@ struct PushInner {
     workers: Mutex<BTreeMap<QueueId, QueueWorker>>,
     /// Rebalances run one at a time (the first one in `start`, then the periodic ones).
     rebalance_lock: tokio::sync::Mutex<()>,
+    /// This member's data center (empty: none).
+    idc: String,
+    /// What the last rebalance found worth a warning, so each is logged once when it appears.
+    findings: Mutex<Findings>,
     /// Consume-side trace events waiting to be reported (`None` with `trace` off).
     trace: Option<crate::trace::ConsumeTracer>,
+}
+
+/// Problems the last rebalance saw in the group.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Findings {
+    /// Members allocating differently from this one: `client_id allocation deployment`.
+    disagreeing: Vec<String>,
+    /// Data centers with queues but no consumers (dual-side).
+    unserved_idcs: Vec<String>,
 }
 
 struct QueueWorker {
@@ -244,6 +269,9 @@ impl PushConsumer {
             pull.shutdown().await;
             return Err(error);
         }
+        let mut pull = pull;
+        pull.routes.set_refresh(config.route_refresh);
+        let idc = crate::idc::detect(pull.routes.source(), &config.idc, "consumer").await.idc;
         let handler: BoxedHandler = Arc::new(move |message| Box::pin(handler(message)));
         let inner = Arc::new(PushInner {
             pull,
@@ -252,6 +280,8 @@ impl PushConsumer {
             cancel: CancellationToken::new(),
             workers: Mutex::new(BTreeMap::new()),
             rebalance_lock: tokio::sync::Mutex::new(()),
+            idc,
+            findings: Mutex::new(Findings::default()),
             trace: config
                 .trace
                 .then(|| crate::trace::ConsumeTracer::new(&config.group, &config.client_id)),
@@ -282,6 +312,18 @@ impl PushConsumer {
     /// The queues this member consumes now, sorted.
     pub fn assigned_queues(&self) -> Vec<QueueId> {
         self.inner.lock_workers().keys().cloned().collect()
+    }
+
+    /// This member's data center (empty: none).
+    pub fn idc(&self) -> &str {
+        &self.inner.idc
+    }
+
+    /// Members of the group that allocate queues differently from this one (another algorithm,
+    /// version or deployment model), as `client_id allocation deployment`: while any is listed,
+    /// queues may go unconsumed or be consumed twice. Empty when the group agrees.
+    pub fn disagreeing_members(&self) -> Vec<String> {
+        self.inner.lock_findings().disagreeing.clone()
     }
 
     /// The settings this consumer was started with.
@@ -365,6 +407,9 @@ impl PushInner {
             client_id: self.config.client_id.clone(),
             topics: vec![self.config.topic.clone()],
             sdk_version: SDK_VERSION.to_owned(),
+            idc: self.idc.clone(),
+            allocation: ALLOCATION.to_owned(),
+            deployment: self.config.deployment.as_str().to_owned(),
         };
         let timeout = self.config.client.request_timeout;
         let sends = broker_addrs(&route).into_iter().map(|addr| {
@@ -400,8 +445,12 @@ impl PushInner {
         Ok(())
     }
 
+    fn lock_findings(&self) -> MutexGuard<'_, Findings> {
+        self.findings.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The live members of the group, from the first broker of the topic that answers.
-    async fn members(&self, route: &TopicRoute) -> Result<Vec<String>, ClientError> {
+    async fn members(&self, route: &TopicRoute) -> Result<ConsumerListResponse, ClientError> {
         let request = GroupMember {
             group: self.config.group.clone(),
             client_id: String::new(),
@@ -421,7 +470,7 @@ impl PushInner {
                 )
                 .await;
             match result {
-                Ok(response) => return Ok(response.client_ids),
+                Ok(response) => return Ok(response),
                 Err(error) => {
                     warn!(addr, %error, group = %self.config.group, "listing group members failed");
                     last_error = error.into();
@@ -438,20 +487,44 @@ impl PushInner {
             return Ok(());
         }
         let route = self.route().await.inspect_err(|error| self.note_error(error))?;
-        let queues: Vec<QueueId> = route_queues(&route, perm::READ)
+        let idcs = broker_idcs(&route);
+        let queues: Vec<(QueueId, String)> = route_queues(&route, perm::READ)
             .into_iter()
-            .map(|(queue, _)| queue)
+            .map(|(queue, _)| {
+                let idc = idcs.get(queue.broker_name.as_str()).copied().unwrap_or_default().to_owned();
+                (queue, idc)
+            })
             .collect();
         let me = self.config.client_id.as_str();
-        let mut members = self.members(&route).await?;
-        if !members.iter().any(|member| member == me) {
+        let mut listed = self.members(&route).await?;
+        if !listed.client_ids.iter().any(|member| member == me) {
             // The brokers forgot this member (restart, expiry after a pause): announce it again
             // rather than give up every queue.
             debug!(client_id = me, "member missing from the group list, heartbeating again");
             self.heartbeat().await?;
-            members = self.members(&route).await?;
+            listed = self.members(&route).await?;
         }
-        let wanted = allocate_averagely(&queues, &members, me);
+        // The broker hears of a drill within a heartbeat; the cached route may be older.
+        let mut evacuated = route.evacuated_idcs.clone();
+        evacuated.extend(listed.evacuated_idcs.iter().cloned());
+        evacuated.sort();
+        evacuated.dedup();
+        if evacuated != route.evacuated_idcs {
+            self.pull.routes.invalidate(self.topic());
+        }
+        let members: Vec<(String, String)> = if listed.members.is_empty() {
+            // A broker that does not report members' data centers.
+            listed.client_ids.iter().map(|id| (id.clone(), String::new())).collect()
+        } else {
+            listed
+                .members
+                .iter()
+                .map(|member| (member.client_id.clone(), member.idc.clone()))
+                .collect()
+        };
+        let allocation = allocate_by_idc(&queues, &members, me, self.config.deployment, &evacuated);
+        self.note_findings(&listed.members, allocation.unserved_idcs);
+        let wanted = allocation.queues;
 
         let taken_away: Vec<(QueueId, QueueWorker)> = {
             let mut workers = self.lock_workers();
@@ -487,6 +560,38 @@ impl PushInner {
             }
         }
         Ok(())
+    }
+
+    /// Warns once about members that allocate differently and about data centers nobody
+    /// consumes, each time the set changes.
+    fn note_findings(&self, members: &[ConsumerMember], unserved_idcs: Vec<String>) {
+        let deployment = self.config.deployment.as_str();
+        let disagreeing: Vec<String> = members
+            .iter()
+            .filter(|member| member.allocation != ALLOCATION || member.deployment != deployment)
+            .map(|member| format!("{} {} {}", member.client_id, member.allocation, member.deployment))
+            .collect();
+        let findings = Findings {
+            disagreeing,
+            unserved_idcs,
+        };
+        let mut last = self.lock_findings();
+        if findings.disagreeing != last.disagreeing && !findings.disagreeing.is_empty() {
+            warn!(
+                group = %self.config.group,
+                mine = %format!("{ALLOCATION} {deployment}"),
+                others = ?findings.disagreeing,
+                "members of this group allocate queues differently: queues may go unconsumed or be consumed twice; run every member on the same SDK version and deployment model"
+            );
+        }
+        if findings.unserved_idcs != last.unserved_idcs && !findings.unserved_idcs.is_empty() {
+            warn!(
+                group = %self.config.group,
+                idcs = ?findings.unserved_idcs,
+                "dual-side group: these data centers have queues but no consumers, so their messages wait; start consumers there, or evacuate them with a drill"
+            );
+        }
+        *last = findings;
     }
 
     fn spawn_worker(self: &Arc<Self>, queue: QueueId) -> QueueWorker {
@@ -918,6 +1023,7 @@ mod tests {
         nameserver.set_route(TopicRoute {
             topic: "orders".into(),
             brokers: vec![group(BROKER_NAME, &broker.addr, 3), group("broker-b", "", 2)],
+            evacuated_idcs: Vec::new(),
         });
         for index in 0..6u32 {
             broker.append("orders", index % 3, format!("m{index}").as_bytes());

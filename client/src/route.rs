@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_proto::RequestCode;
-use meridian_proto::messages::{BrokerRoute, TopicRoute, TopicRouteRequest, perm};
+use std::net::IpAddr;
+
+use meridian_proto::idc::local_ip_towards;
+use meridian_proto::messages::{BrokerRoute, IdcLookupRequest, IdcLookupResponse, TopicRoute, TopicRouteRequest, perm};
 use meridian_proto::transport::TransportError;
 use meridian_proto::validate::validate_topic;
 use tokio::time::Instant;
@@ -31,6 +34,16 @@ pub trait RouteSource: Send + Sync + 'static {
         &'a self,
         topic: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<TopicRoute, ClientError>> + Send + 'a>>;
+
+    /// The IDC map's answer for `ip` (default: the address this host uses to reach the source),
+    /// with the address looked up; `None` when the source keeps no map (a lone broker) or no
+    /// nameserver answered.
+    fn idc_lookup<'a>(
+        &'a self,
+        _ip: Option<IpAddr>,
+    ) -> Pin<Box<dyn Future<Output = Option<(IpAddr, IdcLookupResponse)>> + Send + 'a>> {
+        Box::pin(async { None })
+    }
 }
 
 /// Routes from one broker, asked directly (no nameserver).
@@ -155,6 +168,35 @@ impl RouteSource for NameserverRoute {
     ) -> Pin<Box<dyn Future<Output = Result<TopicRoute, ClientError>> + Send + 'a>> {
         Box::pin(self.lookup(topic))
     }
+
+    fn idc_lookup<'a>(
+        &'a self,
+        ip: Option<IpAddr>,
+    ) -> Pin<Box<dyn Future<Output = Option<(IpAddr, IdcLookupResponse)>> + Send + 'a>> {
+        Box::pin(async move {
+            let timeout = self.pool.config().request_timeout;
+            for addr in &self.addrs {
+                let Some(ip) = ip.or_else(|| local_ip_towards(addr)) else {
+                    continue;
+                };
+                let request = IdcLookupRequest { ip: ip.to_string() };
+                match self.pool.call(addr, RequestCode::IdcLookup, &request, timeout).await {
+                    Ok(response) => return Some((ip, response)),
+                    Err(error) => debug!(nameserver = %addr, %error, "IDC lookup failed; trying the next nameserver"),
+                }
+            }
+            None
+        })
+    }
+}
+
+/// The data center of each broker group of `route`, by group name.
+pub(crate) fn broker_idcs(route: &TopicRoute) -> HashMap<&str, &str> {
+    route
+        .brokers
+        .iter()
+        .map(|broker| (broker.broker_name.as_str(), broker.idc.as_str()))
+        .collect()
 }
 
 /// Where to write to a broker group: its live master; `None` when it has none.
@@ -221,11 +263,12 @@ struct CachedRoute {
     fetched_at: Instant,
 }
 
-/// Routes per topic, refreshed every [`ROUTE_REFRESH_INTERVAL`] and after errors that suggest the
-/// route is stale.
+/// Routes per topic, refreshed every [`ROUTE_REFRESH_INTERVAL`] (or the interval set) and after
+/// errors that suggest the route is stale.
 pub(crate) struct RouteCache {
     source: Arc<dyn RouteSource>,
     entries: Mutex<HashMap<String, CachedRoute>>,
+    refresh: Duration,
 }
 
 impl RouteCache {
@@ -233,7 +276,18 @@ impl RouteCache {
         RouteCache {
             source,
             entries: Mutex::new(HashMap::new()),
+            refresh: ROUTE_REFRESH_INTERVAL,
         }
+    }
+
+    /// Trust cached routes for `refresh` instead.
+    pub(crate) fn set_refresh(&mut self, refresh: Duration) {
+        self.refresh = refresh;
+    }
+
+    /// Where routes come from.
+    pub(crate) fn source(&self) -> &dyn RouteSource {
+        &*self.source
     }
 
     /// The route of `topic`, from the cache when fresh. Concurrent misses may fetch twice, which
@@ -242,7 +296,7 @@ impl RouteCache {
         {
             let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(cached) = entries.get(topic)
-                && cached.fetched_at.elapsed() < ROUTE_REFRESH_INTERVAL
+                && cached.fetched_at.elapsed() < self.refresh
             {
                 return Ok(cached.route.clone());
             }
@@ -318,6 +372,7 @@ mod tests {
             route: TopicRoute {
                 topic: "orders".into(),
                 brokers: vec![broker("a", 2, perm::READ | perm::WRITE)],
+                evacuated_idcs: Vec::new(),
             },
         });
         let cache = RouteCache::new(source.clone());
@@ -339,6 +394,7 @@ mod tests {
             route: TopicRoute {
                 topic: "orders".into(),
                 brokers: Vec::new(),
+                evacuated_idcs: Vec::new(),
             },
         });
         let cache = RouteCache::new(source);
@@ -356,6 +412,7 @@ mod tests {
         TopicRoute {
             topic: "orders".into(),
             brokers: vec![broker("a", 2, perm::READ | perm::WRITE)],
+            evacuated_idcs: Vec::new(),
         }
     }
 
@@ -435,6 +492,7 @@ mod tests {
         let route = TopicRoute {
             topic: "orders".into(),
             brokers: vec![broker("a", 1, perm::READ | perm::WRITE), headless],
+            evacuated_idcs: Vec::new(),
         };
         for permission in [perm::READ, perm::WRITE] {
             let queues: Vec<String> = route_queues(&route, permission)
@@ -468,6 +526,7 @@ mod tests {
         let route = TopicRoute {
             topic: "orders".into(),
             brokers: vec![failing],
+            evacuated_idcs: Vec::new(),
         };
         assert!(route_queues(&route, perm::WRITE).is_empty(), "writes need the master");
         assert_eq!(route_queues(&route, perm::READ)[0].1, "b-2:7911");
@@ -484,6 +543,7 @@ mod tests {
                 broker("a", 1, perm::READ),
                 broker("c", 1, 0),
             ],
+            evacuated_idcs: Vec::new(),
         };
         let writable: Vec<String> = route_queues(&route, perm::WRITE)
             .into_iter()

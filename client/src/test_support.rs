@@ -3,7 +3,7 @@
 //! broker; it keeps records, offsets and group members in memory.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use meridian_proto::frame::FrameCodec;
 use meridian_proto::messages::{
-    BrokerRoute, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse, CreateTopicRequest, GroupMember,
+    BrokerRoute, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse, ConsumerMember, CreateTopicRequest, GroupMember,
     MessageData, PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse,
     QueueRef, SendRequest, SendResponse, SendResult, TopicRoute, TopicRouteRequest, perm,
 };
@@ -50,8 +50,8 @@ struct Data {
     topics: HashMap<String, Vec<Vec<Bytes>>>,
     /// (group, topic, queue) → committed offset.
     offsets: HashMap<(String, String, u32), u64>,
-    /// group → members.
-    members: BTreeMap<String, BTreeSet<String>>,
+    /// group → client id → what it reported.
+    members: BTreeMap<String, BTreeMap<String, ConsumerMember>>,
     left: Vec<String>,
     send_failures: VecDeque<ErrorCode>,
     send_requests: Vec<SendRequest>,
@@ -140,7 +140,7 @@ impl FakeBroker {
             .lock()
             .members
             .get(group)
-            .map(|members| members.iter().cloned().collect())
+            .map(|members| members.keys().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -305,6 +305,7 @@ async fn handle(state: &State, frame: Frame) -> Option<Frame> {
                             perm: perm::READ | perm::WRITE,
                             replicas: Vec::new(),
                         }],
+                        evacuated_idcs: Vec::new(),
                     },
                 ),
             }
@@ -356,23 +357,35 @@ async fn handle(state: &State, frame: Frame) -> Option<Frame> {
         }
         RequestCode::ConsumerHeartbeat => {
             let request: ConsumerHeartbeat = decode(&frame);
+            let member = ConsumerMember {
+                client_id: request.client_id.clone(),
+                idc: request.idc,
+                allocation: request.allocation,
+                deployment: request.deployment,
+                sdk_version: request.sdk_version,
+            };
             state
                 .lock()
                 .members
                 .entry(request.group)
                 .or_default()
-                .insert(request.client_id);
+                .insert(request.client_id, member);
             ok(id, &())
         }
         RequestCode::ConsumerList => {
             let request: GroupMember = decode(&frame);
-            let client_ids = state
+            let members: Vec<ConsumerMember> = state
                 .lock()
                 .members
                 .get(&request.group)
-                .map(|members| members.iter().cloned().collect())
+                .map(|members| members.values().cloned().collect())
                 .unwrap_or_default();
-            ok(id, &ConsumerListResponse { client_ids })
+            let response = ConsumerListResponse {
+                client_ids: members.iter().map(|member| member.client_id.clone()).collect(),
+                members,
+                evacuated_idcs: Vec::new(),
+            };
+            ok(id, &response)
         }
         RequestCode::ConsumerLeave => {
             let request: GroupMember = decode(&frame);

@@ -178,6 +178,12 @@ pub enum CommandError {
         /// The group's members.
         members: Vec<String>,
     },
+    /// A failover drill step that the cluster's state does not allow.
+    #[error("{message}")]
+    Drill {
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// Removing an IDC rule that does not exist.
     #[error("there is no IDC rule for {cidr}: list the rules to see which exist")]
     IdcRuleNotFound {
@@ -212,7 +218,8 @@ impl CommandError {
             | CommandError::TopicNotApproved { .. }
             | CommandError::TopicInUse { .. }
             | CommandError::StaleElection { .. }
-            | CommandError::NotInSync { .. } => ErrorCode::FailedPrecondition,
+            | CommandError::NotInSync { .. }
+            | CommandError::Drill { .. } => ErrorCode::FailedPrecondition,
             CommandError::Invalid { .. }
             | CommandError::BrokerNotFound { .. }
             | CommandError::MemberNotFound { .. }

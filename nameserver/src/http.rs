@@ -66,6 +66,10 @@ pub fn router(service: Arc<NameserverService>) -> Router {
             get(idc_rules).put(set_idc_rule).delete(remove_idc_rule),
         )
         .route("/api/sdk-policy", get(sdk_policy).put(set_sdk_policy))
+        .route("/api/drill", get(drill))
+        .route("/api/drill/evacuate", post(drill_evacuate))
+        .route("/api/drill/restore", post(drill_restore))
+        .route("/api/idc-lookup/{ip}", get(idc_lookup))
         .route("/api/{*path}", any(unknown_endpoint))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(service)
@@ -379,6 +383,23 @@ struct GroupRequestBody {
 #[serde(deny_unknown_fields)]
 struct SwitchoverBody {
     to: String,
+    by: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvacuateBody {
+    idc: String,
+    by: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
     by: String,
     #[serde(default)]
     reason: Option<String>,
@@ -796,6 +817,45 @@ async fn remove_idc_rule(
         .command(Command::RemoveIdcRule { cidr: body.cidr })
         .await
         .map(ok)
+}
+
+async fn drill(State(service): State<SharedService>) -> HttpResponse {
+    ok(service.drill())
+}
+
+async fn drill_evacuate(
+    State(service): State<SharedService>,
+    JsonBody(body): JsonBody<EvacuateBody>,
+) -> Result<HttpResponse, ApiError> {
+    require_by(&body.by)?;
+    let command = Command::Evacuate {
+        idc: body.idc,
+        by: body.by,
+        reason: body.reason,
+    };
+    service.command(command).await.map(ok)
+}
+
+async fn drill_restore(
+    State(service): State<SharedService>,
+    JsonBody(body): JsonBody<RestoreBody>,
+) -> Result<HttpResponse, ApiError> {
+    require_by(&body.by)?;
+    let command = Command::Restore {
+        by: body.by,
+        reason: body.reason,
+    };
+    service.command(command).await.map(ok)
+}
+
+async fn idc_lookup(State(service): State<SharedService>, PathParam(ip): PathParam<String>) -> Result<HttpResponse, ApiError> {
+    let answer = service.idc_lookup(&ip)?;
+    Ok(ok(serde_json::json!({
+        "ip": ip,
+        "idc": Some(answer.idc).filter(|idc| !idc.is_empty()),
+        "cidr": Some(answer.cidr).filter(|cidr| !cidr.is_empty()),
+        "known_idcs": answer.known_idcs,
+    })))
 }
 
 async fn sdk_policy(State(service): State<SharedService>) -> HttpResponse {

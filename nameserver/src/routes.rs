@@ -68,10 +68,17 @@ pub fn topic_route(state: &MetadataState, liveness: &LivenessView<'_>, topic: &s
                     .iter()
                     .any(|replica| replica.name == master.name && replica.alive)
             });
+            let idc = state.group_idc(group_name).to_owned();
+            // A drill's evacuated data center takes no writes.
+            let perm = if state.drill().evacuated.as_ref() == Some(&idc) {
+                perm & !meridian_proto::messages::perm::WRITE
+            } else {
+                perm
+            };
             BrokerRoute {
                 broker_name: group_name.clone(),
                 addr: master.map(|master| master.addr.clone()).unwrap_or_default(),
-                idc: master.map(|master| master.idc.clone()).unwrap_or_default(),
+                idc,
                 queues: *queues,
                 perm,
                 replicas,
@@ -81,6 +88,7 @@ pub fn topic_route(state: &MetadataState, liveness: &LivenessView<'_>, topic: &s
     Ok(TopicRoute {
         topic: topic.to_owned(),
         brokers,
+        evacuated_idcs: state.evacuated_idcs(),
     })
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use meridian_proto::messages::{BrokerHeartbeat, BrokerMetadataRequest, BrokerRegistration, TopicRouteRequest};
+use meridian_proto::messages::{BrokerHeartbeat, BrokerMetadataRequest, BrokerRegistration, IdcLookupRequest, TopicRouteRequest};
 use meridian_proto::transport::{ConnectionPool, TransportConfig};
 use meridian_proto::validate::Limits;
 use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};
@@ -213,6 +213,11 @@ fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> A
             decode_json::<Query>("nameserver query", &body)
                 .and_then(|query| service.read(&query))
                 .and_then(|value| json(&value)),
+        ),
+        RequestCode::IdcLookup => Answer::Now(
+            decode::<IdcLookupRequest>("IDC lookup", body)
+                .and_then(|request| service.idc_lookup(&request.ip))
+                .map(|response| Bytes::from(response.encode_to_vec())),
         ),
         RequestCode::RegisterBroker => {
             service.metrics().broker_bytes.inc_by(body.len() as u64);

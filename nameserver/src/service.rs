@@ -18,7 +18,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use meridian_proto::compress::decompress;
 use meridian_proto::messages::{
-    BrokerHeartbeat, BrokerHeartbeatResponse, BrokerMetadata, BrokerRegistration, TopicList, TopicRoute, role,
+    BrokerHeartbeat, BrokerHeartbeatResponse, BrokerMetadata, BrokerRegistration, IdcLookupResponse, TopicList,
+    TopicRoute, role,
 };
 use meridian_proto::transport::{ConnectionPool, TransportError};
 use meridian_proto::validate::{validate_group, validate_topic};
@@ -32,7 +33,7 @@ use crate::metrics::NameserverMetrics;
 use crate::raft::NameserverRaft;
 use crate::routes;
 use crate::state::{
-    ApprovalStatus, BrokerRegistration as Registration, BrokerRole, Command, ConsumerGroup, Decision, EpochChange,
+    ApprovalStatus, BrokerRegistration as Registration, BrokerRole, Command, ConsumerGroup, Decision, Drill, EpochChange,
     IdcRule, MetadataState, Response, SdkPolicy, Topic, validate_broker_identity, validate_broker_topics,
 };
 use crate::types::{Node, NodeId};
@@ -104,6 +105,8 @@ pub enum Query {
     IdcRules,
     /// The client SDK version policy ([`SdkPolicy`]).
     SdkPolicy,
+    /// Failover drills: what is evacuated and every step taken ([`Drill`]).
+    Drill,
 }
 
 /// A topic and its history.
@@ -455,7 +458,7 @@ impl NameserverService {
             })
         };
         let leader = (claims_master || named_master()) && self.confirm_leadership(lease).await;
-        let (metadata_version, group_epoch, master, master_addr) = self.raft.read_state(|state| {
+        let (metadata_version, group_epoch, master, master_addr, evacuated_idcs) = self.raft.read_state(|state| {
             let group = state.broker_groups().get(group);
             let master = group.and_then(|group| group.master());
             (
@@ -463,6 +466,7 @@ impl NameserverService {
                 group.map_or(0, |group| group.epoch),
                 master.map(|master| master.name.clone()).unwrap_or_default(),
                 master.map(|master| master.addr.clone()).unwrap_or_default(),
+                state.evacuated_idcs(),
             )
         });
         BrokerHeartbeatResponse {
@@ -473,6 +477,7 @@ impl NameserverService {
             master_addr,
             leader,
             lease_ms: lease.as_millis() as u64,
+            evacuated_idcs,
         }
     }
 
@@ -560,6 +565,7 @@ impl NameserverService {
             Query::Cluster => to_json(&self.cluster()),
             Query::IdcRules => to_json(&self.raft.read_state(|state| state.idc_rules().to_vec())),
             Query::SdkPolicy => to_json(&self.raft.read_state(|state| state.sdk_policy().clone())),
+            Query::Drill => to_json(&self.drill()),
         };
         Ok(value)
     }
@@ -637,6 +643,40 @@ impl NameserverService {
     /// The IDC map.
     pub fn idc_rules(&self) -> Vec<IdcRule> {
         self.raft.read_state(|state| state.idc_rules().to_vec())
+    }
+
+    /// Failover drills: what is evacuated now and every step taken.
+    pub fn drill(&self) -> Drill {
+        self.raft.read_state(|state| state.drill().clone())
+    }
+
+    /// Which data center `ip` is in by the IDC map, and every data center the cluster knows (its
+    /// brokers', its nameservers' and its IDC rules').
+    pub fn idc_lookup(&self, ip: &str) -> Result<IdcLookupResponse, ApiError> {
+        let address: std::net::IpAddr = ip.trim().parse().map_err(|error| {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("IDC lookup of {ip:?}: not an IP address ({error}); give an IPv4 or IPv6 address"),
+            )
+        })?;
+        let nodes: Vec<String> = self
+            .raft
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, node)| node.idc.clone())
+            .collect();
+        Ok(self.raft.read_state(|state| {
+            let rule = state.idc_rule_for(address);
+            let mut known = state.known_idcs();
+            known.extend(nodes.into_iter().filter(|idc| !idc.is_empty()));
+            IdcLookupResponse {
+                idc: rule.map(|rule| rule.idc.clone()).unwrap_or_default(),
+                cidr: rule.map(IdcRule::cidr).unwrap_or_default(),
+                known_idcs: known.into_iter().collect(),
+            }
+        }))
     }
 
     /// The SDK policy.

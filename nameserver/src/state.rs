@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use meridian_proto::validate::{validate_group, validate_queue_count, validate_topic};
+use meridian_proto::validate::{validate_group, validate_idc, validate_queue_count, validate_topic};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CommandError, SdkVersionError, Subject};
@@ -249,6 +249,43 @@ pub struct ConsumerGroup {
     pub consume_mode: ConsumeMode,
 }
 
+/// Failover drills: which data center is evacuated now, and every step taken, with who and when.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drill {
+    /// The data center evacuated now; `None`: both serve (dual-center).
+    pub evacuated: Option<String>,
+    /// Every step, oldest first, at most [`DRILL_HISTORY_LEN`].
+    pub steps: Vec<DrillStep>,
+}
+
+/// Drill steps kept; older ones are dropped.
+pub const DRILL_HISTORY_LEN: usize = 256;
+
+/// What a drill step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrillAction {
+    /// Traffic moved out of a data center.
+    Evacuate,
+    /// Traffic returned to both data centers.
+    Restore,
+}
+
+/// One step of a failover drill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillStep {
+    /// When, in ms since the Unix epoch (time of the log entry).
+    pub at_ms: u64,
+    /// Evacuate or restore.
+    pub action: DrillAction,
+    /// The data center evacuated, or restored.
+    pub idc: String,
+    /// Who ran it.
+    pub by: String,
+    /// Why.
+    pub reason: Option<String>,
+}
+
 /// One rule of the IDC map: addresses in `network/prefix_len` are in data center `idc`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdcRule {
@@ -264,6 +301,11 @@ impl IdcRule {
     /// The rule's CIDR in canonical form, e.g. `10.1.0.0/16`.
     pub fn cidr(&self) -> String {
         format!("{}/{}", self.network, self.prefix_len)
+    }
+
+    /// Whether the two rules share addresses: one's network lies inside the other.
+    pub fn overlaps(&self, other: &IdcRule) -> bool {
+        self.contains(other.network) || other.contains(self.network)
     }
 
     fn contains(&self, address: IpAddr) -> bool {
@@ -580,6 +622,25 @@ pub enum Command {
         /// E.g. `10.1.0.0/16`.
         cidr: String,
     },
+    /// A failover drill: move all production and consumption out of data center `idc`. Its
+    /// brokers stop taking writes; consumers there hand their queues to consumers elsewhere.
+    Evacuate {
+        /// The data center to empty.
+        idc: String,
+        /// Who runs the drill.
+        by: String,
+        /// Why (optional).
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// End a failover drill: both data centers serve again.
+    Restore {
+        /// Who runs the drill.
+        by: String,
+        /// Why (optional).
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// Replace the client SDK version policy.
     SetSdkPolicy {
         /// Oldest version allowed; `None`: any.
@@ -624,6 +685,14 @@ pub enum Response {
         /// The group's epoch, which the broker must obey.
         epoch: u64,
     },
+    /// An IDC rule as set, with the rules of other data centers whose addresses it shares (the
+    /// longest prefix decides between them; overlaps are usually a mistake worth a warning).
+    IdcRule {
+        /// The rule as set.
+        rule: IdcRule,
+        /// Overlapping rules that name another data center.
+        overlaps: Vec<IdcRule>,
+    },
     /// An election or a fencing, as recorded in the group's history.
     EpochChange {
         /// Broker group name.
@@ -653,6 +722,8 @@ pub struct MetadataState {
     // when it moves.
     #[serde(default)]
     metadata_version: u64,
+    #[serde(default)]
+    drill: Drill,
 }
 
 impl MetadataState {
@@ -686,6 +757,45 @@ impl MetadataState {
         &self.idc_rules
     }
 
+    /// Failover drills: what is evacuated now, and the steps taken.
+    pub fn drill(&self) -> &Drill {
+        &self.drill
+    }
+
+    /// Data centers evacuated by a drill, for routes and brokers.
+    pub fn evacuated_idcs(&self) -> Vec<String> {
+        self.drill.evacuated.iter().cloned().collect()
+    }
+
+    /// Every data center the cluster knows: of its brokers and its IDC rules, sorted.
+    pub fn known_idcs(&self) -> BTreeSet<String> {
+        self.broker_groups
+            .values()
+            .flat_map(|group| group.members.values().map(|member| member.idc.clone()))
+            .chain(self.idc_rules.iter().map(|rule| rule.idc.clone()))
+            .filter(|idc| !idc.is_empty())
+            .collect()
+    }
+
+    /// The data center a broker group serves from: its master's; while it has none, that of its
+    /// last elected master (so its queues do not change sides during a failover); empty when
+    /// neither is known.
+    pub fn group_idc(&self, group: &str) -> &str {
+        let Some(group) = self.broker_groups.get(group) else {
+            return "";
+        };
+        if let Some(master) = group.master() {
+            return &master.idc;
+        }
+        group
+            .history
+            .iter()
+            .rev()
+            .find_map(|change| change.master.as_deref())
+            .and_then(|name| group.members.get(name))
+            .map_or("", |member| member.idc.as_str())
+    }
+
     /// The client SDK version policy.
     pub fn sdk_policy(&self) -> &SdkPolicy {
         &self.sdk_policy
@@ -715,6 +825,11 @@ impl MetadataState {
     /// The data center of an address: the rule with the longest matching prefix; among rules of
     /// the same length, the one added first. IPv4-mapped IPv6 addresses match IPv4 rules.
     pub fn idc_for(&self, address: IpAddr) -> Option<&str> {
+        self.idc_rule_for(address).map(|rule| rule.idc.as_str())
+    }
+
+    /// The rule [`MetadataState::idc_for`] goes by.
+    pub fn idc_rule_for(&self, address: IpAddr) -> Option<&IdcRule> {
         let address = address.to_canonical();
         let mut best: Option<&IdcRule> = None;
         for rule in self.idc_rules.iter().filter(|rule| rule.contains(address)) {
@@ -722,7 +837,7 @@ impl MetadataState {
                 best = Some(rule);
             }
         }
-        best.map(|rule| rule.idc.as_str())
+        best
     }
 
     /// Applies one command at `now_ms` (the time recorded in its log entry). Deterministic: the
@@ -814,6 +929,8 @@ impl MetadataState {
             Command::UnregisterBroker { group, member } => self.unregister_broker(group, member)?,
             Command::SetIdcRule { cidr, idc } => self.set_idc_rule(cidr, idc)?,
             Command::RemoveIdcRule { cidr } => self.remove_idc_rule(cidr)?,
+            Command::Evacuate { idc, by, reason } => self.evacuate(now_ms, idc, by, reason)?,
+            Command::Restore { by, reason } => self.restore(now_ms, by, reason)?,
             Command::SetSdkPolicy {
                 min_version,
                 blocked_versions,
@@ -1429,19 +1546,101 @@ impl MetadataState {
                 message: format!("IDC rule for {cidr:?} names no data center: give the IDC name"),
             });
         }
+        validate_idc(&idc)?;
+        let rule = IdcRule {
+            network,
+            prefix_len,
+            idc,
+        };
+        let overlaps: Vec<IdcRule> = self
+            .idc_rules
+            .iter()
+            .filter(|other| other.overlaps(&rule) && other.idc != rule.idc)
+            .filter(|other| !(other.network == network && other.prefix_len == prefix_len))
+            .cloned()
+            .collect();
         match self
             .idc_rules
             .iter_mut()
-            .find(|rule| rule.network == network && rule.prefix_len == prefix_len)
+            .find(|existing| existing.network == network && existing.prefix_len == prefix_len)
         {
-            Some(rule) => rule.idc = idc,
-            None => self.idc_rules.push(IdcRule {
-                network,
-                prefix_len,
-                idc,
-            }),
+            Some(existing) => existing.idc.clone_from(&rule.idc),
+            None => self.idc_rules.push(rule.clone()),
         }
+        Ok(Response::IdcRule { rule, overlaps })
+    }
+
+    fn evacuate(&mut self, now_ms: u64, idc: String, by: String, reason: Option<String>) -> Result<Response, CommandError> {
+        validate_idc(&idc)?;
+        require_person("by", &by)?;
+        match &self.drill.evacuated {
+            Some(evacuated) if *evacuated == idc => {
+                return Err(CommandError::Drill {
+                    message: format!("data center {idc:?} is already evacuated: `meridian drill restore` ends the drill"),
+                });
+            }
+            Some(evacuated) => {
+                return Err(CommandError::Drill {
+                    message: format!(
+                        "data center {evacuated:?} is evacuated: evacuating {idc:?} too would leave no data center serving; run `meridian drill restore` first"
+                    ),
+                });
+            }
+            None => {}
+        }
+        let known = self.known_idcs();
+        if !known.contains(&idc) {
+            return Err(CommandError::Drill {
+                message: format!(
+                    "no broker or IDC rule is in data center {idc:?}; the cluster knows {}",
+                    if known.is_empty() {
+                        "no data centers (brokers register theirs)".to_owned()
+                    } else {
+                        known.iter().map(|idc| format!("{idc:?}")).collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            });
+        }
+        let elsewhere: Vec<&str> = self
+            .broker_groups
+            .values()
+            .filter(|group| group.master.is_some() && self.group_idc(&group.name) != idc)
+            .map(|group| group.name.as_str())
+            .collect();
+        if elsewhere.is_empty() {
+            return Err(CommandError::Drill {
+                message: format!(
+                    "evacuating {idc:?} would leave no broker group taking writes: no group has a master outside {idc:?} (see `meridian cluster status`)"
+                ),
+            });
+        }
+        self.drill.evacuated = Some(idc.clone());
+        self.record_drill_step(now_ms, DrillAction::Evacuate, idc, by, reason);
         Ok(Response::Done)
+    }
+
+    fn restore(&mut self, now_ms: u64, by: String, reason: Option<String>) -> Result<Response, CommandError> {
+        require_person("by", &by)?;
+        let Some(idc) = self.drill.evacuated.take() else {
+            return Err(CommandError::Drill {
+                message: "no data center is evacuated: nothing to restore (`meridian drill status` shows the drill history)"
+                    .to_owned(),
+            });
+        };
+        self.record_drill_step(now_ms, DrillAction::Restore, idc, by, reason);
+        Ok(Response::Done)
+    }
+
+    fn record_drill_step(&mut self, at_ms: u64, action: DrillAction, idc: String, by: String, reason: Option<String>) {
+        self.drill.steps.push(DrillStep {
+            at_ms,
+            action,
+            idc,
+            by,
+            reason,
+        });
+        let excess = self.drill.steps.len().saturating_sub(DRILL_HISTORY_LEN);
+        self.drill.steps.drain(..excess);
     }
 
     fn remove_idc_rule(&mut self, cidr: String) -> Result<Response, CommandError> {
@@ -1926,6 +2125,98 @@ mod tests {
         assert!(state.topic("orders").is_none());
         assert_eq!(state.topic_history("orders").len(), 3, "history outlives the topic");
         assert_eq!(state.group_history("g1").len(), 3);
+    }
+
+    fn register_in(group: &str, member: &str, idc: &str) -> Command {
+        let mut command = register(group, member, BrokerRole::Slave, 0);
+        if let Command::RegisterBroker { member, .. } = &mut command {
+            member.idc = idc.into();
+        }
+        command
+    }
+
+    #[test]
+    fn drills_evacuate_one_known_idc_at_a_time_and_record_every_step() {
+        let mut state = MetadataState::default();
+        state.apply(register_in("a", "a-0", "dc1"), T0).unwrap();
+        state.apply(register_in("b", "b-0", "dc2"), T0).unwrap();
+        state.apply(elect("a", "a-0", 1), T0).unwrap();
+        let evacuate = |idc: &str, by: &str| Command::Evacuate {
+            idc: idc.into(),
+            by: by.into(),
+            reason: Some("drill".into()),
+        };
+        let restore = |by: &str| Command::Restore {
+            by: by.into(),
+            reason: None,
+        };
+        let refusal = |state: &mut MetadataState, command| state.apply(command, T0).unwrap_err().to_string();
+        assert!(refusal(&mut state, evacuate("dc1", "ops")).contains("no group has a master outside \"dc1\""));
+        state.apply(elect("b", "b-0", 1), T0).unwrap();
+        assert!(refusal(&mut state, evacuate("dc9", "ops")).contains("the cluster knows \"dc1\", \"dc2\""));
+        assert!(refusal(&mut state, evacuate("dc 1", "ops")).contains("IDC name \"dc 1\" is invalid"));
+        assert!(refusal(&mut state, evacuate("dc1", " ")).contains("by is empty"));
+        assert!(refusal(&mut state, restore("ops")).contains("nothing to restore"));
+
+        state.apply(evacuate("dc1", "ops"), T0 + 1).unwrap();
+        assert_eq!(state.evacuated_idcs(), ["dc1"]);
+        assert!(refusal(&mut state, evacuate("dc1", "ops")).contains("already evacuated"));
+        assert!(refusal(&mut state, evacuate("dc2", "ops")).contains("restore` first"));
+        state.apply(restore("sre"), T0 + 2).unwrap();
+        assert!(state.evacuated_idcs().is_empty());
+        let steps: Vec<_> = state
+            .drill()
+            .steps
+            .iter()
+            .map(|step| (step.at_ms, step.action, step.idc.as_str(), step.by.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (T0 + 1, DrillAction::Evacuate, "dc1", "ops"),
+                (T0 + 2, DrillAction::Restore, "dc1", "sre")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_group_keeps_its_idc_while_it_has_no_master() {
+        let mut state = MetadataState::default();
+        state.apply(register_in("a", "a-0", "dc1"), T0).unwrap();
+        state.apply(register_in("a", "a-1", "dc2"), T0).unwrap();
+        assert_eq!(state.group_idc("a"), "", "never had a master");
+        state.apply(elect("a", "a-0", 1), T0).unwrap();
+        assert_eq!(state.group_idc("a"), "dc1");
+        let mut report = register_in("a", "a-0", "dc1");
+        if let Command::RegisterBroker { member, .. } = &mut report {
+            member.role = BrokerRole::Master;
+            member.epoch = 1;
+            member.in_sync = vec!["a-1".into()];
+        }
+        state.apply(report, T0).unwrap();
+        state.apply(fence("a", "a-1"), T0).unwrap();
+        assert_eq!(state.group_idc("a"), "dc1", "between fencing and the next election");
+        state.apply(elect("a", "a-1", 3), T0).unwrap();
+        assert_eq!(state.group_idc("a"), "dc2");
+    }
+
+    #[test]
+    fn overlapping_idc_rules_of_other_idcs_are_reported() {
+        let mut state = MetadataState::default();
+        let set = |cidr: &str, idc: &str| Command::SetIdcRule {
+            cidr: cidr.into(),
+            idc: idc.into(),
+        };
+        state.apply(set("10.0.0.0/8", "dc1"), T0).unwrap();
+        let Response::IdcRule { overlaps, .. } = state.apply(set("10.1.0.0/16", "dc2"), T0).unwrap() else {
+            panic!("an IDC rule answer");
+        };
+        assert_eq!(overlaps.iter().map(IdcRule::cidr).collect::<Vec<_>>(), ["10.0.0.0/8"]);
+        let Response::IdcRule { overlaps, .. } = state.apply(set("10.2.0.0/16", "dc1"), T0).unwrap() else {
+            panic!("an IDC rule answer");
+        };
+        assert!(overlaps.is_empty(), "same IDC: no conflict");
+        assert!(state.apply(set("11.0.0.0/8", "bad idc"), T0).is_err());
     }
 
     #[test]
@@ -2417,6 +2708,17 @@ mod tests {
                 }),
             prop::sample::select(vec!["10.0.0.0/8", "fd00::/8"])
                 .prop_map(|cidr| Command::RemoveIdcRule { cidr: cidr.into() }),
+            (prop::sample::select(vec!["dc1", "dc2", "bad idc"]), prop::sample::select(vec!["ops", ""])).prop_map(
+                |(idc, by)| Command::Evacuate {
+                    idc: idc.into(),
+                    by: by.into(),
+                    reason: None,
+                }
+            ),
+            prop::sample::select(vec!["ops", ""]).prop_map(|by| Command::Restore {
+                by: by.into(),
+                reason: None,
+            }),
             (
                 prop::option::of(prop::sample::select(vec!["1.0.0", "2.1", "x"])),
                 prop::collection::btree_set(prop::sample::select(vec!["1.0.1".to_owned(), "bad".to_owned()]), 0..2)

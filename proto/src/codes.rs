@@ -46,6 +46,9 @@ pub enum RequestCode {
     NameserverWrite = 43,
     /// A question about the nameserver's metadata (topics, groups, history, cluster), JSON-encoded.
     NameserverRead = 44,
+    /// Which data center an IP address is in, by the nameservers' IDC map
+    /// ([`crate::messages::IdcLookupRequest`] → [`crate::messages::IdcLookupResponse`]).
+    IdcLookup = 45,
     /// Raft `AppendEntries` between nameservers (JSON-encoded openraft request).
     RaftAppend = 50,
     /// Raft `RequestVote` between nameservers.
@@ -59,7 +62,7 @@ pub enum RequestCode {
 
 impl RequestCode {
     /// Every request code, for exhaustive tests and docs.
-    pub const ALL: [RequestCode; 21] = [
+    pub const ALL: [RequestCode; 22] = [
         RequestCode::Send,
         RequestCode::Pull,
         RequestCode::CommitOffset,
@@ -77,6 +80,7 @@ impl RequestCode {
         RequestCode::BrokerMetadata,
         RequestCode::NameserverWrite,
         RequestCode::NameserverRead,
+        RequestCode::IdcLookup,
         RequestCode::RaftAppend,
         RequestCode::RaftVote,
         RequestCode::RaftSnapshot,
@@ -108,6 +112,7 @@ impl RequestCode {
             RequestCode::BrokerMetadata => "broker_metadata",
             RequestCode::NameserverWrite => "nameserver_write",
             RequestCode::NameserverRead => "nameserver_read",
+            RequestCode::IdcLookup => "idc_lookup",
             RequestCode::RaftAppend => "raft_append",
             RequestCode::RaftVote => "raft_vote",
             RequestCode::RaftSnapshot => "raft_snapshot",
@@ -162,11 +167,14 @@ pub enum ErrorCode {
     /// The message was appended on the master but did not reach the replicas its group's ack
     /// policy needs in time. It is not acknowledged; a retry can duplicate it (at-least-once).
     ReplicationTimeout = 17,
+    /// The broker's data center is evacuated by a failover drill (`meridian drill evacuate`): it
+    /// takes no writes. Refresh the route and send to a broker in another data center.
+    Evacuated = 18,
 }
 
 impl ErrorCode {
     /// Every error code, for exhaustive tests and docs.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::Ok,
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedRequest,
@@ -185,6 +193,7 @@ impl ErrorCode {
         ErrorCode::FailedPrecondition,
         ErrorCode::NotMaster,
         ErrorCode::ReplicationTimeout,
+        ErrorCode::Evacuated,
     ];
 
     /// The code for a raw value; unknown values (from a newer server) read as `Internal`.
@@ -204,6 +213,7 @@ impl ErrorCode {
                 | ErrorCode::FlushTimeout
                 | ErrorCode::NotMaster
                 | ErrorCode::ReplicationTimeout
+                | ErrorCode::Evacuated
         )
     }
 
@@ -220,7 +230,7 @@ impl ErrorCode {
             ErrorCode::Busy => 429,
             ErrorCode::FlushTimeout | ErrorCode::ReplicationTimeout => 504,
             ErrorCode::NotMaster => 421,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::Evacuated => 503,
             ErrorCode::Internal => 500,
         }
     }
@@ -246,6 +256,7 @@ impl ErrorCode {
             ErrorCode::FailedPrecondition => "failed_precondition",
             ErrorCode::NotMaster => "not_master",
             ErrorCode::ReplicationTimeout => "replication_timeout",
+            ErrorCode::Evacuated => "evacuated",
         }
     }
 }
@@ -282,7 +293,8 @@ mod tests {
                 ErrorCode::FlushTimeout,
                 ErrorCode::Unavailable,
                 ErrorCode::NotMaster,
-                ErrorCode::ReplicationTimeout
+                ErrorCode::ReplicationTimeout,
+                ErrorCode::Evacuated
             ]
         );
     }

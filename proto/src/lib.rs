@@ -13,6 +13,7 @@
 //! - [`validate`]: one function per validation rule (names, keys, tags, sizes), used by the client,
 //!   the broker and the nameserver alike.
 //! - [`compress`]: LZ4 for large repetitive bodies, with a bounded decompression.
+//! - [`idc`]: which data center a process is in, decided the same way everywhere.
 //! - [`msgid`]: globally unique, time-sortable message ids; [`time`]: timestamps for people.
 //! - [`trace`]: trace events (Pub, Store, Replicate, Deliver, SubBefore, SubAfter, ...), the
 //!   system trace topic they travel on, and the check every reader of that topic applies.
@@ -23,6 +24,7 @@
 pub mod codes;
 pub mod compress;
 pub mod frame;
+pub mod idc;
 pub mod messages;
 pub mod msgid;
 pub mod properties;

@@ -311,6 +311,10 @@ pub struct TopicRoute {
     /// Brokers serving it.
     #[prost(message, repeated, tag = "2")]
     pub brokers: Vec<BrokerRoute>,
+    /// Data centers a failover drill evacuated (`meridian drill evacuate`): their brokers take no
+    /// writes and their consumers hand their queues to consumers elsewhere.
+    #[prost(string, repeated, tag = "3")]
+    pub evacuated_idcs: Vec<String>,
 }
 
 /// [`crate::RequestCode::ConsumerHeartbeat`]: a consumer is alive in a group.
@@ -328,6 +332,16 @@ pub struct ConsumerHeartbeat {
     /// SDK version of the client.
     #[prost(string, tag = "4")]
     pub sdk_version: String,
+    /// Data center of the consumer; empty when it has none.
+    #[prost(string, tag = "5")]
+    pub idc: String,
+    /// Queue allocation algorithm and its version, e.g. `idc-aware/1`. Every member of a group
+    /// must use the same one, or queues go unconsumed or consumed twice.
+    #[prost(string, tag = "6")]
+    pub allocation: String,
+    /// Deployment model of the group as this member sees it: `single-side` or `dual-side`.
+    #[prost(string, tag = "7")]
+    pub deployment: String,
 }
 
 /// [`crate::RequestCode::ConsumerList`] and [`crate::RequestCode::ConsumerLeave`] request.
@@ -347,6 +361,54 @@ pub struct ConsumerListResponse {
     /// Live members, sorted.
     #[prost(string, repeated, tag = "1")]
     pub client_ids: Vec<String>,
+    /// The same members with what they reported, in the same order.
+    #[prost(message, repeated, tag = "2")]
+    pub members: Vec<ConsumerMember>,
+    /// Data centers evacuated by a failover drill, as the broker last heard from the nameservers.
+    #[prost(string, repeated, tag = "3")]
+    pub evacuated_idcs: Vec<String>,
+}
+
+/// One live member of a consumer group and what its last heartbeat said.
+#[derive(Clone, PartialEq, Message)]
+pub struct ConsumerMember {
+    /// Its client id.
+    #[prost(string, tag = "1")]
+    pub client_id: String,
+    /// Its data center; empty when it has none.
+    #[prost(string, tag = "2")]
+    pub idc: String,
+    /// Its allocation algorithm and version (see [`ConsumerHeartbeat::allocation`]).
+    #[prost(string, tag = "3")]
+    pub allocation: String,
+    /// Its deployment model (see [`ConsumerHeartbeat::deployment`]).
+    #[prost(string, tag = "4")]
+    pub deployment: String,
+    /// Its SDK version.
+    #[prost(string, tag = "5")]
+    pub sdk_version: String,
+}
+
+/// [`crate::RequestCode::IdcLookup`]: which data center an address is in.
+#[derive(Clone, PartialEq, Message)]
+pub struct IdcLookupRequest {
+    /// The address (IPv4 or IPv6) to look up.
+    #[prost(string, tag = "1")]
+    pub ip: String,
+}
+
+/// Response to [`IdcLookupRequest`].
+#[derive(Clone, PartialEq, Message)]
+pub struct IdcLookupResponse {
+    /// The data center of the rule that matched; empty when none did.
+    #[prost(string, tag = "1")]
+    pub idc: String,
+    /// That rule, e.g. `10.1.0.0/16`; empty when none matched.
+    #[prost(string, tag = "2")]
+    pub cidr: String,
+    /// Every data center the cluster knows (from its brokers, nameservers and IDC rules), sorted.
+    #[prost(string, repeated, tag = "3")]
+    pub known_idcs: Vec<String>,
 }
 
 /// [`crate::RequestCode::BrokerHeartbeat`]: a broker is alive. Small on purpose: it carries a
@@ -444,6 +506,9 @@ pub struct BrokerHeartbeatResponse {
     /// writing before the controller may promote another.
     #[prost(uint64, tag = "7")]
     pub lease_ms: u64,
+    /// Data centers a failover drill evacuated: a master in one of them refuses sends.
+    #[prost(string, repeated, tag = "8")]
+    pub evacuated_idcs: Vec<String>,
 }
 
 /// [`crate::RequestCode::BrokerMetadata`] request.

@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_PROPERTIES_SIZE: usize = 32 * 1024;
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
 /// Most queues a topic may have on one broker.
 pub const MAX_QUEUES_PER_TOPIC: u32 = 1024;
+/// Longest data center (IDC) name.
+pub const MAX_IDC_LEN: usize = 64;
 
 /// Size limits in force on one side of a connection. Client and broker use the same defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +51,10 @@ impl Default for Limits {
 /// A value that breaks a rule. The `Display` form is what users see.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
-    /// A topic or group name breaks the name rule.
+    /// A topic, group or IDC name breaks the name rule.
     #[error("{kind} name {name:?} is invalid: only [A-Za-z0-9_-], at most {max} chars")]
     Name {
-        /// "topic" or "group".
+        /// "topic", "group" or "IDC".
         kind: &'static str,
         /// The name as given.
         name: String,
@@ -154,6 +156,12 @@ pub fn validate_topic(topic: &str) -> Result<(), ValidationError> {
 /// Group names (consumer and producer): 1 to 255 chars of `[A-Za-z0-9_-]`.
 pub fn validate_group(group: &str) -> Result<(), ValidationError> {
     validate_name("group", group, MAX_GROUP_LEN)
+}
+
+/// Data center (IDC) names: 1 to 64 chars of `[A-Za-z0-9_-]`, as nodes, clients, IDC files,
+/// IDC rules and drills name them.
+pub fn validate_idc(idc: &str) -> Result<(), ValidationError> {
+    validate_name("IDC", idc, MAX_IDC_LEN)
 }
 
 fn has_reserved_char(value: &str) -> bool {
@@ -267,6 +275,14 @@ mod tests {
         assert!(validate_topic(&"x".repeat(127)).is_ok());
         assert!(validate_group(&"g".repeat(255)).is_ok());
         assert!(validate_group(&"g".repeat(256)).is_err());
+        assert!(validate_idc("logicIdcUK").is_ok());
+        for bad in ["", "dc 1", "../dc1", &"d".repeat(65)] {
+            assert!(validate_idc(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(
+            validate_idc("dc/1").unwrap_err().to_string(),
+            r#"IDC name "dc/1" is invalid: only [A-Za-z0-9_-], at most 64 chars"#
+        );
     }
 
     #[test]

@@ -1,0 +1,22 @@
+//! The data center of a producer or consumer, decided by [`meridian_proto::idc`]'s rules with the
+//! nameservers' IDC map as the last source.
+
+use meridian_proto::idc::{DetectedIdc, IdcSettings, LocalIdc};
+
+use crate::route::RouteSource;
+
+/// Decides this client's data center from `settings`, asking `source` for the IDC map (and the
+/// data centers the cluster knows, to warn about unknown names). Logs what it found as `who`.
+pub(crate) async fn detect(source: &dyn RouteSource, settings: &IdcSettings, who: &str) -> DetectedIdc {
+    let local = LocalIdc::read(settings);
+    let (map, known) = match source.idc_lookup(settings.ip).await {
+        Some((ip, answer)) => {
+            let map = (!answer.idc.is_empty()).then(|| (ip, answer.cidr, answer.idc));
+            (map, answer.known_idcs)
+        }
+        None => (None, Vec::new()),
+    };
+    let detected = local.decide(map, &known);
+    detected.log(who);
+    detected
+}
