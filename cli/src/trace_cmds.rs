@@ -25,6 +25,7 @@ pub async fn tracer(args: TracerArgs) -> Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(TracerMetrics::register(&mut registry));
     let http_listen = config.http_listen;
+    let (group, data_dir) = (config.group.clone(), config.data_dir.clone());
     let tracer = Tracer::open(config, metrics).context("opening the trace index")?;
     let listener = match http_listen {
         Some(addr) => Some(http::bind(addr).await?),
@@ -33,8 +34,9 @@ pub async fn tracer(args: TracerArgs) -> Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
     if let Some(listener) = listener {
+        println!("meridian tracer: group {group}, index in {}", data_dir.display());
         println!(
-            "meridian tracer: http http://{}  (/api/traces/{{msgId}}, /api/traces?key=K, /metrics)",
+            "  http http://{}  (/api/traces/{{msgId}}, /api/traces?key=K, /metrics)",
             listener.local_addr()?
         );
         let router = tracer.router().merge(http::metrics_router(Arc::new(registry)));
@@ -107,13 +109,16 @@ async fn get(addr: &str, path: &str) -> Result<(u16, Value)> {
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;
     let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").context("the tracer's answer has no body")?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("the tracer's answer has no body")?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|status| status.parse::<u16>().ok())
         .context("the tracer's answer has no status")?;
-    let value = serde_json::from_str(body).with_context(|| format!("the tracer answered {status} without JSON: {body}"))?;
+    let value =
+        serde_json::from_str(body).with_context(|| format!("the tracer answered {status} without JSON: {body}"))?;
     Ok((status, value))
 }
 
@@ -122,7 +127,12 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let path = match (&args.id, &args.key) {
         (Some(id), _) => format!("/api/traces/{}", encode(id)),
         (None, Some(key)) => {
-            let mut path = format!("/api/traces?key={}&limit={}&offset={}", encode(key), args.limit, args.offset);
+            let mut path = format!(
+                "/api/traces?key={}&limit={}&offset={}",
+                encode(key),
+                args.limit,
+                args.offset
+            );
             for (name, value) in [("topic", &args.topic), ("from", &args.from), ("to", &args.to)] {
                 if let Some(value) = value {
                     path.push_str(&format!("&{name}={}", encode(value)));
@@ -136,7 +146,9 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     if status != 200 {
         bail!(
             "{}",
-            body.get("error").and_then(Value::as_str).unwrap_or("the tracer refused the lookup")
+            body.get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("the tracer refused the lookup")
         );
     }
     if args.json {
@@ -146,7 +158,11 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     if args.id.is_some() {
         print_timeline(&body);
     } else {
-        let messages = body.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
+        let messages = body
+            .get("messages")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let total = body.get("total").and_then(Value::as_u64).unwrap_or(0);
         println!(
             "key {}: {total} message(s); showing {} from {}",
@@ -159,7 +175,10 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
             print_timeline(message);
         }
         if let Some(next) = body.get("next_offset").and_then(Value::as_u64) {
-            println!("\nmore: meridian trace --key {} --offset {next}", args.key.as_deref().unwrap_or(""));
+            println!(
+                "\nmore: meridian trace --key {} --offset {next}",
+                args.key.as_deref().unwrap_or("")
+            );
         }
     }
     Ok(())
@@ -179,9 +198,17 @@ fn print_timeline(timeline: &Value) {
         "msgId {}  topic {}  keys {}  tag {}  offset id {}",
         text(timeline, "msg_id"),
         text(timeline, "topic"),
-        if keys.is_empty() { "-".to_owned() } else { keys.join(",") },
-        Some(text(timeline, "tags")).filter(|tag| !tag.is_empty()).unwrap_or("-"),
-        Some(text(timeline, "offset_id")).filter(|id| !id.is_empty()).unwrap_or("-"),
+        if keys.is_empty() {
+            "-".to_owned()
+        } else {
+            keys.join(",")
+        },
+        Some(text(timeline, "tags"))
+            .filter(|tag| !tag.is_empty())
+            .unwrap_or("-"),
+        Some(text(timeline, "offset_id"))
+            .filter(|id| !id.is_empty())
+            .unwrap_or("-"),
     );
     println!(
         "{:<25} {:<10} {:>8} {:<8} {:<14} {:<6} {:<12} {:<40} {}",
@@ -208,7 +235,13 @@ fn print_timeline(timeline: &Value) {
         if !text(step, "error").is_empty() {
             detail.push_str(&format!(" error: {}", text(step, "error")));
         }
-        let dash = |value: &str| if value.is_empty() { "-".to_owned() } else { value.to_owned() };
+        let dash = |value: &str| {
+            if value.is_empty() {
+                "-".to_owned()
+            } else {
+                value.to_owned()
+            }
+        };
         println!(
             "{:<25} {:<10} {:>8} {:<8} {:<14} {:<6} {:<12} {:<40} {}",
             text(step, "time"),

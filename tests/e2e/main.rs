@@ -6,6 +6,7 @@ mod durability;
 mod governance;
 mod nameserver;
 mod replication;
+mod tracing;
 
 use std::time::Duration;
 

@@ -424,3 +424,65 @@ async fn commit(ingest: &Ingest, positions: &Positions) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use meridian_proto::MessageId;
+    use meridian_proto::trace::{TraceBatch, TraceEvent, TraceType};
+    use prost::Message;
+
+    fn record(queue_offset: u64, body: Vec<u8>) -> StoredMessage {
+        StoredMessage {
+            topic: TRACE_TOPIC.into(),
+            queue_id: 0,
+            queue_offset,
+            commitlog_offset: queue_offset * 100,
+            born_timestamp: 1,
+            store_timestamp: 1,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            store_host: "127.0.0.1:2".parse().unwrap(),
+            reconsume_count: 0,
+            flags: 0,
+            properties: Bytes::new(),
+            body: Bytes::from(body),
+        }
+    }
+
+    #[test]
+    fn malformed_records_are_counted_and_skipped_and_the_rest_is_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = TraceIndex::open(dir.path(), 15_000_000).unwrap();
+        let metrics = TracerMetrics::default();
+        let msg_id = MessageId::generate().to_string();
+        let event = TraceEvent {
+            event_id: MessageId::generate().to_string(),
+            trace_type: TraceType::Store as i32,
+            timestamp: 1_795_631_410_823,
+            msg_id: msg_id.clone(),
+            topic: "orders".into(),
+            broker_name: "broker-a".into(),
+            ..TraceEvent::default()
+        };
+        let mut bad_event = event.clone();
+        bad_event.msg_id = "forged".into();
+        let reads = vec![Read {
+            broker_name: "broker-a".into(),
+            queue_id: 0,
+            messages: vec![
+                record(0, b"\xff\xfe not a batch".to_vec()),
+                record(1, TraceBatch { events: vec![bad_event] }.encode_to_vec()),
+                record(2, TraceBatch { events: vec![event] }.encode_to_vec()),
+            ],
+            next_offset: 3,
+        }];
+        let mut positions = Positions::new();
+        index_reads(&index, &metrics, reads, 0, &mut positions);
+        assert_eq!(metrics.malformed_records.get(), 2);
+        assert_eq!(metrics.events_indexed.get(), 1);
+        assert_eq!(positions, Positions::from([("broker-a/0".to_owned(), 3)]));
+        index.commit(&positions).unwrap();
+        assert_eq!(index.by_msg_id(&msg_id, &crate::index::Filter::default()).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,260 @@
+//! Message tracing end to end: brokers and the push consumer emit trace events, the tracer indexes
+//! them, and lookups return each message's timeline; a killed tracer loses and doubles nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meridian_client::TransportError;
+use meridian_client::{
+    ClientConfig, ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, Message, Producer, ProducerConfig,
+    PushConsumer,
+};
+use meridian_proto::messages::{MessageData, SendRequest};
+use meridian_proto::trace::TRACE_TOPIC;
+use meridian_proto::{ErrorCode, RequestCode};
+use meridian_tests::{DevNode, ServiceProcess, eventually, http_get_json};
+use serde_json::Value;
+
+fn step_types(timeline: &Value) -> Vec<String> {
+    timeline["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|step| step["type"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumed_message_has_every_step_in_order_with_hosts_groups_and_hops() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("orders", 2).await;
+    node.create_group("billing", &["orders"]).await;
+
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let producer = Producer::new(node.route(&pool), ProducerConfig::default());
+    let sent_at = Instant::now();
+    let sent = producer
+        .send(
+            Message::new("orders", "order 42")
+                .with_key("order-42")
+                .with_tag("created"),
+        )
+        .await
+        .unwrap();
+    // Send to searchable: the Store event answers a lookup by msgId.
+    let path = format!("/api/traces/{}", sent.msg_id);
+    assert!(
+        eventually(Duration::from_secs(10), || http_get_json(node.http, &path).is_some()).await,
+        "the message never became searchable; log:\n{}",
+        node.log()
+    );
+    let searchable = sent_at.elapsed();
+    println!("send to searchable: {searchable:?}");
+    assert!(
+        searchable < Duration::from_secs(3),
+        "searchable only after {searchable:?}"
+    );
+
+    // The handler fails the first time and succeeds the second.
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut config = ConsumerConfig::new("billing", "orders");
+    config.consume_from = ConsumeFrom::Earliest;
+    config.client_id = "e2e-consumer".into();
+    let counter = attempts.clone();
+    let consumer = PushConsumer::start(node.route(&pool), config, move |_message| {
+        let counter = counter.clone();
+        async move {
+            if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                ConsumeResult::Retry
+            } else {
+                ConsumeResult::Success
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let expected = [
+        "Pub",
+        "Store",
+        "Deliver",
+        "SubBefore",
+        "SubAfter",
+        "SubBefore",
+        "SubAfter",
+    ];
+    let mut timeline = Value::Null;
+    let complete = eventually(Duration::from_secs(15), || {
+        timeline = http_get_json(node.http, &path).unwrap_or(Value::Null);
+        step_types(&timeline) == expected
+    })
+    .await;
+    assert!(complete, "timeline {timeline:#}");
+    consumer.shutdown().await;
+    producer.shutdown().await;
+
+    let steps = timeline["steps"].as_array().unwrap();
+    let statuses: Vec<&str> = steps.iter().map(|step| step["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["ok", "ok", "ok", "ok", "retry_later", "ok", "ok"]);
+    for step in steps {
+        assert_eq!(step["broker"], "broker-a", "{step}");
+    }
+    assert_eq!(steps[0]["host"], format!("broker-a ({})", node.broker));
+    for step in &steps[2..] {
+        assert_eq!(step["group"], "billing", "{step}");
+    }
+    for step in &steps[3..] {
+        assert!(
+            step["host"].as_str().unwrap().starts_with("e2e-consumer (127.0.0.1:"),
+            "{step}"
+        );
+    }
+    assert_eq!(
+        steps[5]["reconsume_count"], 1,
+        "the second attempt counts one reconsume"
+    );
+    let times: Vec<i64> = steps.iter().map(|step| step["timestamp"].as_i64().unwrap()).collect();
+    assert!(times.windows(2).all(|pair| pair[0] <= pair[1]), "{times:?}");
+    assert_eq!(timeline["keys"], serde_json::json!(["order-42"]));
+    assert_eq!(timeline["tags"], "created");
+    let hops = &timeline["hops"];
+    assert!(hops["born_to_stored_ms"].as_i64().unwrap() >= 0, "{hops}");
+    assert!(
+        hops["delivered_to_consumed_ms"].as_i64().unwrap() >= 1000,
+        "one retry back-off: {hops}"
+    );
+
+    // The same timeline by key and by offset id.
+    let page = http_get_json(node.http, "/api/traces?key=order-42").unwrap();
+    assert_eq!(page["total"], 1);
+    assert_eq!(page["messages"][0]["msg_id"], sent.msg_id.as_str());
+    let offset_id = timeline["offset_id"].as_str().unwrap().to_owned();
+    let by_offset = http_get_json(node.http, &format!("/api/traces/{offset_id}")).unwrap();
+    assert_eq!(by_offset["msg_id"], sent.msg_id.as_str());
+
+    // The CLI prints it; bad lookups say what is wrong.
+    let http = node.http.to_string();
+    let (ok, stdout, stderr) = node.cli(&["trace", &sent.msg_id, "--tracer", &http], "");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("SubAfter") && stdout.contains("billing") && stdout.contains("hops:"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = node.cli(&["trace", "nothex", "--tracer", &http], "");
+    assert!(!ok && stderr.contains("neither a msgId"), "{stderr}");
+    let (ok, _, stderr) = node.cli(
+        &[
+            "trace", "--key", "order-42", "--from", "2", "--to", "1", "--tracer", &http,
+        ],
+        "",
+    );
+    assert!(!ok && stderr.contains("time range is empty"), "{stderr}");
+
+    // Ordinary clients cannot write the trace topic.
+    let request = SendRequest {
+        topic: TRACE_TOPIC.into(),
+        queue_id: 0,
+        messages: vec![MessageData {
+            flags: 0,
+            born_timestamp: 1,
+            properties: Bytes::new(),
+            body: Bytes::from_static(b"forged"),
+            reconsume_count: 0,
+        }],
+        producer_group: String::new(),
+    };
+    let refused = pool
+        .call_empty(&node.broker_addr(), RequestCode::Send, &request, Duration::from_secs(3))
+        .await
+        .unwrap_err();
+    match refused {
+        TransportError::Remote { code, message, .. } => {
+            assert_eq!(code, ErrorCode::InvalidArgument);
+            assert!(message.contains("is a system topic"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    pool.shutdown().await;
+    node.stop();
+}
+
+fn start_tracer(config: &std::path::Path, log_dir: &std::path::Path) -> ServiceProcess {
+    let args = ["tracer", "--config"].map(std::ffi::OsStr::new);
+    let mut args = args.to_vec();
+    args.push(config.as_os_str());
+    ServiceProcess::start(&args, log_dir, |line| line.trim_start().starts_with("http "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracer_killed_while_producing_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(&dir.path().join("node"), &[]);
+    node.create_topic("payments", 4).await;
+    let tracer_dir = dir.path().join("tracer");
+    let config = dir.path().join("tracer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "nameservers = [\"{}\"]\ngroup = \"MERIDIAN_TRACER-e2e\"\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:0\"\ncommit_interval_ms = 200\nwriter_heap_bytes = 16000000\n",
+            node.nameserver,
+            tracer_dir.display()
+        ),
+    )
+    .unwrap();
+    let tracer = start_tracer(&config, &tracer_dir);
+
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let producer = Producer::new(node.route(&pool), ProducerConfig::default());
+    // kill -9 the tracer 1.2 s into producing, restart it 0.8 s later.
+    let restart = {
+        let (config, tracer_dir) = (config.clone(), tracer_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(1200));
+            tracer.kill9();
+            std::thread::sleep(Duration::from_millis(800));
+            start_tracer(&config, &tracer_dir)
+        })
+    };
+    let mut ids = Vec::new();
+    for index in 0..600 {
+        let message = Message::new("payments", format!("payment {index}")).with_key(format!("pay-{index}"));
+        ids.push(producer.send(message).await.unwrap().msg_id);
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+    let tracer = restart.await.unwrap();
+    let http = tracer.address("http").unwrap();
+
+    // Every message: exactly its Pub and its Store, once.
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let complete = eventually(Duration::from_secs(20), || {
+        for id in &ids {
+            if counts.get(id) == Some(&2) {
+                continue;
+            }
+            let steps =
+                http_get_json(http, &format!("/api/traces/{id}")).map_or(0, |timeline| step_types(&timeline).len());
+            counts.insert(id.clone(), steps);
+        }
+        counts.values().all(|steps| *steps == 2)
+    })
+    .await;
+    let wrong: Vec<_> = counts.iter().filter(|(_, steps)| **steps != 2).take(5).collect();
+    assert!(
+        complete,
+        "messages without exactly Pub and Store: {wrong:?}; tracer log:\n{}",
+        tracer.log()
+    );
+    // And the index holds nothing twice: a key finds its one message.
+    let page = http_get_json(http, "/api/traces?key=pay-599").unwrap();
+    assert_eq!(page["total"], 1);
+    producer.shutdown().await;
+    pool.shutdown().await;
+    tracer.stop();
+    node.stop();
+}
