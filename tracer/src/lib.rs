@@ -20,6 +20,9 @@ pub mod ingest;
 pub mod metrics;
 pub mod timeline;
 
+#[cfg(test)]
+mod bench_tests;
+
 use std::future::Future;
 use std::sync::Arc;
 
