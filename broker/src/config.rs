@@ -92,6 +92,10 @@ pub struct BrokerConfig {
     pub heartbeat_interval_ms: u64,
     /// Trace emission (the `[trace]` table): on by default, per-topic opt-out.
     pub trace: crate::trace::TraceConfig,
+    /// Archiving to Parquet on object storage (the `[archive]` table; off by default). With it
+    /// on, offsets below the local commitlog are read from the archive, and archived segments
+    /// are deleted locally after `local_retention_secs`.
+    pub archive: meridian_archive::store::ArchiveConfig,
 }
 
 /// `nameservers` as a TOML list or as one comma-separated string:
@@ -134,6 +138,7 @@ impl Default for BrokerConfig {
             nameservers: Vec::new(),
             heartbeat_interval_ms: 500,
             trace: crate::trace::TraceConfig::default(),
+            archive: meridian_archive::store::ArchiveConfig::default(),
         }
     }
 }
@@ -179,6 +184,9 @@ impl BrokerConfig {
                 )));
             }
         }
+        self.archive
+            .validate()
+            .map_err(|error| BrokerError::Config(error.to_string()))?;
         if self.heartbeat_interval_ms < MIN_HEARTBEAT_INTERVAL_MS {
             return Err(BrokerError::Config(format!(
                 "heartbeat_interval_ms ({}) must be at least {MIN_HEARTBEAT_INTERVAL_MS}: heartbeats more often only load the nameservers (default 500)",

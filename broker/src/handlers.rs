@@ -335,6 +335,16 @@ fn pull(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
         Ok(request) => request,
         Err(error) => return Reply::Now(Err(error)),
     };
+    // Below the local consume queue: served from the archive, same ids and offsets.
+    if let Some(archive) = state.store.archive().cloned()
+        && state
+            .store
+            .consume_queue(&request.topic, request.queue_id)
+            .is_ok_and(|queue| request.offset < queue.min_offset())
+    {
+        let state = state.clone();
+        return Reply::Later(Box::pin(async move { pull_archived(&state, &archive, &request).await }));
+    }
     match try_pull(state, &request) {
         Ok(Some(body)) => {
             state.trace.delivered(&request.topic, &request.group, peer, &body);
@@ -365,6 +375,60 @@ fn pull(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
             }
         }
     }))
+}
+
+/// A pull below the local consume queue, answered from the archive: the records re-encoded from
+/// Parquet are the bytes the broker once stored, so clients see the same ids, offsets and CRCs.
+/// An offset the archive no longer holds moves the consumer to the next one that exists.
+async fn pull_archived(
+    state: &BrokerState,
+    archive: &meridian_archive::reader::ArchiveReader,
+    request: &PullRequest,
+) -> Result<Bytes> {
+    use meridian_archive::reader::Replay;
+    let local_min = state
+        .store
+        .consume_queue(&request.topic, request.queue_id)?
+        .min_offset();
+    let bounds = state.store.queue_bounds(&request.topic, request.queue_id)?;
+    let max_bytes = request.max_bytes.min((state.limits.max_frame_size - 4096) as u32);
+    let replay = archive
+        .read(
+            &request.topic,
+            request.queue_id,
+            request.offset,
+            request.max_count.clamp(1, 1024),
+            max_bytes,
+        )
+        .await
+        .map_err(|error| BrokerError::Io {
+            context: format!(
+                "reading offset {} of {}/{} from the archive",
+                request.offset, request.topic, request.queue_id
+            ),
+            source: std::io::Error::other(error.to_string()),
+        })?;
+    let (status, next, records) = match replay {
+        Replay::Found {
+            records,
+            count,
+            next_offset,
+        } => {
+            state.metrics.messages_pulled.inc_by(count);
+            (PullStatus::Found, next_offset, Bytes::from(records))
+        }
+        Replay::Moved(next) => (PullStatus::OffsetMoved, next.min(local_min), Bytes::new()),
+        Replay::NotArchived => (PullStatus::OffsetMoved, local_min, Bytes::new()),
+    };
+    Ok(PullResponse {
+        status: status as i32,
+        next_offset: next,
+        min_offset: bounds.min_offset,
+        max_offset: bounds.max_offset,
+        records,
+    }
+    .encode_to_vec()
+    .into())
 }
 
 fn no_new_message(state: &BrokerState, request: &PullRequest) -> Result<Bytes> {

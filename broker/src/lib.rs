@@ -20,6 +20,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod registry;
 pub mod replication;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod trace;

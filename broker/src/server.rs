@@ -69,6 +69,16 @@ impl Broker {
             })
             .await
                 .map_err(|error| BrokerError::Corrupt(format!("store recovery task failed: {error}")))??;
+        if config.archive.enabled {
+            let archive = crate::retention::open_store(&config.archive, &config.data_dir)?;
+            let reader = meridian_archive::reader::ArchiveReader::new(archive, config.broker_name.clone())
+                .map_err(|error| BrokerError::Config(error.to_string()))?;
+            // An unreachable archive must not keep the broker down: the retention task retries.
+            if let Err(error) = reader.refresh(false).await {
+                tracing::warn!(%error, "archive manifest unreadable at start; retrying in the background");
+            }
+            store.set_archive(Arc::new(reader));
+        }
         let governance = config
             .is_governed()
             .then(|| Arc::new(Governance::new(config.broker_name.clone(), config.nameservers.clone())));
@@ -141,6 +151,17 @@ impl Broker {
             trace_stop.clone(),
         ));
         trace_flusher.close();
+        let retention_stop = CancellationToken::new();
+        let retention = TaskTracker::new();
+        if let Some(archive) = state.store.archive() {
+            retention.spawn(crate::retention::run(
+                state.store.clone(),
+                archive.clone(),
+                state.config.archive.clone(),
+                retention_stop.clone(),
+            ));
+        }
+        retention.close();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -167,6 +188,8 @@ impl Broker {
         {
             tracing::warn!("connections did not drain within 10 s; stopping anyway");
         }
+        retention_stop.cancel();
+        retention.wait().await;
         trace_stop.cancel();
         trace_flusher.wait().await;
         if let Some(heartbeats) = heartbeats {

@@ -4,6 +4,7 @@
 //! Each subcommand lives in its own module; services are libraries with `run(config, shutdown)`
 //! composed here. Start reading at [`Command`].
 
+mod archive_cmds;
 mod bench;
 mod bench_nameserver;
 mod client_cmds;
@@ -53,6 +54,12 @@ enum Command {
     /// Measure throughput and latency (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Archive a broker's sealed segments to Parquet on object storage until stopped (reads the
+    /// broker's config: data_dir, broker_name, [archive]).
+    Archiver(archive_cmds::ArchiverArgs),
+    /// The archive: status, run --now, verify.
+    #[command(subcommand)]
+    Archive(archive_cmds::ArchiveCommand),
     /// Run the tracer: index the system trace topic and serve lookups (`MERIDIAN_TRACER__*`
     /// variables override its config file).
     Tracer(trace_cmds::TracerArgs),
@@ -101,7 +108,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let serving = matches!(
         &cli.command,
-        Command::Dev(_) | Command::Nameserver(_) | Command::Tracer(_) | Command::Broker(governance::BrokerCli { command: None, .. })
+        Command::Dev(_) | Command::Archiver(_) | Command::Nameserver(_) | Command::Tracer(_) | Command::Broker(governance::BrokerCli { command: None, .. })
     );
     init_logging(cli.log.as_deref().unwrap_or(if serving { "info" } else { "warn" }));
     match run(cli) {
@@ -138,6 +145,8 @@ fn run(cli: Cli) -> Result<()> {
             Command::Produce(args) => client_cmds::produce(args).await,
             Command::Consume(args) => client_cmds::consume(args).await,
             Command::Bench(command) => bench::run(command).await,
+            Command::Archiver(args) => archive_cmds::archiver(args).await,
+            Command::Archive(command) => archive_cmds::archive(command).await,
             Command::Tracer(args) => trace_cmds::tracer(args).await,
             Command::Trace(args) => trace_cmds::trace(args).await,
         }

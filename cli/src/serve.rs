@@ -38,6 +38,9 @@ pub struct DevArgs {
     /// Broker config file for anything else (flags above win over it).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Do not archive (by default `meridian dev` archives sealed segments into DATA_DIR/archive).
+    #[arg(long)]
+    no_archive: bool,
 }
 
 /// Arguments of `meridian broker`.
@@ -63,6 +66,8 @@ struct Services {
     broker: Option<Broker>,
     tracer: Option<meridian_tracer::Tracer>,
     http: Option<(tokio::net::TcpListener, axum::Router)>,
+    /// The archiver of the broker's segments (`meridian dev`).
+    archiver: Option<crate::archive_cmds::ArchiverLoop>,
 }
 
 /// Runs `services`, then `ready` (the banner), until a shutdown signal; then stops the broker
@@ -84,6 +89,9 @@ async fn run(services: Services, ready: impl std::future::Future<Output = ()>) -
         let stopped = tracer_stop.clone();
         tasks.spawn(async move { tracer.run(stopped.cancelled_owned()).await })
     });
+    if let Some(archiver) = services.archiver {
+        tasks.spawn(archiver.run(stop.clone()));
+    }
     let broker_stop = CancellationToken::new();
     let broker_task = services.broker.map(|broker| {
         let stopped = broker_stop.clone();
@@ -154,6 +162,16 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             FlushMode::Async
         };
     }
+    // The archiver runs inside `meridian dev`, into DATA_DIR/archive unless the config says
+    // otherwise; `--no-archive` turns it off.
+    if !args.no_archive {
+        broker_config.archive.enabled = true;
+    }
+    let archiver = if broker_config.archive.enabled {
+        Some(crate::archive_cmds::ArchiverLoop::new(&broker_config).context("starting the archiver")?)
+    } else {
+        None
+    };
     let flush_mode = broker_config.store.flush_mode;
     let broker_name = broker_config.broker_name.clone();
     let broker_metrics = Arc::new(BrokerMetrics::register(&mut registry));
@@ -207,6 +225,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             broker: Some(broker),
             tracer: Some(tracer),
             http: Some((http_listener, router)),
+            archiver,
         },
         ready,
     )

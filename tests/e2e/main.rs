@@ -1,5 +1,6 @@
 //! End-to-end tests: real `meridian` processes on loopback, driven by the real client SDK and CLI.
 
+mod archive;
 mod cli;
 mod consumers;
 mod durability;

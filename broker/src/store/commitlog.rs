@@ -171,6 +171,32 @@ impl CommitLog {
             .map_or(0, |segment| segment.start)
     }
 
+    /// The sealed segments (every one but the segment being written), oldest first: start,
+    /// end and file.
+    pub fn sealed_segments(&self) -> Vec<(u64, u64, PathBuf)> {
+        let segments = self.segments.read().expect("segments lock");
+        let count = segments.len();
+        segments
+            .iter()
+            .take(count.saturating_sub(1))
+            .map(|segment| (segment.start, segment.end(), segment.path.clone()))
+            .collect()
+    }
+
+    /// Deletes the oldest segment if it starts at `start` and is sealed (archived segments only:
+    /// the caller checked the archive). Readers holding it keep their mapping until they drop it.
+    pub fn remove_oldest(&self, start: u64) -> Result<bool> {
+        let mut segments = self.segments.write().expect("segments lock");
+        if segments.len() < 2 || segments[0].start != start {
+            return Ok(false);
+        }
+        let removed = segments.remove(0);
+        drop(segments);
+        fs::remove_file(&removed.path).map_err(BrokerError::io(format!("removing {}", removed.path.display())))?;
+        crate::store::fsync_dir(&self.dir)?;
+        Ok(true)
+    }
+
     /// Takes the writer lock. Appends happen through [`CommitLog::begin_batch`],
     /// [`CommitLog::reserve`] and [`CommitLog::publish`].
     pub fn lock_writer(&self) -> MutexGuard<'_, Writer> {

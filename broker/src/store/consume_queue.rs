@@ -238,6 +238,31 @@ impl ConsumeQueue {
         Ok(())
     }
 
+    /// Forgets entries pointing below `commitlog_min` (their segments were deleted after being
+    /// archived): the queue's min offset moves to the first entry still on disk, and files holding
+    /// only forgotten entries are removed. The last file always stays.
+    pub fn advance_min(&self, commitlog_min: u64) -> Result<()> {
+        let (mut low, mut high) = (self.min_offset(), self.max_offset());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match self.get(middle)? {
+                Some(entry) if entry.commitlog_offset < commitlog_min => low = middle + 1,
+                _ => high = middle,
+            }
+        }
+        if low == self.min_offset() {
+            return Ok(());
+        }
+        self.min_offset.store(low, Ordering::Release);
+        let mut files = self.files.write().expect("cq lock");
+        while files.len() > 1 && files[0].first_index + self.entries_per_file <= low {
+            let first = files.remove(0);
+            let path = self.dir.join(format!("{:020}", first.first_index));
+            fs::remove_file(&path).map_err(BrokerError::io(format!("removing {}", path.display())))?;
+        }
+        Ok(())
+    }
+
     /// Makes written entries durable if any were written since the last call.
     pub fn sync(&self) -> Result<()> {
         if !self.dirty.swap(false, Ordering::AcqRel) {

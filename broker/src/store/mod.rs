@@ -224,6 +224,8 @@ pub struct MessageStore {
     threads: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<BrokerMetrics>,
     recovery: RecoveryReport,
+    /// The archive, when archiving is on: offsets below a queue's local min are read from it.
+    archive: OnceLock<Arc<meridian_archive::reader::ArchiveReader>>,
 }
 
 fn now_millis() -> i64 {
@@ -290,6 +292,8 @@ impl MessageStore {
                 .collect::<Result<Vec<_>>>()?;
             for queue in &queues {
                 queue.truncate_from(redispatch_from)?;
+                // Segments deleted after archiving: their entries are served from the archive.
+                queue.advance_min(commitlog.min_offset())?;
             }
             topics.insert(name.clone(), Topic { queues });
         }
@@ -314,6 +318,7 @@ impl MessageStore {
             flusher: OnceLock::new(),
             threads: Mutex::new(Vec::new()),
             metrics,
+            archive: OnceLock::new(),
             recovery: RecoveryReport {
                 scanned_from: recovered.scanned_from,
                 valid_end: recovered.valid_end,
@@ -739,11 +744,51 @@ impl MessageStore {
         self.dispatched.load(Ordering::Acquire)
     }
 
-    /// Min and max offsets of a queue.
+    /// Serves offsets below the local consume queues from `archive` from now on.
+    pub fn set_archive(&self, archive: Arc<meridian_archive::reader::ArchiveReader>) {
+        let _ = self.archive.set(archive);
+    }
+
+    /// The archive, when archiving is on.
+    pub fn archive(&self) -> Option<&Arc<meridian_archive::reader::ArchiveReader>> {
+        self.archive.get()
+    }
+
+    /// The sealed commitlog segments still on disk, oldest first: start, end and file.
+    pub fn sealed_segments(&self) -> Vec<(u64, u64, PathBuf)> {
+        self.commitlog.sealed_segments()
+    }
+
+    /// Deletes the oldest local segment, which must start at `start`, be sealed and be archived
+    /// (the caller checks the manifest), and moves every queue's min offset past it. False when
+    /// `start` is not the oldest sealed segment.
+    pub fn delete_archived_segment(&self, start: u64) -> Result<bool> {
+        if !self.commitlog.remove_oldest(start)? {
+            return Ok(false);
+        }
+        let commitlog_min = self.commitlog.min_offset();
+        let queues: Vec<Arc<ConsumeQueue>> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .flat_map(|topic| topic.queues.iter().cloned())
+            .collect();
+        for queue in queues {
+            queue.advance_min(commitlog_min)?;
+        }
+        tracing::info!(segment = start, commitlog_min, "archived segment deleted locally");
+        Ok(true)
+    }
+
+    /// Min and max offsets of a queue; the min counts offsets only the archive still holds.
     pub fn queue_bounds(&self, topic: &str, queue_id: u32) -> Result<QueueBounds> {
         let queue = self.consume_queue(topic, queue_id)?;
+        let archived_min = self
+            .archive()
+            .and_then(|archive| archive.with_index(|index| index.min_offset(topic, queue_id)));
         Ok(QueueBounds {
-            min_offset: queue.min_offset(),
+            min_offset: archived_min.map_or(queue.min_offset(), |archived| archived.min(queue.min_offset())),
             max_offset: queue.max_offset(),
         })
     }
