@@ -62,8 +62,12 @@ pub struct BrokerConfig {
     pub advertise_addr: Option<String>,
     /// Where the broker keeps its data.
     pub data_dir: PathBuf,
-    /// Data center of this broker (empty: unknown).
+    /// Data center of this broker. Empty: decided at start from `MERIDIAN_IDC`, the IDC file, or
+    /// the nameservers' IDC map by the advertised address ([`meridian_proto::idc`]);
+    /// `MERIDIAN_IDC` wins over this setting.
     pub idc: String,
+    /// The IDC file written at provisioning (default `/etc/meridian/idc`).
+    pub idc_file: Option<PathBuf>,
     /// HTTP listener for `/metrics` and the admin API when the broker runs as its own process
     /// (`meridian broker`); `meridian dev` serves everything on one listener instead.
     pub http_listen: Option<SocketAddr>,
@@ -126,6 +130,7 @@ impl Default for BrokerConfig {
             advertise_addr: None,
             data_dir: PathBuf::from("meridian-data/broker"),
             idc: String::new(),
+            idc_file: None,
             http_listen: Some("127.0.0.1:8081".parse().expect("valid address")),
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),

@@ -567,6 +567,18 @@ fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Res
             "consumer joined group"
         );
     }
+    if let Some((other, other_allocation, other_deployment)) = joined.disagrees_with {
+        tracing::warn!(
+            group = request.group,
+            client_id = request.client_id,
+            allocation,
+            deployment,
+            other,
+            other_allocation,
+            other_deployment,
+            "members of a consumer group allocate queues differently: some queues may go unconsumed or be consumed twice; run every member on the same SDK version and deployment model"
+        );
+    }
     Ok(Bytes::new())
 }
 
@@ -602,18 +614,6 @@ fn consumer_leave(state: &BrokerState, body: Bytes) -> Result<Bytes> {
             group = request.group,
             client_id = request.client_id,
             "consumer left group"
-        );
-    }
-    if let Some((other, other_allocation, other_deployment)) = joined.disagrees_with {
-        tracing::warn!(
-            group = request.group,
-            client_id = request.client_id,
-            allocation,
-            deployment,
-            other,
-            other_allocation,
-            other_deployment,
-            "members of a consumer group allocate queues differently: some queues may go unconsumed or be consumed twice; run every member on the same SDK version and deployment model"
         );
     }
     Ok(Bytes::new())

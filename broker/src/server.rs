@@ -16,6 +16,9 @@ use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use meridian_proto::frame::FrameError;
 use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};
+use meridian_proto::idc::{IdcSettings, LocalIdc};
+use meridian_proto::messages::{IdcLookupRequest, IdcLookupResponse};
+use meridian_proto::transport::{ConnectionPool, TransportConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -37,6 +40,56 @@ pub struct Broker {
     state: Arc<BrokerState>,
 }
 
+/// This broker's data center by the shared rules ([`meridian_proto::idc`]): `MERIDIAN_IDC`, the
+/// `idc` setting, the IDC file, then the nameservers' IDC map for the advertised address.
+async fn detect_idc(config: &BrokerConfig) -> String {
+    let settings = IdcSettings {
+        idc: config.idc.clone(),
+        file: config.idc_file.clone(),
+        ip: None,
+    };
+    let local = LocalIdc::read(&settings);
+    let mut map = None;
+    let mut known = Vec::new();
+    if config.is_governed() {
+        let advertised = config
+            .advertise_addr
+            .as_deref()
+            .and_then(|addr| addr.parse::<SocketAddr>().ok())
+            .map_or(config.listen.ip(), |addr| addr.ip());
+        let pool = ConnectionPool::new(TransportConfig {
+            request_timeout: Duration::from_secs(2),
+            ..TransportConfig::default()
+        });
+        for nameserver in &config.nameservers {
+            let ip = if advertised.is_unspecified() {
+                match meridian_proto::idc::local_ip_towards(nameserver) {
+                    Some(ip) => ip,
+                    None => continue,
+                }
+            } else {
+                advertised
+            };
+            let request = IdcLookupRequest { ip: ip.to_string() };
+            let answer: std::result::Result<IdcLookupResponse, _> = pool
+                .call(nameserver, RequestCode::IdcLookup, &request, Duration::from_secs(2))
+                .await;
+            match answer {
+                Ok(answer) => {
+                    map = (!answer.idc.is_empty()).then(|| (ip, answer.cidr, answer.idc));
+                    known = answer.known_idcs;
+                    break;
+                }
+                Err(error) => tracing::debug!(nameserver, %error, "IDC lookup failed; trying the next nameserver"),
+            }
+        }
+        pool.shutdown().await;
+    }
+    let detected = local.decide(map, &known);
+    detected.log(&format!("broker {}", config.member_name()));
+    detected.idc
+}
+
 /// Runs a broker until `shutdown` completes.
 pub async fn run(config: BrokerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     Broker::bind(config, Arc::new(BrokerMetrics::default()))
@@ -47,7 +100,8 @@ pub async fn run(config: BrokerConfig, shutdown: impl Future<Output = ()>) -> Re
 
 impl Broker {
     /// Validates the config, binds the listener and opens (recovers) the store.
-    pub async fn bind(config: BrokerConfig, metrics: Arc<BrokerMetrics>) -> Result<Broker> {
+    pub async fn bind(mut config: BrokerConfig, metrics: Arc<BrokerMetrics>) -> Result<Broker> {
+        config.idc = detect_idc(&config).await;
         config.validate()?;
         let listener = TcpListener::bind(config.listen).await.map_err(BrokerError::io(format!(
             "binding broker listener on {} (is another broker running?)",

@@ -44,7 +44,7 @@ pub struct Who {
 }
 
 impl Who {
-    fn name(&self) -> Result<String> {
+    pub(crate) fn name(&self) -> Result<String> {
         self.by
             .clone()
             .or_else(|| std::env::var("MERIDIAN_USER").ok())
@@ -380,6 +380,11 @@ impl NameserverClient {
             "no nameserver answered; check that they are running (`meridian cluster status`):\n  {}",
             failures.join("\n  ")
         ))
+    }
+
+    /// Sends a framed request with `body` to the first nameserver that answers; the answer's body.
+    pub async fn request_raw(&self, code: RequestCode, body: Bytes) -> Result<Bytes> {
+        self.request(code, body, Duration::from_secs(10)).await
     }
 
     /// Reads `query` as `T`.

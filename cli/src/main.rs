@@ -9,6 +9,7 @@ mod bench;
 mod bench_nameserver;
 mod client_cmds;
 mod config;
+mod drill;
 mod governance;
 mod http;
 mod serve;
@@ -47,6 +48,12 @@ enum Command {
     /// The nameservers' Raft cluster and the brokers they know: status, add or remove a node.
     #[command(subcommand)]
     Cluster(governance::ClusterCommand),
+    /// Failover drills: evacuate a data center, restore both, see where traffic goes.
+    #[command(subcommand)]
+    Drill(drill::DrillCommand),
+    /// The nameservers' CIDR → IDC map: list, set, remove rules, look an address up.
+    #[command(subcommand)]
+    Idc(drill::IdcCommand),
     /// Send messages: one per line of stdin, or one given with --body; prints each msgId.
     Produce(client_cmds::ProduceArgs),
     /// Consume messages in a consumer group and print them, one line each.
@@ -142,6 +149,8 @@ fn run(cli: Cli) -> Result<()> {
             Command::Topic(command) => governance::topic(command).await,
             Command::Group(command) => governance::group(command).await,
             Command::Cluster(command) => governance::cluster(command).await,
+            Command::Drill(command) => drill::drill(command).await,
+            Command::Idc(command) => drill::idc(command).await,
             Command::Produce(args) => client_cmds::produce(args).await,
             Command::Consume(args) => client_cmds::consume(args).await,
             Command::Bench(command) => bench::run(command).await,

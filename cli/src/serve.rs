@@ -131,6 +131,9 @@ async fn run(services: Services, ready: impl std::future::Future<Output = ()>) -
 }
 
 /// `meridian dev`: a single-node nameserver and a broker governed by it, one HTTP listener.
+/// The data center of an all-in-one node (`MERIDIAN_IDC` still wins): one node is one data center.
+const DEV_IDC: &str = "local";
+
 pub async fn dev(args: DevArgs) -> Result<()> {
     let mut registry = Registry::default();
     let http_listener = http::bind(args.http_listen).await?;
@@ -140,6 +143,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         listen: args.nameserver_listen,
         http_listen: None,
         data_dir: args.data_dir.join("nameserver"),
+        idc: DEV_IDC.to_owned(),
         ..NameserverConfig::default()
     };
     let nameserver_metrics = Arc::new(NameserverMetrics::register(&mut registry));
@@ -153,6 +157,9 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     broker_config.listen = args.broker_listen;
     broker_config.http_listen = None;
     broker_config.nameservers = vec![nameserver_addr.to_string()];
+    if broker_config.idc.is_empty() {
+        broker_config.idc = DEV_IDC.to_owned();
+    }
     // Approvals reach the broker on its next heartbeat: keep that short on a laptop.
     broker_config.heartbeat_interval_ms = broker_config.heartbeat_interval_ms.min(1000);
     if let Some(mode) = args.flush_mode.as_deref() {

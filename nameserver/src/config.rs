@@ -44,8 +44,11 @@ pub struct NameserverConfig {
     pub http_listen: Option<SocketAddr>,
     /// HTTP address the others are told (default: the bound HTTP address).
     pub http_advertise_addr: Option<String>,
-    /// Data center of this node.
+    /// Data center of this node. Empty: `MERIDIAN_IDC` or the IDC file decide
+    /// ([`meridian_proto::idc`]); `MERIDIAN_IDC` wins over this setting.
     pub idc: String,
+    /// The IDC file written at provisioning (default `/etc/meridian/idc`).
+    pub idc_file: Option<PathBuf>,
     /// Where the Raft log and snapshots live.
     pub data_dir: PathBuf,
     /// The initial cluster. Empty: a cluster of this node alone. Every node of a new cluster lists
@@ -75,6 +78,7 @@ impl Default for NameserverConfig {
             http_listen: Some("127.0.0.1:8082".parse().expect("valid address")),
             http_advertise_addr: None,
             idc: String::new(),
+            idc_file: None,
             data_dir: PathBuf::from("meridian-data/nameserver"),
             members: Vec::new(),
             join: false,

@@ -51,10 +51,19 @@ impl Nameserver {
     /// cluster forms it (idempotent on restart). `http_addr` is the HTTP address to advertise
     /// (the caller binds HTTP), if any.
     pub async fn bind(
-        config: NameserverConfig,
+        mut config: NameserverConfig,
         http_addr: Option<SocketAddr>,
         metrics: Arc<NameserverMetrics>,
     ) -> Result<Nameserver, NameserverError> {
+        // The IDC map lives here, so a nameserver's own sources are the local ones.
+        let settings = meridian_proto::idc::IdcSettings {
+            idc: config.idc.clone(),
+            file: config.idc_file.clone(),
+            ip: None,
+        };
+        let detected = meridian_proto::idc::LocalIdc::read(&settings).decide(None, &[]);
+        detected.log(&format!("nameserver {}", config.node_id));
+        config.idc = detected.idc;
         config.validate()?;
         let listener = TcpListener::bind(config.listen)
             .await

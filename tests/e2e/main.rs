@@ -5,6 +5,7 @@ mod cli;
 mod consumers;
 mod durability;
 mod governance;
+mod near_by;
 mod nameserver;
 mod replication;
 mod tracing;
