@@ -486,3 +486,48 @@ async fn files_have_zstd_statistics_page_index_and_bloom_filters() {
     assert_eq!(sorting.len(), 2);
     let _ = Arc::new(());
 }
+
+#[tokio::test]
+async fn archive_retention_deletes_old_days_per_topic_and_verify_stays_clean() {
+    let log = write_commitlog();
+    let store = ArchiveStore::in_memory();
+    archiver(&store, &log).run_once(true, |_| {}).await.unwrap();
+    let config = ArchiveConfig {
+        retention_days: Some(1),
+        // topic-1 is kept forever.
+        topic_retention_days: [("topic-1".to_owned(), 0)].into_iter().collect(),
+        ..ArchiveConfig::default()
+    };
+    // Two days after the newest message: every day partition of topic-0 and topic-2 is expired.
+    let later = 1_795_651_190_000 + 3 * 86_400_000;
+    let deleted = verify::expire(&store, BROKER, &config, Some(later)).await.unwrap();
+    assert!(!deleted.is_empty());
+    assert!(
+        deleted.iter().all(|path| !path.contains("topic=topic-1/")),
+        "{deleted:?}"
+    );
+    let remaining = list(&store, "messages").await;
+    assert!(
+        remaining.iter().all(|path| path.contains("topic=topic-1/")),
+        "{remaining:?}"
+    );
+    let report = verify::verify(&store, BROKER).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let reader = ArchiveReader::new(store.clone(), BROKER).unwrap();
+    reader.refresh(true).await.unwrap();
+    assert_eq!(
+        reader.read("topic-0", 0, 0, 10, 1 << 20).await.unwrap(),
+        Replay::NotArchived
+    );
+    assert!(matches!(
+        reader.read("topic-1", 0, 0, 10, 1 << 20).await.unwrap(),
+        Replay::Found { .. }
+    ));
+    // Expiring again deletes nothing more.
+    assert!(
+        verify::expire(&store, BROKER, &config, Some(later))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
