@@ -187,7 +187,7 @@ enum Pending {
         delivered_at: i64,
     },
     /// Events a client reported, already checked.
-    Reported(Box<TraceEvent>),
+    Reported(TraceEvent),
 }
 
 impl Pending {
@@ -377,7 +377,7 @@ impl TraceEmitter {
                     if event.broker_name.is_empty() {
                         event.broker_name = self.identity.broker_name.clone();
                     }
-                    Pending::Reported(Box::new(event))
+                    Pending::Reported(event)
                 }),
         );
         Ok(count)
@@ -509,7 +509,7 @@ impl TraceEmitter {
                         events.push(event);
                     }
                 }
-                Pending::Reported(event) => events.push(*event),
+                Pending::Reported(event) => events.push(event),
             }
         }
     }
@@ -778,11 +778,7 @@ mod tests {
             ),
             Ok(2)
         );
-        let forged = TraceEvent {
-            broker_name: "broker-a".into(),
-            ..event(TraceType::Store)
-        };
-        let error = emitter.report(body(vec![forged]), host).unwrap_err();
+        let error = emitter.report(body(vec![event(TraceType::Store)]), host).unwrap_err();
         assert!(
             error
                 .to_string()

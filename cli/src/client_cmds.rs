@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use meridian_client::{
     ClientConfig, ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, Message, NameserverRoute, Producer,
-    ProducerConfig, PushConsumer, RouteSource, StaticRoute,
+    Deployment, IdcSettings, ProducerConfig, PushConsumer, RouteSource, StaticRoute,
 };
 use meridian_proto::record::StoredMessage;
 use meridian_proto::time::format_millis;
@@ -47,7 +47,32 @@ pub struct ProduceArgs {
     #[arg(long)]
     body: Option<String>,
     #[command(flatten)]
+    idc: IdcArgs,
+    #[command(flatten)]
     target: ClientTarget,
+}
+
+/// Where a client's data center comes from (see docs/near-by.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdcArgs {
+    /// This client's data center (MERIDIAN_IDC wins; else the IDC file, else the IDC map).
+    #[arg(long)]
+    idc: Option<String>,
+    /// The IDC file written at provisioning.
+    #[arg(long, default_value = meridian_client::proto::idc::DEFAULT_IDC_FILE)]
+    idc_file: std::path::PathBuf,
+}
+
+impl IdcArgs {
+    fn settings(&self) -> IdcSettings {
+        IdcSettings {
+            idc: self.idc.clone().unwrap_or_default(),
+            // The default path may be absent without a warning; a path given must exist.
+            file: (self.idc_file.as_os_str() != meridian_client::proto::idc::DEFAULT_IDC_FILE)
+                .then(|| self.idc_file.clone()),
+            ip: None,
+        }
+    }
 }
 
 /// Arguments of `meridian consume`.
@@ -71,6 +96,12 @@ pub struct ConsumeArgs {
     /// One JSON object per line instead of text.
     #[arg(long)]
     json: bool,
+    /// How the group spans data centers: `single-side` (queues of a data center without
+    /// consumers are shared by all) or `dual-side` (each side consumes only its own).
+    #[arg(long, default_value = "single-side")]
+    deployment: Deployment,
+    #[command(flatten)]
+    idc: IdcArgs,
     #[command(flatten)]
     target: ClientTarget,
 }
@@ -105,7 +136,13 @@ fn build_message(args: &ProduceArgs, body: String) -> Message {
 /// `meridian produce`.
 pub async fn produce(args: ProduceArgs) -> Result<()> {
     let pool = ConnectionPool::new(ClientConfig::default());
-    let producer = Producer::new(route_source(&args.target, &pool), ProducerConfig::default());
+    let producer = Producer::new(
+        route_source(&args.target, &pool),
+        ProducerConfig {
+            idc: args.idc.settings(),
+            ..ProducerConfig::default()
+        },
+    );
     let result = produce_all(&args, &producer).await;
     producer.shutdown().await;
     pool.shutdown().await;
@@ -212,6 +249,8 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
     }
     let pool = ConnectionPool::new(ClientConfig::default());
     let mut config = ConsumerConfig::new(args.group.clone(), args.topic.clone());
+    config.idc = args.idc.settings();
+    config.deployment = args.deployment;
     config.consume_from = if args.from_beginning {
         ConsumeFrom::Earliest
     } else {

@@ -7,6 +7,7 @@ mod durability;
 mod governance;
 mod near_by;
 mod nameserver;
+mod rebalance;
 mod replication;
 mod tracing;
 

@@ -412,3 +412,67 @@ async fn drills_move_all_traffic_out_of_an_idc_and_back_without_losing_a_message
     }
     pool.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_without_an_idc_setting_takes_it_from_the_idc_map_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let ns_ip = "127.0.0.55";
+    let nameserver_addr: SocketAddr = format!("{ns_ip}:{}", free_port(ns_ip)).parse().unwrap();
+    let ns_config = root.join("nameserver.toml");
+    std::fs::write(
+        &ns_config,
+        format!(
+            "listen = \"{nameserver_addr}\"\nhttp_listen = \"{ns_ip}:0\"\ndata_dir = \"{}\"\nidc = \"dc1\"\n",
+            root.join("nameserver").display()
+        ),
+    )
+    .unwrap();
+    let _nameserver = ServiceProcess::start(
+        &["nameserver".as_ref(), "--config".as_ref(), ns_config.as_os_str()],
+        root,
+        |line| line.starts_with("meridian nameserver node"),
+    );
+    let nameserver = nameserver_addr.to_string();
+    let cli = |args: &[&str]| run_cli(args, &[("MERIDIAN_NAMESERVER", &nameserver)], "");
+
+    let (ok, stdout, stderr) = cli(&["idc", "set", "127.0.0.0/8", "dc1"]);
+    assert!(ok && stdout.contains("127.0.0.0/8 → dc1"), "{stdout}{stderr}");
+    let (ok, _, stderr) = cli(&["idc", "set", "127.0.0.56/32", "dc3"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("warning: 127.0.0.56/32 overlaps 127.0.0.0/8 → dc1; the longer prefix decides"),
+        "{stderr}"
+    );
+    let (ok, stdout, _) = cli(&["idc", "lookup", "127.0.0.56"]);
+    assert!(ok && stdout.contains("127.0.0.56: dc3 (rule 127.0.0.56/32)"), "{stdout}");
+    let (ok, _, stderr) = cli(&["idc", "set", "10.0.0.0/8", "dc 9"]);
+    assert!(!ok && stderr.contains("IDC name \"dc 9\" is invalid"), "{stderr}");
+
+    // No idc setting, an IDC file that is missing: the map decides, and the log says why.
+    let ip = "127.0.0.56";
+    let config = root.join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "broker_name = \"broker-c\"\nlisten = \"{ip}:{}\"\nhttp_listen = \"{ip}:0\"\ndata_dir = \"{}\"\nidc_file = \"{}\"\nnameservers = [\"{nameserver}\"]\n\n[replication]\nreplicas = 1\n",
+            free_port(ip),
+            root.join("broker").display(),
+            root.join("no-such-idc-file").display()
+        ),
+    )
+    .unwrap();
+    let broker = ServiceProcess::start(&["broker".as_ref(), "--config".as_ref(), config.as_os_str()], root, |line| {
+        line.starts_with("  http")
+    });
+    let log = broker.log();
+    assert!(log.contains("cannot read the IDC file"), "{log}");
+    assert!(log.contains("idc=dc3"), "{log}");
+    let registered = eventually(Duration::from_secs(10), || {
+        let (_, stdout, _) = cli(&["cluster", "status"]);
+        stdout.contains("idc dc3")
+    })
+    .await;
+    assert!(registered, "cluster status shows the broker in dc3");
+    broker.stop();
+}
