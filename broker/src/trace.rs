@@ -187,7 +187,7 @@ enum Pending {
         delivered_at: i64,
     },
     /// Events a client reported, already checked.
-    Reported(TraceEvent),
+    Reported(Box<TraceEvent>),
 }
 
 impl Pending {
@@ -377,7 +377,7 @@ impl TraceEmitter {
                     if event.broker_name.is_empty() {
                         event.broker_name = self.identity.broker_name.clone();
                     }
-                    Pending::Reported(event)
+                    Pending::Reported(Box::new(event))
                 }),
         );
         Ok(count)
@@ -509,7 +509,7 @@ impl TraceEmitter {
                         events.push(event);
                     }
                 }
-                Pending::Reported(event) => events.push(event),
+                Pending::Reported(event) => events.push(*event),
             }
         }
     }
@@ -778,7 +778,11 @@ mod tests {
             ),
             Ok(2)
         );
-        let error = emitter.report(body(vec![event(TraceType::Store)]), host).unwrap_err();
+        let forged = TraceEvent {
+            broker_name: "broker-a".into(),
+            ..event(TraceType::Store)
+        };
+        let error = emitter.report(body(vec![forged]), host).unwrap_err();
         assert!(
             error
                 .to_string()

@@ -211,8 +211,8 @@ fn print_timeline(timeline: &Value) {
             .unwrap_or("-"),
     );
     println!(
-        "{:<25} {:<10} {:>8} {:<8} {:<14} {:<6} {:<12} {:<40} {}",
-        "TIME", "STEP", "+MS", "STATUS", "BROKER", "IDC", "GROUP", "WHERE", "DETAIL"
+        "{:<25} {:<10} {:>8} {:<8} {:<14} {:<6} {:<12} {:<40} DETAIL",
+        "TIME", "STEP", "+MS", "STATUS", "BROKER", "IDC", "GROUP", "WHERE"
     );
     for step in timeline.get("steps").and_then(Value::as_array).into_iter().flatten() {
         let since = step

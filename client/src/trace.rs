@@ -79,7 +79,7 @@ impl ConsumeTracer {
         let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if pending.1 >= BUFFER_EVENTS {
             drop(pending);
-            if self.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+            if self.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(10_000) {
                 tracing::warn!(
                     buffer = BUFFER_EVENTS,
                     "consume trace events dropped: the report buffer is full"
