@@ -170,7 +170,12 @@ enum Pending {
         topic: Arc<str>,
         group: Arc<str>,
         client_host: SocketAddr,
-        message: MessageData,
+        /// Only the properties (keys, tag, producer group) and the sizes are kept: holding the
+        /// body would pin the received frame's buffer until the flush.
+        properties: Bytes,
+        born_timestamp: i64,
+        body_size: u32,
+        reconsume_count: u32,
         result: SendResult,
     },
     /// A stored message met its ack policy.
@@ -300,7 +305,10 @@ impl TraceEmitter {
             topic: topic.clone(),
             group: group.clone(),
             client_host,
-            message: message.clone(),
+            properties: message.properties.clone(),
+            born_timestamp: message.born_timestamp,
+            body_size: message.body.len() as u32,
+            reconsume_count: message.reconsume_count,
             result: result.clone(),
         }));
     }
@@ -414,10 +422,13 @@ impl TraceEmitter {
                     topic,
                     group,
                     client_host,
-                    message,
+                    properties: stored_properties,
+                    born_timestamp,
+                    body_size,
+                    reconsume_count,
                     result,
                 } => {
-                    let props = &message.properties[..];
+                    let props = &stored_properties[..];
                     let keys: Vec<String> = properties::get(props, properties::KEYS)
                         .map(|keys| {
                             keys.split(KEY_SEPARATOR)
@@ -434,7 +445,7 @@ impl TraceEmitter {
                     } else {
                         group.to_string()
                     };
-                    let born = message.born_timestamp;
+                    let born = born_timestamp;
                     let mut publish = self.base_event(TraceType::Pub, born.max(1), stats);
                     publish.msg_id = result.msg_id.clone();
                     publish.topic = topic.to_string();
@@ -447,8 +458,8 @@ impl TraceEmitter {
                     publish.client_host = client_host.to_string();
                     publish.born_timestamp = born;
                     publish.store_timestamp = result.store_timestamp;
-                    publish.body_size = message.body.len() as u32;
-                    publish.reconsume_count = message.reconsume_count;
+                    publish.body_size = body_size;
+                    publish.reconsume_count = reconsume_count;
                     // Pub's cost: born to stored, as the broker's clock sees it.
                     publish.cost_us = (result.store_timestamp - born).max(0) as u64 * 1000;
                     let mut store = publish.clone();
