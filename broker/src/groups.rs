@@ -213,14 +213,24 @@ mod tests {
     fn a_member_allocating_differently_is_reported_when_it_joins_or_changes() {
         let groups = ConsumerGroups::new(Duration::from_secs(10));
         let now = Instant::now();
-        assert_eq!(groups.heartbeat("g", "a", info("idc-aware/1"), peer(1), now).disagrees_with, None);
+        assert_eq!(
+            groups
+                .heartbeat("g", "a", info("idc-aware/1"), peer(1), now)
+                .disagrees_with,
+            None
+        );
         let joined = groups.heartbeat("g", "b", info("idc-aware/2"), peer(2), now);
         assert_eq!(
             joined.disagrees_with,
             Some(("a".into(), "idc-aware/1".into(), "single-side".into()))
         );
         // Reported once, not on every heartbeat.
-        assert_eq!(groups.heartbeat("g", "b", info("idc-aware/2"), peer(2), now).disagrees_with, None);
+        assert_eq!(
+            groups
+                .heartbeat("g", "b", info("idc-aware/2"), peer(2), now)
+                .disagrees_with,
+            None
+        );
         let mut dual = info("idc-aware/1");
         dual.deployment = "dual-side".into();
         assert!(groups.heartbeat("g", "a", dual, peer(1), now).disagrees_with.is_some());

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use meridian_proto::RequestCode;
 use meridian_proto::messages::{
-    BrokerRoute, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse, ConsumerMember, CreateTopicRequest, GroupMember,
-    PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse, QueueRef,
-    ReplicaFetch, SearchOffsetRequest, SearchOffsetResponse, SendRequest, SendResponse, TopicRoute, TopicRouteRequest,
-    perm,
+    BrokerRoute, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse, ConsumerMember, CreateTopicRequest,
+    GroupMember, PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse,
+    QueueRef, ReplicaFetch, SearchOffsetRequest, SearchOffsetResponse, SendRequest, SendResponse, TopicRoute,
+    TopicRouteRequest, perm,
 };
 use meridian_proto::properties::{self, KEY_SEPARATOR, KEYS, MSG_ID, PRODUCER_GROUP, TAGS};
 use meridian_proto::trace;
@@ -745,7 +745,10 @@ mod tests {
         let error = send().unwrap_err();
         assert_eq!(error.code(), ErrorCode::Evacuated);
         assert!(error.code().is_retriable());
-        assert!(error.to_string().contains("\"dc1\", which a failover drill evacuated"), "{error}");
+        assert!(
+            error.to_string().contains("\"dc1\", which a failover drill evacuated"),
+            "{error}"
+        );
         governance.set_evacuated(Vec::new());
         assert!(send().is_ok());
         state.store.shutdown();
@@ -776,8 +779,12 @@ mod tests {
                 sdk_version: String::new(),
                 ..ConsumerHeartbeat::default()
             };
-            consumer_heartbeat(&state, Bytes::from(request.encode_to_vec()), "127.0.0.1:5000".parse().unwrap())
-                .map_err(|error| error.code())
+            consumer_heartbeat(
+                &state,
+                Bytes::from(request.encode_to_vec()),
+                "127.0.0.1:5000".parse().unwrap(),
+            )
+            .map_err(|error| error.code())
         };
         assert!(heartbeat(&["orders"]).is_ok());
         assert_eq!(heartbeat(&["orders", "payments"]), Err(ErrorCode::FailedPrecondition));
@@ -791,7 +798,12 @@ mod tests {
             max_bytes: 1024,
             long_poll_ms: 0,
         };
-        let error = now(super::pull(&state, Bytes::from(pull.encode_to_vec()), "127.0.0.1:5000".parse().unwrap())).unwrap_err();
+        let error = now(super::pull(
+            &state,
+            Bytes::from(pull.encode_to_vec()),
+            "127.0.0.1:5000".parse().unwrap(),
+        ))
+        .unwrap_err();
         assert_eq!(error.code(), ErrorCode::NotApproved);
         assert!(error.to_string().contains("meridian group request audit"), "{error}");
 

@@ -94,7 +94,10 @@ impl Governance {
 
     /// Data centers a failover drill evacuated, as the nameservers last said, sorted.
     pub fn evacuated(&self) -> Vec<String> {
-        self.evacuated.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.evacuated
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Records what a nameserver said about evacuated data centers; logs when it changes.
@@ -456,7 +459,8 @@ impl Shared {
             response = result?;
             info!(nameserver = %link.addr, topics = topic_count, "registered with nameserver");
         }
-        self.governance.set_evacuated(std::mem::take(&mut response.evacuated_idcs));
+        self.governance
+            .set_evacuated(std::mem::take(&mut response.evacuated_idcs));
         state.replication.on_nameserver_answer(answered_at, &response).await;
         self.follow_metadata(link, response.metadata_version).await
     }

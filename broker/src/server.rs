@@ -15,10 +15,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use meridian_proto::frame::FrameError;
-use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};
 use meridian_proto::idc::{IdcSettings, LocalIdc};
 use meridian_proto::messages::{IdcLookupRequest, IdcLookupResponse};
 use meridian_proto::transport::{ConnectionPool, TransportConfig};
+use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -50,7 +50,6 @@ async fn detect_idc(config: &BrokerConfig) -> String {
     };
     let local = LocalIdc::read(&settings);
     let mut map = None;
-    let mut known = Vec::new();
     if config.is_governed() {
         let advertised = config
             .advertise_addr
@@ -76,8 +75,7 @@ async fn detect_idc(config: &BrokerConfig) -> String {
                 .await;
             match answer {
                 Ok(answer) => {
-                    map = (!answer.idc.is_empty()).then(|| (ip, answer.cidr, answer.idc));
-                    known = answer.known_idcs;
+                    map = (!answer.idc.is_empty()).then_some((ip, answer.cidr, answer.idc));
                     break;
                 }
                 Err(error) => tracing::debug!(nameserver, %error, "IDC lookup failed; trying the next nameserver"),
@@ -85,7 +83,9 @@ async fn detect_idc(config: &BrokerConfig) -> String {
         }
         pool.shutdown().await;
     }
-    let detected = local.decide(map, &known);
+    // A broker's IDC is what makes clients there local: the first broker of a new IDC is not
+    // warned that its IDC is unknown (clients are).
+    let detected = local.decide(map, &[]);
     detected.log(&format!("broker {}", config.member_name()));
     detected.idc
 }
@@ -115,14 +115,13 @@ impl Broker {
         let data_dir = config.data_dir.clone();
         let store_config = config.store.clone();
         let store_metrics = metrics.clone();
-        let store =
-            tokio::task::spawn_blocking(move || {
-                let store = MessageStore::open(&data_dir, store_config, store_host, store_metrics)?;
-                crate::trace::ensure_topic(&store)?;
-                Ok::<_, BrokerError>(store)
-            })
-            .await
-                .map_err(|error| BrokerError::Corrupt(format!("store recovery task failed: {error}")))??;
+        let store = tokio::task::spawn_blocking(move || {
+            let store = MessageStore::open(&data_dir, store_config, store_host, store_metrics)?;
+            crate::trace::ensure_topic(&store)?;
+            Ok::<_, BrokerError>(store)
+        })
+        .await
+        .map_err(|error| BrokerError::Corrupt(format!("store recovery task failed: {error}")))??;
         if config.archive.enabled {
             let archive = crate::retention::open_store(&config.archive, &config.data_dir)?;
             let reader = meridian_archive::reader::ArchiveReader::new(archive, config.broker_name.clone())

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use meridian_client::{
-    ClientConfig, ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, Message, NameserverRoute, Producer,
-    Deployment, IdcSettings, ProducerConfig, PushConsumer, RouteSource, StaticRoute,
+    ClientConfig, ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, Deployment, IdcSettings, Message,
+    NameserverRoute, Producer, ProducerConfig, PushConsumer, RouteSource, StaticRoute,
 };
 use meridian_proto::record::StoredMessage;
 use meridian_proto::time::format_millis;

@@ -84,9 +84,9 @@ pub enum IdcCommand {
 
 pub async fn drill(command: DrillCommand) -> Result<()> {
     let addrs = match &command {
-        DrillCommand::Evacuate { addrs, .. } | DrillCommand::Restore { addrs, .. } | DrillCommand::Status { addrs, .. } => {
-            addrs.clone()
-        }
+        DrillCommand::Evacuate { addrs, .. }
+        | DrillCommand::Restore { addrs, .. }
+        | DrillCommand::Status { addrs, .. } => addrs.clone(),
     };
     let client = NameserverClient::new(&addrs)?;
     let result = run_drill(&client, command).await;
@@ -243,7 +243,10 @@ async fn run_idc(client: &NameserverClient, command: IdcCommand) -> Result<()> {
             let answer: IdcLookupResponse =
                 prost::Message::decode(answer).context("the nameserver's IDC answer does not decode")?;
             if answer.idc.is_empty() {
-                println!("{ip}: no rule matches (known data centers: {})", answer.known_idcs.join(", "));
+                println!(
+                    "{ip}: no rule matches (known data centers: {})",
+                    answer.known_idcs.join(", ")
+                );
             } else {
                 println!("{ip}: {} (rule {})", answer.idc, answer.cidr);
             }

@@ -115,7 +115,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let serving = matches!(
         &cli.command,
-        Command::Dev(_) | Command::Archiver(_) | Command::Nameserver(_) | Command::Tracer(_) | Command::Broker(governance::BrokerCli { command: None, .. })
+        Command::Dev(_)
+            | Command::Archiver(_)
+            | Command::Nameserver(_)
+            | Command::Tracer(_)
+            | Command::Broker(governance::BrokerCli { command: None, .. })
     );
     init_logging(cli.log.as_deref().unwrap_or(if serving { "info" } else { "warn" }));
     match run(cli) {

@@ -223,7 +223,10 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             if flush_mode == FlushMode::Sync { "sync" } else { "async" }
         );
         println!("  http       http://{http_addr}  (/api/health, /api/topics, /api/cluster, /api/traces, /metrics)");
-        println!("  tracer     indexing the trace topic into {}", args.data_dir.join("tracer").display());
+        println!(
+            "  tracer     indexing the trace topic into {}",
+            args.data_dir.join("tracer").display()
+        );
         println!("ready; press Ctrl-C to stop");
     };
     run(

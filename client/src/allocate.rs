@@ -338,7 +338,10 @@ mod tests {
         assert!("both".parse::<Deployment>().unwrap_err().contains("single-side"));
     }
 
-    fn arb_idc_case() -> impl Strategy<Value = (Vec<(QueueId, String)>, Vec<(String, String)>)> {
+    /// Queues with their IDC, and members with theirs.
+    type IdcCase = (Vec<(QueueId, String)>, Vec<(String, String)>);
+
+    fn arb_idc_case() -> impl Strategy<Value = IdcCase> {
         (
             proptest::collection::btree_map("[a-e]", ("dc[1-3]", 1u32..12), 0..5),
             proptest::collection::btree_map("[a-z]{1,6}", "dc[1-4]", 1..10),

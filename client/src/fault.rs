@@ -42,7 +42,9 @@ impl FaultTracker {
 
     /// Whether `broker` may be chosen now.
     pub(crate) fn available(&self, broker: &str) -> bool {
-        self.lock().get(broker).is_none_or(|fault| fault.until <= Instant::now())
+        self.lock()
+            .get(broker)
+            .is_none_or(|fault| fault.until <= Instant::now())
     }
 
     /// A send to `broker` failed.
@@ -86,7 +88,11 @@ mod tests {
     use super::*;
 
     fn tracker() -> FaultTracker {
-        FaultTracker::new(Duration::from_secs(1), Duration::from_secs(8), Duration::from_millis(500))
+        FaultTracker::new(
+            Duration::from_secs(1),
+            Duration::from_secs(8),
+            Duration::from_millis(500),
+        )
     }
 
     #[tokio::test(start_paused = true)]

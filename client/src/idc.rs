@@ -11,7 +11,7 @@ pub(crate) async fn detect(source: &dyn RouteSource, settings: &IdcSettings, who
     let local = LocalIdc::read(settings);
     let (map, known) = match source.idc_lookup(settings.ip).await {
         Some((ip, answer)) => {
-            let map = (!answer.idc.is_empty()).then(|| (ip, answer.cidr, answer.idc));
+            let map = (!answer.idc.is_empty()).then_some((ip, answer.cidr, answer.idc));
             (map, answer.known_idcs)
         }
         None => (None, Vec::new()),

@@ -26,22 +26,22 @@ mod message;
 mod producer;
 mod push;
 mod route;
-mod trace;
 #[cfg(test)]
 mod test_support;
+mod trace;
 
 pub use admin::Admin;
 pub use allocate::{ALLOCATION, Deployment, IdcAllocation, QueueId, allocate_averagely, allocate_by_idc};
 pub use consumer::{PullConsumer, PullResult};
 pub use error::ClientError;
+pub use meridian_proto::idc::IdcSettings;
 /// Connection and request settings shared by producers, consumers and admin.
 pub use meridian_proto::transport::TransportConfig as ClientConfig;
 pub use meridian_proto::transport::{Connection, ConnectionPool, TransportError};
 pub use message::{Message, SendResult};
 pub use producer::{Locality, Producer, ProducerConfig};
-pub use meridian_proto::idc::IdcSettings;
 pub use push::{ConsumeFrom, ConsumeResult, ConsumerConfig, PushConsumer};
-pub use route::{NameserverRoute, RouteSource, StaticRoute};
+pub use route::{IdcLookupFuture, NameserverRoute, RouteSource, StaticRoute};
 
 /// The wire protocol crate, re-exported so users need no second dependency.
 pub use meridian_proto as proto;

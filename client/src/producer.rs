@@ -15,13 +15,13 @@ use tracing::{debug, warn};
 use crate::ClientConfig;
 use crate::allocate::QueueId;
 use crate::error::ClientError;
-use crate::message::{EncodedMessage, Message, SendResult};
 use crate::fault::FaultTracker;
+use crate::message::{EncodedMessage, Message, SendResult};
 use crate::route::{NameserverRoute, ROUTE_REFRESH_INTERVAL, RouteCache, RouteSource, broker_idcs, route_queues};
 use meridian_proto::idc::IdcSettings;
+use meridian_proto::transport::ConnectionPool;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
-use meridian_proto::transport::ConnectionPool;
 
 /// Settings of a [`Producer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,7 +357,7 @@ impl ProducerInner {
         addr: &str,
     ) -> Result<Vec<SendResult>, ClientError> {
         if delivery == Delivery::Oneway {
-            let body = Bytes::from(prost::Message::encode_to_vec(&*request));
+            let body = Bytes::from(prost::Message::encode_to_vec(request));
             self.pool.send_oneway(addr, RequestCode::Send, body).await?;
             return Ok(Vec::new());
         }
@@ -514,7 +514,13 @@ mod tests {
             fault_backoff: Duration::from_secs(1),
             ..ProducerConfig::default()
         };
-        let producer = Producer::new(Arc::new(StaticRoute::new(refused_addr(), ConnectionPool::new(ClientConfig::default()))), config(Locality::LocalFirst));
+        let producer = Producer::new(
+            Arc::new(StaticRoute::new(
+                refused_addr(),
+                ConnectionPool::new(ClientConfig::default()),
+            )),
+            config(Locality::LocalFirst),
+        );
         let inner = &producer.inner;
         let route = two_idc_route(&[]);
         let writable = route_queues(&route, perm::WRITE);
@@ -535,10 +541,22 @@ mod tests {
 
         let evacuated = two_idc_route(&["dc1"]);
         let writable_evacuated = route_queues(&evacuated, perm::WRITE);
-        assert_eq!(brokers_of(&inner.candidates(&evacuated, &writable_evacuated, "dc1")), ["a", "b", "c"]);
+        assert_eq!(
+            brokers_of(&inner.candidates(&evacuated, &writable_evacuated, "dc1")),
+            ["a", "b", "c"]
+        );
 
-        let any = Producer::new(Arc::new(StaticRoute::new(refused_addr(), ConnectionPool::new(ClientConfig::default()))), config(Locality::Any));
-        assert_eq!(brokers_of(&any.inner.candidates(&route, &writable, "dc1")), ["a", "b", "c"]);
+        let any = Producer::new(
+            Arc::new(StaticRoute::new(
+                refused_addr(),
+                ConnectionPool::new(ClientConfig::default()),
+            )),
+            config(Locality::Any),
+        );
+        assert_eq!(
+            brokers_of(&any.inner.candidates(&route, &writable, "dc1")),
+            ["a", "b", "c"]
+        );
     }
 
     #[tokio::test]

@@ -271,7 +271,9 @@ impl PushConsumer {
         }
         let mut pull = pull;
         pull.routes.set_refresh(config.route_refresh);
-        let idc = crate::idc::detect(pull.routes.source(), &config.idc, "consumer").await.idc;
+        let idc = crate::idc::detect(pull.routes.source(), &config.idc, "consumer")
+            .await
+            .idc;
         let handler: BoxedHandler = Arc::new(move |message| Box::pin(handler(message)));
         let inner = Arc::new(PushInner {
             pull,
@@ -491,7 +493,11 @@ impl PushInner {
         let queues: Vec<(QueueId, String)> = route_queues(&route, perm::READ)
             .into_iter()
             .map(|(queue, _)| {
-                let idc = idcs.get(queue.broker_name.as_str()).copied().unwrap_or_default().to_owned();
+                let idc = idcs
+                    .get(queue.broker_name.as_str())
+                    .copied()
+                    .unwrap_or_default()
+                    .to_owned();
                 (queue, idc)
             })
             .collect();
@@ -1163,8 +1169,14 @@ mod tests {
         let queue = QueueId::new("broker-a", 0);
         let started = tokio::time::Instant::now();
         let trace = crate::trace::ConsumeTracer::new("workers", "c1");
-        let handled =
-            consume_with_retries(&handler, test_message(0), &CancellationToken::new(), &queue, Some(&trace)).await;
+        let handled = consume_with_retries(
+            &handler,
+            test_message(0),
+            &CancellationToken::new(),
+            &queue,
+            Some(&trace),
+        )
+        .await;
         assert!(handled);
         assert_eq!(attempts.load(Ordering::SeqCst), 5);
         // Waits of 1, 2, 4 and 8 seconds between the five attempts.
@@ -1181,7 +1193,11 @@ mod tests {
         let retry = TraceStatus::RetryLater;
         assert_eq!(results.len(), 5, "{results:?}");
         assert_eq!(*results.last().unwrap(), TraceStatus::Ok);
-        assert!(results[..4].iter().all(|status| *status == retry || *status == TraceStatus::Failed));
+        assert!(
+            results[..4]
+                .iter()
+                .all(|status| *status == retry || *status == TraceStatus::Failed)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1203,10 +1219,13 @@ mod tests {
         let stop = CancellationToken::new();
         let queue = QueueId::new("broker-a", 0);
         let stopper = stop.clone();
-        let (handled, ()) = tokio::join!(consume_with_retries(&handler, test_message(0), &stop, &queue, None), async {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            stopper.cancel();
-        });
+        let (handled, ()) = tokio::join!(
+            consume_with_retries(&handler, test_message(0), &stop, &queue, None),
+            async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                stopper.cancel();
+            }
+        );
         assert!(!handled);
         assert_eq!(attempts.load(Ordering::SeqCst), 2);
     }

@@ -26,6 +26,9 @@ use meridian_proto::transport::ConnectionPool;
 /// How long a cached route is trusted before it is fetched again.
 pub(crate) const ROUTE_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// What [`RouteSource::idc_lookup`] returns: the address looked up and the IDC map's answer.
+pub type IdcLookupFuture<'a> = Pin<Box<dyn Future<Output = Option<(IpAddr, IdcLookupResponse)>> + Send + 'a>>;
+
 /// Looks up the route of a topic. Boxed futures keep the trait dyn-compatible, so producers and
 /// consumers hold an `Arc<dyn RouteSource>` whether routes come from one broker or a nameserver.
 pub trait RouteSource: Send + Sync + 'static {
@@ -38,10 +41,7 @@ pub trait RouteSource: Send + Sync + 'static {
     /// The IDC map's answer for `ip` (default: the address this host uses to reach the source),
     /// with the address looked up; `None` when the source keeps no map (a lone broker) or no
     /// nameserver answered.
-    fn idc_lookup<'a>(
-        &'a self,
-        _ip: Option<IpAddr>,
-    ) -> Pin<Box<dyn Future<Output = Option<(IpAddr, IdcLookupResponse)>> + Send + 'a>> {
+    fn idc_lookup<'a>(&'a self, _ip: Option<IpAddr>) -> IdcLookupFuture<'a> {
         Box::pin(async { None })
     }
 }
@@ -169,10 +169,7 @@ impl RouteSource for NameserverRoute {
         Box::pin(self.lookup(topic))
     }
 
-    fn idc_lookup<'a>(
-        &'a self,
-        ip: Option<IpAddr>,
-    ) -> Pin<Box<dyn Future<Output = Option<(IpAddr, IdcLookupResponse)>> + Send + 'a>> {
+    fn idc_lookup<'a>(&'a self, ip: Option<IpAddr>) -> IdcLookupFuture<'a> {
         Box::pin(async move {
             let timeout = self.pool.config().request_timeout;
             for addr in &self.addrs {

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use meridian_proto::frame::FrameCodec;
 use meridian_proto::messages::{
-    BrokerRoute, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse, ConsumerMember, CreateTopicRequest, GroupMember,
-    MessageData, PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse,
-    QueueRef, SendRequest, SendResponse, SendResult, TopicRoute, TopicRouteRequest, perm,
+    BrokerRoute, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse, ConsumerMember, CreateTopicRequest,
+    GroupMember, MessageData, PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse,
+    QueueInfoResponse, QueueRef, SendRequest, SendResponse, SendResult, TopicRoute, TopicRouteRequest, perm,
 };
 use meridian_proto::properties::PropertiesBuilder;
 use meridian_proto::record::{RecordFields, StoredMessage, UNKNOWN_HOST, encode_into};

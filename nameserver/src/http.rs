@@ -848,7 +848,10 @@ async fn drill_restore(
     service.command(command).await.map(ok)
 }
 
-async fn idc_lookup(State(service): State<SharedService>, PathParam(ip): PathParam<String>) -> Result<HttpResponse, ApiError> {
+async fn idc_lookup(
+    State(service): State<SharedService>,
+    PathParam(ip): PathParam<String>,
+) -> Result<HttpResponse, ApiError> {
     let answer = service.idc_lookup(&ip)?;
     Ok(ok(serde_json::json!({
         "ip": ip,

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use meridian_proto::messages::{BrokerHeartbeat, BrokerMetadataRequest, BrokerRegistration, IdcLookupRequest, TopicRouteRequest};
+use meridian_proto::messages::{
+    BrokerHeartbeat, BrokerMetadataRequest, BrokerRegistration, IdcLookupRequest, TopicRouteRequest,
+};
 use meridian_proto::transport::{ConnectionPool, TransportConfig};
 use meridian_proto::validate::Limits;
 use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};

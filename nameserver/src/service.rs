@@ -33,8 +33,8 @@ use crate::metrics::NameserverMetrics;
 use crate::raft::NameserverRaft;
 use crate::routes;
 use crate::state::{
-    ApprovalStatus, BrokerRegistration as Registration, BrokerRole, Command, ConsumerGroup, Decision, Drill, EpochChange,
-    IdcRule, MetadataState, Response, SdkPolicy, Topic, validate_broker_identity, validate_broker_topics,
+    ApprovalStatus, BrokerRegistration as Registration, BrokerRole, Command, ConsumerGroup, Decision, Drill,
+    EpochChange, IdcRule, MetadataState, Response, SdkPolicy, Topic, validate_broker_identity, validate_broker_topics,
 };
 use crate::types::{Node, NodeId};
 

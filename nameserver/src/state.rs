@@ -1570,13 +1570,21 @@ impl MetadataState {
         Ok(Response::IdcRule { rule, overlaps })
     }
 
-    fn evacuate(&mut self, now_ms: u64, idc: String, by: String, reason: Option<String>) -> Result<Response, CommandError> {
+    fn evacuate(
+        &mut self,
+        now_ms: u64,
+        idc: String,
+        by: String,
+        reason: Option<String>,
+    ) -> Result<Response, CommandError> {
         validate_idc(&idc)?;
         require_person("by", &by)?;
         match &self.drill.evacuated {
             Some(evacuated) if *evacuated == idc => {
                 return Err(CommandError::Drill {
-                    message: format!("data center {idc:?} is already evacuated: `meridian drill restore` ends the drill"),
+                    message: format!(
+                        "data center {idc:?} is already evacuated: `meridian drill restore` ends the drill"
+                    ),
                 });
             }
             Some(evacuated) => {
@@ -1596,7 +1604,11 @@ impl MetadataState {
                     if known.is_empty() {
                         "no data centers (brokers register theirs)".to_owned()
                     } else {
-                        known.iter().map(|idc| format!("{idc:?}")).collect::<Vec<_>>().join(", ")
+                        known
+                            .iter()
+                            .map(|idc| format!("{idc:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     }
                 ),
             });
@@ -1623,8 +1635,9 @@ impl MetadataState {
         require_person("by", &by)?;
         let Some(idc) = self.drill.evacuated.take() else {
             return Err(CommandError::Drill {
-                message: "no data center is evacuated: nothing to restore (`meridian drill status` shows the drill history)"
-                    .to_owned(),
+                message:
+                    "no data center is evacuated: nothing to restore (`meridian drill status` shows the drill history)"
+                        .to_owned(),
             });
         };
         self.record_drill_step(now_ms, DrillAction::Restore, idc, by, reason);
@@ -2708,13 +2721,15 @@ mod tests {
                 }),
             prop::sample::select(vec!["10.0.0.0/8", "fd00::/8"])
                 .prop_map(|cidr| Command::RemoveIdcRule { cidr: cidr.into() }),
-            (prop::sample::select(vec!["dc1", "dc2", "bad idc"]), prop::sample::select(vec!["ops", ""])).prop_map(
-                |(idc, by)| Command::Evacuate {
+            (
+                prop::sample::select(vec!["dc1", "dc2", "bad idc"]),
+                prop::sample::select(vec!["ops", ""])
+            )
+                .prop_map(|(idc, by)| Command::Evacuate {
                     idc: idc.into(),
                     by: by.into(),
                     reason: None,
-                }
-            ),
+                }),
             prop::sample::select(vec!["ops", ""]).prop_map(|by| Command::Restore {
                 by: by.into(),
                 reason: None,

@@ -82,10 +82,7 @@ impl LocalIdc {
     pub fn read(settings: &IdcSettings) -> LocalIdc {
         let env = std::env::var(IDC_ENV).ok();
         let explicit = settings.file.is_some();
-        let path = settings
-            .file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_IDC_FILE));
+        let path = settings.file.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_IDC_FILE));
         let file = match std::fs::read_to_string(&path) {
             Ok(text) => FileRead::Text(text),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => FileRead::Absent,
@@ -174,7 +171,7 @@ impl LocalIdc {
                 ));
             }
         }
-        if !known.is_empty() && !known.iter().any(|known| *known == idc) {
+        if !known.is_empty() && !known.contains(&idc) {
             warnings.push(format!(
                 "data center {idc:?} (from {source}) is not one the cluster knows ({}): no broker is local to it; check the name",
                 known.join(", ")
@@ -245,14 +242,23 @@ mod tests {
         let text = || FileRead::Text("# written by provisioning\ndc-file\n".into());
         let all = LocalIdc::from_sources(Some("dc-env"), "dc-config", &path(), text());
         let detected = all.decide(map("dc-map"), &[]);
-        assert_eq!((detected.idc.as_str(), detected.source.clone()), ("dc-env", IdcSource::Env));
+        assert_eq!(
+            (detected.idc.as_str(), detected.source.clone()),
+            ("dc-env", IdcSource::Env)
+        );
         assert_eq!(detected.warnings.len(), 3, "{:?}", detected.warnings);
-        assert!(detected.warnings[0].contains("MERIDIAN_IDC says data center \"dc-env\" but the idc setting says \"dc-config\""));
+        assert!(
+            detected.warnings[0]
+                .contains("MERIDIAN_IDC says data center \"dc-env\" but the idc setting says \"dc-config\"")
+        );
 
         let detected = LocalIdc::from_sources(None, "dc-config", &path(), text()).decide(None, &[]);
         assert_eq!(detected.source, IdcSource::Config);
         let detected = LocalIdc::from_sources(None, "", &path(), text()).decide(None, &[]);
-        assert_eq!((detected.idc.as_str(), detected.source), ("dc-file", IdcSource::File(path())));
+        assert_eq!(
+            (detected.idc.as_str(), detected.source),
+            ("dc-file", IdcSource::File(path()))
+        );
         assert!(detected.warnings.is_empty(), "{:?}", detected.warnings);
         let detected = LocalIdc::from_sources(None, "", &path(), FileRead::Absent).decide(map("dc-map"), &[]);
         assert_eq!(detected.idc, "dc-map");
@@ -279,7 +285,11 @@ mod tests {
         let detected = empty.decide(None, &[]);
         assert_eq!(detected.idc, "");
         assert!(detected.warnings[0].contains("is empty"), "{:?}", detected.warnings);
-        assert!(detected.warnings[1].starts_with("no data center is known"), "{:?}", detected.warnings);
+        assert!(
+            detected.warnings[1].starts_with("no data center is known"),
+            "{:?}",
+            detected.warnings
+        );
 
         let invalid = LocalIdc::from_sources(None, "", &path(), FileRead::Text("dc one".into()));
         let detected = invalid.decide(map("dc2"), &[]);
@@ -321,10 +331,20 @@ mod tests {
         };
         // The environment of the test process may name an IDC; only the file is checked here.
         let local = LocalIdc::read(&settings);
-        assert!(local.candidates.iter().any(|(source, idc)| *source == IdcSource::File(file.clone()) && idc == "dc7"));
+        assert!(
+            local
+                .candidates
+                .iter()
+                .any(|(source, idc)| *source == IdcSource::File(file.clone()) && idc == "dc7")
+        );
         std::fs::remove_file(&file).unwrap();
         let local = LocalIdc::read(&settings);
-        assert!(local.warnings.iter().any(|warning| warning.starts_with("cannot read the IDC file")));
+        assert!(
+            local
+                .warnings
+                .iter()
+                .any(|warning| warning.starts_with("cannot read the IDC file"))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

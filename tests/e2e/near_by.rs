@@ -216,8 +216,26 @@ async fn producers_and_consumers_stay_in_their_idc_and_cross_over_only_while_it_
     cluster.topic_and_group(&pool, "orders", "readers").await;
 
     let consumed = Consumed::default();
-    let dc1 = consumer(&cluster, &pool, "orders", "readers", "dc1", Deployment::SingleSide, &consumed).await;
-    let dc2 = consumer(&cluster, &pool, "orders", "readers", "dc2", Deployment::SingleSide, &consumed).await;
+    let dc1 = consumer(
+        &cluster,
+        &pool,
+        "orders",
+        "readers",
+        "dc1",
+        Deployment::SingleSide,
+        &consumed,
+    )
+    .await;
+    let dc2 = consumer(
+        &cluster,
+        &pool,
+        "orders",
+        "readers",
+        "dc2",
+        Deployment::SingleSide,
+        &consumed,
+    )
+    .await;
     assert_eq!(dc1.idc(), "dc1");
     let split = eventually(Duration::from_secs(10), || {
         brokers_of(&dc1) == BTreeSet::from(["broker-a".to_owned()])
@@ -226,7 +244,12 @@ async fn producers_and_consumers_stay_in_their_idc_and_cross_over_only_while_it_
             && dc2.assigned_queues().len() == 4
     })
     .await;
-    assert!(split, "each consumer holds only its IDC's queues: {:?} {:?}", dc1.assigned_queues(), dc2.assigned_queues());
+    assert!(
+        split,
+        "each consumer holds only its IDC's queues: {:?} {:?}",
+        dc1.assigned_queues(),
+        dc2.assigned_queues()
+    );
 
     // Healthy: every send stays in its producer's IDC.
     let (producer1, producer2) = (cluster.producer(&pool, "dc1"), cluster.producer(&pool, "dc2"));
@@ -234,15 +257,24 @@ async fn producers_and_consumers_stay_in_their_idc_and_cross_over_only_while_it_
     let (brokers, ids) = send_some(&producer1, "orders", 200).await;
     assert!(share(&brokers, "broker-a") >= 0.99, "dc1 sends: {brokers:?}");
     acked.extend(ids);
+    let local1 = share(&brokers, "broker-a");
     let (brokers, ids) = send_some(&producer2, "orders", 200).await;
     assert!(share(&brokers, "broker-b") >= 0.99, "dc2 sends: {brokers:?}");
     acked.extend(ids);
+    eprintln!(
+        "healthy two-IDC cluster: {:.1}% of dc1 sends and {:.1}% of dc2 sends crossed IDCs",
+        (1.0 - local1) * 100.0,
+        (1.0 - share(&brokers, "broker-b")) * 100.0
+    );
 
     // dc1's brokers die: its producer crosses over with no error reaching the application.
     cluster.kill9(0);
     let (brokers, ids) = send_some(&producer1, "orders", 100).await;
     acked.extend(ids);
-    assert!(share(&brokers[5..], "broker-b") == 1.0, "after the kill dc1 sends go to dc2: {brokers:?}");
+    assert!(
+        share(&brokers[5..], "broker-b") == 1.0,
+        "after the kill dc1 sends go to dc2: {brokers:?}"
+    );
 
     // They come back: sends return home once the back-off passed and the route shows them.
     cluster.start_broker(0);
@@ -260,7 +292,12 @@ async fn producers_and_consumers_stay_in_their_idc_and_cross_over_only_while_it_
 
     // Nothing acknowledged was lost: both consumers together handled every message.
     let all = eventually(Duration::from_secs(30), || consumed.count_of(&acked) == acked.len()).await;
-    assert!(all, "consumed {} of {} acknowledged messages", consumed.count_of(&acked), acked.len());
+    assert!(
+        all,
+        "consumed {} of {} acknowledged messages",
+        consumed.count_of(&acked),
+        acked.len()
+    );
     for consumer in [dc1, dc2] {
         consumer.shutdown().await;
     }
@@ -274,9 +311,11 @@ async fn producers_and_consumers_stay_in_their_idc_and_cross_over_only_while_it_
 struct Load {
     stop: Arc<AtomicBool>,
     tasks: TaskTracker,
-    /// `(producer idc, when, broker group, msg id)`.
-    acked: Arc<Mutex<Vec<(String, Instant, String, String)>>>,
+    acked: Arc<Mutex<Vec<Acked>>>,
 }
+
+/// `(producer idc, when, broker group, msg id)` of one acknowledged send.
+type Acked = (String, Instant, String, String);
 
 impl Load {
     fn start(producers: Vec<(String, Producer)>, topic: &'static str) -> Load {
@@ -322,18 +361,18 @@ impl Load {
         self.stop.store(true, Ordering::Relaxed);
         self.tasks.close();
         self.tasks.wait().await;
-        self.acked.lock().unwrap().iter().map(|(_, _, _, id)| id.clone()).collect()
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, _, _, id)| id.clone())
+            .collect()
     }
 }
 
 /// Waits until every producer's sends since a moment after now go only to `expected`, and the
 /// consumers hold what `holds` says; returns how long that took.
-async fn wait_for_traffic(
-    load: &Load,
-    expected: &[(&str, &[&str])],
-    holds: impl Fn() -> bool,
-    what: &str,
-) -> Duration {
+async fn wait_for_traffic(load: &Load, expected: &[(&str, &[&str])], holds: impl Fn() -> bool, what: &str) -> Duration {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(20);
     loop {
@@ -342,7 +381,12 @@ async fn wait_for_traffic(
         let destinations = load.destinations_since(mark);
         let wanted: BTreeMap<String, BTreeSet<String>> = expected
             .iter()
-            .map(|(idc, brokers)| ((*idc).to_owned(), brokers.iter().map(|broker| (*broker).to_owned()).collect()))
+            .map(|(idc, brokers)| {
+                (
+                    (*idc).to_owned(),
+                    brokers.iter().map(|broker| (*broker).to_owned()).collect(),
+                )
+            })
             .collect();
         if destinations == wanted && holds() {
             return started.elapsed();
@@ -358,8 +402,26 @@ async fn drills_move_all_traffic_out_of_an_idc_and_back_without_losing_a_message
     let pool = ConnectionPool::new(meridian_client::ClientConfig::default());
     cluster.topic_and_group(&pool, "payments", "settlers").await;
     let consumed = Consumed::default();
-    let dc1 = consumer(&cluster, &pool, "payments", "settlers", "dc1", Deployment::DualSide, &consumed).await;
-    let dc2 = consumer(&cluster, &pool, "payments", "settlers", "dc2", Deployment::DualSide, &consumed).await;
+    let dc1 = consumer(
+        &cluster,
+        &pool,
+        "payments",
+        "settlers",
+        "dc1",
+        Deployment::DualSide,
+        &consumed,
+    )
+    .await;
+    let dc2 = consumer(
+        &cluster,
+        &pool,
+        "payments",
+        "settlers",
+        "dc2",
+        Deployment::DualSide,
+        &consumed,
+    )
+    .await;
     let load = Load::start(
         vec![
             ("dc1".to_owned(), cluster.producer(&pool, "dc1")),
@@ -371,7 +433,13 @@ async fn drills_move_all_traffic_out_of_an_idc_and_back_without_losing_a_message
     let b = BTreeSet::from(["broker-b".to_owned()]);
     let both = BTreeSet::from(["broker-a".to_owned(), "broker-b".to_owned()]);
     let dual = || brokers_of(&dc1) == a && brokers_of(&dc2) == b;
-    wait_for_traffic(&load, &[("dc1", &["broker-a"]), ("dc2", &["broker-b"])], dual, "dual-center").await;
+    wait_for_traffic(
+        &load,
+        &[("dc1", &["broker-a"]), ("dc2", &["broker-b"])],
+        dual,
+        "dual-center",
+    )
+    .await;
 
     for (idc, remaining, home, other) in [("dc1", "broker-b", &dc1, &dc2), ("dc2", "broker-a", &dc2, &dc1)] {
         let (ok, stdout, stderr) = cluster.cli(&["drill", "evacuate", "--idc", idc, "--reason", "quarterly drill"]);
@@ -387,17 +455,31 @@ async fn drills_move_all_traffic_out_of_an_idc_and_back_without_losing_a_message
         .await;
         eprintln!("evacuating {idc}: all traffic moved within {took:?}");
         let (ok, stdout, _) = cluster.cli(&["drill", "status"]);
-        assert!(ok && stdout.contains(&format!("data center {idc} is EVACUATED")), "{stdout}");
+        assert!(
+            ok && stdout.contains(&format!("data center {idc} is EVACUATED")),
+            "{stdout}"
+        );
 
         let (ok, _, stderr) = cluster.cli(&["drill", "restore"]);
         assert!(ok, "{stderr}");
-        let took = wait_for_traffic(&load, &[("dc1", &["broker-a"]), ("dc2", &["broker-b"])], dual, "restoring").await;
+        let took = wait_for_traffic(
+            &load,
+            &[("dc1", &["broker-a"]), ("dc2", &["broker-b"])],
+            dual,
+            "restoring",
+        )
+        .await;
         eprintln!("restoring after {idc}: traffic back home within {took:?}");
     }
 
     let acked = load.stop().await;
     let all = eventually(Duration::from_secs(30), || consumed.count_of(&acked) == acked.len()).await;
-    assert!(all, "consumed {} of {} acknowledged messages", consumed.count_of(&acked), acked.len());
+    assert!(
+        all,
+        "consumed {} of {} acknowledged messages",
+        consumed.count_of(&acked),
+        acked.len()
+    );
 
     // Every step is recorded with who ran it and when.
     let (ok, stdout, _) = cluster.cli(&["drill", "status"]);
@@ -405,7 +487,10 @@ async fn drills_move_all_traffic_out_of_an_idc_and_back_without_losing_a_message
     assert!(stdout.contains("dual-center"), "{stdout}");
     let steps: Vec<&str> = stdout.lines().filter(|line| line.contains(" by e2e")).collect();
     assert_eq!(steps.len(), 4, "{stdout}");
-    assert!(steps[0].contains("evacuate dc1") && steps[0].contains("(quarterly drill)"), "{stdout}");
+    assert!(
+        steps[0].contains("evacuate dc1") && steps[0].contains("(quarterly drill)"),
+        "{stdout}"
+    );
     assert!(steps[3].contains("restore  dc2"), "{stdout}");
     for consumer in [dc1, dc2] {
         consumer.shutdown().await;
@@ -445,7 +530,10 @@ async fn a_broker_without_an_idc_setting_takes_it_from_the_idc_map_and_says_why(
         "{stderr}"
     );
     let (ok, stdout, _) = cli(&["idc", "lookup", "127.0.0.56"]);
-    assert!(ok && stdout.contains("127.0.0.56: dc3 (rule 127.0.0.56/32)"), "{stdout}");
+    assert!(
+        ok && stdout.contains("127.0.0.56: dc3 (rule 127.0.0.56/32)"),
+        "{stdout}"
+    );
     let (ok, _, stderr) = cli(&["idc", "set", "10.0.0.0/8", "dc 9"]);
     assert!(!ok && stderr.contains("IDC name \"dc 9\" is invalid"), "{stderr}");
 
@@ -462,9 +550,11 @@ async fn a_broker_without_an_idc_setting_takes_it_from_the_idc_map_and_says_why(
         ),
     )
     .unwrap();
-    let broker = ServiceProcess::start(&["broker".as_ref(), "--config".as_ref(), config.as_os_str()], root, |line| {
-        line.starts_with("  http")
-    });
+    let broker = ServiceProcess::start(
+        &["broker".as_ref(), "--config".as_ref(), config.as_os_str()],
+        root,
+        |line| line.starts_with("  http"),
+    );
     let log = broker.log();
     assert!(log.contains("cannot read the IDC file"), "{log}");
     assert!(log.contains("idc=dc3"), "{log}");

@@ -34,10 +34,19 @@ impl Group {
         };
         let listed: ConsumerListResponse = self
             .pool
-            .call(&self.node.broker_addr(), RequestCode::ConsumerList, &request, Duration::from_secs(3))
+            .call(
+                &self.node.broker_addr(),
+                RequestCode::ConsumerList,
+                &request,
+                Duration::from_secs(3),
+            )
             .await
             .expect("listing members");
-        listed.members.into_iter().map(|member| (member.client_id, member.idc)).collect()
+        listed
+            .members
+            .into_iter()
+            .map(|member| (member.client_id, member.idc))
+            .collect()
     }
 
     fn queues(&self) -> Vec<(QueueId, String)> {
@@ -56,7 +65,13 @@ impl Group {
         let queues = self.queues();
         let mut held = BTreeSet::new();
         for consumer in &self.consumers {
-            let expected = allocate_by_idc(&queues, &members, &consumer.config().client_id, Deployment::SingleSide, &[]);
+            let expected = allocate_by_idc(
+                &queues,
+                &members,
+                &consumer.config().client_id,
+                Deployment::SingleSide,
+                &[],
+            );
             let mine = consumer.assigned_queues();
             if mine != expected.queues {
                 return false;
@@ -65,8 +80,17 @@ impl Group {
         }
         let others: usize = members
             .iter()
-            .filter(|(client_id, _)| !self.consumers.iter().any(|consumer| consumer.config().client_id == *client_id))
-            .map(|(client_id, _)| allocate_by_idc(&queues, &members, client_id, Deployment::SingleSide, &[]).queues.len())
+            .filter(|(client_id, _)| {
+                !self
+                    .consumers
+                    .iter()
+                    .any(|consumer| consumer.config().client_id == *client_id)
+            })
+            .map(|(client_id, _)| {
+                allocate_by_idc(&queues, &members, client_id, Deployment::SingleSide, &[])
+                    .queues
+                    .len()
+            })
             .sum();
         held.len() + others == QUEUES as usize
     }
