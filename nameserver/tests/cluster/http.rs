@@ -395,7 +395,11 @@ async fn groups_updates_deletes_idc_rules_and_sdk_policy_over_http() {
             Some(json!({"cidr": "10.1.0.0/16", "idc": "dc1"})),
         )
         .await;
-    assert_eq!((status, done), (200, json!("done")));
+    assert_eq!(status, 200);
+    assert_eq!(
+        done,
+        json!({"idc_rule": {"rule": {"network": "10.1.0.0", "prefix_len": 16, "idc": "dc1"}, "overlaps": []}})
+    );
     let (_, rules) = api.get("/api/idc-rules").await;
     assert_eq!(
         rules,
