@@ -282,11 +282,11 @@ impl PushConsumer {
             cancel: CancellationToken::new(),
             workers: Mutex::new(BTreeMap::new()),
             rebalance_lock: tokio::sync::Mutex::new(()),
-            idc,
-            findings: Mutex::new(Findings::default()),
             trace: config
                 .trace
-                .then(|| crate::trace::ConsumeTracer::new(&config.group, &config.client_id)),
+                .then(|| crate::trace::ConsumeTracer::new(&config.group, &config.client_id, &idc)),
+            idc,
+            findings: Mutex::new(Findings::default()),
             config,
         });
         let started = async {
@@ -1168,7 +1168,7 @@ mod tests {
         let handler = counting_handler(4, attempts.clone());
         let queue = QueueId::new("broker-a", 0);
         let started = tokio::time::Instant::now();
-        let trace = crate::trace::ConsumeTracer::new("workers", "c1");
+        let trace = crate::trace::ConsumeTracer::new("workers", "c1", "dc1");
         let handled = consume_with_retries(
             &handler,
             test_message(0),

@@ -30,6 +30,8 @@ fn now_millis() -> i64 {
 pub(crate) struct ConsumeTracer {
     group: String,
     client_id: String,
+    /// The consumer's data center.
+    idc: String,
     pending: Mutex<(BTreeMap<String, Vec<TraceEvent>>, usize)>,
     dropped: AtomicU64,
 }
@@ -41,10 +43,11 @@ pub(crate) struct Started {
 }
 
 impl ConsumeTracer {
-    pub(crate) fn new(group: &str, client_id: &str) -> ConsumeTracer {
+    pub(crate) fn new(group: &str, client_id: &str, idc: &str) -> ConsumeTracer {
         ConsumeTracer {
             group: group.to_owned(),
             client_id: client_id.to_owned(),
+            idc: idc.to_owned(),
             pending: Mutex::new((BTreeMap::new(), 0)),
             dropped: AtomicU64::new(0),
         }
@@ -64,6 +67,7 @@ impl ConsumeTracer {
             tags: message.tag().unwrap_or("").to_owned(),
             group: self.group.clone(),
             client_id: self.client_id.clone(),
+            idc: self.idc.clone(),
             broker_name: broker_name.to_owned(),
             born_timestamp: message.born_timestamp,
             store_timestamp: message.store_timestamp,
@@ -177,7 +181,7 @@ mod tests {
 
     #[test]
     fn before_and_after_make_valid_events_with_cost_and_result() {
-        let tracer = ConsumeTracer::new("billing", "host@1@2");
+        let tracer = ConsumeTracer::new("billing", "host@1@2", "dc1");
         let message = message();
         let started = tracer.before("broker-a", &message, 1);
         tracer.after("broker-a", &message, started, TraceStatus::RetryLater, 1);
