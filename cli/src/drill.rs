@@ -88,10 +88,7 @@ pub async fn drill(command: DrillCommand) -> Result<()> {
         | DrillCommand::Restore { addrs, .. }
         | DrillCommand::Status { addrs, .. } => addrs.clone(),
     };
-    let client = NameserverClient::new(&addrs)?;
-    let result = run_drill(&client, command).await;
-    client.shutdown().await;
-    result
+    NameserverClient::with(&addrs, command, run_drill).await
 }
 
 async fn run_drill(client: &NameserverClient, command: DrillCommand) -> Result<()> {
@@ -194,10 +191,7 @@ pub async fn idc(command: IdcCommand) -> Result<()> {
         | IdcCommand::Remove { addrs, .. }
         | IdcCommand::Lookup { addrs, .. } => addrs.clone(),
     };
-    let client = NameserverClient::new(&addrs)?;
-    let result = run_idc(&client, command).await;
-    client.shutdown().await;
-    result
+    NameserverClient::with(&addrs, command, run_idc).await
 }
 
 async fn run_idc(client: &NameserverClient, command: IdcCommand) -> Result<()> {

@@ -425,6 +425,19 @@ impl NameserverClient {
     pub async fn shutdown(self) {
         self.pool.shutdown().await;
     }
+
+    /// Runs `run` on `command` with a client of the nameservers at `addrs`, then closes the
+    /// client's connections whatever `run` returned.
+    pub async fn with<C>(
+        addrs: &NameserverAddrs,
+        command: C,
+        run: impl AsyncFnOnce(&NameserverClient, C) -> Result<()>,
+    ) -> Result<()> {
+        let client = NameserverClient::new(addrs)?;
+        let result = run(&client, command).await;
+        client.shutdown().await;
+        result
+    }
 }
 
 fn parse_status(status: Option<&str>) -> Option<ApprovalStatus> {
@@ -462,10 +475,7 @@ pub async fn topic(command: TopicCommand) -> Result<()> {
         TopicCommand::List(args) => args.addrs.clone(),
         TopicCommand::Describe(args) | TopicCommand::History(args) => args.addrs.clone(),
     };
-    let client = NameserverClient::new(&addrs)?;
-    let result = run_topic(&client, command).await;
-    client.shutdown().await;
-    result
+    NameserverClient::with(&addrs, command, run_topic).await
 }
 
 async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<()> {
@@ -924,10 +934,7 @@ pub async fn group(command: GroupCommand) -> Result<()> {
         GroupCommand::List(args) => args.addrs.clone(),
         GroupCommand::Describe(args) | GroupCommand::History(args) => args.addrs.clone(),
     };
-    let client = NameserverClient::new(&addrs)?;
-    let result = run_group(&client, command).await;
-    client.shutdown().await;
-    result
+    NameserverClient::with(&addrs, command, run_group).await
 }
 
 async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<()> {
@@ -1072,10 +1079,8 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
 /// `meridian broker ...` subcommands.
 pub async fn broker(command: BrokerCommand) -> Result<()> {
     let BrokerCommand::Switchover { addrs, .. } = &command;
-    let client = NameserverClient::new(addrs)?;
-    let result = run_broker(&client, command).await;
-    client.shutdown().await;
-    result
+    let addrs = addrs.clone();
+    NameserverClient::with(&addrs, command, run_broker).await
 }
 
 /// Longest `broker switchover --wait` waits for the election.
@@ -1162,10 +1167,7 @@ pub async fn cluster(command: ClusterCommand) -> Result<()> {
         | ClusterCommand::AddNode { addrs, .. }
         | ClusterCommand::RemoveNode { addrs, .. } => addrs.clone(),
     };
-    let client = NameserverClient::new(&addrs)?;
-    let result = run_cluster(&client, command).await;
-    client.shutdown().await;
-    result
+    NameserverClient::with(&addrs, command, run_cluster).await
 }
 
 async fn run_cluster(client: &NameserverClient, command: ClusterCommand) -> Result<()> {

@@ -17,6 +17,26 @@ use meridian_client::{
 use meridian_tests::{ServiceProcess, eventually, free_port, run_cli};
 use tokio_util::task::TaskTracker;
 
+/// A single-node nameserver in `dc1` on `ip`, its files under `root`.
+fn start_nameserver(root: &Path, ip: &str) -> (ServiceProcess, SocketAddr) {
+    let addr: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().unwrap();
+    let config = root.join("nameserver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{addr}\"\nhttp_listen = \"{ip}:0\"\ndata_dir = \"{}\"\nidc = \"dc1\"\nbroker_timeout_ms = 2000\n",
+            root.join("nameserver").display()
+        ),
+    )
+    .unwrap();
+    let process = ServiceProcess::start(
+        &["nameserver".as_ref(), "--config".as_ref(), config.as_os_str()],
+        root,
+        |line| line.starts_with("meridian nameserver node"),
+    );
+    (process, addr)
+}
+
 /// A nameserver and one single-broker group per data center.
 struct TwoIdcCluster {
     root: PathBuf,
@@ -28,22 +48,7 @@ struct TwoIdcCluster {
 
 impl TwoIdcCluster {
     fn start(root: &Path) -> TwoIdcCluster {
-        let ns_ip = "127.0.0.50";
-        let nameserver_addr: SocketAddr = format!("{ns_ip}:{}", free_port(ns_ip)).parse().unwrap();
-        let ns_config = root.join("nameserver.toml");
-        std::fs::write(
-            &ns_config,
-            format!(
-                "listen = \"{nameserver_addr}\"\nhttp_listen = \"{ns_ip}:0\"\ndata_dir = \"{}\"\nidc = \"dc1\"\nbroker_timeout_ms = 2000\n",
-                root.join("nameserver").display()
-            ),
-        )
-        .unwrap();
-        let nameserver = ServiceProcess::start(
-            &["nameserver".as_ref(), "--config".as_ref(), ns_config.as_os_str()],
-            root,
-            |line| line.starts_with("meridian nameserver node"),
-        );
+        let (nameserver, nameserver_addr) = start_nameserver(root, "127.0.0.50");
         let mut cluster = TwoIdcCluster {
             root: root.to_owned(),
             _nameserver: nameserver,
@@ -502,22 +507,7 @@ async fn drills_move_all_traffic_out_of_an_idc_and_back_without_losing_a_message
 async fn a_broker_without_an_idc_setting_takes_it_from_the_idc_map_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let ns_ip = "127.0.0.55";
-    let nameserver_addr: SocketAddr = format!("{ns_ip}:{}", free_port(ns_ip)).parse().unwrap();
-    let ns_config = root.join("nameserver.toml");
-    std::fs::write(
-        &ns_config,
-        format!(
-            "listen = \"{nameserver_addr}\"\nhttp_listen = \"{ns_ip}:0\"\ndata_dir = \"{}\"\nidc = \"dc1\"\n",
-            root.join("nameserver").display()
-        ),
-    )
-    .unwrap();
-    let _nameserver = ServiceProcess::start(
-        &["nameserver".as_ref(), "--config".as_ref(), ns_config.as_os_str()],
-        root,
-        |line| line.starts_with("meridian nameserver node"),
-    );
+    let (_nameserver, nameserver_addr) = start_nameserver(root, "127.0.0.55");
     let nameserver = nameserver_addr.to_string();
     let cli = |args: &[&str]| run_cli(args, &[("MERIDIAN_NAMESERVER", &nameserver)], "");
 
