@@ -472,7 +472,13 @@ mod tests {
             queue_id: 0,
             messages: vec![
                 record(0, b"\xff\xfe not a batch".to_vec()),
-                record(1, TraceBatch { events: vec![bad_event] }.encode_to_vec()),
+                record(
+                    1,
+                    TraceBatch {
+                        events: vec![bad_event],
+                    }
+                    .encode_to_vec(),
+                ),
                 record(2, TraceBatch { events: vec![event] }.encode_to_vec()),
             ],
             next_offset: 3,
@@ -483,6 +489,12 @@ mod tests {
         assert_eq!(metrics.events_indexed.get(), 1);
         assert_eq!(positions, Positions::from([("broker-a/0".to_owned(), 3)]));
         index.commit(&positions).unwrap();
-        assert_eq!(index.by_msg_id(&msg_id, &crate::index::Filter::default()).unwrap().len(), 1);
+        assert_eq!(
+            index
+                .by_msg_id(&msg_id, &crate::index::Filter::default())
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
