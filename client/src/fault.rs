@@ -40,11 +40,19 @@ impl FaultTracker {
         self.faults.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether `broker` may be chosen now.
-    pub(crate) fn available(&self, broker: &str) -> bool {
-        self.lock()
-            .get(broker)
-            .is_none_or(|fault| fault.until <= Instant::now())
+    /// The brokers to avoid now, with one lock per send rather than one per queue; empty (and
+    /// not allocated) while every broker is healthy.
+    pub(crate) fn avoided(&self) -> Vec<String> {
+        let faults = self.lock();
+        if faults.is_empty() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        faults
+            .iter()
+            .filter(|(_, fault)| fault.until > now)
+            .map(|(broker, _)| broker.clone())
+            .collect()
     }
 
     /// A send to `broker` failed.
@@ -68,17 +76,18 @@ impl FaultTracker {
     /// A send to `broker` succeeded after `latency`: a fast one clears its record, a slow one
     /// avoids it for the first back-off.
     pub(crate) fn succeeded(&self, broker: &str, latency: Duration) {
+        let mut faults = self.lock();
         if latency >= self.slow {
             tracing::debug!(broker, ?latency, "avoiding a slow broker");
-            self.lock().insert(
+            faults.insert(
                 broker.to_owned(),
                 Fault {
                     until: Instant::now() + self.first_backoff,
                     failures: 0,
                 },
             );
-        } else if self.lock().contains_key(broker) {
-            self.lock().remove(broker);
+        } else if !faults.is_empty() {
+            faults.remove(broker);
         }
     }
 }
@@ -86,6 +95,12 @@ impl FaultTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl FaultTracker {
+        fn available(&self, broker: &str) -> bool {
+            !self.avoided().iter().any(|avoided| avoided == broker)
+        }
+    }
 
     fn tracker() -> FaultTracker {
         FaultTracker::new(

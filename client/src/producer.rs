@@ -17,7 +17,7 @@ use crate::allocate::QueueId;
 use crate::error::ClientError;
 use crate::fault::FaultTracker;
 use crate::message::{EncodedMessage, Message, SendResult};
-use crate::route::{NameserverRoute, ROUTE_REFRESH_INTERVAL, RouteCache, RouteSource, broker_idcs, route_queues};
+use crate::route::{NameserverRoute, ROUTE_REFRESH_INTERVAL, RouteCache, RouteSource, route_queues};
 use meridian_proto::idc::IdcSettings;
 use meridian_proto::transport::ConnectionPool;
 use tokio::sync::OnceCell;
@@ -435,19 +435,25 @@ impl ProducerInner {
         writable: &'a [(QueueId, String)],
         idc: &str,
     ) -> Vec<&'a (QueueId, String)> {
+        let avoided = self.faults.avoided();
         let healthy: Vec<&(QueueId, String)> = writable
             .iter()
-            .filter(|(queue, _)| self.faults.available(&queue.broker_name))
+            .filter(|(queue, _)| !avoided.contains(&queue.broker_name))
             .collect();
         let local_first = self.config.locality == Locality::LocalFirst
             && !idc.is_empty()
             && !route.evacuated_idcs.iter().any(|evacuated| evacuated == idc);
         if local_first {
-            let idcs = broker_idcs(route);
+            let in_idc = |broker_name: &str| {
+                route
+                    .brokers
+                    .iter()
+                    .any(|broker| broker.broker_name == broker_name && broker.idc == idc)
+            };
             let local: Vec<&(QueueId, String)> = healthy
                 .iter()
                 .copied()
-                .filter(|(queue, _)| idcs.get(queue.broker_name.as_str()) == Some(&idc))
+                .filter(|(queue, _)| in_idc(&queue.broker_name))
                 .collect();
             if !local.is_empty() {
                 return local;
