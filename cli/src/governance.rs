@@ -243,16 +243,30 @@ pub enum GroupCommand {
     History(NameArgs),
 }
 
-/// `meridian cluster ...`: the nameservers' Raft cluster and the brokers they know.
+/// `meridian cluster ...`: a local cluster of processes (`up`, `down`, `kill`, `restart`), the
+/// nameservers' Raft cluster and the brokers they know.
 #[derive(Debug, clap::Subcommand)]
 pub enum ClusterCommand {
-    /// The Raft cluster as one nameserver sees it, and the broker groups with their liveness.
+    /// Start a whole cluster on this machine from a spec (examples/two-idc.toml): every
+    /// nameserver, broker, archiver and the tracer as its own process under the cluster dir.
+    Up(crate::cluster::UpArgs),
+    /// Stop every process of the local cluster (SIGTERM; SIGKILL after 30 s) and check that no
+    /// port stays taken.
+    Down(crate::cluster::DownArgs),
+    /// Kill one process of the local cluster (kill -9 by default), for experiments.
+    Kill(crate::cluster::KillArgs),
+    /// Stop (if running) and start again one process of the local cluster, and wait until it is healthy.
+    Restart(crate::cluster::RestartArgs),
+    /// The local cluster's processes (when the cluster dir exists: pid, role, IDC, health,
+    /// leader, lag), then the Raft cluster as one nameserver sees it and the broker groups.
     Status {
         /// Print the cluster and broker views as one JSON object instead of tables.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         addrs: NameserverAddrs,
+        #[command(flatten)]
+        dir: crate::cluster::DirArgs,
     },
     /// Add a nameserver (started with `join = true`): it catches up as a learner, then votes.
     AddNode {
@@ -1162,21 +1176,56 @@ async fn run_broker(client: &NameserverClient, command: BrokerCommand) -> Result
 
 /// `meridian cluster ...`.
 pub async fn cluster(command: ClusterCommand) -> Result<()> {
-    let addrs = match &command {
-        ClusterCommand::Status { addrs, .. }
-        | ClusterCommand::AddNode { addrs, .. }
-        | ClusterCommand::RemoveNode { addrs, .. } => addrs.clone(),
+    let mut processes = None;
+    let addrs = match command {
+        ClusterCommand::Up(args) => return crate::cluster::up(args).await,
+        ClusterCommand::Down(args) => return crate::cluster::down(args).await,
+        ClusterCommand::Kill(args) => return crate::cluster::kill(args).await,
+        ClusterCommand::Restart(args) => return crate::cluster::restart(args).await,
+        // With a local cluster, its processes first, and its nameservers unless others were named.
+        ClusterCommand::Status {
+            ref addrs,
+            ref dir,
+            json,
+            ..
+        } if crate::cluster::exists(&dir.dir) => {
+            let (nameservers, view) = crate::cluster::process_view(&dir.dir, json).await?;
+            processes = view;
+            let default = addrs.nameservers == ["127.0.0.1:7800"] && std::env::var_os("MERIDIAN_NAMESERVER").is_none();
+            if default {
+                NameserverAddrs { nameservers }
+            } else {
+                addrs.clone()
+            }
+        }
+        ClusterCommand::Status { ref addrs, .. }
+        | ClusterCommand::AddNode { ref addrs, .. }
+        | ClusterCommand::RemoveNode { ref addrs, .. } => addrs.clone(),
     };
-    NameserverClient::with(&addrs, command, run_cluster).await
+    NameserverClient::with(&addrs, command, async |client, command| {
+        run_cluster(client, command, processes).await
+    })
+    .await
 }
 
-async fn run_cluster(client: &NameserverClient, command: ClusterCommand) -> Result<()> {
+async fn run_cluster(
+    client: &NameserverClient,
+    command: ClusterCommand,
+    processes: Option<serde_json::Value>,
+) -> Result<()> {
     match command {
+        ClusterCommand::Up(_) | ClusterCommand::Down(_) | ClusterCommand::Kill(_) | ClusterCommand::Restart(_) => {
+            unreachable!("handled by crate::cluster")
+        }
         ClusterCommand::Status { json, .. } => {
             let cluster: ClusterView = client.read(&Query::Cluster).await?;
             let brokers: Vec<BrokerGroupView> = client.read(&Query::Brokers).await?;
             if json {
-                println!("{}", serde_json::json!({"cluster": cluster, "brokers": brokers}));
+                let mut view = serde_json::json!({"cluster": cluster, "brokers": brokers});
+                if let Some(processes) = processes {
+                    view["processes"] = processes;
+                }
+                println!("{view}");
                 return Ok(());
             }
             println!(

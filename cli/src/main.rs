@@ -8,6 +8,7 @@ mod archive_cmds;
 mod bench;
 mod bench_nameserver;
 mod client_cmds;
+mod cluster;
 mod config;
 mod drill;
 mod governance;

@@ -2,8 +2,10 @@
 
 mod archive;
 mod cli;
+mod cluster;
 mod consumers;
 mod durability;
+mod faults;
 mod governance;
 mod nameserver;
 mod near_by;

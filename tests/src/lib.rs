@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use meridian_client::{ConnectionPool, NameserverRoute, RouteSource};
 
+pub mod faults;
+
 /// The `meridian` binary under test: `$MERIDIAN_BIN`, or the one cargo built next to this test.
 pub fn meridian_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("MERIDIAN_BIN") {
