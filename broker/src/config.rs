@@ -79,6 +79,9 @@ pub struct BrokerConfig {
     pub replication: ReplicationConfig,
     /// A consumer not heard from for this long leaves its group, in ms.
     pub consumer_expiry_ms: u64,
+    /// An orderly consumer's queue lock lapses after this long without renewal, in ms (it is
+    /// released at once when the consumer leaves or its connection closes).
+    pub queue_lock_expiry_ms: u64,
     /// Requests one connection may have in flight; more wait, so one client cannot take all memory.
     pub max_inflight_per_connection: usize,
     /// Longest long-poll a pull may ask for, in ms.
@@ -136,6 +139,7 @@ impl Default for BrokerConfig {
             limits: LimitsConfig::default(),
             replication: ReplicationConfig::default(),
             consumer_expiry_ms: 10_000,
+            queue_lock_expiry_ms: 30_000,
             max_inflight_per_connection: 1024,
             max_long_poll_ms: 30_000,
             max_pending_response_bytes: 64 << 20,

@@ -174,9 +174,52 @@ pub enum BrokerError {
     ReplicationRefused(String),
     /// An ordinary send to a system topic.
     #[error(
-        "topic {0:?} is a system topic: only brokers write trace events to it (clients report theirs with the TraceReport request, which the SDK's trace hook sends); send to one of your own topics"
+        "topic {0:?} is a system topic: only brokers write to it (trace events, delayed, half, retried and dead-lettered messages); send to one of your own topics, and use the SDK's delay, transaction and retry features to reach the others"
     )]
     SystemTopic(String),
+    /// A request named a commitlog offset where no record starts.
+    #[error(
+        "no message record starts at commitlog offset {0} on this broker; pass the offset the message was delivered with"
+    )]
+    InvalidOffset(u64),
+    /// A request that breaks a rule of a messaging feature (batching delayed messages, a msgId
+    /// that does not match the record, a transaction without a producer group, ...).
+    #[error("{0}")]
+    Refused(String),
+    /// A request about a consumer group this broker does not know.
+    #[error("consumer group {group:?} is unknown on this broker: {hint}")]
+    UnknownGroup {
+        /// The group.
+        group: String,
+        /// What to do.
+        hint: String,
+    },
+    /// An orderly consumer's queue lock is held by another member.
+    #[error("queue {queue_id} of topic {topic:?} is locked by another member of group {group:?} ({holder})")]
+    QueueLocked {
+        /// Group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Queue.
+        queue_id: u32,
+        /// The member holding it.
+        holder: String,
+    },
+    /// A commit from a position older than the group's last offset reset.
+    #[error(
+        "offsets of group {group:?} on topic {topic:?} were reset (generation {current}, this commit is from {given}); re-read the offset and continue from it"
+    )]
+    OffsetReset {
+        /// Group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// The current generation.
+        current: u64,
+        /// The commit's.
+        given: u64,
+    },
     /// A client's trace report that is malformed.
     #[error("trace report refused: {0}")]
     InvalidTrace(String),
@@ -214,6 +257,9 @@ impl BrokerError {
             BrokerError::ReplicationRefused(_) => ErrorCode::FailedPrecondition,
             BrokerError::SystemTopic(_) | BrokerError::InvalidTrace(_) => ErrorCode::InvalidArgument,
             BrokerError::Evacuated { .. } => ErrorCode::Evacuated,
+            BrokerError::InvalidOffset(_) | BrokerError::Refused(_) => ErrorCode::InvalidArgument,
+            BrokerError::UnknownGroup { .. } => ErrorCode::GroupNotFound,
+            BrokerError::QueueLocked { .. } | BrokerError::OffsetReset { .. } => ErrorCode::FailedPrecondition,
         }
     }
 }

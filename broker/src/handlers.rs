@@ -11,24 +11,32 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use meridian_proto::RequestCode;
+use meridian_proto::filter::TagFilter;
 use meridian_proto::messages::{
     BrokerRoute, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse, ConsumerMember, CreateTopicRequest,
-    GroupMember, PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse,
-    QueueRef, ReplicaFetch, SearchOffsetRequest, SearchOffsetResponse, SendRequest, SendResponse, TopicRoute,
-    TopicRouteRequest, perm,
+    DeadLetterResendRequest, GroupMember, LockQueuesRequest, LockQueuesResponse, PullRequest, PullResponse, PullStatus,
+    QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse, QueueOffset, QueueRef, ReplicaFetch,
+    ResetOffsetRequest, ResetOffsetResponse, ResetTarget, SearchOffsetRequest, SearchOffsetResponse, SendBackRequest,
+    SendRequest, SendResponse, TopicRoute, TopicRouteRequest, perm,
 };
-use meridian_proto::properties::{self, KEY_SEPARATOR, KEYS, MSG_ID, PRODUCER_GROUP, TAGS};
+use meridian_proto::properties::{
+    self, DELAY, DELIVER_AT, KEY_SEPARATOR, KEYS, MSG_ID, PRODUCER_GROUP, SHARDING_KEY, TAGS, TRANSACTION,
+};
+use meridian_proto::topics::TopicKind;
 use meridian_proto::trace;
 use meridian_proto::validate::{self, Limits, ValidationError};
+use meridian_proto::{delay, topics};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
 use crate::groups::{ConsumerGroups, MemberInfo};
+use crate::locks::QueueLocks;
 use crate::metrics::{BrokerMetrics, RequestLabels};
 use crate::registry::Governance;
 use crate::replication::Replication;
+use crate::schedule::{self, Special};
 use crate::store::{AppendRequest, CqEntry, FlushMode, MessageStore};
 
 /// A response body still being produced.
@@ -65,6 +73,8 @@ pub struct BrokerState {
     pub replication: Arc<Replication>,
     /// Trace emission: the hot paths push into its bounded buffer ([`crate::trace`]).
     pub trace: Arc<crate::trace::TraceEmitter>,
+    /// Queue locks of orderly consumers.
+    pub locks: QueueLocks,
 }
 
 impl BrokerState {
@@ -75,16 +85,31 @@ impl BrokerState {
             .map_or(Ok(()), |governance| governance.check_send(topic))
     }
 
-    /// Whether consumer group `group` may consume `topics` (always, on a standalone broker).
-    fn check_consume<'a>(&self, group: &str, topics: impl IntoIterator<Item = &'a str>) -> Result<()> {
-        // The system trace topic needs no approval: tracer groups read it (and only it) freely.
-        let topics: Vec<&str> = topics.into_iter().collect();
-        if trace::is_tracer_group(group) && topics.iter().all(|topic| trace::is_system_topic(topic)) {
+    /// Whether consumer group `group` may consume `wanted` (always, on a standalone broker). A
+    /// group's own retry and dead-letter topics need only the group's approval; other system
+    /// topics are refused, but tracer groups read the trace topic freely.
+    pub(crate) fn check_consume<'a>(&self, group: &str, wanted: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        let wanted: Vec<&str> = wanted.into_iter().collect();
+        if trace::is_tracer_group(group) && wanted.iter().all(|topic| trace::is_system_topic(topic)) {
             return Ok(());
+        }
+        let mut user_topics = Vec::with_capacity(wanted.len());
+        for topic in wanted {
+            match topics::kind(topic) {
+                TopicKind::User => user_topics.push(topic),
+                TopicKind::Retry(owner) | TopicKind::DeadLetter(owner) if owner == group => {}
+                _ => {
+                    return Err(BrokerError::Refused(format!(
+                        "topic {topic:?} is a system topic: group {group:?} may read only its own {} and {}",
+                        topics::retry_topic(group),
+                        topics::dlq_topic(group)
+                    )));
+                }
+            }
         }
         self.governance
             .as_ref()
-            .map_or(Ok(()), |governance| governance.check_consume(group, topics))
+            .map_or(Ok(()), |governance| governance.check_consume(group, user_topics))
     }
 }
 
@@ -108,6 +133,14 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         RequestCode::Send => send(state, body, peer),
         RequestCode::Pull => pull(state, body, peer),
         RequestCode::TraceReport => now(trace_report(state, body, peer)),
+        RequestCode::SendBack => send_back(state, body),
+        RequestCode::ResetOffset => now(reset_offset(state, body)),
+        RequestCode::DeadLetterResend => dead_letter_resend(state, body),
+        RequestCode::LockQueues => now(lock_queues(state, body)),
+        RequestCode::UnlockQueues => now(unlock_queues(state, body)),
+        RequestCode::EndTransaction | RequestCode::CheckTransactions => now(Err(BrokerError::Refused(
+            "transactions are not served by this broker build yet".into(),
+        ))),
         RequestCode::CommitOffset => now(commit_offset(state, body)),
         RequestCode::QueryOffset => now(query_offset(state, body)),
         RequestCode::QueueInfo => now(queue_info(state, body)),
@@ -131,8 +164,8 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
 }
 
 /// Checks a message's properties with the shared rules: well formed, within the size limit,
-/// and valid keys and tag.
-fn validate_properties(encoded: &[u8], limits: &Limits) -> Result<(), ValidationError> {
+/// valid keys, tag and delay; says whether the message is delayed or transactional.
+fn validate_properties(encoded: &[u8], limits: &Limits) -> Result<Special, ValidationError> {
     validate::validate_properties_size(encoded.len(), limits)?;
     if !properties::is_well_formed(encoded) {
         return Err(ValidationError::Property {
@@ -140,9 +173,18 @@ fn validate_properties(encoded: &[u8], limits: &Limits) -> Result<(), Validation
             max: validate::MAX_PROPERTY_NAME_LEN,
         });
     }
+    let mut special = Special::default();
     for (name, value) in properties::PropertiesIter::new(encoded) {
         match name {
             KEYS => value.split(KEY_SEPARATOR).try_for_each(validate::validate_key)?,
+            DELAY => {
+                delay::level_delay_ms(value)?;
+                special.delayed = true;
+            }
+            // The time is checked against the clock when the message is moved (schedule::rehome).
+            DELIVER_AT => special.delayed = true,
+            TRANSACTION => special.transactional = value == "true",
+            SHARDING_KEY => validate::validate_key(value)?,
             TAGS => validate::validate_tag(value)?,
             PRODUCER_GROUP => validate::validate_group(value)?,
             MSG_ID => {
@@ -154,7 +196,7 @@ fn validate_properties(encoded: &[u8], limits: &Limits) -> Result<(), Validation
             _ => validate::validate_property(name, value)?,
         }
     }
-    Ok(())
+    Ok(special)
 }
 
 fn send(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
@@ -163,8 +205,9 @@ fn send(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
 
 fn decode_send(state: &BrokerState, body: Bytes) -> Result<SendRequest> {
     let request: SendRequest = decode(body)?;
+    let mut request = request;
     validate::validate_topic(&request.topic)?;
-    if trace::is_system_topic(&request.topic) {
+    if topics::is_system(&request.topic) {
         return Err(BrokerError::SystemTopic(request.topic));
     }
     state.check_send(&request.topic)?;
@@ -173,9 +216,15 @@ fn decode_send(state: &BrokerState, body: Bytes) -> Result<SendRequest> {
             "a send request needs at least one message".into(),
         ));
     }
+    let mut special = Special::default();
     for message in &request.messages {
         validate::validate_body_size(message.body.len(), &state.limits)?;
-        validate_properties(&message.properties, &state.limits)?;
+        let found = validate_properties(&message.properties, &state.limits)?;
+        special.delayed |= found.delayed;
+        special.transactional |= found.transactional;
+    }
+    if special.any() {
+        schedule::rehome(&mut request, special, schedule::now_millis())?;
     }
     Ok(request)
 }
@@ -290,6 +339,7 @@ fn encode_pull(
         min_offset: min,
         max_offset: max,
         records: Bytes::new(),
+        ..Default::default()
     };
     let records_len: usize = entries.iter().map(|entry| entry.size as usize).sum();
     let mut out = BytesMut::with_capacity(head.encoded_len() + 16 + records_len);
@@ -304,8 +354,9 @@ fn encode_pull(
     Ok(out.freeze())
 }
 
-/// One attempt at a pull. `None` when there is nothing yet at the offset.
-fn try_pull(state: &BrokerState, request: &PullRequest) -> Result<Option<Bytes>> {
+/// One attempt at a pull. `None` when there is nothing yet at the offset. With a tag filter, only
+/// entries whose tag hash matches are read; `next_offset` passes the ones skipped.
+fn try_pull(state: &BrokerState, request: &PullRequest, filter: &TagFilter) -> Result<Option<Bytes>> {
     let queue = state.store.consume_queue(&request.topic, request.queue_id)?;
     let (min, max) = (queue.min_offset(), queue.max_offset());
     if request.offset < min || request.offset > max {
@@ -317,24 +368,34 @@ fn try_pull(state: &BrokerState, request: &PullRequest) -> Result<Option<Bytes>>
     }
     // Leave room for the response's own fields inside the frame limit.
     let max_bytes = request.max_bytes.min((state.limits.max_frame_size - 4096) as u32);
-    let entries = state
+    let mut entries = state
         .store
         .read_entries(&queue, request.offset, request.max_count.clamp(1, 1024), max_bytes)?;
     let next = request.offset + entries.len() as u64;
+    if !filter.is_all() {
+        entries.retain(|entry| filter.matches_hash(entry.tag_hash));
+    }
     state.metrics.messages_pulled.inc_by(entries.len() as u64);
     encode_pull(state, PullStatus::Found, next, min, max, &entries).map(Some)
 }
 
 fn pull(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
-    let request = match decode::<PullRequest>(body).and_then(|request| {
+    let (request, filter) = match decode::<PullRequest>(body).and_then(|request| {
         validate::validate_group(&request.group)?;
-        validate::validate_topic(&request.topic)?;
+        topics::validate_consumable(&request.topic)?;
+        let filter = TagFilter::parse(&request.subscription)?;
         state.check_consume(&request.group, [request.topic.as_str()])?;
-        Ok(request)
+        Ok((request, filter))
     }) {
         Ok(request) => request,
         Err(error) => return Reply::Now(Err(error)),
     };
+    if let Some(generation) = request.offset_generation {
+        let current = state.store.offset_generation(&request.group, &request.topic);
+        if generation != current {
+            return Reply::Now(offset_reset(state, &request, current));
+        }
+    }
     // Below the local consume queue: served from the archive, same ids and offsets.
     if let Some(archive) = state.store.archive().cloned()
         && state
@@ -345,7 +406,7 @@ fn pull(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
         let state = state.clone();
         return Reply::Later(Box::pin(async move { pull_archived(&state, &archive, &request).await }));
     }
-    match try_pull(state, &request) {
+    match try_pull(state, &request, &filter) {
         Ok(Some(body)) => {
             state.trace.delivered(&request.topic, &request.group, peer, &body);
             return Reply::Now(Ok(body));
@@ -364,7 +425,7 @@ fn pull(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
             tokio::pin!(notified);
             // Register before checking, so an append between the check and the wait still wakes us.
             notified.as_mut().enable();
-            if let Some(body) = try_pull(&state, &request)? {
+            if let Some(body) = try_pull(&state, &request, &filter)? {
                 state.trace.delivered(&request.topic, &request.group, peer, &body);
                 return Ok(body);
             }
@@ -426,9 +487,28 @@ async fn pull_archived(
         min_offset: bounds.min_offset,
         max_offset: bounds.max_offset,
         records,
+        ..Default::default()
     }
     .encode_to_vec()
     .into())
+}
+
+/// The answer to a pull whose position predates a reset of the group's offsets: where the group
+/// continues now, and the generation to continue with.
+fn offset_reset(state: &BrokerState, request: &PullRequest, generation: u64) -> Result<Bytes> {
+    let bounds = state.store.queue_bounds(&request.topic, request.queue_id)?;
+    let next = state
+        .store
+        .query_offset(&request.group, &request.topic, request.queue_id)?
+        .unwrap_or(bounds.min_offset);
+    encoded(&PullResponse {
+        status: PullStatus::OffsetReset as i32,
+        next_offset: next,
+        min_offset: bounds.min_offset,
+        max_offset: bounds.max_offset,
+        records: Bytes::new(),
+        offset_generation: generation,
+    })
 }
 
 fn no_new_message(state: &BrokerState, request: &PullRequest) -> Result<Bytes> {
@@ -455,28 +535,152 @@ fn trace_report(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Result<By
 fn commit_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     let request: CommitOffsetRequest = decode(body)?;
     validate::validate_group(&request.group)?;
-    validate::validate_topic(&request.topic)?;
+    topics::validate_consumable(&request.topic)?;
+    if !request.member.is_empty() {
+        validate::validate_client_id(&request.member)?;
+    }
     state.check_consume(&request.group, [request.topic.as_str()])?;
+    if let Some(given) = request.generation {
+        let current = state.store.offset_generation(&request.group, &request.topic);
+        if given != current {
+            return Err(BrokerError::OffsetReset {
+                group: request.group,
+                topic: request.topic,
+                current,
+                given,
+            });
+        }
+    }
+    let key = MessageStore::offset_key(&request.group, &request.member);
     state
         .store
-        .commit_offset(&request.group, &request.topic, request.queue_id, request.offset)?;
+        .commit_offset(&key, &request.topic, request.queue_id, request.offset)?;
     Ok(Bytes::new())
 }
 
 fn query_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     let request: QueryOffsetRequest = decode(body)?;
     validate::validate_group(&request.group)?;
-    validate::validate_topic(&request.topic)?;
+    topics::validate_consumable(&request.topic)?;
+    if !request.member.is_empty() {
+        validate::validate_client_id(&request.member)?;
+    }
     state.check_consume(&request.group, [request.topic.as_str()])?;
-    let offset = state
+    let key = MessageStore::offset_key(&request.group, &request.member);
+    let offset = state.store.query_offset(&key, &request.topic, request.queue_id)?;
+    let generation = state.store.offset_generation(&request.group, &request.topic);
+    encoded(&QueryOffsetResponse { offset, generation })
+}
+
+/// Moves a group's offsets of a topic on this broker; its consumers notice at their next pull
+/// ([`PullStatus::OffsetReset`]) and continue from there.
+fn reset_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+    let request: ResetOffsetRequest = decode(body)?;
+    validate::validate_group(&request.group)?;
+    topics::validate_consumable(&request.topic)?;
+    state.check_consume(&request.group, [request.topic.as_str()])?;
+    state
+        .replication
+        .check_writable()
+        .map_err(|error| BrokerError::NotMaster(error.to_string()))?;
+    let target = ResetTarget::try_from(request.target)
+        .map_err(|_| BrokerError::MalformedBody(format!("reset target {} is unknown", request.target)))?;
+    let queues = state
         .store
-        .query_offset(&request.group, &request.topic, request.queue_id)?;
-    encoded(&QueryOffsetResponse { offset })
+        .topic_queues(&request.topic)
+        .ok_or_else(|| BrokerError::TopicNotFound(request.topic.clone()))?;
+    let mut offsets = Vec::with_capacity(queues as usize);
+    for queue_id in 0..queues {
+        let bounds = state.store.queue_bounds(&request.topic, queue_id)?;
+        let offset = match target {
+            ResetTarget::Earliest => bounds.min_offset,
+            ResetTarget::Latest => bounds.max_offset,
+            ResetTarget::Timestamp => state.store.search_offset(&request.topic, queue_id, request.timestamp)?,
+        };
+        offsets.push((queue_id, offset));
+    }
+    let generation = state.store.reset_offsets(&request.group, &request.topic, &offsets);
+    tracing::info!(
+        group = request.group,
+        topic = request.topic,
+        ?target,
+        timestamp = request.timestamp,
+        generation,
+        ?offsets,
+        "consumer offsets reset"
+    );
+    encoded(&ResetOffsetResponse {
+        queues: offsets
+            .into_iter()
+            .map(|(queue_id, offset)| QueueOffset { queue_id, offset })
+            .collect(),
+        generation,
+    })
+}
+
+/// A consumer failed a message: to the retry topic or the dead-letter topic, answered once the
+/// copy is as durable as an acknowledged send.
+fn send_back(state: &Arc<BrokerState>, body: Bytes) -> Reply {
+    let sent = decode::<SendBackRequest>(body).and_then(|request| crate::retry::send_back(state, &request));
+    let sent = match sent {
+        Ok(sent) => sent,
+        Err(error) => return Reply::Now(Err(error)),
+    };
+    let state = state.clone();
+    Reply::Later(Box::pin(async move {
+        schedule::wait_durable(&state, sent.end_offset).await?;
+        encoded(&sent.response)
+    }))
+}
+
+fn dead_letter_resend(state: &Arc<BrokerState>, body: Bytes) -> Reply {
+    let resent =
+        decode::<DeadLetterResendRequest>(body).and_then(|request| crate::retry::resend_dead_letters(state, &request));
+    let (response, end_offset) = match resent {
+        Ok(resent) => resent,
+        Err(error) => return Reply::Now(Err(error)),
+    };
+    let state = state.clone();
+    Reply::Later(Box::pin(async move {
+        if end_offset > 0 {
+            schedule::wait_durable(&state, end_offset).await?;
+        }
+        encoded(&response)
+    }))
+}
+
+fn decode_lock_request(state: &BrokerState, body: Bytes) -> Result<LockQueuesRequest> {
+    let request: LockQueuesRequest = decode(body)?;
+    validate::validate_group(&request.group)?;
+    validate::validate_client_id(&request.client_id)?;
+    topics::validate_consumable(&request.topic)?;
+    state.check_consume(&request.group, [request.topic.as_str()])?;
+    Ok(request)
+}
+
+fn lock_queues(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+    let request = decode_lock_request(state, body)?;
+    let locked = state.locks.lock(
+        &request.group,
+        &request.client_id,
+        &request.topic,
+        &request.queue_ids,
+        Instant::now(),
+    );
+    encoded(&LockQueuesResponse { locked })
+}
+
+fn unlock_queues(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+    let request = decode_lock_request(state, body)?;
+    state
+        .locks
+        .unlock(&request.group, &request.client_id, &request.topic, &request.queue_ids);
+    Ok(Bytes::new())
 }
 
 fn queue_info(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     let request: QueueRef = decode(body)?;
-    validate::validate_topic(&request.topic)?;
+    topics::validate_consumable(&request.topic)?;
     let bounds = state.store.queue_bounds(&request.topic, request.queue_id)?;
     encoded(&QueueInfoResponse {
         min_offset: bounds.min_offset,
@@ -486,7 +690,7 @@ fn queue_info(state: &BrokerState, body: Bytes) -> Result<Bytes> {
 
 fn search_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     let request: SearchOffsetRequest = decode(body)?;
-    validate::validate_topic(&request.topic)?;
+    topics::validate_consumable(&request.topic)?;
     let offset = state
         .store
         .search_offset(&request.topic, request.queue_id, request.timestamp)?;
@@ -546,7 +750,27 @@ fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Res
             "consumer heartbeat needs a client_id".into(),
         ));
     }
+    TagFilter::parse(&request.subscription)?;
     state.check_consume(&request.group, request.topics.iter().map(String::as_str))?;
+    if let Some(grant) = state
+        .governance
+        .as_ref()
+        .and_then(|governance| governance.group(&request.group))
+        && grant.broadcasting != request.broadcasting
+    {
+        let (registered, started) = if grant.broadcasting {
+            ("broadcasting", "clustering (members share the queues)")
+        } else {
+            ("clustering", "broadcasting")
+        };
+        return Err(BrokerError::Refused(format!(
+            "consumer group {:?} is registered as {registered}, but this member started as {started}; start it in the group's mode, or request a group of the other mode",
+            request.group
+        )));
+    }
+    if !request.broadcasting && state.replication.check_writable().is_ok() {
+        crate::retry::ensure_group_topics(state, &request.group)?;
+    }
     let info = MemberInfo {
         topics: request.topics,
         sdk_version: request.sdk_version,
@@ -609,6 +833,7 @@ fn consumer_list(state: &BrokerState, body: Bytes) -> Result<Bytes> {
 fn consumer_leave(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     let request: GroupMember = decode(body)?;
     validate::validate_group(&request.group)?;
+    state.locks.release_member(&request.group, &request.client_id);
     if state.groups.leave(&request.group, &request.client_id) {
         tracing::info!(
             group = request.group,
@@ -675,6 +900,7 @@ mod tests {
                 crate::trace::Identity::default(),
                 Arc::default(),
             )),
+            locks: QueueLocks::new(Duration::from_secs(30)),
         })
     }
 
@@ -764,6 +990,7 @@ mod tests {
                 topic: topic.into(),
                 queue_id: 0,
                 offset: 0,
+                ..Default::default()
             };
             commit_offset(&state, Bytes::from(request.encode_to_vec())).map_err(|error| error.code())
         };
@@ -797,6 +1024,7 @@ mod tests {
             max_count: 1,
             max_bytes: 1024,
             long_poll_ms: 0,
+            ..Default::default()
         };
         let error = now(super::pull(
             &state,

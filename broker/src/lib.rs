@@ -7,6 +7,8 @@
 //! - [`handlers`] turns each request into store calls; [`groups`] tracks consumer group members.
 //! - [`trace`]: every message's Pub/Store/Replicate/Deliver events (and clients' reports), batched
 //!   into the system trace topic off the hot path.
+//! - [`schedule`]: delayed messages wait in delay slots and are released when due; the same
+//!   moves serve retries, dead letters and transactions ([`retry`], [`locks`] for orderly consumers).
 //! - [`registry`]: with `nameservers` set, the broker heartbeats every nameserver, registers its
 //!   topics, and serves only the topics and consumer groups they approved (a governed broker);
 //!   without, it is standalone and serves anything.
@@ -17,10 +19,13 @@ pub mod config;
 pub mod error;
 pub mod groups;
 pub mod handlers;
+pub mod locks;
 pub mod metrics;
 pub mod registry;
 pub mod replication;
 pub mod retention;
+pub mod retry;
+pub mod schedule;
 pub mod server;
 pub mod store;
 pub mod trace;

@@ -14,6 +14,13 @@ pub struct RequestLabels {
     pub request: &'static str,
 }
 
+/// Labels of metrics counted by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What happened.
+    pub outcome: &'static str,
+}
+
 /// Labels of error metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -68,6 +75,10 @@ pub struct BrokerMetrics {
     pub evacuated_refusals: Counter,
     /// Consumers removed from their groups because their connection closed (a crash, a kill).
     pub consumers_disconnected: Counter,
+    /// Delayed messages released from a delay slot (moved to a smaller slot or delivered).
+    pub delayed_released: Counter,
+    /// Messages consumers sent back after failing them, by outcome (`retry`, `dead_letter`).
+    pub sent_back: Family<OutcomeLabels, Counter>,
     /// Bytes of heartbeat and registration request bodies sent to nameservers, to compute what
     /// heartbeating costs per second.
     pub nameserver_heartbeat_bytes: Counter,
@@ -109,6 +120,8 @@ impl Default for BrokerMetrics {
             nameserver_registrations: Counter::default(),
             evacuated_refusals: Counter::default(),
             consumers_disconnected: Counter::default(),
+            delayed_released: Counter::default(),
+            sent_back: Family::default(),
             nameserver_heartbeat_bytes: Counter::default(),
             nameserver_metadata_fetches: Counter::default(),
             replicated_bytes: Counter::default(),
@@ -193,6 +206,16 @@ impl BrokerMetrics {
             "consumers_disconnected",
             "Consumers removed from their groups because their connection closed",
             metrics.consumers_disconnected.clone(),
+        );
+        registry.register(
+            "delayed_released",
+            "Delayed messages released from a delay slot (moved to a smaller slot or delivered)",
+            metrics.delayed_released.clone(),
+        );
+        registry.register(
+            "sent_back",
+            "Messages consumers failed, by where they went (retry or dead_letter)",
+            metrics.sent_back.clone(),
         );
         registry.register(
             "nameserver_heartbeat_bytes",

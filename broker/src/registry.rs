@@ -20,6 +20,7 @@ use meridian_proto::messages::{
     self, BrokerHeartbeat, BrokerHeartbeatResponse, BrokerMetadataRequest, BrokerRegistration, GroupGrant, TopicGrant,
     TopicList, TopicQueues, perm, role,
 };
+use meridian_proto::topics::{self, TopicKind};
 use meridian_proto::transport::{ConnectionPool, TransportConfig, TransportError};
 use meridian_proto::{RequestCode, compress};
 use prost::Message;
@@ -213,6 +214,11 @@ impl Governance {
             }
         }
         Ok(())
+    }
+
+    /// The grant of consumer group `group`, if it is approved.
+    pub fn group(&self, group: &str) -> Option<GroupGrant> {
+        self.read().groups.get(group).cloned()
     }
 
     /// The refusal of a `CreateTopic` request: topics come from the nameservers.
@@ -419,7 +425,15 @@ impl Shared {
     /// One heartbeat to one nameserver, with the registration and the metadata fetch it may call for.
     async fn exchange(&self, link: &mut Link) -> Result<(), TransportError> {
         let state = &self.state;
-        let topics = topic_list(state.store.topics());
+        // Retry, dead-letter, delay and transaction topics are the broker's own: not registered.
+        let topics = topic_list(
+            state
+                .store
+                .topics()
+                .into_iter()
+                .filter(|(name, _)| matches!(topics::kind(name), TopicKind::User | TopicKind::Trace))
+                .collect(),
+        );
         let role = state.replication.role();
         let standing = Standing {
             master: matches!(role, Role::Master { .. }),

@@ -118,6 +118,7 @@ impl Broker {
         let store = tokio::task::spawn_blocking(move || {
             let store = MessageStore::open(&data_dir, store_config, store_host, store_metrics)?;
             crate::trace::ensure_topic(&store)?;
+            crate::schedule::ensure_topics(&store)?;
             Ok::<_, BrokerError>(store)
         })
         .await
@@ -153,6 +154,7 @@ impl Broker {
             governance,
             store,
             groups: ConsumerGroups::new(Duration::from_millis(config.consumer_expiry_ms)),
+            locks: crate::locks::QueueLocks::new(Duration::from_millis(config.queue_lock_expiry_ms)),
             metrics,
             limits: config.limits.limits(),
             advertise_addr,
@@ -214,6 +216,7 @@ impl Broker {
                 retention_stop.clone(),
             ));
         }
+        retention.spawn(crate::schedule::run(state.clone(), retention_stop.clone()));
         retention.close();
         tokio::pin!(shutdown);
         loop {

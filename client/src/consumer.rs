@@ -200,6 +200,7 @@ impl PullConsumer {
             max_count,
             max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
             long_poll_ms: u32::try_from(long_poll.as_millis()).unwrap_or(u32::MAX),
+            ..Default::default()
         };
         let timeout = self.config.request_timeout + long_poll;
         let response: PullResponse = self.pool.call(addr, RequestCode::Pull, &request, timeout).await?;
@@ -252,6 +253,7 @@ impl PullConsumer {
             topic: topic.to_owned(),
             queue_id,
             offset,
+            ..Default::default()
         };
         self.pool
             .call_empty(addr, RequestCode::CommitOffset, &request, self.config.request_timeout)
@@ -271,6 +273,7 @@ impl PullConsumer {
             group: self.group.clone(),
             topic: topic.to_owned(),
             queue_id,
+            ..Default::default()
         };
         let response: QueryOffsetResponse = self
             .pool

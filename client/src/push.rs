@@ -412,6 +412,7 @@ impl PushInner {
             idc: self.idc.clone(),
             allocation: ALLOCATION.to_owned(),
             deployment: self.config.deployment.as_str().to_owned(),
+            ..ConsumerHeartbeat::default()
         };
         let timeout = self.config.client.request_timeout;
         let sends = broker_addrs(&route).into_iter().map(|addr| {
@@ -864,7 +865,7 @@ async fn run_queue(inner: Arc<PushInner>, queue: QueueId, progress: Arc<QueuePro
             }
             // The next offset of an empty answer is the offset asked for; keep ours.
             PullStatus::NoNewMessage => {}
-            PullStatus::OffsetMoved => {
+            PullStatus::OffsetMoved | PullStatus::OffsetReset => {
                 warn!(%queue, offset, next_offset = result.next_offset, "offset out of range, moving");
                 offset = result.next_offset;
                 progress.set_processed(offset);

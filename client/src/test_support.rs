@@ -345,7 +345,7 @@ async fn handle(state: &State, frame: Frame) -> Option<Frame> {
                 .offsets
                 .get(&(request.group, request.topic, request.queue_id))
                 .copied();
-            ok(id, &QueryOffsetResponse { offset })
+            ok(id, &QueryOffsetResponse { offset, generation: 0 })
         }
         RequestCode::CommitOffset => {
             let request: CommitOffsetRequest = decode(&frame);
@@ -445,6 +445,7 @@ async fn pull(state: &State, id: u64, request: PullRequest) -> Option<Frame> {
                 min_offset: 0,
                 max_offset,
                 records: Bytes::new(),
+                ..Default::default()
             };
             if request.offset > max_offset {
                 response.status = PullStatus::OffsetMoved as i32;

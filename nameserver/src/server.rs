@@ -261,10 +261,17 @@ fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> A
         | RequestCode::QueueInfo
         | RequestCode::SearchOffset
         | RequestCode::TraceReport
+        | RequestCode::SendBack
+        | RequestCode::ResetOffset
+        | RequestCode::EndTransaction
+        | RequestCode::DeadLetterResend
+        | RequestCode::CheckTransactions
         | RequestCode::CreateTopic
         | RequestCode::ConsumerHeartbeat
         | RequestCode::ConsumerList
         | RequestCode::ConsumerLeave
+        | RequestCode::LockQueues
+        | RequestCode::UnlockQueues
         | RequestCode::ReplicaFetch => Answer::Now(Err(ApiError::new(
             ErrorCode::UnsupportedRequest,
             format!(

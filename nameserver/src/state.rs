@@ -945,10 +945,10 @@ impl MetadataState {
 
     fn request_topic(&mut self, now_ms: u64, request: TopicRequest) -> Result<Response, CommandError> {
         validate_topic(&request.name)?;
-        if meridian_proto::trace::is_system_topic(&request.name) {
+        if meridian_proto::topics::is_system(&request.name) {
             return Err(CommandError::Invalid {
                 message: format!(
-                    "topic name {:?} is reserved for the system trace topic, which every broker creates by itself and needs no approval; choose another name",
+                    "topic name {:?} is reserved for a system topic (trace, delay or transaction), which every broker creates by itself and needs no approval; choose another name",
                     request.name
                 ),
             });

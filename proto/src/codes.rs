@@ -22,17 +22,37 @@ pub enum RequestCode {
     /// A client reports trace events only it knows (consume start and end) as a
     /// [`crate::trace::TraceBatch`]; the broker checks them and writes them to the trace topic.
     TraceReport = 16,
+    /// A consumer could not consume a message: the broker schedules it again on the group's retry
+    /// topic, or dead-letters it after the group's maximum ([`crate::messages::SendBackRequest`]).
+    SendBack = 17,
+    /// Move a consumer group's offsets of a topic to a time, the earliest or the latest offset
+    /// while its consumers run ([`crate::messages::ResetOffsetRequest`]).
+    ResetOffset = 18,
+    /// A producer ends a transaction: commit or roll back a half message
+    /// ([`crate::messages::EndTransactionRequest`]).
+    EndTransaction = 19,
     /// Create a topic on a standalone broker (one without nameservers; a governed broker refuses it
     /// and names the nameserver commands instead).
     CreateTopic = 20,
     /// Route of a topic as this broker knows it.
     TopicRoute = 21,
+    /// Put dead letters of a group back on its retry topic
+    /// ([`crate::messages::DeadLetterResendRequest`]).
+    DeadLetterResend = 22,
+    /// A producer asks which of its group's half messages wait for a check-back
+    /// ([`crate::messages::CheckTransactionsRequest`]).
+    CheckTransactions = 23,
     /// A consumer announces itself in a group.
     ConsumerHeartbeat = 30,
     /// The members of a consumer group.
     ConsumerList = 31,
     /// A consumer leaves its group.
     ConsumerLeave = 32,
+    /// An orderly consumer takes (or renews) the broker-side lock of queues
+    /// ([`crate::messages::LockQueuesRequest`] → [`crate::messages::LockQueuesResponse`]).
+    LockQueues = 33,
+    /// An orderly consumer releases queue locks ([`crate::messages::LockQueuesRequest`]).
+    UnlockQueues = 34,
     /// A broker reports it is alive, with a digest of its registration
     /// ([`crate::messages::BrokerHeartbeat`] → [`crate::messages::BrokerHeartbeatResponse`]).
     BrokerHeartbeat = 40,
@@ -62,7 +82,7 @@ pub enum RequestCode {
 
 impl RequestCode {
     /// Every request code, for exhaustive tests and docs.
-    pub const ALL: [RequestCode; 22] = [
+    pub const ALL: [RequestCode; 29] = [
         RequestCode::Send,
         RequestCode::Pull,
         RequestCode::CommitOffset,
@@ -70,11 +90,18 @@ impl RequestCode {
         RequestCode::QueueInfo,
         RequestCode::SearchOffset,
         RequestCode::TraceReport,
+        RequestCode::SendBack,
+        RequestCode::ResetOffset,
+        RequestCode::EndTransaction,
         RequestCode::CreateTopic,
         RequestCode::TopicRoute,
+        RequestCode::DeadLetterResend,
+        RequestCode::CheckTransactions,
         RequestCode::ConsumerHeartbeat,
         RequestCode::ConsumerList,
         RequestCode::ConsumerLeave,
+        RequestCode::LockQueues,
+        RequestCode::UnlockQueues,
         RequestCode::BrokerHeartbeat,
         RequestCode::RegisterBroker,
         RequestCode::BrokerMetadata,
@@ -102,6 +129,13 @@ impl RequestCode {
             RequestCode::QueueInfo => "queue_info",
             RequestCode::SearchOffset => "search_offset",
             RequestCode::TraceReport => "trace_report",
+            RequestCode::SendBack => "send_back",
+            RequestCode::ResetOffset => "reset_offset",
+            RequestCode::EndTransaction => "end_transaction",
+            RequestCode::DeadLetterResend => "dead_letter_resend",
+            RequestCode::CheckTransactions => "check_transactions",
+            RequestCode::LockQueues => "lock_queues",
+            RequestCode::UnlockQueues => "unlock_queues",
             RequestCode::CreateTopic => "create_topic",
             RequestCode::TopicRoute => "topic_route",
             RequestCode::ConsumerHeartbeat => "consumer_heartbeat",

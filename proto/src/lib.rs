@@ -17,12 +17,16 @@
 //! - [`msgid`]: globally unique, time-sortable message ids; [`time`]: timestamps for people.
 //! - [`trace`]: trace events (Pub, Store, Replicate, Deliver, SubBefore, SubAfter, ...), the
 //!   system trace topic they travel on, and the check every reader of that topic applies.
+//! - [`topics`]: the system topics (delay, transaction, retry, dead-letter, trace); [`delay`]:
+//!   delay levels, delivery times and the delay slots; [`filter`]: tag filter expressions.
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike.
 #![warn(missing_docs)]
 
 pub mod codes;
 pub mod compress;
+pub mod delay;
+pub mod filter;
 pub mod frame;
 pub mod idc;
 pub mod messages;
@@ -30,6 +34,7 @@ pub mod msgid;
 pub mod properties;
 pub mod record;
 pub mod time;
+pub mod topics;
 pub mod trace;
 pub mod transport;
 pub mod validate;

@@ -95,6 +95,14 @@ pub struct PullRequest {
     /// How long the broker may hold the request when no message is there yet (long polling).
     #[prost(uint32, tag = "7")]
     pub long_poll_ms: u32,
+    /// Tag filter expression ([`crate::filter::TagFilter`]); empty: every message.
+    #[prost(string, tag = "8")]
+    pub subscription: String,
+    /// The offset generation the consumer's position came from ([`QueryOffsetResponse::generation`]).
+    /// When the group's offsets were reset since, the broker answers [`PullStatus::OffsetReset`]
+    /// with the new position. Absent: not checked (manual pulls).
+    #[prost(uint64, optional, tag = "9")]
+    pub offset_generation: Option<u64>,
 }
 
 /// What a pull found.
@@ -107,6 +115,8 @@ pub enum PullStatus {
     NoNewMessage = 1,
     /// The offset is below the queue's minimum or above its maximum; restart at `next_offset`.
     OffsetMoved = 2,
+    /// The group's offsets were reset: continue at `next_offset` with `offset_generation`.
+    OffsetReset = 3,
 }
 
 /// Response to [`PullRequest`].
@@ -127,6 +137,9 @@ pub struct PullResponse {
     /// Concatenated records exactly as stored; decode with [`crate::record::decode_all`].
     #[prost(bytes = "bytes", tag = "5")]
     pub records: Bytes,
+    /// With [`PullStatus::OffsetReset`]: the generation of the new position.
+    #[prost(uint64, tag = "6")]
+    pub offset_generation: u64,
 }
 
 /// Names one queue of a topic.
@@ -155,6 +168,13 @@ pub struct CommitOffsetRequest {
     /// The next offset the group will consume.
     #[prost(uint64, tag = "4")]
     pub offset: u64,
+    /// The offset generation the position came from; a commit from before a reset is refused.
+    /// Absent: not checked.
+    #[prost(uint64, optional, tag = "5")]
+    pub generation: Option<u64>,
+    /// A broadcasting member's client id: its offsets are its own. Empty: the group's.
+    #[prost(string, tag = "6")]
+    pub member: String,
 }
 
 /// [`crate::RequestCode::QueryOffset`]: a group's stored offset for a queue.
@@ -169,6 +189,9 @@ pub struct QueryOffsetRequest {
     /// Queue id.
     #[prost(uint32, tag = "3")]
     pub queue_id: u32,
+    /// A broadcasting member's client id (see [`CommitOffsetRequest::member`]).
+    #[prost(string, tag = "4")]
+    pub member: String,
 }
 
 /// Response to [`QueryOffsetRequest`].
@@ -177,6 +200,227 @@ pub struct QueryOffsetResponse {
     /// The stored offset, absent if the group never committed one for this queue.
     #[prost(uint64, optional, tag = "1")]
     pub offset: Option<u64>,
+    /// How many times the group's offsets of the topic were reset; send it back with commits and
+    /// pulls so a reset is noticed.
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+}
+
+/// [`crate::RequestCode::SendBack`]: a consumer could not consume a message.
+#[derive(Clone, PartialEq, Message)]
+pub struct SendBackRequest {
+    /// Consumer group that failed it.
+    #[prost(string, tag = "1")]
+    pub group: String,
+    /// Topic it was consumed from (a user topic or the group's retry topic).
+    #[prost(string, tag = "2")]
+    pub topic: String,
+    /// Where its record starts in the broker's commitlog.
+    #[prost(uint64, tag = "3")]
+    pub commitlog_offset: u64,
+    /// Its message id, checked against the record.
+    #[prost(string, tag = "4")]
+    pub msg_id: String,
+    /// Delay level before the next attempt; 0: by the number of attempts so far (10s, 30s, 1m, 2m, ...).
+    #[prost(uint32, tag = "5")]
+    pub delay_level: u32,
+}
+
+/// Response to [`SendBackRequest`].
+#[derive(Clone, PartialEq, Message)]
+pub struct SendBackResponse {
+    /// The topic it went to: the group's retry topic, or its dead-letter topic.
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    /// Whether it was dead-lettered (it had failed the group's maximum number of times).
+    #[prost(bool, tag = "2")]
+    pub dead_lettered: bool,
+    /// When it will be delivered again (Unix ms); 0 when dead-lettered.
+    #[prost(int64, tag = "3")]
+    pub deliver_at: i64,
+    /// Its reconsume count now.
+    #[prost(uint32, tag = "4")]
+    pub reconsume_count: u32,
+}
+
+/// Where [`ResetOffsetRequest`] moves a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ResetTarget {
+    /// The first message stored at or after `timestamp`.
+    Timestamp = 0,
+    /// The oldest message each queue holds (the archive's, when archiving is on).
+    Earliest = 1,
+    /// Past the newest message: only messages sent from now on.
+    Latest = 2,
+}
+
+/// [`crate::RequestCode::ResetOffset`]: move a group's offsets of a topic on this broker.
+#[derive(Clone, PartialEq, Message)]
+pub struct ResetOffsetRequest {
+    /// Consumer group.
+    #[prost(string, tag = "1")]
+    pub group: String,
+    /// Topic name.
+    #[prost(string, tag = "2")]
+    pub topic: String,
+    /// Where to move.
+    #[prost(enumeration = "ResetTarget", tag = "3")]
+    pub target: i32,
+    /// Unix ms, with [`ResetTarget::Timestamp`].
+    #[prost(int64, tag = "4")]
+    pub timestamp: i64,
+}
+
+/// Response to [`ResetOffsetRequest`].
+#[derive(Clone, PartialEq, Message)]
+pub struct ResetOffsetResponse {
+    /// The new offset of each queue.
+    #[prost(message, repeated, tag = "1")]
+    pub queues: Vec<QueueOffset>,
+    /// The group's new offset generation for the topic.
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+}
+
+/// An offset of one queue.
+#[derive(Clone, PartialEq, Message)]
+pub struct QueueOffset {
+    /// Queue id.
+    #[prost(uint32, tag = "1")]
+    pub queue_id: u32,
+    /// Offset.
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+}
+
+/// [`crate::RequestCode::DeadLetterResend`]: put dead letters back on the group's retry topic,
+/// with their reconsume count starting again at 0.
+#[derive(Clone, PartialEq, Message)]
+pub struct DeadLetterResendRequest {
+    /// Consumer group.
+    #[prost(string, tag = "1")]
+    pub group: String,
+    /// Message ids to resend; empty: every dead letter this broker holds for the group.
+    #[prost(string, repeated, tag = "2")]
+    pub msg_ids: Vec<String>,
+}
+
+/// Response to [`DeadLetterResendRequest`].
+#[derive(Clone, PartialEq, Message)]
+pub struct DeadLetterResendResponse {
+    /// Dead letters put back on the retry topic.
+    #[prost(uint32, tag = "1")]
+    pub resent: u32,
+    /// Requested ids this broker holds no dead letter for.
+    #[prost(string, repeated, tag = "2")]
+    pub missing: Vec<String>,
+}
+
+/// [`crate::RequestCode::LockQueues`] and [`crate::RequestCode::UnlockQueues`]: an orderly
+/// consumer's broker-side queue locks.
+#[derive(Clone, PartialEq, Message)]
+pub struct LockQueuesRequest {
+    /// Consumer group.
+    #[prost(string, tag = "1")]
+    pub group: String,
+    /// The member taking or releasing the locks.
+    #[prost(string, tag = "2")]
+    pub client_id: String,
+    /// Topic name.
+    #[prost(string, tag = "3")]
+    pub topic: String,
+    /// Queues to lock (or unlock).
+    #[prost(uint32, repeated, tag = "4")]
+    pub queue_ids: Vec<u32>,
+}
+
+/// Response to a lock request: the queues the member holds now (a queue another live member
+/// holds is left out).
+#[derive(Clone, PartialEq, Message)]
+pub struct LockQueuesResponse {
+    /// Queues locked by the member.
+    #[prost(uint32, repeated, tag = "1")]
+    pub locked: Vec<u32>,
+}
+
+/// How a producer ended a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum TransactionOutcome {
+    /// Not known yet: the broker asks again later (check-back).
+    Unknown = 0,
+    /// Deliver the half message to its topic.
+    Commit = 1,
+    /// Discard the half message.
+    Rollback = 2,
+}
+
+/// [`crate::RequestCode::EndTransaction`].
+#[derive(Clone, PartialEq, Message)]
+pub struct EndTransactionRequest {
+    /// Producer group that sent the half message.
+    #[prost(string, tag = "1")]
+    pub producer_group: String,
+    /// The half message's id.
+    #[prost(string, tag = "2")]
+    pub msg_id: String,
+    /// Where the half message's record starts in the commitlog ([`SendResult::commitlog_offset`]).
+    #[prost(uint64, tag = "3")]
+    pub half_offset: u64,
+    /// The outcome.
+    #[prost(enumeration = "TransactionOutcome", tag = "4")]
+    pub outcome: i32,
+    /// Whether this answers a check-back (for traces and metrics).
+    #[prost(bool, tag = "5")]
+    pub from_check: bool,
+}
+
+/// [`crate::RequestCode::CheckTransactions`]: which half messages of a producer group wait for a
+/// check-back.
+#[derive(Clone, PartialEq, Message)]
+pub struct CheckTransactionsRequest {
+    /// Producer group.
+    #[prost(string, tag = "1")]
+    pub producer_group: String,
+    /// The asking producer.
+    #[prost(string, tag = "2")]
+    pub client_id: String,
+    /// Most checks to return.
+    #[prost(uint32, tag = "3")]
+    pub max: u32,
+}
+
+/// Response to [`CheckTransactionsRequest`].
+#[derive(Clone, PartialEq, Message)]
+pub struct CheckTransactionsResponse {
+    /// Half messages whose outcome the producer should look up and send with
+    /// [`EndTransactionRequest`] (`from_check` set).
+    #[prost(message, repeated, tag = "1")]
+    pub checks: Vec<TransactionCheck>,
+}
+
+/// One half message waiting for its outcome.
+#[derive(Clone, PartialEq, Message)]
+pub struct TransactionCheck {
+    /// Its message id.
+    #[prost(string, tag = "1")]
+    pub msg_id: String,
+    /// Where its record starts in the commitlog.
+    #[prost(uint64, tag = "2")]
+    pub half_offset: u64,
+    /// The topic it is for.
+    #[prost(string, tag = "3")]
+    pub topic: String,
+    /// Its properties as the producer set them.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub properties: Bytes,
+    /// Its body.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub body: Bytes,
+    /// Check-backs so far, this one included.
+    #[prost(uint32, tag = "6")]
+    pub check_count: u32,
 }
 
 /// Response to [`crate::RequestCode::QueueInfo`] (request body: [`QueueRef`]).
@@ -342,6 +586,12 @@ pub struct ConsumerHeartbeat {
     /// Deployment model of the group as this member sees it: `single-side` or `dual-side`.
     #[prost(string, tag = "7")]
     pub deployment: String,
+    /// The member consumes as a broadcasting group member (every member gets every message).
+    #[prost(bool, tag = "8")]
+    pub broadcasting: bool,
+    /// Its tag filter expression; empty: every message.
+    #[prost(string, tag = "9")]
+    pub subscription: String,
 }
 
 /// [`crate::RequestCode::ConsumerList`] and [`crate::RequestCode::ConsumerLeave`] request.
@@ -747,6 +997,7 @@ mod tests {
             let response = PullResponse {
                 status: PullStatus::Found as i32, next_offset: next, min_offset: 0, max_offset: next,
                 records: Bytes::from(records),
+                ..Default::default()
             };
             prop_assert_eq!(PullResponse::decode(Bytes::from(response.encode_to_vec())).unwrap(), response);
         }

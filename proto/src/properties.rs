@@ -10,10 +10,23 @@ pub const MSG_ID: &str = "UNIQ_KEY";
 pub const KEYS: &str = "KEYS";
 /// Property holding the message tag.
 pub const TAGS: &str = "TAGS";
-/// Property holding a delay level (later: delayed delivery).
+/// Property holding a delay level, `1` to `18` ([`crate::delay::LEVELS_MS`]).
 pub const DELAY: &str = "DELAY";
 /// Property holding the producer group.
 pub const PRODUCER_GROUP: &str = "PGROUP";
+/// Property holding a delivery time (Unix ms). The broker sets it on every delayed message it
+/// stores, turning a delay level into a time.
+pub const DELIVER_AT: &str = "TIMER_DELIVER_MS";
+/// Set by the broker: the topic a delayed, half or retried message is really for.
+pub const REAL_TOPIC: &str = "REAL_TOPIC";
+/// Set by the broker: the queue a delayed or half message is really for (absent: any).
+pub const REAL_QUEUE: &str = "REAL_QID";
+/// Set by the broker on a retried or dead-lettered message: the topic it was first sent to.
+pub const RETRY_TOPIC: &str = "RETRY_TOPIC";
+/// `true` on a transactional half message: invisible to consumers until committed.
+pub const TRANSACTION: &str = "TRAN_MSG";
+/// The sharding key an ordered message's queue was chosen by.
+pub const SHARDING_KEY: &str = "SHARDING_KEY";
 
 /// Separates keys inside the [`KEYS`] property.
 pub const KEY_SEPARATOR: char = ' ';
@@ -70,6 +83,50 @@ impl PropertiesBuilder {
         validate::validate_tag(tag)?;
         self.push_raw(TAGS, tag);
         Ok(self)
+    }
+
+    /// Sets a delay level; it must be one of the 18 ([`crate::delay::level_delay_ms`]).
+    pub fn delay_level(&mut self, level: u32) -> Result<&mut Self, ValidationError> {
+        let level = level.to_string();
+        crate::delay::level_delay_ms(&level)?;
+        self.push_raw(DELAY, &level);
+        Ok(self)
+    }
+
+    /// Sets a delivery time (Unix ms); the broker checks it is not too far ahead.
+    pub fn deliver_at(&mut self, deliver_at_ms: i64) -> &mut Self {
+        self.push_raw(DELIVER_AT, &deliver_at_ms.to_string());
+        self
+    }
+
+    /// Marks the message as a transactional half message.
+    pub fn transactional(&mut self) -> &mut Self {
+        self.push_raw(TRANSACTION, "true");
+        self
+    }
+
+    /// Records the sharding key an ordered message's queue was chosen by; it follows the key rule.
+    pub fn sharding_key(&mut self, key: &str) -> Result<&mut Self, ValidationError> {
+        validate::validate_key(key)?;
+        self.push_raw(SHARDING_KEY, key);
+        Ok(self)
+    }
+
+    /// Adds a property the system sets itself (no name check; the value must not hold the
+    /// separators). Brokers use it when they move a message between topics.
+    pub fn system(&mut self, name: &str, value: &str) -> &mut Self {
+        self.push_raw(name, value);
+        self
+    }
+
+    /// Copies encoded properties, leaving out those named in `skip`.
+    pub fn copy_except(&mut self, encoded: &[u8], skip: &[&str]) -> &mut Self {
+        for (name, value) in PropertiesIter::new(encoded) {
+            if !skip.contains(&name) {
+                self.push_raw(name, value);
+            }
+        }
+        self
     }
 
     /// Adds a user property; it must pass [`validate::validate_property`].

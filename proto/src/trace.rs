@@ -333,7 +333,7 @@ pub fn check_event(event: &TraceEvent) -> Result<(), String> {
         .filter(|kind| *kind != TraceType::Unspecified)
         .ok_or_else(|| format!("trace_type {} is not a known type", event.trace_type))?;
     MessageId::parse(&event.msg_id).map_err(|_| format!("msg_id {:?} must be 32 hex digits", event.msg_id))?;
-    validate::validate_topic(&event.topic).map_err(|error| error.to_string())?;
+    crate::topics::validate_consumable(&event.topic).map_err(|error| error.to_string())?;
     if event.timestamp <= 0 {
         return Err(format!("timestamp {} must be Unix ms after 1970", event.timestamp));
     }

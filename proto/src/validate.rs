@@ -79,7 +79,7 @@ pub enum ValidationError {
     },
     /// A property name or value breaks the property rule.
     #[error(
-        "property {name:?} is invalid: name of 1 to {max} chars of [A-Za-z0-9_.-] other than the reserved UNIQ_KEY, KEYS, TAGS, DELAY, PGROUP; value without control characters \\u0001 or \\u0002"
+        "property {name:?} is invalid: name of 1 to {max} chars of [A-Za-z0-9_.-] other than the reserved UNIQ_KEY, KEYS, TAGS, DELAY, PGROUP, TIMER_DELIVER_MS, REAL_TOPIC, REAL_QID, RETRY_TOPIC, TRAN_MSG, SHARDING_KEY; value without control characters \\u0001 or \\u0002"
     )]
     Property {
         /// The property name as given.
@@ -108,6 +108,41 @@ pub enum ValidationError {
         /// Body size.
         size: usize,
         /// Configured limit.
+        max: usize,
+    },
+    /// A delay level outside RocketMQ's 18.
+    #[error(
+        "delay level {level:?} is invalid: levels are 1 to 18 ({levels}); for any other delay set a delivery time",
+        levels = crate::delay::LEVEL_NAMES
+    )]
+    DelayLevel {
+        /// The level as given.
+        level: String,
+    },
+    /// A delivery time that is not a time or too far ahead.
+    #[error("delivery time {value:?} is invalid: {reason}")]
+    DeliverAt {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tag filter expression that does not parse.
+    #[error(
+        "tag expression {expression:?} is invalid: {reason}; write '*' or tags joined by '||', e.g. 'TagA || TagB'"
+    )]
+    TagExpression {
+        /// The expression as given.
+        expression: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A consumer client id that breaks the rule.
+    #[error("client id {client_id:?} is invalid: 1 to {max} chars, no spaces, control characters or '%'")]
+    ClientId {
+        /// The id as given.
+        client_id: String,
+        /// Longest allowed.
         max: usize,
     },
     /// A queue count is out of range.
@@ -191,13 +226,38 @@ pub fn validate_tag(tag: &str) -> Result<(), ValidationError> {
 }
 
 /// Property names the system sets itself; a user property may not shadow them.
-pub const RESERVED_PROPERTY_NAMES: [&str; 5] = [
+pub const RESERVED_PROPERTY_NAMES: [&str; 11] = [
     crate::properties::MSG_ID,
     crate::properties::KEYS,
     crate::properties::TAGS,
     crate::properties::DELAY,
     crate::properties::PRODUCER_GROUP,
+    crate::properties::DELIVER_AT,
+    crate::properties::REAL_TOPIC,
+    crate::properties::REAL_QUEUE,
+    crate::properties::RETRY_TOPIC,
+    crate::properties::TRANSACTION,
+    crate::properties::SHARDING_KEY,
 ];
+
+/// Longest consumer client id.
+pub const MAX_CLIENT_ID_LEN: usize = 255;
+
+/// A consumer's client id: 1 to 255 chars, no whitespace, control characters or `%` (brokers key
+/// broadcasting offsets by `group%client_id`).
+pub fn validate_client_id(client_id: &str) -> Result<(), ValidationError> {
+    if client_id.is_empty()
+        || client_id.len() > MAX_CLIENT_ID_LEN
+        || has_reserved_char(client_id)
+        || client_id.contains('%')
+    {
+        return Err(ValidationError::ClientId {
+            client_id: client_id.to_owned(),
+            max: MAX_CLIENT_ID_LEN,
+        });
+    }
+    Ok(())
+}
 
 /// A user property: name of 1 to 64 chars of `[A-Za-z0-9_.-]`, not one of
 /// [`RESERVED_PROPERTY_NAMES`]; value free of the two separator bytes of the encoded form

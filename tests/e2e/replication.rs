@@ -468,6 +468,7 @@ async fn a_slave_restarted_far_behind_catches_up_and_reenters_the_in_sync_set() 
         max_count: 1000,
         max_bytes: 8 << 20,
         long_poll_ms: 0,
+        ..Default::default()
     };
     let slave_addr = cluster.members[2].listen.to_string();
     let pulled: meridian_proto::messages::PullResponse = pool

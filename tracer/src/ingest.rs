@@ -86,6 +86,7 @@ impl Ingest {
                     group: self.config.group.clone(),
                     topic: TRACE_TOPIC.into(),
                     queue_id,
+                    ..Default::default()
                 },
                 self.timeout(),
             )
@@ -127,6 +128,7 @@ impl Ingest {
             max_count: self.config.pull_batch,
             max_bytes: 8 << 20,
             long_poll_ms: LONG_POLL.as_millis() as u32,
+            ..Default::default()
         };
         let response: PullResponse = self
             .pool
@@ -413,6 +415,7 @@ async fn commit(ingest: &Ingest, positions: &Positions) {
             topic: TRACE_TOPIC.into(),
             queue_id,
             offset: *offset,
+            ..Default::default()
         };
         if let Err(error) = ingest
             .pool

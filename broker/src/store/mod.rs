@@ -421,6 +421,10 @@ impl MessageStore {
     /// Creates a topic with `queues` queues. Returns false if it already exists with that many.
     pub fn create_topic(&self, name: &str, queues: u32) -> Result<bool> {
         meridian_proto::validate::validate_topic(name)?;
+        self.create_topic_unchecked(name, queues)
+    }
+
+    fn create_topic_unchecked(&self, name: &str, queues: u32) -> Result<bool> {
         meridian_proto::validate::validate_queue_count(queues)?;
         let _serialized = self.topics_lock.lock().expect("topics create lock");
         if let Some(topic) = self.topics.read().expect("topics lock").get(name) {
@@ -833,6 +837,43 @@ impl MessageStore {
         }
     }
 
+    /// A copy of the whole record that starts at `commitlog_offset`, CRC-checked. Fails with
+    /// `InvalidOffset` when no record starts there (a client named a wrong offset).
+    pub fn read_record(&self, commitlog_offset: u64) -> Result<bytes::Bytes> {
+        let invalid = || BrokerError::InvalidOffset(commitlog_offset);
+        let size = self
+            .commitlog
+            .with_bytes(commitlog_offset, 8, |head| {
+                let size = u32::from_be_bytes(head[0..4].try_into().expect("4 bytes"));
+                let magic = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
+                (magic == record::RECORD_MAGIC).then_some(size as usize)
+            })
+            .flatten()
+            .ok_or_else(invalid)?;
+        self.commitlog
+            .with_bytes(commitlog_offset, size, |bytes| {
+                record::Record::parse(bytes)
+                    .ok()
+                    .map(|_| bytes::Bytes::copy_from_slice(bytes))
+            })
+            .flatten()
+            .ok_or_else(invalid)
+    }
+
+    /// Creates topic `name` with `queues` queues unless it exists (system topics, made on demand).
+    pub fn ensure_topic(&self, name: &str, queues: u32) -> Result<()> {
+        if self.topic_queues(name).is_none() {
+            self.create_system_topic(name, queues)?;
+        }
+        Ok(())
+    }
+
+    /// Creates a user or system topic (a slave replicating a retry topic its master created).
+    pub(crate) fn create_system_topic(&self, name: &str, queues: u32) -> Result<bool> {
+        meridian_proto::topics::validate_consumable(name)?;
+        self.create_topic_unchecked(name, queues)
+    }
+
     /// The first offset of a queue whose message was stored at or after `timestamp` (Unix ms);
     /// the queue's max offset if all are older.
     pub fn search_offset(&self, topic: &str, queue_id: u32, timestamp: i64) -> Result<u64> {
@@ -870,6 +911,31 @@ impl MessageStore {
     pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
         self.consume_queue(topic, queue_id)?;
         Ok(self.offsets.query(group, topic, queue_id))
+    }
+
+    /// The offsets key of a group, or of one broadcasting member of it (`member` non-empty).
+    pub fn offset_key<'a>(group: &'a str, member: &str) -> std::borrow::Cow<'a, str> {
+        if member.is_empty() {
+            std::borrow::Cow::Borrowed(group)
+        } else {
+            std::borrow::Cow::Owned(offsets::member_key(group, member))
+        }
+    }
+
+    /// How many times `group`'s offsets of `topic` were reset.
+    pub fn offset_generation(&self, group: &str, topic: &str) -> u64 {
+        self.offsets.generation(group, topic)
+    }
+
+    /// Moves `group`'s offsets of `topic` to `queues` (`(queue, offset)`) and counts a reset;
+    /// returns the new generation.
+    pub fn reset_offsets(&self, group: &str, topic: &str, queues: &[(u32, u64)]) -> u64 {
+        self.offsets.reset(group, topic, queues)
+    }
+
+    /// Every group's and member's offsets of `topic` as `(key, queue, offset)`.
+    pub fn offsets_of_topic(&self, topic: &str) -> Vec<(String, u32, u64)> {
+        self.offsets.of_topic(topic)
     }
 
     /// Writes consume queue entries for records in `[from, to)`. Returns how many records it saw.

@@ -3,6 +3,12 @@
 //! Commits update memory at once and reach disk with the next checkpoint (every
 //! `checkpoint_interval_ms`) and at shutdown. After a crash a group may therefore resume up to
 //! one interval earlier than its last commit and see those messages again: at-least-once.
+//!
+//! Besides groups, the table keeps, under keys no group name can take (they contain `%`):
+//! - `group%member`: a broadcasting member's own offsets;
+//! - `%RESET%group`: how many times the group's offsets of a topic were reset (as queue 0), so a
+//!   consumer still holding a position from before a reset notices;
+//! - `%SCHEDULER%`: how far each delay slot was released.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,9 +72,65 @@ impl ConsumerOffsets {
         self.version.store(version, Ordering::Release);
     }
 
+    /// How many times `group`'s offsets of `topic` were reset.
+    pub fn generation(&self, group: &str, topic: &str) -> u64 {
+        self.query(&reset_key(group), topic, 0).unwrap_or(0)
+    }
+
+    /// Sets the offsets of several queues and counts a reset, at once: a consumer sees either the
+    /// old offsets and generation or the new ones. Returns the new generation.
+    pub fn reset(&self, group: &str, topic: &str, queues: &[(u32, u64)]) -> u64 {
+        let mut offsets = self.offsets.lock().expect("offsets lock");
+        let key = reset_key(group);
+        let generation = offsets
+            .get(&key)
+            .and_then(|topics| topics.get(topic))
+            .and_then(|queues| queues.get(&0))
+            .copied()
+            .unwrap_or(0)
+            + 1;
+        offsets
+            .entry(key)
+            .or_default()
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(0, generation);
+        let group_offsets = offsets
+            .entry(group.to_owned())
+            .or_default()
+            .entry(topic.to_owned())
+            .or_default();
+        for (queue_id, offset) in queues {
+            group_offsets.insert(*queue_id, *offset);
+        }
+        // Broadcasting members restart from the group's new offsets too.
+        let prefix = format!("{group}%");
+        for (key, topics) in offsets.iter_mut() {
+            if key.starts_with(&prefix)
+                && let Some(member_offsets) = topics.get_mut(topic)
+            {
+                for (queue_id, offset) in queues {
+                    member_offsets.insert(*queue_id, *offset);
+                }
+            }
+        }
+        self.changed();
+        generation
+    }
+
     pub fn query(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
         let offsets = self.offsets.lock().expect("offsets lock");
         offsets.get(group)?.get(topic)?.get(&queue_id).copied()
+    }
+
+    /// Every group's and member's offsets of `topic`, as `(key, queue, offset)`.
+    pub fn of_topic(&self, topic: &str) -> Vec<(String, u32, u64)> {
+        let offsets = self.offsets.lock().expect("offsets lock");
+        offsets
+            .iter()
+            .filter_map(|(key, topics)| topics.get(topic).map(|queues| (key, queues)))
+            .flat_map(|(key, queues)| queues.iter().map(move |(queue, offset)| (key.clone(), *queue, *offset)))
+            .collect()
     }
 
     /// Lowers offsets past a queue's end (its tail was lost in recovery) to the end.
@@ -103,4 +165,13 @@ impl ConsumerOffsets {
         }
         written
     }
+}
+
+/// The key under which a broadcasting member's offsets are kept.
+pub(crate) fn member_key(group: &str, member: &str) -> String {
+    format!("{group}%{member}")
+}
+
+fn reset_key(group: &str) -> String {
+    format!("%RESET%{group}")
 }

@@ -101,7 +101,7 @@ impl MessageStore {
             let needed = ids.iter().map(|(queue_id, _)| queue_id + 1).max().unwrap_or(0);
             match self.topic_queues(topic) {
                 None => {
-                    self.create_topic(topic, needed)?;
+                    self.create_system_topic(topic, needed)?;
                 }
                 Some(existing) if existing < needed => {
                     self.grow_topic(topic, needed)?;

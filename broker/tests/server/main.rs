@@ -304,6 +304,7 @@ async fn invalid_names_and_oversize_bodies_get_errors_naming_the_rule_and_limit(
         max_count: 1,
         max_bytes: 1 << 20,
         long_poll_ms: 0,
+        ..Default::default()
     };
     let response = call(&mut conn, 7, RequestCode::Pull, pull).await;
     assert!(
@@ -367,6 +368,7 @@ async fn a_long_poll_returns_as_soon_as_a_message_arrives() {
         max_count: 32,
         max_bytes: 1 << 20,
         long_poll_ms: 20_000,
+        ..Default::default()
     };
     let started = Instant::now();
     consumer
@@ -422,6 +424,7 @@ async fn a_consumer_that_stops_reading_never_blocks_producers() {
             max_count: 64,
             max_bytes: 4 << 20,
             long_poll_ms: 0,
+            ..Default::default()
         };
         tokio_util::codec::Encoder::encode(
             &mut FrameCodec::new(1 << 20),
@@ -508,6 +511,7 @@ async fn a_governed_broker_serves_nothing_before_approval_and_stops_while_its_na
         max_count: 1,
         max_bytes: 1 << 20,
         long_poll_ms: 0,
+        ..Default::default()
     };
     let response = call(&mut conn, 3, RequestCode::Pull, pull).await;
     assert_eq!(response.error_code(), ErrorCode::Unavailable);
