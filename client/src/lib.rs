@@ -38,7 +38,7 @@ pub use meridian_proto::idc::IdcSettings;
 /// Connection and request settings shared by producers, consumers and admin.
 pub use meridian_proto::transport::TransportConfig as ClientConfig;
 pub use meridian_proto::transport::{Connection, ConnectionPool, TransportError};
-pub use message::{Message, SendResult};
+pub use message::{Delay, Message, SendResult};
 pub use producer::{Locality, Producer, ProducerConfig};
 pub use push::{ConsumeFrom, ConsumeResult, ConsumerConfig, PushConsumer};
 pub use route::{IdcLookupFuture, NameserverRoute, RouteSource, StaticRoute};

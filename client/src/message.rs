@@ -23,6 +23,22 @@ pub struct Message {
     pub tag: Option<String>,
     /// User properties, in order.
     pub properties: Vec<(String, String)>,
+    /// When to deliver it; `None`: at once.
+    pub delay: Option<Delay>,
+    /// The key an ordered message's queue was chosen by (set by [`crate::Producer::send_ordered`]).
+    pub sharding_key: Option<String>,
+    /// A transactional half message (set by the transaction producer, not by hand).
+    pub(crate) transactional: bool,
+}
+
+/// When a delayed message is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delay {
+    /// One of RocketMQ's 18 delay levels: 1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h.
+    Level(u32),
+    /// At this time (Unix ms), at most [`meridian_proto::delay::MAX_DELAY_MS`] ahead; a time in
+    /// the past delivers at once. Precision: one second, never early.
+    At(i64),
 }
 
 impl Message {
@@ -34,7 +50,27 @@ impl Message {
             keys: Vec::new(),
             tag: None,
             properties: Vec::new(),
+            delay: None,
+            sharding_key: None,
+            transactional: false,
         }
+    }
+
+    /// Delivers the message after one of the 18 delay levels (`1` = 1 s ... `18` = 2 h).
+    pub fn with_delay_level(mut self, level: u32) -> Message {
+        self.delay = Some(Delay::Level(level));
+        self
+    }
+
+    /// Delivers the message at a time (Unix ms).
+    pub fn with_deliver_at(mut self, deliver_at_ms: i64) -> Message {
+        self.delay = Some(Delay::At(deliver_at_ms));
+        self
+    }
+
+    /// Delivers the message after `delay` (one-second precision).
+    pub fn with_delay(self, delay: std::time::Duration) -> Message {
+        self.with_deliver_at(now_millis() + delay.as_millis() as i64)
     }
 
     /// Replaces the keys.
@@ -77,6 +113,22 @@ impl Message {
         }
         for (name, value) in &self.properties {
             builder.property(name, value)?;
+        }
+        match self.delay {
+            Some(Delay::Level(level)) => {
+                builder.delay_level(level)?;
+            }
+            Some(Delay::At(at)) => {
+                meridian_proto::delay::validate_deliver_at(&at.to_string(), now_millis())?;
+                builder.deliver_at(at);
+            }
+            None => {}
+        }
+        if let Some(key) = &self.sharding_key {
+            builder.sharding_key(key)?;
+        }
+        if self.transactional {
+            builder.transactional();
         }
         let properties = builder.finish();
         validate_properties_size(properties.len(), limits)?;
