@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use meridian_proto::RequestCode;
 use meridian_proto::messages::{
-    CommitOffsetRequest, PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse,
-    QueueInfoResponse, QueueRef, SearchOffsetRequest, SearchOffsetResponse, perm,
+    CommitOffsetRequest, LockQueuesRequest, LockQueuesResponse, PullRequest, PullResponse, PullStatus,
+    QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse, QueueRef, SearchOffsetRequest, SearchOffsetResponse,
+    SendBackRequest, SendBackResponse, perm,
 };
 use meridian_proto::record::{StoredMessage, decode_all};
-use meridian_proto::validate::{validate_group, validate_topic};
+use meridian_proto::topics::validate_consumable as validate_topic;
+use meridian_proto::validate::validate_group;
 
 use crate::ClientConfig;
 use crate::error::ClientError;
@@ -34,6 +36,24 @@ pub struct PullResult {
     pub max_offset: u64,
     /// The messages, in queue order; they share the response buffer (no copies).
     pub messages: Vec<StoredMessage>,
+    /// With [`PullStatus::OffsetReset`]: the offset generation to continue with.
+    pub offset_generation: u64,
+}
+
+/// How a pull asks: a tag filter, and the offset generation its position came from.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PullOptions<'a> {
+    pub(crate) subscription: &'a str,
+    pub(crate) offset_generation: Option<u64>,
+}
+
+/// A group's stored position in a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoredOffset {
+    /// The offset, `None` when never committed.
+    pub(crate) offset: Option<u64>,
+    /// How many times the group's offsets of the topic were reset.
+    pub(crate) generation: u64,
 }
 
 /// Pulls messages and manages offsets of one consumer group, queue by queue, with no rebalancing
@@ -88,7 +108,17 @@ impl PullConsumer {
         long_poll: Duration,
     ) -> Result<PullResult, ClientError> {
         let addr = self.queue_addr(topic, queue_id).await?;
-        let result = self.pull_at(&addr, topic, queue_id, offset, max_count, long_poll).await;
+        let result = self
+            .pull_at(
+                &addr,
+                topic,
+                queue_id,
+                offset,
+                max_count,
+                long_poll,
+                &PullOptions::default(),
+            )
+            .await;
         self.refresh_route_after(topic, result)
     }
 
@@ -102,15 +132,15 @@ impl PullConsumer {
     /// Stores the group's next offset for a queue.
     pub async fn commit_offset(&self, topic: &str, queue_id: u32, offset: u64) -> Result<(), ClientError> {
         let addr = self.queue_addr(topic, queue_id).await?;
-        let result = self.commit_offset_at(&addr, topic, queue_id, offset).await;
+        let result = self.commit_offset_at(&addr, topic, queue_id, offset, None, "").await;
         self.refresh_route_after(topic, result)
     }
 
     /// The group's stored offset for a queue; `None` when the group never committed one.
     pub async fn query_offset(&self, topic: &str, queue_id: u32) -> Result<Option<u64>, ClientError> {
         let addr = self.queue_addr(topic, queue_id).await?;
-        let result = self.query_offset_at(&addr, topic, queue_id).await;
-        self.refresh_route_after(topic, result)
+        let result = self.query_offset_at(&addr, topic, queue_id, "").await;
+        self.refresh_route_after(topic, result.map(|stored| stored.offset))
     }
 
     /// The first offset of a queue stored at or after `timestamp_ms` (Unix ms); the queue's max
@@ -173,6 +203,7 @@ impl PullConsumer {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn pull_at(
         &self,
         addr: &str,
@@ -181,6 +212,7 @@ impl PullConsumer {
         offset: u64,
         max_count: u32,
         long_poll: Duration,
+        options: &PullOptions<'_>,
     ) -> Result<PullResult, ClientError> {
         validate_group(&self.group)?;
         validate_topic(topic)?;
@@ -200,7 +232,8 @@ impl PullConsumer {
             max_count,
             max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
             long_poll_ms: u32::try_from(long_poll.as_millis()).unwrap_or(u32::MAX),
-            ..Default::default()
+            subscription: options.subscription.to_owned(),
+            offset_generation: options.offset_generation,
         };
         let timeout = self.config.request_timeout + long_poll;
         let response: PullResponse = self.pool.call(addr, RequestCode::Pull, &request, timeout).await?;
@@ -218,6 +251,7 @@ impl PullConsumer {
             min_offset: response.min_offset,
             max_offset: response.max_offset,
             messages,
+            offset_generation: response.offset_generation,
         })
     }
 
@@ -245,6 +279,8 @@ impl PullConsumer {
         topic: &str,
         queue_id: u32,
         offset: u64,
+        generation: Option<u64>,
+        member: &str,
     ) -> Result<(), ClientError> {
         validate_group(&self.group)?;
         validate_topic(topic)?;
@@ -253,7 +289,8 @@ impl PullConsumer {
             topic: topic.to_owned(),
             queue_id,
             offset,
-            ..Default::default()
+            generation,
+            member: member.to_owned(),
         };
         self.pool
             .call_empty(addr, RequestCode::CommitOffset, &request, self.config.request_timeout)
@@ -266,20 +303,74 @@ impl PullConsumer {
         addr: &str,
         topic: &str,
         queue_id: u32,
-    ) -> Result<Option<u64>, ClientError> {
+        member: &str,
+    ) -> Result<StoredOffset, ClientError> {
         validate_group(&self.group)?;
         validate_topic(topic)?;
         let request = QueryOffsetRequest {
             group: self.group.clone(),
             topic: topic.to_owned(),
             queue_id,
-            ..Default::default()
+            member: member.to_owned(),
         };
         let response: QueryOffsetResponse = self
             .pool
             .call(addr, RequestCode::QueryOffset, &request, self.config.request_timeout)
             .await?;
-        Ok(response.offset)
+        Ok(StoredOffset {
+            offset: response.offset,
+            generation: response.generation,
+        })
+    }
+
+    /// Tells the broker at `addr` the group failed `message` (consumed from `topic` there): it
+    /// goes to the group's retry topic, or its dead-letter topic past the group's maximum.
+    pub(crate) async fn send_back_at(
+        &self,
+        addr: &str,
+        topic: &str,
+        message: &StoredMessage,
+        delay_level: u32,
+    ) -> Result<SendBackResponse, ClientError> {
+        let request = SendBackRequest {
+            group: self.group.clone(),
+            topic: topic.to_owned(),
+            commitlog_offset: message.commitlog_offset,
+            msg_id: message.msg_id().to_owned(),
+            delay_level,
+        };
+        Ok(self
+            .pool
+            .call(addr, RequestCode::SendBack, &request, self.config.request_timeout)
+            .await?)
+    }
+
+    /// Takes or renews (`lock`) or releases queue locks at the broker at `addr`; returns the
+    /// queues this member holds (empty after an unlock).
+    pub(crate) async fn lock_at(
+        &self,
+        addr: &str,
+        client_id: &str,
+        topic: &str,
+        queue_ids: &[u32],
+        lock: bool,
+    ) -> Result<Vec<u32>, ClientError> {
+        let request = LockQueuesRequest {
+            group: self.group.clone(),
+            client_id: client_id.to_owned(),
+            topic: topic.to_owned(),
+            queue_ids: queue_ids.to_vec(),
+        };
+        let timeout = self.config.request_timeout;
+        if lock {
+            let response: LockQueuesResponse = self.pool.call(addr, RequestCode::LockQueues, &request, timeout).await?;
+            Ok(response.locked)
+        } else {
+            self.pool
+                .call_empty(addr, RequestCode::UnlockQueues, &request, timeout)
+                .await?;
+            Ok(Vec::new())
+        }
     }
 }
 

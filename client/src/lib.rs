@@ -30,7 +30,7 @@ mod route;
 mod test_support;
 mod trace;
 
-pub use admin::Admin;
+pub use admin::{Admin, DeadLetter, ResetTo};
 pub use allocate::{ALLOCATION, Deployment, IdcAllocation, QueueId, allocate_averagely, allocate_by_idc};
 pub use consumer::{PullConsumer, PullResult};
 pub use error::ClientError;
@@ -40,7 +40,7 @@ pub use meridian_proto::transport::TransportConfig as ClientConfig;
 pub use meridian_proto::transport::{Connection, ConnectionPool, TransportError};
 pub use message::{Delay, Message, SendResult};
 pub use producer::{Locality, Producer, ProducerConfig};
-pub use push::{ConsumeFrom, ConsumeResult, ConsumerConfig, PushConsumer};
+pub use push::{ConsumeFrom, ConsumeMode, ConsumeResult, ConsumerConfig, PushConsumer};
 pub use route::{IdcLookupFuture, NameserverRoute, RouteSource, StaticRoute};
 
 /// The wire protocol crate, re-exported so users need no second dependency.

@@ -124,6 +124,8 @@ struct ProducerInner {
 enum Target {
     RoundRobin,
     Queue(u32),
+    /// The writable queue at this hash modulo their number (ordered messages).
+    Sharded(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +229,19 @@ impl Producer {
     pub async fn send_to_queue(&self, msg: Message, queue_id: u32) -> Result<SendResult, ClientError> {
         let batch = self.prepare(vec![msg])?;
         self.inner.send_single(batch, Target::Queue(queue_id)).await
+    }
+
+    /// Sends an ordered message: every message with the same `sharding_key` goes to the same queue
+    /// (by a stable hash over the topic's writable queues, sorted by broker and id), so an orderly
+    /// consumer sees them in send order. Retries stay on that queue; the key is kept in the
+    /// message's `SHARDING_KEY` property. Send the messages of one key one after another (await
+    /// each), or their order is the order they reach the broker.
+    pub async fn send_ordered(&self, msg: Message, sharding_key: &str) -> Result<SendResult, ClientError> {
+        let mut msg = msg;
+        msg.sharding_key = Some(sharding_key.to_owned());
+        let batch = self.prepare(vec![msg])?;
+        let hash = meridian_proto::properties::tag_hash(sharding_key);
+        self.inner.send_single(batch, Target::Sharded(hash)).await
     }
 
     /// This producer's data center (empty: none), deciding it first if no send has yet.
@@ -409,6 +424,10 @@ impl ProducerInner {
                 let candidates = self.candidates(route, &writable, idc);
                 let index = self.next_queue.fetch_add(1, Ordering::Relaxed) % candidates.len();
                 Ok(candidates[index].clone())
+            }
+            Target::Sharded(hash) => {
+                let index = (hash % writable.len() as u64) as usize;
+                Ok(writable[index].clone())
             }
             Target::Queue(queue_id) => {
                 let count = writable.len();

@@ -9,8 +9,22 @@
 //!   in place while the handler asks to, advance the queue's processed offset on success;
 //! - commit: stores each queue's processed offset every `commit_interval`.
 //!
-//! The committed offset is never past a message whose handler has not returned `Success`, so
-//! delivery is at least once and in order per queue.
+//! The committed offset is never past a message whose handler has not returned `Success` or been
+//! handed to the broker's retry topic, so delivery is at least once.
+//!
+//! Modes ([`ConsumeMode`], [`ConsumerConfig::broadcasting`]):
+//! - concurrently (default): a failed message is sent back to the broker, which redelivers it from
+//!   the group's retry topic `%RETRY%<group>` after a growing back-off (10 s, 30 s, 1 m, ...) and
+//!   dead-letters it after the group's maximum; the queue moves on meanwhile. Every member also
+//!   consumes its share of the retry topic.
+//! - orderly: a member consumes a queue only while it holds the queue's lock at the broker, one
+//!   message at a time; a failed message is retried in place, holding back its queue.
+//! - broadcasting: every member consumes every queue with offsets of its own (keyed by its
+//!   `client_id`, so give members stable ids to resume after a restart); failures retry in place.
+//!
+//! A tag filter ([`ConsumerConfig::subscription`]) is applied by the broker and checked again here.
+//! When an operator resets the group's offsets, the next pull of each queue says so and the
+//! queue continues from the new position.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,12 +34,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use meridian_proto::filter::TagFilter;
 use meridian_proto::idc::IdcSettings;
 use meridian_proto::messages::{
     ConsumerHeartbeat, ConsumerListResponse, ConsumerMember, GroupMember, PullStatus, TopicRoute, perm,
 };
+use meridian_proto::properties::RETRY_TOPIC;
 use meridian_proto::record::StoredMessage;
-use meridian_proto::validate::{validate_group, validate_topic};
+use meridian_proto::topics;
+use meridian_proto::validate::{validate_client_id, validate_group, validate_topic};
 use meridian_proto::{RequestCode, SDK_VERSION};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +51,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::ClientConfig;
 use crate::allocate::{ALLOCATION, Deployment, QueueId, allocate_by_idc};
-use crate::consumer::PullConsumer;
+use crate::consumer::{PullConsumer, PullOptions};
 use crate::error::ClientError;
 use crate::route::{ROUTE_REFRESH_INTERVAL, RouteSource, broker_addr, broker_addrs, broker_idcs, route_queues};
 
@@ -55,13 +72,27 @@ pub enum ConsumeFrom {
     Latest,
 }
 
+/// How the members of a group consume their queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConsumeMode {
+    /// Failed messages go to the group's retry topic and the queue moves on.
+    #[default]
+    Concurrently,
+    /// One member per queue at a time (broker-side lock), in order; failures retry in place.
+    Orderly,
+}
+
+/// Renew orderly queue locks this often (brokers expire them after 30 s by default).
+const LOCK_RENEW_INTERVAL: Duration = Duration::from_secs(10);
+
 /// What a handler says about a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumeResult {
     /// Done; the offset may move past it.
     Success,
-    /// Hand it again after a back-off (1 s, doubling, at most 30 s). Later messages of the same
-    /// queue wait.
+    /// Consume it again later. Concurrently: from the group's retry topic after the broker's
+    /// back-off, while the queue moves on. Orderly and broadcasting: in place after a back-off
+    /// (1 s, doubling, at most 30 s), holding back later messages of the queue.
     Retry,
 }
 
@@ -97,6 +128,15 @@ pub struct ConsumerConfig {
     /// Report consume-side trace events (SubBefore, SubAfter with cost and result) to the brokers,
     /// which add them to the message's trace (default true).
     pub trace: bool,
+    /// Tag filter expression: `*` (default) or tags joined by `||`.
+    pub subscription: String,
+    /// Concurrently (default) or orderly.
+    pub mode: ConsumeMode,
+    /// Every member gets every message (the group must be registered as broadcasting).
+    pub broadcasting: bool,
+    /// Delay level before a failed message is redelivered from the retry topic; 0 (default): the
+    /// broker's back-off growing with the number of failures.
+    pub retry_delay_level: u32,
 }
 
 impl ConsumerConfig {
@@ -127,6 +167,10 @@ impl Default for ConsumerConfig {
             deployment: Deployment::default(),
             route_refresh: ROUTE_REFRESH_INTERVAL,
             trace: true,
+            subscription: "*".to_owned(),
+            mode: ConsumeMode::default(),
+            broadcasting: false,
+            retry_delay_level: 0,
         }
     }
 }
@@ -168,7 +212,9 @@ struct PushInner {
     handler: BoxedHandler,
     tracker: TaskTracker,
     cancel: CancellationToken,
-    workers: Mutex<BTreeMap<QueueId, QueueWorker>>,
+    workers: Mutex<BTreeMap<QueueKey, QueueWorker>>,
+    /// The parsed [`ConsumerConfig::subscription`].
+    filter: TagFilter,
     /// Rebalances run one at a time (the first one in `start`, then the periodic ones).
     rebalance_lock: tokio::sync::Mutex<()>,
     /// This member's data center (empty: none).
@@ -194,6 +240,9 @@ struct QueueWorker {
     handle: JoinHandle<()>,
 }
 
+/// A queue of one of the topics a member consumes: its topic, or its group's retry topic.
+type QueueKey = (String, QueueId);
+
 #[derive(Default)]
 struct QueueProgress {
     offsets: Mutex<Offsets>,
@@ -208,6 +257,8 @@ struct Offsets {
     processed: Option<u64>,
     /// What the broker holds, as far as this member knows.
     committed: Option<u64>,
+    /// The offset generation the position came from (see [`PullStatus::OffsetReset`]).
+    generation: u64,
 }
 
 impl QueueProgress {
@@ -263,12 +314,16 @@ impl PushConsumer {
     {
         let validated = validate_group(&config.group)
             .and_then(|()| validate_topic(&config.topic))
+            .and_then(|()| validate_client_id(&config.client_id))
             .map_err(ClientError::from)
             .and_then(|()| check_settings(&config));
-        if let Err(error) = validated {
-            pull.shutdown().await;
-            return Err(error);
-        }
+        let filter = match validated.and_then(|()| TagFilter::parse(&config.subscription).map_err(ClientError::from)) {
+            Ok(filter) => filter,
+            Err(error) => {
+                pull.shutdown().await;
+                return Err(error);
+            }
+        };
         let mut pull = pull;
         pull.routes.set_refresh(config.route_refresh);
         let idc = crate::idc::detect(pull.routes.source(), &config.idc, "consumer")
@@ -281,6 +336,7 @@ impl PushConsumer {
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
             workers: Mutex::new(BTreeMap::new()),
+            filter,
             rebalance_lock: tokio::sync::Mutex::new(()),
             trace: config
                 .trace
@@ -311,9 +367,15 @@ impl PushConsumer {
         Ok(PushConsumer { inner })
     }
 
-    /// The queues this member consumes now, sorted.
+    /// The queues of the topic this member consumes now, sorted (its share of the group's retry
+    /// topic is not listed).
     pub fn assigned_queues(&self) -> Vec<QueueId> {
-        self.inner.lock_workers().keys().cloned().collect()
+        self.inner
+            .lock_workers()
+            .keys()
+            .filter(|(topic, _)| *topic == self.inner.config.topic)
+            .map(|(_, queue)| queue.clone())
+            .collect()
     }
 
     /// This member's data center (empty: none).
@@ -374,7 +436,7 @@ fn check_settings(config: &ConsumerConfig) -> Result<(), ClientError> {
 }
 
 impl PushInner {
-    fn lock_workers(&self) -> MutexGuard<'_, BTreeMap<QueueId, QueueWorker>> {
+    fn lock_workers(&self) -> MutexGuard<'_, BTreeMap<QueueKey, QueueWorker>> {
         self.workers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -412,7 +474,8 @@ impl PushInner {
             idc: self.idc.clone(),
             allocation: ALLOCATION.to_owned(),
             deployment: self.config.deployment.as_str().to_owned(),
-            ..ConsumerHeartbeat::default()
+            broadcasting: self.config.broadcasting,
+            subscription: self.config.subscription.clone(),
         };
         let timeout = self.config.client.request_timeout;
         let sends = broker_addrs(&route).into_iter().map(|addr| {
@@ -529,16 +592,46 @@ impl PushInner {
                 .map(|member| (member.client_id.clone(), member.idc.clone()))
                 .collect()
         };
-        let allocation = allocate_by_idc(&queues, &members, me, self.config.deployment, &evacuated);
-        self.note_findings(&listed.members, allocation.unserved_idcs);
-        let wanted = allocation.queues;
+        let mut wanted: Vec<QueueKey> = Vec::new();
+        if self.config.broadcasting {
+            wanted.extend(
+                queues
+                    .iter()
+                    .map(|(queue, _)| (self.config.topic.clone(), queue.clone())),
+            );
+        } else {
+            let allocation = allocate_by_idc(&queues, &members, me, self.config.deployment, &evacuated);
+            self.note_findings(&listed.members, allocation.unserved_idcs);
+            wanted.extend(
+                allocation
+                    .queues
+                    .into_iter()
+                    .map(|queue| (self.config.topic.clone(), queue)),
+            );
+        }
+        if self.uses_retry_topic() {
+            // The group's retry topic: one queue on each broker of the topic, shared the same way.
+            let mut retry_queues: Vec<(QueueId, String)> = Vec::new();
+            for (queue, idc) in &queues {
+                if !retry_queues
+                    .iter()
+                    .any(|(known, _)| known.broker_name == queue.broker_name)
+                {
+                    retry_queues.push((QueueId::new(queue.broker_name.clone(), 0), idc.clone()));
+                }
+            }
+            let retry_topic = topics::retry_topic(&self.config.group);
+            let allocation = allocate_by_idc(&retry_queues, &members, me, self.config.deployment, &evacuated);
+            wanted.extend(allocation.queues.into_iter().map(|queue| (retry_topic.clone(), queue)));
+        }
 
-        let taken_away: Vec<(QueueId, QueueWorker)> = {
+        let taken_away: Vec<(QueueKey, QueueWorker)> = {
             let mut workers = self.lock_workers();
-            let gone: Vec<QueueId> = workers
-                .keys()
-                .filter(|queue| !wanted.contains(queue))
-                .cloned()
+            // A loop that ended by itself (an orderly queue whose lock was lost) starts again.
+            let gone: Vec<QueueKey> = workers
+                .iter()
+                .filter(|(queue, worker)| !wanted.contains(queue) || worker.handle.is_finished())
+                .map(|(queue, _)| queue.clone())
                 .collect();
             gone.into_iter()
                 .filter_map(|queue| workers.remove(&queue).map(|worker| (queue, worker)))
@@ -548,25 +641,65 @@ impl PushInner {
         for (_, worker) in &taken_away {
             worker.stop.cancel();
         }
-        for (queue, worker) in taken_away {
+        for ((topic, queue), worker) in taken_away {
             if let Err(join_error) = worker.handle.await {
                 error!(%queue, %join_error, "pull loop ended abnormally");
             }
-            if let Err(error) = self.commit_queue(&queue, &worker.progress).await {
-                warn!(%queue, %error, "commit of a queue taken away failed; its next owner may see messages again");
+            let key = (topic, queue);
+            if let Err(error) = self.commit_queue(&key, &worker.progress).await {
+                warn!(queue = %key.1, %error, "commit of a queue taken away failed; its next owner may see messages again");
             }
-            info!(%queue, group = %self.config.group, "queue taken away");
+            if self.config.mode == ConsumeMode::Orderly {
+                self.lock_queue(&key, false).await;
+            }
+            info!(topic = %key.0, queue = %key.1, group = %self.config.group, "queue taken away");
         }
 
         let mut workers = self.lock_workers();
-        for queue in wanted {
-            if !workers.contains_key(&queue) && !self.cancel.is_cancelled() {
-                info!(%queue, group = %self.config.group, "queue assigned");
-                let worker = self.spawn_worker(queue.clone());
-                workers.insert(queue, worker);
+        for key in wanted {
+            if !workers.contains_key(&key) && !self.cancel.is_cancelled() {
+                info!(topic = %key.0, queue = %key.1, group = %self.config.group, "queue assigned");
+                let worker = self.spawn_worker(key.clone());
+                workers.insert(key, worker);
             }
         }
         Ok(())
+    }
+
+    /// Whether failed messages go through the group's retry topic (concurrent clustering).
+    fn uses_retry_topic(&self) -> bool {
+        self.config.mode == ConsumeMode::Concurrently && !self.config.broadcasting
+    }
+
+    /// The member whose own offsets are used: this one when broadcasting, else the group's.
+    fn offsets_member(&self) -> &str {
+        if self.config.broadcasting {
+            &self.config.client_id
+        } else {
+            ""
+        }
+    }
+
+    /// Takes (or renews) the broker-side lock of an orderly queue, or releases it; returns whether
+    /// this member holds it.
+    async fn lock_queue(&self, key: &QueueKey, lock: bool) -> bool {
+        let (topic, queue) = key;
+        let result = match self.queue_addr(queue).await {
+            Ok(addr) => {
+                self.pull
+                    .lock_at(&addr, &self.config.client_id, topic, &[queue.queue_id], lock)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(locked) => locked.contains(&queue.queue_id),
+            Err(error) => {
+                debug!(%queue, %error, lock, "queue lock request failed");
+                self.note_error(&error);
+                false
+            }
+        }
     }
 
     /// Warns once about members that allocate differently and about data centers nobody
@@ -601,7 +734,7 @@ impl PushInner {
         *last = findings;
     }
 
-    fn spawn_worker(self: &Arc<Self>, queue: QueueId) -> QueueWorker {
+    fn spawn_worker(self: &Arc<Self>, queue: QueueKey) -> QueueWorker {
         let stop = self.cancel.child_token();
         let progress = Arc::new(QueueProgress::default());
         let handle = self
@@ -610,23 +743,38 @@ impl PushInner {
         QueueWorker { stop, progress, handle }
     }
 
-    /// The offset a queue starts at, and the group's committed offset if it has one.
-    async fn start_offset(&self, queue: &QueueId) -> Result<(u64, Option<u64>), ClientError> {
+    /// Where a queue starts: the committed offset (with its generation) or, without one, where
+    /// `consume_from` says (the retry topic always from its earliest).
+    async fn start_offset(&self, key: &QueueKey) -> Result<Offsets, ClientError> {
+        let (topic, queue) = key;
         let addr = self.queue_addr(queue).await?;
-        let committed = self.pull.query_offset_at(&addr, self.topic(), queue.queue_id).await?;
-        if let Some(offset) = committed {
-            return Ok((offset, Some(offset)));
+        let stored = self
+            .pull
+            .query_offset_at(&addr, topic, queue.queue_id, self.offsets_member())
+            .await?;
+        if let Some(offset) = stored.offset {
+            return Ok(Offsets {
+                processed: Some(offset),
+                committed: Some(offset),
+                generation: stored.generation,
+            });
         }
-        let (min, max) = self.pull.queue_info_at(&addr, self.topic(), queue.queue_id).await?;
+        let (min, max) = self.pull.queue_info_at(&addr, topic, queue.queue_id).await?;
         let start = match self.config.consume_from {
+            _ if *topic != self.config.topic => min,
             ConsumeFrom::Earliest => min,
             ConsumeFrom::Latest => max,
         };
-        Ok((start, None))
+        Ok(Offsets {
+            processed: Some(start),
+            committed: None,
+            generation: stored.generation,
+        })
     }
 
     /// Commits a queue's processed offset if it moved since the last commit.
-    async fn commit_queue(&self, queue: &QueueId, progress: &QueueProgress) -> Result<(), ClientError> {
+    async fn commit_queue(&self, key: &QueueKey, progress: &QueueProgress) -> Result<(), ClientError> {
+        let (topic, queue) = key;
         let _in_order = progress.commit_lock.lock().await;
         let offsets = *progress.lock();
         let Some(processed) = offsets.processed else {
@@ -637,7 +785,14 @@ impl PushInner {
         }
         let addr = self.queue_addr(queue).await?;
         self.pull
-            .commit_offset_at(&addr, self.topic(), queue.queue_id, processed)
+            .commit_offset_at(
+                &addr,
+                topic,
+                queue.queue_id,
+                processed,
+                Some(offsets.generation),
+                self.offsets_member(),
+            )
             .await
             .inspect_err(|error| self.note_error(error))?;
         progress.lock().committed = Some(processed);
@@ -646,14 +801,14 @@ impl PushInner {
     }
 
     async fn commit_all(&self) {
-        let snapshot: Vec<(QueueId, Arc<QueueProgress>)> = self
+        let snapshot: Vec<(QueueKey, Arc<QueueProgress>)> = self
             .lock_workers()
             .iter()
             .map(|(queue, worker)| (queue.clone(), worker.progress.clone()))
             .collect();
         for (queue, progress) in snapshot {
             if let Err(error) = self.commit_queue(&queue, &progress).await {
-                warn!(%queue, %error, "offset commit failed, will retry");
+                warn!(queue = %queue.1, %error, "offset commit failed, will retry");
             }
         }
     }
@@ -666,7 +821,7 @@ impl PushInner {
         let workers = std::mem::take(&mut *self.lock_workers());
         for (queue, worker) in workers {
             if let Err(error) = self.commit_queue(&queue, &worker.progress).await {
-                warn!(%queue, %error, "final offset commit failed; the next owner may see messages again");
+                warn!(queue = %queue.1, %error, "final offset commit failed; the next owner may see messages again");
             }
         }
         self.leave().await;
@@ -793,23 +948,32 @@ async fn sleep_unless_stopped(stop: &CancellationToken, duration: Duration) -> b
 }
 
 /// The pull loop of one queue.
-async fn run_queue(inner: Arc<PushInner>, queue: QueueId, progress: Arc<QueueProgress>, stop: CancellationToken) {
+async fn run_queue(inner: Arc<PushInner>, key: QueueKey, progress: Arc<QueueProgress>, stop: CancellationToken) {
+    let queue = &key.1;
+    let orderly = inner.config.mode == ConsumeMode::Orderly;
+    // An orderly queue is consumed only under its broker-side lock.
+    let mut locked_at = loop {
+        if !orderly || inner.lock_queue(&key, true).await {
+            break tokio::time::Instant::now();
+        }
+        debug!(%queue, "queue locked by another member, waiting");
+        if !sleep_unless_stopped(&stop, PULL_ERROR_BACKOFF).await {
+            return;
+        }
+    };
     let mut offset = loop {
         let resolved = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            resolved = inner.start_offset(&queue) => resolved,
+            resolved = inner.start_offset(&key) => resolved,
         };
         match resolved {
-            Ok((start, committed)) => {
+            Ok(start) => {
                 // Recording the start as processed commits it, so a start at the latest offset
                 // sticks even if no message comes before a rebalance.
-                *progress.lock() = Offsets {
-                    processed: Some(start),
-                    committed,
-                };
-                debug!(%queue, offset = start, "pull loop starting");
-                break start;
+                *progress.lock() = start;
+                debug!(%queue, offset = ?start.processed, "pull loop starting");
+                break start.processed.unwrap_or_default();
             }
             Err(error) => {
                 warn!(%queue, %error, "cannot find where to start the queue, retrying");
@@ -821,11 +985,19 @@ async fn run_queue(inner: Arc<PushInner>, queue: QueueId, progress: Arc<QueuePro
         }
     };
     while !stop.is_cancelled() {
+        if orderly && locked_at.elapsed() >= LOCK_RENEW_INTERVAL {
+            if !inner.lock_queue(&key, true).await {
+                warn!(%queue, "lost the queue lock (another member holds it now); stopping this queue");
+                return;
+            }
+            locked_at = tokio::time::Instant::now();
+        }
+        let generation = progress.lock().generation;
         // Biased: once stopped, a pull that completes at the same moment is not handled.
         let pulled = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            pulled = pull_once(&inner, &queue, offset) => pulled,
+            pulled = pull_once(&inner, &key, offset, generation) => pulled,
         };
         let result = match pulled {
             Ok(result) => result,
@@ -846,8 +1018,8 @@ async fn run_queue(inner: Arc<PushInner>, queue: QueueId, progress: Arc<QueuePro
                         continue;
                     }
                     let next = message.queue_offset + 1;
-                    let trace = inner.trace.as_ref();
-                    if !consume_with_retries(&inner.handler, message, &stop, &queue, trace).await {
+                    // The broker filters by tag hash; hashes can collide, so check the tag itself.
+                    if inner.filter.matches_tag(message.tag()) && !consume_one(&inner, &key, message, &stop).await {
                         return;
                     }
                     offset = next;
@@ -865,10 +1037,18 @@ async fn run_queue(inner: Arc<PushInner>, queue: QueueId, progress: Arc<QueuePro
             }
             // The next offset of an empty answer is the offset asked for; keep ours.
             PullStatus::NoNewMessage => {}
-            PullStatus::OffsetMoved | PullStatus::OffsetReset => {
+            PullStatus::OffsetMoved => {
                 warn!(%queue, offset, next_offset = result.next_offset, "offset out of range, moving");
                 offset = result.next_offset;
                 progress.set_processed(offset);
+            }
+            PullStatus::OffsetReset => {
+                info!(%queue, from = offset, to = result.next_offset, "the group's offsets were reset; continuing from the new position");
+                offset = result.next_offset;
+                let mut offsets = progress.lock();
+                offsets.processed = Some(offset);
+                offsets.committed = Some(offset);
+                offsets.generation = result.offset_generation;
             }
         }
     }
@@ -876,21 +1056,90 @@ async fn run_queue(inner: Arc<PushInner>, queue: QueueId, progress: Arc<QueuePro
 
 async fn pull_once(
     inner: &PushInner,
-    queue: &QueueId,
+    key: &QueueKey,
     offset: u64,
+    generation: u64,
 ) -> Result<crate::consumer::PullResult, ClientError> {
+    let (topic, queue) = key;
     let addr = inner.queue_addr(queue).await?;
+    let options = PullOptions {
+        subscription: &inner.config.subscription,
+        offset_generation: Some(generation),
+    };
     inner
         .pull
         .pull_at(
             &addr,
-            inner.topic(),
+            topic,
             queue.queue_id,
             offset,
             inner.config.pull_batch,
             inner.config.long_poll,
+            &options,
         )
         .await
+}
+
+/// Hands one message to the handler. Concurrently, a failure goes back to the broker's retry
+/// topic (in place only when the broker cannot be told); orderly and broadcasting, it is retried
+/// in place. Returns false if `stop` fired while the message was still unhandled.
+async fn consume_one(inner: &PushInner, key: &QueueKey, message: StoredMessage, stop: &CancellationToken) -> bool {
+    let (topic, queue) = key;
+    let trace = inner.trace.as_ref();
+    let mut message = message;
+    if topics::owning_group(topic).is_some()
+        && let Some(first) = message.property(RETRY_TOPIC)
+    {
+        // Handlers see a retried message under the topic it was sent to.
+        message.topic = first.to_owned();
+    }
+    if !inner.uses_retry_topic() {
+        return consume_with_retries(&inner.handler, message, stop, queue, trace).await;
+    }
+    let started = trace.map(|trace| trace.before(&queue.broker_name, &message, message.reconsume_count + 1));
+    let outcome = AssertUnwindSafe(async { (inner.handler)(message.clone()).await })
+        .catch_unwind()
+        .await;
+    if let (Some(trace), Some(started)) = (trace, started) {
+        trace.after(
+            &queue.broker_name,
+            &message,
+            started,
+            trace_status(&outcome),
+            message.reconsume_count + 1,
+        );
+    }
+    if matches!(outcome, Ok(ConsumeResult::Success)) {
+        return true;
+    }
+    let sent_back = match inner.queue_addr(queue).await {
+        Ok(addr) => {
+            inner
+                .pull
+                .send_back_at(&addr, topic, &message, inner.config.retry_delay_level)
+                .await
+        }
+        Err(error) => Err(error),
+    };
+    match sent_back {
+        Ok(response) => {
+            debug!(%queue, msg_id = message.msg_id(), to = response.topic, dead_lettered = response.dead_lettered, "failed message sent back");
+            true
+        }
+        Err(error) => {
+            warn!(%queue, msg_id = message.msg_id(), %error, "cannot send the failed message back; retrying it here");
+            sleep_unless_stopped(stop, CONSUME_RETRY_FIRST_BACKOFF).await
+                && consume_with_retries(&inner.handler, message, stop, queue, trace).await
+        }
+    }
+}
+
+fn trace_status(outcome: &std::thread::Result<ConsumeResult>) -> meridian_proto::trace::TraceStatus {
+    match outcome {
+        Ok(ConsumeResult::Success) => meridian_proto::trace::TraceStatus::Ok,
+        Ok(ConsumeResult::Retry) => meridian_proto::trace::TraceStatus::RetryLater,
+        Err(_) => meridian_proto::trace::TraceStatus::Failed,
+    }
 }
 
 /// Hands `message` to the handler until it succeeds, waiting between attempts. Returns false if
@@ -912,12 +1161,7 @@ async fn consume_with_retries(
             .await;
         attempts += 1;
         if let (Some(trace), Some(started)) = (trace, started) {
-            let status = match outcome {
-                Ok(ConsumeResult::Success) => meridian_proto::trace::TraceStatus::Ok,
-                Ok(ConsumeResult::Retry) => meridian_proto::trace::TraceStatus::RetryLater,
-                Err(_) => meridian_proto::trace::TraceStatus::Failed,
-            };
-            trace.after(&queue.broker_name, &message, started, status, attempts);
+            trace.after(&queue.broker_name, &message, started, trace_status(&outcome), attempts);
         }
         match outcome {
             Ok(ConsumeResult::Success) => return true,
