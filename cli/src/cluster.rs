@@ -1520,6 +1520,31 @@ mod tests {
         assert_eq!(config.data_dir, Path::new("/tmp/meridian-cluster-test/a-0/data"));
     }
 
+    #[test]
+    fn the_deploy_configs_load_and_validate_as_each_services_config() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for dir in ["k8s", "systemd"] {
+            for entry in std::fs::read_dir(deploy.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                if !name.ends_with(".toml") {
+                    continue;
+                }
+                let result = if name.starts_with("nameserver") {
+                    crate::config::load::<NameserverConfig>("deploy", Some(&path))
+                        .and_then(|config| Ok(config.validate()?))
+                } else if name.starts_with("broker") {
+                    crate::config::load::<BrokerConfig>("deploy", Some(&path)).and_then(|config| Ok(config.validate()?))
+                } else if name.starts_with("tracer") {
+                    crate::config::load::<TracerConfig>("deploy", Some(&path)).and_then(|config| Ok(config.validate()?))
+                } else {
+                    panic!("deploy/{dir}/{name}: no service config of that name");
+                };
+                result.unwrap_or_else(|error| panic!("deploy/{dir}/{name}: {error:#}"));
+            }
+        }
+    }
+
     const GOOD: &str = r#"
 idcs = ["dc1", "dc2"]
 [[nameservers]]

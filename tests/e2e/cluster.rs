@@ -255,3 +255,21 @@ fn bad_specs_are_refused_before_anything_starts_with_the_reason() {
     drop(squatter);
     assert_eq!(every_port_free(&cluster), Vec::<String>::new());
 }
+
+#[test]
+fn the_deployment_artifacts_pass_their_checks() {
+    // Kubernetes manifests (structure, zone anti-affinity, mounts), systemd units
+    // (systemd-analyze verify, when installed) and the Dockerfile: scripts/check-deploy.py.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check-deploy.py");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .env("MERIDIAN_BIN", meridian_tests::meridian_bin())
+        .output()
+        .expect("running python3 scripts/check-deploy.py");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -113,19 +113,23 @@ impl Rig {
             .to_owned()
     }
 
-    /// Injects `fault` for `hold`, heals it; returns the time of the heal.
+    /// Injects `fault` for `hold`, heals it; returns when the healing began (before the restarts,
+    /// which wait until the restarted node is healthy).
     async fn inject(&self, fault: Fault, hold: Duration, seed: &mut fastrand::Rng) -> Instant {
         let cluster = &self.cluster;
+        let mut healing = Instant::now();
         match fault {
             Fault::KillMaster(node) => {
                 blocking(|| cluster.kill9(node));
                 tokio::time::sleep(hold).await;
+                healing = Instant::now();
                 blocking(|| cluster.restart(node));
             }
             Fault::KillNameserverLeader => {
                 let leader = self.leader();
                 blocking(|| cluster.kill9(&leader));
                 tokio::time::sleep(hold).await;
+                healing = Instant::now();
                 blocking(|| cluster.restart(&leader));
             }
             Fault::RandomKills(rounds) => {
@@ -135,6 +139,7 @@ impl Rig {
                     eprintln!("round {round}: kill -9 {victim}");
                     blocking(|| cluster.kill9(victim));
                     tokio::time::sleep(hold / rounds as u32).await;
+                    healing = Instant::now();
                     blocking(|| cluster.restart(victim));
                     // The next victim only once the group is whole again: two dead members of
                     // one group of three is a different fault (the IDC cut-off).
@@ -150,6 +155,7 @@ impl Rig {
                     proxy.set(Link::Cut);
                 }
                 tokio::time::sleep(hold).await;
+                healing = Instant::now();
                 self.to_a0.set(Link::Up);
                 for proxy in &self.a0_to_nameservers {
                     proxy.set(Link::Up);
@@ -169,6 +175,7 @@ impl Rig {
                     blocking(|| cluster.kill9(victim));
                 }
                 tokio::time::sleep(hold).await;
+                healing = Instant::now();
                 for victim in &victims {
                     blocking(|| cluster.restart(victim));
                 }
@@ -176,10 +183,11 @@ impl Rig {
             Fault::SlowLink(delay) => {
                 self.to_b0.set(Link::Slow(delay));
                 tokio::time::sleep(hold).await;
+                healing = Instant::now();
                 self.to_b0.set(Link::Up);
             }
         }
-        Instant::now()
+        healing
     }
 
     async fn stop(self) {
