@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use meridian_client::{
-    ClientConfig, ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, Deployment, IdcSettings, Message,
-    NameserverRoute, Producer, ProducerConfig, PushConsumer, RouteSource, StaticRoute,
+    ClientConfig, ConnectionPool, ConsumeFrom, ConsumeMode, ConsumeResult, ConsumerConfig, Deployment, IdcSettings,
+    Message, NameserverRoute, Producer, ProducerConfig, PushConsumer, RouteSource, StaticRoute,
 };
 use meridian_proto::record::StoredMessage;
 use meridian_proto::time::format_millis;
@@ -46,6 +46,15 @@ pub struct ProduceArgs {
     /// The body of a single message; without it, each line of stdin is one message.
     #[arg(long)]
     body: Option<String>,
+    /// Deliver after a delay level: 1-18 = 1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h.
+    #[arg(long, conflicts_with = "deliver_at")]
+    delay_level: Option<u32>,
+    /// Deliver at this time: Unix ms or RFC 3339 UTC (2026-11-25T18:30:00Z), at most 30 days ahead.
+    #[arg(long)]
+    deliver_at: Option<String>,
+    /// Ordered message: messages with the same sharding key go to the same queue, in order.
+    #[arg(long)]
+    sharding_key: Option<String>,
     #[command(flatten)]
     idc: IdcArgs,
     #[command(flatten)]
@@ -100,6 +109,19 @@ pub struct ConsumeArgs {
     /// consumers are shared by all) or `dual-side` (each side consumes only its own).
     #[arg(long, default_value = "single-side")]
     deployment: Deployment,
+    /// Only messages with these tags: '*' (default) or tags joined by '||', e.g. 'TagA || TagB'.
+    #[arg(long, default_value = "*")]
+    tag: String,
+    /// Orderly: one member per queue (a broker-side lock), in order, failures retried in place.
+    #[arg(long)]
+    orderly: bool,
+    /// Broadcasting: this member gets every message, with offsets of its own (the group must be
+    /// created with --broadcasting; give the member a stable --client-id to resume after a restart).
+    #[arg(long)]
+    broadcasting: bool,
+    /// This member's id in the group (default: host@pid@random).
+    #[arg(long)]
+    client_id: Option<String>,
     #[command(flatten)]
     idc: IdcArgs,
     #[command(flatten)]
@@ -125,10 +147,16 @@ impl std::fmt::Display for ClientTarget {
     }
 }
 
-fn build_message(args: &ProduceArgs, body: String) -> Message {
+fn build_message(args: &ProduceArgs, body: String, deliver_at: Option<i64>) -> Message {
     let mut message = Message::new(args.topic.clone(), Bytes::from(body)).with_keys(args.keys.clone());
     if let Some(tag) = &args.tag {
         message = message.with_tag(tag.clone());
+    }
+    if let Some(level) = args.delay_level {
+        message = message.with_delay_level(level);
+    }
+    if let Some(at) = deliver_at {
+        message = message.with_deliver_at(at);
     }
     message
 }
@@ -166,9 +194,22 @@ async fn produce_all(args: &ProduceArgs, producer: &Producer) -> Result<()> {
             }
         })),
     };
+    let deliver_at = args
+        .deliver_at
+        .as_deref()
+        .map(|at| meridian_tracer::http::parse_time("--deliver-at", at).map_err(|error| anyhow::anyhow!("{error}")))
+        .transpose()?;
     let mut pending = std::collections::VecDeque::new();
     while let Some(line) = lines_rx.recv().await {
-        let message = build_message(args, line);
+        let message = build_message(args, line, deliver_at);
+        if let Some(key) = &args.sharding_key {
+            let sent = producer
+                .send_ordered(message, key)
+                .await
+                .with_context(|| format!("sending to topic {:?}", args.topic))?;
+            println!("{}", sent.msg_id);
+            continue;
+        }
         match args.mode {
             SendMode::Sync => {
                 let sent = producer
@@ -256,6 +297,14 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
     } else {
         ConsumeFrom::Latest
     };
+    config.subscription = args.tag.clone();
+    config.broadcasting = args.broadcasting;
+    if args.orderly {
+        config.mode = ConsumeMode::Orderly;
+    }
+    if let Some(client_id) = &args.client_id {
+        config.client_id = client_id.clone();
+    }
     let (messages_tx, mut messages_rx) = mpsc::channel::<(StoredMessage, tokio::sync::oneshot::Sender<()>)>(256);
     let consumer = PushConsumer::start(route_source(&args.target, &pool), config, move |message| {
         let messages_tx = messages_tx.clone();

@@ -228,11 +228,20 @@ pub enum GroupCommand {
         /// Team that owns it.
         #[arg(long, default_value = "admin")]
         owner: String,
+        /// Deliveries of one message before it is dead-lettered (default 16).
+        #[arg(long)]
+        max_retries: Option<u32>,
+        /// Every member gets every message (default: members share the queues).
+        #[arg(long)]
+        broadcasting: bool,
         #[command(flatten)]
         who: Who,
         #[command(flatten)]
         addrs: NameserverAddrs,
     },
+    /// Move the group's offsets of a topic to a time, the earliest or the latest message, while
+    /// its consumers run: they continue from there at their next pull.
+    ResetOffset(crate::messaging_cmds::ResetOffsetArgs),
     /// Delete a group (its history stays).
     Delete(DecideWithReason),
     /// List consumer groups.
@@ -778,12 +787,20 @@ async fn create_topic(
 
 /// The admin shortcut for consumer groups: request and approve as `by`, then wait until the
 /// brokers of its topics accept it.
+/// How a group created in one step consumes.
+#[derive(Debug, Clone, Copy, Default)]
+struct GroupSettings {
+    max_retries: Option<u32>,
+    broadcasting: bool,
+}
+
 async fn create_group(
     client: &NameserverClient,
     name: &str,
     topics: &[String],
     owner: String,
     by: String,
+    settings: GroupSettings,
 ) -> Result<()> {
     client
         .command(Command::RequestGroup(GroupRequest {
@@ -791,8 +808,12 @@ async fn create_group(
             owner,
             description: String::new(),
             topics: topics.iter().cloned().collect(),
-            max_retries: None,
-            consume_mode: ConsumeMode::Clustering,
+            max_retries: settings.max_retries,
+            consume_mode: if settings.broadcasting {
+                ConsumeMode::Broadcasting
+            } else {
+                ConsumeMode::Clustering
+            },
             requested_by: by.clone(),
         }))
         .await?;
@@ -840,6 +861,7 @@ pub async fn ensure_group(addrs: &NameserverAddrs, group: &str, topic: &str) -> 
                 &[topic.to_owned()],
                 "admin".into(),
                 "meridian-bench".into(),
+                GroupSettings::default(),
             )
             .await?;
         }
@@ -911,6 +933,7 @@ async fn wait_until_known(client: &NameserverClient, group: &str, topics: &[Stri
                 group: group.to_owned(),
                 topic: topic.clone(),
                 queue_id: 0,
+                ..Default::default()
             };
             let answer: Result<QueryOffsetResponse, _> = client
                 .pool
@@ -941,7 +964,13 @@ async fn wait_until_known(client: &NameserverClient, group: &str, topics: &[Stri
 
 /// `meridian group ...`.
 pub async fn group(command: GroupCommand) -> Result<()> {
+    // Offsets live on the brokers: this one talks to them, not to the nameservers' metadata.
+    let command = match command {
+        GroupCommand::ResetOffset(args) => return crate::messaging_cmds::reset_offset(args).await,
+        other => other,
+    };
     let addrs = match &command {
+        GroupCommand::ResetOffset(_) => unreachable!("handled above"),
         GroupCommand::Request { addrs, .. } | GroupCommand::Create { addrs, .. } => addrs.clone(),
         GroupCommand::Approve(args) => args.addrs.clone(),
         GroupCommand::Reject(args) | GroupCommand::Delete(args) => args.addrs.clone(),
@@ -980,6 +1009,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
                 .await?;
             println!("consumer group {name} requested; an admin approves it with `meridian group approve {name}`");
         }
+        GroupCommand::ResetOffset(_) => unreachable!("handled in group()"),
         GroupCommand::Approve(Decide { name, reason, who, .. }) => {
             client
                 .command(Command::ApproveGroup {
@@ -1004,10 +1034,16 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
             name,
             topics,
             owner,
+            max_retries,
+            broadcasting,
             who,
             ..
         } => {
-            create_group(client, &name, &topics, owner, who.name()?).await?;
+            let settings = GroupSettings {
+                max_retries,
+                broadcasting,
+            };
+            create_group(client, &name, &topics, owner, who.name()?, settings).await?;
             println!("consumer group {name} ready on {}", topics.join(", "));
         }
         GroupCommand::Delete(DecideWithReason { name, reason, who, .. }) => {

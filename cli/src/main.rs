@@ -13,6 +13,7 @@ mod config;
 mod drill;
 mod governance;
 mod http;
+mod messaging_cmds;
 mod serve;
 mod trace_cmds;
 
@@ -59,6 +60,9 @@ enum Command {
     Produce(client_cmds::ProduceArgs),
     /// Consume messages in a consumer group and print them, one line each.
     Consume(client_cmds::ConsumeArgs),
+    /// A consumer group's dead letters: list, show, resend to its retry topic.
+    #[command(subcommand)]
+    Dlq(messaging_cmds::DlqCommand),
     /// Measure throughput and latency (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -158,6 +162,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Idc(command) => drill::idc(command).await,
             Command::Produce(args) => client_cmds::produce(args).await,
             Command::Consume(args) => client_cmds::consume(args).await,
+            Command::Dlq(command) => messaging_cmds::dlq(command).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Archiver(args) => archive_cmds::archiver(args).await,
             Command::Archive(command) => archive_cmds::archive(command).await,
