@@ -103,6 +103,9 @@ pub struct BrokerConfig {
     /// on, offsets below the local commitlog are read from the archive, and archived segments
     /// are deleted locally after `local_retention_secs`.
     pub archive: meridian_archive::store::ArchiveConfig,
+    /// Transactional messages (the `[transaction]` table): when undecided transactions are checked
+    /// back with their producers, and how many times before they are rolled back.
+    pub transaction: crate::transaction::TransactionConfig,
 }
 
 /// `nameservers` as a TOML list or as one comma-separated string:
@@ -148,6 +151,7 @@ impl Default for BrokerConfig {
             heartbeat_interval_ms: 500,
             trace: crate::trace::TraceConfig::default(),
             archive: meridian_archive::store::ArchiveConfig::default(),
+            transaction: crate::transaction::TransactionConfig::default(),
         }
     }
 }
@@ -218,6 +222,7 @@ impl BrokerConfig {
         self.store.validate(largest_record)?;
         self.replication.validate(&self.idc, limits.max_frame_size)?;
         self.trace.validate()?;
+        self.transaction.validate()?;
         if self.replication.replicas > 1 && !self.is_governed() {
             return Err(BrokerError::Config(format!(
                 "replication.replicas = {} needs nameservers: a group's master is elected by the nameservers; set `nameservers` or use replicas = 1",

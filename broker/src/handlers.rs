@@ -138,9 +138,7 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         RequestCode::DeadLetterResend => dead_letter_resend(state, body),
         RequestCode::LockQueues => now(lock_queues(state, body)),
         RequestCode::UnlockQueues => now(unlock_queues(state, body)),
-        RequestCode::EndTransaction | RequestCode::CheckTransactions => now(Err(BrokerError::Refused(
-            "transactions are not served by this broker build yet".into(),
-        ))),
+        RequestCode::EndTransaction | RequestCode::CheckTransactions => crate::transaction::handle(state, code, body),
         RequestCode::CommitOffset => now(commit_offset(state, body)),
         RequestCode::QueryOffset => now(query_offset(state, body)),
         RequestCode::QueueInfo => now(queue_info(state, body)),

@@ -29,6 +29,7 @@ pub mod schedule;
 pub mod server;
 pub mod store;
 pub mod trace;
+pub mod transaction;
 
 pub use config::BrokerConfig;
 pub use error::{BrokerError, Result};

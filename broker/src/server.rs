@@ -217,6 +217,7 @@ impl Broker {
             ));
         }
         retention.spawn(crate::schedule::run(state.clone(), retention_stop.clone()));
+        retention.spawn(crate::transaction::run(state.clone(), retention_stop.clone()));
         retention.close();
         tokio::pin!(shutdown);
         loop {
