@@ -29,6 +29,7 @@ mod route;
 #[cfg(test)]
 mod test_support;
 mod trace;
+mod transaction;
 
 pub use admin::{Admin, DeadLetter, ResetTo};
 pub use allocate::{ALLOCATION, Deployment, IdcAllocation, QueueId, allocate_averagely, allocate_by_idc};
@@ -42,6 +43,10 @@ pub use message::{Delay, Message, SendResult};
 pub use producer::{Locality, Producer, ProducerConfig};
 pub use push::{ConsumeFrom, ConsumeMode, ConsumeResult, ConsumerConfig, PushConsumer};
 pub use route::{IdcLookupFuture, NameserverRoute, RouteSource, StaticRoute};
+pub use transaction::{
+    TransactionCheckView, TransactionListener, TransactionOutcome, TransactionProducer, TransactionProducerConfig,
+    TransactionSendResult,
+};
 
 /// The wire protocol crate, re-exported so users need no second dependency.
 pub use meridian_proto as proto;
