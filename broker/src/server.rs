@@ -488,6 +488,8 @@ async fn serve_connection(state: Arc<BrokerState>, stream: TcpStream, peer: Sock
     // connection's long polls, which may hold for seconds.
     if !state.shutdown.is_cancelled() {
         for (group, client_id) in state.groups.disconnected(peer) {
+            // An orderly member that crashed frees its queues for the others at once.
+            state.locks.release_member(&group, &client_id);
             state.metrics.consumers_disconnected.inc();
             tracing::info!(%peer, group, client_id, "consumer connection closed; removed from its group");
         }

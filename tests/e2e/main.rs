@@ -7,6 +7,7 @@ mod consumers;
 mod durability;
 mod faults;
 mod governance;
+mod messaging;
 mod nameserver;
 mod near_by;
 mod rebalance;

@@ -195,19 +195,32 @@ impl DevNode {
     /// Starts `meridian dev` on `data_dir` with extra arguments (e.g. `--flush-mode sync`) and
     /// waits until it is ready.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> DevNode {
-        let mut args: Vec<&std::ffi::OsStr> = [
+        DevNode::start_on(data_dir, ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"], extra_args)
+    }
+
+    /// `kill -9`s the node and starts it again on the same data dir and addresses, so clients
+    /// holding its addresses reconnect to it.
+    pub fn crash_restart(self, extra_args: &[&str]) -> DevNode {
+        let listen = [self.nameserver, self.broker, self.http].map(|addr| addr.to_string());
+        let data_dir = self.data_dir.clone();
+        self.process.kill9();
+        let listen = [listen[0].as_str(), listen[1].as_str(), listen[2].as_str()];
+        DevNode::start_on(&data_dir, listen, extra_args)
+    }
+
+    /// Starts `meridian dev` with the nameserver, broker and HTTP listening on `listen`.
+    fn start_on(data_dir: &Path, listen: [&str; 3], extra_args: &[&str]) -> DevNode {
+        let fixed = [
             "dev",
             "--nameserver-listen",
-            "127.0.0.1:0",
+            listen[0],
             "--broker-listen",
-            "127.0.0.1:0",
+            listen[1],
             "--http-listen",
-            "127.0.0.1:0",
+            listen[2],
             "--data-dir",
-        ]
-        .iter()
-        .map(std::ffi::OsStr::new)
-        .collect();
+        ];
+        let mut args: Vec<&std::ffi::OsStr> = fixed.iter().map(std::ffi::OsStr::new).collect();
         args.push(data_dir.as_os_str());
         args.extend(extra_args.iter().map(std::ffi::OsStr::new));
         let process = ServiceProcess::start(&args, data_dir, |line| line.starts_with("ready"));
