@@ -13,6 +13,7 @@ mod near_by;
 mod rebalance;
 mod replication;
 mod tracing;
+mod transactions;
 
 use std::time::Duration;
 
