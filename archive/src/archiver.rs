@@ -124,8 +124,10 @@ pub struct RunReport {
     pub records: u64,
     /// Commitlog bytes archived by this run.
     pub record_bytes: u64,
-    /// Parquet bytes written by this run.
+    /// Parquet bytes written by this run (message and trace files).
     pub parquet_bytes: u64,
+    /// Trace events archived by this run (rows of trace files).
+    pub trace_events: u64,
 }
 
 /// Progress of a run, for a progress bar.
@@ -258,6 +260,13 @@ impl Archiver {
             report.records += converted.records;
             report.record_bytes += converted.record_bytes;
             report.parquet_bytes += converted.files.iter().map(|file| file.bytes.len() as u64).sum::<u64>();
+            report.parquet_bytes += converted
+                .traces
+                .files
+                .iter()
+                .map(|file| file.bytes.len() as u64)
+                .sum::<u64>();
+            report.trace_events += converted.traces.files.iter().map(|file| file.rows).sum::<u64>();
             tracing::info!(
                 segment = converted.start,
                 records = converted.records,
@@ -283,6 +292,13 @@ impl Archiver {
                     .map_err(self.store.error(format!("uploading {}", file.path)))?;
                 self.crash(CrashPoint::MidFile)?;
             }
+            self.store
+                .inner
+                .put(&file.path, PutPayload::from(file.bytes.clone()))
+                .await
+                .map_err(self.store.error(format!("uploading {}", file.path)))?;
+        }
+        for file in &converted.traces.files {
             self.store
                 .inner
                 .put(&file.path, PutPayload::from(file.bytes.clone()))

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use meridian_proto::record::{self, Entry, Record, RecordError};
+use meridian_proto::trace::TRACE_TOPIC;
 use meridian_proto::validate;
 use object_store::path::Path;
 use parquet::arrow::ArrowWriter;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ArchiveError, Result};
 use crate::layout;
 use crate::schema::{self, BatchBuilder, columns};
+use crate::traces::{self, ConvertedTraces};
 
 /// Rows per Arrow batch handed to the Parquet writer.
 const BATCH_ROWS: usize = 16 * 1024;
@@ -101,6 +103,8 @@ pub struct ConvertedSegment {
     pub record_bytes: u64,
     /// The files, sorted by path.
     pub files: Vec<ConvertedFile>,
+    /// The trace topic's events, one row per event (see [`crate::traces`]).
+    pub traces: ConvertedTraces,
 }
 
 /// Where a record lies in the segment and how it sorts.
@@ -201,6 +205,14 @@ pub fn convert_segment(start: u64, bytes: &[u8], options: &ConvertOptions) -> Re
     }
     let end = start + position as u64;
 
+    // The trace topic's records also become trace rows, in commitlog order.
+    let mut trace_rows: Vec<u32> = groups
+        .iter()
+        .filter(|((topic, _), _)| *topic == TRACE_TOPIC)
+        .flat_map(|(_, rows)| rows.iter().map(|row| row.position))
+        .collect();
+    trace_rows.sort_unstable();
+
     // Pass 2: one file per group, rows in (queue, offset) order.
     let properties = writer_properties(options)?;
     let mut files = Vec::with_capacity(groups.len());
@@ -258,11 +270,22 @@ pub fn convert_segment(start: u64, bytes: &[u8], options: &ConvertOptions) -> Re
         });
     }
     files.sort_by(|left, right| left.path.cmp(&right.path));
+    let traces = traces::convert_trace_records(start, trace_bodies(bytes, &trace_rows), options)?;
     Ok(ConvertedSegment {
         start,
         end,
         records,
         record_bytes,
         files,
+        traces,
+    })
+}
+
+/// The bodies of the records at `positions` (checked in the first pass).
+fn trace_bodies<'a>(bytes: &'a [u8], positions: &'a [u32]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    positions.iter().map(move |position| {
+        Record::parse(&bytes[*position as usize..])
+            .expect("checked in the first pass")
+            .body()
     })
 }

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! messages/topic=<topic>/date=<yyyy-mm-dd>/<broker>-<segment_start:020>.parquet
+//! traces/date=<yyyy-mm-dd>/<broker>-<segment_start:020>.parquet
 //! manifests/<broker>/<segment_start:020>.json
 //! ```
 
@@ -15,6 +16,8 @@ use crate::error::Result;
 
 /// Top folder of message files.
 pub const MESSAGES: &str = "messages";
+/// Top folder of trace event files (see [`crate::traces`]).
+pub const TRACES: &str = "traces";
 /// Top folder of manifests.
 pub const MANIFESTS: &str = "manifests";
 

@@ -2,6 +2,7 @@
 //! manifest that makes each file visible atomically, and reads archived offsets back.
 //!
 //! - [`convert`]: one segment to Parquet files (one per topic and day), see [`schema`].
+//! - [`traces`]: the trace topic's records as one row per trace event (`traces/date=...`).
 //! - [`layout`]: the Hive-style paths, guarded by the shared name rule.
 //! - [`store`]: the object store from config (local filesystem, in-memory, S3).
 //! - [`manifest`]: per-broker manifest entries, one object per segment, written atomically.
@@ -20,6 +21,7 @@ pub mod reader;
 pub mod sample;
 pub mod schema;
 pub mod store;
+pub mod traces;
 pub mod verify;
 
 pub use error::{ArchiveError, Result};

@@ -43,6 +43,32 @@ pub struct FileEntry {
     pub expired_at: Option<i64>,
 }
 
+/// One archived file of trace events (see [`crate::traces`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceFileEntry {
+    /// Path in the store.
+    pub path: String,
+    /// UTC date of every event's timestamp (`yyyy-mm-dd`).
+    pub date: String,
+    /// Events (rows).
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// crc32c of the file's bytes.
+    pub checksum: u32,
+    /// Smallest event timestamp (Unix ms).
+    pub min_timestamp: i64,
+    /// Largest event timestamp (Unix ms).
+    pub max_timestamp: i64,
+    /// When archive retention deleted the file (Unix ms); it no longer exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<i64>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
 /// One archived segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestEntry {
@@ -66,6 +92,13 @@ pub struct ManifestEntry {
     pub archived_at: i64,
     /// The files, sorted by path.
     pub files: Vec<FileEntry>,
+    /// Files of the trace topic's events, sorted by path (absent in entries written before
+    /// traces were archived, and for segments without trace records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traces: Vec<TraceFileEntry>,
+    /// Trace records that did not decode and were skipped (they stay in the message files).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub malformed_trace_records: u64,
 }
 
 impl ManifestEntry {
@@ -98,16 +131,40 @@ impl ManifestEntry {
             max_store_time: files.iter().map(|file| file.max_store_time).max().unwrap_or(0),
             archived_at,
             files,
+            traces: segment
+                .traces
+                .files
+                .iter()
+                .map(|file| TraceFileEntry {
+                    path: file.path.to_string(),
+                    date: layout::date_of_day(file.day),
+                    rows: file.rows,
+                    bytes: file.bytes.len() as u64,
+                    checksum: file.checksum,
+                    min_timestamp: file.min_timestamp,
+                    max_timestamp: file.max_timestamp,
+                    expired_at: None,
+                })
+                .collect(),
+            malformed_trace_records: segment.traces.malformed_records,
         }
     }
 
-    /// Archived bytes (Parquet) of files not expired.
+    /// Archived bytes (Parquet) of files not expired, trace files included.
     pub fn live_bytes(&self) -> u64 {
-        self.files
+        let messages: u64 = self
+            .files
             .iter()
             .filter(|file| file.expired_at.is_none())
             .map(|file| file.bytes)
-            .sum()
+            .sum();
+        let traces: u64 = self
+            .traces
+            .iter()
+            .filter(|file| file.expired_at.is_none())
+            .map(|file| file.bytes)
+            .sum();
+        messages + traces
     }
 
     /// Whether two entries describe the same archive of a segment (ignoring when each was made).
@@ -121,6 +178,12 @@ impl ManifestEntry {
                     .files
                     .iter()
                     .map(|file| (file.path.clone(), file.checksum, file.rows))
+                    .chain(
+                        entry
+                            .traces
+                            .iter()
+                            .map(|file| (file.path.clone(), file.checksum, file.rows)),
+                    )
                     .collect::<Vec<_>>(),
             )
         };

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use meridian_proto::properties::PropertiesBuilder;
 use meridian_proto::record::{self, RecordFields};
+use meridian_proto::trace::{ServerStats, TraceBatch, TraceEvent, TraceStatus, TraceType};
 
 /// A message to put into a sample segment.
 #[derive(Debug, Clone)]
@@ -54,8 +55,40 @@ pub fn json_body(index: u64, size: usize) -> Vec<u8> {
     body.into_bytes()
 }
 
+/// Message number `index` of the sample sequence: topic `topic-(index % topics)`, queue
+/// `(index / topics) % queues`, msgId `A0000000000000` + index in hex, key `order-<index>` (and
+/// `cust-<index % 97>` every third), tag `created` on even indexes, a `trace.id` property every
+/// fifth, stored `index * step_ms` after `first_store_time`, with a JSON-like body.
+pub fn message(
+    index: u64,
+    topics: u32,
+    queues: u32,
+    first_store_time: i64,
+    step_ms: i64,
+    body_size: usize,
+) -> SampleMessage {
+    SampleMessage {
+        topic: format!("topic-{}", index % u64::from(topics)),
+        queue_id: ((index / u64::from(topics)) % u64::from(queues)) as u32,
+        msg_id: format!("{:032X}", 0xA000_0000_0000u64 + index),
+        keys: if index % 3 == 0 {
+            vec![format!("order-{index}"), format!("cust-{}", index % 97)]
+        } else {
+            vec![format!("order-{index}")]
+        },
+        tag: (index % 2 == 0).then(|| "created".to_owned()),
+        properties: if index % 5 == 0 {
+            vec![("trace.id".into(), format!("t-{index}"))]
+        } else {
+            Vec::new()
+        },
+        store_timestamp: first_store_time + index as i64 * step_ms,
+        body: json_body(index, body_size),
+    }
+}
+
 /// `count` messages over `topics` topics of `queues` queues each, stored `step_ms` apart from
-/// `first_store_time`, with JSON-like bodies of about `body_size` bytes.
+/// `first_store_time`, with JSON-like bodies of about `body_size` bytes (see [`message`]).
 pub fn messages(
     count: u64,
     topics: u32,
@@ -65,24 +98,7 @@ pub fn messages(
     body_size: usize,
 ) -> Vec<SampleMessage> {
     (0..count)
-        .map(|index| SampleMessage {
-            topic: format!("topic-{}", index % u64::from(topics)),
-            queue_id: ((index / u64::from(topics)) % u64::from(queues)) as u32,
-            msg_id: format!("{:032X}", 0xA000_0000_0000u64 + index),
-            keys: if index % 3 == 0 {
-                vec![format!("order-{index}"), format!("cust-{}", index % 97)]
-            } else {
-                vec![format!("order-{index}")]
-            },
-            tag: (index % 2 == 0).then(|| "created".to_owned()),
-            properties: if index % 5 == 0 {
-                vec![("trace.id".into(), format!("t-{index}"))]
-            } else {
-                Vec::new()
-            },
-            store_timestamp: first_store_time + index as i64 * step_ms,
-            body: json_body(index, body_size),
-        })
+        .map(|index| message(index, topics, queues, first_store_time, step_ms, body_size))
         .collect()
 }
 
@@ -142,4 +158,99 @@ pub fn segment(
         record::encode_blank_header(&mut bytes[position..], rest);
     }
     bytes
+}
+
+/// The trace events of one sample message's life: Pub, Store (with a server-stats snapshot), then
+/// SubBefore and SubAfter by `group` with the handler ending `consume_latency_ms` after the store.
+pub fn trace_events(message: &SampleMessage, group: &str, consume_latency_ms: i64) -> Vec<TraceEvent> {
+    let event_id = |step: u64| {
+        let id = u128::from_str_radix(&message.msg_id, 16).unwrap_or(0);
+        format!("{:032X}", id.wrapping_mul(16).wrapping_add(u128::from(step)))
+    };
+    let store = message.store_timestamp;
+    let base = TraceEvent {
+        msg_id: message.msg_id.clone(),
+        topic: message.topic.clone(),
+        queue_id: message.queue_id,
+        keys: message.keys.clone(),
+        tags: message.tag.clone().unwrap_or_default(),
+        broker_name: "broker-a".into(),
+        broker_member: "broker-a-0".into(),
+        broker_host: "127.0.0.1:7911".into(),
+        idc: "dc1".into(),
+        born_timestamp: store - 3,
+        store_timestamp: store,
+        body_size: message.body.len() as u32,
+        ..TraceEvent::default()
+    };
+    let consume_end = store + consume_latency_ms;
+    let consume_start = consume_end - consume_latency_ms.min(2);
+    vec![
+        TraceEvent {
+            event_id: event_id(1),
+            trace_type: TraceType::Pub as i32,
+            timestamp: store - 1,
+            group: "producers".into(),
+            client_host: "10.1.2.3:40000".into(),
+            ..base.clone()
+        },
+        TraceEvent {
+            event_id: event_id(2),
+            trace_type: TraceType::Store as i32,
+            timestamp: store,
+            server_stats: Some(ServerStats {
+                send_tps: 1000.0 + (store / 1000 % 100) as f64,
+                pull_tps: 900.0,
+                cpu_load: 0.25,
+                disk_used_ratio: 0.5,
+                flush_latency_us: 300,
+                replication_latency_us: 800,
+            }),
+            ..base.clone()
+        },
+        TraceEvent {
+            event_id: event_id(3),
+            trace_type: TraceType::SubBefore as i32,
+            timestamp: consume_start,
+            group: group.into(),
+            client_id: "consumer-1".into(),
+            consume_start_timestamp: consume_start,
+            sdk_version: "meridian-rust/0.1.0".into(),
+            ..base.clone()
+        },
+        TraceEvent {
+            event_id: event_id(4),
+            trace_type: TraceType::SubAfter as i32,
+            timestamp: consume_end,
+            group: group.into(),
+            client_id: "consumer-1".into(),
+            consume_start_timestamp: consume_start,
+            consume_end_timestamp: consume_end,
+            cost_us: (consume_end - consume_start) as u64 * 1000,
+            status: TraceStatus::Ok as i32,
+            sdk_version: "meridian-rust/0.1.0".into(),
+            ..base
+        },
+    ]
+}
+
+/// Trace events packed as the broker packs them: messages on the trace topic
+/// ([`meridian_proto::trace::TRACE_TOPIC`]) whose bodies are [`TraceBatch`]es of up to
+/// `events_per_record` events, stored at the time of each batch's last event, queue 0.
+pub fn trace_records(events: &[TraceEvent], events_per_record: usize, first_msg_id: u64) -> Vec<SampleMessage> {
+    use prost::Message as _;
+    events
+        .chunks(events_per_record.max(1))
+        .enumerate()
+        .map(|(index, chunk)| SampleMessage {
+            topic: meridian_proto::trace::TRACE_TOPIC.to_owned(),
+            queue_id: 0,
+            msg_id: format!("{:032X}", first_msg_id + index as u64),
+            keys: Vec::new(),
+            tag: None,
+            properties: Vec::new(),
+            store_timestamp: chunk.iter().map(|event| event.timestamp).max().unwrap_or(0),
+            body: TraceBatch { events: chunk.to_vec() }.encode_to_vec(),
+        })
+        .collect()
 }

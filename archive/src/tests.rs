@@ -127,6 +127,7 @@ async fn conformance(store: ArchiveStore) {
         crash_then_rerun_gives_the_same_archive(point).await;
     }
     corrupt_files_are_named_by_verify(&store).await;
+    trace_records_become_trace_files(&store).await;
 }
 
 async fn archive_replay_is_byte_identical(store: &ArchiveStore) {
@@ -257,6 +258,136 @@ async fn corrupt_files_are_named_by_verify(store: &ArchiveStore) {
         }
     }
     assert!(refused);
+    clear(store).await;
+}
+
+/// A commitlog whose sealed segment holds messages and their trace records (one of them
+/// malformed), across midnight UTC; returns the folder and the events written.
+fn write_commitlog_with_traces() -> (tempfile::TempDir, Vec<meridian_proto::trace::TraceEvent>) {
+    let dir = tempfile::tempdir().unwrap();
+    let commitlog = dir.path().join("commitlog");
+    std::fs::create_dir_all(&commitlog).unwrap();
+    let first = 1_795_651_190_000; // 2026-11-25T23:59:50Z
+    let messages = sample::messages(60, 2, 2, first, 250, 100);
+    let events: Vec<_> = messages
+        .iter()
+        .enumerate()
+        .flat_map(|(index, message)| sample::trace_events(message, "billing", 5 + index as i64 * 40))
+        .collect();
+    let mut records = messages.clone();
+    records.extend(sample::trace_records(&events, 7, 0xB000_0000));
+    let mut malformed = records.last().unwrap().clone();
+    malformed.msg_id = format!("{:032X}", 0xC000_0000u64);
+    malformed.body = b"not a trace batch".to_vec();
+    records.push(malformed);
+    records.sort_by_key(|record| record.store_timestamp);
+    let mut offsets = HashMap::new();
+    for (index, chunk) in [&records[..], &[]].into_iter().enumerate() {
+        let start = (index * SEGMENT_LEN) as u64;
+        let bytes = sample::segment(start, SEGMENT_LEN, chunk, &mut offsets, index == 0);
+        std::fs::write(commitlog.join(format!("{start:020}")), bytes).unwrap();
+    }
+    (dir, events)
+}
+
+async fn trace_records_become_trace_files(store: &ArchiveStore) {
+    use arrow::array::{Array, AsArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let (dir, events) = write_commitlog_with_traces();
+    let make = || {
+        Archiver::new(
+            store.clone(),
+            ConvertOptions::new(BROKER),
+            dir.path().join("commitlog"),
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    };
+    // A crash after the files and before the manifest, then a re-run: the same trace files, once.
+    let error = make()
+        .crash_at(CrashPoint::AfterFiles, CrashMode::Error)
+        .run_once(true, |_| {})
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("crash point"), "{error}");
+    assert_eq!(verify::verify(store, BROKER).await.unwrap().uncommitted.len(), 8);
+    let report = make().run_once(true, |_| {}).await.unwrap();
+    assert_eq!(report.trace_events, events.len() as u64);
+
+    let trace_files = list(store, "traces").await;
+    assert_eq!(
+        trace_files,
+        vec![
+            "traces/date=2026-11-25/broker-a-00000000000000000000.parquet".to_owned(),
+            "traces/date=2026-11-26/broker-a-00000000000000000000.parquet".to_owned(),
+        ]
+    );
+    // The trace topic's raw records stay in the message files, for replay.
+    assert!(
+        list(store, "messages/topic=MERIDIAN_TRACE").await.len() == 2,
+        "{:?}",
+        list(store, "messages").await
+    );
+    let entry = crate::manifest::load(store, BROKER, 0).await.unwrap();
+    assert_eq!(entry.malformed_trace_records, 1);
+    assert_eq!(
+        entry.traces.iter().map(|file| file.rows).sum::<u64>(),
+        events.len() as u64
+    );
+    let report = verify::verify(store, BROKER).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.uncommitted.is_empty(), "{:?}", report.uncommitted);
+    assert_eq!((report.trace_files, report.trace_events), (2, events.len() as u64));
+
+    // Every event is there once, in its day's file, with its fields.
+    let mut seen = Vec::new();
+    for path in &trace_files {
+        let bytes = bytes::Bytes::from(get(store, path).await);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let ids = batch.column_by_name("event_id").unwrap().as_string::<i32>();
+            let kinds = batch.column_by_name("trace_type").unwrap().as_string::<i32>();
+            let groups = batch.column_by_name("group_name").unwrap().as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                seen.push((
+                    ids.value(row).to_owned(),
+                    kinds.value(row).to_owned(),
+                    groups.is_null(row),
+                ));
+            }
+        }
+    }
+    let mut expected: Vec<_> = events
+        .iter()
+        .map(|event| {
+            (
+                event.event_id.clone(),
+                event.kind().name().to_owned(),
+                event.group.is_empty(),
+            )
+        })
+        .collect();
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen, expected);
+
+    // A corrupt trace file is named by verify like a message file.
+    let victim = trace_files[0].clone();
+    let mut bytes = get(store, &victim).await;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    store
+        .inner
+        .put(&Path::from(victim.as_str()), PutPayload::from(bytes))
+        .await
+        .unwrap();
+    let report = verify::verify(store, BROKER).await.unwrap();
+    assert_eq!(report.problems, vec![Problem::Checksum(victim)]);
     clear(store).await;
 }
 

@@ -82,6 +82,10 @@ pub struct VerifyReport {
     pub files: usize,
     /// Rows in them.
     pub rows: u64,
+    /// Live trace files checked.
+    pub trace_files: usize,
+    /// Trace events in them.
+    pub trace_events: u64,
     /// Problems, in offset order.
     pub problems: Vec<Problem>,
     /// Message files of this broker that no entry names: left by a crash before a commit, and
@@ -89,8 +93,9 @@ pub struct VerifyReport {
     pub uncommitted: Vec<String>,
 }
 
-/// Checks every committed entry of `broker`: contiguous offsets, no overlap, each file present,
-/// matching its checksum, readable as Parquet with the recorded row count. Reads every file.
+/// Checks every committed entry of `broker`: contiguous offsets, no overlap, each file (message
+/// and trace files) present, matching its checksum, readable as Parquet with the recorded row
+/// count. Reads every file.
 pub async fn verify(store: &ArchiveStore, broker: &str) -> Result<VerifyReport> {
     let entries = manifest::load_all(store, broker).await?;
     let mut report = VerifyReport {
@@ -129,52 +134,94 @@ pub async fn verify(store: &ArchiveStore, broker: &str) -> Result<VerifyReport> 
             }
             report.files += 1;
             report.rows += file.rows;
-            let location = Path::from(file.path.as_str());
-            let bytes = match store.inner.get(&location).await {
-                Ok(found) => found
-                    .bytes()
-                    .await
-                    .map_err(store.error(format!("reading {}", file.path)))?,
-                Err(object_store::Error::NotFound { .. }) => {
-                    report.problems.push(Problem::Missing(file.path.clone()));
-                    continue;
-                }
-                Err(source) => return Err(store.error(format!("reading {}", file.path))(source)),
-            };
-            if bytes.len() as u64 != file.bytes || crc32c::crc32c(&bytes) != file.checksum {
-                report.problems.push(Problem::Checksum(file.path.clone()));
+            check_file(
+                store,
+                &file.path,
+                file.bytes,
+                file.checksum,
+                file.rows,
+                &mut report.problems,
+            )
+            .await?;
+        }
+        for file in &entry.traces {
+            named.insert(file.path.clone());
+            if file.expired_at.is_some() {
                 continue;
             }
-            match ParquetMetaDataReader::new().parse_and_finish(&bytes) {
-                Ok(metadata) if metadata.file_metadata().num_rows() as u64 == file.rows => {}
-                Ok(metadata) => report.problems.push(Problem::Unreadable {
-                    path: file.path.clone(),
-                    reason: format!(
-                        "holds {} rows, the manifest says {}",
-                        metadata.file_metadata().num_rows(),
-                        file.rows
-                    ),
-                }),
-                Err(error) => report.problems.push(Problem::Unreadable {
-                    path: file.path.clone(),
-                    reason: error.to_string(),
-                }),
-            }
+            report.trace_files += 1;
+            report.trace_events += file.rows;
+            check_file(
+                store,
+                &file.path,
+                file.bytes,
+                file.checksum,
+                file.rows,
+                &mut report.problems,
+            )
+            .await?;
         }
     }
     let suffix = format!("/{broker}-");
-    let all: Vec<object_store::ObjectMeta> = store
+    let mut all: Vec<object_store::ObjectMeta> = store
         .inner
         .list(Some(&Path::from(layout::MESSAGES)))
         .try_collect()
         .await
         .map_err(store.error("listing message files"))?;
+    let traces: Vec<object_store::ObjectMeta> = store
+        .inner
+        .list(Some(&Path::from(layout::TRACES)))
+        .try_collect()
+        .await
+        .map_err(store.error("listing trace files"))?;
+    all.extend(traces);
     report.uncommitted = all
         .into_iter()
         .map(|meta| meta.location.to_string())
         .filter(|path| path.contains(&suffix) && !named.contains(path))
         .collect();
     Ok(report)
+}
+
+/// Checks one committed file: present, matching its size and checksum, readable Parquet with
+/// `rows` rows. Problems go to `problems`; only a store that cannot be read is an error.
+async fn check_file(
+    store: &ArchiveStore,
+    path: &str,
+    size: u64,
+    checksum: u32,
+    rows: u64,
+    problems: &mut Vec<Problem>,
+) -> Result<()> {
+    let location = Path::from(path);
+    let bytes = match store.inner.get(&location).await {
+        Ok(found) => found.bytes().await.map_err(store.error(format!("reading {path}")))?,
+        Err(object_store::Error::NotFound { .. }) => {
+            problems.push(Problem::Missing(path.to_owned()));
+            return Ok(());
+        }
+        Err(source) => return Err(store.error(format!("reading {path}"))(source)),
+    };
+    if bytes.len() as u64 != size || crc32c::crc32c(&bytes) != checksum {
+        problems.push(Problem::Checksum(path.to_owned()));
+        return Ok(());
+    }
+    match ParquetMetaDataReader::new().parse_and_finish(&bytes) {
+        Ok(metadata) if metadata.file_metadata().num_rows() as u64 == rows => {}
+        Ok(metadata) => problems.push(Problem::Unreadable {
+            path: path.to_owned(),
+            reason: format!(
+                "holds {} rows, the manifest says {rows}",
+                metadata.file_metadata().num_rows()
+            ),
+        }),
+        Err(error) => problems.push(Problem::Unreadable {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        }),
+    }
+    Ok(())
 }
 
 /// Where archiving of one broker stands.
@@ -252,6 +299,15 @@ pub async fn expire(
             if layout::day_of(file.max_store_time) + i64::from(days) <= today {
                 file.expired_at = Some(now_ms);
                 expired_now.push(file.path.clone());
+            }
+        }
+        // Trace files follow the trace topic's retention (`topic_retention_days.MERIDIAN_TRACE`).
+        if let Some(days) = config.retention_days_of(meridian_proto::trace::TRACE_TOPIC) {
+            for file in entry.traces.iter_mut().filter(|file| file.expired_at.is_none()) {
+                if layout::day_of(file.max_timestamp) + i64::from(days) <= today {
+                    file.expired_at = Some(now_ms);
+                    expired_now.push(file.path.clone());
+                }
             }
         }
         if expired_now.is_empty() {
