@@ -85,6 +85,20 @@ impl BrokerState {
             .map_or(Ok(()), |governance| governance.check_send(topic))
     }
 
+    /// Checks a consumer request's group and topic with the shared rules and the approvals.
+    pub(crate) fn check_group_topic(&self, group: &str, topic: &str) -> Result<()> {
+        validate::validate_group(group)?;
+        topics::validate_consumable(topic)?;
+        self.check_consume(group, [topic])
+    }
+
+    /// Fails unless this broker is the writable master of its group.
+    pub(crate) fn check_master(&self) -> Result<()> {
+        self.replication
+            .check_writable()
+            .map_err(|error| BrokerError::NotMaster(error.to_string()))
+    }
+
     /// Whether consumer group `group` may consume `wanted` (always, on a standalone broker). A
     /// group's own retry and dead-letter topics need only the group's approval; other system
     /// topics are refused, but tracer groups read the trace topic freely.
@@ -532,12 +546,10 @@ fn trace_report(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Result<By
 
 fn commit_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     let request: CommitOffsetRequest = decode(body)?;
-    validate::validate_group(&request.group)?;
-    topics::validate_consumable(&request.topic)?;
+    state.check_group_topic(&request.group, &request.topic)?;
     if !request.member.is_empty() {
         validate::validate_client_id(&request.member)?;
     }
-    state.check_consume(&request.group, [request.topic.as_str()])?;
     if let Some(given) = request.generation {
         let current = state.store.offset_generation(&request.group, &request.topic);
         if given != current {
@@ -558,12 +570,10 @@ fn commit_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
 
 fn query_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     let request: QueryOffsetRequest = decode(body)?;
-    validate::validate_group(&request.group)?;
-    topics::validate_consumable(&request.topic)?;
+    state.check_group_topic(&request.group, &request.topic)?;
     if !request.member.is_empty() {
         validate::validate_client_id(&request.member)?;
     }
-    state.check_consume(&request.group, [request.topic.as_str()])?;
     let key = MessageStore::offset_key(&request.group, &request.member);
     let offset = state.store.query_offset(&key, &request.topic, request.queue_id)?;
     let generation = state.store.offset_generation(&request.group, &request.topic);
@@ -574,13 +584,8 @@ fn query_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
 /// ([`PullStatus::OffsetReset`]) and continue from there.
 fn reset_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     let request: ResetOffsetRequest = decode(body)?;
-    validate::validate_group(&request.group)?;
-    topics::validate_consumable(&request.topic)?;
-    state.check_consume(&request.group, [request.topic.as_str()])?;
-    state
-        .replication
-        .check_writable()
-        .map_err(|error| BrokerError::NotMaster(error.to_string()))?;
+    state.check_group_topic(&request.group, &request.topic)?;
+    state.check_master()?;
     let target = ResetTarget::try_from(request.target)
         .map_err(|_| BrokerError::MalformedBody(format!("reset target {} is unknown", request.target)))?;
     let queues = state
@@ -649,10 +654,8 @@ fn dead_letter_resend(state: &Arc<BrokerState>, body: Bytes) -> Reply {
 
 fn decode_lock_request(state: &BrokerState, body: Bytes) -> Result<LockQueuesRequest> {
     let request: LockQueuesRequest = decode(body)?;
-    validate::validate_group(&request.group)?;
+    state.check_group_topic(&request.group, &request.topic)?;
     validate::validate_client_id(&request.client_id)?;
-    topics::validate_consumable(&request.topic)?;
-    state.check_consume(&request.group, [request.topic.as_str()])?;
     Ok(request)
 }
 

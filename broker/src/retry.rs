@@ -88,13 +88,8 @@ pub struct SentBack {
 /// A consumer failed a message: copy it to the group's retry topic (through a delay slot) or,
 /// past the group's maximum, to its dead-letter topic.
 pub fn send_back(state: &BrokerState, request: &SendBackRequest) -> Result<SentBack> {
-    validate::validate_group(&request.group)?;
-    topics::validate_consumable(&request.topic)?;
-    state.check_consume(&request.group, [request.topic.as_str()])?;
-    state
-        .replication
-        .check_writable()
-        .map_err(|error| BrokerError::NotMaster(error.to_string()))?;
+    state.check_group_topic(&request.group, &request.topic)?;
+    state.check_master()?;
     let bytes = state.store.read_record(request.commitlog_offset)?;
     let record = Record::parse(&bytes).map_err(|error| BrokerError::Corrupt(error.to_string()))?;
     if record.msg_id() != Some(request.msg_id.as_str()) || record.topic() != request.topic {
@@ -167,10 +162,7 @@ pub fn resend_dead_letters(
     request: &DeadLetterResendRequest,
 ) -> Result<(DeadLetterResendResponse, u64)> {
     validate::validate_group(&request.group)?;
-    state
-        .replication
-        .check_writable()
-        .map_err(|error| BrokerError::NotMaster(error.to_string()))?;
+    state.check_master()?;
     if let Some(governance) = &state.governance
         && governance.group(&request.group).is_none()
     {
