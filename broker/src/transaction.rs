@@ -335,10 +335,7 @@ pub fn end_transaction(state: &BrokerState, request: &EndTransactionRequest) -> 
             request.outcome
         ))
     })?;
-    state
-        .replication
-        .check_writable()
-        .map_err(|error| BrokerError::NotMaster(error.to_string()))?;
+    state.check_master()?;
     let bytes = state.store.read_record(request.half_offset)?;
     let record = Record::parse(&bytes).map_err(corrupt)?;
     if record.topic() != HALF_TOPIC || record.msg_id() != Some(request.msg_id.as_str()) {
@@ -405,10 +402,7 @@ pub fn end_transaction(state: &BrokerState, request: &EndTransactionRequest) -> 
 /// The half messages of `request.producer_group` waiting for a check-back answer.
 pub fn pending_checks(state: &BrokerState, request: &CheckTransactionsRequest) -> Result<CheckTransactionsResponse> {
     validate::validate_group(&request.producer_group)?;
-    state
-        .replication
-        .check_writable()
-        .map_err(|error| BrokerError::NotMaster(error.to_string()))?;
+    state.check_master()?;
     let max = if request.max == 0 {
         32
     } else {
