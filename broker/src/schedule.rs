@@ -112,7 +112,15 @@ pub fn rehome(request: &mut SendRequest, special: Special, now_ms: i64) -> Resul
                 "a transactional message needs a producer group, which the broker asks about transactions it cannot settle; set one on the producer".into(),
             ));
         }
-        message.properties = moved_properties(&message.properties, &request.topic, real_queue, None);
+        let mut properties = moved_properties(&message.properties, &request.topic, real_queue, None);
+        if properties::get(&properties, PRODUCER_GROUP).is_none() {
+            // The group the broker asks about the transaction if it is not ended.
+            let mut builder = PropertiesBuilder::new();
+            builder.copy_except(&properties, &[]);
+            builder.system(PRODUCER_GROUP, &request.producer_group);
+            properties = Bytes::from(builder.finish());
+        }
+        message.properties = properties;
         request.topic = HALF_TOPIC.to_owned();
         request.queue_id = 0;
         return Ok(());

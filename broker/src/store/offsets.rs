@@ -8,7 +8,8 @@
 //! - `group%member`: a broadcasting member's own offsets;
 //! - `%RESET%group`: how many times the group's offsets of a topic were reset (as queue 0), so a
 //!   consumer still holding a position from before a reset notices;
-//! - `%SCHEDULER%`: how far each delay slot was released.
+//! - `%SCHEDULER%`: how far each delay slot was released;
+//! - `%TRANSACTION%`: how far the transaction check-back walk went in the half-message queue.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
