@@ -71,13 +71,13 @@ pub fn message(
         topic: format!("topic-{}", index % u64::from(topics)),
         queue_id: ((index / u64::from(topics)) % u64::from(queues)) as u32,
         msg_id: format!("{:032X}", 0xA000_0000_0000u64 + index),
-        keys: if index % 3 == 0 {
+        keys: if index.is_multiple_of(3) {
             vec![format!("order-{index}"), format!("cust-{}", index % 97)]
         } else {
             vec![format!("order-{index}")]
         },
-        tag: (index % 2 == 0).then(|| "created".to_owned()),
-        properties: if index % 5 == 0 {
+        tag: index.is_multiple_of(2).then(|| "created".to_owned()),
+        properties: if index.is_multiple_of(5) {
             vec![("trace.id".into(), format!("t-{index}"))]
         } else {
             Vec::new()

@@ -1,2 +1,32 @@
-//! The query service: DataFusion over the archive and the traces, with forecasting table functions.
-//! Not built yet.
+//! The query service: SQL and forecasting over the archive with DataFusion. It reads only the
+//! archive's object store (never a broker's disk), and only the files committed manifests name.
+//!
+//! - [`service`]: [`QueryService`], the session with the tables `messages` and `traces`, the views
+//!   (`hourly_volume`, `consume_latency`, `hourly_consume_latency`, `broker_stats`) and the limits
+//!   (read-only, memory, timeout, answer size).
+//! - [`committed`]: the read-only view of the store that shows committed files only.
+//! - [`forecast`]: `forecast(...)`, `forecast_topic_volume(...)`, `forecast_backlog(...)` (augurs).
+//! - [`http`]: `POST /api/sql`; [`format`]: table, JSON, CSV and Arrow IPC answers.
+//! - [`generate`]: archives with known contents, for tests and benchmarks.
+//!
+//! Start reading at [`QueryService::open`] and [`QueryService::sql`].
+
+pub mod committed;
+pub mod config;
+pub mod error;
+pub mod forecast;
+pub mod format;
+pub mod generate;
+pub mod http;
+pub mod metrics;
+pub mod service;
+
+pub use config::QueryConfig;
+pub use error::{QueryError, Result};
+pub use metrics::QueryMetrics;
+pub use service::{QueryAnswer, QueryService};
+
+#[cfg(test)]
+mod slt;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,84 @@
+//! `POST /api/sql`: one SQL statement in, the answer out as JSON (default), CSV or Arrow IPC.
+//!
+//! The body is either the SQL text itself (`Content-Type: text/plain` or none) or a JSON object
+//! `{"sql": "...", "format": "csv"}`; `?format=` works with either. Errors are JSON
+//! `{"error": "...", "kind": "...", "position": {"line": 1, "column": 8}}` with a status that
+//! says which kind: 400 bad SQL, 403 read-only, 408 timeout, 413 too many rows, 507 memory.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::error::QueryError;
+use crate::format::{self, Format};
+use crate::service::QueryService;
+
+/// The query API's routes.
+pub fn router(service: Arc<QueryService>) -> Router {
+    Router::new().route("/api/sql", post(sql)).with_state(service)
+}
+
+struct ApiError(QueryError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({
+            "error": self.0.to_string(),
+            "kind": self.0.kind(),
+            "position": self.0.position(),
+        });
+        (status, Json(body)).into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+    format: Option<String>,
+}
+
+async fn sql(
+    State(service): State<Arc<QueryService>>,
+    Query(query): Query<FormatQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    let (text, body_format) = if is_json {
+        let request: SqlRequest = serde_json::from_slice(&body).map_err(|error| {
+            ApiError(QueryError::BadRequest(format!(
+                "the JSON body must be {{\"sql\": \"...\", \"format\": \"json|csv|arrow\"}}: {error}"
+            )))
+        })?;
+        (request.sql, request.format)
+    } else {
+        let text = String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError(QueryError::BadRequest("the SQL is not UTF-8".into())))?;
+        (text, None)
+    };
+    let format: Format = query
+        .format
+        .or(body_format)
+        .unwrap_or_else(|| "json".into())
+        .parse()
+        .map_err(ApiError)?;
+    let answer = service.sql(&text).await.map_err(ApiError)?;
+    let bytes = format::encode(&answer, format).map_err(ApiError)?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], bytes).into_response())
+}

@@ -1,0 +1,468 @@
+//! The query service: one DataFusion session over the archive, with the tables `messages` and
+//! `traces`, the views built on them, the forecasting functions, and the limits every query runs
+//! under (read-only, memory, time, answer size, concurrency).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures_util::StreamExt;
+use meridian_archive::store::ArchiveStore;
+use meridian_archive::{layout, schema as message_schema, traces as trace_schema};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::committed::{ARCHIVE_URL, ArchiveOnlyRegistry, ArchiveView, CommittedIndex};
+use crate::config::QueryConfig;
+use crate::error::{QueryError, Result, SqlPosition};
+use crate::forecast;
+use crate::metrics::QueryMetrics;
+
+/// Views registered beside the tables: the common questions, named.
+pub const VIEWS: &[(&str, &str)] = &[
+    (
+        "hourly_volume",
+        "SELECT topic, date_trunc('hour', store_timestamp) AS hour, count(*) AS messages, \
+         sum(CAST(body_size AS BIGINT)) AS bytes \
+         FROM messages GROUP BY topic, date_trunc('hour', store_timestamp)",
+    ),
+    (
+        "consume_latency",
+        "SELECT date, timestamp, group_name, topic, msg_id, status, reconsume_count, store_timestamp, \
+         consume_start_timestamp, consume_end_timestamp, \
+         CAST(consume_end_timestamp AS BIGINT) - CAST(store_timestamp AS BIGINT) AS latency_ms, cost_us \
+         FROM traces WHERE trace_type = 'SubAfter' AND store_timestamp IS NOT NULL AND consume_end_timestamp IS NOT NULL",
+    ),
+    (
+        "hourly_consume_latency",
+        "SELECT group_name, topic, date_trunc('hour', consume_end_timestamp) AS hour, count(*) AS consumed, \
+         approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_ms, \
+         approx_percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99_ms, max(latency_ms) AS max_ms \
+         FROM consume_latency GROUP BY group_name, topic, date_trunc('hour', consume_end_timestamp)",
+    ),
+    (
+        "broker_stats",
+        "SELECT timestamp, date, broker_name, broker_member, broker_host, idc, send_tps, pull_tps, cpu_load, \
+         disk_used_ratio, flush_latency_us, replication_latency_us \
+         FROM traces WHERE send_tps IS NOT NULL",
+    ),
+];
+
+/// An answer: the schema and the batches of rows.
+#[derive(Debug, Clone)]
+pub struct QueryAnswer {
+    /// Columns.
+    pub schema: SchemaRef,
+    /// Rows.
+    pub batches: Vec<RecordBatch>,
+    /// Number of rows.
+    pub rows: usize,
+    /// Time from the request to the last row.
+    pub elapsed: Duration,
+}
+
+/// The query service. Cheap to share behind an `Arc`; queries run concurrently up to
+/// `max_concurrent_queries`.
+pub struct QueryService {
+    ctx: SessionContext,
+    store: ArchiveStore,
+    index: Arc<CommittedIndex>,
+    config: QueryConfig,
+    permits: Semaphore,
+    metrics: Arc<QueryMetrics>,
+    /// Every running query is a task of this tracker, on `cpu`: the caller waits on it with the
+    /// timeout from its own runtime, so a query that keeps its threads busy (an operator that
+    /// does not yield) cannot hold the answer, the HTTP listener or other services past it.
+    tasks: TaskTracker,
+    cpu: CpuRuntime,
+}
+
+/// The runtime queries execute on, apart from the one serving requests (DataFusion's advice for
+/// CPU-bound work next to I/O). Shut down in the background on drop, since dropping a runtime
+/// from async code would panic.
+struct CpuRuntime(Option<tokio::runtime::Runtime>);
+
+impl CpuRuntime {
+    fn new(threads: usize) -> Result<CpuRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("meridian-query")
+            .enable_all()
+            .build()
+            .map_err(|error| QueryError::Execution(format!("starting the query threads: {error}")))?;
+        Ok(CpuRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("runtime until drop").handle()
+    }
+}
+
+impl Drop for CpuRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for QueryService {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("QueryService")
+            .field("store", &self.store.url)
+            .finish()
+    }
+}
+
+/// Top-level string and binary columns as DataFusion reads them from Parquet (view types, which
+/// filter and group without copying).
+fn with_view_types(schema: &Schema, drop: &[&str]) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .filter(|field| !drop.contains(&field.name().as_str()))
+        .map(|field| {
+            let data_type = match field.data_type() {
+                DataType::Utf8 => DataType::Utf8View,
+                DataType::Binary => DataType::BinaryView,
+                other => other.clone(),
+            };
+            field.as_ref().clone().with_data_type(data_type)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+impl QueryService {
+    /// Opens a session over `store` with `config`'s limits, and registers the tables, views and
+    /// functions. Reads the manifests once.
+    pub async fn open(store: ArchiveStore, config: QueryConfig, metrics: Arc<QueryMetrics>) -> Result<QueryService> {
+        config.validate().map_err(QueryError::BadRequest)?;
+        let index = Arc::new(CommittedIndex::default());
+        let view: Arc<dyn object_store::ObjectStore> = Arc::new(ArchiveView::new(&store, index.clone()));
+
+        let mut session_config = SessionConfig::new().with_information_schema(true);
+        if config.target_partitions > 0 {
+            session_config = session_config.with_target_partitions(config.target_partitions);
+        }
+        {
+            let options = session_config.options_mut();
+            // Late materialization: a msgId lookup decodes the other columns of matching rows only.
+            options.execution.parquet.pushdown_filters = true;
+            options.execution.parquet.reorder_filters = true;
+            // Spans let errors point at the position in the SQL.
+            options.sql_parser.collect_spans = true;
+        }
+        let disk = match config.spill_dir.trim() {
+            "" => DiskManagerMode::OsTmpDirectory,
+            dir => DiskManagerMode::Directories(vec![dir.into()]),
+        };
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit((config.memory_limit_mb as usize) << 20, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default()
+                    .with_mode(disk)
+                    .with_max_temp_directory_size(config.max_spill_mb << 20),
+            )
+            .with_object_store_registry(Arc::new(ArchiveOnlyRegistry::new(view)))
+            // Listings are never cached: the committed index decides what is visible, and a new
+            // segment must show up on the next query.
+            .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
+            .build_arc()
+            .map_err(|error| QueryError::Execution(error.strip_backtrace()))?;
+        let ctx = SessionContext::new_with_config_rt(session_config, runtime);
+        let threads = match config.target_partitions {
+            0 => std::thread::available_parallelism().map(usize::from).unwrap_or(2),
+            partitions => partitions,
+        };
+        let cpu = CpuRuntime::new(threads)?;
+
+        let parquet = || Arc::new(ParquetFormat::default());
+        let messages = ListingOptions::new(parquet())
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(vec![("topic".into(), DataType::Utf8), ("date".into(), DataType::Utf8)]);
+        let messages_schema = with_view_types(&message_schema::message_schema(), &[message_schema::columns::TOPIC]);
+        register_listing(&ctx, "messages", layout::MESSAGES, messages, messages_schema)?;
+        let traces = ListingOptions::new(parquet())
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(vec![("date".into(), DataType::Utf8)]);
+        let traces_schema = with_view_types(&trace_schema::trace_schema(), &[]);
+        register_listing(&ctx, "traces", layout::TRACES, traces, traces_schema)?;
+        for (name, sql) in VIEWS {
+            ctx.sql(&format!("CREATE VIEW {name} AS {sql}"))
+                .await
+                .map_err(|error| QueryError::Execution(format!("defining view {name}: {}", error.strip_backtrace())))?;
+        }
+        forecast::register(&ctx);
+
+        let service = QueryService {
+            ctx,
+            store,
+            index,
+            permits: Semaphore::new(config.max_concurrent_queries),
+            config,
+            metrics,
+            tasks: TaskTracker::new(),
+            cpu,
+        };
+        service.refresh(true).await?;
+        Ok(service)
+    }
+
+    /// The DataFusion session (tests, and embedding).
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The archive read.
+    pub fn store(&self) -> &ArchiveStore {
+        &self.store
+    }
+
+    /// The limits.
+    pub fn config(&self) -> &QueryConfig {
+        &self.config
+    }
+
+    /// Committed files currently visible to queries.
+    pub fn visible_files(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Reads new manifest entries (at most every `refresh_secs` unless `force`).
+    pub async fn refresh(&self, force: bool) -> Result<()> {
+        let interval = if force {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(self.config.refresh_secs)
+        };
+        self.index.refresh(&self.store, interval).await
+    }
+
+    /// Runs one SQL statement under the service's limits and returns the whole answer.
+    pub async fn sql(&self, sql: &str) -> Result<QueryAnswer> {
+        let started = Instant::now();
+        let outcome = self.sql_inner(sql, started).await;
+        self.metrics.observe(&outcome, started.elapsed());
+        match &outcome {
+            Ok(answer) => tracing::info!(
+                rows = answer.rows,
+                elapsed_ms = answer.elapsed.as_millis() as u64,
+                "query answered"
+            ),
+            Err(error) => tracing::info!(kind = error.kind(), %error, "query refused or failed"),
+        }
+        outcome
+    }
+
+    async fn sql_inner(&self, sql: &str, started: Instant) -> Result<QueryAnswer> {
+        if sql.trim().is_empty() {
+            return Err(QueryError::BadRequest(
+                "no SQL given: send one statement, e.g. SELECT count(*) FROM messages".into(),
+            ));
+        }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| QueryError::Execution("the query service is shutting down".into()))?;
+        self.refresh(false).await?;
+        let timeout = Duration::from_secs_f64(self.config.timeout_secs);
+        let mut task = self.tasks.spawn_on(
+            run_query(
+                self.ctx.clone(),
+                sql.to_owned(),
+                self.config.max_result_rows,
+                self.config.memory_limit_mb,
+            ),
+            self.cpu.handle(),
+        );
+        match tokio::time::timeout(timeout, &mut task).await {
+            Ok(Ok(Ok((schema, batches, rows)))) => Ok(QueryAnswer {
+                schema,
+                batches,
+                rows,
+                elapsed: started.elapsed(),
+            }),
+            Ok(Ok(Err(error))) => Err(error),
+            // A panic inside DataFusion fails this query, not the process.
+            Ok(Err(join_error)) => Err(QueryError::Execution(format!(
+                "the query stopped unexpectedly: {join_error}"
+            ))),
+            Err(_) => {
+                // Aborting drops the query's streams at its next await, which stops every task
+                // it started and frees its memory.
+                task.abort();
+                Err(QueryError::Timeout {
+                    seconds: self.config.timeout_secs,
+                })
+            }
+        }
+    }
+}
+
+/// Plans, checks and runs one statement, collecting at most `max_rows` rows.
+async fn run_query(
+    ctx: SessionContext,
+    sql: String,
+    max_rows: usize,
+    memory_limit_mb: u64,
+) -> Result<(SchemaRef, Vec<RecordBatch>, usize)> {
+    let classify = |error: DataFusionError| classify(error, &sql, memory_limit_mb);
+    let plan = ctx.state().create_logical_plan(&sql).await.map_err(classify)?;
+    check_read_only(&plan, &sql)?;
+    let frame = ctx.execute_logical_plan(plan).await.map_err(classify)?;
+    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let mut stream = frame.execute_stream().await.map_err(classify)?;
+    let (mut batches, mut rows) = (Vec::new(), 0usize);
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(classify)?;
+        rows += batch.num_rows();
+        if rows > max_rows {
+            return Err(QueryError::TooManyRows { limit: max_rows });
+        }
+        batches.push(batch);
+    }
+    Ok((schema, batches, rows))
+}
+
+fn register_listing(
+    ctx: &SessionContext,
+    name: &str,
+    folder: &str,
+    options: ListingOptions,
+    schema: SchemaRef,
+) -> Result<()> {
+    let url = ListingTableUrl::parse(format!("{ARCHIVE_URL}/{folder}/"))
+        .map_err(|error| QueryError::Execution(error.strip_backtrace()))?;
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(schema);
+    let table = ListingTable::try_new(config).map_err(|error| QueryError::Execution(error.strip_backtrace()))?;
+    ctx.register_table(name, Arc::new(table))
+        .map_err(|error| QueryError::Execution(error.strip_backtrace()))?;
+    Ok(())
+}
+
+/// Refuses plans that would change anything: DDL, DML (INSERT, UPDATE, DELETE, COPY) and
+/// statements (SET, transactions), wherever they appear in the plan.
+pub fn check_read_only(plan: &LogicalPlan, sql: &str) -> Result<()> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    options.verify_plan(plan).map_err(|_| QueryError::ReadOnly {
+        what: statement_words(sql),
+    })
+}
+
+/// The leading keywords of a statement, for messages (`CREATE EXTERNAL TABLE`, `INSERT`, `COPY`).
+fn statement_words(sql: &str) -> String {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(3)
+        .map(|word| {
+            word.trim_matches(|c: char| !c.is_ascii_alphabetic())
+                .to_ascii_uppercase()
+        })
+        .collect();
+    let take = match words.first().map(String::as_str) {
+        Some("CREATE") if words.get(1).is_some_and(|word| word == "EXTERNAL" || word == "OR") => 3,
+        Some("CREATE" | "DROP" | "ALTER" | "EXPLAIN") => 2,
+        _ => 1,
+    };
+    let what = words.into_iter().take(take).collect::<Vec<_>>().join(" ");
+    if what.is_empty() { "the statement".into() } else { what }
+}
+
+/// The position a parser message names (`... at Line: 1, Column: 8`).
+fn position_in_message(message: &str) -> Option<SqlPosition> {
+    let rest = &message[message.find("Line: ")? + 6..];
+    let (line, rest) = rest.split_once(", Column: ")?;
+    let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some(SqlPosition {
+        line: line.trim().parse().ok()?,
+        column: column.parse().ok()?,
+    })
+}
+
+/// Turns a DataFusion error into a [`QueryError`]: memory exhaustion, SQL mistakes with their
+/// position, or an execution failure.
+pub fn classify(error: DataFusionError, sql: &str, memory_limit_mb: u64) -> QueryError {
+    let position = error
+        .diagnostic()
+        .and_then(|diagnostic| diagnostic.span)
+        .filter(|span| span.start.line > 0)
+        .map(|span| SqlPosition {
+            line: span.start.line,
+            column: span.start.column,
+        });
+    let root = error.find_root();
+    let message = root.strip_backtrace();
+    match root {
+        DataFusionError::ResourcesExhausted(detail) => QueryError::MemoryLimit {
+            limit_mb: memory_limit_mb,
+            detail: detail.clone(),
+        },
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_) => {
+            let position = position.or_else(|| position_in_message(&message));
+            let message = match position {
+                Some(at) => format!("{message}\n{}", caret(sql, at)),
+                None => message,
+            };
+            QueryError::Sql { message, position }
+        }
+        DataFusionError::External(inner) if inner.downcast_ref::<QueryError>().is_some() => {
+            match inner.downcast_ref::<QueryError>() {
+                Some(QueryError::Forecast(text)) => QueryError::Forecast(text.clone()),
+                Some(QueryError::ReadOnly { what }) => QueryError::ReadOnly { what: what.clone() },
+                Some(other) => QueryError::Execution(other.to_string()),
+                None => QueryError::Execution(message),
+            }
+        }
+        _ => QueryError::Execution(message),
+    }
+}
+
+/// The SQL line of `at` with a caret under the column.
+fn caret(sql: &str, at: SqlPosition) -> String {
+    let line = sql.lines().nth(at.line.saturating_sub(1) as usize).unwrap_or("");
+    format!("  {line}\n  {}^", " ".repeat(at.column.saturating_sub(1) as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_words_name_what_is_refused() {
+        assert_eq!(
+            statement_words("create external table x stored as parquet"),
+            "CREATE EXTERNAL TABLE"
+        );
+        assert_eq!(statement_words("  insert into t values (1)"), "INSERT");
+        assert_eq!(statement_words("COPY (select 1) TO '/tmp/x'"), "COPY");
+        assert_eq!(statement_words("drop view hourly_volume"), "DROP VIEW");
+    }
+
+    #[test]
+    fn parser_positions_are_found() {
+        let at = position_in_message("sql parser error: Expected: end of statement, found: x at Line: 2, Column: 14");
+        assert_eq!(at, Some(SqlPosition { line: 2, column: 14 }));
+        assert_eq!(position_in_message("no position"), None);
+        assert_eq!(caret("SELEC 1", SqlPosition { line: 1, column: 3 }), "  SELEC 1\n    ^");
+    }
+}
