@@ -33,6 +33,8 @@ pub enum BenchCommand {
     Routes(crate::bench_nameserver::RoutesBench),
     /// Register many simulated brokers with many topics, then heartbeat steadily.
     Registration(crate::bench_nameserver::RegistrationBench),
+    /// Write a generated archive (messages and trace events) for the SQL benchmarks.
+    ArchiveGen(crate::sql_cmds::ArchiveGenArgs),
 }
 
 /// Arguments of `meridian bench produce`.
@@ -117,6 +119,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Consume(args) => consume(args).await,
         BenchCommand::Routes(args) => crate::bench_nameserver::routes(args).await,
         BenchCommand::Registration(args) => crate::bench_nameserver::registration(args).await,
+        BenchCommand::ArchiveGen(args) => crate::sql_cmds::archive_gen(args).await,
         BenchCommand::Disk(args) => {
             let baseline =
                 tokio::task::spawn_blocking(move || disk_baseline(&args.dir, args.bytes, args.syncs)).await??;

@@ -15,6 +15,7 @@ mod governance;
 mod http;
 mod messaging_cmds;
 mod serve;
+mod sql_cmds;
 mod trace_cmds;
 
 use anyhow::Result;
@@ -77,6 +78,11 @@ enum Command {
     Tracer(trace_cmds::TracerArgs),
     /// Print a message's timeline (by msgId or offset id), or the timelines of a key's messages.
     Trace(trace_cmds::TraceArgs),
+    /// Run the query service: SQL and forecasts over the archive, POST /api/sql
+    /// (`MERIDIAN_QUERY__*` variables override its config file).
+    Query(sql_cmds::QueryArgs),
+    /// Run one SQL statement on the query service and print the answer; without one, a shell.
+    Sql(sql_cmds::SqlArgs),
 }
 
 /// Where a client command finds brokers: through the nameservers, or one standalone broker.
@@ -124,6 +130,7 @@ fn main() -> std::process::ExitCode {
             | Command::Archiver(_)
             | Command::Nameserver(_)
             | Command::Tracer(_)
+            | Command::Query(_)
             | Command::Broker(governance::BrokerCli { command: None, .. })
     );
     init_logging(cli.log.as_deref().unwrap_or(if serving { "info" } else { "warn" }));
@@ -168,6 +175,8 @@ fn run(cli: Cli) -> Result<()> {
             Command::Archive(command) => archive_cmds::archive(command).await,
             Command::Tracer(args) => trace_cmds::tracer(args).await,
             Command::Trace(args) => trace_cmds::trace(args).await,
+            Command::Query(args) => sql_cmds::query(args).await,
+            Command::Sql(args) => sql_cmds::sql(args).await,
         }
     });
     // Blocking tasks (stdin readers) must not keep the process alive after the command is done.

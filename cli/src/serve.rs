@@ -179,6 +179,10 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     } else {
         None
     };
+    let query_archive = broker_config.archive.enabled.then(|| {
+        let default_dir = meridian_broker::retention::default_archive_dir(&broker_config.data_dir);
+        (broker_config.archive.clone(), default_dir)
+    });
     let flush_mode = broker_config.store.flush_mode;
     let broker_name = broker_config.broker_name.clone();
     let broker_metrics = Arc::new(BrokerMetrics::register(&mut registry));
@@ -195,9 +199,25 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     let tracer_metrics = Arc::new(meridian_tracer::TracerMetrics::register(&mut registry));
     let tracer = meridian_tracer::Tracer::open(tracer_config, tracer_metrics).context("opening the trace index")?;
     let tracer_router = tracer.router();
+    // The query service reads the archive the archiver writes (nothing to read without one).
+    let query_router = match &query_archive {
+        Some((archive, default_dir)) => {
+            let service = crate::sql_cmds::open_service(
+                archive,
+                default_dir,
+                meridian_query::QueryConfig::default(),
+                &mut registry,
+            )
+            .await?;
+            meridian_query::http::router(service)
+        }
+        None => axum::Router::new(),
+    };
+    let with_query = query_archive.is_some();
     let router = http::router(Arc::new(registry), broker_name, &broker)
         .merge(meridian_nameserver::http::router(nameserver.service()))
-        .merge(tracer_router);
+        .merge(tracer_router)
+        .merge(query_router);
 
     let service = nameserver.service();
     let replication = broker.replication();
@@ -223,6 +243,9 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             if flush_mode == FlushMode::Sync { "sync" } else { "async" }
         );
         println!("  http       http://{http_addr}  (/api/health, /api/topics, /api/cluster, /api/traces, /metrics)");
+        if with_query {
+            println!("  query      SQL over the archive: POST /api/sql, or `meridian sql`");
+        }
         println!(
             "  tracer     indexing the trace topic into {}",
             args.data_dir.join("tracer").display()

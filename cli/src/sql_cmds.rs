@@ -1,0 +1,322 @@
+//! `meridian query` (the SQL service over the archive), `meridian sql` (one statement, or a shell
+//! with history when none is given) and `meridian bench archive-gen`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use meridian_archive::store::{ArchiveConfig, ArchiveStore};
+use meridian_query::{QueryConfig, QueryMetrics, QueryService};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config, http};
+
+/// The query service's config file (`MERIDIAN_QUERY__*` variables override it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryServiceConfig {
+    /// HTTP listen address (`POST /api/sql`, `/metrics`).
+    pub http_listen: SocketAddr,
+    /// Where the archive is: `store` and `[archive.s3]` as in the broker's `[archive]` table
+    /// (the other keys of that table are ignored here).
+    pub archive: ArchiveConfig,
+    /// Limits.
+    pub query: QueryConfig,
+}
+
+impl Default for QueryServiceConfig {
+    fn default() -> QueryServiceConfig {
+        QueryServiceConfig {
+            http_listen: "127.0.0.1:8090".parse().expect("address"),
+            archive: ArchiveConfig::default(),
+            query: QueryConfig::default(),
+        }
+    }
+}
+
+/// `meridian query`.
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// Config file (TOML); defaults apply to anything it leaves out.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Archive to query: a folder, file:///abs/path or s3://bucket/prefix (overrides archive.store;
+    /// default ./meridian-data/archive, where `meridian dev` archives).
+    #[arg(long)]
+    store: Option<String>,
+    /// HTTP listen address (overrides http_listen; default 127.0.0.1:8090).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+/// Opens the query service over `archive` (the folder `default_dir` when its store is empty).
+pub async fn open_service(
+    archive: &ArchiveConfig,
+    default_dir: &Path,
+    limits: QueryConfig,
+    registry: &mut Registry,
+) -> Result<Arc<QueryService>> {
+    let store = ArchiveStore::open(archive, default_dir).context("opening the archive store")?;
+    let metrics = Arc::new(QueryMetrics::register(registry));
+    let service = QueryService::open(store, limits, metrics)
+        .await
+        .context("starting the query service (reading the archive's manifests)")?;
+    Ok(Arc::new(service))
+}
+
+/// `meridian query`: serves `POST /api/sql` until stopped.
+pub async fn query(args: QueryArgs) -> Result<()> {
+    let mut service_config: QueryServiceConfig = config::load("query", args.config.as_deref())?;
+    if let Some(store) = args.store {
+        service_config.archive.store = store;
+    }
+    if let Some(listen) = args.listen {
+        service_config.http_listen = listen;
+    }
+    let mut registry = Registry::default();
+    let service = open_service(
+        &service_config.archive,
+        Path::new("meridian-data/archive"),
+        service_config.query.clone(),
+        &mut registry,
+    )
+    .await?;
+    let listener = http::bind(service_config.http_listen).await?;
+    println!("meridian query {}: SQL over the archive", env!("CARGO_PKG_VERSION"));
+    println!(
+        "  archive    {} ({} files committed)",
+        service.store().url,
+        service.visible_files()
+    );
+    println!(
+        "  limits     memory {} MiB, timeout {} s, {} rows per answer",
+        service_config.query.memory_limit_mb, service_config.query.timeout_secs, service_config.query.max_result_rows
+    );
+    println!(
+        "  http       http://{}  (POST /api/sql, /metrics)",
+        listener.local_addr()?
+    );
+    println!("ready; press Ctrl-C to stop");
+    let router = meridian_query::http::router(service).merge(http::metrics_router(Arc::new(registry)));
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let signal = async move {
+        crate::shutdown_signal().await;
+        stopped.cancel();
+    };
+    tokio::select! {
+        served = http::serve(listener, router, stop.cancelled_owned()) => served,
+        _ = signal => Ok(()),
+    }
+}
+
+/// `meridian sql`.
+#[derive(Debug, clap::Args)]
+pub struct SqlArgs {
+    /// The statement; without one, an interactive shell (statements end with `;`, history in
+    /// ~/.meridian_sql_history).
+    sql: Option<String>,
+    /// How to print the answer.
+    #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+    format: String,
+    /// The query service (`meridian query`, or `meridian dev`'s HTTP address).
+    #[arg(long, env = "MERIDIAN_QUERY", default_value = "http://127.0.0.1:8080")]
+    server: String,
+}
+
+/// `POST /api/sql?format=F` with `sql` as the body: the status and the body. HTTP/1.0, so the
+/// answer ends when the connection closes.
+async fn post_sql(server: &str, sql: &str, format: &str) -> Result<(u16, Vec<u8>)> {
+    let addr = server.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(addr).await.with_context(|| {
+        format!("connecting to the query service at {addr} (start `meridian dev` or `meridian query`, or set --server / MERIDIAN_QUERY)")
+    })?;
+    let request = format!(
+        "POST /api/sql?format={format} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{sql}",
+        sql.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let split = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .context("the query service's answer has no body")?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse::<u16>().ok())
+        .context("the query service's answer has no status")?;
+    Ok((status, response[split + 4..].to_vec()))
+}
+
+/// Runs one statement and prints the answer; an error answer becomes an error naming its kind.
+async fn run_one(server: &str, sql: &str, format: &str) -> Result<()> {
+    let (status, body) = post_sql(server, sql, format).await?;
+    if status == 200 {
+        std::io::stdout().write_all(&body)?;
+        if format == "json" {
+            println!();
+        }
+        return Ok(());
+    }
+    let error: serde_json::Value = serde_json::from_slice(&body).with_context(|| {
+        format!(
+            "the query service answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        )
+    })?;
+    bail!(
+        "{} ({}, HTTP {status})",
+        error["error"].as_str().unwrap_or("unknown error"),
+        error["kind"].as_str().unwrap_or("?")
+    )
+}
+
+/// `meridian sql`.
+pub async fn sql(args: SqlArgs) -> Result<()> {
+    if let Some(statement) = &args.sql {
+        return run_one(&args.server, statement, &args.format).await;
+    }
+    shell(&args).await
+}
+
+fn history_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".meridian_sql_history"))
+}
+
+/// The shell: reads statements ending with `;`, runs each, keeps going after errors, appends
+/// every statement to the history file. `\history` prints the history.
+async fn shell(args: &SqlArgs) -> Result<()> {
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        println!(
+            "meridian sql: connected to {}; end statements with ';', \\history lists past ones, Ctrl-D quits",
+            args.server
+        );
+    }
+    let history = history_path();
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<String>(16);
+    // Reading stdin blocks: a thread of its own feeds the lines in.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if line_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut pending = String::new();
+    let mut failures = 0usize;
+    loop {
+        if interactive {
+            print!("{}", if pending.is_empty() { "sql> " } else { "  -> " });
+            std::io::stdout().flush()?;
+        }
+        let Some(line) = line_rx.recv().await else { break };
+        if pending.is_empty() && line.trim() == "\\history" {
+            if let Some(path) = &history {
+                print!("{}", std::fs::read_to_string(path).unwrap_or_default());
+            }
+            continue;
+        }
+        pending.push_str(&line);
+        pending.push('\n');
+        if !line.trim_end().ends_with(';') {
+            continue;
+        }
+        let statement = std::mem::take(&mut pending);
+        let statement = statement.trim().trim_end_matches(';').trim().to_owned();
+        if statement.is_empty() {
+            continue;
+        }
+        if let Some(path) = &history {
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            writeln!(file, "{};", statement.replace('\n', " "))?;
+        }
+        if let Err(error) = run_one(&args.server, &statement, &args.format).await {
+            failures += 1;
+            eprintln!("error: {error:#}");
+        }
+    }
+    if failures > 0 && !interactive {
+        bail!("{failures} statements failed");
+    }
+    Ok(())
+}
+
+/// `meridian bench archive-gen`.
+#[derive(Debug, clap::Args)]
+pub struct ArchiveGenArgs {
+    /// Archive to write into: a folder, file:///abs/path or s3://bucket/prefix.
+    #[arg(long)]
+    store: String,
+    /// Messages.
+    #[arg(long, default_value_t = 20_000_000)]
+    messages: u64,
+    /// Topics.
+    #[arg(long, default_value_t = 10)]
+    topics: u32,
+    /// Queues per topic.
+    #[arg(long, default_value_t = 8)]
+    queues: u32,
+    /// Body size in bytes (about; JSON-like).
+    #[arg(long, default_value_t = 200)]
+    body_size: usize,
+    /// One message in this many is traced (Pub, Store, SubBefore, SubAfter).
+    #[arg(long, default_value_t = 10)]
+    trace_every: u64,
+    /// Messages per segment.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages_per_segment: u64,
+    /// Milliseconds between messages' store times (default: 20M messages over 3 days).
+    #[arg(long, default_value_t = 13)]
+    step_ms: i64,
+}
+
+/// Writes a generated archive with a progress bar.
+pub async fn archive_gen(args: ArchiveGenArgs) -> Result<()> {
+    let archive = ArchiveConfig {
+        store: args.store.clone(),
+        ..ArchiveConfig::default()
+    };
+    let store = ArchiveStore::open(&archive, Path::new(&args.store)).context("opening the archive store")?;
+    let spec = meridian_query::generate::GenerateSpec {
+        messages: args.messages,
+        topics: args.topics,
+        queues: args.queues,
+        // 2026-11-23T00:00:00Z
+        first_store_time: 1_795_392_000_000,
+        step_ms: args.step_ms,
+        body_size: args.body_size,
+        trace_every: args.trace_every,
+        messages_per_segment: args.messages_per_segment,
+        broker: "broker-a".into(),
+    };
+    let bar = indicatif::ProgressBar::new(args.messages).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} messages ({per_sec})",
+        )
+        .expect("progress template"),
+    );
+    let started = std::time::Instant::now();
+    let report = meridian_query::generate::generate(&store, &spec, |done| bar.set_position(done)).await?;
+    bar.finish();
+    println!(
+        "archived {} messages and {} trace events in {} segments into {} in {:.1} s: {:.1} MB of records as {:.1} MB of Parquet",
+        report.messages,
+        report.trace_events,
+        report.segments,
+        store.url,
+        started.elapsed().as_secs_f64(),
+        report.record_bytes as f64 / 1e6,
+        report.parquet_bytes as f64 / 1e6
+    );
+    Ok(())
+}
