@@ -127,6 +127,38 @@ impl BrokerState {
     }
 }
 
+impl BrokerState {
+    /// A master's state around `config` and an opened `store`, for unit tests of handlers.
+    #[cfg(test)]
+    pub(crate) fn for_tests(
+        config: BrokerConfig,
+        store: Arc<MessageStore>,
+        governance: Option<Arc<Governance>>,
+    ) -> Arc<BrokerState> {
+        let metrics: Arc<crate::metrics::BrokerMetrics> = Arc::default();
+        let shutdown = CancellationToken::new();
+        let replication = Replication::new(&config, store.clone(), metrics.clone(), shutdown.clone());
+        replication.assume_master_for_tests();
+        Arc::new(BrokerState {
+            store,
+            groups: ConsumerGroups::new(Duration::from_secs(10)),
+            metrics,
+            limits: config.limits.limits(),
+            advertise_addr: "127.0.0.1:7911".into(),
+            config,
+            shutdown,
+            governance,
+            replication,
+            trace: Arc::new(crate::trace::TraceEmitter::new(
+                crate::trace::TraceConfig::default(),
+                crate::trace::Identity::default(),
+                Arc::default(),
+            )),
+            locks: QueueLocks::new(Duration::from_secs(30)),
+        })
+    }
+}
+
 fn decode<T: Message + Default>(body: Bytes) -> Result<T> {
     T::decode(body).map_err(|error| BrokerError::MalformedBody(error.to_string()))
 }
@@ -882,27 +914,7 @@ mod tests {
         for topic in ["orders", "archive", "payments"] {
             store.create_topic(topic, 2).unwrap();
         }
-        let metrics: Arc<crate::metrics::BrokerMetrics> = Arc::default();
-        let shutdown = CancellationToken::new();
-        let replication = Replication::new(&config, store.clone(), metrics.clone(), shutdown.clone());
-        replication.assume_master_for_tests();
-        Arc::new(BrokerState {
-            store,
-            groups: ConsumerGroups::new(Duration::from_secs(10)),
-            metrics,
-            limits: config.limits.limits(),
-            advertise_addr: "127.0.0.1:7911".into(),
-            config,
-            shutdown,
-            governance: Some(governance),
-            replication,
-            trace: Arc::new(crate::trace::TraceEmitter::new(
-                crate::trace::TraceConfig::default(),
-                crate::trace::Identity::default(),
-                Arc::default(),
-            )),
-            locks: QueueLocks::new(Duration::from_secs(30)),
-        })
+        BrokerState::for_tests(config, store, Some(governance))
     }
 
     fn send_body(topic: &str) -> Bytes {

@@ -608,10 +608,7 @@ pub async fn run(state: Arc<BrokerState>, stop: CancellationToken) {
 mod tests {
     use super::*;
     use crate::config::BrokerConfig;
-    use crate::groups::ConsumerGroups;
     use crate::handlers::send_many;
-    use crate::locks::QueueLocks;
-    use crate::replication::Replication;
     use meridian_proto::ErrorCode;
     use meridian_proto::messages::SendResponse;
     use meridian_proto::topics::DELAY_TOPIC;
@@ -629,27 +626,7 @@ mod tests {
         let store = MessageStore::open(dir, store_config, "127.0.0.1:7911".parse().unwrap(), Arc::default()).unwrap();
         schedule::ensure_topics(&store).unwrap();
         store.create_topic("orders", 2).unwrap();
-        let metrics: Arc<crate::metrics::BrokerMetrics> = Arc::default();
-        let shutdown = CancellationToken::new();
-        let replication = Replication::new(&config, store.clone(), metrics.clone(), shutdown.clone());
-        replication.assume_master_for_tests();
-        Arc::new(BrokerState {
-            store,
-            groups: ConsumerGroups::new(Duration::from_secs(10)),
-            metrics,
-            limits: config.limits.limits(),
-            advertise_addr: "127.0.0.1:7911".into(),
-            config,
-            shutdown,
-            governance: None,
-            replication,
-            trace: Arc::new(crate::trace::TraceEmitter::new(
-                crate::trace::TraceConfig::default(),
-                crate::trace::Identity::default(),
-                Arc::default(),
-            )),
-            locks: QueueLocks::new(Duration::from_secs(30)),
-        })
+        BrokerState::for_tests(config, store, None)
     }
 
     fn fast() -> TransactionConfig {
