@@ -1096,18 +1096,13 @@ async fn consume_one(inner: &PushInner, key: &QueueKey, message: StoredMessage, 
     if !inner.uses_retry_topic() {
         return consume_with_retries(&inner.handler, message, stop, queue, trace).await;
     }
-    let started = trace.map(|trace| trace.before(&queue.broker_name, &message, message.reconsume_count + 1));
+    // The first attempt of this delivery; the trace adds the message's own reconsume count.
+    let started = trace.map(|trace| trace.before(&queue.broker_name, &message, 1));
     let outcome = AssertUnwindSafe(async { (inner.handler)(message.clone()).await })
         .catch_unwind()
         .await;
     if let (Some(trace), Some(started)) = (trace, started) {
-        trace.after(
-            &queue.broker_name,
-            &message,
-            started,
-            trace_status(&outcome),
-            message.reconsume_count + 1,
-        );
+        trace.after(&queue.broker_name, &message, started, trace_status(&outcome), 1);
     }
     if matches!(outcome, Ok(ConsumeResult::Success)) {
         return true;
