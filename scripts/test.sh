@@ -61,6 +61,11 @@ prepare_services() {
     MERIDIAN_TEST_S3S_FS=$(scripts/install-s3s-fs.sh)
     export MERIDIAN_TEST_S3S_FS
     log "s3s-fs: ${MERIDIAN_TEST_S3S_FS}"
+    # DuckDB from PyPI, the independent reader of the archive (tests/e2e/archive_duckdb.rs); a
+    # venv made once per machine (about 30 s) and cached.
+    MERIDIAN_TEST_DUCKDB_PYTHON=$(scripts/duckdb-env.sh)
+    export MERIDIAN_TEST_DUCKDB_PYTHON
+    log "duckdb: ${MERIDIAN_TEST_DUCKDB_PYTHON}"
 }
 
 # The end-to-end tests (tests/e2e) run the real `meridian` binary as separate processes; cargo does

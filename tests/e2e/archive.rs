@@ -12,7 +12,7 @@ use meridian_tests::{DevNode, run_cli};
 
 use crate::read_all;
 
-fn write_config(dir: &Path, archive_after_secs: u64) -> PathBuf {
+pub(crate) fn write_config(dir: &Path, archive_after_secs: u64) -> PathBuf {
     let path = dir.join("broker.toml");
     std::fs::write(
         &path,
@@ -48,7 +48,7 @@ async fn produce(node: &DevNode, topic: &str, first: usize, count: usize) {
     pool.shutdown().await;
 }
 
-fn local_segments(data_dir: &Path) -> Vec<u64> {
+pub(crate) fn local_segments(data_dir: &Path) -> Vec<u64> {
     let mut starts: Vec<u64> = std::fs::read_dir(data_dir.join("broker/commitlog"))
         .unwrap()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
@@ -84,7 +84,7 @@ fn archive_cli(data_dir: &Path, config: &Path, args: &[&str], envs: &[(&str, &st
     run_cli(&all, envs, "")
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");

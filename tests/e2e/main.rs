@@ -1,6 +1,7 @@
 //! End-to-end tests: real `meridian` processes on loopback, driven by the real client SDK and CLI.
 
 mod archive;
+mod archive_duckdb;
 mod cli;
 mod cluster;
 mod consumers;
