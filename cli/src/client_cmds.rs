@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use meridian_client::{
     ClientConfig, ConnectionPool, ConsumeFrom, ConsumeMode, ConsumeResult, ConsumerConfig, Deployment, IdcSettings,
-    Message, NameserverRoute, Producer, ProducerConfig, PushConsumer, RouteSource, StaticRoute,
+    Message, NameserverRoute, Producer, ProducerConfig, PushConsumer, RouteSource, StaticRoute, TransactionCheckView,
+    TransactionListener, TransactionOutcome, TransactionProducer, TransactionProducerConfig,
 };
 use meridian_proto::record::StoredMessage;
 use meridian_proto::time::format_millis;
@@ -26,6 +27,27 @@ pub enum SendMode {
     Async,
     /// Fire and forget: no acknowledgement.
     Oneway,
+}
+
+/// How `produce --transaction` ends each transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransactionEnd {
+    /// Deliver the message.
+    Commit,
+    /// Discard it.
+    Rollback,
+    /// Leave it undecided: the broker checks back with the producer group (see docs/transactions.md).
+    Unknown,
+}
+
+impl TransactionEnd {
+    fn outcome(self) -> TransactionOutcome {
+        match self {
+            TransactionEnd::Commit => TransactionOutcome::Commit,
+            TransactionEnd::Rollback => TransactionOutcome::Rollback,
+            TransactionEnd::Unknown => TransactionOutcome::Unknown,
+        }
+    }
 }
 
 /// Arguments of `meridian produce`.
@@ -55,6 +77,14 @@ pub struct ProduceArgs {
     /// Ordered message: messages with the same sharding key go to the same queue, in order.
     #[arg(long)]
     sharding_key: Option<String>,
+    /// Send each message as a transactional half message, then commit it, roll it back, or leave
+    /// it undecided (`unknown`: the broker checks back with --producer-group, and rolls it back
+    /// after its `check_max` checks unless a running member of that group decides).
+    #[arg(long, value_enum, conflicts_with = "sharding_key")]
+    transaction: Option<TransactionEnd>,
+    /// Producer group of transactional messages: whom the broker asks about undecided ones.
+    #[arg(long, default_value = "meridian-cli", requires = "transaction")]
+    producer_group: String,
     #[command(flatten)]
     idc: IdcArgs,
     #[command(flatten)]
@@ -161,23 +191,73 @@ fn build_message(args: &ProduceArgs, body: String, deliver_at: Option<i64>) -> M
     message
 }
 
+/// The local "transaction" of `produce --transaction`: the outcome given on the command line.
+struct CommandLineTransaction {
+    outcome: TransactionOutcome,
+}
+
+impl TransactionListener for CommandLineTransaction {
+    async fn execute(&self, _message: &Message) -> TransactionOutcome {
+        self.outcome
+    }
+
+    // Never asked: this producer does not poll for check-backs (see `produce`). Were it asked, it
+    // would know nothing: a check may be about any member's transaction.
+    async fn check(&self, _check: &TransactionCheckView) -> TransactionOutcome {
+        TransactionOutcome::Unknown
+    }
+}
+
+/// What `produce` sends with.
+enum Sender {
+    Plain(Producer),
+    Transactional(TransactionProducer<CommandLineTransaction>),
+}
+
 /// `meridian produce`.
 pub async fn produce(args: ProduceArgs) -> Result<()> {
+    if args.transaction.is_some() && args.mode != SendMode::Sync {
+        bail!("--transaction sends one message at a time and waits for each: leave out --mode (or use --mode sync)");
+    }
     let pool = ConnectionPool::new(ClientConfig::default());
-    let producer = Producer::new(
-        route_source(&args.target, &pool),
-        ProducerConfig {
-            idc: args.idc.settings(),
-            ..ProducerConfig::default()
-        },
-    );
-    let result = produce_all(&args, &producer).await;
-    producer.shutdown().await;
+    let producer_config = ProducerConfig {
+        idc: args.idc.settings(),
+        ..ProducerConfig::default()
+    };
+    let route = route_source(&args.target, &pool);
+    let sender = match args.transaction {
+        None => Sender::Plain(Producer::new(route, producer_config)),
+        Some(end) => {
+            let config = TransactionProducerConfig {
+                producer: ProducerConfig {
+                    group: args.producer_group.clone(),
+                    ..producer_config
+                },
+                // A one-shot command cannot answer check-backs (it keeps no state and exits), so
+                // it does not poll for them: a running member of the group answers, or nobody.
+                check_poll_interval: Duration::from_secs(365 * 24 * 3600),
+                check_topics: Vec::new(),
+            };
+            let listener = CommandLineTransaction { outcome: end.outcome() };
+            match TransactionProducer::new(route, config, listener) {
+                Ok(producer) => Sender::Transactional(producer),
+                Err(error) => {
+                    pool.shutdown().await;
+                    return Err(error).context("--producer-group");
+                }
+            }
+        }
+    };
+    let result = produce_all(&args, &sender).await;
+    match sender {
+        Sender::Plain(producer) => producer.shutdown().await,
+        Sender::Transactional(producer) => producer.shutdown().await,
+    }
     pool.shutdown().await;
     result
 }
 
-async fn produce_all(args: &ProduceArgs, producer: &Producer) -> Result<()> {
+async fn produce_all(args: &ProduceArgs, sender: &Sender) -> Result<()> {
     let (lines_tx, mut lines_rx) = mpsc::channel::<String>(1024);
     let reader = match &args.body {
         Some(body) => {
@@ -200,8 +280,29 @@ async fn produce_all(args: &ProduceArgs, producer: &Producer) -> Result<()> {
         .map(|at| meridian_tracer::http::parse_time("--deliver-at", at).map_err(|error| anyhow::anyhow!("{error}")))
         .transpose()?;
     let mut pending = std::collections::VecDeque::new();
+    let mut undecided = 0u64;
     while let Some(line) = lines_rx.recv().await {
         let message = build_message(args, line, deliver_at);
+        let producer = match sender {
+            Sender::Plain(producer) => producer,
+            Sender::Transactional(producer) => {
+                let sent = producer
+                    .send(message)
+                    .await
+                    .with_context(|| format!("sending a transactional message to topic {:?}", args.topic))?;
+                if let Some(error) = sent.end_error {
+                    return Err(anyhow::Error::new(error).context(format!(
+                        "half message {} is stored but the {:?} did not reach the broker; the broker will check back with producer group {:?} and roll it back after transaction.check_max checks unless a running member of the group commits it",
+                        sent.send.msg_id, sent.outcome, args.producer_group
+                    )));
+                }
+                if sent.outcome == TransactionOutcome::Unknown {
+                    undecided += 1;
+                }
+                println!("{}", sent.send.msg_id);
+                continue;
+            }
+        };
         if let Some(key) = &args.sharding_key {
             let sent = producer
                 .send_ordered(message, key)
@@ -237,6 +338,12 @@ async fn produce_all(args: &ProduceArgs, producer: &Producer) -> Result<()> {
     }
     for sent in pending {
         println!("{}", sent.await.context("sending")?.msg_id);
+    }
+    if undecided > 0 {
+        eprintln!(
+            "{undecided} transaction(s) left undecided: the broker checks back with producer group {:?} every transaction.check_interval_ms and rolls each back after transaction.check_max checks unless a running member of the group decides",
+            args.producer_group
+        );
     }
     if let Some(reader) = reader {
         reader.abort();

@@ -392,3 +392,85 @@ async fn transaction_left_undecided_is_rolled_back_after_check_max() {
     pool.shutdown().await;
     node.stop();
 }
+
+/// `meridian produce --transaction`: a commit is delivered and a rollback is not; `unknown` leaves
+/// the transaction to the check-back, which a running member of the producer group answers, and
+/// which rolls it back after `check_max` when no member answers; transactions are sent one at a
+/// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_outcomes_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 2);
+    let node = start(dir.path(), &config);
+    node.create_topic(TOPIC, 2).await;
+    let produce = |end: &str, key: &str, group: &str| {
+        let body = format!("body of {key}");
+        let args = [
+            "produce",
+            "--topic",
+            TOPIC,
+            "--key",
+            key,
+            "--body",
+            &body,
+            "--transaction",
+            end,
+            "--producer-group",
+            group,
+        ];
+        let (ok, stdout, stderr) = node.cli(&args, "");
+        assert!(ok, "produce --transaction {end}: {stderr}");
+        (stdout.trim().to_owned(), stderr)
+    };
+    let (committed, _) = produce("commit", "cli-commit", "meridian-cli");
+    let (rolled_back, _) = produce("rollback", "cli-rollback", "meridian-cli");
+    assert_ne!(committed, rolled_back);
+    let delivered = read_all(&node, TOPIC).await;
+    assert_eq!(delivered.len(), 1, "only the committed message is delivered");
+    assert_eq!(delivered[0].msg_id(), committed);
+    assert_eq!(&delivered[0].body[..], b"body of cli-commit");
+
+    // The member's check commits keys starting with `commit-`; nobody answers for meridian-cli.
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let ledger = Ledger::new(TransactionOutcome::Unknown);
+    let member = transaction_producer(&node, &pool, &ledger, Duration::from_millis(200));
+    let (decided_by_member, note) = produce("unknown", "commit-by-member", GROUP);
+    assert!(note.contains("left undecided") && note.contains(GROUP), "{note}");
+    let (abandoned, _) = produce("unknown", "commit-abandoned", "meridian-cli");
+    wait_until("the member's check-back answer commits its group's transaction", || {
+        let node = &node;
+        let id = decided_by_member.clone();
+        async move { delivered_ids(node).await.contains(&id) }
+    })
+    .await;
+    wait_until("the broker rolls back the transaction nobody answers for", || {
+        let warned = node.log().contains("transaction rolled back");
+        async move { warned }
+    })
+    .await;
+    assert!(!ledger.checks_of(&decided_by_member).is_empty());
+    assert!(
+        ledger.checks_of(&abandoned).is_empty(),
+        "another group's transaction is not offered to the member"
+    );
+    assert_eq!(delivered_ids(&node).await, sorted(&[&committed, &decided_by_member]));
+
+    let (ok, _, stderr) = node.cli(
+        &[
+            "produce",
+            "--topic",
+            TOPIC,
+            "--body",
+            "x",
+            "--transaction",
+            "commit",
+            "--mode",
+            "async",
+        ],
+        "",
+    );
+    assert!(!ok && stderr.contains("one message at a time"), "{stderr}");
+    member.shutdown().await;
+    pool.shutdown().await;
+    node.stop();
+}
