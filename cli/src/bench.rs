@@ -35,6 +35,10 @@ pub enum BenchCommand {
     Registration(crate::bench_nameserver::RegistrationBench),
     /// Write a generated archive (messages and trace events) for the SQL benchmarks.
     ArchiveGen(crate::sql_cmds::ArchiveGenArgs),
+    /// Send delayed messages at a steady rate and check each delivery against its due time.
+    Delay(crate::bench_messaging::DelayBench),
+    /// Consume with a handler failing a fraction of first deliveries, against a pass failing none.
+    Retry(crate::bench_messaging::RetryBench),
 }
 
 /// Arguments of `meridian bench produce`.
@@ -120,6 +124,8 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Routes(args) => crate::bench_nameserver::routes(args).await,
         BenchCommand::Registration(args) => crate::bench_nameserver::registration(args).await,
         BenchCommand::ArchiveGen(args) => crate::sql_cmds::archive_gen(args).await,
+        BenchCommand::Delay(args) => crate::bench_messaging::delay(args).await,
+        BenchCommand::Retry(args) => crate::bench_messaging::retry(args).await,
         BenchCommand::Disk(args) => {
             let baseline =
                 tokio::task::spawn_blocking(move || disk_baseline(&args.dir, args.bytes, args.syncs)).await??;

@@ -6,6 +6,7 @@
 
 mod archive_cmds;
 mod bench;
+mod bench_messaging;
 mod bench_nameserver;
 mod client_cmds;
 mod cluster;
