@@ -79,6 +79,9 @@ pub struct BrokerMetrics {
     pub delayed_released: Counter,
     /// Messages consumers sent back after failing them, by outcome (`retry`, `dead_letter`).
     pub sent_back: Family<OutcomeLabels, Counter>,
+    /// Transactions ended, by outcome (`commit`, `rollback`, `expired`: rolled back after every
+    /// check-back) and check-backs asked (`check`).
+    pub transactions: Family<OutcomeLabels, Counter>,
     /// Bytes of heartbeat and registration request bodies sent to nameservers, to compute what
     /// heartbeating costs per second.
     pub nameserver_heartbeat_bytes: Counter,
@@ -122,6 +125,7 @@ impl Default for BrokerMetrics {
             consumers_disconnected: Counter::default(),
             delayed_released: Counter::default(),
             sent_back: Family::default(),
+            transactions: Family::default(),
             nameserver_heartbeat_bytes: Counter::default(),
             nameserver_metadata_fetches: Counter::default(),
             replicated_bytes: Counter::default(),
@@ -216,6 +220,11 @@ impl BrokerMetrics {
             "sent_back",
             "Messages consumers failed, by where they went (retry or dead_letter)",
             metrics.sent_back.clone(),
+        );
+        registry.register(
+            "transactions",
+            "Transactions ended by outcome (commit, rollback, expired) and check-backs asked (check)",
+            metrics.transactions.clone(),
         );
         registry.register(
             "nameserver_heartbeat_bytes",

@@ -17,6 +17,7 @@ use meridian_proto::messages::{DeadLetterResendRequest, DeadLetterResendResponse
 use meridian_proto::properties::{DELAY, DELIVER_AT, PropertiesBuilder, REAL_QUEUE, REAL_TOPIC, RETRY_TOPIC};
 use meridian_proto::record::Record;
 use meridian_proto::topics::{self, DELAY_TOPIC, TopicKind};
+use meridian_proto::trace::TraceType;
 use meridian_proto::{properties, validate};
 
 use crate::error::{BrokerError, Result};
@@ -24,6 +25,7 @@ use crate::handlers::BrokerState;
 use crate::metrics::OutcomeLabels;
 use crate::schedule::{copy_message, now_millis};
 use crate::store::AppendRequest;
+use crate::trace::Step;
 
 /// Deliveries of one message a group gets before it is dead-lettered, unless the group says.
 pub const DEFAULT_MAX_RETRIES: u32 = 16;
@@ -137,6 +139,25 @@ pub fn send_back(state: &BrokerState, request: &SendBackRequest) -> Result<SentB
         record.born_host(),
     )?;
     state.replication.notify_appended();
+    let failure = response
+        .dead_lettered
+        .then(|| format!("failed {reconsume_count} times, more than the group's max_retries of {max}"));
+    state.trace.step(
+        &record,
+        Step {
+            kind: if response.dead_lettered {
+                TraceType::DeadLetter
+            } else {
+                TraceType::Retry
+            },
+            user_topic: &first_topic,
+            topic: &topic,
+            placed: appended.results.first(),
+            group: &request.group,
+            deliver_at: response.deliver_at,
+            error: failure.as_deref().unwrap_or_default(),
+        },
+    );
     let outcome = if response.dead_lettered { "dead_letter" } else { "retry" };
     state.metrics.sent_back.get_or_create(&OutcomeLabels { outcome }).inc();
     if response.dead_lettered {
@@ -200,14 +221,14 @@ pub fn resend_dead_letters(
             }
             let first_topic = properties::get(record.properties(), RETRY_TOPIC).unwrap_or(record.topic());
             let properties = copy_properties(&record, first_topic, None);
-            copies.push((copy_message(&record, properties, 0), record.born_host()));
+            copies.push((copy_message(&record, properties, 0), record.born_host(), bytes.clone()));
         }
     }
     let retry = topics::retry_topic(&request.group);
     ensure_group_topics(state, &request.group)?;
     let requests: Vec<AppendRequest<'_>> = copies
         .iter()
-        .map(|(message, born_host)| AppendRequest {
+        .map(|(message, born_host, _)| AppendRequest {
             topic: &retry,
             queue_id: Some(0),
             messages: std::slice::from_ref(message),
@@ -215,8 +236,23 @@ pub fn resend_dead_letters(
         })
         .collect();
     let mut end_offset = 0;
-    for outcome in state.store.append_many(&requests) {
-        end_offset = end_offset.max(outcome?.end_offset);
+    for (outcome, (_, _, dead_letter)) in state.store.append_many(&requests).into_iter().zip(&copies) {
+        let appended = outcome?;
+        end_offset = end_offset.max(appended.end_offset);
+        let record = Record::parse(dead_letter).map_err(|error| BrokerError::Corrupt(error.to_string()))?;
+        let first_topic = properties::get(record.properties(), RETRY_TOPIC).unwrap_or(record.topic());
+        state.trace.step(
+            &record,
+            Step {
+                kind: TraceType::Retry,
+                user_topic: first_topic,
+                topic: &retry,
+                placed: appended.results.first(),
+                group: &request.group,
+                deliver_at: 0,
+                error: "",
+            },
+        );
     }
     state.replication.notify_appended();
     tracing::info!(

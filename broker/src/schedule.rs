@@ -19,15 +19,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meridian_proto::delay::{self, slot_count, slot_for, slot_release};
-use meridian_proto::messages::{MessageData, SendRequest};
-use meridian_proto::properties::{self, DELAY, DELIVER_AT, PRODUCER_GROUP, PropertiesBuilder, REAL_QUEUE, REAL_TOPIC};
+use meridian_proto::messages::{MessageData, SendRequest, SendResult};
+use meridian_proto::properties::{
+    self, DELAY, DELIVER_AT, PRODUCER_GROUP, PropertiesBuilder, REAL_QUEUE, REAL_TOPIC, RETRY_TOPIC,
+};
 use meridian_proto::record::Record;
 use meridian_proto::topics::{self, DELAY_TOPIC, HALF_OP_TOPIC, HALF_TOPIC, TopicKind};
+use meridian_proto::trace::TraceType;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{BrokerError, Result};
 use crate::handlers::BrokerState;
 use crate::store::{AppendRequest, FlushMode, MessageStore};
+use crate::trace::Step;
 
 /// The reserved group whose offsets record how far each delay slot was released. `%` keeps it
 /// apart from every real group name.
@@ -189,6 +193,9 @@ struct Release {
     queue_id: Option<u32>,
     message: MessageData,
     born_host: SocketAddr,
+    /// The delayed record and its delivery time, when this release makes it visible (not when
+    /// it only moves to a smaller slot): traced as DelayFire.
+    fired: Option<(Bytes, i64)>,
 }
 
 /// Releases what is due in one slot; returns how many messages moved.
@@ -227,6 +234,7 @@ async fn release_slot(state: &BrokerState, slot: u32, now_ms: i64) -> Result<u64
                     record.reconsume_count(),
                 ),
                 born_host: record.born_host(),
+                fired: None,
             },
             None => {
                 let Some((topic, queue_id)) = real_destination(&record) else {
@@ -245,6 +253,7 @@ async fn release_slot(state: &BrokerState, slot: u32, now_ms: i64) -> Result<u64
                     queue_id,
                     message: copy_message(&record, delivered_properties(&record), record.reconsume_count()),
                     born_host: record.born_host(),
+                    fired: Some((bytes.clone(), due)),
                 }
             }
         };
@@ -263,8 +272,12 @@ async fn release_slot(state: &BrokerState, slot: u32, now_ms: i64) -> Result<u64
         })
         .collect();
     let mut end_offset = 0;
-    for outcome in store.append_many(&requests) {
-        end_offset = end_offset.max(outcome?.end_offset);
+    for (outcome, release) in store.append_many(&requests).into_iter().zip(&releases) {
+        let appended = outcome?;
+        end_offset = end_offset.max(appended.end_offset);
+        if let Some((bytes, due)) = &release.fired {
+            trace_fire(state, bytes, &release.topic, appended.results.first(), *due);
+        }
     }
     state.replication.notify_appended();
     if end_offset > 0 {
@@ -273,6 +286,27 @@ async fn release_slot(state: &BrokerState, slot: u32, now_ms: i64) -> Result<u64
     store.commit_offset(SCHEDULER_GROUP, DELAY_TOPIC, slot, next)?;
     state.metrics.delayed_released.inc_by(releases.len() as u64);
     Ok(next - start)
+}
+
+/// Traces a delayed message (or a retry) becoming visible in `topic`.
+fn trace_fire(state: &BrokerState, bytes: &[u8], topic: &str, placed: Option<&SendResult>, due: i64) {
+    let Ok(record) = Record::parse(bytes) else {
+        return;
+    };
+    // A retry is traced as its first topic is.
+    let user_topic = properties::get(record.properties(), RETRY_TOPIC).unwrap_or(topic);
+    state.trace.step(
+        &record,
+        Step {
+            kind: TraceType::DelayFire,
+            user_topic,
+            topic,
+            placed,
+            group: topics::owning_group(topic).unwrap_or_default(),
+            deliver_at: due,
+            error: "",
+        },
+    );
 }
 
 /// Releases due delayed messages every [`TICK`] while this broker is a writable master.

@@ -1,6 +1,7 @@
 //! Trace emission: the broker records what happened to every message (Pub, Store, Replicate,
-//! Deliver) and what clients report (SubBefore, SubAfter), and writes it to the system trace topic
-//! [`TRACE_TOPIC`] of its own store, batched.
+//! Deliver), the detours some take (DelaySchedule, DelayFire, Retry, DeadLetter, TxCommit,
+//! TxRollback: see [`TraceEmitter::step`]) and what clients report (SubBefore, SubAfter), and
+//! writes it to the system trace topic [`TRACE_TOPIC`] of its own store, batched.
 //!
 //! The send and pull paths pay one short-locked push into a bounded buffer ([`TraceEmitter`]): no
 //! encoding, no property parsing, no I/O. A flusher task turns the buffer into [`TraceEvent`]s
@@ -20,10 +21,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meridian_proto::messages::{MessageData, PullResponse, SendResult};
-use meridian_proto::properties::{self, KEY_SEPARATOR};
+use meridian_proto::properties::{self, DELIVER_AT, KEY_SEPARATOR, REAL_TOPIC};
+use meridian_proto::record::Record;
+use meridian_proto::topics::DELAY_TOPIC;
 use meridian_proto::trace::{
-    MAX_REPORT_EVENTS, ServerStats, TRACE_TOPIC, TraceBatch, TraceError, TraceEvent, TraceType, check_event,
-    is_system_topic,
+    MAX_REPORT_EVENTS, ServerStats, TRACE_TOPIC, TraceBatch, TraceError, TraceEvent, TraceStatus, TraceType,
+    check_event, is_system_topic,
 };
 use meridian_proto::{MessageId, record};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -193,12 +196,37 @@ enum Pending {
     },
     /// Events a client reported, already checked.
     Reported(Box<TraceEvent>),
+    /// A step the broker took with a stored message ([`TraceEmitter::step`]); the flusher adds
+    /// the event id, the broker's identity and its load.
+    Step(Box<TraceEvent>),
+}
+
+/// A step the broker took with a stored message, for [`TraceEmitter::step`].
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    /// What happened.
+    pub kind: TraceType,
+    /// The topic whose tracing settings decide (the one the producer sent to; a retry's first
+    /// topic).
+    pub user_topic: &'a str,
+    /// The topic the message is in after the step.
+    pub topic: &'a str,
+    /// Where it was appended by the step (none for a rollback, which appends no copy).
+    pub placed: Option<&'a SendResult>,
+    /// Producer group (transactions) or consumer group (retries, dead letters).
+    pub group: &'a str,
+    /// When the message is due (DelaySchedule, DelayFire, Retry), or 0.
+    pub deliver_at: i64,
+    /// What went wrong, for a step that ends the message's normal life (empty: nothing).
+    pub error: &'a str,
 }
 
 impl Pending {
     /// Events this entry becomes (for buffer accounting).
     fn weight(&self) -> usize {
         match self {
+            // Pub, Store and DelaySchedule.
+            Pending::Stored { topic, .. } if &**topic == DELAY_TOPIC => 3,
             Pending::Stored { .. } => 2,
             _ => 1,
         }
@@ -340,6 +368,49 @@ impl TraceEmitter {
         }));
     }
 
+    /// Records a step the broker took with a stored message: `record` as it was read before the
+    /// step, `step` what happened and where the message is now. Off the send path (retries,
+    /// delay releases and transaction ends), so the event is built here, not by the flusher.
+    pub fn step(&self, record: &Record<'_>, step: Step<'_>) {
+        if !self.traces(step.user_topic) {
+            return;
+        }
+        let now = now_millis();
+        let mut event = TraceEvent {
+            trace_type: step.kind as i32,
+            timestamp: now,
+            msg_id: record.msg_id().unwrap_or_default().to_owned(),
+            topic: step.topic.to_owned(),
+            keys: keys_of(record.properties()),
+            tags: record.tag().unwrap_or("").to_owned(),
+            group: step.group.to_owned(),
+            born_timestamp: record.born_timestamp(),
+            body_size: record.body().len() as u32,
+            reconsume_count: record.reconsume_count(),
+            deliver_at_timestamp: step.deliver_at,
+            error: step.error.to_owned(),
+            status: if step.error.is_empty() {
+                TraceStatus::Ok
+            } else {
+                TraceStatus::Failed
+            } as i32,
+            ..TraceEvent::default()
+        };
+        if let Some(placed) = step.placed {
+            // Stamped with the copy's store time, which no delivery of it can precede.
+            event.timestamp = placed.store_timestamp;
+            event.queue_id = placed.queue_id;
+            event.queue_offset = placed.queue_offset;
+            event.commitlog_offset = placed.commitlog_offset;
+            event.store_timestamp = placed.store_timestamp;
+        }
+        if step.kind == TraceType::DelayFire && step.deliver_at > 0 {
+            // How late the message became visible.
+            event.cost_us = (event.timestamp - step.deliver_at).max(0) as u64 * 1000;
+        }
+        self.push(std::iter::once(Pending::Step(Box::new(event))));
+    }
+
     /// Takes a client's report ([`meridian_proto::RequestCode::TraceReport`]): a [`TraceBatch`] of
     /// client-side events. The broker stamps the client's address and its own identity. Refused
     /// whole when any event is malformed or of a type only brokers write.
@@ -429,14 +500,12 @@ impl TraceEmitter {
                     result,
                 } => {
                     let props = &stored_properties[..];
-                    let keys: Vec<String> = properties::get(props, properties::KEYS)
-                        .map(|keys| {
-                            keys.split(KEY_SEPARATOR)
-                                .filter(|key| !key.is_empty())
-                                .map(str::to_owned)
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let real_topic = properties::get(props, REAL_TOPIC);
+                    if real_topic.is_some_and(|real| !self.traces(real)) {
+                        // A delayed or half message of an excluded topic.
+                        continue;
+                    }
+                    let keys = keys_of(props);
                     let tags = properties::get(props, properties::TAGS).unwrap_or("").to_owned();
                     let group = if group.is_empty() {
                         properties::get(props, properties::PRODUCER_GROUP)
@@ -448,7 +517,9 @@ impl TraceEmitter {
                     let born = born_timestamp;
                     let mut publish = self.base_event(TraceType::Pub, born.max(1), stats);
                     publish.msg_id = result.msg_id.clone();
-                    publish.topic = topic.to_string();
+                    // The topic the producer sent to, which a delayed or half message keeps in a
+                    // property while it waits in a system topic.
+                    publish.topic = real_topic.unwrap_or(&topic).to_owned();
                     publish.queue_id = result.queue_id;
                     publish.queue_offset = result.queue_offset;
                     publish.commitlog_offset = result.commitlog_offset;
@@ -467,8 +538,17 @@ impl TraceEmitter {
                     store.trace_type = TraceType::Store as i32;
                     store.timestamp = result.store_timestamp;
                     store.cost_us = 0;
+                    store.topic = topic.to_string();
+                    let schedule = (&*topic == DELAY_TOPIC).then(|| {
+                        let mut schedule = store.clone();
+                        schedule.event_id = MessageId::generate().to_string();
+                        schedule.trace_type = TraceType::DelaySchedule as i32;
+                        schedule.deliver_at_timestamp = deliver_at(props);
+                        schedule
+                    });
                     events.push(publish);
                     events.push(store);
+                    events.extend(schedule);
                 }
                 Pending::Replicated {
                     topic,
@@ -521,9 +601,38 @@ impl TraceEmitter {
                     }
                 }
                 Pending::Reported(event) => events.push(*event),
+                Pending::Step(mut event) => {
+                    let base = self.base_event(event.kind(), event.timestamp, stats);
+                    event.event_id = base.event_id;
+                    event.broker_name = base.broker_name;
+                    event.broker_member = base.broker_member;
+                    event.broker_host = base.broker_host;
+                    event.idc = base.idc;
+                    event.server_stats = base.server_stats;
+                    events.push(*event);
+                }
             }
         }
     }
+}
+
+/// The keys in a message's encoded properties.
+fn keys_of(props: &[u8]) -> Vec<String> {
+    properties::get(props, properties::KEYS)
+        .map(|keys| {
+            keys.split(KEY_SEPARATOR)
+                .filter(|key| !key.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The delivery time a message waiting in a delay slot carries (0: none).
+fn deliver_at(props: &[u8]) -> i64 {
+    properties::get(props, DELIVER_AT)
+        .and_then(|at| at.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Samples the broker's load for [`ServerStats`].

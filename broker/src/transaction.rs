@@ -40,12 +40,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use meridian_proto::messages::{
-    CheckTransactionsRequest, CheckTransactionsResponse, EndTransactionRequest, MessageData, SendRequest,
+    CheckTransactionsRequest, CheckTransactionsResponse, EndTransactionRequest, MessageData, SendRequest, SendResult,
     TransactionCheck, TransactionOutcome,
 };
 use meridian_proto::properties::{self, DELAY, DELIVER_AT, PRODUCER_GROUP, PropertiesBuilder, REAL_QUEUE, REAL_TOPIC};
 use meridian_proto::record::Record;
 use meridian_proto::topics::{HALF_OP_TOPIC, HALF_TOPIC};
+use meridian_proto::trace::TraceType;
 use meridian_proto::{RequestCode, validate};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -53,8 +54,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{BrokerError, Result};
 use crate::handlers::{BrokerState, Reply};
+use crate::metrics::OutcomeLabels;
 use crate::schedule::{self, Special, copy_message, ensure_destination, now_millis, real_destination};
 use crate::store::{AppendRequest, MessageStore};
+use crate::trace::Step;
 
 /// The reserved group whose offset of [`HALF_TOPIC`] queue 0 is how far the check-back walk went.
 pub const TRANSACTION_GROUP: &str = "%TRANSACTION%";
@@ -263,10 +266,11 @@ struct Write {
     born_host: std::net::SocketAddr,
 }
 
-/// Appends `writes` in order with one write; returns the commitlog offset past them (0: none).
-fn append_all(state: &BrokerState, writes: &[Write]) -> Result<u64> {
+/// Appends `writes` in order with one write; returns the commitlog offset past them (0: none)
+/// and where each write went.
+fn append_all(state: &BrokerState, writes: &[Write]) -> Result<(u64, Vec<SendResult>)> {
     if writes.is_empty() {
-        return Ok(0);
+        return Ok((0, Vec::new()));
     }
     let requests: Vec<AppendRequest<'_>> = writes
         .iter()
@@ -278,11 +282,42 @@ fn append_all(state: &BrokerState, writes: &[Write]) -> Result<u64> {
         })
         .collect();
     let mut end_offset = 0;
+    let mut placed = Vec::with_capacity(writes.len());
     for outcome in state.store.append_many(&requests) {
-        end_offset = end_offset.max(outcome?.end_offset);
+        let appended = outcome?;
+        end_offset = end_offset.max(appended.end_offset);
+        placed.extend(appended.results);
     }
     state.replication.notify_appended();
-    Ok(end_offset)
+    Ok((end_offset, placed))
+}
+
+/// Traces the end of a transaction: `placed` is the topic a committed message went to (its real
+/// one, or a delay slot's) and where in it.
+fn trace_end(
+    state: &BrokerState,
+    record: &Record<'_>,
+    outcome: Settled,
+    placed: Option<(&str, &SendResult)>,
+    error: &str,
+) {
+    let real_topic = real_destination(record).map(|(topic, _)| topic).unwrap_or_default();
+    let kind = match outcome {
+        Settled::Commit => TraceType::TxCommit,
+        Settled::Rollback => TraceType::TxRollback,
+    };
+    state.trace.step(
+        record,
+        Step {
+            kind,
+            user_topic: &real_topic,
+            topic: placed.map_or(HALF_TOPIC, |(topic, _)| topic),
+            placed: placed.map(|(_, result)| result),
+            group: producer_group(record).unwrap_or_default(),
+            deliver_at: 0,
+            error,
+        },
+    );
 }
 
 /// The committed message: to its real topic and queue, or to a delay slot when it carries a delay
@@ -388,7 +423,18 @@ pub fn end_transaction(state: &BrokerState, request: &EndTransactionRequest) -> 
         message: op_record(half.key, &request.msg_id, wanted, reason),
         born_host: record.born_host(),
     });
-    let end_offset = append_all(state, &writes)?;
+    let (end_offset, placed) = append_all(state, &writes)?;
+    let committed = (wanted == Settled::Commit)
+        .then(|| Some((writes[0].topic.as_str(), placed.first()?)))
+        .flatten();
+    trace_end(state, &record, wanted, committed, "");
+    state
+        .metrics
+        .transactions
+        .get_or_create(&OutcomeLabels {
+            outcome: wanted.as_str(),
+        })
+        .inc();
     tracing::debug!(
         msg_id = request.msg_id,
         producer_group = request.producer_group,
@@ -483,6 +529,7 @@ async fn check_round(state: &BrokerState, config: &TransactionConfig, now_ms: i6
     let entries = store.read_entries(&queue, start, CHECK_BATCH, 8 << 20)?;
     let mut ops: Option<OpIndex> = None;
     let mut writes = Vec::new();
+    let mut expired = Vec::new();
     let mut round = Round::default();
     let interval = config.check_interval_ms as i64;
     for entry in &entries {
@@ -511,6 +558,7 @@ async fn check_round(state: &BrokerState, config: &TransactionConfig, now_ms: i6
                 "transaction rolled back: its producer group left it undecided through every check-back (transaction.check_max)"
             );
             round.expired += 1;
+            expired.push(bytes.clone());
             writes.push(Write {
                 topic: HALF_OP_TOPIC.to_owned(),
                 queue_id: Some(0),
@@ -534,7 +582,22 @@ async fn check_round(state: &BrokerState, config: &TransactionConfig, now_ms: i6
     if round.passed == 0 {
         return Ok(round);
     }
-    let end_offset = append_all(state, &writes)?;
+    let (end_offset, _) = append_all(state, &writes)?;
+    for record in &expired {
+        let record = Record::parse(record).map_err(corrupt)?;
+        let error = format!(
+            "left undecided through {} check-backs (transaction.check_max); rolled back",
+            config.check_max
+        );
+        trace_end(state, &record, Settled::Rollback, None, &error);
+    }
+    let metrics = &state.metrics.transactions;
+    metrics
+        .get_or_create(&OutcomeLabels { outcome: "expired" })
+        .inc_by(round.expired);
+    metrics
+        .get_or_create(&OutcomeLabels { outcome: "check" })
+        .inc_by(round.checked);
     if end_offset > 0 {
         schedule::wait_durable(state, end_offset).await?;
     }

@@ -211,7 +211,7 @@ fn print_timeline(timeline: &Value) {
             .unwrap_or("-"),
     );
     println!(
-        "{:<25} {:<10} {:>8} {:<8} {:<14} {:<6} {:<12} {:<40} DETAIL",
+        "{:<25} {:<13} {:>8} {:<8} {:<14} {:<6} {:<12} {:<40} DETAIL",
         "TIME", "STEP", "+MS", "STATUS", "BROKER", "IDC", "GROUP", "WHERE"
     );
     for step in timeline.get("steps").and_then(Value::as_array).into_iter().flatten() {
@@ -220,21 +220,33 @@ fn print_timeline(timeline: &Value) {
             .and_then(Value::as_i64)
             .map_or_else(|| "-".to_owned(), |ms| ms.to_string());
         let cost = step.get("cost_us").and_then(Value::as_u64).unwrap_or(0);
-        let mut detail = format!(
-            "queue {} offset {}",
-            step.get("queue_id").and_then(Value::as_u64).unwrap_or(0),
-            step.get("queue_offset").and_then(Value::as_u64).unwrap_or(0)
-        );
+        let mut detail = Vec::new();
+        let topic = text(step, "topic");
+        if !topic.is_empty() && topic != text(timeline, "topic") {
+            detail.push(topic.to_owned());
+        }
+        // Pub names the topic the producer sent to; where the message went is Store's to say.
+        if text(step, "type") != "Pub" {
+            detail.push(format!(
+                "queue {} offset {}",
+                step.get("queue_id").and_then(Value::as_u64).unwrap_or(0),
+                step.get("queue_offset").and_then(Value::as_u64).unwrap_or(0)
+            ));
+        }
+        if let Some(due) = step.get("deliver_at").and_then(Value::as_i64) {
+            detail.push(format!("due {}", meridian_proto::time::format_millis(due)));
+        }
         if cost > 0 {
-            detail.push_str(&format!(" cost {:.3} ms", cost as f64 / 1000.0));
+            detail.push(format!("cost {:.3} ms", cost as f64 / 1000.0));
         }
         let reconsume = step.get("reconsume_count").and_then(Value::as_u64).unwrap_or(0);
         if reconsume > 0 {
-            detail.push_str(&format!(" reconsume {reconsume}"));
+            detail.push(format!("reconsume {reconsume}"));
         }
         if !text(step, "error").is_empty() {
-            detail.push_str(&format!(" error: {}", text(step, "error")));
+            detail.push(format!("error: {}", text(step, "error")));
         }
+        let detail = detail.join(" ");
         let dash = |value: &str| {
             if value.is_empty() {
                 "-".to_owned()
@@ -243,7 +255,7 @@ fn print_timeline(timeline: &Value) {
             }
         };
         println!(
-            "{:<25} {:<10} {:>8} {:<8} {:<14} {:<6} {:<12} {:<40} {}",
+            "{:<25} {:<13} {:>8} {:<8} {:<14} {:<6} {:<12} {:<40} {}",
             text(step, "time"),
             text(step, "type"),
             since,

@@ -1,8 +1,15 @@
 //! Trace events: what happened to a message, step by step, as brokers and clients saw it.
 //!
 //! Brokers emit the server-side steps ([`TraceType::Pub`], [`TraceType::Store`],
-//! [`TraceType::Replicate`], [`TraceType::Deliver`]) for every message; the client SDK adds what
-//! only it knows ([`TraceType::SubBefore`], [`TraceType::SubAfter`]). Events travel as the body of
+//! [`TraceType::Replicate`], [`TraceType::Deliver`]) for every message, and the steps of its
+//! detours when it takes them: a delay ([`TraceType::DelaySchedule`], [`TraceType::DelayFire`]), a
+//! retry or dead letter ([`TraceType::Retry`], [`TraceType::DeadLetter`]), a transaction's end
+//! ([`TraceType::TxCommit`], [`TraceType::TxRollback`]). The client SDK adds what only it knows
+//! ([`TraceType::SubBefore`], [`TraceType::SubAfter`]).
+//!
+//! `Pub` names the topic the producer sent to; every later broker step names the topic, queue and
+//! offset the message was in at that step (a delay slot of `MERIDIAN_DELAY`, the group's retry or
+//! dead-letter topic, the half topic), so a timeline shows where the message went. Events travel as the body of
 //! ordinary messages on the system topic [`TRACE_TOPIC`], many to a message ([`TraceBatch`]), and
 //! the tracer indexes them. The names follow RocketMQ's trace vocabulary (`Pub`, `SubBefore`,
 //! `SubAfter`) where it has one.
@@ -59,39 +66,52 @@ pub enum TraceType {
     SubBefore = 5,
     /// A consumer's handler finished (cost and result).
     SubAfter = 6,
-    /// The message was sent back for a later retry (defined; emitted once retries exist).
+    /// A consumer group failed the message and the broker sent it back: a copy waits in a delay
+    /// slot until `deliver_at_timestamp`, then goes to the group's retry topic (also written when
+    /// an operator resends a dead letter).
     Retry = 7,
-    /// The message went to its group's dead-letter topic (defined; emitted once DLQs exist).
+    /// The group failed the message more times than it allows: the copy went to its dead-letter
+    /// topic.
     DeadLetter = 8,
-    /// A delayed message was scheduled (defined; emitted once delayed delivery exists).
+    /// A delayed message was stored in a delay slot, due at `deliver_at_timestamp`.
     DelaySchedule = 9,
-    /// A delayed message became visible to consumers (defined; emitted once delayed delivery exists).
+    /// A delayed message (or a retry) was due and became visible in its real topic; `cost_us` is
+    /// how late it was.
     DelayFire = 10,
-    /// A transactional message was committed (defined; emitted once transactions exist).
+    /// A transactional message was committed and appended to its real topic.
     TxCommit = 11,
-    /// A transactional message was rolled back (defined; emitted once transactions exist).
+    /// A transactional message was rolled back (by its producer, or after every check-back).
     TxRollback = 12,
-    /// The message was written to the Parquet archive (defined; emitted by the archiver).
+    /// The message was written to the Parquet archive (defined; not emitted yet).
     ArchiveWrite = 13,
 }
 
 impl TraceType {
-    /// Every real type, in the order of a message's life.
+    /// Every real type, in the order of a message's life: a delay or a transaction's end comes
+    /// before the delivery it leads to, a retry after the consumption that failed.
     pub const ALL: [TraceType; 13] = [
         TraceType::Pub,
         TraceType::Store,
         TraceType::Replicate,
+        TraceType::DelaySchedule,
+        TraceType::TxCommit,
+        TraceType::TxRollback,
+        TraceType::DelayFire,
         TraceType::Deliver,
         TraceType::SubBefore,
         TraceType::SubAfter,
         TraceType::Retry,
         TraceType::DeadLetter,
-        TraceType::DelaySchedule,
-        TraceType::DelayFire,
-        TraceType::TxCommit,
-        TraceType::TxRollback,
         TraceType::ArchiveWrite,
     ];
+
+    /// Place in a message's life ([`TraceType::ALL`]): orders steps that share a millisecond.
+    pub fn life_order(self) -> usize {
+        TraceType::ALL
+            .iter()
+            .position(|kind| *kind == self)
+            .unwrap_or(TraceType::ALL.len())
+    }
 
     /// RocketMQ-style name, as in JSON and tables: `Pub`, `Store`, `SubBefore`, ...
     pub fn name(self) -> &'static str {
@@ -206,7 +226,8 @@ pub struct TraceEvent {
     /// Message tag (empty: none).
     #[prost(string, tag = "10")]
     pub tags: String,
-    /// Producer group (Pub, Store) or consumer group (Deliver, SubBefore, SubAfter).
+    /// Producer group (Pub, Store, TxCommit, TxRollback) or consumer group (Deliver, SubBefore,
+    /// SubAfter, Retry, DeadLetter).
     #[prost(string, tag = "11")]
     pub group: String,
     /// Id of the client instance (consumers' client id).
@@ -269,6 +290,9 @@ pub struct TraceEvent {
     /// The emitting broker's load when the event was emitted (broker-side events).
     #[prost(message, optional, tag = "31")]
     pub server_stats: Option<ServerStats>,
+    /// When a delayed message or a retry is due (Unix ms; DelaySchedule, DelayFire, Retry).
+    #[prost(int64, tag = "32")]
+    pub deliver_at_timestamp: i64,
 }
 
 impl TraceEvent {
@@ -473,6 +497,7 @@ mod tests {
                     body_size,
                     reconsume_count,
                     sdk_version: crate::SDK_VERSION.into(),
+                    deliver_at_timestamp: delivered,
                     server_stats: stats.map(|(send_tps, cpu_load, flush_latency_us)| ServerStats {
                         send_tps,
                         pull_tps: 0.0,

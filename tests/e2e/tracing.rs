@@ -10,12 +10,13 @@ use bytes::Bytes;
 use meridian_client::TransportError;
 use meridian_client::{
     ClientConfig, ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, Message, Producer, ProducerConfig,
-    PushConsumer,
+    PushConsumer, TransactionCheckView, TransactionListener, TransactionOutcome, TransactionProducer,
+    TransactionProducerConfig,
 };
 use meridian_proto::messages::{MessageData, SendRequest};
 use meridian_proto::trace::TRACE_TOPIC;
 use meridian_proto::{ErrorCode, RequestCode};
-use meridian_tests::{DevNode, ServiceProcess, eventually, http_get_json};
+use meridian_tests::{DevNode, ServiceProcess, eventually, http_get_json, http_get_text};
 use serde_json::Value;
 
 fn step_types(timeline: &Value) -> Vec<String> {
@@ -88,6 +89,8 @@ async fn a_consumed_message_has_every_step_in_order_with_hosts_groups_and_hops()
         "Deliver",
         "SubBefore",
         "SubAfter",
+        "Retry",
+        "DelayFire",
         "Deliver",
         "SubBefore",
         "SubAfter",
@@ -104,7 +107,10 @@ async fn a_consumed_message_has_every_step_in_order_with_hosts_groups_and_hops()
 
     let steps = timeline["steps"].as_array().unwrap();
     let statuses: Vec<&str> = steps.iter().map(|step| step["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["ok", "ok", "ok", "ok", "retry_later", "ok", "ok", "ok"]);
+    assert_eq!(
+        statuses,
+        ["ok", "ok", "ok", "ok", "retry_later", "ok", "ok", "ok", "ok", "ok"]
+    );
     for step in steps {
         assert_eq!(step["broker"], "broker-a", "{step}");
     }
@@ -112,14 +118,17 @@ async fn a_consumed_message_has_every_step_in_order_with_hosts_groups_and_hops()
     for step in &steps[2..] {
         assert_eq!(step["group"], "billing", "{step}");
     }
-    for step in steps[3..].iter().filter(|step| step["type"] != "Deliver") {
+    for step in steps
+        .iter()
+        .filter(|step| step["type"] == "SubBefore" || step["type"] == "SubAfter")
+    {
         assert!(
             step["host"].as_str().unwrap().starts_with("e2e-consumer (127.0.0.1:"),
             "{step}"
         );
     }
     assert_eq!(
-        steps[6]["reconsume_count"], 1,
+        steps[8]["reconsume_count"], 1,
         "the second attempt counts one reconsume"
     );
     let times: Vec<i64> = steps.iter().map(|step| step["timestamp"].as_i64().unwrap()).collect();
@@ -183,6 +192,204 @@ async fn a_consumed_message_has_every_step_in_order_with_hosts_groups_and_hops()
         }
         other => panic!("expected a refusal, got {other}"),
     }
+    pool.shutdown().await;
+    node.stop();
+}
+
+/// A transaction listener that ends every transaction the same way.
+struct Decide(TransactionOutcome);
+
+impl TransactionListener for Decide {
+    async fn execute(&self, _message: &Message) -> TransactionOutcome {
+        self.0
+    }
+
+    async fn check(&self, _check: &TransactionCheckView) -> TransactionOutcome {
+        self.0
+    }
+}
+
+/// Waits until the timeline of `msg_id` has exactly the steps `expected`, and returns it.
+async fn timeline_with(node: &DevNode, msg_id: &str, expected: &[&str]) -> Value {
+    let path = format!("/api/traces/{msg_id}");
+    let mut timeline = Value::Null;
+    let complete = eventually(Duration::from_secs(20), || {
+        timeline = http_get_json(node.http, &path).unwrap_or(Value::Null);
+        step_types(&timeline) == expected
+    })
+    .await;
+    assert!(complete, "expected steps {expected:?}, got timeline {timeline:#}");
+    timeline
+}
+
+/// The detours a message can take are steps of its timeline, each naming the topic the message
+/// was in and the group it happened for: a delay (DelaySchedule, then DelayFire no earlier than
+/// due), retries into the dead-letter topic (Retry, DelayFire, DeadLetter), and a transaction's
+/// end (TxCommit before the delivery it allows; TxRollback, then nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delays_retries_dead_letters_and_transactions_are_steps_of_the_timeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("orders", 2).await;
+    let (ok, _, stderr) = node.cli(
+        &["group", "create", "billing", "--topics", "orders", "--max-retries", "1"],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let producer = Producer::new(node.route(&pool), ProducerConfig::default());
+    let delayed = producer
+        .send(
+            Message::new("orders", "later")
+                .with_key("delayed-1")
+                .with_delay_level(1),
+        )
+        .await
+        .unwrap();
+    let doomed = producer
+        .send(Message::new("orders", "doomed").with_key("doomed-1"))
+        .await
+        .unwrap();
+    let transactions = |outcome| {
+        let config = TransactionProducerConfig {
+            producer: ProducerConfig {
+                group: "checkout".into(),
+                ..ProducerConfig::default()
+            },
+            check_poll_interval: Duration::from_secs(3600),
+            check_topics: vec!["orders".into()],
+        };
+        TransactionProducer::new(node.route(&pool), config, Decide(outcome)).unwrap()
+    };
+    let committer = transactions(TransactionOutcome::Commit);
+    let committed = committer
+        .send(Message::new("orders", "paid").with_key("tx-1"))
+        .await
+        .unwrap();
+    assert!(committed.end_error.is_none(), "{:?}", committed.end_error);
+    let rollbacker = transactions(TransactionOutcome::Rollback);
+    let rolled_back = rollbacker
+        .send(Message::new("orders", "cancelled").with_key("tx-2"))
+        .await
+        .unwrap();
+    assert!(rolled_back.end_error.is_none(), "{:?}", rolled_back.end_error);
+
+    // Every message succeeds but "doomed", which fails each time, one second apart.
+    let mut config = ConsumerConfig::new("billing", "orders");
+    config.consume_from = ConsumeFrom::Earliest;
+    config.client_id = "e2e-consumer".into();
+    config.retry_delay_level = 1;
+    let consumer = PushConsumer::start(node.route(&pool), config, |message| {
+        let failed = &message.body[..] == b"doomed";
+        async move {
+            if failed {
+                ConsumeResult::Retry
+            } else {
+                ConsumeResult::Success
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    let consumed = ["Deliver", "SubBefore", "SubAfter"];
+    let timeline = timeline_with(
+        &node,
+        &delayed.msg_id,
+        &[&["Pub", "Store", "DelaySchedule", "DelayFire"][..], &consumed].concat(),
+    )
+    .await;
+    let steps = timeline["steps"].as_array().unwrap();
+    assert_eq!(timeline["topic"], "orders");
+    assert_eq!(
+        steps[1]["topic"], "MERIDIAN_DELAY",
+        "it waits in a delay slot: {}",
+        steps[1]
+    );
+    let due = steps[2]["deliver_at"].as_i64().unwrap();
+    assert!(
+        due >= steps[0]["timestamp"].as_i64().unwrap() + 1000,
+        "level 1 is 1 s: {timeline:#}"
+    );
+    assert_eq!(steps[3]["topic"], "orders");
+    assert_eq!(steps[3]["deliver_at"], due);
+    assert!(
+        steps[3]["timestamp"].as_i64().unwrap() >= due,
+        "never early: {timeline:#}"
+    );
+
+    let attempt = ["Deliver", "SubBefore", "SubAfter"];
+    let timeline = timeline_with(
+        &node,
+        &doomed.msg_id,
+        &[
+            &["Pub", "Store"][..],
+            &attempt,
+            &["Retry", "DelayFire"],
+            &attempt,
+            &["DeadLetter"],
+        ]
+        .concat(),
+    )
+    .await;
+    let steps = timeline["steps"].as_array().unwrap();
+    let retry = &steps[5];
+    assert_eq!(
+        (retry["group"].as_str(), retry["status"].as_str()),
+        (Some("billing"), Some("ok"))
+    );
+    assert!(retry["deliver_at"].as_i64().unwrap() >= retry["timestamp"].as_i64().unwrap() + 1000);
+    assert_eq!(
+        steps[6]["topic"], "%RETRY%billing",
+        "the retry comes back through the group's retry topic"
+    );
+    assert_eq!(steps[7]["topic"], "%RETRY%billing");
+    assert_eq!(steps[7]["reconsume_count"], 1);
+    let dead = &steps[10];
+    assert_eq!(dead["topic"], "%DLQ%billing");
+    assert_eq!(dead["group"], "billing");
+    assert_eq!(dead["status"], "failed");
+    assert!(dead["error"].as_str().unwrap().contains("max_retries of 1"), "{dead}");
+
+    let timeline = timeline_with(
+        &node,
+        &committed.send.msg_id,
+        &[&["Pub", "Store", "TxCommit"][..], &consumed].concat(),
+    )
+    .await;
+    let steps = timeline["steps"].as_array().unwrap();
+    assert_eq!(steps[1]["topic"], "MERIDIAN_HALF", "a half message first: {}", steps[1]);
+    assert_eq!(
+        (steps[2]["topic"].as_str(), steps[2]["group"].as_str()),
+        (Some("orders"), Some("checkout"))
+    );
+    let timeline = timeline_with(&node, &rolled_back.send.msg_id, &["Pub", "Store", "TxRollback"]).await;
+    assert_eq!(timeline["steps"][2]["group"], "checkout");
+    // Still nothing after the rollback, once everything else is consumed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let timeline = http_get_json(node.http, &format!("/api/traces/{}", rolled_back.send.msg_id)).unwrap();
+    assert_eq!(step_types(&timeline), ["Pub", "Store", "TxRollback"]);
+
+    // The broker counts how transactions ended.
+    let metrics = http_get_text(node.http, "/metrics").unwrap();
+    for outcome in ["commit", "rollback"] {
+        let line = format!("meridian_broker_transactions_total{{outcome=\"{outcome}\"}} 1");
+        assert!(metrics.lines().any(|found| found == line), "no {line:?} in\n{metrics}");
+    }
+
+    // The CLI shows where each step happened and when a delay is due.
+    let http = node.http.to_string();
+    let (ok, stdout, stderr) = node.cli(&["trace", &delayed.msg_id, "--tracer", &http], "");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("DelaySchedule") && stdout.contains("MERIDIAN_DELAY queue") && stdout.contains(" due "),
+        "{stdout}"
+    );
+
+    consumer.shutdown().await;
+    committer.shutdown().await;
+    rollbacker.shutdown().await;
+    producer.shutdown().await;
     pool.shutdown().await;
     node.stop();
 }

@@ -283,8 +283,14 @@ impl DevNode {
 }
 
 /// `GET path` on an HTTP listener, parsed as JSON; `None` when it cannot be reached or answers
-/// anything but 200 with JSON. (A dozen lines of HTTP/1.0 keep an HTTP client out of the tests.)
+/// anything but 200 with JSON.
 pub fn http_get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(&http_get_text(addr, path)?).ok()
+}
+
+/// `GET path` on an HTTP listener: the body of a 200 answer, `None` otherwise. (A dozen lines of
+/// HTTP/1.0 keep an HTTP client out of the tests.)
+pub fn http_get_text(addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -295,8 +301,7 @@ pub fn http_get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> 
     head.split_whitespace()
         .nth(1)
         .is_some_and(|status| status == "200")
-        .then_some(())?;
-    serde_json::from_str(body).ok()
+        .then(|| body.to_owned())
 }
 
 /// A TCP proxy that can cut the network between its clients and its target, like a partition:

@@ -436,7 +436,7 @@ pub fn sort_timeline(events: &mut [TraceEvent]) {
     events.sort_by(|left, right| {
         left.timestamp
             .cmp(&right.timestamp)
-            .then_with(|| left.trace_type.cmp(&right.trace_type))
+            .then_with(|| left.kind().life_order().cmp(&right.kind().life_order()))
             .then_with(|| left.event_id.cmp(&right.event_id))
     });
 }

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 /// One step of a timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
-    /// `Pub`, `Store`, `Replicate`, `Deliver`, `SubBefore`, `SubAfter`, ...
+    /// `Pub`, `Store`, `Replicate`, `Deliver`, `SubBefore`, `SubAfter`, `Retry`, `DeadLetter`,
+    /// `DelaySchedule`, `DelayFire`, `TxCommit`, `TxRollback`.
     #[serde(rename = "type")]
     pub kind: String,
     /// When (Unix ms).
@@ -34,12 +35,18 @@ pub struct Step {
     pub error: String,
     /// Time the step took, in µs (handler time for SubAfter; store to ack for Replicate).
     pub cost_us: u64,
+    /// Topic the message was in at this step (for Pub: the one the producer sent to; later
+    /// steps may name a delay slot, retry, dead-letter or half topic).
+    pub topic: String,
     /// Queue.
     pub queue_id: u32,
     /// Position in the queue.
     pub queue_offset: u64,
     /// Times consumed again before this step.
     pub reconsume_count: u32,
+    /// When a delayed message or retry is due (Unix ms; DelaySchedule, DelayFire, Retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_at: Option<i64>,
     /// The event's id.
     pub event_id: String,
     /// The broker's load at the time (broker steps).
@@ -160,9 +167,11 @@ pub fn build(events: &[TraceEvent]) -> Option<Timeline> {
                 status: event.outcome().name().to_owned(),
                 error: event.error.clone(),
                 cost_us: event.cost_us,
+                topic: event.topic.clone(),
                 queue_id: event.queue_id,
                 queue_offset: event.queue_offset,
                 reconsume_count: event.reconsume_count,
+                deliver_at: (event.deliver_at_timestamp > 0).then_some(event.deliver_at_timestamp),
                 event_id: event.event_id.clone(),
                 server_stats: event.server_stats.as_ref().map(Stats::from),
             };
