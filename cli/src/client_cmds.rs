@@ -340,8 +340,13 @@ async fn produce_all(args: &ProduceArgs, sender: &Sender) -> Result<()> {
         println!("{}", sent.await.context("sending")?.msg_id);
     }
     if undecided > 0 {
+        let what = if undecided == 1 {
+            "the transaction is".to_owned()
+        } else {
+            format!("{undecided} transactions are")
+        };
         eprintln!(
-            "{undecided} transaction(s) left undecided: the broker checks back with producer group {:?} every transaction.check_interval_ms and rolls each back after transaction.check_max checks unless a running member of the group decides",
+            "{what} left undecided: the broker checks back with producer group {:?} every transaction.check_interval_ms and rolls back after transaction.check_max checks unless a running member of the group decides",
             args.producer_group
         );
     }
