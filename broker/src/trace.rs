@@ -23,7 +23,7 @@ use bytes::Bytes;
 use meridian_proto::messages::{MessageData, PullResponse, SendResult};
 use meridian_proto::properties::{self, DELIVER_AT, KEY_SEPARATOR, REAL_TOPIC};
 use meridian_proto::record::Record;
-use meridian_proto::topics::DELAY_TOPIC;
+use meridian_proto::topics::{DELAY_TOPIC, HALF_TOPIC};
 use meridian_proto::trace::{
     MAX_REPORT_EVENTS, ServerStats, TRACE_TOPIC, TraceBatch, TraceError, TraceEvent, TraceStatus, TraceType,
     check_event, is_system_topic,
@@ -168,7 +168,8 @@ pub struct Identity {
 
 /// What the hot paths hand over: references to bytes they already hold, nothing encoded.
 enum Pending {
-    /// A message was stored (becomes Pub and Store).
+    /// A message was stored (becomes one Pub event, which carries where and when it was stored;
+    /// a delayed or half message also gets its own Store, in the system topic it waits in).
     Stored {
         topic: Arc<str>,
         group: Arc<str>,
@@ -227,7 +228,8 @@ impl Pending {
         match self {
             // Pub, Store and DelaySchedule.
             Pending::Stored { topic, .. } if &**topic == DELAY_TOPIC => 3,
-            Pending::Stored { .. } => 2,
+            Pending::Stored { topic, .. } if &**topic == HALF_TOPIC => 2,
+            Pending::Stored { .. } => 1,
             _ => 1,
         }
     }
@@ -533,6 +535,14 @@ impl TraceEmitter {
                     publish.reconsume_count = reconsume_count;
                     // Pub's cost: born to stored, as the broker's clock sees it.
                     publish.cost_us = (result.store_timestamp - born).max(0) as u64 * 1000;
+                    if real_topic.is_none() {
+                        // The Pub event carries the store time and offsets: a timeline shows it
+                        // as both steps (half the events of a Pub and a Store, RocketMQ's one
+                        // Pub trace per message).
+                        events.push(publish);
+                        continue;
+                    }
+                    // A delayed or half message: its Store names the system topic it waits in.
                     let mut store = publish.clone();
                     store.event_id = MessageId::generate().to_string();
                     store.trace_type = TraceType::Store as i32;
@@ -836,24 +846,24 @@ mod tests {
     fn a_full_buffer_drops_and_counts_instead_of_blocking() {
         let emitter = emitter(5);
         let host = "10.0.0.9:4000".parse().unwrap();
-        let messages = vec![message(&["k"]); 4];
-        let results: Vec<_> = (0..4).map(result).collect();
+        let messages = vec![message(&["k"]); 8];
+        let results: Vec<_> = (0..8).map(result).collect();
         emitter.stored("orders", "shop", host, &messages, &results);
-        // Two events per stored message: two fit in five, the other two are dropped.
+        // One event per stored message: five fit, the other three are dropped.
         let dropped = emitter
             .metrics
             .events_dropped
             .get_or_create(&DropLabels { reason: "buffer_full" })
             .get();
-        assert_eq!(dropped, 4);
-        assert_eq!(emitter.take().len(), 2);
+        assert_eq!(dropped, 3);
+        assert_eq!(emitter.take().len(), 5);
         emitter.stored("quiet", "shop", host, &messages, &results);
         emitter.stored(TRACE_TOPIC, "", host, &messages, &results);
         assert!(emitter.take().is_empty(), "opted-out and system topics are not traced");
     }
 
     #[test]
-    fn stored_messages_become_valid_pub_and_store_events() {
+    fn a_stored_message_becomes_one_valid_pub_event_with_its_store_time_and_offsets() {
         let emitter = emitter(100);
         let host = "10.0.0.9:4000".parse().unwrap();
         emitter.stored("orders", "shop", host, &[message(&["order-1", "cust-7"])], &[result(3)]);
@@ -861,7 +871,7 @@ mod tests {
         emitter.build(emitter.take(), &ServerStats::default(), &mut events);
         assert_eq!(
             events.iter().map(TraceEvent::kind).collect::<Vec<_>>(),
-            [TraceType::Pub, TraceType::Store]
+            [TraceType::Pub]
         );
         for event in &events {
             check_event(event).unwrap();
@@ -873,8 +883,38 @@ mod tests {
             );
             assert_eq!((event.queue_offset, event.commitlog_offset), (3, 300));
         }
-        assert_eq!((events[0].timestamp, events[1].timestamp), (1_000, 1_002));
-        assert_ne!(events[0].event_id, events[1].event_id);
+        assert_eq!((events[0].timestamp, events[0].store_timestamp), (1_000, 1_002));
+        assert_eq!(events[0].topic, "orders");
+    }
+
+    #[test]
+    fn a_delayed_message_is_pub_in_its_topic_and_store_and_schedule_in_its_delay_slot() {
+        let emitter = emitter(100);
+        let host = "10.0.0.9:4000".parse().unwrap();
+        let mut delayed = message(&["order-1"]);
+        let mut builder = properties::PropertiesBuilder::new();
+        builder.copy_except(&delayed.properties, &[]);
+        builder.system(REAL_TOPIC, "orders");
+        builder.system(DELIVER_AT, "61002");
+        delayed.properties = Bytes::from(builder.finish());
+        emitter.stored(DELAY_TOPIC, "shop", host, &[delayed], &[result(3)]);
+        let mut events = Vec::new();
+        emitter.build(emitter.take(), &ServerStats::default(), &mut events);
+        let steps: Vec<_> = events
+            .iter()
+            .map(|event| (event.kind(), event.topic.as_str(), event.deliver_at_timestamp))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (TraceType::Pub, "orders", 0),
+                (TraceType::Store, DELAY_TOPIC, 0),
+                (TraceType::DelaySchedule, DELAY_TOPIC, 61_002),
+            ]
+        );
+        for event in &events {
+            check_event(event).unwrap();
+        }
     }
 
     #[test]

@@ -131,9 +131,43 @@ fn host(event: &TraceEvent) -> String {
     }
 }
 
+/// The events of a timeline with the Store step each Pub implies. A broker writes one Pub event
+/// per stored message, carrying its store time and offsets, and a Store event of its own only
+/// when the message first waits in a system topic (a delay slot, a half message); a Pub without a
+/// Store of the same offset becomes both steps. Older indexes, written with both events, need
+/// nothing added.
+fn with_implied_stores(events: &[TraceEvent]) -> Vec<TraceEvent> {
+    let stored: std::collections::HashSet<(&str, u64)> = events
+        .iter()
+        .filter(|event| event.kind() == TraceType::Store)
+        .map(|event| (event.broker_name.as_str(), event.commitlog_offset))
+        .collect();
+    let implied: Vec<TraceEvent> = events
+        .iter()
+        .filter(|event| {
+            event.kind() == TraceType::Pub
+                && event.store_timestamp > 0
+                && !stored.contains(&(event.broker_name.as_str(), event.commitlog_offset))
+        })
+        .map(|publish| TraceEvent {
+            trace_type: TraceType::Store as i32,
+            timestamp: publish.store_timestamp,
+            cost_us: 0,
+            ..publish.clone()
+        })
+        .collect();
+    let mut all = events.to_vec();
+    if !implied.is_empty() {
+        all.extend(implied);
+        crate::index::sort_timeline(&mut all);
+    }
+    all
+}
+
 /// Builds the timeline of one message from its events, already in order
 /// ([`crate::index::sort_timeline`]). `None` when there are none.
 pub fn build(events: &[TraceEvent]) -> Option<Timeline> {
+    let events = &with_implied_stores(events);
     let first = events.first()?;
     let with_keys = events.iter().find(|event| !event.keys.is_empty()).unwrap_or(first);
     let store = events.iter().find(|event| event.kind() == TraceType::Store);
