@@ -1238,10 +1238,20 @@ pub async fn cluster(command: ClusterCommand) -> Result<()> {
         | ClusterCommand::AddNode { ref addrs, .. }
         | ClusterCommand::RemoveNode { ref addrs, .. } => addrs.clone(),
     };
-    NameserverClient::with(&addrs, command, async |client, command| {
+    let json_processes = match &command {
+        ClusterCommand::Status { json: true, .. } => processes.clone(),
+        _ => None,
+    };
+    let answer = NameserverClient::with(&addrs, command, async |client, command| {
         run_cluster(client, command, processes).await
     })
-    .await
+    .await;
+    if let (Err(error), Some(processes)) = (&answer, json_processes) {
+        // Scripts still get the process view when no nameserver answers, beside why.
+        let view = serde_json::json!({"processes": processes, "error": format!("{error:#}")});
+        println!("{view}");
+    }
+    answer
 }
 
 async fn run_cluster(

@@ -204,6 +204,13 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
     assert_eq!(every_port_free(&cluster), Vec::<String>::new());
     let (ok, text, _) = blocking(|| cluster.cli(&["cluster", "status"]));
     assert!(!ok && text.contains("0 of 16 processes running"), "{text}");
+    // Scripts get the process view as JSON even with no nameserver to answer, and why.
+    let (ok, text, _) = blocking(|| cluster.cli(&["cluster", "status", "--json"]));
+    let view: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or_default())
+        .unwrap_or_else(|error| panic!("not JSON ({error}): {text}"));
+    assert!(!ok, "{text}");
+    assert_eq!(view["processes"].as_array().map(Vec::len), Some(16), "{view}");
+    assert!(!view["error"].as_str().unwrap_or_default().is_empty(), "{view}");
     to_b0.stop().await;
     for proxy in b0_to_nameservers {
         proxy.stop().await;
