@@ -19,6 +19,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use meridian_broker::BrokerConfig;
 use meridian_nameserver::NameserverConfig;
 use meridian_tracer::TracerConfig;
+
+use crate::sql_cmds::QueryServiceConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,7 +99,9 @@ pub struct ClusterSpec {
     #[serde(default)]
     pub broker_groups: Vec<GroupSpec>,
     /// The tracer (absent: none).
-    pub tracer: Option<TracerSpec>,
+    pub tracer: Option<ServiceSpec>,
+    /// The query service (`meridian query`) over the archivers' store, when given.
+    pub query: Option<ServiceSpec>,
     /// One archiver process beside every broker.
     #[serde(default)]
     pub archiver: ArchiverSpec,
@@ -179,13 +183,13 @@ pub struct MemberSpec {
     pub overrides: toml::Table,
 }
 
-/// The tracer.
+/// A service of its own process: the tracer, the query service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TracerSpec {
+pub struct ServiceSpec {
     /// Its data center.
     pub idc: String,
-    /// HTTP address (lookups, metrics).
+    /// HTTP address (lookups or SQL, metrics).
     pub http: SocketAddr,
     /// Settings merged into its config.
     #[serde(default)]
@@ -221,6 +225,8 @@ pub struct Overrides {
     pub broker: toml::Table,
     /// Into the tracer's config.
     pub tracer: toml::Table,
+    /// Into the query service's config.
+    pub query: toml::Table,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,6 +244,8 @@ pub enum Kind {
     Archiver,
     /// `meridian tracer`.
     Tracer,
+    /// `meridian query` (SQL over the archive).
+    Query,
 }
 
 impl Kind {
@@ -247,6 +255,7 @@ impl Kind {
             Kind::Broker => "broker",
             Kind::Archiver => "archiver",
             Kind::Tracer => "tracer",
+            Kind::Query => "query",
         }
     }
 }
@@ -467,6 +476,9 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
     if let Some(tracer) = &spec.tracer {
         check_idc("the tracer", &tracer.idc, &mut problems);
     }
+    if let Some(query) = &spec.query {
+        check_idc("the query service", &query.idc, &mut problems);
+    }
 
     let dir = absolute(dir)?;
     let nameserver_addrs: Vec<String> = spec.nameservers.iter().map(|ns| ns.listen.to_string()).collect();
@@ -606,6 +618,36 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
             master: false,
             listen: None,
             http: Some(tracer.http),
+            config_path: node_dir.join("config.toml"),
+            dir: node_dir,
+            config: Some(config),
+        });
+    }
+
+    if let Some(query) = &spec.query {
+        let node_dir = dir.join("query");
+        let mut config = table(json!({
+            "http_listen": query.http.to_string(),
+            "archive": {"store": archive_store},
+        }));
+        merge(&mut config, &spec.overrides.query);
+        merge(&mut config, &query.overrides);
+        match QueryServiceConfig::deserialize(toml::Value::Table(config.clone())) {
+            Ok(parsed) => {
+                if let Err(error) = parsed.query.validate() {
+                    problems.push(format!("the query service: {error}"));
+                }
+            }
+            Err(error) => problems.push(format!("the query service: invalid config: {error}")),
+        }
+        nodes.push(Node {
+            name: "query".into(),
+            kind: Kind::Query,
+            idc: query.idc.clone(),
+            group: None,
+            master: false,
+            listen: None,
+            http: Some(query.http),
             config_path: node_dir.join("config.toml"),
             dir: node_dir,
             config: Some(config),
@@ -918,7 +960,7 @@ async fn probe(node: &Node) -> NodeStatus {
                 };
             }
         }
-        (Kind::Tracer, Some(http)) => {
+        (Kind::Tracer | Kind::Query, Some(http)) => {
             status.healthy = http_get(http, "/metrics").await.is_some_and(|(code, _)| code == 200);
         }
         // An archiver has no listener: running, and past its start-up line, is healthy.
@@ -1279,14 +1321,14 @@ async fn start_all(plan: &Plan, progress: &ProgressBar) -> Result<()> {
     for node in plan
         .nodes
         .iter()
-        .filter(|node| matches!(node.kind, Kind::Archiver | Kind::Tracer))
+        .filter(|node| matches!(node.kind, Kind::Archiver | Kind::Tracer | Kind::Query))
     {
         announce(node, spawn(node)?);
     }
     for node in plan
         .nodes
         .iter()
-        .filter(|node| matches!(node.kind, Kind::Archiver | Kind::Tracer))
+        .filter(|node| matches!(node.kind, Kind::Archiver | Kind::Tracer | Kind::Query))
     {
         wait_until(node, "serving", START_TIMEOUT, progress, |status| status.healthy).await?;
         progress.inc(1);
@@ -1298,7 +1340,11 @@ async fn start_all(plan: &Plan, progress: &ProgressBar) -> Result<()> {
 pub async fn down(args: DownArgs) -> Result<()> {
     let plan = load(&args.dir.dir)?;
     // Clients of others first, the nameservers last so brokers' last heartbeats find them.
-    let waves: [&[Kind]; 3] = [&[Kind::Tracer, Kind::Archiver], &[Kind::Broker], &[Kind::Nameserver]];
+    let waves: [&[Kind]; 3] = [
+        &[Kind::Query, Kind::Tracer, Kind::Archiver],
+        &[Kind::Broker],
+        &[Kind::Nameserver],
+    ];
     let mut stopped = 0;
     let progress = bar(plan.nodes.len());
     for wave in waves {
@@ -1471,7 +1517,16 @@ mod tests {
     fn the_example_specs_plan_valid_clusters() {
         let one = example_plan("one-node.toml");
         let kinds: Vec<Kind> = one.nodes.iter().map(|node| node.kind).collect();
-        assert_eq!(kinds, [Kind::Nameserver, Kind::Broker, Kind::Archiver, Kind::Tracer]);
+        assert_eq!(
+            kinds,
+            [
+                Kind::Nameserver,
+                Kind::Broker,
+                Kind::Archiver,
+                Kind::Tracer,
+                Kind::Query
+            ]
+        );
 
         let one_idc = example_plan("one-idc.toml");
         assert_eq!(one_idc.nodes.iter().filter(|node| node.kind == Kind::Broker).count(), 3);
@@ -1483,9 +1538,10 @@ mod tests {
                 count(Kind::Nameserver),
                 count(Kind::Broker),
                 count(Kind::Archiver),
-                count(Kind::Tracer)
+                count(Kind::Tracer),
+                count(Kind::Query)
             ),
-            (3, 6, 6, 1)
+            (3, 6, 6, 1, 1)
         );
         let idcs: BTreeSet<&str> = two.nodes.iter().map(|node| node.idc.as_str()).collect();
         assert_eq!(idcs, BTreeSet::from(["dc1", "dc2", "witness"]));

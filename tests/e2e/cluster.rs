@@ -1,5 +1,5 @@
 //! `meridian cluster up|status|kill|restart|down` on the seed's two-IDC topology (three
-//! nameservers, two broker groups of three, an archiver per broker, the tracer: 16 processes):
+//! nameservers, two broker groups of three, an archiver per broker, the tracer, the query service: 17 processes):
 //! produce and consume with a `quorum` and an `idc_safe` group while a master is killed and
 //! another is partitioned, every acknowledged message is consumed afterwards, and `down` leaves
 //! no process or port behind. Bad specs are refused before anything starts.
@@ -72,16 +72,16 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
 
     let stdout = blocking(|| cluster.up());
     assert!(
-        stdout.contains("starting cluster e2e-two-idc: 16 processes"),
+        stdout.contains("starting cluster e2e-two-idc: 17 processes"),
         "{stdout}"
     );
     assert!(stdout.lines().any(|line| line == "ready"), "{stdout}");
     let pids = cluster.pids();
-    assert_eq!(pids.len(), 16, "{pids:?}");
+    assert_eq!(pids.len(), 17, "{pids:?}");
 
     let status = blocking(|| cluster.status());
     let processes = status["processes"].as_array().unwrap();
-    assert_eq!(processes.len(), 16);
+    assert_eq!(processes.len(), 17);
     assert!(
         processes.iter().all(|process| process["healthy"] == true),
         "{processes:#?}"
@@ -106,18 +106,31 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
     let (ok, text, stderr) = blocking(|| cluster.cli(&["cluster", "status"]));
     assert!(ok, "{stderr}");
     assert!(
-        text.contains("16 of 16 processes running, 16 healthy") && text.contains("raft leader: ns-"),
+        text.contains("17 of 17 processes running, 17 healthy") && text.contains("raft leader: ns-"),
         "{text}"
     );
     assert!(
         text.contains("broker-b epoch 1, master b-0, in sync: b-1, b-2"),
         "{text}"
     );
+    // The query service answers SQL over the archivers' store.
+    let query = format!("http://{}", cluster.nodes["query"].http.unwrap());
+    let (ok, text, stderr) = blocking(|| {
+        cluster.cli(&[
+            "sql",
+            "--server",
+            &query,
+            "--format",
+            "csv",
+            "SELECT count(*) AS archived FROM messages",
+        ])
+    });
+    assert!(ok && text.starts_with("archived\n"), "{text}{stderr}");
     // A second `up` on a running cluster is refused.
     let spec = cluster.spec_path.display().to_string();
     let (ok, _, stderr) = blocking(|| cluster.cli(&["cluster", "up", "--config", &spec]));
     assert!(
-        !ok && stderr.contains("is already running (16 of 16 processes"),
+        !ok && stderr.contains("is already running (17 of 17 processes"),
         "{stderr}"
     );
 
@@ -194,7 +207,7 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
     let pids = cluster.pids();
     let (ok, stdout, stderr) = blocking(|| cluster.cli(&["cluster", "down"]));
     assert!(ok, "{stdout}{stderr}");
-    assert!(stdout.contains("16 process(es) stopped, every port free"), "{stdout}");
+    assert!(stdout.contains("17 process(es) stopped, every port free"), "{stdout}");
     let left: Vec<&(String, u32)> = pids
         .iter()
         .filter(|(_, pid)| process_runs_from(*pid, &cluster.dir))
@@ -203,13 +216,13 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
     assert!(cluster.pids().is_empty(), "pid files removed");
     assert_eq!(every_port_free(&cluster), Vec::<String>::new());
     let (ok, text, _) = blocking(|| cluster.cli(&["cluster", "status"]));
-    assert!(!ok && text.contains("0 of 16 processes running"), "{text}");
+    assert!(!ok && text.contains("0 of 17 processes running"), "{text}");
     // Scripts get the process view as JSON even with no nameserver to answer, and why.
     let (ok, text, _) = blocking(|| cluster.cli(&["cluster", "status", "--json"]));
     let view: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or_default())
         .unwrap_or_else(|error| panic!("not JSON ({error}): {text}"));
     assert!(!ok, "{text}");
-    assert_eq!(view["processes"].as_array().map(Vec::len), Some(16), "{view}");
+    assert_eq!(view["processes"].as_array().map(Vec::len), Some(17), "{view}");
     assert!(!view["error"].as_str().unwrap_or_default().is_empty(), "{view}");
     to_b0.stop().await;
     for proxy in b0_to_nameservers {

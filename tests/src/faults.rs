@@ -166,6 +166,8 @@ pub struct ClusterOptions {
     pub archivers: bool,
     /// Run the tracer.
     pub tracer: bool,
+    /// Run the query service.
+    pub query: bool,
     /// Per member: an inline TOML table merged into its config (`{ advertise_addr = "..." }`).
     pub member_overrides: BTreeMap<String, String>,
 }
@@ -179,13 +181,14 @@ impl Default for ClusterOptions {
             heartbeat_interval_ms: 250,
             archivers: true,
             tracer: true,
+            query: true,
             member_overrides: BTreeMap::new(),
         }
     }
 }
 
 /// The seed's topology (3 nameservers in dc1, dc2 and a witness; broker-a and broker-b, each a
-/// master and a slave in one IDC and a slave in the other; archivers; a tracer), run by
+/// master and a slave in one IDC and a slave in the other; archivers; a tracer; the query service), run by
 /// `meridian cluster up` in a cluster dir, every node on its own 127.0.0.x address.
 pub struct LocalCluster {
     /// The cluster dir (`--dir`).
@@ -205,7 +208,7 @@ fn addr_on(ip: &str) -> SocketAddr {
 }
 
 impl LocalCluster {
-    /// Lays the cluster out under `root` on 127.0.0.`first_ip` and the addresses after it (13
+    /// Lays the cluster out under `root` on 127.0.0.`first_ip` and the addresses after it (14
     /// of them), with free ports; nothing is written or started yet.
     pub fn layout(root: &Path, first_ip: u8, options: ClusterOptions) -> LocalCluster {
         let mut nodes = BTreeMap::new();
@@ -244,15 +247,17 @@ impl LocalCluster {
                 },
             );
         }
-        let ip = ip();
-        nodes.insert(
-            "tracer".into(),
-            NodeAddrs {
-                idc: "dc1".into(),
-                listen: None,
-                http: Some(addr_on(&ip)),
-            },
-        );
+        for service in ["tracer", "query"] {
+            let ip = ip();
+            nodes.insert(
+                service.into(),
+                NodeAddrs {
+                    idc: "dc1".into(),
+                    listen: None,
+                    http: Some(addr_on(&ip)),
+                },
+            );
+        }
         let nameservers = (1..=3)
             .map(|id| nodes[&format!("ns-{id}")].listen.expect("listen"))
             .collect();
@@ -303,6 +308,12 @@ impl LocalCluster {
             spec += &format!(
                 "[tracer]\nidc = \"dc1\"\nhttp = \"{}\"\n\n",
                 self.nodes["tracer"].http.expect("http")
+            );
+        }
+        if options.query {
+            spec += &format!(
+                "[query]\nidc = \"dc1\"\nhttp = \"{}\"\n\n",
+                self.nodes["query"].http.expect("http")
             );
         }
         spec += &format!(
