@@ -6,7 +6,8 @@
   has a headless Service named by serviceName, a selector its pod template's labels satisfy,
   required pod anti-affinity by topology.kubernetes.io/zone that selects its own pods, containers
   with an image, mounts of declared volumes or claim templates, configMap subPaths that the
-  generator provides, and probes on named ports; every Service selects some pod template.
+  generator provides, and probes on named ports; a Deployment (the stateless query service) the
+  same but the Service and the claim templates; every Service selects some pod template.
 - systemd (deploy/systemd): `systemd-analyze verify` of every unit, with ExecStart pointed at
   $MERIDIAN_BIN (the units name /usr/local/bin/meridian, which a build machine does not have);
   skipped with a note when systemd-analyze is missing.
@@ -64,15 +65,20 @@ def check_k8s():
     services = {doc["metadata"]["name"]: doc for _, doc in objects if doc.get("kind") == "Service"}
     templates = []
     for resource, doc in objects:
-        if doc.get("kind") != "StatefulSet":
+        if doc.get("kind") not in ("StatefulSet", "Deployment"):
             continue
+        # A Deployment (a stateless service) gets every check but the StatefulSet's own: a
+        # governing Service and volume claims.
+        stateful = doc["kind"] == "StatefulSet"
         name = doc["metadata"]["name"]
-        who = f"{resource}: StatefulSet {name}"
+        who = f"{resource}: {doc['kind']} {name}"
         spec = doc.get("spec") or {}
         if doc.get("apiVersion") != "apps/v1":
             problem(f"{who}: apiVersion must be apps/v1")
         service = services.get(spec.get("serviceName"))
-        if service is None:
+        if not stateful:
+            pass
+        elif service is None:
             problem(f"{who}: serviceName {spec.get('serviceName')!r} names no Service in the manifests")
         elif service["spec"].get("clusterIP") != "None" and spec.get("replicas", 1) > 1:
             problem(f"{who}: its Service {service['metadata']['name']} must be headless (clusterIP: None) for stable pod DNS names")
@@ -95,7 +101,7 @@ def check_k8s():
                     problem(f"{who}: the anti-affinity selector {match} does not select its own pods")
         volumes = {volume["name"]: volume for volume in pod.get("volumes") or []}
         claims = {claim["metadata"]["name"] for claim in spec.get("volumeClaimTemplates") or []}
-        if not claims:
+        if stateful and not claims:
             problem(f"{who}: no volumeClaimTemplates: its data would not survive a reschedule")
         containers = pod.get("containers") or []
         if not containers:

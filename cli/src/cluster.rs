@@ -1593,6 +1593,9 @@ mod tests {
                     crate::config::load::<BrokerConfig>("deploy", Some(&path)).and_then(|config| Ok(config.validate()?))
                 } else if name.starts_with("tracer") {
                     crate::config::load::<TracerConfig>("deploy", Some(&path)).and_then(|config| Ok(config.validate()?))
+                } else if name.starts_with("query") {
+                    crate::config::load::<QueryServiceConfig>("deploy", Some(&path))
+                        .and_then(|config| config.query.validate().map_err(anyhow::Error::msg))
                 } else {
                     panic!("deploy/{dir}/{name}: no service config of that name");
                 };
