@@ -22,7 +22,7 @@ use crate::error::{ArchiveError, Result};
 pub struct S3Config {
     /// Endpoint of an S3-compatible server (`http://127.0.0.1:9000`); empty for AWS.
     pub endpoint: Option<String>,
-    /// Region (default `us-east-1`).
+    /// Region (else `AWS_REGION` or `AWS_DEFAULT_REGION`, else `us-east-1`).
     pub region: Option<String>,
     /// Access key id (else `AWS_ACCESS_KEY_ID`).
     pub access_key_id: Option<String>,
@@ -178,40 +178,13 @@ impl ArchiveStore {
                 "archive.store = {url:?} names no bucket: use s3://bucket or s3://bucket/prefix"
             )));
         }
-        let s3 = &config.s3;
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_allow_http(s3.allow_http)
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(100),
-                    max_backoff: Duration::from_secs(2),
-                    base: 2.0,
-                },
-                max_retries: config.max_retries,
-                retry_timeout: Duration::from_secs(config.request_timeout_secs),
-            })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(s3.allow_http)
-                    .with_timeout(Duration::from_secs(config.request_timeout_secs))
-                    .with_connect_timeout(Duration::from_secs(config.request_timeout_secs.min(5))),
-            );
-        if let Some(endpoint) = &s3.endpoint {
-            builder = builder.with_endpoint(endpoint);
-        }
-        builder = builder.with_region(s3.region.clone().unwrap_or_else(|| "us-east-1".into()));
-        if let Some(key) = &s3.access_key_id {
-            builder = builder.with_access_key_id(key);
-        }
-        if let Some(secret) = &s3.secret_access_key {
-            builder = builder.with_secret_access_key(secret);
-        }
-        let store = builder.build().map_err(|source| ArchiveError::Store {
-            store: url.to_owned(),
-            context: "configuring S3 (bucket, region, endpoint, credentials)".into(),
-            source,
-        })?;
+        let store = s3_builder(bucket, config)
+            .build()
+            .map_err(|source| ArchiveError::Store {
+                store: url.to_owned(),
+                context: "configuring S3 (bucket, region, endpoint, credentials)".into(),
+                source,
+            })?;
         let inner: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
             Arc::new(store)
         } else {
@@ -229,4 +202,43 @@ impl ArchiveStore {
             source,
         }
     }
+}
+
+/// The S3 client settings of an archive in `bucket`: `[archive.s3]` first, then the `AWS_*`
+/// environment (credentials, region, endpoint) for whatever it leaves out.
+pub(crate) fn s3_builder(bucket: &str, config: &ArchiveConfig) -> AmazonS3Builder {
+    let s3 = &config.s3;
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_allow_http(s3.allow_http)
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: config.max_retries,
+            retry_timeout: Duration::from_secs(config.request_timeout_secs),
+        })
+        .with_client_options(
+            ClientOptions::new()
+                .with_allow_http(s3.allow_http)
+                .with_timeout(Duration::from_secs(config.request_timeout_secs))
+                .with_connect_timeout(Duration::from_secs(config.request_timeout_secs.min(5))),
+        );
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    // Without one here, `AWS_REGION` or `AWS_DEFAULT_REGION` (read by `from_env`), else
+    // object_store's us-east-1.
+    if let Some(region) = &s3.region {
+        builder = builder.with_region(region);
+    }
+    if let Some(key) = &s3.access_key_id {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = &s3.secret_access_key {
+        builder = builder.with_secret_access_key(secret);
+    }
+    builder
 }

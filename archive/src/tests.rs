@@ -662,3 +662,25 @@ async fn archive_retention_deletes_old_days_per_topic_and_verify_stays_clean() {
             .is_empty()
     );
 }
+
+#[test]
+fn the_s3_region_comes_from_the_config_else_from_the_aws_environment() {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    let region = |s3: S3Config| {
+        let config = ArchiveConfig {
+            s3,
+            ..ArchiveConfig::default()
+        };
+        crate::store::s3_builder("bucket", &config).get_config_value(&AmazonS3ConfigKey::Region)
+    };
+    let configured = S3Config {
+        region: Some("eu-west-3".into()),
+        ..S3Config::default()
+    };
+    assert_eq!(region(configured).as_deref(), Some("eu-west-3"));
+    // Left out: whatever AWS_REGION / AWS_DEFAULT_REGION say, not a fixed default over them.
+    assert_eq!(
+        region(S3Config::default()),
+        AmazonS3Builder::from_env().get_config_value(&AmazonS3ConfigKey::Region)
+    );
+}
