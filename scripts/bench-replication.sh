@@ -16,10 +16,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CARGO=${CARGO:-cargo}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
+# CARGO_TARGET_DIR may be absolute (CI keeps it outside the clone) or relative to the clone.
+[[ "${TARGET_DIR}" == /* ]] || TARGET_DIR="${PWD}/${TARGET_DIR}"
 
 echo "[bench-replication] building the release binary" >&2
 "${CARGO}" build --release --bin meridian
-export MERIDIAN_BIN="${PWD}/${TARGET_DIR}/release/meridian"
+export MERIDIAN_BIN="${TARGET_DIR}/release/meridian"
 echo "[bench-replication] running the harnesses against ${MERIDIAN_BIN}" >&2
 "${CARGO}" test -p meridian-tests --test e2e -- --ignored --nocapture --test-threads 1 \
     replication::bench_produce_single_quorum_idc_safe replication::bench_failover_trials
