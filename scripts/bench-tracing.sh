@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Tracing benchmarks (docs/benchmarks.md, "Tracing"). Not part of CI: run by hand on a quiet machine.
 #
-# 1. Produce throughput with tracing off and on, in the same run: `meridian dev` (release) with
-#    `[trace] enabled = false` or `true`, `meridian bench produce` (1 KiB, batch 1, concurrency 64),
-#    alternating off/on ROUNDS times; the ratio is the mean of "on" over the mean of "off".
-# 2. With tracing on: how long the tracer inside `meridian dev` takes to index everything the
-#    produce run emitted (2 events per message), and send-to-searchable (one `meridian produce`,
-#    then polling GET /api/traces/{msgId} every 10 ms; SEARCHABLE_SAMPLES times).
+# 1. Produce throughput with tracing off and on, in the same run, `meridian bench produce` (1 KiB,
+#    batch 1, concurrency 64) alternating off/on ROUNDS times; the ratio is the mean of "on" over
+#    the mean of "off". Two setups:
+#    - `dev`: `meridian dev` (release) with `[trace] enabled = false` or `true`: the tracer indexes
+#      in the same process, on the same cores as the broker and the client;
+#    - `alone`: a nameserver and a broker as separate processes (`meridian cluster up`, no tracer):
+#      the broker emits and stores every event, and the tracer runs elsewhere, as deployed.
+# 2. With tracing on in `dev`: how long its tracer takes to index everything the produce run
+#    emitted (one Pub event per message), and send-to-searchable (one `meridian produce`, then
+#    polling GET /api/traces/{msgId} every 10 ms; SEARCHABLE_SAMPLES times).
 # 3. The index alone (tracer/src/bench_tests.rs, release): indexing rate on one thread and lookups
 #    by msgId and by key over HTTP on an index of INDEX_EVENTS events, each answer checked exact.
 #
@@ -78,21 +82,78 @@ now_ms() {
     date +%s%3N
 }
 
+# Starts a nameserver and a lone broker with tracing $1 as separate processes (no tracer).
+start_alone() {
+    local tracing=$1 name=$2
+    cluster_dir="${work_dir}/${name}"
+    local ns_port ns_http broker_port broker_http
+    ns_port=$(free_port 37800)
+    ns_http=$(free_port 38080)
+    broker_port=$(free_port 37911)
+    broker_http=$(free_port 38081)
+    cat >"${work_dir}/${name}.toml" <<SPEC
+name = "bench-tracing"
+idcs = ["local"]
+
+[[nameservers]]
+id = 1
+idc = "local"
+listen = "127.0.0.1:${ns_port}"
+http = "127.0.0.1:${ns_http}"
+
+[[broker_groups]]
+name = "broker-a"
+
+[[broker_groups.members]]
+name = "a-0"
+role = "master"
+idc = "local"
+listen = "127.0.0.1:${broker_port}"
+http = "127.0.0.1:${broker_http}"
+
+[archiver]
+enabled = false
+
+[overrides.broker.trace]
+enabled = ${tracing}
+SPEC
+    "${BIN}" cluster up --config "${work_dir}/${name}.toml" --dir "${cluster_dir}" >"${work_dir}/${name}.out" 2>&1 ||
+        { cat "${work_dir}/${name}.out" >&2; return 1; }
+    nameserver_addr="127.0.0.1:${ns_port}"
+    http_addr="127.0.0.1:${broker_http}"
+}
+
+stop_alone() {
+    "${BIN}" cluster down --dir "${cluster_dir}" --purge >/dev/null 2>&1 || true
+    cluster_dir=""
+}
+cluster_dir=""
+trap 'stop_node; [[ -z "${cluster_dir}" ]] || stop_alone; rm -rf "${work_dir}"' EXIT
+
 log "building the release binary and the index benchmark"
 cargo build --release --bin meridian
 results="${work_dir}/results.jsonl"
+for setup in dev alone; do
 for round in $(seq 1 "${ROUNDS}"); do
     for tracing in false true; do
-        name="round${round}-trace-${tracing}"
-        start_node "${tracing}" "${name}"
+        name="${setup}-round${round}-trace-${tracing}"
+        if [[ "${setup}" == dev ]]; then
+            start_node "${tracing}" "${name}"
+        else
+            start_alone "${tracing}" "${name}"
+        fi
         log "${name}: produce ${COUNT} x 1 KiB"
         produce_started=$(now_ms)
         "${BIN}" bench produce --nameserver "${nameserver_addr}" --size 1024 --count "${COUNT}" --concurrency 64 \
             --batch 1 --json >"${work_dir}/${name}.json"
         produce_ended=$(now_ms)
         indexed_ms=null
-        if [[ "${tracing}" == true ]]; then
-            expected=$((2 * COUNT))
+        if [[ "${setup}" == alone && "${tracing}" == true ]]; then
+            dropped=$(curl -fsS "http://${http_addr}/metrics" | awk '/^meridian_broker_trace_events_dropped_total/ {sum += $2} END {print sum + 0}')
+            log "${name}: broker dropped ${dropped} trace events"
+        fi
+        if [[ "${setup}" == dev && "${tracing}" == true ]]; then
+            expected=${COUNT}
             until [[ "$(metric meridian_tracer_events_indexed_total)" -ge "${expected}" ]]; do
                 sleep 0.05
             done
@@ -110,27 +171,35 @@ for round in $(seq 1 "${ROUNDS}"); do
             done
         fi
         "${PYTHON}" - "${work_dir}/${name}.json" "${tracing}" "$((produce_ended - produce_started))" "${indexed_ms}" \
-            "${work_dir}/searchable" >>"${results}" <<'EOF'
+            "${work_dir}/searchable" "${setup}" >>"${results}" <<'EOF'
 import json, sys
 bench = json.load(open(sys.argv[1]))
-row = {"tracing": sys.argv[2] == "true", "msgs_per_s": bench["msgs_per_s"], "p99_ms": bench["latency_ms"]["p99"],
-       "produce_ms": int(sys.argv[3])}
+row = {"setup": sys.argv[6], "tracing": sys.argv[2] == "true", "msgs_per_s": bench["msgs_per_s"],
+       "p99_ms": bench["latency_ms"]["p99"], "produce_ms": int(sys.argv[3])}
 if sys.argv[4] != "null":
     row["all_indexed_ms"] = int(sys.argv[4])
     samples = sorted(int(line) for line in open(sys.argv[5]) if line.strip())
     row["send_to_searchable_ms"] = {"p50": samples[len(samples) // 2], "max": samples[-1]}
 print(json.dumps(row))
 EOF
-        stop_node
+        if [[ "${setup}" == dev ]]; then
+            stop_node
+        else
+            stop_alone
+        fi
         log "${name}: $(tail -1 "${results}")"
     done
+done
 done
 "${PYTHON}" - "${results}" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-off = [row["msgs_per_s"] for row in rows if not row["tracing"]]
-on = [row["msgs_per_s"] for row in rows if row["tracing"]]
-print(json.dumps({"rows": rows, "on_over_off": (sum(on) / len(on)) / (sum(off) / len(off))}, indent=1))
+ratios = {}
+for setup in ("dev", "alone"):
+    off = [row["msgs_per_s"] for row in rows if row["setup"] == setup and not row["tracing"]]
+    on = [row["msgs_per_s"] for row in rows if row["setup"] == setup and row["tracing"]]
+    ratios[setup] = (sum(on) / len(on)) / (sum(off) / len(off))
+print(json.dumps({"rows": rows, "on_over_off": ratios}, indent=1))
 EOF
 
 log "index benchmark: ${INDEX_EVENTS} events"
