@@ -9,15 +9,18 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, RwLock};
 
+use arrow::array::AsArray;
+use arrow::datatypes::{Int64Type, TimestampMillisecondType};
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 use parquet::file::metadata::PageIndexPolicy;
 
 use crate::error::{ArchiveError, Result};
 use crate::manifest::{self, ManifestEntry};
-use crate::schema::BatchColumns;
+use crate::schema::{BatchColumns, columns};
 use crate::store::ArchiveStore;
 
 /// Files kept in memory by a reader: a consumer replaying a queue reads one file many times.
@@ -238,6 +241,37 @@ impl ArchiveReader {
         Ok(bytes)
     }
 
+    /// The first archived offset of a queue stored at or after `timestamp` (Unix ms); `None`
+    /// when every archived message of the queue is older, or none is archived. Segments whose
+    /// newest message is older are skipped by their manifest entry; of the others, only the
+    /// queue's rows of two columns are read, file by file, until one qualifies.
+    pub async fn search_offset(&self, topic: &str, queue_id: u32, timestamp: i64) -> Result<Option<u64>> {
+        let candidates: Vec<QueueFile> = self.with_index(|index| {
+            index
+                .queue_files(topic, queue_id)
+                .iter()
+                .filter(|file| {
+                    index
+                        .entries
+                        .get(&file.segment_start)
+                        .is_none_or(|entry| entry.max_store_time >= timestamp)
+                })
+                .cloned()
+                .collect()
+        });
+        for file in candidates {
+            let bytes = self.file_bytes(&file.path, file.checksum).await?;
+            let path = file.path.clone();
+            let found = tokio::task::spawn_blocking(move || first_at_or_after(bytes, &file, timestamp))
+                .await
+                .map_err(|error| ArchiveError::Corrupt(format!("searching {path} by time failed: {error}")))??;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
     /// Up to `max_count` records of a queue from `offset`, adding up to at most `max_bytes` (but
     /// at least one record), all from one file: the caller pulls again from `next_offset`.
     pub async fn read(
@@ -261,6 +295,51 @@ impl ArchiveReader {
             .await
             .map_err(|error| ArchiveError::Corrupt(format!("replay of {path} failed: {error}")))?
     }
+}
+
+/// The first offset among `file`'s rows of its queue stored at or after `timestamp`, reading
+/// only the queue's rows of two columns.
+fn first_at_or_after(bytes: Bytes, file: &QueueFile, timestamp: i64) -> Result<Option<u64>> {
+    let parquet_error = |source| ArchiveError::Parquet {
+        path: file.path.clone(),
+        source,
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_error)?;
+    let projection = ProjectionMask::columns(
+        builder.parquet_schema(),
+        [columns::QUEUE_OFFSET, columns::STORE_TIMESTAMP],
+    );
+    let selection = RowSelection::from(vec![
+        RowSelector::skip(file.rows_before as usize),
+        RowSelector::select(file.rows as usize),
+    ]);
+    let reader = builder
+        .with_projection(projection)
+        .with_row_selection(selection)
+        .with_batch_size(8192)
+        .build()
+        .map_err(parquet_error)?;
+    for batch in reader {
+        let batch = batch.map_err(|source| ArchiveError::Arrow {
+            context: format!("reading {}", file.path),
+            source,
+        })?;
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| ArchiveError::Corrupt(format!("{} lacks column {name}", file.path)))
+        };
+        let offsets = column(columns::QUEUE_OFFSET)?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| ArchiveError::Corrupt(format!("{}: queue_offset is not Int64", file.path)))?;
+        let stored = column(columns::STORE_TIMESTAMP)?
+            .as_primitive_opt::<TimestampMillisecondType>()
+            .ok_or_else(|| ArchiveError::Corrupt(format!("{}: store_timestamp is not a timestamp", file.path)))?;
+        if let Some(row) = (0..batch.num_rows()).find(|row| stored.value(*row) >= timestamp) {
+            return Ok(Some(offsets.value(row) as u64));
+        }
+    }
+    Ok(None)
 }
 
 /// Decodes the rows of `file`'s queue from `offset` into records.

@@ -120,6 +120,35 @@ async fn replay_everything(reader: &ArchiveReader) -> HashMap<(String, u32, u64)
     found
 }
 
+/// Every queue searched by time at each store time it holds, before the first and after the
+/// last: the first archived offset at or after the time, exactly.
+async fn search_by_time_finds_the_first_message_at_or_after(
+    reader: &ArchiveReader,
+    archived: &HashMap<(String, u32, u64), Vec<u8>>,
+) {
+    let mut queues: HashMap<(String, u32), Vec<(u64, i64)>> = HashMap::new();
+    for ((topic, queue, offset), bytes) in archived {
+        let stored = record::Record::parse(bytes).unwrap().store_timestamp();
+        queues
+            .entry((topic.clone(), *queue))
+            .or_default()
+            .push((*offset, stored));
+    }
+    for ((topic, queue), mut messages) in queues {
+        messages.sort();
+        let mut times: Vec<i64> = messages.iter().map(|(_, stored)| *stored).collect();
+        times.extend([0, times[0] - 1, times.last().unwrap() + 1]);
+        for time in times {
+            let expected = messages
+                .iter()
+                .find(|(_, stored)| *stored >= time)
+                .map(|(offset, _)| *offset);
+            let found = reader.search_offset(&topic, queue, time).await.unwrap();
+            assert_eq!(found, expected, "{topic}/{queue} searched at {time}");
+        }
+    }
+}
+
 /// The suite: every test of it runs against `store`, which must be empty.
 async fn conformance(store: ArchiveStore) {
     archive_replay_is_byte_identical(&store).await;
@@ -154,6 +183,7 @@ async fn archive_replay_is_byte_identical(store: &ArchiveStore) {
     for (key, bytes) in &expected {
         assert_eq!(replayed.get(key), Some(bytes), "{key:?} differs after the archive");
     }
+    search_by_time_finds_the_first_message_at_or_after(&reader, &expected).await;
 
     // A re-run changes nothing: same files, no duplicates.
     let files_before = list(store, "messages").await;

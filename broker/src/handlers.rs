@@ -180,7 +180,7 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         RequestCode::Pull => pull(state, body, peer),
         RequestCode::TraceReport => now(trace_report(state, body, peer)),
         RequestCode::SendBack => send_back(state, body),
-        RequestCode::ResetOffset => now(reset_offset(state, body)),
+        RequestCode::ResetOffset => later(state, body, reset_offset),
         RequestCode::DeadLetterResend => dead_letter_resend(state, body),
         RequestCode::LockQueues => now(lock_queues(state, body)),
         RequestCode::UnlockQueues => now(unlock_queues(state, body)),
@@ -188,7 +188,7 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         RequestCode::CommitOffset => now(commit_offset(state, body)),
         RequestCode::QueryOffset => now(query_offset(state, body)),
         RequestCode::QueueInfo => now(queue_info(state, body)),
-        RequestCode::SearchOffset => now(search_offset(state, body)),
+        RequestCode::SearchOffset => later(state, body, search_offset),
         RequestCode::CreateTopic => create_topic(state, body),
         RequestCode::TopicRoute => now(topic_route(state, body)),
         RequestCode::ConsumerHeartbeat => now(consumer_heartbeat(state, body, peer)),
@@ -448,7 +448,11 @@ fn pull(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
             .is_ok_and(|queue| request.offset < queue.min_offset())
     {
         let state = state.clone();
-        return Reply::Later(Box::pin(async move { pull_archived(&state, &archive, &request).await }));
+        return Reply::Later(Box::pin(async move {
+            let body = pull_archived(&state, &archive, &request).await?;
+            state.trace.delivered(&request.topic, &request.group, peer, &body);
+            Ok(body)
+        }));
     }
     match try_pull(state, &request, &filter) {
         Ok(Some(body)) => {
@@ -614,7 +618,7 @@ fn query_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
 
 /// Moves a group's offsets of a topic on this broker; its consumers notice at their next pull
 /// ([`PullStatus::OffsetReset`]) and continue from there.
-fn reset_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+async fn reset_offset(state: Arc<BrokerState>, body: Bytes) -> Result<Bytes> {
     let request: ResetOffsetRequest = decode(body)?;
     state.check_group_topic(&request.group, &request.topic)?;
     state.check_master()?;
@@ -630,7 +634,7 @@ fn reset_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
         let offset = match target {
             ResetTarget::Earliest => bounds.min_offset,
             ResetTarget::Latest => bounds.max_offset,
-            ResetTarget::Timestamp => state.store.search_offset(&request.topic, queue_id, request.timestamp)?,
+            ResetTarget::Timestamp => search_by_time(&state, &request.topic, queue_id, request.timestamp).await?,
         };
         offsets.push((queue_id, offset));
     }
@@ -721,13 +725,38 @@ fn queue_info(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     })
 }
 
-fn search_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+async fn search_offset(state: Arc<BrokerState>, body: Bytes) -> Result<Bytes> {
     let request: SearchOffsetRequest = decode(body)?;
     topics::validate_consumable(&request.topic)?;
-    let offset = state
-        .store
-        .search_offset(&request.topic, request.queue_id, request.timestamp)?;
+    let offset = search_by_time(&state, &request.topic, request.queue_id, request.timestamp).await?;
     encoded(&SearchOffsetResponse { offset })
+}
+
+/// The first offset of a queue stored at or after `timestamp`, the archive included: when the
+/// local commitlog's first message of the queue is already that late, older ones may have been
+/// archived and deleted locally, so the archive is asked.
+async fn search_by_time(state: &BrokerState, topic: &str, queue_id: u32, timestamp: i64) -> Result<u64> {
+    let local = state.store.search_offset(topic, queue_id, timestamp)?;
+    let local_min = state.store.consume_queue(topic, queue_id)?.min_offset();
+    let Some(archive) = state.store.archive().cloned().filter(|_| local == local_min) else {
+        return Ok(local);
+    };
+    let archived = archive
+        .search_offset(topic, queue_id, timestamp)
+        .await
+        .map_err(|error| BrokerError::Io {
+            context: format!("searching {topic}/{queue_id} of the archive for time {timestamp}"),
+            source: std::io::Error::other(error.to_string()),
+        })?;
+    Ok(archived.filter(|offset| *offset < local).unwrap_or(local))
+}
+
+/// Runs an async handler that needs the state beyond the request's borrow.
+fn later<F>(state: &Arc<BrokerState>, body: Bytes, handler: impl FnOnce(Arc<BrokerState>, Bytes) -> F) -> Reply
+where
+    F: std::future::Future<Output = Result<Bytes>> + Send + 'static,
+{
+    Reply::Later(Box::pin(handler(state.clone(), body)))
 }
 
 fn create_topic(state: &Arc<BrokerState>, body: Bytes) -> Reply {
