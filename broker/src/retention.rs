@@ -2,6 +2,10 @@
 //! manifest and deletes its oldest sealed segments once each is committed there and older than
 //! `local_retention_secs`. Deletion goes strictly oldest first, so the local log stays one
 //! contiguous range; nothing unarchived is ever deleted, and with archiving off nothing is.
+//!
+//! Nor is a segment holding a message the broker itself still has to read: a delayed message not
+//! yet released from its delay slot, or a half message whose transaction is not settled (the
+//! scheduler and the check-back read them from the local log, however long the delay).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,10 +13,13 @@ use std::time::{Duration, SystemTime};
 
 use meridian_archive::reader::ArchiveReader;
 use meridian_archive::store::{ArchiveConfig, ArchiveStore};
+use meridian_proto::topics::{DELAY_TOPIC, HALF_TOPIC};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{BrokerError, Result};
+use crate::schedule::SCHEDULER_GROUP;
 use crate::store::MessageStore;
+use crate::transaction::TRANSACTION_GROUP;
 
 /// The archive folder when `archive.store` is empty: `archive` beside the broker's data dir
 /// (`meridian-data/archive` for `meridian-data/broker`).
@@ -37,8 +44,12 @@ pub async fn apply(store: &MessageStore, archive: &ArchiveReader, local_retentio
         .await
         .map_err(|error| BrokerError::Corrupt(format!("reading the archive manifest: {error}")))?;
     let now = SystemTime::now();
+    let pinned = pinned_offset(store)?;
     let mut deleted = Vec::new();
-    for (start, _end, path) in store.sealed_segments() {
+    for (start, end, path) in store.sealed_segments() {
+        if pinned.is_some_and(|pinned| end > pinned) {
+            break;
+        }
         let committed = archive.with_index(|index| index.is_committed(start));
         let modified = std::fs::metadata(&path)
             .and_then(|metadata| metadata.modified())
@@ -53,6 +64,35 @@ pub async fn apply(store: &MessageStore, archive: &ArchiveReader, local_retentio
         deleted.push(start);
     }
     Ok(deleted)
+}
+
+/// The smallest commitlog offset the broker still has to read itself: the first message not yet
+/// released from each delay slot, and the first half message the transaction check-back has not
+/// passed. `None` when nothing waits.
+pub fn pinned_offset(store: &MessageStore) -> Result<Option<u64>> {
+    let waiting = |topic: &str, queue_id: u32, group: &str| -> Result<Option<u64>> {
+        let Ok(queue) = store.consume_queue(topic, queue_id) else {
+            return Ok(None);
+        };
+        let position = store
+            .query_offset(group, topic, queue_id)?
+            .unwrap_or(0)
+            .max(queue.min_offset());
+        if position >= queue.max_offset() {
+            return Ok(None);
+        }
+        Ok(queue.get(position)?.map(|entry| entry.commitlog_offset))
+    };
+    let mut pinned: Option<u64> = None;
+    for slot in 0..meridian_proto::delay::slot_count() {
+        if let Some(offset) = waiting(DELAY_TOPIC, slot, SCHEDULER_GROUP)? {
+            pinned = Some(pinned.map_or(offset, |pinned| pinned.min(offset)));
+        }
+    }
+    if let Some(offset) = waiting(HALF_TOPIC, 0, TRANSACTION_GROUP)? {
+        pinned = Some(pinned.map_or(offset, |pinned| pinned.min(offset)));
+    }
+    Ok(pinned)
 }
 
 /// Runs [`apply`] every `config.interval_secs` until `stop`. Errors (an unreachable store) are
@@ -120,6 +160,54 @@ mod tests {
                 out.to_vec()
             })
             .collect()
+    }
+
+    /// A delayed message waiting in its slot keeps its segment, and every later one, on local
+    /// disk however old and archived they are; once released, they go.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_holding_unreleased_delayed_messages_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            segment_size: 64 * 1024,
+            ..StoreConfig::default()
+        };
+        let data_dir = dir.path().join("broker");
+        let store = MessageStore::open(&data_dir, config, "127.0.0.1:7911".parse().unwrap(), Arc::default()).unwrap();
+        crate::schedule::ensure_topics(&store).unwrap();
+        store.create_topic("orders", 1).unwrap();
+        let host = "10.0.0.1:5000".parse().unwrap();
+        let slot = 100;
+        store.append(DELAY_TOPIC, Some(slot), &messages(1), host).unwrap();
+        for chunk in messages(1000).chunks(10) {
+            store.append("orders", Some(0), chunk, host).unwrap();
+        }
+        while store.dispatched_offset() < store.committed_offset() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(pinned_offset(&store).unwrap(), Some(0));
+        let sealed = store.sealed_segments();
+        assert!(sealed.len() >= 3, "{sealed:?}");
+        let archive = ArchiveStore::in_memory();
+        let reader = ArchiveReader::new(archive.clone(), "broker-a").unwrap();
+        Archiver::new(
+            archive.clone(),
+            ConvertOptions::new("broker-a"),
+            data_dir.join("commitlog"),
+            Duration::ZERO,
+        )
+        .unwrap()
+        .run_once(true, |_| {})
+        .await
+        .unwrap();
+        assert!(apply(&store, &reader, Duration::ZERO).await.unwrap().is_empty());
+        assert_eq!(store.sealed_segments(), sealed);
+
+        // Released: the scheduler's position passed it.
+        store.commit_offset(SCHEDULER_GROUP, DELAY_TOPIC, slot, 1).unwrap();
+        assert_eq!(pinned_offset(&store).unwrap(), None);
+        let deleted = apply(&store, &reader, Duration::ZERO).await.unwrap();
+        assert_eq!(deleted, sealed.iter().map(|(start, _, _)| *start).collect::<Vec<_>>());
+        store.shutdown();
     }
 
     /// Archive, delete locally, read every offset back: identical records; nothing unarchived
