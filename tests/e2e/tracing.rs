@@ -95,13 +95,7 @@ async fn a_consumed_message_has_every_step_in_order_with_hosts_groups_and_hops()
         "SubBefore",
         "SubAfter",
     ];
-    let mut timeline = Value::Null;
-    let complete = eventually(Duration::from_secs(15), || {
-        timeline = http_get_json(node.http, &path).unwrap_or(Value::Null);
-        step_types(&timeline) == expected
-    })
-    .await;
-    assert!(complete, "timeline {timeline:#}");
+    let timeline = timeline_with(&node, &sent.msg_id, &expected).await;
     consumer.shutdown().await;
     producer.shutdown().await;
 
