@@ -102,6 +102,9 @@ pub struct RetryBench {
     /// Times the whole list of passes runs (alternating, so drift shows as scatter, not as a bias).
     #[arg(long, default_value_t = 1)]
     rounds: u32,
+    /// Leave out the uncounted pass (failing none) that warms up caches and connections first.
+    #[arg(long)]
+    no_warmup: bool,
     /// Delay level of the redelivery from the retry topic (1 = 1 s; 0: the broker's back-off,
     /// 10 s for a first retry).
     #[arg(long, default_value_t = 1)]
@@ -829,6 +832,20 @@ pub async fn retry(mut args: RetryBench) -> Result<()> {
         created?;
     }
     let store_rate = store_messages(&args, run, &topic).await?;
+    let warmup = if args.no_warmup {
+        None
+    } else {
+        let group = format!("meridian-bench-retry-{run_id}-warmup");
+        let pass = run_retry_pass(&args, run, &topic, group, 0, 0.0).await?;
+        if !args.json {
+            eprintln!(
+                "warm-up pass (not counted): {:.2} s ({:.0} msgs/s)",
+                pass.first_pass_seconds,
+                pass.first_pass_msgs_per_s(args.count)
+            );
+        }
+        Some(pass.first_pass_msgs_per_s(args.count))
+    };
     let mut passes = Vec::new();
     for round in 1..=args.rounds {
         for (index, fraction) in args.fail.iter().enumerate() {
@@ -897,7 +914,7 @@ pub async fn retry(mut args: RetryBench) -> Result<()> {
             json!({
                 "messages": count, "size": args.size, "topic": topic, "queues": args.queues,
                 "retry_delay_level": args.retry_delay_level, "pull_batch": args.pull_batch,
-                "store_msgs_per_s": store_rate, "passes": passes, "summary": summary,
+                "store_msgs_per_s": store_rate, "warmup_msgs_per_s": warmup, "passes": passes, "summary": summary,
             })
         );
     } else {
