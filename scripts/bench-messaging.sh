@@ -13,13 +13,19 @@
 #      fresh group per pass whose handler fails RETRY_FAIL of the first deliveries (they come back
 #      from %RETRY%<group> after 1 s, delay level 1), against a pass failing none, RETRY_ROUNDS times
 #      after one uncounted warm-up pass;
-# stop the node with SIGTERM after each, and print one Markdown summary with where the CPU time
-# went during each client run (the node, the client, everything else) and the load average.
+# stop the node with SIGTERM after each and remove its data dir (the delay run writes about 4 GB,
+# the retry run about 5 GB: each message is moved through delay slots and traced; a disk filling up
+# under a run makes the node's threads die on their next log line), and print one Markdown summary
+# with where the CPU time went during each client run (the node, the client, everything else) and
+# the load average.
 #
 # Environment: CARGO, CARGO_TARGET_DIR (default ./target), MERIDIAN_BENCH_TMP (where the data dirs
 # go), DELAY_COUNT (default 1000000), DELAY_DURATION (600), DELAY_MAX_MS (300000), DELAY_LEVELS
 # (1,...,9: 1 s to 5 min), DELAY_GRACE (60), RETRY_COUNT (500000), RETRY_FAIL (0,0.01,0.1),
-# RETRY_ROUNDS (3), SKIP_DELAY / SKIP_RETRY (1 to leave a step out).
+# RETRY_ROUNDS (3), RETRY_TRACE (false: the retry node runs with `[trace] enabled = false` and the
+# consumer reports no trace events, because the in-process tracer indexing the previous pass's
+# events slowed the next pass unevenly; true: tracing as configured by default), SKIP_DELAY /
+# SKIP_RETRY (1 to leave a step out).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,6 +42,7 @@ DELAY_LEVELS=${DELAY_LEVELS:-1,2,3,4,5,6,7,8,9}
 RETRY_COUNT=${RETRY_COUNT:-500000}
 RETRY_FAIL=${RETRY_FAIL:-0,0.01,0.1}
 RETRY_ROUNDS=${RETRY_ROUNDS:-3}
+RETRY_TRACE=${RETRY_TRACE:-false}
 SKIP_DELAY=${SKIP_DELAY:-0}
 SKIP_RETRY=${SKIP_RETRY:-0}
 # The node is in data center "local" (`meridian dev`); saying so keeps the clients from warning.
@@ -94,13 +101,14 @@ free_port() {
     echo "${port}"
 }
 
-# Starts `meridian dev` (default config) in a fresh data dir named $1; sets node_pid and
+# Starts `meridian dev` in a fresh data dir named $1 (extra arguments: $2...); sets node_pid and
 # nameserver_addr. Tries other ports if a start fails (once, a node started right after the
 # previous one stopped exited at once; its log was lost with the temp dir).
 start_node() {
     local name=$1 attempt
+    shift
     for attempt in 0 1 2; do
-        if try_start_node "${name}" $((attempt * 10)); then
+        if try_start_node "${name}" $((attempt * 10)) "$@"; then
             return 0
         fi
         log "meridian dev (${name}) did not become ready (attempt $((attempt + 1))); the end of its log:"
@@ -112,6 +120,7 @@ start_node() {
 
 try_start_node() {
     local name=$1 offset=$2
+    shift 2
     local data_dir="${work_dir}/${name}"
     rm -rf "${data_dir}"
     mkdir -p "${data_dir}"
@@ -119,7 +128,7 @@ try_start_node() {
     local broker_addr="127.0.0.1:$(free_port $((57911 + offset)))"
     local http_addr="127.0.0.1:$(free_port $((58080 + offset)))"
     "${BIN}" dev --data-dir "${data_dir}" --nameserver-listen "${nameserver_addr}" --broker-listen "${broker_addr}" \
-        --http-listen "${http_addr}" >"${work_dir}/${name}-node.out" 2>"${work_dir}/${name}-node.err" &
+        --http-listen "${http_addr}" "$@" >"${work_dir}/${name}-node.out" 2>"${work_dir}/${name}-node.err" &
     node_pid=$!
     local waited=0
     until grep -q '^ready' "${work_dir}/${name}-node.out" 2>/dev/null; do
@@ -130,6 +139,12 @@ try_start_node() {
         waited=$((waited + 1))
     done
     log "meridian dev (${name}) ready: nameserver ${nameserver_addr}, broker ${broker_addr}, pid ${node_pid}"
+}
+
+# Removes the data dir of the stopped node $1, logging how much it held.
+remove_data() {
+    log "data dir of ${1}: $(du -sh "${work_dir}/$1" | cut -f1); removing it"
+    rm -rf "${work_dir:?}/$1"
 }
 
 busy_ticks() {
@@ -194,12 +209,21 @@ if [[ "${SKIP_DELAY}" != 1 ]]; then
         --duration "${DELAY_DURATION}" --max-delay-ms "${DELAY_MAX_MS}" --levels "${DELAY_LEVELS}" \
         --grace "${DELAY_GRACE}" || delay_status=$?
     stop_node
+    remove_data delay
 fi
 if [[ "${SKIP_RETRY}" != 1 ]]; then
-    start_node retry
+    retry_node_args=()
+    retry_bench_args=()
+    if [[ "${RETRY_TRACE}" != true ]]; then
+        printf '[trace]\nenabled = false\n' >"${work_dir}/no-trace.toml"
+        retry_node_args=(--config "${work_dir}/no-trace.toml")
+        retry_bench_args=(--no-trace)
+    fi
+    start_node retry "${retry_node_args[@]}"
     bench_json "${work_dir}/retry.json" retry --nameserver "${nameserver_addr}" --count "${RETRY_COUNT}" \
-        --fail "${RETRY_FAIL}" --rounds "${RETRY_ROUNDS}"
+        --fail "${RETRY_FAIL}" --rounds "${RETRY_ROUNDS}" "${retry_bench_args[@]}"
     stop_node
+    remove_data retry
 fi
 
 echo
@@ -264,11 +288,12 @@ if delay:
 retry = load("retry.json")
 if retry:
     print(f"### Retries: {retry['messages']:,} messages of {retry['size']} B, {retry['queues']} queues, "
-          f"retry delay level {retry['retry_delay_level']}, pull batch {retry['pull_batch']}")
+          f"retry delay level {retry['retry_delay_level']}, pull batch {retry['pull_batch']}, "
+          f"tracing {'on' if retry['consumer_trace'] else 'off'}; medians over the rounds")
     print()
     print("| failing | failed | first pass msgs/s | ratio | all consumed after s | ratio | added ms per failure |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for row in retry["summary"]:
+    for row in retry["medians"]:
         added = row["added_ms_per_failure"]
         print(f"| {row['fail_fraction'] * 100:.1f}% | {row['failed']:,.0f} | {row['first_pass_msgs_per_s']:,.0f} | "
               f"{row['first_pass_ratio']:.3f} | {row['all_consumed_seconds']:.2f} | {row['all_consumed_ratio']:.2f} | "

@@ -73,6 +73,9 @@ pub struct DelayBench {
     /// Seconds to wait past the last due time for deliveries still missing.
     #[arg(long, default_value_t = 60)]
     grace: u64,
+    /// Do not report consume-side trace events (the SDK reports them by default).
+    #[arg(long)]
+    no_trace: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -115,6 +118,9 @@ pub struct RetryBench {
     /// Seconds a pass may take before the benchmark gives up.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Do not report consume-side trace events (the SDK reports them by default).
+    #[arg(long)]
+    no_trace: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -368,6 +374,7 @@ pub async fn delay(args: DelayBench) -> Result<()> {
         let tracker = tracker.clone();
         let config = ConsumerConfig {
             consume_from: ConsumeFrom::Latest,
+            trace: !args.no_trace,
             ..ConsumerConfig::new(args.group.clone(), args.topic.clone())
         };
         PushConsumer::start(route_source(&args.target, &consumer_pool), config, move |message| {
@@ -701,6 +708,7 @@ async fn run_retry_pass(
         consume_from: ConsumeFrom::Earliest,
         retry_delay_level: args.retry_delay_level,
         pull_batch: args.pull_batch,
+        trace: !args.no_trace,
         ..ConsumerConfig::new(group.clone(), topic.to_owned())
     };
     let bar = progress(
@@ -865,26 +873,32 @@ pub async fn retry(mut args: RetryBench) -> Result<()> {
         }
     }
 
-    let mean = |fraction: f64, figure: &dyn Fn(&PassResult) -> f64| {
-        let of: Vec<f64> = passes
+    // Medians over the rounds: one pass slowed by something else on the machine moves a mean.
+    let median = |fraction: f64, figure: &dyn Fn(&PassResult) -> f64| {
+        let mut of: Vec<f64> = passes
             .iter()
             .filter(|pass| pass.fail_fraction == fraction)
             .map(figure)
             .collect();
-        of.iter().sum::<f64>() / of.len() as f64
+        of.sort_by(f64::total_cmp);
+        match of.len() {
+            0 => f64::NAN,
+            len if len % 2 == 1 => of[len / 2],
+            len => (of[len / 2 - 1] + of[len / 2]) / 2.0,
+        }
     };
     let count = args.count;
-    let base_rate = mean(0.0, &|pass| pass.first_pass_msgs_per_s(count));
-    let base_first = mean(0.0, &|pass| pass.first_pass_seconds);
-    let base_total = mean(0.0, &|pass| pass.all_consumed_seconds);
+    let base_rate = median(0.0, &|pass| pass.first_pass_msgs_per_s(count));
+    let base_first = median(0.0, &|pass| pass.first_pass_seconds);
+    let base_total = median(0.0, &|pass| pass.all_consumed_seconds);
     let summary: Vec<serde_json::Value> = args
         .fail
         .iter()
         .map(|fraction| {
-            let rate = mean(*fraction, &|pass| pass.first_pass_msgs_per_s(count));
-            let first = mean(*fraction, &|pass| pass.first_pass_seconds);
-            let total = mean(*fraction, &|pass| pass.all_consumed_seconds);
-            let failed = mean(*fraction, &|pass| pass.failed as f64);
+            let rate = median(*fraction, &|pass| pass.first_pass_msgs_per_s(count));
+            let first = median(*fraction, &|pass| pass.first_pass_seconds);
+            let total = median(*fraction, &|pass| pass.all_consumed_seconds);
+            let failed = median(*fraction, &|pass| pass.failed as f64);
             json!({
                 "fail_fraction": fraction,
                 "failed": failed,
@@ -914,13 +928,19 @@ pub async fn retry(mut args: RetryBench) -> Result<()> {
             json!({
                 "messages": count, "size": args.size, "topic": topic, "queues": args.queues,
                 "retry_delay_level": args.retry_delay_level, "pull_batch": args.pull_batch,
-                "store_msgs_per_s": store_rate, "warmup_msgs_per_s": warmup, "passes": passes, "summary": summary,
+                "store_msgs_per_s": store_rate, "warmup_msgs_per_s": warmup, "consumer_trace": !args.no_trace,
+                "passes": passes, "summary": "medians over the rounds", "medians": summary,
             })
         );
     } else {
         println!(
-            "{count} messages of {} B in {topic} ({} queues; stored at {store_rate:.0} msgs/s); retry delay level {}, pull batch {}",
-            args.size, args.queues, args.retry_delay_level, args.pull_batch
+            "{count} messages of {} B in {topic} ({} queues; stored at {store_rate:.0} msgs/s); retry delay level {}, pull batch {}, consume-side tracing {}; medians over {} round(s)",
+            args.size,
+            args.queues,
+            args.retry_delay_level,
+            args.pull_batch,
+            if args.no_trace { "off" } else { "on" },
+            args.rounds
         );
         println!("failing  failed  first pass msgs/s  ratio  all consumed s  ratio  added ms per failure");
         for row in &summary {
