@@ -22,7 +22,7 @@
 # Environment: CARGO, CARGO_TARGET_DIR (default ./target), MERIDIAN_BENCH_TMP (where the data dirs
 # go), DELAY_COUNT (default 1000000), DELAY_DURATION (600), DELAY_MAX_MS (300000), DELAY_LEVELS
 # (1,...,9: 1 s to 5 min), DELAY_GRACE (60), RETRY_COUNT (500000), RETRY_FAIL (0,0.01,0.1),
-# RETRY_ROUNDS (3), RETRY_TRACE (false: the retry node runs with `[trace] enabled = false` and the
+# RETRY_ROUNDS (5), RETRY_TRACE (false: the retry node runs with `[trace] enabled = false` and the
 # consumer reports no trace events, because the in-process tracer indexing the previous pass's
 # events slowed the next pass unevenly; true: tracing as configured by default), SKIP_DELAY /
 # SKIP_RETRY (1 to leave a step out).
@@ -41,7 +41,7 @@ DELAY_GRACE=${DELAY_GRACE:-60}
 DELAY_LEVELS=${DELAY_LEVELS:-1,2,3,4,5,6,7,8,9}
 RETRY_COUNT=${RETRY_COUNT:-500000}
 RETRY_FAIL=${RETRY_FAIL:-0,0.01,0.1}
-RETRY_ROUNDS=${RETRY_ROUNDS:-3}
+RETRY_ROUNDS=${RETRY_ROUNDS:-5}
 RETRY_TRACE=${RETRY_TRACE:-false}
 SKIP_DELAY=${SKIP_DELAY:-0}
 SKIP_RETRY=${SKIP_RETRY:-0}
