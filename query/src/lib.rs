@@ -8,6 +8,7 @@
 //! - [`forecast`]: `forecast(...)`, `forecast_topic_volume(...)`, `forecast_backlog(...)` (augurs).
 //! - [`http`]: `POST /api/sql`; [`format`]: table, JSON, CSV and Arrow IPC answers.
 //! - [`generate`]: archives with known contents, for tests and benchmarks.
+//! - [`udf`]: DataFusion functions replaced by faster ones for the archive's data (`date_trunc`).
 //!
 //! Start reading at [`QueryService::open`] and [`QueryService::sql`].
 
@@ -20,6 +21,7 @@ pub mod generate;
 pub mod http;
 pub mod metrics;
 pub mod service;
+pub mod udf;
 
 pub use config::QueryConfig;
 pub use error::{QueryError, Result};

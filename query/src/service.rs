@@ -26,6 +26,7 @@ use crate::config::QueryConfig;
 use crate::error::{QueryError, Result, SqlPosition};
 use crate::forecast;
 use crate::metrics::QueryMetrics;
+use crate::udf;
 
 /// Views registered beside the tables: the common questions, named.
 pub const VIEWS: &[(&str, &str)] = &[
@@ -181,6 +182,8 @@ impl QueryService {
             .build_arc()
             .map_err(|error| QueryError::Execution(error.strip_backtrace()))?;
         let ctx = SessionContext::new_with_config_rt(session_config, runtime);
+        // Before the views, which resolve their functions when they are defined.
+        udf::register(&ctx);
         let threads = match config.target_partitions {
             0 => std::thread::available_parallelism().map(usize::from).unwrap_or(2),
             partitions => partitions,
