@@ -367,7 +367,13 @@ fn register_listing(
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(schema);
-    let table = ListingTable::try_new(config).map_err(|error| QueryError::Execution(error.strip_backtrace()))?;
+    // The session's file statistics cache, as DataFusion's own `register_listing_table` sets it:
+    // without it every query recomputed each file's statistics from its Parquet footer (the
+    // embedded Arrow schema decoded again and again), most of the planning time. Entries are
+    // checked against the file's size and time, which the committed index gives per file.
+    let table = ListingTable::try_new(config)
+        .map_err(|error| QueryError::Execution(error.strip_backtrace()))?
+        .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
     ctx.register_table(name, Arc::new(table))
         .map_err(|error| QueryError::Execution(error.strip_backtrace()))?;
     Ok(())
