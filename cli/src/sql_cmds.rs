@@ -1,7 +1,7 @@
 //! `meridian query` (the SQL service over the archive), `meridian sql` (one statement, or a shell
 //! with history when none is given) and `meridian bench archive-gen`.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -191,64 +191,118 @@ fn history_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".meridian_sql_history"))
 }
 
-/// The shell: reads statements ending with `;`, runs each, keeps going after errors, appends
-/// every statement to the history file. `\history` prints the history.
+/// Collects the lines of a statement: statements end with `;` and may span lines.
+#[derive(Default)]
+struct StatementBuffer {
+    pending: String,
+}
+
+impl StatementBuffer {
+    /// Whether a statement has begun and not ended (the prompt shows it).
+    fn continues(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Adds a line; returns the statement it ends, without its `;` (blank ones are skipped).
+    fn push(&mut self, line: &str) -> Option<String> {
+        self.pending.push_str(line);
+        self.pending.push('\n');
+        if !line.trim_end().ends_with(';') {
+            return None;
+        }
+        let statement = std::mem::take(&mut self.pending);
+        let statement = statement.trim().trim_end_matches(';').trim();
+        (!statement.is_empty()).then(|| statement.to_owned())
+    }
+}
+
+/// The shell: reads statements ending with `;`, runs each, keeps going after errors. On a
+/// terminal it edits lines (arrow keys, Ctrl-R search) and keeps every statement in
+/// ~/.meridian_sql_history, recalled by the up arrow in later sessions too; `\history` lists them.
+/// Piped input is read as is and adds nothing to the history, and the exit status says whether
+/// every statement succeeded.
 async fn shell(args: &SqlArgs) -> Result<()> {
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         println!(
-            "meridian sql: connected to {}; end statements with ';', \\history lists past ones, Ctrl-D quits",
+            "meridian sql: connected to {}; end statements with ';', up arrow and \\history recall past ones, Ctrl-D quits",
             args.server
         );
     }
-    let history = history_path();
-    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<String>(16);
-    // Reading stdin blocks: a thread of its own feeds the lines in.
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if line_tx.blocking_send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut pending = String::new();
+    let history = history_path().filter(|_| interactive);
+    let (statement_tx, mut statement_rx) = tokio::sync::mpsc::channel::<String>(1);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    // The editor blocks on the terminal: a thread of its own reads statements and waits until
+    // each has been answered before it prompts again.
+    let reader = std::thread::spawn(move || read_statements(history.as_deref(), &statement_tx, &done_rx));
     let mut failures = 0usize;
-    loop {
-        if interactive {
-            print!("{}", if pending.is_empty() { "sql> " } else { "  -> " });
-            std::io::stdout().flush()?;
-        }
-        let Some(line) = line_rx.recv().await else { break };
-        if pending.is_empty() && line.trim() == "\\history" {
-            if let Some(path) = &history {
-                print!("{}", std::fs::read_to_string(path).unwrap_or_default());
-            }
-            continue;
-        }
-        pending.push_str(&line);
-        pending.push('\n');
-        if !line.trim_end().ends_with(';') {
-            continue;
-        }
-        let statement = std::mem::take(&mut pending);
-        let statement = statement.trim().trim_end_matches(';').trim().to_owned();
-        if statement.is_empty() {
-            continue;
-        }
-        if let Some(path) = &history {
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            writeln!(file, "{};", statement.replace('\n', " "))?;
-        }
+    while let Some(statement) = statement_rx.recv().await {
         if let Err(error) = run_one(&args.server, &statement, &args.format).await {
             failures += 1;
             eprintln!("error: {error:#}");
         }
+        if done_tx.send(()).is_err() {
+            break;
+        }
     }
+    drop(done_tx);
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the line editor's thread panicked"))?
+        .context("reading statements")?;
     if failures > 0 && !interactive {
         bail!("{failures} statements failed");
     }
     Ok(())
+}
+
+/// Reads lines with the line editor until end of input, sending each whole statement and
+/// waiting on `answered` before reading on. Ctrl-C drops the statement being typed.
+fn read_statements(
+    history: Option<&Path>,
+    statements: &tokio::sync::mpsc::Sender<String>,
+    answered: &std::sync::mpsc::Receiver<()>,
+) -> rustyline::Result<()> {
+    use rustyline::error::ReadlineError;
+    let mut editor = rustyline::DefaultEditor::new()?;
+    if let Some(path) = history
+        && path.exists()
+        && let Err(error) = editor.load_history(path)
+    {
+        eprintln!("warning: could not read the history {}: {error}", path.display());
+    }
+    let mut buffer = StatementBuffer::default();
+    loop {
+        let prompt = if buffer.continues() { "  -> " } else { "sql> " };
+        let line = match editor.readline(prompt) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => {
+                buffer = StatementBuffer::default();
+                continue;
+            }
+            Err(ReadlineError::Eof) => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        if !buffer.continues() && line.trim() == "\\history" {
+            for (number, past) in editor.history().iter().enumerate() {
+                println!("{:>5}  {past}", number + 1);
+            }
+            continue;
+        }
+        let Some(statement) = buffer.push(&line) else {
+            continue;
+        };
+        if let Some(path) = history {
+            // One entry per statement, on one line, so the up arrow brings back all of it.
+            editor.add_history_entry(format!("{};", statement.replace('\n', " ")))?;
+            if let Err(error) = editor.append_history(path) {
+                eprintln!("warning: could not write the history {}: {error}", path.display());
+            }
+        }
+        if statements.blocking_send(statement).is_err() || answered.recv().is_err() {
+            return Ok(());
+        }
+    }
 }
 
 /// `meridian bench archive-gen`.
@@ -319,4 +373,24 @@ pub async fn archive_gen(args: ArchiveGenArgs) -> Result<()> {
         report.parquet_bytes as f64 / 1e6
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StatementBuffer;
+
+    #[test]
+    fn statements_end_with_a_semicolon_and_may_span_lines() {
+        let mut buffer = StatementBuffer::default();
+        assert_eq!(buffer.push("SELECT count(*)"), None);
+        assert!(buffer.continues());
+        assert_eq!(
+            buffer.push("  FROM messages ;  ").as_deref(),
+            Some("SELECT count(*)\n  FROM messages")
+        );
+        assert!(!buffer.continues());
+        assert_eq!(buffer.push(";"), None, "an empty statement is skipped");
+        assert_eq!(buffer.push("   "), None);
+        assert_eq!(buffer.push("SELECT 1;").as_deref(), Some("SELECT 1"));
+    }
 }

@@ -104,3 +104,122 @@ fn a_bad_config_is_refused_before_anything_starts() {
         "the error names the unknown key: {stderr}"
     );
 }
+
+/// `meridian sql` as a shell over a real query service. Piped statements may span lines, an
+/// error names its position and the statements after it still run, the exit status says that one
+/// failed, and nothing goes to the history. On a terminal (a pty made by script(1)) the up arrow
+/// brings back the last statement, in the same session and, from ~/.meridian_sql_history, in the
+/// next one.
+#[test]
+fn the_sql_shell_runs_piped_statements_and_recalls_history_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive").display().to_string();
+    let (ok, _, stderr) = meridian_tests::run_cli(
+        &["bench", "archive-gen", "--store", &archive, "--messages", "1000"],
+        &[],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    let args = ["query", "--store", &archive, "--listen", "127.0.0.1:0"].map(std::ffi::OsStr::new);
+    let query = meridian_tests::ServiceProcess::start(&args, dir.path(), |line| line.starts_with("ready"));
+    let server = format!(
+        "http://{}",
+        query.address("http").expect("banner names the http address")
+    );
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let home_var = home.display().to_string();
+    let history = home.join(".meridian_sql_history");
+
+    let (ok, stdout, stderr) = meridian_tests::run_cli(
+        &["sql", "--server", &server, "--format", "csv"],
+        &[("HOME", &home_var)],
+        "SELECT count(*) AS n\n  FROM messages;\nSELEC 1;\nSELECT 2 AS two;\n",
+    );
+    assert!(!ok, "a failed statement fails the run: {stdout}{stderr}");
+    assert_eq!(stdout, "n\n1000\ntwo\n2\n", "{stderr}");
+    assert!(
+        stderr.contains("SELEC 1\n  ^") && stderr.contains("1 statements failed"),
+        "{stderr}"
+    );
+    assert!(!history.exists(), "piped statements are not history");
+
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("script(1) (util-linux) is not installed: the terminal half of this test is skipped");
+        return;
+    }
+    // On a terminal: a statement, then up arrow + Enter runs it again; Ctrl-D ends the session.
+    let command = format!("{} sql --server {server} --format csv", meridian_bin().display());
+    let session = |steps: &[(&str, &str)]| on_terminal(&command, &home, steps);
+    let output = session(&[
+        ("sql> ", "SELECT 41 + 1 AS answer;\r"),
+        ("answer\n42\n", "\x1b[A\r"),
+        ("answer\n42\n", "\x04"),
+    ]);
+    assert_eq!(
+        output.matches("answer\n42\n").count(),
+        2,
+        "run, then recalled and run again: {output:?}"
+    );
+    let kept = std::fs::read_to_string(&history).unwrap();
+    assert!(kept.contains("SELECT 41 + 1 AS answer;"), "{kept}");
+    let output = session(&[("sql> ", "\x1b[A\r"), ("answer\n42\n", "\x04")]);
+    assert_eq!(
+        output.matches("answer\n42\n").count(),
+        1,
+        "recalled from the history file: {output:?}"
+    );
+    query.stop();
+}
+
+/// Runs `command` on a pseudo-terminal (script(1)) with `HOME` set: for each step, waits until the
+/// output since the previous step holds its text, then types its keys. Returns the whole output,
+/// without carriage returns.
+fn on_terminal(command: &str, home: &std::path::Path, steps: &[(&str, &str)]) -> String {
+    use std::io::{Read, Write};
+    let mut child = Command::new("script")
+        .args(["-qefc", command, "/dev/null"])
+        .env("HOME", home)
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running script(1)");
+    let mut stdout = child.stdout.take().unwrap();
+    let (bytes_tx, bytes_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(read) = stdout.read(&mut buffer) {
+            if read == 0 || bytes_tx.send(buffer[..read].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let mut output = String::new();
+    let mut seen = 0;
+    for (wait_for, keys) in steps {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !output[seen..].replace('\r', "").contains(wait_for) {
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            match bytes_rx.recv_timeout(remaining) {
+                Ok(bytes) => output.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!("waited 30 s for {wait_for:?} on the terminal; it shows {output:?}"),
+            }
+        }
+        seen = output.len();
+        stdin.write_all(keys.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    while let Ok(bytes) = bytes_rx.recv_timeout(std::time::Duration::from_secs(5)) {
+        output.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    assert!(
+        status.success(),
+        "{command} on a terminal exited with {status}: {output:?}"
+    );
+    output.replace('\r', "")
+}
