@@ -146,6 +146,20 @@ async fn refusals_and_limits_are_clear_errors_and_the_service_keeps_serving() {
     assert!(matches!(error, QueryError::MemoryLimit { .. }), "{error}");
     assert!(error.to_string().contains("memory_limit_mb = 16"), "{error}");
     assert_eq!(count(&tight, "SELECT count(*) FROM messages").await, "2400");
+    // A grouped aggregate over the limit spills to disk and answers: 1M groups of an i64 key
+    // need far more than 16 MiB. The keys are shuffled (v * 7919 mod the prime 1000003 is one to
+    // one), or DataFusion would aggregate the sorted series as a stream, in no memory at all.
+    // EXPLAIN ANALYZE shows that it spilled.
+    let grouped = "SELECT count(*) FROM (SELECT value * 7919 % 1000003 AS k, count(*) \
+                   FROM generate_series(1, 1000000) GROUP BY k)";
+    assert_eq!(count(&tight, grouped).await, "1000000");
+    let analyzed = count(&tight, &format!("EXPLAIN ANALYZE {grouped}")).await;
+    let spilled = analyzed
+        .split("spill_count=")
+        .skip(1)
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .sum::<u64>();
+    assert!(spilled > 0, "no spill under a 16 MiB limit:\n{analyzed}");
 
     // Too many rows for one answer.
     let small = QueryConfig {
