@@ -118,8 +118,8 @@ pub async fn query(args: QueryArgs) -> Result<()> {
 /// `meridian sql`.
 #[derive(Debug, clap::Args)]
 pub struct SqlArgs {
-    /// The statement; without one, an interactive shell (statements end with `;`, history in
-    /// ~/.meridian_sql_history).
+    /// The statement; without one, a shell: statements end with `;`; on a terminal, line editing
+    /// and history (~/.meridian_sql_history, up arrow and Ctrl-R).
     sql: Option<String>,
     /// How to print the answer.
     #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
