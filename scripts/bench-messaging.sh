@@ -49,27 +49,14 @@ SKIP_RETRY=${SKIP_RETRY:-0}
 export MERIDIAN_IDC=${MERIDIAN_IDC:-local}
 export MERIDIAN_USER=${MERIDIAN_USER:-bench}
 
-log() {
-    printf '[%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 work_dir=$(mktemp -d "${MERIDIAN_BENCH_TMP:-${TMPDIR:-/tmp}}/meridian-bench-messaging.XXXXXX")
 node_pid=""
 
 stop_node() {
-    if [[ -n "${node_pid}" ]] && kill -0 "${node_pid}" 2>/dev/null; then
-        kill -TERM "${node_pid}" 2>/dev/null || true
-        local waited=0
-        while kill -0 "${node_pid}" 2>/dev/null && ((waited < 300)); do
-            sleep 0.1
-            waited=$((waited + 1))
-        done
-        if kill -0 "${node_pid}" 2>/dev/null; then
-            log "node ${node_pid} did not stop within 30 s of SIGTERM; killing it"
-            kill -KILL "${node_pid}" 2>/dev/null || true
-        fi
-        wait "${node_pid}" 2>/dev/null || true
-    fi
+    stop_pid "${node_pid}"
     node_pid=""
 }
 
@@ -85,21 +72,6 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-free_port() {
-    local port=$1
-    while port_in_use "${port}"; do
-        port=$((port + 1))
-        if ((port > $1 + 100)); then
-            log "no free loopback port in $1..${port}"
-            return 1
-        fi
-    done
-    echo "${port}"
-}
 
 # Starts `meridian dev` in a fresh data dir named $1 (extra arguments: $2...); sets node_pid and
 # nameserver_addr. Tries other ports if a start fails (once, a node started right after the

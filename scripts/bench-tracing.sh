@@ -27,33 +27,17 @@ SEARCHABLE_SAMPLES=${SEARCHABLE_SAMPLES:-20}
 BIN="${CARGO_TARGET_DIR:-target}/release/meridian"
 PYTHON=${PYTHON:-python3}
 
-log() {
-    printf '[%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 work_dir=$(mktemp -d "${MERIDIAN_BENCH_TMP:-${TMPDIR:-/tmp}}/meridian-bench-tracing.XXXXXX")
 node_pid=""
 
 stop_node() {
-    if [[ -n "${node_pid}" ]] && kill -0 "${node_pid}" 2>/dev/null; then
-        kill -TERM "${node_pid}" 2>/dev/null || true
-        wait "${node_pid}" 2>/dev/null || true
-    fi
+    stop_pid "${node_pid}"
     node_pid=""
 }
 trap 'stop_node; rm -rf "${work_dir}"' EXIT
-
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-free_port() {
-    local port=$1
-    while port_in_use "${port}"; do
-        port=$((port + 1))
-    done
-    echo "${port}"
-}
 
 # Starts `meridian dev` with tracing $1 (true/false) in a fresh data dir.
 start_node() {

@@ -28,27 +28,14 @@ ASYNC_BATCHED_COUNT=${ASYNC_BATCHED_COUNT:-1000000}
 SYNC_COUNT=${SYNC_COUNT:-50000}
 CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-900}
 
-log() {
-    printf '[%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 work_dir=$(mktemp -d "${MERIDIAN_BENCH_TMP:-${TMPDIR:-/tmp}}/meridian-bench.XXXXXX")
 node_pid=""
 
 stop_node() {
-    if [[ -n "${node_pid}" ]] && kill -0 "${node_pid}" 2>/dev/null; then
-        kill -TERM "${node_pid}" 2>/dev/null || true
-        local waited=0
-        while kill -0 "${node_pid}" 2>/dev/null && ((waited < 300)); do
-            sleep 0.1
-            waited=$((waited + 1))
-        done
-        if kill -0 "${node_pid}" 2>/dev/null; then
-            log "node ${node_pid} did not stop within 30 s of SIGTERM; killing it"
-            kill -KILL "${node_pid}" 2>/dev/null || true
-        fi
-        wait "${node_pid}" 2>/dev/null || true
-    fi
+    stop_pid "${node_pid}"
     node_pid=""
 }
 
@@ -64,22 +51,6 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# The first port from $1 on that nothing listens on.
-free_port() {
-    local port=$1
-    while port_in_use "${port}"; do
-        port=$((port + 1))
-        if ((port > $1 + 100)); then
-            log "no free loopback port in $1..${port}"
-            return 1
-        fi
-    done
-    echo "${port}"
-}
 
 # Starts `meridian dev` with flush mode $1 in a fresh data dir; sets node_pid, nameserver_addr,
 # broker_addr, http_addr and data_dir.
