@@ -51,26 +51,7 @@ export MERIDIAN_USER=${MERIDIAN_USER:-bench}
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-
-work_dir=$(mktemp -d "${MERIDIAN_BENCH_TMP:-${TMPDIR:-/tmp}}/meridian-bench-messaging.XXXXXX")
-node_pid=""
-
-stop_node() {
-    stop_pid "${node_pid}"
-    node_pid=""
-}
-
-on_exit() {
-    local status=$?
-    stop_node
-    rm -rf "${work_dir}"
-    if ((status != 0)); then
-        log "bench-messaging.sh FAILED (exit ${status})"
-    fi
-}
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_setup bench-messaging
 
 
 # Starts `meridian dev` in a fresh data dir named $1 (extra arguments: $2...); sets node_pid and

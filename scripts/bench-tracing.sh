@@ -29,15 +29,7 @@ PYTHON=${PYTHON:-python3}
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-
-work_dir=$(mktemp -d "${MERIDIAN_BENCH_TMP:-${TMPDIR:-/tmp}}/meridian-bench-tracing.XXXXXX")
-node_pid=""
-
-stop_node() {
-    stop_pid "${node_pid}"
-    node_pid=""
-}
-trap 'stop_node; rm -rf "${work_dir}"' EXIT
+bench_setup bench-tracing
 
 # Starts `meridian dev` with tracing $1 (true/false) in a fresh data dir.
 start_node() {

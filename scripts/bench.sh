@@ -30,26 +30,7 @@ CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-900}
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-
-work_dir=$(mktemp -d "${MERIDIAN_BENCH_TMP:-${TMPDIR:-/tmp}}/meridian-bench.XXXXXX")
-node_pid=""
-
-stop_node() {
-    stop_pid "${node_pid}"
-    node_pid=""
-}
-
-on_exit() {
-    local status=$?
-    stop_node
-    rm -rf "${work_dir}"
-    if ((status != 0)); then
-        log "bench.sh FAILED (exit ${status}); node logs were in ${work_dir} (now removed: rerun to see them)"
-    fi
-}
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_setup bench
 
 
 # Starts `meridian dev` with flush mode $1 in a fresh data dir; sets node_pid, nameserver_addr,

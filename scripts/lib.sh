@@ -39,3 +39,30 @@ free_port() {
     done
     echo "${port}"
 }
+
+# Sets up a benchmark script named $1 (e.g. bench-messaging): a fresh temp dir in `work_dir` (under
+# MERIDIAN_BENCH_TMP, else TMPDIR, else /tmp), `node_pid` for the node it starts, and traps that
+# stop that node and remove the dir on any exit, saying so when the script failed.
+bench_setup() {
+    bench_name=$1
+    work_dir=$(mktemp -d "${MERIDIAN_BENCH_TMP:-${TMPDIR:-/tmp}}/meridian-${bench_name}.XXXXXX")
+    node_pid=""
+    trap bench_exit EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# Stops the node in `node_pid`, if any.
+stop_node() {
+    stop_pid "${node_pid}"
+    node_pid=""
+}
+
+bench_exit() {
+    local status=$?
+    stop_node
+    rm -rf "${work_dir}"
+    if ((status != 0)); then
+        log "${bench_name}.sh FAILED (exit ${status}); its data and node logs were in ${work_dir}, now removed: rerun to see them"
+    fi
+}
