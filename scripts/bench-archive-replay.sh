@@ -30,19 +30,15 @@ REPS=${REPS:-3}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN="${TARGET_DIR}/release/meridian"
 
-log() {
-    printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 work_dir=${BENCH_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/meridian-replay.XXXXXX")}
 mkdir -p "${work_dir}"
 node_pid=""
 on_exit() {
     local status=$?
-    if [[ -n "${node_pid}" ]] && kill -0 "${node_pid}" 2>/dev/null; then
-        kill -TERM "${node_pid}" 2>/dev/null || true
-        wait "${node_pid}" 2>/dev/null || true
-    fi
+    stop_pid "${node_pid}"
     if ((status != 0)) && [[ -f "${work_dir}/node.err" ]]; then
         log "FAILED (exit ${status}); the end of the node's log:"
         tail -n 30 "${work_dir}/node.err" >&2
@@ -53,10 +49,6 @@ trap on_exit EXIT
 
 log "building the release meridian"
 "${CARGO}" build --release --locked --bin meridian >&2
-
-free_port() {
-    "${PYTHON}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 config="${work_dir}/broker.toml"
 cat >"${config}" <<'EOF'
@@ -69,17 +61,12 @@ local_retention_secs = 0
 interval_secs = 1
 EOF
 data_dir="${work_dir}/data"
-nameserver="127.0.0.1:$(free_port)"
+nameserver="127.0.0.1:$(free_port 47800)"
 "${BIN}" dev --data-dir "${data_dir}" --config "${config}" --nameserver-listen "${nameserver}" \
-    --broker-listen "127.0.0.1:$(free_port)" --http-listen "127.0.0.1:$(free_port)" \
+    --broker-listen "127.0.0.1:$(free_port 47911)" --http-listen "127.0.0.1:$(free_port 48080)" \
     >"${work_dir}/node.out" 2>"${work_dir}/node.err" &
 node_pid=$!
-for _ in $(seq 1 300); do
-    grep -q '^ready' "${work_dir}/node.out" 2>/dev/null && break
-    kill -0 "${node_pid}" 2>/dev/null || { cat "${work_dir}/node.err" >&2; exit 1; }
-    sleep 0.1
-done
-grep -q '^ready' "${work_dir}/node.out" || { log "meridian dev did not start"; exit 1; }
+wait_ready "${node_pid}" "${work_dir}/node.out" "${work_dir}/node.err" 30
 export MERIDIAN_NAMESERVER=${nameserver} MERIDIAN_USER=bench
 "${BIN}" topic create replay --queues 8 >&2
 "${BIN}" topic create replay-filler --queues 1 >&2

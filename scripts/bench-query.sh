@@ -28,9 +28,8 @@ KEEP_ARCHIVE=${KEEP_ARCHIVE:-0}
 QUERY_MEMORY_MB=${QUERY_MEMORY_MB:-4096}
 archive="${BENCH_DIR}/archive"
 
-log() {
-    printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 log "building the release meridian"
 "${CARGO}" build --release --locked --bin meridian >&2
@@ -65,13 +64,8 @@ timeout_secs = 600.0
 EOF
 "${meridian}" query --config "${config}" >"${BENCH_DIR}/query.out" 2>"${BENCH_DIR}/query.log" &
 server_pid=$!
-trap 'kill "${server_pid}" 2>/dev/null || true; wait "${server_pid}" 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do
-    grep -q '^ready' "${BENCH_DIR}/query.out" 2>/dev/null && break
-    kill -0 "${server_pid}" 2>/dev/null || { cat "${BENCH_DIR}/query.log" >&2; exit 1; }
-    sleep 0.1
-done
-grep -q '^ready' "${BENCH_DIR}/query.out" || { log "meridian query did not start"; exit 1; }
+trap 'stop_pid "${server_pid}"' EXIT
+wait_ready "${server_pid}" "${BENCH_DIR}/query.out" "${BENCH_DIR}/query.log" 60
 sed 's/^/  /' "${BENCH_DIR}/query.out" >&2
 
 echo "query benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- query cli || echo ' (with local changes)'), ${MESSAGES} messages, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"

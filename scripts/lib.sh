@@ -66,3 +66,17 @@ bench_exit() {
         log "${bench_name}.sh FAILED (exit ${status}); its data and node logs were in ${work_dir}, now removed: rerun to see them"
     fi
 }
+
+# Waits up to $4 seconds until process $1 has written a line starting with "ready" to the file $2.
+# Fails, showing the end of its log file $3, if it exits first or is not ready in time.
+wait_ready() {
+    local pid=$1 out=$2 err=$3 seconds=$4 tries
+    for ((tries = 0; tries < seconds * 10; tries++)); do
+        grep -q '^ready' "${out}" 2>/dev/null && return 0
+        kill -0 "${pid}" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "process ${pid} did not become ready (within ${seconds} s); the end of its log ${err}:"
+    tail -n 30 "${err}" >&2
+    return 1
+}
