@@ -183,6 +183,18 @@ pub enum Entry<'a> {
 
 /// Reads what lies at the start of `src`: a CRC-checked record or an end-of-segment marker.
 pub fn read_entry(src: &[u8]) -> Result<Entry<'_>, RecordError> {
+    read_entry_checking(src, true)
+}
+
+/// [`read_entry`] without the CRC check (the layout is still checked), for bytes whose CRC the
+/// reader's own process already computed or checked: the broker's dispatcher reads what its
+/// writer just encoded, what replication checked on receipt, or what recovery checked. Consumers
+/// still check every record they receive.
+pub fn read_entry_unverified(src: &[u8]) -> Result<Entry<'_>, RecordError> {
+    read_entry_checking(src, false)
+}
+
+fn read_entry_checking(src: &[u8], check_crc: bool) -> Result<Entry<'_>, RecordError> {
     if src.len() < BLANK_MARKER_LEN {
         return Err(RecordError::Truncated);
     }
@@ -196,7 +208,7 @@ pub fn read_entry(src: &[u8]) -> Result<Entry<'_>, RecordError> {
             Ok(Entry::Blank(size as usize))
         }
         BLANK_MAGIC => Err(RecordError::BadSize(size)),
-        RECORD_MAGIC => Record::parse(src).map(Entry::Record),
+        RECORD_MAGIC => Record::parse_checking(src, check_crc).map(Entry::Record),
         other => Err(RecordError::BadMagic(other)),
     }
 }
@@ -212,6 +224,10 @@ pub struct Record<'a> {
 impl<'a> Record<'a> {
     /// Parses and CRC-checks the record at the start of `src` (which may hold more after it).
     pub fn parse(src: &'a [u8]) -> Result<Record<'a>, RecordError> {
+        Record::parse_checking(src, true)
+    }
+
+    fn parse_checking(src: &'a [u8], check_crc: bool) -> Result<Record<'a>, RecordError> {
         if src.len() < MIN_RECORD_LEN {
             return Err(RecordError::Truncated);
         }
@@ -229,7 +245,7 @@ impl<'a> Record<'a> {
         }
         let bytes = &src[..total];
         let stored_crc = u32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if crc32c::crc32c(&bytes[CRC_START..]) != stored_crc {
+        if check_crc && crc32c::crc32c(&bytes[CRC_START..]) != stored_crc {
             return Err(RecordError::BadCrc);
         }
         let topic_len = bytes[FIXED_HEADER_LEN] as usize;
@@ -498,6 +514,27 @@ mod tests {
                 "flip at byte {position} went unnoticed"
             );
         }
+    }
+
+    #[test]
+    fn unverified_reads_skip_only_the_crc() {
+        let properties = sample_properties();
+        let bytes = encode(&fields("orders", &properties, b"some body bytes"));
+        let mut flipped_body = bytes.clone();
+        *flipped_body.last_mut().unwrap() ^= 0x10;
+        assert_eq!(read_entry(&flipped_body), Err(RecordError::BadCrc));
+        let Ok(Entry::Record(record)) = read_entry_unverified(&flipped_body) else {
+            panic!("an unverified read takes a record whose layout is sound");
+        };
+        assert_eq!(record.body(), b"some body bytec");
+        // The layout is still checked: a wrong size, a bad magic or a truncated record is refused.
+        let mut oversized = bytes.clone();
+        oversized[3] ^= 0x01;
+        assert!(read_entry_unverified(&oversized).is_err());
+        let mut bad_magic = bytes.clone();
+        bad_magic[5] ^= 0x01;
+        assert!(read_entry_unverified(&bad_magic).is_err());
+        assert!(read_entry_unverified(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]
