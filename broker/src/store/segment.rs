@@ -65,13 +65,25 @@ impl Segment {
         )))?;
         let map = MmapRaw::map_raw(&file).map_err(BrokerError::io(format!("mapping {}", path.display())))?;
         crate::store::fsync_dir(dir)?;
-        Ok(Segment {
+        let segment = Segment {
             start,
             len,
             path,
             file,
             map,
-        })
+        };
+        segment.writing();
+        Ok(segment)
+    }
+
+    /// The writer writes into this segment: no readahead on faults of its mapping. The
+    /// dispatcher reads just behind the writer, and readahead past the writer meets the
+    /// preallocated (unwritten) extents, which the kernel zero-fills into the page cache: a
+    /// quarter of the broker's CPU under produce load. Without it the broker used 12% less CPU per
+    /// message and produced 10% more (docs/benchmarks.md). What is read here was just written, so
+    /// it is in the page cache anyway. Advice only: where it fails, reads work as before.
+    pub fn writing(&self) {
+        let _ = self.map.advise(memmap2::Advice::Random);
     }
 
     /// Opens an existing segment.
@@ -96,6 +108,12 @@ impl Segment {
             file,
             map,
         })
+    }
+
+    /// The writer moved on to the next segment: reads of this one (consumers catching up, maybe
+    /// from disk) get the kernel's normal readahead back.
+    pub fn sealed(&self) {
+        let _ = self.map.advise(memmap2::Advice::Normal);
     }
 
     /// Global offset one past the last byte.
