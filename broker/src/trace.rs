@@ -4,10 +4,11 @@
 //! writes it to the system trace topic [`TRACE_TOPIC`] of its own store, batched.
 //!
 //! The send and pull paths pay one short-locked push into a bounded buffer ([`TraceEmitter`]): no
-//! encoding, no property parsing, no I/O. A flusher task turns the buffer into [`TraceEvent`]s
-//! every `flush_interval_ms`, packs them into [`TraceBatch`] messages and appends them. When the
-//! buffer is full, events are dropped and counted (`meridian_broker_trace_events_dropped`) with a
-//! log line at most every 10 s: tracing never blocks a producer.
+//! encoding, no property parsing, no I/O. A flusher task encodes the buffer every
+//! `flush_interval_ms` as [`TraceBatch`] messages (written field by field, `trace/encode.rs`) and
+//! appends them. When the buffer is full, events are dropped and counted
+//! (`meridian_broker_trace_events_dropped`) with a log line at most every 10 s: tracing never
+//! blocks a producer.
 //!
 //! Only a writable master appends: a slave's log is a copy of its master's, so a slave's own
 //! events (pulls it served) are dropped and counted as `not_master`.
@@ -21,14 +22,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meridian_proto::messages::{MessageData, PullResponse, SendResult};
-use meridian_proto::properties::{self, DELIVER_AT, KEY_SEPARATOR, REAL_TOPIC};
+use meridian_proto::properties::{self, KEY_SEPARATOR};
 use meridian_proto::record::Record;
 use meridian_proto::topics::{DELAY_TOPIC, HALF_TOPIC};
 use meridian_proto::trace::{
     MAX_REPORT_EVENTS, ServerStats, TRACE_TOPIC, TraceBatch, TraceError, TraceEvent, TraceStatus, TraceType,
     check_event, is_system_topic,
 };
-use meridian_proto::{MessageId, record};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,6 +44,9 @@ use crate::metrics::BrokerMetrics;
 use crate::replication::Replication;
 use crate::store::MessageStore;
 
+mod encode;
+use encode::{BatchEncoder, Described, Placed, StoredProperties};
+
 /// The `[trace]` table of the broker config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -56,7 +59,9 @@ pub struct TraceConfig {
     pub buffer_events: usize,
     /// How often waiting events are written to the trace topic, in ms (default 100).
     pub flush_interval_ms: u64,
-    /// Most events in one trace-topic message (default 512).
+    /// Most events in one trace-topic message (default 64). Small records are cheaper than their
+    /// size says: appending 512-event records (about 140 KB each) cost producers 10% of their
+    /// throughput, 64-event ones about 1% (docs/benchmarks.md).
     pub batch_events: usize,
 }
 
@@ -67,7 +72,7 @@ impl Default for TraceConfig {
             exclude_topics: Vec::new(),
             buffer_events: 256 * 1024,
             flush_interval_ms: 100,
-            batch_events: 512,
+            batch_events: 64,
         }
     }
 }
@@ -473,111 +478,70 @@ impl TraceEmitter {
         taken
     }
 
-    fn base_event(&self, kind: TraceType, timestamp: i64, stats: &ServerStats) -> TraceEvent {
-        TraceEvent {
-            event_id: MessageId::generate().to_string(),
-            trace_type: kind as i32,
-            timestamp,
-            broker_name: self.identity.broker_name.clone(),
-            broker_member: self.identity.member.clone(),
-            broker_host: self.identity.host.clone(),
-            idc: self.identity.idc.clone(),
-            server_stats: Some(stats.clone()),
-            ..TraceEvent::default()
-        }
-    }
-
-    /// Turns buffered entries into events (the flusher's work, off the hot path).
-    fn build(&self, entries: Vec<Pending>, stats: &ServerStats, events: &mut Vec<TraceEvent>) {
+    /// Turns buffered entries into trace-topic message bodies with their event counts (the
+    /// flusher's work, off the hot path).
+    fn encode(&self, entries: Vec<Pending>, stats: &ServerStats) -> Vec<(Bytes, usize)> {
+        let mut encoder = BatchEncoder::new(&self.identity, stats, self.config.batch_events);
         for entry in entries {
             match entry {
                 Pending::Stored {
                     topic,
                     group,
                     client_host,
-                    properties: stored_properties,
+                    properties,
                     born_timestamp,
                     body_size,
                     reconsume_count,
                     result,
                 } => {
-                    let props = &stored_properties[..];
-                    let real_topic = properties::get(props, REAL_TOPIC);
-                    if real_topic.is_some_and(|real| !self.traces(real)) {
+                    let props = StoredProperties::read(&properties);
+                    if props.real_topic.is_some_and(|real| !self.traces(real)) {
                         // A delayed or half message of an excluded topic.
                         continue;
                     }
-                    let keys = keys_of(props);
-                    let tags = properties::get(props, properties::TAGS).unwrap_or("").to_owned();
-                    let group = if group.is_empty() {
-                        properties::get(props, properties::PRODUCER_GROUP)
-                            .unwrap_or("")
-                            .to_owned()
-                    } else {
-                        group.to_string()
+                    let placed = Placed {
+                        msg_id: &result.msg_id,
+                        // The topic the producer sent to, which a delayed or half message keeps
+                        // in a property while it waits in a system topic.
+                        topic: props.real_topic.unwrap_or(&topic),
+                        queue_id: result.queue_id,
+                        queue_offset: result.queue_offset,
+                        commitlog_offset: result.commitlog_offset,
+                        store_timestamp: result.store_timestamp,
                     };
-                    let born = born_timestamp;
-                    let mut publish = self.base_event(TraceType::Pub, born.max(1), stats);
-                    publish.msg_id = result.msg_id.clone();
-                    // The topic the producer sent to, which a delayed or half message keeps in a
-                    // property while it waits in a system topic.
-                    publish.topic = real_topic.unwrap_or(&topic).to_owned();
-                    publish.queue_id = result.queue_id;
-                    publish.queue_offset = result.queue_offset;
-                    publish.commitlog_offset = result.commitlog_offset;
-                    publish.keys = keys;
-                    publish.tags = tags;
-                    publish.group = group;
-                    publish.client_host = client_host.to_string();
-                    publish.born_timestamp = born;
-                    publish.store_timestamp = result.store_timestamp;
-                    publish.body_size = body_size;
-                    publish.reconsume_count = reconsume_count;
-                    // Pub's cost: born to stored, as the broker's clock sees it.
-                    publish.cost_us = (result.store_timestamp - born).max(0) as u64 * 1000;
-                    if real_topic.is_none() {
-                        // The Pub event carries the store time and offsets: a timeline shows it
-                        // as both steps (half the events of a Pub and a Store, RocketMQ's one
-                        // Pub trace per message).
-                        events.push(publish);
-                        continue;
-                    }
-                    // A delayed or half message: its Store names the system topic it waits in.
-                    let mut store = publish.clone();
-                    store.event_id = MessageId::generate().to_string();
-                    store.trace_type = TraceType::Store as i32;
-                    store.timestamp = result.store_timestamp;
-                    store.cost_us = 0;
-                    store.topic = topic.to_string();
-                    let schedule = (&*topic == DELAY_TOPIC).then(|| {
-                        let mut schedule = store.clone();
-                        schedule.event_id = MessageId::generate().to_string();
-                        schedule.trace_type = TraceType::DelaySchedule as i32;
-                        schedule.deliver_at_timestamp = deliver_at(props);
-                        schedule
-                    });
-                    events.push(publish);
-                    events.push(store);
-                    events.extend(schedule);
+                    let described = Described {
+                        keys: props.keys,
+                        tags: props.tags,
+                        group: if group.is_empty() { props.producer_group } else { &group },
+                        client_host,
+                        born_timestamp,
+                        body_size,
+                        reconsume_count,
+                    };
+                    // The Pub event carries the store time and offsets: a timeline shows it as both
+                    // steps (half the events of a Pub and a Store, RocketMQ's one Pub trace per
+                    // message). A delayed or half message also gets a Store naming the system
+                    // topic it waits in.
+                    let deliver_at = (&*topic == DELAY_TOPIC).then(|| props.deliver_at.parse().unwrap_or(0));
+                    encoder.stored(&placed, &described, props.real_topic.map(|_| &*topic), deliver_at);
                 }
                 Pending::Replicated {
                     topic,
                     result,
                     acked_at,
                 } => {
-                    let mut event = self.base_event(TraceType::Replicate, acked_at, stats);
                     let cost_us = (acked_at - result.store_timestamp).max(0) as u64 * 1000;
                     self.replication_latency.0.fetch_add(cost_us, Ordering::Relaxed);
                     self.replication_latency.1.fetch_add(1, Ordering::Relaxed);
-                    event.msg_id = result.msg_id;
-                    event.topic = topic.to_string();
-                    event.queue_id = result.queue_id;
-                    event.queue_offset = result.queue_offset;
-                    event.commitlog_offset = result.commitlog_offset;
-                    event.store_timestamp = result.store_timestamp;
-                    event.replicated_timestamp = acked_at;
-                    event.cost_us = cost_us;
-                    events.push(event);
+                    let placed = Placed {
+                        msg_id: &result.msg_id,
+                        topic: &topic,
+                        queue_id: result.queue_id,
+                        queue_offset: result.queue_offset,
+                        commitlog_offset: result.commitlog_offset,
+                        store_timestamp: result.store_timestamp,
+                    };
+                    encoder.replicated(&placed, acked_at, cost_us);
                 }
                 Pending::Delivered {
                     group,
@@ -588,41 +552,34 @@ impl TraceEmitter {
                     let Ok(response) = PullResponse::decode(response) else {
                         continue;
                     };
-                    let Ok(messages) = record::decode_all(&response.records) else {
-                        continue;
-                    };
-                    for message in messages {
-                        let mut event = self.base_event(TraceType::Deliver, delivered_at, stats);
-                        event.msg_id = message.msg_id().to_owned();
-                        event.keys = message.keys().map(str::to_owned).collect();
-                        event.tags = message.tag().unwrap_or("").to_owned();
-                        event.topic = message.topic;
-                        event.queue_id = message.queue_id;
-                        event.queue_offset = message.queue_offset;
-                        event.commitlog_offset = message.commitlog_offset;
-                        event.group = group.clone();
-                        event.client_host = client_host.to_string();
-                        event.born_timestamp = message.born_timestamp;
-                        event.store_timestamp = message.store_timestamp;
-                        event.delivered_timestamp = delivered_at;
-                        event.body_size = message.body.len() as u32;
-                        event.reconsume_count = message.reconsume_count;
-                        events.push(event);
+                    let mut records = &response.records[..];
+                    while let Ok(record) = Record::parse(records) {
+                        records = &records[record.total_size()..];
+                        let placed = Placed {
+                            msg_id: record.msg_id().unwrap_or(""),
+                            topic: record.topic(),
+                            queue_id: record.queue_id(),
+                            queue_offset: record.queue_offset(),
+                            commitlog_offset: record.commitlog_offset(),
+                            store_timestamp: record.store_timestamp(),
+                        };
+                        let described = Described {
+                            keys: properties::get(record.properties(), properties::KEYS),
+                            tags: record.tag().unwrap_or(""),
+                            group: &group,
+                            client_host,
+                            born_timestamp: record.born_timestamp(),
+                            body_size: record.body().len() as u32,
+                            reconsume_count: record.reconsume_count(),
+                        };
+                        encoder.delivered(&placed, &described, delivered_at);
                     }
                 }
-                Pending::Reported(event) => events.push(*event),
-                Pending::Step(mut event) => {
-                    let base = self.base_event(event.kind(), event.timestamp, stats);
-                    event.event_id = base.event_id;
-                    event.broker_name = base.broker_name;
-                    event.broker_member = base.broker_member;
-                    event.broker_host = base.broker_host;
-                    event.idc = base.idc;
-                    event.server_stats = base.server_stats;
-                    events.push(*event);
-                }
+                Pending::Reported(event) => encoder.event(&event, false),
+                Pending::Step(event) => encoder.event(&event, true),
             }
         }
+        encoder.finish()
     }
 }
 
@@ -636,13 +593,6 @@ fn keys_of(props: &[u8]) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The delivery time a message waiting in a delay slot carries (0: none).
-fn deliver_at(props: &[u8]) -> i64 {
-    properties::get(props, DELIVER_AT)
-        .and_then(|at| at.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Samples the broker's load for [`ServerStats`].
@@ -722,33 +672,28 @@ pub fn ensure_topic(store: &MessageStore) -> Result<()> {
     Ok(())
 }
 
-/// Appends the buffered events to the trace topic, `batch_events` per message.
+/// Appends encoded trace batches (bodies with their event counts) to the trace topic.
 fn write(
     emitter: &TraceEmitter,
     store: &MessageStore,
     replication: &Replication,
     self_addr: SocketAddr,
-    events: Vec<TraceEvent>,
+    batches: Vec<(Bytes, usize)>,
 ) {
-    if events.is_empty() {
+    if batches.is_empty() {
         return;
     }
     if replication.check_writable().is_err() {
-        emitter.drop_events("not_master", events.len());
+        emitter.drop_events("not_master", batches.iter().map(|(_, count)| count).sum());
         return;
     }
     let born = now_millis();
-    let mut events = events.into_iter().peekable();
-    while events.peek().is_some() {
-        let batch = TraceBatch {
-            events: events.by_ref().take(emitter.config.batch_events).collect(),
-        };
-        let count = batch.events.len();
+    for (body, count) in batches {
         let message = MessageData {
             flags: 0,
             born_timestamp: born,
             properties: Bytes::new(),
-            body: Bytes::from(batch.encode_to_vec()),
+            body,
             reconsume_count: 0,
         };
         match store.append(TRACE_TOPIC, None, std::slice::from_ref(&message), self_addr) {
@@ -787,9 +732,8 @@ pub async fn flush_loop(
         let entries = emitter.take();
         if !entries.is_empty() {
             let stats = sampler.sample(&metrics, &emitter).clone();
-            let mut events = Vec::with_capacity(entries.len() * 2);
-            emitter.build(entries, &stats, &mut events);
-            write(&emitter, &store, &replication, self_addr, events);
+            let batches = emitter.encode(entries, &stats);
+            write(&emitter, &store, &replication, self_addr, batches);
         }
         if stopping {
             return;
@@ -800,6 +744,8 @@ pub async fn flush_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meridian_proto::MessageId;
+    use meridian_proto::properties::{DELIVER_AT, REAL_TOPIC};
     use meridian_proto::trace::TraceStatus;
 
     fn emitter(buffer_events: usize) -> TraceEmitter {
@@ -830,6 +776,15 @@ mod tests {
             body: Bytes::from_static(b"hello"),
             reconsume_count: 0,
         }
+    }
+
+    /// What the flusher would write for everything buffered, decoded.
+    fn encoded_events(emitter: &TraceEmitter) -> Vec<TraceEvent> {
+        emitter
+            .encode(emitter.take(), &ServerStats::default())
+            .into_iter()
+            .flat_map(|(body, _)| TraceBatch::decode(body).unwrap().events)
+            .collect()
     }
 
     fn result(offset: u64) -> SendResult {
@@ -867,8 +822,7 @@ mod tests {
         let emitter = emitter(100);
         let host = "10.0.0.9:4000".parse().unwrap();
         emitter.stored("orders", "shop", host, &[message(&["order-1", "cust-7"])], &[result(3)]);
-        let mut events = Vec::new();
-        emitter.build(emitter.take(), &ServerStats::default(), &mut events);
+        let events = encoded_events(&emitter);
         assert_eq!(
             events.iter().map(TraceEvent::kind).collect::<Vec<_>>(),
             [TraceType::Pub]
@@ -898,8 +852,7 @@ mod tests {
         builder.system(DELIVER_AT, "61002");
         delayed.properties = Bytes::from(builder.finish());
         emitter.stored(DELAY_TOPIC, "shop", host, &[delayed], &[result(3)]);
-        let mut events = Vec::new();
-        emitter.build(emitter.take(), &ServerStats::default(), &mut events);
+        let events = encoded_events(&emitter);
         let steps: Vec<_> = events
             .iter()
             .map(|event| (event.kind(), event.topic.as_str(), event.deliver_at_timestamp))

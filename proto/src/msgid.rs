@@ -67,12 +67,23 @@ impl MessageId {
     }
 }
 
+impl MessageId {
+    /// The 32-hex-digit form (uppercase) as bytes, without allocating: what `Display` prints.
+    pub fn to_hex(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+        let mut hex = [0u8; 32];
+        for (index, byte) in self.0.iter().enumerate() {
+            hex[index * 2] = DIGITS[usize::from(byte >> 4)];
+            hex[index * 2 + 1] = DIGITS[usize::from(byte & 0x0F)];
+        }
+        hex
+    }
+}
+
 impl std::fmt::Display for MessageId {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for byte in self.0 {
-            write!(formatter, "{byte:02X}")?;
-        }
-        Ok(())
+        let hex = self.to_hex();
+        formatter.write_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
     }
 }
 
@@ -115,6 +126,8 @@ mod tests {
         fn ids_round_trip_through_text(bytes in any::<[u8; 16]>()) {
             let id = MessageId(bytes);
             prop_assert_eq!(MessageId::parse(&id.to_string()).unwrap(), id);
+            let uppercase: String = bytes.iter().map(|byte| format!("{byte:02X}")).collect();
+            prop_assert_eq!(id.to_string(), uppercase);
         }
     }
 }
