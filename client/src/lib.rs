@@ -28,6 +28,7 @@ mod push;
 mod route;
 #[cfg(test)]
 mod test_support;
+mod throttle;
 mod trace;
 mod transaction;
 

@@ -118,6 +118,8 @@ struct ProducerInner {
     faults: FaultTracker,
     /// This producer's data center, decided on the first send.
     idc: OnceCell<String>,
+    /// "send failed, retrying" at most once a second.
+    retry_log: crate::throttle::Throttle,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -164,6 +166,7 @@ impl Producer {
                 routes,
                 faults: FaultTracker::new(config.fault_backoff, config.max_fault_backoff, config.slow_send),
                 idc: OnceCell::new(),
+                retry_log: crate::throttle::Throttle::new(Duration::from_secs(1)),
                 // Start at a random queue so many producers do not all hit queue 0 first.
                 next_queue: AtomicUsize::new(fastrand::usize(..1024)),
                 tracker: TaskTracker::new(),
@@ -326,14 +329,17 @@ impl ProducerInner {
                 return Err(error);
             }
             let backoff = self.config.backoff(attempt);
-            warn!(
-                topic = %batch.topic,
-                attempt = attempt + 1,
-                retries = self.config.retries,
-                ?backoff,
-                %error,
-                "send failed, retrying"
-            );
+            if let Some(left_out) = self.retry_log.due() {
+                warn!(
+                    topic = %batch.topic,
+                    attempt = attempt + 1,
+                    retries = self.config.retries,
+                    ?backoff,
+                    %error,
+                    other_retries_not_logged = left_out,
+                    "send failed, retrying (logged at most once a second)"
+                );
+            }
             tokio::time::sleep(backoff).await;
             attempt += 1;
         }

@@ -886,13 +886,14 @@ async fn rebalance_loop(inner: Arc<PushInner>) {
 
 /// Sends the consume-side trace events every 200 ms (and once more on shutdown).
 async fn trace_report_loop(inner: Arc<PushInner>) {
-    if inner.trace.is_none() {
+    let Some(trace) = &inner.trace else {
         return;
-    }
+    };
     loop {
         tokio::select! {
             _ = inner.cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = trace.full_report.notified() => {}
         }
         inner.report_traces().await;
     }

@@ -2,8 +2,8 @@
 //! started and ended, what it returned) as `SubBefore` and `SubAfter` trace events.
 //!
 //! Events wait in a bounded buffer (full: dropped and counted, never blocking the handler) and a
-//! background task of the [`crate::PushConsumer`] sends them every 200 ms as a
-//! [`meridian_proto::RequestCode::TraceReport`] to the broker group that delivered the messages,
+//! background task of the [`crate::PushConsumer`] sends them every 200 ms, or as soon as a full
+//! report is waiting, as a [`meridian_proto::RequestCode::TraceReport`] to the broker group that delivered the messages,
 //! which stamps the client's address and writes them to the trace topic. Reports are not retried:
 //! a lost report loses consume-side events, never messages.
 
@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+use tokio::sync::Notify;
 
 use meridian_proto::MessageId;
 use meridian_proto::record::StoredMessage;
@@ -34,6 +36,8 @@ pub(crate) struct ConsumeTracer {
     idc: String,
     pending: Mutex<(BTreeMap<String, Vec<TraceEvent>>, usize)>,
     dropped: AtomicU64,
+    /// Woken when a full report is waiting, so a fast consumer reports before its buffer fills.
+    pub(crate) full_report: Notify,
 }
 
 /// What [`ConsumeTracer::before`] hands to [`ConsumeTracer::after`].
@@ -50,6 +54,7 @@ impl ConsumeTracer {
             idc: idc.to_owned(),
             pending: Mutex::new((BTreeMap::new(), 0)),
             dropped: AtomicU64::new(0),
+            full_report: Notify::new(),
         }
     }
 
@@ -93,6 +98,9 @@ impl ConsumeTracer {
         }
         pending.1 += 1;
         pending.0.entry(broker_name.to_owned()).or_default().push(event);
+        if pending.1 == MAX_REPORT_EVENTS {
+            self.full_report.notify_one();
+        }
     }
 
     /// A handler is about to run on `message` (attempt `attempt`, from 1), delivered by `broker_name`.
@@ -214,5 +222,26 @@ mod tests {
         assert!(events[1].consume_end_timestamp >= events[1].consume_start_timestamp);
         assert!(tracer.take().is_empty());
         assert_eq!(tracer.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_report_wakes_the_reporter_before_its_interval() {
+        use std::time::Duration;
+        let tracer = ConsumeTracer::new("billing", "host@1@2", "dc1");
+        let message = message();
+        let consume = || {
+            let started = tracer.before("broker-a", &message, 1);
+            tracer.after("broker-a", &message, started, TraceStatus::Ok, 1);
+        };
+        for _ in 0..MAX_REPORT_EVENTS / 2 - 1 {
+            consume();
+        }
+        let early = tokio::time::timeout(Duration::from_millis(20), tracer.full_report.notified()).await;
+        assert!(early.is_err(), "not woken before a full report waits");
+        consume();
+        tokio::time::timeout(Duration::from_secs(1), tracer.full_report.notified())
+            .await
+            .expect("woken by the full report");
+        assert_eq!(tracer.take()[0].1.len(), MAX_REPORT_EVENTS);
     }
 }
