@@ -55,12 +55,18 @@ check_crate_graph() {
 }
 
 # Test-only services: installs what some tests need, exporting where it is as MERIDIAN_TEST_*
-# variables. The archive's conformance suite starts its own s3s-fs (a real S3-compatible server) on
-# a loopback port per test; it is built once per machine (about 6 minutes) and cached.
+# variables. The archive's conformance suite starts its own s3s-fs (a real S3-compatible server)
+# and Azurite (a real Azure Blob Storage server) on a loopback port per test; s3s-fs is built once
+# per machine (about 6 minutes) and cached.
 prepare_services() {
     MERIDIAN_TEST_S3S_FS=$(scripts/install-s3s-fs.sh)
     export MERIDIAN_TEST_S3S_FS
     log "s3s-fs: ${MERIDIAN_TEST_S3S_FS}"
+    # Azurite from npm, a real Azure Blob Storage server for the same suite; installed once per
+    # machine (about a minute) and cached.
+    MERIDIAN_TEST_AZURITE=$(scripts/install-azurite.sh)
+    export MERIDIAN_TEST_AZURITE
+    log "azurite: ${MERIDIAN_TEST_AZURITE}"
     # DuckDB from PyPI, the independent reader of the archive (tests/e2e/archive_duckdb.rs); a
     # venv made once per machine (about 30 s) and cached.
     MERIDIAN_TEST_DUCKDB_PYTHON=$(scripts/duckdb-env.sh)

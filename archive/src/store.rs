@@ -1,6 +1,8 @@
 //! The archive's object store, chosen by URL: a local folder (the default, embedded), `memory://`
-//! (tests), or `s3://bucket/prefix` for S3 and S3-compatible servers. Credentials come from the
-//! `[archive.s3]` config or, when it leaves them out, the usual `AWS_*` environment variables.
+//! (tests), `s3://bucket/prefix` for S3 and S3-compatible servers, `gs://bucket/prefix` for Google
+//! Cloud Storage and `az://container/prefix` for Azure Blob Storage. Settings come from the
+//! `[archive.s3]`, `[archive.gcs]` or `[archive.azure]` config or, where it leaves them out, the
+//! usual `AWS_*`, `GOOGLE_*` or `AZURE_*` environment variables.
 
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -8,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
@@ -32,6 +36,36 @@ pub struct S3Config {
     pub allow_http: bool,
 }
 
+/// Google Cloud Storage settings (`[archive.gcs]`). Anything left out falls back to `GOOGLE_*`
+/// environment variables, then to the machine's default credentials.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcsConfig {
+    /// Path of a service account JSON key (else `GOOGLE_SERVICE_ACCOUNT` or
+    /// `GOOGLE_APPLICATION_CREDENTIALS`).
+    pub service_account_path: Option<String>,
+    /// Base URL of a GCS-compatible server (`http://127.0.0.1:4443`); empty for Google's.
+    pub endpoint: Option<String>,
+    /// Allow plain `http://` endpoints (a server on loopback).
+    pub allow_http: bool,
+}
+
+/// Azure Blob Storage settings (`[archive.azure]`). Anything left out falls back to `AZURE_*`
+/// environment variables (`AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AzureConfig {
+    /// Storage account (else `AZURE_STORAGE_ACCOUNT_NAME`).
+    pub account: Option<String>,
+    /// Account key (else `AZURE_STORAGE_ACCOUNT_KEY`).
+    pub access_key: Option<String>,
+    /// Blob endpoint of the account, for Azurite or a sovereign cloud
+    /// (`http://127.0.0.1:10000/devstoreaccount1`); empty: `https://<account>.blob.core.windows.net`.
+    pub endpoint: Option<String>,
+    /// Allow plain `http://` endpoints (a server on loopback).
+    pub allow_http: bool,
+}
+
 /// The `[archive]` table of the broker config: whether and when segments are archived, where,
 /// and how long the broker and the archive keep them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,8 +74,9 @@ pub struct ArchiveConfig {
     /// Archive sealed segments, serve old offsets from the archive, and delete local segments
     /// once archived (default false: nothing is archived and nothing is ever deleted locally).
     pub enabled: bool,
-    /// Where the archive lives: a folder path or `file:///abs/path`, `memory://`, or
-    /// `s3://bucket/prefix`. Empty: the folder `archive` beside the broker's data dir.
+    /// Where the archive lives: a folder path or `file:///abs/path`, `memory://`,
+    /// `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`. Empty: the folder
+    /// `archive` beside the broker's data dir.
     pub store: String,
     /// A sealed segment is archived once its last write is this old, in seconds (default 3600).
     pub archive_after_secs: u64,
@@ -63,6 +98,10 @@ pub struct ArchiveConfig {
     pub request_timeout_secs: u64,
     /// S3 settings for an `s3://` store.
     pub s3: S3Config,
+    /// Google Cloud Storage settings for a `gs://` store.
+    pub gcs: GcsConfig,
+    /// Azure Blob Storage settings for an `az://` store.
+    pub azure: AzureConfig,
 }
 
 impl Default for ArchiveConfig {
@@ -79,6 +118,8 @@ impl Default for ArchiveConfig {
             max_retries: 3,
             request_timeout_secs: 30,
             s3: S3Config::default(),
+            gcs: GcsConfig::default(),
+            azure: AzureConfig::default(),
         }
     }
 }
@@ -142,15 +183,17 @@ impl ArchiveStore {
         if url == "memory://" {
             return Ok(ArchiveStore::in_memory());
         }
-        if let Some(rest) = url.strip_prefix("s3://") {
-            return ArchiveStore::s3(url, rest, config);
+        for (scheme, cloud) in [("s3://", Cloud::S3), ("gs://", Cloud::Gcs), ("az://", Cloud::Azure)] {
+            if let Some(rest) = url.strip_prefix(scheme) {
+                return ArchiveStore::cloud(url, rest, cloud, config);
+            }
         }
         if let Some(path) = url.strip_prefix("file://") {
             return ArchiveStore::local(FsPath::new(path));
         }
         if url.contains("://") {
             return Err(ArchiveError::Config(format!(
-                "archive.store = {url:?} has an unknown scheme: use a folder path, file:///abs/path, memory:// or s3://bucket/prefix"
+                "archive.store = {url:?} has an unknown scheme: use a folder path, file:///abs/path, memory://, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix"
             )));
         }
         ArchiveStore::local(FsPath::new(url))
@@ -171,24 +214,29 @@ impl ArchiveStore {
         ))
     }
 
-    fn s3(url: &str, rest: &str, config: &ArchiveConfig) -> Result<ArchiveStore> {
+    /// An object store service: `rest` is `bucket[/prefix]` (an Azure container for `az://`).
+    fn cloud(url: &str, rest: &str, cloud: Cloud, config: &ArchiveConfig) -> Result<ArchiveStore> {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
+            let scheme = &url[..url.find("://").map_or(0, |at| at + 3)];
             return Err(ArchiveError::Config(format!(
-                "archive.store = {url:?} names no bucket: use s3://bucket or s3://bucket/prefix"
+                "archive.store = {url:?} names no {}: use {scheme}{0} or {scheme}{0}/prefix",
+                cloud.bucket_word()
             )));
         }
-        let store = s3_builder(bucket, config)
-            .build()
-            .map_err(|source| ArchiveError::Store {
-                store: url.to_owned(),
-                context: "configuring S3 (bucket, region, endpoint, credentials)".into(),
-                source,
-            })?;
-        let inner: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
-            Arc::new(store)
-        } else {
-            Arc::new(PrefixStore::new(store, prefix.trim_matches('/')))
+        let configuring = |source| ArchiveError::Store {
+            store: url.to_owned(),
+            context: format!("configuring {}", cloud.settings()),
+            source,
+        };
+        let store: Arc<dyn ObjectStore> = match cloud {
+            Cloud::S3 => Arc::new(s3_builder(bucket, config).build().map_err(configuring)?),
+            Cloud::Gcs => Arc::new(gcs_builder(bucket, config).build().map_err(configuring)?),
+            Cloud::Azure => Arc::new(azure_builder(bucket, config).build().map_err(configuring)?),
+        };
+        let inner: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
+            "" => store,
+            prefix => Arc::new(PrefixStore::new(store, prefix)),
         };
         Ok(ArchiveStore::new(inner, url))
     }
@@ -204,6 +252,54 @@ impl ArchiveStore {
     }
 }
 
+/// The object store services an archive URL can name.
+#[derive(Debug, Clone, Copy)]
+enum Cloud {
+    S3,
+    Gcs,
+    Azure,
+}
+
+impl Cloud {
+    /// What the first part of the URL names.
+    fn bucket_word(self) -> &'static str {
+        match self {
+            Cloud::S3 | Cloud::Gcs => "bucket",
+            Cloud::Azure => "container",
+        }
+    }
+
+    /// What a failing build of the client got wrong, for the error.
+    fn settings(self) -> &'static str {
+        match self {
+            Cloud::S3 => "S3 (bucket, region, endpoint, credentials in [archive.s3] or AWS_*)",
+            Cloud::Gcs => "Google Cloud Storage (bucket, credentials in [archive.gcs] or GOOGLE_*)",
+            Cloud::Azure => "Azure Blob Storage (account, key, endpoint in [archive.azure] or AZURE_*)",
+        }
+    }
+}
+
+/// How often and how long a request to the archive's store is retried.
+fn retry_config(config: &ArchiveConfig) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: config.max_retries,
+        retry_timeout: Duration::from_secs(config.request_timeout_secs),
+    }
+}
+
+/// The HTTP client settings of a request to the archive's store.
+fn client_options(config: &ArchiveConfig, allow_http: bool) -> ClientOptions {
+    ClientOptions::new()
+        .with_allow_http(allow_http)
+        .with_timeout(Duration::from_secs(config.request_timeout_secs))
+        .with_connect_timeout(Duration::from_secs(config.request_timeout_secs.min(5)))
+}
+
 /// The S3 client settings of an archive in `bucket`: `[archive.s3]` first, then the `AWS_*`
 /// environment (credentials, region, endpoint) for whatever it leaves out.
 pub(crate) fn s3_builder(bucket: &str, config: &ArchiveConfig) -> AmazonS3Builder {
@@ -211,21 +307,8 @@ pub(crate) fn s3_builder(bucket: &str, config: &ArchiveConfig) -> AmazonS3Builde
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_allow_http(s3.allow_http)
-        .with_retry(RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(2),
-                base: 2.0,
-            },
-            max_retries: config.max_retries,
-            retry_timeout: Duration::from_secs(config.request_timeout_secs),
-        })
-        .with_client_options(
-            ClientOptions::new()
-                .with_allow_http(s3.allow_http)
-                .with_timeout(Duration::from_secs(config.request_timeout_secs))
-                .with_connect_timeout(Duration::from_secs(config.request_timeout_secs.min(5))),
-        );
+        .with_retry(retry_config(config))
+        .with_client_options(client_options(config, s3.allow_http));
     if let Some(endpoint) = &s3.endpoint {
         builder = builder.with_endpoint(endpoint);
     }
@@ -239,6 +322,43 @@ pub(crate) fn s3_builder(bucket: &str, config: &ArchiveConfig) -> AmazonS3Builde
     }
     if let Some(secret) = &s3.secret_access_key {
         builder = builder.with_secret_access_key(secret);
+    }
+    builder
+}
+
+/// The Google Cloud Storage client settings of an archive in `bucket`: `[archive.gcs]` first,
+/// then the `GOOGLE_*` environment.
+pub(crate) fn gcs_builder(bucket: &str, config: &ArchiveConfig) -> GoogleCloudStorageBuilder {
+    let gcs = &config.gcs;
+    let mut builder = GoogleCloudStorageBuilder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry_config(config))
+        .with_client_options(client_options(config, gcs.allow_http));
+    if let Some(path) = &gcs.service_account_path {
+        builder = builder.with_service_account_path(path);
+    }
+    if let Some(endpoint) = &gcs.endpoint {
+        builder = builder.with_base_url(endpoint);
+    }
+    builder
+}
+
+/// The Azure Blob Storage client settings of an archive in `container`: `[archive.azure]` first,
+/// then the `AZURE_*` environment.
+pub(crate) fn azure_builder(container: &str, config: &ArchiveConfig) -> MicrosoftAzureBuilder {
+    let azure = &config.azure;
+    let mut builder = MicrosoftAzureBuilder::from_env()
+        .with_container_name(container)
+        .with_retry(retry_config(config))
+        .with_client_options(client_options(config, azure.allow_http));
+    if let Some(account) = &azure.account {
+        builder = builder.with_account(account);
+    }
+    if let Some(key) = &azure.access_key {
+        builder = builder.with_access_key(key);
+    }
+    if let Some(endpoint) = &azure.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
     }
     builder
 }

@@ -15,7 +15,7 @@ use crate::archiver::{Archiver, CrashMode, CrashPoint};
 use crate::convert::ConvertOptions;
 use crate::reader::{ArchiveReader, Replay};
 use crate::sample;
-use crate::store::{ArchiveConfig, ArchiveStore, S3Config};
+use crate::store::{ArchiveConfig, ArchiveStore, AzureConfig, GcsConfig, S3Config};
 use crate::verify::{self, Problem};
 
 const SEGMENT_LEN: usize = 256 * 1024;
@@ -552,6 +552,195 @@ async fn conformance_s3() {
     let config = s3_config(&server.endpoint, "s3://archive/meridian");
     let store = ArchiveStore::open(&config, FsPath::new("unused")).unwrap();
     conformance(store).await;
+}
+
+/// A real Azure Blob Storage server on loopback (Azurite, from npm), stopped on drop.
+pub(crate) struct AzuriteServer {
+    child: Child,
+    /// The blob endpoint of Azurite's well-known account.
+    pub endpoint: String,
+}
+
+impl Drop for AzuriteServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Azurite's well-known development account and key (public, the same in every install).
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Starts Azurite's blob service with an empty `container`. Azurite and the Azure SDK that
+/// creates the container come from `MERIDIAN_TEST_AZURITE` (a folder with their node_modules),
+/// which `scripts/install-azurite.sh` makes and `scripts/test.sh` exports.
+pub(crate) fn start_azurite(container: &str) -> AzuriteServer {
+    let dir = std::env::var("MERIDIAN_TEST_AZURITE").unwrap_or_default();
+    let modules = FsPath::new(&dir).join("node_modules");
+    assert!(
+        modules.join(".bin/azurite-blob").exists(),
+        "Azurite is missing from MERIDIAN_TEST_AZURITE={dir:?}: run scripts/install-azurite.sh (scripts/test.sh does) and set MERIDIAN_TEST_AZURITE to the folder it prints"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(modules.join(".bin/azurite-blob"))
+        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+        .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--silent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = AzuriteServer {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "Azurite did not listen on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let script = FsPath::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/azurite-container.js");
+    let created = Command::new("node")
+        .arg(script)
+        .args([&server.endpoint, AZURITE_ACCOUNT, AZURITE_KEY, container])
+        .env("NODE_PATH", &modules)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "creating container {container}: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    server
+}
+
+pub(crate) fn azure_config(endpoint: &str, url: &str) -> ArchiveConfig {
+    ArchiveConfig {
+        store: url.into(),
+        azure: AzureConfig {
+            account: Some(AZURITE_ACCOUNT.into()),
+            access_key: Some(AZURITE_KEY.into()),
+            endpoint: Some(endpoint.into()),
+            allow_http: true,
+        },
+        max_retries: 1,
+        request_timeout_secs: 5,
+        ..ArchiveConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_azure() {
+    let server = start_azurite("archive");
+    let config = azure_config(&server.endpoint, "az://archive/meridian");
+    let store = ArchiveStore::open(&config, FsPath::new("unused")).unwrap();
+    conformance(store).await;
+    // A wrong key is refused and named, not taken for an empty archive.
+    let mut config = azure_config(&server.endpoint, "az://archive");
+    config.azure.access_key = Some(AZURITE_KEY.replace('E', "F"));
+    let store = ArchiveStore::open(&config, FsPath::new("unused")).unwrap();
+    let error = archiver(&store, &write_commitlog())
+        .run_once(true, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("object store az://archive"), "{error}");
+}
+
+#[test]
+fn gcs_and_azure_urls_take_their_settings_from_the_config() {
+    use object_store::azure::AzureConfigKey;
+    use object_store::gcp::GoogleConfigKey;
+    let config = ArchiveConfig {
+        gcs: GcsConfig {
+            service_account_path: Some("/etc/meridian/gcs.json".into()),
+            endpoint: Some("http://127.0.0.1:4443".into()),
+            allow_http: true,
+        },
+        azure: AzureConfig {
+            account: Some("meridianarchive".into()),
+            access_key: Some(AZURITE_KEY.into()),
+            endpoint: None,
+            allow_http: false,
+        },
+        ..ArchiveConfig::default()
+    };
+    let gcs = crate::store::gcs_builder("bucket-a", &config);
+    assert_eq!(
+        gcs.get_config_value(&GoogleConfigKey::Bucket).as_deref(),
+        Some("bucket-a")
+    );
+    assert_eq!(
+        gcs.get_config_value(&GoogleConfigKey::ServiceAccount).as_deref(),
+        Some("/etc/meridian/gcs.json")
+    );
+    let azure = crate::store::azure_builder("container-a", &config);
+    assert_eq!(
+        azure.get_config_value(&AzureConfigKey::ContainerName).as_deref(),
+        Some("container-a")
+    );
+    assert_eq!(
+        azure.get_config_value(&AzureConfigKey::AccountName).as_deref(),
+        Some("meridianarchive")
+    );
+    // A service account key that is not there is named when the store is opened.
+    let error = ArchiveStore::open(
+        &ArchiveConfig {
+            store: "gs://bucket-a".into(),
+            ..config.clone()
+        },
+        FsPath::new("unused"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("configuring Google Cloud Storage"), "{error}");
+    let mut config = config;
+    config.gcs.service_account_path = None;
+    // Both URLs open a prefixed store under the name they were given.
+    for url in ["gs://bucket-a/meridian", "az://container-a/meridian"] {
+        let store = ArchiveStore::open(
+            &ArchiveConfig {
+                store: url.into(),
+                ..config.clone()
+            },
+            FsPath::new("unused"),
+        )
+        .unwrap();
+        assert_eq!(store.url, url);
+    }
+    // A URL without its bucket or container says which it lacks.
+    for (url, lacking) in [
+        ("gs://", "gs://bucket or gs://bucket/prefix"),
+        ("az:///x", "az://container or az://container/prefix"),
+    ] {
+        let error = ArchiveStore::open(
+            &ArchiveConfig {
+                store: url.into(),
+                ..config.clone()
+            },
+            FsPath::new("unused"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains(lacking), "{error}");
+    }
+    // An Azure account left unset everywhere is named when the store is opened.
+    if std::env::var_os("AZURE_STORAGE_ACCOUNT_NAME").is_none() {
+        let error = ArchiveStore::open(
+            &ArchiveConfig {
+                store: "az://container-a".into(),
+                ..ArchiveConfig::default()
+            },
+            FsPath::new("unused"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("Azure Blob Storage (account, key, endpoint"), "{error}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,8 +22,8 @@ use crate::{config, http};
 pub struct QueryServiceConfig {
     /// HTTP listen address (`POST /api/sql`, `/metrics`).
     pub http_listen: SocketAddr,
-    /// Where the archive is: `store` and `[archive.s3]` as in the broker's `[archive]` table
-    /// (the other keys of that table are ignored here).
+    /// Where the archive is: `store` and `[archive.s3]`, `[archive.gcs]` or `[archive.azure]` as in
+    /// the broker's `[archive]` table (the other keys of that table are ignored here).
     pub archive: ArchiveConfig,
     /// Limits.
     pub query: QueryConfig,
@@ -45,8 +45,8 @@ pub struct QueryArgs {
     /// Config file (TOML); defaults apply to anything it leaves out.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Archive to query: a folder, file:///abs/path or s3://bucket/prefix (overrides archive.store;
-    /// default ./meridian-data/archive, where `meridian dev` archives).
+    /// Archive to query: a folder, file:///abs/path, s3://, gs:// or az://bucket/prefix (overrides
+    /// archive.store; default ./meridian-data/archive, where `meridian dev` archives).
     #[arg(long)]
     store: Option<String>,
     /// HTTP listen address (overrides http_listen; default 127.0.0.1:8090).
@@ -308,7 +308,7 @@ fn read_statements(
 /// `meridian bench archive-gen`.
 #[derive(Debug, clap::Args)]
 pub struct ArchiveGenArgs {
-    /// Archive to write into: a folder, file:///abs/path or s3://bucket/prefix.
+    /// Archive to write into: a folder, file:///abs/path, s3://, gs:// or az://bucket/prefix.
     #[arg(long)]
     store: String,
     /// Messages.
