@@ -600,9 +600,19 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
             "data_dir": node_dir.join("data"),
             "http_listen": tracer.http.to_string(),
         }));
+        if spec.archiver.enabled {
+            // Timelines show archive steps from the archivers' manifests.
+            config.insert("archive".into(), table(json!({"store": archive_store})).into());
+        }
         merge(&mut config, &spec.overrides.tracer);
         merge(&mut config, &tracer.overrides);
-        match TracerConfig::deserialize(toml::Value::Table(config.clone())) {
+        let mut tracer_keys = config.clone();
+        if let Some(archive) = tracer_keys.remove("archive")
+            && let Err(error) = archive.try_into::<meridian_archive::store::ArchiveConfig>()
+        {
+            problems.push(format!("the tracer: invalid [archive] table: {error}"));
+        }
+        match TracerConfig::deserialize(toml::Value::Table(tracer_keys)) {
             Ok(parsed) => {
                 if let Err(error) = parsed.validate() {
                     problems.push(format!("the tracer: {error}"));

@@ -13,6 +13,12 @@ use serde::de::DeserializeOwned;
 
 /// Loads a config of type `T` for `service` from `path` (if given) and the environment.
 pub fn load<T: DeserializeOwned>(service: &str, path: Option<&Path>) -> Result<T> {
+    let table = load_table(service, path)?;
+    from_table(service, path, table)
+}
+
+/// The config table of `service` from `path` (if given) with the environment's overrides applied.
+pub fn load_table(service: &str, path: Option<&Path>) -> Result<toml::Table> {
     let mut table = match path {
         Some(path) => {
             let text =
@@ -24,6 +30,12 @@ pub fn load<T: DeserializeOwned>(service: &str, path: Option<&Path>) -> Result<T
     };
     let prefix = format!("MERIDIAN_{}__", service.to_ascii_uppercase());
     apply_overrides(&mut table, &prefix, std::env::vars())?;
+    Ok(table)
+}
+
+/// Deserializes a table [`load_table`] read, naming the file and the overrides in the error.
+pub fn from_table<T: DeserializeOwned>(service: &str, path: Option<&Path>, table: toml::Table) -> Result<T> {
+    let prefix = format!("MERIDIAN_{}__", service.to_ascii_uppercase());
     let source = path.map_or_else(|| "defaults".to_owned(), |path| path.display().to_string());
     T::deserialize(toml::Value::Table(table))
         .with_context(|| format!("invalid {service} config ({source} with {prefix}* overrides)"))

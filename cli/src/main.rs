@@ -5,6 +5,7 @@
 //! composed here. Start reading at [`Command`].
 
 mod archive_cmds;
+mod archive_steps;
 mod bench;
 mod bench_messaging;
 mod bench_nameserver;

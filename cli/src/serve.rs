@@ -68,6 +68,8 @@ struct Services {
     http: Option<(tokio::net::TcpListener, axum::Router)>,
     /// The archiver of the broker's segments (`meridian dev`).
     archiver: Option<crate::archive_cmds::ArchiverLoop>,
+    /// The archive's manifests, for the archive steps of trace timelines (`meridian dev`).
+    archive_steps: Option<Arc<crate::archive_steps::ManifestSteps>>,
 }
 
 /// Runs `services`, then `ready` (the banner), until a shutdown signal; then stops the broker
@@ -91,6 +93,9 @@ async fn run(services: Services, ready: impl std::future::Future<Output = ()>) -
     });
     if let Some(archiver) = services.archiver {
         tasks.spawn(archiver.run(stop.clone()));
+    }
+    if let Some(steps) = services.archive_steps {
+        tasks.spawn(steps.run(stop.clone()));
     }
     let broker_stop = CancellationToken::new();
     let broker_task = services.broker.map(|broker| {
@@ -197,7 +202,18 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         ..meridian_tracer::TracerConfig::default()
     };
     let tracer_metrics = Arc::new(meridian_tracer::TracerMetrics::register(&mut registry));
-    let tracer = meridian_tracer::Tracer::open(tracer_config, tracer_metrics).context("opening the trace index")?;
+    let mut tracer = meridian_tracer::Tracer::open(tracer_config, tracer_metrics).context("opening the trace index")?;
+    // Timelines show when the archive took each message (from the archive's manifests).
+    let archive_steps = match &query_archive {
+        Some((archive, default_dir)) => {
+            let store = meridian_archive::store::ArchiveStore::open(archive, default_dir)
+                .context("opening the archive store")?;
+            let steps = crate::archive_steps::ManifestSteps::new(store);
+            tracer = tracer.with_archive(steps.clone());
+            Some(steps)
+        }
+        None => None,
+    };
     let tracer_router = tracer.router();
     // The query service reads the archive the archiver writes (nothing to read without one).
     let query_router = match &query_archive {
@@ -259,6 +275,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             tracer: Some(tracer),
             http: Some((http_listener, router)),
             archiver,
+            archive_steps,
         },
         ready,
     )

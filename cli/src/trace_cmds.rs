@@ -19,20 +19,38 @@ pub struct TracerArgs {
     config: Option<PathBuf>,
 }
 
-/// `meridian tracer --config FILE`: index the trace topic and serve lookups.
+/// `meridian tracer --config FILE`: index the trace topic and serve lookups. An `[archive]` table
+/// in the file (as in the broker's config) adds archive steps to timelines.
 pub async fn tracer(args: TracerArgs) -> Result<()> {
-    let config: TracerConfig = config::load("tracer", args.config.as_deref())?;
+    let mut table = config::load_table("tracer", args.config.as_deref())?;
+    let archive = table
+        .remove("archive")
+        .map(|archive| {
+            let archive: meridian_archive::store::ArchiveConfig = archive
+                .try_into()
+                .context("invalid [archive] table in the tracer config")?;
+            let store =
+                meridian_archive::store::ArchiveStore::open(&archive, std::path::Path::new("meridian-data/archive"))
+                    .context("opening the archive store named by [archive]")?;
+            anyhow::Ok(crate::archive_steps::ManifestSteps::new(store))
+        })
+        .transpose()?;
+    let config: TracerConfig = config::from_table("tracer", args.config.as_deref(), table)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(TracerMetrics::register(&mut registry));
     let http_listen = config.http_listen;
     let (group, data_dir) = (config.group.clone(), config.data_dir.clone());
-    let tracer = Tracer::open(config, metrics).context("opening the trace index")?;
+    let mut tracer = Tracer::open(config, metrics).context("opening the trace index")?;
     let listener = match http_listen {
         Some(addr) => Some(http::bind(addr).await?),
         None => None,
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
+    if let Some(steps) = archive {
+        tracer = tracer.with_archive(steps.clone());
+        tasks.spawn(steps.run(stop.clone()));
+    }
     if let Some(listener) = listener {
         println!("meridian tracer: group {group}, index in {}", data_dir.display());
         println!(

@@ -104,9 +104,15 @@ async fn archived_then_deleted_messages_are_consumed_identically_from_the_beginn
     produce(&node, "orders", 0, 2000).await;
     let before = sorted(read_all(&node, "orders").await);
     assert_eq!(before.len(), 2000);
+    // Counted locally and in the archive: with archive_after_secs = 0 the archiver may already
+    // have archived and deleted some while the sends ran.
+    let segments: std::collections::BTreeSet<u64> = local_segments(&data_dir)
+        .into_iter()
+        .chain(committed_segments(&data_dir))
+        .collect();
     assert!(
-        local_segments(&data_dir).len() >= 3,
-        "the test needs several sealed segments"
+        segments.len() >= 3,
+        "the test needs several sealed segments: {segments:?}"
     );
 
     // The archiver in `meridian dev` archives every sealed segment, then the broker deletes them.
@@ -154,6 +160,43 @@ async fn archived_then_deleted_messages_are_consumed_identically_from_the_beginn
         "{} Deliver steps for {path}",
         delivers()
     );
+    // The archive step comes from the manifest: when the segment was archived, in which file.
+    let archive_step = || {
+        http_get_json(node.http, &path).and_then(|timeline| {
+            let steps = timeline["steps"].as_array()?.clone();
+            let at = steps.iter().position(|step| step["type"] == "ArchiveWrite")?;
+            Some((steps, at))
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || archive_step().is_some()).await,
+        "no ArchiveWrite step for {path}"
+    );
+    let (steps, at) = archive_step().unwrap();
+    let step = &steps[at];
+    let host = step["host"].as_str().unwrap();
+    let segment_start: u64 = host
+        .rsplit_once("/broker-a-")
+        .and_then(|(_, name)| name.strip_suffix(".parquet)"))
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("no segment file in {step}"));
+    assert!(
+        host.starts_with("archive (file://") && host.contains("/messages/topic=orders/date="),
+        "{step}"
+    );
+    assert!(
+        segment_start <= before[0].commitlog_offset && committed_segments(&data_dir).contains(&segment_start),
+        "{step}: the file of the segment holding offset {}",
+        before[0].commitlog_offset
+    );
+    assert_eq!(
+        (step["broker"].as_str(), step["topic"].as_str()),
+        (Some("broker-a"), Some("orders"))
+    );
+    assert_eq!(step["queue_offset"], before[0].queue_offset);
+    let store_at = steps.iter().position(|step| step["type"] == "Store").unwrap();
+    assert!(store_at < at, "archived after it was stored: {steps:?}");
+    assert!(step["timestamp"].as_i64().unwrap() >= before[0].store_timestamp);
 
     // Resetting a group to a time now only in the archive finds, in every queue, the first
     // message stored at or after it.

@@ -130,7 +130,7 @@ async fn bench_index_and_lookups() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = crate::http::router(index.clone(), Arc::new(TracerMetrics::default()));
+    let router = crate::http::router(index.clone(), Arc::new(TracerMetrics::default()), None);
     let server = tokio_util::task::TaskTracker::new();
     server.spawn(async move { axum::serve(listener, router).await });
     let mut stream = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());

@@ -27,7 +27,8 @@ pub struct TracerConfig {
     pub commit_interval_ms: u64,
     /// Memory of the index writer of each day being written, in bytes (default 64 MiB).
     pub writer_heap_bytes: usize,
-    /// Trace-topic messages one pull fetches (default 32; each holds up to 512 events).
+    /// Trace-topic messages one pull fetches (default 256; each holds up to `trace.batch_events`
+    /// of its broker, 64 by default).
     pub pull_batch: u32,
 }
 
@@ -41,7 +42,7 @@ impl Default for TracerConfig {
             retention_days: 7,
             commit_interval_ms: 500,
             writer_heap_bytes: 64 << 20,
-            pull_batch: 32,
+            pull_batch: 256,
         }
     }
 }

@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::error::TracerError;
 use crate::index::{Filter, TraceIndex};
 use crate::metrics::{LookupLabels, TracerMetrics};
-use crate::timeline::{self, Timeline};
+use crate::timeline::{self, ArchiveSteps, Timeline};
 
 /// Largest page a key lookup returns; asking for more is refused, not silently cut.
 pub const MAX_PAGE: usize = 1000;
@@ -35,14 +35,19 @@ pub const DEFAULT_PAGE: usize = 20;
 struct LookupState {
     index: Arc<TraceIndex>,
     metrics: Arc<TracerMetrics>,
+    archive: Option<Arc<dyn ArchiveSteps>>,
 }
 
-/// The routes of the lookup API over `index`.
-pub fn router(index: Arc<TraceIndex>, metrics: Arc<TracerMetrics>) -> Router {
+/// The routes of the lookup API over `index`; timelines show archive steps when `archive` is given.
+pub fn router(index: Arc<TraceIndex>, metrics: Arc<TracerMetrics>, archive: Option<Arc<dyn ArchiveSteps>>) -> Router {
     Router::new()
         .route("/api/traces", get(by_key))
         .route("/api/traces/{id}", get(by_id))
-        .with_state(LookupState { index, metrics })
+        .with_state(LookupState {
+            index,
+            metrics,
+            archive,
+        })
 }
 
 struct ApiError(TracerError);
@@ -78,7 +83,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The timeline of a message by msgId or offset id.
-pub fn lookup_id(index: &TraceIndex, id: &str) -> Result<Timeline, TracerError> {
+pub fn lookup_id(index: &TraceIndex, id: &str, archive: Option<&dyn ArchiveSteps>) -> Result<Timeline, TracerError> {
     let msg_id = if id.contains(':') {
         let offset_id = OffsetId::parse(id).map_err(|error| TracerError::InvalidLookup(error.to_string()))?;
         let ids = index.msg_ids_by_offset_id(&offset_id)?;
@@ -96,7 +101,7 @@ pub fn lookup_id(index: &TraceIndex, id: &str) -> Result<Timeline, TracerError> 
         id.to_ascii_uppercase()
     };
     let events = index.by_msg_id(&msg_id, &Filter::default())?;
-    timeline::build(&events).ok_or_else(|| {
+    timeline::build(&events, archive).ok_or_else(|| {
         TracerError::NotFound(format!(
             "no trace events for msgId {msg_id}: it was never sent to a traced topic, its events are not indexed yet (within 2 s of the send), or they are older than the tracer's retention"
         ))
@@ -106,8 +111,8 @@ pub fn lookup_id(index: &TraceIndex, id: &str) -> Result<Timeline, TracerError> 
 async fn by_id(State(state): State<LookupState>, Path(id): Path<String>) -> Result<Json<Timeline>, ApiError> {
     let started = Instant::now();
     let by = if id.contains(':') { "offset_id" } else { "msg_id" };
-    let index = state.index.clone();
-    let timeline = blocking(move || lookup_id(&index, &id)).await?;
+    let (index, archive) = (state.index.clone(), state.archive.clone());
+    let timeline = blocking(move || lookup_id(&index, &id, archive.as_deref())).await?;
     state.metrics.lookups.get_or_create(&LookupLabels { by }).inc();
     state.metrics.lookup_seconds.observe(started.elapsed().as_secs_f64());
     Ok(Json(timeline))
@@ -179,7 +184,11 @@ pub fn parse_time(name: &str, text: &str) -> Result<i64, TracerError> {
 }
 
 /// Answers a key lookup.
-pub fn lookup_key(index: &TraceIndex, query: &KeyQuery) -> Result<KeyPage, TracerError> {
+pub fn lookup_key(
+    index: &TraceIndex,
+    query: &KeyQuery,
+    archive: Option<&dyn ArchiveSteps>,
+) -> Result<KeyPage, TracerError> {
     let key = query
         .key
         .clone()
@@ -217,7 +226,7 @@ pub fn lookup_key(index: &TraceIndex, query: &KeyQuery) -> Result<KeyPage, Trace
     for (msg_id, _) in ids.iter().skip(offset).take(limit) {
         // The whole timeline, not just the events in the range: the range picks messages.
         let events = index.by_msg_id(msg_id, &Filter::default())?;
-        messages.extend(timeline::build(&events));
+        messages.extend(timeline::build(&events, archive));
     }
     let next = offset + limit;
     Ok(KeyPage {
@@ -232,8 +241,8 @@ pub fn lookup_key(index: &TraceIndex, query: &KeyQuery) -> Result<KeyPage, Trace
 
 async fn by_key(State(state): State<LookupState>, Query(query): Query<KeyQuery>) -> Result<Json<KeyPage>, ApiError> {
     let started = Instant::now();
-    let index = state.index.clone();
-    let page = blocking(move || lookup_key(&index, &query)).await?;
+    let (index, archive) = (state.index.clone(), state.archive.clone());
+    let page = blocking(move || lookup_key(&index, &query, archive.as_deref())).await?;
     state.metrics.lookups.get_or_create(&LookupLabels { by: "key" }).inc();
     state.metrics.lookup_seconds.observe(started.elapsed().as_secs_f64());
     Ok(Json(page))
@@ -264,12 +273,15 @@ mod tests {
     fn bad_lookups_get_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let index = TraceIndex::open(dir.path(), 15_000_000).unwrap();
-        let error = lookup_id(&index, "not-a-msgid").unwrap_err();
+        let error = lookup_id(&index, "not-a-msgid", None).unwrap_err();
         assert!(matches!(error, TracerError::InvalidLookup(_)) && error.to_string().contains("32 hex digits"));
-        let error = lookup_id(&index, "broker-a:12").unwrap_err();
+        let error = lookup_id(&index, "broker-a:12", None).unwrap_err();
         assert!(error.to_string().contains("BROKER_NAME:OFFSET"), "{error}");
         let missing = MessageId::generate().to_string();
-        assert!(matches!(lookup_id(&index, &missing), Err(TracerError::NotFound(_))));
+        assert!(matches!(
+            lookup_id(&index, &missing, None),
+            Err(TracerError::NotFound(_))
+        ));
         let query = |key: &str, from: &str, to: &str, limit: usize| KeyQuery {
             key: Some(key.into()),
             from: Some(from.into()),
@@ -278,24 +290,24 @@ mod tests {
             ..KeyQuery::default()
         };
         assert!(
-            lookup_key(&index, &KeyQuery::default())
+            lookup_key(&index, &KeyQuery::default(), None)
                 .unwrap_err()
                 .to_string()
                 .contains("needs key=K")
         );
         assert!(
-            lookup_key(&index, &query("k", "2", "1", 5))
+            lookup_key(&index, &query("k", "2", "1", 5), None)
                 .unwrap_err()
                 .to_string()
                 .contains("empty")
         );
         assert!(
-            lookup_key(&index, &query("k", "1", "2", 5000))
+            lookup_key(&index, &query("k", "1", "2", 5000), None)
                 .unwrap_err()
                 .to_string()
                 .contains("1 to 1000")
         );
-        let page = lookup_key(&index, &query("k", "1", "2", 5)).unwrap();
+        let page = lookup_key(&index, &query("k", "1", "2", 5), None).unwrap();
         assert_eq!((page.total, page.next_offset), (0, None));
     }
 }

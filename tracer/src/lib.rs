@@ -39,6 +39,7 @@ pub struct Tracer {
     config: TracerConfig,
     index: Arc<index::TraceIndex>,
     metrics: Arc<TracerMetrics>,
+    archive: Option<Arc<dyn timeline::ArchiveSteps>>,
 }
 
 impl Tracer {
@@ -51,12 +52,23 @@ impl Tracer {
         )?);
         metrics.partitions.set(index.days().len() as i64);
         metrics.indexed_documents.set(index.num_docs() as i64);
-        Ok(Tracer { config, index, metrics })
+        Ok(Tracer {
+            config,
+            index,
+            metrics,
+            archive: None,
+        })
+    }
+
+    /// Shows archive steps in timelines, found by `archive` (from the archive's manifests).
+    pub fn with_archive(mut self, archive: Arc<dyn timeline::ArchiveSteps>) -> Tracer {
+        self.archive = Some(archive);
+        self
     }
 
     /// The lookup API over this tracer's index.
     pub fn router(&self) -> axum::Router {
-        http::router(self.index.clone(), self.metrics.clone())
+        http::router(self.index.clone(), self.metrics.clone(), self.archive.clone())
     }
 
     /// The index, for lookups in the same process and for tests.

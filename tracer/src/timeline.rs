@@ -1,14 +1,43 @@
 //! A message's timeline: its events in order, where each happened, the time since the step before,
 //! and the latency of each hop of its life (born → stored → replicated → delivered → consumed).
+//!
+//! The `ArchiveWrite` step is not an indexed event: the archive archives whole commitlog segments,
+//! and its manifest says when each was committed and which file holds each queue's offsets. Given
+//! an [`ArchiveSteps`] (the process running the tracer reads the manifests), a timeline adds the
+//! step for every stored copy of the message whose segment is archived.
 
 use meridian_proto::trace::{ServerStats, TraceEvent, TraceType};
 use serde::{Deserialize, Serialize};
+
+/// When and where the archive put one stored copy of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archived {
+    /// When the segment's manifest entry was committed (Unix ms).
+    pub archived_at: i64,
+    /// The file holding the message (the store's URL and the path in it).
+    pub file: String,
+}
+
+/// Finds the archive step of a stored copy of a message from the archive's manifests. The tracer
+/// does not read the archive itself; the process that runs it passes one in.
+pub trait ArchiveSteps: Send + Sync {
+    /// The copy broker group `broker` stored at `commitlog_offset` (in `topic`, queue
+    /// `queue_id`, offset `queue_offset`), if its segment is archived.
+    fn archived(
+        &self,
+        broker: &str,
+        commitlog_offset: u64,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+    ) -> Option<Archived>;
+}
 
 /// One step of a timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     /// `Pub`, `Store`, `Replicate`, `Deliver`, `SubBefore`, `SubAfter`, `Retry`, `DeadLetter`,
-    /// `DelaySchedule`, `DelayFire`, `TxCommit`, `TxRollback`.
+    /// `DelaySchedule`, `DelayFire`, `TxCommit`, `TxRollback`, `ArchiveWrite`.
     #[serde(rename = "type")]
     pub kind: String,
     /// When (Unix ms).
@@ -17,7 +46,8 @@ pub struct Step {
     pub time: String,
     /// Milliseconds since the step before (absent for the first).
     pub since_previous_ms: Option<i64>,
-    /// Where it happened: the broker member and address, or the client id and address.
+    /// Where it happened: the broker member and address, the client id and address, or
+    /// `archive (FILE)` for `ArchiveWrite`.
     pub host: String,
     /// Broker group.
     pub broker: String,
@@ -164,10 +194,51 @@ fn with_implied_stores(events: &[TraceEvent]) -> Vec<TraceEvent> {
     all
 }
 
+/// The events with an `ArchiveWrite` added for every Store whose segment `archive` knows to be
+/// archived (shown as done by `archive`, at the archived file).
+fn with_archive_steps(mut events: Vec<TraceEvent>, archive: Option<&dyn ArchiveSteps>) -> Vec<TraceEvent> {
+    let Some(archive) = archive else {
+        return events;
+    };
+    let archived: Vec<TraceEvent> = events
+        .iter()
+        .filter(|event| event.kind() == TraceType::Store && !event.broker_name.is_empty())
+        .filter_map(|store| {
+            let found = archive.archived(
+                &store.broker_name,
+                store.commitlog_offset,
+                &store.topic,
+                store.queue_id,
+                store.queue_offset,
+            )?;
+            Some(TraceEvent {
+                event_id: String::new(),
+                trace_type: TraceType::ArchiveWrite as i32,
+                timestamp: found.archived_at,
+                broker_member: "archive".into(),
+                broker_host: found.file,
+                idc: String::new(),
+                group: String::new(),
+                client_host: String::new(),
+                cost_us: 0,
+                server_stats: None,
+                deliver_at_timestamp: 0,
+                ..store.clone()
+            })
+        })
+        .collect();
+    if !archived.is_empty() {
+        events.extend(archived);
+        crate::index::sort_timeline(&mut events);
+    }
+    events
+}
+
 /// Builds the timeline of one message from its events, already in order
-/// ([`crate::index::sort_timeline`]). `None` when there are none.
-pub fn build(events: &[TraceEvent]) -> Option<Timeline> {
-    let events = &with_implied_stores(events);
+/// ([`crate::index::sort_timeline`]), with its archive steps when `archive` is given. `None`
+/// when there are none.
+pub fn build(events: &[TraceEvent], archive: Option<&dyn ArchiveSteps>) -> Option<Timeline> {
+    let events = &with_archive_steps(with_implied_stores(events), archive);
     let first = events.first()?;
     let with_keys = events.iter().find(|event| !event.keys.is_empty()).unwrap_or(first);
     let store = events.iter().find(|event| event.kind() == TraceType::Store);
@@ -229,4 +300,81 @@ pub fn build(events: &[TraceEvent]) -> Option<Timeline> {
             total_ms: between(born, consumed),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Segments `[0, 1000)` of broker-a archived at 50.
+    struct OneSegment;
+
+    impl ArchiveSteps for OneSegment {
+        fn archived(
+            &self,
+            broker: &str,
+            offset: u64,
+            topic: &str,
+            queue_id: u32,
+            queue_offset: u64,
+        ) -> Option<Archived> {
+            (broker == "broker-a" && offset < 1000).then(|| Archived {
+                archived_at: 50,
+                file: format!("file:///a/messages/topic={topic}/q{queue_id}-{queue_offset}.parquet"),
+            })
+        }
+    }
+
+    fn publish(broker: &str, commitlog_offset: u64) -> TraceEvent {
+        TraceEvent {
+            event_id: "01".into(),
+            trace_type: TraceType::Pub as i32,
+            timestamp: 10,
+            msg_id: "M".into(),
+            topic: "orders".into(),
+            queue_id: 2,
+            queue_offset: 7,
+            commitlog_offset,
+            broker_name: broker.into(),
+            broker_member: "a-0".into(),
+            broker_host: "127.0.0.1:7911".into(),
+            born_timestamp: 9,
+            store_timestamp: 11,
+            ..TraceEvent::default()
+        }
+    }
+
+    #[test]
+    fn an_archived_copy_gets_an_archive_step_after_its_store() {
+        let events = [publish("broker-a", 500)];
+        let timeline = build(&events, Some(&OneSegment)).unwrap();
+        let steps: Vec<(&str, i64, &str)> = timeline
+            .steps
+            .iter()
+            .map(|step| (step.kind.as_str(), step.timestamp, step.host.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("Pub", 10, "a-0 (127.0.0.1:7911)"),
+                ("Store", 11, "a-0 (127.0.0.1:7911)"),
+                (
+                    "ArchiveWrite",
+                    50,
+                    "archive (file:///a/messages/topic=orders/q2-7.parquet)"
+                ),
+            ]
+        );
+        assert_eq!(timeline.steps[2].queue_offset, 7);
+        assert!(timeline.steps[2].server_stats.is_none());
+        // Not archived (past the segment, another broker) or no archive given: no step.
+        for (events, archive) in [
+            ([publish("broker-a", 1000)], Some(&OneSegment as &dyn ArchiveSteps)),
+            ([publish("broker-b", 500)], Some(&OneSegment as &dyn ArchiveSteps)),
+            ([publish("broker-a", 500)], None),
+        ] {
+            let timeline = build(&events, archive).unwrap();
+            assert!(timeline.steps.iter().all(|step| step.kind != "ArchiveWrite"));
+        }
+    }
 }
