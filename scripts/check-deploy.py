@@ -8,6 +8,9 @@
   with an image, mounts of declared volumes or claim templates, configMap subPaths that the
   generator provides, and probes on named ports; a Deployment (the stateless query service) the
   same but the Service and the claim templates; every Service selects some pod template.
+- Kubernetes schemas: every object validates strictly (no unknown fields) against the OpenAPI
+  schemas of Kubernetes K8S_VERSION, with kubernetes-validate from PyPI (its schemas are bundled;
+  no cluster, no network). Run the script with the python of scripts/duckdb-env.sh, which has it.
 - systemd (deploy/systemd): `systemd-analyze verify` of every unit, with ExecStart pointed at
   $MERIDIAN_BIN (the units name /usr/local/bin/meridian, which a build machine does not have);
   skipped with a note when systemd-analyze is missing.
@@ -25,6 +28,8 @@ import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The Kubernetes release whose schemas the manifests must satisfy.
+K8S_VERSION = "1.33"
 DEPLOY = ROOT / "deploy"
 problems = []
 
@@ -62,6 +67,7 @@ def check_k8s():
             if not (doc.get("metadata") or {}).get("name"):
                 problem(f"{resource}: a {doc.get('kind')} has no metadata.name")
             objects.append((resource, doc))
+    check_k8s_schemas(objects)
     services = {doc["metadata"]["name"]: doc for _, doc in objects if doc.get("kind") == "Service"}
     templates = []
     for resource, doc in objects:
@@ -130,6 +136,24 @@ def check_k8s():
         problem("no nameserver StatefulSet")
     if not any(doc.get("kind") == "StatefulSet" and "broker" in doc["metadata"]["name"] for _, doc in objects):
         problem("no broker StatefulSet")
+
+
+def check_k8s_schemas(objects):
+    try:
+        import kubernetes_validate
+    except ImportError:
+        problem(
+            "kubernetes-validate is missing: run this script with the python scripts/duckdb-env.sh prints "
+            "(`$(scripts/duckdb-env.sh) scripts/check-deploy.py`), or pip install kubernetes-validate"
+        )
+        return
+    for resource, doc in objects:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            where = ".".join(str(part) for part in error.path) or "the object"
+            problem(f"{resource}: {doc.get('kind')} {(doc.get('metadata') or {}).get('name')}: "
+                    f"{where}: {error.message} (Kubernetes {K8S_VERSION} schema)")
 
 
 def check_systemd():

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A Python with DuckDB (from PyPI) for the independent archive reader (scripts/archive-duckdb.py,
-# its e2e test) and the query benchmark (scripts/bench-query.sh). Made once per machine under
-# ${XDG_CACHE_HOME:-~/.cache}/meridian/duckdb-venv (about 30 s, a 20 MB wheel); afterwards it
-# only checks the version, in well under a second.
+# its e2e test) and the query benchmark (scripts/bench-query.sh), and with kubernetes-validate for
+# the schema check of the Kubernetes manifests (scripts/check-deploy.py). Made once per machine
+# under ${XDG_CACHE_HOME:-~/.cache}/meridian/duckdb-venv (about 30 s, a 20 MB wheel and the
+# bundled Kubernetes schemas); afterwards it only checks the versions, in well under a second.
 #
 # Usage: scripts/duckdb-env.sh        prints the path of the venv's python (progress on stderr)
 #
@@ -14,6 +15,7 @@ set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
 DUCKDB_VERSION=2.0.1
+K8S_VALIDATE_VERSION=1.37.0
 venv=${MERIDIAN_DUCKDB_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/meridian/duckdb-venv}
 venv_python="${venv}/bin/python"
 
@@ -22,10 +24,10 @@ log() {
 }
 
 installed_version() {
-    "${venv_python}" -c 'import duckdb; print(duckdb.__version__)' 2>/dev/null || true
+    "${venv_python}" -c 'import duckdb, importlib.metadata as m; print(duckdb.__version__, m.version("kubernetes-validate"))' 2>/dev/null || true
 }
 
-if [[ -x "${venv_python}" && "$(installed_version)" == "${DUCKDB_VERSION}" ]]; then
+if [[ -x "${venv_python}" && "$(installed_version)" == "${DUCKDB_VERSION} ${K8S_VALIDATE_VERSION}" ]]; then
     echo "${venv_python}"
     exit 0
 fi
@@ -71,10 +73,11 @@ if [[ ! -x "${venv_python}" ]] || ! "${venv_python}" -m pip --version >/dev/null
         bootstrap_pip
     fi
 fi
-log "installing duckdb==${DUCKDB_VERSION} from PyPI"
-"${venv_python}" -m pip install --quiet --disable-pip-version-check "duckdb==${DUCKDB_VERSION}" >&2
-if [[ "$(installed_version)" != "${DUCKDB_VERSION}" ]]; then
-    log "duckdb ${DUCKDB_VERSION} did not import from ${venv_python}"
+log "installing duckdb==${DUCKDB_VERSION} and kubernetes-validate==${K8S_VALIDATE_VERSION} from PyPI"
+"${venv_python}" -m pip install --quiet --disable-pip-version-check "duckdb==${DUCKDB_VERSION}" \
+    "kubernetes-validate==${K8S_VALIDATE_VERSION}" >&2
+if [[ "$(installed_version)" != "${DUCKDB_VERSION} ${K8S_VALIDATE_VERSION}" ]]; then
+    log "duckdb ${DUCKDB_VERSION} and kubernetes-validate ${K8S_VALIDATE_VERSION} did not import from ${venv_python}"
     exit 1
 fi
 echo "${venv_python}"

@@ -16,8 +16,9 @@ use meridian_tests::DevNode;
 
 use crate::archive::{local_segments, wait_until, write_config};
 
-/// The Python with DuckDB: `MERIDIAN_TEST_DUCKDB_PYTHON`, else the venv's default place.
-fn duckdb_python() -> PathBuf {
+/// The Python with DuckDB and kubernetes-validate: `MERIDIAN_TEST_DUCKDB_PYTHON`, else the venv's
+/// default place.
+pub(crate) fn duckdb_python() -> PathBuf {
     if let Some(path) = std::env::var_os("MERIDIAN_TEST_DUCKDB_PYTHON") {
         return PathBuf::from(path);
     }

@@ -278,10 +278,11 @@ fn bad_specs_are_refused_before_anything_starts_with_the_reason() {
 
 #[test]
 fn the_deployment_artifacts_pass_their_checks() {
-    // Kubernetes manifests (structure, zone anti-affinity, mounts), systemd units
-    // (systemd-analyze verify, when installed) and the Dockerfile: scripts/check-deploy.py.
+    // Kubernetes manifests (structure, zone anti-affinity, mounts, and the Kubernetes schemas via
+    // kubernetes-validate, in the venv of scripts/duckdb-env.sh), systemd units (systemd-analyze
+    // verify, when installed) and the Dockerfile: scripts/check-deploy.py.
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check-deploy.py");
-    let output = std::process::Command::new("python3")
+    let output = std::process::Command::new(crate::archive_duckdb::duckdb_python())
         .arg(&script)
         .env("MERIDIAN_BIN", meridian_tests::meridian_bin())
         .output()
