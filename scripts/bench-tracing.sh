@@ -7,21 +7,25 @@
 #    - `dev`: `meridian dev` (release) with `[trace] enabled = false` or `true`: the tracer indexes
 #      in the same process, on the same cores as the broker and the client;
 #    - `alone`: a nameserver and a broker as separate processes (`meridian cluster up`, no tracer):
-#      the broker emits and stores every event, and the tracer runs elsewhere, as deployed.
+#      the broker emits and stores every event, and the tracer runs elsewhere, as deployed. Here
+#      the broker's CPU seconds per run are recorded too (`broker_cpu_on_over_off`): steadier than
+#      throughput, which the client sharing the broker's cores makes scatter.
 # 2. With tracing on in `dev`: how long its tracer takes to index everything the produce run
 #    emitted (one Pub event per message), and send-to-searchable (one `meridian produce`, then
 #    polling GET /api/traces/{msgId} every 10 ms; SEARCHABLE_SAMPLES times).
 # 3. The index alone (tracer/src/bench_tests.rs, release): indexing rate on one thread and lookups
 #    by msgId and by key over HTTP on an index of INDEX_EVENTS events, each answer checked exact.
 #
-# Environment: COUNT (messages per produce run, default 200000), ROUNDS (default 2),
-# INDEX_EVENTS (default 1000000), SEARCHABLE_SAMPLES (default 20), MERIDIAN_BENCH_TMP.
+# Environment: COUNT (messages per produce run, default 200000), ROUNDS (default 2), SETUPS
+# (default "dev alone"), INDEX_EVENTS (default 1000000; 0 skips part 3), SEARCHABLE_SAMPLES
+# (default 20), MERIDIAN_BENCH_TMP.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 COUNT=${COUNT:-200000}
 ROUNDS=${ROUNDS:-2}
+SETUPS=${SETUPS:-dev alone}
 INDEX_EVENTS=${INDEX_EVENTS:-1000000}
 SEARCHABLE_SAMPLES=${SEARCHABLE_SAMPLES:-20}
 BIN="${CARGO_TARGET_DIR:-target}/release/meridian"
@@ -109,7 +113,7 @@ trap 'stop_node; [[ -z "${cluster_dir}" ]] || stop_alone; rm -rf "${work_dir}"' 
 log "building the release binary and the index benchmark"
 cargo build --release --bin meridian
 results="${work_dir}/results.jsonl"
-for setup in dev alone; do
+for setup in ${SETUPS}; do
 for round in $(seq 1 "${ROUNDS}"); do
     for tracing in false true; do
         name="${setup}-round${round}-trace-${tracing}"
@@ -119,10 +123,22 @@ for round in $(seq 1 "${ROUNDS}"); do
             start_alone "${tracing}" "${name}"
         fi
         log "${name}: produce ${COUNT} x 1 KiB"
+        # The broker's CPU seconds over the run (`alone`: its own process), the steadier measure
+        # when the client shares the broker's cores.
+        cpu_before=null
+        if [[ "${setup}" == alone ]]; then
+            broker_pid=$(cat "${cluster_dir}/a-0/meridian.pid")
+            cpu_before=$(process_cpu_seconds "${broker_pid}")
+        fi
         produce_started=$(now_ms)
         "${BIN}" bench produce --nameserver "${nameserver_addr}" --size 1024 --count "${COUNT}" --concurrency 64 \
             --batch 1 --json >"${work_dir}/${name}.json"
         produce_ended=$(now_ms)
+        broker_cpu=null
+        if [[ "${cpu_before}" != null ]]; then
+            broker_cpu=$(awk -v after="$(process_cpu_seconds "${broker_pid}")" -v before="${cpu_before}" \
+                'BEGIN {printf "%.2f", after - before}')
+        fi
         indexed_ms=null
         if [[ "${setup}" == alone && "${tracing}" == true ]]; then
             dropped=$(curl -fsS "http://${http_addr}/metrics" | awk '/^meridian_broker_trace_events_dropped_total/ {sum += $2} END {print sum + 0}')
@@ -147,11 +163,13 @@ for round in $(seq 1 "${ROUNDS}"); do
             done
         fi
         "${PYTHON}" - "${work_dir}/${name}.json" "${tracing}" "$((produce_ended - produce_started))" "${indexed_ms}" \
-            "${work_dir}/searchable" "${setup}" >>"${results}" <<'EOF'
+            "${work_dir}/searchable" "${setup}" "${broker_cpu}" >>"${results}" <<'EOF'
 import json, sys
 bench = json.load(open(sys.argv[1]))
 row = {"setup": sys.argv[6], "tracing": sys.argv[2] == "true", "msgs_per_s": bench["msgs_per_s"],
        "p99_ms": bench["latency_ms"]["p99"], "produce_ms": int(sys.argv[3])}
+if sys.argv[7] != "null":
+    row["broker_cpu_s"] = float(sys.argv[7])
 if sys.argv[4] != "null":
     row["all_indexed_ms"] = int(sys.argv[4])
     samples = sorted(int(line) for line in open(sys.argv[5]) if line.strip())
@@ -170,14 +188,21 @@ done
 "${PYTHON}" - "${results}" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-ratios = {}
-for setup in ("dev", "alone"):
-    off = [row["msgs_per_s"] for row in rows if row["setup"] == setup and not row["tracing"]]
-    on = [row["msgs_per_s"] for row in rows if row["setup"] == setup and row["tracing"]]
-    ratios[setup] = (sum(on) / len(on)) / (sum(off) / len(off))
-print(json.dumps({"rows": rows, "on_over_off": ratios}, indent=1))
+ratios, cpu_ratios = {}, {}
+mean = lambda values: sum(values) / len(values)
+for setup in sorted({row["setup"] for row in rows}):
+    off = [row for row in rows if row["setup"] == setup and not row["tracing"]]
+    on = [row for row in rows if row["setup"] == setup and row["tracing"]]
+    ratios[setup] = mean([row["msgs_per_s"] for row in on]) / mean([row["msgs_per_s"] for row in off])
+    if all("broker_cpu_s" in row for row in off + on):
+        # CPU per message, on over off (every run sends COUNT messages).
+        cpu_ratios[setup] = mean([row["broker_cpu_s"] for row in on]) / mean([row["broker_cpu_s"] for row in off])
+print(json.dumps({"rows": rows, "on_over_off": ratios, "broker_cpu_on_over_off": cpu_ratios}, indent=1))
 EOF
 
+if ((INDEX_EVENTS == 0)); then
+    exit 0
+fi
 log "index benchmark: ${INDEX_EVENTS} events"
 MERIDIAN_TRACE_BENCH_EVENTS="${INDEX_EVENTS}" cargo test --release -p meridian-tracer -- --ignored --nocapture \
     bench_ 2>&1 | grep '^{'

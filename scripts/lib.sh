@@ -22,6 +22,11 @@ stop_pid() {
     wait "${pid}" 2>/dev/null || true
 }
 
+# CPU seconds (user and system) process $1 has used so far.
+process_cpu_seconds() {
+    awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"
+}
+
 # Whether something listens on loopback port $1.
 port_in_use() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
