@@ -332,7 +332,16 @@ async fn delays_retries_dead_letters_and_transactions_are_steps_of_the_timeline(
         (retry["group"].as_str(), retry["status"].as_str()),
         (Some("billing"), Some("ok"))
     );
-    assert!(retry["deliver_at"].as_i64().unwrap() >= retry["timestamp"].as_i64().unwrap() + 1000);
+    // Level 1 is one second from when the broker took the send-back: after the failed attempt
+    // ended (its SubAfter) and no later than the retry copy was stored (the Retry step's time).
+    let deliver_at = retry["deliver_at"].as_i64().unwrap();
+    let failed_at = steps[4]["timestamp"].as_i64().unwrap();
+    let stored_at = retry["timestamp"].as_i64().unwrap();
+    assert_eq!(steps[4]["type"], "SubAfter", "{timeline:#}");
+    assert!(
+        (failed_at + 1000..=stored_at + 1000).contains(&deliver_at),
+        "due 1 s after the send-back: {timeline:#}"
+    );
     assert_eq!(
         steps[6]["topic"], "%RETRY%billing",
         "the retry comes back through the group's retry topic"
