@@ -327,20 +327,21 @@ pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr)
                 Ok(appended) => appended,
                 Err(error) => return Reply::Now(Err(error)),
             };
-            state.trace.stored(
-                &request.topic,
-                &request.producer_group,
-                peer,
-                &request.messages,
-                &appended.results,
-            );
             let response = SendResponse {
                 results: appended.results,
             };
+            let trace = |results| {
+                state
+                    .trace
+                    .stored(&request.topic, &request.producer_group, peer, &request.messages, results);
+            };
             if !sync && !replicated {
+                let answer = encoded(&response);
+                trace(response.results);
                 state.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
-                return Reply::Now(encoded(&response));
+                return Reply::Now(answer);
             }
+            trace(response.results.clone());
             let state = state.clone();
             Reply::Later(Box::pin(async move {
                 if sync {
