@@ -2,14 +2,17 @@
 # Tracing benchmarks (docs/benchmarks.md, "Tracing"). Not part of CI: run by hand on a quiet machine.
 #
 # 1. Produce throughput with tracing off and on, in the same run, `meridian bench produce` (1 KiB,
-#    batch 1, concurrency 64) alternating off/on ROUNDS times; the ratio is the mean of "on" over
-#    the mean of "off". Two setups:
+#    batch 1, concurrency 64), ROUNDS rounds of one run each, off first in odd rounds and on first
+#    in even ones (so a drift over the run favours neither); before every run the machine settles
+#    (scripts/lib.sh `settle`: sync, and drop the page cache when root). The ratio is the mean of
+#    "on" over the mean of "off", and the same of the medians. Every run also records the CPU
+#    seconds of every process involved (servers and client): on 2 shared cores throughput is
+#    bounded by CPU per message, and CPU is the steadier figure (`cpu_on_over_off`). Two setups:
 #    - `dev`: `meridian dev` (release) with `[trace] enabled = false` or `true`: the tracer indexes
 #      in the same process, on the same cores as the broker and the client;
 #    - `alone`: a nameserver and a broker as separate processes (`meridian cluster up`, no tracer):
-#      the broker emits and stores every event, and the tracer runs elsewhere, as deployed. Here
-#      the broker's CPU seconds per run are recorded too (`broker_cpu_on_over_off`): steadier than
-#      throughput, which the client sharing the broker's cores makes scatter.
+#      the broker emits and stores every event, and the tracer runs elsewhere, as deployed. The
+#      broker's own CPU is also reported alone (`broker_cpu_on_over_off`).
 # 2. With tracing on in `dev`: how long its tracer takes to index everything the produce run
 #    emitted (one Pub event per message), and send-to-searchable (one `meridian produce`, then
 #    polling GET /api/traces/{msgId} every 10 ms; SEARCHABLE_SAMPLES times).
@@ -56,6 +59,15 @@ start_node() {
 
 metric() {
     curl -fsS "http://${http_addr}/metrics" | awk -v name="$1" '$1 == name {print $2}'
+}
+
+# CPU seconds the processes $@ have used so far, together.
+cpu_of() {
+    local pid total=0
+    for pid in "$@"; do
+        total=$(awk -v total="${total}" -v more="$(process_cpu_seconds "${pid}")" 'BEGIN {printf "%.2f", total + more}')
+    done
+    echo "${total}"
 }
 
 now_ms() {
@@ -115,30 +127,39 @@ cargo build --release --bin meridian
 results="${work_dir}/results.jsonl"
 for setup in ${SETUPS}; do
 for round in $(seq 1 "${ROUNDS}"); do
-    for tracing in false true; do
+    order="false true"
+    ((round % 2 == 1)) || order="true false"
+    for tracing in ${order}; do
         name="${setup}-round${round}-trace-${tracing}"
         if [[ "${setup}" == dev ]]; then
             start_node "${tracing}" "${name}"
         else
             start_alone "${tracing}" "${name}"
         fi
+        settle
         log "${name}: produce ${COUNT} x 1 KiB"
-        # The broker's CPU seconds over the run (`alone`: its own process), the steadier measure
-        # when the client shares the broker's cores.
-        cpu_before=null
+        # CPU seconds over the run: the broker's, all servers' (dev: the one node; alone: the broker
+        # and the nameserver) and the client's.
         if [[ "${setup}" == alone ]]; then
             broker_pid=$(cat "${cluster_dir}/a-0/meridian.pid")
-            cpu_before=$(process_cpu_seconds "${broker_pid}")
+            server_pids="${broker_pid} $(cat "${cluster_dir}/ns-1/meridian.pid")"
+        else
+            broker_pid=${node_pid}
+            server_pids=${node_pid}
         fi
+        broker_before=$(process_cpu_seconds "${broker_pid}")
+        servers_before=$(cpu_of ${server_pids})
         produce_started=$(now_ms)
-        "${BIN}" bench produce --nameserver "${nameserver_addr}" --size 1024 --count "${COUNT}" --concurrency 64 \
-            --batch 1 --json >"${work_dir}/${name}.json"
+        TIMEFORMAT='%U %S'
+        { time "${BIN}" bench produce --nameserver "${nameserver_addr}" --size 1024 --count "${COUNT}" \
+            --concurrency 64 --batch 1 --json >"${work_dir}/${name}.json" 2>"${work_dir}/${name}.client.err"; } \
+            2>"${work_dir}/${name}.time"
         produce_ended=$(now_ms)
-        broker_cpu=null
-        if [[ "${cpu_before}" != null ]]; then
-            broker_cpu=$(awk -v after="$(process_cpu_seconds "${broker_pid}")" -v before="${cpu_before}" \
-                'BEGIN {printf "%.2f", after - before}')
-        fi
+        broker_cpu=$(awk -v after="$(process_cpu_seconds "${broker_pid}")" -v before="${broker_before}" \
+            'BEGIN {printf "%.2f", after - before}')
+        servers_cpu=$(awk -v after="$(cpu_of ${server_pids})" -v before="${servers_before}" \
+            'BEGIN {printf "%.2f", after - before}')
+        client_cpu=$(awk '{printf "%.2f", $1 + $2}' "${work_dir}/${name}.time")
         indexed_ms=null
         if [[ "${setup}" == alone && "${tracing}" == true ]]; then
             dropped=$(curl -fsS "http://${http_addr}/metrics" | awk '/^meridian_broker_trace_events_dropped_total/ {sum += $2} END {print sum + 0}')
@@ -163,13 +184,14 @@ for round in $(seq 1 "${ROUNDS}"); do
             done
         fi
         "${PYTHON}" - "${work_dir}/${name}.json" "${tracing}" "$((produce_ended - produce_started))" "${indexed_ms}" \
-            "${work_dir}/searchable" "${setup}" "${broker_cpu}" >>"${results}" <<'EOF'
+            "${work_dir}/searchable" "${setup}" "${broker_cpu}" "${servers_cpu}" "${client_cpu}" "${round}" \
+            >>"${results}" <<'EOF'
 import json, sys
 bench = json.load(open(sys.argv[1]))
-row = {"setup": sys.argv[6], "tracing": sys.argv[2] == "true", "msgs_per_s": bench["msgs_per_s"],
-       "p99_ms": bench["latency_ms"]["p99"], "produce_ms": int(sys.argv[3])}
-if sys.argv[7] != "null":
-    row["broker_cpu_s"] = float(sys.argv[7])
+row = {"setup": sys.argv[6], "round": int(sys.argv[10]), "tracing": sys.argv[2] == "true",
+       "msgs_per_s": bench["msgs_per_s"], "p99_ms": bench["latency_ms"]["p99"],
+       "produce_ms": int(sys.argv[3]), "broker_cpu_s": float(sys.argv[7]),
+       "all_cpu_s": round(float(sys.argv[8]) + float(sys.argv[9]), 2)}
 if sys.argv[4] != "null":
     row["all_indexed_ms"] = int(sys.argv[4])
     samples = sorted(int(line) for line in open(sys.argv[5]) if line.strip())
@@ -188,16 +210,21 @@ done
 "${PYTHON}" - "${results}" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-ratios, cpu_ratios = {}, {}
+summary = {"on_over_off": {}, "median_on_over_off": {}, "cpu_on_over_off": {}, "broker_cpu_on_over_off": {}}
 mean = lambda values: sum(values) / len(values)
+median = lambda values: sorted(values)[len(values) // 2] if len(values) % 2 else mean(sorted(values)[len(values) // 2 - 1:len(values) // 2 + 1])
 for setup in sorted({row["setup"] for row in rows}):
     off = [row for row in rows if row["setup"] == setup and not row["tracing"]]
     on = [row for row in rows if row["setup"] == setup and row["tracing"]]
-    ratios[setup] = mean([row["msgs_per_s"] for row in on]) / mean([row["msgs_per_s"] for row in off])
-    if all("broker_cpu_s" in row for row in off + on):
-        # CPU per message, on over off (every run sends COUNT messages).
-        cpu_ratios[setup] = mean([row["broker_cpu_s"] for row in on]) / mean([row["broker_cpu_s"] for row in off])
-print(json.dumps({"rows": rows, "on_over_off": ratios, "broker_cpu_on_over_off": cpu_ratios}, indent=1))
+    # Every run sends COUNT messages, so CPU seconds compare as CPU per message.
+    for measure, field in [("on_over_off", "msgs_per_s"), ("cpu_on_over_off", "all_cpu_s"),
+                           ("broker_cpu_on_over_off", "broker_cpu_s")]:
+        ratio = mean([row[field] for row in on]) / mean([row[field] for row in off])
+        summary[measure][setup] = round(ratio, 3)
+    # Robust to the odd round that runs far faster or slower than its neighbours.
+    summary["median_on_over_off"][setup] = round(
+        median([row["msgs_per_s"] for row in on]) / median([row["msgs_per_s"] for row in off]), 3)
+print(json.dumps({"rows": rows, **summary}, indent=1))
 EOF
 
 if ((INDEX_EVENTS == 0)); then

@@ -27,6 +27,20 @@ process_cpu_seconds() {
     awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"
 }
 
+# Lets the machine settle before a measured run: writes back dirty pages (the last run's data
+# would otherwise be written back during this one) and, when allowed (root), drops the page cache
+# so every run starts from the same memory state. Says which it did.
+settle() {
+    sync
+    if [[ -w /proc/sys/vm/drop_caches ]]; then
+        echo 3 >/proc/sys/vm/drop_caches
+        log "settled: dirty pages written back, page cache dropped"
+    else
+        log "settled: dirty pages written back (not root: page cache kept)"
+    fi
+    sleep 1
+}
+
 # Whether something listens on loopback port $1.
 port_in_use() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
