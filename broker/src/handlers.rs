@@ -331,9 +331,13 @@ pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr)
                 results: appended.results,
             };
             let trace = |results| {
-                state
-                    .trace
-                    .stored(&request.topic, &request.producer_group, peer, &request.messages, results);
+                state.trace.stored(
+                    &request.topic,
+                    &request.producer_group,
+                    peer,
+                    &request.messages,
+                    results,
+                );
             };
             if !sync && !replicated {
                 let answer = encoded(&response);

@@ -877,7 +877,13 @@ mod tests {
     fn a_stored_message_becomes_one_valid_pub_event_with_its_store_time_and_offsets() {
         let emitter = emitter(100);
         let host = "10.0.0.9:4000".parse().unwrap();
-        emitter.stored("orders", "shop", host, &[message(&["order-1", "cust-7"])], vec![result(3)]);
+        emitter.stored(
+            "orders",
+            "shop",
+            host,
+            &[message(&["order-1", "cust-7"])],
+            vec![result(3)],
+        );
         let events = encoded_events(&emitter);
         assert_eq!(
             events.iter().map(TraceEvent::kind).collect::<Vec<_>>(),
