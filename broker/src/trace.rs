@@ -24,6 +24,7 @@ use bytes::Bytes;
 use meridian_proto::messages::{MessageData, PullResponse, SendResult};
 use meridian_proto::properties::{self, KEY_SEPARATOR};
 use meridian_proto::record::Record;
+use meridian_proto::throttle::Throttle;
 use meridian_proto::topics::{DELAY_TOPIC, HALF_TOPIC};
 use meridian_proto::trace::{
     MAX_REPORT_EVENTS, ServerStats, TRACE_TOPIC, TraceBatch, TraceError, TraceEvent, TraceStatus, TraceType,
@@ -267,7 +268,8 @@ pub struct TraceEmitter {
     spare: Mutex<Vec<Pending>>,
     wake: Notify,
     metrics: Arc<TraceMetrics>,
-    last_drop_log: Mutex<Option<Instant>>,
+    /// The "trace events dropped" warning, at most every 10 s.
+    drop_log: Throttle,
     /// Sum and count of store-to-ack times since the last stats sample, in µs.
     replication_latency: (AtomicU64, AtomicU64),
 }
@@ -290,7 +292,7 @@ impl TraceEmitter {
             spare: Mutex::default(),
             wake: Notify::new(),
             metrics,
-            last_drop_log: Mutex::new(None),
+            drop_log: Throttle::new(Duration::from_secs(10)),
             replication_latency: (AtomicU64::new(0), AtomicU64::new(0)),
         }
     }
@@ -310,12 +312,11 @@ impl TraceEmitter {
             .events_dropped
             .get_or_create(&DropLabels { reason })
             .inc_by(count as u64);
-        let mut last = self.last_drop_log.lock().expect("drop log lock");
-        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-            *last = Some(Instant::now());
+        if let Some(drops_not_logged) = self.drop_log.due() {
             tracing::warn!(
                 reason,
                 count,
+                drops_not_logged,
                 buffer_events = self.config.buffer_events,
                 "trace events dropped (meridian_broker_trace_events_dropped counts them all)"
             );

@@ -28,7 +28,6 @@ mod push;
 mod route;
 #[cfg(test)]
 mod test_support;
-mod throttle;
 mod trace;
 mod transaction;
 

@@ -119,7 +119,7 @@ struct ProducerInner {
     /// This producer's data center, decided on the first send.
     idc: OnceCell<String>,
     /// "send failed, retrying" at most once a second.
-    retry_log: crate::throttle::Throttle,
+    retry_log: meridian_proto::throttle::Throttle,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -166,7 +166,7 @@ impl Producer {
                 routes,
                 faults: FaultTracker::new(config.fault_backoff, config.max_fault_backoff, config.slow_send),
                 idc: OnceCell::new(),
-                retry_log: crate::throttle::Throttle::new(Duration::from_secs(1)),
+                retry_log: meridian_proto::throttle::Throttle::new(Duration::from_secs(1)),
                 // Start at a random queue so many producers do not all hit queue 0 first.
                 next_queue: AtomicUsize::new(fastrand::usize(..1024)),
                 tracker: TaskTracker::new(),

@@ -19,6 +19,7 @@
 //!   system trace topic they travel on, and the check every reader of that topic applies.
 //! - [`topics`]: the system topics (delay, transaction, retry, dead-letter, trace); [`delay`]:
 //!   delay levels, delivery times and the delay slots; [`filter`]: tag filter expressions.
+//! - [`throttle`]: log lines at most once per interval, with the count left out.
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike.
 #![warn(missing_docs)]
@@ -33,6 +34,7 @@ pub mod messages;
 pub mod msgid;
 pub mod properties;
 pub mod record;
+pub mod throttle;
 pub mod time;
 pub mod topics;
 pub mod trace;

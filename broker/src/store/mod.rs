@@ -1015,9 +1015,9 @@ impl MessageStore {
     /// [`DISPATCH_IDLE_AFTER`] without records it sleeps until an append wakes it.
     fn dispatch_loop(&self) {
         let mut last_work = Instant::now();
-        // A failure repeats every 100 ms until it is fixed (a full disk): logged once, then every
-        // 10 s with the count of failures in between.
-        let mut failures: (Option<Instant>, u64) = (None, 0);
+        // A failure repeats every 100 ms until it is fixed (a full disk).
+        let failure_log = meridian_proto::throttle::Throttle::new(Duration::from_secs(10));
+        let mut failing = false;
         loop {
             if self.crashed.load(Ordering::Acquire) {
                 return;
@@ -1032,22 +1032,18 @@ impl MessageStore {
                 match outcome {
                     Ok(_) => {
                         self.metrics.dispatched_offset.set(committed as i64);
-                        if failures.0.take().is_some() {
+                        if std::mem::take(&mut failing) {
                             tracing::info!(dispatched_to = committed, "dispatch recovered");
                         }
                     }
                     Err(error) => {
-                        failures.1 += 1;
-                        if failures
-                            .0
-                            .is_none_or(|logged| logged.elapsed() >= Duration::from_secs(10))
-                        {
+                        failing = true;
+                        if let Some(failures_not_logged) = failure_log.due() {
                             tracing::error!(
                                 %error,
-                                failures = failures.1,
+                                failures_not_logged,
                                 "dispatch failed; retrying every 100 ms (consumers see no new messages until it succeeds; logged at most every 10 s)"
                             );
-                            failures = (Some(Instant::now()), 0);
                         }
                         thread::sleep(Duration::from_millis(100));
                     }

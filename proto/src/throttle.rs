@@ -1,18 +1,19 @@
 //! A log line at most once per interval, counting what it left out: a failure that hits every
-//! concurrent send (a nameserver down, a broker restarting) yields a line a second, not a line a
-//! send.
+//! concurrent send (a nameserver down, a broker restarting) or repeats until it is fixed (a full
+//! disk) yields a line per interval, not a line per occurrence. Used by the client and the broker.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Decides whether to log now, and how many lines were left out since the last one.
-pub(crate) struct Throttle {
+pub struct Throttle {
     interval: Duration,
     state: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Throttle {
-    pub(crate) fn new(interval: Duration) -> Throttle {
+    /// A throttle letting one line through per `interval`.
+    pub fn new(interval: Duration) -> Throttle {
         Throttle {
             interval,
             state: Mutex::new((None, 0)),
@@ -21,7 +22,7 @@ impl Throttle {
 
     /// `Some(left_out)` when a line is due (the first, or the first after `interval`), with the
     /// number of lines left out since the last; `None` (and one more left out) otherwise.
-    pub(crate) fn due(&self) -> Option<u64> {
+    pub fn due(&self) -> Option<u64> {
         self.due_at(Instant::now())
     }
 
