@@ -250,7 +250,7 @@ pub fn trace_records(events: &[TraceEvent], events_per_record: usize, first_msg_
             tag: None,
             properties: Vec::new(),
             store_timestamp: chunk.iter().map(|event| event.timestamp).max().unwrap_or(0),
-            body: TraceBatch { events: chunk.to_vec() }.encode_to_vec(),
+            body: TraceBatch::from(chunk.to_vec()).encode_to_vec(),
         })
         .collect()
 }

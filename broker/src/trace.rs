@@ -4,9 +4,11 @@
 //! writes it to the system trace topic [`TRACE_TOPIC`] of its own store, batched.
 //!
 //! The send and pull paths pay one short-locked push into a bounded buffer ([`TraceEmitter`]): no
-//! encoding, no property parsing, no I/O. A flusher task encodes the buffer every
-//! `flush_interval_ms` as [`TraceBatch`] messages (written field by field, `trace/encode.rs`) and
-//! appends them. When the buffer is full, events are dropped and counted
+//! encoding, no allocation per message, no I/O. A stored message's Pub event is a fixed-size row
+//! (`trace/pubs.rs`); other events are entries pointing at bytes the path already holds. A flusher
+//! task encodes the buffer every `flush_interval_ms` as [`TraceBatch`] messages (the rows as
+//! [`meridian_proto::trace::PubColumns`], the entries as events written field by field,
+//! `trace/encode.rs`) and appends them. When the buffer is full, events are dropped and counted
 //! (`meridian_broker_trace_events_dropped`) with a log line at most every 10 s: tracing never
 //! blocks a producer.
 //!
@@ -16,7 +18,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,7 +39,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{BrokerError, Result};
@@ -46,7 +47,9 @@ use crate::replication::Replication;
 use crate::store::MessageStore;
 
 mod encode;
+mod pubs;
 use encode::{BatchEncoder, Described, Placed, StoredProperties};
+use pubs::PubRows;
 
 /// The `[trace]` table of the broker config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,7 +113,7 @@ pub struct TraceMetrics {
     pub batches_written: Counter,
     /// Events dropped, by reason.
     pub events_dropped: Family<DropLabels, Counter>,
-    /// Events waiting in the buffer.
+    /// Events that were waiting in the buffers when the flusher last took them.
     pub buffered: Gauge,
     /// Client reports refused as malformed.
     pub reports_refused: Counter,
@@ -147,7 +150,7 @@ impl TraceMetrics {
         );
         registry.register(
             "buffered",
-            "Trace events waiting to be written",
+            "Trace events that were waiting to be written when the flusher last took them",
             metrics.buffered.clone(),
         );
         registry.register(
@@ -172,18 +175,18 @@ pub struct Identity {
     pub idc: String,
 }
 
-/// What the hot paths hand over: references to bytes they already hold, nothing encoded.
+/// What the hot paths hand over besides the rows of stored messages ([`PubRows`]): references to
+/// bytes they already hold, nothing encoded.
 enum Pending {
-    /// A message was stored (becomes one Pub event, which carries where and when it was stored;
-    /// a delayed or half message also gets its own Store, in the system topic it waits in).
+    /// A message waiting in a system topic (delayed or half) was stored: becomes its Pub, which
+    /// carries where and when it was stored, a Store in the system topic and, for a delay, a
+    /// DelaySchedule.
     Stored {
         topic: Arc<str>,
         group: Arc<str>,
         client_host: SocketAddr,
-        /// Only the properties (keys, tag, producer group) and the sizes are kept, and the
-        /// properties only when they hold any of those: they point into the received frame's
-        /// buffer, which they would pin until the flush, and reading them there (100 ms later,
-        /// long out of the CPU's caches) cost more than the rest of the event.
+        /// The properties (real topic, due time, keys, tag, producer group), pointing into the
+        /// received frame's buffer until the flush; the body is not kept.
         properties: Bytes,
         born_timestamp: i64,
         body_size: u32,
@@ -243,30 +246,68 @@ impl Pending {
     }
 }
 
-/// Entries waiting for the flusher.
+/// What waits for the flusher: the Pub events of stored messages as rows, everything else as
+/// entries.
 #[derive(Default)]
 struct Buffer {
+    pubs: PubRows,
     entries: Vec<Pending>,
-    /// Events the entries become (what `buffer_events` bounds).
+    /// Events the rows and entries become (what `buffer_events` bounds).
     events: usize,
-    /// The topic and producer group of the last send, shared by the entries of the sends that
-    /// follow with the same names instead of allocated per send.
-    names: Option<(Arc<str>, Arc<str>)>,
 }
 
-/// Most entries a drained buffer may hold for reuse; a larger one (after a burst) is freed.
+impl Buffer {
+    /// Whether `weight` more events fit under `limit`; if so, they are counted.
+    fn admit(&mut self, weight: usize, limit: usize) -> bool {
+        let fits = self.events + weight <= limit;
+        if fits {
+            self.events += weight;
+        }
+        fits
+    }
+}
+
+/// Most rows or entries a drained buffer may hold for reuse; a larger one (after a burst) is freed.
 const SPARE_ENTRIES: usize = 64 * 1024;
 
-/// The bounded buffer between the hot paths and the flusher.
+/// One of the emitter's buffers. Each thread of the hot paths keeps to one shard, and there are as
+/// many shards as CPUs, so two threads rarely take one lock or hand each other its cache lines
+/// (aligned apart so neighbouring shards share none).
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard {
+    pending: Mutex<Buffer>,
+    /// The buffer the flusher drained last, kept so the next one starts with its capacity rather
+    /// than growing (and copying its entries) again every flush.
+    spare: Mutex<Buffer>,
+}
+
+impl Shard {
+    /// Takes what is buffered, leaving the spare buffer in its place.
+    fn take(&self) -> Buffer {
+        let spare = std::mem::take(&mut *self.spare.lock().expect("trace spare lock"));
+        std::mem::replace(&mut *self.pending.lock().expect("trace buffer lock"), spare)
+    }
+
+    /// Hands a drained buffer back for the next [`Shard::take`].
+    fn give_back(&self, mut drained: Buffer) {
+        drained.entries.clear();
+        drained.pubs.clear();
+        drained.events = 0;
+        if drained.entries.capacity() <= SPARE_ENTRIES && drained.pubs.capacity() <= SPARE_ENTRIES {
+            *self.spare.lock().expect("trace spare lock") = drained;
+        }
+    }
+}
+
+/// The bounded buffers between the hot paths and the flusher.
 pub struct TraceEmitter {
     config: TraceConfig,
     excluded: HashSet<String>,
     identity: Identity,
-    pending: Mutex<Buffer>,
-    /// The buffer the flusher drained last, kept so the next one starts with its capacity rather
-    /// than growing (and copying its entries) again every flush.
-    spare: Mutex<Vec<Pending>>,
-    wake: Notify,
+    shards: Box<[Shard]>,
+    /// Most events one shard holds (`buffer_events` shared out).
+    shard_events: usize,
     metrics: Arc<TraceMetrics>,
     /// The "trace events dropped" warning, at most every 10 s.
     drop_log: Throttle,
@@ -282,15 +323,20 @@ fn now_millis() -> i64 {
 }
 
 impl TraceEmitter {
-    /// An emitter for a broker with this identity.
+    /// An emitter for a broker with this identity, with a buffer per CPU.
     pub fn new(config: TraceConfig, identity: Identity, metrics: Arc<TraceMetrics>) -> TraceEmitter {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        TraceEmitter::with_shards(config, identity, metrics, cpus)
+    }
+
+    fn with_shards(config: TraceConfig, identity: Identity, metrics: Arc<TraceMetrics>, shards: usize) -> TraceEmitter {
+        let shards = shards.max(1);
         TraceEmitter {
             excluded: config.exclude_topics.iter().cloned().collect(),
+            shard_events: config.buffer_events.div_ceil(shards),
+            shards: (0..shards).map(|_| Shard::default()).collect(),
             config,
             identity,
-            pending: Mutex::default(),
-            spare: Mutex::default(),
-            wake: Notify::new(),
             metrics,
             drop_log: Throttle::new(Duration::from_secs(10)),
             replication_latency: (AtomicU64::new(0), AtomicU64::new(0)),
@@ -323,32 +369,43 @@ impl TraceEmitter {
         }
     }
 
-    fn push(&self, entries: impl Iterator<Item = Pending>) {
-        self.push_locked(self.pending.lock().expect("trace buffer lock"), entries);
+    /// The buffer of the calling thread.
+    fn buffer(&self) -> MutexGuard<'_, Buffer> {
+        static THREADS: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static THREAD: usize = THREADS.fetch_add(1, Ordering::Relaxed);
+        }
+        let shard = THREAD.with(|thread| *thread) % self.shards.len();
+        self.shards[shard].pending.lock().expect("trace buffer lock")
     }
 
-    /// Adds `entries` to the locked buffer, dropping (and counting) what does not fit.
-    fn push_locked(&self, mut pending: MutexGuard<'_, Buffer>, entries: impl Iterator<Item = Pending>) {
+    /// Adds `entries` to the calling thread's buffer, dropping (and counting) what does not fit.
+    fn push(&self, entries: impl Iterator<Item = Pending>) {
+        let mut pending = self.buffer();
         let mut dropped = 0;
         for entry in entries {
             let weight = entry.weight();
-            if pending.events + weight > self.config.buffer_events {
+            if pending.admit(weight, self.shard_events) {
+                pending.entries.push(entry);
+            } else {
                 dropped += weight;
-                continue;
             }
-            pending.events += weight;
-            pending.entries.push(entry);
         }
-        let buffered = pending.events;
         drop(pending);
-        self.metrics.buffered.set(buffered as i64);
+        self.dropped(dropped);
+    }
+
+    /// Counts `dropped` events for lack of room.
+    fn dropped(&self, dropped: usize) {
         if dropped > 0 {
             self.drop_events("buffer_full", dropped);
         }
     }
 
     /// Records that `messages` of one send were stored with `results` (same order; taken, as
-    /// the send path has no more use for them once its answer is encoded).
+    /// the send path has no more use for them once its answer is encoded). A message stored as
+    /// sent becomes a row ([`PubRows`]); one waiting in a system topic (delayed or half) an
+    /// entry, as its Store and DelaySchedule need its properties.
     pub fn stored(
         &self,
         topic: &str,
@@ -360,35 +417,40 @@ impl TraceEmitter {
         if !self.traces(topic) {
             return;
         }
-        let mut pending = self.pending.lock().expect("trace buffer lock");
-        let names = match &pending.names {
-            Some((last_topic, last_group)) if **last_topic == *topic && **last_group == *group => {
-                (last_topic.clone(), last_group.clone())
+        let limit = self.shard_events;
+        let mut pending = self.buffer();
+        let mut dropped = 0;
+        for (message, result) in messages.iter().zip(results) {
+            let props = StoredProperties::read(&message.properties);
+            let group = if group.is_empty() { props.producer_group } else { group };
+            if props.real_topic.is_none() && pending.admit(1, limit) {
+                if pending
+                    .pubs
+                    .push(topic, group, client_host, message, props.keys, props.tags, &result)
+                {
+                    continue;
+                }
+                pending.events -= 1;
             }
-            _ => {
-                let names: (Arc<str>, Arc<str>) = (Arc::from(topic), Arc::from(group));
-                pending.names = Some(names.clone());
-                names
-            }
-        };
-        let (topic, group) = names;
-        self.push_locked(
-            pending,
-            messages.iter().zip(results).map(|(message, result)| Pending::Stored {
-                topic: topic.clone(),
-                group: group.clone(),
+            let entry = Pending::Stored {
+                topic: Arc::from(topic),
+                group: Arc::from(group),
                 client_host,
-                properties: if StoredProperties::read(&message.properties).is_empty() {
-                    Bytes::new()
-                } else {
-                    message.properties.clone()
-                },
+                properties: message.properties.clone(),
                 born_timestamp: message.born_timestamp,
                 body_size: message.body.len() as u32,
                 reconsume_count: message.reconsume_count,
                 result,
-            }),
-        );
+            };
+            let weight = entry.weight();
+            if pending.admit(weight, limit) {
+                pending.entries.push(entry);
+            } else {
+                dropped += weight;
+            }
+        }
+        drop(pending);
+        self.dropped(dropped);
     }
 
     /// Records that the messages of one send met their ack policy now.
@@ -466,6 +528,12 @@ impl TraceEmitter {
     /// whole when any event is malformed or of a type only brokers write.
     pub fn report(&self, body: Bytes, client_host: SocketAddr) -> std::result::Result<usize, TraceError> {
         let batch = TraceBatch::decode(body).map_err(|error| TraceError::Decode(error.to_string()))?;
+        if batch.pubs.is_some() {
+            self.metrics.reports_refused.inc();
+            return Err(TraceError::Decode(
+                "clients may report only SubBefore and SubAfter events, not Pub columns".into(),
+            ));
+        }
         let refuse = |index: usize, event: &TraceEvent, reason: String| {
             self.metrics.reports_refused.inc();
             TraceError::Event {
@@ -512,30 +580,14 @@ impl TraceEmitter {
         Ok(count)
     }
 
-    /// Takes what is buffered, leaving the spare buffer in its place.
-    fn take(&self) -> Vec<Pending> {
-        let spare = std::mem::take(&mut *self.spare.lock().expect("trace spare lock"));
-        let mut pending = self.pending.lock().expect("trace buffer lock");
-        pending.events = 0;
-        let taken = std::mem::replace(&mut pending.entries, spare);
-        drop(pending);
-        self.metrics.buffered.set(0);
-        taken
-    }
-
-    /// Hands a drained buffer back for the next [`TraceEmitter::take`].
-    fn give_back(&self, mut entries: Vec<Pending>) {
-        entries.clear();
-        if entries.capacity() <= SPARE_ENTRIES {
-            *self.spare.lock().expect("trace spare lock") = entries;
-        }
-    }
-
-    /// Turns buffered entries into trace-topic message bodies with their event counts (the
-    /// flusher's work, off the hot path), draining `entries`.
-    fn encode(&self, entries: &mut Vec<Pending>, stats: &ServerStats) -> Vec<(Bytes, usize)> {
+    /// Turns what was buffered into trace-topic message bodies with their event counts (the
+    /// flusher's work, off the hot path), draining its entries.
+    fn encode(&self, drained: &mut Buffer, stats: &ServerStats, batches: &mut Vec<(Bytes, usize)>) {
+        drained
+            .pubs
+            .encode(&self.identity, stats, self.config.batch_events, batches);
         let mut encoder = BatchEncoder::new(&self.identity, stats, self.config.batch_events);
-        for entry in entries.drain(..) {
+        for entry in drained.entries.drain(..) {
             match entry {
                 Pending::Stored {
                     topic,
@@ -632,7 +684,7 @@ impl TraceEmitter {
                 Pending::Step(event) => encoder.event(&event, true),
             }
         }
-        encoder.finish()
+        batches.extend(encoder.finish());
     }
 }
 
@@ -766,7 +818,7 @@ fn write(
     replication.notify_appended();
 }
 
-/// The flusher: every `flush_interval_ms` (or at once when woken), writes what is buffered. Runs
+/// The flusher: every `flush_interval_ms`, writes what is buffered. Runs
 /// until `stop`, then writes what is left.
 pub async fn flush_loop(
     emitter: Arc<TraceEmitter>,
@@ -783,15 +835,21 @@ pub async fn flush_loop(
         let stopping = tokio::select! {
             _ = stop.cancelled() => true,
             _ = tokio::time::sleep(interval) => false,
-            _ = emitter.wake.notified() => false,
         };
-        let mut entries = emitter.take();
-        if !entries.is_empty() {
-            let stats = sampler.sample(&metrics, &emitter).clone();
-            let batches = emitter.encode(&mut entries, &stats);
-            write(&emitter, &store, &replication, self_addr, batches);
+        let mut batches = Vec::new();
+        let mut waiting = 0;
+        let mut stats = None;
+        for shard in &emitter.shards {
+            let mut drained = shard.take();
+            if drained.events > 0 {
+                waiting += drained.events;
+                let stats = stats.get_or_insert_with(|| sampler.sample(&metrics, &emitter).clone());
+                emitter.encode(&mut drained, stats, &mut batches);
+            }
+            shard.give_back(drained);
         }
-        emitter.give_back(entries);
+        emitter.metrics.buffered.set(waiting as i64);
+        write(&emitter, &store, &replication, self_addr, batches);
         if stopping {
             return;
         }
@@ -805,8 +863,9 @@ mod tests {
     use meridian_proto::properties::{DELIVER_AT, REAL_TOPIC};
     use meridian_proto::trace::TraceStatus;
 
+    /// An emitter with one buffer, as the tests' one thread uses only one.
     fn emitter(buffer_events: usize) -> TraceEmitter {
-        TraceEmitter::new(
+        TraceEmitter::with_shards(
             TraceConfig {
                 buffer_events,
                 exclude_topics: vec!["quiet".into()],
@@ -819,6 +878,7 @@ mod tests {
                 idc: "dc1".into(),
             },
             Arc::default(),
+            1,
         )
     }
 
@@ -835,13 +895,26 @@ mod tests {
         }
     }
 
-    /// What the flusher would write for everything buffered, decoded.
+    /// What the flusher would write for everything buffered.
+    fn encoded(emitter: &TraceEmitter) -> Vec<(Bytes, usize)> {
+        let mut batches = Vec::new();
+        for shard in &emitter.shards {
+            emitter.encode(&mut shard.take(), &ServerStats::default(), &mut batches);
+        }
+        batches
+    }
+
+    /// [`encoded`], decoded.
     fn encoded_events(emitter: &TraceEmitter) -> Vec<TraceEvent> {
-        emitter
-            .encode(&mut emitter.take(), &ServerStats::default())
+        encoded(emitter)
             .into_iter()
-            .flat_map(|(body, _)| TraceBatch::decode(body).unwrap().events)
+            .flat_map(|(body, _)| meridian_proto::trace::decode_batch(body).unwrap().events)
             .collect()
+    }
+
+    /// Events buffered, taking them.
+    fn taken_events(emitter: &TraceEmitter) -> usize {
+        emitter.shards.iter().map(|shard| shard.take().events).sum()
     }
 
     fn result(offset: u64) -> SendResult {
@@ -868,10 +941,10 @@ mod tests {
             .get_or_create(&DropLabels { reason: "buffer_full" })
             .get();
         assert_eq!(dropped, 3);
-        assert_eq!(emitter.take().len(), 5);
+        assert_eq!(taken_events(&emitter), 5);
         emitter.stored("quiet", "shop", host, &messages, results.clone());
         emitter.stored(TRACE_TOPIC, "", host, &messages, results);
-        assert!(emitter.take().is_empty(), "opted-out and system topics are not traced");
+        assert_eq!(taken_events(&emitter), 0, "opted-out and system topics are not traced");
     }
 
     #[test]
@@ -902,6 +975,126 @@ mod tests {
         }
         assert_eq!((events[0].timestamp, events[0].store_timestamp), (1_000, 1_002));
         assert_eq!(events[0].topic, "orders");
+    }
+
+    #[test]
+    fn rows_become_the_events_the_field_by_field_encoder_writes() {
+        let emitter = emitter(100);
+        let host: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+        let messages = [message(&["order-1", "cust-7"]), message(&[]), message(&["x"])];
+        let results: Vec<_> = (0..3).map(result).collect();
+        emitter.stored("orders", "shop", host, &messages, results.clone());
+        let mut from_rows = encoded_events(&emitter);
+        let mut expected = BatchEncoder::new(&emitter.identity, &ServerStats::default(), 64);
+        for (message, result) in messages.iter().zip(&results) {
+            let props = StoredProperties::read(&message.properties);
+            let placed = Placed {
+                msg_id: &result.msg_id,
+                topic: "orders",
+                queue_id: result.queue_id,
+                queue_offset: result.queue_offset,
+                commitlog_offset: result.commitlog_offset,
+                store_timestamp: result.store_timestamp,
+            };
+            let described = Described {
+                keys: props.keys,
+                tags: props.tags,
+                group: "shop",
+                client_host: host,
+                born_timestamp: message.born_timestamp,
+                body_size: message.body.len() as u32,
+                reconsume_count: message.reconsume_count,
+            };
+            expected.stored(&placed, &described, None, None);
+        }
+        let mut expected: Vec<TraceEvent> = expected
+            .finish()
+            .into_iter()
+            .flat_map(|(body, _)| meridian_proto::trace::decode_batch(body).unwrap().events)
+            .collect();
+        assert_eq!(from_rows.len(), 3);
+        let event_ids: HashSet<_> = from_rows.iter().map(|event| event.event_id.clone()).collect();
+        assert_eq!(event_ids.len(), 3, "every event has its own id");
+        for event in from_rows.iter_mut().chain(&mut expected) {
+            event.event_id.clear();
+        }
+        assert_eq!(from_rows, expected);
+    }
+
+    #[test]
+    fn the_flusher_takes_the_events_of_every_thread_from_every_buffer() {
+        let identity = Identity {
+            broker_name: "broker-a".into(),
+            ..Identity::default()
+        };
+        let emitter = TraceEmitter::with_shards(TraceConfig::default(), identity, Arc::default(), 2);
+        let host: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+        std::thread::scope(|scope| {
+            for thread in 0..4u64 {
+                let emitter = &emitter;
+                scope.spawn(move || {
+                    for send in 0..100 {
+                        emitter.stored(
+                            "orders",
+                            "shop",
+                            host,
+                            &[message(&[])],
+                            vec![result(thread * 1000 + send)],
+                        );
+                    }
+                });
+            }
+        });
+        let mut offsets: Vec<u64> = encoded_events(&emitter)
+            .iter()
+            .map(|event| event.queue_offset)
+            .collect();
+        offsets.sort_unstable();
+        let sent: Vec<u64> = (0..4)
+            .flat_map(|thread| (0..100).map(move |send| thread * 1000 + send))
+            .collect();
+        assert_eq!(offsets, sent);
+    }
+
+    #[test]
+    fn rows_of_many_sends_keep_their_own_names_across_records() {
+        let emitter = TraceEmitter::new(
+            TraceConfig {
+                batch_events: 4,
+                ..TraceConfig::default()
+            },
+            Identity {
+                broker_name: "broker-a".into(),
+                ..Identity::default()
+            },
+            Arc::default(),
+        );
+        let mut sent = Vec::new();
+        for send in 0..10u64 {
+            let topic = format!("topic-{}", send % 3);
+            let group = if send % 2 == 0 { "shop" } else { "" };
+            let host: SocketAddr = format!("10.0.0.{}:4000", send % 4).parse().unwrap();
+            emitter.stored(&topic, group, host, &[message(&["k"])], vec![result(send)]);
+            sent.push((topic, group, host.to_string(), send));
+        }
+        let batches = encoded(&emitter);
+        assert_eq!(batches.iter().map(|(_, count)| *count).collect::<Vec<_>>(), [4, 4, 2]);
+        let events: Vec<TraceEvent> = batches
+            .into_iter()
+            .flat_map(|(body, _)| meridian_proto::trace::decode_batch(body).unwrap().events)
+            .collect();
+        let seen: Vec<_> = events
+            .iter()
+            .map(|event| {
+                (
+                    event.topic.clone(),
+                    event.group.as_str(),
+                    event.client_host.clone(),
+                    event.queue_offset,
+                )
+            })
+            .collect();
+        assert_eq!(seen, sent);
     }
 
     #[test]
@@ -946,7 +1139,7 @@ mod tests {
             status: TraceStatus::Ok as i32,
             ..TraceEvent::default()
         };
-        let body = |events: Vec<TraceEvent>| Bytes::from(TraceBatch { events }.encode_to_vec());
+        let body = |events: Vec<TraceEvent>| Bytes::from(TraceBatch::from(events).encode_to_vec());
         assert_eq!(
             emitter.report(
                 body(vec![event(TraceType::SubBefore), event(TraceType::SubAfter)]),
@@ -966,7 +1159,13 @@ mod tests {
             "{error}"
         );
         assert!(emitter.report(Bytes::from_static(b"\xff\xff"), host).is_err());
-        let taken = emitter.take();
+        let columns = TraceBatch {
+            events: vec![event(TraceType::SubAfter)],
+            pubs: Some(meridian_proto::trace::PubColumns::default()),
+        };
+        let error = emitter.report(Bytes::from(columns.encode_to_vec()), host).unwrap_err();
+        assert!(error.to_string().contains("not Pub columns"), "{error}");
+        let taken = emitter.shards[0].take().entries;
         assert_eq!(taken.len(), 2);
         let Pending::Reported(first) = &taken[0] else {
             panic!("a reported event")

@@ -916,7 +916,7 @@ impl PushInner {
                     .call_empty(
                         &addr,
                         meridian_proto::RequestCode::TraceReport,
-                        &meridian_proto::trace::TraceBatch { events },
+                        &meridian_proto::trace::TraceBatch::from(events),
                         self.config.client.request_timeout,
                     )
                     .await

@@ -37,13 +37,28 @@ fn now_millis() -> u64 {
 impl MessageId {
     /// A new id for a message created now.
     pub fn generate() -> MessageId {
+        MessageId::generate_many(1)
+    }
+
+    /// The first of `count` new ids created now, which [`MessageId::nth`] gives the others of:
+    /// one clock read and one counter step for a whole batch of events.
+    pub fn generate_many(count: u32) -> MessageId {
         let generator = generator();
-        let count = generator.counter.fetch_add(1, Ordering::Relaxed);
+        let count = generator.counter.fetch_add(count, Ordering::Relaxed);
         let high = (now_millis() & 0xFFFF_FFFF_FFFF) << 16 | (generator.process_bits >> 32);
         let low = (generator.process_bits & 0xFFFF_FFFF) << 32 | u64::from(count);
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&high.to_be_bytes());
         bytes[8..].copy_from_slice(&low.to_be_bytes());
+        MessageId(bytes)
+    }
+
+    /// The id `n` places after this one in a range from [`MessageId::generate_many`] (its counter,
+    /// the low 32 bits, plus `n`, wrapping as the generator's counter does).
+    pub fn nth(self, n: u32) -> MessageId {
+        let mut bytes = self.0;
+        let count = u32::from_be_bytes(bytes[12..].try_into().expect("4 bytes")).wrapping_add(n);
+        bytes[12..].copy_from_slice(&count.to_be_bytes());
         MessageId(bytes)
     }
 
@@ -112,6 +127,20 @@ mod tests {
         for pair in texts.windows(2) {
             assert!(pair[0][..12] <= pair[1][..12], "timestamps must not go backwards");
         }
+    }
+
+    #[test]
+    fn a_range_of_ids_is_unique_and_shares_nothing_with_other_ids() {
+        let first = MessageId::generate_many(1000);
+        let next = MessageId::generate();
+        let range: HashSet<_> = (0..1000).map(|n| first.nth(n)).collect();
+        assert_eq!(range.len(), 1000);
+        assert!(!range.contains(&next), "the range was reserved: the next id is past it");
+        assert_eq!(first.nth(0), first);
+        assert_eq!(first.nth(3).timestamp_millis(), first.timestamp_millis());
+        let wrapping = MessageId([0xFF; 16]);
+        assert_eq!(wrapping.nth(1).0[..12], [0xFF; 12], "only the counter moves");
+        assert_eq!(wrapping.nth(1).0[12..], [0; 4]);
     }
 
     #[test]

@@ -24,6 +24,9 @@ use prost::Message;
 use crate::msgid::MessageId;
 use crate::validate;
 
+mod pubs;
+pub use pubs::{PubColumns, tag as pub_columns_tag};
+
 /// The system topic trace events are written to. Brokers create it themselves on every broker
 /// group; it needs no approval, and ordinary sends to it are refused (trace events reach it only
 /// through the broker's own emitter and [`crate::RequestCode::TraceReport`]).
@@ -321,6 +324,16 @@ pub struct TraceBatch {
     /// The events, in the order they were emitted.
     #[prost(message, repeated, tag = "1")]
     pub events: Vec<TraceEvent>,
+    /// Pub events of the messages a broker stored, in columns (how brokers write them: a fifth
+    /// of the bytes); [`decode_batch`] appends them to `events`. Never in a client's report.
+    #[prost(message, optional, tag = "2")]
+    pub pubs: Option<PubColumns>,
+}
+
+impl From<Vec<TraceEvent>> for TraceBatch {
+    fn from(events: Vec<TraceEvent>) -> TraceBatch {
+        TraceBatch { events, pubs: None }
+    }
 }
 
 /// Why a trace record or lookup input is refused. The `Display` form names the field and the rule.
@@ -377,11 +390,14 @@ pub fn check_event(event: &TraceEvent) -> Result<(), String> {
     Ok(())
 }
 
-/// Decodes and checks a trace record: a [`TraceBatch`] of at least one event, each passing
-/// [`check_event`]. One bad event refuses the whole record (it was written by one emitter, so the
+/// Decodes and checks a trace record: a [`TraceBatch`] of at least one event (its
+/// [`PubColumns`] expanded into events), each passing [`check_event`]. One bad event refuses the whole record (it was written by one emitter, so the
 /// rest is suspect too).
 pub fn decode_batch(bytes: impl Buf) -> Result<TraceBatch, TraceError> {
-    let batch = TraceBatch::decode(bytes).map_err(|error| TraceError::Decode(error.to_string()))?;
+    let mut batch = TraceBatch::decode(bytes).map_err(|error| TraceError::Decode(error.to_string()))?;
+    if let Some(pubs) = batch.pubs.take() {
+        batch.events.extend(pubs.expand()?);
+    }
     if batch.events.is_empty() {
         return Err(TraceError::Empty);
     }
@@ -513,7 +529,7 @@ mod tests {
     proptest! {
         #[test]
         fn batches_round_trip_and_pass_their_own_checks(events in proptest::collection::vec(event_strategy(), 1..16)) {
-            let batch = TraceBatch { events };
+            let batch = TraceBatch::from(events);
             let bytes = batch.encode_to_vec();
             let decoded = decode_batch(bytes.as_slice()).unwrap();
             // NaN != NaN: compare the encodings, which are equal bit for bit.
@@ -547,15 +563,9 @@ mod tests {
     #[test]
     fn malformed_records_are_refused_naming_the_field() {
         let reason = |event: TraceEvent| {
-            decode_batch(
-                TraceBatch {
-                    events: vec![valid(), event],
-                }
-                .encode_to_vec()
-                .as_slice(),
-            )
-            .unwrap_err()
-            .to_string()
+            decode_batch(TraceBatch::from(vec![valid(), event]).encode_to_vec().as_slice())
+                .unwrap_err()
+                .to_string()
         };
         assert!(
             reason(TraceEvent {

@@ -475,14 +475,8 @@ mod tests {
             queue_id: 0,
             messages: vec![
                 record(0, b"\xff\xfe not a batch".to_vec()),
-                record(
-                    1,
-                    TraceBatch {
-                        events: vec![bad_event],
-                    }
-                    .encode_to_vec(),
-                ),
-                record(2, TraceBatch { events: vec![event] }.encode_to_vec()),
+                record(1, TraceBatch::from(vec![bad_event]).encode_to_vec()),
+                record(2, TraceBatch::from(vec![event]).encode_to_vec()),
             ],
             next_offset: 3,
         }];

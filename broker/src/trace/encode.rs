@@ -153,15 +153,6 @@ impl<'a> StoredProperties<'a> {
         }
         found
     }
-
-    /// Whether none of the properties an event needs is there (a message with only its id).
-    pub fn is_empty(&self) -> bool {
-        self.real_topic.is_none()
-            && self.keys.is_none()
-            && self.tags.is_empty()
-            && self.producer_group.is_empty()
-            && self.deliver_at.is_empty()
-    }
 }
 
 /// Where and when a message was stored, as a [`meridian_proto::messages::SendResult`] or a
