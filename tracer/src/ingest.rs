@@ -355,12 +355,12 @@ pub async fn run(
             };
             uncommitted = true;
         }
-        if (uncommitted && tokio::time::Instant::now() >= next_commit) || stopping {
+        if let Some(next) = commit_due(tokio::time::Instant::now(), next_commit, commit_interval, stopping) {
             if uncommitted {
                 commit(&ingest, &positions).await;
                 uncommitted = false;
             }
-            next_commit = tokio::time::Instant::now() + commit_interval;
+            next_commit = next;
             if retention_checked.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
                 retention_checked = Some(Instant::now());
                 let task_index = index.clone();
@@ -382,6 +382,18 @@ pub async fn run(
     stop.cancel();
     readers.close();
     readers.wait().await;
+}
+
+/// Whether the commit deadline `deadline` has come at `now` (or the loop is `stopping`), and if
+/// so the next one. The deadline moves on whether or not anything waits to be committed: an idle
+/// loop that left it in the past would find its sleep already over and spin.
+fn commit_due(
+    now: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+    interval: Duration,
+    stopping: bool,
+) -> Option<tokio::time::Instant> {
+    (stopping || now >= deadline).then(|| now + interval)
 }
 
 /// Commits the index, then the same positions as the group's offsets on the brokers.
@@ -434,6 +446,19 @@ mod tests {
     use bytes::Bytes;
     use meridian_proto::MessageId;
     use meridian_proto::trace::{TraceBatch, TraceEvent, TraceType};
+
+    #[test]
+    fn the_commit_deadline_moves_on_even_with_nothing_to_commit() {
+        let start = tokio::time::Instant::now();
+        let interval = Duration::from_millis(500);
+        let deadline = start + interval;
+        assert_eq!(commit_due(start, deadline, interval, false), None);
+        let late = start + Duration::from_secs(3);
+        let next = commit_due(late, deadline, interval, false).expect("the deadline passed");
+        assert!(next > late, "a deadline left in the past makes the idle loop spin");
+        assert_eq!(commit_due(late, next, interval, false), None);
+        assert_eq!(commit_due(start, deadline, interval, true), Some(start + interval));
+    }
     use prost::Message;
 
     fn record(queue_offset: u64, body: Vec<u8>) -> StoredMessage {
