@@ -604,16 +604,9 @@ impl TraceEmitter {
                         // A delayed or half message of an excluded topic.
                         continue;
                     }
-                    let placed = Placed {
-                        msg_id: &result.msg_id,
-                        // The topic the producer sent to, which a delayed or half message keeps
-                        // in a property while it waits in a system topic.
-                        topic: props.real_topic.unwrap_or(&topic),
-                        queue_id: result.queue_id,
-                        queue_offset: result.queue_offset,
-                        commitlog_offset: result.commitlog_offset,
-                        store_timestamp: result.store_timestamp,
-                    };
+                    // The topic the producer sent to, which a delayed or half message keeps in a
+                    // property while it waits in a system topic.
+                    let placed = Placed::of(&result, props.real_topic.unwrap_or(&topic));
                     let described = Described {
                         keys: props.keys,
                         tags: props.tags,
@@ -638,14 +631,7 @@ impl TraceEmitter {
                     let cost_us = (acked_at - result.store_timestamp).max(0) as u64 * 1000;
                     self.replication_latency.0.fetch_add(cost_us, Ordering::Relaxed);
                     self.replication_latency.1.fetch_add(1, Ordering::Relaxed);
-                    let placed = Placed {
-                        msg_id: &result.msg_id,
-                        topic: &topic,
-                        queue_id: result.queue_id,
-                        queue_offset: result.queue_offset,
-                        commitlog_offset: result.commitlog_offset,
-                        store_timestamp: result.store_timestamp,
-                    };
+                    let placed = Placed::of(&result, &topic);
                     encoder.replicated(&placed, acked_at, cost_us);
                 }
                 Pending::Delivered {
@@ -988,14 +974,7 @@ mod tests {
         let mut expected = BatchEncoder::new(&emitter.identity, &ServerStats::default(), 64);
         for (message, result) in messages.iter().zip(&results) {
             let props = StoredProperties::read(&message.properties);
-            let placed = Placed {
-                msg_id: &result.msg_id,
-                topic: "orders",
-                queue_id: result.queue_id,
-                queue_offset: result.queue_offset,
-                commitlog_offset: result.commitlog_offset,
-                store_timestamp: result.store_timestamp,
-            };
+            let placed = Placed::of(result, "orders");
             let described = Described {
                 keys: props.keys,
                 tags: props.tags,

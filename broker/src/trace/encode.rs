@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use meridian_proto::MessageId;
+use meridian_proto::messages::SendResult;
 use meridian_proto::properties::{self, KEY_SEPARATOR};
 use meridian_proto::trace::{ServerStats, TraceEvent, TraceType};
 use prost::Message;
@@ -165,6 +166,20 @@ pub(super) struct Placed<'a> {
     pub queue_offset: u64,
     pub commitlog_offset: u64,
     pub store_timestamp: i64,
+}
+
+impl<'a> Placed<'a> {
+    /// Where a send's result says the message was stored, in `topic`.
+    pub fn of(result: &'a SendResult, topic: &'a str) -> Placed<'a> {
+        Placed {
+            msg_id: &result.msg_id,
+            topic,
+            queue_id: result.queue_id,
+            queue_offset: result.queue_offset,
+            commitlog_offset: result.commitlog_offset,
+            store_timestamp: result.store_timestamp,
+        }
+    }
 }
 
 /// What a message looked like when it was stored or delivered.
