@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Check the workspace crate graph against the dependency policy of DESIGN.md.
+"""Check the workspace crate graph against the dependency policy of docs/architecture.md.
 
-The policy lives in scripts/crate-graph.json and mirrors the crate table in DESIGN.md ("may depend
+The policy lives in scripts/crate-graph.json and mirrors the crate table in docs/architecture.md ("may depend
 on"). This script reads `cargo metadata --format-version 1 --no-deps` (or a saved copy given with
 --metadata) and checks every dependency of a workspace package on another workspace package:
 
@@ -9,6 +9,13 @@ on"). This script reads `cargo metadata --format-version 1 --no-deps` (or a save
 - dev-dependencies may also name the policy's `dev_extra` crates, unless the crate opts out;
 - nothing may depend on a `forbidden` crate (meridian-cli), in any kind of dependency;
 - every workspace package must have a row in the policy, and every row a package.
+
+It also draws each crate's module graph from its sources (`use crate::...`, `super::...`,
+`self::...` and paths to child modules, in the files under the crate's `src/`, comments, strings
+and `#[cfg(test)]` modules left out; a `mod` line alone is containment, not an edge) and reports
+every import circle between modules (strongly connected components). Circles fail the check in
+the crates the policy lists under `module_circles.enforce`; elsewhere they are printed as
+warnings, so enforcing one more crate is one edit of scripts/crate-graph.json.
 
 Exit status: 0 when the graph follows the policy, 1 on violations (one line each), 2 when the
 policy file itself is broken or cargo metadata cannot be read.
@@ -21,6 +28,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,22 +38,23 @@ SCRIPT_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SCRIPT_DIR.parent
 DEFAULT_POLICY = SCRIPT_DIR / "crate-graph.json"
 
-# The two rules DESIGN.md states in words under its table. A policy file that breaks them is
+# The two rules docs/architecture.md states in words under its table. A policy file that breaks them is
 # refused outright, whatever else it says.
 ROOT_CRATE = "meridian-proto"
 KIND_NAMES = {None: "normal", "normal": "normal", "build": "build", "dev": "dev"}
 
 
 class PolicyError(Exception):
-    """The policy file is missing, malformed or contradicts DESIGN.md's stated rules."""
+    """The policy file is missing, malformed or contradicts docs/architecture.md's stated rules."""
 
 
 class Policy:
-    def __init__(self, crates, dev_extra, forbidden, source):
+    def __init__(self, crates, dev_extra, forbidden, source, circles_enforced=frozenset()):
         self.crates = crates  # name -> {"allow": set, "dev_extra": bool, "design": str}
         self.dev_extra = dev_extra
         self.forbidden = forbidden
         self.source = source
+        self.circles_enforced = circles_enforced  # crates in which a module circle is a violation
 
     def allowed(self, crate, kind):
         row = self.crates[crate]
@@ -101,7 +110,7 @@ def load_policy(path):
         bad = row["allow"] & forbidden
         if bad:
             raise PolicyError(
-                f"policy {path}: crates.{name}.allow names {sorted(bad)}, which DESIGN.md says nothing may depend on"
+                f"policy {path}: crates.{name}.allow names {sorted(bad)}, which docs/architecture.md says nothing may depend on"
             )
     for where, names in (('"dev_extra"', dev_extra), ('"forbidden"', forbidden)):
         unknown = names - known
@@ -110,8 +119,16 @@ def load_policy(path):
     if dev_extra & forbidden:
         raise PolicyError(f'policy {path}: {sorted(dev_extra & forbidden)} is both in "dev_extra" and "forbidden"')
     if ROOT_CRATE in crates and (crates[ROOT_CRATE]["allow"] or crates[ROOT_CRATE]["dev_extra"]):
-        raise PolicyError(f"policy {path}: {ROOT_CRATE} must depend on nothing of ours (DESIGN.md), not even in tests")
-    return Policy(crates, dev_extra, forbidden, path)
+        raise PolicyError(f"policy {path}: {ROOT_CRATE} must depend on nothing of ours (docs/architecture.md), not even in tests")
+    module_circles = raw.get("module_circles", {})
+    if not isinstance(module_circles, dict) or set(module_circles) - {"enforce", "about"}:
+        raise PolicyError(f'policy {path}: "module_circles" must be an object with an "enforce" list')
+    circles_enforced = string_list(module_circles.get("enforce", []), '"module_circles.enforce"')
+    if circles_enforced - known:
+        raise PolicyError(
+            f'policy {path}: "module_circles.enforce" names crates with no row: {sorted(circles_enforced - known)}'
+        )
+    return Policy(crates, dev_extra, forbidden, path, frozenset(circles_enforced))
 
 
 def read_metadata(metadata_path):
@@ -144,7 +161,7 @@ def describe_allowed(policy, crate, kind):
     allowed = sorted(policy.allowed(crate, kind))
     listed = ", ".join(allowed) if allowed else "no workspace crates"
     design = policy.crates[crate]["design"]
-    suffix = f' (DESIGN.md: "{design}")' if design else ""
+    suffix = f' (docs/architecture.md: "{design}")' if design else ""
     return f"{kind} dependencies of {crate} may name {listed}{suffix}"
 
 
@@ -157,13 +174,13 @@ def check(metadata, policy):
 
     for name in sorted(workspace_names - set(policy.crates)):
         violations.append(
-            f"{name}: workspace crate has no row in the policy; add it to DESIGN.md's crate table "
+            f"{name}: workspace crate has no row in the policy; add it to docs/architecture.md's crate table "
             f"and to scripts/crate-graph.json"
         )
     for name in sorted(set(policy.crates) - workspace_names):
         violations.append(
             f"{name}: in scripts/crate-graph.json but not a workspace crate; remove it from the policy "
-            f"and DESIGN.md, or fix the name"
+            f"and docs/architecture.md, or fix the name"
         )
 
     for package in sorted(packages, key=lambda package: package["name"]):
@@ -194,6 +211,343 @@ def check(metadata, policy):
     return violations, len(packages)
 
 
+# ---------------------------------------------------------------------------------------------
+# Module circles: the import graph between the modules of one crate, from its sources.
+
+IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+PATH_RE = re.compile(rf"\b(?:r#)?{IDENT}(?:\s*::\s*(?:r#)?{IDENT})+")
+USE_RE = re.compile(r"\b(pub(?:\s*\([^)]*\))?\s+)?use\s+([^;]+);")
+MOD_DECL_RE = re.compile(rf"((?:#\s*\[[^\]]*\]\s*)*)(?:pub(?:\s*\([^)]*\))?\s+)?mod\s+({IDENT})\s*([;{{])")
+
+
+def strip_code(text):
+    """The text with comments, string and char literals blanked out (lifetimes kept), so a path
+    in a doc comment or a message is not taken for an import. Line breaks are kept."""
+    out = []
+    index, length = 0, len(text)
+    while index < length:
+        char = text[index]
+        if text.startswith("//", index):
+            end = text.find("\n", index)
+            index = length if end == -1 else end
+        elif text.startswith("/*", index):
+            depth, index = 1, index + 2
+            while index < length and depth:
+                if text.startswith("/*", index):
+                    depth, index = depth + 1, index + 2
+                elif text.startswith("*/", index):
+                    depth, index = depth - 1, index + 2
+                else:
+                    if text[index] == "\n":
+                        out.append("\n")
+                    index += 1
+        elif char == "r" and re.match(r'r#*"', text[index:index + 260]) and not (index and (text[index - 1].isalnum() or text[index - 1] == "_")):
+            hashes = re.match(r'r(#*)"', text[index:]).group(1)
+            end = text.find('"' + hashes, index + len(hashes) + 2)
+            end = length if end == -1 else end + 1 + len(hashes)
+            out.append('""' + "\n" * text.count("\n", index, end))
+            index = end
+        elif char == '"':
+            index += 1
+            start = index
+            while index < length and text[index] != '"':
+                index += 2 if text[index] == "\\" else 1
+            out.append('""' + "\n" * text.count("\n", start, index))
+            index += 1
+        elif char == "'":
+            # A char literal ('a', '\n', '\u{1F600}') or a lifetime ('a): only the former is blanked.
+            match = re.match(r"'(?:\\(?:u\{[0-9A-Fa-f]+\}|x[0-9A-Fa-f]{2}|.)|[^\\'])'", text[index:index + 12])
+            if match:
+                out.append("' '")
+                index += match.end()
+            else:
+                out.append(char)
+                index += 1
+        else:
+            out.append(char)
+            index += 1
+    return "".join(out)
+
+
+def matching_brace(text, open_index):
+    depth = 0
+    for index in range(open_index, len(text)):
+        if text[index] == "{":
+            depth += 1
+        elif text[index] == "}":
+            depth -= 1
+            if depth == 0:
+                return index
+    return len(text) - 1
+
+
+def module_declarations(code):
+    """(`mod` declarations outside tests as (name, inline body or None), code without test modules)."""
+    declarations = []
+    kept = []
+    position = 0
+    for match in MOD_DECL_RE.finditer(code):
+        if match.start() < position:
+            continue
+        attributes, name, opener = match.group(1), match.group(2), match.group(3)
+        is_test = re.search(r"cfg\s*\(\s*test\s*\)", attributes) is not None
+        end = match.end()
+        body = None
+        if opener == "{":
+            close = matching_brace(code, match.end() - 1)
+            body = code[match.end():close]
+            end = close + 1
+        if is_test:
+            kept.append(code[position:match.start()])
+            kept.append("\n" * code.count("\n", match.start(), end))
+            position = end
+            continue
+        declarations.append((name, body))
+    kept.append(code[position:])
+    return declarations, "".join(kept)
+
+
+def read_crate_modules(root_file):
+    """Module path (tuple) -> (file, code) for every module of the crate rooted at root_file, by
+    following `mod` declarations. Test modules are left out; an inline module's code counts as
+    its file's."""
+    modules = {}
+
+    def visit(path, file_path, children_dir):
+        try:
+            text = file_path.read_text(encoding="utf-8")
+        except OSError:
+            return
+        declarations, code = module_declarations(strip_code(text))
+        modules[path] = (file_path, code)
+        for name, body in declarations:
+            if body is not None:
+                continue
+            for candidate, grandchildren in (
+                (children_dir / f"{name}.rs", children_dir / name),
+                (children_dir / name / "mod.rs", children_dir / name),
+            ):
+                if candidate.is_file():
+                    visit(path + (name,), candidate, grandchildren)
+                    break
+
+    root_file = Path(root_file)
+    visit((), root_file, root_file.parent)
+    return modules
+
+
+def expand_use_tree(tree):
+    """`a::{b, c::{d as e, self}}` -> [["a", "b"], ["a", "c", "d"], ["a", "c"]]."""
+    tree = re.sub(r"\s*(::|[{},])\s*", r"\1", tree.strip())
+    results = []
+
+    def walk(prefix, text):
+        parts = []
+        depth, start = 0, 0
+        for index, char in enumerate(text):
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+            elif char == "," and depth == 0:
+                parts.append(text[start:index])
+                start = index + 1
+        parts.append(text[start:])
+        for part in filter(None, (part.strip() for part in parts)):
+            brace = part.find("{")
+            if brace != -1:
+                head = [segment for segment in part[:brace].split("::") if segment]
+                walk(prefix + head, part[brace + 1:part.rfind("}")])
+                continue
+            part = re.split(r"\s+as\s+", part)[0]
+            segments = [segment for segment in part.split("::") if segment and segment != "*"]
+            if segments == ["self"]:
+                segments = []
+            results.append(prefix + segments)
+
+    walk([], tree)
+    return results
+
+
+class ModuleGraph:
+    def __init__(self, modules):
+        self.modules = modules
+        self.reexports = {path: {} for path in modules}  # module -> exported name -> full path
+        for path, (_, code) in modules.items():
+            for match in USE_RE.finditer(code):
+                if not match.group(1):
+                    continue
+                for segments in expand_use_tree(match.group(2)):
+                    resolved = self.absolute(segments, path)
+                    if resolved:
+                        self.reexports[path][segments[-1]] = resolved
+
+    def absolute(self, segments, current):
+        """The path from the crate root that `segments`, written in module `current`, names; None
+        for another crate's."""
+        segments = [segment.removeprefix("r#") for segment in segments]
+        if not segments:
+            return None
+        first = segments[0]
+        if first == "crate":
+            return tuple(segments[1:])
+        if first in ("super", "self"):
+            base = list(current)
+            rest = list(segments)
+            while rest and rest[0] in ("super", "self"):
+                if rest.pop(0) == "super":
+                    if not base:
+                        return None
+                    base.pop()
+            return tuple(base + rest)
+        if tuple(current) + (first,) in self.modules:
+            return tuple(current) + tuple(segments)
+        return None
+
+    def target(self, absolute_path, hops=0):
+        """(module, item name) that an absolute path lands in, following `pub use` re-exports."""
+        for cut in range(len(absolute_path), -1, -1):
+            module = absolute_path[:cut]
+            if module in self.modules:
+                item = absolute_path[cut] if cut < len(absolute_path) else None
+                if item is not None and hops < 8 and item in self.reexports[module]:
+                    forwarded = self.reexports[module][item] + absolute_path[cut + 1:]
+                    if forwarded != absolute_path:
+                        return self.target(forwarded, hops + 1)
+                return module, item
+        return None
+
+    def edges(self):
+        """{(from module, to module): set of names}, self-loops and test modules left out."""
+        found = {}
+        for path, (_, code) in self.modules.items():
+            candidates = []
+            for match in USE_RE.finditer(code):
+                candidates += expand_use_tree(match.group(2))
+            rest = USE_RE.sub(" ", code)
+            candidates += [re.split(r"\s*::\s*", match.group(0)) for match in PATH_RE.finditer(rest)]
+            for segments in candidates:
+                absolute = self.absolute(segments, path)
+                if absolute is None:
+                    continue
+                landed = self.target(absolute)
+                if landed is None:
+                    continue
+                module, item = landed
+                if module == path:
+                    continue
+                # `super::x` from a child names the parent; naming a child from its parent is an
+                # import too. Only the bare containment (a `mod` line) is not an edge.
+                found.setdefault((path, module), set()).add(item or "::".join(module[-1:]) or "crate")
+        return found
+
+
+def strongly_connected(nodes, edges):
+    """Tarjan's algorithm, iteratively; components of more than one node, each sorted."""
+    successors = {node: [] for node in nodes}
+    for source, target in edges:
+        successors[source].append(target)
+    index_of, low, on_stack, stack, components = {}, {}, set(), [], []
+    counter = 0
+    for root in sorted(nodes):
+        if root in index_of:
+            continue
+        work = [(root, iter(sorted(successors[root])))]
+        index_of[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            advanced = False
+            for child in children:
+                if child not in index_of:
+                    index_of[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(successors[child]))))
+                    advanced = True
+                    break
+                if child in on_stack:
+                    low[node] = min(low[node], index_of[child])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index_of[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    components.append(sorted(component))
+    return components
+
+
+def crate_roots(package):
+    """Source files of a package's library and binaries under its `src/`."""
+    manifest = package.get("manifest_path")
+    if not manifest:
+        return []
+    source_dir = Path(manifest).parent / "src"
+    roots = []
+    for target in package.get("targets", []):
+        if not set(target.get("kind", [])) & {"lib", "rlib", "bin", "proc-macro"}:
+            continue
+        src_path = Path(target.get("src_path", ""))
+        if source_dir in src_path.parents and src_path.is_file() and src_path not in roots:
+            roots.append(src_path)
+    return roots
+
+
+def display_path(path):
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def module_circles(metadata, policy):
+    """(violations, warnings, crates read): one entry per import circle between a crate's modules."""
+    member_ids = set(metadata.get("workspace_members", []))
+    violations, warnings, read = [], [], 0
+    for package in sorted(metadata.get("packages", []), key=lambda package: package["name"]):
+        if member_ids and package["id"] not in member_ids:
+            continue
+        for root in crate_roots(package):
+            read += 1
+            modules = read_crate_modules(root)
+            graph = ModuleGraph(modules)
+            edges = graph.edges()
+            for component in strongly_connected(list(modules), edges):
+                members = set(component)
+                files = [display_path(modules[module][0]) for module in component]
+                ties = [
+                    f"  {display_path(modules[source][0])} -> {display_path(modules[target][0])}: "
+                    f"{', '.join(sorted(names))}"
+                    for (source, target), names in sorted(edges.items())
+                    if source in members and target in members
+                ]
+                crate = package["name"]
+                if crate in policy.circles_enforced:
+                    violations.append(
+                        f"{crate}: module circle ({len(files)} files): {', '.join(files)}; break it so each "
+                        f"module only imports modules below it\n" + "\n".join(ties)
+                    )
+                else:
+                    warnings.append(
+                        f"warning: {crate}: module circle ({len(files)} files, report only): {', '.join(files)}\n"
+                        + "\n".join(ties)
+                    )
+    return violations, warnings, read
+
+
 def run_check(metadata_path, policy_path):
     try:
         policy = load_policy(policy_path)
@@ -202,16 +556,23 @@ def run_check(metadata_path, policy_path):
         print(f"crate graph check: {error}", file=sys.stderr)
         return 2
     violations, crate_count = check(metadata, policy)
-    if violations:
-        for violation in violations:
+    circle_violations, circle_warnings, crates_read = module_circles(metadata, policy)
+    for warning in circle_warnings:
+        print(warning)
+    if violations or circle_violations:
+        for violation in violations + circle_violations:
             print(violation)
         print(
-            f"crate graph: {len(violations)} violation(s); the policy is DESIGN.md's crate table, "
-            f"mirrored in scripts/crate-graph.json (change both together)",
+            f"crate graph: {len(violations) + len(circle_violations)} violation(s); the policy is "
+            f"docs/architecture.md's crate table, mirrored in scripts/crate-graph.json (change both together)",
             file=sys.stderr,
         )
         return 1
-    print(f"crate graph ok ({crate_count} crates)")
+    enforced = ", ".join(sorted(policy.circles_enforced)) or "no crate"
+    print(
+        f"crate graph ok ({crate_count} crates); module circles: none in {enforced}, "
+        f"{len(circle_warnings)} reported elsewhere ({crates_read} crate targets read)"
+    )
     return 0
 
 
@@ -267,6 +628,52 @@ def add_dependency(metadata, crate, dependency):
     raise AssertionError(f"fixture has no crate {crate}")
 
 
+def fixture_crate(directory, name, files):
+    """Writes a crate's sources under directory/name and returns metadata fields pointing at them."""
+    crate_dir = Path(directory) / name
+    for relative, text in files.items():
+        path = crate_dir / "src" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return {
+        "manifest_path": str(crate_dir / "Cargo.toml"),
+        "targets": [{"kind": ["lib"], "name": name, "src_path": str(crate_dir / "src" / "lib.rs")}],
+    }
+
+
+# A crate whose `state` and `error` modules import each other, as the nameserver's did.
+CIRCLE_CRATE = {
+    "lib.rs": "pub mod error;\npub mod state;\npub mod types;\npub use state::Command;\n",
+    "state.rs": "use crate::error::CommandError;\npub enum Command { Apply }\npub fn apply() -> CommandError { CommandError }\n",
+    "error.rs": "use crate::state::{Command as Cmd, self};\npub struct CommandError;\npub fn of(_: Cmd) {}\n",
+    "types.rs": "pub struct Request(pub crate::Command);\n",
+}
+
+# The same modules, layered: the names of the other module appear only in comments, strings,
+# a char literal next to a lifetime and a test module, none of which is an import.
+LAYERED_CRATE = {
+    "lib.rs": "pub mod error;\npub mod state;\n",
+    "state.rs": "use crate::error::CommandError;\npub fn apply<'a>(_: &'a str) -> CommandError { let _ = '{'; CommandError }\n",
+    "error.rs": (
+        "//! Refusals of [`crate::state::apply`].\n"
+        "/* crate::state::apply, /* nested */ still a comment */\n"
+        "pub struct CommandError;\n"
+        "pub const HINT: &str = \"see crate::state::apply\";\n"
+        "pub const RAW: &str = r#\"crate::state::apply \"quoted\"\"#;\n"
+        "#[cfg(test)]\nmod tests {\n    use crate::state::apply;\n    fn t() { apply(\"x\"); }\n}\n"
+    ),
+}
+
+
+def with_sources(metadata, crate, fields):
+    doctored = copy.deepcopy(metadata)
+    for package in doctored["packages"]:
+        if package["name"] == crate:
+            package.update(fields)
+            return doctored
+    raise AssertionError(f"fixture has no crate {crate}")
+
+
 def self_test(policy_path):
     try:
         policy = load_policy(policy_path)
@@ -283,6 +690,9 @@ def self_test(policy_path):
     missing_crate["packages"] = [p for p in missing_crate["packages"] if p["name"] != "meridian-ui"]
     missing_crate["workspace_members"] = [p["id"] for p in missing_crate["packages"]]
     cli_dependency = fixture_dependency("meridian-cli")
+    sources = tempfile.TemporaryDirectory(prefix="crate-graph-self-test-sources-")
+    circle_sources = fixture_crate(sources.name, "circle", CIRCLE_CRATE)
+    layered_sources = fixture_crate(sources.name, "layered", LAYERED_CRATE)
 
     # (name, metadata, policy override or None, expected exit, strings every output must contain)
     cases = [
@@ -373,7 +783,41 @@ def self_test(policy_path):
             clean,
             {"meridian-tests": {"allow": ["meridian-client", "meridian-cli"]}},
             2,
-            ["which DESIGN.md says nothing may depend on"],
+            ["which docs/architecture.md says nothing may depend on"],
+        ),
+        (
+            "a module circle in an enforced crate fails, naming the files and what ties them",
+            with_sources(clean, "meridian-nameserver", circle_sources),
+            None,
+            1,
+            [
+                "meridian-nameserver: module circle (2 files)",
+                "circle/src/error.rs -> ",
+                "circle/src/state.rs: Command, state",
+                "circle/src/state.rs -> ",
+                "circle/src/error.rs: CommandError",
+            ],
+        ),
+        (
+            "a module circle elsewhere is a warning only",
+            with_sources(clean, "meridian-broker", circle_sources),
+            None,
+            0,
+            ["warning: meridian-broker: module circle (2 files, report only)", "crate graph ok"],
+        ),
+        (
+            "enforcing another crate is one edit of the policy",
+            with_sources(clean, "meridian-broker", circle_sources),
+            {"module_circles": {"enforce": ["meridian-nameserver", "meridian-broker"]}},
+            1,
+            ["meridian-broker: module circle (2 files)"],
+        ),
+        (
+            "comments, strings, char literals and test modules are not imports",
+            with_sources(clean, "meridian-nameserver", layered_sources),
+            None,
+            0,
+            ["module circles: none in meridian-nameserver, 0 reported elsewhere (1 crate targets read)"],
         ),
     ]
 
@@ -388,7 +832,10 @@ def self_test(policy_path):
             if policy_override is not None:
                 doctored_policy = copy.deepcopy(raw_policy)
                 for crate, row in policy_override.items():
-                    doctored_policy["crates"][crate].update(row)
+                    if crate in doctored_policy["crates"]:
+                        doctored_policy["crates"][crate].update(row)
+                    else:
+                        doctored_policy[crate] = row
                 case_policy_path = Path(scratch) / f"policy-{index}.json"
                 case_policy_path.write_text(json.dumps(doctored_policy), encoding="utf-8")
             completed = subprocess.run(
@@ -414,6 +861,7 @@ def self_test(policy_path):
                 print(f"FAIL {name}: {'; '.join(problems)}\n--- output ---\n{output.rstrip()}\n---")
             else:
                 print(f"ok   {name}")
+    sources.cleanup()
     if failures:
         print(f"crate graph self-test: {failures} of {len(cases)} cases failed", file=sys.stderr)
         return 1

@@ -630,9 +630,9 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 println!(
                     "{:<32} {:<10} {:<16} {:<24} {}",
                     topic.name,
-                    topic.status.to_string(),
+                    topic.approval.status.to_string(),
                     topic.owner,
-                    topic.requested_by,
+                    topic.approval.requested_by,
                     placement_text(&topic.queues)
                 );
             }
@@ -644,21 +644,22 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 return Ok(());
             };
             println!("topic        {}", topic.name);
-            println!("status       {}", topic.status);
+            println!("status       {}", topic.approval.status);
             println!("owner        {}", topic.owner);
             if !topic.description.is_empty() {
                 println!("description  {}", topic.description);
             }
             println!(
                 "requested    by {} at {}",
-                topic.requested_by,
-                format_time_ms(topic.requested_at_ms)
+                topic.approval.requested_by,
+                format_time_ms(topic.approval.requested_at_ms)
             );
-            if let (Some(by), Some(at)) = (&topic.decided_by, topic.decided_at_ms) {
+            if let (Some(by), Some(at)) = (&topic.approval.decided_by, topic.approval.decided_at_ms) {
                 println!(
                     "decided      by {by} at {}{}",
                     format_time_ms(at),
                     topic
+                        .approval
                         .decision_reason
                         .as_ref()
                         .map(|reason| format!(" ({reason})"))
@@ -673,7 +674,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                     .map_or("none".to_owned(), |limit| format!("{limit} msg/s"))
             );
             println!("queues       {}", placement_text(&topic.queues));
-            if topic.status == ApprovalStatus::Approved {
+            if topic.approval.status == ApprovalStatus::Approved {
                 let route = client.route(&name).await?;
                 println!("route");
                 for broker in route.brokers {
@@ -1070,9 +1071,9 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
                 println!(
                     "{:<32} {:<10} {:<16} {:<24} {}",
                     group.name,
-                    group.status.to_string(),
+                    group.approval.status.to_string(),
                     group.owner,
-                    group.requested_by,
+                    group.approval.requested_by,
                     group.topics.iter().cloned().collect::<Vec<_>>().join(",")
                 );
             }
@@ -1084,21 +1085,22 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
                 return Ok(());
             };
             println!("group        {}", group.name);
-            println!("status       {}", group.status);
+            println!("status       {}", group.approval.status);
             println!("owner        {}", group.owner);
             if !group.description.is_empty() {
                 println!("description  {}", group.description);
             }
             println!(
                 "requested    by {} at {}",
-                group.requested_by,
-                format_time_ms(group.requested_at_ms)
+                group.approval.requested_by,
+                format_time_ms(group.approval.requested_at_ms)
             );
-            if let (Some(by), Some(at)) = (&group.decided_by, group.decided_at_ms) {
+            if let (Some(by), Some(at)) = (&group.approval.decided_by, group.approval.decided_at_ms) {
                 println!(
                     "decided      by {by} at {}{}",
                     format_time_ms(at),
                     group
+                        .approval
                         .decision_reason
                         .as_ref()
                         .map(|reason| format!(" ({reason})"))

@@ -5,11 +5,12 @@
 //! their owners, approvals and history, the IDC map, the client SDK version policy), its Raft log
 //! and snapshots on disk, and membership changes. Routes, heartbeat handling, the failover
 //! controller, the framed-TCP Raft network and the HTTP API build on it (see
-//! `../shared/DESIGN.md`).
+//! `docs/architecture.md`).
 //!
 //! Where to start reading:
-//! - [`state`]: [`MetadataState`] and [`Command`], pure and deterministic; every rule of governance
-//!   lives in [`MetadataState::apply`].
+//! - [`state`]: [`MetadataState`] and [`Command`], pure and deterministic; every change goes
+//!   through [`MetadataState::apply`], which lends each concept's module (governance, brokers,
+//!   IDC and drills, SDK policy) the part of the state it changes.
 //! - [`raft`]: [`NameserverRaft`], a node: `start`, `initialize`, `write` (leader only; else
 //!   [`NameserverError::ForwardToLeader`]), `read_state` (any node), membership changes, `shutdown`.
 //! - [`types`]: the openraft type configuration ([`TypeConfig`], [`Node`], [`Request`]).

@@ -32,7 +32,7 @@ pub fn topic_route(state: &MetadataState, liveness: &LivenessView<'_>, topic: &s
                 "topic {topic:?} does not exist: request it with `meridian topic request {topic} --owner TEAM --queues N`, then have an admin approve it"
             ),
         })?;
-        if found.status != ApprovalStatus::Approved {
+        if found.approval.status != ApprovalStatus::Approved {
             return Err(not_approved(found));
         }
         (&found.queues, u32::from(found.perm))
@@ -95,12 +95,13 @@ pub fn topic_route(state: &MetadataState, liveness: &LivenessView<'_>, topic: &s
 /// The error for using a topic that exists but is not approved.
 fn not_approved(topic: &Topic) -> ApiError {
     let name = &topic.name;
-    let message = match topic.status {
+    let message = match topic.approval.status {
         ApprovalStatus::Rejected => format!(
             "topic {name:?} was rejected by {} at {}{}: request it again with `meridian topic request {name} --owner TEAM --queues N`",
-            topic.decided_by.as_deref().unwrap_or("an admin"),
-            topic.decided_at_ms.map(format_time_ms).unwrap_or_default(),
+            topic.approval.decided_by.as_deref().unwrap_or("an admin"),
+            topic.approval.decided_at_ms.map(format_time_ms).unwrap_or_default(),
             topic
+                .approval
                 .decision_reason
                 .as_ref()
                 .map(|reason| format!(" ({reason})"))
@@ -108,8 +109,8 @@ fn not_approved(topic: &Topic) -> ApiError {
         ),
         _ => format!(
             "topic {name:?} was requested by {} at {} and is not approved yet: an admin approves it with `meridian topic approve {name}`",
-            topic.requested_by,
-            format_time_ms(topic.requested_at_ms),
+            topic.approval.requested_by,
+            format_time_ms(topic.approval.requested_at_ms),
         ),
     };
     ApiError {
@@ -124,7 +125,7 @@ pub fn broker_metadata(state: &MetadataState, group: &str) -> BrokerMetadata {
     let topics = state
         .topics()
         .values()
-        .filter(|topic| topic.status == ApprovalStatus::Approved)
+        .filter(|topic| topic.approval.status == ApprovalStatus::Approved)
         .filter_map(|topic| {
             let queues = *topic.queues.get(group)?;
             Some(TopicGrant {
@@ -138,7 +139,7 @@ pub fn broker_metadata(state: &MetadataState, group: &str) -> BrokerMetadata {
     let groups = state
         .consumer_groups()
         .values()
-        .filter(|consumer_group| consumer_group.status == ApprovalStatus::Approved)
+        .filter(|consumer_group| consumer_group.approval.status == ApprovalStatus::Approved)
         .map(|consumer_group| GroupGrant {
             name: consumer_group.name.clone(),
             topics: consumer_group.topics.iter().cloned().collect(),

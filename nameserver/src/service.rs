@@ -548,7 +548,7 @@ impl NameserverService {
                 state
                     .topics()
                     .values()
-                    .filter(|topic| status.is_none_or(|status| topic.status == status))
+                    .filter(|topic| status.is_none_or(|status| topic.approval.status == status))
                     .cloned()
                     .collect::<Vec<_>>()
             })),
@@ -557,7 +557,7 @@ impl NameserverService {
                 state
                     .consumer_groups()
                     .values()
-                    .filter(|group| status.is_none_or(|status| group.status == status))
+                    .filter(|group| status.is_none_or(|status| group.approval.status == status))
                     .cloned()
                     .collect::<Vec<_>>()
             })),

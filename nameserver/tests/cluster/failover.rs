@@ -20,7 +20,7 @@ async fn three_nodes_replicate_and_survive_the_loss_of_the_leader() {
     cluster.node(leader).write(approve_topic("orders")).await.unwrap();
     cluster.wait_converged(leader).await;
     for node in cluster.running() {
-        let status = node.read_state(|state| state.topic("orders").map(|topic| topic.status));
+        let status = node.read_state(|state| state.topic("orders").map(|topic| topic.approval.status));
         assert_eq!(
             status,
             Some(ApprovalStatus::Approved),

@@ -12,7 +12,7 @@ async fn single_node_cluster_applies_writes_and_recovers_them() {
 
     let node = cluster.node(1);
     let response = node.write(request_topic("orders", "alice")).await.unwrap();
-    assert!(matches!(&response, Response::Topic(topic) if topic.status == ApprovalStatus::Requested));
+    assert!(matches!(&response, Response::Topic(topic) if topic.approval.status == ApprovalStatus::Requested));
     node.write(approve_topic("orders")).await.unwrap();
     let refused = node.write(approve_topic("orders")).await.unwrap_err();
     assert!(
@@ -20,7 +20,7 @@ async fn single_node_cluster_applies_writes_and_recovers_them() {
         "{refused}"
     );
     assert_eq!(
-        node.read_state(|state| state.topic("orders").map(|topic| topic.status)),
+        node.read_state(|state| state.topic("orders").map(|topic| topic.approval.status)),
         Some(ApprovalStatus::Approved)
     );
 

@@ -1,0 +1,221 @@
+//! [`Command`], every change to the metadata (one Raft log entry each), and [`Response`], what
+//! applying one returns. Their JSON is what the Raft log and forwarded writes carry: variant and
+//! field names are part of the on-disk format.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::brokers::{BrokerRegistration, EpochChange};
+use super::governance::{ConsumerGroup, GroupRequest, Topic, TopicChanges, TopicRequest};
+use super::idc::IdcRule;
+
+/// Every change to the metadata. Each is one Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Ask for a new topic (or ask again for a rejected one).
+    RequestTopic(TopicRequest),
+    /// Approve a requested topic.
+    ApproveTopic {
+        /// Topic name.
+        name: String,
+        /// Who approves.
+        decided_by: String,
+        /// Why (optional).
+        reason: Option<String>,
+    },
+    /// Reject a requested topic.
+    RejectTopic {
+        /// Topic name.
+        name: String,
+        /// Who rejects.
+        decided_by: String,
+        /// Why (required).
+        reason: String,
+    },
+    /// Change a topic's placement, permissions, limit, owner or description.
+    UpdateTopic {
+        /// Topic name.
+        name: String,
+        /// Who changes it.
+        updated_by: String,
+        /// Why (optional).
+        reason: Option<String>,
+        /// What changes.
+        #[serde(flatten)]
+        changes: TopicChanges,
+    },
+    /// Delete a topic; its history stays.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+        /// Who deletes it.
+        deleted_by: String,
+        /// Why (required).
+        reason: String,
+    },
+    /// Ask for a new consumer group (or ask again for a rejected one).
+    RequestGroup(GroupRequest),
+    /// Approve a requested consumer group; its topics must be approved.
+    ApproveGroup {
+        /// Group name.
+        name: String,
+        /// Who approves.
+        decided_by: String,
+        /// Why (optional).
+        reason: Option<String>,
+    },
+    /// Reject a requested consumer group.
+    RejectGroup {
+        /// Group name.
+        name: String,
+        /// Who rejects.
+        decided_by: String,
+        /// Why (required).
+        reason: String,
+    },
+    /// Delete a consumer group; its history stays.
+    DeleteGroup {
+        /// Group name.
+        name: String,
+        /// Who deletes it.
+        deleted_by: String,
+        /// Why (required).
+        reason: String,
+    },
+    /// A broker joins its group or reports itself again.
+    RegisterBroker {
+        /// Broker group name.
+        group: String,
+        /// The broker.
+        member: BrokerRegistration,
+        /// Topics it serves, with their queue counts.
+        topics: BTreeMap<String, u32>,
+    },
+    /// The failover controller makes `member` the master of `group` at `epoch`. Applied only at
+    /// the group's next epoch (`group.epoch + 1`), so a stale or repeated decision cannot elect
+    /// twice; the one exception is a group's first master (epoch 0, never had one), which may
+    /// start above the epochs its brokers remember from an older nameserver cluster.
+    ElectMaster {
+        /// Broker group name.
+        group: String,
+        /// Broker name: the new master.
+        member: String,
+        /// The new epoch.
+        epoch: u64,
+        /// Why, for logs and the group's history.
+        reason: String,
+    },
+    /// A switchover: raises the epoch with no master (the master is fenced: it stops accepting
+    /// writes once its lease lapsed) and names `preferred` as the next master, which the
+    /// controller elects once the fenced master's lease surely lapsed.
+    FenceMaster {
+        /// Broker group name.
+        group: String,
+        /// Broker name: the target. While the group has a master, it must be in sync with it.
+        preferred: String,
+        /// Who asks.
+        by: String,
+        /// Why (optional).
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// A broker leaves its group.
+    UnregisterBroker {
+        /// Broker group name.
+        group: String,
+        /// Broker name.
+        member: String,
+    },
+    /// Map a CIDR to a data center (replaces the IDC of an existing rule for the same CIDR).
+    SetIdcRule {
+        /// E.g. `10.1.0.0/16`.
+        cidr: String,
+        /// Data center name.
+        idc: String,
+    },
+    /// Remove the rule for a CIDR.
+    RemoveIdcRule {
+        /// E.g. `10.1.0.0/16`.
+        cidr: String,
+    },
+    /// A failover drill: move all production and consumption out of data center `idc`. Its
+    /// brokers stop taking writes; consumers there hand their queues to consumers elsewhere.
+    Evacuate {
+        /// The data center to empty.
+        idc: String,
+        /// Who runs the drill.
+        by: String,
+        /// Why (optional).
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// End a failover drill: both data centers serve again.
+    Restore {
+        /// Who runs the drill.
+        by: String,
+        /// Why (optional).
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Replace the client SDK version policy.
+    SetSdkPolicy {
+        /// Oldest version allowed; `None`: any.
+        min_version: Option<String>,
+        /// Versions refused.
+        blocked_versions: BTreeSet<String>,
+    },
+}
+
+impl Command {
+    /// Whether the command changes topics or consumer groups (what brokers serve).
+    pub fn is_governance(&self) -> bool {
+        matches!(
+            self,
+            Command::RequestTopic(_)
+                | Command::ApproveTopic { .. }
+                | Command::RejectTopic { .. }
+                | Command::UpdateTopic { .. }
+                | Command::DeleteTopic { .. }
+                | Command::RequestGroup(_)
+                | Command::ApproveGroup { .. }
+                | Command::RejectGroup { .. }
+                | Command::DeleteGroup { .. }
+        )
+    }
+}
+
+/// What a successful command returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Nothing to report (also the answer to Raft's own blank and membership entries).
+    Done,
+    /// The topic as it is after the command.
+    Topic(Topic),
+    /// The consumer group as it is after the command.
+    Group(ConsumerGroup),
+    /// The broker's group and its epoch after the registration.
+    Broker {
+        /// Broker group name.
+        group: String,
+        /// The group's epoch, which the broker must obey.
+        epoch: u64,
+    },
+    /// An IDC rule as set, with the rules of other data centers whose addresses it shares (the
+    /// longest prefix decides between them; overlaps are usually a mistake worth a warning).
+    IdcRule {
+        /// The rule as set.
+        rule: IdcRule,
+        /// Overlapping rules that name another data center.
+        overlaps: Vec<IdcRule>,
+    },
+    /// An election or a fencing, as recorded in the group's history.
+    EpochChange {
+        /// Broker group name.
+        group: String,
+        /// What changed.
+        change: EpochChange,
+    },
+}

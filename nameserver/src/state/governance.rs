@@ -1,0 +1,551 @@
+//! Governance: topics and consumer groups, requested with an owner, then approved or rejected,
+//! changed and deleted, each step appended to their history (who, when, what, why), which is
+//! never rewritten, even when the topic or group is deleted.
+//!
+//! Topics and groups share one approval record ([`Approval`]) and one flow: [`Governance::decide`]
+//! approves or rejects either, and requests and deletions go through the same checks. Pure code,
+//! over the maps [`super::MetadataState`] lends it for one command.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_proto::validate::{validate_group, validate_queue_count, validate_topic};
+use serde::{Deserialize, Serialize};
+
+use super::approval::{Approval, ApprovalStatus, Decision, DecisionAction, Subject};
+use super::error::{CommandError, require_person, require_reason};
+
+/// Permission bit: consumers may read the topic.
+pub const PERM_READ: u8 = 1;
+/// Permission bit: producers may write the topic.
+pub const PERM_WRITE: u8 = 2;
+/// Read and write: the default permission of a new topic.
+pub const PERM_READ_WRITE: u8 = PERM_READ | PERM_WRITE;
+/// Deliveries of one message to a consumer group before it goes to the dead-letter queue.
+pub const DEFAULT_MAX_RETRIES: u32 = 16;
+
+/// How a consumer group shares a topic's messages among its members.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumeMode {
+    /// Each message goes to one member of the group.
+    #[default]
+    Clustering,
+    /// Each message goes to every member of the group.
+    Broadcasting,
+}
+
+/// A topic and where it stands in governance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topic {
+    /// Name (proto's topic rule).
+    pub name: String,
+    /// Queues per broker group.
+    pub queues: BTreeMap<String, u32>,
+    /// Permission bits: [`PERM_READ`], [`PERM_WRITE`].
+    pub perm: u8,
+    /// Team that owns the topic.
+    pub owner: String,
+    /// What the topic carries.
+    pub description: String,
+    /// Where it stands in the approval workflow.
+    #[serde(flatten)]
+    pub approval: Approval,
+    /// Most messages per second producers may send to it; `None`: no limit.
+    pub produce_limit: Option<u32>,
+}
+
+/// A consumer group and where it stands in governance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerGroup {
+    /// Name (proto's group rule).
+    pub name: String,
+    /// Team that owns the group.
+    pub owner: String,
+    /// What the group does.
+    pub description: String,
+    /// Topics the group subscribes to.
+    pub topics: BTreeSet<String>,
+    /// Where it stands in the approval workflow.
+    #[serde(flatten)]
+    pub approval: Approval,
+    /// Deliveries of one message before it goes to the dead-letter queue.
+    pub max_retries: u32,
+    /// Clustering or broadcasting.
+    pub consume_mode: ConsumeMode,
+}
+
+/// A change to a topic's produce limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProduceLimitChange {
+    /// Leave it as it is.
+    #[default]
+    Keep,
+    /// Limit producers to this many messages per second.
+    Set(u32),
+    /// No limit.
+    Remove,
+}
+
+/// A request for a topic ([`super::Command::RequestTopic`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRequest {
+    /// Topic name.
+    pub name: String,
+    /// Owning team.
+    pub owner: String,
+    /// What the topic carries.
+    pub description: String,
+    /// Queues per broker group; may be empty until an admin places the topic.
+    pub queues: BTreeMap<String, u32>,
+    /// Permission bits.
+    pub perm: u8,
+    /// Messages per second; `None`: no limit.
+    pub produce_limit: Option<u32>,
+    /// Who asks.
+    pub requested_by: String,
+}
+
+/// What an update changes in a topic ([`super::Command::UpdateTopic`]); `None` keeps a field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicChanges {
+    /// New queues per broker group.
+    pub queues: Option<BTreeMap<String, u32>>,
+    /// New permission bits.
+    pub perm: Option<u8>,
+    /// Produce limit change.
+    pub produce_limit: ProduceLimitChange,
+    /// New owner.
+    pub owner: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+}
+
+/// A request for a consumer group ([`super::Command::RequestGroup`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRequest {
+    /// Group name.
+    pub name: String,
+    /// Owning team.
+    pub owner: String,
+    /// What the group does.
+    pub description: String,
+    /// Topics it subscribes to; each must exist and not be rejected.
+    pub topics: BTreeSet<String>,
+    /// Deliveries before dead-lettering; `None`: [`DEFAULT_MAX_RETRIES`].
+    pub max_retries: Option<u32>,
+    /// Clustering or broadcasting.
+    pub consume_mode: ConsumeMode,
+    /// Who asks.
+    pub requested_by: String,
+}
+
+/// The governed part of the metadata, lent by [`super::MetadataState::apply`] for one command.
+/// A command that fails changes nothing: every check runs before the first change.
+pub(super) struct Governance<'a> {
+    pub(super) topics: &'a mut BTreeMap<String, Topic>,
+    pub(super) consumer_groups: &'a mut BTreeMap<String, ConsumerGroup>,
+    pub(super) topic_history: &'a mut BTreeMap<String, Vec<Decision>>,
+    pub(super) group_history: &'a mut BTreeMap<String, Vec<Decision>>,
+}
+
+impl Governance<'_> {
+    /// Requests a topic (or requests a rejected one again).
+    pub(super) fn request_topic(&mut self, now_ms: u64, request: TopicRequest) -> Result<Topic, CommandError> {
+        validate_topic(&request.name)?;
+        if meridian_proto::topics::is_system(&request.name) {
+            return Err(CommandError::Invalid {
+                message: format!(
+                    "topic name {:?} is reserved for a system topic (trace, delay or transaction), which every broker creates by itself and needs no approval; choose another name",
+                    request.name
+                ),
+            });
+        }
+        require_person("owner", &request.owner)?;
+        require_person("requested_by", &request.requested_by)?;
+        validate_queues(&request.queues)?;
+        validate_perm(request.perm)?;
+        validate_produce_limit(request.produce_limit)?;
+        self.check_new_request(Subject::Topic, &request.name)?;
+        let topic = Topic {
+            name: request.name.clone(),
+            queues: request.queues,
+            perm: request.perm,
+            owner: request.owner.clone(),
+            description: request.description,
+            approval: Approval::requested(request.requested_by.clone(), now_ms),
+            produce_limit: request.produce_limit,
+        };
+        self.topics.insert(request.name.clone(), topic.clone());
+        self.record_request(
+            Subject::Topic,
+            request.name,
+            request.requested_by,
+            &request.owner,
+            now_ms,
+        );
+        Ok(topic)
+    }
+
+    /// Requests a consumer group (or requests a rejected one again); its topics must exist and
+    /// not be rejected.
+    pub(super) fn request_group(&mut self, now_ms: u64, request: GroupRequest) -> Result<ConsumerGroup, CommandError> {
+        validate_group(&request.name)?;
+        require_person("owner", &request.owner)?;
+        require_person("requested_by", &request.requested_by)?;
+        if request.topics.is_empty() {
+            return Err(CommandError::Invalid {
+                message: format!(
+                    "consumer group {:?} subscribes to no topic: name at least one topic",
+                    request.name
+                ),
+            });
+        }
+        for topic in &request.topics {
+            validate_topic(topic)?;
+            match self.topics.get(topic) {
+                None => {
+                    return Err(CommandError::NotFound {
+                        subject: Subject::Topic,
+                        name: topic.clone(),
+                    });
+                }
+                Some(existing) if existing.approval.status == ApprovalStatus::Rejected => {
+                    return Err(CommandError::TopicNotApproved {
+                        group: request.name,
+                        topic: topic.clone(),
+                        status: existing.approval.status,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        self.check_new_request(Subject::Group, &request.name)?;
+        let group = ConsumerGroup {
+            name: request.name.clone(),
+            owner: request.owner.clone(),
+            description: request.description,
+            topics: request.topics,
+            approval: Approval::requested(request.requested_by.clone(), now_ms),
+            max_retries: request.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            consume_mode: request.consume_mode,
+        };
+        self.consumer_groups.insert(request.name.clone(), group.clone());
+        self.record_request(
+            Subject::Group,
+            request.name,
+            request.requested_by,
+            &request.owner,
+            now_ms,
+        );
+        Ok(group)
+    }
+
+    /// Approves or rejects a requested topic or group. Approving needs a topic placed on a
+    /// broker group, and a group whose topics are all approved.
+    pub(super) fn decide(
+        &mut self,
+        now_ms: u64,
+        subject: Subject,
+        name: String,
+        decided_by: String,
+        action: DecisionAction,
+        reason: Option<String>,
+    ) -> Result<(), CommandError> {
+        require_person("decided_by", &decided_by)?;
+        let reason = reason.filter(|reason| !reason.trim().is_empty());
+        if action == DecisionAction::Rejected && reason.is_none() {
+            return Err(CommandError::Invalid {
+                message: format!("rejecting {subject} {name:?} needs a reason: say why, so its owner can act on it"),
+            });
+        }
+        let status = match action {
+            DecisionAction::Approved => ApprovalStatus::Approved,
+            _ => ApprovalStatus::Rejected,
+        };
+        let approval = self.approval(subject, &name)?;
+        if approval.status != ApprovalStatus::Requested {
+            return Err(CommandError::AlreadyDecided {
+                subject,
+                name,
+                status: approval.status,
+                decided_by: approval.decided_by.clone().unwrap_or_default(),
+                decided_at_ms: approval.decided_at_ms.unwrap_or_default(),
+                reason: approval.decision_reason.clone(),
+                attempted: action,
+            });
+        }
+        if action == DecisionAction::Approved {
+            self.check_approvable(subject, &name)?;
+        }
+        let decision = Decision {
+            at_ms: now_ms,
+            by: decided_by.clone(),
+            action,
+            reason: reason.clone(),
+            detail: None,
+        };
+        let approval = match subject {
+            Subject::Topic => &mut self.topics.get_mut(&name).expect("checked above").approval,
+            Subject::Group => &mut self.consumer_groups.get_mut(&name).expect("checked above").approval,
+        };
+        approval.decide(status, decided_by, now_ms, reason);
+        self.history(subject).entry(name).or_default().push(decision);
+        Ok(())
+    }
+
+    /// Changes a topic's placement, permissions, produce limit, owner or description.
+    pub(super) fn update_topic(
+        &mut self,
+        now_ms: u64,
+        name: String,
+        updated_by: String,
+        reason: Option<String>,
+        changes: TopicChanges,
+    ) -> Result<Topic, CommandError> {
+        require_person("updated_by", &updated_by)?;
+        let topic = self.topics.get(&name).ok_or_else(|| CommandError::NotFound {
+            subject: Subject::Topic,
+            name: name.clone(),
+        })?;
+        if let Some(queues) = &changes.queues {
+            validate_queues(queues)?;
+            if queues.is_empty() && topic.approval.status == ApprovalStatus::Approved {
+                return Err(CommandError::Invalid {
+                    message: format!(
+                        "topic {name:?} is approved and needs queues on at least one broker group; delete it to take it out of service"
+                    ),
+                });
+            }
+        }
+        if let Some(perm) = changes.perm {
+            validate_perm(perm)?;
+        }
+        if let ProduceLimitChange::Set(limit) = changes.produce_limit {
+            validate_produce_limit(Some(limit))?;
+        }
+        if let Some(owner) = &changes.owner {
+            require_person("owner", owner)?;
+        }
+
+        let mut detail = Vec::new();
+        let topic = self.topics.get_mut(&name).expect("checked above");
+        if let Some(queues) = changes.queues
+            && queues != topic.queues
+        {
+            let placement: Vec<String> = queues.iter().map(|(group, count)| format!("{group}={count}")).collect();
+            detail.push(format!("queues {}", placement.join(",")));
+            topic.queues = queues;
+        }
+        if let Some(perm) = changes.perm
+            && perm != topic.perm
+        {
+            detail.push(format!("perm {}->{}", topic.perm, perm));
+            topic.perm = perm;
+        }
+        let produce_limit = match changes.produce_limit {
+            ProduceLimitChange::Keep => topic.produce_limit,
+            ProduceLimitChange::Set(limit) => Some(limit),
+            ProduceLimitChange::Remove => None,
+        };
+        if produce_limit != topic.produce_limit {
+            detail.push(match produce_limit {
+                Some(limit) => format!("produce limit {limit} msgs/s"),
+                None => "no produce limit".to_owned(),
+            });
+            topic.produce_limit = produce_limit;
+        }
+        if let Some(owner) = changes.owner
+            && owner != topic.owner
+        {
+            detail.push(format!("owner {}->{}", topic.owner, owner));
+            topic.owner = owner;
+        }
+        if let Some(description) = changes.description
+            && description != topic.description
+        {
+            detail.push("description".to_owned());
+            topic.description = description;
+        }
+        let updated = topic.clone();
+        self.topic_history.entry(name).or_default().push(Decision {
+            at_ms: now_ms,
+            by: updated_by,
+            action: DecisionAction::Updated,
+            reason: reason.filter(|reason| !reason.trim().is_empty()),
+            detail: Some(if detail.is_empty() {
+                "no change".to_owned()
+            } else {
+                detail.join("; ")
+            }),
+        });
+        Ok(updated)
+    }
+
+    /// Deletes a topic no consumer group uses; its history stays.
+    pub(super) fn delete_topic(
+        &mut self,
+        now_ms: u64,
+        name: String,
+        deleted_by: String,
+        reason: String,
+    ) -> Result<(), CommandError> {
+        require_person("deleted_by", &deleted_by)?;
+        require_reason(Subject::Topic, &name, "deleting", &reason)?;
+        if !self.topics.contains_key(&name) {
+            return Err(CommandError::NotFound {
+                subject: Subject::Topic,
+                name,
+            });
+        }
+        let users: Vec<String> = self
+            .consumer_groups
+            .values()
+            .filter(|group| group.approval.status != ApprovalStatus::Rejected && group.topics.contains(&name))
+            .map(|group| group.name.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(CommandError::TopicInUse { name, groups: users });
+        }
+        self.topics.remove(&name);
+        self.record_deletion(Subject::Topic, name, deleted_by, reason, now_ms);
+        Ok(())
+    }
+
+    /// Deletes a consumer group; its history stays.
+    pub(super) fn delete_group(
+        &mut self,
+        now_ms: u64,
+        name: String,
+        deleted_by: String,
+        reason: String,
+    ) -> Result<(), CommandError> {
+        require_person("deleted_by", &deleted_by)?;
+        require_reason(Subject::Group, &name, "deleting", &reason)?;
+        if self.consumer_groups.remove(&name).is_none() {
+            return Err(CommandError::NotFound {
+                subject: Subject::Group,
+                name,
+            });
+        }
+        self.record_deletion(Subject::Group, name, deleted_by, reason, now_ms);
+        Ok(())
+    }
+
+    fn approval(&self, subject: Subject, name: &str) -> Result<&Approval, CommandError> {
+        let found = match subject {
+            Subject::Topic => self.topics.get(name).map(|topic| &topic.approval),
+            Subject::Group => self.consumer_groups.get(name).map(|group| &group.approval),
+        };
+        found.ok_or_else(|| CommandError::NotFound {
+            subject,
+            name: name.to_owned(),
+        })
+    }
+
+    fn history(&mut self, subject: Subject) -> &mut BTreeMap<String, Vec<Decision>> {
+        match subject {
+            Subject::Topic => self.topic_history,
+            Subject::Group => self.group_history,
+        }
+    }
+
+    /// A name may be requested when it is new or was rejected.
+    fn check_new_request(&self, subject: Subject, name: &str) -> Result<(), CommandError> {
+        let existing = match subject {
+            Subject::Topic => self.topics.get(name).map(|topic| &topic.approval),
+            Subject::Group => self.consumer_groups.get(name).map(|group| &group.approval),
+        };
+        match existing {
+            Some(existing) if existing.blocks_request() => Err(CommandError::AlreadyRequested {
+                subject,
+                name: name.to_owned(),
+                requested_by: existing.requested_by.clone(),
+                requested_at_ms: existing.requested_at_ms,
+                status: existing.status,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// What must hold before approving: a topic is placed on a broker group; a group's topics
+    /// are all approved.
+    fn check_approvable(&self, subject: Subject, name: &str) -> Result<(), CommandError> {
+        match subject {
+            Subject::Topic => {
+                if self.topics.get(name).is_some_and(|topic| topic.queues.is_empty()) {
+                    return Err(CommandError::NoQueues { name: name.to_owned() });
+                }
+            }
+            Subject::Group => {
+                for topic in &self.consumer_groups[name].topics {
+                    match self.topics.get(topic) {
+                        None => {
+                            return Err(CommandError::NotFound {
+                                subject: Subject::Topic,
+                                name: topic.clone(),
+                            });
+                        }
+                        Some(existing) if existing.approval.status != ApprovalStatus::Approved => {
+                            return Err(CommandError::TopicNotApproved {
+                                group: name.to_owned(),
+                                topic: topic.clone(),
+                                status: existing.approval.status,
+                            });
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record_request(&mut self, subject: Subject, name: String, by: String, owner: &str, now_ms: u64) {
+        self.history(subject).entry(name).or_default().push(Decision {
+            at_ms: now_ms,
+            by,
+            action: DecisionAction::Requested,
+            reason: None,
+            detail: Some(format!("owner {owner}")),
+        });
+    }
+
+    fn record_deletion(&mut self, subject: Subject, name: String, by: String, reason: String, now_ms: u64) {
+        self.history(subject).entry(name).or_default().push(Decision {
+            at_ms: now_ms,
+            by,
+            action: DecisionAction::Deleted,
+            reason: Some(reason),
+            detail: None,
+        });
+    }
+}
+
+fn validate_queues(queues: &BTreeMap<String, u32>) -> Result<(), CommandError> {
+    for (broker_group, count) in queues {
+        validate_group(broker_group)?;
+        validate_queue_count(*count)?;
+    }
+    Ok(())
+}
+
+fn validate_perm(perm: u8) -> Result<(), CommandError> {
+    if perm & !PERM_READ_WRITE != 0 {
+        return Err(CommandError::Invalid {
+            message: format!("topic permission {perm} is invalid: 1 (read), 2 (write) or 3 (read and write)"),
+        });
+    }
+    Ok(())
+}
+
+fn validate_produce_limit(limit: Option<u32>) -> Result<(), CommandError> {
+    if limit == Some(0) {
+        return Err(CommandError::Invalid {
+            message:
+                "produce limit 0 is invalid: give at least 1 msg/s, or remove the write permission to stop producers"
+                    .to_owned(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! The client SDK version policy: the oldest version allowed and known-bad versions refused.
+//! Set through the log ([`super::Command::SetSdkPolicy`]); checked when a client connects.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{CommandError, SdkVersionError};
+
+/// Which client SDK versions may connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdkPolicy {
+    /// Oldest version allowed (`MAJOR.MINOR.PATCH`); `None`: any.
+    pub min_version: Option<String>,
+    /// Versions refused whatever `min_version` says (known-bad releases), compared as written.
+    pub blocked_versions: BTreeSet<String>,
+}
+
+impl SdkPolicy {
+    /// A policy from its parts, each version checked to parse.
+    pub(super) fn new(
+        min_version: Option<String>,
+        blocked_versions: BTreeSet<String>,
+    ) -> Result<SdkPolicy, CommandError> {
+        for version in min_version.iter().chain(&blocked_versions) {
+            if parse_version(version).is_none() {
+                return Err(CommandError::Invalid {
+                    message: format!("SDK version {version:?} is invalid: write it as MAJOR.MINOR.PATCH, e.g. 1.4.2"),
+                });
+            }
+        }
+        Ok(SdkPolicy {
+            min_version,
+            blocked_versions,
+        })
+    }
+
+    /// Whether a client reporting `version` may connect.
+    pub fn check(&self, version: &str) -> Result<(), SdkVersionError> {
+        if self.blocked_versions.contains(version) {
+            return Err(SdkVersionError::Blocked {
+                version: version.to_owned(),
+            });
+        }
+        let Some(min_version) = &self.min_version else {
+            return Ok(());
+        };
+        let parsed = parse_version(version).ok_or_else(|| SdkVersionError::Unparsable {
+            version: version.to_owned(),
+        })?;
+        // The policy was validated when it was set, so its minimum parses.
+        let min = parse_version(min_version).unwrap_or([0; 3]);
+        if parsed < min {
+            return Err(SdkVersionError::TooOld {
+                version: version.to_owned(),
+                min_version: min_version.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `MAJOR[.MINOR[.PATCH]]`, ignoring a `-pre-release` or `+build` suffix for ordering.
+pub fn parse_version(version: &str) -> Option<[u64; 3]> {
+    let core = version.split(['-', '+']).next().unwrap_or_default();
+    let mut parts = [0_u64; 3];
+    let mut split = core.split('.');
+    for (slot, part) in parts.iter_mut().zip(split.by_ref()) {
+        if part.is_empty() || !part.bytes().all(|byte| byte.is_ascii_digit()) {
+            return None;
+        }
+        *slot = part.parse().ok()?;
+    }
+    if split.next().is_some() {
+        return None;
+    }
+    Some(parts)
+}
