@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use object_store::{ObjectStoreExt, PutPayload};
 
+use meridian_proto::time::now_millis;
+
 use crate::convert::{self, ConvertOptions, ConvertedSegment};
 use crate::error::{ArchiveError, Result};
 use crate::manifest::{self, ManifestEntry};
@@ -150,13 +152,6 @@ pub struct Archiver {
     commitlog_dir: PathBuf,
     archive_after: Duration,
     crash_at: Option<(CrashPoint, CrashMode)>,
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Archiver {

@@ -2,12 +2,13 @@
 //! stands (`meridian archive status`), and applies archive retention.
 
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use parquet::file::metadata::ParquetMetaDataReader;
+
+use meridian_proto::time::now_millis;
 
 use crate::error::Result;
 use crate::layout;
@@ -268,13 +269,6 @@ pub fn status_of(broker: &str, entries: &[ManifestEntry]) -> Status {
 /// Status of one broker, reading its manifest.
 pub async fn status(store: &ArchiveStore, broker: &str) -> Result<Status> {
     Ok(status_of(broker, &manifest::load_all(store, broker).await?))
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Archive retention: deletes files of day partitions older than their topic's retention. The

@@ -268,7 +268,7 @@ fn decode_send(state: &BrokerState, body: Bytes) -> Result<SendRequest> {
         special.transactional |= found.transactional;
     }
     if special.any() {
-        schedule::rehome(&mut request, special, schedule::now_millis())?;
+        schedule::rehome(&mut request, special, meridian_proto::time::now_millis())?;
     }
     Ok(request)
 }

@@ -16,6 +16,7 @@ use meridian_proto::delay::{self, LEVELS_MS};
 use meridian_proto::messages::{DeadLetterResendRequest, DeadLetterResendResponse, SendBackRequest, SendBackResponse};
 use meridian_proto::properties::{DELAY, DELIVER_AT, PropertiesBuilder, REAL_QUEUE, REAL_TOPIC, RETRY_TOPIC};
 use meridian_proto::record::Record;
+use meridian_proto::time::now_millis;
 use meridian_proto::topics::{self, DELAY_TOPIC, TopicKind};
 use meridian_proto::trace::TraceType;
 use meridian_proto::{properties, validate};
@@ -23,7 +24,7 @@ use meridian_proto::{properties, validate};
 use crate::error::{BrokerError, Result};
 use crate::handlers::BrokerState;
 use crate::metrics::OutcomeLabels;
-use crate::schedule::{copy_message, now_millis};
+use crate::schedule::copy_message;
 use crate::store::AppendRequest;
 use crate::trace::Step;
 

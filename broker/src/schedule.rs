@@ -18,7 +18,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use meridian_proto::delay::{self, slot_count, slot_for, slot_release};
@@ -27,6 +27,7 @@ use meridian_proto::properties::{
     self, DELAY, DELIVER_AT, PRODUCER_GROUP, PropertiesBuilder, REAL_QUEUE, REAL_TOPIC, RETRY_TOPIC,
 };
 use meridian_proto::record::Record;
+use meridian_proto::time::now_millis;
 use meridian_proto::topics::{self, DELAY_TOPIC, HALF_OP_TOPIC, HALF_TOPIC, TopicKind};
 use meridian_proto::trace::TraceType;
 use tokio_util::sync::CancellationToken;
@@ -58,14 +59,6 @@ impl Special {
     pub fn any(self) -> bool {
         self.delayed || self.transactional
     }
-}
-
-/// Unix ms now.
-pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Creates the delay and transaction topics on a store that lacks them.

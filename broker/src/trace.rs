@@ -27,6 +27,7 @@ use meridian_proto::messages::{MessageData, PullResponse, SendResult};
 use meridian_proto::properties::{self, KEY_SEPARATOR};
 use meridian_proto::record::Record;
 use meridian_proto::throttle::Throttle;
+use meridian_proto::time::now_millis;
 use meridian_proto::topics::{DELAY_TOPIC, HALF_TOPIC};
 use meridian_proto::trace::{
     MAX_REPORT_EVENTS, ServerStats, TRACE_TOPIC, TraceBatch, TraceError, TraceEvent, TraceStatus, TraceType,
@@ -313,13 +314,6 @@ pub struct TraceEmitter {
     drop_log: Throttle,
     /// Sum and count of store-to-ack times since the last stats sample, in µs.
     replication_latency: (AtomicU64, AtomicU64),
-}
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl TraceEmitter {

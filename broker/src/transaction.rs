@@ -45,6 +45,7 @@ use meridian_proto::messages::{
 };
 use meridian_proto::properties::{self, DELAY, DELIVER_AT, PRODUCER_GROUP, PropertiesBuilder, REAL_QUEUE, REAL_TOPIC};
 use meridian_proto::record::Record;
+use meridian_proto::time::now_millis;
 use meridian_proto::topics::{HALF_OP_TOPIC, HALF_TOPIC};
 use meridian_proto::trace::TraceType;
 use meridian_proto::{RequestCode, validate};
@@ -55,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{BrokerError, Result};
 use crate::handlers::{BrokerState, Reply};
 use crate::metrics::OutcomeLabels;
-use crate::schedule::{self, Special, copy_message, ensure_destination, now_millis, real_destination};
+use crate::schedule::{self, Special, copy_message, ensure_destination, real_destination};
 use crate::store::{AppendRequest, MessageStore};
 use crate::trace::Step;
 

@@ -1,10 +1,9 @@
 //! Messages as producers build them, their validation and encoding, and where they were stored.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
 use meridian_proto::messages::MessageData;
 use meridian_proto::properties::PropertiesBuilder;
+use meridian_proto::time::now_millis;
 use meridian_proto::validate::{validate_body_size, validate_properties_size, validate_topic};
 use meridian_proto::{Limits, MessageId};
 
@@ -151,13 +150,6 @@ impl Message {
 pub(crate) struct EncodedMessage {
     pub(crate) msg_id: String,
     pub(crate) data: MessageData,
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Where a sent message was stored.

@@ -16,17 +16,11 @@ use tokio::sync::Notify;
 
 use meridian_proto::MessageId;
 use meridian_proto::record::StoredMessage;
+use meridian_proto::time::now_millis;
 use meridian_proto::trace::{MAX_REPORT_EVENTS, TraceEvent, TraceStatus, TraceType};
 
 /// Most events waiting to be reported; more are dropped.
 const BUFFER_EVENTS: usize = 64 * 1024;
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Collects one push consumer's trace events, per broker group.
 pub(crate) struct ConsumeTracer {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{ChangeMembers, RaftNetworkFactory, SnapshotPolicy};
@@ -183,7 +183,8 @@ impl NameserverRaft {
     pub async fn write(&self, command: Command) -> Result<Response, NameserverError> {
         let request = Request {
             command,
-            now_ms: unix_now_ms(),
+            // The proposer's clock, recorded in the log entry: applying never reads a clock.
+            now_ms: meridian_proto::time::now_millis() as u64,
         };
         let response = self
             .raft
@@ -321,13 +322,6 @@ fn stopped(node_id: NodeId, fatal: Fatal<NodeId>) -> NameserverError {
         node_id,
         reason: fatal.to_string(),
     }
-}
-
-// The proposer's clock, recorded in the log entry: applying never reads a clock.
-fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::time::now_millis;
 
 /// A message id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,13 +28,6 @@ fn generator() -> &'static Generator {
     })
 }
 
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl MessageId {
     /// A new id for a message created now.
     pub fn generate() -> MessageId {
@@ -45,7 +39,7 @@ impl MessageId {
     pub fn generate_many(count: u32) -> MessageId {
         let generator = generator();
         let count = generator.counter.fetch_add(count, Ordering::Relaxed);
-        let high = (now_millis() & 0xFFFF_FFFF_FFFF) << 16 | (generator.process_bits >> 32);
+        let high = (now_millis() as u64 & 0xFFFF_FFFF_FFFF) << 16 | (generator.process_bits >> 32);
         let low = (generator.process_bits & 0xFFFF_FFFF) << 32 | u64::from(count);
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&high.to_be_bytes());
@@ -118,7 +112,7 @@ mod tests {
         let ids: Vec<MessageId> = (0..10_000).map(|_| MessageId::generate()).collect();
         let unique: HashSet<_> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len());
-        let now = now_millis();
+        let now = now_millis() as u64;
         assert!(
             ids.iter()
                 .all(|id| id.timestamp_millis() <= now && now - id.timestamp_millis() < 60_000)

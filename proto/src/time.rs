@@ -1,4 +1,15 @@
-//! Timestamps as people read them: Unix milliseconds in UTC RFC 3339, without a date crate.
+//! Time for the whole workspace: [`now_millis`], the one wall clock in Unix milliseconds, and
+//! timestamps as people read them (UTC RFC 3339), without a date crate.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Now, in milliseconds since the Unix epoch (0 if the clock is set before 1970). The one wall
+/// clock of the workspace: message timestamps, trace events, log entries and manifests all read it.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
 
 /// Year, month, day of a count of days since 1970-01-01 (Howard Hinnant's civil-from-days).
 fn civil_from_days(days: i64) -> (i64, i64, i64) {

@@ -4,17 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use meridian_client::{
     ClientConfig, ConnectionPool, ConsumeFrom, ConsumeMode, ConsumeResult, ConsumerConfig, Message, Producer,
     ProducerConfig, PushConsumer, StoredMessage,
 };
+use meridian_proto::time::now_millis;
 use meridian_tests::{DevNode, eventually};
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
 
 /// Messages a consumer handled, in order.
 type Seen = Arc<Mutex<Vec<StoredMessage>>>;
@@ -71,7 +68,7 @@ async fn delayed_messages_are_never_early_survive_a_crash_and_bad_delays_are_ref
         let delay = [1_000, 5_000, 10_000][level as usize - 1];
         asked.insert(sent.msg_id, (sent.store_timestamp, delay));
     }
-    let at = now_ms() + 7_000;
+    let at = now_millis() + 7_000;
     let sent = producer
         .send(Message::new("reminders", "at-time").with_deliver_at(at))
         .await
@@ -90,7 +87,7 @@ async fn delayed_messages_are_never_early_survive_a_crash_and_bad_delays_are_ref
         "{error}"
     );
     let error = producer
-        .send(Message::new("reminders", "x").with_deliver_at(now_ms() + 40 * 86_400_000))
+        .send(Message::new("reminders", "x").with_deliver_at(now_millis() + 40 * 86_400_000))
         .await
         .unwrap_err();
     assert!(error.to_string().contains("over the limit of 30 days"), "{error}");
@@ -299,7 +296,7 @@ async fn an_offset_reset_to_a_time_replays_exactly_the_messages_stored_since_to_
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let since = now_ms();
+    let since = now_millis();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut newer = BTreeSet::new();
     for index in 0..30 {

@@ -296,10 +296,7 @@ fn index_reads(
 
 /// The oldest day kept: `retention_days` days up to and including today.
 fn oldest_day(retention_days: u32) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0);
+    let now = meridian_proto::time::now_millis();
     day_of(now) - i64::from(retention_days) + 1
 }
 

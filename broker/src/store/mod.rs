@@ -20,13 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::{self, JoinHandle, Thread};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use meridian_proto::MessageId;
 use meridian_proto::messages::{MessageData, SendResult};
 use meridian_proto::properties::{self, MSG_ID};
 use meridian_proto::record::{self, RecordFields};
+use meridian_proto::time::now_millis;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BrokerError, Result};
@@ -235,13 +236,6 @@ pub struct MessageStore {
     recovery: RecoveryReport,
     /// The archive, when archiving is on: offsets below a queue's local min are read from it.
     archive: OnceLock<Arc<meridian_archive::reader::ArchiveReader>>,
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl MessageStore {
