@@ -3,9 +3,7 @@
 //! store, encode the answer. Most requests are answered at once ([`Reply::Now`]); sends under sync
 //! flush, long-polling pulls and topic creation finish later ([`Reply::Later`]).
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,15 +38,10 @@ use crate::schedule::{self, Special};
 use crate::store::{AppendRequest, CqEntry, FlushMode, MessageStore};
 
 /// A response body still being produced.
-pub type PendingReply = Pin<Box<dyn Future<Output = Result<Bytes>> + Send>>;
+pub type PendingReply = meridian_proto::serve::PendingAnswer<BrokerError>;
 
-/// How a request is answered.
-pub enum Reply {
-    /// Answered now.
-    Now(Result<Bytes>),
-    /// Answered when the future completes.
-    Later(PendingReply),
-}
+/// How a request is answered: now, or when a future completes ([`meridian_proto::serve::Answer`]).
+pub type Reply = meridian_proto::serve::Answer<BrokerError>;
 
 /// What every handler shares.
 pub struct BrokerState {

@@ -1,11 +1,12 @@
 //! The TCP server: accepts connections and answers pipelined requests.
 //!
-//! Each connection has a reader (this task) and a writer task. The reader decodes frames and
-//! handles each request; requests that finish later run as tasks of the connection, at most
+//! Each connection runs the shared loop of [`meridian_proto::serve`] with [`BrokerFrames`], the
+//! broker's part: requests that finish later run as tasks of the connection, at most
 //! `max_inflight_per_connection` at once, and answers wait for the writer within a byte budget
 //! (`max_pending_response_bytes`), so a client that stops reading its responses only stalls
-//! itself, holding bounded memory. A frame that cannot be decoded gets an error response and closes its connection; other
-//! connections are unaffected.
+//! itself, holding bounded memory. A frame that cannot be decoded, an unknown request code or a
+//! body that cannot be decoded gets an error response and closes its connection; other
+//! connections are unaffected. Sends read back to back are combined into one append.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,15 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use meridian_proto::frame::FrameError;
 use meridian_proto::idc::{IdcSettings, LocalIdc};
 use meridian_proto::messages::{IdcLookupRequest, IdcLookupResponse};
+use meridian_proto::serve::{self, AfterError, ConnectionSettings, FrameService};
 use meridian_proto::transport::{ConnectionPool, TransportConfig};
 use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -219,13 +217,25 @@ impl Broker {
         retention.spawn(crate::schedule::run(state.clone(), retention_stop.clone()));
         retention.spawn(crate::transaction::run(state.clone(), retention_stop.clone()));
         retention.close();
+        let frames = Arc::new(BrokerFrames { state: state.clone() });
+        let settings = ConnectionSettings {
+            codec: FrameCodec::new(state.limits.max_frame_size),
+            max_inflight: state.config.max_inflight_per_connection,
+            max_pending_response_bytes: Some(state.config.max_pending_response_bytes),
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        connections.spawn(serve_connection(state.clone(), stream, peer));
+                        connections.spawn(serve::serve_connection(
+                            frames.clone(),
+                            settings.clone(),
+                            stream,
+                            peer,
+                            state.shutdown.clone(),
+                        ));
                     }
                     Err(error) => {
                         // Usually out of file descriptors: back off instead of spinning.
@@ -262,231 +272,89 @@ impl Broker {
     }
 }
 
-/// Responses waiting for the writer, bounded in bytes as well as in number.
-#[derive(Clone)]
-struct Responses {
-    frames_tx: mpsc::Sender<(Frame, OwnedSemaphorePermit)>,
-    /// One permit per KiB of queued responses.
-    budget: Arc<Semaphore>,
-    budget_kib: u32,
+/// The broker's side of a framed connection: the loop itself is [`serve::serve_connection`].
+struct BrokerFrames {
+    state: Arc<BrokerState>,
 }
 
-impl Responses {
-    /// Queues a response, waiting while the connection's queued bytes are over budget.
-    async fn send(&self, frame: Frame) -> std::result::Result<(), ()> {
-        // A single response larger than the budget takes all of it rather than waiting forever.
-        let kib = (frame.encoded_len() / 1024 + 1).min(self.budget_kib as usize) as u32;
-        let permit = self.budget.clone().acquire_many_owned(kib).await.map_err(drop)?;
-        self.frames_tx.send((frame, permit)).await.map_err(drop)
+impl FrameService for BrokerFrames {
+    type Error = BrokerError;
+
+    fn answer(&self, code: RequestCode, body: Bytes, peer: SocketAddr) -> Reply {
+        handlers::handle(&self.state, code, body, peer)
     }
-}
 
-async fn write_frames(
-    mut sink: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
-    mut frames: mpsc::Receiver<(Frame, OwnedSemaphorePermit)>,
-) {
-    let mut written = Vec::new();
-    while let Some((frame, permit)) = frames.recv().await {
-        if sink.feed(frame).await.is_err() {
+    /// Sends this connection has already sent go into one append and one write.
+    fn batched_code(&self) -> Option<RequestCode> {
+        Some(RequestCode::Send)
+    }
+
+    fn answer_batch(&self, bodies: Vec<Bytes>, peer: SocketAddr) -> Vec<Reply> {
+        handlers::send_many(&self.state, bodies, peer)
+    }
+
+    fn error_frame(&self, request_id: u64, error: BrokerError) -> Frame {
+        let code = error.code();
+        self.state
+            .metrics
+            .errors
+            .get_or_create(&ErrorLabels { code: code.as_str() })
+            .inc();
+        if code == ErrorCode::Internal {
+            tracing::error!(%error, "request failed");
+        }
+        Frame::error(request_id, code, error.to_string())
+    }
+
+    fn after_error(
+        &self,
+        peer: SocketAddr,
+        _code: RequestCode,
+        error: &BrokerError,
+        oneway: bool,
+        deferred: bool,
+    ) -> AfterError {
+        if deferred {
+            return AfterError::Answer;
+        }
+        if matches!(error, BrokerError::MalformedBody(_)) {
+            self.state.metrics.malformed_frames.inc();
+            tracing::warn!(%peer, "malformed request body; closing connection");
+            return AfterError::AnswerAndClose;
+        }
+        if oneway {
+            tracing::debug!(%peer, %error, "one-way request failed");
+        }
+        AfterError::Answer
+    }
+
+    fn unsupported(&self, peer: SocketAddr, request_id: u64, code: u32) -> (Frame, AfterError) {
+        let message = format!(
+            "request code {code} is not supported by this broker (protocol version {PROTOCOL_VERSION}); upgrade the broker or use a matching client"
+        );
+        tracing::warn!(%peer, code, "unsupported request; closing connection");
+        (
+            Frame::error(request_id, ErrorCode::UnsupportedRequest, message),
+            AfterError::AnswerAndClose,
+        )
+    }
+
+    fn malformed_frame(&self) {
+        self.state.metrics.malformed_frames.inc();
+    }
+
+    fn connection_opened(&self, _peer: SocketAddr) {
+        self.state.metrics.connections.inc();
+    }
+
+    /// A consumer whose connection closed crashed or was killed (a clean one leaves first): its
+    /// group rebalances now, not after the heartbeat expiry. Done before waiting for the
+    /// connection's long polls, which may hold for seconds.
+    fn connection_reader_closed(&self, peer: SocketAddr) {
+        let state = &self.state;
+        if state.shutdown.is_cancelled() {
             return;
         }
-        written.push(permit);
-        // Write everything already queued with one flush: pipelined clients share syscalls.
-        while let Ok((frame, permit)) = frames.try_recv() {
-            if sink.feed(frame).await.is_err() {
-                return;
-            }
-            written.push(permit);
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-        // The bytes left the process: give their budget back.
-        written.clear();
-    }
-}
-
-fn to_frame(state: &BrokerState, request_id: u64, result: Result<Bytes>) -> Frame {
-    match result {
-        Ok(body) => Frame::response(request_id, body),
-        Err(error) => {
-            let code = error.code();
-            state
-                .metrics
-                .errors
-                .get_or_create(&ErrorLabels { code: code.as_str() })
-                .inc();
-            if code == ErrorCode::Internal {
-                tracing::error!(%error, "request failed");
-            }
-            Frame::error(request_id, code, error.to_string())
-        }
-    }
-}
-
-/// Most sends combined into one append: bounds the latency the first of them waits for the rest.
-const MAX_COMBINED_SENDS: usize = 64;
-
-/// What answering a request on one connection needs.
-struct ConnectionState<'a> {
-    state: &'a Arc<BrokerState>,
-    peer: SocketAddr,
-    responses_tx: &'a Responses,
-    permits: &'a Arc<Semaphore>,
-    tasks: &'a TaskTracker,
-}
-
-impl ConnectionState<'_> {
-    /// Sends (or schedules) the answer to one request. False when the connection must close.
-    async fn dispatch(&self, reply: Reply, request_id: u64, oneway: bool) -> bool {
-        match reply {
-            Reply::Now(result) => {
-                let fatal = matches!(result, Err(BrokerError::MalformedBody(_)));
-                if fatal {
-                    self.state.metrics.malformed_frames.inc();
-                }
-                if !oneway || fatal {
-                    if self
-                        .responses_tx
-                        .send(to_frame(self.state, request_id, result))
-                        .await
-                        .is_err()
-                    {
-                        return false;
-                    }
-                } else if let Err(error) = result {
-                    tracing::debug!(peer = %self.peer, %error, "one-way request failed");
-                }
-                if fatal {
-                    tracing::warn!(peer = %self.peer, "malformed request body; closing connection");
-                    return false;
-                }
-                true
-            }
-            Reply::Later(pending) => {
-                let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                    return false;
-                };
-                let responses_tx = self.responses_tx.clone();
-                let state = self.state.clone();
-                self.tasks.spawn(async move {
-                    let result = pending.await;
-                    if !oneway {
-                        let _ = responses_tx.send(to_frame(&state, request_id, result)).await;
-                    }
-                    drop(permit);
-                });
-                true
-            }
-        }
-    }
-}
-
-async fn serve_connection(state: Arc<BrokerState>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    state.metrics.connections.inc();
-    tracing::debug!(%peer, "connection opened");
-    let codec = FrameCodec::new(state.limits.max_frame_size);
-    let (read_half, write_half) = stream.into_split();
-    let mut frames = FramedRead::with_capacity(read_half, codec.clone(), 64 * 1024);
-    let mut sink = FramedWrite::new(write_half, codec);
-    sink.set_backpressure_boundary(256 * 1024);
-    let inflight = state.config.max_inflight_per_connection;
-    let (frames_tx, frames_rx) = mpsc::channel(inflight);
-    let budget_kib = (state.config.max_pending_response_bytes / 1024).max(1) as u32;
-    let responses_tx = Responses {
-        frames_tx,
-        budget: Arc::new(Semaphore::new(budget_kib as usize)),
-        budget_kib,
-    };
-    let tasks = TaskTracker::new();
-    tasks.spawn(write_frames(sink, frames_rx));
-    let permits = Arc::new(Semaphore::new(inflight));
-
-    let connection = ConnectionState {
-        state: &state,
-        peer,
-        responses_tx: &responses_tx,
-        permits: &permits,
-        tasks: &tasks,
-    };
-    // A frame read while gathering sends that was not itself a send: handled next.
-    let mut carried: Option<Option<Result<Frame, FrameError>>> = None;
-    loop {
-        let next = match carried.take() {
-            Some(next) => next,
-            None => tokio::select! {
-                _ = state.shutdown.cancelled() => break,
-                next = frames.next() => next,
-            },
-        };
-        let frame = match next {
-            None => break,
-            Some(Ok(frame)) => frame,
-            Some(Err(error)) => {
-                state.metrics.malformed_frames.inc();
-                tracing::warn!(%peer, %error, "malformed frame; closing connection");
-                let _ = responses_tx
-                    .send(Frame::error(0, ErrorCode::MalformedFrame, error.to_string()))
-                    .await;
-                break;
-            }
-        };
-        let request_id = frame.header.request_id;
-        let Some(code) = RequestCode::from_u32(frame.header.code).filter(|_| !frame.is_response()) else {
-            state.metrics.malformed_frames.inc();
-            let message = format!(
-                "request code {} is not supported by this broker (protocol version {PROTOCOL_VERSION}); upgrade the broker or use a matching client",
-                frame.header.code
-            );
-            tracing::warn!(%peer, code = frame.header.code, "unsupported request; closing connection");
-            let _ = responses_tx
-                .send(Frame::error(request_id, ErrorCode::UnsupportedRequest, message))
-                .await;
-            break;
-        };
-        if code != RequestCode::Send {
-            let oneway = frame.is_oneway();
-            let reply = handlers::handle(&state, code, frame.body, peer);
-            if !connection.dispatch(reply, request_id, oneway).await {
-                break;
-            }
-            continue;
-        }
-        // Sends this connection has already sent go into one append and one write.
-        let mut sends = vec![(request_id, frame.is_oneway(), frame.body)];
-        while sends.len() < MAX_COMBINED_SENDS {
-            match frames.next().now_or_never() {
-                Some(Some(Ok(next))) if !next.is_response() && next.header.code == RequestCode::Send as u32 => {
-                    sends.push((next.header.request_id, next.is_oneway(), next.body));
-                }
-                Some(other) => {
-                    carried = Some(other);
-                    break;
-                }
-                None => break,
-            }
-        }
-        let (ids, bodies): (Vec<(u64, bool)>, Vec<Bytes>) = sends
-            .into_iter()
-            .map(|(request_id, oneway, body)| ((request_id, oneway), body))
-            .unzip();
-        let replies = handlers::send_many(&state, bodies, peer);
-        let mut open = true;
-        for ((request_id, oneway), reply) in ids.into_iter().zip(replies) {
-            if !connection.dispatch(reply, request_id, oneway).await {
-                open = false;
-                break;
-            }
-        }
-        if !open {
-            break;
-        }
-    }
-    // A consumer whose connection closed crashed or was killed (a clean one leaves first): its
-    // group rebalances now, not after the heartbeat expiry. Done before waiting for the
-    // connection's long polls, which may hold for seconds.
-    if !state.shutdown.is_cancelled() {
         for (group, client_id) in state.groups.disconnected(peer) {
             // An orderly member that crashed frees its queues for the others at once.
             state.locks.release_member(&group, &client_id);
@@ -494,9 +362,8 @@ async fn serve_connection(state: Arc<BrokerState>, stream: TcpStream, peer: Sock
             tracing::info!(%peer, group, client_id, "consumer connection closed; removed from its group");
         }
     }
-    drop(responses_tx);
-    tasks.close();
-    tasks.wait().await;
-    state.metrics.connections.dec();
-    tracing::debug!(%peer, "connection closed");
+
+    fn connection_closed(&self, _peer: SocketAddr) {
+        self.state.metrics.connections.dec();
+    }
 }

@@ -1,11 +1,12 @@
 //! [`Nameserver`]: binds the framed-protocol listener, starts the Raft node (forming the cluster
 //! when it is new) and answers brokers, clients and peers until shutdown.
 //!
-//! Each connection has a reader (its task) and a writer task. Quick answers (routes, heartbeats,
-//! reads) are computed inline; writes, registrations and Raft RPCs run as tasks of the connection,
-//! at most [`MAX_INFLIGHT_PER_CONNECTION`] at once, and are answered out of order by request id. A
-//! frame that cannot be decoded gets an error and closes its connection; a well-framed request
-//! with a bad body gets an error and changes nothing.
+//! Each connection runs the shared loop of [`meridian_proto::serve`] with `NameserverFrames`, the
+//! nameserver's part. Quick answers (routes, heartbeats, reads) are computed inline; writes,
+//! registrations and Raft RPCs run as tasks of the connection, at most
+//! [`MAX_INFLIGHT_PER_CONNECTION`] at once, and are answered out of order by request id. A frame
+//! that cannot be decoded gets an error and closes its connection; a well-framed request with a
+//! bad body or an unknown code gets an error and changes nothing.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,17 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
 use meridian_proto::messages::{
     BrokerHeartbeat, BrokerMetadataRequest, BrokerRegistration, IdcLookupRequest, TopicRouteRequest,
 };
+use meridian_proto::serve::{self, AfterError, ConnectionSettings, FrameService};
 use meridian_proto::transport::{ConnectionPool, TransportConfig};
 use meridian_proto::validate::Limits;
 use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};
 use prost::Message;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -144,13 +143,27 @@ impl Nameserver {
         let background = TaskTracker::new();
         background.spawn(controller::run(service.clone(), stop.clone()));
         background.close();
+        let frames = Arc::new(NameserverFrames {
+            service: service.clone(),
+        });
+        let settings = ConnectionSettings {
+            codec,
+            max_inflight: MAX_INFLIGHT_PER_CONNECTION,
+            max_pending_response_bytes: None,
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        connections.spawn(serve_connection(service.clone(), codec.clone(), stream, peer, stop.clone()));
+                        connections.spawn(serve::serve_connection(
+                            frames.clone(),
+                            settings.clone(),
+                            stream,
+                            peer,
+                            stop.clone(),
+                        ));
                     }
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");
@@ -173,11 +186,8 @@ impl Nameserver {
     }
 }
 
-/// How a request is answered.
-enum Answer {
-    Now(Result<Bytes, ApiError>),
-    Later(std::pin::Pin<Box<dyn Future<Output = Result<Bytes, ApiError>> + Send>>),
-}
+/// How a request is answered: now, or as a task of the connection.
+type Answer = serve::Answer<ApiError>;
 
 fn decode<T: Message + Default>(what: &str, body: Bytes) -> Result<T, ApiError> {
     T::decode(body).map_err(|error| ApiError::new(ErrorCode::MalformedFrame, format!("malformed {what}: {error}")))
@@ -195,6 +205,11 @@ fn json(value: &impl serde::Serialize) -> Result<Bytes, ApiError> {
 }
 
 fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> Answer {
+    service
+        .metrics()
+        .requests
+        .get_or_create(&RequestLabels { request: code.as_str() })
+        .inc();
     match code {
         RequestCode::TopicRoute => Answer::Now(
             decode::<TopicRouteRequest>("route request", body)
@@ -210,7 +225,7 @@ fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> A
             let service = service.clone();
             // A slave's heartbeat completes at once and is answered inline; a master's waits for
             // a quorum to confirm this node's leadership, so it runs as a task.
-            now_or_later(async move {
+            Answer::now_or_later(async move {
                 let response = service.heartbeat(&heartbeat).await?;
                 Ok(Bytes::from(response.encode_to_vec()))
             })
@@ -282,145 +297,68 @@ fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> A
     }
 }
 
-/// Answers inline when `work` completes without waiting, else as a task of the connection.
-fn now_or_later(work: impl Future<Output = Result<Bytes, ApiError>> + Send + 'static) -> Answer {
-    let mut work = Box::pin(work);
-    match (&mut work).now_or_never() {
-        Some(result) => Answer::Now(result),
-        None => Answer::Later(work),
-    }
-}
-
-fn to_frame(metrics: &NameserverMetrics, request_id: u64, result: Result<Bytes, ApiError>) -> Frame {
-    match result {
-        Ok(body) => Frame::response(request_id, body),
-        Err(error) => {
-            metrics
-                .errors
-                .get_or_create(&ErrorLabels {
-                    code: error.code.as_str(),
-                })
-                .inc();
-            if error.code == ErrorCode::Internal {
-                tracing::error!(%error, "request failed");
-            }
-            Frame::error(request_id, error.code, error.message)
-        }
-    }
-}
-
-async fn write_frames(
-    mut sink: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
-    mut frames: mpsc::Receiver<Frame>,
-) {
-    while let Some(frame) = frames.recv().await {
-        if sink.feed(frame).await.is_err() {
-            return;
-        }
-        // Everything already queued goes out with one flush.
-        while let Ok(frame) = frames.try_recv() {
-            if sink.feed(frame).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn serve_connection(
+/// The nameserver's side of a framed connection: the loop itself is [`serve::serve_connection`].
+struct NameserverFrames {
     service: Arc<NameserverService>,
-    codec: FrameCodec,
-    stream: TcpStream,
-    peer: SocketAddr,
-    stop: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    let metrics = service.metrics();
-    metrics.connections.inc();
-    let (read_half, write_half) = stream.into_split();
-    let mut frames = FramedRead::with_capacity(read_half, codec.clone(), 64 * 1024);
-    let (frames_tx, frames_rx) = mpsc::channel(MAX_INFLIGHT_PER_CONNECTION);
-    let tasks = TaskTracker::new();
-    tasks.spawn(write_frames(FramedWrite::new(write_half, codec), frames_rx));
-    let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_PER_CONNECTION));
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => break,
-            next = frames.next() => next,
-        };
-        let frame = match next {
-            None => break,
-            Some(Ok(frame)) => frame,
-            Some(Err(error)) => {
-                metrics.malformed_frames.inc();
-                tracing::warn!(%peer, %error, "malformed frame; closing connection");
-                let _ = frames_tx
-                    .send(Frame::error(0, ErrorCode::MalformedFrame, error.to_string()))
-                    .await;
-                break;
-            }
-        };
-        let request_id = frame.header.request_id;
-        let oneway = frame.is_oneway();
-        let Some(code) = RequestCode::from_u32(frame.header.code).filter(|_| !frame.is_response()) else {
-            metrics.malformed_frames.inc();
-            let message = format!(
-                "request code {} is not supported by this nameserver (protocol version {PROTOCOL_VERSION}); upgrade it or use a matching client",
-                frame.header.code
-            );
-            if frames_tx
-                .send(Frame::error(request_id, ErrorCode::UnsupportedRequest, message))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            continue;
-        };
-        metrics
-            .requests
-            .get_or_create(&RequestLabels { request: code.as_str() })
-            .inc();
-        match answer(&service, code, frame.body) {
-            Answer::Now(result) => {
-                if result
-                    .as_ref()
-                    .is_err_and(|error| error.code == ErrorCode::MalformedFrame)
-                {
-                    metrics.malformed_frames.inc();
-                    tracing::warn!(%peer, code = code.as_str(), "malformed request body");
-                }
-                if !oneway && frames_tx.send(to_frame(metrics, request_id, result)).await.is_err() {
-                    break;
-                }
-            }
-            Answer::Later(pending) => {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
-                let frames_tx = frames_tx.clone();
-                let service = service.clone();
-                tasks.spawn(async move {
-                    let result = pending.await;
-                    if result
-                        .as_ref()
-                        .is_err_and(|error| error.code == ErrorCode::MalformedFrame)
-                    {
-                        service.metrics().malformed_frames.inc();
-                        tracing::warn!(%peer, code = code.as_str(), "malformed request body");
-                    }
-                    if !oneway {
-                        let _ = frames_tx.send(to_frame(service.metrics(), request_id, result)).await;
-                    }
-                    drop(permit);
-                });
-            }
-        }
+}
+
+impl FrameService for NameserverFrames {
+    type Error = ApiError;
+
+    fn answer(&self, code: RequestCode, body: Bytes, _peer: SocketAddr) -> Answer {
+        answer(&self.service, code, body)
     }
-    drop(frames_tx);
-    tasks.close();
-    tasks.wait().await;
-    metrics.connections.dec();
+
+    fn error_frame(&self, request_id: u64, error: ApiError) -> Frame {
+        self.service
+            .metrics()
+            .errors
+            .get_or_create(&ErrorLabels {
+                code: error.code.as_str(),
+            })
+            .inc();
+        if error.code == ErrorCode::Internal {
+            tracing::error!(%error, "request failed");
+        }
+        Frame::error(request_id, error.code, error.message)
+    }
+
+    /// A well-framed request with a bad body gets an error and changes nothing; the connection
+    /// stays open.
+    fn after_error(
+        &self,
+        peer: SocketAddr,
+        code: RequestCode,
+        error: &ApiError,
+        _oneway: bool,
+        _deferred: bool,
+    ) -> AfterError {
+        if error.code == ErrorCode::MalformedFrame {
+            self.service.metrics().malformed_frames.inc();
+            tracing::warn!(%peer, code = code.as_str(), "malformed request body");
+        }
+        AfterError::Answer
+    }
+
+    fn unsupported(&self, _peer: SocketAddr, request_id: u64, code: u32) -> (Frame, AfterError) {
+        let message = format!(
+            "request code {code} is not supported by this nameserver (protocol version {PROTOCOL_VERSION}); upgrade it or use a matching client"
+        );
+        (
+            Frame::error(request_id, ErrorCode::UnsupportedRequest, message),
+            AfterError::Answer,
+        )
+    }
+
+    fn malformed_frame(&self) {
+        self.service.metrics().malformed_frames.inc();
+    }
+
+    fn connection_opened(&self, _peer: SocketAddr) {
+        self.service.metrics().connections.inc();
+    }
+
+    fn connection_closed(&self, _peer: SocketAddr) {
+        self.service.metrics().connections.dec();
+    }
 }

@@ -14,14 +14,16 @@
 //!   the broker and the nameserver alike.
 //! - [`compress`]: LZ4 for large repetitive bodies, with a bounded decompression.
 //! - [`idc`]: which data center a process is in, decided the same way everywhere.
-//! - [`msgid`]: globally unique, time-sortable message ids; [`time`]: timestamps for people.
+//! - [`msgid`]: globally unique, time-sortable message ids; [`time`]: the wall clock
+//!   ([`time::now_millis`]) and timestamps for people.
 //! - [`trace`]: trace events (Pub, Store, Replicate, Deliver, SubBefore, SubAfter, ...), the
 //!   system trace topic they travel on, and the check every reader of that topic applies.
 //! - [`topics`]: the system topics (delay, transaction, retry, dead-letter, trace); [`delay`]:
 //!   delay levels, delivery times and the delay slots; [`filter`]: tag filter expressions.
 //! - [`throttle`]: log lines at most once per interval, with the count left out.
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
-//!   clients, brokers and nameservers alike.
+//!   clients, brokers and nameservers alike; [`serve`]: the answering side, the one connection
+//!   loop of the broker and the nameserver.
 #![warn(missing_docs)]
 
 pub mod codes;
@@ -34,6 +36,7 @@ pub mod messages;
 pub mod msgid;
 pub mod properties;
 pub mod record;
+pub mod serve;
 pub mod throttle;
 pub mod time;
 pub mod topics;

@@ -1,0 +1,356 @@
+//! The answering side of the framed protocol: [`serve_connection`], the one connection loop of
+//! every Meridian server (the broker and the nameserver), with the per-service part behind
+//! [`FrameService`]. [`crate::transport`] is the requesting side.
+//!
+//! Each connection has a reader (the task that runs [`serve_connection`]) and a writer task. The
+//! reader decodes frames and asks the service for each request's [`Answer`]: one computed at once
+//! is queued for the writer inline; one that completes later runs as a task of the connection, at
+//! most [`ConnectionSettings::max_inflight`] at once, and is answered out of order by request id.
+//! The writer sends everything already queued with one flush, so pipelined clients share
+//! syscalls. With [`ConnectionSettings::max_pending_response_bytes`] set, queued answers also
+//! wait within a byte budget: a client that stops reading its responses only stalls itself,
+//! holding bounded memory.
+//!
+//! A frame that cannot be decoded gets an error and closes its connection; what happens on an
+//! unsupported request code or a bad body is the service's call. Requests of the code that
+//! [`FrameService::batched_code`] names, read back to back, are answered together (the broker
+//! combines sends into one append).
+//!
+//! The service is a type parameter, not a trait object: each server gets its own copy of the
+//! loop, with no dynamic dispatch per frame.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::frame::FrameError;
+use crate::{ErrorCode, Frame, FrameCodec, RequestCode};
+
+/// Most requests of the batched code answered together: bounds the latency the first of them
+/// waits for the rest.
+pub const MAX_BATCH: usize = 64;
+
+/// A future answer to one request.
+pub type PendingAnswer<E> = Pin<Box<dyn Future<Output = Result<Bytes, E>> + Send>>;
+
+/// How a service answers one request.
+pub enum Answer<E> {
+    /// Answered now: the body of the response, or why the request failed.
+    Now(Result<Bytes, E>),
+    /// Answered when the future completes; it runs as a task of the connection.
+    Later(PendingAnswer<E>),
+}
+
+impl<E: Send + 'static> Answer<E> {
+    /// Answers inline when `work` completes without waiting, else as a task of the connection.
+    pub fn now_or_later(work: impl Future<Output = Result<Bytes, E>> + Send + 'static) -> Answer<E> {
+        let mut work = Box::pin(work);
+        match (&mut work).now_or_never() {
+            Some(result) => Answer::Now(result),
+            None => Answer::Later(work),
+        }
+    }
+}
+
+/// What [`serve_connection`] does after a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterError {
+    /// Answer the error (unless the request was one-way) and go on reading.
+    Answer,
+    /// Answer the error, even to a one-way request, and close the connection.
+    AnswerAndClose,
+}
+
+/// The part of a connection that differs between services: how requests are answered, how errors
+/// become frames, and what is counted and logged.
+pub trait FrameService: Send + Sync + 'static {
+    /// Why a request failed.
+    type Error: Send + 'static;
+
+    /// Answers one request from `peer`.
+    fn answer(&self, code: RequestCode, body: Bytes, peer: SocketAddr) -> Answer<Self::Error>;
+
+    /// Requests of this code, read back to back, go to [`FrameService::answer_batch`] together.
+    fn batched_code(&self) -> Option<RequestCode> {
+        None
+    }
+
+    /// Answers requests of [`FrameService::batched_code`] together, one answer per body, in order.
+    fn answer_batch(&self, bodies: Vec<Bytes>, peer: SocketAddr) -> Vec<Answer<Self::Error>> {
+        let code = self
+            .batched_code()
+            .expect("answer_batch is only called for the batched code");
+        bodies.into_iter().map(|body| self.answer(code, body, peer)).collect()
+    }
+
+    /// The error response to request `request_id` (counting and logging it as the service does).
+    fn error_frame(&self, request_id: u64, error: Self::Error) -> Frame;
+
+    /// Called for every failed request before it is answered; `deferred` when the answer came
+    /// from a task ([`Answer::Later`]), where the connection can no longer be closed.
+    fn after_error(
+        &self,
+        _peer: SocketAddr,
+        _code: RequestCode,
+        _error: &Self::Error,
+        _oneway: bool,
+        _deferred: bool,
+    ) -> AfterError {
+        AfterError::Answer
+    }
+
+    /// The answer to a frame whose request code this service does not know (`code` as sent), and
+    /// whether the connection closes after it.
+    fn unsupported(&self, peer: SocketAddr, request_id: u64, code: u32) -> (Frame, AfterError);
+
+    /// A frame could not be decoded (it closes the connection), or its code was unknown.
+    fn malformed_frame(&self) {}
+
+    /// A connection was accepted.
+    fn connection_opened(&self, _peer: SocketAddr) {}
+
+    /// The connection stopped reading (peer closed, bad frame or shutdown). Called before waiting
+    /// for the requests still running, which may take a while (long polls).
+    fn connection_reader_closed(&self, _peer: SocketAddr) {}
+
+    /// The connection is closed and its requests done.
+    fn connection_closed(&self, _peer: SocketAddr) {}
+}
+
+/// Limits of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// Codec with the largest frame the server accepts.
+    pub codec: FrameCodec,
+    /// Requests running at once ([`Answer::Later`]); more wait for a slot. Also the length of the
+    /// writer's queue.
+    pub max_inflight: usize,
+    /// Bytes of responses queued for the writer before answers wait; `None`: bounded by
+    /// `max_inflight` frames only.
+    pub max_pending_response_bytes: Option<usize>,
+}
+
+/// Responses waiting for the writer, bounded in number and, with a budget, in bytes.
+#[derive(Clone)]
+struct Responses {
+    frames_tx: mpsc::Sender<(Frame, Option<OwnedSemaphorePermit>)>,
+    /// One permit per KiB of queued responses.
+    budget: Option<(Arc<Semaphore>, u32)>,
+}
+
+impl Responses {
+    /// Queues a response, waiting while the connection's queued bytes are over budget.
+    async fn send(&self, frame: Frame) -> Result<(), ()> {
+        let permit = match &self.budget {
+            Some((budget, budget_kib)) => {
+                // A single response larger than the budget takes all of it rather than waiting forever.
+                let kib = (frame.encoded_len() / 1024 + 1).min(*budget_kib as usize) as u32;
+                Some(budget.clone().acquire_many_owned(kib).await.map_err(drop)?)
+            }
+            None => None,
+        };
+        self.frames_tx.send((frame, permit)).await.map_err(drop)
+    }
+}
+
+async fn write_frames(
+    mut sink: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    mut frames: mpsc::Receiver<(Frame, Option<OwnedSemaphorePermit>)>,
+) {
+    let mut written = Vec::new();
+    while let Some((frame, permit)) = frames.recv().await {
+        if sink.feed(frame).await.is_err() {
+            return;
+        }
+        written.extend(permit);
+        // Write everything already queued with one flush: pipelined clients share syscalls.
+        while let Ok((frame, permit)) = frames.try_recv() {
+            if sink.feed(frame).await.is_err() {
+                return;
+            }
+            written.extend(permit);
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+        // The bytes left the process: give their budget back.
+        written.clear();
+    }
+}
+
+/// What answering a request on one connection needs.
+struct Connection<'a, S: FrameService> {
+    service: &'a Arc<S>,
+    peer: SocketAddr,
+    responses: &'a Responses,
+    permits: &'a Arc<Semaphore>,
+    tasks: &'a TaskTracker,
+}
+
+impl<S: FrameService> Connection<'_, S> {
+    /// Sends (or schedules) the answer to one request. False when the connection must close.
+    async fn dispatch(&self, code: RequestCode, answer: Answer<S::Error>, request_id: u64, oneway: bool) -> bool {
+        match answer {
+            Answer::Now(Ok(body)) => oneway || self.responses.send(Frame::response(request_id, body)).await.is_ok(),
+            Answer::Now(Err(error)) => {
+                let after = self.service.after_error(self.peer, code, &error, oneway, false);
+                let close = after == AfterError::AnswerAndClose;
+                if (!oneway || close)
+                    && self
+                        .responses
+                        .send(self.service.error_frame(request_id, error))
+                        .await
+                        .is_err()
+                {
+                    return false;
+                }
+                !close
+            }
+            Answer::Later(pending) => {
+                let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                    return false;
+                };
+                let responses = self.responses.clone();
+                let service = self.service.clone();
+                let peer = self.peer;
+                self.tasks.spawn(async move {
+                    let result = pending.await;
+                    if let Err(error) = &result {
+                        service.after_error(peer, code, error, oneway, true);
+                    }
+                    if !oneway {
+                        let frame = match result {
+                            Ok(body) => Frame::response(request_id, body),
+                            Err(error) => service.error_frame(request_id, error),
+                        };
+                        let _ = responses.send(frame).await;
+                    }
+                    drop(permit);
+                });
+                true
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection until the peer closes it, a frame cannot be decoded, the
+/// service closes it, or `shutdown` is cancelled; returns once the connection's requests finished.
+pub async fn serve_connection<S: FrameService>(
+    service: Arc<S>,
+    settings: ConnectionSettings,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    service.connection_opened(peer);
+    tracing::debug!(%peer, "connection opened");
+    let (read_half, write_half) = stream.into_split();
+    let mut frames = FramedRead::with_capacity(read_half, settings.codec.clone(), 64 * 1024);
+    let mut sink = FramedWrite::new(write_half, settings.codec);
+    sink.set_backpressure_boundary(256 * 1024);
+    let (frames_tx, frames_rx) = mpsc::channel(settings.max_inflight);
+    let responses = Responses {
+        frames_tx,
+        budget: settings.max_pending_response_bytes.map(|bytes| {
+            let budget_kib = (bytes / 1024).max(1) as u32;
+            (Arc::new(Semaphore::new(budget_kib as usize)), budget_kib)
+        }),
+    };
+    let tasks = TaskTracker::new();
+    tasks.spawn(write_frames(sink, frames_rx));
+    let permits = Arc::new(Semaphore::new(settings.max_inflight));
+    let connection = Connection {
+        service: &service,
+        peer,
+        responses: &responses,
+        permits: &permits,
+        tasks: &tasks,
+    };
+    let batched_code = service.batched_code();
+    // A frame read while gathering a batch that was not itself of the batched code: handled next.
+    let mut carried: Option<Option<Result<Frame, FrameError>>> = None;
+    loop {
+        let next = match carried.take() {
+            Some(next) => next,
+            None => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = frames.next() => next,
+            },
+        };
+        let frame = match next {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                service.malformed_frame();
+                tracing::warn!(%peer, %error, "malformed frame; closing connection");
+                let _ = responses
+                    .send(Frame::error(0, ErrorCode::MalformedFrame, error.to_string()))
+                    .await;
+                break;
+            }
+        };
+        let request_id = frame.header.request_id;
+        let oneway = frame.is_oneway();
+        let Some(code) = RequestCode::from_u32(frame.header.code).filter(|_| !frame.is_response()) else {
+            service.malformed_frame();
+            let (answer, after) = service.unsupported(peer, request_id, frame.header.code);
+            if responses.send(answer).await.is_err() || after == AfterError::AnswerAndClose {
+                break;
+            }
+            continue;
+        };
+        if Some(code) != batched_code {
+            let answer = service.answer(code, frame.body, peer);
+            if !connection.dispatch(code, answer, request_id, oneway).await {
+                break;
+            }
+            continue;
+        }
+        // Requests of the batched code already read are answered together.
+        let mut batch = vec![(request_id, oneway, frame.body)];
+        while batch.len() < MAX_BATCH {
+            match frames.next().now_or_never() {
+                Some(Some(Ok(next))) if !next.is_response() && next.header.code == code as u32 => {
+                    batch.push((next.header.request_id, next.is_oneway(), next.body));
+                }
+                Some(other) => {
+                    carried = Some(other);
+                    break;
+                }
+                None => break,
+            }
+        }
+        let (ids, bodies): (Vec<(u64, bool)>, Vec<Bytes>) = batch
+            .into_iter()
+            .map(|(request_id, oneway, body)| ((request_id, oneway), body))
+            .unzip();
+        let answers = service.answer_batch(bodies, peer);
+        let mut open = true;
+        for ((request_id, oneway), answer) in ids.into_iter().zip(answers) {
+            if !connection.dispatch(code, answer, request_id, oneway).await {
+                open = false;
+                break;
+            }
+        }
+        if !open {
+            break;
+        }
+    }
+    service.connection_reader_closed(peer);
+    drop(responses);
+    tasks.close();
+    tasks.wait().await;
+    service.connection_closed(peer);
+    tracing::debug!(%peer, "connection closed");
+}
