@@ -354,3 +354,224 @@ pub async fn serve_connection<S: FrameService>(
     service.connection_closed(peer);
     tracing::debug!(%peer, "connection closed");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::frame::FLAG_ONEWAY;
+
+    /// A service whose answers the test chooses by body: `later` waits for `release`, `fail`
+    /// fails, `close` fails and closes the connection; anything else is echoed.
+    #[derive(Default)]
+    struct Scripted {
+        release: Arc<Notify>,
+        batches: Mutex<Vec<usize>>,
+        malformed: AtomicU32,
+        opened: AtomicU32,
+        closed: AtomicU32,
+    }
+
+    impl FrameService for Scripted {
+        type Error = String;
+
+        fn answer(&self, _code: RequestCode, body: Bytes, _peer: SocketAddr) -> Answer<String> {
+            match &body[..] {
+                b"later" => {
+                    let release = self.release.clone();
+                    Answer::Later(Box::pin(async move {
+                        release.notified().await;
+                        Ok(body)
+                    }))
+                }
+                b"fail" => Answer::Now(Err("failed as asked".to_owned())),
+                b"close" => Answer::Now(Err("closing as asked".to_owned())),
+                _ => Answer::Now(Ok(body)),
+            }
+        }
+
+        fn batched_code(&self) -> Option<RequestCode> {
+            Some(RequestCode::Send)
+        }
+
+        fn answer_batch(&self, bodies: Vec<Bytes>, peer: SocketAddr) -> Vec<Answer<String>> {
+            self.batches.lock().unwrap().push(bodies.len());
+            bodies
+                .into_iter()
+                .map(|body| self.answer(RequestCode::Send, body, peer))
+                .collect()
+        }
+
+        fn error_frame(&self, request_id: u64, error: String) -> Frame {
+            Frame::error(request_id, ErrorCode::InvalidArgument, error)
+        }
+
+        fn after_error(&self, _: SocketAddr, _: RequestCode, error: &String, _: bool, _: bool) -> AfterError {
+            if error.starts_with("closing") {
+                AfterError::AnswerAndClose
+            } else {
+                AfterError::Answer
+            }
+        }
+
+        fn unsupported(&self, _peer: SocketAddr, request_id: u64, code: u32) -> (Frame, AfterError) {
+            let message = format!("request code {code} is not supported");
+            (
+                Frame::error(request_id, ErrorCode::UnsupportedRequest, message),
+                AfterError::Answer,
+            )
+        }
+
+        fn malformed_frame(&self) {
+            self.malformed.fetch_add(1, Ordering::Relaxed);
+        }
+
+        fn connection_opened(&self, _peer: SocketAddr) {
+            self.opened.fetch_add(1, Ordering::Relaxed);
+        }
+
+        fn connection_closed(&self, _peer: SocketAddr) {
+            self.closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    type Client = (
+        FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+        FramedWrite<OwnedWriteHalf, FrameCodec>,
+    );
+
+    /// A server of `service` for one connection on a loopback port, and a client connected to it.
+    async fn serve_one(service: Arc<Scripted>) -> (Client, TaskTracker) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tasks = TaskTracker::new();
+        tasks.spawn(async move {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let settings = ConnectionSettings {
+                codec: FrameCodec::new(1 << 20),
+                max_inflight: 4,
+                max_pending_response_bytes: Some(64 * 1024),
+            };
+            serve_connection(service, settings, stream, peer, CancellationToken::new()).await;
+        });
+        tasks.close();
+        let (read_half, write_half) = TcpStream::connect(addr).await.unwrap().into_split();
+        let codec = FrameCodec::new(1 << 20);
+        (
+            (
+                FramedRead::new(read_half, codec.clone()),
+                FramedWrite::new(write_half, codec),
+            ),
+            tasks,
+        )
+    }
+
+    fn request(request_id: u64, code: RequestCode, body: &'static str) -> Frame {
+        Frame::request(request_id, code, Bytes::from_static(body.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_by_id_with_back_to_back_sends_in_one_batch() {
+        let service = Arc::new(Scripted::default());
+        let ((mut responses, mut requests), tasks) = serve_one(service.clone()).await;
+        let mut oneway = request(6, RequestCode::TopicRoute, "unanswered");
+        oneway.header.flags |= FLAG_ONEWAY;
+        for frame in [
+            request(1, RequestCode::Send, "a"),
+            request(2, RequestCode::Send, "b"),
+            request(3, RequestCode::Send, "c"),
+            request(4, RequestCode::TopicRoute, "later"),
+            request(5, RequestCode::TopicRoute, "now"),
+            oneway,
+            request(7, RequestCode::TopicRoute, "fail"),
+        ] {
+            requests.feed(frame).await.unwrap();
+        }
+        requests.flush().await.unwrap();
+
+        let mut answered = Vec::new();
+        while answered.len() < 5 {
+            let frame = responses.next().await.unwrap().unwrap();
+            assert!(frame.is_response());
+            answered.push((frame.header.request_id, frame.error_code(), frame.body));
+        }
+        // Request 4 waits for its task: everything after it was answered first.
+        assert_eq!(
+            answered,
+            [
+                (1, ErrorCode::Ok, Bytes::from_static(b"a")),
+                (2, ErrorCode::Ok, Bytes::from_static(b"b")),
+                (3, ErrorCode::Ok, Bytes::from_static(b"c")),
+                (5, ErrorCode::Ok, Bytes::from_static(b"now")),
+                (7, ErrorCode::InvalidArgument, Bytes::new()),
+            ]
+        );
+        service.release.notify_one();
+        let later = responses.next().await.unwrap().unwrap();
+        assert_eq!((later.header.request_id, &later.body[..]), (4, &b"later"[..]));
+        assert_eq!(
+            *service.batches.lock().unwrap(),
+            [3],
+            "the three sends arrived together"
+        );
+
+        drop(requests);
+        assert!(responses.next().await.is_none(), "one-way request 6 got no answer");
+        tasks.wait().await;
+        assert_eq!(service.opened.load(Ordering::Relaxed), 1);
+        assert_eq!(service.closed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn unknown_codes_are_answered_while_closing_errors_and_bad_frames_close() {
+        let service = Arc::new(Scripted::default());
+        let ((mut responses, mut requests), tasks) = serve_one(service.clone()).await;
+        let mut unknown = request(1, RequestCode::TopicRoute, "x");
+        unknown.header.code = 9_999;
+        requests.send(unknown).await.unwrap();
+        let answer = responses.next().await.unwrap().unwrap();
+        assert_eq!(
+            (answer.header.request_id, answer.error_code()),
+            (1, ErrorCode::UnsupportedRequest)
+        );
+        assert_eq!(service.malformed.load(Ordering::Relaxed), 1);
+        // The service chose to keep the connection: the next request is served.
+        requests
+            .send(request(2, RequestCode::TopicRoute, "still here"))
+            .await
+            .unwrap();
+        assert_eq!(&responses.next().await.unwrap().unwrap().body[..], b"still here");
+        // An error the service closes on is answered even to a one-way request, then the
+        // connection closes.
+        let mut closing = request(3, RequestCode::TopicRoute, "close");
+        closing.header.flags |= FLAG_ONEWAY;
+        requests.send(closing).await.unwrap();
+        let answer = responses.next().await.unwrap().unwrap();
+        assert_eq!(
+            (answer.header.request_id, answer.error_code()),
+            (3, ErrorCode::InvalidArgument)
+        );
+        assert!(responses.next().await.is_none());
+        tasks.wait().await;
+
+        // A frame that cannot be decoded gets MalformedFrame for request 0, then the connection closes.
+        let ((mut responses, requests), tasks) = serve_one(service.clone()).await;
+        let mut raw = requests.into_inner();
+        raw.write_all(&[0xFF; 8]).await.unwrap();
+        let answer = responses.next().await.unwrap().unwrap();
+        assert_eq!(
+            (answer.header.request_id, answer.error_code()),
+            (0, ErrorCode::MalformedFrame)
+        );
+        assert!(responses.next().await.is_none());
+        tasks.wait().await;
+        assert_eq!(service.malformed.load(Ordering::Relaxed), 2);
+        assert_eq!(service.closed.load(Ordering::Relaxed), 2);
+    }
+}
