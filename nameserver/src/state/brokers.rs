@@ -179,18 +179,15 @@ impl Brokers<'_> {
         for slave in &registration.in_sync {
             validate_group(slave)?;
         }
-        let group = self
-            .groups
-            .entry(group_name.clone())
-            .or_insert_with(|| BrokerGroup {
-                name: group_name.clone(),
-                epoch: 0,
-                members: BTreeMap::new(),
-                master: None,
-                in_sync: Vec::new(),
-                preferred: None,
-                history: Vec::new(),
-            });
+        let group = self.groups.entry(group_name.clone()).or_insert_with(|| BrokerGroup {
+            name: group_name.clone(),
+            epoch: 0,
+            members: BTreeMap::new(),
+            master: None,
+            in_sync: Vec::new(),
+            preferred: None,
+            history: Vec::new(),
+        });
         if group.master.as_deref() == Some(registration.name.as_str()) && registration.epoch == group.epoch {
             let mut in_sync: Vec<String> = registration
                 .in_sync
