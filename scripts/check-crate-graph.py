@@ -8,7 +8,9 @@ on"). This script reads `cargo metadata --format-version 1 --no-deps` (or a save
 - normal and build dependencies must be in the crate's `allow` list;
 - dev-dependencies may also name the policy's `dev_extra` crates, unless the crate opts out;
 - nothing may depend on a `forbidden` crate (meridian-cli), in any kind of dependency;
-- every workspace package must have a row in the policy, and every row a package.
+- every workspace package must have a row in the policy, and every row a package;
+- the crate table of docs/architecture.md has the same crates, and each "may depend on" cell is
+  word for word the row's `design` text in the policy.
 
 It also draws each crate's module graph from its sources (`use crate::...`, `super::...`,
 `self::...` and paths to child modules, in the files under the crate's `src/`, comments, strings
@@ -37,6 +39,7 @@ from pathlib import Path
 SCRIPT_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SCRIPT_DIR.parent
 DEFAULT_POLICY = SCRIPT_DIR / "crate-graph.json"
+DEFAULT_ARCHITECTURE = REPO_ROOT / "docs" / "architecture.md"
 
 # The two rules docs/architecture.md states in words under its table. A policy file that breaks them is
 # refused outright, whatever else it says.
@@ -548,14 +551,54 @@ def module_circles(metadata, policy):
     return violations, warnings, read
 
 
-def run_check(metadata_path, policy_path):
+def architecture_table(path):
+    """{crate name: "may depend on" text} from the `## Crates` table of docs/architecture.md."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise PolicyError(f"cannot read {path}: {error}") from error
+    section = re.search(r"^## Crates\n(.*?)(?=^## )", text + "\n## end", re.S | re.M)
+    if section is None:
+        raise PolicyError(f"{path} has no '## Crates' section with the crate table")
+    rows = {}
+    for line in section.group(1).splitlines():
+        match = re.match(r"^\|\s*`([a-z]+)`\s*\|.*\|\s*([^|]*?)\s*\|\s*$", line)
+        if match:
+            rows[f"meridian-{match.group(1)}"] = match.group(2)
+    if not rows:
+        raise PolicyError(f"{path}: the '## Crates' section has no table rows like | `proto` | owns | may depend on |")
+    return rows
+
+
+def check_architecture(policy, architecture_path):
+    """The crate table of docs/architecture.md says what the policy says: same crates, and each
+    "may depend on" cell word for word the row's `design` text."""
+    rows = architecture_table(architecture_path)
+    problems = []
+    for crate in sorted(set(policy.crates) - set(rows)):
+        problems.append(f"{crate}: in scripts/crate-graph.json but has no row in {architecture_path}'s crate table")
+    for crate in sorted(set(rows) - set(policy.crates)):
+        problems.append(f"{crate}: has a row in {architecture_path}'s crate table but none in scripts/crate-graph.json")
+    for crate in sorted(set(rows) & set(policy.crates)):
+        design = policy.crates[crate]["design"]
+        if rows[crate] != design:
+            problems.append(
+                f"{crate}: {architecture_path} says it may depend on {rows[crate]!r}, scripts/crate-graph.json "
+                f"says {design!r}; make them say the same"
+            )
+    return problems
+
+
+def run_check(metadata_path, policy_path, architecture_path=DEFAULT_ARCHITECTURE):
     try:
         policy = load_policy(policy_path)
         metadata = read_metadata(metadata_path)
+        architecture_problems = check_architecture(policy, architecture_path)
     except PolicyError as error:
         print(f"crate graph check: {error}", file=sys.stderr)
         return 2
     violations, crate_count = check(metadata, policy)
+    violations += architecture_problems
     circle_violations, circle_warnings, crates_read = module_circles(metadata, policy)
     for warning in circle_warnings:
         print(warning)
@@ -813,6 +856,13 @@ def self_test(policy_path):
             ["meridian-broker: module circle (2 files)"],
         ),
         (
+            "the architecture document's crate table must say what the policy says",
+            clean,
+            {"__architecture__": ("| `ui` | the web console (not built yet) | the HTTP APIs above, not their internals |", "| `ui` | the web console | proto, client, broker |")},
+            1,
+            ["meridian-ui: ", "says it may depend on 'proto, client, broker'", "make them say the same"],
+        ),
+        (
             "comments, strings, char literals and test modules are not imports",
             with_sources(clean, "meridian-nameserver", layered_sources),
             None,
@@ -829,7 +879,16 @@ def self_test(policy_path):
             metadata_path = Path(scratch) / f"metadata-{index}.json"
             metadata_path.write_text(json.dumps(metadata), encoding="utf-8")
             case_policy_path = policy_path
-            if policy_override is not None:
+            architecture_arguments = []
+            if policy_override and "__architecture__" in policy_override:
+                policy_override = dict(policy_override)
+                before, after = policy_override.pop("__architecture__")
+                document = DEFAULT_ARCHITECTURE.read_text(encoding="utf-8")
+                assert before in document, f"self-test: {DEFAULT_ARCHITECTURE} lacks the line {before!r}"
+                doctored_document = Path(scratch) / f"architecture-{index}.md"
+                doctored_document.write_text(document.replace(before, after), encoding="utf-8")
+                architecture_arguments = ["--architecture", str(doctored_document)]
+            if policy_override:
                 doctored_policy = copy.deepcopy(raw_policy)
                 for crate, row in policy_override.items():
                     if crate in doctored_policy["crates"]:
@@ -846,6 +905,7 @@ def self_test(policy_path):
                     str(metadata_path),
                     "--policy",
                     str(case_policy_path),
+                    *architecture_arguments,
                 ],
                 capture_output=True,
                 text=True,
@@ -875,11 +935,17 @@ def main():
     parser.add_argument(
         "--policy", metavar="FILE", default=str(DEFAULT_POLICY), help="policy JSON (default: %(default)s)"
     )
+    parser.add_argument(
+        "--architecture",
+        metavar="FILE",
+        default=str(DEFAULT_ARCHITECTURE),
+        help="the document whose crate table must match the policy (default: %(default)s)",
+    )
     parser.add_argument("--self-test", action="store_true", help="check the checker on doctored metadata")
     arguments = parser.parse_args()
     if arguments.self_test:
         return self_test(arguments.policy)
-    return run_check(arguments.metadata, arguments.policy)
+    return run_check(arguments.metadata, arguments.policy, arguments.architecture)
 
 
 if __name__ == "__main__":
