@@ -7,8 +7,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::CommandError;
-use crate::state::{Command, Response};
+use crate::state::{Command, CommandError, Response};
 
 /// Identifies a nameserver in the Raft cluster. Stable for the life of its data dir.
 pub type NodeId = u64;
