@@ -160,6 +160,7 @@ impl Broker {
             advertise_addr,
             config,
             shutdown,
+            oneway_failure_log: meridian_proto::throttle::Throttle::new(Duration::from_secs(10)),
         });
         Ok(Broker { listener, state })
     }
@@ -324,6 +325,25 @@ fn to_frame(state: &BrokerState, request_id: u64, result: Result<Bytes>) -> Fram
     }
 }
 
+/// A one-way request failed: no answer carries the error, so it is counted (by code, in
+/// `oneway_failures` and `errors`) and logged at most once per 10 s, never dropped in silence.
+fn oneway_failed(state: &BrokerState, peer: SocketAddr, error: &BrokerError) {
+    let labels = ErrorLabels {
+        code: error.code().as_str(),
+    };
+    state.metrics.errors.get_or_create(&labels).inc();
+    state.metrics.oneway_failures.get_or_create(&labels).inc();
+    if let Some(left_out) = state.oneway_failure_log.due() {
+        tracing::warn!(
+            %peer,
+            code = labels.code,
+            %error,
+            other_failures_not_logged = left_out,
+            "one-way request failed; its sender gets no answer (logged at most once per 10 s, counted in oneway_failures)"
+        );
+    }
+}
+
 /// Most sends combined into one append: bounds the latency the first of them waits for the rest.
 const MAX_COMBINED_SENDS: usize = 64;
 
@@ -355,7 +375,7 @@ impl ConnectionState<'_> {
                         return false;
                     }
                 } else if let Err(error) = result {
-                    tracing::debug!(peer = %self.peer, %error, "one-way request failed");
+                    oneway_failed(self.state, self.peer, &error);
                 }
                 if fatal {
                     tracing::warn!(peer = %self.peer, "malformed request body; closing connection");
@@ -369,10 +389,13 @@ impl ConnectionState<'_> {
                 };
                 let responses_tx = self.responses_tx.clone();
                 let state = self.state.clone();
+                let peer = self.peer;
                 self.tasks.spawn(async move {
                     let result = pending.await;
                     if !oneway {
                         let _ = responses_tx.send(to_frame(&state, request_id, result)).await;
+                    } else if let Err(error) = result {
+                        oneway_failed(&state, peer, &error);
                     }
                     drop(permit);
                 });
