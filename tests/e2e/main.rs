@@ -7,6 +7,7 @@ mod cluster;
 mod consumers;
 mod durability;
 mod faults;
+mod first_hour;
 mod governance;
 mod messaging;
 mod nameserver;
