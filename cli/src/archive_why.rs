@@ -14,11 +14,11 @@ pub fn nothing_archived(commitlog_dir: &Path, segment_size: u64, already: usize)
         .collect();
     let open_text = match open.first() {
         Some(start) => format!(
-            "the open segment (from commitlog offset {start}) is still being written, and a segment is archived only once it is full (segment_size = {segment_size} bytes) and sealed"
+            "the open segment (from commitlog offset {start}) is still being written: a segment is archived only once it is full (segment_size = {segment_size} bytes) and sealed"
         ),
         None => format!("no commitlog segment is in {}", commitlog_dir.display()),
     };
     format!(
-        "nothing to archive: {already} sealed segment(s) were archived before, and {open_text}; messages not archived yet are still served by the broker, and SQL in `meridian dev` reads them from its live log"
+        "nothing to archive: {already} sealed segment(s) were archived before; {open_text}; messages not archived yet are still served by the broker, and SQL in `meridian dev` reads them from its live log"
     )
 }

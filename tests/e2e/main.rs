@@ -12,6 +12,7 @@ mod governance;
 mod messaging;
 mod nameserver;
 mod near_by;
+mod readme;
 mod rebalance;
 mod replication;
 mod tracing;
