@@ -50,6 +50,12 @@ pub trait RouteSource: Send + Sync + 'static {
     fn routes_only_approved_topics(&self) -> bool {
         false
     }
+
+    /// Whether the source keeps an IDC map and brokers in several data centers (nameservers);
+    /// false for a lone broker, where knowing no data center is normal, not worth a warning.
+    fn has_idc_map(&self) -> bool {
+        false
+    }
 }
 
 /// Routes from one broker, asked directly (no nameserver).
@@ -169,6 +175,10 @@ fn failure_reason(error: &TransportError) -> String {
 
 impl RouteSource for NameserverRoute {
     fn routes_only_approved_topics(&self) -> bool {
+        true
+    }
+
+    fn has_idc_map(&self) -> bool {
         true
     }
 

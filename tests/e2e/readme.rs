@@ -59,7 +59,10 @@ fn section_steps(readme: &str, section: &str) -> Vec<Step> {
         if line.trim() != marker {
             continue;
         }
-        let fence = lines.by_ref().find(|line| line.starts_with("```")).expect("a block after the marker");
+        let fence = lines
+            .by_ref()
+            .find(|line| line.starts_with("```"))
+            .expect("a block after the marker");
         let is_shell = fence.trim_start_matches('`').trim() == "sh";
         for line in lines.by_ref().take_while(|line| !line.starts_with("```")) {
             if is_shell {
@@ -88,9 +91,8 @@ fn section_steps(readme: &str, section: &str) -> Vec<Step> {
 
 /// The bash script of `steps`: each command between markers the test splits the output by.
 fn script(steps: &[Step], substitutions: &BTreeMap<String, String>) -> String {
-    let mut script = String::from(
-        "set -u\ntrap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null' EXIT\nexec </dev/null\n",
-    );
+    let mut script =
+        String::from("set -u\ntrap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null' EXIT\nexec </dev/null\n");
     for (index, step) in steps.iter().enumerate() {
         let mut command = step.command.clone();
         for (from, to) in substitutions {
@@ -102,14 +104,18 @@ fn script(steps: &[Step], substitutions: &BTreeMap<String, String>) -> String {
             for (from, to) in substitutions {
                 background = background.replace(from, to);
             }
-            script.push_str(&format!("( {background}\n) > background-{index}.log 2>&1 &\necho '@@exit 0'\n"));
+            script.push_str(&format!(
+                "( {background}\n) > background-{index}.log 2>&1 &\necho '@@exit 0'\n"
+            ));
         } else if step.retried() && !step.expects_failure() {
             script.push_str(&format!(
                 "__tries=0\nwhile :; do __out=$( {{ {command}\n}} 2>&1 ); __code=$?\n  if [ $__code -eq 0 ] || [ $__tries -ge 100 ]; then break; fi\n  __tries=$((__tries+1)); sleep 0.3\ndone\nprintf '%s\\n' \"$__out\"\necho \"@@exit $__code\"\n"
             ));
         } else {
             // The newline ends output that has none (curl's JSON) before the marker.
-            script.push_str(&format!("{{ {command}\n}} 2>&1\n__code=$?\necho\necho \"@@exit $__code\"\n"));
+            script.push_str(&format!(
+                "{{ {command}\n}} 2>&1\n__code=$?\necho\necho \"@@exit $__code\"\n"
+            ));
         }
     }
     script
@@ -152,7 +158,13 @@ fn shape(line: &str) -> String {
 
 /// Runs `steps` as one script in `dir` (the repository root is the working directory) with
 /// `env`, and returns every problem found.
-fn run_section(section: &str, steps: &[Step], env: &[(&str, String)], substitutions: &BTreeMap<String, String>, work: &Path) -> Vec<String> {
+fn run_section(
+    section: &str,
+    steps: &[Step],
+    env: &[(&str, String)],
+    substitutions: &BTreeMap<String, String>,
+    work: &Path,
+) -> Vec<String> {
     let script_path = work.join(format!("readme-{section}.sh"));
     std::fs::write(&script_path, script(steps, substitutions)).unwrap();
     let bin_dir = meridian_bin().parent().expect("binary dir").to_owned();
@@ -197,7 +209,10 @@ fn run_section(section: &str, steps: &[Step], env: &[(&str, String)], substituti
     let mut problems = Vec::new();
     for (index, step) in steps.iter().enumerate() {
         let Some((printed, code)) = outputs.get(index) else {
-            problems.push(format!("[{section}] `{}` did not run (the script stopped before it)", step.command));
+            problems.push(format!(
+                "[{section}] `{}` did not run (the script stopped before it)",
+                step.command
+            ));
             continue;
         };
         let succeeded = *code == Some(0);
@@ -205,7 +220,11 @@ fn run_section(section: &str, steps: &[Step], env: &[(&str, String)], substituti
             problems.push(format!(
                 "[{section}] `{}` {} (exit {code:?}):\n{}",
                 step.command,
-                if succeeded { "succeeded, the README shows an error" } else { "failed" },
+                if succeeded {
+                    "succeeded, the README shows an error"
+                } else {
+                    "failed"
+                },
                 printed.join("\n")
             ));
             continue;
@@ -281,5 +300,9 @@ fn the_readme_runs_as_a_script() {
             .output();
     }
     assert!(Instant::now() < deadline, "the cluster section took over 120 s");
-    assert!(problems.is_empty(), "the README does not match the code:\n\n{}", problems.join("\n\n"));
+    assert!(
+        problems.is_empty(),
+        "the README does not match the code:\n\n{}",
+        problems.join("\n\n")
+    );
 }
