@@ -9,7 +9,9 @@ pub enum BrokerError {
     #[error(transparent)]
     Validation(#[from] ValidationError),
     /// The topic is not on this broker.
-    #[error("topic {0:?} does not exist on this broker; create it with `meridian topic create {0} --queues N`")]
+    #[error(
+        "topic {0:?} does not exist on this broker; create it with `meridian topic create {0} --queues N --broker HOST:PORT` (a standalone broker) or through its nameservers"
+    )]
     TopicNotFound(String),
     /// The queue id is outside the topic's queues.
     #[error("queue {queue_id} does not exist: topic {topic:?} has queues 0..{queues}")]

@@ -68,6 +68,8 @@ pub struct BrokerState {
     pub trace: Arc<crate::trace::TraceEmitter>,
     /// Queue locks of orderly consumers.
     pub locks: QueueLocks,
+    /// Throttles the warning for failed one-way requests (no answer carries their error).
+    pub oneway_failure_log: meridian_proto::throttle::Throttle,
 }
 
 impl BrokerState {
@@ -148,6 +150,7 @@ impl BrokerState {
                 Arc::default(),
             )),
             locks: QueueLocks::new(Duration::from_secs(30)),
+            oneway_failure_log: meridian_proto::throttle::Throttle::new(Duration::from_secs(10)),
         })
     }
 }
@@ -778,6 +781,13 @@ fn create_topic(state: &Arc<BrokerState>, body: Bytes) -> Reply {
 fn topic_route(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     let request: TopicRouteRequest = decode(body)?;
     validate::validate_topic(&request.topic)?;
+    // A governed broker creates a topic's queues before it puts the approval in force: answer
+    // only once both are, so `meridian topic approve|create` return when sends succeed.
+    if let Some(governance) = &state.governance
+        && !topics::is_system(&request.topic)
+    {
+        governance.check_approved(&request.topic)?;
+    }
     let queues = state
         .store
         .topic_queues(&request.topic)

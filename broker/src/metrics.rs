@@ -57,6 +57,8 @@ pub struct BrokerMetrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// Frames that could not be decoded (their connections were closed).
     pub malformed_frames: Counter,
+    /// One-way requests that failed, by code: their senders got no answer.
+    pub oneway_failures: Family<ErrorLabels, Counter>,
     /// Open client connections.
     pub connections: Gauge,
     /// Commitlog offset synced to disk.
@@ -114,6 +116,7 @@ impl Default for BrokerMetrics {
             requests: Family::default(),
             errors: Family::default(),
             malformed_frames: Counter::default(),
+            oneway_failures: Family::default(),
             connections: Gauge::default(),
             flushed_offset: Gauge::default(),
             dispatched_offset: Gauge::default(),
@@ -200,6 +203,11 @@ impl BrokerMetrics {
             "nameserver_registrations",
             "Full registrations sent to nameservers",
             metrics.nameserver_registrations.clone(),
+        );
+        registry.register(
+            "oneway_failures",
+            "One-way requests that failed, by error code; their senders got no answer",
+            metrics.oneway_failures.clone(),
         );
         registry.register(
             "evacuated_refusals",

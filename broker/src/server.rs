@@ -158,6 +158,7 @@ impl Broker {
             advertise_addr,
             config,
             shutdown,
+            oneway_failure_log: meridian_proto::throttle::Throttle::new(Duration::from_secs(10)),
         });
         Ok(Broker { listener, state })
     }
@@ -272,6 +273,25 @@ impl Broker {
     }
 }
 
+/// A one-way request failed: no answer carries the error, so it is counted (by code, in
+/// `oneway_failures` and `errors`) and logged at most once per 10 s, never dropped in silence.
+fn oneway_failed(state: &BrokerState, peer: SocketAddr, error: &BrokerError) {
+    let labels = ErrorLabels {
+        code: error.code().as_str(),
+    };
+    state.metrics.errors.get_or_create(&labels).inc();
+    state.metrics.oneway_failures.get_or_create(&labels).inc();
+    if let Some(left_out) = state.oneway_failure_log.due() {
+        tracing::warn!(
+            %peer,
+            code = labels.code,
+            %error,
+            other_failures_not_logged = left_out,
+            "one-way request failed; its sender gets no answer (logged at most once per 10 s, counted in oneway_failures)"
+        );
+    }
+}
+
 /// The broker's side of a framed connection: the loop itself is [`serve::serve_connection`].
 struct BrokerFrames {
     state: Arc<BrokerState>,
@@ -314,6 +334,9 @@ impl FrameService for BrokerFrames {
         oneway: bool,
         deferred: bool,
     ) -> AfterError {
+        if oneway {
+            oneway_failed(&self.state, peer, error);
+        }
         if deferred {
             return AfterError::Answer;
         }
@@ -321,9 +344,6 @@ impl FrameService for BrokerFrames {
             self.state.metrics.malformed_frames.inc();
             tracing::warn!(%peer, "malformed request body; closing connection");
             return AfterError::AnswerAndClose;
-        }
-        if oneway {
-            tracing::debug!(%peer, %error, "one-way request failed");
         }
         AfterError::Answer
     }

@@ -268,6 +268,12 @@ async fn run_now(broker: &BrokerConfig) -> Result<()> {
         megabytes(report.parquet_bytes),
         report.already_archived
     );
+    if report.archived.is_empty() {
+        let commitlog_dir = broker.data_dir.join("commitlog");
+        let reason =
+            crate::archive_why::nothing_archived(&commitlog_dir, broker.store.segment_size, report.already_archived);
+        println!("{reason}");
+    }
     Ok(())
 }
 

@@ -69,9 +69,13 @@ pub struct ProduceArgs {
     #[arg(long)]
     body: Option<String>,
     /// Deliver after a delay level: 1-18 = 1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h.
-    #[arg(long, conflicts_with = "deliver_at")]
+    #[arg(long, conflicts_with_all = ["deliver_at", "delay"])]
     delay_level: Option<u32>,
-    /// Deliver at this time: Unix ms or RFC 3339 UTC (2026-11-25T18:30:00Z), at most 30 days ahead.
+    /// Deliver after this long: 5s, 1m30s, 500ms, 2h, 1d (at most 30 days, as the SDK's `with_delay`).
+    #[arg(long, conflicts_with = "deliver_at")]
+    delay: Option<String>,
+    /// Deliver at this time: Unix ms, RFC 3339 UTC (2026-11-25T18:30:00Z) or +DURATION from now
+    /// (+5s), at most 30 days ahead.
     #[arg(long)]
     deliver_at: Option<String>,
     /// Ordered message: messages with the same sharding key go to the same queue, in order.
@@ -177,6 +181,29 @@ impl std::fmt::Display for ClientTarget {
     }
 }
 
+/// When to deliver, from `--delay DURATION` or `--deliver-at TIME|+DURATION`: relative delays
+/// are checked by the same rule as the SDK's `with_delay`, from the time of the command.
+fn deliver_at(args: &ProduceArgs) -> Result<Option<i64>> {
+    let relative = match (&args.delay, &args.deliver_at) {
+        (Some(delay), _) => Some(delay.as_str()),
+        (None, Some(at)) if at.trim_start().starts_with('+') => Some(at.as_str()),
+        (None, Some(at)) => {
+            let at =
+                meridian_tracer::http::parse_time("--deliver-at", at).map_err(|error| anyhow::anyhow!("{error}"))?;
+            return Ok(Some(at));
+        }
+        (None, None) => None,
+    };
+    let Some(relative) = relative else {
+        return Ok(None);
+    };
+    let delay_ms = meridian_proto::delay::parse_delay(relative)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64);
+    Ok(Some(now_ms + delay_ms))
+}
+
 fn build_message(args: &ProduceArgs, body: String, deliver_at: Option<i64>) -> Message {
     let mut message = Message::new(args.topic.clone(), Bytes::from(body)).with_keys(args.keys.clone());
     if let Some(tag) = &args.tag {
@@ -274,11 +301,7 @@ async fn produce_all(args: &ProduceArgs, sender: &Sender) -> Result<()> {
             }
         })),
     };
-    let deliver_at = args
-        .deliver_at
-        .as_deref()
-        .map(|at| meridian_tracer::http::parse_time("--deliver-at", at).map_err(|error| anyhow::anyhow!("{error}")))
-        .transpose()?;
+    let deliver_at = deliver_at(args)?;
     let mut pending = std::collections::VecDeque::new();
     let mut undecided = 0u64;
     while let Some(line) = lines_rx.recv().await {

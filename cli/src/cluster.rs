@@ -319,6 +319,15 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The HTTP address of the first node of `kind` (the tracer, the query service), if any.
+    fn service_http(&self, kind: Kind) -> Option<String> {
+        self.nodes
+            .iter()
+            .find(|node| node.kind == kind)
+            .and_then(|node| node.http)
+            .map(|http| http.to_string())
+    }
+
     fn node(&self, name: &str) -> Result<&Node> {
         self.nodes.iter().find(|node| node.name == name).ok_or_else(|| {
             anyhow!(
@@ -498,6 +507,9 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
             "idc": nameserver.idc,
             "data_dir": node_dir.join("data"),
             "members": if spec.nameservers.len() > 1 { members.clone() } else { Vec::new() },
+            // Clients find the tracer and the query service through the nameservers.
+            "tracer_http": spec.tracer.as_ref().map(|tracer| tracer.http.to_string()).unwrap_or_default(),
+            "query_http": spec.query.as_ref().map(|query| query.http.to_string()).unwrap_or_default(),
         }));
         merge(&mut config, &spec.overrides.nameserver);
         merge(&mut config, &nameserver.overrides);
@@ -1204,7 +1216,17 @@ pub async fn up(args: UpArgs) -> Result<()> {
     }
     println!("cluster up in {:.1} s", started.elapsed().as_secs_f64());
     print_table(&probe_all(&plan).await);
-    println!("clients: MERIDIAN_NAMESERVER={}", plan.nameservers.join(","));
+    let services = meridian_nameserver::service::Services {
+        tracer_http: plan.service_http(Kind::Tracer),
+        query_http: plan.service_http(Kind::Query),
+    };
+    println!(
+        "clients (or `eval \"$(meridian env --nameserver {})\"`):",
+        plan.nameservers[0]
+    );
+    for line in crate::env_cmds::client_variables(&plan.nameservers, &services) {
+        println!("  export {line}");
+    }
     println!("ready");
     Ok(())
 }

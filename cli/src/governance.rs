@@ -38,20 +38,41 @@ pub struct NameserverAddrs {
 /// Who makes a request or a decision; recorded in the history.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Who {
-    /// Who you are, recorded with the request or decision (default: $MERIDIAN_USER, else $USER).
+    /// Who you are, recorded with the request or decision (default: $MERIDIAN_USER, else $USER,
+    /// else the OS account running the command).
     #[arg(long = "by")]
     by: Option<String>,
 }
 
 impl Who {
     pub(crate) fn name(&self) -> Result<String> {
+        let non_empty = |name: String| (!name.trim().is_empty()).then_some(name);
         self.by
             .clone()
-            .or_else(|| std::env::var("MERIDIAN_USER").ok())
-            .or_else(|| std::env::var("USER").ok())
-            .filter(|name| !name.trim().is_empty())
+            .and_then(non_empty)
+            .or_else(|| std::env::var("MERIDIAN_USER").ok().and_then(non_empty))
+            .or_else(|| std::env::var("USER").ok().and_then(non_empty))
+            .or_else(|| os_account_name().and_then(non_empty))
             .ok_or_else(|| anyhow!("say who you are with --by NAME (or set MERIDIAN_USER): every request and decision records who made it"))
     }
+}
+
+/// The name of the OS account this process runs as (containers often leave `USER` unset).
+fn os_account_name() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let mut buffer = vec![0u8; 4096];
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into `entry` and `buffer`, both live and of the sizes given;
+    // `found` is null or points at `entry`, whose strings point into `buffer`.
+    let status = unsafe { libc::getpwuid_r(uid, &mut entry, buffer.as_mut_ptr().cast(), buffer.len(), &mut found) };
+    if status != 0 || found.is_null() || entry.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name is a NUL-terminated string inside `buffer`, still alive here.
+    let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+    name.to_str().ok().map(str::to_owned)
 }
 
 /// A decision that may say why: `approve NAME [--reason TEXT]`.
@@ -145,6 +166,10 @@ pub enum TopicCommand {
         /// Team that owns it.
         #[arg(long, default_value = "admin")]
         owner: String,
+        /// Create it on this standalone broker (started without nameservers) instead: no
+        /// request or approval, the broker serves it at once.
+        #[arg(long = "broker", conflicts_with = "on")]
+        broker: Option<String>,
         #[command(flatten)]
         who: Who,
         #[command(flatten)]
@@ -489,6 +514,15 @@ async fn placement(client: &NameserverClient, on: &[String], queues: u32) -> Res
 
 /// `meridian topic ...`.
 pub async fn topic(command: TopicCommand) -> Result<()> {
+    if let TopicCommand::Create {
+        name,
+        queues,
+        broker: Some(broker),
+        ..
+    } = &command
+    {
+        return create_on_standalone_broker(broker, name, *queues).await;
+    }
     let addrs = match &command {
         TopicCommand::Request { addrs, .. }
         | TopicCommand::Create { addrs, .. }
@@ -533,6 +567,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                     reason,
                 })
                 .await?;
+            wait_until_served(client, &name).await?;
             println!("topic {name} approved");
         }
         TopicCommand::Reject(DecideWithReason { name, reason, who, .. }) => {
@@ -754,6 +789,22 @@ fn print_history(history: &[Decision]) {
     }
 }
 
+/// `topic create --broker ADDR`: a standalone broker keeps its own topics, created at once.
+async fn create_on_standalone_broker(broker: &str, name: &str, queues: u32) -> Result<()> {
+    let pool = meridian_client::ConnectionPool::new(meridian_client::ClientConfig::default());
+    let route = std::sync::Arc::new(meridian_client::StaticRoute::new(broker.to_owned(), pool.clone()));
+    let admin = meridian_client::Admin::new(route, meridian_client::ClientConfig::default());
+    let created = admin
+        .create_topic(broker, name, queues)
+        .await
+        .with_context(|| format!("creating topic {name:?} on the standalone broker at {broker}"));
+    admin.shutdown().await;
+    pool.shutdown().await;
+    created?;
+    println!("topic {name} ready with {queues} queues on the standalone broker at {broker}");
+    Ok(())
+}
+
 /// The admin shortcut: requests and approves a topic as `by`, then waits until its brokers serve
 /// it. Returns the broker groups it was placed on.
 async fn create_topic(
@@ -873,7 +924,8 @@ pub async fn ensure_group(addrs: &NameserverAddrs, group: &str, topic: &str) -> 
     result
 }
 
-/// How long `create` waits for brokers to pick up an approval (they do on their next heartbeat).
+/// How long `create` and `approve` wait for brokers to apply an approval (they do on their next
+/// heartbeat).
 const SERVE_WAIT: Duration = Duration::from_secs(30);
 
 /// Waits until every broker group of the topic's route has a live master that serves it.
@@ -910,7 +962,7 @@ async fn wait_until_served(client: &NameserverClient, topic: &str) -> Result<()>
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!(
-        "topic {topic:?} is approved, but its brokers did not serve it within {SERVE_WAIT:?}: {last_problem}; brokers pick up approvals on their next heartbeat, check that they run with nameservers configured"
+        "topic {topic:?} is approved in the nameservers, but not every broker applied it within {SERVE_WAIT:?}: {last_problem}; brokers apply approvals on their next heartbeat: check that the broker named runs with these nameservers configured (`meridian cluster status`)"
     )
 }
 
@@ -922,14 +974,14 @@ async fn wait_until_known(client: &NameserverClient, group: &str, topics: &[Stri
     for topic in topics {
         for broker in client.route(topic).await?.brokers {
             if !broker.addr.is_empty() {
-                probes.push((broker.addr, topic.clone()));
+                probes.push((broker.broker_name, broker.addr, topic.clone()));
             }
         }
     }
     let mut last_problem = String::new();
     while Instant::now() < deadline {
         let mut pending = Vec::new();
-        for (master, topic) in &probes {
+        for (broker_name, master, topic) in &probes {
             let request = QueryOffsetRequest {
                 group: group.to_owned(),
                 topic: topic.clone(),
@@ -947,9 +999,9 @@ async fn wait_until_known(client: &NameserverClient, group: &str, topics: &[Stri
                     code: ErrorCode::NotApproved | ErrorCode::FailedPrecondition | ErrorCode::Unavailable,
                     message,
                     ..
-                }) => pending.push(format!("{master}: {message}")),
+                }) => pending.push(format!("broker {broker_name} ({master}): {message}")),
                 Err(TransportError::Remote { .. }) => {}
-                Err(error) => pending.push(format!("{master}: {error}")),
+                Err(error) => pending.push(format!("broker {broker_name} ({master}): {error}")),
             }
         }
         if pending.is_empty() {
@@ -959,7 +1011,7 @@ async fn wait_until_known(client: &NameserverClient, group: &str, topics: &[Stri
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!(
-        "consumer group {group:?} is approved, but its brokers did not accept it within {SERVE_WAIT:?}: {last_problem}"
+        "consumer group {group:?} is approved in the nameservers, but not every broker applied it within {SERVE_WAIT:?}: {last_problem}; brokers apply approvals on their next heartbeat: check that the broker named runs with these nameservers configured (`meridian cluster status`)"
     )
 }
 
@@ -1019,6 +1071,12 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
                     reason,
                 })
                 .await?;
+            let detail: GroupDetail = client.read(&Query::Group { name: name.clone() }).await?;
+            let topics: Vec<String> = detail
+                .group
+                .map(|group| group.topics.into_iter().collect())
+                .unwrap_or_default();
+            wait_until_known(client, &name, &topics).await?;
             println!("consumer group {name} approved");
         }
         GroupCommand::Reject(DecideWithReason { name, reason, who, .. }) => {

@@ -6,6 +6,7 @@
 
 mod archive_cmds;
 mod archive_steps;
+mod archive_why;
 mod bench;
 mod bench_messaging;
 mod bench_nameserver;
@@ -13,6 +14,7 @@ mod client_cmds;
 mod cluster;
 mod config;
 mod drill;
+mod env_cmds;
 mod governance;
 mod http;
 mod messaging_cmds;
@@ -27,7 +29,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "meridian", version, propagate_version = true)]
 struct Cli {
-    /// Log filter (e.g. `info`, `meridian_broker=debug`; RUST_LOG wins). Default: `info` for
+    /// Log filter (e.g. `info`, `meridian_broker=debug`; RUST_LOG wins). Default: Meridian's own
+    /// logs at `info` and its dependencies' (openraft, tantivy, DataFusion) at `warn` for
     /// services, `warn` for client commands.
     #[arg(long, global = true, env = "MERIDIAN_LOG")]
     log: Option<String>,
@@ -85,6 +88,9 @@ enum Command {
     Query(sql_cmds::QueryArgs),
     /// Run one SQL statement on the query service and print the answer; without one, a shell.
     Sql(sql_cmds::SqlArgs),
+    /// Print the variables a client of a running cluster needs (`eval "$(meridian env)"`):
+    /// its nameservers, tracer and query service, as the nameservers know them.
+    Env(env_cmds::EnvArgs),
 }
 
 /// Where a client command finds brokers: through the nameservers, or one standalone broker.
@@ -96,6 +102,10 @@ struct ClientTarget {
     #[arg(long = "broker", env = "MERIDIAN_BROKER_ADDR")]
     broker: Option<String>,
 }
+
+/// The default log filter of services: every `meridian*` target at `info`, dependencies at
+/// `warn` (openraft alone logs dozens of lines at `info` before the first request).
+const SERVICE_LOG: &str = "warn,meridian=info";
 
 fn init_logging(filter: &str) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
@@ -135,7 +145,7 @@ fn main() -> std::process::ExitCode {
             | Command::Query(_)
             | Command::Broker(governance::BrokerCli { command: None, .. })
     );
-    init_logging(cli.log.as_deref().unwrap_or(if serving { "info" } else { "warn" }));
+    init_logging(cli.log.as_deref().unwrap_or(if serving { SERVICE_LOG } else { "warn" }));
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -179,6 +189,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Trace(args) => trace_cmds::trace(args).await,
             Command::Query(args) => sql_cmds::query(args).await,
             Command::Sql(args) => sql_cmds::sql(args).await,
+            Command::Env(args) => env_cmds::env(args).await,
         }
     });
     // Blocking tasks (stdin readers) must not keep the process alive after the command is done.

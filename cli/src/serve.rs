@@ -143,12 +143,24 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     let mut registry = Registry::default();
     let http_listener = http::bind(args.http_listen).await?;
     let http_addr = http_listener.local_addr()?;
+    let mut broker_config: BrokerConfig = config::load("broker", args.config.as_deref())?;
+    // The archiver (and the query service over its archive) runs unless `--no-archive`.
+    let with_archive = !args.no_archive || broker_config.archive.enabled;
 
     let nameserver_config = NameserverConfig {
         listen: args.nameserver_listen,
         http_listen: None,
         data_dir: args.data_dir.join("nameserver"),
         idc: DEV_IDC.to_owned(),
+        // Clients of an all-in-one node are in its data center: no rule needed, no warning.
+        client_idc: DEV_IDC.to_owned(),
+        // The tracer and the query service share the one HTTP listener.
+        tracer_http: http_addr.to_string(),
+        query_http: if with_archive {
+            http_addr.to_string()
+        } else {
+            String::new()
+        },
         ..NameserverConfig::default()
     };
     let nameserver_metrics = Arc::new(NameserverMetrics::register(&mut registry));
@@ -157,7 +169,6 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         .context("starting the nameserver")?;
     let nameserver_addr = nameserver.local_addr();
 
-    let mut broker_config: BrokerConfig = config::load("broker", args.config.as_deref())?;
     broker_config.data_dir = args.data_dir.join("broker");
     broker_config.listen = args.broker_listen;
     broker_config.http_listen = None;
@@ -188,6 +199,8 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         let default_dir = meridian_broker::retention::default_archive_dir(&broker_config.data_dir);
         (broker_config.archive.clone(), default_dir)
     });
+    let commitlog_dir = broker_config.data_dir.join("commitlog");
+    let broker_idc = broker_config.idc.clone();
     let flush_mode = broker_config.store.flush_mode;
     let broker_name = broker_config.broker_name.clone();
     let broker_metrics = Arc::new(BrokerMetrics::register(&mut registry));
@@ -218,11 +231,21 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     // The query service reads the archive the archiver writes (nothing to read without one).
     let query_router = match &query_archive {
         Some((archive, default_dir)) => {
+            // `messages` is the archive plus what the broker stored since: SQL sees a message
+            // as soon as it is stored (docs/query.md, "The live tail").
+            let store = broker.store();
+            let tail = meridian_query::tail::TailSource {
+                broker: broker_name.clone(),
+                idc: (!broker_idc.is_empty()).then(|| broker_idc.clone()),
+                commitlog_dir: commitlog_dir.clone(),
+                stored_until: Arc::new(move || store.committed_offset()),
+            };
             let service = crate::sql_cmds::open_service(
                 archive,
                 default_dir,
                 meridian_query::QueryConfig::default(),
                 &mut registry,
+                vec![tail],
             )
             .await?;
             meridian_query::http::router(service)

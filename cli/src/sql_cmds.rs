@@ -60,10 +60,11 @@ pub async fn open_service(
     default_dir: &Path,
     limits: QueryConfig,
     registry: &mut Registry,
+    tail: Vec<meridian_query::tail::TailSource>,
 ) -> Result<Arc<QueryService>> {
     let store = ArchiveStore::open(archive, default_dir).context("opening the archive store")?;
     let metrics = Arc::new(QueryMetrics::register(registry));
-    let service = QueryService::open(store, limits, metrics)
+    let service = QueryService::open_with_tail(store, limits, metrics, tail)
         .await
         .context("starting the query service (reading the archive's manifests)")?;
     Ok(Arc::new(service))
@@ -84,6 +85,7 @@ pub async fn query(args: QueryArgs) -> Result<()> {
         Path::new("meridian-data/archive"),
         service_config.query.clone(),
         &mut registry,
+        Vec::new(),
     )
     .await?;
     let listener = http::bind(service_config.http_listen).await?;
@@ -124,14 +126,17 @@ pub struct SqlArgs {
     /// How to print the answer.
     #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
     format: String,
-    /// The query service (`meridian query`, or `meridian dev`'s HTTP address).
-    #[arg(long, env = "MERIDIAN_QUERY", default_value = "http://127.0.0.1:8080")]
-    server: String,
+    /// The query service (`meridian query`, or `meridian dev`'s HTTP address). Default: where
+    /// the nameservers say it is.
+    #[arg(long, env = "MERIDIAN_QUERY")]
+    server: Option<String>,
+    #[command(flatten)]
+    addrs: crate::governance::NameserverAddrs,
 }
 
 /// `POST /api/sql?format=F` with `sql` as the body: the status and the body. HTTP/1.0, so the
 /// answer ends when the connection closes.
-async fn post_sql(server: &str, sql: &str, format: &str) -> Result<(u16, Vec<u8>)> {
+async fn post_sql(server: &str, sql: &str, format: &str) -> Result<(u16, Option<String>, Vec<u8>)> {
     let addr = server.trim_start_matches("http://").trim_end_matches('/');
     let mut stream = tokio::net::TcpStream::connect(addr).await.with_context(|| {
         format!("connecting to the query service at {addr} (start `meridian dev` or `meridian query`, or set --server / MERIDIAN_QUERY)")
@@ -153,16 +158,25 @@ async fn post_sql(server: &str, sql: &str, format: &str) -> Result<(u16, Vec<u8>
         .nth(1)
         .and_then(|status| status.parse::<u16>().ok())
         .context("the query service's answer has no status")?;
-    Ok((status, response[split + 4..].to_vec()))
+    let empty_reason = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case(meridian_query::http::EMPTY_REASON)
+            .then(|| value.trim().to_owned())
+    });
+    Ok((status, empty_reason, response[split + 4..].to_vec()))
 }
 
 /// Runs one statement and prints the answer; an error answer becomes an error naming its kind.
 async fn run_one(server: &str, sql: &str, format: &str) -> Result<()> {
-    let (status, body) = post_sql(server, sql, format).await?;
+    let (status, empty_reason, body) = post_sql(server, sql, format).await?;
     if status == 200 {
         std::io::stdout().write_all(&body)?;
         if format == "json" {
             println!();
+        }
+        if let Some(reason) = empty_reason {
+            eprintln!("note: {reason}");
         }
         return Ok(());
     }
@@ -181,10 +195,12 @@ async fn run_one(server: &str, sql: &str, format: &str) -> Result<()> {
 
 /// `meridian sql`.
 pub async fn sql(args: SqlArgs) -> Result<()> {
+    let server =
+        crate::env_cmds::service_addr(args.server.clone(), &args.addrs, crate::env_cmds::Service::Query).await?;
     if let Some(statement) = &args.sql {
-        return run_one(&args.server, statement, &args.format).await;
+        return run_one(&server, statement, &args.format).await;
     }
-    shell(&args).await
+    shell(&args, &server).await
 }
 
 fn history_path() -> Option<PathBuf> {
@@ -221,12 +237,11 @@ impl StatementBuffer {
 /// ~/.meridian_sql_history, recalled by the up arrow in later sessions too; `\history` lists them.
 /// Piped input is read as is and adds nothing to the history, and the exit status says whether
 /// every statement succeeded.
-async fn shell(args: &SqlArgs) -> Result<()> {
+async fn shell(args: &SqlArgs, server: &str) -> Result<()> {
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         println!(
-            "meridian sql: connected to {}; end statements with ';', up arrow and \\history recall past ones, Ctrl-D quits",
-            args.server
+            "meridian sql: connected to {server}; end statements with ';', up arrow and \\history recall past ones, Ctrl-D quits"
         );
     }
     let history = history_path().filter(|_| interactive);
@@ -237,7 +252,7 @@ async fn shell(args: &SqlArgs) -> Result<()> {
     let reader = std::thread::spawn(move || read_statements(history.as_deref(), &statement_tx, &done_rx));
     let mut failures = 0usize;
     while let Some(statement) = statement_rx.recv().await {
-        if let Err(error) = run_one(&args.server, &statement, &args.format).await {
+        if let Err(error) = run_one(server, &statement, &args.format).await {
             failures += 1;
             eprintln!("error: {error:#}");
         }

@@ -101,9 +101,12 @@ pub struct TraceArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// The tracer's HTTP address (`meridian dev` serves it on its one listener).
-    #[arg(long, env = "MERIDIAN_TRACER", default_value = "127.0.0.1:8080")]
-    tracer: String,
+    /// The tracer's HTTP address (`meridian dev` serves it on its one listener). Default: where
+    /// the nameservers say it is.
+    #[arg(long, env = "MERIDIAN_TRACER")]
+    tracer: Option<String>,
+    #[command(flatten)]
+    addrs: crate::governance::NameserverAddrs,
 }
 
 fn encode(text: &str) -> String {
@@ -160,7 +163,9 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         }
         (None, None) => bail!("give a msgId or offset id, or --key K"),
     };
-    let (status, body) = get(&args.tracer, &path).await?;
+    let tracer =
+        crate::env_cmds::service_addr(args.tracer.clone(), &args.addrs, crate::env_cmds::Service::Tracer).await?;
+    let (status, body) = get(&tracer, &path).await?;
     if status != 200 {
         bail!(
             "{}",

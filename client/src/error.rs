@@ -27,6 +27,21 @@ pub enum ClientError {
         /// Its remark: names the problem and the fix.
         message: String,
     },
+    /// The nameservers approved the topic (they gave its route), but the broker group has not
+    /// applied the approval yet: brokers apply approvals on their next heartbeat. Retriable.
+    #[error(
+        "topic {topic:?} is approved in the nameservers, but broker group {broker_group:?} ({addr}) has not applied the approval yet (brokers apply approvals on their next heartbeat, about a second); retry in a moment. The broker said: {message}"
+    )]
+    ApprovalNotApplied {
+        /// The topic.
+        topic: String,
+        /// The broker group that refused it.
+        broker_group: String,
+        /// The address of the broker that refused it.
+        addr: String,
+        /// The broker's own refusal.
+        message: String,
+    },
     /// No nameserver answered a route lookup: each was down, unreachable or busy.
     #[error(
         "no nameserver answered the route lookup of topic {topic:?} (tried {}); check that the nameservers are running and reachable from this client",
@@ -126,7 +141,8 @@ impl ClientError {
             ClientError::Timeout { .. }
             | ClientError::Connect { .. }
             | ClientError::ConnectionClosed
-            | ClientError::NameserversUnreachable { .. } => true,
+            | ClientError::NameserversUnreachable { .. }
+            | ClientError::ApprovalNotApplied { .. } => true,
             _ => false,
         }
     }
@@ -135,6 +151,7 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Broker { code, .. } | ClientError::Nameserver { code, .. } => Some(*code),
+            ClientError::ApprovalNotApplied { .. } => Some(ErrorCode::NotApproved),
             _ => None,
         }
     }

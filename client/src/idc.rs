@@ -16,7 +16,13 @@ pub(crate) async fn detect(source: &dyn RouteSource, settings: &IdcSettings, who
         }
         None => (None, Vec::new()),
     };
-    let detected = local.decide(map, &known);
+    let mut detected = local.decide(map, &known);
+    if detected.idc.is_empty() && !source.has_idc_map() {
+        // A lone broker serves from one place: no data center to prefer, nothing to fix.
+        detected
+            .warnings
+            .retain(|warning| !warning.starts_with("no data center is known"));
+    }
     detected.log(who);
     detected
 }

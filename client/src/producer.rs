@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_proto::RequestCode;
 use meridian_proto::messages::{SendRequest, SendResponse, TopicRoute, perm};
 use meridian_proto::validate::validate_group;
+use meridian_proto::{ErrorCode, RequestCode};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
@@ -357,7 +357,15 @@ impl ProducerInner {
         let (queue, addr) = self.pick_queue(&batch.topic, &route, target, idc)?;
         request.queue_id = queue.queue_id as i32;
         let started = Instant::now();
-        let result = self.send_to(batch, request, delivery, &queue, &addr).await;
+        let mut result = self.send_to(batch, request, delivery, &queue, &addr).await;
+        if let Err(ClientError::Broker {
+            code: ErrorCode::NotApproved,
+            message,
+        }) = &result
+            && self.routes.source().routes_only_approved_topics()
+        {
+            result = Err(self.approval_not_applied(&batch.topic, &queue, &addr, message).await);
+        }
         match &result {
             Ok(_) => self.faults.succeeded(&queue.broker_name, started.elapsed()),
             // Refusals about the message itself say nothing about the broker.
@@ -367,6 +375,22 @@ impl ProducerInner {
             Err(_) => {}
         }
         result
+    }
+
+    /// The broker refused a topic the nameservers gave a route to. Asks the nameservers again: if
+    /// they still route it, the topic is approved and the broker is only behind; otherwise their
+    /// refusal (rejected, deleted) is the answer.
+    async fn approval_not_applied(&self, topic: &str, queue: &QueueId, addr: &str, message: &str) -> ClientError {
+        self.routes.invalidate(topic);
+        match self.routes.get(topic).await {
+            Ok(_) => ClientError::ApprovalNotApplied {
+                topic: topic.to_owned(),
+                broker_group: queue.broker_name.clone(),
+                addr: addr.to_owned(),
+                message: message.to_owned(),
+            },
+            Err(error) => error,
+        }
     }
 
     async fn send_to(
@@ -497,7 +521,6 @@ mod tests {
     use super::*;
     use crate::route::StaticRoute;
     use crate::test_support::{BROKER_NAME, FakeBroker, FakeNameserver, eventually, refused_addr};
-    use meridian_proto::ErrorCode;
     use meridian_proto::messages::BrokerRoute;
     use meridian_proto::properties::{self, KEYS, MSG_ID, TAGS};
     use meridian_proto::record::decode_all;
@@ -698,6 +721,49 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(broker.send_requests().len(), 1);
+        producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_broker_behind_the_nameservers_approval_is_named_and_retried() {
+        let broker = FakeBroker::start(&[("orders", 2)]).await;
+        let nameserver = FakeNameserver::start().await;
+        nameserver.set_route(TopicRoute {
+            topic: "orders".into(),
+            brokers: vec![BrokerRoute {
+                broker_name: BROKER_NAME.into(),
+                addr: broker.addr.clone(),
+                idc: String::new(),
+                queues: 2,
+                perm: perm::READ | perm::WRITE,
+                replicas: Vec::new(),
+            }],
+            evacuated_idcs: Vec::new(),
+        });
+        let producer = Producer::with_nameservers(
+            vec![nameserver.addr.clone()],
+            ProducerConfig {
+                retries: 1,
+                retry_backoff: Duration::from_millis(1),
+                ..ProducerConfig::default()
+            },
+        );
+        // Refused twice: both attempts fail, and the error says the broker is behind.
+        broker.fail_next_sends(&[ErrorCode::NotApproved, ErrorCode::NotApproved]);
+        let error = producer.send(Message::new("orders", "x")).await.unwrap_err();
+        assert!(
+            matches!(&error, ClientError::ApprovalNotApplied { topic, broker_group, .. } if topic == "orders" && broker_group == BROKER_NAME),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().contains("has not applied the approval yet"),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("request it"), "{error}");
+        // Refused once: the retry goes through once the broker caught up.
+        broker.fail_next_sends(&[ErrorCode::NotApproved]);
+        producer.send(Message::new("orders", "x")).await.unwrap();
+        assert_eq!(broker.message_count("orders"), 1);
         producer.shutdown().await;
     }
 

@@ -44,6 +44,18 @@ pub trait RouteSource: Send + Sync + 'static {
     fn idc_lookup<'a>(&'a self, _ip: Option<IpAddr>) -> IdcLookupFuture<'a> {
         Box::pin(async { None })
     }
+
+    /// Whether a route from this source means the topic is approved (nameservers give no route
+    /// to a topic awaiting approval); false for a lone broker, which serves every topic.
+    fn routes_only_approved_topics(&self) -> bool {
+        false
+    }
+
+    /// Whether the source keeps an IDC map and brokers in several data centers (nameservers);
+    /// false for a lone broker, where knowing no data center is normal, not worth a warning.
+    fn has_idc_map(&self) -> bool {
+        false
+    }
 }
 
 /// Routes from one broker, asked directly (no nameserver).
@@ -162,6 +174,14 @@ fn failure_reason(error: &TransportError) -> String {
 }
 
 impl RouteSource for NameserverRoute {
+    fn routes_only_approved_topics(&self) -> bool {
+        true
+    }
+
+    fn has_idc_map(&self) -> bool {
+        true
+    }
+
     fn route<'a>(
         &'a self,
         topic: &'a str,

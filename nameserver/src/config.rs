@@ -49,6 +49,15 @@ pub struct NameserverConfig {
     pub idc: String,
     /// The IDC file written at provisioning (default `/etc/meridian/idc`).
     pub idc_file: Option<PathBuf>,
+    /// Data center a client is told when no IDC rule matches its address (empty: none, and the
+    /// client warns that it knows no data center). `meridian dev` sets it to `local`.
+    pub client_idc: String,
+    /// HTTP address of the tracer (`host:port`), told to clients (`meridian trace`, `meridian
+    /// env`) so that they need only the nameservers; empty: none. `meridian cluster up` sets it
+    /// from the cluster spec.
+    pub tracer_http: String,
+    /// HTTP address of the query service, told to clients like `tracer_http` (`meridian sql`).
+    pub query_http: String,
     /// Where the Raft log and snapshots live.
     pub data_dir: PathBuf,
     /// The initial cluster. Empty: a cluster of this node alone. Every node of a new cluster lists
@@ -79,6 +88,9 @@ impl Default for NameserverConfig {
             http_advertise_addr: None,
             idc: String::new(),
             idc_file: None,
+            client_idc: String::new(),
+            tracer_http: String::new(),
+            query_http: String::new(),
             data_dir: PathBuf::from("meridian-data/nameserver"),
             members: Vec::new(),
             join: false,

@@ -164,6 +164,17 @@ impl NameserverRaft {
     /// cluster (for `meridian dev`: the only node). On a node that is already part of a cluster it
     /// does nothing.
     pub async fn initialize(&self, members: BTreeMap<NodeId, Node>) -> Result<(), NameserverError> {
+        // Asked first: openraft logs an ERROR when a formed node is asked to initialize, which
+        // every normal restart would otherwise print.
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|fatal| stopped(self.node_id, fatal))?;
+        if initialized {
+            tracing::debug!(node_id = self.node_id, "raft cluster already initialized");
+            return Ok(());
+        }
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {

@@ -108,6 +108,11 @@ impl Nameserver {
             ServiceSettings {
                 write_timeout: config.write_timeout(),
                 max_registration_bytes: config.max_frame_size,
+                client_idc: config.client_idc.clone(),
+                services: crate::service::Services {
+                    tracer_http: (!config.tracer_http.is_empty()).then(|| config.tracer_http.clone()),
+                    query_http: (!config.query_http.is_empty()).then(|| config.query_http.clone()),
+                },
             },
             metrics,
         ));

@@ -107,6 +107,8 @@ pub enum Query {
     SdkPolicy,
     /// Failover drills: what is evacuated and every step taken ([`Drill`]).
     Drill,
+    /// Where the tracer and the query service are ([`Services`]).
+    Services,
 }
 
 /// A topic and its history.
@@ -220,6 +222,20 @@ pub struct ServiceSettings {
     pub write_timeout: Duration,
     /// Largest registration topic list, uncompressed.
     pub max_registration_bytes: usize,
+    /// Data center of clients no IDC rule matches (empty: none).
+    pub client_idc: String,
+    /// The services clients are told about ([`Query::Services`]).
+    pub services: Services,
+}
+
+/// Where clients find the services beside the brokers, as this nameserver's config says
+/// (`tracer_http`, `query_http`), so a client needs only `MERIDIAN_NAMESERVER`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Services {
+    /// HTTP address of the tracer.
+    pub tracer_http: Option<String>,
+    /// HTTP address of the query service.
+    pub query_http: Option<String>,
 }
 
 /// Longest a membership change may take: adding a node waits until it has caught up.
@@ -566,6 +582,7 @@ impl NameserverService {
             Query::IdcRules => to_json(&self.raft.read_state(|state| state.idc_rules().to_vec())),
             Query::SdkPolicy => to_json(&self.raft.read_state(|state| state.sdk_policy().clone())),
             Query::Drill => to_json(&self.drill()),
+            Query::Services => to_json(&self.settings.services),
         };
         Ok(value)
     }
@@ -671,9 +688,20 @@ impl NameserverService {
             let rule = state.idc_rule_for(address);
             let mut known = state.known_idcs();
             known.extend(nodes.into_iter().filter(|idc| !idc.is_empty()));
+            // No rule: the `client_idc` setting, if any (one data center has no choice to make).
+            let (idc, cidr) = match rule {
+                Some(rule) => (rule.idc.clone(), rule.cidr()),
+                None if !self.settings.client_idc.is_empty() => {
+                    (self.settings.client_idc.clone(), "client_idc setting".to_owned())
+                }
+                None => (String::new(), String::new()),
+            };
+            if !idc.is_empty() {
+                known.insert(idc.clone());
+            }
             IdcLookupResponse {
-                idc: rule.map(|rule| rule.idc.clone()).unwrap_or_default(),
-                cidr: rule.map(IdcRule::cidr).unwrap_or_default(),
+                idc,
+                cidr,
                 known_idcs: known.into_iter().collect(),
             }
         }))

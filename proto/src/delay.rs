@@ -69,16 +69,63 @@ pub fn validate_deliver_at(deliver_at: &str, now_ms: i64) -> Result<i64, Validat
         value: deliver_at.to_owned(),
         reason: "not a Unix time in milliseconds".to_owned(),
     })?;
-    if at - now_ms > MAX_DELAY_MS {
-        return Err(ValidationError::DeliverAt {
-            value: deliver_at.to_owned(),
-            reason: format!(
-                "{:.1} days ahead, over the limit of {MAX_DELAY_DAYS} days",
-                (at - now_ms) as f64 / DAY_MS as f64
-            ),
-        });
-    }
+    check_delay_ms(at - now_ms).map_err(|reason| ValidationError::DeliverAt {
+        value: deliver_at.to_owned(),
+        reason,
+    })?;
     Ok(at)
+}
+
+/// The one bound on how far ahead a message may be delivered (what the SDK's `with_delay`, a
+/// delivery time and `--delay` all obey): at most [`MAX_DELAY_MS`]. The error is the reason.
+pub fn check_delay_ms(delay_ms: i64) -> Result<(), String> {
+    if delay_ms > MAX_DELAY_MS {
+        return Err(format!(
+            "{:.1} days ahead, over the limit of {MAX_DELAY_DAYS} days",
+            delay_ms as f64 / DAY_MS as f64
+        ));
+    }
+    Ok(())
+}
+
+/// A relative delay as people write it (`5s`, `1m30s`, `500ms`, `2h`, `1d`; an optional leading
+/// `+`), in ms, within [`check_delay_ms`]'s bound.
+pub fn parse_delay(text: &str) -> Result<i64, ValidationError> {
+    let invalid = |reason: String| ValidationError::Delay {
+        value: text.to_owned(),
+        reason,
+    };
+    let unparsable = || invalid("not a duration: write a number and a unit, e.g. 5s, 1m30s, 500ms, 2h, 1d".to_owned());
+    let rest = text.trim();
+    let mut rest = rest.strip_prefix('+').unwrap_or(rest);
+    if rest.is_empty() {
+        return Err(unparsable());
+    }
+    let mut total: i64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(unparsable());
+        }
+        let amount: i64 = rest[..digits].parse().map_err(|_| unparsable())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => SECOND_MS,
+            "m" => MINUTE_MS,
+            "h" => HOUR_MS,
+            "d" => DAY_MS,
+            _ => return Err(unparsable()),
+        };
+        rest = &rest[unit_len..];
+        total = amount
+            .checked_mul(unit_ms)
+            .and_then(|ms| total.checked_add(ms))
+            .ok_or_else(|| invalid(format!("over the limit of {MAX_DELAY_DAYS} days")))?;
+    }
+    check_delay_ms(total).map_err(invalid)?;
+    Ok(total)
 }
 
 /// The slot a message due at `due_ms` waits in at `now_ms`, and when that slot releases it; `None`
@@ -111,6 +158,31 @@ pub fn slot_release(slot: u32, stored_ms: i64, due_ms: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delays_parse_as_people_write_them_within_the_sdk_bound() {
+        assert_eq!(parse_delay("5s").unwrap(), 5_000);
+        assert_eq!(parse_delay("+5s").unwrap(), 5_000);
+        assert_eq!(parse_delay("1m30s").unwrap(), 90_000);
+        assert_eq!(parse_delay("500ms").unwrap(), 500);
+        assert_eq!(parse_delay("2h").unwrap(), 7_200_000);
+        assert_eq!(parse_delay("30d").unwrap(), MAX_DELAY_MS);
+        for bad in ["", "5", "s", "5 s", "5x", "-5s", "1.5s"] {
+            let error = parse_delay(bad).unwrap_err().to_string();
+            assert!(error.contains("not a duration"), "{bad:?}: {error}");
+        }
+        let error = parse_delay("31d").unwrap_err().to_string();
+        assert!(error.contains("over the limit of 30 days"), "{error}");
+        assert!(
+            parse_delay("99999999999999999d")
+                .unwrap_err()
+                .to_string()
+                .contains("limit")
+        );
+        // The same bound as a delivery time.
+        assert!(validate_deliver_at(&(MAX_DELAY_MS + 1).to_string(), 0).is_err());
+        assert!(validate_deliver_at(&MAX_DELAY_MS.to_string(), 0).is_ok());
+    }
     use proptest::prelude::*;
 
     #[test]

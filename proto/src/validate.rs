@@ -119,6 +119,14 @@ pub enum ValidationError {
         /// The level as given.
         level: String,
     },
+    /// A relative delay that is not a duration or too long.
+    #[error("delay {value:?} is invalid: {reason}")]
+    Delay {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A delivery time that is not a time or too far ahead.
     #[error("delivery time {value:?} is invalid: {reason}")]
     DeliverAt {

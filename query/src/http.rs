@@ -4,6 +4,8 @@
 //! `{"sql": "...", "format": "csv"}`; `?format=` works with either. Errors are JSON
 //! `{"error": "...", "kind": "...", "position": {"line": 1, "column": 8}}` with a status that
 //! says which kind: 400 bad SQL, 403 read-only, 408 timeout, 413 too many rows, 507 memory.
+//! An answer without rows carries `X-Meridian-Empty-Reason`: what the archive holds and whether
+//! messages not archived yet are read.
 
 use std::sync::Arc;
 
@@ -18,6 +20,10 @@ use serde::Deserialize;
 use crate::error::QueryError;
 use crate::format::{self, Format};
 use crate::service::QueryService;
+
+/// Header of an answer without rows: why the service found none (see
+/// [`QueryService::empty_reason`]).
+pub const EMPTY_REASON: &str = "x-meridian-empty-reason";
 
 /// The query API's routes.
 pub fn router(service: Arc<QueryService>) -> Router {
@@ -80,5 +86,12 @@ async fn sql(
         .map_err(ApiError)?;
     let answer = service.sql(&text).await.map_err(ApiError)?;
     let bytes = format::encode(&answer, format).map_err(ApiError)?;
-    Ok(([(header::CONTENT_TYPE, format.content_type())], bytes).into_response())
+    let mut response = ([(header::CONTENT_TYPE, format.content_type())], bytes).into_response();
+    // An empty answer says why (what the archive holds, whether the live log is read).
+    if answer.rows == 0
+        && let Ok(reason) = header::HeaderValue::from_str(&service.empty_reason())
+    {
+        response.headers_mut().insert(EMPTY_REASON, reason);
+    }
+    Ok(response)
 }

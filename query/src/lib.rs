@@ -5,6 +5,8 @@
 //!   (`hourly_volume`, `consume_latency`, `hourly_consume_latency`, `broker_stats`) and the limits
 //!   (read-only, memory, timeout, answer size).
 //! - [`committed`]: the read-only view of the store that shows committed files only.
+//! - [`tail`]: the live tail (`live_messages`): stored messages not archived yet, read from a
+//!   broker's commitlog beside the service (`meridian dev`), so `messages` has no gap.
 //! - [`forecast`]: `forecast(...)`, `forecast_topic_volume(...)`, `forecast_backlog(...)` (augurs).
 //! - [`http`]: `POST /api/sql`; [`format`]: table, JSON, CSV and Arrow IPC answers.
 //! - [`generate`]: archives with known contents, for tests and benchmarks.
@@ -21,6 +23,7 @@ pub mod generate;
 pub mod http;
 pub mod metrics;
 pub mod service;
+pub mod tail;
 pub mod udf;
 
 pub use config::QueryConfig;

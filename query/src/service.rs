@@ -27,6 +27,7 @@ use crate::config::QueryConfig;
 use crate::error::{QueryError, Result, SqlPosition};
 use crate::forecast;
 use crate::metrics::QueryMetrics;
+use crate::tail::{LiveTail, TailSource};
 use crate::udf;
 
 /// Views registered beside the tables: the common questions, named.
@@ -86,6 +87,12 @@ pub struct QueryService {
     /// does not yield) cannot hold the answer, the HTTP listener or other services past it.
     tasks: TaskTracker,
     cpu: CpuRuntime,
+    /// Held for reading while a query is planned (when tables list their files and the live
+    /// tail reads its segments) and for writing while the committed index refreshes, so the
+    /// archive and the tail of one query see the same committed segments.
+    snapshot: Arc<tokio::sync::RwLock<()>>,
+    /// Brokers whose live tail `messages` includes.
+    tail_brokers: Vec<String>,
 }
 
 /// The runtime queries execute on, apart from the one serving requests (DataFusion's advice for
@@ -149,6 +156,18 @@ impl QueryService {
     /// Opens a session over `store` with `config`'s limits, and registers the tables, views and
     /// functions. Reads the manifests once.
     pub async fn open(store: ArchiveStore, config: QueryConfig, metrics: Arc<QueryMetrics>) -> Result<QueryService> {
+        QueryService::open_with_tail(store, config, metrics, Vec::new()).await
+    }
+
+    /// [`QueryService::open`], and with `tail` not empty, `messages` is the archive
+    /// (`archived_messages`) plus the messages of these brokers not archived yet
+    /// (`live_messages`, see [`crate::tail`]).
+    pub async fn open_with_tail(
+        store: ArchiveStore,
+        config: QueryConfig,
+        metrics: Arc<QueryMetrics>,
+        tail: Vec<TailSource>,
+    ) -> Result<QueryService> {
         config.validate().map_err(QueryError::BadRequest)?;
         let index = Arc::new(CommittedIndex::default());
         let view: Arc<dyn object_store::ObjectStore> = Arc::new(ArchiveView::new(&store, index.clone()));
@@ -208,7 +227,24 @@ impl QueryService {
             .with_file_extension(".parquet")
             .with_table_partition_cols(vec![("topic".into(), DataType::Utf8), ("date".into(), DataType::Utf8)]);
         let messages_schema = with_view_types(&message_schema::message_schema(), &[message_schema::columns::TOPIC]);
-        register_listing(&ctx, "messages", layout::MESSAGES, messages, messages_schema)?;
+        let tail_brokers: Vec<String> = tail.iter().map(|source| source.broker.clone()).collect();
+        if tail.is_empty() {
+            register_listing(&ctx, "messages", layout::MESSAGES, messages, messages_schema)?;
+        } else {
+            register_listing(&ctx, "archived_messages", layout::MESSAGES, messages, messages_schema)?;
+            let archived = ctx
+                .table_provider("archived_messages")
+                .await
+                .map_err(|error| QueryError::Execution(error.strip_backtrace()))?;
+            let live = LiveTail::new(tail, index.clone(), archived.schema());
+            ctx.register_table("live_messages", Arc::new(live))
+                .map_err(|error| QueryError::Execution(error.strip_backtrace()))?;
+            ctx.sql("CREATE VIEW messages AS SELECT * FROM archived_messages UNION ALL SELECT * FROM live_messages")
+                .await
+                .map_err(|error| {
+                    QueryError::Execution(format!("defining view messages: {}", error.strip_backtrace()))
+                })?;
+        }
         // Traces: no bodies to skip, and the usual filter (`trace_type = 'SubAfter'`) keeps every
         // fourth row; decoding the few narrow columns whole and filtering after is faster than
         // row selections that fine (latency percentiles over 8M events: 0.2 s against 0.35 s).
@@ -233,6 +269,8 @@ impl QueryService {
             metrics,
             tasks: TaskTracker::new(),
             cpu,
+            snapshot: Arc::default(),
+            tail_brokers,
         };
         service.refresh(true).await?;
         Ok(service)
@@ -258,6 +296,36 @@ impl QueryService {
         self.index.len()
     }
 
+    /// Why an answer may have no rows, for the people asking: what the archive holds and
+    /// whether the not-yet-archived messages are read too.
+    pub fn empty_reason(&self) -> String {
+        let entries = self.index.entries();
+        let archived = if entries.is_empty() {
+            format!(
+                "the archive ({}) holds no committed segment yet: an archiver commits a commitlog segment once it is sealed (full) and older than archive_after_secs",
+                self.store.url
+            )
+        } else {
+            let newest = entries.iter().map(|entry| entry.max_store_time).max().unwrap_or(0);
+            format!(
+                "the archive ({}) holds {} segment(s), {} message(s) stored until {}",
+                self.store.url,
+                entries.len(),
+                entries.iter().map(|entry| entry.records).sum::<u64>(),
+                meridian_proto::time::format_millis(newest)
+            )
+        };
+        let live = if self.tail_brokers.is_empty() {
+            "messages not archived yet are not read here (this query service reads the archive only; `meridian dev` also reads its broker's live log)".to_owned()
+        } else {
+            format!(
+                "messages not archived yet are read from the live log of broker {}",
+                self.tail_brokers.join(", ")
+            )
+        };
+        format!("no rows: {archived}; {live}")
+    }
+
     /// Reads new manifest entries (at most every `refresh_secs` unless `force`).
     pub async fn refresh(&self, force: bool) -> Result<()> {
         let interval = if force {
@@ -265,6 +333,7 @@ impl QueryService {
         } else {
             Duration::from_secs_f64(self.config.refresh_secs)
         };
+        let _writing = self.snapshot.write().await;
         self.index.refresh(&self.store, interval).await
     }
 
@@ -303,6 +372,7 @@ impl QueryService {
                 sql.to_owned(),
                 self.config.max_result_rows,
                 self.config.memory_limit_mb,
+                self.snapshot.clone(),
             ),
             self.cpu.handle(),
         );
@@ -336,13 +406,18 @@ async fn run_query(
     sql: String,
     max_rows: usize,
     memory_limit_mb: u64,
+    snapshot: Arc<tokio::sync::RwLock<()>>,
 ) -> Result<(SchemaRef, Vec<RecordBatch>, usize)> {
     let classify = |error: DataFusionError| classify(error, &sql, memory_limit_mb);
     let plan = ctx.state().create_logical_plan(&sql).await.map_err(classify)?;
     check_read_only(&plan, &sql)?;
     let frame = ctx.execute_logical_plan(plan).await.map_err(classify)?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let mut stream = frame.execute_stream().await.map_err(classify)?;
+    let mut stream = {
+        // Planning lists the archive's files and reads the live tail: one index snapshot.
+        let _reading = snapshot.read().await;
+        frame.execute_stream().await.map_err(classify)?
+    };
     let (mut batches, mut rows) = (Vec::new(), 0usize);
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(classify)?;

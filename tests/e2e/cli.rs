@@ -223,3 +223,51 @@ fn on_terminal(command: &str, home: &std::path::Path, steps: &[(&str, &str)]) ->
     );
     output.replace('\r', "")
 }
+
+/// A standalone broker (no nameservers) gets its topics with `topic create --broker`, and its
+/// refusal of an unknown topic says so.
+#[test]
+fn a_standalone_broker_gets_topics_with_topic_create_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "broker_name = \"solo\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let args = ["broker".as_ref(), "--config".as_ref(), config.as_os_str()];
+    let broker = meridian_tests::ServiceProcess::start(&args, dir.path(), |line| line.contains("listening on"));
+    let addr = broker.banner[0].rsplit(' ').next().expect("an address").to_owned();
+
+    let (ok, _, stderr) = meridian_tests::run_cli(
+        &["produce", "--broker", &addr, "--topic", "solo-t", "--body", "x"],
+        &[],
+        "",
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("meridian topic create solo-t --queues N --broker HOST:PORT"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = meridian_tests::run_cli(
+        &["topic", "create", "solo-t", "--queues", "2", "--broker", &addr],
+        &[],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("topic solo-t ready with 2 queues on the standalone broker at {addr}\n")
+    );
+    let (ok, stdout, stderr) = meridian_tests::run_cli(
+        &["produce", "--broker", &addr, "--topic", "solo-t", "--body", "x"],
+        &[],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    broker.stop();
+}

@@ -126,6 +126,24 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
         ])
     });
     assert!(ok && text.starts_with("archived\n"), "{text}{stderr}");
+    // With only MERIDIAN_NAMESERVER, clients find the query service and the tracer through the
+    // nameservers; `cluster up` printed every variable, and `meridian env` prints them again.
+    let tracer = cluster.nodes["tracer"].http.unwrap().to_string();
+    assert!(
+        stdout.contains(&format!("  export MERIDIAN_QUERY={query}\n"))
+            && stdout.contains(&format!("  export MERIDIAN_TRACER={tracer}\n")),
+        "{stdout}"
+    );
+    let (ok, text, stderr) =
+        blocking(|| cluster.cli(&["sql", "--format", "csv", "SELECT count(*) AS archived FROM messages"]));
+    assert!(ok && text.starts_with("archived\n"), "{text}{stderr}");
+    let (ok, text, stderr) = blocking(|| cluster.cli(&["env"]));
+    assert!(
+        ok && text.contains(&format!("export MERIDIAN_QUERY={query}\n"))
+            && text.contains(&format!("export MERIDIAN_TRACER={tracer}\n"))
+            && text.contains(&format!("export MERIDIAN_NAMESERVER={}\n", cluster.nameserver_list())),
+        "{text}{stderr}"
+    );
     // A second `up` on a running cluster is refused.
     let spec = cluster.spec_path.display().to_string();
     let (ok, _, stderr) = blocking(|| cluster.cli(&["cluster", "up", "--config", &spec]));

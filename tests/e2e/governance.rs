@@ -167,3 +167,75 @@ fn topics_and_groups_work_only_once_approved_and_every_decision_is_recorded() {
     );
     node.stop();
 }
+
+/// `approve` returns only once the broker applied the decision: a send (and a consume) right
+/// after it succeeds, every time; the window in which it used to fail was about half a second.
+#[test]
+fn sends_and_consumes_right_after_approve_succeed_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    for round in 0..20 {
+        let topic = format!("approved-{round}");
+        let group = format!("readers-{round}");
+        let (ok, _, stderr) = node.cli(&["topic", "request", &topic, "--owner", "shop", "--queues", "1"], "");
+        assert!(ok, "{stderr}");
+        let (ok, stdout, stderr) = node.cli(&["topic", "approve", &topic], "");
+        assert!(ok && stdout.contains("approved"), "{stdout}{stderr}");
+        let (ok, stdout, stderr) = node.cli(&["produce", "--topic", &topic, "--body", "right after"], "");
+        assert!(ok, "round {round}: produce right after approve failed: {stderr}");
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        let (ok, _, stderr) = node.cli(&["group", "request", &group, "--owner", "shop", "--topics", &topic], "");
+        assert!(ok, "{stderr}");
+        let (ok, _, stderr) = node.cli(&["group", "approve", &group], "");
+        assert!(ok, "{stderr}");
+        let (ok, stdout, stderr) = node.cli(
+            &[
+                "consume",
+                "--topic",
+                &topic,
+                "--group",
+                &group,
+                "--from-beginning",
+                "--max",
+                "1",
+                "--timeout",
+                "5",
+            ],
+            "",
+        );
+        assert!(
+            ok && stdout.contains("right after"),
+            "round {round}: consume right after approve: {stdout}{stderr}"
+        );
+    }
+    node.stop();
+}
+
+/// Where `USER` is unset (containers), requests and decisions record the OS account's name.
+#[test]
+fn who_acted_falls_back_to_the_os_account_when_user_is_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    let account = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("running id -un");
+    let account = String::from_utf8(account.stdout).unwrap().trim().to_owned();
+    assert!(!account.is_empty());
+    let output = std::process::Command::new(meridian_tests::meridian_bin())
+        .args(["topic", "request", "no-user", "--owner", "shop", "--queues", "1"])
+        .env("MERIDIAN_NAMESERVER", node.nameserver.to_string())
+        .env_remove("USER")
+        .env_remove("MERIDIAN_USER")
+        .output()
+        .expect("running meridian");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (ok, history, stderr) = node.cli(&["topic", "history", "no-user"], "");
+    assert!(ok, "{stderr}");
+    let requested = history
+        .lines()
+        .find(|line| line.contains("requested"))
+        .expect("a request line");
+    assert!(requested.contains(&account), "expected {account:?} in {history}");
+    node.stop();
+}

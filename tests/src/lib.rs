@@ -49,12 +49,27 @@ impl ServiceProcess {
     /// Runs `meridian ARGS`, logging to a new file in `log_dir`, and waits (up to 60 s) until a
     /// line of its stdout satisfies `ready`.
     pub fn start(args: &[&std::ffi::OsStr], log_dir: &Path, ready: impl Fn(&str) -> bool) -> ServiceProcess {
+        ServiceProcess::start_logging(args, log_dir, ready, Some("info"))
+    }
+
+    /// [`ServiceProcess::start`] with `RUST_LOG` set to `rust_log`, or unset (the binary's
+    /// default filter) for `None`.
+    pub fn start_logging(
+        args: &[&std::ffi::OsStr],
+        log_dir: &Path,
+        ready: impl Fn(&str) -> bool,
+        rust_log: Option<&str>,
+    ) -> ServiceProcess {
         std::fs::create_dir_all(log_dir).expect("creating the log dir");
         let log_path = log_dir.join(format!("meridian-{}.log", fastrand::u32(..)));
         let log = std::fs::File::create(&log_path).expect("creating the log file");
-        let mut child = Command::new(meridian_bin())
+        let mut command = Command::new(meridian_bin());
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG").env_remove("MERIDIAN_LOG"),
+        };
+        let mut child = command
             .args(args)
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -195,7 +210,17 @@ impl DevNode {
     /// Starts `meridian dev` on `data_dir` with extra arguments (e.g. `--flush-mode sync`) and
     /// waits until it is ready.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> DevNode {
-        DevNode::start_on(data_dir, ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"], extra_args)
+        DevNode::start_on(
+            data_dir,
+            ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"],
+            extra_args,
+            Some("info"),
+        )
+    }
+
+    /// [`DevNode::start`] with the binary's default log filter (no `RUST_LOG`), as a user runs it.
+    pub fn start_quiet(data_dir: &Path) -> DevNode {
+        DevNode::start_on(data_dir, ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"], &[], None)
     }
 
     /// `kill -9`s the node and starts it again on the same data dir and addresses, so clients
@@ -205,11 +230,11 @@ impl DevNode {
         let data_dir = self.data_dir.clone();
         self.process.kill9();
         let listen = [listen[0].as_str(), listen[1].as_str(), listen[2].as_str()];
-        DevNode::start_on(&data_dir, listen, extra_args)
+        DevNode::start_on(&data_dir, listen, extra_args, Some("info"))
     }
 
     /// Starts `meridian dev` with the nameserver, broker and HTTP listening on `listen`.
-    fn start_on(data_dir: &Path, listen: [&str; 3], extra_args: &[&str]) -> DevNode {
+    fn start_on(data_dir: &Path, listen: [&str; 3], extra_args: &[&str], rust_log: Option<&str>) -> DevNode {
         let fixed = [
             "dev",
             "--nameserver-listen",
@@ -223,7 +248,7 @@ impl DevNode {
         let mut args: Vec<&std::ffi::OsStr> = fixed.iter().map(std::ffi::OsStr::new).collect();
         args.push(data_dir.as_os_str());
         args.extend(extra_args.iter().map(std::ffi::OsStr::new));
-        let process = ServiceProcess::start(&args, data_dir, |line| line.starts_with("ready"));
+        let process = ServiceProcess::start_logging(&args, data_dir, |line| line.starts_with("ready"), rust_log);
         DevNode {
             nameserver: process
                 .address("nameserver")
