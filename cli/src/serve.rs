@@ -67,7 +67,7 @@ struct Services {
     tracer: Option<meridian_tracer::Tracer>,
     http: Option<(tokio::net::TcpListener, axum::Router)>,
     /// The archiver of the broker's segments (`meridian dev`).
-    archiver: Option<crate::archive_cmds::ArchiverLoop>,
+    archiver: Option<meridian_archive::service::ArchiverService>,
     /// The archive's manifests, for the archive steps of trace timelines (`meridian dev`).
     archive_steps: Option<Arc<crate::archive_steps::ManifestSteps>>,
 }
@@ -92,7 +92,11 @@ async fn run(services: Services, ready: impl std::future::Future<Output = ()>) -
         tasks.spawn(async move { tracer.run(stopped.cancelled_owned()).await })
     });
     if let Some(archiver) = services.archiver {
-        tasks.spawn(archiver.run(stop.clone()));
+        // An error it cannot retry stops only the archiver; it logs why.
+        let stopped = stop.clone();
+        tasks.spawn(async move {
+            let _ = archiver.run(stopped.cancelled_owned()).await;
+        });
     }
     if let Some(steps) = services.archive_steps {
         tasks.spawn(steps.run(stop.clone()));
@@ -179,21 +183,27 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     if !args.no_archive {
         broker_config.archive.enabled = true;
     }
-    let archiver = if broker_config.archive.enabled {
-        Some(crate::archive_cmds::ArchiverLoop::new(&broker_config).context("starting the archiver")?)
-    } else {
-        None
-    };
     let query_archive = broker_config.archive.enabled.then(|| {
         let default_dir = meridian_broker::retention::default_archive_dir(&broker_config.data_dir);
         (broker_config.archive.clone(), default_dir)
     });
     let flush_mode = broker_config.store.flush_mode;
     let broker_name = broker_config.broker_name.clone();
+    let archiver_broker = broker_config.archive.enabled.then(|| broker_config.clone());
     let broker_metrics = Arc::new(BrokerMetrics::register(&mut registry));
     let broker = Broker::bind(broker_config, broker_metrics)
         .await
         .context("starting the broker")?;
+    // The archiver asks this process's nameserver who is master and this broker how far its
+    // log is confirmed.
+    let archiver = match archiver_broker {
+        Some(config) => {
+            let local = Some((nameserver.service(), broker.store()));
+            let service_config = crate::archive_cmds::service_config(&config, local)?;
+            Some(meridian_archive::service::ArchiverService::new(service_config).context("starting the archiver")?)
+        }
+        None => None,
+    };
     let broker_addr = broker.local_addr();
     let tracer_config = meridian_tracer::TracerConfig {
         nameservers: vec![nameserver_addr.to_string()],
