@@ -299,7 +299,7 @@ impl Archiver {
         for segment in pending {
             let converted = {
                 let mut options = self.options.clone();
-                options.epoch = gate.as_ref().map(Gate::epoch);
+                options.epoch = gate.as_ref().and_then(Gate::epoch);
                 let segment = segment.clone();
                 // Parquet encoding is CPU work: keep it off the async workers.
                 tokio::task::spawn_blocking(move || convert_file(&segment, &options))
@@ -381,7 +381,7 @@ impl Archiver {
             if let Err(refusal) = gate.check().await? {
                 return Ok(Err(refusal));
             }
-            entry.epoch = Some(gate.epoch());
+            entry.epoch = gate.epoch();
         }
         manifest::commit(&self.store, &entry).await?;
         self.crash(CrashPoint::AfterManifest)?;

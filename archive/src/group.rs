@@ -44,8 +44,9 @@ pub type GroupFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a
 /// What the archiver asks about its broker group. Implemented by the process that composes the
 /// archiver (the nameservers' view for the standing, the broker for the confirmed offset).
 pub trait GroupView: Send + Sync {
-    /// This broker's standing in its group now.
-    fn standing(&self) -> GroupFuture<'_, Standing>;
+    /// This broker's standing in its group now; None for a standalone broker (no nameservers),
+    /// the only writer of its name, which archives without epochs or fences.
+    fn standing(&self) -> GroupFuture<'_, Option<Standing>>;
     /// The group's confirmed offset: every record below it is held as its ack policy demands.
     fn confirmed_offset(&self) -> GroupFuture<'_, u64>;
 }
@@ -119,7 +120,8 @@ pub struct Gate<'a> {
     view: &'a dyn GroupView,
     store: &'a ArchiveStore,
     broker: &'a str,
-    epoch: u64,
+    /// None: a standalone broker (nothing to check).
+    epoch: Option<u64>,
 }
 
 impl<'a> Gate<'a> {
@@ -130,38 +132,50 @@ impl<'a> Gate<'a> {
         store: &'a ArchiveStore,
         broker: &'a str,
     ) -> Result<std::result::Result<Gate<'a>, Refusal>> {
-        let standing = view.standing().await?;
+        let Some(standing) = view.standing().await? else {
+            return Ok(Ok(Gate {
+                view,
+                store,
+                broker,
+                epoch: None,
+            }));
+        };
         if !standing.master {
             return Ok(Err(Refusal::NotMaster { epoch: standing.epoch }));
         }
-        let gate = Gate {
-            view,
-            store,
-            broker,
-            epoch: standing.epoch,
-        };
         let fenced = highest_fence(store, broker).await?;
-        if fenced > gate.epoch {
+        if fenced > standing.epoch {
             return Ok(Err(Refusal::EpochMoved {
-                started: gate.epoch,
+                started: standing.epoch,
                 now: fenced,
             }));
         }
-        raise_fence(store, broker, gate.epoch).await?;
-        Ok(Ok(gate))
+        raise_fence(store, broker, standing.epoch).await?;
+        Ok(Ok(Gate {
+            view,
+            store,
+            broker,
+            epoch: Some(standing.epoch),
+        }))
     }
 
-    /// The epoch the run started at.
-    pub fn epoch(&self) -> u64 {
+    /// The epoch the run started at (None for a standalone broker).
+    pub fn epoch(&self) -> Option<u64> {
         self.epoch
     }
 
     /// Right before a manifest commit: still master at the same epoch, and no later fence.
     pub async fn check(&self) -> Result<std::result::Result<(), Refusal>> {
-        let standing = self.view.standing().await?;
-        if standing.epoch != self.epoch {
+        let Some(started) = self.epoch else {
+            return Ok(Ok(()));
+        };
+        let Some(standing) = self.view.standing().await? else {
+            // The broker left its group's nameservers: it is not the master it started as.
+            return Ok(Err(Refusal::NotMaster { epoch: started }));
+        };
+        if standing.epoch != started {
             return Ok(Err(Refusal::EpochMoved {
-                started: self.epoch,
+                started,
                 now: standing.epoch,
             }));
         }
@@ -169,11 +183,8 @@ impl<'a> Gate<'a> {
             return Ok(Err(Refusal::NotMaster { epoch: standing.epoch }));
         }
         let fenced = highest_fence(self.store, self.broker).await?;
-        if fenced > self.epoch {
-            return Ok(Err(Refusal::EpochMoved {
-                started: self.epoch,
-                now: fenced,
-            }));
+        if fenced > started {
+            return Ok(Err(Refusal::EpochMoved { started, now: fenced }));
         }
         Ok(Ok(()))
     }

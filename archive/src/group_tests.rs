@@ -45,7 +45,7 @@ impl Member {
 }
 
 impl GroupView for Member {
-    fn standing(&self) -> GroupFuture<'_, Standing> {
+    fn standing(&self) -> GroupFuture<'_, Option<Standing>> {
         let asked = self.questions.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some((at, epoch, master)) = &self.elect_at
             && asked == *at
@@ -54,10 +54,10 @@ impl GroupView for Member {
         }
         let (epoch, master) = self.election.lock().unwrap().clone();
         Box::pin(async move {
-            Ok(Standing {
+            Ok(Some(Standing {
                 epoch,
                 master: master == self.name,
-            })
+            }))
         })
     }
 

@@ -102,7 +102,7 @@ enum StandingSource {
     Local(Arc<NameserverService>),
     /// The broker's nameservers over the network.
     Remote(NameserverClient),
-    /// A standalone broker (no nameservers): the only member of its group, so its master.
+    /// A standalone broker (no nameservers): the only writer of its name, so no epoch to check.
     Standalone,
 }
 
@@ -112,6 +112,10 @@ enum ConfirmedSource {
     Local(Arc<MessageStore>),
     /// The broker's `/api/health` at its `http_listen`.
     Remote(SocketAddr),
+    /// The same, for `meridian archive run --now` of a standalone broker: when the broker does
+    /// not answer (stopped, or `meridian dev`, which serves HTTP elsewhere), every sealed segment
+    /// counts as confirmed, as a lone broker's written segments are.
+    RemoteOrSealed(SocketAddr),
     /// No way to ask (a broker config without `http_listen`, for `meridian archive run --now`
     /// beside `meridian dev`): every sealed segment counts as confirmed, as a lone broker's
     /// written segments are.
@@ -127,17 +131,18 @@ struct BrokerGroup {
 }
 
 impl BrokerGroup {
-    fn standing_in(&self, groups: &[BrokerGroupView]) -> Standing {
-        match groups.iter().find(|group| group.name == self.group) {
+    fn standing_in(&self, groups: &[BrokerGroupView]) -> Option<Standing> {
+        Some(match groups.iter().find(|group| group.name == self.group) {
             Some(group) => Standing {
                 epoch: group.epoch,
                 master: group.master.as_deref() == Some(self.member.as_str()),
             },
+            // Not registered (yet): not master.
             None => Standing {
                 epoch: 0,
                 master: false,
             },
-        }
+        })
     }
 }
 
@@ -146,7 +151,7 @@ fn group_error(context: &str, error: impl std::fmt::Display) -> ArchiveError {
 }
 
 impl GroupView for BrokerGroup {
-    fn standing(&self) -> GroupFuture<'_, Standing> {
+    fn standing(&self) -> GroupFuture<'_, Option<Standing>> {
         Box::pin(async move {
             match &self.standing {
                 StandingSource::Local(service) => Ok(self.standing_in(&service.brokers())),
@@ -157,7 +162,7 @@ impl GroupView for BrokerGroup {
                         .map_err(|error| group_error("asking the nameservers who is master", format!("{error:#}")))?;
                     Ok(self.standing_in(&groups))
                 }
-                StandingSource::Standalone => Ok(Standing { epoch: 0, master: true }),
+                StandingSource::Standalone => Ok(None),
             }
         })
     }
@@ -166,6 +171,21 @@ impl GroupView for BrokerGroup {
         Box::pin(async move {
             match &self.confirmed {
                 ConfirmedSource::Local(store) => Ok(confirmed_offset(store)),
+                ConfirmedSource::RemoteOrSealed(addr) => match crate::cluster::http_json(*addr, "/api/health").await {
+                    Some(health) => health["broker"]["archivable_below"].as_u64().ok_or_else(|| {
+                        group_error(
+                            "asking the broker for its confirmed offset",
+                            format!("http://{addr}/api/health has no broker.archivable_below; is it the same version?"),
+                        )
+                    }),
+                    None => {
+                        tracing::warn!(
+                            %addr,
+                            "the standalone broker's /api/health did not answer; archiving every sealed segment"
+                        );
+                        Ok(u64::MAX)
+                    }
+                },
                 ConfirmedSource::Remote(addr) => {
                     let health = crate::cluster::http_json(*addr, "/api/health").await.ok_or_else(|| {
                         group_error(
@@ -187,10 +207,12 @@ impl GroupView for BrokerGroup {
 }
 
 /// The service config of the archiver beside `broker`. `local`: the nameserver and broker of
-/// this process (`meridian dev`); otherwise they are asked over the network.
+/// this process (`meridian dev`); otherwise they are asked over the network. `one_shot`:
+/// `meridian archive run --now` (see [`ConfirmedSource::RemoteOrSealed`]).
 pub fn service_config(
     broker: &BrokerConfig,
     local: Option<(Arc<NameserverService>, Arc<MessageStore>)>,
+    one_shot: bool,
 ) -> Result<ServiceConfig> {
     let (standing, confirmed) = match local {
         Some((nameserver, store)) => (StandingSource::Local(nameserver), ConfirmedSource::Local(store)),
@@ -202,7 +224,9 @@ pub fn service_config(
                     nameservers: broker.nameservers.clone(),
                 })?)
             };
+            let standalone = broker.nameservers.is_empty();
             let confirmed = match broker.http_listen {
+                Some(addr) if one_shot && standalone => ConfirmedSource::RemoteOrSealed(addr),
                 Some(addr) => ConfirmedSource::Remote(addr),
                 None => ConfirmedSource::Sealed,
             };
@@ -235,7 +259,7 @@ pub fn service_config(
 /// error retrying cannot fix (then it exits with that error).
 pub async fn archiver(args: ArchiverArgs) -> Result<()> {
     let broker = args.config.load()?;
-    let service = ArchiverService::new(service_config(&broker, None)?)?;
+    let service = ArchiverService::new(service_config(&broker, None, false)?)?;
     println!(
         "meridian archiver for broker {} ({}) into {}",
         broker.broker_name,
@@ -335,7 +359,7 @@ async fn status(broker: &BrokerConfig) -> Result<()> {
 }
 
 async fn run_now(broker: &BrokerConfig) -> Result<()> {
-    let config = service_config(broker, None)?;
+    let config = service_config(broker, None, true)?;
     let mut options = ConvertOptions::new(config.broker);
     options.idc = config.idc;
     options.zstd_level = broker.archive.zstd_level;

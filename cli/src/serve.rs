@@ -199,7 +199,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     let archiver = match archiver_broker {
         Some(config) => {
             let local = Some((nameserver.service(), broker.store()));
-            let service_config = crate::archive_cmds::service_config(&config, local)?;
+            let service_config = crate::archive_cmds::service_config(&config, local, false)?;
             Some(meridian_archive::service::ArchiverService::new(service_config).context("starting the archiver")?)
         }
         None => None,

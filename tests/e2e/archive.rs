@@ -178,7 +178,8 @@ async fn archived_then_deleted_messages_are_consumed_identically_from_the_beginn
     let segment_start: u64 = host
         .rsplit_once("/broker-a-")
         .and_then(|(_, name)| name.strip_suffix(".parquet)"))
-        .and_then(|digits| digits.parse().ok())
+        // A group's archiver names its files `<start>-e<epoch>`.
+        .and_then(|name| name.split("-e").next()?.parse().ok())
         .unwrap_or_else(|| panic!("no segment file in {step}"));
     assert!(
         host.starts_with("archive (file://") && host.contains("/messages/topic=orders/date="),
