@@ -41,6 +41,10 @@ pub struct DevArgs {
     /// Do not archive (by default `meridian dev` archives sealed segments into DATA_DIR/archive).
     #[arg(long)]
     no_archive: bool,
+    /// Once ready, write the bound addresses here as JSON (`{"nameserver": ..., "broker": ...,
+    /// "http": ..., "pid": ...}`), so a caller can pass port 0 and learn the ports.
+    #[arg(long, env = "MERIDIAN_READY_FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 /// Arguments of `meridian broker`.
@@ -49,6 +53,10 @@ pub struct BrokerArgs {
     /// Broker config file (TOML); defaults apply to anything it leaves out.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Once listening, write the bound addresses here as JSON (`{"broker": ..., "http": ...,
+    /// "pid": ...}`), so a config may say port 0 and a caller learn the ports.
+    #[arg(long, env = "MERIDIAN_READY_FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 /// Arguments of `meridian nameserver`.
@@ -57,6 +65,23 @@ pub struct NameserverArgs {
     /// Nameserver config file (TOML); defaults apply to anything it leaves out.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Once listening, write the bound addresses here as JSON (`{"nameserver": ..., "http":
+    /// ..., "pid": ...}`), so a config may say port 0 and a caller learn the ports.
+    #[arg(long, env = "MERIDIAN_READY_FILE")]
+    ready_file: Option<PathBuf>,
+}
+
+/// Writes the ready file (see `--ready-file`): `addrs` and the pid as JSON, through a temporary
+/// file and a rename, so a reader never sees half of it.
+fn write_ready_file(path: Option<&std::path::Path>, mut addrs: serde_json::Value) -> Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    addrs["pid"] = std::process::id().into();
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, serde_json::to_vec(&addrs)?)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("writing the ready file {}", path.display()))
 }
 
 /// What one process serves.
@@ -247,6 +272,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
 
     let service = nameserver.service();
     let replication = broker.replication();
+    let ready_file = args.ready_file.clone();
     let ready = async move {
         // "ready" means usable: the broker has registered and heartbeated, so topics can be
         // placed on it and routes name it, and the nameserver elected it master of its group.
@@ -276,6 +302,12 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             "  tracer     indexing the trace topic into {}",
             args.data_dir.join("tracer").display()
         );
+        if let Err(error) = write_ready_file(
+            ready_file.as_deref(),
+            serde_json::json!({"nameserver": nameserver_addr, "broker": broker_addr, "http": http_addr}),
+        ) {
+            tracing::error!(error = %format!("{error:#}"), "the ready file was not written");
+        }
         println!("ready; press Ctrl-C to stop");
     };
     run(
@@ -302,10 +334,20 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     let broker = Broker::bind(broker_config, metrics)
         .await
         .context("starting the broker")?;
+    let http_listener = match http_listen {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
+    write_ready_file(
+        args.ready_file.as_deref(),
+        serde_json::json!({
+            "broker": broker.local_addr(),
+            "http": http_listener.as_ref().map(|listener| listener.local_addr()).transpose()?,
+        }),
+    )?;
     println!("meridian broker {name} listening on {}", broker.local_addr());
-    let http = match http_listen {
-        Some(addr) => {
-            let listener = http::bind(addr).await?;
+    let http = match http_listener {
+        Some(listener) => {
             println!(
                 "  http http://{}  (/api/health, /api/broker/topics, /metrics)",
                 listener.local_addr()?
@@ -343,6 +385,10 @@ pub async fn nameserver(args: NameserverArgs) -> Result<()> {
     let nameserver = Nameserver::bind(config, http_addr, metrics)
         .await
         .context("starting the nameserver")?;
+    write_ready_file(
+        args.ready_file.as_deref(),
+        serde_json::json!({"nameserver": nameserver.local_addr(), "http": http_addr}),
+    )?;
     println!(
         "meridian nameserver node {node_id} listening on {}",
         nameserver.local_addr()
