@@ -368,3 +368,83 @@ async fn archived_pulls_apply_the_tag_filter_like_local_pulls() {
     pool.shutdown().await;
     node.stop();
 }
+
+/// A full disk stops the archiver with the reason instead of retrying silently: `meridian
+/// archiver` archives into a 64 KiB tmpfs (mounted in a private mount namespace, so no
+/// privilege is needed), fills it, logs why it stopped and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_archiver_with_the_reason() {
+    use std::process::{Command, Stdio};
+    let namespaces = Command::new("unshare")
+        .args(["-rm", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !namespaces {
+        eprintln!(
+            "skipped: `unshare -rm` (unprivileged mount namespaces) is unavailable, so no small tmpfs can be mounted"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let dev_config = dir.path().join("dev.toml");
+    std::fs::write(
+        &dev_config,
+        "[store]\nsegment_size = 262144\n\n[limits]\nmax_body_size = 65536\n",
+    )
+    .unwrap();
+    let node = DevNode::start(&data_dir, &["--config", dev_config.to_str().unwrap(), "--no-archive"]);
+    node.create_topic("orders", 4).await;
+    produce(&node, "orders", 0, 2000).await;
+    assert!(local_segments(&data_dir).len() >= 3);
+
+    let full = dir.path().join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    let config = dir.path().join("archiver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "http_listen = \"{}\"\n\n[store]\nsegment_size = 262144\n\n[limits]\nmax_body_size = 65536\n\n[archive]\nenabled = true\nstore = \"{}\"\narchive_after_secs = 0\ninterval_secs = 1\n",
+            node.http,
+            full.display()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("archiver.log");
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs '{}' && exec '{}' archiver --config '{}' --data-dir '{}'",
+        full.display(),
+        meridian_tests::meridian_bin().display(),
+        config.display(),
+        data_dir.join("broker").display()
+    );
+    let mut archiver = Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = archiver.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = archiver.kill();
+            panic!(
+                "the archiver kept running on a full disk:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("archiver stopped: retrying cannot fix this") && log.contains("No space left on device"),
+        "{log}"
+    );
+    node.stop();
+}
