@@ -340,6 +340,22 @@ impl Archiver {
         self.publish_at(converted, None).await?.map_err(ArchiveError::from)
     }
 
+    /// Deletes the files of `converted` after its commit was refused. They carry this run's
+    /// epoch in their names, so no committed entry names them; left behind, a reader globbing the
+    /// folders would count them. Best effort: what fails to go stays `uncommitted` in `verify`.
+    async fn withdraw(&self, converted: &ConvertedSegment) {
+        let paths = converted
+            .files
+            .iter()
+            .map(|file| &file.path)
+            .chain(converted.traces.files.iter().map(|file| &file.path));
+        for path in paths {
+            if let Err(error) = self.store.inner.delete(path).await {
+                tracing::warn!(%path, %error, "could not delete a file whose commit was refused");
+            }
+        }
+    }
+
     /// [`Archiver::publish`], checking `gate` (still master at the run's epoch, no later fence)
     /// before uploading and again right before the manifest commit.
     async fn publish_at(
@@ -379,6 +395,7 @@ impl Archiver {
         let mut entry = ManifestEntry::new(&self.options.broker, converted, now_millis());
         if let Some(gate) = gate {
             if let Err(refusal) = gate.check().await? {
+                self.withdraw(converted).await;
                 return Ok(Err(refusal));
             }
             entry.epoch = gate.epoch();
