@@ -6,10 +6,14 @@
 //! overwrites, never a duplicate or a gap.
 //!
 //! The archiver only reads the broker's commitlog folder; deleting local segments is the
-//! broker's decision (it reads the manifest), so an archiver can run beside the broker as its
-//! own process (`meridian archiver`) or inside it (`meridian dev`).
+//! broker's decision (it reads the manifest and checks the archived copy against its segment),
+//! so an archiver can run beside the broker as its own process (`meridian archiver`) or inside
+//! it (`meridian dev`). With a [`GroupView`] (every service archiver has one), a run archives
+//! only on the group's master, only segments wholly below the confirmed offset, and checks the
+//! master's epoch again before each manifest commit (see [`crate::group`]).
 
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use object_store::{ObjectStoreExt, PutPayload};
@@ -18,6 +22,7 @@ use meridian_proto::time::now_millis;
 
 use crate::convert::{self, ConvertOptions, ConvertedSegment};
 use crate::error::{ArchiveError, Result};
+use crate::group::{Gate, GroupView, Refusal};
 use crate::manifest::{self, ManifestEntry};
 use crate::store::ArchiveStore;
 
@@ -130,6 +135,11 @@ pub struct RunReport {
     pub parquet_bytes: u64,
     /// Trace events archived by this run (rows of trace files).
     pub trace_events: u64,
+    /// Sealed segments not wholly below the group's confirmed offset yet.
+    pub above_confirmed: usize,
+    /// Why the run archived nothing (or stopped before its next commit): this broker is not
+    /// its group's master, or the group's epoch moved.
+    pub refused: Option<Refusal>,
 }
 
 /// Progress of a run, for a progress bar.
@@ -152,6 +162,7 @@ pub struct Archiver {
     commitlog_dir: PathBuf,
     archive_after: Duration,
     crash_at: Option<(CrashPoint, CrashMode)>,
+    group: Option<Arc<dyn GroupView>>,
 }
 
 impl Archiver {
@@ -169,7 +180,16 @@ impl Archiver {
             commitlog_dir: commitlog_dir.into(),
             archive_after,
             crash_at: None,
+            group: None,
         })
+    }
+
+    /// Archives as a member of a broker group: only on its master, only below its confirmed
+    /// offset, with the epoch checked before each commit. Without one the archiver is the only
+    /// writer of its broker's name and archives every sealed segment (tests, sample archives).
+    pub fn with_group(mut self, group: Arc<dyn GroupView>) -> Archiver {
+        self.group = Some(group);
+        self
     }
 
     /// Makes the archiver crash at `point` (tests).
@@ -203,15 +223,28 @@ impl Archiver {
 
     /// Sealed segments old enough to archive and not archived yet, with the counts of the rest.
     pub async fn pending(&self, ignore_age: bool) -> Result<(Vec<SegmentFile>, usize, usize)> {
+        let (pending, already, young, _) = self.pending_below(ignore_age, u64::MAX).await?;
+        Ok((pending, already, young))
+    }
+
+    /// [`Archiver::pending`] for segments wholly below `confirmed` (a sealed segment ends where
+    /// the next begins); the last count is of the sealed segments above it.
+    async fn pending_below(&self, ignore_age: bool, confirmed: u64) -> Result<(Vec<SegmentFile>, usize, usize, usize)> {
         let committed = manifest::committed_starts(&self.store, &self.options.broker).await?;
         let now = SystemTime::now();
-        let (mut pending, mut already, mut young) = (Vec::new(), 0, 0);
-        for (segment, sealed) in list_segments(&self.commitlog_dir)? {
+        let (mut pending, mut already, mut young, mut above) = (Vec::new(), 0, 0, 0);
+        let segments = list_segments(&self.commitlog_dir)?;
+        let next_starts: Vec<u64> = segments.iter().skip(1).map(|(segment, _)| segment.start).collect();
+        for ((segment, sealed), next_start) in segments.into_iter().zip(next_starts) {
             if !sealed {
                 continue;
             }
             if committed.binary_search(&segment.start).is_ok() {
                 already += 1;
+                continue;
+            }
+            if next_start > confirmed {
+                above += 1;
                 continue;
             }
             let age = now.duration_since(segment.modified).unwrap_or_default();
@@ -221,17 +254,34 @@ impl Archiver {
             }
             pending.push(segment);
         }
-        Ok((pending, already, young))
+        Ok((pending, already, young, above))
     }
 
     /// One pass: archives every pending segment in offset order. `now_all` ignores
     /// `archive_after` (`meridian archive run --now`). Stops at the first error; what was
     /// committed before it stays committed.
     pub async fn run_once(&self, now_all: bool, mut progress: impl FnMut(Progress)) -> Result<RunReport> {
-        let (pending, already_archived, too_young) = self.pending(now_all).await?;
+        let gate = match &self.group {
+            Some(view) => match Gate::open(view.as_ref(), &self.store, &self.options.broker).await? {
+                Ok(gate) => Some(gate),
+                Err(refusal) => {
+                    return Ok(RunReport {
+                        refused: Some(refusal),
+                        ..RunReport::default()
+                    });
+                }
+            },
+            None => None,
+        };
+        let confirmed = match &gate {
+            Some(gate) => gate.confirmed_offset().await?,
+            None => u64::MAX,
+        };
+        let (pending, already_archived, too_young, above_confirmed) = self.pending_below(now_all, confirmed).await?;
         let mut report = RunReport {
             already_archived,
             too_young,
+            above_confirmed,
             ..RunReport::default()
         };
         let mut state = Progress {
@@ -243,14 +293,19 @@ impl Archiver {
         progress(state);
         for segment in pending {
             let converted = {
-                let options = self.options.clone();
+                let mut options = self.options.clone();
+                options.epoch = gate.as_ref().and_then(Gate::epoch);
                 let segment = segment.clone();
                 // Parquet encoding is CPU work: keep it off the async workers.
                 tokio::task::spawn_blocking(move || convert_file(&segment, &options))
                     .await
                     .map_err(|error| ArchiveError::Corrupt(format!("conversion task failed: {error}")))??
             };
-            self.publish(&converted).await?;
+            if let Err(refusal) = self.publish_at(&converted, gate.as_ref()).await? {
+                tracing::warn!(segment = converted.start, reason = %refusal, "archive run stopped before its commit");
+                report.refused = Some(refusal);
+                return Ok(report);
+            }
             report.archived.push(converted.start);
             report.records += converted.records;
             report.record_bytes += converted.record_bytes;
@@ -277,6 +332,37 @@ impl Archiver {
 
     /// Uploads a converted segment's files, then commits its manifest entry.
     pub async fn publish(&self, converted: &ConvertedSegment) -> Result<()> {
+        self.publish_at(converted, None).await?.map_err(ArchiveError::from)
+    }
+
+    /// Deletes the files of `converted` after its commit was refused. They carry this run's
+    /// epoch in their names, so no committed entry names them; left behind, a reader globbing the
+    /// folders would count them. Best effort: what fails to go stays `uncommitted` in `verify`.
+    async fn withdraw(&self, converted: &ConvertedSegment) {
+        let paths = converted
+            .files
+            .iter()
+            .map(|file| &file.path)
+            .chain(converted.traces.files.iter().map(|file| &file.path));
+        for path in paths {
+            if let Err(error) = self.store.inner.delete(path).await {
+                tracing::warn!(%path, %error, "could not delete a file whose commit was refused");
+            }
+        }
+    }
+
+    /// [`Archiver::publish`], checking `gate` (still master at the run's epoch, no later fence)
+    /// before uploading and again right before the manifest commit.
+    async fn publish_at(
+        &self,
+        converted: &ConvertedSegment,
+        gate: Option<&Gate<'_>>,
+    ) -> Result<std::result::Result<(), Refusal>> {
+        if let Some(gate) = gate
+            && let Err(refusal) = gate.check().await?
+        {
+            return Ok(Err(refusal));
+        }
         for (index, file) in converted.files.iter().enumerate() {
             if index == 0 && self.crash_at.is_some_and(|(point, _)| point == CrashPoint::MidFile) {
                 let half = file.bytes.slice(..file.bytes.len() / 2);
@@ -301,9 +387,16 @@ impl Archiver {
                 .map_err(self.store.error(format!("uploading {}", file.path)))?;
         }
         self.crash(CrashPoint::AfterFiles)?;
-        let entry = ManifestEntry::new(&self.options.broker, converted, now_millis());
+        let mut entry = ManifestEntry::new(&self.options.broker, converted, now_millis());
+        if let Some(gate) = gate {
+            if let Err(refusal) = gate.check().await? {
+                self.withdraw(converted).await;
+                return Ok(Err(refusal));
+            }
+            entry.epoch = gate.epoch();
+        }
         manifest::commit(&self.store, &entry).await?;
         self.crash(CrashPoint::AfterManifest)?;
-        Ok(())
+        Ok(Ok(()))
     }
 }

@@ -41,6 +41,9 @@ pub struct ConvertOptions {
     pub idc: Option<String>,
     /// zstd level (1 is fast and already small for JSON-like bodies).
     pub zstd_level: i32,
+    /// The group's epoch a group's archiver archives at: part of every file name (see
+    /// [`layout`]); None outside a group.
+    pub epoch: Option<u64>,
 }
 
 impl ConvertOptions {
@@ -50,6 +53,7 @@ impl ConvertOptions {
             broker: broker.into(),
             idc: None,
             zstd_level: 1,
+            epoch: None,
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct ConvertedSegment {
     pub records: u64,
     /// Bytes of those records (the commitlog bytes archived).
     pub record_bytes: u64,
+    /// crc32c of the segment's bytes from `start` to `end` (see [`segment_digest`]).
+    pub checksum: u32,
     /// The files, sorted by path.
     pub files: Vec<ConvertedFile>,
     /// The trace topic's events, one row per event (see [`crate::traces`]).
@@ -219,7 +225,7 @@ pub fn convert_segment(start: u64, bytes: &[u8], options: &ConvertOptions) -> Re
     let mut builder = BatchBuilder::with_capacity(BATCH_ROWS);
     for ((topic, day), mut rows) in groups {
         rows.sort_unstable_by_key(|row| (row.queue_id, row.queue_offset));
-        let path = layout::message_file(topic, day, &options.broker, start)?;
+        let path = layout::message_file_at(topic, day, &options.broker, start, options.epoch)?;
         let parquet_error = |source| ArchiveError::Parquet {
             path: path.to_string(),
             source,
@@ -276,8 +282,48 @@ pub fn convert_segment(start: u64, bytes: &[u8], options: &ConvertOptions) -> Re
         end,
         records,
         record_bytes,
+        checksum: crc32c::crc32c(&bytes[..(end - start) as usize]),
         files,
         traces,
+    })
+}
+
+/// What a segment holds, to compare a local segment with its archived copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentDigest {
+    /// Global offset just past its last entry (records and closing blank marker).
+    pub end: u64,
+    /// Records in it.
+    pub records: u64,
+    /// crc32c of its bytes up to `end`.
+    pub checksum: u32,
+}
+
+/// Walks the segment that starts at `start` as [`convert_segment`] does (every record's CRC
+/// checked) and digests it.
+pub fn segment_digest(start: u64, bytes: &[u8]) -> Result<SegmentDigest> {
+    let (mut position, mut records) = (0usize, 0u64);
+    while position < bytes.len() {
+        match record::read_entry(&bytes[position..]) {
+            Ok(Entry::Record(record)) => {
+                records += 1;
+                position += record.total_size();
+            }
+            Ok(Entry::Blank(len)) => position += len,
+            Err(RecordError::Empty) => break,
+            Err(error) => {
+                return Err(ArchiveError::Segment {
+                    segment: start,
+                    offset: start + position as u64,
+                    error,
+                });
+            }
+        }
+    }
+    Ok(SegmentDigest {
+        end: start + position as u64,
+        records,
+        checksum: crc32c::crc32c(&bytes[..position]),
     })
 }
 

@@ -63,12 +63,49 @@ pub enum ArchiveError {
     /// An archive file or manifest does not hold what it should.
     #[error("archive is corrupt: {0}")]
     Corrupt(String),
+    /// The broker may not archive for its group now (see [`crate::group::Refusal`]).
+    #[error("not archiving: {0}")]
+    Refused(String),
+}
+
+/// The first I/O error in `error`'s chain of causes.
+fn io_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cause: Option<&'a (dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cause = current.source();
+    }
+    None
 }
 
 /// The archive's result type.
 pub type Result<T, E = ArchiveError> = std::result::Result<T, E>;
 
 impl ArchiveError {
+    /// Whether retrying cannot help until an operator acts: a full disk or quota, a read-only
+    /// or forbidden location, bad config, or a store that lacks a needed operation. Everything
+    /// else (an unreachable store, a timeout) may pass by itself.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            ArchiveError::Config(_) | ArchiveError::InvalidName(_) => true,
+            ArchiveError::Store {
+                source: object_store::Error::NotImplemented { .. } | object_store::Error::PermissionDenied { .. },
+                ..
+            } => true,
+            _ => io_cause(self).is_some_and(|error| {
+                matches!(
+                    error.kind(),
+                    std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::QuotaExceeded
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                        | std::io::ErrorKind::PermissionDenied
+                )
+            }),
+        }
+    }
+
     /// Wraps an I/O error with what was being done.
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ArchiveError {
         let context = context.into();

@@ -3,10 +3,15 @@
 //! of its partition (`../`, `/`, `.` are refused there).
 //!
 //! ```text
-//! messages/topic=<topic>/date=<yyyy-mm-dd>/<broker>-<segment_start:020>.parquet
-//! traces/date=<yyyy-mm-dd>/<broker>-<segment_start:020>.parquet
+//! messages/topic=<topic>/date=<yyyy-mm-dd>/<broker>-<segment_start:020>[-e<epoch>].parquet
+//! traces/date=<yyyy-mm-dd>/<broker>-<segment_start:020>[-e<epoch>].parquet
 //! manifests/<broker>/<segment_start:020>.json
+//! fences/<broker>/<epoch:020>
 //! ```
+//!
+//! A group's archiver writes its files with the epoch it archives at (`-e<epoch>`), so a demoted
+//! master's late upload can never overwrite files a newer master committed; an archiver outside
+//! a group writes the names without it.
 
 use meridian_proto::time::format_millis;
 use meridian_proto::validate;
@@ -24,12 +29,23 @@ pub const MANIFESTS: &str = "manifests";
 /// The file a segment's messages of one topic and UTC day go to. Deterministic: a re-run after a
 /// crash writes the same name, so it overwrites instead of duplicating.
 pub fn message_file(topic: &str, day: i64, broker: &str, segment_start: u64) -> Result<Path> {
+    message_file_at(topic, day, broker, segment_start, None)
+}
+
+/// [`message_file`] of a group's archiver at `epoch` (see the module doc).
+pub fn message_file_at(topic: &str, day: i64, broker: &str, segment_start: u64, epoch: Option<u64>) -> Result<Path> {
     validate::validate_topic(topic)?;
     validate::validate_group(broker)?;
     Ok(Path::from(format!(
-        "{MESSAGES}/topic={topic}/date={}/{broker}-{segment_start:020}.parquet",
-        date_of_day(day)
+        "{MESSAGES}/topic={topic}/date={}/{broker}-{segment_start:020}{}.parquet",
+        date_of_day(day),
+        epoch_suffix(epoch)
     )))
+}
+
+/// `-e<epoch>` for a group's archiver, nothing otherwise.
+pub fn epoch_suffix(epoch: Option<u64>) -> String {
+    epoch.map(|epoch| format!("-e{epoch}")).unwrap_or_default()
 }
 
 /// `yyyy-mm-dd` of a day since the Unix epoch.

@@ -7,6 +7,9 @@
 //! - [`store`]: the object store from config (local filesystem, in-memory, S3).
 //! - [`manifest`]: per-broker manifest entries, one object per segment, written atomically.
 //! - [`archiver`]: finds segments to archive, converts, uploads, commits; idempotent.
+//! - [`group`]: one archiver per broker group (master only, below the confirmed offset, epoch
+//!   fences).
+//! - [`service`]: the archiving service (`run(config, shutdown)`): rounds, retention, stops.
 //! - [`reader`]: the archive index and replay of a queue's offsets.
 //! - [`verify`]: manifest against files (counts, checksums, gaps), and status.
 //!
@@ -15,16 +18,20 @@
 pub mod archiver;
 pub mod convert;
 pub mod error;
+pub mod group;
 pub mod layout;
 pub mod manifest;
 pub mod reader;
 pub mod sample;
 pub mod schema;
+pub mod service;
 pub mod store;
 pub mod traces;
 pub mod verify;
 
 pub use error::{ArchiveError, Result};
 
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod tests;

@@ -99,6 +99,15 @@ pub struct ManifestEntry {
     /// Trace records that did not decode and were skipped (they stay in the message files).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub malformed_trace_records: u64,
+    /// crc32c of the commitlog bytes archived (`segment_start` to `segment_end`): a broker
+    /// deletes its local segment only when its own bytes have this checksum (absent in entries
+    /// written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_checksum: Option<u32>,
+    /// The group's epoch at which its master's archiver committed the entry (absent for an
+    /// archiver outside a group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 impl ManifestEntry {
@@ -147,6 +156,8 @@ impl ManifestEntry {
                 })
                 .collect(),
             malformed_trace_records: segment.traces.malformed_records,
+            segment_checksum: Some(segment.checksum),
+            epoch: None,
         }
     }
 
@@ -187,7 +198,23 @@ impl ManifestEntry {
                     .collect::<Vec<_>>(),
             )
         };
-        key(self) == key(other)
+        let checksums_agree = match (self.segment_checksum, other.segment_checksum) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => true,
+        };
+        checksums_agree && key(self) == key(other)
+    }
+}
+
+impl ManifestEntry {
+    /// Whether two entries archive the same commitlog bytes (the same segment checksum, end and
+    /// record count), whatever their file names: two masters of one group, at different
+    /// epochs, racing on a segment both hold confirmed.
+    pub fn same_source(&self, other: &ManifestEntry) -> bool {
+        self.segment_checksum.is_some()
+            && self.segment_checksum == other.segment_checksum
+            && (self.segment_start, self.segment_end, self.records)
+                == (other.segment_start, other.segment_end, other.records)
     }
 }
 
@@ -201,7 +228,7 @@ pub async fn commit(store: &ArchiveStore, entry: &ManifestEntry) -> Result<()> {
         Ok(_) => Ok(()),
         Err(object_store::Error::AlreadyExists { .. }) => {
             let existing = read_entry(store, &path).await?;
-            if existing.same_archive(entry) {
+            if existing.same_archive(entry) || existing.same_source(entry) {
                 Ok(())
             } else {
                 Err(ArchiveError::Corrupt(format!(

@@ -146,11 +146,17 @@ pub fn trace_schema() -> SchemaRef {
 
 /// The file a segment's trace events of one UTC day go to. Deterministic, like message files.
 pub fn trace_file(day: i64, broker: &str, segment_start: u64) -> Result<Path> {
+    trace_file_at(day, broker, segment_start, None)
+}
+
+/// [`trace_file`] of a group's archiver at `epoch` (see [`layout`]).
+pub fn trace_file_at(day: i64, broker: &str, segment_start: u64, epoch: Option<u64>) -> Result<Path> {
     meridian_proto::validate::validate_group(broker)?;
     Ok(Path::from(format!(
-        "{}/date={}/{broker}-{segment_start:020}.parquet",
+        "{}/date={}/{broker}-{segment_start:020}{}.parquet",
         layout::TRACES,
-        layout::date_of_day(day)
+        layout::date_of_day(day),
+        layout::epoch_suffix(epoch)
     )))
 }
 
@@ -414,7 +420,7 @@ pub fn convert_trace_records<'a>(
     let mut builder = TraceBatchBuilder::new();
     for (day, mut events) in by_day {
         events.sort_by(|left, right| (left.timestamp, &left.event_id).cmp(&(right.timestamp, &right.event_id)));
-        let path = trace_file(day, &options.broker, segment_start)?;
+        let path = trace_file_at(day, &options.broker, segment_start, options.epoch)?;
         let parquet_error = |source| ArchiveError::Parquet {
             path: path.to_string(),
             source,

@@ -185,6 +185,63 @@ pub async fn verify(store: &ArchiveStore, broker: &str) -> Result<VerifyReport> 
     Ok(report)
 }
 
+/// Whether the archived copy of a segment matches the local segment file at `path`, so the
+/// broker may delete the file: the local bytes up to the entry's end have the entry's checksum
+/// and record count, the entry's files hold that many rows, and every live file is present,
+/// matches its checksum and reads as Parquet with its rows. `Ok(Err(reason))` names the first
+/// difference; an entry written before checksums were recorded is checked by record count.
+pub async fn matches_local(
+    store: &ArchiveStore,
+    entry: &ManifestEntry,
+    path: &std::path::Path,
+) -> Result<std::result::Result<(), String>> {
+    let digest = {
+        let (path, start) = (path.to_owned(), entry.segment_start);
+        tokio::task::spawn_blocking(move || -> Result<crate::convert::SegmentDigest> {
+            let file = std::fs::File::open(&path)
+                .map_err(crate::ArchiveError::io(format!("opening segment {}", path.display())))?;
+            // SAFETY: a sealed segment is never written again, and only this broker deletes it.
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(crate::ArchiveError::io(format!("mapping segment {}", path.display())))?;
+            crate::convert::segment_digest(start, &map)
+        })
+        .await
+        .map_err(|error| crate::ArchiveError::Corrupt(format!("segment check task failed: {error}")))??
+    };
+    let segment = entry.segment_start;
+    if digest.end != entry.segment_end || digest.records != entry.records {
+        return Ok(Err(format!(
+            "local segment {segment} holds {} records up to offset {}, its archived copy {} up to {}",
+            digest.records, digest.end, entry.records, entry.segment_end
+        )));
+    }
+    if let Some(checksum) = entry.segment_checksum
+        && checksum != digest.checksum
+    {
+        return Ok(Err(format!(
+            "local segment {segment} has checksum {:#010x}, its archived copy was made from bytes with {checksum:#010x}",
+            digest.checksum
+        )));
+    }
+    let rows: u64 = entry.files.iter().map(|file| file.rows).sum();
+    if rows != entry.records {
+        return Ok(Err(Problem::Count {
+            segment,
+            records: entry.records,
+            rows,
+        }
+        .to_string()));
+    }
+    let mut problems = Vec::new();
+    for file in entry.files.iter().filter(|file| file.expired_at.is_none()) {
+        check_file(store, &file.path, file.bytes, file.checksum, file.rows, &mut problems).await?;
+    }
+    match problems.first() {
+        Some(problem) => Ok(Err(problem.to_string())),
+        None => Ok(Ok(())),
+    }
+}
+
 /// Checks one committed file: present, matching its size and checksum, readable Parquet with
 /// `rows` rows. Problems go to `problems`; only a store that cannot be read is an error.
 async fn check_file(

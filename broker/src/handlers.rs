@@ -450,7 +450,7 @@ fn pull(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
     {
         let state = state.clone();
         return Reply::Later(Box::pin(async move {
-            let body = pull_archived(&state, &archive, &request).await?;
+            let body = pull_archived(&state, &archive, &request, &filter).await?;
             state.trace.delivered(&request.topic, &request.group, peer, &body);
             Ok(body)
         }));
@@ -489,11 +489,13 @@ fn pull(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
 
 /// A pull below the local consume queue, answered from the archive: the records re-encoded from
 /// Parquet are the bytes the broker once stored, so clients see the same ids, offsets and CRCs.
-/// An offset the archive no longer holds moves the consumer to the next one that exists.
+/// An offset the archive no longer holds moves the consumer to the next one that exists. The tag
+/// filter applies as to local pulls: `next_offset` passes the records it drops.
 async fn pull_archived(
     state: &BrokerState,
     archive: &meridian_archive::reader::ArchiveReader,
     request: &PullRequest,
+    filter: &TagFilter,
 ) -> Result<Bytes> {
     use meridian_archive::reader::Replay;
     let local_min = state
@@ -524,6 +526,11 @@ async fn pull_archived(
             count,
             next_offset,
         } => {
+            let (records, count) = if filter.is_all() {
+                (records, count)
+            } else {
+                matching_records(&records, filter)?
+            };
             state.metrics.messages_pulled.inc_by(count);
             (PullStatus::Found, next_offset, Bytes::from(records))
         }
@@ -540,6 +547,22 @@ async fn pull_archived(
     }
     .encode_to_vec()
     .into())
+}
+
+/// The records of `records` (stored records, back to back) whose tag `filter` takes, and their
+/// count. The archive holds each record's tag, so the exact check is made here.
+fn matching_records(records: &[u8], filter: &TagFilter) -> Result<(Vec<u8>, u64)> {
+    let (mut kept, mut count, mut position) = (Vec::with_capacity(records.len()), 0, 0);
+    while position < records.len() {
+        let record = meridian_proto::record::Record::parse(&records[position..])
+            .map_err(|error| BrokerError::Corrupt(format!("a record read back from the archive: {error}")))?;
+        if filter.matches_tag(record.tag()) {
+            kept.extend_from_slice(record.as_bytes());
+            count += 1;
+        }
+        position += record.total_size();
+    }
+    Ok((kept, count))
 }
 
 /// The answer to a pull whose position predates a reset of the group's offsets: where the group

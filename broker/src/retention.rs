@@ -1,6 +1,7 @@
 //! Local retention of archived segments: with `[archive] enabled`, the broker reads its archive's
-//! manifest and deletes its oldest sealed segments once each is committed there and older than
-//! `local_retention_secs`. Deletion goes strictly oldest first, so the local log stays one
+//! manifest and deletes its oldest sealed segments once each is committed there, its archived
+//! copy matches the local bytes (checksum, record count, every file's checksum and rows), and it
+//! is older than `local_retention_secs`. Deletion goes strictly oldest first, so the local log stays one
 //! contiguous range; nothing unarchived is ever deleted, and with archiving off nothing is.
 //!
 //! Nor is a segment holding a message the broker itself still has to read: a delayed message not
@@ -50,12 +51,20 @@ pub async fn apply(store: &MessageStore, archive: &ArchiveReader, local_retentio
         if pinned.is_some_and(|pinned| end > pinned) {
             break;
         }
-        let committed = archive.with_index(|index| index.is_committed(start));
+        let entry = archive.with_index(|index| index.entries().get(&start).cloned());
         let modified = std::fs::metadata(&path)
             .and_then(|metadata| metadata.modified())
             .unwrap_or(now);
         let old_enough = now.duration_since(modified).unwrap_or_default() >= local_retention;
-        if !committed || !old_enough {
+        let Some(entry) = entry.filter(|_| old_enough) else {
+            break;
+        };
+        // Verify before delete: the archived copy must be this segment's bytes, whole.
+        let verified = meridian_archive::verify::matches_local(archive.store(), &entry, &path)
+            .await
+            .map_err(|error| BrokerError::Corrupt(format!("checking segment {start} against its archive: {error}")))?;
+        if let Err(reason) = verified {
+            tracing::warn!(segment = start, %reason, "keeping a local segment whose archived copy does not match it");
             break;
         }
         if !store.delete_archived_segment(start)? {
@@ -207,6 +216,54 @@ mod tests {
         assert_eq!(pinned_offset(&store).unwrap(), None);
         let deleted = apply(&store, &reader, Duration::ZERO).await.unwrap();
         assert_eq!(deleted, sealed.iter().map(|(start, _, _)| *start).collect::<Vec<_>>());
+        store.shutdown();
+    }
+
+    /// Verify before delete: a committed archive whose checksum does not match the local
+    /// segment (an archive made from other bytes) keeps that segment and every later one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_whose_archive_does_not_match_it_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            segment_size: 64 * 1024,
+            ..StoreConfig::default()
+        };
+        let data_dir = dir.path().join("broker");
+        let store = MessageStore::open(&data_dir, config, "127.0.0.1:7911".parse().unwrap(), Arc::default()).unwrap();
+        store.create_topic("orders", 1).unwrap();
+        for chunk in messages(1000).chunks(10) {
+            store
+                .append("orders", Some(0), chunk, "10.0.0.1:5000".parse().unwrap())
+                .unwrap();
+        }
+        while store.dispatched_offset() < store.committed_offset() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let sealed = store.sealed_segments();
+        assert!(sealed.len() >= 3, "{sealed:?}");
+        let archive = ArchiveStore::in_memory();
+        Archiver::new(
+            archive.clone(),
+            ConvertOptions::new("broker-a"),
+            data_dir.join("commitlog"),
+            Duration::ZERO,
+        )
+        .unwrap()
+        .run_once(true, |_| {})
+        .await
+        .unwrap();
+        // The second segment's entry claims other bytes.
+        let second = sealed[1].0;
+        let mut entry = meridian_archive::manifest::load(&archive, "broker-a", second)
+            .await
+            .unwrap();
+        entry.segment_checksum = entry.segment_checksum.map(|checksum| checksum ^ 1);
+        meridian_archive::manifest::rewrite(&archive, &entry).await.unwrap();
+
+        let reader = ArchiveReader::new(archive.clone(), "broker-a").unwrap();
+        let deleted = apply(&store, &reader, Duration::ZERO).await.unwrap();
+        assert_eq!(deleted, vec![sealed[0].0], "only the segment before the mismatch goes");
+        assert_eq!(store.sealed_segments(), sealed[1..].to_vec());
         store.shutdown();
     }
 

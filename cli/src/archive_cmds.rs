@@ -1,20 +1,30 @@
 //! `meridian archiver` (the archiving service beside a broker) and `meridian archive
 //! status|run|verify`. Both read the broker's config file: its `data_dir`, `broker_name`, `idc`
-//! and `[archive]` table, so they always agree with the broker on where the archive is.
+//! and `[archive]` table, so they always agree with the broker on where the archive is. The
+//! service itself is `meridian_archive::service`; this file composes it with its broker group's
+//! view ([`service_config`]): who is master (the nameservers) and the confirmed offset
+//! ([`confirmed_offset`], read through the broker's `/api/health` when it runs elsewhere).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use meridian_archive::archiver::{self, Archiver, CrashMode, CrashPoint};
 use meridian_archive::convert::ConvertOptions;
+use meridian_archive::group::{GroupFuture, GroupView, Standing};
+use meridian_archive::service::{ArchiverService, ServiceConfig};
 use meridian_archive::store::ArchiveStore;
-use meridian_archive::{manifest, verify};
+use meridian_archive::{ArchiveError, manifest, verify};
 use meridian_broker::BrokerConfig;
+use meridian_broker::store::{FlushMode, MessageStore};
+use meridian_nameserver::service::{BrokerGroupView, NameserverService, Query};
 use meridian_proto::time::format_seconds;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
+use crate::governance::{NameserverAddrs, NameserverClient};
 
 /// Which broker config to read.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,91 +85,200 @@ fn open_store(broker: &BrokerConfig) -> Result<ArchiveStore> {
     meridian_broker::retention::open_store(&broker.archive, &broker.data_dir).context("opening the archive store")
 }
 
-fn archiver_of(broker: &BrokerConfig) -> Result<Archiver> {
-    let mut options = ConvertOptions::new(broker.broker_name.clone());
-    options.idc = (!broker.idc.is_empty()).then(|| broker.idc.clone());
-    options.zstd_level = broker.archive.zstd_level;
-    let mut archiver = Archiver::new(
-        open_store(broker)?,
-        options,
-        broker.data_dir.join("commitlog"),
-        Duration::from_secs(broker.archive.archive_after_secs),
-    )?;
-    // Test hook, read here and nowhere else: the end-to-end tests crash the archiver at a step.
-    if let Ok(point) = std::env::var("MERIDIAN_ARCHIVE_CRASH_AT") {
-        let point: CrashPoint = point.parse().map_err(anyhow::Error::msg)?;
-        archiver = archiver.crash_at(point, CrashMode::Abort);
+/// The broker's confirmed offset: every record below it is held as the group's ack policy
+/// demands, so no failover can take it back. The archiver archives only segments wholly below
+/// it (`archivable_below` in the broker's `/api/health`). This is the one place that decides it:
+/// synced where the flush is sync, written otherwise (a lone async broker's promise).
+pub fn confirmed_offset(store: &MessageStore) -> u64 {
+    match store.config().flush_mode {
+        FlushMode::Sync => store.flushed_offset(),
+        FlushMode::Async => store.committed_offset(),
     }
-    Ok(archiver)
 }
 
-/// The archiving loop of one broker: archive what is due, apply archive retention, sleep.
-pub struct ArchiverLoop {
-    archiver: Archiver,
-    broker: BrokerConfig,
+/// Where the archiver learns this broker's standing in its group.
+enum StandingSource {
+    /// The nameserver in this process (`meridian dev`).
+    Local(Arc<NameserverService>),
+    /// The broker's nameservers over the network.
+    Remote(NameserverClient),
+    /// A standalone broker (no nameservers): the only writer of its name, so no epoch to check.
+    Standalone,
 }
 
-impl ArchiverLoop {
-    /// The loop for the broker `broker` configures.
-    pub fn new(broker: &BrokerConfig) -> Result<ArchiverLoop> {
-        Ok(ArchiverLoop {
-            archiver: archiver_of(broker)?,
-            broker: broker.clone(),
+/// Where the archiver learns the confirmed offset.
+enum ConfirmedSource {
+    /// The broker in this process (`meridian dev`).
+    Local(Arc<MessageStore>),
+    /// The broker's `/api/health` at its `http_listen`.
+    Remote(SocketAddr),
+    /// The same, for `meridian archive run --now` of a standalone broker: when the broker does
+    /// not answer (stopped, or `meridian dev`, which serves HTTP elsewhere), every sealed segment
+    /// counts as confirmed, as a lone broker's written segments are.
+    RemoteOrSealed(SocketAddr),
+    /// No way to ask (a broker config without `http_listen`, for `meridian archive run --now`
+    /// beside `meridian dev`): every sealed segment counts as confirmed, as a lone broker's
+    /// written segments are.
+    Sealed,
+}
+
+/// The archiver's view of its broker group (see `meridian_archive::group`).
+struct BrokerGroup {
+    group: String,
+    member: String,
+    standing: StandingSource,
+    confirmed: ConfirmedSource,
+}
+
+impl BrokerGroup {
+    fn standing_in(&self, groups: &[BrokerGroupView]) -> Option<Standing> {
+        Some(match groups.iter().find(|group| group.name == self.group) {
+            Some(group) => Standing {
+                epoch: group.epoch,
+                master: group.master.as_deref() == Some(self.member.as_str()),
+            },
+            // Not registered (yet): not master.
+            None => Standing {
+                epoch: 0,
+                master: false,
+            },
+        })
+    }
+}
+
+fn group_error(context: &str, error: impl std::fmt::Display) -> ArchiveError {
+    ArchiveError::Refused(format!("{context}: {error}"))
+}
+
+impl GroupView for BrokerGroup {
+    fn standing(&self) -> GroupFuture<'_, Option<Standing>> {
+        Box::pin(async move {
+            match &self.standing {
+                StandingSource::Local(service) => Ok(self.standing_in(&service.brokers())),
+                StandingSource::Remote(client) => {
+                    let groups: Vec<BrokerGroupView> = client
+                        .read(&Query::Brokers)
+                        .await
+                        .map_err(|error| group_error("asking the nameservers who is master", format!("{error:#}")))?;
+                    Ok(self.standing_in(&groups))
+                }
+                StandingSource::Standalone => Ok(None),
+            }
         })
     }
 
-    /// Runs until `stop`. Errors (an unreachable store) are logged and retried next round.
-    pub async fn run(self, stop: CancellationToken) {
-        let interval = Duration::from_secs(self.broker.archive.interval_secs);
-        loop {
-            match self.archiver.run_once(false, |_| {}).await {
-                Ok(report) if !report.archived.is_empty() => tracing::info!(
-                    segments = ?report.archived,
-                    records = report.records,
-                    "archive run done"
-                ),
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "archive run failed; retrying next round"),
+    fn confirmed_offset(&self) -> GroupFuture<'_, u64> {
+        Box::pin(async move {
+            match &self.confirmed {
+                ConfirmedSource::Local(store) => Ok(confirmed_offset(store)),
+                ConfirmedSource::RemoteOrSealed(addr) => match crate::cluster::http_json(*addr, "/api/health").await {
+                    Some(health) => health["broker"]["archivable_below"].as_u64().ok_or_else(|| {
+                        group_error(
+                            "asking the broker for its confirmed offset",
+                            format!("http://{addr}/api/health has no broker.archivable_below; is it the same version?"),
+                        )
+                    }),
+                    None => {
+                        tracing::warn!(
+                            %addr,
+                            "the standalone broker's /api/health did not answer; archiving every sealed segment"
+                        );
+                        Ok(u64::MAX)
+                    }
+                },
+                ConfirmedSource::Remote(addr) => {
+                    let health = crate::cluster::http_json(*addr, "/api/health").await.ok_or_else(|| {
+                        group_error(
+                            "asking the broker for its confirmed offset",
+                            format!("http://{addr}/api/health did not answer; is the broker running?"),
+                        )
+                    })?;
+                    health["broker"]["archivable_below"].as_u64().ok_or_else(|| {
+                        group_error(
+                            "asking the broker for its confirmed offset",
+                            format!("http://{addr}/api/health has no broker.archivable_below; is it the same version?"),
+                        )
+                    })
+                }
+                ConfirmedSource::Sealed => Ok(u64::MAX),
             }
-            match verify::expire(
-                self.archiver.store(),
-                self.archiver.broker(),
-                &self.broker.archive,
-                None,
-            )
-            .await
-            {
-                Ok(expired) if !expired.is_empty() => tracing::info!(?expired, "archive retention deleted files"),
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "archive retention failed; retrying next round"),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-        }
+        })
     }
 }
 
-/// `meridian archiver`: archives the broker's segments until Ctrl-C or SIGTERM.
+/// The service config of the archiver beside `broker`. `local`: the nameserver and broker of
+/// this process (`meridian dev`); otherwise they are asked over the network. `one_shot`:
+/// `meridian archive run --now` (see [`ConfirmedSource::RemoteOrSealed`]).
+pub fn service_config(
+    broker: &BrokerConfig,
+    local: Option<(Arc<NameserverService>, Arc<MessageStore>)>,
+    one_shot: bool,
+) -> Result<ServiceConfig> {
+    let (standing, confirmed) = match local {
+        Some((nameserver, store)) => (StandingSource::Local(nameserver), ConfirmedSource::Local(store)),
+        None => {
+            let standing = if broker.nameservers.is_empty() {
+                StandingSource::Standalone
+            } else {
+                StandingSource::Remote(NameserverClient::new(&NameserverAddrs {
+                    nameservers: broker.nameservers.clone(),
+                })?)
+            };
+            let standalone = broker.nameservers.is_empty();
+            let confirmed = match broker.http_listen {
+                Some(addr) if one_shot && standalone => ConfirmedSource::RemoteOrSealed(addr),
+                Some(addr) => ConfirmedSource::Remote(addr),
+                None => ConfirmedSource::Sealed,
+            };
+            (standing, confirmed)
+        }
+    };
+    let group = BrokerGroup {
+        group: broker.broker_name.clone(),
+        member: broker.member_name.clone().unwrap_or_else(|| broker.broker_name.clone()),
+        standing,
+        confirmed,
+    };
+    // Test hook, read here and nowhere else: the end-to-end tests crash the archiver at a step.
+    let crash_at = match std::env::var("MERIDIAN_ARCHIVE_CRASH_AT") {
+        Ok(point) => Some(point.parse::<CrashPoint>().map_err(anyhow::Error::msg)?),
+        Err(_) => None,
+    };
+    Ok(ServiceConfig {
+        broker: broker.broker_name.clone(),
+        idc: (!broker.idc.is_empty()).then(|| broker.idc.clone()),
+        commitlog_dir: broker.data_dir.join("commitlog"),
+        archive: broker.archive.clone(),
+        store: open_store(broker)?,
+        group: Some(Arc::new(group)),
+        crash_at,
+    })
+}
+
+/// `meridian archiver`: archives the broker's segments until Ctrl-C or SIGTERM, or until an
+/// error retrying cannot fix (then it exits with that error).
 pub async fn archiver(args: ArchiverArgs) -> Result<()> {
     let broker = args.config.load()?;
-    let service = ArchiverLoop::new(&broker)?;
+    let service = ArchiverService::new(service_config(&broker, None, false)?)?;
     println!(
         "meridian archiver for broker {} ({}) into {}",
         broker.broker_name,
         broker.data_dir.display(),
-        service.archiver.store().url
+        service.store().url
     );
     let stop = CancellationToken::new();
-    let stopped = stop.clone();
     let tasks = tokio_util::task::TaskTracker::new();
-    tasks.spawn(service.run(stopped));
+    let running = tasks.spawn(service.run(stop.clone().cancelled_owned()));
     tasks.close();
-    crate::shutdown_signal().await;
-    stop.cancel();
+    let result = tokio::select! {
+        result = running => result.context("archiver task panicked")?,
+        _ = crate::shutdown_signal() => {
+            stop.cancel();
+            Ok(())
+        }
+    };
     tasks.wait().await;
-    Ok(())
+    result.with_context(|| format!("archiver of broker {} stopped", broker.broker_name))
 }
 
 /// `meridian archive ...`.
@@ -240,7 +359,22 @@ async fn status(broker: &BrokerConfig) -> Result<()> {
 }
 
 async fn run_now(broker: &BrokerConfig) -> Result<()> {
-    let archiver = archiver_of(broker)?;
+    let config = service_config(broker, None, true)?;
+    let mut options = ConvertOptions::new(config.broker);
+    options.idc = config.idc;
+    options.zstd_level = broker.archive.zstd_level;
+    let mut archiver = Archiver::new(
+        config.store,
+        options,
+        config.commitlog_dir,
+        Duration::from_secs(broker.archive.archive_after_secs),
+    )?;
+    if let Some(point) = config.crash_at {
+        archiver = archiver.crash_at(point, CrashMode::Abort);
+    }
+    if let Some(group) = config.group {
+        archiver = archiver.with_group(group);
+    }
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} of commitlog, {msg} ({elapsed})")
@@ -259,6 +393,13 @@ async fn run_now(broker: &BrokerConfig) -> Result<()> {
     bar.finish_and_clear();
     let report =
         report.with_context(|| format!("archiving broker {} into {}", broker.broker_name, archiver.store().url))?;
+    if let Some(refusal) = &report.refused {
+        bail!(
+            "broker {} archived {} segment(s), then stopped: {refusal}",
+            broker.broker_name,
+            report.archived.len()
+        );
+    }
     println!(
         "archived {} segment(s) of broker {}: {} messages, {} of commitlog as {} of Parquet; {} already archived",
         report.archived.len(),

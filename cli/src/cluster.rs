@@ -885,7 +885,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     tokio::time::timeout(Duration::from_secs(2), fetch).await.ok().flatten()
 }
 
-async fn http_json(addr: SocketAddr, path: &str) -> Option<Value> {
+pub(crate) async fn http_json(addr: SocketAddr, path: &str) -> Option<Value> {
     let (status, body) = http_get(addr, path).await?;
     (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
 }

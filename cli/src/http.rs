@@ -76,6 +76,7 @@ async fn health(State(state): State<HttpState>) -> Json<serde_json::Value> {
             "name": state.broker_name,
             "committed_offset": state.store.committed_offset(),
             "flushed_offset": state.store.flushed_offset(),
+            "archivable_below": crate::archive_cmds::confirmed_offset(&state.store),
             "dispatched_offset": state.store.dispatched_offset(),
             "flush_mode": state.store.config().flush_mode,
         },

@@ -41,6 +41,10 @@ pub struct DevArgs {
     /// Do not archive (by default `meridian dev` archives sealed segments into DATA_DIR/archive).
     #[arg(long)]
     no_archive: bool,
+    /// Once ready, write the bound addresses here as JSON (`{"nameserver": ..., "broker": ...,
+    /// "http": ..., "pid": ...}`), so a caller can pass port 0 and learn the ports.
+    #[arg(long, env = "MERIDIAN_READY_FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 /// Arguments of `meridian broker`.
@@ -49,6 +53,10 @@ pub struct BrokerArgs {
     /// Broker config file (TOML); defaults apply to anything it leaves out.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Once listening, write the bound addresses here as JSON (`{"broker": ..., "http": ...,
+    /// "pid": ...}`), so a config may say port 0 and a caller learn the ports.
+    #[arg(long, env = "MERIDIAN_READY_FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 /// Arguments of `meridian nameserver`.
@@ -57,6 +65,23 @@ pub struct NameserverArgs {
     /// Nameserver config file (TOML); defaults apply to anything it leaves out.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Once listening, write the bound addresses here as JSON (`{"nameserver": ..., "http":
+    /// ..., "pid": ...}`), so a config may say port 0 and a caller learn the ports.
+    #[arg(long, env = "MERIDIAN_READY_FILE")]
+    ready_file: Option<PathBuf>,
+}
+
+/// Writes the ready file (see `--ready-file`): `addrs` and the pid as JSON, through a temporary
+/// file and a rename, so a reader never sees half of it.
+fn write_ready_file(path: Option<&std::path::Path>, mut addrs: serde_json::Value) -> Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    addrs["pid"] = std::process::id().into();
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, serde_json::to_vec(&addrs)?)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("writing the ready file {}", path.display()))
 }
 
 /// What one process serves.
@@ -67,7 +92,7 @@ struct Services {
     tracer: Option<meridian_tracer::Tracer>,
     http: Option<(tokio::net::TcpListener, axum::Router)>,
     /// The archiver of the broker's segments (`meridian dev`).
-    archiver: Option<crate::archive_cmds::ArchiverLoop>,
+    archiver: Option<meridian_archive::service::ArchiverService>,
     /// The archive's manifests, for the archive steps of trace timelines (`meridian dev`).
     archive_steps: Option<Arc<crate::archive_steps::ManifestSteps>>,
 }
@@ -92,7 +117,11 @@ async fn run(services: Services, ready: impl std::future::Future<Output = ()>) -
         tasks.spawn(async move { tracer.run(stopped.cancelled_owned()).await })
     });
     if let Some(archiver) = services.archiver {
-        tasks.spawn(archiver.run(stop.clone()));
+        // An error it cannot retry stops only the archiver; it logs why.
+        let stopped = stop.clone();
+        tasks.spawn(async move {
+            let _ = archiver.run(stopped.cancelled_owned()).await;
+        });
     }
     if let Some(steps) = services.archive_steps {
         tasks.spawn(steps.run(stop.clone()));
@@ -190,11 +219,6 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     if !args.no_archive {
         broker_config.archive.enabled = true;
     }
-    let archiver = if broker_config.archive.enabled {
-        Some(crate::archive_cmds::ArchiverLoop::new(&broker_config).context("starting the archiver")?)
-    } else {
-        None
-    };
     let query_archive = broker_config.archive.enabled.then(|| {
         let default_dir = meridian_broker::retention::default_archive_dir(&broker_config.data_dir);
         (broker_config.archive.clone(), default_dir)
@@ -203,10 +227,21 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     let broker_idc = broker_config.idc.clone();
     let flush_mode = broker_config.store.flush_mode;
     let broker_name = broker_config.broker_name.clone();
+    let archiver_broker = broker_config.archive.enabled.then(|| broker_config.clone());
     let broker_metrics = Arc::new(BrokerMetrics::register(&mut registry));
     let broker = Broker::bind(broker_config, broker_metrics)
         .await
         .context("starting the broker")?;
+    // The archiver asks this process's nameserver who is master and this broker how far its
+    // log is confirmed.
+    let archiver = match archiver_broker {
+        Some(config) => {
+            let local = Some((nameserver.service(), broker.store()));
+            let service_config = crate::archive_cmds::service_config(&config, local, false)?;
+            Some(meridian_archive::service::ArchiverService::new(service_config).context("starting the archiver")?)
+        }
+        None => None,
+    };
     let broker_addr = broker.local_addr();
     let tracer_config = meridian_tracer::TracerConfig {
         nameservers: vec![nameserver_addr.to_string()],
@@ -260,6 +295,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
 
     let service = nameserver.service();
     let replication = broker.replication();
+    let ready_file = args.ready_file.clone();
     let ready = async move {
         // "ready" means usable: the broker has registered and heartbeated, so topics can be
         // placed on it and routes name it, and the nameserver elected it master of its group.
@@ -289,6 +325,12 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             "  tracer     indexing the trace topic into {}",
             args.data_dir.join("tracer").display()
         );
+        if let Err(error) = write_ready_file(
+            ready_file.as_deref(),
+            serde_json::json!({"nameserver": nameserver_addr, "broker": broker_addr, "http": http_addr}),
+        ) {
+            tracing::error!(error = %format!("{error:#}"), "the ready file was not written");
+        }
         println!("ready; press Ctrl-C to stop");
     };
     run(
@@ -315,10 +357,20 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     let broker = Broker::bind(broker_config, metrics)
         .await
         .context("starting the broker")?;
+    let http_listener = match http_listen {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
+    write_ready_file(
+        args.ready_file.as_deref(),
+        serde_json::json!({
+            "broker": broker.local_addr(),
+            "http": http_listener.as_ref().map(|listener| listener.local_addr()).transpose()?,
+        }),
+    )?;
     println!("meridian broker {name} listening on {}", broker.local_addr());
-    let http = match http_listen {
-        Some(addr) => {
-            let listener = http::bind(addr).await?;
+    let http = match http_listener {
+        Some(listener) => {
             println!(
                 "  http http://{}  (/api/health, /api/broker/topics, /metrics)",
                 listener.local_addr()?
@@ -356,6 +408,10 @@ pub async fn nameserver(args: NameserverArgs) -> Result<()> {
     let nameserver = Nameserver::bind(config, http_addr, metrics)
         .await
         .context("starting the nameserver")?;
+    write_ready_file(
+        args.ready_file.as_deref(),
+        serde_json::json!({"nameserver": nameserver.local_addr(), "http": http_addr}),
+    )?;
     println!(
         "meridian nameserver node {node_id} listening on {}",
         nameserver.local_addr()

@@ -178,7 +178,8 @@ async fn archived_then_deleted_messages_are_consumed_identically_from_the_beginn
     let segment_start: u64 = host
         .rsplit_once("/broker-a-")
         .and_then(|(_, name)| name.strip_suffix(".parquet)"))
-        .and_then(|digits| digits.parse().ok())
+        // A group's archiver names its files `<start>-e<epoch>`.
+        .and_then(|name| name.split("-e").next()?.parse().ok())
         .unwrap_or_else(|| panic!("no segment file in {step}"));
     assert!(
         host.starts_with("archive (file://") && host.contains("/messages/topic=orders/date="),
@@ -293,6 +294,157 @@ async fn an_archiver_killed_at_each_step_leaves_no_gap_no_duplicate_and_deletes_
         stored.len(),
         produced,
         "every message once, from the archive and the local log"
+    );
+    node.stop();
+}
+
+/// Pulls served from the archive apply the tag filter on the broker, as local pulls do: a
+/// consumer subscribed to one tag gets only that tag's messages, below and above the local log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_pulls_apply_the_tag_filter_like_local_pulls() {
+    use meridian_proto::RequestCode;
+    use meridian_proto::messages::{PullRequest, PullResponse};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let config = write_config(dir.path(), 0);
+    let node = DevNode::start(&data_dir, &["--config", config.to_str().unwrap()]);
+    node.create_topic("orders", 1).await;
+    node.create_group("tagged", &["orders"]).await;
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let producer = Producer::new(node.route(&pool), ProducerConfig::default());
+    let body = "x".repeat(400);
+    for index in 0..1500usize {
+        let tag = if index % 3 == 0 { "paid" } else { "created" };
+        producer
+            .send(Message::new("orders", Bytes::from(format!("{index} {body}"))).with_tag(tag))
+            .await
+            .unwrap();
+    }
+    producer.shutdown().await;
+    wait_until("every sealed segment is archived and deleted", || {
+        local_segments(&data_dir).len() == 1
+    })
+    .await;
+
+    // The first segments are gone from the broker's disk: their offsets come from the archive.
+    assert!(local_segments(&data_dir)[0] > 0);
+    let addr = node.broker_addr();
+    let mut offset = 0;
+    let mut paid = Vec::new();
+    loop {
+        let request = PullRequest {
+            group: "tagged".into(),
+            topic: "orders".into(),
+            queue_id: 0,
+            offset,
+            max_count: 64,
+            max_bytes: 1 << 20,
+            long_poll_ms: 0,
+            subscription: "paid".into(),
+            offset_generation: None,
+        };
+        let response: PullResponse = pool
+            .call(&addr, RequestCode::Pull, &request, Duration::from_secs(10))
+            .await
+            .unwrap();
+        if response.next_offset == offset {
+            break;
+        }
+        let messages = meridian_proto::record::decode_all(&response.records).unwrap();
+        for message in &messages {
+            assert_eq!(
+                message.tag(),
+                Some("paid"),
+                "offset {} passed the filter",
+                message.queue_offset
+            );
+        }
+        paid.extend(messages.into_iter().map(|message| message.queue_offset));
+        offset = response.next_offset;
+    }
+    let expected: Vec<u64> = (0..1500u64).filter(|index| index % 3 == 0).collect();
+    assert_eq!(paid, expected, "every paid message once, in order, nothing else");
+    pool.shutdown().await;
+    node.stop();
+}
+
+/// A full disk stops the archiver with the reason instead of retrying silently: `meridian
+/// archiver` archives into a 64 KiB tmpfs (mounted in a private mount namespace, so no
+/// privilege is needed), fills it, logs why it stopped and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_archiver_with_the_reason() {
+    use std::process::{Command, Stdio};
+    let namespaces = Command::new("unshare")
+        .args(["-rm", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !namespaces {
+        eprintln!(
+            "skipped: `unshare -rm` (unprivileged mount namespaces) is unavailable, so no small tmpfs can be mounted"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let dev_config = dir.path().join("dev.toml");
+    std::fs::write(
+        &dev_config,
+        "[store]\nsegment_size = 262144\n\n[limits]\nmax_body_size = 65536\n",
+    )
+    .unwrap();
+    let node = DevNode::start(&data_dir, &["--config", dev_config.to_str().unwrap(), "--no-archive"]);
+    node.create_topic("orders", 4).await;
+    produce(&node, "orders", 0, 2000).await;
+    assert!(local_segments(&data_dir).len() >= 3);
+
+    let full = dir.path().join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    let config = dir.path().join("archiver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "http_listen = \"{}\"\n\n[store]\nsegment_size = 262144\n\n[limits]\nmax_body_size = 65536\n\n[archive]\nenabled = true\nstore = \"{}\"\narchive_after_secs = 0\ninterval_secs = 1\n",
+            node.http,
+            full.display()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("archiver.log");
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs '{}' && exec '{}' archiver --config '{}' --data-dir '{}'",
+        full.display(),
+        meridian_tests::meridian_bin().display(),
+        config.display(),
+        data_dir.join("broker").display()
+    );
+    let mut archiver = Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = archiver.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = archiver.kill();
+            panic!(
+                "the archiver kept running on a full disk:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("archiver stopped: retrying cannot fix this") && log.contains("No space left on device"),
+        "{log}"
     );
     node.stop();
 }

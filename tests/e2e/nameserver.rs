@@ -303,22 +303,19 @@ fn a_three_node_cluster_survives_kill9_of_its_leader_and_nodes_catch_up() {
 fn routes_show_a_silent_broker_down_within_the_heartbeat_timeout_and_back_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let port = free_port("127.0.0.21");
-    let nameserver_addr = format!("127.0.0.21:{port}");
     std::fs::write(
         root.join("nameserver.toml"),
         format!(
-            "listen = \"{nameserver_addr}\"\nhttp_listen = \"127.0.0.21:0\"\ndata_dir = \"{}\"\nbroker_timeout_ms = 1500\n",
+            "listen = \"127.0.0.21:0\"\nhttp_listen = \"127.0.0.21:0\"\ndata_dir = \"{}\"\nbroker_timeout_ms = 1500\n",
             root.join("ns").display()
         ),
     )
     .unwrap();
     let config = root.join("nameserver.toml");
-    let _nameserver = ServiceProcess::start(
-        &["nameserver".as_ref(), "--config".as_ref(), config.as_os_str()],
-        root,
-        |line| line.starts_with("meridian nameserver node"),
-    );
+    // Port 0: the nameserver reports the port it got in its ready file.
+    let (_nameserver, addrs) =
+        ServiceProcess::start_ready(&["nameserver".as_ref(), "--config".as_ref(), config.as_os_str()], root);
+    let nameserver_addr = meridian_tests::ready_addr(&addrs, "nameserver").to_string();
     std::fs::write(
         root.join("broker.toml"),
         format!(

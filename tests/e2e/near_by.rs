@@ -19,22 +19,19 @@ use tokio_util::task::TaskTracker;
 
 /// A single-node nameserver in `dc1` on `ip`, its files under `root`.
 fn start_nameserver(root: &Path, ip: &str) -> (ServiceProcess, SocketAddr) {
-    let addr: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().unwrap();
     let config = root.join("nameserver.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"{addr}\"\nhttp_listen = \"{ip}:0\"\ndata_dir = \"{}\"\nidc = \"dc1\"\nbroker_timeout_ms = 2000\n",
+            "listen = \"{ip}:0\"\nhttp_listen = \"{ip}:0\"\ndata_dir = \"{}\"\nidc = \"dc1\"\nbroker_timeout_ms = 2000\n",
             root.join("nameserver").display()
         ),
     )
     .unwrap();
-    let process = ServiceProcess::start(
-        &["nameserver".as_ref(), "--config".as_ref(), config.as_os_str()],
-        root,
-        |line| line.starts_with("meridian nameserver node"),
-    );
-    (process, addr)
+    // Port 0: the nameserver reports the port it got in its ready file.
+    let (process, addrs) =
+        ServiceProcess::start_ready(&["nameserver".as_ref(), "--config".as_ref(), config.as_os_str()], root);
+    (process, meridian_tests::ready_addr(&addrs, "nameserver"))
 }
 
 /// A nameserver and one single-broker group per data center.

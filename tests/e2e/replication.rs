@@ -1,7 +1,8 @@
 //! Broker groups of three separate processes (master + two slaves, one in another IDC) under one
 //! nameserver: a killed master is replaced by its most advanced in-sync slave with no acknowledged
 //! message lost, a partitioned master stops acknowledging within its lease, `idc_safe` survives
-//! losing a data center, and a slave that fell far behind catches up.
+//! losing a data center, and a slave that fell far behind catches up. With an archiver beside
+//! every member, only the master's archives and the archive is the group's history.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -637,4 +638,182 @@ async fn bench_failover_trials() {
         serde_json::json!({"failover_ms": times, "worst_ms": worst, "acknowledged": acknowledged.len(), "lost": 0, "duplicates": duplicates})
     );
     pool.shutdown().await;
+}
+
+/// One archiver beside every member of a group, all writing into one archive: only the master's
+/// archives; after a switchover the new master's archiver takes over at the new epoch. The
+/// archive then holds exactly the group's history: DuckDB, reading the Parquet files on its own,
+/// finds every row once and each at the queue offset where the group's current master serves the
+/// same message, and `meridian archive verify` finds no problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_archiver_per_group_archives_from_the_master_and_the_archive_is_the_groups_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut cluster = GroupCluster::prepare(root, GroupOptions::default());
+    let archive = root.join("archive");
+    let mut archiver_configs = Vec::new();
+    for index in 0..3 {
+        // Small segments, so a few seconds of sends seal several.
+        let config_path = root.join(format!("broker-{index}.toml"));
+        let config = std::fs::read_to_string(&config_path)
+            .unwrap()
+            .replace("segment_size = 67108864", "segment_size = 262144")
+            + "\n[limits]\nmax_body_size = 65536\n";
+        std::fs::write(&config_path, &config).unwrap();
+        let archiver_config = root.join(format!("archiver-{index}.toml"));
+        std::fs::write(
+            &archiver_config,
+            format!(
+                "{config}\n[archive]\nenabled = true\nstore = \"{}\"\narchive_after_secs = 0\ninterval_secs = 1\n",
+                archive.display()
+            ),
+        )
+        .unwrap();
+        archiver_configs.push(archiver_config);
+    }
+    cluster.launch();
+    let first_epoch = cluster.wait_role(0, "master");
+    let archivers: Vec<meridian_tests::ServiceProcess> = archiver_configs
+        .iter()
+        .map(|config| {
+            meridian_tests::ServiceProcess::start(
+                &["archiver".as_ref(), "--config".as_ref(), config.as_os_str()],
+                root,
+                |line| line.starts_with("meridian archiver for broker"),
+            )
+        })
+        .collect();
+    create_topic_and_group(&cluster, "orders");
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let storm = Storm::start(&cluster, &pool, "orders", 4, 8);
+
+    let entries = || -> Vec<serde_json::Value> {
+        let mut entries: Vec<(u64, serde_json::Value)> = std::fs::read_dir(archive.join("manifests/broker-a"))
+            .map(|listing| {
+                listing
+                    .filter_map(|entry| {
+                        let bytes = std::fs::read(entry.ok()?.path()).ok()?;
+                        let entry: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+                        Some((entry["segment_start"].as_u64()?, entry))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        entries.sort_by_key(|(start, _)| *start);
+        entries.into_iter().map(|(_, entry)| entry).collect()
+    };
+    let archived_at = |epoch: u64| entries().iter().any(|entry| entry["epoch"] == epoch);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !archived_at(first_epoch) {
+        assert!(Instant::now() < deadline, "the master a-0 archived nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (ok, _, stderr) = cluster.cli(&[
+        "broker",
+        "switchover",
+        "--group",
+        "broker-a",
+        "--to",
+        "a-2",
+        "--by",
+        "e2e",
+    ]);
+    assert!(ok, "{stderr}");
+    let second_epoch = cluster.wait_role(2, "master");
+    let elected = Instant::now();
+    let deadline = elected + Duration::from_secs(60);
+    while !archived_at(second_epoch) || storm.acked.first_after(elected).is_none() {
+        assert!(Instant::now() < deadline, "the new master a-2 archived nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let acked = storm.finish().await;
+    assert!(acked.count() > 0);
+
+    // The slaves' archivers said why they do nothing.
+    for slave in &archivers[1..] {
+        let log = std::fs::read_to_string(&slave.log_path).unwrap();
+        assert!(log.contains("not archiving"), "{log}");
+    }
+    // Stopped (SIGTERM ends a round midway, like a crash: files not yet committed may stay).
+    for archiver in archivers {
+        archiver.stop();
+    }
+
+    // Entries in offset order: a-0's epoch, then a-2's; nothing from another epoch.
+    let entries = entries();
+    let epochs: Vec<u64> = entries.iter().map(|entry| entry["epoch"].as_u64().unwrap()).collect();
+    assert!(
+        epochs.windows(2).all(|pair| pair[0] <= pair[1])
+            && epochs
+                .iter()
+                .all(|epoch| *epoch == first_epoch || *epoch == second_epoch),
+        "epochs of the entries: {epochs:?} (a-0 at {first_epoch}, a-2 at {second_epoch})"
+    );
+
+    // DuckDB reads the files by itself: each row once, each where the group serves it now.
+    // The archive is what the manifest names: DuckDB reads those files.
+    let files: Vec<String> = entries
+        .iter()
+        .flat_map(|entry| entry["files"].as_array().unwrap())
+        .filter(|file| file["topic"] == "orders")
+        .map(|file| format!("'{}/{}'", archive.display(), file["path"].as_str().unwrap()))
+        .collect();
+    let (ok, stdout, stderr) = run_duckdb(&format!(
+        "import duckdb, json\nrows = duckdb.sql(\"SELECT queue_id, queue_offset, msg_id FROM read_parquet([{}], hive_partitioning = false)\").fetchall()\nprint(json.dumps(rows))",
+        files.join(", ")
+    ));
+    assert!(ok, "{stderr}");
+    let rows: Vec<(u32, u64, String)> = serde_json::from_str(&stdout).unwrap();
+    let archived_records: u64 = entries
+        .iter()
+        .flat_map(|entry| entry["files"].as_array().unwrap())
+        .filter(|file| file["topic"] == "orders")
+        .map(|file| file["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        rows.len() as u64,
+        archived_records,
+        "DuckDB counts what the manifest says"
+    );
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let stored = read_through(cluster.route(&pool), "readers", "orders").await;
+    pool.shutdown().await;
+    let history: HashMap<(u32, u64), &str> = stored
+        .iter()
+        .map(|message| ((message.queue_id, message.queue_offset), message.msg_id()))
+        .collect();
+    let mut seen = HashSet::new();
+    for (queue_id, queue_offset, msg_id) in &rows {
+        assert!(
+            seen.insert((*queue_id, *queue_offset)),
+            "queue {queue_id} offset {queue_offset} archived twice"
+        );
+        assert_eq!(
+            history.get(&(*queue_id, *queue_offset)).copied(),
+            Some(msg_id.as_str()),
+            "queue {queue_id} offset {queue_offset}: the archive holds another message than the group"
+        );
+    }
+    assert!(!rows.is_empty());
+    let (ok, stdout, stderr) = cluster_cli_archive_verify(&archiver_configs[2]);
+    assert!(ok, "{stdout}{stderr}");
+}
+
+/// `meridian archive verify` with an archiver's config.
+fn cluster_cli_archive_verify(config: &std::path::Path) -> (bool, String, String) {
+    meridian_tests::run_cli(&["archive", "verify", "--config", config.to_str().unwrap()], &[], "")
+}
+
+/// Runs a Python script with DuckDB (see `archive_duckdb`).
+fn run_duckdb(script: &str) -> (bool, String, String) {
+    let output = std::process::Command::new(crate::archive_duckdb::duckdb_python())
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }

@@ -31,6 +31,22 @@ fn write_config(dir: &Path, check_max: u32) -> PathBuf {
     path
 }
 
+/// Decisions the broker has recorded: op records in its half-op queue (one per commit or roll
+/// back), from its `/api/broker/topics`.
+fn decisions_recorded(node: &DevNode) -> u64 {
+    let Some(topics) = meridian_tests::http_get_json(node.http, "/api/broker/topics") else {
+        return 0;
+    };
+    topics["topics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|topic| topic["name"] == meridian_client::proto::topics::HALF_OP_TOPIC)
+        .flat_map(|topic| topic["queues"].as_array().cloned().unwrap_or_default())
+        .filter_map(|queue| queue["max_offset"].as_u64())
+        .sum()
+}
+
 fn start(dir: &Path, config: &Path) -> DevNode {
     DevNode::start(&dir.join("data"), &["--config", config.to_str().unwrap()])
 }
@@ -322,9 +338,14 @@ async fn transaction_check_back_settles_half_messages_sent_before_a_restart() {
     })
     .await;
     assert_eq!(ledger.checks_of(&to_commit.msg_id)[0], 1, "the first check counts 1");
-    // The producer sends its answer right after the listener returns; give it time to land
-    // (probing with a commit any earlier could commit the transaction itself).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The producer sends its answer right after the listener returns; wait until the broker has
+    // recorded both decisions (probing with a commit any earlier could commit the transaction
+    // itself).
+    wait_until("the broker recorded both decisions", || {
+        let recorded = decisions_recorded(&node);
+        async move { recorded >= 2 }
+    })
+    .await;
     let error = second_run
         .end_transaction(&to_roll_back, TransactionOutcome::Commit)
         .await

@@ -408,6 +408,43 @@ impl FaultyProxy {
     }
 }
 
+impl ServiceProcess {
+    /// Runs `meridian ARGS --ready-file FILE` and waits (up to 60 s) until FILE appears: the
+    /// process bound what its config names (port 0 included) and wrote the addresses it got
+    /// (`{"nameserver": "ip:port", "broker": ..., "http": ..., "pid": ...}`).
+    pub fn start_ready(args: &[&std::ffi::OsStr], log_dir: &Path) -> (ServiceProcess, serde_json::Value) {
+        std::fs::create_dir_all(log_dir).expect("creating the log dir");
+        let ready_file = log_dir.join(format!("ready-{}.json", fastrand::u32(..)));
+        let mut all = args.to_vec();
+        all.extend(["--ready-file".as_ref(), ready_file.as_os_str()]);
+        // Its first stdout line comes once it listens; the file is written by then or soon after.
+        let process = ServiceProcess::start(&all, log_dir, |_| true);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(addrs) = std::fs::read(&ready_file)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            {
+                return (process, addrs);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meridian {args:?} wrote no ready file {}",
+                ready_file.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The address named `key` in a ready file's JSON (see [`ServiceProcess::start_ready`]).
+pub fn ready_addr(addrs: &serde_json::Value, key: &str) -> SocketAddr {
+    addrs[key]
+        .as_str()
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} address in the ready file: {addrs}"))
+}
+
 /// A free port on `ip`.
 pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))
@@ -488,22 +525,22 @@ impl GroupCluster {
     /// rewrite a config first, e.g. to put a proxy in front of a member).
     pub fn prepare(root: &Path, options: GroupOptions) -> GroupCluster {
         let ns_ip = "127.0.0.40";
-        let nameserver_addr: SocketAddr = format!("{ns_ip}:{}", free_port(ns_ip)).parse().expect("address");
         let ns_config = root.join("nameserver.toml");
         std::fs::write(
             &ns_config,
             format!(
-                "listen = \"{nameserver_addr}\"\nhttp_listen = \"{ns_ip}:0\"\ndata_dir = \"{}\"\nbroker_timeout_ms = {}\n",
+                "listen = \"{ns_ip}:0\"\nhttp_listen = \"{ns_ip}:0\"\ndata_dir = \"{}\"\nbroker_timeout_ms = {}\n",
                 root.join("nameserver").display(),
                 options.broker_timeout_ms
             ),
         )
         .expect("writing the nameserver config");
-        let nameserver = ServiceProcess::start(
+        // Port 0: the nameserver reports the port it got in its ready file.
+        let (nameserver, addrs) = ServiceProcess::start_ready(
             &["nameserver".as_ref(), "--config".as_ref(), ns_config.as_os_str()],
             root,
-            |line| line.starts_with("meridian nameserver node"),
         );
+        let nameserver_addr = ready_addr(&addrs, "nameserver");
         let members = (0..3)
             .map(|index| {
                 let ip = format!("127.0.0.{}", 41 + index);

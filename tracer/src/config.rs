@@ -38,7 +38,7 @@ impl Default for TracerConfig {
             nameservers: vec!["127.0.0.1:7800".into()],
             group: meridian_proto::trace::DEFAULT_TRACER_GROUP.into(),
             data_dir: PathBuf::from("meridian-data/tracer"),
-            http_listen: Some("127.0.0.1:8082".parse().expect("valid address")),
+            http_listen: Some("127.0.0.1:8083".parse().expect("valid address")),
             retention_days: 7,
             commit_interval_ms: 500,
             writer_heap_bytes: 64 << 20,
