@@ -27,6 +27,7 @@ pub fn router(registry: Arc<Registry>, broker_name: String, broker: &Broker) -> 
     Router::new()
         .route("/api/health", get(health))
         .route("/api/broker/topics", get(topics))
+        .route("/api/broker/offsets", get(offsets))
         .with_state(HttpState {
             broker_name,
             store: broker.store(),
@@ -108,6 +109,76 @@ async fn topics(State(state): State<HttpState>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(json!({ "topics": topics }))
+}
+
+#[derive(serde::Deserialize)]
+struct OffsetsQuery {
+    group: String,
+    topic: String,
+}
+
+/// `GET /api/broker/offsets?group=G&topic=T`: the group's stored offset of every queue of the
+/// topic on this broker, with each queue's bounds and lag in messages (`max_offset` minus the
+/// group's offset; the whole queue when the group has none yet). One read of the offset table per
+/// queue, no disk access: the console calls it per group and topic of a group's page.
+async fn offsets(
+    State(state): State<HttpState>,
+    query: Result<axum::extract::Query<OffsetsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(query)) = query else {
+        return offsets_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "give the consumer group and the topic: /api/broker/offsets?group=G&topic=T".to_owned(),
+        );
+    };
+    let Some(queues) = state
+        .store
+        .topics()
+        .into_iter()
+        .find_map(|(name, queues)| (name == query.topic).then_some(queues))
+    else {
+        return offsets_error(
+            StatusCode::NOT_FOUND,
+            "topic_not_found",
+            format!(
+                "broker {} stores no topic {:?}: GET /api/broker/topics lists the topics it stores",
+                state.broker_name, query.topic
+            ),
+        );
+    };
+    let mut total_lag = 0u64;
+    let mut rows = Vec::with_capacity(queues as usize);
+    for queue_id in 0..queues {
+        let (Ok(bounds), Ok(consumer_offset)) = (
+            state.store.queue_bounds(&query.topic, queue_id),
+            state.store.query_offset(&query.group, &query.topic, queue_id),
+        ) else {
+            continue;
+        };
+        let from = consumer_offset.unwrap_or(bounds.min_offset).max(bounds.min_offset);
+        let lag = bounds.max_offset.saturating_sub(from);
+        total_lag += lag;
+        rows.push(json!({
+            "queue_id": queue_id,
+            "min_offset": bounds.min_offset,
+            "max_offset": bounds.max_offset,
+            "consumer_offset": consumer_offset,
+            "lag": lag,
+        }));
+    }
+    Json(json!({
+        "broker": state.broker_name,
+        "group": query.group,
+        "topic": query.topic,
+        "lag": total_lag,
+        "queues": rows,
+    }))
+    .into_response()
+}
+
+fn offsets_error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
 }
 
 /// Binds the HTTP listener, with an error that says what to do when the port is taken.

@@ -19,6 +19,7 @@ mod messaging_cmds;
 mod serve;
 mod sql_cmds;
 mod trace_cmds;
+mod ui_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -85,6 +86,8 @@ enum Command {
     Query(sql_cmds::QueryArgs),
     /// Run one SQL statement on the query service and print the answer; without one, a shell.
     Sql(sql_cmds::SqlArgs),
+    /// Run the web console against a cluster's HTTP APIs (`meridian dev` serves it at `/`).
+    Ui(ui_cmd::UiArgs),
 }
 
 /// Where a client command finds brokers: through the nameservers, or one standalone broker.
@@ -133,6 +136,7 @@ fn main() -> std::process::ExitCode {
             | Command::Nameserver(_)
             | Command::Tracer(_)
             | Command::Query(_)
+            | Command::Ui(_)
             | Command::Broker(governance::BrokerCli { command: None, .. })
     );
     init_logging(cli.log.as_deref().unwrap_or(if serving { "info" } else { "warn" }));
@@ -179,6 +183,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Trace(args) => trace_cmds::trace(args).await,
             Command::Query(args) => sql_cmds::query(args).await,
             Command::Sql(args) => sql_cmds::sql(args).await,
+            Command::Ui(args) => ui_cmd::ui(args).await,
         }
     });
     // Blocking tasks (stdin readers) must not keep the process alive after the command is done.

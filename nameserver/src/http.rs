@@ -290,6 +290,67 @@ struct AddNodeBody {
 struct StatusFilter {
     #[serde(default)]
     status: Option<ApprovalStatus>,
+    /// Only names or owners containing this (case-insensitive).
+    #[serde(default)]
+    q: Option<String>,
+    /// With `limit`: the page's first item (default 0).
+    #[serde(default)]
+    offset: Option<usize>,
+    /// A page of at most this many (1 to [`MAX_PAGE`]); the answer becomes
+    /// `{total, offset, limit, next_offset?, <items>}`. Without it: the whole list, as before.
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Largest page of `GET /api/topics` and `GET /api/groups`; more is refused, not cut.
+pub const MAX_PAGE: usize = 1000;
+
+impl StatusFilter {
+    /// The list `all` (a JSON array of topics or groups) filtered by `q` and, when a `limit` was
+    /// asked for, cut to one page under `key`.
+    fn page(&self, all: serde_json::Value, key: &str) -> Result<serde_json::Value, ApiError> {
+        let needle = self.q.as_deref().map(str::trim).filter(|q| !q.is_empty()).map(str::to_lowercase);
+        let serde_json::Value::Array(items) = all else {
+            return Ok(all);
+        };
+        let matches = |item: &serde_json::Value| {
+            needle.as_deref().is_none_or(|needle| {
+                ["name", "owner"].iter().any(|field| {
+                    item[field]
+                        .as_str()
+                        .is_some_and(|text| text.to_lowercase().contains(needle))
+                })
+            })
+        };
+        let Some(limit) = self.limit else {
+            if self.offset.is_some() {
+                return Err(invalid("\"offset\" needs \"limit\": ask for a page, e.g. ?offset=50&limit=50"));
+            }
+            return Ok(serde_json::Value::Array(items.into_iter().filter(|item| matches(item)).collect()));
+        };
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(invalid(format!(
+                "\"limit\" is {limit}: a page holds 1 to {MAX_PAGE} items; page through with \"offset\""
+            )));
+        }
+        let offset = self.offset.unwrap_or(0);
+        let mut total = 0usize;
+        let mut page = Vec::with_capacity(limit.min(items.len()));
+        for item in items {
+            if !matches(&item) {
+                continue;
+            }
+            if total >= offset && page.len() < limit {
+                page.push(item);
+            }
+            total += 1;
+        }
+        let mut answer = serde_json::json!({ "total": total, "offset": offset, "limit": limit, key: page });
+        if offset + limit < total {
+            answer["next_offset"] = serde_json::json!(offset + limit);
+        }
+        Ok(answer)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -579,7 +640,8 @@ async fn list_topics(
     State(service): State<SharedService>,
     QueryParams(filter): QueryParams<StatusFilter>,
 ) -> Result<HttpResponse, ApiError> {
-    service.read(&Query::Topics { status: filter.status }).map(ok)
+    let all = service.read(&Query::Topics { status: filter.status })?;
+    filter.page(all, "topics").map(ok)
 }
 
 async fn topic_detail(
@@ -691,7 +753,8 @@ async fn list_groups(
     State(service): State<SharedService>,
     QueryParams(filter): QueryParams<StatusFilter>,
 ) -> Result<HttpResponse, ApiError> {
-    service.read(&Query::Groups { status: filter.status }).map(ok)
+    let all = service.read(&Query::Groups { status: filter.status })?;
+    filter.page(all, "groups").map(ok)
 }
 
 async fn group_detail(
