@@ -47,12 +47,33 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u1
         body.len()
     )
     .unwrap();
+    // chromedriver keeps the connection open whatever the request says: read the head, then
+    // exactly Content-Length bytes.
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("reading chromedriver's answer");
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let mut buffer = [0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let read = stream.read(&mut buffer).expect("reading chromedriver's answer");
+        assert!(read > 0, "chromedriver closed the connection before answering {method} {path}");
+        raw.extend_from_slice(&buffer[..read]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while raw.len() < head_end + length {
+        let read = stream.read(&mut buffer).expect("reading chromedriver's answer");
+        assert!(read > 0, "chromedriver closed the connection inside its answer to {method} {path}");
+        raw.extend_from_slice(&buffer[..read]);
+    }
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    (status, serde_json::from_slice(&raw[head_end..head_end + length]).unwrap_or(Value::Null))
 }
 
 fn decode_base64(text: &str) -> Vec<u8> {
@@ -117,7 +138,12 @@ impl Browser {
             }
         }}});
         let (status, answer) = http(addr, "POST", "/session", Some(&capabilities));
-        assert_eq!(status, 200, "creating a Chromium session failed: {answer}");
+        if status != 200 {
+            let mut driver = driver;
+            let _ = driver.kill();
+            let _ = driver.wait();
+            panic!("creating a Chromium session failed: {answer}");
+        }
         let session = answer["value"]["sessionId"].as_str().expect("a session id").to_owned();
         Browser {
             driver,
