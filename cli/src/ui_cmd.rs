@@ -45,10 +45,20 @@ pub async fn ui(args: UiArgs) -> Result<()> {
     println!("  nameserver {}", config.nameserver);
     println!(
         "  brokers    {}",
-        if config.brokers.is_empty() { "(none: --broker-http ADDR for health and lag)".to_owned() } else { config.brokers.join(", ") }
+        if config.brokers.is_empty() {
+            "(none: --broker-http ADDR for health and lag)".to_owned()
+        } else {
+            config.brokers.join(", ")
+        }
     );
-    println!("  tracer     {}", config.tracer.as_deref().unwrap_or("(none: --tracer-http ADDR)"));
-    println!("  query      {}", config.query.as_deref().unwrap_or("(none: --query-http ADDR)"));
+    println!(
+        "  tracer     {}",
+        config.tracer.as_deref().unwrap_or("(none: --tracer-http ADDR)")
+    );
+    println!(
+        "  query      {}",
+        config.query.as_deref().unwrap_or("(none: --query-http ADDR)")
+    );
     println!("ready; press Ctrl-C to stop");
     crate::http::serve(listener, meridian_ui::router(config), crate::shutdown_signal()).await
 }

@@ -309,7 +309,12 @@ impl StatusFilter {
     /// The list `all` (a JSON array of topics or groups) filtered by `q` and, when a `limit` was
     /// asked for, cut to one page under `key`.
     fn page(&self, all: serde_json::Value, key: &str) -> Result<serde_json::Value, ApiError> {
-        let needle = self.q.as_deref().map(str::trim).filter(|q| !q.is_empty()).map(str::to_lowercase);
+        let needle = self
+            .q
+            .as_deref()
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(str::to_lowercase);
         let serde_json::Value::Array(items) = all else {
             return Ok(all);
         };
@@ -324,9 +329,13 @@ impl StatusFilter {
         };
         let Some(limit) = self.limit else {
             if self.offset.is_some() {
-                return Err(invalid("\"offset\" needs \"limit\": ask for a page, e.g. ?offset=50&limit=50"));
+                return Err(invalid(
+                    "\"offset\" needs \"limit\": ask for a page, e.g. ?offset=50&limit=50",
+                ));
             }
-            return Ok(serde_json::Value::Array(items.into_iter().filter(|item| matches(item)).collect()));
+            return Ok(serde_json::Value::Array(
+                items.into_iter().filter(|item| matches(item)).collect(),
+            ));
         };
         if limit == 0 || limit > MAX_PAGE {
             return Err(invalid(format!(
@@ -1000,5 +1009,63 @@ mod tests {
         let mut vendor = HeaderMap::new();
         vendor.insert(header::CONTENT_TYPE, "application/vnd.meridian+json".parse().unwrap());
         assert!(parse_json::<DecisionBody>(&vendor, br#"{"by": "a"}"#).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn filter(q: Option<&str>, offset: Option<usize>, limit: Option<usize>) -> StatusFilter {
+        StatusFilter {
+            status: None,
+            q: q.map(str::to_owned),
+            offset,
+            limit,
+        }
+    }
+
+    fn topics(n: usize) -> serde_json::Value {
+        json!((0..n)
+            .map(|i| json!({"name": format!("topic-{i:03}"), "owner": if i % 2 == 0 { "Team-Even" } else { "team-odd" }}))
+            .collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn a_page_counts_every_match_and_names_the_next_one() {
+        let page = filter(None, Some(40), Some(25)).page(topics(100), "topics").unwrap();
+        assert_eq!(page["total"], 100);
+        assert_eq!(page["topics"].as_array().unwrap().len(), 25);
+        assert_eq!(page["topics"][0]["name"], "topic-040");
+        assert_eq!(page["next_offset"], 65);
+        let last = filter(None, Some(90), Some(25)).page(topics(100), "topics").unwrap();
+        assert_eq!(last["topics"].as_array().unwrap().len(), 10);
+        assert!(last.get("next_offset").is_none());
+    }
+
+    #[test]
+    fn search_matches_names_and_owners_case_insensitively() {
+        let page = filter(Some("EVEN"), None, Some(1000))
+            .page(topics(10), "topics")
+            .unwrap();
+        assert_eq!(page["total"], 5);
+        let unpaged = filter(Some("topic-00"), None, None).page(topics(20), "topics").unwrap();
+        assert_eq!(
+            unpaged.as_array().unwrap().len(),
+            10,
+            "without limit the answer stays a list"
+        );
+    }
+
+    #[test]
+    fn pages_out_of_bounds_are_refused_with_the_limit() {
+        let error = filter(None, None, Some(MAX_PAGE + 1))
+            .page(topics(1), "topics")
+            .unwrap_err();
+        assert!(error.message.contains("1 to 1000"), "{}", error.message);
+        assert!(filter(None, None, Some(0)).page(topics(1), "topics").is_err());
+        assert!(filter(None, Some(5), None).page(topics(1), "topics").is_err());
     }
 }

@@ -56,7 +56,10 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u1
             break end + 4;
         }
         let read = stream.read(&mut buffer).expect("reading chromedriver's answer");
-        assert!(read > 0, "chromedriver closed the connection before answering {method} {path}");
+        assert!(
+            read > 0,
+            "chromedriver closed the connection before answering {method} {path}"
+        );
         raw.extend_from_slice(&buffer[..read]);
     };
     let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
@@ -64,16 +67,23 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u1
         .lines()
         .find_map(|line| {
             let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
         })
         .unwrap_or(0);
     while raw.len() < head_end + length {
         let read = stream.read(&mut buffer).expect("reading chromedriver's answer");
-        assert!(read > 0, "chromedriver closed the connection inside its answer to {method} {path}");
+        assert!(
+            read > 0,
+            "chromedriver closed the connection inside its answer to {method} {path}"
+        );
         raw.extend_from_slice(&buffer[..read]);
     }
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, serde_json::from_slice(&raw[head_end..head_end + length]).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&raw[head_end..head_end + length]).unwrap_or(Value::Null),
+    )
 }
 
 fn decode_base64(text: &str) -> Vec<u8> {
@@ -88,7 +98,10 @@ fn decode_base64(text: &str) -> Vec<u8> {
     let digits: Vec<u8> = text.bytes().filter_map(value).collect();
     let mut out = Vec::with_capacity(digits.len() * 3 / 4);
     for chunk in digits.chunks(4) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
         out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
     }
     out
@@ -121,7 +134,10 @@ impl Browser {
             if ready {
                 break;
             }
-            assert!(Instant::now() < deadline, "chromedriver at {addr} did not become ready in 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver at {addr} did not become ready in 20 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let profile = tempfile::tempdir().unwrap();
@@ -166,12 +182,16 @@ impl Browser {
     }
 
     fn find_all(&self, css: &str) -> Vec<String> {
-        self.call("POST", "/elements", Some(json!({"using": "css selector", "value": css})))
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|element| element[ELEMENT].as_str().map(str::to_owned))
-            .collect()
+        self.call(
+            "POST",
+            "/elements",
+            Some(json!({"using": "css selector", "value": css})),
+        )
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|element| element[ELEMENT].as_str().map(str::to_owned))
+        .collect()
     }
 
     /// The first element matching `css`, waiting up to `timeout` for it.
@@ -198,7 +218,11 @@ impl Browser {
     fn type_into(&self, css: &str, text: &str) {
         let element = self.wait_for(css, Duration::from_secs(5));
         self.call("POST", &format!("/element/{element}/clear"), Some(json!({})));
-        self.call("POST", &format!("/element/{element}/value"), Some(json!({ "text": text })));
+        self.call(
+            "POST",
+            &format!("/element/{element}/value"),
+            Some(json!({ "text": text })),
+        );
     }
 
     fn text(&self, css: &str) -> String {
@@ -230,9 +254,11 @@ impl Browser {
 
     /// Time to first render of the current page (navigation start to DOMContentLoaded), in ms.
     fn render_ms(&self) -> f64 {
-        self.execute("const n = performance.getEntriesByType('navigation')[0]; return n ? n.domContentLoadedEventEnd : -1;")
-            .as_f64()
-            .unwrap_or(-1.0)
+        self.execute(
+            "const n = performance.getEntriesByType('navigation')[0]; return n ? n.domContentLoadedEventEnd : -1;",
+        )
+        .as_f64()
+        .unwrap_or(-1.0)
     }
 }
 
@@ -246,7 +272,9 @@ impl Drop for Browser {
 
 /// Where screenshots go: kept after the test, under the target dir.
 fn artifact_dir(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-artifacts").join(test);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("console-artifacts")
+        .join(test);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     println!("console artifacts (screenshots): {}", dir.display());
@@ -323,8 +351,15 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     browser.click("#request-topic button");
     browser.wait_for("#approve", Duration::from_secs(10));
     assert!(browser.text("#topic-status").contains("requested"));
-    assert!(browser.page_text().contains("<script>window.injected"), "the description shows as text");
-    assert_eq!(browser.execute("return window.injected === undefined"), json!(true), "the description ran as script");
+    assert!(
+        browser.page_text().contains("<script>window.injected"),
+        "the description shows as text"
+    );
+    assert_eq!(
+        browser.execute("return window.injected === undefined"),
+        json!(true),
+        "the description ran as script"
+    );
     browser.type_into("#approve input[name=by]", "admin");
     browser.type_into("#approve input[name=reason]", "looks right");
     browser.click("#approve button");
@@ -342,12 +377,39 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     let mut msg_id = String::new();
     wait("the approved topic takes a message", Duration::from_secs(15), || {
         let (ok, stdout, _) = node.cli(
-            &["produce", "--topic", "console-orders", "--key", "order-7", "--body", "hello console"],
+            &[
+                "produce",
+                "--topic",
+                "console-orders",
+                "--key",
+                "order-7",
+                "--body",
+                "hello console",
+            ],
             "",
         );
         msg_id = stdout.trim().to_owned();
         ok && !msg_id.is_empty()
     });
+
+    // Groups: a new group lags by the message; resetting it to latest (confirmed) clears the lag.
+    let (ok, _, stderr) = node.cli(
+        &["group", "create", "console-billing", "--topics", "console-orders"],
+        "",
+    );
+    assert!(ok, "creating the group: {stderr}");
+    let total_lag = "return Array.from(document.querySelectorAll('#lag tbody tr td:last-child')).reduce((n, td) => n + Number(td.innerText), 0)";
+    browser.goto(&format!("{base}/groups/console-billing"));
+    browser.wait_for("#lag tbody tr", Duration::from_secs(5));
+    assert_eq!(browser.execute(total_lag), json!(1), "{}", browser.page_text());
+    assert!(!browser.find_all("svg[data-chart=bars]").is_empty(), "lag is charted");
+    browser.screenshot("group-lag");
+    browser.type_into("#reset input[name=confirm]", "console-billing");
+    browser.type_into("#reset input[name=by]", "alice");
+    browser.click("#reset button");
+    browser.wait_for(".notice", Duration::from_secs(10));
+    assert_eq!(browser.execute(total_lag), json!(0), "{}", browser.page_text());
+    browser.screenshot("group-reset");
 
     // Trace: search by msgId in the search box; the timeline shows the producer and the store.
     browser.goto(&format!("{base}/trace"));
@@ -362,7 +424,10 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
         found
     });
     assert!(browser.text("#message-facts").contains("console-orders"));
-    assert!(!browser.find_all("svg[data-chart=timeline] .hop-label").is_empty(), "hop latencies are drawn");
+    assert!(
+        !browser.find_all("svg[data-chart=timeline] .hop-label").is_empty(),
+        "hop latencies are drawn"
+    );
     assert!(browser.text("#steps").contains("Store"));
     renders.push(("trace", browser.render_ms()));
     browser.screenshot("trace");
@@ -403,14 +468,21 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     browser.type_into("#restore input[name=by]", "alice");
     browser.click("#restore button");
     browser.wait_for("#evacuate", Duration::from_secs(10));
-    assert_eq!(http_get_json(node.http, "/api/drill").unwrap()["evacuated"], Value::Null);
+    assert_eq!(
+        http_get_json(node.http, "/api/drill").unwrap()["evacuated"],
+        Value::Null
+    );
     renders.push(("drills", browser.render_ms()));
     browser.screenshot("drills");
 
     // The remaining pages render and are screenshotted.
     for (name, path, expect) in [
         ("groups", "/groups", "#groups"),
-        ("forecasts", "/forecasts?kind=topic&name=console-orders&step=1h&horizon=12", "main"),
+        (
+            "forecasts",
+            "/forecasts?kind=topic&name=console-orders&step=1h&horizon=12",
+            "main",
+        ),
         ("clients", "/clients", "#sdk-policy"),
         ("alerts", "/alerts", ".missing"),
     ] {
@@ -425,7 +497,11 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     println!("console smoke test took {:?}", started.elapsed());
     let shots = std::fs::read_dir(&artifacts)
         .unwrap()
-        .filter(|entry| entry.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "png")))
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "png"))
+        })
         .count();
-    assert!(shots >= 12, "{shots} screenshots in {}", artifacts.display());
+    assert!(shots >= 14, "{shots} screenshots in {}", artifacts.display());
 }

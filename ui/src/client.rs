@@ -105,19 +105,12 @@ impl Upstream {
     /// `method path` with a JSON body, the answer parsed as JSON; any status but 2xx is an error.
     pub async fn send_json(&self, method: &str, path: &str, body: &Value) -> Result<Value, ApiError> {
         let bytes = body.to_string().into_bytes();
-        let reply = self
-            .request(method, path, Some(("application/json", bytes)))
-            .await?;
+        let reply = self.request(method, path, Some(("application/json", bytes))).await?;
         self.json_of(method, path, reply)
     }
 
     /// `method path` with any body; the raw answer, whatever its status.
-    pub async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<(&str, Vec<u8>)>,
-    ) -> Result<Reply, ApiError> {
+    pub async fn request(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> Result<Reply, ApiError> {
         let request = format!("{method} {path}");
         match tokio::time::timeout(self.timeout, self.exchange(method, path, body)).await {
             Ok(Ok(reply)) => Ok(reply),
@@ -212,10 +205,9 @@ impl Upstream {
                     .or_else(|| value["kind"].as_str())
                     .unwrap_or("error")
                     .to_owned();
-                if let (Some(line), Some(column)) = (
-                    value["position"]["line"].as_u64(),
-                    value["position"]["column"].as_u64(),
-                ) {
+                if let (Some(line), Some(column)) =
+                    (value["position"]["line"].as_u64(), value["position"]["column"].as_u64())
+                {
                     error.position = Some((line, column));
                 }
             }
@@ -359,7 +351,10 @@ mod tests {
     fn chunked_answers_are_joined() {
         let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/csv\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         let reply = parse_response(raw).unwrap();
-        assert_eq!((reply.status, reply.content_type.as_str(), reply.body.as_slice()), (200, "text/csv", &b"abcde"[..]));
+        assert_eq!(
+            (reply.status, reply.content_type.as_str(), reply.body.as_slice()),
+            (200, "text/csv", &b"abcde"[..])
+        );
     }
 
     #[tokio::test]
@@ -371,6 +366,9 @@ mod tests {
         let error = upstream.get_json("/api/cluster").await.unwrap_err();
         assert_eq!(error.code, "unreachable");
         let text = error.to_string();
-        assert!(text.contains("nameserver") && text.contains(&addr.to_string()) && text.contains("GET /api/cluster"), "{text}");
+        assert!(
+            text.contains("nameserver") && text.contains(&addr.to_string()) && text.contains("GET /api/cluster"),
+            "{text}"
+        );
     }
 }

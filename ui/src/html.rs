@@ -69,7 +69,11 @@ const NAV: [(Nav, &str, &str); 9] = [
 pub fn page(title: &str, active: Nav, body: &str) -> String {
     let mut nav = String::new();
     for (item, href, label) in NAV {
-        let current = if item == active { " aria-current=\"page\" class=\"current\"" } else { "" };
+        let current = if item == active {
+            " aria-current=\"page\" class=\"current\""
+        } else {
+            ""
+        };
         let _ = write!(nav, "<a href=\"{href}\"{current}>{label}</a>");
     }
     format!(
@@ -172,6 +176,7 @@ pub fn text_of(value: &serde_json::Value) -> String {
     match value {
         serde_json::Value::Null => "—".to_owned(),
         serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Array(items) => items.iter().map(text_of).collect::<Vec<_>>().join(", "),
         other => other.to_string(),
     }
 }

@@ -10,6 +10,11 @@
 //! Start at [`router`]; each page's HTML is a pure function in [`pages`] (unit-tested), and the
 //! handlers here only fetch and pass on.
 
+// An `ApiError` carries what a page shows about a failed call (service, address, request,
+// status, code, message, position) and a refusal is a whole `Response`: both are built once per
+// request, off any hot path, so boxing them would only add noise.
+#![allow(clippy::result_large_err)]
+
 pub mod client;
 pub mod html;
 pub mod pages;
@@ -83,7 +88,9 @@ pub fn router(config: ConsoleConfig) -> Router {
             .map(|addr| Upstream::new("broker", addr, config.timeout))
             .collect(),
         tracer: config.tracer.map(|addr| Upstream::new("tracer", addr, config.timeout)),
-        query: config.query.map(|addr| Upstream::new("query service", addr, config.timeout * 4)),
+        query: config
+            .query
+            .map(|addr| Upstream::new("query service", addr, config.timeout * 4)),
     };
     Router::new()
         .route("/", get(overview_page))
@@ -96,6 +103,7 @@ pub fn router(config: ConsoleConfig) -> Router {
         .route("/groups/{name}", get(group_page))
         .route("/groups/{name}/approve", post(approve_group))
         .route("/groups/{name}/reject", post(reject_group))
+        .route("/groups/{name}/reset", post(reset_group))
         .route("/trace", get(trace_page))
         .route("/sql", get(sql_page))
         .route("/sql.csv", get(sql_csv))
@@ -122,9 +130,14 @@ fn html(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-/// 200 when every call worked; 502 when the page's main call failed (the page still shows why).
+/// 200 when the page's main call worked; 404 when it named nothing that exists; 502 when it
+/// failed otherwise (the page still shows why).
 fn page_status<T>(main: &Result<T, ApiError>) -> StatusCode {
-    if main.is_ok() { StatusCode::OK } else { StatusCode::BAD_GATEWAY }
+    match main {
+        Ok(_) => StatusCode::OK,
+        Err(error) if error.status == Some(404) => StatusCode::NOT_FOUND,
+        Err(_) => StatusCode::BAD_GATEWAY,
+    }
 }
 
 fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
@@ -188,7 +201,11 @@ async fn topics_page(State(console): State<Shared>, Query(params): Params) -> Re
         "/api/topics?q={}&offset={offset}&limit={}{}",
         encode(q),
         topics::PAGE,
-        if status.is_empty() { String::new() } else { format!("&status={}", encode(status)) }
+        if status.is_empty() {
+            String::new()
+        } else {
+            format!("&status={}", encode(status))
+        }
     );
     let (page, brokers) = tokio::join!(
         console.nameserver.get_json(&path),
@@ -238,11 +255,17 @@ async fn groups_page(State(console): State<Shared>, Query(params): Params) -> Re
     let (q, offset) = (param(&params, "q"), offset_of(&params));
     let path = format!("/api/groups?q={}&offset={offset}&limit={}", encode(q), groups::PAGE);
     let page = console.nameserver.get_json(&path).await;
-    html(page_status(&page), groups::render_list(&groups::GroupList { q, offset, page }))
+    html(
+        page_status(&page),
+        groups::render_list(&groups::GroupList { q, offset, page }),
+    )
 }
 
 async fn group_page(State(console): State<Shared>, Path(name): Path<String>, Query(params): Params) -> Response {
-    let detail = console.nameserver.get_json(&format!("/api/groups/{}", encode(&name))).await;
+    let detail = console
+        .nameserver
+        .get_json(&format!("/api/groups/{}", encode(&name)))
+        .await;
     // One call per topic of the group per broker: bounded by the group, never by the cluster.
     let topics: Vec<String> = detail
         .as_ref()
@@ -257,11 +280,13 @@ async fn group_page(State(console): State<Shared>, Path(name): Path<String>, Que
     let mut paths: Vec<(&Upstream, String)> = Vec::new();
     for broker in &console.brokers {
         for topic in &topics {
-            paths.push((broker, format!("/api/broker/offsets?group={group}&topic={}", encode(topic))));
+            paths.push((
+                broker,
+                format!("/api/broker/offsets?group={group}&topic={}", encode(topic)),
+            ));
         }
     }
-    let offsets =
-        futures_util::future::join_all(paths.iter().map(|(broker, path)| broker.get_json(path))).await;
+    let offsets = futures_util::future::join_all(paths.iter().map(|(broker, path)| broker.get_json(path))).await;
     html(
         page_status(&detail),
         groups::render_detail(&groups::GroupDetail {
@@ -347,7 +372,10 @@ async fn sql_csv(State(console): State<Shared>, Query(params): Params) -> Respon
         return (StatusCode::SERVICE_UNAVAILABLE, "no query service is configured\n").into_response();
     };
     let body = json!({ "sql": text, "format": "csv" }).to_string().into_bytes();
-    match query.request("POST", "/api/sql", Some(("application/json", body))).await {
+    match query
+        .request("POST", "/api/sql", Some(("application/json", body)))
+        .await
+    {
         Ok(reply) if reply.status == 200 => (
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -366,7 +394,11 @@ async fn sql_csv(State(console): State<Shared>, Query(params): Params) -> Respon
 }
 
 async fn forecasts_page(State(console): State<Shared>, Query(params): Params) -> Response {
-    let kind = if param(&params, "kind") == "group" { "group" } else { "topic" };
+    let kind = if param(&params, "kind") == "group" {
+        "group"
+    } else {
+        "topic"
+    };
     let name = param(&params, "name").trim();
     let step = match param(&params, "step") {
         step @ ("30s" | "15m" | "1h" | "1d") => step,
@@ -490,9 +522,9 @@ fn back(to: &str, result: Result<String, String>) -> Response {
 fn parse_queues(text: &str) -> Result<serde_json::Map<String, Value>, String> {
     let mut queues = serde_json::Map::new();
     for part in text.split([',', ' ']).filter(|p| !p.trim().is_empty()) {
-        let (group, count) = part.split_once('=').ok_or_else(|| {
-            format!("queues: {part:?} is not GROUP=COUNT; write e.g. broker-a=4, broker-b=4")
-        })?;
+        let (group, count) = part
+            .split_once('=')
+            .ok_or_else(|| format!("queues: {part:?} is not GROUP=COUNT; write e.g. broker-a=4, broker-b=4"))?;
         let count: u32 = count
             .trim()
             .parse()
@@ -534,14 +566,7 @@ async fn request_topic(State(console): State<Shared>, headers: HeaderMap, body: 
     }
 }
 
-async fn decide(
-    console: &Console,
-    kind: &str,
-    name: &str,
-    verb: &str,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Response {
+async fn decide(console: &Console, kind: &str, name: &str, verb: &str, headers: &HeaderMap, body: &Bytes) -> Response {
     if let Err(refused) = same_origin(headers) {
         return refused;
     }
@@ -632,6 +657,55 @@ async fn limit_topic(
     }
 }
 
+async fn reset_group(
+    State(console): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = same_origin(&headers) {
+        return refused;
+    }
+    let form = Form::parse(&body);
+    let page = format!("/groups/{}", encode(&name));
+    if form.get("confirm") != name {
+        return back(
+            &page,
+            Err(format!(
+                "offsets not reset: type the group's name ({name}) in the confirmation box to reset them"
+            )),
+        );
+    }
+    let (topic, to) = (form.get("topic"), form.get("to"));
+    if console.brokers.is_empty() {
+        return back(
+            &page,
+            Err("offsets not reset: the console knows no broker HTTP API (--broker-http)".into()),
+        );
+    }
+    let request = json!({ "group": name, "topic": topic, "to": to });
+    let mut moved = 0usize;
+    for broker in &console.brokers {
+        match broker.send_json("POST", "/api/broker/offsets/reset", &request).await {
+            Ok(answer) => moved += answer["queues"].as_array().map_or(0, Vec::len),
+            Err(error) => return back(&page, Err(error.to_string())),
+        }
+    }
+    tracing::info!(
+        group = name,
+        topic,
+        to,
+        by = form.get("by"),
+        "offsets reset from the console"
+    );
+    back(
+        &page,
+        Ok(format!(
+            "offsets of {name} on {topic} reset to {to} ({moved} queues); consumers continue there at their next pull"
+        )),
+    )
+}
+
 async fn evacuate(State(console): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refused) = same_origin(&headers) {
         return refused;
@@ -650,7 +724,11 @@ async fn evacuate(State(console): State<Shared>, headers: HeaderMap, body: Bytes
     if let Some(reason) = form.optional("reason") {
         request["reason"] = json!(reason);
     }
-    match console.nameserver.send_json("POST", "/api/drill/evacuate", &request).await {
+    match console
+        .nameserver
+        .send_json("POST", "/api/drill/evacuate", &request)
+        .await
+    {
         Ok(_) => back("/drills", Ok(format!("data center {idc} evacuated"))),
         Err(error) => back("/drills", Err(error.to_string())),
     }
@@ -669,14 +747,20 @@ async fn restore(State(console): State<Shared>, headers: HeaderMap, body: Bytes)
     if form.get("confirm") != expected {
         return back(
             "/drills",
-            Err(format!("not restored: type \"{expected}\" in the confirmation box to restore")),
+            Err(format!(
+                "not restored: type \"{expected}\" in the confirmation box to restore"
+            )),
         );
     }
     let mut request = json!({ "by": form.get("by") });
     if let Some(reason) = form.optional("reason") {
         request["reason"] = json!(reason);
     }
-    match console.nameserver.send_json("POST", "/api/drill/restore", &request).await {
+    match console
+        .nameserver
+        .send_json("POST", "/api/drill/restore", &request)
+        .await
+    {
         Ok(_) => back("/drills", Ok(format!("data center {evacuated} restored"))),
         Err(error) => back("/drills", Err(error.to_string())),
     }
@@ -713,10 +797,26 @@ mod tests {
     #[tokio::test]
     async fn every_page_says_which_service_failed_instead_of_going_blank() {
         let router = router(unreachable_config());
-        for path in ["/", "/topics", "/topics/orders", "/groups", "/groups/billing", "/trace?q=k", "/sql?q=SELECT+1", "/drills", "/clients"] {
+        for path in [
+            "/",
+            "/topics",
+            "/topics/orders",
+            "/groups",
+            "/groups/billing",
+            "/trace?q=k",
+            "/sql?q=SELECT+1",
+            "/drills",
+            "/clients",
+        ] {
             let (status, body) = get(&router, path).await;
-            assert!(status == StatusCode::BAD_GATEWAY || status == StatusCode::OK, "{path}: {status}");
-            assert!(body.contains("role=\"alert\"") && body.contains("did not answer"), "{path}: {body}");
+            assert!(
+                status == StatusCode::BAD_GATEWAY || status == StatusCode::OK,
+                "{path}: {status}"
+            );
+            assert!(
+                body.contains("role=\"alert\"") && body.contains("did not answer"),
+                "{path}: {body}"
+            );
             assert!(body.contains("</html>"), "{path}");
         }
         let (status, body) = get(&router, "/alerts").await;

@@ -87,9 +87,12 @@ pub fn lines(title: &str, series: &[Series<'_>], x_is_time: bool) -> String {
     let xs = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0).chain(s.band.iter().map(|b| b.0)));
-    let ys = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1).chain(s.band.iter().flat_map(|b| [b.1, b.2])));
+    let ys = series.iter().flat_map(|s| {
+        s.points
+            .iter()
+            .map(|p| p.1)
+            .chain(s.band.iter().flat_map(|b| [b.1, b.2]))
+    });
     let (x_min, x_max) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
     let (mut y_min, mut y_max) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
     let mut svg = format!(
@@ -98,7 +101,10 @@ pub fn lines(title: &str, series: &[Series<'_>], x_is_time: bool) -> String {
         title = esc(title)
     );
     if !x_min.is_finite() || !y_min.is_finite() {
-        let _ = write!(svg, "<text x=\"{left}\" y=\"120\" class=\"tick\">no points to draw</text></svg>");
+        let _ = write!(
+            svg,
+            "<text x=\"{left}\" y=\"120\" class=\"tick\">no points to draw</text></svg>"
+        );
         return svg;
     }
     y_min = y_min.min(0.0);
@@ -140,7 +146,13 @@ pub fn lines(title: &str, series: &[Series<'_>], x_is_time: bool) -> String {
         if !s.band.is_empty() {
             let mut path = String::new();
             for (i, (x, _, high)) in s.band.iter().enumerate() {
-                let _ = write!(path, "{}{:.1},{:.1} ", if i == 0 { "M" } else { "L" }, sx(*x), sy(*high));
+                let _ = write!(
+                    path,
+                    "{}{:.1},{:.1} ",
+                    if i == 0 { "M" } else { "L" },
+                    sx(*x),
+                    sy(*high)
+                );
             }
             for (x, low, _) in s.band.iter().rev() {
                 let _ = write!(path, "L{:.1},{:.1} ", sx(*x), sy(*low));
@@ -203,12 +215,16 @@ pub fn timeline(steps: &[Step]) -> String {
     }
     let mut lanes: Vec<&str> = Vec::new();
     for step in steps {
-        let lane = if step.idc.is_empty() { "unknown data center" } else { step.idc.as_str() };
+        let lane = if step.idc.is_empty() {
+            "unknown data center"
+        } else {
+            step.idc.as_str()
+        };
         if !lanes.contains(&lane) {
             lanes.push(lane);
         }
     }
-    let (left, right, top, lane_h) = (150.0, 40.0, 40.0, 110.0);
+    let (left, right, top, lane_h) = (170.0, 140.0, 40.0, 110.0);
     let height = top + lane_h * lanes.len() as f64 + 40.0;
     let first = steps.iter().map(|s| s.at_ms).min().unwrap_or(0);
     let last = steps.iter().map(|s| s.at_ms).max().unwrap_or(0);
@@ -226,7 +242,11 @@ pub fn timeline(steps: &[Step]) -> String {
         })
         .collect();
     let lane_of = |step: &Step| {
-        let lane = if step.idc.is_empty() { "unknown data center" } else { step.idc.as_str() };
+        let lane = if step.idc.is_empty() {
+            "unknown data center"
+        } else {
+            step.idc.as_str()
+        };
         lanes.iter().position(|l| *l == lane).unwrap_or(0)
     };
     let mut svg = format!(
@@ -251,7 +271,9 @@ pub fn timeline(steps: &[Step]) -> String {
         start = esc(&crate::html::time_ms(first)),
         total = last - first,
     );
-    let y_of = |step: &Step, i: usize| top + lane_of(step) as f64 * lane_h + 40.0 + if i % 2 == 0 { 0.0 } else { 22.0 };
+    let y_of = |step: &Step, i: usize| {
+        top + lane_of(step) as f64 * lane_h + 40.0 + if i.is_multiple_of(2) { 0.0 } else { 22.0 }
+    };
     for i in 1..steps.len() {
         let (x1, y1) = (xs[i - 1], y_of(&steps[i - 1], i - 1));
         let (x2, y2) = (xs[i], y_of(&steps[i], i));
@@ -309,15 +331,31 @@ mod tests {
             since_previous_ms: None,
             status: "ok".to_owned(),
         };
-        let svg = timeline(&[step("Pub", 1000, "dc1"), step("Store", 1003, "dc1"), step("Sub", 1010, "dc2")]);
+        let svg = timeline(&[
+            step("Pub", 1000, "dc1"),
+            step("Store", 1003, "dc1"),
+            step("Sub", 1010, "dc2"),
+        ]);
         assert_eq!(svg.matches("class=\"lane\"").count(), 2);
         assert_eq!(svg.matches("data-step-type=").count(), 3);
-        assert!(svg.contains("data-hop-ms=\"3\"") && svg.contains("data-hop-ms=\"7\""), "{svg}");
+        assert!(
+            svg.contains("data-hop-ms=\"3\"") && svg.contains("data-hop-ms=\"7\""),
+            "{svg}"
+        );
     }
 
     #[test]
     fn lines_with_no_points_say_so() {
-        let svg = lines("empty", &[Series { name: "a", points: &[], band: &[], class: "series-0" }], false);
+        let svg = lines(
+            "empty",
+            &[Series {
+                name: "a",
+                points: &[],
+                band: &[],
+                class: "series-0",
+            }],
+            false,
+        );
         assert!(svg.contains("no points to draw"));
     }
 }

@@ -104,7 +104,9 @@ mod tests {
     #[test]
     fn an_evacuation_offers_restore_and_the_log_is_escaped() {
         let html = render(&DrillView {
-            drill: Ok(json!({"evacuated": "dc1", "steps": [{"at_ms": 0, "action": "evacuate", "idc": "dc1", "by": "<script>a</script>", "reason": null}]})),
+            drill: Ok(
+                json!({"evacuated": "dc1", "steps": [{"at_ms": 0, "action": "evacuate", "idc": "dc1", "by": "<script>a</script>", "reason": null}]}),
+            ),
             brokers: Ok(json!([])),
             ok: None,
             error: None,

@@ -57,7 +57,13 @@ pub fn render_list(list: &GroupList<'_>) -> String {
                 );
             }
             body.push_str("</tbody></table>");
-            body.push_str(&pager(&format!("/groups?q={}", encode(list.q)), list.offset, groups.len(), total, PAGE));
+            body.push_str(&pager(
+                &format!("/groups?q={}", encode(list.q)),
+                list.offset,
+                groups.len(),
+                total,
+                PAGE,
+            ));
         }
     }
     page("Consumer groups", Nav::Groups, &body)
@@ -165,9 +171,27 @@ pub fn render_detail(view: &GroupDetail<'_>) -> String {
             }
             body.push_str(&table);
             body.push_str(&errors);
+            if view.has_brokers && !topics.is_empty() {
+                let _ = write!(
+                    body,
+                    "<form class=\"panel\" id=\"reset\" method=\"post\" action=\"{}/reset\"><h3>Reset offsets</h3><label>topic <select name=\"topic\">",
+                    attr(&path)
+                );
+                for topic in group["topics"].as_array().into_iter().flatten() {
+                    let topic = text_of(topic);
+                    let _ = write!(body, "<option value=\"{}\">{}</option>", attr(&topic), esc(&topic));
+                }
+                let _ = write!(
+                    body,
+                    "</select></label><label>to <select name=\"to\"><option value=\"latest\">latest (skip the backlog)</option>\
+<option value=\"earliest\">earliest (consume everything again)</option></select></label>\
+<label>type the group's name to confirm <input name=\"confirm\" required autocomplete=\"off\"></label>{}\
+<button class=\"danger\">Reset</button></form>",
+                    by_field()
+                );
+            }
             body.push_str(&missing(
-                "Lag in time, lag history and the members' queue allocation need APIs the brokers do not have yet. \
-Offsets are reset with `meridian group reset-offset` (the framed protocol); no HTTP endpoint takes that yet.",
+                "Lag in time, lag history, members with their queue allocation and dead letters need APIs the brokers do not have yet.",
             ));
             body.push_str("<h2>History</h2><table><thead><tr><th>when</th><th>what</th><th>by</th><th>detail</th><th>reason</th></tr></thead><tbody>");
             for entry in detail["history"].as_array().into_iter().flatten() {
@@ -198,7 +222,9 @@ mod tests {
         let html = render_list(&GroupList {
             q: "",
             offset: 50,
-            page: Ok(json!({"total": 51, "groups": [{"name": "<script>g</script>", "owner": "o", "topics": ["t"], "status": "approved"}]})),
+            page: Ok(
+                json!({"total": 51, "groups": [{"name": "<script>g</script>", "owner": "o", "topics": ["t"], "status": "approved"}]}),
+            ),
         });
         assert!(!html.contains("<script>g") && html.contains("&lt;script&gt;g"));
         assert!(html.contains("51–51 of 51") && html.contains("rel=\"prev\""));
@@ -208,9 +234,13 @@ mod tests {
     fn a_group_shows_lag_per_queue_as_a_table_and_a_chart() {
         let html = render_detail(&GroupDetail {
             name: "billing",
-            detail: Ok(json!({"group": {"name": "billing", "status": "approved", "topics": ["orders"]}, "history": []})),
-            offsets: vec![Ok(json!({"broker": "broker-a", "topic": "orders", "lag": 5, "queues": [
-                {"queue_id": 0, "min_offset": 0, "max_offset": 7, "consumer_offset": 2, "lag": 5}]}))],
+            detail: Ok(
+                json!({"group": {"name": "billing", "status": "approved", "topics": ["orders"]}, "history": []}),
+            ),
+            offsets: vec![Ok(
+                json!({"broker": "broker-a", "topic": "orders", "lag": 5, "queues": [
+                {"queue_id": 0, "min_offset": 0, "max_offset": 7, "consumer_offset": 2, "lag": 5}]}),
+            )],
             has_brokers: true,
             ok: None,
             error: None,

@@ -143,8 +143,14 @@ pub fn render_clients(policy: &Result<Value, ApiError>) -> String {
             let _ = write!(
                 body,
                 "<dl class=\"facts\" id=\"sdk-policy\"><dt>minimum version</dt><dd>{}</dd><dt>blocked versions</dt><dd>{}</dd></dl>",
-                esc(&policy["min_version"].as_str().map_or_else(|| "any".to_owned(), str::to_owned)),
-                if blocked.is_empty() { "none".to_owned() } else { blocked.join(", ") }
+                esc(&policy["min_version"]
+                    .as_str()
+                    .map_or_else(|| "any".to_owned(), str::to_owned)),
+                if blocked.is_empty() {
+                    "none".to_owned()
+                } else {
+                    blocked.join(", ")
+                }
             );
         }
         Err(error) => body.push_str(&error_box("Could not read the SDK policy:", error)),
@@ -180,7 +186,9 @@ mod tests {
             step: "1h",
             horizon: 2,
             history: Some(Ok(json!({"rows": [["2026-11-25T10:00:00", 5]]}))),
-            forecast: Some(Ok(json!({"rows": [["2026-11-25T11:00:00", 6.0, 4.0, 8.0], ["2026-11-25T12:00:00", 7.0, 4.5, 9.5]]}))),
+            forecast: Some(Ok(
+                json!({"rows": [["2026-11-25T11:00:00", 6.0, 4.0, 8.0], ["2026-11-25T12:00:00", 7.0, 4.5, 9.5]]}),
+            )),
             unavailable: false,
         });
         assert!(html.contains("class=\"band\""));

@@ -57,12 +57,7 @@ pub fn render(data: &OverviewData) -> String {
         .and_then(|d| d["evacuated"].as_str())
         .map(str::to_owned);
     let empty = Vec::new();
-    let groups = data
-        .brokers
-        .as_ref()
-        .ok()
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
+    let groups = data.brokers.as_ref().ok().and_then(Value::as_array).unwrap_or(&empty);
     let nodes = data
         .cluster
         .as_ref()
@@ -126,7 +121,11 @@ pub fn render(data: &OverviewData) -> String {
         body.push_str("<p>No nameserver or broker has reported a data center yet.</p>");
     }
     for idc in &idcs {
-        let name = if idc.is_empty() { "(no data center)" } else { idc.as_str() };
+        let name = if idc.is_empty() {
+            "(no data center)"
+        } else {
+            idc.as_str()
+        };
         let is_evacuated = evacuated.as_deref() == Some(idc.as_str());
         let _ = write!(
             body,
@@ -134,19 +133,31 @@ pub fn render(data: &OverviewData) -> String {
             if is_evacuated { " evacuated" } else { "" },
             esc(idc),
             esc(name),
-            if is_evacuated { badge("evacuated") } else { badge("serving") }
+            if is_evacuated {
+                badge("evacuated")
+            } else {
+                badge("serving")
+            }
         );
         let mut any = false;
         for node in nodes.iter().filter(|n| n["idc"].as_str().unwrap_or_default() == idc) {
             any = true;
             let id = node["id"].as_u64();
-            let role = if id.is_some() && id == leader { badge("leader") } else { badge("Follower") };
+            let role = if id.is_some() && id == leader {
+                badge("leader")
+            } else {
+                badge("Follower")
+            };
             let _ = write!(
                 body,
                 "<li>node {} <code>{}</code> {role}{}</li>",
                 text_of(&node["id"]),
                 esc(&text_of(&node["addr"])),
-                if node["voter"].as_bool() == Some(false) { " (learner)" } else { "" }
+                if node["voter"].as_bool() == Some(false) {
+                    " (learner)"
+                } else {
+                    ""
+                }
             );
         }
         if !any {
@@ -206,7 +217,11 @@ pub fn render(data: &OverviewData) -> String {
                 Some(master) => esc(master),
                 None => badge("no master"),
             },
-            if in_sync.is_empty() { "—".to_owned() } else { in_sync.join(", ") },
+            if in_sync.is_empty() {
+                "—".to_owned()
+            } else {
+                in_sync.join(", ")
+            },
             esc(&text_of(&group["preferred"])),
             last.map_or_else(
                 || "—".to_owned(),
@@ -281,10 +296,14 @@ mod tests {
     #[test]
     fn data_centers_stand_side_by_side_with_roles_and_the_leader() {
         let data = OverviewData {
-            cluster: Ok(json!({"leader": 1, "term": 3, "nodes": [{"id": 1, "addr": "127.0.0.1:7800", "idc": "dc1", "voter": true}]})),
-            brokers: Ok(json!([{"name": "broker-a", "epoch": 2, "master": "a-0", "in_sync": ["a-1"], "history": [], "members": [
+            cluster: Ok(
+                json!({"leader": 1, "term": 3, "nodes": [{"id": 1, "addr": "127.0.0.1:7800", "idc": "dc1", "voter": true}]}),
+            ),
+            brokers: Ok(
+                json!([{"name": "broker-a", "epoch": 2, "master": "a-0", "in_sync": ["a-1"], "history": [], "members": [
                 {"name": "a-0", "idc": "dc1", "role": "master", "alive": true, "max_offset": 100},
-                {"name": "a-1<script>", "idc": "dc2", "role": "slave", "alive": true, "max_offset": 90}]}])),
+                {"name": "a-1<script>", "idc": "dc2", "role": "slave", "alive": true, "max_offset": 90}]}]),
+            ),
             drill: Ok(json!({"evacuated": "dc2", "steps": []})),
             topics: Ok(json!({"total": 12})),
             groups: Err(failed()),

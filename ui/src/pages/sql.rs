@@ -15,12 +15,27 @@ pub const SHOWN_ROWS: usize = 500;
 
 /// Examples under the editor: (label, SQL).
 pub const EXAMPLES: [(&str, &str); 6] = [
-    ("messages per topic", "SELECT topic, count(*) AS messages FROM messages GROUP BY topic ORDER BY messages DESC LIMIT 20"),
-    ("hourly volume", "SELECT hour, sum(messages) AS messages FROM hourly_volume GROUP BY hour ORDER BY hour"),
-    ("consume latency p99", "SELECT group_name, hour, p99_ms FROM hourly_consume_latency ORDER BY hour DESC LIMIT 50"),
-    ("broker load", "SELECT timestamp, broker_name, send_tps, disk_used_ratio FROM broker_stats ORDER BY timestamp DESC LIMIT 100"),
+    (
+        "messages per topic",
+        "SELECT topic, count(*) AS messages FROM messages GROUP BY topic ORDER BY messages DESC LIMIT 20",
+    ),
+    (
+        "hourly volume",
+        "SELECT hour, sum(messages) AS messages FROM hourly_volume GROUP BY hour ORDER BY hour",
+    ),
+    (
+        "consume latency p99",
+        "SELECT group_name, hour, p99_ms FROM hourly_consume_latency ORDER BY hour DESC LIMIT 50",
+    ),
+    (
+        "broker load",
+        "SELECT timestamp, broker_name, send_tps, disk_used_ratio FROM broker_stats ORDER BY timestamp DESC LIMIT 100",
+    ),
     ("tables", "SHOW TABLES"),
-    ("a constant chart", "SELECT * FROM (VALUES ('dc1', 120), ('dc2', 80), ('dc3', 45)) AS t(idc, messages)"),
+    (
+        "a constant chart",
+        "SELECT * FROM (VALUES ('dc1', 120), ('dc2', 80), ('dc3', 45)) AS t(idc, messages)",
+    ),
 ];
 
 /// What the SQL page shows.
@@ -254,7 +269,11 @@ mod tests {
     fn a_result_has_a_table_a_bar_chart_and_escaped_cells() {
         let answer = json!({"columns": [{"name": "topic", "type": "Utf8"}, {"name": "messages", "type": "Int64"}],
             "rows": [["<script>x</script>", 3], ["b", 5]], "row_count": 2, "elapsed_ms": 1.5});
-        let html = render(&SqlView { sql: "SELECT '<b>'", answer: Some(Ok(answer)), unavailable: false });
+        let html = render(&SqlView {
+            sql: "SELECT '<b>'",
+            answer: Some(Ok(answer)),
+            unavailable: false,
+        });
         assert!(html.contains("data-chart=\"bars\""));
         assert!(html.contains("<td>&lt;script&gt;x&lt;/script&gt;</td>") && !html.contains("<script>x"));
         assert!(html.contains("SELECT &#39;&lt;b&gt;&#39;</textarea>"));
@@ -279,7 +298,11 @@ mod tests {
             message: "table 'mesages' not found".into(),
             position: Some((2, 6)),
         };
-        let html = render(&SqlView { sql: "SELECT 1\nFROM mesages", answer: Some(Err(error)), unavailable: false });
+        let html = render(&SqlView {
+            sql: "SELECT 1\nFROM mesages",
+            answer: Some(Err(error)),
+            unavailable: false,
+        });
         assert!(html.contains("     ^ line 2, column 6"), "{html}");
         assert!(html.contains("table &#39;mesages&#39; not found"));
     }

@@ -42,7 +42,9 @@ fn queues_text(queues: &Value) -> String {
 }
 
 fn limit_text(limit: &Value) -> String {
-    limit.as_u64().map_or_else(|| "none".to_owned(), |n| format!("{n} msg/s"))
+    limit
+        .as_u64()
+        .map_or_else(|| "none".to_owned(), |n| format!("{n} msg/s"))
 }
 
 /// The list page.
@@ -174,7 +176,10 @@ pub fn render_detail(view: &TopicDetail<'_>) -> String {
 <label>produce limit (msg/s, empty: no limit) <input name=\"produce_limit\" type=\"number\" min=\"1\" value=\"{}\"></label>{}\
 <label>reason (optional) <input name=\"reason\" maxlength=\"512\"></label><button>Set limit</button></form>",
                 attr(&path),
-                topic["produce_limit"].as_u64().map(|n| n.to_string()).unwrap_or_default(),
+                topic["produce_limit"]
+                    .as_u64()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
                 by_field(),
             );
             body.push_str("<h2>History</h2><table id=\"history\"><thead><tr><th>when</th><th>what</th><th>by</th><th>detail</th><th>reason</th></tr></thead><tbody>");
@@ -201,7 +206,9 @@ pub fn render_detail(view: &TopicDetail<'_>) -> String {
         Some(Ok(answer)) => {
             let points = super::sql::time_points(answer);
             if points.is_empty() {
-                body.push_str("<p>The archive holds no messages of this topic yet (only sealed segments are archived).</p>");
+                body.push_str(
+                    "<p>The archive holds no messages of this topic yet (only sealed segments are archived).</p>",
+                );
             } else {
                 let per_second: Vec<(f64, f64)> = points.iter().map(|(x, y)| (*x, y / 3600.0)).collect();
                 body.push_str(&svg::lines(
@@ -253,8 +260,10 @@ mod tests {
     fn a_requested_topic_offers_approve_and_reject_and_escapes_its_description() {
         let view = TopicDetail {
             name: "t<1>",
-            detail: Ok(json!({"topic": {"name": "t<1>", "status": "requested", "description": "<script>x</script>", "owner": "o", "queues": {}}, "history": [
-                {"action": "requested", "at_ms": 0, "by": "<i>alice</i>", "detail": null, "reason": null}]})),
+            detail: Ok(
+                json!({"topic": {"name": "t<1>", "status": "requested", "description": "<script>x</script>", "owner": "o", "queues": {}}, "history": [
+                {"action": "requested", "at_ms": 0, "by": "<i>alice</i>", "detail": null, "reason": null}]}),
+            ),
             volume: None,
             ok: None,
             error: Some("<err>"),

@@ -127,6 +127,7 @@ fn timeline_section(body: &mut String, timeline: &Value) {
             esc(&text_of(&step["status"])),
             step["error"]
                 .as_str()
+                .filter(|e| !e.is_empty())
                 .map(|e| format!(" — {}", esc(e)))
                 .unwrap_or_default(),
         );
@@ -201,8 +202,14 @@ mod tests {
 
     #[test]
     fn ids_and_keys_are_told_apart() {
-        assert_eq!(classify("0A0B0C0D0E0F00112233445566778899"), Lookup::Id("0A0B0C0D0E0F00112233445566778899".into()));
-        assert_eq!(classify("broker-a:00000000000001F4"), Lookup::Id("broker-a:00000000000001F4".into()));
+        assert_eq!(
+            classify("0A0B0C0D0E0F00112233445566778899"),
+            Lookup::Id("0A0B0C0D0E0F00112233445566778899".into())
+        );
+        assert_eq!(
+            classify("broker-a:00000000000001F4"),
+            Lookup::Id("broker-a:00000000000001F4".into())
+        );
         assert_eq!(classify(" order-42 "), Lookup::Key("order-42".into()));
         assert_eq!(classify(""), Lookup::Nothing);
     }
