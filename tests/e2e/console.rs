@@ -505,3 +505,81 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
         .count();
     assert!(shots >= 14, "{shots} screenshots in {}", artifacts.display());
 }
+
+/// `POST path` with a JSON body on an HTTP listener; the status.
+fn post_json(addr: SocketAddr, path: &str, body: &Value) -> u16 {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connecting");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Time to first render of every page against a node with 10,000 topics and 10,000 consumer
+/// groups (issue 26's target: 300 ms each). Seeding takes minutes, so it runs only with
+/// `MERIDIAN_TEST_CONSOLE_SCALE=1`; `MERIDIAN_TEST_CONSOLE_SCALE_N` changes the count.
+#[test]
+fn every_page_renders_quickly_at_ten_thousand_topics_and_groups() {
+    if std::env::var("MERIDIAN_TEST_CONSOLE_SCALE").as_deref() != Ok("1") {
+        println!("set MERIDIAN_TEST_CONSOLE_SCALE=1 to seed 10,000 topics and groups and time every page");
+        return;
+    }
+    let count: usize = std::env::var("MERIDIAN_TEST_CONSOLE_SCALE_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = artifact_dir("scale");
+    let node = DevNode::start(&dir.path().join("dev"), &[]);
+    let seeded = Instant::now();
+    let threads = 16;
+    std::thread::scope(|scope| {
+        for thread in 0..threads {
+            let http = node.http;
+            scope.spawn(move || {
+                for i in (thread..count).step_by(threads) {
+                    let topic = json!({"name": format!("scale-topic-{i:05}"), "owner": format!("team-{}", i % 97), "requested_by": "seed", "queues": {"broker-a": 4}});
+                    assert_eq!(post_json(http, "/api/topics", &topic), 201, "requesting topic {i}");
+                    let group = json!({"name": format!("scale-group-{i:05}"), "owner": format!("team-{}", i % 97), "requested_by": "seed", "topics": [format!("scale-topic-{i:05}")]});
+                    assert_eq!(post_json(http, "/api/groups", &group), 201, "requesting group {i}");
+                }
+            });
+        }
+    });
+    println!("seeded {count} topics and {count} groups in {:?}", seeded.elapsed());
+    let browser = Browser::start(&artifacts);
+    let base = format!("http://{}", node.http);
+    let mut slowest = 0.0_f64;
+    for (name, path) in [
+        ("overview", "/"),
+        ("topics", "/topics"),
+        ("topics-search", "/topics?q=team-42"),
+        ("topics-last-page", "/topics?offset=9950"),
+        ("topic", "/topics/scale-topic-05000"),
+        ("groups", "/groups"),
+        ("group", "/groups/scale-group-05000"),
+        ("trace", "/trace?q=no-such-key"),
+        ("sql", "/sql"),
+        ("forecasts", "/forecasts"),
+        ("drills", "/drills"),
+        ("clients", "/clients"),
+        ("alerts", "/alerts"),
+    ] {
+        // The first visit warms the connection and the browser; the second is measured.
+        browser.goto(&format!("{base}{path}"));
+        browser.goto(&format!("{base}{path}"));
+        browser.wait_for("main h1", Duration::from_secs(10));
+        let ms = browser.render_ms();
+        println!("first render of {name} ({path}) at {count} topics and groups: {ms:.0} ms");
+        slowest = slowest.max(ms);
+        browser.screenshot(&format!("scale-{name}"));
+    }
+    assert!(slowest <= 300.0, "the slowest page took {slowest:.0} ms to first render (target 300 ms)");
+}
