@@ -519,7 +519,11 @@ fn post_json(addr: SocketAddr, path: &str, body: &Value) -> u16 {
     .unwrap();
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
-    answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Time to first render of every page against a node with 10,000 topics and 10,000 consumer
@@ -581,5 +585,8 @@ fn every_page_renders_quickly_at_ten_thousand_topics_and_groups() {
         slowest = slowest.max(ms);
         browser.screenshot(&format!("scale-{name}"));
     }
-    assert!(slowest <= 300.0, "the slowest page took {slowest:.0} ms to first render (target 300 ms)");
+    assert!(
+        slowest <= 300.0,
+        "the slowest page took {slowest:.0} ms to first render (target 300 ms)"
+    );
 }

@@ -54,7 +54,21 @@ pub fn bars(title: &str, labels: &[String], values: &[f64]) -> String {
             value = fmt_number(*value),
         );
         if count <= 40 {
-            let short: String = label.chars().take(14).collect();
+            let room = if count <= 20 { 28 } else { 14 };
+            let short: String = if label.chars().count() > room {
+                // The end tells bars apart (a queue number, a date's day) more often than the start.
+                let tail: String = label
+                    .chars()
+                    .rev()
+                    .take(room - 1)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                format!("…{tail}")
+            } else {
+                label.clone()
+            };
             let _ = write!(
                 svg,
                 "<text class=\"tick\" x=\"{cx:.1}\" y=\"{ly}\" text-anchor=\"end\" transform=\"rotate(-30 {cx:.1} {ly})\">{short}</text>",

@@ -141,7 +141,7 @@ pub fn render_detail(view: &GroupDetail<'_>) -> String {
                     Ok(offsets) => {
                         for queue in offsets["queues"].as_array().into_iter().flatten() {
                             let label = format!(
-                                "{}/{}/{}",
+                                "{} {}/q{}",
                                 text_of(&offsets["broker"]),
                                 text_of(&offsets["topic"]),
                                 text_of(&queue["queue_id"])
