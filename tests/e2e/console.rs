@@ -429,6 +429,12 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
         "hop latencies are drawn"
     );
     assert!(browser.text("#steps").contains("Store"));
+    // The body is looked up in the archive, which holds only sealed segments: not there yet.
+    assert!(
+        browser.page_text().contains("Not in the archive yet"),
+        "{}",
+        browser.page_text()
+    );
     renders.push(("trace", browser.render_ms()));
     browser.screenshot("trace");
     // By key too.

@@ -326,6 +326,12 @@ async fn trace_page(State(console): State<Shared>, Query(params): Params) -> Res
                 .await,
         ),
     };
+    let archived = match (&console.query, &lookup) {
+        (Some(query), trace::Lookup::Id(id)) if !id.contains(':') => {
+            Some(run_sql(query, &trace::archive_sql(id)).await)
+        }
+        _ => None,
+    };
     let status = match &answer {
         Some(Err(error)) if error.status != Some(404) => StatusCode::BAD_GATEWAY,
         _ => StatusCode::OK,
@@ -337,6 +343,7 @@ async fn trace_page(State(console): State<Shared>, Query(params): Params) -> Res
             lookup,
             offset,
             answer,
+            archived,
         }),
     )
 }

@@ -52,6 +52,80 @@ pub struct TraceView<'a> {
     pub offset: usize,
     /// The tracer's answer: a timeline (id) or `{total, messages}` (key).
     pub answer: Option<Result<Value, ApiError>>,
+    /// The message's row in the archive ([`archive_sql`]), when looked up by msgId with a query
+    /// service.
+    pub archived: Option<Result<Value, ApiError>>,
+}
+
+/// Body characters the page shows; the rest is cut (the archive and SQL have it whole).
+pub const BODY_SHOWN: usize = 4096;
+
+/// The SQL that reads a message's properties and body from the archive by msgId.
+pub fn archive_sql(msg_id: &str) -> String {
+    format!(
+        "SELECT broker, queue_id, queue_offset, store_timestamp, properties, body_size, encode(body, 'base64') AS body \
+FROM messages WHERE msg_id = {} LIMIT 1",
+        crate::pages::others::sql_string(msg_id)
+    )
+}
+
+/// Standard base64 (with or without padding) to bytes; other characters are skipped.
+pub fn decode_base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let digits: Vec<u8> = text.bytes().filter_map(value).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+fn archived_section(body: &mut String, archived: &Option<Result<Value, ApiError>>) {
+    body.push_str("<h2>Message</h2>");
+    match archived {
+        None => body.push_str(&crate::html::missing(
+            "No HTTP API returns a message's body from the broker; with a query service the console reads it from the archive (search by msgId).",
+        )),
+        Some(Err(error)) => body.push_str(&error_box("Reading the message from the archive:", error)),
+        Some(Ok(answer)) => match answer["rows"].as_array().and_then(|rows| rows.first()) {
+            None => body.push_str(&crate::html::missing(
+                "Not in the archive yet: only sealed commitlog segments are archived, and no HTTP API returns a body from the broker.",
+            )),
+            Some(row) => {
+                let bytes = decode_base64(row[6].as_str().unwrap_or_default());
+                let text = String::from_utf8_lossy(&bytes);
+                let shown: String = text.chars().take(BODY_SHOWN).collect();
+                let _ = write!(
+                    body,
+                    "<dl class=\"facts\" id=\"archived\"><dt>stored</dt><dd>{} on {} queue {} offset {}</dd><dt>properties</dt><dd><code>{}</code></dd>\
+<dt>body ({} bytes{})</dt><dd><pre id=\"body\">{}</pre></dd></dl>",
+                    esc(&text_of(&row[3])),
+                    esc(&text_of(&row[0])),
+                    text_of(&row[1]),
+                    text_of(&row[2]),
+                    esc(&text_of(&row[4])),
+                    text_of(&row[5]),
+                    if text.chars().count() > BODY_SHOWN {
+                        format!(", first {BODY_SHOWN} characters")
+                    } else {
+                        String::new()
+                    },
+                    esc(&shown),
+                );
+            }
+        },
+    }
 }
 
 fn steps_of(timeline: &Value) -> Vec<svg::Step> {
@@ -154,9 +228,13 @@ The tracer indexes a message a moment after it is stored; if it was just sent, s
                 esc(id),
                 esc(&error.to_string())
             );
+            archived_section(&mut body, &view.archived);
         }
         (_, Some(Err(error))) => body.push_str(&error_box("The trace lookup failed:", error)),
-        (Lookup::Id(_), Some(Ok(timeline))) => timeline_section(&mut body, timeline),
+        (Lookup::Id(_), Some(Ok(timeline))) => {
+            timeline_section(&mut body, timeline);
+            archived_section(&mut body, &view.archived);
+        }
         (Lookup::Key(key), Some(Ok(answer))) => {
             let empty = Vec::new();
             let messages = answer["messages"].as_array().unwrap_or(&empty);
@@ -201,6 +279,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn base64_decodes_with_and_without_padding() {
+        assert_eq!(decode_base64("aGk="), b"hi");
+        assert_eq!(decode_base64("aGk"), b"hi");
+        assert_eq!(decode_base64("aGVsbG8gY29uc29sZQ=="), b"hello console");
+    }
+
+    #[test]
     fn ids_and_keys_are_told_apart() {
         assert_eq!(
             classify("0A0B0C0D0E0F00112233445566778899"),
@@ -227,7 +312,15 @@ mod tests {
             lookup: Lookup::Id("AB".into()),
             offset: 0,
             answer: Some(Ok(timeline)),
+            archived: Some(Ok(
+                json!({"rows": [["broker-a", 0, 7, "2026-11-25T10:00:00", "{KEYS: k}", 31,
+                "PHNjcmlwdD5ib2R5PC9zY3JpcHQ+"]]}),
+            )),
         });
+        assert!(
+            html.contains("<pre id=\"body\">&lt;script&gt;body&lt;/script&gt;</pre>"),
+            "{html}"
+        );
         for kind in ["Pub", "Store", "Sub"] {
             assert!(html.contains(&format!("data-step-type=\"{kind}\"")), "{kind}");
         }
