@@ -72,6 +72,14 @@ prepare_services() {
     MERIDIAN_TEST_DUCKDB_PYTHON=$(scripts/duckdb-env.sh)
     export MERIDIAN_TEST_DUCKDB_PYTHON
     log "duckdb: ${MERIDIAN_TEST_DUCKDB_PYTHON}"
+    # Debian's Chromium and chromedriver, the real browser of the console's tests
+    # (tests/e2e/console.rs); apt-get once per machine.
+    local chromium_paths
+    chromium_paths=$(scripts/install-chromium.sh)
+    MERIDIAN_TEST_CHROMEDRIVER=${chromium_paths%% *}
+    MERIDIAN_TEST_CHROMIUM=${chromium_paths#* }
+    export MERIDIAN_TEST_CHROMEDRIVER MERIDIAN_TEST_CHROMIUM
+    log "chromedriver: ${MERIDIAN_TEST_CHROMEDRIVER}, chromium: ${MERIDIAN_TEST_CHROMIUM}"
 }
 
 # The end-to-end tests (tests/e2e) run the real `meridian` binary as separate processes; cargo does

@@ -17,6 +17,9 @@ use serde_json::json;
 #[derive(Clone)]
 struct HttpState {
     broker_name: String,
+    /// The broker's own framed-protocol address: offset resets go through its request handler,
+    /// so they are checked exactly as `meridian group reset-offset` is.
+    broker_addr: SocketAddr,
     store: Arc<MessageStore>,
     replication: Arc<Replication>,
 }
@@ -27,8 +30,11 @@ pub fn router(registry: Arc<Registry>, broker_name: String, broker: &Broker) -> 
     Router::new()
         .route("/api/health", get(health))
         .route("/api/broker/topics", get(topics))
+        .route("/api/broker/offsets", get(offsets))
+        .route("/api/broker/offsets/reset", axum::routing::post(reset_offsets))
         .with_state(HttpState {
             broker_name,
+            broker_addr: broker.local_addr(),
             store: broker.store(),
             replication: broker.replication(),
         })
@@ -109,6 +115,170 @@ async fn topics(State(state): State<HttpState>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(json!({ "topics": topics }))
+}
+
+#[derive(serde::Deserialize)]
+struct OffsetsQuery {
+    group: String,
+    topic: String,
+}
+
+/// `GET /api/broker/offsets?group=G&topic=T`: the group's stored offset of every queue of the
+/// topic on this broker, with each queue's bounds and lag in messages (`max_offset` minus the
+/// group's offset; the whole queue when the group has none yet). One read of the offset table per
+/// queue, no disk access: the console calls it per group and topic of a group's page.
+async fn offsets(
+    State(state): State<HttpState>,
+    query: Result<axum::extract::Query<OffsetsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(query)) = query else {
+        return offsets_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "give the consumer group and the topic: /api/broker/offsets?group=G&topic=T".to_owned(),
+        );
+    };
+    let Some(queues) = state
+        .store
+        .topics()
+        .into_iter()
+        .find_map(|(name, queues)| (name == query.topic).then_some(queues))
+    else {
+        return offsets_error(
+            StatusCode::NOT_FOUND,
+            "topic_not_found",
+            format!(
+                "broker {} stores no topic {:?}: GET /api/broker/topics lists the topics it stores",
+                state.broker_name, query.topic
+            ),
+        );
+    };
+    let mut total_lag = 0u64;
+    let mut rows = Vec::with_capacity(queues as usize);
+    for queue_id in 0..queues {
+        let (Ok(bounds), Ok(consumer_offset)) = (
+            state.store.queue_bounds(&query.topic, queue_id),
+            state.store.query_offset(&query.group, &query.topic, queue_id),
+        ) else {
+            continue;
+        };
+        let from = consumer_offset.unwrap_or(bounds.min_offset).max(bounds.min_offset);
+        let lag = bounds.max_offset.saturating_sub(from);
+        total_lag += lag;
+        rows.push(json!({
+            "queue_id": queue_id,
+            "min_offset": bounds.min_offset,
+            "max_offset": bounds.max_offset,
+            "consumer_offset": consumer_offset,
+            "lag": lag,
+        }));
+    }
+    Json(json!({
+        "broker": state.broker_name,
+        "group": query.group,
+        "topic": query.topic,
+        "lag": total_lag,
+        "queues": rows,
+    }))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    group: String,
+    topic: String,
+    /// `earliest`, `latest` or `timestamp`.
+    to: String,
+    /// Unix ms, with `"to": "timestamp"`.
+    #[serde(default)]
+    timestamp: Option<i64>,
+}
+
+/// `POST /api/broker/offsets/reset` (`{"group", "topic", "to": "earliest|latest|timestamp",
+/// "timestamp"?}`): moves the group's offsets of the topic on this broker, through the broker's own
+/// `ResetOffset` request (the same checks as `meridian group reset-offset`: the group is approved
+/// for the topic, this broker is the master). JSON only, so a browser cannot send it cross-site.
+async fn reset_offsets(State(state): State<HttpState>, headers: axum::http::HeaderMap, body: bytes::Bytes) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !is_json {
+        return offsets_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "the request body must be JSON sent with Content-Type: application/json".to_owned(),
+        );
+    }
+    let request: ResetBody = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return offsets_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("the request body is not valid: {error} (fields: group, topic, to, timestamp)"),
+            );
+        }
+    };
+    let to = match (request.to.as_str(), request.timestamp) {
+        ("earliest", _) => meridian_client::ResetTo::Earliest,
+        ("latest", _) => meridian_client::ResetTo::Latest,
+        ("timestamp", Some(at)) => meridian_client::ResetTo::Timestamp(at),
+        (other, _) => {
+            return offsets_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("\"to\": {other:?} is not earliest, latest, or timestamp (with \"timestamp\" in Unix ms)"),
+            );
+        }
+    };
+    let config = meridian_client::ClientConfig::default();
+    let pool = meridian_client::ConnectionPool::new(config.clone());
+    let route = Arc::new(meridian_client::StaticRoute::new(
+        state.broker_addr.to_string(),
+        pool.clone(),
+    ));
+    let admin = meridian_client::Admin::new(route, config);
+    let result = admin.reset_offsets(&request.group, &request.topic, to).await;
+    admin.shutdown().await;
+    pool.shutdown().await;
+    match result {
+        Ok(moved) => {
+            let queues: Vec<_> = moved
+                .iter()
+                .flat_map(|(_, queues)| queues.iter())
+                .map(|(queue_id, offset)| json!({"queue_id": queue_id, "offset": offset}))
+                .collect();
+            tracing::info!(
+                group = request.group,
+                topic = request.topic,
+                to = request.to,
+                "offsets reset over http"
+            );
+            Json(json!({"broker": state.broker_name, "group": request.group, "topic": request.topic, "queues": queues}))
+                .into_response()
+        }
+        Err(error) => {
+            let code = error.code().map_or("unavailable", |code| code.as_str());
+            let status = error
+                .code()
+                .and_then(|code| StatusCode::from_u16(code.http_status()).ok())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            offsets_error(
+                status,
+                code,
+                format!(
+                    "resetting offsets of group {} on {}: {error}",
+                    request.group, request.topic
+                ),
+            )
+        }
+    }
+}
+
+fn offsets_error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
 }
 
 /// Binds the HTTP listener, with an error that says what to do when the port is taken.

@@ -21,6 +21,7 @@ mod messaging_cmds;
 mod serve;
 mod sql_cmds;
 mod trace_cmds;
+mod ui_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -91,6 +92,8 @@ enum Command {
     /// Print the variables a client of a running cluster needs (`eval "$(meridian env)"`):
     /// its nameservers, tracer and query service, as the nameservers know them.
     Env(env_cmds::EnvArgs),
+    /// Run the web console against a cluster's HTTP APIs (`meridian dev` serves it at `/`).
+    Ui(ui_cmd::UiArgs),
 }
 
 /// Where a client command finds brokers: through the nameservers, or one standalone broker.
@@ -143,6 +146,7 @@ fn main() -> std::process::ExitCode {
             | Command::Nameserver(_)
             | Command::Tracer(_)
             | Command::Query(_)
+            | Command::Ui(_)
             | Command::Broker(governance::BrokerCli { command: None, .. })
     );
     init_logging(cli.log.as_deref().unwrap_or(if serving { SERVICE_LOG } else { "warn" }));
@@ -190,6 +194,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Query(args) => sql_cmds::query(args).await,
             Command::Sql(args) => sql_cmds::sql(args).await,
             Command::Env(args) => env_cmds::env(args).await,
+            Command::Ui(args) => ui_cmd::ui(args).await,
         }
     });
     // Blocking tasks (stdin readers) must not keep the process alive after the command is done.

@@ -291,7 +291,12 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     let router = http::router(Arc::new(registry), broker_name, &broker)
         .merge(meridian_nameserver::http::router(nameserver.service()))
         .merge(tracer_router)
-        .merge(query_router);
+        .merge(query_router)
+        // The web console at `/`, reading the APIs above over this same listener.
+        .merge(meridian_ui::router(meridian_ui::ConsoleConfig::single(
+            &http_addr.to_string(),
+            with_query,
+        )));
 
     let service = nameserver.service();
     let replication = broker.replication();
@@ -318,6 +323,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             if flush_mode == FlushMode::Sync { "sync" } else { "async" }
         );
         println!("  http       http://{http_addr}  (/api/health, /api/topics, /api/cluster, /api/traces, /metrics)");
+        println!("  console    http://{http_addr}/");
         if with_query {
             println!("  query      SQL over the archive: POST /api/sql, or `meridian sql`");
         }

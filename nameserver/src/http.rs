@@ -290,6 +290,88 @@ struct AddNodeBody {
 struct StatusFilter {
     #[serde(default)]
     status: Option<ApprovalStatus>,
+    /// Only names or owners containing this (case-insensitive).
+    #[serde(default)]
+    q: Option<String>,
+    /// With `limit`: the page's first item (default 0).
+    #[serde(default)]
+    offset: Option<usize>,
+    /// A page of at most this many (1 to [`MAX_PAGE`]); the answer becomes
+    /// `{total, offset, limit, next_offset?, <items>}`. Without it: the whole list, as before.
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Largest page of `GET /api/topics` and `GET /api/groups`; more is refused, not cut.
+pub const MAX_PAGE: usize = 1000;
+
+impl StatusFilter {
+    /// `(offset, limit)` when a page was asked for; `None` for the whole list.
+    fn bounds(&self) -> Result<Option<(usize, usize)>, ApiError> {
+        let Some(limit) = self.limit else {
+            if self.offset.is_some() {
+                return Err(invalid(
+                    "\"offset\" needs \"limit\": ask for a page, e.g. ?offset=50&limit=50",
+                ));
+            }
+            return Ok(None);
+        };
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(invalid(format!(
+                "\"limit\" is {limit}: a page holds 1 to {MAX_PAGE} items; page through with \"offset\""
+            )));
+        }
+        Ok(Some((self.offset.unwrap_or(0), limit)))
+    }
+
+    fn needle(&self) -> Option<String> {
+        self.q
+            .as_deref()
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(str::to_lowercase)
+    }
+
+    /// Whether an item with this status, name and owner is listed.
+    fn keeps(&self, needle: Option<&str>, status: ApprovalStatus, name: &str, owner: &str) -> bool {
+        self.status.is_none_or(|wanted| wanted == status)
+            && needle.is_none_or(|needle| name.to_lowercase().contains(needle) || owner.to_lowercase().contains(needle))
+    }
+
+    /// The listed items of `items` (`(status, name, owner, item)`): all of them as a JSON list, or
+    /// with a `limit` one page under `key` with the total count. Only the page's items are cloned
+    /// and serialized, so a page costs the same at 10 or 10,000 items.
+    fn list<'a, T: Serialize + 'a>(
+        &self,
+        items: impl Iterator<Item = (ApprovalStatus, &'a str, &'a str, &'a T)>,
+        key: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        let bounds = self.bounds()?;
+        let needle = self.needle();
+        let kept = items.filter(|(status, name, owner, _)| self.keeps(needle.as_deref(), *status, name, owner));
+        let to_json = |item: &T| {
+            serde_json::to_value(item).map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))
+        };
+        let Some((offset, limit)) = bounds else {
+            let all = kept
+                .map(|(_, _, _, item)| to_json(item))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(serde_json::Value::Array(all));
+        };
+        let mut total = 0usize;
+        let mut page = Vec::with_capacity(limit);
+        for (_, _, _, item) in kept {
+            if total >= offset && page.len() < limit {
+                page.push(to_json(item)?);
+            }
+            total += 1;
+        }
+        let mut answer = serde_json::json!({ "total": total, "offset": offset, "limit": limit, key: page });
+        if offset + limit < total {
+            answer["next_offset"] = serde_json::json!(offset + limit);
+        }
+        Ok(answer)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -579,7 +661,17 @@ async fn list_topics(
     State(service): State<SharedService>,
     QueryParams(filter): QueryParams<StatusFilter>,
 ) -> Result<HttpResponse, ApiError> {
-    service.read(&Query::Topics { status: filter.status }).map(ok)
+    filter.bounds()?;
+    service
+        .raft()
+        .read_state(|state| {
+            let topics = state.topics().values();
+            filter.list(
+                topics.map(|t| (t.status, t.name.as_str(), t.owner.as_str(), t)),
+                "topics",
+            )
+        })
+        .map(ok)
 }
 
 async fn topic_detail(
@@ -691,7 +783,17 @@ async fn list_groups(
     State(service): State<SharedService>,
     QueryParams(filter): QueryParams<StatusFilter>,
 ) -> Result<HttpResponse, ApiError> {
-    service.read(&Query::Groups { status: filter.status }).map(ok)
+    filter.bounds()?;
+    service
+        .raft()
+        .read_state(|state| {
+            let groups = state.consumer_groups().values();
+            filter.list(
+                groups.map(|g| (g.status, g.name.as_str(), g.owner.as_str(), g)),
+                "groups",
+            )
+        })
+        .map(ok)
 }
 
 async fn group_detail(
@@ -937,5 +1039,80 @@ mod tests {
         let mut vendor = HeaderMap::new();
         vendor.insert(header::CONTENT_TYPE, "application/vnd.meridian+json".parse().unwrap());
         assert!(parse_json::<DecisionBody>(&vendor, br#"{"by": "a"}"#).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn filter(q: Option<&str>, offset: Option<usize>, limit: Option<usize>) -> StatusFilter {
+        StatusFilter {
+            status: None,
+            q: q.map(str::to_owned),
+            offset,
+            limit,
+        }
+    }
+
+    fn items(n: usize) -> Vec<(String, String, serde_json::Value)> {
+        (0..n)
+            .map(|i| {
+                let name = format!("topic-{i:03}");
+                let owner = if i % 2 == 0 { "Team-Even" } else { "team-odd" }.to_owned();
+                let value = json!({"name": name, "owner": owner});
+                (name, owner, value)
+            })
+            .collect()
+    }
+
+    fn list(
+        filter: &StatusFilter,
+        items: &[(String, String, serde_json::Value)],
+    ) -> Result<serde_json::Value, ApiError> {
+        filter.list(
+            items
+                .iter()
+                .map(|(name, owner, value)| (ApprovalStatus::Approved, name.as_str(), owner.as_str(), value)),
+            "topics",
+        )
+    }
+
+    #[test]
+    fn a_page_counts_every_match_and_names_the_next_one() {
+        let all = items(100);
+        let page = list(&filter(None, Some(40), Some(25)), &all).unwrap();
+        assert_eq!(page["total"], 100);
+        assert_eq!(page["topics"].as_array().unwrap().len(), 25);
+        assert_eq!(page["topics"][0]["name"], "topic-040");
+        assert_eq!(page["next_offset"], 65);
+        let last = list(&filter(None, Some(90), Some(25)), &all).unwrap();
+        assert_eq!(last["topics"].as_array().unwrap().len(), 10);
+        assert!(last.get("next_offset").is_none());
+    }
+
+    #[test]
+    fn search_matches_names_and_owners_case_insensitively() {
+        let page = list(&filter(Some("EVEN"), None, Some(1000)), &items(10)).unwrap();
+        assert_eq!(page["total"], 5);
+        let unpaged = list(&filter(Some("topic-00"), None, None), &items(20)).unwrap();
+        assert_eq!(
+            unpaged.as_array().unwrap().len(),
+            10,
+            "without limit the answer stays a list"
+        );
+        let mut approved_only = filter(None, None, None);
+        approved_only.status = Some(ApprovalStatus::Rejected);
+        assert_eq!(list(&approved_only, &items(3)).unwrap(), json!([]));
+    }
+
+    #[test]
+    fn pages_out_of_bounds_are_refused_with_the_limit() {
+        let error = list(&filter(None, None, Some(MAX_PAGE + 1)), &items(1)).unwrap_err();
+        assert!(error.message.contains("1 to 1000"), "{}", error.message);
+        assert!(list(&filter(None, None, Some(0)), &items(1)).is_err());
+        assert!(list(&filter(None, Some(5), None), &items(1)).is_err());
     }
 }

@@ -1,0 +1,251 @@
+//! Consumer groups (`/groups`, `/groups/{name}`): the paginated, searchable list, and one group
+//! with its approval, history and lag per queue (from the brokers' `/api/broker/offsets`).
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::client::{ApiError, encode};
+use crate::html::{
+    Nav, attr, badge, by_field, error_box, esc, flash, group_link, missing, page, pager, text_of, time_of, topic_link,
+};
+use crate::svg;
+
+/// Groups per page of the list.
+pub const PAGE: usize = 50;
+
+/// What the list shows.
+pub struct GroupList<'a> {
+    /// Search text.
+    pub q: &'a str,
+    /// The page's first group.
+    pub offset: usize,
+    /// `GET /api/groups?q=&offset=&limit=`.
+    pub page: Result<Value, ApiError>,
+}
+
+/// The list page.
+pub fn render_list(list: &GroupList<'_>) -> String {
+    let mut body = format!(
+        "<form class=\"search\" method=\"get\" action=\"/groups\"><input type=\"search\" name=\"q\" value=\"{}\" placeholder=\"name or owner\" aria-label=\"search groups\"><button>Search</button></form>",
+        attr(list.q)
+    );
+    match &list.page {
+        Err(error) => body.push_str(&error_box("Could not list consumer groups:", error)),
+        Ok(answer) => {
+            let empty = Vec::new();
+            let groups = answer["groups"].as_array().unwrap_or(&empty);
+            let total = answer["total"].as_u64().unwrap_or(groups.len() as u64) as usize;
+            body.push_str("<table id=\"groups\"><thead><tr><th>group</th><th>status</th><th>owner</th><th>topics</th><th>mode</th><th>max retries</th><th>requested</th></tr></thead><tbody>");
+            for group in groups {
+                let topics: Vec<String> = group["topics"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| topic_link(&text_of(t)))
+                    .collect();
+                let _ = write!(
+                    body,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    group_link(&text_of(&group["name"])),
+                    badge(group["status"].as_str().unwrap_or("unknown")),
+                    esc(&text_of(&group["owner"])),
+                    topics.join(", "),
+                    esc(&text_of(&group["consume_mode"])),
+                    text_of(&group["max_retries"]),
+                    time_of(&group["requested_at_ms"]),
+                );
+            }
+            body.push_str("</tbody></table>");
+            body.push_str(&pager(
+                &format!("/groups?q={}", encode(list.q)),
+                list.offset,
+                groups.len(),
+                total,
+                PAGE,
+            ));
+        }
+    }
+    page("Consumer groups", Nav::Groups, &body)
+}
+
+/// What one group's page shows.
+pub struct GroupDetail<'a> {
+    /// From the URL.
+    pub name: &'a str,
+    /// `GET /api/groups/{name}`.
+    pub detail: Result<Value, ApiError>,
+    /// `GET /api/broker/offsets?group=&topic=` per topic of the group and broker.
+    pub offsets: Vec<Result<Value, ApiError>>,
+    /// Whether the console knows any broker HTTP API.
+    pub has_brokers: bool,
+    /// `ok=` / `error=` of a redirect.
+    pub ok: Option<&'a str>,
+    /// See `ok`.
+    pub error: Option<&'a str>,
+}
+
+/// One group's page.
+pub fn render_detail(view: &GroupDetail<'_>) -> String {
+    let mut body = flash(view.ok, view.error);
+    let path = format!("/groups/{}", encode(view.name));
+    match &view.detail {
+        Err(error) => body.push_str(&error_box(&format!("Could not read group {:?}:", view.name), error)),
+        Ok(detail) => {
+            let group = &detail["group"];
+            let status = group["status"].as_str().unwrap_or("unknown");
+            let topics: Vec<String> = group["topics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| topic_link(&text_of(t)))
+                .collect();
+            let _ = write!(
+                body,
+                "<dl class=\"facts\"><dt>status</dt><dd id=\"group-status\">{}</dd><dt>owner</dt><dd>{}</dd><dt>description</dt><dd>{}</dd><dt>topics</dt><dd>{}</dd>\
+<dt>mode</dt><dd>{}</dd><dt>max retries</dt><dd>{}</dd><dt>decided</dt><dd>{} {}</dd></dl>",
+                badge(status),
+                esc(&text_of(&group["owner"])),
+                esc(&text_of(&group["description"])),
+                topics.join(", "),
+                esc(&text_of(&group["consume_mode"])),
+                text_of(&group["max_retries"]),
+                esc(&text_of(&group["decided_by"])),
+                time_of(&group["decided_at_ms"]),
+            );
+            if status == "requested" {
+                let _ = write!(
+                    body,
+                    "<section class=\"decide\"><form class=\"panel\" method=\"post\" action=\"{p}/approve\"><h3>Approve</h3>{by}<label>reason (optional) <input name=\"reason\"></label><button>Approve</button></form>\
+<form class=\"panel\" method=\"post\" action=\"{p}/reject\"><h3>Reject</h3>{by}<label>reason <input name=\"reason\" required></label><button class=\"danger\">Reject</button></form></section>",
+                    p = attr(&path),
+                    by = by_field()
+                );
+            }
+            body.push_str("<h2>Lag per queue</h2>");
+            if !view.has_brokers {
+                body.push_str(&missing(
+                    "The console knows no broker HTTP API (meridian ui --broker-http ADDR), so it cannot read this group's offsets.",
+                ));
+            }
+            let mut labels = Vec::new();
+            let mut lags = Vec::new();
+            let mut table = String::from(
+                "<table id=\"lag\"><thead><tr><th>broker</th><th>topic</th><th>queue</th><th>min</th><th>max</th><th>group offset</th><th>lag (messages)</th></tr></thead><tbody>",
+            );
+            let mut errors = String::new();
+            for answer in &view.offsets {
+                match answer {
+                    Err(error) if error.status == Some(404) => {}
+                    Err(error) => errors.push_str(&error_box("Offsets:", error)),
+                    Ok(offsets) => {
+                        for queue in offsets["queues"].as_array().into_iter().flatten() {
+                            let label = format!(
+                                "{} {}/q{}",
+                                text_of(&offsets["broker"]),
+                                text_of(&offsets["topic"]),
+                                text_of(&queue["queue_id"])
+                            );
+                            labels.push(label);
+                            lags.push(queue["lag"].as_f64().unwrap_or(0.0));
+                            let _ = write!(
+                                table,
+                                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                                esc(&text_of(&offsets["broker"])),
+                                esc(&text_of(&offsets["topic"])),
+                                text_of(&queue["queue_id"]),
+                                text_of(&queue["min_offset"]),
+                                text_of(&queue["max_offset"]),
+                                queue["consumer_offset"]
+                                    .as_u64()
+                                    .map_or_else(|| "none yet".to_owned(), |o| o.to_string()),
+                                text_of(&queue["lag"]),
+                            );
+                        }
+                    }
+                }
+            }
+            table.push_str("</tbody></table>");
+            if !labels.is_empty() {
+                body.push_str(&svg::bars("lag in messages per queue", &labels, &lags));
+            }
+            body.push_str(&table);
+            body.push_str(&errors);
+            if view.has_brokers && !topics.is_empty() {
+                let _ = write!(
+                    body,
+                    "<form class=\"panel\" id=\"reset\" method=\"post\" action=\"{}/reset\"><h3>Reset offsets</h3><label>topic <select name=\"topic\">",
+                    attr(&path)
+                );
+                for topic in group["topics"].as_array().into_iter().flatten() {
+                    let topic = text_of(topic);
+                    let _ = write!(body, "<option value=\"{}\">{}</option>", attr(&topic), esc(&topic));
+                }
+                let _ = write!(
+                    body,
+                    "</select></label><label>to <select name=\"to\"><option value=\"latest\">latest (skip the backlog)</option>\
+<option value=\"earliest\">earliest (consume everything again)</option></select></label>\
+<label>type the group's name to confirm <input name=\"confirm\" required autocomplete=\"off\"></label>{}\
+<button class=\"danger\">Reset</button></form>",
+                    by_field()
+                );
+            }
+            body.push_str(&missing(
+                "Lag in time, lag history, members with their queue allocation and dead letters need APIs the brokers do not have yet.",
+            ));
+            body.push_str("<h2>History</h2><table><thead><tr><th>when</th><th>what</th><th>by</th><th>detail</th><th>reason</th></tr></thead><tbody>");
+            for entry in detail["history"].as_array().into_iter().flatten() {
+                let _ = write!(
+                    body,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    time_of(&entry["at_ms"]),
+                    esc(&text_of(&entry["action"])),
+                    esc(&text_of(&entry["by"])),
+                    esc(&text_of(&entry["detail"])),
+                    esc(&text_of(&entry["reason"])),
+                );
+            }
+            body.push_str("</tbody></table>");
+        }
+    }
+    page(&format!("Group {}", view.name), Nav::Groups, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_list_escapes_and_pages() {
+        let html = render_list(&GroupList {
+            q: "",
+            offset: 50,
+            page: Ok(
+                json!({"total": 51, "groups": [{"name": "<script>g</script>", "owner": "o", "topics": ["t"], "status": "approved"}]}),
+            ),
+        });
+        assert!(!html.contains("<script>g") && html.contains("&lt;script&gt;g"));
+        assert!(html.contains("51–51 of 51") && html.contains("rel=\"prev\""));
+    }
+
+    #[test]
+    fn a_group_shows_lag_per_queue_as_a_table_and_a_chart() {
+        let html = render_detail(&GroupDetail {
+            name: "billing",
+            detail: Ok(
+                json!({"group": {"name": "billing", "status": "approved", "topics": ["orders"]}, "history": []}),
+            ),
+            offsets: vec![Ok(
+                json!({"broker": "broker-a", "topic": "orders", "lag": 5, "queues": [
+                {"queue_id": 0, "min_offset": 0, "max_offset": 7, "consumer_offset": 2, "lag": 5}]}),
+            )],
+            has_brokers: true,
+            ok: None,
+            error: None,
+        });
+        assert!(html.contains("data-chart=\"bars\""));
+        assert!(html.contains("<td>5</td>"));
+    }
+}

@@ -1,0 +1,206 @@
+//! Forecasts (`/forecasts`), Clients (`/clients`) and Alerts (`/alerts`): what the APIs have
+//! today, and a plain statement of what they do not.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::client::ApiError;
+use crate::html::{Nav, attr, error_box, esc, missing, page, text_of};
+use crate::pages::sql::time_points;
+use crate::svg;
+
+/// What the forecast page was asked.
+pub struct ForecastView<'a> {
+    /// `topic` or `group`.
+    pub kind: &'a str,
+    /// The topic or group name.
+    pub name: &'a str,
+    /// `30s`, `15m`, `1h`, `1d`.
+    pub step: &'a str,
+    /// Steps ahead.
+    pub horizon: u32,
+    /// The history (topic volume per step), when asked.
+    pub history: Option<Result<Value, ApiError>>,
+    /// The forecast's answer: `timestamp, prediction, lower, upper`.
+    pub forecast: Option<Result<Value, ApiError>>,
+    /// No query service configured.
+    pub unavailable: bool,
+}
+
+/// Quotes `text` as an SQL string literal.
+pub fn sql_string(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The Forecasts page.
+pub fn render_forecasts(view: &ForecastView<'_>) -> String {
+    let mut body = String::new();
+    if view.unavailable {
+        body.push_str(&missing(
+            "No query service is configured: forecasts are SQL table functions of the query service (meridian ui --query-http ADDR).",
+        ));
+    }
+    let _ = write!(
+        body,
+        "<form class=\"search\" method=\"get\" action=\"/forecasts\"><select name=\"kind\" aria-label=\"what\">\
+<option value=\"topic\"{}>topic volume</option><option value=\"group\"{}>group backlog</option></select>\
+<input name=\"name\" required value=\"{}\" placeholder=\"topic or group\" aria-label=\"name\">\
+<select name=\"step\" aria-label=\"step\">",
+        if view.kind == "group" { "" } else { " selected" },
+        if view.kind == "group" { " selected" } else { "" },
+        attr(view.name)
+    );
+    for step in ["30s", "15m", "1h", "1d"] {
+        let _ = write!(
+            body,
+            "<option{}>{step}</option>",
+            if step == view.step { " selected" } else { "" }
+        );
+    }
+    let _ = write!(
+        body,
+        "</select><input name=\"horizon\" type=\"number\" min=\"1\" max=\"1000\" value=\"{}\" aria-label=\"horizon\"><button>Forecast</button></form>",
+        view.horizon
+    );
+    if let Some(Err(error)) = &view.history {
+        body.push_str(&error_box("History:", error));
+    }
+    match &view.forecast {
+        None => body.push_str(
+            "<p>Volume forecasts per topic and backlog forecasts per group, with their intervals, from the archive (docs/query.md, \"Forecasting\").</p>",
+        ),
+        Some(Err(error)) => body.push_str(&error_box("The forecast failed:", error)),
+        Some(Ok(answer)) => {
+            let rows = answer["rows"].as_array().cloned().unwrap_or_default();
+            let mut points = Vec::new();
+            let mut band = Vec::new();
+            for row in &rows {
+                let Some(x) = (match &row[0] {
+                    Value::String(text) => crate::pages::sql::parse_time(text).map(|ms| ms as f64),
+                    other => other.as_f64(),
+                }) else {
+                    continue;
+                };
+                if let (Some(p), Some(lo), Some(hi)) = (row[1].as_f64(), row[2].as_f64(), row[3].as_f64()) {
+                    points.push((x, p));
+                    band.push((x, lo, hi));
+                }
+            }
+            let history = view
+                .history
+                .as_ref()
+                .and_then(|h| h.as_ref().ok())
+                .map(time_points)
+                .unwrap_or_default();
+            let series = [
+                svg::Series {
+                    name: "history",
+                    points: &history,
+                    band: &[],
+                    class: "series-0",
+                },
+                svg::Series {
+                    name: "forecast",
+                    points: &points,
+                    band: &band,
+                    class: "forecast",
+                },
+            ];
+            body.push_str(&svg::lines(
+                &format!("{} {} per {}", view.kind, view.name, view.step),
+                &series,
+                true,
+            ));
+            body.push_str("<table id=\"forecast\"><thead><tr><th>time</th><th>prediction</th><th>lower</th><th>upper</th></tr></thead><tbody>");
+            for row in rows.iter().take(200) {
+                let _ = write!(
+                    body,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&text_of(&row[0])),
+                    text_of(&row[1]),
+                    text_of(&row[2]),
+                    text_of(&row[3])
+                );
+            }
+            body.push_str("</tbody></table>");
+        }
+    }
+    page("Forecasts", Nav::Forecasts, &body)
+}
+
+/// The Clients page: the SDK policy the nameserver enforces; the client inventory has no API yet.
+pub fn render_clients(policy: &Result<Value, ApiError>) -> String {
+    let mut body = String::from("<h2>SDK policy</h2>");
+    match policy {
+        Ok(policy) => {
+            let blocked: Vec<String> = policy["blocked_versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| esc(&text_of(v)))
+                .collect();
+            let _ = write!(
+                body,
+                "<dl class=\"facts\" id=\"sdk-policy\"><dt>minimum version</dt><dd>{}</dd><dt>blocked versions</dt><dd>{}</dd></dl>",
+                esc(&policy["min_version"]
+                    .as_str()
+                    .map_or_else(|| "any".to_owned(), str::to_owned)),
+                if blocked.is_empty() {
+                    "none".to_owned()
+                } else {
+                    blocked.join(", ")
+                }
+            );
+        }
+        Err(error) => body.push_str(&error_box("Could not read the SDK policy:", error)),
+    }
+    body.push_str("<h2>Connected clients</h2>");
+    body.push_str(&missing(
+        "No service has an HTTP API listing connected clients yet. Brokers know each consumer's SDK version and data center \
+from its heartbeats; an endpoint such as GET /api/broker/clients (paginated) would let this page list them with the policy's verdict.",
+    ));
+    page("Clients", Nav::Clients, &body)
+}
+
+/// The Alerts page: no alert API exists yet.
+pub fn render_alerts() -> String {
+    let body = missing(
+        "No service evaluates alerts yet, so nothing can fire, resolve or be listed here. What exists: Prometheus metrics on \
+every /metrics (lag, elections, groups without a live master), which an external Prometheus can alert on.",
+    );
+    page("Alerts", Nav::Alerts, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_forecast_draws_its_band_and_escapes_the_name() {
+        let html = render_forecasts(&ForecastView {
+            kind: "topic",
+            name: "<script>t</script>",
+            step: "1h",
+            horizon: 2,
+            history: Some(Ok(json!({"rows": [["2026-11-25T10:00:00", 5]]}))),
+            forecast: Some(Ok(
+                json!({"rows": [["2026-11-25T11:00:00", 6.0, 4.0, 8.0], ["2026-11-25T12:00:00", 7.0, 4.5, 9.5]]}),
+            )),
+            unavailable: false,
+        });
+        assert!(html.contains("class=\"band\""));
+        assert!(!html.contains("<script>t") && html.contains("&lt;script&gt;t"));
+        assert_eq!(sql_string("o'k"), "'o''k'");
+    }
+
+    #[test]
+    fn clients_and_alerts_say_what_is_missing() {
+        let html = render_clients(&Ok(json!({"min_version": "1.2.0", "blocked_versions": ["<1.3.1>"]})));
+        assert!(html.contains("1.2.0") && html.contains("&lt;1.3.1&gt;"));
+        assert!(html.contains("No service has an HTTP API listing connected clients"));
+        assert!(render_alerts().contains("No service evaluates alerts yet"));
+    }
+}
