@@ -85,6 +85,29 @@ impl BrokerState {
             .map_or(Ok(()), |governance| governance.check_send(topic))
     }
 
+    /// Whether a send of `messages` messages and `bytes` bytes to `topic` fits this master's share
+    /// of the topic's produce limit (always, on a standalone broker); a refusal is counted by
+    /// topic and producer group. Every protocol's send path calls it once per send request, after
+    /// the request is validated.
+    pub fn throttle_send(&self, topic: &str, producer_group: &str, messages: u32, bytes: u64) -> Result<()> {
+        let Some(governance) = &self.governance else {
+            return Ok(());
+        };
+        let refused = governance.check_throttle(topic, messages, bytes, Instant::now());
+        if refused.is_err() {
+            let labels = crate::metrics::ProducerLabels {
+                topic: topic.to_owned(),
+                producer_group: producer_group.to_owned(),
+            };
+            self.metrics.throttled_sends.get_or_create(&labels).inc();
+            self.metrics
+                .throttled_messages
+                .get_or_create(&labels)
+                .inc_by(u64::from(messages));
+        }
+        refused
+    }
+
     /// Checks a consumer request's group and topic with the shared rules and the approvals.
     pub(crate) fn check_group_topic(&self, group: &str, topic: &str) -> Result<()> {
         validate::validate_group(group)?;
@@ -261,12 +284,16 @@ fn decode_send(state: &BrokerState, body: Bytes) -> Result<SendRequest> {
         ));
     }
     let mut special = Special::default();
+    let mut bytes = 0_u64;
     for message in &request.messages {
         validate::validate_body_size(message.body.len(), &state.limits)?;
         let found = validate_properties(&message.properties, &state.limits)?;
         special.delayed |= found.delayed;
         special.transactional |= found.transactional;
+        bytes += (message.body.len() + message.properties.len()) as u64;
     }
+    let messages = u32::try_from(request.messages.len()).unwrap_or(u32::MAX);
+    state.throttle_send(&request.topic, &request.producer_group, messages, bytes)?;
     if special.any() {
         schedule::rehome(&mut request, special, schedule::now_millis())?;
     }
@@ -933,7 +960,7 @@ mod tests {
             name: name.into(),
             queues: 2,
             perm,
-            produce_limit: 0,
+            ..TopicGrant::default()
         };
         governance.replace(Approved::from_metadata(BrokerMetadata {
             version: 1,

@@ -28,6 +28,7 @@ pub mod retry;
 pub mod schedule;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod trace;
 pub mod transaction;
 

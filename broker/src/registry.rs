@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meridian_proto::messages::{
@@ -35,6 +35,7 @@ use crate::handlers::BrokerState;
 use crate::metrics::ResultLabels;
 use crate::replication::Role;
 use crate::store::MessageStore;
+use crate::throttle::Throttles;
 
 /// What the nameservers approved for this broker group, as of one metadata version.
 #[derive(Debug, Default)]
@@ -45,6 +46,8 @@ pub struct Approved {
     pub topics: HashMap<String, TopicGrant>,
     /// Approved consumer groups, by name.
     pub groups: HashMap<String, GroupGrant>,
+    /// Token buckets of the topics with a produce limit.
+    pub throttles: Throttles,
 }
 
 impl Approved {
@@ -52,6 +55,7 @@ impl Approved {
     pub fn from_metadata(metadata: messages::BrokerMetadata) -> Approved {
         Approved {
             version: Some(metadata.version),
+            throttles: Throttles::from_grants(&metadata.topics, Instant::now()),
             topics: metadata
                 .topics
                 .into_iter()
@@ -147,12 +151,13 @@ impl Governance {
 
     /// Puts `approved` in force, unless the snapshot in force is of a newer version.
     /// Returns whether it was put in force.
-    pub fn replace(&self, approved: Approved) -> bool {
+    pub fn replace(&self, mut approved: Approved) -> bool {
         let mut current = self.approved.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         // `None` (nothing received yet) sorts before every version.
         if current.version > approved.version {
             return false;
         }
+        approved.throttles.carry_over(&current.throttles);
         *current = Arc::new(approved);
         true
     }
@@ -181,6 +186,22 @@ impl Governance {
             }),
             Some(_) => Ok(()),
         }
+    }
+
+    /// Whether a send of `messages` messages and `bytes` bytes to `topic` fits this master's share
+    /// of the topic's produce limit at `now` ([`crate::throttle`]); topics without one always fit.
+    pub fn check_throttle(&self, topic: &str, messages: u32, bytes: u64, now: Instant) -> Result<()> {
+        let approved = self.read();
+        let Some(throttle) = approved.throttles.get(topic) else {
+            return Ok(());
+        };
+        throttle.admit(messages, bytes, now).map_err(|wait| BrokerError::Throttled {
+            topic: topic.to_owned(),
+            broker_group: self.broker_group.clone(),
+            limit: throttle.limit().to_string(),
+            // Rounded up, so a client waiting exactly this long finds the bucket out of debt.
+            retry_after_ms: wait.as_micros().div_ceil(1000) as u64,
+        })
     }
 
     /// Whether consumer group `group` may consume each of `topics`: the group is approved, each
@@ -611,19 +632,19 @@ mod tests {
                     name: "orders".into(),
                     queues: 4,
                     perm: perm::READ | perm::WRITE,
-                    produce_limit: 0,
+                    ..TopicGrant::default()
                 },
                 TopicGrant {
                     name: "archive".into(),
                     queues: 1,
                     perm: perm::READ,
-                    produce_limit: 0,
+                    ..TopicGrant::default()
                 },
                 TopicGrant {
                     name: "sink".into(),
                     queues: 1,
                     perm: perm::WRITE,
-                    produce_limit: 0,
+                    ..TopicGrant::default()
                 },
             ],
             groups: vec![GroupGrant {
@@ -811,7 +832,7 @@ mod tests {
             name: "big".into(),
             queues: 4,
             perm: perm::READ | perm::WRITE,
-            produce_limit: 0,
+            ..TopicGrant::default()
         });
         assert!(provision_topics(&store, &grants));
         assert_eq!(

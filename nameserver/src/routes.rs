@@ -132,6 +132,8 @@ pub fn broker_metadata(state: &MetadataState, group: &str) -> BrokerMetadata {
                 queues,
                 perm: u32::from(topic.perm),
                 produce_limit: topic.produce_limit.unwrap_or(0),
+                topic_queues: topic.queues.values().sum(),
+                produce_limit_bytes: 0,
             })
         })
         .collect();
@@ -393,7 +395,10 @@ mod tests {
                 name: "orders".into(),
                 queues: 2,
                 perm: 3,
-                produce_limit: 100
+                produce_limit: 100,
+                // Queues on broker-a (4) and broker-b (2): broker-b enforces 2/6 of the limit.
+                topic_queues: 6,
+                produce_limit_bytes: 0,
             }]
         );
         assert_eq!(

@@ -19,6 +19,8 @@
 //!   system trace topic they travel on, and the check every reader of that topic applies.
 //! - [`topics`]: the system topics (delay, transaction, retry, dead-letter, trace); [`delay`]:
 //!   delay levels, delivery times and the delay slots; [`filter`]: tag filter expressions.
+//! - [`quota`]: per-topic produce limits: their validation rule and the wait a throttled send is
+//!   told.
 //! - [`throttle`]: log lines at most once per interval, with the count left out.
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike.
@@ -33,6 +35,7 @@ pub mod idc;
 pub mod messages;
 pub mod msgid;
 pub mod properties;
+pub mod quota;
 pub mod record;
 pub mod throttle;
 pub mod time;

@@ -795,9 +795,18 @@ pub struct TopicGrant {
     /// [`perm`] bits.
     #[prost(uint32, tag = "3")]
     pub perm: u32,
-    /// Most messages per second producers may send; 0: no limit.
+    /// Most messages per second producers may send to the whole topic; 0: no limit. Each master
+    /// enforces its share: `queues / topic_queues` of it.
     #[prost(uint32, tag = "4")]
     pub produce_limit: u32,
+    /// Queues of the topic on every broker group together, so a master can work out its share of
+    /// the limits; 0 (an older nameserver): this group enforces the whole limit.
+    #[prost(uint32, tag = "5")]
+    pub topic_queues: u32,
+    /// Most bytes (bodies and properties) per second producers may send to the whole topic; 0: no
+    /// limit. Shared among masters like `produce_limit`.
+    #[prost(uint64, tag = "6")]
+    pub produce_limit_bytes: u64,
 }
 
 /// An approved consumer group.
