@@ -195,13 +195,15 @@ impl Governance {
         let Some(throttle) = approved.throttles.get(topic) else {
             return Ok(());
         };
-        throttle.admit(messages, bytes, now).map_err(|wait| BrokerError::Throttled {
-            topic: topic.to_owned(),
-            broker_group: self.broker_group.clone(),
-            limit: throttle.limit().to_string(),
-            // Rounded up, so a client waiting exactly this long finds the bucket out of debt.
-            retry_after_ms: wait.as_micros().div_ceil(1000) as u64,
-        })
+        throttle
+            .admit(messages, bytes, now)
+            .map_err(|wait| BrokerError::Throttled {
+                topic: topic.to_owned(),
+                broker_group: self.broker_group.clone(),
+                limit: throttle.limit().to_string(),
+                // Rounded up, so a client waiting exactly this long finds the bucket out of debt.
+                retry_after_ms: wait.as_micros().div_ceil(1000) as u64,
+            })
     }
 
     /// Whether consumer group `group` may consume each of `topics`: the group is approved, each

@@ -300,7 +300,10 @@ mod tests {
         assert!(same.get("orders").unwrap().admit(1, 0, start).is_err(), "kept the debt");
         let mut raised = Throttles::from_grants(&[grant(20, 0, 1, 1)], start);
         raised.carry_over(&first);
-        assert!(raised.get("orders").unwrap().admit(1, 0, start).is_ok(), "a new limit starts full");
+        assert!(
+            raised.get("orders").unwrap().admit(1, 0, start).is_ok(),
+            "a new limit starts full"
+        );
         assert!(raised.get("payments").is_none());
     }
 }

@@ -23,7 +23,10 @@ pub const RETRY_IN: &str = "retry in ";
 /// Checks a topic's produce limit: messages per second and bytes per second, each optional
 /// (`None`: that dimension is not limited). `0` is refused rather than read as "stop all
 /// producers": removing the write permission does that, and says so.
-pub fn validate_produce_limit(messages_per_sec: Option<u32>, bytes_per_sec: Option<u64>) -> Result<(), ValidationError> {
+pub fn validate_produce_limit(
+    messages_per_sec: Option<u32>,
+    bytes_per_sec: Option<u64>,
+) -> Result<(), ValidationError> {
     if let Some(messages) = messages_per_sec
         && !(1..=MAX_MESSAGES_PER_SEC).contains(&messages)
     {
@@ -64,7 +67,10 @@ mod tests {
         assert!(validate_produce_limit(None, None).is_ok());
         assert!(validate_produce_limit(Some(1), Some(MIN_BYTES_PER_SEC)).is_ok());
         let zero = validate_produce_limit(Some(0), None).unwrap_err().to_string();
-        assert!(zero.contains("0 msg/s is invalid") && zero.contains("write permission"), "{zero}");
+        assert!(
+            zero.contains("0 msg/s is invalid") && zero.contains("write permission"),
+            "{zero}"
+        );
         let too_many = validate_produce_limit(Some(MAX_MESSAGES_PER_SEC + 1), None).unwrap_err();
         assert!(too_many.to_string().contains("10000000 msg/s"), "{too_many}");
         let bytes = validate_produce_limit(None, Some(100)).unwrap_err().to_string();

@@ -167,3 +167,101 @@ fn topics_and_groups_work_only_once_approved_and_every_decision_is_recorded() {
     );
     node.stop();
 }
+
+/// The sum of a counter family on the node's `/metrics` over the samples whose labels contain
+/// every one of `labels` (e.g. `topic="hot"`).
+fn metric_sum(node: &DevNode, name: &str, labels: &[&str]) -> f64 {
+    let text = meridian_tests::http_get_text(node.http, "/metrics").unwrap_or_default();
+    text.lines()
+        .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_limit_holds_producers_to_its_rate_and_counts_what_it_throttled() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use meridian_client::{ClientConfig, ConnectionPool, Message, Producer, ProducerConfig};
+
+    const LIMIT: u32 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("hot", 4).await;
+
+    // Invalid limits are refused with the rule and the fix, before anything is sent.
+    let (ok, _, stderr) = node.cli(&["topic", "limit", "hot", "--messages", "0"], "");
+    assert!(!ok);
+    assert!(
+        stderr.contains("produce limit 0 msg/s is invalid: give 1 to 10000000 msg/s")
+            && stderr.contains("write permission"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = node.cli(&["topic", "limit", "hot", "--messages", &LIMIT.to_string()], "");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("topic hot limited to 200 msg/s"), "{stdout}");
+
+    // Eight producers sending as fast as the limit lets them.
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let producer = Producer::new(
+        node.route(&pool),
+        ProducerConfig {
+            group: "hot-producers".into(),
+            ..ProducerConfig::default()
+        },
+    );
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (producer, sent, stop) = (producer.clone(), sent.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                producer.send(Message::new("hot", "x".repeat(100))).await.unwrap();
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Once the broker throttles, the limit is in force and its starting burst is spent: measure
+    // from there.
+    let throttled = |node: &DevNode| {
+        metric_sum(
+            node,
+            "meridian_broker_throttled_sends_total",
+            &["topic=\"hot\"", "producer_group=\"hot-producers\""],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while throttled(&node) == 0.0 {
+        assert!(Instant::now() < deadline, "the broker never throttled topic hot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (start_count, started) = (sent.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (end_count, elapsed) = (sent.load(Ordering::Relaxed), started.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let rate = (end_count - start_count) as f64 / elapsed.as_secs_f64();
+    let expected = f64::from(LIMIT);
+    println!(
+        "achieved {rate:.1} msg/s against a limit of {LIMIT} msg/s, {} sends throttled",
+        throttled(&node)
+    );
+    assert!(
+        (rate - expected).abs() <= expected * 0.10,
+        "achieved {rate:.1} msg/s against a limit of {LIMIT} msg/s"
+    );
+    // Many more sends were refused than the one that proved the limit in force, all counted.
+    assert!(throttled(&node) > 10.0, "throttled sends: {}", throttled(&node));
+    assert!(metric_sum(&node, "meridian_broker_throttled_messages_total", &["topic=\"hot\""]) >= throttled(&node));
+
+    // Removing the limit lets the same producers through unthrottled.
+    let (ok, stdout, stderr) = node.cli(&["topic", "limit", "hot", "--remove"], "");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("topic hot has no produce limit"), "{stdout}");
+    producer.shutdown().await;
+    node.stop();
+}
