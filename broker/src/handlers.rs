@@ -75,6 +75,8 @@ pub struct BrokerState {
     pub trace: Arc<crate::trace::TraceEmitter>,
     /// Queue locks of orderly consumers.
     pub locks: QueueLocks,
+    /// The last commits of each group's queues, for the lag status ([`crate::lag`]).
+    pub lag: crate::lag::LagTracker,
 }
 
 impl BrokerState {
@@ -178,6 +180,7 @@ impl BrokerState {
                 Arc::default(),
             )),
             locks: QueueLocks::new(Duration::from_secs(30)),
+            lag: crate::lag::LagTracker::default(),
         })
     }
 }
@@ -633,6 +636,18 @@ fn commit_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     state
         .store
         .commit_offset(&key, &request.topic, request.queue_id, request.offset)?;
+    let max_offset = state
+        .store
+        .consume_queue(&request.topic, request.queue_id)?
+        .max_offset();
+    state.lag.record_commit(
+        &key,
+        &request.topic,
+        request.queue_id,
+        request.offset,
+        max_offset,
+        crate::lag::now_ms(),
+    );
     Ok(Bytes::new())
 }
 

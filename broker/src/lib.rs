@@ -19,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod groups;
 pub mod handlers;
+pub mod lag;
 pub mod locks;
 pub mod metrics;
 pub mod registry;

@@ -155,6 +155,7 @@ impl Broker {
             store,
             groups: ConsumerGroups::new(Duration::from_millis(config.consumer_expiry_ms)),
             locks: crate::locks::QueueLocks::new(Duration::from_millis(config.queue_lock_expiry_ms)),
+            lag: crate::lag::LagTracker::default(),
             metrics,
             limits: config.limits.limits(),
             advertise_addr,
@@ -162,6 +163,11 @@ impl Broker {
             shutdown,
         });
         Ok(Broker { listener, state })
+    }
+
+    /// Computes consumer lag from this broker's offsets and commits, for `/metrics` and the API.
+    pub fn lag_collector(&self) -> crate::lag::LagCollector {
+        crate::lag::LagCollector::new(self.state.clone())
     }
 
     /// The address the broker listens on.

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use meridian_broker::Broker;
+use meridian_broker::lag::LagCollector;
 use meridian_broker::replication::{Replication, Role};
 use meridian_broker::store::MessageStore;
 use prometheus_client::registry::Registry;
@@ -19,20 +20,34 @@ struct HttpState {
     broker_name: String,
     store: Arc<MessageStore>,
     replication: Arc<Replication>,
+    lag: LagCollector,
 }
 
-/// The routes of a broker process: its health (with its place in its group), its local topics
-/// and `/metrics`.
-pub fn router(registry: Arc<Registry>, broker_name: String, broker: &Broker) -> Router {
+/// The routes of a broker process: its health (with its place in its group), its local topics,
+/// consumer lag and `/metrics` (where consumer lag is computed at each scrape).
+pub fn router(mut registry: Registry, broker_name: String, broker: &Broker) -> Router {
+    let lag = broker.lag_collector();
+    registry.register_collector(Box::new(lag.clone()));
     Router::new()
         .route("/api/health", get(health))
         .route("/api/broker/topics", get(topics))
+        .route("/api/broker/lag", get(lag_report))
         .with_state(HttpState {
             broker_name,
             store: broker.store(),
             replication: broker.replication(),
+            lag,
         })
-        .merge(metrics_router(registry))
+        .merge(metrics_router(Arc::new(registry)))
+}
+
+/// Lag of every consumer group on this broker, per topic and queue, with its status
+/// (`docs/governance.md`).
+async fn lag_report(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    let groups = tokio::task::spawn_blocking(move || state.lag.report())
+        .await
+        .unwrap_or_default();
+    Json(json!({ "groups": groups }))
 }
 
 /// `/metrics` alone, for processes without a broker.

@@ -265,3 +265,88 @@ async fn a_topic_limit_holds_producers_to_its_rate_and_counts_what_it_throttled(
     producer.shutdown().await;
     node.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_what_was_produced_minus_what_was_consumed_in_messages_and_in_time() {
+    use meridian_client::{ClientConfig, ConnectionPool, Message, Producer, ProducerConfig, PullConsumer};
+
+    const PRODUCED: u64 = 20;
+    const CONSUMED: u64 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("ledger", 1).await;
+    node.create_group("auditors", &["ledger"]).await;
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let producer = Producer::new(node.route(&pool), ProducerConfig::default());
+    for index in 0..PRODUCED {
+        producer
+            .send(Message::new("ledger", format!("entry-{index}")))
+            .await
+            .unwrap();
+    }
+    let consumer = PullConsumer::new(node.route(&pool), ClientConfig::default(), "auditors");
+    let pulled = consumer
+        .pull("ledger", 0, 0, CONSUMED as u32, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(pulled.messages.len() as u64, CONSUMED);
+    let oldest_unconsumed_store_ms = {
+        let rest = consumer.pull("ledger", 0, CONSUMED, 1, Duration::ZERO).await.unwrap();
+        rest.messages[0].store_timestamp
+    };
+    consumer.commit_offset("ledger", 0, pulled.next_offset).await.unwrap();
+    // Some time passes, so the oldest unconsumed message has a measurable age.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let report = meridian_tests::http_get_json(node.http, "/api/broker/lag").expect("lag API answers");
+    let group = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|group| group["group"] == "auditors" && group["topic"] == "ledger")
+        .unwrap_or_else(|| panic!("no lag of auditors on ledger in {report}"))
+        .clone();
+    assert_eq!(group["lag_messages"], PRODUCED - CONSUMED, "{group}");
+    assert_eq!(group["status"], "OK", "{group}");
+    let queue = &group["queues"][0];
+    assert_eq!(queue["committed_offset"], CONSUMED);
+    assert_eq!(queue["max_offset"], PRODUCED);
+    assert_eq!(
+        queue["oldest_unconsumed_store_ms"], oldest_unconsumed_store_ms,
+        "{queue}"
+    );
+    assert!(queue["lag_ms"].as_u64().unwrap() >= 300, "{queue}");
+
+    // The same figures on /metrics, under Meridian's names and rocketmq-exporter's.
+    let metrics = meridian_tests::http_get_text(node.http, "/metrics").unwrap();
+    let sample = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(prefix) && line.contains("group=\"auditors\""))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} sample of auditors in:\n{metrics}"))
+    };
+    assert_eq!(
+        sample("meridian_broker_consumer_lag_messages{"),
+        (PRODUCED - CONSUMED) as f64
+    );
+    assert_eq!(sample("rocketmq_group_diff{"), (PRODUCED - CONSUMED) as f64);
+    assert!(sample("meridian_broker_consumer_lag_seconds{") >= 0.3);
+    assert!(sample("rocketmq_group_get_latency_by_storetime{") >= 300.0);
+
+    // Consuming the rest brings both lags to zero.
+    consumer.commit_offset("ledger", 0, PRODUCED).await.unwrap();
+    let report = meridian_tests::http_get_json(node.http, "/api/broker/lag").unwrap();
+    let group = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|group| group["group"] == "auditors")
+        .unwrap()
+        .clone();
+    assert_eq!(group["lag_messages"], 0, "{group}");
+    assert_eq!(group["lag_ms"], 0, "{group}");
+    consumer.shutdown().await;
+    producer.shutdown().await;
+    node.stop();
+}
