@@ -184,6 +184,9 @@ pub enum BrokerError {
         /// How long until a send fits again.
         retry_after_ms: u64,
     },
+    /// A client whose SDK breaks the cluster's policy, which says to refuse offenders.
+    #[error("{0}")]
+    SdkRefused(String),
     /// A replication request that does not fit this broker's state.
     #[error("replication refused: {0}")]
     ReplicationRefused(String),
@@ -273,6 +276,7 @@ impl BrokerError {
             BrokerError::SystemTopic(_) | BrokerError::InvalidTrace(_) => ErrorCode::InvalidArgument,
             BrokerError::Evacuated { .. } => ErrorCode::Evacuated,
             BrokerError::Throttled { .. } => ErrorCode::Throttled,
+            BrokerError::SdkRefused(_) => ErrorCode::FailedPrecondition,
             BrokerError::InvalidOffset(_) | BrokerError::Refused(_) => ErrorCode::InvalidArgument,
             BrokerError::UnknownGroup { .. } => ErrorCode::GroupNotFound,
             BrokerError::QueueLocked { .. } | BrokerError::OffsetReset { .. } => ErrorCode::FailedPrecondition,

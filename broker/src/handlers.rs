@@ -110,6 +110,15 @@ impl BrokerState {
         refused
     }
 
+    /// Judges a producer's reported SDK (`language/version`) against the cluster's policy (never,
+    /// on a standalone broker): refused when the policy says so, flagged otherwise. Every
+    /// protocol's send path calls it once per send request.
+    pub fn check_producer_sdk(&self, reported: &[u8], peer: SocketAddr) -> Result<()> {
+        self.governance
+            .as_ref()
+            .map_or(Ok(()), |governance| governance.check_producer_sdk(reported, peer))
+    }
+
     /// Checks a consumer request's group and topic with the shared rules and the approvals.
     pub(crate) fn check_group_topic(&self, group: &str, topic: &str) -> Result<()> {
         validate::validate_group(group)?;
@@ -273,9 +282,10 @@ fn send(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
     send_many(state, vec![body], peer).pop().expect("one reply per send")
 }
 
-fn decode_send(state: &BrokerState, body: Bytes) -> Result<SendRequest> {
+fn decode_send(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Result<SendRequest> {
     let request: SendRequest = decode(body)?;
     let mut request = request;
+    state.check_producer_sdk(&request.sdk, peer)?;
     validate::validate_topic(&request.topic)?;
     if topics::is_system(&request.topic) {
         return Err(BrokerError::SystemTopic(request.topic));
@@ -331,7 +341,7 @@ pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr)
             .map(|_| Reply::Now(Err(governance.evacuated_error(&state.config.idc))))
             .collect();
     }
-    let decoded: Vec<Result<SendRequest>> = bodies.into_iter().map(|body| decode_send(state, body)).collect();
+    let decoded: Vec<Result<SendRequest>> = bodies.into_iter().map(|body| decode_send(state, body, peer)).collect();
     let requests: Vec<AppendRequest<'_>> = decoded
         .iter()
         .flatten()
@@ -861,6 +871,16 @@ fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Res
     }
     TagFilter::parse(&request.subscription)?;
     state.check_consume(&request.group, request.topics.iter().map(String::as_str))?;
+    let sdk_language = if request.sdk_language.is_empty() {
+        meridian_proto::sdk::SDK_LANGUAGE.to_owned()
+    } else {
+        request.sdk_language.to_ascii_lowercase()
+    };
+    if let Some(governance) = &state.governance
+        && let Some(violation) = governance.check_sdk(&sdk_language, &request.sdk_version)?
+    {
+        tracing::debug!(group = request.group, client_id = request.client_id, %violation, "consumer breaks the sdk policy");
+    }
     if let Some(grant) = state
         .governance
         .as_ref()
@@ -883,6 +903,7 @@ fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Res
     let info = MemberInfo {
         topics: request.topics,
         sdk_version: request.sdk_version,
+        sdk_language,
         idc: request.idc,
         allocation: request.allocation,
         deployment: request.deployment,
@@ -986,6 +1007,7 @@ mod tests {
                 max_retries: 16,
                 broadcasting: false,
             }],
+            sdk_policy: None,
         }));
         for topic in ["orders", "archive", "payments"] {
             store.create_topic(topic, 2).unwrap();
@@ -1005,6 +1027,7 @@ mod tests {
                 reconsume_count: 0,
             }],
             producer_group: String::new(),
+            sdk: Default::default(),
         };
         Bytes::from(request.encode_to_vec())
     }

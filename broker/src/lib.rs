@@ -15,6 +15,7 @@
 //!
 //! A broker runs with [`Broker::bind`] then [`Broker::run`], or [`run`] in one call.
 
+pub mod clients;
 pub mod config;
 pub mod error;
 pub mod groups;

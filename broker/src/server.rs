@@ -170,6 +170,11 @@ impl Broker {
         crate::lag::LagCollector::new(self.state.clone())
     }
 
+    /// The clients this broker knows and the SDK policy's verdict on them.
+    pub fn clients_view(&self) -> crate::clients::ClientsView {
+        crate::clients::ClientsView::new(self.state.clone())
+    }
+
     /// The address the broker listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener has an address")

@@ -449,7 +449,7 @@ impl NameserverClient {
         serde_json::from_slice(&answer).context("the nameserver's answer does not decode; is it the same version?")
     }
 
-    async fn command(&self, command: Command) -> Result<Response> {
+    pub(crate) async fn command(&self, command: Command) -> Result<Response> {
         self.write(WriteOp::Command { command }).await
     }
 

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use meridian_broker::Broker;
+use meridian_broker::clients::ClientsView;
 use meridian_broker::lag::LagCollector;
 use meridian_broker::replication::{Replication, Role};
 use meridian_broker::store::MessageStore;
@@ -21,6 +22,7 @@ struct HttpState {
     store: Arc<MessageStore>,
     replication: Arc<Replication>,
     lag: LagCollector,
+    clients: ClientsView,
 }
 
 /// The routes of a broker process: its health (with its place in its group), its local topics,
@@ -32,13 +34,20 @@ pub fn router(mut registry: Registry, broker_name: String, broker: &Broker) -> R
         .route("/api/health", get(health))
         .route("/api/broker/topics", get(topics))
         .route("/api/broker/lag", get(lag_report))
+        .route("/api/broker/clients", get(clients_report))
         .with_state(HttpState {
             broker_name,
             store: broker.store(),
             replication: broker.replication(),
             lag,
+            clients: broker.clients_view(),
         })
         .merge(metrics_router(Arc::new(registry)))
+}
+
+/// The clients this broker knows, with the SDK policy's verdict on each (`meridian client list`).
+async fn clients_report(State(state): State<HttpState>) -> Json<meridian_broker::clients::ClientsReport> {
+    Json(state.clients.report())
 }
 
 /// Lag of every consumer group on this broker, per topic and queue, with its status

@@ -320,6 +320,7 @@ impl ProducerInner {
             queue_id: 0,
             messages: batch.messages.iter().map(|message| message.data.clone()).collect(),
             producer_group: self.config.group.clone(),
+            sdk: Bytes::from_static(meridian_proto::sdk::SDK_ID.as_bytes()),
         };
         let mut attempt = 0u32;
         let mut throttled_for = Duration::ZERO;

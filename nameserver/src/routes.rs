@@ -148,10 +148,24 @@ pub fn broker_metadata(state: &MetadataState, group: &str) -> BrokerMetadata {
             broadcasting: consumer_group.consume_mode == ConsumeMode::Broadcasting,
         })
         .collect();
+    let policy = state.sdk_policy();
     BrokerMetadata {
         version: state.metadata_version(),
         topics,
         groups,
+        sdk_policy: Some(meridian_proto::sdk::SdkPolicyGrant {
+            min_version: policy.min_version.clone().unwrap_or_default(),
+            blocked_versions: policy.blocked_versions.iter().cloned().collect(),
+            refuse: policy.refuse,
+            language_min_versions: policy
+                .language_min_versions
+                .iter()
+                .map(|(language, min_version)| meridian_proto::sdk::LanguageMinimum {
+                    language: language.clone(),
+                    min_version: min_version.clone(),
+                })
+                .collect(),
+        }),
     }
 }
 

@@ -378,6 +378,12 @@ pub struct SdkPolicy {
     pub min_version: Option<String>,
     /// Versions refused whatever `min_version` says (known-bad releases), compared as written.
     pub blocked_versions: BTreeSet<String>,
+    /// Brokers refuse offenders' requests; otherwise they only flag them.
+    #[serde(default)]
+    pub refuse: bool,
+    /// Oldest version allowed per SDK language (lowercase), instead of `min_version`.
+    #[serde(default)]
+    pub language_min_versions: BTreeMap<String, String>,
 }
 
 impl SdkPolicy {
@@ -647,6 +653,12 @@ pub enum Command {
         min_version: Option<String>,
         /// Versions refused.
         blocked_versions: BTreeSet<String>,
+        /// Refuse offenders instead of only flagging them.
+        #[serde(default)]
+        refuse: bool,
+        /// Minimum per SDK language.
+        #[serde(default)]
+        language_min_versions: BTreeMap<String, String>,
     },
 }
 
@@ -664,6 +676,8 @@ impl Command {
                 | Command::ApproveGroup { .. }
                 | Command::RejectGroup { .. }
                 | Command::DeleteGroup { .. }
+                // Brokers enforce the SDK policy, so they fetch it like approvals.
+                | Command::SetSdkPolicy { .. }
         )
     }
 }
@@ -934,7 +948,14 @@ impl MetadataState {
             Command::SetSdkPolicy {
                 min_version,
                 blocked_versions,
-            } => self.set_sdk_policy(min_version, blocked_versions)?,
+                refuse,
+                language_min_versions,
+            } => self.set_sdk_policy(SdkPolicy {
+                min_version,
+                blocked_versions,
+                refuse,
+                language_min_versions,
+            })?,
         };
         self.clock_ms = now_ms;
         if governance {
@@ -1669,22 +1690,20 @@ impl MetadataState {
         Ok(Response::Done)
     }
 
-    fn set_sdk_policy(
-        &mut self,
-        min_version: Option<String>,
-        blocked_versions: BTreeSet<String>,
-    ) -> Result<Response, CommandError> {
-        for version in min_version.iter().chain(&blocked_versions) {
+    fn set_sdk_policy(&mut self, mut policy: SdkPolicy) -> Result<Response, CommandError> {
+        policy.language_min_versions = std::mem::take(&mut policy.language_min_versions)
+            .into_iter()
+            .map(|(language, version)| (language.to_ascii_lowercase(), version))
+            .collect();
+        let versions = policy.min_version.iter().chain(&policy.blocked_versions);
+        for version in versions.chain(policy.language_min_versions.values()) {
             if parse_version(version).is_none() {
                 return Err(CommandError::Invalid {
                     message: format!("SDK version {version:?} is invalid: write it as MAJOR.MINOR.PATCH, e.g. 1.4.2"),
                 });
             }
         }
-        self.sdk_policy = SdkPolicy {
-            min_version,
-            blocked_versions,
-        };
+        self.sdk_policy = policy;
         Ok(Response::Done)
     }
 }
@@ -2541,6 +2560,8 @@ mod tests {
                 Command::SetSdkPolicy {
                     min_version: Some("1.2.0".into()),
                     blocked_versions: BTreeSet::from(["1.3.1".to_owned()]),
+                    refuse: false,
+                    language_min_versions: BTreeMap::new(),
                 },
                 T0,
             )
@@ -2559,6 +2580,8 @@ mod tests {
                 Command::SetSdkPolicy {
                     min_version: Some("one".into()),
                     blocked_versions: BTreeSet::new(),
+                    refuse: false,
+                    language_min_versions: BTreeMap::new(),
                 },
                 T0,
             )
@@ -2736,6 +2759,8 @@ mod tests {
                 .prop_map(|(min_version, blocked_versions)| Command::SetSdkPolicy {
                     min_version: min_version.map(str::to_owned),
                     blocked_versions,
+                    refuse: false,
+                    language_min_versions: BTreeMap::new(),
                 }),
         ]
     }

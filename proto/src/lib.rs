@@ -21,6 +21,7 @@
 //!   delay levels, delivery times and the delay slots; [`filter`]: tag filter expressions.
 //! - [`quota`]: per-topic produce limits: their validation rule and the wait a throttled send is
 //!   told.
+//! - [`sdk`]: the SDK language and version clients report, and the policy brokers judge them by.
 //! - [`throttle`]: log lines at most once per interval, with the count left out.
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike.
@@ -37,6 +38,7 @@ pub mod msgid;
 pub mod properties;
 pub mod quota;
 pub mod record;
+pub mod sdk;
 pub mod throttle;
 pub mod time;
 pub mod topics;

@@ -41,6 +41,11 @@ pub struct SendRequest {
     /// Producer group (may be empty).
     #[prost(string, tag = "4")]
     pub producer_group: String,
+    /// The producer's SDK as `language/version` ([`crate::sdk::SDK_ID`]), judged against the
+    /// cluster's SDK policy. Bytes, not a string, so the broker reads it from the frame without
+    /// allocating on every send; empty: not reported.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub sdk: Bytes,
 }
 
 /// Where one message was stored.
@@ -592,6 +597,9 @@ pub struct ConsumerHeartbeat {
     /// Its tag filter expression; empty: every message.
     #[prost(string, tag = "9")]
     pub subscription: String,
+    /// Language of its SDK (`rust` for Meridian's); empty reads as `rust`.
+    #[prost(string, tag = "10")]
+    pub sdk_language: String,
 }
 
 /// [`crate::RequestCode::ConsumerList`] and [`crate::RequestCode::ConsumerLeave`] request.
@@ -781,6 +789,9 @@ pub struct BrokerMetadata {
     /// Approved consumer groups.
     #[prost(message, repeated, tag = "3")]
     pub groups: Vec<GroupGrant>,
+    /// The cluster's SDK version policy; `None` from an older nameserver (nothing judged).
+    #[prost(message, optional, tag = "4")]
+    pub sdk_policy: Option<crate::sdk::SdkPolicyGrant>,
 }
 
 /// An approved topic as one broker group serves it.
@@ -968,6 +979,7 @@ mod tests {
                     body: Bytes::from(body), reconsume_count: 0,
                 }).collect(),
                 producer_group: String::new(),
+                sdk: Default::default(),
             };
             let decoded = SendRequest::decode(Bytes::from(request.encode_to_vec())).unwrap();
             prop_assert_eq!(decoded, request);

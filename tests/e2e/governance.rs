@@ -350,3 +350,146 @@ async fn lag_is_what_was_produced_minus_what_was_consumed_in_messages_and_in_tim
     producer.shutdown().await;
     node.stop();
 }
+
+/// A send of one message to `orders` straight to the node's broker, reporting SDK `sdk`.
+async fn send_as(
+    node: &DevNode,
+    pool: &meridian_client::ConnectionPool,
+    sdk: &'static str,
+) -> Result<(), meridian_proto::transport::TransportError> {
+    use meridian_proto::messages::{MessageData, SendRequest, SendResponse};
+    let request = SendRequest {
+        topic: "orders".into(),
+        queue_id: 0,
+        messages: vec![MessageData {
+            flags: 0,
+            born_timestamp: 0,
+            properties: bytes::Bytes::new(),
+            body: bytes::Bytes::from_static(b"from an old client"),
+            reconsume_count: 0,
+        }],
+        producer_group: String::new(),
+        sdk: bytes::Bytes::from_static(sdk.as_bytes()),
+    };
+    let _: SendResponse = pool
+        .call(
+            &node.broker_addr(),
+            meridian_proto::RequestCode::Send,
+            &request,
+            Duration::from_secs(5),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_sdk_versions_are_flagged_in_the_client_list_and_refused_when_the_policy_says_so() {
+    use meridian_client::{ClientConfig, ConnectionPool, Message, Producer, ProducerConfig};
+    use meridian_proto::messages::ConsumerHeartbeat;
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("orders", 2).await;
+    node.create_group("billing", &["orders"]).await;
+    let http = node.http.to_string();
+    let client_list = || {
+        let (ok, stdout, stderr) = node.cli(&["client", "list", "--http", &http], "");
+        assert!(ok, "{stderr}");
+        stdout
+    };
+
+    // An unparsable minimum is refused with the rule.
+    let (ok, _, stderr) = node.cli(&["client", "policy", "--min-version", "one"], "");
+    assert!(!ok);
+    assert!(
+        stderr.contains("SDK version \"one\" is invalid: write it as MAJOR.MINOR.PATCH"),
+        "{stderr}"
+    );
+
+    // Flag only: clients older than this SDK's own version are listed, not refused.
+    let current = meridian_proto::SDK_VERSION;
+    let (ok, stdout, stderr) = node.cli(&["client", "policy", "--min-version", current], "");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&format!("minimum          {current}")) && stdout.contains("not refused"),
+        "{stdout}"
+    );
+
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let old_consumer = ConsumerHeartbeat {
+        group: "billing".into(),
+        client_id: "old-consumer".into(),
+        topics: vec!["orders".into()],
+        sdk_version: "0.0.3".into(),
+        sdk_language: "rust".into(),
+        ..ConsumerHeartbeat::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        pool.call_empty(
+            &node.broker_addr(),
+            meridian_proto::RequestCode::ConsumerHeartbeat,
+            &old_consumer,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        send_as(&node, &pool, "rust/0.0.3").await.unwrap();
+        let listed = client_list();
+        if listed.matches("FLAGGED").count() == 2 {
+            assert!(listed.contains("SDK POLICY (flags offenders)"), "{listed}");
+            let consumer = listed.lines().find(|line| line.contains("old-consumer")).unwrap();
+            assert!(
+                consumer.contains("rust/0.0.3")
+                    && consumer.contains(&format!("client SDK rust/0.0.3 is older than the minimum {current}")),
+                "{listed}"
+            );
+            assert!(
+                listed
+                    .lines()
+                    .any(|line| line.starts_with("producer") && line.contains("rust/0.0.3")),
+                "{listed}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old clients were never flagged:\n{listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Refuse: the old producer's send and the old consumer's heartbeat fail with the version and
+    // the policy; Meridian's own SDK, at the minimum, keeps working.
+    let (ok, stdout, stderr) = node.cli(&["client", "policy", "--min-version", current, "--refuse"], "");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("offenders        refused"), "{stdout}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refusal = loop {
+        if let Err(error) = send_as(&node, &pool, "rust/0.0.3").await {
+            break error.to_string();
+        }
+        assert!(Instant::now() < deadline, "the old producer was never refused");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        refusal.contains(&format!(
+            "client SDK rust/0.0.3 is older than the minimum {current} of the cluster's SDK policy"
+        )),
+        "{refusal}"
+    );
+    let heartbeat = pool
+        .call_empty(
+            &node.broker_addr(),
+            meridian_proto::RequestCode::ConsumerHeartbeat,
+            &old_consumer,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+    assert!(heartbeat.to_string().contains("client SDK rust/0.0.3"), "{heartbeat}");
+    let producer = Producer::new(node.route(&pool), ProducerConfig::default());
+    producer.send(Message::new("orders", "from this SDK")).await.unwrap();
+    producer.shutdown().await;
+    node.stop();
+}
