@@ -213,15 +213,20 @@ async fn a_topic_limit_holds_producers_to_its_rate_and_counts_what_it_throttled(
     );
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
+    // A failed send (a throttled one that waited past its deadline) is counted, not panicked on:
+    // a panic inside a tracked task would not fail the test.
+    let failed = Arc::new(AtomicU64::new(0));
+    let tasks = tokio_util::task::TaskTracker::new();
     for _ in 0..8 {
-        let (producer, sent, stop) = (producer.clone(), sent.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
+        let (producer, sent, failed, stop) = (producer.clone(), sent.clone(), failed.clone(), stop.clone());
+        tasks.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                producer.send(Message::new("hot", "x".repeat(100))).await.unwrap();
-                sent.fetch_add(1, Ordering::Relaxed);
+                match producer.send(Message::new("hot", "x".repeat(100))).await {
+                    Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
             }
-        }));
+        });
     }
     // Once the broker throttles, the limit is in force and its starting burst is spent: measure
     // from there.
@@ -241,9 +246,9 @@ async fn a_topic_limit_holds_producers_to_its_rate_and_counts_what_it_throttled(
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (end_count, elapsed) = (sent.load(Ordering::Relaxed), started.elapsed());
     stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
+    tasks.close();
+    tasks.wait().await;
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "throttled sends must wait, not fail");
     let rate = (end_count - start_count) as f64 / elapsed.as_secs_f64();
     let expected = f64::from(LIMIT);
     println!(
