@@ -171,6 +171,24 @@ pub enum BrokerError {
         /// Its data center.
         idc: String,
     },
+    /// A send over its topic's produce limit ([`crate::throttle`]).
+    #[error(
+        "topic {topic:?} is over its produce limit on broker group {broker_group:?}: {limit}; {}{retry_after_ms} ms (Meridian's SDK waits and retries by itself), or raise the limit with `meridian topic limit {topic} --messages N`",
+        meridian_proto::quota::RETRY_IN
+    )]
+    Throttled {
+        /// Topic name.
+        topic: String,
+        /// This broker's group.
+        broker_group: String,
+        /// The limit and this group's share of it, for people.
+        limit: String,
+        /// How long until a send fits again.
+        retry_after_ms: u64,
+    },
+    /// A client whose SDK breaks the cluster's policy, which says to refuse offenders.
+    #[error("{0}")]
+    SdkRefused(String),
     /// A replication request that does not fit this broker's state.
     #[error("replication refused: {0}")]
     ReplicationRefused(String),
@@ -259,6 +277,8 @@ impl BrokerError {
             BrokerError::ReplicationRefused(_) => ErrorCode::FailedPrecondition,
             BrokerError::SystemTopic(_) | BrokerError::InvalidTrace(_) => ErrorCode::InvalidArgument,
             BrokerError::Evacuated { .. } => ErrorCode::Evacuated,
+            BrokerError::Throttled { .. } => ErrorCode::Throttled,
+            BrokerError::SdkRefused(_) => ErrorCode::FailedPrecondition,
             BrokerError::InvalidOffset(_) | BrokerError::Refused(_) => ErrorCode::InvalidArgument,
             BrokerError::UnknownGroup { .. } => ErrorCode::GroupNotFound,
             BrokerError::QueueLocked { .. } | BrokerError::OffsetReset { .. } => ErrorCode::FailedPrecondition,

@@ -15,6 +15,8 @@ pub struct MemberInfo {
     pub topics: Vec<String>,
     /// Its SDK version.
     pub sdk_version: String,
+    /// Its SDK language (lowercase; `rust` for Meridian's).
+    pub sdk_language: String,
     /// Its data center; empty when it has none.
     pub idc: String,
     /// Its queue allocation algorithm and version, e.g. `idc-aware/1`.
@@ -146,6 +148,21 @@ impl ConsumerGroups {
             .collect()
     }
 
+    /// Every live member of every group as `(group, client_id, info)`, sorted, for admin views.
+    pub fn all(&self, now: Instant) -> Vec<(String, String, MemberInfo)> {
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        let mut all: Vec<_> = names
+            .into_iter()
+            .flat_map(|group| {
+                self.members(&group, now)
+                    .into_iter()
+                    .map(move |(client_id, info)| (group.clone(), client_id, info))
+            })
+            .collect();
+        all.sort_by(|left, right| (&left.0, &left.1).cmp(&(&right.0, &right.1)));
+        all
+    }
+
     /// What one member reported, for admin views.
     pub fn describe(&self, group: &str, client_id: &str) -> Option<MemberInfo> {
         let groups = self.lock();
@@ -164,6 +181,7 @@ mod tests {
             idc: "dc1".into(),
             allocation: allocation.into(),
             deployment: "single-side".into(),
+            sdk_language: "rust".into(),
         }
     }
 

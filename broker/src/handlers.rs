@@ -70,6 +70,8 @@ pub struct BrokerState {
     pub locks: QueueLocks,
     /// Throttles the warning for failed one-way requests (no answer carries their error).
     pub oneway_failure_log: meridian_proto::throttle::Throttle,
+    /// The last commits of each group's queues, for the lag status ([`crate::lag`]).
+    pub lag: crate::lag::LagTracker,
 }
 
 impl BrokerState {
@@ -78,6 +80,38 @@ impl BrokerState {
         self.governance
             .as_ref()
             .map_or(Ok(()), |governance| governance.check_send(topic))
+    }
+
+    /// Whether a send of `messages` messages and `bytes` bytes to `topic` fits this master's share
+    /// of the topic's produce limit (always, on a standalone broker); a refusal is counted by
+    /// topic and producer group. Every protocol's send path calls it once per send request, after
+    /// the request is validated.
+    pub fn throttle_send(&self, topic: &str, producer_group: &str, messages: u32, bytes: u64) -> Result<()> {
+        let Some(governance) = &self.governance else {
+            return Ok(());
+        };
+        let refused = governance.check_throttle(topic, messages, bytes, Instant::now());
+        if refused.is_err() {
+            let labels = crate::metrics::ProducerLabels {
+                topic: topic.to_owned(),
+                producer_group: producer_group.to_owned(),
+            };
+            self.metrics.throttled_sends.get_or_create(&labels).inc();
+            self.metrics
+                .throttled_messages
+                .get_or_create(&labels)
+                .inc_by(u64::from(messages));
+        }
+        refused
+    }
+
+    /// Judges a producer's reported SDK (`language/version`) against the cluster's policy (never,
+    /// on a standalone broker): refused when the policy says so, flagged otherwise. Every
+    /// protocol's send path calls it once per send request.
+    pub fn check_producer_sdk(&self, reported: &[u8], peer: SocketAddr) -> Result<()> {
+        self.governance
+            .as_ref()
+            .map_or(Ok(()), |governance| governance.check_producer_sdk(reported, peer))
     }
 
     /// Checks a consumer request's group and topic with the shared rules and the approvals.
@@ -151,6 +185,7 @@ impl BrokerState {
             )),
             locks: QueueLocks::new(Duration::from_secs(30)),
             oneway_failure_log: meridian_proto::throttle::Throttle::new(Duration::from_secs(10)),
+            lag: crate::lag::LagTracker::default(),
         })
     }
 }
@@ -243,9 +278,10 @@ fn send(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
     send_many(state, vec![body], peer).pop().expect("one reply per send")
 }
 
-fn decode_send(state: &BrokerState, body: Bytes) -> Result<SendRequest> {
+fn decode_send(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Result<SendRequest> {
     let request: SendRequest = decode(body)?;
     let mut request = request;
+    state.check_producer_sdk(&request.sdk, peer)?;
     validate::validate_topic(&request.topic)?;
     if topics::is_system(&request.topic) {
         return Err(BrokerError::SystemTopic(request.topic));
@@ -257,12 +293,16 @@ fn decode_send(state: &BrokerState, body: Bytes) -> Result<SendRequest> {
         ));
     }
     let mut special = Special::default();
+    let mut bytes = 0_u64;
     for message in &request.messages {
         validate::validate_body_size(message.body.len(), &state.limits)?;
         let found = validate_properties(&message.properties, &state.limits)?;
         special.delayed |= found.delayed;
         special.transactional |= found.transactional;
+        bytes += (message.body.len() + message.properties.len()) as u64;
     }
+    let messages = u32::try_from(request.messages.len()).unwrap_or(u32::MAX);
+    state.throttle_send(&request.topic, &request.producer_group, messages, bytes)?;
     if special.any() {
         schedule::rehome(&mut request, special, meridian_proto::time::now_millis())?;
     }
@@ -297,7 +337,7 @@ pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr)
             .map(|_| Reply::Now(Err(governance.evacuated_error(&state.config.idc))))
             .collect();
     }
-    let decoded: Vec<Result<SendRequest>> = bodies.into_iter().map(|body| decode_send(state, body)).collect();
+    let decoded: Vec<Result<SendRequest>> = bodies.into_iter().map(|body| decode_send(state, body, peer)).collect();
     let requests: Vec<AppendRequest<'_>> = decoded
         .iter()
         .flatten()
@@ -625,6 +665,18 @@ fn commit_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     state
         .store
         .commit_offset(&key, &request.topic, request.queue_id, request.offset)?;
+    let max_offset = state
+        .store
+        .consume_queue(&request.topic, request.queue_id)?
+        .max_offset();
+    state.lag.record_commit(
+        &key,
+        &request.topic,
+        request.queue_id,
+        request.offset,
+        max_offset,
+        crate::lag::now_ms(),
+    );
     Ok(Bytes::new())
 }
 
@@ -845,6 +897,16 @@ fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Res
     }
     TagFilter::parse(&request.subscription)?;
     state.check_consume(&request.group, request.topics.iter().map(String::as_str))?;
+    let sdk_language = if request.sdk_language.is_empty() {
+        meridian_proto::sdk::SDK_LANGUAGE.to_owned()
+    } else {
+        request.sdk_language.to_ascii_lowercase()
+    };
+    if let Some(governance) = &state.governance
+        && let Some(violation) = governance.check_sdk(&sdk_language, &request.sdk_version)?
+    {
+        tracing::debug!(group = request.group, client_id = request.client_id, %violation, "consumer breaks the sdk policy");
+    }
     if let Some(grant) = state
         .governance
         .as_ref()
@@ -867,6 +929,7 @@ fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Res
     let info = MemberInfo {
         topics: request.topics,
         sdk_version: request.sdk_version,
+        sdk_language,
         idc: request.idc,
         allocation: request.allocation,
         deployment: request.deployment,
@@ -959,7 +1022,7 @@ mod tests {
             name: name.into(),
             queues: 2,
             perm,
-            produce_limit: 0,
+            ..TopicGrant::default()
         };
         governance.replace(Approved::from_metadata(BrokerMetadata {
             version: 1,
@@ -970,6 +1033,7 @@ mod tests {
                 max_retries: 16,
                 broadcasting: false,
             }],
+            sdk_policy: None,
         }));
         for topic in ["orders", "archive", "payments"] {
             store.create_topic(topic, 2).unwrap();
@@ -989,6 +1053,7 @@ mod tests {
                 reconsume_count: 0,
             }],
             producer_group: String::new(),
+            sdk: Default::default(),
         };
         Bytes::from(request.encode_to_vec())
     }

@@ -15,10 +15,12 @@
 //!
 //! A broker runs with [`Broker::bind`] then [`Broker::run`], or [`run`] in one call.
 
+pub mod clients;
 pub mod config;
 pub mod error;
 pub mod groups;
 pub mod handlers;
+pub mod lag;
 pub mod locks;
 pub mod metrics;
 pub mod registry;
@@ -28,6 +30,7 @@ pub mod retry;
 pub mod schedule;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod trace;
 pub mod transaction;
 

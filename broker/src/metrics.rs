@@ -42,6 +42,15 @@ impl ResultLabels {
     pub const ERROR: ResultLabels = ResultLabels { result: "error" };
 }
 
+/// Labels of per-topic, per-producer-group metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProducerLabels {
+    /// Topic.
+    pub topic: String,
+    /// Producer group as the send named it (empty: none).
+    pub producer_group: String,
+}
+
 /// Every metric the broker exports.
 #[derive(Debug)]
 pub struct BrokerMetrics {
@@ -103,6 +112,10 @@ pub struct BrokerMetrics {
     pub role_epoch: Gauge,
     /// Slaves the master holds in sync.
     pub in_sync_slaves: Gauge,
+    /// Sends refused over their topic's produce limit, by topic and producer group.
+    pub throttled_sends: Family<ProducerLabels, Counter>,
+    /// Messages in those sends.
+    pub throttled_messages: Family<ProducerLabels, Counter>,
     /// Trace emission ([`crate::trace`]).
     pub trace: std::sync::Arc<crate::trace::TraceMetrics>,
 }
@@ -138,6 +151,8 @@ impl Default for BrokerMetrics {
             replication_lag_bytes: Gauge::default(),
             role_epoch: Gauge::default(),
             in_sync_slaves: Gauge::default(),
+            throttled_sends: Family::default(),
+            throttled_messages: Family::default(),
             trace: std::sync::Arc::default(),
         }
     }
@@ -278,6 +293,16 @@ impl BrokerMetrics {
             "in_sync_slaves",
             "Slaves the master holds in sync",
             metrics.in_sync_slaves.clone(),
+        );
+        registry.register(
+            "throttled_sends",
+            "Sends refused over their topic's produce limit, by topic and producer group",
+            metrics.throttled_sends.clone(),
+        );
+        registry.register(
+            "throttled_messages",
+            "Messages in sends refused over their topic's produce limit, by topic and producer group",
+            metrics.throttled_messages.clone(),
         );
         metrics
     }

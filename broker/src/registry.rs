@@ -12,14 +12,16 @@
 //! grows the ones granted more queues, then swaps the snapshot.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meridian_proto::messages::{
     self, BrokerHeartbeat, BrokerHeartbeatResponse, BrokerMetadataRequest, BrokerRegistration, GroupGrant, TopicGrant,
     TopicList, TopicQueues, perm, role,
 };
+use meridian_proto::sdk::{self, SdkPolicyGrant, SdkViolation};
 use meridian_proto::topics::{self, TopicKind};
 use meridian_proto::transport::{ConnectionPool, TransportConfig, TransportError};
 use meridian_proto::{RequestCode, compress};
@@ -35,6 +37,7 @@ use crate::handlers::BrokerState;
 use crate::metrics::ResultLabels;
 use crate::replication::Role;
 use crate::store::MessageStore;
+use crate::throttle::Throttles;
 
 /// What the nameservers approved for this broker group, as of one metadata version.
 #[derive(Debug, Default)]
@@ -45,6 +48,10 @@ pub struct Approved {
     pub topics: HashMap<String, TopicGrant>,
     /// Approved consumer groups, by name.
     pub groups: HashMap<String, GroupGrant>,
+    /// Token buckets of the topics with a produce limit.
+    pub throttles: Throttles,
+    /// The cluster's SDK version policy (empty: nothing judged).
+    pub sdk_policy: SdkPolicyGrant,
 }
 
 impl Approved {
@@ -52,6 +59,8 @@ impl Approved {
     pub fn from_metadata(metadata: messages::BrokerMetadata) -> Approved {
         Approved {
             version: Some(metadata.version),
+            throttles: Throttles::from_grants(&metadata.topics, Instant::now()),
+            sdk_policy: metadata.sdk_policy.unwrap_or_default(),
             topics: metadata
                 .topics
                 .into_iter()
@@ -78,6 +87,9 @@ pub struct Governance {
     applying: tokio::sync::Mutex<()>,
     /// Data centers a failover drill evacuated, from the last nameserver answer, sorted.
     evacuated: RwLock<Vec<String>>,
+    /// Producers whose SDK broke the policy, by address: what they reported and when last.
+    /// Written only when a send breaks the policy, so compliant sends never touch it.
+    flagged_producers: Mutex<HashMap<SocketAddr, (String, Instant)>>,
 }
 
 impl Governance {
@@ -90,6 +102,7 @@ impl Governance {
             approved: RwLock::new(Arc::new(Approved::default())),
             applying: tokio::sync::Mutex::new(()),
             evacuated: RwLock::new(Vec::new()),
+            flagged_producers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -147,12 +160,13 @@ impl Governance {
 
     /// Puts `approved` in force, unless the snapshot in force is of a newer version.
     /// Returns whether it was put in force.
-    pub fn replace(&self, approved: Approved) -> bool {
+    pub fn replace(&self, mut approved: Approved) -> bool {
         let mut current = self.approved.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         // `None` (nothing received yet) sorts before every version.
         if current.version > approved.version {
             return false;
         }
+        approved.throttles.carry_over(&current.throttles);
         *current = Arc::new(approved);
         true
     }
@@ -190,6 +204,82 @@ impl Governance {
             }),
             Some(_) => Ok(()),
         }
+    }
+
+    /// Whether a send of `messages` messages and `bytes` bytes to `topic` fits this master's share
+    /// of the topic's produce limit at `now` ([`crate::throttle`]); topics without one always fit.
+    pub fn check_throttle(&self, topic: &str, messages: u32, bytes: u64, now: Instant) -> Result<()> {
+        let approved = self.read();
+        let Some(throttle) = approved.throttles.get(topic) else {
+            return Ok(());
+        };
+        throttle
+            .admit(messages, bytes, now)
+            .map_err(|wait| BrokerError::Throttled {
+                topic: topic.to_owned(),
+                broker_group: self.broker_group.clone(),
+                limit: throttle.limit().to_string(),
+                // Rounded up, so a client waiting exactly this long finds the bucket out of debt.
+                retry_after_ms: wait.as_micros().div_ceil(1000) as u64,
+            })
+    }
+
+    /// Judges an SDK against the cluster's policy: `Ok` when it complies (or reports no version).
+    pub fn judge_sdk(&self, language: &str, version: &str) -> std::result::Result<(), SdkViolation> {
+        sdk::judge(&self.read().sdk_policy, language, version)
+    }
+
+    /// Checks a client's SDK: a violation is refused when the policy says `refuse`, and only
+    /// flagged (returned as `Ok(Some(..))`) otherwise.
+    pub fn check_sdk(&self, language: &str, version: &str) -> Result<Option<SdkViolation>> {
+        let approved = self.read();
+        match sdk::judge(&approved.sdk_policy, language, version) {
+            Ok(()) => Ok(None),
+            Err(violation) if approved.sdk_policy.refuse => Err(BrokerError::SdkRefused(violation.to_string())),
+            Err(violation) => Ok(Some(violation)),
+        }
+    }
+
+    /// Checks a producer's reported SDK (`language/version` bytes of a send) and remembers a
+    /// flagged producer for the client listing.
+    pub fn check_producer_sdk(&self, reported: &[u8], peer: SocketAddr) -> Result<()> {
+        if reported.is_empty() {
+            return Ok(());
+        }
+        let reported = std::str::from_utf8(reported).unwrap_or("?/not-utf8");
+        let (language, version) = sdk::split_sdk(reported);
+        let refused = self.check_sdk(language, version);
+        if !matches!(refused, Ok(None)) {
+            let mut flagged = self
+                .flagged_producers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match flagged.get_mut(&peer) {
+                Some((sdk, seen)) if sdk == reported => *seen = Instant::now(),
+                _ => {
+                    tracing::warn!(%peer, sdk = reported, refused = refused.is_err(), "producer breaks the sdk policy");
+                    flagged.insert(peer, (reported.to_owned(), Instant::now()));
+                }
+            }
+        }
+        refused.map(|_| ())
+    }
+
+    /// Producers flagged for their SDK within `within`, as `(address, language/version)`.
+    pub fn flagged_producers(&self, within: Duration) -> Vec<(SocketAddr, String)> {
+        let mut flagged = self
+            .flagged_producers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        flagged.retain(|_, (_, seen)| seen.elapsed() <= within);
+        let mut listed: Vec<_> = flagged.iter().map(|(peer, (sdk, _))| (*peer, sdk.clone())).collect();
+        listed.sort();
+        listed
+    }
+
+    /// The SDK policy in force.
+    pub fn sdk_policy(&self) -> SdkPolicyGrant {
+        self.read().sdk_policy.clone()
     }
 
     /// Whether consumer group `group` may consume each of `topics`: the group is approved, each
@@ -620,19 +710,19 @@ mod tests {
                     name: "orders".into(),
                     queues: 4,
                     perm: perm::READ | perm::WRITE,
-                    produce_limit: 0,
+                    ..TopicGrant::default()
                 },
                 TopicGrant {
                     name: "archive".into(),
                     queues: 1,
                     perm: perm::READ,
-                    produce_limit: 0,
+                    ..TopicGrant::default()
                 },
                 TopicGrant {
                     name: "sink".into(),
                     queues: 1,
                     perm: perm::WRITE,
-                    produce_limit: 0,
+                    ..TopicGrant::default()
                 },
             ],
             groups: vec![GroupGrant {
@@ -641,6 +731,7 @@ mod tests {
                 max_retries: 16,
                 broadcasting: false,
             }],
+            sdk_policy: None,
         }
     }
 
@@ -820,7 +911,7 @@ mod tests {
             name: "big".into(),
             queues: 4,
             perm: perm::READ | perm::WRITE,
-            produce_limit: 0,
+            ..TopicGrant::default()
         });
         assert!(provision_topics(&store, &grants));
         assert_eq!(

@@ -153,6 +153,7 @@ impl Broker {
             store,
             groups: ConsumerGroups::new(Duration::from_millis(config.consumer_expiry_ms)),
             locks: crate::locks::QueueLocks::new(Duration::from_millis(config.queue_lock_expiry_ms)),
+            lag: crate::lag::LagTracker::default(),
             metrics,
             limits: config.limits.limits(),
             advertise_addr,
@@ -161,6 +162,16 @@ impl Broker {
             oneway_failure_log: meridian_proto::throttle::Throttle::new(Duration::from_secs(10)),
         });
         Ok(Broker { listener, state })
+    }
+
+    /// Computes consumer lag from this broker's offsets and commits, for `/metrics` and the API.
+    pub fn lag_collector(&self) -> crate::lag::LagCollector {
+        crate::lag::LagCollector::new(self.state.clone())
+    }
+
+    /// The clients this broker knows and the SDK policy's verdict on them.
+    pub fn clients_view(&self) -> crate::clients::ClientsView {
+        crate::clients::ClientsView::new(self.state.clone())
     }
 
     /// The address the broker listens on.

@@ -346,6 +346,7 @@ fn committed_write(record: &Record<'_>, producer_group: &str) -> Result<Write> {
         queue_id: queue_id.map_or(-1, |queue| queue as i32),
         messages: vec![message],
         producer_group: producer_group.to_owned(),
+        sdk: Default::default(),
     };
     let special = Special {
         delayed: true,
@@ -732,6 +733,7 @@ mod tests {
                 reconsume_count: 0,
             }],
             producer_group: group.into(),
+            sdk: Default::default(),
         };
         let reply = send_many(
             state,
@@ -877,6 +879,7 @@ mod tests {
                 reconsume_count: 0,
             }],
             producer_group: String::new(),
+            sdk: Default::default(),
         };
         let Reply::Now(Err(error)) = send_many(
             &state,

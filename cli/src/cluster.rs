@@ -868,7 +868,7 @@ fn log_tail(node: &Node, lines: usize) -> String {
 // Health
 
 /// `GET path` over HTTP/1.0: the status and the body. None when it cannot be reached in time.
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         stream

@@ -202,6 +202,25 @@ pub enum TopicCommand {
         #[command(flatten)]
         addrs: NameserverAddrs,
     },
+    /// Set or remove a topic's produce limit. Every master of the topic enforces its share (by its
+    /// queue count); sends over it are answered THROTTLED with how long to wait.
+    Limit {
+        /// Topic name.
+        name: String,
+        /// Most messages per second producers may send to the whole topic (1 to 10000000).
+        #[arg(long, required_unless_present = "remove", conflicts_with = "remove")]
+        messages: Option<u32>,
+        /// Remove the limit.
+        #[arg(long)]
+        remove: bool,
+        /// Why (kept in the history).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        addrs: NameserverAddrs,
+    },
     /// Delete a topic (its history stays).
     Delete(DecideWithReason),
     /// List topics.
@@ -455,7 +474,7 @@ impl NameserverClient {
         serde_json::from_slice(&answer).context("the nameserver's answer does not decode; is it the same version?")
     }
 
-    async fn command(&self, command: Command) -> Result<Response> {
+    pub(crate) async fn command(&self, command: Command) -> Result<Response> {
         self.write(WriteOp::Command { command }).await
     }
 
@@ -526,7 +545,8 @@ pub async fn topic(command: TopicCommand) -> Result<()> {
     let addrs = match &command {
         TopicCommand::Request { addrs, .. }
         | TopicCommand::Create { addrs, .. }
-        | TopicCommand::Update { addrs, .. } => addrs.clone(),
+        | TopicCommand::Update { addrs, .. }
+        | TopicCommand::Limit { addrs, .. } => addrs.clone(),
         TopicCommand::Approve(args) => args.addrs.clone(),
         TopicCommand::Reject(args) | TopicCommand::Delete(args) => args.addrs.clone(),
         TopicCommand::List(args) => args.addrs.clone(),
@@ -640,6 +660,40 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 })
                 .await?;
             println!("topic {name} updated");
+        }
+        TopicCommand::Limit {
+            name,
+            messages,
+            remove,
+            reason,
+            who,
+            ..
+        } => {
+            meridian_proto::quota::validate_produce_limit(messages, None)?;
+            let changes = TopicChanges {
+                queues: None,
+                perm: None,
+                produce_limit: match messages {
+                    Some(limit) if !remove => ProduceLimitChange::Set(limit),
+                    _ => ProduceLimitChange::Remove,
+                },
+                owner: None,
+                description: None,
+            };
+            client
+                .command(Command::UpdateTopic {
+                    name: name.clone(),
+                    updated_by: who.name()?,
+                    reason,
+                    changes,
+                })
+                .await?;
+            match messages {
+                Some(limit) if !remove => {
+                    println!("topic {name} limited to {limit} msg/s; each master enforces its share by queue count")
+                }
+                _ => println!("topic {name} has no produce limit"),
+            }
         }
         TopicCommand::Delete(DecideWithReason { name, reason, who, .. }) => {
             client

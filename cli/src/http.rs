@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use meridian_broker::Broker;
+use meridian_broker::clients::ClientsView;
+use meridian_broker::lag::LagCollector;
 use meridian_broker::replication::{Replication, Role};
 use meridian_broker::store::MessageStore;
 use prometheus_client::registry::Registry;
@@ -22,23 +24,45 @@ struct HttpState {
     broker_addr: SocketAddr,
     store: Arc<MessageStore>,
     replication: Arc<Replication>,
+    lag: LagCollector,
+    clients: ClientsView,
 }
 
-/// The routes of a broker process: its health (with its place in its group), its local topics
-/// and `/metrics`.
-pub fn router(registry: Arc<Registry>, broker_name: String, broker: &Broker) -> Router {
+/// The routes of a broker process: its health (with its place in its group), its local topics,
+/// consumer lag and `/metrics` (where consumer lag is computed at each scrape).
+pub fn router(mut registry: Registry, broker_name: String, broker: &Broker) -> Router {
+    let lag = broker.lag_collector();
+    registry.register_collector(Box::new(lag.clone()));
     Router::new()
         .route("/api/health", get(health))
         .route("/api/broker/topics", get(topics))
         .route("/api/broker/offsets", get(offsets))
         .route("/api/broker/offsets/reset", axum::routing::post(reset_offsets))
+        .route("/api/broker/lag", get(lag_report))
+        .route("/api/broker/clients", get(clients_report))
         .with_state(HttpState {
             broker_name,
             broker_addr: broker.local_addr(),
             store: broker.store(),
             replication: broker.replication(),
+            lag,
+            clients: broker.clients_view(),
         })
-        .merge(metrics_router(registry))
+        .merge(metrics_router(Arc::new(registry)))
+}
+
+/// The clients this broker knows, with the SDK policy's verdict on each (`meridian client list`).
+async fn clients_report(State(state): State<HttpState>) -> Json<meridian_broker::clients::ClientsReport> {
+    Json(state.clients.report())
+}
+
+/// Lag of every consumer group on this broker, per topic and queue, with its status
+/// (`docs/governance.md`).
+async fn lag_report(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    let groups = tokio::task::spawn_blocking(move || state.lag.report())
+        .await
+        .unwrap_or_default();
+    Json(json!({ "groups": groups }))
 }
 
 /// `/metrics` alone, for processes without a broker.

@@ -18,6 +18,7 @@ mod env_cmds;
 mod governance;
 mod http;
 mod messaging_cmds;
+mod sdk_cmds;
 mod serve;
 mod sql_cmds;
 mod trace_cmds;
@@ -67,6 +68,9 @@ enum Command {
     Produce(client_cmds::ProduceArgs),
     /// Consume messages in a consumer group and print them, one line each.
     Consume(client_cmds::ConsumeArgs),
+    /// Clients and the SDK version policy: list clients with the policy's verdict, show or set it.
+    #[command(subcommand)]
+    Client(sdk_cmds::ClientCommand),
     /// A consumer group's dead letters: list, show, resend to its retry topic.
     #[command(subcommand)]
     Dlq(messaging_cmds::DlqCommand),
@@ -186,6 +190,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Produce(args) => client_cmds::produce(args).await,
             Command::Consume(args) => client_cmds::consume(args).await,
             Command::Dlq(command) => messaging_cmds::dlq(command).await,
+            Command::Client(command) => sdk_cmds::client(command).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Archiver(args) => archive_cmds::archiver(args).await,
             Command::Archive(command) => archive_cmds::archive(command).await,

@@ -288,7 +288,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         None => axum::Router::new(),
     };
     let with_query = query_archive.is_some();
-    let router = http::router(Arc::new(registry), broker_name, &broker)
+    let router = http::router(registry, broker_name, &broker)
         .merge(meridian_nameserver::http::router(nameserver.service()))
         .merge(tracer_router)
         .merge(query_router)
@@ -381,7 +381,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
                 "  http http://{}  (/api/health, /api/broker/topics, /metrics)",
                 listener.local_addr()?
             );
-            let router = http::router(Arc::new(registry), name, &broker);
+            let router = http::router(registry, name, &broker);
             Some((listener, router))
         }
         None => None,

@@ -147,6 +147,18 @@ impl ClientError {
         }
     }
 
+    /// How long the broker said to wait when it throttled a send over its topic's produce limit
+    /// ([`ErrorCode::Throttled`]); 100 ms when it named no wait. `None` for every other error.
+    pub fn throttled_wait(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Broker {
+                code: ErrorCode::Throttled,
+                message,
+            } => Some(meridian_proto::quota::retry_after(message).unwrap_or(std::time::Duration::from_millis(100))),
+            _ => None,
+        }
+    }
+
     /// The error code a broker or nameserver answered with, if the error came from one.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {

@@ -49,6 +49,10 @@ pub struct ProducerConfig {
     pub slow_send: Duration,
     /// How long a topic's route is trusted before it is fetched again (errors refetch it at once).
     pub route_refresh: Duration,
+    /// A send over its topic's produce limit waits as long as the broker says and is sent again,
+    /// without counting against `retries`, until it has waited this long in all; then it fails
+    /// with the broker's [`meridian_proto::ErrorCode::Throttled`] error.
+    pub max_throttle_wait: Duration,
 }
 
 /// Which brokers a producer sends to.
@@ -76,6 +80,7 @@ impl Default for ProducerConfig {
             max_fault_backoff: Duration::from_secs(30),
             slow_send: Duration::from_millis(550),
             route_refresh: ROUTE_REFRESH_INTERVAL,
+            max_throttle_wait: Duration::from_secs(10),
         }
     }
 }
@@ -315,8 +320,10 @@ impl ProducerInner {
             queue_id: 0,
             messages: batch.messages.iter().map(|message| message.data.clone()).collect(),
             producer_group: self.config.group.clone(),
+            sdk: Bytes::from_static(meridian_proto::sdk::SDK_ID.as_bytes()),
         };
         let mut attempt = 0u32;
+        let mut throttled_for = Duration::ZERO;
         loop {
             let error = match self.attempt(batch, &mut request, target, delivery).await {
                 Ok(results) => return Ok(results),
@@ -324,6 +331,16 @@ impl ProducerInner {
             };
             if error.suggests_stale_route() {
                 self.routes.invalidate(&batch.topic);
+            }
+            if let Some(wait) = error.throttled_wait() {
+                // Over the topic's limit: the broker named the wait; it is not a failure to count.
+                throttled_for += wait;
+                if throttled_for > self.config.max_throttle_wait || self.closed.load(Ordering::SeqCst) {
+                    return Err(error);
+                }
+                debug!(topic = %batch.topic, ?wait, "send throttled, waiting as the broker said");
+                tokio::time::sleep(wait).await;
+                continue;
             }
             if !error.is_retriable() || attempt >= self.config.retries || self.closed.load(Ordering::SeqCst) {
                 return Err(error);
@@ -368,7 +385,9 @@ impl ProducerInner {
         }
         match &result {
             Ok(_) => self.faults.succeeded(&queue.broker_name, started.elapsed()),
-            // Refusals about the message itself say nothing about the broker.
+            // Refusals about the message itself, or over the topic's limit, say nothing about the
+            // broker.
+            Err(error) if error.throttled_wait().is_some() => {}
             Err(error) if error.is_retriable() || error.suggests_stale_route() => {
                 self.faults.failed(&queue.broker_name);
             }
@@ -662,6 +681,40 @@ mod tests {
             .collect();
         assert!(ids.iter().all(|id| *id == ids[0]));
         producer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn throttled_sends_wait_and_go_again_without_spending_retries_until_their_deadline() {
+        let broker = FakeBroker::start(&[("orders", 2)]).await;
+        broker.fail_next_sends(&[ErrorCode::Throttled; 3]);
+        // No retries at all: throttling is not a failure, so the fourth attempt goes through.
+        let producer = producer(&broker, 0);
+        let started = Instant::now();
+        producer.send(Message::new("orders", "x")).await.unwrap();
+        assert_eq!(broker.send_requests().len(), 4);
+        // The fake names no wait, so each is the 100 ms default.
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+
+        broker.fail_next_sends(&[ErrorCode::Throttled; 5]);
+        let impatient = Producer::new(
+            Arc::new(StaticRoute::new(
+                broker.addr.clone(),
+                ConnectionPool::new(ClientConfig::default()),
+            )),
+            ProducerConfig {
+                max_throttle_wait: Duration::from_millis(250),
+                ..producer.config().clone()
+            },
+        );
+        let error = impatient.send(Message::new("orders", "x")).await.unwrap_err();
+        assert_eq!(error.code(), Some(ErrorCode::Throttled), "{error}");
+        assert_eq!(broker.send_requests().len(), 4 + 3, "waited 100 + 100 ms, then gave up");
+        producer.shutdown().await;
+        impatient.shutdown().await;
     }
 
     #[test]

@@ -476,6 +476,7 @@ impl PushInner {
             deployment: self.config.deployment.as_str().to_owned(),
             broadcasting: self.config.broadcasting,
             subscription: self.config.subscription.clone(),
+            sdk_language: meridian_proto::sdk::SDK_LANGUAGE.to_owned(),
         };
         let timeout = self.config.client.request_timeout;
         let sends = broker_addrs(&route).into_iter().map(|addr| {

@@ -508,6 +508,12 @@ struct SdkPolicyBody {
     // Required: PUT replaces the whole policy, and an omitted list would silently unblock
     // every blocked version.
     blocked_versions: BTreeSet<String>,
+    /// Refuse offenders instead of only flagging them.
+    #[serde(default)]
+    refuse: bool,
+    /// Minimum per SDK language, e.g. `{"java": "4.9.0"}`.
+    #[serde(default)]
+    language_min_versions: BTreeMap<String, String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -974,6 +980,8 @@ async fn set_sdk_policy(
     let command = Command::SetSdkPolicy {
         min_version: body.min_version,
         blocked_versions: body.blocked_versions,
+        refuse: body.refuse,
+        language_min_versions: body.language_min_versions,
     };
     service.command(command).await.map(ok)
 }

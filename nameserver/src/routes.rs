@@ -133,6 +133,8 @@ pub fn broker_metadata(state: &MetadataState, group: &str) -> BrokerMetadata {
                 queues,
                 perm: u32::from(topic.perm),
                 produce_limit: topic.produce_limit.unwrap_or(0),
+                topic_queues: topic.queues.values().sum(),
+                produce_limit_bytes: 0,
             })
         })
         .collect();
@@ -147,10 +149,24 @@ pub fn broker_metadata(state: &MetadataState, group: &str) -> BrokerMetadata {
             broadcasting: consumer_group.consume_mode == ConsumeMode::Broadcasting,
         })
         .collect();
+    let policy = state.sdk_policy();
     BrokerMetadata {
         version: state.metadata_version(),
         topics,
         groups,
+        sdk_policy: Some(meridian_proto::sdk::SdkPolicyGrant {
+            min_version: policy.min_version.clone().unwrap_or_default(),
+            blocked_versions: policy.blocked_versions.iter().cloned().collect(),
+            refuse: policy.refuse,
+            language_min_versions: policy
+                .language_min_versions
+                .iter()
+                .map(|(language, min_version)| meridian_proto::sdk::LanguageMinimum {
+                    language: language.clone(),
+                    min_version: min_version.clone(),
+                })
+                .collect(),
+        }),
     }
 }
 
@@ -394,7 +410,10 @@ mod tests {
                 name: "orders".into(),
                 queues: 2,
                 perm: 3,
-                produce_limit: 100
+                produce_limit: 100,
+                // Queues on broker-a (4) and broker-b (2): broker-b enforces 2/6 of the limit.
+                topic_queues: 6,
+                produce_limit_bytes: 0,
             }]
         );
         assert_eq!(

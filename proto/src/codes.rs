@@ -204,11 +204,15 @@ pub enum ErrorCode {
     /// The broker's data center is evacuated by a failover drill (`meridian drill evacuate`): it
     /// takes no writes. Refresh the route and send to a broker in another data center.
     Evacuated = 18,
+    /// The send is over its topic's produce limit (`meridian topic limit`). Answered at once; the
+    /// message says how long to wait (`retry in N ms`, read by [`crate::quota::retry_after`]) and
+    /// Meridian's SDK waits that long before sending again.
+    Throttled = 19,
 }
 
 impl ErrorCode {
     /// Every error code, for exhaustive tests and docs.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::Ok,
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedRequest,
@@ -228,6 +232,7 @@ impl ErrorCode {
         ErrorCode::NotMaster,
         ErrorCode::ReplicationTimeout,
         ErrorCode::Evacuated,
+        ErrorCode::Throttled,
     ];
 
     /// The code for a raw value; unknown values (from a newer server) read as `Internal`.
@@ -248,6 +253,7 @@ impl ErrorCode {
                 | ErrorCode::NotMaster
                 | ErrorCode::ReplicationTimeout
                 | ErrorCode::Evacuated
+                | ErrorCode::Throttled
         )
     }
 
@@ -261,7 +267,7 @@ impl ErrorCode {
             ErrorCode::TopicNotFound | ErrorCode::QueueNotFound | ErrorCode::GroupNotFound => 404,
             ErrorCode::AlreadyExists | ErrorCode::FailedPrecondition => 409,
             ErrorCode::NotApproved => 403,
-            ErrorCode::Busy => 429,
+            ErrorCode::Busy | ErrorCode::Throttled => 429,
             ErrorCode::FlushTimeout | ErrorCode::ReplicationTimeout => 504,
             ErrorCode::NotMaster => 421,
             ErrorCode::Unavailable | ErrorCode::Evacuated => 503,
@@ -291,6 +297,7 @@ impl ErrorCode {
             ErrorCode::NotMaster => "not_master",
             ErrorCode::ReplicationTimeout => "replication_timeout",
             ErrorCode::Evacuated => "evacuated",
+            ErrorCode::Throttled => "throttled",
         }
     }
 }
@@ -328,7 +335,8 @@ mod tests {
                 ErrorCode::Unavailable,
                 ErrorCode::NotMaster,
                 ErrorCode::ReplicationTimeout,
-                ErrorCode::Evacuated
+                ErrorCode::Evacuated,
+                ErrorCode::Throttled
             ]
         );
     }

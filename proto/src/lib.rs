@@ -20,6 +20,9 @@
 //!   system trace topic they travel on, and the check every reader of that topic applies.
 //! - [`topics`]: the system topics (delay, transaction, retry, dead-letter, trace); [`delay`]:
 //!   delay levels, delivery times and the delay slots; [`filter`]: tag filter expressions.
+//! - [`quota`]: per-topic produce limits: their validation rule and the wait a throttled send is
+//!   told.
+//! - [`sdk`]: the SDK language and version clients report, and the policy brokers judge them by.
 //! - [`throttle`]: log lines at most once per interval, with the count left out.
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike; [`serve`]: the answering side, the one connection
@@ -35,8 +38,10 @@ pub mod idc;
 pub mod messages;
 pub mod msgid;
 pub mod properties;
+pub mod quota;
 pub mod record;
 pub mod serve;
+pub mod sdk;
 pub mod throttle;
 pub mod time;
 pub mod topics;

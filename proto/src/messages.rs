@@ -41,6 +41,11 @@ pub struct SendRequest {
     /// Producer group (may be empty).
     #[prost(string, tag = "4")]
     pub producer_group: String,
+    /// The producer's SDK as `language/version` ([`crate::sdk::SDK_ID`]), judged against the
+    /// cluster's SDK policy. Bytes, not a string, so the broker reads it from the frame without
+    /// allocating on every send; empty: not reported.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub sdk: Bytes,
 }
 
 /// Where one message was stored.
@@ -592,6 +597,9 @@ pub struct ConsumerHeartbeat {
     /// Its tag filter expression; empty: every message.
     #[prost(string, tag = "9")]
     pub subscription: String,
+    /// Language of its SDK (`rust` for Meridian's); empty reads as `rust`.
+    #[prost(string, tag = "10")]
+    pub sdk_language: String,
 }
 
 /// [`crate::RequestCode::ConsumerList`] and [`crate::RequestCode::ConsumerLeave`] request.
@@ -781,6 +789,9 @@ pub struct BrokerMetadata {
     /// Approved consumer groups.
     #[prost(message, repeated, tag = "3")]
     pub groups: Vec<GroupGrant>,
+    /// The cluster's SDK version policy; `None` from an older nameserver (nothing judged).
+    #[prost(message, optional, tag = "4")]
+    pub sdk_policy: Option<crate::sdk::SdkPolicyGrant>,
 }
 
 /// An approved topic as one broker group serves it.
@@ -795,9 +806,18 @@ pub struct TopicGrant {
     /// [`perm`] bits.
     #[prost(uint32, tag = "3")]
     pub perm: u32,
-    /// Most messages per second producers may send; 0: no limit.
+    /// Most messages per second producers may send to the whole topic; 0: no limit. Each master
+    /// enforces its share: `queues / topic_queues` of it.
     #[prost(uint32, tag = "4")]
     pub produce_limit: u32,
+    /// Queues of the topic on every broker group together, so a master can work out its share of
+    /// the limits; 0 (an older nameserver): this group enforces the whole limit.
+    #[prost(uint32, tag = "5")]
+    pub topic_queues: u32,
+    /// Most bytes (bodies and properties) per second producers may send to the whole topic; 0: no
+    /// limit. Shared among masters like `produce_limit`.
+    #[prost(uint64, tag = "6")]
+    pub produce_limit_bytes: u64,
 }
 
 /// An approved consumer group.
@@ -959,6 +979,7 @@ mod tests {
                     body: Bytes::from(body), reconsume_count: 0,
                 }).collect(),
                 producer_group: String::new(),
+                sdk: Default::default(),
             };
             let decoded = SendRequest::decode(Bytes::from(request.encode_to_vec())).unwrap();
             prop_assert_eq!(decoded, request);

@@ -153,6 +153,12 @@ pub enum ValidationError {
         /// Longest allowed.
         max: usize,
     },
+    /// A produce limit out of range ([`crate::quota::validate_produce_limit`]).
+    #[error("{message}")]
+    Limit {
+        /// Names the limit, the range and the fix.
+        message: String,
+    },
     /// A queue count is out of range.
     #[error("queue count {queues} is invalid: 1 to {max} queues per topic")]
     QueueCount {

@@ -255,6 +255,7 @@ async fn send_direct(pool: &ConnectionPool, addr: &str, index: u64) -> Option<St
             reconsume_count: 0,
         }],
         producer_group: String::new(),
+        sdk: Default::default(),
     };
     let response: SendResponse = pool
         .call(addr, RequestCode::Send, &request, Duration::from_secs(5))

@@ -174,6 +174,7 @@ async fn a_consumed_message_has_every_step_in_order_with_hosts_groups_and_hops()
             reconsume_count: 0,
         }],
         producer_group: String::new(),
+        sdk: Default::default(),
     };
     let refused = pool
         .call_empty(&node.broker_addr(), RequestCode::Send, &request, Duration::from_secs(3))

@@ -245,6 +245,7 @@ async fn transaction_commit_and_rollback_across_a_restart() {
             reconsume_count: 0,
         }],
         producer_group: String::new(),
+        sdk: Default::default(),
     };
     let error = pool
         .call::<_, SendResponse>(&node.broker_addr(), RequestCode::Send, &request, Duration::from_secs(5))

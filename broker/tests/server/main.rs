@@ -96,6 +96,7 @@ fn send_request(topic: &str, body: &[u8]) -> SendRequest {
         queue_id: 0,
         messages: vec![message(body)],
         producer_group: String::new(),
+        sdk: Default::default(),
     }
 }
 

@@ -165,6 +165,12 @@ pub enum Command {
         min_version: Option<String>,
         /// Versions refused.
         blocked_versions: BTreeSet<String>,
+        /// Refuse offenders instead of only flagging them.
+        #[serde(default)]
+        refuse: bool,
+        /// Minimum per SDK language.
+        #[serde(default)]
+        language_min_versions: BTreeMap<String, String>,
     },
 }
 
@@ -182,6 +188,8 @@ impl Command {
                 | Command::ApproveGroup { .. }
                 | Command::RejectGroup { .. }
                 | Command::DeleteGroup { .. }
+                // Brokers enforce the SDK policy, so they fetch it like approvals.
+                | Command::SetSdkPolicy { .. }
         )
     }
 }

@@ -540,12 +540,7 @@ fn validate_perm(perm: u8) -> Result<(), CommandError> {
 }
 
 fn validate_produce_limit(limit: Option<u32>) -> Result<(), CommandError> {
-    if limit == Some(0) {
-        return Err(CommandError::Invalid {
-            message:
-                "produce limit 0 is invalid: give at least 1 msg/s, or remove the write permission to stop producers"
-                    .to_owned(),
-        });
-    }
-    Ok(())
+    meridian_proto::quota::validate_produce_limit(limit, None).map_err(|error| CommandError::Invalid {
+        message: error.to_string(),
+    })
 }

@@ -297,8 +297,15 @@ impl MetadataState {
             Command::SetSdkPolicy {
                 min_version,
                 blocked_versions,
+                refuse,
+                language_min_versions,
             } => {
-                self.sdk_policy = SdkPolicy::new(min_version, blocked_versions)?;
+                self.sdk_policy = SdkPolicy::new(SdkPolicy {
+                    min_version,
+                    blocked_versions,
+                    refuse,
+                    language_min_versions,
+                })?;
                 Response::Done
             }
         };

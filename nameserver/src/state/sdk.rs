@@ -1,7 +1,7 @@
 //! The client SDK version policy: the oldest version allowed and known-bad versions refused.
 //! Set through the log ([`super::Command::SetSdkPolicy`]); checked when a client connects.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,25 +14,30 @@ pub struct SdkPolicy {
     pub min_version: Option<String>,
     /// Versions refused whatever `min_version` says (known-bad releases), compared as written.
     pub blocked_versions: BTreeSet<String>,
+    /// Brokers refuse offenders' requests; otherwise they only flag them.
+    #[serde(default)]
+    pub refuse: bool,
+    /// Oldest version allowed per SDK language (lowercase), instead of `min_version`.
+    #[serde(default)]
+    pub language_min_versions: BTreeMap<String, String>,
 }
 
 impl SdkPolicy {
-    /// A policy from its parts, each version checked to parse.
-    pub(super) fn new(
-        min_version: Option<String>,
-        blocked_versions: BTreeSet<String>,
-    ) -> Result<SdkPolicy, CommandError> {
-        for version in min_version.iter().chain(&blocked_versions) {
+    /// A policy from its parts, each version checked to parse and each language lowercased.
+    pub(super) fn new(mut policy: SdkPolicy) -> Result<SdkPolicy, CommandError> {
+        policy.language_min_versions = std::mem::take(&mut policy.language_min_versions)
+            .into_iter()
+            .map(|(language, version)| (language.to_ascii_lowercase(), version))
+            .collect();
+        let versions = policy.min_version.iter().chain(&policy.blocked_versions);
+        for version in versions.chain(policy.language_min_versions.values()) {
             if parse_version(version).is_none() {
                 return Err(CommandError::Invalid {
                     message: format!("SDK version {version:?} is invalid: write it as MAJOR.MINOR.PATCH, e.g. 1.4.2"),
                 });
             }
         }
-        Ok(SdkPolicy {
-            min_version,
-            blocked_versions,
-        })
+        Ok(policy)
     }
 
     /// Whether a client reporting `version` may connect.

@@ -716,6 +716,8 @@ fn sdk_policy_blocks_old_and_bad_versions() {
             Command::SetSdkPolicy {
                 min_version: Some("1.2.0".into()),
                 blocked_versions: BTreeSet::from(["1.3.1".to_owned()]),
+                refuse: false,
+                language_min_versions: BTreeMap::new(),
             },
             T0,
         )
@@ -734,6 +736,8 @@ fn sdk_policy_blocks_old_and_bad_versions() {
             Command::SetSdkPolicy {
                 min_version: Some("one".into()),
                 blocked_versions: BTreeSet::new(),
+                refuse: false,
+                language_min_versions: BTreeMap::new(),
             },
             T0,
         )
@@ -911,6 +915,8 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(min_version, blocked_versions)| Command::SetSdkPolicy {
                 min_version: min_version.map(str::to_owned),
                 blocked_versions,
+                refuse: false,
+                language_min_versions: BTreeMap::new(),
             }),
     ]
 }

@@ -429,7 +429,10 @@ async fn groups_updates_deletes_idc_rules_and_sdk_policy_over_http() {
         .await;
     assert_eq!(status, 200);
     let (_, policy) = api.get("/api/sdk-policy").await;
-    assert_eq!(policy, json!({"min_version": "1.2.0", "blocked_versions": ["1.3.1"]}));
+    assert_eq!(
+        policy,
+        json!({"min_version": "1.2.0", "blocked_versions": ["1.3.1"], "refuse": false, "language_min_versions": {}})
+    );
     let no_list = api
         .call("PUT", "/api/sdk-policy", Some(json!({"min_version": "1.2.0"})))
         .await;

@@ -1,0 +1,480 @@
+//! Consumer lag, computed by the broker from what it holds: each group's committed offset of each
+//! queue against the queue's end (lag in messages), and the store time of the oldest message not
+//! yet consumed (lag in time), with a Burrow-style status per group.
+//!
+//! - [`compute`] walks the consumer offsets of every topic and answers [`QueueLag`]s grouped into
+//!   [`GroupLag`]s; the HTTP API (`/api/broker/lag`) and [`LagCollector`] (scraped with
+//!   `/metrics`) both call it, so a figure is never older than the request that shows it.
+//! - [`LagTracker`] keeps a window of the last [`WINDOW`] commits of each group's queue (offset,
+//!   lag at the commit, when), fed by the commit handler.
+//! - [`evaluate`] is the pure function of LinkedIn Burrow's rules over one window (start reading
+//!   there): REWIND, OK, STOP, STALL, WARN, in that order; a group takes its worst queue's status.
+//!
+//! Meridian's SDK commits only offsets that moved, so a consumer stuck on one message shows as STOP
+//! (no commit comes); RocketMQ clients commit every few seconds regardless and show STALL.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use meridian_proto::record::Record;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use serde::Serialize;
+
+use crate::handlers::BrokerState;
+use crate::store::MessageStore;
+
+/// Commits kept per group and queue for the status rules (Burrow's default).
+pub const WINDOW: usize = 10;
+
+/// One commit as the window keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CommitSample {
+    /// The committed offset.
+    pub offset: u64,
+    /// The queue's end minus the offset when the commit arrived (never negative).
+    pub lag: u64,
+    /// When it arrived, in ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// A consumer group's health, Burrow's evaluation of its commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    /// Keeping up: lag reached zero within the window, or does not grow.
+    Ok,
+    /// Offsets move but lag grew across the whole window: consuming slower than producing.
+    Warn,
+    /// An offset went backwards (a reset, or a consumer that restarted from an older position).
+    Rewind,
+    /// Commits arrive but the offset does not move while lag holds or grows.
+    Stall,
+    /// No commit for longer than the window spans, with messages waiting.
+    Stop,
+}
+
+impl Status {
+    /// The uppercase name Burrow uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::Warn => "WARN",
+            Status::Rewind => "REWIND",
+            Status::Stall => "STALL",
+            Status::Stop => "STOP",
+        }
+    }
+}
+
+/// Burrow's rules over one queue's `window` of commits (oldest first), with the queue's lag now
+/// and the time now:
+/// 1. REWIND when an offset is lower than the one before it;
+/// 2. OK when the lag now, or any lag in the window, is zero (an idle, caught-up consumer
+///    commits nothing and is fine), or with fewer than two commits to judge;
+/// 3. STOP when the time since the last commit exceeds the span of the window;
+/// 4. STALL when every offset in the window is the same;
+/// 5. WARN when the lag never decreases across the window and ends higher than it started;
+/// 6. OK otherwise.
+pub fn evaluate(window: &[CommitSample], current_lag: u64, now_ms: u64) -> Status {
+    if window.windows(2).any(|pair| pair[1].offset < pair[0].offset) {
+        return Status::Rewind;
+    }
+    if current_lag == 0 || window.iter().any(|sample| sample.lag == 0) {
+        return Status::Ok;
+    }
+    let (Some(first), Some(last)) = (window.first(), window.last()) else {
+        return Status::Ok;
+    };
+    if window.len() < 2 {
+        return Status::Ok;
+    }
+    let span = last.at_ms.saturating_sub(first.at_ms);
+    if now_ms.saturating_sub(last.at_ms) > span {
+        return Status::Stop;
+    }
+    if window.iter().all(|sample| sample.offset == first.offset) {
+        return Status::Stall;
+    }
+    if window.windows(2).all(|pair| pair[1].lag >= pair[0].lag) && last.lag > first.lag {
+        return Status::Warn;
+    }
+    Status::Ok
+}
+
+type QueueWindows = BTreeMap<u32, VecDeque<CommitSample>>;
+
+/// The last [`WINDOW`] commits of every group's queues, fed by the commit handler.
+#[derive(Debug, Default)]
+pub struct LagTracker {
+    // group (offsets key) → topic → queue → window. Nested so a commit to a known queue looks it
+    // up with borrowed names and allocates nothing.
+    windows: Mutex<HashMap<String, HashMap<String, QueueWindows>>>,
+}
+
+impl LagTracker {
+    /// Records a commit of `offset` by `group` on a queue that ends at `max_offset`.
+    pub fn record_commit(&self, group: &str, topic: &str, queue_id: u32, offset: u64, max_offset: u64, now_ms: u64) {
+        let sample = CommitSample {
+            offset,
+            lag: max_offset.saturating_sub(offset),
+            at_ms: now_ms,
+        };
+        let mut windows = self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let topics = match windows.get_mut(group) {
+            Some(topics) => topics,
+            None => windows.entry(group.to_owned()).or_default(),
+        };
+        let queues = match topics.get_mut(topic) {
+            Some(queues) => queues,
+            None => topics.entry(topic.to_owned()).or_default(),
+        };
+        let window = queues.entry(queue_id).or_default();
+        if window.len() == WINDOW {
+            window.pop_front();
+        }
+        window.push_back(sample);
+    }
+
+    /// A copy of one queue's window, oldest first.
+    pub fn window(&self, group: &str, topic: &str, queue_id: u32) -> Vec<CommitSample> {
+        let windows = self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        windows
+            .get(group)
+            .and_then(|topics| topics.get(topic))
+            .and_then(|queues| queues.get(&queue_id))
+            .map(|window| window.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// One group's lag on one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueLag {
+    /// The queue.
+    pub queue_id: u32,
+    /// The group's committed offset: the next message it will consume.
+    pub committed_offset: u64,
+    /// The queue's end.
+    pub max_offset: u64,
+    /// Messages stored and not consumed.
+    pub lag_messages: u64,
+    /// Store time of the oldest message not consumed (ms since the Unix epoch); `None` when none waits.
+    pub oldest_unconsumed_store_ms: Option<i64>,
+    /// How long that message has waited, in ms; 0 when none waits.
+    pub lag_ms: u64,
+    /// [`evaluate`] of the queue's commit window.
+    pub status: Status,
+}
+
+/// A consumer group's lag on one topic of this broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupLag {
+    /// The group (for a broadcasting member, `group%member`).
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// The worst status of its queues.
+    pub status: Status,
+    /// Lag in messages over all queues.
+    pub lag_messages: u64,
+    /// The greatest time lag of its queues, in ms.
+    pub lag_ms: u64,
+    /// Per queue, by queue id.
+    pub queues: Vec<QueueLag>,
+}
+
+/// The store time of the message at `offset` of a queue, if the broker still holds it.
+fn store_time(store: &MessageStore, topic: &str, queue_id: u32, offset: u64) -> Option<i64> {
+    let queue = store.consume_queue(topic, queue_id).ok()?;
+    let entry = queue.get(offset.max(queue.min_offset())).ok()??;
+    let record = store.read_record(entry.commitlog_offset).ok()?;
+    Record::parse(&record).ok().map(|record| record.store_timestamp())
+}
+
+/// The lag of every group that committed an offset on this broker, by group then topic.
+pub fn compute(store: &MessageStore, tracker: &LagTracker, now_ms: u64) -> Vec<GroupLag> {
+    let mut groups: BTreeMap<(String, String), Vec<QueueLag>> = BTreeMap::new();
+    for (topic, _) in store.topics() {
+        for (group, queue_id, committed_offset) in store.offsets_of_topic(&topic) {
+            // `%`-prefixed keys are the broker's own bookkeeping (resets, delay slots, transactions).
+            if group.starts_with('%') {
+                continue;
+            }
+            let Ok(queue) = store.consume_queue(&topic, queue_id) else {
+                continue;
+            };
+            let max_offset = queue.max_offset();
+            let lag_messages = max_offset.saturating_sub(committed_offset);
+            let oldest_unconsumed_store_ms = (lag_messages > 0)
+                .then(|| store_time(store, &topic, queue_id, committed_offset))
+                .flatten();
+            let lag_ms = oldest_unconsumed_store_ms.map_or(0, |stored| {
+                u64::try_from(i128::from(now_ms) - i128::from(stored)).unwrap_or(0)
+            });
+            let status = evaluate(&tracker.window(&group, &topic, queue_id), lag_messages, now_ms);
+            groups.entry((group, topic.clone())).or_default().push(QueueLag {
+                queue_id,
+                committed_offset,
+                max_offset,
+                lag_messages,
+                oldest_unconsumed_store_ms,
+                lag_ms,
+                status,
+            });
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((group, topic), mut queues)| {
+            queues.sort_by_key(|queue| queue.queue_id);
+            GroupLag {
+                status: queues.iter().map(|queue| queue.status).max().unwrap_or(Status::Ok),
+                lag_messages: queues.iter().map(|queue| queue.lag_messages).sum(),
+                lag_ms: queues.iter().map(|queue| queue.lag_ms).max().unwrap_or(0),
+                group,
+                topic,
+                queues,
+            }
+        })
+        .collect()
+}
+
+/// Ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    u64::try_from(crate::schedule::now_millis()).unwrap_or(0)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    group: String,
+    topic: String,
+    queue: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+    topic: String,
+    status: String,
+}
+
+/// rocketmq-exporter's labels of `rocketmq_group_diff`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[allow(non_snake_case)] // the exporter's label names, so its dashboards and rules match
+struct ExporterDiffLabels {
+    group: String,
+    topic: String,
+    countOfOnlineConsumers: usize,
+    msgModel: &'static str,
+}
+
+/// rocketmq-exporter's labels of `rocketmq_group_get_latency_by_storetime`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExporterLatencyLabels {
+    cluster: String,
+    broker: String,
+    topic: String,
+    group: String,
+}
+
+/// Computes lag at each `/metrics` scrape: Meridian's own names per queue and group, and
+/// rocketmq-exporter's `rocketmq_group_diff` and `rocketmq_group_get_latency_by_storetime`, so
+/// existing RocketMQ dashboards and alert rules keep working.
+#[derive(Clone)]
+pub struct LagCollector {
+    state: Arc<BrokerState>,
+}
+
+impl std::fmt::Debug for LagCollector {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("LagCollector")
+    }
+}
+
+impl LagCollector {
+    /// A collector over the broker's store, commit windows and consumer groups.
+    pub fn new(state: Arc<BrokerState>) -> LagCollector {
+        LagCollector { state }
+    }
+
+    /// The lag of every group on this broker now ([`compute`]).
+    pub fn report(&self) -> Vec<GroupLag> {
+        compute(&self.state.store, &self.state.lag, now_ms())
+    }
+}
+
+impl Collector for LagCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = &self.state;
+        let lags = self.report();
+        let gauge = ConstGauge::new(0_i64);
+        let mut queue_messages = encoder.encode_descriptor(
+            "meridian_broker_consumer_lag_messages",
+            "Messages stored and not yet consumed, by group, topic and queue",
+            None,
+            gauge.metric_type(),
+        )?;
+        for lag in &lags {
+            for queue in &lag.queues {
+                let labels = QueueLabels {
+                    group: lag.group.clone(),
+                    topic: lag.topic.clone(),
+                    queue: queue.queue_id,
+                };
+                ConstGauge::new(queue.lag_messages as i64).encode(queue_messages.encode_family(&labels)?)?;
+            }
+        }
+        let mut queue_seconds = encoder.encode_descriptor(
+            "meridian_broker_consumer_lag_seconds",
+            "Age of the oldest message not yet consumed (from its store time), by group, topic and queue",
+            None,
+            gauge.metric_type(),
+        )?;
+        for lag in &lags {
+            for queue in &lag.queues {
+                let labels = QueueLabels {
+                    group: lag.group.clone(),
+                    topic: lag.topic.clone(),
+                    queue: queue.queue_id,
+                };
+                ConstGauge::new(queue.lag_ms as f64 / 1000.0).encode(queue_seconds.encode_family(&labels)?)?;
+            }
+        }
+        let mut status = encoder.encode_descriptor(
+            "meridian_broker_consumer_status",
+            "1 for each group and topic with its Burrow-style status (OK, WARN, REWIND, STALL, STOP) as a label",
+            None,
+            gauge.metric_type(),
+        )?;
+        for lag in &lags {
+            let labels = GroupLabels {
+                group: lag.group.clone(),
+                topic: lag.topic.clone(),
+                status: lag.status.as_str().to_owned(),
+            };
+            ConstGauge::new(1_i64).encode(status.encode_family(&labels)?)?;
+        }
+        let now = std::time::Instant::now();
+        let mut diff = encoder.encode_descriptor(
+            "rocketmq_group_diff",
+            "rocketmq-exporter name: messages not yet consumed, by group and topic",
+            None,
+            gauge.metric_type(),
+        )?;
+        for lag in &lags {
+            let group_name = lag.group.split('%').next().unwrap_or_default();
+            let broadcasting = state
+                .governance
+                .as_ref()
+                .and_then(|governance| governance.group(group_name))
+                .is_some_and(|grant| grant.broadcasting);
+            let labels = ExporterDiffLabels {
+                group: lag.group.clone(),
+                topic: lag.topic.clone(),
+                countOfOnlineConsumers: state.groups.members(group_name, now).len(),
+                msgModel: if broadcasting { "BROADCASTING" } else { "CLUSTERING" },
+            };
+            ConstGauge::new(lag.lag_messages as i64).encode(diff.encode_family(&labels)?)?;
+        }
+        let mut latency = encoder.encode_descriptor(
+            "rocketmq_group_get_latency_by_storetime",
+            "rocketmq-exporter name: age in ms of the oldest message not yet consumed, by group and topic",
+            None,
+            gauge.metric_type(),
+        )?;
+        for lag in &lags {
+            let labels = ExporterLatencyLabels {
+                cluster: "meridian".to_owned(),
+                broker: state.config.broker_name.clone(),
+                topic: lag.topic.clone(),
+                group: lag.group.clone(),
+            };
+            ConstGauge::new(lag.lag_ms as i64).encode(latency.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(samples: &[(u64, u64, u64)]) -> Vec<CommitSample> {
+        samples
+            .iter()
+            .map(|&(offset, lag, at_ms)| CommitSample { offset, lag, at_ms })
+            .collect()
+    }
+
+    #[test]
+    fn an_offset_going_back_is_a_rewind_whatever_the_lag() {
+        let rewound = window(&[(10, 0, 1_000), (12, 0, 2_000), (4, 8, 3_000)]);
+        assert_eq!(evaluate(&rewound, 8, 3_500), Status::Rewind);
+        assert_eq!(evaluate(&rewound, 0, 3_500), Status::Rewind);
+    }
+
+    #[test]
+    fn zero_lag_now_or_in_the_window_is_ok_even_without_commits() {
+        let caught_up_once = window(&[(10, 5, 1_000), (15, 0, 2_000), (15, 3, 3_000)]);
+        assert_eq!(evaluate(&caught_up_once, 3, 3_500), Status::Ok);
+        // An idle consumer that is caught up commits nothing and is fine however long it waits.
+        let idle = window(&[(10, 2, 1_000), (12, 2, 2_000)]);
+        assert_eq!(evaluate(&idle, 0, 1_000_000), Status::Ok);
+        assert_eq!(evaluate(&[], 40, 1_000_000), Status::Ok);
+        assert_eq!(evaluate(&window(&[(10, 2, 1_000)]), 2, 1_000_000), Status::Ok);
+    }
+
+    #[test]
+    fn no_commit_for_longer_than_the_window_spans_is_a_stop() {
+        let moving = window(&[(10, 5, 1_000), (20, 5, 2_000), (30, 5, 3_000)]);
+        assert_eq!(evaluate(&moving, 5, 5_000), Status::Ok, "2 s since, window spans 2 s");
+        assert_eq!(evaluate(&moving, 5, 5_001), Status::Stop);
+    }
+
+    #[test]
+    fn commits_that_do_not_move_while_lag_holds_are_a_stall() {
+        let stuck = window(&[(10, 5, 1_000), (10, 5, 2_000), (10, 7, 3_000)]);
+        assert_eq!(evaluate(&stuck, 7, 3_100), Status::Stall);
+    }
+
+    #[test]
+    fn lag_growing_across_the_window_while_offsets_move_is_a_warning() {
+        let falling_behind = window(&[(10, 5, 1_000), (12, 5, 2_000), (14, 9, 3_000)]);
+        assert_eq!(evaluate(&falling_behind, 9, 3_100), Status::Warn);
+        let recovering = window(&[(10, 5, 1_000), (20, 9, 2_000), (40, 4, 3_000)]);
+        assert_eq!(evaluate(&recovering, 4, 3_100), Status::Ok);
+        let flat = window(&[(10, 5, 1_000), (15, 5, 2_000), (20, 5, 3_000)]);
+        assert_eq!(
+            evaluate(&flat, 5, 3_100),
+            Status::Ok,
+            "lag that holds while offsets move is not growth"
+        );
+    }
+
+    #[test]
+    fn the_tracker_keeps_the_last_window_of_commits_per_queue() {
+        let tracker = LagTracker::default();
+        for step in 0..15_u64 {
+            tracker.record_commit("billing", "orders", 1, step, 20, 1_000 * step);
+        }
+        tracker.record_commit("billing", "orders", 2, 3, 2, 0);
+        let kept = tracker.window("billing", "orders", 1);
+        assert_eq!(kept.len(), WINDOW);
+        assert_eq!(
+            kept[0],
+            CommitSample {
+                offset: 5,
+                lag: 15,
+                at_ms: 5_000
+            }
+        );
+        assert_eq!(
+            tracker.window("billing", "orders", 2)[0].lag,
+            0,
+            "an offset past the end is no lag"
+        );
+        assert!(tracker.window("audit", "orders", 1).is_empty());
+    }
+}

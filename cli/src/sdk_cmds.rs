@@ -1,0 +1,149 @@
+//! `meridian client list` (the clients a broker knows, with the SDK policy's verdict on each) and
+//! `meridian client policy` (show or replace the cluster's SDK version policy).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, anyhow, bail};
+use meridian_nameserver::service::Query;
+use meridian_nameserver::state::{Command, SdkPolicy};
+
+use crate::governance::{NameserverAddrs, NameserverClient};
+
+/// `meridian client ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// List the clients a broker knows (consumers, and producers whose SDK broke the policy) with
+    /// their SDK and the policy's verdict.
+    List {
+        /// The broker's HTTP address (`meridian dev` prints it as `http`).
+        #[arg(long, env = "MERIDIAN_HTTP", default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+    },
+    /// Show the cluster's SDK version policy; with any option, replace it.
+    Policy(PolicyArgs),
+}
+
+/// `meridian client policy`.
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    /// Oldest SDK version allowed, MAJOR.MINOR.PATCH.
+    #[arg(long)]
+    min_version: Option<String>,
+    /// Versions refused whatever the minimum, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    block: Vec<String>,
+    /// A minimum for one SDK language, e.g. `java=4.9.0`; repeat for more.
+    #[arg(long = "language-min")]
+    language_min: Vec<String>,
+    /// Refuse offenders' requests (default: only flag them).
+    #[arg(long)]
+    refuse: bool,
+    #[command(flatten)]
+    addrs: NameserverAddrs,
+}
+
+/// Runs a `meridian client` command.
+pub async fn client(command: ClientCommand) -> Result<()> {
+    match command {
+        ClientCommand::List { http } => list(http).await,
+        ClientCommand::Policy(args) => {
+            let addrs = args.addrs.clone();
+            NameserverClient::with(&addrs, args, policy).await
+        }
+    }
+}
+
+async fn list(http: SocketAddr) -> Result<()> {
+    let (status, body) = crate::cluster::http_get(http, "/api/broker/clients")
+        .await
+        .ok_or_else(|| anyhow!("broker HTTP API at {http} did not answer: pass the broker's --http address"))?;
+    if status != 200 {
+        bail!("broker HTTP API at {http} answered {status}: {body}");
+    }
+    let report: serde_json::Value = serde_json::from_str(&body).context("reading the broker's client list")?;
+    let clients = report["clients"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{:<9} {:<20} {:<36} {:<8} {:<16} SDK POLICY ({})",
+        "KIND",
+        "GROUP",
+        "CLIENT",
+        "IDC",
+        "SDK",
+        if report["refuse"] == true {
+            "refuses offenders"
+        } else {
+            "flags offenders"
+        }
+    );
+    for client in clients {
+        let text = |key: &str| client[key].as_str().unwrap_or_default().to_owned();
+        let sdk = match text("sdk_version").as_str() {
+            "" => format!("{}/?", text("sdk_language")),
+            version => format!("{}/{version}", text("sdk_language")),
+        };
+        let verdict = client["sdk_violation"]
+            .as_str()
+            .map_or("ok".to_owned(), |violation| format!("FLAGGED: {violation}"));
+        println!(
+            "{:<9} {:<20} {:<36} {:<8} {:<16} {verdict}",
+            text("kind"),
+            text("group"),
+            text("client_id"),
+            text("idc"),
+            sdk
+        );
+    }
+    Ok(())
+}
+
+async fn policy(client: &NameserverClient, args: PolicyArgs) -> Result<()> {
+    let PolicyArgs {
+        min_version,
+        block,
+        language_min,
+        refuse,
+        ..
+    } = args;
+    if min_version.is_some() || !block.is_empty() || !language_min.is_empty() || refuse {
+        let mut language_min_versions = BTreeMap::new();
+        for entry in &language_min {
+            let (language, version) = entry.split_once('=').ok_or_else(|| {
+                anyhow!("--language-min {entry:?} is invalid: write LANGUAGE=VERSION, e.g. java=4.9.0")
+            })?;
+            language_min_versions.insert(language.to_owned(), version.to_owned());
+        }
+        client
+            .command(Command::SetSdkPolicy {
+                min_version,
+                blocked_versions: block.into_iter().collect::<BTreeSet<_>>(),
+                refuse,
+                language_min_versions,
+            })
+            .await?;
+        println!("SDK policy replaced");
+    }
+    let policy: SdkPolicy = client.read(&Query::SdkPolicy).await?;
+    println!("minimum          {}", policy.min_version.as_deref().unwrap_or("none"));
+    for (language, version) in &policy.language_min_versions {
+        println!("minimum {language:<8} {version}");
+    }
+    let blocked: Vec<&str> = policy.blocked_versions.iter().map(String::as_str).collect();
+    println!(
+        "blocked          {}",
+        if blocked.is_empty() {
+            "none".to_owned()
+        } else {
+            blocked.join(", ")
+        }
+    );
+    println!(
+        "offenders        {}",
+        if policy.refuse {
+            "refused"
+        } else {
+            "flagged in `meridian client list`, not refused"
+        }
+    );
+    Ok(())
+}
