@@ -243,7 +243,7 @@ pub fn compute(store: &MessageStore, tracker: &LagTracker, now_ms: u64) -> Vec<G
 
 /// Ms since the Unix epoch.
 pub fn now_ms() -> u64 {
-    u64::try_from(crate::schedule::now_millis()).unwrap_or(0)
+    u64::try_from(meridian_proto::time::now_millis()).unwrap_or(0)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

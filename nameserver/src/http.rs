@@ -673,7 +673,7 @@ async fn list_topics(
         .read_state(|state| {
             let topics = state.topics().values();
             filter.list(
-                topics.map(|t| (t.status, t.name.as_str(), t.owner.as_str(), t)),
+                topics.map(|t| (t.approval.status, t.name.as_str(), t.owner.as_str(), t)),
                 "topics",
             )
         })
@@ -795,7 +795,7 @@ async fn list_groups(
         .read_state(|state| {
             let groups = state.consumer_groups().values();
             filter.list(
-                groups.map(|g| (g.status, g.name.as_str(), g.owner.as_str(), g)),
+                groups.map(|g| (g.approval.status, g.name.as_str(), g.owner.as_str(), g)),
                 "groups",
             )
         })
