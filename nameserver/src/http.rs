@@ -969,8 +969,16 @@ async fn idc_lookup(
     })))
 }
 
+/// Every field, defaults included: the stored form leaves defaults out so that snapshots written
+/// before a field existed read back unchanged, but an API answer says everything.
 async fn sdk_policy(State(service): State<SharedService>) -> HttpResponse {
-    ok(service.sdk_policy())
+    let policy = service.sdk_policy();
+    ok(serde_json::json!({
+        "min_version": policy.min_version,
+        "blocked_versions": policy.blocked_versions,
+        "refuse": policy.refuse,
+        "language_min_versions": policy.language_min_versions,
+    }))
 }
 
 async fn set_sdk_policy(

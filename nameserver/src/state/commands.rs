@@ -166,10 +166,10 @@ pub enum Command {
         /// Versions refused.
         blocked_versions: BTreeSet<String>,
         /// Refuse offenders instead of only flagging them.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         refuse: bool,
         /// Minimum per SDK language.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         language_min_versions: BTreeMap<String, String>,
     },
 }

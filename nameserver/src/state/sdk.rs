@@ -15,10 +15,10 @@ pub struct SdkPolicy {
     /// Versions refused whatever `min_version` says (known-bad releases), compared as written.
     pub blocked_versions: BTreeSet<String>,
     /// Brokers refuse offenders' requests; otherwise they only flag them.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refuse: bool,
     /// Oldest version allowed per SDK language (lowercase), instead of `min_version`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub language_min_versions: BTreeMap<String, String>,
 }
 
