@@ -43,6 +43,10 @@ pub const MAX_INFLIGHT_PER_CONNECTION: usize = 256;
 /// A nameserver whose Raft node runs and whose listener is bound, ready to [`Nameserver::run`].
 pub struct Nameserver {
     listener: TcpListener,
+    /// The RocketMQ remoting listener and its settings, when `[remoting]` is on.
+    remoting: Option<(TcpListener, crate::remoting::RemotingConfig)>,
+    /// Brokers' remoting addresses from their heartbeats.
+    remoting_addrs: Arc<crate::remoting::BrokerRemotingAddrs>,
     service: Arc<NameserverService>,
     codec: FrameCodec,
     shutdown: CancellationToken,
@@ -75,6 +79,20 @@ impl Nameserver {
                     config.listen
                 ),
             })?;
+        let remoting = if config.remoting.enabled {
+            let remoting_listener =
+                TcpListener::bind(config.remoting.listen)
+                    .await
+                    .map_err(|error| NameserverError::Config {
+                        message: format!(
+                            "cannot listen for RocketMQ clients on {} ({error}): is a RocketMQ nameserver running there? Change [remoting] listen",
+                            config.remoting.listen
+                        ),
+                    })?;
+            Some((remoting_listener, config.remoting.clone()))
+        } else {
+            None
+        };
         let local_addr = listener.local_addr().map_err(|error| NameserverError::Config {
             message: format!("cannot read the bound address: {error}"),
         })?;
@@ -114,6 +132,8 @@ impl Nameserver {
         ));
         Ok(Nameserver {
             listener,
+            remoting,
+            remoting_addrs: Arc::default(),
             service,
             codec: FrameCodec::new(config.max_frame_size),
             shutdown: CancellationToken::new(),
@@ -123,6 +143,13 @@ impl Nameserver {
     /// The bound framed-protocol address.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// The bound RocketMQ remoting address, when `[remoting]` is on.
+    pub fn remoting_addr(&self) -> Option<SocketAddr> {
+        self.remoting
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr().expect("bound listener has an address"))
     }
 
     /// The service, for the HTTP API and for tests.
@@ -136,6 +163,8 @@ impl Nameserver {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NameserverError> {
         let Nameserver {
             listener,
+            remoting,
+            remoting_addrs,
             service,
             codec,
             shutdown: stop,
@@ -143,6 +172,15 @@ impl Nameserver {
         let connections = TaskTracker::new();
         let background = TaskTracker::new();
         background.spawn(controller::run(service.clone(), stop.clone()));
+        if let Some((remoting_listener, remoting_config)) = remoting {
+            background.spawn(crate::remoting::serve(
+                remoting_listener,
+                service.clone(),
+                remoting_addrs.clone(),
+                remoting_config,
+                stop.clone(),
+            ));
+        }
         background.close();
         tokio::pin!(shutdown);
         loop {
@@ -150,7 +188,7 @@ impl Nameserver {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        connections.spawn(serve_connection(service.clone(), codec.clone(), stream, peer, stop.clone()));
+                        connections.spawn(serve_connection(service.clone(), remoting_addrs.clone(), codec.clone(), stream, peer, stop.clone()));
                     }
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");
@@ -194,7 +232,12 @@ fn json(value: &impl serde::Serialize) -> Result<Bytes, ApiError> {
         .map_err(|error| ApiError::new(ErrorCode::Internal, format!("cannot encode the answer: {error}")))
 }
 
-fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> Answer {
+fn answer(
+    service: &Arc<NameserverService>,
+    remoting_addrs: &Arc<crate::remoting::BrokerRemotingAddrs>,
+    code: RequestCode,
+    body: Bytes,
+) -> Answer {
     match code {
         RequestCode::TopicRoute => Answer::Now(
             decode::<TopicRouteRequest>("route request", body)
@@ -207,6 +250,7 @@ fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> A
                 Ok(heartbeat) => heartbeat,
                 Err(error) => return Answer::Now(Err(error)),
             };
+            remoting_addrs.record(&heartbeat);
             let service = service.clone();
             // A slave's heartbeat completes at once and is answered inline; a master's waits for
             // a quorum to confirm this node's leadership, so it runs as a task.
@@ -233,8 +277,12 @@ fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> A
         RequestCode::RegisterBroker => {
             service.metrics().broker_bytes.inc_by(body.len() as u64);
             let service = service.clone();
+            let remoting_addrs = remoting_addrs.clone();
             Answer::Later(Box::pin(async move {
                 let registration = decode::<BrokerRegistration>("broker registration", body)?;
+                if let Some(heartbeat) = &registration.heartbeat {
+                    remoting_addrs.record(heartbeat);
+                }
                 let response = service.register(registration).await?;
                 Ok(Bytes::from(response.encode_to_vec()))
             }))
@@ -331,6 +379,7 @@ async fn write_frames(
 
 async fn serve_connection(
     service: Arc<NameserverService>,
+    remoting_addrs: Arc<crate::remoting::BrokerRemotingAddrs>,
     codec: FrameCodec,
     stream: TcpStream,
     peer: SocketAddr,
@@ -383,7 +432,7 @@ async fn serve_connection(
             .requests
             .get_or_create(&RequestLabels { request: code.as_str() })
             .inc();
-        match answer(&service, code, frame.body) {
+        match answer(&service, &remoting_addrs, code, frame.body) {
             Answer::Now(result) => {
                 if result
                     .as_ref()

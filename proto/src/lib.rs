@@ -20,6 +20,8 @@
 //! - [`topics`]: the system topics (delay, transaction, retry, dead-letter, trace); [`delay`]:
 //!   delay levels, delivery times and the delay slots; [`filter`]: tag filter expressions.
 //! - [`throttle`]: log lines at most once per interval, with the count left out.
+//! - [`remoting`]: RocketMQ 4.x's remoting frames, headers and message encodings, for the
+//!   compatibility listeners.
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike.
 #![warn(missing_docs)]
@@ -34,6 +36,7 @@ pub mod messages;
 pub mod msgid;
 pub mod properties;
 pub mod record;
+pub mod remoting;
 pub mod throttle;
 pub mod time;
 pub mod topics;
