@@ -56,11 +56,14 @@ def main():
     lock = threading.Lock()
     done = threading.Event()
 
+    def text(value):
+        return value.decode("utf-8") if isinstance(value, bytes) else value
+
     def on_message(message):
-        body = message.body.decode("utf-8") if isinstance(message.body, bytes) else message.body
         with lock:
-            received.append({"id": message.id, "tag": message.tags, "key": message.keys, "body": body,
-                             "topic": message.topic, "origin": message.get_property("origin")})
+            received.append({"id": text(message.id), "tag": text(message.tags), "key": text(message.keys),
+                             "body": text(message.body), "topic": text(message.topic),
+                             "origin": text(message.get_property("origin"))})
             if expected.keys() <= {entry["body"] for entry in received}:
                 done.set()
 

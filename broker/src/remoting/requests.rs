@@ -53,6 +53,7 @@ const PULL_SUSPEND: i64 = 0x2;
 const DEFAULT_PULL_BATCH: i64 = 32;
 
 fn failed(command: &RemotingCommand, error: &BrokerError, operation: Operation) -> RemotingCommand {
+    tracing::debug!(request = request_name(command.code), %error, "RocketMQ request refused");
     command.respond(response_code(error.code(), operation), Some(error.to_string()))
 }
 
@@ -410,6 +411,7 @@ fn heartbeat(
     let body: Value = match serde_json::from_slice(&command.body) {
         Ok(body) => body,
         Err(error) => {
+            tracing::debug!(%peer, %error, body = %String::from_utf8_lossy(&command.body), "RocketMQ heartbeat body unreadable");
             return command.respond(
                 response::INVALID_PARAMETER,
                 Some(format!("HEART_BEAT body is not heartbeat JSON: {error}")),
@@ -461,7 +463,11 @@ fn heartbeat(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert((group.to_owned(), topic.to_owned()), sub.to_owned());
-            topics.push(topic.to_owned());
+            // The group's own retry topic is Meridian's to manage (created with the group's
+            // approval); only user topics are registered.
+            if meridian_proto::topics::owning_group(topic) != Some(group) {
+                topics.push(topic.to_owned());
+            }
         }
         let native_heartbeat = ConsumerHeartbeat {
             group: group.to_owned(),
