@@ -209,7 +209,10 @@ pub fn answer(
                 || command.fields().bool_or(&["acceptStandardJsonOnly"], false).unwrap_or(false);
             match route(service, addrs, config, topic, peer) {
                 Ok(route) => command.success().with_body(encode_route(&route, standard)),
-                Err(remark) => command.respond(response::TOPIC_NOT_EXIST, Some(remark)),
+                Err(remark) => {
+                    tracing::debug!(%peer, topic, %remark, "RocketMQ route refused");
+                    command.respond(response::TOPIC_NOT_EXIST, Some(remark))
+                }
             }
         }
         request::GET_BROKER_CLUSTER_INFO => command.success().with_body(cluster_info(service, addrs, config).to_string()),
