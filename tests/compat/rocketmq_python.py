@@ -5,11 +5,16 @@ Run by tests/e2e/compat.rs against `meridian dev`; nothing here is written again
 it is what a RocketMQ application does. Usage:
 
     rocketmq_python.py NAMESRV TOPIC GROUP COUNT
+    rocketmq_python.py NAMESRV TOPIC GROUP retry
 
 Sends COUNT messages tagged TagA (with keys) and COUNT tagged TagB with `send_sync`, then COUNT
 TagA messages with `send_oneway`; a push consumer subscribed to `TagA` must receive exactly the
 TagA messages (bodies, keys, tags; no TagB; every one at least once). Prints one JSON line:
 {"sent": [...], "received": [...], "errors": [...]} and exits 0 when the checks pass.
+
+`retry`: sends one message with delay level 2 (5 s) and one the consumer fails the first time
+(RECONSUME_LATER, so the client sends it back); both must arrive, the delayed one no sooner than
+its delay, the failed one again with reconsume_times 1, the same id and body.
 """
 
 import json
@@ -20,7 +25,75 @@ import time
 from rocketmq.client import Message, Producer, PushConsumer, SendStatus
 
 
+def text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def retry(namesrv, topic, group):
+    errors = []
+    producer = Producer("compat-retry-producer")
+    producer.set_namesrv_addr(namesrv)
+    producer.start()
+    try:
+        delayed = Message(topic)
+        delayed.set_keys("delayed")
+        delayed.set_tags("TagD")
+        delayed.set_body("delayed-body")
+        delayed.set_delay_time_level(2)
+        sent_at = time.time()
+        delayed_id = producer.send_sync(delayed).msg_id
+        failing = Message(topic)
+        failing.set_keys("fail-once")
+        failing.set_tags("TagF")
+        failing.set_body("fail-once-body")
+        failing_id = producer.send_sync(failing).msg_id
+    finally:
+        producer.shutdown()
+
+    deliveries = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def on_message(message):
+        with lock:
+            deliveries.append({"id": text(message.id), "body": text(message.body), "tag": text(message.tags),
+                               "reconsume_times": message.reconsume_times, "at": time.time() - sent_at})
+            failed_before = sum(1 for entry in deliveries if entry["body"] == "fail-once-body") == 1
+            bodies = [entry["body"] for entry in deliveries]
+            if bodies.count("fail-once-body") >= 2 and "delayed-body" in bodies:
+                done.set()
+        if text(message.body) == "fail-once-body" and failed_before:
+            raise RuntimeError("failing the first delivery on purpose")
+
+    consumer = PushConsumer(group)
+    consumer.set_namesrv_addr(namesrv)
+    consumer.subscribe(topic, on_message, "TagD || TagF")
+    consumer.start()
+    try:
+        done.wait(timeout=90)
+        time.sleep(1)
+    finally:
+        consumer.shutdown()
+    with lock:
+        delayed_seen = [entry for entry in deliveries if entry["body"] == "delayed-body"]
+        failing_seen = [entry for entry in deliveries if entry["body"] == "fail-once-body"]
+    if not delayed_seen:
+        errors.append("the delayed message never arrived")
+    elif delayed_seen[0]["at"] < 4.5 or delayed_seen[0]["id"] != delayed_id:
+        errors.append(f"delayed message arrived as {delayed_seen[0]} (id {delayed_id}, delay 5 s)")
+    if len(failing_seen) < 2:
+        errors.append(f"the failed message was not redelivered: {failing_seen}")
+    else:
+        again = failing_seen[1]
+        if again["id"] != failing_id or again["reconsume_times"] != 1 or again["tag"] != "TagF":
+            errors.append(f"redelivery {again} does not match the message {failing_id} retried once")
+    print(json.dumps({"deliveries": deliveries, "errors": errors}))
+    return 0 if not errors else 1
+
+
 def main():
+    if sys.argv[4] == "retry":
+        return retry(sys.argv[1], sys.argv[2], sys.argv[3])
     namesrv, topic, group, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     errors = []
     sent = []
@@ -55,9 +128,6 @@ def main():
     received = []
     lock = threading.Lock()
     done = threading.Event()
-
-    def text(value):
-        return value.decode("utf-8") if isinstance(value, bytes) else value
 
     def on_message(message):
         with lock:

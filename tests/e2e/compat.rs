@@ -394,3 +394,61 @@ async fn the_rocketmq_cpp_client_produces_and_consumes_exactly_its_tag_and_trace
     );
     node.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rocketmq_cpp_client_gets_delayed_messages_late_and_failed_ones_again_from_the_retry_topic() {
+    let python = rocketmq_python();
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("rmq-retry", 2).await;
+    node.create_group("rmq-retry-g", &["rmq-retry"]).await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/rocketmq_python.py");
+    let output = std::process::Command::new(&python)
+        .arg(&script)
+        .args([
+            &node.rocketmq_nameserver.to_string(),
+            "rmq-retry",
+            "rmq-retry-g",
+            "retry",
+        ])
+        .env("HOME", dir.path())
+        .output()
+        .expect("running the RocketMQ client scenario");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no report from the client; stderr:\n{}\nlog:\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                node.log()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "client checks failed: {}\nlog:\n{}",
+        report["errors"],
+        node.log()
+    );
+    // The failed message's timeline shows the retry through the delay slots and the redelivery.
+    let failed = report["deliveries"]
+        .as_array()
+        .and_then(|deliveries| deliveries.iter().find(|entry| entry["body"] == "fail-once-body"))
+        .and_then(|entry| entry["id"].as_str())
+        .expect("the failed message was delivered")
+        .to_owned();
+    let http = node.http.to_string();
+    let found = eventually(Duration::from_secs(20), || {
+        let (ok, stdout, _) = node.cli(&["trace", "--tracer", &http, &failed], "");
+        ok && stdout.contains("Retry") && stdout.contains("%RETRY%rmq-retry-g")
+    })
+    .await;
+    assert!(
+        found,
+        "meridian trace {failed} never showed the retry; log:\n{}",
+        node.log()
+    );
+    node.stop();
+}

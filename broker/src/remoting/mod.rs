@@ -53,17 +53,18 @@ impl Default for RemotingConfig {
 /// Requests one remoting connection may have running at once.
 const MAX_INFLIGHT: usize = 256;
 
+/// A group's RocketMQ members: client id → its connection's peer and writer.
+type Members = HashMap<String, (SocketAddr, mpsc::Sender<RemotingCommand>)>;
+
 /// Connections of RocketMQ consumers by group, for broker-initiated requests.
 #[derive(Default)]
 pub struct Clients {
-    groups: Mutex<HashMap<String, HashMap<String, (SocketAddr, mpsc::Sender<RemotingCommand>)>>>,
+    groups: Mutex<HashMap<String, Members>>,
     opaque: AtomicI32,
 }
 
 impl Clients {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, (SocketAddr, mpsc::Sender<RemotingCommand>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Members>> {
         self.groups.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -276,39 +276,55 @@ fn to_rocketmq(message: &record::StoredMessage, store_host: SocketAddr) -> Store
     }
 }
 
-fn pull(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -> Answer {
+/// A pull request's header.
+struct PullHeader {
+    group: String,
+    topic: String,
+    queue_id: i64,
+    offset: i64,
+    max: i64,
+    sys_flag: i64,
+    commit: i64,
+    suspend: i64,
+    max_bytes: i64,
+    subscription: Option<String>,
+    expression: String,
+}
+
+fn pull_header(command: &RemotingCommand) -> Result<PullHeader, FieldError> {
     let fields = command.fields();
-    let parsed = (|| {
-        let group = fields.str(&["consumerGroup"])?.to_owned();
-        let topic = fields.str(&["topic"])?.to_owned();
-        let queue_id = fields.int(&["queueId"])?;
-        let offset = fields.int(&["queueOffset"])?;
-        let max = fields.int_or(&["maxMsgNums"], DEFAULT_PULL_BATCH)?;
-        let sys_flag = fields.int_or(&["sysFlag"], 0)?;
-        let commit = fields.int_or(&["commitOffset"], -1)?;
-        let suspend = fields.int_or(&["suspendTimeoutMillis"], 0)?;
-        let max_bytes = fields.int_or(&["maxMsgBytes"], i64::from(u32::MAX))?;
-        let subscription = fields.opt_str(&["subscription"]).map(str::to_owned);
-        let expression = fields.opt_str(&["expressionType"]).unwrap_or("TAG").to_owned();
-        Ok::<_, FieldError>((
-            group,
-            topic,
-            queue_id,
-            offset,
-            max,
-            sys_flag,
-            commit,
-            suspend,
-            max_bytes,
-            subscription,
-            expression,
-        ))
-    })();
-    let (group, topic, queue_id, offset, max, sys_flag, commit, suspend, max_bytes, subscription, expression) =
-        match parsed {
-            Ok(parsed) => parsed,
-            Err(error) => return Answer::Now(Some(field_failed(command, &error))),
-        };
+    Ok(PullHeader {
+        group: fields.str(&["consumerGroup"])?.to_owned(),
+        topic: fields.str(&["topic"])?.to_owned(),
+        queue_id: fields.int(&["queueId"])?,
+        offset: fields.int(&["queueOffset"])?,
+        max: fields.int_or(&["maxMsgNums"], DEFAULT_PULL_BATCH)?,
+        sys_flag: fields.int_or(&["sysFlag"], 0)?,
+        commit: fields.int_or(&["commitOffset"], -1)?,
+        suspend: fields.int_or(&["suspendTimeoutMillis"], 0)?,
+        max_bytes: fields.int_or(&["maxMsgBytes"], i64::from(u32::MAX))?,
+        subscription: fields.opt_str(&["subscription"]).map(str::to_owned),
+        expression: fields.opt_str(&["expressionType"]).unwrap_or("TAG").to_owned(),
+    })
+}
+
+fn pull(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -> Answer {
+    let PullHeader {
+        group,
+        topic,
+        queue_id,
+        offset,
+        max,
+        sys_flag,
+        commit,
+        suspend,
+        max_bytes,
+        subscription,
+        expression,
+    } = match pull_header(command) {
+        Ok(header) => header,
+        Err(error) => return Answer::Now(Some(field_failed(command, &error))),
+    };
     if !expression.eq_ignore_ascii_case("TAG") {
         return Answer::Now(Some(command.respond(
             response::SUBSCRIPTION_PARSE_FAILED,
