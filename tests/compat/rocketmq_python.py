@@ -6,6 +6,7 @@ it is what a RocketMQ application does. Usage:
 
     rocketmq_python.py NAMESRV TOPIC GROUP COUNT
     rocketmq_python.py NAMESRV TOPIC GROUP retry
+    rocketmq_python.py NAMESRV TOPIC GROUP pull
 
 Sends COUNT messages tagged TagA (with keys) and COUNT tagged TagB with `send_sync`, then COUNT
 TagA messages with `send_oneway`; a push consumer subscribed to `TagA` must receive exactly the
@@ -15,6 +16,9 @@ TagA messages (bodies, keys, tags; no TagB; every one at least once). Prints one
 `retry`: sends one message with delay level 2 (5 s) and one the consumer fails the first time
 (RECONSUME_LATER, so the client sends it back); both must arrive, the delayed one no sooner than
 its delay, the failed one again with reconsume_times 1, the same id and body.
+
+`pull`: sends three TagA and three TagB messages, then a pull consumer reads every queue from
+offset 0 with the expression `TagA`: it must get exactly the TagA messages.
 """
 
 import json
@@ -22,7 +26,7 @@ import sys
 import threading
 import time
 
-from rocketmq.client import Message, Producer, PushConsumer, SendStatus
+from rocketmq.client import Message, Producer, PullConsumer, PushConsumer, SendStatus
 
 
 def text(value):
@@ -91,9 +95,47 @@ def retry(namesrv, topic, group):
     return 0 if not errors else 1
 
 
+def pull(namesrv, topic, group):
+    errors = []
+    producer = Producer("compat-pull-producer")
+    producer.set_namesrv_addr(namesrv)
+    producer.start()
+    sent = {}
+    try:
+        for tag in ("TagA", "TagB"):
+            for index in range(3):
+                message = Message(topic)
+                message.set_keys(f"pull-{tag}-{index}")
+                message.set_tags(tag)
+                message.set_body(f"pull-{tag}-{index}")
+                sent[f"pull-{tag}-{index}"] = producer.send_sync(message).msg_id
+    finally:
+        producer.shutdown()
+    consumer = PullConsumer(group)
+    consumer.set_namesrv_addr(namesrv)
+    consumer.start()
+    received = []
+    try:
+        for message in consumer.pull(topic, "TagA"):
+            received.append({"id": text(message.id), "body": text(message.body), "tag": text(message.tags)})
+    finally:
+        consumer.shutdown()
+    bodies = sorted(entry["body"] for entry in received)
+    want = sorted(body for body in sent if "TagA" in body)
+    if bodies != want:
+        errors.append(f"pulled {bodies}, expected {want}")
+    for entry in received:
+        if sent.get(entry["body"]) != entry["id"]:
+            errors.append(f"pulled {entry} with another id than the producer got ({sent.get(entry['body'])})")
+    print(json.dumps({"received": received, "errors": errors}))
+    return 0 if not errors else 1
+
+
 def main():
     if sys.argv[4] == "retry":
         return retry(sys.argv[1], sys.argv[2], sys.argv[3])
+    if sys.argv[4] == "pull":
+        return pull(sys.argv[1], sys.argv[2], sys.argv[3])
     namesrv, topic, group, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     errors = []
     sent = []

@@ -341,18 +341,15 @@ fn rocketmq_python() -> PathBuf {
     path.expect("the RocketMQ C++-core client is not installed: run scripts/install-rocketmq-clients.sh (scripts/test.sh does) and set MERIDIAN_TEST_ROCKETMQ_PYTHON to the path it prints")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rocketmq_cpp_client_produces_and_consumes_exactly_its_tag_and_traces_find_it() {
-    let python = rocketmq_python();
-    let dir = tempfile::tempdir().unwrap();
-    let node = DevNode::start(dir.path(), &[]);
-    node.create_topic("rmq-cpp", 4).await;
-    node.create_group("rmq-cpp-g", &["rmq-cpp"]).await;
+/// Runs `tests/compat/rocketmq_python.py` with `mode` against `node`; its JSON report, after
+/// checking the client found nothing wrong.
+fn run_scenario(node: &DevNode, home: &std::path::Path, topic: &str, group: &str, mode: &str) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/rocketmq_python.py");
-    let output = std::process::Command::new(&python)
+    let output = std::process::Command::new(rocketmq_python())
         .arg(&script)
-        .args([&node.rocketmq_nameserver.to_string(), "rmq-cpp", "rmq-cpp-g", "5"])
-        .env("HOME", dir.path())
+        .args([&node.rocketmq_nameserver.to_string(), topic, group, mode])
+        // The C++ core logs under $HOME/logs.
+        .env("HOME", home)
         .output()
         .expect("running the RocketMQ client scenario");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -373,6 +370,16 @@ async fn the_rocketmq_cpp_client_produces_and_consumes_exactly_its_tag_and_trace
         report["errors"],
         node.log()
     );
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rocketmq_cpp_client_produces_and_consumes_exactly_its_tag_and_traces_find_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("rmq-cpp", 4).await;
+    node.create_group("rmq-cpp-g", &["rmq-cpp"]).await;
+    let report = run_scenario(&node, dir.path(), "rmq-cpp", "rmq-cpp-g", "5");
     assert_eq!(
         report["received"].as_array().map(Vec::len),
         Some(10),
@@ -397,41 +404,11 @@ async fn the_rocketmq_cpp_client_produces_and_consumes_exactly_its_tag_and_trace
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rocketmq_cpp_client_gets_delayed_messages_late_and_failed_ones_again_from_the_retry_topic() {
-    let python = rocketmq_python();
     let dir = tempfile::tempdir().unwrap();
     let node = DevNode::start(dir.path(), &[]);
     node.create_topic("rmq-retry", 2).await;
     node.create_group("rmq-retry-g", &["rmq-retry"]).await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/rocketmq_python.py");
-    let output = std::process::Command::new(&python)
-        .arg(&script)
-        .args([
-            &node.rocketmq_nameserver.to_string(),
-            "rmq-retry",
-            "rmq-retry-g",
-            "retry",
-        ])
-        .env("HOME", dir.path())
-        .output()
-        .expect("running the RocketMQ client scenario");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: Value = stdout
-        .lines()
-        .last()
-        .and_then(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no report from the client; stderr:\n{}\nlog:\n{}",
-                String::from_utf8_lossy(&output.stderr),
-                node.log()
-            )
-        });
-    assert!(
-        output.status.success(),
-        "client checks failed: {}\nlog:\n{}",
-        report["errors"],
-        node.log()
-    );
+    let report = run_scenario(&node, dir.path(), "rmq-retry", "rmq-retry-g", "retry");
     // The failed message's timeline shows the retry through the delay slots and the redelivery.
     let failed = report["deliveries"]
         .as_array()
@@ -450,5 +427,16 @@ async fn the_rocketmq_cpp_client_gets_delayed_messages_late_and_failed_ones_agai
         "meridian trace {failed} never showed the retry; log:\n{}",
         node.log()
     );
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rocketmq_cpp_pull_consumer_reads_exactly_its_tag_from_every_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("rmq-pull", 2).await;
+    node.create_group("rmq-pull-g", &["rmq-pull"]).await;
+    let report = run_scenario(&node, dir.path(), "rmq-pull", "rmq-pull-g", "pull");
+    assert_eq!(report["received"].as_array().map(Vec::len), Some(3));
     node.stop();
 }
