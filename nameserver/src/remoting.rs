@@ -270,8 +270,6 @@ fn route(
     topic: &str,
     peer: SocketAddr,
 ) -> Result<Route, String> {
-    // (group, idc, queues, meridian perm, [(member, is master, alive)])
-    type Placement = (String, String, u32, u32, Vec<(String, bool, bool)>);
     let placements: Vec<Placement> = match topics::kind(topic) {
         TopicKind::Retry(group) | TopicKind::DeadLetter(group) => {
             let approved = service.raft().read_state(|state| {
@@ -340,16 +338,11 @@ fn route(
         .idc_lookup(&peer.ip().to_string())
         .map(|found| found.idc)
         .unwrap_or_default();
-    let writable_here = |(_, idc, _, meridian_perm, members): &Placement| {
-        !client_idc.is_empty()
-            && *idc == client_idc
-            && meridian_perm & perm::WRITE != 0
-            && members.iter().any(|(_, master, alive)| *master && *alive)
-    };
-    let local_only = placements.iter().any(writable_here);
+    let writable = near_by_writable(&placements, &client_idc);
     let brokers = placements
         .into_iter()
-        .map(|(name, idc, queues, meridian_perm, members)| {
+        .zip(writable)
+        .map(|((name, _, queues, meridian_perm, members), writable)| {
             let mut addrs_by_id = BTreeMap::new();
             let mut next_id = 1;
             for (member, master, alive) in &members {
@@ -365,7 +358,7 @@ fn route(
             if meridian_perm & perm::READ != 0 {
                 rmq_perm |= RMQ_PERM_READ;
             }
-            if meridian_perm & perm::WRITE != 0 && !(local_only && idc != client_idc) {
+            if writable {
                 rmq_perm |= RMQ_PERM_WRITE;
             }
             RouteBroker {
@@ -386,6 +379,27 @@ fn route(
         cluster: config.cluster.clone(),
         brokers,
     })
+}
+
+/// A broker group's place in a route: (group, idc, queues, Meridian perm, [(member, is master,
+/// alive)]).
+type Placement = (String, String, u32, u32, Vec<(String, bool, bool)>);
+
+/// Near-by routing: which placements RocketMQ clients in `client_idc` may write to. When the
+/// client's data center has a writable group with a live master, only its own data center's
+/// groups; otherwise (unknown data center, or no live local master) every writable group.
+fn near_by_writable(placements: &[Placement], client_idc: &str) -> Vec<bool> {
+    let local_live = |(_, idc, _, meridian_perm, members): &Placement| {
+        !client_idc.is_empty()
+            && idc == client_idc
+            && meridian_perm & perm::WRITE != 0
+            && members.iter().any(|(_, master, alive)| *master && *alive)
+    };
+    let local_only = placements.iter().any(local_live);
+    placements
+        .iter()
+        .map(|(_, idc, _, meridian_perm, _)| meridian_perm & perm::WRITE != 0 && (!local_only || idc == client_idc))
+        .collect()
 }
 
 /// `TopicRouteData` JSON: standard (quoted keys) or fastjson's (unquoted numeric keys in
@@ -505,6 +519,45 @@ mod tests {
         assert!(
             serde_json::from_str::<Value>(&old).is_err(),
             "fastjson's form is not standard JSON"
+        );
+    }
+
+    fn placement(name: &str, idc: &str, master_alive: bool) -> Placement {
+        (
+            name.into(),
+            idc.into(),
+            4,
+            perm::READ | perm::WRITE,
+            vec![(format!("{name}-0"), true, master_alive)],
+        )
+    }
+
+    #[test]
+    fn clients_write_in_their_own_data_center_while_it_has_a_live_master() {
+        let both = [placement("a", "dc1", true), placement("b", "dc2", true)];
+        assert_eq!(near_by_writable(&both, "dc1"), [true, false]);
+        assert_eq!(near_by_writable(&both, "dc2"), [false, true]);
+        assert_eq!(
+            near_by_writable(&both, ""),
+            [true, true],
+            "unknown data center: anywhere"
+        );
+        assert_eq!(
+            near_by_writable(&both, "dc3"),
+            [true, true],
+            "no local broker: anywhere"
+        );
+        let local_down = [placement("a", "dc1", false), placement("b", "dc2", true)];
+        assert_eq!(
+            near_by_writable(&local_down, "dc1"),
+            [true, true],
+            "local master gone: fall back"
+        );
+        let mut read_only = placement("a", "dc1", true);
+        read_only.3 = perm::READ;
+        assert_eq!(
+            near_by_writable(&[read_only, placement("b", "dc2", true)], "dc1"),
+            [false, true]
         );
     }
 
