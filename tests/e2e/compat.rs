@@ -478,3 +478,81 @@ async fn the_rocketmq_cpp_pull_consumer_reads_exactly_its_tag_from_every_queue()
     assert_eq!(big.body.len(), "pull-TagA-big-".len() + 10_000);
     node.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remoting_producer_is_asked_about_its_undecided_transaction_and_its_commit_delivers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, "[transaction]\ncheck_interval_ms = 1000\n").unwrap();
+    let node = DevNode::start(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    node.create_topic("rmq-tx", 1).await;
+    let mut producer = Wire::connect(node.rocketmq_broker);
+    let heartbeat = serde_json::json!({
+        "clientID": "127.0.0.1@tx-test",
+        "producerDataSet": [{"groupName": "rmq-tx-producer"}, {"groupName": "CLIENT_INNER_PRODUCER"}],
+        "consumerDataSet": []
+    });
+    let answer = producer.call(request(request::HEART_BEAT, &[]).with_body(heartbeat.to_string().into_bytes()));
+    assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+    // A half message whose local transaction the producer leaves undecided.
+    let msg_id = MessageId::generate().to_string();
+    let mut builder = PropertiesBuilder::new();
+    builder
+        .keys(&["tx-1"])
+        .unwrap()
+        .msg_id(&msg_id)
+        .transactional()
+        .system("PGROUP", "rmq-tx-producer");
+    let props = String::from_utf8(builder.finish()).unwrap();
+    let sent = producer.call(
+        request(
+            request::SEND_MESSAGE_V2,
+            &[
+                ("a", "rmq-tx-producer"),
+                ("b", "rmq-tx"),
+                ("e", "0"),
+                ("f", "4"),
+                ("i", &props),
+            ],
+        )
+        .with_body(b"tx-body".to_vec()),
+    );
+    assert_eq!(sent.code, response::SUCCESS, "{}", remark(&sent));
+    assert_eq!(sent.ext_fields["transactionId"], msg_id);
+    // The broker asks, over the producer's own connection, after the check interval.
+    let check = loop {
+        match producer.read() {
+            Decoded::Command(check) if check.code == request::CHECK_TRANSACTION_STATE => break check,
+            Decoded::Command(_) => continue,
+            other => panic!("unreadable frame {other:?}"),
+        }
+    };
+    assert_eq!(check.ext_fields["msgId"], msg_id);
+    let message = &decode_all_stored(&check.body).unwrap()[0];
+    assert_eq!((message.topic, message.body), ("rmq-tx", &b"tx-body"[..]));
+    // The producer's answer commits it: the message reaches its topic.
+    let end = producer.call(request(
+        request::END_TRANSACTION,
+        &[
+            ("producerGroup", "rmq-tx-producer"),
+            ("tranStateTableOffset", &check.ext_fields["tranStateTableOffset"]),
+            ("commitLogOffset", &check.ext_fields["commitLogOffset"]),
+            ("commitOrRollback", "8"),
+            ("fromTransactionCheck", "true"),
+            ("msgId", &msg_id),
+            ("transactionId", &msg_id),
+        ],
+    ));
+    assert_eq!(end.code, response::SUCCESS, "{}", remark(&end));
+    let mut delivered = Vec::new();
+    for _ in 0..100 {
+        delivered = crate::read_all(&node, "rmq-tx").await;
+        if !delivered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(delivered.len(), 1, "the committed message, once");
+    assert_eq!(delivered[0].msg_id(), msg_id);
+    node.stop();
+}

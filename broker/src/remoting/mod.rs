@@ -6,8 +6,8 @@
 //! checks, confirmed-offset reads, trace emission and metrics), and the native answer becomes the
 //! RocketMQ response. Start reading at [`requests::handle`]; this file owns the sockets: one
 //! reader per connection, a writer task, requests that finish later (long polls, synced sends) run
-//! as tasks of the connection, and broker-initiated requests (`NOTIFY_CONSUMER_IDS_CHANGED`) go
-//! out through [`Clients`].
+//! as tasks of the connection, and broker-initiated requests (`NOTIFY_CONSUMER_IDS_CHANGED`,
+//! `CHECK_TRANSACTION_STATE` from [`check_back`]) go out through [`Clients`].
 
 pub mod requests;
 
@@ -88,6 +88,23 @@ impl Clients {
         }
     }
 
+    /// One connection of `group`'s members, if any is connected.
+    fn any(&self, group: &str) -> Option<(String, mpsc::Sender<RemotingCommand>)> {
+        self.lock()
+            .get(group)?
+            .iter()
+            .find(|(_, (_, sender))| !sender.is_closed())
+            .map(|(client_id, (_, sender))| (client_id.clone(), sender.clone()))
+    }
+
+    fn groups(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, members)| !members.is_empty())
+            .map(|(group, _)| group.clone())
+            .collect()
+    }
+
     /// Tells every RocketMQ member of `group` that its members changed, so it rebalances now
     /// (one-way `NOTIFY_CONSUMER_IDS_CHANGED`, as the Java broker sends).
     pub fn notify_changed(&self, group: &str) {
@@ -115,6 +132,10 @@ pub struct Remoting {
     pub advertise: SocketAddr,
     /// Consumers' connections by group.
     pub clients: Clients,
+    /// Producers' connections by producer group, for transaction check-backs.
+    pub producers: Clients,
+    /// Half messages (commitlog offsets of the copies) already asked about.
+    pub asked: Mutex<std::collections::HashSet<u64>>,
     /// Subscriptions RocketMQ consumers registered by heartbeat, by (group, topic).
     pub subscriptions: Mutex<HashMap<(String, String), String>>,
 }
@@ -126,8 +147,11 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, advertise: So
         state: state.clone(),
         advertise,
         clients: Clients::default(),
+        producers: Clients::default(),
+        asked: Mutex::new(std::collections::HashSet::new()),
         subscriptions: Mutex::new(HashMap::new()),
     });
+    connections.spawn(check_back(remoting.clone()));
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
@@ -237,6 +261,7 @@ async fn serve_connection(remoting: Arc<Remoting>, stream: TcpStream, peer: Sock
         }
     }
     remoting.clients.forget_peer(peer);
+    remoting.producers.forget_peer(peer);
     if !state.shutdown.is_cancelled() {
         let mut changed = Vec::new();
         for (group, client_id) in state.groups.disconnected(peer) {
@@ -255,4 +280,56 @@ async fn serve_connection(remoting: Arc<Remoting>, stream: TcpStream, peer: Sock
     tasks.wait().await;
     state.metrics.connections.dec();
     tracing::debug!(%peer, "remoting connection closed");
+}
+
+/// Most half messages remembered as asked about; past it the set starts again (a producer may
+/// then be asked about a transaction twice, which RocketMQ producers answer idempotently).
+const MAX_ASKED: usize = 100_000;
+
+/// Transaction check-back for RocketMQ producers: Meridian's SDK polls for the half messages its
+/// producer group must decide ([`crate::transaction::pending_checks`]); RocketMQ producers are
+/// asked instead. Each due copy is sent once, as `CHECK_TRANSACTION_STATE`, to one connected
+/// member of its producer group, which answers with a one-way `END_TRANSACTION`.
+async fn check_back(remoting: Arc<Remoting>) {
+    let state = remoting.state.clone();
+    let tick = Duration::from_millis((state.config.transaction.check_interval_ms / 2).clamp(100, 5_000));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        for group in remoting.producers.groups() {
+            let Some((client_id, sender)) = remoting.producers.any(&group) else {
+                continue;
+            };
+            let checks = match requests::pending_checks(&remoting, &group, &client_id) {
+                Ok(checks) => checks,
+                Err(error) => {
+                    tracing::debug!(group, %error, "transaction check-back skipped");
+                    continue;
+                }
+            };
+            for check in checks {
+                {
+                    let mut asked = remoting.asked.lock().unwrap_or_else(PoisonError::into_inner);
+                    if asked.len() >= MAX_ASKED {
+                        asked.clear();
+                    }
+                    if !asked.insert(check.half_offset) {
+                        continue;
+                    }
+                }
+                let opaque = remoting.clients.opaque.fetch_add(1, Ordering::Relaxed);
+                let command = requests::check_transaction_state(&remoting, &check, opaque);
+                if sender.try_send(command).is_err() {
+                    // Not sent: ask again at the next tick.
+                    remoting
+                        .asked
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&check.half_offset);
+                }
+            }
+        }
+    }
 }

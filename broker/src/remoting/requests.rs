@@ -16,10 +16,10 @@ use std::sync::{Arc, PoisonError};
 use bytes::{Bytes, BytesMut};
 use meridian_proto::RequestCode;
 use meridian_proto::messages::{
-    CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse, EndTransactionRequest, GroupMember,
-    LockQueuesRequest, LockQueuesResponse, MessageData, PullRequest, PullResponse, PullStatus, QueryOffsetRequest,
-    QueryOffsetResponse, QueueInfoResponse, QueueRef, SearchOffsetRequest, SearchOffsetResponse, SendBackRequest,
-    SendRequest, SendResponse, TransactionOutcome,
+    CheckTransactionsRequest, CheckTransactionsResponse, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse,
+    EndTransactionRequest, GroupMember, LockQueuesRequest, LockQueuesResponse, MessageData, PullRequest, PullResponse,
+    PullStatus, QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse, QueueRef, SearchOffsetRequest,
+    SearchOffsetResponse, SendBackRequest, SendRequest, SendResponse, TransactionCheck, TransactionOutcome,
 };
 use meridian_proto::properties::{self, TRANSACTION};
 use meridian_proto::record::{self, Record};
@@ -505,6 +505,18 @@ fn heartbeat(
             remoting.clients.notify_changed(group);
         }
     }
+    // Producer groups are remembered for transaction check-backs (the C++ core's internal
+    // producer group is not a real one).
+    for producer in body
+        .get("producerDataSet")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(group) = json_str(producer, "groupName").filter(|group| *group != "CLIENT_INNER_PRODUCER") {
+            remoting.producers.register(group, client_id, peer, connection);
+        }
+    }
     command.success()
 }
 
@@ -857,4 +869,55 @@ fn view_message(remoting: &Arc<Remoting>, command: &RemotingCommand) -> Result<R
             Err(error) => command.respond(response::SYSTEM_ERROR, Some(error.to_string())),
         },
     )
+}
+
+/// The half messages of `producer_group` waiting for a decision, as Meridian's SDK polls them.
+pub(super) fn pending_checks(
+    remoting: &Arc<Remoting>,
+    producer_group: &str,
+    client_id: &str,
+) -> crate::error::Result<Vec<TransactionCheck>> {
+    let request = CheckTransactionsRequest {
+        producer_group: producer_group.to_owned(),
+        client_id: client_id.to_owned(),
+        max: 32,
+    };
+    let peer = remoting.advertise;
+    native_now(remoting, RequestCode::CheckTransactions, &request, peer)
+        .and_then(decode::<CheckTransactionsResponse>)
+        .map(|response| response.checks)
+}
+
+/// `CHECK_TRANSACTION_STATE` for one half message: the header names it by its commitlog offset
+/// and ids, the body is the message (with its real topic) in the stored-message encoding.
+pub(super) fn check_transaction_state(remoting: &Remoting, check: &TransactionCheck, opaque: i32) -> RemotingCommand {
+    let offset_id = rmq::offset_msg_id(remoting.advertise, check.half_offset);
+    let mut body = BytesMut::new();
+    StoredMessage {
+        queue_id: 0,
+        flag: 0,
+        queue_offset: 0,
+        physical_offset: check.half_offset as i64,
+        sys_flag: 0x4,
+        born_timestamp: 0,
+        born_host: remoting.advertise,
+        store_timestamp: 0,
+        store_host: remoting.advertise,
+        reconsume_times: 0,
+        prepared_transaction_offset: 0,
+        body: &check.body,
+        topic: &check.topic,
+        properties: &check.properties,
+    }
+    .encode(&mut body);
+    let mut command = RemotingCommand::request(request::CHECK_TRANSACTION_STATE, opaque)
+        .with("topic", &check.topic)
+        .with("tranStateTableOffset", check.half_offset)
+        .with("commitLogOffset", check.half_offset)
+        .with("msgId", &check.msg_id)
+        .with("transactionId", &check.msg_id)
+        .with("offsetMsgId", offset_id)
+        .with_body(body.freeze());
+    command.flag = meridian_proto::remoting::command::FLAG_ONEWAY;
+    command
 }
