@@ -921,3 +921,53 @@ pub(super) fn check_transaction_state(remoting: &Remoting, check: &TransactionCh
     command.flag = meridian_proto::remoting::command::FLAG_ONEWAY;
     command
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_models_are_read_by_name_or_ordinal() {
+        assert!(is_broadcasting(Some(&json!("BROADCASTING"))));
+        assert!(
+            is_broadcasting(Some(&json!(0))),
+            "MessageModel.BROADCASTING is ordinal 0"
+        );
+        assert!(!is_broadcasting(Some(&json!("CLUSTERING"))));
+        assert!(!is_broadcasting(Some(&json!(1))));
+        assert!(!is_broadcasting(None), "clustering unless said otherwise");
+    }
+
+    #[test]
+    fn v1_and_v2_send_headers_read_the_same() {
+        let v2 = RemotingCommand::request(request::SEND_MESSAGE_V2, 1)
+            .with("a", "pg")
+            .with("b", "orders")
+            .with("e", "3")
+            .with("f", 1)
+            .with("m", "1");
+        let v1 = RemotingCommand::request(request::SEND_MESSAGE, 1)
+            .with("producerGroup", "pg")
+            .with("topic", "orders")
+            .with("queueId", 3)
+            .with("sysFlag", "1")
+            .with("batch", "true");
+        for command in [v2, v1] {
+            let header = send_header(&command).unwrap();
+            assert_eq!(
+                (
+                    header.producer_group,
+                    header.topic,
+                    header.queue_id,
+                    header.sys_flag,
+                    header.batch
+                ),
+                ("pg", "orders", 3, 1, true)
+            );
+        }
+        let missing = send_header(&RemotingCommand::request(request::SEND_MESSAGE_V2, 1))
+            .err()
+            .unwrap();
+        assert_eq!(missing.field, "b");
+    }
+}
