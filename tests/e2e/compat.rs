@@ -347,6 +347,34 @@ async fn a_remoting_client_routes_sends_and_pulls_through_meridian_rules() {
         remark(&stranger)
     );
 
+    // A console looks messages up by key and by offset msgId.
+    let by_key = broker.call(request(
+        request::QUERY_MESSAGE,
+        &[
+            ("topic", "rmq-wire"),
+            ("key", "key-2"),
+            ("maxNum", "32"),
+            ("beginTimestamp", "0"),
+            ("endTimestamp", &i64::MAX.to_string()),
+        ],
+    ));
+    assert_eq!(by_key.code, response::SUCCESS, "{}", remark(&by_key));
+    let found = decode_all_stored(&by_key.body).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].body, b"body-2");
+    let none = broker.call(request(
+        request::QUERY_MESSAGE,
+        &[("topic", "rmq-wire"), ("key", "no-such-key")],
+    ));
+    assert_eq!(none.code, response::QUERY_NOT_FOUND);
+    let (_, commitlog_offset) = parse_offset_msg_id(&send_ids[1]).unwrap();
+    let viewed = broker.call(request(
+        request::VIEW_MESSAGE_BY_ID,
+        &[("offset", &commitlog_offset.to_string())],
+    ));
+    assert_eq!(viewed.code, response::SUCCESS, "{}", remark(&viewed));
+    assert_eq!(decode_all_stored(&viewed.body).unwrap()[0].body, b"body-1");
+
     // What remoting producers sent is what Meridian's SDK reads: same ids, keys and tags.
     let read = crate::read_all(&node, "rmq-wire").await;
     assert_eq!(read.len(), 6);

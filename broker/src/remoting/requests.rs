@@ -126,6 +126,7 @@ pub fn handle(
         request::END_TRANSACTION => end_transaction(remoting, &command, peer),
         request::LOCK_BATCH_MQ | request::UNLOCK_BATCH_MQ => Answer::Now(Some(lock_batch(remoting, &command, peer))),
         request::VIEW_MESSAGE_BY_ID => answer(view_message(remoting, &command)),
+        request::QUERY_MESSAGE => query_message(remoting, &command),
         code => {
             tracing::debug!(%peer, code, "unsupported RocketMQ request");
             Answer::Now(Some(command.respond(
@@ -920,6 +921,99 @@ pub(super) fn check_transaction_state(remoting: &Remoting, check: &TransactionCh
         .with_body(body.freeze());
     command.flag = meridian_proto::remoting::command::FLAG_ONEWAY;
     command
+}
+
+/// Most consume queue entries one `QUERY_MESSAGE` reads per queue: a key lookup without an index
+/// scans the time range, so a range too wide is cut here (narrow `beginTimestamp`/`endTimestamp`,
+/// or use `meridian trace --key`, which has an index).
+const QUERY_SCAN_LIMIT: u64 = 20_000;
+
+/// `QUERY_MESSAGE`: messages of a topic with a key (or, with `_UNIQUE_KEY_QUERY`, a UNIQ_KEY)
+/// stored within a time range, as a console looks them up. Scans each queue from the first
+/// message at `beginTimestamp`, at most [`QUERY_SCAN_LIMIT`] entries, off the runtime threads.
+fn query_message(remoting: &Arc<Remoting>, command: &RemotingCommand) -> Answer {
+    let fields = command.fields();
+    let parsed = (|| {
+        Ok::<_, FieldError>((
+            fields.str(&["topic"])?.to_owned(),
+            fields.str(&["key"])?.to_owned(),
+            fields.int_or(&["maxNum"], 32)?.clamp(1, 1024) as usize,
+            fields.int_or(&["beginTimestamp"], 0)?,
+            fields.int_or(&["endTimestamp"], i64::MAX)?,
+            fields.bool_or(&["_UNIQUE_KEY_QUERY"], false)?,
+        ))
+    })();
+    let (topic, key, max, begin, end, unique) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => return Answer::Now(Some(field_failed(command, &error))),
+    };
+    if let Err(error) = meridian_proto::topics::validate_consumable(&topic) {
+        return Answer::Now(Some(
+            command.respond(response::INVALID_PARAMETER, Some(error.to_string())),
+        ));
+    }
+    let remoting = remoting.clone();
+    let request_command = command.clone().with_body(Bytes::new());
+    Answer::Later(Box::pin(async move {
+        let store = remoting.state.store.clone();
+        let store_host = remoting.advertise;
+        let found = tokio::task::spawn_blocking(move || -> crate::error::Result<(Bytes, usize)> {
+            let queues = store
+                .topic_queues(&topic)
+                .ok_or_else(|| BrokerError::TopicNotFound(topic.clone()))?;
+            let mut out = BytesMut::new();
+            let mut count = 0;
+            for queue_id in 0..queues {
+                let queue = store.consume_queue(&topic, queue_id)?;
+                let mut offset = store.search_offset(&topic, queue_id, begin)?;
+                let stop = queue.max_offset().min(offset + QUERY_SCAN_LIMIT);
+                'queue: while offset < stop && count < max {
+                    let entries = store.read_entries(&queue, offset, 256, 8 << 20)?;
+                    if entries.is_empty() {
+                        break;
+                    }
+                    offset += entries.len() as u64;
+                    for entry in entries {
+                        let bytes = store.read_record(entry.commitlog_offset)?;
+                        let Ok(record) = Record::parse(&bytes) else { continue };
+                        if record.store_timestamp() > end {
+                            break 'queue;
+                        }
+                        let matches = if unique {
+                            record.msg_id() == Some(key.as_str())
+                        } else {
+                            properties::get(record.properties(), properties::KEYS)
+                                .is_some_and(|keys| keys.split(properties::KEY_SEPARATOR).any(|one| one == key))
+                        };
+                        if matches {
+                            let (body, _) = convert_records(&bytes.slice(..record.total_size()), store_host)?;
+                            out.extend_from_slice(&body);
+                            count += 1;
+                            if count >= max {
+                                break 'queue;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok((out.freeze(), count))
+        })
+        .await
+        .map_err(|error| BrokerError::Corrupt(format!("query task failed: {error}")))
+        .and_then(|result| result);
+        match found {
+            Ok((_, 0)) => request_command.respond(
+                response::QUERY_NOT_FOUND,
+                Some("no message with this key in the time range".into()),
+            ),
+            Ok((body, _)) => request_command
+                .success()
+                .with("indexLastUpdateTimestamp", crate::schedule::now_millis())
+                .with("indexLastUpdatePhyoffset", 0)
+                .with_body(body),
+            Err(error) => failed(&request_command, &error, Operation::Other),
+        }
+    }))
 }
 
 #[cfg(test)]
