@@ -80,6 +80,11 @@ prepare_services() {
     MERIDIAN_TEST_CHROMIUM=${chromium_paths#* }
     export MERIDIAN_TEST_CHROMEDRIVER MERIDIAN_TEST_CHROMIUM
     log "chromedriver: ${MERIDIAN_TEST_CHROMEDRIVER}, chromium: ${MERIDIAN_TEST_CHROMIUM}"
+    # PyPI rocketmq 0.4.4 (Apache's C++ client core), the unmodified RocketMQ client the
+    # compatibility suite (tests/e2e/compat.rs) drives; a venv made once per machine and cached.
+    MERIDIAN_TEST_ROCKETMQ_PYTHON=$(scripts/install-rocketmq-clients.sh)
+    export MERIDIAN_TEST_ROCKETMQ_PYTHON
+    log "rocketmq (C++ core): ${MERIDIAN_TEST_ROCKETMQ_PYTHON}"
 }
 
 # The end-to-end tests (tests/e2e) run the real `meridian` binary as separate processes; cargo does

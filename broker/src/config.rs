@@ -106,6 +106,9 @@ pub struct BrokerConfig {
     /// Transactional messages (the `[transaction]` table): when undecided transactions are checked
     /// back with their producers, and how many times before they are rolled back.
     pub transaction: crate::transaction::TransactionConfig,
+    /// The RocketMQ 4.x remoting listener (the `[remoting]` table; off by default, on in
+    /// `meridian dev`): unmodified RocketMQ clients produce and consume through it.
+    pub remoting: crate::remoting::RemotingConfig,
 }
 
 /// `nameservers` as a TOML list or as one comma-separated string:
@@ -152,6 +155,7 @@ impl Default for BrokerConfig {
             trace: crate::trace::TraceConfig::default(),
             archive: meridian_archive::store::ArchiveConfig::default(),
             transaction: crate::transaction::TransactionConfig::default(),
+            remoting: crate::remoting::RemotingConfig::default(),
         }
     }
 }

@@ -13,6 +13,9 @@
 //!   topics, and serves only the topics and consumer groups they approved (a governed broker);
 //!   without, it is standalone and serves anything.
 //!
+//! - [`remoting`]: the RocketMQ 4.x remoting listener, translating RocketMQ clients' requests
+//!   into the native ones.
+//!
 //! A broker runs with [`Broker::bind`] then [`Broker::run`], or [`run`] in one call.
 
 pub mod clients;
@@ -24,6 +27,7 @@ pub mod lag;
 pub mod locks;
 pub mod metrics;
 pub mod registry;
+pub mod remoting;
 pub mod replication;
 pub mod retention;
 pub mod retry;

@@ -370,6 +370,7 @@ pub fn build_heartbeat(
         max_offset: standing.max_offset,
         registration_digest: 0,
         in_sync: standing.in_sync,
+        remoting_addr: config.remoting.advertise_addr.clone().unwrap_or_default(),
     };
     heartbeat.registration_digest = messages::registration_digest(&heartbeat, topics);
     heartbeat

@@ -35,6 +35,8 @@ use crate::store::MessageStore;
 /// A broker that has recovered its store and bound its port, ready to [`Broker::run`].
 pub struct Broker {
     listener: TcpListener,
+    /// The RocketMQ remoting listener and the address clients are told, when `[remoting]` is on.
+    remoting: Option<(TcpListener, SocketAddr)>,
     state: Arc<BrokerState>,
 }
 
@@ -109,6 +111,29 @@ impl Broker {
             .local_addr()
             .map_err(BrokerError::io("reading the bound address"))?;
         let advertise_addr = config.advertise_addr.clone().unwrap_or_else(|| local_addr.to_string());
+        let remoting = if config.remoting.enabled {
+            let listener = TcpListener::bind(config.remoting.listen)
+                .await
+                .map_err(BrokerError::io(format!(
+                    "binding the RocketMQ remoting listener on {} (is a RocketMQ broker or another Meridian broker running? set [remoting] listen)",
+                    config.remoting.listen
+                )))?;
+            let bound = listener
+                .local_addr()
+                .map_err(BrokerError::io("reading the bound remoting address"))?;
+            let advertise = match &config.remoting.advertise_addr {
+                Some(addr) => addr.parse().map_err(|_| {
+                    BrokerError::Config(format!(
+                        "[remoting] advertise_addr {addr:?} must be ip:port, e.g. 10.0.0.5:10911"
+                    ))
+                })?,
+                None => bound,
+            };
+            config.remoting.advertise_addr = Some(advertise.to_string());
+            Some((listener, advertise))
+        } else {
+            None
+        };
         let store_host: SocketAddr = advertise_addr.parse().unwrap_or(local_addr);
         let data_dir = config.data_dir.clone();
         let store_config = config.store.clone();
@@ -161,7 +186,11 @@ impl Broker {
             shutdown,
             oneway_failure_log: meridian_proto::throttle::Throttle::new(Duration::from_secs(10)),
         });
-        Ok(Broker { listener, state })
+        Ok(Broker {
+            listener,
+            remoting,
+            state,
+        })
     }
 
     /// Computes consumer lag from this broker's offsets and commits, for `/metrics` and the API.
@@ -179,6 +208,13 @@ impl Broker {
         self.listener.local_addr().expect("bound listener has an address")
     }
 
+    /// The bound RocketMQ remoting address, when `[remoting]` is on.
+    pub fn remoting_addr(&self) -> Option<SocketAddr> {
+        self.remoting
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr().expect("bound listener has an address"))
+    }
+
     /// This broker's place in its group (role, lease, slaves), for status pages.
     pub fn replication(&self) -> Arc<Replication> {
         self.state.replication.clone()
@@ -193,8 +229,20 @@ impl Broker {
     /// (long polls end at once), and shuts the store down (flush, checkpoint). A governed broker
     /// (`nameservers` set) heartbeats its nameservers from the start until it stops accepting.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let Broker { listener, state } = self;
+        let Broker {
+            listener,
+            remoting,
+            state,
+        } = self;
         let connections = TaskTracker::new();
+        if let Some((remoting_listener, advertise)) = remoting {
+            connections.spawn(crate::remoting::serve(
+                remoting_listener,
+                state.clone(),
+                advertise,
+                connections.clone(),
+            ));
+        }
         tracing::info!(addr = %listener.local_addr().map_err(BrokerError::io("reading the bound address"))?, broker = state.config.broker_name, "broker listening");
         let heartbeats = state
             .governance

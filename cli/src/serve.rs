@@ -45,6 +45,15 @@ pub struct DevArgs {
     /// "http": ..., "pid": ...}`), so a caller can pass port 0 and learn the ports.
     #[arg(long, env = "MERIDIAN_READY_FILE")]
     ready_file: Option<PathBuf>,
+    /// Where RocketMQ 4.x clients find the nameserver (their `namesrvAddr`).
+    #[arg(long, default_value = "127.0.0.1:9876")]
+    rocketmq_nameserver_listen: SocketAddr,
+    /// Where RocketMQ 4.x clients reach the broker (the route names this address).
+    #[arg(long, default_value = "127.0.0.1:10911")]
+    rocketmq_broker_listen: SocketAddr,
+    /// Do not serve RocketMQ clients (no remoting listeners).
+    #[arg(long)]
+    no_rocketmq: bool,
 }
 
 /// Arguments of `meridian broker`.
@@ -190,6 +199,11 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         } else {
             String::new()
         },
+        remoting: meridian_nameserver::remoting::RemotingConfig {
+            enabled: !args.no_rocketmq,
+            listen: args.rocketmq_nameserver_listen,
+            ..Default::default()
+        },
         ..NameserverConfig::default()
     };
     let nameserver_metrics = Arc::new(NameserverMetrics::register(&mut registry));
@@ -197,11 +211,16 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         .await
         .context("starting the nameserver")?;
     let nameserver_addr = nameserver.local_addr();
+    let rocketmq_nameserver = nameserver.remoting_addr();
 
     broker_config.data_dir = args.data_dir.join("broker");
     broker_config.listen = args.broker_listen;
     broker_config.http_listen = None;
     broker_config.nameservers = vec![nameserver_addr.to_string()];
+    if !args.no_rocketmq {
+        broker_config.remoting.enabled = true;
+        broker_config.remoting.listen = args.rocketmq_broker_listen;
+    }
     if broker_config.idc.is_empty() {
         broker_config.idc = DEV_IDC.to_owned();
     }
@@ -243,6 +262,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         None => None,
     };
     let broker_addr = broker.local_addr();
+    let rocketmq_broker = broker.remoting_addr();
     let tracer_config = meridian_tracer::TracerConfig {
         nameservers: vec![nameserver_addr.to_string()],
         data_dir: args.data_dir.join("tracer"),
@@ -322,6 +342,10 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             "  broker     {broker_addr} (flush: {})",
             if flush_mode == FlushMode::Sync { "sync" } else { "async" }
         );
+        if let (Some(nameserver), Some(broker)) = (rocketmq_nameserver, rocketmq_broker) {
+            println!("  rocketmq-nameserver {nameserver} (RocketMQ 4.x clients: namesrvAddr)");
+            println!("  rocketmq-broker     {broker}");
+        }
         println!("  http       http://{http_addr}  (/api/health, /api/topics, /api/cluster, /api/traces, /metrics)");
         println!("  console    http://{http_addr}/");
         if with_query {

@@ -76,6 +76,9 @@ pub struct NameserverConfig {
     pub max_frame_size: usize,
     /// Raft settings.
     pub raft: RaftConfig,
+    /// The RocketMQ 4.x remoting listener (the `[remoting]` table; off by default, on in
+    /// `meridian dev`): RocketMQ clients look up routes here.
+    pub remoting: crate::remoting::RemotingConfig,
 }
 
 impl Default for NameserverConfig {
@@ -98,6 +101,7 @@ impl Default for NameserverConfig {
             write_timeout_ms: 5_000,
             max_frame_size: Limits::default().max_frame_size,
             raft: RaftConfig::default(),
+            remoting: crate::remoting::RemotingConfig::default(),
         }
     }
 }

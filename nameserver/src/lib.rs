@@ -19,6 +19,7 @@
 //! - [`network`]: how a transport reports errors to openraft (`Unreachable` vs `Network`).
 //! - [`service`]: [`NameserverService`], what a nameserver answers whichever way a request arrives;
 //!   [`server`] serves it over the framed protocol, [`http`] as the JSON admin API (`docs/api.md`).
+//! - [`remoting`]: the RocketMQ 4.x remoting listener (routes, cluster info, topic list).
 //! - [`controller`]: the failover controller, run by [`Nameserver::run`]: while the node leads, it
 //!   elects each broker group's master ([`Command::ElectMaster`]) from the brokers' heartbeats.
 //!
@@ -37,6 +38,7 @@ pub mod log_store;
 pub mod metrics;
 pub mod network;
 pub mod raft;
+pub mod remoting;
 pub mod routes;
 pub mod server;
 pub mod service;

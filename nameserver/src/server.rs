@@ -42,6 +42,10 @@ pub const MAX_INFLIGHT_PER_CONNECTION: usize = 256;
 /// A nameserver whose Raft node runs and whose listener is bound, ready to [`Nameserver::run`].
 pub struct Nameserver {
     listener: TcpListener,
+    /// The RocketMQ remoting listener and its settings, when `[remoting]` is on.
+    remoting: Option<(TcpListener, crate::remoting::RemotingConfig)>,
+    /// Brokers' remoting addresses from their heartbeats.
+    remoting_addrs: Arc<crate::remoting::BrokerRemotingAddrs>,
     service: Arc<NameserverService>,
     codec: FrameCodec,
     shutdown: CancellationToken,
@@ -74,6 +78,20 @@ impl Nameserver {
                     config.listen
                 ),
             })?;
+        let remoting = if config.remoting.enabled {
+            let remoting_listener =
+                TcpListener::bind(config.remoting.listen)
+                    .await
+                    .map_err(|error| NameserverError::Config {
+                        message: format!(
+                            "cannot listen for RocketMQ clients on {} ({error}): is a RocketMQ nameserver running there? Change [remoting] listen",
+                            config.remoting.listen
+                        ),
+                    })?;
+            Some((remoting_listener, config.remoting.clone()))
+        } else {
+            None
+        };
         let local_addr = listener.local_addr().map_err(|error| NameserverError::Config {
             message: format!("cannot read the bound address: {error}"),
         })?;
@@ -118,6 +136,8 @@ impl Nameserver {
         ));
         Ok(Nameserver {
             listener,
+            remoting,
+            remoting_addrs: Arc::default(),
             service,
             codec: FrameCodec::new(config.max_frame_size),
             shutdown: CancellationToken::new(),
@@ -127,6 +147,13 @@ impl Nameserver {
     /// The bound framed-protocol address.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// The bound RocketMQ remoting address, when `[remoting]` is on.
+    pub fn remoting_addr(&self) -> Option<SocketAddr> {
+        self.remoting
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr().expect("bound listener has an address"))
     }
 
     /// The service, for the HTTP API and for tests.
@@ -140,6 +167,8 @@ impl Nameserver {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NameserverError> {
         let Nameserver {
             listener,
+            remoting,
+            remoting_addrs,
             service,
             codec,
             shutdown: stop,
@@ -147,9 +176,19 @@ impl Nameserver {
         let connections = TaskTracker::new();
         let background = TaskTracker::new();
         background.spawn(controller::run(service.clone(), stop.clone()));
+        if let Some((remoting_listener, remoting_config)) = remoting {
+            background.spawn(crate::remoting::serve(
+                remoting_listener,
+                service.clone(),
+                remoting_addrs.clone(),
+                remoting_config,
+                stop.clone(),
+            ));
+        }
         background.close();
         let frames = Arc::new(NameserverFrames {
             service: service.clone(),
+            remoting_addrs: remoting_addrs.clone(),
         });
         let settings = ConnectionSettings {
             codec,
@@ -209,7 +248,12 @@ fn json(value: &impl serde::Serialize) -> Result<Bytes, ApiError> {
         .map_err(|error| ApiError::new(ErrorCode::Internal, format!("cannot encode the answer: {error}")))
 }
 
-fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> Answer {
+fn answer(
+    service: &Arc<NameserverService>,
+    remoting_addrs: &Arc<crate::remoting::BrokerRemotingAddrs>,
+    code: RequestCode,
+    body: Bytes,
+) -> Answer {
     service
         .metrics()
         .requests
@@ -227,6 +271,7 @@ fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> A
                 Ok(heartbeat) => heartbeat,
                 Err(error) => return Answer::Now(Err(error)),
             };
+            remoting_addrs.record(&heartbeat);
             let service = service.clone();
             // A slave's heartbeat completes at once and is answered inline; a master's waits for
             // a quorum to confirm this node's leadership, so it runs as a task.
@@ -253,8 +298,12 @@ fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> A
         RequestCode::RegisterBroker => {
             service.metrics().broker_bytes.inc_by(body.len() as u64);
             let service = service.clone();
+            let remoting_addrs = remoting_addrs.clone();
             Answer::Later(Box::pin(async move {
                 let registration = decode::<BrokerRegistration>("broker registration", body)?;
+                if let Some(heartbeat) = &registration.heartbeat {
+                    remoting_addrs.record(heartbeat);
+                }
                 let response = service.register(registration).await?;
                 Ok(Bytes::from(response.encode_to_vec()))
             }))
@@ -305,13 +354,14 @@ fn answer(service: &Arc<NameserverService>, code: RequestCode, body: Bytes) -> A
 /// The nameserver's side of a framed connection: the loop itself is [`serve::serve_connection`].
 struct NameserverFrames {
     service: Arc<NameserverService>,
+    remoting_addrs: Arc<crate::remoting::BrokerRemotingAddrs>,
 }
 
 impl FrameService for NameserverFrames {
     type Error = ApiError;
 
     fn answer(&self, code: RequestCode, body: Bytes, _peer: SocketAddr) -> Answer {
-        answer(&self.service, code, body)
+        answer(&self.service, &self.remoting_addrs, code, body)
     }
 
     fn error_frame(&self, request_id: u64, error: ApiError) -> Frame {

@@ -24,6 +24,8 @@
 //!   told.
 //! - [`sdk`]: the SDK language and version clients report, and the policy brokers judge them by.
 //! - [`throttle`]: log lines at most once per interval, with the count left out.
+//! - [`remoting`]: RocketMQ 4.x's remoting frames, headers and message encodings, for the
+//!   compatibility listeners.
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike; [`serve`]: the answering side, the one connection
 //!   loop of the broker and the nameserver.
@@ -40,8 +42,9 @@ pub mod msgid;
 pub mod properties;
 pub mod quota;
 pub mod record;
-pub mod serve;
+pub mod remoting;
 pub mod sdk;
+pub mod serve;
 pub mod throttle;
 pub mod time;
 pub mod topics;

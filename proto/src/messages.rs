@@ -701,6 +701,10 @@ pub struct BrokerHeartbeat {
     /// Only these can be promoted when it fails. Covered by the digest, so a change registers.
     #[prost(string, repeated, tag = "9")]
     pub in_sync: Vec<String>,
+    /// Address of the broker's RocketMQ remoting listener; empty when it has none. Not part of
+    /// the digest: nameservers keep it in memory, with liveness.
+    #[prost(string, tag = "10")]
+    pub remoting_addr: String,
 }
 
 /// [`crate::RequestCode::RegisterBroker`]: everything a broker registers. Its topic list can run to
@@ -993,6 +997,7 @@ mod tests {
             let heartbeat = BrokerHeartbeat {
                 group: "broker-a".into(), name: "a-0".into(), addr: "127.0.0.1:7911".into(), idc: "dc1".into(),
                 role: role::MASTER, epoch, max_offset: 7, registration_digest: 0, in_sync: vec!["a-1".into()],
+                remoting_addr: String::new(),
             };
             let digest = registration_digest(&heartbeat, &topics);
             // The max offset changes every second; it must not force a re-registration.

@@ -4,6 +4,7 @@ mod archive;
 mod archive_duckdb;
 mod cli;
 mod cluster;
+mod compat;
 mod console;
 mod consumers;
 mod durability;

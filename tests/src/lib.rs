@@ -168,6 +168,10 @@ pub struct DevNode {
     pub broker: SocketAddr,
     /// HTTP address (admin API, /metrics).
     pub http: SocketAddr,
+    /// RocketMQ remoting address of the nameserver (RocketMQ clients' `namesrvAddr`).
+    pub rocketmq_nameserver: SocketAddr,
+    /// RocketMQ remoting address of the broker.
+    pub rocketmq_broker: SocketAddr,
     /// The node's data dir.
     pub data_dir: PathBuf,
     /// Where its log (stderr) goes.
@@ -210,31 +214,34 @@ impl DevNode {
     /// Starts `meridian dev` on `data_dir` with extra arguments (e.g. `--flush-mode sync`) and
     /// waits until it is ready.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> DevNode {
-        DevNode::start_on(
-            data_dir,
-            ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"],
-            extra_args,
-            Some("info"),
-        )
+        DevNode::start_on(data_dir, ["127.0.0.1:0"; 5], extra_args, Some("info"))
     }
 
     /// [`DevNode::start`] with the binary's default log filter (no `RUST_LOG`), as a user runs it.
     pub fn start_quiet(data_dir: &Path) -> DevNode {
-        DevNode::start_on(data_dir, ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"], &[], None)
+        DevNode::start_on(data_dir, ["127.0.0.1:0"; 5], &[], None)
     }
 
     /// `kill -9`s the node and starts it again on the same data dir and addresses, so clients
     /// holding its addresses reconnect to it.
     pub fn crash_restart(self, extra_args: &[&str]) -> DevNode {
-        let listen = [self.nameserver, self.broker, self.http].map(|addr| addr.to_string());
+        let listen = [
+            self.nameserver,
+            self.broker,
+            self.http,
+            self.rocketmq_nameserver,
+            self.rocketmq_broker,
+        ]
+        .map(|addr| addr.to_string());
         let data_dir = self.data_dir.clone();
         self.process.kill9();
-        let listen = [listen[0].as_str(), listen[1].as_str(), listen[2].as_str()];
+        let listen = listen.each_ref().map(String::as_str);
         DevNode::start_on(&data_dir, listen, extra_args, Some("info"))
     }
 
-    /// Starts `meridian dev` with the nameserver, broker and HTTP listening on `listen`.
-    fn start_on(data_dir: &Path, listen: [&str; 3], extra_args: &[&str], rust_log: Option<&str>) -> DevNode {
+    /// Starts `meridian dev` with the nameserver, broker, HTTP and the RocketMQ nameserver and
+    /// broker listening on `listen`.
+    fn start_on(data_dir: &Path, listen: [&str; 5], extra_args: &[&str], rust_log: Option<&str>) -> DevNode {
         let fixed = [
             "dev",
             "--nameserver-listen",
@@ -243,6 +250,10 @@ impl DevNode {
             listen[1],
             "--http-listen",
             listen[2],
+            "--rocketmq-nameserver-listen",
+            listen[3],
+            "--rocketmq-broker-listen",
+            listen[4],
             "--data-dir",
         ];
         let mut args: Vec<&std::ffi::OsStr> = fixed.iter().map(std::ffi::OsStr::new).collect();
@@ -255,6 +266,12 @@ impl DevNode {
                 .expect("banner names the nameserver address"),
             broker: process.address("broker").expect("banner names the broker address"),
             http: process.address("http").expect("banner names the http address"),
+            rocketmq_nameserver: process
+                .address("rocketmq-nameserver")
+                .expect("banner names the RocketMQ nameserver address"),
+            rocketmq_broker: process
+                .address("rocketmq-broker")
+                .expect("banner names the RocketMQ broker address"),
             data_dir: data_dir.to_owned(),
             log_path: process.log_path.clone(),
             process,

@@ -62,6 +62,7 @@ fn heartbeat(name: &str, broker: &Broker) -> BrokerHeartbeat {
         max_offset: broker.max_offset,
         registration_digest: 0,
         in_sync: broker.in_sync.clone(),
+        remoting_addr: String::new(),
     };
     heartbeat.registration_digest = registration_digest(&heartbeat, &topics());
     heartbeat

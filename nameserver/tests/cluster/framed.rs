@@ -130,6 +130,7 @@ fn heartbeat(addr: &str, topics: &[TopicQueues]) -> BrokerHeartbeat {
         max_offset: 99,
         registration_digest: 0,
         in_sync: Vec::new(),
+        remoting_addr: String::new(),
     };
     heartbeat.registration_digest = registration_digest(&heartbeat, topics);
     heartbeat

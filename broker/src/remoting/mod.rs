@@ -1,0 +1,335 @@
+//! The broker's RocketMQ 4.x remoting listener (10911 by default): unmodified RocketMQ clients
+//! (Java, C++ and the Python/Go clients on them) produce and consume here.
+//!
+//! The listener only translates. Each remoting request becomes the native request Meridian's own
+//! SDK would send, answered by [`crate::handlers::handle`] (the same validation, governance
+//! checks, confirmed-offset reads, trace emission and metrics), and the native answer becomes the
+//! RocketMQ response. Start reading at [`requests::handle`]; this file owns the sockets: one
+//! reader per connection, a writer task, requests that finish later (long polls, synced sends) run
+//! as tasks of the connection, and broker-initiated requests (`NOTIFY_CONSUMER_IDS_CHANGED`,
+//! `CHECK_TRANSACTION_STATE` from [`check_back`]) go out through [`Clients`].
+
+pub mod requests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use meridian_proto::remoting::codes::{request, response};
+use meridian_proto::remoting::{Decoded, RemotingCodec, RemotingCommand};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::task::TaskTracker;
+
+use crate::handlers::BrokerState;
+
+/// The `[remoting]` table of the broker config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemotingConfig {
+    /// Serve the RocketMQ remoting protocol.
+    pub enabled: bool,
+    /// Address to listen on (default 127.0.0.1:10911).
+    pub listen: SocketAddr,
+    /// Address RocketMQ clients are told to connect to (default: the bound address).
+    pub advertise_addr: Option<String>,
+}
+
+impl Default for RemotingConfig {
+    fn default() -> RemotingConfig {
+        RemotingConfig {
+            enabled: false,
+            listen: "127.0.0.1:10911".parse().expect("valid address"),
+            advertise_addr: None,
+        }
+    }
+}
+
+/// Requests one remoting connection may have running at once.
+const MAX_INFLIGHT: usize = 256;
+
+/// A group's RocketMQ members: client id → its connection's peer and writer.
+type Members = HashMap<String, (SocketAddr, mpsc::Sender<RemotingCommand>)>;
+
+/// Connections of RocketMQ consumers by group, for broker-initiated requests.
+#[derive(Default)]
+pub struct Clients {
+    groups: Mutex<HashMap<String, Members>>,
+    opaque: AtomicI32,
+}
+
+impl Clients {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Members>> {
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remembers that `client_id` of `group` talks over this connection.
+    fn register(&self, group: &str, client_id: &str, peer: SocketAddr, sender: &mpsc::Sender<RemotingCommand>) {
+        self.lock()
+            .entry(group.to_owned())
+            .or_default()
+            .insert(client_id.to_owned(), (peer, sender.clone()));
+    }
+
+    fn forget(&self, group: &str, client_id: &str) {
+        if let Some(members) = self.lock().get_mut(group) {
+            members.remove(client_id);
+        }
+    }
+
+    fn forget_peer(&self, peer: SocketAddr) {
+        for members in self.lock().values_mut() {
+            members.retain(|_, (member_peer, _)| *member_peer != peer);
+        }
+    }
+
+    /// One connection of `group`'s members, if any is connected.
+    fn any(&self, group: &str) -> Option<(String, mpsc::Sender<RemotingCommand>)> {
+        self.lock()
+            .get(group)?
+            .iter()
+            .find(|(_, (_, sender))| !sender.is_closed())
+            .map(|(client_id, (_, sender))| (client_id.clone(), sender.clone()))
+    }
+
+    fn groups(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, members)| !members.is_empty())
+            .map(|(group, _)| group.clone())
+            .collect()
+    }
+
+    /// Tells every RocketMQ member of `group` that its members changed, so it rebalances now
+    /// (one-way `NOTIFY_CONSUMER_IDS_CHANGED`, as the Java broker sends).
+    pub fn notify_changed(&self, group: &str) {
+        let senders: Vec<mpsc::Sender<RemotingCommand>> = self
+            .lock()
+            .get(group)
+            .map(|members| members.values().map(|(_, sender)| sender.clone()).collect())
+            .unwrap_or_default();
+        for sender in senders {
+            let opaque = self.opaque.fetch_add(1, Ordering::Relaxed);
+            let mut notify =
+                RemotingCommand::request(request::NOTIFY_CONSUMER_IDS_CHANGED, opaque).with("consumerGroup", group);
+            notify.flag = meridian_proto::remoting::command::FLAG_ONEWAY;
+            // A full queue means the client is not reading: it rebalances on its 20 s timer.
+            let _ = sender.try_send(notify);
+        }
+    }
+}
+
+/// What the remoting connections share.
+pub struct Remoting {
+    /// The broker's state: every request ends in its handlers.
+    pub state: Arc<BrokerState>,
+    /// Address RocketMQ clients use for this broker (store host of offset msgIds).
+    pub advertise: SocketAddr,
+    /// Consumers' connections by group.
+    pub clients: Clients,
+    /// Producers' connections by producer group, for transaction check-backs.
+    pub producers: Clients,
+    /// Half messages (commitlog offsets of the copies) already asked about.
+    pub asked: Mutex<std::collections::HashSet<u64>>,
+    /// Subscriptions RocketMQ consumers registered by heartbeat, by (group, topic).
+    pub subscriptions: Mutex<HashMap<(String, String), String>>,
+}
+
+/// Accepts remoting connections until the broker shuts down.
+pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, advertise: SocketAddr, connections: TaskTracker) {
+    tracing::info!(addr = %advertise, broker = state.config.broker_name, "remoting listener serving RocketMQ clients");
+    let remoting = Arc::new(Remoting {
+        state: state.clone(),
+        advertise,
+        clients: Clients::default(),
+        producers: Clients::default(),
+        asked: Mutex::new(std::collections::HashSet::new()),
+        subscriptions: Mutex::new(HashMap::new()),
+    });
+    connections.spawn(check_back(remoting.clone()));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(serve_connection(remoting.clone(), stream, peer));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "remoting accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn write_commands(
+    mut sink: FramedWrite<tokio::net::tcp::OwnedWriteHalf, RemotingCodec>,
+    mut commands: mpsc::Receiver<RemotingCommand>,
+) {
+    while let Some(command) = commands.recv().await {
+        if sink.feed(command).await.is_err() {
+            return;
+        }
+        while let Ok(command) = commands.try_recv() {
+            if sink.feed(command).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serve_connection(remoting: Arc<Remoting>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let state = &remoting.state;
+    state.metrics.connections.inc();
+    tracing::debug!(%peer, "remoting connection opened");
+    let codec = RemotingCodec::new(state.limits.max_frame_size);
+    let (read_half, write_half) = stream.into_split();
+    let mut frames = FramedRead::with_capacity(read_half, codec.clone(), 64 * 1024);
+    let (tx, rx) = mpsc::channel(MAX_INFLIGHT);
+    let tasks = TaskTracker::new();
+    tasks.spawn(write_commands(FramedWrite::new(write_half, codec), rx));
+    let permits = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    loop {
+        let next = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            next = frames.next() => next,
+        };
+        let command = match next {
+            None => break,
+            Some(Ok(Decoded::Command(command))) => command,
+            Some(Ok(Decoded::BadHeader {
+                opaque,
+                serialize_type,
+                error,
+            })) => {
+                state.metrics.malformed_frames.inc();
+                tracing::debug!(%peer, %error, "remoting header unreadable");
+                let mut answer = RemotingCommand {
+                    opaque,
+                    serialize_type,
+                    ..RemotingCommand::default()
+                }
+                .respond(response::SYSTEM_ERROR, Some(error.to_string()));
+                answer.serialize_type = serialize_type;
+                if tx.send(answer).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Some(Err(error)) => {
+                state.metrics.malformed_frames.inc();
+                tracing::warn!(%peer, %error, "malformed remoting frame; closing connection");
+                break;
+            }
+        };
+        if command.is_response() {
+            // Answers to what the broker sent (notifications are one-way; nothing waits).
+            continue;
+        }
+        let oneway = command.is_oneway();
+        match requests::handle(&remoting, command, peer, &tx) {
+            requests::Answer::Now(answer) => {
+                if let Some(answer) = answer.filter(|_| !oneway)
+                    && tx.send(answer).await.is_err()
+                {
+                    break;
+                }
+            }
+            requests::Answer::Later(pending) => {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let tx = tx.clone();
+                tasks.spawn(async move {
+                    let answer = pending.await;
+                    if !oneway {
+                        let _ = tx.send(answer).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    remoting.clients.forget_peer(peer);
+    remoting.producers.forget_peer(peer);
+    if !state.shutdown.is_cancelled() {
+        let mut changed = Vec::new();
+        for (group, client_id) in state.groups.disconnected(peer) {
+            state.locks.release_member(&group, &client_id);
+            state.metrics.consumers_disconnected.inc();
+            tracing::info!(%peer, group, client_id, "RocketMQ consumer connection closed; removed from its group");
+            changed.push(group);
+        }
+        changed.dedup();
+        for group in changed {
+            remoting.clients.notify_changed(&group);
+        }
+    }
+    drop(tx);
+    tasks.close();
+    tasks.wait().await;
+    state.metrics.connections.dec();
+    tracing::debug!(%peer, "remoting connection closed");
+}
+
+/// Most half messages remembered as asked about; past it the set starts again (a producer may
+/// then be asked about a transaction twice, which RocketMQ producers answer idempotently).
+const MAX_ASKED: usize = 100_000;
+
+/// Transaction check-back for RocketMQ producers: Meridian's SDK polls for the half messages its
+/// producer group must decide ([`crate::transaction::pending_checks`]); RocketMQ producers are
+/// asked instead. Each due copy is sent once, as `CHECK_TRANSACTION_STATE`, to one connected
+/// member of its producer group, which answers with a one-way `END_TRANSACTION`.
+async fn check_back(remoting: Arc<Remoting>) {
+    let state = remoting.state.clone();
+    let tick = Duration::from_millis((state.config.transaction.check_interval_ms / 2).clamp(100, 5_000));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        for group in remoting.producers.groups() {
+            let Some((client_id, sender)) = remoting.producers.any(&group) else {
+                continue;
+            };
+            let checks = match requests::pending_checks(&remoting, &group, &client_id) {
+                Ok(checks) => checks,
+                Err(error) => {
+                    tracing::debug!(group, %error, "transaction check-back skipped");
+                    continue;
+                }
+            };
+            for check in checks {
+                {
+                    let mut asked = remoting.asked.lock().unwrap_or_else(PoisonError::into_inner);
+                    if asked.len() >= MAX_ASKED {
+                        asked.clear();
+                    }
+                    if !asked.insert(check.half_offset) {
+                        continue;
+                    }
+                }
+                let opaque = remoting.clients.opaque.fetch_add(1, Ordering::Relaxed);
+                let command = requests::check_transaction_state(&remoting, &check, opaque);
+                if sender.try_send(command).is_err() {
+                    // Not sent: ask again at the next tick.
+                    remoting
+                        .asked
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&check.half_offset);
+                }
+            }
+        }
+    }
+}

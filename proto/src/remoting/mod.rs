@@ -1,0 +1,15 @@
+//! RocketMQ 4.x remoting protocol, the parts both Meridian listeners share (the broker's in
+//! `broker/src/remoting`, the nameserver's in `nameserver/src/remoting.rs`). Facts are from
+//! `../shared/ROCKETMQ.md` §2, checked against apache/rocketmq.
+//!
+//! - [`command`]: the frame, JSON and binary headers, [`command::RemotingCodec`]. Start here.
+//! - [`fields`]: lenient typed reads of ext fields (numbers as strings, `0`/`1` booleans).
+//! - [`codes`]: request, response and language codes; Meridian error → RocketMQ code.
+//! - [`message`]: stored-message and batch encodings, offset msgId, zlib bodies.
+
+pub mod codes;
+pub mod command;
+pub mod fields;
+pub mod message;
+
+pub use command::{Decoded, RemotingCodec, RemotingCommand, SerializeType};

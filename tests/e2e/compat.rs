@@ -1,0 +1,586 @@
+//! RocketMQ compatibility: `meridian dev`'s remoting listeners spoken to over real sockets, first
+//! by hand (route, send V1/V2/batch, heartbeat, offsets, pull with a tag filter, bad input), then
+//! by an unmodified RocketMQ client written by others: PyPI `rocketmq` 0.4.4 (Apache's C++ core),
+//! driven by `tests/compat/rocketmq_python.py`. The client is installed by
+//! `scripts/install-rocketmq-clients.sh` (`scripts/test.sh` exports
+//! `MERIDIAN_TEST_ROCKETMQ_PYTHON`); without it the test fails, it does not skip.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use meridian_proto::MessageId;
+use meridian_proto::properties::PropertiesBuilder;
+use meridian_proto::remoting::codes::{request, response};
+use meridian_proto::remoting::command::{SerializeType, decode_frame};
+use meridian_proto::remoting::message::{BatchEntry, decode_all_stored, encode_batch, parse_offset_msg_id};
+use meridian_proto::remoting::{Decoded, RemotingCommand};
+use meridian_tests::{DevNode, eventually};
+use serde_json::Value;
+
+/// A blocking remoting connection, as a RocketMQ client holds one.
+struct Wire {
+    stream: TcpStream,
+    opaque: i32,
+}
+
+impl Wire {
+    fn connect(addr: SocketAddr) -> Wire {
+        let stream = TcpStream::connect(addr).expect("connecting to the remoting listener");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Wire { stream, opaque: 0 }
+    }
+
+    fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn read(&mut self) -> Decoded {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).expect("reading a response length");
+        let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut frame).expect("reading a response");
+        decode_frame(Bytes::from(frame)).expect("a well-formed response frame")
+    }
+
+    /// Sends `command` and returns its response (skipping broker-initiated requests).
+    fn call(&mut self, mut command: RemotingCommand) -> RemotingCommand {
+        self.opaque += 1;
+        command.opaque = self.opaque;
+        let mut buffer = BytesMut::new();
+        command.encode(&mut buffer);
+        self.write_raw(&buffer);
+        loop {
+            match self.read() {
+                Decoded::Command(answer) if answer.is_response() => {
+                    assert_eq!(answer.opaque, command.opaque, "responses carry the request's opaque");
+                    assert_eq!(
+                        answer.serialize_type, command.serialize_type,
+                        "answered in the request's encoding"
+                    );
+                    return answer;
+                }
+                Decoded::Command(_) => continue,
+                other => panic!("unreadable response {other:?}"),
+            }
+        }
+    }
+}
+
+fn request(code: i32, fields: &[(&str, &str)]) -> RemotingCommand {
+    let mut command = RemotingCommand::request(code, 0);
+    command.language = 1;
+    for (name, value) in fields {
+        command = command.with(name, value);
+    }
+    command
+}
+
+fn remark(answer: &RemotingCommand) -> &str {
+    answer.remark.as_deref().unwrap_or("")
+}
+
+fn properties(key: &str, tag: &str, msg_id: &str) -> String {
+    let mut builder = PropertiesBuilder::new();
+    builder.keys(&[key]).unwrap().tag(tag).unwrap().msg_id(msg_id);
+    String::from_utf8(builder.finish()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remoting_client_routes_sends_and_pulls_through_meridian_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("rmq-wire", 2).await;
+    node.create_group("rmq-wire-g", &["rmq-wire"]).await;
+
+    // Routes: unknown topics are refused with what to request; known ones name the remoting broker.
+    let mut nameserver = Wire::connect(node.rocketmq_nameserver);
+    let unknown = nameserver.call(request(request::GET_ROUTEINFO_BY_TOPIC, &[("topic", "nope")]));
+    assert_eq!(unknown.code, response::TOPIC_NOT_EXIST);
+    assert!(
+        remark(&unknown).contains("meridian topic request nope"),
+        "{}",
+        remark(&unknown)
+    );
+    let route = nameserver.call(request(request::GET_ROUTEINFO_BY_TOPIC, &[("topic", "rmq-wire")]));
+    assert_eq!(route.code, response::SUCCESS, "{}", remark(&route));
+    let body: Value = serde_json::from_slice(&route.body).unwrap();
+    assert_eq!(
+        body["brokerDatas"][0]["brokerAddrs"]["0"],
+        node.rocketmq_broker.to_string()
+    );
+    assert_eq!(body["queueDatas"][0]["writeQueueNums"], 2);
+    assert_eq!(body["queueDatas"][0]["perm"], 6);
+    let mut old = request(request::GET_ROUTEINFO_BY_TOPIC, &[("topic", "rmq-wire")]);
+    old.version = 317;
+    let old = nameserver.call(old);
+    let text = String::from_utf8(old.body.to_vec()).unwrap();
+    assert!(
+        text.contains(&format!("{{0:\"{}\"}}", node.rocketmq_broker)),
+        "fastjson form for 4.5: {text}"
+    );
+
+    let mut broker = Wire::connect(node.rocketmq_broker);
+    // A V2 send in the binary header encoding, with keys, a tag and the client's UNIQ_KEY.
+    let ids: Vec<String> = (0..4).map(|_| MessageId::generate().to_string()).collect();
+    let mut send_ids = Vec::new();
+    for (index, msg_id) in ids.iter().enumerate() {
+        let tag = if index % 2 == 0 { "TagA" } else { "TagB" };
+        let props = properties(&format!("key-{index}"), tag, msg_id);
+        let mut send = request(
+            request::SEND_MESSAGE_V2,
+            &[
+                ("a", "rmq-producer"),
+                ("b", "rmq-wire"),
+                ("e", "0"),
+                ("f", "0"),
+                ("g", "1700000000000"),
+                ("h", "0"),
+                ("i", &props),
+                ("j", "0"),
+                ("k", "false"),
+                ("m", "false"),
+            ],
+        )
+        .with_body(format!("body-{index}").into_bytes());
+        send.serialize_type = SerializeType::Binary;
+        let answer = broker.call(send);
+        assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+        let offset_id = &answer.ext_fields["msgId"];
+        let (host, _) = parse_offset_msg_id(offset_id).expect("an offset msgId");
+        assert_eq!(host, node.rocketmq_broker, "offset msgIds name the remoting broker");
+        send_ids.push(offset_id.clone());
+    }
+    // A V1 send of a compressed-less batch of two.
+    let batch_props = [
+        properties("batch-0", "TagA", &MessageId::generate().to_string()),
+        properties("batch-1", "TagA", &MessageId::generate().to_string()),
+    ];
+    let batch = encode_batch(&[
+        BatchEntry {
+            flag: 0,
+            body: b"batch-0",
+            properties: batch_props[0].as_bytes(),
+        },
+        BatchEntry {
+            flag: 0,
+            body: b"batch-1",
+            properties: batch_props[1].as_bytes(),
+        },
+    ]);
+    let answer = broker.call(
+        request(
+            request::SEND_BATCH_MESSAGE,
+            &[
+                ("a", "rmq-producer"),
+                ("b", "rmq-wire"),
+                ("e", "1"),
+                ("g", "1"),
+                ("m", "true"),
+            ],
+        )
+        .with_body(batch),
+    );
+    assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+    assert_eq!(answer.ext_fields["msgId"].split(',').count(), 2);
+    // Auto-create is off: an unknown topic is refused with what to request.
+    let refused = broker.call(
+        request(
+            request::SEND_MESSAGE,
+            &[
+                ("producerGroup", "rmq-producer"),
+                ("topic", "rmq-unknown"),
+                ("queueId", "0"),
+            ],
+        )
+        .with_body(b"x".to_vec()),
+    );
+    assert_eq!(refused.code, response::TOPIC_NOT_EXIST, "{}", remark(&refused));
+    assert!(remark(&refused).contains("rmq-unknown"), "{}", remark(&refused));
+    // Bad input gets an answer and keeps the connection: an unknown code, a missing field, a bad header.
+    let unsupported = broker.call(request(9999, &[]));
+    assert_eq!(unsupported.code, response::REQUEST_CODE_NOT_SUPPORTED);
+    let missing = broker.call(request(request::PULL_MESSAGE, &[("consumerGroup", "rmq-wire-g")]));
+    assert_eq!(missing.code, response::INVALID_PARAMETER);
+    assert!(remark(&missing).contains("`topic`"), "{}", remark(&missing));
+    let header = b"{\"code\":";
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&((4 + header.len()) as u32).to_be_bytes());
+    frame.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    frame.extend_from_slice(header);
+    broker.write_raw(&frame);
+    assert!(matches!(broker.read(), Decoded::Command(answer) if answer.code == response::SYSTEM_ERROR));
+
+    // A consumer: heartbeat, offset of a new group, a tag-filtered pull.
+    let heartbeat = serde_json::json!({
+        "clientID": "127.0.0.1@compat-test",
+        "producerDataSet": [],
+        "consumerDataSet": [{
+            "groupName": "rmq-wire-g", "consumeType": "CONSUME_PASSIVELY", "messageModel": "CLUSTERING",
+            "consumeFromWhere": "CONSUME_FROM_LAST_OFFSET", "unitMode": false,
+            "subscriptionDataSet": [
+                {"topic": "rmq-wire", "subString": "TagA", "tagsSet": ["TagA"], "codeSet": [], "subVersion": 1, "expressionType": "TAG"},
+                {"topic": "%RETRY%rmq-wire-g", "subString": "*", "tagsSet": [], "codeSet": [], "subVersion": 1}
+            ]
+        }]
+    });
+    let answer = broker.call(request(request::HEART_BEAT, &[]).with_body(heartbeat.to_string().into_bytes()));
+    assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+    // A second member joins: the first one's connection is told to rebalance.
+    let mut second = Wire::connect(node.rocketmq_broker);
+    let mut joining = heartbeat.clone();
+    joining["clientID"] = "127.0.0.2@compat-test".into();
+    let answer = second.call(request(request::HEART_BEAT, &[]).with_body(joining.to_string().into_bytes()));
+    assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+    match broker.read() {
+        Decoded::Command(notify) => {
+            assert_eq!(notify.code, request::NOTIFY_CONSUMER_IDS_CHANGED);
+            assert!(notify.is_oneway() && !notify.is_response());
+            assert_eq!(notify.ext_fields["consumerGroup"], "rmq-wire-g");
+        }
+        other => panic!("expected NOTIFY_CONSUMER_IDS_CHANGED, got {other:?}"),
+    }
+    let answer = second.call(request(
+        request::UNREGISTER_CLIENT,
+        &[("clientID", "127.0.0.2@compat-test"), ("consumerGroup", "rmq-wire-g")],
+    ));
+    assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+    let members = broker.call(request(
+        request::GET_CONSUMER_LIST_BY_GROUP,
+        &[("consumerGroup", "rmq-wire-g")],
+    ));
+    let members: Value = serde_json::from_slice(&members.body).unwrap();
+    assert_eq!(members["consumerIdList"], serde_json::json!(["127.0.0.1@compat-test"]));
+    let offset = broker.call(request(
+        request::QUERY_CONSUMER_OFFSET,
+        &[("consumerGroup", "rmq-wire-g"), ("topic", "rmq-wire"), ("queueId", "0")],
+    ));
+    assert_eq!(
+        (offset.code, offset.ext_fields["offset"].as_str()),
+        (response::SUCCESS, "0")
+    );
+    // Sends are acknowledged before the consume queue is built (as on a Java broker): wait for
+    // the four sends to queue 0 to be readable.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let max = broker.call(request(
+            request::GET_MAX_OFFSET,
+            &[("topic", "rmq-wire"), ("queueId", "0")],
+        ));
+        if max.ext_fields["offset"] == "4" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queue 0 never reached 4 messages: {max:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pull = broker.call(request(
+        request::PULL_MESSAGE,
+        &[
+            ("consumerGroup", "rmq-wire-g"),
+            ("topic", "rmq-wire"),
+            ("queueId", "0"),
+            ("queueOffset", "0"),
+            ("maxMsgNums", "32"),
+            ("sysFlag", "6"),
+            ("commitOffset", "0"),
+            ("suspendTimeoutMillis", "1000"),
+            ("subscription", "TagA"),
+            ("subVersion", "1"),
+            ("expressionType", "TAG"),
+        ],
+    ));
+    assert_eq!(pull.code, response::SUCCESS, "{}", remark(&pull));
+    assert_eq!(pull.ext_fields["nextBeginOffset"], "4");
+    let messages = decode_all_stored(&pull.body).unwrap();
+    let bodies: Vec<&[u8]> = messages.iter().map(|message| message.body).collect();
+    assert_eq!(bodies, [&b"body-0"[..], &b"body-2"[..]], "only TagA, in order");
+    assert_eq!(
+        meridian_proto::properties::get(messages[0].properties, "UNIQ_KEY"),
+        Some(ids[0].as_str())
+    );
+    assert_eq!(
+        meridian_proto::properties::get(messages[0].properties, "KEYS"),
+        Some("key-0")
+    );
+    // A long poll at the end answers PULL_NOT_FOUND after its suspend time, not before.
+    let waited = std::time::Instant::now();
+    let empty = broker.call(request(
+        request::PULL_MESSAGE,
+        &[
+            ("consumerGroup", "rmq-wire-g"),
+            ("topic", "rmq-wire"),
+            ("queueId", "0"),
+            ("queueOffset", "4"),
+            ("sysFlag", "3"),
+            ("commitOffset", "4"),
+            ("suspendTimeoutMillis", "500"),
+        ],
+    ));
+    assert_eq!(empty.code, response::PULL_NOT_FOUND);
+    assert!(waited.elapsed() >= Duration::from_millis(400), "{:?}", waited.elapsed());
+    let committed = broker.call(request(
+        request::QUERY_CONSUMER_OFFSET,
+        &[("consumerGroup", "rmq-wire-g"), ("topic", "rmq-wire"), ("queueId", "0")],
+    ));
+    assert_eq!(
+        committed.ext_fields["offset"], "4",
+        "the piggy-backed commit was applied"
+    );
+    // An unapproved group is refused with what to request.
+    let stranger = broker.call(request(
+        request::QUERY_CONSUMER_OFFSET,
+        &[
+            ("consumerGroup", "rmq-stranger"),
+            ("topic", "rmq-wire"),
+            ("queueId", "0"),
+        ],
+    ));
+    assert_eq!(stranger.code, response::SUBSCRIPTION_GROUP_NOT_EXIST);
+    assert!(
+        remark(&stranger).contains("meridian group request rmq-stranger"),
+        "{}",
+        remark(&stranger)
+    );
+
+    // A console looks messages up by key and by offset msgId.
+    let by_key = broker.call(request(
+        request::QUERY_MESSAGE,
+        &[
+            ("topic", "rmq-wire"),
+            ("key", "key-2"),
+            ("maxNum", "32"),
+            ("beginTimestamp", "0"),
+            ("endTimestamp", &i64::MAX.to_string()),
+        ],
+    ));
+    assert_eq!(by_key.code, response::SUCCESS, "{}", remark(&by_key));
+    let found = decode_all_stored(&by_key.body).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].body, b"body-2");
+    let none = broker.call(request(
+        request::QUERY_MESSAGE,
+        &[("topic", "rmq-wire"), ("key", "no-such-key")],
+    ));
+    assert_eq!(none.code, response::QUERY_NOT_FOUND);
+    let (_, commitlog_offset) = parse_offset_msg_id(&send_ids[1]).unwrap();
+    let viewed = broker.call(request(
+        request::VIEW_MESSAGE_BY_ID,
+        &[("offset", &commitlog_offset.to_string())],
+    ));
+    assert_eq!(viewed.code, response::SUCCESS, "{}", remark(&viewed));
+    assert_eq!(decode_all_stored(&viewed.body).unwrap()[0].body, b"body-1");
+
+    // What remoting producers sent is what Meridian's SDK reads: same ids, keys and tags.
+    let read = crate::read_all(&node, "rmq-wire").await;
+    assert_eq!(read.len(), 6);
+    let first = read
+        .iter()
+        .find(|message| message.msg_id() == ids[0])
+        .expect("the UNIQ_KEY is Meridian's msgId");
+    assert_eq!(first.keys().collect::<Vec<_>>(), ["key-0"]);
+    assert_eq!(first.tag(), Some("TagA"));
+    node.stop();
+}
+
+/// The venv python with PyPI rocketmq 0.4.4: `MERIDIAN_TEST_ROCKETMQ_PYTHON`, or where
+/// `scripts/install-rocketmq-clients.sh` puts it.
+fn rocketmq_python() -> PathBuf {
+    let path = std::env::var_os("MERIDIAN_TEST_ROCKETMQ_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".cache/meridian-compat/rocketmq-venv/bin/python"))
+        })
+        .filter(|path| path.exists());
+    path.expect("the RocketMQ C++-core client is not installed: run scripts/install-rocketmq-clients.sh (scripts/test.sh does) and set MERIDIAN_TEST_ROCKETMQ_PYTHON to the path it prints")
+}
+
+/// Runs `tests/compat/rocketmq_python.py` with `mode` against `node`; its JSON report, after
+/// checking the client found nothing wrong.
+fn run_scenario(node: &DevNode, home: &std::path::Path, topic: &str, group: &str, mode: &str) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/rocketmq_python.py");
+    let output = std::process::Command::new(rocketmq_python())
+        .arg(&script)
+        .args([&node.rocketmq_nameserver.to_string(), topic, group, mode])
+        // The C++ core logs under $HOME/logs.
+        .env("HOME", home)
+        .output()
+        .expect("running the RocketMQ client scenario");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no report from the client; stderr:\n{}\nlog:\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                node.log()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "client checks failed: {}\nlog:\n{}",
+        report["errors"],
+        node.log()
+    );
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rocketmq_cpp_client_produces_and_consumes_exactly_its_tag_and_traces_find_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("rmq-cpp", 4).await;
+    node.create_group("rmq-cpp-g", &["rmq-cpp"]).await;
+    let report = run_scenario(&node, dir.path(), "rmq-cpp", "rmq-cpp-g", "5");
+    assert_eq!(
+        report["received"].as_array().map(Vec::len),
+        Some(10),
+        "5 sync + 5 one-way TagA messages, once each"
+    );
+
+    // `meridian trace` finds a RocketMQ message by the UNIQ_KEY its producer made.
+    let sent_id = report["sent"][0]["id"].as_str().unwrap().to_owned();
+    let http = node.http.to_string();
+    let found = eventually(Duration::from_secs(20), || {
+        let (ok, stdout, _) = node.cli(&["trace", "--tracer", &http, &sent_id], "");
+        ok && stdout.contains("Deliver") && stdout.contains("rmq-cpp-g")
+    })
+    .await;
+    assert!(
+        found,
+        "meridian trace {sent_id} never showed the delivery; log:\n{}",
+        node.log()
+    );
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rocketmq_cpp_client_gets_delayed_messages_late_and_failed_ones_again_from_the_retry_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("rmq-retry", 2).await;
+    node.create_group("rmq-retry-g", &["rmq-retry"]).await;
+    let report = run_scenario(&node, dir.path(), "rmq-retry", "rmq-retry-g", "retry");
+    // The failed message's timeline shows the retry through the delay slots and the redelivery.
+    let failed = report["deliveries"]
+        .as_array()
+        .and_then(|deliveries| deliveries.iter().find(|entry| entry["body"] == "fail-once-body"))
+        .and_then(|entry| entry["id"].as_str())
+        .expect("the failed message was delivered")
+        .to_owned();
+    let http = node.http.to_string();
+    let found = eventually(Duration::from_secs(20), || {
+        let (ok, stdout, _) = node.cli(&["trace", "--tracer", &http, &failed], "");
+        ok && stdout.contains("Retry") && stdout.contains("%RETRY%rmq-retry-g")
+    })
+    .await;
+    assert!(
+        found,
+        "meridian trace {failed} never showed the retry; log:\n{}",
+        node.log()
+    );
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rocketmq_cpp_pull_consumer_reads_exactly_its_tag_from_every_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("rmq-pull", 2).await;
+    node.create_group("rmq-pull-g", &["rmq-pull"]).await;
+    let report = run_scenario(&node, dir.path(), "rmq-pull", "rmq-pull-g", "pull");
+    assert_eq!(report["received"].as_array().map(Vec::len), Some(4));
+    // The large body was sent compressed and is stored inflated: Meridian's SDK reads it as sent.
+    let read = crate::read_all(&node, "rmq-pull").await;
+    let big = read
+        .iter()
+        .find(|message| message.keys().any(|key| key == "pull-big"))
+        .expect("the large message");
+    assert_eq!(big.body.len(), "pull-TagA-big-".len() + 10_000);
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remoting_producer_is_asked_about_its_undecided_transaction_and_its_commit_delivers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, "[transaction]\ncheck_interval_ms = 1000\n").unwrap();
+    let node = DevNode::start(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    node.create_topic("rmq-tx", 1).await;
+    let mut producer = Wire::connect(node.rocketmq_broker);
+    let heartbeat = serde_json::json!({
+        "clientID": "127.0.0.1@tx-test",
+        "producerDataSet": [{"groupName": "rmq-tx-producer"}, {"groupName": "CLIENT_INNER_PRODUCER"}],
+        "consumerDataSet": []
+    });
+    let answer = producer.call(request(request::HEART_BEAT, &[]).with_body(heartbeat.to_string().into_bytes()));
+    assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+    // A half message whose local transaction the producer leaves undecided.
+    let msg_id = MessageId::generate().to_string();
+    let mut builder = PropertiesBuilder::new();
+    builder
+        .keys(&["tx-1"])
+        .unwrap()
+        .msg_id(&msg_id)
+        .transactional()
+        .system("PGROUP", "rmq-tx-producer");
+    let props = String::from_utf8(builder.finish()).unwrap();
+    let sent = producer.call(
+        request(
+            request::SEND_MESSAGE_V2,
+            &[
+                ("a", "rmq-tx-producer"),
+                ("b", "rmq-tx"),
+                ("e", "0"),
+                ("f", "4"),
+                ("i", &props),
+            ],
+        )
+        .with_body(b"tx-body".to_vec()),
+    );
+    assert_eq!(sent.code, response::SUCCESS, "{}", remark(&sent));
+    assert_eq!(sent.ext_fields["transactionId"], msg_id);
+    // The broker asks, over the producer's own connection, after the check interval.
+    let check = loop {
+        match producer.read() {
+            Decoded::Command(check) if check.code == request::CHECK_TRANSACTION_STATE => break check,
+            Decoded::Command(_) => continue,
+            other => panic!("unreadable frame {other:?}"),
+        }
+    };
+    assert_eq!(check.ext_fields["msgId"], msg_id);
+    let message = &decode_all_stored(&check.body).unwrap()[0];
+    assert_eq!((message.topic, message.body), ("rmq-tx", &b"tx-body"[..]));
+    // The producer's answer commits it: the message reaches its topic.
+    let end = producer.call(request(
+        request::END_TRANSACTION,
+        &[
+            ("producerGroup", "rmq-tx-producer"),
+            ("tranStateTableOffset", &check.ext_fields["tranStateTableOffset"]),
+            ("commitLogOffset", &check.ext_fields["commitLogOffset"]),
+            ("commitOrRollback", "8"),
+            ("fromTransactionCheck", "true"),
+            ("msgId", &msg_id),
+            ("transactionId", &msg_id),
+        ],
+    ));
+    assert_eq!(end.code, response::SUCCESS, "{}", remark(&end));
+    let mut delivered = Vec::new();
+    for _ in 0..100 {
+        delivered = crate::read_all(&node, "rmq-tx").await;
+        if !delivered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(delivered.len(), 1, "the committed message, once");
+    assert_eq!(delivered[0].msg_id(), msg_id);
+    node.stop();
+}
