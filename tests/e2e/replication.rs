@@ -638,3 +638,86 @@ async fn bench_failover_trials() {
     );
     pool.shutdown().await;
 }
+
+/// The master's `/api/health` offsets: (committed, confirmed, dispatched).
+fn offsets(cluster: &GroupCluster, index: usize) -> Option<(u64, u64, u64)> {
+    let health = cluster.health(index)?;
+    let broker = &health["broker"];
+    Some((
+        broker["committed_offset"].as_u64()?,
+        broker["confirmed_offset"].as_u64()?,
+        broker["dispatched_offset"].as_u64()?,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_both_slaves_stopped_a_quorum_master_acknowledges_nothing_and_consumers_see_nothing_until_they_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = GroupCluster::start(dir.path(), GroupOptions::default());
+    create_topic_and_group(&cluster, "orders");
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let master_addr = cluster.members[0].listen.to_string();
+    let acked_before = send_direct(&pool, &master_addr, 0)
+        .await
+        .expect("acknowledged with the slaves up");
+
+    cluster.stop_member(1);
+    cluster.stop_member(2);
+    // Twenty sends at once, each refused after the ack timeout: the master wrote them, but no
+    // slave holds them.
+    let tasks = TaskTracker::new();
+    let sends: Vec<_> = (1..=20)
+        .map(|index| {
+            let (pool, addr) = (pool.clone(), master_addr.clone());
+            tasks.spawn(async move { send_direct(&pool, &addr, index).await })
+        })
+        .collect();
+    tasks.close();
+    for send in sends {
+        assert_eq!(
+            send.await.unwrap(),
+            None,
+            "a quorum master acknowledged a send with both slaves down"
+        );
+    }
+    let (committed, confirmed, dispatched) = offsets(&cluster, 0).expect("master health");
+    assert!(
+        committed > confirmed,
+        "the refused sends are in the master's log, past the confirmed offset"
+    );
+    assert_eq!(
+        dispatched, confirmed,
+        "consumers are served up to the confirmed offset, no further"
+    );
+    let seen = read_through(cluster.route(&pool), "readers", "orders").await;
+    let ids: Vec<&str> = seen.iter().map(|message| message.msg_id()).collect();
+    assert_eq!(ids, [acked_before.as_str()], "a consumer saw a message no quorum held");
+
+    // The slaves return: they fetch the tail, the quorum holds it, it becomes visible, and new
+    // sends are acknowledged again.
+    cluster.start_member(1);
+    cluster.start_member(2);
+    cluster.wait_in_sync(0, 2);
+    let acked_after = loop {
+        if let Some(msg_id) = send_direct(&pool, &master_addr, 21).await {
+            break msg_id;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = read_through(cluster.route(&pool), "readers", "orders").await;
+        if seen.iter().any(|message| message.msg_id() == acked_after) {
+            // The refused sends were stored, so they are delivered now that a quorum holds them.
+            assert_eq!(seen.len(), 22, "one acknowledged before, twenty refused, one after");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the message acknowledged after the slaves returned never became visible"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (committed, confirmed, _) = offsets(&cluster, 0).expect("master health");
+    assert_eq!(committed, confirmed);
+    pool.shutdown().await;
+}
