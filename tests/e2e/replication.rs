@@ -721,3 +721,109 @@ async fn with_both_slaves_stopped_a_quorum_master_acknowledges_nothing_and_consu
     assert_eq!(committed, confirmed);
     pool.shutdown().await;
 }
+
+/// A tmpfs mounted for one test (needs root: `None` elsewhere), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, bytes: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then(|| SmallDisk(dir.to_owned()))
+    }
+
+    /// Takes every byte left, as another process filling the disk would.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.0.join("filler")).unwrap();
+        let chunk = vec![b'f'; 64 << 10];
+        while filler.write_all(&chunk).is_ok() {}
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `GET /api/health` whatever its status: (status code, body).
+fn raw_health(addr: std::net::SocketAddr) -> Option<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET /api/health HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, serde_json::from_str(body).ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_disk_fails_stops_acknowledging_reports_unhealthy_and_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = GroupCluster::prepare(dir.path(), GroupOptions::default());
+    // a-0's data dir on a small disk: room for its preallocated 64 MiB segment and a little more.
+    let Some(disk) = SmallDisk::mount(&dir.path().join("a-0"), 72 << 20) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    cluster.launch();
+    create_topic_and_group(&cluster, "orders");
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let master_addr = cluster.members[0].listen.to_string();
+    let mut acked = HashSet::new();
+    acked.insert(
+        send_direct(&pool, &master_addr, 0)
+            .await
+            .expect("acknowledged before the disk fills"),
+    );
+
+    // The disk fills: the next consume queue, checkpoint or metadata write fails, and the store
+    // stops for good. Sends until then may be acknowledged (they are replicated); none after.
+    disk.fill();
+    let filled = Instant::now();
+    let failure = loop {
+        if let Some((503, health)) = raw_health(cluster.members[0].http) {
+            assert_eq!(health["status"], "unhealthy");
+            break health["store_failure"].as_str().unwrap_or_default().to_owned();
+        }
+        if let Some(msg_id) = send_direct(&pool, &master_addr, acked.len() as u64).await {
+            acked.insert(msg_id);
+        }
+        assert!(
+            filled.elapsed() < Duration::from_secs(20),
+            "the full disk never failed the store"
+        );
+    };
+    assert!(
+        failure.contains("No space left") && failure.contains("restart"),
+        "{failure}"
+    );
+    for index in 0..5 {
+        assert_eq!(
+            send_direct(&pool, &master_addr, 100 + index).await,
+            None,
+            "a broker whose store failed acknowledged a send"
+        );
+    }
+    // Its heartbeats stopped: the controller promotes an in-sync slave, which has every
+    // acknowledged message.
+    let (master, epoch) = new_master(&cluster, &[1, 2]);
+    assert!(epoch >= 2);
+    eprintln!(
+        "disk full: store failed with {failure:?}; {} promoted at epoch {epoch} {:?} after the fill",
+        cluster.members[master].name,
+        filled.elapsed()
+    );
+    assert_nothing_lost(&cluster, "orders", &acked).await;
+    pool.shutdown().await;
+    cluster.kill9(0);
+    drop(cluster);
+    drop(disk);
+}
