@@ -253,6 +253,9 @@ pub struct MessageStore {
     replication_limit: AtomicU64,
     /// Set once when a sync or a consume queue write fails: the store then takes no writes.
     failure: OnceLock<String>,
+    /// Held while writing a checkpoint: the flusher and a truncation both write one, through
+    /// the same temp files.
+    checkpoint_lock: Mutex<()>,
     dir: PathBuf,
     store_host: SocketAddr,
     commitlog: CommitLog,
@@ -409,6 +412,7 @@ impl MessageStore {
             replicated: options.replicated,
             replication_limit: AtomicU64::new(confirmed_at_open),
             failure: OnceLock::new(),
+            checkpoint_lock: Mutex::new(()),
             dir: dir.to_owned(),
             store_host,
             commitlog,
@@ -1322,6 +1326,7 @@ impl MessageStore {
 
     /// Makes consume queues and offsets durable, then records the safe offset.
     fn checkpoint(&self) -> Result<()> {
+        let _writing = self.checkpoint_lock.lock().expect("checkpoint lock");
         let dispatched = self.dispatched.load(Ordering::Acquire);
         let queues: Vec<Arc<ConsumeQueue>> = self
             .topics
