@@ -544,9 +544,11 @@ impl Replication {
         let acked = self
             .acks
             .report(&request.name, &request.idc, request.from_offset, request.flushed_offset);
-        if self.acks.needs_slaves() && self.store.raise_replication_limit(acked) {
-            // Other slaves waiting at the log's end learn the new confirmed offset at once.
-            self.appended.notify_waiters();
+        // Slaves waiting at the log's end are not woken for this: a wake-up per report made the
+        // slaves wake each other in turn under load. They learn it with the next record, or
+        // within `CONFIRM_RECHECK` when none comes.
+        if self.acks.needs_slaves() {
+            self.store.raise_replication_limit(acked);
         }
 
         let wait = Duration::from_millis(u64::from(request.wait_ms).min(5_000));
@@ -562,8 +564,8 @@ impl Replication {
                 break;
             }
             // Records the slave holds but does not know confirmed become so by another slave's
-            // report (which notifies) or, under sync flush, by this master's sync (which does
-            // not): look again shortly.
+            // report or, under sync flush, by this master's sync, neither of which wakes this
+            // wait: look again shortly.
             let unconfirmed = self.store.committed_offset() > request.confirmed_offset;
             let recheck = tokio::time::Instant::now() + CONFIRM_RECHECK;
             tokio::select! {
