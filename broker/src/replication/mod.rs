@@ -557,8 +557,10 @@ impl Replication {
             let appended = self.appended.notified();
             tokio::pin!(appended);
             appended.as_mut().enable();
+            // A slave of an older version sends no confirmed offset (0): it only waits for records.
+            let knows_confirmed = request.confirmed_offset > 0;
             if self.store.committed_offset() > request.from_offset
-                || self.store.confirmed_offset() > request.confirmed_offset
+                || (knows_confirmed && self.store.confirmed_offset() > request.confirmed_offset)
                 || wait.is_zero()
             {
                 break;
@@ -566,7 +568,7 @@ impl Replication {
             // Records the slave holds but does not know confirmed become so by another slave's
             // report or, under sync flush, by this master's sync, neither of which wakes this
             // wait: look again shortly.
-            let unconfirmed = self.store.committed_offset() > request.confirmed_offset;
+            let unconfirmed = knows_confirmed && self.store.committed_offset() > request.confirmed_offset;
             let recheck = tokio::time::Instant::now() + CONFIRM_RECHECK;
             tokio::select! {
                 _ = &mut appended => {}
