@@ -186,9 +186,9 @@ impl MessageStore {
         self.checkpoint()
     }
 
-    /// The next queue offset the appender would give `queue_id` of `topic` (0 when unknown).
-    #[cfg(test)]
-    pub(crate) fn queue_offsets_end(&self, topic: &str, queue_id: u32) -> u64 {
+    /// The next queue offset the appender would give `queue_id` of `topic` (0 when unknown):
+    /// past every message written, confirmed or not. Takes the writer lock.
+    pub fn queue_offsets_end(&self, topic: &str, queue_id: u32) -> u64 {
         let writer = self.commitlog.lock_writer();
         writer
             .queue_offsets
