@@ -466,7 +466,7 @@ fn recovery_zeroes_behind_a_zero_header_so_old_records_never_revive() {
         .write(true)
         .open(&segment)
         .unwrap()
-        .write_all_at(&[0; 4], offsets[1])
+        .write_all_at(&[0; 8], offsets[1])
         .unwrap();
 
     let store = open_on(dir.path(), FlushMode::Sync, StoreOptions::default());
