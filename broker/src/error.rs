@@ -49,6 +49,11 @@ pub enum BrokerError {
         "message stored but not flushed to disk within {0} ms (store.sync_flush_timeout_ms); it may be delivered, and a retry may duplicate it"
     )]
     FlushTimeout(u64),
+    /// The store stopped taking writes after a disk failure (a failed sync or write).
+    #[error(
+        "the broker's disk failed, so it takes no writes until it is restarted: {0}; send to another broker of the group (the producer retries elsewhere)"
+    )]
+    DiskFailed(String),
     /// The broker is shutting down.
     #[error("broker is shutting down; retry against another broker or after restart")]
     ShuttingDown,
@@ -262,7 +267,7 @@ impl BrokerError {
             BrokerError::RecordTooLarge { .. } => ErrorCode::MessageTooLarge,
             BrokerError::MalformedBody(_) => ErrorCode::MalformedFrame,
             BrokerError::FlushTimeout(_) => ErrorCode::FlushTimeout,
-            BrokerError::ShuttingDown => ErrorCode::Unavailable,
+            BrokerError::ShuttingDown | BrokerError::DiskFailed(_) => ErrorCode::Unavailable,
             BrokerError::Io { .. } | BrokerError::Corrupt(_) => ErrorCode::Internal,
             BrokerError::Config(_) => ErrorCode::InvalidArgument,
             BrokerError::NotABrokerRequest(_) => ErrorCode::UnsupportedRequest,

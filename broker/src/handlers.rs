@@ -444,6 +444,12 @@ fn encode_pull(
 fn try_pull(state: &BrokerState, request: &PullRequest, filter: &TagFilter) -> Result<Option<Bytes>> {
     let queue = state.store.consume_queue(&request.topic, request.queue_id)?;
     let (min, max) = (queue.min_offset(), queue.max_offset());
+    // Past the consume queue but not past what is written: those messages are stored and not
+    // yet confirmed (a slave behind its master's confirmation, a broker just restarted). The
+    // consumer waits for them instead of being moved back to re-read what it had.
+    if request.offset > max && request.offset <= state.store.queue_offsets_end(&request.topic, request.queue_id) {
+        return Ok(None);
+    }
     if request.offset < min || request.offset > max {
         let next = request.offset.clamp(min, max);
         return encode_pull(state, PullStatus::OffsetMoved, next, min, max, &[]).map(Some);
@@ -1063,6 +1069,71 @@ mod tests {
             Reply::Now(result) => result,
             Reply::Later(_) => panic!("expected an immediate answer"),
         }
+    }
+
+    #[test]
+    fn a_pull_past_the_confirmed_messages_waits_for_them_instead_of_moving_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig::default();
+        let options = crate::store::StoreOptions {
+            replicated: true,
+            ..Default::default()
+        };
+        let store = MessageStore::open_with(
+            dir.path(),
+            config.store.clone(),
+            "127.0.0.1:7911".parse().unwrap(),
+            Arc::default(),
+            options,
+        )
+        .unwrap();
+        store.create_topic("orders", 1).unwrap();
+        let state = BrokerState::for_tests(config, store, None);
+        let peer = "127.0.0.1:5000".parse().unwrap();
+        let appended = state
+            .store
+            .append(
+                "orders",
+                Some(0),
+                &[decode_send(&state, send_body("orders")).unwrap().messages[0].clone()],
+                peer,
+            )
+            .unwrap();
+        let pull_at = |offset| PullRequest {
+            group: "billing".into(),
+            topic: "orders".into(),
+            queue_id: 0,
+            offset,
+            max_count: 32,
+            max_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let all = TagFilter::parse("*").unwrap();
+        assert!(
+            try_pull(&state, &pull_at(0), &all).unwrap().is_none(),
+            "nothing is confirmed yet"
+        );
+        assert!(
+            try_pull(&state, &pull_at(1), &all).unwrap().is_none(),
+            "an offset within what is written waits"
+        );
+        let moved = PullResponse::decode(try_pull(&state, &pull_at(5), &all).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            moved.status,
+            PullStatus::OffsetMoved as i32,
+            "an offset past what is written moves"
+        );
+        state.store.raise_replication_limit(appended.end_offset);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            if let Some(body) = try_pull(&state, &pull_at(0), &all).unwrap() {
+                break PullResponse::decode(body).unwrap();
+            }
+            assert!(Instant::now() < deadline, "the confirmed message never became visible");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!((found.status, found.next_offset), (PullStatus::Found as i32, 1));
+        state.store.shutdown();
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct BrokerMetrics {
     pub flushed_offset: Gauge,
     /// Commitlog offset dispatched to consume queues.
     pub dispatched_offset: Gauge,
+    /// 1 once the store stopped after a disk failure (a restart is needed), else 0.
+    pub store_failed: Gauge,
     /// Duration of each commitlog sync.
     pub flush_seconds: Histogram,
     /// Time from receiving a send to answering it.
@@ -133,6 +135,7 @@ impl Default for BrokerMetrics {
             connections: Gauge::default(),
             flushed_offset: Gauge::default(),
             dispatched_offset: Gauge::default(),
+            store_failed: Gauge::default(),
             flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             send_seconds: Histogram::new(exponential_buckets(0.000_02, 2.0, 18)),
             nameserver_heartbeats: Family::default(),
@@ -198,6 +201,11 @@ impl BrokerMetrics {
             "dispatched_offset",
             "Commitlog offset in consume queues",
             metrics.dispatched_offset.clone(),
+        );
+        registry.register(
+            "store_failed",
+            "1 once the store stopped after a disk failure; restart the broker",
+            metrics.store_failed.clone(),
         );
         registry.register(
             "flush_seconds",

@@ -476,6 +476,7 @@ async fn heartbeat_loop(
 ) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut silenced = false;
     loop {
         tokio::select! {
             _ = shared.cancel.cancelled() => return,
@@ -485,6 +486,19 @@ async fn heartbeat_loop(
                     return;
                 }
             }
+        }
+        // A broker whose disk failed goes silent: its lease lapses and the controller promotes
+        // an in-sync slave, exactly as for a crashed master. Its slaves still drain its log.
+        if let Some(failure) = shared.state.store.failure() {
+            if !silenced {
+                error!(
+                    nameserver = %link.addr,
+                    reason = failure,
+                    "store failed: no more heartbeats, so the nameservers fail this broker over; restart it to rejoin"
+                );
+                silenced = true;
+            }
+            continue;
         }
         let outcome = shared.exchange(&mut link).await;
         if shared.cancel.is_cancelled() {

@@ -30,7 +30,7 @@ use crate::handlers::{self, BrokerState, Reply};
 use crate::metrics::{BrokerMetrics, ErrorLabels};
 use crate::registry::{Governance, Heartbeats};
 use crate::replication::Replication;
-use crate::store::MessageStore;
+use crate::store::{MessageStore, StoreOptions};
 
 /// A broker that has recovered its store and bound its port, ready to [`Broker::run`].
 pub struct Broker {
@@ -138,8 +138,12 @@ impl Broker {
         let data_dir = config.data_dir.clone();
         let store_config = config.store.clone();
         let store_metrics = metrics.clone();
+        let store_options = StoreOptions {
+            replicated: Replication::confirms_by_group(&config),
+            ..StoreOptions::default()
+        };
         let store = tokio::task::spawn_blocking(move || {
-            let store = MessageStore::open(&data_dir, store_config, store_host, store_metrics)?;
+            let store = MessageStore::open_with(&data_dir, store_config, store_host, store_metrics, store_options)?;
             crate::trace::ensure_topic(&store)?;
             crate::schedule::ensure_topics(&store)?;
             Ok::<_, BrokerError>(store)

@@ -3,7 +3,7 @@
 //! and `[archive]` table, so they always agree with the broker on where the archive is. The
 //! service itself is `meridian_archive::service`; this file composes it with its broker group's
 //! view ([`service_config`]): who is master (the nameservers) and the confirmed offset
-//! ([`confirmed_offset`], read through the broker's `/api/health` when it runs elsewhere).
+//! (`MessageStore::confirmed_offset`, read through the broker's `/api/health` when it runs elsewhere).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use meridian_archive::service::{ArchiverService, ServiceConfig};
 use meridian_archive::store::ArchiveStore;
 use meridian_archive::{ArchiveError, manifest, verify};
 use meridian_broker::BrokerConfig;
-use meridian_broker::store::{FlushMode, MessageStore};
+use meridian_broker::store::MessageStore;
 use meridian_nameserver::service::{BrokerGroupView, NameserverService, Query};
 use meridian_proto::time::format_seconds;
 use tokio_util::sync::CancellationToken;
@@ -83,17 +83,6 @@ pub enum ArchiveCommand {
 
 fn open_store(broker: &BrokerConfig) -> Result<ArchiveStore> {
     meridian_broker::retention::open_store(&broker.archive, &broker.data_dir).context("opening the archive store")
-}
-
-/// The broker's confirmed offset: every record below it is held as the group's ack policy
-/// demands, so no failover can take it back. The archiver archives only segments wholly below
-/// it (`archivable_below` in the broker's `/api/health`). This is the one place that decides it:
-/// synced where the flush is sync, written otherwise (a lone async broker's promise).
-pub fn confirmed_offset(store: &MessageStore) -> u64 {
-    match store.config().flush_mode {
-        FlushMode::Sync => store.flushed_offset(),
-        FlushMode::Async => store.committed_offset(),
-    }
 }
 
 /// Where the archiver learns this broker's standing in its group.
@@ -170,12 +159,12 @@ impl GroupView for BrokerGroup {
     fn confirmed_offset(&self) -> GroupFuture<'_, u64> {
         Box::pin(async move {
             match &self.confirmed {
-                ConfirmedSource::Local(store) => Ok(confirmed_offset(store)),
+                ConfirmedSource::Local(store) => Ok(store.confirmed_offset()),
                 ConfirmedSource::RemoteOrSealed(addr) => match crate::cluster::http_json(*addr, "/api/health").await {
-                    Some(health) => health["broker"]["archivable_below"].as_u64().ok_or_else(|| {
+                    Some(health) => health["broker"]["confirmed_offset"].as_u64().ok_or_else(|| {
                         group_error(
                             "asking the broker for its confirmed offset",
-                            format!("http://{addr}/api/health has no broker.archivable_below; is it the same version?"),
+                            format!("http://{addr}/api/health has no broker.confirmed_offset; is it the same version?"),
                         )
                     }),
                     None => {
@@ -193,10 +182,10 @@ impl GroupView for BrokerGroup {
                             format!("http://{addr}/api/health did not answer; is the broker running?"),
                         )
                     })?;
-                    health["broker"]["archivable_below"].as_u64().ok_or_else(|| {
+                    health["broker"]["confirmed_offset"].as_u64().ok_or_else(|| {
                         group_error(
                             "asking the broker for its confirmed offset",
-                            format!("http://{addr}/api/health has no broker.archivable_below; is it the same version?"),
+                            format!("http://{addr}/api/health has no broker.confirmed_offset; is it the same version?"),
                         )
                     })
                 }

@@ -89,7 +89,8 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     }
 }
 
-async fn health(State(state): State<HttpState>) -> Json<serde_json::Value> {
+/// The broker's state; 503 once its store failed (a disk error: restart it).
+async fn health(State(state): State<HttpState>) -> (StatusCode, Json<serde_json::Value>) {
     let replication = &state.replication;
     let role = replication.role();
     let master = match &role {
@@ -99,30 +100,40 @@ async fn health(State(state): State<HttpState>) -> Json<serde_json::Value> {
         _ => serde_json::Value::Null,
     };
     let config = replication.config();
-    Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "broker": {
-            "name": state.broker_name,
-            "committed_offset": state.store.committed_offset(),
-            "flushed_offset": state.store.flushed_offset(),
-            "archivable_below": crate::archive_cmds::confirmed_offset(&state.store),
-            "dispatched_offset": state.store.dispatched_offset(),
-            "flush_mode": state.store.config().flush_mode,
-        },
-        "replication": {
-            "role": role.name(),
-            "epoch": role.epoch(),
-            "master": master,
-            "writable": replication.check_writable().is_ok(),
-            "lease_remaining_ms": replication.lease_remaining().map(|lease| lease.as_millis() as u64),
-            "ack_policy": config.ack_policy,
-            "replicas": config.replicas,
-            "in_sync": replication.in_sync(),
-            "slaves": replication.slaves(),
-            "epochs": state.store.epochs().iter().map(|entry| json!({"epoch": entry.epoch, "start_offset": entry.start_offset})).collect::<Vec<_>>(),
-        }
-    }))
+    let failure = state.store.failure();
+    let status = if failure.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({
+            "status": if failure.is_some() { "unhealthy" } else { "ok" },
+            "store_failure": failure,
+            "version": env!("CARGO_PKG_VERSION"),
+            "broker": {
+                "name": state.broker_name,
+                "committed_offset": state.store.committed_offset(),
+                "flushed_offset": state.store.flushed_offset(),
+                "confirmed_offset": state.store.confirmed_offset(),
+                "dispatched_offset": state.store.dispatched_offset(),
+                "flush_mode": state.store.config().flush_mode,
+            },
+            "replication": {
+                "role": role.name(),
+                "epoch": role.epoch(),
+                "master": master,
+                "writable": replication.check_writable().is_ok(),
+                "lease_remaining_ms": replication.lease_remaining().map(|lease| lease.as_millis() as u64),
+                "ack_policy": config.ack_policy,
+                "replicas": config.replicas,
+                "in_sync": replication.in_sync(),
+                "slaves": replication.slaves(),
+                "epochs": state.store.epochs().iter().map(|entry| json!({"epoch": entry.epoch, "start_offset": entry.start_offset})).collect::<Vec<_>>(),
+            }
+        })),
+    )
 }
 
 async fn topics(State(state): State<HttpState>) -> Json<serde_json::Value> {

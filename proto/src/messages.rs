@@ -903,6 +903,11 @@ pub struct ReplicaFetch {
     /// The slave's commitlog segment size: it must equal the master's, so segments line up.
     #[prost(uint64, tag = "11")]
     pub segment_size: u64,
+    /// The master's confirmed offset as the slave last learned it: the master answers at once
+    /// when its own is greater, so the slave's consumers see confirmed records without waiting
+    /// for new ones.
+    #[prost(uint64, tag = "12")]
+    pub confirmed_offset: u64,
 }
 
 /// Answer to [`ReplicaFetch`].
@@ -931,6 +936,10 @@ pub struct ReplicaFetchResponse {
     /// Version of `consumer_offsets` (meaningful only when they are sent).
     #[prost(uint64, tag = "7")]
     pub offsets_version: u64,
+    /// The master's confirmed offset: the group's ack policy holds for every record below it.
+    /// A slave serves its consumers nothing past it.
+    #[prost(uint64, tag = "8")]
+    pub confirmed_offset: u64,
 }
 
 /// The digest a broker puts in its heartbeats: FNV-1a (64 bit) over everything it registers, so a

@@ -4,13 +4,16 @@
 //! `idc_safe` group (topic `payments` on broker-b) under load, injects one fault, heals it, waits
 //! until every process is healthy and every master holds both slaves in sync again, and then
 //! reads both topics back. Per scenario it reports acknowledged messages lost (must be 0),
-//! duplicates, sends that failed, the longest time the affected topics took no acknowledgement,
+//! phantom reads (messages a consumer received during the fault that the final history lacks:
+//! must be 0), duplicates, sends that failed, the longest time the affected topics took no acknowledgement,
 //! p99 send latency before and during the fault, and the time from the heal to full recovery.
 
 use std::time::{Duration, Instant};
 
 use meridian_client::{ClientConfig, ConnectionPool};
-use meridian_tests::faults::{ClusterOptions, Link, LinkProxy, Load, LocalCluster, lost_and_duplicated};
+use meridian_tests::faults::{
+    ClusterOptions, Link, LinkProxy, Load, LocalCluster, Watch, lost_and_duplicated, phantom_reads,
+};
 
 use crate::read_through;
 
@@ -206,6 +209,7 @@ struct Row {
     scenario: String,
     acked: usize,
     lost: usize,
+    phantoms: usize,
     duplicates: usize,
     failed: usize,
     longest_gap: Duration,
@@ -223,6 +227,7 @@ async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
     let rig = Rig::start(root.path()).await;
     let pool = ConnectionPool::new(ClientConfig::default());
     let load = Load::start(rig.cluster.route(&pool), &["orders", "payments"], 2, 8);
+    let watch = Watch::start(rig.cluster.route(&pool), &["orders", "payments"], "readers");
     let warm = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let fault_at = Instant::now();
@@ -241,8 +246,10 @@ async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let end = Instant::now();
     let record = load.finish().await;
+    let received = watch.finish().await;
     let mut acked = 0;
     let mut lost = 0;
+    let mut phantoms = 0;
     let mut duplicates = 0;
     for topic in ["orders", "payments"] {
         let stored = read_through(rig.cluster.route(&pool), "readers", topic).await;
@@ -255,8 +262,17 @@ async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
                 &missing[..missing.len().min(10)]
             );
         }
+        let phantom = phantom_reads(&received, stored.iter().map(|message| message.msg_id()));
+        if !phantom.is_empty() {
+            eprintln!(
+                "{}: {topic} phantom reads {:?}",
+                fault.describe(),
+                &phantom[..phantom.len().min(10)]
+            );
+        }
         acked += ids.len();
         lost += missing.len();
+        phantoms += phantom.len();
         duplicates += twice;
     }
     pool.shutdown().await;
@@ -271,6 +287,7 @@ async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
         scenario: fault.describe(),
         acked,
         lost,
+        phantoms,
         duplicates,
         failed: record.failures().iter().filter(|(_, at)| *at >= fault_at).count(),
         longest_gap,
@@ -307,14 +324,15 @@ async fn fault_suite_loses_no_acknowledged_message() {
         rows.push(run_scenario(fault, &mut rng).await);
     }
     let mut table = String::from(
-        "| scenario | acked | acked lost | duplicates | failed sends | longest write gap ms | p99 ms before | p99 ms during | recovery ms |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | acked | acked lost | phantom reads | duplicates | failed sends | longest write gap ms | p99 ms before | p99 ms during | recovery ms |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for row in &rows {
         table += &format!(
-            "| {} | {} | **{}** | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | **{}** | **{}** | {} | {} | {} | {} | {} | {} |\n",
             row.scenario,
             row.acked,
             row.lost,
+            row.phantoms,
             row.duplicates,
             row.failed,
             ms(Some(row.longest_gap)),
@@ -333,4 +351,13 @@ async fn fault_suite_loses_no_acknowledged_message() {
         .map(|row| row.scenario.as_str())
         .collect();
     assert!(lost.is_empty(), "acknowledged messages were lost in: {lost:?}");
+    let phantom: Vec<&str> = rows
+        .iter()
+        .filter(|row| row.phantoms > 0)
+        .map(|row| row.scenario.as_str())
+        .collect();
+    assert!(
+        phantom.is_empty(),
+        "consumers received messages the final history lacks in: {phantom:?}"
+    );
 }

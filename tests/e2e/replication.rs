@@ -818,3 +818,192 @@ fn run_duckdb(script: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// The master's `/api/health` offsets: (committed, confirmed, dispatched).
+fn offsets(cluster: &GroupCluster, index: usize) -> Option<(u64, u64, u64)> {
+    let health = cluster.health(index)?;
+    let broker = &health["broker"];
+    Some((
+        broker["committed_offset"].as_u64()?,
+        broker["confirmed_offset"].as_u64()?,
+        broker["dispatched_offset"].as_u64()?,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_both_slaves_stopped_a_quorum_master_acknowledges_nothing_and_consumers_see_nothing_until_they_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = GroupCluster::start(dir.path(), GroupOptions::default());
+    create_topic_and_group(&cluster, "orders");
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let master_addr = cluster.members[0].listen.to_string();
+    let acked_before = send_direct(&pool, &master_addr, 0)
+        .await
+        .expect("acknowledged with the slaves up");
+
+    cluster.stop_member(1);
+    cluster.stop_member(2);
+    // Twenty sends at once, each refused after the ack timeout: the master wrote them, but no
+    // slave holds them.
+    let tasks = TaskTracker::new();
+    let sends: Vec<_> = (1..=20)
+        .map(|index| {
+            let (pool, addr) = (pool.clone(), master_addr.clone());
+            tasks.spawn(async move { send_direct(&pool, &addr, index).await })
+        })
+        .collect();
+    tasks.close();
+    for send in sends {
+        assert_eq!(
+            send.await.unwrap(),
+            None,
+            "a quorum master acknowledged a send with both slaves down"
+        );
+    }
+    let (committed, confirmed, dispatched) = offsets(&cluster, 0).expect("master health");
+    assert!(
+        committed > confirmed,
+        "the refused sends are in the master's log, past the confirmed offset"
+    );
+    assert_eq!(
+        dispatched, confirmed,
+        "consumers are served up to the confirmed offset, no further"
+    );
+    let seen = read_through(cluster.route(&pool), "readers", "orders").await;
+    let ids: Vec<&str> = seen.iter().map(|message| message.msg_id()).collect();
+    assert_eq!(ids, [acked_before.as_str()], "a consumer saw a message no quorum held");
+
+    // The slaves return: they fetch the tail, the quorum holds it, it becomes visible, and new
+    // sends are acknowledged again.
+    cluster.start_member(1);
+    cluster.start_member(2);
+    cluster.wait_in_sync(0, 2);
+    let acked_after = loop {
+        if let Some(msg_id) = send_direct(&pool, &master_addr, 21).await {
+            break msg_id;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = read_through(cluster.route(&pool), "readers", "orders").await;
+        if seen.iter().any(|message| message.msg_id() == acked_after) {
+            // The refused sends were stored, so they are delivered now that a quorum holds them.
+            assert_eq!(seen.len(), 22, "one acknowledged before, twenty refused, one after");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the message acknowledged after the slaves returned never became visible"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (committed, confirmed, _) = offsets(&cluster, 0).expect("master health");
+    assert_eq!(committed, confirmed);
+    pool.shutdown().await;
+}
+
+/// A tmpfs mounted for one test (needs root: `None` elsewhere), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, bytes: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then(|| SmallDisk(dir.to_owned()))
+    }
+
+    /// Takes every byte left, as another process filling the disk would.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.0.join("filler")).unwrap();
+        let chunk = vec![b'f'; 64 << 10];
+        while filler.write_all(&chunk).is_ok() {}
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `GET /api/health` whatever its status: (status code, body).
+fn raw_health(addr: std::net::SocketAddr) -> Option<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET /api/health HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, serde_json::from_str(body).ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_disk_fails_stops_acknowledging_reports_unhealthy_and_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = GroupCluster::prepare(dir.path(), GroupOptions::default());
+    // a-0's data dir on a small disk: room for its preallocated 64 MiB segment and a little more.
+    let Some(disk) = SmallDisk::mount(&dir.path().join("a-0"), 72 << 20) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    cluster.launch();
+    create_topic_and_group(&cluster, "orders");
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let master_addr = cluster.members[0].listen.to_string();
+    let mut acked = HashSet::new();
+    acked.insert(
+        send_direct(&pool, &master_addr, 0)
+            .await
+            .expect("acknowledged before the disk fills"),
+    );
+
+    // The disk fills: the next consume queue, checkpoint or metadata write fails, and the store
+    // stops for good. Sends until then may be acknowledged (they are replicated); none after.
+    disk.fill();
+    let filled = Instant::now();
+    let failure = loop {
+        if let Some((503, health)) = raw_health(cluster.members[0].http) {
+            assert_eq!(health["status"], "unhealthy");
+            break health["store_failure"].as_str().unwrap_or_default().to_owned();
+        }
+        if let Some(msg_id) = send_direct(&pool, &master_addr, acked.len() as u64).await {
+            acked.insert(msg_id);
+        }
+        assert!(
+            filled.elapsed() < Duration::from_secs(20),
+            "the full disk never failed the store"
+        );
+    };
+    assert!(
+        failure.contains("No space left") && failure.contains("restart"),
+        "{failure}"
+    );
+    for index in 0..5 {
+        assert_eq!(
+            send_direct(&pool, &master_addr, 100 + index).await,
+            None,
+            "a broker whose store failed acknowledged a send"
+        );
+    }
+    // Its heartbeats stopped: the controller promotes an in-sync slave, which has every
+    // acknowledged message.
+    let (master, epoch) = new_master(&cluster, &[1, 2]);
+    assert!(epoch >= 2);
+    eprintln!(
+        "disk full: store failed with {failure:?}; {} promoted at epoch {epoch} {:?} after the fill",
+        cluster.members[master].name,
+        filled.elapsed()
+    );
+    assert_nothing_lost(&cluster, "orders", &acked).await;
+    pool.shutdown().await;
+    cluster.kill9(0);
+    drop(cluster);
+    drop(disk);
+}

@@ -7,6 +7,8 @@
 //!   kills whatever its cluster dir still runs, so a failed test leaves no process behind.
 //! - [`Load`]: producers sending through the nameservers' routes until stopped, recording every
 //!   acknowledged msgId with its send time and latency.
+//! - [`Watch`]: a consumer reading through the routes during the fault, recording every msgId it
+//!   received, for [`phantom_reads`] (messages a consumer saw that the final history lacks).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -16,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use meridian_client::{ConnectionPool, Message, NameserverRoute, Producer, ProducerConfig, RouteSource};
+use meridian_client::{
+    ClientConfig, ConnectionPool, Message, NameserverRoute, Producer, ProducerConfig, PullConsumer, RouteSource,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -679,4 +683,72 @@ pub fn lost_and_duplicated<'a>(
         .filter(|msg_id| copies.get(msg_id.as_str()).is_some_and(|count| *count > 1))
         .count();
     (lost, duplicates)
+}
+
+/// A consumer that keeps reading `topics` through the routes (whichever member serves each queue
+/// at the moment) until stopped, recording every msgId it received.
+pub struct Watch {
+    received: Arc<Mutex<HashSet<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: TaskTracker,
+}
+
+impl Watch {
+    /// One reading task per topic, as consumer group `group`, from offset 0 of every queue.
+    pub fn start(route: Arc<dyn RouteSource>, topics: &[&'static str], group: &'static str) -> Watch {
+        let (received, stop, tasks) = (
+            Arc::new(Mutex::new(HashSet::new())),
+            Arc::new(AtomicBool::new(false)),
+            TaskTracker::new(),
+        );
+        for &topic in topics {
+            let (route, received, stop) = (route.clone(), received.clone(), stop.clone());
+            tasks.spawn(async move {
+                let consumer = PullConsumer::new(route, ClientConfig::default(), group);
+                let mut next: HashMap<u32, u64> = HashMap::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(queues) = consumer.queues(topic).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    for (_, queue_id) in queues {
+                        let offset = next.entry(queue_id).or_insert(0);
+                        match consumer
+                            .pull(topic, queue_id, *offset, 256, Duration::from_millis(100))
+                            .await
+                        {
+                            Ok(pulled) => {
+                                let mut received = received.lock().expect("received lock");
+                                received.extend(pulled.messages.iter().map(|message| message.msg_id().to_owned()));
+                                *offset = pulled.next_offset;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                }
+                consumer.shutdown().await;
+            });
+        }
+        Watch { received, stop, tasks }
+    }
+
+    /// Stops reading; every msgId received.
+    pub async fn finish(self) -> HashSet<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.tasks.close();
+        self.tasks.wait().await;
+        std::mem::take(&mut *self.received.lock().expect("received lock"))
+    }
+}
+
+/// Phantom reads: msgIds a consumer received that the final history (`stored`, read back after
+/// the fault) does not hold. A consumer must see only what the group confirmed, which a failover
+/// never takes back.
+pub fn phantom_reads<'a>(received: &HashSet<String>, stored: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let stored: HashSet<&str> = stored.into_iter().collect();
+    received
+        .iter()
+        .filter(|msg_id| !stored.contains(msg_id.as_str()))
+        .cloned()
+        .collect()
 }

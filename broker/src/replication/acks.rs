@@ -154,9 +154,9 @@ impl AckTracker {
     }
 
     /// Records a slave's fetch: it holds everything below `received` and has synced everything
-    /// below `flushed`. Wakes every send this acknowledges.
-    pub fn report(&self, name: &str, idc: &str, received: u64, flushed: u64) {
-        let covered = {
+    /// below `flushed`. Wakes every send this acknowledges. Returns the acknowledged offset.
+    pub fn report(&self, name: &str, idc: &str, received: u64, flushed: u64) -> u64 {
+        let (acked, covered) = {
             let mut inner = self.lock();
             let slave = Slave {
                 idc: idc.to_owned(),
@@ -168,11 +168,12 @@ impl AckTracker {
             inner.acked = self.acked_offset(&inner);
             let first_later = inner.acked.saturating_add(1);
             let later = inner.waiters.split_off(&first_later);
-            std::mem::replace(&mut inner.waiters, later)
+            (inner.acked, std::mem::replace(&mut inner.waiters, later))
         };
         for acked_tx in covered.into_values().flatten() {
             let _ = acked_tx.send(());
         }
+        acked
     }
 
     /// Replicas (counting the master) holding `end_offset`, and how many the policy needs.

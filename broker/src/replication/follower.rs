@@ -116,6 +116,7 @@ async fn fetch_once(
         wait_ms: FETCH_WAIT.as_millis() as u32,
         offsets_version: store.offsets_version(),
         segment_size: store.config().segment_size,
+        confirmed_offset: store.confirmed_offset(),
     };
     let response: ReplicaFetchResponse = pool
         .call(
@@ -150,6 +151,8 @@ async fn fetch_once(
             store.wait_flushed(end).await?;
         }
     }
+    // The master confirmed these records: this slave's consumers may see them now.
+    store.raise_replication_limit(response.confirmed_offset);
     replication
         .metrics
         .replication_lag_bytes

@@ -15,6 +15,10 @@
 //!   and serves pulls. A slave whose log holds a tail its master's lineage lacks (it was master in
 //!   an older epoch) truncates it first, found through the epoch list in `meta/epochs.json`.
 //! - A standalone broker (no nameservers) is always the master of a group of one.
+//!
+//! Consumers see only confirmed records (see [`crate::store`]). On a master whose policy needs
+//! slaves, a record is confirmed once the [`AckTracker`] acknowledges it; every fetch answer
+//! carries the master's confirmed offset, and a slave serves nothing past it.
 
 mod acks;
 mod follower;
@@ -107,6 +111,10 @@ impl ReplicationConfig {
         Ok(())
     }
 }
+
+/// How often a slave's fetch waiting at the log's end looks whether the master's confirmed offset
+/// passed what the slave knows (see [`Replication::serve_fetch`]).
+const CONFIRM_RECHECK: Duration = Duration::from_millis(10);
 
 /// What this broker is in its group right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,6 +297,16 @@ impl Replication {
         };
         let hour = (self.clock.elapsed() + Duration::from_secs(3600)).as_nanos() as u64;
         self.lease_until_ns.store(hour, Ordering::Release);
+    }
+
+    /// Whether records are confirmed by the group rather than by the broker alone: a governed
+    /// broker whose ack policy needs more than the master (see
+    /// [`crate::store::StoreOptions::replicated`]).
+    pub fn confirms_by_group(config: &BrokerConfig) -> bool {
+        let replication = &config.replication;
+        config.is_governed()
+            && (replication.ack_policy.needed(replication.replicas.max(1) as usize) > 1
+                || replication.ack_policy == AckPolicy::IdcSafe)
     }
 
     /// Whether sends wait for slaves (the ack policy needs more than the master).
@@ -520,10 +538,18 @@ impl Replication {
                 epochs,
                 consumer_offsets: Bytes::new(),
                 offsets_version: 0,
+                confirmed_offset: 0,
             }));
         }
-        self.acks
+        let acked = self
+            .acks
             .report(&request.name, &request.idc, request.from_offset, request.flushed_offset);
+        // Slaves waiting at the log's end are not woken for this: a wake-up per report made the
+        // slaves wake each other in turn under load. They learn it with the next record, or
+        // within `CONFIRM_RECHECK` when none comes.
+        if self.acks.needs_slaves() {
+            self.store.raise_replication_limit(acked);
+        }
 
         let wait = Duration::from_millis(u64::from(request.wait_ms).min(5_000));
         let deadline = tokio::time::Instant::now() + wait;
@@ -531,11 +557,22 @@ impl Replication {
             let appended = self.appended.notified();
             tokio::pin!(appended);
             appended.as_mut().enable();
-            if self.store.committed_offset() > request.from_offset || wait.is_zero() {
+            // A slave of an older version sends no confirmed offset (0): it only waits for records.
+            let knows_confirmed = request.confirmed_offset > 0;
+            if self.store.committed_offset() > request.from_offset
+                || (knows_confirmed && self.store.confirmed_offset() > request.confirmed_offset)
+                || wait.is_zero()
+            {
                 break;
             }
+            // Records the slave holds but does not know confirmed become so by another slave's
+            // report or, under sync flush, by this master's sync, neither of which wakes this
+            // wait: look again shortly.
+            let unconfirmed = knows_confirmed && self.store.committed_offset() > request.confirmed_offset;
+            let recheck = tokio::time::Instant::now() + CONFIRM_RECHECK;
             tokio::select! {
                 _ = &mut appended => {}
+                _ = tokio::time::sleep_until(recheck), if unconfirmed => {}
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = self.shutdown.cancelled() => break,
             }
@@ -555,6 +592,7 @@ impl Replication {
             epochs,
             consumer_offsets,
             offsets_version,
+            confirmed_offset: self.store.confirmed_offset(),
         };
         // The data field is written by hand so the records are copied once, from the page cache
         // straight into the answer.

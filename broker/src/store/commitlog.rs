@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use meridian_proto::record::{self, BLANK_MARKER_LEN, Entry, Record, RecordError};
 
 use crate::error::{BrokerError, Result};
+use crate::store::durability::Durability;
 use crate::store::segment::Segment;
 
 /// The appender's state, behind the commitlog's single writer lock.
@@ -43,6 +44,7 @@ pub(crate) struct Recovered {
 
 pub(crate) struct CommitLog {
     dir: PathBuf,
+    disk: Arc<dyn Durability>,
     segment_size: u64,
     segments: RwLock<Vec<Arc<Segment>>>,
     writer: Mutex<Writer>,
@@ -61,15 +63,16 @@ impl CommitLog {
     /// whole current segment, so damage just below the checkpoint is caught too), and the first
     /// bad one ends the log. `on_record` sees every valid record checked.
     pub fn open(
+        disk: &Arc<dyn Durability>,
         dir: &Path,
         segment_size: u64,
         scan_from: u64,
         mut on_record: impl FnMut(&Record<'_>, u64),
     ) -> Result<(CommitLog, Recovered)> {
         fs::create_dir_all(dir).map_err(BrokerError::io(format!("creating {}", dir.display())))?;
-        let mut segments = load_segments(dir)?;
+        let mut segments = load_segments(disk, dir)?;
         if segments.is_empty() {
-            segments.push(Arc::new(Segment::create(dir, 0, segment_size)?));
+            segments.push(Arc::new(Segment::create(disk, dir, 0, segment_size)?));
         }
         let first_start = segments[0].start;
         let last_end = segments.last().expect("at least one segment").end();
@@ -114,11 +117,13 @@ impl CommitLog {
         }
 
         // Everything after `position` is garbage: zero its segment's tail and drop later segments.
+        // Zeroed even when the log ended on a zero header: bytes of an older record may lie behind
+        // it, and once new appends fill the gap exactly, a later recovery would read on into them.
         let tail_index = segments
             .partition_point(|segment| segment.start <= position)
             .saturating_sub(1);
         let tail = segments[tail_index].clone();
-        if torn_tail {
+        if position < tail.end() {
             tail.zero_from(position - tail.start)?;
         }
         for stale in segments.drain(tail_index + 1..) {
@@ -131,13 +136,14 @@ impl CommitLog {
         // `position` may sit exactly at the end of the last segment (its blank marker was read).
         let mut writer_segment = segments.last().expect("at least one segment").clone();
         if position == writer_segment.end() {
-            writer_segment = Arc::new(Segment::create(dir, position, segment_size)?);
+            writer_segment = Arc::new(Segment::create(disk, dir, position, segment_size)?);
             segments.push(writer_segment.clone());
         } else {
             writer_segment.writing();
         }
         let commitlog = CommitLog {
             dir: dir.to_owned(),
+            disk: disk.clone(),
             segment_size,
             segments: RwLock::new(segments),
             writer: Mutex::new(Writer {
@@ -195,7 +201,7 @@ impl CommitLog {
         let removed = segments.remove(0);
         drop(segments);
         fs::remove_file(&removed.path).map_err(BrokerError::io(format!("removing {}", removed.path.display())))?;
-        crate::store::fsync_dir(&self.dir)?;
+        crate::store::fsync_dir(self.disk.as_ref(), &self.dir)?;
         Ok(true)
     }
 
@@ -235,7 +241,12 @@ impl CommitLog {
                     "closing segment {}",
                     writer.segment.path.display()
                 )))?;
-            let next = Arc::new(Segment::create(&self.dir, writer.segment.end(), self.segment_size)?);
+            let next = Arc::new(Segment::create(
+                &self.disk,
+                &self.dir,
+                writer.segment.end(),
+                self.segment_size,
+            )?);
             self.segments.write().expect("segments lock").push(next.clone());
             writer.segment.sealed();
             writer.position = next.start;
@@ -415,7 +426,12 @@ impl CommitLog {
             )));
         }
         if writer.position == writer.segment.end() {
-            let next = Arc::new(Segment::create(&self.dir, writer.position, self.segment_size)?);
+            let next = Arc::new(Segment::create(
+                &self.disk,
+                &self.dir,
+                writer.position,
+                self.segment_size,
+            )?);
             self.segments.write().expect("segments lock").push(next.clone());
             writer.segment.sealed();
             writer.segment = next;
@@ -466,7 +482,7 @@ impl CommitLog {
         }
         tail.sync()
             .map_err(BrokerError::io(format!("syncing {}", tail.path.display())))?;
-        crate::store::fsync_dir(&self.dir)?;
+        crate::store::fsync_dir(self.disk.as_ref(), &self.dir)?;
         writer.segment = tail;
         writer.position = offset;
         writer.pending.clear();
@@ -475,7 +491,7 @@ impl CommitLog {
     }
 }
 
-fn load_segments(dir: &Path) -> Result<Vec<Arc<Segment>>> {
+fn load_segments(disk: &Arc<dyn Durability>, dir: &Path) -> Result<Vec<Arc<Segment>>> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(BrokerError::io(format!("listing {}", dir.display())))? {
         let entry = entry.map_err(BrokerError::io(format!("listing {}", dir.display())))?;
@@ -489,7 +505,7 @@ fn load_segments(dir: &Path) -> Result<Vec<Arc<Segment>>> {
     found.sort();
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(found.len());
     for (start, path) in found {
-        let segment = Segment::open(&path, start)?;
+        let segment = Segment::open(disk, &path, start)?;
         if let Some(previous) = segments.last()
             && previous.end() != start
         {

@@ -36,7 +36,7 @@ impl CqEntry {
         out.extend_from_slice(&self.tag_hash.to_be_bytes());
     }
 
-    fn decode(bytes: &[u8]) -> CqEntry {
+    pub(crate) fn decode(bytes: &[u8]) -> CqEntry {
         CqEntry {
             commitlog_offset: u64::from_be_bytes(bytes[0..8].try_into().expect("8 bytes")),
             size: u32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes")),
@@ -58,6 +58,10 @@ pub struct ConsumeQueue {
     min_offset: AtomicU64,
     max_offset: AtomicU64,
     dirty: AtomicBool,
+    /// Entries below this index are synced (every file holding one was synced since written).
+    synced_to: AtomicU64,
+    /// A file was created since the last sync: the directory entry must be synced too.
+    created: AtomicBool,
     /// Woken when entries are added, for long-polling pulls.
     pub(crate) new_entries: Notify,
 }
@@ -100,6 +104,8 @@ impl ConsumeQueue {
             min_offset: AtomicU64::new(min_offset),
             max_offset: AtomicU64::new(max_offset),
             dirty: AtomicBool::new(false),
+            synced_to: AtomicU64::new(max_offset),
+            created: AtomicBool::new(false),
             new_entries: Notify::new(),
         })
     }
@@ -134,6 +140,7 @@ impl ConsumeQueue {
             .truncate(false)
             .open(&path)
             .map_err(BrokerError::io(format!("creating {}", path.display())))?;
+        self.created.store(true, Ordering::Release);
         let file = Arc::new(CqFile { first_index, file });
         let mut files = self.files.write().expect("cq lock");
         files.push(file.clone());
@@ -145,7 +152,13 @@ impl ConsumeQueue {
     /// be the current max offset, and makes them readable.
     pub fn append(&self, first_index: u64, encoded: &[u8]) -> Result<()> {
         let max_offset = self.max_offset();
-        if first_index != max_offset {
+        if first_index != max_offset && self.files.read().expect("cq lock").is_empty() {
+            // Recovery dropped every entry (a power loss took files never synced, possibly the
+            // first ones): the queue restarts where the commitlog, the source of truth, says.
+            self.min_offset.store(first_index, Ordering::Release);
+            self.max_offset.store(first_index, Ordering::Release);
+            self.synced_to.store(first_index, Ordering::Release);
+        } else if first_index != max_offset {
             return Err(BrokerError::Corrupt(format!(
                 "consume queue {} expected entry {max_offset} but got {first_index}",
                 self.dir.display()
@@ -186,6 +199,12 @@ impl ConsumeQueue {
                 }
             };
             let in_file = index - file.first_index;
+            if in_file >= self.entries_per_file {
+                return Err(BrokerError::Corrupt(format!(
+                    "consume queue {} has no file holding entry {index}",
+                    self.dir.display()
+                )));
+            }
             let chunk = (self.entries_per_file - in_file).min(end - index) as usize;
             let bytes = &mut buffer[..chunk * ENTRY_LEN];
             file.file
@@ -204,8 +223,8 @@ impl ConsumeQueue {
         Ok(out.pop())
     }
 
-    /// Drops every entry pointing at or past `commitlog_offset` (recovery: they are re-dispatched
-    /// or were never valid).
+    /// Drops every entry pointing at or past `commitlog_offset` (a truncated divergent tail: the
+    /// entries are valid, so ordered by commitlog offset).
     pub fn truncate_from(&self, commitlog_offset: u64) -> Result<()> {
         // Entries are ordered by commitlog offset: binary search for the first one to drop.
         let (mut low, mut high) = (self.min_offset(), self.max_offset());
@@ -216,7 +235,41 @@ impl ConsumeQueue {
                 _ => high = middle,
             }
         }
-        let new_max = low;
+        self.cut_at(low)
+    }
+
+    /// Recovery: drops every entry from the end back to the last one that points below
+    /// `commitlog_offset` (the checkpoint: entries below it were synced) and that `valid` accepts.
+    /// Past the checkpoint a power loss may have left zeroed, torn or missing entries, which are
+    /// not ordered, so this walks back from the end instead of searching; only that tail is read.
+    pub fn recover_tail(&self, commitlog_offset: u64, valid: impl Fn(u64, &CqEntry) -> bool) -> Result<()> {
+        let min = self.min_offset();
+        let mut end = self.max_offset();
+        while end > min {
+            let index = end - 1;
+            match self.get(index) {
+                Ok(Some(entry)) if entry.commitlog_offset < commitlog_offset && valid(index, &entry) => break,
+                _ => end = index,
+            }
+        }
+        if end == min {
+            // No entry can be trusted: drop every file, and let the first entry dispatched set
+            // where the queue starts (see `append`).
+            let mut files = self.files.write().expect("cq lock");
+            for file in files.drain(..) {
+                let path = self.dir.join(format!("{:020}", file.first_index));
+                fs::remove_file(&path).map_err(BrokerError::io(format!("removing {}", path.display())))?;
+            }
+            self.max_offset.store(min, Ordering::Release);
+            self.synced_to.store(min, Ordering::Release);
+            self.created.store(true, Ordering::Release);
+            return Ok(());
+        }
+        self.cut_at(end)
+    }
+
+    /// Drops every entry at or past index `new_max`.
+    fn cut_at(&self, new_max: u64) -> Result<()> {
         if new_max == self.max_offset() {
             return Ok(());
         }
@@ -234,6 +287,8 @@ impl ConsumeQueue {
             )))?;
         }
         self.max_offset.store(new_max, Ordering::Release);
+        self.synced_to.fetch_min(new_max, Ordering::AcqRel);
+        self.created.store(true, Ordering::Release);
         self.dirty.store(true, Ordering::Release);
         Ok(())
     }
@@ -263,18 +318,41 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    /// Makes written entries durable if any were written since the last call.
-    pub fn sync(&self) -> Result<()> {
+    /// Makes written entries durable if any were written since the last call: every file
+    /// holding an entry written since (a queue may roll to new files between two calls), and the
+    /// directory when a file was created.
+    pub fn sync(&self, disk: &dyn super::durability::Durability) -> Result<()> {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let last = self.files.read().expect("cq lock").last().cloned();
-        // Earlier files were synced when they were last, or by a previous call.
-        if let Some(last) = last {
-            last.file
-                .sync_data()
-                .map_err(BrokerError::io(format!("syncing consume queue {}", self.dir.display())))?;
+        let end = self.max_offset();
+        let from = self.synced_to.load(Ordering::Acquire).min(end);
+        let files: Vec<Arc<CqFile>> = self
+            .files
+            .read()
+            .expect("cq lock")
+            .iter()
+            .filter(|file| file.first_index + self.entries_per_file > from)
+            .cloned()
+            .collect();
+        let synced = (|| {
+            for file in &files {
+                let path = self.dir.join(format!("{:020}", file.first_index));
+                disk.sync_data(&path, &file.file)?;
+            }
+            if self.created.swap(false, Ordering::AcqRel) {
+                disk.sync_dir(&self.dir)?;
+            }
+            Ok::<_, std::io::Error>(())
+        })();
+        if let Err(error) = synced {
+            self.dirty.store(true, Ordering::Release);
+            return Err(BrokerError::Io {
+                context: format!("syncing consume queue {}", self.dir.display()),
+                source: error,
+            });
         }
+        self.synced_to.store(end, Ordering::Release);
         Ok(())
     }
 }
@@ -309,7 +387,7 @@ mod tests {
             out.iter().map(|entry| entry.commitlog_offset).collect::<Vec<_>>(),
             [200, 300, 400, 500, 600, 700]
         );
-        queue.sync().unwrap();
+        queue.sync(&super::super::durability::RealDisk).unwrap();
         drop(queue);
         let reopened = ConsumeQueue::open(dir.path(), 4).unwrap();
         assert_eq!((reopened.min_offset(), reopened.max_offset()), (0, 10));

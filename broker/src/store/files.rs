@@ -1,36 +1,29 @@
 //! Small metadata files written atomically: write a temp file, fsync it, rename it over the old
-//! one, fsync the directory. A crash leaves either the old or the new content, never a mix.
+//! one, fsync the directory (through [`Durability::replace_file`]). A crash leaves either the old
+//! or the new content, never a mix.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::durability::Durability;
 use crate::error::{BrokerError, Result};
 
 /// Makes a directory's entries (created, renamed, removed files) durable.
-pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
+pub(crate) fn fsync_dir(disk: &dyn Durability, dir: &Path) -> Result<()> {
+    disk.sync_dir(dir)
         .map_err(BrokerError::io(format!("syncing directory {}", dir.display())))
 }
 
 /// Writes `value` as JSON to `path` atomically.
-pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(disk: &dyn Durability, path: &Path, value: &T) -> Result<()> {
     let dir = path.parent().expect("metadata files live in a directory");
     fs::create_dir_all(dir).map_err(BrokerError::io(format!("creating {}", dir.display())))?;
-    let temp = path.with_extension("tmp");
     let bytes = serde_json::to_vec_pretty(value).expect("metadata serializes");
-    let write = || -> std::io::Result<()> {
-        let mut file = File::create(&temp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    };
-    write().map_err(BrokerError::io(format!("writing {}", path.display())))?;
-    fsync_dir(dir)
+    disk.replace_file(path, &bytes)
+        .map_err(BrokerError::io(format!("writing {}", path.display())))
 }
 
 /// Reads JSON from `path`; `None` if the file does not exist.

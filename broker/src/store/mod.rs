@@ -1,14 +1,23 @@
 //! The storage engine: the commitlog, consume queues, consumer offsets, flushing and recovery.
 //!
 //! [`MessageStore::open`] recovers and starts two threads: the dispatcher, which turns newly
-//! committed records into consume queue entries, and the flusher, which makes the commitlog
+//! confirmed records into consume queue entries, and the flusher, which makes the commitlog
 //! durable (periodically, or as soon as there is something to sync when `flush_mode = "sync"`,
 //! so concurrent sends share one sync: group commit) and writes the checkpoint.
+//!
+//! Consumers see only what is **confirmed** ([`MessageStore::confirmed_offset`]): the dispatcher
+//! indexes records only up to it, and every reader (pulls, push deliveries, retries, delayed
+//! releases, the trace topic) reads consume queues. A record is confirmed once the group's ack
+//! policy holds for it: synced under sync flush, held by the replicas the policy needs when the
+//! broker is [replicated](StoreOptions::replicated). A failed sync or consume queue write is fatal
+//! ([`MessageStore::failure`]): the store takes no more writes until a restart recovers it from
+//! what is really on disk. Every durability call goes through [`Durability`].
 //!
 //! Data dir layout: `commitlog/`, `consumequeue/<topic>/<queue>/`, `checkpoint`, `offsets/`, `meta/`.
 
 mod commitlog;
 pub mod consume_queue;
+mod durability;
 mod files;
 mod offsets;
 mod replica;
@@ -34,6 +43,7 @@ use crate::error::{BrokerError, Result};
 use crate::metrics::BrokerMetrics;
 use commitlog::CommitLog;
 pub use consume_queue::{ConsumeQueue, CqEntry};
+pub use durability::{Durability, RealDisk};
 pub(crate) use files::fsync_dir;
 use offsets::ConsumerOffsets;
 use replica::{EPOCHS_FILE, EpochFile};
@@ -110,6 +120,11 @@ impl StoreConfig {
 struct Checkpoint {
     /// Every record below this offset is synced and has its consume queue entries synced.
     safe_offset: u64,
+    /// The confirmed offset when written (at least `safe_offset`). A replicated broker serves
+    /// no more than this after a restart until its group confirms more. Absent in checkpoints of
+    /// older versions, which served everything written: then `safe_offset`.
+    #[serde(default)]
+    confirmed_offset: Option<u64>,
     /// Unix ms when written (for operators).
     written_at: i64,
 }
@@ -205,9 +220,43 @@ pub struct RecoveryReport {
     pub redispatched: u64,
 }
 
+/// How a store is opened beyond its config: who confirms its records, and its disk.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// The broker's group acknowledges a send only once slaves hold it (a governed broker whose
+    /// ack policy needs more than the master): records are confirmed only up to what the group
+    /// reports ([`MessageStore::raise_replication_limit`]), and after a restart only up to the
+    /// confirmed offset of the last checkpoint. Otherwise the broker alone decides: under sync
+    /// flush what is synced (after a restart, every CRC-valid record recovery found, since that
+    /// is what the disk holds), under async flush what is written.
+    pub replicated: bool,
+    /// How bytes are made durable: [`RealDisk`] outside tests.
+    pub disk: Arc<dyn Durability>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            replicated: false,
+            disk: Arc::new(RealDisk),
+        }
+    }
+}
+
 /// The storage engine. Shared as `Arc<MessageStore>`; call [`MessageStore::shutdown`] to stop it.
 pub struct MessageStore {
     config: StoreConfig,
+    disk: Arc<dyn Durability>,
+    /// Whether confirmation waits for the group (see [`StoreOptions::replicated`]).
+    replicated: bool,
+    /// What the group confirmed (the master's acknowledged offset, or on a slave the master's
+    /// confirmed offset). Only raised, except when a divergent tail is truncated.
+    replication_limit: AtomicU64,
+    /// Set once when a sync or a consume queue write fails: the store then takes no writes.
+    failure: OnceLock<String>,
+    /// Held while writing a checkpoint: the flusher and a truncation both write one, through
+    /// the same temp files.
+    checkpoint_lock: Mutex<()>,
     dir: PathBuf,
     store_host: SocketAddr,
     commitlog: CommitLog,
@@ -239,13 +288,25 @@ pub struct MessageStore {
 }
 
 impl MessageStore {
-    /// Opens the store in `dir`, recovers it and starts its threads.
+    /// Opens the store in `dir` with the default [`StoreOptions`] (a lone broker on the real disk).
     pub fn open(
         dir: &Path,
         config: StoreConfig,
         store_host: SocketAddr,
         metrics: Arc<BrokerMetrics>,
     ) -> Result<Arc<MessageStore>> {
+        MessageStore::open_with(dir, config, store_host, metrics, StoreOptions::default())
+    }
+
+    /// Opens the store in `dir`, recovers it and starts its threads.
+    pub fn open_with(
+        dir: &Path,
+        config: StoreConfig,
+        store_host: SocketAddr,
+        metrics: Arc<BrokerMetrics>,
+        options: StoreOptions,
+    ) -> Result<Arc<MessageStore>> {
+        let disk = options.disk.clone();
         std::fs::create_dir_all(dir).map_err(BrokerError::io(format!("creating data dir {}", dir.display())))?;
         let checkpoint: Option<Checkpoint> = match files::read_json(&dir.join("checkpoint")) {
             Ok(checkpoint) => checkpoint,
@@ -258,24 +319,48 @@ impl MessageStore {
 
         let topics_file: TopicsFile = files::read_json(&dir.join("meta/topics.json"))?.unwrap_or_default();
         let mut epochs: EpochFile = files::read_json(&dir.join(EPOCHS_FILE))?.unwrap_or_default();
-        let mut seen_queues: HashMap<String, u32> = HashMap::new();
-        let (commitlog, recovered) =
-            CommitLog::open(&dir.join("commitlog"), config.segment_size, scan_from, |record, _| {
+        // Next queue offset of every queue seen by the scan: records past the confirmed offset
+        // have no consume queue entries yet, but their queue offsets are taken.
+        let mut seen_queues: HashMap<String, Vec<u64>> = HashMap::new();
+        let (commitlog, recovered) = CommitLog::open(
+            &disk,
+            &dir.join("commitlog"),
+            config.segment_size,
+            scan_from,
+            |record, _| {
                 let queues = seen_queues.entry(record.topic().to_owned()).or_default();
-                *queues = (*queues).max(record.queue_id() + 1);
-            })?;
+                let queue_id = record.queue_id() as usize;
+                if queues.len() <= queue_id {
+                    queues.resize(queue_id + 1, 0);
+                }
+                queues[queue_id] = queues[queue_id].max(record.queue_offset() + 1);
+            },
+        )?;
+        // What consumers may see at once: see `StoreOptions::replicated`.
+        let confirmed_at_open = if options.replicated {
+            checkpoint
+                .map_or(0, |checkpoint| {
+                    checkpoint.confirmed_offset.unwrap_or(checkpoint.safe_offset)
+                })
+                .min(recovered.valid_end)
+        } else {
+            recovered.valid_end
+        };
         // Consume queue entries below the checkpoint are durable; above it they are rebuilt. If
         // the log ends below the checkpoint (damage found in the current segment), from there.
-        let redispatch_from = scan_from.clamp(commitlog.min_offset(), recovered.valid_end);
+        let redispatch_from = scan_from
+            .clamp(commitlog.min_offset(), recovered.valid_end)
+            .min(confirmed_at_open.max(commitlog.min_offset()));
         // An epoch begun past the recovered end has no records left: forget it.
         let epochs_before = epochs.epochs.len();
         epochs.epochs.retain(|(_, start)| *start <= recovered.valid_end);
         if epochs.epochs.len() != epochs_before {
-            files::write_json(&dir.join(EPOCHS_FILE), &epochs)?;
+            files::write_json(disk.as_ref(), &dir.join(EPOCHS_FILE), &epochs)?;
         }
 
         let mut metas = topics_file.topics.clone();
-        for (topic, queues) in seen_queues {
+        for (topic, next_offsets) in &seen_queues {
+            let queues = next_offsets.len() as u32;
             let meta = metas.entry(topic.clone()).or_insert(TopicMeta { queues });
             if meta.queues < queues {
                 tracing::warn!(
@@ -293,8 +378,22 @@ impl MessageStore {
                     ConsumeQueue::open(&cq_dir(dir, name, queue_id), config.cq_entries_per_file).map(Arc::new)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            for queue in &queues {
-                queue.truncate_from(redispatch_from)?;
+            for (queue_id, queue) in queues.iter().enumerate() {
+                // An entry past the checkpoint may be garbage after a power loss; one below it was
+                // synced. The last kept entry must point at this queue's record of that index.
+                let points_at_its_record = |index: u64, entry: &CqEntry| {
+                    commitlog
+                        .with_bytes(entry.commitlog_offset, entry.size as usize, |bytes| {
+                            record::Record::parse(bytes).is_ok_and(|found| {
+                                found.total_size() == entry.size as usize
+                                    && found.queue_offset() == index
+                                    && found.queue_id() == queue_id as u32
+                                    && found.topic() == name
+                            })
+                        })
+                        .unwrap_or(false)
+                };
+                queue.recover_tail(redispatch_from, points_at_its_record)?;
                 // Segments deleted after archiving: their entries are served from the archive.
                 queue.advance_min(commitlog.min_offset())?;
             }
@@ -303,12 +402,17 @@ impl MessageStore {
 
         let store = MessageStore {
             config,
+            disk: disk.clone(),
+            replicated: options.replicated,
+            replication_limit: AtomicU64::new(confirmed_at_open),
+            failure: OnceLock::new(),
+            checkpoint_lock: Mutex::new(()),
             dir: dir.to_owned(),
             store_host,
             commitlog,
             topics: RwLock::new(topics),
             topics_lock: Mutex::new(()),
-            offsets: ConsumerOffsets::load(dir.join("offsets/consumer_offsets.json"))?,
+            offsets: ConsumerOffsets::load(dir.join("offsets/consumer_offsets.json"), disk.clone())?,
             dispatched: AtomicU64::new(redispatch_from),
             dispatch_lock: Mutex::new(()),
             epochs: Mutex::new(epochs),
@@ -337,19 +441,26 @@ impl MessageStore {
         {
             store.write_topics_file(&metas)?;
         }
-        let redispatched = store.dispatch(redispatch_from, recovered.valid_end)?;
+        let redispatched = store.dispatch(redispatch_from, confirmed_at_open.max(redispatch_from))?;
         store.commitlog.flush(recovered.scanned_from, recovered.valid_end)?;
         {
             let topics = store.topics.read().expect("topics lock");
             let mut writer = store.commitlog.lock_writer();
             for (name, topic) in topics.iter() {
-                writer.queue_offsets.insert(
-                    name.clone(),
-                    topic.queues.iter().map(|queue| queue.max_offset()).collect(),
-                );
-                for (queue_id, queue) in topic.queues.iter().enumerate() {
-                    store.offsets.clamp(name, queue_id as u32, queue.max_offset());
+                let scanned = seen_queues.get(name.as_str());
+                let next_offsets: Vec<u64> = topic
+                    .queues
+                    .iter()
+                    .enumerate()
+                    .map(|(queue_id, queue)| {
+                        let seen = scanned.and_then(|next| next.get(queue_id)).copied().unwrap_or(0);
+                        queue.max_offset().max(seen)
+                    })
+                    .collect();
+                for (queue_id, next) in next_offsets.iter().enumerate() {
+                    store.offsets.clamp(name, queue_id as u32, *next);
                 }
+                writer.queue_offsets.insert(name.clone(), next_offsets);
             }
         }
         let mut store = store;
@@ -359,6 +470,7 @@ impl MessageStore {
             dir = %dir.display(),
             scanned_from = recovered.scanned_from,
             valid_end = recovered.valid_end,
+            confirmed = confirmed_at_open,
             torn_tail = recovered.torn_tail,
             redispatched,
             "message store recovered"
@@ -400,6 +512,7 @@ impl MessageStore {
 
     fn write_topics_file(&self, metas: &HashMap<String, TopicMeta>) -> Result<()> {
         files::write_json(
+            self.disk.as_ref(),
             &self.dir.join("meta/topics.json"),
             &TopicsFile { topics: metas.clone() },
         )
@@ -567,6 +680,12 @@ impl MessageStore {
     /// producer pays one syscall per group instead of one per message. Each request succeeds or
     /// fails on its own; results are in request order.
     pub fn append_many(&self, requests: &[AppendRequest<'_>]) -> Vec<Result<Appended>> {
+        if let Some(failure) = self.failure.get() {
+            return requests
+                .iter()
+                .map(|_| Err(BrokerError::DiskFailed(failure.clone())))
+                .collect();
+        }
         if self.stopping.load(Ordering::Acquire) {
             return requests.iter().map(|_| Err(BrokerError::ShuttingDown)).collect();
         }
@@ -669,18 +788,24 @@ impl MessageStore {
     /// Tells the dispatcher (when it sleeps for long, see [`MessageStore::dispatch_loop`]) and,
     /// under sync flush, the flusher that records were published.
     fn wake_threads(&self) {
-        // Pairs with the dispatcher's store of `dispatcher_idle` and load of `committed`: either
-        // it sees what was just published, or this sees it idle and wakes it.
+        self.wake_dispatcher();
+        if self.config.flush_mode == FlushMode::Sync
+            && let Some(flusher) = self.flusher.get()
+        {
+            flusher.unpark();
+        }
+    }
+
+    /// Wakes the dispatcher if it sleeps for long: something it waits for (committed, flushed or
+    /// replicated offset) advanced.
+    fn wake_dispatcher(&self) {
+        // Pairs with the dispatcher's store of `dispatcher_idle` and load of the confirmed
+        // offset: either it sees what just advanced, or this sees it idle and wakes it.
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.dispatcher_idle.load(Ordering::SeqCst)
             && let Some(dispatcher) = self.dispatcher.get()
         {
             dispatcher.unpark();
-        }
-        if self.config.flush_mode == FlushMode::Sync
-            && let Some(flusher) = self.flusher.get()
-        {
-            flusher.unpark();
         }
     }
 
@@ -715,6 +840,9 @@ impl MessageStore {
             if self.flushed_offset() >= end_offset {
                 return Ok(());
             }
+            if let Some(failure) = self.failure.get() {
+                return Err(BrokerError::DiskFailed(failure.clone()));
+            }
             if self.stopping.load(Ordering::Acquire) {
                 return Err(BrokerError::ShuttingDown);
             }
@@ -725,7 +853,10 @@ impl MessageStore {
         let timeout = Duration::from_millis(self.config.sync_flush_timeout_ms);
         match tokio::time::timeout(timeout, synced).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(BrokerError::ShuttingDown),
+            Ok(Err(_)) => Err(match self.failure.get() {
+                Some(failure) => BrokerError::DiskFailed(failure.clone()),
+                None => BrokerError::ShuttingDown,
+            }),
             Err(_) => Err(BrokerError::FlushTimeout(self.config.sync_flush_timeout_ms)),
         }
     }
@@ -741,6 +872,67 @@ impl MessageStore {
         for synced_tx in covered.into_values().flatten() {
             let _ = synced_tx.send(());
         }
+        if self.config.flush_mode == FlushMode::Sync {
+            self.wake_dispatcher();
+        }
+    }
+
+    /// The highest offset for which the group's ack policy holds: consumers see records only
+    /// below it. Under sync flush it is at most what is synced; on a replicated broker at most
+    /// what the group confirmed; never more than what is written. Only a truncation of a
+    /// divergent tail lowers it. A few atomic loads: the dispatcher reads it every round.
+    pub fn confirmed_offset(&self) -> u64 {
+        let mut confirmed = self.commitlog.committed();
+        if self.config.flush_mode == FlushMode::Sync {
+            confirmed = confirmed.min(self.flushed.load(Ordering::Acquire));
+        }
+        if self.replicated {
+            confirmed = confirmed.min(self.replication_limit.load(Ordering::Acquire));
+        }
+        confirmed
+    }
+
+    /// Whether records are confirmed by the group (see [`StoreOptions::replicated`]).
+    pub fn is_replicated(&self) -> bool {
+        self.replicated
+    }
+
+    /// Records that the group holds everything below `offset` as its ack policy needs (on a
+    /// master: what the acknowledgement tracker computed; on a slave: the master's confirmed
+    /// offset). Never lowers it. Returns whether it rose.
+    pub fn raise_replication_limit(&self, offset: u64) -> bool {
+        let before = self.replication_limit.fetch_max(offset, Ordering::AcqRel);
+        if offset > before {
+            self.wake_dispatcher();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Why the store stopped taking writes (a failed sync or consume queue write), if it did.
+    /// Only a restart clears it.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    /// Stops the store taking writes for good (until restart) and fails every send waiting for
+    /// a sync: after a failed `fdatasync` the kernel may have dropped the dirty pages, so a
+    /// later sync that succeeds proves nothing, and acknowledging would lose data.
+    fn fail(&self, reason: String) {
+        if self.failure.set(reason).is_err() {
+            return;
+        }
+        let reason = self.failure.get().expect("just set");
+        tracing::error!(
+            dir = %self.dir.display(),
+            reason = %reason,
+            "message store failed: it takes no more writes and consumers see nothing new; restart the broker to recover from what is on disk"
+        );
+        self.metrics.store_failed.set(1);
+        // Waiting sends see the failure (checked under this lock) and fail with it.
+        let waiters = std::mem::take(&mut *self.flush_waiters.lock().expect("flush waiters lock"));
+        drop(waiters);
     }
 
     /// Offset up to which the commitlog is synced.
@@ -1003,43 +1195,31 @@ impl MessageStore {
         Ok(count)
     }
 
-    /// Dispatches what is committed. While records keep coming it polls every [`DISPATCH_POLL`],
+    /// Dispatches what is confirmed. While records keep coming it polls every [`DISPATCH_POLL`],
     /// as RocketMQ's reput service does, instead of being woken by every append: a wake-up per
     /// append was a context switch per send, and most of the broker's scheduling cost. After
     /// [`DISPATCH_IDLE_AFTER`] without records it sleeps until an append wakes it.
     fn dispatch_loop(&self) {
         let mut last_work = Instant::now();
-        // A failure repeats every 100 ms until it is fixed (a full disk).
-        let failure_log = meridian_proto::throttle::Throttle::new(Duration::from_secs(10));
-        let mut failing = false;
         loop {
-            if self.crashed.load(Ordering::Acquire) {
+            if self.crashed.load(Ordering::Acquire) || self.failure.get().is_some() {
                 return;
             }
             let dispatching = self.dispatch_lock.lock().expect("dispatch lock");
-            let committed = self.commitlog.committed();
+            let target = self.confirmed_offset();
             let dispatched = self.dispatched.load(Ordering::Acquire);
-            if committed > dispatched {
-                let outcome = self.dispatch(dispatched, committed);
+            if target > dispatched {
+                let outcome = self.dispatch(dispatched, target);
                 drop(dispatching);
                 last_work = Instant::now();
                 match outcome {
-                    Ok(_) => {
-                        self.metrics.dispatched_offset.set(committed as i64);
-                        if std::mem::take(&mut failing) {
-                            tracing::info!(dispatched_to = committed, "dispatch recovered");
-                        }
-                    }
+                    Ok(_) => self.metrics.dispatched_offset.set(target as i64),
+                    // A consume queue write that failed (a full disk) leaves a queue file with a
+                    // hole or a torn entry: retrying would index around it. The store stops, says
+                    // why, and a restart rebuilds the queues from the commitlog.
                     Err(error) => {
-                        failing = true;
-                        if let Some(failures_not_logged) = failure_log.due() {
-                            tracing::error!(
-                                %error,
-                                failures_not_logged,
-                                "dispatch failed; retrying every 100 ms (consumers see no new messages until it succeeds; logged at most every 10 s)"
-                            );
-                        }
-                        thread::sleep(Duration::from_millis(100));
+                        self.fail(self.dispatch_failure(dispatched, &error));
+                        return;
                     }
                 };
                 continue;
@@ -1054,10 +1234,28 @@ impl MessageStore {
             }
             self.dispatcher_idle.store(true, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
-            if self.commitlog.committed() == self.dispatched.load(Ordering::Acquire) {
+            if self.confirmed_offset() <= self.dispatched.load(Ordering::Acquire) {
                 thread::park_timeout(Duration::from_millis(100));
             }
             self.dispatcher_idle.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// The reason the dispatcher stopped, naming a full disk and the space it needs.
+    fn dispatch_failure(&self, dispatched: u64, error: &BrokerError) -> String {
+        let full = matches!(error, BrokerError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC));
+        if full {
+            let available = available_bytes(&self.dir).map_or_else(|| "unknown".to_owned(), |bytes| bytes.to_string());
+            format!(
+                "disk full: writing consume queue entries past commitlog offset {dispatched} failed with ENOSPC ({error}); the filesystem of {} has {available} bytes available; free at least {} bytes (one commitlog segment) and restart the broker",
+                self.dir.display(),
+                self.config.segment_size
+            )
+        } else {
+            format!(
+                "writing consume queue entries past commitlog offset {dispatched} failed: {error}; fix the disk under {} and restart the broker (it rebuilds the consume queues from the commitlog)",
+                self.dir.display()
+            )
         }
     }
 
@@ -1070,13 +1268,21 @@ impl MessageStore {
         let mut last_checkpoint = Instant::now();
         loop {
             let stopping = self.stopping.load(Ordering::Acquire);
-            if self.crashed.load(Ordering::Acquire) {
+            if self.crashed.load(Ordering::Acquire) || self.failure.get().is_some() {
                 return;
             }
             self.flush_commitlog();
+            if self.failure.get().is_some() {
+                return;
+            }
             if stopping || last_checkpoint.elapsed() >= checkpoint_interval {
                 if let Err(error) = self.checkpoint() {
-                    tracing::error!(%error, "checkpoint failed; will retry");
+                    // A consume queue or metadata sync failed: as fatal as a commitlog sync.
+                    self.fail(format!(
+                        "writing the checkpoint failed: {error}; the disk under {} may have lost written data; restart the broker",
+                        self.dir.display()
+                    ));
+                    return;
                 }
                 last_checkpoint = Instant::now();
             }
@@ -1105,15 +1311,16 @@ impl MessageStore {
                 self.metrics.trace.note_flush(started.elapsed());
                 self.metrics.flushed_offset.set(target as i64);
             }
-            Err(error) => {
-                tracing::error!(%error, "commitlog flush failed; sends waiting for it will time out");
-                thread::sleep(Duration::from_millis(100));
-            }
+            Err(error) => self.fail(format!(
+                "syncing the commitlog [{flushed}, {target}) failed: {error}; the disk under {} may have dropped written data, so nothing past offset {flushed} is acknowledged; restart the broker to recover from what is on disk",
+                self.dir.display()
+            )),
         }
     }
 
     /// Makes consume queues and offsets durable, then records the safe offset.
     fn checkpoint(&self) -> Result<()> {
+        let _writing = self.checkpoint_lock.lock().expect("checkpoint lock");
         let dispatched = self.dispatched.load(Ordering::Acquire);
         let queues: Vec<Arc<ConsumeQueue>> = self
             .topics
@@ -1123,14 +1330,18 @@ impl MessageStore {
             .flat_map(|topic| topic.queues.iter().cloned())
             .collect();
         for queue in queues {
-            queue.sync()?;
+            queue.sync(self.disk.as_ref())?;
         }
         self.offsets.persist()?;
         let safe_offset = dispatched.min(self.flushed_offset());
+        // Read after `dispatched`, so it is at least `safe_offset`.
+        let confirmed_offset = self.confirmed_offset().max(safe_offset);
         files::write_json(
+            self.disk.as_ref(),
             &self.dir.join("checkpoint"),
             &Checkpoint {
                 safe_offset,
+                confirmed_offset: Some(confirmed_offset),
                 written_at: now_millis(),
             },
         )
@@ -1151,7 +1362,10 @@ impl MessageStore {
         // Sends still waiting for a sync that will not come fail now instead of at their timeout.
         self.flush_waiters.lock().expect("flush waiters lock").clear();
         // The dispatcher may have stopped before the flusher's last checkpoint saw its progress.
-        if let Err(error) = self.checkpoint() {
+        // A failed store writes none: what it would record may not be on disk.
+        if self.failure.get().is_some() {
+            tracing::warn!("message store stopped after a disk failure; no final checkpoint");
+        } else if let Err(error) = self.checkpoint() {
             tracing::error!(%error, "final checkpoint failed");
         }
         tracing::info!(
@@ -1178,9 +1392,28 @@ impl MessageStore {
     }
 }
 
+/// Bytes available to the broker on the filesystem holding `dir`.
+fn available_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid NUL-terminated path and a buffer of the right type.
+    let result = unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) };
+    if result != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded, so it filled the buffer.
+    let stats = unsafe { stats.assume_init() };
+    // The field types differ between platforms (u64 on 64-bit Linux).
+    #[allow(clippy::unnecessary_cast)]
+    Some((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
+}
+
 fn cq_dir(dir: &Path, topic: &str, queue_id: u32) -> PathBuf {
     dir.join("consumequeue").join(topic).join(queue_id.to_string())
 }
 
+#[cfg(test)]
+mod crash_sim;
 #[cfg(test)]
 mod tests;

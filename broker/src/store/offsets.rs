@@ -13,10 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use std::sync::{Arc, Mutex};
+
 use crate::error::Result;
+use crate::store::durability::Durability;
 use crate::store::files;
 
 type GroupOffsets = BTreeMap<String, BTreeMap<u32, u64>>;
@@ -25,6 +27,7 @@ pub(crate) type OffsetTable = BTreeMap<String, GroupOffsets>;
 
 pub(crate) struct ConsumerOffsets {
     path: PathBuf,
+    disk: Arc<dyn Durability>,
     offsets: Mutex<OffsetTable>,
     dirty: AtomicBool,
     /// Grows with every change, so replication sends the table only when it changed.
@@ -32,10 +35,11 @@ pub(crate) struct ConsumerOffsets {
 }
 
 impl ConsumerOffsets {
-    pub fn load(path: PathBuf) -> Result<ConsumerOffsets> {
+    pub fn load(path: PathBuf, disk: Arc<dyn Durability>) -> Result<ConsumerOffsets> {
         let offsets = files::read_json(&path)?.unwrap_or_default();
         Ok(ConsumerOffsets {
             path,
+            disk,
             offsets: Mutex::new(offsets),
             dirty: AtomicBool::new(false),
             version: AtomicU64::new(0),
@@ -160,7 +164,7 @@ impl ConsumerOffsets {
             return Ok(());
         }
         let snapshot = self.offsets.lock().expect("offsets lock").clone();
-        let written = files::write_json(&self.path, &snapshot);
+        let written = files::write_json(self.disk.as_ref(), &self.path, &snapshot);
         if written.is_err() {
             self.dirty.store(true, Ordering::Release);
         }

@@ -59,6 +59,9 @@ impl MessageStore {
     /// creates the topics and queues they name, then writes them with one `pwrite` and wakes the
     /// dispatcher. Returns the new end of the log. Only a slave's replication task calls this.
     pub fn append_replica(&self, offset: u64, data: &[u8]) -> Result<u64> {
+        if let Some(failure) = self.failure.get() {
+            return Err(BrokerError::DiskFailed(failure.clone()));
+        }
         if self.stopping.load(Ordering::Acquire) {
             return Err(BrokerError::ShuttingDown);
         }
@@ -152,7 +155,7 @@ impl MessageStore {
             next.resize(topic.queues.len(), 0);
             for (queue_id, queue) in topic.queues.iter().enumerate() {
                 queue.truncate_from(offset)?;
-                queue.sync()?;
+                queue.sync(self.disk.as_ref())?;
                 next[queue_id] = queue.max_offset();
                 self.offsets.clamp(name, queue_id as u32, queue.max_offset());
             }
@@ -160,21 +163,32 @@ impl MessageStore {
         drop(topics);
         self.dispatched.fetch_min(offset, Ordering::AcqRel);
         self.flushed.fetch_min(offset, Ordering::AcqRel);
+        // The confirmed offset moves back only here. The master's lineage lacks the tail, so its
+        // quorum never confirmed it: no consumer can have seen it unless it was confirmed under
+        // an older epoch and then lost by the election, which is worth shouting about.
+        let confirmed_before = self.replication_limit.fetch_min(offset, Ordering::AcqRel);
+        if self.replicated && confirmed_before > offset {
+            tracing::error!(
+                confirmed = confirmed_before,
+                truncated_to = offset,
+                "truncation cuts records this broker had confirmed: consumers may have seen messages the group no longer holds"
+            );
+        }
         {
             let mut epochs = self.epochs.lock().expect("epochs lock");
             let before = epochs.epochs.len();
             epochs.epochs.retain(|(_, start)| *start <= offset);
             if epochs.epochs.len() != before {
-                files::write_json(&self.dir.join(EPOCHS_FILE), &*epochs)?;
+                files::write_json(self.disk.as_ref(), &self.dir.join(EPOCHS_FILE), &*epochs)?;
             }
         }
         drop(writer);
         self.checkpoint()
     }
 
-    /// The next queue offset the appender would give `queue_id` of `topic` (0 when unknown).
-    #[cfg(test)]
-    pub(crate) fn queue_offsets_end(&self, topic: &str, queue_id: u32) -> u64 {
+    /// The next queue offset the appender would give `queue_id` of `topic` (0 when unknown):
+    /// past every message written, confirmed or not. Takes the writer lock.
+    pub fn queue_offsets_end(&self, topic: &str, queue_id: u32) -> u64 {
         let writer = self.commitlog.lock_writer();
         writer
             .queue_offsets
@@ -225,7 +239,7 @@ impl MessageStore {
             return Ok(false);
         }
         epochs.seen = epoch;
-        files::write_json(&self.dir.join(EPOCHS_FILE), &*epochs)?;
+        files::write_json(self.disk.as_ref(), &self.dir.join(EPOCHS_FILE), &*epochs)?;
         Ok(true)
     }
 
@@ -243,7 +257,7 @@ impl MessageStore {
         }
         epochs.seen = epochs.seen.max(epoch);
         epochs.epochs.push((epoch, start));
-        files::write_json(&self.dir.join(EPOCHS_FILE), &*epochs)?;
+        files::write_json(self.disk.as_ref(), &self.dir.join(EPOCHS_FILE), &*epochs)?;
         drop(writer);
         Ok(start)
     }
@@ -274,7 +288,7 @@ impl MessageStore {
         }
         epochs.seen = epochs.seen.max(adopted.last().map_or(0, |(epoch, _)| *epoch));
         epochs.epochs = adopted;
-        files::write_json(&self.dir.join(EPOCHS_FILE), &*epochs)
+        files::write_json(self.disk.as_ref(), &self.dir.join(EPOCHS_FILE), &*epochs)
     }
 
     /// Version of the consumer offsets: it grows with every commit and every replicated table.

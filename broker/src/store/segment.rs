@@ -14,8 +14,11 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use memmap2::MmapRaw;
 
+use super::durability::Durability;
 use crate::error::{BrokerError, Result};
 
 /// A segment file named by the global offset of its first byte.
@@ -27,6 +30,7 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     file: File,
     map: MmapRaw,
+    disk: Arc<dyn Durability>,
 }
 
 /// The file name of the segment starting at `start`: 20 digits, so names sort like offsets.
@@ -51,7 +55,7 @@ fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
 
 impl Segment {
     /// Creates a new zero-filled, preallocated segment.
-    pub fn create(dir: &Path, start: u64, len: u64) -> Result<Segment> {
+    pub fn create(disk: &Arc<dyn Durability>, dir: &Path, start: u64, len: u64) -> Result<Segment> {
         let path = dir.join(segment_file_name(start));
         let file = OpenOptions::new()
             .read(true)
@@ -64,13 +68,14 @@ impl Segment {
             path.display()
         )))?;
         let map = MmapRaw::map_raw(&file).map_err(BrokerError::io(format!("mapping {}", path.display())))?;
-        crate::store::fsync_dir(dir)?;
+        crate::store::fsync_dir(disk.as_ref(), dir)?;
         let segment = Segment {
             start,
             len,
             path,
             file,
             map,
+            disk: disk.clone(),
         };
         segment.writing();
         Ok(segment)
@@ -87,7 +92,7 @@ impl Segment {
     }
 
     /// Opens an existing segment.
-    pub fn open(path: &Path, start: u64) -> Result<Segment> {
+    pub fn open(disk: &Arc<dyn Durability>, path: &Path, start: u64) -> Result<Segment> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -107,6 +112,7 @@ impl Segment {
             path: path.to_owned(),
             file,
             map,
+            disk: disk.clone(),
         })
     }
 
@@ -136,21 +142,6 @@ impl Segment {
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(position as usize), len) }
     }
 
-    /// Writable bytes `[position, position + len)` of this segment.
-    ///
-    /// # Safety
-    /// Only recovery may call this, before any reader exists.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice_mut(&self, position: u64, len: usize) -> &mut [u8] {
-        assert!(
-            position + len as u64 <= self.len,
-            "write past the end of segment {}",
-            self.path.display()
-        );
-        // SAFETY: in bounds (asserted); exclusive by the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(position as usize), len) }
-    }
-
     /// Writes `bytes` at `position` of this segment. Only the appender (holding the writer lock)
     /// calls this, for bytes at or past the published offset.
     pub fn write_at(&self, position: u64, bytes: &[u8]) -> std::io::Result<()> {
@@ -163,9 +154,10 @@ impl Segment {
         self.file.write_all_at(bytes, position)
     }
 
-    /// Makes everything written to this segment durable (fdatasync).
+    /// Makes everything written to this segment durable (fdatasync, through the store's
+    /// [`Durability`]).
     pub fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+        self.disk.sync_data(&self.path, &self.file)
     }
 
     /// Zeroes everything from `position` to the end of the segment: a torn write must not be
@@ -177,8 +169,9 @@ impl Segment {
         const PAGE: u64 = 4096;
         let page_end = position.div_ceil(PAGE) * PAGE;
         let head_end = page_end.min(self.len);
-        // SAFETY: recovery is the only user of the segment.
-        unsafe { self.slice_mut(position, (head_end - position) as usize) }.fill(0);
+        let zero_page = [0u8; PAGE as usize];
+        self.write_at(position, &zero_page[..(head_end - position) as usize])
+            .map_err(BrokerError::io(format!("zeroing {}", self.path.display())))?;
         if head_end < self.len {
             let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
             // SAFETY: plain syscalls on an fd we own, with in-range arguments.
@@ -195,14 +188,17 @@ impl Segment {
                 // SAFETY: as above.
                 let _ = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, self.len as libc::off_t) };
             } else {
-                // SAFETY: recovery is the only user of the segment.
-                unsafe { self.slice_mut(head_end, (self.len - head_end) as usize) }.fill(0);
+                let zeros = vec![0u8; 1 << 20];
+                let mut at = head_end;
+                while at < self.len {
+                    let len = ((self.len - at) as usize).min(zeros.len());
+                    self.write_at(at, &zeros[..len])
+                        .map_err(BrokerError::io(format!("zeroing {}", self.path.display())))?;
+                    at += len as u64;
+                }
             }
         }
-        // The zeros went through the mapping: msync them, then sync the file's metadata.
-        self.map
-            .flush_range(position as usize, (self.len - position) as usize)
-            .and_then(|()| self.sync())
-            .map_err(BrokerError::io(format!("flushing {}", self.path.display())))
+        self.sync()
+            .map_err(BrokerError::io(format!("syncing {}", self.path.display())))
     }
 }

@@ -514,6 +514,7 @@ fn a_replica_holds_the_masters_log_byte_for_byte_across_segments() {
     assert!(chunks > 10, "{chunks} chunks");
     assert_eq!(replica.committed_offset(), master.committed_offset());
     assert_eq!(commitlog_bytes(&replica), commitlog_bytes(&master));
+    wait_dispatched(&master);
     wait_dispatched(&replica);
     assert_eq!(
         replica.topics(),
