@@ -1095,7 +1095,7 @@ mod tests {
             .append(
                 "orders",
                 Some(0),
-                &[decode_send(&state, send_body("orders")).unwrap().messages[0].clone()],
+                &[decode_send(&state, send_body("orders"), peer).unwrap().messages[0].clone()],
                 peer,
             )
             .unwrap();

@@ -221,7 +221,7 @@ pub fn answer(
                 state
                     .topics()
                     .values()
-                    .filter(|topic| topic.status == ApprovalStatus::Approved)
+                    .filter(|topic| topic.approval.status == ApprovalStatus::Approved)
                     .map(|topic| topic.name.clone())
                     .collect()
             });
@@ -276,7 +276,7 @@ fn route(
                 state
                     .consumer_groups()
                     .get(group)
-                    .is_some_and(|found| found.status == ApprovalStatus::Approved)
+                    .is_some_and(|found| found.approval.status == ApprovalStatus::Approved)
             });
             if !approved {
                 return Err(format!(

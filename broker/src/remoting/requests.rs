@@ -160,7 +160,7 @@ fn send_header(command: &RemotingCommand) -> Result<SendHeader<'_>, FieldError> 
         topic: fields.str(&["b", "topic"])?,
         queue_id: fields.int_or(&["e", "queueId"], -1)?,
         sys_flag: fields.int_or(&["f", "sysFlag"], 0)?,
-        born_timestamp: fields.int_or(&["g", "bornTimestamp"], crate::schedule::now_millis())?,
+        born_timestamp: fields.int_or(&["g", "bornTimestamp"], meridian_proto::time::now_millis())?,
         flag: fields.int_or(&["h", "flag"], 0)?,
         properties: fields.raw(&["i", "properties"]).unwrap_or(""),
         reconsume_times: fields.int_or(&["j", "reconsumeTimes"], 0)?,
@@ -206,6 +206,9 @@ fn send_request(remoting: &Remoting, command: &RemotingCommand) -> Result<SendRe
         queue_id: i32::try_from(header.queue_id).unwrap_or(-1),
         messages,
         producer_group: header.producer_group.to_owned(),
+        // A RocketMQ header carries a version ordinal, not a semantic version the SDK policy can
+        // judge; the consumer heartbeat names the client's language and ordinal instead.
+        sdk: Default::default(),
     })
 }
 
@@ -491,6 +494,7 @@ fn heartbeat(
             client_id: client_id.to_owned(),
             topics,
             sdk_version: format!("rocketmq-{}/{}", language.to_ascii_lowercase(), command.version),
+            sdk_language: format!("rocketmq-{}", language.to_ascii_lowercase()),
             idc: String::new(),
             allocation: "rocketmq/client-side".into(),
             deployment: String::new(),
@@ -1008,7 +1012,7 @@ fn query_message(remoting: &Arc<Remoting>, command: &RemotingCommand) -> Answer 
             ),
             Ok((body, _)) => request_command
                 .success()
-                .with("indexLastUpdateTimestamp", crate::schedule::now_millis())
+                .with("indexLastUpdateTimestamp", meridian_proto::time::now_millis())
                 .with("indexLastUpdatePhyoffset", 0)
                 .with_body(body),
             Err(error) => failed(&request_command, &error, Operation::Other),

@@ -67,6 +67,7 @@ pub mod response {
     pub const SUBSCRIPTION_GROUP_NOT_EXIST: i32 = 26;
     pub const INVALID_PARAMETER: i32 = 29;
     pub const CONSUMER_NOT_ONLINE: i32 = 206;
+    pub const FLOW_CONTROL: i32 = 215;
 }
 
 /// RocketMQ `LanguageCode` names by ordinal.
@@ -118,6 +119,12 @@ pub fn response_code(code: ErrorCode, operation: Operation) -> i32 {
         },
         ErrorCode::FailedPrecondition => NO_PERMISSION,
         ErrorCode::Busy => SYSTEM_BUSY,
+        // Producers retry SYSTEM_BUSY after a pause (and on another broker); a pull told
+        // FLOW_CONTROL retries after 20 ms.
+        ErrorCode::Throttled => match operation {
+            Operation::Consume => FLOW_CONTROL,
+            _ => SYSTEM_BUSY,
+        },
         ErrorCode::FlushTimeout => FLUSH_DISK_TIMEOUT,
         ErrorCode::ReplicationTimeout => FLUSH_SLAVE_TIMEOUT,
         ErrorCode::Unavailable | ErrorCode::NotMaster | ErrorCode::Evacuated => SERVICE_NOT_AVAILABLE,
@@ -198,9 +205,15 @@ mod tests {
             ErrorCode::Evacuated,
             ErrorCode::NotApproved,
             ErrorCode::Busy,
+            ErrorCode::Throttled,
         ] {
             assert!(retried.contains(&response_code(code, Operation::Send)), "{code:?}");
         }
+        // A throttled pull is retried after 20 ms by RocketMQ consumers.
+        assert_eq!(
+            response_code(ErrorCode::Throttled, Operation::Consume),
+            response::FLOW_CONTROL
+        );
         assert_eq!(
             response_code(ErrorCode::NotApproved, Operation::Consume),
             response::SUBSCRIPTION_GROUP_NOT_EXIST
