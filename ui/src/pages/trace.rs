@@ -100,7 +100,7 @@ fn archived_section(body: &mut String, archived: &Option<Result<Value, ApiError>
         Some(Err(error)) => body.push_str(&error_box("Reading the message from the archive:", error)),
         Some(Ok(answer)) => match answer["rows"].as_array().and_then(|rows| rows.first()) {
             None => body.push_str(&crate::html::missing(
-                "Not in the archive yet: only sealed commitlog segments are archived, and no HTTP API returns a body from the broker.",
+                "Not found by SQL yet: a cluster's query service reads only the archive, which holds sealed segments (meridian dev also reads the live log).",
             )),
             Some(row) => {
                 let bytes = decode_base64(row[6].as_str().unwrap_or_default());
