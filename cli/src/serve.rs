@@ -349,7 +349,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         println!("  http       http://{http_addr}  (/api/health, /api/topics, /api/cluster, /api/traces, /metrics)");
         println!("  console    http://{http_addr}/");
         if with_query {
-            println!("  query      SQL over the archive: POST /api/sql, or `meridian sql`");
+            println!("  query      SQL over the archive and the live log: POST /api/sql, or `meridian sql`");
         }
         println!(
             "  tracer     indexing the trace topic into {}",
@@ -357,7 +357,13 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         );
         if let Err(error) = write_ready_file(
             ready_file.as_deref(),
-            serde_json::json!({"nameserver": nameserver_addr, "broker": broker_addr, "http": http_addr}),
+            serde_json::json!({
+                "nameserver": nameserver_addr,
+                "broker": broker_addr,
+                "http": http_addr,
+                "rocketmq_nameserver": rocketmq_nameserver,
+                "rocketmq_broker": rocketmq_broker,
+            }),
         ) {
             tracing::error!(error = %format!("{error:#}"), "the ready file was not written");
         }
