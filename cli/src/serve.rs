@@ -146,9 +146,12 @@ async fn run(services: Services, ready: impl std::future::Future<Output = ()>) -
         tasks.spawn(async move { nameserver.run(stopped.cancelled_owned()).await })
     });
     tasks.close();
+    // One listener from before the banner to the end: a signal right after "ready" is not lost.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     tokio::select! {
-        _ = ready => shutdown_signal().await,
-        _ = shutdown_signal() => {}
+        _ = ready => (&mut shutdown).await,
+        _ = &mut shutdown => {}
     }
     stop.cancel();
     tracer_stop.cancel();
