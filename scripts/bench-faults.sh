@@ -59,6 +59,8 @@ healed), the suite waits until every process is healthy and every master holds b
 sync, sends 2 s more, and reads both topics back through the routes.
 
 - **acked lost**: acknowledged msgIds missing from what is read back. Must be 0.
+- **phantom reads**: msgIds a consumer watching both topics through the routes received during
+  the run that the final history lacks (never acknowledged, or cut by a failover). Must be 0.
 - **duplicates**: acknowledged msgIds stored twice (a retry after a send whose answer was lost).
 - **failed sends**: sends that failed after their retries, from the fault on (never acknowledged,
   so never counted as lost).

@@ -65,19 +65,5 @@ impl SdkPolicy {
     }
 }
 
-/// `MAJOR[.MINOR[.PATCH]]`, ignoring a `-pre-release` or `+build` suffix for ordering.
-pub fn parse_version(version: &str) -> Option<[u64; 3]> {
-    let core = version.split(['-', '+']).next().unwrap_or_default();
-    let mut parts = [0_u64; 3];
-    let mut split = core.split('.');
-    for (slot, part) in parts.iter_mut().zip(split.by_ref()) {
-        if part.is_empty() || !part.bytes().all(|byte| byte.is_ascii_digit()) {
-            return None;
-        }
-        *slot = part.parse().ok()?;
-    }
-    if split.next().is_some() {
-        return None;
-    }
-    Some(parts)
-}
+/// The one version rule: the brokers judge clients with it too ([`meridian_proto::sdk`]).
+pub use meridian_proto::sdk::parse_version;
