@@ -672,8 +672,29 @@ async fn the_ali_ons_client_produces_and_its_push_consumer_gets_exactly_its_tag(
     let read = crate::read_all(&node, "ons-tags").await;
     assert_eq!(read.len(), 10);
     assert!(read.iter().all(|message| !message.msg_id().is_empty()));
-    let key = "key-TagA-0";
-    trace_shows(&node, &format!("--key={key}"), &["Deliver", "ons-tags-g"]).await;
+    trace_shows(&node, "--key=key-TagA-0", &["Deliver", "ons-tags-g"]).await;
+    // The offset msgId finds the same timeline: the broker it names says which message it is.
+    let offset_msg_id = sent[0]["id"].as_str().unwrap();
+    assert_eq!(offset_msg_id.len(), 32, "an IPv4 offset msgId: {offset_msg_id}");
+    let (broker, _) = parse_offset_msg_id(offset_msg_id).unwrap();
+    assert_eq!(broker, node.rocketmq_broker);
+    let timeline = trace_shows(&node, offset_msg_id, &["Deliver", "ons-tags-g", "key-TagA-0"]).await;
+    let stored = read
+        .iter()
+        .find(|message| message.keys().any(|key| key == "key-TagA-0"))
+        .unwrap();
+    assert!(
+        timeline.contains(&format!("offset msgId {offset_msg_id} is msgId {}", stored.msg_id())),
+        "{timeline}"
+    );
+    // An offset msgId naming an offset where no message is stored says so.
+    let nowhere = meridian_proto::remoting::message::offset_msg_id(node.rocketmq_broker, 1 << 40);
+    let (ok, _, stderr) = node.cli(&["trace", "--tracer", &node.http.to_string(), &nowhere], "");
+    assert!(!ok);
+    assert!(
+        stderr.contains("RocketMQ offset msgId") && stderr.contains(&node.rocketmq_broker.to_string()),
+        "{stderr}"
+    );
     node.stop();
 }
 
