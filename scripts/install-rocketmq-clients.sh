@@ -4,6 +4,9 @@
 # x86_64). Made once per machine in ${MERIDIAN_COMPAT_CACHE:-~/.cache/meridian-compat}/rocketmq-venv
 # (a few seconds); afterwards it only checks that the client still loads.
 #
+# It also installs npm `ali-ons` 3.12.0 (pure JavaScript) through scripts/install-ali-ons.sh, which
+# prints that client's folder (MERIDIAN_TEST_ALI_ONS).
+#
 # Usage: scripts/install-rocketmq-clients.sh    prints the venv's python (progress on stderr)
 #
 # Needs python3 with venv (Debian: apt-get install -y python3-venv) on x86_64 Linux: the wheel
@@ -19,6 +22,9 @@ venv_python="${venv}/bin/python"
 log() {
     echo "install-rocketmq-clients: $*" >&2
 }
+
+# The JavaScript client first: its folder is printed by install-ali-ons.sh itself.
+"$(dirname "$0")/install-ali-ons.sh" >/dev/null
 
 loads() {
     "${venv_python}" -c 'import importlib.metadata as m, rocketmq.client; print(m.version("rocketmq"))' 2>/dev/null || true

@@ -85,6 +85,11 @@ prepare_services() {
     MERIDIAN_TEST_ROCKETMQ_PYTHON=$(scripts/install-rocketmq-clients.sh)
     export MERIDIAN_TEST_ROCKETMQ_PYTHON
     log "rocketmq (C++ core): ${MERIDIAN_TEST_ROCKETMQ_PYTHON}"
+    # npm ali-ons 3.12.0 (pure JavaScript), the second RocketMQ client of the suite; installed by
+    # the script above, cached per machine.
+    MERIDIAN_TEST_ALI_ONS=$(scripts/install-ali-ons.sh)
+    export MERIDIAN_TEST_ALI_ONS
+    log "ali-ons: ${MERIDIAN_TEST_ALI_ONS}"
 }
 
 # The end-to-end tests (tests/e2e) run the real `meridian` binary as separate processes; cargo does

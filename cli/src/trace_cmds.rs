@@ -77,7 +77,9 @@ pub async fn tracer(args: TracerArgs) -> Result<()> {
 /// Arguments of `meridian trace`.
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
-    /// A msgId (32 hex digits) or a broker-assigned offset id (BROKER:OFFSET).
+    /// A msgId (32 hex digits), a broker-assigned offset id (BROKER:OFFSET), or a RocketMQ offset
+    /// msgId (32 hex digits: the broker's RocketMQ address and commitlog offset, what RocketMQ
+    /// sends answer with; that broker is asked which message it is).
     #[arg(required_unless_present = "key", conflicts_with = "key")]
     id: Option<String>,
     /// Every message with this key instead.
@@ -116,6 +118,51 @@ fn encode(text: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+/// The msgId (`UNIQ_KEY`) of the message at commitlog `offset` of the broker whose RocketMQ
+/// listener is `broker`, read with `VIEW_MESSAGE_BY_ID` as RocketMQ's admin tools read it.
+async fn msg_id_at(broker: std::net::SocketAddr, offset: u64) -> Result<String> {
+    use meridian_proto::remoting::codes::{request, response};
+    use meridian_proto::remoting::{Decoded, RemotingCommand};
+
+    let mut stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(broker),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("connecting to {broker} timed out after 5 s"))?
+    .with_context(|| format!("connecting to {broker}"))?;
+    let command = RemotingCommand::request(request::VIEW_MESSAGE_BY_ID, 1).with("offset", offset);
+    let mut frame = bytes::BytesMut::new();
+    command.encode(&mut frame);
+    stream.write_all(&frame).await?;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let len = stream.read_u32().await?;
+            let mut frame = vec![0u8; len as usize];
+            stream.read_exact(&mut frame).await?;
+            match meridian_proto::remoting::command::decode_frame(bytes::Bytes::from(frame))? {
+                Decoded::Command(answer) if answer.is_response() && answer.opaque == 1 => return anyhow::Ok(answer),
+                Decoded::Command(_) => continue,
+                Decoded::BadHeader { error, .. } => bail!("its answer is unreadable: {error}"),
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("{broker} did not answer VIEW_MESSAGE_BY_ID within 10 s"))??;
+    if answer.code != response::SUCCESS {
+        bail!(
+            "{broker} answered code {}: {}",
+            answer.code,
+            answer.remark.as_deref().unwrap_or("no remark")
+        );
+    }
+    let messages = meridian_proto::remoting::message::decode_all_stored(&answer.body)?;
+    let message = messages.first().context("its answer holds no message")?;
+    meridian_proto::properties::get(message.properties, meridian_proto::properties::MSG_ID)
+        .map(str::to_owned)
+        .context("the message there has no UNIQ_KEY")
 }
 
 /// `GET path` on the tracer: the status and the JSON body. HTTP/1.0, so a dozen lines do.
@@ -165,7 +212,24 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     };
     let tracer =
         crate::env_cmds::service_addr(args.tracer.clone(), &args.addrs, crate::env_cmds::Service::Tracer).await?;
-    let (status, body) = get(&tracer, &path).await?;
+    let (mut status, mut body) = get(&tracer, &path).await?;
+    // A RocketMQ offset msgId (what RocketMQ brokers answer a send with, and what ali-ons calls the
+    // msgId) is 32 hex digits like a msgId; when the tracer knows no message by it, it names the
+    // broker's RocketMQ address and a commitlog offset, and that broker says which message is there.
+    if (status == 404 || status == 400)
+        && let Some(id) = &args.id
+        && let Ok((broker, offset)) = meridian_proto::remoting::message::parse_offset_msg_id(id)
+    {
+        let msg_id = msg_id_at(broker, offset).await.with_context(|| {
+            format!(
+                "no message is traced with msgId {id}; read as a RocketMQ offset msgId it names commitlog offset {offset} on the broker whose RocketMQ listener is {broker}, which could not tell the message there"
+            )
+        })?;
+        if !args.json {
+            println!("offset msgId {id} is msgId {msg_id} (broker {broker}, commitlog offset {offset})");
+        }
+        (status, body) = get(&tracer, &format!("/api/traces/{}", encode(&msg_id))).await?;
+    }
     if status != 200 {
         bail!(
             "{}",

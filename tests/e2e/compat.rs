@@ -584,3 +584,150 @@ async fn a_remoting_producer_is_asked_about_its_undecided_transaction_and_its_co
     assert_eq!(delivered[0].msg_id(), msg_id);
     node.stop();
 }
+
+/// The folder holding npm ali-ons 3.12.0: `MERIDIAN_TEST_ALI_ONS`, or where
+/// `scripts/install-ali-ons.sh` puts it.
+fn ali_ons_dir() -> PathBuf {
+    let dir = std::env::var_os("MERIDIAN_TEST_ALI_ONS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/meridian-compat/ali-ons-3.12.0"))
+        })
+        .filter(|dir| dir.join("node_modules/ali-ons/package.json").exists());
+    dir.expect("the ali-ons RocketMQ client is not installed: run scripts/install-ali-ons.sh (scripts/test.sh does) and set MERIDIAN_TEST_ALI_ONS to the folder it prints")
+}
+
+/// Runs `tests/compat/ali_ons.js` with `args` against `node`; its JSON report, after checking the
+/// client found nothing wrong.
+fn run_ali_ons(node: &DevNode, home: &std::path::Path, topic: &str, group: &str, args: &[&str]) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/ali_ons.js");
+    let output = std::process::Command::new("node")
+        .arg(&script)
+        .arg(ali_ons_dir())
+        .args([&node.rocketmq_nameserver.to_string(), topic, group])
+        .args(args)
+        // ali-ons keeps offsets and logs under $HOME.
+        .env("HOME", home)
+        .output()
+        .expect("running the ali-ons scenario (is node installed?)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no report from ali-ons; stderr:\n{}\nlog:\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                node.log()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "ali-ons checks failed: {}\nstderr:\n{}\nlog:\n{}",
+        report["errors"],
+        String::from_utf8_lossy(&output.stderr),
+        node.log()
+    );
+    report
+}
+
+/// Waits until `meridian trace ID` shows every one of `wanted`.
+async fn trace_shows(node: &DevNode, id: &str, wanted: &[&str]) -> String {
+    let http = node.http.to_string();
+    let mut last = String::new();
+    let found = eventually(Duration::from_secs(20), || {
+        let (ok, stdout, stderr) = node.cli(&["trace", "--tracer", &http, id], "");
+        last = format!("{stdout}{stderr}");
+        ok && wanted.iter().all(|want| stdout.contains(want))
+    })
+    .await;
+    assert!(
+        found,
+        "meridian trace {id} never showed {wanted:?}; last answer:\n{last}\nlog:\n{}",
+        node.log()
+    );
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ali_ons_client_produces_and_its_push_consumer_gets_exactly_its_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(&dir.path().join("data"), &[]);
+    node.create_topic("ons-tags", 4).await;
+    node.create_group("ons-tags-g", &["ons-tags"]).await;
+    let report = run_ali_ons(&node, dir.path(), "ons-tags", "ons-tags-g", &["tags", "5"]);
+    let sent = report["sent"].as_array().unwrap();
+    assert_eq!(sent.len(), 10, "5 TagA and 5 TagB sends acknowledged");
+    let received = report["received"].as_array().unwrap();
+    assert_eq!(received.len(), 5, "exactly the TagA messages, once each: {received:?}");
+    for message in received {
+        assert_eq!(message["tag"], "TagA");
+        assert_eq!(message["topic"], "ons-tags");
+        let index = message["keys"].as_str().unwrap().strip_prefix("key-TagA-").unwrap();
+        assert_eq!(message["body"], format!("TagA-body-{index}"));
+    }
+    // ali-ons makes no UNIQ_KEY: the broker's msgId stands in, and what the application holds is
+    // the offset msgId the send answered with. Meridian's SDK reads the same messages.
+    let read = crate::read_all(&node, "ons-tags").await;
+    assert_eq!(read.len(), 10);
+    assert!(read.iter().all(|message| !message.msg_id().is_empty()));
+    trace_shows(&node, "--key=key-TagA-0", &["Deliver", "ons-tags-g"]).await;
+    // The offset msgId finds the same timeline: the broker it names says which message it is.
+    let offset_msg_id = sent[0]["id"].as_str().unwrap();
+    assert_eq!(offset_msg_id.len(), 32, "an IPv4 offset msgId: {offset_msg_id}");
+    let (broker, _) = parse_offset_msg_id(offset_msg_id).unwrap();
+    assert_eq!(broker, node.rocketmq_broker);
+    let timeline = trace_shows(&node, offset_msg_id, &["Deliver", "ons-tags-g", "key-TagA-0"]).await;
+    let stored = read
+        .iter()
+        .find(|message| message.keys().any(|key| key == "key-TagA-0"))
+        .unwrap();
+    assert!(
+        timeline.contains(&format!("offset msgId {offset_msg_id} is msgId {}", stored.msg_id())),
+        "{timeline}"
+    );
+    // An offset msgId naming an offset where no message is stored says so.
+    let nowhere = meridian_proto::remoting::message::offset_msg_id(node.rocketmq_broker, 1 << 40);
+    let (ok, _, stderr) = node.cli(&["trace", "--tracer", &node.http.to_string(), &nowhere], "");
+    assert!(!ok);
+    assert!(
+        stderr.contains("RocketMQ offset msgId") && stderr.contains(&node.rocketmq_broker.to_string()),
+        "{stderr}"
+    );
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ali_ons_consumer_fails_a_message_and_gets_it_again_from_the_retry_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(&dir.path().join("data"), &[]);
+    node.create_topic("ons-retry", 2).await;
+    node.create_group("ons-retry-g", &["ons-retry"]).await;
+    let report = run_ali_ons(&node, dir.path(), "ons-retry", "ons-retry-g", &["retry"]);
+    let deliveries = report["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 2, "{deliveries:?}");
+    assert_eq!(deliveries[1]["reconsume_times"], 1);
+    trace_shows(&node, "--key=fail-once", &["Retry", "%RETRY%ons-retry-g"]).await;
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ali_ons_transaction_producer_is_checked_back_and_its_answer_decides_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, "[transaction]\ncheck_interval_ms = 1000\n").unwrap();
+    let node = DevNode::start(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    node.create_topic("ons-tx", 2).await;
+    node.create_group("ons-tx-g", &["ons-tx"]).await;
+    let report = run_ali_ons(&node, dir.path(), "ons-tx", "ons-tx-g", &["transaction"]);
+    let checks = report["checks"].as_array().unwrap();
+    assert!(checks.iter().any(|check| check["keys"] == "tx-commit"), "{checks:?}");
+    assert!(checks.iter().any(|check| check["keys"] == "tx-rollback"), "{checks:?}");
+    // Meridian's SDK sees the same outcome: the committed message only.
+    let read = crate::read_all(&node, "ons-tx").await;
+    assert_eq!(read.len(), 1, "only the committed message reached the topic");
+    assert_eq!(read[0].keys().collect::<Vec<_>>(), ["tx-commit"]);
+    trace_shows(&node, "--key=tx-commit", &["Deliver", "ons-tx-g"]).await;
+    node.stop();
+}

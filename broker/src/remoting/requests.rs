@@ -112,7 +112,7 @@ pub fn handle(
     };
     match command.code {
         request::SEND_MESSAGE | request::SEND_MESSAGE_V2 | request::SEND_BATCH_MESSAGE => {
-            send(remoting, &command, peer)
+            send(remoting, &command, peer, connection)
         }
         request::PULL_MESSAGE => pull(remoting, &command, peer),
         request::HEART_BEAT => Answer::Now(Some(heartbeat(remoting, &command, peer, connection))),
@@ -212,7 +212,12 @@ fn send_request(remoting: &Remoting, command: &RemotingCommand) -> Result<SendRe
     })
 }
 
-fn send(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -> Answer {
+fn send(
+    remoting: &Arc<Remoting>,
+    command: &RemotingCommand,
+    peer: SocketAddr,
+    connection: &mpsc::Sender<RemotingCommand>,
+) -> Answer {
     let request = match send_request(remoting, command) {
         Ok(request) => request,
         Err(answer) => return Answer::Now(Some(answer)),
@@ -222,6 +227,14 @@ fn send(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -
         .iter()
         .map(|message| properties::get(&message.properties, TRANSACTION) == Some("true"))
         .collect();
+    // A half message's producer is asked about it over this connection even before its first
+    // heartbeat reaches this broker: clients heartbeat every 30 s, and only the brokers they knew
+    // at the last one (a producer's first send to a new topic comes before that).
+    if transactional.contains(&true) && !request.producer_group.is_empty() {
+        remoting
+            .producers
+            .register(&request.producer_group, &format!("{peer}"), peer, connection);
+    }
     let request_command = command.clone().with_body(Bytes::new());
     let advertise = remoting.advertise;
     native(remoting, RequestCode::Send, &request, peer, move |result| {
