@@ -532,9 +532,37 @@ async fn drills_page(State(console): State<Shared>, Query(params): Params) -> Re
     )
 }
 
-async fn clients_page(State(console): State<Shared>) -> Response {
-    let policy = console.nameserver.get_json("/api/sdk-policy").await;
-    html(page_status(&policy), others::render_clients(&policy))
+async fn clients_page(State(console): State<Shared>, Query(params): Params) -> Response {
+    // One call to the nameserver and one per broker, whatever the number of clients.
+    let (policy, clients) = tokio::join!(
+        console.nameserver.get_json("/api/sdk-policy"),
+        futures_util::future::join_all(
+            console
+                .brokers
+                .iter()
+                .map(|broker| broker.get_json("/api/broker/clients"))
+        ),
+    );
+    let status = match clients.iter().find(|answer| answer.is_err()) {
+        Some(failed) => page_status(failed),
+        None => page_status(&policy),
+    };
+    let brokers = console
+        .brokers
+        .iter()
+        .map(|broker| broker.addr.clone())
+        .zip(clients)
+        .collect();
+    html(
+        status,
+        others::render_clients(&others::ClientsView {
+            policy,
+            brokers,
+            q: param(&params, "q"),
+            verdict: param(&params, "verdict"),
+            offset: offset_of(&params),
+        }),
+    )
 }
 
 async fn alerts_page() -> Response {
