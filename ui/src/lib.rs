@@ -165,7 +165,12 @@ async fn style() -> Response {
 
 async fn overview_page(State(console): State<Shared>) -> Response {
     let ns = &console.nameserver;
-    let health = futures_util::future::join_all(console.brokers.iter().map(|broker| broker.get_json("/api/health")));
+    let health = futures_util::future::join_all(
+        console
+            .brokers
+            .iter()
+            .map(|broker| broker.get_json_also("/api/health", &[503])),
+    );
     let (cluster, brokers, drill, topics, groups, broker_health) = tokio::join!(
         ns.get_json("/api/cluster"),
         ns.get_json("/api/brokers"),
