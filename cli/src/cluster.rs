@@ -1706,6 +1706,11 @@ mod tests {
                 } else if name.starts_with("query") {
                     crate::config::load::<QueryServiceConfig>("deploy", Some(&path))
                         .and_then(|config| config.query.validate().map_err(anyhow::Error::msg))
+                } else if name.starts_with("ui") {
+                    std::fs::read_to_string(&path)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|text| Ok(toml::from_str::<crate::ui_cmd::UiConfig>(&text)?))
+                        .and_then(|config| config.validate())
                 } else {
                     panic!("deploy/{dir}/{name}: no service config of that name");
                 };

@@ -225,7 +225,8 @@ pub fn render_clients(view: &ClientsView<'_>) -> String {
         };
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"verdict\">{verdict}</td><td>{}</td></tr>",
+            "<tr data-client=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"verdict\">{verdict}</td><td>{}</td></tr>",
+            attr(&text_of(&client["client_id"])),
             empty_dash("kind"),
             match client["group"].as_str() {
                 Some(group) if !group.is_empty() => group_link(group),
