@@ -16,7 +16,7 @@ use serde_json::Value;
 pub const SAMPLES_PER_GROUP: usize = 120;
 /// Groups whose history is kept; beyond it the group sampled least recently is forgotten.
 pub const GROUPS_TRACKED: usize = 2_000;
-/// Two views closer than this replace the last sample instead of adding one.
+/// A view closer than this to the group's last sample adds none (the page still shows the lag now).
 pub const MIN_SAMPLE_GAP_MS: u64 = 1_000;
 
 /// A group's lag over every broker and topic that answered.
@@ -86,8 +86,8 @@ impl LagHistory {
         LagHistory::default()
     }
 
-    /// Adds a sample of `group` (or replaces the last one when it is younger than
-    /// [`MIN_SAMPLE_GAP_MS`]).
+    /// Adds a sample of `group`, unless its last one is younger than [`MIN_SAMPLE_GAP_MS`] (so
+    /// reloads in a burst do not crowd the history out).
     pub fn record(&self, group: &str, sample: Sample) {
         let mut groups = self.groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !groups.contains_key(group) && groups.len() >= GROUPS_TRACKED {
@@ -100,10 +100,10 @@ impl LagHistory {
             }
         }
         let samples = groups.entry(group.to_owned()).or_default();
-        if let Some(last) = samples.back_mut()
-            && sample.at_ms.saturating_sub(last.at_ms) < MIN_SAMPLE_GAP_MS
+        if samples
+            .back()
+            .is_some_and(|last| sample.at_ms.saturating_sub(last.at_ms) < MIN_SAMPLE_GAP_MS)
         {
-            *last = sample;
             return;
         }
         if samples.len() >= SAMPLES_PER_GROUP {
@@ -184,17 +184,16 @@ mod tests {
         let samples = history.of("g");
         assert_eq!(samples.len(), SAMPLES_PER_GROUP);
         assert_eq!(samples[0].lag_messages, 10);
-        // A second view within a second replaces the last sample.
-        let last = samples.last().unwrap().at_ms;
-        history.record(
-            "g",
-            Sample {
-                at_ms: last + 10,
-                lag_messages: 0,
-                lag_ms: 0,
-            },
-        );
-        assert_eq!(history.of("g").len(), SAMPLES_PER_GROUP);
+        // A view within a second of the last sample adds none; one a second later does.
+        let last = *samples.last().unwrap();
+        let zero = |at_ms| Sample {
+            at_ms,
+            lag_messages: 0,
+            lag_ms: 0,
+        };
+        history.record("g", zero(last.at_ms + 10));
+        assert_eq!(history.of("g").last(), Some(&last));
+        history.record("g", zero(last.at_ms + MIN_SAMPLE_GAP_MS));
         assert_eq!(history.of("g").last().unwrap().lag_messages, 0);
         for i in 0..GROUPS_TRACKED as u64 + 5 {
             history.record(
