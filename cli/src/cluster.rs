@@ -1,5 +1,5 @@
 //! `meridian cluster up|down|kill|restart` and the process view of `meridian cluster status`: a
-//! whole cluster (nameservers, broker groups, archivers, tracer) as separate `meridian` processes
+//! whole cluster (nameservers, broker groups, archivers, tracer, query service, console) as separate `meridian` processes
 //! on this machine, described by one TOML file (`examples/two-idc.toml`).
 //!
 //! [`plan`] turns a [`ClusterSpec`] into one [`Node`] per process and checks it before anything
@@ -102,6 +102,8 @@ pub struct ClusterSpec {
     pub tracer: Option<ServiceSpec>,
     /// The query service (`meridian query`) over the archivers' store, when given.
     pub query: Option<ServiceSpec>,
+    /// The web console (`meridian ui`), reading every other node's HTTP API, when given.
+    pub ui: Option<ServiceSpec>,
     /// One archiver process beside every broker.
     #[serde(default)]
     pub archiver: ArchiverSpec,
@@ -227,6 +229,8 @@ pub struct Overrides {
     pub tracer: toml::Table,
     /// Into the query service's config.
     pub query: toml::Table,
+    /// Into the console's config.
+    pub ui: toml::Table,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -246,6 +250,8 @@ pub enum Kind {
     Tracer,
     /// `meridian query` (SQL over the archive).
     Query,
+    /// `meridian ui` (the web console).
+    Ui,
 }
 
 impl Kind {
@@ -256,6 +262,7 @@ impl Kind {
             Kind::Archiver => "archiver",
             Kind::Tracer => "tracer",
             Kind::Query => "query",
+            Kind::Ui => "ui",
         }
     }
 }
@@ -676,6 +683,51 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
         });
     }
 
+    if let Some(ui) = &spec.ui {
+        let node_dir = dir.join("ui");
+        let http_of = |kind: Kind| -> Vec<String> {
+            nodes
+                .iter()
+                .filter(|node| node.kind == kind)
+                .filter_map(|node| node.http.map(|http| http.to_string()))
+                .collect()
+        };
+        let console = crate::ui_cmd::UiConfig {
+            listen: Some(ui.http),
+            nameserver_http: http_of(Kind::Nameserver).into_iter().next(),
+            broker_http: Some(http_of(Kind::Broker)),
+            tracer_http: http_of(Kind::Tracer).into_iter().next(),
+            query_http: http_of(Kind::Query).into_iter().next(),
+            timeout_ms: None,
+        };
+        let mut config = match toml::Value::try_from(&console) {
+            Ok(toml::Value::Table(table)) => table,
+            _ => toml::Table::new(),
+        };
+        merge(&mut config, &spec.overrides.ui);
+        merge(&mut config, &ui.overrides);
+        match crate::ui_cmd::UiConfig::deserialize(toml::Value::Table(config.clone())) {
+            Ok(parsed) => {
+                if let Err(error) = parsed.validate() {
+                    problems.push(format!("the console: {error}"));
+                }
+            }
+            Err(error) => problems.push(format!("the console: invalid config: {error}")),
+        }
+        nodes.push(Node {
+            name: "ui".into(),
+            kind: Kind::Ui,
+            idc: ui.idc.clone(),
+            group: None,
+            master: false,
+            listen: None,
+            http: Some(ui.http),
+            config_path: node_dir.join("config.toml"),
+            dir: node_dir,
+            config: Some(config),
+        });
+    }
+
     // Names and addresses, across every node.
     let mut names = BTreeSet::new();
     for node in &nodes {
@@ -985,6 +1037,13 @@ async fn probe(node: &Node) -> NodeStatus {
         (Kind::Tracer | Kind::Query, Some(http)) => {
             status.healthy = http_get(http, "/metrics").await.is_some_and(|(code, _)| code == 200);
         }
+        // The console serves its assets without calling any service, so this does not depend on
+        // the others being up.
+        (Kind::Ui, Some(http)) => {
+            status.healthy = http_get(http, "/assets/console.css")
+                .await
+                .is_some_and(|(code, _)| code == 200);
+        }
         // An archiver has no listener: running, and past its start-up line, is healthy.
         _ => {
             status.healthy =
@@ -1227,6 +1286,9 @@ pub async fn up(args: UpArgs) -> Result<()> {
     for line in crate::env_cmds::client_variables(&plan.nameservers, &services) {
         println!("  export {line}");
     }
+    if let Some(console) = plan.service_http(Kind::Ui) {
+        println!("console: http://{console}/");
+    }
     println!("ready");
     Ok(())
 }
@@ -1365,6 +1427,12 @@ async fn start_all(plan: &Plan, progress: &ProgressBar) -> Result<()> {
         wait_until(node, "serving", START_TIMEOUT, progress, |status| status.healthy).await?;
         progress.inc(1);
     }
+    // The console last: it reads everything above.
+    for node in plan.nodes.iter().filter(|node| node.kind == Kind::Ui) {
+        announce(node, spawn(node)?);
+        wait_until(node, "serving", START_TIMEOUT, progress, |status| status.healthy).await?;
+        progress.inc(1);
+    }
     Ok(())
 }
 
@@ -1373,7 +1441,7 @@ pub async fn down(args: DownArgs) -> Result<()> {
     let plan = load(&args.dir.dir)?;
     // Clients of others first, the nameservers last so brokers' last heartbeats find them.
     let waves: [&[Kind]; 3] = [
-        &[Kind::Query, Kind::Tracer, Kind::Archiver],
+        &[Kind::Ui, Kind::Query, Kind::Tracer, Kind::Archiver],
         &[Kind::Broker],
         &[Kind::Nameserver],
     ];
@@ -1556,7 +1624,8 @@ mod tests {
                 Kind::Broker,
                 Kind::Archiver,
                 Kind::Tracer,
-                Kind::Query
+                Kind::Query,
+                Kind::Ui
             ]
         );
 
@@ -1571,10 +1640,19 @@ mod tests {
                 count(Kind::Broker),
                 count(Kind::Archiver),
                 count(Kind::Tracer),
-                count(Kind::Query)
+                count(Kind::Query),
+                count(Kind::Ui)
             ),
-            (3, 6, 6, 1, 1)
+            (3, 6, 6, 1, 1, 1)
         );
+        // The console reads every nameserver-, broker-, tracer- and query-HTTP address of the plan.
+        let ui = two.nodes.iter().find(|node| node.kind == Kind::Ui).unwrap();
+        let console: crate::ui_cmd::UiConfig = toml::Value::Table(ui.config.clone().unwrap()).try_into().unwrap();
+        assert_eq!(console.nameserver_http.as_deref(), Some("127.0.0.11:8080"));
+        assert_eq!(console.broker_http.as_ref().map(Vec::len), Some(6));
+        assert_eq!(console.tracer_http.as_deref(), Some("127.0.0.41:8090"));
+        assert_eq!(console.query_http.as_deref(), Some("127.0.0.51:8095"));
+        assert_eq!(console.listen, Some("127.0.0.61:8088".parse().unwrap()));
         let idcs: BTreeSet<&str> = two.nodes.iter().map(|node| node.idc.as_str()).collect();
         assert_eq!(idcs, BTreeSet::from(["dc1", "dc2", "witness"]));
         // Each group: the master and a slave in one IDC, a slave in the other.
@@ -1628,6 +1706,11 @@ mod tests {
                 } else if name.starts_with("query") {
                     crate::config::load::<QueryServiceConfig>("deploy", Some(&path))
                         .and_then(|config| config.query.validate().map_err(anyhow::Error::msg))
+                } else if name.starts_with("ui") {
+                    std::fs::read_to_string(&path)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|text| Ok(toml::from_str::<crate::ui_cmd::UiConfig>(&text)?))
+                        .and_then(|config| config.validate())
                 } else {
                     panic!("deploy/{dir}/{name}: no service config of that name");
                 };

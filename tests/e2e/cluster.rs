@@ -1,5 +1,5 @@
 //! `meridian cluster up|status|kill|restart|down` on the seed's two-IDC topology (three
-//! nameservers, two broker groups of three, an archiver per broker, the tracer, the query service: 17 processes):
+//! nameservers, two broker groups of three, an archiver per broker, the tracer, the query service, the console: 18 processes):
 //! produce and consume with a `quorum` and an `idc_safe` group while a master is killed and
 //! another is partitioned, every acknowledged message is consumed afterwards, and `down` leaves
 //! no process or port behind. Bad specs are refused before anything starts.
@@ -49,7 +49,14 @@ async fn wait_acks_resume(load: &Load, topic: &str, since: Instant, what: &str) 
 async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_and_a_partition_and_goes_down_leaving_nothing()
  {
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = LocalCluster::layout(root.path(), 160, ClusterOptions::default());
+    let mut cluster = LocalCluster::layout(
+        root.path(),
+        160,
+        ClusterOptions {
+            ui: true,
+            ..ClusterOptions::default()
+        },
+    );
     // b-0, the master of the idc_safe group, is reached by clients and slaves, and reaches the
     // nameservers, only through proxies: cutting them partitions it without killing it.
     let to_b0 = LinkProxy::start("127.0.0.180:0", cluster.nodes["b-0"].listen.unwrap()).await;
@@ -72,16 +79,16 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
 
     let stdout = blocking(|| cluster.up());
     assert!(
-        stdout.contains("starting cluster e2e-two-idc: 17 processes"),
+        stdout.contains("starting cluster e2e-two-idc: 18 processes"),
         "{stdout}"
     );
     assert!(stdout.lines().any(|line| line == "ready"), "{stdout}");
     let pids = cluster.pids();
-    assert_eq!(pids.len(), 17, "{pids:?}");
+    assert_eq!(pids.len(), 18, "{pids:?}");
 
     let status = blocking(|| cluster.status());
     let processes = status["processes"].as_array().unwrap();
-    assert_eq!(processes.len(), 17);
+    assert_eq!(processes.len(), 18);
     assert!(
         processes.iter().all(|process| process["healthy"] == true),
         "{processes:#?}"
@@ -106,12 +113,21 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
     let (ok, text, stderr) = blocking(|| cluster.cli(&["cluster", "status"]));
     assert!(ok, "{stderr}");
     assert!(
-        text.contains("17 of 17 processes running, 17 healthy") && text.contains("raft leader: ns-"),
+        text.contains("18 of 18 processes running, 18 healthy") && text.contains("raft leader: ns-"),
         "{text}"
     );
     assert!(
         text.contains("broker-b epoch 1, master b-0, in sync: b-1, b-2"),
         "{text}"
+    );
+    // The console answers its Overview, reading the nameservers and brokers `cluster up` gave it.
+    let console = cluster.nodes["ui"].http.unwrap();
+    assert!(stdout.contains(&format!("console: http://{console}/")), "{stdout}");
+    let page = blocking(|| meridian_tests::http_get_text(console, "/"))
+        .expect("the console answers / with 200 (its Overview)");
+    assert!(
+        page.contains("data-idc=\"dc1\"") && page.contains("data-idc=\"dc2\""),
+        "{page}"
     );
     // The query service answers SQL over the archivers' store.
     let query = format!("http://{}", cluster.nodes["query"].http.unwrap());
@@ -148,7 +164,7 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
     let spec = cluster.spec_path.display().to_string();
     let (ok, _, stderr) = blocking(|| cluster.cli(&["cluster", "up", "--config", &spec]));
     assert!(
-        !ok && stderr.contains("is already running (17 of 17 processes"),
+        !ok && stderr.contains("is already running (18 of 18 processes"),
         "{stderr}"
     );
 
@@ -225,7 +241,7 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
     let pids = cluster.pids();
     let (ok, stdout, stderr) = blocking(|| cluster.cli(&["cluster", "down"]));
     assert!(ok, "{stdout}{stderr}");
-    assert!(stdout.contains("17 process(es) stopped, every port free"), "{stdout}");
+    assert!(stdout.contains("18 process(es) stopped, every port free"), "{stdout}");
     let left: Vec<&(String, u32)> = pids
         .iter()
         .filter(|(_, pid)| process_runs_from(*pid, &cluster.dir))
@@ -234,13 +250,13 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
     assert!(cluster.pids().is_empty(), "pid files removed");
     assert_eq!(every_port_free(&cluster), Vec::<String>::new());
     let (ok, text, _) = blocking(|| cluster.cli(&["cluster", "status"]));
-    assert!(!ok && text.contains("0 of 17 processes running"), "{text}");
+    assert!(!ok && text.contains("0 of 18 processes running"), "{text}");
     // Scripts get the process view as JSON even with no nameserver to answer, and why.
     let (ok, text, _) = blocking(|| cluster.cli(&["cluster", "status", "--json"]));
     let view: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or_default())
         .unwrap_or_else(|error| panic!("not JSON ({error}): {text}"));
     assert!(!ok, "{text}");
-    assert_eq!(view["processes"].as_array().map(Vec::len), Some(17), "{view}");
+    assert_eq!(view["processes"].as_array().map(Vec::len), Some(18), "{view}");
     assert!(!view["error"].as_str().unwrap_or_default().is_empty(), "{view}");
     to_b0.stop().await;
     for proxy in b0_to_nameservers {

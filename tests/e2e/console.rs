@@ -411,6 +411,67 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     assert_eq!(browser.execute(total_lag), json!(0), "{}", browser.page_text());
     browser.screenshot("group-reset");
 
+    // Lag in time and status (the brokers' /api/broker/lag): a message the group has not consumed
+    // shows on the Groups list as 1 message behind, with its age and the group's status.
+    let (ok, _, stderr) = node.cli(&["produce", "--topic", "console-orders", "--body", "waiting"], "");
+    assert!(ok, "producing: {stderr}");
+    let row = "#groups tr[data-group=\"console-billing\"]";
+    browser.goto(&format!("{base}/groups?q=console-billing"));
+    browser.wait_for(row, Duration::from_secs(5));
+    assert_eq!(
+        browser.text(&format!("{row} .lag-messages")),
+        "1",
+        "{}",
+        browser.page_text()
+    );
+    let lag_time = browser.text(&format!("{row} .lag-time"));
+    assert!(
+        lag_time.ends_with(" ms") || lag_time.ends_with(" s"),
+        "lag in time: {lag_time:?}"
+    );
+    assert_eq!(browser.text(&format!("{row} .lag-status")), "OK");
+    browser.screenshot("groups-lag");
+    // The group's page: status, lag in time, and (from the second view) the lag history chart.
+    browser.goto(&format!("{base}/groups/console-billing"));
+    browser.wait_for("#lag-time", Duration::from_secs(5));
+    assert_eq!(browser.text("#lag-messages"), "1");
+    assert_eq!(browser.text("#lag-status"), "OK");
+    // Views at least a second apart are separate samples.
+    wait("the lag history has two samples", Duration::from_secs(10), || {
+        browser.goto(&format!("{base}/groups/console-billing"));
+        !browser.find_all("#lag-history svg").is_empty()
+    });
+    browser.screenshot("group-lag-history");
+
+    // Clients: a running consumer is listed with its SDK and the policy's verdict.
+    let mut consumer = Command::new(meridian_tests::meridian_bin())
+        .args([
+            "consume",
+            "--topic",
+            "console-orders",
+            "--group",
+            "console-billing",
+            "--client-id",
+            "console-consumer-1",
+            "--timeout",
+            "120",
+        ])
+        .env("MERIDIAN_NAMESERVER", node.nameserver.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting meridian consume");
+    let consumer_row = "#clients tr[data-client=\"console-consumer-1\"]";
+    wait("the Clients page lists the consumer", Duration::from_secs(20), || {
+        browser.goto(&format!("{base}/clients"));
+        !browser.find_all(consumer_row).is_empty()
+    });
+    assert!(browser.text(&format!("{consumer_row} .verdict")).contains("ok"));
+    browser.screenshot("clients-consumer");
+    let _ = consumer.kill();
+    let _ = consumer.wait();
+
     // Trace: search by msgId in the search box; the timeline shows the producer and the store.
     browser.goto(&format!("{base}/trace"));
     browser.type_into("#trace-q", &msg_id);
@@ -506,7 +567,7 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
                 .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "png"))
         })
         .count();
-    assert!(shots >= 14, "{shots} screenshots in {}", artifacts.display());
+    assert!(shots >= 17, "{shots} screenshots in {}", artifacts.display());
 }
 
 /// `POST path` with a JSON body on an HTTP listener; the status.

@@ -172,6 +172,8 @@ pub struct ClusterOptions {
     pub tracer: bool,
     /// Run the query service.
     pub query: bool,
+    /// Run the web console (`meridian ui`).
+    pub ui: bool,
     /// Per member: an inline TOML table merged into its config (`{ advertise_addr = "..." }`).
     pub member_overrides: BTreeMap<String, String>,
 }
@@ -186,6 +188,7 @@ impl Default for ClusterOptions {
             archivers: true,
             tracer: true,
             query: true,
+            ui: false,
             member_overrides: BTreeMap::new(),
         }
     }
@@ -251,7 +254,7 @@ impl LocalCluster {
                 },
             );
         }
-        for service in ["tracer", "query"] {
+        for service in ["tracer", "query", "ui"] {
             let ip = ip();
             nodes.insert(
                 service.into(),
@@ -318,6 +321,12 @@ impl LocalCluster {
             spec += &format!(
                 "[query]\nidc = \"dc1\"\nhttp = \"{}\"\n\n",
                 self.nodes["query"].http.expect("http")
+            );
+        }
+        if options.ui {
+            spec += &format!(
+                "[ui]\nidc = \"dc1\"\nhttp = \"{}\"\n\n",
+                self.nodes["ui"].http.expect("http")
             );
         }
         spec += &format!(

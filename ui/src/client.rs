@@ -102,6 +102,19 @@ impl Upstream {
         self.json_of("GET", path, reply)
     }
 
+    /// `GET path` where the service answers a JSON body also with some error statuses (a broker's
+    /// `/api/health` is 503 with its state once its store failed): those answers are `Ok` too.
+    pub async fn get_json_also(&self, path: &str, also: &[u16]) -> Result<Value, ApiError> {
+        let reply = self.request("GET", path, None).await?;
+        if also.contains(&reply.status)
+            && let Ok(value) = serde_json::from_slice::<Value>(&reply.body)
+            && value.is_object()
+        {
+            return Ok(value);
+        }
+        self.json_of("GET", path, reply)
+    }
+
     /// `method path` with a JSON body, the answer parsed as JSON; any status but 2xx is an error.
     pub async fn send_json(&self, method: &str, path: &str, body: &Value) -> Result<Value, ApiError> {
         let bytes = body.to_string().into_bytes();

@@ -165,7 +165,7 @@ pub fn badge(word: &str) -> String {
     let class = match word {
         "approved" | "ok" | "alive" | "master" | "leader" | "Leader" | "serving" => "good",
         "requested" | "slave" | "Follower" | "Learner" | "Candidate" => "info",
-        "rejected" | "dead" | "evacuated" | "no_leader" | "stalled" => "bad",
+        "rejected" | "dead" | "evacuated" | "no_leader" | "stalled" | "unhealthy" => "bad",
         _ => "info",
     };
     format!("<span class=\"badge {class}\">{}</span>", esc(word))

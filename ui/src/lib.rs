@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod html;
+pub mod lag;
 pub mod pages;
 pub mod svg;
 
@@ -68,6 +69,8 @@ struct Console {
     brokers: Vec<Upstream>,
     tracer: Option<Upstream>,
     query: Option<Upstream>,
+    /// Each group's lag, sampled on every view of the Groups pages.
+    lag_history: lag::LagHistory,
 }
 
 type Shared = Arc<Console>;
@@ -91,6 +94,7 @@ pub fn router(config: ConsoleConfig) -> Router {
         query: config
             .query
             .map(|addr| Upstream::new("query service", addr, config.timeout * 4)),
+        lag_history: lag::LagHistory::new(),
     };
     Router::new()
         .route("/", get(overview_page))
@@ -161,7 +165,12 @@ async fn style() -> Response {
 
 async fn overview_page(State(console): State<Shared>) -> Response {
     let ns = &console.nameserver;
-    let health = futures_util::future::join_all(console.brokers.iter().map(|broker| broker.get_json("/api/health")));
+    let health = futures_util::future::join_all(
+        console
+            .brokers
+            .iter()
+            .map(|broker| broker.get_json_also("/api/health", &[503])),
+    );
     let (cluster, brokers, drill, topics, groups, broker_health) = tokio::join!(
         ns.get_json("/api/cluster"),
         ns.get_json("/api/brokers"),
@@ -254,11 +263,55 @@ async fn topic_page(State(console): State<Shared>, Path(name): Path<String>, Que
 async fn groups_page(State(console): State<Shared>, Query(params): Params) -> Response {
     let (q, offset) = (param(&params, "q"), offset_of(&params));
     let path = format!("/api/groups?q={}&offset={offset}&limit={}", encode(q), groups::PAGE);
-    let page = console.nameserver.get_json(&path).await;
+    // One lag call per broker, whatever the number of groups.
+    let (page, lag) = tokio::join!(console.nameserver.get_json(&path), broker_lag(&console));
+    if let Ok(answer) = &page {
+        let names: Vec<&str> = answer["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|group| group["name"].as_str())
+            .collect();
+        sample_lag(&console, &names, &lag);
+    }
     html(
         page_status(&page),
-        groups::render_list(&groups::GroupList { q, offset, page }),
+        groups::render_list(&groups::GroupList { q, offset, page, lag }),
     )
+}
+
+/// `GET /api/broker/lag` of every configured broker, concurrently.
+async fn broker_lag(console: &Console) -> Vec<Result<Value, ApiError>> {
+    futures_util::future::join_all(console.brokers.iter().map(|broker| broker.get_json("/api/broker/lag"))).await
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// Records the lag of `groups` now in the console's history; a group no broker reports lag for
+/// gets no sample (nothing is known, which is not zero), nor does any group when a broker failed
+/// (its share would be missing from the sum).
+fn sample_lag(console: &Console, groups: &[&str], lag: &[Result<Value, ApiError>]) {
+    if lag.is_empty() || lag.iter().any(Result::is_err) {
+        return;
+    }
+    let summary = lag::summarize(lag.iter().filter_map(|answer| answer.as_ref().ok()));
+    let at_ms = now_ms();
+    for group in groups {
+        if let Some(found) = summary.get(*group) {
+            console.lag_history.record(
+                group,
+                lag::Sample {
+                    at_ms,
+                    lag_messages: found.lag_messages,
+                    lag_ms: found.lag_ms,
+                },
+            );
+        }
+    }
 }
 
 async fn group_page(State(console): State<Shared>, Path(name): Path<String>, Query(params): Params) -> Response {
@@ -286,13 +339,26 @@ async fn group_page(State(console): State<Shared>, Path(name): Path<String>, Que
             ));
         }
     }
-    let offsets = futures_util::future::join_all(paths.iter().map(|(broker, path)| broker.get_json(path))).await;
+    let (offsets, lag) = tokio::join!(
+        futures_util::future::join_all(paths.iter().map(|(broker, path)| broker.get_json(path))),
+        broker_lag(&console),
+    );
+    sample_lag(&console, &[name.as_str()], &lag);
+    let history = console.lag_history.of(&name);
+    let lag = console
+        .brokers
+        .iter()
+        .map(|broker| broker.addr.clone())
+        .zip(lag)
+        .collect();
     html(
         page_status(&detail),
         groups::render_detail(&groups::GroupDetail {
             name: &name,
             detail,
             offsets,
+            lag,
+            history,
             has_brokers: !console.brokers.is_empty(),
             ok: params.get("ok").map(String::as_str),
             error: params.get("error").map(String::as_str),
@@ -471,9 +537,37 @@ async fn drills_page(State(console): State<Shared>, Query(params): Params) -> Re
     )
 }
 
-async fn clients_page(State(console): State<Shared>) -> Response {
-    let policy = console.nameserver.get_json("/api/sdk-policy").await;
-    html(page_status(&policy), others::render_clients(&policy))
+async fn clients_page(State(console): State<Shared>, Query(params): Params) -> Response {
+    // One call to the nameserver and one per broker, whatever the number of clients.
+    let (policy, clients) = tokio::join!(
+        console.nameserver.get_json("/api/sdk-policy"),
+        futures_util::future::join_all(
+            console
+                .brokers
+                .iter()
+                .map(|broker| broker.get_json("/api/broker/clients"))
+        ),
+    );
+    let status = match clients.iter().find(|answer| answer.is_err()) {
+        Some(failed) => page_status(failed),
+        None => page_status(&policy),
+    };
+    let brokers = console
+        .brokers
+        .iter()
+        .map(|broker| broker.addr.clone())
+        .zip(clients)
+        .collect();
+    html(
+        status,
+        others::render_clients(&others::ClientsView {
+            policy,
+            brokers,
+            q: param(&params, "q"),
+            verdict: param(&params, "verdict"),
+            offset: offset_of(&params),
+        }),
+    )
 }
 
 async fn alerts_page() -> Response {

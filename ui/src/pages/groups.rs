@@ -1,5 +1,7 @@
-//! Consumer groups (`/groups`, `/groups/{name}`): the paginated, searchable list, and one group
-//! with its approval, history and lag per queue (from the brokers' `/api/broker/offsets`).
+//! Consumer groups (`/groups`, `/groups/{name}`): the paginated, searchable list with each group's
+//! lag in messages and in time and its status (from every broker's `/api/broker/lag`, one call per
+//! broker), and one group with its approval, history, lag per queue (`/api/broker/lag` and
+//! `/api/broker/offsets`) and its lag history as a chart ([`crate::lag::LagHistory`]).
 
 use std::fmt::Write as _;
 
@@ -9,6 +11,7 @@ use crate::client::{ApiError, encode};
 use crate::html::{
     Nav, attr, badge, by_field, error_box, esc, flash, group_link, missing, page, pager, text_of, time_of, topic_link,
 };
+use crate::lag::{Sample, duration_text, summarize};
 use crate::svg;
 
 /// Groups per page of the list.
@@ -22,6 +25,23 @@ pub struct GroupList<'a> {
     pub offset: usize,
     /// `GET /api/groups?q=&offset=&limit=`.
     pub page: Result<Value, ApiError>,
+    /// `GET /api/broker/lag` of every configured broker.
+    pub lag: Vec<Result<Value, ApiError>>,
+}
+
+/// A lag status as a badge (`OK` green, `WARN` amber, `STALL`/`STOP`/`REWIND` red).
+pub fn lag_badge(status: &str) -> String {
+    let class = match status {
+        "OK" => "good",
+        "WARN" => "warn",
+        "STALL" | "STOP" | "REWIND" => "bad",
+        _ => "info",
+    };
+    format!(
+        "<span class=\"badge {class}\" data-lag-status=\"{}\">{}</span>",
+        attr(status),
+        esc(status)
+    )
 }
 
 /// The list page.
@@ -36,7 +56,11 @@ pub fn render_list(list: &GroupList<'_>) -> String {
             let empty = Vec::new();
             let groups = answer["groups"].as_array().unwrap_or(&empty);
             let total = answer["total"].as_u64().unwrap_or(groups.len() as u64) as usize;
-            body.push_str("<table id=\"groups\"><thead><tr><th>group</th><th>status</th><th>owner</th><th>topics</th><th>mode</th><th>max retries</th><th>requested</th></tr></thead><tbody>");
+            for error in list.lag.iter().filter_map(|lag| lag.as_ref().err()) {
+                body.push_str(&error_box("Lag (this broker's groups show no lag below):", error));
+            }
+            let lags = summarize(list.lag.iter().filter_map(|lag| lag.as_ref().ok()));
+            body.push_str("<table id=\"groups\"><thead><tr><th>group</th><th>status</th><th>lag</th><th>lag (messages)</th><th>lag (time)</th><th>owner</th><th>topics</th><th>mode</th><th>max retries</th><th>requested</th></tr></thead><tbody>");
             for group in groups {
                 let topics: Vec<String> = group["topics"]
                     .as_array()
@@ -44,10 +68,20 @@ pub fn render_list(list: &GroupList<'_>) -> String {
                     .flatten()
                     .map(|t| topic_link(&text_of(t)))
                     .collect();
+                let name = text_of(&group["name"]);
+                let (lag_status, lag_messages, lag_time) = match lags.get(&name) {
+                    Some(lag) => (
+                        lag_badge(&lag.status),
+                        lag.lag_messages.to_string(),
+                        duration_text(lag.lag_ms),
+                    ),
+                    None => ("—".to_owned(), "—".to_owned(), "—".to_owned()),
+                };
                 let _ = write!(
                     body,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    group_link(&text_of(&group["name"])),
+                    "<tr data-group=\"{}\"><td>{}</td><td>{}</td><td class=\"lag-status\">{lag_status}</td><td class=\"lag-messages\">{lag_messages}</td><td class=\"lag-time\">{lag_time}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    attr(&name),
+                    group_link(&name),
                     badge(group["status"].as_str().unwrap_or("unknown")),
                     esc(&text_of(&group["owner"])),
                     topics.join(", "),
@@ -57,6 +91,11 @@ pub fn render_list(list: &GroupList<'_>) -> String {
                 );
             }
             body.push_str("</tbody></table>");
+            if list.lag.is_empty() {
+                body.push_str(&missing(
+                    "The console knows no broker HTTP API (meridian ui --broker-http ADDR), so it shows no lag.",
+                ));
+            }
             body.push_str(&pager(
                 &format!("/groups?q={}", encode(list.q)),
                 list.offset,
@@ -77,6 +116,10 @@ pub struct GroupDetail<'a> {
     pub detail: Result<Value, ApiError>,
     /// `GET /api/broker/offsets?group=&topic=` per topic of the group and broker.
     pub offsets: Vec<Result<Value, ApiError>>,
+    /// `GET /api/broker/lag` of every broker, with the broker's address.
+    pub lag: Vec<(String, Result<Value, ApiError>)>,
+    /// The group's lag as the console sampled it on each view, oldest first.
+    pub history: Vec<Sample>,
     /// Whether the console knows any broker HTTP API.
     pub has_brokers: bool,
     /// `ok=` / `error=` of a redirect.
@@ -122,7 +165,8 @@ pub fn render_detail(view: &GroupDetail<'_>) -> String {
                     by = by_field()
                 );
             }
-            body.push_str("<h2>Lag per queue</h2>");
+            body.push_str(&lag_section(view));
+            body.push_str("<h2>Offsets per queue</h2>");
             if !view.has_brokers {
                 body.push_str(&missing(
                     "The console knows no broker HTTP API (meridian ui --broker-http ADDR), so it cannot read this group's offsets.",
@@ -191,7 +235,7 @@ pub fn render_detail(view: &GroupDetail<'_>) -> String {
                 );
             }
             body.push_str(&missing(
-                "Lag in time, lag history, members with their queue allocation and dead letters need APIs the brokers do not have yet.",
+                "Members with their queue allocation and dead letters need APIs the brokers do not have yet.",
             ));
             body.push_str("<h2>History</h2><table><thead><tr><th>when</th><th>what</th><th>by</th><th>detail</th><th>reason</th></tr></thead><tbody>");
             for entry in detail["history"].as_array().into_iter().flatten() {
@@ -211,6 +255,107 @@ pub fn render_detail(view: &GroupDetail<'_>) -> String {
     page(&format!("Group {}", view.name), Nav::Groups, &body)
 }
 
+/// The group's status, its lag per broker, topic and queue in messages and in time, and its lag
+/// history as a chart.
+fn lag_section(view: &GroupDetail<'_>) -> String {
+    let mut out = String::from("<h2>Lag</h2>");
+    let mut errors = String::new();
+    let mut rows = String::new();
+    let mut status = String::new();
+    for (broker, answer) in &view.lag {
+        match answer {
+            Err(error) => errors.push_str(&error_box("Lag:", error)),
+            Ok(answer) => {
+                for entry in answer["groups"].as_array().into_iter().flatten() {
+                    if entry["group"].as_str() != Some(view.name) {
+                        continue;
+                    }
+                    let entry_status = entry["status"].as_str().unwrap_or("OK");
+                    if status.is_empty() || crate::lag::severity(entry_status) > crate::lag::severity(&status) {
+                        status = entry_status.to_owned();
+                    }
+                    for queue in entry["queues"].as_array().into_iter().flatten() {
+                        let _ = write!(
+                            rows,
+                            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"lag-time\">{}</td><td>{}</td></tr>",
+                            esc(broker),
+                            esc(&text_of(&entry["topic"])),
+                            text_of(&queue["queue_id"]),
+                            text_of(&queue["committed_offset"]),
+                            text_of(&queue["max_offset"]),
+                            text_of(&queue["lag_messages"]),
+                            duration_text(queue["lag_ms"].as_u64().unwrap_or(0)),
+                            lag_badge(queue["status"].as_str().unwrap_or("OK")),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let summary = summarize(view.lag.iter().filter_map(|(_, answer)| answer.as_ref().ok()));
+    match summary.get(view.name) {
+        Some(lag) => {
+            let _ = write!(
+                out,
+                "<dl class=\"facts\" id=\"lag-summary\"><dt>lag status</dt><dd id=\"lag-status\">{}</dd><dt>lag (messages)</dt><dd id=\"lag-messages\">{}</dd><dt>lag (time)</dt><dd id=\"lag-time\">{}</dd></dl>",
+                lag_badge(&status),
+                lag.lag_messages,
+                duration_text(lag.lag_ms),
+            );
+        }
+        None if view.has_brokers => out.push_str(
+            "<p id=\"lag-summary\">No broker holds an offset of this group yet: it has not consumed anything.</p>",
+        ),
+        None => {}
+    }
+    out.push_str(&errors);
+    if !rows.is_empty() {
+        out.push_str("<table id=\"lag-queues\"><thead><tr><th>broker</th><th>topic</th><th>queue</th><th>committed</th><th>max</th><th>lag (messages)</th><th>lag (time)</th><th>status</th></tr></thead><tbody>");
+        out.push_str(&rows);
+        out.push_str("</tbody></table>");
+    }
+    out.push_str("<h3>Lag history</h3>");
+    if view.history.len() < 2 {
+        out.push_str("<p class=\"hint\" id=\"lag-history\">The console samples the lag each time a Groups page is viewed and keeps the last 120 samples per group in memory; the chart appears from the second sample.</p>");
+    } else {
+        let messages: Vec<(f64, f64)> = view
+            .history
+            .iter()
+            .map(|s| (s.at_ms as f64, s.lag_messages as f64))
+            .collect();
+        let seconds: Vec<(f64, f64)> = view
+            .history
+            .iter()
+            .map(|s| (s.at_ms as f64, s.lag_ms as f64 / 1_000.0))
+            .collect();
+        let _ = write!(
+            out,
+            "<div id=\"lag-history\">{}{}</div>",
+            svg::lines(
+                "lag in messages (sampled on each view)",
+                &[svg::Series {
+                    name: "messages",
+                    points: &messages,
+                    band: &[],
+                    class: "series-0",
+                }],
+                true,
+            ),
+            svg::lines(
+                "lag in time, seconds (sampled on each view)",
+                &[svg::Series {
+                    name: "seconds",
+                    points: &seconds,
+                    band: &[],
+                    class: "series-1",
+                }],
+                true,
+            ),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -225,7 +370,11 @@ mod tests {
             page: Ok(
                 json!({"total": 51, "groups": [{"name": "<script>g</script>", "owner": "o", "topics": ["t"], "status": "approved"}]}),
             ),
+            lag: vec![Ok(
+                json!({"groups": [{"group": "<script>g</script>", "topic": "t", "status": "WARN", "lag_messages": 12, "lag_ms": 2500}]}),
+            )],
         });
+        assert!(html.contains("<td class=\"lag-time\">2.5 s</td>") && html.contains("data-lag-status=\"WARN\""));
         assert!(!html.contains("<script>g") && html.contains("&lt;script&gt;g"));
         assert!(html.contains("51–51 of 51") && html.contains("rel=\"prev\""));
     }
@@ -241,11 +390,35 @@ mod tests {
                 json!({"broker": "broker-a", "topic": "orders", "lag": 5, "queues": [
                 {"queue_id": 0, "min_offset": 0, "max_offset": 7, "consumer_offset": 2, "lag": 5}]}),
             )],
+            lag: vec![(
+                "127.0.0.1:8081".into(),
+                Ok(
+                    json!({"groups": [{"group": "billing", "topic": "orders", "status": "STALL", "lag_messages": 5, "lag_ms": 65_000,
+                    "queues": [{"queue_id": 0, "committed_offset": 2, "max_offset": 7, "lag_messages": 5, "lag_ms": 65_000, "status": "STALL"}]},
+                    {"group": "other", "topic": "orders", "status": "STOP", "lag_messages": 9, "lag_ms": 1, "queues": []}]}),
+                ),
+            )],
+            history: vec![
+                Sample {
+                    at_ms: 1_000,
+                    lag_messages: 9,
+                    lag_ms: 70_000,
+                },
+                Sample {
+                    at_ms: 5_000,
+                    lag_messages: 5,
+                    lag_ms: 65_000,
+                },
+            ],
             has_brokers: true,
             ok: None,
             error: None,
         });
         assert!(html.contains("data-chart=\"bars\""));
         assert!(html.contains("<td>5</td>"));
+        // Lag in time and the status, from /api/broker/lag; another group's STOP does not leak in.
+        assert!(html.contains("<dd id=\"lag-time\">1 min 5 s</dd>"), "{html}");
+        assert!(html.contains("data-lag-status=\"STALL\"") && !html.contains("data-lag-status=\"STOP\""));
+        assert!(html.contains("id=\"lag-history\"><svg"), "two samples draw the history");
     }
 }

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::client::ApiError;
-use crate::html::{Nav, attr, error_box, esc, missing, page, text_of};
+use crate::client::{ApiError, encode};
+use crate::html::{Nav, attr, badge, error_box, esc, group_link, missing, page, pager, text_of};
 use crate::pages::sql::time_points;
 use crate::svg;
 
@@ -129,10 +129,28 @@ pub fn render_forecasts(view: &ForecastView<'_>) -> String {
     page("Forecasts", Nav::Forecasts, &body)
 }
 
-/// The Clients page: the SDK policy the nameserver enforces; the client inventory has no API yet.
-pub fn render_clients(policy: &Result<Value, ApiError>) -> String {
+/// Clients per page.
+pub const CLIENTS_PAGE: usize = 100;
+
+/// What the Clients page shows.
+pub struct ClientsView<'a> {
+    /// `GET /api/sdk-policy` of the nameserver.
+    pub policy: Result<Value, ApiError>,
+    /// `GET /api/broker/clients` of every broker, with the broker's address.
+    pub brokers: Vec<(String, Result<Value, ApiError>)>,
+    /// Search text (group, client id, data center, SDK or version).
+    pub q: &'a str,
+    /// `offenders` to list only clients the policy flags.
+    pub verdict: &'a str,
+    /// The page's first client.
+    pub offset: usize,
+}
+
+/// The Clients page: the SDK policy, then every client the brokers know (consumers, and producers
+/// that broke the policy), with SDK, version, data center and the policy's verdict, paginated.
+pub fn render_clients(view: &ClientsView<'_>) -> String {
     let mut body = String::from("<h2>SDK policy</h2>");
-    match policy {
+    match &view.policy {
         Ok(policy) => {
             let blocked: Vec<String> = policy["blocked_versions"]
                 .as_array()
@@ -156,9 +174,81 @@ pub fn render_clients(policy: &Result<Value, ApiError>) -> String {
         Err(error) => body.push_str(&error_box("Could not read the SDK policy:", error)),
     }
     body.push_str("<h2>Connected clients</h2>");
+    let _ = write!(
+        body,
+        "<form class=\"search\" method=\"get\" action=\"/clients\"><input type=\"search\" name=\"q\" value=\"{}\" placeholder=\"group, client, data center, SDK or version\" aria-label=\"search clients\">\
+<label><input type=\"checkbox\" name=\"verdict\" value=\"offenders\"{}> only policy offenders</label><button>Search</button></form>",
+        attr(view.q),
+        if view.verdict == "offenders" { " checked" } else { "" }
+    );
+    if view.brokers.is_empty() {
+        body.push_str(&missing(
+            "The console knows no broker HTTP API (meridian ui --broker-http ADDR), so it cannot list connected clients.",
+        ));
+        return page("Clients", Nav::Clients, &body);
+    }
+    let needle = view.q.to_lowercase();
+    let mut matching = Vec::new();
+    for (broker, answer) in &view.brokers {
+        match answer {
+            Err(error) => body.push_str(&error_box("Clients (this broker's are missing below):", error)),
+            Ok(answer) => {
+                for client in answer["clients"].as_array().into_iter().flatten() {
+                    if view.verdict == "offenders" && client["sdk_violation"].is_null() {
+                        continue;
+                    }
+                    let fields = ["group", "client_id", "idc", "sdk_language", "sdk_version", "kind"];
+                    if !needle.is_empty()
+                        && !fields.iter().any(|field| {
+                            client[*field]
+                                .as_str()
+                                .is_some_and(|v| v.to_lowercase().contains(&needle))
+                        })
+                    {
+                        continue;
+                    }
+                    matching.push((broker.as_str(), client));
+                }
+            }
+        }
+    }
+    let total = matching.len();
+    body.push_str("<table id=\"clients\"><thead><tr><th>kind</th><th>group</th><th>client</th><th>data center</th><th>SDK</th><th>version</th><th>verdict</th><th>broker</th></tr></thead><tbody>");
+    for (broker, client) in matching.iter().skip(view.offset).take(CLIENTS_PAGE) {
+        let verdict = match client["sdk_violation"].as_str() {
+            None => badge("ok"),
+            Some(violation) => format!("<span class=\"badge bad\">violates</span> {}", esc(violation)),
+        };
+        let empty_dash = |field: &str| {
+            let text = text_of(&client[field]);
+            if text.is_empty() { "—".to_owned() } else { esc(&text) }
+        };
+        let _ = write!(
+            body,
+            "<tr data-client=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"verdict\">{verdict}</td><td>{}</td></tr>",
+            attr(&text_of(&client["client_id"])),
+            empty_dash("kind"),
+            match client["group"].as_str() {
+                Some(group) if !group.is_empty() => group_link(group),
+                _ => "—".to_owned(),
+            },
+            empty_dash("client_id"),
+            empty_dash("idc"),
+            empty_dash("sdk_language"),
+            empty_dash("sdk_version"),
+            esc(broker),
+        );
+    }
+    body.push_str("</tbody></table>");
+    body.push_str(&pager(
+        &format!("/clients?q={}&verdict={}", encode(view.q), encode(view.verdict)),
+        view.offset,
+        total.saturating_sub(view.offset).min(CLIENTS_PAGE),
+        total,
+        CLIENTS_PAGE,
+    ));
     body.push_str(&missing(
-        "No service has an HTTP API listing connected clients yet. Brokers know each consumer's SDK version and data center \
-from its heartbeats; an endpoint such as GET /api/broker/clients (paginated) would let this page list them with the policy's verdict.",
+        "Latency per client is not reported by any API yet. Producers are listed only when they broke the SDK policy (the brokers do not track compliant producers).",
     ));
     page("Clients", Nav::Clients, &body)
 }
@@ -198,9 +288,43 @@ mod tests {
 
     #[test]
     fn clients_and_alerts_say_what_is_missing() {
-        let html = render_clients(&Ok(json!({"min_version": "1.2.0", "blocked_versions": ["<1.3.1>"]})));
+        let view = |q: &'static str, verdict: &'static str| ClientsView {
+            policy: Ok(json!({"min_version": "1.2.0", "blocked_versions": ["<1.3.1>"]})),
+            brokers: vec![
+                (
+                    "127.0.0.1:8081".into(),
+                    Ok(json!({"refuse": false, "clients": [
+                        {"kind": "consumer", "group": "billing", "client_id": "c1@host", "idc": "dc1", "sdk_language": "rust", "sdk_version": "0.1.0", "sdk_violation": null},
+                        {"kind": "producer", "group": "", "client_id": "127.0.0.1:5000", "idc": "", "sdk_language": "java", "sdk_version": "<1.0>", "sdk_violation": "below the minimum 1.2.0: upgrade"}]})),
+                ),
+                (
+                    "127.0.0.1:8181".into(),
+                    Err(ApiError {
+                        service: "broker".into(),
+                        addr: "127.0.0.1:8181".into(),
+                        request: "GET /api/broker/clients".into(),
+                        status: None,
+                        code: "unreachable".into(),
+                        message: "refused".into(),
+                        position: None,
+                    }),
+                ),
+            ],
+            q,
+            verdict,
+            offset: 0,
+        };
+        let html = render_clients(&view("", ""));
         assert!(html.contains("1.2.0") && html.contains("&lt;1.3.1&gt;"));
-        assert!(html.contains("No service has an HTTP API listing connected clients"));
+        assert!(html.contains("c1@host") && html.contains("<td>dc1</td>") && html.contains("&lt;1.0&gt;"));
+        assert!(
+            html.contains("below the minimum 1.2.0") && html.contains("127.0.0.1:8181"),
+            "{html}"
+        );
+        let offenders = render_clients(&view("", "offenders"));
+        assert!(!offenders.contains("c1@host") && offenders.contains("127.0.0.1:5000"));
+        let searched = render_clients(&view("BILL", ""));
+        assert!(searched.contains("c1@host") && !searched.contains("127.0.0.1:5000"));
         assert!(render_alerts().contains("No service evaluates alerts yet"));
     }
 }

@@ -244,20 +244,34 @@ pub fn render(data: &OverviewData) -> String {
             "The console was started without broker HTTP addresses (meridian ui --broker-http ADDR): no broker health to show.",
         ));
     } else {
-        body.push_str("<table id=\"broker-health\"><thead><tr><th>broker</th><th>status</th><th>role</th><th>writable</th><th>committed</th><th>flushed</th><th>flush</th><th>in sync</th></tr></thead><tbody>");
+        body.push_str("<table id=\"broker-health\"><thead><tr><th>broker</th><th>status</th><th>role</th><th>writable</th><th>committed</th><th>flushed</th><th>confirmed</th><th>flush</th><th>in sync</th><th>store</th></tr></thead><tbody>");
         let mut failures = String::new();
         for health in &data.broker_health {
             match health {
                 Ok(h) => {
+                    // A broker whose store failed (a disk error) answers 503 with the reason.
+                    let store = match h["store_failure"].as_str() {
+                        Some(reason) => format!(
+                            "<span class=\"badge bad\">failed</span> <span class=\"store-failure\">{}</span> (restart the broker once the disk is fixed)",
+                            esc(reason)
+                        ),
+                        None => badge("ok"),
+                    };
+                    let row_class = if h["store_failure"].is_string() {
+                        " class=\"failed\""
+                    } else {
+                        ""
+                    };
                     let _ = write!(
                         body,
-                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        "<tr{row_class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"confirmed\">{}</td><td>{}</td><td>{}</td><td>{store}</td></tr>",
                         esc(&text_of(&h["broker"]["name"])),
                         badge(h["status"].as_str().unwrap_or("unknown")),
                         esc(&text_of(&h["replication"]["role"])),
                         text_of(&h["replication"]["writable"]),
                         text_of(&h["broker"]["committed_offset"]),
                         text_of(&h["broker"]["flushed_offset"]),
+                        text_of(&h["broker"]["confirmed_offset"]),
                         esc(&text_of(&h["broker"]["flush_mode"])),
                         esc(&text_of(&h["replication"]["in_sync"])),
                     );
@@ -307,7 +321,14 @@ mod tests {
             drill: Ok(json!({"evacuated": "dc2", "steps": []})),
             topics: Ok(json!({"total": 12})),
             groups: Err(failed()),
-            broker_health: vec![Err(failed())],
+            broker_health: vec![
+                Err(failed()),
+                Ok(
+                    json!({"status": "unhealthy", "store_failure": "fsync of 00000000000000000000 failed: <EIO>",
+                    "broker": {"name": "broker-b", "committed_offset": 300, "flushed_offset": 290, "confirmed_offset": 280},
+                    "replication": {"role": "master"}}),
+                ),
+            ],
         };
         let html = render(&data);
         assert!(html.contains("data-idc=\"dc1\"") && html.contains("data-idc=\"dc2\""));
@@ -316,5 +337,8 @@ mod tests {
         assert!(html.contains("a-1&lt;script&gt;") && !html.contains("a-1<script>"));
         assert!(html.contains("class=\"idc evacuated\""));
         assert!(html.contains("Group count:") && html.contains("role=\"alert\""));
+        // A broker whose disk failed shows red with the reason, and its confirmed offset.
+        assert!(html.contains("<tr class=\"failed\">") && html.contains("<span class=\"badge bad\">unhealthy</span>"));
+        assert!(html.contains("failed: &lt;EIO&gt;") && html.contains("<td class=\"confirmed\">280</td>"));
     }
 }
