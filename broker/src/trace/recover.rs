@@ -1,0 +1,186 @@
+//! Trace recovery: the Pub events of messages whose buffered events died with a broker (a crash,
+//! a `kill -9`, a master lost before its flusher wrote) are derived again from the stored
+//! records themselves, so every stored message has at least its Pub and Store steps.
+//!
+//! The *trace watermark* is a commitlog offset below which every stored message's Pub event is in
+//! the trace topic. The flusher writes it on every trace record it appends (the
+//! [`WATERMARK`] property), so it travels with the log: a slave replicating the record holds
+//! every trace record before it, and a truncated tail takes its watermarks with it. When a
+//! broker starts writing (a restart, or a promotion to master: [`RecoveryGate`]), it reads the
+//! watermark of the last trace record in its log ([`last_watermark`]), scans its log from there
+//! to its end and writes a Pub event for each ordinary message it finds ([`derive`]), then
+//! carries on from the end. A message traced twice (its own event was written after all) has
+//! two Pub events of the same offset: the tracer's timeline shows one
+//! (`tracer/src/timeline.rs`).
+//!
+//! Start with [`RecoveryGate::due`], which the flusher calls every round.
+
+use bytes::Bytes;
+use meridian_proto::properties::{self, DELIVER_AT, REAL_TOPIC, RETRY_TOPIC, TRANSACTION};
+use meridian_proto::record::Record;
+use meridian_proto::trace::{ServerStats, TRACE_TOPIC};
+
+use super::encode::{BatchEncoder, Described, Placed, StoredProperties};
+use super::TraceEmitter;
+use crate::replication::Role;
+use crate::store::MessageStore;
+
+/// The property of a trace record that holds the trace watermark when it was written.
+pub const WATERMARK: &str = "TRACE_WATERMARK";
+
+/// Decides when the flusher recovers: once each time the broker starts taking writes (its first
+/// round as master after a start, and after every promotion), as the epoch says.
+#[derive(Debug, Default)]
+pub struct RecoveryGate {
+    /// The master epoch this broker last recovered in.
+    recovered_in: Option<u64>,
+}
+
+impl RecoveryGate {
+    /// Whether the broker in `role` (writable now) should recover before writing anything else.
+    pub fn due(&mut self, role: &Role) -> bool {
+        let Role::Master { epoch } = role else {
+            self.recovered_in = None;
+            return false;
+        };
+        if self.recovered_in == Some(*epoch) {
+            return false;
+        }
+        self.recovered_in = Some(*epoch);
+        true
+    }
+}
+
+/// The trace watermark of `store`'s log: the one on the last trace record its trace queues hold,
+/// or the start of its log when it holds none (a log whose broker never flushed a trace record).
+/// Only ever lower than the truth (trace records not yet in a consume queue are not read), which
+/// costs a longer scan, never a missed message.
+pub fn last_watermark(store: &MessageStore) -> u64 {
+    let start = store.min_offset();
+    let queues = store.topic_queues(TRACE_TOPIC).unwrap_or(0);
+    let mut last: Option<u64> = None;
+    for queue_id in 0..queues {
+        let Ok(queue) = store.consume_queue(TRACE_TOPIC, queue_id) else {
+            continue;
+        };
+        let max = queue.max_offset();
+        if max == 0 || max <= queue.min_offset() {
+            continue;
+        }
+        if let Ok(entries) = store.read_entries(&queue, max - 1, 1, u32::MAX)
+            && let Some(entry) = entries.first()
+        {
+            last = last.max(Some(entry.commitlog_offset));
+        }
+    }
+    let Some(offset) = last else {
+        return start;
+    };
+    let watermark = store.read_record(offset).ok().and_then(|bytes| {
+        let record = Record::parse(&bytes).ok()?;
+        properties::get(record.properties(), WATERMARK)?.parse::<u64>().ok()
+    });
+    // A record written before watermarks existed, or one from a log since cut: scan all there is.
+    watermark.unwrap_or(start).max(start)
+}
+
+/// Whether a stored record is a message as a producer sent it to an ordinary topic: what gets a
+/// derived Pub event. Not the system topics' records (trace batches, delayed and half messages,
+/// retries, dead letters, transaction ops) nor the copies the broker writes into a real topic (a
+/// delayed message made visible keeps its due time, a committed one its transaction flag, a
+/// retry its first topic), whose own steps say where they came from.
+pub fn is_sent_message(record: &Record<'_>) -> bool {
+    if meridian_proto::topics::is_system(record.topic()) || record.reconsume_count() > 0 {
+        return false;
+    }
+    let props = record.properties();
+    [REAL_TOPIC, RETRY_TOPIC, DELIVER_AT, TRANSACTION]
+        .iter()
+        .all(|name| properties::get(props, name).is_none())
+}
+
+/// Encodes the Pub events of the ordinary messages of `store`'s log in `[from, to)`, derived from
+/// each stored record (its msgId, topic, queue and offsets, born and store times, keys, tag,
+/// producer group, the producer's address), as trace batches of `batch_events`, for traced
+/// topics only. Returns the batches (with their event counts) and where the scan stopped.
+pub(super) fn derive(
+    emitter: &TraceEmitter,
+    store: &MessageStore,
+    from: u64,
+    to: u64,
+    stats: &ServerStats,
+) -> (Vec<(Bytes, usize)>, u64) {
+    let mut encoder = BatchEncoder::new(&emitter.identity, stats, emitter.config.batch_events);
+    let end = store.scan_records(from, to, |record, _| {
+        if !is_sent_message(record) || !emitter.traces(record.topic()) {
+            return;
+        }
+        let Some(msg_id) = record.msg_id() else {
+            return;
+        };
+        let props = StoredProperties::read(record.properties());
+        let placed = Placed {
+            msg_id,
+            topic: record.topic(),
+            queue_id: record.queue_id(),
+            queue_offset: record.queue_offset(),
+            commitlog_offset: record.commitlog_offset(),
+            store_timestamp: record.store_timestamp(),
+        };
+        let described = Described {
+            keys: props.keys,
+            tags: props.tags,
+            group: props.producer_group,
+            client_host: record.born_host(),
+            born_timestamp: record.born_timestamp(),
+            body_size: record.body().len() as u32,
+            reconsume_count: 0,
+        };
+        encoder.stored(&placed, &described, None, None);
+    });
+    (encoder.finish(), end)
+}
+
+/// The properties of a trace record written when the watermark is `watermark`.
+pub fn watermark_properties(watermark: u64) -> Bytes {
+    let mut builder = properties::PropertiesBuilder::new();
+    builder.system(WATERMARK, &watermark.to_string());
+    Bytes::from(builder.finish())
+}
+
+/// What the flusher tracks to move the watermark: the log's end as each of the last two rounds
+/// began. A message appended before round N began has its Pub row buffered by the time round
+/// N + 1 begins (the send path buffers it right after its append returns), so once round N + 1
+/// wrote everything it took without a drop, the end read as round N began is covered.
+#[derive(Debug, Default)]
+pub struct Watermark {
+    /// Below this, every stored message's Pub event is in the trace topic.
+    pub covered: u64,
+    /// The log's end as the previous round began.
+    previous_end: u64,
+    /// An event was dropped since the last recovery: the watermark stays where it was until the
+    /// next one (a restart or promotion), which derives what was lost.
+    frozen: bool,
+}
+
+impl Watermark {
+    /// Starts from `covered` (after a recovery up to it).
+    pub fn at(covered: u64) -> Watermark {
+        Watermark {
+            covered,
+            previous_end: covered,
+            frozen: false,
+        }
+    }
+
+    /// A round began with the log ending at `end` and wrote what it took; `lost` when an event
+    /// was dropped in it (a dropped Pub keeps the watermark where it is for good, so the next
+    /// recovery derives it again).
+    pub fn round(&mut self, end: u64, lost: bool) {
+        self.frozen |= lost;
+        if !self.frozen {
+            self.covered = self.covered.max(self.previous_end);
+        }
+        self.previous_end = end;
+    }
+}
