@@ -184,3 +184,147 @@ impl Watermark {
         self.previous_end = end;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use meridian_proto::MessageId;
+    use meridian_proto::messages::MessageData;
+    use meridian_proto::properties::PropertiesBuilder;
+    use meridian_proto::trace::{TraceEvent, TraceType, check_event, decode_batch};
+
+    use super::*;
+    use crate::store::StoreConfig;
+    use crate::trace::{Identity, TraceConfig};
+
+    fn emitter() -> TraceEmitter {
+        TraceEmitter::with_shards(
+            TraceConfig {
+                exclude_topics: vec!["quiet".into()],
+                ..TraceConfig::default()
+            },
+            Identity {
+                broker_name: "broker-a".into(),
+                member: "a-1".into(),
+                host: "127.0.0.1:7921".into(),
+                idc: "dc1".into(),
+            },
+            Arc::default(),
+            1,
+        )
+    }
+
+    fn sent(index: usize, extra: Option<(&str, &str)>) -> (String, MessageData) {
+        let msg_id = MessageId::generate().to_string();
+        let mut props = PropertiesBuilder::new();
+        props.msg_id(&msg_id).keys(&[format!("order-{index}")]).unwrap().tag("created").unwrap();
+        props.system(properties::PRODUCER_GROUP, "shop");
+        if let Some((name, value)) = extra {
+            props.system(name, value);
+        }
+        let message = MessageData {
+            flags: 0,
+            born_timestamp: 1_700_000_000_000 + index as i64,
+            properties: Bytes::from(props.finish()),
+            body: Bytes::from(format!("body-{index}")),
+            reconsume_count: 0,
+        };
+        (msg_id, message)
+    }
+
+    fn wait_dispatched(store: &MessageStore) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.dispatched_offset() < store.committed_offset() {
+            assert!(std::time::Instant::now() < deadline, "dispatcher stalled");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn records_above_the_watermark_get_a_pub_derived_from_them_and_none_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let producer: std::net::SocketAddr = "10.0.0.9:4000".parse().unwrap();
+        let store =
+            MessageStore::open(dir.path(), StoreConfig::default(), "127.0.0.1:7911".parse().unwrap(), Arc::default())
+                .unwrap();
+        crate::trace::ensure_topic(&store).unwrap();
+        store.create_topic("orders", 2).unwrap();
+        store.create_topic("quiet", 1).unwrap();
+        let emitter = emitter();
+
+        // A log whose broker never wrote a trace record is scanned from its start.
+        assert_eq!(last_watermark(&store), 0);
+        for index in 0..3 {
+            store.append("orders", None, &[sent(index, None).1], producer).unwrap();
+        }
+        // The flusher wrote the Pub events of those three, and says so on its record.
+        let watermark = store.committed_offset();
+        let trace_record = MessageData {
+            flags: 0,
+            born_timestamp: 1,
+            properties: watermark_properties(watermark),
+            body: Bytes::new(),
+            reconsume_count: 0,
+        };
+        store.append(TRACE_TOPIC, None, &[trace_record], producer).unwrap();
+        // Then the broker died with these in its buffer: two sends, a delayed message made
+        // visible in its topic (its own steps say so), an opted-out topic.
+        let (first, first_message) = sent(10, None);
+        let (second, second_message) = sent(11, None);
+        let first_at = store.append("orders", Some(1), &[first_message], producer).unwrap();
+        store.append("orders", None, &[second_message], producer).unwrap();
+        store
+            .append("orders", None, &[sent(12, Some((DELIVER_AT, "5"))).1], producer)
+            .unwrap();
+        store.append("quiet", None, &[sent(13, None).1], producer).unwrap();
+        wait_dispatched(&store);
+
+        assert_eq!(last_watermark(&store), watermark);
+        let end = store.committed_offset();
+        let (batches, reached) = derive(&emitter, &store, watermark, end, &ServerStats::default());
+        assert_eq!(reached, end);
+        let events: Vec<TraceEvent> = batches
+            .into_iter()
+            .flat_map(|(body, _)| decode_batch(body).unwrap().events)
+            .collect();
+        let ids: Vec<&str> = events.iter().map(|event| event.msg_id.as_str()).collect();
+        assert_eq!(ids, [first.as_str(), second.as_str()]);
+        for event in &events {
+            check_event(event).unwrap();
+            assert_eq!(event.kind(), TraceType::Pub);
+            assert_eq!((event.topic.as_str(), event.group.as_str()), ("orders", "shop"));
+            assert_eq!((event.tags.as_str(), event.client_host.as_str()), ("created", "10.0.0.9:4000"));
+            assert_eq!((event.broker_name.as_str(), event.broker_member.as_str()), ("broker-a", "a-1"));
+            assert!(event.store_timestamp > 0);
+        }
+        let placed = &first_at.results[0];
+        assert_eq!(events[0].keys, ["order-10"]);
+        assert_eq!(events[0].born_timestamp, 1_700_000_000_010);
+        assert_eq!(
+            (events[0].queue_id, events[0].queue_offset, events[0].commitlog_offset, events[0].store_timestamp),
+            (placed.queue_id, placed.queue_offset, placed.commitlog_offset, placed.store_timestamp)
+        );
+        // From the start of the log: the three below the watermark too.
+        let (batches, _) = derive(&emitter, &store, 0, end, &ServerStats::default());
+        assert_eq!(batches.iter().map(|(_, count)| count).sum::<usize>(), 5);
+    }
+
+    #[test]
+    fn the_watermark_moves_only_past_rounds_that_lost_nothing_and_recovery_runs_once_per_epoch() {
+        let mut watermark = Watermark::at(100);
+        watermark.round(150, false);
+        assert_eq!(watermark.covered, 100, "the end as this round began is covered by the next");
+        watermark.round(200, false);
+        assert_eq!(watermark.covered, 150);
+        watermark.round(260, true);
+        watermark.round(300, false);
+        assert_eq!(watermark.covered, 150, "a dropped event holds it until the next recovery");
+
+        let mut gate = RecoveryGate::default();
+        assert!(gate.due(&Role::Master { epoch: 1 }));
+        assert!(!gate.due(&Role::Master { epoch: 1 }));
+        assert!(!gate.due(&Role::Waiting { epoch: 2 }));
+        assert!(gate.due(&Role::Master { epoch: 2 }), "a promotion recovers again");
+    }
+}
