@@ -819,7 +819,13 @@ fn write(
 fn lost_events(emitter: &TraceEmitter) -> u64 {
     ["buffer_full", "write_failed"]
         .into_iter()
-        .map(|reason| emitter.metrics.events_dropped.get_or_create(&DropLabels { reason }).get())
+        .map(|reason| {
+            emitter
+                .metrics
+                .events_dropped
+                .get_or_create(&DropLabels { reason })
+                .get()
+        })
         .sum()
 }
 
@@ -852,13 +858,15 @@ async fn recover(
     if written {
         emitter.metrics.events_recovered.inc_by(events as u64);
     }
-    tracing::info!(
-        from,
-        to = reached,
-        events,
-        written,
-        "trace recovery derived the pub events of stored messages from the log"
-    );
+    if events > 0 {
+        tracing::info!(
+            from,
+            to = reached,
+            events,
+            written,
+            "trace recovery derived the pub events of stored messages from the log"
+        );
+    }
     Some(if written { reached } else { from })
 }
 

@@ -20,8 +20,8 @@ use meridian_proto::properties::{self, DELIVER_AT, REAL_TOPIC, RETRY_TOPIC, TRAN
 use meridian_proto::record::Record;
 use meridian_proto::trace::{ServerStats, TRACE_TOPIC};
 
-use super::encode::{BatchEncoder, Described, Placed, StoredProperties};
 use super::TraceEmitter;
+use super::encode::{BatchEncoder, Described, Placed, StoredProperties};
 use crate::replication::Role;
 use crate::store::MessageStore;
 
@@ -218,7 +218,12 @@ mod tests {
     fn sent(index: usize, extra: Option<(&str, &str)>) -> (String, MessageData) {
         let msg_id = MessageId::generate().to_string();
         let mut props = PropertiesBuilder::new();
-        props.msg_id(&msg_id).keys(&[format!("order-{index}")]).unwrap().tag("created").unwrap();
+        props
+            .msg_id(&msg_id)
+            .keys(&[format!("order-{index}")])
+            .unwrap()
+            .tag("created")
+            .unwrap();
         props.system(properties::PRODUCER_GROUP, "shop");
         if let Some((name, value)) = extra {
             props.system(name, value);
@@ -245,9 +250,13 @@ mod tests {
     fn records_above_the_watermark_get_a_pub_derived_from_them_and_none_below() {
         let dir = tempfile::tempdir().unwrap();
         let producer: std::net::SocketAddr = "10.0.0.9:4000".parse().unwrap();
-        let store =
-            MessageStore::open(dir.path(), StoreConfig::default(), "127.0.0.1:7911".parse().unwrap(), Arc::default())
-                .unwrap();
+        let store = MessageStore::open(
+            dir.path(),
+            StoreConfig::default(),
+            "127.0.0.1:7911".parse().unwrap(),
+            Arc::default(),
+        )
+        .unwrap();
         crate::trace::ensure_topic(&store).unwrap();
         store.create_topic("orders", 2).unwrap();
         store.create_topic("quiet", 1).unwrap();
@@ -294,16 +303,32 @@ mod tests {
             check_event(event).unwrap();
             assert_eq!(event.kind(), TraceType::Pub);
             assert_eq!((event.topic.as_str(), event.group.as_str()), ("orders", "shop"));
-            assert_eq!((event.tags.as_str(), event.client_host.as_str()), ("created", "10.0.0.9:4000"));
-            assert_eq!((event.broker_name.as_str(), event.broker_member.as_str()), ("broker-a", "a-1"));
+            assert_eq!(
+                (event.tags.as_str(), event.client_host.as_str()),
+                ("created", "10.0.0.9:4000")
+            );
+            assert_eq!(
+                (event.broker_name.as_str(), event.broker_member.as_str()),
+                ("broker-a", "a-1")
+            );
             assert!(event.store_timestamp > 0);
         }
         let placed = &first_at.results[0];
         assert_eq!(events[0].keys, ["order-10"]);
         assert_eq!(events[0].born_timestamp, 1_700_000_000_010);
         assert_eq!(
-            (events[0].queue_id, events[0].queue_offset, events[0].commitlog_offset, events[0].store_timestamp),
-            (placed.queue_id, placed.queue_offset, placed.commitlog_offset, placed.store_timestamp)
+            (
+                events[0].queue_id,
+                events[0].queue_offset,
+                events[0].commitlog_offset,
+                events[0].store_timestamp
+            ),
+            (
+                placed.queue_id,
+                placed.queue_offset,
+                placed.commitlog_offset,
+                placed.store_timestamp
+            )
         );
         // From the start of the log: the three below the watermark too.
         let (batches, _) = derive(&emitter, &store, 0, end, &ServerStats::default());
@@ -314,12 +339,18 @@ mod tests {
     fn the_watermark_moves_only_past_rounds_that_lost_nothing_and_recovery_runs_once_per_epoch() {
         let mut watermark = Watermark::at(100);
         watermark.round(150, false);
-        assert_eq!(watermark.covered, 100, "the end as this round began is covered by the next");
+        assert_eq!(
+            watermark.covered, 100,
+            "the end as this round began is covered by the next"
+        );
         watermark.round(200, false);
         assert_eq!(watermark.covered, 150);
         watermark.round(260, true);
         watermark.round(300, false);
-        assert_eq!(watermark.covered, 150, "a dropped event holds it until the next recovery");
+        assert_eq!(
+            watermark.covered, 150,
+            "a dropped event holds it until the next recovery"
+        );
 
         let mut gate = RecoveryGate::default();
         assert!(gate.due(&Role::Master { epoch: 1 }));
