@@ -194,7 +194,7 @@ fn with_implied_stores(events: &[TraceEvent]) -> Vec<TraceEvent> {
     all
 }
 
-/// The events without a second Pub or Store of the same stored copy (broker group and commitlog
+/// The events without a second Pub, Store or DelaySchedule of the same stored copy (broker group and commitlog
 /// offset). A broker that starts writing (after a crash, or promoted to master) derives the Pub
 /// events of the messages at the end of its log again from the stored records, as it cannot know
 /// whether their buffered events were written before the crash; the first one of a copy stands
@@ -204,8 +204,10 @@ fn without_repeats(events: &[TraceEvent]) -> Vec<TraceEvent> {
     events
         .iter()
         .filter(|event| {
-            !matches!(event.kind(), TraceType::Pub | TraceType::Store)
-                || seen.insert((event.trace_type, event.broker_name.as_str(), event.commitlog_offset))
+            !matches!(
+                event.kind(),
+                TraceType::Pub | TraceType::Store | TraceType::DelaySchedule
+            ) || seen.insert((event.trace_type, event.broker_name.as_str(), event.commitlog_offset))
         })
         .cloned()
         .collect()

@@ -18,6 +18,7 @@
 use bytes::Bytes;
 use meridian_proto::properties::{self, DELIVER_AT, REAL_TOPIC, RETRY_TOPIC, TRANSACTION};
 use meridian_proto::record::Record;
+use meridian_proto::topics::{DELAY_TOPIC, HALF_TOPIC};
 use meridian_proto::trace::{ServerStats, TRACE_TOPIC};
 
 use super::TraceEmitter;
@@ -84,23 +85,46 @@ pub fn last_watermark(store: &MessageStore) -> u64 {
     watermark.unwrap_or(start).max(start)
 }
 
-/// Whether a stored record is a message as a producer sent it to an ordinary topic: what gets a
-/// derived Pub event. Not the system topics' records (trace batches, delayed and half messages,
-/// retries, dead letters, transaction ops) nor the copies the broker writes into a real topic (a
-/// delayed message made visible keeps its due time, a committed one its transaction flag, a
-/// retry its first topic), whose own steps say where they came from.
-pub fn is_sent_message(record: &Record<'_>) -> bool {
-    if meridian_proto::topics::is_system(record.topic()) || record.reconsume_count() > 0 {
-        return false;
-    }
-    let props = record.properties();
-    [REAL_TOPIC, RETRY_TOPIC, DELIVER_AT, TRANSACTION]
-        .iter()
-        .all(|name| properties::get(props, name).is_none())
+/// How a stored record was sent, for [`derive`]: what gets derived events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// A message as a producer sent it to an ordinary topic: its Pub.
+    Ordinary,
+    /// A delayed or transactional message as sent, waiting in [`DELAY_TOPIC`] or [`HALF_TOPIC`]:
+    /// its Pub (in its real topic), its Store in the system topic and, for a delay, its
+    /// DelaySchedule.
+    Waiting,
 }
 
-/// Encodes the Pub events of the ordinary messages of `store`'s log in `[from, to)`, derived from
-/// each stored record (its msgId, topic, queue and offsets, born and store times, keys, tag,
+/// What a stored record is, when a producer sent it as it stands: not the trace batches,
+/// retries, dead letters or transaction ops, nor the copies the broker writes itself (a delayed
+/// message made visible keeps its due time, a committed one its transaction flag, a retry its
+/// first topic, a checked half message its check count), whose own steps say where they came
+/// from.
+pub fn sent_as(record: &Record<'_>) -> Option<Sent> {
+    if record.reconsume_count() > 0 {
+        return None;
+    }
+    let props = record.properties();
+    let has = |name: &str| properties::get(props, name).is_some();
+    if has(RETRY_TOPIC) {
+        return None;
+    }
+    match record.topic() {
+        DELAY_TOPIC if has(REAL_TOPIC) && has(DELIVER_AT) && !has(TRANSACTION) => Some(Sent::Waiting),
+        HALF_TOPIC if has(REAL_TOPIC) && has(TRANSACTION) && !has(HALF_CHECKS) => Some(Sent::Waiting),
+        topic if meridian_proto::topics::is_system(topic) => None,
+        _ if has(REAL_TOPIC) || has(DELIVER_AT) || has(TRANSACTION) => None,
+        _ => Some(Sent::Ordinary),
+    }
+}
+
+/// The property a half message re-stored by a transaction check carries (`transaction.rs`).
+const HALF_CHECKS: &str = "%TX_CHECKS";
+
+/// Encodes the events of the messages sent as they stand in `store`'s log in `[from, to)`
+/// ([`sent_as`]: a Pub, and for a delayed or half message its Store and DelaySchedule), derived
+/// from each stored record (its msgId, topic, queue and offsets, born and store times, keys, tag,
 /// producer group, the producer's address), as trace batches of `batch_events`, for traced
 /// topics only. Returns the batches (with their event counts) and where the scan stopped.
 pub(super) fn derive(
@@ -112,16 +136,21 @@ pub(super) fn derive(
 ) -> (Vec<(Bytes, usize)>, u64) {
     let mut encoder = BatchEncoder::new(&emitter.identity, stats, emitter.config.batch_events);
     let end = store.scan_records(from, to, |record, _| {
-        if !is_sent_message(record) || !emitter.traces(record.topic()) {
+        let Some(sent) = sent_as(record) else {
+            return;
+        };
+        let props = StoredProperties::read(record.properties());
+        // The topic the producer sent to.
+        let topic = props.real_topic.unwrap_or(record.topic());
+        if !emitter.traces(topic) {
             return;
         }
         let Some(msg_id) = record.msg_id() else {
             return;
         };
-        let props = StoredProperties::read(record.properties());
         let placed = Placed {
             msg_id,
-            topic: record.topic(),
+            topic,
             queue_id: record.queue_id(),
             queue_offset: record.queue_offset(),
             commitlog_offset: record.commitlog_offset(),
@@ -136,7 +165,13 @@ pub(super) fn derive(
             body_size: record.body().len() as u32,
             reconsume_count: 0,
         };
-        encoder.stored(&placed, &described, None, None);
+        match sent {
+            Sent::Ordinary => encoder.stored(&placed, &described, None, None),
+            Sent::Waiting => {
+                let deliver_at = (record.topic() == DELAY_TOPIC).then(|| props.deliver_at.parse().unwrap_or(0));
+                encoder.stored(&placed, &described, Some(record.topic()), deliver_at)
+            }
+        };
     });
     (encoder.finish(), end)
 }
@@ -287,6 +322,27 @@ mod tests {
             .append("orders", None, &[sent(12, Some((DELIVER_AT, "5"))).1], producer)
             .unwrap();
         store.append("quiet", None, &[sent(13, None).1], producer).unwrap();
+        // A delayed message as sent, waiting in its slot, and a retry's copy waiting there.
+        store.ensure_topic(DELAY_TOPIC, 18).unwrap();
+        let (delayed, mut delayed_message) = sent(14, None);
+        let mut props = PropertiesBuilder::new();
+        props
+            .copy_except(&delayed_message.properties, &[])
+            .system(REAL_TOPIC, "orders")
+            .system(DELIVER_AT, "61000");
+        delayed_message.properties = Bytes::from(props.finish());
+        store
+            .append(DELAY_TOPIC, Some(3), &[delayed_message.clone()], producer)
+            .unwrap();
+        let mut props = PropertiesBuilder::new();
+        props
+            .copy_except(&delayed_message.properties, &[])
+            .system(RETRY_TOPIC, "orders");
+        let retry = MessageData {
+            properties: Bytes::from(props.finish()),
+            ..delayed_message
+        };
+        store.append(DELAY_TOPIC, Some(3), &[retry], producer).unwrap();
         wait_dispatched(&store);
 
         assert_eq!(last_watermark(&store), watermark);
@@ -297,9 +353,22 @@ mod tests {
             .into_iter()
             .flat_map(|(body, _)| decode_batch(body).unwrap().events)
             .collect();
-        let ids: Vec<&str> = events.iter().map(|event| event.msg_id.as_str()).collect();
-        assert_eq!(ids, [first.as_str(), second.as_str()]);
-        for event in &events {
+        let steps: Vec<(&str, TraceType, &str)> = events
+            .iter()
+            .map(|event| (event.msg_id.as_str(), event.kind(), event.topic.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (first.as_str(), TraceType::Pub, "orders"),
+                (second.as_str(), TraceType::Pub, "orders"),
+                (delayed.as_str(), TraceType::Pub, "orders"),
+                (delayed.as_str(), TraceType::Store, DELAY_TOPIC),
+                (delayed.as_str(), TraceType::DelaySchedule, DELAY_TOPIC),
+            ]
+        );
+        assert_eq!(events[4].deliver_at_timestamp, 61_000);
+        for event in events.iter().filter(|event| event.kind() == TraceType::Pub) {
             check_event(event).unwrap();
             assert_eq!(event.kind(), TraceType::Pub);
             assert_eq!((event.topic.as_str(), event.group.as_str()), ("orders", "shop"));
@@ -332,7 +401,7 @@ mod tests {
         );
         // From the start of the log: the three below the watermark too.
         let (batches, _) = derive(&emitter, &store, 0, end, &ServerStats::default());
-        assert_eq!(batches.iter().map(|(_, count)| count).sum::<usize>(), 5);
+        assert_eq!(batches.iter().map(|(_, count)| count).sum::<usize>(), 8);
     }
 
     #[test]
