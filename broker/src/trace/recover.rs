@@ -8,8 +8,9 @@
 //! every trace record before it, and a truncated tail takes its watermarks with it. When a
 //! broker starts writing (a restart, or a promotion to master: [`RecoveryGate`]), it reads the
 //! watermark of the last trace record in its log ([`last_watermark`]), scans its log from there
-//! to its end and writes a Pub event for each ordinary message it finds ([`derive`]), then
-//! carries on from the end. A message traced twice (its own event was written after all) has
+//! to its end and writes the Pub event (and, for a delayed or half message, its Store and
+//! DelaySchedule) of each message stored as a producer sent it ([`derive`]), then carries on
+//! from the end. A message traced twice (its own event was written after all) has
 //! two Pub events of the same offset: the tracer's timeline shows one
 //! (`tracer/src/timeline.rs`).
 //!
