@@ -580,3 +580,48 @@ async fn a_master_killed_right_after_acknowledging_leaves_every_message_its_pub_
     pool.shutdown().await;
     tracer.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_broker_killed_right_after_acknowledging_traces_every_message_after_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("orders", 2).await;
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let producer = Producer::new(node.route(&pool), ProducerConfig::default());
+    let mut ids = Vec::new();
+    for index in 0..20 {
+        let message = Message::new("orders", format!("order {index}")).with_key(format!("order-{index}"));
+        ids.push(producer.send(message).await.unwrap().msg_id);
+    }
+    producer.shutdown().await;
+    pool.shutdown().await;
+    // kill -9 within the flush interval of the last acknowledgement, then start again.
+    let node = node.crash_restart(&[]);
+    let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let complete = eventually(Duration::from_secs(20), || {
+        for id in &ids {
+            let counts = counts.entry(id.clone()).or_default();
+            if counts.get("Pub") == Some(&1) && counts.get("Store") == Some(&1) {
+                continue;
+            }
+            *counts = http_get_json(node.http, &format!("/api/traces/{id}"))
+                .map(|timeline| step_counts(&timeline))
+                .unwrap_or_default();
+        }
+        counts
+            .values()
+            .all(|steps| steps.get("Pub") == Some(&1) && steps.get("Store") == Some(&1))
+    })
+    .await;
+    let wrong: Vec<_> = counts
+        .iter()
+        .filter(|(_, steps)| steps.get("Pub") != Some(&1) || steps.get("Store") != Some(&1))
+        .take(5)
+        .collect();
+    assert!(
+        complete,
+        "messages without exactly one Pub and one Store after the restart, e.g. {wrong:?}; log:\n{}",
+        node.log()
+    );
+    node.stop();
+}
