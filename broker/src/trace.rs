@@ -49,6 +49,7 @@ use crate::store::MessageStore;
 
 mod encode;
 mod pubs;
+pub mod recover;
 use encode::{BatchEncoder, Described, Placed, StoredProperties};
 use pubs::PubRows;
 
@@ -118,6 +119,9 @@ pub struct TraceMetrics {
     pub buffered: Gauge,
     /// Client reports refused as malformed.
     pub reports_refused: Counter,
+    /// Pub events derived again from stored records when the broker began writing
+    /// (`trace/recover.rs`).
+    pub events_recovered: Counter,
     /// Sum of commitlog sync durations in µs, and their count, for [`ServerStats`] (the
     /// Prometheus histogram does not expose its sum).
     flushes: (AtomicU64, AtomicU64),
@@ -158,6 +162,11 @@ impl TraceMetrics {
             "reports_refused",
             "Client trace reports refused as malformed",
             metrics.reports_refused.clone(),
+        );
+        registry.register(
+            "events_recovered",
+            "Pub events derived from stored records whose buffered events were lost (a crash or a failover)",
+            metrics.events_recovered.clone(),
         );
         metrics
     }
@@ -757,21 +766,26 @@ pub fn ensure_topic(store: &MessageStore) -> Result<()> {
     Ok(())
 }
 
-/// Appends encoded trace batches (bodies with their event counts) to the trace topic.
+/// Appends encoded trace batches (bodies with their event counts) to the trace topic, each
+/// record carrying `properties` (the trace watermark, `trace/recover.rs`). Returns whether every
+/// batch was written.
 fn write(
     emitter: &TraceEmitter,
     store: &MessageStore,
     replication: &Replication,
     self_addr: SocketAddr,
     batches: Vec<(Bytes, usize)>,
-) {
+    properties: impl FnOnce() -> Bytes,
+) -> bool {
     if batches.is_empty() {
-        return;
+        return true;
     }
     if replication.check_writable().is_err() {
         emitter.drop_events("not_master", batches.iter().map(|(_, count)| count).sum());
-        return;
+        return false;
     }
+    let properties = properties();
+    let mut written = true;
     let born = now_millis();
     // One append (one `pwrite`) per record: appending a flush's records together in one large
     // write measured slower (the kernel's copy into the page cache took several times longer
@@ -780,7 +794,7 @@ fn write(
         let message = MessageData {
             flags: 0,
             born_timestamp: born,
-            properties: Bytes::new(),
+            properties: properties.clone(),
             body,
             reconsume_count: 0,
         };
@@ -792,10 +806,68 @@ fn write(
             Err(error) => {
                 tracing::warn!(%error, count, "writing trace events failed");
                 emitter.drop_events("write_failed", count);
+                written = false;
             }
         }
     }
     replication.notify_appended();
+    written
+}
+
+/// Events dropped for lack of room or a failed write so far: what the trace watermark must not
+/// pass (`not_master` drops are a slave's, whose log its master traces).
+fn lost_events(emitter: &TraceEmitter) -> u64 {
+    ["buffer_full", "write_failed"]
+        .into_iter()
+        .map(|reason| {
+            emitter
+                .metrics
+                .events_dropped
+                .get_or_create(&DropLabels { reason })
+                .get()
+        })
+        .sum()
+}
+
+/// Derives the Pub events lost with a crash or a failover from the log (`trace/recover.rs`) and
+/// writes them: from the trace watermark of the last trace record in the log to `end`. Returns
+/// the watermark to carry on from, or `None` when the scan failed (the next round tries again).
+async fn recover(
+    emitter: &Arc<TraceEmitter>,
+    store: &Arc<MessageStore>,
+    replication: &Replication,
+    self_addr: SocketAddr,
+    end: u64,
+    stats: ServerStats,
+) -> Option<u64> {
+    let (emitter_c, store_c) = (emitter.clone(), store.clone());
+    let derived = tokio::task::spawn_blocking(move || {
+        let from = recover::last_watermark(&store_c);
+        let (batches, reached) = recover::derive(&emitter_c, &store_c, from, end, &stats);
+        (from, batches, reached)
+    })
+    .await;
+    let Ok((from, batches, reached)) = derived else {
+        tracing::warn!("trace recovery task failed; the next flush tries again");
+        return None;
+    };
+    let events: usize = batches.iter().map(|(_, count)| count).sum();
+    let written = write(emitter, store, replication, self_addr, batches, || {
+        recover::watermark_properties(from)
+    });
+    if written {
+        emitter.metrics.events_recovered.inc_by(events as u64);
+    }
+    if events > 0 {
+        tracing::info!(
+            from,
+            to = reached,
+            events,
+            written,
+            "trace recovery derived the pub events of stored messages from the log"
+        );
+    }
+    Some(if written { reached } else { from })
 }
 
 /// The flusher: every `flush_interval_ms`, writes what is buffered. Runs
@@ -811,11 +883,25 @@ pub async fn flush_loop(
 ) {
     let interval = Duration::from_millis(emitter.config.flush_interval_ms);
     let mut sampler = StatsSampler::new(data_dir, &metrics);
+    let mut gate = recover::RecoveryGate::default();
+    let mut watermark = recover::Watermark::default();
+    let mut lost_before = lost_events(&emitter);
     loop {
         let stopping = tokio::select! {
             _ = stop.cancelled() => true,
             _ = tokio::time::sleep(interval) => false,
         };
+        // Read before the buffers are taken: what was appended before this is buffered by the
+        // next round (see `recover::Watermark`).
+        let end = store.committed_offset();
+        if emitter.config.enabled && replication.check_writable().is_ok() && gate.due(&replication.role()) {
+            let stats = sampler.sample(&metrics, &emitter).clone();
+            match recover(&emitter, &store, &replication, self_addr, end, stats).await {
+                Some(covered) => watermark = recover::Watermark::at(covered),
+                None => gate = recover::RecoveryGate::default(),
+            }
+            lost_before = lost_events(&emitter);
+        }
         let mut batches = Vec::new();
         let mut waiting = 0;
         let mut stats = None;
@@ -829,7 +915,13 @@ pub async fn flush_loop(
             shard.give_back(drained);
         }
         emitter.metrics.buffered.set(waiting as i64);
-        write(&emitter, &store, &replication, self_addr, batches);
+        let covered = watermark.covered;
+        write(&emitter, &store, &replication, self_addr, batches, || {
+            recover::watermark_properties(covered)
+        });
+        let lost = lost_events(&emitter);
+        watermark.round(end, lost != lost_before);
+        lost_before = lost;
         if stopping {
             return;
         }

@@ -1,5 +1,6 @@
 //! Message tracing end to end: brokers and the push consumer emit trace events, the tracer indexes
-//! them, and lookups return each message's timeline; a killed tracer loses and doubles nothing.
+//! them, and lookups return each message's timeline; a killed tracer loses and doubles nothing, and
+//! a master killed right after acknowledging leaves every message its Pub and Store.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use meridian_client::{
 use meridian_proto::messages::{MessageData, SendRequest};
 use meridian_proto::trace::TRACE_TOPIC;
 use meridian_proto::{ErrorCode, RequestCode};
-use meridian_tests::{DevNode, ServiceProcess, eventually, http_get_json, http_get_text};
+use meridian_tests::{DevNode, GroupCluster, GroupOptions, ServiceProcess, eventually, http_get_json, http_get_text};
 use serde_json::Value;
 
 fn step_types(timeline: &Value) -> Vec<String> {
@@ -470,5 +471,157 @@ async fn a_tracer_killed_while_producing_loses_and_doubles_nothing() {
     producer.shutdown().await;
     pool.shutdown().await;
     tracer.stop();
+    node.stop();
+}
+
+/// The number of steps of each type in a timeline.
+fn step_counts(timeline: &Value) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for kind in step_types(timeline) {
+        *counts.entry(kind).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_right_after_acknowledging_leaves_every_message_its_pub_and_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = GroupCluster::prepare(dir.path(), GroupOptions::default());
+    // Trace events wait 3 s in the master's buffer: the kill below finds the last sends' events
+    // there, never written, and the new master must derive them from its log.
+    for index in 0..3 {
+        let config = dir.path().join(format!("broker-{index}.toml"));
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("\n[trace]\nflush_interval_ms = 3000\n");
+        std::fs::write(&config, text).unwrap();
+    }
+    cluster.launch();
+    let (ok, _, stderr) = cluster.cli(&["topic", "create", "orders", "--queues", "4", "--on", "broker-a"]);
+    assert!(ok, "{stderr}");
+
+    let tracer_dir = dir.path().join("tracer");
+    let config = dir.path().join("tracer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "nameservers = [\"{}\"]\ngroup = \"MERIDIAN_TRACER-e2e\"\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:0\"\ncommit_interval_ms = 200\nwriter_heap_bytes = 16000000\n",
+            cluster.nameserver_addr,
+            tracer_dir.display()
+        ),
+    )
+    .unwrap();
+    let tracer = start_tracer(&config, &tracer_dir);
+    let http = tracer.address("http").unwrap();
+
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let producer = Producer::new(cluster.route(&pool), ProducerConfig::default());
+    let mut ids = Vec::new();
+    for index in 0..30 {
+        let message = Message::new("orders", format!("order {index}")).with_key(format!("order-{index}"));
+        ids.push(producer.send(message).await.unwrap().msg_id);
+    }
+    // kill -9 at once: the quorum acknowledged every message, its trace events were not written.
+    cluster.kill9(0);
+    let untraced_at_kill = ids
+        .iter()
+        .filter(|id| http_get_json(http, &format!("/api/traces/{id}")).is_none())
+        .count();
+    let promoted = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(index) = [1, 2]
+                .into_iter()
+                .find(|index| cluster.role(*index).is_some_and(|(role, _)| role == "master"))
+            {
+                cluster.wait_role(index, "master");
+                break index;
+            }
+            assert!(Instant::now() < deadline, "no new master");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // Every acknowledged message: its Pub and its Store, once each.
+    let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let complete = eventually(Duration::from_secs(30), || {
+        for id in &ids {
+            let counts = counts.entry(id.clone()).or_default();
+            if counts.get("Pub") == Some(&1) && counts.get("Store") == Some(&1) {
+                continue;
+            }
+            *counts = http_get_json(http, &format!("/api/traces/{id}"))
+                .map(|timeline| step_counts(&timeline))
+                .unwrap_or_default();
+        }
+        counts
+            .values()
+            .all(|steps| steps.get("Pub") == Some(&1) && steps.get("Store") == Some(&1))
+    })
+    .await;
+    let wrong: Vec<_> = counts
+        .iter()
+        .filter(|(_, steps)| steps.get("Pub") != Some(&1) || steps.get("Store") != Some(&1))
+        .take(5)
+        .collect();
+    let new_master = cluster.members[promoted].process.as_ref().unwrap().log();
+    assert!(
+        complete,
+        "{} of {} acknowledged messages without exactly one Pub and one Store ({untraced_at_kill} untraced at the kill), e.g. {wrong:?}; new master's log:\n{new_master}\ntracer log:\n{}",
+        counts.len(),
+        ids.len(),
+        tracer.log()
+    );
+    assert!(
+        new_master.contains("trace recovery derived the pub events"),
+        "the new master did not recover: {new_master}"
+    );
+    println!("{untraced_at_kill} of {} messages had no trace at the kill", ids.len());
+    producer.shutdown().await;
+    pool.shutdown().await;
+    tracer.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_broker_killed_right_after_acknowledging_traces_every_message_after_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("orders", 2).await;
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let producer = Producer::new(node.route(&pool), ProducerConfig::default());
+    let mut ids = Vec::new();
+    for index in 0..20 {
+        let message = Message::new("orders", format!("order {index}")).with_key(format!("order-{index}"));
+        ids.push(producer.send(message).await.unwrap().msg_id);
+    }
+    producer.shutdown().await;
+    pool.shutdown().await;
+    // kill -9 within the flush interval of the last acknowledgement, then start again.
+    let node = node.crash_restart(&[]);
+    let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let complete = eventually(Duration::from_secs(20), || {
+        for id in &ids {
+            let counts = counts.entry(id.clone()).or_default();
+            if counts.get("Pub") == Some(&1) && counts.get("Store") == Some(&1) {
+                continue;
+            }
+            *counts = http_get_json(node.http, &format!("/api/traces/{id}"))
+                .map(|timeline| step_counts(&timeline))
+                .unwrap_or_default();
+        }
+        counts
+            .values()
+            .all(|steps| steps.get("Pub") == Some(&1) && steps.get("Store") == Some(&1))
+    })
+    .await;
+    let wrong: Vec<_> = counts
+        .iter()
+        .filter(|(_, steps)| steps.get("Pub") != Some(&1) || steps.get("Store") != Some(&1))
+        .take(5)
+        .collect();
+    assert!(
+        complete,
+        "messages without exactly one Pub and one Store after the restart, e.g. {wrong:?}; log:\n{}",
+        node.log()
+    );
     node.stop();
 }

@@ -194,6 +194,25 @@ fn with_implied_stores(events: &[TraceEvent]) -> Vec<TraceEvent> {
     all
 }
 
+/// The events without a second Pub, Store or DelaySchedule of the same stored copy (broker group and commitlog
+/// offset). A broker that starts writing (after a crash, or promoted to master) derives the Pub
+/// events of the messages at the end of its log again from the stored records, as it cannot know
+/// whether their buffered events were written before the crash; the first one of a copy stands
+/// for both. A message sent twice (a producer's retry) is two copies and keeps both.
+fn without_repeats(events: &[TraceEvent]) -> Vec<TraceEvent> {
+    let mut seen = std::collections::HashSet::new();
+    events
+        .iter()
+        .filter(|event| {
+            !matches!(
+                event.kind(),
+                TraceType::Pub | TraceType::Store | TraceType::DelaySchedule
+            ) || seen.insert((event.trace_type, event.broker_name.as_str(), event.commitlog_offset))
+        })
+        .cloned()
+        .collect()
+}
+
 /// The events with an `ArchiveWrite` added for every Store whose segment `archive` knows to be
 /// archived (shown as done by `archive`, at the archived file).
 fn with_archive_steps(mut events: Vec<TraceEvent>, archive: Option<&dyn ArchiveSteps>) -> Vec<TraceEvent> {
@@ -238,7 +257,7 @@ fn with_archive_steps(mut events: Vec<TraceEvent>, archive: Option<&dyn ArchiveS
 /// ([`crate::index::sort_timeline`]), with its archive steps when `archive` is given. `None`
 /// when there are none.
 pub fn build(events: &[TraceEvent], archive: Option<&dyn ArchiveSteps>) -> Option<Timeline> {
-    let events = &with_archive_steps(with_implied_stores(events), archive);
+    let events = &with_archive_steps(with_implied_stores(&without_repeats(events)), archive);
     let first = events.first()?;
     let with_keys = events.iter().find(|event| !event.keys.is_empty()).unwrap_or(first);
     let store = events.iter().find(|event| event.kind() == TraceType::Store);
@@ -376,5 +395,39 @@ mod tests {
             let timeline = build(&events, archive).unwrap();
             assert!(timeline.steps.iter().all(|step| step.kind != "ArchiveWrite"));
         }
+    }
+
+    #[test]
+    fn a_pub_derived_again_after_a_crash_shows_once_and_a_second_copy_shows_twice() {
+        let original = publish("broker-a", 500);
+        let recovered = TraceEvent {
+            event_id: "02".into(),
+            broker_member: "a-1".into(),
+            ..original.clone()
+        };
+        let store = TraceEvent {
+            event_id: "03".into(),
+            trace_type: TraceType::Store as i32,
+            timestamp: 11,
+            ..original.clone()
+        };
+        let timeline = build(&[original.clone(), recovered.clone(), store.clone()], None).unwrap();
+        let steps: Vec<(&str, &str)> = timeline
+            .steps
+            .iter()
+            .map(|step| (step.kind.as_str(), step.event_id.as_str()))
+            .collect();
+        assert_eq!(steps, [("Pub", "01"), ("Store", "03")]);
+        // Only the recovered one: still both steps.
+        let timeline = build(&[recovered], None).unwrap();
+        let kinds: Vec<&str> = timeline.steps.iter().map(|step| step.kind.as_str()).collect();
+        assert_eq!(kinds, ["Pub", "Store"]);
+        // A producer's retry stored the message twice: two copies, four steps.
+        let again = TraceEvent {
+            event_id: "04".into(),
+            ..publish("broker-a", 900)
+        };
+        let timeline = build(&[original, again], None).unwrap();
+        assert_eq!(timeline.steps.len(), 4);
     }
 }

@@ -945,6 +945,19 @@ impl MessageStore {
         self.commitlog.committed()
     }
 
+    /// Smallest commitlog offset still on disk (a record boundary).
+    pub fn min_offset(&self) -> u64 {
+        self.commitlog.min_offset()
+    }
+
+    /// Calls `visit` for every stored record in `[from, to)` with its commitlog offset; `from`
+    /// must be a record boundary (an offset a record starts or a segment begins at) and `to` at
+    /// most [`MessageStore::committed_offset`]. Returns where it stopped. Off the hot path: the
+    /// trace flusher's recovery scan reads it.
+    pub fn scan_records(&self, from: u64, to: u64, visit: impl FnMut(&record::Record<'_>, u64)) -> u64 {
+        self.commitlog.scan(from, to.min(self.committed_offset()), visit)
+    }
+
     /// Offset up to which records are in consume queues.
     pub fn dispatched_offset(&self) -> u64 {
         self.dispatched.load(Ordering::Acquire)
