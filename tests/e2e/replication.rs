@@ -473,11 +473,21 @@ async fn a_slave_restarted_far_behind_catches_up_and_reenters_the_in_sync_set() 
         ..Default::default()
     };
     let slave_addr = cluster.members[2].listen.to_string();
-    let pulled: meridian_proto::messages::PullResponse = pool
-        .call(&slave_addr, RequestCode::Pull, &pull, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let records = meridian_proto::record::decode_all(&pulled.records).unwrap();
+    // A slave serves only what it knows the group confirmed and has indexed: it learns the
+    // confirmed offset with its next fetch, so a pull the instant its log caught up may find
+    // nothing yet. Wait for the records, up to 10 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let pulled: meridian_proto::messages::PullResponse = pool
+            .call(&slave_addr, RequestCode::Pull, &pull, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let records = meridian_proto::record::decode_all(&pulled.records).unwrap();
+        if !records.is_empty() || std::time::Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         !records.is_empty() && records.iter().all(|record| record.body == body),
         "{} records",
