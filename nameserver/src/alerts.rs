@@ -59,7 +59,7 @@ pub const LAG_STATUSES: [&str; 5] = ["OK", "WARN", "STALL", "STOP", "REWIND"];
 
 /// One rule: a condition that must hold `for_ms` before its alert fires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawRule")]
 pub struct Rule {
     /// Unique name, part of each alert's de-duplication key.
     pub name: String,
@@ -71,6 +71,53 @@ pub struct Rule {
     pub for_ms: u64,
     /// `info`, `warning` or `critical`.
     pub severity: String,
+}
+
+// A rule as written: serde cannot refuse unknown fields of a flattened enum, so a rule is read
+// flat, every field known, and its condition built from it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    condition: String,
+    #[serde(default)]
+    for_ms: u64,
+    severity: String,
+    statuses: Option<Vec<String>>,
+    threshold_ms: Option<u64>,
+    threshold: Option<u64>,
+}
+
+impl TryFrom<RawRule> for Rule {
+    type Error = String;
+
+    fn try_from(raw: RawRule) -> Result<Rule, String> {
+        let name = &raw.name;
+        let needs = |field: &str| format!("rule {name:?}: condition {:?} needs {field}", raw.condition);
+        let condition = match raw.condition.as_str() {
+            "broker_down" => Condition::BrokerDown,
+            "group_lag_status" => Condition::GroupLagStatus {
+                statuses: raw.statuses.clone().ok_or_else(|| needs("statuses (e.g. [\"STOP\", \"STALL\"])"))?,
+            },
+            "group_time_lag" => Condition::GroupTimeLag {
+                threshold_ms: raw.threshold_ms.ok_or_else(|| needs("threshold_ms"))?,
+            },
+            "group_lag_messages" => Condition::GroupLagMessages {
+                threshold: raw.threshold.ok_or_else(|| needs("threshold"))?,
+            },
+            other => {
+                return Err(format!(
+                    "rule {name:?}: condition {other:?} is unknown; use broker_down, group_lag_status, group_time_lag or group_lag_messages"
+                ));
+            }
+        };
+        Ok(Rule {
+            name: raw.name,
+            condition,
+            for_ms: raw.for_ms,
+            severity: raw.severity,
+        })
+    }
 }
 
 /// The `[alerts]` table of the nameserver config.
@@ -665,8 +712,22 @@ mod tests {
         assert!(message.contains("alerts.evaluation_interval_ms (5)"), "{message}");
         let unknown = serde_json::from_str::<AlertsConfig>(
             r#"{"rules": [{"name": "x", "condition": "disk_full", "severity": "info"}]}"#,
-        );
-        assert!(unknown.is_err(), "an unknown condition is refused");
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(unknown.contains("condition \"disk_full\" is unknown"), "{unknown}");
+        let typo = serde_json::from_str::<AlertsConfig>(
+            r#"{"rules": [{"name": "x", "condition": "broker_down", "severity": "info", "for": 5}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(typo.contains("unknown field `for`"), "{typo}");
+        let missing = serde_json::from_str::<AlertsConfig>(
+            r#"{"rules": [{"name": "x", "condition": "group_time_lag", "severity": "info"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("needs threshold_ms"), "{missing}");
     }
 
     #[test]
