@@ -85,7 +85,11 @@ pub async fn alerts(args: AlertsArgs) -> Result<()> {
             }
         }
     }
-    println!("{} firing, {} in all", report["firing"].as_u64().unwrap_or(0), alerts.len());
+    println!(
+        "{} firing, {} in all",
+        report["firing"].as_u64().unwrap_or(0),
+        alerts.len()
+    );
     Ok(())
 }
 

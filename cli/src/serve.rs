@@ -209,8 +209,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             ..Default::default()
         },
         alerts: {
-            let mut alerts: meridian_nameserver::alerts::AlertsConfig =
-                config::load("alerts", args.alerts.as_deref())?;
+            let mut alerts: meridian_nameserver::alerts::AlertsConfig = config::load("alerts", args.alerts.as_deref())?;
             // The broker's lag report is on the one HTTP listener.
             if alerts.broker_http.is_empty() {
                 alerts.broker_http = vec![http_addr.to_string()];

@@ -97,7 +97,10 @@ impl TryFrom<RawRule> for Rule {
         let condition = match raw.condition.as_str() {
             "broker_down" => Condition::BrokerDown,
             "group_lag_status" => Condition::GroupLagStatus {
-                statuses: raw.statuses.clone().ok_or_else(|| needs("statuses (e.g. [\"STOP\", \"STALL\"])"))?,
+                statuses: raw
+                    .statuses
+                    .clone()
+                    .ok_or_else(|| needs("statuses (e.g. [\"STOP\", \"STALL\"])"))?,
             },
             "group_time_lag" => Condition::GroupTimeLag {
                 threshold_ms: raw.threshold_ms.ok_or_else(|| needs("threshold_ms"))?,
@@ -512,7 +515,12 @@ pub async fn run(service: Arc<NameserverService>, config: AlertsConfig, stop: Ca
                 Ok(crate::state::Response::Alert(alert)) => {
                     announce(&alert);
                     for url in &config.webhooks {
-                        deliveries.spawn(deliver(url.clone(), alert.clone(), config.webhook_attempts, stop.clone()));
+                        deliveries.spawn(deliver(
+                            url.clone(),
+                            alert.clone(),
+                            config.webhook_attempts,
+                            stop.clone(),
+                        ));
                     }
                 }
                 Ok(_) => {}
@@ -657,7 +665,10 @@ async fn http_request(addr: SocketAddr, method: &str, path: &str, body: Option<&
         let status = head.split_whitespace().nth(1)?.parse().ok()?;
         Some((status, body.to_owned()))
     };
-    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]
@@ -697,13 +708,19 @@ mod tests {
             config.validate().unwrap_err().to_string()
         };
         let message = broken(r#"{"rules": [{"name": "x", "condition": "broker_down", "severity": "loud"}]}"#);
-        assert!(message.contains("alerts.rules[0] (\"x\"): severity \"loud\" must be one of"), "{message}");
+        assert!(
+            message.contains("alerts.rules[0] (\"x\"): severity \"loud\" must be one of"),
+            "{message}"
+        );
         let message = broken(
             r#"{"rules": [{"name": "x", "condition": "group_lag_status", "statuses": ["LATE"], "severity": "info"}]}"#,
         );
         assert!(message.contains("\"LATE\" is not a lag status"), "{message}");
         let message = broken(r#"{"webhooks": ["https://example.com/hook"]}"#);
-        assert!(message.contains("alerts.webhooks") && message.contains("http://"), "{message}");
+        assert!(
+            message.contains("alerts.webhooks") && message.contains("http://"),
+            "{message}"
+        );
         let message = broken(
             r#"{"rules": [{"name": "a", "condition": "broker_down", "severity": "info"}, {"name": "a", "condition": "broker_down", "severity": "info"}]}"#,
         );

@@ -956,11 +956,21 @@ async fn alerts(State(service): State<SharedService>, QueryParams(query): QueryP
             .alerts()
             .values()
             .filter(|alert| query.owner.as_deref().is_none_or(|owner| alert.owner == owner))
-            .filter(|alert| query.status.as_deref().is_none_or(|status| alert.status.as_str() == status))
+            .filter(|alert| {
+                query
+                    .status
+                    .as_deref()
+                    .is_none_or(|status| alert.status.as_str() == status)
+            })
             .cloned()
             .collect()
     });
-    alerts.sort_by_key(|alert| (alert.status != crate::state::AlertStatus::Firing, std::cmp::Reverse(alert.last_change_ms)));
+    alerts.sort_by_key(|alert| {
+        (
+            alert.status != crate::state::AlertStatus::Firing,
+            std::cmp::Reverse(alert.last_change_ms),
+        )
+    });
     let firing = alerts
         .iter()
         .filter(|alert| alert.status == crate::state::AlertStatus::Firing)
