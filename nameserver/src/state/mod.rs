@@ -76,7 +76,7 @@ pub struct MetadataState {
     #[serde(default)]
     drill: Drill,
     // Alerts by de-duplication key (rule/subject), firing and resolved.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     alerts: BTreeMap<String, Alert>,
 }
 
