@@ -4,6 +4,7 @@
 //! Each subcommand lives in its own module; services are libraries with `run(config, shutdown)`
 //! composed here. Start reading at [`Command`].
 
+mod alerts_cmds;
 mod archive_cmds;
 mod archive_steps;
 mod archive_why;
@@ -98,6 +99,8 @@ enum Command {
     Env(env_cmds::EnvArgs),
     /// Run the web console against a cluster's HTTP APIs (`meridian dev` serves it at `/`).
     Ui(ui_cmd::UiArgs),
+    /// The cluster's alerts, firing and resolved, with owners and history (rules: `[alerts]`).
+    Alerts(alerts_cmds::AlertsArgs),
 }
 
 /// Where a client command finds brokers: through the nameservers, or one standalone broker.
@@ -198,6 +201,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Consume(args) => client_cmds::consume(args).await,
             Command::Dlq(command) => messaging_cmds::dlq(command).await,
             Command::Client(command) => sdk_cmds::client(command).await,
+            Command::Alerts(args) => alerts_cmds::alerts(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Archiver(args) => archive_cmds::archiver(args).await,
             Command::Archive(command) => archive_cmds::archive(command).await,

@@ -54,6 +54,10 @@ pub struct DevArgs {
     /// Do not serve RocketMQ clients (no remoting listeners).
     #[arg(long)]
     no_rocketmq: bool,
+    /// Alert rules, webhooks and evaluation interval (TOML, the keys of the nameserver's
+    /// `[alerts]` table; `docs/configuration.md`). Default: the default rules, no webhooks.
+    #[arg(long)]
+    alerts: Option<PathBuf>,
 }
 
 /// Arguments of `meridian broker`.
@@ -206,6 +210,14 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             enabled: !args.no_rocketmq,
             listen: args.rocketmq_nameserver_listen,
             ..Default::default()
+        },
+        alerts: {
+            let mut alerts: meridian_nameserver::alerts::AlertsConfig = config::load("alerts", args.alerts.as_deref())?;
+            // The broker's lag report is on the one HTTP listener.
+            if alerts.broker_http.is_empty() {
+                alerts.broker_http = vec![http_addr.to_string()];
+            }
+            alerts
         },
         ..NameserverConfig::default()
     };

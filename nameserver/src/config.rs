@@ -79,6 +79,9 @@ pub struct NameserverConfig {
     /// The RocketMQ 4.x remoting listener (the `[remoting]` table; off by default, on in
     /// `meridian dev`): RocketMQ clients look up routes here.
     pub remoting: crate::remoting::RemotingConfig,
+    /// The alert rules, webhooks and evaluation interval (the `[alerts]` table; see
+    /// [`crate::alerts`]).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 impl Default for NameserverConfig {
@@ -102,6 +105,7 @@ impl Default for NameserverConfig {
             max_frame_size: Limits::default().max_frame_size,
             raft: RaftConfig::default(),
             remoting: crate::remoting::RemotingConfig::default(),
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }
@@ -114,6 +118,7 @@ impl NameserverConfig {
             return invalid("node_id must be at least 1".into());
         }
         self.raft.to_openraft()?;
+        self.alerts.validate()?;
         if self.broker_timeout_ms < 1000 {
             return invalid(format!(
                 "broker_timeout_ms ({}) must be at least 1000: a few broker heartbeat intervals",

@@ -66,6 +66,7 @@ pub fn router(service: Arc<NameserverService>) -> Router {
             get(idc_rules).put(set_idc_rule).delete(remove_idc_rule),
         )
         .route("/api/sdk-policy", get(sdk_policy).put(set_sdk_policy))
+        .route("/api/alerts", get(alerts))
         .route("/api/drill", get(drill))
         .route("/api/drill/evacuate", post(drill_evacuate))
         .route("/api/drill/restore", post(drill_restore))
@@ -925,6 +926,56 @@ async fn remove_idc_rule(
         .command(Command::RemoveIdcRule { cidr: body.cidr })
         .await
         .map(ok)
+}
+
+/// Query of `GET /api/alerts`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsQuery {
+    /// Only alerts of this owner.
+    owner: Option<String>,
+    /// Only `firing` or `resolved` alerts.
+    status: Option<String>,
+}
+
+/// Alerts, firing first, then the most recently changed, each with its history
+/// (`docs/governance.md`, "Alerts").
+async fn alerts(State(service): State<SharedService>, QueryParams(query): QueryParams<AlertsQuery>) -> HttpResponse {
+    if let Some(status) = query.status.as_deref()
+        && status != "firing"
+        && status != "resolved"
+    {
+        return ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("status {status:?} must be firing or resolved"),
+        )
+        .into_response();
+    }
+    let mut alerts: Vec<crate::state::Alert> = service.raft().read_state(|state| {
+        state
+            .alerts()
+            .values()
+            .filter(|alert| query.owner.as_deref().is_none_or(|owner| alert.owner == owner))
+            .filter(|alert| {
+                query
+                    .status
+                    .as_deref()
+                    .is_none_or(|status| alert.status.as_str() == status)
+            })
+            .cloned()
+            .collect()
+    });
+    alerts.sort_by_key(|alert| {
+        (
+            alert.status != crate::state::AlertStatus::Firing,
+            std::cmp::Reverse(alert.last_change_ms),
+        )
+    });
+    let firing = alerts
+        .iter()
+        .filter(|alert| alert.status == crate::state::AlertStatus::Firing)
+        .count();
+    ok(serde_json::json!({ "firing": firing, "alerts": alerts }))
 }
 
 async fn drill(State(service): State<SharedService>) -> HttpResponse {

@@ -22,6 +22,8 @@
 //! - [`remoting`]: the RocketMQ 4.x remoting listener (routes, cluster info, topic list).
 //! - [`controller`]: the failover controller, run by [`Nameserver::run`]: while the node leads, it
 //!   elects each broker group's master ([`Command::ElectMaster`]) from the brokers' heartbeats.
+//! - [`alerts`]: the alert evaluator, also run on the leader only: rules, webhooks, and the
+//!   replicated alert records ([`state::alerts`]) that `GET /api/alerts` lists.
 //!
 //! On disk, under a node's data dir: `raft-log.redb` (log entries, vote, committed and purged log
 //! ids, owning node id) and `snapshots/current.snapshot` (the latest snapshot).
@@ -29,6 +31,7 @@
 //! openraft is re-exported as [`openraft`] so that crates composing the nameserver (the network
 //! layer, `cli`) use this exact version without depending on it themselves.
 
+pub mod alerts;
 pub mod config;
 pub mod controller;
 pub mod error;

@@ -49,6 +49,7 @@ pub struct Nameserver {
     service: Arc<NameserverService>,
     codec: FrameCodec,
     shutdown: CancellationToken,
+    alerts: crate::alerts::AlertsConfig,
 }
 
 impl Nameserver {
@@ -141,6 +142,7 @@ impl Nameserver {
             service,
             codec: FrameCodec::new(config.max_frame_size),
             shutdown: CancellationToken::new(),
+            alerts: config.alerts.clone(),
         })
     }
 
@@ -172,10 +174,12 @@ impl Nameserver {
             service,
             codec,
             shutdown: stop,
+            alerts,
         } = self;
         let connections = TaskTracker::new();
         let background = TaskTracker::new();
         background.spawn(controller::run(service.clone(), stop.clone()));
+        background.spawn(crate::alerts::run(service.clone(), alerts, stop.clone()));
         if let Some((remoting_listener, remoting_config)) = remoting {
             background.spawn(crate::remoting::serve(
                 remoting_listener,

@@ -1,5 +1,6 @@
 //! End-to-end tests: real `meridian` processes on loopback, driven by the real client SDK and CLI.
 
+mod alerts;
 mod archive;
 mod archive_duckdb;
 mod cli;

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::alerts::{Alert, AlertUpdate};
 use super::brokers::{BrokerRegistration, EpochChange};
 use super::governance::{ConsumerGroup, GroupRequest, Topic, TopicChanges, TopicRequest};
 use super::idc::IdcRule;
@@ -172,6 +173,8 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         language_min_versions: BTreeMap<String, String>,
     },
+    /// An alert changes state (written by the alert evaluator on the leader only).
+    RecordAlert(AlertUpdate),
 }
 
 impl Command {
@@ -226,4 +229,6 @@ pub enum Response {
         /// What changed.
         change: EpochChange,
     },
+    /// An alert as recorded.
+    Alert(Alert),
 }

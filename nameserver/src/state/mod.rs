@@ -18,6 +18,7 @@
 //! `commands` < this module. No module of the state names anything outside it, so the rest of
 //! the crate (`types`, `error`, the Raft storage) builds on it without a circle.
 
+pub mod alerts;
 pub mod approval;
 pub mod brokers;
 pub mod commands;
@@ -34,6 +35,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub use alerts::{Alert, AlertStatus, AlertUpdate};
 pub use approval::{Approval, ApprovalStatus, Decision, DecisionAction, Subject, format_time_ms};
 pub use brokers::{
     BrokerGroup, BrokerMember, BrokerRegistration, BrokerRole, EPOCH_HISTORY_LEN, EpochAction, EpochChange,
@@ -73,6 +75,9 @@ pub struct MetadataState {
     metadata_version: u64,
     #[serde(default)]
     drill: Drill,
+    // Alerts by de-duplication key (rule/subject), firing and resolved.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    alerts: BTreeMap<String, Alert>,
 }
 
 impl MetadataState {
@@ -137,6 +142,11 @@ impl MetadataState {
     /// know when to fetch what they may serve again.
     pub fn metadata_version(&self) -> u64 {
         self.metadata_version
+    }
+
+    /// Alerts by de-duplication key (`rule/subject`), firing and resolved.
+    pub fn alerts(&self) -> &BTreeMap<String, Alert> {
+        &self.alerts
     }
 
     /// Time of the last applied command, in ms since the Unix epoch.
@@ -308,6 +318,7 @@ impl MetadataState {
                 })?;
                 Response::Done
             }
+            Command::RecordAlert(update) => Response::Alert(alerts::record(&mut self.alerts, now_ms, update)?),
         };
         self.clock_ms = now_ms;
         if governance {
