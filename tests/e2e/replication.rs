@@ -2,7 +2,8 @@
 //! nameserver: a killed master is replaced by its most advanced in-sync slave with no acknowledged
 //! message lost, a partitioned master stops acknowledging within its lease, `idc_safe` survives
 //! losing a data center, and a slave that fell far behind catches up. With an archiver beside
-//! every member, only the master's archives and the archive is the group's history.
+//! every member, only the master's archives and the archive is the group's history, also after a
+//! failover that cut a divergent tail off the old master.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -845,6 +846,10 @@ async fn a_divergent_tail_cut_by_a_failover_never_reaches_the_archive_which_hold
     // More acknowledged sends until the segment holding the last of `acked` is sealed, then the
     // archivers get to it.
     let history_end = cluster.committed(master).unwrap();
+    assert!(
+        history_end > committed,
+        "the archived range must cover the offsets where a-0 wrote its divergent tail"
+    );
     let mut filler = Vec::new();
     while cluster.committed(master).unwrap() < history_end + 262_144 {
         let (more, refused) = send_many(&pool, &new_addr, 820 + filler.len() as u64, 100, 8).await;
