@@ -30,6 +30,7 @@
 //! layer, `cli`) use this exact version without depending on it themselves.
 
 pub mod config;
+pub mod continuity;
 pub mod controller;
 pub mod error;
 pub mod http;
