@@ -47,6 +47,11 @@ pub struct Continuity {
 }
 
 impl Continuity {
+    /// Whether no data center was ever declared lost (nothing to record).
+    pub fn is_empty(&self) -> bool {
+        self.lost.is_empty() && self.history.is_empty()
+    }
+
     /// Whether `idc` is declared lost.
     pub fn is_lost(&self, idc: &str) -> bool {
         self.lost.contains_key(idc)

@@ -76,7 +76,8 @@ pub struct MetadataState {
     metadata_version: u64,
     #[serde(default)]
     drill: Drill,
-    #[serde(default)]
+    // Left out while empty, so a state that never lost a data center is written as before.
+    #[serde(default, skip_serializing_if = "Continuity::is_empty")]
     continuity: Continuity,
 }
 
