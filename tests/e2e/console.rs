@@ -431,7 +431,11 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     assert!(browser.text("#steps").contains("Store"));
     // The body comes from SQL's `messages`, the archive plus the live log: a message stored a
     // moment ago is there before its segment is archived.
-    assert!(browser.page_text().contains("hello console"), "{}", browser.page_text());
+    assert!(
+        browser.page_text().contains("hello console"),
+        "{}",
+        browser.page_text()
+    );
     renders.push(("trace", browser.render_ms()));
     browser.screenshot("trace");
     // By key too.
