@@ -154,15 +154,14 @@ pub enum BrokerError {
     NotMaster(String),
     /// The write did not reach the replicas its group's ack policy needs in time.
     #[error(
-        "message appended on the master but held by only {held} of the {needed} replicas ack policy {policy} needs within {timeout_ms} ms (replication.ack_timeout_ms); it is NOT acknowledged and a retry may duplicate it. Check the slaves with `meridian cluster status`"
+        "message appended on the master but not replicated as ack policy {policy} needs within {timeout_ms} ms (replication.ack_timeout_ms): {shortfall}. It is NOT acknowledged and a retry may duplicate it. Check the slaves with `meridian cluster status`"
     )]
     ReplicationTimeout {
         /// The group's policy.
         policy: &'static str,
-        /// Replicas (counting the master) holding the message when time ran out.
-        held: usize,
-        /// Replicas the policy needs.
-        needed: usize,
+        /// What was missing when time ran out: the count, for `idc_safe` the missing replica
+        /// outside the master's data center, and the replicas behind.
+        shortfall: String,
         /// The timeout.
         timeout_ms: u64,
     },

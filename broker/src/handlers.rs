@@ -884,6 +884,7 @@ fn topic_route(state: &BrokerState, body: Bytes) -> Result<Bytes> {
             replicas: Vec::new(),
         }],
         evacuated_idcs: Vec::new(),
+        lost_idcs: Vec::new(),
     })
 }
 

@@ -1424,6 +1424,16 @@ async fn run_cluster(
                 opt(cluster.snapshot),
                 opt(cluster.purged)
             );
+            if cluster.lost_idcs.is_empty() {
+                println!("lost data centers: none");
+            }
+            for (idc, lost) in &cluster.lost_idcs {
+                println!(
+                    "LOST data center {idc} since {}: {}",
+                    meridian_nameserver::state::format_time_ms(lost.since_ms),
+                    lost.reason
+                );
+            }
             println!("broker groups: {}", brokers.len());
             for group in brokers {
                 let in_sync = if group.in_sync.is_empty() {

@@ -571,6 +571,7 @@ mod tests {
             topic: "orders".into(),
             brokers: vec![group("a", "dc1"), group("b", "dc2"), group("c", "dc1")],
             evacuated_idcs: evacuated.iter().map(|idc| (*idc).to_owned()).collect(),
+            lost_idcs: Vec::new(),
         }
     }
 
@@ -792,6 +793,7 @@ mod tests {
                 replicas: Vec::new(),
             }],
             evacuated_idcs: Vec::new(),
+            lost_idcs: Vec::new(),
         });
         let producer = Producer::with_nameservers(
             vec![nameserver.addr.clone()],
@@ -836,6 +838,7 @@ mod tests {
             topic: "orders".into(),
             brokers: vec![group(BROKER_NAME, &broker.addr), group("broker-b", "")],
             evacuated_idcs: Vec::new(),
+            lost_idcs: Vec::new(),
         });
         nameserver.refuse(
             "payments",

@@ -1272,6 +1272,7 @@ mod tests {
             topic: "orders".into(),
             brokers: vec![group(BROKER_NAME, &broker.addr, 3), group("broker-b", "", 2)],
             evacuated_idcs: Vec::new(),
+            lost_idcs: Vec::new(),
         });
         for index in 0..6u32 {
             broker.append("orders", index % 3, format!("m{index}").as_bytes());

@@ -390,6 +390,7 @@ mod tests {
                 topic: "orders".into(),
                 brokers: vec![broker("a", 2, perm::READ | perm::WRITE)],
                 evacuated_idcs: Vec::new(),
+                lost_idcs: Vec::new(),
             },
         });
         let cache = RouteCache::new(source.clone());
@@ -412,6 +413,7 @@ mod tests {
                 topic: "orders".into(),
                 brokers: Vec::new(),
                 evacuated_idcs: Vec::new(),
+                lost_idcs: Vec::new(),
             },
         });
         let cache = RouteCache::new(source);
@@ -430,6 +432,7 @@ mod tests {
             topic: "orders".into(),
             brokers: vec![broker("a", 2, perm::READ | perm::WRITE)],
             evacuated_idcs: Vec::new(),
+            lost_idcs: Vec::new(),
         }
     }
 
@@ -510,6 +513,7 @@ mod tests {
             topic: "orders".into(),
             brokers: vec![broker("a", 1, perm::READ | perm::WRITE), headless],
             evacuated_idcs: Vec::new(),
+            lost_idcs: Vec::new(),
         };
         for permission in [perm::READ, perm::WRITE] {
             let queues: Vec<String> = route_queues(&route, permission)
@@ -544,6 +548,7 @@ mod tests {
             topic: "orders".into(),
             brokers: vec![failing],
             evacuated_idcs: Vec::new(),
+            lost_idcs: Vec::new(),
         };
         assert!(route_queues(&route, perm::WRITE).is_empty(), "writes need the master");
         assert_eq!(route_queues(&route, perm::READ)[0].1, "b-2:7911");
@@ -561,6 +566,7 @@ mod tests {
                 broker("c", 1, 0),
             ],
             evacuated_idcs: Vec::new(),
+            lost_idcs: Vec::new(),
         };
         let writable: Vec<String> = route_queues(&route, perm::WRITE)
             .into_iter()

@@ -306,6 +306,7 @@ async fn handle(state: &State, frame: Frame) -> Option<Frame> {
                             replicas: Vec::new(),
                         }],
                         evacuated_idcs: Vec::new(),
+                        lost_idcs: Vec::new(),
                     },
                 ),
             }

@@ -82,6 +82,28 @@ pub struct NameserverConfig {
     /// The alert rules, webhooks and evaluation interval (the `[alerts]` table; see
     /// [`crate::alerts`]).
     pub alerts: crate::alerts::AlertsConfig,
+    /// Losing a data center (the `[continuity]` table).
+    pub continuity: ContinuityConfig,
+}
+
+/// When the nameservers' majority declares a data center lost (the `[continuity]` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContinuityConfig {
+    /// A data center none of whose brokers the Raft leader heard for this long, in ms, is
+    /// declared lost (in the Raft log, routes, `meridian cluster status`, `/api/cluster` and the
+    /// `meridian_nameserver_idc_lost` metric); it is cleared as soon as one of them is heard
+    /// again. At least `broker_timeout_ms`. The default, 6000, is two default broker timeouts:
+    /// long enough that one failover inside a data center is not mistaken for its loss.
+    pub idc_lost_after_ms: u64,
+}
+
+impl Default for ContinuityConfig {
+    fn default() -> ContinuityConfig {
+        ContinuityConfig {
+            idc_lost_after_ms: 6_000,
+        }
+    }
 }
 
 impl Default for NameserverConfig {
@@ -106,6 +128,7 @@ impl Default for NameserverConfig {
             raft: RaftConfig::default(),
             remoting: crate::remoting::RemotingConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
+            continuity: ContinuityConfig::default(),
         }
     }
 }
@@ -129,6 +152,12 @@ impl NameserverConfig {
             return invalid(format!(
                 "write_timeout_ms ({}) must exceed raft.election_timeout_max_ms ({}), or writes fail during every election",
                 self.write_timeout_ms, self.raft.election_timeout_max_ms
+            ));
+        }
+        if self.continuity.idc_lost_after_ms < self.broker_timeout_ms {
+            return invalid(format!(
+                "continuity.idc_lost_after_ms ({}) must be at least broker_timeout_ms ({}): a data center is lost only once its brokers are down",
+                self.continuity.idc_lost_after_ms, self.broker_timeout_ms
             ));
         }
         if self.max_frame_size < 64 * 1024 {

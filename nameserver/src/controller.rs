@@ -373,6 +373,7 @@ impl Controller {
 /// Runs the controller of `service`'s node until `stop` is cancelled.
 pub async fn run(service: Arc<NameserverService>, stop: CancellationToken) {
     let mut controller = Controller::new(service.raft().node_id(), service.liveness().timeout(), service.lease());
+    let mut watch = crate::continuity::Watch::default();
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -380,14 +381,14 @@ pub async fn run(service: Arc<NameserverService>, stop: CancellationToken) {
             _ = stop.cancelled() => break,
             _ = async {
                 ticks.tick().await;
-                tick(&mut controller, &service).await;
+                tick(&mut controller, &mut watch, &service).await;
             } => {}
         }
     }
 }
 
 /// One round: judge every group, commit the elections, warn about groups stuck without a master.
-async fn tick(controller: &mut Controller, service: &NameserverService) {
+async fn tick(controller: &mut Controller, watch: &mut crate::continuity::Watch, service: &NameserverService) {
     let (leading, term) = {
         let metrics = service.raft().raft().metrics();
         let metrics = metrics.borrow();
@@ -397,6 +398,7 @@ async fn tick(controller: &mut Controller, service: &NameserverService) {
         )
     };
     controller.observe_leadership(leading, term, Instant::now());
+    crate::continuity::tick(watch, service, leading, term).await;
     let verdicts = service.raft().read_state(|state| {
         service.liveness().with(|view| {
             let without_live_master = state

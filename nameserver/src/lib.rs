@@ -33,6 +33,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod continuity;
 pub mod controller;
 pub mod error;
 pub mod http;

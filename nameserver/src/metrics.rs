@@ -29,6 +29,13 @@ pub struct ElectionLabels {
     pub reason: &'static str,
 }
 
+/// Labels of per-data-center metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdcLabels {
+    /// The data center.
+    pub idc: String,
+}
+
 /// Every metric a nameserver exports.
 #[derive(Debug, Default)]
 pub struct NameserverMetrics {
@@ -55,6 +62,8 @@ pub struct NameserverMetrics {
     /// Broker groups with no master this node heard within the broker timeout (no master
     /// elected, or a silent one); every node computes it from its own liveness view.
     pub groups_without_live_master: Gauge,
+    /// 1 while the nameservers hold the data center lost, else 0 (from this node's applied state).
+    pub idc_lost: Family<IdcLabels, Gauge>,
 }
 
 impl NameserverMetrics {
@@ -96,6 +105,11 @@ impl NameserverMetrics {
             "groups_without_live_master",
             "Broker groups with no master heard within the broker timeout, as this node sees them",
             metrics.groups_without_live_master.clone(),
+        );
+        registry.register(
+            "idc_lost",
+            "1 while the nameservers hold the data center lost (none of its brokers heard for continuity.idc_lost_after_ms)",
+            metrics.idc_lost.clone(),
         );
         metrics
     }

@@ -89,6 +89,7 @@ pub fn topic_route(state: &MetadataState, liveness: &LivenessView<'_>, topic: &s
         topic: topic.to_owned(),
         brokers,
         evacuated_idcs: state.evacuated_idcs(),
+        lost_idcs: state.lost_idcs(),
     })
 }
 

@@ -132,6 +132,7 @@ impl Nameserver {
                     tracer_http: (!config.tracer_http.is_empty()).then(|| config.tracer_http.clone()),
                     query_http: (!config.query_http.is_empty()).then(|| config.query_http.clone()),
                 },
+                idc_lost_after: Duration::from_millis(config.continuity.idc_lost_after_ms),
             },
             metrics,
         ));

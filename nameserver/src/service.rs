@@ -198,6 +198,10 @@ pub struct ClusterView {
     pub purged: Option<u64>,
     /// Every node of the membership.
     pub nodes: Vec<ClusterNode>,
+    /// Data centers the nameservers declared lost (none of their brokers heard for
+    /// `continuity.idc_lost_after_ms`), by name, as this node applied it.
+    #[serde(default)]
+    pub lost_idcs: std::collections::BTreeMap<String, crate::state::LostIdc>,
 }
 
 /// One node of the membership.
@@ -226,6 +230,8 @@ pub struct ServiceSettings {
     pub client_idc: String,
     /// The services clients are told about ([`Query::Services`]).
     pub services: Services,
+    /// How long none of a data center's brokers must be heard before it is declared lost.
+    pub idc_lost_after: Duration,
 }
 
 /// Where clients find the services beside the brokers, as this nameserver's config says
@@ -517,6 +523,11 @@ impl NameserverService {
         self.liveness.timeout() / 2
     }
 
+    /// How long none of a data center's brokers must be heard before it is declared lost.
+    pub fn idc_lost_after(&self) -> Duration {
+        self.settings.idc_lost_after
+    }
+
     /// Brokers' liveness as this node sees it.
     pub fn liveness(&self) -> &Liveness {
         &self.liveness
@@ -654,6 +665,7 @@ impl NameserverService {
                     voter: voters.contains(id),
                 })
                 .collect(),
+            lost_idcs: self.raft.read_state(|state| state.continuity().lost.clone()),
         }
     }
 

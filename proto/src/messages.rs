@@ -564,6 +564,11 @@ pub struct TopicRoute {
     /// writes and their consumers hand their queues to consumers elsewhere.
     #[prost(string, repeated, tag = "3")]
     pub evacuated_idcs: Vec<String>,
+    /// Data centers the nameservers' majority declared lost (none of their brokers heard for
+    /// `continuity.idc_lost_after_ms`), sorted. Their brokers are down in `brokers`; clients read
+    /// this to tell an outage of a whole site from one broker's.
+    #[prost(string, repeated, tag = "4")]
+    pub lost_idcs: Vec<String>,
 }
 
 /// [`crate::RequestCode::ConsumerHeartbeat`]: a consumer is alive in a group.

@@ -468,6 +468,20 @@ async fn idc_safe_loses_no_acknowledged_message_when_the_masters_data_center_goe
         refused.to_string().contains("idc_safe") && refused.to_string().contains("NOT acknowledged"),
         "{refused}"
     );
+    // It says what is missing: no replica outside dc2 holds it, and the two dead ones in dc1 (the
+    // new master's epoch started without them).
+    assert!(
+        refused
+            .to_string()
+            .contains("no replica outside data center \"dc2\" holds it"),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("missing: 2 replicas never fetched from this master"),
+        "{refused}"
+    );
     lone.shutdown().await;
     pool.shutdown().await;
 }

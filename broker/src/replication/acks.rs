@@ -187,6 +187,67 @@ impl AckTracker {
         (held, self.policy.needed(self.replicas))
     }
 
+    /// What keeps the send ending at `end_offset` from meeting the policy, in words for the
+    /// client: how many replicas hold it and need to, for `idc_safe` whether a replica outside the
+    /// master's data center holds it, and which replicas are missing (the slaves behind it, with
+    /// what they hold, and how many replicas the master never heard from).
+    pub fn shortfall(&self, end_offset: u64) -> String {
+        let inner = self.lock();
+        let needed = self.policy.needed(self.replicas);
+        let held = 1 + inner
+            .slaves
+            .values()
+            .filter(|slave| self.held(slave) >= end_offset)
+            .count();
+        let what = if self.sync_flush { "synced" } else { "holds" };
+        let mut missing: Vec<String> = inner
+            .slaves
+            .iter()
+            .filter(|(_, slave)| self.held(slave) < end_offset)
+            .map(|(name, slave)| {
+                let idc = if slave.idc.is_empty() {
+                    "no IDC"
+                } else {
+                    slave.idc.as_str()
+                };
+                format!(
+                    "{name} ({idc}) {what} up to offset {}, last fetch {} ms ago",
+                    self.held(slave),
+                    slave.last_fetch.elapsed().as_millis()
+                )
+            })
+            .collect();
+        let unheard = self.replicas.saturating_sub(1 + inner.slaves.len());
+        if unheard > 0 {
+            missing.push(format!(
+                "{unheard} replica{} never fetched from this master",
+                if unheard == 1 { "" } else { "s" }
+            ));
+        }
+        let missing = if missing.is_empty() {
+            String::from("none")
+        } else {
+            missing.join("; ")
+        };
+        let counted = format!("{held} of {} replicas hold it", self.replicas);
+        if self.policy == AckPolicy::IdcSafe {
+            let remote_holds = inner
+                .slaves
+                .values()
+                .any(|slave| !slave.idc.is_empty() && slave.idc != self.idc && self.held(slave) >= end_offset);
+            if !remote_holds {
+                return format!(
+                    "no replica outside data center {:?} holds it (idc_safe needs one, plus {needed} of {} replicas in all; {counted}); missing: {missing}",
+                    self.idc, self.replicas
+                );
+            }
+        }
+        format!(
+            "{counted}, ack policy {} needs {needed}; missing: {missing}",
+            self.policy.as_str()
+        )
+    }
+
     /// Slaves at most `max_lag` bytes behind `master_end` that fetched within `timeout`, sorted.
     pub fn in_sync(&self, master_end: u64, max_lag: u64, timeout: Duration) -> Vec<String> {
         self.lock()
@@ -303,6 +364,67 @@ mod tests {
         tracker.fail_all();
         assert_eq!(second.await.unwrap(), Err(()));
         assert_eq!(tracker.wait(120).await, Ok(()), "already acknowledged");
+    }
+
+    #[test]
+    fn a_refused_send_says_what_is_missing_for_each_policy() {
+        // idc_safe with the remote replica gone: the count alone (2 of 2) reads as satisfied, so
+        // the message must say that no replica outside dc1 holds it, and name the missing one.
+        let idc_safe = AckTracker::new(AckPolicy::IdcSafe, 3, "dc1".into(), false);
+        idc_safe.report("b-1", "dc1", 500, 0);
+        idc_safe.report("b-2", "dc2", 300, 0);
+        let message = idc_safe.shortfall(400);
+        assert!(
+            message.starts_with("no replica outside data center \"dc1\" holds it"),
+            "{message}"
+        );
+        assert!(message.contains("2 of 3 replicas hold it"), "{message}");
+        assert!(
+            message.contains("missing: b-2 (dc2) holds up to offset 300"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("b-1 ("),
+            "b-1 holds it, so it is not missing: {message}"
+        );
+        // A remote replica never heard from is counted as missing too.
+        let unheard = AckTracker::new(AckPolicy::IdcSafe, 2, "dc2".into(), false);
+        let message = unheard.shortfall(10);
+        assert!(
+            message.starts_with("no replica outside data center \"dc2\""),
+            "{message}"
+        );
+        assert!(message.contains("1 of 2 replicas hold it"), "{message}");
+        assert!(
+            message.contains("missing: 1 replica never fetched from this master"),
+            "{message}"
+        );
+
+        let quorum = AckTracker::new(AckPolicy::Quorum, 3, "dc1".into(), false);
+        quorum.report("b-1", "dc1", 50, 0);
+        let message = quorum.shortfall(100);
+        assert!(
+            message.starts_with(
+                "1 of 3 replicas hold it, ack policy quorum needs 2; missing: b-1 (dc1) holds up to offset 50, last fetch "
+            ),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("; 1 replica never fetched from this master"),
+            "{message}"
+        );
+
+        let all = AckTracker::new(AckPolicy::All, 3, "dc1".into(), true);
+        all.report("b-1", "dc1", 100, 100);
+        all.report("b-2", "dc2", 100, 40);
+        let message = all.shortfall(100);
+        assert!(
+            message.starts_with(
+                "2 of 3 replicas hold it, ack policy all needs 3; missing: b-2 (dc2) synced up to offset 40"
+            ),
+            "{message}"
+        );
+        assert!(!message.contains("never fetched"), "{message}");
     }
 
     #[test]

@@ -333,11 +333,9 @@ impl Replication {
             Ok(Err(())) => return Err(self.check_writable().err().unwrap_or(BrokerError::ShuttingDown)),
             Err(_) => {
                 self.metrics.replication_timeouts.inc();
-                let (held, needed) = self.acks.progress(end_offset);
                 return Err(BrokerError::ReplicationTimeout {
                     policy: self.config.ack_policy.as_str(),
-                    held,
-                    needed,
+                    shortfall: self.acks.shortfall(end_offset),
                     timeout_ms: self.config.ack_timeout_ms,
                 });
             }

@@ -160,6 +160,21 @@ pub enum Command {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// The Raft leader declares data center `idc` lost: none of its brokers was heard for the
+    /// configured time (`[continuity] idc_lost_after_ms`). Repeating it changes nothing.
+    DeclareIdcLost {
+        /// The data center.
+        idc: String,
+        /// Why: which nodes were silent, and for how long.
+        reason: String,
+    },
+    /// The Raft leader clears a lost data center: its brokers are heard again.
+    ClearIdcLost {
+        /// The data center.
+        idc: String,
+        /// Why: which nodes came back.
+        reason: String,
+    },
     /// Replace the client SDK version policy.
     SetSdkPolicy {
         /// Oldest version allowed; `None`: any.

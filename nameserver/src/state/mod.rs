@@ -12,6 +12,7 @@
 //! - [`brokers`]: broker groups, their members, elections and fencing;
 //! - [`idc`]: the IDC map and failover drills;
 //! - [`sdk`]: the client SDK version policy;
+//! - [`continuity`]: data centers the nameservers declared lost;
 //! - [`error`]: why a command is refused.
 //!
 //! The layering, bottom up: `approval` < `error` < `governance`, `brokers`, `sdk` < `idc` <
@@ -22,6 +23,7 @@ pub mod alerts;
 pub mod approval;
 pub mod brokers;
 pub mod commands;
+pub mod continuity;
 pub mod error;
 pub mod governance;
 pub mod idc;
@@ -42,6 +44,7 @@ pub use brokers::{
     validate_broker_identity, validate_broker_topics,
 };
 pub use commands::{Command, Response};
+pub use continuity::{Continuity, ContinuityEvent, LostIdc};
 pub use error::{CommandError, SdkVersionError};
 pub use governance::{
     ConsumeMode, ConsumerGroup, DEFAULT_MAX_RETRIES, GroupRequest, PERM_READ, PERM_READ_WRITE, PERM_WRITE,
@@ -78,6 +81,9 @@ pub struct MetadataState {
     // Alerts by de-duplication key (rule/subject), firing and resolved.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     alerts: BTreeMap<String, Alert>,
+    // Left out while empty, so a state that never lost a data center is written as before.
+    #[serde(default, skip_serializing_if = "Continuity::is_empty")]
+    continuity: Continuity,
 }
 
 impl MetadataState {
@@ -119,6 +125,16 @@ impl MetadataState {
     /// Data centers evacuated by a drill, for routes and brokers.
     pub fn evacuated_idcs(&self) -> Vec<String> {
         self.drill.evacuated.iter().cloned().collect()
+    }
+
+    /// Data centers declared lost, and the recent declarations and clearances.
+    pub fn continuity(&self) -> &Continuity {
+        &self.continuity
+    }
+
+    /// Data centers declared lost, sorted, for routes.
+    pub fn lost_idcs(&self) -> Vec<String> {
+        self.continuity.lost.keys().cloned().collect()
     }
 
     /// Every data center the cluster knows: of its brokers and its IDC rules, sorted.
@@ -302,6 +318,14 @@ impl MetadataState {
             }
             Command::Restore { by, reason } => {
                 self.drill.restore(now_ms, by, reason)?;
+                Response::Done
+            }
+            Command::DeclareIdcLost { idc, reason } => {
+                self.continuity.declare_lost(now_ms, idc, reason)?;
+                Response::Done
+            }
+            Command::ClearIdcLost { idc, reason } => {
+                self.continuity.clear_lost(now_ms, idc, reason)?;
                 Response::Done
             }
             Command::SetSdkPolicy {

@@ -5,6 +5,7 @@
 //! Separate processes are tested in the `tests` crate.
 
 mod catch_up;
+mod continuity;
 mod controller;
 mod failover;
 mod framed;
