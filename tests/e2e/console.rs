@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meridian_tests::{DevNode, ServiceProcess, free_port, http_get_json};
+use meridian_tests::{DevNode, ServiceProcess, http_get_json};
 use serde_json::{Value, json};
 
 /// The W3C key of an element reference.
@@ -117,16 +117,35 @@ impl Browser {
             .ok()
             .or_else(|| which("chromium"))
             .expect("chromium is not installed: run scripts/install-chromium.sh (scripts/test.sh does)");
-        let port = free_port("127.0.0.1");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::fs::File::create(artifacts.join("chromedriver.log")).unwrap();
-        let driver = Command::new(&driver_path)
-            .arg(format!("--port={port}"))
+        // Port 0: chromedriver binds a free port and names it on stdout.
+        let mut driver = Command::new(&driver_path)
+            .arg("--port=0")
             .arg("--allowed-ips=127.0.0.1")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .expect("starting chromedriver");
+        let stdout = driver.stdout.take().expect("piped stdout");
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            // Read to the end, so chromedriver never blocks on a full pipe.
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line
+                    .split_once("started successfully on port ")
+                    .and_then(|(_, rest)| rest.trim_end_matches('.').trim().parse::<u16>().ok())
+                {
+                    let _ = port_tx.send(port);
+                }
+            }
+        });
+        let Ok(port) = port_rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = driver.kill();
+            let _ = driver.wait();
+            panic!("chromedriver named no port on stdout within 20 s");
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ready = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
@@ -155,7 +174,6 @@ impl Browser {
         }}});
         let (status, answer) = http(addr, "POST", "/session", Some(&capabilities));
         if status != 200 {
-            let mut driver = driver;
             let _ = driver.kill();
             let _ = driver.wait();
             panic!("creating a Chromium session failed: {answer}");
@@ -288,8 +306,7 @@ fn start_second_dc(node: &DevNode, root: &Path) -> ServiceProcess {
     std::fs::write(
         &config,
         format!(
-            "broker_name = \"broker-b\"\nlisten = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nidc = \"dc2\"\nnameservers = [\"{}\"]\nheartbeat_interval_ms = 200\n\n[replication]\nreplicas = 1\n",
-            free_port("127.0.0.1"),
+            "broker_name = \"broker-b\"\nlisten = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nidc = \"dc2\"\nnameservers = [\"{}\"]\nheartbeat_interval_ms = 200\n\n[replication]\nreplicas = 1\n",
             root.join("broker-b").display(),
             node.nameserver
         ),

@@ -10,36 +10,57 @@ use serde_json::Value;
 /// Generous bound for elections and catching up on a loaded 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct NameserverCluster {
     root: PathBuf,
+    /// Node `id`'s address at `id - 1`: port 0 until it first starts, then the address it bound
+    /// (its config is pinned to it, so a restart re-binds it).
     addrs: Vec<String>,
     nodes: Vec<Option<ServiceProcess>>,
 }
 
 impl NameserverCluster {
+    /// Binds before forming: node 1 starts alone on port 0 and forms a cluster of one; every
+    /// other node starts empty (`join = true`) on port 0, and node 1 adds it by the address it
+    /// reported, as `meridian cluster add-node` does for an operator. No port is chosen before a
+    /// process binds it.
     fn start(root: &Path, size: u64) -> NameserverCluster {
-        let port = free_port("127.0.0.11");
-        let addrs: Vec<String> = (1..=size).map(|id| format!("127.0.0.{}:{port}", 10 + id)).collect();
         let mut cluster = NameserverCluster {
             root: root.to_owned(),
-            addrs,
+            addrs: (1..=size).map(|id| format!("127.0.0.{}:0", 10 + id)).collect(),
             nodes: Vec::new(),
         };
         for id in 1..=size {
-            cluster.write_config(id, false);
-        }
-        // Start all before waiting on any: each waits for a majority to elect a leader.
-        for id in 1..=size {
+            cluster.write_config(id, id != 1);
             let node = cluster.spawn(id);
             cluster.nodes.push(Some(node));
+        }
+        // Node 1 leads its cluster of one as soon as it has elected itself.
+        let deadline = Instant::now() + PATIENCE;
+        while cluster
+            .status(1)
+            .and_then(|status| status["cluster"]["leader"].as_u64())
+            != Some(1)
+        {
+            assert!(Instant::now() < deadline, "node 1 never led its cluster of one");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for id in 2..=size {
+            let (ok, stdout, stderr) = run_cli(
+                &[
+                    "cluster",
+                    "add-node",
+                    &id.to_string(),
+                    "--addr",
+                    cluster.addr(id),
+                    "--idc",
+                    &format!("dc{id}"),
+                    "--nameserver",
+                    cluster.addr(1),
+                ],
+                &[],
+                "",
+            );
+            assert!(ok, "adding node {id}: {stdout}{stderr}");
         }
         cluster
     }
@@ -56,39 +77,32 @@ impl NameserverCluster {
         &self.addrs[id as usize - 1]
     }
 
+    /// Writes node `id`'s config: it forms a cluster of itself alone, or (`join`) waits to be
+    /// added; a restart of a formed node skips either (its data dir holds the membership).
     fn write_config(&self, id: u64, join: bool) {
-        let members: String = if join {
-            String::new()
-        } else {
-            self.addrs
-                .iter()
-                .enumerate()
-                .map(|(index, addr)| {
-                    format!(
-                        "[[members]]\nid = {}\naddr = \"{addr}\"\nidc = \"dc{}\"\n\n",
-                        index + 1,
-                        index + 1
-                    )
-                })
-                .collect()
-        };
         let ip = self.addr(id).split(':').next().unwrap();
         let config = format!(
-            "node_id = {id}\nlisten = \"{}\"\nhttp_listen = \"{ip}:0\"\nidc = \"dc{id}\"\ndata_dir = \"{}\"\njoin = {join}\nbroker_timeout_ms = 2000\nwrite_timeout_ms = 3000\n\n{members}[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\nsnapshot_logs_since_last = 20\nmax_in_snapshot_log_to_keep = 0\n",
+            "node_id = {id}\nlisten = \"{}\"\nhttp_listen = \"{ip}:0\"\nidc = \"dc{id}\"\ndata_dir = \"{}\"\njoin = {join}\nbroker_timeout_ms = 2000\nwrite_timeout_ms = 3000\n\n[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\nsnapshot_logs_since_last = 20\nmax_in_snapshot_log_to_keep = 0\n",
             self.addr(id),
             self.data_dir(id).display(),
         );
         std::fs::write(self.config_path(id), config).unwrap();
     }
 
-    fn spawn(&self, id: u64) -> ServiceProcess {
+    /// Starts node `id` and, on its first start, records (and pins in its config) the address it
+    /// bound.
+    fn spawn(&mut self, id: u64) -> ServiceProcess {
         let config = self.config_path(id);
         let args = [
             std::ffi::OsStr::new("nameserver"),
             "--config".as_ref(),
             config.as_os_str(),
         ];
-        ServiceProcess::start(&args, &self.root, |line| line.starts_with("meridian nameserver node"))
+        let (node, bound) = ServiceProcess::start_ready(&args, &self.root);
+        let listen = meridian_tests::ready_addr(&bound, "nameserver");
+        meridian_tests::pin_listen_addresses(&config, listen, Some(meridian_tests::ready_addr(&bound, "http")));
+        self.addrs[id as usize - 1] = listen.to_string();
+        node
     }
 
     fn restart(&mut self, id: u64) {

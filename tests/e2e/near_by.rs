@@ -14,7 +14,7 @@ use meridian_client::{
     ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, Deployment, IdcSettings, Message, Producer,
     ProducerConfig, PushConsumer, RouteSource,
 };
-use meridian_tests::{ServiceProcess, eventually, free_port, run_cli};
+use meridian_tests::{ServiceProcess, eventually, run_cli};
 use tokio_util::task::TaskTracker;
 
 /// A single-node nameserver in `dc1` on `ip`, its files under `root`.
@@ -58,9 +58,7 @@ impl TwoIdcCluster {
             std::fs::write(
                 &config,
                 format!(
-                    "broker_name = \"{group}\"\nlisten = \"{ip}:{}\"\nhttp_listen = \"{ip}:{}\"\ndata_dir = \"{}\"\nidc = \"{idc}\"\nnameservers = [\"{nameserver_addr}\"]\nheartbeat_interval_ms = 200\n\n[store]\nsegment_size = 67108864\n\n[replication]\nreplicas = 1\n",
-                    free_port(&ip),
-                    free_port(&ip),
+                    "broker_name = \"{group}\"\nlisten = \"{ip}:0\"\nhttp_listen = \"{ip}:0\"\ndata_dir = \"{}\"\nidc = \"{idc}\"\nnameservers = [\"{nameserver_addr}\"]\nheartbeat_interval_ms = 200\n\n[store]\nsegment_size = 67108864\n\n[replication]\nreplicas = 1\n",
                     root.join(group).display()
                 ),
             )
@@ -71,13 +69,10 @@ impl TwoIdcCluster {
         cluster
     }
 
+    /// Starts broker `index`: port 0 the first time, then the addresses it bound (its config is
+    /// pinned to them), so a restart comes back where the routes had it.
     fn start_broker(&mut self, index: usize) {
-        let config = self.brokers[index].2.clone();
-        let process = ServiceProcess::start(
-            &["broker".as_ref(), "--config".as_ref(), config.as_os_str()],
-            &self.root,
-            |line| line.starts_with("  http"),
-        );
+        let (process, _, _) = meridian_tests::start_broker(&self.brokers[index].2, &self.root);
         self.brokers[index].3 = Some(process);
     }
 
@@ -530,8 +525,7 @@ async fn a_broker_without_an_idc_setting_takes_it_from_the_idc_map_and_says_why(
     std::fs::write(
         &config,
         format!(
-            "broker_name = \"broker-c\"\nlisten = \"{ip}:{}\"\nhttp_listen = \"{ip}:0\"\ndata_dir = \"{}\"\nidc_file = \"{}\"\nnameservers = [\"{nameserver}\"]\n\n[replication]\nreplicas = 1\n",
-            free_port(ip),
+            "broker_name = \"broker-c\"\nlisten = \"{ip}:0\"\nhttp_listen = \"{ip}:0\"\ndata_dir = \"{}\"\nidc_file = \"{}\"\nnameservers = [\"{nameserver}\"]\n\n[replication]\nreplicas = 1\n",
             root.join("broker").display(),
             root.join("no-such-idc-file").display()
         ),

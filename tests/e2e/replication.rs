@@ -314,6 +314,9 @@ async fn a_master_partitioned_from_the_nameserver_and_its_slaves_stops_acknowled
     let to_nameserver = FaultyProxy::start("127.0.0.51:0", cluster.nameserver_addr).await;
     let to_master = FaultyProxy::start("127.0.0.52:0", cluster.members[0].listen).await;
     cluster.write_config(0, &to_nameserver.addr().to_string(), Some(to_master.addr()));
+    // a-0 binds port 0: the proxy learns where to forward once it listens, before any slave.
+    cluster.start_member(0);
+    to_master.retarget(cluster.members[0].listen);
     cluster.launch();
     create_topic_and_group(&cluster, "orders");
 
@@ -718,7 +721,7 @@ async fn one_archiver_per_group_archives_from_the_master_and_the_archive_is_the_
     let archiver_configs = archive_configs(&cluster, &archive);
     cluster.launch();
     let first_epoch = cluster.wait_role(0, "master");
-    let archivers = start_archivers(&archiver_configs, root);
+    let archivers = start_archivers(&cluster, &archiver_configs, root);
     create_topic_and_group(&cluster, "orders");
     let pool = ConnectionPool::new(ClientConfig::default());
     let storm = Storm::start(&cluster, &pool, "orders", 4, 8);
@@ -817,9 +820,12 @@ async fn a_divergent_tail_cut_by_a_failover_never_reaches_the_archive_which_hold
     cluster.write_config(0, &to_nameserver.addr().to_string(), Some(to_master.addr()));
     let archive = root.join("archive");
     let archiver_configs = archive_configs(&cluster, &archive);
+    // a-0 binds port 0: the proxy learns where to forward once it listens, before any slave.
+    cluster.start_member(0);
+    to_master.retarget(cluster.members[0].listen);
     cluster.launch();
     let first_epoch = cluster.wait_role(0, "master");
-    let archivers = start_archivers(&archiver_configs, root);
+    let archivers = start_archivers(&cluster, &archiver_configs, root);
     create_topic_and_group(&cluster, "orders");
     cluster.wait_in_sync(0, 2);
     let pool = ConnectionPool::new(ClientConfig::default());
@@ -976,11 +982,19 @@ fn archive_configs(cluster: &GroupCluster, archive: &std::path::Path) -> Vec<std
         .collect()
 }
 
-/// One `meridian archiver` per config, started once it says for which broker it archives.
-fn start_archivers(configs: &[std::path::PathBuf], root: &std::path::Path) -> Vec<meridian_tests::ServiceProcess> {
+/// One `meridian archiver` per config (member order, the group launched), started once it says
+/// for which broker it archives. Each config first learns the addresses its member bound (the
+/// archiver asks the broker's HTTP for the confirmed offset).
+fn start_archivers(
+    cluster: &GroupCluster,
+    configs: &[std::path::PathBuf],
+    root: &std::path::Path,
+) -> Vec<meridian_tests::ServiceProcess> {
     configs
         .iter()
-        .map(|config| {
+        .zip(&cluster.members)
+        .map(|(config, member)| {
+            meridian_tests::pin_listen_addresses(config, member.listen, Some(member.http));
             meridian_tests::ServiceProcess::start(
                 &["archiver".as_ref(), "--config".as_ref(), config.as_os_str()],
                 root,

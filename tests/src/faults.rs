@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{free_port, http_get_json, run_cli};
+use crate::{http_get_json, run_cli};
 
 /// What a [`LinkProxy`] does to its traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,8 +210,15 @@ pub struct LocalCluster {
     pub options: ClusterOptions,
 }
 
+/// A port on `ip` that was free a moment ago. The one place the harness picks a port before a
+/// process binds it: `meridian cluster up` is the operator's tool, whose spec names every node's
+/// address and writes them into each other's configs (the nameservers' members, the brokers'
+/// nameservers) before anything starts, so it has no port 0 to offer. Each node has its own
+/// 127.0.0.x address, where nothing else of the tests listens, and `cluster up` checks every
+/// address is free before it starts anything, so a clash fails loudly, never silently.
 fn addr_on(ip: &str) -> SocketAddr {
-    format!("{ip}:{}", free_port(ip)).parse().expect("address")
+    let probe = std::net::TcpListener::bind((ip, 0)).expect("binding a probe port");
+    probe.local_addr().expect("probe address")
 }
 
 impl LocalCluster {

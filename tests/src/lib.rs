@@ -352,16 +352,19 @@ pub fn http_get_text(addr: SocketAddr, path: &str) -> Option<String> {
 pub struct FaultyProxy {
     addr: SocketAddr,
     cut_tx: tokio::sync::watch::Sender<bool>,
+    target_tx: tokio::sync::watch::Sender<SocketAddr>,
     tasks: tokio_util::task::TaskTracker,
     cancel: tokio_util::sync::CancellationToken,
 }
 
 impl FaultyProxy {
-    /// Listens on `bind` (e.g. `127.0.0.51:0`) and forwards to `target`.
+    /// Listens on `bind` (e.g. `127.0.0.51:0`) and forwards to `target` (which may be a port-0
+    /// placeholder until [`FaultyProxy::retarget`] names the address the target bound).
     pub async fn start(bind: &str, target: SocketAddr) -> FaultyProxy {
         let listener = tokio::net::TcpListener::bind(bind).await.expect("binding the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
+        let (target_tx, target_rx) = tokio::sync::watch::channel(target);
         let tasks = tokio_util::task::TaskTracker::new();
         let cancel = tokio_util::sync::CancellationToken::new();
         let (accept_tasks, accept_cancel) = (tasks.clone(), cancel.clone());
@@ -373,6 +376,7 @@ impl FaultyProxy {
                 };
                 let Ok((mut inbound, _)) = accepted else { continue };
                 let mut cut_rx = cut_rx.clone();
+                let target = *target_rx.borrow();
                 let cancel = accept_cancel.clone();
                 accept_tasks.spawn(async move {
                     if *cut_rx.borrow_and_update() {
@@ -397,6 +401,7 @@ impl FaultyProxy {
         FaultyProxy {
             addr,
             cut_tx,
+            target_tx,
             tasks,
             cancel,
         }
@@ -405,6 +410,12 @@ impl FaultyProxy {
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Forwards new connections to `target` from now on (a process behind the proxy bound port 0
+    /// and reported the port it got).
+    pub fn retarget(&self, target: SocketAddr) {
+        self.target_tx.send_replace(target);
     }
 
     /// Partitions: open connections drop, new ones hang.
@@ -462,13 +473,41 @@ pub fn ready_addr(addrs: &serde_json::Value, key: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("no {key} address in the ready file: {addrs}"))
 }
 
-/// A free port on `ip`.
-pub fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .expect("binding a probe port")
-        .local_addr()
-        .expect("probe address")
-        .port()
+/// Rewrites the top-level `listen` and `http_listen` lines of the TOML config at `path` to the
+/// addresses a process reported it bound (see [`ServiceProcess::start_ready`]), so a config that
+/// said port 0 re-binds, after a restart, the addresses clients already hold. Tables below the top
+/// level (`[remoting]`, ...) are left alone.
+pub fn pin_listen_addresses(path: &Path, listen: SocketAddr, http: Option<SocketAddr>) {
+    let text = std::fs::read_to_string(path).expect("reading a config to pin");
+    let mut top_level = true;
+    let pinned: Vec<String> = text
+        .lines()
+        .map(|line| {
+            top_level &= !line.trim_start().starts_with('[');
+            let key = line.split('=').next().unwrap_or_default().trim();
+            let bound = match key {
+                "listen" => Some(listen),
+                "http_listen" => http,
+                _ => None,
+            };
+            match bound {
+                Some(addr) if top_level => format!("{key} = \"{addr}\""),
+                _ => line.to_owned(),
+            }
+        })
+        .collect();
+    std::fs::write(path, pinned.join("\n") + "\n").expect("writing a pinned config");
+}
+
+/// Starts `meridian broker --config CONFIG` (logging into `log_dir`) and waits until it listens;
+/// then pins its config to the addresses it bound ([`pin_listen_addresses`]), so a config may say
+/// port 0 and a restart still comes back where it was. Its client and HTTP addresses.
+pub fn start_broker(config: &Path, log_dir: &Path) -> (ServiceProcess, SocketAddr, Option<SocketAddr>) {
+    let (process, addrs) = ServiceProcess::start_ready(&["broker".as_ref(), "--config".as_ref(), config.as_os_str()], log_dir);
+    let listen = ready_addr(&addrs, "broker");
+    let http = addrs["http"].as_str().map(|_| ready_addr(&addrs, "http"));
+    pin_listen_addresses(config, listen, http);
+    (process, listen, http)
 }
 
 /// How a [`GroupCluster`] is set up.
@@ -507,9 +546,10 @@ pub struct Member {
     pub name: String,
     /// Its data center.
     pub idc: String,
-    /// Where it listens for clients (fixed, so a restart keeps it).
+    /// Where it listens for clients: port 0 until its first start, then the address it bound,
+    /// which its config is pinned to so a restart keeps it.
     pub listen: SocketAddr,
-    /// Its HTTP listener.
+    /// Its HTTP listener (port 0 until its first start, like `listen`).
     pub http: SocketAddr,
     config: PathBuf,
     /// The process, while running.
@@ -564,8 +604,8 @@ impl GroupCluster {
                 Member {
                     name: format!("a-{index}"),
                     idc: if index < 2 { "dc1" } else { "dc2" }.into(),
-                    listen: format!("{ip}:{}", free_port(&ip)).parse().expect("address"),
-                    http: format!("{ip}:{}", free_port(&ip)).parse().expect("address"),
+                    listen: format!("{ip}:0").parse().expect("address"),
+                    http: format!("{ip}:0").parse().expect("address"),
                     config: root.join(format!("broker-{index}.toml")),
                     process: None,
                 }
@@ -584,10 +624,13 @@ impl GroupCluster {
         cluster
     }
 
-    /// Starts `a-0` (so it is elected the first master), then the slaves, and waits until the
-    /// master holds both slaves in sync.
+    /// Starts `a-0` (so it is elected the first master; unless a test started it already, e.g. to
+    /// learn its address for a proxy), then the slaves, and waits until the master holds both
+    /// slaves in sync.
     pub fn launch(&mut self) {
-        self.start_member(0);
+        if self.members[0].process.is_none() {
+            self.start_member(0);
+        }
         self.wait_role(0, "master");
         self.start_member(1);
         self.start_member(2);
@@ -624,15 +667,14 @@ impl GroupCluster {
         std::fs::write(&member.config, config).expect("writing a broker config");
     }
 
-    /// Starts member `index` (again).
+    /// Starts member `index` (again): the first start binds port 0 and records (and pins in its
+    /// config) the addresses it got; a restart re-binds them.
     pub fn start_member(&mut self, index: usize) {
-        let config = self.members[index].config.clone();
-        let process = ServiceProcess::start(
-            &["broker".as_ref(), "--config".as_ref(), config.as_os_str()],
-            &self.root,
-            |line| line.starts_with("  http"),
-        );
-        self.members[index].process = Some(process);
+        let member = &mut self.members[index];
+        let (process, listen, http) = start_broker(&member.config, &self.root);
+        member.listen = listen;
+        member.http = http.expect("a group member serves HTTP");
+        member.process = Some(process);
     }
 
     /// `kill -9` of member `index`.
