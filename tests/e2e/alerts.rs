@@ -146,7 +146,8 @@ severity = "warning"
     assert_eq!(listed["firing"], 0, "{listed}");
     assert_eq!(listed["alerts"][0]["history"].as_array().unwrap().len(), 2, "{listed}");
 
-    // Several evaluation rounds later, still one webhook per state change.
+    // The quiet period is what is tested: several evaluation rounds later, still one webhook per
+    // state change.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(changes("firing").len(), 1);
     assert_eq!(changes("resolved").len(), 1);

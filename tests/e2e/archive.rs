@@ -261,7 +261,8 @@ async fn an_archiver_killed_at_each_step_leaves_no_gap_no_duplicate_and_deletes_
         assert!(!ok, "{point}: the archiver should have crashed: {stderr}");
         let (ok, stdout, stderr) = archive_cli(&data_dir, &config, &["archive", "verify"], &[]);
         assert!(ok, "{point}: {stdout}{stderr}");
-        // Give the broker's retention (every second) time to delete what it may.
+        // The quiet period is what is tested: retention (every second) deletes no unarchived
+        // segment within 1.5 s.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let (committed, local_now) = (committed_segments(&data_dir), local_segments(&data_dir));
         for start in &local_before {

@@ -35,11 +35,17 @@ fn every_port_free(cluster: &LocalCluster) -> Vec<String> {
 }
 
 async fn wait_acks_resume(load: &Load, topic: &str, since: Instant, what: &str) {
+    wait_acks(load, topic, since, 1, what).await;
+}
+
+/// Waits (up to 20 s) until `count` sends to `topic` begun at or after `since` are acknowledged.
+async fn wait_acks(load: &Load, topic: &str, since: Instant, count: usize, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while load.record.count_since(topic, since) == 0 {
+    while load.record.count_since(topic, since) < count {
         assert!(
             Instant::now() < deadline,
-            "{what}: no send to {topic} acknowledged within 20 s"
+            "{what}: {} of {count} sends to {topic} acknowledged within 20 s",
+            load.record.count_since(topic, since)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -178,10 +184,11 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
     }
 
     let pool = ConnectionPool::new(ClientConfig::default());
+    let started = Instant::now();
     let load = Load::start(cluster.route(&pool), &["orders", "payments"], 2, 8);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let started = Instant::now() - Duration::from_millis(1500);
-    assert!(load.record.count_since("orders", started) > 0 && load.record.count_since("payments", started) > 0);
+    for topic in ["orders", "payments"] {
+        wait_acks(&load, topic, started, 50, "before the faults").await;
+    }
 
     // kill -9 of the quorum group's master: a slave takes over, sends resume.
     blocking(|| cluster.kill9("a-0"));
@@ -200,7 +207,8 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
     let (new_b, _) = blocking(|| cluster.wait_master(&["b-1", "b-2"], Duration::from_secs(20)));
     wait_acks_resume(&load, "payments", Instant::now(), "after the partition of b-0").await;
     eprintln!("b-0 partitioned: {new_b} is master after {:?}", cut.elapsed());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resumed = Instant::now();
+    wait_acks(&load, "payments", resumed, 10, "on the new master of broker-b").await;
     let record = load.finish().await;
 
     // Heal and restart: both old masters rejoin as slaves.

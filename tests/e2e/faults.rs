@@ -117,7 +117,8 @@ impl Rig {
     }
 
     /// Injects `fault` for `hold`, heals it; returns when the healing began (before the restarts,
-    /// which wait until the restarted node is healthy).
+    /// which wait until the restarted node is healthy). The sleeps of `hold` are the fault's
+    /// duration, the thing under test, not waits on a condition.
     async fn inject(&self, fault: Fault, hold: Duration, seed: &mut fastrand::Rng) -> Instant {
         let cluster = &self.cluster;
         let mut healing = Instant::now();
@@ -222,6 +223,19 @@ fn ms(duration: Option<Duration>) -> String {
     duration.map_or("-".into(), |duration| format!("{:.0}", duration.as_secs_f64() * 1000.0))
 }
 
+/// Waits (up to 30 s) until `count` sends to `topic` begun at or after `since` are acknowledged.
+async fn wait_acks(load: &Load, topic: &str, since: Instant, count: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while load.record.count_since(topic, since) < count {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {count} sends to {topic} acknowledged within 30 s",
+            load.record.count_since(topic, since)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
     let root = tempfile::tempdir().unwrap();
     let rig = Rig::start(root.path()).await;
@@ -229,7 +243,10 @@ async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
     let load = Load::start(rig.cluster.route(&pool), &["orders", "payments"], 2, 8);
     let watch = Watch::start(rig.cluster.route(&pool), &["orders", "payments"], "readers");
     let warm = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Load on both topics before the fault, so latency before it has a sample.
+    for topic in ["orders", "payments"] {
+        wait_acks(&load, topic, warm, 100, "before the fault").await;
+    }
     let fault_at = Instant::now();
     let hold = Duration::from_secs(8);
     let healed = rig.inject(fault, hold, seed).await;
@@ -243,7 +260,11 @@ async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let recovery = healed.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Sends go on after the recovery, so the longest gap ends with an acknowledgement.
+    let recovered = Instant::now();
+    for topic in ["orders", "payments"] {
+        wait_acks(&load, topic, recovered, 20, "after the recovery").await;
+    }
     let end = Instant::now();
     let record = load.finish().await;
     let received = watch.finish().await;

@@ -315,6 +315,7 @@ async fn a_topic_limit_holds_producers_to_its_rate_and_counts_what_it_throttled(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (start_count, started) = (sent.load(Ordering::Relaxed), Instant::now());
+    // The measuring window is what is tested: the send rate over 5 s.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (end_count, elapsed) = (sent.load(Ordering::Relaxed), started.elapsed());
     stop.store(true, Ordering::Relaxed);
@@ -372,7 +373,7 @@ async fn lag_is_what_was_produced_minus_what_was_consumed_in_messages_and_in_tim
         rest.messages[0].store_timestamp
     };
     consumer.commit_offset("ledger", 0, pulled.next_offset).await.unwrap();
-    // Some time passes, so the oldest unconsumed message has a measurable age.
+    // Time passing is what is measured: the oldest unconsumed message gets a measurable age.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let report = meridian_tests::http_get_json(node.http, "/api/broker/lag").expect("lag API answers");

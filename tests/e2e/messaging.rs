@@ -109,7 +109,7 @@ async fn delayed_messages_are_never_early_survive_a_crash_and_bad_delays_are_ref
         seen.lock().unwrap().len(),
         asked.len()
     );
-    // Let a duplicate show itself, if there were one.
+    // The quiet period is what is tested: no duplicate shows up within 500 ms.
     tokio::time::sleep(Duration::from_millis(500)).await;
     consumer.shutdown().await;
     let seen = seen.lock().unwrap().clone();
@@ -198,7 +198,7 @@ async fn a_message_failing_too_often_is_dead_lettered_with_its_history_and_can_b
     pool.shutdown().await;
     // Committed offsets reach disk with the next checkpoint (1 s); without waiting, the crash
     // would replay the first delivery too (at least once), starting a second chain of retries.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    node.wait_offsets_durable("billing");
 
     // A crash between the first failure and the retries loses none of them.
     let node = node.crash_restart(&[]);
@@ -295,9 +295,13 @@ async fn an_offset_reset_to_a_time_replays_exactly_the_messages_stored_since_to_
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Store timestamps are in ms: `since` is a ms after the last old store, and the new ones
+    // are stored after it is read.
+    let last_old = now_millis();
+    while now_millis() <= last_old {
+        tokio::task::yield_now().await;
+    }
     let since = now_millis();
-    tokio::time::sleep(Duration::from_millis(20)).await;
     let mut newer = BTreeSet::new();
     for index in 0..30 {
         newer.insert(
@@ -311,12 +315,28 @@ async fn an_offset_reset_to_a_time_replays_exactly_the_messages_stored_since_to_
     producer.shutdown().await;
     let (consumer, seen) = recording(&node, &pool, consumer_config("audit", "events", "a1")).await;
     assert!(eventually(Duration::from_secs(20), || seen.lock().unwrap().len() == 60).await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every delivery committed and on disk, so the crash replays none of them: all that arrives
+    // after it is what the reset replays.
+    let lag = || {
+        meridian_tests::http_get_json(node.http, "/api/broker/lag").and_then(|report| {
+            report["groups"]
+                .as_array()?
+                .iter()
+                .find(|lag| lag["group"] == "audit")
+                .and_then(|lag| lag["lag_messages"].as_u64())
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || lag() == Some(0)).await,
+        "audit never committed all 60: lag {:?}",
+        lag()
+    );
+    node.wait_offsets_durable("audit");
 
     // The node crashes and comes back; the consumer reconnects by itself.
     let node = node.crash_restart(&[]);
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let before = seen.lock().unwrap().len();
+    assert_eq!(before, 60, "nothing redelivered by the crash");
     let (ok, stdout, stderr) = node.cli(
         &[
             "group",
@@ -339,6 +359,7 @@ async fn an_offset_reset_to_a_time_replays_exactly_the_messages_stored_since_to_
         seen.lock().unwrap().len() - before,
         newer.len()
     );
+    // The quiet period is what is tested: nothing replays twice within 500 ms.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let replayed: BTreeSet<String> = seen.lock().unwrap()[before..]
         .iter()
@@ -447,6 +468,7 @@ async fn ordered_messages_keep_per_key_order_through_a_consumer_crash_a_rebalanc
     config.mode = ConsumeMode::Orderly;
     let (survivor, seen) = recording(&node, &pool, config).await;
     send_round(20..40).await;
+    // The fault's timing, not a condition: a kill at any moment mid-stream must lose nothing.
     tokio::time::sleep(Duration::from_millis(500)).await;
     crashing.kill().unwrap();
     crashing.wait().unwrap();
@@ -554,6 +576,7 @@ async fn tag_filters_and_broadcasting_deliver_what_each_member_asked_for_across_
             && seen_b.lock().unwrap().len() >= 40)
         .await
     );
+    // The quiet period is what is tested: no message beyond the expected ones within 500 ms.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let tags = |seen: &Seen| {
         seen.lock()

@@ -374,6 +374,7 @@ async fn wait_for_traffic(load: &Load, expected: &[(&str, &[&str])], holds: impl
     let deadline = started + Duration::from_secs(20);
     loop {
         let mark = Instant::now();
+        // A sampling window, inside a wait on the condition: where 600 ms of sends went.
         tokio::time::sleep(Duration::from_millis(600)).await;
         let destinations = load.destinations_since(mark);
         let wanted: BTreeMap<String, BTreeSet<String>> = expected

@@ -36,6 +36,23 @@ impl Acked {
         self.messages.lock().unwrap().len()
     }
 
+    /// Waits (up to 30 s) until `count` sends were acknowledged at or after `since`: a storm
+    /// that has really run (before a fault) or carried on (after one), whatever the machine's load.
+    async fn wait_count_since(&self, since: Instant, count: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let acknowledged = self.messages.lock().unwrap().iter().filter(|(_, at)| *at >= since).count();
+            if acknowledged >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {acknowledged} of {count} sends acknowledged within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The first acknowledgement at or after `since`.
     fn first_after(&self, since: Instant) -> Option<Instant> {
         self.messages
@@ -46,6 +63,29 @@ impl Acked {
             .filter(|at| *at >= since)
             .min()
     }
+}
+
+/// Waits (up to 20 s) until member `index` holds `offset` as `group`'s committed offset of
+/// `topic` queue `queue_id` (its `/api/broker/lag`; a slave gets offsets with its fetches).
+async fn wait_offset_replicated(cluster: &GroupCluster, index: usize, group: &str, topic: &str, queue_id: u32, offset: u64) {
+    let held = || {
+        let report = meridian_tests::http_get_json(cluster.members[index].http, "/api/broker/lag")?;
+        let lag = report["groups"]
+            .as_array()?
+            .iter()
+            .find(|lag| lag["group"] == group && lag["topic"] == topic)?;
+        lag["queues"]
+            .as_array()?
+            .iter()
+            .find(|queue| queue["queue_id"] == queue_id)?["committed_offset"]
+            .as_u64()
+    };
+    assert!(
+        meridian_tests::eventually(Duration::from_secs(20), || held() == Some(offset)).await,
+        "{} never held {group}'s offset {offset} of {topic} queue {queue_id}: {:?}",
+        cluster.members[index].name,
+        held()
+    );
 }
 
 /// Producers sending 1 KiB messages through the nameserver's routes until stopped, retrying
@@ -179,12 +219,14 @@ async fn a_killed_master_is_replaced_without_losing_an_acknowledged_message_and_
 
     let pool = ConnectionPool::new(ClientConfig::default());
     let storm = Storm::start(&cluster, &pool, "orders", 4, 8);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(storm.acked.count() > 0, "nothing acknowledged before the kill");
+    let began = Instant::now();
+    storm.acked.wait_count_since(began, 100, "before the kill").await;
     // A consumer group's committed offset replicates with the log.
     let consumer = meridian_client::PullConsumer::new(cluster.route(&pool), ClientConfig::default(), "readers");
     consumer.commit_offset("orders", 1, 7).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for slave in [1, 2] {
+        wait_offset_replicated(&cluster, slave, "readers", "orders", 1, 7).await;
+    }
     cluster.kill9(0);
     let killed = Instant::now();
     let deadline = killed + Duration::from_secs(20);
@@ -198,7 +240,7 @@ async fn a_killed_master_is_replaced_without_losing_an_acknowledged_message_and_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    storm.acked.wait_count_since(first, 20, "on the new master").await;
     let acked = storm.finish().await;
     let failover = first - killed;
     let (master, epoch) = new_master(&cluster, &[1, 2]);
@@ -322,7 +364,7 @@ async fn a_master_partitioned_from_the_nameserver_and_its_slaves_stops_acknowled
 
     let pool = ConnectionPool::new(ClientConfig::default());
     let storm = Storm::start(&cluster, &pool, "orders", 2, 8);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    storm.acked.wait_count_since(Instant::now(), 50, "before the cut").await;
     let direct_addr = cluster.members[0].listen.to_string();
     let mut direct_acked = HashSet::new();
     assert!(
@@ -388,7 +430,7 @@ async fn a_switchover_moves_the_master_role_under_load_without_losing_an_acknowl
     create_topic_and_group(&cluster, "orders");
     let pool = ConnectionPool::new(ClientConfig::default());
     let storm = Storm::start(&cluster, &pool, "orders", 4, 8);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    storm.acked.wait_count_since(Instant::now(), 50, "before the switchover").await;
     let (ok, stdout, stderr) = cluster.cli(&[
         "broker",
         "switchover",
@@ -409,7 +451,7 @@ async fn a_switchover_moves_the_master_role_under_load_without_losing_an_acknowl
         assert!(switched.elapsed() < Duration::from_secs(20), "sends never resumed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    storm.acked.wait_count_since(elected, 20, "on the new master").await;
     let acked = storm.finish().await;
     assert_eq!(
         cluster.wait_role(0, "slave"),
@@ -439,7 +481,7 @@ async fn idc_safe_loses_no_acknowledged_message_when_the_masters_data_center_goe
     let pool = ConnectionPool::new(ClientConfig::default());
     // Few retries: with dc1 gone no send can reach idc_safe again, so waiting on them only wastes time.
     let storm = Storm::start(&cluster, &pool, "orders", 4, 1);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    storm.acked.wait_count_since(Instant::now(), 100, "before dc1 goes dark").await;
     // dc1 goes dark: the master and the slave beside it die together.
     cluster.kill9(0);
     cluster.kill9(1);
@@ -665,7 +707,7 @@ async fn bench_failover_trials() {
     let mut acknowledged = HashSet::new();
     for trial in 0..trials {
         let storm = Storm::start(&cluster, &pool, "orders", 4, 10);
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        storm.acked.wait_count_since(Instant::now(), 50, "before the kill").await;
         cluster.kill9(master);
         let killed = Instant::now();
         let first = loop {
@@ -678,7 +720,7 @@ async fn bench_failover_trials() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        storm.acked.wait_count_since(first, 10, "on the new master").await;
         let acked = storm.finish().await;
         acknowledged.extend(acked.ids());
         times.push((first - killed).as_millis() as u64);

@@ -370,7 +370,7 @@ async fn delays_retries_dead_letters_and_transactions_are_steps_of_the_timeline(
     );
     let timeline = timeline_with(&node, &rolled_back.send.msg_id, &["Pub", "Store", "TxRollback"]).await;
     assert_eq!(timeline["steps"][2]["group"], "checkout");
-    // Still nothing after the rollback, once everything else is consumed.
+    // The quiet period is what is tested: still nothing after the rollback 500 ms later.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let timeline = http_get_json(node.http, &format!("/api/traces/{}", rolled_back.send.msg_id)).unwrap();
     assert_eq!(step_types(&timeline), ["Pub", "Store", "TxRollback"]);
@@ -426,7 +426,8 @@ async fn a_tracer_killed_while_producing_loses_and_doubles_nothing() {
 
     let pool = ConnectionPool::new(ClientConfig::default());
     let producer = Producer::new(node.route(&pool), ProducerConfig::default());
-    // kill -9 the tracer 1.2 s into producing, restart it 0.8 s later.
+    // kill -9 the tracer 1.2 s into producing, restart it 0.8 s later (the fault's timing, not a
+    // condition).
     let restart = {
         let (config, tracer_dir) = (config.clone(), tracer_dir.clone());
         tokio::task::spawn_blocking(move || {

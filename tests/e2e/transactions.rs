@@ -356,6 +356,7 @@ async fn transaction_check_back_settles_half_messages_sent_before_a_restart() {
     assert_eq!(delivered_ids(&node).await, sorted(&[&to_commit.msg_id]));
     // Settled transactions are asked about no more.
     let asked = ledger.checks.lock().unwrap().len();
+    // The quiet period is what is tested: no check-back within 2.5 s (several check rounds).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(ledger.checks.lock().unwrap().len(), asked, "no check after the answers");
     assert_eq!(

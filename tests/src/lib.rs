@@ -308,6 +308,42 @@ impl DevNode {
         assert!(ok, "creating consumer group {group}: {stderr}");
     }
 
+    /// Waits (up to 20 s) until `group`'s committed offsets, as the broker serves them
+    /// (`/api/broker/lag`), are on disk too (`offsets/consumer_offsets.json`, written at each
+    /// checkpoint): a crash from then on replays nothing the group committed.
+    pub fn wait_offsets_durable(&self, group: &str) {
+        let file = self.data_dir.join("broker/offsets/consumer_offsets.json");
+        let durable = || {
+            let served = http_get_json(self.http, "/api/broker/lag")?;
+            let on_disk: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).ok()?).ok()?;
+            let lags: Vec<&serde_json::Value> = served["groups"]
+                .as_array()?
+                .iter()
+                .filter(|lag| lag["group"] == group)
+                .collect();
+            let all_on_disk = lags.iter().all(|lag| {
+                lag["queues"].as_array().is_some_and(|queues| {
+                    queues.iter().all(|queue| {
+                        let (Some(topic), Some(queue_id)) = (lag["topic"].as_str(), queue["queue_id"].as_u64()) else {
+                            return false;
+                        };
+                        on_disk[group][topic][queue_id.to_string()] == queue["committed_offset"]
+                    })
+                })
+            });
+            Some(!lags.is_empty() && all_on_disk)
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while durable() != Some(true) {
+            assert!(
+                Instant::now() < deadline,
+                "{group}'s committed offsets did not reach {} within 20 s",
+                file.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, then waits for a clean exit (panics if it does not exit cleanly within 30 s).
     pub fn stop(self) {
         self.process.stop();
