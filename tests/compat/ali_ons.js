@@ -138,7 +138,7 @@ async function tags(count) {
   });
   await consumer.ready();
   await waitFor(() => received.length >= count, 60000);
-  // Anything more (another tag, a duplicate) would arrive now.
+  // The quiet period is what is tested: anything more (another tag, a duplicate) would arrive now.
   await sleep(1500);
   await consumer.close();
 
@@ -181,6 +181,7 @@ async function retry() {
   });
   await consumer.ready();
   await waitFor(() => deliveries.length >= 2, 90000);
+  // The quiet period is what is tested: no third delivery within 1.5 s.
   await sleep(1500);
   await consumer.close();
 
@@ -256,6 +257,7 @@ async function transaction() {
   });
   await consumer.ready();
   await waitFor(() => received.length >= 1, 60000);
+  // The quiet period is what is tested: the rolled-back message never arrives within 2 s.
   await sleep(2000);
   await consumer.close();
   await producer.close();

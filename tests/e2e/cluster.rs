@@ -11,7 +11,7 @@ use meridian_tests::faults::{
     ClusterOptions, Link, LinkProxy, Load, LocalCluster, lost_and_duplicated, process_runs_from,
 };
 
-use crate::read_through;
+use crate::read_holding;
 
 /// Runs a blocking CLI call without starving the runtime that carries the proxies' traffic.
 fn blocking<T>(call: impl FnOnce() -> T) -> T {
@@ -231,8 +231,8 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
 
     // Every acknowledged message is consumed.
     for topic in ["orders", "payments"] {
-        let stored = read_through(cluster.route(&pool), "readers", topic).await;
         let acked = record.ids(topic);
+        let stored = read_holding(cluster.route(&pool), "readers", topic, &acked).await;
         let (lost, duplicates) = lost_and_duplicated(&acked, stored.iter().map(|message| message.msg_id()));
         assert!(
             lost.is_empty(),

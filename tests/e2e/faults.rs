@@ -15,7 +15,7 @@ use meridian_tests::faults::{
     ClusterOptions, Link, LinkProxy, Load, LocalCluster, Watch, lost_and_duplicated, phantom_reads,
 };
 
-use crate::read_through;
+use crate::read_holding;
 
 fn blocking<T>(call: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(call)
@@ -275,8 +275,8 @@ async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
     // histories together.
     let mut history: Vec<String> = Vec::new();
     for topic in ["orders", "payments"] {
-        let stored = read_through(rig.cluster.route(&pool), "readers", topic).await;
         let ids = record.ids(topic);
+        let stored = read_holding(rig.cluster.route(&pool), "readers", topic, &ids).await;
         let (missing, twice) = lost_and_duplicated(&ids, stored.iter().map(|message| message.msg_id()));
         if !missing.is_empty() {
             eprintln!(

@@ -41,6 +41,27 @@ pub async fn read_all(node: &DevNode, topic: &str) -> Vec<StoredMessage> {
     messages
 }
 
+/// [`read_through`] again until what it reads holds every msgId of `acked`, for up to 20 s: an
+/// acknowledgement can reach the producer a moment before the master's dispatcher indexes the
+/// message for consumers, so a read right after the last acknowledgement may miss the newest.
+/// The last read; the caller's assertion names what is still missing.
+pub async fn read_holding(
+    route: std::sync::Arc<dyn meridian_client::RouteSource>,
+    group: &str,
+    topic: &str,
+    acked: &std::collections::HashSet<String>,
+) -> Vec<StoredMessage> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let messages = read_through(route.clone(), group, topic).await;
+        let stored: std::collections::HashSet<&str> = messages.iter().map(StoredMessage::msg_id).collect();
+        if acked.iter().all(|msg_id| stored.contains(msg_id.as_str())) || std::time::Instant::now() >= deadline {
+            return messages;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Every message of `topic`, queue by queue from each queue's first offset, read through `route`
 /// by consumer group `group` (which must be approved).
 pub async fn read_through(

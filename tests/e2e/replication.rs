@@ -18,7 +18,7 @@ use meridian_proto::properties::PropertiesBuilder;
 use meridian_tests::{FaultyProxy, GroupCluster, GroupOptions};
 use tokio_util::task::TaskTracker;
 
-use crate::read_through;
+use crate::{read_holding, read_through};
 
 /// What a storm of producers got acknowledged, with when.
 #[derive(Default)]
@@ -164,7 +164,7 @@ fn create_topic_and_group(cluster: &GroupCluster, topic: &str) {
 /// returns how many acknowledged messages were stored more than once (retries across a failover).
 async fn assert_nothing_lost(cluster: &GroupCluster, topic: &str, acked: &HashSet<String>) -> usize {
     let pool = ConnectionPool::new(ClientConfig::default());
-    let stored = read_through(cluster.route(&pool), "readers", topic).await;
+    let stored = read_holding(cluster.route(&pool), "readers", topic, acked).await;
     pool.shutdown().await;
     let mut copies: HashMap<&str, usize> = HashMap::new();
     for message in &stored {
