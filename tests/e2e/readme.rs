@@ -89,8 +89,11 @@ fn section_steps(readme: &str, section: &str) -> Vec<Step> {
     steps
 }
 
-/// The bash script of `steps`: each command between markers the test splits the output by.
-fn script(steps: &[Step], substitutions: &BTreeMap<String, String>) -> String {
+/// The bash script of `steps`: each command between markers the test splits the output by. A
+/// retried step's expected lines go to `work/expect-INDEX.txt` as regexes ([`shape_regex`]), and
+/// it runs again until it succeeds and prints every one of them: what it reads may arrive a
+/// moment later (a trace's replication step).
+fn script(steps: &[Step], substitutions: &BTreeMap<String, String>, work: &Path) -> String {
     let mut script =
         String::from("set -u\ntrap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null' EXIT\nexec </dev/null\n");
     for (index, step) in steps.iter().enumerate() {
@@ -108,8 +111,21 @@ fn script(steps: &[Step], substitutions: &BTreeMap<String, String>) -> String {
                 "( {background}\n) > background-{index}.log 2>&1 &\necho '@@exit 0'\n"
             ));
         } else if step.retried() && !step.expects_failure() {
+            let expect = work.join(format!("expect-{index}.txt"));
+            let regexes: String = step
+                .shown
+                .iter()
+                .map(|shown| {
+                    let shown = substitutions
+                        .iter()
+                        .fold(shown.clone(), |shown, (from, to)| shown.replace(from, to));
+                    shape_regex(&shown) + "\n"
+                })
+                .collect();
+            std::fs::write(&expect, regexes).unwrap();
+            let expect = expect.display();
             script.push_str(&format!(
-                "__tries=0\nwhile :; do __out=$( {{ {command}\n}} 2>&1 ); __code=$?\n  if [ $__code -eq 0 ] || [ $__tries -ge 100 ]; then break; fi\n  __tries=$((__tries+1)); sleep 0.3\ndone\nprintf '%s\\n' \"$__out\"\necho \"@@exit $__code\"\n"
+                "__tries=0\nwhile :; do __out=$( {{ {command}\n}} 2>&1 ); __code=$?\n  __shown=1; while IFS= read -r __re; do printf '%s\\n' \"$__out\" | grep -Eq -- \"$__re\" || __shown=0; done < '{expect}'\n  if {{ [ $__code -eq 0 ] && [ $__shown -eq 1 ]; }} || [ $__tries -ge 100 ]; then break; fi\n  __tries=$((__tries+1)); sleep 0.3\ndone\nprintf '%s\\n' \"$__out\"\necho \"@@exit $__code\"\n"
             ));
         } else {
             // The newline ends output that has none (curl's JSON) before the marker.
@@ -156,6 +172,34 @@ fn shape(line: &str) -> String {
     shaped.trim().to_owned()
 }
 
+/// An extended regex (`grep -E`) for the lines whose [`shape`] is that of `line`: each token of
+/// the shape stands for what it replaced.
+fn shape_regex(line: &str) -> String {
+    let shaped = shape(line);
+    let mut regex = String::from("^ *");
+    let mut rest = shaped.as_str();
+    while let Some(first) = rest.chars().next() {
+        let (piece, len) = if rest.starts_with("<ID>") {
+            ("[0-9A-F]{16,}".to_owned(), 4)
+        } else if rest.starts_with("<hex>") {
+            ("[0-9a-f]{8,}".to_owned(), 5)
+        } else if rest.starts_with("--") {
+            ("--+".to_owned(), 2)
+        } else if first == '0' {
+            ("[0-9]+".to_owned(), 1)
+        } else if first == ' ' {
+            (" +".to_owned(), 1)
+        } else if "\\.[](){}*+?|^$".contains(first) {
+            (format!("\\{first}"), 1)
+        } else {
+            (first.to_string(), first.len_utf8())
+        };
+        regex.push_str(&piece);
+        rest = &rest[len..];
+    }
+    regex + " *$"
+}
+
 /// Runs `steps` as one script in `dir` (the repository root is the working directory) with
 /// `env`, and returns every problem found.
 fn run_section(
@@ -166,7 +210,7 @@ fn run_section(
     work: &Path,
 ) -> Vec<String> {
     let script_path = work.join(format!("readme-{section}.sh"));
-    std::fs::write(&script_path, script(steps, substitutions)).unwrap();
+    std::fs::write(&script_path, script(steps, substitutions, work)).unwrap();
     let bin_dir = meridian_bin().parent().expect("binary dir").to_owned();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let mut command = Command::new("bash");
@@ -257,6 +301,27 @@ fn shapes_ignore_ids_numbers_and_widths_but_not_words() {
     assert_eq!(shape("| 0  |   x |"), shape("| 10 | x |"));
     assert_eq!(shape("+----+"), shape("+--------+"));
     assert_ne!(shape("topic orders approved"), shape("topic orders rejected"));
+    let regex = shape_regex("  2026-12-07T17:37:35.570Z  Replicate  2 ok  a-0 (127.0.0.21:7911) cost 2.000 ms");
+    assert_eq!(
+        regex,
+        "^ *[0-9]+-[0-9]+-[0-9]+T[0-9]+:[0-9]+:[0-9]+\\.[0-9]+Z +Replicate +[0-9]+ +ok +a-[0-9]+ +\\([0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+:[0-9]+\\) +cost +[0-9]+\\.[0-9]+ +ms *$"
+    );
+    // grep -E agrees: another time, count and address match; another step does not.
+    let matches = |line: &str| {
+        let mut grep = Command::new("grep")
+            .args(["-Eq", "--", &regex])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut grep.stdin.take().unwrap(), line.as_bytes()).unwrap();
+        grep.wait().unwrap().success()
+    };
+    assert!(matches(
+        "2026-12-08T07:01:09.004Z  Replicate   14 ok    a-0 (127.0.0.41:40211)  cost 12.500 ms\n"
+    ));
+    assert!(!matches(
+        "2026-12-08T07:01:09.004Z  Store   14 ok    a-0 (127.0.0.41:40211)  cost 12.500 ms\n"
+    ));
     let steps = section_steps(
         "<!-- readme-test: t -->\n```text\n$ meridian x &   # later\n$ meridian sql \"x\"\nout\n...\n```\n",
         "t",

@@ -41,7 +41,13 @@ impl Acked {
     async fn wait_count_since(&self, since: Instant, count: usize, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let acknowledged = self.messages.lock().unwrap().iter().filter(|(_, at)| *at >= since).count();
+            let acknowledged = self
+                .messages
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, at)| *at >= since)
+                .count();
             if acknowledged >= count {
                 return;
             }
@@ -67,7 +73,14 @@ impl Acked {
 
 /// Waits (up to 20 s) until member `index` holds `offset` as `group`'s committed offset of
 /// `topic` queue `queue_id` (its `/api/broker/lag`; a slave gets offsets with its fetches).
-async fn wait_offset_replicated(cluster: &GroupCluster, index: usize, group: &str, topic: &str, queue_id: u32, offset: u64) {
+async fn wait_offset_replicated(
+    cluster: &GroupCluster,
+    index: usize,
+    group: &str,
+    topic: &str,
+    queue_id: u32,
+    offset: u64,
+) {
     let held = || {
         let report = meridian_tests::http_get_json(cluster.members[index].http, "/api/broker/lag")?;
         let lag = report["groups"]
@@ -430,7 +443,10 @@ async fn a_switchover_moves_the_master_role_under_load_without_losing_an_acknowl
     create_topic_and_group(&cluster, "orders");
     let pool = ConnectionPool::new(ClientConfig::default());
     let storm = Storm::start(&cluster, &pool, "orders", 4, 8);
-    storm.acked.wait_count_since(Instant::now(), 50, "before the switchover").await;
+    storm
+        .acked
+        .wait_count_since(Instant::now(), 50, "before the switchover")
+        .await;
     let (ok, stdout, stderr) = cluster.cli(&[
         "broker",
         "switchover",
@@ -481,7 +497,10 @@ async fn idc_safe_loses_no_acknowledged_message_when_the_masters_data_center_goe
     let pool = ConnectionPool::new(ClientConfig::default());
     // Few retries: with dc1 gone no send can reach idc_safe again, so waiting on them only wastes time.
     let storm = Storm::start(&cluster, &pool, "orders", 4, 1);
-    storm.acked.wait_count_since(Instant::now(), 100, "before dc1 goes dark").await;
+    storm
+        .acked
+        .wait_count_since(Instant::now(), 100, "before dc1 goes dark")
+        .await;
     // dc1 goes dark: the master and the slave beside it die together.
     cluster.kill9(0);
     cluster.kill9(1);
@@ -707,7 +726,10 @@ async fn bench_failover_trials() {
     let mut acknowledged = HashSet::new();
     for trial in 0..trials {
         let storm = Storm::start(&cluster, &pool, "orders", 4, 10);
-        storm.acked.wait_count_since(Instant::now(), 50, "before the kill").await;
+        storm
+            .acked
+            .wait_count_since(Instant::now(), 50, "before the kill")
+            .await;
         cluster.kill9(master);
         let killed = Instant::now();
         let first = loop {

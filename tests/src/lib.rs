@@ -539,7 +539,8 @@ pub fn pin_listen_addresses(path: &Path, listen: SocketAddr, http: Option<Socket
 /// then pins its config to the addresses it bound ([`pin_listen_addresses`]), so a config may say
 /// port 0 and a restart still comes back where it was. Its client and HTTP addresses.
 pub fn start_broker(config: &Path, log_dir: &Path) -> (ServiceProcess, SocketAddr, Option<SocketAddr>) {
-    let (process, addrs) = ServiceProcess::start_ready(&["broker".as_ref(), "--config".as_ref(), config.as_os_str()], log_dir);
+    let (process, addrs) =
+        ServiceProcess::start_ready(&["broker".as_ref(), "--config".as_ref(), config.as_os_str()], log_dir);
     let listen = ready_addr(&addrs, "broker");
     let http = addrs["http"].as_str().map(|_| ready_addr(&addrs, "http"));
     pin_listen_addresses(config, listen, http);
