@@ -275,7 +275,7 @@ async fn the_two_idc_cluster_comes_up_in_one_command_survives_a_killed_master_an
 #[test]
 fn bad_specs_are_refused_before_anything_starts_with_the_reason() {
     let root = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::layout(root.path(), 170, ClusterOptions::default());
+    let cluster = LocalCluster::layout(root.path(), 240, ClusterOptions::default());
     let good = cluster.spec();
     let a0 = cluster.nodes["a-0"].listen.unwrap().to_string();
     let b1 = cluster.nodes["b-1"].listen.unwrap().to_string();

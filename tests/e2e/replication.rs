@@ -366,8 +366,8 @@ async fn a_master_partitioned_from_the_nameserver_and_its_slaves_stops_acknowled
     let mut cluster = GroupCluster::prepare(dir.path(), options);
     // a-0 reaches the nameserver, and is reached by its slaves and by routed clients, only
     // through proxies; a client next to it still reaches it directly.
-    let to_nameserver = FaultyProxy::start("127.0.0.51:0", cluster.nameserver_addr).await;
-    let to_master = FaultyProxy::start("127.0.0.52:0", cluster.members[0].listen).await;
+    let to_nameserver = FaultyProxy::start("127.0.0.61:0", cluster.nameserver_addr).await;
+    let to_master = FaultyProxy::start("127.0.0.62:0", cluster.members[0].listen).await;
     cluster.write_config(0, &to_nameserver.addr().to_string(), Some(to_master.addr()));
     // a-0 binds port 0: the proxy learns where to forward once it listens, before any slave.
     cluster.start_member(0);
@@ -879,8 +879,8 @@ async fn a_divergent_tail_cut_by_a_failover_never_reaches_the_archive_which_hold
     let root = dir.path();
     let mut cluster = GroupCluster::prepare(root, GroupOptions::default());
     // a-0 reaches the nameserver, and is reached by its slaves, only through proxies.
-    let to_nameserver = FaultyProxy::start("127.0.0.53:0", cluster.nameserver_addr).await;
-    let to_master = FaultyProxy::start("127.0.0.54:0", cluster.members[0].listen).await;
+    let to_nameserver = FaultyProxy::start("127.0.0.63:0", cluster.nameserver_addr).await;
+    let to_master = FaultyProxy::start("127.0.0.64:0", cluster.members[0].listen).await;
     cluster.write_config(0, &to_nameserver.addr().to_string(), Some(to_master.addr()));
     let archive = root.join("archive");
     let archiver_configs = archive_configs(&cluster, &archive);

@@ -3,7 +3,13 @@
 //!
 //! [`DevNode`] runs `meridian dev` on port 0 and reads the bound addresses from its banner, so
 //! tests never fight over ports; [`ServiceProcess`] runs any other `meridian` service (a
-//! nameserver or broker of a cluster) the same way, and [`run_cli`] runs a client command. The tests themselves live in `e2e/` (one binary, many modules).
+//! nameserver or broker of a cluster) the same way: [`ServiceProcess::start_ready`] passes
+//! `--ready-file` and reads the addresses the process bound, and [`start_broker`] then pins the
+//! broker's config to them ([`pin_listen_addresses`]), so a restart after `kill -9` comes back
+//! where clients and the nameserver had it. [`GroupCluster`] builds a broker group that way. No
+//! port is chosen before a process binds it, except by `meridian cluster up` (see
+//! `faults::LocalCluster`). [`run_cli`] runs a client command. The tests themselves live in
+//! `e2e/` (one binary, many modules).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
