@@ -335,6 +335,7 @@ impl Load {
                         .unwrap()
                         .push((idc.clone(), Instant::now(), result.broker_name, result.msg_id));
                     index += 1;
+                    // Pacing of a steady load, not a condition.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 producer.shutdown().await;

@@ -441,6 +441,7 @@ async fn a_tracer_killed_while_producing_loses_and_doubles_nothing() {
     for index in 0..600 {
         let message = Message::new("payments", format!("payment {index}")).with_key(format!("pay-{index}"));
         ids.push(producer.send(message).await.unwrap().msg_id);
+        // Pacing, not a condition: production spans the tracer's kill and restart.
         tokio::time::sleep(Duration::from_millis(4)).await;
     }
     let tracer = restart.await.unwrap();
