@@ -1,5 +1,5 @@
-//! Forecasts (`/forecasts`), Clients (`/clients`) and Alerts (`/alerts`): what the APIs have
-//! today, and a plain statement of what they do not.
+//! Forecasts (`/forecasts`) and Clients (`/clients`): what the APIs have today, and a plain
+//! statement of what they do not.
 
 use std::fmt::Write as _;
 
@@ -253,15 +253,6 @@ pub fn render_clients(view: &ClientsView<'_>) -> String {
     page("Clients", Nav::Clients, &body)
 }
 
-/// The Alerts page: no alert API exists yet.
-pub fn render_alerts() -> String {
-    let body = missing(
-        "No service evaluates alerts yet, so nothing can fire, resolve or be listed here. What exists: Prometheus metrics on \
-every /metrics (lag, elections, groups without a live master), which an external Prometheus can alert on.",
-    );
-    page("Alerts", Nav::Alerts, &body)
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -287,7 +278,7 @@ mod tests {
     }
 
     #[test]
-    fn clients_and_alerts_say_what_is_missing() {
+    fn clients_say_what_is_missing() {
         let view = |q: &'static str, verdict: &'static str| ClientsView {
             policy: Ok(json!({"min_version": "1.2.0", "blocked_versions": ["<1.3.1>"]})),
             brokers: vec![
@@ -325,6 +316,5 @@ mod tests {
         assert!(!offenders.contains("c1@host") && offenders.contains("127.0.0.1:5000"));
         let searched = render_clients(&view("BILL", ""));
         assert!(searched.contains("c1@host") && !searched.contains("127.0.0.1:5000"));
-        assert!(render_alerts().contains("No service evaluates alerts yet"));
     }
 }
