@@ -656,8 +656,8 @@ struct ResendBody {
 
 /// `POST /api/broker/dead-letters/resend` (`{"group", "msg_ids": [...]}` or `{"group", "all":
 /// true}`): puts the dead letters back on the group's retry topic with their count at 0, through
-/// [`meridian_client::Admin::resend_dead_letters`] against this broker. JSON only, so a browser
-/// cannot send it cross-site.
+/// the broker's own `DeadLetterResend` request (what `meridian dlq resend` sends). JSON only, so a
+/// browser cannot send it cross-site.
 async fn resend_dead_letters(
     State(state): State<ConsoleApiState>,
     headers: axum::http::HeaderMap,
@@ -691,20 +691,36 @@ async fn resend_dead_letters(
             "name the dead letters to resend in \"msg_ids\", or send \"all\": true (not both)".to_owned(),
         );
     }
+    for msg_id in &request.msg_ids {
+        if meridian_proto::MessageId::parse(msg_id).is_err() {
+            return offsets_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("{msg_id:?} is not a message id (32 hex digits)"),
+            );
+        }
+    }
+    // The same request `Admin::resend_dead_letters` sends to each broker of a topic's route, sent
+    // to this broker alone: the letters are in its dead-letter queue, and the console asks every
+    // broker (a route would need one of the group's topics, which this broker may not store).
     let config = meridian_client::ClientConfig::default();
-    let pool = meridian_client::ConnectionPool::new(config.clone());
-    let route = Arc::new(meridian_client::StaticRoute::new(
-        state.broker_addr.to_string(),
-        pool.clone(),
-    ));
-    let admin = meridian_client::Admin::new(route, config);
-    // The route of the group's dead-letter topic is this broker alone, which holds the letters.
-    let dlq = meridian_proto::topics::dlq_topic(&request.group);
-    let result = admin
-        .resend_dead_letters(&request.group, &dlq, &request.msg_ids)
-        .await;
-    admin.shutdown().await;
+    let timeout = config.request_timeout;
+    let pool = meridian_client::ConnectionPool::new(config);
+    let resend = meridian_proto::messages::DeadLetterResendRequest {
+        group: request.group.clone(),
+        msg_ids: request.msg_ids.clone(),
+    };
+    let result: Result<meridian_proto::messages::DeadLetterResendResponse, meridian_client::ClientError> = pool
+        .call(
+            &state.broker_addr.to_string(),
+            meridian_proto::RequestCode::DeadLetterResend,
+            &resend,
+            timeout,
+        )
+        .await
+        .map_err(Into::into);
     pool.shutdown().await;
+    let result = result.map(|response| (response.resent, response.missing));
     match result {
         Ok((resent, missing)) => {
             tracing::info!(group = request.group, resent, "dead letters resent over http");
@@ -725,5 +741,79 @@ async fn resend_dead_letters(
             ),
             &error,
         ),
+    }
+}
+
+#[cfg(test)]
+mod console_api_tests {
+    use meridian_client::{BrokerRoute, TopicRoute};
+    use meridian_proto::messages::{ConsumerListResponse, ConsumerMember, perm};
+
+    use super::allocation_report;
+
+    fn broker(name: &str, idc: &str, queues: u32) -> BrokerRoute {
+        BrokerRoute {
+            broker_name: name.into(),
+            addr: format!("{name}:1"),
+            idc: idc.into(),
+            queues,
+            perm: perm::READ | perm::WRITE,
+            replicas: Vec::new(),
+        }
+    }
+
+    fn member(client_id: &str, idc: &str) -> ConsumerMember {
+        ConsumerMember {
+            client_id: client_id.into(),
+            idc: idc.into(),
+            allocation: meridian_client::ALLOCATION.into(),
+            deployment: "single-side".into(),
+            sdk_version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn each_data_center_consumes_its_own_queues_and_none_is_left_out() {
+        let route = TopicRoute {
+            topic: "orders".into(),
+            brokers: vec![broker("broker-a", "dc1", 2), broker("broker-b", "dc2", 2)],
+            evacuated_idcs: Vec::new(),
+            lost_idcs: Vec::new(),
+        };
+        let listed = ConsumerListResponse {
+            client_ids: vec!["c1".into(), "c2".into()],
+            members: vec![member("c1", "dc1"), member("c2", "dc2")],
+            evacuated_idcs: Vec::new(),
+        };
+        let report = allocation_report("broker-a", "billing", &route, &listed);
+        let queues_of = |client: &str| -> Vec<String> {
+            report["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["client_id"] == client)
+                .unwrap()["queues"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|q| format!("{}#{}", q["broker"].as_str().unwrap(), q["queue_id"]))
+                .collect()
+        };
+        assert_eq!(queues_of("c1"), ["broker-a#0", "broker-a#1"]);
+        assert_eq!(queues_of("c2"), ["broker-b#0", "broker-b#1"]);
+        assert!(report["queues"].as_array().unwrap().iter().all(|q| q["client_id"].is_string()));
+
+        // dc2 evacuated: its member gets nothing and c1 takes every queue.
+        let mut evacuated = listed.clone();
+        evacuated.evacuated_idcs = vec!["dc2".into()];
+        let report = allocation_report("broker-a", "billing", &route, &evacuated);
+        let holders: Vec<&str> = report["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["client_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(holders, ["c1"; 4]);
+        assert_eq!(report["evacuated_idcs"], serde_json::json!(["dc2"]));
     }
 }
