@@ -118,15 +118,24 @@ pub fn render_forecasts(view: &ForecastView<'_>) -> String {
                     body,
                     "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     esc(&text_of(&row[0])),
-                    text_of(&row[1]),
-                    text_of(&row[2]),
-                    text_of(&row[3])
+                    forecast_number(&row[1]),
+                    forecast_number(&row[2]),
+                    forecast_number(&row[3])
                 );
             }
             body.push_str("</tbody></table>");
         }
     }
     page("Forecasts", Nav::Forecasts, &body)
+}
+
+/// A forecast's value to two decimals (its model's precision is far coarser than the 15 digits
+/// an `f64` prints).
+fn forecast_number(value: &Value) -> String {
+    match value.as_f64() {
+        Some(number) => format!("{number:.2}"),
+        None => esc(&text_of(value)),
+    }
 }
 
 /// Clients per page.
