@@ -359,7 +359,10 @@ pub fn console_router(broker: &Broker, broker_name: String, nameservers: Vec<Str
     Router::new()
         .route("/api/broker/allocation", get(allocation))
         .route("/api/broker/dead-letters", get(dead_letters))
-        .route("/api/broker/dead-letters/resend", axum::routing::post(resend_dead_letters))
+        .route(
+            "/api/broker/dead-letters/resend",
+            axum::routing::post(resend_dead_letters),
+        )
         .with_state(ConsoleApiState {
             broker_name,
             broker_addr: broker.local_addr(),
@@ -592,7 +595,10 @@ async fn dead_letters(
         }) => return empty(0),
         Err(error) => {
             return client_error_response(
-                format!("the dead letters of group {} on broker {}", query.group, state.broker_name),
+                format!(
+                    "the dead letters of group {} on broker {}",
+                    query.group, state.broker_name
+                ),
                 &error.into(),
             );
         }
@@ -730,10 +736,10 @@ async fn resend_dead_letters(
         Err(meridian_client::ClientError::Broker {
             code: meridian_client::ErrorCode::TopicNotFound,
             ..
-        }) => Json(
-            json!({"broker": state.broker_name, "group": request.group, "resent": 0, "missing": request.msg_ids}),
-        )
-        .into_response(),
+        }) => {
+            Json(json!({"broker": state.broker_name, "group": request.group, "resent": 0, "missing": request.msg_ids}))
+                .into_response()
+        }
         Err(error) => client_error_response(
             format!(
                 "resending dead letters of group {} on broker {}",
@@ -801,7 +807,13 @@ mod console_api_tests {
         };
         assert_eq!(queues_of("c1"), ["broker-a#0", "broker-a#1"]);
         assert_eq!(queues_of("c2"), ["broker-b#0", "broker-b#1"]);
-        assert!(report["queues"].as_array().unwrap().iter().all(|q| q["client_id"].is_string()));
+        assert!(
+            report["queues"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|q| q["client_id"].is_string())
+        );
 
         // dc2 evacuated: its member gets nothing and c1 takes every queue.
         let mut evacuated = listed.clone();

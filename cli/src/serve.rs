@@ -324,7 +324,11 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     };
     let with_query = query_archive.is_some();
     let router = http::router(registry, broker_name.clone(), &broker)
-        .merge(http::console_router(&broker, broker_name, vec![nameserver_addr.to_string()]))
+        .merge(http::console_router(
+            &broker,
+            broker_name,
+            vec![nameserver_addr.to_string()],
+        ))
         .merge(meridian_nameserver::http::router(nameserver.service()))
         .merge(tracer_router)
         .merge(query_router)
@@ -428,7 +432,8 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
                 "  http http://{}  (/api/health, /api/broker/topics, /metrics)",
                 listener.local_addr()?
             );
-            let router = http::router(registry, name.clone(), &broker).merge(http::console_router(&broker, name, nameservers));
+            let router =
+                http::router(registry, name.clone(), &broker).merge(http::console_router(&broker, name, nameservers));
             Some((listener, router))
         }
         None => None,

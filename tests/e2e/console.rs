@@ -459,21 +459,30 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     );
     assert!(ok, "producing: {stderr}");
     let alert_row = "#alerts tr[data-alert=\"console-backlog/group=console-auditors topic=console-audit\"]";
-    wait("the backlog alert fires on the Alerts page", Duration::from_secs(30), || {
-        browser.goto(&format!("{base}/alerts?owner=payments-team"));
-        !browser.find_all(&format!("{alert_row}[data-status=firing]")).is_empty()
-    });
+    wait(
+        "the backlog alert fires on the Alerts page",
+        Duration::from_secs(30),
+        || {
+            browser.goto(&format!("{base}/alerts?owner=payments-team"));
+            !browser.find_all(&format!("{alert_row}[data-status=firing]")).is_empty()
+        },
+    );
     assert_eq!(browser.text(&format!("{alert_row} .owner")), "payments-team");
     assert_eq!(browser.text(&format!("{alert_row} .severity")), "critical");
     assert!(
-        browser.text(&format!("{alert_row} .message")).contains("4 messages behind"),
+        browser
+            .text(&format!("{alert_row} .message"))
+            .contains("4 messages behind"),
         "{}",
         browser.page_text()
     );
     browser.screenshot("alerts-firing");
     browser.goto(&format!("{base}/alerts?owner=someone-else"));
     browser.wait_for("#alert-summary", Duration::from_secs(5));
-    assert!(browser.find_all("#alerts").is_empty(), "the owner filter keeps other teams' alerts out");
+    assert!(
+        browser.find_all("#alerts").is_empty(),
+        "the owner filter keeps other teams' alerts out"
+    );
     browser.goto(&format!("{base}/"));
     browser.wait_for("#firing-alerts", Duration::from_secs(5));
     assert!(browser.text("#firing-alerts").contains("payments-team"));
@@ -486,7 +495,9 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     browser.wait_for(".notice", Duration::from_secs(10));
     wait("the backlog alert resolves", Duration::from_secs(30), || {
         browser.goto(&format!("{base}/alerts?status=resolved&severity=critical"));
-        !browser.find_all(&format!("{alert_row}[data-status=resolved]")).is_empty()
+        !browser
+            .find_all(&format!("{alert_row}[data-status=resolved]"))
+            .is_empty()
     });
     assert_eq!(
         browser.find_all(&format!("{alert_row} li[data-change]")).len(),
@@ -591,7 +602,15 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     );
     assert!(ok, "creating the group: {stderr}");
     let (ok, _, stderr) = node.cli(
-        &["produce", "--topic", "console-audit", "--key", "poison-1", "--body", "poison <b>body</b>"],
+        &[
+            "produce",
+            "--topic",
+            "console-audit",
+            "--key",
+            "poison-1",
+            "--body",
+            "poison <b>body</b>",
+        ],
         "",
     );
     assert!(ok, "producing: {stderr}");
@@ -629,15 +648,25 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
             .unwrap()
     };
     let letter_row = "#dead-letters tbody tr[data-msg-id]";
-    wait("the group's page lists the dead letter", Duration::from_secs(40), || {
-        browser.goto(&format!("{base}/groups/console-dlq"));
-        !browser.find_all(letter_row).is_empty()
-    });
-    assert!(browser.text("#dead-letter-count").contains('1'), "{}", browser.page_text());
+    wait(
+        "the group's page lists the dead letter",
+        Duration::from_secs(40),
+        || {
+            browser.goto(&format!("{base}/groups/console-dlq"));
+            !browser.find_all(letter_row).is_empty()
+        },
+    );
+    assert!(
+        browser.text("#dead-letter-count").contains('1'),
+        "{}",
+        browser.page_text()
+    );
     assert!(browser.text(letter_row).contains("console-audit"));
     browser.execute("document.querySelectorAll('#dead-letters details').forEach(d => d.open = true); return 0");
     assert!(
-        browser.text(&format!("{letter_row} pre.body")).contains("poison <b>body</b>"),
+        browser
+            .text(&format!("{letter_row} pre.body"))
+            .contains("poison <b>body</b>"),
         "the body shows as text"
     );
     browser.execute("document.querySelector('#dead-letters').scrollIntoView(); return 0");
@@ -663,9 +692,11 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     );
     browser.execute("document.querySelector('.notice').scrollIntoView(); return 0");
     browser.screenshot("group-dead-letters-resent");
-    wait("the resent message is delivered again from count 0", Duration::from_secs(20), || {
-        first_deliveries(&poison_counts.lock().unwrap()) == 2
-    });
+    wait(
+        "the resent message is delivered again from count 0",
+        Duration::from_secs(20),
+        || first_deliveries(&poison_counts.lock().unwrap()) == 2,
+    );
     runtime.block_on(failing.shutdown());
     runtime.block_on(pool.shutdown());
     let _ = consumer.kill();
@@ -829,7 +860,11 @@ fn forecasts_draw_volume_and_backlog_bands_from_archived_history() {
     assert_eq!(browser.find_all("svg[data-chart=lines] circle.dot.forecast").len(), 12);
     let widths = browser.execute(band_width);
     assert!(
-        widths.as_array().unwrap().iter().all(|w| w.as_f64().is_some_and(|w| w >= 0.0)),
+        widths
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w.as_f64().is_some_and(|w| w >= 0.0)),
         "{widths}"
     );
     browser.screenshot("forecast-backlog");
@@ -907,11 +942,17 @@ fn every_page_renders_quickly_at_ten_thousand_topics_and_groups() {
         ("clients", "/clients"),
         ("alerts", "/alerts"),
     ] {
-        // The first visit warms the connection and the browser; the second is measured.
+        // The first visit warms the connection and the browser; the next three are measured and
+        // their median kept, since the machine running the test is rarely idle.
         browser.goto(&format!("{base}{path}"));
-        browser.goto(&format!("{base}{path}"));
-        browser.wait_for("main h1", Duration::from_secs(10));
-        let ms = browser.render_ms();
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            browser.goto(&format!("{base}{path}"));
+            browser.wait_for("main h1", Duration::from_secs(10));
+            times.push(browser.render_ms());
+        }
+        times.sort_by(f64::total_cmp);
+        let ms = times[1];
         println!("first render of {name} ({path}) at {count} topics and groups: {ms:.0} ms");
         slowest = slowest.max(ms);
         browser.screenshot(&format!("scale-{name}"));

@@ -385,8 +385,7 @@ async fn group_page(State(console): State<Shared>, Path(name): Path<String>, Que
 async fn group_allocation(console: &Console, group: &str, topics: &[String]) -> Vec<Result<Value, ApiError>> {
     let asked = topics.iter().take(ALLOCATION_TOPICS).map(|topic| async move {
         let path = format!("/api/broker/allocation?group={group}&topic={}", encode(topic));
-        let answers =
-            futures_util::future::join_all(console.brokers.iter().map(|broker| broker.get_json(&path))).await;
+        let answers = futures_util::future::join_all(console.brokers.iter().map(|broker| broker.get_json(&path))).await;
         let members = |answer: &Value| answer["members"].as_array().map_or(0, Vec::len);
         let best = answers
             .iter()
@@ -927,7 +926,12 @@ async fn resend_dead_letters(
             Err(error) => return back(&page, Err(error.to_string())),
         }
     }
-    tracing::info!(group = name, resent, by = form.get("by"), "dead letters resent from the console");
+    tracing::info!(
+        group = name,
+        resent,
+        by = form.get("by"),
+        "dead letters resent from the console"
+    );
     let missing = missing.unwrap_or_default();
     if !missing.is_empty() {
         return back(

@@ -68,11 +68,9 @@ fn status_badge(status: &str) -> String {
 
 fn owner_cell(alert: &Value) -> String {
     match alert["owner"].as_str() {
-        Some(owner) if !owner.is_empty() => format!(
-            "<a href=\"/alerts?owner={}\">{}</a>",
-            attr(&encode(owner)),
-            esc(owner)
-        ),
+        Some(owner) if !owner.is_empty() => {
+            format!("<a href=\"/alerts?owner={}\">{}</a>", attr(&encode(owner)), esc(owner))
+        }
         _ => "<span class=\"dim\">nobody</span>".to_owned(),
     }
 }
@@ -136,7 +134,9 @@ pub fn render(view: &AlertsView<'_>) -> String {
             if status == view.status { " selected" } else { "" }
         );
     }
-    body.push_str("</select><select name=\"severity\" aria-label=\"severity\"><option value=\"\">any severity</option>");
+    body.push_str(
+        "</select><select name=\"severity\" aria-label=\"severity\"><option value=\"\">any severity</option>",
+    );
     for severity in SEVERITIES {
         let _ = write!(
             body,
@@ -213,7 +213,9 @@ pub fn firing_box(answer: &Result<Value, ApiError>) -> String {
         .filter(|alert| alert["status"] == "firing")
         .collect();
     if firing.is_empty() {
-        out.push_str("<p id=\"firing-none\">Nothing is firing. <a href=\"/alerts\">All alerts and their history</a></p>");
+        out.push_str(
+            "<p id=\"firing-none\">Nothing is firing. <a href=\"/alerts\">All alerts and their history</a></p>",
+        );
         return out;
     }
     let _ = write!(out, "<table id=\"firing-alerts\">{HEAD}<tbody>");

@@ -35,13 +35,15 @@ pub fn allocation_section(answers: &[Result<Value, ApiError>]) -> String {
             Err(error) => errors.push_str(&error_box("Allocation:", error)),
             Ok(report) => {
                 let topic = text_of(&report["topic"]);
+                let count = report["members"].as_array().map_or(0, Vec::len);
                 facts.push(format!(
-                    "{}: {} ({} members){}{}",
+                    "{}: {} ({count} member{}){}{}",
                     esc(&topic),
                     esc(&text_of(&report["deployment"])),
-                    report["members"].as_array().map_or(0, Vec::len),
+                    if count == 1 { "" } else { "s" },
                     match report["evacuated_idcs"].as_array() {
-                        Some(idcs) if !idcs.is_empty() => format!(", evacuated {}", esc(&text_of(&report["evacuated_idcs"]))),
+                        Some(idcs) if !idcs.is_empty() =>
+                            format!(", evacuated {}", esc(&text_of(&report["evacuated_idcs"]))),
                         _ => String::new(),
                     },
                     match report["unserved_idcs"].as_array() {
@@ -79,7 +81,11 @@ pub fn allocation_section(answers: &[Result<Value, ApiError>]) -> String {
                 out,
                 "<div class=\"idc\" data-idc=\"{}\"><h3>{}</h3><table><thead><tr><th>client</th><th>topic</th><th>queues</th><th>SDK</th></tr></thead><tbody>",
                 attr(idc),
-                if idc.is_empty() { "(no data center)".to_owned() } else { esc(idc) }
+                if idc.is_empty() {
+                    "(no data center)".to_owned()
+                } else {
+                    esc(idc)
+                }
             );
             for (topic, member) in rows {
                 let queues: Vec<String> = member["queues"]
@@ -95,7 +101,11 @@ pub fn allocation_section(answers: &[Result<Value, ApiError>]) -> String {
                     attr(topic),
                     esc(&text_of(&member["client_id"])),
                     esc(topic),
-                    if queues.is_empty() { "none".to_owned() } else { queues.join(" ") },
+                    if queues.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        queues.join(" ")
+                    },
                     esc(&text_of(&member["sdk_version"])),
                     esc(&text_of(&member["allocation"])),
                 );
@@ -148,18 +158,16 @@ pub fn dead_letters_section(group: &str, answers: &[Result<Value, ApiError>], of
                         broker = esc(&text_of(&page["broker"])),
                         preview = esc(&preview),
                         body = esc(&body),
-                        properties = esc(
-                            &letter["properties"]
-                                .as_object()
-                                .map(|properties| {
-                                    properties
-                                        .iter()
-                                        .map(|(name, value)| format!("{name} = {}", text_of(value)))
-                                        .collect::<Vec<_>>()
-                                        .join("\n")
-                                })
-                                .unwrap_or_default()
-                        ),
+                        properties = esc(&letter["properties"]
+                            .as_object()
+                            .map(|properties| {
+                                properties
+                                    .iter()
+                                    .map(|(name, value)| format!("{name} = {}", text_of(value)))
+                                    .collect::<Vec<_>>()
+                                    .join("\n")
+                            })
+                            .unwrap_or_default()),
                     );
                 }
             }
@@ -189,7 +197,10 @@ pub fn dead_letters_section(group: &str, answers: &[Result<Value, ApiError>], of
         let _ = write!(
             pager,
             "<a rel=\"prev\" href=\"{}\">← previous dead letters</a> ",
-            attr(&format!("{path}?dlq_offset={}", offset.saturating_sub(DEAD_LETTER_PAGE)))
+            attr(&format!(
+                "{path}?dlq_offset={}",
+                offset.saturating_sub(DEAD_LETTER_PAGE)
+            ))
         );
     }
     if more {
@@ -230,20 +241,27 @@ mod tests {
             "queues": [{"broker": "broker-a", "queue_id": 0, "idc": "dc1", "client_id": "c1<x>"},
                        {"broker": "broker-b", "queue_id": 0, "idc": "dc2", "client_id": null}]
         }))]);
-        assert!(html.contains("data-idc=\"dc1\"") && html.contains("data-idc=\"dc2\""), "{html}");
+        assert!(
+            html.contains("data-idc=\"dc1\"") && html.contains("data-idc=\"dc2\""),
+            "{html}"
+        );
         assert!(html.contains("<code>broker-a#0</code> <code>broker-a#1</code>"));
         assert!(html.contains("c1&lt;x&gt;") && !html.contains("c1<x>"));
         assert!(html.contains("id=\"unassigned\"") && html.contains("broker-b#0"));
-        assert!(allocation_section(&[Ok(json!({"topic": "t", "members": [], "queues": []}))]).contains("No live member"));
+        assert!(
+            allocation_section(&[Ok(json!({"topic": "t", "members": [], "queues": []}))]).contains("No live member")
+        );
     }
 
     #[test]
     fn dead_letters_list_with_a_confirmed_resend_form_and_escape_bodies() {
         let html = dead_letters_section(
             "billing",
-            &[Ok(json!({"broker": "broker-a", "total": 51, "next_offset": 50, "letters": [
+            &[Ok(
+                json!({"broker": "broker-a", "total": 51, "next_offset": 50, "letters": [
                 {"msg_id": "AB12", "topic": "orders", "reconsume_count": 3, "dead_lettered_at": 0,
-                 "keys": ["k"], "properties": {"RETRY_TOPIC": "orders"}, "body": "<img src=x onerror=1>"}]}))],
+                 "keys": ["k"], "properties": {"RETRY_TOPIC": "orders"}, "body": "<img src=x onerror=1>"}]}),
+            )],
             0,
         );
         assert!(html.contains("<strong>51</strong> dead letters"));

@@ -329,7 +329,9 @@ mod tests {
                     "replication": {"role": "master"}}),
                 ),
             ],
-            alerts: Ok(json!({"firing": 1, "alerts": [{"key": "lag/group=g", "status": "firing", "owner": "team-a", "severity": "warning"}]})),
+            alerts: Ok(
+                json!({"firing": 1, "alerts": [{"key": "lag/group=g", "status": "firing", "owner": "team-a", "severity": "warning"}]}),
+            ),
         };
         let html = render(&data);
         assert!(html.contains("data-idc=\"dc1\"") && html.contains("data-idc=\"dc2\""));
