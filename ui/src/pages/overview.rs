@@ -108,6 +108,8 @@ pub fn render(data: &OverviewData) -> String {
         "card-drill",
     ));
     body.push_str("</section>");
+    // What needs someone now comes before the topology.
+    body.push_str(&crate::pages::alerts::firing_box(&data.alerts));
 
     // Data centers side by side.
     let mut idcs = BTreeSet::new();
@@ -285,7 +287,6 @@ pub fn render(data: &OverviewData) -> String {
         body.push_str("</tbody></table>");
         body.push_str(&failures);
     }
-    body.push_str(&crate::pages::alerts::firing_box(&data.alerts));
     page("Overview", Nav::Overview, &body)
 }
 
