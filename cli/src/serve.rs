@@ -323,7 +323,12 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         None => axum::Router::new(),
     };
     let with_query = query_archive.is_some();
-    let router = http::router(registry, broker_name, &broker)
+    let router = http::router(registry, broker_name.clone(), &broker)
+        .merge(http::console_router(
+            &broker,
+            broker_name,
+            vec![nameserver_addr.to_string()],
+        ))
         .merge(meridian_nameserver::http::router(nameserver.service()))
         .merge(tracer_router)
         .merge(query_router)
@@ -405,6 +410,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     let metrics = Arc::new(BrokerMetrics::register(&mut registry));
     let name = broker_config.broker_name.clone();
     let http_listen = broker_config.http_listen;
+    let nameservers = broker_config.nameservers.clone();
     let broker = Broker::bind(broker_config, metrics)
         .await
         .context("starting the broker")?;
@@ -426,7 +432,8 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
                 "  http http://{}  (/api/health, /api/broker/topics, /metrics)",
                 listener.local_addr()?
             );
-            let router = http::router(registry, name, &broker);
+            let router =
+                http::router(registry, name.clone(), &broker).merge(http::console_router(&broker, name, nameservers));
             Some((listener, router))
         }
         None => None,

@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
+use meridian_client::{
+    ClientConfig, ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, PushConsumer, StoredMessage,
+};
 use meridian_tests::{DevNode, ServiceProcess, http_get_json};
 use serde_json::{Value, json};
 
@@ -332,7 +337,14 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let artifacts = artifact_dir("smoke");
-    let node = DevNode::start(&dir.path().join("dev"), &[]);
+    // One alert rule, evaluated every 200 ms: a group more than 3 messages behind on a topic.
+    let rules = dir.path().join("alerts.toml");
+    std::fs::write(
+        &rules,
+        "evaluation_interval_ms = 200\n\n[[rules]]\nname = \"console-backlog\"\ncondition = \"group_lag_messages\"\nthreshold = 3\nseverity = \"critical\"\n",
+    )
+    .unwrap();
+    let node = DevNode::start(&dir.path().join("dev"), &["--alerts", rules.to_str().unwrap()]);
     let _dc2 = start_second_dc(&node, dir.path());
     wait("broker-b has a master", Duration::from_secs(20), || {
         http_get_json(node.http, "/api/brokers").is_some_and(|groups| {
@@ -428,6 +440,96 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     assert_eq!(browser.execute(total_lag), json!(0), "{}", browser.page_text());
     browser.screenshot("group-reset");
 
+    // Alerts: a group of payments-team 4 messages behind fires the rule; the Alerts page and the
+    // Overview show it with its owner; resetting the group's offsets in the console resolves it.
+    let (ok, _, stderr) = node.cli(&["topic", "create", "console-audit", "--queues", "1"], "");
+    assert!(ok, "creating the topic: {stderr}");
+    let (ok, _, stderr) = node.cli(
+        &[
+            "group",
+            "create",
+            "console-auditors",
+            "--topics",
+            "console-audit",
+            "--owner",
+            "payments-team",
+        ],
+        "",
+    );
+    assert!(ok, "creating the group: {stderr}");
+    let (ok, _, stderr) = node.cli(
+        &[
+            "group",
+            "reset-offset",
+            "--group",
+            "console-auditors",
+            "--topic",
+            "console-audit",
+            "--to-latest",
+        ],
+        "",
+    );
+    assert!(ok, "committing the group's first offsets: {stderr}");
+    let (ok, _, stderr) = node.cli(
+        &["produce", "--topic", "console-audit"],
+        "audit-1\naudit-2\naudit-3\naudit-4\n",
+    );
+    assert!(ok, "producing: {stderr}");
+    let alert_row = "#alerts tr[data-alert=\"console-backlog/group=console-auditors topic=console-audit\"]";
+    wait(
+        "the backlog alert fires on the Alerts page",
+        Duration::from_secs(30),
+        || {
+            browser.goto(&format!("{base}/alerts?owner=payments-team"));
+            !browser.find_all(&format!("{alert_row}[data-status=firing]")).is_empty()
+        },
+    );
+    assert_eq!(browser.text(&format!("{alert_row} .owner")), "payments-team");
+    assert_eq!(browser.text(&format!("{alert_row} .severity")), "critical");
+    assert!(
+        browser
+            .text(&format!("{alert_row} .message"))
+            .contains("4 messages behind"),
+        "{}",
+        browser.page_text()
+    );
+    browser.screenshot("alerts-firing");
+    browser.goto(&format!("{base}/alerts?owner=someone-else"));
+    browser.wait_for("#alert-summary", Duration::from_secs(5));
+    assert!(
+        browser.find_all("#alerts").is_empty(),
+        "the owner filter keeps other teams' alerts out"
+    );
+    browser.goto(&format!("{base}/"));
+    browser.wait_for("#firing-alerts", Duration::from_secs(5));
+    assert!(browser.text("#firing-alerts").contains("payments-team"));
+    browser.screenshot("overview-alert");
+    browser.goto(&format!("{base}/groups/console-auditors"));
+    browser.click("#reset select[name=topic] option[value=\"console-audit\"]");
+    browser.type_into("#reset input[name=confirm]", "console-auditors");
+    browser.type_into("#reset input[name=by]", "alice");
+    browser.click("#reset button");
+    browser.wait_for(".notice", Duration::from_secs(10));
+    wait("the backlog alert resolves", Duration::from_secs(30), || {
+        browser.goto(&format!("{base}/alerts?status=resolved&severity=critical"));
+        !browser
+            .find_all(&format!("{alert_row}[data-status=resolved]"))
+            .is_empty()
+    });
+    assert_eq!(
+        browser.find_all(&format!("{alert_row} li[data-change]")).len(),
+        2,
+        "the history holds the firing and the resolution: {}",
+        browser.page_text()
+    );
+    browser.goto(&format!("{base}/"));
+    browser.wait_for("#firing-none", Duration::from_secs(5));
+    browser.goto(&format!("{base}/alerts"));
+    browser.wait_for(alert_row, Duration::from_secs(5));
+    browser.execute("document.querySelectorAll('details.history').forEach(d => d.open = true); return 0");
+    renders.push(("alerts", browser.render_ms()));
+    browser.screenshot("alerts");
+
     // Lag in time and status (the brokers' /api/broker/lag): a message the group has not consumed
     // shows on the Groups list as 1 message behind, with its age and the group's status.
     let (ok, _, stderr) = node.cli(&["produce", "--topic", "console-orders", "--body", "waiting"], "");
@@ -486,6 +588,134 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     });
     assert!(browser.text(&format!("{consumer_row} .verdict")).contains("ok"));
     browser.screenshot("clients-consumer");
+    // The group's page: the consumer in its data center, holding both queues of the topic.
+    let member_row = "#allocation tr[data-client=\"console-consumer-1\"]";
+    browser.goto(&format!("{base}/groups/console-billing"));
+    browser.wait_for(member_row, Duration::from_secs(10));
+    let queues = browser.text(&format!("{member_row} .queues"));
+    assert!(
+        queues.contains("broker-a#0") && queues.contains("broker-a#1"),
+        "{queues:?}: {}",
+        browser.page_text()
+    );
+    assert!(browser.find_all("#unassigned").is_empty(), "{}", browser.page_text());
+    browser.execute("document.querySelector('#allocation').scrollIntoView(); return 0");
+    browser.screenshot("group-allocation");
+
+    // Dead letters: a consumer that fails every delivery of one message dead-letters it after its
+    // one retry; the group's page lists it (its body as text), and resending it (confirmed by
+    // typing the group's name) hands it to the consumer again with its count back at 0.
+    let (ok, _, stderr) = node.cli(
+        &[
+            "group",
+            "create",
+            "console-dlq",
+            "--topics",
+            "console-audit",
+            "--max-retries",
+            "1",
+        ],
+        "",
+    );
+    assert!(ok, "creating the group: {stderr}");
+    let (ok, _, stderr) = node.cli(
+        &[
+            "produce",
+            "--topic",
+            "console-audit",
+            "--key",
+            "poison-1",
+            "--body",
+            "poison <b>body</b>",
+        ],
+        "",
+    );
+    assert!(ok, "producing: {stderr}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let poison_counts: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let failing = {
+        let mut config = ConsumerConfig::new("console-dlq", "console-audit");
+        config.client_id = "console-dlq-1".to_owned();
+        config.consume_from = ConsumeFrom::Earliest;
+        config.rebalance_interval = Duration::from_millis(300);
+        config.heartbeat_interval = Duration::from_millis(300);
+        config.long_poll = Duration::from_millis(500);
+        config.commit_interval = Duration::from_millis(100);
+        config.retry_delay_level = 1;
+        let counts = poison_counts.clone();
+        runtime
+            .block_on(PushConsumer::start(
+                node.route(&pool),
+                config,
+                move |message: StoredMessage| {
+                    let poison = message.body.starts_with(b"poison");
+                    if poison {
+                        counts.lock().unwrap().push(message.reconsume_count);
+                    }
+                    async move {
+                        if poison {
+                            ConsumeResult::Retry
+                        } else {
+                            ConsumeResult::Success
+                        }
+                    }
+                },
+            ))
+            .unwrap()
+    };
+    let letter_row = "#dead-letters tbody tr[data-msg-id]";
+    wait(
+        "the group's page lists the dead letter",
+        Duration::from_secs(40),
+        || {
+            browser.goto(&format!("{base}/groups/console-dlq"));
+            !browser.find_all(letter_row).is_empty()
+        },
+    );
+    assert!(
+        browser.text("#dead-letter-count").contains('1'),
+        "{}",
+        browser.page_text()
+    );
+    assert!(browser.text(letter_row).contains("console-audit"));
+    browser.execute("document.querySelectorAll('#dead-letters details').forEach(d => d.open = true); return 0");
+    assert!(
+        browser
+            .text(&format!("{letter_row} pre.body"))
+            .contains("poison <b>body</b>"),
+        "the body shows as text"
+    );
+    browser.execute("document.querySelector('#dead-letters').scrollIntoView(); return 0");
+    browser.screenshot("group-dead-letters");
+    let first_deliveries = |counts: &[u32]| counts.iter().filter(|count| **count == 0).count();
+    assert_eq!(first_deliveries(&poison_counts.lock().unwrap()), 1);
+    // Without the confirmation nothing is resent.
+    browser.click(&format!("{letter_row} input[type=checkbox]"));
+    browser.type_into("#resend input[name=confirm]", "not-the-group");
+    browser.type_into("#resend input[name=by]", "alice");
+    browser.click("#resend button");
+    browser.wait_for(".error", Duration::from_secs(10));
+    assert!(browser.text(".error").contains("not resent"), "{}", browser.page_text());
+    browser.click(&format!("{letter_row} input[type=checkbox]"));
+    browser.type_into("#resend input[name=confirm]", "console-dlq");
+    browser.type_into("#resend input[name=by]", "alice");
+    browser.click("#resend button");
+    browser.wait_for(".notice", Duration::from_secs(10));
+    assert!(
+        browser.text(".notice").contains("1 dead letters of console-dlq resent"),
+        "{}",
+        browser.page_text()
+    );
+    browser.execute("document.querySelector('.notice').scrollIntoView(); return 0");
+    browser.screenshot("group-dead-letters-resent");
+    wait(
+        "the resent message is delivered again from count 0",
+        Duration::from_secs(20),
+        || first_deliveries(&poison_counts.lock().unwrap()) == 2,
+    );
+    runtime.block_on(failing.shutdown());
+    runtime.block_on(pool.shutdown());
     let _ = consumer.kill();
     let _ = consumer.wait();
 
@@ -565,7 +795,6 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
             "main",
         ),
         ("clients", "/clients", "#sdk-policy"),
-        ("alerts", "/alerts", ".missing"),
     ] {
         browser.goto(&format!("{base}{path}"));
         browser.wait_for(expect, Duration::from_secs(20));
@@ -584,7 +813,80 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
                 .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "png"))
         })
         .count();
-    assert!(shots >= 17, "{shots} screenshots in {}", artifacts.display());
+    assert!(shots >= 22, "{shots} screenshots in {}", artifacts.display());
+}
+
+/// Forecasts from real history: `meridian bench archive-gen` writes 41 hours of traffic (a
+/// message every 37 s on `topic-0`, each traced and consumed by the group `billing`) into the
+/// archive a `meridian dev` node then serves; the Forecasts page draws the topic's hourly volume,
+/// its forecast with the band, and the group's backlog forecast with its band.
+#[test]
+fn forecasts_draw_volume_and_backlog_bands_from_archived_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = artifact_dir("forecasts");
+    let data = dir.path().join("dev");
+    let archive = data.join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let (ok, stdout, stderr) = meridian_tests::run_cli(
+        &[
+            "bench",
+            "archive-gen",
+            "--store",
+            archive.to_str().unwrap(),
+            "--messages",
+            "4000",
+            "--topics",
+            "1",
+            "--queues",
+            "1",
+            "--trace-every",
+            "1",
+            "--messages-per-segment",
+            "4000",
+            "--step-ms",
+            "37000",
+        ],
+        &[],
+        "",
+    );
+    assert!(ok, "generating the archive: {stdout}{stderr}");
+    let node = DevNode::start(&data, &[]);
+    let browser = Browser::start(&artifacts);
+    let base = format!("http://{}", node.http);
+    let band_width = "return Array.from(document.querySelectorAll('#forecast tbody tr')).map(tr => { const c = tr.querySelectorAll('td'); const [p, lo, hi] = [1, 2, 3].map(i => Number(c[i].innerText)); return lo <= p && p <= hi ? hi - lo : -1; })";
+
+    browser.goto(&format!("{base}/forecasts?kind=topic&name=topic-0&step=1h&horizon=12"));
+    browser.wait_for("svg[data-chart=lines] path.band", Duration::from_secs(30));
+    assert!(
+        !browser.find_all("svg[data-chart=lines] path.line.series-0").is_empty(),
+        "the volume history is drawn: {}",
+        browser.page_text()
+    );
+    assert_eq!(browser.find_all("svg[data-chart=lines] circle.dot.forecast").len(), 12);
+    let widths = browser.execute(band_width);
+    let widths: Vec<f64> = widths.as_array().unwrap().iter().filter_map(Value::as_f64).collect();
+    assert_eq!(widths.len(), 12, "{widths:?}");
+    assert!(
+        widths.iter().all(|w| *w >= 0.0) && widths.iter().any(|w| *w > 0.0),
+        "every prediction inside its band, and the band has a width: {widths:?}"
+    );
+    browser.screenshot("forecast-topic");
+
+    browser.goto(&format!("{base}/forecasts?kind=group&name=billing&step=1h&horizon=12"));
+    browser.wait_for("svg[data-chart=lines] path.band", Duration::from_secs(30));
+    assert_eq!(browser.find_all("svg[data-chart=lines] circle.dot.forecast").len(), 12);
+    let widths = browser.execute(band_width);
+    assert!(
+        widths
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w.as_f64().is_some_and(|w| w >= 0.0)),
+        "{widths}"
+    );
+    browser.screenshot("forecast-backlog");
+    drop(browser);
+    node.stop();
 }
 
 /// `POST path` with a JSON body on an HTTP listener; the status.
@@ -657,11 +959,17 @@ fn every_page_renders_quickly_at_ten_thousand_topics_and_groups() {
         ("clients", "/clients"),
         ("alerts", "/alerts"),
     ] {
-        // The first visit warms the connection and the browser; the second is measured.
+        // The first visit warms the connection and the browser; the next three are measured and
+        // their median kept, since the machine running the test is rarely idle.
         browser.goto(&format!("{base}{path}"));
-        browser.goto(&format!("{base}{path}"));
-        browser.wait_for("main h1", Duration::from_secs(10));
-        let ms = browser.render_ms();
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            browser.goto(&format!("{base}{path}"));
+            browser.wait_for("main h1", Duration::from_secs(10));
+            times.push(browser.render_ms());
+        }
+        times.sort_by(f64::total_cmp);
+        let ms = times[1];
         println!("first render of {name} ({path}) at {count} topics and groups: {ms:.0} ms");
         slowest = slowest.max(ms);
         browser.screenshot(&format!("scale-{name}"));

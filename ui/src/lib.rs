@@ -1,5 +1,5 @@
 //! The web console (axum): the data centers at a glance, topics and groups with approvals and lag,
-//! a message's journey as a picture, SQL with charts, forecasts, drills; served as HTML rendered
+//! a message's journey as a picture, SQL with charts, forecasts, alerts, drills; served as HTML rendered
 //! on the server, with one small script and one stylesheet compiled into the binary.
 //!
 //! It talks to the services only over their HTTP APIs (`docs/api.md`), through [`client`]; it
@@ -34,7 +34,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::client::{ApiError, Upstream, decode_form, encode};
-use crate::pages::{drills, groups, others, overview, sql, topics, trace};
+use crate::pages::{alerts, drills, groups, members, others, overview, sql, topics, trace};
 
 /// Where the console finds the services' HTTP APIs (`host:port` each).
 #[derive(Debug, Clone)]
@@ -108,6 +108,7 @@ pub fn router(config: ConsoleConfig) -> Router {
         .route("/groups/{name}/approve", post(approve_group))
         .route("/groups/{name}/reject", post(reject_group))
         .route("/groups/{name}/reset", post(reset_group))
+        .route("/groups/{name}/dead-letters/resend", post(resend_dead_letters))
         .route("/trace", get(trace_page))
         .route("/sql", get(sql_page))
         .route("/sql.csv", get(sql_csv))
@@ -171,13 +172,14 @@ async fn overview_page(State(console): State<Shared>) -> Response {
             .iter()
             .map(|broker| broker.get_json_also("/api/health", &[503])),
     );
-    let (cluster, brokers, drill, topics, groups, broker_health) = tokio::join!(
+    let (cluster, brokers, drill, topics, groups, broker_health, alerts) = tokio::join!(
         ns.get_json("/api/cluster"),
         ns.get_json("/api/brokers"),
         ns.get_json("/api/drill"),
         ns.get_json("/api/topics?limit=1"),
         ns.get_json("/api/groups?limit=1"),
         health,
+        ns.get_json("/api/alerts?status=firing"),
     );
     let status = page_status(&cluster);
     html(
@@ -189,6 +191,7 @@ async fn overview_page(State(console): State<Shared>) -> Response {
             topics,
             groups,
             broker_health,
+            alerts,
         }),
     )
 }
@@ -339,9 +342,16 @@ async fn group_page(State(console): State<Shared>, Path(name): Path<String>, Que
             ));
         }
     }
-    let (offsets, lag) = tokio::join!(
+    let dlq_offset: u64 = param(&params, "dlq_offset").parse().unwrap_or(0);
+    let dead_letters_path = format!(
+        "/api/broker/dead-letters?group={group}&offset={dlq_offset}&limit={}",
+        members::DEAD_LETTER_PAGE
+    );
+    let (offsets, lag, allocation, dead_letters) = tokio::join!(
         futures_util::future::join_all(paths.iter().map(|(broker, path)| broker.get_json(path))),
         broker_lag(&console),
+        group_allocation(&console, &group, &topics),
+        futures_util::future::join_all(console.brokers.iter().map(|broker| broker.get_json(&dead_letters_path))),
     );
     sample_lag(&console, &[name.as_str()], &lag);
     let history = console.lag_history.of(&name);
@@ -360,11 +370,48 @@ async fn group_page(State(console): State<Shared>, Path(name): Path<String>, Que
             lag,
             history,
             has_brokers: !console.brokers.is_empty(),
+            allocation,
+            dead_letters,
+            dlq_offset,
             ok: params.get("ok").map(String::as_str),
             error: params.get("error").map(String::as_str),
         }),
     )
 }
+
+/// The group's allocation per topic (at most [`ALLOCATION_TOPICS`]): every broker is asked, since
+/// a broker lists only the members that heartbeat it, and the answer naming the most members is
+/// shown; an error only when no broker answered.
+async fn group_allocation(console: &Console, group: &str, topics: &[String]) -> Vec<Result<Value, ApiError>> {
+    let asked = topics.iter().take(ALLOCATION_TOPICS).map(|topic| async move {
+        let path = format!("/api/broker/allocation?group={group}&topic={}", encode(topic));
+        let answers = futures_util::future::join_all(console.brokers.iter().map(|broker| broker.get_json(&path))).await;
+        let members = |answer: &Value| answer["members"].as_array().map_or(0, Vec::len);
+        let best = answers
+            .iter()
+            .filter_map(|answer| answer.as_ref().ok())
+            .max_by_key(|answer| members(answer))
+            .cloned();
+        match best {
+            Some(best) => Ok(best),
+            None => answers.into_iter().next().unwrap_or_else(|| {
+                Err(ApiError {
+                    service: "broker".into(),
+                    addr: "(none)".into(),
+                    request: "GET /api/broker/allocation".into(),
+                    status: None,
+                    code: "not_configured".into(),
+                    message: "the console knows no broker HTTP API (meridian ui --broker-http ADDR)".into(),
+                    position: None,
+                })
+            }),
+        }
+    });
+    futures_util::future::join_all(asked).await
+}
+
+/// Topics of one group whose allocation the group page shows.
+const ALLOCATION_TOPICS: usize = 8;
 
 async fn trace_page(State(console): State<Shared>, Query(params): Params) -> Response {
     let q = param(&params, "q");
@@ -570,8 +617,19 @@ async fn clients_page(State(console): State<Shared>, Query(params): Params) -> R
     )
 }
 
-async fn alerts_page() -> Response {
-    html(StatusCode::OK, others::render_alerts())
+async fn alerts_page(State(console): State<Shared>, Query(params): Params) -> Response {
+    let (owner, status) = (param(&params, "owner"), param(&params, "status"));
+    let answer = console.nameserver.get_json(&alerts::api_path(owner, status)).await;
+    html(
+        page_status(&answer),
+        alerts::render(&alerts::AlertsView {
+            owner,
+            status,
+            severity: param(&params, "severity"),
+            offset: offset_of(&params),
+            answer,
+        }),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -807,6 +865,91 @@ async fn reset_group(
     )
 }
 
+async fn resend_dead_letters(
+    State(console): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = same_origin(&headers) {
+        return refused;
+    }
+    let pairs = decode_form(&String::from_utf8_lossy(&body));
+    let form = Form(pairs.iter().cloned().collect());
+    // Ticked boxes arrive as repeated `msg_id` fields, which the map above keeps only one of.
+    let msg_ids: Vec<String> = pairs
+        .into_iter()
+        .filter(|(field, value)| field == "msg_id" && !value.trim().is_empty())
+        .map(|(_, value)| value.trim().to_owned())
+        .collect();
+    let page = format!("/groups/{}", encode(&name));
+    if form.get("confirm") != name {
+        return back(
+            &page,
+            Err(format!(
+                "dead letters not resent: type the group's name ({name}) in the confirmation box to resend them"
+            )),
+        );
+    }
+    if console.brokers.is_empty() {
+        return back(
+            &page,
+            Err("dead letters not resent: the console knows no broker HTTP API (--broker-http)".into()),
+        );
+    }
+    let request = if msg_ids.is_empty() {
+        json!({ "group": name, "all": true })
+    } else {
+        json!({ "group": name, "msg_ids": msg_ids })
+    };
+    let mut resent = 0u64;
+    // An id is missing only when no broker held it.
+    let mut missing: Option<Vec<String>> = None;
+    for broker in &console.brokers {
+        match broker
+            .send_json("POST", "/api/broker/dead-letters/resend", &request)
+            .await
+        {
+            Ok(answer) => {
+                resent += answer["resent"].as_u64().unwrap_or(0);
+                let here: Vec<String> = answer["missing"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| id.as_str().map(str::to_owned))
+                    .collect();
+                missing = Some(match missing {
+                    None => here,
+                    Some(before) => before.into_iter().filter(|id| here.contains(id)).collect(),
+                });
+            }
+            Err(error) => return back(&page, Err(error.to_string())),
+        }
+    }
+    tracing::info!(
+        group = name,
+        resent,
+        by = form.get("by"),
+        "dead letters resent from the console"
+    );
+    let missing = missing.unwrap_or_default();
+    if !missing.is_empty() {
+        return back(
+            &page,
+            Err(format!(
+                "{resent} dead letters of {name} resent; no broker holds these: {}",
+                missing.join(", ")
+            )),
+        );
+    }
+    back(
+        &page,
+        Ok(format!(
+            "{resent} dead letters of {name} resent to its retry topic; its consumers get them again"
+        )),
+    )
+}
+
 async fn evacuate(State(console): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refused) = same_origin(&headers) {
         return refused;
@@ -908,6 +1051,7 @@ mod tests {
             "/sql?q=SELECT+1",
             "/drills",
             "/clients",
+            "/alerts",
         ] {
             let (status, body) = get(&router, path).await;
             assert!(
@@ -920,9 +1064,6 @@ mod tests {
             );
             assert!(body.contains("</html>"), "{path}");
         }
-        let (status, body) = get(&router, "/alerts").await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("No service evaluates alerts yet"));
         let (_, script) = get(&router, "/assets/console.js").await;
         assert!(script.contains("data-remember"));
     }

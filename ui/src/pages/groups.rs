@@ -1,7 +1,8 @@
 //! Consumer groups (`/groups`, `/groups/{name}`): the paginated, searchable list with each group's
 //! lag in messages and in time and its status (from every broker's `/api/broker/lag`, one call per
 //! broker), and one group with its approval, history, lag per queue (`/api/broker/lag` and
-//! `/api/broker/offsets`) and its lag history as a chart ([`crate::lag::LagHistory`]).
+//! `/api/broker/offsets`), its lag history as a chart ([`crate::lag::LagHistory`]), its members per
+//! data center with their queues, and its dead letters ([`crate::pages::members`]).
 
 use std::fmt::Write as _;
 
@@ -12,6 +13,7 @@ use crate::html::{
     Nav, attr, badge, by_field, error_box, esc, flash, group_link, missing, page, pager, text_of, time_of, topic_link,
 };
 use crate::lag::{Sample, duration_text, summarize};
+use crate::pages::members;
 use crate::svg;
 
 /// Groups per page of the list.
@@ -122,6 +124,12 @@ pub struct GroupDetail<'a> {
     pub history: Vec<Sample>,
     /// Whether the console knows any broker HTTP API.
     pub has_brokers: bool,
+    /// `GET /api/broker/allocation?group=&topic=`, per topic of the group (the fullest broker's).
+    pub allocation: Vec<Result<Value, ApiError>>,
+    /// `GET /api/broker/dead-letters?group=&offset=` of every broker.
+    pub dead_letters: Vec<Result<Value, ApiError>>,
+    /// Where the dead-letter page starts in each broker's dead-letter queue.
+    pub dlq_offset: u64,
     /// `ok=` / `error=` of a redirect.
     pub ok: Option<&'a str>,
     /// See `ok`.
@@ -234,8 +242,13 @@ pub fn render_detail(view: &GroupDetail<'_>) -> String {
                     by_field()
                 );
             }
-            body.push_str(&missing(
-                "Members with their queue allocation and dead letters need APIs the brokers do not have yet.",
+            if view.has_brokers {
+                body.push_str(&members::allocation_section(&view.allocation));
+            }
+            body.push_str(&members::dead_letters_section(
+                view.name,
+                &view.dead_letters,
+                view.dlq_offset,
             ));
             body.push_str("<h2>History</h2><table><thead><tr><th>when</th><th>what</th><th>by</th><th>detail</th><th>reason</th></tr></thead><tbody>");
             for entry in detail["history"].as_array().into_iter().flatten() {
@@ -411,6 +424,9 @@ mod tests {
                 },
             ],
             has_brokers: true,
+            allocation: Vec::new(),
+            dead_letters: Vec::new(),
+            dlq_offset: 0,
             ok: None,
             error: None,
         });

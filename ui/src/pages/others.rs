@@ -1,5 +1,5 @@
-//! Forecasts (`/forecasts`), Clients (`/clients`) and Alerts (`/alerts`): what the APIs have
-//! today, and a plain statement of what they do not.
+//! Forecasts (`/forecasts`) and Clients (`/clients`): what the APIs have today, and a plain
+//! statement of what they do not.
 
 use std::fmt::Write as _;
 
@@ -118,15 +118,24 @@ pub fn render_forecasts(view: &ForecastView<'_>) -> String {
                     body,
                     "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     esc(&text_of(&row[0])),
-                    text_of(&row[1]),
-                    text_of(&row[2]),
-                    text_of(&row[3])
+                    forecast_number(&row[1]),
+                    forecast_number(&row[2]),
+                    forecast_number(&row[3])
                 );
             }
             body.push_str("</tbody></table>");
         }
     }
     page("Forecasts", Nav::Forecasts, &body)
+}
+
+/// A forecast's value to two decimals (its model's precision is far coarser than the 15 digits
+/// an `f64` prints).
+fn forecast_number(value: &Value) -> String {
+    match value.as_f64() {
+        Some(number) => format!("{number:.2}"),
+        None => esc(&text_of(value)),
+    }
 }
 
 /// Clients per page.
@@ -253,15 +262,6 @@ pub fn render_clients(view: &ClientsView<'_>) -> String {
     page("Clients", Nav::Clients, &body)
 }
 
-/// The Alerts page: no alert API exists yet.
-pub fn render_alerts() -> String {
-    let body = missing(
-        "No service evaluates alerts yet, so nothing can fire, resolve or be listed here. What exists: Prometheus metrics on \
-every /metrics (lag, elections, groups without a live master), which an external Prometheus can alert on.",
-    );
-    page("Alerts", Nav::Alerts, &body)
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -287,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn clients_and_alerts_say_what_is_missing() {
+    fn clients_say_what_is_missing() {
         let view = |q: &'static str, verdict: &'static str| ClientsView {
             policy: Ok(json!({"min_version": "1.2.0", "blocked_versions": ["<1.3.1>"]})),
             brokers: vec![
@@ -325,6 +325,5 @@ mod tests {
         assert!(!offenders.contains("c1@host") && offenders.contains("127.0.0.1:5000"));
         let searched = render_clients(&view("BILL", ""));
         assert!(searched.contains("c1@host") && !searched.contains("127.0.0.1:5000"));
-        assert!(render_alerts().contains("No service evaluates alerts yet"));
     }
 }

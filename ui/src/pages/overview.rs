@@ -1,5 +1,6 @@
 //! Overview (`/`): the data centers side by side with their nameservers and broker members, the
-//! broker groups with master and slave roles, each broker's own health, and the totals.
+//! broker groups with master and slave roles, each broker's own health, the totals and the firing
+//! alerts.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -23,6 +24,8 @@ pub struct OverviewData {
     pub groups: Result<Value, ApiError>,
     /// `GET /api/health` of each broker HTTP API the console was given.
     pub broker_health: Vec<Result<Value, ApiError>>,
+    /// `GET /api/alerts?status=firing`.
+    pub alerts: Result<Value, ApiError>,
 }
 
 fn card(label: &str, value: &str, id: &str) -> String {
@@ -105,6 +108,8 @@ pub fn render(data: &OverviewData) -> String {
         "card-drill",
     ));
     body.push_str("</section>");
+    // What needs someone now comes before the topology.
+    body.push_str(&crate::pages::alerts::firing_box(&data.alerts));
 
     // Data centers side by side.
     let mut idcs = BTreeSet::new();
@@ -282,10 +287,6 @@ pub fn render(data: &OverviewData) -> String {
         body.push_str("</tbody></table>");
         body.push_str(&failures);
     }
-    body.push_str("<h2>Alerts</h2>");
-    body.push_str(&missing(
-        "No service has an alerts API yet, so no firing alerts can be shown here (see the Alerts page).",
-    ));
     page("Overview", Nav::Overview, &body)
 }
 
@@ -329,6 +330,9 @@ mod tests {
                     "replication": {"role": "master"}}),
                 ),
             ],
+            alerts: Ok(
+                json!({"firing": 1, "alerts": [{"key": "lag/group=g", "status": "firing", "owner": "team-a", "severity": "warning"}]}),
+            ),
         };
         let html = render(&data);
         assert!(html.contains("data-idc=\"dc1\"") && html.contains("data-idc=\"dc2\""));
@@ -340,5 +344,6 @@ mod tests {
         // A broker whose disk failed shows red with the reason, and its confirmed offset.
         assert!(html.contains("<tr class=\"failed\">") && html.contains("<span class=\"badge bad\">unhealthy</span>"));
         assert!(html.contains("failed: &lt;EIO&gt;") && html.contains("<td class=\"confirmed\">280</td>"));
+        assert!(html.contains("id=\"firing-alerts\"") && html.contains("team-a"));
     }
 }
