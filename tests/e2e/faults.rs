@@ -324,7 +324,12 @@ async fn fault_suite_loses_no_acknowledged_message() {
     ];
     // `MERIDIAN_FAULTS_ONLY=dc1,dc2` runs the scenarios whose description contains any of the words.
     let only: Vec<String> = std::env::var("MERIDIAN_FAULTS_ONLY")
-        .map(|only| only.split(',').map(str::to_owned).filter(|word| !word.is_empty()).collect())
+        .map(|only| {
+            only.split(',')
+                .map(str::to_owned)
+                .filter(|word| !word.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     let mut rows = Vec::new();
     for fault in faults {

@@ -552,7 +552,12 @@ mod tests {
         assert_eq!(acked(&tracker), 180);
         // dc1 cleared at confirmed offset 180: still degraded until b-2 holds it.
         assert!(tracker.set_lost_members("b-0", &[], 180));
-        assert!(tracker.degraded().expect("restoring").contains("once they hold offset 180"));
+        assert!(
+            tracker
+                .degraded()
+                .expect("restoring")
+                .contains("once they hold offset 180")
+        );
         tracker.report("b-2", "dc1", 120, 0);
         assert!(tracker.degraded().is_some(), "b-2 is not caught up yet");
         assert_eq!(acked(&tracker), 180, "the degraded rule holds meanwhile");
@@ -580,7 +585,12 @@ mod tests {
             assert_eq!(send.await.unwrap(), Ok(()), "woken by the new rule");
             tracker
         };
-        assert!(waiting.degraded().expect("degraded").starts_with("acknowledging with 1 of 1 surviving replicas"));
+        assert!(
+            waiting
+                .degraded()
+                .expect("degraded")
+                .starts_with("acknowledging with 1 of 1 surviving replicas")
+        );
         assert_eq!(waiting.progress(500), (1, 1));
         assert!(waiting.shortfall(500).contains("(degraded: a-0, a-1 left out"));
 
