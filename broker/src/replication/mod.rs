@@ -348,10 +348,12 @@ impl Replication {
                 });
             }
         }
-        // Acknowledged: confirmed. Under the full policy a fetch already raised the limit this
-        // far; a master acknowledging alone in degraded mode has no fetch to do it.
+        self.check_writable()?;
+        // Acknowledged (and still master): confirmed. Under the full policy a fetch already
+        // raised the limit this far; a master acknowledging alone in degraded mode has no fetch
+        // to do it.
         self.store.raise_replication_limit(end_offset);
-        self.check_writable()
+        Ok(())
     }
 
     /// Applies the lost members a nameserver's answer names. Only an answer from the confirmed
