@@ -128,17 +128,24 @@ async fn continuity_with_dc1_cut_off_both_groups_write_degraded_within_seconds_a
         "{why_a}"
     );
     // The nameservers know, too: lost data center, degraded groups, no group read-only.
-    let status = blocking(|| cluster.status());
-    let brokers = status["brokers"].as_array().expect("brokers in cluster status");
-    let group = |name: &str| {
-        brokers
-            .iter()
-            .find(|group| group["name"] == name)
-            .cloned()
-            .unwrap_or_default()
-    };
-    assert!(group("broker-b")["degraded"].is_string(), "{status}");
-    assert!(group("broker-a")["read_only"].is_null(), "{status}");
+    // The nameservers know it from the masters' next heartbeats: both groups degraded, none
+    // read-only.
+    let status = wait_for("the nameservers show both groups degraded", Duration::from_secs(5), || {
+        let status = cluster.status();
+        let brokers = status["brokers"].as_array()?;
+        let group = |name: &str| brokers.iter().find(|group| group["name"] == name).cloned();
+        (group("broker-a")?["degraded"].is_string() && group("broker-b")?["degraded"].is_string()).then_some(status)
+    })
+    .await;
+    let read_only: Vec<&serde_json::Value> = status["brokers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|group| &group["read_only"])
+        .collect();
+    assert!(read_only.iter().all(|why| why.is_null()), "{status}");
+    let (_, text, _) = blocking(|| cluster.cli(&["cluster", "status"]));
+    eprintln!("meridian cluster status, dc1 cut off:\n{text}");
 
     // dc1 returns: its brokers catch up as slaves, and broker-b returns to idc_safe.
     for node in ["ns-1", "a-0", "a-1", "b-2"] {

@@ -302,7 +302,8 @@ async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
 
 /// The long suite: `scripts/bench-faults.sh` runs it (release build) and writes its table into
 /// docs/reliability.md. `MERIDIAN_FAULTS_SEED` fixes the random kills; `MERIDIAN_FAULTS_REPORT`
-/// names the file the table is written to.
+/// names the file the table is written to; `MERIDIAN_FAULTS_ONLY=dc1,dc2` runs only the scenarios
+/// whose description contains one of the words (here the two data center cut-offs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "long fault-injection suite: scripts/bench-faults.sh runs it"]
 async fn fault_suite_loses_no_acknowledged_message() {
