@@ -130,12 +130,16 @@ async fn continuity_with_dc1_cut_off_both_groups_write_degraded_within_seconds_a
     // The nameservers know, too: lost data center, degraded groups, no group read-only.
     // The nameservers know it from the masters' next heartbeats: both groups degraded, none
     // read-only.
-    let status = wait_for("the nameservers show both groups degraded", Duration::from_secs(5), || {
-        let status = cluster.status();
-        let brokers = status["brokers"].as_array()?;
-        let group = |name: &str| brokers.iter().find(|group| group["name"] == name).cloned();
-        (group("broker-a")?["degraded"].is_string() && group("broker-b")?["degraded"].is_string()).then_some(status)
-    })
+    let status = wait_for(
+        "the nameservers show both groups degraded",
+        Duration::from_secs(5),
+        || {
+            let status = cluster.status();
+            let brokers = status["brokers"].as_array()?;
+            let group = |name: &str| brokers.iter().find(|group| group["name"] == name).cloned();
+            (group("broker-a")?["degraded"].is_string() && group("broker-b")?["degraded"].is_string()).then_some(status)
+        },
+    )
     .await;
     let read_only: Vec<&serde_json::Value> = status["brokers"]
         .as_array()
