@@ -112,6 +112,8 @@ pub struct BrokerMetrics {
     pub replication_lag_bytes: Gauge,
     /// The group epoch this broker's role belongs to.
     pub role_epoch: Gauge,
+    /// 1 while this master acknowledges in degraded mode (replicas in a lost data center left out).
+    pub ack_degraded: Gauge,
     /// Slaves the master holds in sync.
     pub in_sync_slaves: Gauge,
     /// Sends refused over their topic's produce limit, by topic and producer group.
@@ -153,6 +155,7 @@ impl Default for BrokerMetrics {
             replication_truncations: Counter::default(),
             replication_lag_bytes: Gauge::default(),
             role_epoch: Gauge::default(),
+            ack_degraded: Gauge::default(),
             in_sync_slaves: Gauge::default(),
             throttled_sends: Family::default(),
             throttled_messages: Family::default(),
@@ -296,6 +299,11 @@ impl BrokerMetrics {
             "role_epoch",
             "The group epoch this broker's role belongs to",
             metrics.role_epoch.clone(),
+        );
+        registry.register(
+            "ack_degraded",
+            "1 while this master acknowledges in degraded mode: replicas in a data center the nameservers declared lost are left out of its ack policy (replication.on_idc_lost)",
+            metrics.ack_degraded.clone(),
         );
         registry.register(
             "in_sync_slaves",

@@ -349,6 +349,10 @@ pub struct Standing {
     pub max_offset: u64,
     /// The slaves it holds in sync (a master only), sorted.
     pub in_sync: Vec<String>,
+    /// Its confirmed offset (a master only; see [`BrokerHeartbeat::confirmed_offset`]).
+    pub confirmed_offset: u64,
+    /// Why it acknowledges in degraded mode (a master only); empty under its full ack policy.
+    pub degraded: String,
 }
 
 /// Who this broker is, as a heartbeat says it, with the digest of what it would register.
@@ -371,6 +375,8 @@ pub fn build_heartbeat(
         registration_digest: 0,
         in_sync: standing.in_sync,
         remoting_addr: config.remoting.advertise_addr.clone().unwrap_or_default(),
+        confirmed_offset: standing.confirmed_offset,
+        degraded: standing.degraded,
     };
     heartbeat.registration_digest = messages::registration_digest(&heartbeat, topics);
     heartbeat
@@ -549,11 +555,14 @@ impl Shared {
                 .collect(),
         );
         let role = state.replication.role();
+        let master = matches!(role, Role::Master { .. });
         let standing = Standing {
-            master: matches!(role, Role::Master { .. }),
+            master,
             epoch: role.epoch(),
             max_offset: state.store.committed_offset(),
             in_sync: state.replication.in_sync(),
+            confirmed_offset: if master { state.store.confirmed_offset() } else { 0 },
+            degraded: state.replication.degraded().unwrap_or_default(),
         };
         let heartbeat = build_heartbeat(&state.config, &state.advertise_addr, standing, &topics);
         let sent_at = std::time::Instant::now();
@@ -590,6 +599,7 @@ impl Shared {
         self.governance
             .set_evacuated(std::mem::take(&mut response.evacuated_idcs));
         state.replication.on_nameserver_answer(answered_at, &response).await;
+        state.replication.on_lost_members(&response);
         self.follow_metadata(link, response.metadata_version).await
     }
 
@@ -840,6 +850,7 @@ mod tests {
             epoch: 3,
             max_offset,
             in_sync: vec!["a-2".into()],
+            ..Standing::default()
         }
     }
 

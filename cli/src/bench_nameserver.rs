@@ -306,6 +306,8 @@ fn simulated_broker(group: u32, topics_per_group: u32) -> SimulatedBroker {
         registration_digest: 0,
         in_sync: Vec::new(),
         remoting_addr: String::new(),
+        confirmed_offset: 0,
+        degraded: String::new(),
     };
     heartbeat.registration_digest = registration_digest(&heartbeat, &topics);
     let list = TopicList { topics }.encode_to_vec();

@@ -141,6 +141,10 @@ pub struct GroupSpec {
     /// `async` or `sync`.
     #[serde(default = "default_flush_mode")]
     pub flush_mode: String,
+    /// `degrade` or `stop`: whether the group goes on acknowledging with the replicas it has when
+    /// a data center holding some of them is declared lost (`replication.on_idc_lost`).
+    #[serde(default = "default_on_idc_lost")]
+    pub on_idc_lost: String,
     /// Its members; exactly one with `role = "master"`.
     pub members: Vec<MemberSpec>,
     /// Settings merged into the configs of this group's members.
@@ -154,6 +158,10 @@ fn default_ack_policy() -> String {
 
 fn default_flush_mode() -> String {
     "async".into()
+}
+
+fn default_on_idc_lost() -> String {
+    "degrade".into()
 }
 
 /// The role a member starts in: the master is started (and elected) first.
@@ -469,6 +477,12 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
                 group.ack_policy
             ));
         }
+        if !["degrade", "stop"].contains(&group.on_idc_lost.as_str()) {
+            problems.push(format!(
+                "{who}: on_idc_lost {:?} is not degrade or stop",
+                group.on_idc_lost
+            ));
+        }
         if !["async", "sync"].contains(&group.flush_mode.as_str()) {
             problems.push(format!("{who}: flush_mode {:?} is not async or sync", group.flush_mode));
         }
@@ -565,7 +579,7 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
             "idc": member.idc,
             "nameservers": nameserver_addrs,
             "store": {"flush_mode": group.flush_mode},
-            "replication": {"ack_policy": group.ack_policy, "replicas": group.members.len()},
+            "replication": {"ack_policy": group.ack_policy, "replicas": group.members.len(), "on_idc_lost": group.on_idc_lost},
             "archive": {"enabled": spec.archiver.enabled, "store": archive_store},
         }));
         merge(&mut config, &spec.overrides.broker);

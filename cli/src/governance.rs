@@ -1455,6 +1455,12 @@ async fn run_cluster(
                         group.name, group.epoch
                     ),
                 }
+                if let Some(why) = &group.read_only {
+                    println!("    READ-ONLY: {why}");
+                }
+                if let Some(why) = &group.degraded {
+                    println!("    DEGRADED: {why}");
+                }
                 for member in group.members {
                     println!(
                         "    {:<18} {:<6} {:<22} idc {:<8} {} topics {} max_offset {}",

@@ -125,6 +125,7 @@ async fn health(State(state): State<HttpState>) -> (StatusCode, Json<serde_json:
                 "epoch": role.epoch(),
                 "master": master,
                 "writable": replication.check_writable().is_ok(),
+                "degraded": replication.degraded(),
                 "lease_remaining_ms": replication.lease_remaining().map(|lease| lease.as_millis() as u64),
                 "ack_policy": config.ack_policy,
                 "replicas": config.replicas,

@@ -17,6 +17,15 @@
 //!   it is at least as far as every other live member (or is the only live in-sync one), else the
 //!   best in-sync candidate as above.
 //!
+//! Every promotion, failover or switchover, also needs the candidate to hold the group's last
+//! confirmed offset as its masters reported it in their heartbeats ([`LivenessView::confirmed_offset`]):
+//! everything acknowledged lies below it, so a replica short of it would lose acknowledged
+//! messages. Such a group stays without a master (read-only: its slaves still serve reads) and
+//! says why in `/api/brokers` (`read_only`) and a `group_read_only` warning, until a replica
+//! that holds it is back. That is what makes taking over a lost data center's groups safe: under
+//! `idc_safe` the surviving data center's replica holds every confirmed message; under `quorum`
+//! it may not, and then the group waits.
+//!
 //! Why this is safe: a master accepts writes only for `lease = broker_timeout / 2` after sending a
 //! heartbeat that the confirmed leader answered. This leader declares a master dead only a whole
 //! broker timeout after its last heartbeat arrived; a new leader, whose liveness map starts empty,
@@ -231,7 +240,9 @@ impl Controller {
                         .iter()
                         .filter(|(name, _)| group.in_sync.iter().any(|slave| slave == name))
                         .all(|(name, _)| *name == preferred);
-                    if furthest || only_in_sync {
+                    let confirmed = view.confirmed_offset(&group.name).unwrap_or(0);
+                    let holds_confirmed = preferred_seen.max_offset >= confirmed;
+                    if (furthest || only_in_sync) && holds_confirmed {
                         return Some(Verdict::Elect {
                             member: preferred.to_owned(),
                             epoch: group.epoch + 1,
@@ -239,10 +250,17 @@ impl Controller {
                             reason: format!("switchover to {preferred} fenced at epoch {}", group.epoch),
                         });
                     }
-                    not_preferred = Some(format!(
-                        "switchover target {preferred} is behind another live member (offset {})",
-                        preferred_seen.max_offset
-                    ));
+                    not_preferred = Some(if holds_confirmed {
+                        format!(
+                            "switchover target {preferred} is behind another live member (offset {})",
+                            preferred_seen.max_offset
+                        )
+                    } else {
+                        format!(
+                            "switchover target {preferred} holds up to offset {}, below the group's last confirmed offset {confirmed}",
+                            preferred_seen.max_offset
+                        )
+                    });
                 }
                 None => not_preferred = Some(format!("switchover target {preferred} is not alive")),
             }
@@ -313,6 +331,7 @@ impl Controller {
         reason: String,
     ) -> Option<Verdict> {
         let now = view.now();
+        let confirmed = view.confirmed_offset(&group.name);
         let mut best: Option<(&str, u64)> = None;
         let mut refusals = Vec::new();
         let mut waiting = false;
@@ -331,6 +350,11 @@ impl Controller {
                     waiting = true;
                     continue;
                 }
+                Some((seen, true)) if confirmed.is_some_and(|confirmed| seen.max_offset < confirmed) => format!(
+                    "holds up to offset {}, below the group's last confirmed offset {}: promoting it would lose acknowledged messages",
+                    seen.max_offset,
+                    confirmed.unwrap_or(0)
+                ),
                 Some((seen, true)) => {
                     let preferred = |candidate: &str| group.preferred.as_deref() == Some(candidate);
                     let better = best.is_none_or(|(best_name, best_offset)| {
@@ -427,6 +451,14 @@ async fn tick(controller: &mut Controller, watch: &mut crate::continuity::Watch,
                 .collect::<Vec<_>>()
         })
     });
+    let read_only: std::collections::BTreeMap<String, String> = verdicts
+        .iter()
+        .filter_map(|(group, verdict, _)| match verdict {
+            Verdict::Stuck { why } => Some((group.clone(), why.clone())),
+            Verdict::Elect { .. } => None,
+        })
+        .collect();
+    service.set_read_only(read_only);
     for (group, verdict, (group_epoch, master)) in verdicts {
         match verdict {
             Verdict::Elect {
@@ -471,6 +503,7 @@ async fn tick(controller: &mut Controller, watch: &mut crate::continuity::Watch,
             Verdict::Stuck { why } => {
                 if controller.first_warning(&group, group_epoch) {
                     tracing::warn!(
+                        event = "group_read_only",
                         group,
                         epoch = group_epoch,
                         master = master.as_deref().unwrap_or("none"),
@@ -661,6 +694,96 @@ mod tests {
             Some(Verdict::Stuck {
                 why: "s1: not alive (silent for 1101 ms); s2: not in sync; s3: not in sync".into()
             })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn continuity_a_replica_short_of_the_last_confirmed_offset_is_never_promoted() {
+        let mut controller = Controller::new(1, TIMEOUT, LEASE);
+        let liveness = Liveness::new(TIMEOUT);
+        let since = Instant::now();
+        let mut state = MetadataState::default();
+        for member in ["m", "s1", "s2"] {
+            register(&mut state, member, 0);
+            liveness.touch("g", member, 0);
+        }
+        let verdict = judge(&mut controller, &state, &liveness, since);
+        apply(&mut state, verdict);
+        state.apply(master_report(&["s1", "s2"]), 3).unwrap();
+        // The master confirmed up to 100 (its two replicas in its own data center held it), then
+        // its data center went dark with s2: only s1, at 90, is left.
+        liveness.touch("g", "m", 120);
+        liveness.report_master("g", 100, "");
+        liveness.report_master("g", 60, "");
+        assert_eq!(
+            liveness.with(|view| view.confirmed_offset("g")),
+            Some(100),
+            "the greatest heard counts"
+        );
+        for _ in 0..6 {
+            tokio::time::advance(Duration::from_millis(200)).await;
+            liveness.touch("g", "s1", 90);
+        }
+        let verdict = judge(&mut controller, &state, &liveness, since);
+        assert_eq!(
+            verdict,
+            Some(Verdict::Stuck {
+                why: "s1: holds up to offset 90, below the group's last confirmed offset 100: promoting it would lose acknowledged messages; s2: not alive (silent for 1200 ms)".into()
+            })
+        );
+        // s2, which holds everything confirmed, comes back: it is the one promoted.
+        liveness.touch("g", "s2", 100);
+        let verdict = judge(&mut controller, &state, &liveness, since);
+        assert_eq!(elected(&verdict), Some(("s2", 2, ElectionKind::Failover)));
+
+        // A switchover to a target short of the confirmed offset falls back to one that holds it.
+        apply(&mut state, verdict);
+        state
+            .apply(
+                Command::RegisterBroker {
+                    group: "g".into(),
+                    member: BrokerRegistration {
+                        name: "s2".into(),
+                        addr: "s2:7911".into(),
+                        idc: String::new(),
+                        role: BrokerRole::Master,
+                        epoch: 2,
+                        max_offset: 100,
+                        registration_digest: 3,
+                        in_sync: vec!["s1".into(), "m".into()],
+                    },
+                    topics: BTreeMap::new(),
+                },
+                4,
+            )
+            .unwrap();
+        state
+            .apply(
+                Command::FenceMaster {
+                    group: "g".into(),
+                    preferred: "s1".into(),
+                    by: "admin".into(),
+                    reason: None,
+                },
+                5,
+            )
+            .unwrap();
+        liveness.report_master("g", 150, "");
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        let verdict = judge(&mut controller, &state, &liveness, since);
+        assert_eq!(verdict, None, "the fenced lease may still run");
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        for (member, offset) in [("m", 150), ("s1", 90), ("s2", 150)] {
+            liveness.touch("g", member, offset);
+        }
+        let verdict = judge(&mut controller, &state, &liveness, since);
+        let Some(Verdict::Elect { member, reason, .. }) = &verdict else {
+            panic!("{verdict:?}");
+        };
+        assert_eq!(member, "m", "{reason}");
+        assert!(
+            reason.contains("switchover target s1 holds up to offset 90, below the group's last confirmed offset 150"),
+            "{reason}"
         );
     }
 

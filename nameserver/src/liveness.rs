@@ -7,6 +7,12 @@
 //! IDC, role, epoch, topics), and only when it changes (the heartbeat's digest says whether it
 //! did). After a restart a nameserver knows every broker as down until its next heartbeat, one
 //! heartbeat interval later.
+//!
+//! Masters also report their confirmed offset and whether they acknowledge in degraded mode
+//! ([`GroupReport`]); the greatest confirmed offset heard per group is what the failover
+//! controller requires of a replica before promoting it. It is in memory too: every nameserver
+//! hears every master, so a new Raft leader knows it as well as the old one did. A nameserver
+//! restarted since the master's last heartbeat does not know it (see [`GroupReport`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -23,11 +29,28 @@ pub struct Seen {
     pub max_offset: u64,
 }
 
+/// What a broker group's masters reported about its history, as this nameserver heard it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupReport {
+    /// The greatest confirmed offset any master of the group reported to this nameserver since
+    /// it started: every acknowledged message lies below it. `None`: none reported yet.
+    pub confirmed_offset: Option<u64>,
+    /// Why the master acknowledges in degraded mode, as its last heartbeat said; `None` under
+    /// its full ack policy.
+    pub degraded: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    seen: HashMap<String, HashMap<String, Seen>>,
+    reports: HashMap<String, GroupReport>,
+}
+
 /// Last heartbeats by broker group, then broker name.
 #[derive(Debug)]
 pub struct Liveness {
     timeout: Duration,
-    groups: Mutex<HashMap<String, HashMap<String, Seen>>>,
+    groups: Mutex<Tables>,
 }
 
 impl Liveness {
@@ -35,7 +58,7 @@ impl Liveness {
     pub fn new(timeout: Duration) -> Liveness {
         Liveness {
             timeout,
-            groups: Mutex::new(HashMap::new()),
+            groups: Mutex::new(Tables::default()),
         }
     }
 
@@ -50,7 +73,8 @@ impl Liveness {
             at: Instant::now(),
             max_offset,
         };
-        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tables = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        let groups = &mut tables.seen;
         match groups.get_mut(group) {
             Some(members) => match members.get_mut(member) {
                 Some(slot) => *slot = seen,
@@ -64,18 +88,42 @@ impl Liveness {
         }
     }
 
+    /// Records what a master's heartbeat says about its group: its confirmed offset (the
+    /// greatest heard is kept: a lower one comes from a master that is not caught up on its
+    /// predecessor's confirmations yet) and why it is degraded (empty: it is not).
+    pub fn report_master(&self, group: &str, confirmed_offset: u64, degraded: &str) {
+        let mut tables = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        let report = match tables.reports.get_mut(group) {
+            Some(report) => report,
+            None => tables.reports.entry(group.to_owned()).or_default(),
+        };
+        report.confirmed_offset = Some(report.confirmed_offset.unwrap_or(0).max(confirmed_offset));
+        match (&mut report.degraded, degraded.is_empty()) {
+            (None, true) => {}
+            (slot, true) => *slot = None,
+            (Some(known), false) if known == degraded => {}
+            (slot, false) => *slot = Some(degraded.to_owned()),
+        }
+    }
+
+    /// What the group's masters reported.
+    pub fn report(&self, group: &str) -> GroupReport {
+        let tables = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        tables.reports.get(group).cloned().unwrap_or_default()
+    }
+
     /// Forgets a broker (it unregistered).
     pub fn forget(&self, group: &str, member: &str) {
-        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(members) = groups.get_mut(group) {
+        let mut tables = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(members) = tables.seen.get_mut(group) {
             members.remove(member);
         }
     }
 
     /// The last heartbeat of a broker, if any arrived since this nameserver started.
     pub fn last_seen(&self, group: &str, member: &str) -> Option<Seen> {
-        let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-        groups.get(group)?.get(member).copied()
+        let tables = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        tables.seen.get(group)?.get(member).copied()
     }
 
     /// Whether a broker's last heartbeat is within the timeout.
@@ -87,9 +135,10 @@ impl Liveness {
     /// Runs `read` with a view that answers many liveness questions under one lock (a route
     /// lookup asks one per broker).
     pub fn with<R>(&self, read: impl FnOnce(&LivenessView<'_>) -> R) -> R {
-        let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        let tables = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
         read(&LivenessView {
-            groups: &groups,
+            groups: &tables.seen,
+            reports: &tables.reports,
             now: Instant::now(),
             timeout: self.timeout,
         })
@@ -99,6 +148,7 @@ impl Liveness {
 /// [`Liveness`] at one instant, under its lock.
 pub struct LivenessView<'a> {
     groups: &'a HashMap<String, HashMap<String, Seen>>,
+    reports: &'a HashMap<String, GroupReport>,
     now: Instant,
     timeout: Duration,
 }
@@ -112,6 +162,16 @@ impl LivenessView<'_> {
     /// The heartbeat timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The greatest confirmed offset the group's masters reported (see [`GroupReport`]).
+    pub fn confirmed_offset(&self, group: &str) -> Option<u64> {
+        self.reports.get(group)?.confirmed_offset
+    }
+
+    /// What the group's masters reported.
+    pub fn report(&self, group: &str) -> Option<&GroupReport> {
+        self.reports.get(group)
     }
 
     /// The last heartbeat of a broker, and whether it is within the timeout.

@@ -150,6 +150,19 @@ pub struct BrokerGroupView {
     pub history: Vec<EpochChange>,
     /// Members by name.
     pub members: Vec<BrokerMemberView>,
+    /// The greatest confirmed offset its masters reported to this node: a replica is promoted
+    /// only if it holds it. `None`: none reported since this node started.
+    #[serde(default)]
+    pub confirmed_offset: Option<u64>,
+    /// Why its master acknowledges in degraded mode (replicas in a lost data center left out),
+    /// as its last heartbeat to this node said; `None` under its full ack policy.
+    #[serde(default)]
+    pub degraded: Option<String>,
+    /// Why the group takes no writes: it needs a master and none can be promoted without losing
+    /// acknowledged messages, or none is alive (from the failover controller; only the Raft
+    /// leader's answer has it). `None`: it has a master, or one is being elected.
+    #[serde(default)]
+    pub read_only: Option<String>,
 }
 
 /// One broker as a nameserver sees it.
@@ -254,6 +267,9 @@ pub struct NameserverService {
     pool: ConnectionPool,
     settings: ServiceSettings,
     metrics: Arc<NameserverMetrics>,
+    /// Groups the failover controller cannot give a master, with why (set on the Raft leader
+    /// each tick; see [`BrokerGroupView::read_only`]).
+    read_only: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl NameserverService {
@@ -271,7 +287,22 @@ impl NameserverService {
             pool,
             settings,
             metrics,
+            read_only: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         }
+    }
+
+    /// Why group `group` takes no writes, as this node's failover controller last judged it.
+    pub fn read_only(&self, group: &str) -> Option<String> {
+        self.read_only
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(group)
+            .cloned()
+    }
+
+    /// Replaces what [`NameserverService::read_only`] answers (the controller, every tick).
+    pub fn set_read_only(&self, groups: std::collections::BTreeMap<String, String>) {
+        *self.read_only.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = groups;
     }
 
     /// The Raft node.
@@ -387,6 +418,10 @@ impl NameserverService {
         if known {
             self.liveness
                 .touch(&heartbeat.group, &heartbeat.name, heartbeat.max_offset);
+            if heartbeat.role == role::MASTER {
+                self.liveness
+                    .report_master(&heartbeat.group, heartbeat.confirmed_offset, &heartbeat.degraded);
+            }
         }
         Ok(self
             .heartbeat_answer(
@@ -434,6 +469,7 @@ impl NameserverService {
         let group = heartbeat.group.clone();
         let name = heartbeat.name.clone();
         let claims_master = heartbeat.role == role::MASTER;
+        let (confirmed_offset, degraded) = (heartbeat.confirmed_offset, heartbeat.degraded.clone());
         self.command(Command::RegisterBroker {
             group: heartbeat.group,
             member: Registration {
@@ -454,6 +490,9 @@ impl NameserverService {
         })
         .await?;
         self.liveness.touch(&group, &name, heartbeat.max_offset);
+        if claims_master {
+            self.liveness.report_master(&group, confirmed_offset, &degraded);
+        }
         Ok(self.heartbeat_answer(&group, &name, claims_master, true).await)
     }
 
@@ -480,17 +519,30 @@ impl NameserverService {
             })
         };
         let leader = (claims_master || named_master()) && self.confirm_leadership(lease).await;
-        let (metadata_version, group_epoch, master, master_addr, evacuated_idcs) = self.raft.read_state(|state| {
-            let group = state.broker_groups().get(group);
-            let master = group.and_then(|group| group.master());
-            (
-                state.metadata_version(),
-                group.map_or(0, |group| group.epoch),
-                master.map(|master| master.name.clone()).unwrap_or_default(),
-                master.map(|master| master.addr.clone()).unwrap_or_default(),
-                state.evacuated_idcs(),
-            )
-        });
+        let (metadata_version, group_epoch, master, master_addr, evacuated_idcs, lost_members) =
+            self.raft.read_state(|state| {
+                let group = state.broker_groups().get(group);
+                let master = group.and_then(|group| group.master());
+                let continuity = state.continuity();
+                let lost_members = group
+                    .map(|group| {
+                        group
+                            .members
+                            .values()
+                            .filter(|member| continuity.is_lost(&member.idc))
+                            .map(|member| member.name.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (
+                    state.metadata_version(),
+                    group.map_or(0, |group| group.epoch),
+                    master.map(|master| master.name.clone()).unwrap_or_default(),
+                    master.map(|master| master.addr.clone()).unwrap_or_default(),
+                    state.evacuated_idcs(),
+                    lost_members,
+                )
+            });
         BrokerHeartbeatResponse {
             registered,
             metadata_version,
@@ -500,6 +552,7 @@ impl NameserverService {
             leader,
             lease_ms: lease.as_millis() as u64,
             evacuated_idcs,
+            lost_members,
         }
     }
 
@@ -606,6 +659,9 @@ impl NameserverService {
                     .broker_groups()
                     .values()
                     .map(|group| BrokerGroupView {
+                        confirmed_offset: liveness.confirmed_offset(&group.name),
+                        degraded: liveness.report(&group.name).and_then(|report| report.degraded.clone()),
+                        read_only: self.read_only(&group.name),
                         name: group.name.clone(),
                         epoch: group.epoch,
                         master: group.master().map(|master| master.name.clone()),

@@ -710,6 +710,15 @@ pub struct BrokerHeartbeat {
     /// the digest: nameservers keep it in memory, with liveness.
     #[prost(string, tag = "10")]
     pub remoting_addr: String,
+    /// Sent by a master: its confirmed offset (everything below is held as its ack policy, or its
+    /// declared degraded mode, requires). Nameservers keep the greatest they heard per group, and
+    /// promote only a replica that holds it. Not part of the digest: kept in memory, with liveness.
+    #[prost(uint64, tag = "11")]
+    pub confirmed_offset: u64,
+    /// Sent by a master acknowledging in degraded mode (replicas in a lost data center left out of
+    /// its ack policy): why, in words; empty under its full policy. Not part of the digest.
+    #[prost(string, tag = "12")]
+    pub degraded: String,
 }
 
 /// [`crate::RequestCode::RegisterBroker`]: everything a broker registers. Its topic list can run to
@@ -776,6 +785,11 @@ pub struct BrokerHeartbeatResponse {
     /// Data centers a failover drill evacuated: a master in one of them refuses sends.
     #[prost(string, repeated, tag = "8")]
     pub evacuated_idcs: Vec<String>,
+    /// Members of the broker's group whose data center the nameservers declared lost, sorted. A
+    /// master whose group goes on when a data center is lost (`replication.on_idc_lost =
+    /// "degrade"`) acknowledges without them until they are cleared and caught up.
+    #[prost(string, repeated, tag = "9")]
+    pub lost_members: Vec<String>,
 }
 
 /// [`crate::RequestCode::BrokerMetadata`] request.
@@ -1011,11 +1025,12 @@ mod tests {
             let heartbeat = BrokerHeartbeat {
                 group: "broker-a".into(), name: "a-0".into(), addr: "127.0.0.1:7911".into(), idc: "dc1".into(),
                 role: role::MASTER, epoch, max_offset: 7, registration_digest: 0, in_sync: vec!["a-1".into()],
-                remoting_addr: String::new(),
+                remoting_addr: String::new(), confirmed_offset: 5, degraded: String::new(),
             };
             let digest = registration_digest(&heartbeat, &topics);
             // The max offset changes every second; it must not force a re-registration.
             prop_assert_eq!(registration_digest(&BrokerHeartbeat { max_offset: 8, ..heartbeat.clone() }, &topics), digest);
+            prop_assert_eq!(registration_digest(&BrokerHeartbeat { confirmed_offset: 6, degraded: "dc2 lost".into(), ..heartbeat.clone() }, &topics), digest);
             prop_assert_ne!(registration_digest(&BrokerHeartbeat { epoch: epoch.wrapping_add(1), ..heartbeat.clone() }, &topics), digest);
             prop_assert_ne!(registration_digest(&BrokerHeartbeat { role: role::SLAVE, ..heartbeat.clone() }, &topics), digest);
             prop_assert_ne!(registration_digest(&BrokerHeartbeat { in_sync: vec![], ..heartbeat.clone() }, &topics), digest);

@@ -323,7 +323,8 @@ async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
 
 /// The long suite: `scripts/bench-faults.sh` runs it (release build) and writes its table into
 /// docs/reliability.md. `MERIDIAN_FAULTS_SEED` fixes the random kills; `MERIDIAN_FAULTS_REPORT`
-/// names the file the table is written to.
+/// names the file the table is written to; `MERIDIAN_FAULTS_ONLY=dc1,dc2` runs only the scenarios
+/// whose description contains one of the words (here the two data center cut-offs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "long fault-injection suite: scripts/bench-faults.sh runs it"]
 async fn fault_suite_loses_no_acknowledged_message() {
@@ -340,10 +341,24 @@ async fn fault_suite_loses_no_acknowledged_message() {
         Fault::RandomKills(4),
         Fault::PartitionMaster,
         Fault::CutOffIdc("dc1"),
+        Fault::CutOffIdc("dc2"),
         Fault::SlowLink(Duration::from_millis(20)),
     ];
+    // `MERIDIAN_FAULTS_ONLY=dc1,dc2` runs the scenarios whose description contains any of the words.
+    let only: Vec<String> = std::env::var("MERIDIAN_FAULTS_ONLY")
+        .map(|only| {
+            only.split(',')
+                .map(str::to_owned)
+                .filter(|word| !word.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
     let mut rows = Vec::new();
     for fault in faults {
+        let described = fault.describe();
+        if !only.is_empty() && !only.iter().any(|word| described.contains(word.as_str())) {
+            continue;
+        }
         eprintln!("scenario: {}", fault.describe());
         rows.push(run_scenario(fault, &mut rng).await);
     }

@@ -8,6 +8,7 @@ mod cluster;
 mod compat;
 mod console;
 mod consumers;
+mod continuity;
 mod durability;
 mod faults;
 mod first_hour;

@@ -166,6 +166,9 @@ pub struct ClusterOptions {
     pub broker_timeout_ms: u64,
     /// Every broker's `heartbeat_interval_ms`.
     pub heartbeat_interval_ms: u64,
+    /// The nameservers' `continuity.idc_lost_after_ms`: how long every broker of a data center
+    /// must be silent before it is declared lost (and groups go on in degraded mode).
+    pub idc_lost_after_ms: u64,
     /// Run an archiver beside every broker.
     pub archivers: bool,
     /// Run the tracer.
@@ -185,6 +188,9 @@ impl Default for ClusterOptions {
             group_b_policy: "idc_safe",
             broker_timeout_ms: 2000,
             heartbeat_interval_ms: 250,
+            // Half a second above the broker timeout: a data center is lost soon after its
+            // masters are replaced, so writes resume within the 5 s.
+            idc_lost_after_ms: 2500,
             archivers: true,
             tracer: true,
             query: true,
@@ -337,8 +343,8 @@ impl LocalCluster {
             );
         }
         spec += &format!(
-            "[archiver]\nenabled = {}\n\n[overrides.broker]\nheartbeat_interval_ms = {}\n\n[overrides.broker.store]\nsegment_size = 67108864\n\n[overrides.nameserver]\nbroker_timeout_ms = {}\n",
-            options.archivers, options.heartbeat_interval_ms, options.broker_timeout_ms
+            "[archiver]\nenabled = {}\n\n[overrides.broker]\nheartbeat_interval_ms = {}\n\n[overrides.broker.store]\nsegment_size = 67108864\n\n[overrides.nameserver]\nbroker_timeout_ms = {}\n\n[overrides.nameserver.continuity]\nidc_lost_after_ms = {}\n",
+            options.archivers, options.heartbeat_interval_ms, options.broker_timeout_ms, options.idc_lost_after_ms
         );
         spec
     }

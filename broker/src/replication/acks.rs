@@ -49,6 +49,58 @@ impl AckPolicy {
     }
 }
 
+/// What a master does when the nameservers declare a data center holding some of its group's
+/// replicas lost (`replication.on_idc_lost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnIdcLost {
+    /// Go on in a declared degraded mode: acknowledge with a majority of the replicas outside
+    /// the lost data centers (the master alone when it is the only one), without `idc_safe`'s
+    /// remote replica, until the lost data center is cleared and its replicas caught up.
+    #[default]
+    Degrade,
+    /// Keep the full ack policy: sends fail until the lost replicas return.
+    Stop,
+}
+
+impl OnIdcLost {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnIdcLost::Degrade => "degrade",
+            OnIdcLost::Stop => "stop",
+        }
+    }
+}
+
+/// The rule in force: replicas (counting the master) that must hold a send, and whether one of
+/// them must be outside the master's data center.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requirement {
+    /// Replicas that must hold it, counting the master.
+    pub needed: usize,
+    /// Whether one of them must be in another data center.
+    pub remote: bool,
+}
+
+/// The requirement of `policy` over `replicas` when `left_out` of them sit in lost data centers:
+/// the full policy when none does; else a majority of the survivors (every survivor for `all`),
+/// never more than the full policy, and no remote replica.
+pub fn requirement(policy: AckPolicy, replicas: usize, left_out: usize) -> Requirement {
+    let full = Requirement {
+        needed: policy.needed(replicas),
+        remote: policy == AckPolicy::IdcSafe,
+    };
+    if left_out == 0 {
+        return full;
+    }
+    let surviving = replicas.saturating_sub(left_out).max(1);
+    Requirement {
+        needed: policy.needed(surviving).min(full.needed),
+        remote: false,
+    }
+}
+
 /// What the master last heard from one slave.
 #[derive(Debug, Clone)]
 struct Slave {
@@ -79,6 +131,12 @@ struct Inner {
     /// Sends waiting, by the offset just past their records. Dropping a sender fails the send.
     waiters: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
     acked: u64,
+    /// Members left out of the policy: in data centers the nameservers declared lost, or declared
+    /// so until a moment ago and not caught up yet. Empty under the full policy.
+    left_out: Vec<String>,
+    /// Set once the nameservers cleared the lost data centers: the full policy returns when its
+    /// replicas hold this offset (what was confirmed while degraded).
+    restore_at: Option<u64>,
 }
 
 /// The master's acknowledgement state.
@@ -88,17 +146,30 @@ pub struct AckTracker {
     idc: String,
     /// Under sync flush a replica counts once it synced; otherwise once it received.
     sync_flush: bool,
+    on_idc_lost: OnIdcLost,
     inner: Mutex<Inner>,
 }
 
 impl AckTracker {
     /// A tracker for a group of `replicas` whose master is in `idc`.
     pub fn new(policy: AckPolicy, replicas: u32, idc: String, sync_flush: bool) -> AckTracker {
+        AckTracker::with_on_idc_lost(policy, replicas, idc, sync_flush, OnIdcLost::Stop)
+    }
+
+    /// [`AckTracker::new`], going on or stopping when a data center is lost as `on_idc_lost` says.
+    pub fn with_on_idc_lost(
+        policy: AckPolicy,
+        replicas: u32,
+        idc: String,
+        sync_flush: bool,
+        on_idc_lost: OnIdcLost,
+    ) -> AckTracker {
         AckTracker {
             policy,
             replicas: replicas.max(1) as usize,
             idc,
             sync_flush,
+            on_idc_lost,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -116,16 +187,26 @@ impl AckTracker {
         if self.sync_flush { slave.flushed } else { slave.received }
     }
 
+    /// The rule in force now (degraded while members are left out).
+    fn requirement(&self, inner: &Inner) -> Requirement {
+        requirement(self.policy, self.replicas, inner.left_out.len())
+    }
+
     /// The greatest offset the policy's replicas all hold.
     fn acked_offset(&self, inner: &Inner) -> u64 {
+        self.acked_under(inner, self.requirement(inner))
+    }
+
+    /// The greatest offset held as `requirement` says.
+    fn acked_under(&self, inner: &Inner, requirement: Requirement) -> u64 {
         let mut held: Vec<u64> = inner.slaves.values().map(|slave| self.held(slave)).collect();
         held.sort_unstable_by(|left, right| right.cmp(left));
-        let slaves_needed = self.policy.needed(self.replicas) - 1;
+        let slaves_needed = requirement.needed - 1;
         let by_count = match slaves_needed {
             0 => u64::MAX,
             needed => held.get(needed - 1).copied().unwrap_or(0),
         };
-        if self.policy != AckPolicy::IdcSafe {
+        if !requirement.remote {
             return by_count;
         }
         let remote = inner
@@ -165,6 +246,20 @@ impl AckTracker {
                 last_fetch: Instant::now(),
             };
             inner.slaves.insert(name.to_owned(), slave);
+            if let Some(restore_at) = inner.restore_at {
+                let full = requirement(self.policy, self.replicas, 0);
+                if self.acked_under(&inner, full) >= restore_at {
+                    tracing::info!(
+                        event = "ack_policy_restored",
+                        policy = self.policy.as_str(),
+                        restore_at,
+                        left_out = ?inner.left_out,
+                        "replicas of the lost data center caught up: full ack policy again"
+                    );
+                    inner.left_out.clear();
+                    inner.restore_at = None;
+                }
+            }
             inner.acked = self.acked_offset(&inner);
             let first_later = inner.acked.saturating_add(1);
             let later = inner.waiters.split_off(&first_later);
@@ -176,6 +271,65 @@ impl AckTracker {
         acked
     }
 
+    /// Applies the members of the group the nameservers hold in lost data centers (`lost`, sorted;
+    /// this master's own name is ignored). `confirmed` is the store's confirmed offset now: once
+    /// the lost data centers are cleared, the full policy returns as soon as its replicas hold it.
+    /// Wakes the sends the new rule acknowledges. Returns whether the degraded state changed.
+    pub fn set_lost_members(&self, own_name: &str, lost: &[String], confirmed: u64) -> bool {
+        if self.on_idc_lost == OnIdcLost::Stop {
+            return false;
+        }
+        let lost: Vec<String> = lost.iter().filter(|name| *name != own_name).cloned().collect();
+        let (changed, covered) = {
+            let mut inner = self.lock();
+            let before = (inner.left_out.clone(), inner.restore_at.is_some());
+            if !lost.is_empty() {
+                inner.restore_at = None;
+                inner.left_out = lost;
+            } else if !inner.left_out.is_empty() && inner.restore_at.is_none() {
+                inner.restore_at = Some(confirmed);
+            }
+            let changed = before != (inner.left_out.clone(), inner.restore_at.is_some());
+            inner.acked = self.acked_offset(&inner);
+            let first_later = inner.acked.saturating_add(1);
+            let later = inner.waiters.split_off(&first_later);
+            (changed, std::mem::replace(&mut inner.waiters, later))
+        };
+        for acked_tx in covered.into_values().flatten() {
+            let _ = acked_tx.send(());
+        }
+        changed
+    }
+
+    /// Why this master acknowledges with fewer replicas than its policy, when it does.
+    pub fn degraded(&self) -> Option<String> {
+        let inner = self.lock();
+        if inner.left_out.is_empty() {
+            return None;
+        }
+        let now = self.requirement(&inner);
+        let full = requirement(self.policy, self.replicas, 0);
+        if now == full && inner.restore_at.is_none() {
+            return None;
+        }
+        let surviving = self.replicas.saturating_sub(inner.left_out.len()).max(1);
+        let full_words = if full.remote {
+            format!("{} replicas, one outside data center {:?}", full.needed, self.idc)
+        } else {
+            format!("{} replicas", full.needed)
+        };
+        let mut why = format!(
+            "acknowledging with {} of {surviving} surviving replicas (ack policy {} needs {full_words}; replication.on_idc_lost = \"degrade\"): {} in lost data centers",
+            now.needed,
+            self.policy.as_str(),
+            inner.left_out.join(", ")
+        );
+        if let Some(restore_at) = inner.restore_at {
+            why += &format!("; data center cleared, back to the full policy once they hold offset {restore_at}");
+        }
+        Some(why)
+    }
+
     /// Replicas (counting the master) holding `end_offset`, and how many the policy needs.
     pub fn progress(&self, end_offset: u64) -> (usize, usize) {
         let inner = self.lock();
@@ -184,7 +338,7 @@ impl AckTracker {
             .values()
             .filter(|slave| self.held(slave) >= end_offset)
             .count();
-        (held, self.policy.needed(self.replicas))
+        (held, self.requirement(&inner).needed)
     }
 
     /// What keeps the send ending at `end_offset` from meeting the policy, in words for the
@@ -193,7 +347,8 @@ impl AckTracker {
     /// what they hold, and how many replicas the master never heard from).
     pub fn shortfall(&self, end_offset: u64) -> String {
         let inner = self.lock();
-        let needed = self.policy.needed(self.replicas);
+        let requirement = self.requirement(&inner);
+        let needed = requirement.needed;
         let held = 1 + inner
             .slaves
             .values()
@@ -230,7 +385,7 @@ impl AckTracker {
             missing.join("; ")
         };
         let counted = format!("{held} of {} replicas hold it", self.replicas);
-        if self.policy == AckPolicy::IdcSafe {
+        if requirement.remote {
             let remote_holds = inner
                 .slaves
                 .values()
@@ -242,8 +397,16 @@ impl AckTracker {
                 );
             }
         }
+        let degraded = if inner.left_out.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (degraded: {} left out, in lost data centers)",
+                inner.left_out.join(", ")
+            )
+        };
         format!(
-            "{counted}, ack policy {} needs {needed}; missing: {missing}",
+            "{counted}, ack policy {} needs {needed}{degraded}; missing: {missing}",
             self.policy.as_str()
         )
     }
@@ -278,7 +441,15 @@ impl AckTracker {
     /// Forgets every slave and fails every waiting send (a new epoch starts from nothing).
     pub fn reset(&self) {
         let mut inner = self.lock();
-        *inner = Inner::default();
+        // Which members are left out is the nameservers' word about data centers, not about this
+        // epoch's slaves: it stays.
+        let left_out = std::mem::take(&mut inner.left_out);
+        let restore_at = inner.restore_at.take();
+        *inner = Inner {
+            left_out,
+            restore_at,
+            ..Inner::default()
+        };
     }
 
     /// Fails every waiting send.
@@ -334,6 +505,99 @@ mod tests {
         assert_eq!(acked(&tracker), 0, "a quorum inside the master's IDC is not enough");
         tracker.report("other-dc", "dc2", 300, 0);
         assert_eq!(acked(&tracker), 300);
+    }
+
+    #[test]
+    fn degraded_requirements_are_a_majority_of_the_survivors_never_more_than_the_policy() {
+        let req = |needed, remote| Requirement { needed, remote };
+        assert_eq!(requirement(AckPolicy::Quorum, 3, 0), req(2, false));
+        assert_eq!(requirement(AckPolicy::Quorum, 3, 1), req(2, false), "2 survivors: both");
+        assert_eq!(requirement(AckPolicy::Quorum, 3, 2), req(1, false), "the master alone");
+        assert_eq!(requirement(AckPolicy::IdcSafe, 3, 0), req(2, true));
+        assert_eq!(
+            requirement(AckPolicy::IdcSafe, 3, 1),
+            req(2, false),
+            "the surviving in-DC quorum"
+        );
+        assert_eq!(requirement(AckPolicy::IdcSafe, 3, 2), req(1, false));
+        assert_eq!(requirement(AckPolicy::All, 3, 1), req(2, false));
+        assert_eq!(requirement(AckPolicy::Async, 3, 2), req(1, false));
+        assert_eq!(requirement(AckPolicy::Quorum, 5, 2), req(2, false), "2 of 3 survivors");
+        assert_eq!(requirement(AckPolicy::Quorum, 3, 7), req(1, false));
+    }
+
+    #[tokio::test]
+    async fn continuity_idc_safe_degrades_to_the_surviving_quorum_and_returns_once_caught_up() {
+        // broker-b of the seed: master in dc2 with b-1, b-2 in dc1.
+        let tracker = AckTracker::with_on_idc_lost(AckPolicy::IdcSafe, 3, "dc2".into(), false, OnIdcLost::Degrade);
+        tracker.report("b-1", "dc2", 100, 0);
+        tracker.report("b-2", "dc1", 40, 0);
+        assert_eq!(acked(&tracker), 40);
+        assert_eq!(tracker.degraded(), None);
+        // dc1 declared lost: b-2 is left out, b-0 + b-1 acknowledge.
+        assert!(tracker.set_lost_members("b-0", &["b-2".to_owned()], 40));
+        assert!(
+            !tracker.set_lost_members("b-0", &["b-2".to_owned()], 40),
+            "a repeat changes nothing"
+        );
+        assert_eq!(acked(&tracker), 100);
+        assert_eq!(tracker.wait(100).await, Ok(()));
+        let why = tracker.degraded().expect("degraded");
+        assert!(
+            why.starts_with("acknowledging with 2 of 2 surviving replicas (ack policy idc_safe needs 2 replicas, one outside data center \"dc2\""),
+            "{why}"
+        );
+        assert!(why.ends_with("b-2 in lost data centers"), "{why}");
+        tracker.report("b-1", "dc2", 180, 0);
+        assert_eq!(acked(&tracker), 180);
+        // dc1 cleared at confirmed offset 180: still degraded until b-2 holds it.
+        assert!(tracker.set_lost_members("b-0", &[], 180));
+        assert!(
+            tracker
+                .degraded()
+                .expect("restoring")
+                .contains("once they hold offset 180")
+        );
+        tracker.report("b-2", "dc1", 120, 0);
+        assert!(tracker.degraded().is_some(), "b-2 is not caught up yet");
+        assert_eq!(acked(&tracker), 180, "the degraded rule holds meanwhile");
+        tracker.report("b-2", "dc1", 180, 0);
+        assert_eq!(tracker.degraded(), None, "caught up: full policy");
+        tracker.report("b-1", "dc2", 300, 0);
+        assert_eq!(acked(&tracker), 180, "idc_safe again: b-2 must hold it");
+    }
+
+    #[tokio::test]
+    async fn continuity_a_quorum_master_left_alone_acknowledges_alone_unless_set_to_stop() {
+        // broker-a of the seed after dc1 is lost: a-2 is master, a-0 and a-1 are gone.
+        let tracker = AckTracker::with_on_idc_lost(AckPolicy::Quorum, 3, "dc2".into(), false, OnIdcLost::Degrade);
+        let lost = ["a-0".to_owned(), "a-1".to_owned(), "a-2".to_owned()];
+        let waiting = {
+            let tasks = tokio_util::task::TaskTracker::new();
+            let tracker = std::sync::Arc::new(tracker);
+            let send = tasks.spawn({
+                let tracker = tracker.clone();
+                async move { tracker.wait(70).await }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!send.is_finished());
+            assert!(tracker.set_lost_members("a-2", &lost, 0), "its own name is ignored");
+            assert_eq!(send.await.unwrap(), Ok(()), "woken by the new rule");
+            tracker
+        };
+        assert!(
+            waiting
+                .degraded()
+                .expect("degraded")
+                .starts_with("acknowledging with 1 of 1 surviving replicas")
+        );
+        assert_eq!(waiting.progress(500), (1, 1));
+        assert!(waiting.shortfall(500).contains("(degraded: a-0, a-1 left out"));
+
+        let stop = AckTracker::with_on_idc_lost(AckPolicy::Quorum, 3, "dc2".into(), false, OnIdcLost::Stop);
+        assert!(!stop.set_lost_members("a-2", &lost, 0));
+        assert_eq!(acked(&stop), 0);
+        assert_eq!(stop.degraded(), None);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
 use crate::metrics::BrokerMetrics;
 use crate::store::{FlushMode, MessageStore};
-pub use acks::{AckPolicy, AckTracker};
+pub use acks::{AckPolicy, AckTracker, OnIdcLost};
 use follower::Follower;
 
 /// Replication settings (the `[replication]` table of the broker config).
@@ -63,6 +63,11 @@ pub struct ReplicationConfig {
     pub in_sync_timeout_ms: u64,
     /// Most bytes one fetch carries.
     pub fetch_max_bytes: u32,
+    /// What a master does when the nameservers declare lost a data center holding some of the
+    /// group's replicas: `degrade` (default: acknowledge with a majority of the surviving
+    /// replicas, without `idc_safe`'s remote one, reported as degraded, until the data center
+    /// is cleared and its replicas caught up) or `stop` (keep the full policy: sends fail).
+    pub on_idc_lost: OnIdcLost,
 }
 
 impl Default for ReplicationConfig {
@@ -74,6 +79,7 @@ impl Default for ReplicationConfig {
             in_sync_lag_bytes: 4 << 20,
             in_sync_timeout_ms: 3_000,
             fetch_max_bytes: 4 << 20,
+            on_idc_lost: OnIdcLost::Degrade,
         }
     }
 }
@@ -203,11 +209,12 @@ impl Replication {
         let replication = &config.replication;
         let sync_flush = config.store.flush_mode == FlushMode::Sync;
         Arc::new(Replication {
-            acks: AckTracker::new(
+            acks: AckTracker::with_on_idc_lost(
                 replication.ack_policy,
                 replication.replicas,
                 config.idc.clone(),
                 sync_flush,
+                replication.on_idc_lost,
             ),
             config: replication.clone(),
             group: config.broker_name.clone(),
@@ -333,6 +340,7 @@ impl Replication {
             Ok(Err(())) => return Err(self.check_writable().err().unwrap_or(BrokerError::ShuttingDown)),
             Err(_) => {
                 self.metrics.replication_timeouts.inc();
+                // Sends acknowledged by the master alone (degraded) never pass through a fetch.
                 return Err(BrokerError::ReplicationTimeout {
                     policy: self.config.ack_policy.as_str(),
                     shortfall: self.acks.shortfall(end_offset),
@@ -340,7 +348,43 @@ impl Replication {
                 });
             }
         }
-        self.check_writable()
+        self.check_writable()?;
+        // Acknowledged (and still master): confirmed. Under the full policy a fetch already
+        // raised the limit this far; a master acknowledging alone in degraded mode has no fetch
+        // to do it.
+        self.store.raise_replication_limit(end_offset);
+        Ok(())
+    }
+
+    /// Applies the lost members a nameserver's answer names. Only an answer from the confirmed
+    /// Raft leader counts, and only on a master: that is the answer that lets it take writes, so
+    /// it never acknowledges by an older word than the one its lease rests on.
+    pub fn on_lost_members(&self, answer: &BrokerHeartbeatResponse) {
+        if !answer.leader || answer.master != self.name {
+            return;
+        }
+        let confirmed = self.store.confirmed_offset();
+        if self.acks.set_lost_members(&self.name, &answer.lost_members, confirmed) {
+            match self.acks.degraded() {
+                Some(why) => {
+                    warn!(event = "ack_degraded", group = %self.group, lost_members = ?answer.lost_members, why, "acknowledging in degraded mode: replicas in a lost data center are left out");
+                }
+                None if answer.lost_members.is_empty() => {
+                    info!(group = %self.group, confirmed, "lost data center cleared: full ack policy once its replicas hold the confirmed offset");
+                }
+                None => {}
+            }
+        }
+        self.metrics.ack_degraded.set(i64::from(self.acks.degraded().is_some()));
+    }
+
+    /// Why this master acknowledges with fewer replicas than its ack policy names, if it does
+    /// (see [`ReplicationConfig::on_idc_lost`]).
+    pub fn degraded(&self) -> Option<String> {
+        if !matches!(self.role(), Role::Master { .. }) {
+            return None;
+        }
+        self.acks.degraded()
     }
 
     /// Names of the slaves in sync now, sorted (empty unless master).
@@ -546,7 +590,10 @@ impl Replication {
         // slaves wake each other in turn under load. They learn it with the next record, or
         // within `CONFIRM_RECHECK` when none comes.
         if self.acks.needs_slaves() {
-            self.store.raise_replication_limit(acked);
+            // A master acknowledging alone (degraded) counts everything acknowledged; the limit
+            // must still never pass what is written.
+            self.store
+                .raise_replication_limit(acked.min(self.store.committed_offset()));
         }
 
         let wait = Duration::from_millis(u64::from(request.wait_ms).min(5_000));

@@ -60,6 +60,8 @@ async fn broker(
                 registration_digest: 0,
                 in_sync: Vec::new(),
                 remoting_addr: String::new(),
+                confirmed_offset: 0,
+                degraded: String::new(),
             };
             beat.registration_digest = registration_digest(&beat, &topics(group));
             let mut answer: BrokerHeartbeatResponse = pool

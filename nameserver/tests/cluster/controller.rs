@@ -63,6 +63,8 @@ fn heartbeat(name: &str, broker: &Broker) -> BrokerHeartbeat {
         registration_digest: 0,
         in_sync: broker.in_sync.clone(),
         remoting_addr: String::new(),
+        confirmed_offset: 0,
+        degraded: String::new(),
     };
     heartbeat.registration_digest = registration_digest(&heartbeat, &topics());
     heartbeat

@@ -131,6 +131,8 @@ fn heartbeat(addr: &str, topics: &[TopicQueues]) -> BrokerHeartbeat {
         registration_digest: 0,
         in_sync: Vec::new(),
         remoting_addr: String::new(),
+        confirmed_offset: 0,
+        degraded: String::new(),
     };
     heartbeat.registration_digest = registration_digest(&heartbeat, topics);
     heartbeat
