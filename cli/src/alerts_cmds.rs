@@ -41,7 +41,7 @@ pub async fn alerts(args: AlertsArgs) -> Result<()> {
         format!("/api/alerts?{}", query.join("&"))
     };
     let http = args.http;
-    let (status, body) = crate::cluster::http_get(http, &path)
+    let (status, body) = crate::probe::http_get(http, &path)
         .await
         .ok_or_else(|| anyhow!("nameserver HTTP API at {http} did not answer: pass a nameserver's --http address"))?;
     if status != 200 {

@@ -9,7 +9,7 @@ use meridian_nameserver::state::{Command, Drill, DrillAction, IdcRule, Response,
 use meridian_proto::RequestCode;
 use meridian_proto::messages::{IdcLookupRequest, IdcLookupResponse};
 
-use crate::governance::{NameserverAddrs, NameserverClient, Who};
+use crate::nameservers::{NameserverAddrs, NameserverClient, Who};
 
 /// `meridian drill ...`.
 #[derive(Debug, clap::Subcommand)]

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use meridian_nameserver::service::Query;
 use meridian_nameserver::state::{Command, SdkPolicy};
 
-use crate::governance::{NameserverAddrs, NameserverClient};
+use crate::nameservers::{NameserverAddrs, NameserverClient};
 
 /// `meridian client ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -55,7 +55,7 @@ pub async fn client(command: ClientCommand) -> Result<()> {
 }
 
 async fn list(http: SocketAddr) -> Result<()> {
-    let (status, body) = crate::cluster::http_get(http, "/api/broker/clients")
+    let (status, body) = crate::probe::http_get(http, "/api/broker/clients")
         .await
         .ok_or_else(|| anyhow!("broker HTTP API at {http} did not answer: pass the broker's --http address"))?;
     if status != 200 {

@@ -23,8 +23,8 @@ use prost::Message;
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
-use crate::bench::{micros, new_histogram, progress};
-use crate::governance::{NameserverAddrs, NameserverClient};
+use super::measure::{micros, new_histogram, progress};
+use crate::nameservers::{NameserverAddrs, NameserverClient};
 
 /// Arguments of `meridian bench routes`.
 #[derive(Debug, clap::Args)]

@@ -29,9 +29,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::ClientTarget;
-use crate::bench::{micros, new_histogram, progress};
-use crate::client_cmds::route_source;
+use crate::target::ClientTarget;
+use super::measure::{micros, new_histogram, progress};
+use crate::target::route_source;
 use crate::governance::{ensure_group, ensure_topic};
 
 /// Arguments of `meridian bench delay`.
