@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use meridian_nameserver::Node;
 use meridian_nameserver::service::{
-    BrokerGroupView, ClusterView, GroupDetail, Query, TopicDetail, WriteOp,
+    BrokerGroupView, ClusterView, GroupDetail, Query, TopicDetail,
 };
-use meridian_nameserver::state::{
-    ApprovalStatus, Command, ConsumeMode, ConsumerGroup, Decision, GroupRequest, PERM_READ, PERM_READ_WRITE,
-    PERM_WRITE, ProduceLimitChange, Response, Topic, TopicChanges, TopicRequest, format_time_ms,
+use meridian_nameserver::state::Response;
+use meridian_proto::admin::{
+    AdminCommand, AdminWrite, ApprovalStatus, ConsumeMode, ConsumerGroup, GroupRequest, PERM_READ, PERM_READ_WRITE, Node, PERM_WRITE,
+    ProduceLimitChange, Topic, TopicChanges, TopicRequest, format_time_ms,
 };
 use meridian_proto::messages::{QueryOffsetRequest, QueryOffsetResponse, role};
 use meridian_proto::transport::TransportError;
@@ -400,12 +400,12 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 produce_limit,
                 requested_by: who.name()?,
             };
-            client.command(Command::RequestTopic(request)).await?;
+            client.command(AdminCommand::RequestTopic(request)).await?;
             println!("topic {name} requested; an admin approves it with `meridian topic approve {name}`");
         }
         TopicCommand::Approve(Decide { name, reason, who, .. }) => {
             client
-                .command(Command::ApproveTopic {
+                .command(AdminCommand::ApproveTopic {
                     name: name.clone(),
                     decided_by: who.name()?,
                     reason,
@@ -416,7 +416,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
         }
         TopicCommand::Reject(DecideWithReason { name, reason, who, .. }) => {
             client
-                .command(Command::RejectTopic {
+                .command(AdminCommand::RejectTopic {
                     name: name.clone(),
                     decided_by: who.name()?,
                     reason,
@@ -464,7 +464,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 queues,
                 perm: perm.map(|perm| match perm.as_str() {
                     "r" => PERM_READ,
-                    "w" => PERM_WRITE,
+                    "w" => Node, PERM_WRITE,
                     _ => PERM_READ_WRITE,
                 }),
                 produce_limit: match (produce_limit, no_produce_limit) {
@@ -476,7 +476,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 description: None,
             };
             client
-                .command(Command::UpdateTopic {
+                .command(AdminCommand::UpdateTopic {
                     name: name.clone(),
                     updated_by: who.name()?,
                     reason,
@@ -505,7 +505,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 description: None,
             };
             client
-                .command(Command::UpdateTopic {
+                .command(AdminCommand::UpdateTopic {
                     name: name.clone(),
                     updated_by: who.name()?,
                     reason,
@@ -521,7 +521,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
         }
         TopicCommand::Delete(DecideWithReason { name, reason, who, .. }) => {
             client
-                .command(Command::DeleteTopic {
+                .command(AdminCommand::DeleteTopic {
                     name: name.clone(),
                     deleted_by: who.name()?,
                     reason,
@@ -654,9 +654,9 @@ async fn create_topic(
         produce_limit: None,
         requested_by: by.clone(),
     };
-    client.command(Command::RequestTopic(request)).await?;
+    client.command(AdminCommand::RequestTopic(request)).await?;
     client
-        .command(Command::ApproveTopic {
+        .command(AdminCommand::ApproveTopic {
             name: name.to_owned(),
             decided_by: by,
             reason: Some("created by an admin (topic create)".into()),
@@ -684,7 +684,7 @@ async fn create_group(
     settings: GroupSettings,
 ) -> Result<()> {
     client
-        .command(Command::RequestGroup(GroupRequest {
+        .command(AdminCommand::RequestGroup(GroupRequest {
             name: name.to_owned(),
             owner,
             description: String::new(),
@@ -699,7 +699,7 @@ async fn create_group(
         }))
         .await?;
     client
-        .command(Command::ApproveGroup {
+        .command(AdminCommand::ApproveGroup {
             name: name.to_owned(),
             decided_by: by,
             reason: Some("created by an admin (group create)".into()),
@@ -842,7 +842,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
             ..
         } => {
             client
-                .command(Command::RequestGroup(GroupRequest {
+                .command(AdminCommand::RequestGroup(GroupRequest {
                     name: name.clone(),
                     owner,
                     description,
@@ -861,7 +861,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
         GroupCommand::ResetOffset(_) => unreachable!("handled in group()"),
         GroupCommand::Approve(Decide { name, reason, who, .. }) => {
             client
-                .command(Command::ApproveGroup {
+                .command(AdminCommand::ApproveGroup {
                     name: name.clone(),
                     decided_by: who.name()?,
                     reason,
@@ -877,7 +877,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
         }
         GroupCommand::Reject(DecideWithReason { name, reason, who, .. }) => {
             client
-                .command(Command::RejectGroup {
+                .command(AdminCommand::RejectGroup {
                     name: name.clone(),
                     decided_by: who.name()?,
                     reason,
@@ -903,7 +903,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
         }
         GroupCommand::Delete(DecideWithReason { name, reason, who, .. }) => {
             client
-                .command(Command::DeleteGroup {
+                .command(AdminCommand::DeleteGroup {
                     name: name.clone(),
                     deleted_by: who.name()?,
                     reason,
@@ -973,7 +973,7 @@ async fn run_broker(client: &NameserverClient, command: BrokerCommand) -> Result
         who,
         ..
     } = command;
-    let command = Command::FenceMaster {
+    let command = AdminCommand::FenceMaster {
         group: group.clone(),
         preferred: to.clone(),
         by: who.name()?,
@@ -1144,7 +1144,7 @@ async fn run_cluster(
             for (idc, lost) in &cluster.lost_idcs {
                 println!(
                     "LOST data center {idc} since {}: {}",
-                    meridian_nameserver::state::format_time_ms(lost.since_ms),
+                    format_time_ms(lost.since_ms),
                     lost.reason
                 );
             }
@@ -1199,7 +1199,7 @@ async fn run_cluster(
             ..
         } => {
             client
-                .write(WriteOp::AddNode {
+                .write(AdminWrite::AddNode {
                     id,
                     node: Node { addr, http_addr, idc },
                 })
@@ -1207,7 +1207,7 @@ async fn run_cluster(
             println!("nameserver node {id} added: it caught up and votes");
         }
         ClusterCommand::RemoveNode { id, .. } => {
-            client.write(WriteOp::RemoveNode { id }).await?;
+            client.write(AdminWrite::RemoveNode { id }).await?;
             println!("nameserver node {id} removed");
         }
     }

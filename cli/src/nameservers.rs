@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use bytes::Bytes;
 use meridian_client::{ClientConfig, ConnectionPool, NameserverAdmin};
-use meridian_nameserver::service::{Query, WriteOp, WriteRequest};
-use meridian_nameserver::state::{Command, Response};
+use meridian_nameserver::service::Query;
+use meridian_nameserver::state::Response;
+use meridian_proto::admin::{AdminCommand, AdminWrite, AdminWriteRequest};
 use meridian_proto::RequestCode;
 use meridian_proto::messages::TopicRoute;
 use serde::de::DeserializeOwned;
@@ -103,17 +104,17 @@ impl NameserverClient {
         Ok(self.admin.read(query).await?)
     }
 
-    /// Applies `op` through the leader.
-    pub async fn write(&self, op: WriteOp) -> Result<Response> {
+    /// Applies `op` (an admin write of the contract) through the Raft leader.
+    pub async fn write(&self, op: AdminWrite) -> Result<Response> {
         let timeout = match op {
-            WriteOp::Command { .. } => Duration::from_secs(15),
+            AdminWrite::Command { .. } => Duration::from_secs(15),
             _ => MEMBERSHIP_TIMEOUT,
         };
-        Ok(self.admin.write(&WriteRequest { op, forwarded: false }, timeout).await?)
+        Ok(self.admin.write(&AdminWriteRequest { op, forwarded: false }, timeout).await?)
     }
 
-    pub(crate) async fn command(&self, command: Command) -> Result<Response> {
-        self.write(WriteOp::Command { command }).await
+    pub(crate) async fn command(&self, command: AdminCommand) -> Result<Response> {
+        self.write(AdminWrite::Command { command }).await
     }
 
     /// The route of `topic`.

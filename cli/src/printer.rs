@@ -2,7 +2,7 @@
 //! table for both, since both go through the same approval (requested, approved or rejected, by
 //! whom, when, why). A leaf module.
 
-use meridian_nameserver::state::{Approval, Decision, format_time_ms};
+use meridian_proto::admin::{Approval, Decision, format_time_ms};
 
 /// Prints a listing: one row per item (name, its approval, owner, and the `last` column's text),
 /// under a header naming the item `kind` (`TOPIC`, `GROUP`).

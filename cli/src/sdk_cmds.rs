@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use meridian_nameserver::service::Query;
-use meridian_nameserver::state::{Command, SdkPolicy};
+use meridian_nameserver::state::SdkPolicy;
+use meridian_proto::admin::AdminCommand;
 
 use crate::nameservers::{NameserverAddrs, NameserverClient};
 
@@ -114,7 +115,7 @@ async fn policy(client: &NameserverClient, args: PolicyArgs) -> Result<()> {
             language_min_versions.insert(language.to_owned(), version.to_owned());
         }
         client
-            .command(Command::SetSdkPolicy {
+            .command(AdminCommand::SetSdkPolicy {
                 min_version,
                 blocked_versions: block.into_iter().collect::<BTreeSet<_>>(),
                 refuse,
