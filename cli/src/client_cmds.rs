@@ -6,8 +6,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use meridian_client::{
     ClientConfig, ConnectionPool, ConsumeFrom, ConsumeMode, ConsumeResult, ConsumerConfig, Deployment, IdcSettings,
-    Message, Producer, ProducerConfig, PushConsumer, TransactionCheckView,
-    TransactionListener, TransactionOutcome, TransactionProducer, TransactionProducerConfig,
+    Message, Producer, ProducerConfig, PushConsumer, TransactionCheckView, TransactionListener, TransactionOutcome,
+    TransactionProducer, TransactionProducerConfig,
 };
 use meridian_proto::record::StoredMessage;
 use meridian_proto::time::format_millis;

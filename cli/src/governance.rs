@@ -7,13 +7,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use meridian_nameserver::service::{
-    BrokerGroupView, ClusterView, GroupDetail, Query, TopicDetail,
-};
+use meridian_nameserver::service::{BrokerGroupView, ClusterView, GroupDetail, Query, TopicDetail};
 use meridian_nameserver::state::Response;
 use meridian_proto::admin::{
-    AdminCommand, AdminWrite, ApprovalStatus, ConsumeMode, ConsumerGroup, GroupRequest, PERM_READ, PERM_READ_WRITE, Node, PERM_WRITE,
-    ProduceLimitChange, Topic, TopicChanges, TopicRequest, format_time_ms,
+    AdminCommand, AdminWrite, ApprovalStatus, ConsumeMode, ConsumerGroup, GroupRequest, Node, PERM_READ,
+    PERM_READ_WRITE, PERM_WRITE, ProduceLimitChange, Topic, TopicChanges, TopicRequest, format_time_ms,
 };
 use meridian_proto::messages::{QueryOffsetRequest, QueryOffsetResponse, role};
 use meridian_proto::transport::TransportError;
@@ -464,7 +462,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 queues,
                 perm: perm.map(|perm| match perm.as_str() {
                     "r" => PERM_READ,
-                    "w" => Node, PERM_WRITE,
+                    "w" => PERM_WRITE,
                     _ => PERM_READ_WRITE,
                 }),
                 produce_limit: match (produce_limit, no_produce_limit) {
@@ -538,9 +536,14 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
             printer::print_list(
                 "TOPIC",
                 "QUEUES",
-                topics
-                    .iter()
-                    .map(|topic| (&topic.name, &topic.approval, &topic.owner, placement_text(&topic.queues))),
+                topics.iter().map(|topic| {
+                    (
+                        &topic.name,
+                        &topic.approval,
+                        &topic.owner,
+                        placement_text(&topic.queues),
+                    )
+                }),
             );
         }
         TopicCommand::Describe(NameArgs { name, .. }) => {

@@ -8,9 +8,9 @@ use meridian_proto::properties::RETRY_TOPIC;
 use meridian_proto::time::format_millis;
 use serde_json::json;
 
+use crate::nameservers::NameserverClient;
 use crate::target::ClientTarget;
 use crate::target::route_source;
-use crate::nameservers::NameserverClient;
 
 /// `meridian dlq ...`.
 #[derive(Debug, clap::Subcommand)]

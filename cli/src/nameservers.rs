@@ -9,8 +9,8 @@ use bytes::Bytes;
 use meridian_client::{ClientConfig, ConnectionPool, NameserverAdmin};
 use meridian_nameserver::service::Query;
 use meridian_nameserver::state::Response;
-use meridian_proto::admin::{AdminCommand, AdminWrite, AdminWriteRequest};
 use meridian_proto::RequestCode;
+use meridian_proto::admin::{AdminCommand, AdminWrite, AdminWriteRequest};
 use meridian_proto::messages::TopicRoute;
 use serde::de::DeserializeOwned;
 
@@ -110,7 +110,10 @@ impl NameserverClient {
             AdminWrite::Command { .. } => Duration::from_secs(15),
             _ => MEMBERSHIP_TIMEOUT,
         };
-        Ok(self.admin.write(&AdminWriteRequest { op, forwarded: false }, timeout).await?)
+        Ok(self
+            .admin
+            .write(&AdminWriteRequest { op, forwarded: false }, timeout)
+            .await?)
     }
 
     pub(crate) async fn command(&self, command: AdminCommand) -> Result<Response> {

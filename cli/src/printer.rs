@@ -6,8 +6,15 @@ use meridian_proto::admin::{Approval, Decision, format_time_ms};
 
 /// Prints a listing: one row per item (name, its approval, owner, and the `last` column's text),
 /// under a header naming the item `kind` (`TOPIC`, `GROUP`).
-pub fn print_list<'a>(kind: &str, last: &str, rows: impl Iterator<Item = (&'a String, &'a Approval, &'a String, String)>) {
-    println!("{:<32} {:<10} {:<16} {:<24} {last}", kind, "STATUS", "OWNER", "REQUESTED BY");
+pub fn print_list<'a>(
+    kind: &str,
+    last: &str,
+    rows: impl Iterator<Item = (&'a String, &'a Approval, &'a String, String)>,
+) {
+    println!(
+        "{:<32} {:<10} {:<16} {:<24} {last}",
+        kind, "STATUS", "OWNER", "REQUESTED BY"
+    );
     for (name, approval, owner, last) in rows {
         println!(
             "{:<32} {:<10} {:<16} {:<24} {}",

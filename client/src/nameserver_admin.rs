@@ -214,7 +214,10 @@ mod tests {
             .write::<_, serde_json::Value>(&serde_json::json!({"op": "x"}), Duration::from_secs(2))
             .await
             .unwrap_err();
-        assert!(matches!(&error, ClientError::Nameserver { addr, .. } if *addr == refusing.addr), "{error}");
+        assert!(
+            matches!(&error, ClientError::Nameserver { addr, .. } if *addr == refusing.addr),
+            "{error}"
+        );
         assert!(error.to_string().contains("not today"), "{error}");
         assert_eq!(refusing.admin_requests(), 1);
         assert_eq!(other.admin_requests(), 0);
@@ -230,7 +233,10 @@ mod tests {
             .read::<_, Vec<String>>(&serde_json::json!({"query": "topics"}))
             .await
             .unwrap_err();
-        assert!(matches!(error, ClientError::Decode(_)) && error.to_string().contains("same version"), "{error}");
+        assert!(
+            matches!(error, ClientError::Decode(_)) && error.to_string().contains("same version"),
+            "{error}"
+        );
         admin.shutdown().await;
     }
 
@@ -248,7 +254,11 @@ mod tests {
         assert!(text.contains(&first) && text.contains(&second), "{text}");
         assert!(text.contains("meridian cluster status"), "{text}");
         // Refused connections left the read undone, so every election round was tried.
-        assert!(started.elapsed() >= ROUND_PAUSE * (ELECTION_ROUNDS as u32 - 1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= ROUND_PAUSE * (ELECTION_ROUNDS as u32 - 1),
+            "{:?}",
+            started.elapsed()
+        );
         admin.shutdown().await;
     }
 

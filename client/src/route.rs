@@ -131,9 +131,9 @@ impl NameserverRoute {
     /// busy, to the next, each at most once: the failover every nameserver request of the SDK
     /// shares (route lookups, [`crate::NameserverAdmin`]). A refusal another nameserver would
     /// repeat ends the round at once.
-    pub(crate) async fn ask_each<T, Ask, Answer>(&self, mut ask: Ask) -> Result<T, Unanswered>
+    pub(crate) async fn ask_each<'a, T, Ask, Answer>(&'a self, mut ask: Ask) -> Result<T, Unanswered>
     where
-        Ask: FnMut(&str) -> Answer,
+        Ask: FnMut(&'a str) -> Answer,
         Answer: Future<Output = Result<T, TransportError>>,
     {
         let start = self.current.load(Ordering::Relaxed);
@@ -141,7 +141,7 @@ impl NameserverRoute {
         let mut undone = true;
         for step in 0..self.addrs.len() {
             let index = (start + step) % self.addrs.len();
-            let addr = &self.addrs[index];
+            let addr: &'a str = &self.addrs[index];
             match ask(addr).await {
                 Ok(answer) => {
                     if index != start {
@@ -161,7 +161,7 @@ impl NameserverRoute {
                                 ..
                             }
                     );
-                    failures.push((addr.clone(), failure_reason(&error)));
+                    failures.push((addr.to_owned(), failure_reason(&error)));
                 }
                 Err(TransportError::Remote { addr, code, message }) => {
                     return Err(Unanswered::Refused { addr, code, message });

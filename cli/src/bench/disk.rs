@@ -109,4 +109,3 @@ pub fn print_disk(baseline: &DiskBaseline, as_json: bool) {
         );
     }
 }
-

@@ -21,4 +21,3 @@ pub fn new_histogram() -> Histogram<u64> {
 pub fn micros(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
-

@@ -48,4 +48,3 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Disk(args) => disk::disk(args).await,
     }
 }
-

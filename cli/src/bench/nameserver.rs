@@ -11,9 +11,9 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use meridian_client::{ClientConfig, ConnectionPool};
 use meridian_nameserver::service::{Query, TopicDetail};
+use meridian_proto::RequestCode;
 use meridian_proto::admin::{AdminCommand, AdminWrite};
 use meridian_proto::admin::{PERM_READ_WRITE, TopicRequest};
-use meridian_proto::RequestCode;
 use meridian_proto::compress::compress;
 use meridian_proto::messages::{
     BrokerHeartbeat, BrokerHeartbeatResponse, BrokerRegistration, TopicList, TopicQueues, TopicRoute,

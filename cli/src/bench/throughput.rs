@@ -75,7 +75,6 @@ pub struct ConsumeBench {
     target: ClientTarget,
 }
 
-
 pub async fn produce(args: ProduceBench) -> Result<()> {
     if args.concurrency == 0 || args.batch == 0 || args.size == 0 {
         bail!("--concurrency, --batch and --size must be at least 1");

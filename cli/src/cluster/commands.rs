@@ -2,16 +2,17 @@
 //! node's config, start nameservers, then masters, then slaves and services, each waited for
 //! until healthy; stop in reverse).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::plan::{Kind, Node, Plan, SPEC_FILE, load, plan};
+use super::plan::{Kind, Node, Plan, SPEC_FILE, exists, load, plan};
 use super::processes::{log_tail, running_pid, say, signal, spawn, stop, wait_gone};
 use super::spec::parse_spec;
-use super::status::{NodeStatus, probe, probe_all};
+use super::status::{NodeStatus, print_table, probe, probe_all};
 
 /// Where the cluster lives, for every `cluster` subcommand.
 #[derive(Debug, Clone, clap::Args)]

@@ -3,19 +3,21 @@
 //! service's own validation (duplicate addresses, unknown IDCs, a group without exactly one
 //! master are found here, all at once, before anything starts).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
-use meridian_broker::{AckPolicy, BrokerConfig, FlushMode};
-use meridian_proto::validate::validate_group;
+use anyhow::{Context, Result, anyhow, bail};
+use meridian_broker::BrokerConfig;
+use meridian_broker::replication::AckPolicy;
+use meridian_broker::store::FlushMode;
 use meridian_nameserver::NameserverConfig;
+use meridian_proto::validate::validate_group;
 use meridian_tracer::TracerConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::spec::{ClusterSpec, parse_spec};
+use super::spec::{ClusterSpec, GroupSpec, MemberRole, MemberSpec, parse_spec};
 use meridian_query::QueryServiceConfig;
 
 /// The file under the cluster dir that holds the spec the cluster was made from.
