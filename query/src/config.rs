@@ -29,7 +29,6 @@ impl Default for QueryServiceConfig {
     }
 }
 
-
 /// Limits and settings of the query service. Every field has a default that works on a laptop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
