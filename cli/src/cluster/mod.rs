@@ -24,15 +24,17 @@ pub use status::process_view;
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::path::{Path, PathBuf};
 
     use meridian_broker::BrokerConfig;
     use meridian_nameserver::NameserverConfig;
+    use meridian_query::QueryServiceConfig;
     use meridian_tracer::TracerConfig;
+    use serde::Deserialize;
 
     use super::plan::*;
     use super::spec::*;
-    use meridian_query::QueryServiceConfig;
 
     fn examples() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
