@@ -866,7 +866,8 @@ def self_test(policy_path):
         (
             "comments, strings, char literals and test modules are not imports",
             with_sources(clean, "meridian-nameserver", layered_sources),
-            None,
+            # Pinned, so the expected line does not change with the crates the real policy enforces.
+            {"module_circles": {"enforce": ["meridian-nameserver"]}},
             0,
             ["module circles: none in meridian-nameserver, 0 reported elsewhere (1 crate targets read)"],
         ),

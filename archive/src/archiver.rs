@@ -142,6 +142,20 @@ pub struct RunReport {
     pub refused: Option<Refusal>,
 }
 
+impl RunReport {
+    /// Counts `converted` as archived by this run: its records, bytes and trace events. The one
+    /// place these totals are kept (the sample-archive generator counts with it too).
+    pub fn count(&mut self, converted: &ConvertedSegment) {
+        self.archived.push(converted.start);
+        self.records += converted.records;
+        self.record_bytes += converted.record_bytes;
+        let message_bytes = converted.files.iter().map(|file| file.bytes.len() as u64);
+        let trace_bytes = converted.traces.files.iter().map(|file| file.bytes.len() as u64);
+        self.parquet_bytes += message_bytes.chain(trace_bytes).sum::<u64>();
+        self.trace_events += converted.traces.files.iter().map(|file| file.rows).sum::<u64>();
+    }
+}
+
 /// Progress of a run, for a progress bar.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
@@ -306,17 +320,7 @@ impl Archiver {
                 report.refused = Some(refusal);
                 return Ok(report);
             }
-            report.archived.push(converted.start);
-            report.records += converted.records;
-            report.record_bytes += converted.record_bytes;
-            report.parquet_bytes += converted.files.iter().map(|file| file.bytes.len() as u64).sum::<u64>();
-            report.parquet_bytes += converted
-                .traces
-                .files
-                .iter()
-                .map(|file| file.bytes.len() as u64)
-                .sum::<u64>();
-            report.trace_events += converted.traces.files.iter().map(|file| file.rows).sum::<u64>();
+            report.count(&converted);
             tracing::info!(
                 segment = converted.start,
                 records = converted.records,

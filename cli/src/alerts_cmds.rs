@@ -41,7 +41,7 @@ pub async fn alerts(args: AlertsArgs) -> Result<()> {
         format!("/api/alerts?{}", query.join("&"))
     };
     let http = args.http;
-    let (status, body) = crate::cluster::http_get(http, &path)
+    let (status, body) = crate::probe::http_get(http, &path)
         .await
         .ok_or_else(|| anyhow!("nameserver HTTP API at {http} did not answer: pass a nameserver's --http address"))?;
     if status != 200 {
@@ -71,14 +71,14 @@ pub async fn alerts(args: AlertsArgs) -> Result<()> {
             text(&alert["rule"]),
             text(&alert["subject"]),
             if owner.is_empty() { "-".to_owned() } else { owner },
-            meridian_nameserver::state::format_time_ms(alert["last_change_ms"].as_u64().unwrap_or(0)),
+            meridian_proto::admin::format_time_ms(alert["last_change_ms"].as_u64().unwrap_or(0)),
             text(&alert["message"]),
         );
         if args.history {
             for change in alert["history"].as_array().into_iter().flatten() {
                 println!(
                     "    {} {:<9} {}",
-                    meridian_nameserver::state::format_time_ms(change["at_ms"].as_u64().unwrap_or(0)),
+                    meridian_proto::admin::format_time_ms(change["at_ms"].as_u64().unwrap_or(0)),
                     text(&change["status"]),
                     text(&change["message"]),
                 );

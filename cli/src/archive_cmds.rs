@@ -24,7 +24,7 @@ use meridian_proto::time::format_seconds;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::governance::{NameserverAddrs, NameserverClient};
+use crate::nameservers::{NameserverAddrs, NameserverClient};
 
 /// Which broker config to read.
 #[derive(Debug, Clone, clap::Args)]
@@ -160,7 +160,7 @@ impl GroupView for BrokerGroup {
         Box::pin(async move {
             match &self.confirmed {
                 ConfirmedSource::Local(store) => Ok(store.confirmed_offset()),
-                ConfirmedSource::RemoteOrSealed(addr) => match crate::cluster::http_json(*addr, "/api/health").await {
+                ConfirmedSource::RemoteOrSealed(addr) => match crate::probe::http_json(*addr, "/api/health").await {
                     Some(health) => health["broker"]["confirmed_offset"].as_u64().ok_or_else(|| {
                         group_error(
                             "asking the broker for its confirmed offset",
@@ -176,7 +176,7 @@ impl GroupView for BrokerGroup {
                     }
                 },
                 ConfirmedSource::Remote(addr) => {
-                    let health = crate::cluster::http_json(*addr, "/api/health").await.ok_or_else(|| {
+                    let health = crate::probe::http_json(*addr, "/api/health").await.ok_or_else(|| {
                         group_error(
                             "asking the broker for its confirmed offset",
                             format!("http://{addr}/api/health did not answer; is the broker running?"),
@@ -261,7 +261,7 @@ pub async fn archiver(args: ArchiverArgs) -> Result<()> {
     tasks.close();
     let result = tokio::select! {
         result = running => result.context("archiver task panicked")?,
-        _ = crate::shutdown_signal() => {
+        _ = crate::signal::shutdown_signal() => {
             stop.cancel();
             Ok(())
         }

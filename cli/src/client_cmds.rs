@@ -1,14 +1,13 @@
 //! Client commands: `produce`, `consume`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use meridian_client::{
     ClientConfig, ConnectionPool, ConsumeFrom, ConsumeMode, ConsumeResult, ConsumerConfig, Deployment, IdcSettings,
-    Message, NameserverRoute, Producer, ProducerConfig, PushConsumer, RouteSource, StaticRoute, TransactionCheckView,
-    TransactionListener, TransactionOutcome, TransactionProducer, TransactionProducerConfig,
+    Message, Producer, ProducerConfig, PushConsumer, TransactionCheckView, TransactionListener, TransactionOutcome,
+    TransactionProducer, TransactionProducerConfig,
 };
 use meridian_proto::record::StoredMessage;
 use meridian_proto::time::format_millis;
@@ -16,7 +15,7 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
-use crate::ClientTarget;
+use crate::target::{ClientTarget, route_source};
 
 /// How `produce` sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -160,25 +159,6 @@ pub struct ConsumeArgs {
     idc: IdcArgs,
     #[command(flatten)]
     target: ClientTarget,
-}
-
-pub fn route_source(target: &ClientTarget, pool: &ConnectionPool) -> Arc<dyn RouteSource> {
-    match &target.broker {
-        Some(broker) => Arc::new(StaticRoute::new(broker.clone(), pool.clone())),
-        None => Arc::new(NameserverRoute::new(
-            target.nameservers.nameservers.clone(),
-            pool.clone(),
-        )),
-    }
-}
-
-impl std::fmt::Display for ClientTarget {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.broker {
-            Some(broker) => write!(formatter, "broker {broker}"),
-            None => write!(formatter, "nameservers {}", self.nameservers.nameservers.join(",")),
-        }
-    }
 }
 
 /// When to deliver, from `--delay DURATION` or `--deliver-at TIME|+DURATION`: relative delays
@@ -470,7 +450,7 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
             },
             None => tokio::select! {
                 next = messages_rx.recv() => next,
-                _ = crate::shutdown_signal() => break,
+                _ = crate::signal::shutdown_signal() => break,
             },
         };
         let Some((message, done)) = next else { break };

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use meridian_nameserver::service::{BrokerGroupView, Query, WriteOp};
-use meridian_nameserver::state::{Command, Drill, DrillAction, IdcRule, Response, format_time_ms};
+use meridian_nameserver::service::{BrokerGroupView, Query};
+use meridian_nameserver::state::{Drill, DrillAction, IdcRule, Response};
 use meridian_proto::RequestCode;
+use meridian_proto::admin::format_time_ms;
+use meridian_proto::admin::{AdminCommand, AdminWrite};
 use meridian_proto::messages::{IdcLookupRequest, IdcLookupResponse};
 
-use crate::governance::{NameserverAddrs, NameserverClient, Who};
+use crate::nameservers::{NameserverAddrs, NameserverClient, Who};
 
 /// `meridian drill ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -96,8 +98,8 @@ async fn run_drill(client: &NameserverClient, command: DrillCommand) -> Result<(
         DrillCommand::Evacuate { idc, reason, who, .. } => {
             let by = who.name()?;
             client
-                .write(WriteOp::Command {
-                    command: Command::Evacuate {
+                .write(AdminWrite::Command {
+                    command: AdminCommand::Evacuate {
                         idc: idc.clone(),
                         by,
                         reason,
@@ -111,8 +113,8 @@ async fn run_drill(client: &NameserverClient, command: DrillCommand) -> Result<(
         DrillCommand::Restore { reason, who, .. } => {
             let by = who.name()?;
             client
-                .write(WriteOp::Command {
-                    command: Command::Restore { by, reason },
+                .write(AdminWrite::Command {
+                    command: AdminCommand::Restore { by, reason },
                 })
                 .await?;
             println!("restored: both data centers take traffic again (producers return as their routes refresh)");
@@ -207,8 +209,8 @@ async fn run_idc(client: &NameserverClient, command: IdcCommand) -> Result<()> {
         }
         IdcCommand::Set { cidr, idc, .. } => {
             let response = client
-                .write(WriteOp::Command {
-                    command: Command::SetIdcRule { cidr, idc },
+                .write(AdminWrite::Command {
+                    command: AdminCommand::SetIdcRule { cidr, idc },
                 })
                 .await?;
             if let Response::IdcRule { rule, overlaps } = response {
@@ -225,8 +227,8 @@ async fn run_idc(client: &NameserverClient, command: IdcCommand) -> Result<()> {
         }
         IdcCommand::Remove { cidr, .. } => {
             client
-                .write(WriteOp::Command {
-                    command: Command::RemoveIdcRule { cidr: cidr.clone() },
+                .write(AdminWrite::Command {
+                    command: AdminCommand::RemoveIdcRule { cidr: cidr.clone() },
                 })
                 .await?;
             println!("removed the rule for {cidr}");

@@ -7,7 +7,7 @@
 use anyhow::{Result, bail};
 use meridian_nameserver::service::{ClusterView, Query, Services};
 
-use crate::governance::{NameserverAddrs, NameserverClient};
+use crate::nameservers::{NameserverAddrs, NameserverClient};
 
 /// A service clients reach over HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

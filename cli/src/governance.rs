@@ -7,73 +7,18 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::Bytes;
-use meridian_client::{ClientConfig, ConnectionPool};
-use meridian_nameserver::Node;
-use meridian_nameserver::service::{
-    BrokerGroupView, ClusterView, GroupDetail, Query, TopicDetail, WriteOp, WriteRequest,
+use meridian_nameserver::service::{BrokerGroupView, ClusterView, GroupDetail, Query, TopicDetail};
+use meridian_nameserver::state::Response;
+use meridian_proto::admin::{
+    AdminCommand, AdminWrite, ApprovalStatus, ConsumeMode, ConsumerGroup, GroupRequest, Node, PERM_READ,
+    PERM_READ_WRITE, PERM_WRITE, ProduceLimitChange, Topic, TopicChanges, TopicRequest, format_time_ms,
 };
-use meridian_nameserver::state::{
-    ApprovalStatus, Command, ConsumeMode, ConsumerGroup, Decision, GroupRequest, PERM_READ, PERM_READ_WRITE,
-    PERM_WRITE, ProduceLimitChange, Response, Topic, TopicChanges, TopicRequest, format_time_ms,
-};
-use meridian_proto::messages::{QueryOffsetRequest, QueryOffsetResponse, TopicRoute, TopicRouteRequest, role};
+use meridian_proto::messages::{QueryOffsetRequest, QueryOffsetResponse, role};
 use meridian_proto::transport::TransportError;
 use meridian_proto::{ErrorCode, RequestCode};
-use serde::de::DeserializeOwned;
 
-/// Where governance commands find the nameservers.
-#[derive(Debug, Clone, clap::Args)]
-pub struct NameserverAddrs {
-    /// Nameserver addresses, comma-separated; any one will do.
-    #[arg(
-        long = "nameserver",
-        env = "MERIDIAN_NAMESERVER",
-        default_value = "127.0.0.1:7800",
-        value_delimiter = ','
-    )]
-    pub nameservers: Vec<String>,
-}
-
-/// Who makes a request or a decision; recorded in the history.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Who {
-    /// Who you are, recorded with the request or decision (default: $MERIDIAN_USER, else $USER,
-    /// else the OS account running the command).
-    #[arg(long = "by")]
-    by: Option<String>,
-}
-
-impl Who {
-    pub(crate) fn name(&self) -> Result<String> {
-        let non_empty = |name: String| (!name.trim().is_empty()).then_some(name);
-        self.by
-            .clone()
-            .and_then(non_empty)
-            .or_else(|| std::env::var("MERIDIAN_USER").ok().and_then(non_empty))
-            .or_else(|| std::env::var("USER").ok().and_then(non_empty))
-            .or_else(|| os_account_name().and_then(non_empty))
-            .ok_or_else(|| anyhow!("say who you are with --by NAME (or set MERIDIAN_USER): every request and decision records who made it"))
-    }
-}
-
-/// The name of the OS account this process runs as (containers often leave `USER` unset).
-fn os_account_name() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    let mut buffer = vec![0u8; 4096];
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes into `entry` and `buffer`, both live and of the sizes given;
-    // `found` is null or points at `entry`, whose strings point into `buffer`.
-    let status = unsafe { libc::getpwuid_r(uid, &mut entry, buffer.as_mut_ptr().cast(), buffer.len(), &mut found) };
-    if status != 0 || found.is_null() || entry.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: pw_name is a NUL-terminated string inside `buffer`, still alive here.
-    let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
-    name.to_str().ok().map(str::to_owned)
-}
+pub use crate::nameservers::{NameserverAddrs, NameserverClient, Who};
+use crate::printer;
 
 /// A decision that may say why: `approve NAME [--reason TEXT]`.
 #[derive(Debug, clap::Args)]
@@ -384,129 +329,6 @@ pub enum BrokerCommand {
     },
 }
 
-/// Talks to the nameservers, trying the next address when one cannot be reached.
-pub struct NameserverClient {
-    addrs: Vec<String>,
-    pool: ConnectionPool,
-}
-
-/// Rounds over every address while no node can answer (an election, a restart).
-const ELECTION_ROUNDS: usize = 6;
-
-/// Longest a membership change may take (adding a node waits until it has caught up).
-const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(125);
-
-impl NameserverClient {
-    /// A client of the nameservers at `addrs`.
-    pub fn new(addrs: &NameserverAddrs) -> Result<NameserverClient> {
-        if addrs.nameservers.is_empty() {
-            bail!("no nameserver address: pass --nameserver HOST:PORT");
-        }
-        Ok(NameserverClient {
-            addrs: addrs.nameservers.clone(),
-            pool: ConnectionPool::new(ClientConfig {
-                request_timeout: Duration::from_secs(10),
-                ..ClientConfig::default()
-            }),
-        })
-    }
-
-    async fn request(&self, code: RequestCode, body: Bytes, timeout: Duration) -> Result<Bytes> {
-        let mut failures = Vec::new();
-        // During an election no node can take a write for a second or so: try every address a
-        // few times, but only while each failure left the request undone (no connection, or
-        // refused as unavailable), so a retry cannot apply a write twice.
-        for round in 0..ELECTION_ROUNDS {
-            failures.clear();
-            let mut undone = true;
-            for addr in &self.addrs {
-                match self.pool.request(addr, code, body.clone(), timeout).await {
-                    Ok(frame) => return Ok(frame.body),
-                    Err(TransportError::Remote { code, message, .. }) if !code.is_retriable() => {
-                        return Err(anyhow!(message).context(format!("nameserver {addr} refused ({code})")));
-                    }
-                    Err(error) => {
-                        undone &= matches!(
-                            error,
-                            TransportError::Connect { .. }
-                                | TransportError::Remote {
-                                    code: ErrorCode::Unavailable,
-                                    ..
-                                }
-                        );
-                        failures.push(format!("{addr}: {error}"));
-                    }
-                }
-            }
-            if !undone || round + 1 == ELECTION_ROUNDS {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        Err(anyhow!(
-            "no nameserver answered; check that they are running (`meridian cluster status`):\n  {}",
-            failures.join("\n  ")
-        ))
-    }
-
-    /// Sends a framed request with `body` to the first nameserver that answers; the answer's body.
-    pub async fn request_raw(&self, code: RequestCode, body: Bytes) -> Result<Bytes> {
-        self.request(code, body, Duration::from_secs(10)).await
-    }
-
-    /// Reads `query` as `T`.
-    pub async fn read<T: DeserializeOwned>(&self, query: &Query) -> Result<T> {
-        let body = Bytes::from(serde_json::to_vec(query)?);
-        let answer = self
-            .request(RequestCode::NameserverRead, body, Duration::from_secs(10))
-            .await?;
-        serde_json::from_slice(&answer).context("the nameserver's answer does not decode; is it the same version?")
-    }
-
-    /// Applies `op` through the leader.
-    pub async fn write(&self, op: WriteOp) -> Result<Response> {
-        let timeout = match op {
-            WriteOp::Command { .. } => Duration::from_secs(15),
-            _ => MEMBERSHIP_TIMEOUT,
-        };
-        let body = Bytes::from(serde_json::to_vec(&WriteRequest { op, forwarded: false })?);
-        let answer = self.request(RequestCode::NameserverWrite, body, timeout).await?;
-        serde_json::from_slice(&answer).context("the nameserver's answer does not decode; is it the same version?")
-    }
-
-    pub(crate) async fn command(&self, command: Command) -> Result<Response> {
-        self.write(WriteOp::Command { command }).await
-    }
-
-    /// The route of `topic`.
-    pub async fn route(&self, topic: &str) -> Result<TopicRoute> {
-        let body = Bytes::from(prost::Message::encode_to_vec(&TopicRouteRequest {
-            topic: topic.to_owned(),
-        }));
-        let answer = self
-            .request(RequestCode::TopicRoute, body, Duration::from_secs(10))
-            .await?;
-        prost::Message::decode(answer).context("the nameserver's route does not decode")
-    }
-
-    pub async fn shutdown(self) {
-        self.pool.shutdown().await;
-    }
-
-    /// Runs `run` on `command` with a client of the nameservers at `addrs`, then closes the
-    /// client's connections whatever `run` returned.
-    pub async fn with<C>(
-        addrs: &NameserverAddrs,
-        command: C,
-        run: impl AsyncFnOnce(&NameserverClient, C) -> Result<()>,
-    ) -> Result<()> {
-        let client = NameserverClient::new(addrs)?;
-        let result = run(&client, command).await;
-        client.shutdown().await;
-        result
-    }
-}
-
 fn parse_status(status: Option<&str>) -> Option<ApprovalStatus> {
     match status? {
         "requested" => Some(ApprovalStatus::Requested),
@@ -576,12 +398,12 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 produce_limit,
                 requested_by: who.name()?,
             };
-            client.command(Command::RequestTopic(request)).await?;
+            client.command(AdminCommand::RequestTopic(request)).await?;
             println!("topic {name} requested; an admin approves it with `meridian topic approve {name}`");
         }
         TopicCommand::Approve(Decide { name, reason, who, .. }) => {
             client
-                .command(Command::ApproveTopic {
+                .command(AdminCommand::ApproveTopic {
                     name: name.clone(),
                     decided_by: who.name()?,
                     reason,
@@ -592,7 +414,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
         }
         TopicCommand::Reject(DecideWithReason { name, reason, who, .. }) => {
             client
-                .command(Command::RejectTopic {
+                .command(AdminCommand::RejectTopic {
                     name: name.clone(),
                     decided_by: who.name()?,
                     reason,
@@ -652,7 +474,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 description: None,
             };
             client
-                .command(Command::UpdateTopic {
+                .command(AdminCommand::UpdateTopic {
                     name: name.clone(),
                     updated_by: who.name()?,
                     reason,
@@ -681,7 +503,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 description: None,
             };
             client
-                .command(Command::UpdateTopic {
+                .command(AdminCommand::UpdateTopic {
                     name: name.clone(),
                     updated_by: who.name()?,
                     reason,
@@ -697,7 +519,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
         }
         TopicCommand::Delete(DecideWithReason { name, reason, who, .. }) => {
             client
-                .command(Command::DeleteTopic {
+                .command(AdminCommand::DeleteTopic {
                     name: name.clone(),
                     deleted_by: who.name()?,
                     reason,
@@ -711,20 +533,18 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                     status: parse_status(status.as_deref()),
                 })
                 .await?;
-            println!(
-                "{:<32} {:<10} {:<16} {:<24} QUEUES",
-                "TOPIC", "STATUS", "OWNER", "REQUESTED BY"
+            printer::print_list(
+                "TOPIC",
+                "QUEUES",
+                topics.iter().map(|topic| {
+                    (
+                        &topic.name,
+                        &topic.approval,
+                        &topic.owner,
+                        placement_text(&topic.queues),
+                    )
+                }),
             );
-            for topic in topics {
-                println!(
-                    "{:<32} {:<10} {:<16} {:<24} {}",
-                    topic.name,
-                    topic.approval.status.to_string(),
-                    topic.owner,
-                    topic.approval.requested_by,
-                    placement_text(&topic.queues)
-                );
-            }
         }
         TopicCommand::Describe(NameArgs { name, .. }) => {
             let detail: TopicDetail = client.read(&Query::Topic { name: name.clone() }).await?;
@@ -732,29 +552,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
                 println!("topic {name} was deleted; `meridian topic history {name}` shows when and why");
                 return Ok(());
             };
-            println!("topic        {}", topic.name);
-            println!("status       {}", topic.approval.status);
-            println!("owner        {}", topic.owner);
-            if !topic.description.is_empty() {
-                println!("description  {}", topic.description);
-            }
-            println!(
-                "requested    by {} at {}",
-                topic.approval.requested_by,
-                format_time_ms(topic.approval.requested_at_ms)
-            );
-            if let (Some(by), Some(at)) = (&topic.approval.decided_by, topic.approval.decided_at_ms) {
-                println!(
-                    "decided      by {by} at {}{}",
-                    format_time_ms(at),
-                    topic
-                        .approval
-                        .decision_reason
-                        .as_ref()
-                        .map(|reason| format!(" ({reason})"))
-                        .unwrap_or_default()
-                );
-            }
+            printer::print_approval_head("topic", &topic.name, &topic.approval, &topic.owner, &topic.description);
             println!("perm         {}", perm_text(topic.perm));
             println!(
                 "limit        {}",
@@ -797,7 +595,7 @@ async fn run_topic(client: &NameserverClient, command: TopicCommand) -> Result<(
         }
         TopicCommand::History(NameArgs { name, .. }) => {
             let detail: TopicDetail = client.read(&Query::Topic { name: name.clone() }).await?;
-            print_history(&detail.history);
+            printer::print_history(&detail.history);
         }
     }
     Ok(())
@@ -820,26 +618,6 @@ fn perm_text(perm: u8) -> &'static str {
         PERM_READ => "read only",
         PERM_WRITE => "write only",
         _ => "none",
-    }
-}
-
-fn print_history(history: &[Decision]) {
-    println!("{:<22} {:<10} {:<20} WHY / WHAT", "WHEN", "ACTION", "BY");
-    for decision in history {
-        let mut why = decision.reason.clone().unwrap_or_default();
-        if let Some(detail) = &decision.detail {
-            if !why.is_empty() {
-                why.push_str("; ");
-            }
-            why.push_str(detail);
-        }
-        println!(
-            "{:<22} {:<10} {:<20} {}",
-            format_time_ms(decision.at_ms),
-            decision.action.to_string(),
-            decision.by,
-            why
-        );
     }
 }
 
@@ -879,9 +657,9 @@ async fn create_topic(
         produce_limit: None,
         requested_by: by.clone(),
     };
-    client.command(Command::RequestTopic(request)).await?;
+    client.command(AdminCommand::RequestTopic(request)).await?;
     client
-        .command(Command::ApproveTopic {
+        .command(AdminCommand::ApproveTopic {
             name: name.to_owned(),
             decided_by: by,
             reason: Some("created by an admin (topic create)".into()),
@@ -909,7 +687,7 @@ async fn create_group(
     settings: GroupSettings,
 ) -> Result<()> {
     client
-        .command(Command::RequestGroup(GroupRequest {
+        .command(AdminCommand::RequestGroup(GroupRequest {
             name: name.to_owned(),
             owner,
             description: String::new(),
@@ -924,7 +702,7 @@ async fn create_group(
         }))
         .await?;
     client
-        .command(Command::ApproveGroup {
+        .command(AdminCommand::ApproveGroup {
             name: name.to_owned(),
             decided_by: by,
             reason: Some("created by an admin (group create)".into()),
@@ -984,40 +762,7 @@ const SERVE_WAIT: Duration = Duration::from_secs(30);
 
 /// Waits until every broker group of the topic's route has a live master that serves it.
 async fn wait_until_served(client: &NameserverClient, topic: &str) -> Result<()> {
-    let deadline = Instant::now() + SERVE_WAIT;
-    let mut last_problem = String::new();
-    while Instant::now() < deadline {
-        match client.route(topic).await {
-            Ok(route) => {
-                let mut pending = Vec::new();
-                for broker in &route.brokers {
-                    if broker.addr.is_empty() {
-                        pending.push(format!("broker group {} has no live master", broker.broker_name));
-                        continue;
-                    }
-                    let request = TopicRouteRequest {
-                        topic: topic.to_owned(),
-                    };
-                    let served: Result<TopicRoute, _> = client
-                        .pool
-                        .call(&broker.addr, RequestCode::TopicRoute, &request, Duration::from_secs(3))
-                        .await;
-                    if let Err(error) = served {
-                        pending.push(format!("broker {} ({}): {error}", broker.broker_name, broker.addr));
-                    }
-                }
-                if pending.is_empty() {
-                    return Ok(());
-                }
-                last_problem = pending.join("; ");
-            }
-            Err(error) => last_problem = format!("{error:#}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!(
-        "topic {topic:?} is approved in the nameservers, but not every broker applied it within {SERVE_WAIT:?}: {last_problem}; brokers apply approvals on their next heartbeat: check that the broker named runs with these nameservers configured (`meridian cluster status`)"
-    )
+    Ok(client.admin().wait_until_served(topic, SERVE_WAIT).await?)
 }
 
 /// Waits until the masters of the group's topics accept the group for each topic (brokers learn
@@ -1043,7 +788,7 @@ async fn wait_until_known(client: &NameserverClient, group: &str, topics: &[Stri
                 ..Default::default()
             };
             let answer: Result<QueryOffsetResponse, _> = client
-                .pool
+                .pool()
                 .call(master, RequestCode::QueryOffset, &request, Duration::from_secs(3))
                 .await;
             match answer {
@@ -1100,7 +845,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
             ..
         } => {
             client
-                .command(Command::RequestGroup(GroupRequest {
+                .command(AdminCommand::RequestGroup(GroupRequest {
                     name: name.clone(),
                     owner,
                     description,
@@ -1119,7 +864,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
         GroupCommand::ResetOffset(_) => unreachable!("handled in group()"),
         GroupCommand::Approve(Decide { name, reason, who, .. }) => {
             client
-                .command(Command::ApproveGroup {
+                .command(AdminCommand::ApproveGroup {
                     name: name.clone(),
                     decided_by: who.name()?,
                     reason,
@@ -1135,7 +880,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
         }
         GroupCommand::Reject(DecideWithReason { name, reason, who, .. }) => {
             client
-                .command(Command::RejectGroup {
+                .command(AdminCommand::RejectGroup {
                     name: name.clone(),
                     decided_by: who.name()?,
                     reason,
@@ -1161,7 +906,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
         }
         GroupCommand::Delete(DecideWithReason { name, reason, who, .. }) => {
             client
-                .command(Command::DeleteGroup {
+                .command(AdminCommand::DeleteGroup {
                     name: name.clone(),
                     deleted_by: who.name()?,
                     reason,
@@ -1175,20 +920,14 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
                     status: parse_status(status.as_deref()),
                 })
                 .await?;
-            println!(
-                "{:<32} {:<10} {:<16} {:<24} TOPICS",
-                "GROUP", "STATUS", "OWNER", "REQUESTED BY"
+            printer::print_list(
+                "GROUP",
+                "TOPICS",
+                groups.iter().map(|group| {
+                    let topics = group.topics.iter().cloned().collect::<Vec<_>>().join(",");
+                    (&group.name, &group.approval, &group.owner, topics)
+                }),
             );
-            for group in groups {
-                println!(
-                    "{:<32} {:<10} {:<16} {:<24} {}",
-                    group.name,
-                    group.approval.status.to_string(),
-                    group.owner,
-                    group.approval.requested_by,
-                    group.topics.iter().cloned().collect::<Vec<_>>().join(",")
-                );
-            }
         }
         GroupCommand::Describe(NameArgs { name, .. }) => {
             let detail: GroupDetail = client.read(&Query::Group { name: name.clone() }).await?;
@@ -1196,29 +935,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
                 println!("consumer group {name} was deleted; `meridian group history {name}` shows when and why");
                 return Ok(());
             };
-            println!("group        {}", group.name);
-            println!("status       {}", group.approval.status);
-            println!("owner        {}", group.owner);
-            if !group.description.is_empty() {
-                println!("description  {}", group.description);
-            }
-            println!(
-                "requested    by {} at {}",
-                group.approval.requested_by,
-                format_time_ms(group.approval.requested_at_ms)
-            );
-            if let (Some(by), Some(at)) = (&group.approval.decided_by, group.approval.decided_at_ms) {
-                println!(
-                    "decided      by {by} at {}{}",
-                    format_time_ms(at),
-                    group
-                        .approval
-                        .decision_reason
-                        .as_ref()
-                        .map(|reason| format!(" ({reason})"))
-                        .unwrap_or_default()
-                );
-            }
+            printer::print_approval_head("group", &group.name, &group.approval, &group.owner, &group.description);
             println!(
                 "topics       {}",
                 group.topics.iter().cloned().collect::<Vec<_>>().join(", ")
@@ -1234,7 +951,7 @@ async fn run_group(client: &NameserverClient, command: GroupCommand) -> Result<(
         }
         GroupCommand::History(NameArgs { name, .. }) => {
             let detail: GroupDetail = client.read(&Query::Group { name: name.clone() }).await?;
-            print_history(&detail.history);
+            printer::print_history(&detail.history);
         }
     }
     Ok(())
@@ -1259,7 +976,7 @@ async fn run_broker(client: &NameserverClient, command: BrokerCommand) -> Result
         who,
         ..
     } = command;
-    let command = Command::FenceMaster {
+    let command = AdminCommand::FenceMaster {
         group: group.clone(),
         preferred: to.clone(),
         by: who.name()?,
@@ -1430,7 +1147,7 @@ async fn run_cluster(
             for (idc, lost) in &cluster.lost_idcs {
                 println!(
                     "LOST data center {idc} since {}: {}",
-                    meridian_nameserver::state::format_time_ms(lost.since_ms),
+                    format_time_ms(lost.since_ms),
                     lost.reason
                 );
             }
@@ -1491,7 +1208,7 @@ async fn run_cluster(
             ..
         } => {
             client
-                .write(WriteOp::AddNode {
+                .write(AdminWrite::AddNode {
                     id,
                     node: Node { addr, http_addr, idc },
                 })
@@ -1499,7 +1216,7 @@ async fn run_cluster(
             println!("nameserver node {id} added: it caught up and votes");
         }
         ClusterCommand::RemoveNode { id, .. } => {
-            client.write(WriteOp::RemoveNode { id }).await?;
+            client.write(AdminWrite::RemoveNode { id }).await?;
             println!("nameserver node {id} removed");
         }
     }

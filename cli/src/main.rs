@@ -9,8 +9,6 @@ mod archive_cmds;
 mod archive_steps;
 mod archive_why;
 mod bench;
-mod bench_messaging;
-mod bench_nameserver;
 mod client_cmds;
 mod cluster;
 mod config;
@@ -19,9 +17,14 @@ mod env_cmds;
 mod governance;
 mod http;
 mod messaging_cmds;
+mod nameservers;
+mod printer;
+mod probe;
 mod sdk_cmds;
 mod serve;
+mod signal;
 mod sql_cmds;
+mod target;
 mod trace_cmds;
 mod ui_cmd;
 
@@ -103,16 +106,6 @@ enum Command {
     Alerts(alerts_cmds::AlertsArgs),
 }
 
-/// Where a client command finds brokers: through the nameservers, or one standalone broker.
-#[derive(Debug, Clone, clap::Args)]
-struct ClientTarget {
-    #[command(flatten)]
-    nameservers: governance::NameserverAddrs,
-    /// Talk to this broker directly instead (a standalone broker, started without nameservers).
-    #[arg(long = "broker", env = "MERIDIAN_BROKER_ADDR")]
-    broker: Option<String>,
-}
-
 /// The default log filter of services: every `meridian*` target at `info`, dependencies at
 /// `warn` (openraft alone logs dozens of lines at `info` before the first request).
 const SERVICE_LOG: &str = "warn,meridian=info";
@@ -130,25 +123,6 @@ fn init_logging(filter: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-///
-/// The handlers are registered when this is called, not when the future is first polled: once
-/// tokio handles a signal, one that arrives while nothing listens is lost, so a caller that
-/// prints "ready" must hold this future from before it prints (a SIGTERM right after the banner
-/// used to leave `meridian dev` running).
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
-    let mut terminate = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-    async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::info!("shutdown requested");
-    }
 }
 
 fn main() -> std::process::ExitCode {

@@ -8,9 +8,9 @@ use meridian_proto::properties::RETRY_TOPIC;
 use meridian_proto::time::format_millis;
 use serde_json::json;
 
-use crate::ClientTarget;
-use crate::client_cmds::route_source;
-use crate::governance::NameserverClient;
+use crate::nameservers::NameserverClient;
+use crate::target::ClientTarget;
+use crate::target::route_source;
 
 /// `meridian dlq ...`.
 #[derive(Debug, clap::Subcommand)]

@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use meridian_nameserver::service::Query;
-use meridian_nameserver::state::{Command, SdkPolicy};
+use meridian_nameserver::state::SdkPolicy;
+use meridian_proto::admin::AdminCommand;
 
-use crate::governance::{NameserverAddrs, NameserverClient};
+use crate::nameservers::{NameserverAddrs, NameserverClient};
 
 /// `meridian client ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -55,7 +56,7 @@ pub async fn client(command: ClientCommand) -> Result<()> {
 }
 
 async fn list(http: SocketAddr) -> Result<()> {
-    let (status, body) = crate::cluster::http_get(http, "/api/broker/clients")
+    let (status, body) = crate::probe::http_get(http, "/api/broker/clients")
         .await
         .ok_or_else(|| anyhow!("broker HTTP API at {http} did not answer: pass the broker's --http address"))?;
     if status != 200 {
@@ -114,7 +115,7 @@ async fn policy(client: &NameserverClient, args: PolicyArgs) -> Result<()> {
             language_min_versions.insert(language.to_owned(), version.to_owned());
         }
         client
-            .command(Command::SetSdkPolicy {
+            .command(AdminCommand::SetSdkPolicy {
                 min_version,
                 blocked_versions: block.into_iter().collect::<BTreeSet<_>>(),
                 refuse,

@@ -15,7 +15,8 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{config, http, shutdown_signal};
+use crate::signal::shutdown_signal;
+use crate::{config, http};
 
 /// Arguments of `meridian dev`.
 #[derive(Debug, clap::Args)]

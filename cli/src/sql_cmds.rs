@@ -8,36 +8,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use meridian_archive::store::{ArchiveConfig, ArchiveStore};
-use meridian_query::{QueryConfig, QueryMetrics, QueryService};
+use meridian_query::{QueryConfig, QueryMetrics, QueryService, QueryServiceConfig};
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::{config, http};
-
-/// The query service's config file (`MERIDIAN_QUERY__*` variables override it).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueryServiceConfig {
-    /// HTTP listen address (`POST /api/sql`, `/metrics`).
-    pub http_listen: SocketAddr,
-    /// Where the archive is: `store` and `[archive.s3]`, `[archive.gcs]` or `[archive.azure]` as in
-    /// the broker's `[archive]` table (the other keys of that table are ignored here).
-    pub archive: ArchiveConfig,
-    /// Limits.
-    pub query: QueryConfig,
-}
-
-impl Default for QueryServiceConfig {
-    fn default() -> QueryServiceConfig {
-        QueryServiceConfig {
-            http_listen: "127.0.0.1:8090".parse().expect("address"),
-            archive: ArchiveConfig::default(),
-            query: QueryConfig::default(),
-        }
-    }
-}
 
 /// `meridian query`.
 #[derive(Debug, clap::Args)]
@@ -108,7 +84,7 @@ pub async fn query(args: QueryArgs) -> Result<()> {
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     let signal = async move {
-        crate::shutdown_signal().await;
+        crate::signal::shutdown_signal().await;
         stopped.cancel();
     };
     tokio::select! {
@@ -131,7 +107,7 @@ pub struct SqlArgs {
     #[arg(long, env = "MERIDIAN_QUERY")]
     server: Option<String>,
     #[command(flatten)]
-    addrs: crate::governance::NameserverAddrs,
+    addrs: crate::nameservers::NameserverAddrs,
 }
 
 /// `POST /api/sql?format=F` with `sql` as the body: the status and the body. HTTP/1.0, so the

@@ -68,7 +68,7 @@ pub async fn tracer(args: TracerArgs) -> Result<()> {
         println!("meridian tracer: no http_listen, lookups are off");
     }
     tasks.close();
-    let result = tracer.run(crate::shutdown_signal()).await;
+    let result = tracer.run(crate::signal::shutdown_signal()).await;
     stop.cancel();
     tasks.wait().await;
     result.context("tracer failed")
@@ -108,7 +108,7 @@ pub struct TraceArgs {
     #[arg(long, env = "MERIDIAN_TRACER")]
     tracer: Option<String>,
     #[command(flatten)]
-    addrs: crate::governance::NameserverAddrs,
+    addrs: crate::nameservers::NameserverAddrs,
 }
 
 fn encode(text: &str) -> String {

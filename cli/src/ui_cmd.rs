@@ -122,5 +122,5 @@ pub async fn ui(mut args: UiArgs) -> Result<()> {
         config.query.as_deref().unwrap_or("(none: --query-http ADDR)")
     );
     println!("ready; press Ctrl-C to stop");
-    crate::http::serve(listener, meridian_ui::router(config), crate::shutdown_signal()).await
+    crate::http::serve(listener, meridian_ui::router(config), crate::signal::shutdown_signal()).await
 }

@@ -53,6 +53,29 @@ pub enum ClientError {
         /// Each nameserver tried, in order, with why it failed.
         failures: Vec<(String, String)>,
     },
+    /// No nameserver answered an admin request: each was down, unreachable or busy, through
+    /// every round of an election's worth of retries.
+    #[error(
+        "no nameserver answered; check that they are running (`meridian cluster status`): {}",
+        describe_failures(.failures)
+    )]
+    NameserversDown {
+        /// Each nameserver tried in the last round, in order, with why it failed.
+        failures: Vec<(String, String)>,
+    },
+    /// The nameservers approved a topic, but not every broker of its route serves it within the
+    /// time waited (brokers apply approvals on their next heartbeat).
+    #[error(
+        "topic {topic:?} is approved in the nameservers, but not every broker applied it within {within:?}: {problem}; brokers apply approvals on their next heartbeat: check that the broker named runs with these nameservers configured (`meridian cluster status`)"
+    )]
+    NotServedYet {
+        /// The topic.
+        topic: String,
+        /// How long was waited.
+        within: Duration,
+        /// What was still missing at the end, broker by broker.
+        problem: String,
+    },
     /// A message, name or size breaks a rule; nothing was sent.
     #[error("{0}")]
     Validation(#[from] ValidationError),
@@ -142,6 +165,8 @@ impl ClientError {
             | ClientError::Connect { .. }
             | ClientError::ConnectionClosed
             | ClientError::NameserversUnreachable { .. }
+            | ClientError::NameserversDown { .. }
+            | ClientError::NotServedYet { .. }
             | ClientError::ApprovalNotApplied { .. } => true,
             _ => false,
         }

@@ -6,7 +6,8 @@
 //! - [`PushConsumer`] joins a consumer group, shares the topic's queues with the other members
 //!   ([`allocate_averagely`]) and hands each message to a handler, in order per queue, at least once.
 //! - [`PullConsumer`] is the low level: pull a queue at an offset, read and commit offsets.
-//! - [`Admin`] creates topics and reads routes.
+//! - [`Admin`] creates topics and reads routes; [`NameserverAdmin`] sends a cluster's admin reads
+//!   and writes (topics, groups, brokers, drills, the SDK policy) to its nameservers.
 //! - Underneath: [`ConnectionPool`] of pipelined [`Connection`]s, and a [`RouteSource`] that says
 //!   where a topic lives: [`StaticRoute`] asks one standalone broker, [`NameserverRoute`] asks a
 //!   cluster's nameservers. Each client type is built from either (`new` / `start` take a route
@@ -23,6 +24,7 @@ mod error;
 mod fault;
 mod idc;
 mod message;
+mod nameserver_admin;
 mod producer;
 mod push;
 mod route;
@@ -40,6 +42,7 @@ pub use meridian_proto::idc::IdcSettings;
 pub use meridian_proto::transport::TransportConfig as ClientConfig;
 pub use meridian_proto::transport::{Connection, ConnectionPool, TransportError};
 pub use message::{Delay, Message, SendResult};
+pub use nameserver_admin::NameserverAdmin;
 pub use producer::{Locality, Producer, ProducerConfig};
 pub use push::{ConsumeFrom, ConsumeMode, ConsumeResult, ConsumerConfig, PushConsumer};
 pub use route::{IdcLookupFuture, NameserverRoute, RouteSource, StaticRoute};

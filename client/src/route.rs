@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meridian_proto::RequestCode;
 use std::net::IpAddr;
+
+use meridian_proto::{ErrorCode, RequestCode};
 
 use meridian_proto::idc::local_ip_towards;
 use meridian_proto::messages::{BrokerRoute, IdcLookupRequest, IdcLookupResponse, TopicRoute, TopicRouteRequest, perm};
@@ -121,6 +122,56 @@ impl NameserverRoute {
         &self.addrs
     }
 
+    /// The pool requests to the nameservers go over.
+    pub(crate) fn pool(&self) -> &ConnectionPool {
+        &self.pool
+    }
+
+    /// Sends `ask` to the nameserver that answered last, and while one is down, unreachable or
+    /// busy, to the next, each at most once: the failover every nameserver request of the SDK
+    /// shares (route lookups, [`crate::NameserverAdmin`]). A refusal another nameserver would
+    /// repeat ends the round at once.
+    pub(crate) async fn ask_each<'a, T, Ask, Answer>(&'a self, mut ask: Ask) -> Result<T, Unanswered>
+    where
+        Ask: FnMut(&'a str) -> Answer,
+        Answer: Future<Output = Result<T, TransportError>>,
+    {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        let mut undone = true;
+        for step in 0..self.addrs.len() {
+            let index = (start + step) % self.addrs.len();
+            let addr: &'a str = &self.addrs[index];
+            match ask(addr).await {
+                Ok(answer) => {
+                    if index != start {
+                        debug!(nameserver = %addr, "nameserver requests move to this nameserver");
+                    }
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(error) if error.is_retriable() => {
+                    debug!(nameserver = %addr, %error, "nameserver did not answer; trying the next one");
+                    // Only a request that surely did not reach a leader may be sent again.
+                    undone &= matches!(
+                        error,
+                        TransportError::Connect { .. }
+                            | TransportError::Remote {
+                                code: ErrorCode::Unavailable,
+                                ..
+                            }
+                    );
+                    failures.push((addr.to_owned(), failure_reason(&error)));
+                }
+                Err(TransportError::Remote { addr, code, message }) => {
+                    return Err(Unanswered::Refused { addr, code, message });
+                }
+                Err(error) => return Err(Unanswered::Failed(error)),
+            }
+        }
+        Err(Unanswered::NoneAnswered { failures, undone })
+    }
+
     async fn lookup(&self, topic: &str) -> Result<TopicRoute, ClientError> {
         validate_topic(topic)?;
         if self.addrs.is_empty() {
@@ -132,34 +183,42 @@ impl NameserverRoute {
             topic: topic.to_owned(),
         };
         let timeout = self.pool.config().request_timeout;
-        let start = self.current.load(Ordering::Relaxed);
-        let mut failures = Vec::new();
-        for step in 0..self.addrs.len() {
-            let index = (start + step) % self.addrs.len();
-            let addr = &self.addrs[index];
-            match self.pool.call(addr, RequestCode::TopicRoute, &request, timeout).await {
-                Ok(route) => {
-                    if index != start {
-                        debug!(nameserver = %addr, "route lookups move to this nameserver");
-                    }
-                    self.current.store(index, Ordering::Relaxed);
-                    return Ok(route);
-                }
-                Err(error) if error.is_retriable() => {
-                    debug!(nameserver = %addr, %error, topic, "nameserver did not answer; trying the next one");
-                    failures.push((addr.clone(), failure_reason(&error)));
-                }
-                Err(TransportError::Remote { addr, code, message }) => {
-                    return Err(ClientError::Nameserver { addr, code, message });
-                }
-                Err(error) => return Err(error.into()),
-            }
+        let answer = self
+            .ask_each(|addr| self.pool.call(addr, RequestCode::TopicRoute, &request, timeout))
+            .await;
+        match answer {
+            Ok(route) => Ok(route),
+            Err(Unanswered::Refused { addr, code, message }) => Err(ClientError::Nameserver { addr, code, message }),
+            Err(Unanswered::Failed(error)) => Err(error.into()),
+            Err(Unanswered::NoneAnswered { failures, .. }) => Err(ClientError::NameserversUnreachable {
+                topic: topic.to_owned(),
+                failures,
+            }),
         }
-        Err(ClientError::NameserversUnreachable {
-            topic: topic.to_owned(),
-            failures,
-        })
     }
+}
+
+/// Why [`NameserverRoute::ask_each`] has no answer.
+pub(crate) enum Unanswered {
+    /// A nameserver refused with an error another would repeat.
+    Refused {
+        /// The nameserver.
+        addr: String,
+        /// Its code.
+        code: ErrorCode,
+        /// Its explanation.
+        message: String,
+    },
+    /// A failure that asking another nameserver cannot help (a request too large to send).
+    Failed(TransportError),
+    /// Each nameserver was down, unreachable or busy.
+    NoneAnswered {
+        /// Each address tried, with why it failed.
+        failures: Vec<(String, String)>,
+        /// Whether every failure left the request surely undone (no connection, or refused as
+        /// unavailable), so sending it again cannot apply a write twice.
+        undone: bool,
+    },
 }
 
 /// Why one nameserver did not answer, briefly: the whole error goes on to name the fix once.

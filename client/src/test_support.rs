@@ -472,7 +472,8 @@ async fn pull(state: &State, id: u64, request: PullRequest) -> Option<Frame> {
     }
 }
 
-/// A fake nameserver answering only `TopicRoute`, from routes and refusals the test sets.
+/// A fake nameserver answering `TopicRoute` from routes and refusals the test sets, and admin
+/// reads and writes (`NameserverRead`, `NameserverWrite`) with one answer the test sets.
 pub(crate) struct FakeNameserver {
     pub(crate) addr: String,
     answers: Arc<Mutex<NameserverAnswers>>,
@@ -484,6 +485,9 @@ struct NameserverAnswers {
     routes: HashMap<String, TopicRoute>,
     refusals: HashMap<String, (ErrorCode, String)>,
     lookups: usize,
+    /// The answer to every admin request: a JSON body, or a refusal.
+    admin: Option<Result<Bytes, (ErrorCode, String)>>,
+    admin_requests: usize,
 }
 
 impl FakeNameserver {
@@ -535,6 +539,21 @@ impl FakeNameserver {
             .insert(topic.to_owned(), (code, message.to_owned()));
     }
 
+    /// Answers every admin read and write with `body`.
+    pub(crate) fn set_admin_answer(&self, body: &'static str) {
+        self.answers.lock().unwrap().admin = Some(Ok(Bytes::from_static(body.as_bytes())));
+    }
+
+    /// Refuses every admin read and write.
+    pub(crate) fn refuse_admin(&self, code: ErrorCode, message: &str) {
+        self.answers.lock().unwrap().admin = Some(Err((code, message.to_owned())));
+    }
+
+    /// Admin reads and writes seen so far.
+    pub(crate) fn admin_requests(&self) -> usize {
+        self.answers.lock().unwrap().admin_requests
+    }
+
     /// Route lookups answered so far.
     pub(crate) fn lookups(&self) -> usize {
         self.answers.lock().unwrap().lookups
@@ -549,12 +568,24 @@ impl Drop for FakeNameserver {
 
 fn answer_route(answers: &Mutex<NameserverAnswers>, frame: &Frame) -> Frame {
     let id = frame.header.request_id;
-    if RequestCode::from_u32(frame.header.code) != Some(RequestCode::TopicRoute) {
-        return Frame::error(
-            id,
-            ErrorCode::UnsupportedRequest,
-            "the fake nameserver only answers TopicRoute",
-        );
+    match RequestCode::from_u32(frame.header.code) {
+        Some(RequestCode::TopicRoute) => {}
+        Some(RequestCode::NameserverRead | RequestCode::NameserverWrite) => {
+            let mut answers = answers.lock().unwrap();
+            answers.admin_requests += 1;
+            return match &answers.admin {
+                Some(Ok(body)) => Frame::response(id, body.clone()),
+                Some(Err((code, message))) => Frame::error(id, *code, message.clone()),
+                None => Frame::error(id, ErrorCode::UnsupportedRequest, "the test set no admin answer"),
+            };
+        }
+        _ => {
+            return Frame::error(
+                id,
+                ErrorCode::UnsupportedRequest,
+                "the fake nameserver only answers TopicRoute, NameserverRead and NameserverWrite",
+            );
+        }
     }
     let request: TopicRouteRequest = decode(frame);
     let mut answers = answers.lock().unwrap();

@@ -31,6 +31,7 @@
 //! openraft is re-exported as [`openraft`] so that crates composing the nameserver (the network
 //! layer, `cli`) use this exact version without depending on it themselves.
 
+pub mod admin;
 pub mod alerts;
 pub mod config;
 pub mod continuity;

@@ -13,16 +13,9 @@ use crate::state::{Command, CommandError, Response};
 pub type NodeId = u64;
 
 /// How to reach a nameserver. Stored in the Raft membership, so every node knows every peer's
-/// addresses, and a follower can tell a client where the leader is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Node {
-    /// Framed-protocol address (Raft RPCs, broker heartbeats, client route lookups).
-    pub addr: String,
-    /// HTTP address (admin API).
-    pub http_addr: String,
-    /// Data center of the node.
-    pub idc: String,
-}
+/// addresses, and a follower can tell a client where the leader is. A record of the admin
+/// contract (`cluster add-node` sends it), so it is defined in [`meridian_proto::admin`].
+pub use meridian_proto::admin::Node;
 
 /// One log entry's payload: a command and the time the leader proposed it. Applying uses this
 /// time, never the applying node's clock, so every node computes the same state.

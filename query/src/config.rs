@@ -1,6 +1,33 @@
-//! The `[query]` table of the query service's config.
+//! The query service's config file ([`QueryServiceConfig`]: where it listens, where the archive
+//! is) and its `[query]` table of limits ([`QueryConfig`]).
 
+use std::net::SocketAddr;
+
+use meridian_archive::store::ArchiveConfig;
 use serde::{Deserialize, Serialize};
+
+/// The query service's config file (`MERIDIAN_QUERY__*` variables override it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryServiceConfig {
+    /// HTTP listen address (`POST /api/sql`, `/metrics`).
+    pub http_listen: SocketAddr,
+    /// Where the archive is: `store` and `[archive.s3]`, `[archive.gcs]` or `[archive.azure]` as in
+    /// the broker's `[archive]` table (the other keys of that table are ignored here).
+    pub archive: ArchiveConfig,
+    /// Limits.
+    pub query: QueryConfig,
+}
+
+impl Default for QueryServiceConfig {
+    fn default() -> QueryServiceConfig {
+        QueryServiceConfig {
+            http_listen: "127.0.0.1:8090".parse().expect("address"),
+            archive: ArchiveConfig::default(),
+            query: QueryConfig::default(),
+        }
+    }
+}
 
 /// Limits and settings of the query service. Every field has a default that works on a laptop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use meridian_archive::archiver::Archiver;
+use meridian_archive::archiver::{Archiver, RunReport};
 use meridian_archive::convert::{self, ConvertOptions};
 use meridian_archive::sample;
 use meridian_archive::store::ArchiveStore;
@@ -196,22 +196,19 @@ pub async fn generate(
     });
     let mut conversions = futures_util::stream::iter(jobs).buffered(parallel);
     let mut report = GenerateReport::default();
+    // The archiver's own totals: what a real run of it would report for these segments.
+    let mut archived = RunReport::default();
     while let Some(done) = conversions.next().await {
         let (converted, count, traced) = done?;
         archiver.publish(&converted).await?;
+        archived.count(&converted);
         report.messages += count;
         report.trace_events += traced;
-        report.segments += 1;
-        report.record_bytes += converted.record_bytes;
-        report.parquet_bytes += converted.files.iter().map(|file| file.bytes.len() as u64).sum::<u64>();
-        report.parquet_bytes += converted
-            .traces
-            .files
-            .iter()
-            .map(|file| file.bytes.len() as u64)
-            .sum::<u64>();
         progress(report.messages);
     }
+    report.segments = archived.archived.len() as u64;
+    report.record_bytes = archived.record_bytes;
+    report.parquet_bytes = archived.parquet_bytes;
     Ok(report)
 }
 

@@ -26,7 +26,7 @@ pub mod service;
 pub mod tail;
 pub mod udf;
 
-pub use config::QueryConfig;
+pub use config::{QueryConfig, QueryServiceConfig};
 pub use error::{QueryError, Result};
 pub use metrics::QueryMetrics;
 pub use service::{QueryAnswer, QueryService};

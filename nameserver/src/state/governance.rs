@@ -6,139 +6,18 @@
 //! approves or rejects either, and requests and deletions go through the same checks. Pure code,
 //! over the maps [`super::MetadataState`] lends it for one command.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use meridian_proto::validate::{validate_group, validate_queue_count, validate_topic};
-use serde::{Deserialize, Serialize};
 
 use super::approval::{Approval, ApprovalStatus, Decision, DecisionAction, Subject};
 use super::error::{CommandError, require_person, require_reason};
 
-/// Permission bit: consumers may read the topic.
-pub const PERM_READ: u8 = 1;
-/// Permission bit: producers may write the topic.
-pub const PERM_WRITE: u8 = 2;
-/// Read and write: the default permission of a new topic.
-pub const PERM_READ_WRITE: u8 = PERM_READ | PERM_WRITE;
-/// Deliveries of one message to a consumer group before it goes to the dead-letter queue.
-pub const DEFAULT_MAX_RETRIES: u32 = 16;
-
-/// How a consumer group shares a topic's messages among its members.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConsumeMode {
-    /// Each message goes to one member of the group.
-    #[default]
-    Clustering,
-    /// Each message goes to every member of the group.
-    Broadcasting,
-}
-
-/// A topic and where it stands in governance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Topic {
-    /// Name (proto's topic rule).
-    pub name: String,
-    /// Queues per broker group.
-    pub queues: BTreeMap<String, u32>,
-    /// Permission bits: [`PERM_READ`], [`PERM_WRITE`].
-    pub perm: u8,
-    /// Team that owns the topic.
-    pub owner: String,
-    /// What the topic carries.
-    pub description: String,
-    /// Where it stands in the approval workflow.
-    #[serde(flatten)]
-    pub approval: Approval,
-    /// Most messages per second producers may send to it; `None`: no limit.
-    pub produce_limit: Option<u32>,
-}
-
-/// A consumer group and where it stands in governance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConsumerGroup {
-    /// Name (proto's group rule).
-    pub name: String,
-    /// Team that owns the group.
-    pub owner: String,
-    /// What the group does.
-    pub description: String,
-    /// Topics the group subscribes to.
-    pub topics: BTreeSet<String>,
-    /// Where it stands in the approval workflow.
-    #[serde(flatten)]
-    pub approval: Approval,
-    /// Deliveries of one message before it goes to the dead-letter queue.
-    pub max_retries: u32,
-    /// Clustering or broadcasting.
-    pub consume_mode: ConsumeMode,
-}
-
-/// A change to a topic's produce limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProduceLimitChange {
-    /// Leave it as it is.
-    #[default]
-    Keep,
-    /// Limit producers to this many messages per second.
-    Set(u32),
-    /// No limit.
-    Remove,
-}
-
-/// A request for a topic ([`super::Command::RequestTopic`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopicRequest {
-    /// Topic name.
-    pub name: String,
-    /// Owning team.
-    pub owner: String,
-    /// What the topic carries.
-    pub description: String,
-    /// Queues per broker group; may be empty until an admin places the topic.
-    pub queues: BTreeMap<String, u32>,
-    /// Permission bits.
-    pub perm: u8,
-    /// Messages per second; `None`: no limit.
-    pub produce_limit: Option<u32>,
-    /// Who asks.
-    pub requested_by: String,
-}
-
-/// What an update changes in a topic ([`super::Command::UpdateTopic`]); `None` keeps a field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopicChanges {
-    /// New queues per broker group.
-    pub queues: Option<BTreeMap<String, u32>>,
-    /// New permission bits.
-    pub perm: Option<u8>,
-    /// Produce limit change.
-    pub produce_limit: ProduceLimitChange,
-    /// New owner.
-    pub owner: Option<String>,
-    /// New description.
-    pub description: Option<String>,
-}
-
-/// A request for a consumer group ([`super::Command::RequestGroup`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupRequest {
-    /// Group name.
-    pub name: String,
-    /// Owning team.
-    pub owner: String,
-    /// What the group does.
-    pub description: String,
-    /// Topics it subscribes to; each must exist and not be rejected.
-    pub topics: BTreeSet<String>,
-    /// Deliveries before dead-lettering; `None`: [`DEFAULT_MAX_RETRIES`].
-    pub max_retries: Option<u32>,
-    /// Clustering or broadcasting.
-    pub consume_mode: ConsumeMode,
-    /// Who asks.
-    pub requested_by: String,
-}
+/// The records and requests of the admin contract; the rules over them are below.
+pub use meridian_proto::admin::{
+    ConsumeMode, ConsumerGroup, DEFAULT_MAX_RETRIES, GroupRequest, PERM_READ, PERM_READ_WRITE, PERM_WRITE,
+    ProduceLimitChange, Topic, TopicChanges, TopicRequest,
+};
 
 /// The governed part of the metadata, lent by [`super::MetadataState::apply`] for one command.
 /// A command that fails changes nothing: every check runs before the first change.

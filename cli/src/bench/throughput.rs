@@ -1,8 +1,6 @@
-//! `meridian bench`: load generators with a progress bar and an HDR-histogram summary, and the
-//! disk baselines their figures are compared with in the same run (docs/benchmarks.md).
+//! `meridian bench produce` and `bench consume`: the broker's throughput and latency through the
+//! SDK, sends paced or as fast as acknowledgements allow, pulls from the start of a topic.
 
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,36 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
 use meridian_client::{Admin, ClientConfig, ConnectionPool, Message, Producer, ProducerConfig, PullConsumer};
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
-use crate::ClientTarget;
-use crate::client_cmds::route_source;
+use super::disk::{disk_baseline, print_disk};
+use super::measure::{micros, new_histogram, progress};
 use crate::governance::{ensure_group, ensure_topic};
-
-/// `meridian bench ...`.
-#[derive(Debug, clap::Subcommand)]
-pub enum BenchCommand {
-    /// Send messages as fast as the broker takes them.
-    Produce(ProduceBench),
-    /// Pull every message of a topic from the start.
-    Consume(ConsumeBench),
-    /// Baselines of this disk: sequential write rate and fdatasync latency.
-    Disk(DiskBench),
-    /// Route lookups per second against the nameservers.
-    Routes(crate::bench_nameserver::RoutesBench),
-    /// Register many simulated brokers with many topics, then heartbeat steadily.
-    Registration(crate::bench_nameserver::RegistrationBench),
-    /// Write a generated archive (messages and trace events) for the SQL benchmarks.
-    ArchiveGen(crate::sql_cmds::ArchiveGenArgs),
-    /// Send delayed messages at a steady rate and check each delivery against its due time.
-    Delay(crate::bench_messaging::DelayBench),
-    /// Consume with a handler failing a fraction of first deliveries, against a pass failing none.
-    Retry(crate::bench_messaging::RetryBench),
-}
+use crate::target::{ClientTarget, route_source};
 
 /// Arguments of `meridian bench produce`.
 #[derive(Debug, clap::Args)]
@@ -99,136 +75,7 @@ pub struct ConsumeBench {
     target: ClientTarget,
 }
 
-/// Arguments of `meridian bench disk`.
-#[derive(Debug, clap::Args)]
-pub struct DiskBench {
-    /// Directory on the disk to measure.
-    #[arg(long, default_value = ".")]
-    dir: PathBuf,
-    /// Bytes to write sequentially.
-    #[arg(long, default_value_t = 256 << 20)]
-    bytes: u64,
-    /// fdatasync rounds (4 KiB appended before each).
-    #[arg(long, default_value_t = 2000)]
-    syncs: u32,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-/// `meridian bench ...`.
-pub async fn run(command: BenchCommand) -> Result<()> {
-    match command {
-        BenchCommand::Produce(args) => produce(args).await,
-        BenchCommand::Consume(args) => consume(args).await,
-        BenchCommand::Routes(args) => crate::bench_nameserver::routes(args).await,
-        BenchCommand::Registration(args) => crate::bench_nameserver::registration(args).await,
-        BenchCommand::ArchiveGen(args) => crate::sql_cmds::archive_gen(args).await,
-        BenchCommand::Delay(args) => crate::bench_messaging::delay(args).await,
-        BenchCommand::Retry(args) => crate::bench_messaging::retry(args).await,
-        BenchCommand::Disk(args) => {
-            let baseline =
-                tokio::task::spawn_blocking(move || disk_baseline(&args.dir, args.bytes, args.syncs)).await??;
-            print_disk(&baseline, args.json);
-            Ok(())
-        }
-    }
-}
-
-pub(crate) fn progress(total: Option<u64>, unit: &str) -> ProgressBar {
-    let bar = match total {
-        Some(total) => ProgressBar::new(total),
-        None => ProgressBar::new_spinner(),
-    };
-    let template = format!("{{spinner}} [{{elapsed_precise}}] {{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}})");
-    bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
-    bar
-}
-
-pub(crate) fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
-
-pub(crate) fn micros(histogram: &Histogram<u64>, quantile: f64) -> f64 {
-    histogram.value_at_quantile(quantile) as f64 / 1000.0
-}
-
-/// Disk figures the broker's are compared with.
-#[derive(Debug, Clone, Copy)]
-pub struct DiskBaseline {
-    /// Sequential write rate (buffered writes of 1 MiB, one fdatasync at the end), MB/s.
-    pub sequential_mb_s: f64,
-    /// fdatasync latency after a 4 KiB append, p50 in ms.
-    pub fdatasync_p50_ms: f64,
-    /// Same, p99.
-    pub fdatasync_p99_ms: f64,
-}
-
-fn fdatasync(file: &std::fs::File) -> std::io::Result<()> {
-    // SAFETY: plain syscall on an fd we own.
-    if unsafe { libc::fdatasync(file.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Measures the disk under `dir`: a plain sequential write of `bytes`, then `syncs` rounds of
-/// 4 KiB append + fdatasync.
-pub fn disk_baseline(dir: &std::path::Path, bytes: u64, syncs: u32) -> Result<DiskBaseline> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!(".meridian-disk-baseline-{}", std::process::id()));
-    let chunk = vec![0x5Au8; 1 << 20];
-    let result = (|| -> Result<DiskBaseline> {
-        let mut file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        let started = Instant::now();
-        let mut written = 0u64;
-        while written < bytes {
-            let len = (bytes - written).min(chunk.len() as u64) as usize;
-            file.write_all(&chunk[..len])?;
-            written += len as u64;
-        }
-        fdatasync(&file)?;
-        let sequential_mb_s = bytes as f64 / 1e6 / started.elapsed().as_secs_f64();
-
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
-        let block = vec![0xA5u8; 4096];
-        let mut histogram = new_histogram();
-        for _ in 0..syncs {
-            file.write_all(&block)?;
-            let started = Instant::now();
-            fdatasync(&file)?;
-            histogram.record(started.elapsed().as_nanos().max(1) as u64)?;
-        }
-        Ok(DiskBaseline {
-            sequential_mb_s,
-            fdatasync_p50_ms: histogram.value_at_quantile(0.5) as f64 / 1e6,
-            fdatasync_p99_ms: histogram.value_at_quantile(0.99) as f64 / 1e6,
-        })
-    })();
-    let _ = std::fs::remove_file(&path);
-    result
-}
-
-fn print_disk(baseline: &DiskBaseline, as_json: bool) {
-    if as_json {
-        println!(
-            "{}",
-            json!({"sequential_mb_s": baseline.sequential_mb_s, "fdatasync_p50_ms": baseline.fdatasync_p50_ms, "fdatasync_p99_ms": baseline.fdatasync_p99_ms})
-        );
-    } else {
-        println!(
-            "disk baseline: sequential write {:.0} MB/s; 4 KiB append + fdatasync p50 {:.3} ms, p99 {:.3} ms",
-            baseline.sequential_mb_s, baseline.fdatasync_p50_ms, baseline.fdatasync_p99_ms
-        );
-    }
-}
-
-async fn produce(args: ProduceBench) -> Result<()> {
+pub async fn produce(args: ProduceBench) -> Result<()> {
     if args.concurrency == 0 || args.batch == 0 || args.size == 0 {
         bail!("--concurrency, --batch and --size must be at least 1");
     }
@@ -412,7 +259,7 @@ async fn produce(args: ProduceBench) -> Result<()> {
 /// The consumer group `bench consume` reads with.
 const BENCH_GROUP: &str = "meridian-bench";
 
-async fn consume(args: ConsumeBench) -> Result<()> {
+pub async fn consume(args: ConsumeBench) -> Result<()> {
     let pool = ConnectionPool::new(ClientConfig::default());
     if args.target.broker.is_none() {
         ensure_group(&args.target.nameservers, BENCH_GROUP, &args.topic).await?;

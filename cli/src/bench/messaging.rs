@@ -29,10 +29,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::ClientTarget;
-use crate::bench::{micros, new_histogram, progress};
-use crate::client_cmds::route_source;
+use super::measure::{micros, new_histogram, progress};
 use crate::governance::{ensure_group, ensure_topic};
+use crate::target::ClientTarget;
+use crate::target::route_source;
 
 /// Arguments of `meridian bench delay`.
 #[derive(Debug, clap::Args)]

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use meridian_client::{ClientConfig, ConnectionPool};
-use meridian_nameserver::service::{Query, TopicDetail, WriteOp};
-use meridian_nameserver::state::{Command, PERM_READ_WRITE, TopicRequest};
+use meridian_nameserver::service::{Query, TopicDetail};
 use meridian_proto::RequestCode;
+use meridian_proto::admin::{AdminCommand, AdminWrite};
+use meridian_proto::admin::{PERM_READ_WRITE, TopicRequest};
 use meridian_proto::compress::compress;
 use meridian_proto::messages::{
     BrokerHeartbeat, BrokerHeartbeatResponse, BrokerRegistration, TopicList, TopicQueues, TopicRoute,
@@ -23,8 +24,8 @@ use prost::Message;
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
-use crate::bench::{micros, new_histogram, progress};
-use crate::governance::{NameserverAddrs, NameserverClient};
+use super::measure::{micros, new_histogram, progress};
+use crate::nameservers::{NameserverAddrs, NameserverClient};
 
 /// Arguments of `meridian bench routes`.
 #[derive(Debug, clap::Args)]
@@ -141,8 +142,8 @@ pub async fn routes(args: RoutesBench) -> Result<()> {
             .is_ok_and(|detail| detail.topic.is_some());
         if !exists {
             client
-                .write(WriteOp::Command {
-                    command: Command::RequestTopic(TopicRequest {
+                .write(AdminWrite::Command {
+                    command: AdminCommand::RequestTopic(TopicRequest {
                         name: name.clone(),
                         owner: "bench".into(),
                         description: String::new(),
@@ -154,8 +155,8 @@ pub async fn routes(args: RoutesBench) -> Result<()> {
                 })
                 .await?;
             client
-                .write(WriteOp::Command {
-                    command: Command::ApproveTopic {
+                .write(AdminWrite::Command {
+                    command: AdminCommand::ApproveTopic {
                         name,
                         decided_by: "meridian-bench".into(),
                         reason: None,
