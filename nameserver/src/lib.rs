@@ -32,6 +32,7 @@
 //! layer, `cli`) use this exact version without depending on it themselves.
 
 pub mod alerts;
+pub mod auth;
 pub mod config;
 pub mod continuity;
 pub mod controller;

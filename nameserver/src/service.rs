@@ -480,17 +480,19 @@ impl NameserverService {
             })
         };
         let leader = (claims_master || named_master()) && self.confirm_leadership(lease).await;
-        let (metadata_version, group_epoch, master, master_addr, evacuated_idcs) = self.raft.read_state(|state| {
-            let group = state.broker_groups().get(group);
-            let master = group.and_then(|group| group.master());
-            (
-                state.metadata_version(),
-                group.map_or(0, |group| group.epoch),
-                master.map(|master| master.name.clone()).unwrap_or_default(),
-                master.map(|master| master.addr.clone()).unwrap_or_default(),
-                state.evacuated_idcs(),
-            )
-        });
+        let (metadata_version, group_epoch, master, master_addr, evacuated_idcs, group_members) =
+            self.raft.read_state(|state| {
+                let group = state.broker_groups().get(group);
+                let master = group.and_then(|group| group.master());
+                (
+                    state.metadata_version(),
+                    group.map_or(0, |group| group.epoch),
+                    master.map(|master| master.name.clone()).unwrap_or_default(),
+                    master.map(|master| master.addr.clone()).unwrap_or_default(),
+                    state.evacuated_idcs(),
+                    group.map(|group| group.members.keys().cloned().collect()).unwrap_or_default(),
+                )
+            });
         BrokerHeartbeatResponse {
             registered,
             metadata_version,
@@ -500,6 +502,7 @@ impl NameserverService {
             leader,
             lease_ms: lease.as_millis() as u64,
             evacuated_idcs,
+            group_members,
         }
     }
 
