@@ -79,6 +79,9 @@ pub fn authenticator(config: &AuthConfig, governance: Option<&Arc<Governance>>) 
         Some(governance) => Arc::new(LearnedUsers(governance.clone())),
         None => Arc::new(NoUsers),
     };
-    let node_secret = config.node_credentials.as_ref().map(|credentials| credentials.secret.as_str());
+    let node_secret = config
+        .node_credentials
+        .as_ref()
+        .map(|credentials| credentials.secret.as_str());
     Some(Arc::new(Authenticator::new(true, node_secret, users)))
 }

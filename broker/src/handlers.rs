@@ -234,7 +234,9 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         | RequestCode::IdcLookup
         | RequestCode::RaftAppend
         | RequestCode::RaftVote
-        | RequestCode::RaftSnapshot | RequestCode::AuthHello | RequestCode::AuthProof => now(Err(BrokerError::NotABrokerRequest(code))),
+        | RequestCode::RaftSnapshot
+        | RequestCode::AuthHello
+        | RequestCode::AuthProof => now(Err(BrokerError::NotABrokerRequest(code))),
     }
 }
 

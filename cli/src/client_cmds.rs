@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use meridian_client::{
-    ClientConfig, ConnectionPool, ConsumeFrom, ConsumeMode, ConsumeResult, ConsumerConfig, Deployment, IdcSettings,
-    Message, NameserverRoute, Producer, ProducerConfig, PushConsumer, RouteSource, StaticRoute, TransactionCheckView,
+    ConnectionPool, ConsumeFrom, ConsumeMode, ConsumeResult, ConsumerConfig, Deployment, IdcSettings, Message,
+    NameserverRoute, Producer, ProducerConfig, PushConsumer, RouteSource, StaticRoute, TransactionCheckView,
     TransactionListener, TransactionOutcome, TransactionProducer, TransactionProducerConfig,
 };
 use meridian_proto::record::StoredMessage;
@@ -246,7 +246,7 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
     if args.transaction.is_some() && args.mode != SendMode::Sync {
         bail!("--transaction sends one message at a time and waits for each: leave out --mode (or use --mode sync)");
     }
-    let pool = ConnectionPool::new(ClientConfig::default());
+    let pool = ConnectionPool::new(crate::user_cmds::client_config());
     let producer_config = ProducerConfig {
         idc: args.idc.settings(),
         ..ProducerConfig::default()
@@ -423,7 +423,7 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
     if args.max == Some(0) {
         bail!("--max must be at least 1");
     }
-    let pool = ConnectionPool::new(ClientConfig::default());
+    let pool = ConnectionPool::new(crate::user_cmds::client_config());
     let mut config = ConsumerConfig::new(args.group.clone(), args.topic.clone());
     config.idc = args.idc.settings();
     config.deployment = args.deployment;

@@ -8,6 +8,7 @@ mod alerts_cmds;
 mod archive_cmds;
 mod archive_steps;
 mod archive_why;
+mod audit_cmds;
 mod bench;
 mod bench_messaging;
 mod bench_nameserver;
@@ -24,6 +25,7 @@ mod serve;
 mod sql_cmds;
 mod trace_cmds;
 mod ui_cmd;
+mod user_cmds;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -101,6 +103,11 @@ enum Command {
     Ui(ui_cmd::UiArgs),
     /// The cluster's alerts, firing and resolved, with owners and history (rules: `[alerts]`).
     Alerts(alerts_cmds::AlertsArgs),
+    /// Users who may connect when `[auth]` is on: create, rotate, delete, list.
+    #[command(subcommand)]
+    User(user_cmds::UserCommand),
+    /// The audit log: every admin action, who made it, when and from where.
+    Audit(audit_cmds::AuditArgs),
 }
 
 /// Where a client command finds brokers: through the nameservers, or one standalone broker.
@@ -202,6 +209,8 @@ fn run(cli: Cli) -> Result<()> {
             Command::Dlq(command) => messaging_cmds::dlq(command).await,
             Command::Client(command) => sdk_cmds::client(command).await,
             Command::Alerts(args) => alerts_cmds::alerts(args).await,
+            Command::User(command) => user_cmds::user(command).await,
+            Command::Audit(args) => audit_cmds::audit(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Archiver(args) => archive_cmds::archiver(args).await,
             Command::Archive(command) => archive_cmds::archive(command).await,

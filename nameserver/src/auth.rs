@@ -12,7 +12,8 @@ use meridian_proto::auth::{self, Authenticator, Credentials, UserDirectory, Veri
 use serde::{Deserialize, Serialize};
 
 use crate::error::NameserverError;
-use crate::service::NameserverService;
+use crate::service::{NameserverService, WriteOp};
+use crate::state::{Command, Origin};
 
 /// Authentication settings (the `[auth]` table). Off by default (and in `meridian dev` unless
 /// `--auth`).
@@ -65,10 +66,35 @@ pub fn authenticator(config: &AuthConfig, service: &Arc<NameserverService>) -> O
     if !config.enabled {
         return None;
     }
-    let node_secret = config.node_credentials.as_ref().map(|credentials| credentials.secret.as_str());
+    let node_secret = config
+        .node_credentials
+        .as_ref()
+        .map(|credentials| credentials.secret.as_str());
     Some(Arc::new(Authenticator::new(
         true,
         node_secret,
         Arc::new(StateUsers(service.clone())),
     )))
+}
+
+/// Records where a write came from for the audit log: wraps its command in
+/// [`Command::Audited`] with `origin`, replacing any origin the client claimed (only nodes
+/// forwarding a write may pass one on, and they do not come through here).
+pub fn attribute(op: &mut WriteOp, origin: Origin) {
+    if let WriteOp::Command { command } = op {
+        let inner = match std::mem::replace(
+            command,
+            Command::DeleteUser {
+                name: String::new(),
+                by: String::new(),
+            },
+        ) {
+            Command::Audited { command, .. } => *command,
+            other => other,
+        };
+        *command = Command::Audited {
+            origin,
+            command: Box::new(inner),
+        };
+    }
 }

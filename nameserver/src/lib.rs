@@ -45,6 +45,7 @@ pub mod network;
 pub mod raft;
 pub mod remoting;
 pub mod routes;
+pub mod security_api;
 pub mod server;
 pub mod service;
 pub mod state;

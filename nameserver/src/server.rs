@@ -380,6 +380,44 @@ impl FrameService for NameserverFrames {
         answer(&self.service, &self.remoting_addrs, code, body)
     }
 
+    fn answer_as(
+        &self,
+        principal: &meridian_proto::auth::Principal,
+        code: RequestCode,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Answer {
+        use meridian_proto::auth::Principal;
+        // A write from anything but a node forwarding it is audited with who sent it and from
+        // where, whatever origin it claims.
+        if code != RequestCode::NameserverWrite || principal.is_node() {
+            return self.answer(code, body, peer);
+        }
+        // Without authentication (anonymous), a write another nameserver forwarded keeps the
+        // origin the first node recorded.
+        let anonymous = *principal == Principal::Anonymous;
+        let origin = crate::state::Origin {
+            from: peer.to_string(),
+            user: match principal {
+                Principal::User(user) => Some(user.clone()),
+                _ => None,
+            },
+        };
+        let service = self.service.clone();
+        service
+            .metrics()
+            .requests
+            .get_or_create(&RequestLabels { request: code.as_str() })
+            .inc();
+        Answer::Later(Box::pin(async move {
+            let mut request = decode_json::<WriteRequest>("nameserver write", &body)?;
+            if !(anonymous && request.forwarded) {
+                crate::auth::attribute(&mut request.op, origin);
+            }
+            json(&service.write(request).await?)
+        }))
+    }
+
     fn error_frame(&self, request_id: u64, error: ApiError) -> Frame {
         self.service
             .metrics()

@@ -109,6 +109,16 @@ pub enum Query {
     Drill,
     /// Where the tracer and the query service are ([`Services`]).
     Services,
+    /// Users, without credentials (`Vec<UserView>`).
+    Users,
+    /// Audit log entries after `after`, oldest first, at most `limit` (`Vec<AuditEntry>`).
+    Audit {
+        /// Entries with a greater sequence number.
+        #[serde(default)]
+        after: u64,
+        /// Most entries.
+        limit: usize,
+    },
 }
 
 /// A topic and its history.
@@ -285,7 +295,11 @@ impl NameserverService {
     }
 
     /// Applies `request` through the leader: here when this node leads, else forwarded to it once.
-    pub async fn write(&self, request: WriteRequest) -> Result<Response, ApiError> {
+    pub async fn write(&self, mut request: WriteRequest) -> Result<Response, ApiError> {
+        // An admin request over HTTP carries where it came from into the audit log.
+        if let Some(origin) = crate::security_api::current_origin() {
+            crate::auth::attribute(&mut request.op, origin);
+        }
         match self.write_here(request.op.clone()).await {
             Err(NameserverError::ForwardToLeader {
                 leader_id: Some(leader_id),
@@ -490,7 +504,9 @@ impl NameserverService {
                     master.map(|master| master.name.clone()).unwrap_or_default(),
                     master.map(|master| master.addr.clone()).unwrap_or_default(),
                     state.evacuated_idcs(),
-                    group.map(|group| group.members.keys().cloned().collect()).unwrap_or_default(),
+                    group
+                        .map(|group| group.members.keys().cloned().collect())
+                        .unwrap_or_default(),
                 )
             });
         BrokerHeartbeatResponse {
@@ -597,6 +613,12 @@ impl NameserverService {
             Query::SdkPolicy => to_json(&self.raft.read_state(|state| state.sdk_policy().clone())),
             Query::Drill => to_json(&self.drill()),
             Query::Services => to_json(&self.settings.services),
+            Query::Users => to_json(&self.raft.read_state(|state| crate::state::users::views(state.users()))),
+            Query::Audit { after, limit } => to_json(
+                &self
+                    .raft
+                    .read_state(|state| state.audit().since(*after, (*limit).max(1))),
+            ),
         };
         Ok(value)
     }

@@ -103,7 +103,9 @@ impl Verifier {
     /// Whether the verifier is well formed (a stored or received one may not be).
     pub fn check(&self) -> Result<(), AuthError> {
         if self.stored_key.len() != KEY_LEN || self.server_key.len() != KEY_LEN || self.salt.is_empty() {
-            return Err(AuthError::Protocol("verifier keys must be 32 bytes and the salt non-empty".into()));
+            return Err(AuthError::Protocol(
+                "verifier keys must be 32 bytes and the salt non-empty".into(),
+            ));
         }
         if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&self.iterations) {
             return Err(AuthError::Protocol(format!(
@@ -194,10 +196,12 @@ pub fn generate_secret() -> String {
 /// Lowercase hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
-        let _ = write!(text, "{byte:02x}");
-        text
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
+            let _ = write!(text, "{byte:02x}");
+            text
+        })
 }
 
 /// The bytes of a hex string, or `None` when it is not hex of whole bytes.
@@ -470,7 +474,9 @@ impl Authenticator {
     /// Starts a login: the challenge to send, and the state that checks the proof.
     pub fn challenge(&self, hello: AuthHello, now_ms: u64) -> Result<(ServerHandshake, AuthChallenge), AuthError> {
         if hello.client_nonce.len() != NONCE_LEN {
-            return Err(AuthError::Protocol(format!("the client nonce must be {NONCE_LEN} bytes")));
+            return Err(AuthError::Protocol(format!(
+                "the client nonce must be {NONCE_LEN} bytes"
+            )));
         }
         let found = if hello.user == NODE_USER {
             self.node.clone().map(|verifier| (verifier, Principal::Node))
@@ -570,7 +576,11 @@ impl ClientHandshake {
                 challenge.iterations
             )));
         }
-        let salted = salted_password(self.credentials.secret.as_bytes(), &challenge.salt, challenge.iterations);
+        let salted = salted_password(
+            self.credentials.secret.as_bytes(),
+            &challenge.salt,
+            challenge.iterations,
+        );
         let auth_message = auth_message(&self.credentials.user, &self.hello, challenge);
         let server_key = hmac_sha256(&salted, b"Server Key");
         self.expected_signature = Some(hmac_sha256(&server_key, &auth_message));

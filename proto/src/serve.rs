@@ -85,6 +85,18 @@ pub trait FrameService: Send + Sync + 'static {
     /// Answers one request from `peer`.
     fn answer(&self, code: RequestCode, body: Bytes, peer: SocketAddr) -> Answer<Self::Error>;
 
+    /// Answers one request from `peer`, who logged in as `principal` ([`Principal::Anonymous`]
+    /// where no login is required). Services that record or check who asks override this.
+    fn answer_as(
+        &self,
+        _principal: &Principal,
+        code: RequestCode,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Answer<Self::Error> {
+        self.answer(code, body, peer)
+    }
+
     /// Requests of this code, read back to back, go to [`FrameService::answer_batch`] together.
     fn batched_code(&self) -> Option<RequestCode> {
         None
@@ -181,6 +193,14 @@ impl Login {
 
     fn is_open(&self) -> bool {
         matches!(self.state, LoginState::Open(_))
+    }
+
+    fn principal(&self) -> &Principal {
+        static ANONYMOUS: Principal = Principal::Anonymous;
+        match &self.state {
+            LoginState::Open(principal) => principal,
+            _ => &ANONYMOUS,
+        }
     }
 
     /// Why a logged-in connection may not make this request, if it may not.
@@ -450,7 +470,7 @@ pub async fn serve_connection<S: FrameService>(
             continue;
         }
         if Some(code) != batched_code {
-            let answer = service.answer(code, frame.body, peer);
+            let answer = service.answer_as(login.principal(), code, frame.body, peer);
             if !connection.dispatch(code, answer, request_id, oneway).await {
                 break;
             }
@@ -778,28 +798,45 @@ mod tests {
 
             let alice = pool(Some(Credentials::new("alice", "alice-secret")));
             let answer = alice
-                .request(&addr_text, RequestCode::TopicRoute, Bytes::from_static(b"now"), Duration::from_secs(5))
+                .request(
+                    &addr_text,
+                    RequestCode::TopicRoute,
+                    Bytes::from_static(b"now"),
+                    Duration::from_secs(5),
+                )
                 .await
                 .unwrap();
             assert_eq!(&answer.body[..], b"now");
 
             let wrong = pool(Some(Credentials::new("alice", "not-her-secret")));
             let error = wrong
-                .request(&addr_text, RequestCode::TopicRoute, Bytes::from_static(b"now"), Duration::from_secs(5))
+                .request(
+                    &addr_text,
+                    RequestCode::TopicRoute,
+                    Bytes::from_static(b"now"),
+                    Duration::from_secs(5),
+                )
                 .await
                 .unwrap_err();
             let TransportError::Remote { code, message, .. } = &error else {
                 panic!("{error}")
             };
             assert_eq!(*code, ErrorCode::Unauthenticated);
-            assert!(message.contains("authentication failed for user \"alice\""), "{message}");
+            assert!(
+                message.contains("authentication failed for user \"alice\""),
+                "{message}"
+            );
             assert!(!message.contains("not-her-secret"));
 
             // No login at all: refused, and the connection closes.
             let mut anonymous = raw_client(addr).await;
             let answer = exchange(&mut anonymous, request(1, RequestCode::TopicRoute, "now")).await;
             assert_eq!(answer.error_code(), ErrorCode::Unauthenticated);
-            assert!(answer.header.remark.contains("MERIDIAN_USER"), "{}", answer.header.remark);
+            assert!(
+                answer.header.remark.contains("MERIDIAN_USER"),
+                "{}",
+                answer.header.remark
+            );
             assert!(anonymous.0.next().await.is_none());
             alice.shutdown().await;
             wrong.shutdown().await;
@@ -848,7 +885,12 @@ mod tests {
             let addr_text = addr.to_string();
             let alice = pool(Some(Credentials::new("alice", "alice-secret")));
             let error = alice
-                .request(&addr_text, RequestCode::ReplicaFetch, Bytes::from_static(b"now"), Duration::from_secs(5))
+                .request(
+                    &addr_text,
+                    RequestCode::ReplicaFetch,
+                    Bytes::from_static(b"now"),
+                    Duration::from_secs(5),
+                )
                 .await
                 .unwrap_err();
             assert!(
@@ -857,7 +899,12 @@ mod tests {
             );
             let node = pool(Some(Credentials::node(NODE_SECRET)));
             let answer = node
-                .request(&addr_text, RequestCode::ReplicaFetch, Bytes::from_static(b"now"), Duration::from_secs(5))
+                .request(
+                    &addr_text,
+                    RequestCode::ReplicaFetch,
+                    Bytes::from_static(b"now"),
+                    Duration::from_secs(5),
+                )
                 .await
                 .unwrap();
             assert_eq!(&answer.body[..], b"now");
@@ -872,7 +919,12 @@ mod tests {
             let (addr, tasks) = serve_many(service, None, 1).await;
             let alice = pool(Some(Credentials::new("alice", "alice-secret")));
             let answer = alice
-                .request(&addr.to_string(), RequestCode::TopicRoute, Bytes::from_static(b"now"), Duration::from_secs(5))
+                .request(
+                    &addr.to_string(),
+                    RequestCode::TopicRoute,
+                    Bytes::from_static(b"now"),
+                    Duration::from_secs(5),
+                )
                 .await
                 .unwrap();
             assert_eq!(&answer.body[..], b"now");

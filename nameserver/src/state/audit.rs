@@ -186,13 +186,14 @@ pub(super) fn describe(command: &Command) -> Option<Action> {
             "switchover",
             format!("broker group {group}"),
             by,
-            format!("to {preferred}{}", why.as_ref().map(|why| format!(" ({why})")).unwrap_or_default()),
+            format!(
+                "to {preferred}{}",
+                why.as_ref().map(|why| format!(" ({why})")).unwrap_or_default()
+            ),
         ),
         Command::SetIdcRule { cidr, idc } => action("set_idc_rule", format!("cidr {cidr}"), "", format!("idc {idc}")),
         Command::RemoveIdcRule { cidr } => action("remove_idc_rule", format!("cidr {cidr}"), "", ""),
-        Command::Evacuate { idc, by, reason: why } => {
-            action("drill_evacuate", format!("idc {idc}"), by, reason(why))
-        }
+        Command::Evacuate { idc, by, reason: why } => action("drill_evacuate", format!("idc {idc}"), by, reason(why)),
         Command::Restore { by, reason: why } => action("drill_restore", "all data centers".into(), by, reason(why)),
         Command::SetSdkPolicy { min_version, .. } => action(
             "set_sdk_policy",

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, AlertUpdate};
 use super::audit::Origin;
-use super::users::StoredVerifier;
 use super::brokers::{BrokerRegistration, EpochChange};
 use super::governance::{ConsumerGroup, GroupRequest, Topic, TopicChanges, TopicRequest};
 use super::idc::IdcRule;
+use super::users::StoredVerifier;
 
 /// Every change to the metadata. Each is one Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 pub use alerts::{Alert, AlertStatus, AlertUpdate};
 pub use approval::{Approval, ApprovalStatus, Decision, DecisionAction, Subject, format_time_ms};
+pub use audit::{AuditEntry, AuditLog, Origin};
 pub use brokers::{
     BrokerGroup, BrokerMember, BrokerRegistration, BrokerRole, EPOCH_HISTORY_LEN, EpochAction, EpochChange,
     validate_broker_identity, validate_broker_topics,
@@ -54,7 +55,6 @@ pub use governance::{
     ProduceLimitChange, Topic, TopicChanges, TopicRequest,
 };
 pub use idc::{DRILL_HISTORY_LEN, Drill, DrillAction, DrillStep, IdcRule, parse_cidr};
-pub use audit::{AuditEntry, AuditLog, Origin};
 pub use sdk::{SdkPolicy, parse_version};
 pub use users::{StoredVerifier, User, UserView};
 

@@ -89,7 +89,13 @@ pub(super) struct Users<'a> {
 }
 
 impl Users<'_> {
-    pub fn create(&mut self, now_ms: u64, name: String, verifier: StoredVerifier, by: String) -> Result<(), CommandError> {
+    pub fn create(
+        &mut self,
+        now_ms: u64,
+        name: String,
+        verifier: StoredVerifier,
+        by: String,
+    ) -> Result<(), CommandError> {
         auth::validate_user_name(&name).map_err(|message| CommandError::Invalid { message })?;
         require_person("by", &by)?;
         verifier.to_verifier()?;
@@ -108,7 +114,13 @@ impl Users<'_> {
         Ok(())
     }
 
-    pub fn rotate(&mut self, now_ms: u64, name: String, verifier: StoredVerifier, by: String) -> Result<(), CommandError> {
+    pub fn rotate(
+        &mut self,
+        now_ms: u64,
+        name: String,
+        verifier: StoredVerifier,
+        by: String,
+    ) -> Result<(), CommandError> {
         require_person("by", &by)?;
         verifier.to_verifier()?;
         let user = self.users.get_mut(&name).ok_or(CommandError::UserNotFound { name })?;
