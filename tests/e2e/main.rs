@@ -18,6 +18,7 @@ mod near_by;
 mod readme;
 mod rebalance;
 mod replication;
+mod security;
 mod tracing;
 mod transactions;
 

@@ -148,3 +148,151 @@ pub fn views(users: &BTreeMap<String, User>) -> Vec<UserView> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, CommandError, MetadataState, Origin};
+
+    fn verifier(secret: &str) -> StoredVerifier {
+        StoredVerifier::from_verifier(&Verifier::generate(secret.as_bytes()))
+    }
+
+    fn create(name: &str, secret: &str) -> Command {
+        Command::CreateUser {
+            name: name.into(),
+            verifier: verifier(secret),
+            by: "ops".into(),
+        }
+    }
+
+    #[test]
+    fn users_are_created_rotated_and_deleted_as_verifiers_and_brokers_refetch() {
+        let mut state = MetadataState::default();
+        let version = state.metadata_version();
+        state.apply(create("alice", "first"), 10).unwrap();
+        assert!(state.metadata_version() > version, "brokers learn users with their metadata");
+        let stored = state.users()["alice"].verifier.to_verifier().unwrap();
+        assert_eq!(stored, Verifier::derive(b"first", &stored.salt, stored.iterations));
+        let json = serde_json::to_string(&state).unwrap();
+        assert!(!json.contains("first"), "the secret is not stored");
+
+        assert_eq!(
+            state.apply(create("alice", "again"), 11),
+            Err(CommandError::UserExists { name: "alice".into() })
+        );
+        let rotate = Command::RotateUser {
+            name: "alice".into(),
+            verifier: verifier("second"),
+            by: "ops".into(),
+        };
+        state.apply(rotate, 12).unwrap();
+        let user = &state.users()["alice"];
+        assert_eq!((user.created_ms, user.rotated_ms), (10, 12));
+        let views = views(state.users());
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].name, "alice");
+
+        let delete = |name: &str| Command::DeleteUser {
+            name: name.into(),
+            by: "ops".into(),
+        };
+        state.apply(delete("alice"), 13).unwrap();
+        assert_eq!(
+            state.apply(delete("alice"), 14),
+            Err(CommandError::UserNotFound { name: "alice".into() })
+        );
+    }
+
+    #[test]
+    fn users_with_bad_names_verifiers_or_no_author_are_refused() {
+        let mut state = MetadataState::default();
+        for (command, expected) in [
+            (create("$node", "x"), "user name"),
+            (create("a b", "x"), "user name"),
+            (
+                Command::CreateUser {
+                    name: "bob".into(),
+                    verifier: StoredVerifier {
+                        salt: "zz".into(),
+                        ..verifier("x")
+                    },
+                    by: "ops".into(),
+                },
+                "salt is not hex",
+            ),
+            (
+                Command::CreateUser {
+                    name: "bob".into(),
+                    verifier: StoredVerifier {
+                        iterations: 1,
+                        ..verifier("x")
+                    },
+                    by: "ops".into(),
+                },
+                "iterations",
+            ),
+            (
+                Command::CreateUser {
+                    name: "bob".into(),
+                    verifier: verifier("x"),
+                    by: " ".into(),
+                },
+                "by is empty",
+            ),
+        ] {
+            let error = state.apply(command, 1).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+        assert!(state.users().is_empty());
+    }
+
+    #[test]
+    fn users_changes_are_audited_with_the_authenticated_user_or_the_declared_one() {
+        let mut state = MetadataState::default();
+        let origin = Origin {
+            from: "10.0.0.7:5000".into(),
+            user: Some("root".into()),
+        };
+        state
+            .apply(
+                Command::Audited {
+                    origin: origin.clone(),
+                    command: Box::new(create("alice", "x")),
+                },
+                5,
+            )
+            .unwrap();
+        state.apply(create("bob", "y"), 6).unwrap();
+        // Refused commands and node activity leave no entry.
+        state.apply(create("bob", "z"), 7).unwrap_err();
+        state
+            .apply(
+                Command::Audited {
+                    origin: origin.clone(),
+                    command: Box::new(Command::Audited {
+                        origin,
+                        command: Box::new(create("carol", "w")),
+                    }),
+                },
+                8,
+            )
+            .unwrap_err();
+        let entries = state.audit().since(0, 10);
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert_eq!(
+            (entries[0].seq, entries[0].who.as_str(), entries[0].authenticated, entries[0].from.as_str()),
+            (1, "root", true, "10.0.0.7:5000")
+        );
+        assert_eq!(entries[0].action, "create_user");
+        assert_eq!(entries[0].subject, "user alice");
+        assert_eq!(
+            (entries[1].seq, entries[1].who.as_str(), entries[1].authenticated, entries[1].from.as_str()),
+            (2, "ops", false, "")
+        );
+        assert_eq!(state.audit().since(1, 10).len(), 1);
+        let json = serde_json::to_string(&state).unwrap();
+        let restored: MetadataState = serde_json::from_str(&json).unwrap();
+        assert_eq!(restored, state);
+    }
+}
