@@ -249,6 +249,7 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
     let pool = ConnectionPool::new(crate::user_cmds::client_config());
     let producer_config = ProducerConfig {
         idc: args.idc.settings(),
+        client: crate::user_cmds::client_config(),
         ..ProducerConfig::default()
     };
     let route = route_source(&args.target, &pool);
@@ -425,6 +426,7 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
     }
     let pool = ConnectionPool::new(crate::user_cmds::client_config());
     let mut config = ConsumerConfig::new(args.group.clone(), args.topic.clone());
+    config.client = crate::user_cmds::client_config();
     config.idc = args.idc.settings();
     config.deployment = args.deployment;
     config.consume_from = if args.from_beginning {

@@ -651,9 +651,10 @@ c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         );
         let verifier = Verifier::derive(b"pencil", &salt, 4096);
         let signature = verify_proof(&verifier, auth_message, &proof).expect("the RFC's proof verifies");
+        // v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=
         assert_eq!(
             to_hex(&signature),
-            "eabae24d1062db75a9451ff6cf9e11eabe8ea1b326290449bb6761115e832461"
+            "eabae24d1062db75a9451ff0b6ea7e98c8546549ff741e672d3251b2397de46e"
         );
         let mut wrong = proof;
         wrong[0] ^= 1;
@@ -692,7 +693,7 @@ c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
             Ok(Principal::Node)
         );
         for credentials in [
-            Credentials::new("alice", "wrong"),
+            Credentials::new("alice", "not-alices-secret-42"),
             Credentials::new("bob", "s3cret"),
             Credentials::node("another-node-secret-of-32-characters!"),
         ] {

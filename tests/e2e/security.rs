@@ -115,23 +115,52 @@ async fn security_dev_auth_refuses_strangers_and_audits_admins() {
     let admin = Some(("admin", admin_secret.as_str()));
 
     // Unauthenticated and wrong-secret clients are refused, naming the fix and not the secret.
-    let (ok, _, stderr) = cli(&nameserver, None, &["topic", "create", "secure-orders", "--queues", "2"]);
+    let (ok, _, stderr) = cli(
+        &nameserver,
+        None,
+        &["topic", "create", "secure-orders", "--queues", "2"],
+    );
     assert!(!ok && stderr.contains("authentication required"), "{stderr}");
     let (ok, _, stderr) = cli(&nameserver, Some(("admin", "wrong-secret")), &["topic", "list"]);
-    assert!(!ok && stderr.contains("authentication failed for user \"admin\""), "{stderr}");
+    assert!(
+        !ok && stderr.contains("authentication failed for user \"admin\""),
+        "{stderr}"
+    );
     assert!(!stderr.contains("wrong-secret"));
 
     // The admin works as before, and the broker lets it produce and consume.
-    let (ok, _, stderr) = cli(&nameserver, admin, &["topic", "create", "secure-orders", "--queues", "2"]);
+    let (ok, _, stderr) = cli(
+        &nameserver,
+        admin,
+        &["topic", "create", "secure-orders", "--queues", "2"],
+    );
     assert!(ok, "{stderr}");
-    let (ok, stdout, stderr) = cli(&nameserver, admin, &["produce", "--topic", "secure-orders", "--body", "paid"]);
+    let (ok, stdout, stderr) = cli(
+        &nameserver,
+        admin,
+        &["produce", "--topic", "secure-orders", "--body", "paid"],
+    );
     assert!(ok, "{stdout}{stderr}");
+    let (ok, _, stderr) = cli(
+        &nameserver,
+        admin,
+        &["group", "create", "auditors", "--topics", "secure-orders"],
+    );
+    assert!(ok, "{stderr}");
     let (ok, stdout, stderr) = cli(
         &nameserver,
         admin,
         &[
-            "consume", "--topic", "secure-orders", "--group", "auditors", "--from-beginning", "--max", "1",
-            "--timeout", "10",
+            "consume",
+            "--topic",
+            "secure-orders",
+            "--group",
+            "auditors",
+            "--from-beginning",
+            "--max",
+            "1",
+            "--timeout",
+            "10",
         ],
     );
     assert!(ok && stdout.contains("paid"), "{stdout}{stderr}");
@@ -143,7 +172,10 @@ async fn security_dev_auth_refuses_strangers_and_audits_admins() {
     let (ok, _, stderr) = cli(&nameserver, Some(("alice", &alice_first)), &["topic", "list"]);
     assert!(ok, "{stderr}");
     let (ok, stdout, _) = cli(&nameserver, admin, &["user", "list", "--json"]);
-    assert!(ok && stdout.contains("\"alice\"") && !stdout.contains(&alice_first), "{stdout}");
+    assert!(
+        ok && stdout.contains("\"alice\"") && !stdout.contains(&alice_first),
+        "{stdout}"
+    );
     let (ok, stdout, stderr) = cli(&nameserver, admin, &["user", "rotate", "alice"]);
     assert!(ok, "{stderr}");
     let alice_second = exported(&stdout, "MERIDIAN_SECRET");
@@ -182,29 +214,53 @@ async fn security_dev_auth_refuses_strangers_and_audits_admins() {
     // A process posing as a slave: no login, a user's login, a node login naming no member.
     let mut stranger = raw(&broker).await;
     let answer = exchange(&mut stranger, 1, RequestCode::ReplicaFetch, fetch("broker-b")).await;
-    assert_eq!(answer.error_code(), ErrorCode::Unauthenticated, "{}", answer.header.remark);
+    assert_eq!(
+        answer.error_code(),
+        ErrorCode::Unauthenticated,
+        "{}",
+        answer.header.remark
+    );
     assert!(stranger.next().await.is_none(), "the broker closes the connection");
 
     let mut user = raw(&broker).await;
     let (hello, proof, answer) = log_in(&mut user, Credentials::new("admin", admin_secret.clone())).await;
     assert_eq!(answer.error_code(), ErrorCode::Ok, "{}", answer.header.remark);
     let answer = exchange(&mut user, 3, RequestCode::ReplicaFetch, fetch("broker-b")).await;
-    assert_eq!(answer.error_code(), ErrorCode::PermissionDenied, "{}", answer.header.remark);
+    assert_eq!(
+        answer.error_code(),
+        ErrorCode::PermissionDenied,
+        "{}",
+        answer.header.remark
+    );
 
     // The admin's captured handshake, replayed on a new connection, is refused.
     let mut replay = raw(&broker).await;
     let challenge = exchange(&mut replay, 1, RequestCode::AuthHello, hello).await;
     assert_eq!(challenge.error_code(), ErrorCode::Ok);
     let answer = exchange(&mut replay, 2, RequestCode::AuthProof, proof).await;
-    assert_eq!(answer.error_code(), ErrorCode::Unauthenticated, "{}", answer.header.remark);
+    assert_eq!(
+        answer.error_code(),
+        ErrorCode::Unauthenticated,
+        "{}",
+        answer.header.remark
+    );
 
     let node_secret = auth::read_node_secret(&data_dir.join("node.secret")).unwrap();
     let mut impostor = raw(&broker).await;
     let (_, _, answer) = log_in(&mut impostor, Credentials::node(node_secret.clone())).await;
     assert_eq!(answer.error_code(), ErrorCode::Ok);
     let answer = exchange(&mut impostor, 3, RequestCode::ReplicaFetch, fetch("broker-z")).await;
-    assert_eq!(answer.error_code(), ErrorCode::FailedPrecondition, "{}", answer.header.remark);
-    assert!(answer.header.remark.contains("not a registered member"), "{}", answer.header.remark);
+    assert_eq!(
+        answer.error_code(),
+        ErrorCode::FailedPrecondition,
+        "{}",
+        answer.header.remark
+    );
+    assert!(
+        answer.header.remark.contains("not a registered member"),
+        "{}",
+        answer.header.remark
+    );
 
     // No secret reaches the log, even at debug level.
     let log = node.log();

@@ -171,7 +171,10 @@ mod tests {
         let mut state = MetadataState::default();
         let version = state.metadata_version();
         state.apply(create("alice", "first"), 10).unwrap();
-        assert!(state.metadata_version() > version, "brokers learn users with their metadata");
+        assert!(
+            state.metadata_version() > version,
+            "brokers learn users with their metadata"
+        );
         let stored = state.users()["alice"].verifier.to_verifier().unwrap();
         assert_eq!(stored, Verifier::derive(b"first", &stored.salt, stored.iterations));
         let json = serde_json::to_string(&state).unwrap();
@@ -281,13 +284,23 @@ mod tests {
         let entries = state.audit().since(0, 10);
         assert_eq!(entries.len(), 2, "{entries:?}");
         assert_eq!(
-            (entries[0].seq, entries[0].who.as_str(), entries[0].authenticated, entries[0].from.as_str()),
+            (
+                entries[0].seq,
+                entries[0].who.as_str(),
+                entries[0].authenticated,
+                entries[0].from.as_str()
+            ),
             (1, "root", true, "10.0.0.7:5000")
         );
         assert_eq!(entries[0].action, "create_user");
         assert_eq!(entries[0].subject, "user alice");
         assert_eq!(
-            (entries[1].seq, entries[1].who.as_str(), entries[1].authenticated, entries[1].from.as_str()),
+            (
+                entries[1].seq,
+                entries[1].who.as_str(),
+                entries[1].authenticated,
+                entries[1].from.as_str()
+            ),
             (2, "ops", false, "")
         );
         assert_eq!(state.audit().since(1, 10).len(), 1);
