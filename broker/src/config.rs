@@ -109,6 +109,8 @@ pub struct BrokerConfig {
     /// The RocketMQ 4.x remoting listener (the `[remoting]` table; off by default, on in
     /// `meridian dev`): unmodified RocketMQ clients produce and consume through it.
     pub remoting: crate::remoting::RemotingConfig,
+    /// Authentication (the `[auth]` table; off by default): see [`crate::auth`].
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// `nameservers` as a TOML list or as one comma-separated string:
@@ -156,6 +158,7 @@ impl Default for BrokerConfig {
             archive: meridian_archive::store::ArchiveConfig::default(),
             transaction: crate::transaction::TransactionConfig::default(),
             remoting: crate::remoting::RemotingConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }

@@ -234,7 +234,9 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         | RequestCode::IdcLookup
         | RequestCode::RaftAppend
         | RequestCode::RaftVote
-        | RequestCode::RaftSnapshot => now(Err(BrokerError::NotABrokerRequest(code))),
+        | RequestCode::RaftSnapshot
+        | RequestCode::AuthHello
+        | RequestCode::AuthProof => now(Err(BrokerError::NotABrokerRequest(code))),
     }
 }
 
@@ -1041,6 +1043,7 @@ mod tests {
                 broadcasting: false,
             }],
             sdk_policy: None,
+            users: Vec::new(),
         }));
         for topic in ["orders", "archive", "payments"] {
             store.create_topic(topic, 2).unwrap();

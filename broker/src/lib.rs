@@ -15,9 +15,12 @@
 //!
 //! - [`remoting`]: the RocketMQ 4.x remoting listener, translating RocketMQ clients' requests
 //!   into the native ones.
+//! - [`auth`]: the `[auth]` table: who may connect (users learned from the nameservers, nodes by
+//!   the node secret).
 //!
 //! A broker runs with [`Broker::bind`] then [`Broker::run`], or [`run`] in one call.
 
+pub mod auth;
 pub mod clients;
 pub mod config;
 pub mod error;

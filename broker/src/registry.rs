@@ -52,6 +52,8 @@ pub struct Approved {
     pub throttles: Throttles,
     /// The cluster's SDK version policy (empty: nothing judged).
     pub sdk_policy: SdkPolicyGrant,
+    /// Users' verifiers, for logins when `[auth]` is on ([`crate::auth`]).
+    pub users: HashMap<String, meridian_proto::auth::Verifier>,
 }
 
 impl Approved {
@@ -61,6 +63,11 @@ impl Approved {
             version: Some(metadata.version),
             throttles: Throttles::from_grants(&metadata.topics, Instant::now()),
             sdk_policy: metadata.sdk_policy.unwrap_or_default(),
+            users: metadata
+                .users
+                .into_iter()
+                .filter_map(|grant| Some((grant.name, grant.verifier?)))
+                .collect(),
             topics: metadata
                 .topics
                 .into_iter()
@@ -413,6 +420,7 @@ impl Heartbeats {
             limits: state.limits,
             request_timeout: NAMESERVER_TIMEOUT,
             connect_timeout: NAMESERVER_TIMEOUT,
+            credentials: state.config.auth.node_credentials.clone(),
         });
         let (registration_changed_tx, registration_changed_rx) = watch::channel(0u64);
         let interval = Duration::from_millis(state.config.heartbeat_interval_ms);
@@ -757,6 +765,7 @@ mod tests {
                 broadcasting: false,
             }],
             sdk_policy: None,
+            users: Vec::new(),
         }
     }
 

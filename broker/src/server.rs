@@ -58,6 +58,7 @@ async fn detect_idc(config: &BrokerConfig) -> String {
             .map_or(config.listen.ip(), |addr| addr.ip());
         let pool = ConnectionPool::new(TransportConfig {
             request_timeout: Duration::from_secs(2),
+            credentials: config.auth.node_credentials.clone(),
             ..TransportConfig::default()
         });
         for nameserver in &config.nameservers {
@@ -101,6 +102,7 @@ pub async fn run(config: BrokerConfig, shutdown: impl Future<Output = ()>) -> Re
 impl Broker {
     /// Validates the config, binds the listener and opens (recovers) the store.
     pub async fn bind(mut config: BrokerConfig, metrics: Arc<BrokerMetrics>) -> Result<Broker> {
+        config.auth.load()?;
         config.idc = detect_idc(&config).await;
         config.validate()?;
         let listener = TcpListener::bind(config.listen).await.map_err(BrokerError::io(format!(
@@ -286,6 +288,7 @@ impl Broker {
             codec: FrameCodec::new(state.limits.max_frame_size),
             max_inflight: state.config.max_inflight_per_connection,
             max_pending_response_bytes: Some(state.config.max_pending_response_bytes),
+            auth: crate::auth::authenticator(&state.config.auth, state.governance.as_ref()),
         };
         tokio::pin!(shutdown);
         loop {

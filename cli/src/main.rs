@@ -8,6 +8,7 @@ mod alerts_cmds;
 mod archive_cmds;
 mod archive_steps;
 mod archive_why;
+mod audit_cmds;
 mod bench;
 mod client_cmds;
 mod cluster;
@@ -27,6 +28,7 @@ mod sql_cmds;
 mod target;
 mod trace_cmds;
 mod ui_cmd;
+mod user_cmds;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -104,6 +106,11 @@ enum Command {
     Ui(ui_cmd::UiArgs),
     /// The cluster's alerts, firing and resolved, with owners and history (rules: `[alerts]`).
     Alerts(alerts_cmds::AlertsArgs),
+    /// Users who may connect when `[auth]` is on: create, rotate, delete, list.
+    #[command(subcommand)]
+    User(user_cmds::UserCommand),
+    /// The audit log: every admin action, who made it, when and from where.
+    Audit(audit_cmds::AuditArgs),
 }
 
 /// The default log filter of services: every `meridian*` target at `info`, dependencies at
@@ -176,6 +183,8 @@ fn run(cli: Cli) -> Result<()> {
             Command::Dlq(command) => messaging_cmds::dlq(command).await,
             Command::Client(command) => sdk_cmds::client(command).await,
             Command::Alerts(args) => alerts_cmds::alerts(args).await,
+            Command::User(command) => user_cmds::user(command).await,
+            Command::Audit(args) => audit_cmds::audit(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Archiver(args) => archive_cmds::archiver(args).await,
             Command::Archive(command) => archive_cmds::archive(command).await,

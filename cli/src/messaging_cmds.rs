@@ -2,7 +2,7 @@
 //! offsets, on every broker group serving its topics.
 
 use anyhow::{Context, Result, bail};
-use meridian_client::{Admin, ClientConfig, ConnectionPool, DeadLetter, ResetTo};
+use meridian_client::{Admin, ConnectionPool, DeadLetter, ResetTo};
 use meridian_nameserver::service::{GroupDetail, Query};
 use meridian_proto::properties::RETRY_TOPIC;
 use meridian_proto::time::format_millis;
@@ -80,8 +80,8 @@ pub struct ResetOffsetArgs {
 }
 
 fn admin(target: &ClientTarget) -> (Admin, ConnectionPool) {
-    let pool = ConnectionPool::new(ClientConfig::default());
-    let admin = Admin::new(route_source(target, &pool), ClientConfig::default());
+    let pool = ConnectionPool::new(crate::user_cmds::client_config());
+    let admin = Admin::new(route_source(target, &pool), crate::user_cmds::client_config());
     (admin, pool)
 }
 

@@ -59,6 +59,11 @@ pub struct DevArgs {
     /// `[alerts]` table; `docs/configuration.md`). Default: the default rules, no webhooks.
     #[arg(long)]
     alerts: Option<PathBuf>,
+    /// Require every connection to log in (`[auth] enabled`): makes DATA_DIR/node.secret if
+    /// missing, creates (or rotates) the user `admin` and prints its MERIDIAN_USER and
+    /// MERIDIAN_SECRET.
+    #[arg(long)]
+    auth: bool,
 }
 
 /// Arguments of `meridian broker`.
@@ -193,7 +198,17 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     // The archiver (and the query service over its archive) runs unless `--no-archive`.
     let with_archive = !args.no_archive || broker_config.archive.enabled;
 
+    let node_secret_file = if args.auth {
+        Some(crate::user_cmds::ensure_node_secret(&args.data_dir)?)
+    } else {
+        None
+    };
     let nameserver_config = NameserverConfig {
+        auth: meridian_nameserver::auth::AuthConfig {
+            enabled: args.auth,
+            node_secret_file: node_secret_file.clone(),
+            node_credentials: None,
+        },
         listen: args.nameserver_listen,
         http_listen: None,
         data_dir: args.data_dir.join("nameserver"),
@@ -229,6 +244,10 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     let nameserver_addr = nameserver.local_addr();
     let rocketmq_nameserver = nameserver.remoting_addr();
 
+    if args.auth {
+        broker_config.auth.enabled = true;
+        broker_config.auth.node_secret_file = node_secret_file.clone();
+    }
     broker_config.data_dir = args.data_dir.join("broker");
     broker_config.listen = args.broker_listen;
     broker_config.http_listen = None;
@@ -283,6 +302,13 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         nameservers: vec![nameserver_addr.to_string()],
         data_dir: args.data_dir.join("tracer"),
         http_listen: None,
+        // The tracer is part of this node: it logs in as one.
+        credentials: match &node_secret_file {
+            Some(path) => Some(meridian_proto::auth::Credentials::node(
+                meridian_proto::auth::read_node_secret(path).map_err(anyhow::Error::msg)?,
+            )),
+            None => None,
+        },
         ..meridian_tracer::TracerConfig::default()
     };
     let tracer_metrics = Arc::new(meridian_tracer::TracerMetrics::register(&mut registry));
@@ -342,6 +368,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     let service = nameserver.service();
     let replication = broker.replication();
     let ready_file = args.ready_file.clone();
+    let with_auth = args.auth;
     let ready = async move {
         // "ready" means usable: the broker has registered and heartbeated, so topics can be
         // placed on it and routes name it, and the nameserver elected it master of its group.
@@ -376,6 +403,16 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             "  tracer     indexing the trace topic into {}",
             args.data_dir.join("tracer").display()
         );
+        if with_auth {
+            match crate::user_cmds::dev_admin(&service).await {
+                Ok(secret) => {
+                    println!("  auth       on: every connection logs in; the admin's secret is shown only this once:");
+                    println!("export MERIDIAN_USER=admin");
+                    println!("export MERIDIAN_SECRET={secret}");
+                }
+                Err(error) => tracing::error!(error = %format!("{error:#}"), "the admin user was not created"),
+            }
+        }
         if let Err(error) = write_ready_file(
             ready_file.as_deref(),
             serde_json::json!({

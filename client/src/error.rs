@@ -128,6 +128,15 @@ pub enum ClientError {
     /// The producer, consumer or pool was shut down.
     #[error("the client was shut down; create a new one to continue")]
     Shutdown,
+    /// Logging in failed on the client's side: the server could not prove it knows the user, or
+    /// the handshake broke (a refused login is [`ClientError::Broker`] with `unauthenticated`).
+    #[error("cannot log in to {addr}: {source}")]
+    Auth {
+        /// Address dialled.
+        addr: String,
+        /// What went wrong.
+        source: meridian_proto::auth::AuthError,
+    },
 }
 
 fn describe_failures(failures: &[(String, String)]) -> String {
@@ -148,6 +157,7 @@ impl From<TransportError> for ClientError {
             TransportError::ConnectionClosed => ClientError::ConnectionClosed,
             TransportError::Decode(detail) => ClientError::Decode(detail),
             TransportError::Shutdown => ClientError::Shutdown,
+            TransportError::Auth { addr, source } => ClientError::Auth { addr, source },
         }
     }
 }

@@ -104,6 +104,9 @@ impl From<AdminCommand> for Command {
                 refuse,
                 language_min_versions,
             },
+            AdminCommand::CreateUser { name, verifier, by } => Command::CreateUser { name, verifier, by },
+            AdminCommand::RotateUser { name, verifier, by } => Command::RotateUser { name, verifier, by },
+            AdminCommand::DeleteUser { name, by } => Command::DeleteUser { name, by },
         }
     }
 }
@@ -125,11 +128,15 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use meridian_proto::admin::{
-        AdminWriteRequest, ConsumeMode, GroupRequest, Node, ProduceLimitChange, TopicChanges, TopicRequest,
+        AdminWriteRequest, ConsumeMode, GroupRequest, Node, ProduceLimitChange, StoredVerifier, TopicChanges, TopicRequest,
     };
 
     use super::*;
     use crate::service::WriteRequest;
+
+    fn verifier() -> StoredVerifier {
+        StoredVerifier::from_verifier(&meridian_proto::auth::Verifier::generate(b"a secret"))
+    }
 
     fn every_command() -> Vec<AdminCommand> {
         let reason = Some("because".to_owned());
@@ -221,6 +228,20 @@ mod tests {
                 blocked_versions: BTreeSet::from(["1.3.1".to_owned()]),
                 refuse: true,
                 language_min_versions: BTreeMap::from([("java".to_owned(), "5.0.0".to_owned())]),
+            },
+            AdminCommand::CreateUser {
+                name: "alice".into(),
+                verifier: verifier(),
+                by: "bo".into(),
+            },
+            AdminCommand::RotateUser {
+                name: "alice".into(),
+                verifier: verifier(),
+                by: "bo".into(),
+            },
+            AdminCommand::DeleteUser {
+                name: "alice".into(),
+                by: "bo".into(),
             },
         ]
     }

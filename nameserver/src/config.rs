@@ -84,6 +84,8 @@ pub struct NameserverConfig {
     pub alerts: crate::alerts::AlertsConfig,
     /// Losing a data center (the `[continuity]` table).
     pub continuity: ContinuityConfig,
+    /// Authentication (the `[auth]` table; off by default): see [`crate::auth`].
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// When the nameservers' majority declares a data center lost (the `[continuity]` table).
@@ -129,6 +131,7 @@ impl Default for NameserverConfig {
             remoting: crate::remoting::RemotingConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
             continuity: ContinuityConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }

@@ -71,9 +71,11 @@ pub fn router(service: Arc<NameserverService>) -> Router {
         .route("/api/drill/evacuate", post(drill_evacuate))
         .route("/api/drill/restore", post(drill_restore))
         .route("/api/idc-lookup/{ip}", get(idc_lookup))
+        .merge(crate::security_api::router())
         .route("/api/{*path}", any(unknown_endpoint))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(service)
+        .layer(axum::middleware::from_fn(crate::security_api::record_origin))
 }
 
 // ---------------------------------------------------------------------------------------------

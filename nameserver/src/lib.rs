@@ -33,6 +33,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod auth;
 pub mod config;
 pub mod continuity;
 pub mod controller;
@@ -45,6 +46,7 @@ pub mod network;
 pub mod raft;
 pub mod remoting;
 pub mod routes;
+pub mod security_api;
 pub mod server;
 pub mod service;
 pub mod state;

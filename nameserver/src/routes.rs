@@ -151,7 +151,18 @@ pub fn broker_metadata(state: &MetadataState, group: &str) -> BrokerMetadata {
         })
         .collect();
     let policy = state.sdk_policy();
+    let users = state
+        .users()
+        .iter()
+        .filter_map(|(name, user)| {
+            Some(meridian_proto::messages::UserGrant {
+                name: name.clone(),
+                verifier: Some(user.verifier.to_verifier().ok()?),
+            })
+        })
+        .collect();
     BrokerMetadata {
+        users,
         version: state.metadata_version(),
         topics,
         groups,

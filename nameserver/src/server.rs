@@ -50,6 +50,7 @@ pub struct Nameserver {
     codec: FrameCodec,
     shutdown: CancellationToken,
     alerts: crate::alerts::AlertsConfig,
+    auth: Option<Arc<meridian_proto::auth::Authenticator>>,
 }
 
 impl Nameserver {
@@ -71,6 +72,7 @@ impl Nameserver {
         detected.log(&format!("nameserver {}", config.node_id));
         config.idc = detected.idc;
         config.validate()?;
+        config.auth.load()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|error| NameserverError::Config {
@@ -113,6 +115,7 @@ impl Nameserver {
             limits,
             request_timeout: config.write_timeout(),
             connect_timeout: Duration::from_secs(1),
+            credentials: config.auth.node_credentials.clone(),
         });
         let network = FramedNetwork::new(config.node_id, pool.clone());
         let raft = NameserverRaft::start(config.node_id, &config.data_dir, &config.raft, network).await?;
@@ -136,7 +139,9 @@ impl Nameserver {
             },
             metrics,
         ));
+        let auth = crate::auth::authenticator(&config.auth, &service);
         Ok(Nameserver {
+            auth,
             listener,
             remoting,
             remoting_addrs: Arc::default(),
@@ -176,6 +181,7 @@ impl Nameserver {
             codec,
             shutdown: stop,
             alerts,
+            auth,
         } = self;
         let connections = TaskTracker::new();
         let background = TaskTracker::new();
@@ -199,6 +205,7 @@ impl Nameserver {
             codec,
             max_inflight: MAX_INFLIGHT_PER_CONNECTION,
             max_pending_response_bytes: None,
+            auth,
         };
         tokio::pin!(shutdown);
         loop {
@@ -328,6 +335,10 @@ fn answer(
                     .map_err(|error| ApiError::new(error.code(), error.to_string()))
             }))
         }
+        RequestCode::AuthHello | RequestCode::AuthProof => Answer::Now(Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "login requests are answered by the connection loop, never here".to_owned(),
+        ))),
         RequestCode::Send
         | RequestCode::Pull
         | RequestCode::CommitOffset
@@ -367,6 +378,44 @@ impl FrameService for NameserverFrames {
 
     fn answer(&self, code: RequestCode, body: Bytes, _peer: SocketAddr) -> Answer {
         answer(&self.service, &self.remoting_addrs, code, body)
+    }
+
+    fn answer_as(
+        &self,
+        principal: &meridian_proto::auth::Principal,
+        code: RequestCode,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Answer {
+        use meridian_proto::auth::Principal;
+        // A write from anything but a node forwarding it is audited with who sent it and from
+        // where, whatever origin it claims.
+        if code != RequestCode::NameserverWrite || principal.is_node() {
+            return self.answer(code, body, peer);
+        }
+        // Without authentication (anonymous), a write another nameserver forwarded keeps the
+        // origin the first node recorded.
+        let anonymous = *principal == Principal::Anonymous;
+        let origin = crate::state::Origin {
+            from: peer.to_string(),
+            user: match principal {
+                Principal::User(user) => Some(user.clone()),
+                _ => None,
+            },
+        };
+        let service = self.service.clone();
+        service
+            .metrics()
+            .requests
+            .get_or_create(&RequestLabels { request: code.as_str() })
+            .inc();
+        Answer::Later(Box::pin(async move {
+            let mut request = decode_json::<WriteRequest>("nameserver write", &body)?;
+            if !(anonymous && request.forwarded) {
+                crate::auth::attribute(&mut request.op, origin);
+            }
+            json(&service.write(request).await?)
+        }))
     }
 
     fn error_frame(&self, request_id: u64, error: ApiError) -> Frame {

@@ -109,6 +109,16 @@ pub enum Query {
     Drill,
     /// Where the tracer and the query service are ([`Services`]).
     Services,
+    /// Users, without credentials (`Vec<UserView>`).
+    Users,
+    /// Audit log entries after `after`, oldest first, at most `limit` (`Vec<AuditEntry>`).
+    Audit {
+        /// Entries with a greater sequence number.
+        #[serde(default)]
+        after: u64,
+        /// Most entries.
+        limit: usize,
+    },
 }
 
 /// A topic and its history.
@@ -316,7 +326,11 @@ impl NameserverService {
     }
 
     /// Applies `request` through the leader: here when this node leads, else forwarded to it once.
-    pub async fn write(&self, request: WriteRequest) -> Result<Response, ApiError> {
+    pub async fn write(&self, mut request: WriteRequest) -> Result<Response, ApiError> {
+        // An admin request over HTTP carries where it came from into the audit log.
+        if let Some(origin) = crate::security_api::current_origin() {
+            crate::auth::attribute(&mut request.op, origin);
+        }
         match self.write_here(request.op.clone()).await {
             Err(NameserverError::ForwardToLeader {
                 leader_id: Some(leader_id),
@@ -519,7 +533,7 @@ impl NameserverService {
             })
         };
         let leader = (claims_master || named_master()) && self.confirm_leadership(lease).await;
-        let (metadata_version, group_epoch, master, master_addr, evacuated_idcs, lost_members) =
+        let (metadata_version, group_epoch, master, master_addr, evacuated_idcs, lost_members, group_members) =
             self.raft.read_state(|state| {
                 let group = state.broker_groups().get(group);
                 let master = group.and_then(|group| group.master());
@@ -541,6 +555,9 @@ impl NameserverService {
                     master.map(|master| master.addr.clone()).unwrap_or_default(),
                     state.evacuated_idcs(),
                     lost_members,
+                    group
+                        .map(|group| group.members.keys().cloned().collect())
+                        .unwrap_or_default(),
                 )
             });
         BrokerHeartbeatResponse {
@@ -553,6 +570,7 @@ impl NameserverService {
             lease_ms: lease.as_millis() as u64,
             evacuated_idcs,
             lost_members,
+            group_members,
         }
     }
 
@@ -647,6 +665,12 @@ impl NameserverService {
             Query::SdkPolicy => to_json(&self.raft.read_state(|state| state.sdk_policy().clone())),
             Query::Drill => to_json(&self.drill()),
             Query::Services => to_json(&self.settings.services),
+            Query::Users => to_json(&self.raft.read_state(|state| crate::state::users::views(state.users()))),
+            Query::Audit { after, limit } => to_json(
+                &self
+                    .raft
+                    .read_state(|state| state.audit().since(*after, (*limit).max(1))),
+            ),
         };
         Ok(value)
     }

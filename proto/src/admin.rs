@@ -433,6 +433,31 @@ pub enum AdminCommand {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         language_min_versions: BTreeMap<String, String>,
     },
+    /// Create a user with the verifier of a secret the client made (never the secret).
+    CreateUser {
+        /// User name.
+        name: String,
+        /// The secret's SCRAM verifier.
+        verifier: StoredVerifier,
+        /// Who creates it.
+        by: String,
+    },
+    /// Replace a user's verifier (a new secret).
+    RotateUser {
+        /// User name.
+        name: String,
+        /// The new secret's SCRAM verifier.
+        verifier: StoredVerifier,
+        /// Who rotates it.
+        by: String,
+    },
+    /// Delete a user.
+    DeleteUser {
+        /// User name.
+        name: String,
+        /// Who deletes it.
+        by: String,
+    },
 }
 
 /// A write an admin client sends (`NameserverWrite`): a change to the metadata, or to the
@@ -468,4 +493,44 @@ pub struct AdminWriteRequest {
     /// clients leave it false.
     #[serde(default)]
     pub forwarded: bool,
+}
+
+/// A SCRAM verifier ([`crate::auth::Verifier`]) as stored and sent in JSON: hex fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredVerifier {
+    /// Salt, hex.
+    pub salt: String,
+    /// PBKDF2 iterations.
+    pub iterations: u32,
+    /// `StoredKey`, hex.
+    pub stored_key: String,
+    /// `ServerKey`, hex.
+    pub server_key: String,
+}
+
+impl StoredVerifier {
+    /// The hex form of a verifier.
+    pub fn from_verifier(verifier: &crate::auth::Verifier) -> StoredVerifier {
+        use crate::auth::to_hex;
+        StoredVerifier {
+            salt: to_hex(&verifier.salt),
+            iterations: verifier.iterations,
+            stored_key: to_hex(&verifier.stored_key),
+            server_key: to_hex(&verifier.server_key),
+        }
+    }
+
+    /// The verifier, checked to be well formed; the error names the field that is not.
+    pub fn to_verifier(&self) -> Result<crate::auth::Verifier, String> {
+        use crate::auth::from_hex;
+        let verifier = crate::auth::Verifier {
+            salt: from_hex(&self.salt).ok_or("salt is not hex")?,
+            iterations: self.iterations,
+            stored_key: from_hex(&self.stored_key).ok_or("stored_key is not hex")?,
+            server_key: from_hex(&self.server_key).ok_or("server_key is not hex")?,
+        };
+        verifier.check().map_err(|error| error.to_string())?;
+        Ok(verifier)
+    }
 }

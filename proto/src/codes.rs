@@ -78,11 +78,15 @@ pub enum RequestCode {
     /// A slave fetches the master's commitlog from an offset, reporting what it holds
     /// ([`crate::messages::ReplicaFetch`] → [`crate::messages::ReplicaFetchResponse`]).
     ReplicaFetch = 60,
+    /// First step of a login ([`crate::auth::AuthHello`] → [`crate::auth::AuthChallenge`]).
+    AuthHello = 70,
+    /// Second step of a login ([`crate::auth::AuthProof`] → [`crate::auth::AuthOk`]).
+    AuthProof = 71,
 }
 
 impl RequestCode {
     /// Every request code, for exhaustive tests and docs.
-    pub const ALL: [RequestCode; 29] = [
+    pub const ALL: [RequestCode; 31] = [
         RequestCode::Send,
         RequestCode::Pull,
         RequestCode::CommitOffset,
@@ -112,6 +116,8 @@ impl RequestCode {
         RequestCode::RaftVote,
         RequestCode::RaftSnapshot,
         RequestCode::ReplicaFetch,
+        RequestCode::AuthHello,
+        RequestCode::AuthProof,
     ];
 
     /// The code for a raw value, or `None` when this build does not know it.
@@ -151,6 +157,8 @@ impl RequestCode {
             RequestCode::RaftVote => "raft_vote",
             RequestCode::RaftSnapshot => "raft_snapshot",
             RequestCode::ReplicaFetch => "replica_fetch",
+            RequestCode::AuthHello => "auth_hello",
+            RequestCode::AuthProof => "auth_proof",
         }
     }
 }
@@ -208,11 +216,16 @@ pub enum ErrorCode {
     /// message says how long to wait (`retry in N ms`, read by [`crate::quota::retry_after`]) and
     /// Meridian's SDK waits that long before sending again.
     Throttled = 19,
+    /// The connection has not logged in, or its login failed ([`crate::auth`]); the server closes
+    /// it after saying so.
+    Unauthenticated = 20,
+    /// The connection logged in, but who it is may not make this request.
+    PermissionDenied = 21,
 }
 
 impl ErrorCode {
     /// Every error code, for exhaustive tests and docs.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::Ok,
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedRequest,
@@ -233,6 +246,8 @@ impl ErrorCode {
         ErrorCode::ReplicationTimeout,
         ErrorCode::Evacuated,
         ErrorCode::Throttled,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
     ];
 
     /// The code for a raw value; unknown values (from a newer server) read as `Internal`.
@@ -272,6 +287,8 @@ impl ErrorCode {
             ErrorCode::NotMaster => 421,
             ErrorCode::Unavailable | ErrorCode::Evacuated => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::PermissionDenied => 403,
         }
     }
 
@@ -298,6 +315,8 @@ impl ErrorCode {
             ErrorCode::ReplicationTimeout => "replication_timeout",
             ErrorCode::Evacuated => "evacuated",
             ErrorCode::Throttled => "throttled",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
         }
     }
 }

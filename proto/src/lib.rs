@@ -26,12 +26,15 @@
 //! - [`throttle`]: log lines at most once per interval, with the count left out.
 //! - [`remoting`]: RocketMQ 4.x's remoting frames, headers and message encodings, for the
 //!   compatibility listeners.
+//! - [`auth`]: users' SCRAM-SHA-256 verifiers, the per-connection login handshake and node
+//!   credentials.
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike; [`serve`]: the answering side, the one connection
 //!   loop of the broker and the nameserver.
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod codes;
 pub mod compress;
 pub mod delay;

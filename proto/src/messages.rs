@@ -790,6 +790,10 @@ pub struct BrokerHeartbeatResponse {
     /// "degrade"`) acknowledges without them until they are cleared and caught up.
     #[prost(string, repeated, tag = "9")]
     pub lost_members: Vec<String>,
+    /// The registered members of the broker's group: a master counts replica fetches only from
+    /// them.
+    #[prost(string, repeated, tag = "10")]
+    pub group_members: Vec<String>,
 }
 
 /// [`crate::RequestCode::BrokerMetadata`] request.
@@ -815,6 +819,21 @@ pub struct BrokerMetadata {
     /// The cluster's SDK version policy; `None` from an older nameserver (nothing judged).
     #[prost(message, optional, tag = "4")]
     pub sdk_policy: Option<crate::sdk::SdkPolicyGrant>,
+    /// Every user's verifier, so the broker authenticates connections ([`crate::auth`]). Only
+    /// cluster nodes may fetch this when authentication is on; a verifier cannot log in.
+    #[prost(message, repeated, tag = "5")]
+    pub users: Vec<UserGrant>,
+}
+
+/// One user's credential as brokers learn it.
+#[derive(Clone, PartialEq, Message)]
+pub struct UserGrant {
+    /// User name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Its SCRAM verifier.
+    #[prost(message, optional, tag = "2")]
+    pub verifier: Option<crate::auth::Verifier>,
 }
 
 /// An approved topic as one broker group serves it.

@@ -16,6 +16,10 @@
 //! [`FrameService::batched_code`] names, read back to back, are answered together (the broker
 //! combines sends into one append).
 //!
+//! With [`ConnectionSettings::auth`] requiring it, a connection must log in first
+//! ([`crate::auth`]): anything before a successful login is refused and closes the connection,
+//! and requests only cluster nodes send are refused from users.
+//!
 //! The service is a type parameter, not a trait object: each server gets its own copy of the
 //! loop, with no dynamic dispatch per frame.
 
@@ -33,6 +37,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{self, AuthError, Authenticator, Principal, ServerHandshake};
 use crate::frame::FrameError;
 use crate::{ErrorCode, Frame, FrameCodec, RequestCode};
 
@@ -80,6 +85,18 @@ pub trait FrameService: Send + Sync + 'static {
     /// Answers one request from `peer`.
     fn answer(&self, code: RequestCode, body: Bytes, peer: SocketAddr) -> Answer<Self::Error>;
 
+    /// Answers one request from `peer`, who logged in as `principal` ([`Principal::Anonymous`]
+    /// where no login is required). Services that record or check who asks override this.
+    fn answer_as(
+        &self,
+        _principal: &Principal,
+        code: RequestCode,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Answer<Self::Error> {
+        self.answer(code, body, peer)
+    }
+
     /// Requests of this code, read back to back, go to [`FrameService::answer_batch`] together.
     fn batched_code(&self) -> Option<RequestCode> {
         None
@@ -119,6 +136,9 @@ pub trait FrameService: Send + Sync + 'static {
     /// A connection was accepted.
     fn connection_opened(&self, _peer: SocketAddr) {}
 
+    /// A connection logged in (`Ok`) or failed to (`Err`, which closes it).
+    fn connection_authenticated(&self, _peer: SocketAddr, _outcome: Result<&Principal, &AuthError>) {}
+
     /// The connection stopped reading (peer closed, bad frame or shutdown). Called before waiting
     /// for the requests still running, which may take a while (long polls).
     fn connection_reader_closed(&self, _peer: SocketAddr) {}
@@ -138,6 +158,127 @@ pub struct ConnectionSettings {
     /// Bytes of responses queued for the writer before answers wait; `None`: bounded by
     /// `max_inflight` frames only.
     pub max_pending_response_bytes: Option<usize>,
+    /// Who may connect; `None`: anyone, without logging in.
+    pub auth: Option<Arc<Authenticator>>,
+}
+
+/// Where a connection's login stands.
+enum LoginState {
+    /// Requests are served: the connection logged in, or none is required.
+    Open(Principal),
+    /// Nothing but an [`RequestCode::AuthHello`] is answered.
+    AwaitHello,
+    /// Challenged: nothing but the [`RequestCode::AuthProof`] is answered.
+    AwaitProof(ServerHandshake),
+}
+
+/// One connection's login.
+struct Login {
+    auth: Option<Arc<Authenticator>>,
+    state: LoginState,
+}
+
+impl Login {
+    fn new(auth: Option<Arc<Authenticator>>) -> Login {
+        let required = auth.as_ref().is_some_and(|auth| auth.required());
+        Login {
+            auth: auth.filter(|_| required),
+            state: if required {
+                LoginState::AwaitHello
+            } else {
+                LoginState::Open(Principal::Anonymous)
+            },
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        matches!(self.state, LoginState::Open(_))
+    }
+
+    fn principal(&self) -> &Principal {
+        static ANONYMOUS: Principal = Principal::Anonymous;
+        match &self.state {
+            LoginState::Open(principal) => principal,
+            _ => &ANONYMOUS,
+        }
+    }
+
+    /// Why a logged-in connection may not make this request, if it may not.
+    fn refuses(&self, code: RequestCode) -> Option<AuthError> {
+        match &self.state {
+            LoginState::Open(principal) if self.auth.is_some() && code.is_node_only() && !principal.is_node() => {
+                Some(AuthError::NodeOnly {
+                    code: code.as_str(),
+                    principal: principal.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Answers a login request, or any request before the login: the answer, and whether the
+    /// connection closes after it.
+    fn step<S: FrameService>(
+        &mut self,
+        service: &S,
+        peer: SocketAddr,
+        code: RequestCode,
+        request_id: u64,
+        body: &[u8],
+    ) -> (Frame, bool) {
+        let refuse = |error: AuthError| {
+            service.connection_authenticated(peer, Err(&error));
+            tracing::warn!(%peer, %error, "connection refused");
+            let code = match error {
+                AuthError::Protocol(_) => ErrorCode::InvalidArgument,
+                _ => ErrorCode::Unauthenticated,
+            };
+            (Frame::error(request_id, code, error.to_string()), true)
+        };
+        let state = std::mem::replace(&mut self.state, LoginState::AwaitHello);
+        match (code, state, &self.auth) {
+            // No login required: a client configured with credentials is told so and goes on.
+            (RequestCode::AuthHello, LoginState::Open(Principal::Anonymous), None) => {
+                self.state = LoginState::Open(Principal::Anonymous);
+                let challenge = auth::AuthChallenge {
+                    required: false,
+                    ..Default::default()
+                };
+                (Frame::response(request_id, encode(&challenge)), false)
+            }
+            (RequestCode::AuthHello, LoginState::AwaitHello, Some(authenticator)) => {
+                let challenged = auth::decode("login hello", body)
+                    .and_then(|hello| authenticator.challenge(hello, crate::time::now_millis().max(0) as u64));
+                match challenged {
+                    Ok((handshake, challenge)) => {
+                        self.state = LoginState::AwaitProof(handshake);
+                        (Frame::response(request_id, encode(&challenge)), false)
+                    }
+                    Err(error) => refuse(error),
+                }
+            }
+            (RequestCode::AuthProof, LoginState::AwaitProof(handshake), Some(_)) => {
+                match auth::decode("login proof", body).and_then(|proof| handshake.finish(&proof)) {
+                    Ok((principal, ok)) => {
+                        service.connection_authenticated(peer, Ok(&principal));
+                        tracing::debug!(%peer, %principal, "connection authenticated");
+                        self.state = LoginState::Open(principal);
+                        (Frame::response(request_id, encode(&ok)), false)
+                    }
+                    Err(error) => refuse(error),
+                }
+            }
+            (code, LoginState::AwaitHello, _) if !code.is_auth() => refuse(AuthError::Required),
+            (code, _, _) => refuse(AuthError::Protocol(format!(
+                "{} out of order: send auth_hello once, then auth_proof, before any other request",
+                code.as_str()
+            ))),
+        }
+    }
+}
+
+fn encode(message: &impl prost::Message) -> Bytes {
+    Bytes::from(message.encode_to_vec())
 }
 
 /// Responses waiting for the writer, bounded in number and, with a budget, in bytes.
@@ -278,6 +419,7 @@ pub async fn serve_connection<S: FrameService>(
         tasks: &tasks,
     };
     let batched_code = service.batched_code();
+    let mut login = Login::new(settings.auth.clone());
     // A frame read while gathering a batch that was not itself of the batched code: handled next.
     let mut carried: Option<Option<Result<Frame, FrameError>>> = None;
     loop {
@@ -310,8 +452,25 @@ pub async fn serve_connection<S: FrameService>(
             }
             continue;
         };
+        if code.is_auth() || !login.is_open() {
+            let (answer, close) = login.step(&*service, peer, code, request_id, &frame.body);
+            if responses.send(answer).await.is_err() || close {
+                break;
+            }
+            continue;
+        }
+        if let Some(error) = login.refuses(code) {
+            tracing::warn!(%peer, %error, "request refused");
+            if !oneway {
+                let answer = Frame::error(request_id, ErrorCode::PermissionDenied, error.to_string());
+                if responses.send(answer).await.is_err() {
+                    break;
+                }
+            }
+            continue;
+        }
         if Some(code) != batched_code {
-            let answer = service.answer(code, frame.body, peer);
+            let answer = service.answer_as(login.principal(), code, frame.body, peer);
             if !connection.dispatch(code, answer, request_id, oneway).await {
                 break;
             }
@@ -448,19 +607,7 @@ mod tests {
 
     /// A server of `service` for one connection on a loopback port, and a client connected to it.
     async fn serve_one(service: Arc<Scripted>) -> (Client, TaskTracker) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let tasks = TaskTracker::new();
-        tasks.spawn(async move {
-            let (stream, peer) = listener.accept().await.unwrap();
-            let settings = ConnectionSettings {
-                codec: FrameCodec::new(1 << 20),
-                max_inflight: 4,
-                max_pending_response_bytes: Some(64 * 1024),
-            };
-            serve_connection(service, settings, stream, peer, CancellationToken::new()).await;
-        });
-        tasks.close();
+        let (addr, tasks) = serve_many(service, None, 1).await;
         let (read_half, write_half) = TcpStream::connect(addr).await.unwrap().into_split();
         let codec = FrameCodec::new(1 << 20);
         (
@@ -470,6 +617,38 @@ mod tests {
             ),
             tasks,
         )
+    }
+
+    /// A server of `service` for `connections` connections on a loopback port.
+    async fn serve_many(
+        service: Arc<Scripted>,
+        auth: Option<Arc<Authenticator>>,
+        connections: usize,
+    ) -> (SocketAddr, TaskTracker) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tasks = TaskTracker::new();
+        let serving = tasks.clone();
+        tasks.spawn(async move {
+            for _ in 0..connections {
+                let (stream, peer) = listener.accept().await.unwrap();
+                let settings = ConnectionSettings {
+                    codec: FrameCodec::new(1 << 20),
+                    max_inflight: 4,
+                    max_pending_response_bytes: Some(64 * 1024),
+                    auth: auth.clone(),
+                };
+                serving.spawn(serve_connection(
+                    service.clone(),
+                    settings,
+                    stream,
+                    peer,
+                    CancellationToken::new(),
+                ));
+            }
+        });
+        tasks.close();
+        (addr, tasks)
     }
 
     fn request(request_id: u64, code: RequestCode, body: &'static str) -> Frame {
@@ -573,5 +752,184 @@ mod tests {
         tasks.wait().await;
         assert_eq!(service.malformed.load(Ordering::Relaxed), 2);
         assert_eq!(service.closed.load(Ordering::Relaxed), 2);
+    }
+
+    mod auth_required {
+        use super::*;
+        use crate::auth::{AuthHello, AuthProof, ClientHandshake, Credentials, UserCache, Verifier};
+        use crate::transport::{ConnectionPool, TransportConfig, TransportError};
+        use prost::Message;
+        use std::time::Duration;
+
+        const NODE_SECRET: &str = "node-secret-for-tests-0123456789abcdef";
+
+        fn authenticator() -> Arc<Authenticator> {
+            let users = UserCache::default();
+            users.replace([("alice".to_owned(), Verifier::generate(b"alice-secret"))].into());
+            Arc::new(Authenticator::new(true, Some(NODE_SECRET), Arc::new(users)))
+        }
+
+        fn pool(credentials: Option<Credentials>) -> ConnectionPool {
+            ConnectionPool::new(TransportConfig {
+                credentials,
+                ..TransportConfig::default()
+            })
+        }
+
+        async fn raw_client(addr: SocketAddr) -> Client {
+            let (read_half, write_half) = TcpStream::connect(addr).await.unwrap().into_split();
+            let codec = FrameCodec::new(1 << 20);
+            (
+                FramedRead::new(read_half, codec.clone()),
+                FramedWrite::new(write_half, codec),
+            )
+        }
+
+        async fn exchange(client: &mut Client, frame: Frame) -> Frame {
+            client.1.send(frame).await.unwrap();
+            client.0.next().await.unwrap().unwrap()
+        }
+
+        #[tokio::test]
+        async fn auth_logged_in_users_are_served_and_others_refused_and_closed() {
+            let service = Arc::new(Scripted::default());
+            let (addr, tasks) = serve_many(service.clone(), Some(authenticator()), 3).await;
+            let addr_text = addr.to_string();
+
+            let alice = pool(Some(Credentials::new("alice", "alice-secret")));
+            let answer = alice
+                .request(
+                    &addr_text,
+                    RequestCode::TopicRoute,
+                    Bytes::from_static(b"now"),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+            assert_eq!(&answer.body[..], b"now");
+
+            let wrong = pool(Some(Credentials::new("alice", "not-her-secret")));
+            let error = wrong
+                .request(
+                    &addr_text,
+                    RequestCode::TopicRoute,
+                    Bytes::from_static(b"now"),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap_err();
+            let TransportError::Remote { code, message, .. } = &error else {
+                panic!("{error}")
+            };
+            assert_eq!(*code, ErrorCode::Unauthenticated);
+            assert!(
+                message.contains("authentication failed for user \"alice\""),
+                "{message}"
+            );
+            assert!(!message.contains("not-her-secret"));
+
+            // No login at all: refused, and the connection closes.
+            let mut anonymous = raw_client(addr).await;
+            let answer = exchange(&mut anonymous, request(1, RequestCode::TopicRoute, "now")).await;
+            assert_eq!(answer.error_code(), ErrorCode::Unauthenticated);
+            assert!(
+                answer.header.remark.contains("MERIDIAN_USER"),
+                "{}",
+                answer.header.remark
+            );
+            assert!(anonymous.0.next().await.is_none());
+            alice.shutdown().await;
+            wrong.shutdown().await;
+            tasks.wait().await;
+        }
+
+        #[tokio::test]
+        async fn auth_a_replayed_handshake_is_refused() {
+            let service = Arc::new(Scripted::default());
+            let (addr, tasks) = serve_many(service, Some(authenticator()), 2).await;
+            // The real client logs in; an eavesdropper records its hello and proof.
+            let (mut handshake, hello) = ClientHandshake::start(Credentials::new("alice", "alice-secret"));
+            let hello_body = Bytes::from(hello.encode_to_vec());
+            let mut victim = raw_client(addr).await;
+            let challenge = exchange(
+                &mut victim,
+                Frame::request(1, RequestCode::AuthHello, hello_body.clone()),
+            )
+            .await;
+            let challenge = crate::auth::decode("challenge", &challenge.body).unwrap();
+            let proof: AuthProof = handshake.respond(&challenge).unwrap().unwrap();
+            let proof_body = Bytes::from(proof.encode_to_vec());
+            let ok = exchange(
+                &mut victim,
+                Frame::request(2, RequestCode::AuthProof, proof_body.clone()),
+            )
+            .await;
+            assert_eq!(ok.error_code(), ErrorCode::Ok);
+
+            let mut attacker = raw_client(addr).await;
+            let replayed_hello: AuthHello = crate::auth::decode("hello", &hello_body).unwrap();
+            assert_eq!(replayed_hello.user, "alice");
+            let challenge = exchange(&mut attacker, Frame::request(1, RequestCode::AuthHello, hello_body)).await;
+            assert_eq!(challenge.error_code(), ErrorCode::Ok);
+            let refused = exchange(&mut attacker, Frame::request(2, RequestCode::AuthProof, proof_body)).await;
+            assert_eq!(refused.error_code(), ErrorCode::Unauthenticated);
+            assert!(attacker.0.next().await.is_none(), "the connection closes");
+            drop(victim);
+            tasks.wait().await;
+        }
+
+        #[tokio::test]
+        async fn auth_node_only_requests_are_refused_from_users_and_served_to_nodes() {
+            let service = Arc::new(Scripted::default());
+            let (addr, tasks) = serve_many(service, Some(authenticator()), 2).await;
+            let addr_text = addr.to_string();
+            let alice = pool(Some(Credentials::new("alice", "alice-secret")));
+            let error = alice
+                .request(
+                    &addr_text,
+                    RequestCode::ReplicaFetch,
+                    Bytes::from_static(b"now"),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&error, TransportError::Remote { code: ErrorCode::PermissionDenied, message, .. } if message.contains("cluster nodes only")),
+                "{error}"
+            );
+            let node = pool(Some(Credentials::node(NODE_SECRET)));
+            let answer = node
+                .request(
+                    &addr_text,
+                    RequestCode::ReplicaFetch,
+                    Bytes::from_static(b"now"),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+            assert_eq!(&answer.body[..], b"now");
+            alice.shutdown().await;
+            node.shutdown().await;
+            tasks.wait().await;
+        }
+
+        #[tokio::test]
+        async fn auth_a_client_with_credentials_still_talks_to_a_server_without_auth() {
+            let service = Arc::new(Scripted::default());
+            let (addr, tasks) = serve_many(service, None, 1).await;
+            let alice = pool(Some(Credentials::new("alice", "alice-secret")));
+            let answer = alice
+                .request(
+                    &addr.to_string(),
+                    RequestCode::TopicRoute,
+                    Bytes::from_static(b"now"),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+            assert_eq!(&answer.body[..], b"now");
+            alice.shutdown().await;
+            tasks.wait().await;
+        }
     }
 }

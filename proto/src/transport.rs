@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::auth::{AuthChallenge, AuthError, AuthOk, ClientHandshake, Credentials};
 use crate::frame::{FLAG_ONEWAY, FrameCodec};
 use crate::{ErrorCode, Frame, Limits, RequestCode};
 use bytes::{Bytes, BytesMut};
@@ -36,6 +37,8 @@ pub struct TransportConfig {
     pub request_timeout: Duration,
     /// How long opening a TCP connection may take.
     pub connect_timeout: Duration,
+    /// Log in with these on every new connection ([`crate::auth`]); `None`: do not log in.
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for TransportConfig {
@@ -44,6 +47,7 @@ impl Default for TransportConfig {
             limits: Limits::default(),
             request_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(3),
+            credentials: None,
         }
     }
 }
@@ -97,6 +101,14 @@ pub enum TransportError {
     /// The pool was shut down.
     #[error("the connection pool was shut down; create a new one to continue")]
     Shutdown,
+    /// Logging in failed on the client's side (the server's refusals are [`TransportError::Remote`]).
+    #[error("cannot log in to {addr}: {source}")]
+    Auth {
+        /// Address dialled.
+        addr: String,
+        /// What went wrong.
+        source: AuthError,
+    },
 }
 
 impl TransportError {
@@ -213,6 +225,21 @@ impl Connection {
             addr: addr.to_owned(),
             source,
         })?;
+        let stream = match &config.credentials {
+            Some(credentials) => {
+                let login = log_in(stream, addr, credentials, config);
+                match tokio::time::timeout(config.request_timeout, login).await {
+                    Ok(result) => result?,
+                    Err(_) => {
+                        return Err(TransportError::Timeout {
+                            what: format!("logging in to {addr}"),
+                            after: config.request_timeout,
+                        });
+                    }
+                }
+            }
+            None => stream,
+        };
         let (read_half, write_half) = stream.into_split();
         let shared = Arc::new(Shared {
             addr: addr.to_owned(),
@@ -423,6 +450,59 @@ fn encode_frame(shared: &Shared, codec: &mut FrameCodec, frame: Frame, buffer: &
         warn!(addr = %shared.addr, request_id, %error, "dropping a frame that cannot be encoded");
         shared.lock().waiters.remove(&request_id);
     }
+}
+
+/// Runs the client side of the login handshake on a fresh connection, before its reader and
+/// writer start; the server sends nothing unasked, so no byte is left in the read buffer.
+async fn log_in(
+    stream: TcpStream,
+    addr: &str,
+    credentials: &Credentials,
+    config: &TransportConfig,
+) -> Result<TcpStream, TransportError> {
+    use futures_util::SinkExt;
+    let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new(config.limits.max_frame_size));
+    let (mut handshake, hello) = ClientHandshake::start(credentials.clone());
+    let auth_error = |source: AuthError| TransportError::Auth {
+        addr: addr.to_owned(),
+        source,
+    };
+    let mut exchange = async |request_id: u64, code: RequestCode, body: Vec<u8>| -> Result<Bytes, TransportError> {
+        let closed = |_| TransportError::ConnectionClosed;
+        framed
+            .send(Frame::request(request_id, code, Bytes::from(body)))
+            .await
+            .map_err(closed)?;
+        let response = match framed.next().await {
+            Some(Ok(response)) => response,
+            Some(Err(error)) => return Err(TransportError::Decode(error.to_string())),
+            None => return Err(TransportError::ConnectionClosed),
+        };
+        match response.error_code() {
+            ErrorCode::Ok => Ok(response.body),
+            code => Err(TransportError::Remote {
+                addr: addr.to_owned(),
+                code,
+                message: response.header.remark,
+            }),
+        }
+    };
+    let body = exchange(0, RequestCode::AuthHello, prost::Message::encode_to_vec(&hello)).await?;
+    let challenge: AuthChallenge = crate::auth::decode("login challenge", &body).map_err(auth_error)?;
+    if let Some(proof) = handshake.respond(&challenge).map_err(auth_error)? {
+        let body = exchange(0, RequestCode::AuthProof, prost::Message::encode_to_vec(&proof)).await?;
+        let ok: AuthOk = crate::auth::decode("login answer", &body).map_err(auth_error)?;
+        handshake.verify(&ok, addr).map_err(auth_error)?;
+        debug!(addr, user = %credentials.user, "logged in");
+    }
+    let parts = framed.into_parts();
+    if !parts.read_buf.is_empty() {
+        return Err(TransportError::Decode(format!(
+            "{addr} sent {} unasked bytes during the login",
+            parts.read_buf.len()
+        )));
+    }
+    Ok(parts.io)
 }
 
 /// Connections keyed by peer address, opened on first use and reopened lazily when they die.

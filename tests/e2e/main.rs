@@ -19,6 +19,7 @@ mod near_by;
 mod readme;
 mod rebalance;
 mod replication;
+mod security;
 mod tracing;
 mod transactions;
 

@@ -30,6 +30,10 @@ pub struct TracerConfig {
     /// Trace-topic messages one pull fetches (default 256; each holds up to `trace.batch_events`
     /// of its broker, 64 by default).
     pub pull_batch: u32,
+    /// What the tracer logs in with where `[auth]` is on (`meridian dev --auth` gives it the node
+    /// credential); never read from or written to the file, and `Debug` hides the secret.
+    #[serde(skip)]
+    pub credentials: Option<meridian_proto::auth::Credentials>,
 }
 
 impl Default for TracerConfig {
@@ -43,6 +47,7 @@ impl Default for TracerConfig {
             commit_interval_ms: 500,
             writer_heap_bytes: 64 << 20,
             pull_batch: 256,
+            credentials: None,
         }
     }
 }

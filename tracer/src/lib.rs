@@ -78,7 +78,10 @@ impl Tracer {
 
     /// Reads the trace topic until `shutdown` completes, then commits what it indexed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let pool = ConnectionPool::new(ClientConfig::default());
+        let pool = ConnectionPool::new(ClientConfig {
+            credentials: self.config.credentials.clone(),
+            ..ClientConfig::default()
+        });
         let route = Arc::new(NameserverRoute::new(self.config.nameservers.clone(), pool.clone()));
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();

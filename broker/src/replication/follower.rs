@@ -37,6 +37,7 @@ impl Follower {
             limits: replication.limits,
             request_timeout: FETCH_WAIT + Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            credentials: replication.node_credentials.clone(),
         });
         let tracker = TaskTracker::new();
         tracker.spawn(fetch_loop(

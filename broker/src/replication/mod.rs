@@ -188,6 +188,12 @@ pub struct Replication {
     /// Serializes role changes: every nameserver's heartbeat loop may bring one.
     transition: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
+    /// What this broker logs in to its master with (`[auth]`).
+    node_credentials: Option<meridian_proto::auth::Credentials>,
+    /// With `[auth]` on, fetches count only from the group's registered members, as the
+    /// nameservers last named them.
+    members_only: bool,
+    members: Mutex<Vec<String>>,
 }
 
 impl Replication {
@@ -232,6 +238,9 @@ impl Replication {
             follower: Mutex::new(None),
             transition: tokio::sync::Mutex::new(()),
             shutdown,
+            node_credentials: config.auth.node_credentials.clone(),
+            members_only: config.auth.enabled,
+            members: Mutex::new(Vec::new()),
         })
     }
 
@@ -420,6 +429,12 @@ impl Replication {
             warn!(%error, epoch, "cannot record the group's new epoch; ignoring the answer");
             return;
         }
+        if !answer.group_members.is_empty() {
+            let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+            if *members != answer.group_members {
+                members.clone_from(&answer.group_members);
+            }
+        }
         let current = self.role();
         if answer.master == self.name {
             if current != (Role::Master { epoch }) {
@@ -520,6 +535,24 @@ impl Replication {
         self.stop_following().await;
     }
 
+    /// With `[auth]` on, refuses a fetch that names anything but a registered member of the group
+    /// (another member than this master): only they count toward acknowledgements. The
+    /// connection already proved it is a node.
+    fn check_member(&self, name: &str) -> Result<()> {
+        if !self.members_only {
+            return Ok(());
+        }
+        let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        if name != self.name && members.iter().any(|member| member == name) {
+            return Ok(());
+        }
+        Err(BrokerError::ReplicationRefused(format!(
+            "replica {name:?} is not a registered member of group {:?} (members: {}); a slave must register with the nameservers before it fetches",
+            self.group,
+            members.join(", ")
+        )))
+    }
+
     /// Answers a slave's fetch: refuses a slave from a newer epoch (this master is stale: it steps
     /// down) or with a different segment size, tells a slave with a divergent tail where to cut,
     /// records what the slave holds (acknowledging sends), then sends the next chunk, waiting up
@@ -543,6 +576,7 @@ impl Replication {
                 request.name, request.group, self.group
             )));
         }
+        self.check_member(&request.name)?;
         if request.epoch > epoch {
             let _transition = self.transition.lock().await;
             let _ = self.store.observe_epoch(request.epoch);

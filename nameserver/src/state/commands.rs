@@ -7,9 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, AlertUpdate};
+use super::audit::Origin;
 use super::brokers::{BrokerRegistration, EpochChange};
 use super::governance::{ConsumerGroup, GroupRequest, Topic, TopicChanges, TopicRequest};
 use super::idc::IdcRule;
+use super::users::StoredVerifier;
 
 /// Every change to the metadata. Each is one Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +192,38 @@ pub enum Command {
     },
     /// An alert changes state (written by the alert evaluator on the leader only).
     RecordAlert(AlertUpdate),
+    /// Create a user with the verifier of a secret the client made (never the secret).
+    CreateUser {
+        /// User name.
+        name: String,
+        /// The secret's SCRAM verifier.
+        verifier: StoredVerifier,
+        /// Who creates it.
+        by: String,
+    },
+    /// Replace a user's verifier: the old secret stops working for new connections.
+    RotateUser {
+        /// User name.
+        name: String,
+        /// The new secret's SCRAM verifier.
+        verifier: StoredVerifier,
+        /// Who rotates it.
+        by: String,
+    },
+    /// Delete a user.
+    DeleteUser {
+        /// User name.
+        name: String,
+        /// Who deletes it.
+        by: String,
+    },
+    /// An admin command with where it came from, for the audit log ([`super::audit`]).
+    Audited {
+        /// Who sent it, from where.
+        origin: Origin,
+        /// The command.
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -208,7 +242,11 @@ impl Command {
                 | Command::DeleteGroup { .. }
                 // Brokers enforce the SDK policy, so they fetch it like approvals.
                 | Command::SetSdkPolicy { .. }
-        )
+                // Brokers authenticate users with the verifiers they fetch with their metadata.
+                | Command::CreateUser { .. }
+                | Command::RotateUser { .. }
+                | Command::DeleteUser { .. }
+        ) || matches!(self, Command::Audited { command, .. } if command.is_governance())
     }
 }
 

@@ -169,6 +169,18 @@ pub enum CommandError {
         /// The CIDR, in canonical form.
         cidr: String,
     },
+    /// Creating a user whose name is taken.
+    #[error("user {name:?} already exists: rotate its secret with `meridian user rotate {name}`, or pick another name")]
+    UserExists {
+        /// User name.
+        name: String,
+    },
+    /// No such user.
+    #[error("user {name:?} does not exist: `meridian user list` shows the users")]
+    UserNotFound {
+        /// User name.
+        name: String,
+    },
 }
 
 impl From<ValidationError> for CommandError {
@@ -183,7 +195,8 @@ impl CommandError {
     /// The wire error code for this refusal.
     pub fn code(&self) -> ErrorCode {
         match self {
-            CommandError::AlreadyRequested { .. } => ErrorCode::AlreadyExists,
+            CommandError::AlreadyRequested { .. } | CommandError::UserExists { .. } => ErrorCode::AlreadyExists,
+            CommandError::UserNotFound { .. } => ErrorCode::InvalidArgument,
             CommandError::NotFound {
                 subject: Subject::Topic,
                 ..

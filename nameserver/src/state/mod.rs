@@ -12,6 +12,7 @@
 //! - [`brokers`]: broker groups, their members, elections and fencing;
 //! - [`idc`]: the IDC map and failover drills;
 //! - [`sdk`]: the client SDK version policy;
+//! - [`users`]: users and their SCRAM verifiers; [`audit`]: the log of admin actions;
 //! - [`continuity`]: data centers the nameservers declared lost;
 //! - [`error`]: why a command is refused.
 //!
@@ -21,6 +22,7 @@
 
 pub mod alerts;
 pub mod approval;
+pub mod audit;
 pub mod brokers;
 pub mod commands;
 pub mod continuity;
@@ -28,6 +30,7 @@ pub mod error;
 pub mod governance;
 pub mod idc;
 pub mod sdk;
+pub mod users;
 
 #[cfg(test)]
 mod tests;
@@ -39,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 pub use alerts::{Alert, AlertStatus, AlertUpdate};
 pub use approval::{Approval, ApprovalStatus, Decision, DecisionAction, Subject, format_time_ms};
+pub use audit::{AuditEntry, AuditLog, Origin};
 pub use brokers::{
     BrokerGroup, BrokerMember, BrokerRegistration, BrokerRole, EPOCH_HISTORY_LEN, EpochAction, EpochChange,
     validate_broker_identity, validate_broker_topics,
@@ -52,6 +56,7 @@ pub use governance::{
 };
 pub use idc::{DRILL_HISTORY_LEN, Drill, DrillAction, DrillStep, IdcRule, parse_cidr};
 pub use sdk::{SdkPolicy, parse_version};
+pub use users::{StoredVerifier, User, UserView};
 
 use brokers::Brokers;
 use governance::Governance;
@@ -84,6 +89,12 @@ pub struct MetadataState {
     // Left out while empty, so a state that never lost a data center is written as before.
     #[serde(default, skip_serializing_if = "Continuity::is_empty")]
     continuity: Continuity,
+    // Left out while empty, like the two below: a state without users or admin actions is
+    // written as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    users: BTreeMap<String, User>,
+    #[serde(default, skip_serializing_if = "AuditLog::is_empty")]
+    audit: AuditLog,
 }
 
 impl MetadataState {
@@ -165,6 +176,16 @@ impl MetadataState {
         &self.alerts
     }
 
+    /// Users by name, with their verifiers.
+    pub fn users(&self) -> &BTreeMap<String, User> {
+        &self.users
+    }
+
+    /// The audit log of admin actions.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
     /// Time of the last applied command, in ms since the Unix epoch.
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms
@@ -197,6 +218,11 @@ impl MetadataState {
     pub fn apply(&mut self, command: Command, now_ms: u64) -> Result<Response, CommandError> {
         let now_ms = now_ms.max(self.clock_ms);
         let governance = command.is_governance();
+        let (origin, command) = match command {
+            Command::Audited { origin, command } => (Some(origin), *command),
+            command => (None, command),
+        };
+        let audited = audit::describe(&command);
         let response = match command {
             Command::RequestTopic(request) => Response::Topic(self.governance().request_topic(now_ms, request)?),
             Command::ApproveTopic {
@@ -343,7 +369,27 @@ impl MetadataState {
                 Response::Done
             }
             Command::RecordAlert(update) => Response::Alert(alerts::record(&mut self.alerts, now_ms, update)?),
+            Command::CreateUser { name, verifier, by } => {
+                self.user_store().create(now_ms, name, verifier, by)?;
+                Response::Done
+            }
+            Command::RotateUser { name, verifier, by } => {
+                self.user_store().rotate(now_ms, name, verifier, by)?;
+                Response::Done
+            }
+            Command::DeleteUser { name, by } => {
+                self.user_store().delete(name, by)?;
+                Response::Done
+            }
+            Command::Audited { .. } => {
+                return Err(CommandError::Invalid {
+                    message: "an audited command cannot wrap another one".into(),
+                });
+            }
         };
+        if let Some(action) = audited {
+            self.audit.record(now_ms, origin.as_ref(), action);
+        }
         self.clock_ms = now_ms;
         if governance {
             self.metadata_version += 1;
@@ -376,6 +422,10 @@ impl MetadataState {
             topic_history: &mut self.topic_history,
             group_history: &mut self.group_history,
         }
+    }
+
+    fn user_store(&mut self) -> users::Users<'_> {
+        users::Users { users: &mut self.users }
     }
 
     fn brokers(&mut self) -> Brokers<'_> {

@@ -117,7 +117,7 @@ pub fn response_code(code: ErrorCode, operation: Operation) -> i32 {
             Operation::Send => TOPIC_NOT_EXIST,
             _ => SUBSCRIPTION_GROUP_NOT_EXIST,
         },
-        ErrorCode::FailedPrecondition => NO_PERMISSION,
+        ErrorCode::FailedPrecondition | ErrorCode::Unauthenticated | ErrorCode::PermissionDenied => NO_PERMISSION,
         ErrorCode::Busy => SYSTEM_BUSY,
         // Producers retry SYSTEM_BUSY after a pause (and on another broker); a pull told
         // FLOW_CONTROL retries after 20 ms.

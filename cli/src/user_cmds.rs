@@ -1,0 +1,197 @@
+//! `meridian user create|rotate|delete|list|node-secret`: users who may connect when `[auth]` is
+//! on. The secret is made here, printed once and never sent: the nameservers receive only its
+//! SCRAM-SHA-256 verifier ([`meridian_proto::auth::Verifier`]). Also [`client_config`], the one
+//! place the CLI reads `MERIDIAN_USER`/`MERIDIAN_SECRET` for its connections.
+
+use anyhow::{Result, bail};
+use meridian_client::ClientConfig;
+use meridian_nameserver::service::Query;
+use meridian_nameserver::state::{UserView, format_time_ms};
+use meridian_proto::admin::{AdminCommand as Command, StoredVerifier};
+use meridian_proto::auth::{self, Credentials, Verifier};
+
+use crate::governance::{NameserverAddrs, NameserverClient, Who};
+
+/// `meridian user ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum UserCommand {
+    /// Create a user; prints its new secret once (keep it: it is stored nowhere).
+    Create {
+        /// User name: 1 to 64 of [A-Za-z0-9_.@-].
+        name: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        nameservers: NameserverAddrs,
+    },
+    /// Give a user a new secret, printed once; the old one stops working for new connections.
+    Rotate {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        nameservers: NameserverAddrs,
+    },
+    /// Delete a user.
+    Delete {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        nameservers: NameserverAddrs,
+    },
+    /// List users (names and dates, never credentials).
+    List {
+        #[command(flatten)]
+        nameservers: NameserverAddrs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a new random node secret, for `[auth] node_secret_file` (the same file on every
+    /// broker and nameserver).
+    NodeSecret,
+}
+
+/// The CLI's connection settings: logs in as `MERIDIAN_USER` with `MERIDIAN_SECRET` when both
+/// are set (servers without `[auth]` let such clients in too).
+pub fn client_config() -> ClientConfig {
+    ClientConfig {
+        credentials: credentials_from_env(),
+        ..ClientConfig::default()
+    }
+}
+
+fn credentials_from_env() -> Option<Credentials> {
+    let user = std::env::var("MERIDIAN_USER").ok().filter(|user| !user.is_empty())?;
+    let secret = std::env::var("MERIDIAN_SECRET")
+        .ok()
+        .filter(|secret| !secret.is_empty())?;
+    Some(Credentials::new(user, secret))
+}
+
+/// Runs `meridian user ...`.
+pub async fn user(command: UserCommand) -> Result<()> {
+    match command {
+        UserCommand::Create { name, who, nameservers } => {
+            if let Err(message) = auth::validate_user_name(&name) {
+                bail!(message);
+            }
+            let secret = auth::generate_secret();
+            let verifier = StoredVerifier::from_verifier(&Verifier::generate(secret.as_bytes()));
+            let by = who.name()?;
+            write(
+                &nameservers,
+                Command::CreateUser {
+                    name: name.clone(),
+                    verifier,
+                    by,
+                },
+            )
+            .await?;
+            print_secret(&name, &secret, "created");
+        }
+        UserCommand::Rotate { name, who, nameservers } => {
+            let secret = auth::generate_secret();
+            let verifier = StoredVerifier::from_verifier(&Verifier::generate(secret.as_bytes()));
+            let by = who.name()?;
+            write(
+                &nameservers,
+                Command::RotateUser {
+                    name: name.clone(),
+                    verifier,
+                    by,
+                },
+            )
+            .await?;
+            print_secret(&name, &secret, "rotated");
+        }
+        UserCommand::Delete { name, who, nameservers } => {
+            let by = who.name()?;
+            write(&nameservers, Command::DeleteUser { name: name.clone(), by }).await?;
+            println!("user {name} deleted");
+        }
+        UserCommand::List { nameservers, json } => {
+            let client = NameserverClient::new(&nameservers)?;
+            let users = client.read::<Vec<UserView>>(&Query::Users).await;
+            client.shutdown().await;
+            let users = users?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else if users.is_empty() {
+                println!("no users");
+            } else {
+                println!("{:<24} {:<16} {:<24} ROTATED", "USER", "CREATED BY", "CREATED");
+                for user in users {
+                    println!(
+                        "{:<24} {:<16} {:<24} {}",
+                        user.name,
+                        user.created_by,
+                        format_time_ms(user.created_ms),
+                        format_time_ms(user.rotated_ms)
+                    );
+                }
+            }
+        }
+        UserCommand::NodeSecret => println!("{}", auth::generate_secret()),
+    }
+    Ok(())
+}
+
+async fn write(nameservers: &NameserverAddrs, command: Command) -> Result<()> {
+    let client = NameserverClient::new(nameservers)?;
+    let result = client.command(command).await;
+    client.shutdown().await;
+    result.map(drop)
+}
+
+fn print_secret(name: &str, secret: &str, what: &str) {
+    println!("user {name} {what}; its secret is shown only this once:");
+    println!("export MERIDIAN_USER={name}");
+    println!("export MERIDIAN_SECRET={secret}");
+}
+
+/// `meridian dev --auth`: the node secret file in `data_dir`, made (readable by its owner only)
+/// when missing.
+pub fn ensure_node_secret(data_dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("node.secret");
+    if !path.exists() {
+        std::fs::create_dir_all(data_dir)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        writeln!(file, "{}", auth::generate_secret())?;
+        file.sync_all()?;
+    }
+    Ok(path)
+}
+
+/// `meridian dev --auth`: creates the user `admin` (or gives it a new secret when it exists from
+/// an earlier run) and returns its secret.
+pub async fn dev_admin(service: &meridian_nameserver::service::NameserverService) -> Result<String> {
+    let secret = auth::generate_secret();
+    let verifier = StoredVerifier::from_verifier(&Verifier::generate(secret.as_bytes()));
+    let by = "meridian dev".to_owned();
+    let exists = service.raft().read_state(|state| state.users().contains_key("admin"));
+    let command = if exists {
+        Command::RotateUser {
+            name: "admin".into(),
+            verifier,
+            by,
+        }
+    } else {
+        Command::CreateUser {
+            name: "admin".into(),
+            verifier,
+            by,
+        }
+    };
+    service.command(command.into()).await?;
+    Ok(secret)
+}

@@ -1,0 +1,100 @@
+//! The nameserver's side of authentication (the `[auth]` table): who may connect to its framed
+//! listener, and the node credential it talks to other nameservers with (Raft, forwarded writes).
+//!
+//! The handshake runs in the shared connection loop ([`meridian_proto::serve`]); users'
+//! verifiers are read from the replicated state ([`crate::state::users`]) at each login, so a
+//! rotated or deleted user cannot open new connections as soon as this node applied the change.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use meridian_proto::auth::{self, Authenticator, Credentials, UserDirectory, Verifier};
+use serde::{Deserialize, Serialize};
+
+use crate::error::NameserverError;
+use crate::service::{NameserverService, WriteOp};
+use crate::state::{Command, Origin};
+
+/// Authentication settings (the `[auth]` table). Off by default (and in `meridian dev` unless
+/// `--auth`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Every connection must log in first; Raft, broker registration and replica traffic only
+    /// from nodes.
+    pub enabled: bool,
+    /// The cluster's node secret, the same file on every broker and nameserver (at least 32
+    /// characters; `meridian user node-secret` makes one). Required with `enabled`.
+    pub node_secret_file: Option<PathBuf>,
+    /// The node credential read by [`AuthConfig::load`]; `Debug` hides the secret.
+    #[serde(skip)]
+    pub node_credentials: Option<Credentials>,
+}
+
+impl AuthConfig {
+    /// Reads the node secret file, when set. With `enabled`, the file is required.
+    pub fn load(&mut self) -> Result<(), NameserverError> {
+        match &self.node_secret_file {
+            Some(path) => {
+                let secret = auth::read_node_secret(path).map_err(|message| NameserverError::Config { message })?;
+                self.node_credentials = Some(Credentials::node(secret));
+            }
+            None if self.enabled => {
+                return Err(NameserverError::Config {
+                    message: "[auth] enabled needs node_secret_file: the cluster's node secret, the same file on every broker and nameserver (`meridian user node-secret > node.secret`)".into(),
+                });
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+struct StateUsers(Arc<NameserverService>);
+
+impl UserDirectory for StateUsers {
+    fn verifier(&self, user: &str) -> Option<Verifier> {
+        self.0
+            .raft()
+            .read_state(|state| state.users().get(user).map(|user| user.verifier.to_verifier()))?
+            .ok()
+    }
+}
+
+/// The authenticator of the nameserver's framed listener; `None` when `[auth]` is off.
+pub fn authenticator(config: &AuthConfig, service: &Arc<NameserverService>) -> Option<Arc<Authenticator>> {
+    if !config.enabled {
+        return None;
+    }
+    let node_secret = config
+        .node_credentials
+        .as_ref()
+        .map(|credentials| credentials.secret.as_str());
+    Some(Arc::new(Authenticator::new(
+        true,
+        node_secret,
+        Arc::new(StateUsers(service.clone())),
+    )))
+}
+
+/// Records where a write came from for the audit log: wraps its command in
+/// [`Command::Audited`] with `origin`, replacing any origin the client claimed (only nodes
+/// forwarding a write may pass one on, and they do not come through here).
+pub fn attribute(op: &mut WriteOp, origin: Origin) {
+    if let WriteOp::Command { command } = op {
+        let inner = match std::mem::replace(
+            command,
+            Command::DeleteUser {
+                name: String::new(),
+                by: String::new(),
+            },
+        ) {
+            Command::Audited { command, .. } => *command,
+            other => other,
+        };
+        *command = Command::Audited {
+            origin,
+            command: Box::new(inner),
+        };
+    }
+}
