@@ -13,6 +13,7 @@
 //!   topics, and serves only the topics and consumer groups they approved (a governed broker);
 //!   without, it is standalone and serves anything.
 //!
+//! - [`http`]: the HTTP admin API (health, topics, offsets, lag, clients) and `/metrics`.
 //! - [`remoting`]: the RocketMQ 4.x remoting listener, translating RocketMQ clients' requests
 //!   into the native ones.
 //!
@@ -23,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod groups;
 pub mod handlers;
+pub mod http;
 pub mod lag;
 pub mod locks;
 pub mod metrics;

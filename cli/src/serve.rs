@@ -323,7 +323,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         None => axum::Router::new(),
     };
     let with_query = query_archive.is_some();
-    let router = http::router(registry, broker_name, &broker)
+    let router = meridian_broker::http::router(registry, broker_name, &broker)
         .merge(meridian_nameserver::http::router(nameserver.service()))
         .merge(tracer_router)
         .merge(query_router)
@@ -426,7 +426,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
                 "  http http://{}  (/api/health, /api/broker/topics, /metrics)",
                 listener.local_addr()?
             );
-            let router = http::router(registry, name, &broker);
+            let router = meridian_broker::http::router(registry, name, &broker);
             Some((listener, router))
         }
         None => None,
