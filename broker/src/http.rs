@@ -291,7 +291,12 @@ async fn reset_offsets(State(state): State<HttpState>, headers: axum::http::Head
     let pool = ConnectionPool::new(TransportConfig::default());
     let timeout = pool.config().request_timeout;
     let result: Result<ResetOffsetResponse, TransportError> = pool
-        .call(&state.broker_addr.to_string(), RequestCode::ResetOffset, &reset, timeout)
+        .call(
+            &state.broker_addr.to_string(),
+            RequestCode::ResetOffset,
+            &reset,
+            timeout,
+        )
         .await;
     pool.shutdown().await;
     match result {

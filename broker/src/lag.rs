@@ -22,7 +22,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::gauge::ConstGauge;
 use serde::Serialize;
 
-use crate::handlers::BrokerState;
+use crate::state::BrokerState;
 use crate::store::MessageStore;
 
 /// Commits kept per group and queue for the status rules (Burrow's default).

@@ -33,9 +33,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::error::{BrokerError, Result};
-use crate::handlers::BrokerState;
 use crate::metrics::ResultLabels;
 use crate::replication::Role;
+use crate::state::BrokerState;
 use crate::store::MessageStore;
 use crate::throttle::Throttles;
 

@@ -26,10 +26,12 @@ use tokio_util::task::TaskTracker;
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
 use crate::groups::ConsumerGroups;
-use crate::handlers::{self, BrokerState, Reply};
+use crate::handlers;
 use crate::metrics::{BrokerMetrics, ErrorLabels};
 use crate::registry::{Governance, Heartbeats};
 use crate::replication::Replication;
+use crate::reply::Reply;
+use crate::state::BrokerState;
 use crate::store::{MessageStore, StoreOptions};
 
 /// A broker that has recovered its store and bound its port, ready to [`Broker::run`].

@@ -48,15 +48,14 @@ use meridian_proto::record::Record;
 use meridian_proto::time::now_millis;
 use meridian_proto::topics::{HALF_OP_TOPIC, HALF_TOPIC};
 use meridian_proto::trace::TraceType;
-use meridian_proto::{RequestCode, validate};
-use prost::Message;
+use meridian_proto::validate;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{BrokerError, Result};
-use crate::handlers::{BrokerState, Reply};
 use crate::metrics::OutcomeLabels;
 use crate::schedule::{self, Special, copy_message, ensure_destination, real_destination};
+use crate::state::BrokerState;
 use crate::store::{AppendRequest, MessageStore};
 use crate::trace::Step;
 
@@ -607,33 +606,6 @@ async fn check_round(state: &BrokerState, config: &TransactionConfig, now_ms: i6
     Ok(round)
 }
 
-fn decode<T: Message + Default>(body: Bytes) -> Result<T> {
-    T::decode(body).map_err(|error| BrokerError::MalformedBody(error.to_string()))
-}
-
-/// Serves [`RequestCode::EndTransaction`] (answered once what it wrote is durable) and
-/// [`RequestCode::CheckTransactions`].
-pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes) -> Reply {
-    if code == RequestCode::CheckTransactions {
-        let answer = decode::<CheckTransactionsRequest>(body)
-            .and_then(|request| pending_checks(state, &request))
-            .map(|response| Bytes::from(response.encode_to_vec()));
-        return Reply::Now(answer);
-    }
-    let end_offset = match decode::<EndTransactionRequest>(body).and_then(|request| end_transaction(state, &request)) {
-        Ok(end_offset) => end_offset,
-        Err(error) => return Reply::Now(Err(error)),
-    };
-    if end_offset == 0 {
-        return Reply::Now(Ok(Bytes::new()));
-    }
-    let state = state.clone();
-    Reply::Later(Box::pin(async move {
-        schedule::wait_durable(&state, end_offset).await?;
-        Ok(Bytes::new())
-    }))
-}
-
 /// Checks back undecided transactions while this broker is a writable master.
 pub async fn run(state: Arc<BrokerState>, stop: CancellationToken) {
     let config = state.config.transaction.clone();
@@ -674,6 +646,7 @@ mod tests {
     use super::*;
     use crate::config::BrokerConfig;
     use crate::handlers::send_many;
+    use prost::Message;
     use meridian_proto::ErrorCode;
     use meridian_proto::messages::SendResponse;
     use meridian_proto::topics::DELAY_TOPIC;

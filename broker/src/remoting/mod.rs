@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::task::TaskTracker;
 
-use crate::handlers::BrokerState;
+use crate::state::BrokerState;
 
 /// The `[remoting]` table of the broker config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
