@@ -250,10 +250,17 @@ impl Broker {
             ));
         }
         tracing::info!(addr = %listener.local_addr().map_err(BrokerError::io("reading the bound address"))?, broker = state.config.broker_name, "broker listening");
-        let heartbeats = state
-            .governance
-            .clone()
-            .map(|governance| Heartbeats::start(state.clone(), governance, state.shutdown.child_token()));
+        let heartbeats = state.governance.clone().map(|governance| {
+            let source = crate::registry::HeartbeatSource {
+                config: state.config.clone(),
+                limits: state.limits,
+                store: state.store.clone(),
+                replication: state.replication.clone(),
+                advertise_addr: state.advertise_addr.clone(),
+                metrics: state.metrics.clone(),
+            };
+            Heartbeats::start(Arc::new(source), governance, state.shutdown.child_token())
+        });
         // The trace flusher outlives the connections, so events of the last requests are written.
         let trace_stop = CancellationToken::new();
         let trace_flusher = TaskTracker::new();

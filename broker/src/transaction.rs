@@ -36,7 +36,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use meridian_proto::messages::{
@@ -49,7 +48,6 @@ use meridian_proto::time::now_millis;
 use meridian_proto::topics::{HALF_OP_TOPIC, HALF_TOPIC};
 use meridian_proto::trace::TraceType;
 use meridian_proto::validate;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{BrokerError, Result};
@@ -84,48 +82,7 @@ const POLL_SCAN_LIMIT: u64 = 8192;
 /// Most checks one poll returns.
 const MAX_CHECKS_PER_POLL: u32 = 256;
 
-/// The `[transaction]` table of the broker config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TransactionConfig {
-    /// A half message without an outcome this long after it was stored (or last checked) is
-    /// checked back with its producer group, in ms (default 60000; at least 100).
-    pub check_interval_ms: u64,
-    /// Check-backs before an undecided transaction is rolled back (default 15; at least 1).
-    pub check_max: u32,
-}
-
-impl Default for TransactionConfig {
-    fn default() -> TransactionConfig {
-        TransactionConfig {
-            check_interval_ms: 60_000,
-            check_max: 15,
-        }
-    }
-}
-
-impl TransactionConfig {
-    /// Checks the table; the message names the field and the fix.
-    pub fn validate(&self) -> Result<()> {
-        if self.check_interval_ms < 100 {
-            return Err(BrokerError::Config(format!(
-                "transaction.check_interval_ms ({}) must be at least 100: producers need time to answer (default 60000)",
-                self.check_interval_ms
-            )));
-        }
-        if self.check_max == 0 {
-            return Err(BrokerError::Config(
-                "transaction.check_max must be at least 1: an undecided transaction is asked about at least once before it is rolled back (default 15)".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// How often the check-back walk runs: a quarter of the interval, between 100 ms and 1 s.
-    fn tick(&self) -> Duration {
-        Duration::from_millis((self.check_interval_ms / 4).clamp(100, 1000))
-    }
-}
+pub use crate::config::TransactionConfig;
 
 fn corrupt(error: impl std::fmt::Display) -> BrokerError {
     BrokerError::Corrupt(error.to_string())
@@ -646,10 +603,12 @@ mod tests {
     use super::*;
     use crate::config::BrokerConfig;
     use crate::handlers::send_many;
-    use prost::Message;
+    use crate::reply::Reply;
     use meridian_proto::ErrorCode;
     use meridian_proto::messages::SendResponse;
     use meridian_proto::topics::DELAY_TOPIC;
+    use prost::Message;
+    use std::time::Duration;
 
     const GROUP: &str = "payments-tx";
 

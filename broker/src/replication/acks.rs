@@ -10,44 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::oneshot;
 
-/// When a send counts as stored, per broker group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AckPolicy {
-    /// The master holds it.
-    Async,
-    /// A majority of the group's replicas, counting the master, hold it.
-    Quorum,
-    /// Every replica holds it.
-    All,
-    /// A majority holds it, one of them outside the master's IDC: losing a whole data center loses
-    /// no acknowledged message.
-    IdcSafe,
-}
-
-impl AckPolicy {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AckPolicy::Async => "async",
-            AckPolicy::Quorum => "quorum",
-            AckPolicy::All => "all",
-            AckPolicy::IdcSafe => "idc_safe",
-        }
-    }
-
-    /// Replicas (counting the master) that must hold a send in a group of `replicas`.
-    pub fn needed(self, replicas: usize) -> usize {
-        match self {
-            AckPolicy::Async => 1,
-            AckPolicy::Quorum | AckPolicy::IdcSafe => replicas / 2 + 1,
-            AckPolicy::All => replicas,
-        }
-    }
-}
+pub use crate::config::AckPolicy;
 
 /// What the master last heard from one slave.
 #[derive(Debug, Clone)]
