@@ -6,51 +6,13 @@
 //! broker's metadata (like approvals and the SDK policy, see [`crate::registry`]), and nodes log
 //! in with the cluster's node secret file. Start with [`AuthConfig`], then [`authenticator`].
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use meridian_proto::auth::{self, Authenticator, Credentials, UserDirectory, Verifier};
-use serde::{Deserialize, Serialize};
+use meridian_proto::auth::{Authenticator, UserDirectory, Verifier};
 
-use crate::error::{BrokerError, Result};
 use crate::registry::Governance;
 
-/// Authentication settings (the `[auth]` table). Off by default (and in `meridian dev` unless
-/// `--auth`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Every connection to the framed listener must log in first (a user made with
-    /// `meridian user create`, or a node with the node secret); replica fetches and other
-    /// node-only requests are refused from users.
-    pub enabled: bool,
-    /// The cluster's node secret, shared by every broker and nameserver (at least 32
-    /// characters; `meridian user node-secret` makes one). Required with `enabled`.
-    pub node_secret_file: Option<PathBuf>,
-    /// The node credential read from `node_secret_file` by [`AuthConfig::load`]; never written
-    /// back, and `Debug` hides the secret.
-    #[serde(skip)]
-    pub node_credentials: Option<Credentials>,
-}
-
-impl AuthConfig {
-    /// Reads the node secret file, when set. With `enabled`, the file is required.
-    pub fn load(&mut self) -> Result<()> {
-        match &self.node_secret_file {
-            Some(path) => {
-                let secret = auth::read_node_secret(path).map_err(BrokerError::Config)?;
-                self.node_credentials = Some(Credentials::node(secret));
-            }
-            None if self.enabled => {
-                return Err(BrokerError::Config(
-                    "[auth] enabled needs node_secret_file: the cluster's node secret, the same file on every broker and nameserver (`meridian user node-secret > node.secret`)".into(),
-                ));
-            }
-            None => {}
-        }
-        Ok(())
-    }
-}
+pub use crate::config::AuthConfig;
 
 /// Users as the broker last learned them from its nameservers.
 struct LearnedUsers(Arc<Governance>);

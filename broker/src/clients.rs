@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::handlers::BrokerState;
+use crate::state::BrokerState;
 
 /// How long a producer that broke the SDK policy stays listed after its last send.
 pub const FLAGGED_PRODUCER_TTL: Duration = Duration::from_secs(600);

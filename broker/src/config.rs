@@ -1,14 +1,18 @@
 //! Broker configuration: one TOML file, every field with a default that works on a laptop.
+//!
+//! A leaf: every table of the file is defined here ([`StoreConfig`], [`ReplicationConfig`],
+//! [`TraceConfig`], [`TransactionConfig`], [`RemotingConfig`], [`LimitsConfig`]) with the small
+//! types they name ([`FlushMode`], [`AckPolicy`]), and the subsystems read from it (their modules
+//! re-export their table), so config imports no other part of the broker but [`crate::error`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use meridian_proto::validate::{self, Limits};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{BrokerError, Result};
-use crate::replication::ReplicationConfig;
-use crate::store::StoreConfig;
 
 /// Size limits (the `[limits]` table). The same defaults as the client's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +44,351 @@ impl LimitsConfig {
             max_body_size: self.max_body_size,
             max_properties_size: self.max_properties_size,
             max_frame_size: self.max_frame_size,
+        }
+    }
+}
+
+/// When a send counts as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FlushMode {
+    /// Acknowledge once the record is in the page cache; sync every `flush_interval_ms`.
+    /// Survives a crash of the broker process, not of the machine.
+    #[default]
+    Async,
+    /// Acknowledge only after the record is synced to disk. Concurrent sends share one sync.
+    Sync,
+}
+
+/// Storage settings (the `[store]` table of the broker config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Bytes per commitlog segment (default 1 GiB).
+    pub segment_size: u64,
+    /// Entries per consume queue file (default 300,000: 6 MB).
+    pub cq_entries_per_file: u64,
+    /// When a send counts as stored.
+    pub flush_mode: FlushMode,
+    /// How often async mode syncs, in ms.
+    pub flush_interval_ms: u64,
+    /// How long a sync-mode send waits for its sync before failing with `FlushTimeout`, in ms.
+    pub sync_flush_timeout_ms: u64,
+    /// How often consume queues, offsets and the checkpoint are made durable, in ms.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            segment_size: 1 << 30,
+            cq_entries_per_file: 300_000,
+            flush_mode: FlushMode::Async,
+            flush_interval_ms: 500,
+            sync_flush_timeout_ms: 5_000,
+            checkpoint_interval_ms: 1_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Checks values that would make the store unusable.
+    pub fn validate(&self, max_record_size: usize) -> Result<()> {
+        if self.segment_size < max_record_size as u64 + 64 {
+            return Err(BrokerError::Config(format!(
+                "store.segment_size = {} cannot hold the largest allowed message record ({max_record_size} bytes); raise it or lower limits.max_body_size",
+                self.segment_size
+            )));
+        }
+        if self.cq_entries_per_file == 0 || self.flush_interval_ms == 0 || self.checkpoint_interval_ms == 0 {
+            return Err(BrokerError::Config(
+                "store.cq_entries_per_file, flush_interval_ms and checkpoint_interval_ms must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// When a send counts as stored, per broker group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckPolicy {
+    /// The master holds it.
+    Async,
+    /// A majority of the group's replicas, counting the master, hold it.
+    Quorum,
+    /// Every replica holds it.
+    All,
+    /// A majority holds it, one of them outside the master's IDC: losing a whole data center loses
+    /// no acknowledged message.
+    IdcSafe,
+}
+
+impl AckPolicy {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckPolicy::Async => "async",
+            AckPolicy::Quorum => "quorum",
+            AckPolicy::All => "all",
+            AckPolicy::IdcSafe => "idc_safe",
+        }
+    }
+
+    /// Replicas (counting the master) that must hold a send in a group of `replicas`.
+    pub fn needed(self, replicas: usize) -> usize {
+        match self {
+            AckPolicy::Async => 1,
+            AckPolicy::Quorum | AckPolicy::IdcSafe => replicas / 2 + 1,
+            AckPolicy::All => replicas,
+        }
+    }
+}
+
+/// What a master does when the nameservers declare a data center holding some of its group's
+/// replicas lost (`replication.on_idc_lost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnIdcLost {
+    /// Go on in a declared degraded mode: acknowledge with a majority of the replicas outside
+    /// the lost data centers (the master alone when it is the only one), without `idc_safe`'s
+    /// remote replica, until the lost data center is cleared and its replicas caught up.
+    #[default]
+    Degrade,
+    /// Keep the full ack policy: sends fail until the lost replicas return.
+    Stop,
+}
+
+impl OnIdcLost {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnIdcLost::Degrade => "degrade",
+            OnIdcLost::Stop => "stop",
+        }
+    }
+}
+
+/// Authentication settings (the `[auth]` table). Off by default (and in `meridian dev` unless
+/// `--auth`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Every connection to the framed listener must log in first (a user made with
+    /// `meridian user create`, or a node with the node secret); replica fetches and other
+    /// node-only requests are refused from users.
+    pub enabled: bool,
+    /// The cluster's node secret, shared by every broker and nameserver (at least 32
+    /// characters; `meridian user node-secret` makes one). Required with `enabled`.
+    pub node_secret_file: Option<PathBuf>,
+    /// The node credential read from `node_secret_file` by [`AuthConfig::load`]; never written
+    /// back, and `Debug` hides the secret.
+    #[serde(skip)]
+    pub node_credentials: Option<meridian_proto::auth::Credentials>,
+}
+
+impl AuthConfig {
+    /// Reads the node secret file, when set. With `enabled`, the file is required.
+    pub fn load(&mut self) -> Result<()> {
+        match &self.node_secret_file {
+            Some(path) => {
+                let secret = meridian_proto::auth::read_node_secret(path).map_err(BrokerError::Config)?;
+                self.node_credentials = Some(meridian_proto::auth::Credentials::node(secret));
+            }
+            None if self.enabled => {
+                return Err(BrokerError::Config(
+                    "[auth] enabled needs node_secret_file: the cluster's node secret, the same file on every broker and nameserver (`meridian user node-secret > node.secret`)".into(),
+                ));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Replication settings (the `[replication]` table of the broker config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// When a send counts: `async` (the master holds it), `quorum` (a majority of the group's
+    /// replicas, counting the master), `all`, or `idc_safe` (a quorum including a replica outside
+    /// the master's IDC). Combined with `store.flush_mode`: under `sync`, a replica counts only
+    /// once it has synced the message to disk.
+    pub ack_policy: AckPolicy,
+    /// Replicas in the group, counting the master (1 for a lone broker, 3 for master + 2 slaves).
+    pub replicas: u32,
+    /// How long a send waits for its ack policy before failing with `ReplicationTimeout`, in ms.
+    /// Below the clients' request timeout (3 s by default), so they get this answer rather than
+    /// time out themselves.
+    pub ack_timeout_ms: u64,
+    /// A slave is in sync while it is at most this many bytes behind the master...
+    pub in_sync_lag_bytes: u64,
+    /// ...and fetched within this many ms. Only in-sync slaves may be promoted.
+    pub in_sync_timeout_ms: u64,
+    /// Most bytes one fetch carries.
+    pub fetch_max_bytes: u32,
+    /// What a master does when the nameservers declare lost a data center holding some of the
+    /// group's replicas: `degrade` (default: acknowledge with a majority of the surviving
+    /// replicas, without `idc_safe`'s remote one, reported as degraded, until the data center
+    /// is cleared and its replicas caught up) or `stop` (keep the full policy: sends fail).
+    pub on_idc_lost: OnIdcLost,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> ReplicationConfig {
+        ReplicationConfig {
+            ack_policy: AckPolicy::Quorum,
+            replicas: 1,
+            ack_timeout_ms: 2_000,
+            in_sync_lag_bytes: 4 << 20,
+            in_sync_timeout_ms: 3_000,
+            fetch_max_bytes: 4 << 20,
+            on_idc_lost: OnIdcLost::Degrade,
+        }
+    }
+}
+
+impl ReplicationConfig {
+    /// Checks the settings against the rest of the config; the message names the field and the fix.
+    pub fn validate(&self, idc: &str, max_frame_size: usize) -> Result<()> {
+        if self.replicas == 0 || self.replicas > 7 {
+            return Err(BrokerError::Config(format!(
+                "replication.replicas = {} must be 1-7 (replicas in the group, counting the master)",
+                self.replicas
+            )));
+        }
+        if self.ack_policy == AckPolicy::IdcSafe && idc.is_empty() {
+            return Err(BrokerError::Config(
+                "replication.ack_policy = \"idc_safe\" needs this broker's `idc` set, to tell which replicas are in another data center".into(),
+            ));
+        }
+        if self.ack_policy == AckPolicy::IdcSafe && self.replicas < 2 {
+            return Err(BrokerError::Config(
+                "replication.ack_policy = \"idc_safe\" needs replication.replicas of at least 2 (a replica in another data center)".into(),
+            ));
+        }
+        if self.ack_timeout_ms == 0 || self.in_sync_timeout_ms == 0 {
+            return Err(BrokerError::Config(
+                "replication.ack_timeout_ms and in_sync_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if self.fetch_max_bytes < 64 << 10 || self.fetch_max_bytes as usize + 4096 > max_frame_size {
+            return Err(BrokerError::Config(format!(
+                "replication.fetch_max_bytes = {} must be at least 65536 and leave 4096 bytes of limits.max_frame_size ({max_frame_size})",
+                self.fetch_max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The `[trace]` table of the broker config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceConfig {
+    /// Emit trace events (default true: every message is traced unless its topic opts out).
+    pub enabled: bool,
+    /// Topics whose messages are not traced (per-topic opt-out).
+    pub exclude_topics: Vec<String>,
+    /// Most events waiting to be written; more are dropped and counted (default 262144).
+    pub buffer_events: usize,
+    /// How often waiting events are written to the trace topic, in ms (default 100).
+    pub flush_interval_ms: u64,
+    /// Most events in one trace-topic message (default 64). Small records are cheaper than their
+    /// size says: appending 512-event records (about 140 KB each) cost producers 10% of their
+    /// throughput, 64-event ones about 1% (docs/benchmarks.md).
+    pub batch_events: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> TraceConfig {
+        TraceConfig {
+            enabled: true,
+            exclude_topics: Vec::new(),
+            buffer_events: 256 * 1024,
+            flush_interval_ms: 100,
+            batch_events: 64,
+        }
+    }
+}
+
+impl TraceConfig {
+    /// Checks the table; the message names the field and the fix.
+    pub fn validate(&self) -> Result<()> {
+        if self.buffer_events == 0 || self.batch_events == 0 || self.flush_interval_ms == 0 {
+            return Err(BrokerError::Config(
+                "trace.buffer_events, trace.batch_events and trace.flush_interval_ms must be at least 1 (set trace.enabled = false to turn tracing off)".into(),
+            ));
+        }
+        for topic in &self.exclude_topics {
+            meridian_proto::validate::validate_topic(topic)
+                .map_err(|error| BrokerError::Config(format!("trace.exclude_topics: {error}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// The `[transaction]` table of the broker config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransactionConfig {
+    /// A half message without an outcome this long after it was stored (or last checked) is
+    /// checked back with its producer group, in ms (default 60000; at least 100).
+    pub check_interval_ms: u64,
+    /// Check-backs before an undecided transaction is rolled back (default 15; at least 1).
+    pub check_max: u32,
+}
+
+impl Default for TransactionConfig {
+    fn default() -> TransactionConfig {
+        TransactionConfig {
+            check_interval_ms: 60_000,
+            check_max: 15,
+        }
+    }
+}
+
+impl TransactionConfig {
+    /// Checks the table; the message names the field and the fix.
+    pub fn validate(&self) -> Result<()> {
+        if self.check_interval_ms < 100 {
+            return Err(BrokerError::Config(format!(
+                "transaction.check_interval_ms ({}) must be at least 100: producers need time to answer (default 60000)",
+                self.check_interval_ms
+            )));
+        }
+        if self.check_max == 0 {
+            return Err(BrokerError::Config(
+                "transaction.check_max must be at least 1: an undecided transaction is asked about at least once before it is rolled back (default 15)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How often the check-back walk runs: a quarter of the interval, between 100 ms and 1 s.
+    pub(crate) fn tick(&self) -> Duration {
+        Duration::from_millis((self.check_interval_ms / 4).clamp(100, 1000))
+    }
+}
+
+/// The `[remoting]` table of the broker config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemotingConfig {
+    /// Serve the RocketMQ remoting protocol.
+    pub enabled: bool,
+    /// Address to listen on (default 127.0.0.1:10911).
+    pub listen: SocketAddr,
+    /// Address RocketMQ clients are told to connect to (default: the bound address).
+    pub advertise_addr: Option<String>,
+}
+
+impl Default for RemotingConfig {
+    fn default() -> RemotingConfig {
+        RemotingConfig {
+            enabled: false,
+            listen: "127.0.0.1:10911".parse().expect("valid address"),
+            advertise_addr: None,
         }
     }
 }
@@ -98,19 +447,19 @@ pub struct BrokerConfig {
     /// How often the broker heartbeats each nameserver, in ms (at least 100).
     pub heartbeat_interval_ms: u64,
     /// Trace emission (the `[trace]` table): on by default, per-topic opt-out.
-    pub trace: crate::trace::TraceConfig,
+    pub trace: TraceConfig,
     /// Archiving to Parquet on object storage (the `[archive]` table; off by default). With it
     /// on, offsets below the local commitlog are read from the archive, and archived segments
     /// are deleted locally after `local_retention_secs`.
     pub archive: meridian_archive::store::ArchiveConfig,
     /// Transactional messages (the `[transaction]` table): when undecided transactions are checked
     /// back with their producers, and how many times before they are rolled back.
-    pub transaction: crate::transaction::TransactionConfig,
+    pub transaction: TransactionConfig,
     /// The RocketMQ 4.x remoting listener (the `[remoting]` table; off by default, on in
     /// `meridian dev`): unmodified RocketMQ clients produce and consume through it.
-    pub remoting: crate::remoting::RemotingConfig,
+    pub remoting: RemotingConfig,
     /// Authentication (the `[auth]` table; off by default): see [`crate::auth`].
-    pub auth: crate::auth::AuthConfig,
+    pub auth: AuthConfig,
 }
 
 /// `nameservers` as a TOML list or as one comma-separated string:
@@ -154,11 +503,11 @@ impl Default for BrokerConfig {
             member_name: None,
             nameservers: Vec::new(),
             heartbeat_interval_ms: 500,
-            trace: crate::trace::TraceConfig::default(),
+            trace: TraceConfig::default(),
             archive: meridian_archive::store::ArchiveConfig::default(),
-            transaction: crate::transaction::TransactionConfig::default(),
-            remoting: crate::remoting::RemotingConfig::default(),
-            auth: crate::auth::AuthConfig::default(),
+            transaction: TransactionConfig::default(),
+            remoting: RemotingConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Prometheus metrics of the broker. Registered into the registry the binary serves at `/metrics`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -121,7 +124,7 @@ pub struct BrokerMetrics {
     /// Messages in those sends.
     pub throttled_messages: Family<ProducerLabels, Counter>,
     /// Trace emission ([`crate::trace`]).
-    pub trace: std::sync::Arc<crate::trace::TraceMetrics>,
+    pub trace: std::sync::Arc<TraceMetrics>,
 }
 
 impl Default for BrokerMetrics {
@@ -168,7 +171,7 @@ impl BrokerMetrics {
     /// Creates the metrics and registers them under `meridian_broker_`.
     pub fn register(registry: &mut Registry) -> BrokerMetrics {
         let metrics = BrokerMetrics {
-            trace: std::sync::Arc::new(crate::trace::TraceMetrics::register(registry)),
+            trace: std::sync::Arc::new(TraceMetrics::register(registry)),
             ..BrokerMetrics::default()
         };
         let registry = registry.sub_registry_with_prefix("meridian_broker");
@@ -319,6 +322,79 @@ impl BrokerMetrics {
             "throttled_messages",
             "Messages in sends refused over their topic's produce limit, by topic and producer group",
             metrics.throttled_messages.clone(),
+        );
+        metrics
+    }
+}
+
+/// Labels of dropped-event counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `buffer_full`, `not_master` or `write_failed`.
+    pub reason: &'static str,
+}
+
+/// Metrics of trace emission, registered under `meridian_broker_trace_`.
+#[derive(Debug, Default)]
+pub struct TraceMetrics {
+    /// Events written to the trace topic.
+    pub events_written: Counter,
+    /// Trace-topic messages appended.
+    pub batches_written: Counter,
+    /// Events dropped, by reason.
+    pub events_dropped: Family<DropLabels, Counter>,
+    /// Events that were waiting in the buffers when the flusher last took them.
+    pub buffered: Gauge,
+    /// Client reports refused as malformed.
+    pub reports_refused: Counter,
+    /// Pub events derived again from stored records when the broker began writing
+    /// (`trace/recover.rs`).
+    pub events_recovered: Counter,
+    /// Sum of commitlog sync durations in µs, and their count, for [`meridian_proto::trace::ServerStats`] (the
+    /// Prometheus histogram does not expose its sum).
+    pub(crate) flushes: (AtomicU64, AtomicU64),
+}
+
+impl TraceMetrics {
+    /// Notes one commitlog sync (called by the flusher).
+    pub fn note_flush(&self, took: Duration) {
+        self.flushes.0.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.flushes.1.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Creates and registers the metrics.
+    pub fn register(registry: &mut Registry) -> TraceMetrics {
+        let metrics = TraceMetrics::default();
+        let registry = registry.sub_registry_with_prefix("meridian_broker_trace");
+        registry.register(
+            "events_written",
+            "Trace events written to the trace topic",
+            metrics.events_written.clone(),
+        );
+        registry.register(
+            "batches_written",
+            "Trace-topic messages appended",
+            metrics.batches_written.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Trace events dropped, by reason",
+            metrics.events_dropped.clone(),
+        );
+        registry.register(
+            "buffered",
+            "Trace events that were waiting to be written when the flusher last took them",
+            metrics.buffered.clone(),
+        );
+        registry.register(
+            "reports_refused",
+            "Client trace reports refused as malformed",
+            metrics.reports_refused.clone(),
+        );
+        registry.register(
+            "events_recovered",
+            "Pub events derived from stored records whose buffered events were lost (a crash or a failover)",
+            metrics.events_recovered.clone(),
         );
         metrics
     }

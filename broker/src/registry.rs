@@ -33,7 +33,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::error::{BrokerError, Result};
-use crate::handlers::BrokerState;
 use crate::metrics::ResultLabels;
 use crate::replication::Role;
 use crate::store::MessageStore;
@@ -412,10 +411,27 @@ pub struct Heartbeats {
     pool: ConnectionPool,
 }
 
+/// What the heartbeat loops read of the broker, handed over when they start, so this module does
+/// not depend on the broker's whole state (which holds this module's [`Governance`]).
+pub struct HeartbeatSource {
+    /// The broker's config: its name, IDC, nameservers and heartbeat interval.
+    pub config: crate::config::BrokerConfig,
+    /// Size limits of the connections to the nameservers.
+    pub limits: meridian_proto::validate::Limits,
+    /// The store: topics to register, offsets to report, where applied metadata creates topics.
+    pub store: Arc<MessageStore>,
+    /// The broker's role, which the nameservers' answers change.
+    pub replication: Arc<crate::replication::Replication>,
+    /// Address clients should use for this broker.
+    pub advertise_addr: String,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::BrokerMetrics>,
+}
+
 impl Heartbeats {
     /// Starts one heartbeat loop per nameserver of `state.config`. The loops end when `cancel` is
     /// cancelled (or at [`Heartbeats::stop`]).
-    pub fn start(state: Arc<BrokerState>, governance: Arc<Governance>, cancel: CancellationToken) -> Heartbeats {
+    pub fn start(state: Arc<HeartbeatSource>, governance: Arc<Governance>, cancel: CancellationToken) -> Heartbeats {
         let pool = ConnectionPool::new(TransportConfig {
             limits: state.limits,
             request_timeout: NAMESERVER_TIMEOUT,
@@ -464,7 +480,7 @@ impl Heartbeats {
 
 /// What every heartbeat loop shares.
 struct Shared {
-    state: Arc<BrokerState>,
+    state: Arc<HeartbeatSource>,
     governance: Arc<Governance>,
     pool: ConnectionPool,
     cancel: CancellationToken,

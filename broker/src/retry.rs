@@ -22,9 +22,9 @@ use meridian_proto::trace::TraceType;
 use meridian_proto::{properties, validate};
 
 use crate::error::{BrokerError, Result};
-use crate::handlers::BrokerState;
 use crate::metrics::OutcomeLabels;
 use crate::schedule::copy_message;
+use crate::state::BrokerState;
 use crate::store::AppendRequest;
 use crate::trace::Step;
 

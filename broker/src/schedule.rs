@@ -33,7 +33,7 @@ use meridian_proto::trace::TraceType;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{BrokerError, Result};
-use crate::handlers::BrokerState;
+use crate::state::BrokerState;
 use crate::store::{AppendRequest, FlushMode, MessageStore};
 use crate::trace::Step;
 

@@ -26,10 +26,12 @@ use tokio_util::task::TaskTracker;
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
 use crate::groups::ConsumerGroups;
-use crate::handlers::{self, BrokerState, Reply};
+use crate::handlers;
 use crate::metrics::{BrokerMetrics, ErrorLabels};
 use crate::registry::{Governance, Heartbeats};
 use crate::replication::Replication;
+use crate::reply::Reply;
+use crate::state::BrokerState;
 use crate::store::{MessageStore, StoreOptions};
 
 /// A broker that has recovered its store and bound its port, ready to [`Broker::run`].
@@ -250,10 +252,17 @@ impl Broker {
             ));
         }
         tracing::info!(addr = %listener.local_addr().map_err(BrokerError::io("reading the bound address"))?, broker = state.config.broker_name, "broker listening");
-        let heartbeats = state
-            .governance
-            .clone()
-            .map(|governance| Heartbeats::start(state.clone(), governance, state.shutdown.child_token()));
+        let heartbeats = state.governance.clone().map(|governance| {
+            let source = crate::registry::HeartbeatSource {
+                config: state.config.clone(),
+                limits: state.limits,
+                store: state.store.clone(),
+                replication: state.replication.clone(),
+                advertise_addr: state.advertise_addr.clone(),
+                metrics: state.metrics.clone(),
+            };
+            Heartbeats::start(Arc::new(source), governance, state.shutdown.child_token())
+        });
         // The trace flusher outlives the connections, so events of the last requests are written.
         let trace_stop = CancellationToken::new();
         let trace_flusher = TaskTracker::new();

@@ -33,157 +33,24 @@ use meridian_proto::trace::{
     MAX_REPORT_EVENTS, ServerStats, TRACE_TOPIC, TraceBatch, TraceError, TraceEvent, TraceStatus, TraceType,
     check_event, is_system_topic,
 };
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use prost::Message;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{BrokerError, Result};
+use crate::error::Result;
 use crate::metrics::BrokerMetrics;
 use crate::replication::Replication;
 use crate::store::MessageStore;
 
 mod encode;
+mod identity;
 mod pubs;
 pub mod recover;
 use encode::{BatchEncoder, Described, Placed, StoredProperties};
 use pubs::PubRows;
 
-/// The `[trace]` table of the broker config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TraceConfig {
-    /// Emit trace events (default true: every message is traced unless its topic opts out).
-    pub enabled: bool,
-    /// Topics whose messages are not traced (per-topic opt-out).
-    pub exclude_topics: Vec<String>,
-    /// Most events waiting to be written; more are dropped and counted (default 262144).
-    pub buffer_events: usize,
-    /// How often waiting events are written to the trace topic, in ms (default 100).
-    pub flush_interval_ms: u64,
-    /// Most events in one trace-topic message (default 64). Small records are cheaper than their
-    /// size says: appending 512-event records (about 140 KB each) cost producers 10% of their
-    /// throughput, 64-event ones about 1% (docs/benchmarks.md).
-    pub batch_events: usize,
-}
-
-impl Default for TraceConfig {
-    fn default() -> TraceConfig {
-        TraceConfig {
-            enabled: true,
-            exclude_topics: Vec::new(),
-            buffer_events: 256 * 1024,
-            flush_interval_ms: 100,
-            batch_events: 64,
-        }
-    }
-}
-
-impl TraceConfig {
-    /// Checks the table; the message names the field and the fix.
-    pub fn validate(&self) -> Result<()> {
-        if self.buffer_events == 0 || self.batch_events == 0 || self.flush_interval_ms == 0 {
-            return Err(BrokerError::Config(
-                "trace.buffer_events, trace.batch_events and trace.flush_interval_ms must be at least 1 (set trace.enabled = false to turn tracing off)".into(),
-            ));
-        }
-        for topic in &self.exclude_topics {
-            meridian_proto::validate::validate_topic(topic)
-                .map_err(|error| BrokerError::Config(format!("trace.exclude_topics: {error}")))?;
-        }
-        Ok(())
-    }
-}
-
-/// Labels of dropped-event counts.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DropLabels {
-    /// `buffer_full`, `not_master` or `write_failed`.
-    pub reason: &'static str,
-}
-
-/// Metrics of trace emission, registered under `meridian_broker_trace_`.
-#[derive(Debug, Default)]
-pub struct TraceMetrics {
-    /// Events written to the trace topic.
-    pub events_written: Counter,
-    /// Trace-topic messages appended.
-    pub batches_written: Counter,
-    /// Events dropped, by reason.
-    pub events_dropped: Family<DropLabels, Counter>,
-    /// Events that were waiting in the buffers when the flusher last took them.
-    pub buffered: Gauge,
-    /// Client reports refused as malformed.
-    pub reports_refused: Counter,
-    /// Pub events derived again from stored records when the broker began writing
-    /// (`trace/recover.rs`).
-    pub events_recovered: Counter,
-    /// Sum of commitlog sync durations in µs, and their count, for [`ServerStats`] (the
-    /// Prometheus histogram does not expose its sum).
-    flushes: (AtomicU64, AtomicU64),
-}
-
-impl TraceMetrics {
-    /// Notes one commitlog sync (called by the flusher).
-    pub fn note_flush(&self, took: Duration) {
-        self.flushes.0.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        self.flushes.1.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Creates and registers the metrics.
-    pub fn register(registry: &mut Registry) -> TraceMetrics {
-        let metrics = TraceMetrics::default();
-        let registry = registry.sub_registry_with_prefix("meridian_broker_trace");
-        registry.register(
-            "events_written",
-            "Trace events written to the trace topic",
-            metrics.events_written.clone(),
-        );
-        registry.register(
-            "batches_written",
-            "Trace-topic messages appended",
-            metrics.batches_written.clone(),
-        );
-        registry.register(
-            "events_dropped",
-            "Trace events dropped, by reason",
-            metrics.events_dropped.clone(),
-        );
-        registry.register(
-            "buffered",
-            "Trace events that were waiting to be written when the flusher last took them",
-            metrics.buffered.clone(),
-        );
-        registry.register(
-            "reports_refused",
-            "Client trace reports refused as malformed",
-            metrics.reports_refused.clone(),
-        );
-        registry.register(
-            "events_recovered",
-            "Pub events derived from stored records whose buffered events were lost (a crash or a failover)",
-            metrics.events_recovered.clone(),
-        );
-        metrics
-    }
-}
-
-/// Who this broker is, stamped on each event it emits.
-#[derive(Debug, Clone, Default)]
-pub struct Identity {
-    /// Broker group.
-    pub broker_name: String,
-    /// Member name.
-    pub member: String,
-    /// Advertised address.
-    pub host: String,
-    /// Data center.
-    pub idc: String,
-}
+pub use crate::config::TraceConfig;
+pub use crate::metrics::{DropLabels, TraceMetrics};
+pub use identity::Identity;
 
 /// What the hot paths hand over besides the rows of stored messages ([`PubRows`]): references to
 /// bytes they already hold, nothing encoded.
@@ -843,7 +710,15 @@ async fn recover(
     let (emitter_c, store_c) = (emitter.clone(), store.clone());
     let derived = tokio::task::spawn_blocking(move || {
         let from = recover::last_watermark(&store_c);
-        let (batches, reached) = recover::derive(&emitter_c, &store_c, from, end, &stats);
+        let (batches, reached) = recover::derive(
+            &emitter_c.identity,
+            emitter_c.config.batch_events,
+            &|topic| emitter_c.traces(topic),
+            &store_c,
+            from,
+            end,
+            &stats,
+        );
         (from, batches, reached)
     })
     .await;

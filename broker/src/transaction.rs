@@ -36,7 +36,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use meridian_proto::messages::{
@@ -48,15 +47,13 @@ use meridian_proto::record::Record;
 use meridian_proto::time::now_millis;
 use meridian_proto::topics::{HALF_OP_TOPIC, HALF_TOPIC};
 use meridian_proto::trace::TraceType;
-use meridian_proto::{RequestCode, validate};
-use prost::Message;
-use serde::{Deserialize, Serialize};
+use meridian_proto::validate;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{BrokerError, Result};
-use crate::handlers::{BrokerState, Reply};
 use crate::metrics::OutcomeLabels;
 use crate::schedule::{self, Special, copy_message, ensure_destination, real_destination};
+use crate::state::BrokerState;
 use crate::store::{AppendRequest, MessageStore};
 use crate::trace::Step;
 
@@ -85,48 +82,7 @@ const POLL_SCAN_LIMIT: u64 = 8192;
 /// Most checks one poll returns.
 const MAX_CHECKS_PER_POLL: u32 = 256;
 
-/// The `[transaction]` table of the broker config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TransactionConfig {
-    /// A half message without an outcome this long after it was stored (or last checked) is
-    /// checked back with its producer group, in ms (default 60000; at least 100).
-    pub check_interval_ms: u64,
-    /// Check-backs before an undecided transaction is rolled back (default 15; at least 1).
-    pub check_max: u32,
-}
-
-impl Default for TransactionConfig {
-    fn default() -> TransactionConfig {
-        TransactionConfig {
-            check_interval_ms: 60_000,
-            check_max: 15,
-        }
-    }
-}
-
-impl TransactionConfig {
-    /// Checks the table; the message names the field and the fix.
-    pub fn validate(&self) -> Result<()> {
-        if self.check_interval_ms < 100 {
-            return Err(BrokerError::Config(format!(
-                "transaction.check_interval_ms ({}) must be at least 100: producers need time to answer (default 60000)",
-                self.check_interval_ms
-            )));
-        }
-        if self.check_max == 0 {
-            return Err(BrokerError::Config(
-                "transaction.check_max must be at least 1: an undecided transaction is asked about at least once before it is rolled back (default 15)".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// How often the check-back walk runs: a quarter of the interval, between 100 ms and 1 s.
-    fn tick(&self) -> Duration {
-        Duration::from_millis((self.check_interval_ms / 4).clamp(100, 1000))
-    }
-}
+pub use crate::config::TransactionConfig;
 
 fn corrupt(error: impl std::fmt::Display) -> BrokerError {
     BrokerError::Corrupt(error.to_string())
@@ -607,33 +563,6 @@ async fn check_round(state: &BrokerState, config: &TransactionConfig, now_ms: i6
     Ok(round)
 }
 
-fn decode<T: Message + Default>(body: Bytes) -> Result<T> {
-    T::decode(body).map_err(|error| BrokerError::MalformedBody(error.to_string()))
-}
-
-/// Serves [`RequestCode::EndTransaction`] (answered once what it wrote is durable) and
-/// [`RequestCode::CheckTransactions`].
-pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes) -> Reply {
-    if code == RequestCode::CheckTransactions {
-        let answer = decode::<CheckTransactionsRequest>(body)
-            .and_then(|request| pending_checks(state, &request))
-            .map(|response| Bytes::from(response.encode_to_vec()));
-        return Reply::Now(answer);
-    }
-    let end_offset = match decode::<EndTransactionRequest>(body).and_then(|request| end_transaction(state, &request)) {
-        Ok(end_offset) => end_offset,
-        Err(error) => return Reply::Now(Err(error)),
-    };
-    if end_offset == 0 {
-        return Reply::Now(Ok(Bytes::new()));
-    }
-    let state = state.clone();
-    Reply::Later(Box::pin(async move {
-        schedule::wait_durable(&state, end_offset).await?;
-        Ok(Bytes::new())
-    }))
-}
-
 /// Checks back undecided transactions while this broker is a writable master.
 pub async fn run(state: Arc<BrokerState>, stop: CancellationToken) {
     let config = state.config.transaction.clone();
@@ -674,9 +603,12 @@ mod tests {
     use super::*;
     use crate::config::BrokerConfig;
     use crate::handlers::send_many;
+    use crate::reply::Reply;
     use meridian_proto::ErrorCode;
     use meridian_proto::messages::SendResponse;
     use meridian_proto::topics::DELAY_TOPIC;
+    use prost::Message;
+    use std::time::Duration;
 
     const GROUP: &str = "payments-tx";
 

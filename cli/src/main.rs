@@ -16,6 +16,7 @@ mod config;
 mod drill;
 mod env_cmds;
 mod governance;
+mod console_api;
 mod http;
 mod messaging_cmds;
 mod nameservers;

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::signal::shutdown_signal;
-use crate::{config, http};
+use crate::{config, console_api, http};
 
 /// Arguments of `meridian dev`.
 #[derive(Debug, clap::Args)]
@@ -350,8 +350,8 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         None => axum::Router::new(),
     };
     let with_query = query_archive.is_some();
-    let router = http::router(registry, broker_name.clone(), &broker)
-        .merge(http::console_router(
+    let router = meridian_broker::http::router(registry, broker_name.clone(), &broker)
+        .merge(console_api::console_router(
             &broker,
             broker_name,
             vec![nameserver_addr.to_string()],
@@ -471,7 +471,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
                 listener.local_addr()?
             );
             let router =
-                http::router(registry, name.clone(), &broker).merge(http::console_router(&broker, name, nameservers));
+                meridian_broker::http::router(registry, name.clone(), &broker).merge(console_api::console_router(&broker, name, nameservers));
             Some((listener, router))
         }
         None => None,

@@ -33,7 +33,8 @@ use tokio::sync::mpsc;
 
 use super::Remoting;
 use crate::error::BrokerError;
-use crate::handlers::{self, Reply};
+use crate::handlers;
+use crate::reply::Reply;
 
 /// A response being produced.
 pub type Pending = Pin<Box<dyn Future<Output = RemotingCommand> + Send>>;

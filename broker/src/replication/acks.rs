@@ -10,68 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::oneshot;
 
-/// When a send counts as stored, per broker group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AckPolicy {
-    /// The master holds it.
-    Async,
-    /// A majority of the group's replicas, counting the master, hold it.
-    Quorum,
-    /// Every replica holds it.
-    All,
-    /// A majority holds it, one of them outside the master's IDC: losing a whole data center loses
-    /// no acknowledged message.
-    IdcSafe,
-}
-
-impl AckPolicy {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AckPolicy::Async => "async",
-            AckPolicy::Quorum => "quorum",
-            AckPolicy::All => "all",
-            AckPolicy::IdcSafe => "idc_safe",
-        }
-    }
-
-    /// Replicas (counting the master) that must hold a send in a group of `replicas`.
-    pub fn needed(self, replicas: usize) -> usize {
-        match self {
-            AckPolicy::Async => 1,
-            AckPolicy::Quorum | AckPolicy::IdcSafe => replicas / 2 + 1,
-            AckPolicy::All => replicas,
-        }
-    }
-}
-
-/// What a master does when the nameservers declare a data center holding some of its group's
-/// replicas lost (`replication.on_idc_lost`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnIdcLost {
-    /// Go on in a declared degraded mode: acknowledge with a majority of the replicas outside
-    /// the lost data centers (the master alone when it is the only one), without `idc_safe`'s
-    /// remote replica, until the lost data center is cleared and its replicas caught up.
-    #[default]
-    Degrade,
-    /// Keep the full ack policy: sends fail until the lost replicas return.
-    Stop,
-}
-
-impl OnIdcLost {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnIdcLost::Degrade => "degrade",
-            OnIdcLost::Stop => "stop",
-        }
-    }
-}
+pub use crate::config::{AckPolicy, OnIdcLost};
 
 /// The rule in force: replicas (counting the master) that must hold a send, and whether one of
 /// them must be outside the master's data center.

@@ -13,14 +13,33 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::Replication;
+use meridian_proto::validate::Limits;
+
+use crate::config::ReplicationConfig;
 use crate::error::{BrokerError, Result};
+use crate::metrics::BrokerMetrics;
 use crate::store::FlushMode;
+use crate::store::MessageStore;
 
 /// How long the master may hold a fetch when it has nothing new.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 /// Pause after a failed fetch before the next.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// What a slave's fetch loop reads of its replication state: handed over by value when it starts
+/// following, so this module does not depend on [`super::Replication`], which owns the loop.
+pub(super) struct Upstream {
+    pub(super) config: ReplicationConfig,
+    pub(super) group: String,
+    pub(super) name: String,
+    pub(super) idc: String,
+    pub(super) store: Arc<MessageStore>,
+    pub(super) metrics: Arc<BrokerMetrics>,
+    pub(super) limits: Limits,
+    pub(super) shutdown: CancellationToken,
+    /// The node credential this slave logs in to its master with (`[auth]`), if any.
+    pub(super) node_credentials: Option<meridian_proto::auth::Credentials>,
+}
 
 /// A running fetch loop; [`Follower::stop`] ends it.
 pub(super) struct Follower {
@@ -31,7 +50,7 @@ pub(super) struct Follower {
 
 impl Follower {
     /// Starts following the master at `master_addr` in `epoch`.
-    pub fn start(replication: Arc<Replication>, master_addr: String, epoch: u64) -> Follower {
+    pub fn start(replication: Arc<Upstream>, master_addr: String, epoch: u64) -> Follower {
         let cancel = replication.shutdown.child_token();
         let pool = ConnectionPool::new(TransportConfig {
             limits: replication.limits,
@@ -60,7 +79,7 @@ impl Follower {
 }
 
 async fn fetch_loop(
-    replication: Arc<Replication>,
+    replication: Arc<Upstream>,
     pool: ConnectionPool,
     master_addr: String,
     epoch: u64,
@@ -97,12 +116,7 @@ async fn fetch_loop(
 
 /// One fetch and what it brings: a truncation, or a chunk to append (and sync, under sync flush,
 /// so the next fetch reports it synced), the master's epoch list and its consumer offsets.
-async fn fetch_once(
-    replication: &Arc<Replication>,
-    pool: &ConnectionPool,
-    master_addr: &str,
-    epoch: u64,
-) -> Result<()> {
+async fn fetch_once(replication: &Arc<Upstream>, pool: &ConnectionPool, master_addr: &str, epoch: u64) -> Result<()> {
     let store = &replication.store;
     let from_offset = store.committed_offset();
     let request = ReplicaFetch {

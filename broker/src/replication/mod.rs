@@ -30,93 +30,17 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use meridian_proto::messages::{BrokerHeartbeatResponse, ReplicaFetch, ReplicaFetchResponse};
 use meridian_proto::validate::Limits;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::BrokerConfig;
+pub use crate::config::ReplicationConfig;
 use crate::error::{BrokerError, Result};
 use crate::metrics::BrokerMetrics;
 use crate::store::{FlushMode, MessageStore};
 pub use acks::{AckPolicy, AckTracker, OnIdcLost};
-use follower::Follower;
-
-/// Replication settings (the `[replication]` table of the broker config).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReplicationConfig {
-    /// When a send counts: `async` (the master holds it), `quorum` (a majority of the group's
-    /// replicas, counting the master), `all`, or `idc_safe` (a quorum including a replica outside
-    /// the master's IDC). Combined with `store.flush_mode`: under `sync`, a replica counts only
-    /// once it has synced the message to disk.
-    pub ack_policy: AckPolicy,
-    /// Replicas in the group, counting the master (1 for a lone broker, 3 for master + 2 slaves).
-    pub replicas: u32,
-    /// How long a send waits for its ack policy before failing with `ReplicationTimeout`, in ms.
-    /// Below the clients' request timeout (3 s by default), so they get this answer rather than
-    /// time out themselves.
-    pub ack_timeout_ms: u64,
-    /// A slave is in sync while it is at most this many bytes behind the master...
-    pub in_sync_lag_bytes: u64,
-    /// ...and fetched within this many ms. Only in-sync slaves may be promoted.
-    pub in_sync_timeout_ms: u64,
-    /// Most bytes one fetch carries.
-    pub fetch_max_bytes: u32,
-    /// What a master does when the nameservers declare lost a data center holding some of the
-    /// group's replicas: `degrade` (default: acknowledge with a majority of the surviving
-    /// replicas, without `idc_safe`'s remote one, reported as degraded, until the data center
-    /// is cleared and its replicas caught up) or `stop` (keep the full policy: sends fail).
-    pub on_idc_lost: OnIdcLost,
-}
-
-impl Default for ReplicationConfig {
-    fn default() -> ReplicationConfig {
-        ReplicationConfig {
-            ack_policy: AckPolicy::Quorum,
-            replicas: 1,
-            ack_timeout_ms: 2_000,
-            in_sync_lag_bytes: 4 << 20,
-            in_sync_timeout_ms: 3_000,
-            fetch_max_bytes: 4 << 20,
-            on_idc_lost: OnIdcLost::Degrade,
-        }
-    }
-}
-
-impl ReplicationConfig {
-    /// Checks the settings against the rest of the config; the message names the field and the fix.
-    pub fn validate(&self, idc: &str, max_frame_size: usize) -> Result<()> {
-        if self.replicas == 0 || self.replicas > 7 {
-            return Err(BrokerError::Config(format!(
-                "replication.replicas = {} must be 1-7 (replicas in the group, counting the master)",
-                self.replicas
-            )));
-        }
-        if self.ack_policy == AckPolicy::IdcSafe && idc.is_empty() {
-            return Err(BrokerError::Config(
-                "replication.ack_policy = \"idc_safe\" needs this broker's `idc` set, to tell which replicas are in another data center".into(),
-            ));
-        }
-        if self.ack_policy == AckPolicy::IdcSafe && self.replicas < 2 {
-            return Err(BrokerError::Config(
-                "replication.ack_policy = \"idc_safe\" needs replication.replicas of at least 2 (a replica in another data center)".into(),
-            ));
-        }
-        if self.ack_timeout_ms == 0 || self.in_sync_timeout_ms == 0 {
-            return Err(BrokerError::Config(
-                "replication.ack_timeout_ms and in_sync_timeout_ms must be at least 1".into(),
-            ));
-        }
-        if self.fetch_max_bytes < 64 << 10 || self.fetch_max_bytes as usize + 4096 > max_frame_size {
-            return Err(BrokerError::Config(format!(
-                "replication.fetch_max_bytes = {} must be at least 65536 and leave 4096 bytes of limits.max_frame_size ({max_frame_size})",
-                self.fetch_max_bytes
-            )));
-        }
-        Ok(())
-    }
-}
+use follower::{Follower, Upstream};
 
 /// How often a slave's fetch waiting at the log's end looks whether the master's confirmed offset
 /// passed what the slave knows (see [`Replication::serve_fetch`]).
@@ -517,7 +441,18 @@ impl Replication {
         } = next
         {
             info!(group = %self.group, epoch, %master, %master_addr, "following master");
-            let follower = Follower::start(self.clone(), master_addr, epoch);
+            let upstream = Upstream {
+                config: self.config.clone(),
+                group: self.group.clone(),
+                name: self.name.clone(),
+                idc: self.idc.clone(),
+                store: self.store.clone(),
+                metrics: self.metrics.clone(),
+                limits: self.limits,
+                shutdown: self.shutdown.clone(),
+                node_credentials: self.node_credentials.clone(),
+            };
+            let follower = Follower::start(Arc::new(upstream), master_addr, epoch);
             *self.follower.lock().unwrap_or_else(PoisonError::into_inner) = Some(follower);
         }
     }

@@ -18,6 +18,7 @@
 mod commitlog;
 pub mod consume_queue;
 mod durability;
+mod epochs;
 mod files;
 mod offsets;
 mod replica;
@@ -44,9 +45,9 @@ use crate::metrics::BrokerMetrics;
 use commitlog::CommitLog;
 pub use consume_queue::{ConsumeQueue, CqEntry};
 pub use durability::{Durability, RealDisk};
+use epochs::{EPOCHS_FILE, EpochFile};
 pub(crate) use files::fsync_dir;
 use offsets::ConsumerOffsets;
-use replica::{EPOCHS_FILE, EpochFile};
 
 /// How often a busy dispatcher looks for new records: the most a record waits to be visible to
 /// consumers while the broker is busy.
@@ -54,66 +55,7 @@ const DISPATCH_POLL: Duration = Duration::from_millis(1);
 /// How long without records before the dispatcher sleeps until an append wakes it.
 const DISPATCH_IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// When a send counts as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum FlushMode {
-    /// Acknowledge once the record is in the page cache; sync every `flush_interval_ms`.
-    /// Survives a crash of the broker process, not of the machine.
-    #[default]
-    Async,
-    /// Acknowledge only after the record is synced to disk. Concurrent sends share one sync.
-    Sync,
-}
-
-/// Storage settings (the `[store]` table of the broker config).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Bytes per commitlog segment (default 1 GiB).
-    pub segment_size: u64,
-    /// Entries per consume queue file (default 300,000: 6 MB).
-    pub cq_entries_per_file: u64,
-    /// When a send counts as stored.
-    pub flush_mode: FlushMode,
-    /// How often async mode syncs, in ms.
-    pub flush_interval_ms: u64,
-    /// How long a sync-mode send waits for its sync before failing with `FlushTimeout`, in ms.
-    pub sync_flush_timeout_ms: u64,
-    /// How often consume queues, offsets and the checkpoint are made durable, in ms.
-    pub checkpoint_interval_ms: u64,
-}
-
-impl Default for StoreConfig {
-    fn default() -> StoreConfig {
-        StoreConfig {
-            segment_size: 1 << 30,
-            cq_entries_per_file: 300_000,
-            flush_mode: FlushMode::Async,
-            flush_interval_ms: 500,
-            sync_flush_timeout_ms: 5_000,
-            checkpoint_interval_ms: 1_000,
-        }
-    }
-}
-
-impl StoreConfig {
-    /// Checks values that would make the store unusable.
-    pub fn validate(&self, max_record_size: usize) -> Result<()> {
-        if self.segment_size < max_record_size as u64 + 64 {
-            return Err(BrokerError::Config(format!(
-                "store.segment_size = {} cannot hold the largest allowed message record ({max_record_size} bytes); raise it or lower limits.max_body_size",
-                self.segment_size
-            )));
-        }
-        if self.cq_entries_per_file == 0 || self.flush_interval_ms == 0 || self.checkpoint_interval_ms == 0 {
-            return Err(BrokerError::Config(
-                "store.cq_entries_per_file, flush_interval_ms and checkpoint_interval_ms must be at least 1".into(),
-            ));
-        }
-        Ok(())
-    }
-}
+pub use crate::config::{FlushMode, StoreConfig};
 
 /// Progress made durable together, so recovery knows where to start checking.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

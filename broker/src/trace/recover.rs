@@ -22,7 +22,7 @@ use meridian_proto::record::Record;
 use meridian_proto::topics::{DELAY_TOPIC, HALF_TOPIC};
 use meridian_proto::trace::{ServerStats, TRACE_TOPIC};
 
-use super::TraceEmitter;
+use super::Identity;
 use super::encode::{BatchEncoder, Described, Placed, StoredProperties};
 use crate::replication::Role;
 use crate::store::MessageStore;
@@ -129,13 +129,15 @@ const HALF_CHECKS: &str = "%TX_CHECKS";
 /// producer group, the producer's address), as trace batches of `batch_events`, for traced
 /// topics only. Returns the batches (with their event counts) and where the scan stopped.
 pub(super) fn derive(
-    emitter: &TraceEmitter,
+    identity: &Identity,
+    batch_events: usize,
+    traces: &dyn Fn(&str) -> bool,
     store: &MessageStore,
     from: u64,
     to: u64,
     stats: &ServerStats,
 ) -> (Vec<(Bytes, usize)>, u64) {
-    let mut encoder = BatchEncoder::new(&emitter.identity, stats, emitter.config.batch_events);
+    let mut encoder = BatchEncoder::new(identity, stats, batch_events);
     let end = store.scan_records(from, to, |record, _| {
         let Some(sent) = sent_as(record) else {
             return;
@@ -143,7 +145,7 @@ pub(super) fn derive(
         let props = StoredProperties::read(record.properties());
         // The topic the producer sent to.
         let topic = props.real_topic.unwrap_or(record.topic());
-        if !emitter.traces(topic) {
+        if !traces(topic) {
             return;
         }
         let Some(msg_id) = record.msg_id() else {
@@ -232,6 +234,7 @@ mod tests {
 
     use super::*;
     use crate::store::StoreConfig;
+    use crate::trace::TraceEmitter;
     use crate::trace::{Identity, TraceConfig};
 
     fn emitter() -> TraceEmitter {
@@ -348,7 +351,15 @@ mod tests {
 
         assert_eq!(last_watermark(&store), watermark);
         let end = store.committed_offset();
-        let (batches, reached) = derive(&emitter, &store, watermark, end, &ServerStats::default());
+        let (batches, reached) = derive(
+            &emitter.identity,
+            emitter.config.batch_events,
+            &|topic| emitter.traces(topic),
+            &store,
+            watermark,
+            end,
+            &ServerStats::default(),
+        );
         assert_eq!(reached, end);
         let events: Vec<TraceEvent> = batches
             .into_iter()
@@ -401,7 +412,15 @@ mod tests {
             )
         );
         // From the start of the log: the three below the watermark too.
-        let (batches, _) = derive(&emitter, &store, 0, end, &ServerStats::default());
+        let (batches, _) = derive(
+            &emitter.identity,
+            emitter.config.batch_events,
+            &|topic| emitter.traces(topic),
+            &store,
+            0,
+            end,
+            &ServerStats::default(),
+        );
         assert_eq!(batches.iter().map(|(_, count)| count).sum::<usize>(), 8);
     }
 

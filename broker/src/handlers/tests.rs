@@ -1,0 +1,269 @@
+//! Handler tests across request families: sends, pulls, offsets and consumers on a governed
+//! broker.
+
+use super::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meridian_proto::filter::TagFilter;
+use meridian_proto::messages::{
+    CommitOffsetRequest, ConsumerHeartbeat, CreateTopicRequest, PullRequest, PullResponse, PullStatus, SendRequest,
+    SendResponse, perm,
+};
+use prost::Message;
+
+use crate::config::BrokerConfig;
+use crate::error::Result;
+use crate::registry::Approved;
+use crate::registry::Governance;
+use crate::state::BrokerState;
+use crate::store::MessageStore;
+use consumers::consumer_heartbeat;
+use meridian_proto::ErrorCode;
+use meridian_proto::messages::{BrokerMetadata, GroupGrant, MessageData, TopicGrant};
+use offsets::commit_offset;
+use pull::try_pull;
+use send::decode_send;
+use topics::create_topic;
+
+fn governed_state(dir: &std::path::Path) -> Arc<BrokerState> {
+    let config = BrokerConfig {
+        nameservers: vec!["127.0.0.1:7800".into()],
+        data_dir: dir.to_owned(),
+        idc: "dc1".into(),
+        ..BrokerConfig::default()
+    };
+    let mut store_config = config.store.clone();
+    store_config.segment_size = 1 << 20;
+    let store = MessageStore::open(dir, store_config, "127.0.0.1:7911".parse().unwrap(), Arc::default()).unwrap();
+    let governance = Arc::new(Governance::new(config.broker_name.clone(), config.nameservers.clone()));
+    let grant = |name: &str, perm| TopicGrant {
+        name: name.into(),
+        queues: 2,
+        perm,
+        ..TopicGrant::default()
+    };
+    governance.replace(Approved::from_metadata(BrokerMetadata {
+        version: 1,
+        topics: vec![grant("orders", perm::READ | perm::WRITE), grant("archive", perm::READ)],
+        groups: vec![GroupGrant {
+            name: "billing".into(),
+            topics: vec!["orders".into()],
+            max_retries: 16,
+            broadcasting: false,
+        }],
+        sdk_policy: None,
+        users: Vec::new(),
+    }));
+    for topic in ["orders", "archive", "payments"] {
+        store.create_topic(topic, 2).unwrap();
+    }
+    BrokerState::for_tests(config, store, Some(governance))
+}
+
+fn send_body(topic: &str) -> Bytes {
+    let request = SendRequest {
+        topic: topic.into(),
+        queue_id: 0,
+        messages: vec![MessageData {
+            flags: 0,
+            born_timestamp: 1,
+            properties: Bytes::new(),
+            body: Bytes::from_static(b"x"),
+            reconsume_count: 0,
+        }],
+        producer_group: String::new(),
+        sdk: Default::default(),
+    };
+    Bytes::from(request.encode_to_vec())
+}
+
+fn now(reply: Reply) -> Result<Bytes> {
+    match reply {
+        Reply::Now(result) => result,
+        Reply::Later(_) => panic!("expected an immediate answer"),
+    }
+}
+
+#[test]
+fn a_pull_past_the_confirmed_messages_waits_for_them_instead_of_moving_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BrokerConfig::default();
+    let options = crate::store::StoreOptions {
+        replicated: true,
+        ..Default::default()
+    };
+    let store = MessageStore::open_with(
+        dir.path(),
+        config.store.clone(),
+        "127.0.0.1:7911".parse().unwrap(),
+        Arc::default(),
+        options,
+    )
+    .unwrap();
+    store.create_topic("orders", 1).unwrap();
+    let state = BrokerState::for_tests(config, store, None);
+    let peer = "127.0.0.1:5000".parse().unwrap();
+    let appended = state
+        .store
+        .append(
+            "orders",
+            Some(0),
+            &[decode_send(&state, send_body("orders"), peer).unwrap().messages[0].clone()],
+            peer,
+        )
+        .unwrap();
+    let pull_at = |offset| PullRequest {
+        group: "billing".into(),
+        topic: "orders".into(),
+        queue_id: 0,
+        offset,
+        max_count: 32,
+        max_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let all = TagFilter::parse("*").unwrap();
+    assert!(
+        try_pull(&state, &pull_at(0), &all).unwrap().is_none(),
+        "nothing is confirmed yet"
+    );
+    assert!(
+        try_pull(&state, &pull_at(1), &all).unwrap().is_none(),
+        "an offset within what is written waits"
+    );
+    let moved = PullResponse::decode(try_pull(&state, &pull_at(5), &all).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        moved.status,
+        PullStatus::OffsetMoved as i32,
+        "an offset past what is written moves"
+    );
+    state.store.raise_replication_limit(appended.end_offset);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        if let Some(body) = try_pull(&state, &pull_at(0), &all).unwrap() {
+            break PullResponse::decode(body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "the confirmed message never became visible");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!((found.status, found.next_offset), (PullStatus::Found as i32, 1));
+    state.store.shutdown();
+}
+
+#[test]
+fn a_refused_topic_fails_only_its_own_send_in_a_combined_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = governed_state(dir.path());
+    let peer = "127.0.0.1:5000".parse().unwrap();
+    let bodies = vec![
+        send_body("orders"),
+        send_body("payments"),
+        send_body("archive"),
+        send_body("orders"),
+    ];
+    let outcomes: Vec<std::result::Result<u64, ErrorCode>> = send_many(&state, bodies, peer)
+        .into_iter()
+        .map(|reply| {
+            now(reply)
+                .map(|body| SendResponse::decode(body).unwrap().results[0].queue_offset)
+                .map_err(|error| error.code())
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            Ok(0),
+            Err(ErrorCode::NotApproved),
+            Err(ErrorCode::FailedPrecondition),
+            Ok(1)
+        ]
+    );
+    state.store.shutdown();
+}
+
+#[test]
+fn a_broker_in_an_evacuated_idc_refuses_sends_until_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = governed_state(dir.path());
+    let peer = "127.0.0.1:5000".parse().unwrap();
+    let governance = state.governance.clone().unwrap();
+    let send = || now(send_many(&state, vec![send_body("orders")], peer).pop().unwrap());
+    governance.set_evacuated(vec!["dc2".into()]);
+    assert!(send().is_ok(), "another IDC's drill changes nothing here");
+    governance.set_evacuated(vec!["dc1".into()]);
+    let error = send().unwrap_err();
+    assert_eq!(error.code(), ErrorCode::Evacuated);
+    assert!(error.code().is_retriable());
+    assert!(
+        error.to_string().contains("\"dc1\", which a failover drill evacuated"),
+        "{error}"
+    );
+    governance.set_evacuated(Vec::new());
+    assert!(send().is_ok());
+    state.store.shutdown();
+}
+
+#[test]
+fn consumer_requests_need_an_approved_group_granted_the_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = governed_state(dir.path());
+    let commit = |group: &str, topic: &str| {
+        let request = CommitOffsetRequest {
+            group: group.into(),
+            topic: topic.into(),
+            queue_id: 0,
+            offset: 0,
+            ..Default::default()
+        };
+        commit_offset(&state, Bytes::from(request.encode_to_vec())).map_err(|error| error.code())
+    };
+    assert_eq!(commit("billing", "orders"), Ok(Bytes::new()));
+    assert_eq!(commit("audit", "orders"), Err(ErrorCode::NotApproved));
+    assert_eq!(commit("billing", "archive"), Err(ErrorCode::FailedPrecondition));
+
+    let heartbeat = |topics: &[&str]| {
+        let request = ConsumerHeartbeat {
+            group: "billing".into(),
+            client_id: "c1".into(),
+            topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
+            sdk_version: String::new(),
+            ..ConsumerHeartbeat::default()
+        };
+        consumer_heartbeat(
+            &state,
+            Bytes::from(request.encode_to_vec()),
+            "127.0.0.1:5000".parse().unwrap(),
+        )
+        .map_err(|error| error.code())
+    };
+    assert!(heartbeat(&["orders"]).is_ok());
+    assert_eq!(heartbeat(&["orders", "payments"]), Err(ErrorCode::FailedPrecondition));
+
+    let pull = PullRequest {
+        group: "audit".into(),
+        topic: "orders".into(),
+        queue_id: 0,
+        offset: 0,
+        max_count: 1,
+        max_bytes: 1024,
+        long_poll_ms: 0,
+        ..Default::default()
+    };
+    let error = now(super::pull(
+        &state,
+        Bytes::from(pull.encode_to_vec()),
+        "127.0.0.1:5000".parse().unwrap(),
+    ))
+    .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::NotApproved);
+    assert!(error.to_string().contains("meridian group request audit"), "{error}");
+
+    let create = CreateTopicRequest {
+        topic: "new".into(),
+        queues: 1,
+    };
+    let error = now(create_topic(&state, Bytes::from(create.encode_to_vec()))).unwrap_err();
+    assert_eq!(error.code(), ErrorCode::FailedPrecondition);
+    state.store.shutdown();
+}

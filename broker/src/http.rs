@@ -1,0 +1,342 @@
+//! The broker's HTTP API: `/metrics` (Prometheus) and the JSON admin API (`docs/api.md`):
+//! health with the broker's place in its group, local topics, a group's offsets and their reset,
+//! consumer lag and the client inventory. [`router`] builds it from a running [`Broker`]; the
+//! `meridian` binary only binds a listener and serves it (beside other services' routers).
+//! [`metrics_router`] is `/metrics` alone, for processes without a broker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use meridian_proto::RequestCode;
+use meridian_proto::messages::{ResetOffsetRequest, ResetOffsetResponse, ResetTarget};
+use meridian_proto::transport::{ConnectionPool, TransportConfig, TransportError};
+use meridian_proto::validate::{validate_group, validate_topic};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::Broker;
+use crate::clients::ClientsView;
+use crate::lag::LagCollector;
+use crate::replication::{Replication, Role};
+use crate::store::MessageStore;
+
+#[derive(Clone)]
+struct HttpState {
+    broker_name: String,
+    /// The broker's own framed-protocol address: offset resets go through its request handler,
+    /// so they are checked exactly as `meridian group reset-offset` is.
+    broker_addr: SocketAddr,
+    store: Arc<MessageStore>,
+    replication: Arc<Replication>,
+    lag: LagCollector,
+    clients: ClientsView,
+}
+
+/// The routes of a broker process: its health (with its place in its group), its local topics,
+/// consumer lag and `/metrics` (where consumer lag is computed at each scrape).
+pub fn router(mut registry: Registry, broker_name: String, broker: &Broker) -> Router {
+    let lag = broker.lag_collector();
+    registry.register_collector(Box::new(lag.clone()));
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/broker/topics", get(topics))
+        .route("/api/broker/offsets", get(offsets))
+        .route("/api/broker/offsets/reset", axum::routing::post(reset_offsets))
+        .route("/api/broker/lag", get(lag_report))
+        .route("/api/broker/clients", get(clients_report))
+        .with_state(HttpState {
+            broker_name,
+            broker_addr: broker.local_addr(),
+            store: broker.store(),
+            replication: broker.replication(),
+            lag,
+            clients: broker.clients_view(),
+        })
+        .merge(metrics_router(Arc::new(registry)))
+}
+
+/// The clients this broker knows, with the SDK policy's verdict on each (`meridian client list`).
+async fn clients_report(State(state): State<HttpState>) -> Json<crate::clients::ClientsReport> {
+    Json(state.clients.report())
+}
+
+/// Lag of every consumer group on this broker, per topic and queue, with its status
+/// (`docs/governance.md`).
+async fn lag_report(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    let groups = tokio::task::spawn_blocking(move || state.lag.report())
+        .await
+        .unwrap_or_default();
+    Json(json!({ "groups": groups }))
+}
+
+/// `/metrics` alone, for processes without a broker.
+pub fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(registry)
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics failed: {error}"),
+        )
+            .into_response(),
+    }
+}
+
+/// The broker's state; 503 once its store failed (a disk error: restart it).
+async fn health(State(state): State<HttpState>) -> (StatusCode, Json<serde_json::Value>) {
+    let replication = &state.replication;
+    let role = replication.role();
+    let master = match &role {
+        Role::Slave {
+            master, master_addr, ..
+        } => json!({"name": master, "addr": master_addr}),
+        _ => serde_json::Value::Null,
+    };
+    let config = replication.config();
+    let failure = state.store.failure();
+    let status = if failure.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({
+            "status": if failure.is_some() { "unhealthy" } else { "ok" },
+            "store_failure": failure,
+            "version": env!("CARGO_PKG_VERSION"),
+            "broker": {
+                "name": state.broker_name,
+                "committed_offset": state.store.committed_offset(),
+                "flushed_offset": state.store.flushed_offset(),
+                "confirmed_offset": state.store.confirmed_offset(),
+                "dispatched_offset": state.store.dispatched_offset(),
+                "flush_mode": state.store.config().flush_mode,
+            },
+            "replication": {
+                "role": role.name(),
+                "epoch": role.epoch(),
+                "master": master,
+                "writable": replication.check_writable().is_ok(),
+                "degraded": replication.degraded(),
+                "lease_remaining_ms": replication.lease_remaining().map(|lease| lease.as_millis() as u64),
+                "ack_policy": config.ack_policy,
+                "replicas": config.replicas,
+                "in_sync": replication.in_sync(),
+                "slaves": replication.slaves(),
+                "epochs": state.store.epochs().iter().map(|entry| json!({"epoch": entry.epoch, "start_offset": entry.start_offset})).collect::<Vec<_>>(),
+            }
+        })),
+    )
+}
+
+async fn topics(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    let topics: Vec<_> = state
+        .store
+        .topics()
+        .into_iter()
+        .map(|(name, queues)| {
+            let queues: Vec<_> = (0..queues)
+                .filter_map(|queue_id| state.store.queue_bounds(&name, queue_id).ok().map(|bounds| (queue_id, bounds)))
+                .map(|(queue_id, bounds)| json!({"queue_id": queue_id, "min_offset": bounds.min_offset, "max_offset": bounds.max_offset}))
+                .collect();
+            json!({"name": name, "queues": queues})
+        })
+        .collect();
+    Json(json!({ "topics": topics }))
+}
+
+#[derive(serde::Deserialize)]
+struct OffsetsQuery {
+    group: String,
+    topic: String,
+}
+
+/// `GET /api/broker/offsets?group=G&topic=T`: the group's stored offset of every queue of the
+/// topic on this broker, with each queue's bounds and lag in messages (`max_offset` minus the
+/// group's offset; the whole queue when the group has none yet). One read of the offset table per
+/// queue, no disk access: the console calls it per group and topic of a group's page.
+async fn offsets(
+    State(state): State<HttpState>,
+    query: Result<axum::extract::Query<OffsetsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(query)) = query else {
+        return offsets_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "give the consumer group and the topic: /api/broker/offsets?group=G&topic=T".to_owned(),
+        );
+    };
+    let Some(queues) = state
+        .store
+        .topics()
+        .into_iter()
+        .find_map(|(name, queues)| (name == query.topic).then_some(queues))
+    else {
+        return offsets_error(
+            StatusCode::NOT_FOUND,
+            "topic_not_found",
+            format!(
+                "broker {} stores no topic {:?}: GET /api/broker/topics lists the topics it stores",
+                state.broker_name, query.topic
+            ),
+        );
+    };
+    let mut total_lag = 0u64;
+    let mut rows = Vec::with_capacity(queues as usize);
+    for queue_id in 0..queues {
+        let (Ok(bounds), Ok(consumer_offset)) = (
+            state.store.queue_bounds(&query.topic, queue_id),
+            state.store.query_offset(&query.group, &query.topic, queue_id),
+        ) else {
+            continue;
+        };
+        let from = consumer_offset.unwrap_or(bounds.min_offset).max(bounds.min_offset);
+        let lag = bounds.max_offset.saturating_sub(from);
+        total_lag += lag;
+        rows.push(json!({
+            "queue_id": queue_id,
+            "min_offset": bounds.min_offset,
+            "max_offset": bounds.max_offset,
+            "consumer_offset": consumer_offset,
+            "lag": lag,
+        }));
+    }
+    Json(json!({
+        "broker": state.broker_name,
+        "group": query.group,
+        "topic": query.topic,
+        "lag": total_lag,
+        "queues": rows,
+    }))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    group: String,
+    topic: String,
+    /// `earliest`, `latest` or `timestamp`.
+    to: String,
+    /// Unix ms, with `"to": "timestamp"`.
+    #[serde(default)]
+    timestamp: Option<i64>,
+}
+
+/// `POST /api/broker/offsets/reset` (`{"group", "topic", "to": "earliest|latest|timestamp",
+/// "timestamp"?}`): moves the group's offsets of the topic on this broker, through the broker's own
+/// `ResetOffset` request (the same checks as `meridian group reset-offset`: the group is approved
+/// for the topic, this broker is the master). JSON only, so a browser cannot send it cross-site.
+async fn reset_offsets(State(state): State<HttpState>, headers: axum::http::HeaderMap, body: bytes::Bytes) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !is_json {
+        return offsets_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "the request body must be JSON sent with Content-Type: application/json".to_owned(),
+        );
+    }
+    let request: ResetBody = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return offsets_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("the request body is not valid: {error} (fields: group, topic, to, timestamp)"),
+            );
+        }
+    };
+    let (target, timestamp) = match (request.to.as_str(), request.timestamp) {
+        ("earliest", _) => (ResetTarget::Earliest, 0),
+        ("latest", _) => (ResetTarget::Latest, 0),
+        ("timestamp", Some(at)) => (ResetTarget::Timestamp, at),
+        (other, _) => {
+            return offsets_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("\"to\": {other:?} is not earliest, latest, or timestamp (with \"timestamp\" in Unix ms)"),
+            );
+        }
+    };
+    if let Err(error) = validate_group(&request.group).and_then(|()| validate_topic(&request.topic)) {
+        return offsets_error(StatusCode::BAD_REQUEST, "invalid_argument", error.to_string());
+    }
+    let reset = ResetOffsetRequest {
+        group: request.group.clone(),
+        topic: request.topic.clone(),
+        target: target as i32,
+        timestamp,
+    };
+    // Through the broker's own listener, so the request meets the same checks and logs as one
+    // from `meridian group reset-offset`; one short-lived connection per reset (a rare admin act).
+    let pool = ConnectionPool::new(TransportConfig::default());
+    let timeout = pool.config().request_timeout;
+    let result: Result<ResetOffsetResponse, TransportError> = pool
+        .call(
+            &state.broker_addr.to_string(),
+            RequestCode::ResetOffset,
+            &reset,
+            timeout,
+        )
+        .await;
+    pool.shutdown().await;
+    match result {
+        Ok(moved) => {
+            let queues: Vec<_> = moved
+                .queues
+                .iter()
+                .map(|queue| json!({"queue_id": queue.queue_id, "offset": queue.offset}))
+                .collect();
+            tracing::info!(
+                group = request.group,
+                topic = request.topic,
+                to = request.to,
+                "offsets reset over http"
+            );
+            Json(json!({"broker": state.broker_name, "group": request.group, "topic": request.topic, "queues": queues}))
+                .into_response()
+        }
+        Err(error) => {
+            let code = match &error {
+                TransportError::Remote { code, .. } => Some(*code),
+                _ => None,
+            };
+            let status = code
+                .and_then(|code| StatusCode::from_u16(code.http_status()).ok())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            offsets_error(
+                status,
+                code.map_or("unavailable", |code| code.as_str()),
+                format!(
+                    "resetting offsets of group {} on {}: {error}",
+                    request.group, request.topic
+                ),
+            )
+        }
+    }
+}
+
+/// The JSON error body of every broker HTTP endpoint: `{"error": {"code", "message"}}`.
+pub fn offsets_error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
