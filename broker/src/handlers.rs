@@ -481,6 +481,7 @@ fn pull(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
         Ok(request) => request,
         Err(error) => return Reply::Now(Err(error)),
     };
+    state.lag.record_pull(&request.group, &request.topic, request.queue_id, request.offset, peer, crate::lag::now_ms());
     if let Some(generation) = request.offset_generation {
         let current = state.store.offset_generation(&request.group, &request.topic);
         if generation != current {
@@ -940,6 +941,7 @@ fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Res
         idc: request.idc,
         allocation: request.allocation,
         deployment: request.deployment,
+        subscription: request.subscription,
     };
     let (allocation, deployment, idc) = (info.allocation.clone(), info.deployment.clone(), info.idc.clone());
     let joined = state

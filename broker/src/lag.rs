@@ -10,10 +10,15 @@
 //! - [`evaluate`] is the pure function of LinkedIn Burrow's rules over one window (start reading
 //!   there): REWIND, OK, STOP, STALL, WARN, in that order; a group takes its worst queue's status.
 //!
+//! - The tracker also keeps, per group and queue, who pulled it last and when its pull offset last
+//!   moved ([`LagTracker::record_pull`]), for the consumer-health view ([`crate::clients`]): a member
+//!   that heartbeats while its queue has a backlog and neither pulls on nor commits is blocked.
+//!
 //! Meridian's SDK commits only offsets that moved, so a consumer stuck on one message shows as STOP
 //! (no commit comes); RocketMQ clients commit every few seconds regardless and show STALL.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use meridian_proto::record::Record;
@@ -105,12 +110,27 @@ pub fn evaluate(window: &[CommitSample], current_lag: u64, now_ms: u64) -> Statu
 
 type QueueWindows = BTreeMap<u32, VecDeque<CommitSample>>;
 
-/// The last [`WINDOW`] commits of every group's queues, fed by the commit handler.
+/// The last pull of one group's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullSample {
+    /// The connection it came over.
+    pub peer: SocketAddr,
+    /// The offset it asked for.
+    pub offset: u64,
+    /// When the pulled offset last moved (or the queue changed hands), in ms since the Unix epoch:
+    /// a consumer that long-polls the same offset again and again is not making progress.
+    pub progressed_ms: u64,
+}
+
+/// The last [`WINDOW`] commits of every group's queues, fed by the commit handler, and the last
+/// pull of each, fed by the pull handler.
 #[derive(Debug, Default)]
 pub struct LagTracker {
     // group (offsets key) → topic → queue → window. Nested so a commit to a known queue looks it
     // up with borrowed names and allocates nothing.
     windows: Mutex<HashMap<String, HashMap<String, QueueWindows>>>,
+    // group → topic → queue → last pull; nested for the same reason (pulls are a hot path).
+    pulls: Mutex<HashMap<String, HashMap<String, BTreeMap<u32, PullSample>>>>,
 }
 
 impl LagTracker {
@@ -135,6 +155,53 @@ impl LagTracker {
             window.pop_front();
         }
         window.push_back(sample);
+    }
+
+    /// Records a pull of `offset` by `group` over the connection from `peer`; allocates only the
+    /// first time a queue is pulled.
+    pub fn record_pull(&self, group: &str, topic: &str, queue_id: u32, offset: u64, peer: SocketAddr, now_ms: u64) {
+        let mut pulls = self.pulls.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let topics = match pulls.get_mut(group) {
+            Some(topics) => topics,
+            None => pulls.entry(group.to_owned()).or_default(),
+        };
+        let queues = match topics.get_mut(topic) {
+            Some(queues) => queues,
+            None => topics.entry(topic.to_owned()).or_default(),
+        };
+        let sample = queues.entry(queue_id).or_insert(PullSample {
+            peer,
+            offset,
+            progressed_ms: now_ms,
+        });
+        if sample.offset != offset || sample.peer != peer {
+            *sample = PullSample {
+                peer,
+                offset,
+                progressed_ms: now_ms,
+            };
+        }
+    }
+
+    /// The last pull of every queue of `group` on `topic`, by queue id.
+    pub fn pulls(&self, group: &str, topic: &str) -> Vec<(u32, PullSample)> {
+        let pulls = self.pulls.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pulls
+            .get(group)
+            .and_then(|topics| topics.get(topic))
+            .map(|queues| queues.iter().map(|(queue_id, sample)| (*queue_id, *sample)).collect())
+            .unwrap_or_default()
+    }
+
+    /// When `group` last committed an offset of a queue, in ms since the Unix epoch.
+    pub fn last_commit_ms(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
+        let windows = self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        windows
+            .get(group)?
+            .get(topic)?
+            .get(&queue_id)?
+            .back()
+            .map(|sample| sample.at_ms)
     }
 
     /// A copy of one queue's window, oldest first.
@@ -476,5 +543,25 @@ mod tests {
             "an offset past the end is no lag"
         );
         assert!(tracker.window("audit", "orders", 1).is_empty());
+    }
+
+    #[test]
+    fn a_pull_progresses_only_when_its_offset_moves_or_the_queue_changes_hands() {
+        let tracker = LagTracker::default();
+        let one = SocketAddr::from(([127, 0, 0, 1], 1));
+        let two = SocketAddr::from(([127, 0, 0, 1], 2));
+        tracker.record_pull("billing", "orders", 0, 5, one, 1_000);
+        // Long-polling the same offset again is no progress.
+        tracker.record_pull("billing", "orders", 0, 5, one, 9_000);
+        assert_eq!(tracker.pulls("billing", "orders")[0].1.progressed_ms, 1_000);
+        tracker.record_pull("billing", "orders", 0, 7, one, 10_000);
+        assert_eq!(tracker.pulls("billing", "orders")[0].1.progressed_ms, 10_000);
+        tracker.record_pull("billing", "orders", 0, 7, two, 11_000);
+        let (queue_id, pull) = tracker.pulls("billing", "orders")[0];
+        assert_eq!((queue_id, pull.peer, pull.offset, pull.progressed_ms), (0, two, 7, 11_000));
+        assert!(tracker.pulls("audit", "orders").is_empty());
+        assert_eq!(tracker.last_commit_ms("billing", "orders", 0), None);
+        tracker.record_commit("billing", "orders", 0, 7, 9, 12_000);
+        assert_eq!(tracker.last_commit_ms("billing", "orders", 0), Some(12_000));
     }
 }
