@@ -115,7 +115,7 @@ pub fn blocked_queue(state: &BrokerState, member: &LiveMember, now_ms: u64) -> O
                 .query_offset(&member.group, topic, queue_id)
                 .ok()
                 .flatten()
-                .unwrap_or(pull.offset);
+                .unwrap_or(pull.from_offset);
             let lag_messages = queue.max_offset().saturating_sub(committed);
             if lag_messages == 0 {
                 continue;

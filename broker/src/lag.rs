@@ -117,6 +117,9 @@ pub struct PullSample {
     pub peer: SocketAddr,
     /// The offset it asked for.
     pub offset: u64,
+    /// The offset this connection first asked for: where its consuming started, which counts as
+    /// consumed until the group commits.
+    pub from_offset: u64,
     /// When the pulled offset last moved (or the queue changed hands), in ms since the Unix epoch:
     /// a consumer that long-polls the same offset again and again is not making progress.
     pub progressed_ms: u64,
@@ -172,15 +175,17 @@ impl LagTracker {
         let sample = queues.entry(queue_id).or_insert(PullSample {
             peer,
             offset,
+            from_offset: offset,
             progressed_ms: now_ms,
         });
-        if sample.offset != offset || sample.peer != peer {
-            *sample = PullSample {
-                peer,
-                offset,
-                progressed_ms: now_ms,
-            };
+        if sample.peer != peer {
+            sample.peer = peer;
+            sample.from_offset = offset;
+        } else if sample.offset == offset {
+            return;
         }
+        sample.offset = offset;
+        sample.progressed_ms = now_ms;
     }
 
     /// The last pull of every queue of `group` on `topic`, by queue id.
@@ -558,7 +563,13 @@ mod tests {
         assert_eq!(tracker.pulls("billing", "orders")[0].1.progressed_ms, 10_000);
         tracker.record_pull("billing", "orders", 0, 7, two, 11_000);
         let (queue_id, pull) = tracker.pulls("billing", "orders")[0];
-        assert_eq!((queue_id, pull.peer, pull.offset, pull.progressed_ms), (0, two, 7, 11_000));
+        assert_eq!(
+            (queue_id, pull.peer, pull.offset, pull.progressed_ms),
+            (0, two, 7, 11_000)
+        );
+        assert_eq!(pull.from_offset, 7, "where the new connection started");
+        tracker.record_pull("billing", "orders", 0, 9, two, 12_000);
+        assert_eq!(tracker.pulls("billing", "orders")[0].1.from_offset, 7);
         assert!(tracker.pulls("audit", "orders").is_empty());
         assert_eq!(tracker.last_commit_ms("billing", "orders", 0), None);
         tracker.record_commit("billing", "orders", 0, 7, 9, 12_000);

@@ -571,7 +571,11 @@ fn consumer_conditions(condition: &Condition, clients: &ClientsInput) -> Vec<(St
         }
         Condition::ConsumerUnresponsive { threshold_ms } => {
             for client in consumers() {
-                let Some(blocked) = client.blocked.as_ref().filter(|blocked| blocked.idle_ms >= *threshold_ms) else {
+                let Some(blocked) = client
+                    .blocked
+                    .as_ref()
+                    .filter(|blocked| blocked.idle_ms >= *threshold_ms)
+                else {
                     continue;
                 };
                 found.entry(format!("group={} client={}", client.group, client.client_id)).or_insert_with(|| {
@@ -601,7 +605,11 @@ fn consumer_conditions(condition: &Condition, clients: &ClientsInput) -> Vec<(St
                 }
                 let mut topics = client.topics.clone();
                 topics.sort();
-                let tags = if client.subscription.is_empty() { "*" } else { client.subscription.as_str() };
+                let tags = if client.subscription.is_empty() {
+                    "*"
+                } else {
+                    client.subscription.as_str()
+                };
                 groups
                     .entry(&client.group)
                     .or_default()
@@ -844,7 +852,9 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
             _ = stop.cancelled() => None,
             report = http_request(addr, "GET", "/api/broker/clients", None) => report,
         };
-        match report.and_then(|(status, body)| (status == 200).then(|| serde_json::from_str::<ClientsInput>(&body).ok())?) {
+        match report
+            .and_then(|(status, body)| (status == 200).then(|| serde_json::from_str::<ClientsInput>(&body).ok())?)
+        {
             Some(report) => {
                 if let Some(clients) = clients.as_mut() {
                     clients.clients.extend(report.clients);
@@ -1158,7 +1168,11 @@ mod tests {
                     },
                 ],
                 // "c1" is gone from one broker but live on another: not offline.
-                departed: vec![departed("billing", "killed"), departed("billing", "killed"), departed("billing", "c1")],
+                departed: vec![
+                    departed("billing", "killed"),
+                    departed("billing", "killed"),
+                    departed("billing", "c1"),
+                ],
             }),
             group_owners: BTreeMap::from([("billing".into(), "alice".into()), ("audit".into(), "bob".into())]),
             ..Inputs::default()
@@ -1180,10 +1194,22 @@ mod tests {
         for expected in ["killed", "10.0.0.9", "dc2", "billing", "connection closed"] {
             assert!(holding[0].message.contains(expected), "{}", holding[0].message);
         }
-        for expected in ["c2", "10.0.0.2", "dc1", "queue 3 of topic orders", "61000 ms", "40 messages"] {
+        for expected in [
+            "c2",
+            "10.0.0.2",
+            "dc1",
+            "queue 3 of topic orders",
+            "61000 ms",
+            "40 messages",
+        ] {
             assert!(holding[1].message.contains(expected), "{}", holding[1].message);
         }
-        for expected in ["a1 (host 10.0.0.4, data center dc1)", "\"TagA\"", "a2 (host 10.0.0.5", "\"TagB\""] {
+        for expected in [
+            "a1 (host 10.0.0.4, data center dc1)",
+            "\"TagA\"",
+            "a2 (host 10.0.0.5",
+            "\"TagB\"",
+        ] {
             assert!(holding[2].message.contains(expected), "{}", holding[2].message);
         }
         // Without the brokers' client reports nothing is judged (nothing resolves).

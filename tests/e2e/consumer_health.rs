@@ -1,0 +1,263 @@
+//! Consumer health alerts on a `meridian dev` node, each condition created for real: a consumer
+//! process killed with `kill -9` (offline), a consumer whose handler hangs so it stops pulling on
+//! with messages waiting (unresponsive), and two members of one group with different tag filters
+//! (subscriptions differ). Each alert reaches the webhook receiver of `alerts.rs` once when it
+//! fires, with the group's owner, the client id, host and data center, and once when it resolves.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_client::{
+    ClientConfig, ConnectionPool, ConsumeResult, ConsumerConfig, Message, Producer, ProducerConfig, PushConsumer,
+};
+use meridian_tests::{DevNode, eventually};
+
+use crate::alerts::webhook_receiver;
+
+type Received = Arc<Mutex<Vec<serde_json::Value>>>;
+
+/// A dev node evaluating the consumer rules every 200 ms, with `topic` and `group` (owned by
+/// `owner`) created.
+async fn node_with_rules(dir: &std::path::Path, url: &str, topic: &str, group: &str, owner: &str) -> DevNode {
+    let rules = dir.join("alerts.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            r#"evaluation_interval_ms = 200
+webhooks = ["{url}"]
+
+[[rules]]
+name = "offline"
+condition = "consumer_offline"
+severity = "warning"
+
+[[rules]]
+name = "stuck"
+condition = "consumer_unresponsive"
+threshold_ms = 2000
+severity = "critical"
+
+[[rules]]
+name = "mixed"
+condition = "subscriptions_differ"
+severity = "warning"
+"#
+        ),
+    )
+    .unwrap();
+    let node = DevNode::start(&dir.join("node"), &["--alerts", rules.to_str().unwrap()]);
+    node.create_topic(topic, 1).await;
+    let (ok, _, stderr) = node.cli(&["group", "create", group, "--topics", topic, "--owner", owner], "");
+    assert!(ok, "{stderr}");
+    node
+}
+
+/// The webhook events of one alert key in one state.
+fn changes(received: &Received, key: &str, status: &str) -> Vec<serde_json::Value> {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|event| event["key"] == key && event["status"] == status)
+        .cloned()
+        .collect()
+}
+
+async fn wait_for_change(received: &Received, node: &DevNode, key: &str, status: &str) -> serde_json::Value {
+    assert!(
+        eventually(Duration::from_secs(30), || !changes(received, key, status).is_empty()).await,
+        "no {status} webhook for {key}; received {:?}; node log:\n{}",
+        received.lock().unwrap(),
+        node.log()
+    );
+    changes(received, key, status).remove(0)
+}
+
+/// Several evaluation rounds later, still exactly one webhook per state change.
+async fn assert_once_per_change(received: &Received, key: &str) {
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(changes(received, key, "firing").len(), 1, "{key}");
+    assert_eq!(changes(received, key, "resolved").len(), 1, "{key}");
+}
+
+fn consumer_process(node: &DevNode, topic: &str, group: &str, client_id: &str) -> Child {
+    Command::new(meridian_tests::meridian_bin())
+        .args([
+            "consume",
+            "--topic",
+            topic,
+            "--group",
+            group,
+            "--client-id",
+            client_id,
+            "--idc",
+            "dc-east",
+            "--timeout",
+            "120",
+        ])
+        .env("MERIDIAN_NAMESERVER", node.nameserver.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting meridian consume")
+}
+
+async fn wait_listed(node: &DevNode, client_id: &str) {
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            meridian_tests::http_get_json(node.http, "/api/broker/clients").is_some_and(|report| {
+                report["clients"]
+                    .as_array()
+                    .is_some_and(|clients| clients.iter().any(|client| client["client_id"] == client_id))
+            })
+        })
+        .await,
+        "{client_id} never joined; node log:\n{}",
+        node.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_consumer_fires_offline_with_its_host_and_data_center_and_resolves_when_it_returns() {
+    let (url, received) = webhook_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_rules(dir.path(), &url, "parcels", "couriers", "logistics-team").await;
+
+    let mut consumer = consumer_process(&node, "parcels", "couriers", "courier-7");
+    wait_listed(&node, "courier-7").await;
+    consumer.kill().expect("kill -9");
+    consumer.wait().expect("reaping");
+
+    let key = "offline/group=couriers client=courier-7";
+    let fired = wait_for_change(&received, &node, key, "firing").await;
+    assert_eq!(fired["owner"], "logistics-team", "{fired}");
+    let message = fired["message"].as_str().unwrap();
+    for expected in [
+        "courier-7",
+        "couriers",
+        "host 127.0.0.1",
+        "data center dc-east",
+        "connection closed",
+    ] {
+        assert!(message.contains(expected), "{expected:?} missing: {message}");
+    }
+    let report = meridian_tests::http_get_json(node.http, "/api/broker/clients").unwrap();
+    assert_eq!(report["departed"][0]["client_id"], "courier-7", "{report}");
+
+    // The same client id comes back: resolved.
+    let mut back = consumer_process(&node, "parcels", "couriers", "courier-7");
+    let resolved = wait_for_change(&received, &node, key, "resolved").await;
+    assert_eq!(resolved["owner"], "logistics-team", "{resolved}");
+    assert_once_per_change(&received, key).await;
+
+    back.kill().expect("kill -9");
+    back.wait().expect("reaping");
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_pulling_with_a_backlog_fires_unresponsive_and_resolves_once_it_consumes() {
+    let (url, received) = webhook_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_rules(dir.path(), &url, "invoices", "bookkeepers", "finance-team").await;
+    let pool = ConnectionPool::new(ClientConfig::default());
+    // The handler hangs (a deadlock in the application) until the test releases it.
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let config = ConsumerConfig {
+        client_id: "bookkeeper-1".into(),
+        long_poll: Duration::from_millis(500),
+        ..ConsumerConfig::new("bookkeepers", "invoices")
+    };
+    let consumer = PushConsumer::start(node.route(&pool), config, move |_message| {
+        let mut release_rx = release_rx.clone();
+        async move {
+            let _ = release_rx.wait_for(|released| *released).await;
+            ConsumeResult::Success
+        }
+    })
+    .await
+    .unwrap();
+    wait_listed(&node, "bookkeeper-1").await;
+    let producer = Producer::new(node.route(&pool), ProducerConfig::default());
+    for index in 0..10 {
+        producer
+            .send(Message::new("invoices", format!("invoice-{index}")))
+            .await
+            .unwrap();
+    }
+
+    let key = "stuck/group=bookkeepers client=bookkeeper-1";
+    let fired = wait_for_change(&received, &node, key, "firing").await;
+    assert_eq!(fired["owner"], "finance-team", "{fired}");
+    assert_eq!(fired["severity"], "critical", "{fired}");
+    let message = fired["message"].as_str().unwrap();
+    for expected in [
+        "bookkeeper-1",
+        "bookkeepers",
+        "host 127.0.0.1",
+        "data center",
+        "topic invoices",
+        "10 messages wait",
+    ] {
+        assert!(message.contains(expected), "{expected:?} missing: {message}");
+    }
+    // Still heartbeating: not offline.
+    assert!(changes(&received, "offline/group=bookkeepers client=bookkeeper-1", "firing").is_empty());
+
+    release_tx.send(true).unwrap();
+    wait_for_change(&received, &node, key, "resolved").await;
+    assert_once_per_change(&received, key).await;
+
+    consumer.shutdown().await;
+    producer.shutdown().await;
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_with_different_tag_filters_fire_subscriptions_differ_and_resolve_when_one_leaves() {
+    let (url, received) = webhook_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_rules(dir.path(), &url, "shipments", "dispatchers", "ops-team").await;
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let start = |client_id: &str, tags: &str| {
+        let config = ConsumerConfig {
+            client_id: client_id.into(),
+            subscription: tags.into(),
+            ..ConsumerConfig::new("dispatchers", "shipments")
+        };
+        PushConsumer::start(node.route(&pool), config, |_message| async { ConsumeResult::Success })
+    };
+    let express = start("dispatcher-express", "express").await.unwrap();
+    let freight = start("dispatcher-freight", "freight || bulk").await.unwrap();
+
+    let key = "mixed/group=dispatchers";
+    let fired = wait_for_change(&received, &node, key, "firing").await;
+    assert_eq!(fired["owner"], "ops-team", "{fired}");
+    let message = fired["message"].as_str().unwrap();
+    for expected in [
+        "dispatcher-express (host 127.0.0.1",
+        "\"express\"",
+        "dispatcher-freight (host 127.0.0.1",
+        "\"freight || bulk\"",
+    ] {
+        assert!(message.contains(expected), "{expected:?} missing: {message}");
+    }
+
+    // One leaves cleanly: the group agrees again, and a clean leave is not offline.
+    freight.shutdown().await;
+    wait_for_change(&received, &node, key, "resolved").await;
+    assert_once_per_change(&received, key).await;
+    assert!(
+        changes(
+            &received,
+            "offline/group=dispatchers client=dispatcher-freight",
+            "firing"
+        )
+        .is_empty()
+    );
+
+    express.shutdown().await;
+    node.stop();
+}
