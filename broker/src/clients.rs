@@ -94,6 +94,8 @@ pub struct ClientsReport {
     pub clients: Vec<ClientEntry>,
     /// Consumers that went away without leaving, by group and client id.
     pub departed: Vec<DepartedEntry>,
+    /// Producers reporting their send latency and message sizes, by client id.
+    pub producers: Vec<crate::producers::ProducerStatsEntry>,
     /// More than [`MAX_LISTED_CLIENTS`] clients or departed consumers exist; the first are listed.
     pub truncated: bool,
 }
@@ -210,7 +212,9 @@ impl ClientsView {
         }
         let departed = self.state.groups.departed(now);
         truncated |= departed.len() > MAX_LISTED_CLIENTS;
+        let producers = self.state.producers.report(now);
         ClientsReport {
+            producers,
             refuse: governance.is_some_and(|governance| governance.sdk_policy().refuse),
             clients,
             departed: departed

@@ -72,6 +72,8 @@ pub struct BrokerState {
     pub oneway_failure_log: meridian_proto::throttle::Throttle,
     /// The last commits of each group's queues, for the lag status ([`crate::lag`]).
     pub lag: crate::lag::LagTracker,
+    /// Producers' latency and message-size reports ([`crate::producers`]).
+    pub producers: crate::producers::ProducerReports,
 }
 
 impl BrokerState {
@@ -186,6 +188,7 @@ impl BrokerState {
             locks: QueueLocks::new(Duration::from_secs(30)),
             oneway_failure_log: meridian_proto::throttle::Throttle::new(Duration::from_secs(10)),
             lag: crate::lag::LagTracker::default(),
+            producers: crate::producers::ProducerReports::default(),
         })
     }
 }
@@ -225,6 +228,7 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         RequestCode::ConsumerHeartbeat => now(consumer_heartbeat(state, body, peer)),
         RequestCode::ConsumerList => now(consumer_list(state, body)),
         RequestCode::ConsumerLeave => now(consumer_leave(state, body)),
+        RequestCode::ProducerHeartbeat => now(crate::producers::producer_heartbeat(state, body, peer)),
         RequestCode::ReplicaFetch => replica_fetch(state, body),
         RequestCode::BrokerHeartbeat
         | RequestCode::RegisterBroker

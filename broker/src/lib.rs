@@ -26,6 +26,7 @@ pub mod handlers;
 pub mod lag;
 pub mod locks;
 pub mod metrics;
+pub mod producers;
 pub mod registry;
 pub mod remoting;
 pub mod replication;

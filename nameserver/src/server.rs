@@ -346,6 +346,7 @@ fn answer(
         | RequestCode::ConsumerLeave
         | RequestCode::LockQueues
         | RequestCode::UnlockQueues
+        | RequestCode::ProducerHeartbeat
         | RequestCode::ReplicaFetch => Answer::Now(Err(ApiError::new(
             ErrorCode::UnsupportedRequest,
             format!(

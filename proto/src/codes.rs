@@ -53,6 +53,9 @@ pub enum RequestCode {
     LockQueues = 33,
     /// An orderly consumer releases queue locks ([`crate::messages::LockQueuesRequest`]).
     UnlockQueues = 34,
+    /// A producer reports it is alive, with its send latency and message sizes
+    /// ([`crate::messages::ProducerHeartbeat`]).
+    ProducerHeartbeat = 35,
     /// A broker reports it is alive, with a digest of its registration
     /// ([`crate::messages::BrokerHeartbeat`] → [`crate::messages::BrokerHeartbeatResponse`]).
     BrokerHeartbeat = 40,
@@ -82,7 +85,7 @@ pub enum RequestCode {
 
 impl RequestCode {
     /// Every request code, for exhaustive tests and docs.
-    pub const ALL: [RequestCode; 29] = [
+    pub const ALL: [RequestCode; 30] = [
         RequestCode::Send,
         RequestCode::Pull,
         RequestCode::CommitOffset,
@@ -102,6 +105,7 @@ impl RequestCode {
         RequestCode::ConsumerLeave,
         RequestCode::LockQueues,
         RequestCode::UnlockQueues,
+        RequestCode::ProducerHeartbeat,
         RequestCode::BrokerHeartbeat,
         RequestCode::RegisterBroker,
         RequestCode::BrokerMetadata,
@@ -136,6 +140,7 @@ impl RequestCode {
             RequestCode::CheckTransactions => "check_transactions",
             RequestCode::LockQueues => "lock_queues",
             RequestCode::UnlockQueues => "unlock_queues",
+            RequestCode::ProducerHeartbeat => "producer_heartbeat",
             RequestCode::CreateTopic => "create_topic",
             RequestCode::TopicRoute => "topic_route",
             RequestCode::ConsumerHeartbeat => "consumer_heartbeat",

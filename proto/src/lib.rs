@@ -31,6 +31,7 @@
 //!   loop of the broker and the nameserver.
 #![warn(missing_docs)]
 
+pub mod client_stats;
 pub mod codes;
 pub mod compress;
 pub mod delay;
