@@ -132,7 +132,7 @@ impl ProducerReports {
                 let stats = &reported.stats;
                 let hint = (stats.large_messages > 0).then(|| {
                     format!(
-                        "{} messages over {} bytes (largest {} bytes): compress bodies (ProducerConfig::compress_over), or store the payload elsewhere and send a reference",
+                        "{} messages over {} bytes (largest {} bytes): compress the bodies in the application (gzip, zstd), or store the payload elsewhere and send a reference",
                         stats.large_messages, stats.large_threshold_bytes, stats.largest_message_bytes
                     )
                 });

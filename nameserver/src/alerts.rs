@@ -66,6 +66,12 @@ pub enum Condition {
     /// Live members of one consumer group subscribe to different topics or tags, so some
     /// messages go to a member that filters them out.
     SubscriptionsDiffer,
+    /// A producer sent messages over its large-message threshold (10 KB by default, set in the
+    /// SDK) within the last `window_ms`; resolves once it has sent none for that long.
+    LargeMessages {
+        /// In ms.
+        window_ms: u64,
+    },
 }
 
 /// Lag statuses a [`Condition::GroupLagStatus`] rule may name (`docs/governance.md`).
@@ -100,6 +106,7 @@ struct RawRule {
     statuses: Option<Vec<String>>,
     threshold_ms: Option<u64>,
     threshold: Option<u64>,
+    window_ms: Option<u64>,
 }
 
 impl TryFrom<RawRule> for Rule {
@@ -127,9 +134,12 @@ impl TryFrom<RawRule> for Rule {
                 threshold_ms: raw.threshold_ms.ok_or_else(|| needs("threshold_ms"))?,
             },
             "subscriptions_differ" => Condition::SubscriptionsDiffer,
+            "large_messages" => Condition::LargeMessages {
+                window_ms: raw.window_ms.ok_or_else(|| needs("window_ms"))?,
+            },
             other => {
                 return Err(format!(
-                    "rule {name:?}: condition {other:?} is unknown; use broker_down, group_lag_status, group_time_lag, group_lag_messages, consumer_offline, consumer_unresponsive or subscriptions_differ"
+                    "rule {name:?}: condition {other:?} is unknown; use broker_down, group_lag_status, group_time_lag, group_lag_messages, consumer_offline, consumer_unresponsive, subscriptions_differ or large_messages"
                 ));
             }
         };
@@ -217,6 +227,12 @@ pub fn default_rules() -> Vec<Rule> {
             for_ms: 60_000,
             severity: "warning".into(),
         },
+        Rule {
+            name: "large_messages".into(),
+            condition: Condition::LargeMessages { window_ms: 600_000 },
+            for_ms: 0,
+            severity: "info".into(),
+        },
     ]
 }
 
@@ -296,6 +312,11 @@ pub fn validate_rule(rule: &Rule) -> Result<(), String> {
         Condition::ConsumerUnresponsive { threshold_ms } => {
             if *threshold_ms == 0 {
                 return Err("threshold_ms must be at least 1".into());
+            }
+        }
+        Condition::LargeMessages { window_ms } => {
+            if *window_ms == 0 {
+                return Err("window_ms must be at least 1".into());
             }
         }
         Condition::GroupLagStatus { statuses } => {
@@ -410,9 +431,35 @@ pub struct DepartedInput {
     pub last_heartbeat_ms: u64,
 }
 
+/// A producer's own report, as a broker's client report lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ProducerInput {
+    /// Client id.
+    pub client_id: String,
+    /// IP address it connects from.
+    pub host: String,
+    /// Data center; empty when unknown.
+    #[serde(default)]
+    pub idc: String,
+    /// Topics it sent to.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Its large-message threshold, in bytes.
+    pub large_threshold_bytes: u64,
+    /// Large messages since it started.
+    pub large_messages: u64,
+    /// Its largest message, in bytes.
+    pub largest_message_bytes: u64,
+    /// Time since its count of large messages last grew, in ms.
+    pub last_large_ago_ms: Option<u64>,
+}
+
 /// Every broker's client report, together.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct ClientsInput {
+    /// Producers reporting latency and sizes.
+    #[serde(default)]
+    pub producers: Vec<ProducerInput>,
     /// Live clients (consumers and flagged producers).
     pub clients: Vec<ConsumerInput>,
     /// Consumers gone without leaving.
@@ -447,6 +494,8 @@ pub struct Inputs {
     pub clients: Option<ClientsInput>,
     /// Owner of each consumer group (from its approval record).
     pub group_owners: BTreeMap<String, String>,
+    /// Owner of each topic (from its approval record).
+    pub topic_owners: BTreeMap<String, String>,
 }
 
 /// A rule's condition holding for one subject now.
@@ -491,6 +540,36 @@ pub fn conditions(rules: &[Rule], inputs: &Inputs) -> (Vec<Holding>, BTreeSet<St
                             broker.group,
                             broker.addr,
                             if broker.idc.is_empty() { "unknown" } else { &broker.idc }
+                        ),
+                    ));
+                }
+            }
+            Condition::LargeMessages { window_ms } => {
+                let Some(clients) = &inputs.clients else { continue };
+                judged.insert(rule.name.clone());
+                let mut seen = BTreeSet::new();
+                for producer in &clients.producers {
+                    let recent = producer.last_large_ago_ms.is_some_and(|ago| ago <= *window_ms);
+                    if !recent || !seen.insert(producer.client_id.as_str()) {
+                        continue;
+                    }
+                    let owner = producer
+                        .topics
+                        .iter()
+                        .find_map(|topic| inputs.topic_owners.get(topic).filter(|owner| !owner.is_empty()))
+                        .cloned()
+                        .unwrap_or_default();
+                    holding.push(hold(
+                        format!("producer={}", producer.client_id),
+                        owner,
+                        format!(
+                            "producer {} ({}) sent {} messages over {} bytes (largest {} bytes) to topics [{}]; compress the bodies in the application (gzip, zstd) or store the payload elsewhere and send a reference",
+                            producer.client_id,
+                            place(&producer.host, &producer.idc),
+                            producer.large_messages,
+                            producer.large_threshold_bytes,
+                            producer.largest_message_bytes,
+                            producer.topics.join(", ")
                         ),
                     ));
                 }
@@ -789,13 +868,18 @@ fn announce(alert: &Alert) {
 }
 
 /// Reads the inputs: liveness once `settled` (leading for a broker timeout), lag from every
-/// broker in `broker_http` (all or nothing), group owners from the state.
+/// broker in `broker_http` (all or nothing), group and topic owners from the state.
 async fn gather(service: &NameserverService, config: &AlertsConfig, settled: bool, stop: &CancellationToken) -> Inputs {
-    let (down_brokers, group_owners) = service.raft().read_state(|state: &MetadataState| {
+    let (down_brokers, group_owners, topic_owners) = service.raft().read_state(|state: &MetadataState| {
         let owners = state
             .consumer_groups()
             .iter()
             .map(|(name, group)| (name.clone(), group.owner.clone()))
+            .collect();
+        let topic_owners = state
+            .topics()
+            .iter()
+            .map(|(name, topic)| (name.clone(), topic.owner.clone()))
             .collect();
         let down = settled.then(|| {
             service.liveness().with(|view| {
@@ -813,7 +897,7 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
                     .collect()
             })
         });
-        (down, owners)
+        (down, owners, topic_owners)
     });
     let mut lag = Some(Vec::new());
     for address in &config.broker_http {
@@ -859,6 +943,7 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
                 if let Some(clients) = clients.as_mut() {
                     clients.clients.extend(report.clients);
                     clients.departed.extend(report.departed);
+                    clients.producers.extend(report.producers);
                 }
             }
             None => {
@@ -873,6 +958,7 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
         lag,
         clients,
         group_owners,
+        topic_owners,
     }
 }
 
@@ -1244,5 +1330,46 @@ mod tests {
         .unwrap();
         assert_eq!(report.clients[0].blocked.as_ref().unwrap().idle_ms, 9);
         assert_eq!(report.departed[0].reason, "heartbeat expired");
+    }
+
+    #[test]
+    fn a_producer_of_large_messages_fires_with_its_topic_owner_until_the_window_passes() {
+        let rules = vec![Rule {
+            name: "large".into(),
+            condition: Condition::LargeMessages { window_ms: 60_000 },
+            for_ms: 0,
+            severity: "info".into(),
+        }];
+        let producer = |client_id: &str, last_large_ago_ms: Option<u64>| ProducerInput {
+            client_id: client_id.into(),
+            host: "10.0.0.8".into(),
+            idc: "dc3".into(),
+            topics: vec!["logs".into(), "videos".into()],
+            large_threshold_bytes: 10_240,
+            large_messages: 7,
+            largest_message_bytes: 20_480,
+            last_large_ago_ms,
+        };
+        let inputs = Inputs {
+            clients: Some(ClientsInput {
+                producers: vec![
+                    producer("recent", Some(1_000)),
+                    producer("recent", Some(1_000)),
+                    producer("long-ago", Some(61_000)),
+                    producer("never", None),
+                ],
+                ..ClientsInput::default()
+            }),
+            topic_owners: BTreeMap::from([("logs".into(), String::new()), ("videos".into(), "media".into())]),
+            ..Inputs::default()
+        };
+        let (holding, judged) = conditions(&rules, &inputs);
+        assert!(judged.contains("large"));
+        assert_eq!(holding.len(), 1, "{holding:?}");
+        assert_eq!(holding[0].subject, "producer=recent");
+        assert_eq!(holding[0].owner, "media", "the first topic with an owner");
+        for expected in ["host 10.0.0.8", "data center dc3", "7 messages over 10240 bytes", "compress"] {
+            assert!(holding[0].message.contains(expected), "{}", holding[0].message);
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! with messages waiting (unresponsive), and two members of one group with different tag filters
 //! (subscriptions differ). Each alert reaches the webhook receiver of `alerts.rs` once when it
 //! fires, with the group's owner, the client id, host and data center, and once when it resolves.
+//! A producer of 20 KB messages is listed by the broker with its send p50/p99 and a hint to
+//! compress, and fires `large_messages` with the topic's owner until it sends small ones again.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -42,6 +44,12 @@ severity = "critical"
 name = "mixed"
 condition = "subscriptions_differ"
 severity = "warning"
+
+[[rules]]
+name = "large"
+condition = "large_messages"
+window_ms = 2000
+severity = "info"
 "#
         ),
     )
@@ -259,5 +267,50 @@ async fn members_with_different_tag_filters_fire_subscriptions_differ_and_resolv
     );
 
     express.shutdown().await;
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_of_20_kb_messages_is_flagged_with_a_hint_and_fires_large_messages_with_the_topic_owner() {
+    let (url, received) = webhook_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_rules(dir.path(), &url, "thumbnails", "renderers", "render-team").await;
+    let (ok, _, stderr) = node.cli(&["topic", "create", "videos", "--queues", "1", "--owner", "media-team"], "");
+    assert!(ok, "{stderr}");
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let config = ProducerConfig {
+        client_id: "uploader-1".into(),
+        report_interval: Duration::from_millis(200),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(node.route(&pool), config);
+    let frame = vec![b'v'; 20 * 1024];
+    for _ in 0..5 {
+        producer.send(Message::new("videos", frame.clone())).await.unwrap();
+    }
+
+    let key = "large/producer=uploader-1";
+    let fired = wait_for_change(&received, &node, key, "firing").await;
+    assert_eq!(fired["owner"], "media-team", "{fired}");
+    let message = fired["message"].as_str().unwrap();
+    for expected in ["uploader-1", "host 127.0.0.1", "5 messages over 10240 bytes", "largest 20480 bytes", "[videos]", "compress"] {
+        assert!(message.contains(expected), "{expected:?} missing: {message}");
+    }
+    let report = meridian_tests::http_get_json(node.http, "/api/broker/clients").unwrap();
+    let listed = &report["producers"][0];
+    assert_eq!(listed["client_id"], "uploader-1", "{report}");
+    assert_eq!(listed["large_messages"], 5, "{report}");
+    assert!(listed["send_p50_us"].as_u64().unwrap() > 0, "{report}");
+    assert!(listed["send_p99_us"].as_u64().unwrap() >= listed["send_p50_us"].as_u64().unwrap(), "{report}");
+    assert!(listed["hint"].as_str().unwrap().contains("compress"), "{report}");
+
+    // Small messages from now on: once the window passes without a large one, it resolves.
+    for index in 0..3 {
+        producer.send(Message::new("videos", format!("ref-{index}"))).await.unwrap();
+    }
+    wait_for_change(&received, &node, key, "resolved").await;
+    assert_once_per_change(&received, key).await;
+
+    producer.shutdown().await;
     node.stop();
 }
