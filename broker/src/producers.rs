@@ -235,7 +235,14 @@ mod tests {
         let listed = reports.report(start + Duration::from_secs(6));
         assert_eq!(listed[0].last_large_ago_ms, Some(6_000));
         reports.heartbeat(report("large", 4), peer, start + Duration::from_secs(7));
-        assert_eq!(reports.report(start + Duration::from_secs(7))[0].last_large_ago_ms, Some(0));
-        assert!(reports.report(start + PRODUCER_EXPIRY + Duration::from_secs(8)).is_empty());
+        assert_eq!(
+            reports.report(start + Duration::from_secs(7))[0].last_large_ago_ms,
+            Some(0)
+        );
+        assert!(
+            reports
+                .report(start + PRODUCER_EXPIRY + Duration::from_secs(8))
+                .is_empty()
+        );
     }
 }

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use meridian_proto::client_stats::{ClientStats, LatencyHistogram, SizeHistogram};
+use meridian_proto::messages::ProducerHeartbeat;
 use meridian_proto::messages::{SendRequest, SendResponse, TopicRoute, perm};
 use meridian_proto::validate::validate_group;
 use meridian_proto::{ErrorCode, RequestCode};
-use meridian_proto::client_stats::{ClientStats, LatencyHistogram, SizeHistogram};
-use meridian_proto::messages::ProducerHeartbeat;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};

@@ -1259,6 +1259,7 @@ mod tests {
                     departed("billing", "killed"),
                     departed("billing", "c1"),
                 ],
+                producers: Vec::new(),
             }),
             group_owners: BTreeMap::from([("billing".into(), "alice".into()), ("audit".into(), "bob".into())]),
             ..Inputs::default()
@@ -1368,7 +1369,12 @@ mod tests {
         assert_eq!(holding.len(), 1, "{holding:?}");
         assert_eq!(holding[0].subject, "producer=recent");
         assert_eq!(holding[0].owner, "media", "the first topic with an owner");
-        for expected in ["host 10.0.0.8", "data center dc3", "7 messages over 10240 bytes", "compress"] {
+        for expected in [
+            "host 10.0.0.8",
+            "data center dc3",
+            "7 messages over 10240 bytes",
+            "compress",
+        ] {
             assert!(holding[0].message.contains(expected), "{}", holding[0].message);
         }
     }

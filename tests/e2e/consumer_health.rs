@@ -275,7 +275,10 @@ async fn a_producer_of_20_kb_messages_is_flagged_with_a_hint_and_fires_large_mes
     let (url, received) = webhook_receiver();
     let dir = tempfile::tempdir().unwrap();
     let node = node_with_rules(dir.path(), &url, "thumbnails", "renderers", "render-team").await;
-    let (ok, _, stderr) = node.cli(&["topic", "create", "videos", "--queues", "1", "--owner", "media-team"], "");
+    let (ok, _, stderr) = node.cli(
+        &["topic", "create", "videos", "--queues", "1", "--owner", "media-team"],
+        "",
+    );
     assert!(ok, "{stderr}");
     let pool = ConnectionPool::new(ClientConfig::default());
     let config = ProducerConfig {
@@ -293,7 +296,14 @@ async fn a_producer_of_20_kb_messages_is_flagged_with_a_hint_and_fires_large_mes
     let fired = wait_for_change(&received, &node, key, "firing").await;
     assert_eq!(fired["owner"], "media-team", "{fired}");
     let message = fired["message"].as_str().unwrap();
-    for expected in ["uploader-1", "host 127.0.0.1", "5 messages over 10240 bytes", "largest 20480 bytes", "[videos]", "compress"] {
+    for expected in [
+        "uploader-1",
+        "host 127.0.0.1",
+        "5 messages over 10240 bytes",
+        "largest 20480 bytes",
+        "[videos]",
+        "compress",
+    ] {
         assert!(message.contains(expected), "{expected:?} missing: {message}");
     }
     let report = meridian_tests::http_get_json(node.http, "/api/broker/clients").unwrap();
@@ -301,12 +311,18 @@ async fn a_producer_of_20_kb_messages_is_flagged_with_a_hint_and_fires_large_mes
     assert_eq!(listed["client_id"], "uploader-1", "{report}");
     assert_eq!(listed["large_messages"], 5, "{report}");
     assert!(listed["send_p50_us"].as_u64().unwrap() > 0, "{report}");
-    assert!(listed["send_p99_us"].as_u64().unwrap() >= listed["send_p50_us"].as_u64().unwrap(), "{report}");
+    assert!(
+        listed["send_p99_us"].as_u64().unwrap() >= listed["send_p50_us"].as_u64().unwrap(),
+        "{report}"
+    );
     assert!(listed["hint"].as_str().unwrap().contains("compress"), "{report}");
 
     // Small messages from now on: once the window passes without a large one, it resolves.
     for index in 0..3 {
-        producer.send(Message::new("videos", format!("ref-{index}"))).await.unwrap();
+        producer
+            .send(Message::new("videos", format!("ref-{index}")))
+            .await
+            .unwrap();
     }
     wait_for_change(&received, &node, key, "resolved").await;
     assert_once_per_change(&received, key).await;
