@@ -109,6 +109,7 @@ pub fn evaluate(window: &[CommitSample], current_lag: u64, now_ms: u64) -> Statu
 }
 
 type QueueWindows = BTreeMap<u32, VecDeque<CommitSample>>;
+type QueuePulls = BTreeMap<u32, PullSample>;
 
 /// The last pull of one group's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +134,7 @@ pub struct LagTracker {
     // up with borrowed names and allocates nothing.
     windows: Mutex<HashMap<String, HashMap<String, QueueWindows>>>,
     // group → topic → queue → last pull; nested for the same reason (pulls are a hot path).
-    pulls: Mutex<HashMap<String, HashMap<String, BTreeMap<u32, PullSample>>>>,
+    pulls: Mutex<HashMap<String, HashMap<String, QueuePulls>>>,
 }
 
 impl LagTracker {

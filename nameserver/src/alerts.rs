@@ -676,7 +676,8 @@ fn consumer_conditions(condition: &Condition, clients: &ClientsInput) -> Vec<(St
         }
         Condition::SubscriptionsDiffer => {
             // group → (topics, tags) → members as "client (host …, data center …)".
-            let mut groups: BTreeMap<&str, BTreeMap<(Vec<String>, &str), BTreeSet<String>>> = BTreeMap::new();
+            type Subscription<'a> = (Vec<String>, &'a str);
+            let mut groups: BTreeMap<&str, BTreeMap<Subscription, BTreeSet<String>>> = BTreeMap::new();
             let mut seen = BTreeSet::new();
             for client in consumers() {
                 if !seen.insert((client.group.as_str(), client.client_id.as_str())) {
