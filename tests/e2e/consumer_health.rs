@@ -153,6 +153,12 @@ async fn a_killed_consumer_fires_offline_with_its_host_and_data_center_and_resol
     }
     let report = meridian_tests::http_get_json(node.http, "/api/broker/clients").unwrap();
     assert_eq!(report["departed"][0]["client_id"], "courier-7", "{report}");
+    let (ok, stdout, stderr) = node.cli(&["client", "list", "--http", &node.http.to_string()], "");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("DEPARTED CONSUMER") && stdout.contains("courier-7"),
+        "{stdout}"
+    );
 
     // The same client id comes back: resolved.
     let mut back = consumer_process(&node, "parcels", "couriers", "courier-7");
@@ -316,6 +322,12 @@ async fn a_producer_of_20_kb_messages_is_flagged_with_a_hint_and_fires_large_mes
         "{report}"
     );
     assert!(listed["hint"].as_str().unwrap().contains("compress"), "{report}");
+    let (ok, stdout, stderr) = node.cli(&["client", "list", "--http", &node.http.to_string()], "");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("SEND p99") && stdout.contains("uploader-1") && stdout.contains("5 messages over 10240 bytes"),
+        "{stdout}"
+    );
 
     // Small messages from now on: once the window passes without a large one, it resolves.
     for index in 0..3 {
