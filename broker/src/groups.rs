@@ -2,6 +2,10 @@
 //! the connection it heartbeats on closes (it crashed or was killed), or when it stops
 //! heartbeating for the expiry; consumers list the members to split the group's queues among
 //! themselves.
+//!
+//! Members that went away without leaving (their connection closed, or they stopped heartbeating)
+//! are kept for [`DEPARTED_TTL`] as [`Departed`], at most [`MAX_DEPARTED`] of them, so the alert
+//! evaluator can report an offline consumer; one that heartbeats again is live, not departed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -23,6 +27,49 @@ pub struct MemberInfo {
     pub allocation: String,
     /// Its deployment model, `single-side` or `dual-side`.
     pub deployment: String,
+    /// Its tag filter expression; empty: every message.
+    pub subscription: String,
+}
+
+/// How long a member that went away without leaving is remembered as [`Departed`].
+pub const DEPARTED_TTL: Duration = Duration::from_secs(600);
+
+/// At most this many departed members are remembered (the oldest are forgotten first), so a
+/// crash-looping fleet cannot grow the broker's memory.
+pub const MAX_DEPARTED: usize = 1_000;
+
+/// A member that went away without leaving: killed, crashed, or cut off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departed {
+    /// Its group.
+    pub group: String,
+    /// Its client id.
+    pub client_id: String,
+    /// The connection its last heartbeat came over.
+    pub peer: SocketAddr,
+    /// What it last reported.
+    pub info: MemberInfo,
+    /// Why it is gone: `connection closed` or `heartbeat expired`.
+    pub reason: &'static str,
+    /// When it went, in ms since the Unix epoch.
+    pub departed_ms: u64,
+    /// When it was last heard, in ms since the Unix epoch.
+    pub last_heartbeat_ms: u64,
+}
+
+/// A live member as admin views see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveMember {
+    /// Its group.
+    pub group: String,
+    /// Its client id.
+    pub client_id: String,
+    /// The connection its last heartbeat came over.
+    pub peer: SocketAddr,
+    /// Time since its last heartbeat.
+    pub heartbeat_age: Duration,
+    /// What it reported.
+    pub info: MemberInfo,
 }
 
 impl MemberInfo {
@@ -45,6 +92,17 @@ struct Member {
 pub struct ConsumerGroups {
     expiry: Duration,
     groups: Mutex<HashMap<String, BTreeMap<String, Member>>>,
+    // (group, client id) → the member; its own lock, taken after `groups` when both are held.
+    departed: Mutex<BTreeMap<(String, String), Departed>>,
+}
+
+fn wall_ms() -> u64 {
+    u64::try_from(meridian_proto::time::now_millis()).unwrap_or(0)
+}
+
+/// Wall-clock ms of an `Instant` in the past.
+fn wall_ms_of(then: Instant, now: Instant) -> u64 {
+    wall_ms().saturating_sub(u64::try_from(now.saturating_duration_since(then).as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What [`ConsumerGroups::heartbeat`] found.
@@ -63,7 +121,49 @@ impl ConsumerGroups {
         ConsumerGroups {
             expiry,
             groups: Mutex::new(HashMap::new()),
+            departed: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    fn departed_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Departed>> {
+        self.departed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn depart(&self, group: &str, client_id: &str, member: &Member, reason: &'static str, now: Instant) {
+        let mut departed = self.departed_lock();
+        departed.insert(
+            (group.to_owned(), client_id.to_owned()),
+            Departed {
+                group: group.to_owned(),
+                client_id: client_id.to_owned(),
+                peer: member.peer,
+                info: member.info.clone(),
+                reason,
+                departed_ms: wall_ms(),
+                last_heartbeat_ms: wall_ms_of(member.last_seen, now),
+            },
+        );
+        while departed.len() > MAX_DEPARTED {
+            let oldest = departed
+                .iter()
+                .min_by_key(|(_, gone)| gone.departed_ms)
+                .map(|(key, _)| key.clone());
+            match oldest {
+                Some(key) => departed.remove(&key),
+                None => break,
+            };
+        }
+    }
+
+    /// Members that went away without leaving within [`DEPARTED_TTL`], and are not back, sorted by
+    /// group and client id.
+    pub fn departed(&self, now: Instant) -> Vec<Departed> {
+        // Expire silent members first, so they show here.
+        self.all(now);
+        let horizon = wall_ms().saturating_sub(u64::try_from(DEPARTED_TTL.as_millis()).unwrap_or(u64::MAX));
+        let mut departed = self.departed_lock();
+        departed.retain(|_, gone| gone.departed_ms >= horizon);
+        departed.values().cloned().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<String, Member>>> {
@@ -102,6 +202,9 @@ impl ConsumerGroups {
             info,
         };
         let new = members.insert(client_id.to_owned(), member).is_none();
+        if new {
+            self.departed_lock().remove(&(group.to_owned(), client_id.to_owned()));
+        }
         Joined { new, disagrees_with }
     }
 
@@ -116,10 +219,12 @@ impl ConsumerGroups {
     /// closed; returns them as `(group, client_id)`.
     pub fn disconnected(&self, peer: SocketAddr) -> Vec<(String, String)> {
         let mut removed = Vec::new();
+        let now = Instant::now();
         for (group, members) in self.lock().iter_mut() {
             members.retain(|client_id, member| {
                 let gone = member.peer == peer;
                 if gone {
+                    self.depart(group, client_id, member, "connection closed", now);
                     removed.push((group.clone(), client_id.clone()));
                 }
                 !gone
@@ -139,6 +244,7 @@ impl ConsumerGroups {
             let alive = now.saturating_duration_since(member.last_seen) <= self.expiry;
             if !alive {
                 tracing::info!(group, client_id, "consumer expired from group");
+                self.depart(group, client_id, member, "heartbeat expired", now);
             }
             alive
         });
@@ -163,6 +269,28 @@ impl ConsumerGroups {
         all
     }
 
+    /// Every live member of every group with its connection and heartbeat age, sorted by group and
+    /// client id, for the consumer-health views.
+    pub fn live(&self, now: Instant) -> Vec<LiveMember> {
+        // Expire silent members first (into `departed`).
+        let _ = self.all(now);
+        let groups = self.lock();
+        let mut live: Vec<LiveMember> = groups
+            .iter()
+            .flat_map(|(group, members)| {
+                members.iter().map(move |(client_id, member)| LiveMember {
+                    group: group.clone(),
+                    client_id: client_id.clone(),
+                    peer: member.peer,
+                    heartbeat_age: now.saturating_duration_since(member.last_seen),
+                    info: member.info.clone(),
+                })
+            })
+            .collect();
+        live.sort_by(|left, right| (&left.group, &left.client_id).cmp(&(&right.group, &right.client_id)));
+        live
+    }
+
     /// What one member reported, for admin views.
     pub fn describe(&self, group: &str, client_id: &str) -> Option<MemberInfo> {
         let groups = self.lock();
@@ -182,6 +310,7 @@ mod tests {
             allocation: allocation.into(),
             deployment: "single-side".into(),
             sdk_language: "rust".into(),
+            subscription: String::new(),
         }
     }
 
@@ -225,6 +354,52 @@ mod tests {
         assert_eq!(removed, [("g".into(), "a".into()), ("h".into(), "a".into())]);
         assert!(groups.disconnected(peer(3)).is_empty());
         assert_eq!(ids(groups.members("g", now)), ["b", "c"]);
+    }
+
+    #[test]
+    fn members_that_go_without_leaving_are_departed_until_they_return() {
+        let groups = ConsumerGroups::new(Duration::from_secs(10));
+        let start = Instant::now();
+        groups.heartbeat("g", "killed", info("idc-aware/1"), peer(1), start);
+        groups.heartbeat("g", "silent", info("idc-aware/1"), peer(2), start);
+        groups.heartbeat("g", "polite", info("idc-aware/1"), peer(3), start);
+        groups.disconnected(peer(1));
+        assert!(groups.leave("g", "polite"));
+        let later = start + Duration::from_secs(11);
+        let gone = groups.departed(later);
+        let described: Vec<(&str, &str, SocketAddr)> = gone
+            .iter()
+            .map(|gone| (gone.client_id.as_str(), gone.reason, gone.peer))
+            .collect();
+        assert_eq!(
+            described,
+            [
+                ("killed", "connection closed", peer(1)),
+                ("silent", "heartbeat expired", peer(2))
+            ],
+            "a member that left cleanly is not departed"
+        );
+        assert!(gone[0].last_heartbeat_ms <= gone[0].departed_ms);
+        assert!(groups.live(later).is_empty());
+        // Back: live again, no longer departed.
+        groups.heartbeat("g", "killed", info("idc-aware/1"), peer(4), later);
+        let gone = groups.departed(later);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].client_id, "silent");
+        let live = groups.live(later);
+        assert_eq!(live.len(), 1);
+        assert_eq!((live[0].client_id.as_str(), live[0].peer), ("killed", peer(4)));
+    }
+
+    #[test]
+    fn departed_members_are_bounded() {
+        let groups = ConsumerGroups::new(Duration::from_secs(10));
+        let now = Instant::now();
+        for index in 0..(MAX_DEPARTED as u16 + 5) {
+            groups.heartbeat("g", &format!("c{index}"), info("idc-aware/1"), peer(index), now);
+            groups.disconnected(peer(index));
+        }
+        assert_eq!(groups.departed(now).len(), MAX_DEPARTED);
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod lag;
 pub mod locks;
 pub mod metrics;
 pub mod permission;
+pub mod producers;
 pub mod registry;
 pub mod remoting;
 pub mod replication;

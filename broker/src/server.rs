@@ -187,6 +187,7 @@ impl Broker {
             groups: ConsumerGroups::new(Duration::from_millis(config.consumer_expiry_ms)),
             locks: crate::locks::QueueLocks::new(Duration::from_millis(config.queue_lock_expiry_ms)),
             lag: crate::lag::LagTracker::default(),
+            producers: crate::producers::ProducerReports::default(),
             metrics,
             limits: config.limits.limits(),
             advertise_addr,

@@ -46,6 +46,8 @@ pub struct BrokerState {
     pub oneway_failure_log: meridian_proto::throttle::Throttle,
     /// The last commits of each group's queues, for the lag status ([`crate::lag`]).
     pub lag: crate::lag::LagTracker,
+    /// Producers' latency and message-size reports ([`crate::producers`]).
+    pub producers: crate::producers::ProducerReports,
 }
 impl BrokerState {
     /// A master's state around `config` and an opened `store`, for unit tests of handlers.
@@ -77,6 +79,7 @@ impl BrokerState {
             locks: QueueLocks::new(Duration::from_secs(30)),
             oneway_failure_log: meridian_proto::throttle::Throttle::new(Duration::from_secs(10)),
             lag: crate::lag::LagTracker::default(),
+            producers: crate::producers::ProducerReports::default(),
         })
     }
 }

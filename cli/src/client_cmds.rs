@@ -6,8 +6,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use meridian_client::{
     ConnectionPool, ConsumeFrom, ConsumeMode, ConsumeResult, ConsumerConfig, Deployment, IdcSettings, Message,
-    Producer, ProducerConfig, PushConsumer, TransactionCheckView,
-    TransactionListener, TransactionOutcome, TransactionProducer, TransactionProducerConfig,
+    Producer, ProducerConfig, PushConsumer, TransactionCheckView, TransactionListener, TransactionOutcome,
+    TransactionProducer, TransactionProducerConfig,
 };
 use meridian_proto::record::StoredMessage;
 use meridian_proto::time::format_millis;
@@ -226,10 +226,10 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
     if args.transaction.is_some() && args.mode != SendMode::Sync {
         bail!("--transaction sends one message at a time and waits for each: leave out --mode (or use --mode sync)");
     }
-    let pool = ConnectionPool::new(crate::user_cmds::client_config());
+    let pool = ConnectionPool::new(crate::credentials::client_config());
     let producer_config = ProducerConfig {
         idc: args.idc.settings(),
-        client: crate::user_cmds::client_config(),
+        client: crate::credentials::client_config(),
         ..ProducerConfig::default()
     };
     let route = route_source(&args.target, &pool);
@@ -404,9 +404,9 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
     if args.max == Some(0) {
         bail!("--max must be at least 1");
     }
-    let pool = ConnectionPool::new(crate::user_cmds::client_config());
+    let pool = ConnectionPool::new(crate::credentials::client_config());
     let mut config = ConsumerConfig::new(args.group.clone(), args.topic.clone());
-    config.client = crate::user_cmds::client_config();
+    config.client = crate::credentials::client_config();
     config.idc = args.idc.settings();
     config.deployment = args.deployment;
     config.consume_from = if args.from_beginning {

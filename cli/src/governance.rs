@@ -623,9 +623,9 @@ fn perm_text(perm: u8) -> &'static str {
 
 /// `topic create --broker ADDR`: a standalone broker keeps its own topics, created at once.
 async fn create_on_standalone_broker(broker: &str, name: &str, queues: u32) -> Result<()> {
-    let pool = meridian_client::ConnectionPool::new(crate::user_cmds::client_config());
+    let pool = meridian_client::ConnectionPool::new(crate::credentials::client_config());
     let route = std::sync::Arc::new(meridian_client::StaticRoute::new(broker.to_owned(), pool.clone()));
-    let admin = meridian_client::Admin::new(route, crate::user_cmds::client_config());
+    let admin = meridian_client::Admin::new(route, crate::credentials::client_config());
     let created = admin
         .create_topic(broker, name, queues)
         .await

@@ -80,8 +80,8 @@ pub struct ResetOffsetArgs {
 }
 
 fn admin(target: &ClientTarget) -> (Admin, ConnectionPool) {
-    let pool = ConnectionPool::new(crate::user_cmds::client_config());
-    let admin = Admin::new(route_source(target, &pool), crate::user_cmds::client_config());
+    let pool = ConnectionPool::new(crate::credentials::client_config());
+    let admin = Admin::new(route_source(target, &pool), crate::credentials::client_config());
     (admin, pool)
 }
 

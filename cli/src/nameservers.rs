@@ -83,7 +83,7 @@ impl NameserverClient {
             addrs.nameservers.clone(),
             ClientConfig {
                 request_timeout: Duration::from_secs(10),
-                ..crate::user_cmds::client_config()
+                ..crate::credentials::client_config()
             },
         )?;
         Ok(NameserverClient { admin })

@@ -94,8 +94,65 @@ async fn list(http: SocketAddr) -> Result<()> {
             text("idc"),
             sdk
         );
+        if let Some(blocked) = client["blocked"].as_object() {
+            println!(
+                "          blocks queue {} of {}: {} messages waiting, no pull or commit for {} ms",
+                blocked["queue_id"],
+                blocked["topic"].as_str().unwrap_or_default(),
+                blocked["lag_messages"],
+                blocked["idle_ms"]
+            );
+        }
     }
+    print_client_health(&report);
     Ok(())
+}
+
+/// Producers' own latency and size reports, and consumers gone without leaving.
+fn print_client_health(report: &serde_json::Value) {
+    let micros = |value: &serde_json::Value| {
+        value
+            .as_u64()
+            .map_or("-".to_owned(), |us| format!("{:.1}ms", us as f64 / 1000.0))
+    };
+    let producers = report["producers"].as_array().cloned().unwrap_or_default();
+    if !producers.is_empty() {
+        println!();
+        println!(
+            "{:<36} {:<16} {:>10} {:>10} {:>8} {:>7}  HINT",
+            "PRODUCER", "HOST", "SEND p50", "SEND p99", "SENDS", "LARGE"
+        );
+        for producer in producers {
+            println!(
+                "{:<36} {:<16} {:>10} {:>10} {:>8} {:>7}  {}",
+                producer["client_id"].as_str().unwrap_or_default(),
+                producer["host"].as_str().unwrap_or_default(),
+                micros(&producer["send_p50_us"]),
+                micros(&producer["send_p99_us"]),
+                producer["sends"],
+                producer["large_messages"],
+                producer["hint"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    let departed = report["departed"].as_array().cloned().unwrap_or_default();
+    if !departed.is_empty() {
+        println!();
+        println!(
+            "{:<20} {:<36} {:<16} {:<8} GONE (without leaving)",
+            "GROUP", "DEPARTED CONSUMER", "HOST", "IDC"
+        );
+        for gone in departed {
+            println!(
+                "{:<20} {:<36} {:<16} {:<8} {}",
+                gone["group"].as_str().unwrap_or_default(),
+                gone["client_id"].as_str().unwrap_or_default(),
+                gone["host"].as_str().unwrap_or_default(),
+                gone["idc"].as_str().filter(|idc| !idc.is_empty()).unwrap_or("-"),
+                gone["reason"].as_str().unwrap_or_default()
+            );
+        }
+    }
 }
 
 async fn policy(client: &NameserverClient, args: PolicyArgs) -> Result<()> {

@@ -470,8 +470,8 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
                 "  http http://{}  (/api/health, /api/broker/topics, /metrics)",
                 listener.local_addr()?
             );
-            let router =
-                meridian_broker::http::router(registry, name.clone(), &broker).merge(console_api::console_router(&broker, name, nameservers));
+            let router = meridian_broker::http::router(registry, name.clone(), &broker)
+                .merge(console_api::console_router(&broker, name, nameservers));
             Some((listener, router))
         }
         None => None,

@@ -1,14 +1,13 @@
 //! `meridian user create|rotate|delete|list|node-secret`: users who may connect when `[auth]` is
 //! on. The secret is made here, printed once and never sent: the nameservers receive only its
-//! SCRAM-SHA-256 verifier ([`meridian_proto::auth::Verifier`]). Also [`client_config`], the one
-//! place the CLI reads `MERIDIAN_USER`/`MERIDIAN_SECRET` for its connections.
+//! SCRAM-SHA-256 verifier ([`meridian_proto::auth::Verifier`]). The CLI's own login is
+//! [`crate::credentials`].
 
 use anyhow::{Result, bail};
-use meridian_client::ClientConfig;
 use meridian_nameserver::service::Query;
 use meridian_nameserver::state::{UserView, format_time_ms};
 use meridian_proto::admin::{AdminCommand as Command, StoredVerifier};
-use meridian_proto::auth::{self, Credentials, Verifier};
+use meridian_proto::auth::{self, Verifier};
 
 use crate::governance::{NameserverAddrs, NameserverClient, Who};
 
@@ -53,23 +52,6 @@ pub enum UserCommand {
     /// Print a new random node secret, for `[auth] node_secret_file` (the same file on every
     /// broker and nameserver).
     NodeSecret,
-}
-
-/// The CLI's connection settings: logs in as `MERIDIAN_USER` with `MERIDIAN_SECRET` when both
-/// are set (servers without `[auth]` let such clients in too).
-pub fn client_config() -> ClientConfig {
-    ClientConfig {
-        credentials: credentials_from_env(),
-        ..ClientConfig::default()
-    }
-}
-
-fn credentials_from_env() -> Option<Credentials> {
-    let user = std::env::var("MERIDIAN_USER").ok().filter(|user| !user.is_empty())?;
-    let secret = std::env::var("MERIDIAN_SECRET")
-        .ok()
-        .filter(|secret| !secret.is_empty())?;
-    Some(Credentials::new(user, secret))
 }
 
 /// Runs `meridian user ...`.

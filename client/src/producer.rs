@@ -6,9 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use meridian_proto::client_stats::{ClientStats, LatencyHistogram, SizeHistogram};
+use meridian_proto::messages::ProducerHeartbeat;
 use meridian_proto::messages::{SendRequest, SendResponse, TopicRoute, perm};
 use meridian_proto::validate::validate_group;
 use meridian_proto::{ErrorCode, RequestCode};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
@@ -53,6 +56,14 @@ pub struct ProducerConfig {
     /// without counting against `retries`, until it has waited this long in all; then it fails
     /// with the broker's [`meridian_proto::ErrorCode::Throttled`] error.
     pub max_throttle_wait: Duration,
+    /// How often the brokers it sends to get its send latency and message sizes
+    /// ([`meridian_proto::messages::ProducerHeartbeat`]); zero: never.
+    pub report_interval: Duration,
+    /// Messages with a body over this many bytes count as large: the brokers flag the producer
+    /// with a hint to compress (default 10 KB).
+    pub large_message_bytes: u64,
+    /// Unique id of this producer instance in its reports (default `host@pid@random`).
+    pub client_id: String,
 }
 
 /// Which brokers a producer sends to.
@@ -81,6 +92,9 @@ impl Default for ProducerConfig {
             slow_send: Duration::from_millis(550),
             route_refresh: ROUTE_REFRESH_INTERVAL,
             max_throttle_wait: Duration::from_secs(10),
+            report_interval: Duration::from_secs(10),
+            large_message_bytes: meridian_proto::client_stats::DEFAULT_LARGE_MESSAGE_BYTES,
+            client_id: crate::push::default_client_id(),
         }
     }
 }
@@ -125,6 +139,14 @@ struct ProducerInner {
     idc: OnceCell<String>,
     /// "send failed, retrying" at most once a second.
     retry_log: meridian_proto::throttle::Throttle,
+    /// Send latency of every successful attempt, reported to the brokers.
+    send_latency: LatencyHistogram,
+    /// Body sizes of every message prepared.
+    message_sizes: SizeHistogram,
+    /// Brokers it sent to (its reports go to them), and topics (named in its reports).
+    sent_to: std::sync::Mutex<SentTo>,
+    /// Stops the report loop at shutdown.
+    stop: CancellationToken,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -165,8 +187,12 @@ impl Producer {
     fn with_pool(route: Arc<dyn RouteSource>, pool: ConnectionPool, config: ProducerConfig) -> Producer {
         let mut routes = RouteCache::new(route);
         routes.set_refresh(config.route_refresh);
-        Producer {
+        let producer = Producer {
             inner: Arc::new(ProducerInner {
+                send_latency: LatencyHistogram::default(),
+                message_sizes: SizeHistogram::new(config.large_message_bytes),
+                sent_to: std::sync::Mutex::new(SentTo::default()),
+                stop: CancellationToken::new(),
                 pool,
                 routes,
                 faults: FaultTracker::new(config.fault_backoff, config.max_fault_backoff, config.slow_send),
@@ -178,7 +204,14 @@ impl Producer {
                 closed: AtomicBool::new(false),
                 config,
             }),
+        };
+        if !producer.inner.config.report_interval.is_zero()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let _entered = runtime.enter();
+            producer.inner.tracker.spawn(report_loop(producer.inner.clone()));
         }
+        producer
     }
 
     /// The settings this producer was built with.
@@ -261,6 +294,7 @@ impl Producer {
     /// the connections.
     pub async fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.stop.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
         self.inner.pool.shutdown().await;
@@ -290,11 +324,78 @@ impl Producer {
             .iter()
             .map(|msg| msg.encode(&config.client.limits))
             .collect::<Result<Vec<_>, _>>()?;
+        for msg in &msgs {
+            self.inner.message_sizes.record(msg.body.len() as u64);
+        }
         Ok(Batch { topic, messages })
     }
 }
 
+#[derive(Debug, Default)]
+struct SentTo {
+    brokers: std::collections::BTreeSet<String>,
+    topics: std::collections::BTreeSet<String>,
+}
+
+/// Sends the producer's figures to every broker it sent to, every `report_interval`, until
+/// shutdown. A broker that does not know the request (older) is skipped quietly.
+async fn report_loop(inner: Arc<ProducerInner>) {
+    loop {
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = tokio::time::sleep(inner.config.report_interval) => {}
+        }
+        let (brokers, topics): (Vec<String>, Vec<String>) = {
+            let sent_to = inner.sent_to.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            (
+                sent_to.brokers.iter().cloned().collect(),
+                sent_to.topics.iter().cloned().collect(),
+            )
+        };
+        if brokers.is_empty() {
+            continue;
+        }
+        let request = ProducerHeartbeat {
+            client_id: inner.config.client_id.clone(),
+            group: inner.config.group.clone(),
+            sdk: meridian_proto::sdk::SDK_ID.to_owned(),
+            idc: inner.idc.get().cloned().unwrap_or_default(),
+            stats: Some(ClientStats {
+                send_latency_us: inner.send_latency.snapshot(),
+                consume_latency_us: Vec::new(),
+                message_bytes: inner.message_sizes.snapshot(),
+                large_threshold_bytes: inner.message_sizes.threshold(),
+                large_messages: inner.message_sizes.over_threshold(),
+                largest_message_bytes: inner.message_sizes.largest(),
+            }),
+            topics,
+        };
+        let timeout = inner.config.client.request_timeout;
+        for addr in brokers {
+            let result = tokio::select! {
+                _ = inner.stop.cancelled() => return,
+                result = inner.pool.call_empty(&addr, RequestCode::ProducerHeartbeat, &request, timeout) => result,
+            };
+            if let Err(error) = result {
+                debug!(addr, %error, "producer report not taken");
+            }
+        }
+    }
+}
+
 impl ProducerInner {
+    /// Remembers a broker and topic it sent to (allocates only the first time).
+    fn note_sent(&self, addr: &str, topic: &str) {
+        let mut sent_to = self.sent_to.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !sent_to.brokers.contains(addr) {
+            sent_to.brokers.insert(addr.to_owned());
+        }
+        // Bounded: a producer of very many topics names the first ones.
+        if sent_to.topics.len() < 64 && !sent_to.topics.contains(topic) {
+            sent_to.topics.insert(topic.to_owned());
+        }
+    }
+
     async fn idc(&self) -> &str {
         self.idc
             .get_or_init(|| async {
@@ -384,7 +485,12 @@ impl ProducerInner {
             result = Err(self.approval_not_applied(&batch.topic, &queue, &addr, message).await);
         }
         match &result {
-            Ok(_) => self.faults.succeeded(&queue.broker_name, started.elapsed()),
+            Ok(_) => {
+                let elapsed = started.elapsed();
+                self.send_latency.record(elapsed);
+                self.faults.succeeded(&queue.broker_name, elapsed);
+                self.note_sent(&addr, &batch.topic);
+            }
             // Refusals about the message itself, or over the topic's limit, say nothing about the
             // broker.
             Err(error) if error.throttled_wait().is_some() => {}

@@ -176,7 +176,7 @@ impl Default for ConsumerConfig {
 }
 
 /// `host@pid@random`: readable in the console and unique even for two consumers in one process.
-fn default_client_id() -> String {
+pub(crate) fn default_client_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

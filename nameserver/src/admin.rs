@@ -128,7 +128,8 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use meridian_proto::admin::{
-        AdminWriteRequest, ConsumeMode, GroupRequest, Node, ProduceLimitChange, StoredVerifier, TopicChanges, TopicRequest,
+        AdminWriteRequest, ConsumeMode, GroupRequest, Node, ProduceLimitChange, StoredVerifier, TopicChanges,
+        TopicRequest,
     };
 
     use super::*;

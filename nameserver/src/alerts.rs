@@ -1,6 +1,7 @@
 //! The alert evaluator: one for the cluster, on the Raft leader. Every `evaluation_interval_ms`
-//! the leader gathers its inputs (its own broker liveness, and the brokers' lag reports from
-//! `GET /api/broker/lag` on the `broker_http` addresses), asks every rule which subjects break it
+//! the leader gathers its inputs (its own broker liveness, the brokers' lag reports from
+//! `GET /api/broker/lag` and their client reports from `GET /api/broker/clients` on the
+//! `broker_http` addresses), asks every rule which subjects break it
 //! ([`conditions`]), keeps how long each has (a rule's `for_ms`), and writes a
 //! [`Command::RecordAlert`] for each alert that starts firing or resolves ([`Pending::step`]). The
 //! replicated alerts ([`crate::state::alerts`]) de-duplicate: a new leader reads what already
@@ -52,6 +53,25 @@ pub enum Condition {
         /// In messages.
         threshold: u64,
     },
+    /// A consumer went away without leaving (its process was killed or crashed, or it stopped
+    /// heartbeating) and has not come back; resolves when it does, or when the brokers forget it
+    /// (10 minutes).
+    ConsumerOffline,
+    /// A consumer heartbeats, but a queue it pulled has a backlog and it has neither pulled on nor
+    /// committed for `threshold_ms` (RocketMQ's "maybe blocked").
+    ConsumerUnresponsive {
+        /// In ms.
+        threshold_ms: u64,
+    },
+    /// Live members of one consumer group subscribe to different topics or tags, so some
+    /// messages go to a member that filters them out.
+    SubscriptionsDiffer,
+    /// A producer sent messages over its large-message threshold (10 KB by default, set in the
+    /// SDK) within the last `window_ms`; resolves once it has sent none for that long.
+    LargeMessages {
+        /// In ms.
+        window_ms: u64,
+    },
 }
 
 /// Lag statuses a [`Condition::GroupLagStatus`] rule may name (`docs/governance.md`).
@@ -86,6 +106,7 @@ struct RawRule {
     statuses: Option<Vec<String>>,
     threshold_ms: Option<u64>,
     threshold: Option<u64>,
+    window_ms: Option<u64>,
 }
 
 impl TryFrom<RawRule> for Rule {
@@ -108,9 +129,17 @@ impl TryFrom<RawRule> for Rule {
             "group_lag_messages" => Condition::GroupLagMessages {
                 threshold: raw.threshold.ok_or_else(|| needs("threshold"))?,
             },
+            "consumer_offline" => Condition::ConsumerOffline,
+            "consumer_unresponsive" => Condition::ConsumerUnresponsive {
+                threshold_ms: raw.threshold_ms.ok_or_else(|| needs("threshold_ms"))?,
+            },
+            "subscriptions_differ" => Condition::SubscriptionsDiffer,
+            "large_messages" => Condition::LargeMessages {
+                window_ms: raw.window_ms.ok_or_else(|| needs("window_ms"))?,
+            },
             other => {
                 return Err(format!(
-                    "rule {name:?}: condition {other:?} is unknown; use broker_down, group_lag_status, group_time_lag or group_lag_messages"
+                    "rule {name:?}: condition {other:?} is unknown; use broker_down, group_lag_status, group_time_lag, group_lag_messages, consumer_offline, consumer_unresponsive, subscriptions_differ or large_messages"
                 ));
             }
         };
@@ -131,7 +160,8 @@ pub struct AlertsConfig {
     pub enabled: bool,
     /// How often the leader evaluates every rule, in ms.
     pub evaluation_interval_ms: u64,
-    /// HTTP addresses (`host:port`) of the brokers whose lag reports the group rules read;
+    /// HTTP addresses (`host:port`) of the brokers whose lag and client reports the group and
+    /// consumer rules read;
     /// `meridian dev` sets its own listener.
     pub broker_http: Vec<String>,
     /// Webhook URLs (`http://host:port/path`): each alert state change is POSTed to each as JSON.
@@ -177,6 +207,31 @@ pub fn default_rules() -> Vec<Rule> {
             condition: Condition::GroupTimeLag { threshold_ms: 300_000 },
             for_ms: 60_000,
             severity: "warning".into(),
+        },
+        Rule {
+            name: "consumer_offline".into(),
+            condition: Condition::ConsumerOffline,
+            for_ms: 0,
+            severity: "warning".into(),
+        },
+        Rule {
+            name: "consumer_unresponsive".into(),
+            condition: Condition::ConsumerUnresponsive { threshold_ms: 60_000 },
+            for_ms: 0,
+            severity: "warning".into(),
+        },
+        Rule {
+            name: "subscriptions_differ".into(),
+            // A rolling deploy that changes a subscription differs for a moment.
+            condition: Condition::SubscriptionsDiffer,
+            for_ms: 60_000,
+            severity: "warning".into(),
+        },
+        Rule {
+            name: "large_messages".into(),
+            condition: Condition::LargeMessages { window_ms: 600_000 },
+            for_ms: 0,
+            severity: "info".into(),
         },
     ]
 }
@@ -253,7 +308,17 @@ pub fn validate_rule(rule: &Rule) -> Result<(), String> {
         ));
     }
     match &rule.condition {
-        Condition::BrokerDown => {}
+        Condition::BrokerDown | Condition::ConsumerOffline | Condition::SubscriptionsDiffer => {}
+        Condition::ConsumerUnresponsive { threshold_ms } => {
+            if *threshold_ms == 0 {
+                return Err("threshold_ms must be at least 1".into());
+            }
+        }
+        Condition::LargeMessages { window_ms } => {
+            if *window_ms == 0 {
+                return Err("window_ms must be at least 1".into());
+            }
+        }
         Condition::GroupLagStatus { statuses } => {
             if statuses.is_empty() {
                 return Err("statuses is empty: name at least one of STOP, STALL, WARN, REWIND".into());
@@ -309,6 +374,99 @@ pub struct LagInput {
     pub lag_ms: u64,
 }
 
+/// The queue a consumer holds up, as a broker's client report says.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BlockedInput {
+    /// Topic of the queue.
+    pub topic: String,
+    /// The queue.
+    pub queue_id: u32,
+    /// Messages waiting.
+    pub lag_messages: u64,
+    /// Since when neither its pull offset nor the group's commit moved, in ms.
+    pub idle_ms: u64,
+}
+
+/// One client, as a broker's `GET /api/broker/clients` reports it (consumers only are read).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ConsumerInput {
+    /// `consumer` or `producer`.
+    pub kind: String,
+    /// Consumer group.
+    pub group: String,
+    /// Client id.
+    pub client_id: String,
+    /// IP address it connects from.
+    #[serde(default)]
+    pub host: String,
+    /// Data center; empty when unknown.
+    #[serde(default)]
+    pub idc: String,
+    /// Topics it subscribes to, sorted.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Tag filter; empty: every message.
+    #[serde(default)]
+    pub subscription: String,
+    /// The queue it holds up, if any.
+    #[serde(default)]
+    pub blocked: Option<BlockedInput>,
+}
+
+/// A consumer that went away without leaving, as a broker's client report says.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DepartedInput {
+    /// Consumer group.
+    pub group: String,
+    /// Client id.
+    pub client_id: String,
+    /// IP address it connected from.
+    pub host: String,
+    /// Data center; empty when unknown.
+    #[serde(default)]
+    pub idc: String,
+    /// `connection closed` or `heartbeat expired`.
+    pub reason: String,
+    /// When it was last heard, ms since the Unix epoch.
+    pub last_heartbeat_ms: u64,
+}
+
+/// A producer's own report, as a broker's client report lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ProducerInput {
+    /// Client id.
+    pub client_id: String,
+    /// IP address it connects from.
+    pub host: String,
+    /// Data center; empty when unknown.
+    #[serde(default)]
+    pub idc: String,
+    /// Topics it sent to.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Its large-message threshold, in bytes.
+    pub large_threshold_bytes: u64,
+    /// Large messages since it started.
+    pub large_messages: u64,
+    /// Its largest message, in bytes.
+    pub largest_message_bytes: u64,
+    /// Time since its count of large messages last grew, in ms.
+    pub last_large_ago_ms: Option<u64>,
+}
+
+/// Every broker's client report, together.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ClientsInput {
+    /// Producers reporting latency and sizes.
+    #[serde(default)]
+    pub producers: Vec<ProducerInput>,
+    /// Live clients (consumers and flagged producers).
+    pub clients: Vec<ConsumerInput>,
+    /// Consumers gone without leaving.
+    #[serde(default)]
+    pub departed: Vec<DepartedInput>,
+}
+
 /// A broker this leader has not heard within the broker timeout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownBroker {
@@ -331,8 +489,13 @@ pub struct Inputs {
     /// Lag of every group on every topic; `None`: a broker's report could not be read, so lag
     /// alerts neither fire from partial figures nor resolve.
     pub lag: Option<Vec<LagInput>>,
+    /// Clients of every broker; `None`: a broker's report could not be read, so consumer alerts
+    /// neither fire nor resolve.
+    pub clients: Option<ClientsInput>,
     /// Owner of each consumer group (from its approval record).
     pub group_owners: BTreeMap<String, String>,
+    /// Owner of each topic (from its approval record).
+    pub topic_owners: BTreeMap<String, String>,
 }
 
 /// A rule's condition holding for one subject now.
@@ -381,6 +544,44 @@ pub fn conditions(rules: &[Rule], inputs: &Inputs) -> (Vec<Holding>, BTreeSet<St
                     ));
                 }
             }
+            Condition::LargeMessages { window_ms } => {
+                let Some(clients) = &inputs.clients else { continue };
+                judged.insert(rule.name.clone());
+                let mut seen = BTreeSet::new();
+                for producer in &clients.producers {
+                    let recent = producer.last_large_ago_ms.is_some_and(|ago| ago <= *window_ms);
+                    if !recent || !seen.insert(producer.client_id.as_str()) {
+                        continue;
+                    }
+                    let owner = producer
+                        .topics
+                        .iter()
+                        .find_map(|topic| inputs.topic_owners.get(topic).filter(|owner| !owner.is_empty()))
+                        .cloned()
+                        .unwrap_or_default();
+                    holding.push(hold(
+                        format!("producer={}", producer.client_id),
+                        owner,
+                        format!(
+                            "producer {} ({}) sent {} messages over {} bytes (largest {} bytes) to topics [{}]; compress the bodies in the application (gzip, zstd) or store the payload elsewhere and send a reference",
+                            producer.client_id,
+                            place(&producer.host, &producer.idc),
+                            producer.large_messages,
+                            producer.large_threshold_bytes,
+                            producer.largest_message_bytes,
+                            producer.topics.join(", ")
+                        ),
+                    ));
+                }
+            }
+            Condition::ConsumerOffline | Condition::ConsumerUnresponsive { .. } | Condition::SubscriptionsDiffer => {
+                let Some(clients) = &inputs.clients else { continue };
+                judged.insert(rule.name.clone());
+                for (subject, group, message) in consumer_conditions(&rule.condition, clients) {
+                    let owner = inputs.group_owners.get(&group).cloned().unwrap_or_default();
+                    holding.push(hold(subject, owner, message));
+                }
+            }
             condition => {
                 let Some(lags) = &inputs.lag else { continue };
                 judged.insert(rule.name.clone());
@@ -407,6 +608,127 @@ pub fn conditions(rules: &[Rule], inputs: &Inputs) -> (Vec<Holding>, BTreeSet<St
         }
     }
     (holding, judged)
+}
+
+fn place(host: &str, idc: &str) -> String {
+    format!(
+        "host {}, data center {}",
+        if host.is_empty() { "unknown" } else { host },
+        if idc.is_empty() { "unknown" } else { idc }
+    )
+}
+
+/// The consumers breaking one consumer-health condition as `(subject, group, message)`: brokers
+/// each report their own view, so a consumer live on any broker is not offline, and each consumer
+/// or group is reported once.
+fn consumer_conditions(condition: &Condition, clients: &ClientsInput) -> Vec<(String, String, String)> {
+    let consumers = || clients.clients.iter().filter(|client| client.kind == "consumer");
+    let mut found = BTreeMap::new();
+    match condition {
+        Condition::ConsumerOffline => {
+            let live: BTreeSet<(&str, &str)> = consumers()
+                .map(|client| (client.group.as_str(), client.client_id.as_str()))
+                .collect();
+            for gone in &clients.departed {
+                if live.contains(&(gone.group.as_str(), gone.client_id.as_str())) {
+                    continue;
+                }
+                found.entry(format!("group={} client={}", gone.group, gone.client_id)).or_insert_with(|| {
+                    (
+                        gone.group.clone(),
+                        format!(
+                            "consumer {} of group {} ({}) is offline: {} and it has not come back since its last heartbeat at {} ms",
+                            gone.client_id,
+                            gone.group,
+                            place(&gone.host, &gone.idc),
+                            gone.reason,
+                            gone.last_heartbeat_ms
+                        ),
+                    )
+                });
+            }
+        }
+        Condition::ConsumerUnresponsive { threshold_ms } => {
+            for client in consumers() {
+                let Some(blocked) = client
+                    .blocked
+                    .as_ref()
+                    .filter(|blocked| blocked.idle_ms >= *threshold_ms)
+                else {
+                    continue;
+                };
+                found.entry(format!("group={} client={}", client.group, client.client_id)).or_insert_with(|| {
+                    (
+                        client.group.clone(),
+                        format!(
+                            "consumer {} of group {} ({}) is unresponsive (maybe blocked): it heartbeats, but has neither pulled nor committed queue {} of topic {} for {} ms (threshold {threshold_ms} ms) while {} messages wait; check its consume handler (a thread dump shows where it hangs)",
+                            client.client_id,
+                            client.group,
+                            place(&client.host, &client.idc),
+                            blocked.queue_id,
+                            blocked.topic,
+                            blocked.idle_ms,
+                            blocked.lag_messages
+                        ),
+                    )
+                });
+            }
+        }
+        Condition::SubscriptionsDiffer => {
+            // group → (topics, tags) → members as "client (host …, data center …)".
+            type Subscription<'a> = (Vec<String>, &'a str);
+            let mut groups: BTreeMap<&str, BTreeMap<Subscription, BTreeSet<String>>> = BTreeMap::new();
+            let mut seen = BTreeSet::new();
+            for client in consumers() {
+                if !seen.insert((client.group.as_str(), client.client_id.as_str())) {
+                    continue;
+                }
+                let mut topics = client.topics.clone();
+                topics.sort();
+                let tags = if client.subscription.is_empty() {
+                    "*"
+                } else {
+                    client.subscription.as_str()
+                };
+                groups
+                    .entry(&client.group)
+                    .or_default()
+                    .entry((topics, tags))
+                    .or_default()
+                    .insert(format!("{} ({})", client.client_id, place(&client.host, &client.idc)));
+            }
+            for (group, subscriptions) in groups {
+                if subscriptions.len() < 2 {
+                    continue;
+                }
+                let described: Vec<String> = subscriptions
+                    .iter()
+                    .map(|((topics, tags), members)| {
+                        format!(
+                            "topics [{}] tags {tags:?}: {}",
+                            topics.join(", "),
+                            members.iter().cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    })
+                    .collect();
+                found.insert(
+                    format!("group={group}"),
+                    (
+                        group.to_owned(),
+                        format!(
+                            "members of group {group} subscribe differently, so messages reach members that drop them; give every member the same topics and tags: {}",
+                            described.join("; ")
+                        ),
+                    ),
+                );
+            }
+        }
+        _ => {}
+    }
+    found
+        .into_iter()
+        .map(|(subject, (group, message))| (subject, group, message))
+        .collect()
 }
 
 /// How long each condition has held: the evaluator's memory between rounds (of this leadership
@@ -547,13 +869,18 @@ fn announce(alert: &Alert) {
 }
 
 /// Reads the inputs: liveness once `settled` (leading for a broker timeout), lag from every
-/// broker in `broker_http` (all or nothing), group owners from the state.
+/// broker in `broker_http` (all or nothing), group and topic owners from the state.
 async fn gather(service: &NameserverService, config: &AlertsConfig, settled: bool, stop: &CancellationToken) -> Inputs {
-    let (down_brokers, group_owners) = service.raft().read_state(|state: &MetadataState| {
+    let (down_brokers, group_owners, topic_owners) = service.raft().read_state(|state: &MetadataState| {
         let owners = state
             .consumer_groups()
             .iter()
             .map(|(name, group)| (name.clone(), group.owner.clone()))
+            .collect();
+        let topic_owners = state
+            .topics()
+            .iter()
+            .map(|(name, topic)| (name.clone(), topic.owner.clone()))
             .collect();
         let down = settled.then(|| {
             service.liveness().with(|view| {
@@ -571,7 +898,7 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
                     .collect()
             })
         });
-        (down, owners)
+        (down, owners, topic_owners)
     });
     let mut lag = Some(Vec::new());
     for address in &config.broker_http {
@@ -600,10 +927,39 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
             }
         }
     }
+    let mut clients = Some(ClientsInput::default());
+    for address in &config.broker_http {
+        let Ok(addr) = address.parse::<SocketAddr>() else {
+            clients = None;
+            break;
+        };
+        let report = tokio::select! {
+            _ = stop.cancelled() => None,
+            report = http_request(addr, "GET", "/api/broker/clients", None) => report,
+        };
+        match report
+            .and_then(|(status, body)| (status == 200).then(|| serde_json::from_str::<ClientsInput>(&body).ok())?)
+        {
+            Some(report) => {
+                if let Some(clients) = clients.as_mut() {
+                    clients.clients.extend(report.clients);
+                    clients.departed.extend(report.departed);
+                    clients.producers.extend(report.producers);
+                }
+            }
+            None => {
+                tracing::warn!(broker_http = %address, "reading a broker's client report failed; consumer alerts wait for the next round");
+                clients = None;
+                break;
+            }
+        }
+    }
     Inputs {
         down_brokers,
         lag,
+        clients,
         group_owners,
+        topic_owners,
     }
 }
 
@@ -841,5 +1197,186 @@ mod tests {
         assert_eq!(judged.len(), 3);
         let (_, judged) = conditions(&rules, &Inputs::default());
         assert!(judged.is_empty(), "without inputs no rule is judged");
+    }
+
+    fn consumer(group: &str, client_id: &str, host: &str, topics: &[&str], tags: &str) -> ConsumerInput {
+        ConsumerInput {
+            kind: "consumer".into(),
+            group: group.into(),
+            client_id: client_id.into(),
+            host: host.into(),
+            idc: "dc1".into(),
+            topics: topics.iter().map(|topic| topic.to_string()).collect(),
+            subscription: tags.into(),
+            blocked: None,
+        }
+    }
+
+    #[test]
+    fn consumer_health_names_the_client_host_data_center_group_and_owner() {
+        let rules: Vec<Rule> = default_rules()
+            .into_iter()
+            .filter(|rule| rule.name.starts_with("consumer") || rule.name == "subscriptions_differ")
+            .collect();
+        assert_eq!(rules.len(), 3);
+        let mut blocked = consumer("billing", "c2", "10.0.0.2", &["orders"], "");
+        blocked.blocked = Some(BlockedInput {
+            topic: "orders".into(),
+            queue_id: 3,
+            lag_messages: 40,
+            idle_ms: 61_000,
+        });
+        let mut slow_but_fine = consumer("billing", "c3", "10.0.0.3", &["orders"], "");
+        slow_but_fine.blocked = Some(BlockedInput {
+            idle_ms: 59_000,
+            ..blocked.blocked.clone().unwrap()
+        });
+        let departed = |group: &str, client_id: &str| DepartedInput {
+            group: group.into(),
+            client_id: client_id.into(),
+            host: "10.0.0.9".into(),
+            idc: "dc2".into(),
+            reason: "connection closed".into(),
+            last_heartbeat_ms: 1_000,
+        };
+        let inputs = Inputs {
+            clients: Some(ClientsInput {
+                clients: vec![
+                    consumer("billing", "c1", "10.0.0.1", &["orders"], ""),
+                    blocked,
+                    slow_but_fine,
+                    consumer("audit", "a1", "10.0.0.4", &["orders"], "TagA"),
+                    consumer("audit", "a2", "10.0.0.5", &["orders"], "TagB"),
+                    // The same member seen by a second broker counts once.
+                    consumer("audit", "a2", "10.0.0.5", &["orders"], "TagB"),
+                    ConsumerInput {
+                        kind: "producer".into(),
+                        ..consumer("", "10.0.0.7:5000", "10.0.0.7", &[], "")
+                    },
+                ],
+                // "c1" is gone from one broker but live on another: not offline.
+                departed: vec![
+                    departed("billing", "killed"),
+                    departed("billing", "killed"),
+                    departed("billing", "c1"),
+                ],
+                producers: Vec::new(),
+            }),
+            group_owners: BTreeMap::from([("billing".into(), "alice".into()), ("audit".into(), "bob".into())]),
+            ..Inputs::default()
+        };
+        let (holding, judged) = conditions(&rules, &inputs);
+        assert_eq!(judged.len(), 3);
+        let found: Vec<(String, &str)> = holding
+            .iter()
+            .map(|holding| (alert_key(&holding.rule, &holding.subject), holding.owner.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("consumer_offline/group=billing client=killed".to_string(), "alice"),
+                ("consumer_unresponsive/group=billing client=c2".to_string(), "alice"),
+                ("subscriptions_differ/group=audit".to_string(), "bob"),
+            ]
+        );
+        for expected in ["killed", "10.0.0.9", "dc2", "billing", "connection closed"] {
+            assert!(holding[0].message.contains(expected), "{}", holding[0].message);
+        }
+        for expected in [
+            "c2",
+            "10.0.0.2",
+            "dc1",
+            "queue 3 of topic orders",
+            "61000 ms",
+            "40 messages",
+        ] {
+            assert!(holding[1].message.contains(expected), "{}", holding[1].message);
+        }
+        for expected in [
+            "a1 (host 10.0.0.4, data center dc1)",
+            "\"TagA\"",
+            "a2 (host 10.0.0.5",
+            "\"TagB\"",
+        ] {
+            assert!(holding[2].message.contains(expected), "{}", holding[2].message);
+        }
+        // Without the brokers' client reports nothing is judged (nothing resolves).
+        let (holding, judged) = conditions(&rules, &Inputs::default());
+        assert!(holding.is_empty() && judged.is_empty());
+
+        let config: AlertsConfig = serde_json::from_str(
+            r#"{"rules": [{"name": "stuck", "condition": "consumer_unresponsive", "threshold_ms": 0, "severity": "info"}]}"#,
+        )
+        .unwrap();
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("threshold_ms must be at least 1"), "{message}");
+        let missing = serde_json::from_str::<AlertsConfig>(
+            r#"{"rules": [{"name": "x", "condition": "consumer_unresponsive", "severity": "info"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("needs threshold_ms"), "{missing}");
+    }
+
+    #[test]
+    fn a_broker_client_report_reads_as_consumer_inputs() {
+        let report: ClientsInput = serde_json::from_str(
+            r#"{"refuse": false, "truncated": false,
+                "clients": [{"kind": "consumer", "group": "g", "client_id": "c", "idc": "", "sdk_language": "rust",
+                             "sdk_version": "0.1.0", "sdk_violation": null, "host": "127.0.0.1", "topics": ["t"],
+                             "subscription": "", "heartbeat_age_ms": 5,
+                             "blocked": {"topic": "t", "queue_id": 0, "lag_messages": 3, "idle_ms": 9}}],
+                "departed": [{"group": "g", "client_id": "d", "host": "127.0.0.1", "idc": "", "reason": "heartbeat expired",
+                              "departed_ms": 10, "last_heartbeat_ms": 2}]}"#,
+        )
+        .unwrap();
+        assert_eq!(report.clients[0].blocked.as_ref().unwrap().idle_ms, 9);
+        assert_eq!(report.departed[0].reason, "heartbeat expired");
+    }
+
+    #[test]
+    fn a_producer_of_large_messages_fires_with_its_topic_owner_until_the_window_passes() {
+        let rules = vec![Rule {
+            name: "large".into(),
+            condition: Condition::LargeMessages { window_ms: 60_000 },
+            for_ms: 0,
+            severity: "info".into(),
+        }];
+        let producer = |client_id: &str, last_large_ago_ms: Option<u64>| ProducerInput {
+            client_id: client_id.into(),
+            host: "10.0.0.8".into(),
+            idc: "dc3".into(),
+            topics: vec!["logs".into(), "videos".into()],
+            large_threshold_bytes: 10_240,
+            large_messages: 7,
+            largest_message_bytes: 20_480,
+            last_large_ago_ms,
+        };
+        let inputs = Inputs {
+            clients: Some(ClientsInput {
+                producers: vec![
+                    producer("recent", Some(1_000)),
+                    producer("recent", Some(1_000)),
+                    producer("long-ago", Some(61_000)),
+                    producer("never", None),
+                ],
+                ..ClientsInput::default()
+            }),
+            topic_owners: BTreeMap::from([("logs".into(), String::new()), ("videos".into(), "media".into())]),
+            ..Inputs::default()
+        };
+        let (holding, judged) = conditions(&rules, &inputs);
+        assert!(judged.contains("large"));
+        assert_eq!(holding.len(), 1, "{holding:?}");
+        assert_eq!(holding[0].subject, "producer=recent");
+        assert_eq!(holding[0].owner, "media", "the first topic with an owner");
+        for expected in [
+            "host 10.0.0.8",
+            "data center dc3",
+            "7 messages over 10240 bytes",
+            "compress",
+        ] {
+            assert!(holding[0].message.contains(expected), "{}", holding[0].message);
+        }
     }
 }

@@ -12,8 +12,7 @@ use meridian_proto::auth::{self, Authenticator, Credentials, UserDirectory, Veri
 use serde::{Deserialize, Serialize};
 
 use crate::error::NameserverError;
-use crate::service::{NameserverService, WriteOp};
-use crate::state::{Command, Origin};
+use crate::service::NameserverService;
 
 /// Authentication settings (the `[auth]` table). Off by default (and in `meridian dev` unless
 /// `--auth`).
@@ -75,26 +74,4 @@ pub fn authenticator(config: &AuthConfig, service: &Arc<NameserverService>) -> O
         node_secret,
         Arc::new(StateUsers(service.clone())),
     )))
-}
-
-/// Records where a write came from for the audit log: wraps its command in
-/// [`Command::Audited`] with `origin`, replacing any origin the client claimed (only nodes
-/// forwarding a write may pass one on, and they do not come through here).
-pub fn attribute(op: &mut WriteOp, origin: Origin) {
-    if let WriteOp::Command { command } = op {
-        let inner = match std::mem::replace(
-            command,
-            Command::DeleteUser {
-                name: String::new(),
-                by: String::new(),
-            },
-        ) {
-            Command::Audited { command, .. } => *command,
-            other => other,
-        };
-        *command = Command::Audited {
-            origin,
-            command: Box::new(inner),
-        };
-    }
 }

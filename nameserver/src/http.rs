@@ -75,7 +75,7 @@ pub fn router(service: Arc<NameserverService>) -> Router {
         .route("/api/{*path}", any(unknown_endpoint))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(service)
-        .layer(axum::middleware::from_fn(crate::security_api::record_origin))
+        .layer(axum::middleware::from_fn(crate::origin::record_origin))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ pub mod liveness;
 pub mod log_store;
 pub mod metrics;
 pub mod network;
+pub mod origin;
 pub mod raft;
 pub mod remoting;
 pub mod routes;

@@ -5,16 +5,11 @@
 //! makes the secret, prints it once and sends only salt, iterations, `StoredKey` and `ServerKey`),
 //! so no secret ever crosses this API or enters the Raft log.
 //!
-//! [`record_origin`] is a middleware around the whole admin router: it keeps the client's
-//! address for the request, and [`current_origin`] lets [`crate::service::NameserverService::write`]
-//! wrap the command in [`Command::Audited`] so the audit log says where it came from. A
-//! task-local is used on purpose, not a global: it lives exactly as long as one request's future.
+//! Where each admin request came from is recorded by [`crate::origin`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::middleware::Next;
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,26 +18,7 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::service::NameserverService;
-use crate::state::{AuditEntry, Command, Origin, StoredVerifier, UserView};
-
-tokio::task_local! {
-    static ORIGIN: Origin;
-}
-
-/// Where the admin request being served came from, when it came over HTTP.
-pub fn current_origin() -> Option<Origin> {
-    ORIGIN.try_with(Origin::clone).ok()
-}
-
-/// Middleware: runs the rest of the request with its client's address as its [`Origin`].
-pub async fn record_origin(request: Request, next: Next) -> HttpResponse {
-    let from = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.to_string())
-        .unwrap_or_default();
-    ORIGIN.scope(Origin { from, user: None }, next.run(request)).await
-}
+use crate::state::{AuditEntry, Command, StoredVerifier, UserView};
 
 /// The routes of this module, merged into the admin API's router.
 pub fn router() -> Router<Arc<NameserverService>> {

@@ -357,6 +357,7 @@ fn answer(
         | RequestCode::ConsumerLeave
         | RequestCode::LockQueues
         | RequestCode::UnlockQueues
+        | RequestCode::ProducerHeartbeat
         | RequestCode::ReplicaFetch => Answer::Now(Err(ApiError::new(
             ErrorCode::UnsupportedRequest,
             format!(
@@ -412,7 +413,7 @@ impl FrameService for NameserverFrames {
         Answer::Later(Box::pin(async move {
             let mut request = decode_json::<WriteRequest>("nameserver write", &body)?;
             if !(anonymous && request.forwarded) {
-                crate::auth::attribute(&mut request.op, origin);
+                crate::service::attribute(&mut request.op, origin);
             }
             json(&service.write(request).await?)
         }))

@@ -328,8 +328,8 @@ impl NameserverService {
     /// Applies `request` through the leader: here when this node leads, else forwarded to it once.
     pub async fn write(&self, mut request: WriteRequest) -> Result<Response, ApiError> {
         // An admin request over HTTP carries where it came from into the audit log.
-        if let Some(origin) = crate::security_api::current_origin() {
-            crate::auth::attribute(&mut request.op, origin);
+        if let Some(origin) = crate::origin::current_origin() {
+            attribute(&mut request.op, origin);
         }
         match self.write_here(request.op.clone()).await {
             Err(NameserverError::ForwardToLeader {
@@ -857,4 +857,26 @@ fn validate_broker(heartbeat: &BrokerHeartbeat) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Records where a write came from for the audit log: wraps its command in
+/// [`Command::Audited`] with `origin`, replacing any origin the client claimed (only nodes
+/// forwarding a write may pass one on, and they do not come through here).
+pub fn attribute(op: &mut WriteOp, origin: crate::state::Origin) {
+    if let WriteOp::Command { command } = op {
+        let inner = match std::mem::replace(
+            command,
+            Command::DeleteUser {
+                name: String::new(),
+                by: String::new(),
+            },
+        ) {
+            Command::Audited { command, .. } => *command,
+            other => other,
+        };
+        *command = Command::Audited {
+            origin,
+            command: Box::new(inner),
+        };
+    }
 }

@@ -53,6 +53,9 @@ pub enum RequestCode {
     LockQueues = 33,
     /// An orderly consumer releases queue locks ([`crate::messages::LockQueuesRequest`]).
     UnlockQueues = 34,
+    /// A producer reports it is alive, with its send latency and message sizes
+    /// ([`crate::messages::ProducerHeartbeat`]).
+    ProducerHeartbeat = 35,
     /// A broker reports it is alive, with a digest of its registration
     /// ([`crate::messages::BrokerHeartbeat`] → [`crate::messages::BrokerHeartbeatResponse`]).
     BrokerHeartbeat = 40,
@@ -86,7 +89,7 @@ pub enum RequestCode {
 
 impl RequestCode {
     /// Every request code, for exhaustive tests and docs.
-    pub const ALL: [RequestCode; 31] = [
+    pub const ALL: [RequestCode; 32] = [
         RequestCode::Send,
         RequestCode::Pull,
         RequestCode::CommitOffset,
@@ -106,6 +109,7 @@ impl RequestCode {
         RequestCode::ConsumerLeave,
         RequestCode::LockQueues,
         RequestCode::UnlockQueues,
+        RequestCode::ProducerHeartbeat,
         RequestCode::BrokerHeartbeat,
         RequestCode::RegisterBroker,
         RequestCode::BrokerMetadata,
@@ -142,6 +146,7 @@ impl RequestCode {
             RequestCode::CheckTransactions => "check_transactions",
             RequestCode::LockQueues => "lock_queues",
             RequestCode::UnlockQueues => "unlock_queues",
+            RequestCode::ProducerHeartbeat => "producer_heartbeat",
             RequestCode::CreateTopic => "create_topic",
             RequestCode::TopicRoute => "topic_route",
             RequestCode::ConsumerHeartbeat => "consumer_heartbeat",

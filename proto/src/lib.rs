@@ -35,6 +35,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod client_stats;
 pub mod codes;
 pub mod compress;
 pub mod delay;

@@ -607,6 +607,30 @@ pub struct ConsumerHeartbeat {
     pub sdk_language: String,
 }
 
+/// [`crate::RequestCode::ProducerHeartbeat`]: a producer is alive, with its latency and message
+/// sizes. Brokers that predate it answer `UnsupportedRequest`, which the producer ignores.
+#[derive(Clone, PartialEq, Message)]
+pub struct ProducerHeartbeat {
+    /// Unique id of this producer instance.
+    #[prost(string, tag = "1")]
+    pub client_id: String,
+    /// Its producer group (may be empty).
+    #[prost(string, tag = "2")]
+    pub group: String,
+    /// `language/version` of its SDK.
+    #[prost(string, tag = "3")]
+    pub sdk: String,
+    /// Its data center; empty when it has none.
+    #[prost(string, tag = "4")]
+    pub idc: String,
+    /// Its figures since it started.
+    #[prost(message, optional, tag = "5")]
+    pub stats: Option<crate::client_stats::ClientStats>,
+    /// Topics it sent to, sorted: their owners are told about its large messages.
+    #[prost(string, repeated, tag = "6")]
+    pub topics: Vec<String>,
+}
+
 /// [`crate::RequestCode::ConsumerList`] and [`crate::RequestCode::ConsumerLeave`] request.
 #[derive(Clone, PartialEq, Message)]
 pub struct GroupMember {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use meridian_tests::{DevNode, eventually};
 
 /// An HTTP server on 127.0.0.1:0 that answers 200 to every POST and keeps the JSON bodies.
-fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+pub(crate) fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hooks/meridian", listener.local_addr().unwrap());
     let received = Arc::new(Mutex::new(Vec::new()));

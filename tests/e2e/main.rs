@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod compat;
 mod console;
+mod consumer_health;
 mod consumers;
 mod continuity;
 mod durability;

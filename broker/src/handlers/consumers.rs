@@ -95,6 +95,7 @@ pub(super) fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketA
         idc: request.idc,
         allocation: request.allocation,
         deployment: request.deployment,
+        subscription: request.subscription,
     };
     let (allocation, deployment, idc) = (info.allocation.clone(), info.deployment.clone(), info.idc.clone());
     let joined = state

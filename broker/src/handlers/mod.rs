@@ -66,6 +66,7 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         RequestCode::ConsumerHeartbeat => now(consumer_heartbeat(state, body, peer)),
         RequestCode::ConsumerList => now(consumer_list(state, body)),
         RequestCode::ConsumerLeave => now(consumer_leave(state, body)),
+        RequestCode::ProducerHeartbeat => now(crate::producers::producer_heartbeat(&state.producers, body, peer)),
         RequestCode::ReplicaFetch => replica_fetch(state, body),
         RequestCode::BrokerHeartbeat
         | RequestCode::RegisterBroker

@@ -91,6 +91,14 @@ pub(super) fn pull(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> R
         Ok(request) => request,
         Err(error) => return Reply::Now(Err(error)),
     };
+    state.lag.record_pull(
+        &request.group,
+        &request.topic,
+        request.queue_id,
+        request.offset,
+        peer,
+        crate::lag::now_ms(),
+    );
     if let Some(generation) = request.offset_generation {
         let current = state.store.offset_generation(&request.group, &request.topic);
         if generation != current {

@@ -20,4 +20,6 @@ mod collector;
 mod tracker;
 
 pub use collector::LagCollector;
-pub use tracker::{CommitSample, GroupLag, LagTracker, QueueLag, Status, WINDOW, compute, evaluate, now_ms};
+pub use tracker::{
+    CommitSample, GroupLag, LagTracker, PullSample, QueueLag, Status, WINDOW, compute, evaluate, now_ms,
+};

@@ -1,7 +1,11 @@
 //! Lag from what the broker holds: the commit windows of each group's queues ([`LagTracker`]),
 //! Burrow's rules over one window ([`evaluate`]) and the lag of every group now ([`compute`]).
+//! It also keeps, per group and queue, who pulled it last and when its pull offset last moved
+//! ([`LagTracker::record_pull`]), for the consumer-health view ([`crate::clients`]): a member that
+//! heartbeats while its queue has a backlog and neither pulls on nor commits is blocked.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use meridian_proto::record::Record;
@@ -88,13 +92,32 @@ pub fn evaluate(window: &[CommitSample], current_lag: u64, now_ms: u64) -> Statu
 }
 
 type QueueWindows = BTreeMap<u32, VecDeque<CommitSample>>;
+type QueuePulls = BTreeMap<u32, PullSample>;
 
-/// The last [`WINDOW`] commits of every group's queues, fed by the commit handler.
+/// The last pull of one group's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullSample {
+    /// The connection it came over.
+    pub peer: SocketAddr,
+    /// The offset it asked for.
+    pub offset: u64,
+    /// The offset this connection first asked for: where its consuming started, which counts as
+    /// consumed until the group commits.
+    pub from_offset: u64,
+    /// When the pulled offset last moved (or the queue changed hands), in ms since the Unix epoch:
+    /// a consumer that long-polls the same offset again and again is not making progress.
+    pub progressed_ms: u64,
+}
+
+/// The last [`WINDOW`] commits of every group's queues, fed by the commit handler, and the last
+/// pull of each, fed by the pull handler.
 #[derive(Debug, Default)]
 pub struct LagTracker {
     // group (offsets key) → topic → queue → window. Nested so a commit to a known queue looks it
     // up with borrowed names and allocates nothing.
     windows: Mutex<HashMap<String, HashMap<String, QueueWindows>>>,
+    // group → topic → queue → last pull; nested for the same reason (pulls are a hot path).
+    pulls: Mutex<HashMap<String, HashMap<String, QueuePulls>>>,
 }
 
 impl LagTracker {
@@ -119,6 +142,55 @@ impl LagTracker {
             window.pop_front();
         }
         window.push_back(sample);
+    }
+
+    /// Records a pull of `offset` by `group` over the connection from `peer`; allocates only the
+    /// first time a queue is pulled.
+    pub fn record_pull(&self, group: &str, topic: &str, queue_id: u32, offset: u64, peer: SocketAddr, now_ms: u64) {
+        let mut pulls = self.pulls.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let topics = match pulls.get_mut(group) {
+            Some(topics) => topics,
+            None => pulls.entry(group.to_owned()).or_default(),
+        };
+        let queues = match topics.get_mut(topic) {
+            Some(queues) => queues,
+            None => topics.entry(topic.to_owned()).or_default(),
+        };
+        let sample = queues.entry(queue_id).or_insert(PullSample {
+            peer,
+            offset,
+            from_offset: offset,
+            progressed_ms: now_ms,
+        });
+        if sample.peer != peer {
+            sample.peer = peer;
+            sample.from_offset = offset;
+        } else if sample.offset == offset {
+            return;
+        }
+        sample.offset = offset;
+        sample.progressed_ms = now_ms;
+    }
+
+    /// The last pull of every queue of `group` on `topic`, by queue id.
+    pub fn pulls(&self, group: &str, topic: &str) -> Vec<(u32, PullSample)> {
+        let pulls = self.pulls.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pulls
+            .get(group)
+            .and_then(|topics| topics.get(topic))
+            .map(|queues| queues.iter().map(|(queue_id, sample)| (*queue_id, *sample)).collect())
+            .unwrap_or_default()
+    }
+
+    /// When `group` last committed an offset of a queue, in ms since the Unix epoch.
+    pub fn last_commit_ms(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
+        let windows = self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        windows
+            .get(group)?
+            .get(topic)?
+            .get(&queue_id)?
+            .back()
+            .map(|sample| sample.at_ms)
     }
 
     /// A copy of one queue's window, oldest first.
@@ -309,5 +381,31 @@ mod tests {
             "an offset past the end is no lag"
         );
         assert!(tracker.window("audit", "orders", 1).is_empty());
+    }
+
+    #[test]
+    fn a_pull_progresses_only_when_its_offset_moves_or_the_queue_changes_hands() {
+        let tracker = LagTracker::default();
+        let one = SocketAddr::from(([127, 0, 0, 1], 1));
+        let two = SocketAddr::from(([127, 0, 0, 1], 2));
+        tracker.record_pull("billing", "orders", 0, 5, one, 1_000);
+        // Long-polling the same offset again is no progress.
+        tracker.record_pull("billing", "orders", 0, 5, one, 9_000);
+        assert_eq!(tracker.pulls("billing", "orders")[0].1.progressed_ms, 1_000);
+        tracker.record_pull("billing", "orders", 0, 7, one, 10_000);
+        assert_eq!(tracker.pulls("billing", "orders")[0].1.progressed_ms, 10_000);
+        tracker.record_pull("billing", "orders", 0, 7, two, 11_000);
+        let (queue_id, pull) = tracker.pulls("billing", "orders")[0];
+        assert_eq!(
+            (queue_id, pull.peer, pull.offset, pull.progressed_ms),
+            (0, two, 7, 11_000)
+        );
+        assert_eq!(pull.from_offset, 7, "where the new connection started");
+        tracker.record_pull("billing", "orders", 0, 9, two, 12_000);
+        assert_eq!(tracker.pulls("billing", "orders")[0].1.from_offset, 7);
+        assert!(tracker.pulls("audit", "orders").is_empty());
+        assert_eq!(tracker.last_commit_ms("billing", "orders", 0), None);
+        tracker.record_commit("billing", "orders", 0, 7, 9, 12_000);
+        assert_eq!(tracker.last_commit_ms("billing", "orders", 0), Some(12_000));
     }
 }

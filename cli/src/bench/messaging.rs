@@ -20,8 +20,8 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::MultiProgress;
 use meridian_client::{
-    Admin, ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, Message, Producer, ProducerConfig,
-    PushConsumer, StoredMessage,
+    Admin, ConnectionPool, ConsumeFrom, ConsumeResult, ConsumerConfig, Message, Producer, ProducerConfig, PushConsumer,
+    StoredMessage,
 };
 use meridian_proto::delay::LEVELS_MS;
 use meridian_proto::properties::DELIVER_AT;
@@ -176,7 +176,7 @@ fn unix_millis() -> i64 {
 async fn ensure_bench_topic(target: &ClientTarget, pool: &ConnectionPool, topic: &str, queues: u32) -> Result<()> {
     match &target.broker {
         Some(broker) => {
-            let admin = Admin::new(route_source(target, pool), crate::user_cmds::client_config());
+            let admin = Admin::new(route_source(target, pool), crate::credentials::client_config());
             match admin.create_topic(broker, topic, queues).await {
                 // An existing topic with another queue count is fine for a benchmark.
                 Err(error) if !error.to_string().contains("already exists") => Err(error.into()),
@@ -362,8 +362,8 @@ pub async fn delay(args: DelayBench) -> Result<()> {
         );
     }
     let run = mix(unix_micros() as u64);
-    let consumer_pool = ConnectionPool::new(crate::user_cmds::client_config());
-    let producer_pool = ConnectionPool::new(crate::user_cmds::client_config());
+    let consumer_pool = ConnectionPool::new(crate::credentials::client_config());
+    let producer_pool = ConnectionPool::new(crate::credentials::client_config());
     ensure_bench_topic(&args.target, &producer_pool, &args.topic, args.queues).await?;
     if args.target.broker.is_none() {
         ensure_group(&args.target.nameservers, &args.group, &args.topic).await?;
@@ -703,7 +703,7 @@ async fn run_retry_pass(
         ensure_group(&args.target.nameservers, &group, topic).await?;
     }
     let pass = Arc::new(RetryPass::new(run, args.count, fail_fraction));
-    let pool = ConnectionPool::new(crate::user_cmds::client_config());
+    let pool = ConnectionPool::new(crate::credentials::client_config());
     let config = ConsumerConfig {
         consume_from: ConsumeFrom::Earliest,
         retry_delay_level: args.retry_delay_level,
@@ -770,7 +770,7 @@ async fn run_retry_pass(
 /// Stores `count` messages in `topic`, 32 per request, 16 requests in flight.
 async fn store_messages(args: &RetryBench, run: u64, topic: &str) -> Result<f64> {
     const BATCH: u64 = 32;
-    let pool = ConnectionPool::new(crate::user_cmds::client_config());
+    let pool = ConnectionPool::new(crate::credentials::client_config());
     let producer = Producer::new(route_source(&args.target, &pool), ProducerConfig::default());
     let claimed = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
@@ -834,7 +834,7 @@ pub async fn retry(mut args: RetryBench) -> Result<()> {
     let run_id = format!("{:x}", unix_millis());
     let topic = format!("{}-{run_id}", args.topic_prefix);
     {
-        let pool = ConnectionPool::new(crate::user_cmds::client_config());
+        let pool = ConnectionPool::new(crate::credentials::client_config());
         let created = ensure_bench_topic(&args.target, &pool, &topic, args.queues).await;
         pool.shutdown().await;
         created?;

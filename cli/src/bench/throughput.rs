@@ -83,11 +83,11 @@ pub async fn produce(args: ProduceBench) -> Result<()> {
         Some(dir) => Some(tokio::task::spawn_blocking(move || disk_baseline(&dir, 256 << 20, 2000)).await??),
         None => None,
     };
-    let pool = ConnectionPool::new(crate::user_cmds::client_config());
+    let pool = ConnectionPool::new(crate::credentials::client_config());
     let route = route_source(&args.target, &pool);
     match &args.target.broker {
         Some(broker) => {
-            let admin = Admin::new(route.clone(), crate::user_cmds::client_config());
+            let admin = Admin::new(route.clone(), crate::credentials::client_config());
             let created = admin.create_topic(broker, &args.topic, args.queues).await;
             created.or_else(|error| {
                 // An existing topic with another queue count is fine for a benchmark.
@@ -260,12 +260,16 @@ pub async fn produce(args: ProduceBench) -> Result<()> {
 const BENCH_GROUP: &str = "meridian-bench";
 
 pub async fn consume(args: ConsumeBench) -> Result<()> {
-    let pool = ConnectionPool::new(crate::user_cmds::client_config());
+    let pool = ConnectionPool::new(crate::credentials::client_config());
     if args.target.broker.is_none() {
         ensure_group(&args.target.nameservers, BENCH_GROUP, &args.topic).await?;
     }
     let route = route_source(&args.target, &pool);
-    let consumer = Arc::new(PullConsumer::new(route, crate::user_cmds::client_config(), BENCH_GROUP));
+    let consumer = Arc::new(PullConsumer::new(
+        route,
+        crate::credentials::client_config(),
+        BENCH_GROUP,
+    ));
     let queues = consumer
         .queues(&args.topic)
         .await

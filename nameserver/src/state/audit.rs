@@ -12,21 +12,10 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::commands::Command;
+pub use super::commands::Origin;
 
 /// Entries kept; older ones are dropped first.
 pub const AUDIT_LEN: usize = 10_000;
-
-/// Where an admin request came from, recorded by the node that received it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Origin {
-    /// The client's address (`ip:port`), as the receiving node saw it.
-    #[serde(default)]
-    pub from: String,
-    /// The authenticated user; `None` when the channel was not authenticated.
-    #[serde(default)]
-    pub user: Option<String>,
-}
 
 /// One admin action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::{Alert, AlertUpdate};
-use super::audit::Origin;
 use super::brokers::{BrokerRegistration, EpochChange};
 use super::governance::{ConsumerGroup, GroupRequest, Topic, TopicChanges, TopicRequest};
 use super::idc::IdcRule;
@@ -284,4 +283,16 @@ pub enum Response {
     },
     /// An alert as recorded.
     Alert(Alert),
+}
+
+/// Where an admin request came from, recorded by the node that received it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// The client's address (`ip:port`), as the receiving node saw it.
+    #[serde(default)]
+    pub from: String,
+    /// The authenticated user; `None` when the channel was not authenticated.
+    #[serde(default)]
+    pub user: Option<String>,
 }

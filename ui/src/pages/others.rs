@@ -256,10 +256,52 @@ pub fn render_clients(view: &ClientsView<'_>) -> String {
         total,
         CLIENTS_PAGE,
     ));
-    body.push_str(&missing(
-        "Latency per client is not reported by any API yet. Producers are listed only when they broke the SDK policy (the brokers do not track compliant producers).",
-    ));
+    body.push_str(&render_producer_stats(view));
     page("Clients", Nav::Clients, &body)
+}
+
+/// Producers' own reports (send latency, message sizes, large messages with a hint), from every
+/// broker that answered; consume latency is not reported yet.
+fn render_producer_stats(view: &ClientsView<'_>) -> String {
+    let millis = |value: &Value| {
+        value
+            .as_u64()
+            .map_or_else(|| "—".to_owned(), |us| format!("{:.1} ms", us as f64 / 1000.0))
+    };
+    let mut rows = String::new();
+    for (broker, answer) in &view.brokers {
+        let Ok(answer) = answer else { continue };
+        for producer in answer["producers"].as_array().into_iter().flatten() {
+            let large = producer["large_messages"].as_u64().unwrap_or(0);
+            let _ = write!(
+                rows,
+                "<tr data-producer=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"large\">{}</td><td>{}</td></tr>",
+                attr(&text_of(&producer["client_id"])),
+                esc(&text_of(&producer["client_id"])),
+                esc(&text_of(&producer["host"])),
+                esc(&text_of(&producer["sdk"])),
+                millis(&producer["send_p50_us"]),
+                millis(&producer["send_p99_us"]),
+                esc(&text_of(&producer["sends"])),
+                esc(&text_of(&producer["message_p50_bytes"])),
+                if large == 0 {
+                    badge("ok")
+                } else {
+                    format!(
+                        "<span class=\"badge bad\">{large} large</span> {}",
+                        esc(&text_of(&producer["hint"]))
+                    )
+                },
+                esc(broker),
+            );
+        }
+    }
+    if rows.is_empty() {
+        return missing("No producer reported its send latency and message sizes (Meridian's SDK reports every 10 s).");
+    }
+    format!(
+        "<h2>Producer latency and message size</h2><table id=\"producers\"><thead><tr><th>producer</th><th>host</th><th>SDK</th><th>send p50</th><th>send p99</th><th>sends</th><th>size p50 (bytes)</th><th>large messages</th><th>broker</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
 }
 
 #[cfg(test)]
@@ -295,7 +337,9 @@ mod tests {
                     "127.0.0.1:8081".into(),
                     Ok(json!({"refuse": false, "clients": [
                         {"kind": "consumer", "group": "billing", "client_id": "c1@host", "idc": "dc1", "sdk_language": "rust", "sdk_version": "0.1.0", "sdk_violation": null},
-                        {"kind": "producer", "group": "", "client_id": "127.0.0.1:5000", "idc": "", "sdk_language": "java", "sdk_version": "<1.0>", "sdk_violation": "below the minimum 1.2.0: upgrade"}]})),
+                        {"kind": "producer", "group": "", "client_id": "127.0.0.1:5000", "idc": "", "sdk_language": "java", "sdk_version": "<1.0>", "sdk_violation": "below the minimum 1.2.0: upgrade"}],
+                        "producers": [{"client_id": "uploader-1", "host": "10.0.0.8", "sdk": "rust/0.1.0", "send_p50_us": 2047, "send_p99_us": 131071,
+                                       "sends": 100, "message_p50_bytes": 32767, "large_messages": 5, "hint": "5 messages over 10240 bytes: compress"}]})),
                 ),
                 (
                     "127.0.0.1:8181".into(),
@@ -325,5 +369,11 @@ mod tests {
         assert!(!offenders.contains("c1@host") && offenders.contains("127.0.0.1:5000"));
         let searched = render_clients(&view("BILL", ""));
         assert!(searched.contains("c1@host") && !searched.contains("127.0.0.1:5000"));
+        assert!(
+            html.contains("data-producer=\"uploader-1\"")
+                && html.contains("<td>2.0 ms</td><td>131.1 ms</td>")
+                && html.contains("5 large</span> 5 messages over 10240 bytes: compress"),
+            "{html}"
+        );
     }
 }
