@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use meridian_proto::client_stats::percentile;
 use serde::Serialize;
 
 use crate::groups::LiveMember;
@@ -83,6 +84,26 @@ pub struct ClientEntry {
     pub heartbeat_age_ms: Option<u64>,
     /// The queue a consumer holds up, the longest idle one, if any.
     pub blocked: Option<BlockedQueue>,
+    /// Messages a consumer's handler finished since it started; `null` when it reports no
+    /// figures (an SDK that predates them, or a producer).
+    pub consumed: Option<u64>,
+    /// A consumer's median handler time per message (µs, upper bound of its power-of-two
+    /// bucket), since it started; `null` before its first message.
+    pub consume_p50_us: Option<u64>,
+    /// A consumer's 99th percentile handler time per message (µs), since it started.
+    pub consume_p99_us: Option<u64>,
+}
+
+/// A consumer's figures from the handler times it reported: (messages, p50 µs, p99 µs).
+pub fn consume_figures(consume_latency_us: &[u64]) -> (Option<u64>, Option<u64>, Option<u64>) {
+    if consume_latency_us.is_empty() {
+        return (None, None, None);
+    }
+    (
+        Some(consume_latency_us.iter().sum()),
+        percentile(consume_latency_us, 0.5),
+        percentile(consume_latency_us, 0.99),
+    )
 }
 
 /// The clients of one broker.
@@ -175,6 +196,7 @@ impl ClientsView {
                 let mut topics = member.info.topics.clone();
                 topics.sort();
                 let info = member.info;
+                let (consumed, consume_p50_us, consume_p99_us) = consume_figures(&info.consume_latency_us);
                 ClientEntry {
                     kind: "consumer",
                     sdk_violation: judge(&info.sdk_language, &info.sdk_version),
@@ -188,6 +210,9 @@ impl ClientsView {
                     subscription: info.subscription,
                     heartbeat_age_ms: Some(u64::try_from(member.heartbeat_age.as_millis()).unwrap_or(u64::MAX)),
                     blocked,
+                    consumed,
+                    consume_p50_us,
+                    consume_p99_us,
                 }
             })
             .collect();
@@ -208,6 +233,9 @@ impl ClientsView {
                 subscription: String::new(),
                 heartbeat_age_ms: None,
                 blocked: None,
+                consumed: None,
+                consume_p50_us: None,
+                consume_p99_us: None,
             });
         }
         let departed = self.state.groups.departed(now);

@@ -29,6 +29,9 @@ pub struct MemberInfo {
     pub deployment: String,
     /// Its tag filter expression; empty: every message.
     pub subscription: String,
+    /// Its cumulative consume latency counts per [`meridian_proto::client_stats`] bucket (µs,
+    /// the handler's time per message), from its last heartbeat; empty when it reports none.
+    pub consume_latency_us: Vec<u64>,
 }
 
 /// How long a member that went away without leaving is remembered as [`Departed`].
@@ -311,6 +314,7 @@ mod tests {
             deployment: "single-side".into(),
             sdk_language: "rust".into(),
             subscription: String::new(),
+            consume_latency_us: Vec::new(),
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use meridian_proto::client_stats::{BUCKETS, ClientStats, percentile};
+use meridian_proto::client_stats::{ClientStats, percentile};
 use meridian_proto::messages::ProducerHeartbeat;
 use meridian_proto::validate;
 use prost::Message;
@@ -172,18 +172,9 @@ pub fn producer_heartbeat(producers: &ProducerReports, body: Bytes, peer: Socket
     }
     request.topics.sort();
     if let Some(stats) = &request.stats {
-        for (name, buckets) in [
-            ("send_latency_us", &stats.send_latency_us),
-            ("consume_latency_us", &stats.consume_latency_us),
-            ("message_bytes", &stats.message_bytes),
-        ] {
-            if buckets.len() > BUCKETS {
-                return Err(BrokerError::MalformedBody(format!(
-                    "producer heartbeat: {name} has {} buckets, at most {BUCKETS}",
-                    buckets.len()
-                )));
-            }
-        }
+        stats
+            .validate_buckets()
+            .map_err(|error| BrokerError::MalformedBody(format!("producer heartbeat: {error}")))?;
     }
     producers.heartbeat(request, peer, Instant::now());
     Ok(Bytes::new())
@@ -191,6 +182,8 @@ pub fn producer_heartbeat(producers: &ProducerReports, body: Bytes, peer: Socket
 
 #[cfg(test)]
 mod tests {
+    use meridian_proto::client_stats::BUCKETS;
+
     use super::*;
 
     fn report(client_id: &str, large_messages: u64) -> ProducerHeartbeat {

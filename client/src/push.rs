@@ -31,9 +31,10 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use meridian_proto::client_stats::{ClientStats, LatencyHistogram};
 use meridian_proto::filter::TagFilter;
 use meridian_proto::idc::IdcSettings;
 use meridian_proto::messages::{
@@ -223,6 +224,8 @@ struct PushInner {
     findings: Mutex<Findings>,
     /// Consume-side trace events waiting to be reported (`None` with `trace` off).
     trace: Option<crate::trace::ConsumeTracer>,
+    /// The handler's time per call, sent cumulatively in every heartbeat.
+    consume_latency: Arc<LatencyHistogram>,
 }
 
 /// Problems the last rebalance saw in the group.
@@ -329,8 +332,22 @@ impl PushConsumer {
         let idc = crate::idc::detect(pull.routes.source(), &config.idc, "consumer")
             .await
             .idc;
-        let handler: BoxedHandler = Arc::new(move |message| Box::pin(handler(message)));
+        // Every handler call is timed here, so all paths (in place, retried, orderly) count; the
+        // future was boxed already, timing adds an `Instant` and one atomic add per call.
+        let consume_latency = Arc::new(LatencyHistogram::default());
+        let timed = consume_latency.clone();
+        let handler: BoxedHandler = Arc::new(move |message| {
+            let timed = timed.clone();
+            let handled = handler(message);
+            Box::pin(async move {
+                let started = Instant::now();
+                let result = handled.await;
+                timed.record(started.elapsed());
+                result
+            })
+        });
         let inner = Arc::new(PushInner {
+            consume_latency,
             pull,
             handler,
             tracker: TaskTracker::new(),
@@ -477,6 +494,10 @@ impl PushInner {
             broadcasting: self.config.broadcasting,
             subscription: self.config.subscription.clone(),
             sdk_language: meridian_proto::sdk::SDK_LANGUAGE.to_owned(),
+            stats: Some(ClientStats {
+                consume_latency_us: self.consume_latency.snapshot(),
+                ..ClientStats::default()
+            }),
         };
         let timeout = self.config.client.request_timeout;
         let sends = broker_addrs(&route).into_iter().map(|addr| {

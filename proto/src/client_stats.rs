@@ -150,6 +150,26 @@ pub struct ClientStats {
     pub largest_message_bytes: u64,
 }
 
+impl ClientStats {
+    /// Checks that no histogram has more than [`BUCKETS`] buckets; the error names the
+    /// histogram, its count and the limit.
+    pub fn validate_buckets(&self) -> Result<(), String> {
+        for (name, buckets) in [
+            ("send_latency_us", &self.send_latency_us),
+            ("consume_latency_us", &self.consume_latency_us),
+            ("message_bytes", &self.message_bytes),
+        ] {
+            if buckets.len() > BUCKETS {
+                return Err(format!(
+                    "{name} has {} buckets, at most {BUCKETS}: report the SDK's fixed histograms unchanged",
+                    buckets.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

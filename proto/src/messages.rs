@@ -605,6 +605,10 @@ pub struct ConsumerHeartbeat {
     /// Language of its SDK (`rust` for Meridian's); empty reads as `rust`.
     #[prost(string, tag = "10")]
     pub sdk_language: String,
+    /// Its consume figures since it started (`consume_latency_us`: the handler's time per
+    /// message); absent from SDKs that predate it, which brokers read as "not reported".
+    #[prost(message, optional, tag = "11")]
+    pub stats: Option<crate::client_stats::ClientStats>,
 }
 
 /// [`crate::RequestCode::ProducerHeartbeat`]: a producer is alive, with its latency and message

@@ -58,6 +58,11 @@ pub(super) fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketA
         ));
     }
     TagFilter::parse(&request.subscription)?;
+    if let Some(stats) = &request.stats {
+        stats
+            .validate_buckets()
+            .map_err(|error| BrokerError::MalformedBody(format!("consumer heartbeat: {error}")))?;
+    }
     state.check_consume(&request.group, request.topics.iter().map(String::as_str))?;
     let sdk_language = if request.sdk_language.is_empty() {
         meridian_proto::sdk::SDK_LANGUAGE.to_owned()
@@ -96,6 +101,7 @@ pub(super) fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketA
         allocation: request.allocation,
         deployment: request.deployment,
         subscription: request.subscription,
+        consume_latency_us: request.stats.map(|stats| stats.consume_latency_us).unwrap_or_default(),
     };
     let (allocation, deployment, idc) = (info.allocation.clone(), info.deployment.clone(), info.idc.clone());
     let joined = state

@@ -514,6 +514,7 @@ fn heartbeat(
             deployment: String::new(),
             broadcasting: is_broadcasting(consumer.get("messageModel")),
             subscription: if expression == "*" { String::new() } else { expression },
+            stats: None,
         };
         let new = remoting.state.groups.describe(group, client_id).is_none();
         if let Err(error) = native_now(remoting, RequestCode::ConsumerHeartbeat, &native_heartbeat, peer) {
