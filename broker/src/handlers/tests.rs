@@ -267,3 +267,66 @@ fn consumer_requests_need_an_approved_group_granted_the_topic() {
     assert_eq!(error.code(), ErrorCode::FailedPrecondition);
     state.store.shutdown();
 }
+
+#[test]
+fn consumers_report_handler_times_and_the_clients_view_shows_their_percentiles() {
+    use meridian_proto::client_stats::{BUCKETS, ClientStats};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = governed_state(dir.path());
+    let heartbeat = |client_id: &str, stats: Option<ClientStats>| {
+        let request = ConsumerHeartbeat {
+            group: "billing".into(),
+            client_id: client_id.into(),
+            topics: vec!["orders".into()],
+            stats,
+            ..ConsumerHeartbeat::default()
+        };
+        consumer_heartbeat(
+            &state,
+            Bytes::from(request.encode_to_vec()),
+            "127.0.0.1:5000".parse().unwrap(),
+        )
+    };
+    // 98 messages of ~20 ms (bucket 15: 16.4-32.8 ms), 2 of ~1 s (bucket 20).
+    let mut consume_latency_us = vec![0; BUCKETS];
+    consume_latency_us[15] = 98;
+    consume_latency_us[20] = 2;
+    let stats = ClientStats {
+        consume_latency_us,
+        ..ClientStats::default()
+    };
+    heartbeat("timed", Some(stats.clone())).unwrap();
+    heartbeat("old-sdk", None).unwrap();
+
+    let oversized = ClientStats {
+        consume_latency_us: vec![1; BUCKETS + 1],
+        ..ClientStats::default()
+    };
+    let error = heartbeat("bad", Some(oversized)).unwrap_err();
+    assert_eq!(error.code(), ErrorCode::MalformedFrame);
+    assert!(
+        error.to_string().contains("consume_latency_us has 33 buckets, at most 32"),
+        "{error}"
+    );
+
+    let report = crate::clients::ClientsView::new(state.clone()).report();
+    let consumer = |client_id: &str| {
+        report
+            .clients
+            .iter()
+            .find(|entry| entry.client_id == client_id)
+            .unwrap_or_else(|| panic!("{client_id} is listed: {:?}", report.clients))
+    };
+    let timed = consumer("timed");
+    assert_eq!(timed.consumed, Some(100));
+    assert_eq!(timed.consume_p50_us, Some(32_767));
+    assert_eq!(timed.consume_p99_us, Some(1_048_575));
+    let old = consumer("old-sdk");
+    assert_eq!((old.consumed, old.consume_p50_us, old.consume_p99_us), (None, None, None));
+    assert!(report.clients.iter().all(|entry| entry.client_id != "bad"));
+    let json = serde_json::to_value(timed).unwrap();
+    assert_eq!(json["consume_p50_us"], 32_767);
+    assert_eq!(json["consumed"], 100);
+    state.store.shutdown();
+}
