@@ -108,13 +108,39 @@ async fn list(http: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// Producers' own latency and size reports, and consumers gone without leaving.
+/// Consumers' handler times and producers' own latency and size reports, and consumers gone
+/// without leaving.
 fn print_client_health(report: &serde_json::Value) {
     let micros = |value: &serde_json::Value| {
         value
             .as_u64()
             .map_or("-".to_owned(), |us| format!("{:.1}ms", us as f64 / 1000.0))
     };
+    let consumers: Vec<serde_json::Value> = report["clients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|client| client["kind"] == "consumer")
+        .cloned()
+        .collect();
+    if !consumers.is_empty() {
+        println!();
+        println!(
+            "{:<20} {:<36} {:<16} {:>11} {:>11} {:>9}",
+            "GROUP", "CONSUMER", "HOST", "CONSUME p50", "CONSUME p99", "CONSUMED"
+        );
+        for consumer in consumers {
+            println!(
+                "{:<20} {:<36} {:<16} {:>11} {:>11} {:>9}",
+                consumer["group"].as_str().unwrap_or_default(),
+                consumer["client_id"].as_str().unwrap_or_default(),
+                consumer["host"].as_str().unwrap_or_default(),
+                micros(&consumer["consume_p50_us"]),
+                micros(&consumer["consume_p99_us"]),
+                consumer["consumed"].as_u64().map_or("-".to_owned(), |count| count.to_string())
+            );
+        }
+    }
     let producers = report["producers"].as_array().cloned().unwrap_or_default();
     if !producers.is_empty() {
         println!();

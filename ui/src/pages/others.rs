@@ -155,8 +155,16 @@ pub struct ClientsView<'a> {
     pub offset: usize,
 }
 
+/// Microseconds as `1.5 ms`; `—` when absent.
+fn millis(value: &Value) -> String {
+    value
+        .as_u64()
+        .map_or_else(|| "—".to_owned(), |us| format!("{:.1} ms", us as f64 / 1000.0))
+}
+
 /// The Clients page: the SDK policy, then every client the brokers know (consumers, and producers
-/// that broke the policy), with SDK, version, data center and the policy's verdict, paginated.
+/// that broke the policy), with SDK, version, data center, the policy's verdict and a consumer's
+/// handler time per message (p50/p99), paginated.
 pub fn render_clients(view: &ClientsView<'_>) -> String {
     let mut body = String::from("<h2>SDK policy</h2>");
     match &view.policy {
@@ -222,7 +230,7 @@ pub fn render_clients(view: &ClientsView<'_>) -> String {
         }
     }
     let total = matching.len();
-    body.push_str("<table id=\"clients\"><thead><tr><th>kind</th><th>group</th><th>client</th><th>data center</th><th>SDK</th><th>version</th><th>verdict</th><th>broker</th></tr></thead><tbody>");
+    body.push_str("<table id=\"clients\"><thead><tr><th>kind</th><th>group</th><th>client</th><th>data center</th><th>SDK</th><th>version</th><th>verdict</th><th>consume p50</th><th>consume p99</th><th>broker</th></tr></thead><tbody>");
     for (broker, client) in matching.iter().skip(view.offset).take(CLIENTS_PAGE) {
         let verdict = match client["sdk_violation"].as_str() {
             None => badge("ok"),
@@ -234,7 +242,7 @@ pub fn render_clients(view: &ClientsView<'_>) -> String {
         };
         let _ = write!(
             body,
-            "<tr data-client=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"verdict\">{verdict}</td><td>{}</td></tr>",
+            "<tr data-client=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"verdict\">{verdict}</td><td class=\"consume\">{}</td><td class=\"consume\">{}</td><td>{}</td></tr>",
             attr(&text_of(&client["client_id"])),
             empty_dash("kind"),
             match client["group"].as_str() {
@@ -245,6 +253,8 @@ pub fn render_clients(view: &ClientsView<'_>) -> String {
             empty_dash("idc"),
             empty_dash("sdk_language"),
             empty_dash("sdk_version"),
+            millis(&client["consume_p50_us"]),
+            millis(&client["consume_p99_us"]),
             esc(broker),
         );
     }
@@ -261,13 +271,8 @@ pub fn render_clients(view: &ClientsView<'_>) -> String {
 }
 
 /// Producers' own reports (send latency, message sizes, large messages with a hint), from every
-/// broker that answered; consume latency is not reported yet.
+/// broker that answered (consumers' handler times are columns of the clients table).
 fn render_producer_stats(view: &ClientsView<'_>) -> String {
-    let millis = |value: &Value| {
-        value
-            .as_u64()
-            .map_or_else(|| "—".to_owned(), |us| format!("{:.1} ms", us as f64 / 1000.0))
-    };
     let mut rows = String::new();
     for (broker, answer) in &view.brokers {
         let Ok(answer) = answer else { continue };
@@ -336,7 +341,8 @@ mod tests {
                 (
                     "127.0.0.1:8081".into(),
                     Ok(json!({"refuse": false, "clients": [
-                        {"kind": "consumer", "group": "billing", "client_id": "c1@host", "idc": "dc1", "sdk_language": "rust", "sdk_version": "0.1.0", "sdk_violation": null},
+                        {"kind": "consumer", "group": "billing", "client_id": "c1@host", "idc": "dc1", "sdk_language": "rust", "sdk_version": "0.1.0", "sdk_violation": null,
+                         "consumed": 100, "consume_p50_us": 32767, "consume_p99_us": 1048575},
                         {"kind": "producer", "group": "", "client_id": "127.0.0.1:5000", "idc": "", "sdk_language": "java", "sdk_version": "<1.0>", "sdk_violation": "below the minimum 1.2.0: upgrade"}],
                         "producers": [{"client_id": "uploader-1", "host": "10.0.0.8", "sdk": "rust/0.1.0", "send_p50_us": 2047, "send_p99_us": 131071,
                                        "sends": 100, "message_p50_bytes": 32767, "large_messages": 5, "hint": "5 messages over 10240 bytes: compress"}]})),
@@ -373,6 +379,12 @@ mod tests {
             html.contains("data-producer=\"uploader-1\"")
                 && html.contains("<td>2.0 ms</td><td>131.1 ms</td>")
                 && html.contains("5 large</span> 5 messages over 10240 bytes: compress"),
+            "{html}"
+        );
+        // A consumer's handler time per message; a producer has none.
+        assert!(
+            html.contains("<td class=\"consume\">32.8 ms</td><td class=\"consume\">1048.6 ms</td>")
+                && html.contains("<td class=\"consume\">—</td><td class=\"consume\">—</td>"),
             "{html}"
         );
     }
