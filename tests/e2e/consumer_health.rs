@@ -5,6 +5,7 @@
 //! fires, with the group's owner, the client id, host and data center, and once when it resolves.
 //! A producer of 20 KB messages is listed by the broker with its send p50/p99 and a hint to
 //! compress, and fires `large_messages` with the topic's owner until it sends small ones again.
+//! A push consumer whose handler takes ~20 ms is listed with that consume p50.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -339,6 +340,66 @@ async fn a_producer_of_20_kb_messages_is_flagged_with_a_hint_and_fires_large_mes
     wait_for_change(&received, &node, key, "resolved").await;
     assert_once_per_change(&received, key).await;
 
+    producer.shutdown().await;
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_whose_handler_takes_20_ms_is_listed_with_that_consume_p50() {
+    let (url, _received) = webhook_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_rules(dir.path(), &url, "reports", "renderers", "report-team").await;
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let config = ConsumerConfig {
+        client_id: "renderer-1".into(),
+        heartbeat_interval: Duration::from_millis(200),
+        long_poll: Duration::from_millis(500),
+        ..ConsumerConfig::new("renderers", "reports")
+    };
+    let consumer = PushConsumer::start(node.route(&pool), config, |_message| async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ConsumeResult::Success
+    })
+    .await
+    .unwrap();
+    let producer = Producer::new(node.route(&pool), ProducerConfig::default());
+    for index in 0..20 {
+        producer
+            .send(Message::new("reports", format!("report-{index}")))
+            .await
+            .unwrap();
+    }
+    let listed = || {
+        let report = meridian_tests::http_get_json(node.http, "/api/broker/clients")?;
+        report["clients"]
+            .as_array()?
+            .iter()
+            .find(|client| client["client_id"] == "renderer-1")
+            .cloned()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || listed()
+            .is_some_and(|client| client["consumed"].as_u64() >= Some(20)))
+        .await,
+        "the consumer never reported 20 handled messages: {:?}; node log:\n{}",
+        listed(),
+        node.log()
+    );
+    let client = listed().unwrap();
+    let p50 = client["consume_p50_us"].as_u64().unwrap();
+    assert!((10_000..=100_000).contains(&p50), "{client}");
+    assert!(client["consume_p99_us"].as_u64().unwrap() >= p50, "{client}");
+    let (ok, stdout, stderr) = node.cli(&["client", "list", "--http", &node.http.to_string()], "");
+    assert!(ok, "{stderr}");
+    let row = stdout
+        .lines()
+        .find(|line| line.starts_with("renderers") && line.contains("renderer-1") && line.contains("ms"))
+        .unwrap_or_else(|| panic!("no consume row for renderer-1: {stdout}"));
+    // No more messages arrive, so the CLI sees the same counts as the API did.
+    let shown = format!("{:.1}ms", p50 as f64 / 1000.0);
+    assert!(stdout.contains("CONSUME p50") && row.contains(&shown), "{shown}: {stdout}");
+
+    consumer.shutdown().await;
     producer.shutdown().await;
     node.stop();
 }
