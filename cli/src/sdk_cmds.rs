@@ -137,7 +137,9 @@ fn print_client_health(report: &serde_json::Value) {
                 consumer["host"].as_str().unwrap_or_default(),
                 micros(&consumer["consume_p50_us"]),
                 micros(&consumer["consume_p99_us"]),
-                consumer["consumed"].as_u64().map_or("-".to_owned(), |count| count.to_string())
+                consumer["consumed"]
+                    .as_u64()
+                    .map_or("-".to_owned(), |count| count.to_string())
             );
         }
     }

@@ -397,7 +397,10 @@ async fn a_consumer_whose_handler_takes_20_ms_is_listed_with_that_consume_p50() 
         .unwrap_or_else(|| panic!("no consume row for renderer-1: {stdout}"));
     // No more messages arrive, so the CLI sees the same counts as the API did.
     let shown = format!("{:.1}ms", p50 as f64 / 1000.0);
-    assert!(stdout.contains("CONSUME p50") && row.contains(&shown), "{shown}: {stdout}");
+    assert!(
+        stdout.contains("CONSUME p50") && row.contains(&shown),
+        "{shown}: {stdout}"
+    );
 
     consumer.shutdown().await;
     producer.shutdown().await;

@@ -306,7 +306,9 @@ fn consumers_report_handler_times_and_the_clients_view_shows_their_percentiles()
     let error = heartbeat("bad", Some(oversized)).unwrap_err();
     assert_eq!(error.code(), ErrorCode::MalformedFrame);
     assert!(
-        error.to_string().contains("consume_latency_us has 33 buckets, at most 32"),
+        error
+            .to_string()
+            .contains("consume_latency_us has 33 buckets, at most 32"),
         "{error}"
     );
 
@@ -323,7 +325,10 @@ fn consumers_report_handler_times_and_the_clients_view_shows_their_percentiles()
     assert_eq!(timed.consume_p50_us, Some(32_767));
     assert_eq!(timed.consume_p99_us, Some(1_048_575));
     let old = consumer("old-sdk");
-    assert_eq!((old.consumed, old.consume_p50_us, old.consume_p99_us), (None, None, None));
+    assert_eq!(
+        (old.consumed, old.consume_p50_us, old.consume_p99_us),
+        (None, None, None)
+    );
     assert!(report.clients.iter().all(|entry| entry.client_id != "bad"));
     let json = serde_json::to_value(timed).unwrap();
     assert_eq!(json["consume_p50_us"], 32_767);
