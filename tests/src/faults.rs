@@ -2,7 +2,7 @@
 //!
 //! - [`LinkProxy`]: a TCP proxy in front of a node that can cut the link (a black hole, like
 //!   [`crate::FaultyProxy`]) or slow it (each chunk held back a fixed delay, both ways).
-//! - [`LocalCluster`]: a two-IDC cluster spec with free ports on 127.0.0.x, brought up and driven
+//! - [`LocalCluster`]: a two-IDC cluster spec with one 127.0.0.x address per node, brought up and driven
 //!   only through `meridian cluster up|status|kill|restart|down`, as an operator would. Dropping it
 //!   kills whatever its cluster dir still runs, so a failed test leaves no process behind.
 //! - [`Load`]: producers sending through the nameservers' routes until stopped, recording every
@@ -216,20 +216,24 @@ pub struct LocalCluster {
     pub options: ClusterOptions,
 }
 
-/// A port on `ip` that was free a moment ago. The one place the harness picks a port before a
-/// process binds it: `meridian cluster up` is the operator's tool, whose spec names every node's
-/// address and writes them into each other's configs (the nameservers' members, the brokers'
-/// nameservers) before anything starts, so it has no port 0 to offer. Each node has its own
-/// 127.0.0.x address, where nothing else of the tests listens, and `cluster up` checks every
-/// address is free before it starts anything, so a clash fails loudly, never silently.
-fn addr_on(ip: &str) -> SocketAddr {
-    let probe = std::net::TcpListener::bind((ip, 0)).expect("binding a probe port");
-    probe.local_addr().expect("probe address")
+/// The framed-protocol and HTTP ports every node of a [`LocalCluster`] listens on, each node on
+/// its own 127.0.0.x address. `meridian cluster up` is the operator's tool: its spec names every
+/// node's address and writes them into each other's configs (the nameservers' members, the
+/// brokers' nameservers) before anything starts, so it has no port 0 to offer. Nothing is probed
+/// and released: the address is the node's alone (each suite lays its clusters out on its own
+/// range of 127.0.0.x), and the ports sit below the kernel's ephemeral range (32768-60999 by
+/// default), so no client connection can be handed one of them. `cluster up` checks every address
+/// is free before it starts anything, so a clash would fail loudly, never silently.
+const NODE_LISTEN_PORT: u16 = 17_911;
+const NODE_HTTP_PORT: u16 = 18_080;
+
+fn addr_on(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("a 127.0.0.x address"), port)
 }
 
 impl LocalCluster {
     /// Lays the cluster out under `root` on 127.0.0.`first_ip` and the addresses after it (14
-    /// of them), with free ports; nothing is written or started yet.
+    /// of them), each node on its own address; nothing is written or started yet.
     pub fn layout(root: &Path, first_ip: u8, options: ClusterOptions) -> LocalCluster {
         let mut nodes = BTreeMap::new();
         let mut next_ip = first_ip;
@@ -244,8 +248,8 @@ impl LocalCluster {
                 format!("ns-{id}"),
                 NodeAddrs {
                     idc: idc.into(),
-                    listen: Some(addr_on(&ip)),
-                    http: Some(addr_on(&ip)),
+                    listen: Some(addr_on(&ip, NODE_LISTEN_PORT)),
+                    http: Some(addr_on(&ip, NODE_HTTP_PORT)),
                 },
             );
         }
@@ -262,8 +266,8 @@ impl LocalCluster {
                 name.into(),
                 NodeAddrs {
                     idc: idc.into(),
-                    listen: Some(addr_on(&ip)),
-                    http: Some(addr_on(&ip)),
+                    listen: Some(addr_on(&ip, NODE_LISTEN_PORT)),
+                    http: Some(addr_on(&ip, NODE_HTTP_PORT)),
                 },
             );
         }
@@ -274,7 +278,7 @@ impl LocalCluster {
                 NodeAddrs {
                     idc: "dc1".into(),
                     listen: None,
-                    http: Some(addr_on(&ip)),
+                    http: Some(addr_on(&ip, NODE_HTTP_PORT)),
                 },
             );
         }
