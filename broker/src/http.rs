@@ -162,10 +162,14 @@ async fn topics(State(state): State<HttpState>) -> Json<serde_json::Value> {
     Json(json!({ "topics": topics }))
 }
 
+/// The `?group=G&topic=T` of every broker endpoint about one group's view of one topic (offsets,
+/// and the console's allocation in the cli).
 #[derive(serde::Deserialize)]
-struct OffsetsQuery {
-    group: String,
-    topic: String,
+pub struct GroupTopicQuery {
+    /// The consumer group.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
 }
 
 /// `GET /api/broker/offsets?group=G&topic=T`: the group's stored offset of every queue of the
@@ -174,7 +178,7 @@ struct OffsetsQuery {
 /// queue, no disk access: the console calls it per group and topic of a group's page.
 async fn offsets(
     State(state): State<HttpState>,
-    query: Result<axum::extract::Query<OffsetsQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<axum::extract::Query<GroupTopicQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(axum::extract::Query(query)) = query else {
         return offsets_error(

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use meridian_broker::Broker;
-use meridian_broker::http::offsets_error;
+use meridian_broker::http::{GroupTopicQuery, offsets_error};
 use serde_json::json;
 
 /// Where the console endpoints reach the broker and the cluster's routes.
@@ -57,12 +57,6 @@ fn client_error_response(context: String, error: &meridian_client::ClientError) 
     offsets_error(status, code, format!("{context}: {error}"))
 }
 
-#[derive(serde::Deserialize)]
-struct AllocationQuery {
-    group: String,
-    topic: String,
-}
-
 /// `GET /api/broker/allocation?group=G&topic=T`: which live member of the group holds which queue
 /// of the topic, per data center. The members come from this broker (as a consumer lists them),
 /// the queues and data centers from the topic's route (the nameservers'), and each member's share
@@ -70,7 +64,7 @@ struct AllocationQuery {
 /// inputs: so this is the allocation the members themselves compute, not a guess.
 async fn allocation(
     State(state): State<ConsoleApiState>,
-    query: Result<axum::extract::Query<AllocationQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<axum::extract::Query<GroupTopicQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(axum::extract::Query(query)) = query else {
         return offsets_error(
