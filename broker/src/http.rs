@@ -1,6 +1,7 @@
 //! The broker's HTTP API: `/metrics` (Prometheus) and the JSON admin API (`docs/api.md`):
 //! health with the broker's place in its group, local topics, a group's offsets and their reset,
-//! consumer lag and the client inventory. [`router`] builds it from a running [`Broker`]; the
+//! consumer lag and the client inventory, recent rates and disk use (`/api/broker/stats`), and one
+//! stored message by its offset id (`/api/broker/message`). [`router`] builds it from a running [`Broker`]; the
 //! `meridian` binary only binds a listener and serves it (beside other services' routers).
 //! [`metrics_router`] is `/metrics` alone, for processes without a broker.
 
@@ -35,6 +36,8 @@ struct HttpState {
     replication: Arc<Replication>,
     lag: LagCollector,
     clients: ClientsView,
+    stats: Arc<crate::metrics::stats::BrokerStats>,
+    idc: String,
 }
 
 /// The routes of a broker process: its health (with its place in its group), its local topics,
@@ -49,6 +52,8 @@ pub fn router(mut registry: Registry, broker_name: String, broker: &Broker) -> R
         .route("/api/broker/offsets/reset", axum::routing::post(reset_offsets))
         .route("/api/broker/lag", get(lag_report))
         .route("/api/broker/clients", get(clients_report))
+        .route("/api/broker/stats", get(stats_report))
+        .route("/api/broker/message", get(message))
         .with_state(HttpState {
             broker_name,
             broker_addr: broker.local_addr(),
@@ -56,6 +61,8 @@ pub fn router(mut registry: Registry, broker_name: String, broker: &Broker) -> R
             replication: broker.replication(),
             lag,
             clients: broker.clients_view(),
+            stats: broker.stats(),
+            idc: broker.idc(),
         })
         .merge(metrics_router(Arc::new(registry)))
 }
@@ -123,12 +130,14 @@ async fn health(State(state): State<HttpState>) -> (StatusCode, Json<serde_json:
             "version": env!("CARGO_PKG_VERSION"),
             "broker": {
                 "name": state.broker_name,
+                "idc": state.idc,
                 "committed_offset": state.store.committed_offset(),
                 "flushed_offset": state.store.flushed_offset(),
                 "confirmed_offset": state.store.confirmed_offset(),
                 "dispatched_offset": state.store.dispatched_offset(),
                 "flush_mode": state.store.config().flush_mode,
             },
+            "stats": state.stats.summary(),
             "replication": {
                 "role": role.name(),
                 "epoch": role.epoch(),
@@ -160,6 +169,157 @@ async fn topics(State(state): State<HttpState>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(json!({ "topics": topics }))
+}
+
+#[derive(serde::Deserialize)]
+struct StatsQuery {
+    #[serde(default)]
+    topic: Option<String>,
+}
+
+/// `GET /api/broker/stats?topic=T`: put and get rates of the last sample and of the last minute,
+/// the data directory's disk use, the rates of every sample of the last five minutes, and with
+/// `topic` that topic's put rate per sample (`metrics/stats.rs`). Reads the sampler's ring only.
+async fn stats_report(
+    State(state): State<HttpState>,
+    query: Result<axum::extract::Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let topic = match query {
+        Ok(axum::extract::Query(query)) => query.topic.filter(|topic| !topic.is_empty()),
+        Err(_) => {
+            return offsets_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                "the only parameter is the topic: /api/broker/stats?topic=T".to_owned(),
+            );
+        }
+    };
+    if let Some(topic) = &topic
+        && let Err(error) = meridian_proto::topics::validate_consumable(topic)
+    {
+        return offsets_error(StatusCode::BAD_REQUEST, "invalid_argument", error.to_string());
+    }
+    let mut report = state.stats.report(topic.as_deref());
+    report["broker"] = json!(state.broker_name);
+    Json(report).into_response()
+}
+
+/// Body bytes `GET /api/broker/message` returns at most (the rest is counted in `body_size`).
+pub const MAX_MESSAGE_BODY: usize = 64 << 10;
+
+#[derive(serde::Deserialize)]
+struct MessageQuery {
+    offset_id: String,
+    #[serde(default)]
+    msg_id: Option<String>,
+}
+
+/// `GET /api/broker/message?offset_id=BROKER:OFFSET&msg_id=ID`: the message stored at commitlog
+/// offset `OFFSET` (16 hex digits) of broker group `BROKER` (this one), with its properties and
+/// the first [`MAX_MESSAGE_BODY`] bytes of its body as text. With `msg_id`, a record with another
+/// id is not found. One record read, for the console's Trace page before the archive has it.
+async fn message(
+    State(state): State<HttpState>,
+    query: Result<axum::extract::Query<MessageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(query)) = query else {
+        return offsets_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "give the message's offset id: /api/broker/message?offset_id=broker-a:00000000000001F4 (and optionally &msg_id=)".to_owned(),
+        );
+    };
+    let parsed = query
+        .offset_id
+        .rsplit_once(':')
+        .filter(|(_, hex)| hex.len() == 16)
+        .and_then(|(broker, hex)| u64::from_str_radix(hex, 16).ok().map(|offset| (broker, offset)));
+    let Some((broker, offset)) = parsed else {
+        return offsets_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!(
+                "{:?} is not an offset id: write BROKER:OFFSET with the offset in 16 hex digits, e.g. broker-a:00000000000001F4",
+                query.offset_id
+            ),
+        );
+    };
+    if broker != state.broker_name {
+        return offsets_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "{} was stored by broker group {broker}; this is broker group {}: ask one of {broker}'s brokers",
+                query.offset_id, state.broker_name
+            ),
+        );
+    }
+    let store = state.store.clone();
+    let read = tokio::task::spawn_blocking(move || store.read_record(offset)).await;
+    let record = match read {
+        Ok(Ok(record)) => record,
+        Ok(Err(error)) => {
+            return offsets_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "broker {} holds no message at {}: {error} (it may have been deleted by retention; the archive may have it)",
+                    state.broker_name, query.offset_id
+                ),
+            );
+        }
+        Err(error) => {
+            return offsets_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("reading {} failed: {error}", query.offset_id),
+            );
+        }
+    };
+    let Some(stored) = meridian_proto::record::decode_all(&record)
+        .ok()
+        .and_then(|messages| messages.into_iter().next())
+    else {
+        return offsets_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the record at {} does not decode", query.offset_id),
+        );
+    };
+    if let Some(wanted) = query.msg_id.as_deref().filter(|id| !id.is_empty())
+        && !stored.msg_id().eq_ignore_ascii_case(wanted)
+    {
+        return offsets_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "the message at {} is {}, not {wanted}",
+                query.offset_id,
+                stored.msg_id()
+            ),
+        );
+    }
+    let properties: serde_json::Map<String, serde_json::Value> =
+        meridian_proto::properties::PropertiesIter::new(&stored.properties)
+            .map(|(name, value)| (name.to_owned(), json!(value)))
+            .collect();
+    let shown = &stored.body[..stored.body.len().min(MAX_MESSAGE_BODY)];
+    Json(json!({
+        "broker": state.broker_name,
+        "offset_id": query.offset_id,
+        "msg_id": stored.msg_id(),
+        "topic": stored.topic,
+        "queue_id": stored.queue_id,
+        "queue_offset": stored.queue_offset,
+        "born_timestamp": stored.born_timestamp,
+        "store_timestamp": stored.store_timestamp,
+        "reconsume_count": stored.reconsume_count,
+        "properties": properties,
+        "body_size": stored.body.len(),
+        "body_truncated": shown.len() < stored.body.len(),
+        "body": String::from_utf8_lossy(shown),
+    }))
+    .into_response()
 }
 
 /// The `?group=G&topic=T` of every broker endpoint about one group's view of one topic (offsets,

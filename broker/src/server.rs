@@ -229,6 +229,16 @@ impl Broker {
         self.state.replication.clone()
     }
 
+    /// The data center this broker runs in (empty when none is configured).
+    pub fn idc(&self) -> String {
+        self.state.config.idc.clone()
+    }
+
+    /// Recent rates and disk use, sampled while the broker runs (`GET /api/broker/stats`).
+    pub fn stats(&self) -> Arc<crate::metrics::stats::BrokerStats> {
+        self.state.metrics.stats.clone()
+    }
+
     /// The storage engine, for composition in one process and for tests.
     pub fn store(&self) -> Arc<MessageStore> {
         self.state.store.clone()
@@ -292,6 +302,13 @@ impl Broker {
         }
         retention.spawn(crate::schedule::run(state.clone(), retention_stop.clone()));
         retention.spawn(crate::transaction::run(state.clone(), retention_stop.clone()));
+        retention.spawn(crate::metrics::stats::sample_loop(
+            state.metrics.stats.clone(),
+            state.metrics.clone(),
+            state.store.clone(),
+            state.config.data_dir.clone(),
+            retention_stop.clone(),
+        ));
         retention.close();
         let frames = Arc::new(BrokerFrames { state: state.clone() });
         let settings = ConnectionSettings {

@@ -192,7 +192,41 @@ fn allocation_report(
             json!({"broker": queue.broker_name, "queue_id": queue.queue_id, "idc": idc, "client_id": holder.get(queue)})
         })
         .collect();
+    // The group's retry topic as its consumers share it (`client/src/push.rs`): queue 0 on each
+    // broker of the topic, allocated by the same function among the same members.
+    let mut retry_queues: Vec<(QueueId, String)> = Vec::new();
+    for (queue, idc) in &queues {
+        if !retry_queues.iter().any(|(known, _)| known.broker_name == queue.broker_name) {
+            retry_queues.push((QueueId::new(queue.broker_name.clone(), 0), idc.clone()));
+        }
+    }
+    let mut retry_holder: std::collections::BTreeMap<QueueId, String> = std::collections::BTreeMap::new();
+    let retry_members: Vec<_> = members
+        .iter()
+        .map(|(client_id, idc)| {
+            let share = allocate_by_idc(&retry_queues, &members, client_id, deployment, &evacuated);
+            for queue in &share.queues {
+                retry_holder.insert(queue.clone(), client_id.clone());
+            }
+            json!({
+                "client_id": client_id,
+                "idc": idc,
+                "queues": share.queues.iter().map(|queue| json!({"broker": queue.broker_name, "queue_id": queue.queue_id})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let retry_rows: Vec<_> = retry_queues
+        .iter()
+        .map(|(queue, idc)| {
+            json!({"broker": queue.broker_name, "queue_id": queue.queue_id, "idc": idc, "client_id": retry_holder.get(queue)})
+        })
+        .collect();
     json!({
+        "retry": {
+            "topic": meridian_proto::topics::retry_topic(group),
+            "members": retry_members,
+            "queues": retry_rows,
+        },
         "broker": broker_name,
         "group": group,
         "topic": route.topic,
@@ -479,6 +513,18 @@ mod console_api_tests {
         };
         assert_eq!(queues_of("c1"), ["broker-a#0", "broker-a#1"]);
         assert_eq!(queues_of("c2"), ["broker-b#0", "broker-b#1"]);
+        // The retry topic: queue 0 of each broker, each data center's member holding its own.
+        assert_eq!(report["retry"]["topic"], "%RETRY%billing");
+        let retry: Vec<(String, String)> = report["retry"]["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| (format!("{}#{}", q["broker"].as_str().unwrap(), q["queue_id"]), q["client_id"].as_str().unwrap().to_owned()))
+            .collect();
+        assert_eq!(
+            retry,
+            [("broker-a#0".to_owned(), "c1".to_owned()), ("broker-b#0".to_owned(), "c2".to_owned())]
+        );
         assert!(
             report["queues"]
                 .as_array()

@@ -332,6 +332,43 @@ fn wait(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Unix ms (a whole second) as a `datetime-local` value in UTC: `2026-12-07T22:30:05`.
+fn datetime_local(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000);
+    let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// The number in a rate cell such as `4.5/s · 3.2/s` (`which` 0: now, 1: last minute).
+fn rate_in(text: &str, which: usize) -> f64 {
+    text.split('·')
+        .nth(which)
+        .and_then(|part| part.trim().trim_end_matches("/s").parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[test]
 fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     let started = Instant::now();
@@ -421,6 +458,41 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
         ok && !msg_id.is_empty()
     });
 
+    // TPS and disk at a glance: the brokers sample their counters every 2 s, so within a few
+    // seconds the Overview shows broker-a's put rate over the last minute, its data directory's
+    // size and the free space, and the same summed for its data center.
+    let (ok, _, stderr) = node.cli(
+        &["produce", "--topic", "console-orders"],
+        &(0..20).map(|i| format!("tps-{i}\n")).collect::<String>(),
+    );
+    assert!(ok, "producing: {stderr}");
+    let broker_a = "#broker-health tr[data-broker=\"broker-a\"]";
+    wait("the Overview shows broker-a's put rate", Duration::from_secs(20), || {
+        browser.goto(&format!("{base}/"));
+        browser.wait_for(broker_a, Duration::from_secs(5));
+        rate_in(&browser.text(&format!("{broker_a} .put")), 1) > 0.0
+    });
+    let used = browser.text(&format!("{broker_a} .used"));
+    assert!(used.ends_with("iB") || used.ends_with(" B"), "data dir size: {used:?}");
+    assert!(browser.text(&format!("{broker_a} .free")).contains(" of "));
+    let local_load = browser.text("[data-idc-load=\"local\"] .put");
+    assert!(
+        local_load.trim_end_matches("/s").parse::<f64>().is_ok_and(|rate| rate > 0.0),
+        "the data center's summed put rate: {local_load:?}"
+    );
+    browser.execute("document.querySelector('#broker-health').scrollIntoView(); return 0");
+    browser.screenshot("overview-tps-disk");
+    // The topic's own rate, live, as a chart next to the archive's hourly history.
+    let peak = "#live-tps tr[data-broker=\"broker-a\"] .peak";
+    wait("the topic page charts its live put rate", Duration::from_secs(20), || {
+        browser.goto(&format!("{base}/topics/console-orders"));
+        browser.wait_for(peak, Duration::from_secs(5));
+        browser.text(peak).parse::<f64>().is_ok_and(|rate| rate > 0.0)
+    });
+    assert!(!browser.find_all("#live-tps-chart svg[data-chart=lines] path.line").is_empty());
+    browser.execute("document.querySelector('#live-tps-chart').scrollIntoView(); return 0");
+    browser.screenshot("topic-tps");
+
     // Groups: a new group lags by the message; resetting it to latest (confirmed) clears the lag.
     let (ok, _, stderr) = node.cli(
         &["group", "create", "console-billing", "--topics", "console-orders"],
@@ -430,7 +502,7 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     let total_lag = "return Array.from(document.querySelectorAll('#lag tbody tr td:last-child')).reduce((n, td) => n + Number(td.innerText), 0)";
     browser.goto(&format!("{base}/groups/console-billing"));
     browser.wait_for("#lag tbody tr", Duration::from_secs(5));
-    assert_eq!(browser.execute(total_lag), json!(1), "{}", browser.page_text());
+    assert_eq!(browser.execute(total_lag), json!(21), "{}", browser.page_text());
     assert!(!browser.find_all("svg[data-chart=bars]").is_empty(), "lag is charted");
     browser.screenshot("group-lag");
     browser.type_into("#reset input[name=confirm]", "console-billing");
@@ -439,6 +511,44 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     browser.wait_for(".notice", Duration::from_secs(10));
     assert_eq!(browser.execute(total_lag), json!(0), "{}", browser.page_text());
     browser.screenshot("group-reset");
+
+    // Reset to a time between two messages: the group then lags by the later one only.
+    let (ok, _, stderr) = node.cli(&["topic", "create", "console-times", "--queues", "1"], "");
+    assert!(ok, "creating the topic: {stderr}");
+    let (ok, _, stderr) = node.cli(
+        &["group", "create", "console-rewind", "--topics", "console-times"],
+        "",
+    );
+    assert!(ok, "creating the group: {stderr}");
+    let (ok, _, stderr) = node.cli(&["produce", "--topic", "console-times", "--body", "before"], "");
+    assert!(ok, "producing: {stderr}");
+    // The first whole second after the first message was stored (its store time is before this
+    // moment), and the second message stored after it.
+    let between = (now_ms() / 1000 + 1) * 1000;
+    wait("the clock passes the chosen second", Duration::from_secs(3), || {
+        now_ms() >= between + 50
+    });
+    let (ok, _, stderr) = node.cli(&["produce", "--topic", "console-times", "--body", "after"], "");
+    assert!(ok, "producing: {stderr}");
+    browser.goto(&format!("{base}/groups/console-rewind"));
+    browser.wait_for("#lag tbody tr", Duration::from_secs(5));
+    assert_eq!(browser.execute(total_lag), json!(2), "{}", browser.page_text());
+    browser.click("#reset-to option[value=\"timestamp\"]");
+    browser.execute(&format!(
+        "document.querySelector('#reset-at').value = '{}'; return 0",
+        datetime_local(between)
+    ));
+    browser.type_into("#reset input[name=confirm]", "console-rewind");
+    browser.type_into("#reset input[name=by]", "alice");
+    browser.click("#reset button");
+    browser.wait_for(".notice", Duration::from_secs(10));
+    assert!(
+        browser.text(".notice").contains(&datetime_local(between).replace('T', " ")),
+        "{}",
+        browser.page_text()
+    );
+    assert_eq!(browser.execute(total_lag), json!(1), "{}", browser.page_text());
+    browser.screenshot("group-reset-to-time");
 
     // Alerts: a group of payments-team 4 messages behind fires the rule; the Alerts page and the
     // Overview show it with its owner; resetting the group's offsets in the console resolves it.
@@ -599,6 +709,9 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
         browser.page_text()
     );
     assert!(browser.find_all("#unassigned").is_empty(), "{}", browser.page_text());
+    // The group's retry topic is shared the same way: broker-a's one retry queue is the member's.
+    let retry_row = "#allocation tr[data-client=\"console-consumer-1\"][data-topic=\"%RETRY%console-billing\"]";
+    assert_eq!(browser.text(&format!("{retry_row} .queues")), "broker-a#0");
     browser.execute("document.querySelector('#allocation').scrollIntoView(); return 0");
     browser.screenshot("group-allocation");
 
@@ -737,9 +850,14 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
         "hop latencies are drawn"
     );
     assert!(browser.text("#steps").contains("Store"));
-    // The body comes from SQL's `messages`, the archive plus the live log: a message stored a
-    // moment ago is there before its segment is archived.
-    assert!(browser.page_text().contains("hello console"), "{}", browser.page_text());
+    // The body comes from the broker that stored it (by the timeline's offset id), and the page
+    // says so; SQL over the archive is the fallback.
+    assert!(
+        browser.text("#body-source[data-source=broker]").contains("broker-a"),
+        "{}",
+        browser.page_text()
+    );
+    assert_eq!(browser.text("#body"), "hello console");
     renders.push(("trace", browser.render_ms()));
     browser.screenshot("trace");
     // By key too.
@@ -813,7 +931,7 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
                 .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "png"))
         })
         .count();
-    assert!(shots >= 22, "{shots} screenshots in {}", artifacts.display());
+    assert!(shots >= 25, "{shots} screenshots in {}", artifacts.display());
 }
 
 /// Forecasts from real history: `meridian bench archive-gen` writes 41 hours of traffic (a

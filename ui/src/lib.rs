@@ -249,7 +249,16 @@ async fn topic_page(State(console): State<Shared>, Path(name): Path<String>, Que
         );
         Some(run_sql(query, &sql).await)
     };
-    let (detail, volume) = tokio::join!(detail, volume);
+    // One stats call per configured broker, whatever the number of topics.
+    let rates_path = format!("/api/broker/stats?topic={}", encode(&name));
+    let rates = futures_util::future::join_all(console.brokers.iter().map(|broker| broker.get_json(&rates_path)));
+    let (detail, volume, rates) = tokio::join!(detail, volume, rates);
+    let rates = console
+        .brokers
+        .iter()
+        .map(|broker| broker.addr.clone())
+        .zip(rates)
+        .collect();
     let code = page_status(&detail);
     html(
         code,
@@ -257,6 +266,7 @@ async fn topic_page(State(console): State<Shared>, Path(name): Path<String>, Que
             name: &name,
             detail,
             volume,
+            rates,
             ok: params.get("ok").map(String::as_str),
             error: params.get("error").map(String::as_str),
         }),
@@ -439,12 +449,35 @@ async fn trace_page(State(console): State<Shared>, Query(params): Params) -> Res
                 .await,
         ),
     };
-    let archived = match (&console.query, &lookup) {
-        (Some(query), trace::Lookup::Id(id)) if !id.contains(':') => {
-            Some(run_sql(query, &trace::archive_sql(id)).await)
-        }
+    // The body: from the broker that stored the message (by its offset id, the one searched for
+    // or the timeline's), and from the archive by SQL as the fallback, both at once.
+    let offset_id = match &lookup {
+        trace::Lookup::Id(id) if id.contains(':') => Some(id.clone()),
+        trace::Lookup::Id(_) => answer
+            .as_ref()
+            .and_then(|answer| answer.as_ref().ok())
+            .and_then(|timeline| timeline["offset_id"].as_str())
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned),
         _ => None,
     };
+    let msg_id = match &lookup {
+        trace::Lookup::Id(id) if !id.contains(':') => Some(id.as_str()),
+        _ => None,
+    };
+    let archived = async {
+        match (&console.query, msg_id) {
+            (Some(query), Some(id)) => Some(run_sql(query, &trace::archive_sql(id)).await),
+            _ => None,
+        }
+    };
+    let from_broker = async {
+        match &offset_id {
+            Some(offset_id) => message_from_brokers(&console, offset_id, msg_id).await,
+            None => None,
+        }
+    };
+    let (archived, from_broker) = tokio::join!(archived, from_broker);
     let status = match &answer {
         Some(Err(error)) if error.status != Some(404) => StatusCode::BAD_GATEWAY,
         _ => StatusCode::OK,
@@ -457,8 +490,37 @@ async fn trace_page(State(console): State<Shared>, Query(params): Params) -> Res
             offset,
             answer,
             archived,
+            from_broker,
         }),
     )
+}
+
+/// The message at `offset_id` from whichever configured broker holds it (each is asked; a broker
+/// of another group answers 404): the first answer, else the failure of a broker that did not
+/// answer (it may be the one holding it), else a 404. `None` without broker HTTP APIs.
+async fn message_from_brokers(console: &Console, offset_id: &str, msg_id: Option<&str>) -> Option<Result<Value, ApiError>> {
+    if console.brokers.is_empty() {
+        return None;
+    }
+    let path = format!(
+        "/api/broker/message?offset_id={}{}",
+        encode(offset_id),
+        msg_id.map(|id| format!("&msg_id={}", encode(id))).unwrap_or_default()
+    );
+    let answers = futures_util::future::join_all(console.brokers.iter().map(|broker| broker.get_json(&path))).await;
+    let (mut not_found, mut failed) = (None, None);
+    for answer in answers {
+        match answer {
+            Ok(message) => return Some(Ok(message)),
+            Err(error) if error.status == Some(404) => {
+                not_found.get_or_insert(error);
+            }
+            Err(error) => {
+                failed.get_or_insert(error);
+            }
+        }
+    }
+    failed.or(not_found).map(Err)
 }
 
 async fn run_sql(query: &Upstream, sql: &str) -> Result<Value, ApiError> {
@@ -842,7 +904,17 @@ async fn reset_group(
             Err("offsets not reset: the console knows no broker HTTP API (--broker-http)".into()),
         );
     }
-    let request = json!({ "group": name, "topic": topic, "to": to });
+    let mut request = json!({ "group": name, "topic": topic, "to": to });
+    let mut said = to.to_owned();
+    if to == "timestamp" {
+        match parse_utc(form.get("at")) {
+            Ok(at_ms) => {
+                request["timestamp"] = json!(at_ms);
+                said = format!("{} UTC", html::time_ms(at_ms));
+            }
+            Err(message) => return back(&page, Err(format!("offsets not reset: {message}"))),
+        }
+    }
     let mut moved = 0usize;
     for broker in &console.brokers {
         match broker.send_json("POST", "/api/broker/offsets/reset", &request).await {
@@ -860,9 +932,50 @@ async fn reset_group(
     back(
         &page,
         Ok(format!(
-            "offsets of {name} on {topic} reset to {to} ({moved} queues); consumers continue there at their next pull"
+            "offsets of {name} on {topic} reset to {said} ({moved} queues); consumers continue there at their next pull"
         )),
     )
+}
+
+/// A `datetime-local` value (`2026-12-07T22:30`, `...:05`, `...:05.250`) read as UTC, in Unix ms.
+fn parse_utc(text: &str) -> Result<i64, String> {
+    let bad = || {
+        format!("the time {text:?} is not YYYY-MM-DDTHH:MM[:SS[.mmm]] (UTC); pick one in the time field")
+    };
+    let (date, time) = text.trim().split_once(['T', ' ']).ok_or_else(bad)?;
+    let mut date_parts = date.splitn(3, '-').map(str::parse::<i64>);
+    let (Some(Ok(year)), Some(Ok(month)), Some(Ok(day))) = (date_parts.next(), date_parts.next(), date_parts.next())
+    else {
+        return Err(bad());
+    };
+    let (clock, millis) = match time.split_once('.') {
+        Some((clock, fraction)) => {
+            let digits: String = fraction.chars().chain("000".chars()).take(3).collect();
+            (clock, digits.parse::<i64>().map_err(|_| bad())?)
+        }
+        None => (time, 0),
+    };
+    let mut clock_parts = clock.split(':').map(str::parse::<i64>);
+    let (Some(Ok(hour)), Some(Ok(minute))) = (clock_parts.next(), clock_parts.next()) else {
+        return Err(bad());
+    };
+    let second = match clock_parts.next() {
+        Some(Ok(second)) => second,
+        Some(Err(_)) => return Err(bad()),
+        None => 0,
+    };
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return Err(bad());
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1000) + millis)
 }
 
 async fn resend_dead_letters(
@@ -1048,6 +1161,7 @@ mod tests {
             "/groups",
             "/groups/billing",
             "/trace?q=k",
+            "/trace?q=broker-a:00000000000001F4",
             "/sql?q=SELECT+1",
             "/drills",
             "/clients",
@@ -1078,6 +1192,17 @@ mod tests {
             .unwrap();
         let response = router.oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn reset_times_are_read_as_utc() {
+        for ms in [0i64, 1_796_688_000_123, 951_782_400_000, 1_765_147_230_000] {
+            let text = html::time_ms(ms).replace(' ', "T");
+            assert_eq!(parse_utc(&text), Ok(ms), "{text}");
+        }
+        assert_eq!(parse_utc("2026-12-07T22:30"), Ok(1_796_682_600_000));
+        assert!(parse_utc("yesterday").unwrap_err().contains("YYYY-MM-DD"));
+        assert!(parse_utc("2026-13-01T00:00").is_err());
     }
 
     #[test]

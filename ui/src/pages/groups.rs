@@ -235,8 +235,10 @@ pub fn render_detail(view: &GroupDetail<'_>) -> String {
                 }
                 let _ = write!(
                     body,
-                    "</select></label><label>to <select name=\"to\"><option value=\"latest\">latest (skip the backlog)</option>\
-<option value=\"earliest\">earliest (consume everything again)</option></select></label>\
+                    "</select></label><label>to <select name=\"to\" id=\"reset-to\"><option value=\"latest\">latest (skip the backlog)</option>\
+<option value=\"earliest\">earliest (consume everything again)</option>\
+<option value=\"timestamp\">a time: the first message stored at or after it</option></select></label>\
+<label>time (UTC, with \"a time\") <input type=\"datetime-local\" name=\"at\" id=\"reset-at\" step=\"1\"></label>\
 <label>type the group's name to confirm <input name=\"confirm\" required autocomplete=\"off\"></label>{}\
 <button class=\"danger\">Reset</button></form>",
                     by_field()

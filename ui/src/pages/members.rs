@@ -30,6 +30,7 @@ pub fn allocation_section(answers: &[Result<Value, ApiError>]) -> String {
     let mut by_idc: BTreeMap<String, Vec<(String, &Value)>> = BTreeMap::new();
     let mut orphans: Vec<(String, String, String)> = Vec::new();
     let mut facts = Vec::new();
+    let mut retry_drawn = false;
     for answer in answers {
         match answer {
             Err(error) => errors.push_str(&error_box("Allocation:", error)),
@@ -61,6 +62,22 @@ pub fn allocation_section(answers: &[Result<Value, ApiError>]) -> String {
                 for queue in report["queues"].as_array().into_iter().flatten() {
                     if queue["client_id"].is_null() {
                         orphans.push((topic.clone(), queue_name(queue), text_of(&queue["idc"])));
+                    }
+                }
+                // The group's retry topic, shared by all its topics' consumers: drawn once, from
+                // the first topic's answer (queue 0 of each of its brokers).
+                if !retry_drawn && report["retry"].is_object() {
+                    retry_drawn = true;
+                    let retry = &report["retry"];
+                    let retry_topic = text_of(&retry["topic"]);
+                    for member in retry["members"].as_array().into_iter().flatten() {
+                        let idc = member["idc"].as_str().unwrap_or_default().to_owned();
+                        by_idc.entry(idc).or_default().push((retry_topic.clone(), member));
+                    }
+                    for queue in retry["queues"].as_array().into_iter().flatten() {
+                        if queue["client_id"].is_null() {
+                            orphans.push((retry_topic.clone(), queue_name(queue), text_of(&queue["idc"])));
+                        }
                     }
                 }
             }
@@ -239,8 +256,13 @@ mod tests {
                  "queues": [{"broker": "broker-a", "queue_id": 0}, {"broker": "broker-a", "queue_id": 1}]},
                 {"client_id": "c2", "idc": "dc2", "queues": []}],
             "queues": [{"broker": "broker-a", "queue_id": 0, "idc": "dc1", "client_id": "c1<x>"},
-                       {"broker": "broker-b", "queue_id": 0, "idc": "dc2", "client_id": null}]
+                       {"broker": "broker-b", "queue_id": 0, "idc": "dc2", "client_id": null}],
+            "retry": {"topic": "%RETRY%billing",
+                "members": [{"client_id": "c1<x>", "idc": "dc1", "queues": [{"broker": "broker-a", "queue_id": 0}]}],
+                "queues": [{"broker": "broker-a", "queue_id": 0, "idc": "dc1", "client_id": "c1<x>"}]}
         }))]);
+        // The retry topic's allocation stands next to the topic's.
+        assert!(html.contains("data-topic=\"%RETRY%billing\""), "{html}");
         assert!(
             html.contains("data-idc=\"dc1\"") && html.contains("data-idc=\"dc2\""),
             "{html}"

@@ -28,6 +28,76 @@ pub struct OverviewData {
     pub alerts: Result<Value, ApiError>,
 }
 
+/// Bytes as `1.2 GiB`.
+pub fn bytes_text(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+/// A rate as `12.5/s`, `—` when the broker has no two samples yet.
+fn rate_text(value: &Value) -> String {
+    value.as_f64().map_or_else(|| "—".to_owned(), |rate| format!("{rate}/s"))
+}
+
+/// Put and get rates (last minute) and disk of the brokers of one data center, summed.
+#[derive(Default)]
+struct Load {
+    brokers: usize,
+    put: f64,
+    get: f64,
+    used: u64,
+    free: u64,
+    /// Whether any broker had two samples (else the rates are unknown, not zero).
+    sampled: bool,
+}
+
+fn load_of<'a>(healths: impl Iterator<Item = &'a Value>) -> Load {
+    let mut load = Load::default();
+    for health in healths {
+        let stats = &health["stats"];
+        load.brokers += 1;
+        if let (Some(put), Some(get)) = (stats["put_tps_1m"].as_f64(), stats["get_tps_1m"].as_f64()) {
+            load.put += put;
+            load.get += get;
+            load.sampled = true;
+        }
+        load.used += stats["disk"]["used_bytes"].as_u64().unwrap_or(0);
+        load.free += stats["disk"]["free_bytes"].as_u64().unwrap_or(0);
+    }
+    load
+}
+
+fn load_text(load: &Load) -> String {
+    if load.brokers == 0 {
+        return "no configured broker here".to_owned();
+    }
+    format!(
+        "put <strong class=\"put\">{}</strong> · get <strong class=\"get\">{}</strong> (last minute) · data <strong class=\"used\">{}</strong> · free {}",
+        if load.sampled {
+            format!("{:.1}/s", load.put)
+        } else {
+            "—".to_owned()
+        },
+        if load.sampled {
+            format!("{:.1}/s", load.get)
+        } else {
+            "—".to_owned()
+        },
+        bytes_text(load.used),
+        bytes_text(load.free),
+    )
+}
+
 fn card(label: &str, value: &str, id: &str) -> String {
     format!(
         "<div class=\"card\" id=\"{id}\"><div class=\"card-label\">{}</div><div class=\"card-value\">{value}</div></div>",
@@ -144,6 +214,18 @@ pub fn render(data: &OverviewData) -> String {
                 badge("serving")
             }
         );
+        let here = load_of(
+            data.broker_health
+                .iter()
+                .filter_map(|health| health.as_ref().ok())
+                .filter(|health| health["broker"]["idc"].as_str().unwrap_or_default() == idc),
+        );
+        let _ = write!(
+            body,
+            "<p class=\"idc-load\" data-idc-load=\"{}\">{}</p>",
+            crate::html::attr(idc),
+            load_text(&here)
+        );
         let mut any = false;
         for node in nodes.iter().filter(|n| n["idc"].as_str().unwrap_or_default() == idc) {
             any = true;
@@ -249,7 +331,7 @@ pub fn render(data: &OverviewData) -> String {
             "The console was started without broker HTTP addresses (meridian ui --broker-http ADDR): no broker health to show.",
         ));
     } else {
-        body.push_str("<table id=\"broker-health\"><thead><tr><th>broker</th><th>status</th><th>role</th><th>writable</th><th>committed</th><th>flushed</th><th>confirmed</th><th>flush</th><th>in sync</th><th>store</th></tr></thead><tbody>");
+        body.push_str("<div class=\"scroll\"><table id=\"broker-health\"><thead><tr><th>broker</th><th>data center</th><th>status</th><th>role</th><th>writable</th><th>put/s now · 1 min</th><th>get/s now · 1 min</th><th>data dir</th><th>disk free</th><th>committed</th><th>flushed</th><th>confirmed</th><th>flush</th><th>in sync</th><th>store</th></tr></thead><tbody>");
         let mut failures = String::new();
         for health in &data.broker_health {
             match health {
@@ -269,11 +351,22 @@ pub fn render(data: &OverviewData) -> String {
                     };
                     let _ = write!(
                         body,
-                        "<tr{row_class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"confirmed\">{}</td><td>{}</td><td>{}</td><td>{store}</td></tr>",
+                        "<tr{row_class} data-broker=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"put\">{} · {}</td><td class=\"get\">{} · {}</td><td class=\"used\">{}</td><td class=\"free\">{}</td><td>{}</td><td>{}</td><td class=\"confirmed\">{}</td><td>{}</td><td>{}</td><td>{store}</td></tr>",
+                        crate::html::attr(&text_of(&h["broker"]["name"])),
                         esc(&text_of(&h["broker"]["name"])),
+                        esc(&text_of(&h["broker"]["idc"])),
                         badge(h["status"].as_str().unwrap_or("unknown")),
                         esc(&text_of(&h["replication"]["role"])),
                         text_of(&h["replication"]["writable"]),
+                        rate_text(&h["stats"]["put_tps"]),
+                        rate_text(&h["stats"]["put_tps_1m"]),
+                        rate_text(&h["stats"]["get_tps"]),
+                        rate_text(&h["stats"]["get_tps_1m"]),
+                        h["stats"]["disk"]["used_bytes"].as_u64().map_or_else(|| "—".to_owned(), bytes_text),
+                        match (h["stats"]["disk"]["free_bytes"].as_u64(), h["stats"]["disk"]["total_bytes"].as_u64()) {
+                            (Some(free), Some(total)) => format!("{} of {}", bytes_text(free), bytes_text(total)),
+                            _ => "—".to_owned(),
+                        },
                         text_of(&h["broker"]["committed_offset"]),
                         text_of(&h["broker"]["flushed_offset"]),
                         text_of(&h["broker"]["confirmed_offset"]),
@@ -284,7 +377,7 @@ pub fn render(data: &OverviewData) -> String {
                 Err(error) => failures.push_str(&error_box("Broker health:", error)),
             }
         }
-        body.push_str("</tbody></table>");
+        body.push_str("</tbody></table></div>");
         body.push_str(&failures);
     }
     page("Overview", Nav::Overview, &body)
@@ -326,8 +419,10 @@ mod tests {
                 Err(failed()),
                 Ok(
                     json!({"status": "unhealthy", "store_failure": "fsync of 00000000000000000000 failed: <EIO>",
-                    "broker": {"name": "broker-b", "committed_offset": 300, "flushed_offset": 290, "confirmed_offset": 280},
-                    "replication": {"role": "master"}}),
+                    "broker": {"name": "broker-b", "idc": "dc2", "committed_offset": 300, "flushed_offset": 290, "confirmed_offset": 280},
+                    "replication": {"role": "master"},
+                    "stats": {"put_tps": 4.5, "put_tps_1m": 3.3, "get_tps": 1.0, "get_tps_1m": 0.5,
+                        "disk": {"used_bytes": 3_221_225_472u64, "free_bytes": 1_048_576, "total_bytes": 2_097_152}}}),
                 ),
             ],
             alerts: Ok(
@@ -345,5 +440,10 @@ mod tests {
         assert!(html.contains("<tr class=\"failed\">") && html.contains("<span class=\"badge bad\">unhealthy</span>"));
         assert!(html.contains("failed: &lt;EIO&gt;") && html.contains("<td class=\"confirmed\">280</td>"));
         assert!(html.contains("id=\"firing-alerts\"") && html.contains("team-a"));
+        // TPS and disk per broker, and summed per data center.
+        assert!(html.contains("<td class=\"put\">4.5/s · 3.3/s</td>") && html.contains("<td class=\"used\">3.0 GiB</td>"));
+        assert!(html.contains("<td class=\"free\">1.0 MiB of 2.0 MiB</td>"));
+        assert!(html.contains("data-idc-load=\"dc2\">put <strong class=\"put\">3.3/s</strong>"), "{html}");
+        assert!(html.contains("data-idc-load=\"dc1\">no configured broker here"));
     }
 }

@@ -120,10 +120,84 @@ pub struct TopicDetail<'a> {
     pub detail: Result<Value, ApiError>,
     /// Messages per hour from the archive (`hourly_volume`), `None` without a query service.
     pub volume: Option<Result<Value, ApiError>>,
+    /// Each configured broker's address and its `GET /api/broker/stats?topic=` (the topic's put
+    /// rate every few seconds over the last minutes).
+    pub rates: Vec<(String, Result<Value, ApiError>)>,
     /// `ok=` / `error=` of a redirect.
     pub ok: Option<&'a str>,
     /// See `ok`.
     pub error: Option<&'a str>,
+}
+
+/// The topic's put rate on each broker over the last minutes, as a line per broker and a table.
+fn live_rates(body: &mut String, rates: &[(String, Result<Value, ApiError>)]) {
+    body.push_str("<h2>Messages per second, live</h2>");
+    if rates.is_empty() {
+        body.push_str(&crate::html::missing(
+            "The console was started without broker HTTP addresses (meridian ui --broker-http ADDR): no live rates to show.",
+        ));
+        return;
+    }
+    let mut errors = String::new();
+    let mut names = Vec::new();
+    let mut all_points: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut table = String::from(
+        "<table id=\"live-tps\"><thead><tr><th>broker</th><th>now (msg/s)</th><th>peak (msg/s)</th><th>samples</th></tr></thead><tbody>",
+    );
+    for (addr, answer) in rates {
+        match answer {
+            Err(error) => errors.push_str(&error_box("Live rates (this broker's are missing):", error)),
+            Ok(report) => {
+                let points: Vec<(f64, f64)> = report["topic"]["samples"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|sample| Some((sample["at_ms"].as_f64()?, sample["put_tps"].as_f64()?)))
+                    .collect();
+                let peak = points.iter().map(|p| p.1).fold(0.0, f64::max);
+                let now = points.last().map_or(0.0, |p| p.1);
+                let name = format!("{} ({addr})", text_of(&report["broker"]));
+                let _ = write!(
+                    table,
+                    "<tr data-broker=\"{}\"><td>{}</td><td class=\"now\">{now}</td><td class=\"peak\">{peak}</td><td>{}</td></tr>",
+                    attr(&text_of(&report["broker"])),
+                    esc(&name),
+                    points.len(),
+                );
+                names.push(name);
+                all_points.push(points);
+            }
+        }
+    }
+    table.push_str("</tbody></table>");
+    let classes = ["series-0", "series-1", "series-2", "series-3"];
+    let series: Vec<svg::Series<'_>> = names
+        .iter()
+        .zip(&all_points)
+        .enumerate()
+        .filter(|(_, (_, points))| !points.is_empty())
+        .map(|(index, (name, points))| svg::Series {
+            name,
+            points,
+            band: &[],
+            class: classes[index % classes.len()],
+        })
+        .collect();
+    if series.is_empty() {
+        if errors.is_empty() {
+            body.push_str("<p id=\"live-tps-empty\">No rate yet: the brokers sample every 2 seconds and need two samples.</p>");
+        }
+    } else {
+        body.push_str("<div id=\"live-tps-chart\">");
+        body.push_str(&svg::lines(
+            "messages stored per second, per broker, last 5 minutes (sampled by the brokers)",
+            &series,
+            true,
+        ));
+        body.push_str("</div>");
+    }
+    body.push_str(&table);
+    body.push_str(&errors);
 }
 
 /// One topic's page.
@@ -197,6 +271,7 @@ pub fn render_detail(view: &TopicDetail<'_>) -> String {
             body.push_str("</tbody></table>");
         }
     }
+    live_rates(&mut body, &view.rates);
     body.push_str("<h2>Volume</h2>");
     match &view.volume {
         None => body.push_str(&crate::html::missing(
@@ -265,10 +340,17 @@ mod tests {
                 {"action": "requested", "at_ms": 0, "by": "<i>alice</i>", "detail": null, "reason": null}]}),
             ),
             volume: None,
+            rates: vec![(
+                "127.0.0.1:1".into(),
+                Ok(json!({"broker": "broker-a", "topic": {"name": "t<1>", "samples": [
+                    {"at_ms": 1_000, "put_tps": 0.0}, {"at_ms": 3_000, "put_tps": 12.5}, {"at_ms": 5_000, "put_tps": 2.0}]}})),
+            )],
             ok: None,
             error: Some("<err>"),
         };
         let html = render_detail(&view);
+        assert!(html.contains("id=\"live-tps-chart\"") && html.contains("<td class=\"peak\">12.5</td>"));
+        assert!(html.contains("<td class=\"now\">2</td>"));
         assert!(html.contains("id=\"approve\"") && html.contains("id=\"reject\""));
         assert!(html.contains("action=\"/topics/t%3C1%3E/approve\""));
         assert!(!html.contains("<script>x") && html.contains("&lt;script&gt;x&lt;/script&gt;"));

@@ -55,6 +55,9 @@ pub struct TraceView<'a> {
     /// The message's row in the archive ([`archive_sql`]), when looked up by msgId with a query
     /// service.
     pub archived: Option<Result<Value, ApiError>>,
+    /// The message from its broker (`GET /api/broker/message?offset_id=`), when its offset id is
+    /// known (searched for, or from the timeline) and the console knows broker HTTP APIs.
+    pub from_broker: Option<Result<Value, ApiError>>,
 }
 
 /// Body characters the page shows; the rest is cut (the archive and SQL have it whole).
@@ -91,11 +94,58 @@ pub fn decode_base64(text: &str) -> Vec<u8> {
     out
 }
 
-fn archived_section(body: &mut String, archived: &Option<Result<Value, ApiError>>) {
+/// The message from its broker, or else from the archive, saying which.
+fn message_section(
+    body: &mut String,
+    from_broker: &Option<Result<Value, ApiError>>,
+    archived: &Option<Result<Value, ApiError>>,
+) {
     body.push_str("<h2>Message</h2>");
+    match from_broker {
+        Some(Ok(message)) => {
+            let text = message["body"].as_str().unwrap_or_default();
+            let shown: String = text.chars().take(BODY_SHOWN).collect();
+            let cut = text.chars().count() > BODY_SHOWN || message["body_truncated"].as_bool() == Some(true);
+            let _ = write!(
+                body,
+                "<dl class=\"facts\" id=\"from-broker\"><dt>source</dt><dd id=\"body-source\" data-source=\"broker\">broker {} (its log, read now)</dd>\
+<dt>stored</dt><dd>{} in {} queue {} offset {}</dd><dt>properties</dt><dd><code>{}</code></dd>\
+<dt>body ({} bytes{})</dt><dd><pre id=\"body\">{}</pre></dd></dl>",
+                esc(&text_of(&message["broker"])),
+                crate::html::time_of(&message["store_timestamp"]),
+                esc(&text_of(&message["topic"])),
+                text_of(&message["queue_id"]),
+                text_of(&message["queue_offset"]),
+                esc(&text_of(&message["properties"])),
+                text_of(&message["body_size"]),
+                if cut {
+                    format!(", first {} characters", shown.chars().count())
+                } else {
+                    String::new()
+                },
+                esc(&shown),
+            );
+        }
+        Some(Err(error)) if error.status == Some(404) => body.push_str(&crate::html::notice(&format!(
+            "Its broker does not hold it now ({}); reading it from the archive.",
+            error.message
+        ))),
+        Some(Err(error)) => body.push_str(&error_box(
+            "Reading the message from its broker (trying the archive):",
+            error,
+        )),
+        None => {}
+    }
+    if !matches!(from_broker, Some(Ok(_))) {
+        archived_section(body, archived, from_broker.is_some());
+    }
+}
+
+fn archived_section(body: &mut String, archived: &Option<Result<Value, ApiError>>, broker_asked: bool) {
     match archived {
+        None if broker_asked => {}
         None => body.push_str(&crate::html::missing(
-            "No HTTP API returns a message's body from the broker; with a query service the console reads it from the archive (search by msgId).",
+            "The console knows no broker HTTP API (meridian ui --broker-http ADDR) and no query service for the archive (search by msgId), so the body cannot be shown.",
         )),
         Some(Err(error)) => body.push_str(&error_box("Reading the message from the archive:", error)),
         Some(Ok(answer)) => match answer["rows"].as_array().and_then(|rows| rows.first()) {
@@ -108,7 +158,7 @@ fn archived_section(body: &mut String, archived: &Option<Result<Value, ApiError>
                 let shown: String = text.chars().take(BODY_SHOWN).collect();
                 let _ = write!(
                     body,
-                    "<dl class=\"facts\" id=\"archived\"><dt>stored</dt><dd>{} on {} queue {} offset {}</dd><dt>properties</dt><dd><code>{}</code></dd>\
+                    "<dl class=\"facts\" id=\"archived\"><dt>source</dt><dd id=\"body-source\" data-source=\"archive\">the archive (SQL over <code>messages</code>)</dd><dt>stored</dt><dd>{} on {} queue {} offset {}</dd><dt>properties</dt><dd><code>{}</code></dd>\
 <dt>body ({} bytes{})</dt><dd><pre id=\"body\">{}</pre></dd></dl>",
                     esc(&text_of(&row[3])),
                     esc(&text_of(&row[0])),
@@ -228,12 +278,18 @@ The tracer indexes a message a moment after it is stored; if it was just sent, s
                 esc(id),
                 esc(&error.to_string())
             );
-            archived_section(&mut body, &view.archived);
+            message_section(&mut body, &view.from_broker, &view.archived);
         }
-        (_, Some(Err(error))) => body.push_str(&error_box("The trace lookup failed:", error)),
+        (lookup, Some(Err(error))) => {
+            body.push_str(&error_box("The trace lookup failed:", error));
+            // The body does not need the tracer: the broker and the archive may still have it.
+            if matches!(lookup, Lookup::Id(_)) {
+                message_section(&mut body, &view.from_broker, &view.archived);
+            }
+        }
         (Lookup::Id(_), Some(Ok(timeline))) => {
             timeline_section(&mut body, timeline);
-            archived_section(&mut body, &view.archived);
+            message_section(&mut body, &view.from_broker, &view.archived);
         }
         (Lookup::Key(key), Some(Ok(answer))) => {
             let empty = Vec::new();
@@ -316,7 +372,21 @@ mod tests {
                 json!({"rows": [["broker-a", 0, 7, "2026-11-25T10:00:00", "{KEYS: k}", 31,
                 "PHNjcmlwdD5ib2R5PC9zY3JpcHQ+"]]}),
             )),
+            from_broker: None,
         });
+        assert!(html.contains("data-source=\"archive\""));
+        // The broker's copy wins over the archive's, and says so.
+        let from_broker = render(&TraceView {
+            q: "AB",
+            lookup: Lookup::Id("AB".into()),
+            offset: 0,
+            answer: Some(Ok(json!({"msg_id": "AB", "offset_id": "broker-a:0000000000000000", "steps": []}))),
+            archived: None,
+            from_broker: Some(Ok(json!({"broker": "broker-a", "topic": "t", "queue_id": 0, "queue_offset": 7,
+                "properties": {"KEYS": "k"}, "body_size": 9, "body": "<b>live</b>"}))),
+        });
+        assert!(from_broker.contains("data-source=\"broker\">broker broker-a"));
+        assert!(from_broker.contains("<pre id=\"body\">&lt;b&gt;live&lt;/b&gt;</pre>"));
         assert!(
             html.contains("<pre id=\"body\">&lt;script&gt;body&lt;/script&gt;</pre>"),
             "{html}"
