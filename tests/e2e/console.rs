@@ -8,6 +8,7 @@
 //! `MERIDIAN_TEST_CHROMEDRIVER` and `MERIDIAN_TEST_CHROMIUM`). The WebDriver client is the few
 //! W3C commands below over plain HTTP/1.1, so the tests need no WebDriver crate.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -1059,9 +1060,86 @@ fn every_page_renders_quickly_at_ten_thousand_topics_and_groups() {
         }
     });
     println!("seeded {count} topics and {count} groups in {:?}", seeded.elapsed());
+
+    // A few groups with live consumers (two members each) and dead letters, so a group page is
+    // timed with its allocation and dead-letter sections full.
+    let (ok, _, stderr) = node.cli(&["topic", "create", "scale-live", "--queues", "4"], "");
+    assert!(ok, "creating the topic: {stderr}");
+    let live_groups = 3;
+    for group in 0..live_groups {
+        let name = format!("scale-live-{group}");
+        let (ok, _, stderr) = node.cli(
+            &["group", "create", &name, "--topics", "scale-live", "--max-retries", "1"],
+            "",
+        );
+        assert!(ok, "creating group {name}: {stderr}");
+    }
+    let poison = 10;
+    let lines: String = (0..40)
+        .map(|i| {
+            if i % 4 == 0 {
+                format!("poison-{i}\n")
+            } else {
+                format!("ok-{i}\n")
+            }
+        })
+        .collect();
+    let (ok, _, stderr) = node.cli(&["produce", "--topic", "scale-live"], &lines);
+    assert!(ok, "producing: {stderr}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pool = ConnectionPool::new(ClientConfig::default());
+    let mut consumers = Vec::new();
+    for group in 0..live_groups {
+        for member in 0..2 {
+            let mut config = ConsumerConfig::new(format!("scale-live-{group}"), "scale-live");
+            config.client_id = format!("scale-live-{group}-{member}");
+            config.consume_from = ConsumeFrom::Earliest;
+            config.rebalance_interval = Duration::from_millis(300);
+            config.heartbeat_interval = Duration::from_millis(300);
+            config.long_poll = Duration::from_millis(500);
+            config.commit_interval = Duration::from_millis(100);
+            config.retry_delay_level = 1;
+            consumers.push(
+                runtime
+                    .block_on(PushConsumer::start(
+                        node.route(&pool),
+                        config,
+                        move |message: StoredMessage| {
+                            let fail = message.body.starts_with(b"poison");
+                            async move {
+                                if fail {
+                                    ConsumeResult::Retry
+                                } else {
+                                    ConsumeResult::Success
+                                }
+                            }
+                        },
+                    ))
+                    .unwrap(),
+            );
+        }
+    }
+    for group in 0..live_groups {
+        wait(
+            &format!("scale-live-{group} has both members and {poison} dead letters"),
+            Duration::from_secs(60),
+            || {
+                let members = http_get_json(
+                    node.http,
+                    &format!("/api/broker/allocation?group=scale-live-{group}&topic=scale-live"),
+                )
+                .and_then(|answer| answer["members"].as_array().map(Vec::len));
+                let letters = http_get_json(node.http, &format!("/api/broker/dead-letters?group=scale-live-{group}"))
+                    .and_then(|answer| answer["total"].as_u64());
+                members == Some(2) && letters == Some(poison)
+            },
+        );
+    }
+
     let browser = Browser::start(&artifacts);
     let base = format!("http://{}", node.http);
     let mut slowest = 0.0_f64;
+    let mut table = String::from("| page | path | ms |\n| --- | --- | --- |\n");
     for (name, path) in [
         ("overview", "/"),
         ("topics", "/topics"),
@@ -1070,6 +1148,7 @@ fn every_page_renders_quickly_at_ten_thousand_topics_and_groups() {
         ("topic", "/topics/scale-topic-05000"),
         ("groups", "/groups"),
         ("group", "/groups/scale-group-05000"),
+        ("group-live", "/groups/scale-live-0"),
         ("trace", "/trace?q=no-such-key"),
         ("sql", "/sql"),
         ("forecasts", "/forecasts"),
@@ -1089,9 +1168,31 @@ fn every_page_renders_quickly_at_ten_thousand_topics_and_groups() {
         times.sort_by(f64::total_cmp);
         let ms = times[1];
         println!("first render of {name} ({path}) at {count} topics and groups: {ms:.0} ms");
+        let _ = writeln!(table, "| {name} | `{path}` | {ms:.0} |");
         slowest = slowest.max(ms);
+        if name == "group-live" {
+            // Timed with content: both members in the allocation and a page of dead letters.
+            assert!(
+                browser.find_all("#allocation tr[data-client]").len() >= 4,
+                "{}",
+                browser.page_text()
+            );
+            assert_eq!(
+                browser.find_all("#dead-letters tbody tr[data-msg-id]").len(),
+                poison as usize
+            );
+        }
         browser.screenshot(&format!("scale-{name}"));
     }
+    println!(
+        "\ntime to first render at {count} topics and {count} groups (median of three visits, debug build; {} live groups with 2 members and {poison} dead letters each):\n\n{table}",
+        live_groups
+    );
+    drop(browser);
+    for consumer in consumers {
+        runtime.block_on(consumer.shutdown());
+    }
+    runtime.block_on(pool.shutdown());
     assert!(
         slowest <= 300.0,
         "the slowest page took {slowest:.0} ms to first render (target 300 ms)"

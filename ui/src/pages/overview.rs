@@ -437,7 +437,7 @@ mod tests {
         assert!(html.contains("class=\"idc evacuated\""));
         assert!(html.contains("Group count:") && html.contains("role=\"alert\""));
         // A broker whose disk failed shows red with the reason, and its confirmed offset.
-        assert!(html.contains("<tr class=\"failed\">") && html.contains("<span class=\"badge bad\">unhealthy</span>"));
+        assert!(html.contains("<tr class=\"failed\" data-broker=\"broker-b\">") && html.contains("<span class=\"badge bad\">unhealthy</span>"));
         assert!(html.contains("failed: &lt;EIO&gt;") && html.contains("<td class=\"confirmed\">280</td>"));
         assert!(html.contains("id=\"firing-alerts\"") && html.contains("team-a"));
         // TPS and disk per broker, and summed per data center.
