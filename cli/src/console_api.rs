@@ -196,7 +196,10 @@ fn allocation_report(
     // broker of the topic, allocated by the same function among the same members.
     let mut retry_queues: Vec<(QueueId, String)> = Vec::new();
     for (queue, idc) in &queues {
-        if !retry_queues.iter().any(|(known, _)| known.broker_name == queue.broker_name) {
+        if !retry_queues
+            .iter()
+            .any(|(known, _)| known.broker_name == queue.broker_name)
+        {
             retry_queues.push((QueueId::new(queue.broker_name.clone(), 0), idc.clone()));
         }
     }
@@ -519,11 +522,19 @@ mod console_api_tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|q| (format!("{}#{}", q["broker"].as_str().unwrap(), q["queue_id"]), q["client_id"].as_str().unwrap().to_owned()))
+            .map(|q| {
+                (
+                    format!("{}#{}", q["broker"].as_str().unwrap(), q["queue_id"]),
+                    q["client_id"].as_str().unwrap().to_owned(),
+                )
+            })
             .collect();
         assert_eq!(
             retry,
-            [("broker-a#0".to_owned(), "c1".to_owned()), ("broker-b#0".to_owned(), "c2".to_owned())]
+            [
+                ("broker-a#0".to_owned(), "c1".to_owned()),
+                ("broker-b#0".to_owned(), "c2".to_owned())
+            ]
         );
         assert!(
             report["queues"]

@@ -468,29 +468,44 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     );
     assert!(ok, "producing: {stderr}");
     let broker_a = "#broker-health tr[data-broker=\"broker-a\"]";
-    wait("the Overview shows broker-a's put rate", Duration::from_secs(20), || {
-        browser.goto(&format!("{base}/"));
-        browser.wait_for(broker_a, Duration::from_secs(5));
-        rate_in(&browser.text(&format!("{broker_a} .put")), 1) > 0.0
-    });
+    wait(
+        "the Overview shows broker-a's put rate",
+        Duration::from_secs(20),
+        || {
+            browser.goto(&format!("{base}/"));
+            browser.wait_for(broker_a, Duration::from_secs(5));
+            rate_in(&browser.text(&format!("{broker_a} .put")), 1) > 0.0
+        },
+    );
     let used = browser.text(&format!("{broker_a} .used"));
     assert!(used.ends_with("iB") || used.ends_with(" B"), "data dir size: {used:?}");
     assert!(browser.text(&format!("{broker_a} .free")).contains(" of "));
     let local_load = browser.text("[data-idc-load=\"local\"] .put");
     assert!(
-        local_load.trim_end_matches("/s").parse::<f64>().is_ok_and(|rate| rate > 0.0),
+        local_load
+            .trim_end_matches("/s")
+            .parse::<f64>()
+            .is_ok_and(|rate| rate > 0.0),
         "the data center's summed put rate: {local_load:?}"
     );
     browser.execute("document.querySelector('#broker-health').scrollIntoView(); return 0");
     browser.screenshot("overview-tps-disk");
     // The topic's own rate, live, as a chart next to the archive's hourly history.
     let peak = "#live-tps tr[data-broker=\"broker-a\"] .peak";
-    wait("the topic page charts its live put rate", Duration::from_secs(20), || {
-        browser.goto(&format!("{base}/topics/console-orders"));
-        browser.wait_for(peak, Duration::from_secs(5));
-        browser.text(peak).parse::<f64>().is_ok_and(|rate| rate > 0.0)
-    });
-    assert!(!browser.find_all("#live-tps-chart svg[data-chart=lines] path.line").is_empty());
+    wait(
+        "the topic page charts its live put rate",
+        Duration::from_secs(20),
+        || {
+            browser.goto(&format!("{base}/topics/console-orders"));
+            browser.wait_for(peak, Duration::from_secs(5));
+            browser.text(peak).parse::<f64>().is_ok_and(|rate| rate > 0.0)
+        },
+    );
+    assert!(
+        !browser
+            .find_all("#live-tps-chart svg[data-chart=lines] path.line")
+            .is_empty()
+    );
     browser.execute("document.querySelector('#live-tps-chart').scrollIntoView(); return 0");
     browser.screenshot("topic-tps");
 
@@ -516,10 +531,7 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     // Reset to a time between two messages: the group then lags by the later one only.
     let (ok, _, stderr) = node.cli(&["topic", "create", "console-times", "--queues", "1"], "");
     assert!(ok, "creating the topic: {stderr}");
-    let (ok, _, stderr) = node.cli(
-        &["group", "create", "console-rewind", "--topics", "console-times"],
-        "",
-    );
+    let (ok, _, stderr) = node.cli(&["group", "create", "console-rewind", "--topics", "console-times"], "");
     assert!(ok, "creating the group: {stderr}");
     let (ok, _, stderr) = node.cli(&["produce", "--topic", "console-times", "--body", "before"], "");
     assert!(ok, "producing: {stderr}");
@@ -544,7 +556,9 @@ fn the_console_governs_traces_queries_and_drills_in_a_real_browser() {
     browser.click("#reset button");
     browser.wait_for(".notice", Duration::from_secs(10));
     assert!(
-        browser.text(".notice").contains(&datetime_local(between).replace('T', " ")),
+        browser
+            .text(".notice")
+            .contains(&datetime_local(between).replace('T', " ")),
         "{}",
         browser.page_text()
     );

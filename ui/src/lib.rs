@@ -498,7 +498,11 @@ async fn trace_page(State(console): State<Shared>, Query(params): Params) -> Res
 /// The message at `offset_id` from whichever configured broker holds it (each is asked; a broker
 /// of another group answers 404): the first answer, else the failure of a broker that did not
 /// answer (it may be the one holding it), else a 404. `None` without broker HTTP APIs.
-async fn message_from_brokers(console: &Console, offset_id: &str, msg_id: Option<&str>) -> Option<Result<Value, ApiError>> {
+async fn message_from_brokers(
+    console: &Console,
+    offset_id: &str,
+    msg_id: Option<&str>,
+) -> Option<Result<Value, ApiError>> {
     if console.brokers.is_empty() {
         return None;
     }
@@ -939,9 +943,7 @@ async fn reset_group(
 
 /// A `datetime-local` value (`2026-12-07T22:30`, `...:05`, `...:05.250`) read as UTC, in Unix ms.
 fn parse_utc(text: &str) -> Result<i64, String> {
-    let bad = || {
-        format!("the time {text:?} is not YYYY-MM-DDTHH:MM[:SS[.mmm]] (UTC); pick one in the time field")
-    };
+    let bad = || format!("the time {text:?} is not YYYY-MM-DDTHH:MM[:SS[.mmm]] (UTC); pick one in the time field");
     let (date, time) = text.trim().split_once(['T', ' ']).ok_or_else(bad)?;
     let mut date_parts = date.splitn(3, '-').map(str::parse::<i64>);
     let (Some(Ok(year)), Some(Ok(month)), Some(Ok(day))) = (date_parts.next(), date_parts.next(), date_parts.next())

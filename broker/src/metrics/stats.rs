@@ -137,7 +137,11 @@ impl BrokerStats {
 
     /// Forgets topics the store no longer has (called by the sampler with the store's list).
     fn retain_topics(&self, exists: impl Fn(&str) -> bool) {
-        self.ring.lock().expect("stats lock").topic_totals.retain(|topic, _| exists(topic));
+        self.ring
+            .lock()
+            .expect("stats lock")
+            .topic_totals
+            .retain(|topic, _| exists(topic));
     }
 
     /// The summary `GET /api/health` carries: the latest rates, the one-minute rates and the disk.
@@ -351,7 +355,11 @@ mod tests {
         assert_eq!(idle["topic"]["known"], json!(true));
         assert_eq!(stats.report(Some("new"))["topic"]["samples"][0]["put_tps"], json!(1.5));
         let ring = stats.ring.lock().unwrap();
-        assert_eq!(ring.samples[0].topics.len(), 2, "the idle topic is not kept in the sample");
+        assert_eq!(
+            ring.samples[0].topics.len(),
+            2,
+            "the idle topic is not kept in the sample"
+        );
     }
 
     #[test]
@@ -363,7 +371,10 @@ mod tests {
                 round * 2000,
                 round * 10,
                 0,
-                names.iter().enumerate().map(|(i, name)| (name.as_str(), round * (i as u64 + 1))),
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| (name.as_str(), round * (i as u64 + 1))),
                 None,
             );
         }
@@ -382,6 +393,9 @@ mod tests {
         let usage = disk_usage(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(usage.used_bytes >= 64 * 1024, "{usage:?}");
-        assert!(usage.total_bytes >= usage.free_bytes && usage.total_bytes > 0, "{usage:?}");
+        assert!(
+            usage.total_bytes >= usage.free_bytes && usage.total_bytes > 0,
+            "{usage:?}"
+        );
     }
 }

@@ -46,7 +46,9 @@ pub fn bytes_text(bytes: u64) -> String {
 
 /// A rate as `12.5/s`, `—` when the broker has no two samples yet.
 fn rate_text(value: &Value) -> String {
-    value.as_f64().map_or_else(|| "—".to_owned(), |rate| format!("{rate}/s"))
+    value
+        .as_f64()
+        .map_or_else(|| "—".to_owned(), |rate| format!("{rate}/s"))
 }
 
 /// Put and get rates (last minute) and disk of the brokers of one data center, summed.
@@ -362,8 +364,13 @@ pub fn render(data: &OverviewData) -> String {
                         rate_text(&h["stats"]["put_tps_1m"]),
                         rate_text(&h["stats"]["get_tps"]),
                         rate_text(&h["stats"]["get_tps_1m"]),
-                        h["stats"]["disk"]["used_bytes"].as_u64().map_or_else(|| "—".to_owned(), bytes_text),
-                        match (h["stats"]["disk"]["free_bytes"].as_u64(), h["stats"]["disk"]["total_bytes"].as_u64()) {
+                        h["stats"]["disk"]["used_bytes"]
+                            .as_u64()
+                            .map_or_else(|| "—".to_owned(), bytes_text),
+                        match (
+                            h["stats"]["disk"]["free_bytes"].as_u64(),
+                            h["stats"]["disk"]["total_bytes"].as_u64()
+                        ) {
                             (Some(free), Some(total)) => format!("{} of {}", bytes_text(free), bytes_text(total)),
                             _ => "—".to_owned(),
                         },
@@ -437,13 +444,21 @@ mod tests {
         assert!(html.contains("class=\"idc evacuated\""));
         assert!(html.contains("Group count:") && html.contains("role=\"alert\""));
         // A broker whose disk failed shows red with the reason, and its confirmed offset.
-        assert!(html.contains("<tr class=\"failed\" data-broker=\"broker-b\">") && html.contains("<span class=\"badge bad\">unhealthy</span>"));
+        assert!(
+            html.contains("<tr class=\"failed\" data-broker=\"broker-b\">")
+                && html.contains("<span class=\"badge bad\">unhealthy</span>")
+        );
         assert!(html.contains("failed: &lt;EIO&gt;") && html.contains("<td class=\"confirmed\">280</td>"));
         assert!(html.contains("id=\"firing-alerts\"") && html.contains("team-a"));
         // TPS and disk per broker, and summed per data center.
-        assert!(html.contains("<td class=\"put\">4.5/s · 3.3/s</td>") && html.contains("<td class=\"used\">3.0 GiB</td>"));
+        assert!(
+            html.contains("<td class=\"put\">4.5/s · 3.3/s</td>") && html.contains("<td class=\"used\">3.0 GiB</td>")
+        );
         assert!(html.contains("<td class=\"free\">1.0 MiB of 2.0 MiB</td>"));
-        assert!(html.contains("data-idc-load=\"dc2\">put <strong class=\"put\">3.3/s</strong>"), "{html}");
+        assert!(
+            html.contains("data-idc-load=\"dc2\">put <strong class=\"put\">3.3/s</strong>"),
+            "{html}"
+        );
         assert!(html.contains("data-idc-load=\"dc1\">no configured broker here"));
     }
 }

@@ -185,7 +185,9 @@ fn live_rates(body: &mut String, rates: &[(String, Result<Value, ApiError>)]) {
         .collect();
     if series.is_empty() {
         if errors.is_empty() {
-            body.push_str("<p id=\"live-tps-empty\">No rate yet: the brokers sample every 2 seconds and need two samples.</p>");
+            body.push_str(
+                "<p id=\"live-tps-empty\">No rate yet: the brokers sample every 2 seconds and need two samples.</p>",
+            );
         }
     } else {
         body.push_str("<div id=\"live-tps-chart\">");

@@ -380,10 +380,14 @@ mod tests {
             q: "AB",
             lookup: Lookup::Id("AB".into()),
             offset: 0,
-            answer: Some(Ok(json!({"msg_id": "AB", "offset_id": "broker-a:0000000000000000", "steps": []}))),
+            answer: Some(Ok(
+                json!({"msg_id": "AB", "offset_id": "broker-a:0000000000000000", "steps": []}),
+            )),
             archived: None,
-            from_broker: Some(Ok(json!({"broker": "broker-a", "topic": "t", "queue_id": 0, "queue_offset": 7,
-                "properties": {"KEYS": "k"}, "body_size": 9, "body": "<b>live</b>"}))),
+            from_broker: Some(Ok(
+                json!({"broker": "broker-a", "topic": "t", "queue_id": 0, "queue_offset": 7,
+                "properties": {"KEYS": "k"}, "body_size": 9, "body": "<b>live</b>"}),
+            )),
         });
         assert!(from_broker.contains("data-source=\"broker\">broker broker-a"));
         assert!(from_broker.contains("<pre id=\"body\">&lt;b&gt;live&lt;/b&gt;</pre>"));
