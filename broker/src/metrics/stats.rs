@@ -319,7 +319,7 @@ pub async fn sample_loop(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let with_disk = round % DISK_EVERY == 0;
+        let with_disk = round.is_multiple_of(DISK_EVERY);
         round += 1;
         let (stats, metrics, store, dir) = (stats.clone(), metrics.clone(), store.clone(), data_dir.clone());
         let sampled = tokio::task::spawn_blocking(move || {

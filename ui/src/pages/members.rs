@@ -123,8 +123,16 @@ pub fn allocation_section(answers: &[Result<Value, ApiError>]) -> String {
                     } else {
                         queues.join(" ")
                     },
-                    esc(&text_of(&member["sdk_version"])),
-                    esc(&text_of(&member["allocation"])),
+                    if topic.starts_with("%RETRY%") {
+                        "retry queues: failed".to_owned()
+                    } else {
+                        esc(&text_of(&member["sdk_version"]))
+                    },
+                    if topic.starts_with("%RETRY%") {
+                        "messages come back here".to_owned()
+                    } else {
+                        esc(&text_of(&member["allocation"]))
+                    },
                 );
             }
             out.push_str("</tbody></table></div>");

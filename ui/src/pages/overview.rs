@@ -81,7 +81,8 @@ fn load_of<'a>(healths: impl Iterator<Item = &'a Value>) -> Load {
 
 fn load_text(load: &Load) -> String {
     if load.brokers == 0 {
-        return "no configured broker here".to_owned();
+        return "no broker HTTP API of this data center is configured (meridian ui --broker-http): no rates or disk"
+            .to_owned();
     }
     format!(
         "put <strong class=\"put\">{}</strong> · get <strong class=\"get\">{}</strong> (last minute) · data <strong class=\"used\">{}</strong> · free {}",
@@ -206,7 +207,7 @@ pub fn render(data: &OverviewData) -> String {
         let is_evacuated = evacuated.as_deref() == Some(idc.as_str());
         let _ = write!(
             body,
-            "<div class=\"idc{}\" data-idc=\"{}\"><h3>{} {}</h3><h4>Nameservers</h4><ul>",
+            "<div class=\"idc{}\" data-idc=\"{}\"><h3>{} {}</h3>",
             if is_evacuated { " evacuated" } else { "" },
             esc(idc),
             esc(name),
@@ -224,7 +225,7 @@ pub fn render(data: &OverviewData) -> String {
         );
         let _ = write!(
             body,
-            "<p class=\"idc-load\" data-idc-load=\"{}\">{}</p>",
+            "<p class=\"idc-load\" data-idc-load=\"{}\">{}</p><h4>Nameservers</h4><ul>",
             crate::html::attr(idc),
             load_text(&here)
         );
@@ -459,6 +460,6 @@ mod tests {
             html.contains("data-idc-load=\"dc2\">put <strong class=\"put\">3.3/s</strong>"),
             "{html}"
         );
-        assert!(html.contains("data-idc-load=\"dc1\">no configured broker here"));
+        assert!(html.contains("data-idc-load=\"dc1\">no broker HTTP API"));
     }
 }
