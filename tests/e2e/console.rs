@@ -1134,7 +1134,6 @@ fn every_page_renders_quickly_at_ten_thousand_topics_and_groups() {
         }
     }
     for group in 0..live_groups {
-        let mut seen = (None, None);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let members = http_get_json(
@@ -1144,7 +1143,7 @@ fn every_page_renders_quickly_at_ten_thousand_topics_and_groups() {
             .and_then(|answer| answer["members"].as_array().map(Vec::len));
             let letters = http_get_json(node.http, &format!("/api/broker/dead-letters?group=scale-live-{group}"))
                 .and_then(|answer| answer["total"].as_u64());
-            seen = (members, letters);
+            let seen = (members, letters);
             if members == Some(2) && letters.is_some_and(|letters| letters >= poison) {
                 break;
             }
