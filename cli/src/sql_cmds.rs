@@ -118,7 +118,8 @@ async fn post_sql(server: &str, sql: &str, format: &str) -> Result<(u16, Option<
         format!("connecting to the query service at {addr} (start `meridian dev` or `meridian query`, or set --server / MERIDIAN_QUERY)")
     })?;
     let request = format!(
-        "POST /api/sql?format={format} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{sql}",
+        "POST /api/sql?format={format} HTTP/1.0\r\nHost: {addr}\r\n{}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{sql}",
+        crate::credentials::authorization_line(),
         sql.len()
     );
     stream.write_all(request.as_bytes()).await?;

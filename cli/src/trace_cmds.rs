@@ -172,7 +172,13 @@ async fn get(addr: &str, path: &str) -> Result<(u16, Value)> {
         .await
         .with_context(|| format!("connecting to the tracer at {addr} (set --tracer or MERIDIAN_TRACER)"))?;
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{}\r\n",
+                crate::credentials::authorization_line()
+            )
+            .as_bytes(),
+        )
         .await?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;
