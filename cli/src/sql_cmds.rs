@@ -163,10 +163,17 @@ async fn run_one(server: &str, sql: &str, format: &str) -> Result<()> {
             String::from_utf8_lossy(&body)
         )
     })?;
+    // The query service's `{"error", "kind"}`, or the auth layer's `{"error": {"code", "message"}}`.
     bail!(
         "{} ({}, HTTP {status})",
-        error["error"].as_str().unwrap_or("unknown error"),
-        error["kind"].as_str().unwrap_or("?")
+        error["error"]
+            .as_str()
+            .or_else(|| error["error"]["message"].as_str())
+            .unwrap_or("unknown error"),
+        error["kind"]
+            .as_str()
+            .or_else(|| error["error"]["code"].as_str())
+            .unwrap_or("?")
     )
 }
 

@@ -240,7 +240,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         bail!(
             "{}",
             body.get("error")
-                .and_then(Value::as_str)
+                .and_then(|error| error.as_str().or_else(|| error["message"].as_str()))
                 .unwrap_or("the tracer refused the lookup")
         );
     }

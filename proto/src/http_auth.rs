@@ -186,7 +186,7 @@ pub fn base64_encode(bytes: &[u8]) -> String {
             | u32::from(chunk.get(2).copied().unwrap_or(0));
         for index in 0..4 {
             if index <= chunk.len() {
-                out.push(BASE64[(word >> (18 - 6 * index) & 63) as usize] as char);
+                out.push(BASE64[((word >> (18 - 6 * index)) & 63) as usize] as char);
             } else {
                 out.push('=');
             }
