@@ -1040,7 +1040,7 @@ fn the_console_needs_a_login_and_refuses_forged_form_posts_when_auth_is_on() {
     for name in ["login-orders", "forged-orders"] {
         let request = json!({"name": name, "owner": "team-a", "queues": {"broker-a": 2}, "requested_by": "alice"});
         let (status, _, answer) = request_with(http, "POST", "/api/topics", &admin, &request.to_string());
-        assert_eq!(status, 200, "{answer}");
+        assert_eq!(status, 201, "{answer}");
     }
     let base = format!("http://{http}");
     let browser = Browser::start(&artifacts);

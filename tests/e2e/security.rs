@@ -398,7 +398,7 @@ async fn security_http_apis_need_a_login_and_audit_the_logged_in_user() {
     // With Basic: 200, and admin writes are made by the logged-in user.
     let admin = [json, ("Authorization", basic.as_str())];
     let (status, _, answer) = http(&http_addr, "POST", "/api/topics", &admin, request_topic).await;
-    assert_eq!(status, 200, "{answer}");
+    assert_eq!(status, 201, "{answer}");
     let (status, _, answer) = http(&http_addr, "POST", "/api/topics/http-orders/approve", &admin, r#"{"by": "mallory"}"#).await;
     assert_eq!(status, 403, "{answer}");
     assert!(answer.contains("logged in as \\\"admin\\\""), "{answer}");
