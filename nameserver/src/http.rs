@@ -907,10 +907,7 @@ async fn switchover(
     JsonBody(body): JsonBody<SwitchoverBody>,
 ) -> Result<HttpResponse, ApiError> {
     let by = require_by(&body.by)?;
-    service
-        .switchover(&group, &body.to, &by, body.reason)
-        .await
-        .map(ok)
+    service.switchover(&group, &body.to, &by, body.reason).await.map(ok)
 }
 
 async fn idc_rules(State(service): State<SharedService>) -> HttpResponse {
@@ -1099,7 +1096,11 @@ mod tests {
         headers.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
         // `by` may be left out (with `[auth]` on, the logged-in user makes the change).
         let missing = parse_json::<TopicRequestBody>(&headers, br#"{"name": "a", "owner": "o"}"#).unwrap_err();
-        assert!(missing.message.contains("missing field `requested_by`"), "{}", missing.message);
+        assert!(
+            missing.message.contains("missing field `requested_by`"),
+            "{}",
+            missing.message
+        );
         let mistyped = parse_json::<TopicRequestBody>(
             &headers,
             br#"{"name":"a","owner":"o","requested_by":"r","queues":{"broker-a":"x"}}"#,

@@ -141,18 +141,17 @@ pub fn parse_authorization(value: &[u8]) -> Result<HttpCredential, HttpAuthError
         return Err(HttpAuthError::Malformed("longer than 4096 bytes"));
     }
     let value = std::str::from_utf8(value).map_err(|_| HttpAuthError::Malformed("not UTF-8"))?;
-    let (scheme, rest) = value
-        .trim()
-        .split_once(' ')
-        .ok_or(HttpAuthError::Malformed("expected `Basic CREDENTIALS` or `Bearer TOKEN`"))?;
+    let (scheme, rest) = value.trim().split_once(' ').ok_or(HttpAuthError::Malformed(
+        "expected `Basic CREDENTIALS` or `Bearer TOKEN`",
+    ))?;
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("basic") {
         let decoded = base64_decode(rest).ok_or(HttpAuthError::Malformed("Basic credentials are not base64"))?;
         let decoded =
             String::from_utf8(decoded).map_err(|_| HttpAuthError::Malformed("Basic credentials are not UTF-8"))?;
-        let (user, secret) = decoded
-            .split_once(':')
-            .ok_or(HttpAuthError::Malformed("Basic credentials have no `:` between user and secret"))?;
+        let (user, secret) = decoded.split_once(':').ok_or(HttpAuthError::Malformed(
+            "Basic credentials have no `:` between user and secret",
+        ))?;
         if user.is_empty() || secret.is_empty() {
             return Err(HttpAuthError::Malformed("Basic credentials need a user and a secret"));
         }
@@ -239,7 +238,9 @@ pub fn csrf_token(session_token: &str) -> String {
 /// Checks a presented CSRF token against the session's.
 pub fn check_csrf(session_token: &str, presented: Option<&str>) -> Result<(), HttpAuthError> {
     match presented {
-        Some(presented) if equal_in_constant_time(csrf_token(session_token).as_bytes(), presented.trim().as_bytes()) => {
+        Some(presented)
+            if equal_in_constant_time(csrf_token(session_token).as_bytes(), presented.trim().as_bytes()) =>
+        {
             Ok(())
         }
         _ => Err(HttpAuthError::Csrf),
@@ -505,7 +506,10 @@ mod tests {
         }
         // RFC 7617's example.
         assert_eq!(base64_encode(b"Aladdin:open sesame"), "QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
-        assert_eq!(base64_decode("QWxhZGRpbjpvcGVuIHNlc2FtZQ").unwrap(), b"Aladdin:open sesame");
+        assert_eq!(
+            base64_decode("QWxhZGRpbjpvcGVuIHNlc2FtZQ").unwrap(),
+            b"Aladdin:open sesame"
+        );
         assert!(base64_decode("a$bc").is_none());
         assert!(base64_decode("abcde").is_none());
     }
@@ -546,7 +550,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!secret_in_error.contains("s3cret"));
-        assert!(!format!("{:?}", parse_authorization(basic_authorization("a", "s3cret").as_bytes())).contains("s3cret"));
+        assert!(
+            !format!(
+                "{:?}",
+                parse_authorization(basic_authorization("a", "s3cret").as_bytes())
+            )
+            .contains("s3cret")
+        );
     }
 
     #[test]
@@ -563,9 +573,7 @@ mod tests {
         );
         assert_eq!(
             auth.authenticate(basic_authorization("mallory", ALICE_SECRET).as_bytes(), now),
-            Err(HttpAuthError::Failed {
-                user: "mallory".into()
-            })
+            Err(HttpAuthError::Failed { user: "mallory".into() })
         );
         assert_eq!(
             auth.authenticate(basic_authorization(NODE_USER, NODE_SECRET).as_bytes(), now),

@@ -77,7 +77,7 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         })
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
@@ -138,10 +138,7 @@ async fn authenticate(auth: &Arc<HttpAuthenticator>, request: Request) -> (Reque
     let bytes = match axum::body::to_bytes(body, MAX_FORM_BODY).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            return (
-                Request::from_parts(parts, Body::empty()),
-                Err(HttpAuthError::Csrf),
-            );
+            return (Request::from_parts(parts, Body::empty()), Err(HttpAuthError::Csrf));
         }
     };
     let checked = check_csrf(&token, form_field(&bytes, CSRF_FIELD)).map(|()| principal);
@@ -173,11 +170,7 @@ fn refusal(request: &Request, error: &HttpAuthError) -> Response {
         && !path.starts_with("/api/")
         && header_str(request.headers(), header::ACCEPT).is_some_and(|accept| accept.contains("text/html"));
     if wants_page && error.http_status() == 401 {
-        let next = request
-            .uri()
-            .path_and_query()
-            .map(|path| path.as_str())
-            .unwrap_or("/");
+        let next = request.uri().path_and_query().map(|path| path.as_str()).unwrap_or("/");
         let location = format!("/login?next={}", percent_encode(next));
         return (
             StatusCode::SEE_OTHER,
@@ -197,9 +190,10 @@ pub fn error_response(error: &HttpAuthError) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
         // Bearer, not Basic: a browser shows no password dialog of its own.
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"meridian\""));
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"meridian\""),
+        );
     }
     response
 }

@@ -981,7 +981,13 @@ fn every_page_renders_quickly_at_ten_thousand_topics_and_groups() {
 }
 
 /// One HTTP/1.1 request with extra headers on a listener: the status, the head and the body.
-fn request_with(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connecting");
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut request = format!(
@@ -1053,7 +1059,11 @@ fn the_console_needs_a_login_and_refuses_forged_form_posts_when_auth_is_on() {
     browser.type_into("#login input[name=secret]", "not-the-secret");
     browser.click("#login button");
     browser.wait_for("#login", Duration::from_secs(5));
-    assert!(browser.page_text().contains("authentication failed"), "{}", browser.page_text());
+    assert!(
+        browser.page_text().contains("authentication failed"),
+        "{}",
+        browser.page_text()
+    );
     browser.type_into("#login input[name=user]", "admin");
     browser.type_into("#login input[name=secret]", &secret);
     browser.click("#login button");
@@ -1071,7 +1081,11 @@ fn the_console_needs_a_login_and_refuses_forged_form_posts_when_auth_is_on() {
     let (status, _, answer) = request_with(http, "GET", "/api/audit", &admin, "");
     assert_eq!(status, 200, "{answer}");
     let audit: Value = serde_json::from_str(&answer).unwrap();
-    let entries = audit.as_array().or_else(|| audit["entries"].as_array()).cloned().unwrap_or_default();
+    let entries = audit
+        .as_array()
+        .or_else(|| audit["entries"].as_array())
+        .cloned()
+        .unwrap_or_default();
     let approval = entries
         .iter()
         .find(|entry| entry["action"] == "approve_topic" && entry["subject"] == "topic login-orders")
@@ -1095,7 +1109,11 @@ fn the_console_needs_a_login_and_refuses_forged_form_posts_when_auth_is_on() {
     let form = ("Content-Type", "application/x-www-form-urlencoded");
     let path = "/topics/forged-orders/reject";
     let forged = [
-        ("no token", vec![("Cookie", cookie.as_str()), form], "by=admin&reason=forged".to_owned()),
+        (
+            "no token",
+            vec![("Cookie", cookie.as_str()), form],
+            "by=admin&reason=forged".to_owned(),
+        ),
         (
             "a wrong token",
             vec![("Cookie", cookie.as_str()), form],
@@ -1112,7 +1130,10 @@ fn the_console_needs_a_login_and_refuses_forged_form_posts_when_auth_is_on() {
         assert_eq!(status, 403, "{what}: {answer}");
     }
     let (status, _, answer) = request_with(http, "GET", "/api/topics/forged-orders", &admin, "");
-    assert!(status == 200 && answer.contains("requested"), "a forged post changed the topic: {answer}");
+    assert!(
+        status == 200 && answer.contains("requested"),
+        "a forged post changed the topic: {answer}"
+    );
     // The same post with the session's token from this console goes through.
     let origin = format!("http://{http}");
     let (status, head, _) = request_with(
@@ -1133,5 +1154,8 @@ fn the_console_needs_a_login_and_refuses_forged_form_posts_when_auth_is_on() {
     assert_eq!(status, 401);
     let log = node.log();
     node.stop();
-    assert!(!log.contains(&secret) && !log.contains(&token), "a secret or token is in the log");
+    assert!(
+        !log.contains(&secret) && !log.contains(&token),
+        "a secret or token is in the log"
+    );
 }

@@ -276,7 +276,10 @@ async fn security_dev_auth_refuses_strangers_and_audits_admins() {
 async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.expect("connecting to the HTTP listener");
-    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -287,12 +290,21 @@ async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], bo
     stream.read_to_end(&mut answer).await.unwrap();
     let answer = String::from_utf8_lossy(&answer).into_owned();
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head.split_whitespace().nth(1).and_then(|status| status.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or(0);
     (status, head.to_owned(), body.to_owned())
 }
 
 /// Runs the CLI with the HTTP services at `http_addr` and exactly these credentials.
-fn cli_http(nameserver: &str, http_addr: &str, credentials: Option<(&str, &str)>, args: &[&str]) -> (bool, String, String) {
+fn cli_http(
+    nameserver: &str,
+    http_addr: &str,
+    credentials: Option<(&str, &str)>,
+    args: &[&str],
+) -> (bool, String, String) {
     let mut command = Command::new(meridian_bin());
     command
         .args(args)
@@ -319,7 +331,9 @@ fn all_text_under(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(next) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&next) else { continue };
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
@@ -372,7 +386,8 @@ async fn security_http_apis_need_a_login_and_audit_the_logged_in_user() {
     }
 
     // Without credentials, or with a wrong secret: 401 saying how to log in.
-    let request_topic = r#"{"name": "http-orders", "owner": "payments", "queues": {"broker-a": 2}, "requested_by": "admin"}"#;
+    let request_topic =
+        r#"{"name": "http-orders", "owner": "payments", "queues": {"broker-a": 2}, "requested_by": "admin"}"#;
     let refused = [
         ("POST", "/api/sql", "select 1"),
         ("GET", "/api/traces?key=k1", ""),
@@ -385,7 +400,10 @@ async fn security_http_apis_need_a_login_and_audit_the_logged_in_user() {
     for (method, path, body) in refused {
         let (status, head, answer) = http(&http_addr, method, path, &[json], body).await;
         assert_eq!(status, 401, "{method} {path}: {answer}");
-        assert!(answer.contains("POST /api/login") && answer.contains("unauthenticated"), "{answer}");
+        assert!(
+            answer.contains("POST /api/login") && answer.contains("unauthenticated"),
+            "{answer}"
+        );
         assert!(head.to_ascii_lowercase().contains("www-authenticate"), "{head}");
         let (status, _, answer) = http(&http_addr, method, path, &[json, ("Authorization", &wrong)], body).await;
         assert_eq!(status, 401, "{method} {path}: {answer}");
@@ -399,7 +417,14 @@ async fn security_http_apis_need_a_login_and_audit_the_logged_in_user() {
     let admin = [json, ("Authorization", basic.as_str())];
     let (status, _, answer) = http(&http_addr, "POST", "/api/topics", &admin, request_topic).await;
     assert_eq!(status, 201, "{answer}");
-    let (status, _, answer) = http(&http_addr, "POST", "/api/topics/http-orders/approve", &admin, r#"{"by": "mallory"}"#).await;
+    let (status, _, answer) = http(
+        &http_addr,
+        "POST",
+        "/api/topics/http-orders/approve",
+        &admin,
+        r#"{"by": "mallory"}"#,
+    )
+    .await;
     assert_eq!(status, 403, "{answer}");
     assert!(answer.contains("logged in as \\\"admin\\\""), "{answer}");
     let (status, _, answer) = http(&http_addr, "POST", "/api/topics/http-orders/approve", &admin, "{}").await;
@@ -416,7 +441,14 @@ async fn security_http_apis_need_a_login_and_audit_the_logged_in_user() {
     assert_eq!(login["user"], "admin");
     let token = login["token"].as_str().unwrap().to_owned();
     let bearer = format!("Bearer {token}");
-    let (status, _, answer) = http(&http_addr, "GET", "/api/topics/http-orders", &[("Authorization", &bearer)], "").await;
+    let (status, _, answer) = http(
+        &http_addr,
+        "GET",
+        "/api/topics/http-orders",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     let (status, _, answer) = http(&http_addr, "GET", "/api/session", &[("Authorization", &bearer)], "").await;
     assert_eq!(status, 200, "{answer}");
@@ -435,7 +467,12 @@ async fn security_http_apis_need_a_login_and_audit_the_logged_in_user() {
     assert!(ok, "{stdout}{stderr}");
     let (ok, _, stderr) = cli_http(&nameserver, &http_addr, None, &["sql", "select 1 as one"]);
     assert!(!ok && stderr.contains("authentication required"), "{stderr}");
-    let (ok, _, stderr) = cli_http(&nameserver, &http_addr, Some(("admin", "not-the-secret")), &["sql", "select 1"]);
+    let (ok, _, stderr) = cli_http(
+        &nameserver,
+        &http_addr,
+        Some(("admin", "not-the-secret")),
+        &["sql", "select 1"],
+    );
     assert!(!ok && stderr.contains("authentication failed"), "{stderr}");
     assert!(!stderr.contains("not-the-secret"), "{stderr}");
 

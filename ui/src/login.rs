@@ -103,7 +103,10 @@ pub async fn with_session(request: Request, next: Next) -> Response {
             if let Err(error) = check_origin(header(header::ORIGIN), header(header::REFERER), header(header::HOST)) {
                 return forbidden(error.to_string());
             }
-            let presented = headers.get(CSRF_HEADER).and_then(|value| value.to_str().ok()).map(str::to_owned);
+            let presented = headers
+                .get(CSRF_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
             let (parts, body) = request.into_parts();
             let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BODY).await else {
                 return forbidden("the form is larger than 1 MiB".into());
@@ -122,7 +125,10 @@ pub async fn with_session(request: Request, next: Next) -> Response {
 }
 
 /// `GET /login`: the login form.
-pub async fn login_page(headers: HeaderMap, query: axum::extract::Query<std::collections::HashMap<String, String>>) -> Response {
+pub async fn login_page(
+    headers: HeaderMap,
+    query: axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
     let next = safe_next(query.get("next").map(String::as_str));
     let error = query
         .get("error")
@@ -182,7 +188,10 @@ pub async fn login(nameserver: &Upstream, headers: &HeaderMap, body: &[u8]) -> R
         ..ConsoleSession::default()
     };
     let answer = SESSION
-        .scope(session, nameserver.send_json("POST", "/api/login", &serde_json::json!({})))
+        .scope(
+            session,
+            nameserver.send_json("POST", "/api/login", &serde_json::json!({})),
+        )
         .await;
     let answer = match answer {
         Ok(answer) => answer,
@@ -216,7 +225,9 @@ pub async fn login(nameserver: &Upstream, headers: &HeaderMap, body: &[u8]) -> R
 /// `POST /logout`: ends the session at the nameserver and forgets the cookie.
 pub async fn logout(nameserver: &Upstream) -> Response {
     if current().token.is_some()
-        && let Err(error) = nameserver.send_json("POST", "/api/logout", &serde_json::json!({})).await
+        && let Err(error) = nameserver
+            .send_json("POST", "/api/logout", &serde_json::json!({}))
+            .await
     {
         tracing::warn!(error = %error, "ending the console session failed");
     }
@@ -251,7 +262,8 @@ mod tests {
             user: Some("alice".into()),
             authorization: None,
         };
-        let (field, user, authorization) = SESSION.sync_scope(session, || (csrf_field(), current_user(), authorization()));
+        let (field, user, authorization) =
+            SESSION.sync_scope(session, || (csrf_field(), current_user(), authorization()));
         assert!(field.contains(&csrf_token(&token)), "{field}");
         assert!(!field.contains(&token));
         assert_eq!(user.as_deref(), Some("alice"));
