@@ -507,3 +507,113 @@ async fn security_http_apis_need_a_login_and_audit_the_logged_in_user() {
     }
     let _ = std::fs::remove_dir_all(Path::new(&data_dir));
 }
+
+/// `cluster up` with `auth = true`: makes the node secret and the user `admin`, its secret in a
+/// file only its owner reads, and prints the variables a client needs; the CLI logs in with them
+/// (`MERIDIAN_SECRET_FILE`) and is refused without them; the nodes' HTTP APIs need a login too.
+#[test]
+fn security_cluster_up_with_auth_creates_an_administrator() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("cluster");
+    let spec = root.path().join("spec.toml");
+    // Its own loopback address (127.0.0.93), below the ephemeral port range.
+    std::fs::write(
+        &spec,
+        r#"name = "secure"
+idcs = ["local"]
+auth = true
+
+[[nameservers]]
+id = 1
+idc = "local"
+listen = "127.0.0.93:7800"
+http = "127.0.0.93:8080"
+
+[[broker_groups]]
+name = "broker-a"
+
+[[broker_groups.members]]
+name = "a-0"
+role = "master"
+idc = "local"
+listen = "127.0.0.93:7911"
+http = "127.0.0.93:8081"
+
+[archiver]
+enabled = false
+
+[overrides.broker.store]
+segment_size = 67108864
+"#,
+    )
+    .unwrap();
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        let output = Command::new(meridian_bin())
+            .args(args)
+            .env_remove("MERIDIAN_USER")
+            .env_remove("MERIDIAN_SECRET")
+            .env_remove("MERIDIAN_SECRET_FILE")
+            .env("MERIDIAN_NAMESERVER", "127.0.0.93:7800")
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running meridian");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let dir_text = dir.to_str().unwrap();
+    let (ok, stdout, stderr) = run(&["cluster", "up", "--config", spec.to_str().unwrap(), "--dir", dir_text], &[]);
+    let down = || run(&["cluster", "down", "--purge", "--dir", dir_text], &[]);
+    if !ok {
+        down();
+        panic!("cluster up failed: {stdout}{stderr}");
+    }
+    let user = stdout.lines().find_map(|line| line.trim().strip_prefix("export MERIDIAN_USER="));
+    let secret_file = stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("export MERIDIAN_SECRET_FILE="))
+        .map(str::to_owned);
+    let checks = std::panic::catch_unwind(|| {
+        assert_eq!(user, Some("admin"), "{stdout}");
+        let secret_file = secret_file.clone().expect("cluster up prints MERIDIAN_SECRET_FILE");
+        let mode = std::fs::metadata(&secret_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the admin's secret file is for its owner only");
+        let secret = std::fs::read_to_string(&secret_file).unwrap().trim().to_owned();
+        assert!(!stdout.contains(&secret), "cluster up printed the secret");
+        let admin = [("MERIDIAN_USER", "admin"), ("MERIDIAN_SECRET_FILE", secret_file.as_str())];
+        let (ok, _, stderr) = run(&["topic", "create", "secure-orders", "--queues", "1"], &admin);
+        assert!(ok, "{stderr}");
+        let (ok, _, stderr) = run(&["topic", "list"], &[]);
+        assert!(!ok && stderr.contains("authentication required"), "{stderr}");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let basic = meridian_proto::http_auth::basic_authorization("admin", &secret);
+        for addr in ["127.0.0.93:8080", "127.0.0.93:8081"] {
+            let path = if addr.ends_with("8080") { "/api/topics" } else { "/api/broker/topics" };
+            let (status, _, body) = runtime.block_on(http(addr, "GET", path, &[], ""));
+            assert_eq!(status, 401, "{addr}{path}: {body}");
+            let (status, _, body) = runtime.block_on(http(addr, "GET", path, &[("Authorization", &basic)], ""));
+            assert_eq!(status, 200, "{addr}{path}: {body}");
+        }
+        // No secret in the nodes' logs.
+        let node_secret = auth::read_node_secret(&dir.join("node.secret")).unwrap();
+        for (path, text) in all_text_under(&dir) {
+            if path.ends_with("node.secret") || path.ends_with("admin.secret") {
+                continue;
+            }
+            assert!(
+                !text.contains(&secret) && !text.contains(&node_secret),
+                "a secret is in {}",
+                path.display()
+            );
+        }
+    });
+    let (ok, stdout, stderr) = down();
+    if let Err(panic) = checks {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(ok, "cluster down: {stdout}{stderr}");
+}
