@@ -91,7 +91,10 @@ impl NameserverClient {
 
     /// A client of the nameservers at `addrs` logged in with `credentials` (`cluster up` as the
     /// node, to create the administrator).
-    pub fn with_credentials(addrs: Vec<String>, credentials: meridian_proto::auth::Credentials) -> Result<NameserverClient> {
+    pub fn with_credentials(
+        addrs: Vec<String>,
+        credentials: meridian_proto::auth::Credentials,
+    ) -> Result<NameserverClient> {
         let admin = NameserverAdmin::new(
             addrs,
             ClientConfig {

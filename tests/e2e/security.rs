@@ -566,13 +566,18 @@ segment_size = 67108864
         )
     };
     let dir_text = dir.to_str().unwrap();
-    let (ok, stdout, stderr) = run(&["cluster", "up", "--config", spec.to_str().unwrap(), "--dir", dir_text], &[]);
+    let (ok, stdout, stderr) = run(
+        &["cluster", "up", "--config", spec.to_str().unwrap(), "--dir", dir_text],
+        &[],
+    );
     let down = || run(&["cluster", "down", "--purge", "--dir", dir_text], &[]);
     if !ok {
         down();
         panic!("cluster up failed: {stdout}{stderr}");
     }
-    let user = stdout.lines().find_map(|line| line.trim().strip_prefix("export MERIDIAN_USER="));
+    let user = stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("export MERIDIAN_USER="));
     let secret_file = stdout
         .lines()
         .find_map(|line| line.trim().strip_prefix("export MERIDIAN_SECRET_FILE="))
@@ -584,7 +589,10 @@ segment_size = 67108864
         assert_eq!(mode & 0o777, 0o600, "the admin's secret file is for its owner only");
         let secret = std::fs::read_to_string(&secret_file).unwrap().trim().to_owned();
         assert!(!stdout.contains(&secret), "cluster up printed the secret");
-        let admin = [("MERIDIAN_USER", "admin"), ("MERIDIAN_SECRET_FILE", secret_file.as_str())];
+        let admin = [
+            ("MERIDIAN_USER", "admin"),
+            ("MERIDIAN_SECRET_FILE", secret_file.as_str()),
+        ];
         let (ok, _, stderr) = run(&["topic", "create", "secure-orders", "--queues", "1"], &admin);
         assert!(ok, "{stderr}");
         let (ok, _, stderr) = run(&["topic", "list"], &[]);
@@ -592,7 +600,11 @@ segment_size = 67108864
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let basic = meridian_proto::http_auth::basic_authorization("admin", &secret);
         for addr in ["127.0.0.93:8080", "127.0.0.93:8081"] {
-            let path = if addr.ends_with("8080") { "/api/topics" } else { "/api/broker/topics" };
+            let path = if addr.ends_with("8080") {
+                "/api/topics"
+            } else {
+                "/api/broker/topics"
+            };
             let (status, _, body) = runtime.block_on(http(addr, "GET", path, &[], ""));
             assert_eq!(status, 401, "{addr}{path}: {body}");
             let (status, _, body) = runtime.block_on(http(addr, "GET", path, &[("Authorization", &basic)], ""));

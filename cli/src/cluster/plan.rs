@@ -339,7 +339,10 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
             "query_http": spec.query.as_ref().map(|query| query.http.to_string()).unwrap_or_default(),
         }));
         if let Some(path) = &node_secret_file {
-            config.insert("auth".into(), table(json!({"enabled": true, "node_secret_file": path})).into());
+            config.insert(
+                "auth".into(),
+                table(json!({"enabled": true, "node_secret_file": path})).into(),
+            );
         }
         merge(&mut config, &spec.overrides.nameserver);
         merge(&mut config, &nameserver.overrides);
@@ -392,7 +395,10 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
             "archive": {"enabled": spec.archiver.enabled, "store": archive_store},
         }));
         if let Some(path) = &node_secret_file {
-            config.insert("auth".into(), table(json!({"enabled": true, "node_secret_file": path})).into());
+            config.insert(
+                "auth".into(),
+                table(json!({"enabled": true, "node_secret_file": path})).into(),
+            );
         }
         merge(&mut config, &spec.overrides.broker);
         merge(&mut config, &group.overrides);
