@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use meridian_proto::auth::{Authenticator, UserDirectory, Verifier};
+use meridian_proto::http_auth::HttpAuthenticator;
 
 use crate::registry::Governance;
 
@@ -32,18 +33,34 @@ impl UserDirectory for NoUsers {
     }
 }
 
+fn users(governance: Option<&Arc<Governance>>) -> Arc<dyn UserDirectory> {
+    match governance {
+        Some(governance) => Arc::new(LearnedUsers(governance.clone())),
+        None => Arc::new(NoUsers),
+    }
+}
+
 /// The authenticator of the broker's framed listener; `None` when `[auth]` is off.
 pub fn authenticator(config: &AuthConfig, governance: Option<&Arc<Governance>>) -> Option<Arc<Authenticator>> {
     if !config.enabled {
         return None;
     }
-    let users: Arc<dyn UserDirectory> = match governance {
-        Some(governance) => Arc::new(LearnedUsers(governance.clone())),
-        None => Arc::new(NoUsers),
-    };
     let node_secret = config
         .node_credentials
         .as_ref()
         .map(|credentials| credentials.secret.as_str());
-    Some(Arc::new(Authenticator::new(true, node_secret, users)))
+    Some(Arc::new(Authenticator::new(true, node_secret, users(governance))))
+}
+
+/// The authentication of the broker's HTTP API (the same users and node secret, see
+/// [`meridian_proto::http_auth`]); `None` when `[auth]` is off.
+pub fn http_authenticator(config: &AuthConfig, governance: Option<&Arc<Governance>>) -> Option<Arc<HttpAuthenticator>> {
+    if !config.enabled {
+        return None;
+    }
+    let node_secret = config
+        .node_credentials
+        .as_ref()
+        .map(|credentials| credentials.secret.as_str());
+    Some(Arc::new(HttpAuthenticator::new(node_secret, users(governance))))
 }

@@ -239,6 +239,11 @@ impl Broker {
         self.state.metrics.stats.clone()
     }
 
+    /// The authentication of this broker's HTTP API: `None` when `[auth]` is off.
+    pub fn http_authenticator(&self) -> Option<Arc<meridian_proto::http_auth::HttpAuthenticator>> {
+        crate::auth::http_authenticator(&self.state.config.auth, self.state.governance.as_ref())
+    }
+
     /// The storage engine, for composition in one process and for tests.
     pub fn store(&self) -> Arc<MessageStore> {
         self.state.store.clone()

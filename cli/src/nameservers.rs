@@ -89,6 +89,23 @@ impl NameserverClient {
         Ok(NameserverClient { admin })
     }
 
+    /// A client of the nameservers at `addrs` logged in with `credentials` (`cluster up` as the
+    /// node, to create the administrator).
+    pub fn with_credentials(
+        addrs: Vec<String>,
+        credentials: meridian_proto::auth::Credentials,
+    ) -> Result<NameserverClient> {
+        let admin = NameserverAdmin::new(
+            addrs,
+            ClientConfig {
+                request_timeout: Duration::from_secs(10),
+                credentials: Some(credentials),
+                ..ClientConfig::default()
+            },
+        )?;
+        Ok(NameserverClient { admin })
+    }
+
     /// The SDK's admin client underneath.
     pub fn admin(&self) -> &NameserverAdmin {
         &self.admin

@@ -13,7 +13,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .write_all(
+                format!(
+                    "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{}\r\n",
+                    crate::credentials::authorization_line()
+                )
+                .as_bytes(),
+            )
             .await
             .ok()?;
         let mut response = Vec::new();

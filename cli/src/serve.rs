@@ -365,6 +365,17 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             with_query,
         )));
 
+    // `--auth`: every HTTP route but the probes needs a user or a session (docs/security.md).
+    let router = match &node_secret_file {
+        Some(path) => {
+            let node_secret = meridian_proto::auth::read_node_secret(path).map_err(anyhow::Error::msg)?;
+            let users = meridian_nameserver::auth::user_directory(&nameserver.service());
+            let auth = meridian_proto::http_auth::HttpAuthenticator::new(Some(&node_secret), users);
+            meridian_proto::http_layer::protect(router, Arc::new(auth))
+        }
+        None => router,
+    };
+
     let service = nameserver.service();
     let replication = broker.replication();
     let ready_file = args.ready_file.clone();
@@ -472,6 +483,10 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
             );
             let router = meridian_broker::http::router(registry, name.clone(), &broker)
                 .merge(console_api::console_router(&broker, name, nameservers));
+            let router = match broker.http_authenticator() {
+                Some(auth) => meridian_proto::http_layer::protect(router, auth),
+                None => router,
+            };
             Some((listener, router))
         }
         None => None,
@@ -501,6 +516,7 @@ pub async fn nameserver(args: NameserverArgs) -> Result<()> {
         .map(|listener| listener.local_addr())
         .transpose()?;
     let node_id = config.node_id;
+    let mut http_auth_config = config.auth.clone();
     let nameserver = Nameserver::bind(config, http_addr, metrics)
         .await
         .context("starting the nameserver")?;
@@ -512,9 +528,16 @@ pub async fn nameserver(args: NameserverArgs) -> Result<()> {
         "meridian nameserver node {node_id} listening on {}",
         nameserver.local_addr()
     );
+    // Bind already checked the node secret file; this reads it again for the HTTP side.
+    http_auth_config.load()?;
+    let http_auth = meridian_nameserver::auth::http_authenticator(&http_auth_config, &nameserver.service());
     let http = http_listener.map(|listener| {
         let router =
             meridian_nameserver::http::router(nameserver.service()).merge(http::metrics_router(Arc::new(registry)));
+        let router = match http_auth {
+            Some(auth) => meridian_proto::http_layer::protect(router, auth),
+            None => router,
+        };
         (listener, router)
     });
     if let Some(addr) = http_addr {

@@ -118,7 +118,8 @@ async fn post_sql(server: &str, sql: &str, format: &str) -> Result<(u16, Option<
         format!("connecting to the query service at {addr} (start `meridian dev` or `meridian query`, or set --server / MERIDIAN_QUERY)")
     })?;
     let request = format!(
-        "POST /api/sql?format={format} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{sql}",
+        "POST /api/sql?format={format} HTTP/1.0\r\nHost: {addr}\r\n{}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{sql}",
+        crate::credentials::authorization_line(),
         sql.len()
     );
     stream.write_all(request.as_bytes()).await?;
@@ -162,10 +163,17 @@ async fn run_one(server: &str, sql: &str, format: &str) -> Result<()> {
             String::from_utf8_lossy(&body)
         )
     })?;
+    // The query service's `{"error", "kind"}`, or the auth layer's `{"error": {"code", "message"}}`.
     bail!(
         "{} ({}, HTTP {status})",
-        error["error"].as_str().unwrap_or("unknown error"),
-        error["kind"].as_str().unwrap_or("?")
+        error["error"]
+            .as_str()
+            .or_else(|| error["error"]["message"].as_str())
+            .unwrap_or("unknown error"),
+        error["kind"]
+            .as_str()
+            .or_else(|| error["error"]["code"].as_str())
+            .unwrap_or("?")
     )
 }
 

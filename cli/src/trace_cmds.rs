@@ -172,7 +172,13 @@ async fn get(addr: &str, path: &str) -> Result<(u16, Value)> {
         .await
         .with_context(|| format!("connecting to the tracer at {addr} (set --tracer or MERIDIAN_TRACER)"))?;
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{}\r\n",
+                crate::credentials::authorization_line()
+            )
+            .as_bytes(),
+        )
         .await?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;
@@ -234,7 +240,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         bail!(
             "{}",
             body.get("error")
-                .and_then(Value::as_str)
+                .and_then(|error| error.as_str().or_else(|| error["message"].as_str()))
                 .unwrap_or("the tracer refused the lookup")
         );
     }

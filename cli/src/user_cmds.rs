@@ -177,3 +177,47 @@ pub async fn dev_admin(service: &meridian_nameserver::service::NameserverService
     service.command(command.into()).await?;
     Ok(secret)
 }
+
+/// `cluster up` with `auth = true`: makes sure the user `admin` exists and its secret is in
+/// `secret_path` (readable by its owner only), logged in to the nameservers as the node. A
+/// restarted cluster keeps the admin and its file; a missing file gets the admin a new secret.
+pub async fn cluster_admin(
+    nameservers: Vec<String>,
+    node_secret_file: &std::path::Path,
+    secret_path: &std::path::Path,
+) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let node_secret = auth::read_node_secret(node_secret_file).map_err(anyhow::Error::msg)?;
+    let client = NameserverClient::with_credentials(nameservers, auth::Credentials::node(node_secret))?;
+    let result = async {
+        let users = client.read::<Vec<UserView>>(&Query::Users).await?;
+        let exists = users.iter().any(|user| user.name == "admin");
+        if exists && secret_path.exists() {
+            return Ok(());
+        }
+        let secret = auth::generate_secret();
+        let verifier = StoredVerifier::from_verifier(&Verifier::generate(secret.as_bytes()));
+        let by = "meridian cluster up".to_owned();
+        let name = "admin".to_owned();
+        let command = if exists {
+            Command::RotateUser { name, verifier, by }
+        } else {
+            Command::CreateUser { name, verifier, by }
+        };
+        client.command(command).await?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(secret_path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        writeln!(file, "{secret}")?;
+        file.sync_all()?;
+        anyhow::Ok(())
+    }
+    .await;
+    client.shutdown().await;
+    result
+}

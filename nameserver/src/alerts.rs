@@ -170,6 +170,10 @@ pub struct AlertsConfig {
     pub webhook_attempts: u32,
     /// The rules; empty: [`default_rules`].
     pub rules: Vec<Rule>,
+    /// The node credential the brokers' reports are read with when `[auth]` is on (copied from
+    /// `[auth]` at start; never sent to webhooks). `Debug` hides the secret.
+    #[serde(skip)]
+    pub node_credentials: Option<meridian_proto::auth::Credentials>,
 }
 
 impl Default for AlertsConfig {
@@ -181,6 +185,7 @@ impl Default for AlertsConfig {
             webhooks: Vec::new(),
             webhook_attempts: 8,
             rules: Vec::new(),
+            node_credentials: None,
         }
     }
 }
@@ -900,6 +905,14 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
         });
         (down, owners, topic_owners)
     });
+    // With `[auth]` on, brokers' HTTP APIs want a login: the node's own.
+    let node_authorization = config.node_credentials.as_ref().map(|credentials| {
+        format!(
+            "Authorization: {}\r\n",
+            meridian_proto::http_auth::basic_authorization(&credentials.user, &credentials.secret)
+        )
+    });
+    let node_authorization = node_authorization.as_deref();
     let mut lag = Some(Vec::new());
     for address in &config.broker_http {
         let Ok(addr) = address.parse::<SocketAddr>() else {
@@ -908,7 +921,7 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
         };
         let report = tokio::select! {
             _ = stop.cancelled() => None,
-            report = http_request(addr, "GET", "/api/broker/lag", None) => report,
+            report = http_request(addr, "GET", "/api/broker/lag", None, node_authorization) => report,
         };
         #[derive(Deserialize)]
         struct Report {
@@ -935,7 +948,7 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
         };
         let report = tokio::select! {
             _ = stop.cancelled() => None,
-            report = http_request(addr, "GET", "/api/broker/clients", None) => report,
+            report = http_request(addr, "GET", "/api/broker/clients", None, node_authorization) => report,
         };
         match report
             .and_then(|(status, body)| (status == 200).then(|| serde_json::from_str::<ClientsInput>(&body).ok())?)
@@ -984,7 +997,7 @@ async fn deliver(url: String, alert: Alert, attempts: u32, stop: CancellationTok
     let body = webhook_body(&alert).to_string();
     let mut backoff = Duration::from_millis(500);
     for attempt in 1..=attempts {
-        match http_request(addr, "POST", &path, Some(&body)).await {
+        match http_request(addr, "POST", &path, Some(&body), None).await {
             Some((status, _)) if (200..300).contains(&status) => return,
             answer => tracing::warn!(
                 webhook = %url, key = %alert.key, attempt, status = answer.map(|(status, _)| status),
@@ -1003,14 +1016,22 @@ async fn deliver(url: String, alert: Alert, attempts: u32, stop: CancellationTok
     tracing::error!(webhook = %url, key = %alert.key, attempts, "webhook delivery gave up");
 }
 
-/// One HTTP/1.0 request with an optional JSON body: the status and the body, `None` when the
-/// server cannot be reached or answer within 5 s.
-async fn http_request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+/// One HTTP/1.0 request with an optional JSON body and an optional `Authorization` line (CRLF
+/// included): the status and the body, `None` when the server cannot be reached or answer within
+/// 5 s.
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    authorization: Option<&str>,
+) -> Option<(u16, String)> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         let body = body.unwrap_or("");
         let request = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            authorization.unwrap_or_default(),
             body.len()
         );
         stream.write_all(request.as_bytes()).await.ok()?;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use meridian_proto::auth::{self, Authenticator, Credentials, UserDirectory, Verifier};
+use meridian_proto::http_auth::HttpAuthenticator;
 use serde::{Deserialize, Serialize};
 
 use crate::error::NameserverError;
@@ -58,6 +59,29 @@ impl UserDirectory for StateUsers {
             .read_state(|state| state.users().get(user).map(|user| user.verifier.to_verifier()))?
             .ok()
     }
+}
+
+/// The users of the replicated state, for a process that serves them over HTTP too (`meridian
+/// dev`).
+pub fn user_directory(service: &Arc<NameserverService>) -> Arc<dyn UserDirectory> {
+    Arc::new(StateUsers(service.clone()))
+}
+
+/// The authentication of the nameserver's HTTP API: the same users (read at each check) and node
+/// secret as its framed listener ([`meridian_proto::http_auth`]); `None` when `[auth]` is off.
+/// `config` must be loaded ([`AuthConfig::load`]).
+pub fn http_authenticator(config: &AuthConfig, service: &Arc<NameserverService>) -> Option<Arc<HttpAuthenticator>> {
+    if !config.enabled {
+        return None;
+    }
+    let node_secret = config
+        .node_credentials
+        .as_ref()
+        .map(|credentials| credentials.secret.as_str());
+    Some(Arc::new(HttpAuthenticator::new(
+        node_secret,
+        Arc::new(StateUsers(service.clone())),
+    )))
 }
 
 /// The authenticator of the nameserver's framed listener; `None` when `[auth]` is off.

@@ -268,11 +268,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
 
 /// Every change names who made it. The state refuses an empty name too, but under its own field
 /// name (`decided_by`, `deleted_by`); this names the field the HTTP client sent.
-fn require_by(by: &str) -> Result<(), ApiError> {
-    if by.trim().is_empty() {
-        return Err(invalid("\"by\" is empty: every request and decision names who made it"));
+///
+/// With `[auth]` on, the change is made by the logged-in user: an empty `by` becomes that user, and
+/// a `by` naming someone else is refused (the audit log names who authenticated, never a claim).
+fn require_by(by: &str) -> Result<String, ApiError> {
+    let logged_in = crate::origin::current_origin().and_then(|origin| origin.user);
+    match logged_in {
+        Some(user) if by.trim().is_empty() || by.trim() == user => Ok(user),
+        Some(user) => Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "\"by\" is {by:?} but this request is logged in as {user:?}: with [auth] on, changes are made by the logged-in user; leave --by out or log in as {by:?}"
+            ),
+        )),
+        None if by.trim().is_empty() => Err(invalid("\"by\" is empty: every request and decision names who made it")),
+        None => Ok(by.to_owned()),
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -403,6 +414,7 @@ fn default_perm() -> u8 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
+    #[serde(default)]
     by: String,
     #[serde(default)]
     reason: Option<String>,
@@ -411,6 +423,7 @@ struct DecisionBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TopicUpdateBody {
+    #[serde(default)]
     by: String,
     #[serde(default)]
     reason: Option<String>,
@@ -468,6 +481,7 @@ struct GroupRequestBody {
 #[serde(deny_unknown_fields)]
 struct SwitchoverBody {
     to: String,
+    #[serde(default)]
     by: String,
     #[serde(default)]
     reason: Option<String>,
@@ -477,6 +491,7 @@ struct SwitchoverBody {
 #[serde(deny_unknown_fields)]
 struct EvacuateBody {
     idc: String,
+    #[serde(default)]
     by: String,
     #[serde(default)]
     reason: Option<String>,
@@ -485,6 +500,7 @@ struct EvacuateBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RestoreBody {
+    #[serde(default)]
     by: String,
     #[serde(default)]
     reason: Option<String>,
@@ -729,10 +745,10 @@ async fn approve_topic(
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<DecisionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    require_by(&body.by)?;
+    let by = require_by(&body.by)?;
     let command = Command::ApproveTopic {
         name,
-        decided_by: body.by,
+        decided_by: by,
         reason: body.reason,
     };
     service.command(command).await.map(ok)
@@ -743,10 +759,10 @@ async fn reject_topic(
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<DecisionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    require_by(&body.by)?;
+    let by = require_by(&body.by)?;
     let command = Command::RejectTopic {
         name,
-        decided_by: body.by,
+        decided_by: by,
         reason: body.reason.unwrap_or_default(),
     };
     service.command(command).await.map(ok)
@@ -757,11 +773,11 @@ async fn update_topic(
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<TopicUpdateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    require_by(&body.by)?;
+    let by = require_by(&body.by)?;
     let produce_limit = body.produce_limit_change()?;
     let command = Command::UpdateTopic {
         name,
-        updated_by: body.by,
+        updated_by: by,
         reason: body.reason,
         changes: TopicChanges {
             queues: body.queues,
@@ -779,10 +795,10 @@ async fn delete_topic(
     PathParam(name): PathParam<String>,
     BodyOrQuery(body): BodyOrQuery<DecisionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    require_by(&body.by)?;
+    let by = require_by(&body.by)?;
     let command = Command::DeleteTopic {
         name,
-        deleted_by: body.by,
+        deleted_by: by,
         reason: body.reason.unwrap_or_default(),
     };
     service.command(command).await.map(ok)
@@ -844,10 +860,10 @@ async fn approve_group(
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<DecisionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    require_by(&body.by)?;
+    let by = require_by(&body.by)?;
     let command = Command::ApproveGroup {
         name,
-        decided_by: body.by,
+        decided_by: by,
         reason: body.reason,
     };
     service.command(command).await.map(ok)
@@ -858,10 +874,10 @@ async fn reject_group(
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<DecisionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    require_by(&body.by)?;
+    let by = require_by(&body.by)?;
     let command = Command::RejectGroup {
         name,
-        decided_by: body.by,
+        decided_by: by,
         reason: body.reason.unwrap_or_default(),
     };
     service.command(command).await.map(ok)
@@ -872,10 +888,10 @@ async fn delete_group(
     PathParam(name): PathParam<String>,
     BodyOrQuery(body): BodyOrQuery<DecisionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    require_by(&body.by)?;
+    let by = require_by(&body.by)?;
     let command = Command::DeleteGroup {
         name,
-        deleted_by: body.by,
+        deleted_by: by,
         reason: body.reason.unwrap_or_default(),
     };
     service.command(command).await.map(ok)
@@ -890,11 +906,8 @@ async fn switchover(
     PathParam(group): PathParam<String>,
     JsonBody(body): JsonBody<SwitchoverBody>,
 ) -> Result<HttpResponse, ApiError> {
-    require_by(&body.by)?;
-    service
-        .switchover(&group, &body.to, &body.by, body.reason)
-        .await
-        .map(ok)
+    let by = require_by(&body.by)?;
+    service.switchover(&group, &body.to, &by, body.reason).await.map(ok)
 }
 
 async fn idc_rules(State(service): State<SharedService>) -> HttpResponse {
@@ -988,10 +1001,10 @@ async fn drill_evacuate(
     State(service): State<SharedService>,
     JsonBody(body): JsonBody<EvacuateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    require_by(&body.by)?;
+    let by = require_by(&body.by)?;
     let command = Command::Evacuate {
         idc: body.idc,
-        by: body.by,
+        by,
         reason: body.reason,
     };
     service.command(command).await.map(ok)
@@ -1001,9 +1014,9 @@ async fn drill_restore(
     State(service): State<SharedService>,
     JsonBody(body): JsonBody<RestoreBody>,
 ) -> Result<HttpResponse, ApiError> {
-    require_by(&body.by)?;
+    let by = require_by(&body.by)?;
     let command = Command::Restore {
-        by: body.by,
+        by,
         reason: body.reason,
     };
     service.command(command).await.map(ok)
@@ -1081,8 +1094,13 @@ mod tests {
     fn body_errors_name_the_field() {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
-        let missing = parse_json::<DecisionBody>(&headers, br#"{"reason": "x"}"#).unwrap_err();
-        assert!(missing.message.contains("missing field `by`"), "{}", missing.message);
+        // `by` may be left out (with `[auth]` on, the logged-in user makes the change).
+        let missing = parse_json::<TopicRequestBody>(&headers, br#"{"name": "a", "owner": "o"}"#).unwrap_err();
+        assert!(
+            missing.message.contains("missing field `requested_by`"),
+            "{}",
+            missing.message
+        );
         let mistyped = parse_json::<TopicRequestBody>(
             &headers,
             br#"{"name":"a","owner":"o","requested_by":"r","queues":{"broker-a":"x"}}"#,

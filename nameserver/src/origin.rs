@@ -12,6 +12,8 @@ use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::Response as HttpResponse;
 
+use meridian_proto::auth::{NODE_USER, Principal};
+
 use crate::state::Origin;
 
 tokio::task_local! {
@@ -30,5 +32,11 @@ pub async fn record_origin(request: Request, next: Next) -> HttpResponse {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.to_string())
         .unwrap_or_default();
-    ORIGIN.scope(Origin { from, user: None }, next.run(request)).await
+    // With `[auth]` on, the HTTP layer (`meridian_proto::http_layer`) put who logged in here.
+    let user = match request.extensions().get::<Principal>() {
+        Some(Principal::User(user)) => Some(user.clone()),
+        Some(Principal::Node) => Some(NODE_USER.to_owned()),
+        Some(Principal::Anonymous) | None => None,
+    };
+    ORIGIN.scope(Origin { from, user }, next.run(request)).await
 }

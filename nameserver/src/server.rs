@@ -73,6 +73,7 @@ impl Nameserver {
         config.idc = detected.idc;
         config.validate()?;
         config.auth.load()?;
+        config.alerts.node_credentials = config.auth.node_credentials.clone();
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|error| NameserverError::Config {

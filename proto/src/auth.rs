@@ -215,7 +215,7 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     // The system RNG fails only when the OS has none, which no supported platform lacks.
     ring::rand::SystemRandom::new()
@@ -224,14 +224,14 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
-fn salted_password(secret: &[u8], salt: &[u8], iterations: u32) -> [u8; KEY_LEN] {
+pub(crate) fn salted_password(secret: &[u8], salt: &[u8], iterations: u32) -> [u8; KEY_LEN] {
     let mut salted = [0u8; KEY_LEN];
     let iterations = std::num::NonZeroU32::new(iterations.max(1)).expect("at least one iteration");
     pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, secret, &mut salted);
     salted
 }
 
-fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; KEY_LEN] {
+pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; KEY_LEN] {
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data);
     let mut out = [0u8; KEY_LEN];
     out.copy_from_slice(tag.as_ref());
@@ -239,7 +239,7 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; KEY_LEN] {
 }
 
 /// Compares without leaking where two byte strings differ.
-fn equal_in_constant_time(left: &[u8], right: &[u8]) -> bool {
+pub(crate) fn equal_in_constant_time(left: &[u8], right: &[u8]) -> bool {
     left.len() == right.len() && left.iter().zip(right).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 

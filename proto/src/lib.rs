@@ -27,7 +27,8 @@
 //! - [`remoting`]: RocketMQ 4.x's remoting frames, headers and message encodings, for the
 //!   compatibility listeners.
 //! - [`auth`]: users' SCRAM-SHA-256 verifiers, the per-connection login handshake and node
-//!   credentials.
+//!   credentials; [`http_auth`]: the same users on the HTTP APIs and console (Basic, sessions,
+//!   CSRF), applied to axum routers by `http_layer` (feature `http`).
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike; [`serve`]: the answering side, the one connection
 //!   loop of the broker and the nameserver.
@@ -41,6 +42,9 @@ pub mod compress;
 pub mod delay;
 pub mod filter;
 pub mod frame;
+pub mod http_auth;
+#[cfg(feature = "http")]
+pub mod http_layer;
 pub mod idc;
 pub mod messages;
 pub mod msgid;

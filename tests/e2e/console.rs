@@ -1218,3 +1218,183 @@ fn every_page_renders_quickly_at_ten_thousand_topics_and_groups() {
         "the slowest page took {slowest:.0} ms to first render (target 300 ms)"
     );
 }
+
+/// One HTTP/1.1 request with extra headers on a listener: the status, the head and the body.
+fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connecting");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// With `meridian dev --auth`: pages send a browser to the login page; after logging in the pages
+/// work and show who is logged in, forms carry the session's CSRF token and act as the logged-in
+/// user; forged posts (no token, a wrong one, another site's Origin) are refused with 403; logout
+/// ends the session.
+#[test]
+fn the_console_needs_a_login_and_refuses_forged_form_posts_when_auth_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = artifact_dir("login");
+    let data_dir = dir.path().join("dev");
+    let args: Vec<&std::ffi::OsStr> = [
+        "dev",
+        "--auth",
+        "--nameserver-listen",
+        "127.0.0.1:0",
+        "--broker-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--no-rocketmq",
+        "--no-archive",
+        "--data-dir",
+    ]
+    .iter()
+    .map(std::ffi::OsStr::new)
+    .chain([data_dir.as_os_str()])
+    .collect();
+    let node = ServiceProcess::start(&args, dir.path(), |line| line.starts_with("ready"));
+    let http = node.address("http").expect("http address");
+    let secret = node
+        .banner
+        .iter()
+        .find_map(|line| line.strip_prefix("export MERIDIAN_SECRET="))
+        .expect("the banner prints the admin's secret")
+        .to_owned();
+    let basic = meridian_proto::http_auth::basic_authorization("admin", &secret);
+    let admin = [("Authorization", basic.as_str()), ("Content-Type", "application/json")];
+    for name in ["login-orders", "forged-orders"] {
+        let request = json!({"name": name, "owner": "team-a", "queues": {"broker-a": 2}, "requested_by": "alice"});
+        let (status, _, answer) = request_with(http, "POST", "/api/topics", &admin, &request.to_string());
+        assert_eq!(status, 201, "{answer}");
+    }
+    let base = format!("http://{http}");
+    let browser = Browser::start(&artifacts);
+
+    // Not logged in: the login page, which remembers where the user was going.
+    browser.goto(&format!("{base}/topics/login-orders"));
+    browser.wait_for("#login", Duration::from_secs(5));
+    browser.screenshot("login");
+    browser.type_into("#login input[name=user]", "admin");
+    browser.type_into("#login input[name=secret]", "not-the-secret");
+    browser.click("#login button");
+    browser.wait_for("#login", Duration::from_secs(5));
+    assert!(
+        browser.page_text().contains("authentication failed"),
+        "{}",
+        browser.page_text()
+    );
+    browser.type_into("#login input[name=user]", "admin");
+    browser.type_into("#login input[name=secret]", &secret);
+    browser.click("#login button");
+
+    // Logged in: the page works, names the user, and its forms act as the user.
+    browser.wait_for("#approve", Duration::from_secs(10));
+    assert_eq!(browser.text("header .account .user"), "admin");
+    assert_eq!(browser.find_all("#approve input[name=csrf_token]").len(), 1);
+    browser.type_into("#approve input[name=reason]", "looks right");
+    browser.click("#approve button");
+    wait("the topic shows approved", Duration::from_secs(10), || {
+        browser.find_all("#topic-status .badge.good").len() == 1
+    });
+    browser.screenshot("approved-after-login");
+    let (status, _, answer) = request_with(http, "GET", "/api/audit", &admin, "");
+    assert_eq!(status, 200, "{answer}");
+    let audit: Value = serde_json::from_str(&answer).unwrap();
+    let entries = audit
+        .as_array()
+        .or_else(|| audit["entries"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    let approval = entries
+        .iter()
+        .find(|entry| entry["action"] == "approve_topic" && entry["subject"] == "topic login-orders")
+        .unwrap_or_else(|| panic!("no approval in {answer}"));
+    assert_eq!(approval["who"], "admin", "{approval}");
+    assert_eq!(approval["authenticated"], true, "{approval}");
+
+    // Forged posts with the real session cookie: no token, a wrong token, another site.
+    let cookies = browser.call("GET", "/cookie", None);
+    let session = cookies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|cookie| cookie["name"] == "meridian_session")
+        .expect("the session cookie");
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    let token = session["value"].as_str().unwrap().to_owned();
+    let cookie = format!("meridian_session={token}; meridian_user=admin");
+    let csrf = meridian_proto::http_auth::csrf_token(&token);
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let path = "/topics/forged-orders/reject";
+    let forged = [
+        (
+            "no token",
+            vec![("Cookie", cookie.as_str()), form],
+            "by=admin&reason=forged".to_owned(),
+        ),
+        (
+            "a wrong token",
+            vec![("Cookie", cookie.as_str()), form],
+            format!("by=admin&reason=forged&csrf_token={}", "0".repeat(64)),
+        ),
+        (
+            "another site's Origin",
+            vec![("Cookie", cookie.as_str()), form, ("Origin", "http://evil.example")],
+            format!("by=admin&reason=forged&csrf_token={csrf}"),
+        ),
+    ];
+    for (what, headers, body) in &forged {
+        let (status, _, answer) = request_with(http, "POST", path, headers, body);
+        assert_eq!(status, 403, "{what}: {answer}");
+    }
+    let (status, _, answer) = request_with(http, "GET", "/api/topics/forged-orders", &admin, "");
+    assert!(
+        status == 200 && answer.contains("requested"),
+        "a forged post changed the topic: {answer}"
+    );
+    // The same post with the session's token from this console goes through.
+    let origin = format!("http://{http}");
+    let (status, head, _) = request_with(
+        http,
+        "POST",
+        path,
+        &[("Cookie", cookie.as_str()), form, ("Origin", origin.as_str())],
+        &format!("by=admin&reason=not+needed&csrf_token={csrf}"),
+    );
+    assert_eq!(status, 303, "{head}");
+    let (_, _, answer) = request_with(http, "GET", "/api/topics/forged-orders", &admin, "");
+    assert!(answer.contains("rejected"), "{answer}");
+
+    // Logout ends the session: the old cookie no longer opens a page.
+    browser.click("header .account button");
+    browser.wait_for("#login", Duration::from_secs(5));
+    let (status, _, _) = request_with(http, "GET", "/api/topics", &[("Cookie", cookie.as_str())], "");
+    assert_eq!(status, 401);
+    let log = node.log();
+    node.stop();
+    assert!(
+        !log.contains(&secret) && !log.contains(&token),
+        "a secret or token is in the log"
+    );
+}

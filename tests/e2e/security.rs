@@ -271,3 +271,361 @@ async fn security_dev_auth_refuses_strangers_and_audits_admins() {
     assert!(log.contains("connection refused"), "refusals are logged");
     let _ = std::fs::remove_dir_all(Path::new(&data_dir));
 }
+
+/// One HTTP/1.0 request: the status, the head and the body.
+async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connecting to the HTTP listener");
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// Runs the CLI with the HTTP services at `http_addr` and exactly these credentials.
+fn cli_http(
+    nameserver: &str,
+    http_addr: &str,
+    credentials: Option<(&str, &str)>,
+    args: &[&str],
+) -> (bool, String, String) {
+    let mut command = Command::new(meridian_bin());
+    command
+        .args(args)
+        .env("MERIDIAN_NAMESERVER", nameserver)
+        .env("MERIDIAN_QUERY", http_addr)
+        .env("MERIDIAN_TRACER", http_addr)
+        .env_remove("MERIDIAN_USER")
+        .env_remove("MERIDIAN_SECRET")
+        .env_remove("MERIDIAN_SECRET_FILE")
+        .stdin(Stdio::null());
+    if let Some((user, secret)) = credentials {
+        command.env("MERIDIAN_USER", user).env("MERIDIAN_SECRET", secret);
+    }
+    let output = command.output().expect("running meridian");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Every file under `dir` (logs, the audit log's Raft state) as lossy text.
+fn all_text_under(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.metadata().is_ok_and(|meta| meta.len() < 64 << 20) {
+                // Segments are preallocated: read only what holds data.
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                let end = bytes.iter().rposition(|&byte| byte != 0).map_or(0, |at| at + 1);
+                found.push((path, String::from_utf8_lossy(&bytes[..end]).into_owned()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_http_apis_need_a_login_and_audit_the_logged_in_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let args: Vec<&std::ffi::OsStr> = [
+        "dev",
+        "--auth",
+        "--nameserver-listen",
+        "127.0.0.1:0",
+        "--broker-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--no-rocketmq",
+        "--data-dir",
+    ]
+    .iter()
+    .map(std::ffi::OsStr::new)
+    .chain([data_dir.as_os_str()])
+    .collect();
+    let node = ServiceProcess::start_logging(&args, dir.path(), |line| line.starts_with("ready"), Some("debug"));
+    let banner = node.banner.join("\n");
+    let nameserver = node.address("nameserver").expect("nameserver address").to_string();
+    let http_addr = node.address("http").expect("http address").to_string();
+    let admin_secret = exported(&banner, "MERIDIAN_SECRET");
+    let basic = meridian_proto::http_auth::basic_authorization("admin", &admin_secret);
+    let wrong = meridian_proto::http_auth::basic_authorization("admin", "not-the-secret");
+    let json = ("Content-Type", "application/json");
+
+    // Probes stay open, and carry no secret.
+    for path in ["/metrics", "/api/health", "/api/nameserver/health"] {
+        let (status, _, body) = http(&http_addr, "GET", path, &[], "").await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(!body.contains(&admin_secret));
+    }
+
+    // Without credentials, or with a wrong secret: 401 saying how to log in.
+    let request_topic =
+        r#"{"name": "http-orders", "owner": "payments", "queues": {"broker-a": 2}, "requested_by": "admin"}"#;
+    let refused = [
+        ("POST", "/api/sql", "select 1"),
+        ("GET", "/api/traces?key=k1", ""),
+        ("GET", "/api/traces/0123456789abcdef0123456789abcdef", ""),
+        ("GET", "/api/topics", ""),
+        ("POST", "/api/topics", request_topic),
+        ("POST", "/api/topics/http-orders/approve", "{}"),
+        ("GET", "/api/audit", ""),
+    ];
+    for (method, path, body) in refused {
+        let (status, head, answer) = http(&http_addr, method, path, &[json], body).await;
+        assert_eq!(status, 401, "{method} {path}: {answer}");
+        assert!(
+            answer.contains("POST /api/login") && answer.contains("unauthenticated"),
+            "{answer}"
+        );
+        assert!(head.to_ascii_lowercase().contains("www-authenticate"), "{head}");
+        let (status, _, answer) = http(&http_addr, method, path, &[json, ("Authorization", &wrong)], body).await;
+        assert_eq!(status, 401, "{method} {path}: {answer}");
+        assert!(!answer.contains("not-the-secret"), "{answer}");
+    }
+    let (status, _, answer) = http(&http_addr, "GET", "/api/topics", &[("Authorization", "Basic !!")], "").await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("malformed"), "{answer}");
+
+    // With Basic: 200, and admin writes are made by the logged-in user.
+    let admin = [json, ("Authorization", basic.as_str())];
+    let (status, _, answer) = http(&http_addr, "POST", "/api/topics", &admin, request_topic).await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, _, answer) = http(
+        &http_addr,
+        "POST",
+        "/api/topics/http-orders/approve",
+        &admin,
+        r#"{"by": "mallory"}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("logged in as \\\"admin\\\""), "{answer}");
+    let (status, _, answer) = http(&http_addr, "POST", "/api/topics/http-orders/approve", &admin, "{}").await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _, answer) = http(&http_addr, "POST", "/api/sql", &admin[1..], "select 1 as one").await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _, answer) = http(&http_addr, "GET", "/api/traces?key=k1", &admin[1..], "").await;
+    assert_eq!(status, 200, "{answer}");
+
+    // Login: the token works as Bearer until logout.
+    let (status, _, answer) = http(&http_addr, "POST", "/api/login", &admin[1..], "").await;
+    assert_eq!(status, 200, "{answer}");
+    let login: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(login["user"], "admin");
+    let token = login["token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+    let (status, _, answer) = http(
+        &http_addr,
+        "GET",
+        "/api/topics/http-orders",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _, answer) = http(&http_addr, "GET", "/api/session", &[("Authorization", &bearer)], "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"admin\""), "{answer}");
+    let (status, _, answer) = http(&http_addr, "POST", "/api/login", &[("Authorization", &wrong)], "").await;
+    assert_eq!(status, 401, "{answer}");
+    let (status, _, answer) = http(&http_addr, "POST", "/api/logout", &[("Authorization", &bearer)], "").await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _, answer) = http(&http_addr, "GET", "/api/topics", &[("Authorization", &bearer)], "").await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("log in again"), "{answer}");
+
+    // The CLI sends MERIDIAN_USER and MERIDIAN_SECRET on its HTTP calls.
+    let admin_env = Some(("admin", admin_secret.as_str()));
+    let (ok, stdout, stderr) = cli_http(&nameserver, &http_addr, admin_env, &["sql", "select 1 as one"]);
+    assert!(ok, "{stdout}{stderr}");
+    let (ok, _, stderr) = cli_http(&nameserver, &http_addr, None, &["sql", "select 1 as one"]);
+    assert!(!ok && stderr.contains("authentication required"), "{stderr}");
+    let (ok, _, stderr) = cli_http(
+        &nameserver,
+        &http_addr,
+        Some(("admin", "not-the-secret")),
+        &["sql", "select 1"],
+    );
+    assert!(!ok && stderr.contains("authentication failed"), "{stderr}");
+    assert!(!stderr.contains("not-the-secret"), "{stderr}");
+
+    // The audit log names the logged-in user for the HTTP approval.
+    let (ok, stdout, stderr) = cli(&nameserver, admin_env, &["audit", "--json"]);
+    assert!(ok, "{stderr}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let approval = entries
+        .iter()
+        .find(|entry| entry["action"] == "approve_topic" && entry["subject"] == "topic http-orders")
+        .unwrap_or_else(|| panic!("no approval in {stdout}"));
+    assert_eq!(approval["who"], "admin", "{approval}");
+    assert_eq!(approval["authenticated"], true, "{approval}");
+
+    // No secret or token in any log or file the node wrote (debug level), nor in its stdout.
+    let node_secret = auth::read_node_secret(&data_dir.join("node.secret")).unwrap();
+    let log = node.log();
+    node.stop();
+    let basic_value = basic.trim_start_matches("Basic ").to_owned();
+    let secrets = [admin_secret.as_str(), token.as_str(), basic_value.as_str()];
+    assert!(!banner.contains(&token));
+    for secret in secrets {
+        assert!(!log.contains(secret), "a secret or token is in the log");
+    }
+    for (path, text) in all_text_under(&data_dir) {
+        if path.ends_with("node.secret") {
+            continue;
+        }
+        for secret in secrets.iter().chain([&node_secret.as_str()]) {
+            assert!(!text.contains(secret), "a secret or token is in {}", path.display());
+        }
+    }
+    let _ = std::fs::remove_dir_all(Path::new(&data_dir));
+}
+
+/// `cluster up` with `auth = true`: makes the node secret and the user `admin`, its secret in a
+/// file only its owner reads, and prints the variables a client needs; the CLI logs in with them
+/// (`MERIDIAN_SECRET_FILE`) and is refused without them; the nodes' HTTP APIs need a login too.
+#[test]
+fn security_cluster_up_with_auth_creates_an_administrator() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("cluster");
+    let spec = root.path().join("spec.toml");
+    // Its own loopback address (127.0.0.93), below the ephemeral port range.
+    std::fs::write(
+        &spec,
+        r#"name = "secure"
+idcs = ["local"]
+auth = true
+
+[[nameservers]]
+id = 1
+idc = "local"
+listen = "127.0.0.93:7800"
+http = "127.0.0.93:8080"
+
+[[broker_groups]]
+name = "broker-a"
+
+[[broker_groups.members]]
+name = "a-0"
+role = "master"
+idc = "local"
+listen = "127.0.0.93:7911"
+http = "127.0.0.93:8081"
+
+[archiver]
+enabled = false
+
+[overrides.broker.store]
+segment_size = 67108864
+"#,
+    )
+    .unwrap();
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        let output = Command::new(meridian_bin())
+            .args(args)
+            .env_remove("MERIDIAN_USER")
+            .env_remove("MERIDIAN_SECRET")
+            .env_remove("MERIDIAN_SECRET_FILE")
+            .env("MERIDIAN_NAMESERVER", "127.0.0.93:7800")
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running meridian");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let dir_text = dir.to_str().unwrap();
+    let (ok, stdout, stderr) = run(
+        &["cluster", "up", "--config", spec.to_str().unwrap(), "--dir", dir_text],
+        &[],
+    );
+    let down = || run(&["cluster", "down", "--purge", "--dir", dir_text], &[]);
+    if !ok {
+        down();
+        panic!("cluster up failed: {stdout}{stderr}");
+    }
+    let user = stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("export MERIDIAN_USER="));
+    let secret_file = stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("export MERIDIAN_SECRET_FILE="))
+        .map(str::to_owned);
+    let checks = std::panic::catch_unwind(|| {
+        assert_eq!(user, Some("admin"), "{stdout}");
+        let secret_file = secret_file.clone().expect("cluster up prints MERIDIAN_SECRET_FILE");
+        let mode = std::fs::metadata(&secret_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the admin's secret file is for its owner only");
+        let secret = std::fs::read_to_string(&secret_file).unwrap().trim().to_owned();
+        assert!(!stdout.contains(&secret), "cluster up printed the secret");
+        let admin = [
+            ("MERIDIAN_USER", "admin"),
+            ("MERIDIAN_SECRET_FILE", secret_file.as_str()),
+        ];
+        let (ok, _, stderr) = run(&["topic", "create", "secure-orders", "--queues", "1"], &admin);
+        assert!(ok, "{stderr}");
+        let (ok, _, stderr) = run(&["topic", "list"], &[]);
+        assert!(!ok && stderr.contains("authentication required"), "{stderr}");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let basic = meridian_proto::http_auth::basic_authorization("admin", &secret);
+        for addr in ["127.0.0.93:8080", "127.0.0.93:8081"] {
+            let path = if addr.ends_with("8080") {
+                "/api/topics"
+            } else {
+                "/api/broker/topics"
+            };
+            let (status, _, body) = runtime.block_on(http(addr, "GET", path, &[], ""));
+            assert_eq!(status, 401, "{addr}{path}: {body}");
+            let (status, _, body) = runtime.block_on(http(addr, "GET", path, &[("Authorization", &basic)], ""));
+            assert_eq!(status, 200, "{addr}{path}: {body}");
+        }
+        // No secret in the nodes' logs.
+        let node_secret = auth::read_node_secret(&dir.join("node.secret")).unwrap();
+        for (path, text) in all_text_under(&dir) {
+            if path.ends_with("node.secret") || path.ends_with("admin.secret") {
+                continue;
+            }
+            assert!(
+                !text.contains(&secret) && !text.contains(&node_secret),
+                "a secret is in {}",
+                path.display()
+            );
+        }
+    });
+    let (ok, stdout, stderr) = down();
+    if let Err(panic) = checks {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(ok, "cluster down: {stdout}{stderr}");
+}

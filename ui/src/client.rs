@@ -148,6 +148,10 @@ impl Upstream {
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: meridian-console\r\n",
             self.addr
         );
+        // The logged-in user's session (or the login call's Basic): the APIs see who acts.
+        if let Some(authorization) = crate::login::authorization() {
+            head.push_str(&format!("Authorization: {authorization}\r\n"));
+        }
         let body = match body {
             Some((content_type, bytes)) => {
                 head.push_str(&format!(

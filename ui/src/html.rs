@@ -51,6 +51,8 @@ pub enum Nav {
     Clients,
     /// `/alerts`
     Alerts,
+    /// `/login`: not in the navigation.
+    Login,
 }
 
 const NAV: [(Nav, &str, &str); 9] = [
@@ -76,12 +78,21 @@ pub fn page(title: &str, active: Nav, body: &str) -> String {
         };
         let _ = write!(nav, "<a href=\"{href}\"{current}>{label}</a>");
     }
+    // With `[auth]` on: who is logged in, and the way out.
+    let account = match crate::login::current_user() {
+        Some(user) => format!(
+            "<form class=\"account\" method=\"post\" action=\"/logout\">{}<span class=\"user\">{}</span> <button>Log out</button></form>",
+            crate::login::csrf_field(),
+            esc(&user)
+        ),
+        None => String::new(),
+    };
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>{title} · Meridian</title><link rel=\"stylesheet\" href=\"/assets/console.css\">\
 <script src=\"/assets/console.js\" defer></script></head>\
-<body><header><a class=\"brand\" href=\"/\">Meridian</a><nav>{nav}</nav></header>\
+<body><header><a class=\"brand\" href=\"/\">Meridian</a><nav>{nav}</nav>{account}</header>\
 <main id=\"main\"><h1>{title}</h1>{body}</main>\
 <footer>Meridian console {version} · every view reads the services' HTTP APIs (docs/api.md)</footer>\
 </body></html>\n",
@@ -210,9 +221,17 @@ pub fn time_of(value: &serde_json::Value) -> String {
     value.as_i64().map_or_else(|| "—".to_owned(), time_ms)
 }
 
-/// The form fields every change carries: who makes it (remembered by the page script).
+/// The form fields every change carries: who makes it (remembered by the page script; the
+/// logged-in user when there is a session) and the session's CSRF token.
 pub fn by_field() -> String {
-    "<label>your name <input name=\"by\" required maxlength=\"64\" data-remember=\"by\" autocomplete=\"username\"></label>".to_owned()
+    match crate::login::current_user() {
+        Some(user) => format!(
+            "<label>your name <input name=\"by\" value=\"{}\" readonly maxlength=\"64\"></label>{}",
+            attr(&user),
+            crate::login::csrf_field()
+        ),
+        None => "<label>your name <input name=\"by\" required maxlength=\"64\" data-remember=\"by\" autocomplete=\"username\"></label>".to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 pub mod client;
 pub mod html;
 pub mod lag;
+pub mod login;
 pub mod pages;
 pub mod svg;
 
@@ -118,9 +119,21 @@ pub fn router(config: ConsoleConfig) -> Router {
         .route("/drills/restore", post(restore))
         .route("/clients", get(clients_page))
         .route("/alerts", get(alerts_page))
+        .route("/login", get(login::login_page).post(login_post))
+        .route("/logout", post(logout))
         .route("/assets/console.js", get(script))
         .route("/assets/console.css", get(style))
         .with_state(Arc::new(console))
+        // The user's session reaches the pages, the forms and the calls to the APIs.
+        .layer(axum::middleware::from_fn(login::with_session))
+}
+
+async fn login_post(State(console): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    login::login(&console.nameserver, &headers, &body).await
+}
+
+async fn logout(State(console): State<Shared>) -> Response {
+    login::logout(&console.nameserver).await
 }
 
 fn html(status: StatusCode, body: String) -> Response {

@@ -187,6 +187,10 @@ pub async fn up(args: UpArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&plan.dir).with_context(|| format!("creating {}", plan.dir.display()))?;
     std::fs::write(plan.dir.join(SPEC_FILE), &text)?;
+    if plan.node_secret_file.is_some() {
+        // Every nameserver and broker reads the same file (mode 600).
+        crate::user_cmds::ensure_node_secret(&plan.dir)?;
+    }
     for node in &plan.nodes {
         std::fs::create_dir_all(&node.dir).with_context(|| format!("creating {}", node.dir.display()))?;
         if let Some(config) = &node.config {
@@ -235,6 +239,15 @@ pub async fn up(args: UpArgs) -> Result<()> {
     );
     for line in crate::env_cmds::client_variables(&plan.nameservers, &services) {
         println!("  export {line}");
+    }
+    if let Some(node_secret_file) = &plan.node_secret_file {
+        let secret_path = plan.dir.join(super::plan::ADMIN_SECRET_FILE);
+        crate::user_cmds::cluster_admin(plan.nameservers.clone(), node_secret_file, &secret_path)
+            .await
+            .context("creating the administrator `admin`")?;
+        // The secret stays in its file (mode 600), out of terminal scrollback and logs.
+        println!("  export MERIDIAN_USER=admin");
+        println!("  export MERIDIAN_SECRET_FILE={}", secret_path.display());
     }
     if let Some(console) = plan.service_http(Kind::Ui) {
         println!("console: http://{console}/");

@@ -20,6 +20,11 @@ use serde_json::{Value, json};
 use super::spec::{ClusterSpec, GroupSpec, MemberRole, MemberSpec, parse_spec};
 use meridian_query::QueryServiceConfig;
 
+/// The file under the cluster dir that holds the node secret (`auth = true`).
+pub const NODE_SECRET_FILE: &str = "node.secret";
+/// The file under the cluster dir that holds the administrator's secret (`auth = true`).
+pub const ADMIN_SECRET_FILE: &str = "admin.secret";
+
 /// The file under the cluster dir that holds the spec the cluster was made from.
 pub(crate) const SPEC_FILE: &str = "cluster.toml";
 
@@ -110,6 +115,8 @@ pub struct Plan {
     pub nodes: Vec<Node>,
     /// The nameservers' framed-protocol addresses.
     pub nameservers: Vec<String>,
+    /// The node secret file, when the spec turns authentication on.
+    pub node_secret_file: Option<PathBuf>,
 }
 
 impl Plan {
@@ -300,6 +307,22 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
         .iter()
         .map(|ns| json!({"id": ns.id, "addr": ns.listen.to_string(), "http_addr": ns.http.to_string(), "idc": ns.idc}))
         .collect();
+    let node_secret_file = spec.auth.then(|| dir.join(NODE_SECRET_FILE));
+    if spec.auth {
+        // Their HTTP APIs cannot check users yet (they learn none), and the console's sessions
+        // belong to the nameserver that made them: refuse rather than leave them open.
+        for (present, what) in [
+            (spec.tracer.is_some(), "[tracer]"),
+            (spec.query.is_some(), "[query]"),
+            (spec.ui.is_some(), "[ui]"),
+        ] {
+            if present {
+                problems.push(format!(
+                    "auth = true with {what}: its HTTP API cannot check users yet, so it would serve anyone; remove {what} from the spec or set auth = false (docs/security.md)"
+                ));
+            }
+        }
+    }
     let mut nodes = Vec::new();
     for nameserver in &spec.nameservers {
         let name = format!("ns-{}", nameserver.id);
@@ -315,6 +338,12 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
             "tracer_http": spec.tracer.as_ref().map(|tracer| tracer.http.to_string()).unwrap_or_default(),
             "query_http": spec.query.as_ref().map(|query| query.http.to_string()).unwrap_or_default(),
         }));
+        if let Some(path) = &node_secret_file {
+            config.insert(
+                "auth".into(),
+                table(json!({"enabled": true, "node_secret_file": path})).into(),
+            );
+        }
         merge(&mut config, &spec.overrides.nameserver);
         merge(&mut config, &nameserver.overrides);
         match NameserverConfig::deserialize(toml::Value::Table(config.clone())) {
@@ -365,6 +394,12 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
             "replication": {"ack_policy": group.ack_policy, "replicas": group.members.len(), "on_idc_lost": group.on_idc_lost},
             "archive": {"enabled": spec.archiver.enabled, "store": archive_store},
         }));
+        if let Some(path) = &node_secret_file {
+            config.insert(
+                "auth".into(),
+                table(json!({"enabled": true, "node_secret_file": path})).into(),
+            );
+        }
         merge(&mut config, &spec.overrides.broker);
         merge(&mut config, &group.overrides);
         merge(&mut config, &member.overrides);
@@ -565,6 +600,7 @@ pub fn plan(spec: &ClusterSpec, dir: &Path) -> Result<Plan> {
         dir,
         nodes,
         nameservers: nameserver_addrs,
+        node_secret_file,
     })
 }
 

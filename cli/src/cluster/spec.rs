@@ -32,6 +32,10 @@ pub struct ClusterSpec {
     /// Settings merged into every generated config of a kind (`[overrides.broker.store]`...).
     #[serde(default)]
     pub overrides: Overrides,
+    /// Authentication on (`[auth]` of every nameserver and broker, the tracer logs in as a node):
+    /// `cluster up` makes the node secret file and the user `admin` (docs/security.md).
+    #[serde(default)]
+    pub auth: bool,
 }
 
 /// One nameserver.
