@@ -1064,6 +1064,18 @@ impl MessageStore {
         Ok(())
     }
 
+    /// Records a commitlog offset the broker's own bookkeeping keeps under `key` (the delay
+    /// scheduler's rebuild floor), in the offsets table: checkpointed, and replicated, with the
+    /// offsets it goes with. Not a queue offset, so recovery never clamps it to a queue's end.
+    pub fn commit_log_mark(&self, key: &str, commitlog_offset: u64) {
+        self.offsets.commit(key, offsets::LOG_MARKS, 0, commitlog_offset);
+    }
+
+    /// The commitlog offset last recorded under `key` by [`MessageStore::commit_log_mark`].
+    pub fn log_mark(&self, key: &str) -> Option<u64> {
+        self.offsets.query(key, offsets::LOG_MARKS, 0)
+    }
+
     /// A consumer group's stored offset for a queue.
     pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
         self.consume_queue(topic, queue_id)?;
