@@ -392,7 +392,11 @@ fn sync_flush_benches(criterion: &mut Criterion) {
     eprintln!(
         "1 writer: sync ack p50 {sync_p50:.3} ms against (4 KiB write + fdatasync) p50 {fdatasync_p50:.3} ms + async ack p50 {async_p50:.3} ms = {:.3} ms ({})",
         fdatasync_p50 + async_p50,
-        if sync_p50 <= fdatasync_p50 + async_p50 { "within" } else { "over" }
+        if sync_p50 <= fdatasync_p50 + async_p50 {
+            "within"
+        } else {
+            "over"
+        }
     );
 }
 

@@ -451,7 +451,9 @@ impl MessageStore {
             .name("meridian-checkpoint".into())
             .spawn(move || checkpointer_store.checkpoint_loop())
             .map_err(BrokerError::io("starting the checkpoint thread"))?;
-        self.checkpointer.set(checkpointer.thread().clone()).expect("started once");
+        self.checkpointer
+            .set(checkpointer.thread().clone())
+            .expect("started once");
         threads.push(checkpointer);
         Ok(())
     }
