@@ -101,8 +101,12 @@ start_meridian() {
     nameserver_addr="127.0.0.1:$(free_port 57800)"
     local broker_addr="127.0.0.1:$(free_port 57911)"
     local http_addr="127.0.0.1:$(free_port 58080)"
+    # RocketMQ's listeners too on free ports (the defaults, 9876 and 10911, may be taken).
+    local rocketmq_nameserver="127.0.0.1:$(free_port 59876)"
+    local rocketmq_broker="127.0.0.1:$(free_port 50911)"
     "${BIN}" dev --data-dir "${data_dir}" --nameserver-listen "${nameserver_addr}" --broker-listen "${broker_addr}" \
-        --http-listen "${http_addr}" >"${work_dir}/meridian.out" 2>"${work_dir}/meridian.err" &
+        --http-listen "${http_addr}" --rocketmq-nameserver-listen "${rocketmq_nameserver}" \
+        --rocketmq-broker-listen "${rocketmq_broker}" >"${work_dir}/meridian.out" 2>"${work_dir}/meridian.err" &
     node_pid=$!
     wait_ready "${node_pid}" "${work_dir}/meridian.out" "${work_dir}/meridian.err" 60
 }

@@ -26,7 +26,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meridian_proto::delay::{self, slot_count, slot_for, slot_release};
@@ -57,6 +57,8 @@ pub const COPIES_KEY: &str = "%SCHEDULER%COPIES";
 /// Property set on every copy out of a delay slot: the commitlog offset of the delayed record
 /// copied, so a new scheduler can tell what was already copied (and not copy it twice).
 pub const DELAY_SOURCE: &str = "DELAY_SOURCE";
+/// How often slot 0 is checked for new entries between passes.
+const SLOT_ZERO_POLL: Duration = Duration::from_millis(10);
 /// Most messages released from one slot per tick.
 const RELEASE_BATCH: u32 = 512;
 
@@ -591,6 +593,33 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Whether slot 0 holds entries this scheduler has not read yet: a lookup and an atomic load.
+    fn slot_zero_grew(&self, state: &BrokerState) -> bool {
+        self.ready
+            && state
+                .store
+                .consume_queue(DELAY_TOPIC, 0)
+                .is_ok_and(|queue| queue.max_offset() > self.zero.scanned)
+    }
+
+    /// Releases what is due in slot 0 only (what just came into it); returns slot 0's next due
+    /// time. The floor is left to the next full [`Scheduler::pass`].
+    async fn pass_slot_zero(&mut self, state: &BrokerState, now_ms: i64) -> Option<i64> {
+        loop {
+            match self.zero.release(state, &mut self.copied, now_ms).await {
+                Ok(released) if released.moved >= u64::from(RELEASE_BATCH) => {}
+                Ok(released) => return released.next_due,
+                Err(error) => {
+                    let error = error.into_inner();
+                    tracing::warn!(%error, slot = 0, "releasing delayed messages failed; retrying next tick");
+                    // Slot 0 dropped what it released past its position: learn it from the log.
+                    self.reset();
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Looks at every slot once, releasing what is due at `now_ms`; returns the earliest known
     /// time something more can go. An error is logged per slot and the other slots go on.
     pub async fn pass(&mut self, state: &BrokerState, now_ms: i64) -> Option<i64> {
@@ -674,15 +703,21 @@ fn trace_fire(state: &BrokerState, bytes: &[u8], topic: &str, placed: Option<&Se
     );
 }
 
-/// Releases due delayed messages while this broker is a writable master: every [`TICK`], or at
-/// the next due time the scheduler knows of if that is sooner.
+/// Releases due delayed messages while this broker is a writable master: every slot every
+/// [`TICK`] or at the next due time the scheduler knows of, whichever is sooner; and slot 0 as soon
+/// as something comes into it (checked every [`SLOT_ZERO_POLL`]), since a message due within a
+/// second may be due before the next tick.
 pub async fn run(state: Arc<BrokerState>, stop: CancellationToken) {
     let mut scheduler = Scheduler::default();
     let mut next_due: Option<i64> = None;
+    let mut next_pass = Instant::now();
     loop {
-        let wait = next_due.map_or(TICK, |due| {
+        let until_due = next_due.map_or(TICK, |due| {
             Duration::from_millis((due - now_millis()).clamp(0, TICK.as_millis() as i64) as u64)
         });
+        let wait = until_due
+            .min(SLOT_ZERO_POLL)
+            .min(next_pass.saturating_duration_since(Instant::now()));
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -693,7 +728,15 @@ pub async fn run(state: Arc<BrokerState>, stop: CancellationToken) {
             next_due = None;
             continue;
         }
-        next_due = scheduler.pass(&state, now_millis()).await;
+        let now_ms = now_millis();
+        if next_due.is_some_and(|due| due <= now_ms) || Instant::now() >= next_pass {
+            next_due = scheduler.pass(&state, now_ms).await;
+            next_pass = Instant::now() + TICK;
+        } else if scheduler.slot_zero_grew(&state)
+            && let Some(due) = scheduler.pass_slot_zero(&state, now_ms).await
+        {
+            next_due = Some(next_due.map_or(due, |next| next.min(due)));
+        }
     }
 }
 
@@ -797,6 +840,27 @@ mod tests {
         );
         assert_eq!(delivered(&state), ["a", "b", "c", "d", "e"]);
         assert_eq!(position(&state, 0), Some(5));
+        state.store.shutdown();
+    }
+
+    /// A message stored in slot 0 between passes is noticed at once and released on its own
+    /// (without a full pass), at its due time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slot_zero_notices_new_entries_between_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let mut scheduler = Scheduler::default();
+        assert_eq!(scheduler.pass(&state, NOW).await, None);
+        assert!(!scheduler.slot_zero_grew(&state));
+        delay(&state, 0, "new", NOW + 40);
+        assert!(scheduler.slot_zero_grew(&state));
+        assert_eq!(scheduler.pass_slot_zero(&state, NOW + 10).await, Some(NOW + 40));
+        assert!(!scheduler.slot_zero_grew(&state), "read once");
+        assert!(delivered(&state).is_empty(), "not before its due time");
+        assert_eq!(scheduler.pass_slot_zero(&state, NOW + 40).await, None);
+        assert_eq!(delivered(&state), ["new"]);
+        assert_eq!(scheduler.pass(&state, NOW + 50).await, None);
+        assert_eq!(delivered(&state), ["new"], "released once");
         state.store.shutdown();
     }
 
