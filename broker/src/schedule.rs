@@ -57,6 +57,9 @@ pub const COPIES_KEY: &str = "%SCHEDULER%COPIES";
 /// Property set on every copy out of a delay slot: the commitlog offset of the delayed record
 /// copied, so a new scheduler can tell what was already copied (and not copy it twice).
 pub const DELAY_SOURCE: &str = "DELAY_SOURCE";
+/// How far the rebuild mark ([`COPIES_KEY`]) may lag behind where it could be: at most this much
+/// more log to scan when a new scheduler starts.
+const MARK_STEP: u64 = 64 << 20;
 /// How often slot 0 is checked for new entries between passes.
 const SLOT_ZERO_POLL: Duration = Duration::from_millis(10);
 /// Most messages released from one slot per tick.
@@ -672,12 +675,17 @@ impl Scheduler {
         // in order from their positions, slot 0 read to its end), so what is left is of records
         // behind the positions.
         self.copied.sources.clear();
-        // Every copy the positions do not cover lies at or after this.
+        // Every copy the positions do not cover lies at or after this. A lower mark is as safe
+        // (the scan is only longer), so it moves only by MARK_STEP at a time: each move changes
+        // the offsets table, which is checkpointed and sent to the slaves when it changes.
         let floor = self
             .zero
             .copies_floor()
             .unwrap_or_else(|| state.store.committed_offset());
-        state.store.commit_log_mark(COPIES_KEY, floor);
+        let mark = state.store.log_mark(COPIES_KEY);
+        if mark.is_none_or(|mark| floor < mark || floor - mark >= MARK_STEP) {
+            state.store.commit_log_mark(COPIES_KEY, floor);
+        }
         next_due
     }
 }
