@@ -6,19 +6,27 @@
 //! properties. The producer's acknowledgement covers the moved message exactly as it would the
 //! original (flush and replication included), so a delayed message is as durable as any other.
 //!
-//! On the master, [`run`] looks at every delay slot every [`TICK`]: what is due moves down to a
-//! smaller slot or, once its delivery time has come, is appended to its real topic with its id,
-//! born time and host unchanged. A slot of whole seconds, minutes or hours is FIFO, so only its
-//! head is looked at; slot 0 (due within a second) is not, and [`SlotZero`] releases it by due time. Each slot's progress is an offset of the reserved group
-//! [`SCHEDULER_GROUP`], committed only once what it moved is flushed and replicated as the group's
-//! ack policy asks: after a crash or failover the new master resumes from there, so a delayed
-//! message may be delivered twice but never lost.
+//! On the master, [`run`] looks at every delay slot at least every [`TICK`], and wakes earlier
+//! for the next due time it knows of (the head of a slot, or the soonest message of slot 0), so a
+//! message is released at its due millisecond rather than on the next tick. What is due moves
+//! down to a smaller slot or, once its delivery time has come, is appended to its real topic with
+//! its id, born time and host unchanged. A slot of whole seconds, minutes or hours is FIFO, so
+//! only its head is looked at; slot 0 (due within a second) is not, and [`SlotZero`] releases it
+//! by due time. Each slot's progress is an offset of the reserved group [`SCHEDULER_GROUP`],
+//! committed only once what it moved is flushed and replicated as the group's ack policy asks.
+//!
+//! Exactly once across a crash or failover: every copy out of a slot carries [`DELAY_SOURCE`],
+//! the commitlog offset of the delayed record it copies, and the scheduler keeps (under
+//! [`COPIES_KEY`]) a commitlog offset below which no copy lies that the slots' positions do not
+//! already cover. A new scheduler ([`Scheduler::rebuild`]) scans the log from there, and skips
+//! every delayed record it finds a copy of, instead of copying it again. Start reading at
+//! [`run`], then [`Scheduler::pass`].
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meridian_proto::delay::{self, slot_count, slot_for, slot_release};
@@ -40,8 +48,20 @@ use crate::trace::Step;
 /// The reserved group whose offsets record how far each delay slot was released. `%` keeps it
 /// apart from every real group name.
 pub const SCHEDULER_GROUP: &str = "%SCHEDULER%";
-/// How often the delay slots are looked at.
+/// How often the delay slots are looked at, at the latest (new messages in a slot are found on
+/// the next tick; known due times wake the scheduler sooner).
 pub const TICK: Duration = Duration::from_millis(100);
+/// Key of the commitlog mark ([`MessageStore::commit_log_mark`]) the rebuild scan starts at: every copy out of a slot that the slots' positions do not cover lies at or after it. `%`
+/// keeps it apart from real groups, as [`SCHEDULER_GROUP`].
+pub const COPIES_KEY: &str = "%SCHEDULER%COPIES";
+/// Property set on every copy out of a delay slot: the commitlog offset of the delayed record
+/// copied, so a new scheduler can tell what was already copied (and not copy it twice).
+pub const DELAY_SOURCE: &str = "DELAY_SOURCE";
+/// How far the rebuild mark ([`COPIES_KEY`]) may lag behind where it could be: at most this much
+/// more log to scan when a new scheduler starts.
+const MARK_STEP: u64 = 64 << 20;
+/// How often slot 0 is checked for new entries between passes.
+const SLOT_ZERO_POLL: Duration = Duration::from_millis(10);
 /// Most messages released from one slot per tick.
 const RELEASE_BATCH: u32 = 512;
 
@@ -158,13 +178,6 @@ pub fn real_destination(record: &Record<'_>) -> Option<(String, Option<u32>)> {
     Some((topic.to_owned(), queue))
 }
 
-/// Properties of a message as its real topic should store it: without the system's routing ones.
-pub fn delivered_properties(record: &Record<'_>) -> Bytes {
-    let mut builder = PropertiesBuilder::new();
-    builder.copy_except(record.properties(), &[REAL_TOPIC, REAL_QUEUE]);
-    Bytes::from(builder.finish())
-}
-
 /// Makes sure a message's real topic can take it: system topics of groups are created on demand;
 /// a user topic must exist.
 pub fn ensure_destination(store: &MessageStore, topic: &str) -> Result<()> {
@@ -196,14 +209,21 @@ struct Release {
 
 /// Where a delayed record goes now that its slot released it: down to a smaller slot, or, when
 /// due, to its real topic. `None` when it cannot go anywhere (logged; it is dropped).
-fn release_of(store: &MessageStore, record: &Record<'_>, bytes: &Bytes, due: i64, now_ms: i64) -> Option<Release> {
+fn release_of(
+    store: &MessageStore,
+    record: &Record<'_>,
+    bytes: &Bytes,
+    source: u64,
+    due: i64,
+    now_ms: i64,
+) -> Option<Release> {
     if let Some((smaller, _)) = slot_for(due, now_ms) {
         return Some(Release {
             topic: DELAY_TOPIC.to_owned(),
             queue_id: Some(smaller),
             message: copy_message(
                 record,
-                Bytes::copy_from_slice(record.properties()),
+                sourced_properties(record, &[], source),
                 record.reconsume_count(),
             ),
             born_host: record.born_host(),
@@ -224,10 +244,31 @@ fn release_of(store: &MessageStore, record: &Record<'_>, bytes: &Bytes, due: i64
     Some(Release {
         topic,
         queue_id,
-        message: copy_message(record, delivered_properties(record), record.reconsume_count()),
+        message: copy_message(
+            record,
+            sourced_properties(record, &[REAL_TOPIC, REAL_QUEUE], source),
+            record.reconsume_count(),
+        ),
         born_host: record.born_host(),
         fired: Some((bytes.clone(), due)),
     })
+}
+
+/// Properties of a copy out of a delay slot: the record's, less `skip`, marked with the commitlog
+/// offset of the record copied ([`DELAY_SOURCE`]).
+fn sourced_properties(record: &Record<'_>, skip: &[&str], source: u64) -> Bytes {
+    let mut builder = PropertiesBuilder::new();
+    let mut skipped = Vec::with_capacity(skip.len() + 1);
+    skipped.extend_from_slice(skip);
+    skipped.push(DELAY_SOURCE);
+    builder.copy_except(record.properties(), &skipped);
+    builder.system(DELAY_SOURCE, &source.to_string());
+    Bytes::from(builder.finish())
+}
+
+/// The delayed record a stored record was copied from, if it is a copy out of a delay slot.
+fn source_of(record: &Record<'_>) -> Option<u64> {
+    properties::get(record.properties(), DELAY_SOURCE).and_then(|source| source.parse().ok())
 }
 
 /// A stored record, parsed.
@@ -281,47 +322,73 @@ fn slot_position(store: &MessageStore, queue: &crate::store::ConsumeQueue, slot:
         .max(queue.min_offset()))
 }
 
-/// Releases what is due at the head of a slot of whole seconds, minutes or hours (not slot 0);
-/// returns how many messages left it.
+/// What one slot's release did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Released {
+    /// Entries the slot's position moved past (copied now, or found copied by an earlier
+    /// scheduler).
+    moved: u64,
+    /// When the first entry left behind can go (Unix ms), if one was looked at.
+    next_due: Option<i64>,
+}
+
+/// Releases what is due at the head of a slot of whole seconds, minutes or hours (not slot 0).
 ///
 /// Such a slot is FIFO: every message in it waits the same time from when it was stored there,
-/// so the first one not yet due ends the walk.
-async fn release_slot(state: &BrokerState, slot: u32, now_ms: i64) -> Result<u64> {
+/// so the first one not yet due ends the walk. An entry in `copied` was copied out by an earlier
+/// scheduler (they are the head of the slot: it released in order too): it is passed, not copied
+/// again.
+async fn release_slot(
+    state: &BrokerState,
+    copied: &mut Copied,
+    slot: u32,
+    now_ms: i64,
+) -> std::result::Result<Released, PassError> {
     let store = &state.store;
     let queue = store.consume_queue(DELAY_TOPIC, slot)?;
     let start = slot_position(store, &queue, slot)?;
     if start >= queue.max_offset() {
-        return Ok(0);
+        return Ok(Released::default());
     }
     let entries = store.read_entries(&queue, start, RELEASE_BATCH, 8 << 20)?;
     let mut releases = Vec::new();
     let mut next = start;
+    let mut next_due = None;
     for entry in &entries {
+        if copied.sources.remove(&entry.commitlog_offset) {
+            next += 1;
+            continue;
+        }
         let bytes = store.read_record(entry.commitlog_offset)?;
         let record = parse(&bytes)?;
         let due = due_of(&record, now_ms);
-        if slot_release(slot, record.store_timestamp(), due) > now_ms {
+        let release_at = slot_release(slot, record.store_timestamp(), due);
+        if release_at > now_ms {
+            next_due = Some(release_at);
             break;
         }
         next += 1;
-        releases.extend(release_of(store, &record, &bytes, due, now_ms));
+        releases.extend(release_of(store, &record, &bytes, entry.commitlog_offset, due, now_ms));
     }
     if next == start {
-        return Ok(0);
+        return Ok(Released { moved: 0, next_due });
     }
-    place(state, &releases).await?;
+    place(state, &releases).await.map_err(PassError::Place)?;
     store.commit_offset(SCHEDULER_GROUP, DELAY_TOPIC, slot, next)?;
-    Ok(next - start)
+    Ok(Released {
+        moved: next - start,
+        next_due,
+    })
 }
 
 /// Slot 0: messages due within a second, in the order they came down from larger slots, not the
 /// order they are due. A message due in 900 ms may sit ahead of one due in 100 ms, so releasing
-/// slot 0 FIFO made the second up to a second late. Instead each entry is read once and released
-/// when due, whatever its place: what is not due yet waits here, soonest first.
+/// slot 0 FIFO made the second up to a second late. Instead each entry is read once and waits in
+/// a heap by due time; [`run`] sleeps until the soonest, and releases leave in due-time order.
 ///
-/// The slot's committed position is the first entry not yet released, so after a restart or a
-/// failover the new scheduler re-releases what had been released past it (a message may be
-/// delivered twice, as after any crash) and loses nothing.
+/// The slot's committed position is the first entry not yet released; what was released past it
+/// is remembered in `released_above` with where in the log its copy may lie, so the scheduler's
+/// rebuild floor ([`COPIES_KEY`]) stays below those copies and a new scheduler skips them.
 #[derive(Default)]
 struct SlotZero {
     /// The committed position this state was built on; a different one (another master moved it,
@@ -333,20 +400,38 @@ struct SlotZero {
     waiting: BinaryHeap<Reverse<(i64, u64, u64)>>,
     /// The queue offsets in `waiting`: the first is where the committed position must stay.
     waiting_offsets: BTreeSet<u64>,
+    /// Queue offsets released (or found copied) past the committed position, with a commitlog
+    /// offset at or before their copy.
+    released_above: BTreeMap<u64, u64>,
 }
 
 impl SlotZero {
-    /// Releases what is due in slot 0; returns how many messages left it. On an error the state
-    /// is dropped: the next call rebuilds it from the committed position.
-    async fn release(&mut self, state: &BrokerState, now_ms: i64) -> Result<u64> {
-        let result = self.try_release(state, now_ms).await;
+    /// Releases what is due in slot 0. On an error the state is dropped: the next call rebuilds
+    /// it from the committed position.
+    async fn release(
+        &mut self,
+        state: &BrokerState,
+        copied: &mut Copied,
+        now_ms: i64,
+    ) -> std::result::Result<Released, PassError> {
+        let result = self.try_release(state, copied, now_ms).await;
         if result.is_err() {
             *self = SlotZero::default();
         }
         result
     }
 
-    async fn try_release(&mut self, state: &BrokerState, now_ms: i64) -> Result<u64> {
+    /// The commitlog offset at or before every copy of an entry past the committed position.
+    fn copies_floor(&self) -> Option<u64> {
+        self.released_above.values().min().copied()
+    }
+
+    async fn try_release(
+        &mut self,
+        state: &BrokerState,
+        copied: &mut Copied,
+        now_ms: i64,
+    ) -> std::result::Result<Released, PassError> {
         let store = &state.store;
         let queue = store.consume_queue(DELAY_TOPIC, 0)?;
         let start = slot_position(store, &queue, 0)?;
@@ -357,9 +442,34 @@ impl SlotZero {
                 ..SlotZero::default()
             };
         }
-        let mut releases = Vec::new();
+        // Copies appended from here on lie at or after it.
+        let log_end = store.committed_offset();
         let mut moved = 0u64;
-        // What was read earlier and is due now.
+        // What came down since the last call joins what waits, so that everything due now leaves
+        // in due-time order, wherever it stands in the queue.
+        while self.scanned < queue.max_offset() {
+            let entries = store.read_entries(&queue, self.scanned, RELEASE_BATCH, 8 << 20)?;
+            if entries.is_empty() {
+                break;
+            }
+            for entry in &entries {
+                let offset = self.scanned;
+                self.scanned += 1;
+                if copied.sources.remove(&entry.commitlog_offset) {
+                    // An earlier scheduler copied it: its copy lies after where the rebuild scan
+                    // started.
+                    self.released_above.insert(offset, copied.scanned_from);
+                    moved += 1;
+                    continue;
+                }
+                let bytes = store.read_record(entry.commitlog_offset)?;
+                let due = due_of(&parse(&bytes)?, now_ms);
+                self.waiting.push(Reverse((due, offset, entry.commitlog_offset)));
+                self.waiting_offsets.insert(offset);
+            }
+        }
+        let mut releases = Vec::new();
+        let mut released_offsets = Vec::new();
         while let Some(&Reverse((due, offset, commitlog_offset))) = self.waiting.peek() {
             if due > now_ms || moved >= u64::from(RELEASE_BATCH) {
                 break;
@@ -368,37 +478,215 @@ impl SlotZero {
             self.waiting_offsets.remove(&offset);
             let bytes = store.read_record(commitlog_offset)?;
             let record = parse(&bytes)?;
-            releases.extend(release_of(store, &record, &bytes, due, now_ms));
+            releases.extend(release_of(store, &record, &bytes, commitlog_offset, due, now_ms));
+            released_offsets.push(offset);
             moved += 1;
         }
-        // Then what came down since.
-        while moved < u64::from(RELEASE_BATCH) && self.scanned < queue.max_offset() {
-            let entries = store.read_entries(&queue, self.scanned, RELEASE_BATCH, 8 << 20)?;
-            if entries.is_empty() {
-                break;
-            }
-            for entry in &entries {
-                let offset = self.scanned;
-                self.scanned += 1;
-                let bytes = store.read_record(entry.commitlog_offset)?;
-                let record = parse(&bytes)?;
-                let due = due_of(&record, now_ms);
-                if due > now_ms {
-                    self.waiting.push(Reverse((due, offset, entry.commitlog_offset)));
-                    self.waiting_offsets.insert(offset);
-                    continue;
-                }
-                releases.extend(release_of(store, &record, &bytes, due, now_ms));
-                moved += 1;
-            }
+        // Remembered before the copies are appended: if placing fails half way, the floor is
+        // already below whatever did reach the log.
+        for offset in released_offsets {
+            self.released_above.insert(offset, log_end);
         }
-        place(state, &releases).await?;
+        place(state, &releases).await.map_err(PassError::Place)?;
         let position = self.waiting_offsets.first().copied().unwrap_or(self.scanned);
         if Some(position) != self.committed {
             store.commit_offset(SCHEDULER_GROUP, DELAY_TOPIC, 0, position)?;
             self.committed = Some(position);
         }
-        Ok(moved)
+        self.released_above = self.released_above.split_off(&position);
+        Ok(Released {
+            moved,
+            next_due: self.waiting.peek().map(|Reverse((due, _, _))| *due),
+        })
+    }
+}
+
+/// Why a slot's release failed: placing the copies (some may have reached the log, so what was
+/// copied must be learned again from the log) or anything before that (nothing was copied).
+#[derive(Debug)]
+enum PassError {
+    Place(BrokerError),
+    Other(BrokerError),
+}
+
+impl PassError {
+    fn into_inner(self) -> BrokerError {
+        match self {
+            PassError::Place(error) | PassError::Other(error) => error,
+        }
+    }
+}
+
+impl From<BrokerError> for PassError {
+    fn from(error: BrokerError) -> PassError {
+        PassError::Other(error)
+    }
+}
+
+/// What an earlier scheduler copied out of the slots that their positions do not cover yet,
+/// learned from the log by [`Scheduler::rebuild`].
+#[derive(Default)]
+struct Copied {
+    /// Commitlog offsets of delayed records whose copies the scan found: passed without a
+    /// second copy.
+    sources: HashSet<u64>,
+    /// Where the scan started: every copy it found lies after it.
+    scanned_from: u64,
+}
+
+/// The delay scheduler of a master: slot 0's state, and what an earlier scheduler copied out.
+#[derive(Default)]
+pub struct Scheduler {
+    zero: SlotZero,
+    /// `copied` was rebuilt from the log for this term as master.
+    ready: bool,
+    copied: Copied,
+}
+
+impl Scheduler {
+    /// Forgets everything: the next pass rebuilds from the committed positions and the log (on
+    /// becoming master again, or after a failed append whose copies may be in the log).
+    pub fn reset(&mut self) {
+        *self = Scheduler::default();
+    }
+
+    /// Learns from the log which delayed records past their slot's position were copied out
+    /// already: the copies lie after the persisted floor ([`COPIES_KEY`]), or, without one,
+    /// after the earliest record still waiting in a slot.
+    fn rebuild(&mut self, state: &BrokerState) -> Result<()> {
+        let store = &state.store;
+        let mut earliest_waiting: Option<u64> = None;
+        for slot in 0..slot_count() {
+            let queue = store.consume_queue(DELAY_TOPIC, slot)?;
+            let position = slot_position(store, &queue, slot)?;
+            if position < queue.max_offset()
+                && let Some(entry) = queue.get(position)?
+            {
+                earliest_waiting = Some(
+                    earliest_waiting.map_or(entry.commitlog_offset, |earliest| earliest.min(entry.commitlog_offset)),
+                );
+            }
+        }
+        self.zero = SlotZero::default();
+        self.copied = Copied::default();
+        if let Some(earliest_waiting) = earliest_waiting {
+            let end = store.confirmed_offset();
+            let from = store
+                .log_mark(COPIES_KEY)
+                .unwrap_or(earliest_waiting)
+                .max(store.min_offset())
+                .min(end);
+            let sources = &mut self.copied.sources;
+            store.scan_records(from, end, |record, _| {
+                if let Some(source) = source_of(record)
+                    && source >= earliest_waiting
+                {
+                    sources.insert(source);
+                }
+            });
+            self.copied.scanned_from = from;
+            tracing::info!(
+                from,
+                end,
+                copied = sources.len(),
+                "delay scheduler rebuilt from the log"
+            );
+        }
+        self.ready = true;
+        Ok(())
+    }
+
+    /// Whether slot 0 holds entries this scheduler has not read yet: a lookup and an atomic load.
+    fn slot_zero_grew(&self, state: &BrokerState) -> bool {
+        self.ready
+            && state
+                .store
+                .consume_queue(DELAY_TOPIC, 0)
+                .is_ok_and(|queue| queue.max_offset() > self.zero.scanned)
+    }
+
+    /// Releases what is due in slot 0 only (what just came into it); returns slot 0's next due
+    /// time. The floor is left to the next full [`Scheduler::pass`].
+    async fn pass_slot_zero(&mut self, state: &BrokerState, now_ms: i64) -> Option<i64> {
+        loop {
+            match self.zero.release(state, &mut self.copied, now_ms).await {
+                Ok(released) if released.moved >= u64::from(RELEASE_BATCH) => {}
+                Ok(released) => return released.next_due,
+                Err(error) => {
+                    let error = error.into_inner();
+                    tracing::warn!(%error, slot = 0, "releasing delayed messages failed; retrying next tick");
+                    // Slot 0 dropped what it released past its position: learn it from the log.
+                    self.reset();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Looks at every slot once, releasing what is due at `now_ms`; returns the earliest known
+    /// time something more can go. An error is logged per slot and the other slots go on.
+    pub async fn pass(&mut self, state: &BrokerState, now_ms: i64) -> Option<i64> {
+        if !self.ready
+            && let Err(error) = self.rebuild(state)
+        {
+            tracing::warn!(%error, "reading the delay slots failed; retrying next tick");
+            return None;
+        }
+        let mut next_due: Option<i64> = None;
+        let mut failed = false;
+        let mut must_rebuild = false;
+        for slot in 0..slot_count() {
+            loop {
+                let released = if slot == 0 {
+                    self.zero.release(state, &mut self.copied, now_ms).await
+                } else {
+                    release_slot(state, &mut self.copied, slot, now_ms).await
+                };
+                match released {
+                    // A full batch: more may be due in this slot.
+                    Ok(released) if released.moved >= u64::from(RELEASE_BATCH) => {}
+                    Ok(released) => {
+                        if let Some(due) = released.next_due {
+                            next_due = Some(next_due.map_or(due, |next| next.min(due)));
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        failed = true;
+                        // Slot 0 dropped what it released past its position; a failed append
+                        // may have left copies in the log: either way, learn them from the log.
+                        must_rebuild |= slot == 0 || matches!(error, PassError::Place(_));
+                        let error = error.into_inner();
+                        tracing::warn!(%error, slot, "releasing delayed messages failed; retrying next tick");
+                        break;
+                    }
+                }
+            }
+        }
+        if must_rebuild {
+            self.reset();
+            return None;
+        }
+        if failed {
+            // A slot stopped short of the copies the scan found for it: keep them, and the floor.
+            return next_due;
+        }
+        // Every slot went as far as it could: each copy the scan found is passed (slots release
+        // in order from their positions, slot 0 read to its end), so what is left is of records
+        // behind the positions.
+        self.copied.sources.clear();
+        // Every copy the positions do not cover lies at or after this. A lower mark is as safe
+        // (the scan is only longer), so it moves only by MARK_STEP at a time: each move changes
+        // the offsets table, which is checkpointed and sent to the slaves when it changes.
+        let floor = self
+            .zero
+            .copies_floor()
+            .unwrap_or_else(|| state.store.committed_offset());
+        let mark = state.store.log_mark(COPIES_KEY);
+        if mark.is_none_or(|mark| floor < mark || floor - mark >= MARK_STEP) {
+            state.store.commit_log_mark(COPIES_KEY, floor);
+        }
+        next_due
     }
 }
 
@@ -423,37 +711,39 @@ fn trace_fire(state: &BrokerState, bytes: &[u8], topic: &str, placed: Option<&Se
     );
 }
 
-/// Releases due delayed messages every [`TICK`] while this broker is a writable master.
+/// Releases due delayed messages while this broker is a writable master: every slot every
+/// [`TICK`] or at the next due time the scheduler knows of, whichever is sooner; and slot 0 as soon
+/// as something comes into it (checked every [`SLOT_ZERO_POLL`]), since a message due within a
+/// second may be due before the next tick.
 pub async fn run(state: Arc<BrokerState>, stop: CancellationToken) {
-    let mut zero = SlotZero::default();
+    let mut scheduler = Scheduler::default();
+    let mut next_due: Option<i64> = None;
+    let mut next_pass = Instant::now();
     loop {
+        let until_due = next_due.map_or(TICK, |due| {
+            Duration::from_millis((due - now_millis()).clamp(0, TICK.as_millis() as i64) as u64)
+        });
+        let wait = until_due
+            .min(SLOT_ZERO_POLL)
+            .min(next_pass.saturating_duration_since(Instant::now()));
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(TICK) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         if state.replication.check_writable().is_err() {
-            // Whoever is master now moves slot 0; if this broker is again, it starts afresh.
-            zero = SlotZero::default();
+            // Whoever is master now moves the slots; if this broker is again, it starts afresh.
+            scheduler.reset();
+            next_due = None;
             continue;
         }
         let now_ms = now_millis();
-        for slot in 0..slot_count() {
-            loop {
-                let released = if slot == 0 {
-                    zero.release(&state, now_ms).await
-                } else {
-                    release_slot(&state, slot, now_ms).await
-                };
-                match released {
-                    // A full batch: more may be due in this slot.
-                    Ok(moved) if moved >= u64::from(RELEASE_BATCH) => {}
-                    Ok(_) => break,
-                    Err(error) => {
-                        tracing::warn!(%error, slot, "releasing delayed messages failed; retrying next tick");
-                        break;
-                    }
-                }
-            }
+        if next_due.is_some_and(|due| due <= now_ms) || Instant::now() >= next_pass {
+            next_due = scheduler.pass(&state, now_ms).await;
+            next_pass = Instant::now() + TICK;
+        } else if scheduler.slot_zero_grew(&state)
+            && let Some(due) = scheduler.pass_slot_zero(&state, now_ms).await
+        {
+            next_due = Some(next_due.map_or(due, |next| next.min(due)));
         }
     }
 }
@@ -518,46 +808,162 @@ mod tests {
         state.store.query_offset(SCHEDULER_GROUP, DELAY_TOPIC, slot).unwrap()
     }
 
-    /// Slot 0 releases each message at its own due time, not behind an earlier-stored one due
-    /// later; its position stays at the first unreleased entry, so a new scheduler re-releases
-    /// (at least once) rather than loses what was released past it.
+    fn reopen(dir: &std::path::Path, old: Arc<BrokerState>) -> Arc<BrokerState> {
+        old.store.shutdown();
+        drop(old);
+        state(dir)
+    }
+
+    /// Messages due at different milliseconds of one second, stored out of order, leave slot 0
+    /// in due-time order and never before their due time; the scheduler asks to be woken at the
+    /// next due time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn slot_zero_releases_by_due_time_and_commits_only_the_released_prefix() {
+    async fn slot_zero_releases_in_due_time_order_never_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let dues = [("d", 730), ("a", 120), ("c", 455), ("b", 121), ("e", 999)];
+        for (id, due) in dues {
+            delay(&state, 0, id, NOW + due);
+        }
+        let mut scheduler = Scheduler::default();
+        assert_eq!(
+            scheduler.pass(&state, NOW).await,
+            Some(NOW + 120),
+            "woken at the soonest"
+        );
+        assert!(delivered(&state).is_empty());
+        assert_eq!(scheduler.pass(&state, NOW + 119).await, Some(NOW + 120));
+        assert!(delivered(&state).is_empty(), "nothing before its due time");
+        assert_eq!(scheduler.pass(&state, NOW + 120).await, Some(NOW + 121));
+        assert_eq!(delivered(&state), ["a"]);
+        // Late by a whole second: whatever is due leaves together, soonest first.
+        assert_eq!(scheduler.pass(&state, NOW + 800).await, Some(NOW + 999));
+        assert_eq!(delivered(&state), ["a", "b", "c", "d"]);
+        assert_eq!(position(&state, 0), Some(4), "\"e\" at offset 4 waits");
+        assert_eq!(scheduler.pass(&state, NOW + 998).await, Some(NOW + 999));
+        assert_eq!(
+            scheduler.pass(&state, NOW + 999).await,
+            None,
+            "nothing left to wait for"
+        );
+        assert_eq!(delivered(&state), ["a", "b", "c", "d", "e"]);
+        assert_eq!(position(&state, 0), Some(5));
+        state.store.shutdown();
+    }
+
+    /// A message stored in slot 0 between passes is noticed at once and released on its own
+    /// (without a full pass), at its due time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slot_zero_notices_new_entries_between_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let mut scheduler = Scheduler::default();
+        assert_eq!(scheduler.pass(&state, NOW).await, None);
+        assert!(!scheduler.slot_zero_grew(&state));
+        delay(&state, 0, "new", NOW + 40);
+        assert!(scheduler.slot_zero_grew(&state));
+        assert_eq!(scheduler.pass_slot_zero(&state, NOW + 10).await, Some(NOW + 40));
+        assert!(!scheduler.slot_zero_grew(&state), "read once");
+        assert!(delivered(&state).is_empty(), "not before its due time");
+        assert_eq!(scheduler.pass_slot_zero(&state, NOW + 40).await, None);
+        assert_eq!(delivered(&state), ["new"]);
+        assert_eq!(scheduler.pass(&state, NOW + 50).await, None);
+        assert_eq!(delivered(&state), ["new"], "released once");
+        state.store.shutdown();
+    }
+
+    /// Slot 0's position stays at the first unreleased entry, yet a new scheduler (a new master)
+    /// neither loses nor repeats what was released past it: it finds the copies in the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_scheduler_releases_slot_zero_exactly_once() {
         let dir = tempfile::tempdir().unwrap();
         let state = state(dir.path());
         delay(&state, 0, "late", NOW + 900);
         delay(&state, 0, "soon", NOW + 100);
         delay(&state, 0, "middle", NOW + 500);
-        let mut zero = SlotZero::default();
-
-        assert_eq!(zero.release(&state, NOW).await.unwrap(), 0);
-        assert!(delivered(&state).is_empty());
-        assert_eq!(zero.release(&state, NOW + 150).await.unwrap(), 1);
+        let mut scheduler = Scheduler::default();
+        scheduler.pass(&state, NOW + 150).await;
         assert_eq!(delivered(&state), ["soon"], "not held behind \"late\"");
         assert_eq!(
             position(&state, 0).unwrap_or(0),
             0,
             "\"late\" at offset 0 is not released yet"
         );
-        assert_eq!(zero.release(&state, NOW + 150).await.unwrap(), 0, "released once");
-
         delay(&state, 0, "sooner", NOW + 200);
-        assert_eq!(zero.release(&state, NOW + 600).await.unwrap(), 2);
-        assert_eq!(delivered(&state), ["soon", "middle", "sooner"]);
+        scheduler.pass(&state, NOW + 600).await;
+        assert_eq!(delivered(&state), ["soon", "sooner", "middle"]);
 
-        // A new master (a fresh state) starts from the committed position: "soon", "middle" and
-        // "sooner" come again only once due, and nothing is lost.
-        let mut fresh = SlotZero::default();
-        assert_eq!(fresh.release(&state, NOW + 600).await.unwrap(), 3);
+        let mut fresh = Scheduler::default();
+        assert_eq!(fresh.pass(&state, NOW + 600).await, Some(NOW + 900));
         assert_eq!(
             delivered(&state),
-            ["soon", "middle", "sooner", "soon", "middle", "sooner"]
+            ["soon", "sooner", "middle"],
+            "nothing released twice"
         );
-
-        assert_eq!(zero.release(&state, NOW + 950).await.unwrap(), 1);
-        assert_eq!(delivered(&state)[6..], ["late"]);
+        assert_eq!(fresh.pass(&state, NOW + 950).await, None);
+        assert_eq!(delivered(&state), ["soon", "sooner", "middle", "late"]);
         assert_eq!(position(&state, 0), Some(4), "everything released");
-        assert_eq!(fresh.release(&state, NOW + 950).await.unwrap(), 0, "rebuilt past it");
+        state.store.shutdown();
+    }
+
+    /// A crash after copies were appended but before the slots' positions reached disk: the
+    /// restarted broker resumes from the older positions and floor, finds the copies in the log
+    /// and releases every message exactly once, in FIFO slots and in slot 0.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_before_the_positions_are_saved_releases_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(dir.path());
+        let stored = now_millis();
+        let (slot, _) = slot_for(stored + 1_000, stored).unwrap();
+        assert_eq!(slot, 1);
+        delay(&state, slot, "fifo-1", stored + 1_000);
+        delay(&state, slot, "fifo-2", stored + 1_000);
+        delay(&state, 0, "zero-late", stored + 700);
+        delay(&state, 0, "zero-soon", stored + 100);
+        let mut scheduler = Scheduler::default();
+        scheduler.pass(&state, stored).await;
+        // What a checkpoint taken now would hold.
+        let saved_positions: Vec<(String, u32, u64)> = state.store.offsets_of_topic(DELAY_TOPIC);
+        let saved_floor = state.store.log_mark(COPIES_KEY).expect("the floor is recorded");
+
+        scheduler.pass(&state, stored + 150).await;
+        let released_at = now_millis().max(stored + 2_000);
+        scheduler.pass(&state, released_at).await;
+        assert_eq!(delivered(&state), ["zero-soon", "zero-late", "fifo-1", "fifo-2"]);
+        assert_eq!(position(&state, slot), Some(2));
+
+        // The crash: the offsets on disk are the checkpoint's, the log has every copy.
+        for (key, queue_id, offset) in &saved_positions {
+            state.store.commit_offset(key, DELAY_TOPIC, *queue_id, *offset).unwrap();
+        }
+        state.store.commit_offset(SCHEDULER_GROUP, DELAY_TOPIC, 0, 0).unwrap();
+        state
+            .store
+            .commit_offset(SCHEDULER_GROUP, DELAY_TOPIC, slot, 0)
+            .unwrap();
+        state.store.commit_log_mark(COPIES_KEY, saved_floor);
+        state = reopen(dir.path(), state);
+        assert_eq!(
+            position(&state, slot),
+            Some(0),
+            "the restart resumes from the checkpoint"
+        );
+        assert_eq!(position(&state, 0), Some(0));
+
+        let mut restarted = Scheduler::default();
+        assert_eq!(restarted.pass(&state, released_at).await, None);
+        assert_eq!(
+            delivered(&state),
+            ["zero-soon", "zero-late", "fifo-1", "fifo-2"],
+            "nothing released twice"
+        );
+        assert_eq!(position(&state, slot), Some(2));
+        assert_eq!(position(&state, 0), Some(2));
+
+        // And what comes later still leaves, once.
+        delay(&state, 0, "after", released_at + 50);
+        restarted.pass(&state, released_at + 50).await;
+        assert_eq!(delivered(&state)[4..], ["after"]);
         state.store.shutdown();
     }
 
@@ -575,15 +981,22 @@ mod tests {
         // Both were stored in [stored, now]: a second after the later bound both have waited it.
         let released_at = now_millis() + 1_000;
         assert!(released_at < stored + 1_500, "the appends took half a second");
-        assert_eq!(release_slot(&state, slot, stored).await.unwrap(), 0, "not a second yet");
-        assert_eq!(release_slot(&state, slot, released_at).await.unwrap(), 2);
+        let mut copied = Copied::default();
+        let early = release_slot(&state, &mut copied, slot, stored).await.unwrap();
+        assert_eq!(early.moved, 0, "not a second yet");
+        assert!(
+            early.next_due.is_some_and(|due| due >= stored + 1_000),
+            "woken when the head is due"
+        );
+        let released = release_slot(&state, &mut copied, slot, released_at).await.unwrap();
+        assert_eq!(released.moved, 2);
         assert_eq!(delivered(&state), ["first"]);
         assert_eq!(position(&state, slot), Some(2));
         dispatched(&state);
         let queue = state.store.consume_queue(DELAY_TOPIC, 0).unwrap();
         assert_eq!(queue.max_offset(), 1, "\"second\" moved down to slot 0");
-        let mut zero = SlotZero::default();
-        assert_eq!(zero.release(&state, stored + 1_600).await.unwrap(), 1);
+        let mut scheduler = Scheduler::default();
+        scheduler.pass(&state, stored + 1_600).await;
         assert_eq!(delivered(&state), ["first", "second"]);
         state.store.shutdown();
     }

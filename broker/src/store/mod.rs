@@ -1,9 +1,12 @@
 //! The storage engine: the commitlog, consume queues, consumer offsets, flushing and recovery.
 //!
-//! [`MessageStore::open`] recovers and starts two threads: the dispatcher, which turns newly
-//! confirmed records into consume queue entries, and the flusher, which makes the commitlog
-//! durable (periodically, or as soon as there is something to sync when `flush_mode = "sync"`,
-//! so concurrent sends share one sync: group commit) and writes the checkpoint.
+//! [`MessageStore::open`] recovers and starts three threads: the dispatcher, which turns newly
+//! confirmed records into consume queue entries; the flusher, which makes the commitlog durable
+//! (periodically, or under `flush_mode = "sync"` as soon as anything is unsynced: group commit,
+//! one `fdatasync` of the preallocated segment covers every send appended before it started,
+//! while appends go on into the page cache for the next one); and the checkpointer, which syncs
+//! consume queues and offsets and writes the checkpoint on its own thread, so no sync waits
+//! behind it.
 //!
 //! Consumers see only what is **confirmed** ([`MessageStore::confirmed_offset`]): the dispatcher
 //! indexes records only up to it, and every reader (pulls, push deliveries, retries, delayed
@@ -222,6 +225,9 @@ pub struct MessageStore {
     /// appends wake it. While records keep coming it polls every [`DISPATCH_POLL`] instead.
     dispatcher_idle: AtomicBool,
     flusher: OnceLock<Thread>,
+    /// Writes checkpoints every `checkpoint_interval_ms`: off the flusher, whose syncs
+    /// acknowledgements wait for under sync flush.
+    checkpointer: OnceLock<Thread>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<BrokerMetrics>,
     recovery: RecoveryReport,
@@ -366,6 +372,7 @@ impl MessageStore {
             dispatcher: OnceLock::new(),
             dispatcher_idle: AtomicBool::new(false),
             flusher: OnceLock::new(),
+            checkpointer: OnceLock::new(),
             threads: Mutex::new(Vec::new()),
             metrics,
             archive: OnceLock::new(),
@@ -439,6 +446,15 @@ impl MessageStore {
             .map_err(BrokerError::io("starting the flush thread"))?;
         self.flusher.set(flusher.thread().clone()).expect("started once");
         threads.push(flusher);
+        let checkpointer_store = self.clone();
+        let checkpointer = thread::Builder::new()
+            .name("meridian-checkpoint".into())
+            .spawn(move || checkpointer_store.checkpoint_loop())
+            .map_err(BrokerError::io("starting the checkpoint thread"))?;
+        self.checkpointer
+            .set(checkpointer.thread().clone())
+            .expect("started once");
+        threads.push(checkpointer);
         Ok(())
     }
 
@@ -1064,6 +1080,18 @@ impl MessageStore {
         Ok(())
     }
 
+    /// Records a commitlog offset the broker's own bookkeeping keeps under `key` (the delay
+    /// scheduler's rebuild floor), in the offsets table: checkpointed, and replicated, with the
+    /// offsets it goes with. Not a queue offset, so recovery never clamps it to a queue's end.
+    pub fn commit_log_mark(&self, key: &str, commitlog_offset: u64) {
+        self.offsets.commit(key, offsets::LOG_MARKS, 0, commitlog_offset);
+    }
+
+    /// The commitlog offset last recorded under `key` by [`MessageStore::commit_log_mark`].
+    pub fn log_mark(&self, key: &str) -> Option<u64> {
+        self.offsets.query(key, offsets::LOG_MARKS, 0)
+    }
+
     /// A consumer group's stored offset for a queue.
     pub fn query_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
         self.consume_queue(topic, queue_id)?;
@@ -1219,36 +1247,51 @@ impl MessageStore {
             return;
         }
         let flush_interval = Duration::from_millis(self.config.flush_interval_ms);
-        let checkpoint_interval = Duration::from_millis(self.config.checkpoint_interval_ms);
-        let mut last_checkpoint = Instant::now();
         loop {
             let stopping = self.stopping.load(Ordering::Acquire);
             if self.crashed.load(Ordering::Acquire) || self.failure.get().is_some() {
                 return;
             }
+            // Under sync flush, everything appended up to now: the sends that came in while the
+            // last sync ran are all released by this one.
             self.flush_commitlog();
-            if self.failure.get().is_some() {
-                return;
-            }
-            if stopping || last_checkpoint.elapsed() >= checkpoint_interval {
-                if let Err(error) = self.checkpoint() {
-                    // A consume queue or metadata sync failed: as fatal as a commitlog sync.
-                    self.fail(format!(
-                        "writing the checkpoint failed: {error}; the disk under {} may have lost written data; restart the broker",
-                        self.dir.display()
-                    ));
-                    return;
-                }
-                last_checkpoint = Instant::now();
-            }
-            if stopping {
+            if stopping || self.failure.get().is_some() {
+                // The last checkpoint is `shutdown`'s, after every thread stopped.
                 return;
             }
             match self.config.flush_mode {
                 FlushMode::Sync if self.commitlog.committed() > self.flushed_offset() => continue,
-                FlushMode::Sync => thread::park_timeout(checkpoint_interval.min(flush_interval)),
-                FlushMode::Async => thread::park_timeout(flush_interval),
+                // Appends unpark it; the timeout only bounds a missed wake-up.
+                FlushMode::Sync | FlushMode::Async => thread::park_timeout(flush_interval),
             }
+        }
+    }
+
+    /// Writes a checkpoint every `checkpoint_interval_ms` until the store stops.
+    fn checkpoint_loop(&self) {
+        let checkpoint_interval = Duration::from_millis(self.config.checkpoint_interval_ms);
+        let mut next_checkpoint = Instant::now() + checkpoint_interval;
+        loop {
+            if self.stopping.load(Ordering::Acquire)
+                || self.crashed.load(Ordering::Acquire)
+                || self.failure.get().is_some()
+            {
+                return;
+            }
+            let now = Instant::now();
+            if now < next_checkpoint {
+                thread::park_timeout(next_checkpoint - now);
+                continue;
+            }
+            if let Err(error) = self.checkpoint() {
+                // A consume queue or metadata sync failed: as fatal as a commitlog sync.
+                self.fail(format!(
+                    "writing the checkpoint failed: {error}; the disk under {} may have lost written data; restart the broker",
+                    self.dir.display()
+                ));
+                return;
+            }
+            next_checkpoint = Instant::now() + checkpoint_interval;
         }
     }
 
@@ -1307,7 +1350,10 @@ impl MessageStore {
         if self.stopping.swap(true, Ordering::AcqRel) {
             return;
         }
-        for thread in [self.dispatcher.get(), self.flusher.get()].into_iter().flatten() {
+        for thread in [self.dispatcher.get(), self.flusher.get(), self.checkpointer.get()]
+            .into_iter()
+            .flatten()
+        {
             thread.unpark();
         }
         let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
@@ -1338,7 +1384,10 @@ impl MessageStore {
     pub(crate) fn crash(&self) {
         self.crashed.store(true, Ordering::Release);
         self.stopping.store(true, Ordering::Release);
-        for thread in [self.dispatcher.get(), self.flusher.get()].into_iter().flatten() {
+        for thread in [self.dispatcher.get(), self.flusher.get(), self.checkpointer.get()]
+            .into_iter()
+            .flatten()
+        {
             thread.unpark();
         }
         for thread in std::mem::take(&mut *self.threads.lock().expect("threads lock")) {

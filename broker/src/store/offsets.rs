@@ -9,7 +9,9 @@
 //! - `%RESET%group`: how many times the group's offsets of a topic were reset (as queue 0), so a
 //!   consumer still holding a position from before a reset notices;
 //! - `%SCHEDULER%`: how far each delay slot was released;
-//! - `%TRANSACTION%`: how far the transaction check-back walk went in the half-message queue.
+//! - `%TRANSACTION%`: how far the transaction check-back walk went in the half-message queue;
+//! - `%SCHEDULER%COPIES`: a commitlog offset (not a queue offset), under the pseudo-topic
+//!   [`LOG_MARKS`]: where the delay scheduler's rebuild scan starts.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +22,10 @@ use std::sync::{Arc, Mutex};
 use crate::error::Result;
 use crate::store::durability::Durability;
 use crate::store::files;
+
+/// Pseudo-topic (no real topic has this name) of the broker's commitlog marks: offsets into the
+/// commitlog, which recovery's clamping of queue offsets must not touch.
+pub(crate) const LOG_MARKS: &str = "%COMMITLOG%";
 
 type GroupOffsets = BTreeMap<String, BTreeMap<u32, u64>>;
 /// Every group's offsets, by group.
