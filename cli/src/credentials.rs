@@ -1,5 +1,6 @@
 //! The CLI's credentials: every command that connects logs in as `MERIDIAN_USER` with
-//! `MERIDIAN_SECRET` when both are set (`docs/security.md`).
+//! `MERIDIAN_SECRET` when both are set, and connects with TLS verifying servers against
+//! `MERIDIAN_TLS_CA` when it is set (`docs/security.md`).
 
 use meridian_client::ClientConfig;
 use meridian_proto::auth::Credentials;
@@ -9,7 +10,20 @@ use meridian_proto::auth::Credentials;
 pub fn client_config() -> ClientConfig {
     ClientConfig {
         credentials: credentials_from_env(),
+        tls: tls_from_env(),
         ..ClientConfig::default()
+    }
+}
+
+/// TLS from `MERIDIAN_TLS_CA`; a CA file that cannot be used stops the command (falling back to
+/// plaintext would surprise).
+pub fn tls_from_env() -> Option<std::sync::Arc<meridian_proto::tls::TlsClient>> {
+    match meridian_proto::tls::TlsClient::from_env() {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        }
     }
 }
 

@@ -47,7 +47,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, AuthError, Authenticator, Principal, ServerHandshake};
 use crate::frame::FrameError;
-use crate::tls::{Accepted, MaybeTls, TlsServer};
+use crate::tls::{Accepted, MaybeTls, ServerStream, TlsServer};
 use crate::{ErrorCode, Frame, FrameCodec, RequestCode};
 
 /// Most requests of the batched code answered together: bounds the latency the first of them
@@ -557,8 +557,6 @@ pub async fn serve_connection<S: FrameService>(
     service.connection_closed(peer);
     tracing::debug!(%peer, "connection closed");
 }
-
-type ServerStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// Answers a connection that is not served with one error frame, then closes it; waits briefly
 /// for the peer to read it (closing with unread input would reset the connection and lose it).

@@ -530,12 +530,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
     }
 }
 
+/// A server's side of a plaintext or TLS connection.
+pub type ServerStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// A client's side of a plaintext or TLS connection.
+pub type ClientStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
+
 /// A client stream to `addr`: TLS when `tls` is set, else plaintext.
 pub async fn connect_maybe_tls(
     tls: Option<&TlsClient>,
     addr: &str,
     stream: TcpStream,
-) -> io::Result<MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>> {
+) -> io::Result<ClientStream> {
     match tls {
         Some(tls) => Ok(MaybeTls::Tls(Box::new(tls.connect(addr, stream).await?))),
         None => Ok(MaybeTls::Plain(stream)),
