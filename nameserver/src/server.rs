@@ -160,7 +160,10 @@ impl Nameserver {
             service,
             codec: FrameCodec::new(config.max_frame_size),
             shutdown: CancellationToken::new(),
-            alerts: config.alerts.clone(),
+            alerts: crate::alerts::AlertsConfig {
+                tls: config.tls_client.clone(),
+                ..config.alerts.clone()
+            },
             tls,
             limits: ConnectionLimiter::new(config.connections.clone()),
             max_inflight: config.max_inflight_per_connection,

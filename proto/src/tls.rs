@@ -548,6 +548,18 @@ pub async fn connect_maybe_tls(
     }
 }
 
+/// Reads `stream` to its end (an HTTP/1.0 answer ends when the server closes): a TLS server
+/// that closes without `close_notify` after sending its answer is not an error.
+pub async fn read_to_close<R: AsyncRead + Unpin>(stream: &mut R, into: &mut Vec<u8>) -> io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    let start = into.len();
+    match stream.read_to_end(into).await {
+        Ok(read) => Ok(read),
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof && into.len() > start => Ok(into.len() - start),
+        Err(error) => Err(error),
+    }
+}
+
 /// Test certificates: a CA and node certificates it signs, written as PEM files.
 #[cfg(test)]
 pub(crate) mod test_certs {
