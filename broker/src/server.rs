@@ -108,7 +108,8 @@ impl Broker {
     pub async fn bind(mut config: BrokerConfig, metrics: Arc<BrokerMetrics>) -> Result<Broker> {
         config.auth.load()?;
         let tls = TlsServer::load(&config.tls).map_err(|error| BrokerError::Config(error.to_string()))?;
-        config.tls_client = TlsClient::from_settings(&config.tls).map_err(|error| BrokerError::Config(error.to_string()))?;
+        config.tls_client =
+            TlsClient::from_settings(&config.tls).map_err(|error| BrokerError::Config(error.to_string()))?;
         config.idc = detect_idc(&config).await;
         config.validate()?;
         let listener = TcpListener::bind(config.listen).await.map_err(BrokerError::io(format!(

@@ -97,9 +97,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("meridian-dev-tls-{}", std::process::id()));
         let made = ensure(&dir, &["10.1.2.3".parse().unwrap()]).unwrap();
         assert!(meridian_proto::tls::TlsServer::load(&made.settings).unwrap().is_some());
-        assert!(meridian_proto::tls::TlsClient::from_settings(&made.settings).unwrap().is_some());
+        assert!(
+            meridian_proto::tls::TlsClient::from_settings(&made.settings)
+                .unwrap()
+                .is_some()
+        );
         let mode = std::fs::metadata(dir.join("tls/node.key")).unwrap();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o600
+        );
         // A second start reuses the files.
         let before = std::fs::read(&made.ca_file).unwrap();
         let again = ensure(&dir, &[]).unwrap();

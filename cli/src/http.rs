@@ -82,7 +82,13 @@ pub async fn serve_http(
     let stop = CancellationToken::new();
     let handshakes = TaskTracker::new();
     let (accepted_tx, accepted) = mpsc::channel(64);
-    handshakes.spawn(accept_loop(listener, tls, accepted_tx, handshakes.clone(), stop.clone()));
+    handshakes.spawn(accept_loop(
+        listener,
+        tls,
+        accepted_tx,
+        handshakes.clone(),
+        stop.clone(),
+    ));
     let stopping = stop.clone();
     let shutdown = async move {
         shutdown.await;

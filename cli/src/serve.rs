@@ -427,7 +427,9 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             println!("  rocketmq-nameserver {nameserver} (RocketMQ 4.x clients: namesrvAddr)");
             println!("  rocketmq-broker     {broker}");
         }
-        println!("  http       {scheme}://{http_addr}  (/api/health, /api/topics, /api/cluster, /api/traces, /metrics)");
+        println!(
+            "  http       {scheme}://{http_addr}  (/api/health, /api/topics, /api/cluster, /api/traces, /metrics)"
+        );
         println!("  console    {scheme}://{http_addr}/");
         if with_query {
             println!("  query      SQL over the archive and the live log: POST /api/sql, or `meridian sql`");

@@ -1028,7 +1028,9 @@ async fn http_request(
         );
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut response = Vec::new();
-        meridian_proto::tls::read_to_close(&mut stream, &mut response).await.ok()?;
+        meridian_proto::tls::read_to_close(&mut stream, &mut response)
+            .await
+            .ok()?;
         let response = String::from_utf8_lossy(&response);
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
         let status = head.split_whitespace().nth(1)?.parse().ok()?;

@@ -267,7 +267,11 @@ struct AddressSlot {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut open = self.limiter.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut open = self
+            .limiter
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(count) = open.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
@@ -526,7 +530,13 @@ pub async fn serve_connection<S: FrameService>(
                     tracing::warn!(%peer, "plaintext connection refused: [tls] mode is required");
                     let message = "this server requires TLS ([tls] mode = \"required\"): connect with TLS, \
                                    trusting the cluster's CA (MERIDIAN_TLS_CA=/path/to/ca.pem)";
-                    refuse(&settings.codec, ServerStream::Plain(stream), ErrorCode::Unauthenticated, message).await;
+                    refuse(
+                        &settings.codec,
+                        ServerStream::Plain(stream),
+                        ErrorCode::Unauthenticated,
+                        message,
+                    )
+                    .await;
                     None
                 }
                 Some(Err(error)) => {
@@ -560,7 +570,12 @@ pub async fn serve_connection<S: FrameService>(
 
 /// Answers a connection that is not served with one error frame, then closes it; waits briefly
 /// for the peer to read it (closing with unread input would reset the connection and lose it).
-async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(codec: &FrameCodec, stream: MaybeTls<T>, code: ErrorCode, message: &str) {
+async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(
+    codec: &FrameCodec,
+    stream: MaybeTls<T>,
+    code: ErrorCode,
+    message: &str,
+) {
     let mut sink = FramedWrite::new(stream, codec.clone());
     let sent = tokio::time::timeout(Duration::from_secs(2), async {
         sink.send(Frame::error(0, code, message.to_owned()))
@@ -1178,7 +1193,10 @@ mod tests {
         use std::time::Duration;
 
         /// A server of `service` with `settings` for every connection, on a loopback port.
-        async fn serve_with(service: Arc<Scripted>, settings: ConnectionSettings) -> (SocketAddr, TaskTracker, CancellationToken) {
+        async fn serve_with(
+            service: Arc<Scripted>,
+            settings: ConnectionSettings,
+        ) -> (SocketAddr, TaskTracker, CancellationToken) {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let tasks = TaskTracker::new();
@@ -1191,7 +1209,13 @@ mod tests {
                         _ = stopped.cancelled() => return,
                         accepted = listener.accept() => accepted.unwrap(),
                     };
-                    serving.spawn(serve_connection(service.clone(), settings.clone(), stream, peer, stopped.clone()));
+                    serving.spawn(serve_connection(
+                        service.clone(),
+                        settings.clone(),
+                        stream,
+                        peer,
+                        stopped.clone(),
+                    ));
                 }
             });
             (addr, tasks, stop)
@@ -1235,7 +1259,11 @@ mod tests {
             let ca = TestCa::new("required ca");
             let tls_settings = ca.settings(&dir.0, TlsMode::Required);
             let server = TlsServer::load(&tls_settings).unwrap();
-            let (addr, _tasks, stop) = serve_with(Arc::new(Scripted::default()), settings(server, ConnectionLimits::default())).await;
+            let (addr, _tasks, stop) = serve_with(
+                Arc::new(Scripted::default()),
+                settings(server, ConnectionLimits::default()),
+            )
+            .await;
 
             let secure = pool(Some(client_of(tls_settings.ca_file.as_ref().unwrap())));
             assert_eq!(&ask(&secure, addr).await.unwrap().body[..], b"now");
@@ -1246,7 +1274,10 @@ mod tests {
                 panic!("expected the server's refusal, got {error}")
             };
             assert_eq!(*code, ErrorCode::Unauthenticated);
-            assert!(message.contains("requires TLS") && message.contains("MERIDIAN_TLS_CA"), "{message}");
+            assert!(
+                message.contains("requires TLS") && message.contains("MERIDIAN_TLS_CA"),
+                "{message}"
+            );
             stop.cancel();
         }
 
@@ -1256,7 +1287,11 @@ mod tests {
             let ca = TestCa::new("permissive ca");
             let tls_settings = ca.settings(&dir.0, TlsMode::Permissive);
             let server = TlsServer::load(&tls_settings).unwrap();
-            let (addr, _tasks, stop) = serve_with(Arc::new(Scripted::default()), settings(server, ConnectionLimits::default())).await;
+            let (addr, _tasks, stop) = serve_with(
+                Arc::new(Scripted::default()),
+                settings(server, ConnectionLimits::default()),
+            )
+            .await;
             let secure = pool(Some(client_of(tls_settings.ca_file.as_ref().unwrap())));
             assert_eq!(&ask(&secure, addr).await.unwrap().body[..], b"now");
             let plain = pool(None);
@@ -1270,7 +1305,11 @@ mod tests {
             let ca = TestCa::new("right ca");
             let tls_settings = ca.settings(&dir.0, TlsMode::Required);
             let server = TlsServer::load(&tls_settings).unwrap();
-            let (addr, _tasks, stop) = serve_with(Arc::new(Scripted::default()), settings(server, ConnectionLimits::default())).await;
+            let (addr, _tasks, stop) = serve_with(
+                Arc::new(Scripted::default()),
+                settings(server, ConnectionLimits::default()),
+            )
+            .await;
             let other_dir = TempDir::new("wrong-ca-other");
             let (other_ca, _, _) = TestCa::new("another ca").write_node(&other_dir.0, "other");
             let error = ask(&pool(Some(client_of(&other_ca))), addr).await.unwrap_err();
@@ -1290,8 +1329,11 @@ mod tests {
             let watch_stop = CancellationToken::new();
             let watcher = TaskTracker::new();
             watcher.spawn(server.clone().watch(Duration::from_millis(50), watch_stop.clone()));
-            let (addr, _tasks, stop) =
-                serve_with(Arc::new(Scripted::default()), settings(Some(server), ConnectionLimits::default())).await;
+            let (addr, _tasks, stop) = serve_with(
+                Arc::new(Scripted::default()),
+                settings(Some(server), ConnectionLimits::default()),
+            )
+            .await;
             let first_ca = dir.0.join("first-ca.pem");
             std::fs::copy(tls_settings.ca_file.as_ref().unwrap(), &first_ca).unwrap();
             assert!(ask(&pool(Some(client_of(&first_ca))), addr).await.is_ok());
@@ -1306,7 +1348,10 @@ mod tests {
                 if ask(&pool(Some(second_ca.clone())), addr).await.is_ok() {
                     break;
                 }
-                assert!(tokio::time::Instant::now() < deadline, "the new certificate was never served");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the new certificate was never served"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             // And the old CA no longer verifies what the server presents.
@@ -1332,12 +1377,18 @@ mod tests {
                 panic!("expected the limit's refusal, got {error}")
             };
             assert_eq!(*code, ErrorCode::Busy);
-            assert!(message.contains("max_per_address = 2") && message.contains("127.0.0.1"), "{message}");
+            assert!(
+                message.contains("max_per_address = 2") && message.contains("127.0.0.1"),
+                "{message}"
+            );
             // Closing one makes room again.
             first.shutdown().await;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while limiter.open_from(addr.ip()) > 1 {
-                assert!(tokio::time::Instant::now() < deadline, "the closed connection was never uncounted");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the closed connection was never uncounted"
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert!(ask(&pool(None), addr).await.is_ok());
@@ -1358,12 +1409,20 @@ mod tests {
             let busy = pool(None);
             let addr_text = addr.to_string();
             let long = tokio::spawn(async move {
-                busy.request(&addr_text, RequestCode::TopicRoute, Bytes::from_static(b"later"), Duration::from_secs(10))
-                    .await
+                busy.request(
+                    &addr_text,
+                    RequestCode::TopicRoute,
+                    Bytes::from_static(b"later"),
+                    Duration::from_secs(10),
+                )
+                .await
             });
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while idle_connection.is_alive() {
-                assert!(tokio::time::Instant::now() < deadline, "the idle connection was never closed");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the idle connection was never closed"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -1386,10 +1445,23 @@ mod tests {
             let (addr, _tasks, stop) = serve_with(Arc::new(Scripted::default()), with_auth).await;
             let (mut read_half, _write_half) = TcpStream::connect(addr).await.unwrap().into_split();
             let mut frames = FramedRead::new(&mut read_half, FrameCodec::new(1 << 20));
-            let refusal = tokio::time::timeout(Duration::from_secs(10), frames.next()).await.unwrap().unwrap().unwrap();
+            let refusal = tokio::time::timeout(Duration::from_secs(10), frames.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             assert_eq!(refusal.error_code(), ErrorCode::Unauthenticated);
-            assert!(refusal.header.remark.contains("handshake_timeout_secs"), "{}", refusal.header.remark);
-            assert!(tokio::time::timeout(Duration::from_secs(10), frames.next()).await.unwrap().is_none());
+            assert!(
+                refusal.header.remark.contains("handshake_timeout_secs"),
+                "{}",
+                refusal.header.remark
+            );
+            assert!(
+                tokio::time::timeout(Duration::from_secs(10), frames.next())
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
             // A logged-in client is not affected.
             let alice = ConnectionPool::new(TransportConfig {
                 credentials: Some(Credentials::new("alice", "alice-secret")),
@@ -1404,8 +1476,13 @@ mod tests {
             let (addr, _tasks, stop) = serve_with(Arc::new(Scripted::default()), settings(tls, limits)).await;
             let mut silent = TcpStream::connect(addr).await.unwrap();
             let mut buffer = [0u8; 16];
-            let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buffer)).await.unwrap();
-            assert!(matches!(read, Ok(0) | Err(_)), "the server must close a connection that never handshakes");
+            let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buffer))
+                .await
+                .unwrap();
+            assert!(
+                matches!(read, Ok(0) | Err(_)),
+                "the server must close a connection that never handshakes"
+            );
             stop.cancel();
         }
     }

@@ -147,7 +147,13 @@ fn file_error(what: &'static str, path: &Path, problem: impl Into<String>) -> Tl
 /// Reads a PEM certificate chain: at least one certificate.
 pub fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|error| file_error(what, path, format!("cannot read it ({error}); check the path and permissions")))?
+        .map_err(|error| {
+            file_error(
+                what,
+                path,
+                format!("cannot read it ({error}); check the path and permissions"),
+            )
+        })?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| file_error(what, path, format!("not a PEM certificate file ({error})")))?;
     if certs.is_empty() {
@@ -205,14 +211,16 @@ fn server_config(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
         }
         _ => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|source| TlsError::Rustls {
-        context: format!(
-            "certificate {} with key {} (does the key belong to the certificate?)",
-            cert_file.display(),
-            key_file.display()
-        ),
-        source,
-    })?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|source| TlsError::Rustls {
+            context: format!(
+                "certificate {} with key {} (does the key belong to the certificate?)",
+                cert_file.display(),
+                key_file.display()
+            ),
+            source,
+        })?;
     config.alpn_protocols.clear();
     Ok(config)
 }
@@ -283,7 +291,10 @@ impl TlsServer {
 
     /// The config new connections get.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.config.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Reloads the files if any changed since the last load: `Ok(true)` when a new config is in
@@ -337,7 +348,10 @@ impl TlsServer {
             let mut first = [0u8; 1];
             let read = stream.peek(&mut first).await?;
             if read == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before sending anything"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before sending anything",
+                ));
             }
             if first[0] != TLS_HANDSHAKE_BYTE {
                 return Ok(match self.mode() {
@@ -537,11 +551,7 @@ pub type ServerStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
 pub type ClientStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// A client stream to `addr`: TLS when `tls` is set, else plaintext.
-pub async fn connect_maybe_tls(
-    tls: Option<&TlsClient>,
-    addr: &str,
-    stream: TcpStream,
-) -> io::Result<ClientStream> {
+pub async fn connect_maybe_tls(tls: Option<&TlsClient>, addr: &str, stream: TcpStream) -> io::Result<ClientStream> {
     match tls {
         Some(tls) => Ok(MaybeTls::Tls(Box::new(tls.connect(addr, stream).await?))),
         None => Ok(MaybeTls::Plain(stream)),
@@ -674,9 +684,15 @@ mod tests {
 
     #[test]
     fn tls_server_names_come_from_host_and_port() {
-        assert!(matches!(server_name("127.0.0.1:7911").unwrap(), ServerName::IpAddress(_)));
+        assert!(matches!(
+            server_name("127.0.0.1:7911").unwrap(),
+            ServerName::IpAddress(_)
+        ));
         assert!(matches!(server_name("[::1]:7911").unwrap(), ServerName::IpAddress(_)));
-        assert!(matches!(server_name("broker-a.example:7911").unwrap(), ServerName::DnsName(_)));
+        assert!(matches!(
+            server_name("broker-a.example:7911").unwrap(),
+            ServerName::DnsName(_)
+        ));
         assert!(matches!(server_name("localhost").unwrap(), ServerName::DnsName(_)));
     }
 
@@ -691,7 +707,10 @@ mod tests {
         std::fs::write(settings.key_file.as_ref().unwrap(), "garbage, not a key").unwrap();
         let error = server.reload_if_changed().unwrap_err().to_string();
         assert!(error.contains("key_file"), "{error}");
-        assert!(Arc::ptr_eq(&before, &server.current()), "a bad file must keep the old config");
+        assert!(
+            Arc::ptr_eq(&before, &server.current()),
+            "a bad file must keep the old config"
+        );
         // A good pair again is picked up.
         ca.write_node(&dir.0, "node");
         assert!(server.reload_if_changed().unwrap());

@@ -419,7 +419,9 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut frames: Framed
             // Request id 0 is never a request's: an error with it is about the whole connection
             // (TLS required, too many connections, login timeout). Every waiting request gets it,
             // so the caller sees why instead of a bare "connection closed".
-            Some(Ok(frame)) if frame.is_response() && frame.header.request_id == 0 && frame.error_code() != ErrorCode::Ok => {
+            Some(Ok(frame))
+                if frame.is_response() && frame.header.request_id == 0 && frame.error_code() != ErrorCode::Ok =>
+            {
                 warn!(addr = %shared.addr, code = %frame.error_code(), remark = %frame.header.remark, "the server refused the connection");
                 let waiters = std::mem::take(&mut shared.lock().waiters);
                 for (_, waiter) in waiters {
