@@ -1361,6 +1361,32 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn tls_verify_clients_serves_only_clients_with_a_certificate_from_the_ca() {
+            let dir = TempDir::new("mutual");
+            let ca = TestCa::new("mutual ca");
+            let mut tls_settings = ca.settings(&dir.0, TlsMode::Required);
+            tls_settings.verify_clients = true;
+            let server = TlsServer::load(&tls_settings).unwrap();
+            let (addr, _tasks, stop) = serve_with(
+                Arc::new(Scripted::default()),
+                settings(server, ConnectionLimits::default()),
+            )
+            .await;
+            let ca_file = tls_settings.ca_file.clone().unwrap();
+            // A node presenting its certificate is served.
+            let node = TlsClient::from_settings(&tls_settings).unwrap();
+            assert_eq!(&ask(&pool(node), addr).await.unwrap().body[..], b"now");
+            // A client trusting the CA but presenting no certificate is not.
+            assert!(ask(&pool(Some(client_of(&ca_file))), addr).await.is_err());
+            // Nor one presenting a certificate from another CA.
+            let other_dir = TempDir::new("mutual-other");
+            let (_, cert, key) = TestCa::new("other ca").write_node(&other_dir.0, "other");
+            let stranger = TlsClient::new("ca_file", &ca_file, Some((&cert, &key))).unwrap();
+            assert!(ask(&pool(Some(stranger)), addr).await.is_err());
+            stop.cancel();
+        }
+
+        #[tokio::test]
         async fn limits_connections_per_address_are_refused_naming_the_setting() {
             let limits = ConnectionLimits {
                 max_per_address: 2,
@@ -1408,7 +1434,8 @@ mod tests {
             // A request that runs longer than the idle timeout keeps its connection open.
             let busy = pool(None);
             let addr_text = addr.to_string();
-            let long = tokio::spawn(async move {
+            let requests = TaskTracker::new();
+            let long = requests.spawn(async move {
                 busy.request(
                     &addr_text,
                     RequestCode::TopicRoute,

@@ -235,11 +235,13 @@ impl Connection {
                 Ok(Connection::start(addr, config, tracker, parent, read_half, write_half))
             }
             Some(tls) => {
-                let stream = match tokio::time::timeout(config.connect_timeout, tls.connect(addr, stream)).await {
+                // A handshake is a few round trips and some signing: it gets the longer budget.
+                let budget = config.connect_timeout.max(config.request_timeout);
+                let stream = match tokio::time::timeout(budget, tls.connect(addr, stream)).await {
                     Err(_) => {
                         return Err(TransportError::Timeout {
                             what: format!("TLS handshake with {addr}"),
-                            after: config.connect_timeout,
+                            after: budget,
                         });
                     }
                     Ok(Err(source)) => {

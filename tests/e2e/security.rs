@@ -441,7 +441,11 @@ async fn security_limits_connections_per_address_are_refused_naming_the_setting(
             .request(RequestCode::TopicRoute, Bytes::new(), std::time::Duration::from_secs(5))
             .await
         {
-            Err(TransportError::Remote { code, message, .. }) if code == ErrorCode::Busy => break message,
+            Err(TransportError::Remote {
+                code: ErrorCode::Busy,
+                message,
+                ..
+            }) => break message,
             _ => open.push(connection),
         }
     };
@@ -556,7 +560,8 @@ async fn security_a_stranger_posing_as_a_slave_does_not_count_toward_the_groups_
     // master wrote (quorum needs one replica besides the master). The send is not acknowledged.
     cluster.stop_member(1);
     cluster.stop_member(2);
-    let stranger = tokio::spawn({
+    let fetches = tokio_util::task::TaskTracker::new();
+    let stranger = fetches.spawn({
         let (pool, master) = (pool.clone(), master.clone());
         async move {
             let mut refusals = Vec::new();
