@@ -460,6 +460,15 @@ pub struct BrokerConfig {
     pub remoting: RemotingConfig,
     /// Authentication (the `[auth]` table; off by default): see [`crate::auth`].
     pub auth: AuthConfig,
+    /// TLS for the broker's listeners and its connections to nameservers and masters (the
+    /// `[tls]` table; off by default): see [`meridian_proto::tls`].
+    pub tls: meridian_proto::tls::TlsSettings,
+    /// Limits on clients' connections (the `[connections]` table): per address, handshake and
+    /// idle timeouts.
+    pub connections: meridian_proto::serve::ConnectionLimits,
+    /// The client side of `tls`, loaded at start from `ca_file`: connections this broker opens.
+    #[serde(skip)]
+    pub tls_client: Option<std::sync::Arc<meridian_proto::tls::TlsClient>>,
 }
 
 /// `nameservers` as a TOML list or as one comma-separated string:
@@ -508,6 +517,9 @@ impl Default for BrokerConfig {
             transaction: TransactionConfig::default(),
             remoting: RemotingConfig::default(),
             auth: AuthConfig::default(),
+            tls: meridian_proto::tls::TlsSettings::default(),
+            connections: meridian_proto::serve::ConnectionLimits::default(),
+            tls_client: None,
         }
     }
 }
@@ -585,6 +597,9 @@ impl BrokerConfig {
                 self.replication.replicas
             )));
         }
+        self.tls
+            .validate()
+            .map_err(|error| BrokerError::Config(error.to_string()))?;
         if self.max_inflight_per_connection == 0 {
             return Err(BrokerError::Config(
                 "max_inflight_per_connection must be at least 1".into(),

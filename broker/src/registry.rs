@@ -437,6 +437,7 @@ impl Heartbeats {
             request_timeout: NAMESERVER_TIMEOUT,
             connect_timeout: NAMESERVER_TIMEOUT,
             credentials: state.config.auth.node_credentials.clone(),
+            tls: state.config.tls_client.clone(),
         });
         let (registration_changed_tx, registration_changed_rx) = watch::channel(0u64);
         let interval = Duration::from_millis(state.config.heartbeat_interval_ms);

@@ -16,7 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use meridian_proto::idc::{IdcSettings, LocalIdc};
 use meridian_proto::messages::{IdcLookupRequest, IdcLookupResponse};
-use meridian_proto::serve::{self, AfterError, ConnectionSettings, FrameService};
+use meridian_proto::serve::{self, AfterError, ConnectionLimiter, ConnectionSettings, FrameService};
+use meridian_proto::tls::{RELOAD_INTERVAL, TlsClient, TlsServer};
 use meridian_proto::transport::{ConnectionPool, TransportConfig};
 use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};
 use tokio::net::TcpListener;
@@ -61,6 +62,7 @@ async fn detect_idc(config: &BrokerConfig) -> String {
         let pool = ConnectionPool::new(TransportConfig {
             request_timeout: Duration::from_secs(2),
             credentials: config.auth.node_credentials.clone(),
+            tls: config.tls_client.clone(),
             ..TransportConfig::default()
         });
         for nameserver in &config.nameservers {
@@ -105,6 +107,9 @@ impl Broker {
     /// Validates the config, binds the listener and opens (recovers) the store.
     pub async fn bind(mut config: BrokerConfig, metrics: Arc<BrokerMetrics>) -> Result<Broker> {
         config.auth.load()?;
+        let tls = TlsServer::load(&config.tls).map_err(|error| BrokerError::Config(error.to_string()))?;
+        config.tls_client =
+            TlsClient::from_settings(&config.tls).map_err(|error| BrokerError::Config(error.to_string()))?;
         config.idc = detect_idc(&config).await;
         config.validate()?;
         let listener = TcpListener::bind(config.listen).await.map_err(BrokerError::io(format!(
@@ -191,6 +196,8 @@ impl Broker {
             metrics,
             limits: config.limits.limits(),
             advertise_addr,
+            tls,
+            connection_limits: ConnectionLimiter::new(config.connections.clone()),
             config,
             shutdown,
             oneway_failure_log: meridian_proto::throttle::Throttle::new(Duration::from_secs(10)),
@@ -242,6 +249,12 @@ impl Broker {
     /// The authentication of this broker's HTTP API: `None` when `[auth]` is off.
     pub fn http_authenticator(&self) -> Option<Arc<meridian_proto::http_auth::HttpAuthenticator>> {
         crate::auth::http_authenticator(&self.state.config.auth, self.state.governance.as_ref())
+    }
+
+    /// TLS of the broker's listeners (`[tls]`), shared with the HTTP listener of the same
+    /// process; the broker reloads its certificate while it runs.
+    pub fn tls(&self) -> Option<Arc<TlsServer>> {
+        self.state.tls.clone()
     }
 
     /// The storage engine, for composition in one process and for tests.
@@ -321,7 +334,12 @@ impl Broker {
             max_inflight: state.config.max_inflight_per_connection,
             max_pending_response_bytes: Some(state.config.max_pending_response_bytes),
             auth: crate::auth::authenticator(&state.config.auth, state.governance.as_ref()),
+            tls: state.tls.clone(),
+            limits: state.connection_limits.clone(),
         };
+        if let Some(tls) = &state.tls {
+            connections.spawn(tls.clone().watch(RELOAD_INTERVAL, state.shutdown.clone()));
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

@@ -48,6 +48,10 @@ pub struct BrokerState {
     pub lag: crate::lag::LagTracker,
     /// Producers' latency and message-size reports ([`crate::producers`]).
     pub producers: crate::producers::ProducerReports,
+    /// TLS of the broker's listeners (`[tls]`), `None` when off; its certificate reloads itself.
+    pub tls: Option<Arc<meridian_proto::tls::TlsServer>>,
+    /// The `[connections]` limits and the connections they count.
+    pub connection_limits: Arc<meridian_proto::serve::ConnectionLimiter>,
 }
 impl BrokerState {
     /// A master's state around `config` and an opened `store`, for unit tests of handlers.
@@ -67,6 +71,8 @@ impl BrokerState {
             metrics,
             limits: config.limits.limits(),
             advertise_addr: "127.0.0.1:7911".into(),
+            tls: None,
+            connection_limits: meridian_proto::serve::ConnectionLimiter::new(config.connections.clone()),
             config,
             shutdown,
             governance,

@@ -1,7 +1,8 @@
 //! The CLI's credentials: every command that connects logs in as `MERIDIAN_USER` with
 //! `MERIDIAN_SECRET` (or the first line of `MERIDIAN_SECRET_FILE`) when both are set
 //! (`docs/security.md`): on the framed protocol through the client's handshake, on HTTP as
-//! `Authorization: Basic` through [`authorization_line`], the one place HTTP requests get it.
+//! `Authorization: Basic` through [`authorization_line`], the one place HTTP requests get it;
+//! and connects with TLS verifying servers against `MERIDIAN_TLS_CA` when it is set.
 
 use meridian_client::ClientConfig;
 use meridian_proto::auth::Credentials;
@@ -11,6 +12,7 @@ use meridian_proto::auth::Credentials;
 pub fn client_config() -> ClientConfig {
     ClientConfig {
         credentials: credentials_from_env(),
+        tls: tls_from_env(),
         ..ClientConfig::default()
     }
 }
@@ -24,6 +26,18 @@ pub fn authorization_line() -> String {
             meridian_proto::http_auth::basic_authorization(&credentials.user, &credentials.secret)
         ),
         None => String::new(),
+    }
+}
+
+/// TLS from `MERIDIAN_TLS_CA`; a CA file that cannot be used stops the command (falling back to
+/// plaintext would surprise).
+pub fn tls_from_env() -> Option<std::sync::Arc<meridian_proto::tls::TlsClient>> {
+    match meridian_proto::tls::TlsClient::from_env() {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        }
     }
 }
 

@@ -15,6 +15,7 @@ mod cluster;
 mod config;
 mod console_api;
 mod credentials;
+mod dev_tls;
 mod drill;
 mod env_cmds;
 mod governance;

@@ -1,6 +1,6 @@
 //! A minimal HTTP/1.0 `GET` over loopback or the LAN, for health probes and the JSON admin reads
 //! of `cluster status`, `alerts` and `client` commands: two seconds at most, `None` when the
-//! service cannot be reached. A leaf module.
+//! service cannot be reached. Over TLS when `MERIDIAN_TLS_CA` is set.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,7 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// `GET path` over HTTP/1.0: the status and the body. None when it cannot be reached in time.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let tls = crate::credentials::tls_from_env();
+        let mut stream = meridian_proto::tls::connect_maybe_tls(tls.as_deref(), &addr.to_string(), stream)
+            .await
+            .ok()?;
         stream
             .write_all(
                 format!(
@@ -23,7 +27,12 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
             .await
             .ok()?;
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
+        match stream.read_to_end(&mut response).await {
+            Ok(_) => {}
+            // A TLS peer that closes without close_notify after a complete answer.
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+            Err(_) => return None,
+        }
         let response = String::from_utf8_lossy(&response);
         let (head, body) = response.split_once("\r\n\r\n")?;
         let status = head.split_whitespace().nth(1)?.parse().ok()?;

@@ -64,6 +64,10 @@ pub struct DevArgs {
     /// MERIDIAN_SECRET.
     #[arg(long)]
     auth: bool,
+    /// Require TLS on every listener (`[tls] mode = "required"`): makes a self-signed CA and a node
+    /// certificate in DATA_DIR/tls if missing and prints the MERIDIAN_TLS_CA clients need.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Arguments of `meridian broker`.
@@ -110,6 +114,8 @@ struct Services {
     broker: Option<Broker>,
     tracer: Option<meridian_tracer::Tracer>,
     http: Option<(tokio::net::TcpListener, axum::Router)>,
+    /// TLS of the HTTP listener (the broker's or nameserver's `[tls]`), `None`: plaintext.
+    http_tls: Option<Arc<meridian_proto::tls::TlsServer>>,
     /// The archiver of the broker's segments (`meridian dev`).
     archiver: Option<meridian_archive::service::ArchiverService>,
     /// The archive's manifests, for the archive steps of trace timelines (`meridian dev`).
@@ -123,8 +129,9 @@ async fn run(services: Services, ready: impl std::future::Future<Output = ()>) -
     let tasks = TaskTracker::new();
     if let Some((listener, router)) = services.http {
         let stopped = stop.clone();
+        let tls = services.http_tls.clone();
         tasks.spawn(async move {
-            if let Err(error) = http::serve(listener, router, stopped.cancelled_owned()).await {
+            if let Err(error) = http::serve_http(listener, router, tls, stopped.cancelled_owned()).await {
                 tracing::error!(%error, "http listener failed");
             }
         });
@@ -198,6 +205,18 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     // The archiver (and the query service over its archive) runs unless `--no-archive`.
     let with_archive = !args.no_archive || broker_config.archive.enabled;
 
+    let dev_tls = if args.tls {
+        let ips = [
+            args.nameserver_listen.ip(),
+            args.broker_listen.ip(),
+            args.http_listen.ip(),
+            args.rocketmq_nameserver_listen.ip(),
+            args.rocketmq_broker_listen.ip(),
+        ];
+        Some(crate::dev_tls::ensure(&args.data_dir, &ips)?)
+    } else {
+        None
+    };
     let node_secret_file = if args.auth {
         Some(crate::user_cmds::ensure_node_secret(&args.data_dir)?)
     } else {
@@ -235,6 +254,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             }
             alerts
         },
+        tls: dev_tls.as_ref().map(|tls| tls.settings.clone()).unwrap_or_default(),
         ..NameserverConfig::default()
     };
     let nameserver_metrics = Arc::new(NameserverMetrics::register(&mut registry));
@@ -247,6 +267,9 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     if args.auth {
         broker_config.auth.enabled = true;
         broker_config.auth.node_secret_file = node_secret_file.clone();
+    }
+    if let Some(tls) = &dev_tls {
+        broker_config.tls = tls.settings.clone();
     }
     broker_config.data_dir = args.data_dir.join("broker");
     broker_config.listen = args.broker_listen;
@@ -309,6 +332,10 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             )),
             None => None,
         },
+        tls: match &dev_tls {
+            Some(tls) => meridian_proto::tls::TlsClient::from_settings(&tls.settings)?,
+            None => None,
+        },
         ..meridian_tracer::TracerConfig::default()
     };
     let tracer_metrics = Arc::new(meridian_tracer::TracerMetrics::register(&mut registry));
@@ -360,10 +387,16 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         .merge(tracer_router)
         .merge(query_router)
         // The web console at `/`, reading the APIs above over this same listener.
-        .merge(meridian_ui::router(meridian_ui::ConsoleConfig::single(
-            &http_addr.to_string(),
-            with_query,
-        )));
+        .merge(meridian_ui::router(meridian_ui::ConsoleConfig {
+            tls: match &dev_tls {
+                Some(tls) => meridian_proto::tls::TlsClient::from_settings(&tls.settings)?,
+                None => None,
+            },
+            ..meridian_ui::ConsoleConfig::single(&http_addr.to_string(), with_query)
+        }));
+    let http_tls = broker.tls();
+    let scheme = if http_tls.is_some() { "https" } else { "http" };
+    let ca_file = dev_tls.as_ref().map(|tls| tls.ca_file.clone());
 
     // `--auth`: every HTTP route but the probes needs a user or a session (docs/security.md).
     let router = match &node_secret_file {
@@ -405,8 +438,10 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             println!("  rocketmq-nameserver {nameserver} (RocketMQ 4.x clients: namesrvAddr)");
             println!("  rocketmq-broker     {broker}");
         }
-        println!("  http       http://{http_addr}  (/api/health, /api/topics, /api/cluster, /api/traces, /metrics)");
-        println!("  console    http://{http_addr}/");
+        println!(
+            "  http       {scheme}://{http_addr}  (/api/health, /api/topics, /api/cluster, /api/traces, /metrics)"
+        );
+        println!("  console    {scheme}://{http_addr}/");
         if with_query {
             println!("  query      SQL over the archive and the live log: POST /api/sql, or `meridian sql`");
         }
@@ -414,6 +449,11 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             "  tracer     indexing the trace topic into {}",
             args.data_dir.join("tracer").display()
         );
+        if let Some(ca_file) = &ca_file {
+            let ca_file = std::path::absolute(ca_file).unwrap_or_else(|_| ca_file.clone());
+            println!("  tls        required on every listener; clients trust the dev CA:");
+            println!("export MERIDIAN_TLS_CA={}", ca_file.display());
+        }
         if with_auth {
             match crate::user_cmds::dev_admin(&service).await {
                 Ok(secret) => {
@@ -444,6 +484,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             broker: Some(broker),
             tracer: Some(tracer),
             http: Some((http_listener, router)),
+            http_tls,
             archiver,
             archive_steps,
         },
@@ -491,10 +532,12 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
         }
         None => None,
     };
+    let http_tls = broker.tls();
     run(
         Services {
             broker: Some(broker),
             http,
+            http_tls,
             ..Services::default()
         },
         std::future::ready(()),
@@ -543,10 +586,12 @@ pub async fn nameserver(args: NameserverArgs) -> Result<()> {
     if let Some(addr) = http_addr {
         println!("  http http://{addr}  (/api/cluster, /api/topics, /api/groups, /metrics)");
     }
+    let http_tls = nameserver.tls();
     run(
         Services {
             nameserver: Some(nameserver),
             http,
+            http_tls,
             ..Services::default()
         },
         std::future::ready(()),

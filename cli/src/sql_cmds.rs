@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use meridian_archive::store::{ArchiveConfig, ArchiveStore};
 use meridian_query::{QueryConfig, QueryMetrics, QueryService, QueryServiceConfig};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::{config, http};
@@ -113,10 +113,15 @@ pub struct SqlArgs {
 /// `POST /api/sql?format=F` with `sql` as the body: the status and the body. HTTP/1.0, so the
 /// answer ends when the connection closes.
 async fn post_sql(server: &str, sql: &str, format: &str) -> Result<(u16, Option<String>, Vec<u8>)> {
-    let addr = server.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = tokio::net::TcpStream::connect(addr).await.with_context(|| {
+    let addr = server
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| {
         format!("connecting to the query service at {addr} (start `meridian dev` or `meridian query`, or set --server / MERIDIAN_QUERY)")
     })?;
+    let tls = crate::credentials::tls_from_env();
+    let mut stream = meridian_proto::tls::connect_maybe_tls(tls.as_deref(), addr, stream).await?;
     let request = format!(
         "POST /api/sql?format={format} HTTP/1.0\r\nHost: {addr}\r\n{}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{sql}",
         crate::credentials::authorization_line(),
@@ -124,7 +129,7 @@ async fn post_sql(server: &str, sql: &str, format: &str) -> Result<(u16, Option<
     );
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
+    meridian_proto::tls::read_to_close(&mut stream, &mut response).await?;
     let split = response
         .windows(4)
         .position(|window| window == b"\r\n\r\n")

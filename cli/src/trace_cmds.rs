@@ -167,10 +167,15 @@ async fn msg_id_at(broker: std::net::SocketAddr, offset: u64) -> Result<String> 
 
 /// `GET path` on the tracer: the status and the JSON body. HTTP/1.0, so a dozen lines do.
 async fn get(addr: &str, path: &str) -> Result<(u16, Value)> {
-    let addr = addr.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    let addr = addr
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let stream = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to the tracer at {addr} (set --tracer or MERIDIAN_TRACER)"))?;
+    let tls = crate::credentials::tls_from_env();
+    let mut stream = meridian_proto::tls::connect_maybe_tls(tls.as_deref(), addr, stream).await?;
     stream
         .write_all(
             format!(
@@ -181,7 +186,7 @@ async fn get(addr: &str, path: &str) -> Result<(u16, Value)> {
         )
         .await?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
+    meridian_proto::tls::read_to_close(&mut stream, &mut response).await?;
     let response = String::from_utf8_lossy(&response);
     let (head, body) = response
         .split_once("\r\n\r\n")

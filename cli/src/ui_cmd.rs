@@ -102,6 +102,7 @@ pub async fn ui(mut args: UiArgs) -> Result<()> {
         tracer: args.tracer_http,
         query: args.query_http,
         timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        tls: meridian_proto::tls::TlsClient::from_env()?,
     };
     println!("meridian ui {}: console on http://{addr}", env!("CARGO_PKG_VERSION"));
     println!("  nameserver {}", config.nameserver);

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -174,6 +174,9 @@ pub struct AlertsConfig {
     /// `[auth]` at start; never sent to webhooks). `Debug` hides the secret.
     #[serde(skip)]
     pub node_credentials: Option<meridian_proto::auth::Credentials>,
+    /// TLS to the brokers' HTTP APIs (the node's `[tls] ca_file`); `None`: plaintext.
+    #[serde(skip)]
+    pub tls: Option<std::sync::Arc<meridian_proto::tls::TlsClient>>,
 }
 
 impl Default for AlertsConfig {
@@ -186,6 +189,7 @@ impl Default for AlertsConfig {
             webhook_attempts: 8,
             rules: Vec::new(),
             node_credentials: None,
+            tls: None,
         }
     }
 }
@@ -921,7 +925,7 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
         };
         let report = tokio::select! {
             _ = stop.cancelled() => None,
-            report = http_request(addr, "GET", "/api/broker/lag", None, node_authorization) => report,
+            report = http_request(config.tls.as_deref(), addr, "GET", "/api/broker/lag", None, node_authorization) => report,
         };
         #[derive(Deserialize)]
         struct Report {
@@ -948,7 +952,7 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
         };
         let report = tokio::select! {
             _ = stop.cancelled() => None,
-            report = http_request(addr, "GET", "/api/broker/clients", None, node_authorization) => report,
+            report = http_request(config.tls.as_deref(), addr, "GET", "/api/broker/clients", None, node_authorization) => report,
         };
         match report
             .and_then(|(status, body)| (status == 200).then(|| serde_json::from_str::<ClientsInput>(&body).ok())?)
@@ -997,7 +1001,7 @@ async fn deliver(url: String, alert: Alert, attempts: u32, stop: CancellationTok
     let body = webhook_body(&alert).to_string();
     let mut backoff = Duration::from_millis(500);
     for attempt in 1..=attempts {
-        match http_request(addr, "POST", &path, Some(&body), None).await {
+        match http_request(None, addr, "POST", &path, Some(&body), None).await {
             Some((status, _)) if (200..300).contains(&status) => return,
             answer => tracing::warn!(
                 webhook = %url, key = %alert.key, attempt, status = answer.map(|(status, _)| status),
@@ -1017,9 +1021,10 @@ async fn deliver(url: String, alert: Alert, attempts: u32, stop: CancellationTok
 }
 
 /// One HTTP/1.0 request with an optional JSON body and an optional `Authorization` line (CRLF
-/// included): the status and the body, `None` when the server cannot be reached or answer within
-/// 5 s.
+/// included), over TLS when `tls` is set: the status and the body, `None` when the server cannot
+/// be reached or answer within 5 s.
 async fn http_request(
+    tls: Option<&meridian_proto::tls::TlsClient>,
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -1027,7 +1032,10 @@ async fn http_request(
     authorization: Option<&str>,
 ) -> Option<(u16, String)> {
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut stream = meridian_proto::tls::connect_maybe_tls(tls, &addr.to_string(), stream)
+            .await
+            .ok()?;
         let body = body.unwrap_or("");
         let request = format!(
             "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -1036,7 +1044,9 @@ async fn http_request(
         );
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
+        meridian_proto::tls::read_to_close(&mut stream, &mut response)
+            .await
+            .ok()?;
         let response = String::from_utf8_lossy(&response);
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
         let status = head.split_whitespace().nth(1)?.parse().ok()?;

@@ -86,6 +86,17 @@ pub struct NameserverConfig {
     pub continuity: ContinuityConfig,
     /// Authentication (the `[auth]` table; off by default): see [`crate::auth`].
     pub auth: crate::auth::AuthConfig,
+    /// TLS for this node's listeners and its connections to the other nameservers (the `[tls]`
+    /// table; off by default): see [`meridian_proto::tls`].
+    pub tls: meridian_proto::tls::TlsSettings,
+    /// Limits on clients' connections (the `[connections]` table): per address, handshake and
+    /// idle timeouts.
+    pub connections: meridian_proto::serve::ConnectionLimits,
+    /// Requests one connection may have running at once; more wait for a slot.
+    pub max_inflight_per_connection: usize,
+    /// The client side of `tls`, loaded at start from `ca_file`: connections this node opens.
+    #[serde(skip)]
+    pub tls_client: Option<std::sync::Arc<meridian_proto::tls::TlsClient>>,
 }
 
 /// When the nameservers' majority declares a data center lost (the `[continuity]` table).
@@ -132,6 +143,10 @@ impl Default for NameserverConfig {
             alerts: crate::alerts::AlertsConfig::default(),
             continuity: ContinuityConfig::default(),
             auth: crate::auth::AuthConfig::default(),
+            tls: meridian_proto::tls::TlsSettings::default(),
+            connections: meridian_proto::serve::ConnectionLimits::default(),
+            max_inflight_per_connection: crate::server::MAX_INFLIGHT_PER_CONNECTION,
+            tls_client: None,
         }
     }
 }
@@ -140,6 +155,12 @@ impl NameserverConfig {
     /// Checks that the settings fit together; the error names the field and the fix.
     pub fn validate(&self) -> Result<(), NameserverError> {
         let invalid = |message: String| Err(NameserverError::Config { message });
+        if let Err(error) = self.tls.validate() {
+            return invalid(error.to_string());
+        }
+        if self.max_inflight_per_connection == 0 {
+            return invalid("max_inflight_per_connection must be at least 1".into());
+        }
         if self.node_id == 0 {
             return invalid("node_id must be at least 1".into());
         }

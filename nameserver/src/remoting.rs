@@ -25,9 +25,11 @@ use meridian_proto::messages::{BrokerHeartbeat, perm};
 use meridian_proto::remoting::codes::{request, request_name, response};
 use meridian_proto::remoting::command::V4_9_4;
 use meridian_proto::remoting::{Decoded, RemotingCodec, RemotingCommand};
+use meridian_proto::tls::{Accepted, TlsServer};
 use meridian_proto::topics::{self, TopicKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -97,6 +99,7 @@ pub async fn serve(
     service: Arc<NameserverService>,
     addrs: Arc<BrokerRemotingAddrs>,
     config: RemotingConfig,
+    tls: Option<(Arc<TlsServer>, Duration)>,
     stop: CancellationToken,
 ) {
     let connections = TaskTracker::new();
@@ -109,7 +112,7 @@ pub async fn serve(
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(service.clone(), addrs.clone(), config.clone(), stream, peer, stop.clone()));
+                    connections.spawn(accept_connection(service.clone(), addrs.clone(), config.clone(), tls.clone(), stream, peer, stop.clone()));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "remoting accept failed");
@@ -122,16 +125,53 @@ pub async fn serve(
     connections.wait().await;
 }
 
-async fn serve_connection(
+/// Sniffs and handshakes TLS per `[tls]`, then serves the connection.
+async fn accept_connection(
     service: Arc<NameserverService>,
     addrs: Arc<BrokerRemotingAddrs>,
     config: Arc<RemotingConfig>,
+    tls: Option<(Arc<TlsServer>, Duration)>,
     stream: TcpStream,
     peer: SocketAddr,
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
+    let Some((tls, timeout)) = tls else {
+        let (read_half, write_half) = stream.into_split();
+        return serve_connection(service, addrs, config, read_half, write_half, peer, stop).await;
+    };
+    let accepted = tokio::select! {
+        _ = stop.cancelled() => return,
+        accepted = tls.accept(stream, timeout) => accepted,
+    };
+    match accepted {
+        Ok(Accepted::Plain(stream)) => {
+            let (read_half, write_half) = stream.into_split();
+            serve_connection(service, addrs, config, read_half, write_half, peer, stop).await
+        }
+        Ok(Accepted::Tls(stream)) => {
+            let (read_half, write_half) = tokio::io::split(*stream);
+            serve_connection(service, addrs, config, read_half, write_half, peer, stop).await
+        }
+        Ok(Accepted::PlaintextRefused(_)) => {
+            tracing::warn!(%peer, "plaintext remoting connection refused: [tls] mode is required; enable TLS in the RocketMQ client (tls.enable=true)");
+        }
+        Err(error) => tracing::warn!(%peer, %error, "remoting tls handshake failed; closing connection"),
+    }
+}
+
+async fn serve_connection<R, W>(
+    service: Arc<NameserverService>,
+    addrs: Arc<BrokerRemotingAddrs>,
+    config: Arc<RemotingConfig>,
+    read_half: R,
+    write_half: W,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let codec = RemotingCodec::default();
     let mut frames = FramedRead::new(read_half, codec.clone());
     let mut sink = FramedWrite::new(write_half, codec);

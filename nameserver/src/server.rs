@@ -17,7 +17,8 @@ use bytes::Bytes;
 use meridian_proto::messages::{
     BrokerHeartbeat, BrokerMetadataRequest, BrokerRegistration, IdcLookupRequest, TopicRouteRequest,
 };
-use meridian_proto::serve::{self, AfterError, ConnectionSettings, FrameService};
+use meridian_proto::serve::{self, AfterError, ConnectionLimiter, ConnectionSettings, FrameService};
+use meridian_proto::tls::{RELOAD_INTERVAL, TlsClient, TlsServer};
 use meridian_proto::transport::{ConnectionPool, TransportConfig};
 use meridian_proto::validate::Limits;
 use meridian_proto::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, RequestCode};
@@ -51,6 +52,11 @@ pub struct Nameserver {
     shutdown: CancellationToken,
     alerts: crate::alerts::AlertsConfig,
     auth: Option<Arc<meridian_proto::auth::Authenticator>>,
+    /// TLS of the listeners (`[tls]`), `None` when off.
+    tls: Option<Arc<TlsServer>>,
+    /// The `[connections]` limits and the connections they count.
+    limits: Arc<ConnectionLimiter>,
+    max_inflight: usize,
 }
 
 impl Nameserver {
@@ -74,6 +80,11 @@ impl Nameserver {
         config.validate()?;
         config.auth.load()?;
         config.alerts.node_credentials = config.auth.node_credentials.clone();
+        let tls_error = |error: meridian_proto::tls::TlsError| NameserverError::Config {
+            message: error.to_string(),
+        };
+        let tls = TlsServer::load(&config.tls).map_err(tls_error)?;
+        config.tls_client = TlsClient::from_settings(&config.tls).map_err(tls_error)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|error| NameserverError::Config {
@@ -117,6 +128,7 @@ impl Nameserver {
             request_timeout: config.write_timeout(),
             connect_timeout: Duration::from_secs(1),
             credentials: config.auth.node_credentials.clone(),
+            tls: config.tls_client.clone(),
         });
         let network = FramedNetwork::new(config.node_id, pool.clone());
         let raft = NameserverRaft::start(config.node_id, &config.data_dir, &config.raft, network).await?;
@@ -149,8 +161,20 @@ impl Nameserver {
             service,
             codec: FrameCodec::new(config.max_frame_size),
             shutdown: CancellationToken::new(),
-            alerts: config.alerts.clone(),
+            alerts: crate::alerts::AlertsConfig {
+                tls: config.tls_client.clone(),
+                ..config.alerts.clone()
+            },
+            tls,
+            limits: ConnectionLimiter::new(config.connections.clone()),
+            max_inflight: config.max_inflight_per_connection,
         })
+    }
+
+    /// TLS of the listeners (`[tls]`), shared with the HTTP listener of the same process; the
+    /// nameserver reloads its certificate while it runs.
+    pub fn tls(&self) -> Option<Arc<TlsServer>> {
+        self.tls.clone()
     }
 
     /// The bound framed-protocol address.
@@ -183,6 +207,9 @@ impl Nameserver {
             shutdown: stop,
             alerts,
             auth,
+            tls,
+            limits,
+            max_inflight,
         } = self;
         let connections = TaskTracker::new();
         let background = TaskTracker::new();
@@ -194,8 +221,12 @@ impl Nameserver {
                 service.clone(),
                 remoting_addrs.clone(),
                 remoting_config,
+                tls.clone().map(|tls| (tls, limits.limits().handshake_timeout())),
                 stop.clone(),
             ));
+        }
+        if let Some(tls) = &tls {
+            background.spawn(tls.clone().watch(RELOAD_INTERVAL, stop.clone()));
         }
         background.close();
         let frames = Arc::new(NameserverFrames {
@@ -204,9 +235,11 @@ impl Nameserver {
         });
         let settings = ConnectionSettings {
             codec,
-            max_inflight: MAX_INFLIGHT_PER_CONNECTION,
+            max_inflight,
             max_pending_response_bytes: None,
             auth,
+            tls,
+            limits,
         };
         tokio::pin!(shutdown);
         loop {

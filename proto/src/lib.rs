@@ -56,6 +56,7 @@ pub mod sdk;
 pub mod serve;
 pub mod throttle;
 pub mod time;
+pub mod tls;
 pub mod topics;
 pub mod trace;
 pub mod transport;

@@ -20,18 +20,26 @@
 //! ([`crate::auth`]): anything before a successful login is refused and closes the connection,
 //! and requests only cluster nodes send are refused from users.
 //!
+//! With [`ConnectionSettings::tls`], a connection is sniffed and TLS-handshaken first
+//! ([`crate::tls::TlsServer::accept`]); `required` mode answers a plaintext client with a readable
+//! error frame and closes it. [`ConnectionLimits`] bound connections per client address, the time
+//! to finish TLS and log in, and idle time; each refusal names the limit and its setting.
+//!
 //! The service is a type parameter, not a trait object: each server gets its own copy of the
 //! loop, with no dynamic dispatch per frame.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +47,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, AuthError, Authenticator, Principal, ServerHandshake};
 use crate::frame::FrameError;
+use crate::tls::{Accepted, MaybeTls, ServerStream, TlsServer};
 use crate::{ErrorCode, Frame, FrameCodec, RequestCode};
 
 /// Most requests of the batched code answered together: bounds the latency the first of them
@@ -160,6 +169,116 @@ pub struct ConnectionSettings {
     pub max_pending_response_bytes: Option<usize>,
     /// Who may connect; `None`: anyone, without logging in.
     pub auth: Option<Arc<Authenticator>>,
+    /// TLS for this listener; `None`: plaintext only.
+    pub tls: Option<Arc<TlsServer>>,
+    /// Connection limits, shared by every connection of the listener (clones share the counts).
+    pub limits: Arc<ConnectionLimiter>,
+}
+
+/// The `[connections]` table of a server's config: limits on each client's connections. Zero
+/// turns a limit off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// Connections open at once from one client IP address.
+    pub max_per_address: usize,
+    /// A connection that sends no request and has none running for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// A connection must finish its TLS handshake, and log in where logins are required, within
+    /// this long.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            max_per_address: 1000,
+            idle_timeout_secs: 600,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The handshake timeout; a zero setting means no limit (a day).
+    pub fn handshake_timeout(&self) -> Duration {
+        match self.handshake_timeout_secs {
+            0 => Duration::from_secs(86_400),
+            secs => Duration::from_secs(secs),
+        }
+    }
+
+    /// The idle timeout, `None` when off.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
+    }
+}
+
+/// [`ConnectionLimits`] and the open connections per client address they count.
+#[derive(Debug, Default)]
+pub struct ConnectionLimiter {
+    limits: ConnectionLimits,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnectionLimiter {
+    /// A limiter of `limits`, with nothing open.
+    pub fn new(limits: ConnectionLimits) -> Arc<ConnectionLimiter> {
+        Arc::new(ConnectionLimiter {
+            limits,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &ConnectionLimits {
+        &self.limits
+    }
+
+    /// Counts one more connection from `ip`, or says why it is refused.
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Result<AddressSlot, String> {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        let max = self.limits.max_per_address;
+        if max > 0 && *count >= max {
+            return Err(format!(
+                "too many connections from {ip}: {count} open, the limit is max_per_address = {max} ([connections] in the server's config); reuse connections or raise the limit"
+            ));
+        }
+        *count += 1;
+        Ok(AddressSlot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open from `ip`.
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+/// One counted connection; uncounted on drop.
+struct AddressSlot {
+    limiter: Arc<ConnectionLimiter>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .limiter
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Where a connection's login stands.
@@ -304,8 +423,8 @@ impl Responses {
     }
 }
 
-async fn write_frames(
-    mut sink: FramedWrite<OwnedWriteHalf, FrameCodec>,
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut sink: FramedWrite<W, FrameCodec>,
     mut frames: mpsc::Receiver<(Frame, Option<OwnedSemaphorePermit>)>,
 ) {
     let mut written = Vec::new();
@@ -396,7 +515,94 @@ pub async fn serve_connection<S: FrameService>(
     let _ = stream.set_nodelay(true);
     service.connection_opened(peer);
     tracing::debug!(%peer, "connection opened");
-    let (read_half, write_half) = stream.into_split();
+    let stream = match &settings.tls {
+        None => Some(MaybeTls::Plain(stream)),
+        Some(tls) => {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => None,
+                accepted = tls.accept(stream, settings.limits.limits().handshake_timeout()) => Some(accepted),
+            };
+            match accepted {
+                None => None,
+                Some(Ok(Accepted::Plain(stream))) => Some(MaybeTls::Plain(stream)),
+                Some(Ok(Accepted::Tls(stream))) => Some(MaybeTls::Tls(stream)),
+                Some(Ok(Accepted::PlaintextRefused(stream))) => {
+                    tracing::warn!(%peer, "plaintext connection refused: [tls] mode is required");
+                    let message = "this server requires TLS ([tls] mode = \"required\"): connect with TLS, \
+                                   trusting the cluster's CA (MERIDIAN_TLS_CA=/path/to/ca.pem)";
+                    refuse(
+                        &settings.codec,
+                        ServerStream::Plain(stream),
+                        ErrorCode::Unauthenticated,
+                        message,
+                    )
+                    .await;
+                    None
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%peer, %error, "tls handshake failed; closing connection");
+                    None
+                }
+            }
+        }
+    };
+    if let Some(stream) = stream {
+        match settings.limits.enter(peer.ip()) {
+            Err(message) => {
+                tracing::warn!(%peer, limit = "max_per_address", "{message}");
+                refuse(&settings.codec, stream, ErrorCode::Busy, &message).await;
+            }
+            Ok(_slot) => match stream {
+                MaybeTls::Plain(stream) => {
+                    let (read_half, write_half) = stream.into_split();
+                    serve_halves(service.clone(), settings, read_half, write_half, peer, shutdown).await;
+                }
+                MaybeTls::Tls(stream) => {
+                    let (read_half, write_half) = tokio::io::split(*stream);
+                    serve_halves(service.clone(), settings, read_half, write_half, peer, shutdown).await;
+                }
+            },
+        }
+    }
+    service.connection_closed(peer);
+    tracing::debug!(%peer, "connection closed");
+}
+
+/// Answers a connection that is not served with one error frame, then closes it; waits briefly
+/// for the peer to read it (closing with unread input would reset the connection and lose it).
+async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(
+    codec: &FrameCodec,
+    stream: MaybeTls<T>,
+    code: ErrorCode,
+    message: &str,
+) {
+    let mut sink = FramedWrite::new(stream, codec.clone());
+    let sent = tokio::time::timeout(Duration::from_secs(2), async {
+        sink.send(Frame::error(0, code, message.to_owned()))
+            .await
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        let mut stream = sink.into_inner();
+        stream.shutdown().await?;
+        let mut drain = [0u8; 1024];
+        while stream.read(&mut drain).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    });
+    let _ = sent.await;
+}
+
+/// The loop of [`serve_connection`] over a connection's halves (plaintext or TLS).
+async fn serve_halves<S, R, W>(
+    service: Arc<S>,
+    settings: ConnectionSettings,
+    read_half: R,
+    write_half: W,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    S: FrameService,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut frames = FramedRead::with_capacity(read_half, settings.codec.clone(), 64 * 1024);
     let mut sink = FramedWrite::new(write_half, settings.codec);
     sink.set_backpressure_boundary(256 * 1024);
@@ -422,12 +628,57 @@ pub async fn serve_connection<S: FrameService>(
     let mut login = Login::new(settings.auth.clone());
     // A frame read while gathering a batch that was not itself of the batched code: handled next.
     let mut carried: Option<Option<Result<Frame, FrameError>>> = None;
+    // One timer for the login deadline and the idle timeout, reset only when it fires: no timer
+    // work per frame.
+    let limits = settings.limits.limits();
+    let idle_timeout = limits.idle_timeout();
+    let opened = tokio::time::Instant::now();
+    let login_deadline = opened + limits.handshake_timeout();
+    let mut last_read = opened;
+    let first_deadline = |last_read: tokio::time::Instant, login_open: bool| {
+        let idle = idle_timeout.map(|idle| last_read + idle);
+        let login = (!login_open).then_some(login_deadline);
+        match (idle, login) {
+            (Some(idle), Some(login)) => idle.min(login),
+            (Some(at), None) | (None, Some(at)) => at,
+            (None, None) => last_read + Duration::from_secs(86_400 * 365),
+        }
+    };
+    let timer = tokio::time::sleep_until(first_deadline(last_read, login.is_open()));
+    tokio::pin!(timer);
     loop {
         let next = match carried.take() {
             Some(next) => next,
             None => tokio::select! {
                 _ = shutdown.cancelled() => break,
-                next = frames.next() => next,
+                next = frames.next() => {
+                    last_read = tokio::time::Instant::now();
+                    next
+                }
+                _ = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if !login.is_open() && now >= login_deadline {
+                        let message = format!(
+                            "did not log in within {:?} (handshake_timeout_secs in [connections]); log in right after connecting",
+                            limits.handshake_timeout()
+                        );
+                        tracing::warn!(%peer, limit = "handshake_timeout_secs", "closing connection: {message}");
+                        let _ = responses.send(Frame::error(0, ErrorCode::Unauthenticated, message)).await;
+                        break;
+                    }
+                    let running = permits.available_permits() < settings.max_inflight;
+                    if let Some(idle) = idle_timeout
+                        && !running
+                        && now >= last_read + idle
+                    {
+                        tracing::info!(%peer, limit = "idle_timeout_secs", idle_secs = idle.as_secs(), "closing idle connection");
+                        break;
+                    }
+                    // Requests still running count as activity.
+                    let next = if running { now.max(last_read) } else { last_read };
+                    timer.as_mut().reset(first_deadline(next, login.is_open()).max(now + Duration::from_millis(10)));
+                    continue;
+                }
             },
         };
         let frame = match next {
@@ -510,8 +761,6 @@ pub async fn serve_connection<S: FrameService>(
     drop(responses);
     tasks.close();
     tasks.wait().await;
-    service.connection_closed(peer);
-    tracing::debug!(%peer, "connection closed");
 }
 
 #[cfg(test)]
@@ -602,7 +851,7 @@ mod tests {
 
     type Client = (
         FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
-        FramedWrite<OwnedWriteHalf, FrameCodec>,
+        FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
     );
 
     /// A server of `service` for one connection on a loopback port, and a client connected to it.
@@ -637,6 +886,8 @@ mod tests {
                     max_inflight: 4,
                     max_pending_response_bytes: Some(64 * 1024),
                     auth: auth.clone(),
+                    tls: None,
+                    limits: ConnectionLimiter::new(ConnectionLimits::default()),
                 };
                 serving.spawn(serve_connection(
                     service.clone(),
@@ -930,6 +1181,336 @@ mod tests {
             assert_eq!(&answer.body[..], b"now");
             alice.shutdown().await;
             tasks.wait().await;
+        }
+    }
+
+    mod tls_and_limits {
+        use super::*;
+        use crate::auth::{Credentials, UserCache, Verifier};
+        use crate::tls::test_certs::{TempDir, TestCa};
+        use crate::tls::{TlsClient, TlsMode};
+        use crate::transport::{ConnectionPool, TransportConfig, TransportError};
+        use std::time::Duration;
+
+        /// A server of `service` with `settings` for every connection, on a loopback port.
+        async fn serve_with(
+            service: Arc<Scripted>,
+            settings: ConnectionSettings,
+        ) -> (SocketAddr, TaskTracker, CancellationToken) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let tasks = TaskTracker::new();
+            let stop = CancellationToken::new();
+            let serving = tasks.clone();
+            let stopped = stop.clone();
+            tasks.spawn(async move {
+                loop {
+                    let (stream, peer) = tokio::select! {
+                        _ = stopped.cancelled() => return,
+                        accepted = listener.accept() => accepted.unwrap(),
+                    };
+                    serving.spawn(serve_connection(
+                        service.clone(),
+                        settings.clone(),
+                        stream,
+                        peer,
+                        stopped.clone(),
+                    ));
+                }
+            });
+            (addr, tasks, stop)
+        }
+
+        fn settings(tls: Option<Arc<TlsServer>>, limits: ConnectionLimits) -> ConnectionSettings {
+            ConnectionSettings {
+                codec: FrameCodec::new(1 << 20),
+                max_inflight: 4,
+                max_pending_response_bytes: None,
+                auth: None,
+                tls,
+                limits: ConnectionLimiter::new(limits),
+            }
+        }
+
+        fn pool(tls: Option<Arc<TlsClient>>) -> ConnectionPool {
+            ConnectionPool::new(TransportConfig {
+                tls,
+                ..TransportConfig::default()
+            })
+        }
+
+        async fn ask(pool: &ConnectionPool, addr: SocketAddr) -> Result<Frame, TransportError> {
+            pool.request(
+                &addr.to_string(),
+                RequestCode::TopicRoute,
+                Bytes::from_static(b"now"),
+                Duration::from_secs(5),
+            )
+            .await
+        }
+
+        fn client_of(ca: &std::path::Path) -> Arc<TlsClient> {
+            TlsClient::new("ca_file", ca, None).unwrap()
+        }
+
+        #[tokio::test]
+        async fn tls_required_serves_tls_clients_and_refuses_plaintext_with_a_readable_error() {
+            let dir = TempDir::new("required");
+            let ca = TestCa::new("required ca");
+            let tls_settings = ca.settings(&dir.0, TlsMode::Required);
+            let server = TlsServer::load(&tls_settings).unwrap();
+            let (addr, _tasks, stop) = serve_with(
+                Arc::new(Scripted::default()),
+                settings(server, ConnectionLimits::default()),
+            )
+            .await;
+
+            let secure = pool(Some(client_of(tls_settings.ca_file.as_ref().unwrap())));
+            assert_eq!(&ask(&secure, addr).await.unwrap().body[..], b"now");
+
+            let plain = pool(None);
+            let error = ask(&plain, addr).await.unwrap_err();
+            let TransportError::Remote { code, message, .. } = &error else {
+                panic!("expected the server's refusal, got {error}")
+            };
+            assert_eq!(*code, ErrorCode::Unauthenticated);
+            assert!(
+                message.contains("requires TLS") && message.contains("MERIDIAN_TLS_CA"),
+                "{message}"
+            );
+            stop.cancel();
+        }
+
+        #[tokio::test]
+        async fn tls_permissive_serves_tls_and_plaintext_on_one_port() {
+            let dir = TempDir::new("permissive");
+            let ca = TestCa::new("permissive ca");
+            let tls_settings = ca.settings(&dir.0, TlsMode::Permissive);
+            let server = TlsServer::load(&tls_settings).unwrap();
+            let (addr, _tasks, stop) = serve_with(
+                Arc::new(Scripted::default()),
+                settings(server, ConnectionLimits::default()),
+            )
+            .await;
+            let secure = pool(Some(client_of(tls_settings.ca_file.as_ref().unwrap())));
+            assert_eq!(&ask(&secure, addr).await.unwrap().body[..], b"now");
+            let plain = pool(None);
+            assert_eq!(&ask(&plain, addr).await.unwrap().body[..], b"now");
+            stop.cancel();
+        }
+
+        #[tokio::test]
+        async fn tls_client_with_the_wrong_ca_is_refused() {
+            let dir = TempDir::new("wrong-ca");
+            let ca = TestCa::new("right ca");
+            let tls_settings = ca.settings(&dir.0, TlsMode::Required);
+            let server = TlsServer::load(&tls_settings).unwrap();
+            let (addr, _tasks, stop) = serve_with(
+                Arc::new(Scripted::default()),
+                settings(server, ConnectionLimits::default()),
+            )
+            .await;
+            let other_dir = TempDir::new("wrong-ca-other");
+            let (other_ca, _, _) = TestCa::new("another ca").write_node(&other_dir.0, "other");
+            let error = ask(&pool(Some(client_of(&other_ca))), addr).await.unwrap_err();
+            let TransportError::Connect { source, .. } = &error else {
+                panic!("expected a failed handshake, got {error}")
+            };
+            assert!(source.to_string().contains("TLS handshake"), "{source}");
+            stop.cancel();
+        }
+
+        #[tokio::test]
+        async fn tls_reload_new_connections_see_the_new_certificate_without_restart() {
+            let dir = TempDir::new("reload");
+            let first = TestCa::new("first ca");
+            let tls_settings = first.settings(&dir.0, TlsMode::Required);
+            let server = TlsServer::load(&tls_settings).unwrap().unwrap();
+            let watch_stop = CancellationToken::new();
+            let watcher = TaskTracker::new();
+            watcher.spawn(server.clone().watch(Duration::from_millis(50), watch_stop.clone()));
+            let (addr, _tasks, stop) = serve_with(
+                Arc::new(Scripted::default()),
+                settings(Some(server), ConnectionLimits::default()),
+            )
+            .await;
+            let first_ca = dir.0.join("first-ca.pem");
+            std::fs::copy(tls_settings.ca_file.as_ref().unwrap(), &first_ca).unwrap();
+            assert!(ask(&pool(Some(client_of(&first_ca))), addr).await.is_ok());
+
+            // Swap in a certificate from another CA, in place.
+            let second = TestCa::new("second ca");
+            second.write_node(&dir.0, "node");
+            let second_ca = client_of(tls_settings.ca_file.as_ref().unwrap());
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                // A fresh pool: a new connection each time.
+                if ask(&pool(Some(second_ca.clone())), addr).await.is_ok() {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the new certificate was never served"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // And the old CA no longer verifies what the server presents.
+            assert!(ask(&pool(Some(client_of(&first_ca))), addr).await.is_err());
+            watch_stop.cancel();
+            stop.cancel();
+        }
+
+        #[tokio::test]
+        async fn tls_verify_clients_serves_only_clients_with_a_certificate_from_the_ca() {
+            let dir = TempDir::new("mutual");
+            let ca = TestCa::new("mutual ca");
+            let mut tls_settings = ca.settings(&dir.0, TlsMode::Required);
+            tls_settings.verify_clients = true;
+            let server = TlsServer::load(&tls_settings).unwrap();
+            let (addr, _tasks, stop) = serve_with(
+                Arc::new(Scripted::default()),
+                settings(server, ConnectionLimits::default()),
+            )
+            .await;
+            let ca_file = tls_settings.ca_file.clone().unwrap();
+            // A node presenting its certificate is served.
+            let node = TlsClient::from_settings(&tls_settings).unwrap();
+            assert_eq!(&ask(&pool(node), addr).await.unwrap().body[..], b"now");
+            // A client trusting the CA but presenting no certificate is not.
+            assert!(ask(&pool(Some(client_of(&ca_file))), addr).await.is_err());
+            // Nor one presenting a certificate from another CA.
+            let other_dir = TempDir::new("mutual-other");
+            let (_, cert, key) = TestCa::new("other ca").write_node(&other_dir.0, "other");
+            let stranger = TlsClient::new("ca_file", &ca_file, Some((&cert, &key))).unwrap();
+            assert!(ask(&pool(Some(stranger)), addr).await.is_err());
+            stop.cancel();
+        }
+
+        #[tokio::test]
+        async fn limits_connections_per_address_are_refused_naming_the_setting() {
+            let limits = ConnectionLimits {
+                max_per_address: 2,
+                ..ConnectionLimits::default()
+            };
+            let server_settings = settings(None, limits);
+            let limiter = server_settings.limits.clone();
+            let (addr, _tasks, stop) = serve_with(Arc::new(Scripted::default()), server_settings).await;
+            let (first, second) = (pool(None), pool(None));
+            assert!(ask(&first, addr).await.is_ok());
+            assert!(ask(&second, addr).await.is_ok());
+            let error = ask(&pool(None), addr).await.unwrap_err();
+            let TransportError::Remote { code, message, .. } = &error else {
+                panic!("expected the limit's refusal, got {error}")
+            };
+            assert_eq!(*code, ErrorCode::Busy);
+            assert!(
+                message.contains("max_per_address = 2") && message.contains("127.0.0.1"),
+                "{message}"
+            );
+            // Closing one makes room again.
+            first.shutdown().await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while limiter.open_from(addr.ip()) > 1 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the closed connection was never uncounted"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(ask(&pool(None), addr).await.is_ok());
+            stop.cancel();
+        }
+
+        #[tokio::test]
+        async fn limits_idle_connections_are_closed_but_busy_ones_are_not() {
+            let limits = ConnectionLimits {
+                idle_timeout_secs: 1,
+                ..ConnectionLimits::default()
+            };
+            let service = Arc::new(Scripted::default());
+            let (addr, _tasks, stop) = serve_with(service.clone(), settings(None, limits)).await;
+            let idle = pool(None);
+            let idle_connection = idle.get(&addr.to_string()).await.unwrap();
+            // A request that runs longer than the idle timeout keeps its connection open.
+            let busy = pool(None);
+            let addr_text = addr.to_string();
+            let requests = TaskTracker::new();
+            let long = requests.spawn(async move {
+                busy.request(
+                    &addr_text,
+                    RequestCode::TopicRoute,
+                    Bytes::from_static(b"later"),
+                    Duration::from_secs(10),
+                )
+                .await
+            });
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while idle_connection.is_alive() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the idle connection was never closed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            service.release.notify_one();
+            assert_eq!(&long.await.unwrap().unwrap().body[..], b"later");
+            stop.cancel();
+        }
+
+        #[tokio::test]
+        async fn limits_connections_that_do_not_log_in_or_finish_tls_in_time_are_closed() {
+            let limits = ConnectionLimits {
+                handshake_timeout_secs: 1,
+                ..ConnectionLimits::default()
+            };
+            // Logins required; the client connects and says nothing.
+            let users = UserCache::default();
+            users.replace([("alice".to_owned(), Verifier::generate(b"alice-secret"))].into());
+            let mut with_auth = settings(None, limits.clone());
+            with_auth.auth = Some(Arc::new(Authenticator::new(true, None, Arc::new(users))));
+            let (addr, _tasks, stop) = serve_with(Arc::new(Scripted::default()), with_auth).await;
+            let (mut read_half, _write_half) = TcpStream::connect(addr).await.unwrap().into_split();
+            let mut frames = FramedRead::new(&mut read_half, FrameCodec::new(1 << 20));
+            let refusal = tokio::time::timeout(Duration::from_secs(10), frames.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(refusal.error_code(), ErrorCode::Unauthenticated);
+            assert!(
+                refusal.header.remark.contains("handshake_timeout_secs"),
+                "{}",
+                refusal.header.remark
+            );
+            assert!(
+                tokio::time::timeout(Duration::from_secs(10), frames.next())
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            // A logged-in client is not affected.
+            let alice = ConnectionPool::new(TransportConfig {
+                credentials: Some(Credentials::new("alice", "alice-secret")),
+                ..TransportConfig::default()
+            });
+            assert!(ask(&alice, addr).await.is_ok());
+            stop.cancel();
+
+            // TLS required; the client connects and never starts the handshake.
+            let dir = TempDir::new("handshake");
+            let tls = TlsServer::load(&TestCa::new("handshake ca").settings(&dir.0, TlsMode::Required)).unwrap();
+            let (addr, _tasks, stop) = serve_with(Arc::new(Scripted::default()), settings(tls, limits)).await;
+            let mut silent = TcpStream::connect(addr).await.unwrap();
+            let mut buffer = [0u8; 16];
+            let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buffer))
+                .await
+                .unwrap();
+            assert!(
+                matches!(read, Ok(0) | Err(_)),
+                "the server must close a connection that never handshakes"
+            );
+            stop.cancel();
         }
     }
 }

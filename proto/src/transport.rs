@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use crate::auth::{AuthChallenge, AuthError, AuthOk, ClientHandshake, Credentials};
 use crate::frame::{FLAG_ONEWAY, FrameCodec};
+use crate::tls::TlsClient;
 use crate::{ErrorCode, Frame, Limits, RequestCode};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
@@ -39,6 +39,8 @@ pub struct TransportConfig {
     pub connect_timeout: Duration,
     /// Log in with these on every new connection ([`crate::auth`]); `None`: do not log in.
     pub credentials: Option<Credentials>,
+    /// Connect with TLS, verifying servers against this CA ([`crate::tls`]); `None`: plaintext.
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 impl Default for TransportConfig {
@@ -48,6 +50,7 @@ impl Default for TransportConfig {
             request_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(3),
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -225,22 +228,69 @@ impl Connection {
             addr: addr.to_owned(),
             source,
         })?;
-        let stream = match &config.credentials {
+        match &config.tls {
+            None => {
+                let stream = Connection::log_in_if_asked(stream, addr, config).await?;
+                let (read_half, write_half) = stream.into_split();
+                Ok(Connection::start(addr, config, tracker, parent, read_half, write_half))
+            }
+            Some(tls) => {
+                // A handshake is a few round trips and some signing: it gets the longer budget.
+                let budget = config.connect_timeout.max(config.request_timeout);
+                let stream = match tokio::time::timeout(budget, tls.connect(addr, stream)).await {
+                    Err(_) => {
+                        return Err(TransportError::Timeout {
+                            what: format!("TLS handshake with {addr}"),
+                            after: budget,
+                        });
+                    }
+                    Ok(Err(source)) => {
+                        return Err(TransportError::Connect {
+                            addr: addr.to_owned(),
+                            source,
+                        });
+                    }
+                    Ok(Ok(stream)) => stream,
+                };
+                let stream = Connection::log_in_if_asked(stream, addr, config).await?;
+                let (read_half, write_half) = tokio::io::split(stream);
+                Ok(Connection::start(addr, config, tracker, parent, read_half, write_half))
+            }
+        }
+    }
+
+    async fn log_in_if_asked<T: AsyncRead + AsyncWrite + Unpin>(
+        stream: T,
+        addr: &str,
+        config: &TransportConfig,
+    ) -> Result<T, TransportError> {
+        match &config.credentials {
             Some(credentials) => {
                 let login = log_in(stream, addr, credentials, config);
                 match tokio::time::timeout(config.request_timeout, login).await {
-                    Ok(result) => result?,
-                    Err(_) => {
-                        return Err(TransportError::Timeout {
-                            what: format!("logging in to {addr}"),
-                            after: config.request_timeout,
-                        });
-                    }
+                    Ok(result) => result,
+                    Err(_) => Err(TransportError::Timeout {
+                        what: format!("logging in to {addr}"),
+                        after: config.request_timeout,
+                    }),
                 }
             }
-            None => stream,
-        };
-        let (read_half, write_half) = stream.into_split();
+            None => Ok(stream),
+        }
+    }
+
+    fn start<R, W>(
+        addr: &str,
+        config: &TransportConfig,
+        tracker: &TaskTracker,
+        parent: &CancellationToken,
+        read_half: R,
+        write_half: W,
+    ) -> Connection
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             addr: addr.to_owned(),
             pending: Mutex::new(Pending {
@@ -253,8 +303,8 @@ impl Connection {
         let codec = FrameCodec::new(config.limits.max_frame_size);
         tracker.spawn(read_loop(shared.clone(), FramedRead::new(read_half, codec.clone())));
         tracker.spawn(write_loop(shared.clone(), frames_rx, write_half, codec));
-        debug!(addr, "connected to broker");
-        Ok(Connection {
+        debug!(addr, tls = config.tls.is_some(), "connected");
+        Connection {
             inner: Arc::new(ConnectionInner {
                 frames_tx,
                 shared,
@@ -262,7 +312,7 @@ impl Connection {
                 max_frame_size: config.limits.max_frame_size,
                 queue_timeout: config.request_timeout,
             }),
-        })
+        }
     }
 
     /// The address this connection was opened to.
@@ -361,13 +411,25 @@ impl Connection {
     }
 }
 
-async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<OwnedReadHalf, FrameCodec>) {
+async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut frames: FramedRead<R, FrameCodec>) {
     loop {
         let next = tokio::select! {
             _ = shared.cancel.cancelled() => break,
             next = frames.next() => next,
         };
         match next {
+            // Request id 0 is never a request's: an error with it is about the whole connection
+            // (TLS required, too many connections, login timeout). Every waiting request gets it,
+            // so the caller sees why instead of a bare "connection closed".
+            Some(Ok(frame))
+                if frame.is_response() && frame.header.request_id == 0 && frame.error_code() != ErrorCode::Ok =>
+            {
+                warn!(addr = %shared.addr, code = %frame.error_code(), remark = %frame.header.remark, "the server refused the connection");
+                let waiters = std::mem::take(&mut shared.lock().waiters);
+                for (_, waiter) in waiters {
+                    let _ = waiter.send(frame.clone());
+                }
+            }
             Some(Ok(frame)) if frame.is_response() => {
                 let request_id = frame.header.request_id;
                 let waiter = shared.lock().waiters.remove(&request_id);
@@ -393,10 +455,10 @@ async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<OwnedReadHalf, Fr
     shared.close();
 }
 
-async fn write_loop(
+async fn write_loop<W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     mut frames_rx: mpsc::Receiver<Frame>,
-    mut socket: OwnedWriteHalf,
+    mut socket: W,
     mut codec: FrameCodec,
 ) {
     let mut buffer = BytesMut::with_capacity(8 * 1024);
@@ -454,12 +516,12 @@ fn encode_frame(shared: &Shared, codec: &mut FrameCodec, frame: Frame, buffer: &
 
 /// Runs the client side of the login handshake on a fresh connection, before its reader and
 /// writer start; the server sends nothing unasked, so no byte is left in the read buffer.
-async fn log_in(
-    stream: TcpStream,
+async fn log_in<T: AsyncRead + AsyncWrite + Unpin>(
+    stream: T,
     addr: &str,
     credentials: &Credentials,
     config: &TransportConfig,
-) -> Result<TcpStream, TransportError> {
+) -> Result<T, TransportError> {
     use futures_util::SinkExt;
     let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new(config.limits.max_frame_size));
     let (mut handshake, hello) = ClientHandshake::start(credentials.clone());

@@ -326,6 +326,64 @@ fn cli_http(
     )
 }
 
+/// `meridian dev --tls` with the broker's `[connections]` limits from `broker_toml`: the node, the
+/// CA file it printed, and the broker's and HTTP addresses.
+fn dev_tls(dir: &Path, broker_toml: &str) -> (ServiceProcess, String, String, String, String) {
+    let data_dir = dir.join("data");
+    let config = dir.join("broker.toml");
+    std::fs::write(&config, broker_toml).unwrap();
+    let args: Vec<&std::ffi::OsStr> = [
+        "dev",
+        "--tls",
+        "--nameserver-listen",
+        "127.0.0.1:0",
+        "--broker-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--no-rocketmq",
+        "--no-archive",
+        "--config",
+    ]
+    .iter()
+    .map(std::ffi::OsStr::new)
+    .chain([
+        config.as_os_str(),
+        std::ffi::OsStr::new("--data-dir"),
+        data_dir.as_os_str(),
+    ])
+    .collect();
+    let node = ServiceProcess::start(&args, dir, |line| line.starts_with("ready"));
+    let banner = node.banner.join("\n");
+    let ca = exported(&banner, "MERIDIAN_TLS_CA");
+    let nameserver = node.address("nameserver").expect("nameserver address").to_string();
+    let broker = node.address("broker").expect("broker address").to_string();
+    let http = node.address("http").expect("http address").to_string();
+    assert!(banner.contains(&format!("https://{http}")), "{banner}");
+    (node, ca, nameserver, broker, http)
+}
+
+/// Runs the CLI against `nameserver` with `MERIDIAN_TLS_CA` set to `ca` (unset for `None`).
+fn tls_cli(nameserver: &str, ca: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(meridian_bin());
+    command
+        .args(args)
+        .env("MERIDIAN_NAMESERVER", nameserver)
+        .env_remove("MERIDIAN_USER")
+        .env_remove("MERIDIAN_SECRET")
+        .env_remove("MERIDIAN_TLS_CA")
+        .stdin(Stdio::null());
+    if let Some(ca) = ca {
+        command.env("MERIDIAN_TLS_CA", ca);
+    }
+    let output = command.output().expect("running meridian");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Every file under `dir` (logs, the audit log's Raft state) as lossy text.
 fn all_text_under(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
     let mut found = Vec::new();
@@ -628,4 +686,279 @@ segment_size = 67108864
         std::panic::resume_unwind(panic);
     }
     assert!(ok, "cluster down: {stdout}{stderr}");
+}
+
+/// `GET path` over HTTP/1.0, with TLS verified against `ca` or in plaintext: status and body.
+async fn https_get(addr: &str, ca: Option<&str>, path: &str) -> (u16, String) {
+    use tokio::io::AsyncWriteExt;
+    let tls = ca.map(|ca| meridian_proto::tls::TlsClient::new("ca", Path::new(ca), None).unwrap());
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut stream = meridian_proto::tls::connect_maybe_tls(tls.as_deref(), addr, stream)
+        .await
+        .unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    meridian_proto::tls::read_to_close(&mut stream, &mut response)
+        .await
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_dev_tls_serves_the_cli_and_http_over_tls_and_refuses_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, ca, nameserver, _broker, http) = dev_tls(dir.path(), "");
+    let ca = Some(ca.as_str());
+
+    // Produce and consume with the CLI, trusting the printed CA.
+    let (ok, _, stderr) = tls_cli(&nameserver, ca, &["topic", "create", "tls-orders", "--queues", "2"]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = tls_cli(
+        &nameserver,
+        ca,
+        &["produce", "--topic", "tls-orders", "--body", "sealed"],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    let (ok, _, stderr) = tls_cli(
+        &nameserver,
+        ca,
+        &["group", "create", "tls-readers", "--topics", "tls-orders"],
+    );
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = tls_cli(
+        &nameserver,
+        ca,
+        &[
+            "consume",
+            "--topic",
+            "tls-orders",
+            "--group",
+            "tls-readers",
+            "--from-beginning",
+            "--max",
+            "1",
+            "--timeout",
+            "10",
+        ],
+    );
+    assert!(ok && stdout.contains("sealed"), "{stdout}{stderr}");
+
+    // A plaintext client is refused with a readable reason.
+    let (ok, _, stderr) = tls_cli(&nameserver, None, &["topic", "list"]);
+    assert!(
+        !ok && stderr.contains("requires TLS") && stderr.contains("MERIDIAN_TLS_CA"),
+        "{stderr}"
+    );
+
+    // HTTP: https with the CA works; plaintext gets a 400 that says to use https.
+    let (status, body) = https_get(&http, ca, "/api/health").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("broker-a"), "{body}");
+    let (status, body) = https_get(&http, None, "/api/health").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("requires HTTPS"), "{body}");
+
+    // A client trusting another CA is refused during the handshake.
+    let other = tempfile::tempdir().unwrap();
+    let (other_node, other_ca, _, _, _) = dev_tls(other.path(), "");
+    other_node.stop();
+    let (ok, _, stderr) = tls_cli(&nameserver, Some(&other_ca), &["topic", "list"]);
+    assert!(!ok && stderr.contains("TLS handshake"), "{stderr}");
+
+    let log = node.log();
+    node.stop();
+    assert!(log.contains("plaintext connection refused"), "refusals are logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_limits_connections_per_address_are_refused_naming_the_setting() {
+    use meridian_proto::transport::{Connection, TransportConfig, TransportError};
+    let dir = tempfile::tempdir().unwrap();
+    let (node, ca, _, broker, _) = dev_tls(dir.path(), "[connections]\nmax_per_address = 12\n");
+    let config = TransportConfig {
+        tls: Some(meridian_proto::tls::TlsClient::new("ca", Path::new(&ca), None).unwrap()),
+        ..TransportConfig::default()
+    };
+    let (tracker, cancel) = (
+        tokio_util::task::TaskTracker::new(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let mut open = Vec::new();
+    let refusal = loop {
+        assert!(open.len() <= 12, "more than max_per_address connections were served");
+        let connection = Connection::connect(&broker, &config, &tracker, &cancel).await.unwrap();
+        match connection
+            .request(RequestCode::TopicRoute, Bytes::new(), std::time::Duration::from_secs(5))
+            .await
+        {
+            Err(TransportError::Remote {
+                code: ErrorCode::Busy,
+                message,
+                ..
+            }) => break message,
+            _ => open.push(connection),
+        }
+    };
+    assert!(
+        refusal.contains("max_per_address = 12") && refusal.contains("127.0.0.1"),
+        "{refusal}"
+    );
+    // The node's own connections from 127.0.0.1 count too, but most of the 12 were ours.
+    assert!(
+        open.len() >= 8,
+        "refused after only {} connections: {refusal}",
+        open.len()
+    );
+    cancel.cancel();
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_limits_idle_and_silent_connections_are_closed() {
+    use meridian_proto::transport::{Connection, TransportConfig};
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, ca, _, broker, _) = dev_tls(
+        dir.path(),
+        "[connections]\nidle_timeout_secs = 2\nhandshake_timeout_secs = 2\n",
+    );
+    // Handshake timeout: a connection that never starts TLS is closed.
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(&broker).await.unwrap();
+    let mut buffer = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), silent.read(&mut buffer))
+        .await
+        .expect("the broker never closed a connection that sent nothing");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1500),
+        "closed before the timeout"
+    );
+
+    // Idle timeout: a TLS connection that asks once, then nothing, is closed.
+    let config = TransportConfig {
+        tls: Some(meridian_proto::tls::TlsClient::new("ca", Path::new(&ca), None).unwrap()),
+        ..TransportConfig::default()
+    };
+    let (tracker, cancel) = (
+        tokio_util::task::TaskTracker::new(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let connection = Connection::connect(&broker, &config, &tracker, &cancel).await.unwrap();
+    let _ = connection
+        .request(RequestCode::TopicRoute, Bytes::new(), std::time::Duration::from_secs(5))
+        .await;
+    assert!(connection.is_alive());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while connection.is_alive() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle connection was never closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+    let log = node.log();
+    node.stop();
+    assert!(log.contains("closing idle connection"), "idle closes are logged");
+}
+
+/// One 1 KiB send straight to `addr` on `orders`; whether the group acknowledged it.
+async fn send_one(pool: &meridian_client::ConnectionPool, addr: &str) -> Result<(), String> {
+    use meridian_proto::messages::{MessageData, SendRequest, SendResponse};
+    let mut properties = meridian_proto::properties::PropertiesBuilder::new();
+    properties.msg_id(&meridian_proto::MessageId::generate().to_string());
+    let request = SendRequest {
+        topic: "orders".into(),
+        queue_id: 0,
+        messages: vec![MessageData {
+            flags: 0,
+            born_timestamp: 0,
+            properties: Bytes::from(properties.finish()),
+            body: Bytes::from(vec![b'q'; 1024]),
+            reconsume_count: 0,
+        }],
+        producer_group: String::new(),
+        sdk: Default::default(),
+    };
+    let response: Result<SendResponse, _> = pool
+        .call(addr, RequestCode::Send, &request, std::time::Duration::from_secs(5))
+        .await;
+    match response {
+        Ok(response) if !response.results.is_empty() => Ok(()),
+        Ok(_) => Err("no result".into()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_a_stranger_posing_as_a_slave_does_not_count_toward_the_groups_quorum() {
+    use meridian_tests::{GroupCluster, GroupOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = GroupCluster::start(dir.path(), GroupOptions::default());
+    let (ok, _, stderr) = cluster.cli(&["topic", "create", "orders", "--queues", "4", "--on", "broker-a"]);
+    assert!(ok, "{stderr}");
+    let epoch = cluster.wait_role(0, "master");
+    cluster.wait_in_sync(0, 2);
+    let master = cluster.members[0].listen.to_string();
+    let pool = meridian_client::ConnectionPool::new(meridian_client::ClientConfig::default());
+    send_one(&pool, &master)
+        .await
+        .expect("the group acknowledges with its slaves");
+
+    // The real slaves stop; a stranger fetches as "broker-z", claiming to hold far more than the
+    // master wrote (quorum needs one replica besides the master). The send is not acknowledged.
+    cluster.stop_member(1);
+    cluster.stop_member(2);
+    let fetches = tokio_util::task::TaskTracker::new();
+    let stranger = fetches.spawn({
+        let (pool, master) = (pool.clone(), master.clone());
+        async move {
+            let mut refusals = Vec::new();
+            for _ in 0..20 {
+                let request = ReplicaFetch {
+                    group: "broker-a".into(),
+                    name: "broker-z".into(),
+                    epoch,
+                    last_epoch: epoch,
+                    from_offset: 1 << 40,
+                    flushed_offset: 1 << 40,
+                    max_bytes: 1024,
+                    wait_ms: 0,
+                    // The group's segment size, so only membership can refuse it.
+                    segment_size: 64 << 20,
+                    ..ReplicaFetch::default()
+                };
+                let answer = pool
+                    .request(
+                        &master,
+                        RequestCode::ReplicaFetch,
+                        Bytes::from(request.encode_to_vec()),
+                        std::time::Duration::from_secs(5),
+                    )
+                    .await;
+                refusals.push(answer.map(|_| ()).map_err(|error| error.to_string()));
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            refusals
+        }
+    });
+    let error = send_one(&pool, &master)
+        .await
+        .expect_err("the master acknowledged a send that only the stranger claims to hold");
+    assert!(error.contains("replication_timeout"), "{error}");
+    // Without `[auth]` the master answers the stranger (with `[auth]` on it refuses a fetch that
+    // names no registered member: the dev test above); either way the claim counts for nothing.
+    assert_eq!(stranger.await.unwrap().len(), 20);
+    let health = cluster.health(0).expect("the master's health");
+    assert!(!health.to_string().contains("broker-z"), "{health}");
+    pool.shutdown().await;
 }

@@ -187,7 +187,10 @@ pub struct DevNode {
 fn address_after(line: &str, label: &str) -> Option<SocketAddr> {
     let rest = line.trim_start().strip_prefix(label)?.trim_start();
     let word = rest.split_whitespace().next()?;
-    word.trim_start_matches("http://").parse().ok()
+    word.trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .parse()
+        .ok()
 }
 
 /// Runs the `meridian` CLI to completion: (success, stdout, stderr).

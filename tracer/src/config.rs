@@ -34,6 +34,9 @@ pub struct TracerConfig {
     /// credential); never read from or written to the file, and `Debug` hides the secret.
     #[serde(skip)]
     pub credentials: Option<meridian_proto::auth::Credentials>,
+    /// TLS to the nameservers and brokers (`meridian dev --tls` sets it); `None`: plaintext.
+    #[serde(skip)]
+    pub tls: Option<std::sync::Arc<meridian_proto::tls::TlsClient>>,
 }
 
 impl Default for TracerConfig {
@@ -48,6 +51,7 @@ impl Default for TracerConfig {
             writer_heap_bytes: 64 << 20,
             pull_batch: 256,
             credentials: None,
+            tls: None,
         }
     }
 }

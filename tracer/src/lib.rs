@@ -80,6 +80,7 @@ impl Tracer {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let pool = ConnectionPool::new(ClientConfig {
             credentials: self.config.credentials.clone(),
+            tls: self.config.tls.clone(),
             ..ClientConfig::default()
         });
         let route = Arc::new(NameserverRoute::new(self.config.nameservers.clone(), pool.clone()));

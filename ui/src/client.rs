@@ -24,6 +24,8 @@ pub struct Upstream {
     pub addr: String,
     /// How long one request may take, connect to last byte.
     pub timeout: Duration,
+    /// TLS to the service, verified against a CA; `None`: plaintext.
+    pub tls: Option<std::sync::Arc<meridian_proto::tls::TlsClient>>,
 }
 
 /// A failed call to a service, with everything a person needs to see what went wrong.
@@ -81,7 +83,14 @@ impl Upstream {
             service,
             addr: addr.into(),
             timeout,
+            tls: None,
         }
+    }
+
+    /// The same service over TLS (when `tls` is set).
+    pub fn with_tls(mut self, tls: Option<std::sync::Arc<meridian_proto::tls::TlsClient>>) -> Upstream {
+        self.tls = tls;
+        self
     }
 
     fn error(&self, request: &str, status: Option<u16>, code: &str, message: String) -> ApiError {
@@ -141,9 +150,12 @@ impl Upstream {
     }
 
     async fn exchange(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> Result<Reply, String> {
-        let mut stream = tokio::net::TcpStream::connect(&self.addr)
+        let stream = tokio::net::TcpStream::connect(&self.addr)
             .await
             .map_err(|error| format!("cannot connect ({error}): is it running, and is the address right?"))?;
+        let mut stream = meridian_proto::tls::connect_maybe_tls(self.tls.as_deref(), &self.addr, stream)
+            .await
+            .map_err(|error| error.to_string())?;
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: meridian-console\r\n",
             self.addr
@@ -173,10 +185,12 @@ impl Upstream {
             .map_err(|error| format!("sending the request body failed: {error}"))?;
         let mut raw = Vec::new();
         let mut limited = (&mut stream).take(MAX_ANSWER as u64 + 1);
-        limited
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|error| format!("reading the answer failed: {error}"))?;
+        match limited.read_to_end(&mut raw).await {
+            Ok(_) => {}
+            // A TLS peer that closes without close_notify after a complete answer.
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            Err(error) => return Err(format!("reading the answer failed: {error}")),
+        }
         if raw.len() > MAX_ANSWER {
             return Err(format!(
                 "the answer is larger than the console's limit of {} MB: ask for a smaller page",

@@ -50,6 +50,8 @@ pub struct ConsoleConfig {
     pub query: Option<String>,
     /// Deadline of one call to a service (SQL gets four times as long).
     pub timeout: Duration,
+    /// Call the services over TLS, verifying them against this CA; `None`: plaintext.
+    pub tls: Option<Arc<meridian_proto::tls::TlsClient>>,
 }
 
 impl ConsoleConfig {
@@ -61,6 +63,7 @@ impl ConsoleConfig {
             tracer: Some(addr.to_owned()),
             query: with_query.then(|| addr.to_owned()),
             timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -84,17 +87,21 @@ const STYLE: &str = include_str!("../assets/console.css");
 /// `/drills`, `/clients`, `/alerts`, and `/assets/*`. No route under `/api/`, so it merges with the
 /// services' routers on one listener.
 pub fn router(config: ConsoleConfig) -> Router {
+    let tls = config.tls.clone();
+    let upstream = |service: &'static str, addr: String, timeout: Duration| {
+        Upstream::new(service, addr, timeout).with_tls(tls.clone())
+    };
     let console = Console {
-        nameserver: Upstream::new("nameserver", config.nameserver, config.timeout),
+        nameserver: upstream("nameserver", config.nameserver, config.timeout),
         brokers: config
             .brokers
             .into_iter()
-            .map(|addr| Upstream::new("broker", addr, config.timeout))
+            .map(|addr| upstream("broker", addr, config.timeout))
             .collect(),
-        tracer: config.tracer.map(|addr| Upstream::new("tracer", addr, config.timeout)),
+        tracer: config.tracer.map(|addr| upstream("tracer", addr, config.timeout)),
         query: config
             .query
-            .map(|addr| Upstream::new("query service", addr, config.timeout * 4)),
+            .map(|addr| upstream("query service", addr, config.timeout * 4)),
         lag_history: lag::LagHistory::new(),
     };
     Router::new()

@@ -21,12 +21,14 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use meridian_proto::remoting::codes::response;
 use meridian_proto::remoting::{Decoded, RemotingCodec, RemotingCommand};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::task::TaskTracker;
 
 use crate::state::BrokerState;
+use meridian_proto::tls::Accepted;
 
 pub use crate::config::RemotingConfig;
 pub use shared::{Clients, Remoting};
@@ -62,8 +64,8 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, advertise: So
     }
 }
 
-async fn write_commands(
-    mut sink: FramedWrite<tokio::net::tcp::OwnedWriteHalf, RemotingCodec>,
+async fn write_commands<W: AsyncWrite + Unpin>(
+    mut sink: FramedWrite<W, RemotingCodec>,
     mut commands: mpsc::Receiver<RemotingCommand>,
 ) {
     while let Some(command) = commands.recv().await {
@@ -81,13 +83,44 @@ async fn write_commands(
     }
 }
 
+/// Sniffs and handshakes TLS per `[tls]` (RocketMQ clients with `tls.enable` send a handshake
+/// first), then serves the connection.
 async fn serve_connection(remoting: Arc<Remoting>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let Some(tls) = remoting.state.tls.clone() else {
+        let (read_half, write_half) = stream.into_split();
+        return serve_halves(remoting, read_half, write_half, peer).await;
+    };
+    let timeout = remoting.state.connection_limits.limits().handshake_timeout();
+    let accepted = tokio::select! {
+        _ = remoting.state.shutdown.cancelled() => return,
+        accepted = tls.accept(stream, timeout) => accepted,
+    };
+    match accepted {
+        Ok(Accepted::Plain(stream)) => {
+            let (read_half, write_half) = stream.into_split();
+            serve_halves(remoting, read_half, write_half, peer).await
+        }
+        Ok(Accepted::Tls(stream)) => {
+            let (read_half, write_half) = tokio::io::split(*stream);
+            serve_halves(remoting, read_half, write_half, peer).await
+        }
+        Ok(Accepted::PlaintextRefused(_)) => {
+            tracing::warn!(%peer, "plaintext remoting connection refused: [tls] mode is required; enable TLS in the RocketMQ client (tls.enable=true)");
+        }
+        Err(error) => tracing::warn!(%peer, %error, "remoting tls handshake failed; closing connection"),
+    }
+}
+
+async fn serve_halves<R, W>(remoting: Arc<Remoting>, read_half: R, write_half: W, peer: SocketAddr)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let state = &remoting.state;
     state.metrics.connections.inc();
     tracing::debug!(%peer, "remoting connection opened");
     let codec = RemotingCodec::new(state.limits.max_frame_size);
-    let (read_half, write_half) = stream.into_split();
     let mut frames = FramedRead::with_capacity(read_half, codec.clone(), 64 * 1024);
     let (tx, rx) = mpsc::channel(MAX_INFLIGHT);
     let tasks = TaskTracker::new();

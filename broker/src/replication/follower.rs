@@ -39,6 +39,7 @@ pub(super) struct Upstream {
     pub(super) shutdown: CancellationToken,
     /// The node credential this slave logs in to its master with (`[auth]`), if any.
     pub(super) node_credentials: Option<meridian_proto::auth::Credentials>,
+    pub(super) tls_client: Option<Arc<meridian_proto::tls::TlsClient>>,
 }
 
 /// A running fetch loop; [`Follower::stop`] ends it.
@@ -57,6 +58,7 @@ impl Follower {
             request_timeout: FETCH_WAIT + Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             credentials: replication.node_credentials.clone(),
+            tls: replication.tls_client.clone(),
         });
         let tracker = TaskTracker::new();
         tracker.spawn(fetch_loop(

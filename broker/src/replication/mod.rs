@@ -114,6 +114,8 @@ pub struct Replication {
     shutdown: CancellationToken,
     /// What this broker logs in to its master with (`[auth]`).
     node_credentials: Option<meridian_proto::auth::Credentials>,
+    /// TLS of the fetches a slave sends its master (`[tls] ca_file`).
+    tls_client: Option<Arc<meridian_proto::tls::TlsClient>>,
     /// With `[auth]` on, fetches count only from the group's registered members, as the
     /// nameservers last named them.
     members_only: bool,
@@ -163,6 +165,7 @@ impl Replication {
             transition: tokio::sync::Mutex::new(()),
             shutdown,
             node_credentials: config.auth.node_credentials.clone(),
+            tls_client: config.tls_client.clone(),
             members_only: config.auth.enabled,
             members: Mutex::new(Vec::new()),
         })
@@ -451,6 +454,7 @@ impl Replication {
                 limits: self.limits,
                 shutdown: self.shutdown.clone(),
                 node_credentials: self.node_credentials.clone(),
+                tls_client: self.tls_client.clone(),
             };
             let follower = Follower::start(Arc::new(upstream), master_addr, epoch);
             *self.follower.lock().unwrap_or_else(PoisonError::into_inner) = Some(follower);
