@@ -271,7 +271,15 @@ impl TraceIndex {
         document.add_bytes(fields.raw, &event.encode_to_vec());
         let mut writer = partition.writer.lock().expect("writer lock");
         if writer.is_none() {
-            *writer = Some(partition.index.writer_with_num_threads(1, self.writer_heap_bytes)?);
+            // One indexing thread and one merge thread (tantivy's default is four): merges of a
+            // day's segments wait their turn rather than taking every core from a broker that
+            // shares them. Created on the indexing thread, they inherit its priority (`worker.rs`).
+            let options = tantivy::indexer::IndexWriterOptions::builder()
+                .memory_budget_per_thread(self.writer_heap_bytes)
+                .num_worker_threads(1)
+                .num_merge_threads(1)
+                .build();
+            *writer = Some(partition.index.writer_with_options(options)?);
         }
         writer
             .as_mut()

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::TracerConfig;
 use crate::index::{Added, Positions, TraceIndex, day_of, queue_key};
 use crate::metrics::{SkipLabels, TracerMetrics};
+use crate::worker::IndexThread;
 
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 const LONG_POLL: Duration = Duration::from_millis(1000);
@@ -62,6 +63,8 @@ struct Ingest {
     metrics: Arc<TracerMetrics>,
     addrs: Addrs,
     stop: CancellationToken,
+    /// Where adds and commits run: one thread at a lower priority (`worker.rs`).
+    indexer: IndexThread,
 }
 
 impl Ingest {
@@ -311,7 +314,15 @@ pub async fn run(
 ) {
     let commit_interval = Duration::from_millis(config.commit_interval_ms);
     let retention_days = config.retention_days;
+    let indexer = match IndexThread::start(config.index_nice) {
+        Ok(indexer) => indexer,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the tracer's indexing thread; nothing is indexed");
+            return;
+        }
+    };
     let ingest = Arc::new(Ingest {
+        indexer,
         index: index.clone(),
         pool,
         config,
@@ -338,15 +349,17 @@ pub async fn run(
             let oldest = oldest_day(retention_days);
             let (task_index, task_metrics) = (index.clone(), metrics.clone());
             let mut task_positions = std::mem::take(&mut positions);
-            positions = match tokio::task::spawn_blocking(move || {
-                index_reads(&task_index, &task_metrics, batch, oldest, &mut task_positions);
-                task_positions
-            })
-            .await
+            positions = match ingest
+                .indexer
+                .run(move || {
+                    index_reads(&task_index, &task_metrics, batch, oldest, &mut task_positions);
+                    task_positions
+                })
+                .await
             {
-                Ok(updated) => updated,
-                Err(error) => {
-                    tracing::error!(%error, "indexing task failed");
+                Some(updated) => updated,
+                None => {
+                    tracing::error!("the tracer's indexing thread stopped");
                     return;
                 }
             };
@@ -362,11 +375,11 @@ pub async fn run(
                 retention_checked = Some(Instant::now());
                 let task_index = index.clone();
                 let oldest = oldest_day(retention_days);
-                match tokio::task::spawn_blocking(move || task_index.drop_before(oldest)).await {
-                    Ok(Ok(dropped)) if !dropped.is_empty() => {
+                match ingest.indexer.run(move || task_index.drop_before(oldest)).await {
+                    Some(Ok(dropped)) if !dropped.is_empty() => {
                         tracing::info!(?dropped, "trace partitions past retention deleted")
                     }
-                    Ok(Err(error)) => tracing::warn!(%error, "deleting expired trace partitions failed"),
+                    Some(Err(error)) => tracing::warn!(%error, "deleting expired trace partitions failed"),
                     _ => {}
                 }
                 metrics.partitions.set(index.days().len() as i64);
@@ -398,14 +411,14 @@ async fn commit(ingest: &Ingest, positions: &Positions) {
     let started = Instant::now();
     let index = ingest.index.clone();
     let task_positions = positions.clone();
-    match tokio::task::spawn_blocking(move || index.commit(&task_positions)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => {
+    match ingest.indexer.run(move || index.commit(&task_positions)).await {
+        Some(Ok(_)) => {}
+        Some(Err(error)) => {
             tracing::error!(%error, "committing the trace index failed");
             return;
         }
-        Err(error) => {
-            tracing::error!(%error, "trace index commit task failed");
+        None => {
+            tracing::error!("the tracer's indexing thread stopped before committing");
             return;
         }
     }
