@@ -24,6 +24,8 @@ pub struct TracerConfig {
     /// Days of traces kept; older days are deleted whole (default 7).
     pub retention_days: u32,
     /// How often indexed events are committed (made searchable and durable), in ms (default 500).
+    /// Under load the interval stretches so that commits take about a tenth of the indexing
+    /// thread's time, up to 4 × this.
     pub commit_interval_ms: u64,
     /// Memory of the index writer of each day being written, in bytes (default 64 MiB).
     pub writer_heap_bytes: usize,

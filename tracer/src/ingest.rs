@@ -312,7 +312,8 @@ pub async fn run(
     metrics: Arc<TracerMetrics>,
     stop: CancellationToken,
 ) {
-    let commit_interval = Duration::from_millis(config.commit_interval_ms);
+    let base_interval = Duration::from_millis(config.commit_interval_ms);
+    let mut commit_interval = base_interval;
     let retention_days = config.retention_days;
     let indexer = match IndexThread::start(config.index_nice) {
         Ok(indexer) => indexer,
@@ -366,11 +367,13 @@ pub async fn run(
             uncommitted = true;
         }
         if let Some(next) = commit_due(tokio::time::Instant::now(), next_commit, commit_interval, stopping) {
-            if uncommitted {
-                commit(&ingest, &positions).await;
-                uncommitted = false;
-            }
             next_commit = next;
+            if uncommitted {
+                let took = commit(&ingest, &positions).await;
+                uncommitted = false;
+                commit_interval = adaptive_interval(base_interval, took);
+                next_commit = tokio::time::Instant::now() + commit_interval;
+            }
             if retention_checked.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
                 retention_checked = Some(Instant::now());
                 let task_index = index.clone();
@@ -406,8 +409,18 @@ fn commit_due(
     (stopping || now >= deadline).then(|| now + interval)
 }
 
-/// Commits the index, then the same positions as the group's offsets on the brokers.
-async fn commit(ingest: &Ingest, positions: &Positions) {
+/// The interval to the next commit, given that the last one took `took`: `base`
+/// (`commit_interval_ms`) while commits are quick, longer under load, so that committing (a
+/// segment written and synced, the reader reloaded, the merges more segments bring) takes at most
+/// about a tenth of the indexing thread; never more than 4 × `base` (2 s by default), which bounds
+/// how long an event waits to be searchable.
+fn adaptive_interval(base: Duration, took: Duration) -> Duration {
+    (took * 10).clamp(base, base * 4)
+}
+
+/// Commits the index, then the same positions as the group's offsets on the brokers. Returns how
+/// long the index's commit took.
+async fn commit(ingest: &Ingest, positions: &Positions) -> Duration {
     let started = Instant::now();
     let index = ingest.index.clone();
     let task_positions = positions.clone();
@@ -415,15 +428,16 @@ async fn commit(ingest: &Ingest, positions: &Positions) {
         Some(Ok(_)) => {}
         Some(Err(error)) => {
             tracing::error!(%error, "committing the trace index failed");
-            return;
+            return started.elapsed();
         }
         None => {
             tracing::error!("the tracer's indexing thread stopped before committing");
-            return;
+            return started.elapsed();
         }
     }
+    let took = started.elapsed();
     ingest.metrics.commits.inc();
-    ingest.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+    ingest.metrics.commit_seconds.observe(took.as_secs_f64());
     ingest.metrics.indexed_documents.set(ingest.index.num_docs() as i64);
     for (key, offset) in positions {
         let Some((broker_name, queue_id)) = key.rsplit_once('/') else {
@@ -448,6 +462,7 @@ async fn commit(ingest: &Ingest, positions: &Positions) {
             tracing::debug!(%error, broker = broker_name, queue_id, "committing the tracer's offset failed");
         }
     }
+    took
 }
 
 #[cfg(test)]
@@ -470,6 +485,26 @@ mod tests {
         assert_eq!(commit_due(start, deadline, interval, true), Some(start + interval));
     }
     use prost::Message;
+
+    #[test]
+    fn commits_space_out_under_load_up_to_four_intervals() {
+        let base = Duration::from_millis(500);
+        assert_eq!(
+            adaptive_interval(base, Duration::from_millis(3)),
+            base,
+            "quick commits keep the base"
+        );
+        assert_eq!(
+            adaptive_interval(base, Duration::from_millis(120)),
+            Duration::from_millis(1200),
+            "a commit takes a tenth of the time at most"
+        );
+        assert_eq!(
+            adaptive_interval(base, Duration::from_secs(5)),
+            base * 4,
+            "capped at four"
+        );
+    }
 
     fn record(queue_offset: u64, body: Vec<u8>) -> StoredMessage {
         StoredMessage {
