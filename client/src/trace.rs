@@ -189,10 +189,10 @@ impl ConsumeTracer {
     }
 
     /// The event a row stands for.
-    fn event(&self, row: &Row, topic: &str, broker_name: &str) -> TraceEvent {
+    fn event(&self, event_id: MessageId, row: &Row, topic: &str, broker_name: &str) -> TraceEvent {
         let props = &row.properties[..];
         TraceEvent {
-            event_id: MessageId::generate().to_string(),
+            event_id: event_id.to_string(),
             trace_type: row.kind as i32,
             timestamp: row.timestamp,
             msg_id: properties::get(props, properties::MSG_ID).unwrap_or("").to_owned(),
@@ -237,12 +237,16 @@ impl ConsumeTracer {
             std::mem::take(&mut *pending)
         };
         let mut per_broker: BTreeMap<&str, Vec<TraceEvent>> = BTreeMap::new();
-        for row in &taken.rows {
+        // One clock read and one counter step for all the event ids.
+        let first_id = MessageId::generate_many(taken.rows.len() as u32);
+        for (index, row) in taken.rows.iter().enumerate() {
             let (topic, broker_name) = &taken.names[row.names as usize];
-            per_broker
-                .entry(broker_name)
-                .or_default()
-                .push(self.event(row, topic, broker_name));
+            per_broker.entry(broker_name).or_default().push(self.event(
+                first_id.nth(index as u32),
+                row,
+                topic,
+                broker_name,
+            ));
         }
         let mut reports = Vec::new();
         for (broker_name, events) in per_broker {
