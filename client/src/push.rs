@@ -947,27 +947,26 @@ impl PushInner {
         .await;
     }
 
+    /// Sends one report to `broker_name`; a failure is logged and its events are lost.
     async fn report_trace(&self, broker_name: String, events: Vec<meridian_proto::trace::TraceEvent>) {
-        {
-            let count = events.len();
-            let queue = QueueId::new(broker_name, 0);
-            let sent = match self.queue_addr(&queue).await {
-                Ok(addr) => self
-                    .pull
-                    .pool
-                    .call_empty(
-                        &addr,
-                        meridian_proto::RequestCode::TraceReport,
-                        &meridian_proto::trace::TraceBatch::from(events),
-                        self.config.client.request_timeout,
-                    )
-                    .await
-                    .map_err(ClientError::from),
-                Err(error) => Err(error),
-            };
-            if let Err(error) = sent {
-                debug!(broker = %queue.broker_name, count, %error, "consume trace report failed; its events are lost");
-            }
+        let count = events.len();
+        let queue = QueueId::new(broker_name, 0);
+        let sent = match self.queue_addr(&queue).await {
+            Ok(addr) => self
+                .pull
+                .pool
+                .call_empty(
+                    &addr,
+                    meridian_proto::RequestCode::TraceReport,
+                    &meridian_proto::trace::TraceBatch::from(events),
+                    self.config.client.request_timeout,
+                )
+                .await
+                .map_err(ClientError::from),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sent {
+            debug!(broker = %queue.broker_name, count, %error, "consume trace report failed; its events are lost");
         }
     }
 }
