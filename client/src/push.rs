@@ -407,6 +407,15 @@ impl PushConsumer {
         self.inner.lock_findings().disagreeing.clone()
     }
 
+    /// Consume-side trace events dropped so far because the report buffer was full (the handler
+    /// outran the reports to the brokers); 0 with `trace` off.
+    pub fn trace_events_dropped(&self) -> u64 {
+        self.inner
+            .trace
+            .as_ref()
+            .map_or(0, crate::trace::ConsumeTracer::dropped)
+    }
+
     /// The settings this consumer was started with.
     pub fn config(&self) -> &ConsumerConfig {
         &self.inner.config
@@ -922,32 +931,42 @@ async fn trace_report_loop(inner: Arc<PushInner>) {
 }
 
 impl PushInner {
-    /// Sends each broker group the trace events of the messages it delivered. Not retried: a lost
-    /// report loses trace events, never messages.
+    /// Sends each broker group the trace events of the messages it delivered, every report of
+    /// the round at once (one after another, a slow broker would let the buffer fill behind
+    /// them). Not retried: a lost report loses trace events, never messages.
     async fn report_traces(&self) {
         let Some(trace) = &self.trace else {
             return;
         };
-        for (broker_name, events) in trace.take() {
-            let count = events.len();
-            let queue = QueueId::new(broker_name, 0);
-            let sent = match self.queue_addr(&queue).await {
-                Ok(addr) => self
-                    .pull
-                    .pool
-                    .call_empty(
-                        &addr,
-                        meridian_proto::RequestCode::TraceReport,
-                        &meridian_proto::trace::TraceBatch::from(events),
-                        self.config.client.request_timeout,
-                    )
-                    .await
-                    .map_err(ClientError::from),
-                Err(error) => Err(error),
-            };
-            if let Err(error) = sent {
-                debug!(broker = %queue.broker_name, count, %error, "consume trace report failed; its events are lost");
-            }
+        let reports = trace.take();
+        futures_util::future::join_all(
+            reports
+                .into_iter()
+                .map(|(broker_name, events)| self.report_trace(broker_name, events)),
+        )
+        .await;
+    }
+
+    /// Sends one report to `broker_name`; a failure is logged and its events are lost.
+    async fn report_trace(&self, broker_name: String, events: Vec<meridian_proto::trace::TraceEvent>) {
+        let count = events.len();
+        let queue = QueueId::new(broker_name, 0);
+        let sent = match self.queue_addr(&queue).await {
+            Ok(addr) => self
+                .pull
+                .pool
+                .call_empty(
+                    &addr,
+                    meridian_proto::RequestCode::TraceReport,
+                    &meridian_proto::trace::TraceBatch::from(events),
+                    self.config.client.request_timeout,
+                )
+                .await
+                .map_err(ClientError::from),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sent {
+            debug!(broker = %queue.broker_name, count, %error, "consume trace report failed; its events are lost");
         }
     }
 }

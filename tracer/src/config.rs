@@ -24,12 +24,19 @@ pub struct TracerConfig {
     /// Days of traces kept; older days are deleted whole (default 7).
     pub retention_days: u32,
     /// How often indexed events are committed (made searchable and durable), in ms (default 500).
+    /// Under load the interval stretches so that commits take about a tenth of the indexing
+    /// thread's time, up to 4 × this.
     pub commit_interval_ms: u64,
     /// Memory of the index writer of each day being written, in bytes (default 64 MiB).
     pub writer_heap_bytes: usize,
     /// Trace-topic messages one pull fetches (default 256; each holds up to `trace.batch_events`
     /// of its broker, 64 by default).
     pub pull_batch: u32,
+    /// How much lower than the rest of the process the indexing thread (and the tantivy threads
+    /// it starts) runs, as a nice increment from 0 (unchanged) to 19 (default 10): a tracer
+    /// sharing cores with a broker, as in `meridian dev`, yields to it under load and catches up
+    /// from the trace topic after.
+    pub index_nice: i32,
     /// What the tracer logs in with where `[auth]` is on (`meridian dev --auth` gives it the node
     /// credential); never read from or written to the file, and `Debug` hides the secret.
     #[serde(skip)]
@@ -50,6 +57,7 @@ impl Default for TracerConfig {
             commit_interval_ms: 500,
             writer_heap_bytes: 64 << 20,
             pull_batch: 256,
+            index_nice: 10,
             credentials: None,
             tls: None,
         }
@@ -77,6 +85,12 @@ impl TracerConfig {
             return Err(TracerError::Config(
                 "retention_days, commit_interval_ms and pull_batch must be at least 1".into(),
             ));
+        }
+        if !(0..=19).contains(&self.index_nice) {
+            return Err(TracerError::Config(format!(
+                "index_nice ({}) must be from 0 (the process's priority) to 19 (the lowest)",
+                self.index_nice
+            )));
         }
         if self.writer_heap_bytes < 15_000_000 {
             return Err(TracerError::Config(format!(

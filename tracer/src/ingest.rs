@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::TracerConfig;
 use crate::index::{Added, Positions, TraceIndex, day_of, queue_key};
 use crate::metrics::{SkipLabels, TracerMetrics};
+use crate::worker::IndexThread;
 
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 const LONG_POLL: Duration = Duration::from_millis(1000);
@@ -62,6 +63,8 @@ struct Ingest {
     metrics: Arc<TracerMetrics>,
     addrs: Addrs,
     stop: CancellationToken,
+    /// Where adds and commits run: one thread at a lower priority (`worker.rs`).
+    indexer: IndexThread,
 }
 
 impl Ingest {
@@ -309,9 +312,18 @@ pub async fn run(
     metrics: Arc<TracerMetrics>,
     stop: CancellationToken,
 ) {
-    let commit_interval = Duration::from_millis(config.commit_interval_ms);
+    let base_interval = Duration::from_millis(config.commit_interval_ms);
+    let mut commit_interval = base_interval;
     let retention_days = config.retention_days;
+    let indexer = match IndexThread::start(config.index_nice) {
+        Ok(indexer) => indexer,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the tracer's indexing thread; nothing is indexed");
+            return;
+        }
+    };
     let ingest = Arc::new(Ingest {
+        indexer,
         index: index.clone(),
         pool,
         config,
@@ -338,35 +350,39 @@ pub async fn run(
             let oldest = oldest_day(retention_days);
             let (task_index, task_metrics) = (index.clone(), metrics.clone());
             let mut task_positions = std::mem::take(&mut positions);
-            positions = match tokio::task::spawn_blocking(move || {
-                index_reads(&task_index, &task_metrics, batch, oldest, &mut task_positions);
-                task_positions
-            })
-            .await
+            positions = match ingest
+                .indexer
+                .run(move || {
+                    index_reads(&task_index, &task_metrics, batch, oldest, &mut task_positions);
+                    task_positions
+                })
+                .await
             {
-                Ok(updated) => updated,
-                Err(error) => {
-                    tracing::error!(%error, "indexing task failed");
+                Some(updated) => updated,
+                None => {
+                    tracing::error!("the tracer's indexing thread stopped");
                     return;
                 }
             };
             uncommitted = true;
         }
         if let Some(next) = commit_due(tokio::time::Instant::now(), next_commit, commit_interval, stopping) {
-            if uncommitted {
-                commit(&ingest, &positions).await;
-                uncommitted = false;
-            }
             next_commit = next;
+            if uncommitted {
+                let took = commit(&ingest, &positions).await;
+                uncommitted = false;
+                commit_interval = adaptive_interval(base_interval, took);
+                next_commit = tokio::time::Instant::now() + commit_interval;
+            }
             if retention_checked.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
                 retention_checked = Some(Instant::now());
                 let task_index = index.clone();
                 let oldest = oldest_day(retention_days);
-                match tokio::task::spawn_blocking(move || task_index.drop_before(oldest)).await {
-                    Ok(Ok(dropped)) if !dropped.is_empty() => {
+                match ingest.indexer.run(move || task_index.drop_before(oldest)).await {
+                    Some(Ok(dropped)) if !dropped.is_empty() => {
                         tracing::info!(?dropped, "trace partitions past retention deleted")
                     }
-                    Ok(Err(error)) => tracing::warn!(%error, "deleting expired trace partitions failed"),
+                    Some(Err(error)) => tracing::warn!(%error, "deleting expired trace partitions failed"),
                     _ => {}
                 }
                 metrics.partitions.set(index.days().len() as i64);
@@ -393,24 +409,35 @@ fn commit_due(
     (stopping || now >= deadline).then(|| now + interval)
 }
 
-/// Commits the index, then the same positions as the group's offsets on the brokers.
-async fn commit(ingest: &Ingest, positions: &Positions) {
+/// The interval to the next commit, given that the last one took `took`: `base`
+/// (`commit_interval_ms`) while commits are quick, longer under load, so that committing (a
+/// segment written and synced, the reader reloaded, the merges more segments bring) takes at most
+/// about a tenth of the indexing thread; never more than 4 × `base` (2 s by default), which bounds
+/// how long an event waits to be searchable.
+fn adaptive_interval(base: Duration, took: Duration) -> Duration {
+    (took * 10).clamp(base, base * 4)
+}
+
+/// Commits the index, then the same positions as the group's offsets on the brokers. Returns how
+/// long the index's commit took.
+async fn commit(ingest: &Ingest, positions: &Positions) -> Duration {
     let started = Instant::now();
     let index = ingest.index.clone();
     let task_positions = positions.clone();
-    match tokio::task::spawn_blocking(move || index.commit(&task_positions)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => {
+    match ingest.indexer.run(move || index.commit(&task_positions)).await {
+        Some(Ok(_)) => {}
+        Some(Err(error)) => {
             tracing::error!(%error, "committing the trace index failed");
-            return;
+            return started.elapsed();
         }
-        Err(error) => {
-            tracing::error!(%error, "trace index commit task failed");
-            return;
+        None => {
+            tracing::error!("the tracer's indexing thread stopped before committing");
+            return started.elapsed();
         }
     }
+    let took = started.elapsed();
     ingest.metrics.commits.inc();
-    ingest.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+    ingest.metrics.commit_seconds.observe(took.as_secs_f64());
     ingest.metrics.indexed_documents.set(ingest.index.num_docs() as i64);
     for (key, offset) in positions {
         let Some((broker_name, queue_id)) = key.rsplit_once('/') else {
@@ -435,6 +462,7 @@ async fn commit(ingest: &Ingest, positions: &Positions) {
             tracing::debug!(%error, broker = broker_name, queue_id, "committing the tracer's offset failed");
         }
     }
+    took
 }
 
 #[cfg(test)]
@@ -457,6 +485,26 @@ mod tests {
         assert_eq!(commit_due(start, deadline, interval, true), Some(start + interval));
     }
     use prost::Message;
+
+    #[test]
+    fn commits_space_out_under_load_up_to_four_intervals() {
+        let base = Duration::from_millis(500);
+        assert_eq!(
+            adaptive_interval(base, Duration::from_millis(3)),
+            base,
+            "quick commits keep the base"
+        );
+        assert_eq!(
+            adaptive_interval(base, Duration::from_millis(120)),
+            Duration::from_millis(1200),
+            "a commit takes a tenth of the time at most"
+        );
+        assert_eq!(
+            adaptive_interval(base, Duration::from_secs(5)),
+            base * 4,
+            "capped at four"
+        );
+    }
 
     fn record(queue_offset: u64, body: Vec<u8>) -> StoredMessage {
         StoredMessage {

@@ -19,6 +19,7 @@ pub mod index;
 pub mod ingest;
 pub mod metrics;
 pub mod timeline;
+pub mod worker;
 
 #[cfg(test)]
 mod bench_tests;
