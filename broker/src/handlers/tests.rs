@@ -21,6 +21,7 @@ use crate::state::BrokerState;
 use crate::store::MessageStore;
 use consumers::consumer_heartbeat;
 use meridian_proto::ErrorCode;
+use meridian_proto::auth::Principal;
 use meridian_proto::messages::{BrokerMetadata, GroupGrant, MessageData, TopicGrant};
 use offsets::commit_offset;
 use pull::try_pull;
@@ -55,6 +56,7 @@ fn governed_state(dir: &std::path::Path) -> Arc<BrokerState> {
         }],
         sdk_policy: None,
         users: Vec::new(),
+        acl_json: String::new(),
     }));
     for topic in ["orders", "archive", "payments"] {
         store.create_topic(topic, 2).unwrap();
@@ -110,7 +112,7 @@ fn a_pull_past_the_confirmed_messages_waits_for_them_instead_of_moving_back() {
         .append(
             "orders",
             Some(0),
-            &[decode_send(&state, send_body("orders"), peer).unwrap().messages[0].clone()],
+            &[decode_send(&state, &Principal::Node, send_body("orders"), peer).unwrap().messages[0].clone()],
             peer,
         )
         .unwrap();
@@ -162,7 +164,7 @@ fn a_refused_topic_fails_only_its_own_send_in_a_combined_append() {
         send_body("archive"),
         send_body("orders"),
     ];
-    let outcomes: Vec<std::result::Result<u64, ErrorCode>> = send_many(&state, bodies, peer)
+    let outcomes: Vec<std::result::Result<u64, ErrorCode>> = send_many(&state, &Principal::Node, bodies, peer)
         .into_iter()
         .map(|reply| {
             now(reply)
@@ -188,7 +190,7 @@ fn a_broker_in_an_evacuated_idc_refuses_sends_until_restored() {
     let state = governed_state(dir.path());
     let peer = "127.0.0.1:5000".parse().unwrap();
     let governance = state.governance.clone().unwrap();
-    let send = || now(send_many(&state, vec![send_body("orders")], peer).pop().unwrap());
+    let send = || now(send_many(&state, &Principal::Node, vec![send_body("orders")], peer).pop().unwrap());
     governance.set_evacuated(vec!["dc2".into()]);
     assert!(send().is_ok(), "another IDC's drill changes nothing here");
     governance.set_evacuated(vec!["dc1".into()]);
@@ -216,7 +218,7 @@ fn consumer_requests_need_an_approved_group_granted_the_topic() {
             offset: 0,
             ..Default::default()
         };
-        commit_offset(&state, Bytes::from(request.encode_to_vec())).map_err(|error| error.code())
+        commit_offset(&state, &Principal::Node, Bytes::from(request.encode_to_vec())).map_err(|error| error.code())
     };
     assert_eq!(commit("billing", "orders"), Ok(Bytes::new()));
     assert_eq!(commit("audit", "orders"), Err(ErrorCode::NotApproved));
@@ -232,6 +234,7 @@ fn consumer_requests_need_an_approved_group_granted_the_topic() {
         };
         consumer_heartbeat(
             &state,
+            &Principal::Node,
             Bytes::from(request.encode_to_vec()),
             "127.0.0.1:5000".parse().unwrap(),
         )
@@ -263,7 +266,7 @@ fn consumer_requests_need_an_approved_group_granted_the_topic() {
         topic: "new".into(),
         queues: 1,
     };
-    let error = now(create_topic(&state, Bytes::from(create.encode_to_vec()))).unwrap_err();
+    let error = now(create_topic(&state, &Principal::Node, Bytes::from(create.encode_to_vec()))).unwrap_err();
     assert_eq!(error.code(), ErrorCode::FailedPrecondition);
     state.store.shutdown();
 }
@@ -284,6 +287,7 @@ fn consumers_report_handler_times_and_the_clients_view_shows_their_percentiles()
         };
         consumer_heartbeat(
             &state,
+            &Principal::Node,
             Bytes::from(request.encode_to_vec()),
             "127.0.0.1:5000".parse().unwrap(),
         )
