@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use meridian_proto::filter::TagFilter;
 use meridian_proto::messages::{
-    CommitOffsetRequest, ConsumerHeartbeat, CreateTopicRequest, PullRequest, PullResponse, PullStatus, SendRequest,
+    CommitOffsetRequest, ConsumerHeartbeat, CreateTopicRequest, PullRequest, PullResponse, PullStatus, ResetOffsetRequest, SendRequest,
     SendResponse, perm,
 };
 use prost::Message;
@@ -255,6 +255,7 @@ fn consumer_requests_need_an_approved_group_granted_the_topic() {
     };
     let error = now(super::pull(
         &state,
+        &Principal::Node,
         Bytes::from(pull.encode_to_vec()),
         "127.0.0.1:5000".parse().unwrap(),
     ))
@@ -337,5 +338,107 @@ fn consumers_report_handler_times_and_the_clients_view_shows_their_percentiles()
     let json = serde_json::to_value(timed).unwrap();
     assert_eq!(json["consume_p50_us"], 32_767);
     assert_eq!(json["consumed"], 100);
+    state.store.shutdown();
+}
+
+/// A governed broker with `[auth]` on and an ACL: alice may SUB `orders` as `billing`, bob may
+/// PUB `orders` but is denied it on the literal name by a deny as specific as his allow.
+fn authorizing_state(dir: &std::path::Path) -> Arc<BrokerState> {
+    let state = governed_state(dir);
+    let mut config = state.config.clone();
+    config.auth.enabled = true;
+    let governance = state.governance.clone();
+    let acl = serde_json::json!({
+        "rules": [
+            {"subject": "user:alice", "effect": "allow", "actions": ["SUB"], "resource": "topic:ord*"},
+            {"subject": "user:alice", "effect": "allow", "actions": ["SUB"], "resource": "group:billing"},
+            {"subject": "user:bob", "effect": "allow", "actions": ["PUB"], "resource": "topic:orders"},
+            {"subject": "user:carol", "effect": "allow", "actions": ["PUB"], "resource": "topic:orders"},
+            {"subject": "user:carol", "effect": "deny", "actions": ["PUB"], "resource": "topic:orders"},
+        ],
+    });
+    let grant = |name: &str| TopicGrant {
+        name: name.into(),
+        queues: 2,
+        perm: perm::READ | perm::WRITE,
+        ..TopicGrant::default()
+    };
+    governance.as_ref().unwrap().replace(Approved::from_metadata(BrokerMetadata {
+        version: 2,
+        topics: vec![grant("orders")],
+        groups: vec![GroupGrant {
+            name: "billing".into(),
+            topics: vec!["orders".into()],
+            max_retries: 16,
+            broadcasting: false,
+        }],
+        sdk_policy: None,
+        users: Vec::new(),
+        acl_json: acl.to_string(),
+    }));
+    BrokerState::for_tests(config, state.store.clone(), governance)
+}
+
+#[test]
+fn authorization_sends_need_pub_consumers_need_sub_on_group_and_topic_and_deny_beats_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = authorizing_state(dir.path());
+    let peer = "127.0.0.1:5000".parse().unwrap();
+    let user = |name: &str| Principal::User(name.into());
+    let send = |principal: &Principal| now(send_many(&state, principal, vec![send_body("orders")], peer).pop().unwrap());
+    assert!(send(&user("bob")).is_ok());
+    assert!(send(&Principal::Node).is_ok());
+    let refused = send(&user("alice")).unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::PermissionDenied);
+    let message = refused.to_string();
+    assert!(message.contains("user \"alice\" may not PUB topic:orders"), "{message}");
+    assert!(message.contains("meridian acl grant user:alice PUB topic:orders"), "{message}");
+    let denied = send(&user("carol")).unwrap_err().to_string();
+    assert!(denied.contains("denies it"), "{denied}");
+    // A connection that did not log in gets nothing when authorization is on.
+    assert_eq!(send(&Principal::Anonymous).unwrap_err().code(), ErrorCode::PermissionDenied);
+
+    let commit = |principal: &Principal| {
+        let request = CommitOffsetRequest {
+            group: "billing".into(),
+            topic: "orders".into(),
+            queue_id: 0,
+            offset: 0,
+            ..Default::default()
+        };
+        commit_offset(&state, principal, Bytes::from(request.encode_to_vec())).map_err(|error| error.code())
+    };
+    assert_eq!(commit(&user("alice")), Ok(Bytes::new()));
+    assert_eq!(commit(&user("bob")), Err(ErrorCode::PermissionDenied));
+    let pull = |principal: &Principal| {
+        let request = PullRequest {
+            group: "billing".into(),
+            topic: "orders".into(),
+            queue_id: 0,
+            offset: 0,
+            max_count: 1,
+            max_bytes: 1024,
+            long_poll_ms: 0,
+            ..Default::default()
+        };
+        match super::pull(&state, principal, Bytes::from(request.encode_to_vec()), peer) {
+            Reply::Now(Err(error)) => Err(error.code()),
+            _ => Ok(()),
+        }
+    };
+    assert_eq!(pull(&user("alice")), Ok(()));
+    assert_eq!(pull(&user("bob")), Err(ErrorCode::PermissionDenied));
+    // Offset resets need ADMIN on the group, which alice lacks.
+    let reset = ResetOffsetRequest {
+        group: "billing".into(),
+        topic: "orders".into(),
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let error = runtime
+        .block_on(offsets::reset_offset(state.clone(), user("alice"), Bytes::from(reset.encode_to_vec())))
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::PermissionDenied);
+    assert!(error.to_string().contains("ADMIN group:billing"), "{error}");
     state.store.shutdown();
 }
