@@ -31,6 +31,7 @@ mod target;
 mod trace_cmds;
 mod ui_cmd;
 mod user_cmds;
+mod acl_cmds;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -113,6 +114,9 @@ enum Command {
     User(user_cmds::UserCommand),
     /// The audit log: every admin action, who made it, when and from where.
     Audit(audit_cmds::AuditArgs),
+    /// Authorization rules: grant, deny, revoke, list; super users (`[auth] authorization`).
+    #[command(subcommand)]
+    Acl(acl_cmds::AclCommand),
 }
 
 /// The default log filter of services: every `meridian*` target at `info`, dependencies at
@@ -187,6 +191,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Alerts(args) => alerts_cmds::alerts(args).await,
             Command::User(command) => user_cmds::user(command).await,
             Command::Audit(args) => audit_cmds::audit(args).await,
+            Command::Acl(command) => acl_cmds::acl(command).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Archiver(args) => archive_cmds::archiver(args).await,
             Command::Archive(command) => archive_cmds::archive(command).await,

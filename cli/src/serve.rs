@@ -207,7 +207,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         auth: meridian_nameserver::auth::AuthConfig {
             enabled: args.auth,
             node_secret_file: node_secret_file.clone(),
-            node_credentials: None,
+            ..Default::default()
         },
         listen: args.nameserver_listen,
         http_listen: None,

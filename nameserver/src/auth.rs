@@ -16,7 +16,7 @@ use crate::service::NameserverService;
 
 /// Authentication settings (the `[auth]` table). Off by default (and in `meridian dev` unless
 /// `--auth`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Every connection must log in first; Raft, broker registration and replica traffic only
@@ -25,12 +25,32 @@ pub struct AuthConfig {
     /// The cluster's node secret, the same file on every broker and nameserver (at least 32
     /// characters; `meridian user node-secret` makes one). Required with `enabled`.
     pub node_secret_file: Option<PathBuf>,
+    /// With `enabled`: admin writes are checked against the cluster's ACL (ADMIN on the topic or
+    /// group they name, super user for cluster-wide ones; docs/security.md "Authorization").
+    /// `false` lets every logged-in user write anything. Default `true`.
+    pub authorization: bool,
     /// The node credential read by [`AuthConfig::load`]; `Debug` hides the secret.
     #[serde(skip)]
     pub node_credentials: Option<Credentials>,
 }
 
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            enabled: false,
+            node_secret_file: None,
+            authorization: true,
+            node_credentials: None,
+        }
+    }
+}
+
 impl AuthConfig {
+    /// Whether admin writes are checked against the ACL: `enabled` and `authorization`.
+    pub fn authorizes(&self) -> bool {
+        self.enabled && self.authorization
+    }
+
     /// Reads the node secret file, when set. With `enabled`, the file is required.
     pub fn load(&mut self) -> Result<(), NameserverError> {
         match &self.node_secret_file {

@@ -127,6 +127,56 @@ impl AclStore<'_> {
     }
 }
 
+/// Refuses `user` unless a super user; the error says what needed it and how to become one.
+pub fn require_super_user(state: &super::MetadataState, user: &str, doing: &str) -> Result<(), String> {
+    if state.is_super_user(user) {
+        return Ok(());
+    }
+    Err(format!(
+        "user {user:?} may not {doing}: only super users may; ask a super user for `meridian acl super-user add {user}`"
+    ))
+}
+
+/// What a user's admin write needs: ADMIN on the topic or group it names (approve, reject,
+/// update, delete; an ACL rule on one literal topic or group), super user for everything
+/// cluster-wide (switchovers, drills, IDC rules, the SDK policy, users, teams, super users, rules
+/// on prefixes or `*`). Asking for a topic or group needs nothing: approving it does.
+pub fn authorize_command(state: &super::MetadataState, user: &str, command: &super::Command) -> Result<(), String> {
+    use super::Command;
+    use meridian_proto::acl::{NamePattern, Resource};
+    let admin_on = |resource: Resource<'_>, doing: &str| -> Result<(), String> {
+        let model = state.acl();
+        if model.allowed(&meridian_proto::auth::Principal::User(user.to_owned()), Action::Admin, resource) {
+            return Ok(());
+        }
+        Err(format!(
+            "user {user:?} may not {doing}: it needs ADMIN on {resource}; ask an administrator for `meridian acl grant user:{user} ADMIN {resource}`"
+        ))
+    };
+    match command {
+        Command::Audited { command, .. } => authorize_command(state, user, command),
+        Command::RequestTopic(_) | Command::RequestGroup(_) => Ok(()),
+        Command::ApproveTopic { name, .. }
+        | Command::RejectTopic { name, .. }
+        | Command::UpdateTopic { name, .. }
+        | Command::DeleteTopic { name, .. } => admin_on(Resource::Topic(name), "change this topic"),
+        Command::ApproveGroup { name, .. } | Command::RejectGroup { name, .. } | Command::DeleteGroup { name, .. } => {
+            admin_on(Resource::Group(name), "change this consumer group")
+        }
+        Command::AclAdd { rule, .. } => match &rule.resource {
+            ResourcePattern::Topic(NamePattern::Literal(name)) => admin_on(Resource::Topic(name), "change its rules"),
+            ResourcePattern::Group(NamePattern::Literal(name)) => admin_on(Resource::Group(name), "change its rules"),
+            _ => require_super_user(state, user, "add rules on prefixes or *"),
+        },
+        Command::AclRevoke { resource, .. } => match resource {
+            ResourcePattern::Topic(NamePattern::Literal(name)) => admin_on(Resource::Topic(name), "change its rules"),
+            ResourcePattern::Group(NamePattern::Literal(name)) => admin_on(Resource::Group(name), "change its rules"),
+            _ => require_super_user(state, user, "revoke rules on prefixes or *"),
+        },
+        _ => require_super_user(state, user, "make cluster-wide changes (switchovers, drills, IDC rules, the SDK policy, users, teams)"),
+    }
+}
+
 /// The whole model as nodes decide with it: the rules, super users and teams, with the owners of
 /// approved topics and groups.
 pub fn snapshot(
