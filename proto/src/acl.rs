@@ -395,6 +395,13 @@ pub struct Acl {
     pub group_owners: BTreeMap<String, String>,
 }
 
+/// Where a service that is not a nameserver reads the ACL it filters with (the tracer and the
+/// query service): a snapshot kept fresh by its owner, read once per request, never a round trip.
+pub trait AclSource: Send + Sync + 'static {
+    /// The model in force now.
+    fn acl(&self) -> std::sync::Arc<Acl>;
+}
+
 /// The outcome of [`Acl::decide`], with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision<'a> {
