@@ -95,3 +95,38 @@ pub fn authenticator(config: &AuthConfig, service: &Arc<NameserverService>) -> O
         Arc::new(StateUsers(service.clone())),
     )))
 }
+
+/// The ACL of the nameserver in this process, for the tracer and the query service of
+/// `meridian dev`: rebuilt only when the metadata version moved, so a lookup reads an `Arc`.
+pub struct LocalAcl {
+    service: Arc<NameserverService>,
+    cached: std::sync::Mutex<Option<(u64, Arc<meridian_proto::acl::Acl>)>>,
+}
+
+impl LocalAcl {
+    /// The ACL of `service`'s applied state.
+    pub fn new(service: Arc<NameserverService>) -> LocalAcl {
+        LocalAcl {
+            service,
+            cached: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl meridian_proto::acl::AclSource for LocalAcl {
+    fn acl(&self) -> Arc<meridian_proto::acl::Acl> {
+        let version = self.service.raft().read_state(|state| state.metadata_version());
+        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((cached_version, acl)) = cached.as_ref()
+            && *cached_version == version
+        {
+            return acl.clone();
+        }
+        let (version, acl) = self
+            .service
+            .raft()
+            .read_state(|state| (state.metadata_version(), Arc::new(state.acl())));
+        *cached = Some((version, acl.clone()));
+        acl
+    }
+}

@@ -346,7 +346,10 @@ async fn security_acl_pub_and_sub_need_grants_deny_beats_allow_and_admin_writes_
 
     // PUB: refused without a grant, naming the user, the action, the resource and the fix.
     let produce = ["produce", "--topic", "acl-orders", "--body", "from-bob"];
-    let (ok, stdout, stderr) = cli(&nameserver, bob, &produce);
+    // The broker learns bob's verifier with its next metadata: until then his login fails.
+    let (ok, stdout, stderr) = cli_until(&nameserver, bob, &produce, |outcome| {
+        !outcome.2.contains("authentication failed")
+    });
     assert!(!ok, "{stdout}{stderr}");
     assert!(
         stderr.contains("user \"bob\" may not PUB topic:acl-orders")
