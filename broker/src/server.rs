@@ -377,10 +377,22 @@ impl FrameService for BrokerFrames {
     type Error = BrokerError;
 
     fn answer(&self, code: RequestCode, body: Bytes, peer: SocketAddr) -> Reply {
-        handlers::handle(&self.state, &meridian_proto::auth::Principal::Anonymous, code, body, peer)
+        handlers::handle(
+            &self.state,
+            &meridian_proto::auth::Principal::Anonymous,
+            code,
+            body,
+            peer,
+        )
     }
 
-    fn answer_as(&self, principal: &meridian_proto::auth::Principal, code: RequestCode, body: Bytes, peer: SocketAddr) -> Reply {
+    fn answer_as(
+        &self,
+        principal: &meridian_proto::auth::Principal,
+        code: RequestCode,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Reply {
         handlers::handle(&self.state, principal, code, body, peer)
     }
 

@@ -121,7 +121,11 @@ pub async fn acl(command: AclCommand) -> Result<()> {
             .await?;
             println!(
                 "user {name} {}",
-                if super_user { "is a super user" } else { "is no longer a super user" }
+                if super_user {
+                    "is a super user"
+                } else {
+                    "is no longer a super user"
+                }
             );
         }
     }
@@ -144,7 +148,11 @@ async fn add(args: RuleArgs, effect: Effect) -> Result<()> {
 }
 
 fn join(actions: &BTreeSet<Action>) -> String {
-    actions.iter().map(|action| action.as_str()).collect::<Vec<_>>().join(",")
+    actions
+        .iter()
+        .map(|action| action.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn print(model: &Acl) {
@@ -165,10 +173,17 @@ fn print(model: &Acl) {
     let super_users: Vec<&str> = model.super_users.iter().map(String::as_str).collect();
     println!(
         "super users: {}",
-        if super_users.is_empty() { "none".to_owned() } else { super_users.join(", ") }
+        if super_users.is_empty() {
+            "none".to_owned()
+        } else {
+            super_users.join(", ")
+        }
     );
     for (user, teams) in &model.teams {
-        println!("teams of {user}: {}", teams.iter().cloned().collect::<Vec<_>>().join(", "));
+        println!(
+            "teams of {user}: {}",
+            teams.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
     }
     for (topic, owner) in &model.topic_owners {
         println!("topic {topic} owned by {owner} (PUB,SUB,TRACE,SQL)");

@@ -4,6 +4,7 @@
 //! Each subcommand lives in its own module; services are libraries with `run(config, shutdown)`
 //! composed here. Start reading at [`Command`].
 
+mod acl_cmds;
 mod alerts_cmds;
 mod archive_cmds;
 mod archive_steps;
@@ -31,7 +32,6 @@ mod target;
 mod trace_cmds;
 mod ui_cmd;
 mod user_cmds;
-mod acl_cmds;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

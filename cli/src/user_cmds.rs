@@ -164,8 +164,19 @@ pub async fn user(command: UserCommand) -> Result<()> {
             let by = who.name()?;
             let teams: std::collections::BTreeSet<String> = teams.into_iter().collect();
             let listed = teams.iter().cloned().collect::<Vec<_>>().join(", ");
-            write(&nameservers, Command::SetUserTeams { name: name.clone(), teams, by }).await?;
-            println!("user {name} teams: {}", if listed.is_empty() { "none" } else { &listed });
+            write(
+                &nameservers,
+                Command::SetUserTeams {
+                    name: name.clone(),
+                    teams,
+                    by,
+                },
+            )
+            .await?;
+            println!(
+                "user {name} teams: {}",
+                if listed.is_empty() { "none" } else { &listed }
+            );
         }
         UserCommand::NodeSecret => println!("{}", auth::generate_secret()),
     }

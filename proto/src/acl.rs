@@ -174,7 +174,9 @@ impl NamePattern {
     fn specificity(&self, name: &str) -> Option<Specificity> {
         match self {
             NamePattern::Literal(literal) => (literal == name).then_some(Specificity::Literal),
-            NamePattern::Prefix(prefix) => name.starts_with(prefix.as_str()).then(|| Specificity::Prefix(prefix.len())),
+            NamePattern::Prefix(prefix) => name
+                .starts_with(prefix.as_str())
+                .then_some(Specificity::Prefix(prefix.len())),
         }
     }
 }
@@ -531,9 +533,7 @@ impl Acl {
                 Some((best_specificity, _)) if specificity > best_specificity => Some((specificity, decision)),
                 // As specific: a deny replaces an allow, never the other way round.
                 Some((best_specificity, best_decision))
-                    if specificity == best_specificity
-                        && rule.effect == Effect::Deny
-                        && best_decision.is_allowed() =>
+                    if specificity == best_specificity && rule.effect == Effect::Deny && best_decision.is_allowed() =>
                 {
                     Some((specificity, decision))
                 }
@@ -668,12 +668,30 @@ mod tests {
             rule(Effect::Allow, "user:alice", "SUB", "topic:ord-public"),
         ]);
         let alice = user("alice");
-        assert!(acl.allowed(&alice, Action::Sub, Resource::Topic("payments")), "topic:* beats *");
-        assert!(!acl.allowed(&alice, Action::Sub, Resource::Topic("orders")), "ord* beats topic:*");
-        assert!(acl.allowed(&alice, Action::Sub, Resource::Topic("orders-eu-1")), "longer prefix");
-        assert!(acl.allowed(&alice, Action::Sub, Resource::Topic("ord-public")), "literal");
-        assert!(!acl.allowed(&alice, Action::Sub, Resource::Group("g")), "* deny on groups");
-        assert!(!acl.allowed(&alice, Action::Pub, Resource::Topic("payments")), "no PUB rule");
+        assert!(
+            acl.allowed(&alice, Action::Sub, Resource::Topic("payments")),
+            "topic:* beats *"
+        );
+        assert!(
+            !acl.allowed(&alice, Action::Sub, Resource::Topic("orders")),
+            "ord* beats topic:*"
+        );
+        assert!(
+            acl.allowed(&alice, Action::Sub, Resource::Topic("orders-eu-1")),
+            "longer prefix"
+        );
+        assert!(
+            acl.allowed(&alice, Action::Sub, Resource::Topic("ord-public")),
+            "literal"
+        );
+        assert!(
+            !acl.allowed(&alice, Action::Sub, Resource::Group("g")),
+            "* deny on groups"
+        );
+        assert!(
+            !acl.allowed(&alice, Action::Pub, Resource::Topic("payments")),
+            "no PUB rule"
+        );
         assert!(!acl.allowed(&user("bob"), Action::Sub, Resource::Topic("orders")));
     }
 
@@ -686,7 +704,10 @@ mod tests {
             .to_string();
         assert!(error.contains("user \"bob\""), "{error}");
         assert!(error.contains("SUB topic:orders"), "{error}");
-        assert!(error.contains("meridian acl grant user:bob SUB topic:orders"), "{error}");
+        assert!(
+            error.contains("meridian acl grant user:bob SUB topic:orders"),
+            "{error}"
+        );
         assert!(!acl.allowed(&Principal::Anonymous, Action::Sub, Resource::Topic("orders")));
     }
 
@@ -752,7 +773,10 @@ mod tests {
         let json = serde_json::to_string(&acl).unwrap();
         assert!(json.contains("\"team:ops\"") && json.contains("\"topic:ord*\"") && json.contains("\"SQL\""));
         assert_eq!(serde_json::from_str::<Acl>(&json).unwrap(), acl);
-        assert!(serde_json::from_str::<Rule>(r#"{"subject":"x","effect":"allow","actions":["PUB"],"resource":"*"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Rule>(r#"{"subject":"x","effect":"allow","actions":["PUB"],"resource":"*"}"#)
+                .is_err()
+        );
     }
 
     #[test]
@@ -765,12 +789,22 @@ mod tests {
         acl.add(subject.clone(), Effect::Deny, [Action::Sql].into(), resource.clone());
         assert_eq!(acl.rules.len(), 2);
         assert_eq!(acl.revoke(&subject, &[Action::Pub, Action::Sql].into(), &resource), 2);
-        assert_eq!(acl.rules, vec![rule(Effect::Allow, "user:alice", "SUB", "topic:orders")]);
+        assert_eq!(
+            acl.rules,
+            vec![rule(Effect::Allow, "user:alice", "SUB", "topic:orders")]
+        );
     }
 
     fn arb_name() -> impl Strategy<Value = String> {
-        prop_oneof![Just("o"), Just("or"), Just("ord"), Just("orders"), Just("pay"), Just("payments")]
-            .prop_map(str::to_owned)
+        prop_oneof![
+            Just("o"),
+            Just("or"),
+            Just("ord"),
+            Just("orders"),
+            Just("pay"),
+            Just("payments")
+        ]
+        .prop_map(str::to_owned)
     }
 
     fn arb_pattern() -> impl Strategy<Value = ResourcePattern> {

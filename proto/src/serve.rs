@@ -112,7 +112,12 @@ pub trait FrameService: Send + Sync + 'static {
 
     /// [`FrameService::answer_batch`] for a connection logged in as `principal`. Services that
     /// check who asks override this.
-    fn answer_batch_as(&self, _principal: &Principal, bodies: Vec<Bytes>, peer: SocketAddr) -> Vec<Answer<Self::Error>> {
+    fn answer_batch_as(
+        &self,
+        _principal: &Principal,
+        bodies: Vec<Bytes>,
+        peer: SocketAddr,
+    ) -> Vec<Answer<Self::Error>> {
         self.answer_batch(bodies, peer)
     }
 

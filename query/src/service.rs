@@ -355,9 +355,15 @@ impl QueryService {
     /// The topics `principal` may SQL, or `None` when not restricted (no ACL source, a node or a
     /// super user). Topics are those approved (the ACL's owners).
     pub fn readable_topics(&self, principal: &meridian_proto::auth::Principal) -> Option<Vec<String>> {
-        let source = self.acl.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()?;
+        let source = self
+            .acl
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()?;
         let acl = source.acl();
-        if principal.is_node() || matches!(principal, meridian_proto::auth::Principal::User(user) if acl.is_super_user(user)) {
+        if principal.is_node()
+            || matches!(principal, meridian_proto::auth::Principal::User(user) if acl.is_super_user(user))
+        {
             return None;
         }
         Some(
@@ -396,7 +402,10 @@ impl QueryService {
 
     /// A session like the service's whose tables hold only the rows of `topics`.
     async fn restricted_session(&self, topics: &[String]) -> Result<SessionContext> {
-        use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider};
+        use datafusion::catalog::{
+            CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+            MemorySchemaProvider,
+        };
         use datafusion::execution::SessionStateBuilder;
         use datafusion::prelude::{col, lit};
         let failed = |error: DataFusionError| QueryError::Execution(error.strip_backtrace());
@@ -433,7 +442,10 @@ impl QueryService {
         }
         let mut views: Vec<(&str, &str)> = Vec::new();
         if !self.tail_brokers.is_empty() {
-            views.push(("messages", "SELECT * FROM archived_messages UNION ALL SELECT * FROM live_messages"));
+            views.push((
+                "messages",
+                "SELECT * FROM archived_messages UNION ALL SELECT * FROM live_messages",
+            ));
         }
         views.extend(VIEWS.iter().copied());
         for (name, sql) in views {

@@ -373,7 +373,10 @@ async fn authorization_sql_over_readable_topics_sees_no_other_rows_whatever_the_
     ] {
         assert_eq!(over(sql, Some(readable.clone())).await, "0", "{sql} escaped the filter");
     }
-    assert_eq!(over("SELECT count(*) FROM messages", Some(readable.clone())).await, "800");
+    assert_eq!(
+        over("SELECT count(*) FROM messages", Some(readable.clone())).await,
+        "800"
+    );
     assert_eq!(
         over("SELECT DISTINCT topic FROM messages", Some(readable.clone())).await,
         "topic-1"

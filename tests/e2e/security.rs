@@ -362,7 +362,10 @@ async fn security_acl_pub_and_sub_need_grants_deny_beats_allow_and_admin_writes_
 
     // SUB: refused without a grant on the topic and the group; served with both.
     let (ok, stdout, stderr) = cli(&nameserver, bob, &consume);
-    assert!(!stdout.contains("paid"), "bob consumed without SUB: {ok} {stdout}{stderr}");
+    assert!(
+        !stdout.contains("paid"),
+        "bob consumed without SUB: {ok} {stdout}{stderr}"
+    );
     run(admin, &["acl", "grant", "user:bob", "SUB", "topic:acl-*"]);
     run(admin, &["acl", "grant", "user:bob", "SUB", "group:acl-readers"]);
     let (ok, stdout, stderr) = cli_until(&nameserver, bob, &consume, |outcome| outcome.1.contains("paid"));
@@ -396,7 +399,15 @@ async fn security_acl_pub_and_sub_need_grants_deny_beats_allow_and_admin_writes_
     let audit: Vec<serde_json::Value> = serde_json::from_str(&run(admin, &["audit", "--json"])).unwrap();
     let grants: Vec<&serde_json::Value> = audit.iter().filter(|entry| entry["action"] == "acl_grant").collect();
     assert_eq!(grants.len(), 3, "{audit:?}");
-    assert!(grants.iter().all(|entry| entry["who"] == "admin" && entry["authenticated"] == true));
-    assert!(audit.iter().any(|entry| entry["action"] == "acl_deny" && entry["subject"] == "user:bob on topic:acl-*"));
+    assert!(
+        grants
+            .iter()
+            .all(|entry| entry["who"] == "admin" && entry["authenticated"] == true)
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|entry| entry["action"] == "acl_deny" && entry["subject"] == "user:bob on topic:acl-*")
+    );
     node.stop();
 }

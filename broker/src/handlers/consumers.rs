@@ -17,7 +17,11 @@ use crate::groups::MemberInfo;
 use crate::reply::{decode, encoded};
 use crate::state::BrokerState;
 
-pub(super) fn decode_lock_request(state: &BrokerState, principal: &Principal, body: Bytes) -> Result<LockQueuesRequest> {
+pub(super) fn decode_lock_request(
+    state: &BrokerState,
+    principal: &Principal,
+    body: Bytes,
+) -> Result<LockQueuesRequest> {
     let request: LockQueuesRequest = decode(body)?;
     state.check_group_topic(&request.group, &request.topic)?;
     state.authorize_consume(principal, &request.group, [request.topic.as_str()])?;

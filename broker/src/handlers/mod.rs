@@ -42,7 +42,13 @@ use topics::{create_topic, topic_route};
 
 /// Handles one request from `peer`, who logged in as `principal` (checked against the ACL by
 /// each handler once it decoded the topic and group, see [`crate::permission`]).
-pub fn handle(state: &Arc<BrokerState>, principal: &Principal, code: RequestCode, body: Bytes, peer: SocketAddr) -> Reply {
+pub fn handle(
+    state: &Arc<BrokerState>,
+    principal: &Principal,
+    code: RequestCode,
+    body: Bytes,
+    peer: SocketAddr,
+) -> Reply {
     state
         .metrics
         .requests

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use meridian_proto::acl::{Action, Resource};
+use meridian_proto::auth::Principal;
 use meridian_proto::messages::{
     CommitOffsetRequest, QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse, QueueOffset, QueueRef,
     ResetOffsetRequest, ResetOffsetResponse, ResetTarget, SearchOffsetRequest, SearchOffsetResponse,
 };
-use meridian_proto::acl::{Action, Resource};
-use meridian_proto::auth::Principal;
 use meridian_proto::topics;
 use meridian_proto::validate;
 

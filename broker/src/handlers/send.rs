@@ -132,7 +132,10 @@ pub fn send_many(state: &Arc<BrokerState>, principal: &Principal, bodies: Vec<By
             .map(|_| Reply::Now(Err(governance.evacuated_error(&state.config.idc))))
             .collect();
     }
-    let decoded: Vec<Result<SendRequest>> = bodies.into_iter().map(|body| decode_send(state, principal, body, peer)).collect();
+    let decoded: Vec<Result<SendRequest>> = bodies
+        .into_iter()
+        .map(|body| decode_send(state, principal, body, peer))
+        .collect();
     let requests: Vec<AppendRequest<'_>> = decoded
         .iter()
         .flatten()

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use meridian_proto::filter::TagFilter;
 use meridian_proto::messages::{
-    CommitOffsetRequest, ConsumerHeartbeat, CreateTopicRequest, PullRequest, PullResponse, PullStatus, ResetOffsetRequest, SendRequest,
-    SendResponse, perm,
+    CommitOffsetRequest, ConsumerHeartbeat, CreateTopicRequest, PullRequest, PullResponse, PullStatus,
+    ResetOffsetRequest, SendRequest, SendResponse, perm,
 };
 use prost::Message;
 
@@ -112,7 +112,10 @@ fn a_pull_past_the_confirmed_messages_waits_for_them_instead_of_moving_back() {
         .append(
             "orders",
             Some(0),
-            &[decode_send(&state, &Principal::Node, send_body("orders"), peer).unwrap().messages[0].clone()],
+            &[decode_send(&state, &Principal::Node, send_body("orders"), peer)
+                .unwrap()
+                .messages[0]
+                .clone()],
             peer,
         )
         .unwrap();
@@ -190,7 +193,11 @@ fn a_broker_in_an_evacuated_idc_refuses_sends_until_restored() {
     let state = governed_state(dir.path());
     let peer = "127.0.0.1:5000".parse().unwrap();
     let governance = state.governance.clone().unwrap();
-    let send = || now(send_many(&state, &Principal::Node, vec![send_body("orders")], peer).pop().unwrap());
+    let send = || {
+        now(send_many(&state, &Principal::Node, vec![send_body("orders")], peer)
+            .pop()
+            .unwrap())
+    };
     governance.set_evacuated(vec!["dc2".into()]);
     assert!(send().is_ok(), "another IDC's drill changes nothing here");
     governance.set_evacuated(vec!["dc1".into()]);
@@ -267,7 +274,12 @@ fn consumer_requests_need_an_approved_group_granted_the_topic() {
         topic: "new".into(),
         queues: 1,
     };
-    let error = now(create_topic(&state, &Principal::Node, Bytes::from(create.encode_to_vec()))).unwrap_err();
+    let error = now(create_topic(
+        &state,
+        &Principal::Node,
+        Bytes::from(create.encode_to_vec()),
+    ))
+    .unwrap_err();
     assert_eq!(error.code(), ErrorCode::FailedPrecondition);
     state.store.shutdown();
 }
@@ -363,19 +375,22 @@ fn authorizing_state(dir: &std::path::Path) -> Arc<BrokerState> {
         perm: perm::READ | perm::WRITE,
         ..TopicGrant::default()
     };
-    governance.as_ref().unwrap().replace(Approved::from_metadata(BrokerMetadata {
-        version: 2,
-        topics: vec![grant("orders")],
-        groups: vec![GroupGrant {
-            name: "billing".into(),
-            topics: vec!["orders".into()],
-            max_retries: 16,
-            broadcasting: false,
-        }],
-        sdk_policy: None,
-        users: Vec::new(),
-        acl_json: acl.to_string(),
-    }));
+    governance
+        .as_ref()
+        .unwrap()
+        .replace(Approved::from_metadata(BrokerMetadata {
+            version: 2,
+            topics: vec![grant("orders")],
+            groups: vec![GroupGrant {
+                name: "billing".into(),
+                topics: vec!["orders".into()],
+                max_retries: 16,
+                broadcasting: false,
+            }],
+            sdk_policy: None,
+            users: Vec::new(),
+            acl_json: acl.to_string(),
+        }));
     BrokerState::for_tests(config, state.store.clone(), governance)
 }
 
@@ -385,18 +400,28 @@ fn authorization_sends_need_pub_consumers_need_sub_on_group_and_topic_and_deny_b
     let state = authorizing_state(dir.path());
     let peer = "127.0.0.1:5000".parse().unwrap();
     let user = |name: &str| Principal::User(name.into());
-    let send = |principal: &Principal| now(send_many(&state, principal, vec![send_body("orders")], peer).pop().unwrap());
+    let send = |principal: &Principal| {
+        now(send_many(&state, principal, vec![send_body("orders")], peer)
+            .pop()
+            .unwrap())
+    };
     assert!(send(&user("bob")).is_ok());
     assert!(send(&Principal::Node).is_ok());
     let refused = send(&user("alice")).unwrap_err();
     assert_eq!(refused.code(), ErrorCode::PermissionDenied);
     let message = refused.to_string();
     assert!(message.contains("user \"alice\" may not PUB topic:orders"), "{message}");
-    assert!(message.contains("meridian acl grant user:alice PUB topic:orders"), "{message}");
+    assert!(
+        message.contains("meridian acl grant user:alice PUB topic:orders"),
+        "{message}"
+    );
     let denied = send(&user("carol")).unwrap_err().to_string();
     assert!(denied.contains("denies it"), "{denied}");
     // A connection that did not log in gets nothing when authorization is on.
-    assert_eq!(send(&Principal::Anonymous).unwrap_err().code(), ErrorCode::PermissionDenied);
+    assert_eq!(
+        send(&Principal::Anonymous).unwrap_err().code(),
+        ErrorCode::PermissionDenied
+    );
 
     let commit = |principal: &Principal| {
         let request = CommitOffsetRequest {
@@ -434,9 +459,16 @@ fn authorization_sends_need_pub_consumers_need_sub_on_group_and_topic_and_deny_b
         topic: "orders".into(),
         ..Default::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let error = runtime
-        .block_on(offsets::reset_offset(state.clone(), user("alice"), Bytes::from(reset.encode_to_vec())))
+        .block_on(offsets::reset_offset(
+            state.clone(),
+            user("alice"),
+            Bytes::from(reset.encode_to_vec()),
+        ))
         .unwrap_err();
     assert_eq!(error.code(), ErrorCode::PermissionDenied);
     assert!(error.to_string().contains("ADMIN group:billing"), "{error}");

@@ -11,7 +11,11 @@ use crate::error::{BrokerError, Result};
 use crate::reply::{Reply, decode, encoded};
 use crate::state::BrokerState;
 
-pub(super) fn create_topic(state: &Arc<BrokerState>, principal: &meridian_proto::auth::Principal, body: Bytes) -> Reply {
+pub(super) fn create_topic(
+    state: &Arc<BrokerState>,
+    principal: &meridian_proto::auth::Principal,
+    body: Bytes,
+) -> Reply {
     let request = match decode::<CreateTopicRequest>(body).and_then(|request| {
         state.authorize(
             principal,

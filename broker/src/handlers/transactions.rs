@@ -29,11 +29,18 @@ pub(super) fn handle(
         return Reply::Now(answer);
     }
     // PUB on the topic the half message is for, read from the half message itself.
-    let authorize = |topic: &str| state.authorize(principal, meridian_proto::acl::Action::Pub, meridian_proto::acl::Resource::Topic(topic));
-    let end_offset = match decode::<EndTransactionRequest>(body).and_then(|request| end_transaction(state, &request, authorize)) {
-        Ok(end_offset) => end_offset,
-        Err(error) => return Reply::Now(Err(error)),
+    let authorize = |topic: &str| {
+        state.authorize(
+            principal,
+            meridian_proto::acl::Action::Pub,
+            meridian_proto::acl::Resource::Topic(topic),
+        )
     };
+    let end_offset =
+        match decode::<EndTransactionRequest>(body).and_then(|request| end_transaction(state, &request, authorize)) {
+            Ok(end_offset) => end_offset,
+            Err(error) => return Reply::Now(Err(error)),
+        };
     if end_offset == 0 {
         return Reply::Now(Ok(Bytes::new()));
     }

@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use meridian_proto::acl::{self, Acl, Action, ResourcePattern, Rule, Subject};
 use serde::{Deserialize, Serialize};
 
+use super::ApprovalStatus;
 use super::error::{CommandError, require_person};
 use super::governance::{ConsumerGroup, Topic};
 use super::users::User;
-use super::ApprovalStatus;
 
 /// The authorization part of the metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,7 +146,11 @@ pub fn authorize_command(state: &super::MetadataState, user: &str, command: &sup
     use meridian_proto::acl::{NamePattern, Resource};
     let admin_on = |resource: Resource<'_>, doing: &str| -> Result<(), String> {
         let model = state.acl();
-        if model.allowed(&meridian_proto::auth::Principal::User(user.to_owned()), Action::Admin, resource) {
+        if model.allowed(
+            &meridian_proto::auth::Principal::User(user.to_owned()),
+            Action::Admin,
+            resource,
+        ) {
             return Ok(());
         }
         Err(format!(
@@ -173,7 +177,11 @@ pub fn authorize_command(state: &super::MetadataState, user: &str, command: &sup
             ResourcePattern::Group(NamePattern::Literal(name)) => admin_on(Resource::Group(name), "change its rules"),
             _ => require_super_user(state, user, "revoke rules on prefixes or *"),
         },
-        _ => require_super_user(state, user, "make cluster-wide changes (switchovers, drills, IDC rules, the SDK policy, users, teams)"),
+        _ => require_super_user(
+            state,
+            user,
+            "make cluster-wide changes (switchovers, drills, IDC rules, the SDK policy, users, teams)",
+        ),
     }
 }
 
@@ -370,7 +378,13 @@ mod tests {
         let mut empty = rule(Effect::Allow, "*", "PUB", "*");
         empty.actions.clear();
         let error = state
-            .apply(Command::AclAdd { rule: empty, by: "ops".into() }, 1)
+            .apply(
+                Command::AclAdd {
+                    rule: empty,
+                    by: "ops".into(),
+                },
+                1,
+            )
             .unwrap_err();
         assert!(error.to_string().contains("names no action"), "{error}");
         assert_eq!(state, MetadataState::default());
@@ -408,6 +422,9 @@ mod tests {
             }
         }
         let model = state.acl();
-        assert_eq!(model.topic_owners, BTreeMap::from([("orders".to_owned(), "shop".to_owned())]));
+        assert_eq!(
+            model.topic_owners,
+            BTreeMap::from([("orders".to_owned(), "shop".to_owned())])
+        );
     }
 }

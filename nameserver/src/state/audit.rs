@@ -200,7 +200,11 @@ pub(super) fn describe(command: &Command) -> Option<Action> {
             },
             format!("{} on {}", rule.subject, rule.resource),
             by,
-            rule.actions.iter().map(|action| action.as_str()).collect::<Vec<_>>().join(","),
+            rule.actions
+                .iter()
+                .map(|action| action.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
         ),
         Command::AclRevoke {
             subject,
@@ -211,7 +215,11 @@ pub(super) fn describe(command: &Command) -> Option<Action> {
             "acl_revoke",
             format!("{subject} on {resource}"),
             by,
-            actions.iter().map(|action| action.as_str()).collect::<Vec<_>>().join(","),
+            actions
+                .iter()
+                .map(|action| action.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
         ),
         Command::SetUserTeams { name, teams, by } => action(
             "set_user_teams",
@@ -220,7 +228,11 @@ pub(super) fn describe(command: &Command) -> Option<Action> {
             format!("teams {}", teams.iter().cloned().collect::<Vec<_>>().join(",")),
         ),
         Command::SetSuperUser { name, super_user, by } => action(
-            if *super_user { "add_super_user" } else { "remove_super_user" },
+            if *super_user {
+                "add_super_user"
+            } else {
+                "remove_super_user"
+            },
             format!("user {name}"),
             by,
             "",
