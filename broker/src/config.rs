@@ -171,7 +171,7 @@ impl OnIdcLost {
 
 /// Authentication settings (the `[auth]` table). Off by default (and in `meridian dev` unless
 /// `--auth`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Every connection to the framed listener must log in first (a user made with
@@ -181,13 +181,38 @@ pub struct AuthConfig {
     /// The cluster's node secret, shared by every broker and nameserver (at least 32
     /// characters; `meridian user node-secret` makes one). Required with `enabled`.
     pub node_secret_file: Option<PathBuf>,
+    /// With `enabled`: every request is also checked against the cluster's ACL (`meridian acl`,
+    /// docs/security.md "Authorization"): PUB to send, SUB to consume, ADMIN for offset resets and
+    /// dead-letter resends. `false` lets every logged-in user do everything. Default `true`.
+    #[serde(default = "default_true")]
+    pub authorization: bool,
     /// The node credential read from `node_secret_file` by [`AuthConfig::load`]; never written
     /// back, and `Debug` hides the secret.
     #[serde(skip)]
     pub node_credentials: Option<meridian_proto::auth::Credentials>,
 }
 
+fn default_true() -> bool {
+    true
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            enabled: false,
+            node_secret_file: None,
+            authorization: true,
+            node_credentials: None,
+        }
+    }
+}
+
 impl AuthConfig {
+    /// Whether requests are checked against the ACL: `[auth] enabled` and `authorization`.
+    pub fn authorizes(&self) -> bool {
+        self.enabled && self.authorization
+    }
+
     /// Reads the node secret file, when set. With `enabled`, the file is required.
     pub fn load(&mut self) -> Result<()> {
         match &self.node_secret_file {

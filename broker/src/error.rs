@@ -210,6 +210,9 @@ pub enum BrokerError {
     /// that does not match the record, a transaction without a producer group, ...).
     #[error("{0}")]
     Refused(String),
+    /// The ACL does not let the connection's user do this (`[auth] authorization`).
+    #[error("{0}")]
+    PermissionDenied(#[from] meridian_proto::acl::AccessDenied),
     /// A request about a consumer group this broker does not know.
     #[error("consumer group {group:?} is unknown on this broker: {hint}")]
     UnknownGroup {
@@ -283,6 +286,7 @@ impl BrokerError {
             BrokerError::Evacuated { .. } => ErrorCode::Evacuated,
             BrokerError::Throttled { .. } => ErrorCode::Throttled,
             BrokerError::SdkRefused(_) => ErrorCode::FailedPrecondition,
+            BrokerError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             BrokerError::InvalidOffset(_) | BrokerError::Refused(_) => ErrorCode::InvalidArgument,
             BrokerError::UnknownGroup { .. } => ErrorCode::GroupNotFound,
             BrokerError::QueueLocked { .. } | BrokerError::OffsetReset { .. } => ErrorCode::FailedPrecondition,

@@ -1,10 +1,19 @@
-//! The checks a request passes before it touches the store: may this producer send to the topic
+//! The checks a request passes before it touches the store: may this user do this to the topic or
+//! group (the cluster's ACL, [`BrokerState::authorize`]), may this producer send to the topic
 //! (approvals, produce limits, SDK policy), may this group consume these topics, is this broker
 //! the writable master. Methods of [`BrokerState`], called by every protocol's handlers.
+//!
+//! Authorization (`[auth] enabled` and `authorization`): sends and transaction ends need PUB on
+//! the topic; pulls, heartbeats, offsets, queue locks and send-backs need SUB on the group and on
+//! each topic (a group's retry and dead-letter topics count as the group); offset resets and
+//! dead-letter resends need ADMIN on the group. Decided once per request from the ACL the broker
+//! learned with its metadata ([`crate::registry::Approved::acl`]).
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use meridian_proto::acl::{Action, Resource};
+use meridian_proto::auth::Principal;
 use meridian_proto::topics::TopicKind;
 use meridian_proto::validate;
 use meridian_proto::{topics, trace};
@@ -13,6 +22,46 @@ use crate::error::{BrokerError, Result};
 use crate::state::BrokerState;
 
 impl BrokerState {
+    /// Whether `principal` may do `action` on `resource` (always, unless `[auth] enabled` and
+    /// `authorization`). Nodes pass at once; a standalone broker knows no users, so only nodes
+    /// ever log in to it. Allocates nothing unless refused.
+    pub fn authorize(&self, principal: &Principal, action: Action, resource: Resource<'_>) -> Result<()> {
+        if !self.config.auth.authorizes() || principal.is_node() {
+            return Ok(());
+        }
+        let refused = match &self.governance {
+            Some(governance) => governance.authorize(principal, action, resource),
+            None => meridian_proto::acl::Acl::default().check(principal, action, resource),
+        };
+        refused.map_err(|denied| {
+            tracing::info!(%principal, action = action.as_str(), %resource, "request refused by the acl");
+            BrokerError::PermissionDenied(denied)
+        })
+    }
+
+    /// [`BrokerState::authorize`] of `action` on a topic named in a request (a group's retry and
+    /// dead-letter topics count as the group).
+    pub fn authorize_topic(&self, principal: &Principal, action: Action, topic: &str) -> Result<()> {
+        self.authorize(principal, action, Resource::of_topic(topic))
+    }
+
+    /// What a consumer request needs: SUB on the group and on each topic.
+    pub fn authorize_consume<'a>(
+        &self,
+        principal: &Principal,
+        group: &str,
+        topics: impl IntoIterator<Item = &'a str>,
+    ) -> Result<()> {
+        if !self.config.auth.authorizes() || principal.is_node() {
+            return Ok(());
+        }
+        self.authorize(principal, Action::Sub, Resource::Group(group))?;
+        for topic in topics {
+            self.authorize_topic(principal, Action::Sub, topic)?;
+        }
+        Ok(())
+    }
+
     /// Whether producers may send to `topic` (always, on a standalone broker).
     pub(crate) fn check_send(&self, topic: &str) -> Result<()> {
         self.governance

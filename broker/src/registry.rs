@@ -53,12 +53,23 @@ pub struct Approved {
     pub sdk_policy: SdkPolicyGrant,
     /// Users' verifiers, for logins when `[auth]` is on ([`crate::auth`]).
     pub users: HashMap<String, meridian_proto::auth::Verifier>,
+    /// The cluster's ACL, for `[auth] authorization` ([`crate::permission`]).
+    pub acl: meridian_proto::acl::Acl,
 }
 
 impl Approved {
     /// The snapshot of a [`messages::BrokerMetadata`] answer.
     pub fn from_metadata(metadata: messages::BrokerMetadata) -> Approved {
+        let acl = if metadata.acl_json.is_empty() {
+            meridian_proto::acl::Acl::default()
+        } else {
+            serde_json::from_str(&metadata.acl_json).unwrap_or_else(|error| {
+                error!(%error, "the nameserver's ACL is unreadable; only nodes and super users pass until the next metadata");
+                meridian_proto::acl::Acl::default()
+            })
+        };
         Approved {
+            acl,
             version: Some(metadata.version),
             throttles: Throttles::from_grants(&metadata.topics, Instant::now()),
             sdk_policy: metadata.sdk_policy.unwrap_or_default(),
@@ -152,6 +163,17 @@ impl Governance {
 
     fn read(&self) -> RwLockReadGuard<'_, Arc<Approved>> {
         self.approved.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the ACL in force lets `principal` do `action` on `resource`; one read lock, no
+    /// allocation unless refused.
+    pub fn authorize(
+        &self,
+        principal: &meridian_proto::auth::Principal,
+        action: meridian_proto::acl::Action,
+        resource: meridian_proto::acl::Resource<'_>,
+    ) -> std::result::Result<(), meridian_proto::acl::AccessDenied> {
+        self.read().acl.check(principal, action, resource)
     }
 
     /// The snapshot in force.
@@ -783,6 +805,7 @@ mod tests {
             }],
             sdk_policy: None,
             users: Vec::new(),
+            acl_json: String::new(),
         }
     }
 

@@ -417,7 +417,23 @@ impl FrameService for BrokerFrames {
     type Error = BrokerError;
 
     fn answer(&self, code: RequestCode, body: Bytes, peer: SocketAddr) -> Reply {
-        handlers::handle(&self.state, code, body, peer)
+        handlers::handle(
+            &self.state,
+            &meridian_proto::auth::Principal::Anonymous,
+            code,
+            body,
+            peer,
+        )
+    }
+
+    fn answer_as(
+        &self,
+        principal: &meridian_proto::auth::Principal,
+        code: RequestCode,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Reply {
+        handlers::handle(&self.state, principal, code, body, peer)
     }
 
     /// Sends this connection has already sent go into one append and one write.
@@ -426,7 +442,16 @@ impl FrameService for BrokerFrames {
     }
 
     fn answer_batch(&self, bodies: Vec<Bytes>, peer: SocketAddr) -> Vec<Reply> {
-        handlers::send_many(&self.state, bodies, peer)
+        handlers::send_many(&self.state, &meridian_proto::auth::Principal::Anonymous, bodies, peer)
+    }
+
+    fn answer_batch_as(
+        &self,
+        principal: &meridian_proto::auth::Principal,
+        bodies: Vec<Bytes>,
+        peer: SocketAddr,
+    ) -> Vec<Reply> {
+        handlers::send_many(&self.state, principal, bodies, peer)
     }
 
     fn error_frame(&self, request_id: u64, error: BrokerError) -> Frame {

@@ -320,7 +320,13 @@ fn committed_write(record: &Record<'_>, producer_group: &str) -> Result<Write> {
 
 /// Ends a transaction as its producer says. Returns the commitlog offset past what it appended
 /// (0 when nothing was: an unknown outcome, or a repeated one), to be waited on before answering.
-pub fn end_transaction(state: &BrokerState, request: &EndTransactionRequest) -> Result<u64> {
+/// `authorize` is asked about the half message's real topic before anything changes (the
+/// caller's ACL check: PUB on that topic).
+pub fn end_transaction(
+    state: &BrokerState,
+    request: &EndTransactionRequest,
+    authorize: impl FnOnce(&str) -> Result<()>,
+) -> Result<u64> {
     validate::validate_group(&request.producer_group)?;
     let outcome = TransactionOutcome::try_from(request.outcome).map_err(|_| {
         BrokerError::MalformedBody(format!(
@@ -345,6 +351,7 @@ pub fn end_transaction(state: &BrokerState, request: &EndTransactionRequest) -> 
             request.msg_id, request.producer_group
         )));
     }
+    authorize(properties::get(record.properties(), REAL_TOPIC).unwrap_or_default())?;
     let wanted = match outcome {
         // The check-back asks again later.
         TransactionOutcome::Unknown => return Ok(0),
@@ -669,6 +676,7 @@ mod tests {
         };
         let reply = send_many(
             state,
+            &meridian_proto::auth::Principal::Node,
             vec![Bytes::from(request.encode_to_vec())],
             "127.0.0.1:5000".parse().unwrap(),
         )
@@ -695,7 +703,7 @@ mod tests {
             outcome: outcome as i32,
             from_check: false,
         };
-        let ended = end_transaction(state, &request);
+        let ended = end_transaction(state, &request, |_| Ok(()));
         dispatched(state);
         ended
     }
@@ -783,7 +791,7 @@ mod tests {
             outcome: TransactionOutcome::Commit as i32,
             from_check: false,
         };
-        let error = end_transaction(&state, &request).unwrap_err();
+        let error = end_transaction(&state, &request, |_| Ok(())).unwrap_err();
         assert!(error.to_string().contains("belongs to producer group"), "{error}");
         let request = EndTransactionRequest {
             producer_group: GROUP.into(),
@@ -791,7 +799,7 @@ mod tests {
             ..request
         };
         assert_eq!(
-            end_transaction(&state, &request).unwrap_err().code(),
+            end_transaction(&state, &request, |_| Ok(())).unwrap_err().code(),
             ErrorCode::MalformedFrame
         );
 
@@ -815,6 +823,7 @@ mod tests {
         };
         let Reply::Now(Err(error)) = send_many(
             &state,
+            &meridian_proto::auth::Principal::Node,
             vec![Bytes::from(body.encode_to_vec())],
             "127.0.0.1:5000".parse().unwrap(),
         )

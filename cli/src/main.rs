@@ -4,6 +4,7 @@
 //! Each subcommand lives in its own module; services are libraries with `run(config, shutdown)`
 //! composed here. Start reading at [`Command`].
 
+mod acl_cmds;
 mod alerts_cmds;
 mod archive_cmds;
 mod archive_steps;
@@ -114,6 +115,9 @@ enum Command {
     User(user_cmds::UserCommand),
     /// The audit log: every admin action, who made it, when and from where.
     Audit(audit_cmds::AuditArgs),
+    /// Authorization rules: grant, deny, revoke, list; super users (`[auth] authorization`).
+    #[command(subcommand)]
+    Acl(acl_cmds::AclCommand),
 }
 
 /// The default log filter of services: every `meridian*` target at `info`, dependencies at
@@ -188,6 +192,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Alerts(args) => alerts_cmds::alerts(args).await,
             Command::User(command) => user_cmds::user(command).await,
             Command::Audit(args) => audit_cmds::audit(args).await,
+            Command::Acl(command) => acl_cmds::acl(command).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Archiver(args) => archive_cmds::archiver(args).await,
             Command::Archive(command) => archive_cmds::archive(command).await,

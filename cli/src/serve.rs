@@ -226,7 +226,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         auth: meridian_nameserver::auth::AuthConfig {
             enabled: args.auth,
             node_secret_file: node_secret_file.clone(),
-            node_credentials: None,
+            ..Default::default()
         },
         listen: args.nameserver_listen,
         http_listen: None,
@@ -351,6 +351,10 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         }
         None => None,
     };
+    // Authenticated HTTP callers see traces and SQL rows of the topics the ACL lets them.
+    let local_acl: Arc<dyn meridian_proto::acl::AclSource> =
+        Arc::new(meridian_nameserver::auth::LocalAcl::new(nameserver.service()));
+    tracer = tracer.with_acl(local_acl.clone());
     let tracer_router = tracer.router();
     // The query service reads the archive the archiver writes (nothing to read without one).
     let query_router = match &query_archive {
@@ -372,6 +376,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
                 vec![tail],
             )
             .await?;
+            service.set_acl_source(local_acl.clone());
             meridian_query::http::router(service)
         }
         None => axum::Router::new(),

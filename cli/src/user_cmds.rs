@@ -18,6 +18,10 @@ pub enum UserCommand {
     Create {
         /// User name: 1 to 64 of [A-Za-z0-9_.@-].
         name: String,
+        /// A team the user is in (repeat for several): rules about `team:<name>` and the topics
+        /// and groups the team owns apply to the user.
+        #[arg(long = "team")]
+        teams: Vec<String>,
         #[command(flatten)]
         who: Who,
         #[command(flatten)]
@@ -41,6 +45,18 @@ pub enum UserCommand {
         #[command(flatten)]
         nameservers: NameserverAddrs,
     },
+    /// Replace a user's teams (none: no team).
+    Teams {
+        /// User name.
+        name: String,
+        /// The teams, e.g. `--team payments --team orders`.
+        #[arg(long = "team")]
+        teams: Vec<String>,
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        nameservers: NameserverAddrs,
+    },
     /// List users (names and dates, never credentials).
     List {
         #[command(flatten)]
@@ -57,9 +73,19 @@ pub enum UserCommand {
 /// Runs `meridian user ...`.
 pub async fn user(command: UserCommand) -> Result<()> {
     match command {
-        UserCommand::Create { name, who, nameservers } => {
+        UserCommand::Create {
+            name,
+            teams,
+            who,
+            nameservers,
+        } => {
             if let Err(message) = auth::validate_user_name(&name) {
                 bail!(message);
+            }
+            for team in &teams {
+                if let Err(message) = meridian_proto::acl::validate_team(team) {
+                    bail!(message);
+                }
             }
             let secret = auth::generate_secret();
             let verifier = StoredVerifier::from_verifier(&Verifier::generate(secret.as_bytes()));
@@ -69,11 +95,23 @@ pub async fn user(command: UserCommand) -> Result<()> {
                 Command::CreateUser {
                     name: name.clone(),
                     verifier,
-                    by,
+                    by: by.clone(),
                 },
             )
             .await?;
             print_secret(&name, &secret, "created");
+            if !teams.is_empty() {
+                write(
+                    &nameservers,
+                    Command::SetUserTeams {
+                        name: name.clone(),
+                        teams: teams.into_iter().collect(),
+                        by,
+                    },
+                )
+                .await?;
+                println!("user {name} is in its teams");
+            }
         }
         UserCommand::Rotate { name, who, nameservers } => {
             let secret = auth::generate_secret();
@@ -117,12 +155,35 @@ pub async fn user(command: UserCommand) -> Result<()> {
                 }
             }
         }
+        UserCommand::Teams {
+            name,
+            teams,
+            who,
+            nameservers,
+        } => {
+            let by = who.name()?;
+            let teams: std::collections::BTreeSet<String> = teams.into_iter().collect();
+            let listed = teams.iter().cloned().collect::<Vec<_>>().join(", ");
+            write(
+                &nameservers,
+                Command::SetUserTeams {
+                    name: name.clone(),
+                    teams,
+                    by,
+                },
+            )
+            .await?;
+            println!(
+                "user {name} teams: {}",
+                if listed.is_empty() { "none" } else { &listed }
+            );
+        }
         UserCommand::NodeSecret => println!("{}", auth::generate_secret()),
     }
     Ok(())
 }
 
-async fn write(nameservers: &NameserverAddrs, command: Command) -> Result<()> {
+pub(crate) async fn write(nameservers: &NameserverAddrs, command: Command) -> Result<()> {
     let client = NameserverClient::new(nameservers)?;
     let result = client.command(command).await;
     client.shutdown().await;
@@ -155,7 +216,7 @@ pub fn ensure_node_secret(data_dir: &std::path::Path) -> Result<std::path::PathB
 }
 
 /// `meridian dev --auth`: creates the user `admin` (or gives it a new secret when it exists from
-/// an earlier run) and returns its secret.
+/// an earlier run), makes it a super user, and returns its secret.
 pub async fn dev_admin(service: &meridian_nameserver::service::NameserverService) -> Result<String> {
     let secret = auth::generate_secret();
     let verifier = StoredVerifier::from_verifier(&Verifier::generate(secret.as_bytes()));
@@ -175,6 +236,13 @@ pub async fn dev_admin(service: &meridian_nameserver::service::NameserverService
         }
     };
     service.command(command.into()).await?;
+    // The administrator may do everything, also when `[auth] authorization` is on.
+    let super_user = Command::SetSuperUser {
+        name: "admin".into(),
+        super_user: true,
+        by: "meridian dev".into(),
+    };
+    service.command(super_user.into()).await?;
     Ok(secret)
 }
 

@@ -107,6 +107,20 @@ impl From<AdminCommand> for Command {
             AdminCommand::CreateUser { name, verifier, by } => Command::CreateUser { name, verifier, by },
             AdminCommand::RotateUser { name, verifier, by } => Command::RotateUser { name, verifier, by },
             AdminCommand::DeleteUser { name, by } => Command::DeleteUser { name, by },
+            AdminCommand::AclAdd { rule, by } => Command::AclAdd { rule, by },
+            AdminCommand::AclRevoke {
+                subject,
+                actions,
+                resource,
+                by,
+            } => Command::AclRevoke {
+                subject,
+                actions,
+                resource,
+                by,
+            },
+            AdminCommand::SetUserTeams { name, teams, by } => Command::SetUserTeams { name, teams, by },
+            AdminCommand::SetSuperUser { name, super_user, by } => Command::SetSuperUser { name, super_user, by },
         }
     }
 }
@@ -242,6 +256,31 @@ mod tests {
             },
             AdminCommand::DeleteUser {
                 name: "alice".into(),
+                by: "bo".into(),
+            },
+            AdminCommand::AclAdd {
+                rule: meridian_proto::acl::Rule {
+                    subject: meridian_proto::acl::Subject::Team("payments".into()),
+                    effect: meridian_proto::acl::Effect::Deny,
+                    actions: [meridian_proto::acl::Action::Sql].into(),
+                    resource: meridian_proto::acl::ResourcePattern::parse("topic:pay*").unwrap(),
+                },
+                by: "bo".into(),
+            },
+            AdminCommand::AclRevoke {
+                subject: meridian_proto::acl::Subject::Anyone,
+                actions: [meridian_proto::acl::Action::Pub].into(),
+                resource: meridian_proto::acl::ResourcePattern::Any,
+                by: "bo".into(),
+            },
+            AdminCommand::SetUserTeams {
+                name: "alice".into(),
+                teams: BTreeSet::from(["payments".to_owned()]),
+                by: "bo".into(),
+            },
+            AdminCommand::SetSuperUser {
+                name: "alice".into(),
+                super_user: true,
                 by: "bo".into(),
             },
         ]

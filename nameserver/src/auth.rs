@@ -17,7 +17,7 @@ use crate::service::NameserverService;
 
 /// Authentication settings (the `[auth]` table). Off by default (and in `meridian dev` unless
 /// `--auth`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Every connection must log in first; Raft, broker registration and replica traffic only
@@ -26,12 +26,32 @@ pub struct AuthConfig {
     /// The cluster's node secret, the same file on every broker and nameserver (at least 32
     /// characters; `meridian user node-secret` makes one). Required with `enabled`.
     pub node_secret_file: Option<PathBuf>,
+    /// With `enabled`: admin writes are checked against the cluster's ACL (ADMIN on the topic or
+    /// group they name, super user for cluster-wide ones; docs/security.md "Authorization").
+    /// `false` lets every logged-in user write anything. Default `true`.
+    pub authorization: bool,
     /// The node credential read by [`AuthConfig::load`]; `Debug` hides the secret.
     #[serde(skip)]
     pub node_credentials: Option<Credentials>,
 }
 
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            enabled: false,
+            node_secret_file: None,
+            authorization: true,
+            node_credentials: None,
+        }
+    }
+}
+
 impl AuthConfig {
+    /// Whether admin writes are checked against the ACL: `enabled` and `authorization`.
+    pub fn authorizes(&self) -> bool {
+        self.enabled && self.authorization
+    }
+
     /// Reads the node secret file, when set. With `enabled`, the file is required.
     pub fn load(&mut self) -> Result<(), NameserverError> {
         match &self.node_secret_file {
@@ -98,4 +118,39 @@ pub fn authenticator(config: &AuthConfig, service: &Arc<NameserverService>) -> O
         node_secret,
         Arc::new(StateUsers(service.clone())),
     )))
+}
+
+/// The ACL of the nameserver in this process, for the tracer and the query service of
+/// `meridian dev`: rebuilt only when the metadata version moved, so a lookup reads an `Arc`.
+pub struct LocalAcl {
+    service: Arc<NameserverService>,
+    cached: std::sync::Mutex<Option<(u64, Arc<meridian_proto::acl::Acl>)>>,
+}
+
+impl LocalAcl {
+    /// The ACL of `service`'s applied state.
+    pub fn new(service: Arc<NameserverService>) -> LocalAcl {
+        LocalAcl {
+            service,
+            cached: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl meridian_proto::acl::AclSource for LocalAcl {
+    fn acl(&self) -> Arc<meridian_proto::acl::Acl> {
+        let version = self.service.raft().read_state(|state| state.metadata_version());
+        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((cached_version, acl)) = cached.as_ref()
+            && *cached_version == version
+        {
+            return acl.clone();
+        }
+        let (version, acl) = self
+            .service
+            .raft()
+            .read_state(|state| (state.metadata_version(), Arc::new(state.acl())));
+        *cached = Some((version, acl.clone()));
+        acl
+    }
 }

@@ -163,6 +163,7 @@ pub fn broker_metadata(state: &MetadataState, group: &str) -> BrokerMetadata {
         .collect();
     BrokerMetadata {
         users,
+        acl_json: serde_json::to_string(&state.acl()).unwrap_or_default(),
         version: state.metadata_version(),
         topics,
         groups,

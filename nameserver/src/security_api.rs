@@ -27,6 +27,12 @@ pub fn router() -> Router<Arc<NameserverService>> {
         .route("/api/users/{name}", axum::routing::delete(delete_user))
         .route("/api/users/{name}/rotate", post(rotate_user))
         .route("/api/audit", get(audit))
+        .route("/api/acl", get(acl))
+}
+
+/// `GET /api/acl`: the authorization model the tracer and the query service decide with.
+async fn acl(State(service): State<Arc<NameserverService>>) -> Json<meridian_proto::acl::Acl> {
+    Json(service.raft().read_state(|state| state.acl()))
 }
 
 /// `POST /api/users`.

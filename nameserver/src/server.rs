@@ -57,6 +57,8 @@ pub struct Nameserver {
     /// The `[connections]` limits and the connections they count.
     limits: Arc<ConnectionLimiter>,
     max_inflight: usize,
+    /// `[auth] enabled` and `authorization`: users' admin writes are checked against the ACL.
+    authorizes: bool,
 }
 
 impl Nameserver {
@@ -154,6 +156,7 @@ impl Nameserver {
         ));
         let auth = crate::auth::authenticator(&config.auth, &service);
         Ok(Nameserver {
+            authorizes: config.auth.authorizes(),
             auth,
             listener,
             remoting,
@@ -210,6 +213,7 @@ impl Nameserver {
             tls,
             limits,
             max_inflight,
+            authorizes,
         } = self;
         let connections = TaskTracker::new();
         let background = TaskTracker::new();
@@ -230,6 +234,7 @@ impl Nameserver {
         }
         background.close();
         let frames = Arc::new(NameserverFrames {
+            authorizes,
             service: service.clone(),
             remoting_addrs: remoting_addrs.clone(),
         });
@@ -404,6 +409,8 @@ fn answer(
 
 /// The nameserver's side of a framed connection: the loop itself is [`serve::serve_connection`].
 struct NameserverFrames {
+    /// `[auth] enabled` and `authorization`: users' writes are checked against the ACL.
+    authorizes: bool,
     service: Arc<NameserverService>,
     remoting_addrs: Arc<crate::remoting::BrokerRemotingAddrs>,
 }
@@ -439,6 +446,8 @@ impl FrameService for NameserverFrames {
             },
         };
         let service = self.service.clone();
+        let authorizes = self.authorizes;
+        let user = origin.user.clone();
         service
             .metrics()
             .requests
@@ -446,6 +455,19 @@ impl FrameService for NameserverFrames {
             .inc();
         Answer::Later(Box::pin(async move {
             let mut request = decode_json::<WriteRequest>("nameserver write", &body)?;
+            if authorizes && let Some(user) = &user {
+                service
+                    .raft()
+                    .read_state(|state| match &request.op {
+                        crate::service::WriteOp::Command { command } => {
+                            crate::state::acl::authorize_command(state, user, command)
+                        }
+                        crate::service::WriteOp::AddNode { .. } | crate::service::WriteOp::RemoveNode { .. } => {
+                            crate::state::acl::require_super_user(state, user, "change the nameservers' membership")
+                        }
+                    })
+                    .map_err(|denied| ApiError::new(ErrorCode::PermissionDenied, denied))?;
+            }
             if !(anonymous && request.forwarded) {
                 crate::service::attribute(&mut request.op, origin);
             }

@@ -119,6 +119,8 @@ pub enum Query {
         /// Most entries.
         limit: usize,
     },
+    /// The authorization model: rules, super users, teams, owners ([`meridian_proto::acl::Acl`]).
+    Acl,
 }
 
 /// A topic and its history.
@@ -666,6 +668,7 @@ impl NameserverService {
             Query::Drill => to_json(&self.drill()),
             Query::Services => to_json(&self.settings.services),
             Query::Users => to_json(&self.raft.read_state(|state| crate::state::users::views(state.users()))),
+            Query::Acl => to_json(&self.raft.read_state(|state| state.acl())),
             Query::Audit { after, limit } => to_json(
                 &self
                     .raft

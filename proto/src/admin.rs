@@ -458,6 +458,43 @@ pub enum AdminCommand {
         /// Who deletes it.
         by: String,
     },
+    /// Add an allow or deny rule (its actions join those of the rule with the same subject,
+    /// effect and resource).
+    AclAdd {
+        /// The rule.
+        rule: crate::acl::Rule,
+        /// Who adds it.
+        by: String,
+    },
+    /// Remove actions from the allow and deny rules of a subject on a resource.
+    AclRevoke {
+        /// Whom the rules are about.
+        subject: crate::acl::Subject,
+        /// The actions to remove.
+        actions: BTreeSet<crate::acl::Action>,
+        /// The resource pattern, as granted.
+        resource: crate::acl::ResourcePattern,
+        /// Who revokes.
+        by: String,
+    },
+    /// Replace a user's teams (rules about `team:<name>` and the teams owning topics and groups).
+    SetUserTeams {
+        /// User name.
+        name: String,
+        /// The teams; empty: none.
+        teams: BTreeSet<String>,
+        /// Who sets them.
+        by: String,
+    },
+    /// Make a user a super user (may do everything), or no longer.
+    SetSuperUser {
+        /// User name.
+        name: String,
+        /// Whether the user is a super user.
+        super_user: bool,
+        /// Who decides.
+        by: String,
+    },
 }
 
 /// A write an admin client sends (`NameserverWrite`): a change to the metadata, or to the

@@ -34,6 +34,7 @@
 //!   loop of the broker and the nameserver.
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod admin;
 pub mod auth;
 pub mod client_stats;

@@ -851,6 +851,10 @@ pub struct BrokerMetadata {
     /// cluster nodes may fetch this when authentication is on; a verifier cannot log in.
     #[prost(message, repeated, tag = "5")]
     pub users: Vec<UserGrant>,
+    /// The authorization model ([`crate::acl::Acl`]) as JSON; empty from an older nameserver
+    /// (an empty model: only nodes and super users pass when authorization is on).
+    #[prost(string, tag = "6")]
+    pub acl_json: String,
 }
 
 /// One user's credential as brokers learn it.

@@ -119,6 +119,17 @@ pub trait FrameService: Send + Sync + 'static {
         bodies.into_iter().map(|body| self.answer(code, body, peer)).collect()
     }
 
+    /// [`FrameService::answer_batch`] for a connection logged in as `principal`. Services that
+    /// check who asks override this.
+    fn answer_batch_as(
+        &self,
+        _principal: &Principal,
+        bodies: Vec<Bytes>,
+        peer: SocketAddr,
+    ) -> Vec<Answer<Self::Error>> {
+        self.answer_batch(bodies, peer)
+    }
+
     /// The error response to request `request_id` (counting and logging it as the service does).
     fn error_frame(&self, request_id: u64, error: Self::Error) -> Frame;
 
@@ -745,7 +756,7 @@ async fn serve_halves<S, R, W>(
             .into_iter()
             .map(|(request_id, oneway, body)| ((request_id, oneway), body))
             .unzip();
-        let answers = service.answer_batch(bodies, peer);
+        let answers = service.answer_batch_as(login.principal(), bodies, peer);
         let mut open = true;
         for ((request_id, oneway), answer) in ids.into_iter().zip(answers) {
             if !connection.dispatch(code, answer, request_id, oneway).await {

@@ -58,6 +58,8 @@ struct SqlRequest {
 
 async fn sql(
     State(service): State<Arc<QueryService>>,
+    // Put there by the HTTP authentication layer; absent when authentication is off.
+    principal: Option<axum::Extension<meridian_proto::auth::Principal>>,
     Query(query): Query<FormatQuery>,
     headers: HeaderMap,
     body: Bytes,
@@ -84,7 +86,9 @@ async fn sql(
         .unwrap_or_else(|| "json".into())
         .parse()
         .map_err(ApiError)?;
-    let answer = service.sql(&text).await.map_err(ApiError)?;
+    // Only the topics the caller may SQL, when the ACL is known and the caller is not a super user.
+    let readable = principal.and_then(|axum::Extension(principal)| service.readable_topics(&principal));
+    let answer = service.sql_over(&text, readable.as_deref()).await.map_err(ApiError)?;
     let bytes = format::encode(&answer, format).map_err(ApiError)?;
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], bytes).into_response();
     // An empty answer says why (what the archive holds, whether the live log is read).

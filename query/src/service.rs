@@ -1,6 +1,12 @@
 //! The query service: one DataFusion session over the archive, with the tables `messages` and
 //! `traces`, the views built on them, the forecasting functions, and the limits every query runs
 //! under (read-only, memory, time, answer size, concurrency).
+//!
+//! Authorization: [`QueryService::sql_over`] answers over the topics a caller may SQL only. It
+//! plans the query in a session of its own whose tables (`messages`, `archived_messages`,
+//! `live_messages`, `traces`) are the service's tables behind `topic IN (readable)`, and whose
+//! views are defined again on those; the unfiltered tables are not registered there under any
+//! name, so no query shape (joins, subqueries, unions, views, forecasts) can reach them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +99,8 @@ pub struct QueryService {
     snapshot: Arc<tokio::sync::RwLock<()>>,
     /// Brokers whose live tail `messages` includes.
     tail_brokers: Vec<String>,
+    /// Where the HTTP API reads who may SQL which topic ([`QueryService::set_acl_source`]).
+    acl: std::sync::RwLock<Option<Arc<dyn meridian_proto::acl::AclSource>>>,
 }
 
 /// The runtime queries execute on, apart from the one serving requests (DataFusion's advice for
@@ -271,6 +279,7 @@ impl QueryService {
             cpu,
             snapshot: Arc::default(),
             tail_brokers,
+            acl: std::sync::RwLock::new(None),
         };
         service.refresh(true).await?;
         Ok(service)
@@ -337,10 +346,48 @@ impl QueryService {
         self.index.refresh(&self.store, interval).await
     }
 
+    /// Sets where the HTTP API reads the cluster's ACL (`GET /api/acl` of the nameservers, or the
+    /// nameserver in the same process); without one, callers are not filtered.
+    pub fn set_acl_source(&self, source: Arc<dyn meridian_proto::acl::AclSource>) {
+        *self.acl.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(source);
+    }
+
+    /// The topics `principal` may SQL, or `None` when not restricted (no ACL source, a node or a
+    /// super user). Topics are those approved (the ACL's owners).
+    pub fn readable_topics(&self, principal: &meridian_proto::auth::Principal) -> Option<Vec<String>> {
+        let source = self
+            .acl
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()?;
+        let acl = source.acl();
+        if principal.is_node()
+            || matches!(principal, meridian_proto::auth::Principal::User(user) if acl.is_super_user(user))
+        {
+            return None;
+        }
+        Some(
+            acl.permitted_topics(
+                principal,
+                meridian_proto::acl::Action::Sql,
+                acl.topic_owners.keys().map(String::as_str),
+            )
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        )
+    }
+
     /// Runs one SQL statement under the service's limits and returns the whole answer.
     pub async fn sql(&self, sql: &str) -> Result<QueryAnswer> {
+        self.sql_over(sql, None).await
+    }
+
+    /// [`QueryService::sql`] over the messages and traces of `topics` only (`None`: every
+    /// topic); see the module doc for why no query can read past them.
+    pub async fn sql_over(&self, sql: &str, topics: Option<&[String]>) -> Result<QueryAnswer> {
         let started = Instant::now();
-        let outcome = self.sql_inner(sql, started).await;
+        let outcome = self.sql_inner(sql, topics, started).await;
         self.metrics.observe(&outcome, started.elapsed());
         match &outcome {
             Ok(answer) => tracing::info!(
@@ -353,7 +400,64 @@ impl QueryService {
         outcome
     }
 
-    async fn sql_inner(&self, sql: &str, started: Instant) -> Result<QueryAnswer> {
+    /// A session like the service's whose tables hold only the rows of `topics`.
+    async fn restricted_session(&self, topics: &[String]) -> Result<SessionContext> {
+        use datafusion::catalog::{
+            CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+            MemorySchemaProvider,
+        };
+        use datafusion::execution::SessionStateBuilder;
+        use datafusion::prelude::{col, lit};
+        let failed = |error: DataFusionError| QueryError::Execution(error.strip_backtrace());
+        let options = self.ctx.copied_config();
+        let catalog_options = &options.options().catalog;
+        let catalog = MemoryCatalogProvider::new();
+        catalog
+            .register_schema(&catalog_options.default_schema, Arc::new(MemorySchemaProvider::new()))
+            .map_err(failed)?;
+        let catalogs = MemoryCatalogProviderList::new();
+        catalogs.register_catalog(catalog_options.default_catalog.clone(), Arc::new(catalog));
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_catalog_list(Arc::new(catalogs))
+            .build();
+        let restricted = SessionContext::new_with_state(state);
+        let readable = if topics.is_empty() {
+            lit(false)
+        } else {
+            col(message_schema::columns::TOPIC).in_list(topics.iter().map(|topic| lit(topic.as_str())).collect(), false)
+        };
+        let tables: &[&str] = if self.tail_brokers.is_empty() {
+            &["messages", "traces"]
+        } else {
+            &["archived_messages", "live_messages", "traces"]
+        };
+        for name in tables {
+            let table = self.ctx.table_provider(*name).await.map_err(failed)?;
+            let filtered = restricted
+                .read_table(table)
+                .and_then(|frame| frame.filter(readable.clone()))
+                .map_err(failed)?
+                .into_view();
+            restricted.register_table(*name, filtered).map_err(failed)?;
+        }
+        let mut views: Vec<(&str, &str)> = Vec::new();
+        if !self.tail_brokers.is_empty() {
+            views.push((
+                "messages",
+                "SELECT * FROM archived_messages UNION ALL SELECT * FROM live_messages",
+            ));
+        }
+        views.extend(VIEWS.iter().copied());
+        for (name, sql) in views {
+            restricted
+                .sql(&format!("CREATE VIEW {name} AS {sql}"))
+                .await
+                .map_err(|error| QueryError::Execution(format!("defining view {name}: {}", error.strip_backtrace())))?;
+        }
+        Ok(restricted)
+    }
+
+    async fn sql_inner(&self, sql: &str, topics: Option<&[String]>, started: Instant) -> Result<QueryAnswer> {
         if sql.trim().is_empty() {
             return Err(QueryError::BadRequest(
                 "no SQL given: send one statement, e.g. SELECT count(*) FROM messages".into(),
@@ -365,10 +469,14 @@ impl QueryService {
             .await
             .map_err(|_| QueryError::Execution("the query service is shutting down".into()))?;
         self.refresh(false).await?;
+        let ctx = match topics {
+            Some(topics) => self.restricted_session(topics).await?,
+            None => self.ctx.clone(),
+        };
         let timeout = Duration::from_secs_f64(self.config.timeout_secs);
         let mut task = self.tasks.spawn_on(
             run_query(
-                self.ctx.clone(),
+                ctx,
                 sql.to_owned(),
                 self.config.max_result_rows,
                 self.config.memory_limit_mb,

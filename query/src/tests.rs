@@ -344,3 +344,51 @@ fn forecasts_of_trend_and_daily_season_are_accurate_and_intervals_cover_the_trut
     // Nominal 95%: measured 94.6% (and MAPE 1.75%) with these seeds.
     assert!((0.90..=0.99).contains(&coverage), "coverage {coverage}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_sql_over_readable_topics_sees_no_other_rows_whatever_the_query_shape() {
+    let (_dir, _store, service) = service_with(QueryConfig::default()).await;
+    // The generated archive spreads 2400 messages over topic-0, topic-1 and topic-2 evenly.
+    assert_eq!(count(&service, "SELECT count(*) FROM messages").await, "2400");
+    let readable = vec!["topic-1".to_owned()];
+    let over = |sql: &'static str, topics: Option<Vec<String>>| {
+        let service = &service;
+        async move {
+            let answer = service
+                .sql_over(sql, topics.as_deref())
+                .await
+                .unwrap_or_else(|error| panic!("{sql}: {error}"));
+            crate::slt::rows(&answer).join("\n")
+        }
+    };
+    for sql in [
+        "SELECT count(*) FROM messages WHERE topic <> 'topic-1'",
+        "SELECT count(*) FROM (SELECT * FROM messages UNION ALL SELECT * FROM messages) WHERE topic = 'topic-0'",
+        "SELECT count(*) FROM messages WHERE msg_id IN (SELECT msg_id FROM messages WHERE topic = 'topic-2')",
+        "SELECT count(*) FROM messages a JOIN messages b ON a.msg_id = b.msg_id WHERE b.topic = 'topic-0'",
+        "SELECT count(*) FROM hourly_volume WHERE topic = 'topic-2'",
+        "SELECT count(*) FROM traces WHERE topic IS NOT NULL AND topic <> 'topic-1'",
+        "SELECT count(*) FROM consume_latency WHERE topic = 'topic-0'",
+        "SELECT count(*) FROM datafusion.public.messages WHERE topic = 'topic-0'",
+    ] {
+        assert_eq!(over(sql, Some(readable.clone())).await, "0", "{sql} escaped the filter");
+    }
+    assert_eq!(
+        over("SELECT count(*) FROM messages", Some(readable.clone())).await,
+        "800"
+    );
+    assert_eq!(
+        over("SELECT DISTINCT topic FROM messages", Some(readable.clone())).await,
+        "topic-1"
+    );
+    assert_eq!(over("SELECT count(*) FROM messages", Some(Vec::new())).await, "0");
+    // Unrestricted callers still see everything, and the shared session was not changed.
+    assert_eq!(over("SELECT count(*) FROM messages", None).await, "2400");
+    assert_eq!(count(&service, "SELECT count(DISTINCT topic) FROM messages").await, "3");
+    // The read-only rule holds in the restricted session too.
+    let error = service
+        .sql_over("CREATE TABLE t AS SELECT 1", Some(&readable))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, QueryError::ReadOnly { .. }), "{error}");
+}

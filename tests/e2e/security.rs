@@ -962,3 +962,143 @@ async fn security_a_stranger_posing_as_a_slave_does_not_count_toward_the_groups_
     assert!(!health.to_string().contains("broker-z"), "{health}");
     pool.shutdown().await;
 }
+
+/// Runs the CLI until `done` accepts its outcome (the broker applies ACL changes with its next
+/// metadata fetch); returns the last outcome. Polls a condition, never sleeps a fixed time for it.
+fn cli_until(
+    nameserver: &str,
+    credentials: Option<(&str, &str)>,
+    args: &[&str],
+    done: impl Fn(&(bool, String, String)) -> bool,
+) -> (bool, String, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let outcome = cli(nameserver, credentials, args);
+        if done(&outcome) || std::time::Instant::now() > deadline {
+            return outcome;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn start_dev_auth(dir: &Path) -> (ServiceProcess, String, String) {
+    let data_dir = dir.join("data");
+    let args: Vec<&std::ffi::OsStr> = [
+        "dev",
+        "--auth",
+        "--nameserver-listen",
+        "127.0.0.1:0",
+        "--broker-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--no-rocketmq",
+        "--no-archive",
+        "--data-dir",
+    ]
+    .iter()
+    .map(std::ffi::OsStr::new)
+    .chain([data_dir.as_os_str()])
+    .collect();
+    let node = ServiceProcess::start_logging(&args, dir, |line| line.starts_with("ready"), None);
+    let banner = node.banner.join("\n");
+    let nameserver = node.address("nameserver").expect("nameserver address").to_string();
+    let admin_secret = exported(&banner, "MERIDIAN_SECRET");
+    (node, nameserver, admin_secret)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_acl_pub_and_sub_need_grants_deny_beats_allow_and_admin_writes_need_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, nameserver, admin_secret) = start_dev_auth(dir.path());
+    let admin = Some(("admin", admin_secret.as_str()));
+    let run = |credentials, args: &[&str]| {
+        let outcome = cli(&nameserver, credentials, args);
+        assert!(outcome.0, "{args:?}: {}{}", outcome.1, outcome.2);
+        outcome.1
+    };
+    run(admin, &["topic", "create", "acl-orders", "--queues", "1"]);
+    run(admin, &["produce", "--topic", "acl-orders", "--body", "paid"]);
+    run(admin, &["group", "create", "acl-readers", "--topics", "acl-orders"]);
+    let bob_secret = exported(&run(admin, &["user", "create", "bob"]), "MERIDIAN_SECRET");
+    let bob = Some(("bob", bob_secret.as_str()));
+    let consume = [
+        "consume",
+        "--topic",
+        "acl-orders",
+        "--group",
+        "acl-readers",
+        "--from-beginning",
+        "--max",
+        "1",
+        "--timeout",
+        "5",
+    ];
+
+    // PUB: refused without a grant, naming the user, the action, the resource and the fix.
+    let produce = ["produce", "--topic", "acl-orders", "--body", "from-bob"];
+    // The broker learns bob's verifier with its next metadata: until then his login fails.
+    let (ok, stdout, stderr) = cli_until(&nameserver, bob, &produce, |outcome| {
+        !outcome.2.contains("authentication failed")
+    });
+    assert!(!ok, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("user \"bob\" may not PUB topic:acl-orders")
+            && stderr.contains("meridian acl grant user:bob PUB topic:acl-orders"),
+        "{stderr}"
+    );
+    run(admin, &["acl", "grant", "user:bob", "PUB", "topic:acl-orders"]);
+    let (ok, stdout, stderr) = cli_until(&nameserver, bob, &produce, |outcome| outcome.0);
+    assert!(ok, "with PUB bob produces: {stdout}{stderr}");
+
+    // SUB: refused without a grant on the topic and the group; served with both.
+    let (ok, stdout, stderr) = cli(&nameserver, bob, &consume);
+    assert!(
+        !stdout.contains("paid"),
+        "bob consumed without SUB: {ok} {stdout}{stderr}"
+    );
+    run(admin, &["acl", "grant", "user:bob", "SUB", "topic:acl-*"]);
+    run(admin, &["acl", "grant", "user:bob", "SUB", "group:acl-readers"]);
+    let (ok, stdout, stderr) = cli_until(&nameserver, bob, &consume, |outcome| outcome.1.contains("paid"));
+    assert!(ok && stdout.contains("paid"), "with SUB bob consumes: {stdout}{stderr}");
+
+    // Deny beats allow at the same specificity: the same prefix, denied.
+    run(admin, &["acl", "deny", "user:bob", "SUB", "topic:acl-*"]);
+    let (ok, stdout, stderr) = cli_until(&nameserver, bob, &consume, |outcome| {
+        !outcome.0 && outcome.2.contains("denies it")
+    });
+    assert!(
+        !ok && !stdout.contains("paid") && stderr.contains("may not SUB topic:acl-orders"),
+        "the deny wins: {stdout}{stderr}"
+    );
+
+    // Admin writes: bob may neither delete the topic nor grant himself rights.
+    let (ok, _, stderr) = cli(
+        &nameserver,
+        bob,
+        &["topic", "delete", "acl-orders", "--reason", "mine now"],
+    );
+    assert!(!ok && stderr.contains("needs ADMIN on topic:acl-orders"), "{stderr}");
+    let (ok, _, stderr) = cli(&nameserver, bob, &["acl", "grant", "user:bob", "SUB", "*"]);
+    assert!(!ok && stderr.contains("only super users may"), "{stderr}");
+
+    // Rules are listed, and every change is audited with the authenticated admin.
+    let listed = run(admin, &["acl", "list", "--json"]);
+    let model: meridian_proto::acl::Acl = serde_json::from_str(&listed).unwrap();
+    assert!(model.super_users.contains("admin"), "{listed}");
+    assert_eq!(model.rules.len(), 4, "{listed}");
+    let audit: Vec<serde_json::Value> = serde_json::from_str(&run(admin, &["audit", "--json"])).unwrap();
+    let grants: Vec<&serde_json::Value> = audit.iter().filter(|entry| entry["action"] == "acl_grant").collect();
+    assert_eq!(grants.len(), 3, "{audit:?}");
+    assert!(
+        grants
+            .iter()
+            .all(|entry| entry["who"] == "admin" && entry["authenticated"] == true)
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|entry| entry["action"] == "acl_deny" && entry["subject"] == "user:bob on topic:acl-*")
+    );
+    node.stop();
+}

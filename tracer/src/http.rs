@@ -7,6 +7,11 @@
 //!   `next_offset` names the next page (no cap: every match can be paged through).
 //!
 //! Times are Unix ms or RFC 3339 UTC (`2026-11-25T18:30:00Z`); `to` is exclusive.
+//!
+//! Authorization: when the HTTP layer authenticated the caller (a `Principal` request extension)
+//! and the tracer has the cluster's ACL ([`router_with_acl`]), lookups answer only about topics
+//! the caller may TRACE: a message of another topic is not found, and key lookups leave it out
+//! of the page and of `total`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,8 +20,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use meridian_proto::MessageId;
+use meridian_proto::acl::{Acl, AclSource, Action, Resource};
+use meridian_proto::auth::Principal;
 use meridian_proto::trace::OffsetId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -36,10 +43,21 @@ struct LookupState {
     index: Arc<TraceIndex>,
     metrics: Arc<TracerMetrics>,
     archive: Option<Arc<dyn ArchiveSteps>>,
+    acl: Option<Arc<dyn AclSource>>,
 }
 
 /// The routes of the lookup API over `index`; timelines show archive steps when `archive` is given.
 pub fn router(index: Arc<TraceIndex>, metrics: Arc<TracerMetrics>, archive: Option<Arc<dyn ArchiveSteps>>) -> Router {
+    router_with_acl(index, metrics, archive, None)
+}
+
+/// [`router`], answering authenticated callers only about topics `acl` lets them TRACE.
+pub fn router_with_acl(
+    index: Arc<TraceIndex>,
+    metrics: Arc<TracerMetrics>,
+    archive: Option<Arc<dyn ArchiveSteps>>,
+    acl: Option<Arc<dyn AclSource>>,
+) -> Router {
     Router::new()
         .route("/api/traces", get(by_key))
         .route("/api/traces/{id}", get(by_id))
@@ -47,7 +65,34 @@ pub fn router(index: Arc<TraceIndex>, metrics: Arc<TracerMetrics>, archive: Opti
             index,
             metrics,
             archive,
+            acl,
         })
+}
+
+/// Which topics a caller may TRACE: everything without an ACL or a principal.
+#[derive(Clone)]
+pub enum TraceAccess {
+    /// No filtering (authentication off, or no ACL known).
+    All,
+    /// Only topics this ACL lets this principal TRACE.
+    Restricted(Arc<Acl>, Principal),
+}
+
+impl TraceAccess {
+    /// Whether events of `topic` may be shown.
+    pub fn may_trace(&self, topic: &str) -> bool {
+        match self {
+            TraceAccess::All => true,
+            TraceAccess::Restricted(acl, principal) => acl.allowed(principal, Action::Trace, Resource::Topic(topic)),
+        }
+    }
+
+    fn of(state: &LookupState, principal: Option<Extension<Principal>>) -> TraceAccess {
+        match (&state.acl, principal) {
+            (Some(source), Some(Extension(principal))) => TraceAccess::Restricted(source.acl(), principal),
+            _ => TraceAccess::All,
+        }
+    }
 }
 
 struct ApiError(TracerError);
@@ -82,6 +127,24 @@ async fn blocking<T: Send + 'static>(
         .map_err(|error| TracerError::Index(format!("lookup task failed: {error}")))?
 }
 
+/// [`lookup_id`] for a caller with `access`: a message of a topic it may not TRACE is not found
+/// (the same answer as a message never traced, so its existence is not revealed).
+pub fn lookup_id_as(
+    index: &TraceIndex,
+    id: &str,
+    archive: Option<&dyn ArchiveSteps>,
+    access: &TraceAccess,
+) -> Result<Timeline, TracerError> {
+    let timeline = lookup_id(index, id, archive)?;
+    if access.may_trace(&timeline.topic) {
+        Ok(timeline)
+    } else {
+        Err(TracerError::NotFound(format!(
+            "no trace events for {id} that you may see: it was never traced, or its topic needs TRACE (`meridian acl grant user:<you> TRACE topic:<topic>`)"
+        )))
+    }
+}
+
 /// The timeline of a message by msgId or offset id.
 pub fn lookup_id(index: &TraceIndex, id: &str, archive: Option<&dyn ArchiveSteps>) -> Result<Timeline, TracerError> {
     let msg_id = if id.contains(':') {
@@ -108,11 +171,16 @@ pub fn lookup_id(index: &TraceIndex, id: &str, archive: Option<&dyn ArchiveSteps
     })
 }
 
-async fn by_id(State(state): State<LookupState>, Path(id): Path<String>) -> Result<Json<Timeline>, ApiError> {
+async fn by_id(
+    State(state): State<LookupState>,
+    principal: Option<Extension<Principal>>,
+    Path(id): Path<String>,
+) -> Result<Json<Timeline>, ApiError> {
     let started = Instant::now();
     let by = if id.contains(':') { "offset_id" } else { "msg_id" };
+    let access = TraceAccess::of(&state, principal);
     let (index, archive) = (state.index.clone(), state.archive.clone());
-    let timeline = blocking(move || lookup_id(&index, &id, archive.as_deref())).await?;
+    let timeline = blocking(move || lookup_id_as(&index, &id, archive.as_deref(), &access)).await?;
     state.metrics.lookups.get_or_create(&LookupLabels { by }).inc();
     state.metrics.lookup_seconds.observe(started.elapsed().as_secs_f64());
     Ok(Json(timeline))
@@ -189,6 +257,17 @@ pub fn lookup_key(
     query: &KeyQuery,
     archive: Option<&dyn ArchiveSteps>,
 ) -> Result<KeyPage, TracerError> {
+    lookup_key_as(index, query, archive, &TraceAccess::All)
+}
+
+/// [`lookup_key`] for a caller with `access`: messages of topics it may not TRACE are left out
+/// of the page and of `total`.
+pub fn lookup_key_as(
+    index: &TraceIndex,
+    query: &KeyQuery,
+    archive: Option<&dyn ArchiveSteps>,
+    access: &TraceAccess,
+) -> Result<KeyPage, TracerError> {
     let key = query
         .key
         .clone()
@@ -221,13 +300,36 @@ pub fn lookup_key(
         to_ms,
     };
     let ids = index.msg_ids_by_key(&key, &filter)?;
-    let total = ids.len();
-    let mut messages = Vec::new();
-    for (msg_id, _) in ids.iter().skip(offset).take(limit) {
-        // The whole timeline, not just the events in the range: the range picks messages.
-        let events = index.by_msg_id(msg_id, &Filter::default())?;
-        messages.extend(timeline::build(&events, archive));
-    }
+    let (total, messages) = match access {
+        TraceAccess::All => {
+            let mut messages = Vec::new();
+            for (msg_id, _) in ids.iter().skip(offset).take(limit) {
+                // The whole timeline, not just the events in the range: the range picks messages.
+                let events = index.by_msg_id(msg_id, &Filter::default())?;
+                messages.extend(timeline::build(&events, archive));
+            }
+            (ids.len(), messages)
+        }
+        // A message's topic is known once its events are read: every match is read to count
+        // and page the ones the caller may see.
+        TraceAccess::Restricted(..) => {
+            let (mut total, mut messages) = (0, Vec::new());
+            for (msg_id, _) in &ids {
+                let events = index.by_msg_id(msg_id, &Filter::default())?;
+                let Some(timeline) = timeline::build(&events, archive) else {
+                    continue;
+                };
+                if !access.may_trace(&timeline.topic) {
+                    continue;
+                }
+                if total >= offset && messages.len() < limit {
+                    messages.push(timeline);
+                }
+                total += 1;
+            }
+            (total, messages)
+        }
+    };
     let next = offset + limit;
     Ok(KeyPage {
         key,
@@ -239,10 +341,15 @@ pub fn lookup_key(
     })
 }
 
-async fn by_key(State(state): State<LookupState>, Query(query): Query<KeyQuery>) -> Result<Json<KeyPage>, ApiError> {
+async fn by_key(
+    State(state): State<LookupState>,
+    principal: Option<Extension<Principal>>,
+    Query(query): Query<KeyQuery>,
+) -> Result<Json<KeyPage>, ApiError> {
     let started = Instant::now();
+    let access = TraceAccess::of(&state, principal);
     let (index, archive) = (state.index.clone(), state.archive.clone());
-    let page = blocking(move || lookup_key(&index, &query, archive.as_deref())).await?;
+    let page = blocking(move || lookup_key_as(&index, &query, archive.as_deref(), &access)).await?;
     state.metrics.lookups.get_or_create(&LookupLabels { by: "key" }).inc();
     state.metrics.lookup_seconds.observe(started.elapsed().as_secs_f64());
     Ok(Json(page))
@@ -267,6 +374,60 @@ mod tests {
             let error = parse_time("from", bad).unwrap_err().to_string();
             assert!(error.contains("Unix ms") && error.contains(bad), "{error}");
         }
+    }
+
+    #[test]
+    fn authorization_lookups_show_only_topics_the_caller_may_trace() {
+        use crate::index::Positions;
+        use meridian_proto::trace::{TraceEvent, TraceType};
+        let dir = tempfile::tempdir().unwrap();
+        let index = TraceIndex::open(dir.path(), 15_000_000).unwrap();
+        let day = 20_417 * 86_400_000;
+        let mut ids = Vec::new();
+        for (offset, topic) in ["orders", "payments", "orders"].into_iter().enumerate() {
+            let msg_id = MessageId::generate().to_string();
+            let event = TraceEvent {
+                event_id: MessageId::generate().to_string(),
+                trace_type: TraceType::Pub as i32,
+                timestamp: day + offset as i64,
+                msg_id: msg_id.clone(),
+                topic: topic.into(),
+                keys: vec!["order-1".into()],
+                broker_name: "broker-a".into(),
+                ..TraceEvent::default()
+            };
+            index.add(&event, "broker-a/0", offset as u64, 0).unwrap();
+            ids.push(msg_id);
+        }
+        index.commit(&Positions::from([("broker-a/0".to_owned(), 3)])).unwrap();
+        let acl: Acl = serde_json::from_value(json!({
+            "rules": [{"subject": "user:alice", "effect": "allow", "actions": ["TRACE"], "resource": "topic:ord*"}],
+        }))
+        .unwrap();
+        let alice = TraceAccess::Restricted(Arc::new(acl.clone()), Principal::User("alice".into()));
+        let bob = TraceAccess::Restricted(Arc::new(acl), Principal::User("bob".into()));
+        assert_eq!(lookup_id_as(&index, &ids[0], None, &alice).unwrap().topic, "orders");
+        let hidden = lookup_id_as(&index, &ids[1], None, &alice).unwrap_err();
+        assert!(matches!(hidden, TracerError::NotFound(_)), "{hidden}");
+        assert!(lookup_id_as(&index, &ids[1], None, &TraceAccess::All).is_ok());
+        let query = KeyQuery {
+            key: Some("order-1".into()),
+            limit: Some(1),
+            ..KeyQuery::default()
+        };
+        let page = lookup_key_as(&index, &query, None, &alice).unwrap();
+        assert_eq!((page.total, page.next_offset), (2, Some(1)));
+        assert!(page.messages.iter().all(|timeline| timeline.topic == "orders"));
+        let second = KeyQuery {
+            offset: Some(1),
+            ..query.clone()
+        };
+        let page = lookup_key_as(&index, &second, None, &alice).unwrap();
+        assert_eq!((page.total, page.messages.len(), page.next_offset), (2, 1, None));
+        assert_eq!(page.messages[0].topic, "orders");
+        let page = lookup_key_as(&index, &query, None, &bob).unwrap();
+        assert_eq!((page.total, page.messages.len()), (0, 0));
+        assert_eq!(lookup_key(&index, &query, None).unwrap().total, 3);
     }
 
     #[test]

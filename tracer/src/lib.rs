@@ -41,6 +41,7 @@ pub struct Tracer {
     index: Arc<index::TraceIndex>,
     metrics: Arc<TracerMetrics>,
     archive: Option<Arc<dyn timeline::ArchiveSteps>>,
+    acl: Option<Arc<dyn meridian_proto::acl::AclSource>>,
 }
 
 impl Tracer {
@@ -58,6 +59,7 @@ impl Tracer {
             index,
             metrics,
             archive: None,
+            acl: None,
         })
     }
 
@@ -67,9 +69,20 @@ impl Tracer {
         self
     }
 
+    /// Answers authenticated HTTP callers only about topics `acl` lets them TRACE.
+    pub fn with_acl(mut self, acl: Arc<dyn meridian_proto::acl::AclSource>) -> Tracer {
+        self.acl = Some(acl);
+        self
+    }
+
     /// The lookup API over this tracer's index.
     pub fn router(&self) -> axum::Router {
-        http::router(self.index.clone(), self.metrics.clone(), self.archive.clone())
+        http::router_with_acl(
+            self.index.clone(),
+            self.metrics.clone(),
+            self.archive.clone(),
+            self.acl.clone(),
+        )
     }
 
     /// The index, for lookups in the same process and for tests.

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
+use meridian_proto::auth::Principal;
 use meridian_proto::filter::TagFilter;
 use meridian_proto::messages::{
     ConsumerHeartbeat, ConsumerListResponse, ConsumerMember, GroupMember, LockQueuesRequest, LockQueuesResponse,
@@ -16,15 +17,20 @@ use crate::groups::MemberInfo;
 use crate::reply::{decode, encoded};
 use crate::state::BrokerState;
 
-pub(super) fn decode_lock_request(state: &BrokerState, body: Bytes) -> Result<LockQueuesRequest> {
+pub(super) fn decode_lock_request(
+    state: &BrokerState,
+    principal: &Principal,
+    body: Bytes,
+) -> Result<LockQueuesRequest> {
     let request: LockQueuesRequest = decode(body)?;
     state.check_group_topic(&request.group, &request.topic)?;
+    state.authorize_consume(principal, &request.group, [request.topic.as_str()])?;
     validate::validate_client_id(&request.client_id)?;
     Ok(request)
 }
 
-pub(super) fn lock_queues(state: &BrokerState, body: Bytes) -> Result<Bytes> {
-    let request = decode_lock_request(state, body)?;
+pub(super) fn lock_queues(state: &BrokerState, principal: &Principal, body: Bytes) -> Result<Bytes> {
+    let request = decode_lock_request(state, principal, body)?;
     let locked = state.locks.lock(
         &request.group,
         &request.client_id,
@@ -35,15 +41,20 @@ pub(super) fn lock_queues(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     encoded(&LockQueuesResponse { locked })
 }
 
-pub(super) fn unlock_queues(state: &BrokerState, body: Bytes) -> Result<Bytes> {
-    let request = decode_lock_request(state, body)?;
+pub(super) fn unlock_queues(state: &BrokerState, principal: &Principal, body: Bytes) -> Result<Bytes> {
+    let request = decode_lock_request(state, principal, body)?;
     state
         .locks
         .unlock(&request.group, &request.client_id, &request.topic, &request.queue_ids);
     Ok(Bytes::new())
 }
 
-pub(super) fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Result<Bytes> {
+pub(super) fn consumer_heartbeat(
+    state: &BrokerState,
+    principal: &Principal,
+    body: Bytes,
+    peer: SocketAddr,
+) -> Result<Bytes> {
     let request: ConsumerHeartbeat = decode(body)?;
     validate::validate_group(&request.group)?;
     for topic in &request.topics {
@@ -64,6 +75,7 @@ pub(super) fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketA
             .map_err(|error| BrokerError::MalformedBody(format!("consumer heartbeat: {error}")))?;
     }
     state.check_consume(&request.group, request.topics.iter().map(String::as_str))?;
+    state.authorize_consume(principal, &request.group, request.topics.iter().map(String::as_str))?;
     let sdk_language = if request.sdk_language.is_empty() {
         meridian_proto::sdk::SDK_LANGUAGE.to_owned()
     } else {
@@ -131,9 +143,10 @@ pub(super) fn consumer_heartbeat(state: &BrokerState, body: Bytes, peer: SocketA
     Ok(Bytes::new())
 }
 
-pub(super) fn consumer_list(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+pub(super) fn consumer_list(state: &BrokerState, principal: &Principal, body: Bytes) -> Result<Bytes> {
     let request: GroupMember = decode(body)?;
     validate::validate_group(&request.group)?;
+    state.authorize_consume(principal, &request.group, [])?;
     let members = state.groups.members(&request.group, Instant::now());
     encoded(&ConsumerListResponse {
         client_ids: members.iter().map(|(client_id, _)| client_id.clone()).collect(),
@@ -155,9 +168,10 @@ pub(super) fn consumer_list(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     })
 }
 
-pub(super) fn consumer_leave(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+pub(super) fn consumer_leave(state: &BrokerState, principal: &Principal, body: Bytes) -> Result<Bytes> {
     let request: GroupMember = decode(body)?;
     validate::validate_group(&request.group)?;
+    state.authorize_consume(principal, &request.group, [])?;
     state.locks.release_member(&request.group, &request.client_id);
     if state.groups.leave(&request.group, &request.client_id) {
         tracing::info!(

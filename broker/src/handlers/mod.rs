@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use meridian_proto::RequestCode;
+use meridian_proto::auth::Principal;
 
 use crate::error::{BrokerError, Result};
 use crate::metrics::RequestLabels;
@@ -39,8 +40,15 @@ use send::send;
 pub use send::send_many;
 use topics::{create_topic, topic_route};
 
-/// Handles one request from `peer`.
-pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: SocketAddr) -> Reply {
+/// Handles one request from `peer`, who logged in as `principal` (checked against the ACL by
+/// each handler once it decoded the topic and group, see [`crate::permission`]).
+pub fn handle(
+    state: &Arc<BrokerState>,
+    principal: &Principal,
+    code: RequestCode,
+    body: Bytes,
+    peer: SocketAddr,
+) -> Reply {
     state
         .metrics
         .requests
@@ -48,24 +56,32 @@ pub fn handle(state: &Arc<BrokerState>, code: RequestCode, body: Bytes, peer: So
         .inc();
     let now = |result: Result<Bytes>| Reply::Now(result);
     match code {
-        RequestCode::Send => send(state, body, peer),
-        RequestCode::Pull => pull(state, body, peer),
+        RequestCode::Send => send(state, principal, body, peer),
+        RequestCode::Pull => pull(state, principal, body, peer),
         RequestCode::TraceReport => now(trace_report(state, body, peer)),
-        RequestCode::SendBack => send_back(state, body),
-        RequestCode::ResetOffset => later(state, body, reset_offset),
-        RequestCode::DeadLetterResend => dead_letter_resend(state, body),
-        RequestCode::LockQueues => now(lock_queues(state, body)),
-        RequestCode::UnlockQueues => now(unlock_queues(state, body)),
-        RequestCode::EndTransaction | RequestCode::CheckTransactions => transactions::handle(state, code, body),
-        RequestCode::CommitOffset => now(commit_offset(state, body)),
-        RequestCode::QueryOffset => now(query_offset(state, body)),
-        RequestCode::QueueInfo => now(queue_info(state, body)),
-        RequestCode::SearchOffset => later(state, body, search_offset),
-        RequestCode::CreateTopic => create_topic(state, body),
+        RequestCode::SendBack => send_back(state, principal, body),
+        RequestCode::ResetOffset => {
+            let principal = principal.clone();
+            later(state, body, move |state, body| reset_offset(state, principal, body))
+        }
+        RequestCode::DeadLetterResend => dead_letter_resend(state, principal, body),
+        RequestCode::LockQueues => now(lock_queues(state, principal, body)),
+        RequestCode::UnlockQueues => now(unlock_queues(state, principal, body)),
+        RequestCode::EndTransaction | RequestCode::CheckTransactions => {
+            transactions::handle(state, principal, code, body)
+        }
+        RequestCode::CommitOffset => now(commit_offset(state, principal, body)),
+        RequestCode::QueryOffset => now(query_offset(state, principal, body)),
+        RequestCode::QueueInfo => now(queue_info(state, principal, body)),
+        RequestCode::SearchOffset => {
+            let principal = principal.clone();
+            later(state, body, move |state, body| search_offset(state, principal, body))
+        }
+        RequestCode::CreateTopic => create_topic(state, principal, body),
         RequestCode::TopicRoute => now(topic_route(state, body)),
-        RequestCode::ConsumerHeartbeat => now(consumer_heartbeat(state, body, peer)),
-        RequestCode::ConsumerList => now(consumer_list(state, body)),
-        RequestCode::ConsumerLeave => now(consumer_leave(state, body)),
+        RequestCode::ConsumerHeartbeat => now(consumer_heartbeat(state, principal, body, peer)),
+        RequestCode::ConsumerList => now(consumer_list(state, principal, body)),
+        RequestCode::ConsumerLeave => now(consumer_leave(state, principal, body)),
         RequestCode::ProducerHeartbeat => now(crate::producers::producer_heartbeat(&state.producers, body, peer)),
         RequestCode::ReplicaFetch => replica_fetch(state, body),
         RequestCode::BrokerHeartbeat

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use meridian_proto::acl::{Action, Resource};
+use meridian_proto::auth::Principal;
 use meridian_proto::messages::{
     CommitOffsetRequest, QueryOffsetRequest, QueryOffsetResponse, QueueInfoResponse, QueueOffset, QueueRef,
     ResetOffsetRequest, ResetOffsetResponse, ResetTarget, SearchOffsetRequest, SearchOffsetResponse,
@@ -16,9 +18,10 @@ use crate::reply::{decode, encoded};
 use crate::state::BrokerState;
 use crate::store::MessageStore;
 
-pub(super) fn commit_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+pub(super) fn commit_offset(state: &BrokerState, principal: &Principal, body: Bytes) -> Result<Bytes> {
     let request: CommitOffsetRequest = decode(body)?;
     state.check_group_topic(&request.group, &request.topic)?;
+    state.authorize_consume(principal, &request.group, [request.topic.as_str()])?;
     if !request.member.is_empty() {
         validate::validate_client_id(&request.member)?;
     }
@@ -52,9 +55,10 @@ pub(super) fn commit_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     Ok(Bytes::new())
 }
 
-pub(super) fn query_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+pub(super) fn query_offset(state: &BrokerState, principal: &Principal, body: Bytes) -> Result<Bytes> {
     let request: QueryOffsetRequest = decode(body)?;
     state.check_group_topic(&request.group, &request.topic)?;
+    state.authorize_consume(principal, &request.group, [request.topic.as_str()])?;
     if !request.member.is_empty() {
         validate::validate_client_id(&request.member)?;
     }
@@ -66,9 +70,10 @@ pub(super) fn query_offset(state: &BrokerState, body: Bytes) -> Result<Bytes> {
 
 /// Moves a group's offsets of a topic on this broker; its consumers notice at their next pull
 /// ([`PullStatus::OffsetReset`]) and continue from there.
-pub(super) async fn reset_offset(state: Arc<BrokerState>, body: Bytes) -> Result<Bytes> {
+pub(super) async fn reset_offset(state: Arc<BrokerState>, principal: Principal, body: Bytes) -> Result<Bytes> {
     let request: ResetOffsetRequest = decode(body)?;
     state.check_group_topic(&request.group, &request.topic)?;
+    state.authorize(&principal, Action::Admin, Resource::Group(&request.group))?;
     state.check_master()?;
     let target = ResetTarget::try_from(request.target)
         .map_err(|_| BrokerError::MalformedBody(format!("reset target {} is unknown", request.target)))?;
@@ -105,9 +110,10 @@ pub(super) async fn reset_offset(state: Arc<BrokerState>, body: Bytes) -> Result
     })
 }
 
-pub(super) fn queue_info(state: &BrokerState, body: Bytes) -> Result<Bytes> {
+pub(super) fn queue_info(state: &BrokerState, principal: &Principal, body: Bytes) -> Result<Bytes> {
     let request: QueueRef = decode(body)?;
     topics::validate_consumable(&request.topic)?;
+    state.authorize_topic(principal, Action::Sub, &request.topic)?;
     let bounds = state.store.queue_bounds(&request.topic, request.queue_id)?;
     encoded(&QueueInfoResponse {
         min_offset: bounds.min_offset,
@@ -115,9 +121,10 @@ pub(super) fn queue_info(state: &BrokerState, body: Bytes) -> Result<Bytes> {
     })
 }
 
-pub(super) async fn search_offset(state: Arc<BrokerState>, body: Bytes) -> Result<Bytes> {
+pub(super) async fn search_offset(state: Arc<BrokerState>, principal: Principal, body: Bytes) -> Result<Bytes> {
     let request: SearchOffsetRequest = decode(body)?;
     topics::validate_consumable(&request.topic)?;
+    state.authorize_topic(&principal, Action::Sub, &request.topic)?;
     let offset = search_by_time(&state, &request.topic, request.queue_id, request.timestamp).await?;
     encoded(&SearchOffsetResponse { offset })
 }

@@ -80,10 +80,16 @@ pub(super) fn try_pull(state: &BrokerState, request: &PullRequest, filter: &TagF
     encode_pull(state, PullStatus::Found, next, min, max, &entries).map(Some)
 }
 
-pub(super) fn pull(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
+pub(super) fn pull(
+    state: &Arc<BrokerState>,
+    principal: &meridian_proto::auth::Principal,
+    body: Bytes,
+    peer: SocketAddr,
+) -> Reply {
     let (request, filter) = match decode::<PullRequest>(body).and_then(|request| {
         validate::validate_group(&request.group)?;
         topics::validate_consumable(&request.topic)?;
+        state.authorize_consume(principal, &request.group, [request.topic.as_str()])?;
         let filter = TagFilter::parse(&request.subscription)?;
         state.check_consume(&request.group, [request.topic.as_str()])?;
         Ok((request, filter))

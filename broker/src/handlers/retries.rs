@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use meridian_proto::acl::{Action, Resource};
+use meridian_proto::auth::Principal;
 use meridian_proto::messages::{DeadLetterResendRequest, SendBackRequest};
 
 use crate::reply::{Reply, decode, encoded};
@@ -12,8 +14,11 @@ use crate::state::BrokerState;
 
 /// A consumer failed a message: to the retry topic or the dead-letter topic, answered once the
 /// copy is as durable as an acknowledged send.
-pub(super) fn send_back(state: &Arc<BrokerState>, body: Bytes) -> Reply {
-    let sent = decode::<SendBackRequest>(body).and_then(|request| crate::retry::send_back(state, &request));
+pub(super) fn send_back(state: &Arc<BrokerState>, principal: &Principal, body: Bytes) -> Reply {
+    let sent = decode::<SendBackRequest>(body).and_then(|request| {
+        state.authorize_consume(principal, &request.group, [request.topic.as_str()])?;
+        crate::retry::send_back(state, &request)
+    });
     let sent = match sent {
         Ok(sent) => sent,
         Err(error) => return Reply::Now(Err(error)),
@@ -25,9 +30,11 @@ pub(super) fn send_back(state: &Arc<BrokerState>, body: Bytes) -> Reply {
     }))
 }
 
-pub(super) fn dead_letter_resend(state: &Arc<BrokerState>, body: Bytes) -> Reply {
-    let resent =
-        decode::<DeadLetterResendRequest>(body).and_then(|request| crate::retry::resend_dead_letters(state, &request));
+pub(super) fn dead_letter_resend(state: &Arc<BrokerState>, principal: &Principal, body: Bytes) -> Reply {
+    let resent = decode::<DeadLetterResendRequest>(body).and_then(|request| {
+        state.authorize(principal, Action::Admin, Resource::Group(&request.group))?;
+        crate::retry::resend_dead_letters(state, &request)
+    });
     let (response, end_offset) = match resent {
         Ok(resent) => resent,
         Err(error) => return Reply::Now(Err(error)),

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use meridian_proto::acl::{Action, Resource};
+use meridian_proto::auth::Principal;
 use meridian_proto::messages::{SendRequest, SendResponse};
 use meridian_proto::properties::{
     self, DELAY, DELIVER_AT, KEY_SEPARATOR, KEYS, MSG_ID, PRODUCER_GROUP, SHARDING_KEY, TAGS, TRANSACTION,
@@ -58,11 +60,18 @@ pub(super) fn validate_properties(encoded: &[u8], limits: &Limits) -> Result<Spe
     Ok(special)
 }
 
-pub(super) fn send(state: &Arc<BrokerState>, body: Bytes, peer: SocketAddr) -> Reply {
-    send_many(state, vec![body], peer).pop().expect("one reply per send")
+pub(super) fn send(state: &Arc<BrokerState>, principal: &Principal, body: Bytes, peer: SocketAddr) -> Reply {
+    send_many(state, principal, vec![body], peer)
+        .pop()
+        .expect("one reply per send")
 }
 
-pub(super) fn decode_send(state: &BrokerState, body: Bytes, peer: SocketAddr) -> Result<SendRequest> {
+pub(super) fn decode_send(
+    state: &BrokerState,
+    principal: &Principal,
+    body: Bytes,
+    peer: SocketAddr,
+) -> Result<SendRequest> {
     let request: SendRequest = decode(body)?;
     let mut request = request;
     state.check_producer_sdk(&request.sdk, peer)?;
@@ -70,6 +79,8 @@ pub(super) fn decode_send(state: &BrokerState, body: Bytes, peer: SocketAddr) ->
     if topics::is_system(&request.topic) {
         return Err(BrokerError::SystemTopic(request.topic));
     }
+    // Once per request, whatever the number of messages.
+    state.authorize(principal, Action::Pub, Resource::Topic(&request.topic))?;
     state.check_send(&request.topic)?;
     if request.messages.is_empty() {
         return Err(BrokerError::MalformedBody(
@@ -97,7 +108,7 @@ pub(super) fn decode_send(state: &BrokerState, body: Bytes, peer: SocketAddr) ->
 /// broker, checked against the approved topics) on its own, so a refused one fails only its own
 /// frame, and the valid ones are appended together with one write (see
 /// [`MessageStore::append_many`]).
-pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr) -> Vec<Reply> {
+pub fn send_many(state: &Arc<BrokerState>, principal: &Principal, bodies: Vec<Bytes>, peer: SocketAddr) -> Vec<Reply> {
     let started = Instant::now();
     let count = bodies.len() as u64;
     if count > 1 {
@@ -121,7 +132,10 @@ pub fn send_many(state: &Arc<BrokerState>, bodies: Vec<Bytes>, peer: SocketAddr)
             .map(|_| Reply::Now(Err(governance.evacuated_error(&state.config.idc))))
             .collect();
     }
-    let decoded: Vec<Result<SendRequest>> = bodies.into_iter().map(|body| decode_send(state, body, peer)).collect();
+    let decoded: Vec<Result<SendRequest>> = bodies
+        .into_iter()
+        .map(|body| decode_send(state, principal, body, peer))
+        .collect();
     let requests: Vec<AppendRequest<'_>> = decoded
         .iter()
         .flatten()

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use meridian_proto::filter::TagFilter;
 use meridian_proto::messages::{
-    CommitOffsetRequest, ConsumerHeartbeat, CreateTopicRequest, PullRequest, PullResponse, PullStatus, SendRequest,
-    SendResponse, perm,
+    CommitOffsetRequest, ConsumerHeartbeat, CreateTopicRequest, PullRequest, PullResponse, PullStatus,
+    ResetOffsetRequest, SendRequest, SendResponse, perm,
 };
 use prost::Message;
 
@@ -21,6 +21,7 @@ use crate::state::BrokerState;
 use crate::store::MessageStore;
 use consumers::consumer_heartbeat;
 use meridian_proto::ErrorCode;
+use meridian_proto::auth::Principal;
 use meridian_proto::messages::{BrokerMetadata, GroupGrant, MessageData, TopicGrant};
 use offsets::commit_offset;
 use pull::try_pull;
@@ -55,6 +56,7 @@ fn governed_state(dir: &std::path::Path) -> Arc<BrokerState> {
         }],
         sdk_policy: None,
         users: Vec::new(),
+        acl_json: String::new(),
     }));
     for topic in ["orders", "archive", "payments"] {
         store.create_topic(topic, 2).unwrap();
@@ -110,7 +112,10 @@ fn a_pull_past_the_confirmed_messages_waits_for_them_instead_of_moving_back() {
         .append(
             "orders",
             Some(0),
-            &[decode_send(&state, send_body("orders"), peer).unwrap().messages[0].clone()],
+            &[decode_send(&state, &Principal::Node, send_body("orders"), peer)
+                .unwrap()
+                .messages[0]
+                .clone()],
             peer,
         )
         .unwrap();
@@ -162,7 +167,7 @@ fn a_refused_topic_fails_only_its_own_send_in_a_combined_append() {
         send_body("archive"),
         send_body("orders"),
     ];
-    let outcomes: Vec<std::result::Result<u64, ErrorCode>> = send_many(&state, bodies, peer)
+    let outcomes: Vec<std::result::Result<u64, ErrorCode>> = send_many(&state, &Principal::Node, bodies, peer)
         .into_iter()
         .map(|reply| {
             now(reply)
@@ -188,7 +193,11 @@ fn a_broker_in_an_evacuated_idc_refuses_sends_until_restored() {
     let state = governed_state(dir.path());
     let peer = "127.0.0.1:5000".parse().unwrap();
     let governance = state.governance.clone().unwrap();
-    let send = || now(send_many(&state, vec![send_body("orders")], peer).pop().unwrap());
+    let send = || {
+        now(send_many(&state, &Principal::Node, vec![send_body("orders")], peer)
+            .pop()
+            .unwrap())
+    };
     governance.set_evacuated(vec!["dc2".into()]);
     assert!(send().is_ok(), "another IDC's drill changes nothing here");
     governance.set_evacuated(vec!["dc1".into()]);
@@ -216,7 +225,7 @@ fn consumer_requests_need_an_approved_group_granted_the_topic() {
             offset: 0,
             ..Default::default()
         };
-        commit_offset(&state, Bytes::from(request.encode_to_vec())).map_err(|error| error.code())
+        commit_offset(&state, &Principal::Node, Bytes::from(request.encode_to_vec())).map_err(|error| error.code())
     };
     assert_eq!(commit("billing", "orders"), Ok(Bytes::new()));
     assert_eq!(commit("audit", "orders"), Err(ErrorCode::NotApproved));
@@ -232,6 +241,7 @@ fn consumer_requests_need_an_approved_group_granted_the_topic() {
         };
         consumer_heartbeat(
             &state,
+            &Principal::Node,
             Bytes::from(request.encode_to_vec()),
             "127.0.0.1:5000".parse().unwrap(),
         )
@@ -252,6 +262,7 @@ fn consumer_requests_need_an_approved_group_granted_the_topic() {
     };
     let error = now(super::pull(
         &state,
+        &Principal::Node,
         Bytes::from(pull.encode_to_vec()),
         "127.0.0.1:5000".parse().unwrap(),
     ))
@@ -263,7 +274,12 @@ fn consumer_requests_need_an_approved_group_granted_the_topic() {
         topic: "new".into(),
         queues: 1,
     };
-    let error = now(create_topic(&state, Bytes::from(create.encode_to_vec()))).unwrap_err();
+    let error = now(create_topic(
+        &state,
+        &Principal::Node,
+        Bytes::from(create.encode_to_vec()),
+    ))
+    .unwrap_err();
     assert_eq!(error.code(), ErrorCode::FailedPrecondition);
     state.store.shutdown();
 }
@@ -284,6 +300,7 @@ fn consumers_report_handler_times_and_the_clients_view_shows_their_percentiles()
         };
         consumer_heartbeat(
             &state,
+            &Principal::Node,
             Bytes::from(request.encode_to_vec()),
             "127.0.0.1:5000".parse().unwrap(),
         )
@@ -333,5 +350,127 @@ fn consumers_report_handler_times_and_the_clients_view_shows_their_percentiles()
     let json = serde_json::to_value(timed).unwrap();
     assert_eq!(json["consume_p50_us"], 32_767);
     assert_eq!(json["consumed"], 100);
+    state.store.shutdown();
+}
+
+/// A governed broker with `[auth]` on and an ACL: alice may SUB `orders` as `billing`, bob may
+/// PUB `orders` but is denied it on the literal name by a deny as specific as his allow.
+fn authorizing_state(dir: &std::path::Path) -> Arc<BrokerState> {
+    let state = governed_state(dir);
+    let mut config = state.config.clone();
+    config.auth.enabled = true;
+    let governance = state.governance.clone();
+    let acl = serde_json::json!({
+        "rules": [
+            {"subject": "user:alice", "effect": "allow", "actions": ["SUB"], "resource": "topic:ord*"},
+            {"subject": "user:alice", "effect": "allow", "actions": ["SUB"], "resource": "group:billing"},
+            {"subject": "user:bob", "effect": "allow", "actions": ["PUB"], "resource": "topic:orders"},
+            {"subject": "user:carol", "effect": "allow", "actions": ["PUB"], "resource": "topic:orders"},
+            {"subject": "user:carol", "effect": "deny", "actions": ["PUB"], "resource": "topic:orders"},
+        ],
+    });
+    let grant = |name: &str| TopicGrant {
+        name: name.into(),
+        queues: 2,
+        perm: perm::READ | perm::WRITE,
+        ..TopicGrant::default()
+    };
+    governance
+        .as_ref()
+        .unwrap()
+        .replace(Approved::from_metadata(BrokerMetadata {
+            version: 2,
+            topics: vec![grant("orders")],
+            groups: vec![GroupGrant {
+                name: "billing".into(),
+                topics: vec!["orders".into()],
+                max_retries: 16,
+                broadcasting: false,
+            }],
+            sdk_policy: None,
+            users: Vec::new(),
+            acl_json: acl.to_string(),
+        }));
+    BrokerState::for_tests(config, state.store.clone(), governance)
+}
+
+#[test]
+fn authorization_sends_need_pub_consumers_need_sub_on_group_and_topic_and_deny_beats_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = authorizing_state(dir.path());
+    let peer = "127.0.0.1:5000".parse().unwrap();
+    let user = |name: &str| Principal::User(name.into());
+    let send = |principal: &Principal| {
+        now(send_many(&state, principal, vec![send_body("orders")], peer)
+            .pop()
+            .unwrap())
+    };
+    assert!(send(&user("bob")).is_ok());
+    assert!(send(&Principal::Node).is_ok());
+    let refused = send(&user("alice")).unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::PermissionDenied);
+    let message = refused.to_string();
+    assert!(message.contains("user \"alice\" may not PUB topic:orders"), "{message}");
+    assert!(
+        message.contains("meridian acl grant user:alice PUB topic:orders"),
+        "{message}"
+    );
+    let denied = send(&user("carol")).unwrap_err().to_string();
+    assert!(denied.contains("denies it"), "{denied}");
+    // A connection that did not log in gets nothing when authorization is on.
+    assert_eq!(
+        send(&Principal::Anonymous).unwrap_err().code(),
+        ErrorCode::PermissionDenied
+    );
+
+    let commit = |principal: &Principal| {
+        let request = CommitOffsetRequest {
+            group: "billing".into(),
+            topic: "orders".into(),
+            queue_id: 0,
+            offset: 0,
+            ..Default::default()
+        };
+        commit_offset(&state, principal, Bytes::from(request.encode_to_vec())).map_err(|error| error.code())
+    };
+    assert_eq!(commit(&user("alice")), Ok(Bytes::new()));
+    assert_eq!(commit(&user("bob")), Err(ErrorCode::PermissionDenied));
+    let pull = |principal: &Principal| {
+        let request = PullRequest {
+            group: "billing".into(),
+            topic: "orders".into(),
+            queue_id: 0,
+            offset: 0,
+            max_count: 1,
+            max_bytes: 1024,
+            long_poll_ms: 0,
+            ..Default::default()
+        };
+        match super::pull(&state, principal, Bytes::from(request.encode_to_vec()), peer) {
+            Reply::Now(Err(error)) => Err(error.code()),
+            _ => Ok(()),
+        }
+    };
+    assert_eq!(pull(&user("alice")), Ok(()));
+    assert_eq!(pull(&user("bob")), Err(ErrorCode::PermissionDenied));
+    // Offset resets need ADMIN on the group, which alice lacks.
+    let reset = ResetOffsetRequest {
+        group: "billing".into(),
+        topic: "orders".into(),
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let error = runtime
+        .block_on(offsets::reset_offset(
+            state.clone(),
+            user("alice"),
+            Bytes::from(reset.encode_to_vec()),
+        ))
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::PermissionDenied);
+    assert!(error.to_string().contains("ADMIN group:billing"), "{error}");
     state.store.shutdown();
 }

@@ -11,8 +11,19 @@ use crate::error::{BrokerError, Result};
 use crate::reply::{Reply, decode, encoded};
 use crate::state::BrokerState;
 
-pub(super) fn create_topic(state: &Arc<BrokerState>, body: Bytes) -> Reply {
-    let request = match decode::<CreateTopicRequest>(body) {
+pub(super) fn create_topic(
+    state: &Arc<BrokerState>,
+    principal: &meridian_proto::auth::Principal,
+    body: Bytes,
+) -> Reply {
+    let request = match decode::<CreateTopicRequest>(body).and_then(|request| {
+        state.authorize(
+            principal,
+            meridian_proto::acl::Action::Admin,
+            meridian_proto::acl::Resource::Topic(&request.topic),
+        )?;
+        Ok(request)
+    }) {
         Ok(request) => request,
         Err(error) => return Reply::Now(Err(error)),
     };

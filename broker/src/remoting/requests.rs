@@ -74,7 +74,13 @@ fn native<M: Message>(
     peer: SocketAddr,
     finish: impl FnOnce(crate::error::Result<Bytes>) -> RemotingCommand + Send + 'static,
 ) -> Answer {
-    match handlers::handle(&remoting.state, code, Bytes::from(message.encode_to_vec()), peer) {
+    match handlers::handle(
+        &remoting.state,
+        &meridian_proto::auth::Principal::Anonymous,
+        code,
+        Bytes::from(message.encode_to_vec()),
+        peer,
+    ) {
         Reply::Now(result) => Answer::Now(Some(finish(result))),
         Reply::Later(pending) => Answer::Later(Box::pin(async move { finish(pending.await) })),
     }
@@ -87,7 +93,13 @@ fn native_now<M: Message>(
     message: &M,
     peer: SocketAddr,
 ) -> crate::error::Result<Bytes> {
-    match handlers::handle(&remoting.state, code, Bytes::from(message.encode_to_vec()), peer) {
+    match handlers::handle(
+        &remoting.state,
+        &meridian_proto::auth::Principal::Anonymous,
+        code,
+        Bytes::from(message.encode_to_vec()),
+        peer,
+    ) {
         Reply::Now(result) => result,
         Reply::Later(_) => Err(BrokerError::Corrupt(format!(
             "{} unexpectedly answered later",

@@ -193,6 +193,50 @@ pub(super) fn describe(command: &Command) -> Option<Action> {
         Command::CreateUser { name, by, .. } => action("create_user", format!("user {name}"), by, ""),
         Command::RotateUser { name, by, .. } => action("rotate_user", format!("user {name}"), by, ""),
         Command::DeleteUser { name, by } => action("delete_user", format!("user {name}"), by, ""),
+        Command::AclAdd { rule, by } => action(
+            match rule.effect {
+                meridian_proto::acl::Effect::Allow => "acl_grant",
+                meridian_proto::acl::Effect::Deny => "acl_deny",
+            },
+            format!("{} on {}", rule.subject, rule.resource),
+            by,
+            rule.actions
+                .iter()
+                .map(|action| action.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        Command::AclRevoke {
+            subject,
+            actions,
+            resource,
+            by,
+        } => action(
+            "acl_revoke",
+            format!("{subject} on {resource}"),
+            by,
+            actions
+                .iter()
+                .map(|action| action.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        Command::SetUserTeams { name, teams, by } => action(
+            "set_user_teams",
+            format!("user {name}"),
+            by,
+            format!("teams {}", teams.iter().cloned().collect::<Vec<_>>().join(",")),
+        ),
+        Command::SetSuperUser { name, super_user, by } => action(
+            if *super_user {
+                "add_super_user"
+            } else {
+                "remove_super_user"
+            },
+            format!("user {name}"),
+            by,
+            "",
+        ),
         Command::RegisterBroker { .. }
         | Command::ElectMaster { .. }
         | Command::UnregisterBroker { .. }

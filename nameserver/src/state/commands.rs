@@ -216,6 +216,42 @@ pub enum Command {
         /// Who deletes it.
         by: String,
     },
+    /// Add an allow or deny rule ([`super::acl`]).
+    AclAdd {
+        /// The rule.
+        rule: meridian_proto::acl::Rule,
+        /// Who adds it.
+        by: String,
+    },
+    /// Remove actions from the allow and deny rules of a subject on a resource.
+    AclRevoke {
+        /// Whom the rules are about.
+        subject: meridian_proto::acl::Subject,
+        /// The actions to remove.
+        actions: BTreeSet<meridian_proto::acl::Action>,
+        /// The resource pattern, as granted.
+        resource: meridian_proto::acl::ResourcePattern,
+        /// Who revokes.
+        by: String,
+    },
+    /// Replace a user's teams.
+    SetUserTeams {
+        /// User name.
+        name: String,
+        /// The teams; empty: none.
+        teams: BTreeSet<String>,
+        /// Who sets them.
+        by: String,
+    },
+    /// Make a user a super user, or no longer.
+    SetSuperUser {
+        /// User name.
+        name: String,
+        /// Whether the user is a super user.
+        super_user: bool,
+        /// Who decides.
+        by: String,
+    },
     /// An admin command with where it came from, for the audit log ([`super::audit`]).
     Audited {
         /// Who sent it, from where.
@@ -245,6 +281,11 @@ impl Command {
                 | Command::CreateUser { .. }
                 | Command::RotateUser { .. }
                 | Command::DeleteUser { .. }
+                // Brokers authorize requests with the ACL they fetch with their metadata.
+                | Command::AclAdd { .. }
+                | Command::AclRevoke { .. }
+                | Command::SetUserTeams { .. }
+                | Command::SetSuperUser { .. }
         ) || matches!(self, Command::Audited { command, .. } if command.is_governance())
     }
 }

@@ -13,6 +13,7 @@
 //! - [`idc`]: the IDC map and failover drills;
 //! - [`sdk`]: the client SDK version policy;
 //! - [`users`]: users and their SCRAM verifiers; [`audit`]: the log of admin actions;
+//! - [`acl`]: authorization rules, super users and users' teams;
 //! - [`continuity`]: data centers the nameservers declared lost;
 //! - [`error`]: why a command is refused.
 //!
@@ -20,6 +21,7 @@
 //! `commands` < this module. No module of the state names anything outside it, so the rest of
 //! the crate (`types`, `error`, the Raft storage) builds on it without a circle.
 
+pub mod acl;
 pub mod alerts;
 pub mod approval;
 pub mod audit;
@@ -95,6 +97,8 @@ pub struct MetadataState {
     users: BTreeMap<String, User>,
     #[serde(default, skip_serializing_if = "AuditLog::is_empty")]
     audit: AuditLog,
+    #[serde(default, skip_serializing_if = "acl::AclState::is_empty")]
+    acl: acl::AclState,
 }
 
 impl MetadataState {
@@ -179,6 +183,17 @@ impl MetadataState {
     /// Users by name, with their verifiers.
     pub fn users(&self) -> &BTreeMap<String, User> {
         &self.users
+    }
+
+    /// The authorization model as nodes decide with it ([`meridian_proto::acl`]): rules, super
+    /// users, teams, and the owners of approved topics and groups.
+    pub fn acl(&self) -> meridian_proto::acl::Acl {
+        acl::snapshot(&self.acl, &self.topics, &self.consumer_groups)
+    }
+
+    /// Whether `user` is a super user (without building the whole model).
+    pub fn is_super_user(&self, user: &str) -> bool {
+        self.acl.super_users.contains(user)
     }
 
     /// The audit log of admin actions.
@@ -378,7 +393,29 @@ impl MetadataState {
                 Response::Done
             }
             Command::DeleteUser { name, by } => {
-                self.user_store().delete(name, by)?;
+                self.user_store().delete(name.clone(), by)?;
+                self.acl_store().forget_user(&name);
+                Response::Done
+            }
+            Command::AclAdd { rule, by } => {
+                self.acl_store().add(rule, &by)?;
+                Response::Done
+            }
+            Command::AclRevoke {
+                subject,
+                actions,
+                resource,
+                by,
+            } => {
+                self.acl_store().revoke(&subject, &actions, &resource, &by)?;
+                Response::Done
+            }
+            Command::SetUserTeams { name, teams, by } => {
+                self.acl_store().set_teams(name, teams, &by)?;
+                Response::Done
+            }
+            Command::SetSuperUser { name, super_user, by } => {
+                self.acl_store().set_super_user(name, super_user, &by)?;
                 Response::Done
             }
             Command::Audited { .. } => {
@@ -426,6 +463,13 @@ impl MetadataState {
 
     fn user_store(&mut self) -> users::Users<'_> {
         users::Users { users: &mut self.users }
+    }
+
+    fn acl_store(&mut self) -> acl::AclStore<'_> {
+        acl::AclStore {
+            acl: &mut self.acl,
+            users: &self.users,
+        }
     }
 
     fn brokers(&mut self) -> Brokers<'_> {
