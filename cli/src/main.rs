@@ -13,7 +13,6 @@ mod bench;
 mod client_cmds;
 mod cluster;
 mod config;
-mod console_api;
 mod credentials;
 mod drill;
 mod env_cmds;

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::ClientConfig;
-use crate::allocate::QueueId;
+use meridian_proto::allocate::QueueId;
 use crate::error::ClientError;
 use crate::fault::FaultTracker;
 use crate::message::{EncodedMessage, Message, SendResult};

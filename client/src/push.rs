@@ -51,7 +51,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::ClientConfig;
-use crate::allocate::{ALLOCATION, Deployment, QueueId, allocate_by_idc};
+use meridian_proto::allocate::{ALLOCATION, Deployment, QueueId, allocate_by_idc};
 use crate::consumer::{PullConsumer, PullOptions};
 use crate::error::ClientError;
 use crate::route::{ROUTE_REFRESH_INTERVAL, RouteSource, broker_addr, broker_addrs, broker_idcs, route_queues};

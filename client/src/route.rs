@@ -20,7 +20,7 @@ use meridian_proto::validate::validate_topic;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::allocate::QueueId;
+use meridian_proto::allocate::QueueId;
 use crate::error::ClientError;
 use meridian_proto::transport::ConnectionPool;
 

@@ -22,6 +22,8 @@
 //!   delay levels, delivery times and the delay slots; [`filter`]: tag filter expressions.
 //! - [`quota`]: per-topic produce limits: their validation rule and the wait a throttled send is
 //!   told.
+//! - [`allocate`]: which queues of a topic each member of a consumer group consumes (RocketMQ's
+//!   average allocation and the IDC-aware one every Meridian consumer runs).
 //! - [`sdk`]: the SDK language and version clients report, and the policy brokers judge them by.
 //! - [`throttle`]: log lines at most once per interval, with the count left out.
 //! - [`remoting`]: RocketMQ 4.x's remoting frames, headers and message encodings, for the
@@ -34,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod allocate;
 pub mod auth;
 pub mod client_stats;
 pub mod codes;
