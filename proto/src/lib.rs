@@ -61,12 +61,9 @@ pub mod transport;
 pub mod validate;
 
 pub use codes::{ErrorCode, RequestCode};
-pub use frame::{Frame, FrameCodec, Header};
+pub use frame::{Frame, FrameCodec, Header, PROTOCOL_VERSION};
 pub use msgid::MessageId;
 pub use validate::{Limits, ValidationError};
-
-/// Version of the wire protocol this build speaks, sent in every frame header.
-pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Version of the client SDK, reported to brokers so they can check it against the cluster's policy.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
