@@ -361,7 +361,7 @@ impl MetadataState {
                 refuse,
                 language_min_versions,
             } => {
-                self.sdk_policy = SdkPolicy::new(SdkPolicy {
+                self.sdk_policy = SdkPolicy::validated(SdkPolicy {
                     min_version,
                     blocked_versions,
                     refuse,

@@ -9,14 +9,14 @@ pub use meridian_proto::admin::SdkPolicy;
 /// The policy's rules, on the record the admin contract defines.
 pub trait SdkPolicyRules: Sized {
     /// A policy from its parts, each version checked to parse and each language lowercased.
-    fn new(policy: SdkPolicy) -> Result<SdkPolicy, CommandError>;
+    fn validated(policy: SdkPolicy) -> Result<SdkPolicy, CommandError>;
     /// Whether a client reporting `version` may connect.
     fn check(&self, version: &str) -> Result<(), SdkVersionError>;
 }
 
 impl SdkPolicyRules for SdkPolicy {
     /// A policy from its parts, each version checked to parse and each language lowercased.
-    fn new(mut policy: SdkPolicy) -> Result<SdkPolicy, CommandError> {
+    fn validated(mut policy: SdkPolicy) -> Result<SdkPolicy, CommandError> {
         policy.language_min_versions = std::mem::take(&mut policy.language_min_versions)
             .into_iter()
             .map(|(language, version)| (language.to_ascii_lowercase(), version))
