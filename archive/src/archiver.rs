@@ -21,36 +21,11 @@ use object_store::{ObjectStoreExt, PutPayload};
 use meridian_proto::time::now_millis;
 
 use crate::convert::{self, ConvertOptions, ConvertedSegment};
+pub use crate::error::CrashPoint;
 use crate::error::{ArchiveError, Result};
 use crate::group::{Gate, GroupView, Refusal};
 use crate::manifest::{self, ManifestEntry};
 use crate::store::ArchiveStore;
-
-/// A step of an archive run where tests make the archiver crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CrashPoint {
-    /// Half of the first file uploaded, under its final name.
-    MidFile,
-    /// Every file uploaded, the manifest entry not written.
-    AfterFiles,
-    /// The manifest entry written (the broker has not deleted anything yet).
-    AfterManifest,
-}
-
-impl std::str::FromStr for CrashPoint {
-    type Err = String;
-    fn from_str(text: &str) -> Result<CrashPoint, String> {
-        match text {
-            "mid_file" => Ok(CrashPoint::MidFile),
-            "after_files" => Ok(CrashPoint::AfterFiles),
-            "after_manifest" => Ok(CrashPoint::AfterManifest),
-            other => Err(format!(
-                "unknown crash point {other:?}: mid_file, after_files or after_manifest"
-            )),
-        }
-    }
-}
 
 /// How a test crash happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ArchiveError, Result};
 use crate::layout;
+pub use crate::options::ConvertOptions;
 use crate::schema::{self, BatchBuilder, columns};
 use crate::traces::{self, ConvertedTraces};
 
@@ -31,32 +32,6 @@ const BATCH_ROWS: usize = 16 * 1024;
 const BATCH_BODY_BYTES: usize = 32 << 20;
 /// Rows per row group: small enough that a replay of one queue reads little beside it.
 const ROW_GROUP_ROWS: usize = 64 * 1024;
-
-/// Who wrote the messages, stored in every row.
-#[derive(Debug, Clone)]
-pub struct ConvertOptions {
-    /// Broker (group) name: the `broker` column and the file name prefix.
-    pub broker: String,
-    /// The broker's data center, if known: the `idc` column.
-    pub idc: Option<String>,
-    /// zstd level (1 is fast and already small for JSON-like bodies).
-    pub zstd_level: i32,
-    /// The group's epoch a group's archiver archives at: part of every file name (see
-    /// [`layout`]); None outside a group.
-    pub epoch: Option<u64>,
-}
-
-impl ConvertOptions {
-    /// Options for `broker` with defaults for the rest.
-    pub fn new(broker: impl Into<String>) -> ConvertOptions {
-        ConvertOptions {
-            broker: broker.into(),
-            idc: None,
-            zstd_level: 1,
-            epoch: None,
-        }
-    }
-}
 
 /// The offsets of one queue held by a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -59,7 +59,7 @@ pub enum ArchiveError {
     },
     /// A test crash point was reached.
     #[error("archiver stopped at test crash point {0:?}")]
-    Crashed(crate::archiver::CrashPoint),
+    Crashed(CrashPoint),
     /// An archive file or manifest does not hold what it should.
     #[error("archive is corrupt: {0}")]
     Corrupt(String),
@@ -110,5 +110,31 @@ impl ArchiveError {
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ArchiveError {
         let context = context.into();
         move |source| ArchiveError::Io { context, source }
+    }
+}
+
+/// A step of an archive run where tests make the archiver crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashPoint {
+    /// Half of the first file uploaded, under its final name.
+    MidFile,
+    /// Every file uploaded, the manifest entry not written.
+    AfterFiles,
+    /// The manifest entry written (the broker has not deleted anything yet).
+    AfterManifest,
+}
+
+impl std::str::FromStr for CrashPoint {
+    type Err = String;
+    fn from_str(text: &str) -> Result<CrashPoint, String> {
+        match text {
+            "mid_file" => Ok(CrashPoint::MidFile),
+            "after_files" => Ok(CrashPoint::AfterFiles),
+            "after_manifest" => Ok(CrashPoint::AfterManifest),
+            other => Err(format!(
+                "unknown crash point {other:?}: mid_file, after_files or after_manifest"
+            )),
+        }
     }
 }

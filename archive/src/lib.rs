@@ -21,6 +21,7 @@ pub mod error;
 pub mod group;
 pub mod layout;
 pub mod manifest;
+pub mod options;
 pub mod reader;
 pub mod sample;
 pub mod schema;

@@ -32,9 +32,9 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::convert::ConvertOptions;
 use crate::error::{ArchiveError, Result};
 use crate::layout;
+use crate::options::ConvertOptions;
 
 /// Rows per row group of a trace file.
 const ROW_GROUP_ROWS: usize = 64 * 1024;

@@ -26,6 +26,7 @@
 pub mod auth;
 pub mod clients;
 pub mod config;
+pub mod console_api;
 pub mod error;
 pub mod groups;
 pub mod handlers;

@@ -19,7 +19,8 @@ use meridian_archive::store::ArchiveStore;
 use meridian_archive::{ArchiveError, manifest, verify};
 use meridian_broker::BrokerConfig;
 use meridian_broker::store::MessageStore;
-use meridian_nameserver::service::{BrokerGroupView, NameserverService, Query};
+use meridian_nameserver::service::NameserverService;
+use meridian_proto::admin::read::{BrokerGroupView, Query};
 use meridian_proto::time::format_seconds;
 use tokio_util::sync::CancellationToken;
 

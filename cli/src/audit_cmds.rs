@@ -1,9 +1,9 @@
 //! `meridian audit`: the audit log of admin actions (who, when, from where, what), as the
-//! nameservers replicated it ([`meridian_nameserver::state::audit`]).
+//! nameservers replicated it ([`meridian_proto::admin::AuditEntry`]).
 
 use anyhow::Result;
-use meridian_nameserver::service::Query;
-use meridian_nameserver::state::{AuditEntry, format_time_ms};
+use meridian_proto::admin::read::Query;
+use meridian_proto::admin::{AuditEntry, format_time_ms};
 
 use crate::governance::{NameserverAddrs, NameserverClient};
 

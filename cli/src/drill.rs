@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use meridian_nameserver::service::{BrokerGroupView, Query};
-use meridian_nameserver::state::{Drill, DrillAction, IdcRule, Response};
 use meridian_proto::RequestCode;
 use meridian_proto::admin::format_time_ms;
+use meridian_proto::admin::read::{BrokerGroupView, Query, Response};
 use meridian_proto::admin::{AdminCommand, AdminWrite};
+use meridian_proto::admin::{Drill, DrillAction, IdcRule};
 use meridian_proto::messages::{IdcLookupRequest, IdcLookupResponse};
 
 use crate::nameservers::{NameserverAddrs, NameserverClient, Who};

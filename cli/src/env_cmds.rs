@@ -5,7 +5,7 @@
 //! `meridian env` prints every variable a client needs. Start at [`service_addr`].
 
 use anyhow::{Result, bail};
-use meridian_nameserver::service::{ClusterView, Query, Services};
+use meridian_proto::admin::read::{ClusterView, Query, Services};
 
 use crate::nameservers::{NameserverAddrs, NameserverClient};
 

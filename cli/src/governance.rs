@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use meridian_nameserver::service::{BrokerGroupView, ClusterView, GroupDetail, Query, TopicDetail};
-use meridian_nameserver::state::Response;
+use meridian_proto::admin::BrokerRole;
+use meridian_proto::admin::read::{BrokerGroupView, ClusterView, GroupDetail, Query, Response, TopicDetail};
 use meridian_proto::admin::{
     AdminCommand, AdminWrite, ApprovalStatus, ConsumeMode, ConsumerGroup, GroupRequest, Node, PERM_READ,
     PERM_READ_WRITE, PERM_WRITE, ProduceLimitChange, Topic, TopicChanges, TopicRequest, format_time_ms,
@@ -1182,7 +1182,7 @@ async fn run_cluster(
                     println!(
                         "    {:<18} {:<6} {:<22} idc {:<8} {} topics {} max_offset {}",
                         member.name,
-                        if member.role == meridian_nameserver::state::BrokerRole::Master {
+                        if member.role == BrokerRole::Master {
                             "master"
                         } else {
                             "slave"

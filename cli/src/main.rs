@@ -14,7 +14,6 @@ mod bench;
 mod client_cmds;
 mod cluster;
 mod config;
-mod console_api;
 mod credentials;
 mod dev_tls;
 mod drill;

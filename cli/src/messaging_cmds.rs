@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use meridian_client::{Admin, ConnectionPool, DeadLetter, ResetTo};
-use meridian_nameserver::service::{GroupDetail, Query};
+use meridian_proto::admin::read::{GroupDetail, Query};
 use meridian_proto::properties::RETRY_TOPIC;
 use meridian_proto::time::format_millis;
 use serde_json::json;

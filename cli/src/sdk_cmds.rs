@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result, anyhow, bail};
-use meridian_nameserver::service::Query;
-use meridian_nameserver::state::SdkPolicy;
 use meridian_proto::admin::AdminCommand;
+use meridian_proto::admin::SdkPolicy;
+use meridian_proto::admin::read::Query;
 
 use crate::nameservers::{NameserverAddrs, NameserverClient};
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::signal::shutdown_signal;
-use crate::{config, console_api, http};
+use crate::{config, http};
 
 /// Arguments of `meridian dev`.
 #[derive(Debug, clap::Args)]
@@ -383,7 +383,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     };
     let with_query = query_archive.is_some();
     let router = meridian_broker::http::router(registry, broker_name.clone(), &broker)
-        .merge(console_api::console_router(
+        .merge(meridian_broker::console_api::console_router(
             &broker,
             broker_name,
             vec![nameserver_addr.to_string()],
@@ -528,7 +528,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
                 listener.local_addr()?
             );
             let router = meridian_broker::http::router(registry, name.clone(), &broker)
-                .merge(console_api::console_router(&broker, name, nameservers));
+                .merge(meridian_broker::console_api::console_router(&broker, name, nameservers));
             let router = match broker.http_authenticator() {
                 Some(auth) => meridian_proto::http_layer::protect(router, auth),
                 None => router,

@@ -4,9 +4,9 @@
 //! [`crate::credentials`].
 
 use anyhow::{Result, bail};
-use meridian_nameserver::service::Query;
-use meridian_nameserver::state::{UserView, format_time_ms};
+use meridian_proto::admin::read::Query;
 use meridian_proto::admin::{AdminCommand as Command, StoredVerifier};
+use meridian_proto::admin::{UserView, format_time_ms};
 use meridian_proto::auth::{self, Verifier};
 
 use crate::governance::{NameserverAddrs, NameserverClient, Who};

@@ -13,10 +13,10 @@ use meridian_proto::topics;
 use meridian_proto::validate::{validate_group, validate_queue_count, validate_topic};
 use meridian_proto::{ErrorCode, MessageId};
 
-use crate::ClientConfig;
 use crate::error::ClientError;
 use crate::route::{NameserverRoute, RouteSource};
 use meridian_proto::transport::ConnectionPool;
+use meridian_proto::transport::TransportConfig as ClientConfig;
 
 /// Where [`Admin::reset_offsets`] moves a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,10 +13,10 @@ use meridian_proto::record::{StoredMessage, decode_all};
 use meridian_proto::topics::validate_consumable as validate_topic;
 use meridian_proto::validate::validate_group;
 
-use crate::ClientConfig;
 use crate::error::ClientError;
 use crate::route::{NameserverRoute, RouteCache, RouteSource, route_queues};
 use meridian_proto::transport::ConnectionPool;
+use meridian_proto::transport::TransportConfig as ClientConfig;
 
 /// Most record bytes one pull asks for. The broker returns at least one record even if larger.
 const PULL_MAX_BYTES: usize = 4 * 1024 * 1024;

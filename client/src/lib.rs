@@ -18,7 +18,6 @@
 #![warn(missing_docs)]
 
 mod admin;
-mod allocate;
 mod consumer;
 mod error;
 mod fault;
@@ -34,9 +33,12 @@ mod trace;
 mod transaction;
 
 pub use admin::{Admin, DeadLetter, ResetTo};
-pub use allocate::{ALLOCATION, Deployment, IdcAllocation, QueueId, allocate_averagely, allocate_by_idc};
 pub use consumer::{PullConsumer, PullResult};
 pub use error::ClientError;
+/// Queue allocation lives in `proto` (the broker's console endpoints run it too); re-exported here.
+pub use meridian_proto::allocate::{
+    ALLOCATION, Deployment, IdcAllocation, QueueId, allocate_averagely, allocate_by_idc,
+};
 pub use meridian_proto::idc::IdcSettings;
 /// Connection and request settings shared by producers, consumers and admin.
 pub use meridian_proto::transport::TransportConfig as ClientConfig;

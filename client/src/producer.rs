@@ -15,14 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::ClientConfig;
-use crate::allocate::QueueId;
 use crate::error::ClientError;
 use crate::fault::FaultTracker;
 use crate::message::{EncodedMessage, Message, SendResult};
 use crate::route::{NameserverRoute, ROUTE_REFRESH_INTERVAL, RouteCache, RouteSource, route_queues};
+use meridian_proto::allocate::QueueId;
 use meridian_proto::idc::IdcSettings;
 use meridian_proto::transport::ConnectionPool;
+use meridian_proto::transport::TransportConfig as ClientConfig;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 

@@ -50,11 +50,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::ClientConfig;
-use crate::allocate::{ALLOCATION, Deployment, QueueId, allocate_by_idc};
 use crate::consumer::{PullConsumer, PullOptions};
 use crate::error::ClientError;
 use crate::route::{ROUTE_REFRESH_INTERVAL, RouteSource, broker_addr, broker_addrs, broker_idcs, route_queues};
+use meridian_proto::allocate::{ALLOCATION, Deployment, QueueId, allocate_by_idc};
+use meridian_proto::transport::TransportConfig as ClientConfig;
 
 /// First wait before a message whose handler returned [`ConsumeResult::Retry`] is handed again.
 pub(crate) const CONSUME_RETRY_FIRST_BACKOFF: Duration = Duration::from_secs(1);

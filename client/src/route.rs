@@ -20,8 +20,8 @@ use meridian_proto::validate::validate_topic;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::allocate::QueueId;
 use crate::error::ClientError;
+use meridian_proto::allocate::QueueId;
 use meridian_proto::transport::ConnectionPool;
 
 /// How long a cached route is trusted before it is fetched again.

@@ -461,7 +461,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_transaction_producer_needs_a_valid_producer_group() {
-        let pool = ConnectionPool::new(crate::ClientConfig::default());
+        let pool = ConnectionPool::new(meridian_proto::transport::TransportConfig::default());
         let route: Arc<dyn RouteSource> = Arc::new(crate::StaticRoute::new("127.0.0.1:1".into(), pool.clone()));
         let refused = |config: TransactionProducerConfig| match TransactionProducer::new(route.clone(), config, Never) {
             Err(error) => error.to_string(),
@@ -486,7 +486,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_check_is_answered_once_per_count_unless_its_answer_failed() {
-        let pool = ConnectionPool::new(crate::ClientConfig::default());
+        let pool = ConnectionPool::new(meridian_proto::transport::TransportConfig::default());
         let route: Arc<dyn RouteSource> = Arc::new(crate::StaticRoute::new("127.0.0.1:1".into(), pool.clone()));
         let mut config = TransactionProducerConfig::default();
         config.producer.group = "payments".into();

@@ -9,12 +9,25 @@
 //! - Topics and groups: [`Topic`], [`ConsumerGroup`], what a request carries ([`TopicRequest`],
 //!   [`GroupRequest`]) and what an update changes ([`TopicChanges`]).
 //!
+//! - Reads ([`read`], named by that path: it builds on the records here): [`read::Query`] and
+//!   the views it is answered with; [`read::Response`], what a write answers.
+//! - The other records of the metadata ([`records`]): broker roles and epoch changes, the IDC map
+//!   and drills, the SDK policy, lost data centers, alerts, the audit log, users as listed.
+//!
 //! Field and variant names are part of the nameservers' Raft log and snapshots: never rename one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+pub mod read;
+pub mod records;
+
+pub use records::{
+    Alert, AlertChange, AlertStatus, AuditEntry, BrokerRole, Drill, DrillAction, DrillStep, EpochAction, EpochChange,
+    IdcRule, LostIdc, SdkPolicy, UserView,
+};
 
 /// What a governance error or decision is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -159,10 +172,8 @@ pub struct Decision {
     pub detail: Option<String>,
 }
 
-/// Formats ms since the Unix epoch as UTC RFC 3339 to the second, e.g. `2026-11-25T09:30:00Z`.
-pub fn format_time_ms(ms: u64) -> String {
-    crate::time::format_seconds(ms as i64)
-}
+/// The time format of every admin record (it lives with the clock).
+pub use crate::time::format_time_ms;
 
 /// Permission bit: consumers may read the topic.
 pub const PERM_READ: u8 = 1;

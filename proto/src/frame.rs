@@ -12,11 +12,13 @@
 //! it arrived. Requests are pipelined: each carries a `request_id`, and responses may come back in
 //! any order with the same id.
 
+/// Version of the wire protocol this build speaks, sent in every frame header.
+pub const PROTOCOL_VERSION: u32 = 1;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::PROTOCOL_VERSION;
 use crate::codes::{ErrorCode, RequestCode};
 
 /// Bytes before the header: `frame_len` and `header_len`.

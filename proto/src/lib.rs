@@ -22,6 +22,8 @@
 //!   delay levels, delivery times and the delay slots; [`filter`]: tag filter expressions.
 //! - [`quota`]: per-topic produce limits: their validation rule and the wait a throttled send is
 //!   told.
+//! - [`allocate`]: which queues of a topic each member of a consumer group consumes (RocketMQ's
+//!   average allocation and the IDC-aware one every Meridian consumer runs).
 //! - [`sdk`]: the SDK language and version clients report, and the policy brokers judge them by.
 //! - [`throttle`]: log lines at most once per interval, with the count left out.
 //! - [`remoting`]: RocketMQ 4.x's remoting frames, headers and message encodings, for the
@@ -36,6 +38,7 @@
 
 pub mod acl;
 pub mod admin;
+pub mod allocate;
 pub mod auth;
 pub mod client_stats;
 pub mod codes;
@@ -64,12 +67,9 @@ pub mod transport;
 pub mod validate;
 
 pub use codes::{ErrorCode, RequestCode};
-pub use frame::{Frame, FrameCodec, Header};
+pub use frame::{Frame, FrameCodec, Header, PROTOCOL_VERSION};
 pub use msgid::MessageId;
 pub use validate::{Limits, ValidationError};
-
-/// Version of the wire protocol this build speaks, sent in every frame header.
-pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Version of the client SDK, reported to brokers so they can check it against the cluster's policy.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -48,6 +48,12 @@ pub fn format_seconds(millis: i64) -> String {
     text
 }
 
+/// Ms since the Unix epoch as UTC RFC 3339 to the second, e.g. `2026-11-25T09:30:00Z`: how the
+/// admin records' `*_ms` times print.
+pub fn format_time_ms(ms: u64) -> String {
+    format_seconds(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

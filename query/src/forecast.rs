@@ -38,7 +38,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 use crate::error::QueryError;
-use crate::service::check_read_only;
+use crate::read_only::check_read_only;
 
 /// Interval level unless the call gives one.
 pub const DEFAULT_LEVEL: f64 = 0.95;

@@ -22,6 +22,7 @@ pub mod format;
 pub mod generate;
 pub mod http;
 pub mod metrics;
+pub mod read_only;
 pub mod service;
 pub mod tail;
 pub mod udf;

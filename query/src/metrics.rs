@@ -72,9 +72,3 @@ pub trait RowCount {
     /// The rows.
     fn row_count(&self) -> usize;
 }
-
-impl RowCount for crate::service::QueryAnswer {
-    fn row_count(&self) -> usize {
-        self.rows
-    }
-}

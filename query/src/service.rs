@@ -20,8 +20,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{SessionConfig, SessionContext};
 use futures_util::StreamExt;
 use meridian_archive::store::ArchiveStore;
 use meridian_archive::{layout, schema as message_schema, traces as trace_schema};
@@ -32,7 +31,8 @@ use crate::committed::{ARCHIVE_URL, ArchiveOnlyRegistry, ArchiveView, CommittedI
 use crate::config::QueryConfig;
 use crate::error::{QueryError, Result, SqlPosition};
 use crate::forecast;
-use crate::metrics::QueryMetrics;
+use crate::metrics::{QueryMetrics, RowCount};
+use crate::read_only::check_read_only;
 use crate::tail::{LiveTail, TailSource};
 use crate::udf;
 
@@ -562,37 +562,6 @@ fn register_listing(
     Ok(())
 }
 
-/// Refuses plans that would change anything: DDL, DML (INSERT, UPDATE, DELETE, COPY) and
-/// statements (SET, transactions), wherever they appear in the plan.
-pub fn check_read_only(plan: &LogicalPlan, sql: &str) -> Result<()> {
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
-    options.verify_plan(plan).map_err(|_| QueryError::ReadOnly {
-        what: statement_words(sql),
-    })
-}
-
-/// The leading keywords of a statement, for messages (`CREATE EXTERNAL TABLE`, `INSERT`, `COPY`).
-fn statement_words(sql: &str) -> String {
-    let words: Vec<String> = sql
-        .split_whitespace()
-        .take(3)
-        .map(|word| {
-            word.trim_matches(|c: char| !c.is_ascii_alphabetic())
-                .to_ascii_uppercase()
-        })
-        .collect();
-    let take = match words.first().map(String::as_str) {
-        Some("CREATE") if words.get(1).is_some_and(|word| word == "EXTERNAL" || word == "OR") => 3,
-        Some("CREATE" | "DROP" | "ALTER" | "EXPLAIN") => 2,
-        _ => 1,
-    };
-    let what = words.into_iter().take(take).collect::<Vec<_>>().join(" ");
-    if what.is_empty() { "the statement".into() } else { what }
-}
-
 /// The position a parser message names (`... at Line: 1, Column: 8`).
 fn position_in_message(message: &str) -> Option<SqlPosition> {
     let rest = &message[message.find("Line: ")? + 6..];
@@ -651,20 +620,15 @@ fn caret(sql: &str, at: SqlPosition) -> String {
     format!("  {line}\n  {}^", " ".repeat(at.column.saturating_sub(1) as usize))
 }
 
+impl RowCount for QueryAnswer {
+    fn row_count(&self) -> usize {
+        self.rows
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn statement_words_name_what_is_refused() {
-        assert_eq!(
-            statement_words("create external table x stored as parquet"),
-            "CREATE EXTERNAL TABLE"
-        );
-        assert_eq!(statement_words("  insert into t values (1)"), "INSERT");
-        assert_eq!(statement_words("COPY (select 1) TO '/tmp/x'"), "COPY");
-        assert_eq!(statement_words("drop view hourly_volume"), "DROP VIEW");
-    }
 
     #[test]
     fn parser_positions_are_found() {

@@ -229,7 +229,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     }
     println!("cluster up in {:.1} s", started.elapsed().as_secs_f64());
     print_table(&probe_all(&plan).await);
-    let services = meridian_nameserver::service::Services {
+    let services = meridian_proto::admin::read::Services {
         tracer_http: plan.service_http(Kind::Tracer),
         query_http: plan.service_http(Kind::Query),
     };

@@ -12,42 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use super::error::CommandError;
 
+/// Alerts as clients read them, defined in the admin contract.
+pub use meridian_proto::admin::{Alert, AlertChange, AlertStatus};
+
 /// Changes kept per alert; older ones are dropped.
 pub const ALERT_HISTORY_LEN: usize = 32;
 
 /// Alerts kept at most; beyond it, the resolved alerts that changed longest ago are dropped.
 pub const MAX_ALERTS: usize = 1_000;
-
-/// Whether an alert's condition holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AlertStatus {
-    /// The condition held for the rule's `for` duration.
-    Firing,
-    /// The condition no longer holds.
-    Resolved,
-}
-
-impl AlertStatus {
-    /// `firing` or `resolved`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertStatus::Firing => "firing",
-            AlertStatus::Resolved => "resolved",
-        }
-    }
-}
-
-/// One state change of an alert.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AlertChange {
-    /// When, in ms since the Unix epoch (time of the log entry).
-    pub at_ms: u64,
-    /// The new status.
-    pub status: AlertStatus,
-    /// What the evaluator saw.
-    pub message: String,
-}
 
 /// What the evaluator reports about one rule and subject ([`super::Command::RecordAlert`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,31 +37,6 @@ pub struct AlertUpdate {
     pub status: AlertStatus,
     /// What the evaluator saw.
     pub message: String,
-}
-
-/// An alert as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Alert {
-    /// De-duplication key: `rule/subject`.
-    pub key: String,
-    /// Rule name.
-    pub rule: String,
-    /// What it is about.
-    pub subject: String,
-    /// The rule's severity.
-    pub severity: String,
-    /// Owner of the topic or group it is about (empty: none).
-    pub owner: String,
-    /// Current status.
-    pub status: AlertStatus,
-    /// The latest message.
-    pub message: String,
-    /// When it first fired.
-    pub first_fired_ms: u64,
-    /// When its status last changed.
-    pub last_change_ms: u64,
-    /// Its state changes, oldest first, at most [`ALERT_HISTORY_LEN`].
-    pub history: Vec<AlertChange>,
 }
 
 /// The de-duplication key of a rule and subject.

@@ -12,32 +12,13 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::commands::Command;
+
 pub use super::commands::Origin;
+/// An entry as clients read it, defined in the admin contract.
+pub use meridian_proto::admin::AuditEntry;
 
 /// Entries kept; older ones are dropped first.
 pub const AUDIT_LEN: usize = 10_000;
-
-/// One admin action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditEntry {
-    /// Position in the log, from 1, never reused.
-    pub seq: u64,
-    /// When it was applied, ms since the Unix epoch.
-    pub at_ms: u64,
-    /// Who: the authenticated user, or the declared person.
-    pub who: String,
-    /// Whether `who` was authenticated (false: self-declared with `--by`).
-    pub authenticated: bool,
-    /// The client's address; empty when unknown (a request over the framed protocol).
-    pub from: String,
-    /// What was done, e.g. `approve_topic`.
-    pub action: String,
-    /// What it was done to, e.g. `topic orders`.
-    pub subject: String,
-    /// The reason or the change, when there is one.
-    pub detail: String,
-}
 
 /// The audit log held in the metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,15 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{CommandError, require_person};
 
-/// Role of a broker within its group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BrokerRole {
-    /// Accepts writes and replicates them to the slaves.
-    Master,
-    /// Holds a replica of the master's commitlog.
-    Slave,
-}
+/// Records clients read as they are, defined in the admin contract.
+pub use meridian_proto::admin::{BrokerRole, EpochAction, EpochChange};
 
 /// One broker process of a broker group, as it last reported itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,37 +94,6 @@ impl BrokerGroup {
 
 /// Epoch changes kept per broker group; older ones are dropped.
 pub const EPOCH_HISTORY_LEN: usize = 32;
-
-/// What raised a broker group's epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EpochAction {
-    /// A master was elected ([`super::Command::ElectMaster`]).
-    Elected,
-    /// The master was fenced for a switchover ([`super::Command::FenceMaster`]).
-    Fenced,
-}
-
-/// One raise of a broker group's epoch: who became master, or who was fenced and for whom.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EpochChange {
-    /// The new epoch.
-    pub epoch: u64,
-    /// When, in ms since the Unix epoch (time of the log entry).
-    pub at_ms: u64,
-    /// Elected or fenced.
-    pub action: EpochAction,
-    /// Master at the new epoch (`None` after a fencing).
-    pub master: Option<String>,
-    /// Master at the epoch before, if there was one.
-    pub previous_master: Option<String>,
-    /// Fenced: the switchover target.
-    pub preferred: Option<String>,
-    /// Who: `controller` for elections, the person for a switchover.
-    pub by: String,
-    /// Why.
-    pub reason: Option<String>,
-}
 
 /// What a broker says about itself when it registers (and, later, on each heartbeat).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

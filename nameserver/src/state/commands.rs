@@ -6,11 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::alerts::{Alert, AlertUpdate};
-use super::brokers::{BrokerRegistration, EpochChange};
-use super::governance::{ConsumerGroup, GroupRequest, Topic, TopicChanges, TopicRequest};
-use super::idc::IdcRule;
+use super::alerts::AlertUpdate;
+use super::brokers::BrokerRegistration;
+use super::governance::{GroupRequest, TopicChanges, TopicRequest};
 use super::users::StoredVerifier;
+
+/// What a successful command returns, as clients read it (defined in the admin contract).
+pub use meridian_proto::admin::read::Response;
 
 /// Every change to the metadata. Each is one Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,42 +290,6 @@ impl Command {
                 | Command::SetSuperUser { .. }
         ) || matches!(self, Command::Audited { command, .. } if command.is_governance())
     }
-}
-
-/// What a successful command returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Response {
-    /// Nothing to report (also the answer to Raft's own blank and membership entries).
-    Done,
-    /// The topic as it is after the command.
-    Topic(Topic),
-    /// The consumer group as it is after the command.
-    Group(ConsumerGroup),
-    /// The broker's group and its epoch after the registration.
-    Broker {
-        /// Broker group name.
-        group: String,
-        /// The group's epoch, which the broker must obey.
-        epoch: u64,
-    },
-    /// An IDC rule as set, with the rules of other data centers whose addresses it shares (the
-    /// longest prefix decides between them; overlaps are usually a mistake worth a warning).
-    IdcRule {
-        /// The rule as set.
-        rule: IdcRule,
-        /// Overlapping rules that name another data center.
-        overlaps: Vec<IdcRule>,
-    },
-    /// An election or a fencing, as recorded in the group's history.
-    EpochChange {
-        /// Broker group name.
-        group: String,
-        /// What changed.
-        change: EpochChange,
-    },
-    /// An alert as recorded.
-    Alert(Alert),
 }
 
 /// Where an admin request came from, recorded by the node that received it.

@@ -12,17 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use super::error::CommandError;
 
+/// A lost data center as clients read it, defined in the admin contract.
+pub use meridian_proto::admin::LostIdc;
+
 /// Declarations and clearances kept, newest last.
 pub const CONTINUITY_HISTORY_LEN: usize = 32;
-
-/// A data center the nameservers declared lost.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LostIdc {
-    /// When it was declared lost (ms since the Unix epoch, from the log entry).
-    pub since_ms: u64,
-    /// Why, in words (which nodes were silent and for how long).
-    pub reason: String,
-}
 
 /// One declaration or clearance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,90 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use meridian_proto::validate::validate_idc;
-use serde::{Deserialize, Serialize};
 
 use super::brokers::BrokerGroup;
 use super::error::{CommandError, require_person};
 
-/// Failover drills: which data center is evacuated now, and every step taken, with who and when.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Drill {
-    /// The data center evacuated now; `None`: both serve (dual-center).
-    pub evacuated: Option<String>,
-    /// Every step, oldest first, at most [`DRILL_HISTORY_LEN`].
-    pub steps: Vec<DrillStep>,
-}
+/// Records clients read as they are, defined in the admin contract.
+pub use meridian_proto::admin::{Drill, DrillAction, DrillStep, IdcRule};
 
 /// Drill steps kept; older ones are dropped.
 pub const DRILL_HISTORY_LEN: usize = 256;
-
-/// What a drill step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DrillAction {
-    /// Traffic moved out of a data center.
-    Evacuate,
-    /// Traffic returned to both data centers.
-    Restore,
-}
-
-/// One step of a failover drill.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrillStep {
-    /// When, in ms since the Unix epoch (time of the log entry).
-    pub at_ms: u64,
-    /// Evacuate or restore.
-    pub action: DrillAction,
-    /// The data center evacuated, or restored.
-    pub idc: String,
-    /// Who ran it.
-    pub by: String,
-    /// Why.
-    pub reason: Option<String>,
-}
-
-/// One rule of the IDC map: addresses in `network/prefix_len` are in data center `idc`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdcRule {
-    /// Network address with the host bits zero.
-    pub network: IpAddr,
-    /// Prefix length in bits.
-    pub prefix_len: u8,
-    /// Data center name.
-    pub idc: String,
-}
-
-impl IdcRule {
-    /// The rule's CIDR in canonical form, e.g. `10.1.0.0/16`.
-    pub fn cidr(&self) -> String {
-        format!("{}/{}", self.network, self.prefix_len)
-    }
-
-    /// Whether the two rules share addresses: one's network lies inside the other.
-    pub fn overlaps(&self, other: &IdcRule) -> bool {
-        self.contains(other.network) || other.contains(self.network)
-    }
-
-    fn contains(&self, address: IpAddr) -> bool {
-        match (self.network, address) {
-            (IpAddr::V4(network), IpAddr::V4(address)) => prefix_matches(
-                u128::from(network.to_bits()),
-                u128::from(address.to_bits()),
-                32,
-                self.prefix_len,
-            ),
-            (IpAddr::V6(network), IpAddr::V6(address)) => {
-                prefix_matches(network.to_bits(), address.to_bits(), 128, self.prefix_len)
-            }
-            _ => false,
-        }
-    }
-}
-
-fn prefix_matches(network: u128, address: u128, width: u8, prefix_len: u8) -> bool {
-    let host_bits = u32::from(width - prefix_len);
-    network.checked_shr(host_bits).unwrap_or(0) == address.checked_shr(host_bits).unwrap_or(0)
-}
 
 /// Parses a CIDR such as `10.1.0.0/16` or `fd00::/8` with std's address parser. Host bits must be
 /// zero: `10.1.2.3/16` is refused with the network it probably meant.
@@ -205,10 +130,28 @@ pub(super) fn known_idcs(groups: &BTreeMap<String, BrokerGroup>, rules: &[IdcRul
         .collect()
 }
 
-impl Drill {
+/// The drill's rules, on the record the admin contract defines.
+pub(super) trait DrillSteps {
+    /// Starts a drill (see the implementation).
+    fn evacuate(
+        &mut self,
+        now_ms: u64,
+        idc: String,
+        by: String,
+        reason: Option<String>,
+        groups: &BTreeMap<String, BrokerGroup>,
+        rules: &[IdcRule],
+    ) -> Result<(), CommandError>;
+    /// Ends the drill (see the implementation).
+    fn restore(&mut self, now_ms: u64, by: String, reason: Option<String>) -> Result<(), CommandError>;
+    /// Records one step, dropping the oldest beyond [`DRILL_HISTORY_LEN`].
+    fn record_step(&mut self, at_ms: u64, action: DrillAction, idc: String, by: String, reason: Option<String>);
+}
+
+impl DrillSteps for Drill {
     /// Starts a drill: moves all production and consumption out of `idc`, which the cluster must
     /// know, while a broker group elsewhere keeps taking writes.
-    pub(super) fn evacuate(
+    fn evacuate(
         &mut self,
         now_ms: u64,
         idc: String,
@@ -271,7 +214,7 @@ impl Drill {
     }
 
     /// Ends the drill: both data centers serve again.
-    pub(super) fn restore(&mut self, now_ms: u64, by: String, reason: Option<String>) -> Result<(), CommandError> {
+    fn restore(&mut self, now_ms: u64, by: String, reason: Option<String>) -> Result<(), CommandError> {
         require_person("by", &by)?;
         let Some(idc) = self.evacuated.take() else {
             return Err(CommandError::Drill {

@@ -57,11 +57,12 @@ pub use governance::{
     ProduceLimitChange, Topic, TopicChanges, TopicRequest,
 };
 pub use idc::{DRILL_HISTORY_LEN, Drill, DrillAction, DrillStep, IdcRule, parse_cidr};
-pub use sdk::{SdkPolicy, parse_version};
+pub use sdk::{SdkPolicy, SdkPolicyRules, parse_version};
 pub use users::{StoredVerifier, User, UserView};
 
 use brokers::Brokers;
 use governance::Governance;
+use idc::DrillSteps;
 
 /// Everything the nameservers agree on. Start with [`MetadataState::default`], change only with
 /// [`MetadataState::apply`].
@@ -375,7 +376,7 @@ impl MetadataState {
                 refuse,
                 language_min_versions,
             } => {
-                self.sdk_policy = SdkPolicy::new(SdkPolicy {
+                self.sdk_policy = SdkPolicy::validated(SdkPolicy {
                     min_version,
                     blocked_versions,
                     refuse,

@@ -1,30 +1,22 @@
 //! The client SDK version policy: the oldest version allowed and known-bad versions refused.
 //! Set through the log ([`super::Command::SetSdkPolicy`]); checked when a client connects.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use serde::{Deserialize, Serialize};
-
 use super::error::{CommandError, SdkVersionError};
 
-/// Which client SDK versions may connect.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SdkPolicy {
-    /// Oldest version allowed (`MAJOR.MINOR.PATCH`); `None`: any.
-    pub min_version: Option<String>,
-    /// Versions refused whatever `min_version` says (known-bad releases), compared as written.
-    pub blocked_versions: BTreeSet<String>,
-    /// Brokers refuse offenders' requests; otherwise they only flag them.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub refuse: bool,
-    /// Oldest version allowed per SDK language (lowercase), instead of `min_version`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub language_min_versions: BTreeMap<String, String>,
+/// The policy as clients read it, defined in the admin contract.
+pub use meridian_proto::admin::SdkPolicy;
+
+/// The policy's rules, on the record the admin contract defines.
+pub trait SdkPolicyRules: Sized {
+    /// A policy from its parts, each version checked to parse and each language lowercased.
+    fn validated(policy: SdkPolicy) -> Result<SdkPolicy, CommandError>;
+    /// Whether a client reporting `version` may connect.
+    fn check(&self, version: &str) -> Result<(), SdkVersionError>;
 }
 
-impl SdkPolicy {
+impl SdkPolicyRules for SdkPolicy {
     /// A policy from its parts, each version checked to parse and each language lowercased.
-    pub(super) fn new(mut policy: SdkPolicy) -> Result<SdkPolicy, CommandError> {
+    fn validated(mut policy: SdkPolicy) -> Result<SdkPolicy, CommandError> {
         policy.language_min_versions = std::mem::take(&mut policy.language_min_versions)
             .into_iter()
             .map(|(language, version)| (language.to_ascii_lowercase(), version))
@@ -41,7 +33,7 @@ impl SdkPolicy {
     }
 
     /// Whether a client reporting `version` may connect.
-    pub fn check(&self, version: &str) -> Result<(), SdkVersionError> {
+    fn check(&self, version: &str) -> Result<(), SdkVersionError> {
         if self.blocked_versions.contains(version) {
             return Err(SdkVersionError::Blocked {
                 version: version.to_owned(),

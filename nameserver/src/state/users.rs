@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{CommandError, require_person};
 
-pub use meridian_proto::admin::StoredVerifier;
+pub use meridian_proto::admin::{StoredVerifier, UserView};
 
 /// The verifier `stored` names, checked to be well formed.
 pub fn verifier_of(stored: &StoredVerifier) -> Result<Verifier, CommandError> {
@@ -35,19 +35,6 @@ pub struct User {
     /// Who created it.
     pub created_by: String,
     /// When its secret last changed (creation or rotation).
-    pub rotated_ms: u64,
-}
-
-/// A user as listed: no credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserView {
-    /// User name.
-    pub name: String,
-    /// When it was created.
-    pub created_ms: u64,
-    /// Who created it.
-    pub created_by: String,
-    /// When its secret last changed.
     pub rotated_ms: u64,
 }
 

@@ -1,8 +1,8 @@
 //! The broker's console endpoints (issue 26): a consumer group's queue allocation and its dead
-//! letters, for the web console's group page, merged into the broker's HTTP router by
-//! `serve.rs`. They live in the cli, not in `meridian_broker::http`, because they run the client
-//! SDK's own allocation (`meridian_client::allocate_by_idc`) and its pull and resend requests,
-//! and the broker may not depend on the client crate. Every handler makes a fixed number of calls
+//! letters, for the web console's group page, merged with [`crate::http::router`] by the
+//! `meridian` binary. They run the allocation every consumer runs
+//! ([`meridian_proto::allocate::allocate_by_idc`]) and send their pull and resend requests to this
+//! broker's own listener, so they are checked exactly as a client's are. Every handler makes a fixed number of calls
 //! (one member list, one route lookup, one bounded pull), whatever the size of the cluster or of
 //! the group's backlog.
 
@@ -13,9 +13,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use meridian_broker::Broker;
-use meridian_broker::http::{GroupTopicQuery, offsets_error};
+use meridian_proto::ErrorCode;
+use meridian_proto::messages::{TopicRoute, TopicRouteRequest};
+use meridian_proto::transport::{ConnectionPool, TransportConfig, TransportError};
 use serde_json::json;
+
+use crate::Broker;
+use crate::http::{GroupTopicQuery, offsets_error};
 
 /// Where the console endpoints reach the broker and the cluster's routes.
 #[derive(Clone)]
@@ -48,19 +52,60 @@ pub fn console_router(broker: &Broker, broker_name: String, nameservers: Vec<Str
         })
 }
 
-fn client_error_response(context: String, error: &meridian_client::ClientError) -> Response {
-    let code = error.code().map_or("unavailable", |code| code.as_str());
-    let status = error
-        .code()
+fn client_error_response(context: String, error: &TransportError) -> Response {
+    let error_code = match error {
+        TransportError::Remote { code, .. } => Some(*code),
+        _ => None,
+    };
+    let code = error_code.map_or("unavailable", |code| code.as_str());
+    let status = error_code
         .and_then(|code| StatusCode::from_u16(code.http_status()).ok())
         .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     offsets_error(status, code, format!("{context}: {error}"))
 }
 
+/// The route of `topic` as a consumer gets it: from this broker when it is standalone, else from
+/// the first of its nameservers that answers (one that is down, unreachable or busy is skipped;
+/// a refusal another nameserver would repeat, such as an unknown topic, is returned at once).
+async fn route_of(
+    pool: &ConnectionPool,
+    broker_addr: SocketAddr,
+    nameservers: &[String],
+    topic: &str,
+) -> Result<TopicRoute, TransportError> {
+    let request = TopicRouteRequest {
+        topic: topic.to_owned(),
+    };
+    let timeout = pool.config().request_timeout;
+    if nameservers.is_empty() {
+        let broker_addr = broker_addr.to_string();
+        let mut route: TopicRoute = pool
+            .call(&broker_addr, meridian_proto::RequestCode::TopicRoute, &request, timeout)
+            .await?;
+        // A lone broker advertises its configured address; the one just reached certainly works.
+        if let [broker] = route.brokers.as_mut_slice() {
+            broker.addr = broker_addr;
+        }
+        return Ok(route);
+    }
+    let mut last_error = None;
+    for addr in nameservers {
+        match pool
+            .call::<_, TopicRoute>(addr, meridian_proto::RequestCode::TopicRoute, &request, timeout)
+            .await
+        {
+            Ok(route) => return Ok(route),
+            Err(error) if error.is_retriable() => last_error = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last_error.unwrap_or(TransportError::Shutdown))
+}
+
 /// `GET /api/broker/allocation?group=G&topic=T`: which live member of the group holds which queue
 /// of the topic, per data center. The members come from this broker (as a consumer lists them),
 /// the queues and data centers from the topic's route (the nameservers'), and each member's share
-/// from [`meridian_client::allocate_by_idc`], the function every Meridian consumer runs on the same
+/// from [`meridian_proto::allocate::allocate_by_idc`], the function every Meridian consumer runs on the same
 /// inputs: so this is the allocation the members themselves compute, not a guess.
 async fn allocation(
     State(state): State<ConsoleApiState>,
@@ -76,27 +121,19 @@ async fn allocation(
     if let Err(error) = meridian_proto::validate::validate_group(&query.group) {
         return offsets_error(StatusCode::BAD_REQUEST, "invalid_argument", error.to_string());
     }
-    let config = meridian_client::ClientConfig::default();
+    if let Err(error) = meridian_proto::validate::validate_topic(&query.topic) {
+        return offsets_error(StatusCode::BAD_REQUEST, "invalid_argument", error.to_string());
+    }
+    let config = TransportConfig::default();
     let timeout = config.request_timeout;
-    let pool = meridian_client::ConnectionPool::new(config);
-    let route_source: Box<dyn meridian_client::RouteSource> = if state.nameservers.is_empty() {
-        Box::new(meridian_client::StaticRoute::new(
-            state.broker_addr.to_string(),
-            pool.clone(),
-        ))
-    } else {
-        Box::new(meridian_client::NameserverRoute::new(
-            state.nameservers.clone(),
-            pool.clone(),
-        ))
-    };
+    let pool = ConnectionPool::new(config);
     let members_request = meridian_proto::messages::GroupMember {
         group: query.group.clone(),
         client_id: String::new(),
     };
     let broker_addr = state.broker_addr.to_string();
     let (route, listed) = tokio::join!(
-        route_source.route(&query.topic),
+        route_of(&pool, state.broker_addr, &state.nameservers, &query.topic),
         pool.call::<_, meridian_proto::messages::ConsumerListResponse>(
             &broker_addr,
             meridian_proto::RequestCode::ConsumerList,
@@ -114,7 +151,7 @@ async fn allocation(
         Err(error) => {
             return client_error_response(
                 format!("the members of group {} on broker {}", query.group, state.broker_name),
-                &error.into(),
+                &error,
             );
         }
     };
@@ -125,10 +162,10 @@ async fn allocation(
 fn allocation_report(
     broker_name: &str,
     group: &str,
-    route: &meridian_client::TopicRoute,
+    route: &TopicRoute,
     listed: &meridian_proto::messages::ConsumerListResponse,
 ) -> serde_json::Value {
-    use meridian_client::{Deployment, QueueId, allocate_by_idc};
+    use meridian_proto::allocate::{Deployment, QueueId, allocate_by_idc};
     use meridian_proto::messages::perm;
     // The queues a consumer reads, as the client's `route_queues(route, READ)` picks them: readable
     // broker groups with a master, or a live slave to read from while a failover is under way.
@@ -270,9 +307,9 @@ async fn dead_letters(
         return offsets_error(StatusCode::BAD_REQUEST, "invalid_argument", error.to_string());
     }
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_DEAD_LETTERS_PAGE);
-    let config = meridian_client::ClientConfig::default();
+    let config = TransportConfig::default();
     let timeout = config.request_timeout;
-    let pool = meridian_client::ConnectionPool::new(config);
+    let pool = ConnectionPool::new(config);
     let request = meridian_proto::messages::PullRequest {
         group: query.group.clone(),
         topic: meridian_proto::topics::dlq_topic(&query.group),
@@ -298,8 +335,8 @@ async fn dead_letters(
     let response = match answer {
         Ok(response) => response,
         // No consumer of the group ever failed a message on this broker.
-        Err(meridian_client::TransportError::Remote {
-            code: meridian_client::ErrorCode::TopicNotFound,
+        Err(TransportError::Remote {
+            code: ErrorCode::TopicNotFound,
             ..
         }) => return empty(0),
         Err(error) => {
@@ -308,7 +345,7 @@ async fn dead_letters(
                     "the dead letters of group {} on broker {}",
                     query.group, state.broker_name
                 ),
-                &error.into(),
+                &error,
             );
         }
     };
@@ -340,7 +377,7 @@ async fn dead_letters(
 }
 
 /// A dead letter as `meridian dlq list --json` prints it.
-fn dead_letter_json(message: &meridian_client::StoredMessage) -> serde_json::Value {
+fn dead_letter_json(message: &meridian_proto::record::StoredMessage) -> serde_json::Value {
     let properties: serde_json::Map<String, serde_json::Value> =
         meridian_proto::properties::PropertiesIter::new(&message.properties)
             .map(|(name, value)| (name.to_owned(), json!(value)))
@@ -418,22 +455,21 @@ async fn resend_dead_letters(
     // The same request `Admin::resend_dead_letters` sends to each broker of a topic's route, sent
     // to this broker alone: the letters are in its dead-letter queue, and the console asks every
     // broker (a route would need one of the group's topics, which this broker may not store).
-    let config = meridian_client::ClientConfig::default();
+    let config = TransportConfig::default();
     let timeout = config.request_timeout;
-    let pool = meridian_client::ConnectionPool::new(config);
+    let pool = ConnectionPool::new(config);
     let resend = meridian_proto::messages::DeadLetterResendRequest {
         group: request.group.clone(),
         msg_ids: request.msg_ids.clone(),
     };
-    let result: Result<meridian_proto::messages::DeadLetterResendResponse, meridian_client::ClientError> = pool
+    let result: Result<meridian_proto::messages::DeadLetterResendResponse, TransportError> = pool
         .call(
             &state.broker_addr.to_string(),
             meridian_proto::RequestCode::DeadLetterResend,
             &resend,
             timeout,
         )
-        .await
-        .map_err(Into::into);
+        .await;
     pool.shutdown().await;
     let result = result.map(|response| (response.resent, response.missing));
     match result {
@@ -442,8 +478,8 @@ async fn resend_dead_letters(
             Json(json!({"broker": state.broker_name, "group": request.group, "resent": resent, "missing": missing}))
                 .into_response()
         }
-        Err(meridian_client::ClientError::Broker {
-            code: meridian_client::ErrorCode::TopicNotFound,
+        Err(TransportError::Remote {
+            code: ErrorCode::TopicNotFound,
             ..
         }) => {
             Json(json!({"broker": state.broker_name, "group": request.group, "resent": 0, "missing": request.msg_ids}))
@@ -461,8 +497,7 @@ async fn resend_dead_letters(
 
 #[cfg(test)]
 mod console_api_tests {
-    use meridian_client::{BrokerRoute, TopicRoute};
-    use meridian_proto::messages::{ConsumerListResponse, ConsumerMember, perm};
+    use meridian_proto::messages::{BrokerRoute, ConsumerListResponse, ConsumerMember, TopicRoute, perm};
 
     use super::allocation_report;
 
@@ -481,7 +516,7 @@ mod console_api_tests {
         ConsumerMember {
             client_id: client_id.into(),
             idc: idc.into(),
-            allocation: meridian_client::ALLOCATION.into(),
+            allocation: meridian_proto::allocate::ALLOCATION.into(),
             deployment: "single-side".into(),
             sdk_version: "0.1.0".into(),
         }

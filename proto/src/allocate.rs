@@ -1,5 +1,8 @@
 //! Which queues of a topic each member of a consumer group consumes: [`allocate_averagely`]
 //! (RocketMQ's), and [`allocate_by_idc`], the near-by allocation every Meridian consumer uses.
+//! Pure functions of their inputs, so they live in `proto`: the client SDK runs them to rebalance
+//! (re-exported as `meridian_client::allocate_by_idc`), and the broker's console endpoints run the
+//! same code to show a group's allocation.
 
 use std::collections::BTreeMap;
 use std::fmt;
