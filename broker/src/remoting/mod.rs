@@ -34,8 +34,14 @@ pub use shared::{Clients, Remoting};
 /// Requests one remoting connection may have running at once.
 const MAX_INFLIGHT: usize = 256;
 
-/// Accepts remoting connections until the broker shuts down.
-pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, advertise: SocketAddr, connections: TaskTracker) {
+/// Accepts remoting connections on every listener (the main one, then the VIP channel if
+/// configured) until the broker shuts down; all share one [`Remoting`], so a client may use both.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    state: Arc<BrokerState>,
+    advertise: SocketAddr,
+    connections: TaskTracker,
+) {
     tracing::info!(addr = %advertise, broker = state.config.broker_name, "remoting listener serving RocketMQ clients");
     let remoting = Arc::new(Remoting {
         state: state.clone(),
@@ -46,6 +52,18 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, advertise: So
         subscriptions: Mutex::new(HashMap::new()),
     });
     connections.spawn(check_back(remoting.clone()));
+    for (index, listener) in listeners.into_iter().enumerate() {
+        if index > 0
+            && let Ok(addr) = listener.local_addr()
+        {
+            tracing::info!(%addr, "remoting VIP channel serving RocketMQ clients");
+        }
+        connections.spawn(accept(listener, remoting.clone(), connections.clone()));
+    }
+}
+
+async fn accept(listener: TcpListener, remoting: Arc<Remoting>, connections: TaskTracker) {
+    let state = remoting.state.clone();
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
