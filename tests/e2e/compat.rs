@@ -731,3 +731,96 @@ async fn the_ali_ons_transaction_producer_is_checked_back_and_its_answer_decides
     trace_shows(&node, "--key=tx-commit", &["Deliver", "ons-tx-g"]).await;
     node.stop();
 }
+
+/// Java clients older than 4.5.1 send to the broker's VIP channel (port − 2), and RocketMQ 5
+/// producers may compress with LZ4 or ZSTD: both reach the same broker, whose main port serves
+/// the bodies inflated (sysFlag without the compression bits) to any client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vip_channel_takes_lz4_and_zstd_bodies_and_the_main_port_serves_them_inflated() {
+    use meridian_proto::remoting::message::{
+        COMPRESSION_LZ4, COMPRESSION_ZLIB, COMPRESSION_ZSTD, SYSFLAG_COMPRESSED, compress_body,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("rmq-vip", 1).await;
+    let vip = node.rocketmq_broker_vip.expect("meridian dev serves the VIP channel");
+    assert_ne!(vip, node.rocketmq_broker);
+    let mut vip_wire = Wire::connect(vip);
+    let bodies: Vec<Vec<u8>> = [COMPRESSION_LZ4, COMPRESSION_ZSTD, COMPRESSION_ZLIB]
+        .iter()
+        .map(|kind| format!("compressed with type {kind}; ").repeat(300).into_bytes())
+        .collect();
+    for (kind, body) in [COMPRESSION_LZ4, COMPRESSION_ZSTD, COMPRESSION_ZLIB]
+        .iter()
+        .zip(&bodies)
+    {
+        let sys_flag = (SYSFLAG_COMPRESSED | kind << 8).to_string();
+        let props = properties(&format!("key-{kind}"), "TagZ", &MessageId::generate().to_string());
+        let answer = vip_wire.call(
+            request(
+                request::SEND_MESSAGE_V2,
+                &[
+                    ("a", "rmq-vip-p"),
+                    ("b", "rmq-vip"),
+                    ("e", "0"),
+                    ("f", &sys_flag),
+                    ("i", &props),
+                ],
+            )
+            .with_body(compress_body(body, *kind)),
+        );
+        assert_eq!(answer.code, response::SUCCESS, "type {kind}: {}", remark(&answer));
+    }
+    // A body that claims LZ4 but is not an LZ4 frame is refused naming the format.
+    let bad = vip_wire.call(
+        request(
+            request::SEND_MESSAGE_V2,
+            &[
+                ("a", "rmq-vip-p"),
+                ("b", "rmq-vip"),
+                ("e", "0"),
+                ("f", &(SYSFLAG_COMPRESSED | COMPRESSION_LZ4 << 8).to_string()),
+            ],
+        )
+        .with_body(b"not lz4".to_vec()),
+    );
+    assert_eq!(bad.code, response::MESSAGE_ILLEGAL);
+    assert!(remark(&bad).contains("LZ4 frame"), "{}", remark(&bad));
+
+    let mut main = Wire::connect(node.rocketmq_broker);
+    // Sends are acknowledged before the consume queue is built: wait until the three are readable.
+    let queued = eventually(Duration::from_secs(10), || {
+        let max = main.call(request(
+            request::GET_MAX_OFFSET,
+            &[("topic", "rmq-vip"), ("queueId", "0")],
+        ));
+        max.ext_fields.get("offset").map(String::as_str) == Some("3")
+    })
+    .await;
+    assert!(queued, "the three compressed sends never became readable");
+    node.create_group("rmq-vip-g", &["rmq-vip"]).await;
+    let pull = main.call(request(
+        request::PULL_MESSAGE,
+        &[
+            ("consumerGroup", "rmq-vip-g"),
+            ("topic", "rmq-vip"),
+            ("queueId", "0"),
+            ("queueOffset", "0"),
+            ("maxMsgNums", "32"),
+            ("sysFlag", "2"),
+            ("suspendTimeoutMillis", "1000"),
+        ],
+    ));
+    assert_eq!(pull.code, response::SUCCESS, "{}", remark(&pull));
+    let messages = decode_all_stored(&pull.body).unwrap();
+    let got: Vec<&[u8]> = messages.iter().map(|message| message.body).collect();
+    let want: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    assert_eq!(got, want, "stored and served inflated, in order");
+    assert!(
+        messages
+            .iter()
+            .all(|message| message.sys_flag & (SYSFLAG_COMPRESSED | 0x700) == 0),
+        "served without compression bits, so clients of any version read them"
+    );
+    node.stop();
+}
