@@ -53,6 +53,9 @@ pub struct Approved {
     pub sdk_policy: SdkPolicyGrant,
     /// Users' verifiers, for logins when `[auth]` is on ([`crate::auth`]).
     pub users: HashMap<String, meridian_proto::auth::Verifier>,
+    /// Sealed secrets of the users with RocketMQ access, for AccessKey signatures
+    /// ([`crate::remoting`]).
+    pub rocketmq_secrets: HashMap<String, String>,
 }
 
 impl Approved {
@@ -62,6 +65,12 @@ impl Approved {
             version: Some(metadata.version),
             throttles: Throttles::from_grants(&metadata.topics, Instant::now()),
             sdk_policy: metadata.sdk_policy.unwrap_or_default(),
+            rocketmq_secrets: metadata
+                .users
+                .iter()
+                .filter(|grant| !grant.rocketmq_sealed.is_empty())
+                .map(|grant| (grant.name.clone(), grant.rocketmq_sealed.clone()))
+                .collect(),
             users: metadata
                 .users
                 .into_iter()

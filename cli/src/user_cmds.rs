@@ -1,12 +1,15 @@
 //! `meridian user create|rotate|delete|list|node-secret`: users who may connect when `[auth]` is
-//! on. The secret is made here, printed once and never sent: the nameservers receive only its
-//! SCRAM-SHA-256 verifier ([`meridian_proto::auth::Verifier`]). The CLI's own login is
+//! on. The secret is made here and printed once; the nameservers receive only its SCRAM-SHA-256
+//! verifier ([`meridian_proto::auth::Verifier`]), unless `--rocketmq` gives the user RocketMQ
+//! access: AccessKey signatures are HMACs that need the secret itself, so it is sent over the
+//! CLI's authenticated connection and sealed by the nameserver with the cluster's node secret
+//! before it is stored ([`meridian_proto::admin::RocketmqSecret`]). The CLI's own login is
 //! [`crate::credentials`].
 
 use anyhow::{Result, bail};
 use meridian_nameserver::service::Query;
 use meridian_nameserver::state::{UserView, format_time_ms};
-use meridian_proto::admin::{AdminCommand as Command, StoredVerifier};
+use meridian_proto::admin::{AdminCommand as Command, RocketmqSecret, StoredVerifier};
 use meridian_proto::auth::{self, Verifier};
 
 use crate::governance::{NameserverAddrs, NameserverClient, Who};
@@ -18,6 +21,10 @@ pub enum UserCommand {
     Create {
         /// User name: 1 to 64 of [A-Za-z0-9_.@-].
         name: String,
+        /// Also let RocketMQ 4.x clients sign as this user (accessKey = the name, secretKey = the
+        /// secret); needs [auth] with a node secret on the nameservers.
+        #[arg(long)]
+        rocketmq: bool,
         #[command(flatten)]
         who: Who,
         #[command(flatten)]
@@ -27,6 +34,9 @@ pub enum UserCommand {
     Rotate {
         /// User name.
         name: String,
+        /// Keep RocketMQ access, with the new secret (without it, RocketMQ access ends).
+        #[arg(long)]
+        rocketmq: bool,
         #[command(flatten)]
         who: Who,
         #[command(flatten)]
@@ -57,7 +67,12 @@ pub enum UserCommand {
 /// Runs `meridian user ...`.
 pub async fn user(command: UserCommand) -> Result<()> {
     match command {
-        UserCommand::Create { name, who, nameservers } => {
+        UserCommand::Create {
+            name,
+            rocketmq,
+            who,
+            nameservers,
+        } => {
             if let Err(message) = auth::validate_user_name(&name) {
                 bail!(message);
             }
@@ -70,12 +85,18 @@ pub async fn user(command: UserCommand) -> Result<()> {
                     name: name.clone(),
                     verifier,
                     by,
+                    rocketmq: rocketmq_secret(rocketmq, &secret),
                 },
             )
             .await?;
-            print_secret(&name, &secret, "created");
+            print_secret(&name, &secret, "created", rocketmq);
         }
-        UserCommand::Rotate { name, who, nameservers } => {
+        UserCommand::Rotate {
+            name,
+            rocketmq,
+            who,
+            nameservers,
+        } => {
             let secret = auth::generate_secret();
             let verifier = StoredVerifier::from_verifier(&Verifier::generate(secret.as_bytes()));
             let by = who.name()?;
@@ -85,10 +106,11 @@ pub async fn user(command: UserCommand) -> Result<()> {
                     name: name.clone(),
                     verifier,
                     by,
+                    rocketmq: rocketmq_secret(rocketmq, &secret),
                 },
             )
             .await?;
-            print_secret(&name, &secret, "rotated");
+            print_secret(&name, &secret, "rotated", rocketmq);
         }
         UserCommand::Delete { name, who, nameservers } => {
             let by = who.name()?;
@@ -129,10 +151,19 @@ async fn write(nameservers: &NameserverAddrs, command: Command) -> Result<()> {
     result.map(drop)
 }
 
-fn print_secret(name: &str, secret: &str, what: &str) {
+fn rocketmq_secret(rocketmq: bool, secret: &str) -> Option<RocketmqSecret> {
+    rocketmq.then(|| RocketmqSecret::Plain {
+        secret: secret.to_owned(),
+    })
+}
+
+fn print_secret(name: &str, secret: &str, what: &str, rocketmq: bool) {
     println!("user {name} {what}; its secret is shown only this once:");
     println!("export MERIDIAN_USER={name}");
     println!("export MERIDIAN_SECRET={secret}");
+    if rocketmq {
+        println!("RocketMQ clients: accessKey {name}, secretKey the same secret");
+    }
 }
 
 /// `meridian dev --auth`: the node secret file in `data_dir`, made (readable by its owner only)
@@ -161,17 +192,22 @@ pub async fn dev_admin(service: &meridian_nameserver::service::NameserverService
     let verifier = StoredVerifier::from_verifier(&Verifier::generate(secret.as_bytes()));
     let by = "meridian dev".to_owned();
     let exists = service.raft().read_state(|state| state.users().contains_key("admin"));
+    // The admin may also sign RocketMQ requests (accessKey admin), so RocketMQ clients work
+    // against `meridian dev --auth` too.
+    let rocketmq = rocketmq_secret(true, &secret);
     let command = if exists {
         Command::RotateUser {
             name: "admin".into(),
             verifier,
             by,
+            rocketmq,
         }
     } else {
         Command::CreateUser {
             name: "admin".into(),
             verifier,
             by,
+            rocketmq,
         }
     };
     service.command(command.into()).await?;

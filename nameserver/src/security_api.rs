@@ -82,6 +82,7 @@ async fn create_user(
             name: body.name,
             verifier: body.verifier,
             by: body.by,
+            rocketmq: None,
         })
         .await?;
     Ok(user_view(&service, &name).into_response())
@@ -97,6 +98,7 @@ async fn rotate_user(
             name: name.clone(),
             verifier: body.verifier,
             by: body.by,
+            rocketmq: None,
         })
         .await?;
     Ok(user_view(&service, &name).into_response())

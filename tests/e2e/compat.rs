@@ -403,12 +403,25 @@ fn rocketmq_python() -> PathBuf {
 /// Runs `tests/compat/rocketmq_python.py` with `mode` against `node`; its JSON report, after
 /// checking the client found nothing wrong.
 fn run_scenario(node: &DevNode, home: &std::path::Path, topic: &str, group: &str, mode: &str) -> Value {
+    run_scenario_with(node, home, topic, group, mode, &[])
+}
+
+/// [`run_scenario`] with extra environment (`ROCKETMQ_ACCESS_KEY`/`ROCKETMQ_SECRET_KEY` to sign).
+fn run_scenario_with(
+    node: &DevNode,
+    home: &std::path::Path,
+    topic: &str,
+    group: &str,
+    mode: &str,
+    envs: &[(&str, &str)],
+) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/rocketmq_python.py");
     let output = std::process::Command::new(rocketmq_python())
         .arg(&script)
         .args([&node.rocketmq_nameserver.to_string(), topic, group, mode])
         // The C++ core logs under $HOME/logs.
         .env("HOME", home)
+        .envs(envs.iter().copied())
         .output()
         .expect("running the RocketMQ client scenario");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -600,6 +613,18 @@ fn ali_ons_dir() -> PathBuf {
 /// Runs `tests/compat/ali_ons.js` with `args` against `node`; its JSON report, after checking the
 /// client found nothing wrong.
 fn run_ali_ons(node: &DevNode, home: &std::path::Path, topic: &str, group: &str, args: &[&str]) -> Value {
+    run_ali_ons_with(node, home, topic, group, args, &[])
+}
+
+/// [`run_ali_ons`] with extra environment (`ROCKETMQ_ACCESS_KEY`/`ROCKETMQ_SECRET_KEY` to sign).
+fn run_ali_ons_with(
+    node: &DevNode,
+    home: &std::path::Path,
+    topic: &str,
+    group: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/ali_ons.js");
     let output = std::process::Command::new("node")
         .arg(&script)
@@ -608,6 +633,7 @@ fn run_ali_ons(node: &DevNode, home: &std::path::Path, topic: &str, group: &str,
         .args(args)
         // ali-ons keeps offsets and logs under $HOME.
         .env("HOME", home)
+        .envs(envs.iter().copied())
         .output()
         .expect("running the ali-ons scenario (is node installed?)");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -823,4 +849,207 @@ async fn the_vip_channel_takes_lz4_and_zstd_bodies_and_the_main_port_serves_them
         "served without compression bits, so clients of any version read them"
     );
     node.stop();
+}
+
+/// Runs the CLI against `node` as `user` with `secret` (for `meridian dev --auth`).
+fn cli_as(node: &DevNode, user: &str, secret: &str, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(meridian_tests::meridian_bin())
+        .args(args)
+        .env("MERIDIAN_NAMESERVER", node.nameserver.to_string())
+        .env("MERIDIAN_USER", user)
+        .env("MERIDIAN_SECRET", secret)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running meridian");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn exported(text: &str, name: &str) -> String {
+    let prefix = format!("export {name}=");
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .to_owned()
+}
+
+/// A SEND_MESSAGE_V2 of one TagA message to `topic`.
+fn send_v2(topic: &str, body: &str) -> RemotingCommand {
+    let props = properties("signed-key", "TagA", &MessageId::generate().to_string());
+    request(
+        request::SEND_MESSAGE_V2,
+        &[("a", "signed-producer"), ("b", topic), ("e", "0"), ("i", &props)],
+    )
+    .with_body(body.as_bytes().to_vec())
+}
+
+fn signed(mut command: RemotingCommand, user: &str, secret: &str) -> RemotingCommand {
+    meridian_proto::remoting::acl::sign(&mut command.ext_fields, &command.body, user, secret.as_bytes());
+    command
+}
+
+/// With `[auth]` on, RocketMQ requests must carry an AccessKey signature of a user given RocketMQ
+/// access (`meridian user create NAME --rocketmq`): unmodified clients configured with that
+/// accessKey/secretKey (ali-ons, PyPI `rocketmq`) produce and consume; unsigned requests, a wrong
+/// secret, a user without RocketMQ access, an unknown user and a stale timestamp are refused with
+/// NO_PERMISSION naming the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocketmq_clients_sign_with_their_access_key_and_everything_else_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(&dir.path().join("data"), &["--auth"]);
+    let banner = node.banner().join("\n");
+    let admin_secret = exported(&banner, "MERIDIAN_SECRET");
+    for args in [
+        &["topic", "create", "signed-wire", "--queues", "1"][..],
+        &["topic", "create", "signed-ons", "--queues", "2"][..],
+        &["topic", "create", "signed-py", "--queues", "2"][..],
+        &["group", "create", "signed-ons-g", "--topics", "signed-ons"][..],
+        &["group", "create", "signed-py-g", "--topics", "signed-py"][..],
+    ] {
+        let (ok, _, stderr) = cli_as(&node, "admin", &admin_secret, args);
+        assert!(ok, "{args:?}: {stderr}");
+    }
+    let (ok, stdout, stderr) = cli_as(
+        &node,
+        "admin",
+        &admin_secret,
+        &["user", "create", "rmq-app", "--rocketmq"],
+    );
+    assert!(
+        ok && stdout.contains("RocketMQ clients: accessKey rmq-app"),
+        "{stdout}{stderr}"
+    );
+    let app_secret = exported(&stdout, "MERIDIAN_SECRET");
+    let (ok, stdout, stderr) = cli_as(&node, "admin", &admin_secret, &["user", "create", "native-only"]);
+    assert!(ok, "{stderr}");
+    let native_secret = exported(&stdout, "MERIDIAN_SECRET");
+    let (ok, stdout, _) = cli_as(&node, "admin", &admin_secret, &["user", "list", "--json"]);
+    assert!(ok);
+    let users: Value = serde_json::from_str(&stdout).unwrap();
+    let rocketmq_of = |name: &str| {
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|user| user["name"] == name)
+            .map(|user| user["rocketmq"].clone())
+    };
+    assert_eq!(rocketmq_of("rmq-app"), Some(Value::Bool(true)));
+    assert_eq!(rocketmq_of("native-only"), Some(Value::Bool(false)));
+    // The secret is nowhere in the nameserver's state, log or snapshots, only sealed.
+    for entry in walk(&dir.path().join("data").join("nameserver")) {
+        if let Ok(bytes) = std::fs::read(&entry) {
+            assert!(
+                !bytes
+                    .windows(app_secret.len())
+                    .any(|window| window == app_secret.as_bytes()),
+                "{} holds the secret in the clear",
+                entry.display()
+            );
+        }
+    }
+
+    // By hand: every refusal names its problem; the right signature is accepted.
+    let mut broker = Wire::connect(node.rocketmq_broker);
+    let wait_for_users = eventually(Duration::from_secs(10), || {
+        broker
+            .call(signed(send_v2("signed-wire", "first"), "rmq-app", &app_secret))
+            .code
+            == response::SUCCESS
+    })
+    .await;
+    assert!(
+        wait_for_users,
+        "the broker never accepted rmq-app's signature; log:\n{}",
+        node.log()
+    );
+    let cases = [
+        (send_v2("signed-wire", "unsigned"), "authentication required"),
+        (
+            signed(send_v2("signed-wire", "wrong"), "rmq-app", "not-the-secret"),
+            "does not match",
+        ),
+        (
+            signed(send_v2("signed-wire", "native"), "native-only", &native_secret),
+            "has no RocketMQ access",
+        ),
+        (
+            signed(send_v2("signed-wire", "ghost"), "ghost", "x"),
+            "has no RocketMQ access",
+        ),
+    ];
+    for (command, expected) in cases {
+        let answer = broker.call(command);
+        assert_eq!(answer.code, response::NO_PERMISSION, "{}", remark(&answer));
+        assert!(remark(&answer).contains(expected), "{expected}: {}", remark(&answer));
+        assert!(!remark(&answer).contains(&app_secret));
+    }
+    // A body changed after signing is refused; a signed Timestamp must be fresh.
+    let mut tampered = signed(send_v2("signed-wire", "original"), "rmq-app", &app_secret);
+    tampered.body = Bytes::from_static(b"tampered");
+    assert_eq!(broker.call(tampered).code, response::NO_PERMISSION);
+    let now = meridian_proto::time::now_millis();
+    let stale = signed(
+        send_v2("signed-wire", "stale").with("Timestamp", &(now - 3_600_000).to_string()),
+        "rmq-app",
+        &app_secret,
+    );
+    let answer = broker.call(stale);
+    assert!(
+        remark(&answer).contains("outside the 300000 ms window"),
+        "{}",
+        remark(&answer)
+    );
+    let fresh = signed(
+        send_v2("signed-wire", "fresh").with("Timestamp", &now.to_string()),
+        "rmq-app",
+        &app_secret,
+    );
+    assert_eq!(broker.call(fresh).code, response::SUCCESS);
+
+    // Unmodified clients given accessKey rmq-app and its secret.
+    let credentials = [
+        ("ROCKETMQ_ACCESS_KEY", "rmq-app"),
+        ("ROCKETMQ_SECRET_KEY", app_secret.as_str()),
+    ];
+    let report = run_ali_ons_with(
+        &node,
+        dir.path(),
+        "signed-ons",
+        "signed-ons-g",
+        &["tags", "3"],
+        &credentials,
+    );
+    assert_eq!(report["received"].as_array().map(Vec::len), Some(3), "{report}");
+    let report = run_scenario_with(&node, dir.path(), "signed-py", "signed-py-g", "3", &credentials);
+    let received = report["received"].as_array().unwrap();
+    assert!(
+        received
+            .iter()
+            .filter(|entry| entry["origin"] == "rocketmq-python")
+            .count()
+            >= 3,
+        "{report}"
+    );
+    node.stop();
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if entry.metadata().is_ok_and(|metadata| metadata.len() < 64 << 20) {
+                files.push(path);
+            }
+        }
+    }
+    files
 }

@@ -290,6 +290,11 @@ impl DevNode {
         }
     }
 
+    /// What the node printed before `ready` (addresses, and with `--auth` the admin's secret).
+    pub fn banner(&self) -> &[String] {
+        &self.process.banner
+    }
+
     /// The broker address as clients take it.
     pub fn broker_addr(&self) -> String {
         self.broker.to_string()

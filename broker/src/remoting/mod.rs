@@ -6,9 +6,11 @@
 //! checks, confirmed-offset reads, trace emission and metrics), and the native answer becomes the
 //! RocketMQ response. Start reading at [`requests::handle`]; this file owns the sockets: one
 //! reader per connection, a writer task, requests that finish later (long polls, synced sends) run
-//! as tasks of the connection, and broker-initiated requests (`NOTIFY_CONSUMER_IDS_CHANGED`,
+//! as tasks of the connection, AccessKey signatures are checked before anything else when
+//! `[auth]` is on ([`access`]), and broker-initiated requests (`NOTIFY_CONSUMER_IDS_CHANGED`,
 //! `CHECK_TRANSACTION_STATE` from [`check_back`]) go out through [`Clients`].
 
+pub mod access;
 pub mod requests;
 mod shared;
 
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use meridian_proto::auth::Principal;
 use meridian_proto::remoting::codes::response;
 use meridian_proto::remoting::{Decoded, RemotingCodec, RemotingCommand};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,6 +53,7 @@ pub async fn serve(
         producers: Clients::default(),
         asked: Mutex::new(std::collections::HashSet::new()),
         subscriptions: Mutex::new(HashMap::new()),
+        access: access::AccessCheck::new(&state),
     });
     connections.spawn(check_back(remoting.clone()));
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -149,7 +153,28 @@ async fn serve_connection(remoting: Arc<Remoting>, stream: TcpStream, peer: Sock
             continue;
         }
         let oneway = command.is_oneway();
-        match requests::handle(&remoting, command, peer, &tx) {
+        let principal = match &remoting.access {
+            None => Principal::Anonymous,
+            Some(access) => match access.authenticate(state, &command) {
+                Ok(principal) => principal,
+                Err(error) => {
+                    state.metrics.remoting_signature_refusals.inc();
+                    tracing::debug!(%peer, code = command.code, %error, "RocketMQ request refused for its signature");
+                    if !oneway
+                        && tx
+                            .send(command.respond(response::NO_PERMISSION, Some(error.to_string())))
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            },
+        };
+        let span = tracing::trace_span!("remoting_request", %principal, code = command.code);
+        let handled = span.in_scope(|| requests::handle(&remoting, command, peer, &tx));
+        match handled {
             requests::Answer::Now(answer) => {
                 if let Some(answer) = answer.filter(|_| !oneway)
                     && tx.send(answer).await.is_err()

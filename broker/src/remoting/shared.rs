@@ -103,4 +103,6 @@ pub struct Remoting {
     pub asked: Mutex<std::collections::HashSet<u64>>,
     /// Subscriptions RocketMQ consumers registered by heartbeat, by (group, topic).
     pub subscriptions: Mutex<HashMap<(String, String), String>>,
+    /// AccessKey signature checks; `None` when `[auth]` is off.
+    pub access: Option<super::access::AccessCheck>,
 }

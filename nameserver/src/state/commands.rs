@@ -10,7 +10,7 @@ use super::alerts::{Alert, AlertUpdate};
 use super::brokers::{BrokerRegistration, EpochChange};
 use super::governance::{ConsumerGroup, GroupRequest, Topic, TopicChanges, TopicRequest};
 use super::idc::IdcRule;
-use super::users::StoredVerifier;
+use super::users::{RocketmqSecret, StoredVerifier};
 
 /// Every change to the metadata. Each is one Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +199,9 @@ pub enum Command {
         verifier: StoredVerifier,
         /// Who creates it.
         by: String,
+        /// RocketMQ access: always `Sealed` in the log (the service seals `Plain` before writing).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rocketmq: Option<RocketmqSecret>,
     },
     /// Replace a user's verifier: the old secret stops working for new connections.
     RotateUser {
@@ -208,6 +211,9 @@ pub enum Command {
         verifier: StoredVerifier,
         /// Who rotates it.
         by: String,
+        /// RocketMQ access with the new secret (`Sealed`); `None` ends RocketMQ access.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rocketmq: Option<RocketmqSecret>,
     },
     /// Delete a user.
     DeleteUser {

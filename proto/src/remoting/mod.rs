@@ -5,8 +5,10 @@
 //! - [`command`]: the frame, JSON and binary headers, [`command::RemotingCodec`]. Start here.
 //! - [`fields`]: lenient typed reads of ext fields (numbers as strings, `0`/`1` booleans).
 //! - [`codes`]: request, response and language codes; Meridian error → RocketMQ code.
-//! - [`message`]: stored-message and batch encodings, offset msgId, zlib bodies.
+//! - [`message`]: stored-message and batch encodings, offset msgId, compressed bodies.
+//! - [`acl`]: AccessKey signatures and the sealed secrets that check them.
 
+pub mod acl;
 pub mod codes;
 pub mod command;
 pub mod fields;
