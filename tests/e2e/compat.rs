@@ -1053,3 +1053,116 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// RocketMQ SDKs with tracing on send `TraceDataEncoder` records to `RMQ_SYS_TRACE_TOPIC`: the
+/// nameserver routes that topic to every broker without approval, the broker acknowledges the send,
+/// and the consumer steps (SubBefore, SubAfter) appear in the message's timeline next to the
+/// broker's own steps; the Pub record is not stored again and the topic holds no messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocketmq_trace_records_become_client_side_steps_of_the_timeline() {
+    use meridian_proto::remoting::trace::RMQ_TRACE_TOPIC;
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(&dir.path().join("data"), &[]);
+    node.create_topic("rmq-traced", 1).await;
+    node.create_group("rmq-traced-g", &["rmq-traced"]).await;
+
+    let mut nameserver = Wire::connect(node.rocketmq_nameserver);
+    let route = nameserver.call(request(request::GET_ROUTEINFO_BY_TOPIC, &[("topic", RMQ_TRACE_TOPIC)]));
+    assert_eq!(route.code, response::SUCCESS, "{}", remark(&route));
+    let body: Value = serde_json::from_slice(&route.body).unwrap();
+    assert_eq!(
+        body["brokerDatas"][0]["brokerAddrs"]["0"],
+        node.rocketmq_broker.to_string()
+    );
+    assert_eq!(body["queueDatas"][0]["perm"], 6);
+
+    let mut broker = Wire::connect(node.rocketmq_broker);
+    let msg_id = MessageId::generate().to_string();
+    let props = properties("traced-key", "TagA", &msg_id);
+    let sent = broker.call(
+        request(
+            request::SEND_MESSAGE_V2,
+            &[("a", "traced-producer"), ("b", "rmq-traced"), ("e", "0"), ("i", &props)],
+        )
+        .with_body(b"traced body".to_vec()),
+    );
+    assert_eq!(sent.code, response::SUCCESS, "{}", remark(&sent));
+    let offset_msg_id = sent.ext_fields["msgId"].clone();
+
+    // What a Java consumer's AsyncTraceDispatcher sends, built by hand in TraceDataEncoder's format.
+    let now = meridian_proto::time::now_millis();
+    let records = [
+        vec![
+            "Pub".to_owned(),
+            now.to_string(),
+            "DefaultRegion".into(),
+            "traced-producer".into(),
+            "rmq-traced".into(),
+            msg_id.clone(),
+            "TagA".into(),
+            "traced-key".into(),
+            node.rocketmq_broker.to_string(),
+            "11".into(),
+            "2".into(),
+            "0".into(),
+            offset_msg_id,
+            "true".into(),
+        ],
+        vec![
+            "SubBefore".to_owned(),
+            (now + 50).to_string(),
+            "DefaultRegion".into(),
+            "rmq-traced-g".into(),
+            "req-1".into(),
+            msg_id.clone(),
+            "0".into(),
+            "traced-key".into(),
+        ],
+        vec![
+            "SubAfter".to_owned(),
+            "req-1".into(),
+            msg_id.clone(),
+            "7".into(),
+            "true".into(),
+            "traced-key".into(),
+            "0".into(),
+            (now + 57).to_string(),
+            "rmq-traced-g".into(),
+        ],
+    ]
+    .iter()
+    .map(|fields| format!("{}\u{2}", fields.join("\u{1}")))
+    .collect::<String>();
+    let trace_props = {
+        let mut builder = PropertiesBuilder::new();
+        builder.keys(&[msg_id.as_str(), "traced-key"]).unwrap();
+        String::from_utf8(builder.finish()).unwrap()
+    };
+    let answer = broker.call(
+        request(
+            request::SEND_MESSAGE_V2,
+            &[
+                ("a", "_INNER_TRACE_PRODUCER-rmq-traced-g"),
+                ("b", RMQ_TRACE_TOPIC),
+                ("e", "0"),
+                ("i", &trace_props),
+            ],
+        )
+        .with_body(records.into_bytes()),
+    );
+    assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+    assert!(answer.ext_fields.contains_key("msgId"));
+
+    let timeline = trace_shows(
+        &node,
+        &msg_id,
+        &["Pub", "Store", "SubBefore", "SubAfter", "rmq-traced-g"],
+    )
+    .await;
+    assert_eq!(
+        timeline.lines().filter(|line| line.contains(" Pub ")).count(),
+        1,
+        "the SDK's Pub record is not a second Pub:\n{timeline}"
+    );
+    node.stop();
+}

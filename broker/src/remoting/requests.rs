@@ -6,7 +6,8 @@
 //! `docs/compat.md`: a new group's offset query answers 0 while a queue still starts at 0 (the
 //! Java broker's page-cache quirk), send-back's `delayLevel` -1 counts as 0 and the group's
 //! approved max retries win over the client's `maxReconsumeTimes`, SQL-92 subscriptions are
-//! refused with `SUBSCRIPTION_PARSE_FAILED`.
+//! refused with `SUBSCRIPTION_PARSE_FAILED`, and sends to `RMQ_SYS_TRACE_TOPIC` become trace
+//! events instead of messages ([`ingest_client_traces`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ use meridian_proto::remoting::RemotingCommand;
 use meridian_proto::remoting::codes::{Operation, request, request_name, response, response_code};
 use meridian_proto::remoting::fields::FieldError;
 use meridian_proto::remoting::message::{self as rmq, SYSFLAG_COMPRESSED, StoredMessage};
+use meridian_proto::remoting::trace::{self as client_trace, ClientStep, RMQ_TRACE_TOPIC};
 use prost::Message;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -219,6 +221,9 @@ fn send(
     peer: SocketAddr,
     connection: &mpsc::Sender<RemotingCommand>,
 ) -> Answer {
+    if command.fields().raw(&["b", "topic"]) == Some(RMQ_TRACE_TOPIC) {
+        return Answer::Now(Some(ingest_client_traces(remoting, command, peer)));
+    }
     let request = match send_request(remoting, command) {
         Ok(request) => request,
         Err(answer) => return Answer::Now(Some(answer)),
@@ -262,6 +267,76 @@ fn send(
         }
         answer
     })
+}
+
+/// The topic a consumer-side trace record of `group` is about: the group's subscription as its
+/// RocketMQ members registered it, else the first topic the group is approved for.
+fn consumed_topic(remoting: &Remoting, group: &str) -> Option<String> {
+    let subscribed = remoting
+        .subscriptions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keys()
+        .filter(|(member_group, topic)| {
+            member_group == group && !topic.starts_with(meridian_proto::topics::RETRY_PREFIX)
+        })
+        .map(|(_, topic)| topic.clone())
+        .min();
+    subscribed.or_else(|| {
+        let governance = remoting.state.governance.as_ref()?;
+        governance.snapshot().groups.get(group)?.topics.first().cloned()
+    })
+}
+
+/// RocketMQ SDKs with tracing on send trace records to `RMQ_SYS_TRACE_TOPIC`. They are not stored
+/// as messages: their consumer steps (SubBefore, SubAfter) become client-side events of the
+/// messages' timelines, reported through the broker's trace emitter exactly as a Meridian SDK
+/// reports its own, so the tracer indexes them from Meridian's trace topic. Their Pub and
+/// EndTransaction records are dropped: the broker traced those steps itself. The send is
+/// acknowledged so the SDK's trace dispatcher goes on.
+fn ingest_client_traces(remoting: &Remoting, command: &RemotingCommand, peer: SocketAddr) -> RemotingCommand {
+    let request = match send_request(remoting, command) {
+        Ok(request) => request,
+        Err(answer) => return answer,
+    };
+    let now_ms = meridian_proto::time::now_millis();
+    let mut events = Vec::new();
+    let mut skipped = 0;
+    for message in &request.messages {
+        let Ok(text) = std::str::from_utf8(&message.body) else {
+            skipped += 1;
+            continue;
+        };
+        let parsed = client_trace::parse_records(text);
+        skipped += parsed.skipped;
+        for record in &parsed.records {
+            if matches!(record.step, ClientStep::Pub { .. } | ClientStep::EndTransaction { .. }) {
+                continue;
+            }
+            match consumed_topic(remoting, record.group)
+                .and_then(|topic| client_trace::to_trace_event(record, &topic, now_ms))
+            {
+                Some(event) => events.push(event),
+                None => skipped += 1,
+            }
+        }
+    }
+    let mut reported = 0;
+    for chunk in events.chunks(meridian_proto::trace::MAX_REPORT_EVENTS) {
+        let body = Bytes::from(meridian_proto::trace::TraceBatch::from(chunk.to_vec()).encode_to_vec());
+        match remoting.state.trace.report(body, peer) {
+            Ok(count) => reported += count,
+            Err(error) => tracing::debug!(%peer, %error, "RocketMQ trace records refused"),
+        }
+    }
+    tracing::debug!(%peer, reported, skipped, "RocketMQ trace records ingested");
+    command
+        .success()
+        .with("msgId", rmq::offset_msg_id(remoting.advertise, 0))
+        .with("queueId", 0)
+        .with("queueOffset", 0)
+        .with("MSG_REGION", "DefaultRegion")
+        .with("TRACE_ON", "false")
 }
 
 /// Converts native pull records into RocketMQ's stored-message encoding: one pass, one copy of

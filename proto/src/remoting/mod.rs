@@ -7,11 +7,13 @@
 //! - [`codes`]: request, response and language codes; Meridian error → RocketMQ code.
 //! - [`message`]: stored-message and batch encodings, offset msgId, compressed bodies.
 //! - [`acl`]: AccessKey signatures and the sealed secrets that check them.
+//! - [`trace`]: the trace records SDKs send to `RMQ_SYS_TRACE_TOPIC`.
 
 pub mod acl;
 pub mod codes;
 pub mod command;
 pub mod fields;
 pub mod message;
+pub mod trace;
 
 pub use command::{Decoded, RemotingCodec, RemotingCommand, SerializeType};
