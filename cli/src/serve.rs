@@ -262,7 +262,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         broker_config.remoting.listen = args.rocketmq_broker_listen;
         broker_config.remoting.vip_listen = Some(args.rocketmq_broker_vip_listen.unwrap_or_else(|| {
             let main = args.rocketmq_broker_listen;
-            SocketAddr::new(main.ip(), main.port().checked_sub(2).unwrap_or(0))
+            SocketAddr::new(main.ip(), main.port().saturating_sub(2))
         }));
     }
     if broker_config.idc.is_empty() {

@@ -993,7 +993,7 @@ async fn rocketmq_clients_sign_with_their_access_key_and_everything_else_is_refu
     assert_eq!(broker.call(tampered).code, response::NO_PERMISSION);
     let now = meridian_proto::time::now_millis();
     let stale = signed(
-        send_v2("signed-wire", "stale").with("Timestamp", &(now - 3_600_000).to_string()),
+        send_v2("signed-wire", "stale").with("Timestamp", (now - 3_600_000).to_string()),
         "rmq-app",
         &app_secret,
     );
@@ -1004,7 +1004,7 @@ async fn rocketmq_clients_sign_with_their_access_key_and_everything_else_is_refu
         remark(&answer)
     );
     let fresh = signed(
-        send_v2("signed-wire", "fresh").with("Timestamp", &now.to_string()),
+        send_v2("signed-wire", "fresh").with("Timestamp", now.to_string()),
         "rmq-app",
         &app_secret,
     );
