@@ -1,6 +1,7 @@
 //! The RocketMQ AccessKey signature fields ([`meridian_proto::remoting::acl::parse_signed`]) and
 //! the check after them, on ext fields decoded from arbitrary bytes (`name \0 value \0 ...`), and
-//! sealed-secret parsing, RMQ_SYS_TRACE_TOPIC records (`remoting::trace::parse_records`) and
+//! sealed-secret parsing, SQL-92 filters (`remoting::sql92`, evaluated over the same fields),
+//! RMQ_SYS_TRACE_TOPIC records (`remoting::trace::parse_records`) and
 //! compressed bodies of every type on the same input. A request signed with the key must verify;
 //! nothing may panic.
 #![no_main]
@@ -32,6 +33,9 @@ fuzz_target!(|data: &[u8]| {
     let sealer = AccessKeySealer::new("fuzz node secret of at least 32 characters");
     let _ = sealer.open("fuzz-user", &text);
     let _ = parse_records(&text);
+    if let Ok(filter) = meridian_proto::remoting::sql92::parse(&text) {
+        let _ = filter.matches(|name| fields.get(name).map(String::as_str));
+    }
     for kind in 0..8 {
         let _ = decompress_body(data, 1 | kind << 8, 4096);
     }

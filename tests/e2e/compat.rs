@@ -1166,3 +1166,120 @@ async fn rocketmq_trace_records_become_client_side_steps_of_the_timeline() {
     );
     node.stop();
 }
+
+/// A SQL-92 subscription (`expressionType = SQL92`) is accepted on heartbeat and evaluated by the
+/// broker on pull over the messages' user properties and tags; a malformed one is refused with
+/// SUBSCRIPTION_PARSE_FAILED naming the position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql92_subscription_gets_exactly_the_messages_whose_properties_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(&dir.path().join("data"), &[]);
+    node.create_topic("rmq-sql", 1).await;
+    node.create_group("rmq-sql-g", &["rmq-sql"]).await;
+    let mut broker = Wire::connect(node.rocketmq_broker);
+    for (index, (amount, region, tag)) in [
+        ("1", "eu", "TagA"),
+        ("5", "eu", "TagA"),
+        ("10", "us", "TagB"),
+        ("7", "eu", "TagB"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut builder = PropertiesBuilder::new();
+        builder
+            .tag(tag)
+            .unwrap()
+            .msg_id(&MessageId::generate().to_string())
+            .property("amount", amount)
+            .unwrap()
+            .property("region", region)
+            .unwrap();
+        let props = String::from_utf8(builder.finish()).unwrap();
+        let answer = broker.call(
+            request(
+                request::SEND_MESSAGE_V2,
+                &[("a", "sql-producer"), ("b", "rmq-sql"), ("e", "0"), ("i", &props)],
+            )
+            .with_body(format!("sql-{index}").into_bytes()),
+        );
+        assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+    }
+    let heartbeat = serde_json::json!({
+        "clientID": "127.0.0.1@sql-test",
+        "producerDataSet": [],
+        "consumerDataSet": [{
+            "groupName": "rmq-sql-g", "consumeType": "CONSUME_PASSIVELY", "messageModel": "CLUSTERING",
+            "consumeFromWhere": "CONSUME_FROM_FIRST_OFFSET", "unitMode": false,
+            "subscriptionDataSet": [{"topic": "rmq-sql", "subString": "amount > 3 AND region = 'eu'",
+                "tagsSet": [], "codeSet": [], "subVersion": 1, "expressionType": "SQL92"}]
+        }]
+    });
+    let answer = broker.call(request(request::HEART_BEAT, &[]).with_body(heartbeat.to_string().into_bytes()));
+    assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+    let queued = eventually(Duration::from_secs(10), || {
+        let max = broker.call(request(
+            request::GET_MAX_OFFSET,
+            &[("topic", "rmq-sql"), ("queueId", "0")],
+        ));
+        max.ext_fields.get("offset").map(String::as_str) == Some("4")
+    })
+    .await;
+    assert!(queued);
+    let pull = |broker: &mut Wire, fields: &[(&str, &str)]| {
+        let mut all = vec![
+            ("consumerGroup", "rmq-sql-g"),
+            ("topic", "rmq-sql"),
+            ("queueId", "0"),
+            ("queueOffset", "0"),
+            ("maxMsgNums", "32"),
+        ];
+        all.extend_from_slice(fields);
+        broker.call(request(request::PULL_MESSAGE, &all))
+    };
+    // The expression registered by heartbeat (no subscription in the pull).
+    let registered = pull(&mut broker, &[("sysFlag", "0")]);
+    assert_eq!(registered.code, response::SUCCESS, "{}", remark(&registered));
+    let bodies: Vec<Vec<u8>> = decode_all_stored(&registered.body)
+        .unwrap()
+        .iter()
+        .map(|message| message.body.to_vec())
+        .collect();
+    assert_eq!(bodies, [b"sql-1".to_vec(), b"sql-3".to_vec()]);
+    // One carried by the pull, over tags and a BETWEEN.
+    let carried = pull(
+        &mut broker,
+        &[
+            ("sysFlag", "4"),
+            ("subscription", "TAGS = 'TagB' AND amount BETWEEN 8 AND 20"),
+            ("expressionType", "SQL92"),
+        ],
+    );
+    let bodies: Vec<Vec<u8>> = decode_all_stored(&carried.body)
+        .unwrap()
+        .iter()
+        .map(|message| message.body.to_vec())
+        .collect();
+    assert_eq!(bodies, [b"sql-2".to_vec()]);
+    let nothing = pull(
+        &mut broker,
+        &[
+            ("sysFlag", "4"),
+            ("subscription", "amount > 100"),
+            ("expressionType", "SQL92"),
+        ],
+    );
+    assert_eq!(nothing.code, response::PULL_RETRY_IMMEDIATELY);
+    assert_eq!(nothing.ext_fields["nextBeginOffset"], "4");
+    let bad = pull(
+        &mut broker,
+        &[
+            ("sysFlag", "4"),
+            ("subscription", "amount >"),
+            ("expressionType", "SQL92"),
+        ],
+    );
+    assert_eq!(bad.code, response::SUBSCRIPTION_PARSE_FAILED);
+    assert!(remark(&bad).contains("at byte"), "{}", remark(&bad));
+    node.stop();
+}

@@ -6,7 +6,7 @@
 //! `docs/compat.md`: a new group's offset query answers 0 while a queue still starts at 0 (the
 //! Java broker's page-cache quirk), send-back's `delayLevel` -1 counts as 0 and the group's
 //! approved max retries win over the client's `maxReconsumeTimes`, SQL-92 subscriptions are
-//! refused with `SUBSCRIPTION_PARSE_FAILED`, and sends to `RMQ_SYS_TRACE_TOPIC` become trace
+//! evaluated here on what the native pull returned ([`meridian_proto::remoting::sql92`]), and sends to `RMQ_SYS_TRACE_TOPIC` become trace
 //! events instead of messages ([`ingest_client_traces`]).
 
 use std::future::Future;
@@ -28,6 +28,7 @@ use meridian_proto::remoting::RemotingCommand;
 use meridian_proto::remoting::codes::{Operation, request, request_name, response, response_code};
 use meridian_proto::remoting::fields::FieldError;
 use meridian_proto::remoting::message::{self as rmq, SYSFLAG_COMPRESSED, StoredMessage};
+use meridian_proto::remoting::sql92;
 use meridian_proto::remoting::trace::{self as client_trace, ClientStep, RMQ_TRACE_TOPIC};
 use prost::Message;
 use serde_json::{Value, json};
@@ -340,14 +341,26 @@ fn ingest_client_traces(remoting: &Remoting, command: &RemotingCommand, peer: So
 }
 
 /// Converts native pull records into RocketMQ's stored-message encoding: one pass, one copy of
-/// each message into the response body.
-fn convert_records(records: &Bytes, store_host: SocketAddr) -> crate::error::Result<(Bytes, usize)> {
+/// each message into the response body; with a SQL-92 `filter`, only the messages whose
+/// properties pass it.
+fn convert_records(
+    records: &Bytes,
+    store_host: SocketAddr,
+    filter: Option<&sql92::Filter>,
+) -> crate::error::Result<(Bytes, usize)> {
     let messages = record::decode_all(records).map_err(|error| BrokerError::Corrupt(error.to_string()))?;
     let mut out = BytesMut::with_capacity(records.len() + messages.len() * 16);
+    let mut converted = 0;
     for message in &messages {
+        if let Some(filter) = filter
+            && !filter.matches(|name| properties::get(&message.properties, name))
+        {
+            continue;
+        }
         to_rocketmq(message, store_host).encode(&mut out);
+        converted += 1;
     }
-    Ok((out.freeze(), messages.len()))
+    Ok((out.freeze(), converted))
 }
 
 fn to_rocketmq(message: &record::StoredMessage, store_host: SocketAddr) -> StoredMessage<'_> {
@@ -418,14 +431,36 @@ fn pull(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -
         Ok(header) => header,
         Err(error) => return Answer::Now(Some(field_failed(command, &error))),
     };
-    if !expression.eq_ignore_ascii_case("TAG") {
+    let (expression, subscription) = match subscription {
+        Some(subscription) => (expression, subscription),
+        None => remoting
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(group.clone(), topic.clone()))
+            .cloned()
+            .unwrap_or_else(|| ("TAG".to_owned(), String::new())),
+    };
+    // A SQL-92 subscription pulls every tag natively and filters the answer here.
+    let (subscription, filter) = if expression.eq_ignore_ascii_case("SQL92") {
+        match sql92::parse(&subscription) {
+            Ok(filter) => (String::new(), Some(filter)),
+            Err(error) => {
+                return Answer::Now(Some(
+                    command.respond(response::SUBSCRIPTION_PARSE_FAILED, Some(error.to_string())),
+                ));
+            }
+        }
+    } else if expression.eq_ignore_ascii_case("TAG") {
+        (subscription, None)
+    } else {
         return Answer::Now(Some(command.respond(
             response::SUBSCRIPTION_PARSE_FAILED,
             Some(format!(
-                "expression type {expression} is not supported by Meridian: subscribe with tags (`TagA || TagB` or `*`)"
+                "expression type {expression} is not supported by Meridian: subscribe with tags (`TagA || TagB` or `*`) or SQL92"
             )),
         )));
-    }
+    };
     let (Ok(queue_id), Ok(offset)) = (u32::try_from(queue_id), u64::try_from(offset)) else {
         return Answer::Now(Some(command.respond(
             response::INVALID_PARAMETER,
@@ -434,15 +469,6 @@ fn pull(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -
             )),
         )));
     };
-    let subscription = subscription.unwrap_or_else(|| {
-        remoting
-            .subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&(group.clone(), topic.clone()))
-            .cloned()
-            .unwrap_or_default()
-    });
     if sys_flag & PULL_COMMIT_OFFSET != 0 && commit >= 0 {
         let request = CommitOffsetRequest {
             group: group.clone(),
@@ -478,7 +504,7 @@ fn pull(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -
             Err(error) => return failed(&request_command, &error, Operation::Consume),
         };
         let (code, body) = match PullStatus::try_from(pulled.status) {
-            Ok(PullStatus::Found) => match convert_records(&pulled.records, store_host) {
+            Ok(PullStatus::Found) => match convert_records(&pulled.records, store_host, filter.as_ref()) {
                 Ok((_, 0)) => (response::PULL_RETRY_IMMEDIATELY, Bytes::new()),
                 Ok((body, _)) => (response::SUCCESS, body),
                 Err(error) => return failed(&request_command, &error, Operation::Consume),
@@ -556,22 +582,33 @@ fn heartbeat(
             };
             let sub = json_str(subscription, "subString").unwrap_or("*");
             let kind = json_str(subscription, "expressionType").unwrap_or("TAG");
-            if !kind.eq_ignore_ascii_case("TAG") {
+            let sql = kind.eq_ignore_ascii_case("SQL92");
+            if sql && let Err(error) = sql92::parse(sub) {
+                return command.respond(
+                    response::SUBSCRIPTION_PARSE_FAILED,
+                    Some(format!("group {group:?} subscribes {topic:?} with {error}")),
+                );
+            }
+            if !sql && !kind.eq_ignore_ascii_case("TAG") {
                 return command.respond(
                     response::SUBSCRIPTION_PARSE_FAILED,
                     Some(format!(
-                        "group {group:?} subscribes {topic:?} with a {kind} expression; Meridian filters by tags only (`TagA || TagB` or `*`)"
+                        "group {group:?} subscribes {topic:?} with a {kind} expression; Meridian filters by tags (`TagA || TagB` or `*`) or SQL92"
                     )),
                 );
             }
             if meridian_proto::topics::owning_group(topic).is_none() && expression.is_empty() {
-                expression = sub.to_owned();
+                // A SQL-92 subscription takes every tag from the native side.
+                expression = if sql { "*".to_owned() } else { sub.to_owned() };
             }
             remoting
                 .subscriptions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert((group.to_owned(), topic.to_owned()), sub.to_owned());
+                .insert(
+                    (group.to_owned(), topic.to_owned()),
+                    (if sql { "SQL92" } else { "TAG" }.to_owned(), sub.to_owned()),
+                );
             // The group's own retry topic is Meridian's to manage (created with the group's
             // approval); only user topics are registered.
             if meridian_proto::topics::owning_group(topic) != Some(group) {
@@ -955,6 +992,7 @@ fn view_message(remoting: &Arc<Remoting>, command: &RemotingCommand) -> Result<R
         match convert_records(
             &bytes.slice(..Record::parse(&bytes).map_or(0, |record| record.total_size())),
             remoting.advertise,
+            None,
         ) {
             Ok((body, 1)) => command.success().with_body(body),
             Ok(_) => command.respond(
@@ -1080,7 +1118,7 @@ fn query_message(remoting: &Arc<Remoting>, command: &RemotingCommand) -> Answer 
                                 .is_some_and(|keys| keys.split(properties::KEY_SEPARATOR).any(|one| one == key))
                         };
                         if matches {
-                            let (body, _) = convert_records(&bytes.slice(..record.total_size()), store_host)?;
+                            let (body, _) = convert_records(&bytes.slice(..record.total_size()), store_host, None)?;
                             out.extend_from_slice(&body);
                             count += 1;
                             if count >= max {

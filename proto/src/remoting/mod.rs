@@ -8,12 +8,14 @@
 //! - [`message`]: stored-message and batch encodings, offset msgId, compressed bodies.
 //! - [`acl`]: AccessKey signatures and the sealed secrets that check them.
 //! - [`trace`]: the trace records SDKs send to `RMQ_SYS_TRACE_TOPIC`.
+//! - [`sql92`]: the SQL-92 message filter subset RocketMQ supports.
 
 pub mod acl;
 pub mod codes;
 pub mod command;
 pub mod fields;
 pub mod message;
+pub mod sql92;
 pub mod trace;
 
 pub use command::{Decoded, RemotingCodec, RemotingCommand, SerializeType};
