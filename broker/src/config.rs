@@ -406,6 +406,10 @@ pub struct RemotingConfig {
     pub listen: SocketAddr,
     /// Address RocketMQ clients are told to connect to (default: the bound address).
     pub advertise_addr: Option<String>,
+    /// A second address serving the same protocol: the "VIP channel" (10909 by default in RocketMQ,
+    /// the main port − 2) that Java clients older than 4.5.1 send to with `vipChannelEnabled`.
+    /// Off unless set; route answers always name `listen`/`advertise_addr`, never this one.
+    pub vip_listen: Option<SocketAddr>,
 }
 
 impl Default for RemotingConfig {
@@ -414,6 +418,7 @@ impl Default for RemotingConfig {
             enabled: false,
             listen: "127.0.0.1:10911".parse().expect("valid address"),
             advertise_addr: None,
+            vip_listen: None,
         }
     }
 }

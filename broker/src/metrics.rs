@@ -71,6 +71,8 @@ pub struct BrokerMetrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// Frames that could not be decoded (their connections were closed).
     pub malformed_frames: Counter,
+    /// RocketMQ requests refused for their AccessKey signature (missing, wrong, unknown user).
+    pub remoting_signature_refusals: Counter,
     /// One-way requests that failed, by code: their senders got no answer.
     pub oneway_failures: Family<ErrorLabels, Counter>,
     /// Open client connections.
@@ -141,6 +143,7 @@ impl Default for BrokerMetrics {
             requests: Family::default(),
             errors: Family::default(),
             malformed_frames: Counter::default(),
+            remoting_signature_refusals: Counter::default(),
             oneway_failures: Family::default(),
             connections: Gauge::default(),
             flushed_offset: Gauge::default(),
@@ -202,6 +205,11 @@ impl BrokerMetrics {
             "malformed_frames",
             "Undecodable frames; their connections were closed",
             metrics.malformed_frames.clone(),
+        );
+        registry.register(
+            "remoting_signature_refusals",
+            "RocketMQ requests refused for a missing or wrong AccessKey signature or an unknown user",
+            metrics.remoting_signature_refusals.clone(),
         );
         registry.register("connections", "Open client connections", metrics.connections.clone());
         registry.register(

@@ -55,6 +55,9 @@ pub struct Approved {
     pub users: HashMap<String, meridian_proto::auth::Verifier>,
     /// The cluster's ACL, for `[auth] authorization` ([`crate::permission`]).
     pub acl: meridian_proto::acl::Acl,
+    /// Sealed secrets of the users with RocketMQ access, for AccessKey signatures
+    /// ([`crate::remoting`]).
+    pub rocketmq_secrets: HashMap<String, String>,
 }
 
 impl Approved {
@@ -73,6 +76,12 @@ impl Approved {
             version: Some(metadata.version),
             throttles: Throttles::from_grants(&metadata.topics, Instant::now()),
             sdk_policy: metadata.sdk_policy.unwrap_or_default(),
+            rocketmq_secrets: metadata
+                .users
+                .iter()
+                .filter(|grant| !grant.rocketmq_sealed.is_empty())
+                .map(|grant| (grant.name.clone(), grant.rocketmq_sealed.clone()))
+                .collect(),
             users: metadata
                 .users
                 .into_iter()

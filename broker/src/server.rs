@@ -38,8 +38,9 @@ use crate::store::{MessageStore, StoreOptions};
 /// A broker that has recovered its store and bound its port, ready to [`Broker::run`].
 pub struct Broker {
     listener: TcpListener,
-    /// The RocketMQ remoting listener and the address clients are told, when `[remoting]` is on.
-    remoting: Option<(TcpListener, SocketAddr)>,
+    /// The RocketMQ remoting listener, the address clients are told and the VIP-channel listener
+    /// (`[remoting] vip_listen`), when `[remoting]` is on.
+    remoting: Option<(TcpListener, SocketAddr, Option<TcpListener>)>,
     state: Arc<BrokerState>,
 }
 
@@ -139,7 +140,13 @@ impl Broker {
                 None => bound,
             };
             config.remoting.advertise_addr = Some(advertise.to_string());
-            Some((listener, advertise))
+            let vip = match config.remoting.vip_listen {
+                Some(vip_listen) => Some(TcpListener::bind(vip_listen).await.map_err(BrokerError::io(format!(
+                    "binding the RocketMQ VIP-channel listener on {vip_listen} (is a RocketMQ broker running? change or remove [remoting] vip_listen)"
+                )))?),
+                None => None,
+            };
+            Some((listener, advertise, vip))
         } else {
             None
         };
@@ -228,7 +235,15 @@ impl Broker {
     pub fn remoting_addr(&self) -> Option<SocketAddr> {
         self.remoting
             .as_ref()
-            .map(|(listener, _)| listener.local_addr().expect("bound listener has an address"))
+            .map(|(listener, _, _)| listener.local_addr().expect("bound listener has an address"))
+    }
+
+    /// The bound RocketMQ VIP-channel address, when `[remoting] vip_listen` is set.
+    pub fn remoting_vip_addr(&self) -> Option<SocketAddr> {
+        self.remoting
+            .as_ref()
+            .and_then(|(_, _, vip)| vip.as_ref())
+            .map(|listener| listener.local_addr().expect("bound listener has an address"))
     }
 
     /// This broker's place in its group (role, lease, slaves), for status pages.
@@ -272,9 +287,10 @@ impl Broker {
             state,
         } = self;
         let connections = TaskTracker::new();
-        if let Some((remoting_listener, advertise)) = remoting {
+        if let Some((remoting_listener, advertise, vip_listener)) = remoting {
+            let listeners = std::iter::once(remoting_listener).chain(vip_listener).collect();
             connections.spawn(crate::remoting::serve(
-                remoting_listener,
+                listeners,
                 state.clone(),
                 advertise,
                 connections.clone(),

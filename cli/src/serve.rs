@@ -52,6 +52,11 @@ pub struct DevArgs {
     /// Where RocketMQ 4.x clients reach the broker (the route names this address).
     #[arg(long, default_value = "127.0.0.1:10911")]
     rocketmq_broker_listen: SocketAddr,
+    /// The broker's RocketMQ VIP channel, which Java clients older than 4.5.1 send to (the broker
+    /// port − 2, RocketMQ's 10909). Default: `--rocketmq-broker-listen`'s port − 2 (port 0 when that
+    /// is below 2).
+    #[arg(long)]
+    rocketmq_broker_vip_listen: Option<SocketAddr>,
     /// Do not serve RocketMQ clients (no remoting listeners).
     #[arg(long)]
     no_rocketmq: bool,
@@ -278,6 +283,10 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     if !args.no_rocketmq {
         broker_config.remoting.enabled = true;
         broker_config.remoting.listen = args.rocketmq_broker_listen;
+        broker_config.remoting.vip_listen = Some(args.rocketmq_broker_vip_listen.unwrap_or_else(|| {
+            let main = args.rocketmq_broker_listen;
+            SocketAddr::new(main.ip(), main.port().saturating_sub(2))
+        }));
     }
     if broker_config.idc.is_empty() {
         broker_config.idc = DEV_IDC.to_owned();
@@ -321,6 +330,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     };
     let broker_addr = broker.local_addr();
     let rocketmq_broker = broker.remoting_addr();
+    let rocketmq_broker_vip = broker.remoting_vip_addr();
     let tracer_config = meridian_tracer::TracerConfig {
         nameservers: vec![nameserver_addr.to_string()],
         data_dir: args.data_dir.join("tracer"),
@@ -441,7 +451,10 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         );
         if let (Some(nameserver), Some(broker)) = (rocketmq_nameserver, rocketmq_broker) {
             println!("  rocketmq-nameserver {nameserver} (RocketMQ 4.x clients: namesrvAddr)");
-            println!("  rocketmq-broker     {broker}");
+            match rocketmq_broker_vip {
+                Some(vip) => println!("  rocketmq-broker     {broker} (VIP channel {vip})"),
+                None => println!("  rocketmq-broker     {broker}"),
+            }
         }
         println!(
             "  http       {scheme}://{http_addr}  (/api/health, /api/topics, /api/cluster, /api/traces, /metrics)"
@@ -477,6 +490,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
                 "http": http_addr,
                 "rocketmq_nameserver": rocketmq_nameserver,
                 "rocketmq_broker": rocketmq_broker,
+                "rocketmq_broker_vip": rocketmq_broker_vip,
             }),
         ) {
             tracing::error!(error = %format!("{error:#}"), "the ready file was not written");

@@ -1,11 +1,14 @@
 //! `meridian user create|rotate|delete|list|node-secret`: users who may connect when `[auth]` is
-//! on. The secret is made here, printed once and never sent: the nameservers receive only its
-//! SCRAM-SHA-256 verifier ([`meridian_proto::auth::Verifier`]). The CLI's own login is
+//! on. The secret is made here and printed once; the nameservers receive only its SCRAM-SHA-256
+//! verifier ([`meridian_proto::auth::Verifier`]), unless `--rocketmq` gives the user RocketMQ
+//! access: AccessKey signatures are HMACs that need the secret itself, so it is sent over the
+//! CLI's authenticated connection and sealed by the nameserver with the cluster's node secret
+//! before it is stored ([`meridian_proto::admin::RocketmqSecret`]). The CLI's own login is
 //! [`crate::credentials`].
 
 use anyhow::{Result, bail};
 use meridian_proto::admin::read::Query;
-use meridian_proto::admin::{AdminCommand as Command, StoredVerifier};
+use meridian_proto::admin::{AdminCommand as Command, RocketmqSecret, StoredVerifier};
 use meridian_proto::admin::{UserView, format_time_ms};
 use meridian_proto::auth::{self, Verifier};
 
@@ -22,6 +25,10 @@ pub enum UserCommand {
         /// and groups the team owns apply to the user.
         #[arg(long = "team")]
         teams: Vec<String>,
+        /// Also let RocketMQ 4.x clients sign as this user (accessKey = the name, secretKey = the
+        /// secret); needs [auth] with a node secret on the nameservers.
+        #[arg(long)]
+        rocketmq: bool,
         #[command(flatten)]
         who: Who,
         #[command(flatten)]
@@ -31,6 +38,9 @@ pub enum UserCommand {
     Rotate {
         /// User name.
         name: String,
+        /// Keep RocketMQ access, with the new secret (without it, RocketMQ access ends).
+        #[arg(long)]
+        rocketmq: bool,
         #[command(flatten)]
         who: Who,
         #[command(flatten)]
@@ -76,6 +86,7 @@ pub async fn user(command: UserCommand) -> Result<()> {
         UserCommand::Create {
             name,
             teams,
+            rocketmq,
             who,
             nameservers,
         } => {
@@ -96,10 +107,11 @@ pub async fn user(command: UserCommand) -> Result<()> {
                     name: name.clone(),
                     verifier,
                     by: by.clone(),
+                    rocketmq: rocketmq_secret(rocketmq, &secret),
                 },
             )
             .await?;
-            print_secret(&name, &secret, "created");
+            print_secret(&name, &secret, "created", rocketmq);
             if !teams.is_empty() {
                 write(
                     &nameservers,
@@ -113,7 +125,12 @@ pub async fn user(command: UserCommand) -> Result<()> {
                 println!("user {name} is in its teams");
             }
         }
-        UserCommand::Rotate { name, who, nameservers } => {
+        UserCommand::Rotate {
+            name,
+            rocketmq,
+            who,
+            nameservers,
+        } => {
             let secret = auth::generate_secret();
             let verifier = StoredVerifier::from_verifier(&Verifier::generate(secret.as_bytes()));
             let by = who.name()?;
@@ -123,10 +140,11 @@ pub async fn user(command: UserCommand) -> Result<()> {
                     name: name.clone(),
                     verifier,
                     by,
+                    rocketmq: rocketmq_secret(rocketmq, &secret),
                 },
             )
             .await?;
-            print_secret(&name, &secret, "rotated");
+            print_secret(&name, &secret, "rotated", rocketmq);
         }
         UserCommand::Delete { name, who, nameservers } => {
             let by = who.name()?;
@@ -190,10 +208,19 @@ pub(crate) async fn write(nameservers: &NameserverAddrs, command: Command) -> Re
     result.map(drop)
 }
 
-fn print_secret(name: &str, secret: &str, what: &str) {
+fn rocketmq_secret(rocketmq: bool, secret: &str) -> Option<RocketmqSecret> {
+    rocketmq.then(|| RocketmqSecret::Plain {
+        secret: secret.to_owned(),
+    })
+}
+
+fn print_secret(name: &str, secret: &str, what: &str, rocketmq: bool) {
     println!("user {name} {what}; its secret is shown only this once:");
     println!("export MERIDIAN_USER={name}");
     println!("export MERIDIAN_SECRET={secret}");
+    if rocketmq {
+        println!("RocketMQ clients: accessKey {name}, secretKey the same secret");
+    }
 }
 
 /// `meridian dev --auth`: the node secret file in `data_dir`, made (readable by its owner only)
@@ -222,17 +249,22 @@ pub async fn dev_admin(service: &meridian_nameserver::service::NameserverService
     let verifier = StoredVerifier::from_verifier(&Verifier::generate(secret.as_bytes()));
     let by = "meridian dev".to_owned();
     let exists = service.raft().read_state(|state| state.users().contains_key("admin"));
+    // The admin may also sign RocketMQ requests (accessKey admin), so RocketMQ clients work
+    // against `meridian dev --auth` too.
+    let rocketmq = rocketmq_secret(true, &secret);
     let command = if exists {
         Command::RotateUser {
             name: "admin".into(),
             verifier,
             by,
+            rocketmq,
         }
     } else {
         Command::CreateUser {
             name: "admin".into(),
             verifier,
             by,
+            rocketmq,
         }
     };
     service.command(command.into()).await?;
@@ -269,11 +301,29 @@ pub async fn cluster_admin(
         let by = "meridian cluster up".to_owned();
         let name = "admin".to_owned();
         let command = if exists {
-            Command::RotateUser { name, verifier, by }
+            Command::RotateUser {
+                name: name.clone(),
+                verifier,
+                by: by.clone(),
+                rocketmq: None,
+            }
         } else {
-            Command::CreateUser { name, verifier, by }
+            Command::CreateUser {
+                name: name.clone(),
+                verifier,
+                by: by.clone(),
+                rocketmq: None,
+            }
         };
         client.command(command).await?;
+        // The administrator may do everything, also when `[auth] authorization` is on.
+        client
+            .command(Command::SetSuperUser {
+                name,
+                super_user: true,
+                by,
+            })
+            .await?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)

@@ -104,8 +104,28 @@ impl From<AdminCommand> for Command {
                 refuse,
                 language_min_versions,
             },
-            AdminCommand::CreateUser { name, verifier, by } => Command::CreateUser { name, verifier, by },
-            AdminCommand::RotateUser { name, verifier, by } => Command::RotateUser { name, verifier, by },
+            AdminCommand::CreateUser {
+                name,
+                verifier,
+                by,
+                rocketmq,
+            } => Command::CreateUser {
+                name,
+                verifier,
+                by,
+                rocketmq,
+            },
+            AdminCommand::RotateUser {
+                name,
+                verifier,
+                by,
+                rocketmq,
+            } => Command::RotateUser {
+                name,
+                verifier,
+                by,
+                rocketmq,
+            },
             AdminCommand::DeleteUser { name, by } => Command::DeleteUser { name, by },
             AdminCommand::AclAdd { rule, by } => Command::AclAdd { rule, by },
             AdminCommand::AclRevoke {
@@ -248,11 +268,13 @@ mod tests {
                 name: "alice".into(),
                 verifier: verifier(),
                 by: "bo".into(),
+                rocketmq: None,
             },
             AdminCommand::RotateUser {
                 name: "alice".into(),
                 verifier: verifier(),
                 by: "bo".into(),
+                rocketmq: Some(meridian_proto::admin::RocketmqSecret::Sealed { sealed: "v1:00".into() }),
             },
             AdminCommand::DeleteUser {
                 name: "alice".into(),

@@ -24,6 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 use meridian_proto::messages::{BrokerHeartbeat, perm};
 use meridian_proto::remoting::codes::{request, request_name, response};
 use meridian_proto::remoting::command::V4_9_4;
+use meridian_proto::remoting::trace::RMQ_TRACE_TOPIC;
 use meridian_proto::remoting::{Decoded, RemotingCodec, RemotingCommand};
 use meridian_proto::tls::{Accepted, TlsServer};
 use meridian_proto::topics::{self, TopicKind};
@@ -310,14 +311,27 @@ fn route(
     topic: &str,
     peer: SocketAddr,
 ) -> Result<Route, String> {
+    // Where a topic every broker group takes goes: a group's retry and dead-letter topics, and the
+    // trace topic RocketMQ SDKs send their trace records to (the brokers ingest those as trace
+    // events, so it needs no approval, like Meridian's own trace topic).
+    let everywhere = match topics::kind(topic) {
+        TopicKind::User => topic == RMQ_TRACE_TOPIC,
+        TopicKind::Retry(_) | TopicKind::DeadLetter(_) => true,
+        _ => false,
+    };
     let placements: Vec<Placement> = match topics::kind(topic) {
-        TopicKind::Retry(group) | TopicKind::DeadLetter(group) => {
-            let approved = service.raft().read_state(|state| {
-                state
-                    .consumer_groups()
-                    .get(group)
-                    .is_some_and(|found| found.approval.status == ApprovalStatus::Approved)
-            });
+        kind if everywhere => {
+            let group = match kind {
+                TopicKind::Retry(group) | TopicKind::DeadLetter(group) => group,
+                _ => "",
+            };
+            let approved = group.is_empty()
+                || service.raft().read_state(|state| {
+                    state
+                        .consumer_groups()
+                        .get(group)
+                        .is_some_and(|found| found.approval.status == ApprovalStatus::Approved)
+                });
             if !approved {
                 return Err(format!(
                     "topic {topic:?} belongs to consumer group {group:?}, which is not approved: request it with `meridian group request {group} --topics TOPIC`, then have an admin approve it"

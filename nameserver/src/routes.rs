@@ -158,6 +158,7 @@ pub fn broker_metadata(state: &MetadataState, group: &str) -> BrokerMetadata {
             Some(meridian_proto::messages::UserGrant {
                 name: name.clone(),
                 verifier: Some(user.verifier.to_verifier().ok()?),
+                rocketmq_sealed: user.rocketmq_sealed.clone().unwrap_or_default(),
             })
         })
         .collect();

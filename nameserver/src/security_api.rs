@@ -88,6 +88,7 @@ async fn create_user(
             name: body.name,
             verifier: body.verifier,
             by: body.by,
+            rocketmq: None,
         })
         .await?;
     Ok(user_view(&service, &name).into_response())
@@ -103,6 +104,7 @@ async fn rotate_user(
             name: name.clone(),
             verifier: body.verifier,
             by: body.by,
+            rocketmq: None,
         })
         .await?;
     Ok(user_view(&service, &name).into_response())

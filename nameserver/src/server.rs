@@ -151,6 +151,9 @@ impl Nameserver {
                     query_http: (!config.query_http.is_empty()).then(|| config.query_http.clone()),
                 },
                 idc_lost_after: Duration::from_millis(config.continuity.idc_lost_after_ms),
+                access_key_sealer: config.auth.node_credentials.as_ref().map(|credentials| {
+                    Arc::new(meridian_proto::remoting::acl::AccessKeySealer::new(&credentials.secret))
+                }),
             },
             metrics,
         ));

@@ -89,6 +89,9 @@ pub struct ServiceSettings {
     pub services: Services,
     /// How long none of a data center's brokers must be heard before it is declared lost.
     pub idc_lost_after: Duration,
+    /// Seals users' RocketMQ secrets before they enter the log; `None` without a node secret
+    /// (then RocketMQ access cannot be given).
+    pub access_key_sealer: Option<Arc<meridian_proto::remoting::acl::AccessKeySealer>>,
 }
 
 /// Longest a membership change may take: adding a node waits until it has caught up.
@@ -155,6 +158,7 @@ impl NameserverService {
         if let Some(origin) = crate::origin::current_origin() {
             attribute(&mut request.op, origin);
         }
+        seal_rocketmq_secret(&mut request.op, self.settings.access_key_sealer.as_deref())?;
         match self.write_here(request.op.clone()).await {
             Err(NameserverError::ForwardToLeader {
                 leader_id: Some(leader_id),
@@ -681,6 +685,39 @@ fn validate_broker(heartbeat: &BrokerHeartbeat) -> Result<(), ApiError> {
             format!("broker role {} is unknown: 0 (master) or 1 (slave)", heartbeat.role),
         ));
     }
+    Ok(())
+}
+
+/// Seals a user's RocketMQ secret (`RocketmqSecret::Plain`, as an admin client sends it) in a
+/// create or rotate, so only the sealed form is forwarded and enters the Raft log.
+pub fn seal_rocketmq_secret(
+    op: &mut WriteOp,
+    sealer: Option<&meridian_proto::remoting::acl::AccessKeySealer>,
+) -> Result<(), ApiError> {
+    use meridian_proto::admin::RocketmqSecret;
+    let WriteOp::Command { command } = op else {
+        return Ok(());
+    };
+    let mut command = command;
+    while let Command::Audited { command: inner, .. } = command {
+        command = inner;
+    }
+    let (Command::CreateUser { name, rocketmq, .. } | Command::RotateUser { name, rocketmq, .. }) = command else {
+        return Ok(());
+    };
+    let Some(RocketmqSecret::Plain { secret }) = rocketmq.as_ref() else {
+        return Ok(());
+    };
+    let Some(sealer) = sealer else {
+        return Err(ApiError::new(
+            ErrorCode::FailedPrecondition,
+            format!(
+                "user {name:?} cannot get RocketMQ access: the nameservers have no node secret to seal its secret with; turn on [auth] with node_secret_file on every node (or `meridian dev --auth`)"
+            ),
+        ));
+    };
+    let sealed = sealer.seal(name, secret);
+    *rocketmq = Some(RocketmqSecret::Sealed { sealed });
     Ok(())
 }
 

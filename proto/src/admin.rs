@@ -444,7 +444,8 @@ pub enum AdminCommand {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         language_min_versions: BTreeMap<String, String>,
     },
-    /// Create a user with the verifier of a secret the client made (never the secret).
+    /// Create a user with the verifier of a secret the client made (never the secret, unless
+    /// the user is given RocketMQ access: see [`RocketmqSecret`]).
     CreateUser {
         /// User name.
         name: String,
@@ -452,8 +453,13 @@ pub enum AdminCommand {
         verifier: StoredVerifier,
         /// Who creates it.
         by: String,
+        /// RocketMQ 4.x access (AccessKey = the name, SecretKey = the secret): the secret, sealed
+        /// by the nameserver that receives it before it enters the log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rocketmq: Option<RocketmqSecret>,
     },
-    /// Replace a user's verifier (a new secret).
+    /// Replace a user's verifier (a new secret). Its RocketMQ access ends unless `rocketmq`
+    /// carries the new secret.
     RotateUser {
         /// User name.
         name: String,
@@ -461,6 +467,9 @@ pub enum AdminCommand {
         verifier: StoredVerifier,
         /// Who rotates it.
         by: String,
+        /// RocketMQ access with the new secret.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rocketmq: Option<RocketmqSecret>,
     },
     /// Delete a user.
     DeleteUser {
@@ -541,6 +550,34 @@ pub struct AdminWriteRequest {
     /// clients leave it false.
     #[serde(default)]
     pub forwarded: bool,
+}
+
+/// A user's secret for RocketMQ AccessKey signatures, which need the secret itself
+/// ([`crate::remoting::acl`]). An admin client sends it `Plain` over its authenticated connection;
+/// the nameserver that receives it seals it ([`crate::remoting::acl::AccessKeySealer`]) before
+/// the command enters the Raft log, which only ever holds `Sealed`. `Debug` never shows a secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "form")]
+pub enum RocketmqSecret {
+    /// As the admin client sends it.
+    Plain {
+        /// The secret.
+        secret: String,
+    },
+    /// Sealed with the cluster's node secret, bound to the user name.
+    Sealed {
+        /// `v1:` and hex.
+        sealed: String,
+    },
+}
+
+impl std::fmt::Debug for RocketmqSecret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RocketmqSecret::Plain { .. } => formatter.write_str("RocketmqSecret::Plain(<redacted>)"),
+            RocketmqSecret::Sealed { .. } => formatter.write_str("RocketmqSecret::Sealed(<sealed>)"),
+        }
+    }
 }
 
 /// A SCRAM verifier ([`crate::auth::Verifier`]) as stored and sent in JSON: hex fields.

@@ -866,6 +866,10 @@ pub struct UserGrant {
     /// Its SCRAM verifier.
     #[prost(message, optional, tag = "2")]
     pub verifier: Option<crate::auth::Verifier>,
+    /// Its secret sealed for RocketMQ AccessKey signatures ([`crate::remoting::acl`]); empty
+    /// when the user has no RocketMQ access. Only nodes (with the node secret) can open it.
+    #[prost(string, tag = "3")]
+    pub rocketmq_sealed: String,
 }
 
 /// An approved topic as one broker group serves it.

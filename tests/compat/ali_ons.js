@@ -9,7 +9,8 @@
 //
 // ALI_ONS_DIR is where scripts/install-rocketmq-clients.sh installed it (MERIDIAN_TEST_ALI_ONS).
 // Prints one JSON line {"sent": [...], "received": [...], "errors": [...], ...} and exits 0 when
-// the client saw what it must.
+// the client saw what it must. With ROCKETMQ_ACCESS_KEY and ROCKETMQ_SECRET_KEY set, ali-ons
+// signs every request with them.
 //
 // `tags`: sends COUNT messages tagged TagA (keys `key-TagA-i`) and COUNT tagged TagB; a push
 // consumer subscribed to `TagA` must receive exactly the TagA messages (bodies, keys, tags, the
@@ -57,8 +58,9 @@ const logger = {
 const common = {
   httpclient,
   nameSrv,
-  accessKeyId: '',
-  accessKeySecret: '',
+  // ROCKETMQ_ACCESS_KEY / ROCKETMQ_SECRET_KEY: sign every request (RocketMQ AccessKey signatures).
+  accessKeyId: process.env.ROCKETMQ_ACCESS_KEY || '',
+  accessKeySecret: process.env.ROCKETMQ_SECRET_KEY || '',
   logger,
   // Short timers so scenarios do not wait on ali-ons's 30 s defaults.
   rebalanceInterval: 2000,

@@ -20,6 +20,9 @@ its delay, the failed one again with reconsume_times 1, the same id and body.
 `pull`: sends three TagA and three TagB messages and a 10 KiB TagA one (compressed by the client),
 then a pull consumer reads every queue from offset 0 with the expression `TagA`: it must get
 exactly the TagA messages, the large one inflated.
+
+With ROCKETMQ_ACCESS_KEY and ROCKETMQ_SECRET_KEY set, every producer and consumer signs its
+requests with them (`set_session_credentials`, RocketMQ's AccessKey signatures).
 """
 
 import json
@@ -27,7 +30,17 @@ import sys
 import threading
 import time
 
+import os
+
 from rocketmq.client import Message, Producer, PullConsumer, PushConsumer, SendStatus
+
+
+def connect(client, namesrv):
+    """Points a producer or consumer at `namesrv`, signing with the environment's credentials."""
+    client.set_namesrv_addr(namesrv)
+    access_key = os.environ.get("ROCKETMQ_ACCESS_KEY")
+    if access_key:
+        client.set_session_credentials(access_key, os.environ["ROCKETMQ_SECRET_KEY"], "ALIYUN")
 
 
 def text(value):
@@ -37,7 +50,7 @@ def text(value):
 def retry(namesrv, topic, group):
     errors = []
     producer = Producer("compat-retry-producer")
-    producer.set_namesrv_addr(namesrv)
+    connect(producer, namesrv)
     producer.start()
     try:
         delayed = Message(topic)
@@ -71,7 +84,7 @@ def retry(namesrv, topic, group):
             raise RuntimeError("failing the first delivery on purpose")
 
     consumer = PushConsumer(group)
-    consumer.set_namesrv_addr(namesrv)
+    connect(consumer, namesrv)
     consumer.subscribe(topic, on_message, "TagD || TagF")
     consumer.start()
     try:
@@ -100,7 +113,7 @@ def retry(namesrv, topic, group):
 def pull(namesrv, topic, group):
     errors = []
     producer = Producer("compat-pull-producer")
-    producer.set_namesrv_addr(namesrv)
+    connect(producer, namesrv)
     producer.start()
     sent = {}
     try:
@@ -120,7 +133,7 @@ def pull(namesrv, topic, group):
     finally:
         producer.shutdown()
     consumer = PullConsumer(group)
-    consumer.set_namesrv_addr(namesrv)
+    connect(consumer, namesrv)
     consumer.start()
     received = []
     want = sorted(body for body in sent if "TagA" in body)
@@ -155,7 +168,7 @@ def main():
     errors = []
     sent = []
     producer = Producer("compat-producer")
-    producer.set_namesrv_addr(namesrv)
+    connect(producer, namesrv)
     producer.start()
     try:
         for tag in ("TagA", "TagB"):
@@ -195,7 +208,7 @@ def main():
                 done.set()
 
     consumer = PushConsumer(group)
-    consumer.set_namesrv_addr(namesrv)
+    connect(consumer, namesrv)
     consumer.subscribe(topic, on_message, "TagA")
     consumer.start()
     try:

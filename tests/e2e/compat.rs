@@ -403,12 +403,25 @@ fn rocketmq_python() -> PathBuf {
 /// Runs `tests/compat/rocketmq_python.py` with `mode` against `node`; its JSON report, after
 /// checking the client found nothing wrong.
 fn run_scenario(node: &DevNode, home: &std::path::Path, topic: &str, group: &str, mode: &str) -> Value {
+    run_scenario_with(node, home, topic, group, mode, &[])
+}
+
+/// [`run_scenario`] with extra environment (`ROCKETMQ_ACCESS_KEY`/`ROCKETMQ_SECRET_KEY` to sign).
+fn run_scenario_with(
+    node: &DevNode,
+    home: &std::path::Path,
+    topic: &str,
+    group: &str,
+    mode: &str,
+    envs: &[(&str, &str)],
+) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/rocketmq_python.py");
     let output = std::process::Command::new(rocketmq_python())
         .arg(&script)
         .args([&node.rocketmq_nameserver.to_string(), topic, group, mode])
         // The C++ core logs under $HOME/logs.
         .env("HOME", home)
+        .envs(envs.iter().copied())
         .output()
         .expect("running the RocketMQ client scenario");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -600,6 +613,18 @@ fn ali_ons_dir() -> PathBuf {
 /// Runs `tests/compat/ali_ons.js` with `args` against `node`; its JSON report, after checking the
 /// client found nothing wrong.
 fn run_ali_ons(node: &DevNode, home: &std::path::Path, topic: &str, group: &str, args: &[&str]) -> Value {
+    run_ali_ons_with(node, home, topic, group, args, &[])
+}
+
+/// [`run_ali_ons`] with extra environment (`ROCKETMQ_ACCESS_KEY`/`ROCKETMQ_SECRET_KEY` to sign).
+fn run_ali_ons_with(
+    node: &DevNode,
+    home: &std::path::Path,
+    topic: &str,
+    group: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/ali_ons.js");
     let output = std::process::Command::new("node")
         .arg(&script)
@@ -608,6 +633,7 @@ fn run_ali_ons(node: &DevNode, home: &std::path::Path, topic: &str, group: &str,
         .args(args)
         // ali-ons keeps offsets and logs under $HOME.
         .env("HOME", home)
+        .envs(envs.iter().copied())
         .output()
         .expect("running the ali-ons scenario (is node installed?)");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -729,5 +755,531 @@ async fn the_ali_ons_transaction_producer_is_checked_back_and_its_answer_decides
     assert_eq!(read.len(), 1, "only the committed message reached the topic");
     assert_eq!(read[0].keys().collect::<Vec<_>>(), ["tx-commit"]);
     trace_shows(&node, "--key=tx-commit", &["Deliver", "ons-tx-g"]).await;
+    node.stop();
+}
+
+/// Java clients older than 4.5.1 send to the broker's VIP channel (port − 2), and RocketMQ 5
+/// producers may compress with LZ4 or ZSTD: both reach the same broker, whose main port serves
+/// the bodies inflated (sysFlag without the compression bits) to any client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vip_channel_takes_lz4_and_zstd_bodies_and_the_main_port_serves_them_inflated() {
+    use meridian_proto::remoting::message::{
+        COMPRESSION_LZ4, COMPRESSION_ZLIB, COMPRESSION_ZSTD, SYSFLAG_COMPRESSED, compress_body,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(dir.path(), &[]);
+    node.create_topic("rmq-vip", 1).await;
+    let vip = node.rocketmq_broker_vip.expect("meridian dev serves the VIP channel");
+    assert_ne!(vip, node.rocketmq_broker);
+    let mut vip_wire = Wire::connect(vip);
+    let bodies: Vec<Vec<u8>> = [COMPRESSION_LZ4, COMPRESSION_ZSTD, COMPRESSION_ZLIB]
+        .iter()
+        .map(|kind| format!("compressed with type {kind}; ").repeat(300).into_bytes())
+        .collect();
+    for (kind, body) in [COMPRESSION_LZ4, COMPRESSION_ZSTD, COMPRESSION_ZLIB]
+        .iter()
+        .zip(&bodies)
+    {
+        let sys_flag = (SYSFLAG_COMPRESSED | kind << 8).to_string();
+        let props = properties(&format!("key-{kind}"), "TagZ", &MessageId::generate().to_string());
+        let answer = vip_wire.call(
+            request(
+                request::SEND_MESSAGE_V2,
+                &[
+                    ("a", "rmq-vip-p"),
+                    ("b", "rmq-vip"),
+                    ("e", "0"),
+                    ("f", &sys_flag),
+                    ("i", &props),
+                ],
+            )
+            .with_body(compress_body(body, *kind)),
+        );
+        assert_eq!(answer.code, response::SUCCESS, "type {kind}: {}", remark(&answer));
+    }
+    // A body that claims LZ4 but is not an LZ4 frame is refused naming the format.
+    let bad = vip_wire.call(
+        request(
+            request::SEND_MESSAGE_V2,
+            &[
+                ("a", "rmq-vip-p"),
+                ("b", "rmq-vip"),
+                ("e", "0"),
+                ("f", &(SYSFLAG_COMPRESSED | COMPRESSION_LZ4 << 8).to_string()),
+            ],
+        )
+        .with_body(b"not lz4".to_vec()),
+    );
+    assert_eq!(bad.code, response::MESSAGE_ILLEGAL);
+    assert!(remark(&bad).contains("LZ4 frame"), "{}", remark(&bad));
+
+    let mut main = Wire::connect(node.rocketmq_broker);
+    // Sends are acknowledged before the consume queue is built: wait until the three are readable.
+    let queued = eventually(Duration::from_secs(10), || {
+        let max = main.call(request(
+            request::GET_MAX_OFFSET,
+            &[("topic", "rmq-vip"), ("queueId", "0")],
+        ));
+        max.ext_fields.get("offset").map(String::as_str) == Some("3")
+    })
+    .await;
+    assert!(queued, "the three compressed sends never became readable");
+    node.create_group("rmq-vip-g", &["rmq-vip"]).await;
+    let pull = main.call(request(
+        request::PULL_MESSAGE,
+        &[
+            ("consumerGroup", "rmq-vip-g"),
+            ("topic", "rmq-vip"),
+            ("queueId", "0"),
+            ("queueOffset", "0"),
+            ("maxMsgNums", "32"),
+            ("sysFlag", "2"),
+            ("suspendTimeoutMillis", "1000"),
+        ],
+    ));
+    assert_eq!(pull.code, response::SUCCESS, "{}", remark(&pull));
+    let messages = decode_all_stored(&pull.body).unwrap();
+    let got: Vec<&[u8]> = messages.iter().map(|message| message.body).collect();
+    let want: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    assert_eq!(got, want, "stored and served inflated, in order");
+    assert!(
+        messages
+            .iter()
+            .all(|message| message.sys_flag & (SYSFLAG_COMPRESSED | 0x700) == 0),
+        "served without compression bits, so clients of any version read them"
+    );
+    node.stop();
+}
+
+/// Runs the CLI against `node` as `user` with `secret` (for `meridian dev --auth`).
+fn cli_as(node: &DevNode, user: &str, secret: &str, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(meridian_tests::meridian_bin())
+        .args(args)
+        .env("MERIDIAN_NAMESERVER", node.nameserver.to_string())
+        .env("MERIDIAN_USER", user)
+        .env("MERIDIAN_SECRET", secret)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running meridian");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn exported(text: &str, name: &str) -> String {
+    let prefix = format!("export {name}=");
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .to_owned()
+}
+
+/// A SEND_MESSAGE_V2 of one TagA message to `topic`.
+fn send_v2(topic: &str, body: &str) -> RemotingCommand {
+    let props = properties("signed-key", "TagA", &MessageId::generate().to_string());
+    request(
+        request::SEND_MESSAGE_V2,
+        &[("a", "signed-producer"), ("b", topic), ("e", "0"), ("i", &props)],
+    )
+    .with_body(body.as_bytes().to_vec())
+}
+
+fn signed(mut command: RemotingCommand, user: &str, secret: &str) -> RemotingCommand {
+    meridian_proto::remoting::acl::sign(&mut command.ext_fields, &command.body, user, secret.as_bytes());
+    command
+}
+
+/// With `[auth]` on, RocketMQ requests must carry an AccessKey signature of a user given RocketMQ
+/// access (`meridian user create NAME --rocketmq`): unmodified clients configured with that
+/// accessKey/secretKey (ali-ons, PyPI `rocketmq`) produce and consume; unsigned requests, a wrong
+/// secret, a user without RocketMQ access, an unknown user and a stale timestamp are refused with
+/// NO_PERMISSION naming the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocketmq_clients_sign_with_their_access_key_and_everything_else_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(&dir.path().join("data"), &["--auth"]);
+    let banner = node.banner().join("\n");
+    let admin_secret = exported(&banner, "MERIDIAN_SECRET");
+    for args in [
+        &["topic", "create", "signed-wire", "--queues", "1"][..],
+        &["topic", "create", "signed-ons", "--queues", "2"][..],
+        &["topic", "create", "signed-py", "--queues", "2"][..],
+        &["group", "create", "signed-ons-g", "--topics", "signed-ons"][..],
+        &["group", "create", "signed-py-g", "--topics", "signed-py"][..],
+    ] {
+        let (ok, _, stderr) = cli_as(&node, "admin", &admin_secret, args);
+        assert!(ok, "{args:?}: {stderr}");
+    }
+    let (ok, stdout, stderr) = cli_as(
+        &node,
+        "admin",
+        &admin_secret,
+        &["user", "create", "rmq-app", "--rocketmq"],
+    );
+    assert!(
+        ok && stdout.contains("RocketMQ clients: accessKey rmq-app"),
+        "{stdout}{stderr}"
+    );
+    let app_secret = exported(&stdout, "MERIDIAN_SECRET");
+    let (ok, stdout, stderr) = cli_as(&node, "admin", &admin_secret, &["user", "create", "native-only"]);
+    assert!(ok, "{stderr}");
+    let native_secret = exported(&stdout, "MERIDIAN_SECRET");
+    let (ok, stdout, _) = cli_as(&node, "admin", &admin_secret, &["user", "list", "--json"]);
+    assert!(ok);
+    let users: Value = serde_json::from_str(&stdout).unwrap();
+    let rocketmq_of = |name: &str| {
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|user| user["name"] == name)
+            .map(|user| user["rocketmq"].clone())
+    };
+    assert_eq!(rocketmq_of("rmq-app"), Some(Value::Bool(true)));
+    assert_eq!(rocketmq_of("native-only"), Some(Value::Bool(false)));
+    // The secret is nowhere in the nameserver's state, log or snapshots, only sealed.
+    for entry in walk(&dir.path().join("data").join("nameserver")) {
+        if let Ok(bytes) = std::fs::read(&entry) {
+            assert!(
+                !bytes
+                    .windows(app_secret.len())
+                    .any(|window| window == app_secret.as_bytes()),
+                "{} holds the secret in the clear",
+                entry.display()
+            );
+        }
+    }
+
+    // By hand: every refusal names its problem; the right signature is accepted.
+    let mut broker = Wire::connect(node.rocketmq_broker);
+    let wait_for_users = eventually(Duration::from_secs(10), || {
+        broker
+            .call(signed(send_v2("signed-wire", "first"), "rmq-app", &app_secret))
+            .code
+            == response::SUCCESS
+    })
+    .await;
+    assert!(
+        wait_for_users,
+        "the broker never accepted rmq-app's signature; log:\n{}",
+        node.log()
+    );
+    let cases = [
+        (send_v2("signed-wire", "unsigned"), "authentication required"),
+        (
+            signed(send_v2("signed-wire", "wrong"), "rmq-app", "not-the-secret"),
+            "does not match",
+        ),
+        (
+            signed(send_v2("signed-wire", "native"), "native-only", &native_secret),
+            "has no RocketMQ access",
+        ),
+        (
+            signed(send_v2("signed-wire", "ghost"), "ghost", "x"),
+            "has no RocketMQ access",
+        ),
+    ];
+    for (command, expected) in cases {
+        let answer = broker.call(command);
+        assert_eq!(answer.code, response::NO_PERMISSION, "{}", remark(&answer));
+        assert!(remark(&answer).contains(expected), "{expected}: {}", remark(&answer));
+        assert!(!remark(&answer).contains(&app_secret));
+    }
+    // A body changed after signing is refused; a signed Timestamp must be fresh.
+    let mut tampered = signed(send_v2("signed-wire", "original"), "rmq-app", &app_secret);
+    tampered.body = Bytes::from_static(b"tampered");
+    assert_eq!(broker.call(tampered).code, response::NO_PERMISSION);
+    let now = meridian_proto::time::now_millis();
+    let stale = signed(
+        send_v2("signed-wire", "stale").with("Timestamp", (now - 3_600_000).to_string()),
+        "rmq-app",
+        &app_secret,
+    );
+    let answer = broker.call(stale);
+    assert!(
+        remark(&answer).contains("outside the 300000 ms window"),
+        "{}",
+        remark(&answer)
+    );
+    let fresh = signed(
+        send_v2("signed-wire", "fresh").with("Timestamp", now.to_string()),
+        "rmq-app",
+        &app_secret,
+    );
+    assert_eq!(broker.call(fresh).code, response::SUCCESS);
+
+    // Unmodified clients given accessKey rmq-app and its secret.
+    let credentials = [
+        ("ROCKETMQ_ACCESS_KEY", "rmq-app"),
+        ("ROCKETMQ_SECRET_KEY", app_secret.as_str()),
+    ];
+    let report = run_ali_ons_with(
+        &node,
+        dir.path(),
+        "signed-ons",
+        "signed-ons-g",
+        &["tags", "3"],
+        &credentials,
+    );
+    assert_eq!(report["received"].as_array().map(Vec::len), Some(3), "{report}");
+    let report = run_scenario_with(&node, dir.path(), "signed-py", "signed-py-g", "3", &credentials);
+    let received = report["received"].as_array().unwrap();
+    assert!(
+        received
+            .iter()
+            .filter(|entry| entry["origin"] == "rocketmq-python")
+            .count()
+            >= 3,
+        "{report}"
+    );
+    node.stop();
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if entry.metadata().is_ok_and(|metadata| metadata.len() < 64 << 20) {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// RocketMQ SDKs with tracing on send `TraceDataEncoder` records to `RMQ_SYS_TRACE_TOPIC`: the
+/// nameserver routes that topic to every broker without approval, the broker acknowledges the send,
+/// and the consumer steps (SubBefore, SubAfter) appear in the message's timeline next to the
+/// broker's own steps; the Pub record is not stored again and the topic holds no messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocketmq_trace_records_become_client_side_steps_of_the_timeline() {
+    use meridian_proto::remoting::trace::RMQ_TRACE_TOPIC;
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(&dir.path().join("data"), &[]);
+    node.create_topic("rmq-traced", 1).await;
+    node.create_group("rmq-traced-g", &["rmq-traced"]).await;
+
+    let mut nameserver = Wire::connect(node.rocketmq_nameserver);
+    let route = nameserver.call(request(request::GET_ROUTEINFO_BY_TOPIC, &[("topic", RMQ_TRACE_TOPIC)]));
+    assert_eq!(route.code, response::SUCCESS, "{}", remark(&route));
+    let body: Value = serde_json::from_slice(&route.body).unwrap();
+    assert_eq!(
+        body["brokerDatas"][0]["brokerAddrs"]["0"],
+        node.rocketmq_broker.to_string()
+    );
+    assert_eq!(body["queueDatas"][0]["perm"], 6);
+
+    let mut broker = Wire::connect(node.rocketmq_broker);
+    let msg_id = MessageId::generate().to_string();
+    let props = properties("traced-key", "TagA", &msg_id);
+    let sent = broker.call(
+        request(
+            request::SEND_MESSAGE_V2,
+            &[("a", "traced-producer"), ("b", "rmq-traced"), ("e", "0"), ("i", &props)],
+        )
+        .with_body(b"traced body".to_vec()),
+    );
+    assert_eq!(sent.code, response::SUCCESS, "{}", remark(&sent));
+    let offset_msg_id = sent.ext_fields["msgId"].clone();
+
+    // What a Java consumer's AsyncTraceDispatcher sends, built by hand in TraceDataEncoder's format.
+    let now = meridian_proto::time::now_millis();
+    let records = [
+        vec![
+            "Pub".to_owned(),
+            now.to_string(),
+            "DefaultRegion".into(),
+            "traced-producer".into(),
+            "rmq-traced".into(),
+            msg_id.clone(),
+            "TagA".into(),
+            "traced-key".into(),
+            node.rocketmq_broker.to_string(),
+            "11".into(),
+            "2".into(),
+            "0".into(),
+            offset_msg_id,
+            "true".into(),
+        ],
+        vec![
+            "SubBefore".to_owned(),
+            (now + 50).to_string(),
+            "DefaultRegion".into(),
+            "rmq-traced-g".into(),
+            "req-1".into(),
+            msg_id.clone(),
+            "0".into(),
+            "traced-key".into(),
+        ],
+        vec![
+            "SubAfter".to_owned(),
+            "req-1".into(),
+            msg_id.clone(),
+            "7".into(),
+            "true".into(),
+            "traced-key".into(),
+            "0".into(),
+            (now + 57).to_string(),
+            "rmq-traced-g".into(),
+        ],
+    ]
+    .iter()
+    .map(|fields| format!("{}\u{2}", fields.join("\u{1}")))
+    .collect::<String>();
+    let trace_props = {
+        let mut builder = PropertiesBuilder::new();
+        builder.keys(&[msg_id.as_str(), "traced-key"]).unwrap();
+        String::from_utf8(builder.finish()).unwrap()
+    };
+    let answer = broker.call(
+        request(
+            request::SEND_MESSAGE_V2,
+            &[
+                ("a", "_INNER_TRACE_PRODUCER-rmq-traced-g"),
+                ("b", RMQ_TRACE_TOPIC),
+                ("e", "0"),
+                ("i", &trace_props),
+            ],
+        )
+        .with_body(records.into_bytes()),
+    );
+    assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+    assert!(answer.ext_fields.contains_key("msgId"));
+
+    let timeline = trace_shows(
+        &node,
+        &msg_id,
+        &["Pub", "Store", "SubBefore", "SubAfter", "rmq-traced-g"],
+    )
+    .await;
+    assert_eq!(
+        timeline.lines().filter(|line| line.contains(" Pub ")).count(),
+        1,
+        "the SDK's Pub record is not a second Pub:\n{timeline}"
+    );
+    node.stop();
+}
+
+/// A SQL-92 subscription (`expressionType = SQL92`) is accepted on heartbeat and evaluated by the
+/// broker on pull over the messages' user properties and tags; a malformed one is refused with
+/// SUBSCRIPTION_PARSE_FAILED naming the position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql92_subscription_gets_exactly_the_messages_whose_properties_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::start(&dir.path().join("data"), &[]);
+    node.create_topic("rmq-sql", 1).await;
+    node.create_group("rmq-sql-g", &["rmq-sql"]).await;
+    let mut broker = Wire::connect(node.rocketmq_broker);
+    for (index, (amount, region, tag)) in [
+        ("1", "eu", "TagA"),
+        ("5", "eu", "TagA"),
+        ("10", "us", "TagB"),
+        ("7", "eu", "TagB"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut builder = PropertiesBuilder::new();
+        builder
+            .tag(tag)
+            .unwrap()
+            .msg_id(&MessageId::generate().to_string())
+            .property("amount", amount)
+            .unwrap()
+            .property("region", region)
+            .unwrap();
+        let props = String::from_utf8(builder.finish()).unwrap();
+        let answer = broker.call(
+            request(
+                request::SEND_MESSAGE_V2,
+                &[("a", "sql-producer"), ("b", "rmq-sql"), ("e", "0"), ("i", &props)],
+            )
+            .with_body(format!("sql-{index}").into_bytes()),
+        );
+        assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+    }
+    let heartbeat = serde_json::json!({
+        "clientID": "127.0.0.1@sql-test",
+        "producerDataSet": [],
+        "consumerDataSet": [{
+            "groupName": "rmq-sql-g", "consumeType": "CONSUME_PASSIVELY", "messageModel": "CLUSTERING",
+            "consumeFromWhere": "CONSUME_FROM_FIRST_OFFSET", "unitMode": false,
+            "subscriptionDataSet": [{"topic": "rmq-sql", "subString": "amount > 3 AND region = 'eu'",
+                "tagsSet": [], "codeSet": [], "subVersion": 1, "expressionType": "SQL92"}]
+        }]
+    });
+    let answer = broker.call(request(request::HEART_BEAT, &[]).with_body(heartbeat.to_string().into_bytes()));
+    assert_eq!(answer.code, response::SUCCESS, "{}", remark(&answer));
+    let queued = eventually(Duration::from_secs(10), || {
+        let max = broker.call(request(
+            request::GET_MAX_OFFSET,
+            &[("topic", "rmq-sql"), ("queueId", "0")],
+        ));
+        max.ext_fields.get("offset").map(String::as_str) == Some("4")
+    })
+    .await;
+    assert!(queued);
+    let pull = |broker: &mut Wire, fields: &[(&str, &str)]| {
+        let mut all = vec![
+            ("consumerGroup", "rmq-sql-g"),
+            ("topic", "rmq-sql"),
+            ("queueId", "0"),
+            ("queueOffset", "0"),
+            ("maxMsgNums", "32"),
+        ];
+        all.extend_from_slice(fields);
+        broker.call(request(request::PULL_MESSAGE, &all))
+    };
+    // The expression registered by heartbeat (no subscription in the pull).
+    let registered = pull(&mut broker, &[("sysFlag", "0")]);
+    assert_eq!(registered.code, response::SUCCESS, "{}", remark(&registered));
+    let bodies: Vec<Vec<u8>> = decode_all_stored(&registered.body)
+        .unwrap()
+        .iter()
+        .map(|message| message.body.to_vec())
+        .collect();
+    assert_eq!(bodies, [b"sql-1".to_vec(), b"sql-3".to_vec()]);
+    // One carried by the pull, over tags and a BETWEEN.
+    let carried = pull(
+        &mut broker,
+        &[
+            ("sysFlag", "4"),
+            ("subscription", "TAGS = 'TagB' AND amount BETWEEN 8 AND 20"),
+            ("expressionType", "SQL92"),
+        ],
+    );
+    let bodies: Vec<Vec<u8>> = decode_all_stored(&carried.body)
+        .unwrap()
+        .iter()
+        .map(|message| message.body.to_vec())
+        .collect();
+    assert_eq!(bodies, [b"sql-2".to_vec()]);
+    let nothing = pull(
+        &mut broker,
+        &[
+            ("sysFlag", "4"),
+            ("subscription", "amount > 100"),
+            ("expressionType", "SQL92"),
+        ],
+    );
+    assert_eq!(nothing.code, response::PULL_RETRY_IMMEDIATELY);
+    assert_eq!(nothing.ext_fields["nextBeginOffset"], "4");
+    let bad = pull(
+        &mut broker,
+        &[
+            ("sysFlag", "4"),
+            ("subscription", "amount >"),
+            ("expressionType", "SQL92"),
+        ],
+    );
+    assert_eq!(bad.code, response::SUBSCRIPTION_PARSE_FAILED);
+    assert!(remark(&bad).contains("at byte"), "{}", remark(&bad));
     node.stop();
 }

@@ -178,6 +178,8 @@ pub struct DevNode {
     pub rocketmq_nameserver: SocketAddr,
     /// RocketMQ remoting address of the broker.
     pub rocketmq_broker: SocketAddr,
+    /// The broker's RocketMQ VIP-channel address (`(VIP channel ADDR)` on the broker's line).
+    pub rocketmq_broker_vip: Option<SocketAddr>,
     /// The node's data dir.
     pub data_dir: PathBuf,
     /// Where its log (stderr) goes.
@@ -281,10 +283,19 @@ impl DevNode {
             rocketmq_broker: process
                 .address("rocketmq-broker")
                 .expect("banner names the RocketMQ broker address"),
+            rocketmq_broker_vip: process.banner.iter().find_map(|line| {
+                let rest = line.split_once("(VIP channel ")?.1;
+                rest.trim_end_matches(')').parse().ok()
+            }),
             data_dir: data_dir.to_owned(),
             log_path: process.log_path.clone(),
             process,
         }
+    }
+
+    /// What the node printed before `ready` (addresses, and with `--auth` the admin's secret).
+    pub fn banner(&self) -> &[String] {
+        &self.process.banner
     }
 
     /// The broker address as clients take it.

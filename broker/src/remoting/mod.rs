@@ -6,9 +6,11 @@
 //! checks, confirmed-offset reads, trace emission and metrics), and the native answer becomes the
 //! RocketMQ response. Start reading at [`requests::handle`]; this file owns the sockets: one
 //! reader per connection, a writer task, requests that finish later (long polls, synced sends) run
-//! as tasks of the connection, and broker-initiated requests (`NOTIFY_CONSUMER_IDS_CHANGED`,
+//! as tasks of the connection, AccessKey signatures are checked before anything else when
+//! `[auth]` is on ([`access`]), and broker-initiated requests (`NOTIFY_CONSUMER_IDS_CHANGED`,
 //! `CHECK_TRANSACTION_STATE` from [`check_back`]) go out through [`Clients`].
 
+pub mod access;
 pub mod requests;
 mod shared;
 
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use meridian_proto::auth::Principal;
 use meridian_proto::remoting::codes::response;
 use meridian_proto::remoting::{Decoded, RemotingCodec, RemotingCommand};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,8 +39,14 @@ pub use shared::{Clients, Remoting};
 /// Requests one remoting connection may have running at once.
 const MAX_INFLIGHT: usize = 256;
 
-/// Accepts remoting connections until the broker shuts down.
-pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, advertise: SocketAddr, connections: TaskTracker) {
+/// Accepts remoting connections on every listener (the main one, then the VIP channel if
+/// configured) until the broker shuts down; all share one [`Remoting`], so a client may use both.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    state: Arc<BrokerState>,
+    advertise: SocketAddr,
+    connections: TaskTracker,
+) {
     tracing::info!(addr = %advertise, broker = state.config.broker_name, "remoting listener serving RocketMQ clients");
     let remoting = Arc::new(Remoting {
         state: state.clone(),
@@ -46,8 +55,21 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, advertise: So
         producers: Clients::default(),
         asked: Mutex::new(std::collections::HashSet::new()),
         subscriptions: Mutex::new(HashMap::new()),
+        access: access::AccessCheck::new(&state),
     });
     connections.spawn(check_back(remoting.clone()));
+    for (index, listener) in listeners.into_iter().enumerate() {
+        if index > 0
+            && let Ok(addr) = listener.local_addr()
+        {
+            tracing::info!(%addr, "remoting VIP channel serving RocketMQ clients");
+        }
+        connections.spawn(accept(listener, remoting.clone(), connections.clone()));
+    }
+}
+
+async fn accept(listener: TcpListener, remoting: Arc<Remoting>, connections: TaskTracker) {
+    let state = remoting.state.clone();
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
@@ -164,7 +186,28 @@ where
             continue;
         }
         let oneway = command.is_oneway();
-        match requests::handle(&remoting, command, peer, &tx) {
+        let principal = match &remoting.access {
+            None => Principal::Anonymous,
+            Some(access) => match access.authenticate(state, &command) {
+                Ok(principal) => principal,
+                Err(error) => {
+                    state.metrics.remoting_signature_refusals.inc();
+                    tracing::debug!(%peer, code = command.code, %error, "RocketMQ request refused for its signature");
+                    if !oneway
+                        && tx
+                            .send(command.respond(response::NO_PERMISSION, Some(error.to_string())))
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            },
+        };
+        let span = tracing::trace_span!("remoting_request", %principal, code = command.code);
+        let handled = span.in_scope(|| requests::handle(&remoting, command, peer, &principal, &tx));
+        match handled {
             requests::Answer::Now(answer) => {
                 if let Some(answer) = answer.filter(|_| !oneway)
                     && tx.send(answer).await.is_err()

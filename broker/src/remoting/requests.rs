@@ -6,7 +6,8 @@
 //! `docs/compat.md`: a new group's offset query answers 0 while a queue still starts at 0 (the
 //! Java broker's page-cache quirk), send-back's `delayLevel` -1 counts as 0 and the group's
 //! approved max retries win over the client's `maxReconsumeTimes`, SQL-92 subscriptions are
-//! refused with `SUBSCRIPTION_PARSE_FAILED`.
+//! evaluated here on what the native pull returned ([`meridian_proto::remoting::sql92`]), and sends to `RMQ_SYS_TRACE_TOPIC` become trace
+//! events instead of messages ([`ingest_client_traces`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::sync::{Arc, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 use meridian_proto::RequestCode;
+use meridian_proto::auth::Principal;
 use meridian_proto::messages::{
     CheckTransactionsRequest, CheckTransactionsResponse, CommitOffsetRequest, ConsumerHeartbeat, ConsumerListResponse,
     EndTransactionRequest, GroupMember, LockQueuesRequest, LockQueuesResponse, MessageData, PullRequest, PullResponse,
@@ -27,6 +29,8 @@ use meridian_proto::remoting::RemotingCommand;
 use meridian_proto::remoting::codes::{Operation, request, request_name, response, response_code};
 use meridian_proto::remoting::fields::FieldError;
 use meridian_proto::remoting::message::{self as rmq, SYSFLAG_COMPRESSED, StoredMessage};
+use meridian_proto::remoting::sql92;
+use meridian_proto::remoting::trace::{self as client_trace, ClientStep, RMQ_TRACE_TOPIC};
 use prost::Message;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -69,6 +73,7 @@ fn field_failed(command: &RemotingCommand, error: &FieldError) -> RemotingComman
 /// Runs a native request and maps its answer.
 fn native<M: Message>(
     remoting: &Arc<Remoting>,
+    principal: &Principal,
     code: RequestCode,
     message: &M,
     peer: SocketAddr,
@@ -76,7 +81,7 @@ fn native<M: Message>(
 ) -> Answer {
     match handlers::handle(
         &remoting.state,
-        &meridian_proto::auth::Principal::Anonymous,
+        principal,
         code,
         Bytes::from(message.encode_to_vec()),
         peer,
@@ -89,13 +94,14 @@ fn native<M: Message>(
 /// A native request that answers at once (offsets, queue info, membership).
 fn native_now<M: Message>(
     remoting: &Arc<Remoting>,
+    principal: &Principal,
     code: RequestCode,
     message: &M,
     peer: SocketAddr,
 ) -> crate::error::Result<Bytes> {
     match handlers::handle(
         &remoting.state,
-        &meridian_proto::auth::Principal::Anonymous,
+        principal,
         code,
         Bytes::from(message.encode_to_vec()),
         peer,
@@ -117,6 +123,7 @@ pub fn handle(
     remoting: &Arc<Remoting>,
     command: RemotingCommand,
     peer: SocketAddr,
+    principal: &Principal,
     connection: &mpsc::Sender<RemotingCommand>,
 ) -> Answer {
     let answer = |result: Result<RemotingCommand, FieldError>| match result {
@@ -125,19 +132,21 @@ pub fn handle(
     };
     match command.code {
         request::SEND_MESSAGE | request::SEND_MESSAGE_V2 | request::SEND_BATCH_MESSAGE => {
-            send(remoting, &command, peer, connection)
+            send(remoting, &command, peer, principal, connection)
         }
-        request::PULL_MESSAGE => pull(remoting, &command, peer),
-        request::HEART_BEAT => Answer::Now(Some(heartbeat(remoting, &command, peer, connection))),
-        request::UNREGISTER_CLIENT => answer(unregister(remoting, &command, peer)),
-        request::GET_CONSUMER_LIST_BY_GROUP => answer(consumer_list(remoting, &command, peer)),
-        request::QUERY_CONSUMER_OFFSET => answer(query_offset(remoting, &command, peer)),
-        request::UPDATE_CONSUMER_OFFSET => answer(update_offset(remoting, &command, peer)),
-        request::GET_MAX_OFFSET | request::GET_MIN_OFFSET => answer(queue_bound(remoting, &command, peer)),
-        request::SEARCH_OFFSET_BY_TIMESTAMP => search_offset(remoting, &command, peer),
-        request::CONSUMER_SEND_MSG_BACK => send_back(remoting, &command, peer),
-        request::END_TRANSACTION => end_transaction(remoting, &command, peer),
-        request::LOCK_BATCH_MQ | request::UNLOCK_BATCH_MQ => Answer::Now(Some(lock_batch(remoting, &command, peer))),
+        request::PULL_MESSAGE => pull(remoting, &command, peer, principal),
+        request::HEART_BEAT => Answer::Now(Some(heartbeat(remoting, &command, peer, principal, connection))),
+        request::UNREGISTER_CLIENT => answer(unregister(remoting, &command, peer, principal)),
+        request::GET_CONSUMER_LIST_BY_GROUP => answer(consumer_list(remoting, &command, peer, principal)),
+        request::QUERY_CONSUMER_OFFSET => answer(query_offset(remoting, &command, peer, principal)),
+        request::UPDATE_CONSUMER_OFFSET => answer(update_offset(remoting, &command, peer, principal)),
+        request::GET_MAX_OFFSET | request::GET_MIN_OFFSET => answer(queue_bound(remoting, &command, peer, principal)),
+        request::SEARCH_OFFSET_BY_TIMESTAMP => search_offset(remoting, &command, peer, principal),
+        request::CONSUMER_SEND_MSG_BACK => send_back(remoting, &command, peer, principal),
+        request::END_TRANSACTION => end_transaction(remoting, &command, peer, principal),
+        request::LOCK_BATCH_MQ | request::UNLOCK_BATCH_MQ => {
+            Answer::Now(Some(lock_batch(remoting, &command, peer, principal)))
+        }
         request::VIEW_MESSAGE_BY_ID => answer(view_message(remoting, &command)),
         request::QUERY_MESSAGE => query_message(remoting, &command),
         code => {
@@ -229,8 +238,12 @@ fn send(
     remoting: &Arc<Remoting>,
     command: &RemotingCommand,
     peer: SocketAddr,
+    principal: &Principal,
     connection: &mpsc::Sender<RemotingCommand>,
 ) -> Answer {
+    if command.fields().raw(&["b", "topic"]) == Some(RMQ_TRACE_TOPIC) {
+        return Answer::Now(Some(ingest_client_traces(remoting, command, peer)));
+    }
     let request = match send_request(remoting, command) {
         Ok(request) => request,
         Err(answer) => return Answer::Now(Some(answer)),
@@ -250,7 +263,7 @@ fn send(
     }
     let request_command = command.clone().with_body(Bytes::new());
     let advertise = remoting.advertise;
-    native(remoting, RequestCode::Send, &request, peer, move |result| {
+    native(remoting, principal, RequestCode::Send, &request, peer, move |result| {
         let results = match result.and_then(decode::<SendResponse>) {
             Ok(response) => response.results,
             Err(error) => return failed(&request_command, &error, Operation::Send),
@@ -276,15 +289,97 @@ fn send(
     })
 }
 
+/// The topic a consumer-side trace record of `group` is about: the group's subscription as its
+/// RocketMQ members registered it, else the first topic the group is approved for.
+fn consumed_topic(remoting: &Remoting, group: &str) -> Option<String> {
+    let subscribed = remoting
+        .subscriptions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keys()
+        .filter(|(member_group, topic)| {
+            member_group == group && !topic.starts_with(meridian_proto::topics::RETRY_PREFIX)
+        })
+        .map(|(_, topic)| topic.clone())
+        .min();
+    subscribed.or_else(|| {
+        let governance = remoting.state.governance.as_ref()?;
+        governance.snapshot().groups.get(group)?.topics.first().cloned()
+    })
+}
+
+/// RocketMQ SDKs with tracing on send trace records to `RMQ_SYS_TRACE_TOPIC`. They are not stored
+/// as messages: their consumer steps (SubBefore, SubAfter) become client-side events of the
+/// messages' timelines, reported through the broker's trace emitter exactly as a Meridian SDK
+/// reports its own, so the tracer indexes them from Meridian's trace topic. Their Pub and
+/// EndTransaction records are dropped: the broker traced those steps itself. The send is
+/// acknowledged so the SDK's trace dispatcher goes on.
+fn ingest_client_traces(remoting: &Remoting, command: &RemotingCommand, peer: SocketAddr) -> RemotingCommand {
+    let request = match send_request(remoting, command) {
+        Ok(request) => request,
+        Err(answer) => return answer,
+    };
+    let now_ms = meridian_proto::time::now_millis();
+    let mut events = Vec::new();
+    let mut skipped = 0;
+    for message in &request.messages {
+        let Ok(text) = std::str::from_utf8(&message.body) else {
+            skipped += 1;
+            continue;
+        };
+        let parsed = client_trace::parse_records(text);
+        skipped += parsed.skipped;
+        for record in &parsed.records {
+            if matches!(record.step, ClientStep::Pub { .. } | ClientStep::EndTransaction { .. }) {
+                continue;
+            }
+            match consumed_topic(remoting, record.group)
+                .and_then(|topic| client_trace::to_trace_event(record, &topic, now_ms))
+            {
+                Some(event) => events.push(event),
+                None => skipped += 1,
+            }
+        }
+    }
+    let mut reported = 0;
+    for chunk in events.chunks(meridian_proto::trace::MAX_REPORT_EVENTS) {
+        let body = Bytes::from(meridian_proto::trace::TraceBatch::from(chunk.to_vec()).encode_to_vec());
+        match remoting.state.trace.report(body, peer) {
+            Ok(count) => reported += count,
+            Err(error) => tracing::debug!(%peer, %error, "RocketMQ trace records refused"),
+        }
+    }
+    tracing::debug!(%peer, reported, skipped, "RocketMQ trace records ingested");
+    command
+        .success()
+        .with("msgId", rmq::offset_msg_id(remoting.advertise, 0))
+        .with("queueId", 0)
+        .with("queueOffset", 0)
+        .with("MSG_REGION", "DefaultRegion")
+        .with("TRACE_ON", "false")
+}
+
 /// Converts native pull records into RocketMQ's stored-message encoding: one pass, one copy of
-/// each message into the response body.
-fn convert_records(records: &Bytes, store_host: SocketAddr) -> crate::error::Result<(Bytes, usize)> {
+/// each message into the response body; with a SQL-92 `filter`, only the messages whose
+/// properties pass it.
+fn convert_records(
+    records: &Bytes,
+    store_host: SocketAddr,
+    filter: Option<&sql92::Filter>,
+) -> crate::error::Result<(Bytes, usize)> {
     let messages = record::decode_all(records).map_err(|error| BrokerError::Corrupt(error.to_string()))?;
     let mut out = BytesMut::with_capacity(records.len() + messages.len() * 16);
+    let mut converted = 0;
     for message in &messages {
+        if let Some(filter) = filter
+            && !filter.matches(|name| properties::get(&message.properties, name))
+        {
+            continue;
+        }
         to_rocketmq(message, store_host).encode(&mut out);
+        converted += 1;
     }
-    Ok((out.freeze(), messages.len()))
+    Ok((out.freeze(), converted))
 }
 
 fn to_rocketmq(message: &record::StoredMessage, store_host: SocketAddr) -> StoredMessage<'_> {
@@ -338,7 +433,7 @@ fn pull_header(command: &RemotingCommand) -> Result<PullHeader, FieldError> {
     })
 }
 
-fn pull(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -> Answer {
+fn pull(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr, principal: &Principal) -> Answer {
     let PullHeader {
         group,
         topic,
@@ -355,14 +450,36 @@ fn pull(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -
         Ok(header) => header,
         Err(error) => return Answer::Now(Some(field_failed(command, &error))),
     };
-    if !expression.eq_ignore_ascii_case("TAG") {
+    let (expression, subscription) = match subscription {
+        Some(subscription) => (expression, subscription),
+        None => remoting
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(group.clone(), topic.clone()))
+            .cloned()
+            .unwrap_or_else(|| ("TAG".to_owned(), String::new())),
+    };
+    // A SQL-92 subscription pulls every tag natively and filters the answer here.
+    let (subscription, filter) = if expression.eq_ignore_ascii_case("SQL92") {
+        match sql92::parse(&subscription) {
+            Ok(filter) => (String::new(), Some(filter)),
+            Err(error) => {
+                return Answer::Now(Some(
+                    command.respond(response::SUBSCRIPTION_PARSE_FAILED, Some(error.to_string())),
+                ));
+            }
+        }
+    } else if expression.eq_ignore_ascii_case("TAG") {
+        (subscription, None)
+    } else {
         return Answer::Now(Some(command.respond(
             response::SUBSCRIPTION_PARSE_FAILED,
             Some(format!(
-                "expression type {expression} is not supported by Meridian: subscribe with tags (`TagA || TagB` or `*`)"
+                "expression type {expression} is not supported by Meridian: subscribe with tags (`TagA || TagB` or `*`) or SQL92"
             )),
         )));
-    }
+    };
     let (Ok(queue_id), Ok(offset)) = (u32::try_from(queue_id), u64::try_from(offset)) else {
         return Answer::Now(Some(command.respond(
             response::INVALID_PARAMETER,
@@ -371,15 +488,6 @@ fn pull(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -
             )),
         )));
     };
-    let subscription = subscription.unwrap_or_else(|| {
-        remoting
-            .subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&(group.clone(), topic.clone()))
-            .cloned()
-            .unwrap_or_default()
-    });
     if sys_flag & PULL_COMMIT_OFFSET != 0 && commit >= 0 {
         let request = CommitOffsetRequest {
             group: group.clone(),
@@ -388,7 +496,7 @@ fn pull(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -
             offset: commit as u64,
             ..Default::default()
         };
-        if let Err(error) = native_now(remoting, RequestCode::CommitOffset, &request, peer) {
+        if let Err(error) = native_now(remoting, principal, RequestCode::CommitOffset, &request, peer) {
             tracing::debug!(%peer, group, topic, %error, "piggy-backed offset commit refused");
         }
     }
@@ -409,13 +517,13 @@ fn pull(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -
     };
     let request_command = command.clone().with_body(Bytes::new());
     let store_host = remoting.advertise;
-    native(remoting, RequestCode::Pull, &request, peer, move |result| {
+    native(remoting, principal, RequestCode::Pull, &request, peer, move |result| {
         let pulled = match result.and_then(decode::<PullResponse>) {
             Ok(pulled) => pulled,
             Err(error) => return failed(&request_command, &error, Operation::Consume),
         };
         let (code, body) = match PullStatus::try_from(pulled.status) {
-            Ok(PullStatus::Found) => match convert_records(&pulled.records, store_host) {
+            Ok(PullStatus::Found) => match convert_records(&pulled.records, store_host, filter.as_ref()) {
                 Ok((_, 0)) => (response::PULL_RETRY_IMMEDIATELY, Bytes::new()),
                 Ok((body, _)) => (response::SUCCESS, body),
                 Err(error) => return failed(&request_command, &error, Operation::Consume),
@@ -452,6 +560,7 @@ fn heartbeat(
     remoting: &Arc<Remoting>,
     command: &RemotingCommand,
     peer: SocketAddr,
+    principal: &Principal,
     connection: &mpsc::Sender<RemotingCommand>,
 ) -> RemotingCommand {
     let body: Value = match serde_json::from_slice(&command.body) {
@@ -493,22 +602,33 @@ fn heartbeat(
             };
             let sub = json_str(subscription, "subString").unwrap_or("*");
             let kind = json_str(subscription, "expressionType").unwrap_or("TAG");
-            if !kind.eq_ignore_ascii_case("TAG") {
+            let sql = kind.eq_ignore_ascii_case("SQL92");
+            if sql && let Err(error) = sql92::parse(sub) {
+                return command.respond(
+                    response::SUBSCRIPTION_PARSE_FAILED,
+                    Some(format!("group {group:?} subscribes {topic:?} with {error}")),
+                );
+            }
+            if !sql && !kind.eq_ignore_ascii_case("TAG") {
                 return command.respond(
                     response::SUBSCRIPTION_PARSE_FAILED,
                     Some(format!(
-                        "group {group:?} subscribes {topic:?} with a {kind} expression; Meridian filters by tags only (`TagA || TagB` or `*`)"
+                        "group {group:?} subscribes {topic:?} with a {kind} expression; Meridian filters by tags (`TagA || TagB` or `*`) or SQL92"
                     )),
                 );
             }
             if meridian_proto::topics::owning_group(topic).is_none() && expression.is_empty() {
-                expression = sub.to_owned();
+                // A SQL-92 subscription takes every tag from the native side.
+                expression = if sql { "*".to_owned() } else { sub.to_owned() };
             }
             remoting
                 .subscriptions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert((group.to_owned(), topic.to_owned()), sub.to_owned());
+                .insert(
+                    (group.to_owned(), topic.to_owned()),
+                    (if sql { "SQL92" } else { "TAG" }.to_owned(), sub.to_owned()),
+                );
             // The group's own retry topic is Meridian's to manage (created with the group's
             // approval); only user topics are registered.
             if meridian_proto::topics::owning_group(topic) != Some(group) {
@@ -529,7 +649,13 @@ fn heartbeat(
             stats: None,
         };
         let new = remoting.state.groups.describe(group, client_id).is_none();
-        if let Err(error) = native_now(remoting, RequestCode::ConsumerHeartbeat, &native_heartbeat, peer) {
+        if let Err(error) = native_now(
+            remoting,
+            principal,
+            RequestCode::ConsumerHeartbeat,
+            &native_heartbeat,
+            peer,
+        ) {
             return failed(command, &error, Operation::Consume);
         }
         remoting.clients.register(group, client_id, peer, connection);
@@ -556,6 +682,7 @@ fn unregister(
     remoting: &Arc<Remoting>,
     command: &RemotingCommand,
     peer: SocketAddr,
+    principal: &Principal,
 ) -> Result<RemotingCommand, FieldError> {
     let fields = command.fields();
     let client_id = fields.str(&["clientID"])?;
@@ -564,7 +691,7 @@ fn unregister(
             group: group.to_owned(),
             client_id: client_id.to_owned(),
         };
-        if let Err(error) = native_now(remoting, RequestCode::ConsumerLeave, &leave, peer) {
+        if let Err(error) = native_now(remoting, principal, RequestCode::ConsumerLeave, &leave, peer) {
             return Ok(failed(command, &error, Operation::Consume));
         }
         remoting.clients.forget(group, client_id);
@@ -577,13 +704,14 @@ fn consumer_list(
     remoting: &Arc<Remoting>,
     command: &RemotingCommand,
     peer: SocketAddr,
+    principal: &Principal,
 ) -> Result<RemotingCommand, FieldError> {
     let group = command.fields().str(&["consumerGroup"])?;
     let request = GroupMember {
         group: group.to_owned(),
         client_id: String::new(),
     };
-    let members = match native_now(remoting, RequestCode::ConsumerList, &request, peer)
+    let members = match native_now(remoting, principal, RequestCode::ConsumerList, &request, peer)
         .and_then(decode::<ConsumerListResponse>)
     {
         Ok(members) => members,
@@ -613,6 +741,7 @@ fn query_offset(
     remoting: &Arc<Remoting>,
     command: &RemotingCommand,
     peer: SocketAddr,
+    principal: &Principal,
 ) -> Result<RemotingCommand, FieldError> {
     let group = command.fields().str(&["consumerGroup"])?.to_owned();
     let zero_if_not_found = command.fields().bool_or(&["setZeroIfNotFound"], true)?;
@@ -623,7 +752,8 @@ fn query_offset(
         queue_id,
         member: String::new(),
     };
-    let found = native_now(remoting, RequestCode::QueryOffset, &request, peer).and_then(decode::<QueryOffsetResponse>);
+    let found = native_now(remoting, principal, RequestCode::QueryOffset, &request, peer)
+        .and_then(decode::<QueryOffsetResponse>);
     Ok(match found {
         Ok(QueryOffsetResponse {
             offset: Some(offset), ..
@@ -652,6 +782,7 @@ fn update_offset(
     remoting: &Arc<Remoting>,
     command: &RemotingCommand,
     peer: SocketAddr,
+    principal: &Principal,
 ) -> Result<RemotingCommand, FieldError> {
     let group = command.fields().str(&["consumerGroup"])?.to_owned();
     let offset = command.fields().int(&["commitOffset"])?;
@@ -663,21 +794,26 @@ fn update_offset(
         offset: u64::try_from(offset).unwrap_or(0),
         ..Default::default()
     };
-    Ok(match native_now(remoting, RequestCode::CommitOffset, &request, peer) {
-        Ok(_) => command.success(),
-        Err(error) => failed(command, &error, Operation::Consume),
-    })
+    Ok(
+        match native_now(remoting, principal, RequestCode::CommitOffset, &request, peer) {
+            Ok(_) => command.success(),
+            Err(error) => failed(command, &error, Operation::Consume),
+        },
+    )
 }
 
 fn queue_bound(
     remoting: &Arc<Remoting>,
     command: &RemotingCommand,
     peer: SocketAddr,
+    principal: &Principal,
 ) -> Result<RemotingCommand, FieldError> {
     let (topic, queue_id) = queue_of(command)?;
     let request = QueueRef { topic, queue_id };
     Ok(
-        match native_now(remoting, RequestCode::QueueInfo, &request, peer).and_then(decode::<QueueInfoResponse>) {
+        match native_now(remoting, principal, RequestCode::QueueInfo, &request, peer)
+            .and_then(decode::<QueueInfoResponse>)
+        {
             Ok(info) if command.code == request::GET_MAX_OFFSET => command.success().with("offset", info.max_offset),
             Ok(info) => command.success().with("offset", info.min_offset),
             Err(error) => failed(command, &error, Operation::Consume),
@@ -685,7 +821,12 @@ fn queue_bound(
     )
 }
 
-fn search_offset(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -> Answer {
+fn search_offset(
+    remoting: &Arc<Remoting>,
+    command: &RemotingCommand,
+    peer: SocketAddr,
+    principal: &Principal,
+) -> Answer {
     let parsed = queue_of(command).and_then(|queue| Ok((queue, command.fields().int(&["timestamp"])?)));
     let ((topic, queue_id), timestamp) = match parsed {
         Ok(parsed) => parsed,
@@ -699,6 +840,7 @@ fn search_offset(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: Sock
     let request_command = command.clone().with_body(Bytes::new());
     native(
         remoting,
+        principal,
         RequestCode::SearchOffset,
         &request,
         peer,
@@ -709,7 +851,7 @@ fn search_offset(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: Sock
     )
 }
 
-fn send_back(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -> Answer {
+fn send_back(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr, principal: &Principal) -> Answer {
     let fields = command.fields();
     let parsed = (|| {
         Ok::<_, FieldError>((
@@ -762,6 +904,7 @@ fn send_back(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAd
     let request_command = command.clone().with_body(Bytes::new());
     native(
         remoting,
+        principal,
         RequestCode::SendBack,
         &request,
         peer,
@@ -772,7 +915,12 @@ fn send_back(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAd
     )
 }
 
-fn end_transaction(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -> Answer {
+fn end_transaction(
+    remoting: &Arc<Remoting>,
+    command: &RemotingCommand,
+    peer: SocketAddr,
+    principal: &Principal,
+) -> Answer {
     let fields = command.fields();
     let parsed = (|| {
         Ok::<_, FieldError>((
@@ -802,6 +950,7 @@ fn end_transaction(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: So
     let request_command = command.clone().with_body(Bytes::new());
     native(
         remoting,
+        principal,
         RequestCode::EndTransaction,
         &request,
         peer,
@@ -812,7 +961,12 @@ fn end_transaction(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: So
     )
 }
 
-fn lock_batch(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketAddr) -> RemotingCommand {
+fn lock_batch(
+    remoting: &Arc<Remoting>,
+    command: &RemotingCommand,
+    peer: SocketAddr,
+    principal: &Principal,
+) -> RemotingCommand {
     let body: Value = match serde_json::from_slice(&command.body) {
         Ok(body) => body,
         Err(error) => {
@@ -853,7 +1007,7 @@ fn lock_batch(remoting: &Arc<Remoting>, command: &RemotingCommand, peer: SocketA
         } else {
             RequestCode::UnlockQueues
         };
-        match native_now(remoting, code, &request, peer) {
+        match native_now(remoting, principal, code, &request, peer) {
             Ok(body) if lock => {
                 let granted = decode::<LockQueuesResponse>(body)
                     .map(|answer| answer.locked)
@@ -892,6 +1046,7 @@ fn view_message(remoting: &Arc<Remoting>, command: &RemotingCommand) -> Result<R
         match convert_records(
             &bytes.slice(..Record::parse(&bytes).map_or(0, |record| record.total_size())),
             remoting.advertise,
+            None,
         ) {
             Ok((body, 1)) => command.success().with_body(body),
             Ok(_) => command.respond(
@@ -915,9 +1070,15 @@ pub(super) fn pending_checks(
         max: 32,
     };
     let peer = remoting.advertise;
-    native_now(remoting, RequestCode::CheckTransactions, &request, peer)
-        .and_then(decode::<CheckTransactionsResponse>)
-        .map(|response| response.checks)
+    native_now(
+        remoting,
+        &Principal::Node,
+        RequestCode::CheckTransactions,
+        &request,
+        peer,
+    )
+    .and_then(decode::<CheckTransactionsResponse>)
+    .map(|response| response.checks)
 }
 
 /// `CHECK_TRANSACTION_STATE` for one half message: the header names it by its commitlog offset
@@ -1017,7 +1178,7 @@ fn query_message(remoting: &Arc<Remoting>, command: &RemotingCommand) -> Answer 
                                 .is_some_and(|keys| keys.split(properties::KEY_SEPARATOR).any(|one| one == key))
                         };
                         if matches {
-                            let (body, _) = convert_records(&bytes.slice(..record.total_size()), store_host)?;
+                            let (body, _) = convert_records(&bytes.slice(..record.total_size()), store_host, None)?;
                             out.extend_from_slice(&body);
                             count += 1;
                             if count >= max {

@@ -101,6 +101,9 @@ pub struct Remoting {
     pub producers: Clients,
     /// Half messages (commitlog offsets of the copies) already asked about.
     pub asked: Mutex<std::collections::HashSet<u64>>,
-    /// Subscriptions RocketMQ consumers registered by heartbeat, by (group, topic).
-    pub subscriptions: Mutex<HashMap<(String, String), String>>,
+    /// Subscriptions RocketMQ consumers registered by heartbeat, by (group, topic): the
+    /// expression type (`TAG` or `SQL92`) and the expression.
+    pub subscriptions: Mutex<HashMap<(String, String), (String, String)>>,
+    /// AccessKey signature checks; `None` when `[auth]` is off.
+    pub access: Option<super::access::AccessCheck>,
 }

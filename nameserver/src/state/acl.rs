@@ -225,6 +225,7 @@ mod tests {
                     name: name.into(),
                     verifier: StoredVerifier::from_verifier(&Verifier::generate(b"a secret")),
                     by: "ops".into(),
+                    rocketmq: None,
                 },
                 1,
             )

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::alerts::AlertUpdate;
 use super::brokers::BrokerRegistration;
 use super::governance::{GroupRequest, TopicChanges, TopicRequest};
-use super::users::StoredVerifier;
+use super::users::{RocketmqSecret, StoredVerifier};
 
 /// What a successful command returns, as clients read it (defined in the admin contract).
 pub use meridian_proto::admin::read::Response;
@@ -201,6 +201,9 @@ pub enum Command {
         verifier: StoredVerifier,
         /// Who creates it.
         by: String,
+        /// RocketMQ access: always `Sealed` in the log (the service seals `Plain` before writing).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rocketmq: Option<RocketmqSecret>,
     },
     /// Replace a user's verifier: the old secret stops working for new connections.
     RotateUser {
@@ -210,6 +213,9 @@ pub enum Command {
         verifier: StoredVerifier,
         /// Who rotates it.
         by: String,
+        /// RocketMQ access with the new secret (`Sealed`); `None` ends RocketMQ access.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rocketmq: Option<RocketmqSecret>,
     },
     /// Delete a user.
     DeleteUser {

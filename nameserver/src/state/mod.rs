@@ -385,12 +385,22 @@ impl MetadataState {
                 Response::Done
             }
             Command::RecordAlert(update) => Response::Alert(alerts::record(&mut self.alerts, now_ms, update)?),
-            Command::CreateUser { name, verifier, by } => {
-                self.user_store().create(now_ms, name, verifier, by)?;
+            Command::CreateUser {
+                name,
+                verifier,
+                by,
+                rocketmq,
+            } => {
+                self.user_store().create(now_ms, name, verifier, by, rocketmq)?;
                 Response::Done
             }
-            Command::RotateUser { name, verifier, by } => {
-                self.user_store().rotate(now_ms, name, verifier, by)?;
+            Command::RotateUser {
+                name,
+                verifier,
+                by,
+                rocketmq,
+            } => {
+                self.user_store().rotate(now_ms, name, verifier, by, rocketmq)?;
                 Response::Done
             }
             Command::DeleteUser { name, by } => {

@@ -13,7 +13,22 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{CommandError, require_person};
 
-pub use meridian_proto::admin::{StoredVerifier, UserView};
+pub use meridian_proto::admin::{RocketmqSecret, StoredVerifier, UserView};
+
+/// The sealed form of `rocketmq`, refusing a secret that reached the log unsealed (the service
+/// seals before writing, so this is a bug or a hand-made command).
+fn sealed_of(rocketmq: Option<RocketmqSecret>) -> Result<Option<String>, CommandError> {
+    match rocketmq {
+        None => Ok(None),
+        Some(RocketmqSecret::Sealed { sealed }) if sealed.starts_with("v1:") => Ok(Some(sealed)),
+        Some(RocketmqSecret::Sealed { .. }) => Err(CommandError::Invalid {
+            message: "the user's sealed RocketMQ secret is not in the v1 format; give the secret with `meridian user create|rotate NAME --rocketmq`".into(),
+        }),
+        Some(RocketmqSecret::Plain { .. }) => Err(CommandError::Invalid {
+            message: "a RocketMQ secret must be sealed by the nameserver before it is written; send it through a nameserver's admin API (`meridian user create|rotate NAME --rocketmq`)".into(),
+        }),
+    }
+}
 
 /// The verifier `stored` names, checked to be well formed.
 pub fn verifier_of(stored: &StoredVerifier) -> Result<Verifier, CommandError> {
@@ -36,6 +51,10 @@ pub struct User {
     pub created_by: String,
     /// When its secret last changed (creation or rotation).
     pub rotated_ms: u64,
+    /// Its secret sealed for RocketMQ AccessKey signatures
+    /// ([`meridian_proto::remoting::acl::AccessKeySealer`]); `None`: no RocketMQ access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rocketmq_sealed: Option<String>,
 }
 
 /// The users, lent by [`super::MetadataState::apply`].
@@ -50,10 +69,12 @@ impl Users<'_> {
         name: String,
         verifier: StoredVerifier,
         by: String,
+        rocketmq: Option<RocketmqSecret>,
     ) -> Result<(), CommandError> {
         auth::validate_user_name(&name).map_err(|message| CommandError::Invalid { message })?;
         require_person("by", &by)?;
         verifier_of(&verifier)?;
+        let rocketmq_sealed = sealed_of(rocketmq)?;
         if self.users.contains_key(&name) {
             return Err(CommandError::UserExists { name });
         }
@@ -64,6 +85,7 @@ impl Users<'_> {
                 created_ms: now_ms,
                 created_by: by,
                 rotated_ms: now_ms,
+                rocketmq_sealed,
             },
         );
         Ok(())
@@ -75,11 +97,15 @@ impl Users<'_> {
         name: String,
         verifier: StoredVerifier,
         by: String,
+        rocketmq: Option<RocketmqSecret>,
     ) -> Result<(), CommandError> {
         require_person("by", &by)?;
         verifier_of(&verifier)?;
+        let rocketmq_sealed = sealed_of(rocketmq)?;
         let user = self.users.get_mut(&name).ok_or(CommandError::UserNotFound { name })?;
         user.verifier = verifier;
+        // The old secret stops working for RocketMQ clients too.
+        user.rocketmq_sealed = rocketmq_sealed;
         user.rotated_ms = now_ms;
         Ok(())
     }
@@ -100,6 +126,7 @@ pub fn views(users: &BTreeMap<String, User>) -> Vec<UserView> {
             created_ms: user.created_ms,
             created_by: user.created_by.clone(),
             rotated_ms: user.rotated_ms,
+            rocketmq: user.rocketmq_sealed.is_some(),
         })
         .collect()
 }
@@ -118,7 +145,45 @@ mod tests {
             name: name.into(),
             verifier: verifier(secret),
             by: "ops".into(),
+            rocketmq: None,
         }
+    }
+
+    #[test]
+    fn rocketmq_secrets_are_stored_only_sealed_and_rotation_without_one_ends_access() {
+        let mut state = MetadataState::default();
+        let plain = Command::CreateUser {
+            name: "alice".into(),
+            verifier: verifier("s"),
+            by: "ops".into(),
+            rocketmq: Some(RocketmqSecret::Plain { secret: "s".into() }),
+        };
+        let error = state.apply(plain, 1).unwrap_err().to_string();
+        assert!(error.contains("must be sealed by the nameserver"), "{error}");
+        let sealer = meridian_proto::remoting::acl::AccessKeySealer::new("node secret node secret node secret");
+        let sealed = sealer.seal("alice", "s");
+        let create = Command::CreateUser {
+            name: "alice".into(),
+            verifier: verifier("s"),
+            by: "ops".into(),
+            rocketmq: Some(RocketmqSecret::Sealed { sealed: sealed.clone() }),
+        };
+        state.apply(create, 2).unwrap();
+        assert_eq!(state.users()["alice"].rocketmq_sealed.as_deref(), Some(sealed.as_str()));
+        assert!(views(state.users())[0].rocketmq);
+        let rotate = Command::RotateUser {
+            name: "alice".into(),
+            verifier: verifier("t"),
+            by: "ops".into(),
+            rocketmq: None,
+        };
+        state.apply(rotate, 3).unwrap();
+        assert_eq!(
+            state.users()["alice"].rocketmq_sealed,
+            None,
+            "the old secret stops working"
+        );
+        assert!(!views(state.users())[0].rocketmq);
     }
 
     #[test]
@@ -143,6 +208,7 @@ mod tests {
             name: "alice".into(),
             verifier: verifier("second"),
             by: "ops".into(),
+            rocketmq: None,
         };
         state.apply(rotate, 12).unwrap();
         let user = &state.users()["alice"];
@@ -176,6 +242,7 @@ mod tests {
                         ..verifier("x")
                     },
                     by: "ops".into(),
+                    rocketmq: None,
                 },
                 "salt is not hex",
             ),
@@ -187,6 +254,7 @@ mod tests {
                         ..verifier("x")
                     },
                     by: "ops".into(),
+                    rocketmq: None,
                 },
                 "iterations",
             ),
@@ -195,6 +263,7 @@ mod tests {
                     name: "bob".into(),
                     verifier: verifier("x"),
                     by: " ".into(),
+                    rocketmq: None,
                 },
                 "by is empty",
             ),

@@ -243,4 +243,7 @@ pub struct UserView {
     pub created_by: String,
     /// When its secret last changed.
     pub rotated_ms: u64,
+    /// Whether RocketMQ clients may sign requests as this user.
+    #[serde(default)]
+    pub rocketmq: bool,
 }

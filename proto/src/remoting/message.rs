@@ -1,6 +1,7 @@
 //! RocketMQ's message encodings (`MessageDecoder`): the stored-message layout a pull response's
 //! body concatenates, the batch layout of `SEND_BATCH_MESSAGE` bodies, the offset msgId
-//! (`storeHost + commitLogOffset` in hex) and zlib bodies (sysFlag `COMPRESSED`).
+//! (`storeHost + commitLogOffset` in hex) and compressed bodies (sysFlag `COMPRESSED`: zlib, and
+//! RocketMQ 5's LZ4 and ZSTD types, [`decompress_body`]).
 //!
 //! ```text
 //! i32 total | i32 magic | i32 bodyCRC | i32 queueId | i32 flag | i64 queueOffset |
@@ -30,7 +31,7 @@ pub const SYSFLAG_BORNHOST_V6: i32 = 0x10;
 pub const SYSFLAG_STOREHOST_V6: i32 = 0x20;
 /// sysFlag transaction bits (`TRANSACTION_PREPARED_TYPE` 0x4, commit 0x8, rollback 0xC).
 pub const SYSFLAG_TRANSACTION_MASK: i32 = 0xC;
-/// sysFlag compression type bits (8..10): 1 LZ4, 2 ZSTD, 3 ZLIB.
+/// sysFlag compression type bits (8..10): 1 LZ4, 2 ZSTD, 3 ZLIB ([`COMPRESSION_LZ4`] and on).
 pub const SYSFLAG_COMPRESSION_MASK: i32 = 0x700;
 
 /// One message as a pull response carries it.
@@ -364,29 +365,71 @@ pub fn parse_offset_msg_id(text: &str) -> Result<(SocketAddr, u64), MessageError
     Ok((SocketAddr::new(ip, u16::try_from(port).map_err(|_| invalid())?), offset))
 }
 
-/// Inflates a zlib body (sysFlag `COMPRESSED`, compression type none or ZLIB), refusing to grow
-/// past `max_len` bytes. LZ4 and ZSTD type bits are refused with what to change.
+/// sysFlag compression type (bits 8..10, `MessageSysFlag.COMPRESSION_TYPE_COMPARATOR`) of
+/// RocketMQ 5's `CompressionType`: LZ4 frame (`LZ4FrameOutputStream`).
+pub const COMPRESSION_LZ4: i32 = 1;
+/// Compression type ZSTD (a standard zstd frame, `ZstdOutputStream`).
+pub const COMPRESSION_ZSTD: i32 = 2;
+/// Compression type ZLIB; 0 (clients older than 5.0 set no type) means zlib too.
+pub const COMPRESSION_ZLIB: i32 = 3;
+
+/// Decompresses a body whose sysFlag has `COMPRESSED`, by its compression type (none or ZLIB:
+/// zlib, LZ4: an LZ4 frame, ZSTD: a zstd frame, as `CompressionType.findByValue` reads them),
+/// refusing to grow past `max_len` bytes. Types 4..7 do not exist and are refused.
 pub fn decompress_body(body: &[u8], sys_flag: i32, max_len: usize) -> Result<Vec<u8>, MessageError> {
-    match (sys_flag & SYSFLAG_COMPRESSION_MASK) >> 8 {
-        0 | 3 => {}
-        kind => {
+    let kind = (sys_flag & SYSFLAG_COMPRESSION_MASK) >> 8;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max_len + 1));
+    let limit = max_len as u64 + 1;
+    let (name, read) = match kind {
+        0 | COMPRESSION_ZLIB => (
+            "zlib",
+            flate2::read::ZlibDecoder::new(body).take(limit).read_to_end(&mut out),
+        ),
+        COMPRESSION_LZ4 => (
+            "LZ4 frame",
+            lz4_flex::frame::FrameDecoder::new(body)
+                .take(limit)
+                .read_to_end(&mut out),
+        ),
+        COMPRESSION_ZSTD => (
+            "zstd",
+            zstd::stream::read::Decoder::with_buffer(body)
+                .and_then(|decoder| decoder.take(limit).read_to_end(&mut out)),
+        ),
+        other => {
             return Err(MessageError(format!(
-                "compression type {kind} ({}) is not supported: use zlib (the client default) or send uncompressed",
-                if kind == 1 { "LZ4" } else { "ZSTD" }
+                "sysFlag compression type {other} is unknown: RocketMQ defines 1 (LZ4), 2 (ZSTD) and 3 (ZLIB); send with one of them or uncompressed"
             )));
         }
-    }
-    let mut out = Vec::with_capacity(body.len() * 4);
-    flate2::read::ZlibDecoder::new(body)
-        .take(max_len as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|error| MessageError(format!("zlib body does not inflate: {error}")))?;
+    };
+    read.map_err(|error| MessageError(format!("{name} body does not decompress: {error}")))?;
     if out.len() > max_len {
         return Err(MessageError(format!(
-            "compressed body inflates past the {max_len}-byte body limit"
+            "{name} body decompresses past the {max_len}-byte body limit: send a smaller body"
         )));
     }
     Ok(out)
+}
+
+/// Compresses `body` as a RocketMQ 5 producer does for compression type `kind` (zlib level 5,
+/// an LZ4 frame of 4 MiB blocks, a zstd frame at level 5), for tests and tools: what
+/// [`decompress_body`] reads. Unknown kinds are zlib, as `findByValue(0)` reads them.
+pub fn compress_body(body: &[u8], kind: i32) -> Vec<u8> {
+    use std::io::Write;
+    match kind {
+        COMPRESSION_LZ4 => {
+            let info = lz4_flex::frame::FrameInfo::new().block_size(lz4_flex::frame::BlockSize::Max4MB);
+            let mut encoder = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+            encoder.write_all(body).expect("writing to a Vec");
+            encoder.finish().expect("writing to a Vec")
+        }
+        COMPRESSION_ZSTD => zstd::stream::encode_all(body, 5).expect("compressing into a Vec"),
+        _ => {
+            let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(5));
+            encoder.write_all(body).expect("writing to a Vec");
+            encoder.finish().expect("writing to a Vec")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -466,7 +509,79 @@ mod tests {
             10_000
         );
         assert!(decompress_body(&compressed, SYSFLAG_COMPRESSED, 5_000).is_err());
-        assert!(decompress_body(&compressed, SYSFLAG_COMPRESSED | 0x100, 20_000).is_err());
+        assert_eq!(
+            decompress_body(&compressed, SYSFLAG_COMPRESSED | COMPRESSION_ZLIB << 8, 20_000)
+                .unwrap()
+                .len(),
+            10_000,
+            "RocketMQ 5 marks zlib as type 3"
+        );
+        assert!(decompress_body(&compressed, SYSFLAG_COMPRESSED | COMPRESSION_LZ4 << 8, 20_000).is_err());
         assert!(decompress_body(b"not zlib", SYSFLAG_COMPRESSED, 20_000).is_err());
+    }
+
+    /// A body as RocketMQ 5's `Lz4Compressor` makes it: lz4-java's `LZ4FrameOutputStream`
+    /// defaults (4 MiB independent blocks, no content checksum).
+    fn lz4_frame(body: &[u8]) -> Vec<u8> {
+        compress_body(body, COMPRESSION_LZ4)
+    }
+
+    #[test]
+    fn lz4_frame_bodies_decompress_within_the_limit() {
+        let body: Vec<u8> = (0..200_000u32).flat_map(|index| (index % 251).to_le_bytes()).collect();
+        let compressed = lz4_frame(&body);
+        assert_eq!(
+            &compressed[..4],
+            &[0x04, 0x22, 0x4D, 0x18],
+            "LZ4 frame magic, as LZ4FrameOutputStream writes"
+        );
+        let flag = SYSFLAG_COMPRESSED | COMPRESSION_LZ4 << 8;
+        assert_eq!(decompress_body(&compressed, flag, body.len()).unwrap(), body);
+        let error = decompress_body(&compressed, flag, body.len() - 1).unwrap_err();
+        assert!(error.to_string().contains("body limit"), "{error}");
+        // An LZ4 block without the frame (what a client using the raw block API would send).
+        let block = lz4_flex::block::compress(&body);
+        assert!(decompress_body(&block, flag, body.len()).is_err());
+    }
+
+    #[test]
+    fn zstd_bodies_decompress_within_the_limit() {
+        let body = b"zstd body from a RocketMQ 5 producer ".repeat(2_000);
+        // `ZstdOutputStream(out, level)` at the producer's default level 5 writes one frame.
+        let compressed = zstd::stream::encode_all(&body[..], 5).unwrap();
+        assert_eq!(&compressed[..4], &[0x28, 0xB5, 0x2F, 0xFD], "zstd frame magic");
+        let flag = SYSFLAG_COMPRESSED | COMPRESSION_ZSTD << 8;
+        assert_eq!(decompress_body(&compressed, flag, body.len()).unwrap(), body);
+        assert!(decompress_body(&compressed, flag, 1_000).is_err());
+        assert!(
+            decompress_body(&compressed, SYSFLAG_COMPRESSED, body.len()).is_err(),
+            "not zlib"
+        );
+        let unknown = decompress_body(&compressed, SYSFLAG_COMPRESSED | 5 << 8, body.len()).unwrap_err();
+        assert!(
+            unknown.to_string().contains("compression type 5 is unknown"),
+            "{unknown}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn every_compression_type_round_trips(body in proptest::collection::vec(any::<u8>(), 0..5_000)) {
+            let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(5));
+            zlib.write_all(&body).unwrap();
+            for (kind, compressed) in [
+                (0, zlib.finish().unwrap()),
+                (COMPRESSION_LZ4, lz4_frame(&body)),
+                (COMPRESSION_ZSTD, zstd::stream::encode_all(&body[..], 3).unwrap()),
+            ] {
+                let flag = SYSFLAG_COMPRESSED | kind << 8;
+                prop_assert_eq!(&decompress_body(&compressed, flag, 5_000).unwrap(), &body);
+            }
+        }
+
+        #[test]
+        fn garbage_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), kind in 0i32..8) {
+            let _ = decompress_body(&bytes, SYSFLAG_COMPRESSED | kind << 8, 10_000);
+        }
     }
 }
