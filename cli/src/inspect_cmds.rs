@@ -187,10 +187,10 @@ fn report(checks: &[Check], json: bool) -> Result<()> {
         let report = serde_json::json!({"checks": checks, "pass": pass, "warn": warn, "fail": fail});
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{:<6} {:<18} {:<28} DETAIL", "STATUS", "CHECK", "SUBJECT");
+        println!("{:<6} {:<16} {:<34} DETAIL", "STATUS", "CHECK", "SUBJECT");
         for check in checks {
             println!(
-                "{:<6} {:<18} {:<28} {}",
+                "{:<6} {:<16} {:<34} {}",
                 check.status.to_string(),
                 check.check,
                 check.subject,
