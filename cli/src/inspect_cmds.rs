@@ -250,7 +250,10 @@ async fn nameserver_checks(args: &HealthArgs, cluster: &Value) -> Vec<Check> {
                 let (verdict, detail) = if status == 200 {
                     (Status::Pass, format!("up at {addr}, {role}"))
                 } else {
-                    (Status::Warn, format!("up at {addr}, {role}, but knows no leader (HTTP {status})"))
+                    (
+                        Status::Warn,
+                        format!("up at {addr}, {role}, but knows no leader (HTTP {status})"),
+                    )
                 };
                 checks.push(check(verdict, "nameserver", subject, detail));
             }
@@ -264,7 +267,12 @@ async fn nameserver_checks(args: &HealthArgs, cluster: &Value) -> Vec<Check> {
     }
     let expected = args.expect_nameservers.unwrap_or(nodes.len());
     checks.push(count_check("nameservers", "cluster", up, expected));
-    checks.push(raft_check(cluster["leader"].as_u64(), cluster["term"].as_u64().unwrap_or(0), voters_up, voters));
+    checks.push(raft_check(
+        cluster["leader"].as_u64(),
+        cluster["term"].as_u64().unwrap_or(0),
+        voters_up,
+        voters,
+    ));
     checks
 }
 
@@ -327,7 +335,12 @@ fn topology_checks(args: &HealthArgs, groups: &[Value]) -> Vec<Check> {
             let subject = format!("{name}/{member_name}");
             let addr = member["addr"].as_str().unwrap_or("");
             checks.push(if alive {
-                check(Status::Pass, "broker", subject, format!("{role} in {idc} at {addr}, {heard}"))
+                check(
+                    Status::Pass,
+                    "broker",
+                    subject,
+                    format!("{role} in {idc} at {addr}, {heard}"),
+                )
             } else {
                 check(
                     Status::Fail,
@@ -444,7 +457,9 @@ async fn broker_checks(args: &HealthArgs, addr: SocketAddr) -> Vec<Check> {
     if status == 200 && health["status"] == "ok" {
         checks.push(check(Status::Pass, "broker health", &subject, "status ok"));
     } else {
-        let why = health["store_failure"].as_str().unwrap_or("its health answer is not ok");
+        let why = health["store_failure"]
+            .as_str()
+            .unwrap_or("its health answer is not ok");
         checks.push(check(
             Status::Fail,
             "broker health",
@@ -453,11 +468,26 @@ async fn broker_checks(args: &HealthArgs, addr: SocketAddr) -> Vec<Check> {
         ));
     }
     let Some(stats) = crate::probe::http_json(addr, "/api/broker/stats").await else {
-        checks.push(check(Status::Fail, "broker stats", &subject, "GET /api/broker/stats did not answer"));
+        checks.push(check(
+            Status::Fail,
+            "broker stats",
+            &subject,
+            "GET /api/broker/stats did not answer",
+        ));
         return checks;
     };
-    checks.push(tps_check("write tps", &subject, stats["put_tps_1m"].as_f64(), args.max_write_tps));
-    checks.push(tps_check("read tps", &subject, stats["get_tps_1m"].as_f64(), args.max_read_tps));
+    checks.push(tps_check(
+        "write tps",
+        &subject,
+        stats["put_tps_1m"].as_f64(),
+        args.max_write_tps,
+    ));
+    checks.push(tps_check(
+        "read tps",
+        &subject,
+        stats["get_tps_1m"].as_f64(),
+        args.max_read_tps,
+    ));
     let disk = &stats["disk"];
     checks.push(disk_check(
         &subject,
@@ -472,20 +502,42 @@ async fn broker_checks(args: &HealthArgs, addr: SocketAddr) -> Vec<Check> {
 /// A rate over the last minute against its ceiling (`max` 0: none). A broker sampled fewer than
 /// twice has no rate yet: WARN.
 pub fn tps_check(what: &str, subject: &str, rate: Option<f64>, max: f64) -> Check {
-    let limit = if max > 0.0 { format!("limit {max:.1}") } else { "no limit".to_owned() };
+    let limit = if max > 0.0 {
+        format!("limit {max:.1}")
+    } else {
+        "no limit".to_owned()
+    };
     match rate {
-        None => check(Status::Warn, what, subject, "no rate yet: the broker has sampled fewer than two times"),
-        Some(rate) if max > 0.0 && rate > max => {
-            check(Status::Warn, what, subject, format!("{rate:.1} msg/s over the last minute, {limit}"))
-        }
-        Some(rate) => check(Status::Pass, what, subject, format!("{rate:.1} msg/s over the last minute, {limit}")),
+        None => check(
+            Status::Warn,
+            what,
+            subject,
+            "no rate yet: the broker has sampled fewer than two times",
+        ),
+        Some(rate) if max > 0.0 && rate > max => check(
+            Status::Warn,
+            what,
+            subject,
+            format!("{rate:.1} msg/s over the last minute, {limit}"),
+        ),
+        Some(rate) => check(
+            Status::Pass,
+            what,
+            subject,
+            format!("{rate:.1} msg/s over the last minute, {limit}"),
+        ),
     }
 }
 
 /// The share of the broker's filesystem free: FAIL under `fail_pct`, WARN under `warn_pct`.
 pub fn disk_check(subject: &str, free: Option<u64>, total: Option<u64>, warn_pct: f64, fail_pct: f64) -> Check {
     let (Some(free), Some(total)) = (free, total) else {
-        return check(Status::Warn, "disk free", subject, "not measured yet (the broker measures once a minute)");
+        return check(
+            Status::Warn,
+            "disk free",
+            subject,
+            "not measured yet (the broker measures once a minute)",
+        );
     };
     if total == 0 {
         return check(Status::Warn, "disk free", subject, "the filesystem reports a size of 0");
@@ -522,7 +574,12 @@ pub const CANARY_GROUP: &str = "meridian-canary";
 /// route from that broker alone), so a group the others could cover for still fails by name.
 async fn canary(args: &HealthArgs) -> Vec<Check> {
     let Some(Value::Array(groups)) = crate::probe::http_json(args.http, "/api/brokers").await else {
-        return vec![check(Status::Fail, "canary", "brokers", "GET /api/brokers did not answer: nothing to probe")];
+        return vec![check(
+            Status::Fail,
+            "canary",
+            "brokers",
+            "GET /api/brokers did not answer: nothing to probe",
+        )];
     };
     let timeout = Duration::from_millis(args.canary_timeout_ms);
     let mut checks = Vec::new();
@@ -531,7 +588,9 @@ async fn canary(args: &HealthArgs) -> Vec<Check> {
         let master = group["master"].as_str();
         let addr = members(group)
             .into_iter()
-            .find(|member| master.is_some() && member["name"].as_str() == master && member["alive"].as_bool() == Some(true))
+            .find(|member| {
+                master.is_some() && member["name"].as_str() == master && member["alive"].as_bool() == Some(true)
+            })
             .and_then(|member| member["addr"].as_str().map(str::to_owned));
         let Some(addr) = addr else {
             checks.push(check(
@@ -545,29 +604,52 @@ async fn canary(args: &HealthArgs) -> Vec<Check> {
         let started = Instant::now();
         let outcome = tokio::time::timeout(timeout, probe(&addr, &args.canary_topic, name)).await;
         let elapsed = started.elapsed();
-        checks.push(canary_check(name, &addr, outcome.unwrap_or_else(|_| Err(format!("not consumed back within {} ms", timeout.as_millis()))), elapsed, timeout));
+        checks.push(canary_check(
+            name,
+            &addr,
+            outcome.unwrap_or_else(|_| Err(format!("not consumed back within {} ms", timeout.as_millis()))),
+            elapsed,
+            timeout,
+        ));
     }
     checks
 }
 
 /// A probe's verdict: consumed back within `timeout` passes with its latency; otherwise FAIL
 /// naming the group and why.
-pub fn canary_check(group: &str, addr: &str, outcome: std::result::Result<(), String>, elapsed: Duration, timeout: Duration) -> Check {
+pub fn canary_check(
+    group: &str,
+    addr: &str,
+    outcome: std::result::Result<(), String>,
+    elapsed: Duration,
+    timeout: Duration,
+) -> Check {
     let ms = elapsed.as_secs_f64() * 1000.0;
     match outcome {
         Ok(()) if elapsed <= timeout => check(
             Status::Pass,
             "canary",
             group,
-            format!("probe sent to {addr} and consumed back in {ms:.1} ms (timeout {} ms)", timeout.as_millis()),
+            format!(
+                "probe sent to {addr} and consumed back in {ms:.1} ms (timeout {} ms)",
+                timeout.as_millis()
+            ),
         ),
         Ok(()) => check(
             Status::Fail,
             "canary",
             group,
-            format!("probe came back from {addr} in {ms:.1} ms, over the timeout of {} ms", timeout.as_millis()),
+            format!(
+                "probe came back from {addr} in {ms:.1} ms, over the timeout of {} ms",
+                timeout.as_millis()
+            ),
         ),
-        Err(why) => check(Status::Fail, "canary", group, format!("probe through {addr} failed: {why}")),
+        Err(why) => check(
+            Status::Fail,
+            "canary",
+            group,
+            format!("probe through {addr} failed: {why}"),
+        ),
     }
 }
 
@@ -589,7 +671,12 @@ async fn probe(addr: &str, topic: &str, group: &str) -> std::result::Result<(), 
     );
     let consumer = PullConsumer::new(route, config, CANARY_GROUP);
     let result = async {
-        let body = format!("meridian canary probe of {group} at {}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis()));
+        let body = format!(
+            "meridian canary probe of {group} at {}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis())
+        );
         let sent = producer
             .send(Message::new(topic, body).with_key(group))
             .await
@@ -625,8 +712,14 @@ mod tests {
     #[test]
     fn disk_fails_under_the_threshold_and_warns_under_the_warning() {
         let gib = 1024 * 1024 * 1024;
-        assert_eq!(disk_check("b", Some(50 * gib), Some(100 * gib), 20.0, 10.0).status, Status::Pass);
-        assert_eq!(disk_check("b", Some(15 * gib), Some(100 * gib), 20.0, 10.0).status, Status::Warn);
+        assert_eq!(
+            disk_check("b", Some(50 * gib), Some(100 * gib), 20.0, 10.0).status,
+            Status::Pass
+        );
+        assert_eq!(
+            disk_check("b", Some(15 * gib), Some(100 * gib), 20.0, 10.0).status,
+            Status::Warn
+        );
         let failed = disk_check("b", Some(9 * gib), Some(100 * gib), 20.0, 10.0);
         assert_eq!(failed.status, Status::Fail);
         assert!(failed.detail.contains("9.0% free"), "{}", failed.detail);
@@ -687,7 +780,13 @@ mod tests {
         assert!(passed.detail.contains("5.0 ms"), "{}", passed.detail);
         let slow = canary_check("broker-a", "127.0.0.1:1", Ok(()), Duration::from_millis(150), timeout);
         assert_eq!(slow.status, Status::Fail);
-        let lost = canary_check("broker-b", "127.0.0.1:1", Err("not consumed back within 100 ms".into()), timeout, timeout);
+        let lost = canary_check(
+            "broker-b",
+            "127.0.0.1:1",
+            Err("not consumed back within 100 ms".into()),
+            timeout,
+            timeout,
+        );
         assert_eq!((lost.status, lost.subject.as_str()), (Status::Fail, "broker-b"));
         assert!(lost.detail.contains("not consumed back"), "{}", lost.detail);
     }

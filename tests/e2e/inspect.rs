@@ -32,7 +32,10 @@ async fn a_dev_node_passes_every_check_and_the_canary_comes_back() {
     })
     .await;
     let (ok, stdout, stderr) = last;
-    assert!(passed && ok, "inspect health fails on a healthy dev node:\n{stdout}{stderr}");
+    assert!(
+        passed && ok,
+        "inspect health fails on a healthy dev node:\n{stdout}{stderr}"
+    );
     for check in [
         "nameserver ",
         "nameservers ",
@@ -49,7 +52,9 @@ async fn a_dev_node_passes_every_check_and_the_canary_comes_back() {
         "canary ",
     ] {
         assert!(
-            stdout.lines().any(|line| line.starts_with("PASS") && line.contains(check)),
+            stdout
+                .lines()
+                .any(|line| line.starts_with("PASS") && line.contains(check)),
             "no passing {check:?} check:\n{stdout}"
         );
     }
@@ -73,15 +78,22 @@ async fn a_dev_node_passes_every_check_and_the_canary_comes_back() {
     let (ok, stdout, stderr) = inspect(&node, &["--min-disk-free-pct", "100", "--warn-disk-free-pct", "100"]);
     assert!(!ok, "{stdout}");
     assert!(
-        stdout.lines().any(|line| line.starts_with("FAIL") && line.contains("disk free")),
+        stdout
+            .lines()
+            .any(|line| line.starts_with("FAIL") && line.contains("disk free")),
         "{stdout}"
     );
     assert!(stderr.contains("health check(s) failed: disk free"), "{stderr}");
     // A canary topic nobody approved fails the canary, naming the group.
-    let (ok, stdout, _) = inspect(&node, &[&DISK[..], &["--canary", "--canary-topic", "no-such-topic"]].concat());
+    let (ok, stdout, _) = inspect(
+        &node,
+        &[&DISK[..], &["--canary", "--canary-topic", "no-such-topic"]].concat(),
+    );
     assert!(!ok, "{stdout}");
     assert!(
-        stdout.lines().any(|line| line.starts_with("FAIL") && line.contains("canary") && line.contains("broker-")),
+        stdout
+            .lines()
+            .any(|line| line.starts_with("FAIL") && line.contains("canary") && line.contains("broker-")),
         "{stdout}"
     );
 }
@@ -109,7 +121,12 @@ async fn a_killed_broker_group_fails_the_inspection_by_name() {
     let mut last = (false, String::new(), String::new());
     let both_up = eventually(Duration::from_secs(20), || {
         last = inspect(&node, &args);
-        last.0 && last.1.contains("broker-b/") && last.1.lines().any(|line| line.starts_with("PASS") && line.contains("master") && line.contains("broker-b"))
+        last.0
+            && last.1.contains("broker-b/")
+            && last
+                .1
+                .lines()
+                .any(|line| line.starts_with("PASS") && line.contains("master") && line.contains("broker-b"))
     })
     .await;
     assert!(both_up, "two live groups should pass:\n{}{}", last.1, last.2);
@@ -118,19 +135,29 @@ async fn a_killed_broker_group_fails_the_inspection_by_name() {
     let failed = eventually(Duration::from_secs(20), || {
         last = inspect(&node, &args);
         !last.0
-            && last.1.lines().any(|line| line.starts_with("FAIL") && line.contains("master") && line.contains("broker-b"))
+            && last
+                .1
+                .lines()
+                .any(|line| line.starts_with("FAIL") && line.contains("master") && line.contains("broker-b"))
     })
     .await;
     let (_, stdout, stderr) = last;
-    assert!(failed, "a killed broker-b should fail the inspection:\n{stdout}{stderr}");
     assert!(
-        stdout.lines().any(|line| line.starts_with("FAIL") && line.contains("broker health") && line.contains(&broker_b_http)),
+        failed,
+        "a killed broker-b should fail the inspection:\n{stdout}{stderr}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.starts_with("FAIL") && line.contains("broker health") && line.contains(&broker_b_http)),
         "{stdout}"
     );
     assert!(stderr.contains("master broker-b"), "{stderr}");
     // broker-a is untouched.
     assert!(
-        stdout.lines().any(|line| line.starts_with("PASS") && line.contains("master") && line.contains("broker-a")),
+        stdout
+            .lines()
+            .any(|line| line.starts_with("PASS") && line.contains("master") && line.contains("broker-a")),
         "{stdout}"
     );
 }
