@@ -20,6 +20,7 @@ mod drill;
 mod env_cmds;
 mod governance;
 mod http;
+mod inspect_cmds;
 mod messaging_cmds;
 mod nameservers;
 mod printer;
@@ -109,6 +110,9 @@ enum Command {
     Ui(ui_cmd::UiArgs),
     /// The cluster's alerts, firing and resolved, with owners and history (rules: `[alerts]`).
     Alerts(alerts_cmds::AlertsArgs),
+    /// Inspect the cluster: `inspect health` checks every node and, with --canary, every broker group.
+    #[command(subcommand)]
+    Inspect(inspect_cmds::InspectCommand),
     /// Users who may connect when `[auth]` is on: create, rotate, delete, list.
     #[command(subcommand)]
     User(user_cmds::UserCommand),
@@ -189,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Dlq(command) => messaging_cmds::dlq(command).await,
             Command::Client(command) => sdk_cmds::client(command).await,
             Command::Alerts(args) => alerts_cmds::alerts(args).await,
+            Command::Inspect(command) => inspect_cmds::inspect(command).await,
             Command::User(command) => user_cmds::user(command).await,
             Command::Audit(args) => audit_cmds::audit(args).await,
             Command::Acl(command) => acl_cmds::acl(command).await,

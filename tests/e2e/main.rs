@@ -14,6 +14,7 @@ mod durability;
 mod faults;
 mod first_hour;
 mod governance;
+mod inspect;
 mod messaging;
 mod nameserver;
 mod near_by;
