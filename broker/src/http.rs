@@ -36,7 +36,7 @@ struct HttpState {
     replication: Arc<Replication>,
     lag: LagCollector,
     clients: ClientsView,
-    stats: Arc<crate::metrics::stats::BrokerStats>,
+    stats: Arc<crate::stats::BrokerStats>,
     idc: String,
 }
 
@@ -179,7 +179,7 @@ struct StatsQuery {
 
 /// `GET /api/broker/stats?topic=T`: put and get rates of the last sample and of the last minute,
 /// the data directory's disk use, the rates of every sample of the last five minutes, and with
-/// `topic` that topic's put rate per sample (`metrics/stats.rs`). Reads the sampler's ring only.
+/// `topic` that topic's put rate per sample (`stats.rs`). Reads the sampler's ring only.
 async fn stats_report(
     State(state): State<HttpState>,
     query: Result<axum::extract::Query<StatsQuery>, axum::extract::rejection::QueryRejection>,

@@ -45,6 +45,7 @@ pub mod retry;
 pub mod schedule;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod store;
 pub mod throttle;
 pub mod trace;

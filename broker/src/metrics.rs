@@ -10,8 +10,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-pub mod stats;
-
 /// Labels of per-request metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -129,9 +127,6 @@ pub struct BrokerMetrics {
     pub throttled_messages: Family<ProducerLabels, Counter>,
     /// Trace emission ([`crate::trace`]).
     pub trace: std::sync::Arc<TraceMetrics>,
-    /// Recent put/get rates, per-topic put rates and disk use, sampled from the counters above
-    /// ([`stats`]), for the console.
-    pub stats: std::sync::Arc<stats::BrokerStats>,
 }
 
 impl Default for BrokerMetrics {
@@ -171,7 +166,6 @@ impl Default for BrokerMetrics {
             throttled_sends: Family::default(),
             throttled_messages: Family::default(),
             trace: std::sync::Arc::default(),
-            stats: std::sync::Arc::default(),
         }
     }
 }

@@ -192,6 +192,7 @@ impl Broker {
             metrics.trace.clone(),
         ));
         let state = Arc::new(BrokerState {
+            stats: Arc::default(),
             trace,
             replication,
             governance,
@@ -257,8 +258,8 @@ impl Broker {
     }
 
     /// Recent rates and disk use, sampled while the broker runs (`GET /api/broker/stats`).
-    pub fn stats(&self) -> Arc<crate::metrics::stats::BrokerStats> {
-        self.state.metrics.stats.clone()
+    pub fn stats(&self) -> Arc<crate::stats::BrokerStats> {
+        self.state.stats.clone()
     }
 
     /// The authentication of this broker's HTTP API: `None` when `[auth]` is off.
@@ -336,8 +337,8 @@ impl Broker {
         }
         retention.spawn(crate::schedule::run(state.clone(), retention_stop.clone()));
         retention.spawn(crate::transaction::run(state.clone(), retention_stop.clone()));
-        retention.spawn(crate::metrics::stats::sample_loop(
-            state.metrics.stats.clone(),
+        retention.spawn(crate::stats::sample_loop(
+            state.stats.clone(),
             state.metrics.clone(),
             state.store.clone(),
             state.config.data_dir.clone(),

@@ -52,6 +52,9 @@ pub struct BrokerState {
     pub tls: Option<Arc<meridian_proto::tls::TlsServer>>,
     /// The `[connections]` limits and the connections they count.
     pub connection_limits: Arc<meridian_proto::serve::ConnectionLimiter>,
+    /// Recent put/get rates, per-topic put rates and disk use, sampled from the metrics
+    /// ([`crate::stats`]), for the console.
+    pub stats: Arc<crate::stats::BrokerStats>,
 }
 impl BrokerState {
     /// A master's state around `config` and an opened `store`, for unit tests of handlers.
@@ -86,6 +89,7 @@ impl BrokerState {
             oneway_failure_log: meridian_proto::throttle::Throttle::new(Duration::from_secs(10)),
             lag: crate::lag::LagTracker::default(),
             producers: crate::producers::ProducerReports::default(),
+            stats: Arc::default(),
         })
     }
 }

@@ -13,6 +13,10 @@ use crate::error::NameserverError;
 use crate::raft::RaftConfig;
 use crate::types::{Node, NodeId};
 
+/// Requests one connection may have running at once by default (`max_inflight_per_connection`);
+/// more wait for a slot.
+pub const MAX_INFLIGHT_PER_CONNECTION: usize = 256;
+
 /// One node of the initial cluster (a `[[members]]` entry).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,7 +149,7 @@ impl Default for NameserverConfig {
             auth: crate::auth::AuthConfig::default(),
             tls: meridian_proto::tls::TlsSettings::default(),
             connections: meridian_proto::serve::ConnectionLimits::default(),
-            max_inflight_per_connection: crate::server::MAX_INFLIGHT_PER_CONNECTION,
+            max_inflight_per_connection: MAX_INFLIGHT_PER_CONNECTION,
             tls_client: None,
         }
     }

@@ -37,8 +37,7 @@ use crate::raft::NameserverRaft;
 use crate::service::{NameserverService, Query, ServiceSettings, WriteRequest};
 use crate::types::Node;
 
-/// Requests one connection may have running at once; more wait for a slot.
-pub const MAX_INFLIGHT_PER_CONNECTION: usize = 256;
+pub use crate::config::MAX_INFLIGHT_PER_CONNECTION;
 
 /// A nameserver whose Raft node runs and whose listener is bound, ready to [`Nameserver::run`].
 pub struct Nameserver {
@@ -463,10 +462,14 @@ impl FrameService for NameserverFrames {
                     .raft()
                     .read_state(|state| match &request.op {
                         crate::service::WriteOp::Command { command } => {
-                            crate::state::acl::authorize_command(state, user, command)
+                            crate::state::acl::authorize_command(&state.acl(), user, command)
                         }
                         crate::service::WriteOp::AddNode { .. } | crate::service::WriteOp::RemoveNode { .. } => {
-                            crate::state::acl::require_super_user(state, user, "change the nameservers' membership")
+                            crate::state::acl::require_super_user(
+                                &state.acl(),
+                                user,
+                                "change the nameservers' membership",
+                            )
                         }
                     })
                     .map_err(|denied| ApiError::new(ErrorCode::PermissionDenied, denied))?;

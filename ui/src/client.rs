@@ -161,7 +161,7 @@ impl Upstream {
             self.addr
         );
         // The logged-in user's session (or the login call's Basic): the APIs see who acts.
-        if let Some(authorization) = crate::login::authorization() {
+        if let Some(authorization) = crate::session::authorization() {
             head.push_str(&format!("Authorization: {authorization}\r\n"));
         }
         let body = match body {

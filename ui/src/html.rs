@@ -79,10 +79,10 @@ pub fn page(title: &str, active: Nav, body: &str) -> String {
         let _ = write!(nav, "<a href=\"{href}\"{current}>{label}</a>");
     }
     // With `[auth]` on: who is logged in, and the way out.
-    let account = match crate::login::current_user() {
+    let account = match crate::session::current_user() {
         Some(user) => format!(
             "<form class=\"account\" method=\"post\" action=\"/logout\">{}<span class=\"user\">{}</span> <button>Log out</button></form>",
-            crate::login::csrf_field(),
+            crate::session::csrf_field(),
             esc(&user)
         ),
         None => String::new(),
@@ -224,11 +224,11 @@ pub fn time_of(value: &serde_json::Value) -> String {
 /// The form fields every change carries: who makes it (remembered by the page script; the
 /// logged-in user when there is a session) and the session's CSRF token.
 pub fn by_field() -> String {
-    match crate::login::current_user() {
+    match crate::session::current_user() {
         Some(user) => format!(
             "<label>your name <input name=\"by\" value=\"{}\" readonly maxlength=\"64\"></label>{}",
             attr(&user),
-            crate::login::csrf_field()
+            crate::session::csrf_field()
         ),
         None => "<label>your name <input name=\"by\" required maxlength=\"64\" data-remember=\"by\" autocomplete=\"username\"></label>".to_owned(),
     }

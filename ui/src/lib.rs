@@ -20,6 +20,7 @@ pub mod html;
 pub mod lag;
 pub mod login;
 pub mod pages;
+pub mod session;
 pub mod svg;
 
 use std::collections::HashMap;

@@ -17,58 +17,17 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use meridian_proto::http_auth::{CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, check_csrf, check_origin, csrf_token};
+use meridian_proto::http_auth::{CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, check_csrf, check_origin};
 
 use crate::client::{Upstream, decode_form};
 use crate::html::{attr, esc};
+use crate::session::{ConsoleSession, SESSION, current};
 
 /// The cookie that holds the logged-in user's name, for the header (not a credential).
 pub const USER_COOKIE: &str = "meridian_user";
 
 /// Largest form body read to check its CSRF token.
 const MAX_FORM_BODY: usize = 1 << 20;
-
-/// The session of the request being served.
-#[derive(Clone, Default)]
-pub struct ConsoleSession {
-    token: Option<String>,
-    user: Option<String>,
-    /// `Authorization` to send instead of the session's (the login call's Basic).
-    authorization: Option<String>,
-}
-
-tokio::task_local! {
-    // A task-local, not a global: it lives exactly as long as one request's future.
-    static SESSION: ConsoleSession;
-}
-
-fn current() -> ConsoleSession {
-    SESSION.try_with(ConsoleSession::clone).unwrap_or_default()
-}
-
-/// The `Authorization` value the console's calls to the APIs carry for this request.
-pub fn authorization() -> Option<String> {
-    let session = current();
-    session
-        .authorization
-        .or_else(|| session.token.map(|token| format!("Bearer {token}")))
-}
-
-/// Who is logged in, for the header and the forms' `by`.
-pub fn current_user() -> Option<String> {
-    current().token.and(current().user)
-}
-
-/// The hidden CSRF field of a form; empty without a session.
-pub fn csrf_field() -> String {
-    match current().token {
-        Some(token) => format!(
-            "<input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{}\">",
-            csrf_token(&token)
-        ),
-        None => String::new(),
-    }
-}
 
 /// The value of cookie `name`.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -242,7 +201,10 @@ pub async fn logout(nameserver: &Upstream) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use meridian_proto::http_auth::csrf_token;
+
     use super::*;
+    use crate::session::{authorization, csrf_field, current_user};
 
     #[test]
     fn next_stays_on_this_console() {

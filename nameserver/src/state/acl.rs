@@ -11,6 +11,7 @@ use meridian_proto::acl::{self, Acl, Action, ResourcePattern, Rule, Subject};
 use serde::{Deserialize, Serialize};
 
 use super::ApprovalStatus;
+use super::commands::Command;
 use super::error::{CommandError, require_person};
 use super::governance::{ConsumerGroup, Topic};
 use super::users::User;
@@ -128,8 +129,8 @@ impl AclStore<'_> {
 }
 
 /// Refuses `user` unless a super user; the error says what needed it and how to become one.
-pub fn require_super_user(state: &super::MetadataState, user: &str, doing: &str) -> Result<(), String> {
-    if state.is_super_user(user) {
+pub fn require_super_user(acl: &Acl, user: &str, doing: &str) -> Result<(), String> {
+    if acl.super_users.contains(user) {
         return Ok(());
     }
     Err(format!(
@@ -141,12 +142,10 @@ pub fn require_super_user(state: &super::MetadataState, user: &str, doing: &str)
 /// update, delete; an ACL rule on one literal topic or group), super user for everything
 /// cluster-wide (switchovers, drills, IDC rules, the SDK policy, users, teams, super users, rules
 /// on prefixes or `*`). Asking for a topic or group needs nothing: approving it does.
-pub fn authorize_command(state: &super::MetadataState, user: &str, command: &super::Command) -> Result<(), String> {
-    use super::Command;
+pub fn authorize_command(acl: &Acl, user: &str, command: &Command) -> Result<(), String> {
     use meridian_proto::acl::{NamePattern, Resource};
     let admin_on = |resource: Resource<'_>, doing: &str| -> Result<(), String> {
-        let model = state.acl();
-        if model.allowed(
+        if acl.allowed(
             &meridian_proto::auth::Principal::User(user.to_owned()),
             Action::Admin,
             resource,
@@ -158,7 +157,7 @@ pub fn authorize_command(state: &super::MetadataState, user: &str, command: &sup
         ))
     };
     match command {
-        Command::Audited { command, .. } => authorize_command(state, user, command),
+        Command::Audited { command, .. } => authorize_command(acl, user, command),
         Command::RequestTopic(_) | Command::RequestGroup(_) => Ok(()),
         Command::ApproveTopic { name, .. }
         | Command::RejectTopic { name, .. }
@@ -170,15 +169,15 @@ pub fn authorize_command(state: &super::MetadataState, user: &str, command: &sup
         Command::AclAdd { rule, .. } => match &rule.resource {
             ResourcePattern::Topic(NamePattern::Literal(name)) => admin_on(Resource::Topic(name), "change its rules"),
             ResourcePattern::Group(NamePattern::Literal(name)) => admin_on(Resource::Group(name), "change its rules"),
-            _ => require_super_user(state, user, "add rules on prefixes or *"),
+            _ => require_super_user(acl, user, "add rules on prefixes or *"),
         },
         Command::AclRevoke { resource, .. } => match resource {
             ResourcePattern::Topic(NamePattern::Literal(name)) => admin_on(Resource::Topic(name), "change its rules"),
             ResourcePattern::Group(NamePattern::Literal(name)) => admin_on(Resource::Group(name), "change its rules"),
-            _ => require_super_user(state, user, "revoke rules on prefixes or *"),
+            _ => require_super_user(acl, user, "revoke rules on prefixes or *"),
         },
         _ => require_super_user(
-            state,
+            acl,
             user,
             "make cluster-wide changes (switchovers, drills, IDC rules, the SDK policy, users, teams)",
         ),

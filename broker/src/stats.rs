@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::BrokerMetrics;
+use crate::metrics::BrokerMetrics;
 use crate::store::MessageStore;
 
 /// How often the counters are sampled.
