@@ -923,6 +923,14 @@ async fn rocketmq_clients_sign_with_their_access_key_and_everything_else_is_refu
         "{stdout}{stderr}"
     );
     let app_secret = exported(&stdout, "MERIDIAN_SECRET");
+    // Authorization is on with auth: the application may produce to and consume its topics.
+    for args in [
+        &["acl", "grant", "user:rmq-app", "PUB,SUB", "topic:signed-*"][..],
+        &["acl", "grant", "user:rmq-app", "SUB", "group:signed-*"][..],
+    ] {
+        let (ok, _, stderr) = cli_as(&node, "admin", &admin_secret, args);
+        assert!(ok, "{args:?}: {stderr}");
+    }
     let (ok, stdout, stderr) = cli_as(&node, "admin", &admin_secret, &["user", "create", "native-only"]);
     assert!(ok, "{stderr}");
     let native_secret = exported(&stdout, "MERIDIAN_SECRET");

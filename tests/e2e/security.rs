@@ -1102,3 +1102,124 @@ async fn security_acl_pub_and_sub_need_grants_deny_beats_allow_and_admin_writes_
     );
     node.stop();
 }
+
+/// Rows of a `/api/sql` answer as the caller `authorization` sees them (status, rows).
+async fn sql_rows(http_addr: &str, authorization: &str, sql: &str) -> (u16, Vec<serde_json::Value>) {
+    let (status, _, body) = http(http_addr, "POST", "/api/sql", &[("Authorization", authorization)], sql).await;
+    let rows = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|answer| answer["rows"].as_array().cloned())
+        .unwrap_or_default();
+    (status, rows)
+}
+
+/// Authorization over HTTP, end to end: the HTTP layer names the caller and SQL and trace lookups
+/// answer only over the topics the caller may read, whatever the query's shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_acl_http_sql_and_traces_show_only_topics_the_caller_may_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let args: Vec<&std::ffi::OsStr> = [
+        "dev",
+        "--auth",
+        "--nameserver-listen",
+        "127.0.0.1:0",
+        "--broker-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--no-rocketmq",
+        "--data-dir",
+    ]
+    .iter()
+    .map(std::ffi::OsStr::new)
+    .chain([data_dir.as_os_str()])
+    .collect();
+    let node = ServiceProcess::start_logging(&args, dir.path(), |line| line.starts_with("ready"), None);
+    let banner = node.banner.join("\n");
+    let nameserver = node.address("nameserver").expect("nameserver address").to_string();
+    let http_addr = node.address("http").expect("http address").to_string();
+    let admin_secret = exported(&banner, "MERIDIAN_SECRET");
+    let admin = Some(("admin", admin_secret.as_str()));
+    let run = |args: &[&str]| {
+        let outcome = cli(&nameserver, admin, args);
+        assert!(outcome.0, "{args:?}: {}{}", outcome.1, outcome.2);
+        outcome.1
+    };
+    for topic in ["acl-http-open", "acl-http-closed"] {
+        run(&["topic", "create", topic, "--queues", "1"]);
+        run(&[
+            "produce",
+            "--topic",
+            topic,
+            "--key",
+            &format!("key-{topic}"),
+            "--body",
+            topic,
+        ]);
+    }
+    let carol_secret = exported(&run(&["user", "create", "carol"]), "MERIDIAN_SECRET");
+    run(&["acl", "grant", "user:carol", "SQL,TRACE", "topic:acl-http-open"]);
+    let admin_basic = meridian_proto::http_auth::basic_authorization("admin", &admin_secret);
+    let carol_basic = meridian_proto::http_auth::basic_authorization("carol", &carol_secret);
+
+    // The super user sees both messages once they are stored and traced.
+    let both = "SELECT topic FROM messages WHERE topic LIKE 'acl-http-%' ORDER BY topic";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, rows) = sql_rows(&http_addr, &admin_basic, both).await;
+        if status == 200 && rows.len() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admin never saw both messages: {status} {rows:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let traced = |key: &'static str, authorization: String| {
+        let http_addr = http_addr.clone();
+        async move {
+            let (status, _, body) = http(
+                &http_addr,
+                "GET",
+                &format!("/api/traces?key={key}"),
+                &[("Authorization", authorization.as_str())],
+                "",
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+            page["messages"].as_array().map_or(0, Vec::len)
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while traced("key-acl-http-closed", admin_basic.clone()).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed topic's message was never traced"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // Carol may read one topic: every shape of query answers over that topic only.
+    for sql in [
+        both,
+        "SELECT topic FROM messages WHERE topic = 'acl-http-closed'",
+        "SELECT topic FROM messages WHERE topic LIKE 'acl-http-%' UNION ALL SELECT topic FROM live_messages WHERE topic = 'acl-http-closed'",
+        "SELECT topic FROM (SELECT * FROM messages) AS inner_messages WHERE topic LIKE 'acl-http-%'",
+    ] {
+        let (status, rows) = sql_rows(&http_addr, &carol_basic, sql).await;
+        assert_eq!(status, 200, "{sql}");
+        assert!(
+            rows.iter().all(|row| row.to_string().contains("acl-http-open")),
+            "{sql}: carol saw another topic's rows: {rows:?}"
+        );
+    }
+    let (_, rows) = sql_rows(&http_addr, &carol_basic, both).await;
+    assert_eq!(rows.len(), 1, "carol sees the topic she may read: {rows:?}");
+    assert_eq!(traced("key-acl-http-open", carol_basic.clone()).await, 1);
+    assert_eq!(traced("key-acl-http-closed", carol_basic.clone()).await, 0);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
