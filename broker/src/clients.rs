@@ -240,7 +240,11 @@ impl ClientsView {
         }
         let departed = self.state.groups.departed(now);
         truncated |= departed.len() > MAX_LISTED_CLIENTS;
-        let producers = self.state.producers.report(now);
+        let mut producers = self.state.producers.report(now);
+        for producer in &mut producers {
+            let (language, version) = meridian_proto::sdk::split_sdk(&producer.sdk);
+            producer.sdk_violation = judge(language, version);
+        }
         ClientsReport {
             producers,
             refuse: governance.is_some_and(|governance| governance.sdk_policy().refuse),

@@ -70,6 +70,9 @@ pub struct ProducerStatsEntry {
     pub last_large_ago_ms: Option<u64>,
     /// What to do about large messages, when it sends them.
     pub hint: Option<String>,
+    /// Why its SDK breaks the cluster's SDK policy; `None` when it complies (or the broker has
+    /// no policy: a standalone broker). Set by [`crate::clients::ClientsView::report`].
+    pub sdk_violation: Option<String>,
 }
 
 /// The producers reporting to this broker.
@@ -153,6 +156,7 @@ impl ProducerReports {
                         .large_grew
                         .map(|grew| millis(now.saturating_duration_since(grew))),
                     hint,
+                    sdk_violation: None,
                 }
             })
             .collect();

@@ -280,11 +280,19 @@ fn render_producer_stats(view: &ClientsView<'_>) -> String {
             let large = producer["large_messages"].as_u64().unwrap_or(0);
             let _ = write!(
                 rows,
-                "<tr data-producer=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"large\">{}</td><td>{}</td></tr>",
+                "<tr data-producer=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"verdict\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"large\">{}</td><td>{}</td></tr>",
                 attr(&text_of(&producer["client_id"])),
                 esc(&text_of(&producer["client_id"])),
                 esc(&text_of(&producer["host"])),
+                match text_of(&producer["idc"]) {
+                    idc if idc.is_empty() => "—".to_owned(),
+                    idc => esc(&idc),
+                },
                 esc(&text_of(&producer["sdk"])),
+                match producer["sdk_violation"].as_str() {
+                    None => badge("ok"),
+                    Some(violation) => format!("<span class=\"badge bad\">violates</span> {}", esc(violation)),
+                },
                 millis(&producer["send_p50_us"]),
                 millis(&producer["send_p99_us"]),
                 esc(&text_of(&producer["sends"])),
@@ -305,7 +313,7 @@ fn render_producer_stats(view: &ClientsView<'_>) -> String {
         return missing("No producer reported its send latency and message sizes (Meridian's SDK reports every 10 s).");
     }
     format!(
-        "<h2>Producer latency and message size</h2><table id=\"producers\"><thead><tr><th>producer</th><th>host</th><th>SDK</th><th>send p50</th><th>send p99</th><th>sends</th><th>size p50 (bytes)</th><th>large messages</th><th>broker</th></tr></thead><tbody>{rows}</tbody></table>"
+        "<h2>Producer latency and message size</h2><table id=\"producers\"><thead><tr><th>producer</th><th>host</th><th>data center</th><th>SDK</th><th>verdict</th><th>send p50</th><th>send p99</th><th>sends</th><th>size p50 (bytes)</th><th>large messages</th><th>broker</th></tr></thead><tbody>{rows}</tbody></table>"
     )
 }
 
@@ -344,8 +352,10 @@ mod tests {
                         {"kind": "consumer", "group": "billing", "client_id": "c1@host", "idc": "dc1", "sdk_language": "rust", "sdk_version": "0.1.0", "sdk_violation": null,
                          "consumed": 100, "consume_p50_us": 32767, "consume_p99_us": 1048575},
                         {"kind": "producer", "group": "", "client_id": "127.0.0.1:5000", "idc": "", "sdk_language": "java", "sdk_version": "<1.0>", "sdk_violation": "below the minimum 1.2.0: upgrade"}],
-                        "producers": [{"client_id": "uploader-1", "host": "10.0.0.8", "sdk": "rust/0.1.0", "send_p50_us": 2047, "send_p99_us": 131071,
-                                       "sends": 100, "message_p50_bytes": 32767, "large_messages": 5, "hint": "5 messages over 10240 bytes: compress"}]})),
+                        "producers": [{"client_id": "uploader-1", "host": "10.0.0.8", "idc": "dc2", "sdk": "rust/0.1.0", "send_p50_us": 2047, "send_p99_us": 131071,
+                                       "sends": 100, "message_p50_bytes": 32767, "large_messages": 5, "hint": "5 messages over 10240 bytes: compress",
+                                       "sdk_violation": "below the minimum 1.2.0: upgrade"},
+                                      {"client_id": "uploader-2", "host": "10.0.0.9", "idc": "", "sdk": "rust/1.3.0", "sdk_violation": null}]})),
                 ),
                 (
                     "127.0.0.1:8181".into(),
@@ -377,6 +387,8 @@ mod tests {
         assert!(searched.contains("c1@host") && !searched.contains("127.0.0.1:5000"));
         assert!(
             html.contains("data-producer=\"uploader-1\"")
+                && html.contains("<td>dc2</td><td>rust/0.1.0</td><td class=\"verdict\"><span class=\"badge bad\">violates</span> below the minimum 1.2.0: upgrade</td>")
+                && html.contains("<td>—</td><td>rust/1.3.0</td><td class=\"verdict\"><span class=\"badge good\">ok</span></td>")
                 && html.contains("<td>2.0 ms</td><td>131.1 ms</td>")
                 && html.contains("5 large</span> 5 messages over 10240 bytes: compress"),
             "{html}"
