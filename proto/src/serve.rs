@@ -1264,17 +1264,30 @@ mod tests {
             TlsClient::new("ca_file", ca, None).unwrap()
         }
 
-        #[tokio::test]
-        async fn tls_required_serves_tls_clients_and_refuses_plaintext_with_a_readable_error() {
-            let dir = TempDir::new("required");
-            let ca = TestCa::new("required ca");
-            let tls_settings = ca.settings(&dir.0, TlsMode::Required);
+        /// A TLS server in `mode` with a certificate from a fresh CA named `ca_name` (files in
+        /// `dir`), `tune` applied to its settings first: its address, the settings (their
+        /// `ca_file` is what clients trust) and its stop token.
+        async fn tls_server(
+            dir: &TempDir,
+            ca_name: &str,
+            mode: TlsMode,
+            tune: impl FnOnce(&mut crate::tls::TlsSettings),
+        ) -> (SocketAddr, crate::tls::TlsSettings, TaskTracker, CancellationToken) {
+            let mut tls_settings = TestCa::new(ca_name).settings(&dir.0, mode);
+            tune(&mut tls_settings);
             let server = TlsServer::load(&tls_settings).unwrap();
-            let (addr, _tasks, stop) = serve_with(
+            let (addr, tasks, stop) = serve_with(
                 Arc::new(Scripted::default()),
                 settings(server, ConnectionLimits::default()),
             )
             .await;
+            (addr, tls_settings, tasks, stop)
+        }
+
+        #[tokio::test]
+        async fn tls_required_serves_tls_clients_and_refuses_plaintext_with_a_readable_error() {
+            let dir = TempDir::new("required");
+            let (addr, tls_settings, _tasks, stop) = tls_server(&dir, "required ca", TlsMode::Required, |_| ()).await;
 
             let secure = pool(Some(client_of(tls_settings.ca_file.as_ref().unwrap())));
             assert_eq!(&ask(&secure, addr).await.unwrap().body[..], b"now");
@@ -1295,14 +1308,8 @@ mod tests {
         #[tokio::test]
         async fn tls_permissive_serves_tls_and_plaintext_on_one_port() {
             let dir = TempDir::new("permissive");
-            let ca = TestCa::new("permissive ca");
-            let tls_settings = ca.settings(&dir.0, TlsMode::Permissive);
-            let server = TlsServer::load(&tls_settings).unwrap();
-            let (addr, _tasks, stop) = serve_with(
-                Arc::new(Scripted::default()),
-                settings(server, ConnectionLimits::default()),
-            )
-            .await;
+            let (addr, tls_settings, _tasks, stop) =
+                tls_server(&dir, "permissive ca", TlsMode::Permissive, |_| ()).await;
             let secure = pool(Some(client_of(tls_settings.ca_file.as_ref().unwrap())));
             assert_eq!(&ask(&secure, addr).await.unwrap().body[..], b"now");
             let plain = pool(None);
@@ -1313,14 +1320,7 @@ mod tests {
         #[tokio::test]
         async fn tls_client_with_the_wrong_ca_is_refused() {
             let dir = TempDir::new("wrong-ca");
-            let ca = TestCa::new("right ca");
-            let tls_settings = ca.settings(&dir.0, TlsMode::Required);
-            let server = TlsServer::load(&tls_settings).unwrap();
-            let (addr, _tasks, stop) = serve_with(
-                Arc::new(Scripted::default()),
-                settings(server, ConnectionLimits::default()),
-            )
-            .await;
+            let (addr, _, _tasks, stop) = tls_server(&dir, "right ca", TlsMode::Required, |_| ()).await;
             let other_dir = TempDir::new("wrong-ca-other");
             let (other_ca, _, _) = TestCa::new("another ca").write_node(&other_dir.0, "other");
             let error = ask(&pool(Some(client_of(&other_ca))), addr).await.unwrap_err();
@@ -1374,14 +1374,9 @@ mod tests {
         #[tokio::test]
         async fn tls_verify_clients_serves_only_clients_with_a_certificate_from_the_ca() {
             let dir = TempDir::new("mutual");
-            let ca = TestCa::new("mutual ca");
-            let mut tls_settings = ca.settings(&dir.0, TlsMode::Required);
-            tls_settings.verify_clients = true;
-            let server = TlsServer::load(&tls_settings).unwrap();
-            let (addr, _tasks, stop) = serve_with(
-                Arc::new(Scripted::default()),
-                settings(server, ConnectionLimits::default()),
-            )
+            let (addr, tls_settings, _tasks, stop) = tls_server(&dir, "mutual ca", TlsMode::Required, |tls| {
+                tls.verify_clients = true;
+            })
             .await;
             let ca_file = tls_settings.ca_file.clone().unwrap();
             // A node presenting its certificate is served.

@@ -85,10 +85,10 @@ fn fetch(name: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn security_dev_auth_refuses_strangers_and_audits_admins() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
+/// `meridian dev --auth` in `dir` (data in `dir/data`) on loopback port 0, without the RocketMQ
+/// listeners, with `extra` flags, logging at `log` when given; returns once it is ready.
+fn dev_auth(dir: &Path, extra: &[&str], log: Option<&str>) -> ServiceProcess {
+    let data_dir = dir.join("data");
     let args: Vec<&std::ffi::OsStr> = [
         "dev",
         "--auth",
@@ -99,14 +99,20 @@ async fn security_dev_auth_refuses_strangers_and_audits_admins() {
         "--http-listen",
         "127.0.0.1:0",
         "--no-rocketmq",
-        "--no-archive",
-        "--data-dir",
     ]
     .iter()
+    .chain(extra)
     .map(std::ffi::OsStr::new)
-    .chain([data_dir.as_os_str()])
+    .chain([std::ffi::OsStr::new("--data-dir"), data_dir.as_os_str()])
     .collect();
-    let node = ServiceProcess::start_logging(&args, dir.path(), |line| line.starts_with("ready"), Some("debug"));
+    ServiceProcess::start_logging(&args, dir, |line| line.starts_with("ready"), log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_dev_auth_refuses_strangers_and_audits_admins() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let node = dev_auth(dir.path(), &["--no-archive"], Some("debug"));
     let banner = node.banner.join("\n");
     let nameserver = node.address("nameserver").expect("nameserver address").to_string();
     let broker = node.address("broker").expect("broker address").to_string();
@@ -411,23 +417,7 @@ fn all_text_under(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
 async fn security_http_apis_need_a_login_and_audit_the_logged_in_user() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let args: Vec<&std::ffi::OsStr> = [
-        "dev",
-        "--auth",
-        "--nameserver-listen",
-        "127.0.0.1:0",
-        "--broker-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--no-rocketmq",
-        "--data-dir",
-    ]
-    .iter()
-    .map(std::ffi::OsStr::new)
-    .chain([data_dir.as_os_str()])
-    .collect();
-    let node = ServiceProcess::start_logging(&args, dir.path(), |line| line.starts_with("ready"), Some("debug"));
+    let node = dev_auth(dir.path(), &[], Some("debug"));
     let banner = node.banner.join("\n");
     let nameserver = node.address("nameserver").expect("nameserver address").to_string();
     let http_addr = node.address("http").expect("http address").to_string();
@@ -981,26 +971,9 @@ fn cli_until(
     }
 }
 
+/// [`dev_auth`] without the archive: the node, its nameserver and the admin's secret.
 fn start_dev_auth(dir: &Path) -> (ServiceProcess, String, String) {
-    let data_dir = dir.join("data");
-    let args: Vec<&std::ffi::OsStr> = [
-        "dev",
-        "--auth",
-        "--nameserver-listen",
-        "127.0.0.1:0",
-        "--broker-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--no-rocketmq",
-        "--no-archive",
-        "--data-dir",
-    ]
-    .iter()
-    .map(std::ffi::OsStr::new)
-    .chain([data_dir.as_os_str()])
-    .collect();
-    let node = ServiceProcess::start_logging(&args, dir, |line| line.starts_with("ready"), None);
+    let node = dev_auth(dir, &["--no-archive"], None);
     let banner = node.banner.join("\n");
     let nameserver = node.address("nameserver").expect("nameserver address").to_string();
     let admin_secret = exported(&banner, "MERIDIAN_SECRET");
@@ -1119,23 +1092,7 @@ async fn sql_rows(http_addr: &str, authorization: &str, sql: &str) -> (u16, Vec<
 async fn security_acl_http_sql_and_traces_show_only_topics_the_caller_may_read() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let args: Vec<&std::ffi::OsStr> = [
-        "dev",
-        "--auth",
-        "--nameserver-listen",
-        "127.0.0.1:0",
-        "--broker-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--no-rocketmq",
-        "--data-dir",
-    ]
-    .iter()
-    .map(std::ffi::OsStr::new)
-    .chain([data_dir.as_os_str()])
-    .collect();
-    let node = ServiceProcess::start_logging(&args, dir.path(), |line| line.starts_with("ready"), None);
+    let node = dev_auth(dir.path(), &[], None);
     let banner = node.banner.join("\n");
     let nameserver = node.address("nameserver").expect("nameserver address").to_string();
     let http_addr = node.address("http").expect("http address").to_string();
