@@ -109,41 +109,7 @@ impl StoreConfig {
     }
 }
 
-/// When a send counts as stored, per broker group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AckPolicy {
-    /// The master holds it.
-    Async,
-    /// A majority of the group's replicas, counting the master, hold it.
-    Quorum,
-    /// Every replica holds it.
-    All,
-    /// A majority holds it, one of them outside the master's IDC: losing a whole data center loses
-    /// no acknowledged message.
-    IdcSafe,
-}
-
-impl AckPolicy {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AckPolicy::Async => "async",
-            AckPolicy::Quorum => "quorum",
-            AckPolicy::All => "all",
-            AckPolicy::IdcSafe => "idc_safe",
-        }
-    }
-
-    /// Replicas (counting the master) that must hold a send in a group of `replicas`.
-    pub fn needed(self, replicas: usize) -> usize {
-        match self {
-            AckPolicy::Async => 1,
-            AckPolicy::Quorum | AckPolicy::IdcSafe => replicas / 2 + 1,
-            AckPolicy::All => replicas,
-        }
-    }
-}
+pub use meridian_proto::ack::AckPolicy;
 
 /// What a master does when the nameservers declare a data center holding some of its group's
 /// replicas lost (`replication.on_idc_lost`).

@@ -390,6 +390,8 @@ pub struct Standing {
     pub confirmed_offset: u64,
     /// Why it acknowledges in degraded mode (a master only); empty under its full ack policy.
     pub degraded: String,
+    /// The members it leaves out of its ack policy in degraded mode (a master only), sorted.
+    pub left_out: Vec<String>,
 }
 
 /// Who this broker is, as a heartbeat says it, with the digest of what it would register.
@@ -414,6 +416,17 @@ pub fn build_heartbeat(
         remoting_addr: config.remoting.advertise_addr.clone().unwrap_or_default(),
         confirmed_offset: standing.confirmed_offset,
         degraded: standing.degraded,
+        ack_policy: if standing.master {
+            config.replication.ack_policy.as_str().to_owned()
+        } else {
+            String::new()
+        },
+        ack_replicas: if standing.master {
+            config.replication.replicas
+        } else {
+            0
+        },
+        left_out: standing.left_out,
     };
     heartbeat.registration_digest = messages::registration_digest(&heartbeat, topics);
     heartbeat
@@ -619,6 +632,11 @@ impl Shared {
             in_sync: state.replication.in_sync(),
             confirmed_offset: if master { state.store.confirmed_offset() } else { 0 },
             degraded: state.replication.degraded().unwrap_or_default(),
+            left_out: if master {
+                state.replication.left_out()
+            } else {
+                Vec::new()
+            },
         };
         let heartbeat = build_heartbeat(&state.config, &state.advertise_addr, standing, &topics);
         let sent_at = std::time::Instant::now();

@@ -17,14 +17,20 @@
 //!   it is at least as far as every other live member (or is the only live in-sync one), else the
 //!   best in-sync candidate as above.
 //!
-//! Every promotion, failover or switchover, also needs the candidate to hold the group's last
-//! confirmed offset as its masters reported it in their heartbeats ([`LivenessView::confirmed_offset`]):
-//! everything acknowledged lies below it, so a replica short of it would lose acknowledged
-//! messages. Such a group stays without a master (read-only: its slaves still serve reads) and
-//! says why in `/api/brokers` (`read_only`) and a `group_read_only` warning, until a replica
-//! that holds it is back. That is what makes taking over a lost data center's groups safe: under
-//! `idc_safe` the surviving data center's replica holds every confirmed message; under `quorum`
-//! it may not, and then the group waits.
+//! Every promotion, failover or switchover, also needs the candidate to provably hold every
+//! acknowledged message, by two rules. First, every set of replicas that could have acknowledged
+//! a send under the group's registered ack policy (and under its degraded rule while members are
+//! left out) includes one of the members compared, so the furthest of them holds everything
+//! ([`unproven`], over [`meridian_proto::ack::every_ack_includes`]). Second, it holds the group's
+//! last confirmed offset as its masters reported it in their heartbeats
+//! ([`LivenessView::confirmed_offset`]). The second alone is not enough: a heartbeat lags the
+//! master by up to an interval, in which a `quorum` master can acknowledge with a slave of its own
+//! data center alone. A group that fails either stays without a master (read-only: its slaves
+//! still serve reads) and says why in `/api/brokers` (`read_only`) and a `group_read_only`
+//! warning, until a member that settles both is back. That is what makes taking over a lost data
+//! center's groups safe: under `idc_safe` the surviving data center's replica is in every
+//! acknowledgement; under `quorum` the master's data center alone may make one, and then the
+//! group waits.
 //!
 //! Why this is safe: a master accepts writes only for `lease = broker_timeout / 2` after sending a
 //! heartbeat that the confirmed leader answered. This leader declares a master dead only a whole
@@ -34,10 +40,11 @@
 //! elected). Elections are only valid at the group's next epoch, so a stale or repeated decision
 //! is refused by the state rather than applied twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_proto::ack::{Replica, every_ack_includes, requirement};
 use openraft::ServerState;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -46,7 +53,7 @@ use crate::error::{CommandError, NameserverError};
 use crate::liveness::{LivenessView, Seen};
 use crate::metrics::ElectionLabels;
 use crate::service::NameserverService;
-use crate::state::{BrokerGroup, Command, MetadataState};
+use crate::state::{BrokerGroup, Command, Continuity, MetadataState};
 use crate::types::NodeId;
 
 #[cfg(doc)]
@@ -177,7 +184,7 @@ impl Controller {
             .broker_groups()
             .values()
             .filter_map(|group| {
-                self.judge(group, view, leadership.since)
+                self.judge(group, state.continuity(), view, leadership.since)
                     .map(|verdict| (group.name.clone(), verdict))
             })
             .collect()
@@ -185,7 +192,13 @@ impl Controller {
 
     /// What to do about `group`, judged at `view.now()` by a leader since `leader_since`; `None`:
     /// nothing, or not yet.
-    pub fn judge(&mut self, group: &BrokerGroup, view: &LivenessView<'_>, leader_since: Instant) -> Option<Verdict> {
+    pub fn judge(
+        &mut self,
+        group: &BrokerGroup,
+        continuity: &Continuity,
+        view: &LivenessView<'_>,
+        leader_since: Instant,
+    ) -> Option<Verdict> {
         let now = view.now();
         let settled = now.saturating_duration_since(leader_since) >= self.timeout;
         let seen = |member: &str| view.get(&group.name, member);
@@ -204,7 +217,14 @@ impl Controller {
                     master.name
                 ),
             };
-            return self.best_in_sync(group, view, last_heard + self.lease, ElectionKind::Failover, reason);
+            return self.best_in_sync(
+                group,
+                continuity,
+                view,
+                last_heard + self.lease,
+                ElectionKind::Failover,
+                reason,
+            );
         }
         if group.epoch == 0 && group.master.is_none() {
             return self.bootstrap(group, view, settled);
@@ -242,7 +262,15 @@ impl Controller {
                         .all(|(name, _)| *name == preferred);
                     let confirmed = view.confirmed_offset(&group.name).unwrap_or(0);
                     let holds_confirmed = preferred_seen.max_offset >= confirmed;
-                    if (furthest || only_in_sync) && holds_confirmed {
+                    // What the target is compared with: every live member when it is the furthest,
+                    // else the live in-sync ones (of which it is the only one).
+                    let compared: Vec<&str> = alive
+                        .iter()
+                        .map(|(name, _)| *name)
+                        .filter(|name| furthest || *name == preferred)
+                        .collect();
+                    let unproven = unproven(group, continuity, view, &compared);
+                    if (furthest || only_in_sync) && holds_confirmed && unproven.is_none() {
                         return Some(Verdict::Elect {
                             member: preferred.to_owned(),
                             epoch: group.epoch + 1,
@@ -250,7 +278,9 @@ impl Controller {
                             reason: format!("switchover to {preferred} fenced at epoch {}", group.epoch),
                         });
                     }
-                    not_preferred = Some(if holds_confirmed {
+                    not_preferred = Some(if let Some(why) = unproven.filter(|_| holds_confirmed) {
+                        format!("switchover target {preferred}: {why}")
+                    } else if holds_confirmed {
                         format!(
                             "switchover target {preferred} is behind another live member (offset {})",
                             preferred_seen.max_offset
@@ -272,7 +302,7 @@ impl Controller {
                 format!("group without master since epoch {}", group.epoch),
             ),
         };
-        self.best_in_sync(group, view, fresh_after, kind, reason)
+        self.best_in_sync(group, continuity, view, fresh_after, kind, reason)
     }
 
     /// The group's first master.
@@ -325,6 +355,7 @@ impl Controller {
     fn best_in_sync(
         &self,
         group: &BrokerGroup,
+        continuity: &Continuity,
         view: &LivenessView<'_>,
         fresh_after: Instant,
         kind: ElectionKind,
@@ -333,6 +364,8 @@ impl Controller {
         let now = view.now();
         let confirmed = view.confirmed_offset(&group.name);
         let mut best: Option<(&str, u64)> = None;
+        // Every live in-sync member with a fresh offset: the members the best is compared with.
+        let mut compared: Vec<&str> = Vec::new();
         let mut refusals = Vec::new();
         let mut waiting = false;
         for name in group.members.keys() {
@@ -350,12 +383,16 @@ impl Controller {
                     waiting = true;
                     continue;
                 }
-                Some((seen, true)) if confirmed.is_some_and(|confirmed| seen.max_offset < confirmed) => format!(
-                    "holds up to offset {}, below the group's last confirmed offset {}: promoting it would lose acknowledged messages",
-                    seen.max_offset,
-                    confirmed.unwrap_or(0)
-                ),
+                Some((seen, true)) if confirmed.is_some_and(|confirmed| seen.max_offset < confirmed) => {
+                    compared.push(name);
+                    format!(
+                        "holds up to offset {}, below the group's last confirmed offset {}: promoting it would lose acknowledged messages",
+                        seen.max_offset,
+                        confirmed.unwrap_or(0)
+                    )
+                }
                 Some((seen, true)) => {
+                    compared.push(name);
                     let preferred = |candidate: &str| group.preferred.as_deref() == Some(candidate);
                     let better = best.is_none_or(|(best_name, best_offset)| {
                         (seen.max_offset, preferred(name)) > (best_offset, preferred(best_name))
@@ -371,6 +408,11 @@ impl Controller {
         // Wait for every fresh offset: the furthest member may be the one yet to report.
         if waiting {
             return None;
+        }
+        if best.is_some()
+            && let Some(why) = unproven(group, continuity, view, &compared)
+        {
+            return Some(Verdict::Stuck { why });
         }
         Some(match best {
             Some((member, _)) => Verdict::Elect {
@@ -392,6 +434,84 @@ impl Controller {
     fn first_warning(&mut self, group: &str, epoch: u64) -> bool {
         self.warned.insert(group.to_owned(), epoch) != Some(epoch)
     }
+}
+
+/// The master whose acknowledgements count: the group's, or while it has none the last one
+/// elected.
+fn last_master(group: &BrokerGroup) -> Option<&str> {
+    group
+        .master
+        .as_deref()
+        .or_else(|| group.history.iter().rev().find_map(|change| change.master.as_deref()))
+}
+
+/// Why the live members in `compared` (the furthest of which would be promoted) might not hold
+/// every message the group acknowledged; `None` when they provably do: every set of replicas
+/// that could have acknowledged a send, under the full ack policy and under the degraded one
+/// while members are left out, includes one of them ([`every_ack_includes`]).
+///
+/// An `async` group promises nothing beyond its master, and a group whose master never reported
+/// its policy is judged by the confirmed offset alone: neither is checked here.
+fn unproven(
+    group: &BrokerGroup,
+    continuity: &Continuity,
+    view: &LivenessView<'_>,
+    compared: &[&str],
+) -> Option<String> {
+    let policy = group.ack_policy.filter(|policy| policy.replicates())?;
+    let master = last_master(group)?;
+    let master_idc = group.members.get(master).map_or("", |member| member.idc.as_str());
+    let members: Vec<Replica<'_>> = group
+        .members
+        .values()
+        .map(|member| Replica {
+            name: &member.name,
+            idc: &member.idc,
+        })
+        .collect();
+    let replicas = (group.ack_replicas as usize).max(members.len());
+    // Who the master may leave out: members of other lost data centers (it is told so with its
+    // next heartbeat's answer), and whoever its last heartbeat said it leaves out. A master whose
+    // own data center is lost holds no lease, so it acknowledges nothing more.
+    let mut left_out: BTreeSet<&str> = group
+        .members
+        .values()
+        .filter(|member| member.idc != master_idc && continuity.is_lost(&member.idc))
+        .map(|member| member.name.as_str())
+        .collect();
+    if let Some(report) = view.report(&group.name) {
+        left_out.extend(report.left_out.iter().map(String::as_str));
+    }
+    left_out.remove(master);
+    let mut rules = vec![(requirement(policy, replicas, 0), false)];
+    if !left_out.is_empty() {
+        rules.push((requirement(policy, replicas, left_out.len()), true));
+    }
+    let (rule, degraded) = rules
+        .into_iter()
+        .find(|(rule, _)| !every_ack_includes(*rule, replicas, &members, master, master_idc, compared))?;
+    let others: Vec<&str> = group
+        .members
+        .keys()
+        .map(String::as_str)
+        .filter(|name| !compared.contains(name))
+        .collect();
+    let remote = if rule.remote {
+        format!(", one outside data center {master_idc:?}")
+    } else {
+        String::new()
+    };
+    let mode = if degraded { " (degraded)" } else { "" };
+    let live = if compared.is_empty() {
+        "no live in-sync member".to_owned()
+    } else {
+        format!("none of {}", compared.join(", "))
+    };
+    Some(format!(
+        "ack policy {policy}{mode} acknowledges with {} of {replicas} replicas{remote}: {} could have acknowledged sends {live} holds, so promoting would risk losing them; waiting for one of them to return",
+        rule.needed,
+        others.join(", ")
+    ))
 }
 
 /// Runs the controller of `service`'s node until `stop` is cancelled.
@@ -520,6 +640,8 @@ async fn tick(controller: &mut Controller, watch: &mut crate::continuity::Watch,
 mod tests {
     use std::collections::BTreeMap;
 
+    use meridian_proto::ack::AckPolicy;
+
     use super::*;
     use crate::liveness::Liveness;
     use crate::state::{BrokerRegistration, BrokerRole};
@@ -541,6 +663,8 @@ mod tests {
                         max_offset: 0,
                         registration_digest: 1,
                         in_sync: Vec::new(),
+                        ack_policy: None,
+                        ack_replicas: 0,
                     },
                     topics: BTreeMap::new(),
                 },
@@ -562,6 +686,8 @@ mod tests {
                 max_offset: 0,
                 registration_digest: 2,
                 in_sync: in_sync.iter().map(|name| (*name).to_owned()).collect(),
+                ack_policy: None,
+                ack_replicas: 0,
             },
             topics: BTreeMap::new(),
         }
@@ -593,7 +719,7 @@ mod tests {
         liveness: &Liveness,
         since: Instant,
     ) -> Option<Verdict> {
-        liveness.with(|view| controller.judge(&state.broker_groups()["g"], view, since))
+        liveness.with(|view| controller.judge(&state.broker_groups()["g"], state.continuity(), view, since))
     }
 
     fn elected(verdict: &Option<Verdict>) -> Option<(&str, u64, ElectionKind)> {
@@ -713,8 +839,8 @@ mod tests {
         // The master confirmed up to 100 (its two replicas in its own data center held it), then
         // its data center went dark with s2: only s1, at 90, is left.
         liveness.touch("g", "m", 120);
-        liveness.report_master("g", 100, "");
-        liveness.report_master("g", 60, "");
+        liveness.report_master("g", 100, "", Vec::new());
+        liveness.report_master("g", 60, "", Vec::new());
         assert_eq!(
             liveness.with(|view| view.confirmed_offset("g")),
             Some(100),
@@ -751,6 +877,8 @@ mod tests {
                         max_offset: 100,
                         registration_digest: 3,
                         in_sync: vec!["s1".into(), "m".into()],
+                        ack_policy: None,
+                        ack_replicas: 0,
                     },
                     topics: BTreeMap::new(),
                 },
@@ -768,7 +896,7 @@ mod tests {
                 5,
             )
             .unwrap();
-        liveness.report_master("g", 150, "");
+        liveness.report_master("g", 150, "", Vec::new());
         tokio::time::advance(Duration::from_millis(1100)).await;
         let verdict = judge(&mut controller, &state, &liveness, since);
         assert_eq!(verdict, None, "the fenced lease may still run");
@@ -785,6 +913,115 @@ mod tests {
             reason.contains("switchover target s1 holds up to offset 90, below the group's last confirmed offset 150"),
             "{reason}"
         );
+    }
+
+    /// Group "g": master m and s1 in dc1, s2 in dc2, m registered at epoch 1 with `policy`, both
+    /// slaves in sync; every member heard at offset 100 and the confirmed offset reported 100.
+    fn seed_group(policy: AckPolicy, liveness: &Liveness) -> MetadataState {
+        let mut state = MetadataState::default();
+        let registration = |name: &str, idc: &str, role: BrokerRole, epoch: u64| Command::RegisterBroker {
+            group: "g".into(),
+            member: BrokerRegistration {
+                name: name.into(),
+                addr: format!("{name}:7911"),
+                idc: idc.into(),
+                role,
+                epoch,
+                max_offset: 100,
+                registration_digest: 9,
+                in_sync: if role == BrokerRole::Master {
+                    vec!["s1".into(), "s2".into()]
+                } else {
+                    Vec::new()
+                },
+                ack_policy: (role == BrokerRole::Master).then_some(policy),
+                ack_replicas: if role == BrokerRole::Master { 3 } else { 0 },
+            },
+            topics: BTreeMap::new(),
+        };
+        for (name, idc) in [("m", "dc1"), ("s1", "dc1"), ("s2", "dc2")] {
+            state.apply(registration(name, idc, BrokerRole::Slave, 0), 1).unwrap();
+        }
+        let elect = Command::ElectMaster {
+            group: "g".into(),
+            member: "m".into(),
+            epoch: 1,
+            reason: "test".into(),
+        };
+        state.apply(elect, 2).unwrap();
+        state.apply(registration("m", "dc1", BrokerRole::Master, 1), 3).unwrap();
+        assert_eq!(state.broker_groups()["g"].ack_policy, Some(policy));
+        liveness.report_master("g", 100, "", Vec::new());
+        state
+    }
+
+    /// The master dies; `alive` keep heartbeating at offset 100 (the last confirmed offset the
+    /// nameservers heard) past its lease; the verdict then.
+    async fn after_master_death(state: &MetadataState, liveness: &Liveness, alive: &[(&str, u64)]) -> Option<Verdict> {
+        let mut controller = Controller::new(1, TIMEOUT, LEASE);
+        let since = Instant::now();
+        for _ in 0..8 {
+            tokio::time::advance(Duration::from_millis(200)).await;
+            for (member, offset) in alive {
+                liveness.touch("g", member, *offset);
+            }
+        }
+        judge(&mut controller, state, liveness, since)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn continuity_a_quorum_group_that_lost_two_of_three_is_not_taken_over_even_at_the_confirmed_offset() {
+        // m and s1 alone make a quorum: whatever they acknowledged after the master's last
+        // heartbeat, s2 may lack, though it reached the confirmed offset the nameservers heard.
+        let liveness = Liveness::new(TIMEOUT);
+        let state = seed_group(AckPolicy::Quorum, &liveness);
+        let verdict = after_master_death(&state, &liveness, &[("s2", 100)]).await;
+        assert_eq!(
+            verdict,
+            Some(Verdict::Stuck {
+                why: "ack policy quorum acknowledges with 2 of 3 replicas: m, s1 could have acknowledged sends none of s2 holds, so promoting would risk losing them; waiting for one of them to return".into()
+            })
+        );
+        // s1 back: every quorum of three includes s1 or s2, and the furthest of them is promoted.
+        let verdict = after_master_death(&state, &liveness, &[("s1", 130), ("s2", 100)]).await;
+        assert_eq!(elected(&verdict), Some(("s1", 2, ElectionKind::Failover)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn continuity_an_idc_safe_group_is_taken_over_by_its_remote_replica_unless_it_was_left_out() {
+        let liveness = Liveness::new(TIMEOUT);
+        let state = seed_group(AckPolicy::IdcSafe, &liveness);
+        let verdict = after_master_death(&state, &liveness, &[("s2", 100)]).await;
+        assert_eq!(elected(&verdict), Some(("s2", 2, ElectionKind::Failover)));
+
+        // The master had been acknowledging without s2 (its data center was lost a moment ago):
+        // then s2 proves nothing.
+        let liveness = Liveness::new(TIMEOUT);
+        let state = seed_group(AckPolicy::IdcSafe, &liveness);
+        liveness.report_master(
+            "g",
+            100,
+            "acknowledging with 2 of 2 surviving replicas",
+            vec!["s2".into()],
+        );
+        let verdict = after_master_death(&state, &liveness, &[("s2", 100)]).await;
+        let Some(Verdict::Stuck { why }) = &verdict else {
+            panic!("{verdict:?}");
+        };
+        assert!(
+            why.starts_with(
+                "ack policy idc_safe (degraded) acknowledges with 2 of 3 replicas: m, s1 could have acknowledged"
+            ),
+            "{why}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_async_group_fails_over_to_its_furthest_slave_as_before() {
+        let liveness = Liveness::new(TIMEOUT);
+        let state = seed_group(AckPolicy::Async, &liveness);
+        let verdict = after_master_death(&state, &liveness, &[("s2", 100)]).await;
+        assert_eq!(elected(&verdict), Some(("s2", 2, ElectionKind::Failover)));
     }
 
     #[tokio::test(start_paused = true)]

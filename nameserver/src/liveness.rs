@@ -38,6 +38,9 @@ pub struct GroupReport {
     /// Why the master acknowledges in degraded mode, as its last heartbeat said; `None` under
     /// its full ack policy.
     pub degraded: Option<String>,
+    /// The members the master leaves out of its ack policy, as its last heartbeat said (sorted;
+    /// empty under its full policy).
+    pub left_out: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -90,14 +93,18 @@ impl Liveness {
 
     /// Records what a master's heartbeat says about its group: its confirmed offset (the
     /// greatest heard is kept: a lower one comes from a master that is not caught up on its
-    /// predecessor's confirmations yet) and why it is degraded (empty: it is not).
-    pub fn report_master(&self, group: &str, confirmed_offset: u64, degraded: &str) {
+    /// predecessor's confirmations yet), why it is degraded (empty: it is not) and whom it leaves
+    /// out of its ack policy.
+    pub fn report_master(&self, group: &str, confirmed_offset: u64, degraded: &str, left_out: Vec<String>) {
         let mut tables = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
         let report = match tables.reports.get_mut(group) {
             Some(report) => report,
             None => tables.reports.entry(group.to_owned()).or_default(),
         };
         report.confirmed_offset = Some(report.confirmed_offset.unwrap_or(0).max(confirmed_offset));
+        if report.left_out != left_out {
+            report.left_out = left_out;
+        }
         match (&mut report.degraded, degraded.is_empty()) {
             (None, true) => {}
             (slot, true) => *slot = None,

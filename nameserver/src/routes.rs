@@ -246,6 +246,8 @@ mod tests {
                             max_offset: 10,
                             registration_digest: 1,
                             in_sync: Vec::new(),
+                            ack_policy: None,
+                            ack_replicas: 0,
                         },
                         topics: BTreeMap::from([("orders".into(), 4)]),
                     },

@@ -261,8 +261,12 @@ impl NameserverService {
             self.liveness
                 .touch(&heartbeat.group, &heartbeat.name, heartbeat.max_offset);
             if heartbeat.role == role::MASTER {
-                self.liveness
-                    .report_master(&heartbeat.group, heartbeat.confirmed_offset, &heartbeat.degraded);
+                self.liveness.report_master(
+                    &heartbeat.group,
+                    heartbeat.confirmed_offset,
+                    &heartbeat.degraded,
+                    heartbeat.left_out.clone(),
+                );
             }
         }
         Ok(self
@@ -277,7 +281,7 @@ impl NameserverService {
 
     /// A broker's full registration: decompressed, checked, committed through the leader.
     pub async fn register(&self, registration: BrokerRegistration) -> Result<BrokerHeartbeatResponse, ApiError> {
-        let heartbeat = registration.heartbeat.ok_or_else(|| {
+        let mut heartbeat = registration.heartbeat.ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InvalidArgument,
                 "broker registration has no heartbeat (who the broker is)",
@@ -311,7 +315,14 @@ impl NameserverService {
         let group = heartbeat.group.clone();
         let name = heartbeat.name.clone();
         let claims_master = heartbeat.role == role::MASTER;
-        let (confirmed_offset, degraded) = (heartbeat.confirmed_offset, heartbeat.degraded.clone());
+        let (confirmed_offset, degraded, left_out) = (
+            heartbeat.confirmed_offset,
+            heartbeat.degraded.clone(),
+            std::mem::take(&mut heartbeat.left_out),
+        );
+        // An unknown spelling (a newer broker's policy) counts as unknown: failover then relies on
+        // the confirmed offset alone, as it did before brokers reported their policy.
+        let ack_policy = heartbeat.ack_policy.parse().ok();
         self.command(Command::RegisterBroker {
             group: heartbeat.group,
             member: Registration {
@@ -327,13 +338,16 @@ impl NameserverService {
                 max_offset: heartbeat.max_offset,
                 registration_digest: heartbeat.registration_digest,
                 in_sync: heartbeat.in_sync,
+                ack_policy,
+                ack_replicas: heartbeat.ack_replicas,
             },
             topics,
         })
         .await?;
         self.liveness.touch(&group, &name, heartbeat.max_offset);
         if claims_master {
-            self.liveness.report_master(&group, confirmed_offset, &degraded);
+            self.liveness
+                .report_master(&group, confirmed_offset, &degraded, left_out);
         }
         Ok(self.heartbeat_answer(&group, &name, claims_master, true).await)
     }

@@ -13,7 +13,9 @@
 //! - [`validate`]: one function per validation rule (names, keys, tags, sizes), used by the client,
 //!   the broker and the nameserver alike.
 //! - [`compress`]: LZ4 for large repetitive bodies, with a bounded decompression.
-//! - [`idc`]: which data center a process is in, decided the same way everywhere.
+//! - [`idc`]: which data center a process is in, decided the same way everywhere; [`ack`]: when a
+//!   send counts as stored in a broker group, and which survivors provably hold every acknowledged
+//!   message.
 //! - [`msgid`]: globally unique, time-sortable message ids; [`time`]: the wall clock
 //!   ([`time::now_millis`]) and timestamps for people.
 //! - [`trace`]: trace events (Pub, Store, Replicate, Deliver, SubBefore, SubAfter, ...), the
@@ -36,6 +38,7 @@
 //!   loop of the broker and the nameserver.
 #![warn(missing_docs)]
 
+pub mod ack;
 pub mod acl;
 pub mod admin;
 pub mod allocate;

@@ -747,6 +747,19 @@ pub struct BrokerHeartbeat {
     /// its ack policy): why, in words; empty under its full policy. Not part of the digest.
     #[prost(string, tag = "12")]
     pub degraded: String,
+    /// Sent by a master: its group's ack policy ([`crate::ack::AckPolicy::as_str`]), which tells
+    /// the nameservers which survivors provably hold every acknowledged message when it fails.
+    /// Empty from a slave (or a broker older than the field). Covered by the digest.
+    #[prost(string, tag = "13")]
+    pub ack_policy: String,
+    /// Sent by a master: the replicas its group counts (`replication.replicas`), the master
+    /// included. Covered by the digest.
+    #[prost(uint32, tag = "14")]
+    pub ack_replicas: u32,
+    /// Sent by a master acknowledging in degraded mode: the members it leaves out of its ack
+    /// policy, sorted. Not part of the digest: kept in memory, with liveness.
+    #[prost(string, repeated, tag = "15")]
+    pub left_out: Vec<String>,
 }
 
 /// [`crate::RequestCode::RegisterBroker`]: everything a broker registers. Its topic list can run to
@@ -1042,6 +1055,8 @@ pub fn registration_digest(heartbeat: &BrokerHeartbeat, topics: &[TopicQueues]) 
         hash = mix(hash, slave.as_bytes());
     }
     hash = mix(hash, &(heartbeat.in_sync.len() as u64).to_le_bytes());
+    hash = mix(hash, heartbeat.ack_policy.as_bytes());
+    hash = mix(hash, &heartbeat.ack_replicas.to_le_bytes());
     for topic in topics {
         hash = mix(hash, topic.name.as_bytes());
         hash = mix(hash, &topic.queues.to_le_bytes());
@@ -1081,11 +1096,14 @@ mod tests {
                 group: "broker-a".into(), name: "a-0".into(), addr: "127.0.0.1:7911".into(), idc: "dc1".into(),
                 role: role::MASTER, epoch, max_offset: 7, registration_digest: 0, in_sync: vec!["a-1".into()],
                 remoting_addr: String::new(), confirmed_offset: 5, degraded: String::new(),
+                ack_policy: "idc_safe".into(), ack_replicas: 3, left_out: Vec::new(),
             };
             let digest = registration_digest(&heartbeat, &topics);
             // The max offset changes every second; it must not force a re-registration.
             prop_assert_eq!(registration_digest(&BrokerHeartbeat { max_offset: 8, ..heartbeat.clone() }, &topics), digest);
-            prop_assert_eq!(registration_digest(&BrokerHeartbeat { confirmed_offset: 6, degraded: "dc2 lost".into(), ..heartbeat.clone() }, &topics), digest);
+            prop_assert_eq!(registration_digest(&BrokerHeartbeat { confirmed_offset: 6, degraded: "dc2 lost".into(), left_out: vec!["a-2".into()], ..heartbeat.clone() }, &topics), digest);
+            prop_assert_ne!(registration_digest(&BrokerHeartbeat { ack_policy: "quorum".into(), ..heartbeat.clone() }, &topics), digest);
+            prop_assert_ne!(registration_digest(&BrokerHeartbeat { ack_replicas: 5, ..heartbeat.clone() }, &topics), digest);
             prop_assert_ne!(registration_digest(&BrokerHeartbeat { epoch: epoch.wrapping_add(1), ..heartbeat.clone() }, &topics), digest);
             prop_assert_ne!(registration_digest(&BrokerHeartbeat { role: role::SLAVE, ..heartbeat.clone() }, &topics), digest);
             prop_assert_ne!(registration_digest(&BrokerHeartbeat { in_sync: vec![], ..heartbeat.clone() }, &topics), digest);

@@ -1,7 +1,8 @@
 //! The long fault-injection suite (ignored by default; `scripts/bench-faults.sh` runs it and writes
 //! its table into `docs/reliability.md`). Each scenario brings up a fresh two-IDC cluster with
-//! `meridian cluster up`, produces to a `quorum` group (topic `orders` on broker-a) and an
-//! `idc_safe` group (topic `payments` on broker-b) under load, injects one fault, heals it, waits
+//! `meridian cluster up`, produces to two `idc_safe` groups as `examples/two-idc.toml` ships them
+//! (topic `orders` on broker-a, master in dc1; topic `payments` on broker-b, master in dc2) under
+//! load, injects one fault, heals it, waits
 //! until every process is healthy and every master holds both slaves in sync again, and then
 //! reads both topics back. Per scenario it reports acknowledged messages lost (must be 0),
 //! phantom reads (messages a consumer received during the fault that the final history lacks:

@@ -184,7 +184,8 @@ pub struct ClusterOptions {
 impl Default for ClusterOptions {
     fn default() -> ClusterOptions {
         ClusterOptions {
-            group_a_policy: "quorum",
+            // As examples/two-idc.toml ships them.
+            group_a_policy: "idc_safe",
             group_b_policy: "idc_safe",
             broker_timeout_ms: 2000,
             heartbeat_interval_ms: 250,

@@ -15,33 +15,7 @@ use tokio::sync::oneshot;
 
 pub use crate::config::{AckPolicy, OnIdcLost};
 
-/// The rule in force: replicas (counting the master) that must hold a send, and whether one of
-/// them must be outside the master's data center.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Requirement {
-    /// Replicas that must hold it, counting the master.
-    pub needed: usize,
-    /// Whether one of them must be in another data center.
-    pub remote: bool,
-}
-
-/// The requirement of `policy` over `replicas` when `left_out` of them sit in lost data centers:
-/// the full policy when none does; else a majority of the survivors (every survivor for `all`),
-/// never more than the full policy, and no remote replica.
-pub fn requirement(policy: AckPolicy, replicas: usize, left_out: usize) -> Requirement {
-    let full = Requirement {
-        needed: policy.needed(replicas),
-        remote: policy == AckPolicy::IdcSafe,
-    };
-    if left_out == 0 {
-        return full;
-    }
-    let surviving = replicas.saturating_sub(left_out).max(1);
-    Requirement {
-        needed: policy.needed(surviving).min(full.needed),
-        remote: false,
-    }
-}
+pub use meridian_proto::ack::{Requirement, requirement};
 
 /// What the master last heard from one slave.
 #[derive(Debug, Clone)]
@@ -241,6 +215,13 @@ impl AckTracker {
             let _ = acked_tx.send(());
         }
         changed
+    }
+
+    /// The members left out of the policy (in lost data centers, or not caught up since), sorted.
+    pub fn left_out(&self) -> Vec<String> {
+        let mut left_out = self.lock().left_out.clone();
+        left_out.sort();
+        left_out
     }
 
     /// Why this master acknowledges with fewer replicas than its policy, when it does.

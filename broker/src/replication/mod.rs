@@ -323,6 +323,15 @@ impl Replication {
         self.acks.degraded()
     }
 
+    /// The members this master leaves out of its ack policy, sorted (empty unless a degraded
+    /// master).
+    pub fn left_out(&self) -> Vec<String> {
+        if !matches!(self.role(), Role::Master { .. }) {
+            return Vec::new();
+        }
+        self.acks.left_out()
+    }
+
     /// Names of the slaves in sync now, sorted (empty unless master).
     pub fn in_sync(&self) -> Vec<String> {
         if !matches!(self.role(), Role::Master { .. }) {

@@ -309,6 +309,9 @@ fn simulated_broker(group: u32, topics_per_group: u32) -> SimulatedBroker {
         remoting_addr: String::new(),
         confirmed_offset: 0,
         degraded: String::new(),
+        ack_policy: String::new(),
+        ack_replicas: 0,
+        left_out: Vec::new(),
     };
     heartbeat.registration_digest = registration_digest(&heartbeat, &topics);
     let list = TopicList { topics }.encode_to_vec();

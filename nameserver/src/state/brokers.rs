@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use meridian_proto::ack::AckPolicy;
 use meridian_proto::validate::{validate_group, validate_queue_count, validate_topic};
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +69,13 @@ pub struct BrokerGroup {
     /// The latest elections and fencings, oldest first, at most [`EPOCH_HISTORY_LEN`].
     #[serde(default)]
     pub history: Vec<EpochChange>,
+    /// The ack policy its master registered (`None`: not known yet, or a master older than the
+    /// field): which survivors provably hold every acknowledged message when the master fails.
+    #[serde(default)]
+    pub ack_policy: Option<AckPolicy>,
+    /// The replicas that policy counts, the master included (0: not known).
+    #[serde(default)]
+    pub ack_replicas: u32,
 }
 
 impl BrokerGroup {
@@ -117,6 +125,12 @@ pub struct BrokerRegistration {
     /// registrant is the group's master at the group's epoch; ignored otherwise.
     #[serde(default)]
     pub in_sync: Vec<String>,
+    /// Sent by a master: its ack policy, and the replicas it counts. Recorded like `in_sync`.
+    #[serde(default)]
+    pub ack_policy: Option<AckPolicy>,
+    /// See `ack_policy`.
+    #[serde(default)]
+    pub ack_replicas: u32,
 }
 
 /// The broker groups, lent by [`super::MetadataState::apply`] for one command. A command that
@@ -149,8 +163,14 @@ impl Brokers<'_> {
             in_sync: Vec::new(),
             preferred: None,
             history: Vec::new(),
+            ack_policy: None,
+            ack_replicas: 0,
         });
         if group.master.as_deref() == Some(registration.name.as_str()) && registration.epoch == group.epoch {
+            if registration.ack_policy.is_some() {
+                group.ack_policy = registration.ack_policy;
+                group.ack_replicas = registration.ack_replicas;
+            }
             let mut in_sync: Vec<String> = registration
                 .in_sync
                 .into_iter()

@@ -58,6 +58,8 @@ fn register(group: &str, member: &str, role: BrokerRole, epoch: u64) -> Command 
             max_offset: 100,
             registration_digest: epoch,
             in_sync: Vec::new(),
+            ack_policy: None,
+            ack_replicas: 0,
         },
         topics: BTreeMap::from([("orders".to_owned(), 4)]),
     }
@@ -869,6 +871,8 @@ fn command() -> impl Strategy<Value = Command> {
                     } else {
                         Vec::new()
                     },
+                    ack_policy: None,
+                    ack_replicas: 0,
                 },
                 topics,
             }),

@@ -62,6 +62,9 @@ async fn broker(
                 remoting_addr: String::new(),
                 confirmed_offset: 0,
                 degraded: String::new(),
+                ack_policy: String::new(),
+                ack_replicas: 0,
+                left_out: Vec::new(),
             };
             beat.registration_digest = registration_digest(&beat, &topics(group));
             let mut answer: BrokerHeartbeatResponse = pool

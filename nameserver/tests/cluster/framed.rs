@@ -133,6 +133,9 @@ fn heartbeat(addr: &str, topics: &[TopicQueues]) -> BrokerHeartbeat {
         remoting_addr: String::new(),
         confirmed_offset: 0,
         degraded: String::new(),
+        ack_policy: String::new(),
+        ack_replicas: 0,
+        left_out: Vec::new(),
     };
     heartbeat.registration_digest = registration_digest(&heartbeat, topics);
     heartbeat
