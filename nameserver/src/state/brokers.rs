@@ -71,10 +71,10 @@ pub struct BrokerGroup {
     pub history: Vec<EpochChange>,
     /// The ack policy its master registered (`None`: not known yet, or a master older than the
     /// field): which survivors provably hold every acknowledged message when the master fails.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_policy: Option<AckPolicy>,
     /// The replicas that policy counts, the master included (0: not known).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub ack_replicas: u32,
 }
 
@@ -98,6 +98,11 @@ impl BrokerGroup {
             .and_then(|name| self.members.get(name))
             .map_or("", |member| member.idc.as_str())
     }
+}
+
+/// Whether a count is 0 (not written: snapshots and log entries of earlier versions stay the same).
+fn is_zero(count: &u32) -> bool {
+    *count == 0
 }
 
 /// Epoch changes kept per broker group; older ones are dropped.
@@ -126,10 +131,10 @@ pub struct BrokerRegistration {
     #[serde(default)]
     pub in_sync: Vec<String>,
     /// Sent by a master: its ack policy, and the replicas it counts. Recorded like `in_sync`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_policy: Option<AckPolicy>,
     /// See `ack_policy`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub ack_replicas: u32,
 }
 
