@@ -482,6 +482,7 @@ impl Heartbeats {
             connect_timeout: NAMESERVER_TIMEOUT,
             credentials: state.config.auth.node_credentials.clone(),
             tls: state.config.tls_client.clone(),
+            source_ip: meridian_proto::transport::source_ip_for(state.config.listen.ip()),
         });
         let (registration_changed_tx, registration_changed_rx) = watch::channel(0u64);
         let interval = Duration::from_millis(state.config.heartbeat_interval_ms);

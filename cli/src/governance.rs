@@ -255,6 +255,10 @@ pub enum ClusterCommand {
     Kill(crate::cluster::KillArgs),
     /// Stop (if running) and start again one process of the local cluster, and wait until it is healthy.
     Restart(crate::cluster::RestartArgs),
+    /// Compare every replica of every broker group of the local cluster record by record, below
+    /// its master's confirmed offset (after a failover or a data center's return: every replica
+    /// must hold the same confirmed history). Fails naming the groups whose replicas differ.
+    Verify(crate::cluster::VerifyArgs),
     /// The local cluster's processes (when the cluster dir exists: pid, role, IDC, health,
     /// leader, lag), then the Raft cluster as one nameserver sees it and the broker groups.
     Status {
@@ -1049,6 +1053,7 @@ pub async fn cluster(command: ClusterCommand) -> Result<()> {
         ClusterCommand::Down(args) => return crate::cluster::down(args).await,
         ClusterCommand::Kill(args) => return crate::cluster::kill(args).await,
         ClusterCommand::Restart(args) => return crate::cluster::restart(args).await,
+        ClusterCommand::Verify(args) => return crate::cluster::verify(args).await,
         // With a local cluster, its processes first, and its nameservers unless others were named.
         ClusterCommand::Status {
             ref addrs,
@@ -1091,7 +1096,11 @@ async fn run_cluster(
     processes: Option<serde_json::Value>,
 ) -> Result<()> {
     match command {
-        ClusterCommand::Up(_) | ClusterCommand::Down(_) | ClusterCommand::Kill(_) | ClusterCommand::Restart(_) => {
+        ClusterCommand::Up(_)
+        | ClusterCommand::Down(_)
+        | ClusterCommand::Kill(_)
+        | ClusterCommand::Restart(_)
+        | ClusterCommand::Verify(_) => {
             unreachable!("handled by crate::cluster")
         }
         ClusterCommand::Status { json, .. } => {

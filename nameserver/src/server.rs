@@ -130,6 +130,7 @@ impl Nameserver {
             connect_timeout: Duration::from_secs(1),
             credentials: config.auth.node_credentials.clone(),
             tls: config.tls_client.clone(),
+            source_ip: meridian_proto::transport::source_ip_for(config.listen.ip()),
         });
         let network = FramedNetwork::new(config.node_id, pool.clone());
         let raft = NameserverRaft::start(config.node_id, &config.data_dir, &config.raft, network).await?;

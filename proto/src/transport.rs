@@ -9,6 +9,7 @@
 //! connection reports itself dead; the [`ConnectionPool`] opens a new one on the next request.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::{ErrorCode, Frame, Limits, RequestCode};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
@@ -41,6 +42,54 @@ pub struct TransportConfig {
     pub credentials: Option<Credentials>,
     /// Connect with TLS, verifying servers against this CA ([`crate::tls`]); `None`: plaintext.
     pub tls: Option<Arc<TlsClient>>,
+    /// Connect from this address (bound before connecting, to loopback peers only); `None`: the
+    /// kernel picks. Nodes set it with [`source_ip_for`].
+    pub source_ip: Option<IpAddr>,
+}
+
+/// The address a node listening on `listen` connects to other nodes from: its own when that is a
+/// loopback address other than 127.0.0.1, else `None` (the kernel picks).
+///
+/// `meridian cluster up` runs every node of a topology on one machine, each on its own 127.0.0.x,
+/// where the kernel would make every connection leave from 127.0.0.1. Leaving from the node's own
+/// address makes the machine behave like the hosts it stands for: a peer sees who connects, and a
+/// partition drawn between addresses (the fault suite's `ip rule` between data centers) cuts
+/// exactly the connections it would cut between hosts.
+pub fn source_ip_for(listen: IpAddr) -> Option<IpAddr> {
+    let own = listen.is_loopback() && listen != IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    own.then_some(listen)
+}
+
+/// Connects to `addr` from `source` when both are loopback addresses of one family; else as the
+/// kernel decides.
+async fn connect_from(source: Option<IpAddr>, addr: &str) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let mut last_error = None;
+    for target in tokio::net::lookup_host(addr).await? {
+        let socket = match target.ip() {
+            ip if !ip.is_loopback() || ip.is_ipv4() != source.is_ipv4() => {
+                match TcpStream::connect(target).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(error) => {
+                        last_error = Some(error);
+                        continue;
+                    }
+                }
+            }
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to no address"))
+    }))
 }
 
 impl Default for TransportConfig {
@@ -51,6 +100,7 @@ impl Default for TransportConfig {
             connect_timeout: Duration::from_secs(3),
             credentials: None,
             tls: None,
+            source_ip: None,
         }
     }
 }
@@ -208,7 +258,7 @@ impl Connection {
         tracker: &TaskTracker,
         parent: &CancellationToken,
     ) -> Result<Connection, TransportError> {
-        let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+        let stream = match tokio::time::timeout(config.connect_timeout, connect_from(config.source_ip, addr)).await {
             Err(_) => {
                 return Err(TransportError::Timeout {
                     what: format!("connecting to {addr}"),
@@ -752,6 +802,28 @@ mod tests {
         });
         futures_util::future::join_all(requests).await;
         server.await.unwrap();
+        pool.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_node_on_its_own_loopback_address_connects_from_it() {
+        let own: IpAddr = "127.0.0.57".parse().unwrap();
+        assert_eq!(source_ip_for(own), Some(own));
+        assert_eq!(source_ip_for("127.0.0.1".parse().unwrap()), None, "the default: the kernel picks");
+        assert_eq!(source_ip_for("10.1.2.3".parse().unwrap()), None, "a real host's address: routing decides");
+        assert_eq!(source_ip_for("0.0.0.0".parse().unwrap()), None);
+
+        let (listener, addr) = listener().await;
+        let pool = ConnectionPool::new(TransportConfig {
+            source_ip: source_ip_for(own),
+            ..TransportConfig::default()
+        });
+        let connecting = pool.get(&addr);
+        let accepting = listener.accept();
+        let (connection, accepted) = tokio::join!(connecting, accepting);
+        connection.unwrap();
+        let (_, peer) = accepted.unwrap();
+        assert_eq!(peer.ip(), own);
         pool.shutdown().await;
     }
 

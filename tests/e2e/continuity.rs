@@ -189,6 +189,15 @@ async fn continuity_with_dc1_cut_off_both_groups_write_degraded_within_seconds_a
             &missing[..missing.len().min(5)]
         );
     }
+    // Every replica of both groups holds the same records below its master's confirmed offset,
+    // a-0 and a-1 (fenced and truncated) and b-2 (caught up) included.
+    let (same, stdout, stderr) = blocking(|| cluster.cli(&["cluster", "verify", "--wait-secs", "60"]));
+    assert!(same, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("every replica holds the same confirmed history: broker-a ")
+            && stdout.lines().filter(|line| line.starts_with("broker-")).count() == 6,
+        "{stdout}"
+    );
     pool.shutdown().await;
     let (ok, stdout, stderr) = blocking(|| cluster.cli(&["cluster", "down"]));
     assert!(ok, "{stdout}{stderr}");

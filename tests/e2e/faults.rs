@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use meridian_client::{ClientConfig, ConnectionPool};
 use meridian_tests::faults::{
-    ClusterOptions, Link, LinkProxy, Load, LocalCluster, Watch, lost_and_duplicated, phantom_reads,
+    ClusterOptions, IpPartition, Link, LinkProxy, Load, LocalCluster, Watch, lost_and_duplicated, phantom_reads,
 };
 
 use crate::read_holding;
@@ -30,6 +30,8 @@ enum Fault {
     RandomKills(usize),
     PartitionMaster,
     CutOffIdc(&'static str),
+    /// The data center cut off from the other and the witness, every process of it still running.
+    PartitionIdc(&'static str),
     SlowLink(Duration),
 }
 
@@ -41,6 +43,7 @@ impl Fault {
             Fault::RandomKills(rounds) => format!("kill -9 a random broker or nameserver, {rounds} rounds"),
             Fault::PartitionMaster => "partition master a-0 (clients, slaves, nameservers)".into(),
             Fault::CutOffIdc(idc) => format!("cut off IDC {idc} (kill -9 all its processes)"),
+            Fault::PartitionIdc(idc) => format!("partition IDC {idc} from the rest (all alive)"),
             Fault::SlowLink(delay) => format!("slow link to master b-0 (+{} ms each way)", delay.as_millis()),
         }
     }
@@ -154,6 +157,17 @@ impl Rig {
                     }
                 }
             }
+            Fault::PartitionIdc(idc) => {
+                let others: Vec<&str> = ["dc1", "dc2", "witness"]
+                    .into_iter()
+                    .filter(|other| *other != idc)
+                    .collect();
+                let partition = IpPartition::cut(&cluster.idc_ips(&[idc]), &cluster.idc_ips(&others))
+                    .unwrap_or_else(|error| panic!("{error}"));
+                tokio::time::sleep(hold).await;
+                healing = Instant::now();
+                partition.heal();
+            }
             Fault::PartitionMaster => {
                 self.to_a0.set(Link::Cut);
                 for proxy in &self.a0_to_nameservers {
@@ -218,6 +232,9 @@ struct Row {
     p99_before: Option<Duration>,
     p99_during: Option<Duration>,
     recovery: Duration,
+    /// What `meridian cluster verify` said after the heal: `None` when every replica of every
+    /// group holds the same confirmed history, else why not.
+    replicas_differ: Option<String>,
 }
 
 fn ms(duration: Option<Duration>) -> String {
@@ -300,6 +317,12 @@ async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
         );
     }
     let phantoms = phantom.len();
+    // Every replica of every group, compared record by record below its master's confirmed offset.
+    let (same, stdout, stderr) = blocking(|| rig.cluster.cli(&["cluster", "verify", "--wait-secs", "60"]));
+    let replicas_differ = (!same).then(|| format!("{stdout}{stderr}"));
+    if let Some(why) = &replicas_differ {
+        eprintln!("{}: replicas differ: {why}", fault.describe());
+    }
     pool.shutdown().await;
     rig.stop().await;
     let longest_gap = fault
@@ -319,7 +342,40 @@ async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
         p99_before: record.latency_quantile(warm, fault_at, 0.99),
         p99_during: record.latency_quantile(fault_at, healed, 0.99),
         recovery,
+        replicas_differ,
     }
+}
+
+/// The middle value of `values` (the upper one of an even count); `None` when empty.
+fn median<T: Ord + Copy>(values: impl IntoIterator<Item = T>) -> Option<T> {
+    let mut values: Vec<T> = values.into_iter().collect();
+    values.sort_unstable();
+    values.get(values.len() / 2).copied()
+}
+
+/// One line of the table: a scenario's trials summed (counts) or summarised (times: median, and
+/// the worst write gap).
+fn table_row(rows: &[Row]) -> String {
+    let sum = |count: fn(&Row) -> usize| rows.iter().map(count).sum::<usize>();
+    let gaps = rows.iter().map(|row| row.longest_gap);
+    let identical = rows.iter().filter(|row| row.replicas_differ.is_none()).count();
+    format!(
+        "| {} | {} | {} | **{}** | **{}** | {} | {} | {} / {} | {} | {} | {} | {}/{} |\n",
+        rows[0].scenario,
+        rows.len(),
+        sum(|row| row.acked),
+        sum(|row| row.lost),
+        sum(|row| row.phantoms),
+        sum(|row| row.duplicates),
+        sum(|row| row.failed),
+        ms(median(gaps.clone())),
+        ms(gaps.max()),
+        ms(median(rows.iter().filter_map(|row| row.p99_before))),
+        ms(median(rows.iter().filter_map(|row| row.p99_during))),
+        ms(median(rows.iter().map(|row| row.recovery))),
+        identical,
+        rows.len()
+    )
 }
 
 /// The long suite: `scripts/bench-faults.sh` runs it (release build) and writes its table into
@@ -343,8 +399,21 @@ async fn fault_suite_loses_no_acknowledged_message() {
         Fault::PartitionMaster,
         Fault::CutOffIdc("dc1"),
         Fault::CutOffIdc("dc2"),
+        Fault::PartitionIdc("dc1"),
+        Fault::PartitionIdc("dc2"),
         Fault::SlowLink(Duration::from_millis(20)),
     ];
+    // `MERIDIAN_FAULTS_TRIALS=10` runs each scenario ten times; `MERIDIAN_FAULTS_IDC_TRIALS`
+    // sets it for the data center cut-offs and partitions alone (issue 23 measures those).
+    let trials_from = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|trials| trials.parse().ok())
+            .unwrap_or(default)
+            .max(1)
+    };
+    let trials = trials_from("MERIDIAN_FAULTS_TRIALS", 1);
+    let idc_trials = trials_from("MERIDIAN_FAULTS_IDC_TRIALS", trials);
     // `MERIDIAN_FAULTS_ONLY=dc1,dc2` runs the scenarios whose description contains any of the words.
     let only: Vec<String> = std::env::var("MERIDIAN_FAULTS_ONLY")
         .map(|only| {
@@ -354,33 +423,39 @@ async fn fault_suite_loses_no_acknowledged_message() {
                 .collect()
         })
         .unwrap_or_default();
-    let mut rows = Vec::new();
+    let mut scenarios: Vec<Vec<Row>> = Vec::new();
+    let mut skipped = Vec::new();
     for fault in faults {
         let described = fault.describe();
         if !only.is_empty() && !only.iter().any(|word| described.contains(word.as_str())) {
             continue;
         }
-        eprintln!("scenario: {}", fault.describe());
-        rows.push(run_scenario(fault, &mut rng).await);
+        if matches!(fault, Fault::PartitionIdc(_)) && !IpPartition::available() {
+            eprintln!("scenario skipped: {described}: needs a private network namespace (scripts/bench-faults.sh)");
+            skipped.push(described);
+            continue;
+        }
+        let trials = match fault {
+            Fault::CutOffIdc(_) | Fault::PartitionIdc(_) => idc_trials,
+            _ => trials,
+        };
+        let mut rows = Vec::new();
+        for trial in 1..=trials {
+            eprintln!("scenario: {described}, trial {trial} of {trials}");
+            rows.push(run_scenario(fault, &mut rng).await);
+        }
+        scenarios.push(rows);
     }
     let mut table = String::from(
-        "| scenario | acked | acked lost | phantom reads | duplicates | failed sends | longest write gap ms | p99 ms before | p99 ms during | recovery ms |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | trials | acked | acked lost | phantom reads | duplicates | failed sends | longest write gap ms, median / worst | p99 ms before | p99 ms during | recovery ms | replicas identical |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for row in &rows {
-        table += &format!(
-            "| {} | {} | **{}** | **{}** | {} | {} | {} | {} | {} | {} |\n",
-            row.scenario,
-            row.acked,
-            row.lost,
-            row.phantoms,
-            row.duplicates,
-            row.failed,
-            ms(Some(row.longest_gap)),
-            ms(row.p99_before),
-            ms(row.p99_during),
-            ms(Some(row.recovery))
-        );
+    for rows in &scenarios {
+        table += &table_row(rows);
     }
+    for described in &skipped {
+        table += &format!("\nSkipped: {described} (needs a private network namespace: run scripts/bench-faults.sh).\n");
+    }
+    let rows: Vec<&Row> = scenarios.iter().flatten().collect();
     println!("seed {seed}\n\n{table}");
     if let Ok(path) = std::env::var("MERIDIAN_FAULTS_REPORT") {
         std::fs::write(&path, format!("seed {seed}\n\n{table}")).expect("writing the report");
@@ -400,4 +475,10 @@ async fn fault_suite_loses_no_acknowledged_message() {
         phantom.is_empty(),
         "consumers received messages the final history lacks in: {phantom:?}"
     );
+    let differ: Vec<&str> = rows
+        .iter()
+        .filter(|row| row.replicas_differ.is_some())
+        .map(|row| row.scenario.as_str())
+        .collect();
+    assert!(differ.is_empty(), "replicas differ after the heal in: {differ:?}");
 }

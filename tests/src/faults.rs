@@ -2,6 +2,9 @@
 //!
 //! - [`LinkProxy`]: a TCP proxy in front of a node that can cut the link (a black hole, like
 //!   [`crate::FaultyProxy`]) or slow it (each chunk held back a fixed delay, both ways).
+//! - [`IpPartition`]: a partition between sets of the nodes' loopback addresses (`ip rule`
+//!   blackholes), for a whole data center cut off while it keeps running. Needs a private network
+//!   namespace ([`IpPartition::available`]).
 //! - [`LocalCluster`]: a two-IDC cluster spec with one 127.0.0.x address per node, brought up and driven
 //!   only through `meridian cluster up|status|kill|restart|down`, as an operator would. Dropping it
 //!   kills whatever its cluster dir still runs, so a failed test leaves no process behind.
@@ -11,7 +14,7 @@
 //!   received, for [`phantom_reads`] (messages a consumer saw that the final history lacks).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -144,6 +147,81 @@ impl LinkProxy {
     }
 }
 
+/// A partition between two sets of loopback addresses: `ip rule` blackholes, both ways, in this
+/// process's network namespace. Nodes of a [`LocalCluster`] connect from their own address
+/// (`meridian_proto::transport::source_ip_for`), so this cuts exactly the links between the two
+/// sides, while both keep running; connections from 127.0.0.1 (the test's clients) still reach
+/// both sides. A packet to the other side is dropped at once (`EINVAL` to a new connection, lost
+/// retransmissions on an open one), as on a routed network that lost its link.
+///
+/// It changes the namespace's routing rules, so it runs only where the namespace is private:
+/// `scripts/bench-faults.sh` runs the suite under `unshare -n` and sets `MERIDIAN_FAULTS_NETNS=1`.
+pub struct IpPartition {
+    rules: Vec<(IpAddr, IpAddr)>,
+}
+
+/// Priority of the partition's rules: before the local table's rule, which [`IpPartition::cut`]
+/// moves behind them (at priority 0 it would deliver every loopback packet first).
+const PARTITION_PREF: &str = "10";
+
+fn ip_command(args: &[&str]) -> Result<(), String> {
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|error| format!("running `ip {}`: {error}", args.join(" ")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+impl IpPartition {
+    /// Whether this process runs in a private network namespace it may change.
+    pub fn available() -> bool {
+        std::env::var("MERIDIAN_FAULTS_NETNS").is_ok_and(|value| value == "1")
+    }
+
+    /// Cuts every link between an address of `left` and one of `right`.
+    pub fn cut(left: &[IpAddr], right: &[IpAddr]) -> Result<IpPartition, String> {
+        if !IpPartition::available() {
+            return Err("a partition needs a private network namespace: run scripts/bench-faults.sh".into());
+        }
+        // Once per namespace: the local table's rule moves from priority 0 to 100.
+        let _ = ip_command(&["rule", "add", "pref", "100", "table", "local"]);
+        let _ = ip_command(&["rule", "del", "pref", "0"]);
+        let mut partition = IpPartition { rules: Vec::new() };
+        for a in left {
+            for b in right {
+                for (from, to) in [(*a, *b), (*b, *a)] {
+                    let (from_text, to_text) = (from.to_string(), to.to_string());
+                    ip_command(&[
+                        "rule", "add", "pref", PARTITION_PREF, "from", &from_text, "to", &to_text, "blackhole",
+                    ])?;
+                    partition.rules.push((from, to));
+                }
+            }
+        }
+        Ok(partition)
+    }
+
+    /// Heals it: every rule removed.
+    pub fn heal(self) {
+        for (from, to) in &self.rules {
+            let (from_text, to_text) = (from.to_string(), to.to_string());
+            if let Err(error) = ip_command(&[
+                "rule", "del", "pref", PARTITION_PREF, "from", &from_text, "to", &to_text, "blackhole",
+            ]) {
+                eprintln!("healing the partition: {error}");
+            }
+        }
+    }
+}
+
 /// One node of a [`LocalCluster`]: where it listens.
 #[derive(Debug, Clone)]
 pub struct NodeAddrs {
@@ -233,6 +311,20 @@ fn addr_on(ip: &str, port: u16) -> SocketAddr {
 }
 
 impl LocalCluster {
+    /// The addresses of every node in one of `idcs`, sorted.
+    pub fn idc_ips(&self, idcs: &[&str]) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = self
+            .nodes
+            .values()
+            .filter(|node| idcs.contains(&node.idc.as_str()))
+            .flat_map(|node| node.listen.into_iter().chain(node.http))
+            .map(|addr| addr.ip())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips
+    }
+
     /// Lays the cluster out under `root` on 127.0.0.`first_ip` and the addresses after it (14
     /// of them), each node on its own address; nothing is written or started yet.
     pub fn layout(root: &Path, first_ip: u8, options: ClusterOptions) -> LocalCluster {

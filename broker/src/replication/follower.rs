@@ -40,6 +40,8 @@ pub(super) struct Upstream {
     /// The node credential this slave logs in to its master with (`[auth]`), if any.
     pub(super) node_credentials: Option<meridian_proto::auth::Credentials>,
     pub(super) tls_client: Option<Arc<meridian_proto::tls::TlsClient>>,
+    /// The address it fetches from ([`meridian_proto::transport::source_ip_for`]).
+    pub(super) source_ip: Option<std::net::IpAddr>,
 }
 
 /// A running fetch loop; [`Follower::stop`] ends it.
@@ -59,6 +61,7 @@ impl Follower {
             connect_timeout: Duration::from_secs(2),
             credentials: replication.node_credentials.clone(),
             tls: replication.tls_client.clone(),
+            source_ip: replication.source_ip,
         });
         let tracker = TaskTracker::new();
         tracker.spawn(fetch_loop(

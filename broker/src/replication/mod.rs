@@ -116,6 +116,7 @@ pub struct Replication {
     node_credentials: Option<meridian_proto::auth::Credentials>,
     /// TLS of the fetches a slave sends its master (`[tls] ca_file`).
     tls_client: Option<Arc<meridian_proto::tls::TlsClient>>,
+    source_ip: Option<std::net::IpAddr>,
     /// With `[auth]` on, fetches count only from the group's registered members, as the
     /// nameservers last named them.
     members_only: bool,
@@ -166,6 +167,7 @@ impl Replication {
             shutdown,
             node_credentials: config.auth.node_credentials.clone(),
             tls_client: config.tls_client.clone(),
+            source_ip: meridian_proto::transport::source_ip_for(config.listen.ip()),
             members_only: config.auth.enabled,
             members: Mutex::new(Vec::new()),
         })
@@ -464,6 +466,7 @@ impl Replication {
                 shutdown: self.shutdown.clone(),
                 node_credentials: self.node_credentials.clone(),
                 tls_client: self.tls_client.clone(),
+                source_ip: self.source_ip,
             };
             let follower = Follower::start(Arc::new(upstream), master_addr, epoch);
             *self.follower.lock().unwrap_or_else(PoisonError::into_inner) = Some(follower);

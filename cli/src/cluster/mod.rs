@@ -9,18 +9,20 @@
 //! `DIR/cluster.toml` (what `down`, `kill`, `restart` and `status` read), starts the processes
 //! detached (their own session, so they outlive the CLI) and waits for each to be healthy.
 
-//! Start reading at [`commands`]; [`spec`] → [`plan`] → [`processes`], and [`status`] for
-//! `cluster status`.
+//! Start reading at [`commands`]; [`spec`] → [`plan`] → [`processes`], [`status`] for
+//! `cluster status`, and [`verify`] for `cluster verify` (replicas compared record by record).
 
 mod commands;
 mod plan;
 mod processes;
 mod spec;
 mod status;
+mod verify;
 
 pub use commands::{DirArgs, DownArgs, KillArgs, RestartArgs, UpArgs, down, kill, restart, up};
 pub use plan::exists;
 pub use status::process_view;
+pub use verify::{VerifyArgs, verify};
 
 #[cfg(test)]
 mod tests {
