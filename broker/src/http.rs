@@ -180,7 +180,10 @@ async fn digest(
             "this replica holds up to offset {committed}, short of {}: wait until it caught up, or pass a smaller `to`",
             query.to
         );
-        return (StatusCode::CONFLICT, Json(json!({ "error": error, "committed_offset": committed })));
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": error, "committed_offset": committed })),
+        );
     }
     if from > query.to || from < store.min_offset() {
         let error = format!(

@@ -249,6 +249,8 @@ async fn nameserver_checks(args: &HealthArgs, cluster: &Value) -> Vec<Check> {
                 voters_up += usize::from(voter);
                 let (verdict, detail) = if status == 200 {
                     (Status::Pass, format!("up at {addr}, {role}"))
+                } else if let Some(cut_off) = answer["cut_off"].as_str() {
+                    (Status::Warn, format!("up at {addr}, {role}, but {cut_off}"))
                 } else {
                     (
                         Status::Warn,

@@ -628,9 +628,11 @@ struct IdcRuleJson {
 
 async fn health(State(service): State<SharedService>) -> HttpResponse {
     let view = service.cluster();
-    let (status, word) = match view.leader {
-        Some(_) => (StatusCode::OK, "ok"),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+    let cut_off = service.cut_off();
+    let (status, word) = match (view.leader, &cut_off) {
+        (None, _) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+        (Some(_), Some(_)) => (StatusCode::SERVICE_UNAVAILABLE, "cut_off"),
+        (Some(_), None) => (StatusCode::OK, "ok"),
     };
     answer(
         status,
@@ -639,6 +641,7 @@ async fn health(State(service): State<SharedService>) -> HttpResponse {
             "node_id": view.node_id,
             "role": view.role,
             "leader": view.leader,
+            "cut_off": cut_off,
         }),
     )
 }

@@ -34,7 +34,8 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::types::{Node, NodeId, Raft, TypeConfig};
+use crate::raft::NameserverRaft;
+use crate::types::{Node, NodeId, TypeConfig};
 
 /// Where in an RPC the transport failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,11 +241,16 @@ fn decode_json<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T
 
 /// Answers one incoming Raft RPC (`code` is `RaftAppend`, `RaftVote` or `RaftSnapshot`) with the
 /// body to send back. A body that does not decode is refused before it reaches Raft.
-pub async fn serve_raft_rpc(raft: &Raft, code: RequestCode, body: Bytes) -> Result<Bytes, MalformedRpc> {
+pub async fn serve_raft_rpc(node: &NameserverRaft, code: RequestCode, body: Bytes) -> Result<Bytes, MalformedRpc> {
+    let raft = node.raft();
     match code {
         RequestCode::RaftAppend => {
             let request: AppendEntriesRequest<TypeConfig> = decode_json("AppendEntries request", &body)?;
-            Ok(json_body(&raft.append_entries(request).await))
+            let response = raft.append_entries(request).await;
+            if let Ok(answer) = &response {
+                node.leader_contact().observe(answer);
+            }
+            Ok(json_body(&response))
         }
         RequestCode::RaftVote => {
             let request: VoteRequest<NodeId> = decode_json("Vote request", &body)?;

@@ -114,6 +114,43 @@ pub struct NameserverRaft {
     raft: Raft,
     state: StateReader,
     log_liveness: Weak<redb::Database>,
+    leader_contact: LeaderContact,
+}
+
+/// When a current leader's AppendEntries last reached this node: shared with whatever hands
+/// incoming RPCs to Raft ([`crate::network::serve_raft_rpc`], or a test's in-process network).
+#[derive(Debug, Clone)]
+pub struct LeaderContact {
+    /// When the node started, the base of `last_ms`.
+    started: std::time::Instant,
+    /// Ms after `started` of the last contact (0: none yet).
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LeaderContact {
+    fn new() -> LeaderContact {
+        LeaderContact {
+            started: std::time::Instant::now(),
+            last_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+
+    /// Records an AppendEntries answered with `response`, if it came from a current leader
+    /// (anything but a refusal for a stale vote).
+    pub fn observe(&self, response: &openraft::raft::AppendEntriesResponse<NodeId>) {
+        if matches!(response, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+            return;
+        }
+        let now = self.started.elapsed().as_millis().max(1) as u64;
+        self.last_ms.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the last contact, or since the node started.
+    fn silence(&self) -> Duration {
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(last))
+    }
 }
 
 impl NameserverRaft {
@@ -157,7 +194,35 @@ impl NameserverRaft {
             raft,
             state,
             log_liveness,
+            leader_contact: LeaderContact::new(),
         })
+    }
+
+    /// Where the network layer records each leader's AppendEntries this node answers.
+    pub fn leader_contact(&self) -> &LeaderContact {
+        &self.leader_contact
+    }
+
+    /// How long this node has been out of touch with the Raft majority, when it may be: as the
+    /// leader, since a quorum last acknowledged it; otherwise since a leader's AppendEntries last
+    /// reached it (or since it started). `None` for the only voter of its cluster, which is its
+    /// own majority.
+    ///
+    /// Used to tell a node cut off from the majority (a partitioned data center's nameserver,
+    /// still answering its side's clients from a state that no longer moves) from one that
+    /// serves current routes.
+    pub fn out_of_touch_for(&self) -> Option<Duration> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.membership_config.membership().voter_ids().count() <= 1 {
+            return None;
+        }
+        if metrics.state == openraft::ServerState::Leader {
+            return Some(match metrics.millis_since_quorum_ack {
+                Some(millis) => Duration::from_millis(millis),
+                None => self.leader_contact.started.elapsed(),
+            });
+        }
+        Some(self.leader_contact.silence())
     }
 
     /// Forms a new cluster of `members` (this node among them). Call it on one node of a fresh

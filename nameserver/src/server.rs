@@ -372,7 +372,7 @@ fn answer(
         RequestCode::RaftAppend | RequestCode::RaftVote | RequestCode::RaftSnapshot => {
             let service = service.clone();
             Answer::Later(Box::pin(async move {
-                serve_raft_rpc(service.raft().raft(), code, body)
+                serve_raft_rpc(service.raft(), code, body)
                     .await
                     .map_err(|error| ApiError::new(error.code(), error.to_string()))
             }))

@@ -228,11 +228,32 @@ impl NameserverService {
     }
 
     /// The route of `topic`, from this node's state and liveness.
+    /// Refused with `Unavailable` (clients ask the next nameserver) while this node is cut off
+    /// from the Raft majority ([`NameserverService::cut_off`]).
     pub fn route(&self, topic: &str) -> Result<TopicRoute, ApiError> {
         self.metrics.route_lookups.inc();
+        if let Some(why) = self.cut_off() {
+            return Err(ApiError::new(ErrorCode::Unavailable, why));
+        }
         self.raft.read_state(|state| {
             self.liveness
                 .with(|liveness| routes::topic_route(state, liveness, topic))
+        })
+    }
+
+    /// Why this node's view may be stale, while it has been out of touch with the Raft majority
+    /// for longer than the broker timeout: by then the majority may have failed over groups this
+    /// node still routes to (a partitioned data center's nameserver). `None` otherwise.
+    pub fn cut_off(&self) -> Option<String> {
+        let silent = self.raft.out_of_touch_for()?;
+        let timeout = self.liveness.timeout();
+        (silent > timeout).then(|| {
+            format!(
+                "nameserver node {} has been out of touch with the Raft majority for {} ms (longer than the broker timeout, {} ms): it may be cut off from it and its routes stale; ask another nameserver",
+                self.raft.node_id(),
+                silent.as_millis(),
+                timeout.as_millis()
+            )
         })
     }
 

@@ -69,15 +69,13 @@ async fn connect_from(source: Option<IpAddr>, addr: &str) -> std::io::Result<Tcp
     let mut last_error = None;
     for target in tokio::net::lookup_host(addr).await? {
         let socket = match target.ip() {
-            ip if !ip.is_loopback() || ip.is_ipv4() != source.is_ipv4() => {
-                match TcpStream::connect(target).await {
-                    Ok(stream) => return Ok(stream),
-                    Err(error) => {
-                        last_error = Some(error);
-                        continue;
-                    }
+            ip if !ip.is_loopback() || ip.is_ipv4() != source.is_ipv4() => match TcpStream::connect(target).await {
+                Ok(stream) => return Ok(stream),
+                Err(error) => {
+                    last_error = Some(error);
+                    continue;
                 }
-            }
+            },
             IpAddr::V4(_) => TcpSocket::new_v4()?,
             IpAddr::V6(_) => TcpSocket::new_v6()?,
         };
@@ -87,9 +85,8 @@ async fn connect_from(source: Option<IpAddr>, addr: &str) -> std::io::Result<Tcp
             Err(error) => last_error = Some(error),
         }
     }
-    Err(last_error.unwrap_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to no address"))
-    }))
+    Err(last_error
+        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to no address"))))
 }
 
 impl Default for TransportConfig {
@@ -809,8 +806,16 @@ mod tests {
     async fn a_node_on_its_own_loopback_address_connects_from_it() {
         let own: IpAddr = "127.0.0.57".parse().unwrap();
         assert_eq!(source_ip_for(own), Some(own));
-        assert_eq!(source_ip_for("127.0.0.1".parse().unwrap()), None, "the default: the kernel picks");
-        assert_eq!(source_ip_for("10.1.2.3".parse().unwrap()), None, "a real host's address: routing decides");
+        assert_eq!(
+            source_ip_for("127.0.0.1".parse().unwrap()),
+            None,
+            "the default: the kernel picks"
+        );
+        assert_eq!(
+            source_ip_for("10.1.2.3".parse().unwrap()),
+            None,
+            "a real host's address: routing decides"
+        );
         assert_eq!(source_ip_for("0.0.0.0".parse().unwrap()), None);
 
         let (listener, addr) = listener().await;

@@ -67,7 +67,9 @@ struct Rig {
 }
 
 impl Rig {
-    async fn start(root: &std::path::Path) -> Rig {
+    /// A fresh cluster; `through_proxies`: a-0 and b-0 reached through the proxies (which connect
+    /// from 127.0.0.1, so an IDC partition drawn between addresses would not cut them).
+    async fn start(root: &std::path::Path, through_proxies: bool) -> Rig {
         let mut cluster = LocalCluster::layout(root, 200, ClusterOptions::default());
         let to_a0 = LinkProxy::start("127.0.0.220:0", cluster.nodes["a-0"].listen.unwrap()).await;
         let to_b0 = LinkProxy::start("127.0.0.221:0", cluster.nodes["b-0"].listen.unwrap()).await;
@@ -79,18 +81,20 @@ impl Rig {
             .iter()
             .map(|proxy| format!("\"{}\"", proxy.addr()))
             .collect();
-        cluster.options.member_overrides.insert(
-            "a-0".into(),
-            format!(
-                "{{ advertise_addr = \"{}\", nameservers = [{}] }}",
-                to_a0.addr(),
-                via.join(", ")
-            ),
-        );
-        cluster
-            .options
-            .member_overrides
-            .insert("b-0".into(), format!("{{ advertise_addr = \"{}\" }}", to_b0.addr()));
+        if through_proxies {
+            cluster.options.member_overrides.insert(
+                "a-0".into(),
+                format!(
+                    "{{ advertise_addr = \"{}\", nameservers = [{}] }}",
+                    to_a0.addr(),
+                    via.join(", ")
+                ),
+            );
+            cluster
+                .options
+                .member_overrides
+                .insert("b-0".into(), format!("{{ advertise_addr = \"{}\" }}", to_b0.addr()));
+        }
         blocking(|| cluster.up());
         for args in [
             &["topic", "create", "orders", "--queues", "4", "--on", "broker-a"][..],
@@ -165,6 +169,8 @@ impl Rig {
                 let partition = IpPartition::cut(&cluster.idc_ips(&[idc]), &cluster.idc_ips(&others))
                     .unwrap_or_else(|error| panic!("{error}"));
                 tokio::time::sleep(hold).await;
+                let (_, status, _) = blocking(|| cluster.cli(&["cluster", "status"]));
+                eprintln!("meridian cluster status at the end of the partition:\n{status}");
                 healing = Instant::now();
                 partition.heal();
             }
@@ -256,7 +262,7 @@ async fn wait_acks(load: &Load, topic: &str, since: Instant, count: usize, what:
 
 async fn run_scenario(fault: Fault, seed: &mut fastrand::Rng) -> Row {
     let root = tempfile::tempdir().unwrap();
-    let rig = Rig::start(root.path()).await;
+    let rig = Rig::start(root.path(), !matches!(fault, Fault::PartitionIdc(_))).await;
     let pool = ConnectionPool::new(ClientConfig::default());
     let load = Load::start(rig.cluster.route(&pool), &["orders", "payments"], 2, 8);
     let watch = Watch::start(rig.cluster.route(&pool), &["orders", "payments"], "readers");

@@ -200,7 +200,15 @@ impl IpPartition {
                 for (from, to) in [(*a, *b), (*b, *a)] {
                     let (from_text, to_text) = (from.to_string(), to.to_string());
                     ip_command(&[
-                        "rule", "add", "pref", PARTITION_PREF, "from", &from_text, "to", &to_text, "blackhole",
+                        "rule",
+                        "add",
+                        "pref",
+                        PARTITION_PREF,
+                        "from",
+                        &from_text,
+                        "to",
+                        &to_text,
+                        "blackhole",
                     ])?;
                     partition.rules.push((from, to));
                 }
@@ -214,7 +222,15 @@ impl IpPartition {
         for (from, to) in &self.rules {
             let (from_text, to_text) = (from.to_string(), to.to_string());
             if let Err(error) = ip_command(&[
-                "rule", "del", "pref", PARTITION_PREF, "from", &from_text, "to", &to_text, "blackhole",
+                "rule",
+                "del",
+                "pref",
+                PARTITION_PREF,
+                "from",
+                &from_text,
+                "to",
+                &to_text,
+                "blackhole",
             ]) {
                 eprintln!("healing the partition: {error}");
             }

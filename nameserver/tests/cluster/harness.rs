@@ -87,7 +87,8 @@ impl Cluster {
         let node = NameserverRaft::start(id, &self.data_dir(id), &self.config, self.router.network(id))
             .await
             .expect("start node");
-        self.router.register(id, node.raft().clone());
+        self.router
+            .register(id, node.raft().clone(), node.leader_contact().clone());
         self.nodes.insert(id, node);
         &self.nodes[&id]
     }

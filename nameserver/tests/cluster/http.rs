@@ -149,7 +149,7 @@ async fn topics_are_requested_approved_and_read_over_http_with_json_errors() {
     assert_eq!(status, 200, "{health}");
     assert_eq!(
         health,
-        json!({"status": "ok", "node_id": 1, "role": "Leader", "leader": 1})
+        json!({"status": "ok", "node_id": 1, "role": "Leader", "leader": 1, "cut_off": null})
     );
     let (status, cluster) = api.get("/api/cluster").await;
     assert_eq!(status, 200);

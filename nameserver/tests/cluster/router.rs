@@ -14,6 +14,7 @@ use meridian_nameserver::openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use meridian_nameserver::raft::LeaderContact;
 use meridian_nameserver::types::Raft;
 use meridian_nameserver::{Node, NodeId, TypeConfig};
 
@@ -25,7 +26,7 @@ pub struct Router {
 
 #[derive(Default)]
 struct RouterInner {
-    nodes: BTreeMap<NodeId, Raft>,
+    nodes: BTreeMap<NodeId, (Raft, LeaderContact)>,
     cut: BTreeSet<NodeId>,
 }
 
@@ -38,10 +39,10 @@ impl Router {
         }
     }
 
-    /// Makes `id` reachable at `raft`.
-    pub fn register(&self, id: NodeId, raft: Raft) {
+    /// Makes `id` reachable at `raft`, recording its leaders' AppendEntries in `contact`.
+    pub fn register(&self, id: NodeId, raft: Raft, contact: LeaderContact) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.nodes.insert(id, raft);
+        inner.nodes.insert(id, (raft, contact));
         inner.cut.remove(&id);
     }
 
@@ -59,7 +60,7 @@ impl Router {
             .remove(&id);
     }
 
-    fn connect(&self, source: NodeId, target: NodeId) -> Result<Raft, io::Error> {
+    fn connect(&self, source: NodeId, target: NodeId) -> Result<(Raft, LeaderContact), io::Error> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let raft = if inner.cut.contains(&source) || inner.cut.contains(&target) {
             None
@@ -101,7 +102,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn reach(&self) -> Result<Raft, io::Error> {
+    fn reach(&self) -> Result<(Raft, LeaderContact), io::Error> {
         self.router.connect(self.source, self.target)
     }
 
@@ -116,10 +117,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        let raft = self
+        let (raft, contact) = self
             .reach()
             .map_err(|error| rpc_error_from_io(&error, TransportStage::Connect))?;
         let answer = raft.append_entries(rpc).await.map_err(|error| self.remote(error))?;
+        contact.observe(&answer);
         // A node cut off while the call was in flight loses the answer too.
         self.reach()
             .map_err(|error| rpc_error_from_io(&error, TransportStage::Exchange))?;
@@ -131,7 +133,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>> {
-        let raft = self
+        let (raft, _) = self
             .reach()
             .map_err(|error| rpc_error_from_io(&error, TransportStage::Connect))?;
         let answer = raft.install_snapshot(rpc).await.map_err(|error| self.remote(error))?;
@@ -146,7 +148,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        let raft = self
+        let (raft, _) = self
             .reach()
             .map_err(|error| rpc_error_from_io(&error, TransportStage::Connect))?;
         let answer = raft.vote(rpc).await.map_err(|error| self.remote(error))?;
