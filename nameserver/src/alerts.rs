@@ -72,6 +72,16 @@ pub enum Condition {
         /// In ms.
         window_ms: u64,
     },
+    /// A data center the nameservers declared lost (none of its brokers heard for
+    /// `continuity.idc_lost_after_ms`); resolves when it is cleared.
+    IdcLost,
+    /// A broker group left without a master because no live replica provably holds every
+    /// acknowledged message: it takes no writes (its slaves still serve reads); resolves once a
+    /// master is elected.
+    GroupReadOnly,
+    /// A broker group's master acknowledging in degraded mode (replicas in a lost data center left
+    /// out of its ack policy); resolves when it is back on its full policy.
+    GroupDegraded,
 }
 
 /// Lag statuses a [`Condition::GroupLagStatus`] rule may name (`docs/governance.md`).
@@ -137,6 +147,9 @@ impl TryFrom<RawRule> for Rule {
             "large_messages" => Condition::LargeMessages {
                 window_ms: raw.window_ms.ok_or_else(|| needs("window_ms"))?,
             },
+            "idc_lost" => Condition::IdcLost,
+            "group_read_only" => Condition::GroupReadOnly,
+            "group_degraded" => Condition::GroupDegraded,
             other => {
                 return Err(format!(
                     "rule {name:?}: condition {other:?} is unknown; use broker_down, group_lag_status, group_time_lag, group_lag_messages, consumer_offline, consumer_unresponsive, subscriptions_differ or large_messages"
@@ -242,6 +255,24 @@ pub fn default_rules() -> Vec<Rule> {
             for_ms: 0,
             severity: "info".into(),
         },
+        Rule {
+            name: "idc_lost".into(),
+            condition: Condition::IdcLost,
+            for_ms: 0,
+            severity: "critical".into(),
+        },
+        Rule {
+            name: "group_read_only".into(),
+            condition: Condition::GroupReadOnly,
+            for_ms: 0,
+            severity: "critical".into(),
+        },
+        Rule {
+            name: "group_degraded".into(),
+            condition: Condition::GroupDegraded,
+            for_ms: 0,
+            severity: "warning".into(),
+        },
     ]
 }
 
@@ -317,7 +348,12 @@ pub fn validate_rule(rule: &Rule) -> Result<(), String> {
         ));
     }
     match &rule.condition {
-        Condition::BrokerDown | Condition::ConsumerOffline | Condition::SubscriptionsDiffer => {}
+        Condition::BrokerDown
+        | Condition::ConsumerOffline
+        | Condition::SubscriptionsDiffer
+        | Condition::IdcLost
+        | Condition::GroupReadOnly
+        | Condition::GroupDegraded => {}
         Condition::ConsumerUnresponsive { threshold_ms } => {
             if *threshold_ms == 0 {
                 return Err("threshold_ms must be at least 1".into());
@@ -505,6 +541,20 @@ pub struct Inputs {
     pub group_owners: BTreeMap<String, String>,
     /// Owner of each topic (from its approval record).
     pub topic_owners: BTreeMap<String, String>,
+    /// Lost data centers and the groups they affect; `None`: not known yet (a new leader waits a
+    /// broker timeout), so these alerts neither fire nor resolve.
+    pub continuity: Option<ContinuityInput>,
+}
+
+/// What the leader knows of lost data centers and the broker groups they affect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContinuityInput {
+    /// Lost data centers, with why they were declared lost.
+    pub lost_idcs: BTreeMap<String, String>,
+    /// Groups without a master, with the controller's reason.
+    pub read_only: BTreeMap<String, String>,
+    /// Groups whose master acknowledges in degraded mode, with its reason.
+    pub degraded: BTreeMap<String, String>,
 }
 
 /// A rule's condition holding for one subject now.
@@ -551,6 +601,27 @@ pub fn conditions(rules: &[Rule], inputs: &Inputs) -> (Vec<Holding>, BTreeSet<St
                             if broker.idc.is_empty() { "unknown" } else { &broker.idc }
                         ),
                     ));
+                }
+            }
+            Condition::IdcLost | Condition::GroupReadOnly | Condition::GroupDegraded => {
+                let Some(continuity) = &inputs.continuity else { continue };
+                judged.insert(rule.name.clone());
+                let (subject, listed) = match rule.condition {
+                    Condition::IdcLost => ("idc", &continuity.lost_idcs),
+                    Condition::GroupReadOnly => ("group", &continuity.read_only),
+                    _ => ("group", &continuity.degraded),
+                };
+                for (name, why) in listed {
+                    let message = match rule.condition {
+                        Condition::IdcLost => {
+                            format!("data center {name} is lost, its broker groups go on without it: {why}")
+                        }
+                        Condition::GroupReadOnly => format!(
+                            "broker group {name} has no master and takes no writes (its slaves still serve reads): {why}"
+                        ),
+                        _ => format!("broker group {name} is degraded, {why}"),
+                    };
+                    holding.push(hold(format!("{subject}={name}"), String::new(), message));
                 }
             }
             Condition::LargeMessages { window_ms } => {
@@ -880,7 +951,7 @@ fn announce(alert: &Alert) {
 /// Reads the inputs: liveness once `settled` (leading for a broker timeout), lag from every
 /// broker in `broker_http` (all or nothing), group and topic owners from the state.
 async fn gather(service: &NameserverService, config: &AlertsConfig, settled: bool, stop: &CancellationToken) -> Inputs {
-    let (down_brokers, group_owners, topic_owners) = service.raft().read_state(|state: &MetadataState| {
+    let (down_brokers, group_owners, topic_owners, continuity) = service.raft().read_state(|state: &MetadataState| {
         let owners = state
             .consumer_groups()
             .iter()
@@ -907,7 +978,23 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
                     .collect()
             })
         });
-        (down, owners, topic_owners)
+        let continuity = settled.then(|| ContinuityInput {
+            lost_idcs: state
+                .continuity()
+                .lost
+                .iter()
+                .map(|(idc, lost)| (idc.clone(), lost.reason.clone()))
+                .collect(),
+            read_only: service.read_only_groups(),
+            degraded: service.liveness().with(|view| {
+                state
+                    .broker_groups()
+                    .keys()
+                    .filter_map(|group| Some((group.clone(), view.report(group)?.degraded.clone()?)))
+                    .collect()
+            }),
+        });
+        (down, owners, topic_owners, continuity)
     });
     // With `[auth]` on, brokers' HTTP APIs want a login: the node's own.
     let node_authorization = config.node_credentials.as_ref().map(|credentials| {
@@ -977,6 +1064,7 @@ async fn gather(service: &NameserverService, config: &AlertsConfig, settled: boo
         clients,
         group_owners,
         topic_owners,
+        continuity,
     }
 }
 
@@ -1228,6 +1316,50 @@ mod tests {
         assert_eq!(judged.len(), 3);
         let (_, judged) = conditions(&rules, &Inputs::default());
         assert!(judged.is_empty(), "without inputs no rule is judged");
+
+        // Losing a data center: the data center, the groups left without a master and those
+        // acknowledging degraded each fire their own alert, with the reason.
+        let continuity = ContinuityInput {
+            lost_idcs: BTreeMap::from([("dc1".into(), "none of its 3 brokers heard for 2500 ms".into())]),
+            read_only: BTreeMap::from([("broker-a".into(), "a-2: not in sync".into())]),
+            degraded: BTreeMap::from([("broker-b".into(), "acknowledging with 2 of 2 surviving replicas".into())]),
+        };
+        let inputs = Inputs {
+            continuity: Some(continuity),
+            ..Inputs::default()
+        };
+        let (holding, judged) = conditions(&default_rules(), &inputs);
+        let fired: Vec<(String, &str, &str)> = holding
+            .iter()
+            .map(|holding| {
+                (
+                    alert_key(&holding.rule, &holding.subject),
+                    holding.severity.as_str(),
+                    holding.message.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            fired,
+            [
+                (
+                    "idc_lost/idc=dc1".to_owned(),
+                    "critical",
+                    "data center dc1 is lost, its broker groups go on without it: none of its 3 brokers heard for 2500 ms"
+                ),
+                (
+                    "group_read_only/group=broker-a".to_owned(),
+                    "critical",
+                    "broker group broker-a has no master and takes no writes (its slaves still serve reads): a-2: not in sync"
+                ),
+                (
+                    "group_degraded/group=broker-b".to_owned(),
+                    "warning",
+                    "broker group broker-b is degraded, acknowledging with 2 of 2 surviving replicas"
+                ),
+            ]
+        );
+        assert_eq!(judged.len(), 3, "only the continuity rules had their input");
     }
 
     fn consumer(group: &str, client_id: &str, host: &str, topics: &[&str], tags: &str) -> ConsumerInput {

@@ -248,6 +248,10 @@ pub fn answer(
             service.metrics().route_lookups.inc();
             let standard = command.version >= V4_9_4
                 || command.fields().bool_or(&["acceptStandardJsonOnly"], false).unwrap_or(false);
+            // A nameserver cut off from the majority answers no route from its stale state.
+            if let Some(why) = service.cut_off() {
+                return command.respond(response::SYSTEM_ERROR, Some(why));
+            }
             match route(service, addrs, config, topic, peer) {
                 Ok(route) => command.success().with_body(encode_route(&route, standard)),
                 Err(remark) => {

@@ -137,6 +137,14 @@ impl NameserverService {
             .cloned()
     }
 
+    /// Every group without a master, with why (the controller's last verdicts).
+    pub fn read_only_groups(&self) -> std::collections::BTreeMap<String, String> {
+        self.read_only
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Replaces what [`NameserverService::read_only`] answers (the controller, every tick).
     pub fn set_read_only(&self, groups: std::collections::BTreeMap<String, String>) {
         *self.read_only.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = groups;
