@@ -4,7 +4,7 @@
 //! - [`HALF_TOPIC`] and [`HALF_OP_TOPIC`]: transactional half messages and their outcomes.
 //! - `%RETRY%<group>`: messages a consumer group failed to consume, redelivered to that group only.
 //! - `%DLQ%<group>`: messages the group failed too often (dead letters).
-//! - [`crate::trace::TRACE_TOPIC`]: trace events.
+//! - [`TRACE_TOPIC`]: trace events (see [`crate::trace`]).
 //!
 //! No ordinary producer may send to any of them. Brokers create them on demand; they need no
 //! approval. A group's retry and dead-letter topics may be read by that group (and by admin tools
@@ -17,6 +17,10 @@ use crate::validate::{self, ValidationError};
 pub const DELAY_TOPIC: &str = "MERIDIAN_DELAY";
 /// Transactional half messages, invisible to consumers until committed.
 pub const HALF_TOPIC: &str = "MERIDIAN_HALF";
+/// The system topic trace events are written to ([`crate::trace`]). Brokers create it themselves
+/// on every broker group; it needs no approval, and ordinary sends to it are refused (trace events
+/// reach it only through the broker's own emitter and [`crate::RequestCode::TraceReport`]).
+pub const TRACE_TOPIC: &str = "MERIDIAN_TRACE";
 /// Commit and rollback records of half messages.
 pub const HALF_OP_TOPIC: &str = "MERIDIAN_HALF_OP";
 /// Prefix of a consumer group's retry topic.
@@ -54,7 +58,7 @@ pub fn kind(topic: &str) -> TopicKind<'_> {
         return TopicKind::DeadLetter(group);
     }
     match topic {
-        crate::trace::TRACE_TOPIC => TopicKind::Trace,
+        TRACE_TOPIC => TopicKind::Trace,
         DELAY_TOPIC => TopicKind::Delay,
         HALF_TOPIC => TopicKind::Half,
         HALF_OP_TOPIC => TopicKind::HalfOp,
@@ -104,7 +108,7 @@ mod tests {
         assert_eq!(kind("%RETRY%billing"), TopicKind::Retry("billing"));
         assert_eq!(kind("%DLQ%billing"), TopicKind::DeadLetter("billing"));
         assert_eq!(kind(DELAY_TOPIC), TopicKind::Delay);
-        assert_eq!(kind(crate::trace::TRACE_TOPIC), TopicKind::Trace);
+        assert_eq!(kind(TRACE_TOPIC), TopicKind::Trace);
         assert!(is_system(HALF_TOPIC) && is_system(HALF_OP_TOPIC) && !is_system("orders"));
         assert_eq!(owning_group(&retry_topic("g1")), Some("g1"));
         assert_eq!(owning_group("orders"), None);

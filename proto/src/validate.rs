@@ -113,7 +113,7 @@ pub enum ValidationError {
     /// A delay level outside RocketMQ's 18.
     #[error(
         "delay level {level:?} is invalid: levels are 1 to 18 ({levels}); for any other delay set a delivery time",
-        levels = crate::delay::LEVEL_NAMES
+        levels = crate::delay::levels::LEVEL_NAMES
     )]
     DelayLevel {
         /// The level as given.
@@ -241,17 +241,17 @@ pub fn validate_tag(tag: &str) -> Result<(), ValidationError> {
 
 /// Property names the system sets itself; a user property may not shadow them.
 pub const RESERVED_PROPERTY_NAMES: [&str; 11] = [
-    crate::properties::MSG_ID,
-    crate::properties::KEYS,
-    crate::properties::TAGS,
-    crate::properties::DELAY,
-    crate::properties::PRODUCER_GROUP,
-    crate::properties::DELIVER_AT,
-    crate::properties::REAL_TOPIC,
-    crate::properties::REAL_QUEUE,
-    crate::properties::RETRY_TOPIC,
-    crate::properties::TRANSACTION,
-    crate::properties::SHARDING_KEY,
+    crate::properties::names::MSG_ID,
+    crate::properties::names::KEYS,
+    crate::properties::names::TAGS,
+    crate::properties::names::DELAY,
+    crate::properties::names::PRODUCER_GROUP,
+    crate::properties::names::DELIVER_AT,
+    crate::properties::names::REAL_TOPIC,
+    crate::properties::names::REAL_QUEUE,
+    crate::properties::names::RETRY_TOPIC,
+    crate::properties::names::TRANSACTION,
+    crate::properties::names::SHARDING_KEY,
 ];
 
 /// Longest consumer client id.

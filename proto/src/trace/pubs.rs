@@ -9,7 +9,7 @@
 
 use prost::Message;
 
-use super::{ServerStats, TraceError, TraceEvent, TraceType};
+use super::event::{ServerStats, TraceError, TraceEvent, TraceType};
 use crate::msgid::MessageId;
 use crate::properties::KEY_SEPARATOR;
 
