@@ -32,7 +32,8 @@
 //!   compatibility listeners.
 //! - [`auth`]: users' SCRAM-SHA-256 verifiers, the per-connection login handshake and node
 //!   credentials; [`http_auth`]: the same users on the HTTP APIs and console (Basic, sessions,
-//!   CSRF), applied to axum routers by `http_layer` (feature `http`).
+//!   CSRF), applied to axum routers by `http_layer` (feature `http`); `http_serve` serves those
+//!   routers, with or without TLS (feature `http`).
 //! - [`transport`]: the requesting side of the protocol: pipelined connections and a pool, used by
 //!   clients, brokers and nameservers alike; [`serve`]: the answering side, the one connection
 //!   loop of the broker and the nameserver.
@@ -52,6 +53,8 @@ pub mod frame;
 pub mod http_auth;
 #[cfg(feature = "http")]
 pub mod http_layer;
+#[cfg(feature = "http")]
+pub mod http_serve;
 pub mod idc;
 pub mod messages;
 pub mod msgid;
