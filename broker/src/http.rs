@@ -170,28 +170,32 @@ struct DigestQuery {
 /// than `to`.
 async fn digest(
     State(state): State<HttpState>,
-    axum::extract::Query(query): axum::extract::Query<DigestQuery>,
-) -> (StatusCode, Json<serde_json::Value>) {
+    query: Result<axum::extract::Query<DigestQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(query)) = query else {
+        return offsets_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "give the end offset: /api/broker/digest?to=OFFSET (and optionally &from=OFFSET)".to_owned(),
+        );
+    };
     let store = state.store.clone();
     let from = query.from.unwrap_or_else(|| store.min_offset());
     let committed = store.committed_offset();
     if query.to > committed {
-        let error = format!(
+        let message = format!(
             "this replica holds up to offset {committed}, short of {}: wait until it caught up, or pass a smaller `to`",
             query.to
         );
-        return (
-            StatusCode::CONFLICT,
-            Json(json!({ "error": error, "committed_offset": committed })),
-        );
+        return offsets_error(StatusCode::CONFLICT, "unavailable", message);
     }
     if from > query.to || from < store.min_offset() {
-        let error = format!(
+        let message = format!(
             "from = {from} must lie between this replica's first offset {} and to = {}",
             store.min_offset(),
             query.to
         );
-        return (StatusCode::BAD_REQUEST, Json(json!({ "error": error })));
+        return offsets_error(StatusCode::BAD_REQUEST, "invalid_argument", message);
     }
     let to = query.to;
     let summed = tokio::task::spawn_blocking(move || {
@@ -212,10 +216,11 @@ async fn digest(
     })
     .await;
     match summed {
-        Ok(summed) => (StatusCode::OK, Json(summed)),
-        Err(error) => (
+        Ok(summed) => Json(summed).into_response(),
+        Err(error) => offsets_error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({ "error": format!("digest failed: {error}") })),
+            "internal",
+            format!("digest failed: {error}"),
         ),
     }
 }

@@ -137,7 +137,7 @@ async fn sum_group(members: &[&Node]) -> std::result::Result<(u64, Vec<Sum>), St
                 return Err(format!(
                     "{}: {}",
                     node.name,
-                    answer["error"].as_str().unwrap_or(body.as_str())
+                    answer["error"]["message"].as_str().unwrap_or(body.as_str())
                 ));
             }
             firsts.push(answer["from"].as_u64().unwrap_or(0));
